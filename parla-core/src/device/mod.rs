@@ -1,0 +1,247 @@
+//! Devices and placement.
+//!
+//! A runtime has one CPU device (`cpu:0`, all worker threads together) and zero or more GPUs
+//! (`gpu:0`, `gpu:1`, ...), real (CUDA, from the `parla-gpu` backend) or virtual (simulated,
+//! for machines without CUDA). Each device has a capacity of 1.0 VCU and a memory budget;
+//! [`admission`] keeps reservations within both.
+
+pub(crate) mod admission;
+
+
+use std::fmt;
+
+use smallvec::SmallVec;
+
+pub use admission::{Demand, MAX_MEMORY, Usage, VCU_ONE};
+
+/// A device architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Arch {
+    /// The host CPU.
+    Cpu,
+    /// A GPU (CUDA or virtual).
+    Gpu,
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::Cpu => "cpu",
+            Arch::Gpu => "gpu",
+        })
+    }
+}
+
+/// One device of the runtime: `cpu:0`, `gpu:0`, `gpu:1`, ...
+///
+/// `Copy`, cheap to compare; [`current_device`](crate::current_device) returns the device the
+/// running task was placed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Device {
+    arch: Arch,
+    index: u32,
+}
+
+impl Device {
+    /// The CPU device, `cpu:0`.
+    pub const CPU: Device = Device {
+        arch: Arch::Cpu,
+        index: 0,
+    };
+
+    /// GPU number `index`.
+    pub const fn gpu(index: u32) -> Device {
+        Device {
+            arch: Arch::Gpu,
+            index,
+        }
+    }
+
+    /// The device's architecture.
+    pub const fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// The device's index among devices of its architecture.
+    pub const fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Position in the runtime's device table: the CPU first, then GPUs in order.
+    pub(crate) const fn slot(&self) -> usize {
+        match self.arch {
+            Arch::Cpu => 0,
+            Arch::Gpu => 1 + self.index as usize,
+        }
+    }
+
+    pub(crate) const fn from_slot(slot: usize) -> Device {
+        if slot == 0 {
+            Device::CPU
+        } else {
+            Device::gpu((slot - 1) as u32)
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.arch, self.index)
+    }
+}
+
+/// Where a task may run. `Copy`; a task takes one or a list of these.
+///
+/// ```
+/// use parla_core::{Placement, task};
+/// let either = task(async {}).placement([Placement::Cpu, Placement::AnyGpu]);
+/// let second_gpu = task(async {}).placement(Placement::Gpu(1));
+/// # drop((either, second_gpu));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// The CPU.
+    Cpu,
+    /// Any GPU: the mapping policy picks one.
+    AnyGpu,
+    /// GPU number `i`.
+    Gpu(usize),
+}
+
+impl From<Device> for Placement {
+    fn from(d: Device) -> Placement {
+        match d.arch {
+            Arch::Cpu => Placement::Cpu,
+            Arch::Gpu => Placement::Gpu(d.index as usize),
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placement::Cpu => f.write_str("cpu"),
+            Placement::AnyGpu => f.write_str("gpu"),
+            Placement::Gpu(i) => write!(f, "gpu({i})"),
+        }
+    }
+}
+
+/// A list of placements, as [`TaskBuilder::placement`](crate::TaskBuilder::placement) takes.
+pub type Placements = SmallVec<[Placement; 2]>;
+
+/// Converts a placement or a collection of placements into a [`Placements`] list.
+pub trait IntoPlacements {
+    /// The list.
+    fn into_placements(self) -> Placements;
+}
+
+impl IntoPlacements for Placement {
+    fn into_placements(self) -> Placements {
+        smallvec::smallvec![self]
+    }
+}
+impl IntoPlacements for Device {
+    fn into_placements(self) -> Placements {
+        smallvec::smallvec![self.into()]
+    }
+}
+impl<const N: usize> IntoPlacements for [Placement; N] {
+    fn into_placements(self) -> Placements {
+        self.into_iter().collect()
+    }
+}
+impl IntoPlacements for &[Placement] {
+    fn into_placements(self) -> Placements {
+        self.iter().copied().collect()
+    }
+}
+impl IntoPlacements for Vec<Placement> {
+    fn into_placements(self) -> Placements {
+        self.into_iter().collect()
+    }
+}
+impl IntoPlacements for Placements {
+    fn into_placements(self) -> Placements {
+        self
+    }
+}
+
+/// The set of device slots a placement list allows: bit 0 the CPU, bit 1 + i GPU i.
+pub(crate) type SlotMask = u64;
+
+/// The most GPUs a runtime manages.
+pub const MAX_GPUS: usize = 63;
+
+/// Resolves a placement list against `gpus` GPUs. Returns the mask, or a description of the
+/// first placement that names a GPU the runtime does not have.
+pub(crate) fn resolve(p: &[Placement], gpus: usize) -> Result<SlotMask, String> {
+    let all_gpus: SlotMask = if gpus == 0 {
+        0
+    } else {
+        ((1u64 << gpus) - 1) << 1
+    };
+    let mut mask = 0;
+    for pl in p {
+        match *pl {
+            Placement::Cpu => mask |= 1,
+            Placement::AnyGpu => {
+                if gpus == 0 {
+                    return Err("placement gpu: the runtime has no GPU".into());
+                }
+                mask |= all_gpus
+            }
+            Placement::Gpu(i) => {
+                if i >= gpus {
+                    return Err(format!(
+                        "placement gpu({i}): the runtime has {gpus} GPU{}",
+                        if gpus == 1 { "" } else { "s" }
+                    ));
+                }
+                mask |= 1 << (1 + i)
+            }
+        }
+    }
+    Ok(mask)
+}
+
+/// Converts a VCU fraction into fixed point, rounding down so that n tasks of 1/n fit.
+pub(crate) fn vcu_fixed(v: f64) -> u32 {
+    (v * VCU_ONE as f64).floor().clamp(0.0, u32::MAX as f64) as u32
+}
+
+/// Fixed-point VCUs back to a fraction.
+pub(crate) fn vcu_float(v: u32) -> f64 {
+    v as f64 / VCU_ONE as f64
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn display() {
+        assert_eq!(Device::CPU.to_string(), "cpu:0");
+        assert_eq!(Device::gpu(1).to_string(), "gpu:1");
+        assert_eq!(Device::gpu(1).arch(), Arch::Gpu);
+        assert_eq!(Device::from_slot(Device::gpu(3).slot()), Device::gpu(3));
+    }
+
+    #[test]
+    fn resolve_masks() {
+        assert_eq!(resolve(&[Placement::Cpu], 0), Ok(1));
+        assert_eq!(resolve(&[Placement::AnyGpu], 2), Ok(0b110));
+        assert_eq!(resolve(&[Placement::Cpu, Placement::Gpu(1)], 2), Ok(0b101));
+        let e = resolve(&[Placement::Gpu(7)], 1).unwrap_err();
+        assert!(e.contains("gpu(7)") && e.contains("1 GPU"), "{e}");
+        assert!(resolve(&[Placement::AnyGpu], 0).is_err());
+    }
+
+    #[test]
+    fn vcu_rounding() {
+        assert_eq!(vcu_fixed(0.5), VCU_ONE / 2);
+        assert_eq!(vcu_fixed(1.0), VCU_ONE);
+        assert!(3 * vcu_fixed(1.0 / 3.0) <= VCU_ONE);
+        assert_eq!(vcu_fixed(0.0), 0);
+    }
+}

@@ -1,0 +1,149 @@
+//! Mapping: choosing one device for a task whose placement allows several.
+//!
+//! The runtime asks its [`MappingPolicy`] only when a task's placement leaves more than one
+//! device that could ever hold it; a single-device placement skips the policy.
+
+use crate::device::{Arch, Demand, Device, Usage, VCU_ONE};
+use crate::runtime::RtInner;
+use crate::task::header::{DEFAULT_VCU, Header};
+
+/// One device a task could be mapped to, with its load at this instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    /// The device.
+    pub device: Device,
+    /// What the task would reserve there (the device's default VCUs resolved).
+    pub demand: Demand,
+    /// What is reserved and queued on the device now.
+    pub usage: Usage,
+    /// The device's memory budget in bytes.
+    pub memory_capacity: u64,
+    /// Tasks running on the device now.
+    pub running: usize,
+    /// How many tasks the device runs at once by design (CPU worker threads, GPU streams).
+    pub slots: usize,
+}
+
+impl Candidate {
+    /// Whether the task would be admitted at once.
+    pub fn fits_now(&self) -> bool {
+        self.usage.waiting == 0
+            && self.usage.vcu + self.demand.vcu <= VCU_ONE
+            && self.usage.mem + self.demand.mem <= self.memory_capacity
+    }
+
+    /// Running and queued tasks per slot.
+    pub fn occupancy(&self) -> f64 {
+        (self.running + self.usage.waiting) as f64 / self.slots.max(1) as f64
+    }
+
+    /// Free VCUs as a fraction of the device.
+    pub fn free_vcus(&self) -> f64 {
+        (VCU_ONE.saturating_sub(self.usage.vcu)) as f64 / VCU_ONE as f64
+    }
+
+    /// Free memory as a fraction of the budget (1.0 for a zero budget).
+    pub fn free_memory(&self) -> f64 {
+        if self.memory_capacity == 0 {
+            1.0
+        } else {
+            self.memory_capacity.saturating_sub(self.usage.mem) as f64
+                / self.memory_capacity as f64
+        }
+    }
+}
+
+/// Chooses a device among candidates. Implement it to change how list placements are
+/// mapped; the runtime calls it on the thread that made the task ready, so keep it cheap.
+pub trait MappingPolicy: Send + Sync + 'static {
+    /// The index in `candidates` (never empty) of the device to use.
+    fn choose(&self, candidates: &[Candidate]) -> usize;
+}
+
+/// The default policy: the device with the most free capacity.
+///
+/// Devices where the task fits at once come first; then the lowest occupancy (running and
+/// queued tasks per slot); then the most free VCUs; then the most free memory; on a tie, a
+/// GPU before the CPU, and the lower index.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MostFree;
+
+impl MappingPolicy for MostFree {
+    fn choose(&self, c: &[Candidate]) -> usize {
+        let key = |x: &Candidate| {
+            (
+                !x.fits_now(),
+                ordered(x.occupancy()),
+                ordered(-x.free_vcus()),
+                ordered(-x.free_memory()),
+                x.device.arch() != Arch::Gpu,
+                x.device.index(),
+            )
+        };
+        (0..c.len()).min_by_key(|&i| key(&c[i])).unwrap_or(0)
+    }
+}
+
+/// A total order on finite floats for sorting keys.
+fn ordered(v: f64) -> i64 {
+    (v * 1e9) as i64
+}
+
+/// Picks a device slot for `h` among its mask.
+pub(crate) fn choose(rt: &RtInner, h: &Header) -> usize {
+    let mut slots = [0usize; 64];
+    let mut cands = Vec::with_capacity(h.mask.count_ones() as usize);
+    for (slot, dev) in rt.devices.iter().enumerate() {
+        if h.mask & (1 << slot) == 0 {
+            continue;
+        }
+        slots[cands.len()] = slot;
+        cands.push(Candidate {
+            device: dev.device,
+            demand: Demand {
+                vcu: if h.vcu == DEFAULT_VCU {
+                    dev.default_vcu
+                } else {
+                    h.vcu
+                },
+                mem: h.mem,
+            },
+            usage: dev.admission.usage(),
+            memory_capacity: dev.admission.mem_capacity(),
+            running: dev.running(),
+            slots: dev.slots,
+        });
+    }
+    let i = rt.policy.choose(&cands).min(cands.len().saturating_sub(1));
+    slots[i]
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn cand(device: Device, vcu: u32, running: usize, waiting: usize) -> Candidate {
+        Candidate {
+            device,
+            demand: Demand { vcu: 0, mem: 0 },
+            usage: Usage {
+                vcu,
+                mem: 0,
+                waiting,
+            },
+            memory_capacity: 100,
+            running,
+            slots: 2,
+        }
+    }
+
+    #[test]
+    fn gpu_on_ties_then_least_loaded() {
+        let p = MostFree;
+        assert_eq!(p.choose(&[cand(Device::CPU, 0, 0, 0), cand(Device::gpu(0), 0, 0, 0)]), 1);
+        assert_eq!(p.choose(&[cand(Device::CPU, 0, 0, 0), cand(Device::gpu(0), 0, 3, 0)]), 0);
+        assert_eq!(p.choose(&[cand(Device::gpu(0), 0, 1, 0), cand(Device::gpu(1), 0, 0, 0)]), 1);
+        // Full (waiting) devices lose to ones where the task fits now.
+        assert_eq!(p.choose(&[cand(Device::gpu(0), 0, 0, 1), cand(Device::CPU, 0, 2, 0)]), 1);
+    }
+}

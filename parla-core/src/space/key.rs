@@ -1,0 +1,257 @@
+//! Task keys: integers, strings and tuples of up to four of them.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// One component of a [`Key`].
+///
+/// Integers compare by value whatever their Rust type: `0usize`, `0i32` and `0u8` are the
+/// same part.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    /// An integer that fits in `i64`.
+    Int(i64),
+    /// An integer above `i64::MAX`.
+    UInt(u64),
+    /// A string.
+    Str(Arc<str>),
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Int(v) => write!(f, "{v}"),
+            Part::UInt(v) => write!(f, "{v}"),
+            Part::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+impl fmt::Debug for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Str(s) => write!(f, "{s:?}"),
+            other => fmt::Display::fmt(other, f),
+        }
+    }
+}
+
+/// Converts a value into one key [`Part`].
+pub trait IntoPart {
+    /// The part.
+    fn into_part(self) -> Part;
+}
+
+macro_rules! signed_part {
+    ($($t:ty),*) => {$(
+        impl IntoPart for $t {
+            #[inline]
+            fn into_part(self) -> Part { Part::Int(self as i64) }
+        }
+    )*};
+}
+signed_part!(i8, i16, i32, i64, isize, u8, u16, u32);
+
+macro_rules! unsigned_part {
+    ($($t:ty),*) => {$(
+        impl IntoPart for $t {
+            #[inline]
+            fn into_part(self) -> Part {
+                match i64::try_from(self) {
+                    Ok(v) => Part::Int(v),
+                    Err(_) => Part::UInt(self as u64),
+                }
+            }
+        }
+    )*};
+}
+unsigned_part!(u64, usize);
+
+impl IntoPart for &str {
+    fn into_part(self) -> Part {
+        Part::Str(Arc::from(self))
+    }
+}
+impl IntoPart for String {
+    fn into_part(self) -> Part {
+        Part::Str(Arc::from(self))
+    }
+}
+impl IntoPart for &String {
+    fn into_part(self) -> Part {
+        Part::Str(Arc::from(self.as_str()))
+    }
+}
+impl IntoPart for Arc<str> {
+    fn into_part(self) -> Part {
+        Part::Str(self)
+    }
+}
+impl IntoPart for Part {
+    fn into_part(self) -> Part {
+        self
+    }
+}
+
+/// The most parts a key can have.
+pub const MAX_PARTS: usize = 4;
+
+/// A task's key inside its [`TaskSpace`](crate::TaskSpace): one to four [`Part`]s.
+///
+/// Built from an integer, a string, or a tuple of up to four of those:
+/// `t.at(3)`, `t.at("sum")`, `t.at(("cpu", i))`, `t.at((i, j, k))`.
+/// Keys are stored inline; integer keys never allocate.
+#[derive(Clone)]
+pub struct Key {
+    parts: [Part; MAX_PARTS],
+    len: u8,
+}
+
+impl Key {
+    fn from_parts<const N: usize>(parts: [Part; N]) -> Key {
+        const { assert!(N >= 1 && N <= MAX_PARTS) };
+        let mut out = [Part::Int(0), Part::Int(0), Part::Int(0), Part::Int(0)];
+        for (slot, p) in out.iter_mut().zip(parts) {
+            *slot = p;
+        }
+        Key { parts: out, len: N as u8 }
+    }
+
+    /// The key's parts.
+    pub fn parts(&self) -> &[Part] {
+        &self.parts[..self.len as usize]
+    }
+
+    /// The integer value of a one-part integer key, if it is one.
+    pub fn as_int(&self) -> Option<i128> {
+        match self.parts() {
+            [Part::Int(v)] => Some(*v as i128),
+            [Part::UInt(v)] => Some(*v as i128),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.parts() == other.parts()
+    }
+}
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for p in self.parts() {
+            match p {
+                Part::Int(v) => state.write_i64(*v),
+                Part::UInt(v) => {
+                    state.write_u8(0xfe);
+                    state.write_u64(*v)
+                }
+                Part::Str(s) => {
+                    state.write_u8(0xff);
+                    s.hash(state)
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.parts().iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            fmt::Display::fmt(p, f)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(")?;
+        for (i, p) in self.parts().iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            fmt::Debug::fmt(p, f)?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Converts a value into a [`Key`]: integers, strings, [`Part`]s, and tuples of up to four.
+pub trait IntoKey {
+    /// The key.
+    fn into_key(self) -> Key;
+}
+
+impl IntoKey for Key {
+    fn into_key(self) -> Key {
+        self
+    }
+}
+impl IntoKey for &Key {
+    fn into_key(self) -> Key {
+        self.clone()
+    }
+}
+
+impl<T: IntoPart> IntoKey for T {
+    #[inline]
+    fn into_key(self) -> Key {
+        Key::from_parts([self.into_part()])
+    }
+}
+
+macro_rules! tuple_key {
+    ($($name:ident),+) => {
+        impl<$($name: IntoPart),+> IntoKey for ($($name,)+) {
+            #[inline]
+            #[allow(non_snake_case)]
+            fn into_key(self) -> Key {
+                let ($($name,)+) = self;
+                Key::from_parts([$($name.into_part()),+])
+            }
+        }
+    };
+}
+tuple_key!(A);
+tuple_key!(A, B);
+tuple_key!(A, B, C);
+tuple_key!(A, B, C, D);
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use std::collections::hash_map::DefaultHasher;
+
+    fn h(k: &Key) -> u64 {
+        let mut s = DefaultHasher::new();
+        k.hash(&mut s);
+        s.finish()
+    }
+
+    #[test]
+    fn integers_compare_by_value() {
+        assert_eq!(0usize.into_key(), 0i32.into_key());
+        assert_eq!(h(&7u8.into_key()), h(&7i64.into_key()));
+        assert_eq!((1u16, 2i64).into_key(), (1usize, 2u32).into_key());
+        assert_ne!(1.into_key(), 2.into_key());
+        assert_eq!(u64::MAX.into_key().as_int(), Some(u64::MAX as i128));
+        assert_ne!(u64::MAX.into_key(), (-1i64).into_key());
+    }
+
+    #[test]
+    fn strings_and_tuples() {
+        assert_eq!("a".into_key(), String::from("a").into_key());
+        assert_ne!(("a", 1).into_key(), ("a", 1, 0).into_key());
+        assert_ne!("1".into_key(), 1.into_key());
+        assert_eq!(("cpu", 0).into_key().to_string(), "cpu, 0");
+        assert_eq!(format!("{:?}", ("cpu", 0).into_key()), "(\"cpu\", 0)");
+        assert_eq!((1, 2, 3, 4).into_key().parts().len(), 4);
+    }
+}

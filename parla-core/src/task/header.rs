@@ -1,0 +1,225 @@
+//! The part of a task every other part of the runtime sees: its state, dependency counter,
+//! dependents, outcome and constraints.
+//!
+//! # Invariants
+//! - `state` moves WAITING -> READY -> DONE, or WAITING -> DONE (failed before running);
+//!   each move is one `transition_to_*` method, and only the winner of a transition acts on
+//!   it. READY is taken once, when the dependency counter reaches zero; DONE is set once.
+//! - `pending` counts unfinished dependencies plus one guard held by `spawn` until every
+//!   dependency is registered, so a task cannot become ready while it is being wired.
+//! - `links.outcome` is `Some` exactly when DONE is set; it is written under the `links`
+//!   lock together with taking the dependents, so a dependent is either in the list taken
+//!   at completion or sees the outcome when it registers - never neither, never both.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+
+use crate::device::{Demand, Device, SlotMask};
+use crate::error::TaskError;
+use crate::space::Key;
+
+use super::Task;
+
+/// What a finished task resolved to, as dependents and awaiters see it.
+pub(crate) type Outcome = Result<(), Arc<TaskError>>;
+
+const WAITING: u8 = 0;
+const READY: u8 = 1;
+const DONE: u8 = 2;
+
+/// A VCU demand that is resolved from the chosen device's default at mapping time.
+pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
+
+/// A task's name: its id in a task space, or a sequence number.
+pub(crate) enum Name {
+    Anon(u64),
+    Id(Box<(Arc<str>, Key)>),
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Name::Anon(n) => write!(f, "#{n}"),
+            Name::Id(b) => write!(f, "{}[{}]", b.0, b.1),
+        }
+    }
+}
+
+/// Who to tell when a task finishes.
+pub(crate) enum Dependent {
+    /// A task (or a placeholder) counting this one among its dependencies.
+    Task(Arc<dyn Task>),
+    /// Somebody awaiting this task through a `TaskRef` or a task space.
+    Waiter(Arc<atomic_waker::AtomicWaker>),
+}
+
+pub(crate) struct Links {
+    pub(crate) dependents: SmallVec<[Dependent; 1]>,
+    pub(crate) outcome: Option<Outcome>,
+}
+
+/// Static kind of a header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Task,
+    /// Stands for an id referenced before it was spawned.
+    Placeholder,
+}
+
+pub(crate) struct Header {
+    state: AtomicU8,
+    pending: AtomicU32,
+    pub(crate) links: Mutex<Links>,
+    /// The waker of the task's `TaskHandle`, woken at completion.
+    pub(crate) join: atomic_waker::AtomicWaker,
+    pub(crate) name: Name,
+    pub(crate) kind: Kind,
+    /// Allowed device slots.
+    pub(crate) mask: SlotMask,
+    /// VCUs asked for (fixed point), or `DEFAULT_VCU`.
+    pub(crate) vcu: u32,
+    /// Bytes of workspace asked for.
+    pub(crate) mem: u64,
+    /// The slot of the device the task was mapped to; `u16::MAX` until mapped.
+    device: AtomicU16,
+    /// The VCUs actually reserved once mapped (the device default resolved).
+    reserved_vcu: AtomicU32,
+    /// Placeholders: set once a task was spawned under this id (the forward reference
+    /// resolved). Tasks: unused.
+    resolved: AtomicU8,
+    /// Times (ns since the runtime's epoch) of spawn, ready and start, for the trace.
+    pub(crate) times: [AtomicU64; 3],
+}
+
+pub(crate) enum Ready {
+    /// The task became ready; the caller maps and admits it.
+    Now,
+    /// Not yet (dependencies left), or it already failed.
+    No,
+}
+
+impl Header {
+    pub(crate) fn new(name: Name, kind: Kind, mask: SlotMask, vcu: u32, mem: u64) -> Header {
+        Header {
+            state: AtomicU8::new(WAITING),
+            pending: AtomicU32::new(1),
+            links: Mutex::new(Links {
+                dependents: SmallVec::new(),
+                outcome: None,
+            }),
+            join: atomic_waker::AtomicWaker::new(),
+            name,
+            kind,
+            mask,
+            vcu,
+            mem,
+            device: AtomicU16::new(u16::MAX),
+            reserved_vcu: AtomicU32::new(0),
+            resolved: AtomicU8::new(0),
+            times: Default::default(),
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DONE
+    }
+
+    /// Adds one unfinished dependency. Only while the spawn guard is held.
+    pub(crate) fn add_pending(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One dependency finished successfully (or the spawn guard was dropped).
+    pub(crate) fn dependency_done(&self) -> Ready {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.transition_to_ready()
+        } else {
+            Ready::No
+        }
+    }
+
+    fn transition_to_ready(&self) -> Ready {
+        match self
+            .state
+            .compare_exchange(WAITING, READY, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ready::Now,
+            Err(_) => Ready::No,
+        }
+    }
+
+    /// WAITING -> DONE for a task that will not run. Returns whether this call won.
+    pub(crate) fn transition_to_failed(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// READY -> DONE, by the runner. Only the run-token holder calls this.
+    pub(crate) fn transition_to_done(&self) {
+        self.state.store(DONE, Ordering::Release);
+    }
+
+    /// Registers `dep` to be told when this task finishes. Returns the outcome instead when
+    /// the task already finished.
+    pub(crate) fn add_dependent(&self, dep: Dependent) -> Option<Outcome> {
+        let mut l = self.links.lock();
+        match &l.outcome {
+            Some(o) => Some(o.clone()),
+            None => {
+                l.dependents.push(dep);
+                None
+            }
+        }
+    }
+
+    /// Publishes the outcome and takes the dependents to notify.
+    pub(crate) fn publish(&self, outcome: Outcome) -> SmallVec<[Dependent; 1]> {
+        let mut l = self.links.lock();
+        l.outcome = Some(outcome);
+        std::mem::take(&mut l.dependents)
+    }
+
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        self.links.lock().outcome.clone()
+    }
+
+    pub(crate) fn set_device(&self, d: Device, vcu: u32) {
+        self.reserved_vcu.store(vcu, Ordering::Relaxed);
+        self.device.store(d.slot() as u16, Ordering::Release);
+    }
+
+    /// The device the task was mapped to, once mapped.
+    pub(crate) fn device(&self) -> Option<Device> {
+        match self.device.load(Ordering::Acquire) {
+            u16::MAX => None,
+            s => Some(Device::from_slot(s as usize)),
+        }
+    }
+
+    /// What the task reserved on its device.
+    pub(crate) fn demand(&self) -> Demand {
+        Demand {
+            vcu: self.reserved_vcu.load(Ordering::Relaxed),
+            mem: self.mem,
+        }
+    }
+
+    /// Placeholders: marks the forward reference resolved. Returns false if it already was.
+    pub(crate) fn resolve(&self) -> bool {
+        self.resolved.swap(1, Ordering::AcqRel) == 0
+    }
+
+    pub(crate) fn is_resolved(&self) -> bool {
+        self.resolved.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether anyone waits on this node.
+    pub(crate) fn has_dependents(&self) -> bool {
+        !self.links.lock().dependents.is_empty()
+    }
+}

@@ -1,0 +1,1 @@
+//! parla macros
