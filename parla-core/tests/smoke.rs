@@ -7,7 +7,10 @@ fn smoke() {
         let t = TaskSpace::new("T");
         let a = task(async { 1 }).id(t.at(0)).spawn();
         let b = task(async { 2 }).id(t.at(1)).after(t.at(0)).spawn();
-        let c = task(async { current_task().unwrap().to_string() }).id(t.at(("x", 1))).after(t.range(0..2)).spawn();
+        let c = task(async { current_task().unwrap().to_string() })
+            .id(t.at(("x", 1)))
+            .after(t.range(0..2))
+            .spawn();
         (a.await.unwrap(), b.await.unwrap(), c.await.unwrap())
     });
     assert_eq!(v, (1, 2, "Task(T[x, 1])".to_string()));
@@ -27,7 +30,7 @@ fn many() {
     let n = rt.block_on(async {
         let mut prev = task(async { 0u64 }).spawn();
         for _ in 0..100_000 {
-            prev = task(async {1u64}).after(&prev).spawn();
+            prev = task(async { 1u64 }).after(&prev).spawn();
         }
         prev.await.unwrap()
     });

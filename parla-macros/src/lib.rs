@@ -1,1 +1,53 @@
-//! parla macros
+//! Procedural macros of parla-rs. Use them through the `parla` crate:
+//! `#[parla::task]`, `#[parla::main]`.
+//!
+//! Each macro parses its attribute, validates it (errors point at the offending token), and
+//! emits plain calls to the `parla` API, so what a macro does can always be written by hand.
+
+#![warn(missing_docs)]
+
+use proc_macro::TokenStream;
+
+mod args;
+mod main_attr;
+mod task_attr;
+
+/// Turns an `async fn` into a function returning a preset [`TaskBuilder`]:
+///
+/// ```ignore
+/// #[parla::task(placement = [cpu, gpu], vcus = 0.5, memory = 1 << 20)]
+/// async fn matvec(m: Arc<Array2<f64>>, v: Arc<Array1<f64>>) -> Array1<f64> {
+///     m.dot(&*v)
+/// }
+/// let y = matvec(m, v).id(t.at(i)).after([t.at(i - 1)]).spawn();
+/// ```
+///
+/// Arguments (all optional): `placement` (`cpu`, `gpu`, `gpu(i)`, or a list of these),
+/// `vcus` (a number literal in `0.0..=1.0`), `memory` (bytes, any integer expression).
+/// Callers can still add `.id`, `.after`, or override the constraints.
+///
+/// [`TaskBuilder`]: https://docs.rs/parla/latest/parla/struct.TaskBuilder.html
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    task_attr::expand(attr.into(), item.into())
+        .unwrap_or_else(|e| e.to_compile_error())
+        .into()
+}
+
+/// Runs an `async fn main` on a parla runtime:
+///
+/// ```ignore
+/// #[parla::main(cpu_threads = 4, virtual_gpus = 2)]
+/// async fn main() -> parla::Result<()> { ... }
+/// ```
+///
+/// Arguments (all optional): `cpu_threads = N`, `virtual_gpus = N` or
+/// `virtual_gpus = (N, bytes)` (16 GiB each by default), `streams_per_gpu = N`,
+/// `trace = "path.json"`. If the runtime cannot start, the program prints why and exits
+/// with status 1.
+#[proc_macro_attribute]
+pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
+    main_attr::expand(attr.into(), item.into())
+        .unwrap_or_else(|e| e.to_compile_error())
+        .into()
+}

@@ -189,7 +189,14 @@ mod test {
         assert!(a.admit(4, d(0, 0), &mut out), "zero demand bypasses");
         a.release(d(0, 60), &mut out);
         assert_eq!(out, vec![1, 4, 2, 3]);
-        assert_eq!(a.usage(), Usage { vcu: 0, mem: 70, waiting: 0 });
+        assert_eq!(
+            a.usage(),
+            Usage {
+                vcu: 0,
+                mem: 70,
+                waiting: 0
+            }
+        );
         assert!(a.can_ever_fit(d(VCU_ONE, 100)));
         assert!(!a.can_ever_fit(d(VCU_ONE + 1, 0)));
         assert!(!a.can_ever_fit(d(0, 101)));
@@ -218,8 +225,14 @@ mod loom_test {
     fn release_vs_admit_no_lost_wakeup() {
         loom::model(|| {
             let a = Arc::new(Admission::new(0));
-            let half = Demand { vcu: VCU_ONE / 2, mem: 0 };
-            let full = Demand { vcu: VCU_ONE, mem: 0 };
+            let half = Demand {
+                vcu: VCU_ONE / 2,
+                mem: 0,
+            };
+            let full = Demand {
+                vcu: VCU_ONE,
+                mem: 0,
+            };
             let mut out = Vec::new();
             assert!(a.admit(0u8, half, &mut out));
             let a2 = a.clone();
@@ -242,7 +255,10 @@ mod loom_test {
     fn two_releasers_two_waiters() {
         loom::model(|| {
             let a = Arc::new(Admission::new(0));
-            let half = Demand { vcu: VCU_ONE / 2, mem: 0 };
+            let half = Demand {
+                vcu: VCU_ONE / 2,
+                mem: 0,
+            };
             let mut out = Vec::new();
             assert!(a.admit(0u8, half, &mut out));
             assert!(a.admit(1u8, half, &mut out));

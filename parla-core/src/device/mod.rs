@@ -7,7 +7,6 @@
 
 pub(crate) mod admission;
 
-
 use std::fmt;
 
 use smallvec::SmallVec;

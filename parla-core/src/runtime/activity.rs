@@ -46,7 +46,10 @@ impl Counters {
             return;
         }
         let delta = (live << 32).wrapping_add(busy) as u64;
-        let now = self.word.fetch_add(delta, Ordering::AcqRel).wrapping_add(delta);
+        let now = self
+            .word
+            .fetch_add(delta, Ordering::AcqRel)
+            .wrapping_add(delta);
         if now as u32 == 0 || now >> 32 == 0 {
             self.wake_monitors();
         }

@@ -182,7 +182,12 @@ impl Future for Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         // Only at shutdown: Tokio drops drivers that still hold tasks.
-        let held = self.current.take().map(|r| r.task).into_iter().chain(self.next.take());
+        let held = self
+            .current
+            .take()
+            .map(|r| r.task)
+            .into_iter()
+            .chain(self.next.take());
         scheduler::cancel_admitted(&self.rt, held);
         if self.active {
             self.rt.drivers.fetch_sub(1, Ordering::SeqCst);

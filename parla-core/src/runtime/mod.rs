@@ -474,7 +474,6 @@ impl Runtime {
             None => unreachable_runtime(),
         }
     }
-
 }
 
 #[cold]

@@ -47,8 +47,7 @@ impl Candidate {
         if self.memory_capacity == 0 {
             1.0
         } else {
-            self.memory_capacity.saturating_sub(self.usage.mem) as f64
-                / self.memory_capacity as f64
+            self.memory_capacity.saturating_sub(self.usage.mem) as f64 / self.memory_capacity as f64
         }
     }
 }
@@ -140,10 +139,22 @@ mod test {
     #[test]
     fn gpu_on_ties_then_least_loaded() {
         let p = MostFree;
-        assert_eq!(p.choose(&[cand(Device::CPU, 0, 0, 0), cand(Device::gpu(0), 0, 0, 0)]), 1);
-        assert_eq!(p.choose(&[cand(Device::CPU, 0, 0, 0), cand(Device::gpu(0), 0, 3, 0)]), 0);
-        assert_eq!(p.choose(&[cand(Device::gpu(0), 0, 1, 0), cand(Device::gpu(1), 0, 0, 0)]), 1);
+        assert_eq!(
+            p.choose(&[cand(Device::CPU, 0, 0, 0), cand(Device::gpu(0), 0, 0, 0)]),
+            1
+        );
+        assert_eq!(
+            p.choose(&[cand(Device::CPU, 0, 0, 0), cand(Device::gpu(0), 0, 3, 0)]),
+            0
+        );
+        assert_eq!(
+            p.choose(&[cand(Device::gpu(0), 0, 1, 0), cand(Device::gpu(1), 0, 0, 0)]),
+            1
+        );
         // Full (waiting) devices lose to ones where the task fits now.
-        assert_eq!(p.choose(&[cand(Device::gpu(0), 0, 0, 1), cand(Device::CPU, 0, 2, 0)]), 1);
+        assert_eq!(
+            p.choose(&[cand(Device::gpu(0), 0, 0, 1), cand(Device::CPU, 0, 2, 0)]),
+            1
+        );
     }
 }

@@ -50,7 +50,12 @@ fn name_of<F>(b: &TaskBuilder<F>) -> Name {
 
 /// Checks the constraints against the devices. Returns the slots that can ever hold the
 /// task and the fixed-point VCUs asked for.
-fn constraints(rt: &RtInner, placement: &[crate::Placement], vcus: Option<f64>, mem: u64) -> Result<(SlotMask, u32), String> {
+fn constraints(
+    rt: &RtInner,
+    placement: &[crate::Placement],
+    vcus: Option<f64>,
+    mem: u64,
+) -> Result<(SlotMask, u32), String> {
     let vcu = match vcus {
         None => DEFAULT_VCU,
         Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => vcu_fixed(v),
@@ -72,7 +77,11 @@ fn constraints(rt: &RtInner, placement: &[crate::Placement], vcus: Option<f64>, 
         }
         biggest = biggest.max(dev.admission.mem_capacity());
         let d = Demand {
-            vcu: if vcu == DEFAULT_VCU { dev.default_vcu } else { vcu },
+            vcu: if vcu == DEFAULT_VCU {
+                dev.default_vcu
+            } else {
+                vcu
+            },
             mem,
         };
         if dev.admission.can_ever_fit(d) {
@@ -263,9 +272,17 @@ pub(crate) fn fail_waiting(
     launch: &mut Launch,
     delta: &mut Delta,
 ) {
+    if claim_waiting(rt, task, delta) {
+        finish(rt, task, Err(err), launch, delta);
+    }
+}
+
+/// Takes a WAITING task to DONE without running it, so that no cascade can fail it with
+/// another error. Returns whether this call won; the caller then `finish`es it.
+pub(crate) fn claim_waiting(rt: &RtInner, task: &Arc<dyn Task>, delta: &mut Delta) -> bool {
     let h = task.header();
     if !h.transition_to_failed() {
-        return;
+        return false;
     }
     // SAFETY: this call won WAITING -> DONE, so the body never ran and never will.
     unsafe { task.drop_body() };
@@ -273,7 +290,7 @@ pub(crate) fn fail_waiting(
         delta.live -= 1;
         rt.trace_failed(h);
     }
-    finish(rt, task, Err(err), launch, delta);
+    true
 }
 
 /// Marks a task that ran as finished with `outcome`: releases what it reserved, notifies
@@ -301,7 +318,7 @@ pub(crate) fn complete(
 
 /// Publishes `outcome` for `task` and notifies everything waiting on it, cascading failures
 /// and placeholder mirrors iteratively.
-fn finish(
+pub(crate) fn finish(
     rt: &RtInner,
     task: &Arc<dyn Task>,
     outcome: Outcome,

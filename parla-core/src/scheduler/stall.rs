@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Delta, Launch, cancel_admitted, fail_waiting, finish_queued};
+use super::{Delta, Launch, cancel_admitted, claim_waiting, fail_waiting, finish, finish_queued};
 use crate::device::vcu_float;
 use crate::error::TaskError;
 use crate::runtime::RtInner;
@@ -59,8 +59,15 @@ pub(crate) fn resolve(rt: &Arc<RtInner>) -> bool {
                 .map(|t| t.header().name.to_string())
                 .collect();
             let err = Arc::new(TaskError::Cycle { ids });
-            for t in cycle.iter().filter(|t| t.header().kind == Kind::Task) {
-                fail_waiting(rt, t, err.clone(), &mut launch, &mut delta);
+            // Claim every task on the cycle first, so that each fails with `Cycle` rather
+            // than with the failure of its neighbour.
+            let claimed: Vec<&Arc<dyn Task>> = cycle
+                .iter()
+                .filter(|t| t.header().kind == Kind::Task)
+                .filter(|t| claim_waiting(rt, t, &mut delta))
+                .collect();
+            for t in claimed {
+                finish(rt, t, Err(err.clone()), &mut launch, &mut delta);
             }
             changed = true;
         }

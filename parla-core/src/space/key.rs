@@ -115,7 +115,10 @@ impl Key {
         for (slot, p) in out.iter_mut().zip(parts) {
             *slot = p;
         }
-        Key { parts: out, len: N as u8 }
+        Key {
+            parts: out,
+            len: N as u8,
+        }
     }
 
     /// The key's parts.

@@ -321,7 +321,13 @@ impl IntoIterator for TaskRange {
 
 impl fmt::Debug for TaskRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TaskRange({}[{}..{}])", self.space.name(), self.start, self.end)
+        write!(
+            f,
+            "TaskRange({}[{}..{}])",
+            self.space.name(),
+            self.start,
+            self.end
+        )
     }
 }
 

@@ -70,7 +70,8 @@ impl Future for RefWait {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if this.wait.is_none() {
-            let node = crate::context::with_rt(|rt| this.r.space.node(&this.r.key, rt.map(|r| &**r)));
+            let node =
+                crate::context::with_rt(|rt| this.r.space.node(&this.r.key, rt.map(|r| &**r)));
             match node {
                 Some(n) => this.wait = Some(NodeWait::new(n)),
                 None => {
@@ -202,6 +203,10 @@ impl std::fmt::Debug for RangeWait {
 
 impl std::fmt::Debug for SpaceWait {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SpaceWait({} left)", self.nodes.len() + self.current.is_some() as usize)
+        write!(
+            f,
+            "SpaceWait({} left)",
+            self.nodes.len() + self.current.is_some() as usize
+        )
     }
 }

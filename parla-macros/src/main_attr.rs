@@ -1,0 +1,78 @@
+//! `#[parla::main(...)]` on an `async fn`.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, ItemFn};
+
+use crate::args::{err, parse_args};
+
+/// Default budget of a virtual GPU when only the count is given.
+const VIRTUAL_GPU_BYTES: u64 = 16 << 30;
+
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let args = parse_args(attr)?;
+    let f: ItemFn = syn::parse2(item)?;
+    if f.sig.asyncness.is_none() {
+        return Err(err(
+            f.sig.fn_token.span(),
+            "#[parla::main] goes on an `async fn`",
+        ));
+    }
+    if !f.sig.inputs.is_empty() {
+        return Err(err(
+            f.sig.inputs.span(),
+            "#[parla::main] functions take no arguments",
+        ));
+    }
+    let mut calls = Vec::new();
+    for a in &args {
+        let key = a.key.to_string();
+        let v = &a.value;
+        let s = a.key.span();
+        match key.as_str() {
+            "cpu_threads" => calls.push(quote_spanned!(s=> .cpu_threads(#v))),
+            "streams_per_gpu" => calls.push(quote_spanned!(s=> .streams_per_gpu(#v))),
+            "trace" => calls.push(quote_spanned!(s=> .trace(#v))),
+            "virtual_gpus" => match v {
+                Expr::Tuple(t) if t.elems.len() == 2 => {
+                    let (n, m) = (&t.elems[0], &t.elems[1]);
+                    calls.push(quote_spanned!(s=> .virtual_gpus(#n, (#m) as u64)));
+                }
+                Expr::Tuple(t) => {
+                    return Err(err(t.span(), "virtual_gpus = (count, bytes_each)"));
+                }
+                n => calls.push(quote_spanned!(s=> .virtual_gpus(#n, #VIRTUAL_GPU_BYTES))),
+            },
+            _ => {
+                return Err(err(
+                    s,
+                    format!(
+                        "unknown #[parla::main] argument `{key}`: expected cpu_threads, virtual_gpus, streams_per_gpu or trace"
+                    ),
+                ));
+            }
+        }
+    }
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = f;
+    let mut new_sig = sig.clone();
+    new_sig.asyncness = None;
+    Ok(quote! {
+        #(#attrs)*
+        #vis #new_sig {
+            let __parla_rt = match ::parla::Runtime::builder() #(#calls)* .build() {
+                ::core::result::Result::Ok(rt) => rt,
+                ::core::result::Result::Err(e) => {
+                    ::std::eprintln!("parla: cannot start the runtime: {e}");
+                    ::std::process::exit(1)
+                }
+            };
+            __parla_rt.block_on(async move #block)
+        }
+    })
+}

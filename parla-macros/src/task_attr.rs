@@ -1,0 +1,130 @@
+//! `#[task(...)]` on an `async fn`.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, FnArg, ItemFn, ReturnType};
+
+use crate::args::{err, number, parse_args};
+
+/// `cpu`, `gpu`, `gpu(i)` or a list of these, as `::parla::Placement` values.
+fn placements(e: &Expr) -> syn::Result<Vec<TokenStream>> {
+    match e {
+        Expr::Array(a) => {
+            if a.elems.is_empty() {
+                return Err(err(
+                    a.span(),
+                    "placement list is empty: give at least one of cpu, gpu, gpu(i)",
+                ));
+            }
+            let mut out = Vec::new();
+            for el in &a.elems {
+                out.extend(placements(el)?);
+            }
+            Ok(out)
+        }
+        Expr::Path(p) if p.path.is_ident("cpu") => {
+            Ok(vec![quote_spanned!(p.span()=> ::parla::Placement::Cpu)])
+        }
+        Expr::Path(p) if p.path.is_ident("gpu") => {
+            Ok(vec![quote_spanned!(p.span()=> ::parla::Placement::AnyGpu)])
+        }
+        Expr::Call(c) if matches!(&*c.func, Expr::Path(p) if p.path.is_ident("gpu")) => {
+            if c.args.len() != 1 {
+                return Err(err(c.span(), "gpu(i) takes one GPU index"));
+            }
+            let i = &c.args[0];
+            Ok(vec![quote_spanned!(c.span()=> ::parla::Placement::Gpu(#i))])
+        }
+        other => Err(err(
+            other.span(),
+            "unknown placement: expected cpu, gpu, gpu(i), or a list like [cpu, gpu]",
+        )),
+    }
+}
+
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let args = parse_args(attr)?;
+    let f: ItemFn = syn::parse2(item)?;
+    if f.sig.asyncness.is_none() {
+        return Err(err(
+            f.sig.fn_token.span(),
+            "#[task] goes on an `async fn`: the function body becomes the task's future",
+        ));
+    }
+    if let Some(FnArg::Receiver(r)) = f.sig.inputs.first() {
+        return Err(err(
+            r.span(),
+            "#[task] functions cannot take `self`: a task's future must own its data ('static)",
+        ));
+    }
+    let mut calls = Vec::new();
+    for a in &args {
+        let key = a.key.to_string();
+        let v = &a.value;
+        match key.as_str() {
+            "placement" => {
+                let ps = placements(v)?;
+                calls.push(quote_spanned!(a.key.span()=> .placement([#(#ps),*])));
+            }
+            "vcus" => {
+                let n = number(v).ok_or_else(|| {
+                    err(
+                        v.span(),
+                        "vcus must be a number between 0.0 and 1.0, like `vcus = 0.5`",
+                    )
+                })?;
+                if !(0.0..=1.0).contains(&n) {
+                    return Err(err(
+                        v.span(),
+                        format!(
+                            "vcus = {n} is out of range: a task uses between 0.0 and 1.0 of a device"
+                        ),
+                    ));
+                }
+                let lit = proc_macro2::Literal::f64_suffixed(n);
+                calls.push(quote_spanned!(a.key.span()=> .vcus(#lit)));
+            }
+            "memory" => {
+                if let Some(n) = number(v) {
+                    if n < 0.0 {
+                        return Err(err(
+                            v.span(),
+                            "memory is a number of bytes and cannot be negative",
+                        ));
+                    }
+                }
+                calls.push(quote_spanned!(a.key.span()=> .memory((#v) as u64)));
+            }
+            _ => {
+                return Err(err(
+                    a.key.span(),
+                    format!("unknown #[task] argument `{key}`: expected placement, vcus or memory"),
+                ));
+            }
+        }
+    }
+
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = f;
+    let out_ty = match &sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, t) => quote!(#t),
+    };
+    let mut new_sig = sig.clone();
+    new_sig.asyncness = None;
+    new_sig.output = syn::parse_quote!(
+        -> ::parla::TaskBuilder<impl ::core::future::Future<Output = #out_ty> + ::core::marker::Send + 'static>
+    );
+    Ok(quote! {
+        #(#attrs)*
+        #[must_use = "a task does nothing until it is spawned or awaited"]
+        #vis #new_sig {
+            ::parla::task(async move #block) #(#calls)*
+        }
+    })
+}

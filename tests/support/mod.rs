@@ -1,0 +1,66 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Runs `f` on its own thread and fails the test if it does not finish within `secs`
+/// seconds: a hang fails the test instead of hanging CI.
+pub fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => {
+            let _ = h.join();
+            v
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match h.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => panic!("test thread ended without a result"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung: no result within {secs} s"),
+    }
+}
+
+/// A CPU-only runtime with `threads` workers.
+pub fn cpu(threads: usize) -> parla::Runtime {
+    parla::Runtime::builder()
+        .cpu_threads(threads)
+        .build()
+        .expect("runtime")
+}
+
+/// A runtime with `threads` workers and `gpus` virtual GPUs of `mem` bytes each.
+pub fn vgpu(threads: usize, gpus: usize, mem: u64) -> parla::Runtime {
+    parla::Runtime::builder()
+        .cpu_threads(threads)
+        .virtual_gpus(gpus, mem)
+        .build()
+        .expect("runtime")
+}
+
+/// The runtimes every configuration-independent test runs on: CPU only, and CPU with two
+/// virtual GPUs.
+pub fn configs() -> Vec<(&'static str, fn() -> parla::Runtime)> {
+    vec![
+        ("cpu-only", || cpu(2)),
+        ("virtual-gpus", || vgpu(2, 2, 1 << 30)),
+    ]
+}
+
+/// Runs the body once per configuration from [`configs`], each under a timeout:
+/// `each_config!(|rt| { ... })`.
+#[macro_export]
+macro_rules! each_config {
+    (|$rt:ident| $body:block) => {
+        for (name, make) in support::configs() {
+            eprintln!("config: {name}");
+            support::within(60, move || {
+                let $rt = make();
+                $body
+            });
+        }
+    };
+}

@@ -1,0 +1,166 @@
+//! Spawning, awaiting, values in and out, handles as dependencies.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parla::prelude::*;
+
+#[test]
+fn spawn_and_await_values() {
+    each_config!(|rt| {
+        let v = rt.block_on(async {
+            let h: TaskHandle<f64> = task(async { 2.0 }).spawn();
+            let s = task(async { String::from("hi") }).await.unwrap();
+            (h.await.unwrap(), s)
+        });
+        assert_eq!(v, (2.0, "hi".to_string()));
+    });
+}
+
+#[test]
+fn captured_data_moves_in() {
+    each_config!(|rt| {
+        let data = Arc::new(vec![1u64, 2, 3]);
+        let d2 = data.clone();
+        let sum = rt
+            .block_on(async move { task(async move { d2.iter().sum::<u64>() }).await })
+            .unwrap();
+        assert_eq!(sum, 6);
+        assert_eq!(
+            Arc::strong_count(&data),
+            1,
+            "the task's capture was dropped"
+        );
+    });
+}
+
+#[test]
+fn handles_as_dependencies_order_execution() {
+    each_config!(|rt| {
+        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let l = log.clone();
+        rt.block_on(async move {
+            let (l1, l2, l3) = (l.clone(), l.clone(), l.clone());
+            let a = task(async move {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                l1.lock().push("a");
+            })
+            .spawn();
+            let b = task(async move { l2.lock().push("b") }).after(&a).spawn();
+            let c = task(async move { l3.lock().push("c") })
+                .after(&a)
+                .after(&b)
+                .spawn();
+            c.await.unwrap();
+        });
+        assert_eq!(*log.lock(), vec!["a", "b", "c"]);
+    });
+}
+
+#[test]
+fn block_on_waits_for_detached_tasks() {
+    each_config!(|rt| {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        rt.block_on(async move {
+            for _ in 0..1000 {
+                let n = n2.clone();
+                task(async move {
+                    n.fetch_add(1, Ordering::Relaxed);
+                })
+                .spawn();
+            }
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 1000);
+    });
+}
+
+#[test]
+fn tasks_spawn_tasks() {
+    each_config!(|rt| {
+        let total = rt.block_on(async {
+            task(async {
+                let hs: Vec<_> = (0..10u64).map(|i| task(async move { i }).spawn()).collect();
+                let mut s = 0;
+                for h in hs {
+                    s += h.await.unwrap();
+                }
+                s
+            })
+            .vcus(0.0)
+            .await
+            .unwrap()
+        });
+        assert_eq!(total, 45);
+    });
+}
+
+#[test]
+fn current_task_and_device() {
+    each_config!(|rt| {
+        let (inside, outside, dev) = rt.block_on(async {
+            let t = TaskSpace::new("T");
+            let inside = task(async { current_task().map(|c| c.to_string()) })
+                .id(t.at(("cpu", 0)))
+                .await
+                .unwrap();
+            let dev = task(async { current_device().to_string() }).await.unwrap();
+            (inside, current_task().map(|c| c.to_string()), dev)
+        });
+        assert_eq!(inside.as_deref(), Some("Task(T[cpu, 0])"));
+        assert_eq!(outside, None);
+        assert_eq!(dev, "cpu:0");
+        assert_eq!(current_device().to_string(), "cpu:0");
+        assert_eq!(current_device().arch(), Arch::Cpu);
+    });
+}
+
+#[test]
+fn anonymous_tasks_have_numbered_names() {
+    let rt = support::cpu(1);
+    let name = rt.block_on(async {
+        task(async { current_task().unwrap().name() })
+            .await
+            .unwrap()
+    });
+    assert!(name.starts_with('#'), "{name}");
+}
+
+#[test]
+fn a_long_chain_completes() {
+    each_config!(|rt| {
+        let last = rt.block_on(async {
+            let mut prev = task(async { 0u32 }).spawn();
+            for i in 1..=10_000u32 {
+                prev = task(async move { i }).after(&prev).spawn();
+            }
+            prev.await.unwrap()
+        });
+        assert_eq!(last, 10_000);
+    });
+}
+
+#[test]
+fn runtime_is_reusable_and_handles_outlive_block_on() {
+    let rt = support::cpu(2);
+    let h = rt.block_on(async { task(async { 5 }).spawn() });
+    assert!(h.is_finished());
+    let v = rt.block_on(h).unwrap();
+    assert_eq!(v, 5);
+    assert_eq!(rt.block_on(async { task(async { 6 }).await }).unwrap(), 6);
+}
+
+#[test]
+fn tokio_facilities_work_inside_tasks() {
+    let rt = support::cpu(2);
+    let v = rt.block_on(async {
+        task(async {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            7
+        })
+        .await
+    });
+    assert_eq!(v.unwrap(), 7);
+}

@@ -1,0 +1,372 @@
+//! Every error of the semantics: each resolves at once or at quiescence, never hangs, never
+//! aborts. Each test runs under a timeout, so a hang fails the test.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use parla::prelude::*;
+
+fn assert_send_sync_error<E: std::error::Error + Send + Sync + 'static>() {}
+
+#[test]
+fn task_error_is_a_send_sync_error() {
+    assert_send_sync_error::<TaskError>();
+    assert_send_sync_error::<parla::Error>();
+}
+
+#[test]
+fn panic_resolves_to_panicked_and_dependents_do_not_run() {
+    each_config!(|rt| {
+        let ran = Arc::new(AtomicBool::new(false));
+        let r2 = ran.clone();
+        let (a, b, c) = rt.block_on(async move {
+            let t = TaskSpace::new("T");
+            let a = task(async {
+                panic!("boom");
+            })
+            .id(t.at(0))
+            .spawn();
+            let r3 = r2.clone();
+            let b = task(async move { r3.store(true, Ordering::SeqCst) })
+                .id(t.at(1))
+                .after(t.at(0))
+                .spawn();
+            let c = task(async move { r2.store(true, Ordering::SeqCst) })
+                .id(t.at(2))
+                .after(t.at(1))
+                .spawn();
+            (a.await, b.await, c.await)
+        });
+        match a {
+            Err(TaskError::Panicked { task, message }) => {
+                assert_eq!(task, "T[0]");
+                assert_eq!(message, "boom");
+            }
+            other => panic!("{other:?}"),
+        }
+        for r in [b, c] {
+            match r {
+                Err(TaskError::DependencyFailed {
+                    dependency, cause, ..
+                }) => {
+                    assert_eq!(dependency, "T[0]", "names the task that failed first");
+                    assert!(matches!(*cause, TaskError::Panicked { .. }));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "a dependent of a failed task ran"
+        );
+    });
+}
+
+#[test]
+fn dependent_spawned_after_the_failure_fails_too() {
+    let rt = support::cpu(2);
+    support::within(30, move || {
+        let r = rt.block_on(async {
+            let bad = task(async { panic!("early") }).spawn();
+            while !bad.is_finished() {
+                tokio::task::yield_now().await;
+            }
+            task(async {}).after(&bad).await
+        });
+        assert!(
+            matches!(r, Err(TaskError::DependencyFailed { .. })),
+            "{r:?}"
+        );
+    });
+}
+
+#[test]
+fn a_failing_chain_head_fails_a_long_chain_without_overflow() {
+    let rt = support::cpu(2);
+    support::within(60, move || {
+        let r = rt.block_on(async {
+            let gate = task(async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                panic!("head")
+            })
+            .spawn();
+            let mut prev = task(async {}).after(&gate).spawn();
+            for _ in 0..100_000 {
+                prev = task(async {}).after(&prev).spawn();
+            }
+            prev.await
+        });
+        assert!(matches!(r, Err(TaskError::DependencyFailed { .. })));
+    });
+}
+
+#[test]
+fn unsatisfiable_constraints_resolve_at_once() {
+    each_config!(|rt| {
+        let gpus = rt.gpus();
+        let errs = rt.block_on(async move {
+            let vcus = task(async {}).vcus(1.5).await.unwrap_err();
+            let neg = task(async {}).vcus(-0.1).await.unwrap_err();
+            let nan = task(async {}).vcus(f64::NAN).await.unwrap_err();
+            let mem = task(async {}).memory(u64::MAX / 2).await.unwrap_err();
+            let gpu7 = task(async {})
+                .placement(Placement::Gpu(7))
+                .await
+                .unwrap_err();
+            let any = task(async {}).placement(Placement::AnyGpu).await;
+            let empty = task(async {})
+                .placement(Vec::<Placement>::new())
+                .await
+                .unwrap_err();
+            (vcus, neg, nan, mem, gpu7, any, empty)
+        });
+        let text = |e: &TaskError| e.to_string();
+        assert!(matches!(errs.0, TaskError::Unsatisfiable { .. }));
+        assert!(text(&errs.0).contains("vcus = 1.5"), "{}", errs.0);
+        assert!(text(&errs.1).contains("-0.1"), "{}", errs.1);
+        assert!(text(&errs.2).contains("NaN"), "{}", errs.2);
+        assert!(
+            text(&errs.3).contains(&(u64::MAX / 2).to_string()),
+            "names the bytes asked for: {}",
+            errs.3
+        );
+        assert!(text(&errs.4).contains("gpu(7)"), "{}", errs.4);
+        assert!(text(&errs.4).contains(&format!("{gpus} GPU")), "{}", errs.4);
+        if gpus == 0 {
+            let e = errs.5.unwrap_err();
+            assert!(e.to_string().contains("no GPU"), "{e}");
+        } else {
+            assert!(errs.5.is_ok());
+        }
+        assert!(matches!(errs.6, TaskError::Unsatisfiable { .. }));
+    });
+}
+
+#[test]
+fn memory_over_one_device_but_under_another_goes_to_the_other() {
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .cpu_memory(1 << 20)
+        .virtual_gpus(1, 1 << 30)
+        .build()
+        .unwrap();
+    let dev = rt
+        .block_on(async {
+            task(async { current_device() })
+                .placement([Placement::Cpu, Placement::AnyGpu])
+                .memory(1 << 25)
+                .await
+        })
+        .unwrap();
+    assert_eq!(dev.to_string(), "gpu:0");
+}
+
+#[test]
+fn duplicate_id() {
+    each_config!(|rt| {
+        let (first, second) = rt.block_on(async {
+            let t = TaskSpace::new("T");
+            let a = task(async { 1 }).id(t.at(5)).spawn();
+            let b = task(async { 2 }).id(t.at(5usize)).spawn();
+            (a.await, b.await)
+        });
+        assert_eq!(first.unwrap(), 1, "the first task is unaffected");
+        match second {
+            Err(TaskError::DuplicateId { id }) => assert_eq!(id, "T[5]"),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn never_spawned_fails_dependents_and_awaits_at_quiescence() {
+    each_config!(|rt| {
+        let (dep, awaited) = rt.block_on(async {
+            let t = TaskSpace::new("T");
+            let d = task(async {}).id(t.at(1)).after(t.at(0)).spawn();
+            let w = t.at(99).await;
+            (d.await, w)
+        });
+        match dep {
+            Err(TaskError::DependencyFailed {
+                dependency, cause, ..
+            }) => {
+                assert_eq!(dependency, "T[0]");
+                assert!(matches!(*cause, TaskError::NeverSpawned { .. }));
+            }
+            other => panic!("{other:?}"),
+        }
+        match awaited {
+            Err(TaskError::NeverSpawned { id }) => assert_eq!(id, "T[99]"),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn never_spawned_when_main_returns_without_awaiting() {
+    let rt = support::cpu(2);
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = ran.clone();
+    let h = support::within(30, move || {
+        rt.block_on(async move {
+            let t = TaskSpace::new("T");
+            task(async move { r.store(true, Ordering::SeqCst) })
+                .after(t.at("missing"))
+                .spawn()
+        })
+    });
+    assert!(!ran.load(Ordering::SeqCst));
+    assert!(h.is_finished());
+}
+
+#[test]
+fn forward_reference_spawned_later_by_a_sleeping_main_is_not_failed() {
+    let rt = support::cpu(2);
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("T");
+            let d = task(async { 1 }).after(t.at("late")).spawn();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            task(async {}).id(t.at("late")).spawn();
+            d.await
+        })
+    });
+    assert_eq!(r.unwrap(), 1);
+}
+
+#[test]
+fn dependency_cycle() {
+    each_config!(|rt| {
+        let (a, b, c) = rt.block_on(async {
+            let t = TaskSpace::new("T");
+            let a = task(async {}).id(t.at("a")).after(t.at("b")).spawn();
+            let b = task(async {}).id(t.at("b")).after(t.at("a")).spawn();
+            let c = task(async {}).id(t.at("c")).after(t.at("b")).spawn();
+            (a.await, b.await, c.await)
+        });
+        for r in [&a, &b] {
+            match r {
+                Err(TaskError::Cycle { ids }) => {
+                    let mut ids = ids.clone();
+                    ids.sort();
+                    assert_eq!(ids, vec!["T[a]", "T[b]"]);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            matches!(c, Err(TaskError::DependencyFailed { .. })),
+            "{c:?}"
+        );
+    });
+}
+
+#[test]
+fn self_dependency_is_a_cycle() {
+    let rt = support::cpu(1);
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("T");
+            task(async {}).id(t.at(0)).after(t.at(0)).await
+        })
+    });
+    assert!(matches!(r, Err(TaskError::Cycle { .. })), "{r:?}");
+}
+
+#[test]
+fn longer_cycle_through_many_forward_references() {
+    let rt = support::cpu(2);
+    let rs = support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("R");
+            let n = 50;
+            let hs: Vec<_> = (0..n)
+                .map(|i| task(async {}).id(t.at(i)).after(t.at((i + 1) % n)).spawn())
+                .collect();
+            let mut out = Vec::new();
+            for h in hs {
+                out.push(h.await);
+            }
+            out
+        })
+    });
+    for r in rs {
+        match r {
+            Err(TaskError::Cycle { ids }) => assert_eq!(ids.len(), 50),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn spawn_outside_a_runtime_is_an_error_not_a_panic() {
+    let h = task(async { 1 }).spawn();
+    let rt = support::cpu(1);
+    match rt.block_on(h) {
+        Err(TaskError::NoRuntime { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn panics_inside_many_tasks_do_not_poison_the_runtime() {
+    let rt = support::cpu(2);
+    let ok = Arc::new(AtomicUsize::new(0));
+    let ok2 = ok.clone();
+    support::within(30, move || {
+        rt.block_on(async move {
+            let mut hs = Vec::new();
+            for i in 0..200 {
+                let ok = ok2.clone();
+                hs.push(
+                    task(async move {
+                        if i % 3 == 0 {
+                            panic!("task {i}");
+                        }
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .spawn(),
+                );
+            }
+            for h in hs {
+                let _ = h.await;
+            }
+        });
+    });
+    assert_eq!(ok.load(Ordering::SeqCst), 200 - 67);
+}
+
+#[test]
+fn parent_awaiting_children_with_all_vcus_taken_does_not_hang() {
+    // Two parents take both CPU workers' VCUs, then wait for children that need VCUs too.
+    let rt = support::cpu(2);
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let parents: Vec<_> = (0..2)
+                .map(|_| {
+                    task(async {
+                        let kid = task(async { 1 }).spawn();
+                        kid.await
+                    })
+                    .spawn()
+                })
+                .collect();
+            let mut out = Vec::new();
+            for p in parents {
+                out.push(p.await);
+            }
+            out
+        })
+    });
+    // Either the runtime lends the parents' VCUs to their children, or it reports the
+    // deadlock; it must not hang.
+    for x in r {
+        match x {
+            Ok(Ok(1)) | Ok(Err(TaskError::Deadlock { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
