@@ -361,12 +361,36 @@ fn parent_awaiting_children_with_all_vcus_taken_does_not_hang() {
             out
         })
     });
-    // Either the runtime lends the parents' VCUs to their children, or it reports the
-    // deadlock; it must not hang.
+    // The parents lend their VCUs to the children while they wait.
     for x in r {
-        match x {
-            Ok(Ok(1)) | Ok(Err(TaskError::Deadlock { .. })) => {}
-            other => panic!("{other:?}"),
+        assert_eq!(x, Ok(Ok(1)));
+    }
+}
+
+#[test]
+fn memory_held_by_a_waiting_parent_is_reported_as_a_deadlock() {
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .cpu_memory(100)
+        .build()
+        .unwrap();
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            task(async { task(async {}).memory(60).await })
+                .memory(60)
+                .await
+        })
+    });
+    match r {
+        Ok(Err(TaskError::Deadlock {
+            task,
+            device,
+            reason,
+        })) => {
+            assert!(task.starts_with('#'));
+            assert_eq!(device, "cpu:0");
+            assert!(reason.contains("60 bytes"), "{reason}");
         }
+        other => panic!("{other:?}"),
     }
 }

@@ -7,6 +7,10 @@
 //! `cpu_threads` drivers pull from the injector at once; a driver whose task waits on
 //! something leaves that count, so a waiting task never holds others back.
 //!
+//! A task that waits on other tasks (awaits a handle, an id or a space) lends its VCUs to
+//! the device while it waits, and takes them back through admission before it is polled
+//! again: a parent awaiting its children never starves them of the VCUs it holds.
+//!
 //! # Invariants
 //! - A driver holds at most one task (the run token), and polls it only from its own
 //!   `poll`, so a task is never polled concurrently.
@@ -23,9 +27,11 @@ use std::task::{Context, Poll, Waker};
 use super::RtInner;
 use super::activity::Activity;
 use crate::context;
+use crate::device::Demand;
 use crate::device::Device;
 use crate::scheduler::{self, Launch};
-use crate::task::Task;
+use crate::task::header::{Header, Kind, Name};
+use crate::task::{Resume, Task};
 
 /// Tasks a driver completes in one poll before it yields to Tokio.
 const BUDGET: u32 = 128;
@@ -33,6 +39,10 @@ const BUDGET: u32 = 128;
 struct Running {
     task: Arc<dyn Task>,
     device: Device,
+    /// VCUs lent to the device while the task waits on other tasks (0: none).
+    lent: u32,
+    /// The pending request to take the lent VCUs back.
+    resume: Option<Arc<Resume>>,
     #[cfg(feature = "tracing")]
     span: tracing::Span,
 }
@@ -65,7 +75,6 @@ impl Driver {
     fn start(&self, task: Arc<dyn Task>) -> Running {
         let h = task.header();
         let device = h.device().unwrap_or(Device::CPU);
-        self.rt.devices[device.slot()].started();
         self.rt.stamp(h, 2);
         #[cfg(feature = "tracing")]
         let span = tracing::trace_span!(
@@ -79,6 +88,8 @@ impl Driver {
         Running {
             task,
             device,
+            lent: 0,
+            resume: None,
             #[cfg(feature = "tracing")]
             span,
         }
@@ -133,9 +144,19 @@ impl Future for Driver {
                     None => return Poll::Ready(()),
                 }
             }
-            let Some(r) = this.current.as_ref() else {
+            let Some(r) = this.current.as_mut() else {
                 continue;
             };
+            if r.lent > 0 && !reacquire(&rt, r, &this.waker) {
+                // Wait for admission (parked: admission wakes this driver).
+                this.activity.end_poll(true);
+                if this.active {
+                    this.active = false;
+                    rt.deactivate();
+                }
+                return Poll::Pending;
+            }
+            let r = &*r;
             context::take_blocked();
             let poll = {
                 let _task = context::enter_task(&r.task, r.device);
@@ -147,7 +168,13 @@ impl Future for Driver {
             };
             match poll {
                 Poll::Pending => {
-                    this.activity.end_poll(context::take_blocked());
+                    let blocked = context::take_blocked();
+                    if blocked {
+                        if let Some(r) = this.current.as_mut() {
+                            lend(&rt, r);
+                        }
+                    }
+                    this.activity.end_poll(blocked);
                     if this.active {
                         // Let other drivers pull while this task waits.
                         this.active = false;
@@ -163,7 +190,7 @@ impl Future for Driver {
                     let delta = scheduler::complete(&rt, &r.task, r.device, outcome, &mut launch);
                     rt.stamp_end(&r.task, r.device);
                     rt.counters.add(delta.live, delta.busy);
-                    let mut it = launch.into_iter();
+                    let mut it = launch.into_iter().filter_map(|t| rt.route(t));
                     this.next = it.next();
                     rt.push_all(it);
                 }
@@ -177,6 +204,55 @@ impl Future for Driver {
             }
         }
     }
+}
+
+/// The task waits on other tasks: give its VCUs back to the device meanwhile.
+fn lend(rt: &Arc<RtInner>, r: &mut Running) {
+    let h = r.task.header();
+    let vcu = h.demand().vcu;
+    if vcu == 0 || r.lent > 0 {
+        return;
+    }
+    h.set_reserved_vcu(0);
+    r.lent = vcu;
+    let mut launch = Launch::new();
+    rt.devices[r.device.slot()].release(Demand { vcu, mem: 0 }, &mut launch);
+    rt.counters.add(0, launch.len() as i64);
+    rt.push_all(launch.into_iter());
+}
+
+/// Takes lent VCUs back. Returns whether the task holds them again; if not, a resume
+/// request waits in the device's admission queue and will wake the driver.
+fn reacquire(rt: &Arc<RtInner>, r: &mut Running, waker: &Waker) -> bool {
+    let granted = match &r.resume {
+        Some(req) => req.is_granted(),
+        None => {
+            let req = Arc::new(Resume::new(
+                Header::new(Name::Anon(0), Kind::Resume, 0, r.lent, 0),
+                waker.clone(),
+            ));
+            let mut launch = Launch::new();
+            rt.devices[r.device.slot()].admit(
+                req.clone(),
+                Demand {
+                    vcu: r.lent,
+                    mem: 0,
+                },
+                &mut launch,
+            );
+            rt.counters.add(0, launch.len() as i64);
+            rt.push_all(launch.into_iter());
+            let granted = req.is_granted();
+            r.resume = Some(req);
+            granted
+        }
+    };
+    if granted {
+        r.task.header().set_reserved_vcu(r.lent);
+        r.lent = 0;
+        r.resume = None;
+    }
+    granted
 }
 
 impl Drop for Driver {

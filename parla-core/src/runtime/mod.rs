@@ -19,8 +19,9 @@ use driver::Driver;
 
 use crate::context;
 use crate::device::admission::Admission;
-use crate::device::{Device, MAX_GPUS, VCU_ONE, vcu_fixed};
+use crate::device::{Demand, Device, MAX_GPUS, VCU_ONE, vcu_fixed};
 use crate::error::{Error, Result};
+use crate::scheduler::Launch;
 use crate::scheduler::mapping::{MappingPolicy, MostFree};
 use crate::scheduler::stall;
 use crate::task::Task;
@@ -51,13 +52,30 @@ pub(crate) struct DeviceState {
 }
 
 impl DeviceState {
-    pub(crate) fn started(&self) {
+    /// Admits `t` (or queues it); pushes what was admitted to `out`.
+    pub(crate) fn admit(&self, t: Arc<dyn Task>, d: Demand, out: &mut Launch) {
+        let before = out.len();
+        self.admission.admit(t, d, out);
+        self.count(&out[before..]);
+    }
+
+    /// Releases a reservation; pushes what that admitted to `out`.
+    pub(crate) fn release(&self, d: Demand, out: &mut Launch) {
+        let before = out.len();
+        self.admission.release(d, out);
+        self.count(&out[before..]);
+    }
+
+    fn count(&self, admitted: &[Arc<dyn Task>]) {
         if self.track_running {
-            self.running.fetch_add(1, Ordering::Relaxed);
+            let n = admitted.iter().filter(|t| t.as_resume().is_none()).count();
+            if n > 0 {
+                self.running.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 
-    pub(crate) fn finished(&self, _rt: &RtInner) {
+    pub(crate) fn finished(&self) {
         if self.track_running {
             self.running.fetch_sub(1, Ordering::Relaxed);
         }
@@ -131,12 +149,28 @@ impl RtInner {
         self.injector.push(t);
     }
 
+    /// Passes on what admission let through: a resume request wakes its driver (giving back
+    /// the token admission counted for it, since the driver takes its own); a task is
+    /// returned to be run.
+    pub(crate) fn route(&self, t: Arc<dyn Task>) -> Option<Arc<dyn Task>> {
+        match t.as_resume() {
+            None => Some(t),
+            Some(r) => {
+                self.counters.add(0, -1);
+                r.grant();
+                None
+            }
+        }
+    }
+
     /// Queues admitted tasks and makes sure drivers will run them.
     pub(crate) fn push_all(self: &Arc<Self>, tasks: impl Iterator<Item = Arc<dyn Task>>) {
         let mut n = 0;
         for t in tasks {
-            self.injector.push(t);
-            n += 1;
+            if let Some(t) = self.route(t) {
+                self.injector.push(t);
+                n += 1;
+            }
         }
         if n > 0 {
             self.ensure_drivers(n);
@@ -144,7 +178,7 @@ impl RtInner {
     }
 
     /// Launches admitted tasks from outside a driver (spawn, the stall resolver).
-    pub(crate) fn launch_detached(self: &Arc<Self>, launch: crate::scheduler::Launch) {
+    pub(crate) fn launch_detached(self: &Arc<Self>, launch: Launch) {
         self.push_all(launch.into_iter());
     }
 

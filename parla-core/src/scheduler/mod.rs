@@ -306,8 +306,8 @@ pub(crate) fn complete(
     let h = task.header();
     let dev = &rt.devices[device.slot()];
     let before = launch.len();
-    dev.admission.release(h.demand(), launch);
-    dev.finished(rt);
+    dev.release(h.demand(), launch);
+    dev.finished();
     let mut delta = Delta {
         live: -1,
         busy: (launch.len() - before) as i64 - 1,
@@ -389,7 +389,7 @@ pub(crate) fn on_ready(rt: &RtInner, task: Arc<dyn Task>, launch: &mut Launch) -
     tracing::trace!(target: "parla::sched", { task.id = %h.name, device = %dev.device, vcu = vcu_float(vcu), mem.bytes = h.mem }, "mapped");
     let before = launch.len();
     let demand = Demand { vcu, mem };
-    dev.admission.admit(task, demand, launch);
+    dev.admit(task, demand, launch);
     launch.len() - before
 }
 
@@ -407,6 +407,11 @@ pub(crate) fn finish_queued(
     launch: &mut Launch,
     delta: &mut Delta,
 ) {
+    if let Some(r) = task.as_resume() {
+        // A driver waiting to resume: let it go on (it holds its task, which must finish).
+        r.grant();
+        return;
+    }
     // SAFETY: the caller took the task out of its admission queue, the only place that
     // held it: no driver has it, so this is the run token.
     unsafe { task.drop_body() };

@@ -37,6 +37,11 @@ pub(crate) trait Task: Send + Sync + 'static {
     /// The caller won the transition to DONE (or holds the run token), so nobody polls the
     /// body now or later.
     unsafe fn drop_body(&self);
+
+    /// The resume request, if this is one.
+    fn as_resume(&self) -> Option<&Resume> {
+        None
+    }
 }
 
 /// A task whose output a [`TaskHandle`](super::TaskHandle) can take.
@@ -184,4 +189,49 @@ impl Task for Placeholder {
     }
 
     unsafe fn drop_body(&self) {}
+}
+
+/// A request from a driver whose task lent its VCUs while it waited on other tasks: it
+/// queues for admission like a task, and admission wakes the driver instead of running it.
+pub(crate) struct Resume {
+    header: Header,
+    admitted: std::sync::atomic::AtomicBool,
+    waker: std::task::Waker,
+}
+
+impl Resume {
+    pub(crate) fn new(header: Header, waker: std::task::Waker) -> Self {
+        Resume {
+            header,
+            admitted: std::sync::atomic::AtomicBool::new(false),
+            waker,
+        }
+    }
+
+    /// The VCUs are reserved again: let the driver go on.
+    pub(crate) fn grant(&self) {
+        self.admitted
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake_by_ref();
+    }
+
+    pub(crate) fn is_granted(&self) -> bool {
+        self.admitted.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Task for Resume {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    unsafe fn poll_body(&self, _cx: &mut Context<'_>) -> Poll<Outcome> {
+        Poll::Ready(Ok(()))
+    }
+
+    unsafe fn drop_body(&self) {}
+
+    fn as_resume(&self) -> Option<&Resume> {
+        Some(self)
+    }
 }

@@ -68,6 +68,8 @@ pub(crate) enum Kind {
     Task,
     /// Stands for an id referenced before it was spawned.
     Placeholder,
+    /// A parked task asking its VCUs back (see `Resume`).
+    Resume,
 }
 
 pub(crate) struct Header {
@@ -199,6 +201,11 @@ impl Header {
             u16::MAX => None,
             s => Some(Device::from_slot(s as usize)),
         }
+    }
+
+    /// Sets the VCUs the task holds (0 while it lends them).
+    pub(crate) fn set_reserved_vcu(&self, vcu: u32) {
+        self.reserved_vcu.store(vcu, Ordering::Relaxed);
     }
 
     /// What the task reserved on its device.

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use smallvec::SmallVec;
 
-pub(crate) use cell::{Join, Placeholder, Task, TaskCell};
+pub(crate) use cell::{Join, Placeholder, Resume, Task, TaskCell};
 
 use crate::device::{IntoPlacements, Placement, Placements};
 use crate::error::TaskError;

@@ -1,0 +1,241 @@
+//! VCU and memory admission, and mapping of list placements.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parla::prelude::*;
+
+/// Tracks how many bodies run at once and the most that ever did.
+#[derive(Default)]
+struct Overlap {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Overlap {
+    fn enter(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+    }
+    fn exit(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `n` tasks that each sleep (blocking their worker) and returns the peak overlap.
+fn peak(
+    rt: &parla::Runtime,
+    n: usize,
+    configure: impl Fn(usize) -> Option<f64>,
+    mem: u64,
+) -> usize {
+    let o = Arc::new(Overlap::default());
+    let o2 = o.clone();
+    rt.block_on(async move {
+        for i in 0..n {
+            let o = o2.clone();
+            let mut b = task(async move {
+                o.enter();
+                std::thread::sleep(Duration::from_millis(40));
+                o.exit();
+            })
+            .memory(mem);
+            if let Some(v) = configure(i) {
+                b = b.vcus(v);
+            }
+            b.spawn();
+        }
+    });
+    o.max.load(Ordering::SeqCst)
+}
+
+#[test]
+fn half_vcus_run_two_at_a_time() {
+    let rt = support::cpu(4);
+    let p = support::within(60, move || peak(&rt, 8, |_| Some(0.5), 0));
+    assert_eq!(p, 2);
+}
+
+#[test]
+fn whole_vcus_run_serially() {
+    let rt = support::cpu(4);
+    let p = support::within(60, move || peak(&rt, 5, |_| Some(1.0), 0));
+    assert_eq!(p, 1);
+}
+
+#[test]
+fn default_vcus_are_one_workers_share() {
+    let rt = support::cpu(3);
+    let p = support::within(60, move || peak(&rt, 9, |_| None, 0));
+    assert_eq!(p, 3);
+}
+
+#[test]
+fn zero_vcus_are_unlimited() {
+    let rt = support::cpu(2);
+    let o = Arc::new(Overlap::default());
+    let o2 = o.clone();
+    support::within(60, move || {
+        rt.block_on(async move {
+            for _ in 0..8 {
+                let o = o2.clone();
+                task(async move {
+                    o.enter();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    o.exit();
+                })
+                .vcus(0.0)
+                .spawn();
+            }
+        })
+    });
+    assert_eq!(
+        o.max.load(Ordering::SeqCst),
+        8,
+        "waiting tasks do not hold workers"
+    );
+}
+
+#[test]
+fn memory_budget_limits_concurrency() {
+    let rt = parla::Runtime::builder()
+        .cpu_threads(4)
+        .cpu_memory(100)
+        .build()
+        .unwrap();
+    let rt = Arc::new(rt);
+    let r2 = rt.clone();
+    let p60 = support::within(60, move || peak(&r2, 4, |_| Some(0.0), 60));
+    let r3 = rt.clone();
+    let p50 = support::within(60, move || peak(&r3, 6, |_| Some(0.0), 50));
+    assert_eq!(p60, 1);
+    assert_eq!(p50, 2);
+}
+
+#[test]
+fn gpu_tasks_wait_for_the_virtual_gpu_memory_budget() {
+    let rt = support::vgpu(4, 1, 1000);
+    let o = Arc::new(Overlap::default());
+    let o2 = o.clone();
+    let devs = support::within(60, move || {
+        rt.block_on(async move {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let o = o2.clone();
+                    task(async move {
+                        o.enter();
+                        std::thread::sleep(Duration::from_millis(30));
+                        o.exit();
+                        current_device()
+                    })
+                    .placement(Placement::AnyGpu)
+                    .memory(600)
+                    .spawn()
+                })
+                .collect();
+            let mut v = Vec::new();
+            for h in hs {
+                v.push(h.await.unwrap());
+            }
+            v
+        })
+    });
+    assert!(devs.iter().all(|d| d.to_string() == "gpu:0"));
+    assert_eq!(o.max.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn placement_on_virtual_gpus() {
+    let rt = support::vgpu(2, 2, 1 << 30);
+    let (one, any, either) = support::within(60, move || {
+        rt.block_on(async {
+            let one = task(async { current_device() })
+                .placement(Placement::Gpu(1))
+                .await
+                .unwrap();
+            let any = task(async { current_device() })
+                .placement(Placement::AnyGpu)
+                .await
+                .unwrap();
+            let either = task(async { current_device() })
+                .placement([Placement::Cpu, Placement::AnyGpu])
+                .await
+                .unwrap();
+            (one, any, either)
+        })
+    });
+    assert_eq!(one.to_string(), "gpu:1");
+    assert_eq!(any.arch(), Arch::Gpu);
+    assert_eq!(either.arch(), Arch::Gpu, "GPUs are preferred on ties");
+}
+
+#[test]
+fn any_gpu_spreads_over_busy_gpus() {
+    let rt = support::vgpu(4, 2, 1 << 30);
+    let devs = support::within(60, move || {
+        rt.block_on(async {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    task(async {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        current_device().index()
+                    })
+                    .placement(Placement::AnyGpu)
+                    .spawn()
+                })
+                .collect();
+            let mut v = Vec::new();
+            for h in hs {
+                v.push(h.await.unwrap());
+            }
+            v
+        })
+    });
+    assert!(devs.contains(&0) && devs.contains(&1), "{devs:?}");
+}
+
+#[test]
+fn a_custom_mapping_policy_decides() {
+    struct LastDevice;
+    impl parla::MappingPolicy for LastDevice {
+        fn choose(&self, c: &[parla::Candidate]) -> usize {
+            c.len() - 1
+        }
+    }
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .virtual_gpus(3, 1 << 20)
+        .mapping_policy(LastDevice)
+        .build()
+        .unwrap();
+    let d = rt
+        .block_on(async {
+            task(async { current_device() })
+                .placement([Placement::Cpu, Placement::AnyGpu])
+                .await
+        })
+        .unwrap();
+    assert_eq!(d.to_string(), "gpu:2");
+}
+
+#[test]
+fn builder_rejects_bad_configuration() {
+    let e = parla::Runtime::builder()
+        .cpu_threads(0)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("cpu_threads"), "{e}");
+    let e = parla::Runtime::builder()
+        .streams_per_gpu(0)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("streams_per_gpu"), "{e}");
+    let e = parla::Runtime::builder()
+        .virtual_gpus(100, 1)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("100 GPUs"), "{e}");
+}

@@ -1,0 +1,211 @@
+//! Property test over random task graphs: random dependencies (forward references
+//! included), random placement on the CPU and two virtual GPUs, random VCUs and memory.
+//! Every task runs exactly once, after all of its dependencies; the VCUs in use on a device
+//! never exceed 1.0; reserved memory never exceeds the budget; `block_on` returns.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use parla::prelude::*;
+use proptest::prelude::*;
+
+const BUDGET: u64 = 1000;
+const DEVICES: usize = 3;
+
+#[derive(Debug, Clone)]
+struct Node {
+    deps: Vec<usize>,
+    placement: usize,
+    vcus: Option<f64>,
+    memory: u64,
+    by_handle: bool,
+    yields: u8,
+}
+
+#[derive(Debug, Clone)]
+struct Graph {
+    threads: usize,
+    nodes: Vec<Node>,
+}
+
+fn placements(i: usize) -> Vec<Placement> {
+    match i {
+        0 => vec![Placement::Cpu],
+        1 => vec![Placement::AnyGpu],
+        2 => vec![Placement::Gpu(0)],
+        3 => vec![Placement::Gpu(1)],
+        4 => vec![Placement::Cpu, Placement::AnyGpu],
+        _ => vec![Placement::Cpu, Placement::Gpu(1)],
+    }
+}
+
+fn graph() -> impl Strategy<Value = Graph> {
+    (1usize..=200, 1usize..=4).prop_flat_map(|(n, threads)| {
+        let order = Just((0..n).collect::<Vec<_>>()).prop_shuffle();
+        let node = (
+            proptest::collection::vec(0..n, 0..4),
+            0usize..6,
+            prop_oneof![
+                Just(None),
+                Just(Some(0.0)),
+                Just(Some(0.25)),
+                Just(Some(0.5)),
+                Just(Some(1.0)),
+                (0.0f64..=1.0).prop_map(Some)
+            ],
+            prop_oneof![Just(0u64), 0..=BUDGET],
+            any::<bool>(),
+            0u8..3,
+        );
+        (order, proptest::collection::vec(node, n)).prop_map(move |(order, raw)| {
+            // rank[i]: position of task i in a topological order; deps only go to lower ranks,
+            // so the graph is acyclic while spawn order (by index) makes forward references.
+            let mut rank = vec![0; n];
+            for (pos, &i) in order.iter().enumerate() {
+                rank[i] = pos;
+            }
+            let nodes = raw
+                .into_iter()
+                .enumerate()
+                .map(|(i, (deps, placement, vcus, memory, by_handle, yields))| {
+                    let mut deps: Vec<usize> =
+                        deps.into_iter().filter(|&j| rank[j] < rank[i]).collect();
+                    deps.sort_unstable();
+                    deps.dedup();
+                    Node {
+                        deps,
+                        placement,
+                        vcus,
+                        memory,
+                        by_handle,
+                        yields,
+                    }
+                })
+                .collect();
+            Graph { threads, nodes }
+        })
+    })
+}
+
+struct Check {
+    runs: Vec<AtomicUsize>,
+    done: Vec<AtomicBool>,
+    vcu: [AtomicU64; DEVICES],
+    mem: [AtomicU64; DEVICES],
+    early: AtomicUsize,
+    over_vcu: AtomicUsize,
+    over_mem: AtomicUsize,
+}
+
+fn slot(d: Device) -> usize {
+    match d.arch() {
+        Arch::Cpu => 0,
+        Arch::Gpu => 1 + d.index() as usize,
+    }
+}
+
+fn run(g: Graph) -> Result<(), TestCaseError> {
+    let n = g.nodes.len();
+    let check = Arc::new(Check {
+        runs: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        done: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        vcu: Default::default(),
+        mem: Default::default(),
+        early: AtomicUsize::new(0),
+        over_vcu: AtomicUsize::new(0),
+        over_mem: AtomicUsize::new(0),
+    });
+    let rt = parla::Runtime::builder()
+        .cpu_threads(g.threads)
+        .cpu_memory(BUDGET)
+        .virtual_gpus(2, BUDGET)
+        .build()
+        .unwrap();
+    let c = check.clone();
+    let nodes = g.nodes.clone();
+    let results = support::within(20, move || {
+        rt.block_on(async move {
+            let t = TaskSpace::new("P");
+            let mut handles: Vec<TaskHandle<()>> = Vec::with_capacity(n);
+            for (i, node) in nodes.iter().enumerate() {
+                let c = c.clone();
+                let deps = node.deps.clone();
+                let yields = node.yields;
+                let body = async move {
+                    let info = current_task().expect("inside a task");
+                    let dev = slot(current_device());
+                    let v = (info.vcus() * 1e6).round() as u64;
+                    let m = info.memory();
+                    if c.vcu[dev].fetch_add(v, Ordering::SeqCst) + v > 1_000_000 {
+                        c.over_vcu.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if c.mem[dev].fetch_add(m, Ordering::SeqCst) + m > BUDGET {
+                        c.over_mem.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if deps.iter().any(|&j| !c.done[j].load(Ordering::SeqCst)) {
+                        c.early.fetch_add(1, Ordering::SeqCst);
+                    }
+                    for _ in 0..yields {
+                        tokio::task::yield_now().await;
+                    }
+                    c.runs[i].fetch_add(1, Ordering::SeqCst);
+                    c.vcu[dev].fetch_sub(v, Ordering::SeqCst);
+                    c.mem[dev].fetch_sub(m, Ordering::SeqCst);
+                    c.done[i].store(true, Ordering::SeqCst);
+                };
+                let mut b = task(body)
+                    .id(t.at(i))
+                    .placement(placements(node.placement))
+                    .memory(node.memory);
+                if let Some(v) = node.vcus {
+                    b = b.vcus(v);
+                }
+                for &j in &node.deps {
+                    if j < i && node.by_handle {
+                        b = b.after(&handles[j]);
+                    } else {
+                        b = b.after(t.at(j));
+                    }
+                }
+                handles.push(b.spawn());
+            }
+            let mut out = Vec::with_capacity(n);
+            for h in handles {
+                out.push(h.await);
+            }
+            out
+        })
+    });
+    for (i, r) in results.iter().enumerate() {
+        prop_assert!(r.is_ok(), "task {i}: {r:?}");
+        prop_assert_eq!(
+            check.runs[i].load(Ordering::SeqCst),
+            1,
+            "task {} ran once",
+            i
+        );
+    }
+    prop_assert_eq!(
+        check.early.load(Ordering::SeqCst),
+        0,
+        "a task ran before a dependency"
+    );
+    prop_assert_eq!(check.over_vcu.load(Ordering::SeqCst), 0, "VCUs over 1.0");
+    prop_assert_eq!(
+        check.over_mem.load(Ordering::SeqCst),
+        0,
+        "memory over budget"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_dags(g in graph()) {
+        run(g)?;
+    }
+}

@@ -1,0 +1,197 @@
+//! Task spaces: keys, forward references, ranges, awaiting ids, ranges and whole spaces.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parla::prelude::*;
+
+#[test]
+fn integer_keys_compare_by_value_whatever_their_type() {
+    let t = TaskSpace::new("T");
+    assert_eq!(t.at(0usize), t.at(0i32));
+    assert_eq!(t.at((1u8, 2i64)), t.at((1usize, 2u16)));
+    assert_ne!(t.at(0), TaskSpace::new("T").at(0), "different spaces");
+    assert_eq!(t.at(("cpu", 3)).to_string(), "T[cpu, 3]");
+    assert_eq!(t.at((1, 2, 3, 4)).key().parts().len(), 4);
+
+    let rt = support::cpu(2);
+    let v = rt.block_on(async move {
+        task(async { 7 }).id(t.at(3u64)).spawn();
+        let r = task(async { 1 }).after(t.at(3i8)).await.unwrap();
+        t.at(3usize).await.unwrap();
+        r
+    });
+    assert_eq!(v, 1);
+}
+
+#[test]
+fn forward_references_wait_for_the_later_spawn() {
+    each_config!(|rt| {
+        let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let o = order.clone();
+        rt.block_on(async move {
+            let t = TaskSpace::new("F");
+            let (o1, o2) = (o.clone(), o.clone());
+            // Depends on an id nobody spawned yet.
+            let late = task(async move { o1.lock().push("dependent") })
+                .id(t.at("dependent"))
+                .after(t.at("first"))
+                .spawn();
+            task(async move {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                o2.lock().push("first")
+            })
+            .id(t.at("first"))
+            .spawn();
+            late.await.unwrap();
+        });
+        assert_eq!(*order.lock(), vec!["first", "dependent"]);
+    });
+}
+
+#[test]
+fn awaiting_an_id_before_it_is_spawned() {
+    each_config!(|rt| {
+        let v = rt.block_on(async {
+            let t = TaskSpace::new("W");
+            let t2 = t.clone();
+            let waiter = task(async move { t2.at(9).await.map(|()| "seen") })
+                .vcus(0.0)
+                .spawn();
+            task(async {}).id(t.at(9)).spawn();
+            waiter.await.unwrap()
+        });
+        assert_eq!(v, Ok("seen"));
+    });
+}
+
+#[test]
+fn ranges_depend_and_await() {
+    each_config!(|rt| {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let seen = rt.block_on(async move {
+            let t = TaskSpace::new("R");
+            for i in 0..8 {
+                let n = n2.clone();
+                task(async move {
+                    n.fetch_add(1, Ordering::SeqCst);
+                })
+                .id(t.at(i))
+                .spawn();
+            }
+            let n3 = n2.clone();
+            let after = task(async move { n3.load(Ordering::SeqCst) })
+                .after(t.range(0..8))
+                .spawn();
+            t.range(0..=7).await.unwrap();
+            (&t.range(0..8)).await.unwrap();
+            assert_eq!(t.range(0..8).len(), 8);
+            assert_eq!(t.range(0..8).iter().count(), 8);
+            after.await.unwrap()
+        });
+        assert_eq!(seen, 8, "the range dependency waited for all eight");
+        assert_eq!(n.load(Ordering::SeqCst), 8);
+    });
+}
+
+#[test]
+fn awaiting_a_space_waits_for_everything_spawned_so_far() {
+    each_config!(|rt| {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let len = rt.block_on(async move {
+            let t = TaskSpace::new("S");
+            for i in 0..20 {
+                let n = n2.clone();
+                task(async move {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    n.fetch_add(1, Ordering::SeqCst);
+                })
+                .id(t.at(i))
+                .spawn();
+            }
+            t.clone().await.unwrap();
+            assert_eq!(n2.load(Ordering::SeqCst), 20);
+            (&t).await.unwrap();
+            t.len()
+        });
+        assert_eq!(len, 20);
+    });
+}
+
+#[test]
+fn awaiting_a_space_reports_a_failure() {
+    let rt = support::cpu(2);
+    let r = rt.block_on(async {
+        let t = TaskSpace::new("S");
+        task(async {}).id(t.at(0)).spawn();
+        task(async { panic!("bad") }).id(t.at(1)).spawn();
+        t.await
+    });
+    assert!(matches!(r, Err(TaskError::Panicked { .. })), "{r:?}");
+}
+
+#[test]
+fn whole_space_as_a_dependency() {
+    let rt = support::cpu(2);
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let seen = rt.block_on(async move {
+        let t = TaskSpace::new("S");
+        for i in 0..10 {
+            let n = n2.clone();
+            task(async move {
+                n.fetch_add(1, Ordering::SeqCst);
+            })
+            .id(t.at(i))
+            .spawn();
+        }
+        let n3 = n2.clone();
+        task(async move { n3.load(Ordering::SeqCst) })
+            .after(&t)
+            .await
+            .unwrap()
+    });
+    assert_eq!(seen, 10);
+}
+
+#[test]
+fn dependencies_accumulate_and_accept_many_forms() {
+    let rt = support::cpu(2);
+    let v = rt.block_on(async {
+        let t = TaskSpace::new("D");
+        let h = task(async { 1 }).spawn();
+        for i in 0..6 {
+            task(async {}).id(t.at(i)).spawn();
+        }
+        let refs = vec![t.at(0), t.at(1)];
+        task(async { 2 })
+            .after(&h)
+            .after([t.at(2), t.at(3)])
+            .after(refs)
+            .after((4..6).map(|i| t.at(i)))
+            .after(parla::deps([t.at(0)].into_iter()))
+            .after(Some(t.at(1)))
+            .after(&t.range(0..2))
+            .await
+            .unwrap()
+    });
+    assert_eq!(v, 2);
+}
+
+#[test]
+fn task_refs_await_by_value_and_by_reference() {
+    let rt = support::cpu(1);
+    rt.block_on(async {
+        let t = TaskSpace::new("A");
+        task(async {}).id(t.at("x")).spawn();
+        let r = t.at("x");
+        (&r).await.unwrap();
+        r.clone().await.unwrap();
+        assert!(r.is_finished());
+        assert!(!t.at("y").is_finished());
+    });
+}
