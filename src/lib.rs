@@ -51,3 +51,8 @@ pub mod prelude {
         current_device, current_task, task,
     };
 }
+
+/// The README's code blocks compile and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

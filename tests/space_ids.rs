@@ -173,9 +173,9 @@ fn dependencies_accumulate_and_accept_many_forms() {
             .after([t.at(2), t.at(3)])
             .after(refs)
             .after((4..6).map(|i| t.at(i)))
-            .after(parla::deps([t.at(0)].into_iter()))
+            .after(parla::deps([t.at(0)]))
             .after(Some(t.at(1)))
-            .after(&t.range(0..2))
+            .after(t.range(0..2))
             .await
             .unwrap()
     });

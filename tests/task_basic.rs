@@ -145,7 +145,11 @@ fn a_long_chain_completes() {
 #[test]
 fn runtime_is_reusable_and_handles_outlive_block_on() {
     let rt = support::cpu(2);
-    let h = rt.block_on(async { task(async { 5 }).spawn() });
+    let h = rt.block_on(async {
+        let h = task(async { 5 }).spawn();
+        Some(h)
+    });
+    let h = h.unwrap();
     assert!(h.is_finished());
     let v = rt.block_on(h).unwrap();
     assert_eq!(v, 5);

@@ -213,10 +213,12 @@ fn never_spawned_when_main_returns_without_awaiting() {
     let h = support::within(30, move || {
         rt.block_on(async move {
             let t = TaskSpace::new("T");
-            task(async move { r.store(true, Ordering::SeqCst) })
+            let h = task(async move { r.store(true, Ordering::SeqCst) })
                 .after(t.at("missing"))
-                .spawn()
+                .spawn();
+            Some(h)
         })
+        .unwrap()
     });
     assert!(!ran.load(Ordering::SeqCst));
     assert!(h.is_finished());
@@ -390,6 +392,40 @@ fn memory_held_by_a_waiting_parent_is_reported_as_a_deadlock() {
             assert!(task.starts_with('#'));
             assert_eq!(device, "cpu:0");
             assert!(reason.contains("60 bytes"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_list_with_gpu_runs_on_the_cpu_when_there_is_no_gpu() {
+    let rt = support::cpu(2);
+    let d = rt
+        .block_on(async {
+            task(async { current_device() })
+                .placement([Placement::Cpu, Placement::AnyGpu])
+                .await
+        })
+        .unwrap();
+    assert_eq!(d, Device::CPU);
+}
+
+#[test]
+fn dependents_of_a_task_that_failed_at_spawn_see_its_error() {
+    let rt = support::cpu(2);
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("T");
+            task(async {}).id(t.at(0)).vcus(2.0).spawn();
+            task(async {}).after(t.at(0)).await
+        })
+    });
+    match r {
+        Err(TaskError::DependencyFailed {
+            dependency, cause, ..
+        }) => {
+            assert_eq!(dependency, "T[0]");
+            assert!(matches!(*cause, TaskError::Unsatisfiable { .. }));
         }
         other => panic!("{other:?}"),
     }

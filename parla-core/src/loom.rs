@@ -1,11 +1,11 @@
-//! Synchronisation primitives, swapped for loom's model-checked ones under `--cfg loom`.
+//! Synchronisation primitives, swapped for loom's model-checked ones under `--cfg parla_loom`.
 //!
 //! Only the lock-free and lock-based protocols that loom models exercise go through here
 //! (device admission); the rest of the crate uses `std` and `parking_lot` directly.
 
-#[cfg(not(loom))]
+#[cfg(not(parla_loom))]
 pub(crate) mod sync {
-    pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
     /// A mutex with the same surface as loom's.
     #[derive(Debug, Default)]
@@ -21,9 +21,9 @@ pub(crate) mod sync {
     }
 }
 
-#[cfg(loom)]
+#[cfg(parla_loom)]
 pub(crate) mod sync {
-    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
     /// loom's mutex, unwrapped like parking_lot's.
     #[derive(Debug)]

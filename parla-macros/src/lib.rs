@@ -47,7 +47,8 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// with status 1.
 #[proc_macro_attribute]
 pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
-    main_attr::expand(attr.into(), item.into())
-        .unwrap_or_else(|e| e.to_compile_error())
+    let item: proc_macro2::TokenStream = item.into();
+    main_attr::expand(attr.into(), item.clone())
+        .unwrap_or_else(|e| main_attr::with_stub(e, item))
         .into()
 }

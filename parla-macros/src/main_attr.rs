@@ -76,3 +76,24 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         }
     })
 }
+
+/// The error, plus the function with its body stubbed out, so that the only error reported
+/// is the macro's own (not a missing `main` as well).
+pub(crate) fn with_stub(e: syn::Error, item: TokenStream) -> TokenStream {
+    let err = e.to_compile_error();
+    match syn::parse2::<ItemFn>(item) {
+        Ok(f) => {
+            let ItemFn {
+                attrs, vis, sig, ..
+            } = f;
+            let mut sig = sig;
+            sig.asyncness = None;
+            quote! {
+                #err
+                #(#attrs)*
+                #vis #sig { ::core::unreachable!() }
+            }
+        }
+        Err(_) => err,
+    }
+}

@@ -86,13 +86,11 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 calls.push(quote_spanned!(a.key.span()=> .vcus(#lit)));
             }
             "memory" => {
-                if let Some(n) = number(v) {
-                    if n < 0.0 {
-                        return Err(err(
-                            v.span(),
-                            "memory is a number of bytes and cannot be negative",
-                        ));
-                    }
+                if number(v).is_some_and(|n| n < 0.0) {
+                    return Err(err(
+                        v.span(),
+                        "memory is a number of bytes and cannot be negative",
+                    ));
                 }
                 calls.push(quote_spanned!(a.key.span()=> .memory((#v) as u64)));
             }

@@ -41,9 +41,12 @@ pub fn vgpu(threads: usize, gpus: usize, mem: u64) -> parla::Runtime {
         .expect("runtime")
 }
 
+/// A named way to make a runtime.
+pub type Config = (&'static str, fn() -> parla::Runtime);
+
 /// The runtimes every configuration-independent test runs on: CPU only, and CPU with two
 /// virtual GPUs.
-pub fn configs() -> Vec<(&'static str, fn() -> parla::Runtime)> {
+pub fn configs() -> Vec<Config> {
     vec![
         ("cpu-only", || cpu(2)),
         ("virtual-gpus", || vgpu(2, 2, 1 << 30)),

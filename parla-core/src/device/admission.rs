@@ -5,9 +5,12 @@
 //!   budget): every reservation is one compare-and-swap that checks the sum first.
 //! - Each reservation is released exactly once, by the holder of what was admitted.
 //! - No lost wake-up: an item waits in the queue only while the head of the queue does not
-//!   fit. Whoever queues an item drains the queue under the lock after publishing
-//!   `waiting`; whoever releases resources drains the queue when `waiting` is non-zero. Both
-//!   use `SeqCst`, so of a concurrent (push, release) pair at least one sees the other.
+//!   fit. Whoever queues an item increments `waiting` and then drains the queue under the
+//!   lock; whoever releases resources returns them and then reads `waiting` with a
+//!   read-modify-write, draining when it is non-zero. Read-modify-writes of `waiting` are
+//!   totally ordered: if the releaser's comes first, the queuer's increment acquires it and
+//!   its drain sees the released resources; if it comes second, it reads the increment and
+//!   drains. (No `SeqCst` reasoning needed, which loom can check.)
 //! - The queue is FIFO: a newcomer queues behind waiting items even when it would fit, so a
 //!   large task is never starved by a stream of small ones. Items that need nothing (0 VCUs,
 //!   0 bytes) bypass the queue.
@@ -91,7 +94,7 @@ impl<T> Admission<T> {
     }
 
     fn try_reserve(&self, d: Demand) -> bool {
-        let mut cur = self.used.load(Ordering::SeqCst);
+        let mut cur = self.used.load(Ordering::Acquire);
         loop {
             let vcu = (cur & VCU_MASK) as u32 + d.vcu;
             let mem = (cur >> VCU_BITS) + d.mem;
@@ -101,7 +104,7 @@ impl<T> Admission<T> {
             let next = (mem << VCU_BITS) | vcu as u64;
             match self
                 .used
-                .compare_exchange_weak(cur, next, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return true,
                 Err(actual) => cur = actual,
@@ -113,13 +116,13 @@ impl<T> Admission<T> {
     /// Everything admitted by this call (the item and possibly items queued before it) is
     /// pushed to `out`. Returns whether `item` itself was admitted at once.
     pub(crate) fn admit(&self, item: T, d: Demand, out: &mut impl Extend<T>) -> bool {
-        if d.is_zero() || (self.waiting.load(Ordering::SeqCst) == 0 && self.try_reserve(d)) {
+        if d.is_zero() || (self.waiting.load(Ordering::Acquire) == 0 && self.try_reserve(d)) {
             out.extend(Some(item));
             return true;
         }
         let mut q = self.queue.lock();
         q.push_back((item, d));
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.waiting.fetch_add(1, Ordering::AcqRel);
         self.drain(&mut q, out);
         false
     }
@@ -129,8 +132,9 @@ impl<T> Admission<T> {
         if d.is_zero() {
             return;
         }
-        self.used.fetch_sub(d.packed(), Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
+        self.used.fetch_sub(d.packed(), Ordering::AcqRel);
+        // A read-modify-write, not a load: see the module invariants.
+        if self.waiting.fetch_add(0, Ordering::AcqRel) > 0 {
             let mut q = self.queue.lock();
             self.drain(&mut q, out);
         }
@@ -142,7 +146,7 @@ impl<T> Admission<T> {
                 break;
             }
             if let Some((item, _)) = q.pop_front() {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
                 out.extend(Some(item));
             }
         }
@@ -151,12 +155,12 @@ impl<T> Admission<T> {
     /// Removes and returns every waiting item (the stall resolver fails them).
     pub(crate) fn take_waiting(&self) -> Vec<(T, Demand)> {
         let mut q = self.queue.lock();
-        self.waiting.store(0, Ordering::SeqCst);
+        self.waiting.store(0, Ordering::Release);
         q.drain(..).collect()
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(parla_loom)))]
 mod test {
     use super::*;
 
@@ -214,7 +218,7 @@ mod test {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, parla_loom))]
 mod loom_test {
     use super::*;
     use loom::sync::Arc;

@@ -184,12 +184,8 @@ pub(crate) fn resolve(p: &[Placement], gpus: usize) -> Result<SlotMask, String> 
     for pl in p {
         match *pl {
             Placement::Cpu => mask |= 1,
-            Placement::AnyGpu => {
-                if gpus == 0 {
-                    return Err("placement gpu: the runtime has no GPU".into());
-                }
-                mask |= all_gpus
-            }
+            // With no GPU, `gpu` in a list adds nothing; alone it is unsatisfiable (below).
+            Placement::AnyGpu => mask |= all_gpus,
             Placement::Gpu(i) => {
                 if i >= gpus {
                     return Err(format!(
@@ -200,6 +196,9 @@ pub(crate) fn resolve(p: &[Placement], gpus: usize) -> Result<SlotMask, String> 
                 mask |= 1 << (1 + i)
             }
         }
+    }
+    if mask == 0 {
+        return Err("placement gpu: the runtime has no GPU (no CUDA device found)".into());
     }
     Ok(mask)
 }
@@ -234,6 +233,7 @@ mod test {
         let e = resolve(&[Placement::Gpu(7)], 1).unwrap_err();
         assert!(e.contains("gpu(7)") && e.contains("1 GPU"), "{e}");
         assert!(resolve(&[Placement::AnyGpu], 0).is_err());
+        assert_eq!(resolve(&[Placement::Cpu, Placement::AnyGpu], 0), Ok(1));
     }
 
     #[test]

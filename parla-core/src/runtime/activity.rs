@@ -12,8 +12,9 @@
 //!   the count never reads zero while a woken poller is on its way.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Wake, Waker};
+
+use crate::loom::sync::{AtomicU8, AtomicU64, Ordering};
 
 use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
@@ -156,5 +157,56 @@ impl Wake for Activity {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.notify();
+    }
+}
+
+#[cfg(all(test, parla_loom))]
+mod loom_test {
+    use super::*;
+    use loom::thread;
+
+    /// A wake racing with a park: the busy count ends at 1 if the poller ends up notified
+    /// (it will be polled), at 0 if it ends up parked, and never underflows.
+    #[test]
+    fn park_vs_wake_keeps_one_token() {
+        loom::model(|| {
+            let counters = Arc::new(Counters::new());
+            counters.add(0, 1);
+            let a = Arc::new(Activity::new(counters.clone()));
+            a.begin_poll();
+            let a2 = a.clone();
+            let waker = thread::spawn(move || a2.notify());
+            a.end_poll(true);
+            waker.join().unwrap();
+            let (_, busy) = counters.load();
+            let state = a.state.load(Ordering::Acquire);
+            match state {
+                NOTIFIED => assert_eq!(busy, 1),
+                PARKED => panic!("a wake after the park must leave the poller notified"),
+                _ => panic!("unexpected state {state}"),
+            }
+            // The next poll takes the poller back to RUNNING with its token.
+            a.begin_poll();
+            assert_eq!(counters.load().1, 1);
+        });
+    }
+
+    /// Two wakers and a park: exactly one token comes back.
+    #[test]
+    fn two_wakes_one_token() {
+        loom::model(|| {
+            let counters = Arc::new(Counters::new());
+            counters.add(0, 1);
+            let a = Arc::new(Activity::new(counters.clone()));
+            a.begin_poll();
+            a.end_poll(true);
+            assert_eq!(counters.load().1, 0);
+            let (a1, a2) = (a.clone(), a.clone());
+            let t1 = thread::spawn(move || a1.notify());
+            let t2 = thread::spawn(move || a2.notify());
+            t1.join().unwrap();
+            t2.join().unwrap();
+            assert_eq!(counters.load().1, 1);
+        });
     }
 }

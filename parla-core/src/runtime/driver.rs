@@ -169,10 +169,8 @@ impl Future for Driver {
             match poll {
                 Poll::Pending => {
                     let blocked = context::take_blocked();
-                    if blocked {
-                        if let Some(r) = this.current.as_mut() {
-                            lend(&rt, r);
-                        }
+                    if let (true, Some(r)) = (blocked, this.current.as_mut()) {
+                        lend(&rt, r);
                     }
                     this.activity.end_poll(blocked);
                     if this.active {
@@ -190,9 +188,15 @@ impl Future for Driver {
                     let delta = scheduler::complete(&rt, &r.task, r.device, outcome, &mut launch);
                     rt.stamp_end(&r.task, r.device);
                     rt.counters.add(delta.live, delta.busy);
-                    let mut it = launch.into_iter().filter_map(|t| rt.route(t));
-                    this.next = it.next();
-                    rt.push_all(it);
+                    if rt.injector.is_empty() {
+                        // Run the first admitted task here, without a round trip.
+                        let mut it = launch.into_iter().filter_map(|t| rt.route(t));
+                        this.next = it.next();
+                        rt.push_all(it);
+                    } else {
+                        // Others were admitted earlier: keep first-come, first-served.
+                        rt.push_all(launch.into_iter());
+                    }
                 }
             }
             budget -= 1;

@@ -124,15 +124,6 @@ where
     // Counted before any other thread can see the task.
     rt.counters.add(1, 0);
 
-    if let Err(reason) = checked {
-        let err = TaskError::Unsatisfiable {
-            task: h.name.to_string(),
-            reason,
-        };
-        fail_now(rt, &task, err);
-        return handle;
-    }
-
     let mut placeholder = None;
     if let Some(id) = &b.id {
         match id.space.insert(&id.key, &task) {
@@ -143,6 +134,15 @@ where
                 return handle;
             }
         }
+    }
+
+    if let Err(reason) = checked {
+        let err = TaskError::Unsatisfiable {
+            task: h.name.to_string(),
+            reason,
+        };
+        fail_now(rt, &task, err);
+        return handle;
     }
 
     let mut failed: Option<(Arc<dyn Task>, Arc<TaskError>)> = None;

@@ -51,26 +51,24 @@ pub(crate) fn resolve(rt: &Arc<RtInner>) -> bool {
     }
 
     // 2. Cycles.
-    if !changed {
-        if let Some(cycle) = find_cycle(&forward) {
-            let ids: Vec<String> = cycle
-                .iter()
-                .filter(|t| t.header().kind == Kind::Task)
-                .map(|t| t.header().name.to_string())
-                .collect();
-            let err = Arc::new(TaskError::Cycle { ids });
-            // Claim every task on the cycle first, so that each fails with `Cycle` rather
-            // than with the failure of its neighbour.
-            let claimed: Vec<&Arc<dyn Task>> = cycle
-                .iter()
-                .filter(|t| t.header().kind == Kind::Task)
-                .filter(|t| claim_waiting(rt, t, &mut delta))
-                .collect();
-            for t in claimed {
-                finish(rt, t, Err(err.clone()), &mut launch, &mut delta);
-            }
-            changed = true;
+    if !changed && let Some(cycle) = find_cycle(&forward) {
+        let ids: Vec<String> = cycle
+            .iter()
+            .filter(|t| t.header().kind == Kind::Task)
+            .map(|t| t.header().name.to_string())
+            .collect();
+        let err = Arc::new(TaskError::Cycle { ids });
+        // Claim every task on the cycle first, so that each fails with `Cycle` rather
+        // than with the failure of its neighbour.
+        let claimed: Vec<&Arc<dyn Task>> = cycle
+            .iter()
+            .filter(|t| t.header().kind == Kind::Task)
+            .filter(|t| claim_waiting(rt, t, &mut delta))
+            .collect();
+        for t in claimed {
+            finish(rt, t, Err(err.clone()), &mut launch, &mut delta);
         }
+        changed = true;
     }
 
     // 3. Resource deadlock.
@@ -111,6 +109,9 @@ fn successors(t: &Arc<dyn Task>) -> Vec<Arc<dyn Task>> {
         .collect()
 }
 
+/// A node of the depth-first search, its successors, and the next successor to visit.
+type Frame = (Arc<dyn Task>, Vec<Arc<dyn Task>>, usize);
+
 /// A cycle of unfinished nodes reachable from `roots`, in dependency order.
 fn find_cycle(roots: &[Arc<dyn Task>]) -> Option<Vec<Arc<dyn Task>>> {
     const GREY: u8 = 1;
@@ -122,7 +123,7 @@ fn find_cycle(roots: &[Arc<dyn Task>]) -> Option<Vec<Arc<dyn Task>>> {
             continue;
         }
         // (node, its successors, next successor to visit)
-        let mut stack: Vec<(Arc<dyn Task>, Vec<Arc<dyn Task>>, usize)> = Vec::new();
+        let mut stack: Vec<Frame> = Vec::new();
         color.insert(key(root), GREY);
         stack.push((root.clone(), successors(root), 0));
         while let Some((_, succ, i)) = stack.last_mut() {

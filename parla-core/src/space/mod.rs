@@ -14,7 +14,7 @@ mod wait;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::IntoFuture;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
 
@@ -120,10 +120,8 @@ impl TaskSpace {
     }
 
     fn shard(&self, key: &Key) -> &Mutex<Map> {
-        let mut h = FxBuildHasher.build_hasher();
-        key.hash(&mut h);
         // Fx leaves the low bits weak for small integers; take the high bits.
-        &self.inner.shards[(h.finish() >> 59) as usize % SHARDS]
+        &self.inner.shards[(FxBuildHasher.hash_one(key) >> 59) as usize % SHARDS]
     }
 
     /// The entry for `key`, creating a placeholder (registered with `rt` for the stall

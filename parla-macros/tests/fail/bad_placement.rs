@@ -1,0 +1,4 @@
+#[parla::task(placement = [cpu, tpu])]
+async fn where_() {}
+
+fn main() {}

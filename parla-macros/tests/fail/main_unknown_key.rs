@@ -1,0 +1,2 @@
+#[parla::main(threads = 4)]
+async fn main() {}

@@ -1,0 +1,8 @@
+struct S;
+
+impl S {
+    #[parla::task]
+    async fn method(&self) {}
+}
+
+fn main() {}

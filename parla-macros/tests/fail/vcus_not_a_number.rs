@@ -1,0 +1,4 @@
+#[parla::task(vcus = "half")]
+async fn words() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[parla::task(vcus = 1.5)]
+async fn too_much() {}
+
+fn main() {}
