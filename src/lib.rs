@@ -31,17 +31,28 @@
 
 #![warn(missing_docs)]
 
+mod runtime;
+
+pub use runtime::{Builder, Runtime};
+
 pub use parla_core::{
-    Arch, Builder, Candidate, DepList, Deps, Device, Error, IntoDeps, IntoKey, IntoPart,
-    IntoPlacements, Key, KeyRange, MappingPolicy, MostFree, Part, Placement, Placements, RangeWait,
-    RefWait, Result, Runtime, SpaceWait, TaskBuilder, TaskError, TaskHandle, TaskInfo, TaskRange,
-    TaskRef, TaskSpace, current_device, current_task, deps, task,
+    Arch, Candidate, DepList, Deps, Device, Error, IntoDeps, IntoKey, IntoPart, IntoPlacements,
+    Key, KeyRange, MappingPolicy, MostFree, Part, Placement, Placements, RangeWait, RefWait,
+    Result, SpaceWait, TaskBuilder, TaskError, TaskHandle, TaskInfo, TaskRange, TaskRef, TaskSpace,
+    current_device, current_task, deps, task,
 };
 pub use parla_macros::{main, task};
 
-/// Device types and the admission constants.
+/// Device types, the admission constants, and the GPU backend interface.
 pub mod device {
     pub use parla_core::device::*;
+}
+
+/// The CUDA backend: inside a GPU task, [`gpu::current()`] gives the task's device, stream,
+/// and cuBLAS / cuSOLVER handles. `None` on the CPU and on virtual GPUs.
+#[cfg(feature = "cuda")]
+pub mod gpu {
+    pub use parla_gpu::*;
 }
 
 /// What most programs need: `use parla::prelude::*;`.

@@ -6,6 +6,7 @@
 //! [`admission`] keeps reservations within both.
 
 pub(crate) mod admission;
+pub mod backend;
 
 use std::fmt;
 

@@ -26,11 +26,13 @@ use std::task::{Context, Poll, Waker};
 
 use super::RtInner;
 use super::activity::Activity;
+use super::bridge::{Bridge, Watch};
 use crate::context;
-use crate::device::Demand;
-use crate::device::Device;
-use crate::scheduler::{self, Launch};
-use crate::task::header::{Header, Kind, Name};
+use crate::device::backend::{FenceStatus, GpuExec};
+use crate::device::{Demand, Device};
+use crate::error::TaskError;
+use crate::scheduler::{self, Delta, Launch};
+use crate::task::header::{Header, Kind, Name, Outcome};
 use crate::task::{Resume, Task};
 
 /// Tasks a driver completes in one poll before it yields to Tokio.
@@ -43,6 +45,8 @@ struct Running {
     lent: u32,
     /// The pending request to take the lent VCUs back.
     resume: Option<Arc<Resume>>,
+    /// GPU tasks: the backend's execution state (stream, context).
+    exec: Option<Box<dyn GpuExec>>,
     #[cfg(feature = "tracing")]
     span: tracing::Span,
 }
@@ -72,10 +76,29 @@ impl Driver {
         }
     }
 
-    fn start(&self, task: Arc<dyn Task>) -> Running {
+    /// Sets a task up to run: on a GPU, the backend gives it a stream that waits on its GPU
+    /// dependencies. Fails the task if the backend cannot.
+    fn start(&self, task: Arc<dyn Task>) -> Result<Running, (Arc<dyn Task>, Device, TaskError)> {
         let h = task.header();
         let device = h.device().unwrap_or(Device::CPU);
         self.rt.stamp(h, 2);
+        let exec = match &self.rt.devices[device.slot()].gpu {
+            None => None,
+            Some((backend, index)) => {
+                let waits = h.take_waits();
+                match backend.begin(*index, &h.name.to_string(), &waits) {
+                    Ok(e) => Some(e),
+                    Err(message) => {
+                        let err = TaskError::Device {
+                            task: h.name.to_string(),
+                            device: device.to_string(),
+                            message,
+                        };
+                        return Err((task, device, err));
+                    }
+                }
+            }
+        };
         #[cfg(feature = "tracing")]
         let span = tracing::trace_span!(
             target: "parla::task",
@@ -85,14 +108,15 @@ impl Driver {
             vcu = crate::device::vcu_float(h.demand().vcu),
             mem.bytes = h.mem,
         );
-        Running {
+        Ok(Running {
             task,
             device,
             lent: 0,
             resume: None,
+            exec,
             #[cfg(feature = "tracing")]
             span,
-        }
+        })
     }
 
     /// The next task to run, or `None` when this driver should end.
@@ -125,6 +149,20 @@ impl Driver {
             self.active = true;
         }
     }
+
+    /// Hands what a completion admitted on: the first task runs here next, unless others
+    /// queued earlier (first come, first served).
+    fn dispatch(&mut self, delta: Delta, launch: Launch) {
+        let rt = &self.rt;
+        rt.counters.add(delta.live, delta.busy);
+        if rt.injector.is_empty() {
+            let mut it = launch.into_iter().filter_map(|t| rt.route(t));
+            self.next = it.next();
+            rt.push_all(it);
+        } else {
+            rt.push_all(launch.into_iter());
+        }
+    }
 }
 
 impl Future for Driver {
@@ -139,9 +177,24 @@ impl Future for Driver {
         let mut budget = BUDGET;
         loop {
             if this.current.is_none() {
-                match this.next_task() {
-                    Some(t) => this.current = Some(this.start(t)),
-                    None => return Poll::Ready(()),
+                let Some(t) = this.next_task() else {
+                    return Poll::Ready(());
+                };
+                match this.start(t) {
+                    Ok(r) => this.current = Some(r),
+                    Err((task, device, err)) => {
+                        let mut launch = Launch::new();
+                        let delta = scheduler::complete(
+                            &rt,
+                            &task,
+                            device,
+                            Err(Arc::new(err)),
+                            &mut launch,
+                        );
+                        scheduler::check_device(&rt, device);
+                        this.dispatch(delta, launch);
+                        continue;
+                    }
                 }
             }
             let Some(r) = this.current.as_mut() else {
@@ -156,20 +209,26 @@ impl Future for Driver {
                 }
                 return Poll::Pending;
             }
-            let r = &*r;
             context::take_blocked();
             let poll = {
                 let _task = context::enter_task(&r.task, r.device);
                 #[cfg(feature = "tracing")]
                 let _span = r.span.enter();
+                if let Some(e) = r.exec.as_mut() {
+                    e.enter();
+                }
                 // SAFETY: this driver holds the task's run token (it came from admission
                 // through `next`/the injector, exactly once), and the task is not finished.
-                unsafe { r.task.poll_body(&mut Context::from_waker(&this.waker)) }
+                let p = unsafe { r.task.poll_body(&mut Context::from_waker(&this.waker)) };
+                if let Some(e) = r.exec.as_mut() {
+                    e.exit();
+                }
+                p
             };
             match poll {
                 Poll::Pending => {
                     let blocked = context::take_blocked();
-                    if let (true, Some(r)) = (blocked, this.current.as_mut()) {
+                    if blocked {
                         lend(&rt, r);
                     }
                     this.activity.end_poll(blocked);
@@ -185,18 +244,8 @@ impl Future for Driver {
                         continue;
                     };
                     let mut launch = Launch::new();
-                    let delta = scheduler::complete(&rt, &r.task, r.device, outcome, &mut launch);
-                    rt.stamp_end(&r.task, r.device);
-                    rt.counters.add(delta.live, delta.busy);
-                    if rt.injector.is_empty() {
-                        // Run the first admitted task here, without a round trip.
-                        let mut it = launch.into_iter().filter_map(|t| rt.route(t));
-                        this.next = it.next();
-                        rt.push_all(it);
-                    } else {
-                        // Others were admitted earlier: keep first-come, first-served.
-                        rt.push_all(launch.into_iter());
-                    }
+                    let delta = finish_running(&rt, r, outcome, &mut launch);
+                    this.dispatch(delta, launch);
                 }
             }
             budget -= 1;
@@ -208,6 +257,50 @@ impl Future for Driver {
             }
         }
     }
+}
+
+/// The body of `r` returned `outcome`. A CPU (or virtual GPU) task completes now. A GPU
+/// task's backend records a fence after the work the body enqueued: if the GPU is done
+/// already, the task completes now; otherwise its GPU-only dependents may start behind the
+/// fence (runahead) and the task completes when the fence is seen done.
+fn finish_running(rt: &Arc<RtInner>, r: Running, outcome: Outcome, launch: &mut Launch) -> Delta {
+    let Running {
+        task, device, exec, ..
+    } = r;
+    let Some(exec) = exec else {
+        let d = scheduler::complete(rt, &task, device, outcome, launch);
+        rt.stamp_end(&task, device);
+        return d;
+    };
+    let fenced = exec.finish();
+    let outcome = match (outcome, fenced) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(message)) => Err(Arc::new(TaskError::Device {
+            task: task.header().name.to_string(),
+            device: device.to_string(),
+            message,
+        })),
+        (Ok(()), Ok(f)) => match f.status() {
+            FenceStatus::Done => Ok(()),
+            FenceStatus::Failed(message) => Err(Arc::new(TaskError::Device {
+                task: task.header().name.to_string(),
+                device: device.to_string(),
+                message,
+            })),
+            FenceStatus::Pending => {
+                let d = scheduler::body_done(rt, &task, f.clone(), launch);
+                Bridge::watch(rt, Watch::Task(task, f));
+                return d;
+            }
+        },
+    };
+    let failed = outcome.is_err();
+    let d = scheduler::complete(rt, &task, device, outcome, launch);
+    rt.stamp_end(&task, device);
+    if failed {
+        scheduler::check_device(rt, device);
+    }
+    d
 }
 
 /// The task waits on other tasks: give its VCUs back to the device meanwhile.

@@ -1,13 +1,14 @@
 //! The runtime: [`Builder`], [`Runtime`], and the state every part of the scheduler shares.
 
 mod activity;
+pub(crate) mod bridge;
 mod driver;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use driver::Driver;
 
 use crate::context;
 use crate::device::admission::Admission;
+use crate::device::backend::{GpuBackend, GpuBackendFactory, GpuOptions};
 use crate::device::{Demand, Device, MAX_GPUS, VCU_ONE, vcu_fixed};
 use crate::error::{Error, Result};
 use crate::scheduler::Launch;
@@ -35,6 +37,8 @@ pub(crate) enum Backing {
     Cpu,
     /// A simulated GPU: tasks run on the host, admission as on a real one.
     Virtual,
+    /// A GPU of a backend (CUDA).
+    Gpu,
 }
 
 /// One device's runtime state.
@@ -47,6 +51,10 @@ pub(crate) struct DeviceState {
     pub(crate) slots: usize,
     pub(crate) backing: Backing,
     pub(crate) name: String,
+    /// The backend and its index for the device, on real GPUs.
+    pub(crate) gpu: Option<(Arc<dyn GpuBackend>, usize)>,
+    /// Set once the device failed for good (a sticky GPU error).
+    pub(crate) failed: OnceLock<String>,
     running: AtomicUsize,
     track_running: bool,
 }
@@ -102,6 +110,7 @@ pub(crate) struct RtInner {
     pub(crate) resolver: Mutex<()>,
     pub(crate) epoch: Instant,
     pub(crate) trace: Option<Recorder>,
+    pub(crate) bridge: bridge::Bridge,
     cpu_threads: usize,
 }
 
@@ -233,6 +242,9 @@ impl RtInner {
 pub struct Builder {
     cpu_threads: Option<usize>,
     virtual_gpus: Option<(usize, u64)>,
+    gpu_backend: Option<GpuBackendFactory>,
+    gpu_ordinals: Option<Vec<usize>>,
+    gpu_memory_fraction: f64,
     streams_per_gpu: usize,
     trace: Option<PathBuf>,
     policy: Option<Box<dyn MappingPolicy>>,
@@ -244,6 +256,9 @@ impl Default for Builder {
         Builder {
             cpu_threads: None,
             virtual_gpus: None,
+            gpu_backend: None,
+            gpu_ordinals: None,
+            gpu_memory_fraction: 0.95,
             streams_per_gpu: 8,
             trace: None,
             policy: None,
@@ -257,6 +272,8 @@ impl std::fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("cpu_threads", &self.cpu_threads)
             .field("virtual_gpus", &self.virtual_gpus)
+            .field("gpus", &self.gpu_ordinals)
+            .field("gpu_memory_fraction", &self.gpu_memory_fraction)
             .field("streams_per_gpu", &self.streams_per_gpu)
             .field("trace", &self.trace)
             .field("cpu_memory", &self.cpu_memory)
@@ -277,6 +294,27 @@ impl Builder {
     /// on the host. For tests and machines without CUDA.
     pub fn virtual_gpus(mut self, n: usize, memory: u64) -> Self {
         self.virtual_gpus = Some((n, memory));
+        self
+    }
+
+    /// Which GPUs to use, by device ordinal: `.gpus([0, 2])`, `.gpus(0..2)`, or `.gpus([])`
+    /// for none. Default: every device the GPU backend finds.
+    pub fn gpus(mut self, ordinals: impl IntoIterator<Item = usize>) -> Self {
+        self.gpu_ordinals = Some(ordinals.into_iter().collect());
+        self
+    }
+
+    /// The fraction of each GPU's total memory that tasks may reserve (default 0.95).
+    pub fn gpu_memory_fraction(mut self, fraction: f64) -> Self {
+        self.gpu_memory_fraction = fraction;
+        self
+    }
+
+    /// The GPU backend that finds and runs real GPUs. The `parla` facade sets the CUDA
+    /// backend; a runtime built from `parla-core` alone has none. Ignored when
+    /// [`virtual_gpus`](Self::virtual_gpus) is set.
+    pub fn gpu_backend(mut self, factory: GpuBackendFactory) -> Self {
+        self.gpu_backend = Some(factory);
         self
     }
 
@@ -316,7 +354,37 @@ impl Builder {
         if self.streams_per_gpu == 0 {
             return Err(Error::Config("streams_per_gpu must be at least 1".into()));
         }
-        let (n_gpus, gpu_mem) = self.virtual_gpus.unwrap_or((0, 0));
+        let fraction = self.gpu_memory_fraction;
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(Error::Config(format!(
+                "gpu_memory_fraction = {fraction}: it must be in (0, 1]"
+            )));
+        }
+        // The GPUs: virtual ones if asked for, else whatever the backend finds.
+        let mut gpus: Vec<(String, u64, Backing, Option<(Arc<dyn GpuBackend>, usize)>)> =
+            Vec::new();
+        if let Some((n, mem)) = self.virtual_gpus {
+            for i in 0..n {
+                gpus.push((format!("virtual GPU {i}"), mem, Backing::Virtual, None));
+            }
+        } else if let Some(factory) = self.gpu_backend {
+            let opts = GpuOptions {
+                ordinals: self.gpu_ordinals.clone(),
+                streams_per_gpu: self.streams_per_gpu,
+                memory_fraction: fraction,
+            };
+            if let Some(backend) = factory(&opts).map_err(Error::Backend)? {
+                for (i, info) in backend.devices().into_iter().enumerate() {
+                    gpus.push((
+                        info.name,
+                        info.memory_budget,
+                        Backing::Gpu,
+                        Some((backend.clone(), i)),
+                    ));
+                }
+            }
+        }
+        let n_gpus = gpus.len();
         if n_gpus > MAX_GPUS {
             return Err(Error::Config(format!(
                 "{n_gpus} GPUs asked for; the runtime manages at most {MAX_GPUS}"
@@ -337,17 +405,21 @@ impl Builder {
             slots: threads,
             backing: Backing::Cpu,
             name: "host CPU".into(),
+            gpu: None,
+            failed: OnceLock::new(),
             running: AtomicUsize::new(0),
             track_running,
         }];
-        for i in 0..n_gpus {
+        for (i, (name, mem, backing, gpu)) in gpus.into_iter().enumerate() {
             devices.push(DeviceState {
                 device: Device::gpu(i as u32),
-                admission: Admission::new(gpu_mem),
+                admission: Admission::new(mem),
                 default_vcu: 0,
                 slots: self.streams_per_gpu,
-                backing: Backing::Virtual,
-                name: format!("virtual GPU {i}"),
+                backing,
+                name,
+                gpu,
+                failed: OnceLock::new(),
                 running: AtomicUsize::new(0),
                 track_running,
             });
@@ -369,6 +441,7 @@ impl Builder {
             resolver: Mutex::new(()),
             epoch: Instant::now(),
             trace: trace_path.map(Recorder::new),
+            bridge: bridge::Bridge::default(),
             cpu_threads: threads,
         });
         Ok(Runtime {
@@ -424,6 +497,11 @@ impl Runtime {
     /// How many GPUs (real or virtual) the runtime manages.
     pub fn gpus(&self) -> usize {
         self.inner.gpus
+    }
+
+    /// Whether the runtime drives real GPUs through a backend (CUDA).
+    pub fn has_real_gpus(&self) -> bool {
+        self.inner.devices.iter().any(|d| d.backing == Backing::Gpu)
     }
 
     /// Whether the runtime's GPUs are simulated.
@@ -519,6 +597,7 @@ fn unreachable_runtime() -> ! {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        self.inner.bridge.shutdown();
         if let Some(t) = self.tokio.take() {
             drop(t);
         }

@@ -23,10 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use smallvec::SmallVec;
 
+use crate::device::backend::{Fence, FenceStatus};
 use crate::device::{Demand, Device, SlotMask, resolve, vcu_fixed, vcu_float};
 use crate::error::TaskError;
 use crate::runtime::RtInner;
-use crate::task::header::{DEFAULT_VCU, Dependent, Header, Kind, Name, Outcome, Ready};
+use crate::task::header::{Added, DEFAULT_VCU, Dependent, Header, Kind, Name, Outcome, Ready};
 use crate::task::{Dep, Join, Task, TaskBuilder, TaskCell, TaskHandle};
 
 /// Tasks admitted to run, in order; the first usually runs on the current driver.
@@ -117,6 +118,7 @@ where
     let task: Arc<dyn Task> = cell.clone();
     let handle = TaskHandle {
         task: cell as Arc<dyn Join<F::Output>>,
+        spun: false,
         _t: PhantomData,
     };
     let h = task.header();
@@ -154,14 +156,19 @@ where
                 return;
             }
             h.add_pending();
-            match node.header().add_dependent(Dependent::Task(task.clone())) {
-                None => {}
-                Some(o) => {
+            match node.header().add_task_dependent(&task) {
+                Added::Registered => {}
+                Added::Done(o) => {
                     // Finished already: undo (the spawn guard keeps the count above zero).
                     let _ = h.dependency_done();
                     if let Err(e) = o {
                         failed.get_or_insert((node, e));
                     }
+                }
+                Added::Fenced(f) => {
+                    // Its GPU work is enqueued: this GPU task's stream will wait on it.
+                    let _ = h.dependency_done();
+                    h.add_wait(f);
                 }
             }
         };
@@ -208,11 +215,10 @@ where
     }
     if let Ready::Now = h.dependency_done() {
         let mut launch = Launch::new();
-        let admitted = on_ready(rt, task, &mut launch);
-        if admitted > 0 {
-            rt.counters.add(0, admitted as i64);
-            rt.launch_detached(launch);
-        }
+        let mut delta = Delta::default();
+        on_ready(rt, task, &mut launch, &mut delta);
+        rt.counters.add(delta.live, delta.busy);
+        rt.launch_detached(launch);
     }
     handle
 }
@@ -236,6 +242,7 @@ where
     }
     TaskHandle {
         task: cell as Arc<dyn Join<F::Output>>,
+        spun: false,
         _t: PhantomData,
     }
 }
@@ -347,7 +354,7 @@ pub(crate) fn finish(
                     match &o {
                         Ok(()) => {
                             if let Ready::Now = dh.dependency_done() {
-                                delta.busy += on_ready(rt, d, launch) as i64;
+                                on_ready(rt, d, launch, delta);
                             }
                         }
                         Err(e) => {
@@ -368,8 +375,8 @@ pub(crate) fn finish(
 }
 
 /// A task's dependencies are met: map it to a device and try to reserve its resources.
-/// Returns how many tasks this admitted (pushed to `launch`).
-pub(crate) fn on_ready(rt: &RtInner, task: Arc<dyn Task>, launch: &mut Launch) -> usize {
+/// What this admits is pushed to `launch` and counted in `delta`.
+pub(crate) fn on_ready(rt: &RtInner, task: Arc<dyn Task>, launch: &mut Launch, delta: &mut Delta) {
     let h = task.header();
     rt.stamp(h, 1);
     let slot = if h.mask.is_power_of_two() {
@@ -384,13 +391,117 @@ pub(crate) fn on_ready(rt: &RtInner, task: Arc<dyn Task>, launch: &mut Launch) -
         h.vcu
     };
     h.set_device(dev.device, vcu);
+    if let Some(message) = dev.failed.get() {
+        let err = TaskError::Device {
+            task: h.name.to_string(),
+            device: dev.device.to_string(),
+            message: message.clone(),
+        };
+        finish_queued(rt, &task, Arc::new(err), launch, delta);
+        return;
+    }
     let mem = h.mem;
     #[cfg(feature = "tracing")]
-    tracing::trace!(target: "parla::sched", { task.id = %h.name, device = %dev.device, vcu = vcu_float(vcu), mem.bytes = h.mem }, "mapped");
+    tracing::trace!(target: "parla::sched", { task.id = %h.name, device = %dev.device, vcu = vcu_float(vcu), mem.bytes = mem }, "mapped");
     let before = launch.len();
-    let demand = Demand { vcu, mem };
-    dev.admit(task, demand, launch);
-    launch.len() - before
+    dev.admit(task, Demand { vcu, mem }, launch);
+    delta.busy += (launch.len() - before) as i64;
+}
+
+/// A GPU task's body returned and its work is enqueued behind `fence`: its GPU-only
+/// dependents need not wait for the host to see the fence (runahead): they become ready
+/// now, and their streams will wait on the fence. The task itself keeps its resources and
+/// its busy token until the fence is done.
+pub(crate) fn body_done(
+    rt: &RtInner,
+    task: &Arc<dyn Task>,
+    fence: Arc<dyn Fence>,
+    launch: &mut Launch,
+) -> Delta {
+    let h = task.header();
+    h.transition_to_fenced();
+    let mut delta = Delta::default();
+    for d in h.set_fence(fence.clone()) {
+        let dh = d.header();
+        dh.add_wait(fence.clone());
+        if let Ready::Now = dh.dependency_done() {
+            on_ready(rt, d, launch, &mut delta);
+        }
+    }
+    delta
+}
+
+/// A GPU task's fence finished with `status`: complete the task (if nobody else did).
+pub(crate) fn complete_fenced(rt: &Arc<RtInner>, task: &Arc<dyn Task>, status: FenceStatus) {
+    let h = task.header();
+    if !h.transition_to_completing() {
+        return;
+    }
+    let device = h.device().unwrap_or(Device::CPU);
+    let outcome = match status {
+        FenceStatus::Failed(message) => Err(Arc::new(TaskError::Device {
+            task: h.name.to_string(),
+            device: device.to_string(),
+            message,
+        })),
+        FenceStatus::Done | FenceStatus::Pending => Ok(()),
+    };
+    let failed = outcome.is_err();
+    let mut launch = Launch::new();
+    let delta = complete(rt, task, device, outcome, &mut launch);
+    rt.stamp_end(task, device);
+    rt.counters.add(delta.live, delta.busy);
+    rt.launch_detached(launch);
+    if failed {
+        check_device(rt, device);
+    }
+}
+
+/// An awaiter of `task`: if the task's GPU work is pending behind a fence, spin on it
+/// briefly and complete the task here if it finishes. Returns whether the task is done.
+pub(crate) fn spin_fenced(task: &Arc<dyn Task>) -> bool {
+    let Some(fence) = task.header().fence() else {
+        return false;
+    };
+    match crate::runtime::bridge::spin(&*fence, crate::runtime::bridge::AWAIT_SPIN) {
+        FenceStatus::Pending => false,
+        status => crate::context::with_rt(|rt| match rt {
+            Some(rt) => {
+                complete_fenced(rt, task, status);
+                true
+            }
+            None => false,
+        }),
+    }
+}
+
+/// After a device error: if the backend says the device can no longer run tasks, mark it
+/// failed and fail every task waiting for it.
+pub(crate) fn check_device(rt: &Arc<RtInner>, device: Device) {
+    let dev = &rt.devices[device.slot()];
+    let Some((backend, index)) = &dev.gpu else {
+        return;
+    };
+    let Some(message) = backend.device_error(*index) else {
+        return;
+    };
+    if dev.failed.set(message.clone()).is_err() {
+        return;
+    }
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: "parla::gpu", device = %device, "device failed: {message}");
+    let mut launch = Launch::new();
+    let mut delta = Delta::default();
+    for (t, _) in dev.admission.take_waiting() {
+        let err = TaskError::Device {
+            task: t.header().name.to_string(),
+            device: device.to_string(),
+            message: format!("the device failed earlier: {message}"),
+        };
+        finish_queued(rt, &t, Arc::new(err), &mut launch, &mut delta);
+    }
+    rt.counters.add(delta.live, delta.busy);
+    rt.launch_detached(launch);
 }
 
 /// The VCUs of a demand as a fraction (for messages).

@@ -173,6 +173,20 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
         }
     }
     rt.counters.add(delta.live, delta.busy);
+    // GPU tasks whose fences nobody will poll any more: the device work may be done or not;
+    // their results cannot be delivered.
+    for t in rt.bridge.take_tasks() {
+        if t.header().transition_to_completing() {
+            let device = t.header().device().unwrap_or(crate::device::Device::CPU);
+            let err = Arc::new(TaskError::Cancelled {
+                task: t.header().name.to_string(),
+            });
+            let mut more = Launch::new();
+            let d = super::complete(rt, &t, device, Err(err), &mut more);
+            rt.counters.add(d.live, d.busy);
+            launch.extend(more);
+        }
+    }
     let mut admitted: Vec<Arc<dyn Task>> = launch.into_iter().collect();
     while let Some(t) = rt.injector.pop() {
         admitted.push(t);

@@ -2,9 +2,11 @@
 //! dependents, outcome and constraints.
 //!
 //! # Invariants
-//! - `state` moves WAITING -> READY -> DONE, or WAITING -> DONE (failed before running);
-//!   each move is one `transition_to_*` method, and only the winner of a transition acts on
-//!   it. READY is taken once, when the dependency counter reaches zero; DONE is set once.
+//! - `state` moves WAITING -> READY -> DONE, or WAITING -> DONE (failed before running); a
+//!   GPU task whose body returned moves READY -> FENCED -> COMPLETING -> DONE while its
+//!   fence is pending. Each move is one `transition_to_*` method, and only the winner of a
+//!   transition acts on it: READY is taken once, when the dependency counter reaches zero;
+//!   COMPLETING once, by whoever first sees the fence done; DONE is set once.
 //! - `pending` counts unfinished dependencies plus one guard held by `spawn` until every
 //!   dependency is registered, so a task cannot become ready while it is being wired.
 //! - `links.outcome` is `Some` exactly when DONE is set; it is written under the `links`
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
+use crate::device::backend::Fence;
 use crate::device::{Demand, Device, SlotMask};
 use crate::error::TaskError;
 use crate::space::Key;
@@ -30,6 +33,8 @@ pub(crate) type Outcome = Result<(), Arc<TaskError>>;
 const WAITING: u8 = 0;
 const READY: u8 = 1;
 const DONE: u8 = 2;
+const FENCED: u8 = 3;
+const COMPLETING: u8 = 4;
 
 /// A VCU demand that is resolved from the chosen device's default at mapping time.
 pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
@@ -60,6 +65,22 @@ pub(crate) enum Dependent {
 pub(crate) struct Links {
     pub(crate) dependents: SmallVec<[Dependent; 1]>,
     pub(crate) outcome: Option<Outcome>,
+    /// GPU tasks: the fence after the work of a body that returned, until completion.
+    pub(crate) fence: Option<Arc<dyn Fence>>,
+    /// GPU tasks: fences of GPU dependencies released early (runahead), for the stream to
+    /// wait on.
+    pub(crate) waits: Vec<Arc<dyn Fence>>,
+}
+
+/// What registering a dependent found.
+pub(crate) enum Added {
+    /// Registered: the dependent will be told.
+    Registered,
+    /// The task already finished.
+    Done(Outcome),
+    /// The task's GPU work is enqueued behind this fence, and the dependent runs on GPUs
+    /// only: it need not wait on the host (runahead).
+    Fenced(Arc<dyn Fence>),
 }
 
 /// Static kind of a header.
@@ -112,6 +133,8 @@ impl Header {
             links: Mutex::new(Links {
                 dependents: SmallVec::new(),
                 outcome: None,
+                fence: None,
+                waits: Vec::new(),
             }),
             join: atomic_waker::AtomicWaker::new(),
             name,
@@ -166,6 +189,75 @@ impl Header {
         self.state.store(DONE, Ordering::Release);
     }
 
+    /// READY -> FENCED: the body returned and its GPU work is behind `fence`. Only the
+    /// run-token holder calls this.
+    pub(crate) fn transition_to_fenced(&self) {
+        self.state.store(FENCED, Ordering::Release);
+    }
+
+    /// FENCED -> COMPLETING. Returns whether this call won (and must complete the task).
+    pub(crate) fn transition_to_completing(&self) -> bool {
+        self.state
+            .compare_exchange(FENCED, COMPLETING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Whether the task runs on GPUs only (so it may start behind a GPU dependency's fence).
+    pub(crate) fn gpu_only(&self) -> bool {
+        self.kind == Kind::Task && self.mask != 0 && self.mask & 1 == 0
+    }
+
+    /// Registers task `dep` as a dependent, or reports why it need not wait.
+    pub(crate) fn add_task_dependent(&self, dep: &Arc<dyn Task>) -> Added {
+        let mut l = self.links.lock();
+        if let Some(o) = &l.outcome {
+            return Added::Done(o.clone());
+        }
+        if let Some(f) = &l.fence
+            && dep.header().gpu_only()
+        {
+            return Added::Fenced(f.clone());
+        }
+        l.dependents.push(Dependent::Task(dep.clone()));
+        Added::Registered
+    }
+
+    /// Records the fence of a GPU dependency that released this task early.
+    pub(crate) fn add_wait(&self, f: Arc<dyn Fence>) {
+        self.links.lock().waits.push(f);
+    }
+
+    /// Takes the fences this task's stream must wait on.
+    pub(crate) fn take_waits(&self) -> Vec<Arc<dyn Fence>> {
+        std::mem::take(&mut self.links.lock().waits)
+    }
+
+    /// The body returned with its GPU work behind `f`: keeps the fence and takes the
+    /// dependents that may start behind it (GPU-only tasks).
+    pub(crate) fn set_fence(&self, f: Arc<dyn Fence>) -> SmallVec<[Arc<dyn Task>; 2]> {
+        let mut l = self.links.lock();
+        l.fence = Some(f);
+        let mut early = SmallVec::new();
+        l.dependents.retain(|d| match d {
+            Dependent::Task(t) if t.header().gpu_only() => {
+                early.push(t.clone());
+                false
+            }
+            _ => true,
+        });
+        early
+    }
+
+    /// The fence of a GPU task whose body returned and whose work is still pending.
+    pub(crate) fn fence(&self) -> Option<Arc<dyn Fence>> {
+        let l = self.links.lock();
+        if l.outcome.is_some() {
+            None
+        } else {
+            l.fence.clone()
+        }
+    }
+
     /// Registers `dep` to be told when this task finishes. Returns the outcome instead when
     /// the task already finished.
     pub(crate) fn add_dependent(&self, dep: Dependent) -> Option<Outcome> {
@@ -183,6 +275,8 @@ impl Header {
     pub(crate) fn publish(&self, outcome: Outcome) -> SmallVec<[Dependent; 1]> {
         let mut l = self.links.lock();
         l.outcome = Some(outcome);
+        l.fence = None;
+        l.waits = Vec::new();
         std::mem::take(&mut l.dependents)
     }
 

@@ -148,6 +148,8 @@ impl<F> fmt::Debug for TaskBuilder<F> {
 /// [`TaskBuilder::after`] to depend on it. Dropping it lets the task run on, detached.
 pub struct TaskHandle<T> {
     pub(crate) task: Arc<dyn Join<T>>,
+    /// Whether this handle already spun on the task's GPU fence.
+    pub(crate) spun: bool,
     pub(crate) _t: PhantomData<fn() -> T>,
 }
 
@@ -170,7 +172,14 @@ impl<T: 'static> TaskHandle<T> {
 impl<T: 'static> Future for TaskHandle<T> {
     type Output = Result<T, TaskError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if !self.spun {
+            // A GPU task whose work is in flight: see its fence at the latency of a poll
+            // loop rather than through the poller thread.
+            self.spun = true;
+            let node = self.node();
+            crate::scheduler::spin_fenced(&node);
+        }
         self.task.poll_join(cx)
     }
 }

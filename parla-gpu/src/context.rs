@@ -1,0 +1,125 @@
+//! What a GPU task sees: [`current`] gives its [`GpuContext`].
+
+use std::cell::RefCell;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::cusolver::DnHandle;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use parla_core::Device;
+use parla_core::device::backend::wait_fence;
+
+use crate::error::{Error, Result};
+use crate::event::CudaFence;
+use crate::runtime::GpuDevice;
+use crate::stream::PooledStream;
+
+thread_local! {
+    static CURRENT: RefCell<Option<GpuContext>> = const { RefCell::new(None) };
+}
+
+/// Publishes `ctx` as this thread's GPU context; returns the previous one.
+pub(crate) fn set(ctx: Option<GpuContext>) -> Option<GpuContext> {
+    CURRENT.with(|c| c.replace(ctx))
+}
+
+/// The running GPU task's context: its device, stream and library handles. `None` outside a
+/// task running on a real GPU (CPU tasks, virtual GPUs, outside tasks).
+///
+/// ```no_run
+/// # async fn f() -> Result<(), parla_gpu::Error> {
+/// let gpu = parla_gpu::current().expect("inside a GPU task");
+/// let x = gpu.stream().clone_htod(&[1.0f32, 2.0, 3.0])?;
+/// gpu.synchronize().await?;
+/// # drop(x); Ok(()) }
+/// ```
+pub fn current() -> Option<GpuContext> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// A GPU task's device, stream, and the cuBLAS / cuSOLVER handles bound to that stream.
+///
+/// Everything enqueued on [`stream`](Self::stream) belongs to the task: the task completes
+/// when that work finished, and GPU tasks that depend on it are ordered after it on the
+/// GPU.
+#[derive(Clone)]
+pub struct GpuContext {
+    dev: Arc<GpuDevice>,
+    stream: Arc<PooledStream>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("device", &self.device())
+            .field("ordinal", &self.dev.ordinal)
+            .field("stream", &self.stream.index)
+            .finish()
+    }
+}
+
+impl GpuContext {
+    pub(crate) fn new(dev: Arc<GpuDevice>, stream: Arc<PooledStream>) -> Self {
+        GpuContext { dev, stream }
+    }
+
+    /// The task's device, `gpu:i`.
+    pub fn device(&self) -> Device {
+        self.dev.device()
+    }
+
+    /// The CUDA device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.dev.ordinal
+    }
+
+    /// The device's CUDA context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.dev.ctx
+    }
+
+    /// The task's stream, from the device's pool.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        self.stream.stream()
+    }
+
+    /// A cuBLAS handle bound to the task's stream (created on first use, then reused).
+    pub fn blas(&self) -> Result<&CudaBlas> {
+        self.stream.blas()
+    }
+
+    /// A cuSOLVER dense handle bound to the task's stream (created on first use, then reused).
+    pub fn solver(&self) -> Result<&DnHandle> {
+        self.stream.solver()
+    }
+
+    /// Waits until the work enqueued on the task's stream so far finished, without blocking
+    /// the worker: a brief spin for short work, then the runtime's fence poller.
+    pub async fn synchronize(&self) -> Result<()> {
+        let fence = CudaFence::record(&self.dev, self.stream.stream())?;
+        wait_fence(Arc::new(fence)).await.map_err(Error::Device)
+    }
+
+    /// A kernel compiled with NVRTC from CUDA C++ `source`, by `name` (an `extern "C"`
+    /// function). Compiled once per device and cached.
+    pub fn kernel(&self, source: &str, name: &str) -> Result<CudaFunction> {
+        let key = (rustc_hash::FxBuildHasher.hash_one(source), name.to_string());
+        if let Some(f) = self.dev.kernels.lock().get(&key) {
+            return Ok(f.clone());
+        }
+        if !crate::raw::nvrtc_present() {
+            return Err(Error::Unavailable(
+                "NVRTC (libnvrtc) cannot be loaded".into(),
+            ));
+        }
+        let ptx = cudarc::nvrtc::compile_ptx(source).map_err(|e| Error::Compile {
+            name: name.to_string(),
+            log: e.to_string(),
+        })?;
+        let module = self.dev.ctx.load_module(ptx)?;
+        let f = module.load_function(name)?;
+        self.dev.kernels.lock().insert(key, f.clone());
+        Ok(f)
+    }
+}

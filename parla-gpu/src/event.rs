@@ -1,0 +1,87 @@
+//! CUDA events as the scheduler's fences, recycled through a per-device pool.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaEvent, CudaStream};
+use parla_core::device::backend::{Fence, FenceStatus};
+
+use crate::error::{describe, is_sticky};
+use crate::runtime::GpuDevice;
+
+/// An event recorded on a stream: done when the work enqueued before it finished.
+pub struct CudaFence {
+    event: Option<CudaEvent>,
+    device: Arc<GpuDevice>,
+}
+
+impl std::fmt::Debug for CudaFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaFence")
+            .field("gpu", &self.device.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaFence {
+    /// Records a fence on `stream` (an event from the device's pool).
+    pub(crate) fn record(device: &Arc<GpuDevice>, stream: &CudaStream) -> crate::Result<CudaFence> {
+        let event = match device.events.lock().pop() {
+            Some(e) => e,
+            None => device.ctx.new_event(None)?,
+        };
+        event.record(stream)?;
+        Ok(CudaFence {
+            event: Some(event),
+            device: device.clone(),
+        })
+    }
+
+    /// The CUDA event.
+    pub fn event(&self) -> Option<&CudaEvent> {
+        self.event.as_ref()
+    }
+}
+
+impl Fence for CudaFence {
+    fn status(&self) -> FenceStatus {
+        let Some(ev) = &self.event else {
+            return FenceStatus::Done;
+        };
+        if let Err(e) = crate::raw::make_current(&self.device.ctx) {
+            return FenceStatus::Failed(describe(&e));
+        }
+        match ev.try_is_complete() {
+            Ok(true) => FenceStatus::Done,
+            Ok(false) => FenceStatus::Pending,
+            Err(e) => {
+                if is_sticky(&e) {
+                    self.device.fail(describe(&e));
+                }
+                FenceStatus::Failed(describe(&e))
+            }
+        }
+    }
+
+    fn gpu(&self) -> usize {
+        self.device.index
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Drop for CudaFence {
+    fn drop(&mut self) {
+        if let Some(e) = self.event.take() {
+            // Re-recording a completed event is fine; an incomplete one would make later
+            // waiters wait on newer work, so only completed events go back to the pool.
+            let done = crate::raw::make_current(&self.device.ctx).is_ok()
+                && e.try_is_complete().unwrap_or(false);
+            if done && self.device.failed().is_none() {
+                self.device.events.lock().push(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The backend the scheduler drives: devices, task execution, discovery.
+//!
+//! # Invariants
+//! - A device's context is current on a worker thread whenever that thread polls a task of
+//!   the device (`enter`), and a task's GPU context is published in the thread-local only
+//!   between `enter` and `exit`.
+//! - A device marked failed (a sticky CUDA error) stays failed; `begin` refuses it, and the
+//!   scheduler fails its waiting tasks.
+
+use std::sync::{Arc, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction};
+use parking_lot::Mutex;
+use parla_core::Device;
+use parla_core::device::backend::{Fence, GpuBackend, GpuExec, GpuInfo, GpuOptions};
+use rustc_hash::FxHashMap;
+
+use crate::context::{self, GpuContext};
+use crate::error::{Error, describe};
+use crate::event::CudaFence;
+use crate::stream::{PooledStream, StreamPool};
+
+/// One CUDA device of the runtime.
+pub struct GpuDevice {
+    /// Index among the runtime's GPUs (`gpu:index`).
+    pub(crate) index: usize,
+    /// CUDA device ordinal.
+    pub(crate) ordinal: usize,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) streams: StreamPool,
+    pub(crate) events: Mutex<Vec<CudaEvent>>,
+    pub(crate) kernels: Mutex<FxHashMap<(u64, String), CudaFunction>>,
+    name: String,
+    total: u64,
+    budget: u64,
+    failed: OnceLock<String>,
+}
+
+impl std::fmt::Debug for GpuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuDevice")
+            .field("index", &self.index)
+            .field("ordinal", &self.ordinal)
+            .field("name", &self.name)
+            .field("total", &self.total)
+            .field("budget", &self.budget)
+            .field("failed", &self.failed.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuDevice {
+    /// Marks the device failed (first message wins).
+    pub(crate) fn fail(&self, message: String) {
+        let _ = self.failed.set(message);
+    }
+
+    pub(crate) fn failed(&self) -> Option<&String> {
+        self.failed.get()
+    }
+
+    /// The runtime's name for the device.
+    pub(crate) fn device(&self) -> Device {
+        Device::gpu(self.index as u32)
+    }
+}
+
+/// The CUDA backend: every device the runtime uses.
+#[derive(Debug)]
+pub struct CudaBackend {
+    devices: Vec<Arc<GpuDevice>>,
+}
+
+impl GpuBackend for CudaBackend {
+    fn devices(&self) -> Vec<GpuInfo> {
+        self.devices
+            .iter()
+            .map(|d| GpuInfo {
+                name: format!("{} (CUDA device {})", d.name, d.ordinal),
+                memory_budget: d.budget,
+                memory_total: d.total,
+            })
+            .collect()
+    }
+
+    fn begin(
+        &self,
+        gpu: usize,
+        _task: &str,
+        after: &[Arc<dyn Fence>],
+    ) -> Result<Box<dyn GpuExec>, String> {
+        let dev = self
+            .devices
+            .get(gpu)
+            .ok_or_else(|| format!("no GPU {gpu} in this backend"))?;
+        if let Some(m) = dev.failed() {
+            return Err(format!("the device failed earlier: {m}"));
+        }
+        crate::raw::make_current(&dev.ctx).map_err(|e| describe(&e))?;
+        let (stream, owned) = dev.streams.acquire();
+        for f in after {
+            if let Some(cf) = f.as_any().downcast_ref::<CudaFence>()
+                && let Some(ev) = cf.event()
+            {
+                // Runahead: the dependency's work is enqueued, possibly on another device;
+                // this stream waits for it on the GPU, not on the host.
+                stream.stream().wait(ev).map_err(|e| describe(&e))?;
+            }
+        }
+        Ok(Box::new(Exec {
+            dev: dev.clone(),
+            stream,
+            owned,
+            prev: None,
+        }))
+    }
+
+    fn device_error(&self, gpu: usize) -> Option<String> {
+        self.devices.get(gpu).and_then(|d| d.failed().cloned())
+    }
+}
+
+/// A task running on a device.
+struct Exec {
+    dev: Arc<GpuDevice>,
+    stream: Arc<PooledStream>,
+    owned: bool,
+    prev: Option<Option<GpuContext>>,
+}
+
+impl GpuExec for Exec {
+    fn enter(&mut self) {
+        // A failure to make the context current shows up as an error of the task's first
+        // CUDA call, and again at `finish`.
+        let _ = crate::raw::make_current(&self.dev.ctx);
+        self.prev = Some(context::set(Some(GpuContext::new(
+            self.dev.clone(),
+            self.stream.clone(),
+        ))));
+    }
+
+    fn exit(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            context::set(prev);
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
+        let fence = CudaFence::record(&self.dev, self.stream.stream());
+        if self.owned {
+            self.dev.streams.release(&self.stream);
+        }
+        // Errors the context recorded meanwhile (from drops of CUDA objects) belong to the
+        // task that ran on it.
+        if let Err(e) = self.dev.ctx.check_err() {
+            if crate::error::is_sticky(&e) {
+                self.dev.fail(describe(&e));
+            }
+            return Err(describe(&e));
+        }
+        match fence {
+            Ok(f) => Ok(Arc::new(f)),
+            Err(Error::Driver(e)) => {
+                if crate::error::is_sticky(&e) {
+                    self.dev.fail(describe(&e));
+                }
+                Err(describe(&e))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Finds the CUDA devices and starts a backend on them: the runtime's GPU backend factory.
+///
+/// No driver (libcuda cannot be loaded) or no device: `Ok(None)`, and the runtime runs on
+/// the CPU alone. A device asked for that does not exist, or a device that fails to start:
+/// `Err` naming it.
+pub fn discover(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
+    // cudarc panics where a library is missing; this is the last line against that.
+    std::panic::catch_unwind(|| discover_inner(opts))
+        .unwrap_or_else(|p| Err(format!("CUDA discovery panicked: {}", panic_text(&*p))))
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
+    if matches!(&opts.ordinals, Some(o) if o.is_empty()) {
+        return Ok(None);
+    }
+    if !crate::raw::driver_present() {
+        return Ok(None);
+    }
+    let count = match CudaContext::device_count() {
+        Ok(n) => n.max(0) as usize,
+        // No device, or a driver that cannot start: CPU only.
+        Err(_) => return Ok(None),
+    };
+    let ordinals: Vec<usize> = match &opts.ordinals {
+        Some(o) => o.clone(),
+        None => (0..count).collect(),
+    };
+    if ordinals.is_empty() {
+        return Ok(None);
+    }
+    let mut devices = Vec::new();
+    for (index, &ordinal) in ordinals.iter().enumerate() {
+        if ordinal >= count {
+            return Err(format!(
+                "GPU {ordinal} asked for, but {count} CUDA device{} found",
+                if count == 1 { " was" } else { "s were" }
+            ));
+        }
+        let err = |what: &str, e: cudarc::driver::DriverError| {
+            format!("CUDA device {ordinal}: {what}: {}", describe(&e))
+        };
+        let ctx = CudaContext::new(ordinal).map_err(|e| err("cannot create a context", e))?;
+        let name = ctx.name().map_err(|e| err("cannot read its name", e))?;
+        let total = ctx
+            .total_mem()
+            .map_err(|e| err("cannot read its memory", e))? as u64;
+        let streams = StreamPool::new(&ctx, opts.streams_per_gpu).map_err(|e| match e {
+            Error::Driver(d) => err("cannot create streams", d),
+            other => other.to_string(),
+        })?;
+        devices.push(Arc::new(GpuDevice {
+            index,
+            ordinal,
+            ctx,
+            streams,
+            events: Mutex::new(Vec::new()),
+            kernels: Mutex::new(FxHashMap::default()),
+            name,
+            total,
+            budget: (total as f64 * opts.memory_fraction) as u64,
+            failed: OnceLock::new(),
+        }));
+    }
+    Ok(Some(Arc::new(CudaBackend { devices })))
+}

@@ -1,0 +1,126 @@
+//! The per-device stream pool, and the library handles bound to each stream.
+//!
+//! # Invariants
+//! - Each pooled stream is handed to at most one running task at a time while free streams
+//!   remain; when all are taken, streams are shared round-robin (work on a shared stream is
+//!   serialised, never lost).
+//! - cuBLAS and cuSOLVER handles are created on first use, bound to their stream for life,
+//!   and destroyed with it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::cusolver::DnHandle;
+use cudarc::driver::{CudaContext, CudaStream};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+
+/// One stream of a device's pool, with its library handles.
+pub struct PooledStream {
+    pub(crate) index: usize,
+    stream: Arc<CudaStream>,
+    blas: OnceLock<CudaBlas>,
+    solver: OnceLock<DnHandle>,
+}
+
+impl std::fmt::Debug for PooledStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledStream")
+            .field("index", &self.index)
+            .field("blas", &self.blas.get().is_some())
+            .field("solver", &self.solver.get().is_some())
+            .finish()
+    }
+}
+
+impl PooledStream {
+    /// The CUDA stream.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The cuBLAS handle bound to this stream, created on first use.
+    pub fn blas(&self) -> Result<&CudaBlas> {
+        if let Some(b) = self.blas.get() {
+            return Ok(b);
+        }
+        if !crate::raw::cublas_present() {
+            return Err(Error::Unavailable(
+                "cuBLAS (libcublas) cannot be loaded".into(),
+            ));
+        }
+        crate::raw::make_current(self.stream.context())?;
+        let b = CudaBlas::new(self.stream.clone())?;
+        Ok(self.blas.get_or_init(|| b))
+    }
+
+    /// The cuSOLVER dense handle bound to this stream, created on first use.
+    pub fn solver(&self) -> Result<&DnHandle> {
+        if let Some(s) = self.solver.get() {
+            return Ok(s);
+        }
+        if !crate::raw::cusolver_present() {
+            return Err(Error::Unavailable(
+                "cuSOLVER (libcusolver) cannot be loaded".into(),
+            ));
+        }
+        crate::raw::make_current(self.stream.context())?;
+        let s = DnHandle::new(self.stream.clone())?;
+        Ok(self.solver.get_or_init(|| s))
+    }
+}
+
+impl Drop for PooledStream {
+    fn drop(&mut self) {
+        // cudarc's handle destructors unwrap their destroy calls; a destroy can fail once the
+        // context is broken. That must not take the process down at shutdown.
+        let blas = self.blas.take();
+        let solver = self.solver.take();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            drop(solver);
+            drop(blas);
+        }));
+    }
+}
+
+/// A device's streams.
+pub(crate) struct StreamPool {
+    streams: Vec<Arc<PooledStream>>,
+    free: Mutex<Vec<usize>>,
+    next: AtomicUsize,
+}
+
+impl StreamPool {
+    pub(crate) fn new(ctx: &Arc<CudaContext>, n: usize) -> Result<StreamPool> {
+        let mut streams = Vec::with_capacity(n);
+        for index in 0..n {
+            streams.push(Arc::new(PooledStream {
+                index,
+                stream: ctx.new_stream()?,
+                blas: OnceLock::new(),
+                solver: OnceLock::new(),
+            }));
+        }
+        Ok(StreamPool {
+            streams,
+            free: Mutex::new((0..n).rev().collect()),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// A stream for a task: a free one if any, else the next in turn (shared).
+    pub(crate) fn acquire(&self) -> (Arc<PooledStream>, bool) {
+        if let Some(i) = self.free.lock().pop() {
+            return (self.streams[i].clone(), true);
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.streams.len();
+        (self.streams[i].clone(), false)
+    }
+
+    /// Gives back a stream taken with `owned == true`.
+    pub(crate) fn release(&self, s: &PooledStream) {
+        self.free.lock().push(s.index);
+    }
+}
