@@ -399,7 +399,11 @@ fn memory_held_by_a_waiting_parent_is_reported_as_a_deadlock() {
 
 #[test]
 fn a_list_with_gpu_runs_on_the_cpu_when_there_is_no_gpu() {
-    let rt = support::cpu(2);
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .gpus([])
+        .build()
+        .unwrap();
     let d = rt
         .block_on(async {
             task(async { current_device() })

@@ -97,7 +97,7 @@ impl GpuContext {
     /// Waits until the work enqueued on the task's stream so far finished, without blocking
     /// the worker: a brief spin for short work, then the runtime's fence poller.
     pub async fn synchronize(&self) -> Result<()> {
-        let fence = CudaFence::record(&self.dev, self.stream.stream())?;
+        let fence = CudaFence::record(&self.dev, self.stream.stream(), Some(self.stream.index))?;
         wait_fence(Arc::new(fence)).await.map_err(Error::Device)
     }
 

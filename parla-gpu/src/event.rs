@@ -13,6 +13,8 @@ use crate::runtime::GpuDevice;
 pub struct CudaFence {
     event: Option<CudaEvent>,
     device: Arc<GpuDevice>,
+    /// The pooled stream it was recorded on, if any.
+    stream: Option<usize>,
 }
 
 impl std::fmt::Debug for CudaFence {
@@ -24,8 +26,13 @@ impl std::fmt::Debug for CudaFence {
 }
 
 impl CudaFence {
-    /// Records a fence on `stream` (an event from the device's pool).
-    pub(crate) fn record(device: &Arc<GpuDevice>, stream: &CudaStream) -> crate::Result<CudaFence> {
+    /// Records a fence on `stream` (an event from the device's pool); `pooled` is the
+    /// stream's index in the device's pool, if it is a pooled stream.
+    pub(crate) fn record(
+        device: &Arc<GpuDevice>,
+        stream: &CudaStream,
+        pooled: Option<usize>,
+    ) -> crate::Result<CudaFence> {
         let event = match device.events.lock().pop() {
             Some(e) => e,
             None => device.ctx.new_event(None)?,
@@ -34,7 +41,13 @@ impl CudaFence {
         Ok(CudaFence {
             event: Some(event),
             device: device.clone(),
+            stream: pooled,
         })
+    }
+
+    /// The device and pooled stream the fence was recorded on.
+    pub(crate) fn origin(&self) -> (usize, Option<usize>) {
+        (self.device.index, self.stream)
     }
 
     /// The CUDA event.
@@ -48,10 +61,17 @@ impl Fence for CudaFence {
         let Some(ev) = &self.event else {
             return FenceStatus::Done;
         };
-        if let Err(e) = crate::raw::make_current(&self.device.ctx) {
-            return FenceStatus::Failed(describe(&e));
+        let mut r = ev.try_is_complete();
+        if matches!(&r, Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_CONTEXT)
+        {
+            // A query needs no current context on the drivers seen so far; if one does,
+            // make the event's context current and ask again.
+            if let Err(e) = crate::raw::make_current(&self.device.ctx) {
+                return FenceStatus::Failed(describe(&e));
+            }
+            r = ev.try_is_complete();
         }
-        match ev.try_is_complete() {
+        match r {
             Ok(true) => FenceStatus::Done,
             Ok(false) => FenceStatus::Pending,
             Err(e) => {

@@ -119,6 +119,14 @@ impl StreamPool {
         (self.streams[i].clone(), false)
     }
 
+    /// Stream `index` if it is free (taken, owned), else `None`.
+    pub(crate) fn acquire_free(&self, index: usize) -> Option<Arc<PooledStream>> {
+        let mut free = self.free.lock();
+        let pos = free.iter().position(|&i| i == index)?;
+        free.swap_remove(pos);
+        Some(self.streams[index].clone())
+    }
+
     /// Gives back a stream taken with `owned == true`.
     pub(crate) fn release(&self, s: &PooledStream) {
         self.free.lock().push(s.index);

@@ -24,10 +24,11 @@ pub fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'stat
     }
 }
 
-/// A CPU-only runtime with `threads` workers.
+/// A CPU-only runtime with `threads` workers (GPUs left out even where there are some).
 pub fn cpu(threads: usize) -> parla::Runtime {
     parla::Runtime::builder()
         .cpu_threads(threads)
+        .gpus([])
         .build()
         .expect("runtime")
 }
@@ -67,3 +68,5 @@ macro_rules! each_config {
         }
     };
 }
+
+pub mod gpu;

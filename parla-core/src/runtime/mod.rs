@@ -41,6 +41,9 @@ pub(crate) enum Backing {
     Gpu,
 }
 
+/// A GPU found at build time: name, memory budget, backing, backend and index.
+type GpuSlot = (String, u64, Backing, Option<(Arc<dyn GpuBackend>, usize)>);
+
 /// One device's runtime state.
 pub(crate) struct DeviceState {
     pub(crate) device: Device,
@@ -361,8 +364,7 @@ impl Builder {
             )));
         }
         // The GPUs: virtual ones if asked for, else whatever the backend finds.
-        let mut gpus: Vec<(String, u64, Backing, Option<(Arc<dyn GpuBackend>, usize)>)> =
-            Vec::new();
+        let mut gpus: Vec<GpuSlot> = Vec::new();
         if let Some((n, mem)) = self.virtual_gpus {
             for i in 0..n {
                 gpus.push((format!("virtual GPU {i}"), mem, Backing::Virtual, None));
@@ -529,6 +531,15 @@ impl Runtime {
             .collect()
     }
 
+    /// The memory budget of device `d` in bytes (`None` if the runtime has no such device).
+    pub fn memory_budget(&self, d: Device) -> Option<u64> {
+        self.inner
+            .devices
+            .get(d.slot())
+            .filter(|s| s.device == d)
+            .map(|s| s.admission.mem_capacity())
+    }
+
     /// Worker threads.
     pub fn cpu_threads(&self) -> usize {
         self.inner.cpu_threads
@@ -574,6 +585,12 @@ impl Runtime {
                 if busy == 0 && stall::resolve(inner) {
                     continue;
                 }
+                // GPU work in flight and nothing else to do: poll its fences here for a
+                // moment before sleeping, so a short kernel's completion is seen without a
+                // hop through the poller thread and a wake-up of this one.
+                if inner.bridge.is_busy() && !activity.should_poll() && spin_fences(inner) {
+                    continue;
+                }
                 return Poll::Pending;
             }
         });
@@ -586,6 +603,19 @@ impl Runtime {
             None => unreachable_runtime(),
         }
     }
+}
+
+/// Polls the runtime's pending fences for up to [`bridge::AWAIT_SPIN`]. Returns whether any
+/// finished.
+fn spin_fences(rt: &Arc<RtInner>) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < bridge::AWAIT_SPIN {
+        if bridge::Bridge::poll_once(rt) > 0 {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
 }
 
 #[cold]

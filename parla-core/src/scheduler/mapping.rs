@@ -37,6 +37,11 @@ impl Candidate {
         (self.running + self.usage.waiting) as f64 / self.slots.max(1) as f64
     }
 
+    /// How loaded the device is: the VCUs in use plus the occupancy.
+    pub fn load(&self) -> f64 {
+        1.0 - self.free_vcus() + self.occupancy()
+    }
+
     /// Free VCUs as a fraction of the device.
     pub fn free_vcus(&self) -> f64 {
         (VCU_ONE.saturating_sub(self.usage.vcu)) as f64 / VCU_ONE as f64
@@ -61,9 +66,9 @@ pub trait MappingPolicy: Send + Sync + 'static {
 
 /// The default policy: the device with the most free capacity.
 ///
-/// Devices where the task fits at once come first; then the lowest occupancy (running and
-/// queued tasks per slot); then the most free VCUs; then the most free memory; on a tie, a
-/// GPU before the CPU, and the lower index.
+/// Devices where the task fits at once come first; then the lowest load (VCUs in use plus
+/// running and queued tasks per slot); then the most free memory; on a tie, a GPU before the
+/// CPU, and the lower index.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MostFree;
 
@@ -72,8 +77,7 @@ impl MappingPolicy for MostFree {
         let key = |x: &Candidate| {
             (
                 !x.fits_now(),
-                ordered(x.occupancy()),
-                ordered(-x.free_vcus()),
+                ordered(x.load()),
                 ordered(-x.free_memory()),
                 x.device.arch() != Arch::Gpu,
                 x.device.index(),

@@ -31,10 +31,10 @@ impl NodeWait {
         match &self.waker {
             Some(w) => w.register(cx.waker()),
             None => {
-                if crate::scheduler::spin_fenced(&self.node) {
-                    if let Some(o) = h.outcome() {
-                        return Poll::Ready(o);
-                    }
+                if crate::scheduler::spin_fenced(&self.node)
+                    && let Some(o) = h.outcome()
+                {
+                    return Poll::Ready(o);
                 }
                 let w = Arc::new(AtomicWaker::new());
                 w.register(cx.waker());

@@ -97,11 +97,26 @@ impl GpuBackend for CudaBackend {
             return Err(format!("the device failed earlier: {m}"));
         }
         crate::raw::make_current(&dev.ctx).map_err(|e| describe(&e))?;
-        let (stream, owned) = dev.streams.acquire();
+        // Stream affinity: a task after a GPU task of this device takes that task's stream
+        // when it is free; stream order then stands in for a wait.
+        let preferred = after.iter().find_map(|f| {
+            let cf = f.as_any().downcast_ref::<CudaFence>()?;
+            match cf.origin() {
+                (g, Some(s)) if g == gpu => Some(s),
+                _ => None,
+            }
+        });
+        let (stream, owned) = match preferred.and_then(|i| dev.streams.acquire_free(i)) {
+            Some(s) => (s, true),
+            None => dev.streams.acquire(),
+        };
         for f in after {
             if let Some(cf) = f.as_any().downcast_ref::<CudaFence>()
                 && let Some(ev) = cf.event()
             {
+                if cf.origin() == (gpu, Some(stream.index)) {
+                    continue;
+                }
                 // Runahead: the dependency's work is enqueued, possibly on another device;
                 // this stream waits for it on the GPU, not on the host.
                 stream.stream().wait(ev).map_err(|e| describe(&e))?;
@@ -146,7 +161,7 @@ impl GpuExec for Exec {
     }
 
     fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
-        let fence = CudaFence::record(&self.dev, self.stream.stream());
+        let fence = CudaFence::record(&self.dev, self.stream.stream(), Some(self.stream.index));
         if self.owned {
             self.dev.streams.release(&self.stream);
         }

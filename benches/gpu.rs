@@ -1,0 +1,259 @@
+//! GPU latency and throughput of parla tasks against raw cudarc, in the same run.
+//!
+//! ```text
+//! cargo bench --bench gpu                  # on a machine with a CUDA GPU
+//! cargo bench --bench gpu -- --quick       # fewer repetitions
+//! ```
+//!
+//! 1. Completion-to-wake latency: an empty kernel, then wait for it. Raw: launch, record an
+//!    event, `cuEventSynchronize`. parla: inside a GPU task, launch, then
+//!    `gpu.synchronize().await` (the runtime's event bridge). Also the whole round trip of a
+//!    GPU task spawned and awaited from `block_on`. Median and p99.
+//! 2. A dependent chain of 1,000 tiny kernels: raw, one launch loop on one stream and one
+//!    synchronize; parla, 1,000 GPU tasks each after the previous (runahead: the host never
+//!    waits between them).
+//! 3. 10,000 independent GPU tasks, each launching an empty kernel, against raw launches
+//!    round-robin over 8 streams.
+//!
+//! Without a CUDA GPU it says so and exits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parla::gpu::cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use parla::prelude::*;
+
+const KERNELS: &str = r#"
+extern "C" __global__ void empty() {}
+extern "C" __global__ void tiny(unsigned int *x) { if (threadIdx.x == 0) { x[blockIdx.x] += 1; } }
+"#;
+
+fn launch_empty(s: &CudaStream, f: &CudaFunction) {
+    let mut b = s.launch_builder(f);
+    // SAFETY: `empty` takes no arguments.
+    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.expect("launch");
+}
+
+fn launch_tiny(s: &CudaStream, f: &CudaFunction, x: &mut CudaSlice<u32>) {
+    let mut b = s.launch_builder(f);
+    b.arg(x);
+    // SAFETY: `tiny` takes one `unsigned int*`; one block touches x[0] only.
+    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.expect("launch");
+}
+
+fn stats(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let med = us(v[v.len() / 2]);
+    let p99 = us(v[(v.len() * 99 / 100).min(v.len() - 1)]);
+    (med, p99)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (lat_n, reps) = if quick { (300, 3) } else { (3000, 7) };
+    let rt = parla::Runtime::builder().build().expect("runtime");
+    if !rt.has_real_gpus() {
+        println!("benches/gpu needs a CUDA GPU; none found.");
+        return;
+    }
+    let card = rt.describe_devices()[1].clone();
+
+    // Raw cudarc: its own context handle, stream and module on device 0.
+    let ctx = CudaContext::new(0).expect("context");
+    let stream = ctx.new_stream().expect("stream");
+    let module = ctx
+        .load_module(parla::gpu::cudarc::nvrtc::compile_ptx(KERNELS).expect("nvrtc"))
+        .expect("module");
+    let empty = module.load_function("empty").expect("empty");
+    let tiny = module.load_function("tiny").expect("tiny");
+
+    // 1. Latency.
+    let raw_lat = {
+        let ev = ctx.new_event(None).expect("event");
+        let mut v = Vec::with_capacity(lat_n);
+        for i in 0..lat_n + 100 {
+            let t = Instant::now();
+            launch_empty(&stream, &empty);
+            ev.record(&stream).expect("record");
+            ev.synchronize().expect("sync");
+            if i >= 100 {
+                v.push(t.elapsed());
+            }
+        }
+        stats(v)
+    };
+    let parla_lat = rt
+        .block_on(async move {
+            task(async move {
+                let g = parla::gpu::current().expect("GPU task");
+                let f = g.kernel(KERNELS, "empty").expect("kernel");
+                let mut v = Vec::with_capacity(lat_n);
+                for i in 0..lat_n + 100 {
+                    let t = Instant::now();
+                    launch_empty(g.stream(), &f);
+                    g.synchronize().await.expect("sync");
+                    if i >= 100 {
+                        v.push(t.elapsed());
+                    }
+                }
+                stats(v)
+            })
+            .placement(Placement::Gpu(0))
+            .await
+        })
+        .expect("latency task");
+    let round_trip = rt.block_on(async move {
+        let mut v = Vec::with_capacity(lat_n / 3);
+        for i in 0..lat_n / 3 + 30 {
+            let t = Instant::now();
+            task(async {
+                let g = parla::gpu::current().expect("GPU task");
+                let f = g.kernel(KERNELS, "empty").expect("kernel");
+                launch_empty(g.stream(), &f);
+            })
+            .placement(Placement::Gpu(0))
+            .await
+            .expect("task");
+            if i >= 30 {
+                v.push(t.elapsed());
+            }
+        }
+        stats(v)
+    });
+
+    // 2. Chain of 1,000 tiny kernels.
+    const CHAIN: usize = 1000;
+    let mut raw_chain = Vec::new();
+    let mut parla_chain = Vec::new();
+    let mut x = stream.alloc_zeros::<u32>(1).expect("alloc");
+    let shared: Arc<parking_lot::Mutex<Option<CudaSlice<u32>>>> =
+        Arc::new(parking_lot::Mutex::new(None));
+    for _ in 0..reps + 1 {
+        let t = Instant::now();
+        for _ in 0..CHAIN {
+            launch_tiny(&stream, &tiny, &mut x);
+        }
+        stream.synchronize().expect("sync");
+        raw_chain.push(t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64);
+
+        let sh = shared.clone();
+        let us = rt.block_on(async move {
+            let sh2 = sh.clone();
+            task(async move {
+                let g = parla::gpu::current().expect("GPU task");
+                let mut s = sh2.lock();
+                if s.is_none() {
+                    *s = Some(g.stream().alloc_zeros::<u32>(1).expect("alloc"));
+                }
+            })
+            .placement(Placement::Gpu(0))
+            .await
+            .expect("setup");
+            let t = Instant::now();
+            let mut prev: Option<TaskHandle<()>> = None;
+            for _ in 0..CHAIN {
+                let sh = sh.clone();
+                let mut b = task(async move {
+                    let g = parla::gpu::current().expect("GPU task");
+                    let f = g.kernel(KERNELS, "tiny").expect("kernel");
+                    let mut s = sh.lock();
+                    launch_tiny(g.stream(), &f, s.as_mut().expect("buffer"));
+                })
+                .placement(Placement::Gpu(0));
+                if let Some(p) = &prev {
+                    b = b.after(p);
+                }
+                prev = Some(b.spawn());
+            }
+            prev.expect("chain").await.expect("chain");
+            t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64
+        });
+        parla_chain.push(us);
+    }
+    raw_chain.remove(0);
+    parla_chain.remove(0);
+
+    // 3. 10,000 independent tiny tasks against round-robin launches over 8 streams.
+    const INDEP: usize = 10_000;
+    let streams: Vec<Arc<CudaStream>> = (0..8).map(|_| ctx.new_stream().expect("stream")).collect();
+    let mut raw_indep = Vec::new();
+    let mut parla_indep = Vec::new();
+    for _ in 0..reps + 1 {
+        let t = Instant::now();
+        for i in 0..INDEP {
+            launch_empty(&streams[i % streams.len()], &empty);
+        }
+        for s in &streams {
+            s.synchronize().expect("sync");
+        }
+        raw_indep.push(t.elapsed().as_secs_f64() * 1e6 / INDEP as f64);
+
+        let us = rt.block_on(async move {
+            let t = Instant::now();
+            let hs: Vec<_> = (0..INDEP)
+                .map(|_| {
+                    task(async {
+                        let g = parla::gpu::current().expect("GPU task");
+                        let f = g.kernel(KERNELS, "empty").expect("kernel");
+                        launch_empty(g.stream(), &f);
+                    })
+                    .placement(Placement::Gpu(0))
+                    .spawn()
+                })
+                .collect();
+            for h in hs {
+                h.await.expect("task");
+            }
+            t.elapsed().as_secs_f64() * 1e6 / INDEP as f64
+        });
+        parla_indep.push(us);
+    }
+    raw_indep.remove(0);
+    parla_indep.remove(0);
+
+    println!("\nGPU benchmark on {card}");
+    println!(
+        "{:<44} {:>12} {:>12} {:>8}",
+        "measure", "parla (us)", "raw (us)", "ratio"
+    );
+    let row = |name: &str, p: f64, r: f64| {
+        println!("{name:<44} {p:>12.2} {r:>12.2} {:>8.2}", p / r);
+    };
+    row(
+        "latency: empty kernel + wait, median",
+        parla_lat.0,
+        raw_lat.0,
+    );
+    row("latency: empty kernel + wait, p99", parla_lat.1, raw_lat.1);
+    row(
+        "round trip: spawn GPU task + await, median",
+        round_trip.0,
+        raw_lat.0,
+    );
+    row(
+        "round trip: spawn GPU task + await, p99",
+        round_trip.1,
+        raw_lat.1,
+    );
+    row(
+        "chain of 1,000 tiny kernels, per kernel",
+        median(parla_chain),
+        median(raw_chain),
+    );
+    row(
+        "10,000 independent GPU tasks, per task",
+        median(parla_indep),
+        median(raw_indep),
+    );
+    println!(
+        "(raw: cuEventSynchronize after each launch; one stream launch loop; 8-stream round robin)"
+    );
+}

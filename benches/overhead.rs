@@ -1,0 +1,864 @@
+//! Per-task overhead of parla-rs against plain Tokio, and memory per pending task.
+//!
+//! Four graphs of empty tasks are built and run by parla-rs and by plain Tokio in the same
+//! process, the implementations alternating round by round (1 warm-up and 5 timed rounds by
+//! default):
+//!
+//! - `independent`: 100,000 tasks, no dependencies;
+//! - `chain`: 100,000 tasks, each after the previous;
+//! - `reduction`: a binary tree with 65,536 leaves (131,071 tasks), each inner node after its
+//!   two children;
+//! - `wavefront`: a 300 x 300 grid, task (i, j) after (i-1, j) and (i, j-1); parla names the
+//!   tasks in a `TaskSpace` (`t.at((i, j))`), so this also measures task spaces;
+//! - `wavefront-h`: the same grid, parla's dependencies given as `&TaskHandle`s.
+//!
+//! parla-rs is used as a user would: `task(async {}).spawn()`, `.after(&handle)`,
+//! `.after([t.at((i - 1, j)), t.at((i, j - 1))])`, default VCUs, inside `Runtime::block_on`. The Tokio baseline is the faster (by
+//! median) of two honest ways to write each graph in plain Tokio, on a multi-thread runtime
+//! with the same number of worker threads:
+//!
+//! - (a) every task `tokio::spawn`ed up front, awaiting its predecessors' `JoinHandle`s. A
+//!   `JoinHandle` has one consumer, which suffices for the chain and the tree (each node has
+//!   one successor). In the grid a node has two successors: its `JoinHandle` goes to its right
+//!   neighbour, and a `tokio::sync::oneshot` channel (one consumer as well) signals the node
+//!   below.
+//! - (b) a per-node atomic count of unfinished predecessors: the sources are spawned up front
+//!   and a finishing task spawns each successor whose count it brought to zero.
+//!
+//! Time runs from just before the first spawn until the sink completed (`independent`: until
+//! every task completed; for parla this is when `block_on` returns, measured outside it, so it
+//! includes `block_on`'s final wait), and is reported per task (median and minimum of the
+//! timed rounds).
+//!
+//! Memory: 1,000,000 parla tasks are spawned `.after(&gate)`, where the gate task waits on a
+//! `oneshot` that is only sent after all are spawned, so they are all pending at once. A
+//! counting global allocator gives the bytes allocated per pending task (target: <= 500), the
+//! spawn time per task, and the bytes still allocated (net) once all of them ran.
+//!
+//! ```sh
+//! cargo bench --bench overhead                       # everything, default sizes
+//! cargo bench --bench overhead -- --runs 1 --warmup 0 --scale 0.01   # a quick check
+//! cargo bench --bench overhead -- --graph chain --threads 4
+//! valgrind --tool=callgrind target/release/deps/overhead-<hash> --only parla --graph chain --scale 0.1
+//! ```
+//!
+//! Options: `--scale F` (multiplies the task counts; the grid's side by `sqrt(F)`), `--runs N`
+//! (timed rounds, default 5), `--warmup N` (default 1), `--threads N` (worker threads of both
+//! runtimes, default the machine's available parallelism), `--graph NAME` (one of the graphs
+//! above or `memory`), `--only parla|tokio-a|tokio-b` (that implementation alone, a single
+//! pass, printing the wall time per task: for profilers). Unknown arguments (such as the
+//! `--bench` that `cargo bench` adds) are ignored.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parla::prelude::*;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator
+// ---------------------------------------------------------------------------------------------
+
+/// `System`, counting the net bytes allocated while [`COUNTING`] is on.
+///
+/// Counting is switched on only around the memory measurement: a counter updated on every
+/// allocation by every thread would be a contended cache line taxing the timed graphs (parla
+/// and Tokio alike). The net change between two instants is exact either way: it is the sum of
+/// the allocations minus the deallocations made in between, whenever the freed blocks were
+/// allocated.
+struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static NET_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+impl CountingAlloc {
+    #[inline]
+    fn count(delta: isize) {
+        if COUNTING.load(Ordering::Relaxed) {
+            NET_BYTES.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every method forwards its arguments unchanged to `System`, so the allocator keeps
+// `System`'s guarantees; the counting only touches atomics and never allocates.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: our caller upholds `GlobalAlloc::alloc`'s contract, which is `System`'s.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            Self::count(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as in `alloc`.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            Self::count(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by this allocator, hence by `System`, with `layout`.
+        unsafe { System.dealloc(ptr, layout) };
+        Self::count(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` was allocated by `System` with `layout`; our caller upholds the rest of
+        // `realloc`'s contract.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            Self::count(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Starts counting from zero.
+fn start_counting() {
+    NET_BYTES.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+}
+
+/// Net bytes allocated since [`start_counting`].
+fn counted_bytes() -> isize {
+    NET_BYTES.load(Ordering::Relaxed)
+}
+
+fn stop_counting() {
+    COUNTING.store(false, Ordering::Relaxed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options and graphs
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Graph {
+    Independent,
+    Chain,
+    Reduction,
+    Wavefront,
+    WavefrontH,
+}
+
+impl Graph {
+    const ALL: [Graph; 5] = [
+        Graph::Independent,
+        Graph::Chain,
+        Graph::Reduction,
+        Graph::Wavefront,
+        Graph::WavefrontH,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Graph::Independent => "independent",
+            Graph::Chain => "chain",
+            Graph::Reduction => "reduction",
+            Graph::Wavefront => "wavefront",
+            Graph::WavefrontH => "wavefront-h",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Imp {
+    Parla,
+    TokioA,
+    TokioB,
+}
+
+impl Imp {
+    fn name(self) -> &'static str {
+        match self {
+            Imp::Parla => "parla",
+            Imp::TokioA => "tokio-a",
+            Imp::TokioB => "tokio-b",
+        }
+    }
+}
+
+/// Graph sizes after `--scale`.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Tasks of `independent` and of `chain`.
+    flat: usize,
+    /// Leaves of the reduction tree.
+    leaves: usize,
+    /// Side of the wavefront grid.
+    side: usize,
+    /// Pending tasks in the memory measurement.
+    memory: usize,
+}
+
+impl Sizes {
+    fn new(scale: f64) -> Sizes {
+        let scaled = |n: f64| ((n * scale).round() as usize).max(1);
+        Sizes {
+            flat: scaled(100_000.0),
+            leaves: scaled(65_536.0),
+            side: ((300.0 * scale.sqrt()).round() as usize).max(1),
+            memory: scaled(1_000_000.0),
+        }
+    }
+
+    fn tasks(&self, g: Graph) -> usize {
+        match g {
+            Graph::Independent | Graph::Chain => self.flat,
+            Graph::Reduction => 2 * self.leaves - 1,
+            Graph::Wavefront | Graph::WavefrontH => self.side * self.side,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Options {
+    scale: f64,
+    runs: usize,
+    warmup: usize,
+    threads: usize,
+    /// `None`: every graph and the memory measurement.
+    graph: Option<String>,
+    only: Option<Imp>,
+}
+
+fn parse_options() -> Options {
+    fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> T {
+        match v.as_deref().map(str::parse) {
+            Some(Ok(x)) => x,
+            _ => fail(&format!("{flag} needs a valid value")),
+        }
+    }
+    let mut o = Options {
+        scale: 1.0,
+        runs: 5,
+        warmup: 1,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        graph: None,
+        only: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--scale" => o.scale = value(&a, args.next()),
+            "--runs" => o.runs = value(&a, args.next()),
+            "--warmup" => o.warmup = value(&a, args.next()),
+            "--threads" => o.threads = value(&a, args.next()),
+            "--graph" => o.graph = Some(value(&a, args.next())),
+            "--only" => {
+                let v: String = value(&a, args.next());
+                o.only = Some(match v.as_str() {
+                    "parla" => Imp::Parla,
+                    "tokio-a" => Imp::TokioA,
+                    "tokio-b" => Imp::TokioB,
+                    _ => fail("--only takes parla, tokio-a or tokio-b"),
+                });
+            }
+            _ => {} // `--bench` from cargo, and anything else we do not know
+        }
+    }
+    if !(o.scale > 0.0 && o.scale.is_finite()) {
+        fail("--scale must be positive");
+    }
+    if o.runs == 0 || o.threads == 0 {
+        fail("--runs and --threads must be at least 1");
+    }
+    if let Some(g) = &o.graph
+        && g != "memory"
+        && !Graph::ALL.iter().any(|x| x.name() == g)
+    {
+        fail("--graph takes independent, chain, reduction, wavefront, wavefront-h or memory");
+    }
+    o
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("overhead: {msg}");
+    std::process::exit(2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// parla-rs
+// ---------------------------------------------------------------------------------------------
+
+fn parla_independent(rt: &Runtime, n: usize) -> Duration {
+    let start = rt.block_on(async move {
+        let start = Instant::now();
+        for _ in 0..n {
+            task(async {}).spawn(); // the handle is dropped: the task runs on, detached
+        }
+        start
+    });
+    // `block_on` returns once every task spawned in it finished.
+    start.elapsed()
+}
+
+fn parla_chain(rt: &Runtime, n: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut prev = task(async {}).spawn();
+        for _ in 1..n {
+            prev = task(async {}).after(&prev).spawn();
+        }
+        prev.await.expect("chain task failed");
+        start.elapsed()
+    })
+}
+
+/// The tree in heap layout: node `k < leaves - 1` is after nodes `2k + 1` and `2k + 2`; the
+/// root 0 is the sink. Spawned from the leaves up.
+fn parla_reduction(rt: &Runtime, leaves: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let n = 2 * leaves - 1;
+        let mut h: Vec<Option<TaskHandle<()>>> = (0..n).map(|_| None).collect();
+        for k in (0..n).rev() {
+            let t = if k >= leaves - 1 {
+                task(async {}).spawn()
+            } else {
+                let (l, r) = (h[2 * k + 1].take(), h[2 * k + 2].take());
+                task(async {}).after([l.as_ref(), r.as_ref()]).spawn()
+            };
+            h[k] = Some(t);
+        }
+        let root = h[0].take().expect("root spawned");
+        root.await.expect("reduction task failed");
+        start.elapsed()
+    })
+}
+
+/// The grid with ids in a task space: (i, j) after `t.at((i-1, j))` and `t.at((i, j-1))`.
+fn parla_wavefront(rt: &Runtime, side: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let t = TaskSpace::new("W");
+        let mut last = None;
+        for i in 0..side {
+            for j in 0..side {
+                let up = (i > 0).then(|| t.at((i - 1, j)));
+                let left = (j > 0).then(|| t.at((i, j - 1)));
+                last = Some(task(async {}).id(t.at((i, j))).after([up, left]).spawn());
+            }
+        }
+        last.expect("grid not empty")
+            .await
+            .expect("wavefront task failed");
+        start.elapsed()
+    })
+}
+
+/// The grid with handles: a row of handles above and the row being built.
+fn parla_wavefront_h(rt: &Runtime, side: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut above: Vec<TaskHandle<()>> = Vec::new();
+        for _ in 0..side {
+            let mut row: Vec<TaskHandle<()>> = Vec::with_capacity(side);
+            for j in 0..side {
+                let t = task(async {}).after(above.get(j)).after(row.last()).spawn();
+                row.push(t);
+            }
+            above = row;
+        }
+        let sink = above.pop().expect("grid not empty");
+        sink.await.expect("wavefront task failed");
+        start.elapsed()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokio (a): spawned up front, awaiting the predecessors' join handles
+// ---------------------------------------------------------------------------------------------
+
+fn tokio_a_independent(rt: &tokio::runtime::Runtime, n: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut handles = Vec::with_capacity(n);
+        for _ in 0..n {
+            handles.push(tokio::spawn(async {}));
+        }
+        for h in handles {
+            h.await.expect("task failed");
+        }
+        start.elapsed()
+    })
+}
+
+fn tokio_a_chain(rt: &tokio::runtime::Runtime, n: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut prev = tokio::spawn(async {});
+        for _ in 1..n {
+            let p = prev;
+            prev = tokio::spawn(async move { p.await.expect("chain task failed") });
+        }
+        prev.await.expect("chain task failed");
+        start.elapsed()
+    })
+}
+
+/// Same heap layout as [`parla_reduction`]; each node is its children's only consumer.
+fn tokio_a_reduction(rt: &tokio::runtime::Runtime, leaves: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let n = 2 * leaves - 1;
+        let mut h: Vec<Option<JoinHandle<()>>> = (0..n).map(|_| None).collect();
+        for k in (0..n).rev() {
+            let t = if k >= leaves - 1 {
+                tokio::spawn(async {})
+            } else {
+                let l = h[2 * k + 1].take().expect("child spawned");
+                let r = h[2 * k + 2].take().expect("child spawned");
+                tokio::spawn(async move {
+                    l.await.expect("reduction task failed");
+                    r.await.expect("reduction task failed");
+                })
+            };
+            h[k] = Some(t);
+        }
+        let root = h[0].take().expect("root spawned");
+        root.await.expect("reduction task failed");
+        start.elapsed()
+    })
+}
+
+/// (i, j)'s `JoinHandle` is awaited by (i, j+1), its one consumer; (i, j) tells (i+1, j) it
+/// finished through a `oneshot` channel. The handles of the last column are dropped (those
+/// tasks run on, detached), except the sink's.
+fn tokio_a_wavefront(rt: &tokio::runtime::Runtime, side: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut from_above: Vec<Option<oneshot::Receiver<()>>> = (0..side).map(|_| None).collect();
+        let mut last = None;
+        for i in 0..side {
+            let mut left: Option<JoinHandle<()>> = None;
+            for slot in from_above.iter_mut() {
+                let up = slot.take();
+                let below = if i + 1 < side {
+                    let (tx, rx) = oneshot::channel();
+                    *slot = Some(rx);
+                    Some(tx)
+                } else {
+                    None
+                };
+                let prev = left.take();
+                left = Some(tokio::spawn(async move {
+                    if let Some(up) = up {
+                        up.await.expect("wavefront task failed");
+                    }
+                    if let Some(prev) = prev {
+                        prev.await.expect("wavefront task failed");
+                    }
+                    if let Some(below) = below {
+                        let _ = below.send(());
+                    }
+                }));
+            }
+            last = left;
+        }
+        let sink = last.expect("grid not empty");
+        sink.await.expect("wavefront task failed");
+        start.elapsed()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokio (b): per-node atomic dependency counters, a task spawned by its last predecessor
+// ---------------------------------------------------------------------------------------------
+
+/// A graph in closed form, as a hand-written Tokio program would have it.
+trait Dag: Send + Sync + 'static {
+    fn len(&self) -> usize;
+    fn indegree(&self, v: usize) -> u32;
+    fn for_each_successor(&self, v: usize, f: impl FnMut(usize));
+    fn for_each_source(&self, f: impl FnMut(usize));
+    /// The node whose completion ends the run; `None`: every node's.
+    fn sink(&self) -> Option<usize>;
+}
+
+struct Independent(usize);
+struct Chain(usize);
+/// Heap layout, as in [`parla_reduction`].
+struct Tree {
+    leaves: usize,
+}
+/// Node (i, j) is `i * side + j`.
+struct Grid {
+    side: usize,
+}
+
+impl Dag for Independent {
+    fn len(&self) -> usize {
+        self.0
+    }
+    fn indegree(&self, _: usize) -> u32 {
+        0
+    }
+    fn for_each_successor(&self, _: usize, _: impl FnMut(usize)) {}
+    fn for_each_source(&self, f: impl FnMut(usize)) {
+        (0..self.0).for_each(f);
+    }
+    fn sink(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl Dag for Chain {
+    fn len(&self) -> usize {
+        self.0
+    }
+    fn indegree(&self, v: usize) -> u32 {
+        u32::from(v > 0)
+    }
+    fn for_each_successor(&self, v: usize, mut f: impl FnMut(usize)) {
+        if v + 1 < self.0 {
+            f(v + 1);
+        }
+    }
+    fn for_each_source(&self, mut f: impl FnMut(usize)) {
+        f(0);
+    }
+    fn sink(&self) -> Option<usize> {
+        Some(self.0 - 1)
+    }
+}
+
+impl Dag for Tree {
+    fn len(&self) -> usize {
+        2 * self.leaves - 1
+    }
+    fn indegree(&self, v: usize) -> u32 {
+        if v < self.leaves - 1 { 2 } else { 0 }
+    }
+    fn for_each_successor(&self, v: usize, mut f: impl FnMut(usize)) {
+        if v > 0 {
+            f((v - 1) / 2);
+        }
+    }
+    fn for_each_source(&self, f: impl FnMut(usize)) {
+        (self.leaves - 1..self.len()).for_each(f);
+    }
+    fn sink(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+impl Dag for Grid {
+    fn len(&self) -> usize {
+        self.side * self.side
+    }
+    fn indegree(&self, v: usize) -> u32 {
+        let (i, j) = (v / self.side, v % self.side);
+        u32::from(i > 0) + u32::from(j > 0)
+    }
+    fn for_each_successor(&self, v: usize, mut f: impl FnMut(usize)) {
+        let (i, j) = (v / self.side, v % self.side);
+        if i + 1 < self.side {
+            f(v + self.side);
+        }
+        if j + 1 < self.side {
+            f(v + 1);
+        }
+    }
+    fn for_each_source(&self, mut f: impl FnMut(usize)) {
+        f(0);
+    }
+    fn sink(&self) -> Option<usize> {
+        Some(self.len() - 1)
+    }
+}
+
+/// One run's state: the graph, its counters, and the completion signal.
+struct Counted<G> {
+    dag: G,
+    /// Unfinished predecessors of each node.
+    pending: Box<[AtomicU32]>,
+    /// Unfinished nodes, when the graph has no sink.
+    remaining: AtomicUsize,
+    done: Notify,
+}
+
+/// Spawns node `v`: the (empty) task body, then [`finished`].
+fn spawn_node<G: Dag>(st: Arc<Counted<G>>, v: usize) {
+    tokio::spawn(async move { finished(st, v) });
+}
+
+/// Node `v` finished: signal the end, or decrement each successor's counter and spawn those it
+/// brought to zero. The last one spawned inherits this task's `Arc` (so a chain or a tree
+/// makes no reference count traffic).
+fn finished<G: Dag>(st: Arc<Counted<G>>, v: usize) {
+    let last = match st.dag.sink() {
+        Some(s) => v == s,
+        None => st.remaining.fetch_sub(1, Ordering::AcqRel) == 1,
+    };
+    if last {
+        st.done.notify_one();
+        return;
+    }
+    let mut ready = None;
+    st.dag.for_each_successor(v, |s| {
+        if st.pending[s].fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(r) = ready.replace(s)
+        {
+            spawn_node(st.clone(), r);
+        }
+    });
+    if let Some(r) = ready {
+        spawn_node(st, r);
+    }
+}
+
+fn tokio_b<G: Dag>(rt: &tokio::runtime::Runtime, dag: G) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let st = Arc::new(Counted {
+            pending: (0..dag.len())
+                .map(|v| AtomicU32::new(dag.indegree(v)))
+                .collect(),
+            remaining: AtomicUsize::new(dag.len()),
+            done: Notify::new(),
+            dag,
+        });
+        st.dag.for_each_source(|v| spawn_node(st.clone(), v));
+        st.done.notified().await; // `notify_one` keeps a permit if it came first
+        start.elapsed()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running and reporting
+// ---------------------------------------------------------------------------------------------
+
+/// The runtimes, built once, outside every timed region.
+struct Env {
+    parla: Option<Runtime>,
+    tokio: Option<tokio::runtime::Runtime>,
+    sizes: Sizes,
+}
+
+impl Env {
+    fn run(&self, g: Graph, imp: Imp) -> Duration {
+        let s = &self.sizes;
+        match imp {
+            Imp::Parla => {
+                let rt = self.parla.as_ref().expect("parla runtime built");
+                match g {
+                    Graph::Independent => parla_independent(rt, s.flat),
+                    Graph::Chain => parla_chain(rt, s.flat),
+                    Graph::Reduction => parla_reduction(rt, s.leaves),
+                    Graph::Wavefront => parla_wavefront(rt, s.side),
+                    Graph::WavefrontH => parla_wavefront_h(rt, s.side),
+                }
+            }
+            Imp::TokioA => {
+                let rt = self.tokio.as_ref().expect("tokio runtime built");
+                match g {
+                    Graph::Independent => tokio_a_independent(rt, s.flat),
+                    Graph::Chain => tokio_a_chain(rt, s.flat),
+                    Graph::Reduction => tokio_a_reduction(rt, s.leaves),
+                    Graph::Wavefront | Graph::WavefrontH => tokio_a_wavefront(rt, s.side),
+                }
+            }
+            Imp::TokioB => {
+                let rt = self.tokio.as_ref().expect("tokio runtime built");
+                match g {
+                    Graph::Independent => tokio_b(rt, Independent(s.flat)),
+                    Graph::Chain => tokio_b(rt, Chain(s.flat)),
+                    Graph::Reduction => tokio_b(rt, Tree { leaves: s.leaves }),
+                    Graph::Wavefront | Graph::WavefrontH => tokio_b(rt, Grid { side: s.side }),
+                }
+            }
+        }
+    }
+
+    /// Nanoseconds per task of one run.
+    fn ns_per_task(&self, g: Graph, imp: Imp) -> f64 {
+        self.run(g, imp).as_nanos() as f64 / self.sizes.tasks(g) as f64
+    }
+}
+
+/// Median and minimum.
+fn stats(xs: &[f64]) -> (f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    };
+    (median, v[0])
+}
+
+/// Alternates the three implementations on `g` (rotating their order every round) and prints
+/// the table row.
+fn bench_graph(env: &Env, o: &Options, g: Graph) {
+    const IMPS: [Imp; 3] = [Imp::Parla, Imp::TokioA, Imp::TokioB];
+    let mut ns: [Vec<f64>; 3] = Default::default();
+    for round in 0..o.warmup + o.runs {
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let x = env.ns_per_task(g, IMPS[i]);
+            if round >= o.warmup {
+                ns[i].push(x);
+            }
+        }
+    }
+    let (p, a, b) = (stats(&ns[0]), stats(&ns[1]), stats(&ns[2]));
+    let (best, which, other) = if a.0 <= b.0 {
+        (a, "a", b.0)
+    } else {
+        (b, "b", a.0)
+    };
+    println!(
+        "{:<12} {:>8} | {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>4} {:>9.1} | {:>6.2}",
+        g.name(),
+        env.sizes.tasks(g),
+        p.0,
+        p.1,
+        best.0,
+        best.1,
+        which,
+        other,
+        p.0 / best.0
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// Spawns `n` parla tasks all waiting on a gate, and returns the net bytes allocated by the
+/// spawning, and those still allocated once everything ran.
+fn parla_memory(rt: &Runtime, n: usize) -> (isize, isize, Duration) {
+    let (pending, spawn_time) = rt.block_on(async move {
+        let (open, gate_rx) = oneshot::channel::<()>();
+        let gate = task(async move {
+            let _ = gate_rx.await;
+        })
+        .spawn();
+        start_counting();
+        let start = Instant::now();
+        for _ in 0..n {
+            task(async {}).after(&gate).spawn();
+        }
+        let spawn_time = start.elapsed();
+        let pending = counted_bytes();
+        let _ = open.send(());
+        gate.await.expect("gate failed");
+        (pending, spawn_time)
+    });
+    // `block_on` returned: all `n` tasks ran.
+    let left = counted_bytes();
+    stop_counting();
+    (pending, left, spawn_time)
+}
+
+fn bench_memory(env: &Env) {
+    let rt = env.parla.as_ref().expect("parla runtime built");
+    let n = env.sizes.memory;
+    let (pending, left, spawn_time) = parla_memory(rt, n);
+    let per_task = pending as f64 / n as f64;
+    println!();
+    println!("memory: {n} parla tasks pending at once (each .after(&gate), gate closed)");
+    println!(
+        "{:>10} | {:>12} | {:>8} | {:>12} | {:>16}",
+        "tasks", "bytes/task", "target", "spawn ns/task", "bytes left after"
+    );
+    println!(
+        "{:>10} | {:>12.1} | {:>8} | {:>12.1} | {:>16}",
+        n,
+        per_task,
+        if per_task <= 500.0 {
+            "<=500 ok"
+        } else {
+            "<=500 NO"
+        },
+        spawn_time.as_nanos() as f64 / n as f64,
+        left
+    );
+}
+
+fn main() {
+    let o = parse_options();
+    let sizes = Sizes::new(o.scale);
+    let graphs: Vec<Graph> = match &o.graph {
+        None => Graph::ALL.to_vec(),
+        Some(name) => Graph::ALL
+            .into_iter()
+            .filter(|g| g.name() == name)
+            .collect(),
+    };
+    // The memory measurement runs by default, and with `--graph memory` (alone or `--only parla`).
+    let memory = matches!(
+        (o.graph.as_deref(), o.only),
+        (None, None) | (Some("memory"), None | Some(Imp::Parla))
+    );
+    let need_parla = o.only.is_none_or(|i| i == Imp::Parla);
+    let need_tokio = o.only.is_none_or(|i| i != Imp::Parla);
+    let env = Env {
+        parla: need_parla.then(|| {
+            Runtime::builder()
+                .cpu_threads(o.threads)
+                .build()
+                .expect("parla runtime")
+        }),
+        tokio: need_tokio.then(|| {
+            // The same configuration as the Tokio runtime inside parla.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(o.threads)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+        }),
+        sizes,
+    };
+
+    if let Some(imp) = o.only {
+        // One pass of one implementation, e.g. under `valgrind --tool=callgrind`.
+        for &g in &graphs {
+            let ns = env.ns_per_task(g, imp);
+            println!(
+                "{} {}: {} tasks, {:.1} ns/task",
+                g.name(),
+                imp.name(),
+                sizes.tasks(g),
+                ns
+            );
+        }
+        if memory {
+            bench_memory(&env);
+        }
+        return;
+    }
+
+    if !graphs.is_empty() {
+        println!(
+            "overhead of empty tasks: {} worker threads, scale {}, {} warm-up + {} timed runs; ns/task",
+            o.threads, o.scale, o.warmup, o.runs
+        );
+        println!(
+            "{:<12} {:>8} | {:>17} | {:>32} | {:>6}",
+            "graph", "tasks", "parla", "tokio (faster of a/b)", "ratio"
+        );
+        println!(
+            "{:<12} {:>8} | {:>8} {:>8} | {:>8} {:>8} {:>4} {:>9} | {:>6}",
+            "", "", "median", "min", "median", "min", "best", "other med", "p/t"
+        );
+        for &g in &graphs {
+            bench_graph(&env, &o, g);
+        }
+    }
+    if memory {
+        bench_memory(&env);
+    }
+}

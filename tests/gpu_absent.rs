@@ -1,0 +1,59 @@
+//! Without CUDA (this runs in CI), the default runtime has the CPU only, and GPU tasks
+//! resolve to a clear `Unsatisfiable`. On a GPU machine it checks the GPUs are real.
+
+mod support;
+
+use parla::device::backend::GpuOptions;
+use parla::prelude::*;
+
+#[test]
+fn the_default_runtime_builds_with_or_without_cuda() {
+    let rt = parla::Runtime::builder().cpu_threads(2).build().unwrap();
+    let opts = GpuOptions {
+        ordinals: None,
+        streams_per_gpu: 2,
+        memory_fraction: 0.95,
+    };
+    let found = parla::gpu::discover(&opts).unwrap();
+    if rt.has_real_gpus() {
+        assert!(found.is_some());
+        assert!(rt.gpus() >= 1);
+        return;
+    }
+    assert!(
+        found.is_none(),
+        "no driver or no device: nothing found, no error"
+    );
+    assert_eq!(rt.gpus(), 0);
+    assert_eq!(rt.devices(), vec![Device::CPU]);
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let gpu_only = task(async {}).placement(Placement::AnyGpu).await;
+            let either = task(async { current_device() })
+                .placement([Placement::Cpu, Placement::AnyGpu])
+                .await;
+            (gpu_only, either)
+        })
+    });
+    let e = r.0.unwrap_err();
+    assert!(matches!(e, TaskError::Unsatisfiable { .. }), "{e:?}");
+    assert!(e.to_string().contains("no GPU"), "{e}");
+    assert_eq!(r.1.unwrap(), Device::CPU);
+}
+
+#[test]
+fn asking_for_a_gpu_that_does_not_exist_is_a_build_error_or_cpu_only() {
+    let r = parla::Runtime::builder().cpu_threads(1).gpus([63]).build();
+    match r {
+        // With CUDA present: no device 63.
+        Err(e) => assert!(e.to_string().contains("GPU 63"), "{e}"),
+        // Without a driver there is nothing to check against: CPU only.
+        Ok(rt) => assert_eq!(rt.gpus(), 0),
+    }
+    let rt = parla::Runtime::builder()
+        .cpu_threads(1)
+        .gpus([])
+        .build()
+        .unwrap();
+    assert_eq!(rt.gpus(), 0, ".gpus([]) means none");
+}

@@ -1,0 +1,289 @@
+//! The CUDA backend on a real GPU: placement, the GPU context, VCUs, memory admission,
+//! runahead, synchronisation. Run on a GPU machine with `--include-ignored`.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parla::gpu::cudarc::driver::{LaunchConfig, PushKernelArg};
+use parla::prelude::*;
+use support::gpu::{KERNELS, real};
+
+fn rt() -> parla::Runtime {
+    real().expect("this test needs a CUDA GPU")
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn placement_and_gpu_context() {
+    let rt = rt();
+    support::within(120, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("Device");
+            let gpu = task(async {
+                let g = parla::gpu::current().expect("GPU tasks have a GPU context");
+                (
+                    current_device(),
+                    g.device(),
+                    current_task().unwrap().to_string(),
+                )
+            })
+            .id(t.at(("gpu", 0)))
+            .placement(Placement::Gpu(0))
+            .await
+            .unwrap();
+            assert_eq!(gpu.0, Device::gpu(0));
+            assert_eq!(gpu.1, Device::gpu(0));
+            assert_eq!(gpu.2, "Task(Device[gpu, 0])");
+            let cpu = task(async { (current_device(), parla::gpu::current().is_none()) })
+                .await
+                .unwrap();
+            assert_eq!(cpu, (Device::CPU, true));
+            let either = task(async { current_device().arch() })
+                .placement([Placement::Cpu, Placement::AnyGpu])
+                .await
+                .unwrap();
+            assert_eq!(either, Arch::Gpu, "an idle GPU wins the tie");
+        })
+    });
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_gpu_task_computes_and_synchronizes() {
+    let rt = rt();
+    let out = support::within(120, move || {
+        rt.block_on(async {
+            task(async {
+                let g = parla::gpu::current().unwrap();
+                let s = g.stream();
+                let mut x = s.alloc_zeros::<u32>(1).unwrap();
+                let f = g.kernel(KERNELS, "increment").unwrap();
+                for _ in 0..10 {
+                    let mut b = s.launch_builder(&f);
+                    b.arg(&mut x);
+                    // SAFETY: `increment` takes one `unsigned int*`; x holds one element.
+                    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                }
+                g.synchronize().await.unwrap();
+                s.clone_dtoh(&x).unwrap()[0]
+            })
+            .placement(Placement::AnyGpu)
+            .await
+            .unwrap()
+        })
+    });
+    assert_eq!(out, 10);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cublas_and_cusolver_handles_are_bound_and_reused() {
+    let rt = rt();
+    support::within(120, move || {
+        rt.block_on(async {
+            task(async {
+                let g = parla::gpu::current().unwrap();
+                let b1 = g.blas().unwrap() as *const _;
+                let b2 = g.blas().unwrap() as *const _;
+                assert_eq!(b1, b2, "one handle per stream, reused");
+                let s = g.solver().unwrap();
+                assert_eq!(s.stream().cu_stream(), g.stream().cu_stream());
+                // A dgemm through the handle: C = A * B with 2x2 matrices.
+                use parla::gpu::blas::{Gemm, GemmConfig};
+                use parla::gpu::cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N;
+                let st = g.stream();
+                let a = st.clone_htod(&[1.0f64, 2.0, 3.0, 4.0]).unwrap();
+                let bm = st.clone_htod(&[1.0f64, 0.0, 0.0, 1.0]).unwrap();
+                let mut c = st.alloc_zeros::<f64>(4).unwrap();
+                let cfg = GemmConfig {
+                    transa: CUBLAS_OP_N,
+                    transb: CUBLAS_OP_N,
+                    m: 2,
+                    n: 2,
+                    k: 2,
+                    alpha: 1.0,
+                    lda: 2,
+                    ldb: 2,
+                    beta: 0.0,
+                    ldc: 2,
+                };
+                // SAFETY: a, b and c hold 2x2 column-major matrices as the config says.
+                unsafe { g.blas().unwrap().gemm(cfg, &a, &bm, &mut c) }.unwrap();
+                assert_eq!(st.clone_dtoh(&c).unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+            })
+            .placement(Placement::Gpu(0))
+            .await
+            .unwrap()
+        })
+    });
+}
+
+/// Runs `n` GPU tasks that each keep the GPU busy for `ms` and returns the peak number whose
+/// bodies overlapped.
+fn gpu_overlap(rt: &parla::Runtime, n: usize, vcus: f64, ms: u64) -> usize {
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (now2, peak2) = (now.clone(), peak.clone());
+    rt.block_on(async move {
+        for _ in 0..n {
+            let (now, peak) = (now2.clone(), peak2.clone());
+            task(async move {
+                let k = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(k, Ordering::SeqCst);
+                let g = parla::gpu::current().unwrap();
+                let f = g.kernel(KERNELS, "spin").unwrap();
+                let ns: u64 = ms * 1_000_000;
+                let null: u64 = 0;
+                {
+                    let mut b = g.stream().launch_builder(&f);
+                    b.arg(&ns).arg(&null);
+                    // SAFETY: `spin` takes (unsigned long long, unsigned int*); a null flag
+                    // is allowed by the kernel.
+                    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                }
+                g.synchronize().await.unwrap();
+                now.fetch_sub(1, Ordering::SeqCst);
+            })
+            .placement(Placement::Gpu(0))
+            .vcus(vcus)
+            .spawn();
+        }
+    });
+    peak.load(Ordering::SeqCst)
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn half_vcus_let_exactly_two_gpu_tasks_overlap() {
+    let rt = Arc::new(rt());
+    let r2 = rt.clone();
+    let half = support::within(120, move || gpu_overlap(&r2, 6, 0.5, 30));
+    let r3 = rt.clone();
+    let whole = support::within(120, move || gpu_overlap(&r3, 4, 1.0, 30));
+    assert_eq!(half, 2);
+    assert_eq!(whole, 1);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn memory_admission_against_the_real_budget() {
+    let rt = rt();
+    let budget = rt.memory_budget(Device::gpu(0)).unwrap();
+    let r = support::within(120, move || {
+        rt.block_on(async {
+            // More than the whole device: unsatisfiable at once, with the numbers.
+            let too_big = task(async {})
+                .placement(Placement::Gpu(0))
+                .memory(budget + 1)
+                .await
+                .unwrap_err();
+            // Tasks of 60% of the budget run one at a time.
+            let now = Arc::new(AtomicUsize::new(0));
+            let peak = Arc::new(AtomicUsize::new(0));
+            let hs: Vec<_> = (0..3)
+                .map(|_| {
+                    let (now, peak) = (now.clone(), peak.clone());
+                    task(async move {
+                        let k = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(k, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        now.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .placement(Placement::Gpu(0))
+                    .memory(budget / 10 * 6)
+                    .spawn()
+                })
+                .collect();
+            for h in hs {
+                h.await.unwrap();
+            }
+            (too_big, peak.load(Ordering::SeqCst))
+        })
+    });
+    assert!(matches!(r.0, TaskError::Unsatisfiable { .. }), "{}", r.0);
+    assert!(
+        r.0.to_string().contains(&(budget + 1).to_string()),
+        "{}",
+        r.0
+    );
+    assert_eq!(r.1, 1);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_chain_of_1000_gpu_tasks_runs_ahead_without_host_syncs() {
+    use parla::gpu::cudarc::driver::CudaSlice;
+    const N: usize = 1000;
+    let rt = rt();
+    let (value, ran_ahead) = support::within(300, move || {
+        rt.block_on(async {
+            // One counter on the device, incremented by each task in turn. cudarc's own
+            // cross-stream tracking is off for it, so only the runtime orders the tasks
+            // (which run on different streams of the pool).
+            let x = task(async {
+                let g = parla::gpu::current().unwrap();
+                // SAFETY: disables cudarc's per-allocation events for allocations made after
+                // this call on this context; the test orders every access itself.
+                unsafe { g.context().disable_event_tracking() };
+                let x: CudaSlice<u32> = g.stream().alloc_zeros(1).unwrap();
+                g.synchronize().await.unwrap();
+                Arc::new(parking_lot::Mutex::new(x))
+            })
+            .placement(Placement::Gpu(0))
+            .await
+            .unwrap();
+            let t = TaskSpace::new("Chain");
+            let ahead = Arc::new(AtomicUsize::new(0));
+            for i in 0..N {
+                let (x, ahead, t2) = (x.clone(), ahead.clone(), t.clone());
+                let mut b = task(async move {
+                    // The predecessor's GPU work is still queued: the host did not wait.
+                    if i > 0 && !t2.at(i - 1).is_finished() {
+                        ahead.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let g = parla::gpu::current().unwrap();
+                    let spin = g.kernel(KERNELS, "spin").unwrap();
+                    let inc = g.kernel(KERNELS, "increment").unwrap();
+                    let (ns, null): (u64, u64) = (20_000, 0);
+                    let s = g.stream();
+                    let mut b = s.launch_builder(&spin);
+                    b.arg(&ns).arg(&null);
+                    // SAFETY: `spin` takes (unsigned long long, unsigned int*), null allowed.
+                    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                    let mut xg = x.lock();
+                    let mut b = s.launch_builder(&inc);
+                    b.arg(&mut *xg);
+                    // SAFETY: `increment` takes one `unsigned int*`; x holds one element.
+                    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                })
+                .id(t.at(i))
+                .placement(Placement::Gpu(0));
+                if i > 0 {
+                    b = b.after(t.at(i - 1));
+                }
+                b.spawn();
+            }
+            t.at(N - 1).await.unwrap();
+            let v = task(async move {
+                let g = parla::gpu::current().unwrap();
+                g.stream().clone_dtoh(&*x.lock()).unwrap()[0]
+            })
+            .placement(Placement::Gpu(0))
+            .await
+            .unwrap();
+            (v, ahead.load(Ordering::Relaxed))
+        })
+    });
+    assert_eq!(value, N as u32, "every increment ran, in order");
+    eprintln!(
+        "{ran_ahead} of {} tasks started before their predecessor finished",
+        N - 1
+    );
+    assert!(
+        ran_ahead >= N / 2,
+        "runahead: dependents should start behind their predecessor's fence, {ran_ahead} did"
+    );
+}
