@@ -75,6 +75,30 @@ fn main() {
     let empty = module.load_function("empty").expect("empty");
     let tiny = module.load_function("tiny").expect("tiny");
 
+    // 0. What single driver calls cost here (context for the other figures).
+    let calls = {
+        let n = 20_000;
+        let ev = ctx.new_event(None).expect("event");
+        let time = |f: &mut dyn FnMut()| {
+            let t = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        };
+        let get_current = time(&mut || {
+            let _ = parla::gpu::cudarc::driver::result::ctx::get_current();
+        });
+        let record = time(&mut || ev.record(&stream).expect("record"));
+        stream.synchronize().expect("sync");
+        let query = time(&mut || {
+            let _ = ev.try_is_complete();
+        });
+        let launch = time(&mut || launch_empty(&stream, &empty));
+        stream.synchronize().expect("sync");
+        (get_current, record, query, launch)
+    };
+
     // 1. Latency.
     let raw_lat = {
         let ev = ctx.new_event(None).expect("event");
@@ -84,6 +108,22 @@ fn main() {
             launch_empty(&stream, &empty);
             ev.record(&stream).expect("record");
             ev.synchronize().expect("sync");
+            if i >= 100 {
+                v.push(t.elapsed());
+            }
+        }
+        stats(v)
+    };
+    let raw_query_lat = {
+        let ev = ctx.new_event(None).expect("event");
+        let mut v = Vec::with_capacity(lat_n);
+        for i in 0..lat_n + 100 {
+            let t = Instant::now();
+            launch_empty(&stream, &empty);
+            ev.record(&stream).expect("record");
+            while !ev.try_is_complete().expect("query") {
+                std::hint::spin_loop();
+            }
             if i >= 100 {
                 v.push(t.elapsed());
             }
@@ -181,6 +221,37 @@ fn main() {
     raw_chain.remove(0);
     parla_chain.remove(0);
 
+    // 2b. What the chain costs without kernels (parla only), and the raw loop with one event
+    //     recorded per launch (what a fence per task costs in the raw loop).
+    let mut empty_chain = Vec::new();
+    let mut raw_record_chain = Vec::new();
+    let ev = ctx.new_event(None).expect("event");
+    for _ in 0..reps + 1 {
+        let t = Instant::now();
+        for _ in 0..CHAIN {
+            launch_tiny(&stream, &tiny, &mut x);
+            ev.record(&stream).expect("record");
+        }
+        stream.synchronize().expect("sync");
+        raw_record_chain.push(t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64);
+        let us = rt.block_on(async {
+            let t = Instant::now();
+            let mut prev: Option<TaskHandle<()>> = None;
+            for _ in 0..CHAIN {
+                let mut b = task(async {}).placement(Placement::Gpu(0));
+                if let Some(p) = &prev {
+                    b = b.after(p);
+                }
+                prev = Some(b.spawn());
+            }
+            prev.expect("chain").await.expect("chain");
+            t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64
+        });
+        empty_chain.push(us);
+    }
+    empty_chain.remove(0);
+    raw_record_chain.remove(0);
+
     // 3. 10,000 independent tiny tasks against round-robin launches over 8 streams.
     const INDEP: usize = 10_000;
     let streams: Vec<Arc<CudaStream>> = (0..8).map(|_| ctx.new_stream().expect("stream")).collect();
@@ -234,6 +305,11 @@ fn main() {
     );
     row("latency: empty kernel + wait, p99", parla_lat.1, raw_lat.1);
     row(
+        "  raw spinning on cuEventQuery instead, median",
+        raw_query_lat.0,
+        raw_lat.0,
+    );
+    row(
         "round trip: spawn GPU task + await, median",
         round_trip.0,
         raw_lat.0,
@@ -246,7 +322,17 @@ fn main() {
     row(
         "chain of 1,000 tiny kernels, per kernel",
         median(parla_chain),
-        median(raw_chain),
+        median(raw_chain.clone()),
+    );
+    row(
+        "  chain of 1,000 GPU tasks, no kernels, per task",
+        median(empty_chain),
+        median(raw_chain.clone()),
+    );
+    row(
+        "  raw chain with an event recorded per launch",
+        median(raw_record_chain),
+        median(raw_chain.clone()),
     );
     row(
         "10,000 independent GPU tasks, per task",
@@ -255,5 +341,9 @@ fn main() {
     );
     println!(
         "(raw: cuEventSynchronize after each launch; one stream launch loop; 8-stream round robin)"
+    );
+    println!(
+        "driver calls, us each: cuCtxGetCurrent {:.3}, record event {:.3}, query event {:.3}, launch empty kernel {:.3}",
+        calls.0, calls.1, calls.2, calls.3
     );
 }

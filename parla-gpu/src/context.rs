@@ -8,7 +8,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::cusolver::DnHandle;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use parla_core::Device;
-use parla_core::device::backend::wait_fence;
+use parla_core::device::backend::{AWAIT_SPIN, FenceStatus, poll_fence_for, wait_fence};
 
 use crate::error::{Error, Result};
 use crate::event::CudaFence;
@@ -98,13 +98,23 @@ impl GpuContext {
     /// the worker: a brief spin for short work, then the runtime's fence poller.
     pub async fn synchronize(&self) -> Result<()> {
         let fence = CudaFence::record(&self.dev, self.stream.stream(), Some(self.stream.index))?;
-        wait_fence(Arc::new(fence)).await.map_err(Error::Device)
+        // Short work is seen here, at the latency of a query loop; longer work goes to the
+        // runtime's fence poller and this task yields its worker.
+        match poll_fence_for(&fence, AWAIT_SPIN) {
+            FenceStatus::Done => Ok(()),
+            FenceStatus::Failed(m) => Err(Error::Device(m)),
+            FenceStatus::Pending => wait_fence(Arc::new(fence)).await.map_err(Error::Device),
+        }
     }
 
     /// A kernel compiled with NVRTC from CUDA C++ `source`, by `name` (an `extern "C"`
-    /// function). Compiled once per device and cached.
-    pub fn kernel(&self, source: &str, name: &str) -> Result<CudaFunction> {
-        let key = (rustc_hash::FxBuildHasher.hash_one(source), name.to_string());
+    /// function). Compiled once per device and cached, keyed by the source's address (a
+    /// `'static` string never moves) and the name, so a lookup costs a hash of the name.
+    pub fn kernel(&self, source: &'static str, name: &str) -> Result<CudaFunction> {
+        let key = (
+            source.as_ptr() as u64 ^ ((source.len() as u64) << 48),
+            rustc_hash::FxBuildHasher.hash_one(name),
+        );
         if let Some(f) = self.dev.kernels.lock().get(&key) {
             return Ok(f.clone());
         }

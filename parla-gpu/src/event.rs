@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::driver::{CudaEvent, CudaStream};
 use parla_core::device::backend::{Fence, FenceStatus};
@@ -15,6 +16,8 @@ pub struct CudaFence {
     device: Arc<GpuDevice>,
     /// The pooled stream it was recorded on, if any.
     stream: Option<usize>,
+    /// Seen complete (so the event can go back to the pool without another query).
+    done: AtomicBool,
 }
 
 impl std::fmt::Debug for CudaFence {
@@ -33,15 +36,23 @@ impl CudaFence {
         stream: &CudaStream,
         pooled: Option<usize>,
     ) -> crate::Result<CudaFence> {
-        let event = match device.events.lock().pop() {
+        let event = match device.events.pop() {
             Some(e) => e,
             None => device.ctx.new_event(None)?,
         };
-        event.record(stream)?;
+        if pooled.is_some() {
+            // SAFETY: pooled streams are recorded on by the task's driver thread, where the
+            // device's context was made current when the task was entered; the event comes
+            // from the same device.
+            unsafe { crate::raw::record_current(&event, stream) }?;
+        } else {
+            event.record(stream)?;
+        }
         Ok(CudaFence {
             event: Some(event),
             device: device.clone(),
             stream: pooled,
+            done: AtomicBool::new(false),
         })
     }
 
@@ -72,7 +83,10 @@ impl Fence for CudaFence {
             r = ev.try_is_complete();
         }
         match r {
-            Ok(true) => FenceStatus::Done,
+            Ok(true) => {
+                self.done.store(true, Ordering::Relaxed);
+                FenceStatus::Done
+            }
             Ok(false) => FenceStatus::Pending,
             Err(e) => {
                 if is_sticky(&e) {
@@ -87,6 +101,11 @@ impl Fence for CudaFence {
         self.device.index
     }
 
+    fn queue(&self) -> Option<u64> {
+        self.stream
+            .map(|s| ((self.device.index as u64) << 32) | s as u64)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -96,11 +115,9 @@ impl Drop for CudaFence {
     fn drop(&mut self) {
         if let Some(e) = self.event.take() {
             // Re-recording a completed event is fine; an incomplete one would make later
-            // waiters wait on newer work, so only completed events go back to the pool.
-            let done = crate::raw::make_current(&self.device.ctx).is_ok()
-                && e.try_is_complete().unwrap_or(false);
-            if done && self.device.failed().is_none() {
-                self.device.events.lock().push(e);
+            // waiters wait on newer work, so only events seen complete go back to the pool.
+            if self.done.load(Ordering::Relaxed) && self.device.failed().is_none() {
+                self.device.events.push(e);
             }
         }
     }

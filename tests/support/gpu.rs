@@ -20,6 +20,21 @@ extern "C" __global__ void spin(unsigned long long ns, unsigned int *flag) {
     if (flag != 0 && threadIdx.x == 0) { *flag = 1; }
 }
 
+// Spins for about `ns` nanoseconds, then writes the GPU's global time (ns) to *out.
+extern "C" __global__ void spin_then_stamp(unsigned long long ns, unsigned long long *out) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); } while (now - start < ns);
+    *out = now;
+}
+
+// Writes the GPU's global time (ns) to *out.
+extern "C" __global__ void stamp(unsigned long long *out) {
+    unsigned long long now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    *out = now;
+}
+
 extern "C" __global__ void fault(unsigned int *p) {
     // Writes through an address that is not mapped: CUDA_ERROR_ILLEGAL_ADDRESS.
     unsigned int *bad = (unsigned int *)(0x10);

@@ -19,7 +19,8 @@ use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 
-use crate::runtime::bridge::{AWAIT_SPIN, Bridge, Watch, spin};
+pub use crate::runtime::bridge::AWAIT_SPIN;
+use crate::runtime::bridge::{Bridge, Watch, spin};
 
 /// The state of a [`Fence`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,13 @@ pub trait Fence: Send + Sync + 'static {
 
     /// For the backend: downcast to its own fence type.
     fn as_any(&self) -> &dyn Any;
+
+    /// The in-order queue (a stream) the fence was recorded on, if any: fences of one queue
+    /// finish in the order they were recorded, so a poller that finds one pending need not
+    /// query the later ones.
+    fn queue(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl fmt::Debug for dyn Fence {
@@ -110,6 +118,12 @@ pub trait GpuExec: Send {
 ///
 /// `Ok(None)`: no device (or no driver) found; the runtime then runs on the CPU only.
 pub type GpuBackendFactory = fn(&GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String>;
+
+/// Polls `fence` in a loop for up to `budget` (a busy wait: keep it to microseconds).
+/// Returns its status at the end.
+pub fn poll_fence_for(fence: &dyn Fence, budget: std::time::Duration) -> FenceStatus {
+    spin(fence, budget)
+}
 
 /// Waits for `fence` without blocking a worker: spins for a few microseconds (the latency of
 /// a short kernel), then lets the runtime's fence poller wake the task.

@@ -6,9 +6,13 @@
 //! - whoever awaits a GPU task (its handle, its id) or synchronizes a stream spins on that
 //!   one fence for a few microseconds before it parks, so a short kernel is seen at the
 //!   latency of a query loop, with no thread hop;
-//! - otherwise the fence goes to the runtime's poller thread, which polls every pending fence
-//!   in a loop: spinning while fences complete, then yielding, then sleeping in short steps
-//!   while nothing does, and parking when there is nothing to watch;
+//! - otherwise the fence goes to the runtime's poller thread. It polls in rounds, querying
+//!   only the oldest pending fence of each stream (a stream's fences finish in order), and
+//!   paces itself: a short pause while somebody waits on a watched fence (an awaiter, a CPU
+//!   dependent, tasks queued for the device), otherwise a pause doubling up to a cap. Queries contend with kernel launches inside the CUDA driver, so a poller
+//!   that spins hard slows the very work it watches; latency-sensitive waits spin on their
+//!   own fence instead (above). With nothing to watch, the thread sleeps until a fence
+//!   arrives;
 //! - whichever poller sees a task's fence done first completes the task (the task's state
 //!   moves FENCED -> COMPLETING once, so only one of them does).
 
@@ -26,20 +30,28 @@ use crate::device::backend::{Fence, FenceStatus};
 use crate::task::Task;
 
 /// How long an awaiter spins on a fence before it parks.
-pub(crate) const AWAIT_SPIN: Duration = Duration::from_micros(50);
+pub const AWAIT_SPIN: Duration = Duration::from_micros(50);
 
 /// Something waiting for a fence.
 pub(crate) enum Watch {
-    /// A GPU task whose body returned: complete it.
-    Task(Arc<dyn Task>, Arc<dyn Fence>),
-    /// A future waiting on a fence: wake it.
+    /// A GPU task whose body returned: complete it. `urgent`: something waits on its
+    /// completion (a CPU dependent, tasks queued for its device's resources).
+    Task(Arc<dyn Task>, Arc<dyn Fence>, bool),
+    /// A future waiting on a fence: wake it. Always urgent.
     Waker(Arc<dyn Fence>, Arc<AtomicWaker>),
 }
 
 impl Watch {
     fn fence(&self) -> &Arc<dyn Fence> {
         match self {
-            Watch::Task(_, f) | Watch::Waker(f, _) => f,
+            Watch::Task(_, f, _) | Watch::Waker(f, _) => f,
+        }
+    }
+
+    fn urgent(&self) -> bool {
+        match self {
+            Watch::Task(_, _, u) => *u,
+            Watch::Waker(..) => true,
         }
     }
 }
@@ -48,7 +60,13 @@ impl Watch {
 pub(crate) struct Bridge {
     entries: Mutex<Vec<Watch>>,
     pending: AtomicUsize,
+    /// Pending watches somebody waits on: the poller keeps a short pace while there are any.
+    urgent: AtomicUsize,
     shutdown: AtomicBool,
+    /// The poller sleeps with nothing to watch: a new fence must wake it.
+    sleeping: AtomicBool,
+    /// The poller thread exists.
+    started: AtomicBool,
     thread: Mutex<Option<(JoinHandle<()>, Thread)>>,
 }
 
@@ -56,8 +74,17 @@ impl Bridge {
     /// Hands `w` to the poller thread (started on first use).
     pub(crate) fn watch(rt: &Arc<RtInner>, w: Watch) {
         let b = &rt.bridge;
+        if w.urgent() {
+            b.urgent.fetch_add(1, Ordering::AcqRel);
+        }
         b.entries.lock().push(w);
-        b.pending.fetch_add(1, Ordering::AcqRel);
+        b.pending.fetch_add(1, Ordering::SeqCst);
+        // The poller paces itself while it has fences; wake it only from its idle sleep.
+        // (SeqCst with the poller's flag-then-check: one of the two sees the other, and the
+        // poller's sleep is bounded besides.)
+        if !b.sleeping.swap(false, Ordering::SeqCst) && b.started.load(Ordering::Acquire) {
+            return;
+        }
         let mut t = b.thread.lock();
         match &*t {
             Some((_, th)) => th.unpark(),
@@ -70,6 +97,7 @@ impl Bridge {
                     Ok(h) => {
                         let th = h.thread().clone();
                         *t = Some((h, th));
+                        b.started.store(true, Ordering::Release);
                     }
                     Err(e) => {
                         // Without a thread, fences are still seen by awaiters and by
@@ -100,15 +128,17 @@ impl Bridge {
     pub(crate) fn take_tasks(&self) -> Vec<Arc<dyn Task>> {
         let all = std::mem::take(&mut *self.entries.lock());
         self.pending.store(0, Ordering::Release);
+        self.urgent.store(0, Ordering::Release);
         all.into_iter()
             .filter_map(|w| match w {
-                Watch::Task(t, _) => Some(t),
+                Watch::Task(t, _, _) => Some(t),
                 Watch::Waker(..) => None,
             })
             .collect()
     }
 
-    /// Polls every watched fence once; acts on the finished ones. Returns how many finished.
+    /// Polls the watched fences once (the oldest pending one of each stream, and every
+    /// fence without a stream) and acts on the finished ones. Returns how many finished.
     pub(crate) fn poll_once(rt: &Arc<RtInner>) -> usize {
         let b = &rt.bridge;
         let batch = std::mem::take(&mut *b.entries.lock());
@@ -117,21 +147,37 @@ impl Bridge {
         }
         let mut keep = Vec::new();
         let mut done = Vec::new();
+        let mut blocked: smallvec::SmallVec<[u64; 8]> = smallvec::SmallVec::new();
         for w in batch {
+            let q = w.fence().queue();
+            if q.is_some_and(|q| blocked.contains(&q)) {
+                keep.push(w);
+                continue;
+            }
             match w.fence().status() {
-                FenceStatus::Pending => keep.push(w),
+                FenceStatus::Pending => {
+                    if let Some(q) = q {
+                        blocked.push(q);
+                    }
+                    keep.push(w)
+                }
                 s => done.push((w, s)),
             }
         }
         if !keep.is_empty() {
-            b.entries.lock().extend(keep);
+            // Newer watches were appended meanwhile: the kept (older) ones go first.
+            let mut e = b.entries.lock();
+            let newer = std::mem::replace(&mut *e, keep);
+            e.extend(newer);
         }
         let n = done.len();
+        let urgent = done.iter().filter(|(w, _)| w.urgent()).count();
+        b.urgent.fetch_sub(urgent, Ordering::AcqRel);
         b.pending.fetch_sub(n, Ordering::AcqRel);
         for (w, s) in done {
             match w {
                 Watch::Waker(_, waker) => waker.wake(),
-                Watch::Task(t, _) => crate::scheduler::complete_fenced(rt, &t, s),
+                Watch::Task(t, _, _) => crate::scheduler::complete_fenced(rt, &t, s),
             }
         }
         n
@@ -140,30 +186,62 @@ impl Bridge {
 
 fn poll_loop(rt: &Arc<RtInner>) {
     let _rt = crate::context::enter_rt(rt);
-    let mut idle_since: Option<Instant> = None;
+    let b = &rt.bridge;
+    let mut pause = MIN_PAUSE;
     loop {
-        if rt.bridge.shutdown.load(Ordering::Acquire) {
+        if b.shutdown.load(Ordering::Acquire) {
             return;
         }
-        if !rt.bridge.is_busy() {
-            idle_since = None;
-            std::thread::park_timeout(Duration::from_millis(10));
+        if !b.is_busy() {
+            b.sleeping.store(true, Ordering::SeqCst);
+            // A fence registered between the check and the flag is caught here.
+            if b.pending.load(Ordering::SeqCst) == 0 {
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
+            b.sleeping.store(false, Ordering::Release);
+            pause = MIN_PAUSE;
             continue;
         }
-        if Bridge::poll_once(rt) > 0 {
-            idle_since = None;
-            continue;
-        }
-        // Nothing finished: spin for a while (short kernels), then yield, then sleep in
-        // short steps (long kernels), waking at once for new fences.
-        let idle = idle_since.get_or_insert_with(Instant::now).elapsed();
-        if idle < Duration::from_micros(200) {
-            std::hint::spin_loop();
-        } else if idle < Duration::from_millis(2) {
-            std::thread::yield_now();
+        let urgent = b.urgent.load(Ordering::Acquire) > 0;
+        Bridge::poll_once(rt);
+        pause = if urgent {
+            // Somebody waits: keep the short pace.
+            MIN_PAUSE
         } else {
-            std::thread::park_timeout(Duration::from_micros(50));
+            // Nobody waits on these fences (their GPU dependents were released behind them):
+            // back off, so that polling does not slow the launches; completions are handled
+            // in batches.
+            (pause * 2).min(max_pause())
+        };
+        if pause <= Duration::from_micros(20) {
+            spin_pause(pause);
+        } else {
+            std::thread::park_timeout(pause);
         }
+    }
+}
+
+/// The poller's pause after a round that found work done.
+const MIN_PAUSE: Duration = Duration::from_micros(10);
+
+/// The longest pause between the poller thread's rounds while fences are pending and nobody
+/// waits on them: 1 ms, or `PARLA_FENCE_POLL_MAX_US` (a tuning knob, read once).
+fn max_pause() -> Duration {
+    static US: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_micros(*US.get_or_init(|| {
+        std::env::var("PARLA_FENCE_POLL_MAX_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000)
+    }))
+    .max(MIN_PAUSE)
+}
+
+/// Busy-waits for `d` without a system call.
+fn spin_pause(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
     }
 }
 

@@ -288,8 +288,8 @@ fn finish_running(rt: &Arc<RtInner>, r: Running, outcome: Outcome, launch: &mut 
                 message,
             })),
             FenceStatus::Pending => {
-                let d = scheduler::body_done(rt, &task, f.clone(), launch);
-                Bridge::watch(rt, Watch::Task(task, f));
+                let (d, urgent) = scheduler::body_done(rt, &task, f.clone(), launch);
+                Bridge::watch(rt, Watch::Task(task, f, urgent));
                 return d;
             }
         },

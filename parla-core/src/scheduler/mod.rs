@@ -119,6 +119,7 @@ where
     let handle = TaskHandle {
         task: cell as Arc<dyn Join<F::Output>>,
         spun: false,
+        hurried: false,
         _t: PhantomData,
     };
     let h = task.header();
@@ -243,6 +244,7 @@ where
     TaskHandle {
         task: cell as Arc<dyn Join<F::Output>>,
         spun: false,
+        hurried: false,
         _t: PhantomData,
     }
 }
@@ -411,24 +413,49 @@ pub(crate) fn on_ready(rt: &RtInner, task: Arc<dyn Task>, launch: &mut Launch, d
 /// A GPU task's body returned and its work is enqueued behind `fence`: its GPU-only
 /// dependents need not wait for the host to see the fence (runahead): they become ready
 /// now, and their streams will wait on the fence. The task itself keeps its resources and
-/// its busy token until the fence is done.
+/// its busy token until the fence is done. Also returns whether anything else waits on the
+/// task's completion (a dependent that is not GPU-only, tasks queued for its device).
 pub(crate) fn body_done(
     rt: &RtInner,
     task: &Arc<dyn Task>,
     fence: Arc<dyn Fence>,
     launch: &mut Launch,
-) -> Delta {
+) -> (Delta, bool) {
     let h = task.header();
     h.transition_to_fenced();
     let mut delta = Delta::default();
-    for d in h.set_fence(fence.clone()) {
+    let (early, others) = h.set_fence(fence.clone());
+    let queued = h
+        .device()
+        .is_some_and(|d| rt.devices[d.slot()].admission.usage().waiting > 0);
+    for d in early {
         let dh = d.header();
         dh.add_wait(fence.clone());
         if let Ready::Now = dh.dependency_done() {
             on_ready(rt, d, launch, &mut delta);
         }
     }
-    delta
+    (delta, others || queued || h.is_awaited())
+}
+
+/// An awaiter of `task` is about to park: if the task's GPU work is in flight, ask the fence
+/// poller to wake it promptly when the fence is done. Returns whether it did.
+pub(crate) fn hurry(task: &Arc<dyn Task>, waker: &std::task::Waker) -> bool {
+    let Some(fence) = task.header().fence() else {
+        return false;
+    };
+    crate::context::with_rt(|rt| match rt {
+        Some(rt) => {
+            let w = Arc::new(atomic_waker::AtomicWaker::new());
+            w.register(waker);
+            crate::runtime::bridge::Bridge::watch(
+                rt,
+                crate::runtime::bridge::Watch::Waker(fence, w),
+            );
+            true
+        }
+        None => false,
+    })
 }
 
 /// A GPU task's fence finished with `status`: complete the task (if nobody else did).

@@ -16,11 +16,16 @@ use crate::task::header::{Dependent, Outcome};
 struct NodeWait {
     node: Arc<dyn Task>,
     waker: Option<Arc<AtomicWaker>>,
+    hurried: bool,
 }
 
 impl NodeWait {
     fn new(node: Arc<dyn Task>) -> Self {
-        NodeWait { node, waker: None }
+        NodeWait {
+            node,
+            waker: None,
+            hurried: false,
+        }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
@@ -46,6 +51,9 @@ impl NodeWait {
         }
         if let Some(o) = h.outcome() {
             return Poll::Ready(o);
+        }
+        if !self.hurried {
+            self.hurried = crate::scheduler::hurry(&self.node, cx.waker());
         }
         crate::context::note_blocked();
         Poll::Pending

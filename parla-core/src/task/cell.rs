@@ -142,6 +142,7 @@ where
             Some(o) => o,
             None => {
                 self.header.join.register(cx.waker());
+                self.header.set_awaited();
                 match self.header.outcome() {
                     Some(o) => o,
                     None => {

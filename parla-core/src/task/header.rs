@@ -112,7 +112,7 @@ pub(crate) struct Header {
     /// The VCUs actually reserved once mapped (the device default resolved).
     reserved_vcu: AtomicU32,
     /// Placeholders: set once a task was spawned under this id (the forward reference
-    /// resolved). Tasks: unused.
+    /// resolved). Tasks: set once a handle awaits the task (bit 1).
     resolved: AtomicU8,
     /// Times (ns since the runtime's epoch) of spawn, ready and start, for the trace.
     pub(crate) times: [AtomicU64; 3],
@@ -233,8 +233,9 @@ impl Header {
     }
 
     /// The body returned with its GPU work behind `f`: keeps the fence and takes the
-    /// dependents that may start behind it (GPU-only tasks).
-    pub(crate) fn set_fence(&self, f: Arc<dyn Fence>) -> SmallVec<[Arc<dyn Task>; 2]> {
+    /// dependents that may start behind it (GPU-only tasks). Also says whether others stay
+    /// (dependents or awaiters that need the task complete).
+    pub(crate) fn set_fence(&self, f: Arc<dyn Fence>) -> (SmallVec<[Arc<dyn Task>; 2]>, bool) {
         let mut l = self.links.lock();
         l.fence = Some(f);
         let mut early = SmallVec::new();
@@ -245,7 +246,7 @@ impl Header {
             }
             _ => true,
         });
-        early
+        (early, !l.dependents.is_empty())
     }
 
     /// The fence of a GPU task whose body returned and whose work is still pending.
@@ -317,6 +318,16 @@ impl Header {
 
     pub(crate) fn is_resolved(&self) -> bool {
         self.resolved.load(Ordering::Acquire) != 0
+    }
+
+    /// Tasks: a handle awaits the task (its completion is wanted promptly).
+    pub(crate) fn set_awaited(&self) {
+        self.resolved.fetch_or(2, Ordering::AcqRel);
+    }
+
+    /// Tasks: whether a handle awaits the task.
+    pub(crate) fn is_awaited(&self) -> bool {
+        self.resolved.load(Ordering::Acquire) & 2 != 0
     }
 
     /// Whether anyone waits on this node.

@@ -150,6 +150,8 @@ pub struct TaskHandle<T> {
     pub(crate) task: Arc<dyn Join<T>>,
     /// Whether this handle already spun on the task's GPU fence.
     pub(crate) spun: bool,
+    /// Whether this handle asked the fence poller to hurry.
+    pub(crate) hurried: bool,
     pub(crate) _t: PhantomData<fn() -> T>,
 }
 
@@ -180,7 +182,12 @@ impl<T: 'static> Future for TaskHandle<T> {
             let node = self.node();
             crate::scheduler::spin_fenced(&node);
         }
-        self.task.poll_join(cx)
+        let r = self.task.poll_join(cx);
+        if r.is_pending() && !self.hurried {
+            let node = self.node();
+            self.hurried = crate::scheduler::hurry(&node, cx.waker());
+        }
+        r
     }
 }
 

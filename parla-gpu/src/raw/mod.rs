@@ -2,7 +2,7 @@
 //! wrapper with its preconditions stated; the rest of the crate calls these.
 
 use cudarc::driver::result;
-use cudarc::driver::{CudaContext, DriverError};
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream, DriverError};
 
 /// Whether libcuda can be loaded. Must be checked before any driver call: with dynamic
 /// loading, cudarc panics on the first call if the library is missing.
@@ -40,4 +40,19 @@ pub(crate) fn make_current(ctx: &CudaContext) -> Result<(), DriverError> {
         unsafe { result::ctx::set_current(cu) }?;
     }
     Ok(())
+}
+
+/// Records `event` on `stream` without re-binding the context (cudarc's `CudaEvent::record`
+/// binds first: one more driver call, on the path of every GPU task).
+///
+/// # Safety
+/// The event's context must be current on this thread (the caller made it current for the
+/// task it runs), and `event` and `stream` must belong to that context.
+pub(crate) unsafe fn record_current(
+    event: &CudaEvent,
+    stream: &CudaStream,
+) -> Result<(), DriverError> {
+    // SAFETY: both handles are live (borrowed), of the same context, which is current
+    // (this function's contract).
+    unsafe { result::event::record(event.cu_event(), stream.cu_stream()) }
 }

@@ -28,8 +28,10 @@ pub struct GpuDevice {
     pub(crate) ordinal: usize,
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) streams: StreamPool,
-    pub(crate) events: Mutex<Vec<CudaEvent>>,
-    pub(crate) kernels: Mutex<FxHashMap<(u64, String), CudaFunction>>,
+    /// Completed events for reuse (lock-free: the fence poller returns them while workers
+    /// take them).
+    pub(crate) events: crossbeam_queue::SegQueue<CudaEvent>,
+    pub(crate) kernels: Mutex<FxHashMap<(u64, u64), CudaFunction>>,
     name: String,
     total: u64,
     budget: u64,
@@ -96,7 +98,6 @@ impl GpuBackend for CudaBackend {
         if let Some(m) = dev.failed() {
             return Err(format!("the device failed earlier: {m}"));
         }
-        crate::raw::make_current(&dev.ctx).map_err(|e| describe(&e))?;
         // Stream affinity: a task after a GPU task of this device takes that task's stream
         // when it is free; stream order then stands in for a wait.
         let preferred = after.iter().find_map(|f| {
@@ -248,7 +249,7 @@ fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, Stri
             ordinal,
             ctx,
             streams,
-            events: Mutex::new(Vec::new()),
+            events: crossbeam_queue::SegQueue::new(),
             kernels: Mutex::new(FxHashMap::default()),
             name,
             total,
