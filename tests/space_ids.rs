@@ -14,7 +14,7 @@ fn integer_keys_compare_by_value_whatever_their_type() {
     assert_eq!(t.at((1u8, 2i64)), t.at((1usize, 2u16)));
     assert_ne!(t.at(0), TaskSpace::new("T").at(0), "different spaces");
     assert_eq!(t.at(("cpu", 3)).to_string(), "T[cpu, 3]");
-    assert_eq!(t.at((1, 2, 3, 4)).key().parts().len(), 4);
+    assert_eq!(t.at((1, 2, 3, 4)).key().len(), 4);
 
     let rt = support::cpu(2);
     let v = rt.block_on(async move {

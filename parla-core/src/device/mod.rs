@@ -10,8 +10,6 @@ pub mod backend;
 
 use std::fmt;
 
-use smallvec::SmallVec;
-
 pub use admission::{Demand, MAX_MEMORY, Usage, VCU_ONE};
 
 /// A device architecture.
@@ -127,23 +125,72 @@ impl fmt::Display for Placement {
     }
 }
 
-/// A list of placements, as [`TaskBuilder::placement`](crate::TaskBuilder::placement) takes.
-pub type Placements = SmallVec<[Placement; 2]>;
+/// A set of placements, as [`TaskBuilder::placement`](crate::TaskBuilder::placement) takes:
+/// `Copy`, 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Placements {
+    cpu: bool,
+    any_gpu: bool,
+    /// Bit i: `Gpu(i)`.
+    gpus: u64,
+    /// The first `Gpu(i)` with an index beyond any runtime's (kept for the error).
+    beyond: Option<u32>,
+}
 
-/// Converts a placement or a collection of placements into a [`Placements`] list.
+impl Placements {
+    /// The CPU alone (the default).
+    pub const CPU: Placements = Placements {
+        cpu: true,
+        any_gpu: false,
+        gpus: 0,
+        beyond: None,
+    };
+
+    /// Adds a placement.
+    pub fn with(mut self, p: Placement) -> Placements {
+        match p {
+            Placement::Cpu => self.cpu = true,
+            Placement::AnyGpu => self.any_gpu = true,
+            Placement::Gpu(i) if i < MAX_GPUS => self.gpus |= 1 << i,
+            Placement::Gpu(i) => {
+                self.beyond.get_or_insert(i.min(u32::MAX as usize) as u32);
+            }
+        }
+        self
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        !self.cpu && !self.any_gpu && self.gpus == 0 && self.beyond.is_none()
+    }
+
+    /// Whether this is the CPU alone.
+    pub(crate) fn is_cpu_only(&self) -> bool {
+        *self == Placements::CPU
+    }
+}
+
+impl FromIterator<Placement> for Placements {
+    fn from_iter<I: IntoIterator<Item = Placement>>(iter: I) -> Self {
+        iter.into_iter()
+            .fold(Placements::default(), Placements::with)
+    }
+}
+
+/// Converts a placement or a collection of placements into a [`Placements`] set.
 pub trait IntoPlacements {
-    /// The list.
+    /// The set.
     fn into_placements(self) -> Placements;
 }
 
 impl IntoPlacements for Placement {
     fn into_placements(self) -> Placements {
-        smallvec::smallvec![self]
+        Placements::default().with(self)
     }
 }
 impl IntoPlacements for Device {
     fn into_placements(self) -> Placements {
-        smallvec::smallvec![self.into()]
+        Placements::default().with(self.into())
     }
 }
 impl<const N: usize> IntoPlacements for [Placement; N] {
@@ -173,32 +220,29 @@ pub(crate) type SlotMask = u64;
 /// The most GPUs a runtime manages.
 pub const MAX_GPUS: usize = 63;
 
-/// Resolves a placement list against `gpus` GPUs. Returns the mask, or a description of the
+/// Resolves a placement set against `gpus` GPUs. Returns the mask, or a description of the
 /// first placement that names a GPU the runtime does not have.
-pub(crate) fn resolve(p: &[Placement], gpus: usize) -> Result<SlotMask, String> {
-    let all_gpus: SlotMask = if gpus == 0 {
-        0
+pub(crate) fn resolve(p: &Placements, gpus: usize) -> Result<SlotMask, String> {
+    let all_gpus: u64 = if gpus == 0 { 0 } else { (1u64 << gpus) - 1 };
+    let missing = p.gpus & !all_gpus;
+    let beyond = if missing != 0 {
+        Some(missing.trailing_zeros() as usize)
     } else {
-        ((1u64 << gpus) - 1) << 1
+        p.beyond.map(|i| i as usize)
     };
-    let mut mask = 0;
-    for pl in p {
-        match *pl {
-            Placement::Cpu => mask |= 1,
-            // With no GPU, `gpu` in a list adds nothing; alone it is unsatisfiable (below).
-            Placement::AnyGpu => mask |= all_gpus,
-            Placement::Gpu(i) => {
-                if i >= gpus {
-                    return Err(format!(
-                        "placement gpu({i}): the runtime has {gpus} GPU{}",
-                        if gpus == 1 { "" } else { "s" }
-                    ));
-                }
-                mask |= 1 << (1 + i)
-            }
-        }
+    if let Some(i) = beyond {
+        return Err(format!(
+            "placement gpu({i}): the runtime has {gpus} GPU{}",
+            if gpus == 1 { "" } else { "s" }
+        ));
     }
+    // With no GPU, `gpu` in a list adds nothing; alone it is unsatisfiable (below).
+    let gpu_bits = if p.any_gpu { all_gpus } else { p.gpus };
+    let mask = (p.cpu as u64) | (gpu_bits << 1);
     if mask == 0 {
+        if p.is_empty() {
+            return Err("empty placement list".into());
+        }
         return Err("placement gpu: the runtime has no GPU (no CUDA device found)".into());
     }
     Ok(mask)
@@ -228,13 +272,18 @@ mod test {
 
     #[test]
     fn resolve_masks() {
-        assert_eq!(resolve(&[Placement::Cpu], 0), Ok(1));
-        assert_eq!(resolve(&[Placement::AnyGpu], 2), Ok(0b110));
-        assert_eq!(resolve(&[Placement::Cpu, Placement::Gpu(1)], 2), Ok(0b101));
-        let e = resolve(&[Placement::Gpu(7)], 1).unwrap_err();
+        let r = |p: &[Placement], g| resolve(&p.into_placements(), g);
+        assert_eq!(r(&[Placement::Cpu], 0), Ok(1));
+        assert_eq!(r(&[Placement::AnyGpu], 2), Ok(0b110));
+        assert_eq!(r(&[Placement::Cpu, Placement::Gpu(1)], 2), Ok(0b101));
+        let e = r(&[Placement::Gpu(7)], 1).unwrap_err();
         assert!(e.contains("gpu(7)") && e.contains("1 GPU"), "{e}");
-        assert!(resolve(&[Placement::AnyGpu], 0).is_err());
-        assert_eq!(resolve(&[Placement::Cpu, Placement::AnyGpu], 0), Ok(1));
+        let e = r(&[Placement::Gpu(1000)], 1).unwrap_err();
+        assert!(e.contains("gpu(1000)"), "{e}");
+        assert!(r(&[Placement::AnyGpu], 0).is_err());
+        assert_eq!(r(&[Placement::Cpu, Placement::AnyGpu], 0), Ok(1));
+        assert!(r(&[], 1).unwrap_err().contains("empty"));
+        assert!(Placements::CPU.is_cpu_only());
     }
 
     #[test]

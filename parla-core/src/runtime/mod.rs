@@ -210,8 +210,8 @@ impl RtInner {
     /// Records pipeline time `i` (0 spawn, 1 ready, 2 start) when tracing to a file.
     #[inline]
     pub(crate) fn stamp(&self, h: &Header, i: usize) {
-        if self.trace.is_some() {
-            h.times[i].store(self.now(), Ordering::Relaxed);
+        if let Some(t) = &h.times {
+            t[i].store(self.now(), Ordering::Relaxed);
         }
     }
 

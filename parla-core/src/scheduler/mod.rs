@@ -28,7 +28,7 @@ use crate::device::{Demand, Device, SlotMask, resolve, vcu_fixed, vcu_float};
 use crate::error::TaskError;
 use crate::runtime::RtInner;
 use crate::task::header::{Added, DEFAULT_VCU, Dependent, Header, Kind, Name, Outcome, Ready};
-use crate::task::{Dep, Join, Task, TaskBuilder, TaskCell, TaskHandle};
+use crate::task::{Join, Task, TaskBuilder, TaskCell, TaskHandle};
 
 /// Tasks admitted to run, in order; the first usually runs on the current driver.
 pub(crate) type Launch = SmallVec<[Arc<dyn Task>; 4]>;
@@ -44,7 +44,7 @@ pub(crate) struct Delta {
 
 fn name_of<F>(b: &TaskBuilder<F>) -> Name {
     match &b.id {
-        Some(r) => Name::Id(Box::new((r.space.name_arc(), r.key.clone()))),
+        Some(r) => Name::Id(r.space.name_arc(), r.key.clone()),
         None => Name::Anon(NEXT_ANON.fetch_add(1, Ordering::Relaxed)),
     }
 }
@@ -53,10 +53,14 @@ fn name_of<F>(b: &TaskBuilder<F>) -> Name {
 /// task and the fixed-point VCUs asked for.
 fn constraints(
     rt: &RtInner,
-    placement: &[crate::Placement],
+    placement: &crate::Placements,
     vcus: Option<f64>,
     mem: u64,
 ) -> Result<(SlotMask, u32), String> {
+    if placement.is_cpu_only() && vcus.is_none() && mem == 0 {
+        // The default: the CPU's default share always fits.
+        return Ok((1, DEFAULT_VCU));
+    }
     let vcu = match vcus {
         None => DEFAULT_VCU,
         Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => vcu_fixed(v),
@@ -66,9 +70,6 @@ fn constraints(
             ));
         }
     };
-    if placement.is_empty() {
-        return Err("empty placement list".into());
-    }
     let mask = resolve(placement, rt.gpus)?;
     let mut fits = 0;
     let mut biggest = 0;
@@ -111,10 +112,11 @@ where
     let name = name_of(&b);
     let checked = constraints(rt, &b.placement, b.vcus, b.memory);
     let (mask, vcu) = checked.as_ref().map_or((0, 0), |&(m, v)| (m, v));
-    let cell = Arc::new(TaskCell::new(
-        Header::new(name, Kind::Task, mask, vcu, b.memory),
-        b.fut,
-    ));
+    let mut header = Header::new(name, Kind::Task, mask, vcu, b.memory);
+    if rt.trace.is_some() {
+        header.times = Some(Box::default());
+    }
+    let cell = Arc::new(TaskCell::new(header, b.fut));
     let task: Arc<dyn Task> = cell.clone();
     let handle = TaskHandle {
         task: cell as Arc<dyn Join<F::Output>>,
@@ -152,7 +154,11 @@ where
     let mut cycle = false;
     {
         let mut add = |node: Arc<dyn Task>| {
-            if Arc::ptr_eq(&node, &task) {
+            // Depending on itself: through its handle, or through the placeholder of its id
+            // that it just replaced.
+            if Arc::ptr_eq(&node, &task)
+                || placeholder.as_ref().is_some_and(|p| Arc::ptr_eq(p, &node))
+            {
                 cycle = true;
                 return;
             }
@@ -174,27 +180,12 @@ where
             }
         };
         let rtr: &RtInner = rt;
-        for dep in b.deps.0 {
-            match dep {
-                Dep::Node(n) => add(n),
-                Dep::Ref(r) => {
-                    if let Some(n) = r.space.node(&r.key, Some(rtr)) {
-                        add(n)
-                    }
-                }
-                Dep::Range(range) => {
-                    for r in range.iter() {
-                        if let Some(n) = r.space.node(&r.key, Some(rtr)) {
-                            add(n)
-                        }
-                    }
-                }
-                Dep::Space(s) => {
-                    for n in s.tasks() {
-                        add(n)
-                    }
-                }
-            }
+        let mut nodes = b.deps.nodes;
+        for d in b.deps.later {
+            d.resolve(rtr, &mut nodes);
+        }
+        for n in nodes {
+            add(n);
         }
     }
     if let Some(p) = placeholder {

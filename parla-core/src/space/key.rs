@@ -100,62 +100,116 @@ pub const MAX_PARTS: usize = 4;
 /// A task's key inside its [`TaskSpace`](crate::TaskSpace): one to four [`Part`]s.
 ///
 /// Built from an integer, a string, or a tuple of up to four of those:
-/// `t.at(3)`, `t.at("sum")`, `t.at(("cpu", i))`, `t.at((i, j, k))`.
-/// Keys are stored inline; integer keys never allocate.
+/// `t.at(3)`, `t.at("sum")`, `t.at(("cpu", i))`, `t.at((i, j, k))`. Keys of integers (that
+/// fit in `i64`) are stored inline in 40 bytes and never allocate; keys with a string share
+/// one allocation.
 #[derive(Clone)]
-pub struct Key {
-    parts: [Part; MAX_PARTS],
-    len: u8,
+pub struct Key(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Every part an `Int`: the canonical form whenever possible, so that a key equals
+    /// another only within the same form.
+    Ints { len: u8, v: [i64; MAX_PARTS] },
+    /// At least one part is a string or a large unsigned integer.
+    Parts(Arc<[Part]>),
 }
 
 impl Key {
     fn from_parts<const N: usize>(parts: [Part; N]) -> Key {
         const { assert!(N >= 1 && N <= MAX_PARTS) };
-        let mut out = [Part::Int(0), Part::Int(0), Part::Int(0), Part::Int(0)];
-        for (slot, p) in out.iter_mut().zip(parts) {
-            *slot = p;
+        let mut v = [0i64; MAX_PARTS];
+        for (slot, p) in v.iter_mut().zip(&parts) {
+            match p {
+                Part::Int(i) => *slot = *i,
+                _ => return Key(Repr::Parts(Arc::from(parts))),
+            }
         }
-        Key {
-            parts: out,
-            len: N as u8,
+        Key(Repr::Ints { len: N as u8, v })
+    }
+
+    /// How many parts the key has.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Ints { len, .. } => *len as usize,
+            Repr::Parts(p) => p.len(),
         }
     }
 
+    /// Keys have at least one part; this is always `false`.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The key's parts.
-    pub fn parts(&self) -> &[Part] {
-        &self.parts[..self.len as usize]
+    pub fn parts(&self) -> impl Iterator<Item = Part> + '_ {
+        let (ints, parts): (&[i64], &[Part]) = match &self.0 {
+            Repr::Ints { len, v } => (&v[..*len as usize], &[]),
+            Repr::Parts(p) => (&[], p),
+        };
+        ints.iter()
+            .map(|&i| Part::Int(i))
+            .chain(parts.iter().cloned())
     }
 
     /// The integer value of a one-part integer key, if it is one.
     pub fn as_int(&self) -> Option<i128> {
-        match self.parts() {
-            [Part::Int(v)] => Some(*v as i128),
-            [Part::UInt(v)] => Some(*v as i128),
+        match &self.0 {
+            Repr::Ints { len: 1, v } => Some(v[0] as i128),
+            Repr::Parts(p) => match &p[..] {
+                [Part::UInt(v)] => Some(*v as i128),
+                _ => None,
+            },
             _ => None,
         }
     }
 }
 
+impl Key {
+    /// The key's hash (Fx mixing of its integers; the parts' hash otherwise), computed once
+    /// per lookup by task spaces.
+    #[inline]
+    pub(crate) fn fx(&self) -> u64 {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        match &self.0 {
+            Repr::Ints { len, v } => {
+                let mut h = *len as u64;
+                for &i in &v[..*len as usize] {
+                    h = (h.rotate_left(26) ^ i as u64).wrapping_mul(K);
+                }
+                h
+            }
+            Repr::Parts(_) => std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, self),
+        }
+    }
+}
+
 impl PartialEq for Key {
+    #[inline]
     fn eq(&self, other: &Key) -> bool {
-        self.parts() == other.parts()
+        match (&self.0, &other.0) {
+            (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
+                // Unused slots are zero in both, so comparing all four is exact.
+                a == b && x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3]
+            }
+            (Repr::Parts(x), Repr::Parts(y)) => x == y,
+            _ => false,
+        }
     }
 }
 impl Eq for Key {}
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        for p in self.parts() {
-            match p {
-                Part::Int(v) => state.write_i64(*v),
-                Part::UInt(v) => {
-                    state.write_u8(0xfe);
-                    state.write_u64(*v)
+        match &self.0 {
+            Repr::Ints { len, v } => {
+                for i in &v[..*len as usize] {
+                    state.write_i64(*i);
                 }
-                Part::Str(s) => {
-                    state.write_u8(0xff);
-                    s.hash(state)
-                }
+            }
+            Repr::Parts(p) => {
+                state.write_u8(0xff);
+                p.hash(state);
             }
         }
     }
@@ -163,11 +217,11 @@ impl Hash for Key {
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.parts().iter().enumerate() {
+        for (i, p) in self.parts().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            fmt::Display::fmt(p, f)?;
+            fmt::Display::fmt(&p, f)?;
         }
         Ok(())
     }
@@ -176,11 +230,11 @@ impl fmt::Display for Key {
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("(")?;
-        for (i, p) in self.parts().iter().enumerate() {
+        for (i, p) in self.parts().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            fmt::Debug::fmt(p, f)?;
+            fmt::Debug::fmt(&p, f)?;
         }
         f.write_str(")")
     }
@@ -255,6 +309,7 @@ mod test {
         assert_ne!("1".into_key(), 1.into_key());
         assert_eq!(("cpu", 0).into_key().to_string(), "cpu, 0");
         assert_eq!(format!("{:?}", ("cpu", 0).into_key()), "(\"cpu\", 0)");
-        assert_eq!((1, 2, 3, 4).into_key().parts().len(), 4);
+        assert_eq!((1, 2, 3, 4).into_key().len(), 4);
+        assert_eq!(std::mem::size_of::<Key>(), 40);
     }
 }

@@ -11,15 +11,13 @@
 mod key;
 mod wait;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::IntoFuture;
-use std::hash::BuildHasher;
 use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
-use rustc_hash::FxBuildHasher;
 
 pub use key::{IntoKey, IntoPart, Key, Part};
 pub use wait::{RangeWait, RefWait, SpaceWait};
@@ -30,7 +28,8 @@ use crate::task::{Placeholder, Task};
 
 const SHARDS: usize = 16;
 
-type Map = HashMap<Key, Arc<dyn Task>, FxBuildHasher>;
+/// One shard: entries found by the key's hash, computed once per operation.
+type Map = HashTable<(Key, Arc<dyn Task>)>;
 
 struct SpaceInner {
     name: Arc<str>,
@@ -103,8 +102,8 @@ impl TaskSpace {
             .iter()
             .map(|s| {
                 s.lock()
-                    .values()
-                    .filter(|t| t.header().kind == Kind::Task)
+                    .iter()
+                    .filter(|(_, t)| t.header().kind == Kind::Task)
                     .count()
             })
             .sum()
@@ -119,27 +118,28 @@ impl TaskSpace {
         self.inner.name.clone()
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<Map> {
-        // Fx leaves the low bits weak for small integers; take the high bits.
-        &self.inner.shards[(FxBuildHasher.hash_one(key) >> 59) as usize % SHARDS]
+    fn shard(&self, hash: u64) -> &Mutex<Map> {
+        // Middle bits: the table uses the low bits for buckets and the top ones for tags.
+        &self.inner.shards[(hash >> 32) as usize % SHARDS]
     }
 
     /// The entry for `key`, creating a placeholder (registered with `rt` for the stall
     /// resolver) if nothing was spawned or referenced under it yet.
     pub(crate) fn node(&self, key: &Key, rt: Option<&RtInner>) -> Option<Arc<dyn Task>> {
-        let mut map = self.shard(key).lock();
-        if let Some(t) = map.get(key) {
+        let h = key.fx();
+        let mut map = self.shard(h).lock();
+        if let Some((_, t)) = map.find(h, |(k, _)| k == key) {
             return Some(t.clone());
         }
         let rt = rt?;
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(Header::new(
-            Name::Id(Box::new((self.inner.name.clone(), key.clone()))),
+            Name::Id(self.inner.name.clone(), key.clone()),
             Kind::Placeholder,
             0,
             0,
             0,
         )));
-        map.insert(key.clone(), p.clone());
+        map.insert_unique(h, (key.clone(), p.clone()), |(k, _)| k.fx());
         drop(map);
         rt.register_forward(p.clone());
         Some(p)
@@ -152,13 +152,14 @@ impl TaskSpace {
         key: &Key,
         task: &Arc<dyn Task>,
     ) -> Result<Option<Arc<dyn Task>>, ()> {
-        let mut map = self.shard(key).lock();
-        match map.get_mut(key) {
+        let h = key.fx();
+        let mut map = self.shard(h).lock();
+        match map.find_mut(h, |(k, _)| k == key) {
             None => {
-                map.insert(key.clone(), task.clone());
+                map.insert_unique(h, (key.clone(), task.clone()), |(k, _)| k.fx());
                 Ok(None)
             }
-            Some(e) if e.header().kind == Kind::Placeholder && e.header().resolve() => {
+            Some((_, e)) if e.header().kind == Kind::Placeholder && e.header().resolve() => {
                 Ok(Some(std::mem::replace(e, task.clone())))
             }
             Some(_) => Err(()),
@@ -171,9 +172,9 @@ impl TaskSpace {
         for s in &self.inner.shards {
             out.extend(
                 s.lock()
-                    .values()
-                    .filter(|t| t.header().kind == Kind::Task)
-                    .cloned(),
+                    .iter()
+                    .filter(|(_, t)| t.header().kind == Kind::Task)
+                    .map(|(_, t)| t.clone()),
             );
         }
         out

@@ -42,14 +42,14 @@ pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
 /// A task's name: its id in a task space, or a sequence number.
 pub(crate) enum Name {
     Anon(u64),
-    Id(Box<(Arc<str>, Key)>),
+    Id(Arc<str>, Key),
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Name::Anon(n) => write!(f, "#{n}"),
-            Name::Id(b) => write!(f, "{}[{}]", b.0, b.1),
+            Name::Id(space, key) => write!(f, "{space}[{key}]"),
         }
     }
 }
@@ -63,13 +63,18 @@ pub(crate) enum Dependent {
 }
 
 pub(crate) struct Links {
-    pub(crate) dependents: SmallVec<[Dependent; 1]>,
+    pub(crate) dependents: SmallVec<[Dependent; 2]>,
     pub(crate) outcome: Option<Outcome>,
-    /// GPU tasks: the fence after the work of a body that returned, until completion.
-    pub(crate) fence: Option<Arc<dyn Fence>>,
-    /// GPU tasks: fences of GPU dependencies released early (runahead), for the stream to
-    /// wait on.
-    pub(crate) waits: Vec<Arc<dyn Fence>>,
+    /// GPU tasks only (boxed: most tasks never need it).
+    pub(crate) gpu: Option<Box<GpuLinks>>,
+}
+
+#[derive(Default)]
+pub(crate) struct GpuLinks {
+    /// The fence after the work of a body that returned, until completion.
+    fence: Option<Arc<dyn Fence>>,
+    /// Fences of GPU dependencies released early (runahead), for the stream to wait on.
+    waits: Vec<Arc<dyn Fence>>,
 }
 
 /// What registering a dependent found.
@@ -114,8 +119,9 @@ pub(crate) struct Header {
     /// Placeholders: set once a task was spawned under this id (the forward reference
     /// resolved). Tasks: set once a handle awaits the task (bit 1).
     resolved: AtomicU8,
-    /// Times (ns since the runtime's epoch) of spawn, ready and start, for the trace.
-    pub(crate) times: [AtomicU64; 3],
+    /// Times (ns since the runtime's epoch) of spawn, ready and start, when tracing to a
+    /// file.
+    pub(crate) times: Option<Box<[AtomicU64; 3]>>,
 }
 
 pub(crate) enum Ready {
@@ -133,8 +139,7 @@ impl Header {
             links: Mutex::new(Links {
                 dependents: SmallVec::new(),
                 outcome: None,
-                fence: None,
-                waits: Vec::new(),
+                gpu: None,
             }),
             join: atomic_waker::AtomicWaker::new(),
             name,
@@ -145,7 +150,7 @@ impl Header {
             device: AtomicU16::new(u16::MAX),
             reserved_vcu: AtomicU32::new(0),
             resolved: AtomicU8::new(0),
-            times: Default::default(),
+            times: None,
         }
     }
 
@@ -213,7 +218,7 @@ impl Header {
         if let Some(o) = &l.outcome {
             return Added::Done(o.clone());
         }
-        if let Some(f) = &l.fence
+        if let Some(f) = l.gpu.as_ref().and_then(|g| g.fence.as_ref())
             && dep.header().gpu_only()
         {
             return Added::Fenced(f.clone());
@@ -224,12 +229,17 @@ impl Header {
 
     /// Records the fence of a GPU dependency that released this task early.
     pub(crate) fn add_wait(&self, f: Arc<dyn Fence>) {
-        self.links.lock().waits.push(f);
+        self.links.lock().gpu.get_or_insert_default().waits.push(f);
     }
 
     /// Takes the fences this task's stream must wait on.
     pub(crate) fn take_waits(&self) -> Vec<Arc<dyn Fence>> {
-        std::mem::take(&mut self.links.lock().waits)
+        self.links
+            .lock()
+            .gpu
+            .as_mut()
+            .map(|g| std::mem::take(&mut g.waits))
+            .unwrap_or_default()
     }
 
     /// The body returned with its GPU work behind `f`: keeps the fence and takes the
@@ -237,7 +247,7 @@ impl Header {
     /// (dependents or awaiters that need the task complete).
     pub(crate) fn set_fence(&self, f: Arc<dyn Fence>) -> (SmallVec<[Arc<dyn Task>; 2]>, bool) {
         let mut l = self.links.lock();
-        l.fence = Some(f);
+        l.gpu.get_or_insert_default().fence = Some(f);
         let mut early = SmallVec::new();
         l.dependents.retain(|d| match d {
             Dependent::Task(t) if t.header().gpu_only() => {
@@ -255,7 +265,7 @@ impl Header {
         if l.outcome.is_some() {
             None
         } else {
-            l.fence.clone()
+            l.gpu.as_ref().and_then(|g| g.fence.clone())
         }
     }
 
@@ -273,11 +283,10 @@ impl Header {
     }
 
     /// Publishes the outcome and takes the dependents to notify.
-    pub(crate) fn publish(&self, outcome: Outcome) -> SmallVec<[Dependent; 1]> {
+    pub(crate) fn publish(&self, outcome: Outcome) -> SmallVec<[Dependent; 2]> {
         let mut l = self.links.lock();
         l.outcome = Some(outcome);
-        l.fence = None;
-        l.waits = Vec::new();
+        l.gpu = None;
         std::mem::take(&mut l.dependents)
     }
 

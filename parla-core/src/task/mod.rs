@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 
 pub(crate) use cell::{Join, Placeholder, Resume, Task, TaskCell};
 
-use crate::device::{IntoPlacements, Placement, Placements};
+use crate::device::{IntoPlacements, Placements};
 use crate::error::TaskError;
 use crate::space::{TaskRange, TaskRef, TaskSpace};
 
@@ -43,7 +43,7 @@ where
         fut,
         id: None,
         deps: DepList::default(),
-        placement: smallvec::smallvec![Placement::Cpu],
+        placement: Placements::CPU,
         vcus: None,
         memory: 0,
     }
@@ -209,22 +209,56 @@ pub(crate) enum Dep {
 }
 
 /// The dependencies collected by [`TaskBuilder::after`]; opaque.
+///
+/// Ids are looked up (or their placeholders made) when `after` is called inside a runtime,
+/// so the builder carries task nodes, not keys; outside a runtime they wait for `spawn`.
 #[derive(Default)]
-pub struct DepList(pub(crate) SmallVec<[Dep; 2]>);
+pub struct DepList {
+    pub(crate) nodes: SmallVec<[Arc<dyn Task>; 2]>,
+    pub(crate) later: Vec<Dep>,
+}
 
 impl DepList {
     fn push(&mut self, d: Dep) {
-        self.0.push(d);
+        if let Dep::Node(n) = d {
+            self.nodes.push(n);
+            return;
+        }
+        crate::context::with_rt(|rt| match rt {
+            Some(rt) => d.resolve(rt, &mut self.nodes),
+            None => self.later.push(d),
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.nodes.len() + self.later.len()
+    }
+}
+
+impl Dep {
+    /// The nodes this dependency stands for, looked up in `rt` (placeholders are made for
+    /// ids not spawned yet).
+    pub(crate) fn resolve(
+        self,
+        rt: &crate::runtime::RtInner,
+        out: &mut SmallVec<[Arc<dyn Task>; 2]>,
+    ) {
+        match self {
+            Dep::Node(n) => out.push(n),
+            Dep::Ref(r) => out.extend(r.space.node(&r.key, Some(rt))),
+            Dep::Range(range) => {
+                for r in range.iter() {
+                    out.extend(r.space.node(&r.key, Some(rt)));
+                }
+            }
+            Dep::Space(s) => out.extend(s.tasks()),
+        }
     }
 }
 
 impl fmt::Debug for DepList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DepList({})", self.0.len())
+        write!(f, "DepList({})", self.len())
     }
 }
 
@@ -354,3 +388,18 @@ macro_rules! iter_deps {
     )*};
 }
 iter_deps!(Map<I, F>, Filter<I, P>, FilterMap<I, F>, Chain<A, B>, Take<I>, Skip<I>, StepBy<I>, Rev<I>, Cloned<I>);
+
+#[cfg(test)]
+mod size_test {
+    use super::*;
+
+    /// The per-task memory budget (500 bytes per pending task) rests on these sizes; a
+    /// change that grows them should be deliberate.
+    #[test]
+    fn task_structures_stay_small() {
+        assert!(std::mem::size_of::<header::Header>() <= 200);
+        assert!(std::mem::size_of::<TaskCell<std::future::Ready<()>>>() <= 208);
+        assert!(std::mem::size_of::<TaskBuilder<std::future::Ready<()>>>() <= 168);
+        assert_eq!(std::mem::size_of::<Placements>(), 24);
+    }
+}
