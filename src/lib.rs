@@ -23,7 +23,7 @@
 //! The pieces:
 //! - [`Runtime`] / [`Builder`]: worker threads, devices (the CPU, GPUs, virtual GPUs);
 //!   `#[parla::main]` builds one around an `async fn main`.
-//! - [`task`] makes a [`TaskBuilder`]: `.id`, `.after`, `.placement`, `.vcus`, `.memory`,
+//! - [`task()`] makes a [`TaskBuilder`]: `.id`, `.after`, `.placement`, `.vcus`, `.memory`,
 //!   then `.spawn()` for a [`TaskHandle`], or `.await` for the result. `#[parla::task]` turns
 //!   an `async fn` into a preset builder.
 //! - [`TaskSpace`]: named task ids (`t.at(i)`, `t.range(0..n)`), awaitable.

@@ -3,7 +3,7 @@
 //! A runtime has one CPU device (`cpu:0`, all worker threads together) and zero or more GPUs
 //! (`gpu:0`, `gpu:1`, ...), real (CUDA, from the `parla-gpu` backend) or virtual (simulated,
 //! for machines without CUDA). Each device has a capacity of 1.0 VCU and a memory budget;
-//! [`admission`] keeps reservations within both.
+//! Admission keeps reservations within both.
 
 pub(crate) mod admission;
 pub mod backend;

@@ -21,7 +21,7 @@ use crate::space::{TaskRange, TaskRef, TaskSpace};
 /// Starts describing a task that runs `fut`.
 ///
 /// Nothing runs until [`spawn`](TaskBuilder::spawn) (or `.await`, which spawns and waits).
-/// Defaults: placement [`Placement::Cpu`], VCUs one CPU worker's share on the CPU and 0 on
+/// Defaults: placement [`Placement::Cpu`](crate::Placement::Cpu), VCUs one CPU worker's share on the CPU and 0 on
 /// GPUs, no workspace memory, no id, no dependencies.
 ///
 /// ```
@@ -84,7 +84,7 @@ where
         self
     }
 
-    /// Where the task may run: one [`Placement`] or a list. The mapping policy picks among a
+    /// Where the task may run: one [`Placement`](crate::Placement) or a list. The mapping policy picks among a
     /// list (by default the device with the most free capacity, GPUs on ties).
     pub fn placement(mut self, p: impl IntoPlacements) -> Self {
         self.placement = p.into_placements();
