@@ -96,7 +96,8 @@ fn main() {
         });
         let launch = time(&mut || launch_empty(&stream, &empty));
         stream.synchronize().expect("sync");
-        (get_current, record, query, launch)
+        let create = time(&mut || drop(ctx.new_event(None).expect("event")));
+        (get_current, record, query, launch, create)
     };
 
     // 1. Latency.
@@ -343,7 +344,7 @@ fn main() {
         "(raw: cuEventSynchronize after each launch; one stream launch loop; 8-stream round robin)"
     );
     println!(
-        "driver calls, us each: cuCtxGetCurrent {:.3}, record event {:.3}, query event {:.3}, launch empty kernel {:.3}",
-        calls.0, calls.1, calls.2, calls.3
+        "driver calls, us each: cuCtxGetCurrent {:.3}, record event {:.3}, query event {:.3}, launch empty kernel {:.3}, create+destroy event {:.3}",
+        calls.0, calls.1, calls.2, calls.3, calls.4
     );
 }

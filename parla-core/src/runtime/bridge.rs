@@ -16,6 +16,7 @@
 //! - whichever poller sees a task's fence done first completes the task (the task's state
 //!   moves FENCED -> COMPLETING once, so only one of them does).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{JoinHandle, Thread};
@@ -56,9 +57,41 @@ impl Watch {
     }
 }
 
+/// Watched fences: per in-order queue (oldest first), and those without a queue.
+#[derive(Default)]
+struct Entries {
+    queues: rustc_hash::FxHashMap<u64, VecDeque<Watch>>,
+    loose: Vec<Watch>,
+}
+
+impl Entries {
+    fn push(&mut self, w: Watch) {
+        match w.fence().queue() {
+            Some(q) => self.queues.entry(q).or_default().push_back(w),
+            None => self.loose.push(w),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queues.is_empty() && self.loose.is_empty()
+    }
+
+    /// Appends `newer` (watched after everything in `self`).
+    fn merge(&mut self, newer: Entries) {
+        for (q, mut ws) in newer.queues {
+            self.queues.entry(q).or_default().append(&mut ws);
+        }
+        self.loose.extend(newer.loose);
+    }
+
+    fn drain(self) -> impl Iterator<Item = Watch> {
+        self.queues.into_values().flatten().chain(self.loose)
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Bridge {
-    entries: Mutex<Vec<Watch>>,
+    entries: Mutex<Entries>,
     pending: AtomicUsize,
     /// Pending watches somebody waits on: the poller keeps a short pace while there are any.
     urgent: AtomicUsize,
@@ -129,7 +162,7 @@ impl Bridge {
         let all = std::mem::take(&mut *self.entries.lock());
         self.pending.store(0, Ordering::Release);
         self.urgent.store(0, Ordering::Release);
-        all.into_iter()
+        all.drain()
             .filter_map(|w| match w {
                 Watch::Task(t, _, _) => Some(t),
                 Watch::Waker(..) => None,
@@ -141,34 +174,34 @@ impl Bridge {
     /// fence without a stream) and acts on the finished ones. Returns how many finished.
     pub(crate) fn poll_once(rt: &Arc<RtInner>) -> usize {
         let b = &rt.bridge;
-        let batch = std::mem::take(&mut *b.entries.lock());
+        // Poll outside the lock (queries cost a driver call each); watches added meanwhile
+        // are merged back behind the ones taken.
+        let mut batch = std::mem::take(&mut *b.entries.lock());
         if batch.is_empty() {
             return 0;
         }
-        let mut keep = Vec::new();
         let mut done = Vec::new();
-        let mut blocked: smallvec::SmallVec<[u64; 8]> = smallvec::SmallVec::new();
-        for w in batch {
-            let q = w.fence().queue();
-            if q.is_some_and(|q| blocked.contains(&q)) {
-                keep.push(w);
-                continue;
-            }
-            match w.fence().status() {
-                FenceStatus::Pending => {
-                    if let Some(q) = q {
-                        blocked.push(q);
-                    }
-                    keep.push(w)
+        for ws in batch.queues.values_mut() {
+            // A queue's fences finish in order: stop at the first pending one.
+            while let Some(w) = ws.front() {
+                match w.fence().status() {
+                    FenceStatus::Pending => break,
+                    s => done.extend(ws.pop_front().map(|w| (w, s))),
                 }
+            }
+        }
+        batch.queues.retain(|_, ws| !ws.is_empty());
+        let loose = std::mem::take(&mut batch.loose);
+        for w in loose {
+            match w.fence().status() {
+                FenceStatus::Pending => batch.loose.push(w),
                 s => done.push((w, s)),
             }
         }
-        if !keep.is_empty() {
-            // Newer watches were appended meanwhile: the kept (older) ones go first.
+        {
             let mut e = b.entries.lock();
-            let newer = std::mem::replace(&mut *e, keep);
-            e.extend(newer);
+            let newer = std::mem::replace(&mut *e, batch);
+            e.merge(newer);
         }
         let n = done.len();
         let urgent = done.iter().filter(|(w, _)| w.urgent()).count();
