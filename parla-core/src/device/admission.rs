@@ -150,6 +150,10 @@ impl<T> Admission<T> {
                 out.extend(Some(item));
             }
         }
+        // A burst of waiting tasks should not keep its queue's memory for good.
+        if q.is_empty() && q.capacity() > 4096 {
+            q.shrink_to(64);
+        }
     }
 
     /// Removes and returns every waiting item (the stall resolver fails them).
