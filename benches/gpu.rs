@@ -43,6 +43,25 @@ fn launch_tiny(s: &CudaStream, f: &CudaFunction, x: &mut CudaSlice<u32>) {
     unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.expect("launch");
 }
 
+/// Spawns a chain of `n` GPU tasks made by `body`, each after the previous, and waits for
+/// the last; returns microseconds per task.
+async fn gpu_chain<F>(n: usize, body: impl Fn() -> F) -> f64
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let t = Instant::now();
+    let mut prev: Option<TaskHandle<()>> = None;
+    for _ in 0..n {
+        let mut b = task(body()).placement(Placement::Gpu(0));
+        if let Some(p) = &prev {
+            b = b.after(p);
+        }
+        prev = Some(b.spawn());
+    }
+    prev.expect("chain").await.expect("chain");
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
 fn stats(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -198,24 +217,16 @@ fn main() {
             .placement(Placement::Gpu(0))
             .await
             .expect("setup");
-            let t = Instant::now();
-            let mut prev: Option<TaskHandle<()>> = None;
-            for _ in 0..CHAIN {
+            gpu_chain(CHAIN, || {
                 let sh = sh.clone();
-                let mut b = task(async move {
+                async move {
                     let g = parla::gpu::current().expect("GPU task");
                     let f = g.kernel(KERNELS, "tiny").expect("kernel");
                     let mut s = sh.lock();
                     launch_tiny(g.stream(), &f, s.as_mut().expect("buffer"));
-                })
-                .placement(Placement::Gpu(0));
-                if let Some(p) = &prev {
-                    b = b.after(p);
                 }
-                prev = Some(b.spawn());
-            }
-            prev.expect("chain").await.expect("chain");
-            t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64
+            })
+            .await
         });
         parla_chain.push(us);
     }
@@ -235,19 +246,7 @@ fn main() {
         }
         stream.synchronize().expect("sync");
         raw_record_chain.push(t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64);
-        let us = rt.block_on(async {
-            let t = Instant::now();
-            let mut prev: Option<TaskHandle<()>> = None;
-            for _ in 0..CHAIN {
-                let mut b = task(async {}).placement(Placement::Gpu(0));
-                if let Some(p) = &prev {
-                    b = b.after(p);
-                }
-                prev = Some(b.spawn());
-            }
-            prev.expect("chain").await.expect("chain");
-            t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64
-        });
+        let us = rt.block_on(gpu_chain(CHAIN, || async {}));
         empty_chain.push(us);
     }
     empty_chain.remove(0);

@@ -7,6 +7,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parla::prelude::*;
 
+/// Spawns tasks `0..n` into `t`, each adding one to `count`.
+fn spawn_counting(t: &TaskSpace, n: usize, count: &Arc<AtomicUsize>) {
+    for i in 0..n {
+        let c = count.clone();
+        task(async move {
+            c.fetch_add(1, Ordering::SeqCst);
+        })
+        .id(t.at(i))
+        .spawn();
+    }
+}
+
 #[test]
 fn integer_keys_compare_by_value_whatever_their_type() {
     let t = TaskSpace::new("T");
@@ -74,14 +86,7 @@ fn ranges_depend_and_await() {
         let n2 = n.clone();
         let seen = rt.block_on(async move {
             let t = TaskSpace::new("R");
-            for i in 0..8 {
-                let n = n2.clone();
-                task(async move {
-                    n.fetch_add(1, Ordering::SeqCst);
-                })
-                .id(t.at(i))
-                .spawn();
-            }
+            spawn_counting(&t, 8, &n2);
             let n3 = n2.clone();
             let after = task(async move { n3.load(Ordering::SeqCst) })
                 .after(t.range(0..8))
@@ -141,14 +146,7 @@ fn whole_space_as_a_dependency() {
     let n2 = n.clone();
     let seen = rt.block_on(async move {
         let t = TaskSpace::new("S");
-        for i in 0..10 {
-            let n = n2.clone();
-            task(async move {
-                n.fetch_add(1, Ordering::SeqCst);
-            })
-            .id(t.at(i))
-            .spawn();
-        }
+        spawn_counting(&t, 10, &n2);
         let n3 = n2.clone();
         task(async move { n3.load(Ordering::SeqCst) })
             .after(&t)

@@ -3,7 +3,8 @@
 use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::{Expr, Ident, Token};
+use syn::spanned::Spanned;
+use syn::{Expr, Ident, ItemFn, Token};
 
 /// One `key = value` argument.
 pub(crate) struct Arg {
@@ -60,4 +61,19 @@ pub(crate) fn number(e: &Expr) -> Option<f64> {
 /// An error at `span`.
 pub(crate) fn err(span: Span, msg: impl std::fmt::Display) -> syn::Error {
     syn::Error::new(span, msg)
+}
+
+/// Parses an attribute's arguments and the `async fn` it is on; `not_async` is the error
+/// for a function that is not `async`.
+pub(crate) fn parse_async_fn(
+    attr: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+    not_async: &str,
+) -> syn::Result<(Vec<Arg>, ItemFn)> {
+    let args = parse_args(attr)?;
+    let f: ItemFn = syn::parse2(item)?;
+    if f.sig.asyncness.is_none() {
+        return Err(err(f.sig.fn_token.span(), not_async));
+    }
+    Ok((args, f))
 }

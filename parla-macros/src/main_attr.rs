@@ -5,20 +5,13 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, ItemFn};
 
-use crate::args::{err, parse_args};
+use crate::args::{err, parse_async_fn};
 
 /// Default budget of a virtual GPU when only the count is given.
 const VIRTUAL_GPU_BYTES: u64 = 16 << 30;
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let args = parse_args(attr)?;
-    let f: ItemFn = syn::parse2(item)?;
-    if f.sig.asyncness.is_none() {
-        return Err(err(
-            f.sig.fn_token.span(),
-            "#[parla::main] goes on an `async fn`",
-        ));
-    }
+    let (args, f) = parse_async_fn(attr, item, "#[parla::main] goes on an `async fn`")?;
     if !f.sig.inputs.is_empty() {
         return Err(err(
             f.sig.inputs.span(),

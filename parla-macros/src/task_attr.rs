@@ -5,7 +5,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, ItemFn, ReturnType};
 
-use crate::args::{err, number, parse_args};
+use crate::args::{err, number, parse_async_fn};
 
 /// `cpu`, `gpu`, `gpu(i)` or a list of these, as `::parla::Placement` values.
 fn placements(e: &Expr) -> syn::Result<Vec<TokenStream>> {
@@ -44,14 +44,11 @@ fn placements(e: &Expr) -> syn::Result<Vec<TokenStream>> {
 }
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let args = parse_args(attr)?;
-    let f: ItemFn = syn::parse2(item)?;
-    if f.sig.asyncness.is_none() {
-        return Err(err(
-            f.sig.fn_token.span(),
-            "#[task] goes on an `async fn`: the function body becomes the task's future",
-        ));
-    }
+    let (args, f) = parse_async_fn(
+        attr,
+        item,
+        "#[task] goes on an `async fn`: the function body becomes the task's future",
+    )?;
     if let Some(FnArg::Receiver(r)) = f.sig.inputs.first() {
         return Err(err(
             r.span(),

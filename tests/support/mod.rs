@@ -42,6 +42,17 @@ pub fn vgpu(threads: usize, gpus: usize, mem: u64) -> parla::Runtime {
         .expect("runtime")
 }
 
+/// Where a task placed on `[cpu, gpu]` runs on `rt`.
+pub fn either_device(rt: &parla::Runtime) -> parla::Device {
+    use parla::Placement;
+    rt.block_on(async {
+        parla::task(async { parla::current_device() })
+            .placement([Placement::Cpu, Placement::AnyGpu])
+            .await
+    })
+    .expect("a task placed on [cpu, gpu]")
+}
+
 /// A named way to make a runtime.
 pub type Config = (&'static str, fn() -> parla::Runtime);
 
