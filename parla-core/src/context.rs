@@ -17,21 +17,62 @@ thread_local! {
     static TASK: Cell<*const Arc<dyn Task>> = const { Cell::new(std::ptr::null::<Arc<crate::task::Placeholder>>() as *const Arc<dyn Task>) };
     static DEVICE: Cell<Device> = const { Cell::new(Device::CPU) };
     static BLOCKED: Cell<bool> = const { Cell::new(false) };
+    /// Live-task counts taken ahead from the current runtime (see `take_live_credit`).
+    static CREDITS: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Restores the previous runtime pointer on drop.
-pub(crate) struct RtGuard(*const Arc<RtInner>);
+/// How many live-task counts a spawning thread takes from the runtime at once.
+const CREDIT_BATCH: u32 = 32;
+
+/// Restores the previous runtime pointer (and its credits) on drop, returning the credits
+/// taken meanwhile.
+pub(crate) struct RtGuard {
+    prev: *const Arc<RtInner>,
+    prev_credits: u32,
+}
 
 impl Drop for RtGuard {
     fn drop(&mut self) {
-        RT.with(|c| c.set(self.0));
+        flush_credits();
+        RT.with(|c| c.set(self.prev));
+        CREDITS.with(|c| c.set(self.prev_credits));
     }
 }
 
 /// Makes `rt` the current runtime of this thread until the guard drops. The guard must
 /// drop before `rt` does (it is always a local of the caller, which borrows `rt`).
 pub(crate) fn enter_rt(rt: &Arc<RtInner>) -> RtGuard {
-    RtGuard(RT.with(|c| c.replace(rt as *const _)))
+    RtGuard {
+        prev: RT.with(|c| c.replace(rt as *const _)),
+        prev_credits: CREDITS.with(|c| c.replace(0)),
+    }
+}
+
+/// Counts one more live task in the current runtime `rt`. Spawning threads take counts in
+/// batches, so that a thread spawning many tasks does not write the runtime's shared
+/// counter word once per task; the counts not used are given back by [`flush_credits`]
+/// before the runtime could look for a live count of zero (at the end of every poll).
+pub(crate) fn take_live_credit(rt: &RtInner) {
+    CREDITS.with(|c| match c.get() {
+        0 => {
+            rt.counters.add(CREDIT_BATCH as i64, 0);
+            c.set(CREDIT_BATCH - 1);
+        }
+        n => c.set(n - 1),
+    })
+}
+
+/// Gives the live counts taken ahead and not used back to the current runtime.
+pub(crate) fn flush_credits() {
+    let n = CREDITS.with(|c| c.replace(0));
+    if n > 0 {
+        // Credits are only taken inside a runtime's scope, so there is one to give them to.
+        with_rt(|rt| {
+            if let Some(rt) = rt {
+                rt.counters.add(-(n as i64), 0);
+            }
+        });
+    }
 }
 
 /// Runs `f` with the current runtime, if any.

@@ -59,6 +59,9 @@ pub(crate) struct Driver {
     next: Option<Arc<dyn Task>>,
     /// Counted among the runtime's active drivers.
     active: bool,
+    /// Counter changes not applied yet: completions whose effects stayed on this driver
+    /// (see `dispatch`); applied before this poll ends.
+    deferred: Delta,
 }
 
 impl Driver {
@@ -73,6 +76,7 @@ impl Driver {
             current: None,
             next: first,
             active: true,
+            deferred: Delta::default(),
         }
     }
 
@@ -152,7 +156,27 @@ impl Driver {
 
     /// Hands what a completion admitted on: the first task runs here next, unless others
     /// queued earlier (first come, first served).
-    fn dispatch(&mut self, delta: Delta, launch: Launch) {
+    /// Applies the deferred counter changes.
+    fn flush(&mut self) {
+        let d = std::mem::take(&mut self.deferred);
+        self.rt.counters.add(d.live, d.busy);
+    }
+
+    fn dispatch(&mut self, delta: Delta, mut launch: Launch) {
+        let rt = &self.rt;
+        if launch.len() <= 1
+            && launch.first().is_none_or(|t| t.as_resume().is_none())
+            && rt.injector.is_empty()
+        {
+            // Nothing becomes visible to another thread: the counts can wait for the end of
+            // this poll (a deferred count only ever overstates the live and busy counts, so
+            // no quiescence is seen early).
+            self.deferred.live += delta.live;
+            self.deferred.busy += delta.busy;
+            self.next = launch.pop();
+            return;
+        }
+        self.flush();
         let rt = &self.rt;
         rt.counters.add(delta.live, delta.busy);
         if rt.injector.is_empty() {
@@ -170,6 +194,15 @@ impl Future for Driver {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        let r = this.poll_tasks(cx);
+        this.flush();
+        r
+    }
+}
+
+impl Driver {
+    fn poll_tasks(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self;
         this.activity.waker.register(cx.waker());
         this.activity.begin_poll();
         let rt = this.rt.clone();

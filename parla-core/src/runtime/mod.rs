@@ -570,7 +570,9 @@ impl Runtime {
                     activity.waker.register(cx.waker());
                     activity.begin_poll();
                     context::take_blocked();
-                    match main.as_mut().poll(&mut Context::from_waker(&waker)) {
+                    let polled = main.as_mut().poll(&mut Context::from_waker(&waker));
+                    context::flush_credits();
+                    match polled {
                         Poll::Ready(v) => {
                             out = Some(v);
                             activity.finish();

@@ -127,7 +127,7 @@ where
     let h = task.header();
     rt.stamp(h, 0);
     // Counted before any other thread can see the task.
-    rt.counters.add(1, 0);
+    crate::context::take_live_credit(rt);
 
     let mut placeholder = None;
     if let Some(id) = &b.id {
