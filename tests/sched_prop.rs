@@ -202,10 +202,118 @@ fn run(g: Graph) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    // 48 cases by default; PROPTEST_CASES=N for a longer search.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        max_shrink_iters: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_dags(g in graph()) {
         run(g)?;
+    }
+}
+
+/// A graph where some tasks panic, and some tasks await an earlier task inside their body.
+#[derive(Debug, Clone)]
+struct Faulty {
+    threads: usize,
+    deps: Vec<Vec<usize>>,
+    panics: Vec<bool>,
+    awaits: Vec<Option<usize>>,
+    vcus: Vec<f64>,
+}
+
+fn faulty() -> impl Strategy<Value = Faulty> {
+    (1usize..=120, 1usize..=3).prop_flat_map(|(n, threads)| {
+        (
+            proptest::collection::vec(proptest::collection::vec(0..n, 0..3), n),
+            proptest::collection::vec(proptest::bool::weighted(0.1), n),
+            proptest::collection::vec(proptest::option::weighted(0.2, 0..n), n),
+            proptest::collection::vec(prop_oneof![Just(0.25), Just(0.5), Just(1.0)], n),
+        )
+            .prop_map(move |(deps, panics, awaits, vcus)| Faulty {
+                threads,
+                // Dependencies and awaits only on earlier tasks: no cycles.
+                deps: deps
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| d.into_iter().filter(|&j| j < i).collect())
+                    .collect(),
+                panics,
+                awaits: awaits
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, a)| a.filter(|&j| j < i))
+                    .collect(),
+                vcus,
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
+        max_shrink_iters: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// A task runs exactly when none of its transitive dependencies panicked; every handle
+    /// resolves (tasks awaiting others inside their bodies lend their VCUs and never
+    /// deadlock); failures name the root.
+    #[test]
+    fn failures_propagate_and_awaits_inside_tasks_finish(g in faulty()) {
+        let n = g.deps.len();
+        // Expected: a task fails if it panics or any dependency fails.
+        let mut fails = vec![false; n];
+        for i in 0..n {
+            fails[i] = g.panics[i] || g.deps[i].iter().any(|&j| fails[j]);
+        }
+        let ran: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+        let rt = parla::Runtime::builder().cpu_threads(g.threads).gpus([]).build().unwrap();
+        let (r2, g2) = (ran.clone(), g.clone());
+        let results = support::within(20, move || {
+            rt.block_on(async move {
+                let t = TaskSpace::new("F");
+                let mut hs = Vec::with_capacity(n);
+                for i in 0..n {
+                    let (ran, t2) = (r2.clone(), t.clone());
+                    let (panic, wait) = (g2.panics[i], g2.awaits[i]);
+                    let h = task(async move {
+                        ran[i].store(true, Ordering::SeqCst);
+                        if let Some(j) = wait {
+                            // The awaited task may fail; this task does not care.
+                            let _ = t2.at(j).await;
+                        }
+                        if panic {
+                            panic!("task {i} fails on purpose");
+                        }
+                    })
+                    .id(t.at(i))
+                    .vcus(g2.vcus[i])
+                    .after(g2.deps[i].iter().map(|&j| t.at(j)).collect::<Vec<_>>())
+                    .spawn();
+                    hs.push(h);
+                }
+                let mut out = Vec::with_capacity(n);
+                for h in hs {
+                    out.push(h.await);
+                }
+                out
+            })
+        });
+        for i in 0..n {
+            prop_assert_eq!(results[i].is_err(), fails[i], "task {}: {:?}", i, results[i]);
+            let should_run = !g.deps[i].iter().any(|&j| fails[j]);
+            prop_assert_eq!(ran[i].load(Ordering::SeqCst), should_run, "task {} ran", i);
+            if let Err(TaskError::DependencyFailed { dependency, cause, .. }) = &results[i] {
+                let panicked = matches!(**cause, TaskError::Panicked { .. });
+                prop_assert!(panicked, "root cause {:?}", cause);
+                prop_assert!(dependency.starts_with("F["));
+            }
+        }
     }
 }

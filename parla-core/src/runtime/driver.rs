@@ -233,14 +233,38 @@ impl Driver {
             let Some(r) = this.current.as_mut() else {
                 continue;
             };
-            if r.lent > 0 && !reacquire(&rt, r, &this.waker) {
-                // Wait for admission (parked: admission wakes this driver).
-                this.activity.end_poll(true);
-                if this.active {
-                    this.active = false;
-                    rt.deactivate();
+            if r.lent > 0 {
+                match reacquire(&rt, r, &this.waker) {
+                    Reacquired::Yes => {}
+                    Reacquired::Waiting => {
+                        // Wait for admission (parked: admission wakes this driver).
+                        this.activity.end_poll(true);
+                        if this.active {
+                            this.active = false;
+                            rt.deactivate();
+                        }
+                        return Poll::Pending;
+                    }
+                    Reacquired::Never => {
+                        let Some(r) = this.current.take() else {
+                            continue;
+                        };
+                        // SAFETY: this driver holds the run token of its current task.
+                        unsafe { r.task.drop_body() };
+                        let err = TaskError::Deadlock {
+                            task: r.task.header().name.to_string(),
+                            device: r.device.to_string(),
+                            reason: format!(
+                                "it waited to take back {} VCUs after awaiting other tasks, and nothing left could free them",
+                                crate::device::vcu_float(r.lent)
+                            ),
+                        };
+                        let mut launch = Launch::new();
+                        let delta = finish_running(&rt, r, Err(Arc::new(err)), &mut launch);
+                        this.dispatch(delta, launch);
+                        continue;
+                    }
                 }
-                return Poll::Pending;
             }
             context::take_blocked();
             let poll = {
@@ -351,9 +375,20 @@ fn lend(rt: &Arc<RtInner>, r: &mut Running) {
     rt.push_all(launch.into_iter());
 }
 
-/// Takes lent VCUs back. Returns whether the task holds them again; if not, a resume
-/// request waits in the device's admission queue and will wake the driver.
-fn reacquire(rt: &Arc<RtInner>, r: &mut Running, waker: &Waker) -> bool {
+/// Whether a task got its lent VCUs back.
+enum Reacquired {
+    Yes,
+    /// A resume request waits in the device's admission queue and will wake the driver.
+    Waiting,
+    /// The request was denied: the runtime stalled with nothing to free the VCUs.
+    Never,
+}
+
+/// Takes lent VCUs back.
+fn reacquire(rt: &Arc<RtInner>, r: &mut Running, waker: &Waker) -> Reacquired {
+    if r.resume.as_ref().is_some_and(|q| q.is_denied()) {
+        return Reacquired::Never;
+    }
     let granted = match &r.resume {
         Some(req) => req.is_granted(),
         None => {
@@ -381,8 +416,10 @@ fn reacquire(rt: &Arc<RtInner>, r: &mut Running, waker: &Waker) -> bool {
         r.task.header().set_reserved_vcu(r.lent);
         r.lent = 0;
         r.resume = None;
+        Reacquired::Yes
+    } else {
+        Reacquired::Waiting
     }
-    granted
 }
 
 impl Drop for Driver {

@@ -168,8 +168,10 @@ impl RtInner {
         match t.as_resume() {
             None => Some(t),
             Some(r) => {
-                self.counters.add(0, -1);
+                // Grant first: the woken driver takes its own token before this one is given
+                // back, so the busy count never dips to zero in between.
                 r.grant();
+                self.counters.add(0, -1);
                 None
             }
         }

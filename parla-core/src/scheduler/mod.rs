@@ -537,8 +537,9 @@ pub(crate) fn finish_queued(
     delta: &mut Delta,
 ) {
     if let Some(r) = task.as_resume() {
-        // A driver waiting to resume: let it go on (it holds its task, which must finish).
-        r.grant();
+        // A driver waiting to take its VCUs back, which nothing will free: it fails its
+        // task itself (it holds the task).
+        r.deny();
         return;
     }
     // SAFETY: the caller took the task out of its admission queue, the only place that

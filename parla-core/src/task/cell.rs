@@ -196,28 +196,45 @@ impl Task for Placeholder {
 /// queues for admission like a task, and admission wakes the driver instead of running it.
 pub(crate) struct Resume {
     header: Header,
-    admitted: std::sync::atomic::AtomicBool,
+    /// 0: waiting, `GRANTED`, or `DENIED`.
+    state: std::sync::atomic::AtomicU8,
     waker: std::task::Waker,
 }
+
+const GRANTED: u8 = 1;
+const DENIED: u8 = 2;
 
 impl Resume {
     pub(crate) fn new(header: Header, waker: std::task::Waker) -> Self {
         Resume {
             header,
-            admitted: std::sync::atomic::AtomicBool::new(false),
+            state: std::sync::atomic::AtomicU8::new(0),
             waker,
         }
     }
 
-    /// The VCUs are reserved again: let the driver go on.
-    pub(crate) fn grant(&self) {
-        self.admitted
-            .store(true, std::sync::atomic::Ordering::Release);
+    fn settle(&self, s: u8) {
+        self.state.store(s, std::sync::atomic::Ordering::Release);
         self.waker.wake_by_ref();
     }
 
+    /// The VCUs are reserved again: let the driver go on.
+    pub(crate) fn grant(&self) {
+        self.settle(GRANTED);
+    }
+
+    /// The VCUs will never come back (the runtime is stalled or shutting down): the driver
+    /// fails the task.
+    pub(crate) fn deny(&self) {
+        self.settle(DENIED);
+    }
+
     pub(crate) fn is_granted(&self) -> bool {
-        self.admitted.load(std::sync::atomic::Ordering::Acquire)
+        self.state.load(std::sync::atomic::Ordering::Acquire) == GRANTED
+    }
+
+    pub(crate) fn is_denied(&self) -> bool {
+        self.state.load(std::sync::atomic::Ordering::Acquire) == DENIED
     }
 }
 
