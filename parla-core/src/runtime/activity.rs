@@ -191,6 +191,30 @@ mod loom_test {
         });
     }
 
+    /// Handing a granted resume request to its parked driver (`RtInner::route`): the wake
+    /// takes the driver's token before the admitter's token is given back, so an observer
+    /// never reads a busy count of zero (which would make the runtime look stalled).
+    #[test]
+    fn grant_then_give_back_never_reads_zero() {
+        loom::model(|| {
+            let counters = Arc::new(Counters::new());
+            counters.add(0, 1);
+            let a = Arc::new(Activity::new(counters.clone()));
+            a.begin_poll();
+            a.end_poll(true);
+            // The admitter counted the request it admitted.
+            counters.add(0, 1);
+            let (a2, c2) = (a.clone(), counters.clone());
+            let router = thread::spawn(move || {
+                a2.notify();
+                c2.add(0, -1);
+            });
+            assert!(counters.load().1 >= 1, "the runtime looked stalled");
+            router.join().unwrap();
+            assert_eq!(counters.load().1, 1);
+        });
+    }
+
     /// Two wakers and a park: exactly one token comes back.
     #[test]
     fn two_wakes_one_token() {
