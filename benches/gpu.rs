@@ -49,10 +49,18 @@ async fn gpu_chain<F>(n: usize, body: impl Fn() -> F) -> f64
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    chain_on(Placement::Gpu(0), n, body).await
+}
+
+/// A chain of `n` tasks on `place`; microseconds per task.
+async fn chain_on<F>(place: Placement, n: usize, body: impl Fn() -> F) -> f64
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let t = Instant::now();
     let mut prev: Option<TaskHandle<()>> = None;
     for _ in 0..n {
-        let mut b = task(body()).placement(Placement::Gpu(0));
+        let mut b = task(body()).placement(place);
         if let Some(p) = &prev {
             b = b.after(p);
         }
@@ -196,6 +204,9 @@ fn main() {
     let mut x = stream.alloc_zeros::<u32>(1).expect("alloc");
     let shared: Arc<parking_lot::Mutex<Option<CudaSlice<u32>>>> =
         Arc::new(parking_lot::Mutex::new(None));
+    // Time spent launching inside the parla tasks (ns), to tell the launch itself from the
+    // runtime's work around it.
+    let in_launch = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for _ in 0..reps + 1 {
         let t = Instant::now();
         for _ in 0..CHAIN {
@@ -205,6 +216,7 @@ fn main() {
         raw_chain.push(t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64);
 
         let sh = shared.clone();
+        let il = in_launch.clone();
         let us = rt.block_on(async move {
             let sh2 = sh.clone();
             task(async move {
@@ -218,12 +230,17 @@ fn main() {
             .await
             .expect("setup");
             gpu_chain(CHAIN, || {
-                let sh = sh.clone();
+                let (sh, il) = (sh.clone(), il.clone());
                 async move {
                     let g = parla::gpu::current().expect("GPU task");
                     let f = g.kernel(KERNELS, "tiny").expect("kernel");
                     let mut s = sh.lock();
+                    let t = Instant::now();
                     launch_tiny(g.stream(), &f, s.as_mut().expect("buffer"));
+                    il.fetch_add(
+                        t.elapsed().as_nanos() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                 }
             })
             .await
@@ -232,10 +249,19 @@ fn main() {
     }
     raw_chain.remove(0);
     parla_chain.remove(0);
+    let launch_in_tasks = in_launch.load(std::sync::atomic::Ordering::Relaxed) as f64
+        / 1e3
+        / ((reps + 1) * CHAIN) as f64;
 
     // 2b. What the chain costs without kernels (parla only), and the raw loop with one event
     //     recorded per launch (what a fence per task costs in the raw loop).
     let mut empty_chain = Vec::new();
+    let mut cpu_chain = Vec::new();
+    let mut empty_chain_2 = Vec::new();
+    let rt2 = parla::Runtime::builder()
+        .cpu_threads(2)
+        .build()
+        .expect("runtime");
     let mut raw_record_chain = Vec::new();
     let ev = ctx.new_event(None).expect("event");
     for _ in 0..reps + 1 {
@@ -248,8 +274,12 @@ fn main() {
         raw_record_chain.push(t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64);
         let us = rt.block_on(gpu_chain(CHAIN, || async {}));
         empty_chain.push(us);
+        cpu_chain.push(rt.block_on(chain_on(Placement::Cpu, CHAIN, || async {})));
+        empty_chain_2.push(rt2.block_on(gpu_chain(CHAIN, || async {})));
     }
     empty_chain.remove(0);
+    cpu_chain.remove(0);
+    empty_chain_2.remove(0);
     raw_record_chain.remove(0);
 
     // 3. 10,000 independent tiny tasks against round-robin launches over 8 streams.
@@ -325,8 +355,23 @@ fn main() {
         median(raw_chain.clone()),
     );
     row(
+        "  of which the launch inside each task",
+        launch_in_tasks,
+        median(raw_chain.clone()),
+    );
+    row(
         "  chain of 1,000 GPU tasks, no kernels, per task",
         median(empty_chain),
+        median(raw_chain.clone()),
+    );
+    row(
+        "  chain of GPU tasks, no kernels, 2 workers",
+        median(empty_chain_2),
+        median(raw_chain.clone()),
+    );
+    row(
+        "  chain of 1,000 CPU tasks (reference)",
+        median(cpu_chain),
         median(raw_chain.clone()),
     );
     row(

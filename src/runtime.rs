@@ -89,6 +89,8 @@ impl Builder {
         fn gpu_memory_fraction(fraction: f64);
         /// The CPU device's memory budget in bytes.
         fn cpu_memory(bytes: u64);
+        /// Prints a profile at shutdown (also `PARLA_PROFILE=1`).
+        fn profile(on: bool);
     }
 
     /// Which GPUs to use, by CUDA ordinal (`.gpus([0, 1])`, `.gpus([])` for none).

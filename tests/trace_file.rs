@@ -56,3 +56,30 @@ fn a_trace_file_lists_every_task_with_its_device() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_profile_counts_tasks_per_device() {
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .virtual_gpus(1, 1 << 20)
+        .profile(true)
+        .build()
+        .unwrap();
+    let rt = support::within(30, move || {
+        rt.block_on(async {
+            for _ in 0..5 {
+                task(async {}).spawn();
+            }
+            for _ in 0..3 {
+                task(async {}).placement(Placement::Gpu(0)).spawn();
+            }
+        });
+        rt
+    });
+    let s = rt.profile_summary().expect("profiling is on");
+    assert!(s.contains("cpu:0: 5 tasks"), "{s}");
+    assert!(s.contains("gpu:0: 3 tasks"), "{s}");
+    assert!(s.contains("scheduler, ns per task: start"), "{s}");
+    let off = support::cpu(1);
+    assert!(off.profile_summary().is_none());
+}

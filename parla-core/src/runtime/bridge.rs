@@ -110,12 +110,16 @@ impl Bridge {
         if w.urgent() {
             b.urgent.fetch_add(1, Ordering::AcqRel);
         }
+        let urgent = w.urgent();
         b.entries.lock().push(w);
         b.pending.fetch_add(1, Ordering::SeqCst);
-        // The poller paces itself while it has fences; wake it only from its idle sleep.
-        // (SeqCst with the poller's flag-then-check: one of the two sees the other, and the
-        // poller's sleep is bounded besides.)
-        if !b.sleeping.swap(false, Ordering::SeqCst) && b.started.load(Ordering::Acquire) {
+        // The poller paces itself while it has (or recently had) fences: wake it only from
+        // its idle sleep, or for a fence somebody waits on. A wake-up is a system call when
+        // the thread sleeps, on the path of every GPU task otherwise. (SeqCst with the
+        // poller's flag-then-check: one of the two sees the other, and the poller's sleep is
+        // bounded besides.)
+        if !b.sleeping.swap(false, Ordering::SeqCst) && !urgent && b.started.load(Ordering::Acquire)
+        {
             return;
         }
         let mut t = b.thread.lock();
@@ -221,11 +225,20 @@ fn poll_loop(rt: &Arc<RtInner>) {
     let _rt = crate::context::enter_rt(rt);
     let b = &rt.bridge;
     let mut pause = MIN_PAUSE;
+    let mut empty_since: Option<Instant> = None;
     loop {
         if b.shutdown.load(Ordering::Acquire) {
             return;
         }
         if !b.is_busy() {
+            // Fences come in streams: stay in the lazy pace for a while before sleeping
+            // (which makes the next fence pay for a wake-up).
+            let since = *empty_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < IDLE_GRACE {
+                std::thread::park_timeout(max_pause());
+                continue;
+            }
+            empty_since = None;
             b.sleeping.store(true, Ordering::SeqCst);
             // A fence registered between the check and the flag is caught here.
             if b.pending.load(Ordering::SeqCst) == 0 {
@@ -235,6 +248,7 @@ fn poll_loop(rt: &Arc<RtInner>) {
             pause = MIN_PAUSE;
             continue;
         }
+        empty_since = None;
         let urgent = b.urgent.load(Ordering::Acquire) > 0;
         Bridge::poll_once(rt);
         pause = if urgent {
@@ -254,8 +268,11 @@ fn poll_loop(rt: &Arc<RtInner>) {
     }
 }
 
-/// The poller's pause after a round that found work done.
+/// The poller's pause while somebody waits on a fence.
 const MIN_PAUSE: Duration = Duration::from_micros(10);
+
+/// How long the poller keeps its lazy pace with nothing to watch before it sleeps.
+const IDLE_GRACE: Duration = Duration::from_millis(20);
 
 /// The longest pause between the poller thread's rounds while fences are pending and nobody
 /// waits on them: 1 ms, or `PARLA_FENCE_POLL_MAX_US` (a tuning knob, read once).

@@ -28,12 +28,14 @@ use super::RtInner;
 use super::activity::Activity;
 use super::bridge::{Bridge, Watch};
 use crate::context;
-use crate::device::backend::{FenceStatus, GpuExec};
+use crate::device::backend::GpuExec;
 use crate::device::{Demand, Device};
 use crate::error::TaskError;
 use crate::scheduler::{self, Delta, Launch};
 use crate::task::header::{Header, Kind, Name, Outcome};
 use crate::task::{Resume, Task};
+use crate::trace::profile::Phase;
+use std::time::Instant;
 
 /// Tasks a driver completes in one poll before it yields to Tokio.
 const BUDGET: u32 = 128;
@@ -213,7 +215,12 @@ impl Driver {
                 let Some(t) = this.next_task() else {
                     return Poll::Ready(());
                 };
-                match this.start(t) {
+                let t0 = rt.profile.as_ref().map(|_| Instant::now());
+                let started = this.start(t);
+                if let (Some(p), Some(t0)) = (&rt.profile, t0) {
+                    p.add(Phase::Start, t0, Instant::now());
+                }
+                match started {
                     Ok(r) => this.current = Some(r),
                     Err((task, device, err)) => {
                         let mut launch = Launch::new();
@@ -267,6 +274,7 @@ impl Driver {
                 }
             }
             context::take_blocked();
+            let t0 = rt.profile.as_ref().map(|_| Instant::now());
             let poll = {
                 let _task = context::enter_task(&r.task, r.device);
                 #[cfg(feature = "tracing")]
@@ -282,6 +290,10 @@ impl Driver {
                 }
                 p
             };
+            let t1 = rt.profile.as_ref().map(|_| Instant::now());
+            if let (Some(p), Some(t0), Some(t1)) = (&rt.profile, t0, t1) {
+                p.poll(r.device.slot(), t0, t1);
+            }
             match poll {
                 Poll::Pending => {
                     let blocked = context::take_blocked();
@@ -301,8 +313,15 @@ impl Driver {
                         continue;
                     };
                     let mut launch = Launch::new();
+                    let slot = r.device.slot();
                     let delta = finish_running(&rt, r, outcome, &mut launch);
+                    let t2 = rt.profile.as_ref().map(|_| Instant::now());
                     this.dispatch(delta, launch);
+                    if let (Some(p), Some(t1), Some(t2)) = (&rt.profile, t1, t2) {
+                        p.add(Phase::Finish, t1, t2);
+                        p.add(Phase::Dispatch, t2, Instant::now());
+                        p.task_done(slot);
+                    }
                 }
             }
             budget -= 1;
@@ -317,9 +336,9 @@ impl Driver {
 }
 
 /// The body of `r` returned `outcome`. A CPU (or virtual GPU) task completes now. A GPU
-/// task's backend records a fence after the work the body enqueued: if the GPU is done
-/// already, the task completes now; otherwise its GPU-only dependents may start behind the
-/// fence (runahead) and the task completes when the fence is seen done.
+/// task's backend records a fence after the work the body enqueued: its GPU-only dependents
+/// may start behind the fence (runahead), and the task completes when the fence is seen
+/// done.
 fn finish_running(rt: &Arc<RtInner>, r: Running, outcome: Outcome, launch: &mut Launch) -> Delta {
     let Running {
         task, device, exec, ..
@@ -329,7 +348,9 @@ fn finish_running(rt: &Arc<RtInner>, r: Running, outcome: Outcome, launch: &mut 
         rt.stamp_end(&task, device);
         return d;
     };
+    let t0 = rt.profile.as_ref().map(|_| Instant::now());
     let fenced = exec.finish();
+    let t1 = rt.profile.as_ref().map(|_| Instant::now());
     let outcome = match (outcome, fenced) {
         (Err(e), _) => Err(e),
         (Ok(()), Err(message)) => Err(Arc::new(TaskError::Device {
@@ -337,19 +358,20 @@ fn finish_running(rt: &Arc<RtInner>, r: Running, outcome: Outcome, launch: &mut 
             device: device.to_string(),
             message,
         })),
-        (Ok(()), Ok(f)) => match f.status() {
-            FenceStatus::Done => Ok(()),
-            FenceStatus::Failed(message) => Err(Arc::new(TaskError::Device {
-                task: task.header().name.to_string(),
-                device: device.to_string(),
-                message,
-            })),
-            FenceStatus::Pending => {
-                let (d, urgent) = scheduler::body_done(rt, &task, f.clone(), launch);
-                Bridge::watch(rt, Watch::Task(task, f, urgent));
-                return d;
+        (Ok(()), Ok(f)) => {
+            // No query here: querying a fence just recorded makes the driver submit the
+            // work queued so far at once (microseconds, on every task). The pollers query it
+            // later, or an awaiter spins on it.
+            let (d, urgent) = scheduler::body_done(rt, &task, f.clone(), launch);
+            let t2 = rt.profile.as_ref().map(|_| Instant::now());
+            Bridge::watch(rt, Watch::Task(task, f, urgent));
+            if let (Some(p), Some(t0), Some(t1), Some(t2)) = (&rt.profile, t0, t1, t2) {
+                p.add(Phase::Fence, t0, t1);
+                p.add(Phase::Runahead, t1, t2);
+                p.add(Phase::Watch, t2, Instant::now());
             }
-        },
+            return d;
+        }
     };
     let failed = outcome.is_err();
     let d = scheduler::complete(rt, &task, device, outcome, launch);

@@ -114,6 +114,7 @@ pub(crate) struct RtInner {
     pub(crate) epoch: Instant,
     pub(crate) trace: Option<Recorder>,
     pub(crate) bridge: bridge::Bridge,
+    pub(crate) profile: Option<crate::trace::profile::Profile>,
     cpu_threads: usize,
 }
 
@@ -254,6 +255,7 @@ pub struct Builder {
     trace: Option<PathBuf>,
     policy: Option<Box<dyn MappingPolicy>>,
     cpu_memory: Option<u64>,
+    profile: bool,
 }
 
 impl Default for Builder {
@@ -268,6 +270,7 @@ impl Default for Builder {
             trace: None,
             policy: None,
             cpu_memory: None,
+            profile: false,
         }
     }
 }
@@ -334,6 +337,13 @@ impl Builder {
     /// The `PARLA_TRACE` environment variable does the same without code changes.
     pub fn trace(mut self, path: impl Into<PathBuf>) -> Self {
         self.trace = Some(path.into());
+        self
+    }
+
+    /// Prints a profile when the runtime shuts down: tasks and busy time per device, and the
+    /// scheduler's time per task by phase. `PARLA_PROFILE=1` does the same.
+    pub fn profile(mut self, on: bool) -> Self {
+        self.profile = on;
         self
     }
 
@@ -446,6 +456,8 @@ impl Builder {
             epoch: Instant::now(),
             trace: trace_path.map(Recorder::new),
             bridge: bridge::Bridge::default(),
+            profile: (self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0"))
+                .then(|| crate::trace::profile::Profile::new(n_gpus + 1)),
             cpu_threads: threads,
         });
         Ok(Runtime {
@@ -540,6 +552,11 @@ impl Runtime {
             .get(d.slot())
             .filter(|s| s.device == d)
             .map(|s| s.admission.mem_capacity())
+    }
+
+    /// The profile so far (see [`Builder::profile`]), or `None` when profiling is off.
+    pub fn profile_summary(&self) -> Option<String> {
+        self.inner.profile.as_ref().map(|p| p.summary(&self.inner))
     }
 
     /// Worker threads.
@@ -638,6 +655,9 @@ impl Drop for Runtime {
         stall::cancel_all(&self.inner);
         if let Some(r) = &self.inner.trace {
             r.write(&self.inner);
+        }
+        if let Some(p) = &self.inner.profile {
+            eprint!("{}", p.summary(&self.inner));
         }
     }
 }

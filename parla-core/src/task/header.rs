@@ -74,7 +74,7 @@ pub(crate) struct GpuLinks {
     /// The fence after the work of a body that returned, until completion.
     fence: Option<Arc<dyn Fence>>,
     /// Fences of GPU dependencies released early (runahead), for the stream to wait on.
-    waits: Vec<Arc<dyn Fence>>,
+    waits: SmallVec<[Arc<dyn Fence>; 2]>,
 }
 
 /// What registering a dependent found.
@@ -233,7 +233,7 @@ impl Header {
     }
 
     /// Takes the fences this task's stream must wait on.
-    pub(crate) fn take_waits(&self) -> Vec<Arc<dyn Fence>> {
+    pub(crate) fn take_waits(&self) -> SmallVec<[Arc<dyn Fence>; 2]> {
         self.links
             .lock()
             .gpu

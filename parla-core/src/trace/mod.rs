@@ -6,6 +6,8 @@
 //! dependencies and for admission in its arguments. Open the file in
 //! <https://ui.perfetto.dev> or `chrome://tracing`.
 
+pub(crate) mod profile;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;

@@ -20,6 +20,9 @@ use crate::error::{Error, describe};
 use crate::event::CudaFence;
 use crate::stream::{PooledStream, StreamPool};
 
+/// Events created per device at start.
+const EVENT_STOCK: usize = 256;
+
 /// One CUDA device of the runtime.
 pub struct GpuDevice {
     /// Index among the runtime's GPUs (`gpu:index`).
@@ -244,12 +247,21 @@ fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, Stri
             Error::Driver(d) => err("cannot create streams", d),
             other => other.to_string(),
         })?;
+        // Every GPU task records one event; start with a stock so that a burst of tasks
+        // does not create (and later destroy) one each.
+        let events = crossbeam_queue::SegQueue::new();
+        for _ in 0..EVENT_STOCK {
+            events.push(
+                ctx.new_event(None)
+                    .map_err(|e| err("cannot create events", e))?,
+            );
+        }
         devices.push(Arc::new(GpuDevice {
             index,
             ordinal,
             ctx,
             streams,
-            events: crossbeam_queue::SegQueue::new(),
+            events,
             kernels: Mutex::new(FxHashMap::default()),
             name,
             total,
