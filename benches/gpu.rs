@@ -249,6 +249,7 @@ fn main() {
     }
     raw_chain.remove(0);
     parla_chain.remove(0);
+    let raw_chain_med = median(raw_chain);
     let launch_in_tasks = in_launch.load(std::sync::atomic::Ordering::Relaxed) as f64
         / 1e3
         / ((reps + 1) * CHAIN) as f64;
@@ -352,32 +353,32 @@ fn main() {
     row(
         "chain of 1,000 tiny kernels, per kernel",
         median(parla_chain),
-        median(raw_chain.clone()),
+        raw_chain_med,
     );
     row(
         "  of which the launch inside each task",
         launch_in_tasks,
-        median(raw_chain.clone()),
+        raw_chain_med,
     );
     row(
         "  chain of 1,000 GPU tasks, no kernels, per task",
         median(empty_chain),
-        median(raw_chain.clone()),
+        raw_chain_med,
     );
     row(
         "  chain of GPU tasks, no kernels, 2 workers",
         median(empty_chain_2),
-        median(raw_chain.clone()),
+        raw_chain_med,
     );
     row(
         "  chain of 1,000 CPU tasks (reference)",
         median(cpu_chain),
-        median(raw_chain.clone()),
+        raw_chain_med,
     );
     row(
         "  raw chain with an event recorded per launch",
         median(raw_record_chain),
-        median(raw_chain.clone()),
+        raw_chain_med,
     );
     row(
         "10,000 independent GPU tasks, per task",

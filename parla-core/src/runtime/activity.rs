@@ -165,6 +165,16 @@ mod loom_test {
     use super::*;
     use loom::thread;
 
+    /// A poller that parked (waiting on tasks), with its counters.
+    fn parked() -> (Arc<Counters>, Arc<Activity>) {
+        let counters = Arc::new(Counters::new());
+        counters.add(0, 1);
+        let a = Arc::new(Activity::new(counters.clone()));
+        a.begin_poll();
+        a.end_poll(true);
+        (counters, a)
+    }
+
     /// A wake racing with a park: the busy count ends at 1 if the poller ends up notified
     /// (it will be polled), at 0 if it ends up parked, and never underflows.
     #[test]
@@ -197,11 +207,7 @@ mod loom_test {
     #[test]
     fn grant_then_give_back_never_reads_zero() {
         loom::model(|| {
-            let counters = Arc::new(Counters::new());
-            counters.add(0, 1);
-            let a = Arc::new(Activity::new(counters.clone()));
-            a.begin_poll();
-            a.end_poll(true);
+            let (counters, a) = parked();
             // The admitter counted the request it admitted.
             counters.add(0, 1);
             let (a2, c2) = (a.clone(), counters.clone());
@@ -219,11 +225,7 @@ mod loom_test {
     #[test]
     fn two_wakes_one_token() {
         loom::model(|| {
-            let counters = Arc::new(Counters::new());
-            counters.add(0, 1);
-            let a = Arc::new(Activity::new(counters.clone()));
-            a.begin_poll();
-            a.end_poll(true);
+            let (counters, a) = parked();
             assert_eq!(counters.load().1, 0);
             let (a1, a2) = (a.clone(), a.clone());
             let t1 = thread::spawn(move || a1.notify());

@@ -200,6 +200,12 @@ impl Header {
         self.state.store(FENCED, Ordering::Release);
     }
 
+    /// Whether the task's body returned and its GPU work is pending behind a fence (one
+    /// atomic load: callers check this before taking the links lock).
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FENCED
+    }
+
     /// FENCED -> COMPLETING. Returns whether this call won (and must complete the task).
     pub(crate) fn transition_to_completing(&self) -> bool {
         self.state
@@ -261,6 +267,9 @@ impl Header {
 
     /// The fence of a GPU task whose body returned and whose work is still pending.
     pub(crate) fn fence(&self) -> Option<Arc<dyn Fence>> {
+        if !self.is_fenced() {
+            return None;
+        }
         let l = self.links.lock();
         if l.outcome.is_some() {
             None
