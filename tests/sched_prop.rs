@@ -273,6 +273,10 @@ proptest! {
             fails[i] = g.panics[i] || g.deps[i].iter().any(|&j| fails[j]);
         }
         let ran: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+        // An await of an earlier task can only end in that task's outcome: no stall, so no
+        // `Deadlock`.
+        let deadlocks = Arc::new(AtomicUsize::new(0));
+        let dl = deadlocks.clone();
         let rt = parla::Runtime::builder().cpu_threads(g.threads).gpus([]).build().unwrap();
         let (r2, g2) = (ran.clone(), g.clone());
         let results = support::within(20, move || {
@@ -280,13 +284,15 @@ proptest! {
                 let t = TaskSpace::new("F");
                 let mut hs = Vec::with_capacity(n);
                 for i in 0..n {
-                    let (ran, t2) = (r2.clone(), t.clone());
+                    let (ran, t2, dl) = (r2.clone(), t.clone(), dl.clone());
                     let (panic, wait) = (g2.panics[i], g2.awaits[i]);
                     let h = task(async move {
                         ran[i].store(true, Ordering::SeqCst);
                         if let Some(j) = wait {
                             // The awaited task may fail; this task does not care.
-                            let _ = t2.at(j).await;
+                            if let Err(TaskError::Deadlock { .. }) = t2.at(j).await {
+                                dl.fetch_add(1, Ordering::SeqCst);
+                            }
                         }
                         if panic {
                             panic!("task {i} fails on purpose");
@@ -305,6 +311,7 @@ proptest! {
                 out
             })
         });
+        prop_assert_eq!(deadlocks.load(Ordering::SeqCst), 0, "an await failed with Deadlock");
         for i in 0..n {
             prop_assert_eq!(results[i].is_err(), fails[i], "task {}: {:?}", i, results[i]);
             let should_run = !g.deps[i].iter().any(|&j| fails[j]);

@@ -422,3 +422,38 @@ fn dependents_of_a_task_that_failed_at_spawn_see_its_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn tasks_awaiting_each_other_inside_their_bodies_do_not_hang() {
+    let rt = support::cpu(2);
+    let (a, b) = support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("W");
+            let (ta, tb) = (t.clone(), t.clone());
+            let a = task(async move { ta.at("b").await })
+                .id(t.at("a"))
+                .vcus(0.0)
+                .spawn();
+            let b = task(async move { tb.at("a").await })
+                .id(t.at("b"))
+                .vcus(0.0)
+                .spawn();
+            (a.await, b.await)
+        })
+    });
+    // Each awaits the other: when nothing else can run, the awaits inside the tasks fail
+    // with `Deadlock` and the tasks finish with what they made of it (an await that sees
+    // its task finished first reports that instead); block_on's awaits then succeed.
+    let mut deadlocks = 0;
+    for r in [a, b] {
+        match r {
+            Ok(Err(TaskError::Deadlock { reason, .. })) => {
+                assert!(reason.contains("awaits W["), "{reason}");
+                deadlocks += 1;
+            }
+            Ok(Ok(())) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(deadlocks >= 1);
+}

@@ -3,6 +3,7 @@
 mod activity;
 pub(crate) mod bridge;
 mod driver;
+pub(crate) mod parked;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -115,6 +116,7 @@ pub(crate) struct RtInner {
     pub(crate) trace: Option<Recorder>,
     pub(crate) bridge: bridge::Bridge,
     pub(crate) profile: Option<crate::trace::profile::Profile>,
+    pub(crate) parked: parked::ParkedAwaits,
     cpu_threads: usize,
 }
 
@@ -458,6 +460,7 @@ impl Builder {
             bridge: bridge::Bridge::default(),
             profile: (self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0"))
                 .then(|| crate::trace::profile::Profile::new(n_gpus + 1)),
+            parked: parked::ParkedAwaits::default(),
             cpu_threads: threads,
         });
         Ok(Runtime {

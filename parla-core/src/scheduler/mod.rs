@@ -122,6 +122,7 @@ where
         task: cell as Arc<dyn Join<F::Output>>,
         spun: false,
         hurried: false,
+        parked: None,
         _t: PhantomData,
     };
     let h = task.header();
@@ -236,6 +237,7 @@ where
         task: cell as Arc<dyn Join<F::Output>>,
         spun: false,
         hurried: false,
+        parked: None,
         _t: PhantomData,
     }
 }

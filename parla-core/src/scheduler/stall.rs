@@ -10,7 +10,10 @@
 //!    through an id that was referenced before it was spawned (an edge to a task spawned
 //!    later can only be made through its id), so the search starts from those;
 //! 3. tasks waiting for device resources that tasks blocked on them hold fail with
-//!    `Deadlock`.
+//!    `Deadlock`;
+//! 4. awaits of tasks made inside tasks that are left fail with `Deadlock` (tasks awaiting
+//!    each other in their bodies form a cycle no dependency edge shows); if there are none,
+//!    `block_on`'s own awaits do.
 //!
 //! Each call does the first step that applies and returns; `block_on` calls again while
 //! the runtime stays stalled.
@@ -91,6 +94,10 @@ pub(crate) fn resolve(rt: &Arc<RtInner>) -> bool {
                 changed = true;
             }
         }
+    }
+    // 4. Awaits that can never finish.
+    if !changed && rt.parked.fail_stuck() > 0 {
+        changed = true;
     }
     rt.counters.add(delta.live, delta.busy);
     rt.launch_detached(launch);

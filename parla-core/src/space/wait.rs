@@ -9,6 +9,7 @@ use atomic_waker::AtomicWaker;
 
 use super::{TaskRange, TaskRef, TaskSpace};
 use crate::error::TaskError;
+use crate::runtime::parked::AwaitRegistration;
 use crate::task::Task;
 use crate::task::header::{Dependent, Outcome};
 
@@ -17,6 +18,7 @@ struct NodeWait {
     node: Arc<dyn Task>,
     waker: Option<Arc<AtomicWaker>>,
     hurried: bool,
+    parked: Option<AwaitRegistration>,
 }
 
 impl NodeWait {
@@ -25,6 +27,7 @@ impl NodeWait {
             node,
             waker: None,
             hurried: false,
+            parked: None,
         }
     }
 
@@ -32,6 +35,9 @@ impl NodeWait {
         let h = self.node.header();
         if let Some(o) = h.outcome() {
             return Poll::Ready(o);
+        }
+        if let Some(e) = AwaitRegistration::failure(&self.parked) {
+            return Poll::Ready(Err(Arc::new(e)));
         }
         match &self.waker {
             Some(w) => w.register(cx.waker()),
@@ -55,6 +61,7 @@ impl NodeWait {
         if !self.hurried {
             self.hurried = crate::scheduler::hurry(&self.node, cx.waker());
         }
+        AwaitRegistration::park(&mut self.parked, &self.node, cx.waker());
         crate::context::note_blocked();
         Poll::Pending
     }

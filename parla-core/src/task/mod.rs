@@ -152,6 +152,8 @@ pub struct TaskHandle<T> {
     pub(crate) spun: bool,
     /// Whether this handle asked the fence poller to hurry.
     pub(crate) hurried: bool,
+    /// Registered while it waits (the stall resolver fails awaits that can never finish).
+    pub(crate) parked: Option<crate::runtime::parked::AwaitRegistration>,
     pub(crate) _t: PhantomData<fn() -> T>,
 }
 
@@ -183,10 +185,20 @@ impl<T: 'static> Future for TaskHandle<T> {
             crate::scheduler::spin_fenced(&node);
         }
         let r = self.task.poll_join(cx);
-        if r.is_pending() && !self.hurried {
-            let node = self.node();
+        if r.is_ready() {
+            self.parked = None;
+            return r;
+        }
+        if let Some(e) = crate::runtime::parked::AwaitRegistration::failure(&self.parked) {
+            self.parked = None;
+            return Poll::Ready(Err(e));
+        }
+        let node = self.node();
+        if !self.hurried {
             self.hurried = crate::scheduler::hurry(&node, cx.waker());
         }
+        let this = &mut *self;
+        crate::runtime::parked::AwaitRegistration::park(&mut this.parked, &node, cx.waker());
         r
     }
 }
