@@ -166,13 +166,17 @@ impl Driver {
 
     fn dispatch(&mut self, delta: Delta, mut launch: Launch) {
         let rt = &self.rt;
-        if launch.len() <= 1
+        if delta.busy <= 0
+            && delta.live <= 0
+            && launch.len() <= 1
             && launch.first().is_none_or(|t| t.as_resume().is_none())
             && rt.injector.is_empty()
         {
-            // Nothing becomes visible to another thread: the counts can wait for the end of
-            // this poll (a deferred count only ever overstates the live and busy counts, so
-            // no quiescence is seen early).
+            // Nothing becomes visible to another thread, and the change only lowers the
+            // counts: it can wait for the end of this poll (the counts are then overstated,
+            // never understated, so no quiescence is seen early). A GPU task whose body
+            // returned keeps its token while its dependent takes one: that rise is applied
+            // at once.
             self.deferred.live += delta.live;
             self.deferred.busy += delta.busy;
             self.next = launch.pop();
@@ -362,7 +366,12 @@ fn finish_running(rt: &Arc<RtInner>, r: Running, outcome: Outcome, launch: &mut 
             // No query here: querying a fence just recorded makes the driver submit the
             // work queued so far at once (microseconds, on every task). The pollers query it
             // later, or an awaiter spins on it.
-            let (d, urgent) = scheduler::body_done(rt, &task, f.clone(), launch);
+            // Once the fence is published, an awaiter or the poller may complete the task
+            // (dropping its token) before this driver counted the dependents it releases:
+            // hold a token meanwhile, so the busy count cannot read zero in between.
+            rt.counters.add(0, 1);
+            let (mut d, urgent) = scheduler::body_done(rt, &task, f.clone(), launch);
+            d.busy -= 1;
             let t2 = rt.profile.as_ref().map(|_| Instant::now());
             Bridge::watch(rt, Watch::Task(task, f, urgent));
             if let (Some(p), Some(t0), Some(t1), Some(t2)) = (&rt.profile, t0, t1, t2) {
