@@ -524,12 +524,6 @@ pub(crate) fn check_device(rt: &Arc<RtInner>, device: Device) {
     rt.launch_detached(launch);
 }
 
-/// The VCUs of a demand as a fraction (for messages).
-#[allow(dead_code)]
-pub(crate) fn vcus_of(d: Demand) -> f64 {
-    vcu_float(d.vcu)
-}
-
 /// Fails a task taken out of an admission queue: it reserved nothing and holds no token.
 pub(crate) fn finish_queued(
     rt: &RtInner,
