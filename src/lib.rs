@@ -1,8 +1,8 @@
 //! # parla
 //!
 //! A task-parallel runtime for machines with CPUs and NVIDIA GPUs, on Tokio: task spaces,
-//! dependencies, placement on CPU or GPU, VCU and memory constraints, and function variants,
-//! with tasks as Rust futures.
+//! dependencies, placement on CPU or GPU, VCU and memory constraints, with tasks as Rust
+//! futures.
 //!
 //! ```
 //! use parla::prelude::*;
