@@ -70,6 +70,19 @@ where
     t.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
+/// Times `n` calls of `f` after 100 warm-up calls.
+fn samples(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n + 100 {
+        let t = Instant::now();
+        f();
+        if i >= 100 {
+            v.push(t.elapsed());
+        }
+    }
+    v
+}
+
 fn stats(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -128,36 +141,19 @@ fn main() {
     };
 
     // 1. Latency.
-    let raw_lat = {
-        let ev = ctx.new_event(None).expect("event");
-        let mut v = Vec::with_capacity(lat_n);
-        for i in 0..lat_n + 100 {
-            let t = Instant::now();
-            launch_empty(&stream, &empty);
-            ev.record(&stream).expect("record");
-            ev.synchronize().expect("sync");
-            if i >= 100 {
-                v.push(t.elapsed());
-            }
+    let ev = ctx.new_event(None).expect("event");
+    let raw_lat = stats(samples(lat_n, || {
+        launch_empty(&stream, &empty);
+        ev.record(&stream).expect("record");
+        ev.synchronize().expect("sync");
+    }));
+    let raw_query_lat = stats(samples(lat_n, || {
+        launch_empty(&stream, &empty);
+        ev.record(&stream).expect("record");
+        while !ev.try_is_complete().expect("query") {
+            std::hint::spin_loop();
         }
-        stats(v)
-    };
-    let raw_query_lat = {
-        let ev = ctx.new_event(None).expect("event");
-        let mut v = Vec::with_capacity(lat_n);
-        for i in 0..lat_n + 100 {
-            let t = Instant::now();
-            launch_empty(&stream, &empty);
-            ev.record(&stream).expect("record");
-            while !ev.try_is_complete().expect("query") {
-                std::hint::spin_loop();
-            }
-            if i >= 100 {
-                v.push(t.elapsed());
-            }
-        }
-        stats(v)
-    };
+    }));
     let parla_lat = rt
         .block_on(async move {
             task(async move {

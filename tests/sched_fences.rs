@@ -153,12 +153,7 @@ mod prop {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
-            max_shrink_iters: 64,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(support::prop_config(32))]
 
         /// Random graphs of CPU and fenced GPU tasks: every task runs once, a CPU task only
         /// after its dependencies finished (GPU ones: their fences done), and every handle

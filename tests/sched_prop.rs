@@ -202,13 +202,7 @@ fn run(g: Graph) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    // 48 cases by default; PROPTEST_CASES=N for a longer search.
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
-        max_shrink_iters: 64,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(support::prop_config(48))]
 
     #[test]
     fn random_dags(g in graph()) {
@@ -254,12 +248,7 @@ fn faulty() -> impl Strategy<Value = Faulty> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
-        max_shrink_iters: 64,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(support::prop_config(32))]
 
     /// A task runs exactly when none of its transitive dependencies panicked; every handle
     /// resolves (tasks awaiting others inside their bodies lend their VCUs and never

@@ -53,6 +53,20 @@ pub fn either_device(rt: &parla::Runtime) -> parla::Device {
     .expect("a task placed on [cpu, gpu]")
 }
 
+/// The property tests' configuration: `default_cases` cases (`PROPTEST_CASES=N` for a
+/// longer search), short shrinking, no persistence files.
+pub fn prop_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default_cases),
+        max_shrink_iters: 64,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
+
 /// A named way to make a runtime.
 pub type Config = (&'static str, fn() -> parla::Runtime);
 
