@@ -36,10 +36,10 @@ mod runtime;
 pub use runtime::{Builder, Runtime};
 
 pub use parla_core::{
-    Arch, Candidate, DepList, Deps, Device, Error, IntoDeps, IntoKey, IntoPart, IntoPlacements,
-    Key, KeyRange, MappingPolicy, MostFree, Part, Placement, Placements, RangeWait, RefWait,
-    Result, SpaceWait, TaskBuilder, TaskError, TaskHandle, TaskInfo, TaskRange, TaskRef, TaskSpace,
-    current_device, current_task, deps, task,
+    Arch, Candidate, DepList, Deps, Device, EnterGuard, Error, Handle, Hold, IntoDeps, IntoKey,
+    IntoPart, IntoPlacements, Key, KeyRange, MappingPolicy, MostFree, Part, Placement, Placements,
+    RangeWait, RefWait, Result, SpaceWait, TaskBuilder, TaskError, TaskHandle, TaskInfo, TaskRange,
+    TaskRef, TaskSpace, current_device, current_task, deps, task,
 };
 pub use parla_macros::{main, task};
 

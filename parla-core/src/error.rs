@@ -55,14 +55,16 @@ pub enum TaskError {
         /// The ids on the cycle, in dependency order.
         ids: Vec<String>,
     },
-    /// The task waited for device resources held by tasks that were themselves waiting on it.
-    #[error("task {task} waited for {device} resources held by tasks blocked on it: {reason}")]
+    /// The task (or one of its awaits) waited for something nothing left could provide:
+    /// device resources held by tasks blocked on it, or tasks awaiting each other.
+    #[error("task {task} on {device} is deadlocked: {reason}")]
     Deadlock {
-        /// The task that could not be admitted.
+        /// The task that could not be admitted, or whose await failed (`block_on` for an
+        /// await of `Runtime::block_on`'s future).
         task: String,
         /// The device it was mapped to.
         device: String,
-        /// What it needed and what was held.
+        /// What it waited for and what was held.
         reason: String,
     },
     /// The device failed while running the task (a CUDA error, for example).
@@ -74,6 +76,14 @@ pub enum TaskError {
         device: String,
         /// The device's error.
         message: String,
+    },
+    /// The task used a task space, or depends on a task, of another parla runtime.
+    #[error("task {task} cannot run: {reason}")]
+    WrongRuntime {
+        /// The task.
+        task: String,
+        /// What belongs to another runtime.
+        reason: String,
     },
     /// The task was spawned outside a parla runtime.
     #[error(

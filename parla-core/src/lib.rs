@@ -22,9 +22,10 @@
 
 #![warn(missing_docs, missing_debug_implementations)]
 
-mod context;
 pub mod device;
 mod error;
+mod graph;
+mod key;
 mod loom;
 mod runtime;
 pub mod scheduler;
@@ -32,10 +33,10 @@ mod space;
 mod task;
 mod trace;
 
-pub use context::{TaskInfo, current_device, current_task};
 pub use device::{Arch, Device, IntoPlacements, Placement, Placements};
 pub use error::{Error, Result, TaskError};
-pub use runtime::{Builder, Runtime};
+pub use runtime::context::{TaskInfo, current_device, current_task};
+pub use runtime::{Builder, EnterGuard, Handle, Hold, Runtime};
 pub use scheduler::mapping::{Candidate, MappingPolicy, MostFree};
 pub use space::{
     IntoKey, IntoPart, Key, KeyRange, Part, RangeWait, RefWait, SpaceWait, TaskRange, TaskRef,

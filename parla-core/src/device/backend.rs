@@ -10,7 +10,6 @@
 //! briefly on its own fence; a poller thread watches the rest), so no worker ever blocks on
 //! the GPU.
 
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -22,41 +21,7 @@ use atomic_waker::AtomicWaker;
 pub use crate::runtime::bridge::AWAIT_SPIN;
 use crate::runtime::bridge::{Bridge, Watch, spin};
 
-/// The state of a [`Fence`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FenceStatus {
-    /// The work before the fence is still running.
-    Pending,
-    /// The work before the fence finished.
-    Done,
-    /// The device reported an error (the message names it).
-    Failed(String),
-}
-
-/// A point in a device's work queue that the host can poll without blocking.
-pub trait Fence: Send + Sync + 'static {
-    /// Checks the fence without blocking.
-    fn status(&self) -> FenceStatus;
-
-    /// The GPU (index among the runtime's GPUs) whose queue the fence is in.
-    fn gpu(&self) -> usize;
-
-    /// For the backend: downcast to its own fence type.
-    fn as_any(&self) -> &dyn Any;
-
-    /// The in-order queue (a stream) the fence was recorded on, if any: fences of one queue
-    /// finish in the order they were recorded, so a poller that finds one pending need not
-    /// query the later ones.
-    fn queue(&self) -> Option<u64> {
-        None
-    }
-}
-
-impl fmt::Debug for dyn Fence {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fence(gpu {}, {:?})", self.gpu(), self.status())
-    }
-}
+pub use super::fence::{Fence, FenceStatus};
 
 /// One GPU as the backend describes it.
 #[derive(Debug, Clone)]
@@ -176,7 +141,7 @@ impl Future for FenceWait {
         }
         let w = Arc::new(AtomicWaker::new());
         w.register(cx.waker());
-        let watched = crate::context::with_rt(|rt| match rt {
+        let watched = crate::runtime::context::with_rt(|rt| match rt {
             Some(rt) => {
                 Bridge::watch(rt, Watch::Waker(this.fence.clone(), w.clone()));
                 true

@@ -5,12 +5,12 @@
 //! for machines without CUDA). Each device has a capacity of 1.0 VCU and a memory budget;
 //! Admission keeps reservations within both.
 
-pub(crate) mod admission;
 pub mod backend;
+pub(crate) mod fence;
 
 use std::fmt;
 
-pub use admission::{Demand, MAX_MEMORY, Usage, VCU_ONE};
+pub use crate::scheduler::admission::{Demand, MAX_MEMORY, Usage, VCU_ONE};
 
 /// A device architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -220,32 +220,32 @@ pub(crate) type SlotMask = u64;
 /// The most GPUs a runtime manages.
 pub const MAX_GPUS: usize = 63;
 
-/// Resolves a placement set against `gpus` GPUs. Returns the mask, or a description of the
-/// first placement that names a GPU the runtime does not have.
+/// Resolves a placement set against `gpus` GPUs. A list keeps the devices the runtime has
+/// (`[cpu, gpu(0)]` on a machine without GPUs is the CPU); an error names the first GPU it
+/// lacks when none is left.
 pub(crate) fn resolve(p: &Placements, gpus: usize) -> Result<SlotMask, String> {
     let all_gpus: u64 = if gpus == 0 { 0 } else { (1u64 << gpus) - 1 };
+    let gpu_bits = if p.any_gpu { all_gpus } else { 0 } | (p.gpus & all_gpus);
+    let mask = (p.cpu as u64) | (gpu_bits << 1);
+    if mask != 0 {
+        return Ok(mask);
+    }
+    if p.is_empty() {
+        return Err("empty placement list".into());
+    }
     let missing = p.gpus & !all_gpus;
     let beyond = if missing != 0 {
         Some(missing.trailing_zeros() as usize)
     } else {
         p.beyond.map(|i| i as usize)
     };
-    if let Some(i) = beyond {
-        return Err(format!(
+    match beyond {
+        Some(i) => Err(format!(
             "placement gpu({i}): the runtime has {gpus} GPU{}",
             if gpus == 1 { "" } else { "s" }
-        ));
+        )),
+        None => Err("placement gpu: the runtime has no GPU (no CUDA device found)".into()),
     }
-    // With no GPU, `gpu` in a list adds nothing; alone it is unsatisfiable (below).
-    let gpu_bits = if p.any_gpu { all_gpus } else { p.gpus };
-    let mask = (p.cpu as u64) | (gpu_bits << 1);
-    if mask == 0 {
-        if p.is_empty() {
-            return Err("empty placement list".into());
-        }
-        return Err("placement gpu: the runtime has no GPU (no CUDA device found)".into());
-    }
-    Ok(mask)
 }
 
 /// Converts a VCU fraction into fixed point, rounding down so that n tasks of 1/n fit.
@@ -282,6 +282,13 @@ mod test {
         assert!(e.contains("gpu(1000)"), "{e}");
         assert!(r(&[Placement::AnyGpu], 0).is_err());
         assert_eq!(r(&[Placement::Cpu, Placement::AnyGpu], 0), Ok(1));
+        assert_eq!(r(&[Placement::Cpu, Placement::Gpu(0)], 0), Ok(1));
+        assert_eq!(r(&[Placement::Gpu(0), Placement::Gpu(5)], 1), Ok(0b10));
+        assert!(
+            r(&[Placement::Gpu(5), Placement::Gpu(6)], 1)
+                .unwrap_err()
+                .contains("gpu(5)")
+        );
         assert!(r(&[], 1).unwrap_err().contains("empty"));
         assert!(Placements::CPU.is_cpu_only());
     }

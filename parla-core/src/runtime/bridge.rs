@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 
 use super::RtInner;
 use crate::device::backend::{Fence, FenceStatus};
-use crate::task::Task;
+use crate::graph::node::Task;
 
 /// How long an awaiter spins on a fence before it parks.
 pub const AWAIT_SPIN: Duration = Duration::from_micros(50);
@@ -188,7 +188,7 @@ impl Bridge {
         for ws in batch.queues.values_mut() {
             // A queue's fences finish in order: stop at the first pending one.
             while let Some(w) = ws.front() {
-                match w.fence().status() {
+                match status(w.fence()) {
                     FenceStatus::Pending => break,
                     s => done.extend(ws.pop_front().map(|w| (w, s))),
                 }
@@ -197,7 +197,7 @@ impl Bridge {
         batch.queues.retain(|_, ws| !ws.is_empty());
         let loose = std::mem::take(&mut batch.loose);
         for w in loose {
-            match w.fence().status() {
+            match status(w.fence()) {
                 FenceStatus::Pending => batch.loose.push(w),
                 s => done.push((w, s)),
             }
@@ -214,7 +214,7 @@ impl Bridge {
         for (w, s) in done {
             match w {
                 Watch::Waker(_, waker) => waker.wake(),
-                Watch::Task(t, _, _) => crate::scheduler::complete_fenced(rt, &t, s),
+                Watch::Task(t, _, _) => rt.complete_fenced(&t, s),
             }
         }
         n
@@ -222,7 +222,7 @@ impl Bridge {
 }
 
 fn poll_loop(rt: &Arc<RtInner>) {
-    let _rt = crate::context::enter_rt(rt);
+    let _rt = super::context::enter_rt(rt);
     let b = &rt.bridge;
     let mut pause = MIN_PAUSE;
     let mut empty_since: Option<Instant> = None;
@@ -295,12 +295,26 @@ fn spin_pause(d: Duration) {
     }
 }
 
+/// The status of a fence; a backend that panics reports the fence failed.
+fn status(fence: &Arc<dyn Fence>) -> FenceStatus {
+    fence_status(&**fence)
+}
+
+fn fence_status(fence: &dyn Fence) -> FenceStatus {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fence.status())).unwrap_or_else(|p| {
+        FenceStatus::Failed(format!(
+            "the GPU backend panicked: {}",
+            crate::graph::cell::panic_message(&*p)
+        ))
+    })
+}
+
 /// Spins on `fence` for up to `budget`. Returns its status at the end.
 pub(crate) fn spin(fence: &dyn Fence, budget: Duration) -> FenceStatus {
     let start = Instant::now();
     let mut n = 0u32;
     loop {
-        let s = fence.status();
+        let s = fence_status(fence);
         if s != FenceStatus::Pending {
             return s;
         }
@@ -309,5 +323,53 @@ pub(crate) fn spin(fence: &dyn Fence, budget: Duration) -> FenceStatus {
             return s;
         }
         std::hint::spin_loop();
+    }
+}
+
+/// Polls the runtime's pending fences for up to [`AWAIT_SPIN`] (`block_on` with nothing
+/// else to do). Returns whether any finished.
+pub(crate) fn spin_fences(rt: &Arc<RtInner>) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < AWAIT_SPIN {
+        if Bridge::poll_once(rt) > 0 {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
+}
+
+/// An awaiter of `task` is about to wait: if the task's GPU work is in flight, ask the fence
+/// poller to wake it promptly when the fence is done. Returns whether it did.
+pub(crate) fn hurry(task: &Arc<dyn Task>, waker: &std::task::Waker) -> bool {
+    let Some(fence) = task.header().fence() else {
+        return false;
+    };
+    crate::runtime::context::with_rt(|rt| match rt {
+        Some(rt) => {
+            let w = Arc::new(AtomicWaker::new());
+            w.register(waker);
+            Bridge::watch(rt, Watch::Waker(fence, w));
+            true
+        }
+        None => false,
+    })
+}
+
+/// An awaiter of `task`: if the task's GPU work is pending behind a fence, spin on it
+/// briefly and complete the task here if it finishes. Returns whether the task is done.
+pub(crate) fn spin_fenced(task: &Arc<dyn Task>) -> bool {
+    let Some(fence) = task.header().fence() else {
+        return false;
+    };
+    match spin(&*fence, AWAIT_SPIN) {
+        FenceStatus::Pending => false,
+        status => crate::runtime::context::with_rt(|rt| match rt {
+            Some(rt) => {
+                rt.complete_fenced(task, status);
+                true
+            }
+            None => false,
+        }),
     }
 }

@@ -1,35 +1,57 @@
-//! The runtime: [`Builder`], [`Runtime`], and the state every part of the scheduler shares.
+//! The executor: [`Runtime`], [`Builder`], [`Handle`], and the one place where the pure
+//! graph and admission state machines (`graph`, `scheduler`) meet Tokio.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | `exec` | the pipeline: map and admit ready tasks, launch, complete, apply effects |
+//! | `driver` | drivers: Tokio tasks that pull tasks from the injector and poll them |
+//! | `inject` | the injector queue and the driver-count handshake |
+//! | `waker` | counted and uncounted wakers of tasks and `block_on` futures |
+//! | `counters` | the live and busy counts |
+//! | `parked` | started tasks that waited, and `block_on` futures (for the stall resolver) |
+//! | `stall` | the stall resolver and its monitor task |
+//! | `bridge` | GPU fences to wakers |
+//! | `context` | thread-locals: current runtime, task, device, poller |
+//!
+//! # Invariants
+//! - Every change of the live and busy counts is made here (`counters` says when).
+//! - A task has one run token at a time: it travels from admission (or a wake) through the
+//!   injector or a driver's next-task slot to the one driver that polls it.
+//! - No poller is woken from inside its own poll by the runtime: a task taking back VCUs it
+//!   lent is granted them inline, or queued without a waker.
 
-mod activity;
 pub(crate) mod bridge;
+mod builder;
+pub(crate) mod context;
+pub(crate) mod counters;
 mod driver;
+mod exec;
+mod inject;
 pub(crate) mod parked;
+mod stall;
+pub(crate) mod waker;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering, fence};
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 
-pub(crate) use activity::{Activity, Counters};
-use driver::Driver;
+pub use builder::Builder;
 
-use crate::context;
-use crate::device::admission::Admission;
-use crate::device::backend::{GpuBackend, GpuBackendFactory, GpuOptions};
-use crate::device::{Demand, Device, MAX_GPUS, VCU_ONE, vcu_fixed};
-use crate::error::{Error, Result};
-use crate::scheduler::Launch;
-use crate::scheduler::mapping::{MappingPolicy, MostFree};
-use crate::scheduler::stall;
-use crate::task::Task;
-use crate::task::header::Header;
+use crate::device::backend::GpuBackend;
+use crate::device::{Device, Usage};
+use crate::graph::activity::EndPoll;
+use crate::graph::node::{Header, Schedule, Task, Waking};
+use crate::scheduler::admission::Admission;
+use crate::scheduler::mapping::MappingPolicy;
 use crate::trace::Recorder;
+use counters::Counters;
+use inject::Injector;
+use waker::MainPoller;
 
 /// What a device is backed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,29 +86,39 @@ pub(crate) struct DeviceState {
 }
 
 impl DeviceState {
-    /// Admits `t` (or queues it); pushes what was admitted to `out`.
-    pub(crate) fn admit(&self, t: Arc<dyn Task>, d: Demand, out: &mut Launch) {
-        let before = out.len();
-        self.admission.admit(t, d, out);
-        self.count(&out[before..]);
-    }
-
-    /// Releases a reservation; pushes what that admitted to `out`.
-    pub(crate) fn release(&self, d: Demand, out: &mut Launch) {
-        let before = out.len();
-        self.admission.release(d, out);
-        self.count(&out[before..]);
-    }
-
-    fn count(&self, admitted: &[Arc<dyn Task>]) {
-        if self.track_running {
-            let n = admitted.iter().filter(|t| t.as_resume().is_none()).count();
-            if n > 0 {
-                self.running.fetch_add(n, Ordering::Relaxed);
-            }
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        device: Device,
+        name: String,
+        backing: Backing,
+        gpu: Option<(Arc<dyn GpuBackend>, usize)>,
+        memory: u64,
+        default_vcu: u32,
+        slots: usize,
+        track_running: bool,
+    ) -> Self {
+        DeviceState {
+            device,
+            admission: Admission::new(memory),
+            default_vcu,
+            slots,
+            backing,
+            name,
+            gpu,
+            failed: OnceLock::new(),
+            running: AtomicUsize::new(0),
+            track_running,
         }
     }
 
+    /// `n` tasks started on the device (for the mapping policy's load figures).
+    pub(crate) fn started(&self, n: usize) {
+        if self.track_running && n > 0 {
+            self.running.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A task that started on the device finished.
     pub(crate) fn finished(&self) {
         if self.track_running {
             self.running.fetch_sub(1, Ordering::Relaxed);
@@ -96,115 +128,101 @@ impl DeviceState {
     pub(crate) fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
     }
+
+    pub(crate) fn usage(&self) -> Usage {
+        self.admission.usage()
+    }
 }
 
-/// State shared by the runtime handle, its drivers and its tasks.
+static NEXT_RUNTIME: AtomicU32 = AtomicU32::new(1);
+static ALIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn new_runtime_id() -> u32 {
+    let id = NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed);
+    ALIVE.lock().push(id);
+    id
+}
+
+/// Whether the runtime with this id is still running.
+pub(crate) fn runtime_alive(id: u32) -> bool {
+    ALIVE.lock().contains(&id)
+}
+
+/// State shared by the runtime, its handles, its drivers and its tasks.
 pub(crate) struct RtInner {
+    pub(crate) id: u32,
     pub(crate) tokio: tokio::runtime::Handle,
     pub(crate) devices: Box<[DeviceState]>,
     pub(crate) gpus: usize,
-    pub(crate) injector: SegQueue<Arc<dyn Task>>,
-    /// Drivers pulling from the injector now.
-    pub(crate) drivers: AtomicUsize,
-    max_drivers: usize,
+    pub(crate) inject: Injector<Arc<dyn Task>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) policy: Box<dyn MappingPolicy>,
-    /// Placeholders ever created (forward references), for the stall resolver.
+    /// Placeholders made (forward references), for the stall resolver: it fails those
+    /// still waited on when nothing can spawn them any more (even once their space is
+    /// dropped).
     forward: Mutex<Vec<Arc<dyn Task>>>,
-    pub(crate) resolver: Mutex<()>,
+    /// Held (write) by the stall resolver while it acts, and (read) by threads entering the
+    /// runtime from outside while they take their busy token: the resolver never acts on
+    /// a stall that a thread entering meanwhile ends.
+    pub(crate) gate: parking_lot::RwLock<()>,
     pub(crate) epoch: Instant,
     pub(crate) trace: Option<Recorder>,
     pub(crate) bridge: bridge::Bridge,
     pub(crate) profile: Option<crate::trace::profile::Profile>,
-    pub(crate) parked: parked::ParkedAwaits,
+    pub(crate) pollers: parked::Pollers,
+    /// Where wakers schedule this runtime's tasks.
+    pub(crate) waking: Arc<Waking>,
     cpu_threads: usize,
+    /// Tokio tasks of the runtime's own that are alive (drivers and the stall monitor):
+    /// any other alive Tokio task is a user's, and may still spawn tasks.
+    pub(crate) ours: AtomicUsize,
+    pub(crate) shutdown: AtomicBool,
+}
+
+/// Keeps the placeholders that may still matter: unfinished, and either waited on or still
+/// referred to from somewhere else than this registry.
+fn retain_forward(f: &mut Vec<Arc<dyn Task>>) {
+    f.retain(|p| {
+        let h = p.header();
+        !h.is_done() && (Arc::strong_count(p) > 1 || h.has_dependents())
+    });
+    if f.capacity() > 64 && f.len() < f.capacity() / 4 {
+        f.shrink_to(f.len() * 2);
+    }
+}
+
+/// The scheduler wakers reach: the runtime, weakly (tasks may outlive it).
+struct Sched(Weak<RtInner>);
+
+impl Schedule for Sched {
+    fn woken(&self, task: Arc<dyn Task>, took_token: bool) {
+        if let Some(rt) = self.0.upgrade() {
+            rt.schedule_woken(task, took_token);
+        }
+    }
+
+    fn tokens(&self, delta: i64) {
+        if let Some(rt) = self.0.upgrade() {
+            rt.counters.add(0, delta);
+        }
+    }
 }
 
 impl RtInner {
-    pub(crate) fn register_forward(&self, p: Arc<dyn Task>) {
+    /// Records a placeholder (a forward reference) for the stall resolver.
+    pub(crate) fn register_forward(&self, p: &Arc<dyn Task>) {
         let mut f = self.forward.lock();
         if f.len() >= 64 && f.len().is_power_of_two() {
-            f.retain(|p| !p.header().is_done());
+            retain_forward(&mut f);
         }
-        f.push(p);
+        f.push(p.clone());
     }
 
+    /// The unfinished placeholders, oldest first.
     pub(crate) fn forward_refs(&self) -> Vec<Arc<dyn Task>> {
         let mut f = self.forward.lock();
-        f.retain(|p| !p.header().is_done());
+        retain_forward(&mut f);
         f.clone()
-    }
-
-    /// Reserves a slot among the active drivers.
-    pub(crate) fn try_activate(&self) -> bool {
-        let mut n = self.drivers.load(Ordering::SeqCst);
-        while n < self.max_drivers {
-            match self
-                .drivers
-                .compare_exchange_weak(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return true,
-                Err(actual) => n = actual,
-            }
-        }
-        false
-    }
-
-    /// A driver stops pulling (its task waits). Starts another if work is queued.
-    pub(crate) fn deactivate(self: &Arc<Self>) {
-        self.drivers.fetch_sub(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if !self.injector.is_empty() {
-            self.ensure_drivers(1);
-        }
-    }
-
-    /// Queues an admitted task for any driver.
-    pub(crate) fn push(&self, t: Arc<dyn Task>) {
-        self.injector.push(t);
-    }
-
-    /// Passes on what admission let through: a resume request wakes its driver (giving back
-    /// the token admission counted for it, since the driver takes its own); a task is
-    /// returned to be run.
-    pub(crate) fn route(&self, t: Arc<dyn Task>) -> Option<Arc<dyn Task>> {
-        match t.as_resume() {
-            None => Some(t),
-            Some(r) => {
-                // Grant first: the woken driver takes its own token before this one is given
-                // back, so the busy count never dips to zero in between.
-                r.grant();
-                self.counters.add(0, -1);
-                None
-            }
-        }
-    }
-
-    /// Queues admitted tasks and makes sure drivers will run them.
-    pub(crate) fn push_all(self: &Arc<Self>, tasks: impl Iterator<Item = Arc<dyn Task>>) {
-        let mut n = 0;
-        for t in tasks {
-            if let Some(t) = self.route(t) {
-                self.injector.push(t);
-                n += 1;
-            }
-        }
-        if n > 0 {
-            self.ensure_drivers(n);
-        }
-    }
-
-    /// Launches admitted tasks from outside a driver (spawn, the stall resolver).
-    pub(crate) fn launch_detached(self: &Arc<Self>, launch: Launch) {
-        self.push_all(launch.into_iter());
-    }
-
-    fn ensure_drivers(self: &Arc<Self>, mut wanted: usize) {
-        fence(Ordering::SeqCst);
-        while wanted > 0 && self.try_activate() {
-            wanted -= 1;
-            self.tokio.spawn(Driver::new(self.clone(), None));
-        }
     }
 
     /// Nanoseconds since the runtime started.
@@ -222,265 +240,24 @@ impl RtInner {
 
     /// Records a finished task in the trace.
     #[inline]
-    pub(crate) fn stamp_end(&self, t: &Arc<dyn Task>, device: Device) {
+    pub(crate) fn trace_end(&self, h: &Header, ran: bool) {
         if let Some(r) = &self.trace {
-            r.record(t.header(), device, self.now(), false);
+            r.record(h, h.device().unwrap_or(Device::CPU), self.now(), ran);
         }
     }
 
-    /// Records a task that failed without running.
-    #[inline]
-    pub(crate) fn trace_failed(&self, h: &Header) {
-        if let Some(r) = &self.trace {
-            r.record(h, h.device().unwrap_or(Device::CPU), self.now(), true);
-        }
-    }
-}
-
-/// Configures and builds a [`Runtime`].
-///
-/// ```
-/// let rt = parla_core::Runtime::builder()
-///     .cpu_threads(2)
-///     .virtual_gpus(2, 1 << 30)
-///     .build()?;
-/// assert_eq!(rt.devices().len(), 3);
-/// # Ok::<_, parla_core::Error>(())
-/// ```
-pub struct Builder {
-    cpu_threads: Option<usize>,
-    virtual_gpus: Option<(usize, u64)>,
-    gpu_backend: Option<GpuBackendFactory>,
-    gpu_ordinals: Option<Vec<usize>>,
-    gpu_memory_fraction: f64,
-    streams_per_gpu: usize,
-    trace: Option<PathBuf>,
-    policy: Option<Box<dyn MappingPolicy>>,
-    cpu_memory: Option<u64>,
-    profile: bool,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Builder {
-            cpu_threads: None,
-            virtual_gpus: None,
-            gpu_backend: None,
-            gpu_ordinals: None,
-            gpu_memory_fraction: 0.95,
-            streams_per_gpu: 8,
-            trace: None,
-            policy: None,
-            cpu_memory: None,
-            profile: false,
-        }
-    }
-}
-
-impl std::fmt::Debug for Builder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder")
-            .field("cpu_threads", &self.cpu_threads)
-            .field("virtual_gpus", &self.virtual_gpus)
-            .field("gpus", &self.gpu_ordinals)
-            .field("gpu_memory_fraction", &self.gpu_memory_fraction)
-            .field("streams_per_gpu", &self.streams_per_gpu)
-            .field("trace", &self.trace)
-            .field("cpu_memory", &self.cpu_memory)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Builder {
-    /// Worker threads (default: the machine's available parallelism). The default VCUs of a
-    /// CPU task are one worker's share, `1 / cpu_threads`.
-    pub fn cpu_threads(mut self, n: usize) -> Self {
-        self.cpu_threads = Some(n);
-        self
+    /// Takes a busy token for a thread entering from outside (a new `block_on`, a `hold`
+    /// guard), never while the stall resolver acts.
+    pub(crate) fn enter_token(&self) {
+        let _gate = self.gate.read();
+        self.counters.add(0, 1);
     }
 
-    /// `n` simulated GPUs with `memory` bytes of budget each, in place of real ones: the
-    /// scheduler treats them as GPUs (placement, VCUs, memory admission) and runs their tasks
-    /// on the host. For tests and machines without CUDA.
-    pub fn virtual_gpus(mut self, n: usize, memory: u64) -> Self {
-        self.virtual_gpus = Some((n, memory));
-        self
+    /// Tokio tasks alive that are not the runtime's own.
+    pub(crate) fn foreign_tasks(&self) -> usize {
+        let alive = self.tokio.metrics().num_alive_tasks();
+        alive.saturating_sub(self.ours.load(Ordering::SeqCst))
     }
-
-    /// Which GPUs to use, by device ordinal: `.gpus([0, 2])`, `.gpus(0..2)`, or `.gpus([])`
-    /// for none. Default: every device the GPU backend finds.
-    pub fn gpus(mut self, ordinals: impl IntoIterator<Item = usize>) -> Self {
-        self.gpu_ordinals = Some(ordinals.into_iter().collect());
-        self
-    }
-
-    /// The fraction of each GPU's total memory that tasks may reserve (default 0.95).
-    pub fn gpu_memory_fraction(mut self, fraction: f64) -> Self {
-        self.gpu_memory_fraction = fraction;
-        self
-    }
-
-    /// The GPU backend that finds and runs real GPUs. The `parla` facade sets the CUDA
-    /// backend; a runtime built from `parla-core` alone has none. Ignored when
-    /// [`virtual_gpus`](Self::virtual_gpus) is set.
-    pub fn gpu_backend(mut self, factory: GpuBackendFactory) -> Self {
-        self.gpu_backend = Some(factory);
-        self
-    }
-
-    /// CUDA streams in each GPU's pool (default 8); also the number of tasks the mapping
-    /// policy expects a GPU to run at once.
-    pub fn streams_per_gpu(mut self, n: usize) -> Self {
-        self.streams_per_gpu = n;
-        self
-    }
-
-    /// Writes a Perfetto/Chrome trace of every task to `path` when the runtime shuts down.
-    /// The `PARLA_TRACE` environment variable does the same without code changes.
-    pub fn trace(mut self, path: impl Into<PathBuf>) -> Self {
-        self.trace = Some(path.into());
-        self
-    }
-
-    /// Prints a profile when the runtime shuts down: tasks and busy time per device, and the
-    /// scheduler's time per task by phase. `PARLA_PROFILE=1` does the same.
-    pub fn profile(mut self, on: bool) -> Self {
-        self.profile = on;
-        self
-    }
-
-    /// The mapping policy for list placements (default [`MostFree`]).
-    pub fn mapping_policy(mut self, policy: impl MappingPolicy) -> Self {
-        self.policy = Some(Box::new(policy));
-        self
-    }
-
-    /// The CPU device's memory budget in bytes (default: the machine's memory).
-    pub fn cpu_memory(mut self, bytes: u64) -> Self {
-        self.cpu_memory = Some(bytes);
-        self
-    }
-
-    /// Builds the runtime and starts its worker threads.
-    pub fn build(self) -> Result<Runtime> {
-        let threads = match self.cpu_threads {
-            Some(0) => return Err(Error::Config("cpu_threads must be at least 1".into())),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        if self.streams_per_gpu == 0 {
-            return Err(Error::Config("streams_per_gpu must be at least 1".into()));
-        }
-        let fraction = self.gpu_memory_fraction;
-        if !(fraction > 0.0 && fraction <= 1.0) {
-            return Err(Error::Config(format!(
-                "gpu_memory_fraction = {fraction}: it must be in (0, 1]"
-            )));
-        }
-        // The GPUs: virtual ones if asked for, else whatever the backend finds.
-        let mut gpus: Vec<GpuSlot> = Vec::new();
-        if let Some((n, mem)) = self.virtual_gpus {
-            for i in 0..n {
-                gpus.push((format!("virtual GPU {i}"), mem, Backing::Virtual, None));
-            }
-        } else if let Some(factory) = self.gpu_backend {
-            let opts = GpuOptions {
-                ordinals: self.gpu_ordinals.clone(),
-                streams_per_gpu: self.streams_per_gpu,
-                memory_fraction: fraction,
-            };
-            if let Some(backend) = factory(&opts).map_err(Error::Backend)? {
-                for (i, info) in backend.devices().into_iter().enumerate() {
-                    gpus.push((
-                        info.name,
-                        info.memory_budget,
-                        Backing::Gpu,
-                        Some((backend.clone(), i)),
-                    ));
-                }
-            }
-        }
-        let n_gpus = gpus.len();
-        if n_gpus > MAX_GPUS {
-            return Err(Error::Config(format!(
-                "{n_gpus} GPUs asked for; the runtime manages at most {MAX_GPUS}"
-            )));
-        }
-        let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("parla-worker")
-            .enable_all()
-            .build()?;
-        let counters = Arc::new(Counters::new());
-        let cpu_mem = self.cpu_memory.unwrap_or_else(system_memory);
-        let track_running = n_gpus > 0;
-        let mut devices = vec![DeviceState {
-            device: Device::CPU,
-            admission: Admission::new(cpu_mem),
-            default_vcu: vcu_fixed(1.0 / threads as f64).max(1),
-            slots: threads,
-            backing: Backing::Cpu,
-            name: "host CPU".into(),
-            gpu: None,
-            failed: OnceLock::new(),
-            running: AtomicUsize::new(0),
-            track_running,
-        }];
-        for (i, (name, mem, backing, gpu)) in gpus.into_iter().enumerate() {
-            devices.push(DeviceState {
-                device: Device::gpu(i as u32),
-                admission: Admission::new(mem),
-                default_vcu: 0,
-                slots: self.streams_per_gpu,
-                backing,
-                name,
-                gpu,
-                failed: OnceLock::new(),
-                running: AtomicUsize::new(0),
-                track_running,
-            });
-        }
-        debug_assert!(devices.iter().all(|d| d.default_vcu <= VCU_ONE));
-        let trace_path = self
-            .trace
-            .or_else(|| std::env::var_os("PARLA_TRACE").map(PathBuf::from));
-        let inner = Arc::new(RtInner {
-            tokio: tokio.handle().clone(),
-            devices: devices.into_boxed_slice(),
-            gpus: n_gpus,
-            injector: SegQueue::new(),
-            drivers: AtomicUsize::new(0),
-            max_drivers: threads,
-            counters,
-            policy: self.policy.unwrap_or_else(|| Box::new(MostFree)),
-            forward: Mutex::new(Vec::new()),
-            resolver: Mutex::new(()),
-            epoch: Instant::now(),
-            trace: trace_path.map(Recorder::new),
-            bridge: bridge::Bridge::default(),
-            profile: (self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0"))
-                .then(|| crate::trace::profile::Profile::new(n_gpus + 1)),
-            parked: parked::ParkedAwaits::default(),
-            cpu_threads: threads,
-        });
-        Ok(Runtime {
-            tokio: Some(tokio),
-            inner,
-        })
-    }
-}
-
-/// The machine's memory in bytes, from `/proc/meminfo` (16 GiB where it cannot be read).
-fn system_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(16 << 30, |kb| kb * 1024)
 }
 
 /// A parla runtime: worker threads, devices, and the scheduler.
@@ -504,8 +281,15 @@ impl Runtime {
     }
 
     /// A runtime with default settings.
-    pub fn new() -> Result<Runtime> {
+    pub fn new() -> crate::Result<Runtime> {
         Builder::default().build()
+    }
+
+    /// A handle to the runtime: spawn tasks from any thread, or hold stall detection off.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            inner: self.inner.clone(),
+        }
     }
 
     /// The runtime's devices: `cpu:0`, then its GPUs.
@@ -531,7 +315,7 @@ impl Runtime {
             .any(|d| d.backing == Backing::Virtual)
     }
 
-    /// A description of each device: `cpu:0: host CPU (4 threads, 24 GiB)`.
+    /// A description of each device: `cpu:0: host CPU (4 slots, 24.0 GiB budget)`.
     pub fn describe_devices(&self) -> Vec<String> {
         self.inner
             .devices
@@ -575,50 +359,60 @@ impl Runtime {
     /// [`TaskError::Cycle`](crate::TaskError), so this never hangs on them.
     ///
     /// # Panics
-    /// If called from inside a task or another `block_on` (as Tokio's `block_on`).
+    /// If called from inside a task or another `block_on` (as Tokio's `block_on`). A panic
+    /// of `fut` itself propagates to the caller, and the runtime stays usable.
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
         let inner = &self.inner;
         let _rt = context::enter_rt(inner);
-        inner.counters.add(0, 1);
-        let activity = Arc::new(Activity::new(inner.counters.clone()));
-        let waker = Waker::from(activity.clone());
-        let mut main = pin!(fut);
+        let main = MainPoller::new(inner.counters.clone(), inner.id);
+        inner.enter_token();
+        inner.pollers.add_main(&main);
+        // Gives the future's token back however this returns (a panic of the future too).
+        let _token = MainToken(&main, &inner.counters);
+        let waker = main.poll_waker();
+        let mut fut = pin!(fut);
         let mut out = None;
-        let tokio = self.tokio.as_ref().map(|t| t.handle().clone());
         let driver = std::future::poll_fn(|cx: &mut Context<'_>| {
             loop {
                 inner.counters.register_monitor(cx.waker());
-                if out.is_none() && activity.should_poll() {
-                    activity.waker.register(cx.waker());
-                    activity.begin_poll();
+                main.thread.register(cx.waker());
+                if out.is_none() && main.act.is_notified() {
+                    main.act.begin_poll();
                     context::take_blocked();
-                    let polled = main.as_mut().poll(&mut Context::from_waker(&waker));
+                    let polled = {
+                        let _p = context::enter_poller(main.poller());
+                        fut.as_mut().poll(&mut Context::from_waker(&waker))
+                    };
+                    main.act.take_await_failure();
                     context::flush_credits();
                     match polled {
                         Poll::Ready(v) => {
                             out = Some(v);
-                            activity.finish();
+                            if main.act.finish() {
+                                inner.counters.add(0, -1);
+                            }
                         }
-                        Poll::Pending => activity.end_poll(context::take_blocked()),
+                        Poll::Pending => match main.act.end_poll(context::take_blocked()) {
+                            EndPoll::Parked => inner.counters.add(0, -1),
+                            EndPoll::Idle => {}
+                            EndPoll::Notified => continue,
+                        },
                     }
                 }
-                let (live, busy) = inner.counters.load();
+                let (live, _) = inner.counters.load();
                 if out.is_some() && live == 0 {
                     return Poll::Ready(());
-                }
-                if busy == 0 && stall::resolve(inner) {
-                    continue;
                 }
                 // GPU work in flight and nothing else to do: poll its fences here for a
                 // moment before sleeping, so a short kernel's completion is seen without a
                 // hop through the poller thread and a wake-up of this one.
-                if inner.bridge.is_busy() && !activity.should_poll() && spin_fences(inner) {
+                if inner.bridge.is_busy() && !main.act.is_notified() && bridge::spin_fences(inner) {
                     continue;
                 }
                 return Poll::Pending;
             }
         });
-        match tokio {
+        match &self.tokio {
             Some(t) => t.block_on(driver),
             None => unreachable_runtime(),
         }
@@ -629,17 +423,16 @@ impl Runtime {
     }
 }
 
-/// Polls the runtime's pending fences for up to [`bridge::AWAIT_SPIN`]. Returns whether any
-/// finished.
-fn spin_fences(rt: &Arc<RtInner>) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < bridge::AWAIT_SPIN {
-        if bridge::Bridge::poll_once(rt) > 0 {
-            return true;
+/// The busy token of a `block_on` future, given back if the future did not finish (it
+/// panicked).
+struct MainToken<'a>(&'a Arc<MainPoller>, &'a Counters);
+
+impl Drop for MainToken<'_> {
+    fn drop(&mut self) {
+        if self.0.act.finish() {
+            self.1.add(0, -1);
         }
-        std::hint::spin_loop();
     }
-    false
 }
 
 #[cold]
@@ -651,16 +444,19 @@ fn unreachable_runtime() -> ! {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.inner.bridge.shutdown();
+        let inner = &self.inner;
+        inner.shutdown.store(true, Ordering::SeqCst);
+        inner.bridge.shutdown();
         if let Some(t) = self.tokio.take() {
             drop(t);
         }
-        stall::cancel_all(&self.inner);
-        if let Some(r) = &self.inner.trace {
-            r.write(&self.inner);
+        stall::cancel_all(inner);
+        ALIVE.lock().retain(|&id| id != inner.id);
+        if let Some(r) = &inner.trace {
+            r.finish(inner);
         }
-        if let Some(p) = &self.inner.profile {
-            eprint!("{}", p.summary(&self.inner));
+        if let Some(p) = &inner.profile {
+            eprint!("{}", p.summary(inner));
         }
     }
 }
@@ -671,5 +467,107 @@ impl std::fmt::Debug for Runtime {
             .field("devices", &self.devices())
             .field("cpu_threads", &self.cpu_threads())
             .finish()
+    }
+}
+
+/// A handle to a [`Runtime`]: cheap to clone, `Send + Sync`, usable from any thread.
+///
+/// Spawn tasks from threads that are not the runtime's ([`spawn`](Handle::spawn), or
+/// [`enter`](Handle::enter) to make `task(..).spawn()` work on this thread), and tell stall
+/// detection that a thread may still spawn tasks others wait for ([`hold`](Handle::hold)).
+///
+/// ```
+/// use parla_core::{Runtime, TaskSpace, task};
+/// let rt = Runtime::builder().cpu_threads(2).build()?;
+/// let h = rt.handle();
+/// let t = TaskSpace::new("T");
+/// let r = rt.block_on(async {
+///     let hold = h.hold(); // the thread below will spawn T[0]: wait for it
+///     let (h2, t2) = (h.clone(), t.clone());
+///     std::thread::spawn(move || {
+///         std::thread::sleep(std::time::Duration::from_millis(10));
+///         h2.spawn(task(async { 7 }).id(t2.at(0)));
+///         drop(hold);
+///     });
+///     t.at(0).await
+/// });
+/// assert!(r.is_ok());
+/// # Ok::<_, parla_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<RtInner>,
+}
+
+impl Handle {
+    /// Spawns a task on the runtime from any thread. See
+    /// [`TaskBuilder::spawn`](crate::TaskBuilder::spawn).
+    pub fn spawn<F>(&self, b: crate::TaskBuilder<F>) -> crate::TaskHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let _hold = self.hold();
+        let _rt = context::enter_rt(&self.inner);
+        b.spawn()
+    }
+
+    /// Makes the runtime current on this thread until the guard drops, so that
+    /// `task(..).spawn()` spawns on it. The guard also [holds](Handle::hold) stall
+    /// detection off: this thread may spawn what others wait for.
+    pub fn enter(&self) -> EnterGuard<'_> {
+        EnterGuard {
+            _hold: self.hold(),
+            _rt: context::enter_rt(&self.inner),
+            _handle: std::marker::PhantomData,
+        }
+    }
+
+    /// While the guard lives, the runtime never considers itself stalled: this thread may
+    /// still spawn tasks (or ids) that others wait for, so nothing is failed as never
+    /// spawned or deadlocked meanwhile.
+    pub fn hold(&self) -> Hold {
+        self.inner.enter_token();
+        Hold {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("runtime", &self.inner.id)
+            .finish()
+    }
+}
+
+/// The guard of [`Handle::enter`].
+pub struct EnterGuard<'a> {
+    _rt: context::RtGuard,
+    _hold: Hold,
+    _handle: std::marker::PhantomData<&'a Handle>,
+}
+
+impl std::fmt::Debug for EnterGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnterGuard")
+    }
+}
+
+/// The guard of [`Handle::hold`]: stall detection waits while it lives.
+pub struct Hold {
+    inner: Arc<RtInner>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.inner.counters.add(0, -1);
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
     }
 }

@@ -1,11 +1,10 @@
 //! Mapping: choosing one device for a task whose placement allows several.
 //!
 //! The runtime asks its [`MappingPolicy`] only when a task's placement leaves more than one
-//! device that could ever hold it; a single-device placement skips the policy.
+//! device that could ever hold it; a single-device placement skips the policy. Failed
+//! devices are left out of the candidates while others remain.
 
 use crate::device::{Arch, Demand, Device, Usage, VCU_ONE};
-use crate::runtime::RtInner;
-use crate::task::header::{DEFAULT_VCU, Header};
 
 /// One device a task could be mapped to, with its load at this instant.
 #[derive(Debug, Clone, Copy)]
@@ -90,35 +89,6 @@ impl MappingPolicy for MostFree {
 /// A total order on finite floats for sorting keys.
 fn ordered(v: f64) -> i64 {
     (v * 1e9) as i64
-}
-
-/// Picks a device slot for `h` among its mask.
-pub(crate) fn choose(rt: &RtInner, h: &Header) -> usize {
-    let mut slots = [0usize; 64];
-    let mut cands = Vec::with_capacity(h.mask.count_ones() as usize);
-    for (slot, dev) in rt.devices.iter().enumerate() {
-        if h.mask & (1 << slot) == 0 {
-            continue;
-        }
-        slots[cands.len()] = slot;
-        cands.push(Candidate {
-            device: dev.device,
-            demand: Demand {
-                vcu: if h.vcu == DEFAULT_VCU {
-                    dev.default_vcu
-                } else {
-                    h.vcu
-                },
-                mem: h.mem,
-            },
-            usage: dev.admission.usage(),
-            memory_capacity: dev.admission.mem_capacity(),
-            running: dev.running(),
-            slots: dev.slots,
-        });
-    }
-    let i = rt.policy.choose(&cands).min(cands.len().saturating_sub(1));
-    slots[i]
 }
 
 #[cfg(test)]

@@ -1,30 +1,38 @@
 //! Task spaces: named collections of task ids that tasks and awaits refer to.
 //!
 //! # Invariants
-//! - A key maps to at most one entry: a placeholder (referenced, not spawned yet) or the
-//!   task spawned under it. Spawning over a placeholder replaces the entry with the task
+//! - A key maps to at most one live entry: a placeholder (referenced, not spawned yet) or
+//!   the task spawned under it. Spawning over a placeholder replaces the entry with the task
 //!   and makes the placeholder the task's dependent, so everything already waiting on the
 //!   placeholder is told when the task finishes.
-//! - Entries are never removed while the space lives: a finished id stays finished, and a
-//!   second spawn under it is a `DuplicateId`.
+//! - A key is used once: a second spawn under it is a `DuplicateId`, also after the first
+//!   task was retired ([`TaskSpace::retire_finished`] keeps a compact record of retired
+//!   keys: runs of consecutive integers, and the failures).
+//! - A placeholder nobody refers to any more (no dependent, no builder, no await) is
+//!   removed, so references that were dropped leave nothing behind.
+//! - A space belongs to one runtime at a time: the first that uses it, until that runtime
+//!   is dropped. Using it from another runtime is a `WrongRuntime` error.
 
-mod key;
+mod retired;
 mod wait;
 
+use std::any::Any;
 use std::fmt;
 use std::future::IntoFuture;
 use std::ops::{Range, RangeInclusive};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-pub use key::{IntoKey, IntoPart, Key, Part};
+pub use crate::key::{IntoKey, IntoPart, Key, Part};
 pub use wait::{RangeWait, RefWait, SpaceWait};
 
+use crate::error::TaskError;
+use crate::graph::node::{Kind, Name, Outcome, Placeholder, Task};
 use crate::runtime::RtInner;
-use crate::task::header::{Header, Kind, Name};
-use crate::task::{Placeholder, Task};
+use retired::Retired;
 
 const SHARDS: usize = 16;
 
@@ -34,6 +42,21 @@ type Map = HashTable<(Key, Arc<dyn Task>)>;
 struct SpaceInner {
     name: Arc<str>,
     shards: [Mutex<Map>; SHARDS],
+    /// The runtime the space belongs to (0: none yet).
+    rt: AtomicU32,
+    /// Whether anything was retired (skips the record's lock otherwise).
+    has_retired: AtomicBool,
+    retired: Mutex<Retired>,
+}
+
+/// What a key stands for in a space.
+pub(crate) enum Lookup {
+    /// A task, or a placeholder.
+    Node(Arc<dyn Task>),
+    /// A retired task and its outcome.
+    Retired(Outcome),
+    /// Nothing spawned or referenced yet.
+    Missing,
 }
 
 /// A named space of task ids: `TaskSpace::new("T")`, then `t.at(i)`, `t.at(("cpu", i))`.
@@ -53,6 +76,9 @@ struct SpaceInner {
 /// task(async {}).id(t.at("sum")).after(t.range(0..4)).spawn();
 /// t.at("sum").await?;
 /// (&t).await?;
+/// // Long-running programs forget finished tasks (their ids stay used).
+/// assert_eq!(t.retire_finished(), 5);
+/// assert!(t.at(2).is_finished());
 /// # Ok::<_, parla_core::TaskError>(()) }).unwrap();
 /// ```
 #[derive(Clone)]
@@ -68,6 +94,9 @@ impl TaskSpace {
             inner: Arc::new(SpaceInner {
                 name: Arc::from(name),
                 shards: Default::default(),
+                rt: AtomicU32::new(0),
+                has_retired: AtomicBool::new(false),
+                retired: Mutex::new(Retired::default()),
             }),
         }
     }
@@ -95,9 +124,11 @@ impl TaskSpace {
         }
     }
 
-    /// How many tasks were spawned into the space (placeholders not counted).
+    /// How many tasks were spawned into the space (retired ones included, placeholders
+    /// not).
     pub fn len(&self) -> usize {
-        self.inner
+        let live: usize = self
+            .inner
             .shards
             .iter()
             .map(|s| {
@@ -106,12 +137,46 @@ impl TaskSpace {
                     .filter(|(_, t)| t.header().kind == Kind::Task)
                     .count()
             })
-            .sum()
+            .sum();
+        live + self.inner.retired.lock().count()
     }
 
     /// Whether no task was spawned into the space yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Forgets every finished task of the space, keeping only a compact record that its id
+    /// was used (a second spawn under it is still a `DuplicateId`, and awaiting it still
+    /// gives its outcome). Returns how many tasks it retired.
+    ///
+    /// A long-running program that names its tasks calls this between batches, so that
+    /// its spaces hold only the tasks in flight: retired ids that are runs of consecutive
+    /// integers (`t.at(i)`, `t.at(("step", i))`) take a few bytes per run, failures are
+    /// kept one by one.
+    pub fn retire_finished(&self) -> usize {
+        let mut done: Vec<(Key, Outcome)> = Vec::new();
+        for s in &self.inner.shards {
+            let mut map = s.lock();
+            map.retain(|(k, t)| match t.header().outcome() {
+                Some(o) if t.header().is_done() => {
+                    done.push((k.clone(), o));
+                    false
+                }
+                _ => true,
+            });
+            shrink(&mut map);
+        }
+        if done.is_empty() {
+            return 0;
+        }
+        let n = done.len();
+        let mut r = self.inner.retired.lock();
+        for (k, o) in done {
+            r.insert(&k, o);
+        }
+        self.inner.has_retired.store(true, Ordering::Release);
+        n
     }
 
     pub(crate) fn name_arc(&self) -> Arc<str> {
@@ -123,50 +188,130 @@ impl TaskSpace {
         &self.inner.shards[(hash >> 32) as usize % SHARDS]
     }
 
-    /// The entry for `key`, creating a placeholder (registered with `rt` for the stall
-    /// resolver) if nothing was spawned or referenced under it yet.
-    pub(crate) fn node(&self, key: &Key, rt: Option<&RtInner>) -> Option<Arc<dyn Task>> {
-        let h = key.fx();
-        let mut map = self.shard(h).lock();
-        if let Some((_, t)) = map.find(h, |(k, _)| k == key) {
-            return Some(t.clone());
+    /// Binds the space to `rt` (its first runtime, or a new one once that one is gone).
+    /// Returns the runtime it belongs to otherwise.
+    fn bind(&self, rt: &RtInner) -> Result<(), u32> {
+        let cur = self.inner.rt.load(Ordering::Acquire);
+        if cur == rt.id {
+            return Ok(());
         }
-        let rt = rt?;
-        let p: Arc<dyn Task> = Arc::new(Placeholder::new(Header::new(
-            Name::Id(self.inner.name.clone(), key.clone()),
-            Kind::Placeholder,
-            0,
-            0,
-            0,
-        )));
-        map.insert_unique(h, (key.clone(), p.clone()), |(k, _)| k.fx());
-        drop(map);
-        rt.register_forward(p.clone());
-        Some(p)
+        if cur != 0 && crate::runtime::runtime_alive(cur) {
+            return Err(cur);
+        }
+        match self
+            .inner
+            .rt
+            .compare_exchange(cur, rt.id, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(()),
+            Err(now) if now == rt.id => Ok(()),
+            Err(now) => Err(now),
+        }
     }
 
-    /// Records `task` under `key`. Returns the placeholder it replaces, if the id was
-    /// referenced before, or `Err` if a task was already spawned under it.
+    fn retired(&self, key: &Key) -> Option<Outcome> {
+        if !self.inner.has_retired.load(Ordering::Acquire) {
+            return None;
+        }
+        self.inner.retired.lock().get(key)
+    }
+
+    /// What `key` stands for, without making anything.
+    pub(crate) fn lookup(&self, key: &Key) -> Lookup {
+        let h = key.fx();
+        if let Some((_, t)) = self.shard(h).lock().find(h, |(k, _)| k == key) {
+            return Lookup::Node(t.clone());
+        }
+        match self.retired(key) {
+            Some(o) => Lookup::Retired(o),
+            None => Lookup::Missing,
+        }
+    }
+
+    /// The node for `key` in `rt`: the task or placeholder there, a finished stand-in for
+    /// a retired id, or a new placeholder (registered with `rt` for the stall resolver).
+    pub(crate) fn node(&self, key: &Key, rt: &RtInner) -> Arc<dyn Task> {
+        let h = key.fx();
+        let owner = match self.bind(rt) {
+            Ok(()) => rt.id,
+            // Another runtime's space: a stand-in of that runtime, which the dependent's
+            // wiring rejects with `WrongRuntime`.
+            Err(other) => return self.detached(key, other, None),
+        };
+        let mut map = self.shard(h).lock();
+        if let Some((_, t)) = map.find(h, |(k, _)| k == key) {
+            return t.clone();
+        }
+        if let Some(o) = self.retired(key) {
+            drop(map);
+            return self.detached(key, owner, Some(o));
+        }
+        let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner) as Weak<_>;
+        let p: Arc<dyn Task> = Arc::new(Placeholder::new(
+            Name::Id(self.inner.name.clone(), key.clone()),
+            owner,
+            Some((origin, key.clone())),
+        ));
+        map.insert_unique(h, (key.clone(), p.clone()), |(k, _)| k.fx());
+        drop(map);
+        rt.register_forward(&p);
+        p
+    }
+
+    /// A placeholder not in the space: finished with `outcome` if given.
+    fn detached(&self, key: &Key, rt_id: u32, outcome: Option<Outcome>) -> Arc<dyn Task> {
+        let p: Arc<dyn Task> = Arc::new(Placeholder::new(
+            Name::Id(self.inner.name.clone(), key.clone()),
+            rt_id,
+            None,
+        ));
+        if let Some(o) = outcome {
+            p.header().claim_unrun();
+            crate::graph::finish(&p, o, &mut crate::graph::Effects::default());
+        }
+        p
+    }
+
+    /// Records `task` (of `rt`) under `key`. Returns the placeholder it replaces, if the id
+    /// was referenced before.
     pub(crate) fn insert(
         &self,
+        rt: &RtInner,
         key: &Key,
         task: &Arc<dyn Task>,
-    ) -> Result<Option<Arc<dyn Task>>, ()> {
+    ) -> Result<Option<Arc<dyn Task>>, TaskError> {
+        let id = || format!("{}[{}]", self.inner.name, key);
+        if self.bind(rt).is_err() {
+            return Err(TaskError::WrongRuntime {
+                task: id(),
+                reason: format!(
+                    "its task space {} belongs to another parla runtime",
+                    self.inner.name
+                ),
+            });
+        }
         let h = key.fx();
         let mut map = self.shard(h).lock();
         match map.find_mut(h, |(k, _)| k == key) {
             None => {
+                if self.retired(key).is_some() {
+                    return Err(TaskError::DuplicateId { id: id() });
+                }
                 map.insert_unique(h, (key.clone(), task.clone()), |(k, _)| k.fx());
                 Ok(None)
             }
-            Some((_, e)) if e.header().kind == Kind::Placeholder && e.header().resolve() => {
+            Some((_, e))
+                if e.header().kind == Kind::Placeholder
+                    && !e.header().is_done()
+                    && e.header().resolve() =>
+            {
                 Ok(Some(std::mem::replace(e, task.clone())))
             }
-            Some(_) => Err(()),
+            Some(_) => Err(TaskError::DuplicateId { id: id() }),
         }
     }
 
-    /// Every task spawned into the space so far.
+    /// Every task spawned into the space so far (and not retired).
     pub(crate) fn tasks(&self) -> Vec<Arc<dyn Task>> {
         let mut out = Vec::new();
         for s in &self.inner.shards {
@@ -178,6 +323,46 @@ impl TaskSpace {
             );
         }
         out
+    }
+
+    /// Removes the placeholder under `key` if nothing refers to it any more.
+    fn prune(&self, key: &Key) {
+        let h = key.fx();
+        let mut map = self.shard(h).lock();
+        if let Ok(e) = map.find_entry(h, |(k, _)| k == key) {
+            let (_, t) = e.get();
+            let th = t.header();
+            // Held by this map and the runtime's forward registry alone.
+            if th.kind == Kind::Placeholder
+                && !th.is_resolved()
+                && Arc::strong_count(t) <= 2
+                && !th.has_dependents()
+            {
+                e.remove();
+                shrink(&mut map);
+            }
+        }
+    }
+}
+
+/// Gives a shard's memory back once most of it is unused.
+fn shrink(map: &mut Map) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2, |(k, _)| k.fx());
+    }
+}
+
+/// A reference to placeholder `node` is dropped (a builder never spawned, an await given
+/// up): the placeholder leaves its space if nothing else refers to it.
+pub(crate) fn release_placeholder(node: Arc<dyn Task>) {
+    let Some((space, key)) = node.origin().map(|(s, k)| (s.clone(), k.clone())) else {
+        return;
+    };
+    drop(node);
+    if let Some(space) = space.upgrade()
+        && let Ok(inner) = space.downcast::<SpaceInner>()
+    {
+        TaskSpace { inner }.prune(&key);
     }
 }
 
@@ -226,9 +411,11 @@ impl TaskRef {
 
     /// Whether a task was spawned under this id and finished.
     pub fn is_finished(&self) -> bool {
-        self.space
-            .node(&self.key, None)
-            .is_some_and(|t| t.header().kind == Kind::Task && t.header().outcome().is_some())
+        match self.space.lookup(&self.key) {
+            Lookup::Node(t) => t.header().kind == Kind::Task && t.header().outcome().is_some(),
+            Lookup::Retired(_) => true,
+            Lookup::Missing => false,
+        }
     }
 }
 

@@ -7,27 +7,25 @@ use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 
-use super::{TaskRange, TaskRef, TaskSpace};
+use super::{Lookup, TaskRange, TaskRef, TaskSpace};
 use crate::error::TaskError;
-use crate::runtime::parked::AwaitRegistration;
-use crate::task::Task;
-use crate::task::header::{Dependent, Outcome};
+use crate::graph::node::{Dependent, Kind, Outcome, Task};
+use crate::runtime::{bridge, waker};
 
-/// Waits for one node, registering one waiter on it the first time it must.
+/// Waits for one node, registering one waiter on it the first time it must, and
+/// deregistering it when dropped before the node finished.
 struct NodeWait {
     node: Arc<dyn Task>,
-    waker: Option<Arc<AtomicWaker>>,
+    waiter: Option<Arc<AtomicWaker>>,
     hurried: bool,
-    parked: Option<AwaitRegistration>,
 }
 
 impl NodeWait {
     fn new(node: Arc<dyn Task>) -> Self {
         NodeWait {
             node,
-            waker: None,
+            waiter: None,
             hurried: false,
-            parked: None,
         }
     }
 
@@ -36,34 +34,48 @@ impl NodeWait {
         if let Some(o) = h.outcome() {
             return Poll::Ready(o);
         }
-        if let Some(e) = AwaitRegistration::failure(&self.parked) {
-            return Poll::Ready(Err(Arc::new(e)));
-        }
-        match &self.waker {
-            Some(w) => w.register(cx.waker()),
+        let w = waker::registration_waker(cx, h.rt_id);
+        match &self.waiter {
+            Some(aw) => aw.register(&w),
             None => {
-                if crate::scheduler::spin_fenced(&self.node)
+                if bridge::spin_fenced(&self.node)
                     && let Some(o) = h.outcome()
                 {
                     return Poll::Ready(o);
                 }
-                let w = Arc::new(AtomicWaker::new());
-                w.register(cx.waker());
-                if let Some(o) = h.add_dependent(Dependent::Waiter(w.clone())) {
+                let aw = Arc::new(AtomicWaker::new());
+                aw.register(&w);
+                if let Some(o) = h.add_dependent(Dependent::Waiter(aw.clone())) {
                     return Poll::Ready(o);
                 }
-                self.waker = Some(w);
+                self.waiter = Some(aw);
             }
         }
         if let Some(o) = h.outcome() {
             return Poll::Ready(o);
         }
-        if !self.hurried {
-            self.hurried = crate::scheduler::hurry(&self.node, cx.waker());
+        if waker::take_await_failure() {
+            return Poll::Ready(Err(Arc::new(crate::task::await_deadlock(h))));
         }
-        AwaitRegistration::park(&mut self.parked, &self.node, cx.waker());
-        crate::context::note_blocked();
+        if !self.hurried {
+            self.hurried = bridge::hurry(&self.node, cx.waker());
+        }
+        waker::pending_on(h.rt_id);
         Poll::Pending
+    }
+}
+
+impl Drop for NodeWait {
+    fn drop(&mut self) {
+        let h = self.node.header();
+        if let Some(w) = self.waiter.take()
+            && !h.is_done()
+        {
+            h.remove_waiter(&w);
+        }
+        if h.kind == Kind::Placeholder {
+            super::release_placeholder(self.node.clone());
+        }
     }
 }
 
@@ -90,11 +102,14 @@ impl Future for RefWait {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if this.wait.is_none() {
-            let node =
-                crate::context::with_rt(|rt| this.r.space.node(&this.r.key, rt.map(|r| &**r)));
+            let node = crate::runtime::context::with_rt(|rt| match rt {
+                Some(rt) => Lookup::Node(this.r.space.node(&this.r.key, rt)),
+                None => this.r.space.lookup(&this.r.key),
+            });
             match node {
-                Some(n) => this.wait = Some(NodeWait::new(n)),
-                None => {
+                Lookup::Node(n) => this.wait = Some(NodeWait::new(n)),
+                Lookup::Retired(o) => return Poll::Ready(result(o)),
+                Lookup::Missing => {
                     return Poll::Ready(Err(TaskError::NeverSpawned {
                         id: this.r.to_string(),
                     }));

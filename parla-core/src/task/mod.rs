@@ -1,22 +1,19 @@
 //! Tasks: [`task`] makes a [`TaskBuilder`], `spawn` makes a [`TaskHandle`].
 
-mod cell;
-pub(crate) mod header;
+mod deps;
+mod handle;
+mod spawn;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::marker::PhantomData;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use smallvec::SmallVec;
-
-pub(crate) use cell::{Join, Placeholder, Resume, Task, TaskCell};
+pub use deps::{DepList, Deps, IntoDeps, deps};
+pub use handle::TaskHandle;
+pub(crate) use handle::await_deadlock;
 
 use crate::device::{IntoPlacements, Placements};
 use crate::error::TaskError;
-use crate::space::{TaskRange, TaskRef, TaskSpace};
+use crate::space::TaskRef;
 
 /// Starts describing a task that runs `fut`.
 ///
@@ -110,9 +107,9 @@ where
     ///
     /// Outside a parla runtime the handle resolves to [`TaskError::NoRuntime`].
     pub fn spawn(self) -> TaskHandle<F::Output> {
-        crate::context::with_rt(|rt| match rt {
-            Some(rt) => crate::scheduler::spawn(rt, self),
-            None => crate::scheduler::spawn_detached_error(self),
+        crate::runtime::context::with_rt(|rt| match rt {
+            Some(rt) => spawn::spawn(rt, self),
+            None => spawn::spawn_outside(self),
         })
     }
 }
@@ -142,276 +139,22 @@ impl<F> fmt::Debug for TaskBuilder<F> {
     }
 }
 
-/// A spawned task: a future of its result.
-///
-/// Await it (by value) for `Result<T, TaskError>`; pass `&handle` to
-/// [`TaskBuilder::after`] to depend on it. Dropping it lets the task run on, detached.
-pub struct TaskHandle<T> {
-    pub(crate) task: Arc<dyn Join<T>>,
-    /// Whether this handle already spun on the task's GPU fence.
-    pub(crate) spun: bool,
-    /// Whether this handle asked the fence poller to hurry.
-    pub(crate) hurried: bool,
-    /// Registered while it waits (the stall resolver fails awaits that can never finish).
-    pub(crate) parked: Option<crate::runtime::parked::AwaitRegistration>,
-    pub(crate) _t: PhantomData<fn() -> T>,
-}
-
-impl<T: 'static> TaskHandle<T> {
-    /// Whether the task finished (successfully or not).
-    pub fn is_finished(&self) -> bool {
-        self.task.header().outcome().is_some()
-    }
-
-    /// The task's name: `T[cpu, 0]`, or `#<n>` for a task without an id.
-    pub fn name(&self) -> String {
-        self.task.header().name.to_string()
-    }
-
-    pub(crate) fn node(&self) -> Arc<dyn Task> {
-        self.task.clone()
-    }
-}
-
-impl<T: 'static> Future for TaskHandle<T> {
-    type Output = Result<T, TaskError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if !self.spun {
-            // A GPU task whose work is in flight: see its fence at the latency of a poll
-            // loop rather than through the poller thread.
-            self.spun = true;
-            let node = self.node();
-            crate::scheduler::spin_fenced(&node);
-        }
-        let r = self.task.poll_join(cx);
-        if r.is_ready() {
-            self.parked = None;
-            return r;
-        }
-        if let Some(e) = crate::runtime::parked::AwaitRegistration::failure(&self.parked) {
-            self.parked = None;
-            return Poll::Ready(Err(e));
-        }
-        let node = self.node();
-        if !self.hurried {
-            self.hurried = crate::scheduler::hurry(&node, cx.waker());
-        }
-        let this = &mut *self;
-        crate::runtime::parked::AwaitRegistration::park(&mut this.parked, &node, cx.waker());
-        r
-    }
-}
-
-impl<T: 'static> fmt::Debug for TaskHandle<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskHandle")
-            .field("task", &self.name())
-            .field("finished", &self.is_finished())
-            .finish()
-    }
-}
-
-/// One dependency as given to `after`, resolved when the task is spawned.
-pub(crate) enum Dep {
-    Node(Arc<dyn Task>),
-    Ref(TaskRef),
-    Range(TaskRange),
-    Space(TaskSpace),
-}
-
-/// The dependencies collected by [`TaskBuilder::after`]; opaque.
-///
-/// Ids are looked up (or their placeholders made) when `after` is called inside a runtime,
-/// so the builder carries task nodes, not keys; outside a runtime they wait for `spawn`.
-#[derive(Default)]
-pub struct DepList {
-    pub(crate) nodes: SmallVec<[Arc<dyn Task>; 2]>,
-    pub(crate) later: Vec<Dep>,
-}
-
-impl DepList {
-    fn push(&mut self, d: Dep) {
-        if let Dep::Node(n) = d {
-            self.nodes.push(n);
-            return;
-        }
-        crate::context::with_rt(|rt| match rt {
-            Some(rt) => d.resolve(rt, &mut self.nodes),
-            None => self.later.push(d),
-        })
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.nodes.len() + self.later.len()
-    }
-}
-
-impl Dep {
-    /// The nodes this dependency stands for, looked up in `rt` (placeholders are made for
-    /// ids not spawned yet).
-    pub(crate) fn resolve(
-        self,
-        rt: &crate::runtime::RtInner,
-        out: &mut SmallVec<[Arc<dyn Task>; 2]>,
-    ) {
-        match self {
-            Dep::Node(n) => out.push(n),
-            Dep::Ref(r) => out.extend(r.space.node(&r.key, Some(rt))),
-            Dep::Range(range) => {
-                for r in range.iter() {
-                    out.extend(r.space.node(&r.key, Some(rt)));
-                }
-            }
-            Dep::Space(s) => out.extend(s.tasks()),
-        }
-    }
-}
-
-impl fmt::Debug for DepList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DepList({})", self.len())
-    }
-}
-
-/// What [`TaskBuilder::after`] accepts.
-pub trait IntoDeps {
-    /// Appends the dependencies to `out`.
-    #[doc(hidden)]
-    fn push_deps(self, out: &mut DepList);
-}
-
-impl IntoDeps for TaskRef {
-    fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Ref(self));
-    }
-}
-impl IntoDeps for &TaskRef {
-    fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Ref(self.clone()));
-    }
-}
-impl<T: 'static> IntoDeps for &TaskHandle<T> {
-    fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Node(self.node()));
-    }
-}
-impl IntoDeps for &TaskSpace {
-    fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Space(self.clone()));
-    }
-}
-impl IntoDeps for TaskSpace {
-    fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Space(self));
-    }
-}
-impl IntoDeps for &TaskRange {
-    fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Range(self.clone()));
-    }
-}
-impl IntoDeps for TaskRange {
-    fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Range(self));
-    }
-}
-impl<D: IntoDeps, const N: usize> IntoDeps for [D; N] {
-    fn push_deps(self, out: &mut DepList) {
-        for d in self {
-            d.push_deps(out);
-        }
-    }
-}
-impl<D: IntoDeps> IntoDeps for Vec<D> {
-    fn push_deps(self, out: &mut DepList) {
-        for d in self {
-            d.push_deps(out);
-        }
-    }
-}
-impl<'a, D> IntoDeps for &'a [D]
-where
-    &'a D: IntoDeps,
-{
-    fn push_deps(self, out: &mut DepList) {
-        for d in self {
-            d.push_deps(out);
-        }
-    }
-}
-impl<'a, D> IntoDeps for &'a Vec<D>
-where
-    &'a D: IntoDeps,
-{
-    fn push_deps(self, out: &mut DepList) {
-        self.as_slice().push_deps(out)
-    }
-}
-impl<D: IntoDeps> IntoDeps for Option<D> {
-    fn push_deps(self, out: &mut DepList) {
-        if let Some(d) = self {
-            d.push_deps(out);
-        }
-    }
-}
-impl IntoDeps for () {
-    fn push_deps(self, _out: &mut DepList) {}
-}
-
-/// Wraps any iterator of dependencies: `.after(deps((0..n).map(|i| t.at(i))))`.
-pub fn deps<I>(iter: I) -> Deps<I::IntoIter>
-where
-    I: IntoIterator,
-    I::Item: IntoDeps,
-{
-    Deps(iter.into_iter())
-}
-
-/// An iterator of dependencies, made by [`deps`].
-#[derive(Debug, Clone)]
-pub struct Deps<I>(I);
-
-impl<I> IntoDeps for Deps<I>
-where
-    I: Iterator,
-    I::Item: IntoDeps,
-{
-    fn push_deps(self, out: &mut DepList) {
-        for d in self.0 {
-            d.push_deps(out);
-        }
-    }
-}
-
-macro_rules! iter_deps {
-    ($($it:ident<$($g:ident),*>),*) => {$(
-        impl<$($g),*> IntoDeps for std::iter::$it<$($g),*>
-        where
-            std::iter::$it<$($g),*>: Iterator,
-            <std::iter::$it<$($g),*> as Iterator>::Item: IntoDeps,
-        {
-            fn push_deps(self, out: &mut DepList) {
-                for d in self {
-                    d.push_deps(out);
-                }
-            }
-        }
-    )*};
-}
-iter_deps!(Map<I, F>, Filter<I, P>, FilterMap<I, F>, Chain<A, B>, Take<I>, Skip<I>, StepBy<I>, Rev<I>, Cloned<I>);
-
 #[cfg(test)]
 mod size_test {
     use super::*;
+    use crate::graph::cell::TaskCell;
+    use crate::graph::node::Header;
 
-    /// The per-task memory budget (500 bytes per pending task) rests on these sizes; a
+    /// The per-task memory budget (250 bytes per pending task) rests on these sizes; a
     /// change that grows them should be deliberate.
     #[test]
     fn task_structures_stay_small() {
-        assert!(std::mem::size_of::<header::Header>() <= 200);
-        assert!(std::mem::size_of::<TaskCell<std::future::Ready<()>>>() <= 208);
-        assert!(std::mem::size_of::<TaskBuilder<std::future::Ready<()>>>() <= 168);
+        let h = std::mem::size_of::<Header>();
+        let c = std::mem::size_of::<TaskCell<std::future::Ready<()>>>();
+        let b = std::mem::size_of::<TaskBuilder<std::future::Ready<()>>>();
+        assert!(h <= 240, "header {h}");
+        assert!(c <= 248, "cell {c}");
+        assert!(b <= 168, "builder {b}");
         assert_eq!(std::mem::size_of::<Placements>(), 24);
     }
 }

@@ -16,24 +16,20 @@ pub(crate) enum Phase {
     Start = 0,
     /// Polling its body (with the device context entered).
     Poll = 1,
-    /// Completing it: release, fences, notifying dependents.
+    /// Completing it: release, fences, notifying dependents, launching what follows.
     Finish = 2,
-    /// Handing on what the completion admitted.
-    Dispatch = 3,
     /// GPU tasks, within `Finish`: the backend recording the fence.
-    Fence = 4,
+    Fence = 3,
     /// GPU tasks, within `Finish`: releasing dependents behind the fence.
-    Runahead = 5,
+    Runahead = 4,
     /// GPU tasks, within `Finish`: handing the fence to the poller.
-    Watch = 6,
+    Watch = 5,
 }
 
-const PHASES: [&str; 7] = [
-    "start", "poll", "finish", "dispatch", "(fence", "runahead", "watch)",
-];
+const PHASES: [&str; 6] = ["start", "poll", "finish", "fence", "runahead", "watch"];
 
 pub(crate) struct Profile {
-    phase_ns: [AtomicU64; 7],
+    phase_ns: [AtomicU64; 6],
     tasks: Box<[AtomicU64]>,
     busy_ns: Box<[AtomicU64]>,
 }

@@ -1,24 +1,49 @@
-//! What a running task can ask about itself: [`current_task`] and [`current_device`].
+//! What code running on a thread can ask about where it runs: the current runtime, task,
+//! device and poller, as thread-locals.
 //!
-//! The driver that polls a task sets these thread-locals for the duration of each poll; the
-//! runtime pointer is set the same way by drivers and by `Runtime::block_on`, so `spawn`
-//! finds its runtime without any global.
+//! - The runtime is set for the scope of a driver's poll, of `Runtime::block_on`, and of a
+//!   `Handle::enter` guard. On the runtime's worker threads it is also known outside those
+//!   scopes (for futures started with `tokio::spawn` inside tasks), through a weak
+//!   reference installed when the thread starts.
+//! - The task, device and poller are set for the duration of one poll of a task's body (or
+//!   of a `block_on` future): the runtime's own futures use the poller to register wakers
+//!   that stall detection does not count, and to find awaits the stall resolver failed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
+use super::RtInner;
 use crate::device::{Device, vcu_float};
-use crate::runtime::RtInner;
-use crate::task::Task;
+use crate::graph::activity::Activity;
+use crate::graph::node::Task;
+
+/// The poller being polled on this thread: its activity and its waker's data pointer.
+#[derive(Clone, Copy)]
+pub(crate) struct PollerRef {
+    pub(crate) act: *const Activity,
+    /// The data pointer of the poller's waker (to recognise it in a `Context`).
+    pub(crate) data: *const (),
+    /// Makes an uncounted waker for the poller.
+    pub(crate) uncounted: unsafe fn(*const ()) -> std::task::Waker,
+    pub(crate) rt_id: u32,
+}
+
+/// Where a worker thread finds its runtime outside driver polls.
+pub(crate) type WorkerRt = Arc<OnceLock<Weak<RtInner>>>;
 
 thread_local! {
     static RT: Cell<*const Arc<RtInner>> = const { Cell::new(std::ptr::null()) };
-    static TASK: Cell<*const Arc<dyn Task>> = const { Cell::new(std::ptr::null::<Arc<crate::task::Placeholder>>() as *const Arc<dyn Task>) };
+    static WORKER: RefCell<Option<WorkerRt>> = const { RefCell::new(None) };
+    static TASK: Cell<*const Arc<dyn Task>> = const { Cell::new(std::ptr::null::<Arc<crate::graph::node::Placeholder>>() as *const Arc<dyn Task>) };
     static DEVICE: Cell<Device> = const { Cell::new(Device::CPU) };
+    static POLLER: Cell<Option<PollerRef>> = const { Cell::new(None) };
     static BLOCKED: Cell<bool> = const { Cell::new(false) };
     /// Live-task counts taken ahead from the current runtime (see `take_live_credit`).
     static CREDITS: Cell<u32> = const { Cell::new(0) };
+    /// The driver polling on this thread (its runtime's id, 0: none) and its next task.
+    static DRIVER: Cell<u32> = const { Cell::new(0) };
+    static LIFO: RefCell<Option<Arc<dyn Task>>> = const { RefCell::new(None) };
 }
 
 /// How many live-task counts a spawning thread takes from the runtime at once.
@@ -48,11 +73,27 @@ pub(crate) fn enter_rt(rt: &Arc<RtInner>) -> RtGuard {
     }
 }
 
+/// Installs, on a worker thread that is starting, where it finds its runtime.
+pub(crate) fn set_worker_rt(w: WorkerRt) {
+    WORKER.with(|c| *c.borrow_mut() = Some(w));
+}
+
+/// Clears what [`set_worker_rt`] installed (the worker thread stops).
+pub(crate) fn clear_worker_rt() {
+    WORKER.with(|c| c.borrow_mut().take());
+}
+
 /// Counts one more live task in the current runtime `rt`. Spawning threads take counts in
 /// batches, so that a thread spawning many tasks does not write the runtime's shared
 /// counter word once per task; the counts not used are given back by [`flush_credits`]
 /// before the runtime could look for a live count of zero (at the end of every poll).
 pub(crate) fn take_live_credit(rt: &RtInner) {
+    if RT.with(|c| c.get()).is_null() {
+        // Not inside a scope that flushes credits (a worker thread outside polls): count
+        // the task alone.
+        rt.counters.add(1, 0);
+        return;
+    }
     CREDITS.with(|c| match c.get() {
         0 => {
             rt.counters.add(CREDIT_BATCH as i64, 0);
@@ -78,35 +119,62 @@ pub(crate) fn flush_credits() {
 /// Runs `f` with the current runtime, if any.
 pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
     let p = RT.with(|c| c.get());
-    // SAFETY: a non-null pointer was set by `enter_rt` from a reference that outlives the
-    // guard restoring the previous value, and this thread is inside that guard's scope.
-    f(unsafe { p.as_ref() })
+    if !p.is_null() {
+        // SAFETY: a non-null pointer was set by `enter_rt` from a reference that outlives
+        // the guard restoring the previous value, and this thread is inside that guard's
+        // scope.
+        return f(Some(unsafe { &*p }));
+    }
+    let worker = WORKER.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|w| w.get())
+            .and_then(Weak::upgrade)
+    });
+    f(worker.as_ref())
 }
 
 /// Restores the previous task context on drop.
 pub(crate) struct TaskGuard {
     task: *const Arc<dyn Task>,
     device: Device,
+    poller: Option<PollerRef>,
 }
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         TASK.with(|c| c.set(self.task));
         DEVICE.with(|c| c.set(self.device));
+        POLLER.with(|c| c.set(self.poller));
     }
 }
 
-/// Marks `task` as running on `device` on this thread until the guard drops; the guard must
-/// drop before `task` does.
-pub(crate) fn enter_task(task: &Arc<dyn Task>, device: Device) -> TaskGuard {
+/// Marks `task` (polled as `poller`) as running on `device` on this thread until the guard
+/// drops; the guard must drop before `task` does.
+pub(crate) fn enter_task(task: &Arc<dyn Task>, device: Device, poller: PollerRef) -> TaskGuard {
     TaskGuard {
         task: TASK.with(|c| c.replace(task as *const _)),
         device: DEVICE.with(|c| c.replace(device)),
+        poller: POLLER.with(|c| c.replace(Some(poller))),
     }
 }
 
-/// Called by the runtime's own futures (task handles, task references, task spaces) when
-/// they return `Pending`: the poller is then blocked on other tasks, not on outside events.
+/// Marks `poller` (a `block_on` future) as the poller of this thread until the guard drops.
+pub(crate) fn enter_poller(poller: PollerRef) -> TaskGuard {
+    TaskGuard {
+        task: TASK.with(|c| c.get()),
+        device: DEVICE.with(|c| c.get()),
+        poller: POLLER.with(|c| c.replace(Some(poller))),
+    }
+}
+
+/// The poller being polled on this thread.
+pub(crate) fn poller() -> Option<PollerRef> {
+    POLLER.with(|c| c.get())
+}
+
+/// Called by the runtime's own futures (task handles, ids, spaces) when they return
+/// `Pending` on a task of the current runtime: the poller awaits tasks.
 pub(crate) fn note_blocked() {
     BLOCKED.with(|c| c.set(true));
 }
@@ -114,6 +182,45 @@ pub(crate) fn note_blocked() {
 /// Reads and clears the blocked mark.
 pub(crate) fn take_blocked() -> bool {
     BLOCKED.with(|c| c.replace(false))
+}
+
+/// Marks this thread as running a driver of runtime `rt_id` until the guard drops.
+pub(crate) struct DriverGuard {
+    prev: u32,
+}
+
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        DRIVER.with(|c| c.set(self.prev));
+    }
+}
+
+pub(crate) fn enter_driver(rt_id: u32) -> DriverGuard {
+    DriverGuard {
+        prev: DRIVER.with(|c| c.replace(rt_id)),
+    }
+}
+
+/// Puts `t` in this thread's next-task slot if a driver of runtime `rt_id` polls here and
+/// the slot is free; otherwise hands it back.
+pub(crate) fn offer_next(rt_id: u32, t: Arc<dyn Task>) -> Option<Arc<dyn Task>> {
+    if DRIVER.with(|c| c.get()) != rt_id {
+        return Some(t);
+    }
+    LIFO.with(|c| {
+        let mut slot = c.borrow_mut();
+        if slot.is_some() {
+            Some(t)
+        } else {
+            *slot = Some(t);
+            None
+        }
+    })
+}
+
+/// Takes this thread's next task (the driver polling here).
+pub(crate) fn take_next() -> Option<Arc<dyn Task>> {
+    LIFO.with(|c| c.borrow_mut().take())
 }
 
 /// The task running on this thread, if any.

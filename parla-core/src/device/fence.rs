@@ -1,0 +1,40 @@
+//! Fences: points in a device's work queue that the host polls without blocking.
+
+use std::any::Any;
+use std::fmt;
+
+/// The state of a [`Fence`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceStatus {
+    /// The work before the fence is still running.
+    Pending,
+    /// The work before the fence finished.
+    Done,
+    /// The device reported an error (the message names it).
+    Failed(String),
+}
+
+/// A point in a device's work queue that the host can poll without blocking.
+pub trait Fence: Send + Sync + 'static {
+    /// Checks the fence without blocking.
+    fn status(&self) -> FenceStatus;
+
+    /// The GPU (index among the runtime's GPUs) whose queue the fence is in.
+    fn gpu(&self) -> usize;
+
+    /// For the backend: downcast to its own fence type.
+    fn as_any(&self) -> &dyn Any;
+
+    /// The in-order queue (a stream) the fence was recorded on, if any: fences of one queue
+    /// finish in the order they were recorded, so a poller that finds one pending need not
+    /// query the later ones.
+    fn queue(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl fmt::Debug for dyn Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fence(gpu {}, {:?})", self.gpu(), self.status())
+    }
+}

@@ -1,0 +1,143 @@
+//! The allocation behind a task: its [`Header`] and its future (later its output), in one
+//! `Arc`.
+//!
+//! # Invariants
+//! - The future is polled only by the holder of the task's run token: the one reference
+//!   handed from admission (or a wake) to a driver. Exactly one run token exists per task
+//!   at a time, so two polls never overlap.
+//! - The stage is written (output stored, or future dropped) before the outcome is published
+//!   under the header's `links` lock; the join handle reads the stage only after it saw the
+//!   outcome under that lock.
+//! - The output is taken or dropped exactly once, as the header's join protocol decides.
+
+use std::cell::UnsafeCell;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use super::node::{Header, Outcome, Task};
+use crate::error::TaskError;
+
+/// A task whose output a handle can take.
+pub(crate) trait Join<T>: Task {
+    /// Takes the output of a task whose outcome is `Ok`.
+    ///
+    /// # Safety
+    /// The caller is the task's one handle, it saw the `Ok` outcome published, and it
+    /// takes the output at most once.
+    unsafe fn take_output(&self) -> Option<T>;
+}
+
+enum Stage<F: Future> {
+    Running(F),
+    Finished(F::Output),
+    Empty,
+}
+
+#[repr(C)]
+pub(crate) struct TaskCell<F: Future> {
+    header: Header,
+    stage: UnsafeCell<Stage<F>>,
+}
+
+// SAFETY: the stage is only touched by one thread at a time (the run-token holder while
+// running, then whoever the join protocol names), per the module invariants, so sharing the
+// cell needs only that the future and output can move between threads.
+unsafe impl<F: Future + Send> Sync for TaskCell<F> where F::Output: Send {}
+
+impl<F: Future> TaskCell<F> {
+    pub(crate) fn new(header: Header, fut: F) -> Self {
+        TaskCell {
+            header,
+            stage: UnsafeCell::new(Stage::Running(fut)),
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Replaces `stage` with `Empty`, dropping what it held; a panicking destructor is caught.
+fn clear<F: Future>(stage: &mut Stage<F>) {
+    let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
+}
+
+impl<F> Task for TaskCell<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    unsafe fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        // SAFETY: the caller holds the run token (this method's contract), so no other
+        // reference to the stage exists while this one lives.
+        let stage = unsafe { &mut *self.stage.get() };
+        let Stage::Running(fut) = stage else {
+            // Not reachable under the contract; finishing is the safe answer.
+            return Poll::Ready(Ok(()));
+        };
+        // SAFETY: the future lives inside the `Arc`ed cell and is never moved until it is
+        // dropped in place, so pinning it is sound.
+        let fut = unsafe { Pin::new_unchecked(fut) };
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => {
+                // Dropping the finished future in place may panic; the output is kept
+                // either way.
+                clear(stage);
+                *stage = Stage::Finished(v);
+                Poll::Ready(Ok(()))
+            }
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                clear(stage);
+                drop(catch_unwind(AssertUnwindSafe(move || drop(payload))));
+                Poll::Ready(Err(Arc::new(TaskError::Panicked {
+                    task: self.header.name.to_string(),
+                    message,
+                })))
+            }
+        }
+    }
+
+    unsafe fn drop_body(&self) {
+        // SAFETY: the caller has exclusive access by this method's contract.
+        clear(unsafe { &mut *self.stage.get() });
+    }
+
+    unsafe fn drop_output(&self) {
+        // SAFETY: the caller won the output by the join protocol: nobody else touches the
+        // stage any more.
+        clear(unsafe { &mut *self.stage.get() });
+    }
+}
+
+impl<F> Join<F::Output> for TaskCell<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    unsafe fn take_output(&self) -> Option<F::Output> {
+        // SAFETY: the outcome was published under the `links` lock after the runner stored
+        // the output, and the runner never touches the stage again; the caller's lock of
+        // `links` made its writes visible. The one handle is the only reader.
+        let stage = unsafe { &mut *self.stage.get() };
+        match std::mem::replace(stage, Stage::Empty) {
+            Stage::Finished(v) => Some(v),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The task graph as a plain state machine: wiring a spawned task to its dependencies,
+//! publishing an outcome and cascading it to dependents, releasing GPU dependents early.
+//!
+//! Nothing here runs a task, touches a counter of the runtime or names the executor: every
+//! operation records what must happen next in an [`Effects`] value (tasks that became
+//! ready, wakers to wake, tasks that finished without running), and the executor applies it.
+//! So the graph can be unit- and property-tested without a runtime.
+//!
+//! # Invariants
+//! - Cascades (a failure failing its dependents, and theirs) run iteratively over a work
+//!   list, never by recursion: a chain of any length cannot overflow the stack.
+//! - A node's outcome is published once; every dependent registered before the publication
+//!   is told exactly once, and every one registering after it sees the outcome at once
+//!   (`node` module invariants).
+//! - A task that fails before running is claimed (WAITING -> DONE) before its outcome is
+//!   published, so a cascade never fails it twice with different errors.
+
+pub(crate) mod activity;
+pub(crate) mod cell;
+pub(crate) mod node;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::Waker;
+
+use smallvec::SmallVec;
+
+use crate::device::backend::Fence;
+use crate::error::TaskError;
+use node::{Added, Dependent, Header, Kind, Outcome, Task};
+
+/// What a graph operation asks the executor to do.
+#[derive(Default)]
+pub(crate) struct Effects {
+    /// Tasks whose dependencies are all met: map them and admit them.
+    pub(crate) ready: SmallVec<[Arc<dyn Task>; 4]>,
+    /// Wakers of handles and awaits of nodes that finished.
+    pub(crate) wake: SmallVec<[Waker; 4]>,
+    /// How many tasks finished without running (each was live).
+    pub(crate) unrun: u32,
+    /// Those tasks, when `keep_unrun` is set (for traces).
+    pub(crate) unrun_tasks: Vec<Arc<dyn Task>>,
+    /// Collect `unrun_tasks`.
+    pub(crate) keep_unrun: bool,
+}
+
+impl Effects {
+    /// Effects that keep the tasks finished without running when `keep_unrun`.
+    pub(crate) fn new(keep_unrun: bool) -> Self {
+        Effects {
+            keep_unrun,
+            ..Effects::default()
+        }
+    }
+
+    fn unrun(&mut self, t: &Arc<dyn Task>) {
+        self.unrun += 1;
+        if self.keep_unrun {
+            self.unrun_tasks.push(t.clone());
+        }
+    }
+
+    /// Whether there is nothing to do.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.wake.is_empty() && self.unrun == 0
+    }
+}
+
+/// The error of `task`, whose dependency `dep` failed with `e`: it names the root failure.
+pub(crate) fn dependency_failed(task: &Header, dep: &Header, e: &Arc<TaskError>) -> TaskError {
+    let (dependency, cause) = match &**e {
+        TaskError::DependencyFailed {
+            dependency, cause, ..
+        } => (dependency.clone(), cause.clone()),
+        _ => (dep.name.to_string(), e.clone()),
+    };
+    TaskError::DependencyFailed {
+        task: task.name.to_string(),
+        dependency,
+        cause,
+    }
+}
+
+/// Wires `task` (WAITING, its spawn guard held) to `deps`. `placeholder`: the forward
+/// reference of the task's id that it replaced (depending on it is depending on itself).
+/// `rt_id`: the task's runtime; a dependency on a node of another runtime is an error.
+///
+/// Returns `Ok(true)` when the task became ready (its guard is dropped here), `Ok(false)`
+/// while dependencies are pending, or the error the task must fail with (the caller then
+/// calls [`fail_unrun`]; the guard is left for it).
+pub(crate) fn wire(
+    task: &Arc<dyn Task>,
+    placeholder: Option<&Arc<dyn Task>>,
+    deps: impl IntoIterator<Item = Arc<dyn Task>>,
+) -> Result<bool, TaskError> {
+    let h = task.header();
+    for node in deps {
+        if Arc::ptr_eq(&node, task) || placeholder.is_some_and(|p| Arc::ptr_eq(p, &node)) {
+            return Err(TaskError::Cycle {
+                ids: vec![h.name.to_string(), h.name.to_string()],
+            });
+        }
+        let nh = node.header();
+        if nh.rt_id != h.rt_id {
+            return Err(TaskError::WrongRuntime {
+                task: h.name.to_string(),
+                reason: format!(
+                    "its dependency {} belongs to another parla runtime",
+                    nh.name
+                ),
+            });
+        }
+        h.add_pending();
+        match nh.add_task_dependent(task) {
+            Added::Registered => {}
+            Added::Done(o) => {
+                // Finished already: undo (the spawn guard keeps the count above zero).
+                h.dependency_done();
+                if let Err(e) = o {
+                    return Err(dependency_failed(h, nh, &e));
+                }
+            }
+            Added::Fenced(f) => {
+                // Its GPU work is enqueued: this GPU task's stream will wait on it.
+                h.dependency_done();
+                h.add_wait(f);
+            }
+        }
+    }
+    Ok(h.dependency_done())
+}
+
+/// Fails a node that never ran (WAITING) with `err`, and cascades. Returns whether this
+/// call failed it (it may have finished or failed already).
+pub(crate) fn fail_unrun(task: &Arc<dyn Task>, err: TaskError, fx: &mut Effects) -> bool {
+    if !claim(task, fx) {
+        return false;
+    }
+    finish(task, Err(Arc::new(err)), fx);
+    true
+}
+
+/// Fails a task that became ready and never ran, whose run token the caller holds (taken
+/// out of admission, or failed at mapping): its body is dropped and the failure cascades.
+pub(crate) fn fail_held(task: &Arc<dyn Task>, err: TaskError, fx: &mut Effects) {
+    // SAFETY: the caller holds the run token of a task that never ran.
+    unsafe { task.drop_body() };
+    fx.unrun(task);
+    finish(task, Err(Arc::new(err)), fx);
+}
+
+/// Claims a WAITING node for failing (WAITING -> DONE, its body dropped) so that no cascade
+/// fails it with another error; the caller then [`finish`]es it. Returns whether this call
+/// won.
+pub(crate) fn claim(task: &Arc<dyn Task>, fx: &mut Effects) -> bool {
+    let h = task.header();
+    if !h.claim_unrun() {
+        return false;
+    }
+    // SAFETY: this call won WAITING -> DONE, so the body never ran and never will.
+    unsafe { task.drop_body() };
+    if h.kind == Kind::Task {
+        fx.unrun(task);
+    }
+    true
+}
+
+/// Publishes `outcome` for `task` (which ran, or was claimed) and tells everything waiting
+/// on it: dependents become ready or fail, placeholders mirror it, waiters and the handle
+/// are woken.
+pub(crate) fn finish(task: &Arc<dyn Task>, outcome: Outcome, fx: &mut Effects) {
+    let mut work: SmallVec<[(Arc<dyn Task>, Outcome); 4]> = SmallVec::new();
+    work.push((task.clone(), outcome));
+    while let Some((t, o)) = work.pop() {
+        let h = t.header();
+        let dependents = h.publish(o.clone());
+        h.transition_to_done();
+        if h.kind == Kind::Task {
+            if h.join_complete() {
+                // SAFETY: by the join protocol, the handle is gone and will not take it.
+                unsafe { t.drop_output() };
+            }
+            fx.wake.extend(h.join.take());
+        }
+        for d in dependents {
+            match d {
+                Dependent::Waiter(w) => fx.wake.extend(w.take()),
+                Dependent::Task(d) => {
+                    let dh = d.header();
+                    if dh.kind == Kind::Placeholder {
+                        // A forward reference mirrors the task spawned under its id.
+                        if dh.claim_unrun() {
+                            work.push((d, o.clone()));
+                        }
+                        continue;
+                    }
+                    match &o {
+                        Ok(()) => {
+                            if dh.dependency_done() {
+                                fx.ready.push(d);
+                            }
+                        }
+                        Err(e) => {
+                            if claim(&d, fx) {
+                                let err = Arc::new(dependency_failed(dh, h, e));
+                                work.push((d, Err(err)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A GPU task's body returned and its work is enqueued behind `fence`: its GPU-only
+/// dependents need not wait for the host to see the fence (runahead) - they become ready
+/// now, and their streams will wait on the fence. Returns whether anything else waits on
+/// the task's completion (a dependent that is not GPU-only, a handle awaiting it).
+pub(crate) fn body_fenced(task: &Arc<dyn Task>, fence: &Arc<dyn Fence>, fx: &mut Effects) -> bool {
+    let h = task.header();
+    h.transition_to_fenced();
+    let (early, others) = h.set_fence(fence.clone());
+    for d in early {
+        let dh = d.header();
+        dh.add_wait(fence.clone());
+        if dh.dependency_done() {
+            fx.ready.push(d);
+        }
+    }
+    others
+}
+
+/// A node of the depth-first search, its successors, and the next successor to visit.
+type Frame = (Arc<dyn Task>, Vec<Arc<dyn Task>>, usize);
+
+/// A cycle of unfinished nodes reachable from `roots` along dependent edges, in dependency
+/// order. (Every dependency cycle passes through an id referenced before it was spawned -
+/// an edge to a task spawned later can only be made through its id - so the roots are the
+/// forward references.)
+pub(crate) fn find_cycle(roots: &[Arc<dyn Task>]) -> Option<Vec<Arc<dyn Task>>> {
+    const GREY: u8 = 1;
+    const BLACK: u8 = 2;
+    let key = |t: &Arc<dyn Task>| Arc::as_ptr(t) as *const () as usize;
+    let mut color: HashMap<usize, u8> = HashMap::new();
+    for root in roots {
+        if root.header().is_done() || color.contains_key(&key(root)) {
+            continue;
+        }
+        let mut stack: Vec<Frame> = Vec::new();
+        color.insert(key(root), GREY);
+        stack.push((root.clone(), root.header().task_dependents(), 0));
+        while let Some((_, succ, i)) = stack.last_mut() {
+            if *i == succ.len() {
+                let (n, _, _) = stack.pop()?;
+                color.insert(key(&n), BLACK);
+                continue;
+            }
+            let next = succ[*i].clone();
+            *i += 1;
+            match color.get(&key(&next)) {
+                Some(&GREY) => {
+                    let at = stack.iter().position(|(n, _, _)| key(n) == key(&next))?;
+                    return Some(stack.drain(at..).map(|(n, _, _)| n).collect());
+                }
+                Some(_) => {}
+                None => {
+                    color.insert(key(&next), GREY);
+                    let s = next.header().task_dependents();
+                    stack.push((next, s, 0));
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod test;

@@ -1,0 +1,664 @@
+//! Task nodes: the part of a task every other part of the runtime sees - its lifecycle,
+//! dependency counter, dependents, outcome, constraints and activity.
+//!
+//! # Invariants
+//! - `state` moves WAITING -> READY -> DONE, or WAITING -> DONE (failed before running); a
+//!   GPU task whose body returned moves READY -> FENCED -> COMPLETING -> DONE while its
+//!   fence is pending. Each move is one `transition_to_*` method, and only the winner of a
+//!   transition acts on it: READY is taken once, when the dependency counter reaches zero;
+//!   DONE without running once, by whoever fails the task first; COMPLETING once, by
+//!   whoever first sees the fence done.
+//! - `pending` counts unfinished dependencies plus one guard held by the spawner until every
+//!   dependency is registered, so a task cannot become ready while it is being wired.
+//! - `links.outcome` is `Some` exactly when the outcome is published; it is written under
+//!   the `links` lock together with taking the dependents, so a dependent registering
+//!   concurrently is either in the list taken at completion or sees the outcome - never
+//!   neither, never both.
+//! - The join protocol (`join_state`): the task's output is dropped exactly once, by the
+//!   completer if the handle is gone when the task completes, else by the handle (when it
+//!   takes the output, or when it is dropped after completion).
+
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::task::Waker;
+
+use smallvec::SmallVec;
+
+use super::activity::Activity;
+use crate::device::backend::Fence;
+use crate::device::{Demand, Device, SlotMask};
+use crate::error::TaskError;
+use crate::key::Key;
+use crate::loom::sync::Mutex;
+
+/// What a finished task resolved to, as dependents and awaiters see it.
+pub(crate) type Outcome = Result<(), Arc<TaskError>>;
+
+const WAITING: u8 = 0;
+const READY: u8 = 1;
+const FENCED: u8 = 2;
+const COMPLETING: u8 = 3;
+const DONE: u8 = 4;
+
+/// A handle may still take the output.
+const JOIN_INTEREST: u8 = 1;
+/// The task completed (its output, if any, is stored).
+const JOIN_COMPLETE: u8 = 2;
+/// A handle waits for the task (its completion is wanted promptly).
+const JOIN_AWAITED: u8 = 4;
+/// Placeholders: a task was spawned under the id (the forward reference resolved).
+const RESOLVED: u8 = 8;
+
+/// A VCU demand resolved from the chosen device's default at mapping time.
+pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
+
+/// A task's name: its id in a task space, or a sequence number.
+pub(crate) enum Name {
+    Anon(u64),
+    Id(Arc<str>, Key),
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Name::Anon(n) => write!(f, "#{n}"),
+            Name::Id(space, key) => write!(f, "{space}[{key}]"),
+        }
+    }
+}
+
+/// Who to tell when a node finishes.
+pub(crate) enum Dependent {
+    /// A task (or a placeholder) counting this one among its dependencies.
+    Task(Arc<dyn Task>),
+    /// Somebody awaiting this node through an id, a range or a space; removed again when
+    /// the await is dropped first.
+    Waiter(Arc<atomic_waker::AtomicWaker>),
+}
+
+pub(crate) struct Links {
+    pub(crate) dependents: SmallVec<[Dependent; 2]>,
+    pub(crate) outcome: Option<Outcome>,
+    /// GPU tasks only (boxed: most tasks never need it).
+    gpu: Option<Box<GpuLinks>>,
+}
+
+#[derive(Default)]
+struct GpuLinks {
+    /// The fence after the work of a body that returned, until completion.
+    fence: Option<Arc<dyn Fence>>,
+    /// Fences of GPU dependencies released early (runahead), for the stream to wait on.
+    waits: SmallVec<[Arc<dyn Fence>; 2]>,
+}
+
+/// What registering a dependent found.
+pub(crate) enum Added {
+    /// Registered: the dependent will be told.
+    Registered,
+    /// The node already finished.
+    Done(Outcome),
+    /// The node's GPU work is enqueued behind this fence, and the dependent runs on GPUs
+    /// only: it need not wait on the host (runahead).
+    Fenced(Arc<dyn Fence>),
+}
+
+/// Static kind of a node.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Task,
+    /// Stands for an id referenced before it was spawned.
+    Placeholder,
+}
+
+/// Per-type operations on a node reached through a thin pointer to its header (a waker's
+/// data pointer): every node type is `#[repr(C)]` with the header first.
+pub(crate) struct NodeVt {
+    /// A new strong reference to the node.
+    pub(crate) to_arc: unsafe fn(*const Header) -> Arc<dyn Task>,
+    /// Adds one to the node's strong count.
+    pub(crate) inc: unsafe fn(*const Header),
+    /// Drops one strong reference.
+    pub(crate) dec: unsafe fn(*const Header),
+}
+
+/// Whatever runs a woken task: the executor implements it; a node keeps one once it has
+/// been polled and left pending, so that wakers can schedule it from any thread.
+pub(crate) trait Schedule: Send + Sync + 'static {
+    /// `task` was woken and takes part again (its activity moved to NOTIFIED);
+    /// `took_token`: it was parked and takes a busy token now.
+    fn woken(&self, task: Arc<dyn Task>, took_token: bool);
+
+    /// A task's activity took (`1`) or dropped (`-1`) a busy token outside a poll (an
+    /// outside clone of its waker was made or dropped).
+    fn tokens(&self, delta: i64);
+}
+
+/// What a started task keeps between polls (set by the executor when the task first
+/// returns `Pending`).
+pub(crate) struct RunState {
+    /// GPU tasks: the backend's execution state (stream, context).
+    pub(crate) exec: Option<Box<dyn crate::device::backend::GpuExec>>,
+    #[cfg(feature = "tracing")]
+    pub(crate) span: tracing::Span,
+}
+
+/// The scheduler a node is woken into; shared by the nodes of one runtime.
+pub(crate) struct Waking(pub(crate) Arc<dyn Schedule>);
+
+pub(crate) struct Header {
+    pub(crate) vt: &'static NodeVt,
+    state: AtomicU8,
+    join_state: AtomicU8,
+    pub(crate) kind: Kind,
+    /// Slot of the device the task was mapped to; `u16::MAX` until mapped.
+    device: AtomicU16,
+    pending: AtomicU32,
+    /// The runtime the node belongs to (0: none).
+    pub(crate) rt_id: u32,
+    /// VCUs asked for (fixed point), or `DEFAULT_VCU`.
+    pub(crate) vcu: u32,
+    /// VCUs reserved now (the device default resolved; 0 while lent).
+    reserved_vcu: AtomicU32,
+    /// VCUs lent back to the device while the task waits on other tasks.
+    lent: AtomicU32,
+    /// Allowed device slots.
+    pub(crate) mask: SlotMask,
+    /// Bytes of workspace asked for.
+    pub(crate) mem: u64,
+    pub(crate) act: Activity,
+    pub(crate) links: Mutex<Links>,
+    /// The waker of the task's `TaskHandle`, woken at completion.
+    pub(crate) join: atomic_waker::AtomicWaker,
+    pub(crate) name: Name,
+    /// Times (ns since the runtime's epoch) of spawn, ready and start, when tracing to a
+    /// file.
+    pub(crate) times: Option<Box<[AtomicU64; 3]>>,
+    /// The state of a started task between polls; touched only by the holder of the run
+    /// token.
+    run: UnsafeCell<Option<Box<RunState>>>,
+    /// Where wakers schedule the task: one strong reference (`Arc::into_raw`), set once.
+    waking: AtomicPtr<Waking>,
+}
+
+// SAFETY: `run` is only touched by the run-token holder (one thread at a time, handed over
+// through the injector or admission, which synchronise); every other field is `Sync`.
+unsafe impl Sync for Header {}
+// SAFETY: as above; the boxed run state is `Send`.
+unsafe impl Send for Header {}
+
+impl Drop for Header {
+    fn drop(&mut self) {
+        let p = *self.waking.get_mut();
+        if !p.is_null() {
+            // SAFETY: `p` came from `Arc::into_raw` in `set_waking` and is released once,
+            // here.
+            drop(unsafe { Arc::from_raw(p) });
+        }
+    }
+}
+
+impl Header {
+    pub(crate) fn new(
+        vt: &'static NodeVt,
+        name: Name,
+        kind: Kind,
+        rt_id: u32,
+        mask: SlotMask,
+        vcu: u32,
+        mem: u64,
+    ) -> Header {
+        Header {
+            vt,
+            state: AtomicU8::new(WAITING),
+            join_state: AtomicU8::new(JOIN_INTEREST),
+            kind,
+            device: AtomicU16::new(u16::MAX),
+            pending: AtomicU32::new(1),
+            rt_id,
+            vcu,
+            reserved_vcu: AtomicU32::new(0),
+            lent: AtomicU32::new(0),
+            mask,
+            mem,
+            act: Activity::new(),
+            links: Mutex::new(Links {
+                dependents: SmallVec::new(),
+                outcome: None,
+                gpu: None,
+            }),
+            join: atomic_waker::AtomicWaker::new(),
+            name,
+            times: None,
+            run: UnsafeCell::new(None),
+            waking: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    // --- lifecycle -------------------------------------------------------------------
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DONE
+    }
+
+    /// Whether the task still waits for dependencies (or is being wired).
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.state.load(Ordering::Acquire) == WAITING
+    }
+
+    /// Adds one unfinished dependency. Only while the spawn guard is held.
+    pub(crate) fn add_pending(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One dependency finished successfully (or the spawn guard was dropped). Returns
+    /// whether the task became ready with this call.
+    pub(crate) fn dependency_done(&self) -> bool {
+        self.pending.fetch_sub(1, Ordering::AcqRel) == 1 && self.transition_to_ready()
+    }
+
+    fn transition_to_ready(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, READY, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// WAITING -> DONE for a node that will not run (failed, or a placeholder mirroring its
+    /// task). Returns whether this call won.
+    pub(crate) fn claim_unrun(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// READY (or COMPLETING) -> DONE, by the run-token holder.
+    pub(crate) fn transition_to_done(&self) {
+        self.state.store(DONE, Ordering::Release);
+    }
+
+    /// READY -> FENCED: the body returned and its GPU work is behind a fence. Only the
+    /// run-token holder calls this.
+    pub(crate) fn transition_to_fenced(&self) {
+        self.state.store(FENCED, Ordering::Release);
+    }
+
+    /// Whether the body returned and its GPU work is pending behind a fence.
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FENCED
+    }
+
+    /// FENCED -> COMPLETING. Returns whether this call won (and must complete the task).
+    pub(crate) fn transition_to_completing(&self) -> bool {
+        self.state
+            .compare_exchange(FENCED, COMPLETING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    // --- join protocol ---------------------------------------------------------------
+
+    /// The task completed. Returns whether the output must be dropped now (no handle will
+    /// take it).
+    pub(crate) fn join_complete(&self) -> bool {
+        self.join_state.fetch_or(JOIN_COMPLETE, Ordering::AcqRel) & JOIN_INTEREST == 0
+    }
+
+    /// The handle is dropped. Returns whether it must drop the output itself (the task
+    /// completed before).
+    pub(crate) fn join_drop(&self) -> bool {
+        self.join_state.fetch_and(!JOIN_INTEREST, Ordering::AcqRel) & JOIN_COMPLETE != 0
+    }
+
+    /// A handle waits for the task.
+    pub(crate) fn set_join_awaited(&self) {
+        if self.join_state.load(Ordering::Relaxed) & JOIN_AWAITED == 0 {
+            self.join_state.fetch_or(JOIN_AWAITED, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether a handle waits for the task.
+    pub(crate) fn join_awaited(&self) -> bool {
+        self.join_state.load(Ordering::Acquire) & JOIN_AWAITED != 0
+    }
+
+    /// Placeholders: marks the forward reference resolved. Returns false if it already was.
+    pub(crate) fn resolve(&self) -> bool {
+        self.join_state.fetch_or(RESOLVED, Ordering::AcqRel) & RESOLVED == 0
+    }
+
+    /// Placeholders: whether a task was spawned under the id.
+    pub(crate) fn is_resolved(&self) -> bool {
+        self.join_state.load(Ordering::Acquire) & RESOLVED != 0
+    }
+
+    // --- dependents ------------------------------------------------------------------
+
+    /// Whether the task runs on GPUs only (so it may start behind a GPU dependency's fence).
+    pub(crate) fn gpu_only(&self) -> bool {
+        self.kind == Kind::Task && self.mask != 0 && self.mask & 1 == 0
+    }
+
+    /// Registers task `dep` as a dependent, or reports why it need not wait.
+    pub(crate) fn add_task_dependent(&self, dep: &Arc<dyn Task>) -> Added {
+        let mut l = self.links.lock();
+        if let Some(o) = &l.outcome {
+            return Added::Done(o.clone());
+        }
+        if let Some(f) = l.gpu.as_ref().and_then(|g| g.fence.as_ref())
+            && dep.header().gpu_only()
+        {
+            return Added::Fenced(f.clone());
+        }
+        l.dependents.push(Dependent::Task(dep.clone()));
+        Added::Registered
+    }
+
+    /// Registers `dep` to be told when this node finishes. Returns the outcome instead when
+    /// it already finished.
+    pub(crate) fn add_dependent(&self, dep: Dependent) -> Option<Outcome> {
+        let mut l = self.links.lock();
+        match &l.outcome {
+            Some(o) => Some(o.clone()),
+            None => {
+                l.dependents.push(dep);
+                None
+            }
+        }
+    }
+
+    /// Removes waiter `w` (an await dropped before the node finished).
+    pub(crate) fn remove_waiter(&self, w: &Arc<atomic_waker::AtomicWaker>) {
+        let mut l = self.links.lock();
+        if let Some(i) = l
+            .dependents
+            .iter()
+            .position(|d| matches!(d, Dependent::Waiter(x) if Arc::ptr_eq(x, w)))
+        {
+            l.dependents.swap_remove(i);
+            if l.dependents.is_empty() && l.dependents.spilled() {
+                l.dependents = SmallVec::new();
+            }
+        }
+    }
+
+    /// Publishes the outcome and takes the dependents to notify.
+    pub(crate) fn publish(&self, outcome: Outcome) -> SmallVec<[Dependent; 2]> {
+        let mut l = self.links.lock();
+        l.outcome = Some(outcome);
+        l.gpu = None;
+        std::mem::take(&mut l.dependents)
+    }
+
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        self.links.lock().outcome.clone()
+    }
+
+    /// Whether anything waits on this node.
+    pub(crate) fn has_dependents(&self) -> bool {
+        !self.links.lock().dependents.is_empty()
+    }
+
+    /// The unfinished tasks (and placeholders) this node's completion would notify.
+    pub(crate) fn task_dependents(&self) -> Vec<Arc<dyn Task>> {
+        self.links
+            .lock()
+            .dependents
+            .iter()
+            .filter_map(|d| match d {
+                Dependent::Task(t) if !t.header().is_done() => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    // --- GPU fences ------------------------------------------------------------------
+
+    /// Records the fence of a GPU dependency that released this task early.
+    pub(crate) fn add_wait(&self, f: Arc<dyn Fence>) {
+        self.links.lock().gpu.get_or_insert_default().waits.push(f);
+    }
+
+    /// Takes the fences this task's stream must wait on.
+    pub(crate) fn take_waits(&self) -> SmallVec<[Arc<dyn Fence>; 2]> {
+        self.links
+            .lock()
+            .gpu
+            .as_mut()
+            .map(|g| std::mem::take(&mut g.waits))
+            .unwrap_or_default()
+    }
+
+    /// The body returned with its GPU work behind `f`: keeps the fence and takes the
+    /// dependents that may start behind it (GPU-only tasks). Also says whether others stay
+    /// (dependents or awaiters that need the task complete).
+    pub(crate) fn set_fence(&self, f: Arc<dyn Fence>) -> (SmallVec<[Arc<dyn Task>; 2]>, bool) {
+        let mut l = self.links.lock();
+        l.gpu.get_or_insert_default().fence = Some(f);
+        let mut early = SmallVec::new();
+        l.dependents.retain(|d| match d {
+            Dependent::Task(t) if t.header().gpu_only() => {
+                early.push(t.clone());
+                false
+            }
+            _ => true,
+        });
+        (early, !l.dependents.is_empty())
+    }
+
+    /// The fence of a GPU task whose body returned and whose work is still pending.
+    pub(crate) fn fence(&self) -> Option<Arc<dyn Fence>> {
+        if !self.is_fenced() {
+            return None;
+        }
+        let l = self.links.lock();
+        if l.outcome.is_some() {
+            None
+        } else {
+            l.gpu.as_ref().and_then(|g| g.fence.clone())
+        }
+    }
+
+    // --- placement and resources -----------------------------------------------------
+
+    /// Records the device the task was mapped to and the VCUs it reserves there.
+    pub(crate) fn set_device(&self, d: Device, vcu: u32) {
+        self.reserved_vcu.store(vcu, Ordering::Relaxed);
+        self.device.store(d.slot() as u16, Ordering::Release);
+    }
+
+    /// The device the task was mapped to, once mapped.
+    pub(crate) fn device(&self) -> Option<Device> {
+        match self.device.load(Ordering::Acquire) {
+            u16::MAX => None,
+            s => Some(Device::from_slot(s as usize)),
+        }
+    }
+
+    /// What the task holds on its device now (no VCUs while it lends them).
+    pub(crate) fn demand(&self) -> Demand {
+        Demand {
+            vcu: self.reserved_vcu.load(Ordering::Relaxed),
+            mem: self.mem,
+        }
+    }
+
+    /// The task lends its VCUs to its device while it waits. Returns how many it lent (0:
+    /// it holds none, or lends them already).
+    pub(crate) fn lend(&self) -> u32 {
+        let v = self.reserved_vcu.swap(0, Ordering::AcqRel);
+        if v > 0 {
+            self.lent.store(v, Ordering::Release);
+        }
+        v
+    }
+
+    /// VCUs lent and not taken back yet.
+    pub(crate) fn lent(&self) -> u32 {
+        self.lent.load(Ordering::Acquire)
+    }
+
+    /// The lent VCUs are reserved again.
+    pub(crate) fn reclaim(&self) {
+        let v = self.lent.swap(0, Ordering::AcqRel);
+        self.reserved_vcu.store(v, Ordering::Release);
+    }
+
+    // --- executor slots --------------------------------------------------------------
+
+    /// The task's run state between polls.
+    ///
+    /// # Safety
+    /// The caller holds the task's run token.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn run_state(&self) -> &mut Option<Box<RunState>> {
+        // SAFETY: the run-token holder is the only one touching `run` (caller's contract).
+        unsafe { &mut *self.run.get() }
+    }
+
+    /// Where wakers schedule this node, once set.
+    pub(crate) fn waking(&self) -> Option<&Waking> {
+        let p = self.waking.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer holds a strong reference released only in `drop`, so
+        // it is valid as long as `self` is.
+        unsafe { p.as_ref() }
+    }
+
+    /// Sets where wakers schedule this node (first call only).
+    pub(crate) fn set_waking(&self, w: &Arc<Waking>) {
+        if !self.waking.load(Ordering::Acquire).is_null() {
+            return;
+        }
+        let p = Arc::into_raw(w.clone()) as *mut Waking;
+        if self
+            .waking
+            .compare_exchange(std::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // SAFETY: `p` came from `into_raw` just above and was not stored.
+            drop(unsafe { Arc::from_raw(p) });
+        }
+    }
+}
+
+/// A node as the runtime sees it: a header and, for tasks, a body to poll.
+pub(crate) trait Task: Send + Sync + 'static {
+    fn header(&self) -> &Header;
+
+    /// Polls the body once. Returns `Ready` with the outcome when the body finished (or
+    /// panicked); the output is kept for the join handle.
+    ///
+    /// # Safety
+    /// The caller holds the task's run token, and the task is not DONE.
+    unsafe fn poll_body(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome>;
+
+    /// Drops the body without running it on (the task failed before it ran, or was
+    /// cancelled). Catches panics of the future's destructor.
+    ///
+    /// # Safety
+    /// The caller won the transition to DONE (or holds the run token), so nobody polls the
+    /// body now or later.
+    unsafe fn drop_body(&self);
+
+    /// Drops a stored output nobody will take (the join protocol said so).
+    ///
+    /// # Safety
+    /// The caller won the output by the join protocol.
+    unsafe fn drop_output(&self);
+
+    /// Placeholders: the task space (type-erased) and key they stand in.
+    fn origin(&self) -> Option<&(std::sync::Weak<dyn std::any::Any + Send + Sync>, Key)> {
+        None
+    }
+}
+
+/// A node standing for an id that was referenced before any task was spawned under it.
+/// When the task is spawned, the placeholder becomes its dependent and mirrors its outcome.
+#[repr(C)]
+pub(crate) struct Placeholder {
+    header: Header,
+    /// The space and key it stands in, to remove it from the space once unused.
+    pub(crate) origin: Option<(std::sync::Weak<dyn std::any::Any + Send + Sync>, Key)>,
+}
+
+impl Placeholder {
+    pub(crate) fn new(
+        name: Name,
+        rt_id: u32,
+        origin: Option<(std::sync::Weak<dyn std::any::Any + Send + Sync>, Key)>,
+    ) -> Self {
+        Placeholder {
+            header: Header::new(
+                vt_of::<Placeholder>(),
+                name,
+                Kind::Placeholder,
+                rt_id,
+                0,
+                0,
+                0,
+            ),
+            origin,
+        }
+    }
+}
+
+impl Task for Placeholder {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    unsafe fn poll_body(&self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    unsafe fn drop_body(&self) {}
+
+    unsafe fn drop_output(&self) {}
+
+    fn origin(&self) -> Option<&(std::sync::Weak<dyn std::any::Any + Send + Sync>, Key)> {
+        self.origin.as_ref()
+    }
+}
+
+/// The operations of node type `T` behind a thin header pointer.
+pub(crate) fn vt_of<T: Task>() -> &'static NodeVt {
+    struct Vt<T>(std::marker::PhantomData<T>);
+    impl<T: Task> Vt<T> {
+        const VT: &'static NodeVt = &NodeVt {
+            to_arc: to_arc::<T>,
+            inc: inc::<T>,
+            dec: dec::<T>,
+        };
+    }
+    Vt::<T>::VT
+}
+
+/// # Safety
+/// `h` is the header of a live `T` held in an `Arc` (`T` is `#[repr(C)]` with the header
+/// first).
+unsafe fn to_arc<T: Task>(h: *const Header) -> Arc<dyn Task> {
+    // SAFETY: per the contract, `h` is also the address of the `Arc`ed `T`; one more strong
+    // reference is made and returned.
+    unsafe {
+        Arc::increment_strong_count(h as *const T);
+        Arc::from_raw(h as *const T)
+    }
+}
+
+/// # Safety
+/// As [`to_arc`].
+unsafe fn inc<T: Task>(h: *const Header) {
+    // SAFETY: per the contract.
+    unsafe { Arc::increment_strong_count(h as *const T) }
+}
+
+/// # Safety
+/// As [`to_arc`], and the caller owns the strong reference it drops.
+unsafe fn dec<T: Task>(h: *const Header) {
+    // SAFETY: per the contract.
+    unsafe { Arc::decrement_strong_count(h as *const T) }
+}
+
+/// Wakes `w` (a waker taken from a node's lists), catching a panic of foreign waker code.
+pub(crate) fn wake_quietly(w: Waker) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
+}

@@ -1,0 +1,230 @@
+//! The graph as a state machine, with no runtime: wiring, cascades, placeholders, waiters,
+//! the join protocol.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use super::cell::{Join, TaskCell};
+use super::node::{Dependent, Header, Kind, Name, Placeholder, Task, vt_of};
+use super::*;
+use crate::key::IntoKey;
+
+const RT: u32 = 7;
+
+fn cell<F>(n: u64, fut: F) -> Arc<TaskCell<F>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let h = Header::new(
+        vt_of::<TaskCell<F>>(),
+        Name::Anon(n),
+        Kind::Task,
+        RT,
+        1,
+        0,
+        0,
+    );
+    Arc::new(TaskCell::new(h, fut))
+}
+
+fn node(n: u64) -> Arc<dyn Task> {
+    cell(n, async {})
+}
+
+fn run(t: &Arc<dyn Task>) -> Outcome {
+    let mut cx = Context::from_waker(Waker::noop());
+    // SAFETY: the test is the only holder of the task; it never ran.
+    match unsafe { t.poll_body(&mut cx) } {
+        Poll::Ready(o) => o,
+        Poll::Pending => panic!("test bodies finish in one poll"),
+    }
+}
+
+#[test]
+fn a_chain_becomes_ready_link_by_link() {
+    let (a, b, c) = (node(0), node(1), node(2));
+    assert_eq!(wire(&a, None, []), Ok(true));
+    assert_eq!(wire(&b, None, [a.clone()]), Ok(false));
+    assert_eq!(wire(&c, None, [b.clone()]), Ok(false));
+    let mut fx = Effects::default();
+    let o = run(&a);
+    finish(&a, o, &mut fx);
+    assert_eq!(fx.ready.len(), 1);
+    assert!(Arc::ptr_eq(&fx.ready[0], &b));
+    assert!(c.header().is_waiting());
+    // A dependency that finished before the wiring counts at once.
+    let d = node(3);
+    assert_eq!(wire(&d, None, [a.clone()]), Ok(true));
+}
+
+#[test]
+fn a_failure_cascades_without_recursion() {
+    let head = node(0);
+    assert_eq!(wire(&head, None, []), Ok(true));
+    let mut prev = head.clone();
+    let mut all = Vec::new();
+    for i in 1..100_000 {
+        let t = node(i);
+        assert_eq!(wire(&t, None, [prev.clone()]), Ok(false));
+        all.push(t.clone());
+        prev = t;
+    }
+    let mut fx = Effects::new(false);
+    let err = Arc::new(crate::TaskError::NoRuntime { task: "#0".into() });
+    finish(&head, Err(err), &mut fx);
+    assert_eq!(fx.unrun, 99_999);
+    assert!(fx.ready.is_empty());
+    match all.last().unwrap().header().outcome() {
+        Some(Err(e)) => match &*e {
+            crate::TaskError::DependencyFailed { dependency, .. } => assert_eq!(dependency, "#0"),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn wiring_rejects_itself_failed_dependencies_and_other_runtimes() {
+    let a = node(0);
+    assert!(matches!(
+        wire(&a, None, [a.clone()]),
+        Err(crate::TaskError::Cycle { .. })
+    ));
+    let failed = node(1);
+    let mut fx = Effects::default();
+    assert!(fail_unrun(
+        &failed,
+        crate::TaskError::NoRuntime { task: "#1".into() },
+        &mut fx
+    ));
+    assert!(!fail_unrun(
+        &failed,
+        crate::TaskError::NoRuntime { task: "#1".into() },
+        &mut fx
+    ));
+    let b = node(2);
+    assert!(matches!(
+        wire(&b, None, [failed]),
+        Err(crate::TaskError::DependencyFailed { .. })
+    ));
+    let foreign: Arc<dyn Task> = Arc::new(Placeholder::new(Name::Anon(9), RT + 1, None));
+    let c = node(3);
+    assert!(matches!(
+        wire(&c, None, [foreign]),
+        Err(crate::TaskError::WrongRuntime { .. })
+    ));
+}
+
+#[test]
+fn a_placeholder_mirrors_the_task_spawned_under_its_id() {
+    let key = 5.into_key();
+    let p: Arc<dyn Task> = Arc::new(Placeholder::new(Name::Id(Arc::from("T"), key), RT, None));
+    let waiting = node(1);
+    assert_eq!(wire(&waiting, None, [p.clone()]), Ok(false));
+    let waiter = Arc::new(atomic_waker::AtomicWaker::new());
+    waiter.register(Waker::noop());
+    assert!(
+        p.header()
+            .add_dependent(Dependent::Waiter(waiter))
+            .is_none()
+    );
+    // The task spawned under the id: its placeholder follows it.
+    let t = node(2);
+    assert!(
+        t.header()
+            .add_dependent(Dependent::Task(p.clone()))
+            .is_none()
+    );
+    assert!(matches!(
+        wire(&t, Some(&p), [p.clone()]),
+        Err(crate::TaskError::Cycle { .. })
+    ));
+    let t = node(3);
+    assert!(
+        t.header()
+            .add_dependent(Dependent::Task(p.clone()))
+            .is_none()
+    );
+    assert_eq!(wire(&t, Some(&p), []), Ok(true));
+    let mut fx = Effects::default();
+    let o = run(&t);
+    finish(&t, o, &mut fx);
+    assert_eq!(p.header().outcome(), Some(Ok(())));
+    assert!(Arc::ptr_eq(&fx.ready[0], &waiting));
+    assert_eq!(fx.wake.len(), 1, "the placeholder's waiter");
+}
+
+#[test]
+fn a_dropped_await_leaves_no_waiter() {
+    let a = node(0);
+    let w = Arc::new(atomic_waker::AtomicWaker::new());
+    assert!(
+        a.header()
+            .add_dependent(Dependent::Waiter(w.clone()))
+            .is_none()
+    );
+    assert!(a.header().has_dependents());
+    a.header().remove_waiter(&w);
+    assert!(!a.header().has_dependents());
+}
+
+struct Counted(Arc<AtomicUsize>);
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn the_output_is_dropped_once_whoever_goes_last() {
+    for handle_first in [true, false] {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let d = drops.clone();
+        let c = cell(0, async move { Counted(d) });
+        let t: Arc<dyn Task> = c.clone();
+        assert_eq!(wire(&t, None, []), Ok(true));
+        if handle_first {
+            assert!(!t.header().join_drop(), "not complete yet");
+        }
+        let o = run(&t);
+        finish(&t, o, &mut Effects::default());
+        if handle_first {
+            assert_eq!(drops.load(Ordering::SeqCst), 1, "the completer dropped it");
+        } else {
+            assert_eq!(drops.load(Ordering::SeqCst), 0, "kept for the handle");
+            assert!(t.header().join_drop());
+            // SAFETY: the join protocol gave the output to this (handle) side.
+            let v = unsafe { c.take_output() };
+            assert!(v.is_some());
+            drop(v);
+            assert_eq!(drops.load(Ordering::SeqCst), 1);
+        }
+    }
+}
+
+#[test]
+fn cycles_through_forward_references_are_found() {
+    let pa: Arc<dyn Task> = Arc::new(Placeholder::new(Name::Anon(10), RT, None));
+    let pb: Arc<dyn Task> = Arc::new(Placeholder::new(Name::Anon(11), RT, None));
+    // a after b (a forward reference), b after a.
+    let a = node(0);
+    assert!(
+        a.header()
+            .add_dependent(Dependent::Task(pa.clone()))
+            .is_none()
+    );
+    assert_eq!(wire(&a, Some(&pa), [pb.clone()]), Ok(false));
+    let b = node(1);
+    assert!(
+        b.header()
+            .add_dependent(Dependent::Task(pb.clone()))
+            .is_none()
+    );
+    assert_eq!(wire(&b, Some(&pb), [pa.clone()]), Ok(false));
+    let cycle = find_cycle(&[pa.clone(), pb.clone()]).expect("a cycle");
+    assert_eq!(cycle.len(), 4);
+    assert!(find_cycle(&[node(5)]).is_none());
+}

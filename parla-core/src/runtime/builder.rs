@@ -1,0 +1,271 @@
+//! [`Builder`]: configuring and starting a runtime.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::context::{self, WorkerRt};
+use super::counters::Counters;
+use super::inject::Injector;
+use super::{
+    Backing, DeviceState, GpuSlot, RtInner, Runtime, Sched, bridge, new_runtime_id, parked, stall,
+};
+use crate::device::backend::{GpuBackendFactory, GpuOptions};
+use crate::device::{Device, MAX_GPUS, VCU_ONE, vcu_fixed};
+use crate::error::{Error, Result};
+use crate::graph::node::Waking;
+use crate::scheduler::mapping::{MappingPolicy, MostFree};
+use crate::trace::Recorder;
+
+/// Configures and builds a [`Runtime`].
+///
+/// ```
+/// let rt = parla_core::Runtime::builder()
+///     .cpu_threads(2)
+///     .virtual_gpus(2, 1 << 30)
+///     .build()?;
+/// assert_eq!(rt.devices().len(), 3);
+/// # Ok::<_, parla_core::Error>(())
+/// ```
+pub struct Builder {
+    cpu_threads: Option<usize>,
+    virtual_gpus: Option<(usize, u64)>,
+    gpu_backend: Option<GpuBackendFactory>,
+    gpu_ordinals: Option<Vec<usize>>,
+    gpu_memory_fraction: f64,
+    streams_per_gpu: usize,
+    trace: Option<PathBuf>,
+    policy: Option<Box<dyn MappingPolicy>>,
+    cpu_memory: Option<u64>,
+    profile: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            cpu_threads: None,
+            virtual_gpus: None,
+            gpu_backend: None,
+            gpu_ordinals: None,
+            gpu_memory_fraction: 0.95,
+            streams_per_gpu: 8,
+            trace: None,
+            policy: None,
+            cpu_memory: None,
+            profile: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("cpu_threads", &self.cpu_threads)
+            .field("virtual_gpus", &self.virtual_gpus)
+            .field("gpus", &self.gpu_ordinals)
+            .field("gpu_memory_fraction", &self.gpu_memory_fraction)
+            .field("streams_per_gpu", &self.streams_per_gpu)
+            .field("trace", &self.trace)
+            .field("cpu_memory", &self.cpu_memory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// Worker threads (default: the machine's available parallelism). The default VCUs of a
+    /// CPU task are one worker's share, `1 / cpu_threads`.
+    pub fn cpu_threads(mut self, n: usize) -> Self {
+        self.cpu_threads = Some(n);
+        self
+    }
+
+    /// `n` simulated GPUs with `memory` bytes of budget each, in place of real ones: the
+    /// scheduler treats them as GPUs (placement, VCUs, memory admission) and runs their tasks
+    /// on the host. For tests and machines without CUDA.
+    pub fn virtual_gpus(mut self, n: usize, memory: u64) -> Self {
+        self.virtual_gpus = Some((n, memory));
+        self
+    }
+
+    /// Which GPUs to use, by device ordinal: `.gpus([0, 2])`, `.gpus(0..2)`, or `.gpus([])`
+    /// for none. Default: every device the GPU backend finds.
+    pub fn gpus(mut self, ordinals: impl IntoIterator<Item = usize>) -> Self {
+        self.gpu_ordinals = Some(ordinals.into_iter().collect());
+        self
+    }
+
+    /// The fraction of each GPU's total memory that tasks may reserve (default 0.95).
+    pub fn gpu_memory_fraction(mut self, fraction: f64) -> Self {
+        self.gpu_memory_fraction = fraction;
+        self
+    }
+
+    /// The GPU backend that finds and runs real GPUs. The `parla` facade sets the CUDA
+    /// backend; a runtime built from `parla-core` alone has none. Ignored when
+    /// [`virtual_gpus`](Self::virtual_gpus) is set.
+    pub fn gpu_backend(mut self, factory: GpuBackendFactory) -> Self {
+        self.gpu_backend = Some(factory);
+        self
+    }
+
+    /// CUDA streams in each GPU's pool (default 8); also the number of tasks the mapping
+    /// policy expects a GPU to run at once.
+    pub fn streams_per_gpu(mut self, n: usize) -> Self {
+        self.streams_per_gpu = n;
+        self
+    }
+
+    /// Writes a Perfetto/Chrome trace of every task to `path` when the runtime shuts down.
+    /// The `PARLA_TRACE` environment variable does the same without code changes.
+    pub fn trace(mut self, path: impl Into<PathBuf>) -> Self {
+        self.trace = Some(path.into());
+        self
+    }
+
+    /// Prints a profile when the runtime shuts down: tasks and busy time per device, and the
+    /// scheduler's time per task by phase. `PARLA_PROFILE=1` does the same.
+    pub fn profile(mut self, on: bool) -> Self {
+        self.profile = on;
+        self
+    }
+
+    /// The mapping policy for list placements (default [`MostFree`]).
+    pub fn mapping_policy(mut self, policy: impl MappingPolicy) -> Self {
+        self.policy = Some(Box::new(policy));
+        self
+    }
+
+    /// The CPU device's memory budget in bytes (default: the machine's memory).
+    pub fn cpu_memory(mut self, bytes: u64) -> Self {
+        self.cpu_memory = Some(bytes);
+        self
+    }
+
+    /// Builds the runtime and starts its worker threads.
+    pub fn build(self) -> Result<Runtime> {
+        let threads = match self.cpu_threads {
+            Some(0) => return Err(Error::Config("cpu_threads must be at least 1".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if self.streams_per_gpu == 0 {
+            return Err(Error::Config("streams_per_gpu must be at least 1".into()));
+        }
+        let fraction = self.gpu_memory_fraction;
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(Error::Config(format!(
+                "gpu_memory_fraction = {fraction}: it must be in (0, 1]"
+            )));
+        }
+        // The GPUs: virtual ones if asked for, else whatever the backend finds.
+        let mut gpus: Vec<GpuSlot> = Vec::new();
+        if let Some((n, mem)) = self.virtual_gpus {
+            for i in 0..n {
+                gpus.push((format!("virtual GPU {i}"), mem, Backing::Virtual, None));
+            }
+        } else if let Some(factory) = self.gpu_backend {
+            let opts = GpuOptions {
+                ordinals: self.gpu_ordinals.clone(),
+                streams_per_gpu: self.streams_per_gpu,
+                memory_fraction: fraction,
+            };
+            if let Some(backend) = factory(&opts).map_err(Error::Backend)? {
+                for (i, info) in backend.devices().into_iter().enumerate() {
+                    gpus.push((
+                        info.name,
+                        info.memory_budget,
+                        Backing::Gpu,
+                        Some((backend.clone(), i)),
+                    ));
+                }
+            }
+        }
+        let n_gpus = gpus.len();
+        if n_gpus > MAX_GPUS {
+            return Err(Error::Config(format!(
+                "{n_gpus} GPUs asked for; the runtime manages at most {MAX_GPUS}"
+            )));
+        }
+        // Worker threads find their runtime outside driver polls (futures started with
+        // `tokio::spawn` inside tasks) through this, set once the runtime exists.
+        let worker_rt: WorkerRt = Arc::new(OnceLock::new());
+        let start_rt = worker_rt.clone();
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("parla-worker")
+            .enable_all()
+            .on_thread_start(move || context::set_worker_rt(start_rt.clone()))
+            .on_thread_stop(context::clear_worker_rt)
+            .build()?;
+        let cpu_mem = self.cpu_memory.unwrap_or_else(system_memory);
+        let track_running = n_gpus > 0;
+        let mut devices = vec![DeviceState::new(
+            Device::CPU,
+            "host CPU".into(),
+            Backing::Cpu,
+            None,
+            cpu_mem,
+            vcu_fixed(1.0 / threads as f64).max(1),
+            threads,
+            track_running,
+        )];
+        for (i, (name, mem, backing, gpu)) in gpus.into_iter().enumerate() {
+            devices.push(DeviceState::new(
+                Device::gpu(i as u32),
+                name,
+                backing,
+                gpu,
+                mem,
+                0,
+                self.streams_per_gpu,
+                track_running,
+            ));
+        }
+        debug_assert!(devices.iter().all(|d| d.default_vcu <= VCU_ONE));
+        let trace_path = self
+            .trace
+            .or_else(|| std::env::var_os("PARLA_TRACE").map(PathBuf::from));
+        let profile = self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0");
+        let inner = Arc::new_cyclic(|me: &std::sync::Weak<RtInner>| RtInner {
+            id: new_runtime_id(),
+            tokio: tokio.handle().clone(),
+            devices: devices.into_boxed_slice(),
+            gpus: n_gpus,
+            inject: Injector::new(threads),
+            counters: Arc::new(Counters::new()),
+            policy: self.policy.unwrap_or_else(|| Box::new(MostFree)),
+            forward: Mutex::new(Vec::new()),
+            gate: parking_lot::RwLock::new(()),
+            epoch: Instant::now(),
+            trace: trace_path.and_then(Recorder::new),
+            bridge: bridge::Bridge::default(),
+            profile: profile.then(|| crate::trace::profile::Profile::new(n_gpus + 1)),
+            pollers: parked::Pollers::default(),
+            waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
+            cpu_threads: threads,
+            ours: std::sync::atomic::AtomicUsize::new(0),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
+        });
+        let _ = worker_rt.set(Arc::downgrade(&inner));
+        stall::start_monitor(&inner);
+        Ok(Runtime {
+            tokio: Some(tokio),
+            inner,
+        })
+    }
+}
+
+/// The machine's memory in bytes, from `/proc/meminfo` (16 GiB where it cannot be read).
+fn system_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(16 << 30, |kb| kb * 1024)
+}

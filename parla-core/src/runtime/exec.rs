@@ -1,0 +1,375 @@
+//! The pipeline as the executor runs it: map and admit tasks the graph made ready, launch
+//! what admission let through, schedule woken tasks, complete tasks, and apply the graph's
+//! effects. Every counter change of the runtime happens in this file or in the driver.
+//!
+//! ```text
+//! spawn -> graph::wire -> ready -> map (policy) -> admit (VCUs, memory) -> launch
+//!   -> driver polls -> Pending: lend VCUs, park or wait -> woken: resume (VCUs back) -> launch
+//!                   -> Ready: complete -> release, graph::finish -> effects -> ...
+//! ```
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use smallvec::SmallVec;
+
+use super::driver::Driver;
+use super::{RtInner, context};
+use crate::device::backend::FenceStatus;
+use crate::device::{Demand, Device, vcu_float};
+use crate::error::TaskError;
+use crate::graph::node::{DEFAULT_VCU, Header, Outcome, Task, wake_quietly};
+use crate::graph::{self, Effects};
+use crate::scheduler::mapping::Candidate;
+
+/// Tasks admitted to run, in order; the first usually runs next on the current driver.
+pub(crate) type Launch = SmallVec<[Arc<dyn Task>; 4]>;
+
+/// Counter changes a driver defers to the end of its poll: decreases, and increases netted
+/// against a decrease still counted (a finished task's token standing in for the task this
+/// driver runs next). Outside drivers a fresh value is flushed at once.
+#[derive(Default, Debug)]
+pub(crate) struct Deferred {
+    pub(crate) live: i64,
+    pub(crate) busy: i64,
+}
+
+impl RtInner {
+    /// Applies deferred counter changes.
+    pub(crate) fn flush(&self, d: &mut Deferred) {
+        let x = std::mem::take(d);
+        self.counters.add(x.live, x.busy);
+    }
+
+    /// Applies `fx` with no deferral (outside drivers).
+    pub(crate) fn apply_now(self: &Arc<Self>, fx: Effects) {
+        let mut d = Deferred::default();
+        self.apply(fx, &mut d);
+        self.flush(&mut d);
+    }
+
+    /// Applies graph effects: tasks finished without running leave the live count, ready
+    /// tasks are mapped and admitted, wakers are woken, and what was admitted is launched.
+    pub(crate) fn apply(self: &Arc<Self>, mut fx: Effects, d: &mut Deferred) {
+        let mut admitted = Launch::new();
+        loop {
+            d.live -= fx.unrun as i64;
+            fx.unrun = 0;
+            for t in fx.unrun_tasks.drain(..) {
+                self.trace_end(t.header(), false);
+            }
+            let ready = std::mem::take(&mut fx.ready);
+            for t in ready {
+                self.on_ready(t, &mut admitted, &mut fx);
+            }
+            let wake = std::mem::take(&mut fx.wake);
+            if !admitted.is_empty() {
+                self.launch(std::mem::take(&mut admitted), d);
+            }
+            for w in wake {
+                wake_quietly(w);
+            }
+            if fx.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// A task's dependencies are met: map it to a device and ask for its resources. What
+    /// this admits is pushed to `admitted`; failures go to `fx`.
+    fn on_ready(&self, task: Arc<dyn Task>, admitted: &mut Launch, fx: &mut Effects) {
+        let h = task.header();
+        self.stamp(h, 1);
+        let slot = self.map(h);
+        let dev = &self.devices[slot];
+        let vcu = if h.vcu == DEFAULT_VCU {
+            dev.default_vcu
+        } else {
+            h.vcu
+        };
+        h.set_device(dev.device, vcu);
+        if let Some(message) = dev.failed.get() {
+            let err = TaskError::Device {
+                task: h.name.to_string(),
+                device: dev.device.to_string(),
+                message: message.clone(),
+            };
+            graph::fail_held(&task, err, fx);
+            return;
+        }
+        let mem = h.mem;
+        #[cfg(feature = "tracing")]
+        tracing::trace!(target: "parla::sched", { task.id = %h.name, device = %dev.device, vcu = vcu_float(vcu), mem.bytes = mem }, "mapped");
+        dev.admission.admit(task, Demand { vcu, mem }, admitted);
+    }
+
+    /// Picks the device slot of a task among its mask: the policy chooses among the devices
+    /// that have not failed (all of them if every one failed). A panicking policy is
+    /// reported once and replaced by the first candidate that fits now.
+    fn map(&self, h: &Header) -> usize {
+        if h.mask.is_power_of_two() {
+            return h.mask.trailing_zeros() as usize;
+        }
+        let in_mask = |s: usize| h.mask & (1 << s) != 0;
+        let healthy =
+            (0..self.devices.len()).any(|s| in_mask(s) && self.devices[s].failed.get().is_none());
+        let mut slots: SmallVec<[usize; 8]> = SmallVec::new();
+        let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
+        for (slot, dev) in self.devices.iter().enumerate() {
+            if !in_mask(slot) || (healthy && dev.failed.get().is_some()) {
+                continue;
+            }
+            slots.push(slot);
+            cands.push(Candidate {
+                device: dev.device,
+                demand: Demand {
+                    vcu: if h.vcu == DEFAULT_VCU {
+                        dev.default_vcu
+                    } else {
+                        h.vcu
+                    },
+                    mem: h.mem,
+                },
+                usage: dev.usage(),
+                memory_capacity: dev.admission.mem_capacity(),
+                running: dev.running(),
+                slots: dev.slots,
+            });
+        }
+        let i = match catch_unwind(AssertUnwindSafe(|| self.policy.choose(&cands))) {
+            Ok(i) => i.min(cands.len().saturating_sub(1)),
+            Err(p) => {
+                static REPORTED: std::sync::Once = std::sync::Once::new();
+                REPORTED.call_once(|| {
+                    eprintln!(
+                        "parla: the mapping policy panicked ({}); mapping to the first device where the task fits",
+                        graph::cell::panic_message(&*p)
+                    )
+                });
+                cands.iter().position(Candidate::fits_now).unwrap_or(0)
+            }
+        };
+        slots[i]
+    }
+
+    /// Makes admitted tasks runnable: each takes a busy token (a resumed one takes back the
+    /// VCUs it lent), the first goes to this thread's driver if one polls here, the rest to
+    /// the injector.
+    pub(crate) fn launch(self: &Arc<Self>, admitted: Launch, d: &mut Deferred) {
+        let mut tokens = 0;
+        let mut visible: Launch = SmallVec::new();
+        for t in admitted {
+            let h = t.header();
+            if h.lent() > 0 {
+                h.reclaim();
+            } else {
+                // A first admission: the task counts as running on its device.
+                self.devices[h.device().map_or(0, |d| d.slot())].started(1);
+            }
+            match context::offer_next(self.id, t) {
+                None if d.busy < 0 => d.busy += 1,
+                None => tokens += 1,
+                Some(t) => {
+                    tokens += 1;
+                    visible.push(t);
+                }
+            }
+        }
+        // Counted before any other thread can see the tasks.
+        self.counters.add(0, tokens);
+        let n = visible.len();
+        for t in visible {
+            self.inject.push(t);
+        }
+        if n > 0 {
+            self.start_drivers(n);
+        }
+    }
+
+    /// Starts up to `n` drivers (as many as free slots allow).
+    pub(crate) fn start_drivers(self: &Arc<Self>, n: usize) {
+        let k = self.inject.drivers_wanted(n);
+        for _ in 0..k {
+            self.ours.fetch_add(1, Ordering::SeqCst);
+            self.tokio.spawn(Driver::new(self.clone()));
+        }
+    }
+
+    /// Queues a runnable task (which holds its token) for a driver.
+    pub(crate) fn push_runnable(self: &Arc<Self>, t: Arc<dyn Task>) {
+        if let Some(t) = context::offer_next(self.id, t) {
+            self.inject.push(t);
+            self.start_drivers(1);
+        }
+    }
+
+    /// A task that waited was woken (its activity is NOTIFIED now). It runs again once it
+    /// has its VCUs back: at once if they fit (no waker involved), else through the resume
+    /// lane of its device, ahead of waiting tasks.
+    pub(crate) fn schedule_woken(self: &Arc<Self>, task: Arc<dyn Task>, took_token: bool) {
+        if took_token {
+            self.counters.add(0, 1);
+        }
+        let h = task.header();
+        let lent = h.lent();
+        if lent == 0 {
+            self.push_runnable(task);
+            return;
+        }
+        let dev = &self.devices[h.device().map_or(0, |d| d.slot())];
+        let mut admitted = Launch::new();
+        let granted = dev.admission.resume(task, lent, &mut admitted);
+        let mut d = Deferred::default();
+        self.launch(admitted, &mut d);
+        self.flush(&mut d);
+        match granted {
+            Some(t) => {
+                t.header().reclaim();
+                self.push_runnable(t);
+            }
+            // It waits in the resume lane and holds no token meanwhile (launched above if
+            // this very call admitted it).
+            None => self.counters.add(0, -1),
+        }
+    }
+
+    /// Completes a task whose run token the caller holds: releases its resources, publishes
+    /// `outcome`, and applies what follows. `token`: the task holds a busy token; `pended`:
+    /// it waited at least once (it is in the poller set).
+    pub(crate) fn complete(
+        self: &Arc<Self>,
+        task: &Arc<dyn Task>,
+        outcome: Outcome,
+        token: bool,
+        pended: bool,
+        d: &mut Deferred,
+    ) {
+        let h = task.header();
+        let device = h.device().unwrap_or(Device::CPU);
+        let dev = &self.devices[device.slot()];
+        let mut admitted = Launch::new();
+        dev.admission.release(h.demand(), &mut admitted);
+        dev.finished();
+        h.act.finish();
+        if pended {
+            self.pollers.remove(task);
+        }
+        let device_error = matches!(outcome, Err(ref e) if matches!(**e, TaskError::Device { .. }));
+        let mut fx = Effects::new(self.trace.is_some());
+        graph::finish(task, outcome, &mut fx);
+        self.trace_end(h, true);
+        d.live -= 1;
+        if token {
+            d.busy -= 1;
+        }
+        self.launch(admitted, d);
+        self.apply(fx, d);
+        if device_error {
+            self.check_device(device);
+        }
+    }
+
+    /// A GPU task's fence finished with `status`: complete the task (if nobody else did).
+    pub(crate) fn complete_fenced(self: &Arc<Self>, task: &Arc<dyn Task>, status: FenceStatus) {
+        let h = task.header();
+        if !h.transition_to_completing() {
+            return;
+        }
+        let outcome = match status {
+            FenceStatus::Failed(message) => Err(Arc::new(TaskError::Device {
+                task: h.name.to_string(),
+                device: h.device().unwrap_or(Device::CPU).to_string(),
+                message,
+            })),
+            FenceStatus::Done | FenceStatus::Pending => Ok(()),
+        };
+        let mut d = Deferred::default();
+        self.complete(task, outcome, true, false, &mut d);
+        self.flush(&mut d);
+    }
+
+    /// After a device error: if the backend says the device can no longer run tasks, mark
+    /// it failed and fail every task waiting for it.
+    pub(crate) fn check_device(self: &Arc<Self>, device: Device) {
+        let dev = &self.devices[device.slot()];
+        let Some((backend, index)) = &dev.gpu else {
+            return;
+        };
+        let Ok(Some(message)) = catch_unwind(AssertUnwindSafe(|| backend.device_error(*index)))
+        else {
+            return;
+        };
+        if dev.failed.set(message.clone()).is_err() {
+            return;
+        }
+        #[cfg(feature = "tracing")]
+        tracing::error!(target: "parla::gpu", device = %device, "device failed: {message}");
+        let err = |t: &Arc<dyn Task>| TaskError::Device {
+            task: t.header().name.to_string(),
+            device: device.to_string(),
+            message: format!("the device failed earlier: {message}"),
+        };
+        for (t, _, lane) in dev.admission.take_waiting() {
+            self.fail_waiting_item(&t, err(&t), lane);
+        }
+    }
+
+    /// Fails an item taken out of an admission lane: a task that never ran, or a task that
+    /// waited for its lent VCUs (its body is dropped, what it holds released).
+    pub(crate) fn fail_waiting_item(
+        self: &Arc<Self>,
+        t: &Arc<dyn Task>,
+        err: TaskError,
+        lane: crate::scheduler::admission::Lane,
+    ) {
+        let mut d = Deferred::default();
+        match lane {
+            crate::scheduler::admission::Lane::Task => {
+                let mut fx = Effects::new(self.trace.is_some());
+                graph::fail_held(t, err, &mut fx);
+                self.apply(fx, &mut d);
+            }
+            crate::scheduler::admission::Lane::Resume => {
+                // SAFETY: taken out of the resume lane, the only holder of its run token.
+                unsafe { t.drop_body() };
+                // SAFETY: as above; the run state goes with the body.
+                drop(unsafe { t.header().run_state() }.take());
+                // It holds no VCUs (they are lent): completing it releases its memory.
+                self.complete(t, Err(Arc::new(err)), false, true, &mut d);
+            }
+        }
+        self.flush(&mut d);
+    }
+
+    /// Describes what `h` (unfinished) waits for, for error messages.
+    pub(crate) fn describe_wait(&self, h: &Header) -> String {
+        if h.is_waiting() {
+            return format!("{} waits for its dependencies", h.name);
+        }
+        if h.is_fenced() {
+            return format!("{} waits for its GPU work", h.name);
+        }
+        if h.act.is_parked() {
+            return format!("{} awaits other tasks", h.name);
+        }
+        match h.device() {
+            Some(d) => {
+                let u = self.devices[d.slot()].usage();
+                format!(
+                    "{} waits on {d} for {} VCUs and {} bytes ({} VCUs and {} bytes held by tasks that wait themselves)",
+                    h.name,
+                    vcu_float(if h.vcu == DEFAULT_VCU {
+                        self.devices[d.slot()].default_vcu
+                    } else {
+                        h.vcu
+                    }),
+                    h.mem,
+                    vcu_float(u.vcu),
+                    u.mem
+                )
+            }
+            None => format!("{} is not running", h.name),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The injector: tasks ready to run (admitted, or woken) waiting for a driver, and the
+//! count of drivers pulling from it.
+//!
+//! At most `max` drivers pull at once (one per worker thread). Whoever pushes work claims
+//! driver slots for it and starts that many drivers; a driver that finds the queue empty
+//! gives its slot back and ends.
+//!
+//! # Invariants
+//! - No task is stranded: pushers push and then claim (reading the active count); leaving
+//!   drivers decrement the count and then read the queue; `SeqCst` fences between the two
+//!   steps on each side mean one of them sees the other - the pusher starts a driver, or the
+//!   leaving driver stays. If the pusher's claim fails because other drivers are active,
+//!   the last of those to leave sees the work. Checked by loom (`loom_test` below).
+//! - `active` never exceeds `max`: slots are taken by compare-and-swap only.
+
+use crate::loom::sync::{AtomicUsize, Ordering, Queue, fence};
+
+pub(crate) struct Injector<T> {
+    queue: Queue<T>,
+    active: AtomicUsize,
+    max: usize,
+}
+
+impl<T> Injector<T> {
+    pub(crate) fn new(max: usize) -> Self {
+        Injector {
+            queue: Queue::new(),
+            active: AtomicUsize::new(0),
+            max: max.max(1),
+        }
+    }
+
+    /// Takes a driver slot if one is free.
+    pub(crate) fn claim(&self) -> bool {
+        let mut n = self.active.load(Ordering::SeqCst);
+        while n < self.max {
+            match self
+                .active
+                .compare_exchange_weak(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(actual) => n = actual,
+            }
+        }
+        false
+    }
+
+    /// Queues a task. The caller then calls [`drivers_wanted`](Self::drivers_wanted).
+    #[inline]
+    pub(crate) fn push(&self, t: T) {
+        self.queue.push(t);
+    }
+
+    /// After pushing `n` tasks: claims up to `n` driver slots. Returns how many drivers the
+    /// caller must start.
+    pub(crate) fn drivers_wanted(&self, n: usize) -> usize {
+        fence(Ordering::SeqCst);
+        let mut k = 0;
+        while k < n && self.claim() {
+            k += 1;
+        }
+        k
+    }
+
+    #[inline]
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.queue.pop()
+    }
+
+    /// A driver found the queue empty: it gives its slot back, unless work arrived
+    /// meanwhile and it could take a slot again. Returns whether the driver goes on.
+    pub(crate) fn leave(&self) -> bool {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        !self.queue.is_empty() && self.claim()
+    }
+
+    /// A driver holding a slot stops for good (at shutdown).
+    pub(crate) fn release(&self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Drivers holding a slot now.
+    #[cfg(parla_loom)]
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(all(test, parla_loom))]
+mod loom_test {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A driver's run: pop until the queue is empty and the driver leaves.
+    fn drive(inj: &Injector<u8>, ran: &mut Vec<u8>) {
+        loop {
+            while let Some(t) = inj.pop() {
+                ran.push(t);
+            }
+            if !inj.leave() {
+                return;
+            }
+        }
+    }
+
+    /// A task pushed while the only driver leaves is run by somebody.
+    #[test]
+    fn push_vs_leave_strands_nothing() {
+        loom::model(|| {
+            let inj = Arc::new(Injector::new(1));
+            assert!(inj.claim());
+            inj.push(0);
+            let i2 = inj.clone();
+            let pusher = thread::spawn(move || {
+                i2.push(1);
+                let mut ran = Vec::new();
+                if i2.drivers_wanted(1) == 1 {
+                    drive(&i2, &mut ran);
+                }
+                ran
+            });
+            let mut ran = Vec::new();
+            drive(&inj, &mut ran);
+            ran.extend(pusher.join().unwrap());
+            ran.sort();
+            assert_eq!(ran, vec![0, 1], "every task ran exactly once");
+            assert_eq!(inj.active(), 0);
+        });
+    }
+
+    /// Two drivers at the limit and a pusher whose claim fails: the last driver to leave
+    /// runs the task.
+    #[test]
+    fn full_slots_hand_work_to_the_last_leaver() {
+        loom::model(|| {
+            let inj = Arc::new(Injector::new(2));
+            assert!(inj.claim());
+            assert!(inj.claim());
+            let i2 = inj.clone();
+            let other = thread::spawn(move || {
+                let mut ran = Vec::new();
+                drive(&i2, &mut ran);
+                ran
+            });
+            let i3 = inj.clone();
+            let pusher = thread::spawn(move || {
+                i3.push(7);
+                let mut ran = Vec::new();
+                if i3.drivers_wanted(1) == 1 {
+                    drive(&i3, &mut ran);
+                }
+                ran
+            });
+            let mut ran = Vec::new();
+            drive(&inj, &mut ran);
+            ran.extend(other.join().unwrap());
+            ran.extend(pusher.join().unwrap());
+            assert_eq!(ran, vec![7]);
+            assert_eq!(inj.active(), 0);
+        });
+    }
+}

@@ -1,0 +1,274 @@
+//! The stall resolver: what to do when nothing can make progress on its own.
+//!
+//! The runtime is stalled when no poller holds a busy token (`graph::activity`), no
+//! `Handle::hold` guard lives, and no Tokio task other than the runtime's own is alive (a
+//! future started with `tokio::spawn` may still spawn tasks or ids). Then what is left can
+//! never move unless something is failed. The resolver acts one step at a time, and after
+//! each step the runtime looks again - a failed await may let its task finish and free what
+//! others wait for - so it fails the fewest tasks it can. In order:
+//!
+//! 0. *backfill*: an item waiting for admission that fits now (behind a head that does
+//!    not) is admitted - nothing is failed;
+//! 1. the oldest id that was referenced, is waited on, and was never spawned fails with
+//!    `NeverSpawned` (its dependents with `DependencyFailed`, its awaits with
+//!    `NeverSpawned`);
+//! 2. one dependency cycle fails with `Cycle`, naming its ids (every cycle passes through a
+//!    forward reference, so the search starts from those);
+//! 3. one await inside a task fails with `Deadlock`: the task blocked last (tasks awaiting
+//!    each other, or a parent holding memory its child needs). The task handles the error
+//!    and may finish, freeing what it held;
+//! 4. one task waiting for resources (or a parked task for its VCUs) fails with `Deadlock`;
+//! 5. one await of a `block_on` future fails with `Deadlock`.
+//!
+//! A monitor task runs the resolver whenever the busy count reaches zero; while user Tokio
+//! tasks are alive it looks again at a slowly growing interval instead.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use super::RtInner;
+use super::exec::{Deferred, Launch};
+use crate::device::vcu_float;
+use crate::error::TaskError;
+use crate::graph::activity::Woken;
+use crate::graph::node::{Kind, Task};
+use crate::graph::{self, Effects};
+use crate::scheduler::admission::Lane;
+
+/// Whether the runtime is stalled now.
+fn stalled(rt: &RtInner) -> bool {
+    rt.counters.load().1 == 0 && rt.foreign_tasks() == 0
+}
+
+/// Resolves one cause of a stall. Returns whether it changed anything.
+pub(crate) fn resolve(rt: &Arc<RtInner>) -> bool {
+    let _gate = rt.gate.write();
+    if !stalled(rt) || rt.shutdown.load(Ordering::SeqCst) {
+        return false;
+    }
+    // 0. Backfill.
+    for dev in rt.devices.iter() {
+        let mut admitted = Launch::new();
+        if dev.admission.backfill(&mut admitted) > 0 {
+            let mut d = Deferred::default();
+            rt.launch(admitted, &mut d);
+            rt.flush(&mut d);
+            return true;
+        }
+    }
+    // 1. Never spawned.
+    let forward = rt.forward_refs();
+    for p in &forward {
+        let h = p.header();
+        if !h.is_resolved() && h.has_dependents() {
+            let mut fx = Effects::new(rt.trace.is_some());
+            let err = TaskError::NeverSpawned {
+                id: h.name.to_string(),
+            };
+            if graph::fail_unrun(p, err, &mut fx) {
+                rt.apply_now(fx);
+                return true;
+            }
+        }
+    }
+    // 2. Cycles.
+    if let Some(cycle) = graph::find_cycle(&forward) {
+        let tasks: Vec<&Arc<dyn Task>> = cycle
+            .iter()
+            .filter(|t| t.header().kind == Kind::Task)
+            .collect();
+        let err = Arc::new(TaskError::Cycle {
+            ids: tasks.iter().map(|t| t.header().name.to_string()).collect(),
+        });
+        // Claim every task on the cycle first, so that each fails with `Cycle` rather than
+        // with the failure of its neighbour.
+        let mut fx = Effects::new(rt.trace.is_some());
+        let claimed: Vec<&Arc<dyn Task>> = tasks
+            .into_iter()
+            .filter(|t| graph::claim(t, &mut fx))
+            .collect();
+        for t in claimed {
+            graph::finish(t, Err(err.clone()), &mut fx);
+        }
+        rt.apply_now(fx);
+        return true;
+    }
+    // 3. An await inside a task.
+    if let Some(t) = rt.pollers.newest_parked() {
+        let h = t.header();
+        h.act.fail_one_await();
+        if let Woken::Schedule { took_token } = h.act.wake() {
+            rt.schedule_woken(t, took_token);
+        }
+        return true;
+    }
+    // 4. A resource wait.
+    for dev in rt.devices.iter() {
+        let used = dev.usage();
+        if let Some((t, d, lane)) = dev.admission.take_first_waiting() {
+            let what = match lane {
+                Lane::Task => "needs",
+                Lane::Resume => "waits to take back",
+            };
+            let err = TaskError::Deadlock {
+                task: t.header().name.to_string(),
+                device: dev.device.to_string(),
+                reason: format!(
+                    "it {what} {} VCUs and {} bytes; {} VCUs and {} bytes are held by tasks waiting on other tasks",
+                    vcu_float(d.vcu),
+                    d.mem,
+                    vcu_float(used.vcu),
+                    used.mem
+                ),
+            };
+            rt.fail_waiting_item(&t, err, lane);
+            return true;
+        }
+    }
+    // 5. An await of `block_on`.
+    if let Some(m) = rt.pollers.parked_main() {
+        m.act.fail_one_await();
+        if let Woken::Schedule { took_token } = m.act.wake() {
+            if took_token {
+                rt.counters.add(0, 1);
+            }
+            m.thread.wake();
+        }
+        return true;
+    }
+    false
+}
+
+/// Starts the task that runs the resolver whenever the runtime goes quiescent.
+pub(crate) fn start_monitor(rt: &Arc<RtInner>) {
+    rt.ours.fetch_add(1, Ordering::SeqCst);
+    rt.tokio.spawn(Monitor {
+        rt: Arc::downgrade(rt),
+        recheck: None,
+        pause: MIN_RECHECK,
+    });
+}
+
+const MIN_RECHECK: Duration = Duration::from_millis(1);
+const MAX_RECHECK: Duration = Duration::from_millis(50);
+
+struct Monitor {
+    rt: Weak<RtInner>,
+    /// While user Tokio tasks are alive at a quiescent moment: when to look again.
+    recheck: Option<Pin<Box<tokio::time::Sleep>>>,
+    pause: Duration,
+}
+
+impl Future for Monitor {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            let Some(rt) = this.rt.upgrade() else {
+                return Poll::Ready(());
+            };
+            if rt.shutdown.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            rt.counters.stall.register(cx.waker());
+            if rt.counters.load().1 != 0 {
+                this.recheck = None;
+                this.pause = MIN_RECHECK;
+                return Poll::Pending;
+            }
+            if rt.foreign_tasks() > 0 {
+                // A user's Tokio task may still spawn what others wait for: look again later.
+                let sleep = this
+                    .recheck
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.pause)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.recheck = None;
+                this.pause = (this.pause * 2).min(MAX_RECHECK);
+                continue;
+            }
+            this.recheck = None;
+            if !resolve(&rt) {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.upgrade() {
+            rt.ours.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// At shutdown: fails everything still waiting, so no handle awaited elsewhere hangs.
+pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
+    let cancelled = |t: &Arc<dyn Task>| TaskError::Cancelled {
+        task: t.header().name.to_string(),
+    };
+    for dev in rt.devices.iter() {
+        for (t, _, lane) in dev.admission.take_waiting() {
+            rt.fail_waiting_item(&t, cancelled(&t), lane);
+        }
+    }
+    // GPU tasks whose fences nobody will poll any more: the device work may be done or not;
+    // their results cannot be delivered.
+    for t in rt.bridge.take_tasks() {
+        if t.header().transition_to_completing() {
+            let mut d = Deferred::default();
+            rt.complete(&t, Err(Arc::new(cancelled(&t))), true, false, &mut d);
+            rt.flush(&mut d);
+        }
+    }
+    // Runnable tasks no driver will poll, and tasks that wait on something.
+    loop {
+        let mut d = Deferred::default();
+        let mut any = false;
+        while let Some(t) = rt.inject.pop().or_else(super::context::take_next) {
+            any = true;
+            cancel_started(rt, &t, true, &mut d);
+        }
+        for t in rt.pollers.take_all() {
+            if let Some(token) = t.header().act.claim_waiting() {
+                any = true;
+                cancel_started(rt, &t, token, &mut d);
+            }
+        }
+        rt.flush(&mut d);
+        if !any {
+            break;
+        }
+    }
+    for p in rt.forward_refs() {
+        if !p.header().is_resolved() {
+            let mut fx = Effects::new(rt.trace.is_some());
+            let err = TaskError::NeverSpawned {
+                id: p.header().name.to_string(),
+            };
+            graph::fail_unrun(&p, err, &mut fx);
+            rt.apply_now(fx);
+        }
+    }
+}
+
+/// Cancels a task whose run token the caller holds (admitted, or started and waiting).
+fn cancel_started(rt: &Arc<RtInner>, t: &Arc<dyn Task>, token: bool, d: &mut Deferred) {
+    // SAFETY: the caller holds the run token (the injector gave it, or the activity was
+    // claimed out of a waiting state).
+    unsafe {
+        t.drop_body();
+        drop(t.header().run_state().take());
+    }
+    let err = TaskError::Cancelled {
+        task: t.header().name.to_string(),
+    };
+    rt.complete(t, Err(Arc::new(err)), token, false, d);
+}

@@ -1,0 +1,303 @@
+//! Wakers of pollers (tasks and `block_on` futures), counted and uncounted.
+//!
+//! A poller's waker comes in two kinds that wake the same way and differ in what cloning
+//! them means for stall detection (`graph::activity`):
+//! - *counted*: the waker a poll hands to the polled future. Every clone made from it is
+//!   code outside the runtime keeping a way to wake the poller (a timer, a channel, another
+//!   thread), and is counted in the poller's activity for as long as it lives;
+//! - *uncounted*: what the runtime's own futures (task handles, ids, spaces) register on
+//!   the nodes they await. The runtime knows it can wake through those.
+//!
+//! A task's waker points at its header (a thin pointer; the header's node table turns it
+//! back into the task), a `block_on` future's at its [`MainPoller`].
+//!
+//! # Safety
+//! Every raw waker made here holds one strong reference to what its data pointer points at
+//! (the task's `Arc`, or the `MainPoller`'s), taken by `clone` and released by `drop` or
+//! `wake`, except the borrowed waker of a poll, which is never dropped and lives only while
+//! the poller holds its own reference.
+
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+use std::task::{Context, RawWaker, RawWakerVTable, Waker};
+
+use atomic_waker::AtomicWaker;
+
+use super::context::{self, PollerRef};
+use super::counters::Counters;
+use crate::graph::activity::{Activity, Woken};
+use crate::graph::node::{Header, Task};
+
+static TASK_COUNTED: RawWakerVTable = RawWakerVTable::new(
+    task_clone_counted,
+    task_wake_counted,
+    task_wake_by_ref,
+    task_drop_counted,
+);
+static TASK_UNCOUNTED: RawWakerVTable = RawWakerVTable::new(
+    task_clone_uncounted,
+    task_wake_uncounted,
+    task_wake_by_ref,
+    task_drop_uncounted,
+);
+
+/// # Safety
+/// `p` is the header of a live task (module safety).
+unsafe fn hdr<'a>(p: *const ()) -> &'a Header {
+    // SAFETY: per the contract.
+    unsafe { &*(p as *const Header) }
+}
+
+unsafe fn task_clone_counted(p: *const ()) -> RawWaker {
+    // SAFETY: `p` is a live header (module safety); the new waker takes a reference.
+    let h = unsafe { hdr(p) };
+    // SAFETY: as above.
+    unsafe { (h.vt.inc)(h) };
+    if h.act.clone_counted()
+        && let Some(w) = h.waking()
+    {
+        w.0.tokens(1);
+    }
+    RawWaker::new(p, &TASK_COUNTED)
+}
+
+unsafe fn task_drop_counted(p: *const ()) {
+    // SAFETY: `p` is a live header; this waker owns one reference, released last.
+    let h = unsafe { hdr(p) };
+    if h.act.drop_counted()
+        && let Some(w) = h.waking()
+    {
+        w.0.tokens(-1);
+    }
+    // SAFETY: releases the reference this waker held.
+    unsafe { (h.vt.dec)(h) };
+}
+
+unsafe fn task_wake_counted(p: *const ()) {
+    // SAFETY: as `task_wake_by_ref`, then `task_drop_counted` releases this waker.
+    unsafe {
+        task_wake_by_ref(p);
+        task_drop_counted(p);
+    }
+}
+
+unsafe fn task_wake_by_ref(p: *const ()) {
+    // SAFETY: `p` is a live header (module safety).
+    let h = unsafe { hdr(p) };
+    if let Woken::Schedule { took_token } = h.act.wake()
+        && let Some(w) = h.waking()
+    {
+        // SAFETY: `h` is the header of a live task; `to_arc` takes a new reference.
+        let task = unsafe { (h.vt.to_arc)(h) };
+        w.0.woken(task, took_token);
+    }
+}
+
+unsafe fn task_clone_uncounted(p: *const ()) -> RawWaker {
+    // SAFETY: `p` is a live header; the new waker takes a reference.
+    unsafe {
+        let h = hdr(p);
+        (h.vt.inc)(h);
+    }
+    RawWaker::new(p, &TASK_UNCOUNTED)
+}
+
+unsafe fn task_drop_uncounted(p: *const ()) {
+    // SAFETY: releases the reference this waker held.
+    unsafe {
+        let h = hdr(p);
+        (h.vt.dec)(h);
+    }
+}
+
+unsafe fn task_wake_uncounted(p: *const ()) {
+    // SAFETY: wake, then release this waker's reference.
+    unsafe {
+        task_wake_by_ref(p);
+        task_drop_uncounted(p);
+    }
+}
+
+/// # Safety
+/// `p` is the header of a live task.
+unsafe fn task_uncounted(p: *const ()) -> Waker {
+    // SAFETY: `task_clone_uncounted` takes the reference the new waker owns.
+    unsafe { Waker::from_raw(task_clone_uncounted(p)) }
+}
+
+/// The waker a poll of `task` hands to its body (counted clones), borrowed: it holds no
+/// reference of its own, so it must not outlive the caller's reference to the task.
+pub(crate) fn task_poll_waker(task: &Arc<dyn Task>) -> ManuallyDrop<Waker> {
+    let p = task.header() as *const Header as *const ();
+    // SAFETY: the waker is never dropped (ManuallyDrop) and the caller holds a reference to
+    // the task while it uses it; clones take their own references.
+    ManuallyDrop::new(unsafe { Waker::from_raw(RawWaker::new(p, &TASK_COUNTED)) })
+}
+
+/// The poller description of `task`, for the thread-local context.
+pub(crate) fn task_poller(task: &Arc<dyn Task>) -> PollerRef {
+    let h = task.header();
+    PollerRef {
+        act: &h.act,
+        data: h as *const Header as *const (),
+        uncounted: task_uncounted,
+        rt_id: h.rt_id,
+    }
+}
+
+/// The poller of a `block_on` future.
+pub(crate) struct MainPoller {
+    pub(crate) act: Activity,
+    /// The waker of the thread blocked in `block_on`.
+    pub(crate) thread: AtomicWaker,
+    counters: Arc<Counters>,
+    rt_id: u32,
+}
+
+static MAIN_COUNTED: RawWakerVTable = RawWakerVTable::new(
+    main_clone_counted,
+    main_wake_counted,
+    main_wake_by_ref,
+    main_drop_counted,
+);
+static MAIN_UNCOUNTED: RawWakerVTable = RawWakerVTable::new(
+    main_clone_uncounted,
+    main_wake_uncounted,
+    main_wake_by_ref,
+    main_drop_uncounted,
+);
+
+/// # Safety
+/// `p` comes from `Arc::<MainPoller>::as_ptr` of a live poller.
+unsafe fn main_of<'a>(p: *const ()) -> &'a MainPoller {
+    // SAFETY: per the contract.
+    unsafe { &*(p as *const MainPoller) }
+}
+
+unsafe fn main_clone_counted(p: *const ()) -> RawWaker {
+    // SAFETY: `p` is a live poller; the new waker takes a reference.
+    let m = unsafe {
+        Arc::increment_strong_count(p as *const MainPoller);
+        main_of(p)
+    };
+    if m.act.clone_counted() {
+        m.counters.add(0, 1);
+    }
+    RawWaker::new(p, &MAIN_COUNTED)
+}
+
+unsafe fn main_drop_counted(p: *const ()) {
+    // SAFETY: `p` is a live poller; this waker's reference is released last.
+    let m = unsafe { main_of(p) };
+    if m.act.drop_counted() {
+        m.counters.add(0, -1);
+    }
+    // SAFETY: releases this waker's reference.
+    unsafe { Arc::decrement_strong_count(p as *const MainPoller) };
+}
+
+unsafe fn main_wake_counted(p: *const ()) {
+    // SAFETY: wake, then release this waker.
+    unsafe {
+        main_wake_by_ref(p);
+        main_drop_counted(p);
+    }
+}
+
+unsafe fn main_wake_by_ref(p: *const ()) {
+    // SAFETY: `p` is a live poller.
+    let m = unsafe { main_of(p) };
+    if let Woken::Schedule { took_token } = m.act.wake() {
+        if took_token {
+            m.counters.add(0, 1);
+        }
+        m.thread.wake();
+    }
+}
+
+unsafe fn main_clone_uncounted(p: *const ()) -> RawWaker {
+    // SAFETY: `p` is a live poller; the new waker takes a reference.
+    unsafe { Arc::increment_strong_count(p as *const MainPoller) };
+    RawWaker::new(p, &MAIN_UNCOUNTED)
+}
+
+unsafe fn main_drop_uncounted(p: *const ()) {
+    // SAFETY: releases this waker's reference.
+    unsafe { Arc::decrement_strong_count(p as *const MainPoller) };
+}
+
+unsafe fn main_wake_uncounted(p: *const ()) {
+    // SAFETY: wake, then release this waker.
+    unsafe {
+        main_wake_by_ref(p);
+        main_drop_uncounted(p);
+    }
+}
+
+/// # Safety
+/// `p` comes from `Arc::<MainPoller>::as_ptr` of a live poller.
+unsafe fn main_uncounted(p: *const ()) -> Waker {
+    // SAFETY: `main_clone_uncounted` takes the reference the new waker owns.
+    unsafe { Waker::from_raw(main_clone_uncounted(p)) }
+}
+
+impl MainPoller {
+    pub(crate) fn new(counters: Arc<Counters>, rt_id: u32) -> Arc<MainPoller> {
+        Arc::new(MainPoller {
+            act: Activity::new(),
+            thread: AtomicWaker::new(),
+            counters,
+            rt_id,
+        })
+    }
+
+    /// The waker a poll of the future hands to it (borrowed, like [`task_poll_waker`]).
+    pub(crate) fn poll_waker(self: &Arc<Self>) -> ManuallyDrop<Waker> {
+        let p = Arc::as_ptr(self) as *const ();
+        // SAFETY: never dropped; the caller holds `self` while it uses the waker.
+        ManuallyDrop::new(unsafe { Waker::from_raw(RawWaker::new(p, &MAIN_COUNTED)) })
+    }
+
+    pub(crate) fn poller(self: &Arc<Self>) -> PollerRef {
+        PollerRef {
+            act: &self.act,
+            data: Arc::as_ptr(self) as *const (),
+            uncounted: main_uncounted,
+            rt_id: self.rt_id,
+        }
+    }
+}
+
+/// The waker one of the runtime's futures registers on a node of runtime `node_rt` while
+/// it waits: an uncounted waker of the current poller when `cx` carries that poller's own
+/// waker and the node belongs to the poller's runtime, otherwise a clone of `cx`'s (a task
+/// of another runtime is an outside event).
+pub(crate) fn registration_waker(cx: &Context<'_>, node_rt: u32) -> Waker {
+    let w = cx.waker();
+    match context::poller() {
+        Some(p) if p.rt_id == node_rt && node_rt != 0 && w.data() == p.data => {
+            // SAFETY: `p.data` is the live poller being polled on this thread (the
+            // context guard lives for the poll).
+            unsafe { (p.uncounted)(p.data) }
+        }
+        _ => w.clone(),
+    }
+}
+
+/// One of the runtime's futures returns `Pending` waiting on a node of runtime `node_rt`:
+/// the current poller awaits tasks, if the node is of its runtime.
+pub(crate) fn pending_on(node_rt: u32) {
+    if node_rt != 0 && context::poller().is_some_and(|p| p.rt_id == node_rt) {
+        context::note_blocked();
+    }
+}
+
+/// Whether the stall resolver failed one of the current poller's awaits (taking it): the
+/// await asking resolves to `Deadlock`.
+pub(crate) fn take_await_failure() -> bool {
+    match context::poller() {
+        // SAFETY: the poller's activity lives while it is polled on this thread.
+        Some(p) => unsafe { &*p.act }.take_await_failure(),
+        None => false,
+    }
+}

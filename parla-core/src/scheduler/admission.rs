@@ -1,0 +1,465 @@
+//! VCU and memory admission for one device: a plain state machine with two lanes.
+//!
+//! Items are typed by lane: a *task* asking for its VCUs and memory for the first time, or
+//! a *resume* - a task that lent its VCUs back while it waited on other tasks and takes
+//! them back before it runs on. Resumes have a lane of their own and go first: a parked
+//! task taking back its own VCUs never waits behind work it is blocking (the children it
+//! awaits). Whatever an operation admits is pushed to `out`; the caller (the executor) runs
+//! it.
+//!
+//! # Invariants
+//! - The VCUs and memory reserved on a device never exceed its capacity (1.0 VCU, the memory
+//!   budget): every reservation is one compare-and-swap that checks the sum first.
+//! - Each reservation is released exactly once, by the holder of what was admitted.
+//! - No lost wake-up: an item waits only while it does not fit. Whoever queues an item
+//!   increments `waiting` and then drains the lanes under the lock; whoever releases
+//!   resources returns them and then reads `waiting` with a read-modify-write, draining when
+//!   it is non-zero. Read-modify-writes of `waiting` are totally ordered: if the releaser's
+//!   comes first, the queuer's increment acquires it and its drain sees the released
+//!   resources; if it comes second, it reads the increment and drains. (No `SeqCst`
+//!   reasoning needed, which loom checks.)
+//! - The task lane is FIFO: a newcomer queues behind waiting items even when it would fit,
+//!   so a large task is never starved by a stream of small ones. Only the stall resolver's
+//!   [`backfill`](Admission::backfill) admits out of order, when nothing else can move.
+//!   Resumes are admitted first-fit. Items that need nothing bypass both lanes.
+
+use std::collections::VecDeque;
+
+use crate::loom::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
+
+/// One VCU (a whole device) in fixed point: VCUs are counted in millionths.
+pub const VCU_ONE: u32 = 1_000_000;
+
+const VCU_BITS: u32 = 20;
+const VCU_MASK: u64 = (1 << VCU_BITS) - 1;
+/// The largest memory budget admission can track (16 TiB); larger budgets are clamped.
+pub const MAX_MEMORY: u64 = (1 << (64 - VCU_BITS)) - 1;
+
+/// What a task reserves on its device while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Demand {
+    /// VCUs in millionths (`VCU_ONE` is a whole device).
+    pub vcu: u32,
+    /// Bytes of workspace.
+    pub mem: u64,
+}
+
+impl Demand {
+    fn is_zero(self) -> bool {
+        self.vcu == 0 && self.mem == 0
+    }
+    fn packed(self) -> u64 {
+        (self.mem << VCU_BITS) | self.vcu as u64
+    }
+}
+
+/// Resources in use on a device at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// VCUs in use, in millionths.
+    pub vcu: u32,
+    /// Bytes reserved.
+    pub mem: u64,
+    /// Items waiting for admission (both lanes).
+    pub waiting: usize,
+}
+
+/// Which lane a waiting item is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// A task asking for its resources for the first time.
+    Task,
+    /// A parked task taking back the VCUs it lent.
+    Resume,
+}
+
+struct Lanes<T> {
+    tasks: VecDeque<(T, Demand)>,
+    resumes: VecDeque<(T, Demand)>,
+}
+
+/// The admission state of one device.
+pub(crate) struct Admission<T> {
+    used: AtomicU64,
+    mem_capacity: u64,
+    /// Items in both lanes.
+    waiting: AtomicUsize,
+    /// Items in the resume lane.
+    resuming: AtomicUsize,
+    lanes: Mutex<Lanes<T>>,
+}
+
+impl<T> std::fmt::Debug for Admission<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("usage", &self.usage())
+            .field("mem_capacity", &self.mem_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Admission<T> {
+    pub(crate) fn new(mem_capacity: u64) -> Self {
+        Admission {
+            used: AtomicU64::new(0),
+            mem_capacity: mem_capacity.min(MAX_MEMORY),
+            waiting: AtomicUsize::new(0),
+            resuming: AtomicUsize::new(0),
+            lanes: Mutex::new(Lanes {
+                tasks: VecDeque::new(),
+                resumes: VecDeque::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn mem_capacity(&self) -> u64 {
+        self.mem_capacity
+    }
+
+    /// Whether `d` fits on an empty device.
+    pub(crate) fn can_ever_fit(&self, d: Demand) -> bool {
+        d.vcu <= VCU_ONE && d.mem <= self.mem_capacity
+    }
+
+    pub(crate) fn usage(&self) -> Usage {
+        let u = self.used.load(Ordering::Relaxed);
+        Usage {
+            vcu: (u & VCU_MASK) as u32,
+            mem: u >> VCU_BITS,
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    fn try_reserve(&self, d: Demand) -> bool {
+        let mut cur = self.used.load(Ordering::Acquire);
+        loop {
+            let vcu = (cur & VCU_MASK) as u32 + d.vcu;
+            let mem = (cur >> VCU_BITS) + d.mem;
+            if vcu > VCU_ONE || mem > self.mem_capacity {
+                return false;
+            }
+            let next = (mem << VCU_BITS) | vcu as u64;
+            match self
+                .used
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// A task asks for `d`: admitted if it fits now and nobody waits, else queued in the
+    /// task lane. Everything admitted by this call (the item, or items queued before it)
+    /// is pushed to `out`. Returns whether `item` itself was admitted at once.
+    pub(crate) fn admit(&self, item: T, d: Demand, out: &mut impl Extend<T>) -> bool {
+        if d.is_zero() || (self.waiting.load(Ordering::Acquire) == 0 && self.try_reserve(d)) {
+            out.extend(Some(item));
+            return true;
+        }
+        let mut q = self.lanes.lock();
+        q.tasks.push_back((item, d));
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.drain(&mut q, out);
+        false
+    }
+
+    /// A parked task takes back `vcu` VCUs. Granted at once (the item is handed back) when
+    /// they fit and no other resume waits - waiting tasks do not hold it back. Otherwise it
+    /// queues in the resume lane (ahead of every waiting task) and `None` is returned; it
+    /// may have been admitted by this very call, into `out`.
+    pub(crate) fn resume(&self, item: T, vcu: u32, out: &mut impl Extend<T>) -> Option<T> {
+        let d = Demand { vcu, mem: 0 };
+        if d.is_zero() || (self.resuming.load(Ordering::Acquire) == 0 && self.try_reserve(d)) {
+            return Some(item);
+        }
+        let mut q = self.lanes.lock();
+        q.resumes.push_back((item, d));
+        self.resuming.fetch_add(1, Ordering::AcqRel);
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.drain(&mut q, out);
+        None
+    }
+
+    /// Releases what an admitted item reserved, and admits waiting items that now fit.
+    pub(crate) fn release(&self, d: Demand, out: &mut impl Extend<T>) {
+        if d.is_zero() {
+            return;
+        }
+        self.used.fetch_sub(d.packed(), Ordering::AcqRel);
+        // A read-modify-write, not a load: see the module invariants.
+        if self.waiting.fetch_add(0, Ordering::AcqRel) > 0 {
+            let mut q = self.lanes.lock();
+            self.drain(&mut q, out);
+        }
+    }
+
+    /// Admits what fits: resumes first-fit, then tasks in order up to the first that does
+    /// not fit.
+    fn drain(&self, q: &mut Lanes<T>, out: &mut impl Extend<T>) {
+        self.drain_resumes(q, out);
+        while let Some(&(_, d)) = q.tasks.front() {
+            if !self.try_reserve(d) {
+                break;
+            }
+            if let Some((item, _)) = q.tasks.pop_front() {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                out.extend(Some(item));
+            }
+        }
+        // A burst of waiting tasks should not keep its queue's memory for good.
+        if q.tasks.is_empty() && q.tasks.capacity() > 4096 {
+            q.tasks.shrink_to(64);
+        }
+    }
+
+    fn drain_resumes(&self, q: &mut Lanes<T>, out: &mut impl Extend<T>) {
+        if q.resumes.is_empty() {
+            return;
+        }
+        let mut kept = VecDeque::new();
+        while let Some((item, d)) = q.resumes.pop_front() {
+            if self.try_reserve(d) {
+                self.resuming.fetch_sub(1, Ordering::AcqRel);
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                out.extend(Some(item));
+            } else {
+                kept.push_back((item, d));
+            }
+        }
+        q.resumes = kept;
+    }
+
+    /// At a stall (nothing running can release anything): admits every waiting item that
+    /// fits, out of order. Returns how many it admitted.
+    pub(crate) fn backfill(&self, out: &mut impl Extend<T>) -> usize {
+        let mut q = self.lanes.lock();
+        let before = self.waiting.load(Ordering::Acquire);
+        self.drain_resumes(&mut q, out);
+        let mut kept = VecDeque::new();
+        while let Some((item, d)) = q.tasks.pop_front() {
+            if self.try_reserve(d) {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                out.extend(Some(item));
+            } else {
+                kept.push_back((item, d));
+            }
+        }
+        q.tasks = kept;
+        before - self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Removes and returns the first waiting item (resumes first), for the stall resolver.
+    pub(crate) fn take_first_waiting(&self) -> Option<(T, Demand, Lane)> {
+        let mut q = self.lanes.lock();
+        if let Some((t, d)) = q.resumes.pop_front() {
+            self.resuming.fetch_sub(1, Ordering::AcqRel);
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Some((t, d, Lane::Resume));
+        }
+        let (t, d) = q.tasks.pop_front()?;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        Some((t, d, Lane::Task))
+    }
+
+    /// Removes and returns every waiting item (at shutdown, or when the device fails).
+    pub(crate) fn take_waiting(&self) -> Vec<(T, Demand, Lane)> {
+        let mut q = self.lanes.lock();
+        self.waiting.store(0, Ordering::Release);
+        self.resuming.store(0, Ordering::Release);
+        let resumes = std::mem::take(&mut q.resumes);
+        let tasks = std::mem::take(&mut q.tasks);
+        resumes
+            .into_iter()
+            .map(|(t, d)| (t, d, Lane::Resume))
+            .chain(tasks.into_iter().map(|(t, d)| (t, d, Lane::Task)))
+            .collect()
+    }
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod test {
+    use super::*;
+
+    fn d(vcu: u32, mem: u64) -> Demand {
+        Demand { vcu, mem }
+    }
+
+    #[test]
+    fn vcus_limit_concurrency() {
+        let a = Admission::new(100);
+        let mut out = Vec::new();
+        assert!(a.admit(1, d(VCU_ONE / 2, 0), &mut out));
+        assert!(a.admit(2, d(VCU_ONE / 2, 0), &mut out));
+        assert!(!a.admit(3, d(VCU_ONE / 2, 0), &mut out));
+        assert_eq!(out, vec![1, 2]);
+        assert_eq!(a.usage().waiting, 1);
+        a.release(d(VCU_ONE / 2, 0), &mut out);
+        assert_eq!(out, vec![1, 2, 3]);
+        assert_eq!(a.usage().vcu, VCU_ONE);
+    }
+
+    #[test]
+    fn fifo_and_memory() {
+        let a = Admission::new(100);
+        let mut out = Vec::new();
+        assert!(a.admit(1, d(0, 60), &mut out));
+        assert!(!a.admit(2, d(0, 60), &mut out));
+        // Fits, but queues behind 2.
+        assert!(!a.admit(3, d(0, 10), &mut out));
+        assert!(a.admit(4, d(0, 0), &mut out), "zero demand bypasses");
+        a.release(d(0, 60), &mut out);
+        assert_eq!(out, vec![1, 4, 2, 3]);
+        assert_eq!(
+            a.usage(),
+            Usage {
+                vcu: 0,
+                mem: 70,
+                waiting: 0
+            }
+        );
+        assert!(a.can_ever_fit(d(VCU_ONE, 100)));
+        assert!(!a.can_ever_fit(d(VCU_ONE + 1, 0)));
+        assert!(!a.can_ever_fit(d(0, 101)));
+    }
+
+    #[test]
+    fn thirds_fit_three_times() {
+        let a = Admission::<u8>::new(0);
+        let third = (VCU_ONE as f64 / 3.0).floor() as u32;
+        let mut out = Vec::new();
+        for i in 0..3 {
+            assert!(a.admit(i, d(third, 0), &mut out));
+        }
+        assert!(!a.admit(3, d(third, 0), &mut out));
+    }
+
+    #[test]
+    fn resumes_pass_waiting_tasks() {
+        let a = Admission::new(100);
+        let mut out = Vec::new();
+        // A parent holds memory and lent its VCUs; a task needing memory waits.
+        assert!(a.admit(1, d(VCU_ONE / 2, 60), &mut out));
+        a.release(d(VCU_ONE / 2, 0), &mut out);
+        assert!(!a.admit(2, d(VCU_ONE / 2, 60), &mut out));
+        // The parent takes its VCUs back at once: the waiting task does not hold it back.
+        assert_eq!(a.resume(1, VCU_ONE / 2, &mut out), Some(1));
+        assert_eq!(a.usage().vcu, VCU_ONE / 2);
+        out.clear();
+        // A second resume that does not fit queues, ahead of the waiting tasks.
+        assert!(!a.admit(3, d(VCU_ONE / 2, 0), &mut out), "behind task 2");
+        assert_eq!(a.resume(9, VCU_ONE, &mut out), None);
+        assert!(out.is_empty());
+        a.release(d(VCU_ONE / 2, 0), &mut out);
+        assert_eq!(out, vec![9], "the resume goes first");
+        assert_eq!(a.usage().waiting, 2);
+    }
+
+    #[test]
+    fn backfill_admits_around_a_blocked_head() {
+        let a = Admission::new(100);
+        let mut out = Vec::new();
+        assert!(a.admit(1, d(0, 60), &mut out));
+        assert!(
+            !a.admit(2, d(0, 60), &mut out),
+            "head: needs memory held by 1"
+        );
+        assert!(
+            !a.admit(3, d(VCU_ONE / 2, 0), &mut out),
+            "fits, but behind 2"
+        );
+        out.clear();
+        assert_eq!(a.backfill(&mut out), 1);
+        assert_eq!(out, vec![3]);
+        assert_eq!(a.usage().waiting, 1);
+        let (t, dd, lane) = a.take_first_waiting().unwrap();
+        assert_eq!((t, dd, lane), (2, d(0, 60), Lane::Task));
+        assert!(a.take_first_waiting().is_none());
+    }
+}
+
+#[cfg(all(test, parla_loom))]
+mod loom_test {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    const HALF: Demand = Demand {
+        vcu: VCU_ONE / 2,
+        mem: 0,
+    };
+    const FULL: Demand = Demand {
+        vcu: VCU_ONE,
+        mem: 0,
+    };
+
+    /// A release racing with a queueing admit never strands the queued item.
+    #[test]
+    fn release_vs_admit_no_lost_wakeup() {
+        loom::model(|| {
+            let a = Arc::new(Admission::new(0));
+            let mut out = Vec::new();
+            assert!(a.admit(0u8, HALF, &mut out));
+            let a2 = a.clone();
+            let t = thread::spawn(move || {
+                let mut out = Vec::new();
+                a2.release(HALF, &mut out);
+                out
+            });
+            let mut mine = Vec::new();
+            a.admit(1u8, FULL, &mut mine);
+            let theirs = t.join().unwrap();
+            let admitted: Vec<u8> = mine.into_iter().chain(theirs).collect();
+            assert_eq!(admitted, vec![1]);
+            assert_eq!(a.usage().vcu, VCU_ONE);
+        });
+    }
+
+    /// A release racing with a queueing resume: the resume is granted exactly once.
+    #[test]
+    fn release_vs_resume_no_lost_wakeup() {
+        loom::model(|| {
+            let a = Arc::new(Admission::new(0));
+            let mut out = Vec::new();
+            assert!(a.admit(0u8, FULL, &mut out));
+            let a2 = a.clone();
+            let t = thread::spawn(move || {
+                let mut out = Vec::new();
+                a2.release(FULL, &mut out);
+                out
+            });
+            let mut mine = Vec::new();
+            let at_once = a.resume(1u8, VCU_ONE / 2, &mut mine);
+            let theirs = t.join().unwrap();
+            let granted: Vec<u8> = at_once.into_iter().chain(mine).chain(theirs).collect();
+            assert_eq!(granted, vec![1]);
+            assert_eq!(a.usage().vcu, VCU_ONE / 2);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// Two releases and two queued items: both items end up admitted exactly once.
+    #[test]
+    fn two_releasers_two_waiters() {
+        loom::model(|| {
+            let a = Arc::new(Admission::new(0));
+            let mut out = Vec::new();
+            assert!(a.admit(0u8, HALF, &mut out));
+            assert!(a.admit(1u8, HALF, &mut out));
+            let a2 = a.clone();
+            let t = thread::spawn(move || {
+                let mut out = Vec::new();
+                a2.admit(2u8, HALF, &mut out);
+                a2.release(HALF, &mut out);
+                out
+            });
+            let mut mine = Vec::new();
+            a.admit(3u8, HALF, &mut mine);
+            a.release(HALF, &mut mine);
+            let mut all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
+            all.sort();
+            assert_eq!(all, vec![2, 3]);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+}

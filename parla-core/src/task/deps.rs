@@ -1,0 +1,215 @@
+//! Dependencies as [`TaskBuilder::after`](super::TaskBuilder::after) takes them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use super::TaskHandle;
+use crate::graph::node::{Kind, Task};
+use crate::runtime::RtInner;
+use crate::space::{TaskRange, TaskRef, TaskSpace};
+
+/// One dependency as given to `after`, resolved when the task is spawned.
+pub(crate) enum Dep {
+    Node(Arc<dyn Task>),
+    Ref(TaskRef),
+    Range(TaskRange),
+    Space(TaskSpace),
+}
+
+/// The dependencies collected by [`TaskBuilder::after`](super::TaskBuilder::after); opaque.
+///
+/// Ids are looked up (or their placeholders made) when `after` is called inside a runtime,
+/// so the builder carries task nodes, not keys; outside a runtime they wait for `spawn`.
+/// Dropping a list that was never spawned lets go of the placeholders it made.
+#[derive(Default)]
+pub struct DepList {
+    nodes: SmallVec<[Arc<dyn Task>; 2]>,
+    later: Vec<Dep>,
+}
+
+impl DepList {
+    fn push(&mut self, d: Dep) {
+        if let Dep::Node(n) = d {
+            self.nodes.push(n);
+            return;
+        }
+        crate::runtime::context::with_rt(|rt| match rt {
+            Some(rt) => d.resolve(rt, &mut self.nodes),
+            None => self.later.push(d),
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len() + self.later.len()
+    }
+
+    /// The nodes, every id looked up in `rt` (placeholders made for ids not spawned yet).
+    pub(crate) fn take_nodes(&mut self, rt: &RtInner) -> SmallVec<[Arc<dyn Task>; 2]> {
+        let mut nodes = std::mem::take(&mut self.nodes);
+        for d in std::mem::take(&mut self.later) {
+            d.resolve(rt, &mut nodes);
+        }
+        nodes
+    }
+}
+
+impl Drop for DepList {
+    fn drop(&mut self) {
+        for n in self.nodes.drain(..) {
+            if n.header().kind == Kind::Placeholder {
+                crate::space::release_placeholder(n);
+            }
+        }
+    }
+}
+
+impl Dep {
+    /// The nodes this dependency stands for, looked up in `rt`.
+    fn resolve(self, rt: &RtInner, out: &mut SmallVec<[Arc<dyn Task>; 2]>) {
+        match self {
+            Dep::Node(n) => out.push(n),
+            Dep::Ref(r) => out.push(r.space.node(&r.key, rt)),
+            Dep::Range(range) => {
+                for r in range.iter() {
+                    out.push(r.space.node(&r.key, rt));
+                }
+            }
+            Dep::Space(s) => out.extend(s.tasks()),
+        }
+    }
+}
+
+impl fmt::Debug for DepList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DepList({})", self.len())
+    }
+}
+
+/// What [`TaskBuilder::after`](super::TaskBuilder::after) accepts.
+pub trait IntoDeps {
+    /// Appends the dependencies to `out`.
+    #[doc(hidden)]
+    fn push_deps(self, out: &mut DepList);
+}
+
+impl IntoDeps for TaskRef {
+    fn push_deps(self, out: &mut DepList) {
+        out.push(Dep::Ref(self));
+    }
+}
+impl IntoDeps for &TaskRef {
+    fn push_deps(self, out: &mut DepList) {
+        out.push(Dep::Ref(self.clone()));
+    }
+}
+impl<T: 'static> IntoDeps for &TaskHandle<T> {
+    fn push_deps(self, out: &mut DepList) {
+        out.push(Dep::Node(self.node()));
+    }
+}
+impl IntoDeps for &TaskSpace {
+    fn push_deps(self, out: &mut DepList) {
+        out.push(Dep::Space(self.clone()));
+    }
+}
+impl IntoDeps for TaskSpace {
+    fn push_deps(self, out: &mut DepList) {
+        out.push(Dep::Space(self));
+    }
+}
+impl IntoDeps for &TaskRange {
+    fn push_deps(self, out: &mut DepList) {
+        out.push(Dep::Range(self.clone()));
+    }
+}
+impl IntoDeps for TaskRange {
+    fn push_deps(self, out: &mut DepList) {
+        out.push(Dep::Range(self));
+    }
+}
+impl<D: IntoDeps, const N: usize> IntoDeps for [D; N] {
+    fn push_deps(self, out: &mut DepList) {
+        for d in self {
+            d.push_deps(out);
+        }
+    }
+}
+impl<D: IntoDeps> IntoDeps for Vec<D> {
+    fn push_deps(self, out: &mut DepList) {
+        for d in self {
+            d.push_deps(out);
+        }
+    }
+}
+impl<'a, D> IntoDeps for &'a [D]
+where
+    &'a D: IntoDeps,
+{
+    fn push_deps(self, out: &mut DepList) {
+        for d in self {
+            d.push_deps(out);
+        }
+    }
+}
+impl<'a, D> IntoDeps for &'a Vec<D>
+where
+    &'a D: IntoDeps,
+{
+    fn push_deps(self, out: &mut DepList) {
+        self.as_slice().push_deps(out)
+    }
+}
+impl<D: IntoDeps> IntoDeps for Option<D> {
+    fn push_deps(self, out: &mut DepList) {
+        if let Some(d) = self {
+            d.push_deps(out);
+        }
+    }
+}
+impl IntoDeps for () {
+    fn push_deps(self, _out: &mut DepList) {}
+}
+
+/// Wraps any iterator of dependencies: `.after(deps((0..n).map(|i| t.at(i))))`.
+pub fn deps<I>(iter: I) -> Deps<I::IntoIter>
+where
+    I: IntoIterator,
+    I::Item: IntoDeps,
+{
+    Deps(iter.into_iter())
+}
+
+/// An iterator of dependencies, made by [`deps`].
+#[derive(Debug, Clone)]
+pub struct Deps<I>(I);
+
+impl<I> IntoDeps for Deps<I>
+where
+    I: Iterator,
+    I::Item: IntoDeps,
+{
+    fn push_deps(self, out: &mut DepList) {
+        for d in self.0 {
+            d.push_deps(out);
+        }
+    }
+}
+
+macro_rules! iter_deps {
+    ($($it:ident<$($g:ident),*>),*) => {$(
+        impl<$($g),*> IntoDeps for std::iter::$it<$($g),*>
+        where
+            std::iter::$it<$($g),*>: Iterator,
+            <std::iter::$it<$($g),*> as Iterator>::Item: IntoDeps,
+        {
+            fn push_deps(self, out: &mut DepList) {
+                for d in self {
+                    d.push_deps(out);
+                }
+            }
+        }
+    )*};
+}
+iter_deps!(Map<I, F>, Filter<I, P>, FilterMap<I, F>, Chain<A, B>, Take<I>, Skip<I>, StepBy<I>, Rev<I>, Cloned<I>);

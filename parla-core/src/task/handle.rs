@@ -1,0 +1,137 @@
+//! [`TaskHandle`]: the future of a spawned task's result.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::error::TaskError;
+use crate::graph::cell::Join;
+use crate::graph::node::{Header, Outcome, Task};
+use crate::runtime::{bridge, waker};
+
+/// A spawned task: a future of its result.
+///
+/// Await it (by value) for `Result<T, TaskError>`; pass `&handle` to
+/// [`TaskBuilder::after`](crate::TaskBuilder::after) to depend on it. Dropping it lets the
+/// task run on, detached, and its output is dropped as soon as it finishes (as Tokio's
+/// `JoinHandle`).
+pub struct TaskHandle<T: 'static> {
+    task: Arc<dyn Join<T>>,
+    /// Whether this handle already spun on the task's GPU fence.
+    spun: bool,
+    /// Whether this handle asked the fence poller to hurry.
+    hurried: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: 'static> TaskHandle<T> {
+    pub(crate) fn new(task: Arc<dyn Join<T>>) -> Self {
+        TaskHandle {
+            task,
+            spun: false,
+            hurried: false,
+            _t: PhantomData,
+        }
+    }
+
+    /// Whether the task finished (successfully or not).
+    pub fn is_finished(&self) -> bool {
+        self.task.header().outcome().is_some()
+    }
+
+    /// The task's name: `T[cpu, 0]`, or `#<n>` for a task without an id.
+    pub fn name(&self) -> String {
+        self.task.header().name.to_string()
+    }
+
+    pub(crate) fn node(&self) -> Arc<dyn Task> {
+        self.task.clone()
+    }
+
+    fn ready(&self, o: Outcome) -> Poll<Result<T, TaskError>> {
+        Poll::Ready(match o {
+            Err(e) => Err((*e).clone()),
+            // SAFETY: this is the task's one handle, it saw the `Ok` outcome published
+            // (under the links lock), and a `Ready` result ends its use as a future.
+            Ok(()) => unsafe { self.task.take_output() }
+                .ok_or_else(|| TaskError::Cancelled { task: self.name() }),
+        })
+    }
+}
+
+/// The `Deadlock` error of an await the stall resolver failed: `awaited` can never finish.
+pub(crate) fn await_deadlock(awaited: &Header) -> TaskError {
+    let by = crate::current_task().map_or_else(|| "block_on".to_string(), |t| t.name());
+    let why = crate::runtime::context::with_rt(|rt| match rt {
+        Some(rt) => rt.describe_wait(awaited),
+        None => format!("{} is not finished", awaited.name),
+    });
+    TaskError::Deadlock {
+        task: by,
+        device: crate::current_device().to_string(),
+        reason: format!(
+            "it awaits {}, and nothing left could finish it ({why})",
+            awaited.name
+        ),
+    }
+}
+
+impl<T: 'static> Future for TaskHandle<T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let h = this.task.header();
+        if let Some(o) = h.outcome() {
+            return this.ready(o);
+        }
+        if !this.spun {
+            // A GPU task whose work is in flight: see its fence at the latency of a poll
+            // loop rather than through the poller thread.
+            this.spun = true;
+            let node = this.node();
+            if bridge::spin_fenced(&node)
+                && let Some(o) = h.outcome()
+            {
+                return this.ready(o);
+            }
+        }
+        h.join.register(&waker::registration_waker(cx, h.rt_id));
+        h.set_join_awaited();
+        if let Some(o) = h.outcome() {
+            return this.ready(o);
+        }
+        if waker::take_await_failure() {
+            return Poll::Ready(Err(await_deadlock(h)));
+        }
+        if !this.hurried {
+            this.hurried = bridge::hurry(&this.node(), cx.waker());
+        }
+        waker::pending_on(h.rt_id);
+        Poll::Pending
+    }
+}
+
+impl<T: 'static> Drop for TaskHandle<T> {
+    fn drop(&mut self) {
+        let h = self.task.header();
+        drop(h.join.take());
+        if h.join_drop() {
+            // SAFETY: by the join protocol the task completed and its completer left the
+            // output to this handle, which does not take it any more.
+            unsafe { self.task.drop_output() };
+        }
+    }
+}
+
+impl<T: 'static> fmt::Debug for TaskHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("task", &self.name())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
