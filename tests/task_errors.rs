@@ -5,6 +5,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use parla::prelude::*;
 
@@ -456,4 +457,136 @@ fn tasks_awaiting_each_other_inside_their_bodies_do_not_hang() {
         }
     }
     assert!(deadlocks >= 1);
+}
+
+#[test]
+fn a_forward_reference_to_a_task_that_fails_at_spawn_fails_its_dependents_and_awaits() {
+    each_config!(|rt| {
+        let (dependent, awaited) = rt.block_on(async {
+            let t = TaskSpace::new("F");
+            // Depended on and awaited before it exists...
+            let dependent = task(async {}).after(t.at(0)).spawn();
+            let t2 = t.clone();
+            let waiter = task(async move { t2.at(0).await }).spawn();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            // ...then spawned with constraints no device meets.
+            task(async {}).id(t.at(0)).vcus(2.0).spawn();
+            (dependent.await, waiter.await)
+        });
+        match dependent {
+            Err(TaskError::DependencyFailed {
+                dependency, cause, ..
+            }) => {
+                assert_eq!(dependency, "F[0]");
+                assert!(
+                    matches!(*cause, TaskError::Unsatisfiable { .. }),
+                    "{cause:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(awaited, Ok(Err(TaskError::Unsatisfiable { .. }))),
+            "{awaited:?}"
+        );
+    });
+}
+
+#[test]
+fn a_child_that_only_needs_free_vcus_passes_a_task_waiting_for_memory() {
+    // The parent holds 60 of 100 bytes and waits for its child; a task needing 60 bytes
+    // queued before the child. The child needs only VCUs, which are free: it runs, the
+    // parent finishes, and the task waiting for memory runs last. Nothing fails.
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .cpu_memory(100)
+        .build()
+        .unwrap();
+    let (parent, big) = support::within(30, move || {
+        rt.block_on(async {
+            let parent = task(async {
+                let big = task(async { "big" }).memory(60).spawn();
+                tokio::task::yield_now().await;
+                let child = task(async { "child" }).spawn();
+                (child.await, big)
+            })
+            .memory(60)
+            .spawn();
+            let (child, big) = parent.await.unwrap();
+            (child, big.await)
+        })
+    });
+    assert_eq!(parent, Ok("child"));
+    assert_eq!(big, Ok("big"));
+}
+
+#[test]
+fn a_panic_of_the_block_on_future_leaves_the_runtime_usable() {
+    let rt = support::cpu(2);
+    let rt = std::panic::AssertUnwindSafe(rt);
+    let r = support::within(30, move || {
+        let caught = std::panic::catch_unwind(|| {
+            rt.block_on(async {
+                task(async {}).await.unwrap();
+                panic!("the main future panics");
+            })
+        });
+        assert!(caught.is_err());
+        // Stall detection still works: a missing id fails instead of hanging.
+        rt.block_on(async {
+            let t = TaskSpace::new("P");
+            t.at("missing").await
+        })
+    });
+    assert!(matches!(r, Err(TaskError::NeverSpawned { .. })), "{r:?}");
+}
+
+#[test]
+fn a_panicking_mapping_policy_does_not_stop_the_graph() {
+    struct Panics;
+    impl parla::MappingPolicy for Panics {
+        fn choose(&self, _: &[parla::Candidate]) -> usize {
+            panic!("policy bug")
+        }
+    }
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .virtual_gpus(2, 1 << 20)
+        .mapping_policy(Panics)
+        .build()
+        .unwrap();
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("P");
+            for i in 0..20 {
+                task(async move { i })
+                    .id(t.at(i))
+                    .placement([Placement::Cpu, Placement::AnyGpu])
+                    .after((i > 0).then(|| t.at(i - 1)))
+                    .spawn();
+            }
+            t.at(19).await
+        })
+    });
+    assert_eq!(r, Ok(()));
+}
+
+#[test]
+fn a_list_naming_a_missing_gpu_runs_on_the_devices_that_exist() {
+    let rt = support::cpu(2);
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let listed = task(async { current_device() })
+                .placement([Placement::Cpu, Placement::Gpu(0)])
+                .await;
+            let alone = task(async {}).placement(Placement::Gpu(0)).await;
+            (listed, alone)
+        })
+    });
+    assert_eq!(r.0, Ok(Device::CPU));
+    assert!(
+        matches!(r.1, Err(TaskError::Unsatisfiable { .. })),
+        "{:?}",
+        r.1
+    );
 }

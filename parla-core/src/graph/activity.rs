@@ -103,6 +103,12 @@ impl Activity {
         self.update(|w| Some((w & !(STATE | AWAITS)) | RUNNING));
     }
 
+    /// Before a task's first poll: nothing can wake it yet (no waker of it exists), so a
+    /// plain store does.
+    pub(crate) fn begin_first_poll(&self) {
+        self.word.store(RUNNING, Ordering::Release);
+    }
+
     /// After a poll that returned `Pending`. `awaits`: one of the runtime's futures returned
     /// `Pending` during the poll (the poller awaits tasks).
     pub(crate) fn end_poll(&self, awaits: bool) -> EndPoll {

@@ -33,9 +33,9 @@ use node::{Added, Dependent, Header, Kind, Outcome, Task};
 #[derive(Default)]
 pub(crate) struct Effects {
     /// Tasks whose dependencies are all met: map them and admit them.
-    pub(crate) ready: SmallVec<[Arc<dyn Task>; 4]>,
+    pub(crate) ready: SmallVec<[Arc<dyn Task>; 2]>,
     /// Wakers of handles and awaits of nodes that finished.
-    pub(crate) wake: SmallVec<[Waker; 4]>,
+    pub(crate) wake: SmallVec<[Waker; 2]>,
     /// How many tasks finished without running (each was live).
     pub(crate) unrun: u32,
     /// Those tasks, when `keep_unrun` is set (for traces).
@@ -58,11 +58,6 @@ impl Effects {
         if self.keep_unrun {
             self.unrun_tasks.push(t.clone());
         }
-    }
-
-    /// Whether there is nothing to do.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.wake.is_empty() && self.unrun == 0
     }
 }
 
@@ -169,42 +164,60 @@ pub(crate) fn claim(task: &Arc<dyn Task>, fx: &mut Effects) -> bool {
 /// on it: dependents become ready or fail, placeholders mirror it, waiters and the handle
 /// are woken.
 pub(crate) fn finish(task: &Arc<dyn Task>, outcome: Outcome, fx: &mut Effects) {
-    let mut work: SmallVec<[(Arc<dyn Task>, Outcome); 4]> = SmallVec::new();
-    work.push((task.clone(), outcome));
+    // Nodes failed or mirrored on the way, to publish in turn.
+    let mut work: SmallVec<[(Arc<dyn Task>, Outcome); 2]> = SmallVec::new();
+    publish(task, outcome, fx, &mut work);
     while let Some((t, o)) = work.pop() {
-        let h = t.header();
-        let dependents = h.publish(o.clone());
-        h.transition_to_done();
-        if h.kind == Kind::Task {
-            if h.join_complete() {
-                // SAFETY: by the join protocol, the handle is gone and will not take it.
-                unsafe { t.drop_output() };
-            }
-            fx.wake.extend(h.join.take());
+        publish(&t, o, fx, &mut work);
+    }
+}
+
+/// Publishes one node's outcome; dependents it fails (and placeholders that mirror it) go
+/// to `work`.
+fn publish(
+    t: &Arc<dyn Task>,
+    o: Outcome,
+    fx: &mut Effects,
+    work: &mut SmallVec<[(Arc<dyn Task>, Outcome); 2]>,
+) {
+    let h = t.header();
+    let dependents = h.publish(o.clone());
+    h.transition_to_done();
+    if h.kind == Kind::Task {
+        if h.join_complete() {
+            // SAFETY: by the join protocol, the handle is gone and will not take it.
+            unsafe { t.drop_output() };
         }
-        for d in dependents {
-            match d {
-                Dependent::Waiter(w) => fx.wake.extend(w.take()),
-                Dependent::Task(d) => {
-                    let dh = d.header();
-                    if dh.kind == Kind::Placeholder {
-                        // A forward reference mirrors the task spawned under its id.
-                        if dh.claim_unrun() {
-                            work.push((d, o.clone()));
-                        }
-                        continue;
+        if let Some(w) = h.join.take() {
+            fx.wake.push(w);
+        }
+    }
+    for d in dependents {
+        match d {
+            Dependent::Waiter(w) => {
+                if let Some(w) = w.take() {
+                    fx.wake.push(w);
+                }
+            }
+            Dependent::Task(d) => {
+                let dh = d.header();
+                if dh.kind == Kind::Placeholder {
+                    // A forward reference mirrors the task spawned under its id.
+                    if dh.claim_unrun() {
+                        work.push((d, o.clone()));
                     }
-                    match &o {
-                        Ok(()) => {
-                            if dh.dependency_done() {
-                                fx.ready.push(d);
-                            }
+                    continue;
+                }
+                match &o {
+                    Ok(()) => {
+                        if dh.dependency_done() {
+                            fx.ready.push(d);
                         }
-                        Err(e) => {
-                            if claim(&d, fx) {
-                                let err = Arc::new(dependency_failed(dh, h, e));
-                                work.push((d, Err(err)));
-                            }
+                    }
+                    Err(e) => {
+                        if claim(&d, fx) {
+                            let err = Arc::new(dependency_failed(dh, h, e));
+                            work.push((d, Err(err)));
                         }
                     }
                 }

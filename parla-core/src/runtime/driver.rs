@@ -126,7 +126,11 @@ impl Driver {
         if let (Some(p), Some(t0)) = (&rt.profile, t0) {
             p.add(Phase::Start, t0, Instant::now());
         }
-        h.act.begin_poll();
+        if pended {
+            h.act.begin_poll();
+        } else {
+            h.act.begin_first_poll();
+        }
         context::take_blocked();
         let t1 = rt.profile.as_ref().map(|_| Instant::now());
         let poll = {
@@ -246,7 +250,7 @@ impl Driver {
                 }
                 let mut fx = Effects::new(rt.trace.is_some());
                 let others = graph::body_fenced(task, &f, &mut fx);
-                rt.apply(fx, &mut self.deferred);
+                rt.apply(fx, Launch::new(), &mut self.deferred);
                 let t2 = rt.profile.as_ref().map(|_| Instant::now());
                 let queued = rt.devices[device.slot()].usage().waiting > 0;
                 let urgent = others || queued || h.join_awaited();
@@ -284,7 +288,9 @@ impl Future for Driver {
             };
             this.run(task);
             budget -= 1;
-            if budget == 0 {
+            // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
+            // Tokio resources answer `Pending` until the driver yields.
+            if budget == 0 || !tokio::task::coop::has_budget_remaining() {
                 // Let other Tokio tasks on this worker run; the next task goes where any
                 // driver finds it.
                 if let Some(t) = context::take_next() {

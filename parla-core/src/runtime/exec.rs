@@ -45,40 +45,51 @@ impl RtInner {
     /// Applies `fx` with no deferral (outside drivers).
     pub(crate) fn apply_now(self: &Arc<Self>, fx: Effects) {
         let mut d = Deferred::default();
-        self.apply(fx, &mut d);
+        self.apply(fx, Launch::new(), &mut d);
         self.flush(&mut d);
     }
 
-    /// Applies graph effects: tasks finished without running leave the live count, ready
-    /// tasks are mapped and admitted, wakers are woken, and what was admitted is launched.
-    pub(crate) fn apply(self: &Arc<Self>, mut fx: Effects, d: &mut Deferred) {
-        let mut admitted = Launch::new();
+    /// Applies graph effects, with `admitted` (tasks admitted already) launched along: tasks
+    /// finished without running leave the live count, ready tasks are mapped and admitted,
+    /// what was admitted is launched, and wakers are woken.
+    pub(crate) fn apply(self: &Arc<Self>, mut fx: Effects, mut admitted: Launch, d: &mut Deferred) {
         loop {
-            d.live -= fx.unrun as i64;
-            fx.unrun = 0;
-            for t in fx.unrun_tasks.drain(..) {
-                self.trace_end(t.header(), false);
+            if fx.unrun > 0 {
+                d.live -= fx.unrun as i64;
+                fx.unrun = 0;
+                for t in fx.unrun_tasks.drain(..) {
+                    self.trace_end(t.header(), false);
+                }
             }
-            let ready = std::mem::take(&mut fx.ready);
-            for t in ready {
-                self.on_ready(t, &mut admitted, &mut fx);
+            // Tasks that fail at mapping (a failed device) make more effects, rarely.
+            let mut more: Option<Effects> = None;
+            while let Some(t) = fx.ready.pop() {
+                if let Err((t, err)) = self.on_ready(t, &mut admitted) {
+                    let m = more.get_or_insert_with(|| Effects::new(self.trace.is_some()));
+                    graph::fail_held(&t, err, m);
+                }
             }
-            let wake = std::mem::take(&mut fx.wake);
             if !admitted.is_empty() {
                 self.launch(std::mem::take(&mut admitted), d);
             }
-            for w in wake {
+            while let Some(w) = fx.wake.pop() {
                 wake_quietly(w);
             }
-            if fx.is_empty() {
-                break;
+            match more {
+                Some(m) => fx = m,
+                None => return,
             }
         }
     }
 
     /// A task's dependencies are met: map it to a device and ask for its resources. What
-    /// this admits is pushed to `admitted`; failures go to `fx`.
-    fn on_ready(&self, task: Arc<dyn Task>, admitted: &mut Launch, fx: &mut Effects) {
+    /// this admits is pushed to `admitted`; a task that cannot go to its device is handed
+    /// back with its error.
+    fn on_ready(
+        &self,
+        task: Arc<dyn Task>,
+        admitted: &mut Launch,
+    ) -> Result<(), (Arc<dyn Task>, TaskError)> {
         let h = task.header();
         self.stamp(h, 1);
         let slot = self.map(h);
@@ -93,15 +104,15 @@ impl RtInner {
             let err = TaskError::Device {
                 task: h.name.to_string(),
                 device: dev.device.to_string(),
-                message: message.clone(),
+                message: format!("the device failed earlier: {message}"),
             };
-            graph::fail_held(&task, err, fx);
-            return;
+            return Err((task, err));
         }
         let mem = h.mem;
         #[cfg(feature = "tracing")]
         tracing::trace!(target: "parla::sched", { task.id = %h.name, device = %dev.device, vcu = vcu_float(vcu), mem.bytes = mem }, "mapped");
         dev.admission.admit(task, Demand { vcu, mem }, admitted);
+        Ok(())
     }
 
     /// Picks the device slot of a task among its mask: the policy chooses among the devices
@@ -156,34 +167,63 @@ impl RtInner {
     /// Makes admitted tasks runnable: each takes a busy token (a resumed one takes back the
     /// VCUs it lent), the first goes to this thread's driver if one polls here, the rest to
     /// the injector.
-    pub(crate) fn launch(self: &Arc<Self>, admitted: Launch, d: &mut Deferred) {
-        let mut tokens = 0;
-        let mut visible: Launch = SmallVec::new();
-        for t in admitted {
-            let h = t.header();
-            if h.lent() > 0 {
-                h.reclaim();
-            } else {
-                // A first admission: the task counts as running on its device.
-                self.devices[h.device().map_or(0, |d| d.slot())].started(1);
-            }
-            match context::offer_next(self.id, t) {
-                None if d.busy < 0 => d.busy += 1,
-                None => tokens += 1,
-                Some(t) => {
-                    tokens += 1;
-                    visible.push(t);
-                }
-            }
+    pub(crate) fn launch(self: &Arc<Self>, mut admitted: Launch, d: &mut Deferred) {
+        let n = admitted.len();
+        if n == 0 {
+            return;
+        }
+        for t in &admitted {
+            self.admitted(t);
+        }
+        if n == 1
+            && let Some(t) = admitted.pop()
+        {
+            return self.launch_one(t, d);
+        }
+        let mut tokens = n as i64;
+        let mut rest = admitted.into_iter();
+        let first = rest.next().and_then(|t| context::offer_next(self.id, t));
+        if first.is_none() && d.busy < 0 {
+            // This driver runs it next, in place of a task it finished whose token is
+            // still counted.
+            d.busy += 1;
+            tokens -= 1;
         }
         // Counted before any other thread can see the tasks.
         self.counters.add(0, tokens);
-        let n = visible.len();
-        for t in visible {
+        let mut pushed = 0;
+        for t in first.into_iter().chain(rest) {
             self.inject.push(t);
+            pushed += 1;
         }
-        if n > 0 {
-            self.start_drivers(n);
+        if pushed > 0 {
+            self.start_drivers(pushed);
+        }
+    }
+
+    /// Bookkeeping of a task admission let through.
+    #[inline]
+    fn admitted(&self, t: &Arc<dyn Task>) {
+        let h = t.header();
+        if h.lent() > 0 {
+            h.reclaim();
+        } else {
+            // A first admission: the task counts as running on its device.
+            self.devices[h.device().map_or(0, |d| d.slot())].started(1);
+        }
+    }
+
+    /// [`launch`](Self::launch) of one task.
+    fn launch_one(self: &Arc<Self>, t: Arc<dyn Task>, d: &mut Deferred) {
+        match context::offer_next(self.id, t) {
+            // Runs next on this driver, in place of a finished task still counted.
+            None if d.busy < 0 => d.busy += 1,
+            None => self.counters.add(0, 1),
+            Some(t) => {
+                self.counters.add(0, 1);
+                self.inject.push(t);
+                self.start_drivers(1);
+            }
         }
     }
 
@@ -251,8 +291,10 @@ impl RtInner {
         let mut admitted = Launch::new();
         dev.admission.release(h.demand(), &mut admitted);
         dev.finished();
-        h.act.finish();
         if pended {
+            // (A task finished in its first poll needs no mark: a waker cloned meanwhile
+            // finds it RUNNING, which schedules nothing.)
+            h.act.finish();
             self.pollers.remove(task);
         }
         let device_error = matches!(outcome, Err(ref e) if matches!(**e, TaskError::Device { .. }));
@@ -263,8 +305,7 @@ impl RtInner {
         if token {
             d.busy -= 1;
         }
-        self.launch(admitted, d);
-        self.apply(fx, d);
+        self.apply(fx, admitted, d);
         if device_error {
             self.check_device(device);
         }
@@ -328,7 +369,7 @@ impl RtInner {
             crate::scheduler::admission::Lane::Task => {
                 let mut fx = Effects::new(self.trace.is_some());
                 graph::fail_held(t, err, &mut fx);
-                self.apply(fx, &mut d);
+                self.apply(fx, Launch::new(), &mut d);
             }
             crate::scheduler::admission::Lane::Resume => {
                 // SAFETY: taken out of the resume lane, the only holder of its run token.

@@ -395,7 +395,12 @@ impl Runtime {
                         Poll::Pending => match main.act.end_poll(context::take_blocked()) {
                             EndPoll::Parked => inner.counters.add(0, -1),
                             EndPoll::Idle => {}
-                            EndPoll::Notified => continue,
+                            // Woken during its poll (a yield, or Tokio's cooperative budget
+                            // running out): poll again from Tokio, with a fresh budget.
+                            EndPoll::Notified => {
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
+                            }
                         },
                     }
                 }

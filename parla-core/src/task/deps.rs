@@ -48,8 +48,10 @@ impl DepList {
     /// The nodes, every id looked up in `rt` (placeholders made for ids not spawned yet).
     pub(crate) fn take_nodes(&mut self, rt: &RtInner) -> SmallVec<[Arc<dyn Task>; 2]> {
         let mut nodes = std::mem::take(&mut self.nodes);
-        for d in std::mem::take(&mut self.later) {
-            d.resolve(rt, &mut nodes);
+        if !self.later.is_empty() {
+            for d in std::mem::take(&mut self.later) {
+                d.resolve(rt, &mut nodes);
+            }
         }
         nodes
     }
@@ -57,6 +59,9 @@ impl DepList {
 
 impl Drop for DepList {
     fn drop(&mut self) {
+        if self.nodes.is_empty() {
+            return;
+        }
         for n in self.nodes.drain(..) {
             if n.header().kind == Kind::Placeholder {
                 crate::space::release_placeholder(n);

@@ -131,16 +131,18 @@ where
         let nodes = deps.take_nodes(rt);
         graph::wire(&task, placeholder.as_ref(), nodes)
     })();
-    let mut fx = Effects::new(rt.trace.is_some());
     match wired {
-        Ok(true) => fx.ready.push(task),
         Ok(false) => {}
-        Err(e) => {
-            graph::fail_unrun(&task, e, &mut fx);
+        Ok(true) => {
+            let mut fx = Effects::new(false);
+            fx.ready.push(task);
+            rt.apply_now(fx);
         }
-    }
-    if !fx.is_empty() {
-        rt.apply_now(fx);
+        Err(e) => {
+            let mut fx = Effects::new(rt.trace.is_some());
+            graph::fail_unrun(&task, e, &mut fx);
+            rt.apply_now(fx);
+        }
     }
     handle
 }

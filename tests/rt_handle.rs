@@ -1,0 +1,280 @@
+//! The runtime from outside and from Tokio: `Handle` (spawn from any thread, `enter`,
+//! `hold`), futures started with `tokio::spawn` inside tasks, and what belongs to which
+//! runtime when a program has two.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parla::device::backend::{Fence, GpuBackend, GpuExec, GpuInfo, GpuOptions};
+use parla::prelude::*;
+
+#[test]
+fn a_handle_spawns_from_other_threads() {
+    each_config!(|rt| {
+        let h = rt.handle();
+        let sum = rt.block_on(async move {
+            let t = TaskSpace::new("H");
+            let hold = h.hold();
+            let threads: Vec<_> = (0..4)
+                .map(|k| {
+                    let (h, t) = (h.clone(), t.clone());
+                    std::thread::spawn(move || {
+                        for i in 0..50 {
+                            h.spawn(task(async move { k * 50 + i }).id(t.at(k * 50 + i)));
+                        }
+                    })
+                })
+                .collect();
+            for th in threads {
+                th.join().unwrap();
+            }
+            drop(hold);
+            t.range(0..200).await.unwrap();
+            t.len()
+        });
+        assert_eq!(sum, 200);
+    });
+}
+
+#[test]
+fn enter_makes_spawning_work_on_a_plain_thread() {
+    let rt = support::cpu(2);
+    let h = rt.handle();
+    let v = support::within(30, move || {
+        let _g = h.enter();
+        let handle = task(async { 41 + 1 }).spawn();
+        futures_executor_block_on(handle)
+    });
+    assert_eq!(v, Ok(42));
+    drop(rt);
+}
+
+/// Awaits a future on the current (non-runtime) thread.
+fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(f)
+}
+
+#[test]
+fn a_hold_keeps_stall_detection_off_until_the_thread_spawns() {
+    each_config!(|rt| {
+        let h = rt.handle();
+        let r = rt.block_on(async move {
+            let t = TaskSpace::new("L");
+            let (h2, t2) = (h.clone(), t.clone());
+            let hold = h.hold();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                h2.spawn(task(async { 3 }).id(t2.at(0)));
+                drop(hold);
+            });
+            // Nothing else runs meanwhile; without the hold, T[0] would be never spawned.
+            t.at(0).await
+        });
+        assert_eq!(r, Ok(()));
+    });
+}
+
+#[test]
+fn tokio_spawn_inside_a_task_can_spawn_and_await_tasks() {
+    each_config!(|rt| {
+        let r = rt.block_on(async {
+            task(async {
+                let t = TaskSpace::new("K");
+                let t2 = t.clone();
+                let j = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let a = task(async { 20 }).id(t2.at("a")).spawn();
+                    let b = task(async { 22 }).after(t2.at("a")).spawn();
+                    a.await.unwrap() + b.await.unwrap()
+                });
+                // Awaiting an id a Tokio task will spawn: not failed as never spawned.
+                t.at("a").await.unwrap();
+                j.await.unwrap()
+            })
+            .await
+        });
+        assert_eq!(r, Ok(42));
+    });
+}
+
+#[test]
+fn a_task_of_another_runtime_is_an_outside_event_to_await_and_an_error_to_depend_on() {
+    let a = support::cpu(2);
+    let b = support::cpu(2);
+    let r = support::within(30, move || {
+        let slow = a.handle().spawn(task(async {
+            std::thread::sleep(Duration::from_millis(20));
+            7
+        }));
+        b.block_on(async move {
+            let dep = task(async {}).after(&slow).await;
+            (dep, slow.await)
+        })
+    });
+    assert!(
+        matches!(r.0, Err(TaskError::WrongRuntime { .. })),
+        "{:?}",
+        r.0
+    );
+    assert_eq!(r.1, Ok(7));
+}
+
+#[test]
+fn a_space_belongs_to_one_runtime_at_a_time() {
+    let t = TaskSpace::new("Shared");
+    let a = support::cpu(2);
+    let t1 = t.clone();
+    let first = support::within(30, move || {
+        let t0 = t1.clone();
+        let r = a.block_on(async move { task(async { 1 }).id(t0.at(0)).await });
+        // While `a` lives, another runtime cannot use the space.
+        let b = support::cpu(2);
+        let t2 = t1.clone();
+        let other = b.block_on(async move { task(async { 2 }).id(t2.at(1)).await });
+        drop(a);
+        // Once `a` is gone, the space can move on.
+        let t3 = t1.clone();
+        let later = b.block_on(async move { task(async { 3 }).id(t3.at(2)).await });
+        (r, other, later)
+    });
+    assert_eq!(first.0, Ok(1));
+    assert!(
+        matches!(first.1, Err(TaskError::WrongRuntime { .. })),
+        "{:?}",
+        first.1
+    );
+    assert_eq!(first.2, Ok(3));
+}
+
+/// A backend with one GPU that fails for good after its first task.
+struct Failing {
+    failed: AtomicBool,
+}
+
+struct FailingExec(Arc<Failing>);
+
+impl GpuExec for FailingExec {
+    fn enter(&mut self) {}
+    fn exit(&mut self) {}
+    fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
+        self.0.failed.store(true, Ordering::SeqCst);
+        Err("simulated sticky device error".into())
+    }
+}
+
+struct FailingBackend(Arc<Failing>);
+
+impl GpuBackend for FailingBackend {
+    fn devices(&self) -> Vec<GpuInfo> {
+        vec![GpuInfo {
+            name: "failing GPU".into(),
+            memory_budget: 1 << 30,
+            memory_total: 1 << 30,
+        }]
+    }
+    fn begin(&self, _: usize, _: &str, _: &[Arc<dyn Fence>]) -> Result<Box<dyn GpuExec>, String> {
+        Ok(Box::new(FailingExec(self.0.clone())))
+    }
+    fn device_error(&self, _: usize) -> Option<String> {
+        self.0
+            .failed
+            .load(Ordering::SeqCst)
+            .then(|| "simulated sticky device error".to_string())
+    }
+}
+
+fn failing(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
+    Ok(Some(Arc::new(FailingBackend(Arc::new(Failing {
+        failed: AtomicBool::new(false),
+    })))))
+}
+
+/// A backend whose `begin` panics.
+struct Panicking;
+impl GpuBackend for Panicking {
+    fn devices(&self) -> Vec<GpuInfo> {
+        vec![GpuInfo {
+            name: "panicking GPU".into(),
+            memory_budget: 1 << 30,
+            memory_total: 1 << 30,
+        }]
+    }
+    fn begin(&self, _: usize, _: &str, _: &[Arc<dyn Fence>]) -> Result<Box<dyn GpuExec>, String> {
+        panic!("backend bug")
+    }
+    fn device_error(&self, _: usize) -> Option<String> {
+        None
+    }
+}
+
+#[test]
+fn a_failed_gpu_no_longer_attracts_tasks_that_may_run_elsewhere() {
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .gpu_backend(failing)
+        .build()
+        .unwrap();
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let first = task(async {}).placement(Placement::Gpu(0)).await;
+            let mut elsewhere = Vec::new();
+            for _ in 0..10 {
+                elsewhere.push(
+                    task(async { current_device() })
+                        .placement([Placement::Cpu, Placement::AnyGpu])
+                        .await,
+                );
+            }
+            let only_gpu = task(async {}).placement(Placement::Gpu(0)).await;
+            (first, elsewhere, only_gpu)
+        })
+    });
+    assert!(matches!(r.0, Err(TaskError::Device { .. })), "{:?}", r.0);
+    for d in r.1 {
+        assert_eq!(d, Ok(Device::CPU));
+    }
+    match r.2 {
+        Err(TaskError::Device { message, .. }) => {
+            assert!(message.contains("failed earlier"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_panicking_backend_fails_its_task_and_the_graph_goes_on() {
+    fn panicking(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
+        Ok(Some(Arc::new(Panicking)))
+    }
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .gpu_backend(panicking)
+        .build()
+        .unwrap();
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("G");
+            task(async {})
+                .id(t.at(0))
+                .placement(Placement::Gpu(0))
+                .spawn();
+            let after = task(async {}).after(t.at(0)).spawn();
+            let cpu = task(async { 1 }).await;
+            (t.at(0).await, after.await, cpu)
+        })
+    });
+    match r.0 {
+        Err(TaskError::Device { message, .. }) => {
+            assert!(message.contains("panicked"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(r.1, Err(TaskError::DependencyFailed { .. })));
+    assert_eq!(r.2, Ok(1));
+}

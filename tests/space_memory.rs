@@ -1,0 +1,245 @@
+//! Long-running programs run in bounded memory: outputs nobody will take are dropped,
+//! finished ids can be retired, dropped awaits and unused forward references leave nothing
+//! behind, and traces stream to disk. A counting allocator measures the bytes still
+//! allocated between batches of work.
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parla::prelude::*;
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting the bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: `p` was allocated by `alloc` above with `l`.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+/// Memory measurements must not overlap.
+static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+fn live() -> isize {
+    LIVE.load(Ordering::SeqCst)
+}
+
+/// Runs `block_on(batch(i))` for i in 0..n and returns the bytes still allocated after the
+/// first quarter of the batches and after the last one.
+fn growth<F: std::future::Future>(
+    rt: &parla::Runtime,
+    n: usize,
+    batch: impl Fn(usize) -> F,
+) -> (isize, isize) {
+    let mut at_quarter = 0;
+    for i in 0..n {
+        rt.block_on(batch(i));
+        if i == n / 4 {
+            at_quarter = live();
+        }
+    }
+    (at_quarter, live())
+}
+
+struct Big(Arc<AtomicUsize>, #[allow(dead_code)] Vec<u8>);
+impl Drop for Big {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn outputs_of_dropped_handles_are_released() {
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    let r = support::within(60, move || {
+        rt.block_on(async move {
+            let t = TaskSpace::new("O");
+            // Dropped before the task finished, and after.
+            for i in 0..200 {
+                let d = d.clone();
+                drop(
+                    task(async move { Big(d, vec![0; 4096]) })
+                        .id(t.at(i))
+                        .spawn(),
+                );
+            }
+            let kept: Vec<_> = (200..300)
+                .map(|i| {
+                    let d = d.clone();
+                    task(async move { Big(d, vec![0; 4096]) })
+                        .id(t.at(i))
+                        .spawn()
+                })
+                .collect();
+            t.range(0..300).await.unwrap();
+            let before = d.load(Ordering::SeqCst);
+            drop(kept);
+            (before, d.load(Ordering::SeqCst), t.len())
+        })
+    });
+    // The space still names all 300 tasks, but holds none of their outputs.
+    assert_eq!(r, (200, 300, 300));
+    assert_eq!(dropped.load(Ordering::SeqCst), 300);
+}
+
+#[test]
+fn retired_ids_stay_used_and_keep_their_outcome() {
+    let _s = SERIAL.lock();
+    each_config!(|rt| {
+        let r = rt.block_on(async {
+            let t = TaskSpace::new("R");
+            task(async {}).id(t.at(0)).await.unwrap();
+            task(async { panic!("x") }).id(t.at(1)).await.unwrap_err();
+            let pending = task(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            })
+            .id(t.at(2))
+            .spawn();
+            let retired = t.retire_finished();
+            let dup = task(async {}).id(t.at(0)).await;
+            let ok = t.at(0).await;
+            let failed = t.at(1).await;
+            let dep = task(async {}).after(t.at(1)).await;
+            pending.await.unwrap();
+            (retired, dup, ok, failed, dep, t.len(), t.retire_finished())
+        });
+        assert_eq!(r.0, 2);
+        assert!(
+            matches!(r.1, Err(TaskError::DuplicateId { .. })),
+            "{:?}",
+            r.1
+        );
+        assert_eq!(r.2, Ok(()));
+        assert!(matches!(r.3, Err(TaskError::Panicked { .. })), "{:?}", r.3);
+        assert!(
+            matches!(r.4, Err(TaskError::DependencyFailed { .. })),
+            "{:?}",
+            r.4
+        );
+        assert_eq!(r.5, 3);
+        assert_eq!(r.6, 1, "the task that was still running, retired later");
+    });
+}
+
+#[test]
+fn a_service_spawning_and_retiring_batches_runs_in_flat_memory() {
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    let t = TaskSpace::new("Svc");
+    let next = AtomicUsize::new(0);
+    let (quarter, end) = support::within(120, move || {
+        growth(&rt, 40, |_| {
+            let base = next.fetch_add(2000, Ordering::SeqCst);
+            let t = t.clone();
+            async move {
+                // 2000 id'd tasks in chains of 4, awaited, then retired.
+                for i in base..base + 2000 {
+                    let mut b = task(async move { i }).id(t.at(i));
+                    if i % 4 != 0 {
+                        b = b.after(t.at(i - 1));
+                    }
+                    b.spawn();
+                }
+                t.range(base..base + 2000).await.unwrap();
+                t.retire_finished();
+            }
+        })
+    });
+    let grew = end - quarter;
+    assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 batches");
+}
+
+#[test]
+fn select_loops_over_an_id_and_dropped_forward_references_leave_nothing_behind() {
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    let t = TaskSpace::new("Loop");
+    let (quarter, end) = support::within(120, move || {
+        growth(&rt, 40, |batch| {
+            let t = t.clone();
+            async move {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+                for i in 0..200u32 {
+                    tx.send(i).unwrap();
+                }
+                drop(tx);
+                let mut got = 0;
+                loop {
+                    // A fresh await of the same never-spawned id each round, given up
+                    // when the channel wins.
+                    tokio::select! {
+                        biased;
+                        _ = t.at("stop") => unreachable!(),
+                        v = rx.recv() => match v {
+                            Some(_) => got += 1,
+                            None => break,
+                        },
+                    }
+                }
+                assert_eq!(got, 200);
+                // Builders naming ids that are never spawned, dropped unspawned.
+                for i in 0..200 {
+                    drop(task(async {}).after(t.at(("gone", batch, i))));
+                }
+            }
+        })
+    });
+    let grew = end - quarter;
+    assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 rounds");
+}
+
+#[test]
+fn a_traced_runtime_streams_its_records() {
+    let _s = SERIAL.lock();
+    let dir = std::env::temp_dir().join(format!("parla-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("trace.json");
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .trace(&path)
+        .build()
+        .unwrap();
+    let (quarter, end) = support::within(120, move || {
+        let r = growth(&rt, 40, |_| async {
+            let hs: Vec<_> = (0..500).map(|i| task(async move { i }).spawn()).collect();
+            for h in hs {
+                h.await.unwrap();
+            }
+        });
+        drop(rt);
+        r
+    });
+    let grew = end - quarter;
+    assert!(
+        grew < 64 * 1024,
+        "grew by {grew} bytes over 30 traced batches"
+    );
+    let json = std::fs::read_to_string(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let events = v["traceEvents"].as_array().unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e["ph"] == "X").count(),
+        40 * 500,
+        "one event per task"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

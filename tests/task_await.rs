@@ -1,0 +1,264 @@
+//! Awaiting tasks the way programs do, with the defaults they get: parents awaiting their
+//! children in a loop (default VCUs), `select!` / `join!` / `timeout` / `FuturesUnordered`
+//! mixing tasks with timers and channels, service loops. None of these may hang, spin, or
+//! fail a task that a correct program would finish.
+
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use parla::prelude::*;
+
+/// Counts how often the inner future is polled.
+struct Counted<F> {
+    inner: Pin<Box<F>>,
+    polls: Arc<AtomicUsize>,
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+fn counted<F: Future>(f: F, polls: &Arc<AtomicUsize>) -> Counted<F> {
+    Counted {
+        inner: Box::pin(f),
+        polls: polls.clone(),
+    }
+}
+
+#[test]
+fn a_parent_with_default_vcus_awaits_children_in_a_loop_without_spinning() {
+    each_config!(|rt| {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let p = polls.clone();
+        let sum = rt
+            .block_on(async move {
+                task(counted(
+                    async {
+                        let mut sum = 0;
+                        for i in 0..20u64 {
+                            // Each child sleeps, so the parent really waits.
+                            let kid = task(async move {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                i
+                            })
+                            .spawn();
+                            sum += kid.await.unwrap();
+                        }
+                        sum
+                    },
+                    &p,
+                ))
+                .await
+            })
+            .unwrap();
+        assert_eq!(sum, (0..20).sum::<u64>());
+        // One poll to start, one per child finished (a spurious wake here and there is
+        // fine); a parent that spins would be polled thousands of times.
+        let n = polls.load(Ordering::SeqCst);
+        assert!(n <= 60, "the parent was polled {n} times for 20 awaits");
+    });
+}
+
+#[test]
+fn fork_join_trees_with_default_vcus_finish() {
+    fn tree(depth: u32) -> std::pin::Pin<Box<dyn Future<Output = u64> + Send>> {
+        Box::pin(async move {
+            if depth == 0 {
+                return 1;
+            }
+            let l = task(tree(depth - 1)).spawn();
+            let r = task(tree(depth - 1)).spawn();
+            l.await.unwrap() + r.await.unwrap()
+        })
+    }
+    each_config!(|rt| {
+        let n = rt.block_on(async { task(tree(10)).await }).unwrap();
+        assert_eq!(n, 1024);
+    });
+}
+
+#[test]
+fn a_missing_id_behind_a_waiting_parent_fails_instead_of_hanging() {
+    each_config!(|rt| {
+        let r = rt.block_on(async {
+            task(async {
+                let t = TaskSpace::new("M");
+                for _ in 0..3 {
+                    task(async {}).spawn().await.unwrap();
+                }
+                task(async {}).after(t.at("missing")).await
+            })
+            .await
+        });
+        match r {
+            Ok(Err(TaskError::DependencyFailed { cause, .. })) => {
+                assert!(
+                    matches!(*cause, TaskError::NeverSpawned { .. }),
+                    "{cause:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn timeout_over_a_task_that_never_comes_times_out() {
+    each_config!(|rt| {
+        let r = rt.block_on(async {
+            task(async {
+                let t = TaskSpace::new("T");
+                tokio::time::timeout(Duration::from_millis(30), t.at("never")).await
+            })
+            .await
+        });
+        // The timer fires: the id is not declared never spawned while the timer runs.
+        assert!(matches!(r, Ok(Err(_))), "{r:?}");
+    });
+}
+
+#[test]
+fn join_of_an_id_and_the_future_that_spawns_it_later() {
+    each_config!(|rt| {
+        let r = rt.block_on(async {
+            task(async {
+                let t = TaskSpace::new("J");
+                let t2 = t.clone();
+                let (a, b) = tokio::join!(t.at(1), async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    task(async { 5 }).id(t2.at(1)).await
+                });
+                (a, b)
+            })
+            .await
+        });
+        assert_eq!(r, Ok((Ok(()), Ok(5))));
+    });
+}
+
+#[test]
+fn a_service_loop_selects_over_a_shutdown_id_and_a_channel_fed_by_another_thread() {
+    each_config!(|rt| {
+        let h = rt.handle();
+        let served = rt.block_on(async move {
+            let t = TaskSpace::new("S");
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+            let t2 = t.clone();
+            let service = task(async move {
+                let mut served = 0u32;
+                loop {
+                    tokio::select! {
+                        _ = t2.at("stop") => break,
+                        v = rx.recv() => match v {
+                            Some(v) => served += v,
+                            None => break,
+                        },
+                    }
+                }
+                served
+            })
+            .spawn();
+            // Another thread feeds the channel with pauses (the service is idle between
+            // messages), then asks it to stop.
+            let feeder = std::thread::spawn(move || {
+                for _ in 0..10 {
+                    std::thread::sleep(Duration::from_millis(3));
+                    tx.send(1).unwrap();
+                }
+                let _hold = h.hold();
+                std::thread::sleep(Duration::from_millis(3));
+                h.spawn(task(async {}).id(t.at("stop")));
+                drop(tx);
+            });
+            let served = service.await;
+            feeder.join().unwrap();
+            served
+        });
+        assert_eq!(served, Ok(10));
+    });
+}
+
+#[test]
+fn futures_unordered_mixing_handles_and_channels() {
+    each_config!(|rt| {
+        let r = rt.block_on(async {
+            task(async {
+                let (tx, rx) = tokio::sync::oneshot::channel::<u64>();
+                let mut set: FuturesUnordered<Pin<Box<dyn Future<Output = u64> + Send>>> =
+                    FuturesUnordered::new();
+                for i in 0..4u64 {
+                    set.push(Box::pin(
+                        async move { task(async move { i }).await.unwrap() },
+                    ));
+                }
+                set.push(Box::pin(async move { rx.await.unwrap() }));
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    tx.send(100).unwrap();
+                });
+                let mut sum = 0;
+                while let Some(v) = set.next().await {
+                    sum += v;
+                }
+                sum
+            })
+            .await
+        });
+        assert_eq!(r, Ok(106));
+    });
+}
+
+#[test]
+fn block_on_may_select_over_tasks_and_timers() {
+    each_config!(|rt| {
+        let r = rt.block_on(async {
+            let t = TaskSpace::new("B");
+            let mut ticks = 0;
+            loop {
+                tokio::select! {
+                    _ = t.at("late") => break,
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                        ticks += 1;
+                        if ticks == 5 {
+                            task(async {}).id(t.at("late")).spawn();
+                        }
+                    }
+                }
+            }
+            ticks
+        });
+        assert_eq!(r, 5);
+    });
+}
+
+#[test]
+fn tasks_awaiting_each_other_fail_one_await_only() {
+    each_config!(|rt| {
+        let (a, b) = rt.block_on(async {
+            let t = TaskSpace::new("W");
+            let (ta, tb) = (t.clone(), t.clone());
+            // Default VCUs: the waiting tasks lend theirs.
+            let a = task(async move { ta.at("b").await }).id(t.at("a")).spawn();
+            let b = task(async move { tb.at("a").await }).id(t.at("b")).spawn();
+            (a.await, b.await)
+        });
+        let deadlocks = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(TaskError::Deadlock { .. }))))
+            .count();
+        // One await is failed; its task finishes, which lets the other await succeed.
+        assert_eq!(deadlocks, 1, "{a:?} {b:?}");
+        assert!(a == Ok(Ok(())) || b == Ok(Ok(())), "{a:?} {b:?}");
+    });
+}
