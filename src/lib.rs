@@ -63,6 +63,90 @@ pub mod prelude {
     };
 }
 
+/// What the macros' generated code calls; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use std::error::Error as StdError;
+    use std::fmt::{Display, Write as _};
+    use std::ops::Deref;
+
+    /// What `#[parla::main]` prints for an error, in `anyhow`'s format: `Error: ` and the
+    /// error's message, then, if it has sources, a blank line, `Caused by:` and one indented
+    /// line per source (numbered when there are several).
+    pub fn report_error<E: StdError + ?Sized>(e: &E) -> String {
+        let mut out = format!("Error: {e}");
+        let causes: Vec<_> = std::iter::successors(e.source(), |&c| c.source()).collect();
+        if !causes.is_empty() {
+            out.push_str("\n\nCaused by:");
+        }
+        for (i, c) in causes.iter().enumerate() {
+            let (head, indent) = if causes.len() == 1 {
+                (String::from("    "), "    ")
+            } else {
+                (format!("{i:>5}: "), "       ")
+            };
+            let text = c.to_string().replace('\n', &format!("\n{indent}"));
+            let _ = write!(out, "\n{head}{text}");
+        }
+        out
+    }
+
+    /// The value an `async fn main` returned. `(&&&&MainOutput(&v)).parla_report()`, with
+    /// the four traits below in scope, picks by autoref the first of them whose bounds hold:
+    /// a `std` error with its sources; a pointer to one (`Box<dyn Error>`, `anyhow::Error`)
+    /// likewise; an error that is only `Display`; otherwise nothing, and `main` returns the
+    /// value for `std` to report as it does.
+    pub struct MainOutput<'a, R>(pub &'a R);
+
+    /// `Err(e)` where `e` is a [`std::error::Error`].
+    pub trait ReportStdError {
+        /// The report of an error; `None` for a success.
+        fn parla_report(&self) -> Option<String>;
+    }
+    impl<T, E: StdError> ReportStdError for &&&MainOutput<'_, Result<T, E>> {
+        fn parla_report(&self) -> Option<String> {
+            self.0.as_ref().err().map(report_error)
+        }
+    }
+
+    /// `Err(e)` where `e` dereferences to a [`std::error::Error`].
+    pub trait ReportDerefError {
+        /// The report of an error; `None` for a success.
+        fn parla_report(&self) -> Option<String>;
+    }
+    impl<T, E> ReportDerefError for &&MainOutput<'_, Result<T, E>>
+    where
+        E: Deref,
+        E::Target: StdError,
+    {
+        fn parla_report(&self) -> Option<String> {
+            self.0.as_ref().err().map(|e| report_error(&**e))
+        }
+    }
+
+    /// `Err(e)` where `e` is only [`Display`].
+    pub trait ReportDisplay {
+        /// The report of an error; `None` for a success.
+        fn parla_report(&self) -> Option<String>;
+    }
+    impl<T, E: Display> ReportDisplay for &MainOutput<'_, Result<T, E>> {
+        fn parla_report(&self) -> Option<String> {
+            self.0.as_ref().err().map(|e| format!("Error: {e}"))
+        }
+    }
+
+    /// Anything else: left to `std`.
+    pub trait ReportOther {
+        /// Always `None`.
+        fn parla_report(&self) -> Option<String>;
+    }
+    impl<R> ReportOther for MainOutput<'_, R> {
+        fn parla_report(&self) -> Option<String> {
+            None
+        }
+    }
+}
+
 /// The README's code blocks compile and run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

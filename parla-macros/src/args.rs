@@ -77,3 +77,86 @@ pub(crate) fn parse_async_fn(
     }
     Ok((args, f))
 }
+
+/// A byte-size expression (a task's `memory`, a virtual GPU's budget) as a `u64`.
+///
+/// An unsuffixed integer literal takes its type from the literals around it and defaults to
+/// `i32`, so `4 << 30` would overflow. Where the type of the expression (or of a shift's left
+/// operand) comes from literals alone, its unsuffixed literals become `u64` literals, and the
+/// expression needs no cast. Anything else (`SIZE`, `n * 1024`) keeps its own type and is
+/// cast with `as u64`.
+pub(crate) fn bytes(e: &Expr) -> proc_macro2::TokenStream {
+    let mut e = e.clone();
+    if as_u64(&mut e) {
+        quote::quote!(#e)
+    } else {
+        quote::quote!((#e) as u64)
+    }
+}
+
+/// Types `e` as `u64` where only literals decide its type; whether it now is `u64`.
+fn as_u64(e: &mut Expr) -> bool {
+    if literals_only(e) {
+        suffix_u64(e);
+        return true;
+    }
+    match e {
+        Expr::Paren(p) => as_u64(&mut p.expr),
+        Expr::Group(g) => as_u64(&mut g.expr),
+        // A shift has the type of its left operand, whatever the right one is.
+        Expr::Binary(b) if matches!(b.op, syn::BinOp::Shl(_) | syn::BinOp::Shr(_)) => {
+            as_u64(&mut b.left)
+        }
+        _ => false,
+    }
+}
+
+/// Whether `e` is integer arithmetic on integer literals that are unsuffixed or `u64`.
+fn literals_only(e: &Expr) -> bool {
+    match e {
+        Expr::Lit(l) => matches!(&l.lit, syn::Lit::Int(i) if matches!(i.suffix(), "" | "u64")),
+        Expr::Paren(p) => literals_only(&p.expr),
+        Expr::Group(g) => literals_only(&g.expr),
+        Expr::Unary(u) => literals_only(&u.expr),
+        Expr::Binary(b) => {
+            use syn::BinOp::*;
+            matches!(
+                b.op,
+                Add(_)
+                    | Sub(_)
+                    | Mul(_)
+                    | Div(_)
+                    | Rem(_)
+                    | BitAnd(_)
+                    | BitOr(_)
+                    | BitXor(_)
+                    | Shl(_)
+                    | Shr(_)
+            ) && literals_only(&b.left)
+                && literals_only(&b.right)
+        }
+        _ => false,
+    }
+}
+
+/// Gives every unsuffixed integer literal in `e` (a [`literals_only`] expression) a `u64`
+/// suffix.
+fn suffix_u64(e: &mut Expr) {
+    match e {
+        Expr::Lit(l) => {
+            if let syn::Lit::Int(i) = &mut l.lit
+                && i.suffix().is_empty()
+            {
+                *i = syn::LitInt::new(&format!("{i}u64"), i.span());
+            }
+        }
+        Expr::Paren(p) => suffix_u64(&mut p.expr),
+        Expr::Group(g) => suffix_u64(&mut g.expr),
+        Expr::Unary(u) => suffix_u64(&mut u.expr),
+        Expr::Binary(b) => {
+            suffix_u64(&mut b.left);
+            suffix_u64(&mut b.right);
+        }
+        _ => {}
+    }
+}

@@ -23,7 +23,8 @@ mod task_attr;
 /// ```
 ///
 /// Arguments (all optional): `placement` (`cpu`, `gpu`, `gpu(i)`, or a list of these),
-/// `vcus` (a number literal in `0.0..=1.0`), `memory` (bytes, any integer expression).
+/// `vcus` (a number literal in `0.0..=1.0`), `memory` (bytes, any integer expression;
+/// arithmetic on literals is computed as `u64`, so `4 << 30` is 4 GiB).
 /// Callers can still add `.id`, `.after`, or override the constraints.
 ///
 /// [`TaskBuilder`]: https://docs.rs/parla/latest/parla/struct.TaskBuilder.html
@@ -44,7 +45,10 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// Arguments (all optional): `cpu_threads = N`, `virtual_gpus = N` or
 /// `virtual_gpus = (N, bytes)` (16 GiB each by default), `streams_per_gpu = N`,
 /// `trace = "path.json"`. If the runtime cannot start, the program prints why and exits
-/// with status 1.
+/// with status 1. If `main` returns an error, the program prints `Error: ` and the error's
+/// message (for a `std` error, `Box<dyn Error>` or `anyhow::Error`, then its sources, as
+/// `anyhow` does) rather than its `Debug` form, and exits with status 1. The `bytes` are
+/// computed as `u64`: `(2, 16 << 30)` is 16 GiB.
 #[proc_macro_attribute]
 pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item: proc_macro2::TokenStream = item.into();

@@ -3,9 +3,9 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Expr, ItemFn};
+use syn::{Expr, ItemFn, ReturnType, Type};
 
-use crate::args::{err, parse_async_fn};
+use crate::args::{bytes, err, parse_async_fn};
 
 /// Default budget of a virtual GPU when only the count is given.
 const VIRTUAL_GPU_BYTES: u64 = 16 << 30;
@@ -29,8 +29,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             "trace" => calls.push(quote_spanned!(s=> .trace(#v))),
             "virtual_gpus" => match v {
                 Expr::Tuple(t) if t.elems.len() == 2 => {
-                    let (n, m) = (&t.elems[0], &t.elems[1]);
-                    calls.push(quote_spanned!(s=> .virtual_gpus(#n, (#m) as u64)));
+                    let (n, m) = (&t.elems[0], bytes(&t.elems[1]));
+                    calls.push(quote_spanned!(s=> .virtual_gpus(#n, #m)));
                 }
                 Expr::Tuple(t) => {
                     return Err(err(t.span(), "virtual_gpus = (count, bytes_each)"));
@@ -55,6 +55,38 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     } = f;
     let mut new_sig = sig.clone();
     new_sig.asyncness = None;
+    let run = match &sig.output {
+        // `let` cannot name these types: return the value as it is, for `std` to report.
+        ReturnType::Type(_, t) if matches!(**t, Type::ImplTrait(_) | Type::Never(_)) => {
+            quote!(__parla_rt.block_on(async move #block))
+        }
+        output => {
+            let ty = match output {
+                ReturnType::Default => quote!(()),
+                ReturnType::Type(_, t) => quote!(#t),
+            };
+            // An error is printed with its message (and sources), not its `Debug` form as
+            // `std` would, once the runtime has shut down (and written its trace).
+            quote! {
+                let __parla_out: #ty = __parla_rt.block_on(async move #block);
+                ::core::mem::drop(__parla_rt);
+                {
+                    #[allow(unused_imports)]
+                    use ::parla::__private::{
+                        ReportDerefError as _, ReportDisplay as _, ReportOther as _,
+                        ReportStdError as _,
+                    };
+                    if let ::core::option::Option::Some(__parla_report) =
+                        (&&&&::parla::__private::MainOutput(&__parla_out)).parla_report()
+                    {
+                        ::std::eprintln!("{__parla_report}");
+                        ::std::process::exit(1);
+                    }
+                }
+                __parla_out
+            }
+        }
+    };
     Ok(quote! {
         #(#attrs)*
         #vis #new_sig {
@@ -65,7 +97,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                     ::std::process::exit(1)
                 }
             };
-            __parla_rt.block_on(async move #block)
+            #run
         }
     })
 }

@@ -5,7 +5,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, ItemFn, ReturnType};
 
-use crate::args::{err, number, parse_async_fn};
+use crate::args::{bytes, err, number, parse_async_fn};
 
 /// `cpu`, `gpu`, `gpu(i)` or a list of these, as `::parla::Placement` values.
 fn placements(e: &Expr) -> syn::Result<Vec<TokenStream>> {
@@ -89,7 +89,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                         "memory is a number of bytes and cannot be negative",
                     ));
                 }
-                calls.push(quote_spanned!(a.key.span()=> .memory((#v) as u64)));
+                let v = bytes(v);
+                calls.push(quote_spanned!(a.key.span()=> .memory(#v)));
             }
             _ => {
                 return Err(err(

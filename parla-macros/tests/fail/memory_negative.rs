@@ -1,0 +1,4 @@
+#[parla::task(memory = -1)]
+async fn negative() {}
+
+fn main() {}
