@@ -44,12 +44,32 @@ fn stalled(rt: &RtInner) -> bool {
     rt.counters.load().1 == 0 && rt.foreign_tasks() == 0
 }
 
-/// Resolves one cause of a stall. Returns whether it changed anything.
-pub(crate) fn resolve(rt: &Arc<RtInner>) -> bool {
+/// What one call of the resolver did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// It failed (or admitted) something: look again once things settle.
+    Acted,
+    /// Stalled, with nothing to resolve.
+    Nothing,
+    /// Not stalled when it looked.
+    NotStalled,
+}
+
+/// Resolves one cause of a stall.
+pub(crate) fn resolve(rt: &Arc<RtInner>) -> Resolved {
     let _gate = rt.gate.write();
     if !stalled(rt) || rt.shutdown.load(Ordering::SeqCst) {
-        return false;
+        return Resolved::NotStalled;
     }
+    if resolve_step(rt) {
+        Resolved::Acted
+    } else {
+        Resolved::Nothing
+    }
+}
+
+/// One step of the resolution (see the module docs). Returns whether it acted.
+fn resolve_step(rt: &Arc<RtInner>) -> bool {
     // 0. Backfill.
     for dev in rt.devices.iter() {
         let mut admitted = Launch::new();
@@ -181,8 +201,11 @@ impl Future for Monitor {
                 this.pause = MIN_RECHECK;
                 return Poll::Pending;
             }
-            if rt.foreign_tasks() > 0 {
-                // A user's Tokio task may still spawn what others wait for: look again later.
+            // A user's Tokio task may still spawn what others wait for (and a driver that
+            // just ended is counted by Tokio a little longer than here): look again later.
+            // So does a resolver that found the runtime not stalled after all.
+            let foreign = rt.foreign_tasks() > 0;
+            if foreign || this.recheck.is_some() {
                 let sleep = this
                     .recheck
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.pause)));
@@ -193,9 +216,14 @@ impl Future for Monitor {
                 this.pause = (this.pause * 2).min(MAX_RECHECK);
                 continue;
             }
-            this.recheck = None;
-            if !resolve(&rt) {
-                return Poll::Pending;
+            match resolve(&rt) {
+                Resolved::Acted => continue,
+                Resolved::Nothing => return Poll::Pending,
+                // Busy again (the next zero wakes this task), or a count in flux: look
+                // again shortly.
+                Resolved::NotStalled => {
+                    this.recheck = Some(Box::pin(tokio::time::sleep(this.pause)));
+                }
             }
         }
     }
