@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Model-checks the lock-free protocols (device admission, activity tracking) with loom.
+# Model-checks the concurrent protocols with loom: device admission (task and resume lanes),
+# activity words (park, wake, outside clones), node state and links (publish vs register,
+# readiness, the join protocol), and the driver/injector handshake.
 # Uses its own target directory: `--cfg parla_loom` changes the build of parla-core.
 set -euo pipefail
 cd "$(dirname "$0")/.."

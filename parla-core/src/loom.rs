@@ -1,12 +1,14 @@
 //! Synchronisation primitives, swapped for loom's model-checked ones under `--cfg parla_loom`.
 //!
 //! The protocols that loom models exercise go through here: device admission, activity
-//! words, node links and the driver/injector handshake. The rest of the crate uses `std` and
+//! words, node state and links, and the driver/injector handshake. The rest of the crate uses `std` and
 //! `parking_lot` directly.
 
 #[cfg(not(parla_loom))]
 pub(crate) mod sync {
-    pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+    pub(crate) use std::sync::atomic::{
+        AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+    };
 
     /// A mutex with the same surface as loom's.
     #[derive(Debug, Default)]
@@ -47,7 +49,9 @@ pub(crate) mod sync {
 
 #[cfg(parla_loom)]
 pub(crate) mod sync {
-    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+    pub(crate) use loom::sync::atomic::{
+        AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+    };
 
     /// loom's mutex, unwrapped like parking_lot's.
     #[derive(Debug)]

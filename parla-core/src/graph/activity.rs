@@ -220,7 +220,7 @@ impl Activity {
     }
 
     /// Counted outside clones of the waker (for tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(parla_loom)))]
     pub(crate) fn ext(&self) -> u64 {
         self.word.load(Ordering::Acquire) >> EXT_SHIFT
     }

@@ -21,7 +21,7 @@
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::task::Waker;
 
 use smallvec::SmallVec;
@@ -31,7 +31,7 @@ use crate::device::backend::Fence;
 use crate::device::{Demand, Device, SlotMask};
 use crate::error::TaskError;
 use crate::key::Key;
-use crate::loom::sync::Mutex;
+use crate::loom::sync::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Mutex, Ordering};
 
 /// What a finished task resolved to, as dependents and awaiters see it.
 pub(crate) type Outcome = Result<(), Arc<TaskError>>;
@@ -190,7 +190,7 @@ unsafe impl Send for Header {}
 
 impl Drop for Header {
     fn drop(&mut self) {
-        let p = *self.waking.get_mut();
+        let p = self.waking.load(Ordering::Acquire);
         if !p.is_null() {
             // SAFETY: `p` came from `Arc::into_raw` in `set_waking` and is released once,
             // here.
@@ -661,4 +661,64 @@ unsafe fn dec<T: Task>(h: *const Header) {
 /// Wakes `w` (a waker taken from a node's lists), catching a panic of foreign waker code.
 pub(crate) fn wake_quietly(w: Waker) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
+}
+
+#[cfg(all(test, parla_loom))]
+mod loom_test {
+    use super::*;
+    use loom::thread;
+
+    fn node(n: u64) -> Arc<dyn Task> {
+        Arc::new(Placeholder::new(Name::Anon(n), 1, None))
+    }
+
+    /// A dependent registering while the node publishes its outcome is told exactly once:
+    /// it is in the list publication takes, or it sees the outcome.
+    #[test]
+    fn register_vs_publish_tells_the_dependent_once() {
+        loom::model(|| {
+            let (a, b) = (node(0), node(1));
+            let (a2, b2) = (a.clone(), b.clone());
+            let t = thread::spawn(move || match a2.header().add_task_dependent(&b2) {
+                Added::Registered => 0,
+                Added::Done(_) => 1,
+                Added::Fenced(_) => 2,
+            });
+            let taken = a.header().publish(Ok(()));
+            let r = t.join().unwrap();
+            assert!(
+                (r == 0 && taken.len() == 1) || (r == 1 && taken.is_empty()),
+                "registered: {r}, taken: {}",
+                taken.len()
+            );
+        });
+    }
+
+    /// The last dependency finishing while the spawner drops its guard: the task becomes
+    /// ready exactly once.
+    #[test]
+    fn guard_vs_dependency_makes_the_task_ready_once() {
+        loom::model(|| {
+            let t = node(0);
+            t.header().add_pending();
+            let t2 = t.clone();
+            let other = thread::spawn(move || t2.header().dependency_done());
+            let mine = t.header().dependency_done();
+            let theirs = other.join().unwrap();
+            assert!(mine ^ theirs, "ready once: {mine} {theirs}");
+        });
+    }
+
+    /// Completion racing with the handle's drop: the output is dropped by exactly one.
+    #[test]
+    fn completion_vs_handle_drop_drops_the_output_once() {
+        loom::model(|| {
+            let t = node(0);
+            let t2 = t.clone();
+            let other = thread::spawn(move || t2.header().join_complete());
+            let mine = t.header().join_drop();
+            let theirs = other.join().unwrap();
+            assert!(mine ^ theirs, "dropped once: {mine} {theirs}");
+        });
+    }
 }
