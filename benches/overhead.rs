@@ -10,7 +10,9 @@
 //!   two children;
 //! - `wavefront`: a 300 x 300 grid, task (i, j) after (i-1, j) and (i, j-1); parla names the
 //!   tasks in a `TaskSpace` (`t.at((i, j))`), so this also measures task spaces;
-//! - `wavefront-h`: the same grid, parla's dependencies given as `&TaskHandle`s.
+//! - `wavefront-h`: the same grid, parla's dependencies given as `&TaskHandle`s;
+//! - `fork-join`: a binary tree of depth 17 (262,143 tasks) where every inner task spawns its
+//!   two children and awaits them (default VCUs: the parents lend theirs while they wait).
 //!
 //! parla-rs is used as a user would: `task(async {}).spawn()`, `.after(&handle)`,
 //! `.after([t.at((i - 1, j)), t.at((i, j - 1))])`, default VCUs, inside `Runtime::block_on`. The Tokio baseline is the faster (by
@@ -29,6 +31,13 @@
 //! every task completed; for parla this is when `block_on` returns, measured outside it, so it
 //! includes `block_on`'s final wait), and is reported per task (median and minimum of the
 //! timed rounds).
+//!
+//! For `fork-join` the Tokio baselines are the same tree with `tokio::spawn`: (a) awaiting
+//! the two `JoinHandle`s one after the other, (b) with `tokio::join!`.
+//!
+//! Service: 10,000,000 parla tasks named in one task space (`t.at(i)`, chains of 8), in
+//! batches of 100,000, each batch awaited and then retired (`TaskSpace::retire_finished`); the
+//! counting allocator gives the bytes still allocated after each batch, which must stay flat.
 //!
 //! Memory: 1,000,000 parla tasks are spawned `.after(&gate)`, where the gate task waits on a
 //! `oneshot` that is only sent after all are spawned, so they are all pending at once. A
@@ -151,15 +160,17 @@ enum Graph {
     Reduction,
     Wavefront,
     WavefrontH,
+    ForkJoin,
 }
 
 impl Graph {
-    const ALL: [Graph; 5] = [
+    const ALL: [Graph; 6] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
         Graph::Wavefront,
         Graph::WavefrontH,
+        Graph::ForkJoin,
     ];
 
     fn name(self) -> &'static str {
@@ -169,6 +180,7 @@ impl Graph {
             Graph::Reduction => "reduction",
             Graph::Wavefront => "wavefront",
             Graph::WavefrontH => "wavefront-h",
+            Graph::ForkJoin => "fork-join",
         }
     }
 }
@@ -199,8 +211,12 @@ struct Sizes {
     leaves: usize,
     /// Side of the wavefront grid.
     side: usize,
+    /// Depth of the fork-join tree (`2^(depth+1) - 1` tasks).
+    depth: u32,
     /// Pending tasks in the memory measurement.
     memory: usize,
+    /// Batches of the service measurement.
+    batches: usize,
 }
 
 impl Sizes {
@@ -210,7 +226,9 @@ impl Sizes {
             flat: scaled(100_000.0),
             leaves: scaled(65_536.0),
             side: ((300.0 * scale.sqrt()).round() as usize).max(1),
+            depth: (17.0 + scale.log2()).round().max(1.0) as u32,
             memory: scaled(1_000_000.0),
+            batches: scaled(100.0),
         }
     }
 
@@ -219,6 +237,7 @@ impl Sizes {
             Graph::Independent | Graph::Chain => self.flat,
             Graph::Reduction => 2 * self.leaves - 1,
             Graph::Wavefront | Graph::WavefrontH => self.side * self.side,
+            Graph::ForkJoin => (1 << (self.depth + 1)) - 1,
         }
     }
 }
@@ -277,9 +296,12 @@ fn parse_options() -> Options {
     }
     if let Some(g) = &o.graph
         && g != "memory"
+        && g != "service"
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
-        fail("--graph takes independent, chain, reduction, wavefront, wavefront-h or memory");
+        fail(
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, fork-join, service or memory",
+        );
     }
     o
 }
@@ -378,6 +400,29 @@ fn parla_wavefront_h(rt: &Runtime, side: usize) -> Duration {
     })
 }
 
+type Boxed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A fork-join node: spawns its two children and awaits them, one after the other.
+fn parla_fork(depth: u32) -> Boxed {
+    Box::pin(async move {
+        if depth == 0 {
+            return;
+        }
+        let l = task(parla_fork(depth - 1)).spawn();
+        let r = task(parla_fork(depth - 1)).spawn();
+        l.await.expect("fork-join task failed");
+        r.await.expect("fork-join task failed");
+    })
+}
+
+fn parla_fork_join(rt: &Runtime, depth: u32) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        task(parla_fork(depth)).await.expect("fork-join task failed");
+        start.elapsed()
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tokio (a): spawned up front, awaiting the predecessors' join handles
 // ---------------------------------------------------------------------------------------------
@@ -470,6 +515,36 @@ fn tokio_a_wavefront(rt: &tokio::runtime::Runtime, side: usize) -> Duration {
         }
         let sink = last.expect("grid not empty");
         sink.await.expect("wavefront task failed");
+        start.elapsed()
+    })
+}
+
+/// A fork-join node in Tokio: the children's `JoinHandle`s, awaited one after the other (a)
+/// or with `tokio::join!` (b).
+fn tokio_fork(depth: u32, join: bool) -> Boxed {
+    Box::pin(async move {
+        if depth == 0 {
+            return;
+        }
+        let l = tokio::spawn(tokio_fork(depth - 1, join));
+        let r = tokio::spawn(tokio_fork(depth - 1, join));
+        if join {
+            let (a, b) = tokio::join!(l, r);
+            a.expect("fork-join task failed");
+            b.expect("fork-join task failed");
+        } else {
+            l.await.expect("fork-join task failed");
+            r.await.expect("fork-join task failed");
+        }
+    })
+}
+
+fn tokio_fork_join(rt: &tokio::runtime::Runtime, depth: u32, join: bool) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        tokio::spawn(tokio_fork(depth, join))
+            .await
+            .expect("fork-join task failed");
         start.elapsed()
     })
 }
@@ -660,6 +735,7 @@ impl Env {
                     Graph::Reduction => parla_reduction(rt, s.leaves),
                     Graph::Wavefront => parla_wavefront(rt, s.side),
                     Graph::WavefrontH => parla_wavefront_h(rt, s.side),
+                    Graph::ForkJoin => parla_fork_join(rt, s.depth),
                 }
             }
             Imp::TokioA => {
@@ -669,6 +745,7 @@ impl Env {
                     Graph::Chain => tokio_a_chain(rt, s.flat),
                     Graph::Reduction => tokio_a_reduction(rt, s.leaves),
                     Graph::Wavefront | Graph::WavefrontH => tokio_a_wavefront(rt, s.side),
+                    Graph::ForkJoin => tokio_fork_join(rt, s.depth, false),
                 }
             }
             Imp::TokioB => {
@@ -678,6 +755,7 @@ impl Env {
                     Graph::Chain => tokio_b(rt, Chain(s.flat)),
                     Graph::Reduction => tokio_b(rt, Tree { leaves: s.leaves }),
                     Graph::Wavefront | Graph::WavefrontH => tokio_b(rt, Grid { side: s.side }),
+                    Graph::ForkJoin => tokio_fork_join(rt, s.depth, true),
                 }
             }
         }
@@ -788,6 +866,72 @@ fn bench_memory(env: &Env) {
     );
 }
 
+/// A service run in batches of id'd tasks, retiring each batch: the bytes still allocated
+/// after each batch (counting starts after the first one, once the runtime's own buffers
+/// reached their working size).
+fn parla_service(rt: &Runtime, batches: usize, per_batch: usize) -> Vec<(usize, isize)> {
+    let t = TaskSpace::new("Service");
+    let mut rows = Vec::new();
+    for b in 0..batches {
+        if b == 1 {
+            start_counting();
+        }
+        let t = t.clone();
+        rt.block_on(async move {
+            let base = b * per_batch;
+            for i in base..base + per_batch {
+                let mut builder = task(async {}).id(t.at(i));
+                if i % 8 != 0 {
+                    builder = builder.after(t.at(i - 1));
+                }
+                builder.spawn();
+            }
+            t.range(base..base + per_batch)
+                .await
+                .expect("service task failed");
+            t.retire_finished();
+        });
+        let done = b + 1;
+        if b >= 1 && (done.is_power_of_two() || done == batches || done % 25 == 0) {
+            rows.push((done * per_batch, counted_bytes()));
+        }
+    }
+    stop_counting();
+    rows
+}
+
+fn bench_service(env: &Env) {
+    let rt = env.parla.as_ref().expect("parla runtime built");
+    let batches = env.sizes.batches.max(2);
+    let per_batch = 100_000;
+    let start = Instant::now();
+    let rows = parla_service(rt, batches, per_batch);
+    let ns = start.elapsed().as_nanos() as f64 / (batches * per_batch) as f64;
+    println!();
+    println!(
+        "service: {} id'd tasks in batches of {per_batch} (chains of 8), each batch awaited and retired; {ns:.1} ns/task",
+        batches * per_batch
+    );
+    println!(
+        "{:>12} | {:>28}",
+        "tasks so far", "bytes allocated since batch 1"
+    );
+    for (tasks, bytes) in &rows {
+        println!("{tasks:>12} | {bytes:>28}");
+    }
+    let first = rows.first().map_or(0, |r| r.1);
+    let last = rows.last().map_or(0, |r| r.1);
+    println!(
+        "growth from the first row to the last: {} bytes ({})",
+        last - first,
+        if (last - first).abs() < 1 << 20 {
+            "flat"
+        } else {
+            "GROWING"
+        }
+    );
+}
+
 fn main() {
     let o = parse_options();
     let sizes = Sizes::new(o.scale);
@@ -798,10 +942,15 @@ fn main() {
             .filter(|g| g.name() == name)
             .collect(),
     };
-    // The memory measurement runs by default, and with `--graph memory` (alone or `--only parla`).
+    // The memory and service measurements run by default, and with `--graph memory` or
+    // `--graph service` (alone or `--only parla`).
     let memory = matches!(
         (o.graph.as_deref(), o.only),
         (None, None) | (Some("memory"), None | Some(Imp::Parla))
+    );
+    let service = matches!(
+        (o.graph.as_deref(), o.only),
+        (None, None) | (Some("service"), None | Some(Imp::Parla))
     );
     let need_parla = o.only.is_none_or(|i| i == Imp::Parla);
     let need_tokio = o.only.is_none_or(|i| i != Imp::Parla);
@@ -838,6 +987,9 @@ fn main() {
         if memory {
             bench_memory(&env);
         }
+        if service {
+            bench_service(&env);
+        }
         return;
     }
 
@@ -860,5 +1012,8 @@ fn main() {
     }
     if memory {
         bench_memory(&env);
+    }
+    if service {
+        bench_service(&env);
     }
 }

@@ -213,21 +213,31 @@ impl<T> Admission<T> {
         }
     }
 
+    #[inline]
     fn drain_resumes(&self, q: &mut Lanes<T>, out: &mut impl Extend<T>) {
-        if q.resumes.is_empty() {
-            return;
+        if !q.resumes.is_empty() {
+            let n = self.admit_fitting(&mut q.resumes, out);
+            self.resuming.fetch_sub(n, Ordering::AcqRel);
         }
-        let mut kept = VecDeque::new();
-        while let Some((item, d)) = q.resumes.pop_front() {
+    }
+
+    /// Admits every item of `lane` that fits, in order, keeping the others in their order
+    /// (in place). Returns how many it admitted.
+    fn admit_fitting(&self, lane: &mut VecDeque<(T, Demand)>, out: &mut impl Extend<T>) -> usize {
+        let mut admitted = 0;
+        for _ in 0..lane.len() {
+            let Some((item, d)) = lane.pop_front() else {
+                break;
+            };
             if self.try_reserve(d) {
-                self.resuming.fetch_sub(1, Ordering::AcqRel);
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 out.extend(Some(item));
+                admitted += 1;
             } else {
-                kept.push_back((item, d));
+                lane.push_back((item, d));
             }
         }
-        q.resumes = kept;
+        admitted
     }
 
     /// At a stall (nothing running can release anything): admits every waiting item that
@@ -236,16 +246,8 @@ impl<T> Admission<T> {
         let mut q = self.lanes.lock();
         let before = self.waiting.load(Ordering::Acquire);
         self.drain_resumes(&mut q, out);
-        let mut kept = VecDeque::new();
-        while let Some((item, d)) = q.tasks.pop_front() {
-            if self.try_reserve(d) {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                out.extend(Some(item));
-            } else {
-                kept.push_back((item, d));
-            }
-        }
-        q.tasks = kept;
+        let q = &mut *q;
+        self.admit_fitting(&mut q.tasks, out);
         before - self.waiting.load(Ordering::Acquire)
     }
 
