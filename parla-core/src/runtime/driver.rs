@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use super::bridge::{Bridge, Watch};
-use super::exec::{Deferred, Launch};
+use super::exec::Local;
 use super::{RtInner, context, waker};
 use crate::device::{Demand, Device};
 use crate::error::TaskError;
@@ -46,16 +46,21 @@ pub(crate) struct Driver {
     rt: Arc<RtInner>,
     /// Holds one of the injector's driver slots.
     active: bool,
-    deferred: Deferred,
+    /// Deferred counter changes and scratch space, kept across the tasks it runs.
+    local: Local,
 }
 
 impl Driver {
     /// A driver holding a slot (the caller claimed it) and counted in `ours`.
     pub(crate) fn new(rt: Arc<RtInner>) -> Self {
+        let local = Local {
+            fx: Effects::new(rt.trace.is_some()),
+            ..Local::default()
+        };
         Driver {
             rt,
             active: true,
-            deferred: Deferred::default(),
+            local,
         }
     }
 
@@ -118,7 +123,7 @@ impl Driver {
             None => match self.start(&task, device) {
                 Ok(r) => (r, false),
                 Err(err) => {
-                    rt.complete(&task, Err(Arc::new(err)), true, false, &mut self.deferred);
+                    rt.complete(&task, Err(Arc::new(err)), true, false, &mut self.local);
                     return;
                 }
             },
@@ -186,7 +191,7 @@ impl Driver {
                 // `end_poll` below, and nobody schedules the task before that.
                 *unsafe { h.run_state() } = Some(Box::new(run));
                 match h.act.end_poll(awaits) {
-                    EndPoll::Parked => self.deferred.busy -= 1,
+                    EndPoll::Parked => self.local.busy -= 1,
                     EndPoll::Idle => {}
                     // Woken during its poll: it keeps its token and runs again.
                     EndPoll::Notified => rt.schedule_woken(task, false),
@@ -201,11 +206,10 @@ impl Driver {
         if vcu == 0 {
             return;
         }
-        let mut admitted = Launch::new();
         self.rt.devices[device.slot()]
             .admission
-            .release(Demand { vcu, mem: 0 }, &mut admitted);
-        self.rt.launch(admitted, &mut self.deferred);
+            .release(Demand { vcu, mem: 0 }, &mut self.local.admitted);
+        self.rt.launch(&mut self.local);
     }
 
     /// The body of `task` returned `outcome`. A CPU (or virtual GPU) task completes now. A
@@ -222,7 +226,7 @@ impl Driver {
         let rt = self.rt.clone();
         let h = task.header();
         let Some(exec) = run.exec else {
-            rt.complete(task, outcome, true, pended, &mut self.deferred);
+            rt.complete(task, outcome, true, pended, &mut self.local);
             return;
         };
         let device = h.device().unwrap_or(Device::CPU);
@@ -248,14 +252,13 @@ impl Driver {
                 if pended {
                     rt.pollers.remove(task);
                 }
-                let mut fx = Effects::new(rt.trace.is_some());
-                let others = graph::body_fenced(task, &f, &mut fx);
-                rt.apply(fx, Launch::new(), &mut self.deferred);
+                let others = graph::body_fenced(task, &f, &mut self.local.fx);
+                rt.apply(&mut self.local);
                 let t2 = rt.profile.as_ref().map(|_| Instant::now());
                 let queued = rt.devices[device.slot()].usage().waiting > 0;
                 let urgent = others || queued || h.join_awaited();
                 Bridge::watch(&rt, Watch::Task(task.clone(), f, urgent));
-                self.deferred.busy -= 1;
+                self.local.busy -= 1;
                 if let (Some(p), Some(t0), Some(t1), Some(t2)) = (&rt.profile, t0, t1, t2) {
                     p.add(Phase::Fence, t0, t1);
                     p.add(Phase::Runahead, t1, t2);
@@ -264,7 +267,7 @@ impl Driver {
                 return;
             }
         };
-        rt.complete(task, outcome, true, pended, &mut self.deferred);
+        rt.complete(task, outcome, true, pended, &mut self.local);
     }
 }
 
@@ -279,7 +282,7 @@ impl Future for Driver {
         let mut budget = BUDGET;
         let result = loop {
             let Some(task) = context::take_next().or_else(|| rt.inject.pop()) else {
-                rt.flush(&mut this.deferred);
+                rt.flush(&mut this.local);
                 if rt.inject.leave() {
                     continue;
                 }
@@ -300,7 +303,7 @@ impl Future for Driver {
                 break Poll::Pending;
             }
         };
-        rt.flush(&mut this.deferred);
+        rt.flush(&mut this.local);
         result
     }
 }

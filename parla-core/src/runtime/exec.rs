@@ -26,58 +26,69 @@ use crate::scheduler::mapping::Candidate;
 /// Tasks admitted to run, in order; the first usually runs next on the current driver.
 pub(crate) type Launch = SmallVec<[Arc<dyn Task>; 4]>;
 
-/// Counter changes a driver defers to the end of its poll: decreases, and increases netted
-/// against a decrease still counted (a finished task's token standing in for the task this
-/// driver runs next). Outside drivers a fresh value is flushed at once.
-#[derive(Default, Debug)]
-pub(crate) struct Deferred {
+/// What a caller of the pipeline keeps between steps: counter changes deferred to the end
+/// of a driver's poll (decreases, and increases netted against a decrease still counted - a
+/// finished task's token standing in for the task this driver runs next), and scratch space
+/// for effects and admitted tasks, reused from one step to the next. Outside drivers a
+/// thread-local one is borrowed and flushed at once ([`RtInner::with_local`]).
+#[derive(Default)]
+pub(crate) struct Local {
     pub(crate) live: i64,
     pub(crate) busy: i64,
+    /// Graph effects to apply (empty between steps).
+    pub(crate) fx: Effects,
+    /// Tasks admission let through, to launch (empty between steps).
+    pub(crate) admitted: Launch,
+}
+
+thread_local! {
+    /// A [`Local`] for callers outside drivers, lent out by [`RtInner::with_local`].
+    static SCRATCH: std::cell::Cell<Option<Box<Local>>> = const { std::cell::Cell::new(None) };
 }
 
 impl RtInner {
     /// Applies deferred counter changes.
-    pub(crate) fn flush(&self, d: &mut Deferred) {
-        let x = std::mem::take(d);
-        self.counters.add(x.live, x.busy);
+    pub(crate) fn flush(&self, l: &mut Local) {
+        let (live, busy) = (std::mem::take(&mut l.live), std::mem::take(&mut l.busy));
+        self.counters.add(live, busy);
     }
 
-    /// Applies `fx` with no deferral (outside drivers).
-    pub(crate) fn apply_now(self: &Arc<Self>, fx: Effects) {
-        let mut d = Deferred::default();
-        self.apply(fx, Launch::new(), &mut d);
-        self.flush(&mut d);
+    /// Runs `f` with a scratch [`Local`] (this thread's, or a new one if it is lent out
+    /// already), then applies what `f` left in it and flushes.
+    pub(crate) fn with_local<R>(self: &Arc<Self>, f: impl FnOnce(&mut Local) -> R) -> R {
+        let mut l = SCRATCH.with(|c| c.take()).unwrap_or_default();
+        l.fx.keep_unrun = self.trace.is_some();
+        let r = f(&mut l);
+        self.apply(&mut l);
+        self.flush(&mut l);
+        SCRATCH.with(|c| c.set(Some(l)));
+        r
     }
 
-    /// Applies graph effects, with `admitted` (tasks admitted already) launched along: tasks
-    /// finished without running leave the live count, ready tasks are mapped and admitted,
-    /// what was admitted is launched, and wakers are woken.
-    pub(crate) fn apply(self: &Arc<Self>, mut fx: Effects, mut admitted: Launch, d: &mut Deferred) {
+    /// Applies the effects and admitted tasks in `l`: tasks finished without running leave
+    /// the live count, ready tasks are mapped and admitted, what was admitted is launched,
+    /// and wakers are woken. Leaves `l`'s scratch empty.
+    pub(crate) fn apply(self: &Arc<Self>, l: &mut Local) {
         loop {
-            if fx.unrun > 0 {
-                d.live -= fx.unrun as i64;
-                fx.unrun = 0;
-                for t in fx.unrun_tasks.drain(..) {
+            if l.fx.unrun > 0 {
+                l.live -= l.fx.unrun as i64;
+                l.fx.unrun = 0;
+                for t in l.fx.unrun_tasks.drain(..) {
                     self.trace_end(t.header(), false);
                 }
             }
-            // Tasks that fail at mapping (a failed device) make more effects, rarely.
-            let mut more: Option<Effects> = None;
-            while let Some(t) = fx.ready.pop() {
-                if let Err((t, err)) = self.on_ready(t, &mut admitted) {
-                    let m = more.get_or_insert_with(|| Effects::new(self.trace.is_some()));
-                    graph::fail_held(&t, err, m);
+            while let Some(t) = l.fx.ready.pop() {
+                if let Err((t, err)) = self.on_ready(t, &mut l.admitted) {
+                    // A failed device: fails the task, which may fail more.
+                    graph::fail_held(&t, err, &mut l.fx);
                 }
             }
-            if !admitted.is_empty() {
-                self.launch(std::mem::take(&mut admitted), d);
-            }
-            while let Some(w) = fx.wake.pop() {
+            self.launch(l);
+            while let Some(w) = l.fx.wake.pop() {
                 wake_quietly(w);
             }
-            match more {
-                Some(m) => fx = m,
-                None => return,
+            if l.fx.unrun == 0 && l.fx.ready.is_empty() {
+                return;
             }
         }
     }
@@ -164,29 +175,29 @@ impl RtInner {
         slots[i]
     }
 
-    /// Makes admitted tasks runnable: each takes a busy token (a resumed one takes back the
-    /// VCUs it lent), the first goes to this thread's driver if one polls here, the rest to
-    /// the injector.
-    pub(crate) fn launch(self: &Arc<Self>, mut admitted: Launch, d: &mut Deferred) {
-        let n = admitted.len();
+    /// Makes the tasks in `l.admitted` runnable: each takes a busy token (a resumed one
+    /// takes back the VCUs it lent), the first goes to this thread's driver if one polls
+    /// here, the rest to the injector.
+    pub(crate) fn launch(self: &Arc<Self>, l: &mut Local) {
+        let n = l.admitted.len();
         if n == 0 {
             return;
         }
-        for t in &admitted {
+        for t in &l.admitted {
             self.admitted(t);
         }
         if n == 1
-            && let Some(t) = admitted.pop()
+            && let Some(t) = l.admitted.pop()
         {
-            return self.launch_one(t, d);
+            return self.launch_one(t, &mut l.busy);
         }
         let mut tokens = n as i64;
-        let mut rest = admitted.into_iter();
+        let mut rest = l.admitted.drain(..);
         let first = rest.next().and_then(|t| context::offer_next(self.id, t));
-        if first.is_none() && d.busy < 0 {
+        if first.is_none() && l.busy < 0 {
             // This driver runs it next, in place of a task it finished whose token is
             // still counted.
-            d.busy += 1;
+            l.busy += 1;
             tokens -= 1;
         }
         // Counted before any other thread can see the tasks.
@@ -213,11 +224,11 @@ impl RtInner {
         }
     }
 
-    /// [`launch`](Self::launch) of one task.
-    fn launch_one(self: &Arc<Self>, t: Arc<dyn Task>, d: &mut Deferred) {
+    /// [`launch`](Self::launch) of one task; `busy`: the caller's deferred busy count.
+    fn launch_one(self: &Arc<Self>, t: Arc<dyn Task>, busy: &mut i64) {
         match context::offer_next(self.id, t) {
             // Runs next on this driver, in place of a finished task still counted.
-            None if d.busy < 0 => d.busy += 1,
+            None if *busy < 0 => *busy += 1,
             None => self.counters.add(0, 1),
             Some(t) => {
                 self.counters.add(0, 1);
@@ -258,11 +269,7 @@ impl RtInner {
             return;
         }
         let dev = &self.devices[h.device().map_or(0, |d| d.slot())];
-        let mut admitted = Launch::new();
-        let granted = dev.admission.resume(task, lent, &mut admitted);
-        let mut d = Deferred::default();
-        self.launch(admitted, &mut d);
-        self.flush(&mut d);
+        let granted = self.with_local(|l| dev.admission.resume(task, lent, &mut l.admitted));
         match granted {
             Some(t) => {
                 t.header().reclaim();
@@ -283,13 +290,12 @@ impl RtInner {
         outcome: Outcome,
         token: bool,
         pended: bool,
-        d: &mut Deferred,
+        l: &mut Local,
     ) {
         let h = task.header();
         let device = h.device().unwrap_or(Device::CPU);
         let dev = &self.devices[device.slot()];
-        let mut admitted = Launch::new();
-        dev.admission.release(h.demand(), &mut admitted);
+        dev.admission.release(h.demand(), &mut l.admitted);
         dev.finished();
         if pended {
             // (A task finished in its first poll needs no mark: a waker cloned meanwhile
@@ -298,14 +304,13 @@ impl RtInner {
             self.pollers.remove(task);
         }
         let device_error = matches!(outcome, Err(ref e) if matches!(**e, TaskError::Device { .. }));
-        let mut fx = Effects::new(self.trace.is_some());
-        graph::finish(task, outcome, &mut fx);
+        graph::finish(task, outcome, &mut l.fx);
         self.trace_end(h, true);
-        d.live -= 1;
+        l.live -= 1;
         if token {
-            d.busy -= 1;
+            l.busy -= 1;
         }
-        self.apply(fx, admitted, d);
+        self.apply(l);
         if device_error {
             self.check_device(device);
         }
@@ -325,9 +330,7 @@ impl RtInner {
             })),
             FenceStatus::Done | FenceStatus::Pending => Ok(()),
         };
-        let mut d = Deferred::default();
-        self.complete(task, outcome, true, false, &mut d);
-        self.flush(&mut d);
+        self.with_local(|l| self.complete(task, outcome, true, false, l));
     }
 
     /// After a device error: if the backend says the device can no longer run tasks, mark
@@ -364,23 +367,17 @@ impl RtInner {
         err: TaskError,
         lane: crate::scheduler::admission::Lane,
     ) {
-        let mut d = Deferred::default();
-        match lane {
-            crate::scheduler::admission::Lane::Task => {
-                let mut fx = Effects::new(self.trace.is_some());
-                graph::fail_held(t, err, &mut fx);
-                self.apply(fx, Launch::new(), &mut d);
-            }
+        self.with_local(|l| match lane {
+            crate::scheduler::admission::Lane::Task => graph::fail_held(t, err, &mut l.fx),
             crate::scheduler::admission::Lane::Resume => {
                 // SAFETY: taken out of the resume lane, the only holder of its run token.
                 unsafe { t.drop_body() };
                 // SAFETY: as above; the run state goes with the body.
                 drop(unsafe { t.header().run_state() }.take());
                 // It holds no VCUs (they are lent): completing it releases its memory.
-                self.complete(t, Err(Arc::new(err)), false, true, &mut d);
+                self.complete(t, Err(Arc::new(err)), false, true, l);
             }
-        }
-        self.flush(&mut d);
+        });
     }
 
     /// Describes what `h` (unfinished) waits for, for error messages.

@@ -31,12 +31,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::RtInner;
-use super::exec::{Deferred, Launch};
+use super::exec::Local;
 use crate::device::vcu_float;
 use crate::error::TaskError;
 use crate::graph::activity::Woken;
 use crate::graph::node::{Kind, Task};
-use crate::graph::{self, Effects};
+use crate::graph;
 use crate::scheduler::admission::Lane;
 
 /// Whether the runtime is stalled now.
@@ -72,11 +72,7 @@ pub(crate) fn resolve(rt: &Arc<RtInner>) -> Resolved {
 fn resolve_step(rt: &Arc<RtInner>) -> bool {
     // 0. Backfill.
     for dev in rt.devices.iter() {
-        let mut admitted = Launch::new();
-        if dev.admission.backfill(&mut admitted) > 0 {
-            let mut d = Deferred::default();
-            rt.launch(admitted, &mut d);
-            rt.flush(&mut d);
+        if rt.with_local(|l| dev.admission.backfill(&mut l.admitted)) > 0 {
             return true;
         }
     }
@@ -85,12 +81,10 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
     for p in &forward {
         let h = p.header();
         if !h.is_resolved() && h.has_dependents() {
-            let mut fx = Effects::new(rt.trace.is_some());
             let err = TaskError::NeverSpawned {
                 id: h.name.to_string(),
             };
-            if graph::fail_unrun(p, err, &mut fx) {
-                rt.apply_now(fx);
+            if rt.with_local(|l| graph::fail_unrun(p, err, &mut l.fx)) {
                 return true;
             }
         }
@@ -106,15 +100,15 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
         });
         // Claim every task on the cycle first, so that each fails with `Cycle` rather than
         // with the failure of its neighbour.
-        let mut fx = Effects::new(rt.trace.is_some());
-        let claimed: Vec<&Arc<dyn Task>> = tasks
-            .into_iter()
-            .filter(|t| graph::claim(t, &mut fx))
-            .collect();
-        for t in claimed {
-            graph::finish(t, Err(err.clone()), &mut fx);
-        }
-        rt.apply_now(fx);
+        rt.with_local(|l| {
+            let claimed: Vec<&Arc<dyn Task>> = tasks
+                .into_iter()
+                .filter(|t| graph::claim(t, &mut l.fx))
+                .collect();
+            for t in claimed {
+                graph::finish(t, Err(err.clone()), &mut l.fx);
+            }
+        });
         return true;
     }
     // 3. An await inside a task.
@@ -251,44 +245,41 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
     // their results cannot be delivered.
     for t in rt.bridge.take_tasks() {
         if t.header().transition_to_completing() {
-            let mut d = Deferred::default();
-            rt.complete(&t, Err(Arc::new(cancelled(&t))), true, false, &mut d);
-            rt.flush(&mut d);
+            rt.with_local(|l| rt.complete(&t, Err(Arc::new(cancelled(&t))), true, false, l));
         }
     }
     // Runnable tasks no driver will poll, and tasks that wait on something.
     loop {
-        let mut d = Deferred::default();
-        let mut any = false;
-        while let Some(t) = rt.inject.pop().or_else(super::context::take_next) {
-            any = true;
-            cancel_started(rt, &t, true, &mut d);
-        }
-        for t in rt.pollers.take_all() {
-            if let Some(token) = t.header().act.claim_waiting() {
+        let any = rt.with_local(|l| {
+            let mut any = false;
+            while let Some(t) = rt.inject.pop().or_else(super::context::take_next) {
                 any = true;
-                cancel_started(rt, &t, token, &mut d);
+                cancel_started(rt, &t, true, l);
             }
-        }
-        rt.flush(&mut d);
+            for t in rt.pollers.take_all() {
+                if let Some(token) = t.header().act.claim_waiting() {
+                    any = true;
+                    cancel_started(rt, &t, token, l);
+                }
+            }
+            any
+        });
         if !any {
             break;
         }
     }
     for p in rt.forward_refs() {
         if !p.header().is_resolved() {
-            let mut fx = Effects::new(rt.trace.is_some());
             let err = TaskError::NeverSpawned {
                 id: p.header().name.to_string(),
             };
-            graph::fail_unrun(&p, err, &mut fx);
-            rt.apply_now(fx);
+            rt.with_local(|l| graph::fail_unrun(&p, err, &mut l.fx));
         }
     }
 }
 
 /// Cancels a task whose run token the caller holds (admitted, or started and waiting).
-fn cancel_started(rt: &Arc<RtInner>, t: &Arc<dyn Task>, token: bool, d: &mut Deferred) {
+fn cancel_started(rt: &Arc<RtInner>, t: &Arc<dyn Task>, token: bool, l: &mut Local) {
     // SAFETY: the caller holds the run token (the injector gave it, or the activity was
     // claimed out of a waiting state).
     unsafe {
@@ -298,5 +289,5 @@ fn cancel_started(rt: &Arc<RtInner>, t: &Arc<dyn Task>, token: bool, d: &mut Def
     let err = TaskError::Cancelled {
         task: t.header().name.to_string(),
     };
-    rt.complete(t, Err(Arc::new(err)), token, false, d);
+    rt.complete(t, Err(Arc::new(err)), token, false, l);
 }

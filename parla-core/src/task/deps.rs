@@ -45,13 +45,15 @@ impl DepList {
         self.nodes.len() + self.later.len()
     }
 
-    /// The nodes, every id looked up in `rt` (placeholders made for ids not spawned yet).
-    pub(crate) fn take_nodes(&mut self, rt: &RtInner) -> SmallVec<[Arc<dyn Task>; 2]> {
+    /// The nodes, every id looked up in `rt` (placeholders made for ids not spawned yet);
+    /// the list is used up, with nothing left to release.
+    pub(crate) fn into_nodes(mut self, rt: &RtInner) -> SmallVec<[Arc<dyn Task>; 2]> {
         let mut nodes = std::mem::take(&mut self.nodes);
-        if !self.later.is_empty() {
-            for d in std::mem::take(&mut self.later) {
-                d.resolve(rt, &mut nodes);
-            }
+        let later = std::mem::take(&mut self.later);
+        // Both fields are empty now: skipping the drop leaks nothing.
+        std::mem::forget(self);
+        for d in later {
+            d.resolve(rt, &mut nodes);
         }
         nodes
     }

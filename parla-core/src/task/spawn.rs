@@ -85,7 +85,7 @@ where
     let TaskBuilder {
         fut,
         id,
-        mut deps,
+        deps,
         placement,
         vcus,
         memory,
@@ -128,21 +128,15 @@ where
                 reason,
             });
         }
-        let nodes = deps.take_nodes(rt);
+        let nodes = deps.into_nodes(rt);
         graph::wire(&task, placeholder.as_ref(), nodes)
     })();
     match wired {
         Ok(false) => {}
-        Ok(true) => {
-            let mut fx = Effects::new(false);
-            fx.ready.push(task);
-            rt.apply_now(fx);
-        }
-        Err(e) => {
-            let mut fx = Effects::new(rt.trace.is_some());
-            graph::fail_unrun(&task, e, &mut fx);
-            rt.apply_now(fx);
-        }
+        Ok(true) => rt.with_local(|l| l.fx.ready.push(task)),
+        Err(e) => rt.with_local(|l| {
+            graph::fail_unrun(&task, e, &mut l.fx);
+        }),
     }
     handle
 }
