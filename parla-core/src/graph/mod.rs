@@ -23,19 +23,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::Waker;
 
-use smallvec::SmallVec;
-
 use crate::device::backend::Fence;
 use crate::error::TaskError;
 use node::{Added, Dependent, Header, Kind, Outcome, Task};
 
-/// What a graph operation asks the executor to do.
+/// What a graph operation asks the executor to do. (The executor keeps one per driver and
+/// reuses it, so its vectors keep their capacity: no allocation per step.)
 #[derive(Default)]
 pub(crate) struct Effects {
     /// Tasks whose dependencies are all met: map them and admit them.
-    pub(crate) ready: SmallVec<[Arc<dyn Task>; 2]>,
+    pub(crate) ready: Vec<Arc<dyn Task>>,
     /// Wakers of handles and awaits of nodes that finished.
-    pub(crate) wake: SmallVec<[Waker; 2]>,
+    pub(crate) wake: Vec<Waker>,
     /// How many tasks finished without running (each was live).
     pub(crate) unrun: u32,
     /// Those tasks, when `keep_unrun` is set (for traces).
@@ -164,8 +163,9 @@ pub(crate) fn claim(task: &Arc<dyn Task>, fx: &mut Effects) -> bool {
 /// on it: dependents become ready or fail, placeholders mirror it, waiters and the handle
 /// are woken.
 pub(crate) fn finish(task: &Arc<dyn Task>, outcome: Outcome, fx: &mut Effects) {
-    // Nodes failed or mirrored on the way, to publish in turn.
-    let mut work: SmallVec<[(Arc<dyn Task>, Outcome); 2]> = SmallVec::new();
+    // Nodes failed or mirrored on the way, to publish in turn (allocated only for a
+    // cascade).
+    let mut work: Vec<(Arc<dyn Task>, Outcome)> = Vec::new();
     publish(task, outcome, fx, &mut work);
     while let Some((t, o)) = work.pop() {
         publish(&t, o, fx, &mut work);
@@ -178,7 +178,7 @@ fn publish(
     t: &Arc<dyn Task>,
     o: Outcome,
     fx: &mut Effects,
-    work: &mut SmallVec<[(Arc<dyn Task>, Outcome); 2]>,
+    work: &mut Vec<(Arc<dyn Task>, Outcome)>,
 ) {
     let h = t.header();
     let dependents = h.publish(o.clone());

@@ -24,7 +24,7 @@ use crate::graph::{self, Effects};
 use crate::scheduler::mapping::Candidate;
 
 /// Tasks admitted to run, in order; the first usually runs next on the current driver.
-pub(crate) type Launch = SmallVec<[Arc<dyn Task>; 4]>;
+pub(crate) type Launch = Vec<Arc<dyn Task>>;
 
 /// What a caller of the pipeline keeps between steps: counter changes deferred to the end
 /// of a driver's poll (decreases, and increases netted against a decrease still counted - a

@@ -45,6 +45,11 @@ impl DepList {
         self.nodes.len() + self.later.len()
     }
 
+    /// Whether no dependency was given.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.later.is_empty()
+    }
+
     /// The nodes, every id looked up in `rt` (placeholders made for ids not spawned yet);
     /// the list is used up, with nothing left to release.
     pub(crate) fn into_nodes(mut self, rt: &RtInner) -> SmallVec<[Arc<dyn Task>; 2]> {
@@ -52,8 +57,10 @@ impl DepList {
         let later = std::mem::take(&mut self.later);
         // Both fields are empty now: skipping the drop leaks nothing.
         std::mem::forget(self);
-        for d in later {
-            d.resolve(rt, &mut nodes);
+        if !later.is_empty() {
+            for d in later {
+                d.resolve(rt, &mut nodes);
+            }
         }
         nodes
     }

@@ -128,6 +128,10 @@ where
                 reason,
             });
         }
+        if deps.is_empty() {
+            // Nothing to wire: drop the spawn guard.
+            return Ok(h.dependency_done());
+        }
         let nodes = deps.into_nodes(rt);
         graph::wire(&task, placeholder.as_ref(), nodes)
     })();
