@@ -418,7 +418,9 @@ fn parla_fork(depth: u32) -> Boxed {
 fn parla_fork_join(rt: &Runtime, depth: u32) -> Duration {
     rt.block_on(async move {
         let start = Instant::now();
-        task(parla_fork(depth)).await.expect("fork-join task failed");
+        task(parla_fork(depth))
+            .await
+            .expect("fork-join task failed");
         start.elapsed()
     })
 }

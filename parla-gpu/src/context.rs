@@ -8,7 +8,8 @@ use cudarc::cublas::CudaBlas;
 use cudarc::cusolver::DnHandle;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use parla_core::Device;
-use parla_core::device::backend::{AWAIT_SPIN, FenceStatus, poll_fence_for, wait_fence};
+use parla_core::device::backend::FenceStatus;
+use parla_core::fences::{AWAIT_SPIN, poll_fence_for, wait_fence};
 
 use crate::error::{Error, Result};
 use crate::event::CudaFence;

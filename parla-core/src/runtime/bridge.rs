@@ -17,8 +17,12 @@
 //!   moves FENCED -> COMPLETING once, so only one of them does).
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::thread::{JoinHandle, Thread};
 
 use atomic_waker::AtomicWaker;
@@ -371,5 +375,77 @@ pub(crate) fn spin_fenced(task: &Arc<dyn Task>) -> bool {
             }
             None => false,
         }),
+    }
+}
+
+/// Polls `fence` in a loop for up to `budget` (a busy wait: keep it to microseconds).
+/// Returns its status at the end.
+pub fn poll_fence_for(fence: &dyn Fence, budget: std::time::Duration) -> FenceStatus {
+    spin(fence, budget)
+}
+
+/// Waits for `fence` without blocking a worker: spins for a few microseconds (the latency of
+/// a short kernel), then lets the runtime's fence poller wake the task.
+///
+/// Resolves to `Err` with the device's message if the fence reports an error, or if it is
+/// awaited outside a parla runtime.
+pub fn wait_fence(fence: Arc<dyn Fence>) -> FenceWait {
+    FenceWait {
+        fence,
+        spun: false,
+        waker: None,
+    }
+}
+
+/// The future of [`wait_fence`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct FenceWait {
+    fence: Arc<dyn Fence>,
+    spun: bool,
+    waker: Option<Arc<AtomicWaker>>,
+}
+
+impl fmt::Debug for FenceWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FenceWait")
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for FenceWait {
+    type Output = Result<(), String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let budget = if this.spun {
+            std::time::Duration::ZERO
+        } else {
+            AWAIT_SPIN
+        };
+        this.spun = true;
+        match spin(&*this.fence, budget) {
+            FenceStatus::Done => return Poll::Ready(Ok(())),
+            FenceStatus::Failed(m) => return Poll::Ready(Err(m)),
+            FenceStatus::Pending => {}
+        }
+        if let Some(w) = &this.waker {
+            w.register(cx.waker());
+            return Poll::Pending;
+        }
+        let w = Arc::new(AtomicWaker::new());
+        w.register(cx.waker());
+        let watched = super::context::with_rt(|rt| match rt {
+            Some(rt) => {
+                Bridge::watch(rt, Watch::Waker(this.fence.clone(), w.clone()));
+                true
+            }
+            None => false,
+        });
+        if !watched {
+            return Poll::Ready(Err("a GPU fence was awaited outside a parla runtime".into()));
+        }
+        this.waker = Some(w);
+        Poll::Pending
     }
 }

@@ -34,9 +34,9 @@ use super::RtInner;
 use super::exec::Local;
 use crate::device::vcu_float;
 use crate::error::TaskError;
+use crate::graph;
 use crate::graph::activity::Woken;
 use crate::graph::node::{Kind, Task};
-use crate::graph;
 use crate::scheduler::admission::Lane;
 
 /// Whether the runtime is stalled now.
