@@ -48,7 +48,7 @@ fn main() -> parla::Result<()> {
             // the others follow the request before them (which may arrive later).
             let mut serve = |i: u64| {
                 let mut b = task(async move { i * 2 }).id(j.at(i));
-                if i % 8 != 0 {
+                if !i.is_multiple_of(8) {
                     b = b.after(j.at(i - 1));
                 }
                 b.spawn();
