@@ -73,9 +73,9 @@ where
     }
 
     /// Adds dependencies: the task starts only after each of them completed successfully.
-    /// Calls accumulate. Takes a [`TaskRef`], a `&`[`TaskHandle`], a [`TaskRange`], a
-    /// `&`[`TaskSpace`] (every task spawned into it so far), or an array, `Vec` or iterator of
-    /// those.
+    /// Calls accumulate. Takes a [`TaskRef`], a `&`[`TaskHandle`], a
+    /// [`TaskRange`](crate::TaskRange), a `&`[`TaskSpace`](crate::TaskSpace) (every task
+    /// spawned into it so far), or an array, `Vec` or iterator of those.
     pub fn after(mut self, deps: impl IntoDeps) -> Self {
         deps.push_deps(&mut self.deps);
         self
