@@ -31,17 +31,21 @@
 
 #![warn(missing_docs)]
 
+// The macros name `::parla`; inside this crate too.
+extern crate self as parla;
+
 mod runtime;
 
 pub use runtime::{Builder, Runtime};
 
+pub use parla_core::variants;
 pub use parla_core::{
     Arch, Candidate, DepList, Deps, Device, EnterGuard, Error, Handle, Hold, IntoDeps, IntoKey,
     IntoPart, IntoPlacements, Key, KeyRange, MappingPolicy, MostFree, Part, Placement, Placements,
     RangeWait, RefWait, Result, SpaceWait, TaskBuilder, TaskError, TaskHandle, TaskInfo, TaskRange,
     TaskRef, TaskSpace, current_device, current_task, deps, task,
 };
-pub use parla_macros::{main, task};
+pub use parla_macros::{main, specialize, task, variant};
 
 /// Device types, the admission constants, and the GPU backend interface.
 pub mod device {

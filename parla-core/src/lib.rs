@@ -36,6 +36,7 @@ pub mod scheduler;
 mod space;
 mod task;
 mod trace;
+pub mod variants;
 
 pub use device::{Arch, Device, IntoPlacements, Placement, Placements};
 pub use error::{Error, Result, TaskError};

@@ -1,5 +1,5 @@
 //! Procedural macros of parla-rs. Use them through the `parla` crate:
-//! `#[parla::task]`, `#[parla::main]`.
+//! `#[parla::task]`, `#[parla::main]`, `#[parla::specialize]`, `#[parla::variant]`.
 //!
 //! Each macro parses its attribute, validates it (errors point at the offending token), and
 //! emits plain calls to the `parla` API, so what a macro does can always be written by hand.
@@ -11,6 +11,7 @@ use proc_macro::TokenStream;
 mod args;
 mod main_attr;
 mod task_attr;
+mod variant;
 
 /// Turns an `async fn` into a function returning a preset [`TaskBuilder`]:
 ///
@@ -54,5 +55,41 @@ pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item: proc_macro2::TokenStream = item.into();
     main_attr::expand(attr.into(), item.clone())
         .unwrap_or_else(|e| main_attr::with_stub(e, item))
+        .into()
+}
+
+/// Makes a function specializable: its body is the default, and variants attached with
+/// [`macro@variant`] replace it inside tasks running on their architecture.
+///
+/// ```ignore
+/// #[parla::specialize]
+/// fn scale(x: &[f32]) -> f32 { /* default body: outside tasks, on the CPU, virtual GPUs */ }
+///
+/// #[parla::variant(scale, gpu)]
+/// fn scale_gpu(x: &[f32]) -> f32 { /* inside tasks on a (CUDA) GPU */ }
+/// ```
+///
+/// A call dispatches on the device of the task that makes it (`parla::current_device()`):
+/// a `gpu` variant on a real GPU, a `cpu` variant on the CPU, the default body everywhere
+/// else. The choice is made at compile time per architecture and costs a thread-local read
+/// at run time. The function may have lifetime parameters but no type or const parameters,
+/// no `self`, no `impl Trait` and no `async`: variants are called through function pointers.
+#[proc_macro_attribute]
+pub fn specialize(attr: TokenStream, item: TokenStream) -> TokenStream {
+    variant::expand_specialize(attr.into(), item.into())
+        .unwrap_or_else(|e| e.to_compile_error())
+        .into()
+}
+
+/// Attaches a function as the variant of a [`macro@specialize`]d function for an
+/// architecture, `cpu` or `gpu`: `#[parla::variant(scale, gpu)]` (or a path:
+/// `#[parla::variant(crate::math::scale, gpu)]`).
+///
+/// Checked at compile time: the variant's signature must be the default's, the
+/// architecture must be `cpu` or `gpu`, and a function has one variant per architecture.
+#[proc_macro_attribute]
+pub fn variant(attr: TokenStream, item: TokenStream) -> TokenStream {
+    variant::expand_variant(attr.into(), item.into())
+        .unwrap_or_else(|e| e.to_compile_error())
         .into()
 }

@@ -37,6 +37,8 @@ thread_local! {
     static WORKER: RefCell<Option<WorkerRt>> = const { RefCell::new(None) };
     static TASK: Cell<*const Arc<dyn Task>> = const { Cell::new(std::ptr::null::<Arc<crate::graph::node::Placeholder>>() as *const Arc<dyn Task>) };
     static DEVICE: Cell<Device> = const { Cell::new(Device::CPU) };
+    /// Whether the running task's device is driven by a backend (a real GPU).
+    static BACKED: Cell<bool> = const { Cell::new(false) };
     static POLLER: Cell<Option<PollerRef>> = const { Cell::new(None) };
     static BLOCKED: Cell<bool> = const { Cell::new(false) };
     /// Live-task counts taken ahead from the current runtime (see `take_live_credit`).
@@ -138,6 +140,7 @@ pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
 pub(crate) struct TaskGuard {
     task: *const Arc<dyn Task>,
     device: Device,
+    backed: bool,
     poller: Option<PollerRef>,
 }
 
@@ -145,16 +148,24 @@ impl Drop for TaskGuard {
     fn drop(&mut self) {
         TASK.with(|c| c.set(self.task));
         DEVICE.with(|c| c.set(self.device));
+        BACKED.with(|c| c.set(self.backed));
         POLLER.with(|c| c.set(self.poller));
     }
 }
 
 /// Marks `task` (polled as `poller`) as running on `device` on this thread until the guard
-/// drops; the guard must drop before `task` does.
-pub(crate) fn enter_task(task: &Arc<dyn Task>, device: Device, poller: PollerRef) -> TaskGuard {
+/// drops; `backed`: the device is driven by a backend (a real GPU). The guard must drop
+/// before `task` does.
+pub(crate) fn enter_task(
+    task: &Arc<dyn Task>,
+    device: Device,
+    backed: bool,
+    poller: PollerRef,
+) -> TaskGuard {
     TaskGuard {
         task: TASK.with(|c| c.replace(task as *const _)),
         device: DEVICE.with(|c| c.replace(device)),
+        backed: BACKED.with(|c| c.replace(backed)),
         poller: POLLER.with(|c| c.replace(Some(poller))),
     }
 }
@@ -164,7 +175,23 @@ pub(crate) fn enter_poller(poller: PollerRef) -> TaskGuard {
     TaskGuard {
         task: TASK.with(|c| c.get()),
         device: DEVICE.with(|c| c.get()),
+        backed: BACKED.with(|c| c.get()),
         poller: POLLER.with(|c| c.replace(Some(poller))),
+    }
+}
+
+/// The architecture function variants dispatch on: the running task's, when it runs on the
+/// CPU or on a GPU of a backend; `None` outside tasks and on virtual GPUs (which run the
+/// default body).
+pub(crate) fn variant_arch() -> Option<crate::Arch> {
+    if TASK.with(|c| c.get()).is_null() {
+        return None;
+    }
+    let d = DEVICE.with(|c| c.get());
+    match d.arch() {
+        crate::Arch::Cpu => Some(crate::Arch::Cpu),
+        crate::Arch::Gpu if BACKED.with(|c| c.get()) => Some(crate::Arch::Gpu),
+        crate::Arch::Gpu => None,
     }
 }
 

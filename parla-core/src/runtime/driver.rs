@@ -139,7 +139,8 @@ impl Driver {
         context::take_blocked();
         let t1 = rt.profile.as_ref().map(|_| Instant::now());
         let poll = {
-            let _task = context::enter_task(&task, device, waker::task_poller(&task));
+            let _task =
+                context::enter_task(&task, device, run.exec.is_some(), waker::task_poller(&task));
             #[cfg(feature = "tracing")]
             let _span = run.span.enter();
             let waker = waker::task_poll_waker(&task);

@@ -1,0 +1,6 @@
+#[parla::specialize]
+fn norm<T: Copy>(x: &[T]) -> usize {
+    x.len()
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+#[parla::specialize]
+fn norm(x: &[f64]) -> f64 {
+    x.iter().sum()
+}
+
+#[parla::variant(norm, gpu)]
+fn norm_gpu(x: &[f32]) -> f64 {
+    x.len() as f64
+}
+
+fn main() {}
