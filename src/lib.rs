@@ -34,8 +34,11 @@
 // The macros name `::parla`; inside this crate too.
 extern crate self as parla;
 
+pub mod array;
+pub mod linalg;
 mod runtime;
 
+pub use array::clone_here;
 pub use runtime::{Builder, Runtime};
 
 pub use parla_core::variants;
@@ -62,7 +65,7 @@ pub mod gpu {
 /// What most programs need: `use parla::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Arch, Device, Placement, Runtime, TaskError, TaskHandle, TaskRef, TaskSpace,
+        Arch, Device, Placement, Runtime, TaskError, TaskHandle, TaskRef, TaskSpace, clone_here,
         current_device, current_task, task,
     };
 }

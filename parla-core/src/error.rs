@@ -125,6 +125,12 @@ pub enum Error {
     /// A device backend failed to start.
     #[error("device backend error: {0}")]
     Backend(String),
+    /// A device operation (a copy, a library call) failed.
+    #[error("device error: {0}")]
+    Device(String),
+    /// An argument does not fit the operation (a shape, a size).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// An I/O error (starting threads, writing a trace).
     #[error(transparent)]
     Io(#[from] std::io::Error),

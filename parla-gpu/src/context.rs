@@ -65,6 +65,10 @@ impl GpuContext {
         GpuContext { dev, stream }
     }
 
+    pub(crate) fn gpu_device(&self) -> &Arc<GpuDevice> {
+        &self.dev
+    }
+
     /// The task's device, `gpu:i`.
     pub fn device(&self) -> Device {
         self.dev.device()

@@ -76,3 +76,11 @@ pub(crate) fn is_sticky(e: &DriverError) -> bool {
             | CUDA_ERROR_UNKNOWN
     )
 }
+
+/// A CUDA error surfaced through the runtime's error type (so `?` works in tasks returning
+/// `parla::Result`).
+impl From<Error> for parla_core::Error {
+    fn from(e: Error) -> Self {
+        parla_core::Error::Device(e.to_string())
+    }
+}

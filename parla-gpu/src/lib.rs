@@ -17,7 +17,8 @@
 //! | --- | --- |
 //! | `raw` | the few `unsafe` calls into cudarc's `sys`/`result` layers, each with its `# Safety` |
 //! | [`stream`], [`event`] | owned safe types: the per-device stream pool, events as fences |
-//! | [`blas`], [`solver`] | cuBLAS and cuSOLVER handles bound to a pooled stream |
+//! | [`blas`], [`solver`] | cuBLAS and cuSOLVER handles bound to a pooled stream; `syevd` |
+//! | [`transfer`] | host/device copies: uploads staged through page-locked memory, peer copies |
 //! | [`context`] | [`GpuContext`], what a task sees |
 //! | `runtime` | the backend the scheduler drives ([`CudaBackend`]) and [`discover`] |
 
@@ -31,6 +32,7 @@ mod raw;
 mod runtime;
 pub mod solver;
 pub mod stream;
+pub mod transfer;
 
 pub use context::{GpuContext, current};
 pub use cudarc;

@@ -352,7 +352,8 @@ impl Runtime {
     }
 
     /// Runs `fut` on this thread with the runtime current, and returns its output once it
-    /// and every task spawned meanwhile finished.
+    /// and every task spawned meanwhile finished. `fut` is a future or anything that turns
+    /// into one, a task builder included (`rt.block_on(task(async { .. }))`).
     ///
     /// Tasks still waiting when nothing else can run (on an id never spawned, in a
     /// dependency cycle) are failed with [`TaskError::NeverSpawned`](crate::TaskError) or
@@ -361,7 +362,7 @@ impl Runtime {
     /// # Panics
     /// If called from inside a task or another `block_on` (as Tokio's `block_on`). A panic
     /// of `fut` itself propagates to the caller, and the runtime stays usable.
-    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+    pub fn block_on<F: IntoFuture>(&self, fut: F) -> F::Output {
         let inner = &self.inner;
         let _rt = context::enter_rt(inner);
         let main = MainPoller::new(inner.counters.clone(), inner.id);
@@ -370,7 +371,9 @@ impl Runtime {
         // Gives the future's token back however this returns (a panic of the future too).
         let _token = MainToken(&main, &inner.counters);
         let waker = main.poll_waker();
-        let mut fut = pin!(fut);
+        // A task builder spawns as it turns into a future: with the runtime current and
+        // this thread counted as waiting on it.
+        let mut fut = pin!(fut.into_future());
         let mut out = None;
         let driver = std::future::poll_fn(|cx: &mut Context<'_>| {
             loop {

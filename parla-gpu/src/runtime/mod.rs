@@ -35,6 +35,8 @@ pub struct GpuDevice {
     /// take them).
     pub(crate) events: crossbeam_queue::SegQueue<CudaEvent>,
     pub(crate) kernels: Mutex<FxHashMap<(u64, u64), CudaFunction>>,
+    /// Page-locked buffers staging uploads.
+    pub(crate) staging: crate::transfer::Staging,
     name: String,
     total: u64,
     budget: u64,
@@ -263,6 +265,7 @@ fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, Stri
             streams,
             events,
             kernels: Mutex::new(FxHashMap::default()),
+            staging: Default::default(),
             name,
             total,
             budget: (total as f64 * opts.memory_fraction) as u64,
