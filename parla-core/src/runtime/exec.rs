@@ -193,7 +193,7 @@ impl RtInner {
         }
         let mut tokens = n as i64;
         let mut rest = l.admitted.drain(..);
-        let first = rest.next().and_then(|t| context::offer_next(self.id, t));
+        let first = rest.next().and_then(|t| self.offer_next(t));
         if first.is_none() && l.busy < 0 {
             // This driver runs it next, in place of a task it finished whose token is
             // still counted.
@@ -226,7 +226,7 @@ impl RtInner {
 
     /// [`launch`](Self::launch) of one task; `busy`: the caller's deferred busy count.
     fn launch_one(self: &Arc<Self>, t: Arc<dyn Task>, busy: &mut i64) {
-        match context::offer_next(self.id, t) {
+        match self.offer_next(t) {
             // Runs next on this driver, in place of a finished task still counted.
             None if *busy < 0 => *busy += 1,
             None => self.counters.add(0, 1),
@@ -235,6 +235,18 @@ impl RtInner {
                 self.inject.push(t);
                 self.start_drivers(1);
             }
+        }
+    }
+
+    /// Offers `t` to run next on this thread's driver - unless tasks already wait in the
+    /// injector: then it queues behind them (first come, first served), which keeps the
+    /// front of a wide graph wide, so every worker finds work.
+    #[inline]
+    fn offer_next(&self, t: Arc<dyn Task>) -> Option<Arc<dyn Task>> {
+        if self.inject.is_empty() {
+            context::offer_next(self.id, t)
+        } else {
+            Some(t)
         }
     }
 
