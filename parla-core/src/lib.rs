@@ -22,6 +22,7 @@
 
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod data;
 pub mod device;
 /// Waiting on GPU fences without blocking a worker (for GPU backends and GPU tasks).
 pub mod fences {

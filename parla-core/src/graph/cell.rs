@@ -36,22 +36,50 @@ enum Stage<F: Future> {
     Empty,
 }
 
+/// Where a task cell keeps its declared data accesses: nothing for most tasks.
+pub(crate) trait DataSlot: Send + Sync + 'static {
+    fn get(&self) -> Option<&crate::data::Accesses>;
+}
+
+impl DataSlot for () {
+    #[inline(always)]
+    fn get(&self) -> Option<&crate::data::Accesses> {
+        None
+    }
+}
+
+impl DataSlot for Arc<crate::data::Accesses> {
+    #[inline(always)]
+    fn get(&self) -> Option<&crate::data::Accesses> {
+        Some(self)
+    }
+}
+
+/// A failure of the runtime's own work inside a task's poll (making its data valid),
+/// raised with `resume_unwind` and turned into a [`TaskError::Device`].
+pub(crate) struct DeviceFailure {
+    pub(crate) device: String,
+    pub(crate) message: String,
+}
+
 #[repr(C)]
-pub(crate) struct TaskCell<F: Future> {
+pub(crate) struct TaskCell<F: Future, D = ()> {
     header: Header,
     stage: UnsafeCell<Stage<F>>,
+    data: D,
 }
 
 // SAFETY: the stage is only touched by one thread at a time (the run-token holder while
 // running, then whoever the join protocol names), per the module invariants, so sharing the
 // cell needs only that the future and output can move between threads.
-unsafe impl<F: Future + Send> Sync for TaskCell<F> where F::Output: Send {}
+unsafe impl<F: Future + Send, D: Sync> Sync for TaskCell<F, D> where F::Output: Send {}
 
-impl<F: Future> TaskCell<F> {
-    pub(crate) fn new(header: Header, fut: F) -> Self {
+impl<F: Future, D> TaskCell<F, D> {
+    pub(crate) fn new(header: Header, fut: F, data: D) -> Self {
         TaskCell {
             header,
             stage: UnsafeCell::new(Stage::Running(fut)),
+            data,
         }
     }
 }
@@ -72,13 +100,17 @@ fn clear<F: Future>(stage: &mut Stage<F>) {
     let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
 }
 
-impl<F> Task for TaskCell<F>
+impl<F, D: DataSlot> Task for TaskCell<F, D>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     fn header(&self) -> &Header {
         &self.header
+    }
+
+    fn data(&self) -> Option<&crate::data::Accesses> {
+        self.data.get()
     }
 
     unsafe fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
@@ -102,13 +134,20 @@ where
                 Poll::Ready(Ok(()))
             }
             Err(payload) => {
-                let message = panic_message(&*payload);
+                let err = match payload.downcast_ref::<DeviceFailure>() {
+                    Some(f) => TaskError::Device {
+                        task: self.header.name.to_string(),
+                        device: f.device.clone(),
+                        message: f.message.clone(),
+                    },
+                    None => TaskError::Panicked {
+                        task: self.header.name.to_string(),
+                        message: panic_message(&*payload),
+                    },
+                };
                 clear(stage);
                 drop(catch_unwind(AssertUnwindSafe(move || drop(payload))));
-                Poll::Ready(Err(Arc::new(TaskError::Panicked {
-                    task: self.header.name.to_string(),
-                    message,
-                })))
+                Poll::Ready(Err(Arc::new(err)))
             }
         }
     }
@@ -125,7 +164,7 @@ where
     }
 }
 
-impl<F> Join<F::Output> for TaskCell<F>
+impl<F, D: DataSlot> Join<F::Output> for TaskCell<F, D>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,

@@ -565,6 +565,11 @@ pub(crate) trait Task: Send + Sync + 'static {
     /// The caller won the output by the join protocol.
     unsafe fn drop_output(&self);
 
+    /// The data the task declared it reads and writes, if any.
+    fn data(&self) -> Option<&crate::data::Accesses> {
+        None
+    }
+
     /// Placeholders: the task space (type-erased) and key they stand in.
     fn origin(&self) -> Option<&(std::sync::Weak<dyn std::any::Any + Send + Sync>, Key)> {
         None

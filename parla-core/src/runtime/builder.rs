@@ -228,8 +228,9 @@ impl Builder {
             .trace
             .or_else(|| std::env::var_os("PARLA_TRACE").map(PathBuf::from));
         let profile = self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0");
+        let id = new_runtime_id();
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<RtInner>| RtInner {
-            id: new_runtime_id(),
+            id,
             tokio: tokio.handle().clone(),
             devices: devices.into_boxed_slice(),
             gpus: n_gpus,
@@ -247,6 +248,7 @@ impl Builder {
             cpu_threads: threads,
             ours: std::sync::atomic::AtomicUsize::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),
+            ledger: super::data::ledger(me.clone(), id),
         });
         let _ = worker_rt.set(Arc::downgrade(&inner));
         stall::start_monitor(&inner);

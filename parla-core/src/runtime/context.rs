@@ -269,6 +269,14 @@ pub fn current_task() -> Option<TaskInfo> {
     unsafe { p.as_ref() }.map(|t| TaskInfo { task: t.clone() })
 }
 
+/// An identity of the running task (distinct among live tasks), for data objects that
+/// remember which task may use them; `None` outside tasks.
+pub fn current_task_key() -> Option<usize> {
+    let p = TASK.with(|c| c.get());
+    // SAFETY: as in `current_task`.
+    unsafe { p.as_ref() }.map(|t| Arc::as_ptr(t) as *const () as usize)
+}
+
 /// The device the running task was placed on: `cpu:0` outside tasks.
 ///
 /// Virtual GPUs report `gpu:i` like real ones.

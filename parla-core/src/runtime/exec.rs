@@ -122,6 +122,11 @@ impl RtInner {
         let mem = h.mem;
         #[cfg(feature = "tracing")]
         tracing::trace!(target: "parla::sched", { task.id = %h.name, device = %dev.device, vcu = vcu_float(vcu), mem.bytes = mem }, "mapped");
+        if let Some(acc) = task.data() {
+            acc.set_device(dev.device);
+            self.data_ready(slot, task, admitted);
+            return Ok(());
+        }
         dev.admission.admit(task, Demand { vcu, mem }, admitted);
         Ok(())
     }
@@ -308,6 +313,10 @@ impl RtInner {
         let device = h.device().unwrap_or(Device::CPU);
         let dev = &self.devices[device.slot()];
         dev.admission.release(h.demand(), &mut l.admitted);
+        if let Some(acc) = task.data() {
+            self.data_done(device.slot(), acc, &mut l.admitted);
+        }
+        self.pump(device.slot(), &mut l.admitted);
         dev.finished();
         if pended {
             // (A task finished in its first poll needs no mark: a waker cloned meanwhile

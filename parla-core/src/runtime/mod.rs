@@ -24,6 +24,7 @@ pub(crate) mod bridge;
 mod builder;
 pub(crate) mod context;
 pub(crate) mod counters;
+pub(crate) mod data;
 mod driver;
 mod exec;
 mod inject;
@@ -81,6 +82,8 @@ pub(crate) struct DeviceState {
     pub(crate) gpu: Option<(Arc<dyn GpuBackend>, usize)>,
     /// Set once the device failed for good (a sticky GPU error).
     pub(crate) failed: OnceLock<String>,
+    /// Tasks with data waiting for admission, and the data with copies here.
+    pub(crate) data: data::DeviceData,
     running: AtomicUsize,
     track_running: bool,
 }
@@ -106,6 +109,7 @@ impl DeviceState {
             name,
             gpu,
             failed: OnceLock::new(),
+            data: Default::default(),
             running: AtomicUsize::new(0),
             track_running,
         }
@@ -177,6 +181,8 @@ pub(crate) struct RtInner {
     /// any other alive Tokio task is a user's, and may still spawn tasks.
     pub(crate) ours: AtomicUsize,
     pub(crate) shutdown: AtomicBool,
+    /// Where data objects report the bytes they free on devices.
+    pub(crate) ledger: crate::data::Ledger,
 }
 
 /// Keeps the placeholders that may still matter: unfinished, and either waited on or still
@@ -339,6 +345,17 @@ impl Runtime {
             .get(d.slot())
             .filter(|s| s.device == d)
             .map(|s| s.admission.mem_capacity())
+    }
+
+    /// What is reserved on device `d` now (VCUs, bytes: task workspaces and the copies of
+    /// data objects there) and how many tasks wait for it; `None` for a device the runtime
+    /// does not have.
+    pub fn usage(&self, d: Device) -> Option<crate::device::Usage> {
+        self.inner
+            .devices
+            .iter()
+            .find(|s| s.device == d)
+            .map(|s| s.admission.usage())
     }
 
     /// The profile so far (see [`Builder::profile`]), or `None` when profiling is off.

@@ -130,6 +130,12 @@ impl<T> Admission<T> {
         }
     }
 
+    /// Reserves `d` now if it fits, whoever waits (for a queue of the caller's own, served
+    /// in order). Returns whether it did.
+    pub(crate) fn reserve_now(&self, d: Demand) -> bool {
+        d.is_zero() || self.try_reserve(d)
+    }
+
     fn try_reserve(&self, d: Demand) -> bool {
         let mut cur = self.used.load(Ordering::Acquire);
         loop {

@@ -15,6 +15,12 @@ use crate::device::{IntoPlacements, Placements};
 use crate::error::TaskError;
 use crate::space::TaskRef;
 
+/// Data accesses as a builder collects them.
+type Accesses = Vec<(
+    std::sync::Arc<dyn crate::data::DataObject>,
+    crate::data::Access,
+)>;
+
 /// Starts describing a task that runs `fut`.
 ///
 /// Nothing runs until [`spawn`](TaskBuilder::spawn) (or `.await`, which spawns and waits).
@@ -43,6 +49,7 @@ where
         placement: Placements::CPU,
         vcus: None,
         memory: 0,
+        data: None,
     }
 }
 
@@ -58,6 +65,8 @@ pub struct TaskBuilder<F> {
     pub(crate) placement: Placements,
     pub(crate) vcus: Option<f64>,
     pub(crate) memory: u64,
+    /// Declared data accesses (boxed: most tasks have none, and the builder moves by value).
+    pub(crate) data: Option<Box<Accesses>>,
 }
 
 impl<F> TaskBuilder<F>
@@ -100,6 +109,37 @@ where
     pub fn memory(mut self, bytes: u64) -> Self {
         self.memory = bytes;
         self
+    }
+
+    /// Declares that the task reads `data`. The task runs after the last task spawned
+    /// before it that writes `data` (and alongside other readers); before its body runs,
+    /// `data` is valid on its device (copied there on the task's stream if it was not).
+    /// Inside, the task reads it (a host view on the CPU, a device buffer on a GPU); writing
+    /// it is an error.
+    pub fn reads(mut self, data: &impl crate::data::AsData) -> Self {
+        self.access(data, crate::data::Access::Read);
+        self
+    }
+
+    /// Declares that the task overwrites `data` without reading it: it runs after every
+    /// task spawned before it that reads or writes `data`; no copy is made for it, and its
+    /// copy becomes the only valid one when its body returns.
+    pub fn writes(mut self, data: &impl crate::data::AsData) -> Self {
+        self.access(data, crate::data::Access::Write);
+        self
+    }
+
+    /// Declares that the task reads and writes `data`: ordered as a write, made valid as a
+    /// read; its copy becomes the only valid one when its body returns.
+    pub fn reads_writes(mut self, data: &impl crate::data::AsData) -> Self {
+        self.access(data, crate::data::Access::ReadWrite);
+        self
+    }
+
+    fn access(&mut self, data: &impl crate::data::AsData, access: crate::data::Access) {
+        self.data
+            .get_or_insert_with(Default::default)
+            .push((data.as_data(), access));
     }
 
     /// Spawns the task. Never blocks. The handle resolves to the task's output, or to the
@@ -154,7 +194,8 @@ mod size_test {
         let b = std::mem::size_of::<TaskBuilder<std::future::Ready<()>>>();
         assert!(h <= 240, "header {h}");
         assert!(c <= 248, "cell {c}");
-        assert!(b <= 168, "builder {b}");
+        // 168 bytes, and 8 for the (boxed) data accesses.
+        assert!(b <= 176, "builder {b}");
         assert_eq!(std::mem::size_of::<Placements>(), 24);
     }
 }

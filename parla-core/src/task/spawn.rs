@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{TaskBuilder, TaskHandle};
-use crate::device::{Demand, Placements, SlotMask, resolve, vcu_fixed};
+use crate::data::Accesses;
+use crate::device::{Arch, Demand, Placements, SlotMask, resolve, vcu_fixed};
 use crate::error::TaskError;
 use crate::graph::cell::TaskCell;
 use crate::graph::node::{DEFAULT_VCU, Dependent, Header, Kind, Name, Task, vt_of};
 use crate::graph::{self, Effects};
+use crate::runtime::data::WithData;
 use crate::runtime::{RtInner, context};
 
 static NEXT_ANON: AtomicU64 = AtomicU64::new(0);
@@ -23,12 +25,14 @@ fn name_of(id: &Option<crate::space::TaskRef>) -> Name {
 }
 
 /// Checks the constraints against the devices. Returns the slots that can ever hold the
-/// task and the fixed-point VCUs asked for.
+/// task and the fixed-point VCUs asked for. `data`: bytes of declared data, which a GPU must
+/// hold besides the workspace (the host holds it in place).
 fn constraints(
     rt: &RtInner,
     placement: &Placements,
     vcus: Option<f64>,
     mem: u64,
+    data: u64,
 ) -> Result<(SlotMask, u32), String> {
     if placement.is_cpu_only() && vcus.is_none() && mem == 0 {
         // The default: the CPU's default share always fits.
@@ -51,13 +55,18 @@ fn constraints(
             continue;
         }
         biggest = biggest.max(dev.admission.mem_capacity());
+        let on_device = if dev.device.arch() == Arch::Cpu {
+            0
+        } else {
+            data
+        };
         let d = Demand {
             vcu: if vcu == DEFAULT_VCU {
                 dev.default_vcu
             } else {
                 vcu
             },
-            mem,
+            mem: mem.saturating_add(on_device),
         };
         if dev.admission.can_ever_fit(d) {
             fits |= 1 << slot;
@@ -68,8 +77,13 @@ fn constraints(
             .filter(|s| mask & (1 << s) != 0)
             .map(|s| rt.devices[s].device.to_string())
             .collect();
+        let what = if data > 0 {
+            format!("memory = {mem} bytes and {data} bytes of data exceed")
+        } else {
+            format!("memory = {mem} bytes exceeds")
+        };
         return Err(format!(
-            "memory = {mem} bytes exceeds the largest budget among [{}] ({biggest} bytes)",
+            "{what} the largest budget among [{}] ({biggest} bytes)",
             names.join(", ")
         ));
     }
@@ -89,12 +103,42 @@ where
         placement,
         vcus,
         memory,
+        data,
     } = b;
-    let checked = constraints(rt, &placement, vcus, memory);
+    let Some(data) = data.filter(|d| !d.is_empty()) else {
+        let checked = constraints(rt, &placement, vcus, memory, 0);
+        let header = header_of::<TaskCell<F>>(rt, &id, &checked, memory);
+        let cell = Arc::new(TaskCell::new(header, fut, ()));
+        let task: Arc<dyn Task> = cell.clone();
+        let handle = TaskHandle::new(cell);
+        wire_spawned(rt, task, id, deps, checked, None);
+        return handle;
+    };
+    let acc = Arc::new(Accesses::new(*data));
+    let checked = constraints(rt, &placement, vcus, memory, acc.bytes());
+    let header = header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory);
+    let cell = Arc::new(TaskCell::new(
+        header,
+        WithData::new(fut, acc.clone()),
+        acc.clone(),
+    ));
+    let task: Arc<dyn Task> = cell.clone();
+    let handle = TaskHandle::new(cell);
+    wire_spawned(rt, task, id, deps, checked, Some(&acc));
+    handle
+}
+
+/// The header of a new task of cell type `C`.
+fn header_of<C: Task>(
+    rt: &RtInner,
+    id: &Option<crate::space::TaskRef>,
+    checked: &Result<(SlotMask, u32), String>,
+    memory: u64,
+) -> Header {
     let (mask, vcu) = checked.as_ref().map_or((0, 0), |&(m, v)| (m, v));
     let mut header = Header::new(
-        vt_of::<TaskCell<F>>(),
-        name_of(&id),
+        vt_of::<C>(),
+        name_of(id),
         Kind::Task,
         rt.id,
         mask,
@@ -104,9 +148,19 @@ where
     if rt.trace.is_some() {
         header.times = Some(Box::default());
     }
-    let cell = Arc::new(TaskCell::new(header, fut));
-    let task: Arc<dyn Task> = cell.clone();
-    let handle = TaskHandle::new(cell);
+    header
+}
+
+/// Wires a new task into the graph: its id, its dependencies (given, and those its data
+/// accesses imply), and hands it on if it is ready (or failed).
+fn wire_spawned(
+    rt: &Arc<RtInner>,
+    task: Arc<dyn Task>,
+    id: Option<crate::space::TaskRef>,
+    deps: crate::task::DepList,
+    checked: Result<(SlotMask, u32), String>,
+    data: Option<&Accesses>,
+) {
     let h = task.header();
     rt.stamp(h, 0);
     // Counted before any other thread can see the task.
@@ -128,11 +182,18 @@ where
                 reason,
             });
         }
-        if deps.is_empty() {
+        let mut implied = Vec::new();
+        if let Some(acc) = data {
+            for i in &acc.items {
+                i.obj.flow().order(&task, i.access, &mut implied);
+            }
+        }
+        if deps.is_empty() && implied.is_empty() {
             // Nothing to wire: drop the spawn guard.
             return Ok(h.dependency_done());
         }
-        let nodes = deps.into_nodes(rt);
+        let mut nodes = deps.into_nodes(rt);
+        nodes.extend(implied);
         graph::wire(&task, placeholder.as_ref(), nodes)
     })();
     match wired {
@@ -142,7 +203,6 @@ where
             graph::fail_unrun(&task, e, &mut l.fx);
         }),
     }
-    handle
 }
 
 /// The handle of a task spawned outside any runtime: it fails at once with `NoRuntime`.
@@ -153,7 +213,7 @@ where
 {
     let TaskBuilder { fut, id, .. } = b;
     let header = Header::new(vt_of::<TaskCell<F>>(), name_of(&id), Kind::Task, 0, 0, 0, 0);
-    let cell = Arc::new(TaskCell::new(header, fut));
+    let cell = Arc::new(TaskCell::new(header, fut, ()));
     let task: Arc<dyn Task> = cell.clone();
     let err = TaskError::NoRuntime {
         task: task.header().name.to_string(),

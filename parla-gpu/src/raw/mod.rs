@@ -218,3 +218,121 @@ pub(crate) unsafe fn dsyevd(
     .result()?;
     Ok(())
 }
+
+/// Page-locked host memory for `len` values of `T`, portable (pinned for every context), not
+/// write-combined (the host reads it too). Uninitialised.
+///
+/// # Safety
+/// A context is current on this thread (the allocation needs one). The caller initialises
+/// the memory before reading it.
+pub(crate) unsafe fn alloc_host<T>(len: usize) -> Result<std::ptr::NonNull<T>, DriverError> {
+    let bytes = len.max(1).saturating_mul(std::mem::size_of::<T>().max(1));
+    // SAFETY: a plain allocation with a current context (the contract).
+    let p = unsafe { result::malloc_host(bytes, cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE) }?;
+    std::ptr::NonNull::new(p.cast::<T>()).ok_or(DriverError(
+        cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+    ))
+}
+
+/// Frees what [`alloc_host`] returned.
+///
+/// # Safety
+/// `p` came from `alloc_host`, is freed once, and no copy reads or writes it any more.
+pub(crate) unsafe fn free_host<T>(p: std::ptr::NonNull<T>) {
+    // SAFETY: the contract.
+    let _ = unsafe { result::free_host(p.as_ptr().cast()) };
+}
+
+/// Enqueues a host-to-device copy of `src` to `dst` on `stream`.
+///
+/// # Safety
+/// `src` is page-locked and stays untouched until the copy ran (in stream order); `dst`
+/// holds at least `size_of_val(src)` bytes of the stream's context, allocated until then.
+pub(crate) unsafe fn htod_async<T>(
+    dst: cudarc::driver::sys::CUdeviceptr,
+    src: &[T],
+    stream: &CudaStream,
+) -> Result<(), DriverError> {
+    // SAFETY: the contract.
+    unsafe {
+        cudarc::driver::sys::cuMemcpyHtoDAsync_v2(
+            dst,
+            src.as_ptr().cast(),
+            std::mem::size_of_val(src),
+            stream.cu_stream(),
+        )
+    }
+    .result()
+}
+
+/// Enqueues a device-to-host copy of `src` into `dst` on `stream`.
+///
+/// # Safety
+/// `dst` is page-locked, not read or written by the host until the copy ran; `src` holds at
+/// least `size_of_val(dst)` bytes of the stream's context, allocated until then.
+pub(crate) unsafe fn dtoh_async<T>(
+    dst: &mut [T],
+    src: cudarc::driver::sys::CUdeviceptr,
+    stream: &CudaStream,
+) -> Result<(), DriverError> {
+    // SAFETY: the contract.
+    unsafe {
+        cudarc::driver::sys::cuMemcpyDtoHAsync_v2(
+            dst.as_mut_ptr().cast(),
+            src,
+            std::mem::size_of_val(dst),
+            stream.cu_stream(),
+        )
+    }
+    .result()
+}
+
+/// Lets every device in `ctxs` reach every other's memory directly, where the hardware
+/// allows: peer access between the contexts, and access to each device's default memory
+/// pool (buffers from `cuMemAllocAsync` come from it, and peer access alone does not cover
+/// them). Returns the pairs `(from, to)` (indices into `ctxs`) that were enabled.
+pub(crate) fn enable_peer_access(ctxs: &[Arc<CudaContext>]) -> Vec<(usize, usize)> {
+    use cudarc::driver::sys;
+    let mut enabled = Vec::new();
+    for (i, a) in ctxs.iter().enumerate() {
+        for (j, b) in ctxs.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let mut can = 0;
+            // SAFETY: a query on two valid device handles into a live out-parameter.
+            let ok = unsafe { sys::cuDeviceCanAccessPeer(&mut can, a.cu_device(), b.cu_device()) };
+            if ok != sys::CUresult::CUDA_SUCCESS || can == 0 {
+                continue;
+            }
+            if make_current(a).is_err() {
+                continue;
+            }
+            // SAFETY: `a`'s context is current and `b`'s context is live (borrowed); flags
+            // must be 0. Already enabled is not an error for us.
+            let r = unsafe { sys::cuCtxEnablePeerAccess(b.cu_ctx(), 0) };
+            if r != sys::CUresult::CUDA_SUCCESS
+                && r != sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
+            {
+                continue;
+            }
+            // Device `a` may access `b`'s default pool.
+            let mut pool = std::ptr::null_mut();
+            // SAFETY: a query on a valid device into a live out-parameter.
+            let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, b.cu_device()) };
+            if r == sys::CUresult::CUDA_SUCCESS && !pool.is_null() {
+                let desc = sys::CUmemAccessDesc {
+                    location: sys::CUmemLocation {
+                        type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+                        id: a.ordinal() as i32,
+                    },
+                    flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+                };
+                // SAFETY: `pool` is the live default pool of device `b`; one descriptor.
+                let _ = unsafe { sys::cuMemPoolSetAccess(pool, &desc, 1) };
+            }
+            enabled.push((i, j));
+        }
+    }
+    enabled
+}

@@ -37,6 +37,9 @@ pub struct GpuDevice {
     pub(crate) kernels: Mutex<FxHashMap<(u64, u64), CudaFunction>>,
     /// Page-locked buffers staging uploads.
     pub(crate) staging: crate::transfer::Staging,
+    /// A stream for copies outside tasks (write-backs, reads for CPU tasks), made on first
+    /// use.
+    pub(crate) copy: OnceLock<Arc<cudarc::driver::CudaStream>>,
     name: String,
     total: u64,
     budget: u64,
@@ -266,11 +269,16 @@ fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, Stri
             events,
             kernels: Mutex::new(FxHashMap::default()),
             staging: Default::default(),
+            copy: OnceLock::new(),
             name,
             total,
             budget: (total as f64 * opts.memory_fraction) as u64,
             failed: OnceLock::new(),
         }));
     }
+    // Direct copies between GPUs (and between their pooled buffers) where the hardware
+    // allows.
+    let ctxs: Vec<_> = devices.iter().map(|d| d.ctx.clone()).collect();
+    crate::raw::enable_peer_access(&ctxs);
     Ok(Some(Arc::new(CudaBackend { devices })))
 }

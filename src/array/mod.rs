@@ -36,6 +36,12 @@ use ndarray::{IntoDimension, Order, ShapeBuilder};
 
 use crate::{Device, Error, Result};
 
+mod parray;
+
+#[cfg(feature = "cuda")]
+pub use parray::{DeviceRead, DeviceWrite};
+pub use parray::{PArray, Read, Tiles, Write};
+
 #[cfg(feature = "cuda")]
 use cudarc::driver::CudaSlice;
 #[cfg(feature = "cuda")]
@@ -49,15 +55,25 @@ pub trait Element: Copy + Send + Sync + fmt::Debug + 'static + sealed::Repr {}
 mod sealed {
     /// What a device copy needs of an element.
     #[cfg(feature = "cuda")]
-    pub trait Repr: parla_gpu::cudarc::driver::DeviceRepr {}
+    pub trait Repr:
+        parla_gpu::cudarc::driver::DeviceRepr + parla_gpu::cudarc::driver::ValidAsZeroBits
+    {
+        /// Zero.
+        const ZERO: Self;
+    }
     /// What a device copy needs of an element.
     #[cfg(not(feature = "cuda"))]
-    pub trait Repr {}
+    pub trait Repr {
+        /// Zero.
+        const ZERO: Self;
+    }
 }
 
 macro_rules! elements {
     ($($t:ty),*) => {$(
-        impl sealed::Repr for $t {}
+        impl sealed::Repr for $t {
+            const ZERO: Self = 0 as $t;
+        }
         impl Element for $t {}
     )*};
 }

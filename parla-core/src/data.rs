@@ -1,0 +1,286 @@
+//! Data that tasks declare they read and write: the interface between the scheduler and a
+//! data layer (the `parla` crate's `PArray` implements [`DataObject`]).
+//!
+//! A task declares accesses on its builder ([`TaskBuilder::reads`](crate::TaskBuilder::reads),
+//! [`writes`](crate::TaskBuilder::writes), [`reads_writes`](crate::TaskBuilder::reads_writes)).
+//! The runtime then
+//! - orders tasks that touch the same object in spawn order ([`Flow`]): a read after the
+//!   last write, a write after the last write and after every read since; reads of the same
+//!   data run together;
+//! - counts the bytes of the task's objects that have no valid copy on its device in the
+//!   task's memory admission, evicting unused copies (least recently used first) when the
+//!   device is full ([`DataObject::evict`]);
+//! - before the body runs, asks each object to be valid on the task's device
+//!   ([`DataObject::acquire`]), and when the body returns, tells it what was written
+//!   ([`DataObject::release`]).
+//!
+//! # Invariants
+//! - A copy pinned for a task is not evicted before the task released it.
+//! - The bytes of a device copy are counted in its device's admission from the moment a
+//!   task reserved them until the copy is freed, which reports them back through
+//!   [`Ledger::freed`] (invalidation) or as the return value of [`DataObject::evict`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+
+use crate::device::Device;
+use crate::device::fence::Fence;
+use crate::graph::node::Task;
+
+pub use crate::runtime::context::current_task_key;
+
+/// How a task uses a data object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Reads only.
+    Read,
+    /// Overwrites the whole object without reading it.
+    Write,
+    /// Reads and writes.
+    ReadWrite,
+}
+
+impl Access {
+    /// Whether the task reads the object.
+    pub fn reads(self) -> bool {
+        !matches!(self, Access::Write)
+    }
+
+    /// Whether the task writes the object.
+    pub fn writes(self) -> bool {
+        !matches!(self, Access::Read)
+    }
+
+    /// Both accesses together (a task declaring an object twice).
+    pub fn union(self, other: Access) -> Access {
+        if self == other {
+            self
+        } else {
+            Access::ReadWrite
+        }
+    }
+}
+
+/// What an object's copy became valid with: the bytes newly taken on the device, and a fence
+/// to wait for before the body runs (a copy to the host still in flight).
+#[derive(Debug, Default)]
+pub struct Acquired {
+    /// Bytes of the device's budget a new copy took (0 if the copy was already there).
+    pub allocated: u64,
+    /// The host must wait for this fence before the body reads the data.
+    pub ready: Option<Arc<dyn Fence>>,
+}
+
+/// Where a data object reports bytes it frees on a device outside eviction (a copy
+/// invalidated by a write elsewhere, an object dropped): the runtime that counted them.
+/// Cheap to clone; a ledger of a runtime that is gone ignores the reports.
+#[derive(Clone)]
+pub struct Ledger(pub(crate) Arc<dyn LedgerSink>);
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ledger")
+    }
+}
+
+/// The runtime side of a [`Ledger`].
+pub(crate) trait LedgerSink: Send + Sync {
+    fn freed(&self, device: Device, bytes: u64);
+    fn resident(&self, device: Device, obj: std::sync::Weak<dyn DataObject>);
+    fn same(&self, other: &dyn LedgerSink) -> bool;
+    fn id(&self) -> u32;
+}
+
+impl Ledger {
+    /// `bytes` of a copy on `device` were freed: the device's budget gets them back.
+    pub fn freed(&self, device: Device, bytes: u64) {
+        if bytes > 0 {
+            self.0.freed(device, bytes);
+        }
+    }
+
+    /// A copy of `obj` now lives on `device`: it becomes a candidate for eviction there.
+    pub fn resident(&self, device: Device, obj: std::sync::Weak<dyn DataObject>) {
+        self.0.resident(device, obj);
+    }
+
+    /// Whether both ledgers are one runtime's.
+    pub fn same_runtime(&self, other: &Ledger) -> bool {
+        self.0.same(&*other.0)
+    }
+
+    /// The runtime's id.
+    pub fn runtime_id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+/// What task builders take as data: a handle to a [`DataObject`] (the `parla` crate's
+/// `PArray`).
+pub trait AsData {
+    /// The object.
+    fn as_data(&self) -> Arc<dyn DataObject>;
+}
+
+/// A data object the scheduler can move and order tasks by. Implemented by the data layer
+/// (the `parla` crate's `PArray`); the methods are called by the runtime.
+pub trait DataObject: Send + Sync + 'static {
+    /// The object's identity (stable while it lives; two handles of one object agree).
+    fn key(&self) -> usize;
+
+    /// The size of one copy, in bytes.
+    fn bytes(&self) -> u64;
+
+    /// The object's task order: last writer and readers since.
+    fn flow(&self) -> &Flow;
+
+    /// Whether a valid copy is on `device` (for mapping).
+    fn valid_on(&self, device: Device) -> bool;
+
+    /// If a valid copy is on `device`, pins it (no eviction until [`unpin`](Self::unpin))
+    /// and returns `true`. Called at admission.
+    fn pin_valid(&self, device: Device) -> bool;
+
+    /// Undoes a pin.
+    fn unpin(&self, device: Device);
+
+    /// When the copy on `device` was last used (a clock of the object's choosing, the same
+    /// for every object of a runtime; lower is older), or `None` if there is no evictable
+    /// copy there (none, or pinned).
+    fn last_use(&self, device: Device) -> Option<u64>;
+
+    /// Frees the copy on `device` unless it is pinned; a copy that is the only valid one is
+    /// written back to the host first. Returns the bytes freed on the device's budget.
+    fn evict(&self, device: Device) -> u64;
+
+    /// Called in the task, on `device`, before its body runs: makes the object valid there
+    /// for `access` (copying it from where it is valid), pinned (`pinned`: admission pinned
+    /// a valid copy already). Copies to a GPU are enqueued on the task's stream. `task` is
+    /// the task's [`current_task_key`].
+    fn acquire(
+        &self,
+        ledger: &Ledger,
+        task: usize,
+        device: Device,
+        access: Access,
+        pinned: bool,
+    ) -> Result<Acquired, String>;
+
+    /// Called when the body finished (or failed): a write makes the copy on `device` the
+    /// only valid one (other copies are freed, reported to their ledgers); the pin goes.
+    /// `task` is the key [`acquire`](Self::acquire) was given.
+    fn release(&self, task: usize, device: Device, access: Access);
+}
+
+/// The order of the tasks that touch one object: the last writer and the readers since.
+#[derive(Default)]
+pub struct Flow {
+    state: Mutex<FlowState>,
+}
+
+#[derive(Default)]
+struct FlowState {
+    writer: Option<Arc<dyn Task>>,
+    readers: Vec<Arc<dyn Task>>,
+}
+
+impl std::fmt::Debug for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state.lock();
+        f.debug_struct("Flow")
+            .field("writer", &s.writer.is_some())
+            .field("readers", &s.readers.len())
+            .finish()
+    }
+}
+
+impl Flow {
+    /// Records `task` as the next access `access` and pushes the tasks it must follow to
+    /// `deps`: for a read the last writer; for a write the last writer and the readers
+    /// since. Finished readers are forgotten as the list grows.
+    pub(crate) fn order(
+        &self,
+        task: &Arc<dyn Task>,
+        access: Access,
+        deps: &mut Vec<Arc<dyn Task>>,
+    ) {
+        let mut s = self.state.lock();
+        if let Some(w) = &s.writer {
+            deps.push(w.clone());
+        }
+        if access.writes() {
+            deps.append(&mut s.readers);
+            s.writer = Some(task.clone());
+        } else {
+            if s.readers.len() >= 16 && s.readers.len().is_power_of_two() {
+                s.readers.retain(|r| !r.header().is_done());
+            }
+            s.readers.push(task.clone());
+        }
+    }
+}
+
+/// One declared access of a task.
+pub(crate) struct Item {
+    pub(crate) obj: Arc<dyn DataObject>,
+    pub(crate) access: Access,
+    /// Admission pinned a valid copy on the task's device.
+    pub(crate) pinned: AtomicBool,
+}
+
+/// A task's declared accesses (each object once), and the bytes admission reserved for
+/// copies that were not on its device.
+pub(crate) struct Accesses {
+    pub(crate) items: SmallVec<[Item; 2]>,
+    /// Bytes reserved at admission for missing copies.
+    pub(crate) reserved: AtomicU64,
+    /// Bytes the copies made before the body took (released at completion: the rest of
+    /// `reserved` goes back to the device then).
+    pub(crate) allocated: AtomicU64,
+    /// The slot of the device the task was mapped to, plus one (0: not mapped yet).
+    device: std::sync::atomic::AtomicU32,
+}
+
+impl Accesses {
+    /// The accesses of `list`, each object once (two accesses of one object merge).
+    pub(crate) fn new(list: Vec<(Arc<dyn DataObject>, Access)>) -> Accesses {
+        let mut items: SmallVec<[Item; 2]> = SmallVec::new();
+        for (obj, access) in list {
+            match items.iter_mut().find(|i| i.obj.key() == obj.key()) {
+                Some(i) => i.access = i.access.union(access),
+                None => items.push(Item {
+                    obj,
+                    access,
+                    pinned: AtomicBool::new(false),
+                }),
+            }
+        }
+        Accesses {
+            items,
+            reserved: AtomicU64::new(0),
+            allocated: AtomicU64::new(0),
+            device: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    pub(crate) fn set_device(&self, d: Device) {
+        self.device
+            .store(d.slot() as u32 + 1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The device the task was mapped to, once mapped.
+    pub(crate) fn device(&self) -> Option<Device> {
+        match self.device.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            s => Some(Device::from_slot(s as usize - 1)),
+        }
+    }
+
+    /// The bytes of all the objects.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.items.iter().map(|i| i.obj.bytes()).sum()
+    }
+}

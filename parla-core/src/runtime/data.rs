@@ -1,0 +1,332 @@
+//! The executor's side of declared data accesses: admission of tasks with data (a FIFO
+//! queue per device, whose head reserves the bytes it lacks, evicting unused copies when the
+//! device is full), the ledger data objects report freed bytes to, and the wrapper that
+//! makes a task's data valid before its body runs and releases it after.
+//!
+//! # Invariants
+//! - A device's data queue is served in order, by one thread at a time (under its lock):
+//!   the head's missing bytes are computed and its valid copies pinned at the moment it is
+//!   admitted, never earlier, so nothing a waiting task holds can block another.
+//! - The head waits only while running tasks hold what it needs: when nothing runs on the
+//!   device, every copy there is unpinned and evictable, and the head fits (its data and
+//!   workspace fit the budget, or it was refused at spawn).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+
+use super::RtInner;
+use super::bridge::{FenceWait, wait_fence};
+use super::context;
+use crate::data::{Accesses, DataObject, Ledger, LedgerSink};
+use crate::device::{Arch, Demand, Device};
+use crate::graph::cell::DeviceFailure;
+use crate::graph::node::Task;
+
+/// A device's tasks with data waiting for admission, and the objects with a copy there.
+#[derive(Default)]
+pub(crate) struct DeviceData {
+    queue: Mutex<VecDeque<Arc<dyn Task>>>,
+    queued: AtomicUsize,
+    resident: Mutex<FxHashMap<usize, Weak<dyn DataObject>>>,
+}
+
+impl DeviceData {
+    /// Tasks waiting in the queue.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+/// The ledger of a runtime (what [`Ledger`] reports to).
+pub(crate) struct RtLedger(pub(crate) Weak<RtInner>, pub(crate) u32);
+
+impl LedgerSink for RtLedger {
+    fn freed(&self, device: Device, bytes: u64) {
+        if let Some(rt) = self.0.upgrade()
+            && let Some(dev) = rt.devices.get(device.slot())
+        {
+            rt.with_local(|l| {
+                dev.admission
+                    .release(Demand { vcu: 0, mem: bytes }, &mut l.admitted);
+                rt.pump(device.slot(), &mut l.admitted);
+            });
+        }
+    }
+
+    fn resident(&self, device: Device, obj: Weak<dyn DataObject>) {
+        if let Some(rt) = self.0.upgrade()
+            && let Some(dev) = rt.devices.get(device.slot())
+            && let Some(o) = obj.upgrade()
+        {
+            let mut r = dev.data.resident.lock();
+            if r.len() > 64 && r.len().is_power_of_two() {
+                r.retain(|_, w| w.strong_count() > 0);
+            }
+            r.insert(o.key(), obj);
+        }
+    }
+
+    fn same(&self, other: &dyn LedgerSink) -> bool {
+        self.1 == other.id()
+    }
+
+    fn id(&self) -> u32 {
+        self.1
+    }
+}
+
+impl RtInner {
+    /// A task with data is ready on device `slot`: it queues there and the queue is served.
+    pub(crate) fn data_ready(
+        &self,
+        slot: usize,
+        task: Arc<dyn Task>,
+        out: &mut super::exec::Launch,
+    ) {
+        let dev = &self.devices[slot];
+        dev.data.queue.lock().push_back(task);
+        dev.data.queued.fetch_add(1, Ordering::AcqRel);
+        self.pump(slot, out);
+    }
+
+    /// Admits the device's data tasks in order while the head fits (evicting for it).
+    pub(crate) fn pump(&self, slot: usize, out: &mut super::exec::Launch) {
+        let dev = &self.devices[slot];
+        if dev.data.queued() == 0 {
+            return;
+        }
+        let mut q = dev.data.queue.lock();
+        while let Some(t) = q.front() {
+            if !self.admit_data(slot, t, out) {
+                break;
+            }
+            if let Some(t) = q.pop_front() {
+                dev.data.queued.fetch_sub(1, Ordering::AcqRel);
+                out.push(t);
+            }
+        }
+    }
+
+    /// Tries to admit `t` (a task with data) on `slot`: pins the valid copies there and
+    /// reserves VCUs, workspace and the bytes of the missing copies, evicting unpinned
+    /// copies of other objects when memory is short.
+    fn admit_data(&self, slot: usize, t: &Arc<dyn Task>, out: &mut super::exec::Launch) -> bool {
+        let dev = &self.devices[slot];
+        let h = t.header();
+        let Some(acc) = t.data() else {
+            return dev.admission.reserve_now(h.demand());
+        };
+        let device = dev.device;
+        loop {
+            let mut missing = 0;
+            if device.arch() != Arch::Cpu {
+                for i in &acc.items {
+                    let pinned = i.obj.pin_valid(device);
+                    i.pinned.store(pinned, Ordering::Relaxed);
+                    if !pinned {
+                        missing += i.obj.bytes();
+                    }
+                }
+            }
+            let base = h.demand();
+            let d = Demand {
+                vcu: base.vcu,
+                mem: base.mem + missing,
+            };
+            if dev.admission.reserve_now(d) {
+                acc.reserved.store(missing, Ordering::Relaxed);
+                return true;
+            }
+            for i in &acc.items {
+                if i.pinned.swap(false, Ordering::Relaxed) {
+                    i.obj.unpin(device);
+                }
+            }
+            let u = dev.admission.usage();
+            let cap = dev.admission.mem_capacity();
+            if u.mem + d.mem <= cap {
+                // VCUs are short: a completion on the device serves the queue again.
+                return false;
+            }
+            let need = u.mem + d.mem - cap;
+            if self.evict(slot, need, acc, out) == 0 {
+                return false;
+            }
+        }
+    }
+
+    /// Evicts unpinned copies on `slot`, least recently used first, until `need` bytes were
+    /// freed or nothing more can go; never a copy of `keep`'s objects. Returns the bytes
+    /// freed (given back to admission).
+    fn evict(&self, slot: usize, need: u64, keep: &Accesses, out: &mut super::exec::Launch) -> u64 {
+        let dev = &self.devices[slot];
+        let device = dev.device;
+        let mut cands: Vec<(u64, Arc<dyn DataObject>)> = {
+            let mut r = dev.data.resident.lock();
+            r.retain(|_, w| w.strong_count() > 0);
+            r.values()
+                .filter_map(Weak::upgrade)
+                .filter(|o| !keep.items.iter().any(|i| i.obj.key() == o.key()))
+                .filter_map(|o| o.last_use(device).map(|t| (t, o)))
+                .collect()
+        };
+        cands.sort_by_key(|(t, _)| *t);
+        let mut freed = 0;
+        for (_, o) in cands {
+            if freed >= need {
+                break;
+            }
+            let f = o.evict(device);
+            if f > 0 {
+                dev.data.resident.lock().remove(&o.key());
+                freed += f;
+            }
+        }
+        if freed > 0 {
+            dev.admission.release(Demand { vcu: 0, mem: freed }, out);
+        }
+        freed
+    }
+
+    /// At completion of a task with data on `slot`: the bytes it reserved for copies it did
+    /// not make go back.
+    pub(crate) fn data_done(&self, slot: usize, acc: &Accesses, out: &mut super::exec::Launch) {
+        let unused = acc
+            .reserved
+            .load(Ordering::Relaxed)
+            .saturating_sub(acc.allocated.load(Ordering::Relaxed));
+        if unused > 0 {
+            self.devices[slot].admission.release(
+                Demand {
+                    vcu: 0,
+                    mem: unused,
+                },
+                out,
+            );
+        }
+    }
+}
+
+/// A task's future with its data: before the body, each declared object is made valid on
+/// the task's device (waiting, without blocking, for copies to the host); when the body is
+/// done (or dropped), each is released.
+pub(crate) struct WithData<F> {
+    acc: Arc<Accesses>,
+    device: Option<Device>,
+    /// The task's key (see `current_task_key`).
+    key: usize,
+    /// Items acquired so far (released at the end).
+    acquired: usize,
+    wait: Option<FenceWait>,
+    released: bool,
+    fut: F,
+}
+
+impl<F> WithData<F> {
+    pub(crate) fn new(fut: F, acc: Arc<Accesses>) -> Self {
+        WithData {
+            acc,
+            device: None,
+            key: 0,
+            acquired: 0,
+            wait: None,
+            released: false,
+            fut,
+        }
+    }
+
+    fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        if let Some(device) = self.device.or_else(|| self.acc.device()) {
+            for i in &self.acc.items[..self.acquired] {
+                i.obj.release(self.key, device, i.access);
+            }
+            // Pins of admission on items never acquired.
+            for i in &self.acc.items[self.acquired..] {
+                if i.pinned.swap(false, Ordering::Relaxed) {
+                    i.obj.unpin(device);
+                }
+            }
+        }
+    }
+}
+
+fn fail(device: Device, message: String) -> ! {
+    std::panic::resume_unwind(Box::new(DeviceFailure {
+        device: device.to_string(),
+        message,
+    }))
+}
+
+impl<F: Future> Future for WithData<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `fut` is structurally pinned: it is never moved out of `self` (only
+        // polled in place below and dropped with `self`); the other fields are not pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        if this.device.is_none() {
+            this.device = Some(this.acc.device().unwrap_or_else(context::current_device));
+            this.key = context::current_task_key().unwrap_or(0);
+        }
+        let device = this.device.unwrap_or(Device::CPU);
+        loop {
+            if let Some(w) = &mut this.wait {
+                match Pin::new(w).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(m)) => fail(device, m),
+                    Poll::Ready(Ok(())) => this.wait = None,
+                }
+            }
+            if this.acquired == this.acc.items.len() {
+                break;
+            }
+            let ledger = context::with_rt(|rt| rt.map(|rt| rt.ledger.clone()));
+            let Some(ledger) = ledger else {
+                fail(device, "data accesses need a parla runtime".into())
+            };
+            let i = &this.acc.items[this.acquired];
+            let pinned = i.pinned.load(Ordering::Relaxed);
+            match i.obj.acquire(&ledger, this.key, device, i.access, pinned) {
+                Ok(a) => {
+                    this.acquired += 1;
+                    this.acc.allocated.fetch_add(a.allocated, Ordering::Relaxed);
+                    if let Some(f) = a.ready {
+                        this.wait = Some(wait_fence(f));
+                    }
+                }
+                Err(m) => fail(device, m),
+            }
+        }
+        // SAFETY: see above; `fut` stays in place.
+        let fut = unsafe { Pin::new_unchecked(&mut this.fut) };
+        match fut.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(v) => {
+                this.release();
+                Poll::Ready(v)
+            }
+        }
+    }
+}
+
+impl<F> Drop for WithData<F> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A new ledger of `rt` for data objects.
+pub(crate) fn ledger(rt: Weak<RtInner>, id: u32) -> Ledger {
+    Ledger(Arc::new(RtLedger(rt, id)))
+}

@@ -1,0 +1,983 @@
+//! [`PArray`]: an array whose copies on the host and the GPUs the runtime keeps coherent.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use ndarray::{Array, Array2, ArrayView, ArrayViewMut, Dimension, IntoDimension, Ix2, s};
+use parking_lot::Mutex;
+use parla_core::data::{Access, Acquired, AsData, DataObject, Flow, Ledger, current_task_key};
+use parla_core::device::backend::{Fence, FenceStatus};
+use parla_core::{Arch, Device, current_device};
+
+use super::Element;
+use crate::{Error, Result};
+
+#[cfg(feature = "cuda")]
+use parla_gpu::cudarc::driver::CudaSlice;
+#[cfg(feature = "cuda")]
+use parla_gpu::transfer::{GpuHandle, PinnedVec};
+
+/// The clock of last uses, shared by every array (eviction picks the oldest).
+static CLOCK: AtomicU64 = AtomicU64::new(1);
+
+fn tick() -> u64 {
+    CLOCK.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An n-dimensional array that tasks declare they read or write
+/// ([`TaskBuilder::reads`](crate::TaskBuilder::reads), `writes`, `reads_writes`); the
+/// runtime keeps its copies on the host and the GPUs coherent and orders the tasks that use
+/// it.
+///
+/// - Before a task's body runs, every array it declared is valid on its device: copied from
+///   the host or another GPU on the task's stream (GPU tasks), or from a GPU to the host
+///   (CPU tasks; the task waits for the copy without blocking a worker).
+/// - Tasks that use one array run in spawn order: a read after the last write, a write after
+///   the last write and every read since; reads run together. No `.after` is needed for
+///   data.
+/// - A write makes the writer's copy the only valid one (the others are freed: MSI). When a
+///   GPU is full, copies no task is using are evicted, least recently used first (a copy
+///   that is the only valid one is written back to the host first).
+/// - Inside a task: [`read`](Self::read) / [`write`](Self::write) give host views (on the CPU
+///   and on virtual GPUs), [`device`](Self::device) / [`device_mut`](Self::device_mut) the
+///   cudarc buffer (on a GPU). Using an array the task did not declare, or writing one it
+///   declared read-only, is an error.
+/// - Outside tasks, [`to_host`](Self::to_host) returns the data once the tasks spawned
+///   before that write it finished.
+///
+/// Cloning is cheap: clones are handles of one array. The host copy is page-locked the first
+/// time a GPU uses the array, so copies are asynchronous and run at full bandwidth.
+///
+/// ```
+/// use parla::array::PArray;
+/// use parla::prelude::*;
+///
+/// let rt = parla::Runtime::builder().cpu_threads(2).virtual_gpus(1, 1 << 30).build()?;
+/// let a = PArray::from(ndarray::array![[1.0, 2.0], [3.0, 4.0]]);
+/// let total = rt.block_on(async {
+///     let b = a.clone();
+///     task(async move { b.write()?.mapv_inplace(|x| 2.0 * x); Ok::<_, parla::Error>(()) })
+///         .reads_writes(&a)
+///         .placement(Placement::AnyGpu)
+///         .spawn();
+///     // Ordered after the write by the accesses alone.
+///     let b = a.clone();
+///     task(async move { Ok::<_, parla::Error>(b.read()?.sum()) }).reads(&a).await
+/// })??;
+/// assert_eq!(total, 20.0);
+/// # Ok::<_, parla::Error>(())
+/// ```
+pub struct PArray<A, D> {
+    inner: Arc<Inner<A, D>>,
+}
+
+impl<A, D> Clone for PArray<A, D> {
+    fn clone(&self) -> Self {
+        PArray {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<A: Element, D: Dimension + 'static> std::fmt::Debug for PArray<A, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PArray")
+            .field("shape", &self.shape())
+            .field("valid", &self.valid_devices())
+            .finish()
+    }
+}
+
+struct Inner<A, D> {
+    dim: D,
+    len: usize,
+    bytes: u64,
+    flow: Flow,
+    state: Mutex<State<A>>,
+    me: Weak<Inner<A, D>>,
+}
+
+/// A borrow flag: readers count up, a writer holds `-1`.
+type Borrow = Arc<AtomicIsize>;
+
+struct State<A> {
+    host: Host<A>,
+    host_borrow: Borrow,
+    host_valid: bool,
+    /// A copy into the host still in flight (a read-back or a write-back from a GPU).
+    host_ready: Option<Arc<dyn Fence>>,
+    copies: Vec<Copy<A>>,
+    /// Tasks running with the array: (task key, device, access).
+    grants: Vec<(usize, Device, Access)>,
+}
+
+enum Host<A> {
+    Plain(Box<[A]>),
+    #[cfg(feature = "cuda")]
+    Pinned(PinnedVec<A>),
+}
+
+impl<A: Element> Host<A> {
+    fn as_ptr(&self) -> *const A {
+        match self {
+            Host::Plain(b) => b.as_ptr(),
+            #[cfg(feature = "cuda")]
+            Host::Pinned(p) => p.as_slice().as_ptr(),
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut A {
+        match self {
+            Host::Plain(b) => b.as_mut_ptr(),
+            #[cfg(feature = "cuda")]
+            Host::Pinned(p) => p.as_mut_slice().as_mut_ptr(),
+        }
+    }
+
+    fn as_slice(&self) -> &[A] {
+        match self {
+            Host::Plain(b) => b,
+            #[cfg(feature = "cuda")]
+            Host::Pinned(p) => p.as_slice(),
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [A] {
+        match self {
+            Host::Plain(b) => b,
+            #[cfg(feature = "cuda")]
+            Host::Pinned(p) => p.as_mut_slice(),
+        }
+    }
+}
+
+/// A copy on a GPU (a real one: a cudarc buffer; a virtual one: host memory of its own).
+struct Copy<A> {
+    device: Device,
+    buf: Buf<A>,
+    valid: bool,
+    pins: u32,
+    last_use: u64,
+    ledger: Ledger,
+    borrow: Borrow,
+}
+
+enum Buf<A> {
+    Virtual(Box<[A]>),
+    #[cfg(feature = "cuda")]
+    Gpu(Box<CudaSlice<A>>, GpuHandle),
+}
+
+impl<A> State<A> {
+    fn copy(&self, d: Device) -> Option<&Copy<A>> {
+        self.copies.iter().find(|c| c.device == d)
+    }
+
+    fn copy_mut(&mut self, d: Device) -> Option<&mut Copy<A>> {
+        self.copies.iter_mut().find(|c| c.device == d)
+    }
+
+    fn grant(&self, task: usize, d: Device) -> Option<Access> {
+        self.grants
+            .iter()
+            .find(|g| g.0 == task && g.1 == d)
+            .map(|g| g.2)
+    }
+
+    /// Whether the host copy's last incoming copy finished (clears it then); an error of
+    /// that copy is returned.
+    fn host_settled(&mut self) -> std::result::Result<bool, String> {
+        match self.host_ready.as_ref().map(|f| f.status()) {
+            None | Some(FenceStatus::Done) => {
+                self.host_ready = None;
+                Ok(true)
+            }
+            Some(FenceStatus::Pending) => Ok(false),
+            Some(FenceStatus::Failed(m)) => Err(m),
+        }
+    }
+}
+
+impl<A: Element, D: Dimension + 'static> PArray<A, D> {
+    /// A new array holding `data` (on the host).
+    pub fn new(data: Array<A, D>) -> Self {
+        let dim = data.raw_dim();
+        let n = data.len();
+        let host: Box<[A]> = if data.is_standard_layout() {
+            // The elements are contiguous, in order, from the offset on.
+            let (mut v, offset) = data.into_raw_vec_and_offset();
+            let offset = offset.unwrap_or(0);
+            v.drain(..offset.min(v.len()));
+            v.truncate(n);
+            v.into_boxed_slice()
+        } else {
+            data.iter().copied().collect()
+        };
+        Self::from_host(dim, host)
+    }
+
+    fn from_host(dim: D, host: Box<[A]>) -> Self {
+        let len = host.len();
+        let inner = Arc::new_cyclic(|me| Inner {
+            dim,
+            len,
+            bytes: (len * std::mem::size_of::<A>()) as u64,
+            flow: Flow::default(),
+            state: Mutex::new(State {
+                host: Host::Plain(host),
+                host_borrow: Borrow::default(),
+                host_valid: true,
+                host_ready: None,
+                copies: Vec::new(),
+                grants: Vec::new(),
+            }),
+            me: me.clone(),
+        });
+        PArray { inner }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        self.inner.dim.slice()
+    }
+
+    /// The shape as a dimension value.
+    pub fn raw_dim(&self) -> D {
+        self.inner.dim.clone()
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// The size of one copy in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.inner.bytes
+    }
+
+    /// Where valid copies are now (`cpu:0` for the host), for diagnostics: the answer can
+    /// change as soon as it is returned.
+    pub fn valid_devices(&self) -> Vec<Device> {
+        let s = self.inner.state.lock();
+        let mut v = Vec::new();
+        if s.host_valid {
+            v.push(Device::CPU);
+        }
+        v.extend(s.copies.iter().filter(|c| c.valid).map(|c| c.device));
+        v
+    }
+
+    /// The running task's access and where its copy is, or the error for using the array
+    /// undeclared.
+    fn granted(&self, write: bool) -> Result<(usize, Device, Access)> {
+        let task = current_task_key().ok_or_else(|| {
+            Error::InvalidArgument(
+                "a PArray is read or written inside a task that declared it (outside tasks: to_host().await)".into(),
+            )
+        })?;
+        let device = current_device();
+        let s = self.inner.state.lock();
+        let access = s.grant(task, device).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "this task did not declare the PArray of shape {:?}: add .reads(&a), .writes(&a) or .reads_writes(&a) to its builder",
+                self.shape()
+            ))
+        })?;
+        if write && !access.writes() {
+            return Err(Error::InvalidArgument(format!(
+                "this task declared the PArray of shape {:?} read-only (.reads): declare .reads_writes(&a) or .writes(&a) to write it",
+                self.shape()
+            )));
+        }
+        Ok((task, device, access))
+    }
+
+    /// A host view of the array for the running task: its host copy on the CPU, its copy
+    /// on a virtual GPU. On a real GPU use [`device`](Self::device).
+    ///
+    /// Errors: the task did not declare the array; it holds a [`write`](Self::write) view
+    /// of it now; on a real GPU.
+    pub fn read(&self) -> Result<Read<'_, A, D>> {
+        let (_, device, _) = self.granted(false)?;
+        let (ptr, borrow) = self.host_side(device)?;
+        take(&borrow, false)?;
+        // SAFETY: `ptr` points to `len` initialised elements in standard order: the host
+        // copy, or this device's copy, which stays allocated while the task holds its
+        // grant (pinned: not evicted; no writer runs alongside a reader). The borrow flag
+        // excludes a mutable view meanwhile.
+        let view = unsafe { ArrayView::from_shape_ptr(self.inner.dim.clone(), ptr) };
+        Ok(Read { view, borrow })
+    }
+
+    /// A mutable host view of the array for the running task (which declared it written),
+    /// as [`read`](Self::read).
+    pub fn write(&self) -> Result<Write<'_, A, D>> {
+        let (_, device, _) = self.granted(true)?;
+        let (ptr, borrow) = self.host_side(device)?;
+        take(&borrow, true)?;
+        // SAFETY: as in `read`; the borrow flag makes this the only view now, and the
+        // pointer came from a mutable reference.
+        let view = unsafe { ArrayViewMut::from_shape_ptr(self.inner.dim.clone(), ptr as *mut A) };
+        Ok(Write { view, borrow })
+    }
+
+    fn host_side(&self, device: Device) -> Result<(*const A, Borrow)> {
+        let mut s = self.inner.state.lock();
+        if device.arch() == Arch::Cpu {
+            let ptr = s.host.as_mut_ptr() as *const A;
+            return Ok((ptr, s.host_borrow.clone()));
+        }
+        let c = s
+            .copy_mut(device)
+            .ok_or_else(|| Error::InvalidArgument(format!("no copy on {device}")))?;
+        match &mut c.buf {
+            Buf::Virtual(b) => Ok((b.as_mut_ptr() as *const A, c.borrow.clone())),
+            #[cfg(feature = "cuda")]
+            Buf::Gpu(..) => Err(Error::InvalidArgument(format!(
+                "on {device} the PArray is in GPU memory: use .device() / .device_mut()"
+            ))),
+        }
+    }
+
+    /// The array on the host, once the tasks spawned before this call that write it
+    /// finished (a read task is spawned, ordered by the accesses). Call it inside the
+    /// runtime (`block_on`, a task, a `Handle`'s context).
+    pub async fn to_host(&self) -> Result<Array<A, D>> {
+        let a = self.clone();
+        crate::task(async move { Ok::<_, Error>(a.read()?.to_owned()) })
+            .reads(self)
+            .await?
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<A: Element, D: Dimension + 'static> PArray<A, D> {
+    /// The running GPU task's copy of the array (a cudarc buffer, elements in row-major
+    /// order), valid on the task's stream.
+    ///
+    /// Errors: the task did not declare the array; it holds a mutable borrow now; not on a
+    /// real GPU.
+    pub fn device(&self) -> Result<DeviceRead<'_, A>> {
+        let (_, device, _) = self.granted(false)?;
+        let (ptr, borrow) = self.device_side(device)?;
+        take(&borrow, false)?;
+        // SAFETY: the buffer is boxed (its address is stable) and stays allocated while the
+        // task holds its grant; the borrow flag excludes a mutable borrow meanwhile.
+        let slice = unsafe { &*ptr };
+        Ok(DeviceRead { slice, borrow })
+    }
+
+    /// The running GPU task's copy of the array, mutably (the task declared it written).
+    pub fn device_mut(&self) -> Result<DeviceWrite<'_, A>> {
+        let (_, device, _) = self.granted(true)?;
+        let (ptr, borrow) = self.device_side(device)?;
+        take(&borrow, true)?;
+        // SAFETY: as in `device`; the flag makes this the only borrow now.
+        let slice = unsafe { &mut *ptr };
+        Ok(DeviceWrite { slice, borrow })
+    }
+
+    fn device_side(&self, device: Device) -> Result<(*mut CudaSlice<A>, Borrow)> {
+        let mut s = self.inner.state.lock();
+        let c = s.copy_mut(device).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "no GPU copy on {device}: .device() is for tasks on a real GPU (use .read() / .write() elsewhere)"
+            ))
+        })?;
+        match &mut c.buf {
+            Buf::Gpu(b, _) => Ok((&mut **b as *mut CudaSlice<A>, c.borrow.clone())),
+            Buf::Virtual(_) => Err(Error::InvalidArgument(format!(
+                "{device} is a virtual GPU: the copy is in host memory, use .read() / .write()"
+            ))),
+        }
+    }
+}
+
+impl<A: Element, D: Dimension + 'static> From<Array<A, D>> for PArray<A, D> {
+    fn from(a: Array<A, D>) -> Self {
+        PArray::new(a)
+    }
+}
+
+impl<A: Element, D: Dimension + 'static> PArray<A, D> {
+    /// A new array of zeros of shape `shape`.
+    pub fn zeros<Sh: IntoDimension<Dim = D>>(shape: Sh) -> Self {
+        let dim = shape.into_dimension();
+        let n = dim.size();
+        Self::from_host(dim, vec![A::ZERO; n].into_boxed_slice())
+    }
+}
+
+impl<A: Element, D: Dimension + 'static> AsData for PArray<A, D> {
+    fn as_data(&self) -> Arc<dyn DataObject> {
+        self.inner.clone()
+    }
+}
+
+/// A grid of tiles of a 2-D array, each a [`PArray`] of its own (for tiled algorithms).
+pub struct Tiles<A> {
+    grid: Vec<PArray<A, Ix2>>,
+    rows: usize,
+    cols: usize,
+    shape: (usize, usize),
+    tile: (usize, usize),
+}
+
+impl<A> Clone for Tiles<A> {
+    fn clone(&self) -> Self {
+        Tiles {
+            grid: self.grid.clone(),
+            rows: self.rows,
+            cols: self.cols,
+            shape: self.shape,
+            tile: self.tile,
+        }
+    }
+}
+
+impl<A: Element> std::fmt::Debug for Tiles<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiles")
+            .field("grid", &(self.rows, self.cols))
+            .field("shape", &self.shape)
+            .field("tile", &self.tile)
+            .finish()
+    }
+}
+
+impl<A: Element> Tiles<A> {
+    /// The tile at row `i`, column `j` of the grid.
+    ///
+    /// # Panics
+    /// If `i` or `j` is outside the grid (as indexing does).
+    pub fn get(&self, i: usize, j: usize) -> &PArray<A, Ix2> {
+        assert!(
+            i < self.rows && j < self.cols,
+            "tile ({i}, {j}) outside a {} x {} grid",
+            self.rows,
+            self.cols
+        );
+        &self.grid[i * self.cols + j]
+    }
+
+    /// Rows of tiles.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of tiles.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The whole array's shape.
+    pub fn shape(&self) -> (usize, usize) {
+        self.shape
+    }
+
+    /// Every tile, row by row.
+    pub fn iter(&self) -> impl Iterator<Item = &PArray<A, Ix2>> {
+        self.grid.iter()
+    }
+
+    /// The whole array on the host, assembled from the tiles once the tasks spawned before
+    /// that write them finished (one read task over every tile).
+    pub async fn to_host(&self) -> Result<Array2<A>> {
+        let me = self.clone();
+        let mut t = crate::task(async move {
+            let mut whole = Array2::from_elem(me.shape, A::ZERO);
+            for i in 0..me.rows {
+                for j in 0..me.cols {
+                    let tile = me.get(i, j).read()?;
+                    let (r0, c0) = (i * me.tile.0, j * me.tile.1);
+                    whole
+                        .slice_mut(s![r0..r0 + tile.nrows(), c0..c0 + tile.ncols()])
+                        .assign(&*tile);
+                }
+            }
+            Ok::<_, Error>(whole)
+        });
+        for tile in &self.grid {
+            t = t.reads(tile);
+        }
+        t.await?
+    }
+}
+
+impl<A: Element> PArray<A, Ix2> {
+    /// Splits the array into tiles of `rows x cols` (the last row and column of tiles take
+    /// what remains), each a new [`PArray`] holding a copy of its part of the array's host
+    /// data. The tiles are arrays of their own: writing one does not change this array
+    /// ([`Tiles::to_host`] assembles them).
+    ///
+    /// Errors: a zero tile size; the host copy is not valid now (a GPU task wrote the array:
+    /// take the data with [`to_host`](Self::to_host) first).
+    pub fn tiles(&self, rows: usize, cols: usize) -> Result<Tiles<A>> {
+        if rows == 0 || cols == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "tiles of {rows} x {cols}: a tile has at least one row and one column"
+            )));
+        }
+        let (n, m) = (self.inner.dim[0], self.inner.dim[1]);
+        let s = self.inner.state.lock();
+        if !s.host_valid || s.host_ready.is_some() {
+            return Err(Error::InvalidArgument(
+                "tiles() splits the host copy, which is stale: a GPU task wrote the array last"
+                    .into(),
+            ));
+        }
+        // SAFETY: the host copy holds `n * m` initialised elements in standard order; the
+        // state lock keeps it from changing while it is read.
+        let whole = unsafe { ArrayView::from_shape_ptr((n, m), s.host.as_ptr()) };
+        let (tr, tc) = (n.div_ceil(rows), m.div_ceil(cols));
+        let mut grid = Vec::with_capacity(tr * tc);
+        for i in 0..tr {
+            for j in 0..tc {
+                let part = whole.slice(s![
+                    i * rows..((i + 1) * rows).min(n),
+                    j * cols..((j + 1) * cols).min(m)
+                ]);
+                grid.push(PArray::new(part.to_owned()));
+            }
+        }
+        Ok(Tiles {
+            grid,
+            rows: tr,
+            cols: tc,
+            shape: (n, m),
+            tile: (rows, cols),
+        })
+    }
+}
+
+/// Takes a borrow flag: shared (`write = false`) or exclusive.
+fn take(b: &AtomicIsize, write: bool) -> Result<()> {
+    if write {
+        b.compare_exchange(0, -1, Ordering::Acquire, Ordering::Relaxed)
+            .map(|_| ())
+            .map_err(|_| {
+                Error::InvalidArgument("the PArray is borrowed already in this task".into())
+            })
+    } else {
+        let mut cur = b.load(Ordering::Relaxed);
+        loop {
+            if cur < 0 {
+                return Err(Error::InvalidArgument(
+                    "the PArray is borrowed mutably in this task".into(),
+                ));
+            }
+            match b.compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(a) => cur = a,
+            }
+        }
+    }
+}
+
+/// A host view of a [`PArray`] (see [`PArray::read`]).
+pub struct Read<'a, A, D> {
+    view: ArrayView<'a, A, D>,
+    borrow: Borrow,
+}
+
+impl<'a, A, D> Deref for Read<'a, A, D> {
+    type Target = ArrayView<'a, A, D>;
+    fn deref(&self) -> &Self::Target {
+        &self.view
+    }
+}
+
+impl<A, D> Drop for Read<'_, A, D> {
+    fn drop(&mut self) {
+        self.borrow.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A mutable host view of a [`PArray`] (see [`PArray::write`]).
+pub struct Write<'a, A, D> {
+    view: ArrayViewMut<'a, A, D>,
+    borrow: Borrow,
+}
+
+impl<'a, A, D> Deref for Write<'a, A, D> {
+    type Target = ArrayViewMut<'a, A, D>;
+    fn deref(&self) -> &Self::Target {
+        &self.view
+    }
+}
+
+impl<A, D> DerefMut for Write<'_, A, D> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.view
+    }
+}
+
+impl<A, D> Drop for Write<'_, A, D> {
+    fn drop(&mut self) {
+        self.borrow.store(0, Ordering::Release);
+    }
+}
+
+/// A GPU task's copy of a [`PArray`] (see [`PArray::device`]).
+#[cfg(feature = "cuda")]
+pub struct DeviceRead<'a, A> {
+    slice: &'a CudaSlice<A>,
+    borrow: Borrow,
+}
+
+#[cfg(feature = "cuda")]
+impl<A> Deref for DeviceRead<'_, A> {
+    type Target = CudaSlice<A>;
+    fn deref(&self) -> &CudaSlice<A> {
+        self.slice
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<A> Drop for DeviceRead<'_, A> {
+    fn drop(&mut self) {
+        self.borrow.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A GPU task's copy of a [`PArray`], mutably (see [`PArray::device_mut`]).
+#[cfg(feature = "cuda")]
+pub struct DeviceWrite<'a, A> {
+    slice: &'a mut CudaSlice<A>,
+    borrow: Borrow,
+}
+
+#[cfg(feature = "cuda")]
+impl<A> Deref for DeviceWrite<'_, A> {
+    type Target = CudaSlice<A>;
+    fn deref(&self) -> &CudaSlice<A> {
+        self.slice
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<A> DerefMut for DeviceWrite<'_, A> {
+    fn deref_mut(&mut self) -> &mut CudaSlice<A> {
+        self.slice
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<A> Drop for DeviceWrite<'_, A> {
+    fn drop(&mut self) {
+        self.borrow.store(0, Ordering::Release);
+    }
+}
+
+impl<A: Element, D: Dimension + 'static> Inner<A, D> {
+    fn weak(&self) -> Weak<dyn DataObject> {
+        self.me.clone()
+    }
+
+    /// Makes the host copy valid from a valid device copy (the data is on its way when a
+    /// fence is left in `host_ready`).
+    fn fetch_to_host(&self, s: &mut State<A>) -> std::result::Result<(), String> {
+        let State {
+            host,
+            copies,
+            host_ready,
+            host_valid,
+            ..
+        } = s;
+        let Some(src) = copies.iter().find(|c| c.valid) else {
+            return Err("no valid copy of the array anywhere".into());
+        };
+        match &src.buf {
+            Buf::Virtual(b) => host.as_mut_slice().copy_from_slice(b),
+            #[cfg(feature = "cuda")]
+            Buf::Gpu(slice, gpu) => match host {
+                Host::Pinned(p) => {
+                    *host_ready = Some(gpu.download_async(slice, p).map_err(|e| e.to_string())?);
+                }
+                Host::Plain(b) => {
+                    let v = parla_gpu::transfer::to_host(slice).map_err(|e| e.to_string())?;
+                    b.copy_from_slice(&v);
+                }
+            },
+        }
+        *host_valid = true;
+        Ok(())
+    }
+
+    /// Frees every copy but the one on `keep` (`None`: every device copy); the bytes go back
+    /// to their ledgers (reported by the caller, outside the lock).
+    fn drop_copies(
+        s: &mut State<A>,
+        keep: Option<Device>,
+        freed: &mut Vec<(Ledger, Device, u64)>,
+        bytes: u64,
+    ) {
+        s.copies.retain(|c| {
+            if Some(c.device) == keep {
+                return true;
+            }
+            freed.push((c.ledger.clone(), c.device, bytes));
+            false
+        });
+    }
+}
+
+impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
+    fn key(&self) -> usize {
+        self as *const Self as *const () as usize
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    fn valid_on(&self, device: Device) -> bool {
+        let s = self.state.lock();
+        if device.arch() == Arch::Cpu {
+            s.host_valid
+        } else {
+            s.copy(device).is_some_and(|c| c.valid)
+        }
+    }
+
+    fn pin_valid(&self, device: Device) -> bool {
+        let mut s = self.state.lock();
+        match s.copy_mut(device) {
+            Some(c) if c.valid => {
+                c.pins += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn unpin(&self, device: Device) {
+        if let Some(c) = self.state.lock().copy_mut(device) {
+            c.pins = c.pins.saturating_sub(1);
+        }
+    }
+
+    fn last_use(&self, device: Device) -> Option<u64> {
+        let s = self.state.lock();
+        s.copy(device).filter(|c| c.pins == 0).map(|c| c.last_use)
+    }
+
+    fn evict(&self, device: Device) -> u64 {
+        let mut s = self.state.lock();
+        let Some(i) = s.copies.iter().position(|c| c.device == device) else {
+            return 0;
+        };
+        if s.copies[i].pins > 0 || s.copies[i].borrow.load(Ordering::Acquire) != 0 {
+            return 0;
+        }
+        let sole = s.copies[i].valid
+            && !s.host_valid
+            && !s.copies.iter().enumerate().any(|(j, c)| j != i && c.valid);
+        if sole && self.fetch_to_host(&mut s).is_err() {
+            // Cannot write it back: keep it.
+            return 0;
+        }
+        s.copies.swap_remove(i);
+        self.bytes
+    }
+
+    fn acquire(
+        &self,
+        ledger: &Ledger,
+        task: usize,
+        device: Device,
+        access: Access,
+        pinned: bool,
+    ) -> std::result::Result<Acquired, String> {
+        let mut s = self.state.lock();
+        if let Some(c) = s.copies.first()
+            && !c.ledger.same_runtime(ledger)
+        {
+            return Err("a PArray is used by tasks of one runtime only".into());
+        }
+        let mut out = Acquired::default();
+        if device.arch() == Arch::Cpu {
+            if access.reads() && !s.host_valid {
+                self.fetch_to_host(&mut s)?;
+            }
+            if !s.host_settled()? {
+                out.ready = s.host_ready.clone();
+            }
+            s.grants.push((task, device, access));
+            return Ok(out);
+        }
+        if s.copy(device).is_none() {
+            let buf = self.new_buf(&mut s)?;
+            s.copies.push(Copy {
+                device,
+                buf,
+                valid: false,
+                pins: 0,
+                last_use: 0,
+                ledger: ledger.clone(),
+                borrow: Borrow::default(),
+            });
+            out.allocated = self.bytes;
+            ledger.resident(device, self.weak());
+        }
+        let needs_fill = !s.copy(device).is_some_and(|c| c.valid);
+        if needs_fill && access.reads() {
+            self.fill(&mut s, device)?;
+        }
+        let c = s.copy_mut(device).ok_or("the copy went away")?;
+        c.valid = true;
+        if !pinned {
+            c.pins += 1;
+        }
+        c.last_use = tick();
+        s.grants.push((task, device, access));
+        Ok(out)
+    }
+
+    fn release(&self, task: usize, device: Device, access: Access) {
+        let mut freed = Vec::new();
+        {
+            let mut s = self.state.lock();
+            if let Some(i) = s.grants.iter().position(|g| g.0 == task && g.1 == device) {
+                s.grants.swap_remove(i);
+            }
+            if access.writes() {
+                if device.arch() == Arch::Cpu {
+                    // (`acquire` waited for any copy into the host.)
+                    s.host_valid = true;
+                    s.host_ready = None;
+                    Self::drop_copies(&mut s, None, &mut freed, self.bytes);
+                } else {
+                    // (A write-back still landing in the host copy keeps its fence: the
+                    // next writer of the host waits for it.)
+                    s.host_valid = false;
+                    Self::drop_copies(&mut s, Some(device), &mut freed, self.bytes);
+                }
+            }
+            if let Some(c) = s.copy_mut(device) {
+                c.pins = c.pins.saturating_sub(1);
+                c.last_use = tick();
+            }
+        }
+        for (ledger, d, bytes) in freed {
+            ledger.freed(d, bytes);
+        }
+    }
+}
+
+impl<A: Element, D: Dimension + 'static> Inner<A, D> {
+    /// A new (unfilled) buffer on the running task's device.
+    fn new_buf(&self, s: &mut State<A>) -> std::result::Result<Buf<A>, String> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = parla_gpu::current() {
+            // The host copy is page-locked once, the first time a GPU uses the array (when
+            // no host view is borrowed), so copies are asynchronous from then on.
+            if let Host::Plain(b) = &s.host
+                && s.host_borrow.load(Ordering::Acquire) == 0
+                && s.host_ready.is_none()
+            {
+                let pinned = PinnedVec::from_slice(b).map_err(|e| e.to_string())?;
+                s.host = Host::Pinned(pinned);
+            }
+            let slice = gpu
+                .alloc_zeros::<A>(self.len.max(1))
+                .map_err(|e| e.to_string())?;
+            return Ok(Buf::Gpu(Box::new(slice), gpu.handle()));
+        }
+        let _ = s;
+        Ok(Buf::Virtual(vec![A::ZERO; self.len].into_boxed_slice()))
+    }
+
+    /// Fills the copy on `device` from the host copy or another valid copy.
+    fn fill(&self, s: &mut State<A>, device: Device) -> std::result::Result<(), String> {
+        let host_valid = s.host_valid;
+        let i = s
+            .copies
+            .iter()
+            .position(|c| c.device == device)
+            .ok_or("the copy went away")?;
+        // Split the borrow: the destination out, a source among the rest.
+        let mut dst = s.copies.swap_remove(i);
+        let res = (|| {
+            match &mut dst.buf {
+                Buf::Virtual(b) => {
+                    if host_valid {
+                        b.copy_from_slice(s.host.as_slice());
+                    } else if let Some(src) = s.copies.iter().find(|c| c.valid) {
+                        match &src.buf {
+                            Buf::Virtual(from) => b.copy_from_slice(from),
+                            #[cfg(feature = "cuda")]
+                            Buf::Gpu(..) => {
+                                return Err(
+                                    "a virtual GPU cannot read a real GPU's copy".to_string()
+                                );
+                            }
+                        }
+                    } else {
+                        return Err("no valid copy of the array anywhere".into());
+                    }
+                }
+                #[cfg(feature = "cuda")]
+                Buf::Gpu(slice, _) => {
+                    let gpu = parla_gpu::current().ok_or("a GPU copy is filled in a GPU task")?;
+                    if host_valid {
+                        if let Some(f) = &s.host_ready {
+                            gpu.wait_on(&**f).map_err(|e| e.to_string())?;
+                        }
+                        match &s.host {
+                            Host::Pinned(p) => {
+                                gpu.upload_pinned(p, slice).map_err(|e| e.to_string())?
+                            }
+                            Host::Plain(b) => {
+                                **slice = gpu.upload(b).map_err(|e| e.to_string())?;
+                            }
+                        }
+                    } else if let Some(src) = s.copies.iter().find(|c| c.valid) {
+                        match &src.buf {
+                            Buf::Gpu(from, _) => {
+                                gpu.copy_into(from, slice).map_err(|e| e.to_string())?
+                            }
+                            Buf::Virtual(_) => {
+                                return Err("a real GPU cannot read a virtual GPU's copy".into());
+                            }
+                        }
+                    } else {
+                        return Err("no valid copy of the array anywhere".into());
+                    }
+                }
+            }
+            Ok(())
+        })();
+        s.copies.push(dst);
+        res
+    }
+}
+
+impl<A, D> Drop for Inner<A, D> {
+    fn drop(&mut self) {
+        let s = self.state.get_mut();
+        // A copy into the host may still be writing it: wait before freeing.
+        if let Some(f) = s.host_ready.take() {
+            while f.status() == FenceStatus::Pending {
+                std::thread::yield_now();
+            }
+        }
+        let bytes = self.bytes;
+        for c in s.copies.drain(..) {
+            let (ledger, d) = (c.ledger.clone(), c.device);
+            drop(c);
+            ledger.freed(d, bytes);
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! PArray without CUDA (the CPU and virtual GPUs, which keep their own copies in host
+//! memory): coherence, ordering by declared accesses, access errors, eviction, tiles.
+
+mod support;
+
+use ndarray::{Array1, Array2, array};
+use parla::array::PArray;
+use parla::prelude::*;
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn copies_follow_the_writer_and_reads_see_the_last_write() {
+    let rt = support::vgpu(2, 2, MIB);
+    let a = PArray::from(Array1::from_vec((0..100u64).collect()));
+    let (seen, where_valid) = support::within(60, move || {
+        rt.block_on(async move {
+            let mut where_valid = Vec::new();
+            // CPU, then gpu 0, then gpu 1 add 1, 10, 100; each reads what the last wrote.
+            for (k, p) in [
+                (1, Placement::Cpu),
+                (10, Placement::Gpu(0)),
+                (100, Placement::Gpu(1)),
+            ] {
+                let b = a.clone();
+                task(async move {
+                    b.write()?.mapv_inplace(|x| x + k);
+                    Ok::<_, parla::Error>(())
+                })
+                .reads_writes(&a)
+                .placement(p)
+                .await??;
+                where_valid.push(a.valid_devices());
+            }
+            // Two readers on different devices: both copies valid afterwards.
+            let (b, c) = (a.clone(), a.clone());
+            let r0 = task(async move { Ok::<_, parla::Error>(b.read()?.sum()) })
+                .reads(&a)
+                .placement(Placement::Gpu(0))
+                .spawn();
+            let r1 = task(async move { Ok::<_, parla::Error>(c.read()?.sum()) })
+                .reads(&a)
+                .placement(Placement::Cpu)
+                .spawn();
+            let sums = (r0.await??, r1.await??);
+            where_valid.push(a.valid_devices());
+            let host = a.to_host().await?;
+            Ok::<_, parla::Error>(((sums, host), where_valid))
+        })
+        .unwrap()
+    });
+    let want: u64 = (0..100u64).map(|x| x + 111).sum();
+    assert_eq!(seen.0, (want, want));
+    assert_eq!(
+        seen.1,
+        Array1::from_vec((0..100u64).map(|x| x + 111).collect())
+    );
+    assert_eq!(where_valid[0], vec![Device::CPU]);
+    assert_eq!(
+        where_valid[1],
+        vec![Device::gpu(0)],
+        "the writer's copy only"
+    );
+    assert_eq!(where_valid[2], vec![Device::gpu(1)]);
+    let mut shared = where_valid[3].clone();
+    shared.sort_by_key(|d| d.to_string());
+    assert_eq!(shared, vec![Device::CPU, Device::gpu(0), Device::gpu(1)]);
+}
+
+#[test]
+fn accesses_order_tasks_in_spawn_order_without_after() {
+    let rt = support::vgpu(2, 2, MIB);
+    let log = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let l2 = log.clone();
+    let out = support::within(60, move || {
+        rt.block_on(async move {
+            let a = PArray::from(array![0u64]);
+            let places = [Placement::Cpu, Placement::Gpu(0), Placement::Gpu(1)];
+            // w0 r1 r2 w3 r4: reads between writes see the write before them, and w3 waits
+            // for both readers.
+            let mut hs = Vec::new();
+            for (i, write) in [true, false, false, true, false].into_iter().enumerate() {
+                let (b, log) = (a.clone(), l2.clone());
+                let t = task(async move {
+                    if write {
+                        // Slow writers: a missing order would show.
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        b.write()?[0] = i as u64 + 1;
+                    }
+                    let v = b.read()?[0];
+                    log.lock().push((i, v));
+                    Ok::<_, parla::Error>(v)
+                })
+                .placement(places[i % 3]);
+                let t = if write {
+                    t.reads_writes(&a)
+                } else {
+                    t.reads(&a)
+                };
+                hs.push(t.spawn());
+            }
+            let mut vs = Vec::new();
+            for h in hs {
+                vs.push(h.await.unwrap().unwrap());
+            }
+            vs
+        })
+    });
+    assert_eq!(out, vec![1, 1, 1, 4, 4]);
+    let log = log.lock();
+    let pos = |i| log.iter().position(|&(j, _)| j == i).unwrap();
+    assert!(pos(0) < pos(1) && pos(0) < pos(2));
+    assert!(pos(1) < pos(3) && pos(2) < pos(3) && pos(3) < pos(4));
+}
+
+#[test]
+fn undeclared_and_read_only_uses_are_errors() {
+    let rt = support::vgpu(2, 1, MIB);
+    let a = PArray::from(array![1.0f64, 2.0]);
+    let b = PArray::from(array![3.0f64]);
+    let errs = support::within(60, move || {
+        rt.block_on(async move {
+            let (a2, b2) = (a.clone(), b.clone());
+            let undeclared = task(async move { b2.read().map(|_| ()) })
+                .reads(&a2)
+                .await
+                .unwrap();
+            let a3 = a.clone();
+            let read_only = task(async move { a3.write().map(|_| ()) })
+                .reads(&a)
+                .placement(Placement::AnyGpu)
+                .await
+                .unwrap();
+            let a4 = a.clone();
+            let twice = task(async move {
+                let w = a4.write()?;
+                let again = a4.read().map(|_| ());
+                drop(w);
+                Ok::<_, parla::Error>(again)
+            })
+            .reads_writes(&a)
+            .await
+            .unwrap()
+            .unwrap();
+            let outside = a.read().map(|_| ());
+            (undeclared, read_only, twice, outside)
+        })
+    });
+    fn msg(r: &Result<(), parla::Error>) -> String {
+        r.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+    }
+    assert!(msg(&errs.0).contains("did not declare"), "{}", msg(&errs.0));
+    assert!(msg(&errs.1).contains("read-only"), "{}", msg(&errs.1));
+    assert!(
+        msg(&errs.2).contains("borrowed mutably"),
+        "{}",
+        msg(&errs.2)
+    );
+    assert!(msg(&errs.3).contains("inside a task"), "{}", msg(&errs.3));
+}
+
+#[test]
+fn a_full_gpu_evicts_unused_copies_and_writes_back_the_only_valid_one() {
+    // Room for two arrays of 64 KiB on the virtual GPU.
+    let n = 8192usize;
+    let rt = support::vgpu(2, 1, 2 * (n as u64) * 8);
+    let arrays: Vec<PArray<u64, _>> = (0..5u64)
+        .map(|k| PArray::from(Array1::from_elem(n, k)))
+        .collect();
+    let usage_ok = support::within(60, move || {
+        rt.block_on(async {
+            // Each GPU task writes its array: after it, the GPU copy is the only valid one.
+            for (k, a) in arrays.iter().enumerate() {
+                let b = a.clone();
+                task(async move {
+                    b.write()?.mapv_inplace(|x| x * 10 + k as u64);
+                    Ok::<_, parla::Error>(())
+                })
+                .reads_writes(a)
+                .placement(Placement::Gpu(0))
+                .await
+                .unwrap()
+                .unwrap();
+                let used = rt.usage(Device::gpu(0)).unwrap().mem;
+                assert!(used <= 2 * (n as u64) * 8, "budget kept: {used}");
+            }
+            let mut back = Vec::new();
+            for a in &arrays {
+                back.push(a.to_host().await.unwrap());
+            }
+            let resident: u64 = arrays
+                .iter()
+                .filter(|a| a.valid_devices().contains(&Device::gpu(0)))
+                .map(|a| a.bytes())
+                .sum();
+            (back, resident, rt.usage(Device::gpu(0)).unwrap().mem)
+        })
+    });
+    let (back, resident, used) = usage_ok;
+    for (k, a) in back.iter().enumerate() {
+        assert!(
+            a.iter().all(|&x| x == k as u64 * 11),
+            "array {k} written back intact"
+        );
+    }
+    assert_eq!(
+        resident, used,
+        "the budget counts exactly the copies on the GPU"
+    );
+    assert!(resident <= 2 * (n as u64) * 8);
+}
+
+#[test]
+fn data_too_big_for_every_device_is_unsatisfiable() {
+    let rt = support::vgpu(2, 1, 1024);
+    let a = PArray::from(Array1::<f64>::zeros(1024));
+    let err = support::within(60, move || {
+        rt.block_on(async move { task(async {}).reads(&a).placement(Placement::AnyGpu).await })
+    })
+    .unwrap_err();
+    assert!(matches!(err, TaskError::Unsatisfiable { .. }), "{err}");
+    assert!(err.to_string().contains("bytes of data"), "{err}");
+}
+
+#[test]
+fn tiles_are_arrays_of_their_own_and_assemble() {
+    let rt = support::vgpu(2, 2, MIB);
+    let m = Array2::from_shape_fn((10, 7), |(i, j)| (i * 7 + j) as f64);
+    let a = PArray::from(m.clone());
+    let out = support::within(60, move || {
+        rt.block_on(async move {
+            let t = a.tiles(4, 3)?;
+            assert_eq!((t.rows(), t.cols()), (3, 3));
+            assert_eq!(t.get(2, 2).shape(), &[2, 1]);
+            // Negate every tile, on devices in turn.
+            for (k, tile) in t.iter().enumerate() {
+                let b = tile.clone();
+                task(async move {
+                    b.write()?.mapv_inplace(|x| -x);
+                    Ok::<_, parla::Error>(())
+                })
+                .reads_writes(tile)
+                .placement([Placement::Cpu, Placement::Gpu(0), Placement::Gpu(1)][k % 3])
+                .spawn();
+            }
+            let whole = t.to_host().await?;
+            let untouched = a.to_host().await?;
+            Ok::<_, parla::Error>((whole, untouched))
+        })
+    })
+    .unwrap();
+    assert_eq!(out.0, -&m);
+    assert_eq!(out.1, m, "the array the tiles came from is unchanged");
+}
+
+#[test]
+fn a_failed_writer_fails_later_users_of_its_data() {
+    let rt = support::vgpu(2, 1, MIB);
+    let a = PArray::from(array![1u32]);
+    let res = support::within(60, move || {
+        rt.block_on(async move {
+            let w = task(async { panic!("writer fails") }).writes(&a).spawn();
+            let b = a.clone();
+            let r = task(async move { b.read().map(|v| v[0]) }).reads(&a).await;
+            (w.await.is_err(), r)
+        })
+    });
+    assert!(res.0);
+    assert!(
+        matches!(res.1, Err(TaskError::DependencyFailed { .. })),
+        "{:?}",
+        res.1
+    );
+}
