@@ -41,13 +41,13 @@ mod runtime;
 pub use array::clone_here;
 pub use runtime::{Builder, Runtime};
 
-pub use parla_core::variants;
 pub use parla_core::{
     Arch, Candidate, DepList, Deps, Device, EnterGuard, Error, Handle, Hold, IntoDeps, IntoKey,
     IntoPart, IntoPlacements, Key, KeyRange, MappingPolicy, MostFree, Part, Placement, Placements,
     RangeWait, RefWait, Result, SpaceWait, TaskBuilder, TaskError, TaskHandle, TaskInfo, TaskRange,
     TaskRef, TaskSpace, current_device, current_task, deps, task,
 };
+pub use parla_core::{data, variants};
 pub use parla_macros::{main, specialize, task, variant};
 
 /// Device types, the admission constants, and the GPU backend interface.

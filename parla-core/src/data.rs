@@ -159,7 +159,9 @@ pub trait DataObject: Send + Sync + 'static {
     /// Called in the task, on `device`, before its body runs: makes the object valid there
     /// for `access` (copying it from where it is valid), pinned (`pinned`: admission pinned
     /// a valid copy already). Copies to a GPU are enqueued on the task's stream. `task` is
-    /// the task's [`current_task_key`].
+    /// the task's [`current_task_key`]. A write access makes the copy exclusive at once:
+    /// the other copies are freed (reported to their ledgers), so none is read, or written
+    /// back over this one, while the task writes.
     fn acquire(
         &self,
         ledger: &Ledger,

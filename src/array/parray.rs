@@ -800,49 +800,13 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
         access: Access,
         pinned: bool,
     ) -> std::result::Result<Acquired, String> {
-        let mut s = self.state.lock();
-        if let Some(c) = s.copies.first()
-            && !c.ledger.same_runtime(ledger)
-        {
-            return Err("a PArray is used by tasks of one runtime only".into());
+        let mut freed = Vec::new();
+        let res = self.acquire_locked(ledger, task, device, access, pinned, &mut freed);
+        // Reported outside the lock: the runtime may serve its queues, which lock objects.
+        for (ledger, d, bytes) in freed {
+            ledger.freed(d, bytes);
         }
-        let mut out = Acquired::default();
-        if device.arch() == Arch::Cpu {
-            if access.reads() && !s.host_valid {
-                self.fetch_to_host(&mut s)?;
-            }
-            if !s.host_settled()? {
-                out.ready = s.host_ready.clone();
-            }
-            s.grants.push((task, device, access));
-            return Ok(out);
-        }
-        if s.copy(device).is_none() {
-            let buf = self.new_buf(&mut s)?;
-            s.copies.push(Copy {
-                device,
-                buf,
-                valid: false,
-                pins: 0,
-                last_use: 0,
-                ledger: ledger.clone(),
-                borrow: Borrow::default(),
-            });
-            out.allocated = self.bytes;
-            ledger.resident(device, self.weak());
-        }
-        let needs_fill = !s.copy(device).is_some_and(|c| c.valid);
-        if needs_fill && access.reads() {
-            self.fill(&mut s, device)?;
-        }
-        let c = s.copy_mut(device).ok_or("the copy went away")?;
-        c.valid = true;
-        if !pinned {
-            c.pins += 1;
-        }
-        c.last_use = tick();
-        s.grants.push((task, device, access));
-        Ok(out)
+        res
     }
 
     fn release(&self, task: usize, device: Device, access: Access) {
@@ -877,6 +841,73 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
 }
 
 impl<A: Element, D: Dimension + 'static> Inner<A, D> {
+    /// [`DataObject::acquire`]; the copies it frees go to `freed` (reported by the caller,
+    /// outside the lock).
+    fn acquire_locked(
+        &self,
+        ledger: &Ledger,
+        task: usize,
+        device: Device,
+        access: Access,
+        pinned: bool,
+        freed: &mut Vec<(Ledger, Device, u64)>,
+    ) -> std::result::Result<Acquired, String> {
+        let mut s = self.state.lock();
+        if let Some(c) = s.copies.first()
+            && !c.ledger.same_runtime(ledger)
+        {
+            return Err("a PArray is used by tasks of one runtime only".into());
+        }
+        let mut out = Acquired::default();
+        if device.arch() == Arch::Cpu {
+            if access.reads() && !s.host_valid {
+                self.fetch_to_host(&mut s)?;
+            }
+            if !s.host_settled()? {
+                out.ready = s.host_ready.clone();
+            }
+            if access.writes() {
+                // Exclusive from now on (MSI): no other copy may be read, or written back
+                // over this one, while the task writes.
+                s.host_valid = true;
+                Self::drop_copies(&mut s, None, freed, self.bytes);
+            }
+            s.grants.push((task, device, access));
+            return Ok(out);
+        }
+        if s.copy(device).is_none() {
+            let buf = self.new_buf(&mut s)?;
+            s.copies.push(Copy {
+                device,
+                buf,
+                valid: false,
+                pins: 0,
+                last_use: 0,
+                ledger: ledger.clone(),
+                borrow: Borrow::default(),
+            });
+            out.allocated = self.bytes;
+            ledger.resident(device, self.weak());
+        }
+        let needs_fill = !s.copy(device).is_some_and(|c| c.valid);
+        if needs_fill && access.reads() {
+            self.fill(&mut s, device)?;
+        }
+        let c = s.copy_mut(device).ok_or("the copy went away")?;
+        c.valid = true;
+        if !pinned {
+            c.pins += 1;
+        }
+        c.last_use = tick();
+        if access.writes() {
+            // Exclusive from now on, as on the CPU.
+            s.host_valid = false;
+            Self::drop_copies(&mut s, Some(device), freed, self.bytes);
+        }
+        s.grants.push((task, device, access));
+        Ok(out)
+    }
+
     /// A new (unfilled) buffer on the running task's device.
     fn new_buf(&self, s: &mut State<A>) -> std::result::Result<Buf<A>, String> {
         #[cfg(feature = "cuda")]

@@ -4,9 +4,14 @@
 //! makes a task's data valid before its body runs and releases it after.
 //!
 //! # Invariants
-//! - A device's data queue is served in order, by one thread at a time (under its lock):
+//! - A device's data queue is served in order, by one thread at a time (under its lock,
+//!   taken with `try_lock`: a thread that finds it taken sets `again` and leaves, and the
+//!   server looks again before it leaves, so no request is lost and nobody blocks):
 //!   the head's missing bytes are computed and its valid copies pinned at the moment it is
 //!   admitted, never earlier, so nothing a waiting task holds can block another.
+//! - Lock order: a device's queue, then a data object's lock, then the device's map of
+//!   resident objects (never the other way: the map is read into a list before objects are
+//!   asked anything).
 //! - The head waits only while running tasks hold what it needs: when nothing runs on the
 //!   device, every copy there is unpinned and evictable, and the head fits (its data and
 //!   workspace fit the budget, or it was refused at spawn).
@@ -14,7 +19,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
@@ -32,8 +37,15 @@ use crate::graph::node::Task;
 /// A device's tasks with data waiting for admission, and the objects with a copy there.
 #[derive(Default)]
 pub(crate) struct DeviceData {
+    /// Tasks just made ready, in order (pushed without a lock, so that any thread, even one
+    /// serving the queue, can add to it).
+    incoming: crossbeam_queue::SegQueue<Arc<dyn Task>>,
+    /// Tasks waiting, in order; its lock is held by the one thread serving the queue.
     queue: Mutex<VecDeque<Arc<dyn Task>>>,
+    /// Tasks in `incoming` and `queue`.
     queued: AtomicUsize,
+    /// Someone asked for the queue to be served (again) since the server last looked.
+    again: AtomicBool,
     resident: Mutex<FxHashMap<usize, Weak<dyn DataObject>>>,
 }
 
@@ -91,25 +103,43 @@ impl RtInner {
         out: &mut super::exec::Launch,
     ) {
         let dev = &self.devices[slot];
-        dev.data.queue.lock().push_back(task);
         dev.data.queued.fetch_add(1, Ordering::AcqRel);
+        dev.data.incoming.push(task);
         self.pump(slot, out);
     }
 
     /// Admits the device's data tasks in order while the head fits (evicting for it).
+    ///
+    /// One thread serves at a time; a thread that finds another serving leaves the work to
+    /// it (the server looks again before it leaves), so serving never waits on a lock and
+    /// may be asked for from anywhere, even from inside a serve (an object dropped while
+    /// evicting reports its freed bytes).
     pub(crate) fn pump(&self, slot: usize, out: &mut super::exec::Launch) {
         let dev = &self.devices[slot];
         if dev.data.queued() == 0 {
             return;
         }
-        let mut q = dev.data.queue.lock();
-        while let Some(t) = q.front() {
-            if !self.admit_data(slot, t, out) {
-                break;
+        dev.data.again.store(true, Ordering::SeqCst);
+        loop {
+            let Some(mut q) = dev.data.queue.try_lock() else {
+                return;
+            };
+            dev.data.again.store(false, Ordering::SeqCst);
+            while let Some(t) = dev.data.incoming.pop() {
+                q.push_back(t);
             }
-            if let Some(t) = q.pop_front() {
-                dev.data.queued.fetch_sub(1, Ordering::AcqRel);
-                out.push(t);
+            while let Some(t) = q.front() {
+                if !self.admit_data(slot, t, out) {
+                    break;
+                }
+                if let Some(t) = q.pop_front() {
+                    dev.data.queued.fetch_sub(1, Ordering::AcqRel);
+                    out.push(t);
+                }
+            }
+            drop(q);
+            if !dev.data.again.load(Ordering::SeqCst) {
+                return;
             }
         }
     }
@@ -168,15 +198,18 @@ impl RtInner {
     fn evict(&self, slot: usize, need: u64, keep: &Accesses, out: &mut super::exec::Launch) -> u64 {
         let dev = &self.devices[slot];
         let device = dev.device;
-        let mut cands: Vec<(u64, Arc<dyn DataObject>)> = {
+        // Taken out of the map before asking the objects: an object's lock is held while
+        // it registers a copy here, so the map's lock is never held while taking one.
+        let objects: Vec<Arc<dyn DataObject>> = {
             let mut r = dev.data.resident.lock();
             r.retain(|_, w| w.strong_count() > 0);
-            r.values()
-                .filter_map(Weak::upgrade)
-                .filter(|o| !keep.items.iter().any(|i| i.obj.key() == o.key()))
-                .filter_map(|o| o.last_use(device).map(|t| (t, o)))
-                .collect()
+            r.values().filter_map(Weak::upgrade).collect()
         };
+        let mut cands: Vec<(u64, Arc<dyn DataObject>)> = objects
+            .into_iter()
+            .filter(|o| !keep.items.iter().any(|i| i.obj.key() == o.key()))
+            .filter_map(|o| o.last_use(device).map(|t| (t, o)))
+            .collect();
         cands.sort_by_key(|(t, _)| *t);
         let mut freed = 0;
         for (_, o) in cands {
