@@ -272,3 +272,44 @@ fn a_failed_writer_fails_later_users_of_its_data() {
         res.1
     );
 }
+
+#[test]
+fn parents_with_data_awaiting_children_with_data_lend_their_vcus() {
+    // Default VCUs on 2 workers: two parents fill the CPU; their children only run because
+    // the parents lend their VCUs while they wait.
+    let rt = support::cpu(2);
+    let parents: Vec<PArray<u64, _>> = (0..4).map(|_| PArray::from(array![0u64])).collect();
+    let children: Vec<PArray<u64, _>> = (0..4).map(|_| PArray::from(array![0u64])).collect();
+    let sums = support::within(60, move || {
+        rt.block_on(async {
+            let mut hs = Vec::new();
+            for (p, c) in parents.iter().zip(&children) {
+                let (p2, c2) = (p.clone(), c.clone());
+                hs.push(
+                    task(async move {
+                        let c3 = c2.clone();
+                        task(async move {
+                            c3.write()?[0] = 20;
+                            Ok::<_, parla::Error>(())
+                        })
+                        .writes(&c2)
+                        .await??;
+                        p2.write()?[0] = 1;
+                        Ok::<_, parla::Error>(())
+                    })
+                    .reads_writes(p)
+                    .spawn(),
+                );
+            }
+            for h in hs {
+                h.await.unwrap().unwrap();
+            }
+            let mut total = 0;
+            for a in parents.iter().chain(&children) {
+                total += a.to_host().await.unwrap()[0];
+            }
+            total
+        })
+    });
+    assert_eq!(sums, 4 * 21);
+}

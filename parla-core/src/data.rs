@@ -125,6 +125,12 @@ pub trait AsData {
     fn as_data(&self) -> Arc<dyn DataObject>;
 }
 
+impl AsData for Arc<dyn DataObject> {
+    fn as_data(&self) -> Arc<dyn DataObject> {
+        self.clone()
+    }
+}
+
 /// A data object the scheduler can move and order tasks by. Implemented by the data layer
 /// (the `parla` crate's `PArray`); the methods are called by the runtime.
 pub trait DataObject: Send + Sync + 'static {

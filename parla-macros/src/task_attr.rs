@@ -55,7 +55,21 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             "#[task] functions cannot take `self`: a task's future must own its data ('static)",
         ));
     }
+    let params: Vec<String> = f
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|a| match a {
+            FnArg::Typed(t) => match &*t.pat {
+                syn::Pat::Ident(i) => Some(i.ident.to_string()),
+                _ => None,
+            },
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
     let mut calls = Vec::new();
+    // Data accesses: each named parameter is taken as data before the body moves it.
+    let mut takes = Vec::new();
     for a in &args {
         let key = a.key.to_string();
         let v = &a.value;
@@ -92,10 +106,46 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 let v = bytes(v);
                 calls.push(quote_spanned!(a.key.span()=> .memory(#v)));
             }
+            "reads" | "writes" | "reads_writes" => {
+                let names: Vec<&Expr> = match v {
+                    Expr::Array(arr) => arr.elems.iter().collect(),
+                    one => vec![one],
+                };
+                for n in names {
+                    let Expr::Path(p) = n else {
+                        return Err(err(
+                            n.span(),
+                            format!(
+                                "{key} names parameters of the function, like `{key} = [a, b]`"
+                            ),
+                        ));
+                    };
+                    let Some(id) = p.path.get_ident() else {
+                        return Err(err(
+                            p.span(),
+                            format!("{key} names parameters of the function"),
+                        ));
+                    };
+                    if !params.contains(&id.to_string()) {
+                        return Err(err(
+                            id.span(),
+                            format!(
+                                "`{id}` is not a parameter of this function: {key} names the function's data parameters"
+                            ),
+                        ));
+                    }
+                    let tmp = quote::format_ident!("__parla_data_{}", takes.len());
+                    takes.push(quote_spanned!(id.span()=> let #tmp = ::parla::data::AsData::as_data(&#id);));
+                    let method = quote::format_ident!("{}", key);
+                    calls.push(quote_spanned!(a.key.span()=> .#method(&#tmp)));
+                }
+            }
             _ => {
                 return Err(err(
                     a.key.span(),
-                    format!("unknown #[task] argument `{key}`: expected placement, vcus or memory"),
+                    format!(
+                        "unknown #[task] argument `{key}`: expected placement, vcus, memory, reads, writes or reads_writes"
+                    ),
                 ));
             }
         }
@@ -120,6 +170,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         #(#attrs)*
         #[must_use = "a task does nothing until it is spawned or awaited"]
         #vis #new_sig {
+            #(#takes)*
             ::parla::task(async move #block) #(#calls)*
         }
     })

@@ -210,6 +210,8 @@ impl Driver {
         self.rt.devices[device.slot()]
             .admission
             .release(Demand { vcu, mem: 0 }, &mut self.local.admitted);
+        // Tasks with data waiting for VCUs there may fit now too.
+        self.rt.pump(device.slot(), &mut self.local.admitted);
         self.rt.launch(&mut self.local);
     }
 

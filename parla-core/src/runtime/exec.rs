@@ -103,7 +103,7 @@ impl RtInner {
     ) -> Result<(), (Arc<dyn Task>, TaskError)> {
         let h = task.header();
         self.stamp(h, 1);
-        let slot = self.map(h);
+        let slot = self.map(h, task.data());
         let dev = &self.devices[slot];
         let vcu = if h.vcu == DEFAULT_VCU {
             dev.default_vcu
@@ -134,10 +134,11 @@ impl RtInner {
     /// Picks the device slot of a task among its mask: the policy chooses among the devices
     /// that have not failed (all of them if every one failed). A panicking policy is
     /// reported once and replaced by the first candidate that fits now.
-    fn map(&self, h: &Header) -> usize {
+    fn map(&self, h: &Header, data: Option<&crate::data::Accesses>) -> usize {
         if h.mask.is_power_of_two() {
             return h.mask.trailing_zeros() as usize;
         }
+        let data_bytes = data.map_or(0, |acc| acc.bytes());
         let in_mask = |s: usize| h.mask & (1 << s) != 0;
         let healthy =
             (0..self.devices.len()).any(|s| in_mask(s) && self.devices[s].failed.get().is_none());
@@ -162,6 +163,14 @@ impl RtInner {
                 memory_capacity: dev.admission.mem_capacity(),
                 running: dev.running(),
                 slots: dev.slots,
+                data_bytes,
+                data_resident: data.map_or(0, |acc| {
+                    acc.items
+                        .iter()
+                        .filter(|i| i.obj.valid_on(dev.device))
+                        .map(|i| i.obj.bytes())
+                        .sum()
+                }),
             });
         }
         let i = match catch_unwind(AssertUnwindSafe(|| self.policy.choose(&cands))) {

@@ -21,6 +21,10 @@ pub struct Candidate {
     pub running: usize,
     /// How many tasks the device runs at once by design (CPU worker threads, GPU streams).
     pub slots: usize,
+    /// Bytes of the data the task declared (reads and writes).
+    pub data_bytes: u64,
+    /// Of those, the bytes with a valid copy on this device now (no copy needed).
+    pub data_resident: u64,
 }
 
 impl Candidate {
@@ -46,6 +50,16 @@ impl Candidate {
         (VCU_ONE.saturating_sub(self.usage.vcu)) as f64 / VCU_ONE as f64
     }
 
+    /// The fraction of the task's data that would have to be copied to this device
+    /// (0.0 when the task declared none).
+    pub fn missing_data(&self) -> f64 {
+        if self.data_bytes == 0 {
+            0.0
+        } else {
+            self.data_bytes.saturating_sub(self.data_resident) as f64 / self.data_bytes as f64
+        }
+    }
+
     /// Free memory as a fraction of the budget (1.0 for a zero budget).
     pub fn free_memory(&self) -> f64 {
         if self.memory_capacity == 0 {
@@ -63,11 +77,14 @@ pub trait MappingPolicy: Send + Sync + 'static {
     fn choose(&self, candidates: &[Candidate]) -> usize;
 }
 
-/// The default policy: the device with the most free capacity.
+/// The default policy: the device with the most free capacity, weighed against where the
+/// task's data is.
 ///
-/// Devices where the task fits at once come first; then the lowest load (VCUs in use plus
-/// running and queued tasks per slot); then the most free memory; on a tie, a GPU before the
-/// CPU, and the lower index.
+/// Devices where the task fits at once come first; then the lowest cost: the load (VCUs in
+/// use plus running and queued tasks per slot) plus the fraction of the task's data that
+/// would have to be copied there (a task whose data all has to move counts as one more
+/// task per slot); then the most free memory; on a tie, a GPU before the CPU, and the
+/// lower index.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MostFree;
 
@@ -76,7 +93,7 @@ impl MappingPolicy for MostFree {
         let key = |x: &Candidate| {
             (
                 !x.fits_now(),
-                ordered(x.load()),
+                ordered(x.load() + x.missing_data()),
                 ordered(-x.free_memory()),
                 x.device.arch() != Arch::Gpu,
                 x.device.index(),
@@ -107,7 +124,35 @@ mod test {
             memory_capacity: 100,
             running,
             slots: 2,
+            data_bytes: 0,
+            data_resident: 0,
         }
+    }
+
+    #[test]
+    fn data_draws_tasks_to_where_it_is() {
+        let p = MostFree;
+        let with = |mut c: Candidate, resident| {
+            c.data_bytes = 100;
+            c.data_resident = resident;
+            c
+        };
+        // Equal load: the GPU holding the data wins over the other GPU.
+        assert_eq!(
+            p.choose(&[
+                with(cand(Device::gpu(0), 0, 1, 0), 0),
+                with(cand(Device::gpu(1), 0, 1, 0), 100)
+            ]),
+            1
+        );
+        // A much busier device loses even with the data.
+        assert_eq!(
+            p.choose(&[
+                with(cand(Device::gpu(0), 0, 0, 0), 0),
+                with(cand(Device::gpu(1), 0, 6, 0), 100)
+            ]),
+            0
+        );
     }
 
     #[test]
