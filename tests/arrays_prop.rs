@@ -97,10 +97,77 @@ fn initial(o: usize, i: usize) -> u64 {
 }
 
 fn run(p: Program) -> Result<(), TestCaseError> {
-    run_within(p, 60)
+    run_within(p, 60, false)
 }
 
-fn run_within(p: Program, secs: u64) -> Result<(), TestCaseError> {
+/// What a task does with object `o` in op `k`: reads it (recording a checksum) and writes
+/// it as `m` says, through host views, or on a real GPU through its device copy.
+fn touch<D: ndarray::Dimension + 'static>(
+    a: &PArray<u64, D>,
+    k: usize,
+    o: usize,
+    m: Mode,
+    seen: &Mutex<Vec<(usize, usize, u64)>>,
+) -> parla::Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Some(gpu) = parla::gpu::current() {
+        let old: Vec<u64> = if m == Mode::Write {
+            Vec::new()
+        } else {
+            gpu.download(&*a.device()?)?
+        };
+        if m != Mode::Write {
+            seen.lock().push((k, o, checksum(old.iter().copied())));
+        }
+        let new: Vec<u64> = match m {
+            Mode::Read => return Ok(()),
+            Mode::Write => (0..a.len()).map(|i| written(k, i)).collect(),
+            Mode::ReadWrite => old.iter().map(|&x| updated(k, x)).collect(),
+        };
+        let mut d = a.device_mut()?;
+        gpu.stream()
+            .memcpy_htod(&new, &mut *d)
+            .map_err(parla::gpu::Error::from)?;
+        return Ok(());
+    }
+    if m != Mode::Write {
+        let c = checksum(a.read()?.iter().copied());
+        seen.lock().push((k, o, c));
+    }
+    match m {
+        Mode::Read => {}
+        Mode::Write => a
+            .write()?
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = written(k, i)),
+        Mode::ReadWrite => a.write()?.mapv_inplace(|x| updated(k, x)),
+    }
+    Ok(())
+}
+
+/// A runtime for a program: two virtual GPUs of `budget` bytes, or the real GPUs with
+/// their budgets cut to `budget` bytes.
+fn runtime(budget: u64, real: bool) -> parla::Runtime {
+    if !real {
+        return parla::Runtime::builder()
+            .cpu_threads(2)
+            .virtual_gpus(2, budget)
+            .build()
+            .expect("runtime");
+    }
+    let probe = parla::Runtime::builder().build().expect("runtime");
+    let total = probe.memory_budget(Device::gpu(0)).expect("a GPU") as f64 / 0.95;
+    drop(probe);
+    parla::Runtime::builder()
+        .cpu_threads(4)
+        // A few bytes over: the fraction is rounded down on the way back to bytes.
+        .gpu_memory_fraction((budget as f64 + 16.0) / total)
+        .build()
+        .expect("runtime")
+}
+
+fn run_within(p: Program, secs: u64, real: bool) -> Result<(), TestCaseError> {
     let objects = p.lens.len() + TILES;
     // The model: each object's contents, run in spawn order.
     let mut model: Vec<Vec<u64>> = p
@@ -143,11 +210,9 @@ fn run_within(p: Program, secs: u64) -> Result<(), TestCaseError> {
     }
     expected_reads.sort();
 
-    let rt = parla::Runtime::builder()
-        .cpu_threads(2)
-        .virtual_gpus(2, p.budget)
-        .build()
-        .expect("runtime");
+    let rt = runtime(p.budget, real);
+    let gpus = rt.gpus();
+    let budget = rt.memory_budget(Device::gpu(0)).expect("a GPU");
     let ones: Vec<PArray<u64, ndarray::Ix1>> = p
         .lens
         .iter()
@@ -156,7 +221,6 @@ fn run_within(p: Program, secs: u64) -> Result<(), TestCaseError> {
         .collect();
     let tiles = PArray::from(whole.clone()).tiles(4, 4).expect("tiles");
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let budget = p.budget;
     let ops = p.ops.clone();
     let (seen2, tiles2, ones2) = (seen.clone(), tiles.clone(), ones.clone());
     let result = support::within(secs, move || {
@@ -167,7 +231,7 @@ fn run_within(p: Program, secs: u64) -> Result<(), TestCaseError> {
                 let place = match op.place {
                     0 => vec![Placement::Cpu],
                     1 => vec![Placement::Gpu(0)],
-                    2 => vec![Placement::Gpu(1)],
+                    2 => vec![Placement::Gpu(gpus - 1)],
                     3 => vec![Placement::AnyGpu],
                     _ => vec![Placement::Cpu, Placement::AnyGpu],
                 };
@@ -178,46 +242,12 @@ fn run_within(p: Program, secs: u64) -> Result<(), TestCaseError> {
                     if op.yields {
                         tokio::task::yield_now().await;
                     }
-                    if std::env::var_os("DDBG").is_some() {
-                        eprintln!(
-                            "OP {k} task {:x} on {} accesses {:?}",
-                            parla::data::current_task_key().unwrap_or(0) & 0xffff,
-                            current_device(),
-                            accesses
-                        );
-                    }
                     for &(o, m) in &accesses {
                         if o < ones.len() {
-                            let a = &ones[o];
-                            if m != Mode::Write {
-                                let c = checksum(a.read()?.iter().copied());
-                                seen.lock().push((k, o, c));
-                            }
-                            match m {
-                                Mode::Read => {}
-                                Mode::Write => a
-                                    .write()?
-                                    .indexed_iter_mut()
-                                    .for_each(|(i, x)| *x = written(k, i)),
-                                Mode::ReadWrite => a.write()?.mapv_inplace(|x| updated(k, x)),
-                            }
+                            touch(&ones[o], k, o, m, &seen)?;
                         } else {
                             let t = o - ones.len();
-                            let a = tiles.get(t / 2, t % 2);
-                            if m != Mode::Write {
-                                let c = checksum(a.read()?.iter().copied());
-                                seen.lock().push((k, o, c));
-                            }
-                            match m {
-                                Mode::Read => {}
-                                Mode::Write => {
-                                    let mut w = a.write()?;
-                                    let n = w.ncols();
-                                    w.indexed_iter_mut()
-                                        .for_each(|((i, j), x)| *x = written(k, i * n + j));
-                                }
-                                Mode::ReadWrite => a.write()?.mapv_inplace(|x| updated(k, x)),
-                            }
+                            touch(tiles.get(t / 2, t % 2), k, o, m, &seen)?;
                         }
                     }
                     Ok::<_, parla::Error>(())
@@ -251,9 +281,9 @@ fn run_within(p: Program, secs: u64) -> Result<(), TestCaseError> {
                 finals.push(a.to_host().await.expect("to_host").to_vec());
             }
             let assembled = tiles2.to_host().await.expect("tiles to_host");
-            // Quiescent: each virtual GPU reserves exactly the copies it holds.
+            // Quiescent: each GPU reserves exactly the copies it holds.
             let mut ledgers = Vec::new();
-            for g in 0..2 {
+            for g in 0..gpus as u32 {
                 let d = Device::gpu(g);
                 let held: u64 = ones2
                     .iter()
@@ -336,8 +366,23 @@ fn replay() {
     let p = Program { lens, ops, budget };
     for i in 0..200 {
         eprintln!("RUN {i}");
-        if let Err(e) = run_within(p.clone(), 5) {
+        if let Err(e) = run_within(p.clone(), 5, false) {
             panic!("run {i}: {e}");
         }
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn random_programs_on_real_gpus_match_the_sequential_model() {
+    let probe = parla::Runtime::builder().build().expect("runtime");
+    if !probe.has_real_gpus() {
+        eprintln!("no CUDA GPU on this machine");
+        return;
+    }
+    drop(probe);
+    let mut runner = proptest::test_runner::TestRunner::new(support::prop_config(24));
+    runner
+        .run(&program(), |p| run_within(p, 120, true))
+        .unwrap();
 }

@@ -370,6 +370,17 @@ impl GpuContext {
     }
 
     /// A new buffer of `len` values on the task's device, allocated in the task's stream
+    /// order, its contents unspecified (for a buffer about to be written in full).
+    ///
+    /// # Safety
+    /// Nothing reads the buffer before it was written: device memory that was never
+    /// written holds whatever was there before (of this process).
+    pub unsafe fn alloc_uninit<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: the caller's contract: the contents are written before they are read.
+        Ok(unsafe { self.stream().alloc(len) }?)
+    }
+
+    /// A new buffer of `len` values on the task's device, allocated in the task's stream
     /// order, every byte zero.
     pub fn alloc_zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         &self,

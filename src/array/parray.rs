@@ -921,9 +921,10 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
                 let pinned = PinnedVec::from_slice(b).map_err(|e| e.to_string())?;
                 s.host = Host::Pinned(pinned);
             }
-            let slice = gpu
-                .alloc_zeros::<A>(self.len.max(1))
-                .map_err(|e| e.to_string())?;
+            // SAFETY: the copy is filled (copied into) before a read access uses it, and a
+            // write access declared that the task writes it; until then nothing reads it.
+            let slice =
+                unsafe { gpu.alloc_uninit::<A>(self.len.max(1)) }.map_err(|e| e.to_string())?;
             return Ok(Buf::Gpu(Box::new(slice), gpu.handle()));
         }
         let _ = s;
