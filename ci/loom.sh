@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Model-checks the concurrent protocols with loom: device admission (task and resume lanes),
 # activity words (park, wake, outside clones), node state and links (publish vs register,
-# readiness, the join protocol), and the driver/injector handshake.
+# readiness, the join protocol), the driver/injector handshake, and taking turns at serving
+# a queue (data admission).
 # Uses its own target directory: `--cfg parla_loom` changes the build of parla-core.
 set -euo pipefail
 cd "$(dirname "$0")/.."

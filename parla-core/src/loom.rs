@@ -7,7 +7,8 @@
 #[cfg(not(parla_loom))]
 pub(crate) mod sync {
     pub(crate) use std::sync::atomic::{
-        AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+        AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+        fence,
     };
 
     /// A mutex with the same surface as loom's.
@@ -50,7 +51,8 @@ pub(crate) mod sync {
 #[cfg(parla_loom)]
 pub(crate) mod sync {
     pub(crate) use loom::sync::atomic::{
-        AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+        AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+        fence,
     };
 
     /// loom's mutex, unwrapped like parking_lot's.

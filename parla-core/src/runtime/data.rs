@@ -4,9 +4,9 @@
 //! makes a task's data valid before its body runs and releases it after.
 //!
 //! # Invariants
-//! - A device's data queue is served in order, by one thread at a time (under its lock,
-//!   taken with `try_lock`: a thread that finds it taken sets `again` and leaves, and the
-//!   server looks again before it leaves, so no request is lost and nobody blocks):
+//! - A device's data queue is served in order, by one thread at a time, taking turns
+//!   without waiting (`scheduler::turn`: a thread that finds another serving leaves the
+//!   work to it, and no request is lost - loom-checked):
 //!   the head's missing bytes are computed and its valid copies pinned at the moment it is
 //!   admitted, never earlier, so nothing a waiting task holds can block another.
 //! - Lock order: a device's queue, then a data object's lock, then the device's map of
@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
@@ -44,8 +44,8 @@ pub(crate) struct DeviceData {
     queue: Mutex<VecDeque<Arc<dyn Task>>>,
     /// Tasks in `incoming` and `queue`.
     queued: AtomicUsize,
-    /// Someone asked for the queue to be served (again) since the server last looked.
-    again: AtomicBool,
+    /// Who serves the queue (one thread at a time, nobody waiting).
+    turn: crate::scheduler::turn::Turn,
     resident: Mutex<FxHashMap<usize, Weak<dyn DataObject>>>,
 }
 
@@ -119,12 +119,9 @@ impl RtInner {
         if dev.data.queued() == 0 {
             return;
         }
-        dev.data.again.store(true, Ordering::SeqCst);
-        loop {
-            let Some(mut q) = dev.data.queue.try_lock() else {
-                return;
-            };
-            dev.data.again.store(false, Ordering::SeqCst);
+        dev.data.turn.request(|| {
+            // Only the server locks it: never contended.
+            let mut q = dev.data.queue.lock();
             while let Some(t) = dev.data.incoming.pop() {
                 q.push_back(t);
             }
@@ -137,11 +134,7 @@ impl RtInner {
                     out.push(t);
                 }
             }
-            drop(q);
-            if !dev.data.again.load(Ordering::SeqCst) {
-                return;
-            }
-        }
+        });
     }
 
     /// Tries to admit `t` (a task with data) on `slot`: pins the valid copies there and

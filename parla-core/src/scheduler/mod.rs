@@ -5,3 +5,4 @@
 
 pub(crate) mod admission;
 pub mod mapping;
+pub(crate) mod turn;
