@@ -313,7 +313,10 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
         // grant (pinned: not evicted; no writer runs alongside a reader). The borrow flag
         // excludes a mutable view meanwhile.
         let view = unsafe { ArrayView::from_shape_ptr(self.inner.dim.clone(), ptr) };
-        Ok(Read { view, borrow })
+        Ok(Read {
+            view,
+            _borrow: Held(borrow, false),
+        })
     }
 
     /// A mutable host view of the array for the running task (which declared it written),
@@ -325,7 +328,10 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
         // SAFETY: as in `read`; the borrow flag makes this the only view now, and the
         // pointer came from a mutable reference.
         let view = unsafe { ArrayViewMut::from_shape_ptr(self.inner.dim.clone(), ptr as *mut A) };
-        Ok(Write { view, borrow })
+        Ok(Write {
+            view,
+            _borrow: Held(borrow, true),
+        })
     }
 
     fn host_side(&self, device: Device) -> Result<(*const A, Borrow)> {
@@ -371,7 +377,10 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
         // SAFETY: the buffer is boxed (its address is stable) and stays allocated while the
         // task holds its grant; the borrow flag excludes a mutable borrow meanwhile.
         let slice = unsafe { &*ptr };
-        Ok(DeviceRead { slice, borrow })
+        Ok(DeviceRead {
+            slice,
+            _borrow: Held(borrow, false),
+        })
     }
 
     /// The running GPU task's copy of the array, mutably (the task declared it written).
@@ -381,7 +390,10 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
         take(&borrow, true)?;
         // SAFETY: as in `device`; the flag makes this the only borrow now.
         let slice = unsafe { &mut *ptr };
-        Ok(DeviceWrite { slice, borrow })
+        Ok(DeviceWrite {
+            slice,
+            _borrow: Held(borrow, true),
+        })
     }
 
     fn device_side(&self, device: Device) -> Result<(*mut CudaSlice<A>, Borrow)> {
@@ -557,6 +569,20 @@ impl<A: Element> PArray<A, Ix2> {
     }
 }
 
+/// A borrow flag taken by a view (exclusively for a mutable one), given back when the view
+/// drops.
+struct Held(Borrow, bool);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.store(0, Ordering::Release);
+        } else {
+            self.0.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
 /// Takes a borrow flag: shared (`write = false`) or exclusive.
 fn take(b: &AtomicIsize, write: bool) -> Result<()> {
     if write {
@@ -584,7 +610,7 @@ fn take(b: &AtomicIsize, write: bool) -> Result<()> {
 /// A host view of a [`PArray`] (see [`PArray::read`]).
 pub struct Read<'a, A, D> {
     view: ArrayView<'a, A, D>,
-    borrow: Borrow,
+    _borrow: Held,
 }
 
 impl<'a, A, D> Deref for Read<'a, A, D> {
@@ -594,16 +620,10 @@ impl<'a, A, D> Deref for Read<'a, A, D> {
     }
 }
 
-impl<A, D> Drop for Read<'_, A, D> {
-    fn drop(&mut self) {
-        self.borrow.fetch_sub(1, Ordering::Release);
-    }
-}
-
 /// A mutable host view of a [`PArray`] (see [`PArray::write`]).
 pub struct Write<'a, A, D> {
     view: ArrayViewMut<'a, A, D>,
-    borrow: Borrow,
+    _borrow: Held,
 }
 
 impl<'a, A, D> Deref for Write<'a, A, D> {
@@ -619,17 +639,11 @@ impl<A, D> DerefMut for Write<'_, A, D> {
     }
 }
 
-impl<A, D> Drop for Write<'_, A, D> {
-    fn drop(&mut self) {
-        self.borrow.store(0, Ordering::Release);
-    }
-}
-
 /// A GPU task's copy of a [`PArray`] (see [`PArray::device`]).
 #[cfg(feature = "cuda")]
 pub struct DeviceRead<'a, A> {
     slice: &'a CudaSlice<A>,
-    borrow: Borrow,
+    _borrow: Held,
 }
 
 #[cfg(feature = "cuda")]
@@ -640,18 +654,11 @@ impl<A> Deref for DeviceRead<'_, A> {
     }
 }
 
-#[cfg(feature = "cuda")]
-impl<A> Drop for DeviceRead<'_, A> {
-    fn drop(&mut self) {
-        self.borrow.fetch_sub(1, Ordering::Release);
-    }
-}
-
 /// A GPU task's copy of a [`PArray`], mutably (see [`PArray::device_mut`]).
 #[cfg(feature = "cuda")]
 pub struct DeviceWrite<'a, A> {
     slice: &'a mut CudaSlice<A>,
-    borrow: Borrow,
+    _borrow: Held,
 }
 
 #[cfg(feature = "cuda")]
@@ -666,13 +673,6 @@ impl<A> Deref for DeviceWrite<'_, A> {
 impl<A> DerefMut for DeviceWrite<'_, A> {
     fn deref_mut(&mut self) -> &mut CudaSlice<A> {
         self.slice
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl<A> Drop for DeviceWrite<'_, A> {
-    fn drop(&mut self) {
-        self.borrow.store(0, Ordering::Release);
     }
 }
 
