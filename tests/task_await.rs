@@ -238,7 +238,9 @@ fn block_on_may_select_over_tasks_and_timers() {
             }
             ticks
         });
-        assert_eq!(r, 5);
+        // The id resolves after the fifth tick (a busy machine may fit more ticks in
+        // before the spawned task ran): the select loop ends through the task, not a timer.
+        assert!(r >= 5, "{r}");
     });
 }
 
