@@ -168,3 +168,34 @@ fn tokio_facilities_work_inside_tasks() {
     });
     assert_eq!(v.unwrap(), 7);
 }
+
+/// Tasks made ready together by a finishing task run on two workers at once: each of the
+/// two children blocks its worker until it met the other. (A worker that starts a second
+/// driver must let it go to an idle worker; were the children run one after the other on
+/// one worker, neither would meet the other before its deadline.)
+#[test]
+fn tasks_made_ready_by_a_task_run_on_every_worker() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let rt = support::cpu(2);
+    let met = support::within(60, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("T");
+            let (tx_a, rx_a) = mpsc::channel::<()>();
+            let (tx_b, rx_b) = mpsc::channel::<()>();
+            let meet = |tx: mpsc::Sender<()>, rx: mpsc::Receiver<()>| {
+                move || {
+                    let _ = tx.send(());
+                    rx.recv_timeout(Duration::from_secs(10)).is_ok()
+                }
+            };
+            let (a, b) = (meet(tx_a, rx_b), meet(tx_b, rx_a));
+            let a = task(async move { a() }).after(t.at(0)).spawn();
+            let b = task(async move { b() }).after(t.at(0)).spawn();
+            // Spawned last: its completion, on a worker, makes both children ready.
+            task(async {}).id(t.at(0)).spawn();
+            (a.await, b.await)
+        })
+    });
+    assert_eq!((met.0.ok(), met.1.ok()), (Some(true), Some(true)));
+}

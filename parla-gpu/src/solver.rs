@@ -73,3 +73,60 @@ pub fn syevd(
     }
     Ok((w, info))
 }
+
+/// The Cholesky factorisation of the symmetric positive definite `n x n` matrix in `a`
+/// (column-major, leading dimension `lda`), with cuSOLVER's `potrf` on the handle's stream:
+/// the `triangle` of `a` is overwritten by the factor (`L` with `A = L L^T` for
+/// [`Triangle::Lower`], `U` with `A = U^T U` for [`Triangle::Upper`]); the other triangle is
+/// not touched. cuSOLVER's status goes to `info[0]`: `0`, or the order `i` of the first
+/// leading minor that is not positive definite. Enqueues the work and returns.
+///
+/// Works with any handle: a GPU task's ([`GpuContext::solver`]) or one of your own.
+///
+/// Errors: `a` too small for `n` and `lda`, `info` empty (nothing is enqueued), a cuSOLVER
+/// error.
+pub fn potrf(
+    handle: &DnHandle,
+    triangle: Triangle,
+    n: usize,
+    a: &mut CudaSlice<f64>,
+    lda: usize,
+    info: &mut CudaSlice<i32>,
+) -> Result<()> {
+    let (n32, lda32) = match (i32::try_from(n), i32::try_from(lda)) {
+        (Ok(n), Ok(lda)) => (n, lda),
+        _ => {
+            return Err(Error::Unavailable(format!(
+                "potrf: n = {n}, lda = {lda} do not fit cuSOLVER's 32-bit sizes"
+            )));
+        }
+    };
+    crate::blas::check_matrix("potrf A", a.len(), n32, n32, lda32)?;
+    if info.is_empty() {
+        return Err(Error::Unavailable(
+            "potrf: the status buffer is empty".into(),
+        ));
+    }
+    let stream = handle.stream();
+    if n == 0 {
+        stream.memset_zeros(info)?;
+        return Ok(());
+    }
+    let (a_ptr, _a) = a.device_ptr_mut(stream);
+    let (info_ptr, _i) = info.device_ptr_mut(stream);
+    crate::raw::make_current(stream.context())?;
+    // SAFETY: the sizes were checked above; both buffers are device memory that the
+    // borrows keep allocated until the call is enqueued; cudarc allocates a slice in its
+    // stream's context, and the handle's stream's context is made current. (A buffer of
+    // another context would be a CUDA error, not undefined behaviour: unified addressing.)
+    unsafe {
+        crate::raw::dpotrf(
+            handle,
+            triangle == Triangle::Lower,
+            n32,
+            a_ptr,
+            lda32,
+            info_ptr,
+        )
+    }
+}

@@ -276,6 +276,22 @@ impl GpuHandle {
         Ok(self.0.copy.get_or_init(|| s))
     }
 
+    /// Page-locked host memory for `len` values, uninitialised, allocated with this GPU's
+    /// context (usable from any thread).
+    ///
+    /// # Safety
+    /// The caller writes every value (a download into it, say) before reading any.
+    pub unsafe fn pinned_uninit<T: DeviceRepr>(&self, len: usize) -> Result<PinnedVec<T>> {
+        crate::raw::make_current(&self.0.ctx)?;
+        // SAFETY: this GPU's context is current (just above); the contents are written
+        // before they are read (this function's contract).
+        let res = unsafe { crate::raw::alloc_host::<T>(len) };
+        if let Some(gpu) = crate::current() {
+            crate::raw::make_current(gpu.context())?;
+        }
+        Ok(PinnedVec { ptr: res?, len })
+    }
+
     /// Enqueues a copy of `src` (on this GPU) into `dst` on the device's copy stream, after
     /// `src`'s last write, and returns a fence that fires when it finished. Does not wait.
     ///

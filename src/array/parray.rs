@@ -494,6 +494,11 @@ impl<A: Element> Tiles<A> {
         self.shape
     }
 
+    /// The shape of a whole tile (those of the last row and column may be smaller).
+    pub fn tile_shape(&self) -> (usize, usize) {
+        self.tile
+    }
+
     /// Every tile, row by row.
     pub fn iter(&self) -> impl Iterator<Item = &PArray<A, Ix2>> {
         self.grid.iter()
@@ -520,6 +525,39 @@ impl<A: Element> Tiles<A> {
             t = t.reads(tile);
         }
         t.await?
+    }
+}
+
+impl<A: Element> Tiles<A> {
+    /// A `shape` array of zeros in tiles of `tile` (the last row and column of tiles take
+    /// what remains), without a whole array first: for data that tasks then write tile by
+    /// tile.
+    ///
+    /// Errors: a zero tile size.
+    pub fn zeros(shape: (usize, usize), tile: (usize, usize)) -> Result<Tiles<A>> {
+        let (rows, cols) = tile;
+        if rows == 0 || cols == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "tiles of {rows} x {cols}: a tile has at least one row and one column"
+            )));
+        }
+        let (n, m) = shape;
+        let (tr, tc) = (n.div_ceil(rows), m.div_ceil(cols));
+        let mut grid = Vec::with_capacity(tr * tc);
+        for i in 0..tr {
+            for j in 0..tc {
+                let r = ((i + 1) * rows).min(n) - i * rows;
+                let c = ((j + 1) * cols).min(m) - j * cols;
+                grid.push(PArray::zeros((r, c)));
+            }
+        }
+        Ok(Tiles {
+            grid,
+            rows: tr,
+            cols: tc,
+            shape,
+            tile,
+        })
     }
 }
 
@@ -567,6 +605,11 @@ impl<A: Element> PArray<A, Ix2> {
             tile: (rows, cols),
         })
     }
+}
+
+/// Whether no view borrows through `b` now.
+fn borrow_free(b: &Borrow) -> bool {
+    b.load(Ordering::Acquire) == 0
 }
 
 /// A borrow flag taken by a view (exclusively for a mutable one), given back when the view
@@ -689,6 +732,7 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
             copies,
             host_ready,
             host_valid,
+            host_borrow,
             ..
         } = s;
         let Some(src) = copies.iter().find(|c| c.valid) else {
@@ -702,8 +746,23 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
                     *host_ready = Some(gpu.download_async(slice, p).map_err(|e| e.to_string())?);
                 }
                 Host::Plain(b) => {
-                    let v = parla_gpu::transfer::to_host(slice).map_err(|e| e.to_string())?;
-                    b.copy_from_slice(&v);
+                    if borrow_free(host_borrow) {
+                        // Page-locked now, at the first copy into the host: no stale
+                        // contents to keep (the copy overwrites them all).
+                        let len = b.len();
+                        // SAFETY: the download below writes all `len` values; until its
+                        // fence fires (`host_ready`), nothing reads the host copy.
+                        let mut p =
+                            unsafe { gpu.pinned_uninit::<A>(len) }.map_err(|e| e.to_string())?;
+                        *host_ready = Some(
+                            gpu.download_async(slice, &mut p)
+                                .map_err(|e| e.to_string())?,
+                        );
+                        *host = Host::Pinned(p);
+                    } else {
+                        let v = parla_gpu::transfer::to_host(slice).map_err(|e| e.to_string())?;
+                        b.copy_from_slice(&v);
+                    }
                 }
             },
         }
@@ -876,7 +935,7 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
             return Ok(out);
         }
         if s.copy(device).is_none() {
-            let buf = self.new_buf(&mut s)?;
+            let buf = self.new_buf(&mut s, access.reads())?;
             s.copies.push(Copy {
                 device,
                 buf,
@@ -908,14 +967,18 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
         Ok(out)
     }
 
-    /// A new (unfilled) buffer on the running task's device.
-    fn new_buf(&self, s: &mut State<A>) -> std::result::Result<Buf<A>, String> {
+    /// A new (unfilled) buffer on the running task's device, which `reads` the array or not.
+    fn new_buf(&self, s: &mut State<A>, reads: bool) -> std::result::Result<Buf<A>, String> {
         #[cfg(feature = "cuda")]
         if let Some(gpu) = parla_gpu::current() {
-            // The host copy is page-locked once, the first time a GPU uses the array (when
-            // no host view is borrowed), so copies are asynchronous from then on.
+            // The host copy is page-locked once, the first time it is copied to a GPU (when
+            // no host view is borrowed), so copies are asynchronous from then on. (A copy
+            // that is written first, or filled from another GPU, leaves it as it is; the
+            // first copy back into the host pins it then: `fetch_to_host`.)
             if let Host::Plain(b) = &s.host
-                && s.host_borrow.load(Ordering::Acquire) == 0
+                && reads
+                && s.host_valid
+                && borrow_free(&s.host_borrow)
                 && s.host_ready.is_none()
             {
                 let pinned = PinnedVec::from_slice(b).map_err(|e| e.to_string())?;
@@ -927,7 +990,7 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
                 unsafe { gpu.alloc_uninit::<A>(self.len.max(1)) }.map_err(|e| e.to_string())?;
             return Ok(Buf::Gpu(Box::new(slice), gpu.handle()));
         }
-        let _ = s;
+        let _ = (s, reads);
         Ok(Buf::Virtual(vec![A::ZERO; self.len].into_boxed_slice()))
     }
 

@@ -46,6 +46,7 @@ thread_local! {
     /// The driver polling on this thread (its runtime's id, 0: none) and its next task.
     static DRIVER: Cell<u32> = const { Cell::new(0) };
     static LIFO: RefCell<Option<Arc<dyn Task>>> = const { RefCell::new(None) };
+    static HANDOFF: Cell<bool> = const { Cell::new(false) };
 }
 
 /// How many live-task counts a spawning thread takes from the runtime at once.
@@ -243,6 +244,21 @@ pub(crate) fn offer_next(rt_id: u32, t: Arc<dyn Task>) -> Option<Arc<dyn Task>> 
             None
         }
     })
+}
+
+/// Notes that a driver of runtime `rt_id` polling on this thread started another driver.
+/// Tokio puts a task spawned from a worker in that worker's LIFO slot, which no other worker
+/// can steal and which runs only once the running task yields: the spawning driver must
+/// yield (see [`take_handoff`]) for the two to run on two workers.
+pub(crate) fn note_handoff(rt_id: u32) {
+    if DRIVER.with(|c| c.get()) == rt_id {
+        HANDOFF.with(|c| c.set(true));
+    }
+}
+
+/// Reads and clears the mark of [`note_handoff`].
+pub(crate) fn take_handoff() -> bool {
+    HANDOFF.with(|c| c.replace(false))
 }
 
 /// Takes this thread's next task (the driver polling here).

@@ -283,6 +283,8 @@ impl Future for Driver {
         let _rt = context::enter_rt(&rt);
         let _driver = context::enter_driver(rt.id);
         let mut budget = BUDGET;
+        // (A mark left by a driver that ended on this thread is stale.)
+        context::take_handoff();
         let result = loop {
             let Some(task) = context::take_next().or_else(|| rt.inject.pop()) else {
                 rt.flush(&mut this.local);
@@ -295,8 +297,12 @@ impl Future for Driver {
             this.run(task);
             budget -= 1;
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
-            // Tokio resources answer `Pending` until the driver yields.
-            if budget == 0 || !tokio::task::coop::has_budget_remaining() {
+            // Tokio resources answer `Pending` until the driver yields. A driver that
+            // started another yields too: the new one waits in this worker's LIFO slot
+            // until this one yields, and this one, yielding, goes to the worker's run
+            // queue, where an idle worker is woken to steal it - so both run.
+            if context::take_handoff() || budget == 0 || !tokio::task::coop::has_budget_remaining()
+            {
                 // Let other Tokio tasks on this worker run; the next task goes where any
                 // driver finds it.
                 if let Some(t) = context::take_next() {

@@ -271,6 +271,9 @@ impl RtInner {
             self.ours.fetch_add(1, Ordering::SeqCst);
             self.tokio.spawn(Driver::new(self.clone()));
         }
+        if k > 0 {
+            context::note_handoff(self.id);
+        }
     }
 
     /// Queues a runnable task (which holds its token) for a driver.

@@ -172,11 +172,7 @@ pub(crate) unsafe fn dsyevd(
 ) -> Result<(), crate::Error> {
     use cudarc::cusolver::sys;
     let jobz = sys::cusolverEigMode_t::CUSOLVER_EIG_MODE_VECTOR;
-    let uplo = if lower {
-        sys::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER
-    } else {
-        sys::cublasFillMode_t::CUBLAS_FILL_MODE_UPPER
-    };
+    let uplo = solver_fill(lower);
     let mut lwork: i32 = 0;
     // SAFETY: a size query; `a` and `w` are valid as stated (not accessed), `lwork` is a
     // live out-parameter.
@@ -213,6 +209,165 @@ pub(crate) unsafe fn dsyevd(
             work_ptr as *mut f64,
             lwork,
             info as *mut i32,
+        )
+    }
+    .result()?;
+    Ok(())
+}
+
+/// `cusolverDnDpotrf` (Cholesky factorisation of a symmetric positive definite matrix):
+/// the workspace size, then the factorisation, enqueued on the handle's stream. The `uplo`
+/// triangle of `a` is overwritten by the factor; `info` receives cuSOLVER's status (`0`,
+/// or the order `i` of the leading minor that is not positive definite).
+///
+/// # Safety
+/// `a` holds a column-major `n x n` matrix with leading dimension `lda >= n` (at least
+/// `lda * (n - 1) + n` `f64`s) and `info` one `i32`, device memory of the handle's stream's
+/// context, allocated until the factorisation ran in that stream's order; that context is
+/// current.
+pub(crate) unsafe fn dpotrf(
+    handle: &cudarc::cusolver::DnHandle,
+    lower: bool,
+    n: i32,
+    a: cudarc::driver::sys::CUdeviceptr,
+    lda: i32,
+    info: cudarc::driver::sys::CUdeviceptr,
+) -> Result<(), crate::Error> {
+    use cudarc::cusolver::sys;
+    let uplo = solver_fill(lower);
+    let mut lwork: i32 = 0;
+    // SAFETY: a size query; `a` is valid as stated (not accessed), `lwork` a live
+    // out-parameter.
+    unsafe {
+        sys::cusolverDnDpotrf_bufferSize(handle.cu(), uplo, n, a as *mut f64, lda, &mut lwork)
+    }
+    .result()?;
+    let stream = handle.stream();
+    // SAFETY: uninitialised scratch that only cuSOLVER writes; freed (stream-ordered, on the
+    // same stream) when it drops after the factorisation was enqueued.
+    let mut work = unsafe { stream.alloc::<f64>(lwork.max(1) as usize) }?;
+    let (work_ptr, _record) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut work, stream);
+    // SAFETY: every pointer is valid for the sizes cuSOLVER reads and writes (this
+    // function's contract; `work` holds `lwork` elements); ordered on the handle's stream.
+    unsafe {
+        sys::cusolverDnDpotrf(
+            handle.cu(),
+            uplo,
+            n,
+            a as *mut f64,
+            lda,
+            work_ptr as *mut f64,
+            lwork,
+            info as *mut i32,
+        )
+    }
+    .result()?;
+    Ok(())
+}
+
+/// The cuBLAS fill mode of a triangle.
+fn fill(lower: bool) -> cudarc::cublas::sys::cublasFillMode_t {
+    if lower {
+        cudarc::cublas::sys::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER
+    } else {
+        cudarc::cublas::sys::cublasFillMode_t::CUBLAS_FILL_MODE_UPPER
+    }
+}
+
+/// The cuSOLVER fill mode of a triangle (cuSOLVER declares the enum anew).
+fn solver_fill(lower: bool) -> cudarc::cusolver::sys::cublasFillMode_t {
+    if lower {
+        cudarc::cusolver::sys::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER
+    } else {
+        cudarc::cusolver::sys::cublasFillMode_t::CUBLAS_FILL_MODE_UPPER
+    }
+}
+
+/// The cuBLAS operation: the matrix itself or its transpose.
+fn op(transpose: bool) -> cudarc::cublas::sys::cublasOperation_t {
+    if transpose {
+        cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+/// `cublasDtrsm`: `op(A) X = alpha B` (left) or `X op(A) = alpha B` (right) for the
+/// triangular `A`; `X` overwrites `B` (`m x n`, column-major). Enqueued on the handle's
+/// stream.
+///
+/// # Safety
+/// `a` holds a column-major triangular matrix of order `m` (left) or `n` (right) with
+/// leading dimension `t.lda`, `b` an `m x n` matrix with leading dimension `t.ldb` (each
+/// at least `ld * (cols - 1) + rows` `f64`s), device memory of the handle's context,
+/// allocated until the call ran in the handle's stream's order; that context is current;
+/// `b` does not overlap `a`.
+pub(crate) unsafe fn dtrsm(
+    handle: &cudarc::cublas::CudaBlas,
+    t: &crate::blas::TrsmConfig,
+    a: cudarc::driver::sys::CUdeviceptr,
+    b: cudarc::driver::sys::CUdeviceptr,
+) -> Result<(), crate::Error> {
+    use cudarc::cublas::sys;
+    let side = match t.side {
+        crate::blas::Side::Left => sys::cublasSideMode_t::CUBLAS_SIDE_LEFT,
+        crate::blas::Side::Right => sys::cublasSideMode_t::CUBLAS_SIDE_RIGHT,
+    };
+    let diag = if t.unit_diagonal {
+        sys::cublasDiagType_t::CUBLAS_DIAG_UNIT
+    } else {
+        sys::cublasDiagType_t::CUBLAS_DIAG_NON_UNIT
+    };
+    // SAFETY: the pointers and sizes are valid as stated (this function's contract); the
+    // scalar is read on the host (cuBLAS's default pointer mode) before the call returns.
+    unsafe {
+        sys::cublasDtrsm_v2(
+            *handle.handle(),
+            side,
+            fill(t.triangle == crate::solver::Triangle::Lower),
+            op(t.transpose),
+            diag,
+            t.m,
+            t.n,
+            &t.alpha,
+            a as *const f64,
+            t.lda,
+            b as *mut f64,
+            t.ldb,
+        )
+    }
+    .result()?;
+    Ok(())
+}
+
+/// `cublasDsyrk`: `C = alpha op(A) op(A)^T + beta C` on the `triangle` of the symmetric
+/// `n x n` `C` (`op(A)` is `n x k`). Enqueued on the handle's stream.
+///
+/// # Safety
+/// `a` holds `op(A)`'s matrix (`n x k`, or `k x n` transposed) with leading dimension
+/// `t.lda`, `c` an `n x n` matrix with leading dimension `t.ldc`, as for [`dtrsm`]; the
+/// context is current; `c` does not overlap `a`.
+pub(crate) unsafe fn dsyrk(
+    handle: &cudarc::cublas::CudaBlas,
+    t: &crate::blas::SyrkConfig,
+    a: cudarc::driver::sys::CUdeviceptr,
+    c: cudarc::driver::sys::CUdeviceptr,
+) -> Result<(), crate::Error> {
+    use cudarc::cublas::sys;
+    // SAFETY: as stated (this function's contract); the scalars are read on the host.
+    unsafe {
+        sys::cublasDsyrk_v2(
+            *handle.handle(),
+            fill(t.triangle == crate::solver::Triangle::Lower),
+            op(t.transpose),
+            t.n,
+            t.k,
+            &t.alpha,
+            a as *const f64,
+            t.lda,
+            &t.beta,
+            c as *mut f64,
+            t.ldc,
         )
     }
     .result()?;

@@ -16,6 +16,8 @@
 //! # Ok::<_, parla::Error>(())
 //! ```
 
+pub mod cholesky;
+
 use faer::{MatRef, Side};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, CowArray, Ix1, Ix2};
 

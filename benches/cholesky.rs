@@ -1,0 +1,307 @@
+//! Tiled Cholesky (`parla::linalg::cholesky`) against the vendor libraries, in the same run.
+//!
+//! - CPU: parla-rs tiles (faer kernels, one task each, on the runtime's workers) against
+//!   faer's own Cholesky of the whole matrix (parallel, every core).
+//! - One GPU: parla-rs tiles on GPU 0 (cuSOLVER potrf, cuBLAS trsm / syrk / gemm, one task
+//!   each) against one cuSOLVER `dpotrf` call on the whole matrix. Both start with the
+//!   matrix already on the GPU; parla-rs is timed from the first spawn until every task
+//!   completed, cuSOLVER around the call and a stream synchronisation.
+//! - Several GPUs: parla-rs tiles 2-D block-cyclic on 2 (and 4) GPUs against parla-rs on
+//!   one GPU, at the largest n.
+//!
+//! Medians of several runs after a warm-up; the matrix is regenerated (in place, where its
+//! tiles live) before each run.
+//!
+//! ```text
+//! cargo bench --bench cholesky
+//! CHOLESKY_N=8192,16384 CHOLESKY_BLOCK=1024 cargo bench --bench cholesky   # other sizes
+//! ```
+
+use std::time::{Duration, Instant};
+
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+use parla::Placements;
+use parla::linalg::cholesky::{
+    cholesky, cholesky_flops, cholesky_residual, fill_spd_tiles, spd_matrix, spd_tiles,
+};
+
+const SEED: u64 = 3;
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn gflops(n: usize, t: Duration) -> f64 {
+    cholesky_flops(n) / t.as_secs_f64() / 1e9
+}
+
+fn env_list(name: &str) -> Option<Vec<usize>> {
+    let v = std::env::var(name).ok()?;
+    Some(v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+}
+
+fn reps() -> usize {
+    env_list("CHOLESKY_REPS")
+        .and_then(|v| v.first().copied())
+        .unwrap_or(3)
+}
+
+/// parla-rs: generates the tiles where `place` puts them, then times `reps` factorisations
+/// (after a warm-up), refilling the tiles before each. Returns the median and the tiles of
+/// the last run.
+fn parla_runs<P>(
+    rt: &parla::Runtime,
+    n: usize,
+    block: usize,
+    place: P,
+) -> (Duration, parla::array::Tiles<f64>)
+where
+    P: Fn(usize, usize) -> Placements + Clone,
+{
+    rt.block_on(async {
+        let tiles = spd_tiles(n, block, SEED, place.clone()).await?;
+        let mut times = Vec::new();
+        for rep in 0..=reps() {
+            if rep > 0 {
+                fill_spd_tiles(&tiles, SEED, place.clone()).await?;
+            }
+            let t0 = Instant::now();
+            cholesky(&tiles, place.clone(), |_, _| {}).await?;
+            if rep > 0 {
+                times.push(t0.elapsed());
+            }
+        }
+        Ok::<_, parla::Error>((median(times), tiles))
+    })
+    .expect("parla-rs cholesky")
+}
+
+fn cpu_rows(rows: &mut Vec<[String; 6]>) {
+    let n = env_list("CHOLESKY_CPU_N")
+        .and_then(|v| v.first().copied())
+        .unwrap_or(4096);
+    let block = env_list("CHOLESKY_CPU_BLOCK")
+        .and_then(|v| v.first().copied())
+        .unwrap_or(512);
+    let rt = parla::Runtime::builder().gpus([]).build().expect("runtime");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (t_parla, tiles) = parla_runs(&rt, n, block, |_, _| Placements::CPU);
+    let a = spd_matrix(n, SEED);
+    let l = rt
+        .block_on(async { tiles.to_host().await })
+        .expect("gather L");
+    let r = cholesky_residual(a.view(), l.view()).expect("residual");
+    assert!(r < 1e-12, "parla-rs residual {r:.2e}");
+    // faer on the whole matrix, every core.
+    let whole = faer::Mat::<f64>::from_fn(n, n, |i, j| a[(i, j)]);
+    let mut times = Vec::new();
+    for rep in 0..=reps() {
+        let mut m = whole.clone();
+        let par = faer::Par::rayon(0);
+        let mut mem = faer::dyn_stack::MemBuffer::new(cholesky_in_place_scratch::<f64>(
+            n,
+            par,
+            Default::default(),
+        ));
+        let t0 = Instant::now();
+        cholesky_in_place(
+            m.as_mut(),
+            Default::default(),
+            par,
+            faer::dyn_stack::MemStack::new(&mut mem),
+            Default::default(),
+        )
+        .expect("positive definite");
+        if rep > 0 {
+            times.push(t0.elapsed());
+        }
+    }
+    let t_faer = median(times);
+    rows.push([
+        format!("cpu ({cores} cores)"),
+        n.to_string(),
+        format!("{block}"),
+        format!("{:.1}", gflops(n, t_parla)),
+        format!("faer {:.1}", gflops(n, t_faer)),
+        format!("{:.2}", t_faer.as_secs_f64() / t_parla.as_secs_f64()),
+    ]);
+    println!("cpu: parla-rs residual {r:.2e}");
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+    use parla::Placement;
+    use parla::linalg::cholesky::{block_cyclic, fill_spd_raw};
+    use parla::prelude::*;
+
+    /// The tile size for `n` on a GPU.
+    pub fn block_for(n: usize) -> usize {
+        if let Some(b) = env_list("CHOLESKY_BLOCK").and_then(|v| v.first().copied()) {
+            return b;
+        }
+        match n {
+            0..=8192 => 1024,
+            8193..=16384 => 1024,
+            _ => 2048,
+        }
+    }
+
+    /// One cuSOLVER `dpotrf` on the whole matrix on GPU 0, in one task: the matrix made on
+    /// the GPU, then each run timed around the call and a stream synchronisation. Returns the
+    /// median, and the factor's last `tail x tail` diagonal block (row-major lower).
+    pub fn cusolver(rt: &parla::Runtime, n: usize, tail: usize) -> (Duration, Vec<f64>) {
+        rt.block_on(
+            task(async move {
+                let gpu = parla::gpu::current().expect("a GPU task");
+                let stream = gpu.stream().clone();
+                // SAFETY: filled by the kernel below before the factorisation reads it.
+                let mut a = unsafe { gpu.alloc_uninit::<f64>(n * n) }?;
+                let mut info = gpu.alloc_zeros::<i32>(1)?;
+                let mut times = Vec::new();
+                for rep in 0..=reps() {
+                    fill_spd_raw(&gpu, &mut a, (n, n), (0, 0), n, SEED)?;
+                    stream.synchronize().map_err(parla::gpu::Error::from)?;
+                    let t0 = Instant::now();
+                    parla::gpu::solver::potrf(
+                        gpu.solver()?,
+                        parla::gpu::solver::Triangle::Lower,
+                        n,
+                        &mut a,
+                        n,
+                        &mut info,
+                    )?;
+                    stream.synchronize().map_err(parla::gpu::Error::from)?;
+                    if rep > 0 {
+                        times.push(t0.elapsed());
+                    }
+                }
+                let status = gpu.download(&info)?[0];
+                assert_eq!(status, 0, "cuSOLVER potrf status");
+                // Column-major lower L: element (i, j) at j * n + i; the last `tail` columns
+                // are the buffer's end.
+                let s = n - tail;
+                let cols = stream
+                    .clone_dtoh(&a.slice(s * n..))
+                    .map_err(parla::gpu::Error::from)?;
+                let mut block = vec![0.0; tail * tail];
+                for i in 0..tail {
+                    for j in 0..=i {
+                        block[i * tail + j] = cols[j * n + s + i];
+                    }
+                }
+                Ok::<_, parla::Error>((median(times), block))
+            })
+            .placement(Placement::Gpu(0)),
+        )
+        .expect("task")
+        .expect("cuSOLVER potrf")
+    }
+
+    /// Largest difference between two lower triangles, relative to the largest entry.
+    fn lower_diff(a: &[f64], b: &[f64], t: usize) -> f64 {
+        let (mut d, mut m) = (0.0f64, 0.0f64);
+        for i in 0..t {
+            for j in 0..=i {
+                d = d.max((a[i * t + j] - b[i * t + j]).abs());
+                m = m.max(a[i * t + j].abs());
+            }
+        }
+        d / m
+    }
+
+    pub fn rows(rows: &mut Vec<[String; 6]>, notes: &mut Vec<String>) {
+        let rt = parla::Runtime::builder().build().expect("runtime");
+        if !rt.has_real_gpus() {
+            notes.push("no CUDA GPU: GPU rows skipped".into());
+            return;
+        }
+        let card = rt
+            .block_on(
+                task(async {
+                    let gpu = parla::gpu::current().expect("a GPU task");
+                    gpu.context().name().map_err(parla::gpu::Error::from)
+                })
+                .placement(Placement::Gpu(0)),
+            )
+            .expect("task")
+            .expect("name");
+        notes.push(format!("GPU rows: {} x {card}", rt.gpus()));
+        let sizes = env_list("CHOLESKY_N").unwrap_or_else(|| vec![8192, 16384, 32768]);
+        for &n in &sizes {
+            let block = block_for(n);
+            let (t_parla, tiles) = parla_runs(&rt, n, block, block_cyclic(1));
+            // The last diagonal tile of parla-rs's factor against cuSOLVER's.
+            let t = tiles.rows();
+            let last = tiles.get(t - 1, t - 1).clone();
+            let tail = last.shape()[0];
+            let mine = rt
+                .block_on(async move { last.to_host().await })
+                .expect("read the last tile");
+            drop(tiles);
+            let (t_cusolver, theirs) = cusolver(&rt, n, tail);
+            let diff = lower_diff(&theirs, mine.as_slice().expect("standard layout"), tail);
+            notes.push(format!(
+                "n = {n}: last diagonal tile of L, parla-rs against cuSOLVER: max relative difference {diff:.1e}"
+            ));
+            assert!(diff < 1e-10, "the factors differ: {diff:.1e}");
+            rows.push([
+                "1 GPU".into(),
+                n.to_string(),
+                block.to_string(),
+                format!("{:.0}", gflops(n, t_parla)),
+                format!("cuSOLVER {:.0}", gflops(n, t_cusolver)),
+                format!("{:.2}", t_cusolver.as_secs_f64() / t_parla.as_secs_f64()),
+            ]);
+        }
+        let gpus = rt.gpus();
+        if gpus < 2 {
+            notes.push("one GPU: no multi-GPU rows".into());
+            return;
+        }
+        let n = env_list("CHOLESKY_MULTI_N")
+            .and_then(|v| v.first().copied())
+            .unwrap_or(*sizes.iter().max().unwrap_or(&32768));
+        let block = block_for(n);
+        let (t_one, tiles) = parla_runs(&rt, n, block, block_cyclic(1));
+        drop(tiles);
+        for g in [2, 4].into_iter().filter(|&g| g <= gpus) {
+            let (t_g, tiles) = parla_runs(&rt, n, block, block_cyclic(g));
+            drop(tiles);
+            rows.push([
+                format!("{g} GPUs"),
+                n.to_string(),
+                block.to_string(),
+                format!("{:.0}", gflops(n, t_g)),
+                format!("parla-rs 1 GPU {:.0}", gflops(n, t_one)),
+                format!("{:.2}", t_one.as_secs_f64() / t_g.as_secs_f64()),
+            ]);
+        }
+    }
+}
+
+fn main() {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    if std::env::var_os("CHOLESKY_SKIP_CPU").is_none() {
+        cpu_rows(&mut rows);
+    }
+    #[cfg(feature = "cuda")]
+    gpu::rows(&mut rows, &mut notes);
+    println!();
+    println!(
+        "{:<14} {:>6} {:>6} {:>16} {:>24} {:>8}",
+        "devices", "n", "block", "parla-rs GFLOP/s", "baseline GFLOP/s", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<14} {:>6} {:>6} {:>16} {:>24} {:>8}",
+            r[0], r[1], r[2], r[3], r[4], r[5]
+        );
+    }
+    println!("(ratio: baseline time / parla-rs time; above 1 means parla-rs is faster)");
+    for n in notes {
+        println!("{n}");
+    }
+}
