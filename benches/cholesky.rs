@@ -16,6 +16,13 @@
 //! cargo bench --bench cholesky
 //! CHOLESKY_N=8192,16384 CHOLESKY_BLOCK=1024 cargo bench --bench cholesky   # other sizes
 //! ```
+//!
+//! Settings (environment): `CHOLESKY_N` (GPU sizes, default 8192,16384,32768),
+//! `CHOLESKY_BLOCK` (GPU tile size, default by n), `CHOLESKY_MULTI_N` (the multi-GPU size,
+//! default the largest), `CHOLESKY_CPU_N` / `CHOLESKY_CPU_BLOCK` (4096 / 256),
+//! `CHOLESKY_REPS` (3), `CHOLESKY_STREAMS` (streams per GPU), `CHOLESKY_TRACE=FILE` (a trace
+//! of the GPU runs), `CHOLESKY_KERNELS=1` (each tile kernel alone first),
+//! `CHOLESKY_SKIP_CPU=1`.
 
 use std::time::{Duration, Instant};
 
@@ -83,7 +90,7 @@ fn cpu_rows(rows: &mut Vec<[String; 6]>) {
         .unwrap_or(4096);
     let block = env_list("CHOLESKY_CPU_BLOCK")
         .and_then(|v| v.first().copied())
-        .unwrap_or(512);
+        .unwrap_or(256);
     let rt = parla::Runtime::builder().gpus([]).build().expect("runtime");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (t_parla, tiles) = parla_runs(&rt, n, block, |_, _| Placements::CPU);
@@ -141,10 +148,11 @@ mod gpu {
         if let Some(b) = env_list("CHOLESKY_BLOCK").and_then(|v| v.first().copied()) {
             return b;
         }
+        // Chosen from sweeps of 1024, 2048 and 4096 on an H200 (see the README).
         match n {
             0..=8192 => 1024,
-            8193..=16384 => 1024,
-            _ => 2048,
+            8193..=32768 => 2048,
+            _ => 4096,
         }
     }
 
@@ -211,8 +219,126 @@ mod gpu {
         d / m
     }
 
+    /// Each tile kernel alone on GPU 0 (`CHOLESKY_KERNELS=1`): ms and TFLOP/s per call.
+    pub fn kernels(rt: &parla::Runtime) {
+        use parla::gpu::blas::{GemmConfig, Side, SyrkConfig, Triangle, TrsmConfig};
+        use parla::gpu::cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        for b in [512usize, 1024, 2048, 4096] {
+            let out = rt
+                .block_on(
+                    task(async move {
+                        let gpu = parla::gpu::current().expect("a GPU task");
+                        let s = gpu.stream().clone();
+                        let mut a = gpu.alloc_zeros::<f64>(b * b)?;
+                        let mut l = gpu.alloc_zeros::<f64>(b * b)?;
+                        let mut c = gpu.alloc_zeros::<f64>(b * b)?;
+                        let mut info = gpu.alloc_zeros::<i32>(1)?;
+                        let bi = b as i32;
+                        let time = |f: &mut dyn FnMut() -> parla::Result<()>| {
+                            let mut ts = Vec::new();
+                            for _ in 0..6 {
+                                s.synchronize().map_err(parla::gpu::Error::from)?;
+                                let t0 = Instant::now();
+                                f()?;
+                                s.synchronize().map_err(parla::gpu::Error::from)?;
+                                ts.push(t0.elapsed());
+                            }
+                            Ok::<_, parla::Error>(median(ts[1..].to_vec()))
+                        };
+                        fill_spd_raw(&gpu, &mut l, (b, b), (0, 0), b, 1)?;
+                        let potrf = time(&mut || {
+                            fill_spd_raw(&gpu, &mut a, (b, b), (0, 0), b, 1)?;
+                            s.synchronize().map_err(parla::gpu::Error::from)?;
+                            parla::gpu::solver::potrf(
+                                gpu.solver()?,
+                                Triangle::Upper,
+                                b,
+                                &mut a,
+                                b,
+                                &mut info,
+                            )?;
+                            Ok(())
+                        })?;
+                        let trsm = time(&mut || {
+                            let cfg = TrsmConfig {
+                                side: Side::Left,
+                                triangle: Triangle::Upper,
+                                transpose: true,
+                                unit_diagonal: false,
+                                m: bi,
+                                n: bi,
+                                alpha: 1.0,
+                                lda: bi,
+                                ldb: bi,
+                            };
+                            parla::gpu::blas::trsm(&gpu, &cfg, &a, &mut c)?;
+                            Ok(())
+                        })?;
+                        let syrk = time(&mut || {
+                            let cfg = SyrkConfig {
+                                triangle: Triangle::Upper,
+                                transpose: true,
+                                n: bi,
+                                k: bi,
+                                alpha: -1.0,
+                                lda: bi,
+                                beta: 1.0,
+                                ldc: bi,
+                            };
+                            parla::gpu::blas::syrk(&gpu, &cfg, &l, &mut c)?;
+                            Ok(())
+                        })?;
+                        let gemm = time(&mut || {
+                            let cfg = GemmConfig {
+                                transa: CUBLAS_OP_T,
+                                transb: CUBLAS_OP_N,
+                                m: bi,
+                                n: bi,
+                                k: bi,
+                                alpha: -1.0,
+                                lda: bi,
+                                ldb: bi,
+                                beta: 1.0,
+                                ldc: bi,
+                            };
+                            parla::gpu::blas::gemm(&gpu, cfg, &l, &a, &mut c)?;
+                            Ok(())
+                        })?;
+                        Ok::<_, parla::Error>([potrf, trsm, syrk, gemm])
+                    })
+                    .placement(Placement::Gpu(0)),
+                )
+                .expect("task")
+                .expect("kernels");
+            let f = (b as f64).powi(3);
+            let names = ["potrf", "trsm", "syrk", "gemm"];
+            let flops = [f / 3.0, f, f, 2.0 * f];
+            let line: Vec<String> = (0..4)
+                .map(|i| {
+                    format!(
+                        "{} {:.3} ms {:.1} TF",
+                        names[i],
+                        out[i].as_secs_f64() * 1e3,
+                        flops[i] / out[i].as_secs_f64() / 1e12
+                    )
+                })
+                .collect();
+            println!("kernel b = {b}: {}", line.join(", "));
+        }
+    }
+
     pub fn rows(rows: &mut Vec<[String; 6]>, notes: &mut Vec<String>) {
-        let rt = parla::Runtime::builder().build().expect("runtime");
+        let mut b = parla::Runtime::builder();
+        if let Some(s) = env_list("CHOLESKY_STREAMS").and_then(|v| v.first().copied()) {
+            b = b.streams_per_gpu(s);
+        }
+        if let Ok(path) = std::env::var("CHOLESKY_TRACE") {
+            b = b.trace(path);
+        }
+        let rt = b.build().expect("runtime");
+        if rt.has_real_gpus() && std::env::var_os("CHOLESKY_KERNELS").is_some() {
+            kernels(&rt);
+        }
         if !rt.has_real_gpus() {
             notes.push("no CUDA GPU: GPU rows skipped".into());
             return;

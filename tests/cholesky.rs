@@ -43,9 +43,9 @@ fn factor(
     (r, tasks.load(Ordering::Relaxed), valid)
 }
 
-/// Tasks of a `t x t` tiling: potrf, trsm, syrk and gemm.
+/// Tasks of a `t x t` tiling: potrf, trtri, trsm, syrk and gemm.
 fn tasks_of(t: usize) -> usize {
-    t + 2 * (t * (t - 1) / 2) + t * (t - 1) * (t - 2) / 6
+    2 * t + 2 * (t * (t - 1) / 2) + t * (t - 1) * (t - 2) / 6
 }
 
 #[test]
@@ -69,13 +69,13 @@ fn tiles_on_two_virtual_gpus_move_between_them() {
     let rt = support::vgpu(2, 2, 64 * MIB);
     let (r, _, valid) = factor(rt, 512, 128, block_cyclic(2));
     assert!(r < 1e-12, "||A - L L^T|| / ||A|| = {r}");
-    // Row-cyclic over two GPUs: each tile of L was last written on its row's GPU; the read
-    // task that gathered L made the host copy valid too.
+    // Column-cyclic over two GPUs: each tile of L was last written on its column's GPU; the
+    // read task that gathered L made the host copy valid too.
     for (idx, v) in valid.iter().enumerate() {
         let (i, j) = (idx / 4, idx % 4);
         if j <= i {
             assert!(
-                v.contains(&Device::gpu((i % 2) as u32)),
+                v.contains(&Device::gpu((j % 2) as u32)),
                 "tile ({i}, {j}) valid on {v:?}"
             );
         }
@@ -133,6 +133,44 @@ fn tiles_that_are_not_square_are_rejected() {
         .expect_err("non-square matrix");
     assert!(err.to_string().contains("square"), "{err}");
     assert!(cholesky_residual(Array2::zeros((3, 3)).view(), Array2::zeros((3, 2)).view()).is_err());
+}
+
+/// The inverse the GPU panel solves multiply by, computed on the CPU (as it is when the
+/// mapping puts `trtri` there): `W L = I` with `W` lower triangular.
+#[test]
+fn trtri_inverts_the_lower_triangle() {
+    use parla::linalg::cholesky::{potrf, trtri};
+    let n = 96;
+    let a = PArray::from(spd_matrix(n, 2));
+    let w = PArray::from(Array2::from_elem((n, n), 7.0));
+    let rt = support::cpu(2);
+    let (l, w) = rt
+        .block_on(async {
+            let (a2, w2) = (a.clone(), w.clone());
+            parla::task(async move {
+                assert_eq!(potrf(&a2)?.into_host()?[0], 0);
+                trtri(&a2, &w2)
+            })
+            .reads_writes(&a)
+            .writes(&w)
+            .await??;
+            Ok::<_, parla::Error>((a.to_host().await?, w.to_host().await?))
+        })
+        .expect("potrf and trtri");
+    for i in 0..n {
+        for j in 0..n {
+            // (W L)(i, j) over the lower triangles.
+            let x: f64 = (0..n)
+                .filter(|&k| k <= i && j <= k)
+                .map(|k| w[(i, k)] * l[(k, j)])
+                .sum();
+            let want = if i == j { 1.0 } else { 0.0 };
+            assert!((x - want).abs() < 1e-12, "(W L)({i}, {j}) = {x}");
+            if j > i {
+                assert_eq!(w[(i, j)], 0.0, "W({i}, {j})");
+            }
+        }
+    }
 }
 
 #[test]
