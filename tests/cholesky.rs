@@ -69,13 +69,13 @@ fn tiles_on_two_virtual_gpus_move_between_them() {
     let rt = support::vgpu(2, 2, 64 * MIB);
     let (r, _, valid) = factor(rt, 512, 128, block_cyclic(2));
     assert!(r < 1e-12, "||A - L L^T|| / ||A|| = {r}");
-    // Column-cyclic over two GPUs: each tile of L was last written on its column's GPU; the
-    // read task that gathered L made the host copy valid too.
+    // Row-cyclic over two GPUs: each tile of L was last written on its row's GPU; the read
+    // task that gathered L made the host copy valid too.
     for (idx, v) in valid.iter().enumerate() {
         let (i, j) = (idx / 4, idx % 4);
         if j <= i {
             assert!(
-                v.contains(&Device::gpu((j % 2) as u32)),
+                v.contains(&Device::gpu((i % 2) as u32)),
                 "tile ({i}, {j}) valid on {v:?}"
             );
         }

@@ -88,7 +88,8 @@ impl Drop for PooledStream {
 /// A device's streams.
 pub(crate) struct StreamPool {
     streams: Vec<Arc<PooledStream>>,
-    free: Mutex<Vec<usize>>,
+    /// Streams no running task holds, the longest free first.
+    free: Mutex<std::collections::VecDeque<usize>>,
     next: AtomicUsize,
 }
 
@@ -105,14 +106,17 @@ impl StreamPool {
         }
         Ok(StreamPool {
             streams,
-            free: Mutex::new((0..n).rev().collect()),
+            free: Mutex::new((0..n).collect()),
             next: AtomicUsize::new(0),
         })
     }
 
-    /// A stream for a task: a free one if any, else the next in turn (shared).
+    /// A stream for a task: the free one given back longest ago if any, else the next in
+    /// turn (shared). (A stream is given back when its task's body returns, usually with
+    /// its work still queued: taking the most recently given back would queue task after
+    /// task on one stream, each behind the last, with the other streams idle.)
     pub(crate) fn acquire(&self) -> (Arc<PooledStream>, bool) {
-        if let Some(i) = self.free.lock().pop() {
+        if let Some(i) = self.free.lock().pop_front() {
             return (self.streams[i].clone(), true);
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.streams.len();
@@ -123,12 +127,12 @@ impl StreamPool {
     pub(crate) fn acquire_free(&self, index: usize) -> Option<Arc<PooledStream>> {
         let mut free = self.free.lock();
         let pos = free.iter().position(|&i| i == index)?;
-        free.swap_remove(pos);
+        free.remove(pos);
         Some(self.streams[index].clone())
     }
 
     /// Gives back a stream taken with `owned == true`.
     pub(crate) fn release(&self, s: &PooledStream) {
-        self.free.lock().push(s.index);
+        self.free.lock().push_back(s.index);
     }
 }

@@ -580,17 +580,19 @@ pub fn gemm_gpu(a: &PArray<f64, Ix2>, b: &PArray<f64, Ix2>, c: &PArray<f64, Ix2>
 }
 
 /// Tiles on GPUs `0..gpus`, 2-D block-cyclic: the GPUs form a `p x q` grid (`p * q = gpus`,
-/// `p <= q`, as square as it gets) and tile `(i, j)` goes to GPU `(i % p) * q + j % q`. With
-/// one GPU every tile is on GPU 0; with two, tile columns alternate (of a lower triangle,
-/// alternate columns carry nearly equal work; alternate rows would leave the odd rows' GPU
-/// 10% more at 16 x 16 tiles); with four, a 2 x 2 grid.
+/// `p >= q`, as square as it gets) and tile `(i, j)` goes to GPU `(i % p) * q + j % q`. With
+/// one GPU every tile is on GPU 0; with two, tile rows alternate; with four, a 2 x 2 grid.
+///
+/// (Of a lower triangle in 16 x 16 tiles, alternate rows leave the odd rows' GPU 10% more
+/// work than alternate columns would; on two H200s rows are still faster - 1.56x against
+/// 1.23x at n = 32768 - as a task updating tile `(i, j)` finds `L(i, k)` on its own GPU.)
 pub fn block_cyclic(gpus: usize) -> impl Fn(usize, usize) -> Placements + Clone + Send + Sync {
     let gpus = gpus.max(1);
-    let p = (1..=gpus)
-        .filter(|p| gpus.is_multiple_of(*p) && p * p <= gpus)
+    let q = (1..=gpus)
+        .filter(|q| gpus.is_multiple_of(*q) && q * q <= gpus)
         .max()
         .unwrap_or(1);
-    let q = gpus / p;
+    let p = gpus / q;
     move |i, j| Placements::default().with(crate::Placement::Gpu((i % p) * q + j % q))
 }
 
