@@ -207,8 +207,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 println!(
                     "run {rep}: {secs:.3} s, {:.1} GFLOP/s{}",
                     cholesky_flops(n) / secs / 1e9,
-                    if rep == 1 {
-                        " (loads the libraries)"
+                    if rep == 1 && gpus > 0 {
+                        " (loads cuBLAS and cuSOLVER)"
                     } else {
                         ""
                     }
