@@ -48,10 +48,13 @@ fn env_list(name: &str) -> Option<Vec<usize>> {
     Some(v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
 }
 
+/// The first number of setting `name`.
+fn env_one(name: &str) -> Option<usize> {
+    env_list(name).and_then(|v| v.first().copied())
+}
+
 fn reps() -> usize {
-    env_list("CHOLESKY_REPS")
-        .and_then(|v| v.first().copied())
-        .unwrap_or(3)
+    env_one("CHOLESKY_REPS").unwrap_or(3)
 }
 
 /// parla-rs: generates the tiles where `place` puts them, then times `reps` factorisations
@@ -85,12 +88,8 @@ where
 }
 
 fn cpu_rows(rows: &mut Vec<[String; 6]>) {
-    let n = env_list("CHOLESKY_CPU_N")
-        .and_then(|v| v.first().copied())
-        .unwrap_or(4096);
-    let block = env_list("CHOLESKY_CPU_BLOCK")
-        .and_then(|v| v.first().copied())
-        .unwrap_or(256);
+    let n = env_one("CHOLESKY_CPU_N").unwrap_or(4096);
+    let block = env_one("CHOLESKY_CPU_BLOCK").unwrap_or(256);
     let rt = parla::Runtime::builder().gpus([]).build().expect("runtime");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (t_parla, tiles) = parla_runs(&rt, n, block, |_, _| Placements::CPU);
@@ -145,7 +144,7 @@ mod gpu {
 
     /// The tile size for `n` on a GPU.
     pub fn block_for(n: usize) -> usize {
-        if let Some(b) = env_list("CHOLESKY_BLOCK").and_then(|v| v.first().copied()) {
+        if let Some(b) = env_one("CHOLESKY_BLOCK") {
             return b;
         }
         // Chosen from sweeps of 1024, 2048 and 4096 on an H200 (see the README).
@@ -329,7 +328,7 @@ mod gpu {
 
     pub fn rows(rows: &mut Vec<[String; 6]>, notes: &mut Vec<String>) {
         let mut b = parla::Runtime::builder();
-        if let Some(s) = env_list("CHOLESKY_STREAMS").and_then(|v| v.first().copied()) {
+        if let Some(s) = env_one("CHOLESKY_STREAMS") {
             b = b.streams_per_gpu(s);
         }
         if let Ok(path) = std::env::var("CHOLESKY_TRACE") {
@@ -386,9 +385,7 @@ mod gpu {
             notes.push("one GPU: no multi-GPU rows".into());
             return;
         }
-        let n = env_list("CHOLESKY_MULTI_N")
-            .and_then(|v| v.first().copied())
-            .unwrap_or(*sizes.iter().max().unwrap_or(&32768));
+        let n = env_one("CHOLESKY_MULTI_N").unwrap_or(*sizes.iter().max().unwrap_or(&32768));
         let block = block_for(n);
         let (t_one, tiles) = parla_runs(&rt, n, block, block_cyclic(1));
         drop(tiles);

@@ -148,7 +148,7 @@ pub fn fill_spd_raw(
     n: usize,
     seed: u64,
 ) -> Result<()> {
-    use parla_gpu::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use parla_gpu::cudarc::driver::PushKernelArg;
     let total = shape.0 * shape.1;
     if buf.len() < total {
         return Err(Error::InvalidArgument(format!(
@@ -163,12 +163,7 @@ pub fn fill_spd_raw(
     }
     let f = gpu.kernel(FILL_SPD, "fill_spd")?;
     let [rows, cols, i0, j0, n] = [shape.0, shape.1, origin.0, origin.1, n].map(|x| x as i64);
-    let blocks = total.div_ceil(256).min(1 << 20) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid_stride(total);
     let mut launch = gpu.stream().launch_builder(&f);
     launch
         .arg(&mut *buf)
@@ -183,6 +178,17 @@ pub fn fill_spd_raw(
     // most the grid-stride loop writes.
     unsafe { launch.launch(cfg) }.map_err(parla_gpu::Error::from)?;
     Ok(())
+}
+
+/// A launch of the grid-stride kernels in [`FILL_SPD`] over `total` elements: blocks of
+/// 256 threads, at most 2^20 blocks (each thread then loops).
+#[cfg(feature = "cuda")]
+fn grid_stride(total: usize) -> parla_gpu::cudarc::driver::LaunchConfig {
+    parla_gpu::cudarc::driver::LaunchConfig {
+        grid_dim: (total.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// The running GPU task's context, or an error naming the kernel.
@@ -324,13 +330,7 @@ pub fn potrf_gpu(a: &PArray<f64, Ix2>) -> Result<Status> {
 /// Errors: `l` not square, or `w` not of its shape.
 #[crate::specialize]
 pub fn trtri(l: &PArray<f64, Ix2>, w: &PArray<f64, Ix2>) -> Result<()> {
-    let k = side("trtri", l)?;
-    if w.shape() != [k, k] {
-        return Err(Error::InvalidArgument(format!(
-            "trtri: an inverse of shape {:?} for a tile of side {k}",
-            w.shape()
-        )));
-    }
+    inverse_side("trtri", l, w)?;
     let l = l.read()?;
     let mut w = w.write()?;
     w.fill(0.0);
@@ -347,24 +347,13 @@ pub fn trtri(l: &PArray<f64, Ix2>, w: &PArray<f64, Ix2>) -> Result<()> {
 #[crate::variant(trtri, gpu)]
 pub fn trtri_gpu(l: &PArray<f64, Ix2>, w: &PArray<f64, Ix2>) -> Result<()> {
     use parla_gpu::blas::{Side, Triangle, TrsmConfig};
-    use parla_gpu::cudarc::driver::{LaunchConfig, PushKernelArg};
-    let k = side("trtri", l)?;
-    if w.shape() != [k, k] {
-        return Err(Error::InvalidArgument(format!(
-            "trtri: an inverse of shape {:?} for a tile of side {k}",
-            w.shape()
-        )));
-    }
+    use parla_gpu::cudarc::driver::PushKernelArg;
+    let k = inverse_side("trtri", l, w)?;
     let gpu = gpu_context("trtri")?;
     let (lb, mut wb) = (l.device()?, w.device_mut()?);
     let f = gpu.kernel(FILL_SPD, "eye")?;
     let n = k as i64;
-    let blocks = (k * k).div_ceil(256).clamp(1, 1 << 20) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid_stride(k * k);
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(&mut *wb).arg(&n);
     // SAFETY: the arguments match the kernel's (double*, long long); the buffer holds
@@ -397,8 +386,7 @@ pub fn trtri_gpu(l: &PArray<f64, Ix2>, w: &PArray<f64, Ix2>) -> Result<()> {
 /// Errors: `l` not square, `w` not of its shape, or `a` without as many columns.
 #[crate::specialize]
 pub fn trsm(l: &PArray<f64, Ix2>, w: &PArray<f64, Ix2>, a: &PArray<f64, Ix2>) -> Result<()> {
-    let k = side("trsm", l)?;
-    panel("trsm", w, k)?;
+    let k = inverse_side("trsm", l, w)?;
     panel("trsm", a, k)?;
     let l = l.read()?;
     let mut a = a.write()?;
@@ -409,6 +397,18 @@ pub fn trsm(l: &PArray<f64, Ix2>, w: &PArray<f64, Ix2>, a: &PArray<f64, Ix2>) ->
         Par::Seq,
     );
     Ok(())
+}
+
+/// The side `k` of the square tile `l`, when `w` (its inverse) is `k x k` too.
+fn inverse_side(what: &str, l: &PArray<f64, Ix2>, w: &PArray<f64, Ix2>) -> Result<usize> {
+    let k = side(what, l)?;
+    if w.shape() != [k, k] {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: an inverse of shape {:?} for a tile of side {k}",
+            w.shape()
+        )));
+    }
+    Ok(k)
 }
 
 /// Checks that `a` has `k` columns.
@@ -428,13 +428,7 @@ fn panel(what: &str, a: &PArray<f64, Ix2>, k: usize) -> Result<usize> {
 pub fn trsm_gpu(l: &PArray<f64, Ix2>, w: &PArray<f64, Ix2>, a: &PArray<f64, Ix2>) -> Result<()> {
     use parla_gpu::blas::GemmConfig;
     use parla_gpu::cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-    let k = side("trsm", l)?;
-    if w.shape() != [k, k] {
-        return Err(Error::InvalidArgument(format!(
-            "trsm: an inverse of shape {:?} for a tile of side {k}",
-            w.shape()
-        )));
-    }
+    let k = inverse_side("trsm", l, w)?;
     let r = panel("trsm", a, k)?;
     let gpu = gpu_context("trsm")?;
     let (wb, mut ab) = (w.device()?, a.device_mut()?);
