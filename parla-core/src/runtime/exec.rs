@@ -336,7 +336,11 @@ impl RtInner {
             h.act.finish();
             self.pollers.remove(task);
         }
-        let device_error = matches!(outcome, Err(ref e) if matches!(**e, TaskError::Device { .. }));
+        // A device that failed is marked so before the outcome is published: whoever the
+        // outcome wakes (an awaiter mapping its next task) must not pick the device again.
+        if matches!(outcome, Err(ref e) if matches!(**e, TaskError::Device { .. })) {
+            self.check_device(device);
+        }
         graph::finish(task, outcome, &mut l.fx);
         self.trace_end(h, true);
         l.live -= 1;
@@ -344,9 +348,6 @@ impl RtInner {
             l.busy -= 1;
         }
         self.apply(l);
-        if device_error {
-            self.check_device(device);
-        }
     }
 
     /// A GPU task's fence finished with `status`: complete the task (if nobody else did).
