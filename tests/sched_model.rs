@@ -238,13 +238,6 @@ struct Check {
     over: AtomicUsize,
 }
 
-fn slot(d: Device) -> usize {
-    match d.arch() {
-        Arch::Cpu => 0,
-        Arch::Gpu => 1 + d.index() as usize,
-    }
-}
-
 /// A stretch of a body that runs (between awaits): its VCUs and memory count on its device.
 struct Segment<'a> {
     c: &'a Check,
@@ -255,7 +248,7 @@ struct Segment<'a> {
 
 fn segment(c: &Check, mem: i64) -> Segment<'_> {
     let info = current_task().expect("inside a task");
-    let dev = slot(current_device());
+    let dev = support::slot(current_device());
     let vcu = (info.vcus() * 1e6).round() as i64;
     if c.vcu[dev].fetch_add(vcu, Ordering::SeqCst) + vcu > 1_000_000 {
         c.over.fetch_add(1, Ordering::SeqCst);

@@ -99,13 +99,6 @@ struct Check {
     over_mem: AtomicUsize,
 }
 
-fn slot(d: Device) -> usize {
-    match d.arch() {
-        Arch::Cpu => 0,
-        Arch::Gpu => 1 + d.index() as usize,
-    }
-}
-
 fn run(g: Graph) -> Result<(), TestCaseError> {
     let n = g.nodes.len();
     let check = Arc::new(Check {
@@ -135,7 +128,7 @@ fn run(g: Graph) -> Result<(), TestCaseError> {
                 let yields = node.yields;
                 let body = async move {
                     let info = current_task().expect("inside a task");
-                    let dev = slot(current_device());
+                    let dev = support::slot(current_device());
                     let v = (info.vcus() * 1e6).round() as u64;
                     let m = info.memory();
                     if c.vcu[dev].fetch_add(v, Ordering::SeqCst) + v > 1_000_000 {

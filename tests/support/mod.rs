@@ -95,3 +95,11 @@ macro_rules! each_config {
 }
 
 pub mod gpu;
+
+/// A device's index in per-device tables of the tests: the CPU 0, GPU `i` at `1 + i`.
+pub fn slot(d: parla::Device) -> usize {
+    match d.arch() {
+        parla::Arch::Cpu => 0,
+        parla::Arch::Gpu => 1 + d.index() as usize,
+    }
+}
