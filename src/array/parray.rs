@@ -1,5 +1,6 @@
 //! [`PArray`]: an array whose copies on the host and the GPUs the runtime keeps coherent.
 
+use std::ops::Range;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -535,20 +536,30 @@ impl<A: Element> Tiles<A> {
     ///
     /// Errors: a zero tile size.
     pub fn zeros(shape: (usize, usize), tile: (usize, usize)) -> Result<Tiles<A>> {
-        let (rows, cols) = tile;
+        Tiles::build(shape, tile, |r, c| PArray::zeros((r.len(), c.len())))
+    }
+
+    /// The grid of `tile` tiles over `shape` (the last row and column of tiles take what
+    /// remains), tile `(i, j)` made by `part` from its rows and columns in the whole array.
+    fn build(
+        shape: (usize, usize),
+        tile: (usize, usize),
+        mut part: impl FnMut(Range<usize>, Range<usize>) -> PArray<A, Ix2>,
+    ) -> Result<Tiles<A>> {
+        let ((n, m), (rows, cols)) = (shape, tile);
         if rows == 0 || cols == 0 {
             return Err(Error::InvalidArgument(format!(
                 "tiles of {rows} x {cols}: a tile has at least one row and one column"
             )));
         }
-        let (n, m) = shape;
         let (tr, tc) = (n.div_ceil(rows), m.div_ceil(cols));
         let mut grid = Vec::with_capacity(tr * tc);
         for i in 0..tr {
             for j in 0..tc {
-                let r = ((i + 1) * rows).min(n) - i * rows;
-                let c = ((j + 1) * cols).min(m) - j * cols;
-                grid.push(PArray::zeros((r, c)));
+                grid.push(part(
+                    i * rows..((i + 1) * rows).min(n),
+                    j * cols..((j + 1) * cols).min(m),
+                ));
             }
         }
         Ok(Tiles {
@@ -570,11 +581,6 @@ impl<A: Element> PArray<A, Ix2> {
     /// Errors: a zero tile size; the host copy is not valid now (a GPU task wrote the array:
     /// take the data with [`to_host`](Self::to_host) first).
     pub fn tiles(&self, rows: usize, cols: usize) -> Result<Tiles<A>> {
-        if rows == 0 || cols == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "tiles of {rows} x {cols}: a tile has at least one row and one column"
-            )));
-        }
         let (n, m) = (self.inner.dim[0], self.inner.dim[1]);
         let s = self.inner.state.lock();
         if !s.host_valid || s.host_ready.is_some() {
@@ -586,23 +592,8 @@ impl<A: Element> PArray<A, Ix2> {
         // SAFETY: the host copy holds `n * m` initialised elements in standard order; the
         // state lock keeps it from changing while it is read.
         let whole = unsafe { ArrayView::from_shape_ptr((n, m), s.host.as_ptr()) };
-        let (tr, tc) = (n.div_ceil(rows), m.div_ceil(cols));
-        let mut grid = Vec::with_capacity(tr * tc);
-        for i in 0..tr {
-            for j in 0..tc {
-                let part = whole.slice(s![
-                    i * rows..((i + 1) * rows).min(n),
-                    j * cols..((j + 1) * cols).min(m)
-                ]);
-                grid.push(PArray::new(part.to_owned()));
-            }
-        }
-        Ok(Tiles {
-            grid,
-            rows: tr,
-            cols: tc,
-            shape: (n, m),
-            tile: (rows, cols),
+        Tiles::build((n, m), (rows, cols), |r, c| {
+            PArray::new(whole.slice(s![r, c]).to_owned())
         })
     }
 }
@@ -837,7 +828,7 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
         let Some(i) = s.copies.iter().position(|c| c.device == device) else {
             return 0;
         };
-        if s.copies[i].pins > 0 || s.copies[i].borrow.load(Ordering::Acquire) != 0 {
+        if s.copies[i].pins > 0 || !borrow_free(&s.copies[i].borrow) {
             return 0;
         }
         let sole = s.copies[i].valid
