@@ -640,18 +640,18 @@ where
     // below it.
     let spawn_panel = |k: usize, handles: &mut Vec<_>| {
         let akk = tile(k, k);
-        let b = task(async move { potrf(&akk).map(Some) })
+        let b = task(async move { potrf(&akk).map(|status| Some((k, status))) })
             .id(space.at(("potrf", k)))
             .reads_writes(tiles.get(k, k))
             .placement(place(k, k));
-        handles.push((Some(k), b.spawn()));
+        handles.push(b.spawn());
         let (l, w) = (tile(k, k), inverses[k].clone());
         let b = task(async move { trtri(&l, &w).map(|()| None) })
             .id(space.at(("trtri", k)))
             .reads(tiles.get(k, k))
             .writes(&inverses[k])
             .placement(place(k, k));
-        handles.push((None, b.spawn()));
+        handles.push(b.spawn());
         for i in k + 1..t {
             let (l, w, a) = (tile(k, k), inverses[k].clone(), tile(i, k));
             let b = task(async move { trsm(&l, &w, &a).map(|()| None) })
@@ -660,7 +660,7 @@ where
                 .reads(&inverses[k])
                 .reads_writes(tiles.get(i, k))
                 .placement(place(i, k));
-            handles.push((None, b.spawn()));
+            handles.push(b.spawn());
         }
     };
     // The updates of column j (j > k) from the panel of step k.
@@ -671,7 +671,7 @@ where
             .reads(tiles.get(j, k))
             .reads_writes(tiles.get(j, j))
             .placement(place(j, j));
-        handles.push((None, b.spawn()));
+        handles.push(b.spawn());
         for i in j + 1..t {
             let (a, b, c) = (tile(i, k), tile(j, k), tile(i, j));
             let bld = task(async move { gemm(&a, &b, &c).map(|()| None) })
@@ -680,7 +680,7 @@ where
                 .reads(tiles.get(j, k))
                 .reads_writes(tiles.get(i, j))
                 .placement(place(i, j));
-            handles.push((None, bld.spawn()));
+            handles.push(bld.spawn());
         }
     };
     // Spawned with a lookahead of one step: after the panel of step k, the updates of
@@ -702,9 +702,9 @@ where
     let total = handles.len();
     let mut statuses = Vec::with_capacity(t);
     let mut first_err = None;
-    for (done, (k, h)) in handles.into_iter().enumerate() {
+    for (done, h) in handles.into_iter().enumerate() {
         match h.await.map_err(Error::from).and_then(|r| r) {
-            Ok(Some(status)) => statuses.push((k.unwrap_or(0), status)),
+            Ok(Some(status)) => statuses.push(status),
             Ok(None) => {}
             Err(e) => {
                 first_err.get_or_insert(e);
