@@ -47,7 +47,7 @@ pub use parla_core::{
     RangeWait, RefWait, Result, SpaceWait, TaskBuilder, TaskError, TaskHandle, TaskInfo, TaskRange,
     TaskRef, TaskSpace, current_device, current_task, deps, task,
 };
-pub use parla_core::{data, variants};
+pub use parla_core::{data, trace, variants};
 pub use parla_macros::{main, specialize, task, variant};
 
 /// Device types, the admission constants, and the GPU backend interface.

@@ -287,3 +287,75 @@ fn a_chain_of_1000_gpu_tasks_runs_ahead_without_host_syncs() {
         "runahead: dependents should start behind their predecessor's fence, {ran_ahead} did"
     );
 }
+
+/// A GPU task's slice in the trace is timed on the device: a 2 ms kernel shows as about
+/// 2 ms, inside the task's host window, and a chain's kernels follow each other.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_trace_times_gpu_tasks_with_cuda_events() {
+    if real().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("parla-gpu-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("trace.json");
+    let rt = parla::Runtime::builder()
+        .cpu_threads(4)
+        .trace(&path)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t = TaskSpace::new("Kernel");
+        for i in 0..4 {
+            let mut b = task(async {
+                let g = parla::gpu::current().unwrap();
+                let f = g.kernel(KERNELS, "spin").unwrap();
+                let (ns, null): (u64, u64) = (2_000_000, 0);
+                let mut b = g.stream().launch_builder(&f);
+                b.arg(&ns).arg(&null);
+                // SAFETY: `spin` takes (unsigned long long, unsigned int*); a null flag is
+                // allowed by the kernel.
+                unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+            })
+            .id(t.at(i))
+            .placement(Placement::Gpu(0));
+            if i > 0 {
+                b = b.after(t.at(i - 1));
+            }
+            b.spawn();
+        }
+        t.await.unwrap();
+    });
+    drop(rt);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("valid JSON");
+    let ev = v["traceEvents"].as_array().unwrap();
+    let slice = |i: usize| {
+        ev.iter()
+            .find(|e| e["ph"] == "X" && e["cat"] == "task" && e["name"] == format!("Kernel[{i}]"))
+            .unwrap_or_else(|| panic!("no slice for Kernel[{i}]"))
+    };
+    let f = |e: &serde_json::Value, k: &str| e[k].as_f64().unwrap();
+    for i in 0..4 {
+        let s = slice(i);
+        assert!(s["pid"].as_u64().unwrap() >= 1, "on a GPU's track: {s}");
+        let (ts, dur) = (f(s, "ts"), f(s, "dur"));
+        assert!((1900.0..4000.0).contains(&dur), "a 2 ms kernel: {s}");
+        // The host window, with room for the clock's alignment (a few us).
+        let (h0, h1) = (f(&s["args"], "host_start_us"), f(&s["args"], "host_end_us"));
+        assert!(
+            ts >= h0 - 50.0 && ts + dur <= h1 + 50.0,
+            "inside its task's window: {s}"
+        );
+        if i > 0 {
+            let p = slice(i - 1);
+            assert!(
+                ts >= f(p, "ts") + f(p, "dur") - 5.0,
+                "after its dependency: {p} {s}"
+            );
+        }
+    }
+    let launches = ev.iter().filter(|e| e["cat"] == "launch").count();
+    assert_eq!(launches, 4, "each GPU task's host side");
+    std::fs::remove_dir_all(&dir).ok();
+}

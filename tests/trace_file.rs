@@ -1,64 +1,211 @@
-//! The Perfetto/Chrome trace written at shutdown.
+//! The Perfetto/Chrome trace and the profile summary, as users get them from the builder.
 
 mod support;
 
-use parla::prelude::*;
+use std::collections::HashMap;
+use std::time::Duration;
 
-#[test]
-fn a_trace_file_lists_every_task_with_its_device() {
-    let dir = std::env::temp_dir().join(format!("parla-trace-{}", std::process::id()));
+use parla::prelude::*;
+use serde_json::Value;
+
+/// A fresh path for a trace file.
+fn trace_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("parla-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("trace.json");
-    {
-        let rt = parla::Runtime::builder()
-            .cpu_threads(2)
-            .virtual_gpus(1, 1 << 20)
-            .trace(&path)
-            .build()
-            .unwrap();
-        support::within(30, move || {
-            rt.block_on(async {
-                let t = TaskSpace::new("Traced");
-                for i in 0..3 {
-                    task(async {}).id(t.at(i)).spawn();
-                }
-                task(async {})
-                    .id(t.at("gpu"))
-                    .placement(Placement::Gpu(0))
-                    .after(t.range(0..3))
-                    .spawn();
-                task(async { panic!("traced failure") })
-                    .id(t.at("bad"))
-                    .spawn();
-                t.await.ok();
-            });
-            drop(rt);
-        });
-    }
-    let json = std::fs::read_to_string(&path).expect("trace written at shutdown");
-    assert!(json.starts_with("{\"displayTimeUnit\""), "{json}");
-    assert!(json.contains("\"traceEvents\":["));
-    for i in 0..3 {
+    dir.join("trace.json")
+}
+
+/// The trace's events, parsed.
+fn events(path: &std::path::Path) -> Vec<Value> {
+    let json = std::fs::read_to_string(path).expect("trace written");
+    let v: Value = serde_json::from_str(&json).expect("the trace is valid JSON");
+    v["traceEvents"]
+        .as_array()
+        .expect("a traceEvents list")
+        .clone()
+}
+
+/// The task slices by name (each must be unique).
+fn task_slices(ev: &[Value]) -> HashMap<String, Value> {
+    let mut out = HashMap::new();
+    for e in ev.iter().filter(|e| e["ph"] == "X" && e["cat"] == "task") {
+        let name = e["name"].as_str().unwrap().to_string();
         assert!(
-            json.contains(&format!("\"name\":\"Traced[{i}]\"")),
-            "{json}"
+            out.insert(name.clone(), e.clone()).is_none(),
+            "two slices for {name}"
         );
     }
-    assert!(json.contains("\"name\":\"Traced[gpu]\""));
-    assert!(json.contains("\"device\":\"gpu:0\""));
-    assert!(json.contains("\"process_name\""));
-    let events = json.matches("\"ph\":\"X\"").count();
-    assert_eq!(events, 5, "one event per task");
-    assert_eq!(
-        json.matches('{').count(),
-        json.matches('}').count(),
-        "balanced JSON"
-    );
-    std::fs::remove_dir_all(&dir).ok();
+    out
+}
+
+fn spin(d: Duration) {
+    let t = std::time::Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
 }
 
 #[test]
-fn the_profile_counts_tasks_per_device() {
+fn a_trace_has_one_slice_per_task_with_its_outcome_and_arrows() {
+    let path = trace_path("trace");
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .virtual_gpus(1, 1 << 20)
+        .trace(&path)
+        .build()
+        .unwrap();
+    support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("Traced");
+            for i in 0..3 {
+                task(async { spin(Duration::from_millis(1)) })
+                    .id(t.at(i))
+                    .spawn();
+            }
+            task(async {})
+                .id(t.at("gpu"))
+                .placement(Placement::Gpu(0))
+                .after(t.range(0..3))
+                .spawn();
+            task(async { panic!("traced failure") })
+                .id(t.at("bad"))
+                .after(t.at(0))
+                .spawn();
+            task(async {}).id(t.at("orphan")).after(t.at("bad")).spawn();
+            t.await.ok();
+        });
+        drop(rt);
+    });
+    let ev = events(&path);
+    let slices = task_slices(&ev);
+    assert_eq!(slices.len(), 6, "one slice per task: {slices:?}");
+    for i in 0..3 {
+        let s = &slices[&format!("Traced[{i}]")];
+        assert_eq!(s["args"]["outcome"], "ok");
+        assert_eq!(s["args"]["device"], "cpu:0");
+        assert_eq!(s["pid"], 0, "CPU tasks are on the workers' process");
+        assert!(s["tid"].as_u64().unwrap() >= 1, "on a worker's track");
+        assert!(
+            s["dur"].as_f64().unwrap() >= 1000.0,
+            "it spun for 1 ms: {s}"
+        );
+    }
+    let gpu = &slices["Traced[gpu]"];
+    assert_eq!(gpu["args"]["device"], "gpu:0");
+    assert_eq!(gpu["args"]["outcome"], "ok");
+    let bad = &slices["Traced[bad]"];
+    assert_eq!(bad["args"]["outcome"], "failed");
+    assert!(
+        bad["args"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("traced failure"),
+        "{bad}"
+    );
+    let orphan = &slices["Traced[orphan]"];
+    assert_eq!(orphan["args"]["outcome"], "never ran");
+    assert_eq!(orphan["tid"], 0, "on the never-ran track");
+    assert_eq!(orphan["dur"].as_f64().unwrap(), 0.0);
+    assert!(
+        orphan["args"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Traced[bad]")
+    );
+
+    // Arrows: an "s" end on the dependency's slice, an "f" end on the dependent's.
+    let at =
+        |e: &Value, s: &Value| e["pid"] == s["pid"] && e["tid"] == s["tid"] && e["ts"] == s["ts"];
+    let flows = |ph: &str| -> Vec<&Value> { ev.iter().filter(|e| e["ph"] == ph).collect() };
+    let (starts, ends) = (flows("s"), flows("f"));
+    let edge = |from: &str, to: &str| {
+        let (a, b) = (&slices[from], &slices[to]);
+        starts.iter().any(|s| {
+            at(s, a)
+                && ends
+                    .iter()
+                    .any(|f| f["id"] == s["id"] && at(f, b) && f["ts"].as_f64() >= s["ts"].as_f64())
+        })
+    };
+    for i in 0..3 {
+        assert!(
+            edge(&format!("Traced[{i}]"), "Traced[gpu]"),
+            "arrow {i} -> gpu"
+        );
+    }
+    assert!(edge("Traced[0]", "Traced[bad]"));
+    assert!(
+        !edge("Traced[gpu]", "Traced[0]"),
+        "arrows point from dependency to dependent"
+    );
+    assert_eq!(
+        starts.len(),
+        5,
+        "one arrow per dependency that ran: {starts:?}"
+    );
+    let names: Vec<_> = ev
+        .iter()
+        .filter(|e| e["ph"] == "M")
+        .map(|e| &e["args"]["name"])
+        .collect();
+    assert!(names.iter().any(|n| *n == "CPU workers"), "{names:?}");
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
+#[test]
+fn a_user_span_inside_a_task_nests_in_its_slice() {
+    let path = trace_path("nest");
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .trace(&path)
+        .build()
+        .unwrap();
+    support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("Outer");
+            task(async {
+                spin(Duration::from_micros(200));
+                tracing::info_span!("inner step").in_scope(|| spin(Duration::from_millis(1)));
+                spin(Duration::from_micros(200));
+            })
+            .id(t.at(0))
+            .await
+        })
+        .unwrap();
+        drop(rt);
+    });
+    let ev = events(&path);
+    let outer = &task_slices(&ev)["Outer[0]"];
+    let inner: Vec<_> = ev
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["name"] == "inner step")
+        .collect();
+    assert_eq!(inner.len(), 1, "{ev:?}");
+    let inner = inner[0];
+    assert_eq!(inner["cat"], "user");
+    assert_eq!(
+        (&inner["pid"], &inner["tid"]),
+        (&outer["pid"], &outer["tid"]),
+        "same track"
+    );
+    let (o0, od) = (
+        outer["ts"].as_f64().unwrap(),
+        outer["dur"].as_f64().unwrap(),
+    );
+    let (i0, id) = (
+        inner["ts"].as_f64().unwrap(),
+        inner["dur"].as_f64().unwrap(),
+    );
+    assert!(
+        i0 >= o0 && i0 + id <= o0 + od,
+        "nested: outer {outer} inner {inner}"
+    );
+    assert!(id >= 1000.0);
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
+#[test]
+fn the_summary_counts_the_tasks_run() {
     let rt = parla::Runtime::builder()
         .cpu_threads(2)
         .virtual_gpus(1, 1 << 20)
@@ -67,19 +214,56 @@ fn the_profile_counts_tasks_per_device() {
         .unwrap();
     let rt = support::within(30, move || {
         rt.block_on(async {
+            let mut hs = Vec::new();
             for _ in 0..5 {
-                task(async {}).spawn();
+                hs.push(task(async {}).spawn());
             }
             for _ in 0..3 {
-                task(async {}).placement(Placement::Gpu(0)).spawn();
+                hs.push(task(async {}).placement(Placement::Gpu(0)).spawn());
             }
+            // A chain of three 2 ms tasks: the critical path is at least 6 ms.
+            let c = TaskSpace::new("Chain");
+            for i in 0..3 {
+                let mut b = task(async { spin(Duration::from_millis(2)) }).id(c.at(i));
+                if i > 0 {
+                    b = b.after(c.at(i - 1));
+                }
+                hs.push(b.spawn());
+            }
+            let bad = task(async { panic!("counted") }).spawn();
+            let never = task(async {}).after(&bad).spawn();
+            for h in hs {
+                h.await.unwrap();
+            }
+            assert!(bad.await.is_err());
+            assert!(never.await.is_err());
         });
         rt
     });
     let s = rt.profile_summary().expect("profiling is on");
-    assert!(s.contains("cpu:0: 5 tasks"), "{s}");
-    assert!(s.contains("gpu:0: 3 tasks"), "{s}");
-    assert!(s.contains("scheduler, ns per task: start"), "{s}");
+    assert_eq!(s.tasks_run, 12, "{s}");
+    assert_eq!(s.tasks_failed, 1, "{s}");
+    assert_eq!(s.tasks_never_ran, 1, "{s}");
+    let dev = |n: &str| {
+        s.devices
+            .iter()
+            .find(|d| d.device == n)
+            .unwrap_or_else(|| panic!("{s}"))
+    };
+    assert_eq!(dev("cpu:0").tasks, 9, "{s}");
+    assert_eq!(dev("cpu:0").failed, 1, "{s}");
+    assert_eq!(dev("gpu:0").tasks, 3, "{s}");
+    assert!(s.critical_path >= Duration::from_millis(6), "{s}");
+    assert!(s.makespan >= s.critical_path, "{s}");
+    assert!(dev("cpu:0").busy > 0.0 && dev("cpu:0").busy <= 1.0, "{s}");
+    assert_eq!(s.wait_dependencies.count, 12, "{s}");
+    assert!(s.overhead_per_task.is_some(), "{s}");
+    let text = s.to_string();
+    assert!(
+        text.contains("12 tasks run (1 failed), 1 never ran"),
+        "{text}"
+    );
+    assert!(text.contains("critical path"), "{text}");
     let off = support::cpu(1);
     assert!(off.profile_summary().is_none());
 }

@@ -1,5 +1,5 @@
-//! Every task is a `tracing` span (target `parla::task`) with its id, device, VCUs and
-//! memory; mapping is an event (target `parla::sched`).
+//! Every task is a `tracing` span (target `parla::task`) with its id, and its device, VCUs
+//! and memory once mapped; each step of its pipeline is an event in it.
 
 mod support;
 
@@ -13,17 +13,20 @@ use tracing::{Event, Metadata, Subscriber};
 /// A span's target and fields.
 type Span = (String, Vec<(String, String)>);
 
-/// Records every span's target and fields, and every event's target.
+/// Records every span's target and fields (as made, then as recorded), and every event's
+/// target and fields.
 #[derive(Default)]
 struct Capture {
     spans: Mutex<Vec<Span>>,
-    events: Mutex<Vec<String>>,
-    next: std::sync::atomic::AtomicU64,
+    events: Mutex<Vec<Span>>,
 }
 
 struct Fields(Vec<(String, String)>);
 
 impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.push((field.name().to_string(), value.to_string()));
+    }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.0
             .push((field.name().to_string(), format!("{value:?}")));
@@ -40,26 +43,26 @@ impl Subscriber for Shared {
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
         let mut f = Fields(Vec::new());
         attrs.record(&mut f);
-        self.0
-            .spans
-            .lock()
-            .unwrap()
-            .push((attrs.metadata().target().to_string(), f.0));
-        Id::from_u64(
-            1 + self
-                .0
-                .next
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        )
+        let mut spans = self.0.spans.lock().unwrap();
+        spans.push((attrs.metadata().target().to_string(), f.0));
+        Id::from_u64(spans.len() as u64)
     }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record(&self, id: &Id, values: &Record<'_>) {
+        let mut f = Fields(Vec::new());
+        values.record(&mut f);
+        self.0.spans.lock().unwrap()[id.into_u64() as usize - 1]
+            .1
+            .extend(f.0);
+    }
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, e: &Event<'_>) {
+        let mut f = Fields(Vec::new());
+        e.record(&mut f);
         self.0
             .events
             .lock()
             .unwrap()
-            .push(e.metadata().target().to_string());
+            .push((e.metadata().target().to_string(), f.0));
     }
     fn enter(&self, _: &Id) {}
     fn exit(&self, _: &Id) {}
@@ -89,8 +92,10 @@ fn every_task_is_a_span_with_its_constraints() {
     let spans = cap.spans.lock().unwrap();
     let task_spans: Vec<_> = spans.iter().filter(|(t, _)| t == "parla::task").collect();
     assert_eq!(task_spans.len(), 2, "{spans:?}");
+    // The last value recorded for a field.
     let field = |s: &Span, k: &str| {
         s.1.iter()
+            .rev()
             .find(|(n, _)| n == k)
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
@@ -108,11 +113,33 @@ fn every_task_is_a_span_with_its_constraints() {
         .unwrap();
     assert_eq!(field(gpu, "device"), "gpu:0");
     assert_eq!(field(gpu, "vcu"), "0.0");
+    let events = cap.events.lock().unwrap();
+    let steps: Vec<String> = events
+        .iter()
+        .filter(|e| e.0 == "parla::task")
+        .map(|e| field(e, "step"))
+        .collect();
+    for step in [
+        "spawned",
+        "ready",
+        "mapped",
+        "admitted",
+        "started",
+        "body_finished",
+        "completed",
+    ] {
+        assert_eq!(
+            steps.iter().filter(|s| *s == step).count(),
+            2,
+            "{step} once per task: {steps:?}"
+        );
+    }
+    let mapped = events
+        .iter()
+        .find(|e| field(e, "step") == "mapped" && field(e, "device") == "gpu:0");
+    assert!(mapped.is_some(), "{events:?}");
     assert!(
-        cap.events
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|t| t == "parla::sched")
+        events.iter().any(|e| e.0 == "parla::sched"),
+        "workers report their time"
     );
 }

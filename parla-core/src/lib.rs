@@ -36,7 +36,7 @@ mod runtime;
 pub mod scheduler;
 mod space;
 mod task;
-mod trace;
+pub mod trace;
 pub mod variants;
 
 pub use device::{Arch, Device, IntoPlacements, Placement, Placements};

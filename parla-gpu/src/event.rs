@@ -18,6 +18,8 @@ pub struct CudaFence {
     stream: Option<usize>,
     /// Seen complete (so the event can go back to the pool without another query).
     done: AtomicBool,
+    /// Timing events around the task's work, when it is traced.
+    timing: Option<crate::timing::Timing>,
 }
 
 impl std::fmt::Debug for CudaFence {
@@ -53,7 +55,15 @@ impl CudaFence {
             device: device.clone(),
             stream: pooled,
             done: AtomicBool::new(false),
+            timing: None,
         })
+    }
+
+    /// The fence of a traced task, with the timing events around its work (recorded
+    /// before the fence).
+    pub(crate) fn with_timing(mut self, timing: Option<crate::timing::Timing>) -> CudaFence {
+        self.timing = timing;
+        self
     }
 
     /// The device and pooled stream the fence was recorded on.
@@ -109,6 +119,13 @@ impl Fence for CudaFence {
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn times(&self) -> Option<(u64, u64)> {
+        if !self.done.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.timing.as_ref()?.times()
+    }
 }
 
 impl Drop for CudaFence {
@@ -118,6 +135,9 @@ impl Drop for CudaFence {
             // waiters wait on newer work, so only events seen complete go back to the pool.
             if self.done.load(Ordering::Relaxed) && self.device.failed().is_none() {
                 self.device.events.push(e);
+                if let Some(t) = self.timing.take() {
+                    t.recycle(&self.device);
+                }
             }
         }
     }

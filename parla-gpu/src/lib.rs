@@ -32,6 +32,7 @@ mod raw;
 mod runtime;
 pub mod solver;
 pub mod stream;
+mod timing;
 pub mod transfer;
 
 pub use context::{GpuContext, current};

@@ -64,6 +64,11 @@ pub trait GpuExec: Send {
     /// After each poll.
     fn exit(&mut self);
 
+    /// The task is traced: mark the start of its work on the device now (before its first
+    /// poll), so that its fence can tell when the work ran ([`Fence::times`]). The default
+    /// does nothing.
+    fn time(&mut self) {}
+
     /// The body returned: record a fence after the work it enqueued, and give the stream
     /// back. An error means the device reported one while the task ran.
     fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String>;

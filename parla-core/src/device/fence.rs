@@ -31,6 +31,13 @@ pub trait Fence: Send + Sync + 'static {
     fn queue(&self) -> Option<u64> {
         None
     }
+
+    /// For a traced task's fence, once done: when the task's work started and ended on the
+    /// device, in nanoseconds of the trace clock (`parla_core::trace::now_ns`), measured
+    /// on the device (CUDA events), not when the host saw it.
+    fn times(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 impl fmt::Debug for dyn Fence {

@@ -37,24 +37,14 @@ pub(crate) struct Effects {
     pub(crate) wake: Vec<Waker>,
     /// How many tasks finished without running (each was live).
     pub(crate) unrun: u32,
-    /// Those tasks, when `keep_unrun` is set (for traces).
+    /// Those of them that are traced (their trace records them as never run).
     pub(crate) unrun_tasks: Vec<Arc<dyn Task>>,
-    /// Collect `unrun_tasks`.
-    pub(crate) keep_unrun: bool,
 }
 
 impl Effects {
-    /// Effects that keep the tasks finished without running when `keep_unrun`.
-    pub(crate) fn new(keep_unrun: bool) -> Self {
-        Effects {
-            keep_unrun,
-            ..Effects::default()
-        }
-    }
-
     fn unrun(&mut self, t: &Arc<dyn Task>) {
         self.unrun += 1;
-        if self.keep_unrun {
+        if t.header().trace.is_some() {
             self.unrun_tasks.push(t.clone());
         }
     }

@@ -21,7 +21,6 @@
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::task::Waker;
 
 use smallvec::SmallVec;
@@ -140,6 +139,10 @@ pub(crate) trait Schedule: Send + Sync + 'static {
 pub(crate) struct RunState {
     /// GPU tasks: the backend's execution state (stream, context).
     pub(crate) exec: Option<Box<dyn crate::device::backend::GpuExec>>,
+}
+
+/// A traced task's span (made at spawn when a subscriber wants task spans).
+pub(crate) struct TaskTrace {
     #[cfg(feature = "tracing")]
     pub(crate) span: tracing::Span,
 }
@@ -172,9 +175,8 @@ pub(crate) struct Header {
     /// The waker of the task's `TaskHandle`, woken at completion.
     pub(crate) join: atomic_waker::AtomicWaker,
     pub(crate) name: Name,
-    /// Times (ns since the runtime's epoch) of spawn, ready and start, when tracing to a
-    /// file.
-    pub(crate) times: Option<Box<[AtomicU64; 3]>>,
+    /// The task's span, when it is traced.
+    pub(crate) trace: Option<Box<TaskTrace>>,
     /// The state of a started task between polls; touched only by the holder of the run
     /// token.
     run: UnsafeCell<Option<Box<RunState>>>,
@@ -230,7 +232,7 @@ impl Header {
             }),
             join: atomic_waker::AtomicWaker::new(),
             name,
-            times: None,
+            trace: None,
             run: UnsafeCell::new(None),
             waking: AtomicPtr::new(std::ptr::null_mut()),
         }
@@ -443,6 +445,11 @@ impl Header {
             _ => true,
         });
         (early, !l.dependents.is_empty())
+    }
+
+    /// The fence recorded after a GPU task's work, until its outcome is published.
+    pub(crate) fn recorded_fence(&self) -> Option<Arc<dyn Fence>> {
+        self.links.lock().gpu.as_ref().and_then(|g| g.fence.clone())
     }
 
     /// The fence of a GPU task whose body returned and whose work is still pending.

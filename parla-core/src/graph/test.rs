@@ -72,7 +72,7 @@ fn a_failure_cascades_without_recursion() {
         all.push(t.clone());
         prev = t;
     }
-    let mut fx = Effects::new(false);
+    let mut fx = Effects::default();
     let err = Arc::new(crate::TaskError::NoRuntime { task: "#0".into() });
     finish(&head, Err(err), &mut fx);
     assert_eq!(fx.unrun, 99_999);

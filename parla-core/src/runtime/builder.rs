@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -17,7 +16,6 @@ use crate::device::{Device, MAX_GPUS, VCU_ONE, vcu_fixed};
 use crate::error::{Error, Result};
 use crate::graph::node::Waking;
 use crate::scheduler::mapping::{MappingPolicy, MostFree};
-use crate::trace::Recorder;
 
 /// Configures and builds a [`Runtime`].
 ///
@@ -117,15 +115,21 @@ impl Builder {
         self
     }
 
-    /// Writes a Perfetto/Chrome trace of every task to `path` when the runtime shuts down.
-    /// The `PARLA_TRACE` environment variable does the same without code changes.
+    /// Streams a Perfetto / Chrome trace of every task to `path`, closed when the runtime
+    /// shuts down (see [`crate::trace`] for what it holds). The `PARLA_TRACE` environment
+    /// variable does the same without code changes. The runtime then sends its tasks'
+    /// events, and the spans made inside them, to a subscriber of its own; to keep yours,
+    /// add [`crate::trace::layer`] to it instead.
     pub fn trace(mut self, path: impl Into<PathBuf>) -> Self {
         self.trace = Some(path.into());
         self
     }
 
-    /// Prints a profile when the runtime shuts down: tasks and busy time per device, and the
-    /// scheduler's time per task by phase. `PARLA_PROFILE=1` does the same.
+    /// Prints a [`Summary`](crate::trace::Summary) when the runtime shuts down: tasks run
+    /// and failed, busy time per device, waits for dependencies and admission, the
+    /// runtime's overhead per task, makespan against the critical path. `PARLA_PROFILE=1`
+    /// does the same; [`Runtime::profile_summary`](crate::Runtime::profile_summary) gives it
+    /// while the runtime runs.
     pub fn profile(mut self, on: bool) -> Self {
         self.profile = on;
         self
@@ -228,6 +232,14 @@ impl Builder {
             .trace
             .or_else(|| std::env::var_os("PARLA_TRACE").map(PathBuf::from));
         let profile = self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0");
+        #[cfg(feature = "tracing")]
+        let trace = (trace_path.is_some() || profile)
+            .then(|| crate::trace::RtTrace::new(trace_path, profile))
+            .flatten();
+        #[cfg(not(feature = "tracing"))]
+        if trace_path.is_some() || profile {
+            eprintln!("parla: built without the `tracing` feature: no trace or profile");
+        }
         let id = new_runtime_id();
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<RtInner>| RtInner {
             id,
@@ -239,10 +251,9 @@ impl Builder {
             policy: self.policy.unwrap_or_else(|| Box::new(MostFree)),
             forward: Mutex::new(Vec::new()),
             gate: parking_lot::RwLock::new(()),
-            epoch: Instant::now(),
-            trace: trace_path.and_then(Recorder::new),
+            #[cfg(feature = "tracing")]
+            trace,
             bridge: bridge::Bridge::default(),
-            profile: profile.then(|| crate::trace::profile::Profile::new(n_gpus + 1)),
             pollers: parked::Pollers::default(),
             waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
             cpu_threads: threads,

@@ -33,11 +33,10 @@ use super::exec::Local;
 use super::{RtInner, context, waker};
 use crate::device::{Demand, Device};
 use crate::error::TaskError;
+use crate::graph;
 use crate::graph::activity::EndPoll;
 use crate::graph::cell::panic_message;
 use crate::graph::node::{Outcome, RunState, Task};
-use crate::graph::{self, Effects};
-use crate::trace::profile::Phase;
 
 /// Tasks a driver polls in one poll before it yields to Tokio.
 const BUDGET: u32 = 128;
@@ -48,19 +47,18 @@ pub(crate) struct Driver {
     active: bool,
     /// Deferred counter changes and scratch space, kept across the tasks it runs.
     local: Local,
+    /// Nanoseconds spent in task bodies in this poll, when workers report their time.
+    body_ns: Option<u64>,
 }
 
 impl Driver {
     /// A driver holding a slot (the caller claimed it) and counted in `ours`.
     pub(crate) fn new(rt: Arc<RtInner>) -> Self {
-        let local = Local {
-            fx: Effects::new(rt.trace.is_some()),
-            ..Local::default()
-        };
         Driver {
             rt,
             active: true,
-            local,
+            local: Local::default(),
+            body_ns: None,
         }
     }
 
@@ -69,7 +67,7 @@ impl Driver {
     fn start(&self, task: &Arc<dyn Task>, device: Device) -> Result<RunState, TaskError> {
         let rt = &self.rt;
         let h = task.header();
-        rt.stamp(h, 2);
+        crate::trace::step!(rt, h, "started");
         let dev = &rt.devices[device.slot()];
         let exec = match &dev.gpu {
             None => None,
@@ -83,7 +81,12 @@ impl Driver {
                     message,
                 };
                 match begun {
-                    Ok(Ok(e)) => Some(e),
+                    Ok(Ok(mut e)) => {
+                        if h.trace.is_some() {
+                            let _ = catch_unwind(AssertUnwindSafe(|| e.time()));
+                        }
+                        Some(e)
+                    }
                     Ok(Err(message)) => return Err(device_err(message)),
                     Err(p) => {
                         return Err(device_err(format!(
@@ -94,20 +97,7 @@ impl Driver {
                 }
             }
         };
-        #[cfg(feature = "tracing")]
-        let span = tracing::trace_span!(
-            target: "parla::task",
-            "task",
-            task.id = %h.name,
-            device = %device,
-            vcu = crate::device::vcu_float(h.demand().vcu),
-            mem.bytes = h.mem,
-        );
-        Ok(RunState {
-            exec,
-            #[cfg(feature = "tracing")]
-            span,
-        })
+        Ok(RunState { exec })
     }
 
     /// Polls `task` (whose run token this driver holds) once, and handles what follows.
@@ -115,7 +105,6 @@ impl Driver {
         let rt = self.rt.clone();
         let h = task.header();
         let device = h.device().unwrap_or(Device::CPU);
-        let t0 = rt.profile.as_ref().map(|_| Instant::now());
         // SAFETY: this driver holds the task's run token.
         let saved = unsafe { h.run_state() }.take();
         let (mut run, pended) = match saved {
@@ -128,31 +117,22 @@ impl Driver {
                 }
             },
         };
-        if let (Some(p), Some(t0)) = (&rt.profile, t0) {
-            p.add(Phase::Start, t0, Instant::now());
-        }
         if pended {
             h.act.begin_poll();
         } else {
             h.act.begin_first_poll();
         }
         context::take_blocked();
-        let t1 = rt.profile.as_ref().map(|_| Instant::now());
         let poll = {
             let _task =
                 context::enter_task(&task, device, run.exec.is_some(), waker::task_poller(&task));
-            #[cfg(feature = "tracing")]
-            let _span = run.span.enter();
             let waker = waker::task_poll_waker(&task);
             let entered = match run.exec.as_mut() {
                 Some(e) => catch_unwind(AssertUnwindSafe(|| e.enter())).is_ok(),
                 None => true,
             };
             let p = if entered {
-                // SAFETY: this driver holds the task's run token (from admission or a wake,
-                // through the injector or the next-task slot, exactly once), and the task is
-                // not finished.
-                unsafe { task.poll_body(&mut Context::from_waker(&waker)) }
+                self.poll_body(&task, &waker)
             } else {
                 Poll::Ready(Err(Arc::new(TaskError::Device {
                     task: h.name.to_string(),
@@ -167,17 +147,10 @@ impl Driver {
         };
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
-        if let (Some(p), Some(t1)) = (&rt.profile, t1) {
-            p.poll(device.slot(), t1, Instant::now());
-        }
         match poll {
             Poll::Ready(outcome) => {
-                let t2 = rt.profile.as_ref().map(|_| Instant::now());
+                crate::trace::step!(rt, h, "body_finished");
                 self.finish_running(&task, run, outcome, pended);
-                if let (Some(p), Some(t2)) = (&rt.profile, t2) {
-                    p.add(Phase::Finish, t2, Instant::now());
-                    p.task_done(device.slot());
-                }
             }
             Poll::Pending => {
                 let awaits = context::take_blocked();
@@ -199,6 +172,44 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Polls the body of `task` (whose run token this driver holds) once: inside its span
+    /// and timed when it is traced.
+    fn poll_body(&mut self, task: &Arc<dyn Task>, waker: &std::task::Waker) -> Poll<Outcome> {
+        let mut cx = Context::from_waker(waker);
+        #[cfg(feature = "tracing")]
+        if task.header().trace.is_some() {
+            return crate::trace::cold(|| self.poll_traced(task, &mut cx));
+        }
+        // SAFETY: this driver holds the task's run token (from admission or a wake, through
+        // the injector or the next-task slot, exactly once), and the task is not finished.
+        unsafe { task.poll_body(&mut cx) }
+    }
+
+    /// [`poll_body`](Self::poll_body) of a traced task: inside its span, timed.
+    #[cfg(feature = "tracing")]
+    fn poll_traced(&mut self, task: &Arc<dyn Task>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let Some(t) = task.header().trace.as_deref() else {
+            // SAFETY: as in `poll_body`.
+            return unsafe { task.poll_body(cx) };
+        };
+        let outer = Instant::now();
+        let mut body = 0;
+        let p = self.rt.in_trace(|| {
+            let _span = t.span.enter();
+            let from = Instant::now();
+            // SAFETY: as in `poll_body`.
+            let p = unsafe { task.poll_body(cx) };
+            body = from.elapsed().as_nanos() as u64;
+            p
+        });
+        // Entering the span is the trace's time, not the runtime's.
+        crate::trace::add_traced(outer, body);
+        if let Some(b) = self.body_ns.as_mut() {
+            *b += body;
+        }
+        p
     }
 
     /// The task waits on other tasks: its VCUs go back to its device meanwhile.
@@ -233,10 +244,8 @@ impl Driver {
             return;
         };
         let device = h.device().unwrap_or(Device::CPU);
-        let t0 = rt.profile.as_ref().map(|_| Instant::now());
         let fenced = catch_unwind(AssertUnwindSafe(|| exec.finish()))
             .unwrap_or_else(|p| Err(format!("the GPU backend panicked: {}", panic_message(&*p))));
-        let t1 = rt.profile.as_ref().map(|_| Instant::now());
         let outcome = match (outcome, fenced) {
             (Err(e), _) => Err(e),
             (Ok(()), Err(message)) => Err(Arc::new(TaskError::Device {
@@ -257,16 +266,10 @@ impl Driver {
                 }
                 let others = graph::body_fenced(task, &f, &mut self.local.fx);
                 rt.apply(&mut self.local);
-                let t2 = rt.profile.as_ref().map(|_| Instant::now());
                 let queued = rt.devices[device.slot()].usage().waiting > 0;
                 let urgent = others || queued || h.join_awaited();
                 Bridge::watch(&rt, Watch::Task(task.clone(), f, urgent));
                 self.local.busy -= 1;
-                if let (Some(p), Some(t0), Some(t1), Some(t2)) = (&rt.profile, t0, t1, t2) {
-                    p.add(Phase::Fence, t0, t1);
-                    p.add(Phase::Runahead, t1, t2);
-                    p.add(Phase::Watch, t2, Instant::now());
-                }
                 return;
             }
         };
@@ -285,6 +288,8 @@ impl Future for Driver {
         let mut budget = BUDGET;
         // (A mark left by a driver that ended on this thread is stale.)
         context::take_handoff();
+        #[cfg(feature = "tracing")]
+        let report = this.start_report();
         let result = loop {
             let Some(task) = context::take_next().or_else(|| rt.inject.pop()) else {
                 rt.flush(&mut this.local);
@@ -313,7 +318,33 @@ impl Future for Driver {
             }
         };
         rt.flush(&mut this.local);
+        #[cfg(feature = "tracing")]
+        this.report(report);
         result
+    }
+}
+
+#[cfg(feature = "tracing")]
+impl Driver {
+    /// When workers report their time (a subscriber wants `parla::sched` events): the start
+    /// of this poll and the time already spent tracing on this thread.
+    fn start_report(&mut self) -> Option<(Instant, u64)> {
+        let on = self.rt.trace.is_some()
+            || tracing::enabled!(target: "parla::sched", tracing::Level::TRACE);
+        self.body_ns = on.then_some(0);
+        on.then(|| (Instant::now(), crate::trace::traced_ns()))
+    }
+
+    /// Reports this poll's time: in task bodies, and in the runtime (time spent writing
+    /// the trace left out).
+    fn report(&mut self, start: Option<(Instant, u64)>) {
+        let (Some((t0, traced)), Some(body_ns)) = (start, self.body_ns.take()) else {
+            return;
+        };
+        let spent = t0.elapsed().as_nanos() as u64;
+        let driver_ns = spent.saturating_sub(crate::trace::traced_ns() - traced);
+        self.rt
+            .in_trace(|| tracing::trace!(target: "parla::sched", driver_ns, body_ns));
     }
 }
 

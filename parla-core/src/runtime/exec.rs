@@ -57,7 +57,6 @@ impl RtInner {
     /// already), then applies what `f` left in it and flushes.
     pub(crate) fn with_local<R>(self: &Arc<Self>, f: impl FnOnce(&mut Local) -> R) -> R {
         let mut l = SCRATCH.with(|c| c.take()).unwrap_or_default();
-        l.fx.keep_unrun = self.trace.is_some();
         let r = f(&mut l);
         self.apply(&mut l);
         self.flush(&mut l);
@@ -74,7 +73,7 @@ impl RtInner {
                 l.live -= l.fx.unrun as i64;
                 l.fx.unrun = 0;
                 for t in l.fx.unrun_tasks.drain(..) {
-                    self.trace_end(t.header(), false);
+                    self.trace_end(t.header());
                 }
             }
             while let Some(t) = l.fx.ready.pop() {
@@ -102,7 +101,7 @@ impl RtInner {
         admitted: &mut Launch,
     ) -> Result<(), (Arc<dyn Task>, TaskError)> {
         let h = task.header();
-        self.stamp(h, 1);
+        crate::trace::step!(self, h, "ready");
         let slot = self.map(h, task.data());
         let dev = &self.devices[slot];
         let vcu = if h.vcu == DEFAULT_VCU {
@@ -121,7 +120,14 @@ impl RtInner {
         }
         let mem = h.mem;
         #[cfg(feature = "tracing")]
-        tracing::trace!(target: "parla::sched", { task.id = %h.name, device = %dev.device, vcu = vcu_float(vcu), mem.bytes = mem }, "mapped");
+        if let Some(t) = h.trace.as_deref() {
+            // The span shows its task's placement from now on (a span records through its
+            // own subscriber).
+            t.span.record("device", tracing::field::display(dev.device));
+            t.span.record("vcu", vcu_float(vcu));
+            t.span.record("mem.bytes", mem);
+        }
+        crate::trace::step!(self, h, "mapped", device = %dev.device, vcu = vcu_float(vcu), mem);
         if let Some(acc) = task.data() {
             acc.set_device(dev.device);
             self.data_ready(slot, task, admitted);
@@ -235,6 +241,7 @@ impl RtInner {
         } else {
             // A first admission: the task counts as running on its device.
             self.devices[h.device().map_or(0, |d| d.slot())].started(1);
+            crate::trace::step!(self, h, "admitted");
         }
     }
 
@@ -341,8 +348,9 @@ impl RtInner {
         if matches!(outcome, Err(ref e) if matches!(**e, TaskError::Device { .. })) {
             self.check_device(device);
         }
+        self.trace_gpu(h);
         graph::finish(task, outcome, &mut l.fx);
-        self.trace_end(h, true);
+        self.trace_end(h);
         l.live -= 1;
         if token {
             l.busy -= 1;

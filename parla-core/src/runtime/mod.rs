@@ -37,7 +37,6 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -49,7 +48,6 @@ use crate::graph::activity::EndPoll;
 use crate::graph::node::{Header, Schedule, Task, Waking};
 use crate::scheduler::admission::Admission;
 use crate::scheduler::mapping::MappingPolicy;
-use crate::trace::Recorder;
 use counters::Counters;
 use inject::Injector;
 use waker::MainPoller;
@@ -169,10 +167,10 @@ pub(crate) struct RtInner {
     /// runtime from outside while they take their busy token: the resolver never acts on
     /// a stall that a thread entering meanwhile ends.
     pub(crate) gate: parking_lot::RwLock<()>,
-    pub(crate) epoch: Instant,
-    pub(crate) trace: Option<Recorder>,
+    /// The runtime's own subscriber (a trace file or a profile was asked for).
+    #[cfg(feature = "tracing")]
+    pub(crate) trace: Option<crate::trace::RtTrace>,
     pub(crate) bridge: bridge::Bridge,
-    pub(crate) profile: Option<crate::trace::profile::Profile>,
     pub(crate) pollers: parked::Pollers,
     /// Where wakers schedule this runtime's tasks.
     pub(crate) waking: Arc<Waking>,
@@ -231,24 +229,42 @@ impl RtInner {
         f.clone()
     }
 
-    /// Nanoseconds since the runtime started.
-    pub(crate) fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    /// Records pipeline time `i` (0 spawn, 1 ready, 2 start) when tracing to a file.
+    /// Runs `f` with the runtime's own subscriber as the default, if it has one (its
+    /// tasks' spans and events go there); else with whatever subscriber is current.
+    #[cfg(feature = "tracing")]
     #[inline]
-    pub(crate) fn stamp(&self, h: &Header, i: usize) {
-        if let Some(t) = &h.times {
-            t[i].store(self.now(), Ordering::Relaxed);
+    pub(crate) fn in_trace<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.trace {
+            Some(t) => tracing::dispatcher::with_default(&t.dispatch, f),
+            None => f(),
         }
     }
 
-    /// Records a finished task in the trace.
-    #[inline]
-    pub(crate) fn trace_end(&self, h: &Header, ran: bool) {
-        if let Some(r) = &self.trace {
-            r.record(h, h.device().unwrap_or(Device::CPU), self.now(), ran);
+    /// Traces the end of the task with header `h` (its outcome is published).
+    #[inline(always)]
+    pub(crate) fn trace_end(&self, h: &Header) {
+        #[cfg(feature = "tracing")]
+        if h.trace.is_some() {
+            crate::trace::cold(|| match h.outcome() {
+                Some(Err(e)) => crate::trace::step!(self, h, "completed", error = %e),
+                _ => crate::trace::step!(self, h, "completed"),
+            });
+        }
+    }
+
+    /// Traces when a finished GPU task's work ran on the device, if its fence was timed.
+    #[inline(always)]
+    pub(crate) fn trace_gpu(&self, h: &Header) {
+        #[cfg(feature = "tracing")]
+        if h.trace.is_some() {
+            crate::trace::cold(|| {
+                if let Some(f) = h.recorded_fence()
+                    && let Some((gpu_start, gpu_end)) = f.times()
+                {
+                    let stream = f.queue().unwrap_or(0);
+                    crate::trace::step!(self, h, "gpu_finished", gpu_start, gpu_end, stream);
+                }
+            });
         }
     }
 
@@ -358,9 +374,12 @@ impl Runtime {
             .map(|s| s.admission.usage())
     }
 
-    /// The profile so far (see [`Builder::profile`]), or `None` when profiling is off.
-    pub fn profile_summary(&self) -> Option<String> {
-        self.inner.profile.as_ref().map(|p| p.summary(&self.inner))
+    /// The profile so far (see [`Builder::profile`] and [`Builder::trace`]), or `None`
+    /// when the runtime has no subscriber of its own.
+    #[cfg(feature = "tracing")]
+    pub fn profile_summary(&self) -> Option<crate::trace::Summary> {
+        let t = self.inner.trace.as_ref()?;
+        t.guard.lock().as_ref().map(|g| g.summary())
     }
 
     /// Worker threads.
@@ -477,11 +496,10 @@ impl Drop for Runtime {
         }
         stall::cancel_all(inner);
         ALIVE.lock().retain(|&id| id != inner.id);
-        if let Some(r) = &inner.trace {
-            r.finish(inner);
-        }
-        if let Some(p) = &inner.profile {
-            eprint!("{}", p.summary(inner));
+        #[cfg(feature = "tracing")]
+        if let Some(t) = &inner.trace {
+            // Closes the file and prints the summary, if asked to.
+            drop(t.guard.lock().take());
         }
     }
 }

@@ -145,10 +145,46 @@ fn header_of<C: Task>(
         vcu,
         memory,
     );
-    if rt.trace.is_some() {
-        header.times = Some(Box::default());
+    #[cfg(feature = "tracing")]
+    if rt.trace.is_some() || crate::trace::may_trace() {
+        header.trace = crate::trace::cold(|| task_span(rt, &header.name));
     }
     header
+}
+
+/// The span of a new task, if a subscriber wants it.
+#[cfg(feature = "tracing")]
+fn task_span(rt: &RtInner, name: &Name) -> Option<Box<crate::graph::node::TaskTrace>> {
+    use tracing::field::Empty;
+    let span = rt.in_trace(|| {
+        tracing::trace_span!(
+            target: "parla::task",
+            parent: None,
+            "task",
+            task.id = %name,
+            device = Empty,
+            vcu = Empty,
+            mem.bytes = Empty,
+        )
+    });
+    (!span.is_disabled()).then(|| Box::new(crate::graph::node::TaskTrace { span }))
+}
+
+/// Traces the dependencies of a new task (the ones with spans).
+#[inline(always)]
+fn trace_dependencies(rt: &RtInner, h: &Header, nodes: &[Arc<dyn Task>]) {
+    #[cfg(feature = "tracing")]
+    if h.trace.is_some() {
+        crate::trace::cold(|| {
+            for n in nodes {
+                if let Some(id) = n.header().trace.as_ref().and_then(|t| t.span.id()) {
+                    crate::trace::step!(rt, h, "dependency", dep = id.into_u64());
+                }
+            }
+        });
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (rt, h, nodes);
 }
 
 /// Wires a new task into the graph: its id, its dependencies (given, and those its data
@@ -162,7 +198,7 @@ fn wire_spawned(
     data: Option<&Accesses>,
 ) {
     let h = task.header();
-    rt.stamp(h, 0);
+    crate::trace::step!(rt, h, "spawned");
     // Counted before any other thread can see the task.
     context::take_live_credit(rt);
 
@@ -194,6 +230,7 @@ fn wire_spawned(
         }
         let mut nodes = deps.into_nodes(rt);
         nodes.extend(implied);
+        trace_dependencies(rt, h, &nodes);
         graph::wire(&task, placeholder.as_ref(), nodes)
     })();
     match wired {

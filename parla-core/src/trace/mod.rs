@@ -1,140 +1,165 @@
-//! Task traces: a Perfetto / Chrome trace file of every task, streamed to disk as tasks
-//! finish (memory stays bounded however long the program runs) and closed at shutdown.
+//! Profiling: every task is a [`tracing`] span, and each step of its pipeline an event in
+//! it; a [`TraceLayer`] turns them into a Perfetto / Chrome trace and a [`Summary`].
 //!
-//! Enabled with [`Builder::trace`](crate::Builder::trace) or the `PARLA_TRACE` environment
-//! variable. Each task becomes a complete event (`"ph": "X"`) on its device's track, from
-//! the moment it started to the moment it finished (zero length for a task that never
-//! ran), with its outcome and the time it waited for its dependencies and for admission in
-//! its arguments. Open the file in <https://ui.perfetto.dev> or `chrome://tracing`.
+//! # The events
+//! A task's span (target `parla::task`, name `task`, field `task.id`) is made when the task
+//! is spawned and has no parent, so user spans made inside the task's body nest under it.
+//! Its steps are `TRACE` events in that span, target `parla::task`, with a `step` field:
+//!
+//! | `step` | when | fields |
+//! | --- | --- | --- |
+//! | `spawned` | the task was spawned | |
+//! | `dependency` | per dependency that has a span | `dep` (the dependency's span id) |
+//! | `ready` | its dependencies finished | |
+//! | `mapped` | a device was chosen | `device`, `vcu`, `mem` |
+//! | `admitted` | its VCUs and memory were reserved | |
+//! | `started` | a worker starts its first poll | |
+//! | `body_finished` | its body returned | |
+//! | `gpu_finished` | its GPU work finished (GPU tasks) | `gpu_start`, `gpu_end` (ns, [`now_ns`] clock, from CUDA events), `stream` |
+//! | `completed` | its outcome is published | `outcome` (`ok`, `failed`, `never ran`), `error` |
+//!
+//! Workers report their own time as events of target `parla::sched` (`driver_ns`,
+//! `body_ns`, `tasks`), from which the summary derives the runtime's overhead per task.
+//! Nothing is timed or formatted unless a subscriber wants these events: with no
+//! subscriber the cost is a branch per step.
+//!
+//! # Getting a trace
+//! The simplest way is [`Builder::trace`](crate::Builder::trace) (or `PARLA_TRACE=file`)
+//! and [`Builder::profile`](crate::Builder::profile) (or `PARLA_PROFILE=1`): the runtime
+//! then sends its events, and the spans its tasks open, to a subscriber of its own. To keep
+//! your own subscriber as well, compose the layer into it instead:
+//!
+//! ```no_run
+//! use tracing_subscriber::prelude::*;
+//!
+//! let (layer, guard) = parla_core::trace::layer("trace.json")?;
+//! tracing_subscriber::registry().with(layer).init();
+//! let rt = parla_core::Runtime::builder().build()?;
+//! rt.block_on(async {
+//!     parla_core::task(async {
+//!         let _s = tracing::info_span!("my step").entered(); // nested in the task's slice
+//!     })
+//!     .await
+//! })?;
+//! drop(rt);
+//! eprintln!("{}", guard.summary());
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Give filters to your other layers (`fmt::layer().with_filter(...)`), not to the whole
+//! subscriber: a global filter at `INFO` hides the `TRACE` events the trace is made of.
 
-pub(crate) mod profile;
+#[cfg(feature = "tracing")]
+mod layer;
+#[cfg(feature = "tracing")]
+mod summary;
+#[cfg(feature = "tracing")]
+mod writer;
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+#[cfg(feature = "tracing")]
+pub use layer::{Trace, TraceGuard, TraceLayer, layer};
+#[cfg(feature = "tracing")]
+pub use summary::{DeviceSummary, Percentiles, Summary};
 
-use parking_lot::Mutex;
-use serde_json::json;
+use std::sync::OnceLock;
+use std::time::Instant;
 
-use crate::device::{Device, vcu_float};
-use crate::graph::node::Header;
-use crate::runtime::RtInner;
-
-struct Writer {
-    out: BufWriter<File>,
-    /// Events written so far (a separator goes before the next).
-    events: u64,
-    failed: bool,
+/// Nanoseconds since the process's trace clock started (its first use): the time base of
+/// every timestamp in a trace, host and GPU alike.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-pub(crate) struct Recorder {
-    path: PathBuf,
-    writer: Mutex<Option<Writer>>,
+/// The runtime's own subscriber, when it was built with a trace file or a profile.
+#[cfg(feature = "tracing")]
+pub(crate) struct RtTrace {
+    pub(crate) dispatch: tracing::Dispatch,
+    /// Taken (closing the file) when the runtime shuts down.
+    pub(crate) guard: parking_lot::Mutex<Option<TraceGuard>>,
 }
 
-fn thread_id() -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::thread::current().id().hash(&mut h);
-    h.finish() % 10_000
-}
-
-impl Recorder {
-    /// Opens the trace file. `None` (with a message on stderr) if it cannot be created: a
-    /// trace is a diagnostic, and must not stop the program.
-    pub(crate) fn new(path: PathBuf) -> Option<Recorder> {
-        let file = match File::create(&path) {
-            Ok(f) => f,
+#[cfg(feature = "tracing")]
+impl RtTrace {
+    /// A subscriber writing `file` and keeping a summary (printed at shutdown if `print`).
+    pub(crate) fn new(file: Option<std::path::PathBuf>, print: bool) -> Option<RtTrace> {
+        use tracing_subscriber::layer::SubscriberExt;
+        if tracing::dispatcher::has_been_set() {
+            eprintln!(
+                "parla: a global tracing subscriber is set; the runtime's trace and profile \
+                 take task events from its workers, so events inside tasks will not reach \
+                 yours. Add parla::trace::layer to your subscriber to keep both."
+            );
+        }
+        let mut b = Trace::new().summary(print);
+        if let Some(f) = file {
+            b = b.file(f);
+        }
+        match b.build() {
+            Ok((layer, guard)) => Some(RtTrace {
+                dispatch: tracing::Dispatch::new(tracing_subscriber::registry().with(layer)),
+                guard: parking_lot::Mutex::new(Some(guard)),
+            }),
             Err(e) => {
-                eprintln!("parla: cannot write trace {}: {e}", path.display());
-                return None;
+                eprintln!("parla: cannot write the trace: {e}");
+                None
             }
-        };
-        let mut out = BufWriter::new(file);
-        let failed = out
-            .write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")
-            .is_err();
-        Some(Recorder {
-            path,
-            writer: Mutex::new(Some(Writer {
-                out,
-                events: 0,
-                failed,
-            })),
-        })
-    }
-
-    fn write(&self, event: serde_json::Value) {
-        let mut w = self.writer.lock();
-        let Some(w) = w.as_mut() else { return };
-        if w.failed {
-            return;
-        }
-        let sep: &[u8] = if w.events == 0 { b"" } else { b",\n" };
-        let r = w
-            .out
-            .write_all(sep)
-            .and_then(|()| serde_json::to_writer(&mut w.out, &event).map_err(Into::into));
-        match r {
-            Ok(()) => w.events += 1,
-            Err(e) => {
-                w.failed = true;
-                eprintln!("parla: cannot write trace {}: {e}", self.path.display());
-            }
-        }
-    }
-
-    /// Records a finished task (`ran`: its body was polled).
-    pub(crate) fn record(&self, h: &Header, device: Device, end: u64, ran: bool) {
-        let t = |i: usize| h.times.as_ref().map_or(0, |t| t[i].load(Ordering::Relaxed));
-        let (spawn, ready) = (t(0), t(1).max(t(0)));
-        let start = if ran { t(2).max(ready) } else { end };
-        let us = |ns: u64| ns as f64 / 1000.0;
-        let outcome = match h.outcome() {
-            Some(Ok(())) => "ok".to_string(),
-            Some(Err(e)) => e.to_string(),
-            None => "cancelled".to_string(),
-        };
-        self.write(json!({
-            "name": h.name.to_string(),
-            "cat": "task",
-            "ph": "X",
-            "ts": us(start),
-            "dur": us(end.saturating_sub(start)),
-            "pid": device.slot(),
-            "tid": thread_id(),
-            "args": {
-                "device": device.to_string(),
-                "vcus": vcu_float(h.demand().vcu),
-                "memory": h.mem,
-                "wait_deps_us": us(ready.saturating_sub(spawn)),
-                "wait_admission_us": if ran { us(start.saturating_sub(ready)) } else { 0.0 },
-                "ran": ran,
-                "failed": !matches!(h.outcome(), Some(Ok(()))),
-                "outcome": outcome,
-            },
-        }));
-    }
-
-    /// Names the device tracks and closes the file (at shutdown).
-    pub(crate) fn finish(&self, rt: &RtInner) {
-        for d in rt.devices.iter() {
-            self.write(json!({
-                "name": "process_name",
-                "ph": "M",
-                "pid": d.device.slot(),
-                "args": { "name": format!("{} ({})", d.device, d.name) },
-            }));
-        }
-        let Some(mut w) = self.writer.lock().take() else {
-            return;
-        };
-        if w.failed {
-            return;
-        }
-        if let Err(e) = w.out.write_all(b"\n]}\n").and_then(|()| w.out.flush()) {
-            eprintln!("parla: cannot write trace {}: {e}", self.path.display());
         }
     }
 }
+
+#[cfg(feature = "tracing")]
+thread_local! {
+    /// Nanoseconds this thread spent handing events to subscribers.
+    static TRACED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Nanoseconds this thread has spent handing events to subscribers (left out of the
+/// runtime's overhead in the summary).
+#[cfg(feature = "tracing")]
+pub(crate) fn traced_ns() -> u64 {
+    TRACED.with(|c| c.get())
+}
+
+/// Counts time spent handing events to subscribers since `from`, less `not` (time spent
+/// elsewhere meanwhile).
+#[cfg(feature = "tracing")]
+pub(crate) fn add_traced(from: Instant, not: u64) {
+    let ns = (from.elapsed().as_nanos() as u64).saturating_sub(not);
+    TRACED.with(|c| c.set(c.get() + ns));
+}
+
+/// Runs `f` out of line: tracing code stays out of the hot paths it sits in.
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+pub(crate) fn cold<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// Whether a subscriber may want `TRACE` spans (a static check and one load: the runtime
+/// makes task spans only then).
+#[cfg(feature = "tracing")]
+#[inline]
+pub(crate) fn may_trace() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    tracing::Level::TRACE <= STATIC_MAX_LEVEL && tracing::Level::TRACE <= LevelFilter::current()
+}
+
+/// Emits pipeline step `$step` of the task with header `$h` (if it is traced), through the
+/// runtime's subscriber if it has one.
+macro_rules! step {
+    ($rt:expr, $h:expr, $step:literal $(, $($f:tt)+)?) => {{
+        #[cfg(feature = "tracing")]
+        if let Some(t) = $h.trace.as_deref() {
+            $crate::trace::cold(|| {
+                let from = std::time::Instant::now();
+                $rt.in_trace(|| {
+                    tracing::trace!(target: "parla::task", parent: &t.span, step = $step $(, $($f)+)?)
+                });
+                $crate::trace::add_traced(from, 0);
+            });
+        }
+    }};
+}
+pub(crate) use step;

@@ -40,6 +40,8 @@ pub struct GpuDevice {
     /// A stream for copies outside tasks (write-backs, reads for CPU tasks), made on first
     /// use.
     pub(crate) copy: OnceLock<Arc<cudarc::driver::CudaStream>>,
+    /// Device-side times of traced tasks.
+    pub(crate) clock: crate::timing::Clock,
     name: String,
     total: u64,
     budget: u64,
@@ -136,6 +138,7 @@ impl GpuBackend for CudaBackend {
             stream,
             owned,
             prev: None,
+            timing: None,
         }))
     }
 
@@ -150,6 +153,8 @@ struct Exec {
     stream: Arc<PooledStream>,
     owned: bool,
     prev: Option<Option<GpuContext>>,
+    /// Timing events, when the task is traced.
+    timing: Option<crate::timing::Timing>,
 }
 
 impl GpuExec for Exec {
@@ -169,8 +174,19 @@ impl GpuExec for Exec {
         }
     }
 
-    fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
-        let fence = CudaFence::record(&self.dev, self.stream.stream(), Some(self.stream.index));
+    fn time(&mut self) {
+        // A trace without the GPU's times is still a trace: a failure here only leaves
+        // them out.
+        self.timing = crate::timing::Timing::start(&self.dev, self.stream.stream()).ok();
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
+        let timing = self.timing.take().and_then(|mut t| {
+            t.end(&self.dev, self.stream.stream()).ok()?;
+            Some(t)
+        });
+        let fence = CudaFence::record(&self.dev, self.stream.stream(), Some(self.stream.index))
+            .map(|f| f.with_timing(timing));
         if self.owned {
             self.dev.streams.release(&self.stream);
         }
@@ -270,6 +286,7 @@ fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, Stri
             kernels: Mutex::new(FxHashMap::default()),
             staging: Default::default(),
             copy: OnceLock::new(),
+            clock: Default::default(),
             name,
             total,
             budget: (total as f64 * opts.memory_fraction) as u64,

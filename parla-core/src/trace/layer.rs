@@ -1,0 +1,566 @@
+//! The trace layer: a `tracing-subscriber` layer that turns the tasks' pipeline events into
+//! a Perfetto / Chrome trace and a [`Summary`].
+//!
+//! The trace has a process per device class: `CPU workers` (pid 0, a thread per worker)
+//! and one per GPU (pid `n + 1`, a thread per stream). Each task is one complete slice
+//! (`"cat": "task"`): a CPU task (or a virtual GPU's) on the worker that first polled it,
+//! from that poll to its completion; a GPU task on its stream, timed by CUDA events around
+//! its work, with its host side as a `launch` slice on the worker. A task that never ran is
+//! a zero-length slice on its device's `never ran` track (tid 0). Dependencies are flow
+//! arrows; user spans inside a task body are slices nested in it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::ThreadId;
+
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+use super::now_ns;
+use super::summary::{Stats, Summary, TaskTimes};
+use super::writer::Writer;
+
+const TASK_TARGET: &str = "parla::task";
+const SCHED_TARGET: &str = "parla::sched";
+/// The CPU workers' process.
+const CPU_PID: u64 = 0;
+/// A device's track for tasks that never ran.
+const NOT_RUN_TID: u64 = 0;
+
+/// Options of a [`TraceLayer`]: a trace file, a summary printed at the end, or both.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    file: Option<PathBuf>,
+    print: bool,
+}
+
+impl Trace {
+    /// A layer that keeps a summary only (see [`TraceGuard::summary`]).
+    pub fn new() -> Trace {
+        Trace::default()
+    }
+
+    /// Streams a Perfetto / Chrome trace to `path` (open it in <https://ui.perfetto.dev>,
+    /// or draw it with `parla-timeline`).
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Trace {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Prints the summary on standard error when the guard is dropped.
+    pub fn summary(mut self, print: bool) -> Trace {
+        self.print = print;
+        self
+    }
+
+    /// The layer, and the guard that closes the file when dropped (keep it until the
+    /// runtime has shut down).
+    pub fn build(self) -> std::io::Result<(TraceLayer, TraceGuard)> {
+        let out = self.file.as_deref().map(Writer::create).transpose()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                out,
+                tracks: HashMap::new(),
+                named: HashSet::new(),
+                stats: Stats::default(),
+            }),
+            edges: AtomicU64::new(1),
+        });
+        Ok((
+            TraceLayer {
+                shared: shared.clone(),
+            },
+            TraceGuard {
+                shared,
+                print: self.print,
+            },
+        ))
+    }
+}
+
+/// A layer writing a trace to `path`: `Trace::new().file(path).build()`.
+pub fn layer(path: impl Into<PathBuf>) -> std::io::Result<(TraceLayer, TraceGuard)> {
+    Trace::new().file(path).build()
+}
+
+/// The `tracing-subscriber` layer that records tasks (see the [module docs](super)).
+#[derive(Clone)]
+pub struct TraceLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TraceLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceLayer").finish_non_exhaustive()
+    }
+}
+
+/// Closes the trace file when dropped (and prints the summary, if asked to).
+pub struct TraceGuard {
+    shared: Arc<Shared>,
+    print: bool,
+}
+
+impl fmt::Debug for TraceGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceGuard")
+            .field("print", &self.print)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TraceGuard {
+    /// The summary of the tasks recorded so far.
+    pub fn summary(&self) -> Summary {
+        self.shared.state.lock().stats.summary()
+    }
+}
+
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        let mut s = self.shared.state.lock();
+        if let Some(w) = s.out.take() {
+            w.finish();
+        }
+        if self.print {
+            eprint!("{}", s.stats.summary());
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The next flow (dependency arrow) id.
+    edges: AtomicU64,
+}
+
+struct State {
+    out: Option<Writer>,
+    /// Worker threads and their track ids.
+    tracks: HashMap<ThreadId, u64>,
+    /// Processes (`(pid, u64::MAX)`) and threads already named in the file.
+    named: HashSet<(u64, u64)>,
+    stats: Stats,
+}
+
+impl State {
+    /// The track of the calling thread in the CPU workers' process.
+    fn thread_track(&mut self) -> u64 {
+        let t = std::thread::current();
+        if let Some(&k) = self.tracks.get(&t.id()) {
+            return k;
+        }
+        let k = self.tracks.len() as u64 + 1;
+        self.tracks.insert(t.id(), k);
+        let name = format!("{} {k}", t.name().unwrap_or("thread"));
+        self.name_track(CPU_PID, k, || name);
+        k
+    }
+
+    /// Writes the names of process `pid` and its thread `tid` the first time they appear.
+    fn name_track(&mut self, pid: u64, tid: u64, name: impl FnOnce() -> String) {
+        let Some(out) = self.out.as_mut() else { return };
+        if self.named.insert((pid, u64::MAX)) {
+            let process = if pid == CPU_PID {
+                "CPU workers".to_string()
+            } else {
+                format!("gpu:{}", pid - 1)
+            };
+            out.write(&json!({"name": "process_name", "ph": "M", "pid": pid,
+                              "args": {"name": process}}));
+            out.write(&json!({"name": "process_sort_index", "ph": "M", "pid": pid,
+                              "args": {"sort_index": pid}}));
+        }
+        if self.named.insert((pid, tid)) {
+            out.write(
+                &json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
+                              "args": {"name": name()}}),
+            );
+        }
+    }
+
+    fn write(&mut self, event: Value) {
+        if let Some(out) = self.out.as_mut() {
+            out.write(&event);
+        }
+    }
+}
+
+/// Microseconds, the trace format's unit.
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// Where a finished task's slice is.
+#[derive(Clone, Copy)]
+struct Placed {
+    pid: u64,
+    tid: u64,
+    ts: u64,
+    /// The longest chain of tasks ending with this one.
+    chain: u64,
+}
+
+/// What the layer keeps on a task's span.
+struct TaskRec {
+    name: String,
+    spawn: u64,
+    ready: Option<u64>,
+    admitted: Option<u64>,
+    started: Option<u64>,
+    body_end: Option<u64>,
+    /// The worker track of its first poll.
+    track: Option<u64>,
+    device: Option<String>,
+    vcu: Option<f64>,
+    mem: Option<u64>,
+    /// GPU start, end and stream.
+    gpu: Option<(u64, u64, u64)>,
+    /// Arrows into it, drawn when it finishes.
+    ins: Vec<u64>,
+    /// Arrows out of it, and the dependents' longest chain of dependencies.
+    outs: Vec<(u64, Arc<AtomicU64>)>,
+    /// The longest chain among its finished dependencies.
+    deps_chain: Arc<AtomicU64>,
+    done: Option<Placed>,
+}
+
+/// A user span under a task: its open entries.
+struct UserRec {
+    enters: Vec<u64>,
+}
+
+/// The fields of a parla event or span.
+#[derive(Default)]
+struct Fields {
+    step: String,
+    task_id: Option<String>,
+    device: Option<String>,
+    error: Option<String>,
+    vcu: Option<f64>,
+    mem: Option<u64>,
+    dep: Option<u64>,
+    gpu_start: Option<u64>,
+    gpu_end: Option<u64>,
+    stream: Option<u64>,
+    driver_ns: Option<u64>,
+    body_ns: Option<u64>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.set_text(field, value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.set_text(field, format!("{value:?}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        let slot = match field.name() {
+            "mem" => &mut self.mem,
+            "dep" => &mut self.dep,
+            "gpu_start" => &mut self.gpu_start,
+            "gpu_end" => &mut self.gpu_end,
+            "stream" => &mut self.stream,
+            "driver_ns" => &mut self.driver_ns,
+            "body_ns" => &mut self.body_ns,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if field.name() == "vcu" {
+            self.vcu = Some(value);
+        }
+    }
+}
+
+impl Fields {
+    fn set_text(&mut self, field: &Field, value: String) {
+        match field.name() {
+            "step" => self.step = value,
+            "task.id" => self.task_id = Some(value),
+            "device" => self.device = Some(value),
+            "error" => self.error = Some(value),
+            _ => {}
+        }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let meta = attrs.metadata();
+        if meta.target() == TASK_TARGET && meta.name() == "task" {
+            let mut f = Fields::default();
+            attrs.record(&mut f);
+            let spawn = now_ns();
+            self.shared.state.lock().stats.spawned(spawn);
+            span.extensions_mut().insert(TaskRec {
+                name: f.task_id.unwrap_or_default(),
+                spawn,
+                ready: None,
+                admitted: None,
+                started: None,
+                body_end: None,
+                track: None,
+                device: None,
+                vcu: None,
+                mem: None,
+                gpu: None,
+                ins: Vec::new(),
+                outs: Vec::new(),
+                deps_chain: Arc::new(AtomicU64::new(0)),
+                done: None,
+            });
+            return;
+        }
+        // A user span inside a task's body (or inside such a span).
+        let under_task = span.parent().is_some_and(|p| {
+            let e = p.extensions();
+            e.get::<TaskRec>().is_some() || e.get::<UserRec>().is_some()
+        });
+        if under_task {
+            span.extensions_mut().insert(UserRec { enters: Vec::new() });
+        }
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(u) = span.extensions_mut().get_mut::<UserRec>()
+        {
+            u.enters.push(now_ns());
+        }
+    }
+
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let Some(from) = span
+            .extensions_mut()
+            .get_mut::<UserRec>()
+            .and_then(|u| u.enters.pop())
+        else {
+            return;
+        };
+        let to = now_ns();
+        let meta = span.metadata();
+        let mut s = self.shared.state.lock();
+        let tid = s.thread_track();
+        s.write(json!({
+            "name": meta.name(), "cat": "user", "ph": "X", "pid": CPU_PID, "tid": tid,
+            "ts": us(from), "dur": us(to - from),
+            "args": {"target": meta.target()},
+        }));
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let target = event.metadata().target();
+        if target == SCHED_TARGET {
+            let mut f = Fields::default();
+            event.record(&mut f);
+            if let (Some(d), Some(b)) = (f.driver_ns, f.body_ns) {
+                self.shared.state.lock().stats.driver(d, b);
+            }
+            return;
+        }
+        if target != TASK_TARGET {
+            return;
+        }
+        let Some(span) = event.parent().and_then(|id| ctx.span(id)) else {
+            return;
+        };
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let now = now_ns();
+        match f.step.as_str() {
+            "dependency" => self.dependency(&span, f.dep, &ctx),
+            "completed" => self.completed(&span, f.error, now),
+            step => {
+                let mut e = span.extensions_mut();
+                let Some(r) = e.get_mut::<TaskRec>() else {
+                    return;
+                };
+                match step {
+                    "ready" => r.ready = Some(now),
+                    "mapped" => {
+                        r.device = f.device;
+                        r.vcu = f.vcu;
+                        r.mem = f.mem;
+                    }
+                    "admitted" => r.admitted = Some(now),
+                    "started" => {
+                        r.started = Some(now);
+                        r.track = Some(self.shared.state.lock().thread_track());
+                    }
+                    "body_finished" => r.body_end = Some(now),
+                    "gpu_finished" => {
+                        if let (Some(a), Some(b), Some(s)) = (f.gpu_start, f.gpu_end, f.stream) {
+                            r.gpu = Some((a, b.max(a), s));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl TraceLayer {
+    /// `span`'s task depends on the task whose span id is `dep`: an arrow from it, drawn
+    /// now if it finished already, else when it does.
+    fn dependency<S>(&self, span: &SpanRef<'_, S>, dep: Option<u64>, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let Some(dep) = dep.and_then(|d| ctx.span(&Id::from_u64(d))) else {
+            return;
+        };
+        let Some(mine) = span
+            .extensions()
+            .get::<TaskRec>()
+            .map(|r| r.deps_chain.clone())
+        else {
+            return;
+        };
+        let edge = self.shared.edges.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut e = dep.extensions_mut();
+            let Some(d) = e.get_mut::<TaskRec>() else {
+                return;
+            };
+            match d.done {
+                Some(p) => {
+                    mine.fetch_max(p.chain, Ordering::Relaxed);
+                    self.shared.state.lock().write(flow("s", edge, p));
+                }
+                None => d.outs.push((edge, mine)),
+            }
+        }
+        if let Some(r) = span.extensions_mut().get_mut::<TaskRec>() {
+            r.ins.push(edge);
+        }
+    }
+
+    /// The task finished (`error`: how it failed): writes its slice and arrows, and counts
+    /// it.
+    fn completed<S>(&self, span: &SpanRef<'_, S>, error: Option<String>, end: u64)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let mut e = span.extensions_mut();
+        let Some(r) = e.get_mut::<TaskRec>() else {
+            return;
+        };
+        let ran = r.started.is_some();
+        let device = r.device.clone().unwrap_or_else(|| "cpu:0".into());
+        let gpu_pid = device
+            .strip_prefix("gpu:")
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(|n| n + 1);
+        // Where the task's slice goes and what it covers.
+        let (pid, tid, ts, to) = match (r.started, r.gpu, gpu_pid) {
+            (Some(_), Some((a, b, stream)), Some(pid)) => (pid, (stream & 0xffff_ffff) + 1, a, b),
+            (Some(s), _, _) => (CPU_PID, r.track.unwrap_or(0), s, end),
+            (None, _, _) => (gpu_pid.unwrap_or(CPU_PID), NOT_RUN_TID, end, end),
+        };
+        let chain = r.deps_chain.load(Ordering::Relaxed) + (to - ts);
+        let placed = Placed {
+            pid,
+            tid,
+            ts,
+            chain,
+        };
+        r.done = Some(placed);
+        let outs = std::mem::take(&mut r.outs);
+        for (_, c) in &outs {
+            c.fetch_max(chain, Ordering::Relaxed);
+        }
+        let outcome = match (&error, ran) {
+            (_, false) => "never ran",
+            (None, true) => "ok",
+            (Some(_), true) => "failed",
+        };
+        let gap = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => json!(us(b.saturating_sub(a))),
+            _ => Value::Null,
+        };
+        let mut args = json!({
+            "device": device,
+            "vcus": r.vcu,
+            "memory": r.mem,
+            "outcome": outcome,
+            "wait_deps_us": gap(Some(r.spawn), r.ready),
+            "wait_admission_us": gap(r.ready, r.admitted),
+            "wait_worker_us": gap(r.admitted, r.started),
+        });
+        if let Some(err) = &error {
+            args["error"] = json!(err);
+        }
+        if r.gpu.is_some() {
+            // The host's view of a GPU task: from its first poll to its completion.
+            args["host_start_us"] = json!(r.started.map(us));
+            args["host_end_us"] = json!(us(end));
+        }
+        let mut s = self.shared.state.lock();
+        let track_name = || match (pid, tid) {
+            (_, NOT_RUN_TID) => "never ran".to_string(),
+            (CPU_PID, t) => format!("worker {t}"),
+            (_, t) => format!("stream {}", t - 1),
+        };
+        s.name_track(pid, tid, track_name);
+        s.write(json!({
+            "name": r.name, "cat": "task", "ph": "X", "pid": pid, "tid": tid,
+            "ts": us(ts), "dur": us(to - ts), "args": args,
+        }));
+        if gpu_pid.is_some()
+            && r.gpu.is_some()
+            && let (Some(a), Some(track)) = (r.started, r.track)
+        {
+            let b = r.body_end.unwrap_or(end).max(a);
+            s.write(json!({
+                "name": format!("{} (launch)", r.name), "cat": "launch", "ph": "X",
+                "pid": CPU_PID, "tid": track, "ts": us(a), "dur": us(b - a),
+            }));
+        }
+        for &edge in &r.ins {
+            s.write(flow("f", edge, placed));
+        }
+        for (edge, _) in outs {
+            s.write(flow("s", edge, placed));
+        }
+        s.stats.task(TaskTimes {
+            device: &device,
+            ran,
+            failed: error.is_some(),
+            spawn: r.spawn,
+            ready: r.ready,
+            admitted: r.admitted,
+            started: r.started,
+            end,
+            busy: ran.then_some((ts, to)),
+            chain,
+        });
+    }
+}
+
+/// One end of a dependency arrow (`"s"` at the dependency, `"f"` at the dependent), bound
+/// to the slice starting at `at.ts` on its track.
+fn flow(ph: &str, id: u64, at: Placed) -> Value {
+    json!({
+        "name": "dependency", "cat": "dependency", "ph": ph, "id": id, "bp": "e",
+        "pid": at.pid, "tid": at.tid, "ts": us(at.ts),
+    })
+}

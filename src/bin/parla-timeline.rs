@@ -1,0 +1,385 @@
+//! Draws a parla-rs trace as an SVG timeline.
+//!
+//! ```sh
+//! PARLA_TRACE=trace.json cargo run --release --example constraints
+//! cargo run --bin parla-timeline -- trace.json timeline.svg
+//! ```
+//!
+//! One row per track of the trace (CPU workers, then each GPU's streams, then tasks that
+//! never ran), tasks as bars coloured by their task space (anonymous tasks share a colour),
+//! failed tasks outlined in red, spans opened inside tasks drawn inside them, and a GPU
+//! task's host-side launch as a thin grey bar on its worker. Options: `--width PX` (default
+//! 1600), `--from MS` / `--to MS` (a time window, in ms from the start of the trace).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+const LABEL: f64 = 190.0;
+const LANE: f64 = 16.0;
+const GAP: f64 = 6.0;
+const TOP: f64 = 40.0;
+/// Colour-blind friendly palette (Okabe-Ito, then Tableau).
+const PALETTE: [&str; 12] = [
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#4E79A7",
+    "#59A14F", "#B07AA1", "#9C755F", "#76B7B2",
+];
+
+struct Options {
+    input: String,
+    output: String,
+    width: f64,
+    from_ms: Option<f64>,
+    to_ms: Option<f64>,
+}
+
+fn usage() -> String {
+    "usage: parla-timeline TRACE.json OUT.svg [--width PX] [--from MS] [--to MS]".into()
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut pos = Vec::new();
+    let (mut width, mut from_ms, mut to_ms) = (1600.0, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> Result<f64, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| format!("{name}: not a non-negative number: {v}"))
+        };
+        match a.as_str() {
+            "--width" => width = num("--width")?.max(LABEL + 200.0),
+            "--from" => from_ms = Some(num("--from")?),
+            "--to" => to_ms = Some(num("--to")?),
+            "-h" | "--help" => return Err(usage()),
+            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{}", usage())),
+            s => pos.push(s.to_string()),
+        }
+    }
+    let [input, output] = <[String; 2]>::try_from(pos).map_err(|_| usage())?;
+    Ok(Options {
+        input,
+        output,
+        width,
+        from_ms,
+        to_ms,
+    })
+}
+
+/// A bar to draw.
+struct Bar {
+    name: String,
+    cat: String,
+    ts: f64,
+    dur: f64,
+    failed: bool,
+    outcome: String,
+}
+
+/// Reads a trace: a JSON object with `traceEvents`, or a bare event list; a file cut off
+/// before its closing brackets (a program that did not shut down) is read as far as it goes.
+fn read_events(text: &str) -> Result<Vec<Value>, String> {
+    let parse = |t: &str| serde_json::from_str::<Value>(t);
+    let v = match parse(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let cut = text.trim_end().trim_end_matches(',');
+            parse(&format!("{cut}\n]}}"))
+                .or_else(|_| parse(&format!("{cut}\n]")))
+                .map_err(|_| format!("not a JSON trace: {e}"))?
+        }
+    };
+    match v {
+        Value::Array(a) => Ok(a),
+        Value::Object(mut o) => match o.remove("traceEvents") {
+            Some(Value::Array(a)) => Ok(a),
+            _ => Err("no traceEvents list in the trace".into()),
+        },
+        _ => Err("not a trace: expected an object or a list".into()),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The kind of a task, for its colour: its task space, or `task` for anonymous ones.
+fn kind(name: &str) -> &str {
+    match name.find('[') {
+        Some(i) if i > 0 => &name[..i],
+        _ => "task",
+    }
+}
+
+/// Assigns each bar (sorted by start) the first lane where it overlaps nothing.
+fn lanes(bars: &[Bar]) -> (Vec<usize>, usize) {
+    let mut ends: Vec<f64> = Vec::new();
+    let mut out = Vec::with_capacity(bars.len());
+    for b in bars {
+        let lane = match ends.iter().position(|&e| e <= b.ts) {
+            Some(l) => l,
+            None => {
+                ends.push(0.0);
+                ends.len() - 1
+            }
+        };
+        ends[lane] = b.ts + b.dur;
+        out.push(lane);
+    }
+    (out, ends.len().max(1))
+}
+
+fn draw(events: &[Value], o: &Options) -> Result<String, String> {
+    let mut process: BTreeMap<u64, String> = BTreeMap::new();
+    let mut thread: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    let mut tracks: BTreeMap<(u64, u64), Vec<Bar>> = BTreeMap::new();
+    for e in events {
+        let (pid, tid) = (
+            e["pid"].as_u64().unwrap_or(0),
+            e["tid"].as_u64().unwrap_or(0),
+        );
+        let name = e["name"].as_str().unwrap_or("").to_string();
+        match e["ph"].as_str() {
+            Some("M") if name == "process_name" => {
+                process.insert(pid, e["args"]["name"].as_str().unwrap_or("").into());
+            }
+            Some("M") if name == "thread_name" => {
+                thread.insert((pid, tid), e["args"]["name"].as_str().unwrap_or("").into());
+            }
+            Some("X") => {
+                let outcome = e["args"]["outcome"].as_str().unwrap_or("ok").to_string();
+                tracks.entry((pid, tid)).or_default().push(Bar {
+                    name,
+                    cat: e["cat"].as_str().unwrap_or("").into(),
+                    ts: e["ts"].as_f64().unwrap_or(0.0),
+                    dur: e["dur"].as_f64().unwrap_or(0.0).max(0.0),
+                    failed: outcome != "ok",
+                    outcome,
+                });
+            }
+            _ => {}
+        }
+    }
+    if tracks.is_empty() {
+        return Err("the trace has no slices".into());
+    }
+    let t_min = tracks
+        .values()
+        .flatten()
+        .map(|b| b.ts)
+        .fold(f64::INFINITY, f64::min);
+    let t_max = tracks
+        .values()
+        .flatten()
+        .map(|b| b.ts + b.dur)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let from = o.from_ms.map_or(t_min, |ms| t_min + ms * 1000.0);
+    let to = o.to_ms.map_or(t_max, |ms| t_min + ms * 1000.0);
+    if to <= from {
+        return Err(format!(
+            "empty time window: the trace spans {:.3} ms",
+            (t_max - t_min) / 1000.0
+        ));
+    }
+    let plot = o.width - LABEL - 20.0;
+    let x = |t: f64| LABEL + (t - from) / (to - from) * plot;
+
+    // Colours by kind, in order of first appearance.
+    let mut colours: Vec<(String, &str)> = Vec::new();
+    let mut colour = |k: &str| -> &str {
+        if let Some((_, c)) = colours.iter().find(|(n, _)| n == k) {
+            return c;
+        }
+        let c = PALETTE[colours.len() % PALETTE.len()];
+        colours.push((k.to_string(), c));
+        c
+    };
+
+    let mut body = String::new();
+    let mut seen_cats = std::collections::HashSet::new();
+    let mut any_failed = false;
+    let mut y = TOP;
+    let mut last_pid = None;
+    for (&(pid, tid), bars) in tracks.iter_mut() {
+        bars.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+        let (lane_of, n) = lanes(bars);
+        let h = n as f64 * LANE;
+        if last_pid.is_some_and(|p| p != pid) {
+            y += GAP;
+            let _ = writeln!(
+                body,
+                r##"<line x1="0" x2="{}" y1="{y}" y2="{y}" stroke="#999"/>"##,
+                o.width
+            );
+            y += GAP;
+        }
+        last_pid = Some(pid);
+        let label = format!(
+            "{} / {}",
+            process.get(&pid).map_or("?", |s| s.as_str()),
+            thread.get(&(pid, tid)).map_or("?", |s| s.as_str())
+        );
+        let _ = writeln!(
+            body,
+            r##"<text x="6" y="{}" font-size="11">{}</text>"##,
+            y + LANE * 0.75,
+            escape(&label)
+        );
+        let _ = writeln!(
+            body,
+            r##"<rect x="{LABEL}" y="{y}" width="{plot}" height="{h}" fill="#f4f4f4"/>"##
+        );
+        for (b, lane) in bars.iter().zip(lane_of) {
+            if b.ts + b.dur < from || b.ts > to {
+                continue;
+            }
+            let x0 = x(b.ts.max(from));
+            let w = (x(b.ts + b.dur).min(x(to)) - x0).max(0.5);
+            let top = y + lane as f64 * LANE;
+            let title = format!(
+                "{} ({}): {:.1} us at {:.3} ms, {}",
+                b.name,
+                b.cat,
+                b.dur,
+                (b.ts - t_min) / 1000.0,
+                b.outcome
+            );
+            let (fill, inset) = match b.cat.as_str() {
+                "launch" => ("#bbbbbb", 5.0),
+                "user" => ("#333333", 3.0),
+                _ => (colour(kind(&b.name)), 1.0),
+            };
+            // A thin white edge tells apart bars that touch.
+            let stroke = if b.failed {
+                r##" stroke="#d00" stroke-width="1.5""##
+            } else {
+                r##" stroke="white" stroke-width="0.5""##
+            };
+            seen_cats.insert(b.cat.clone());
+            any_failed |= b.failed;
+            let _ = writeln!(
+                body,
+                r##"<rect x="{x0:.2}" y="{:.1}" width="{w:.2}" height="{:.1}" fill="{fill}"{stroke}><title>{}</title></rect>"##,
+                top + inset,
+                LANE - 2.0 * inset,
+                escape(&title)
+            );
+        }
+        y += h;
+    }
+
+    // Time axis.
+    let span_ms = (to - from) / 1000.0;
+    let step = nice_step(span_ms / 10.0);
+    let mut axis = String::new();
+    let mut t = 0.0;
+    while t <= span_ms + 1e-9 {
+        let px = x(from + t * 1000.0);
+        let _ = writeln!(
+            axis,
+            r##"<line x1="{px:.1}" x2="{px:.1}" y1="{}" y2="{y}" stroke="#ddd"/><text x="{px:.1}" y="{}" font-size="10" text-anchor="middle">{}</text>"##,
+            TOP - 4.0,
+            TOP - 8.0,
+            fmt_ms(t + (from - t_min) / 1000.0)
+        );
+        t += step;
+    }
+    // Legend.
+    let mut legend = String::new();
+    let ly = y + 24.0;
+    let mut lx = LABEL;
+    let extra = [
+        ("launch", "launch (host side of a GPU task)", "#bbbbbb"),
+        ("user", "span inside a task", "#333333"),
+    ];
+    let extra = extra
+        .into_iter()
+        .filter(|(cat, _, _)| seen_cats.contains(*cat))
+        .map(|(_, k, c)| (k, c));
+    for (k, c) in colours.iter().map(|(k, c)| (k.as_str(), *c)).chain(extra) {
+        let _ = writeln!(
+            legend,
+            r##"<rect x="{lx}" y="{}" width="12" height="12" fill="{c}"/><text x="{}" y="{}" font-size="11">{}</text>"##,
+            ly - 10.0,
+            lx + 16.0,
+            ly,
+            escape(k)
+        );
+        lx += 30.0 + 7.0 * k.len() as f64;
+    }
+    if any_failed {
+        let _ = writeln!(
+            legend,
+            r##"<rect x="{lx}" y="{}" width="12" height="12" fill="white" stroke="#d00" stroke-width="1.5"/><text x="{}" y="{ly}" font-size="11">failed or never ran</text>"##,
+            ly - 10.0,
+            lx + 16.0
+        );
+    }
+    let height = ly + 16.0;
+    Ok(format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" viewBox="0 0 {w} {height}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+<text x="6" y="16" font-size="13" font-weight="bold">{title}</text>
+<text x="{LABEL}" y="16" font-size="11">{tasks} tasks, {span}</text>
+{axis}{body}{legend}</svg>
+"##,
+        w = o.width,
+        title = escape(
+            std::path::Path::new(&o.input)
+                .file_name()
+                .map_or(o.input.as_str(), |f| f.to_str().unwrap_or(&o.input))
+        ),
+        tasks = tracks
+            .values()
+            .flatten()
+            .filter(|b| b.cat == "task")
+            .count(),
+        span = fmt_ms(span_ms),
+    ))
+}
+
+/// 1, 2 or 5 times a power of ten, at least `x`.
+fn nice_step(x: f64) -> f64 {
+    let p = 10f64.powf(x.max(1e-6).log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * p)
+        .find(|s| *s >= x)
+        .unwrap_or(10.0 * p)
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 1.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.0} us", ms * 1000.0)
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let o = parse_args(args)?;
+    let text = std::fs::read_to_string(&o.input).map_err(|e| format!("{}: {e}", o.input))?;
+    let events = read_events(&text).map_err(|e| format!("{}: {e}", o.input))?;
+    let svg = draw(&events, &o)?;
+    std::fs::write(&o.output, svg).map_err(|e| format!("{}: {e}", o.output))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("parla-timeline: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
