@@ -11,6 +11,15 @@ use parla::gpu::cudarc::driver::{LaunchConfig, PushKernelArg};
 use parla::prelude::*;
 use support::gpu::{KERNELS, real};
 
+/// Spawns task `i` of a chain in `t` on GPU 0, after task `i - 1`.
+fn spawn_in_chain(t: &TaskSpace, i: usize, body: impl Future<Output = ()> + Send + 'static) {
+    let mut b = task(body).id(t.at(i)).placement(Placement::Gpu(0));
+    if i > 0 {
+        b = b.after(t.at(i - 1));
+    }
+    b.spawn();
+}
+
 fn rt() -> parla::Runtime {
     real().expect("this test needs a CUDA GPU")
 }
@@ -239,7 +248,7 @@ fn a_chain_of_1000_gpu_tasks_runs_ahead_without_host_syncs() {
             let ahead = Arc::new(AtomicUsize::new(0));
             for i in 0..N {
                 let (x, ahead, t2) = (x.clone(), ahead.clone(), t.clone());
-                let mut b = task(async move {
+                spawn_in_chain(&t, i, async move {
                     // The predecessor's GPU work is still queued: the host did not wait.
                     if i > 0 && !t2.at(i - 1).is_finished() {
                         ahead.fetch_add(1, Ordering::Relaxed);
@@ -258,13 +267,7 @@ fn a_chain_of_1000_gpu_tasks_runs_ahead_without_host_syncs() {
                     b.arg(&mut *xg);
                     // SAFETY: `increment` takes one `unsigned int*`; x holds one element.
                     unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
-                })
-                .id(t.at(i))
-                .placement(Placement::Gpu(0));
-                if i > 0 {
-                    b = b.after(t.at(i - 1));
-                }
-                b.spawn();
+                });
             }
             t.at(N - 1).await.unwrap();
             let v = task(async move {
@@ -307,7 +310,7 @@ fn a_trace_times_gpu_tasks_with_cuda_events() {
     rt.block_on(async {
         let t = TaskSpace::new("Kernel");
         for i in 0..4 {
-            let mut b = task(async {
+            spawn_in_chain(&t, i, async {
                 let g = parla::gpu::current().unwrap();
                 let f = g.kernel(KERNELS, "spin").unwrap();
                 let (ns, null): (u64, u64) = (2_000_000, 0);
@@ -316,13 +319,7 @@ fn a_trace_times_gpu_tasks_with_cuda_events() {
                 // SAFETY: `spin` takes (unsigned long long, unsigned int*); a null flag is
                 // allowed by the kernel.
                 unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
-            })
-            .id(t.at(i))
-            .placement(Placement::Gpu(0));
-            if i > 0 {
-                b = b.after(t.at(i - 1));
-            }
-            b.spawn();
+            });
         }
         t.await.unwrap();
     });

@@ -48,6 +48,8 @@ pub fn current() -> Option<GpuContext> {
 pub struct GpuContext {
     dev: Arc<GpuDevice>,
     stream: Arc<PooledStream>,
+    /// A traced task's start marker, recorded when it first takes its stream or handles.
+    marks: Option<Arc<crate::timing::Marks>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -61,8 +63,20 @@ impl std::fmt::Debug for GpuContext {
 }
 
 impl GpuContext {
-    pub(crate) fn new(dev: Arc<GpuDevice>, stream: Arc<PooledStream>) -> Self {
-        GpuContext { dev, stream }
+    pub(crate) fn new(
+        dev: Arc<GpuDevice>,
+        stream: Arc<PooledStream>,
+        marks: Option<Arc<crate::timing::Marks>>,
+    ) -> Self {
+        GpuContext { dev, stream, marks }
+    }
+
+    /// A traced task is about to enqueue work: its GPU slice starts here.
+    #[inline]
+    fn mark(&self) {
+        if let Some(m) = &self.marks {
+            m.start(&self.dev, self.stream.stream());
+        }
     }
 
     pub(crate) fn gpu_device(&self) -> &Arc<GpuDevice> {
@@ -86,17 +100,23 @@ impl GpuContext {
 
     /// The task's stream, from the device's pool.
     pub fn stream(&self) -> &Arc<CudaStream> {
+        self.mark();
         self.stream.stream()
     }
 
     /// A cuBLAS handle bound to the task's stream (created on first use, then reused).
     pub fn blas(&self) -> Result<&CudaBlas> {
-        self.stream.blas()
+        // (Made on first use, which can take long: the task's slice starts after.)
+        let b = self.stream.blas();
+        self.mark();
+        b
     }
 
     /// A cuSOLVER dense handle bound to the task's stream (created on first use, then reused).
     pub fn solver(&self) -> Result<&DnHandle> {
-        self.stream.solver()
+        let s = self.stream.solver();
+        self.mark();
+        s
     }
 
     /// Waits until the work enqueued on the task's stream so far finished, without blocking

@@ -3,6 +3,7 @@
 //! rather than when they were enqueued.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaStream};
@@ -66,37 +67,62 @@ impl Clock {
     }
 }
 
+/// The start marker of a traced task, recorded on its stream when the task first takes
+/// its stream (or cuBLAS / cuSOLVER handle) to enqueue work, so the slice starts where its
+/// work can, not while the host still prepares it.
+#[derive(Default)]
+pub(crate) struct Marks {
+    marked: AtomicBool,
+    start: Mutex<Option<(Arc<Reference>, CudaEvent)>>,
+}
+
+impl Marks {
+    /// Records the start marker on `stream`, once.
+    #[inline]
+    pub(crate) fn start(&self, dev: &GpuDevice, stream: &CudaStream) {
+        if self.marked.load(Ordering::Acquire) {
+            return;
+        }
+        let mut s = self.start.lock();
+        if s.is_none() {
+            // A trace without the GPU's times is still a trace: a failure here only leaves
+            // them out.
+            *s = (|| {
+                let reference = dev.clock.reference(dev).ok()?;
+                let start = dev.clock.event(dev).ok()?;
+                start.record(stream).ok()?;
+                Some((reference, start))
+            })();
+        }
+        self.marked.store(true, Ordering::Release);
+    }
+
+    /// The body returned: marks the end of its work (a task that enqueued nothing gets an
+    /// empty slice there).
+    pub(crate) fn finish(&self, dev: &GpuDevice, stream: &CudaStream) -> Option<Timing> {
+        self.start(dev, stream);
+        let (reference, start) = self.start.lock().take()?;
+        let end = dev.clock.event(dev).ok()?;
+        end.record(stream).ok()?;
+        Some(Timing {
+            reference,
+            start,
+            end,
+        })
+    }
+}
+
 /// The timing events of one traced task.
 pub(crate) struct Timing {
     reference: Arc<Reference>,
     start: CudaEvent,
-    end: Option<CudaEvent>,
+    end: CudaEvent,
 }
 
 impl Timing {
-    /// Marks the start of a task's work on `stream` (after its waits).
-    pub(crate) fn start(dev: &GpuDevice, stream: &CudaStream) -> crate::Result<Timing> {
-        let reference = dev.clock.reference(dev)?;
-        let start = dev.clock.event(dev)?;
-        start.record(stream)?;
-        Ok(Timing {
-            reference,
-            start,
-            end: None,
-        })
-    }
-
-    /// Marks the end of the task's work on `stream`.
-    pub(crate) fn end(&mut self, dev: &GpuDevice, stream: &CudaStream) -> crate::Result<()> {
-        let end = dev.clock.event(dev)?;
-        end.record(stream)?;
-        self.end = Some(end);
-        Ok(())
-    }
-
     /// The start and end on the trace clock; call once the end event completed.
     pub(crate) fn times(&self) -> Option<(u64, u64)> {
-        let end = self.end.as_ref()?;
+        let end = &self.end;
         let to_start = self.reference.event.elapsed_ms(&self.start).ok()?;
         let took = self.start.elapsed_ms(end).ok()?;
         let ns = |ms: f32| (ms.max(0.0) as f64 * 1e6) as u64;
@@ -107,8 +133,6 @@ impl Timing {
     /// Gives the events back to the device's pool (they completed).
     pub(crate) fn recycle(self, dev: &GpuDevice) {
         dev.clock.events.push(self.start);
-        if let Some(e) = self.end {
-            dev.clock.events.push(e);
-        }
+        dev.clock.events.push(self.end);
     }
 }

@@ -110,11 +110,20 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The kind of a task, for its colour: its task space, or `task` for anonymous ones.
-fn kind(name: &str) -> &str {
-    match name.find('[') {
-        Some(i) if i > 0 => &name[..i],
-        _ => "task",
+/// The kind of a task, for its colour: its task space and the first part of its key when
+/// that is a word (`cholesky[gemm, 3, 1, 0]` is `cholesky[gemm]`), or `task` for anonymous
+/// tasks.
+fn kind(name: &str) -> String {
+    let Some(open) = name.find('[').filter(|&i| i > 0) else {
+        return "task".into();
+    };
+    let space = &name[..open];
+    let key = &name[open + 1..];
+    let first = key.split([',', ']']).next().unwrap_or("").trim();
+    if first.chars().any(|c| c.is_alphabetic()) {
+        format!("{space}[{first}]")
+    } else {
+        space.to_string()
     }
 }
 
@@ -254,7 +263,7 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
             let (fill, inset) = match b.cat.as_str() {
                 "launch" => ("#bbbbbb", 5.0),
                 "user" => ("#333333", 3.0),
-                _ => (colour(kind(&b.name)), 1.0),
+                _ => (colour(&kind(&b.name)), 1.0),
             };
             // A thin white edge tells apart bars that touch.
             let stroke = if b.failed {
@@ -381,5 +390,57 @@ fn main() -> ExitCode {
             eprintln!("parla-timeline: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_the_space_and_a_word_key() {
+        assert_eq!(kind("cholesky[gemm, 3, 1, 0]"), "cholesky[gemm]");
+        assert_eq!(kind("T[3]"), "T");
+        assert_eq!(kind("#12"), "task");
+    }
+
+    #[test]
+    fn overlapping_bars_get_their_own_lanes() {
+        let bar = |ts: f64, dur: f64| Bar {
+            name: String::new(),
+            cat: "task".into(),
+            ts,
+            dur,
+            failed: false,
+            outcome: "ok".into(),
+        };
+        let (l, n) = lanes(&[bar(0.0, 10.0), bar(2.0, 3.0), bar(6.0, 1.0), bar(10.0, 1.0)]);
+        assert_eq!((l, n), (vec![0, 1, 1, 0], 2));
+    }
+
+    #[test]
+    fn a_trace_cut_short_is_read_as_far_as_it_goes() {
+        let text = "{\"traceEvents\":[\n{\"ph\":\"X\",\"name\":\"a\",\"ts\":1,\"dur\":2},";
+        assert_eq!(read_events(text).unwrap().len(), 1);
+        assert!(read_events("not json").is_err());
+    }
+
+    #[test]
+    fn a_trace_draws_a_row_per_track_and_a_bar_per_slice() {
+        let events: Vec<Value> = serde_json::from_str(
+            r#"[{"ph":"M","name":"process_name","pid":0,"args":{"name":"CPU workers"}},
+                {"ph":"X","cat":"task","name":"A[0]","pid":0,"tid":1,"ts":0,"dur":5,"args":{"outcome":"ok"}},
+                {"ph":"X","cat":"task","name":"A[1]","pid":0,"tid":2,"ts":5,"dur":5,"args":{"outcome":"failed"}}]"#,
+        )
+        .unwrap();
+        let o = parse_args(&["t.json".into(), "t.svg".into()]).unwrap();
+        let svg = draw(&events, &o).unwrap();
+        assert_eq!(svg.matches("<title>A[").count(), 2);
+        assert!(svg.contains("CPU workers / ?"));
+        assert!(
+            svg.contains("stroke=\"#d00\""),
+            "the failed task is outlined"
+        );
+        assert!(draw(&[], &o).is_err());
     }
 }

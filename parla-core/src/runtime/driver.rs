@@ -26,7 +26,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use super::bridge::{Bridge, Watch};
 use super::exec::Local;
@@ -194,14 +193,14 @@ impl Driver {
             // SAFETY: as in `poll_body`.
             return unsafe { task.poll_body(cx) };
         };
-        let outer = Instant::now();
+        let outer = crate::trace::cpu_ns();
         let mut body = 0;
         let p = self.rt.in_trace(|| {
             let _span = t.span.enter();
-            let from = Instant::now();
+            let from = crate::trace::cpu_ns();
             // SAFETY: as in `poll_body`.
             let p = unsafe { task.poll_body(cx) };
-            body = from.elapsed().as_nanos() as u64;
+            body = crate::trace::cpu_ns().saturating_sub(from);
             p
         });
         // Entering the span is the trace's time, not the runtime's.
@@ -326,22 +325,22 @@ impl Future for Driver {
 
 #[cfg(feature = "tracing")]
 impl Driver {
-    /// When workers report their time (a subscriber wants `parla::sched` events): the start
-    /// of this poll and the time already spent tracing on this thread.
-    fn start_report(&mut self) -> Option<(Instant, u64)> {
+    /// When workers report their time (a subscriber wants `parla::sched` events): the CPU
+    /// time at the start of this poll and the time already spent tracing on this thread.
+    fn start_report(&mut self) -> Option<(u64, u64)> {
         let on = self.rt.trace.is_some()
             || tracing::enabled!(target: "parla::sched", tracing::Level::TRACE);
         self.body_ns = on.then_some(0);
-        on.then(|| (Instant::now(), crate::trace::traced_ns()))
+        on.then(|| (crate::trace::cpu_ns(), crate::trace::traced_ns()))
     }
 
     /// Reports this poll's time: in task bodies, and in the runtime (time spent writing
     /// the trace left out).
-    fn report(&mut self, start: Option<(Instant, u64)>) {
+    fn report(&mut self, start: Option<(u64, u64)>) {
         let (Some((t0, traced)), Some(body_ns)) = (start, self.body_ns.take()) else {
             return;
         };
-        let spent = t0.elapsed().as_nanos() as u64;
+        let spent = crate::trace::cpu_ns().saturating_sub(t0);
         let driver_ns = spent.saturating_sub(crate::trace::traced_ns() - traced);
         self.rt
             .in_trace(|| tracing::trace!(target: "parla::sched", driver_ns, body_ns));

@@ -121,12 +121,32 @@ pub(crate) fn traced_ns() -> u64 {
     TRACED.with(|c| c.get())
 }
 
-/// Counts time spent handing events to subscribers since `from`, less `not` (time spent
-/// elsewhere meanwhile).
+/// Counts time spent handing events to subscribers since `from` (a [`cpu_ns`] reading),
+/// less `not` (time spent elsewhere meanwhile).
 #[cfg(feature = "tracing")]
-pub(crate) fn add_traced(from: Instant, not: u64) {
-    let ns = (from.elapsed().as_nanos() as u64).saturating_sub(not);
+pub(crate) fn add_traced(from: u64, not: u64) {
+    let ns = cpu_ns().saturating_sub(from).saturating_sub(not);
     TRACED.with(|c| c.set(c.get() + ns));
+}
+
+/// The calling thread's CPU time in nanoseconds: the runtime's overhead is measured in it,
+/// so that a worker the OS preempts is not charged for the time it did not run.
+#[cfg(all(feature = "tracing", unix))]
+pub(crate) fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is supported on
+    // every Unix the runtime builds for, and on failure `ts` stays zero.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Elsewhere: wall time since the trace clock started.
+#[cfg(all(feature = "tracing", not(unix)))]
+pub(crate) fn cpu_ns() -> u64 {
+    now_ns()
 }
 
 /// Runs `f` out of line: tracing code stays out of the hot paths it sits in.
@@ -153,7 +173,7 @@ macro_rules! step {
         #[cfg(feature = "tracing")]
         if let Some(t) = $h.trace.as_deref() {
             $crate::trace::cold(|| {
-                let from = std::time::Instant::now();
+                let from = $crate::trace::cpu_ns();
                 $rt.in_trace(|| {
                     tracing::trace!(target: "parla::task", parent: &t.span, step = $step $(, $($f)+)?)
                 });

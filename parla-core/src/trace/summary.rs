@@ -53,9 +53,10 @@ pub struct Summary {
     pub wait_admission: Percentiles,
     /// From admission until a worker polled it.
     pub wait_worker: Percentiles,
-    /// Worker time outside task bodies per task run: mapping, admission, starting,
-    /// completing, notifying dependents (the GPU poller's thread not included). `None`
-    /// when no worker reported.
+    /// Worker CPU time outside task bodies per task run: mapping, admission, starting,
+    /// completing, notifying dependents, freeing tasks (handing events to the trace and the
+    /// GPU poller's thread not included; CPU time, so a worker the OS preempts is not
+    /// charged for the wait). `None` when no worker reported.
     pub overhead_per_task: Option<Duration>,
     /// From the first spawn to the last completion.
     pub makespan: Duration,
@@ -111,7 +112,7 @@ impl fmt::Display for Summary {
         match self.overhead_per_task {
             Some(o) => writeln!(
                 f,
-                "  runtime overhead: {} per task (worker time outside task bodies)",
+                "  runtime overhead: {} per task (worker CPU time outside task bodies)",
                 Human(o)
             ),
             None => writeln!(f, "  runtime overhead: no worker reported"),

@@ -153,8 +153,8 @@ struct Exec {
     stream: Arc<PooledStream>,
     owned: bool,
     prev: Option<Option<GpuContext>>,
-    /// Timing events, when the task is traced.
-    timing: Option<crate::timing::Timing>,
+    /// Timing marks, when the task is traced.
+    timing: Option<Arc<crate::timing::Marks>>,
 }
 
 impl GpuExec for Exec {
@@ -165,6 +165,7 @@ impl GpuExec for Exec {
         self.prev = Some(context::set(Some(GpuContext::new(
             self.dev.clone(),
             self.stream.clone(),
+            self.timing.clone(),
         ))));
     }
 
@@ -175,16 +176,14 @@ impl GpuExec for Exec {
     }
 
     fn time(&mut self) {
-        // A trace without the GPU's times is still a trace: a failure here only leaves
-        // them out.
-        self.timing = crate::timing::Timing::start(&self.dev, self.stream.stream()).ok();
+        self.timing = Some(Arc::default());
     }
 
-    fn finish(mut self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
-        let timing = self.timing.take().and_then(|mut t| {
-            t.end(&self.dev, self.stream.stream()).ok()?;
-            Some(t)
-        });
+    fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
+        let timing = self
+            .timing
+            .as_ref()
+            .and_then(|m| m.finish(&self.dev, self.stream.stream()));
         let fence = CudaFence::record(&self.dev, self.stream.stream(), Some(self.stream.index))
             .map(|f| f.with_timing(timing));
         if self.owned {
