@@ -19,7 +19,7 @@
 //!
 //! Settings (environment): `CHOLESKY_N` (GPU sizes, default 8192,16384,32768),
 //! `CHOLESKY_BLOCK` (GPU tile size, default by n), `CHOLESKY_MULTI_N` (the multi-GPU size,
-//! default the largest), `CHOLESKY_CPU_N` / `CHOLESKY_CPU_BLOCK` (4096 / 256),
+//! default 65536), `CHOLESKY_CPU_N` / `CHOLESKY_CPU_BLOCK` (4096 / 256),
 //! `CHOLESKY_REPS` (3), `CHOLESKY_STREAMS` (streams per GPU), `CHOLESKY_TRACE=FILE` (a trace
 //! of the GPU runs), `CHOLESKY_KERNELS=1` (each tile kernel alone first),
 //! `CHOLESKY_SKIP_CPU=1`.
@@ -141,6 +141,10 @@ mod gpu {
     use parla::Placement;
     use parla::linalg::cholesky::{block_cyclic, fill_spd_raw};
     use parla::prelude::*;
+
+    /// The multi-GPU rows' size: the largest the benchmark measures (34 GB of matrix, on
+    /// one GPU for the baseline).
+    pub const MULTI_N: usize = 65536;
 
     /// The tile size for `n` on a GPU.
     pub fn block_for(n: usize) -> usize {
@@ -385,7 +389,7 @@ mod gpu {
             notes.push("one GPU: no multi-GPU rows".into());
             return;
         }
-        let n = env_one("CHOLESKY_MULTI_N").unwrap_or(*sizes.iter().max().unwrap_or(&32768));
+        let n = env_one("CHOLESKY_MULTI_N").unwrap_or(MULTI_N);
         let block = block_for(n);
         let (t_one, tiles) = parla_runs(&rt, n, block, block_cyclic(1));
         drop(tiles);

@@ -69,13 +69,14 @@ fn tiles_on_two_virtual_gpus_move_between_them() {
     let rt = support::vgpu(2, 2, 64 * MIB);
     let (r, _, valid) = factor(rt, 512, 128, block_cyclic(2));
     assert!(r < 1e-12, "||A - L L^T|| / ||A|| = {r}");
-    // Row-cyclic over two GPUs: each tile of L was last written on its row's GPU; the read
-    // task that gathered L made the host copy valid too.
+    // Rows over two GPUs (0, 1, 1, 0): each tile of L was last written on its row's GPU;
+    // the read task that gathered L made the host copy valid too.
     for (idx, v) in valid.iter().enumerate() {
         let (i, j) = (idx / 4, idx % 4);
         if j <= i {
+            let gpu = [0, 1, 1, 0][i];
             assert!(
-                v.contains(&Device::gpu((i % 2) as u32)),
+                v.contains(&Device::gpu(gpu)),
                 "tile ({i}, {j}) valid on {v:?}"
             );
         }
@@ -248,4 +249,37 @@ fn gpu_reports_a_matrix_that_is_not_positive_definite() {
         msg.contains("not positive definite") && msg.contains("order 301"),
         "{msg}"
     );
+}
+
+/// Two GPUs get tile rows back and forth (0, 1, 1, 0, ...), which evens out the lower
+/// triangle's work between them; four form a 2 x 2 grid.
+#[test]
+fn block_cyclic_deals_rows_back_and_forth() {
+    let on = |g: usize| Placements::default().with(Placement::Gpu(g));
+    let two = block_cyclic(2);
+    let rows: Vec<usize> = (0..8)
+        .map(|i| (0..2).find(|&g| two(i, 0) == on(g)).unwrap())
+        .collect();
+    assert_eq!(rows, [0, 1, 1, 0, 0, 1, 1, 0]);
+    // The update work of tile (i, j) of a 16 x 16 lower triangle is about j + 1 GEMMs.
+    let mut work = [0usize; 2];
+    for i in 0..16 {
+        for j in 0..=i {
+            let g = (0..2).find(|&g| two(i, j) == on(g)).unwrap();
+            work[g] += j + 1;
+        }
+    }
+    let (lo, hi) = (work[0].min(work[1]), work[0].max(work[1]));
+    assert!(hi as f64 / lo as f64 <= 1.03, "work per GPU {work:?}");
+    let four = block_cyclic(4);
+    assert_eq!(four(0, 0), on(0));
+    assert_eq!(four(0, 1), on(1));
+    assert_eq!(four(1, 0), on(2));
+    assert_eq!(
+        four(2, 0),
+        on(2),
+        "the third row goes back to the grid's second row"
+    );
+    let one = block_cyclic(1);
+    assert!((0..5).all(|i| one(i, i) == on(0)));
 }

@@ -356,3 +356,27 @@ fn a_trace_times_gpu_tasks_with_cuda_events() {
     assert_eq!(launches, 4, "each GPU task's host side");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A task with a priority above 0 runs on a high-priority stream; others on default ones.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn urgent_tasks_run_on_high_priority_streams() {
+    let Some(rt) = real() else {
+        return;
+    };
+    let prio = |level: u8| {
+        rt.block_on(async move {
+            task(async { parla::gpu::current().unwrap().stream_priority() })
+                .placement(Placement::Gpu(0))
+                .priority(level)
+                .await
+                .unwrap()
+        })
+    };
+    let (normal, urgent) = (prio(0), prio(1));
+    assert_eq!(normal, 0);
+    assert!(
+        urgent < 0,
+        "the device's highest priority is below 0 on every CUDA GPU: {urgent}"
+    );
+}

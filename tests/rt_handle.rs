@@ -178,7 +178,13 @@ impl GpuBackend for FailingBackend {
             memory_total: 1 << 30,
         }]
     }
-    fn begin(&self, _: usize, _: &str, _: &[Arc<dyn Fence>]) -> Result<Box<dyn GpuExec>, String> {
+    fn begin(
+        &self,
+        _: usize,
+        _: &str,
+        _: &[Arc<dyn Fence>],
+        _: u8,
+    ) -> Result<Box<dyn GpuExec>, String> {
         Ok(Box::new(FailingExec(self.0.clone())))
     }
     fn device_error(&self, _: usize) -> Option<String> {
@@ -205,7 +211,13 @@ impl GpuBackend for Panicking {
             memory_total: 1 << 30,
         }]
     }
-    fn begin(&self, _: usize, _: &str, _: &[Arc<dyn Fence>]) -> Result<Box<dyn GpuExec>, String> {
+    fn begin(
+        &self,
+        _: usize,
+        _: &str,
+        _: &[Arc<dyn Fence>],
+        _: u8,
+    ) -> Result<Box<dyn GpuExec>, String> {
         panic!("backend bug")
     }
     fn device_error(&self, _: usize) -> Option<String> {

@@ -56,7 +56,13 @@ impl GpuBackend for Timed {
             memory_total: 1 << 30,
         }]
     }
-    fn begin(&self, _: usize, _: &str, _: &[Arc<dyn Fence>]) -> Result<Box<dyn GpuExec>, String> {
+    fn begin(
+        &self,
+        _: usize,
+        _: &str,
+        _: &[Arc<dyn Fence>],
+        _: u8,
+    ) -> Result<Box<dyn GpuExec>, String> {
         Ok(Box::new(Exec))
     }
     fn device_error(&self, _: usize) -> Option<String> {

@@ -104,6 +104,13 @@ impl GpuContext {
         self.stream.stream()
     }
 
+    /// The CUDA priority of the task's stream: 0 by default; the device's highest (a
+    /// negative number, lower is more urgent) for a task with a
+    /// [priority](parla_core::TaskBuilder::priority) above 0.
+    pub fn stream_priority(&self) -> i32 {
+        self.stream.priority
+    }
+
     /// A cuBLAS handle bound to the task's stream (created on first use, then reused).
     pub fn blas(&self) -> Result<&CudaBlas> {
         // (Made on first use, which can take long: the task's slice starts after.)

@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 /// One stream of a device's pool, with its library handles.
 pub struct PooledStream {
     pub(crate) index: usize,
+    /// Its CUDA priority (lower numbers are more urgent).
+    pub(crate) priority: i32,
     stream: Arc<CudaStream>,
     blas: OnceLock<CudaBlas>,
     solver: OnceLock<DnHandle>,
@@ -85,47 +87,81 @@ impl Drop for PooledStream {
     }
 }
 
-/// A device's streams.
-pub(crate) struct StreamPool {
-    streams: Vec<Arc<PooledStream>>,
+/// Streams of one priority.
+struct Class {
+    /// Indices into the pool's streams.
+    range: std::ops::Range<usize>,
     /// Streams no running task holds, the longest free first.
     free: Mutex<std::collections::VecDeque<usize>>,
     next: AtomicUsize,
 }
 
+/// A device's streams: `n` at the default priority (indices `0..n`), and `n / 2` (at least
+/// one) at the device's highest priority for urgent tasks (indices `n..`).
+pub(crate) struct StreamPool {
+    streams: Vec<Arc<PooledStream>>,
+    normal: Class,
+    urgent: Class,
+}
+
 impl StreamPool {
     pub(crate) fn new(ctx: &Arc<CudaContext>, n: usize) -> Result<StreamPool> {
-        let mut streams = Vec::with_capacity(n);
-        for index in 0..n {
+        let urgent = (n / 2).max(1);
+        // Lower numbers are higher priorities; (0, 0) where the device has none.
+        let (_, greatest) = cudarc::driver::result::stream::get_priority_range().unwrap_or((0, 0));
+        let mut streams = Vec::with_capacity(n + urgent);
+        for index in 0..n + urgent {
+            let (stream, priority) = if index < n {
+                (ctx.new_stream()?, 0)
+            } else {
+                (ctx.new_stream_with_priority(greatest)?, greatest)
+            };
             streams.push(Arc::new(PooledStream {
                 index,
-                stream: ctx.new_stream()?,
+                priority,
+                stream,
                 blas: OnceLock::new(),
                 solver: OnceLock::new(),
             }));
         }
+        let class = |range: std::ops::Range<usize>| Class {
+            free: Mutex::new(range.clone().collect()),
+            range,
+            next: AtomicUsize::new(0),
+        };
         Ok(StreamPool {
             streams,
-            free: Mutex::new((0..n).collect()),
-            next: AtomicUsize::new(0),
+            normal: class(0..n),
+            urgent: class(n..n + urgent),
         })
     }
 
-    /// A stream for a task: the free one given back longest ago if any, else the next in
-    /// turn (shared). (A stream is given back when its task's body returns, usually with
-    /// its work still queued: taking the most recently given back would queue task after
-    /// task on one stream, each behind the last, with the other streams idle.)
-    pub(crate) fn acquire(&self) -> (Arc<PooledStream>, bool) {
-        if let Some(i) = self.free.lock().pop_front() {
+    fn class(&self, urgent: bool) -> &Class {
+        if urgent { &self.urgent } else { &self.normal }
+    }
+
+    /// Whether stream `index` is one of the high-priority ones.
+    pub(crate) fn is_urgent(&self, index: usize) -> bool {
+        self.urgent.range.contains(&index)
+    }
+
+    /// A stream for a task (`urgent`: a high-priority one): the free one given back longest
+    /// ago if any, else the next in turn (shared). (A stream is given back when its task's
+    /// body returns, usually with its work still queued: taking the most recently given back
+    /// would queue task after task on one stream, each behind the last, with the other
+    /// streams idle.)
+    pub(crate) fn acquire(&self, urgent: bool) -> (Arc<PooledStream>, bool) {
+        let c = self.class(urgent);
+        if let Some(i) = c.free.lock().pop_front() {
             return (self.streams[i].clone(), true);
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.streams.len();
-        (self.streams[i].clone(), false)
+        let k = c.next.fetch_add(1, Ordering::Relaxed) % c.range.len();
+        (self.streams[c.range.start + k].clone(), false)
     }
 
     /// Stream `index` if it is free (taken, owned), else `None`.
     pub(crate) fn acquire_free(&self, index: usize) -> Option<Arc<PooledStream>> {
-        let mut free = self.free.lock();
+        let mut free = self.class(self.is_urgent(index)).free.lock();
         let pos = free.iter().position(|&i| i == index)?;
         free.remove(pos);
         Some(self.streams[index].clone())
@@ -133,6 +169,9 @@ impl StreamPool {
 
     /// Gives back a stream taken with `owned == true`.
     pub(crate) fn release(&self, s: &PooledStream) {
-        self.free.lock().push_back(s.index);
+        self.class(self.is_urgent(s.index))
+            .free
+            .lock()
+            .push_back(s.index);
     }
 }

@@ -43,12 +43,14 @@ pub trait GpuBackend: Send + Sync + 'static {
 
     /// Prepares a task on GPU `gpu`: a stream from the device's pool that first waits on
     /// `after` (fences of the task's dependencies that ran on GPUs, possibly other ones).
+    /// `priority` is the task's (`TaskBuilder::priority`): above 0, a high-priority stream.
     /// Called on the worker thread that will poll the task.
     fn begin(
         &self,
         gpu: usize,
         task: &str,
         after: &[Arc<dyn Fence>],
+        priority: u8,
     ) -> Result<Box<dyn GpuExec>, String>;
 
     /// If the device can no longer run tasks (a sticky error), why.

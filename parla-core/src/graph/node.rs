@@ -155,6 +155,8 @@ pub(crate) struct Header {
     state: AtomicU8,
     join_state: AtomicU8,
     pub(crate) kind: Kind,
+    /// How urgent the task is (`TaskBuilder::priority`).
+    pub(crate) priority: u8,
     /// Slot of the device the task was mapped to; `u16::MAX` until mapped.
     device: AtomicU16,
     pending: AtomicU32,
@@ -216,6 +218,7 @@ impl Header {
             state: AtomicU8::new(WAITING),
             join_state: AtomicU8::new(JOIN_INTEREST),
             kind,
+            priority: 0,
             device: AtomicU16::new(u16::MAX),
             pending: AtomicU32::new(1),
             rt_id,

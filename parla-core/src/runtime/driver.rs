@@ -73,7 +73,9 @@ impl Driver {
             Some((backend, index)) => {
                 let waits = h.take_waits();
                 let name = h.name.to_string();
-                let begun = catch_unwind(AssertUnwindSafe(|| backend.begin(*index, &name, &waits)));
+                let begun = catch_unwind(AssertUnwindSafe(|| {
+                    backend.begin(*index, &name, &waits, h.priority)
+                }));
                 let device_err = |message: String| TaskError::Device {
                     task: name.clone(),
                     device: device.to_string(),

@@ -49,6 +49,7 @@ where
         placement: Placements::CPU,
         vcus: None,
         memory: 0,
+        priority: 0,
         data: None,
     }
 }
@@ -65,6 +66,7 @@ pub struct TaskBuilder<F> {
     pub(crate) placement: Placements,
     pub(crate) vcus: Option<f64>,
     pub(crate) memory: u64,
+    pub(crate) priority: u8,
     /// Declared data accesses (boxed: most tasks have none, and the builder moves by value).
     pub(crate) data: Option<Box<Accesses>>,
 }
@@ -108,6 +110,23 @@ where
     /// while the device's budget is taken.
     pub fn memory(mut self, bytes: u64) -> Self {
         self.memory = bytes;
+        self
+    }
+
+    /// How urgent the task is: 0 (the default) or more. On a GPU, a task above 0 runs on
+    /// one of the device's high-priority streams, so its kernels go ahead of the work other
+    /// tasks queued as soon as its inputs are ready, and it never waits in a stream behind
+    /// them. Meant for the tasks on a graph's critical path (a tiled factorisation's panel).
+    ///
+    /// ```
+    /// # let rt = parla_core::Runtime::builder().cpu_threads(1).build()?;
+    /// # rt.block_on(async {
+    /// parla_core::task(async { /* the next panel */ }).priority(1).await
+    /// # })?;
+    /// # Ok::<_, parla_core::Error>(())
+    /// ```
+    pub fn priority(mut self, level: u8) -> Self {
+        self.priority = level;
         self
     }
 

@@ -103,11 +103,13 @@ where
         placement,
         vcus,
         memory,
+        priority,
         data,
     } = b;
     let Some(data) = data.filter(|d| !d.is_empty()) else {
         let checked = constraints(rt, &placement, vcus, memory, 0);
-        let header = header_of::<TaskCell<F>>(rt, &id, &checked, memory);
+        let mut header = header_of::<TaskCell<F>>(rt, &id, &checked, memory);
+        header.priority = priority;
         let cell = Arc::new(TaskCell::new(header, fut, ()));
         let task: Arc<dyn Task> = cell.clone();
         let handle = TaskHandle::new(cell);
@@ -116,7 +118,8 @@ where
     };
     let acc = Arc::new(Accesses::new(*data));
     let checked = constraints(rt, &placement, vcus, memory, acc.bytes());
-    let header = header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory);
+    let mut header = header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory);
+    header.priority = priority;
     let cell = Arc::new(TaskCell::new(
         header,
         WithData::new(fut, acc.clone()),

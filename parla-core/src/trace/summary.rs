@@ -6,7 +6,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 /// Intervals kept before overlapping ones are merged.
-const INTERVALS: usize = 4096;
+const INTERVALS: usize = 512;
 
 /// A distribution of waits.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

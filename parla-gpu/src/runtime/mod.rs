@@ -100,6 +100,7 @@ impl GpuBackend for CudaBackend {
         gpu: usize,
         _task: &str,
         after: &[Arc<dyn Fence>],
+        priority: u8,
     ) -> Result<Box<dyn GpuExec>, String> {
         let dev = self
             .devices
@@ -109,17 +110,19 @@ impl GpuBackend for CudaBackend {
             return Err(format!("the device failed earlier: {m}"));
         }
         // Stream affinity: a task after a GPU task of this device takes that task's stream
-        // when it is free; stream order then stands in for a wait.
+        // when it is free and of the task's priority; stream order then stands in for a
+        // wait.
+        let urgent = priority > 0;
         let preferred = after.iter().find_map(|f| {
             let cf = f.as_any().downcast_ref::<CudaFence>()?;
             match cf.origin() {
-                (g, Some(s)) if g == gpu => Some(s),
+                (g, Some(s)) if g == gpu && dev.streams.is_urgent(s) == urgent => Some(s),
                 _ => None,
             }
         });
         let (stream, owned) = match preferred.and_then(|i| dev.streams.acquire_free(i)) {
             Some(s) => (s, true),
-            None => dev.streams.acquire(),
+            None => dev.streams.acquire(urgent),
         };
         for f in after {
             if let Some(cf) = f.as_any().downcast_ref::<CudaFence>()
