@@ -8,7 +8,11 @@
 //! 1. Completion-to-wake latency: an empty kernel, then wait for it. Raw: launch, record an
 //!    event, `cuEventSynchronize`. parla: inside a GPU task, launch, then
 //!    `gpu.synchronize().await` (the runtime's event bridge). Also the whole round trip of a
-//!    GPU task spawned and awaited from `block_on`. Median and p99.
+//!    GPU task spawned and awaited from `block_on`. Median and p99. An awaiter spins on a
+//!    fence for up to `parla::fences::AWAIT_SPIN` (50 us) before it parks, so these rows
+//!    time that spin, not the path from a finished event to a woken awaiter: the
+//!    `woken by the poller` rows do, with a kernel that runs 300 us (longer than the spin),
+//!    against the raw launch, record and `cuEventSynchronize` of the same kernel.
 //! 2. A dependent chain of 1,000 tiny kernels: raw, one launch loop on one stream and one
 //!    synchronize; parla, 1,000 GPU tasks each after the previous (runahead: the host never
 //!    waits between them).
@@ -28,7 +32,22 @@ use parla::prelude::*;
 const KERNELS: &str = r#"
 extern "C" __global__ void empty() {}
 extern "C" __global__ void tiny(unsigned int *x) { if (threadIdx.x == 0) { x[blockIdx.x] += 1; } }
+extern "C" __global__ void spin(unsigned long long ns) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); } while (now - start < ns);
+}
 "#;
+
+/// How long the kernel of the `woken by the poller` rows runs.
+const SPIN_NS: u64 = 300_000;
+
+fn launch_spin(s: &CudaStream, f: &CudaFunction) {
+    let mut b = s.launch_builder(f);
+    b.arg(&SPIN_NS);
+    // SAFETY: `spin` takes one `unsigned long long`.
+    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.expect("launch");
+}
 
 fn launch_empty(s: &CudaStream, f: &CudaFunction) {
     let mut b = s.launch_builder(f);
@@ -174,6 +193,53 @@ fn main() {
             .await
         })
         .expect("latency task");
+    // 1b. The path from a finished event to a woken awaiter: the kernel outlasts the
+    //     awaiter's spin, so the fence poller wakes it.
+    let spin = module.load_function("spin").expect("spin");
+    let spin_n = lat_n / 10;
+    let raw_spin = stats(samples(spin_n, || {
+        launch_spin(&stream, &spin);
+        ev.record(&stream).expect("record");
+        ev.synchronize().expect("sync");
+    }));
+    let woken_in_task = rt
+        .block_on(async move {
+            task(async move {
+                let g = parla::gpu::current().expect("GPU task");
+                let f = g.kernel(KERNELS, "spin").expect("kernel");
+                let mut v = Vec::with_capacity(spin_n);
+                for i in 0..spin_n + 10 {
+                    let t = Instant::now();
+                    launch_spin(g.stream(), &f);
+                    g.synchronize().await.expect("sync");
+                    if i >= 10 {
+                        v.push(t.elapsed());
+                    }
+                }
+                stats(v)
+            })
+            .placement(Placement::Gpu(0))
+            .await
+        })
+        .expect("woken task");
+    let woken_round_trip = rt.block_on(async move {
+        let mut v = Vec::with_capacity(spin_n);
+        for i in 0..spin_n + 10 {
+            let t = Instant::now();
+            task(async {
+                let g = parla::gpu::current().expect("GPU task");
+                let f = g.kernel(KERNELS, "spin").expect("kernel");
+                launch_spin(g.stream(), &f);
+            })
+            .placement(Placement::Gpu(0))
+            .await
+            .expect("task");
+            if i >= 10 {
+                v.push(t.elapsed());
+            }
+        }
+        stats(v)
+    });
     let round_trip = rt.block_on(async move {
         let mut v = Vec::with_capacity(lat_n / 3);
         for i in 0..lat_n / 3 + 30 {
@@ -345,6 +411,26 @@ fn main() {
         "round trip: spawn GPU task + await, p99",
         round_trip.1,
         raw_lat.1,
+    );
+    row(
+        "woken by the poller: 300 us kernel + wait, median",
+        woken_in_task.0,
+        raw_spin.0,
+    );
+    row(
+        "woken by the poller: 300 us kernel + wait, p99",
+        woken_in_task.1,
+        raw_spin.1,
+    );
+    row(
+        "  spawn GPU task + await from block_on, median",
+        woken_round_trip.0,
+        raw_spin.0,
+    );
+    row(
+        "  spawn GPU task + await from block_on, p99",
+        woken_round_trip.1,
+        raw_spin.1,
     );
     row(
         "chain of 1,000 tiny kernels, per kernel",
