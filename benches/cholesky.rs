@@ -7,7 +7,8 @@
 //!   matrix already on the GPU; parla-rs is timed from the first spawn until every task
 //!   completed, cuSOLVER around the call and a stream synchronisation.
 //! - Several GPUs: parla-rs tiles 2-D block-cyclic on 2 (and 4) GPUs against parla-rs on
-//!   one GPU, at the largest n.
+//!   one GPU, at the largest n that fits one GPU well (98304 on an H200), each
+//!   configuration in a fresh process.
 //!
 //! Medians of several runs after a warm-up; the matrix is regenerated (in place, where its
 //! tiles live) before each run.
@@ -19,7 +20,7 @@
 //!
 //! Settings (environment): `CHOLESKY_N` (GPU sizes, default 8192,16384,32768),
 //! `CHOLESKY_BLOCK` (GPU tile size, default by n), `CHOLESKY_MULTI_N` (the multi-GPU size,
-//! default 65536), `CHOLESKY_CPU_N` / `CHOLESKY_CPU_BLOCK` (4096 / 256),
+//! default the largest multiple of 16384 using at most 60% of a GPU's memory), `CHOLESKY_CPU_N` / `CHOLESKY_CPU_BLOCK` (4096 / 256),
 //! `CHOLESKY_REPS` (3), `CHOLESKY_STREAMS` (streams per GPU), `CHOLESKY_TRACE=FILE` (a trace
 //! of the GPU runs), `CHOLESKY_KERNELS=1` (each tile kernel alone first),
 //! `CHOLESKY_SKIP_CPU=1`.
@@ -142,9 +143,16 @@ mod gpu {
     use parla::linalg::cholesky::{block_cyclic, fill_spd_raw};
     use parla::prelude::*;
 
-    /// The multi-GPU rows' size: the largest the benchmark measures (34 GB of matrix, on
-    /// one GPU for the baseline).
-    pub const MULTI_N: usize = 65536;
+    /// The multi-GPU rows' size: the largest multiple of 16384 whose matrix takes at most
+    /// 60% of one GPU's memory budget (the one-GPU baseline holds all of it, with the
+    /// diagonal inverses and the kernels' workspace): 98304 on an H200, 65536 on an H100.
+    fn largest_n(budget: u64) -> usize {
+        let mut n = 16384;
+        while ((n + 16384) as f64).powi(2) * 8.0 <= 0.6 * budget as f64 {
+            n += 16384;
+        }
+        n
+    }
 
     /// The tile size for `n` on a GPU.
     pub fn block_for(n: usize) -> usize {
@@ -330,6 +338,40 @@ mod gpu {
         }
     }
 
+    /// Times the tiled Cholesky of order `n` on `gpus` GPUs in a child process (this
+    /// benchmark again, told by `CHOLESKY_CHILD`).
+    fn multi_in_child(n: usize, block: usize, gpus: usize) -> Duration {
+        let exe = std::env::current_exe().expect("the benchmark's path");
+        let out = std::process::Command::new(exe)
+            .env("CHOLESKY_CHILD", format!("{n},{block},{gpus}"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("start the child run");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let secs = text
+            .lines()
+            .find_map(|l| l.strip_prefix("child seconds: "))
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("the child run on {gpus} GPUs failed: {text}"));
+        Duration::from_secs_f64(secs)
+    }
+
+    /// The child's side of [`multi_in_child`]: `n,block,gpus`.
+    pub fn child(spec: &str) {
+        let v: Vec<usize> = spec.split(',').filter_map(|s| s.parse().ok()).collect();
+        let [n, block, gpus] = v[..] else {
+            panic!("CHOLESKY_CHILD must be n,block,gpus, got {spec}");
+        };
+        let mut b = parla::Runtime::builder();
+        if let Some(s) = env_one("CHOLESKY_STREAMS") {
+            b = b.streams_per_gpu(s);
+        }
+        let rt = b.build().expect("runtime");
+        let (t, tiles) = parla_runs(&rt, n, block, block_cyclic(gpus));
+        drop(tiles);
+        println!("child seconds: {}", t.as_secs_f64());
+    }
+
     pub fn rows(rows: &mut Vec<[String; 6]>, notes: &mut Vec<String>) {
         let mut b = parla::Runtime::builder();
         if let Some(s) = env_one("CHOLESKY_STREAMS") {
@@ -389,13 +431,16 @@ mod gpu {
             notes.push("one GPU: no multi-GPU rows".into());
             return;
         }
-        let n = env_one("CHOLESKY_MULTI_N").unwrap_or(MULTI_N);
+        let budget = rt.memory_budget(Device::gpu(0)).unwrap_or(0);
+        let n = env_one("CHOLESKY_MULTI_N").unwrap_or_else(|| largest_n(budget));
         let block = block_for(n);
-        let (t_one, tiles) = parla_runs(&rt, n, block, block_cyclic(1));
-        drop(tiles);
+        // Each configuration in a process of its own, started with nothing on the GPUs: in
+        // one process the second configuration found device memory that the first had left
+        // in the driver's pools (at n = 98304, 77 GB on GPU 0), and ran slower.
+        drop(rt);
+        let t_one = multi_in_child(n, block, 1);
         for g in [2, 4].into_iter().filter(|&g| g <= gpus) {
-            let (t_g, tiles) = parla_runs(&rt, n, block, block_cyclic(g));
-            drop(tiles);
+            let t_g = multi_in_child(n, block, g);
             rows.push([
                 format!("{g} GPUs"),
                 n.to_string(),
@@ -409,6 +454,11 @@ mod gpu {
 }
 
 fn main() {
+    #[cfg(feature = "cuda")]
+    if let Ok(spec) = std::env::var("CHOLESKY_CHILD") {
+        gpu::child(&spec);
+        return;
+    }
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     if std::env::var_os("CHOLESKY_SKIP_CPU").is_none() {
