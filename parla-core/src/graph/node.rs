@@ -451,6 +451,7 @@ impl Header {
     }
 
     /// The fence recorded after a GPU task's work, until its outcome is published.
+    #[cfg(feature = "tracing")]
     pub(crate) fn recorded_fence(&self) -> Option<Arc<dyn Fence>> {
         self.links.lock().gpu.as_ref().and_then(|g| g.fence.clone())
     }

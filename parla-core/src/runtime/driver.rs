@@ -47,6 +47,7 @@ pub(crate) struct Driver {
     /// Deferred counter changes and scratch space, kept across the tasks it runs.
     local: Local,
     /// Nanoseconds spent in task bodies in this poll, when workers report their time.
+    #[cfg(feature = "tracing")]
     body_ns: Option<u64>,
 }
 
@@ -57,6 +58,7 @@ impl Driver {
             rt,
             active: true,
             local: Local::default(),
+            #[cfg(feature = "tracing")]
             body_ns: None,
         }
     }
@@ -180,8 +182,8 @@ impl Driver {
     fn poll_body(&mut self, task: &Arc<dyn Task>, waker: &std::task::Waker) -> Poll<Outcome> {
         let mut cx = Context::from_waker(waker);
         #[cfg(feature = "tracing")]
-        if task.header().trace.is_some() {
-            return crate::trace::cold(|| self.poll_traced(task, &mut cx));
+        if let Some(t) = task.header().trace.as_deref() {
+            return crate::trace::cold(|| self.poll_traced(task, t, &mut cx));
         }
         // SAFETY: this driver holds the task's run token (from admission or a wake, through
         // the injector or the next-task slot, exactly once), and the task is not finished.
@@ -190,11 +192,12 @@ impl Driver {
 
     /// [`poll_body`](Self::poll_body) of a traced task: inside its span, timed.
     #[cfg(feature = "tracing")]
-    fn poll_traced(&mut self, task: &Arc<dyn Task>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let Some(t) = task.header().trace.as_deref() else {
-            // SAFETY: as in `poll_body`.
-            return unsafe { task.poll_body(cx) };
-        };
+    fn poll_traced(
+        &mut self,
+        task: &Arc<dyn Task>,
+        t: &crate::graph::node::TaskTrace,
+        cx: &mut Context<'_>,
+    ) -> Poll<Outcome> {
         let outer = crate::trace::cpu_ns();
         let mut body = 0;
         let p = self.rt.in_trace(|| {

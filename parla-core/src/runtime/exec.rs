@@ -119,15 +119,7 @@ impl RtInner {
             return Err((task, err));
         }
         let mem = h.mem;
-        #[cfg(feature = "tracing")]
-        if let Some(t) = h.trace.as_deref() {
-            // The span shows its task's placement from now on (a span records through its
-            // own subscriber).
-            t.span.record("device", tracing::field::display(dev.device));
-            t.span.record("vcu", vcu_float(vcu));
-            t.span.record("mem.bytes", mem);
-        }
-        crate::trace::step!(self, h, "mapped", device = %dev.device, vcu = vcu_float(vcu), mem);
+        self.trace_mapped(h, dev.device, vcu, mem);
         if let Some(acc) = task.data() {
             acc.set_device(dev.device);
             self.data_ready(slot, task, admitted);

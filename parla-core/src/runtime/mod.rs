@@ -240,6 +240,25 @@ impl RtInner {
         }
     }
 
+    /// Traces the device, VCUs and memory the task with header `h` was given: recorded on
+    /// its span (which shows them from now on), and the `mapped` step.
+    #[inline(always)]
+    pub(crate) fn trace_mapped(&self, h: &Header, device: Device, vcu: u32, mem: u64) {
+        #[cfg(feature = "tracing")]
+        if let Some(t) = h.trace.as_deref() {
+            crate::trace::cold(|| {
+                let vcu = crate::device::vcu_float(vcu);
+                // (A span records through its own subscriber.)
+                t.span.record("device", tracing::field::display(device));
+                t.span.record("vcu", vcu);
+                t.span.record("mem.bytes", mem);
+                crate::trace::step!(self, h, "mapped", device = %device, vcu, mem);
+            });
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (h, device, vcu, mem);
+    }
+
     /// Traces the end of the task with header `h` (its outcome is published).
     #[inline(always)]
     pub(crate) fn trace_end(&self, h: &Header) {
@@ -250,6 +269,8 @@ impl RtInner {
                 _ => crate::trace::step!(self, h, "completed"),
             });
         }
+        #[cfg(not(feature = "tracing"))]
+        let _ = h;
     }
 
     /// Traces when a finished GPU task's work ran on the device, if its fence was timed.
@@ -266,6 +287,8 @@ impl RtInner {
                 }
             });
         }
+        #[cfg(not(feature = "tracing"))]
+        let _ = h;
     }
 
     /// Takes a busy token for a thread entering from outside (a new `block_on`, a `hold`

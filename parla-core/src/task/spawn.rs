@@ -108,8 +108,7 @@ where
     } = b;
     let Some(data) = data.filter(|d| !d.is_empty()) else {
         let checked = constraints(rt, &placement, vcus, memory, 0);
-        let mut header = header_of::<TaskCell<F>>(rt, &id, &checked, memory);
-        header.priority = priority;
+        let header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
         let cell = Arc::new(TaskCell::new(header, fut, ()));
         let task: Arc<dyn Task> = cell.clone();
         let handle = TaskHandle::new(cell);
@@ -118,8 +117,8 @@ where
     };
     let acc = Arc::new(Accesses::new(*data));
     let checked = constraints(rt, &placement, vcus, memory, acc.bytes());
-    let mut header = header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory);
-    header.priority = priority;
+    let header =
+        header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory, priority);
     let cell = Arc::new(TaskCell::new(
         header,
         WithData::new(fut, acc.clone()),
@@ -137,6 +136,7 @@ fn header_of<C: Task>(
     id: &Option<crate::space::TaskRef>,
     checked: &Result<(SlotMask, u32), String>,
     memory: u64,
+    priority: u8,
 ) -> Header {
     let (mask, vcu) = checked.as_ref().map_or((0, 0), |&(m, v)| (m, v));
     let mut header = Header::new(
@@ -148,6 +148,7 @@ fn header_of<C: Task>(
         vcu,
         memory,
     );
+    header.priority = priority;
     #[cfg(feature = "tracing")]
     if rt.trace.is_some() || crate::trace::may_trace() {
         header.trace = crate::trace::cold(|| task_span(rt, &header.name));

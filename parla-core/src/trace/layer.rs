@@ -368,22 +368,20 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let target = event.metadata().target();
+        if target != SCHED_TARGET && target != TASK_TARGET {
+            return;
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
         if target == SCHED_TARGET {
-            let mut f = Fields::default();
-            event.record(&mut f);
             if let (Some(d), Some(b)) = (f.driver_ns, f.body_ns) {
                 self.shared.state.lock().stats.driver(d, b);
             }
             return;
         }
-        if target != TASK_TARGET {
-            return;
-        }
         let Some(span) = event.parent().and_then(|id| ctx.span(id)) else {
             return;
         };
-        let mut f = Fields::default();
-        event.record(&mut f);
         let now = now_ns();
         match f.step.as_str() {
             "dependency" => self.dependency(&span, f.dep, &ctx),
