@@ -95,25 +95,35 @@ fn the_default_placement_lets_the_mapping_choose() {
     assert!(r < 1e-12, "||A - L L^T|| / ||A|| = {r}");
 }
 
-#[test]
-fn a_matrix_that_is_not_positive_definite_is_an_error_naming_the_minor() {
-    let n = 300;
+/// Factors an `n x n` matrix whose leading minor of order `bad + 1` is not positive
+/// definite, in `block`-tiles placed by `place`; checks that the error names that minor.
+fn rejects_a_matrix_not_positive_definite(
+    rt: parla::Runtime,
+    n: usize,
+    bad: usize,
+    block: usize,
+    place: impl Fn(usize, usize) -> Placements + Clone + Send + Sync + 'static,
+) {
     let mut a = Array2::from_shape_fn((n, n), |(i, j)| spd_entry(i, j, n, 1));
-    // The leading minor of order 201 is not positive definite.
-    a[(200, 200)] = -1.0;
-    let rt = support::cpu(2);
+    a[(bad, bad)] = -1.0;
     let err = support::within(60, move || {
         rt.block_on(async move {
-            let tiles = PArray::from(a).tiles(64, 64)?;
-            cholesky(&tiles, |_, _| Placements::CPU, |_, _| {}).await
+            let tiles = PArray::from(a).tiles(block, block)?;
+            cholesky(&tiles, place, |_, _| {}).await
         })
         .expect_err("not positive definite")
     });
     let msg = err.to_string();
+    let order = format!("order {}", bad + 1);
     assert!(
-        msg.contains("not positive definite") && msg.contains("order 201"),
+        msg.contains("not positive definite") && msg.contains(&order),
         "{msg}"
     );
+}
+
+#[test]
+fn a_matrix_that_is_not_positive_definite_is_an_error_naming_the_minor() {
+    rejects_a_matrix_not_positive_definite(support::cpu(2), 300, 200, 64, |_, _| Placements::CPU);
 }
 
 #[test]
@@ -234,21 +244,7 @@ fn gpu_reports_a_matrix_that_is_not_positive_definite() {
     let Some(rt) = support::gpu::real() else {
         return;
     };
-    let n = 512;
-    let mut a = Array2::from_shape_fn((n, n), |(i, j)| spd_entry(i, j, n, 1));
-    a[(300, 300)] = -1.0;
-    let err = support::within(60, move || {
-        rt.block_on(async move {
-            let tiles = PArray::from(a).tiles(128, 128)?;
-            cholesky(&tiles, block_cyclic(1), |_, _| {}).await
-        })
-        .expect_err("not positive definite")
-    });
-    let msg = err.to_string();
-    assert!(
-        msg.contains("not positive definite") && msg.contains("order 301"),
-        "{msg}"
-    );
+    rejects_a_matrix_not_positive_definite(rt, 512, 300, 128, block_cyclic(1));
 }
 
 /// Two GPUs get tile rows back and forth (0, 1, 1, 0, ...), which evens out the lower

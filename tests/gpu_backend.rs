@@ -299,9 +299,7 @@ fn a_trace_times_gpu_tasks_with_cuda_events() {
     if real().is_none() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("parla-gpu-trace-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("trace.json");
+    let path = support::trace_path("gpu-trace");
     let rt = parla::Runtime::builder()
         .cpu_threads(4)
         .trace(&path)
@@ -354,7 +352,7 @@ fn a_trace_times_gpu_tasks_with_cuda_events() {
     }
     let launches = ev.iter().filter(|e| e["cat"] == "launch").count();
     assert_eq!(launches, 4, "each GPU task's host side");
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
 
 /// A task with a priority above 0 runs on a high-priority stream; others on default ones.

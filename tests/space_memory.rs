@@ -210,9 +210,7 @@ fn select_loops_over_an_id_and_dropped_forward_references_leave_nothing_behind()
 #[test]
 fn a_traced_runtime_streams_its_records() {
     let _s = SERIAL.lock();
-    let dir = std::env::temp_dir().join(format!("parla-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("trace.json");
+    let path = support::trace_path("stream");
     let rt = parla::Runtime::builder()
         .cpu_threads(2)
         .trace(&path)
@@ -241,5 +239,5 @@ fn a_traced_runtime_streams_its_records() {
         40 * 500,
         "one event per task"
     );
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }

@@ -8,13 +8,6 @@ use std::time::Duration;
 use parla::prelude::*;
 use serde_json::Value;
 
-/// A fresh path for a trace file.
-fn trace_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("parla-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("trace.json")
-}
-
 /// The trace's events, parsed.
 fn events(path: &std::path::Path) -> Vec<Value> {
     let json = std::fs::read_to_string(path).expect("trace written");
@@ -47,7 +40,7 @@ fn spin(d: Duration) {
 
 #[test]
 fn a_trace_has_one_slice_per_task_with_its_outcome_and_arrows() {
-    let path = trace_path("trace");
+    let path = support::trace_path("trace");
     let rt = parla::Runtime::builder()
         .cpu_threads(2)
         .virtual_gpus(1, 1 << 20)
@@ -154,7 +147,7 @@ fn a_trace_has_one_slice_per_task_with_its_outcome_and_arrows() {
 
 #[test]
 fn a_user_span_inside_a_task_nests_in_its_slice() {
-    let path = trace_path("nest");
+    let path = support::trace_path("nest");
     let rt = parla::Runtime::builder()
         .cpu_threads(2)
         .trace(&path)

@@ -25,9 +25,7 @@ impl<S: Subscriber> Layer<S> for Count {
 
 #[test]
 fn the_trace_layer_composes_with_a_user_layer() {
-    let dir = std::env::temp_dir().join(format!("parla-layer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("trace.json");
+    let path = support::trace_path("layer");
     let (layer, guard) = parla::trace::layer(&path).unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
     tracing_subscriber::registry()
@@ -70,5 +68,5 @@ fn the_trace_layer_composes_with_a_user_layer() {
     };
     assert_eq!(count("task"), 10);
     assert_eq!(count("user"), 10, "each task's span is in the trace");
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }

@@ -24,6 +24,14 @@ pub fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'stat
     }
 }
 
+/// A path for a trace file, `trace.json` in a fresh directory named after `name` and the
+/// process (remove it with `std::fs::remove_dir_all(path.parent())`).
+pub fn trace_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("parla-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("trace.json")
+}
+
 /// A CPU-only runtime with `threads` workers (GPUs left out even where there are some).
 pub fn cpu(threads: usize) -> parla::Runtime {
     parla::Runtime::builder()
