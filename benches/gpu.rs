@@ -102,6 +102,92 @@ fn samples(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
     v
 }
 
+/// Times `n` runs of `f` after `warm` warm-up runs: `samples` for futures.
+async fn samples_async<F>(n: usize, warm: usize, mut f: impl FnMut() -> F) -> Vec<Duration>
+where
+    F: std::future::Future<Output = ()>,
+{
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n + warm {
+        let t = Instant::now();
+        f().await;
+        if i >= warm {
+            v.push(t.elapsed());
+        }
+    }
+    v
+}
+
+/// How a row launches its kernel.
+type Launch = fn(&CudaStream, &CudaFunction);
+
+/// Raw: `launch` on `stream`, record `ev`, `cuEventSynchronize`; median and p99 (us).
+fn raw_waits(
+    n: usize,
+    stream: &CudaStream,
+    ev: &parla::gpu::cudarc::driver::CudaEvent,
+    f: &CudaFunction,
+    launch: Launch,
+) -> (f64, f64) {
+    stats(samples(n, || {
+        launch(stream, f);
+        ev.record(stream).expect("record");
+        ev.synchronize().expect("sync");
+    }))
+}
+
+/// parla, inside one GPU task: `launch` the task's copy of `kernel`, then
+/// `gpu.synchronize().await`; median and p99 (us) of `n` after `warm`.
+fn waits_in_task(
+    rt: &parla::Runtime,
+    n: usize,
+    warm: usize,
+    kernel: &'static str,
+    launch: Launch,
+) -> (f64, f64) {
+    rt.block_on(async move {
+        task(async move {
+            let g = parla::gpu::current().expect("GPU task");
+            let f = g.kernel(KERNELS, kernel).expect("kernel");
+            let (g, f) = (&g, &f);
+            let v = samples_async(n, warm, || async move {
+                launch(g.stream(), f);
+                g.synchronize().await.expect("sync");
+            })
+            .await;
+            stats(v)
+        })
+        .placement(Placement::Gpu(0))
+        .await
+    })
+    .expect("GPU task")
+}
+
+/// parla from `block_on`: spawn a GPU task that `launch`es `kernel`, and await it; median
+/// and p99 (us) of `n` after `warm`.
+fn round_trips(
+    rt: &parla::Runtime,
+    n: usize,
+    warm: usize,
+    kernel: &'static str,
+    launch: Launch,
+) -> (f64, f64) {
+    rt.block_on(async move {
+        let v = samples_async(n, warm, || async move {
+            task(async move {
+                let g = parla::gpu::current().expect("GPU task");
+                let f = g.kernel(KERNELS, kernel).expect("kernel");
+                launch(g.stream(), &f);
+            })
+            .placement(Placement::Gpu(0))
+            .await
+            .expect("task");
+        })
+        .await;
+        stats(v)
+    })
+}
+
 fn stats(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -161,11 +247,7 @@ fn main() {
 
     // 1. Latency.
     let ev = ctx.new_event(None).expect("event");
-    let raw_lat = stats(samples(lat_n, || {
-        launch_empty(&stream, &empty);
-        ev.record(&stream).expect("record");
-        ev.synchronize().expect("sync");
-    }));
+    let raw_lat = raw_waits(lat_n, &stream, &ev, &empty, launch_empty);
     let raw_query_lat = stats(samples(lat_n, || {
         launch_empty(&stream, &empty);
         ev.record(&stream).expect("record");
@@ -173,91 +255,15 @@ fn main() {
             std::hint::spin_loop();
         }
     }));
-    let parla_lat = rt
-        .block_on(async move {
-            task(async move {
-                let g = parla::gpu::current().expect("GPU task");
-                let f = g.kernel(KERNELS, "empty").expect("kernel");
-                let mut v = Vec::with_capacity(lat_n);
-                for i in 0..lat_n + 100 {
-                    let t = Instant::now();
-                    launch_empty(g.stream(), &f);
-                    g.synchronize().await.expect("sync");
-                    if i >= 100 {
-                        v.push(t.elapsed());
-                    }
-                }
-                stats(v)
-            })
-            .placement(Placement::Gpu(0))
-            .await
-        })
-        .expect("latency task");
+    let parla_lat = waits_in_task(&rt, lat_n, 100, "empty", launch_empty);
     // 1b. The path from a finished event to a woken awaiter: the kernel outlasts the
     //     awaiter's spin, so the fence poller wakes it.
     let spin = module.load_function("spin").expect("spin");
     let spin_n = lat_n / 10;
-    let raw_spin = stats(samples(spin_n, || {
-        launch_spin(&stream, &spin);
-        ev.record(&stream).expect("record");
-        ev.synchronize().expect("sync");
-    }));
-    let woken_in_task = rt
-        .block_on(async move {
-            task(async move {
-                let g = parla::gpu::current().expect("GPU task");
-                let f = g.kernel(KERNELS, "spin").expect("kernel");
-                let mut v = Vec::with_capacity(spin_n);
-                for i in 0..spin_n + 10 {
-                    let t = Instant::now();
-                    launch_spin(g.stream(), &f);
-                    g.synchronize().await.expect("sync");
-                    if i >= 10 {
-                        v.push(t.elapsed());
-                    }
-                }
-                stats(v)
-            })
-            .placement(Placement::Gpu(0))
-            .await
-        })
-        .expect("woken task");
-    let woken_round_trip = rt.block_on(async move {
-        let mut v = Vec::with_capacity(spin_n);
-        for i in 0..spin_n + 10 {
-            let t = Instant::now();
-            task(async {
-                let g = parla::gpu::current().expect("GPU task");
-                let f = g.kernel(KERNELS, "spin").expect("kernel");
-                launch_spin(g.stream(), &f);
-            })
-            .placement(Placement::Gpu(0))
-            .await
-            .expect("task");
-            if i >= 10 {
-                v.push(t.elapsed());
-            }
-        }
-        stats(v)
-    });
-    let round_trip = rt.block_on(async move {
-        let mut v = Vec::with_capacity(lat_n / 3);
-        for i in 0..lat_n / 3 + 30 {
-            let t = Instant::now();
-            task(async {
-                let g = parla::gpu::current().expect("GPU task");
-                let f = g.kernel(KERNELS, "empty").expect("kernel");
-                launch_empty(g.stream(), &f);
-            })
-            .placement(Placement::Gpu(0))
-            .await
-            .expect("task");
-            if i >= 30 {
-                v.push(t.elapsed());
-            }
-        }
-        stats(v)
-    });
+    let raw_spin = raw_waits(spin_n, &stream, &ev, &spin, launch_spin);
+    let woken_in_task = waits_in_task(&rt, spin_n, 10, "spin", launch_spin);
+    let woken_round_trip = round_trips(&rt, spin_n, 10, "spin", launch_spin);
+    let round_trip = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty);
 
     // 2. Chain of 1,000 tiny kernels.
     const CHAIN: usize = 1000;
