@@ -70,3 +70,13 @@ fn the_trace_layer_composes_with_a_user_layer() {
     assert_eq!(count("user"), 10, "each task's span is in the trace");
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
+
+/// A trace file that cannot be created is an error from `layer`, not a panic.
+#[test]
+fn a_trace_file_that_cannot_be_created_is_an_error() {
+    let path = std::env::temp_dir()
+        .join(format!("parla-no-such-dir-{}", std::process::id()))
+        .join("trace.json");
+    let err = parla::trace::layer(&path).expect_err("no such directory");
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+}

@@ -27,6 +27,7 @@ const PALETTE: [&str; 12] = [
     "#59A14F", "#B07AA1", "#9C755F", "#76B7B2",
 ];
 
+#[derive(Debug)]
 struct Options {
     input: String,
     output: String,
@@ -416,6 +417,41 @@ mod tests {
         };
         let (l, n) = lanes(&[bar(0.0, 10.0), bar(2.0, 3.0), bar(6.0, 1.0), bar(10.0, 1.0)]);
         assert_eq!((l, n), (vec![0, 1, 1, 0], 2));
+    }
+
+    #[test]
+    fn bad_arguments_are_errors_that_say_why() {
+        let args = |a: &[&str]| parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(args(&["t.json"]).unwrap_err().starts_with("usage"));
+        assert!(
+            args(&["a", "b", "--width"])
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(
+            args(&["a", "b", "--from", "-3"])
+                .unwrap_err()
+                .contains("not a non-negative")
+        );
+        assert!(
+            args(&["a", "b", "--frob"])
+                .unwrap_err()
+                .contains("unknown option --frob")
+        );
+        let o = parse_args(&[
+            "a".into(),
+            "b".into(),
+            "--from".into(),
+            "5".into(),
+            "--to".into(),
+            "2".into(),
+        ])
+        .unwrap();
+        let events: Vec<Value> = serde_json::from_str(
+            r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":0,"dur":10000}]"#,
+        )
+        .unwrap();
+        assert!(draw(&events, &o).unwrap_err().contains("empty time window"));
     }
 
     #[test]
