@@ -8,9 +8,10 @@
 //! 1. Completion-to-wake latency: an empty kernel, then wait for it. Raw: launch, record an
 //!    event, `cuEventSynchronize`. parla: inside a GPU task, launch, then
 //!    `gpu.synchronize().await` (the runtime's event bridge). Also the whole round trip of a
-//!    GPU task spawned and awaited from `block_on`. Median and p99. An awaiter spins on a
-//!    fence for up to `parla::fences::AWAIT_SPIN` (50 us) before it parks, so these rows
-//!    time that spin, not the path from a finished event to a woken awaiter: the
+//!    GPU task spawned and awaited from `block_on`, and from a CPU task. Median and p99. An
+//!    awaiter spins on a fence for up to `parla::fences::AWAIT_SPIN` (50 us) before it
+//!    parks, and a driver that ran GPU tasks lingers as long for more work and for their
+//!    fences, so these rows time that spin, not the path from a finished event to a woken awaiter: the
 //!    `woken by the poller` rows do, with a kernel that runs 300 us (longer than the spin),
 //!    against the raw launch, record and `cuEventSynchronize` of the same kernel.
 //! 2. A dependent chain of 1,000 tiny kernels: raw, one launch loop on one stream and one
@@ -163,16 +164,17 @@ fn waits_in_task(
     .expect("GPU task")
 }
 
-/// parla from `block_on`: spawn a GPU task that `launch`es `kernel`, and await it; median
-/// and p99 (us) of `n` after `warm`.
+/// parla: spawn a GPU task that `launch`es `kernel`, and await it, from `block_on` or (with
+/// `in_task`) from a CPU task; median and p99 (us) of `n` after `warm`.
 fn round_trips(
     rt: &parla::Runtime,
     n: usize,
     warm: usize,
     kernel: &'static str,
     launch: Launch,
+    in_task: bool,
 ) -> (f64, f64) {
-    rt.block_on(async move {
+    let trips = async move {
         let v = samples_async(n, warm, || async move {
             task(async move {
                 let g = parla::gpu::current().expect("GPU task");
@@ -185,6 +187,13 @@ fn round_trips(
         })
         .await;
         stats(v)
+    };
+    rt.block_on(async move {
+        if in_task {
+            task(trips).await.expect("CPU task")
+        } else {
+            trips.await
+        }
     })
 }
 
@@ -262,8 +271,9 @@ fn main() {
     let spin_n = lat_n / 10;
     let raw_spin = raw_waits(spin_n, &stream, &ev, &spin, launch_spin);
     let woken_in_task = waits_in_task(&rt, spin_n, 10, "spin", launch_spin);
-    let woken_round_trip = round_trips(&rt, spin_n, 10, "spin", launch_spin);
-    let round_trip = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty);
+    let woken_round_trip = round_trips(&rt, spin_n, 10, "spin", launch_spin, false);
+    let round_trip = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty, false);
+    let round_trip_task = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty, true);
 
     // 2. Chain of 1,000 tiny kernels.
     const CHAIN: usize = 1000;
@@ -418,6 +428,8 @@ fn main() {
         round_trip.1,
         raw_lat.1,
     );
+    row("  from a CPU task, median", round_trip_task.0, raw_lat.0);
+    row("  from a CPU task, p99", round_trip_task.1, raw_lat.1);
     row(
         "woken by the poller: 300 us kernel + wait, median",
         woken_in_task.0,

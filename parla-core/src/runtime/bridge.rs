@@ -362,11 +362,28 @@ pub(crate) fn hurry(task: &Arc<dyn Task>, waker: &std::task::Waker) -> bool {
 
 /// An awaiter of `task`: if the task's GPU work is pending behind a fence, spin on it
 /// briefly and complete the task here if it finishes. Returns whether the task is done.
+///
+/// Off the runtime's drivers (`block_on`, another thread), an awaiter of a GPU task that is
+/// admitted but has not returned its body yet also spins, for the same budget in all, until
+/// its fence is recorded: a task just spawned and awaited then never puts the awaiter to
+/// sleep. (A driver does not wait so: the task may be its own next one.)
 pub(crate) fn spin_fenced(task: &Arc<dyn Task>) -> bool {
-    let Some(fence) = task.header().fence() else {
+    let h = task.header();
+    let start = Instant::now();
+    if !h.is_fenced() && in_flight_on_gpu(h) {
+        let mut n = 0u32;
+        while !h.is_fenced() && !h.is_done() {
+            n += 1;
+            if n.is_multiple_of(16) && start.elapsed() >= AWAIT_SPIN {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    let Some(fence) = h.fence() else {
         return false;
     };
-    match spin(&*fence, AWAIT_SPIN) {
+    match spin(&*fence, AWAIT_SPIN.saturating_sub(start.elapsed())) {
         FenceStatus::Pending => false,
         status => crate::runtime::context::with_rt(|rt| match rt {
             Some(rt) => {
@@ -376,6 +393,20 @@ pub(crate) fn spin_fenced(task: &Arc<dyn Task>) -> bool {
             None => false,
         }),
     }
+}
+
+/// Whether `h` is a task mapped to a GPU with a backend, past its dependencies and not
+/// finished, awaited from outside the runtime's drivers.
+fn in_flight_on_gpu(h: &crate::graph::node::Header) -> bool {
+    if h.is_waiting() || h.is_done() || crate::runtime::context::in_driver() {
+        return false;
+    }
+    let Some(device) = h.device() else {
+        return false;
+    };
+    crate::runtime::context::with_rt(|rt| {
+        rt.is_some_and(|rt| rt.id == h.rt_id && rt.devices[device.slot()].gpu.is_some())
+    })
 }
 
 /// Polls `fence` in a loop for up to `budget` (a busy wait: keep it to microseconds).

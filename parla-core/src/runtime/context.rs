@@ -229,6 +229,11 @@ pub(crate) fn enter_driver(rt_id: u32) -> DriverGuard {
     }
 }
 
+/// Whether a driver polls on this thread.
+pub(crate) fn in_driver() -> bool {
+    DRIVER.with(|c| c.get()) != 0
+}
+
 /// Puts `t` in this thread's next-task slot if a driver of runtime `rt_id` polls here and
 /// the slot is free; otherwise hands it back.
 pub(crate) fn offer_next(rt_id: u32, t: Arc<dyn Task>) -> Option<Arc<dyn Task>> {

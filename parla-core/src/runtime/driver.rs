@@ -46,10 +46,18 @@ pub(crate) struct Driver {
     active: bool,
     /// Deferred counter changes and scratch space, kept across the tasks it runs.
     local: Local,
+    /// It ran a task on a backed GPU since it last lingered: when it runs out of work it
+    /// lingers (see [`linger`](Self::linger)).
+    lingers: bool,
     /// Nanoseconds spent in task bodies in this poll, when workers report their time.
     #[cfg(feature = "tracing")]
     body_ns: Option<u64>,
 }
+
+/// How long a driver that ran GPU tasks polls for more work (and for their fences) before it
+/// leaves: about the time a short kernel takes, so that the next task spawned after an
+/// awaited GPU task, or a parent woken by its child's fence, runs without waking a thread.
+const LINGER: std::time::Duration = super::bridge::AWAIT_SPIN;
 
 impl Driver {
     /// A driver holding a slot (the caller claimed it) and counted in `ours`.
@@ -58,8 +66,51 @@ impl Driver {
             rt,
             active: true,
             local: Local::default(),
+            lingers: false,
             #[cfg(feature = "tracing")]
             body_ns: None,
+        }
+    }
+
+    /// Out of work after running GPU tasks: polls the injector and the runtime's fences for
+    /// up to [`LINGER`] before leaving, so that what the GPU work releases (an awaiter's next
+    /// spawn, a parent woken by its child's fence, a dependent) runs here at once instead of
+    /// waiting for a thread to wake. Pushers count on a lingering driver instead of starting
+    /// one. Returns the task it found.
+    fn linger(&mut self) -> Option<Arc<dyn Task>> {
+        if !std::mem::take(&mut self.lingers) {
+            return None;
+        }
+        let rt = self.rt.clone();
+        rt.flush(&mut self.local);
+        rt.inject.linger();
+        let start = std::time::Instant::now();
+        let mut n = 0u32;
+        loop {
+            let found = rt.inject.pop().or_else(|| {
+                // Completing a fenced task puts what it releases in this thread's next-task
+                // slot.
+                (rt.bridge.is_busy() && Bridge::poll_once(&rt) > 0)
+                    .then(context::take_next)
+                    .flatten()
+            });
+            if let Some(t) = found {
+                if rt.inject.stop_lingering() {
+                    // More work than this driver: another one takes it.
+                    rt.start_drivers(1);
+                }
+                return Some(t);
+            }
+            n += 1;
+            if n.is_multiple_of(16) && start.elapsed() >= LINGER {
+                // Work pushed by someone who counted on this driver is taken here.
+                return if rt.inject.stop_lingering() {
+                    rt.inject.pop()
+                } else {
+                    None
+                };
+            }
+            std::hint::spin_loop();
         }
     }
 
@@ -125,6 +176,7 @@ impl Driver {
         } else {
             h.act.begin_first_poll();
         }
+        self.lingers |= run.exec.is_some();
         context::take_blocked();
         let poll = {
             let _task =
@@ -295,7 +347,8 @@ impl Future for Driver {
         #[cfg(feature = "tracing")]
         let report = this.start_report();
         let result = loop {
-            let Some(task) = context::take_next().or_else(|| rt.inject.pop()) else {
+            let next = context::take_next().or_else(|| rt.inject.pop());
+            let Some(task) = next.or_else(|| this.linger()) else {
                 rt.flush(&mut this.local);
                 if rt.inject.leave() {
                     continue;

@@ -12,12 +12,17 @@
 //!   leaving driver stays. If the pusher's claim fails because other drivers are active,
 //!   the last of those to leave sees the work. Checked by loom (`loom_test` below).
 //! - `active` never exceeds `max`: slots are taken by compare-and-swap only.
+//! - A lingering driver (one that found the queue empty and polls it a little longer, see
+//!   `driver`) stands in for one driver a pusher would start. The same fences make the
+//!   pusher see it lingering or the driver, as it stops lingering, see the work.
 
 use crate::loom::sync::{AtomicUsize, Ordering, Queue, fence};
 
 pub(crate) struct Injector<T> {
     queue: Queue<T>,
     active: AtomicUsize,
+    /// Drivers (holding slots) that poll the empty queue before they leave.
+    lingering: AtomicUsize,
     max: usize,
 }
 
@@ -26,6 +31,7 @@ impl<T> Injector<T> {
         Injector {
             queue: Queue::new(),
             active: AtomicUsize::new(0),
+            lingering: AtomicUsize::new(0),
             max: max.max(1),
         }
     }
@@ -51,10 +57,11 @@ impl<T> Injector<T> {
         self.queue.push(t);
     }
 
-    /// After pushing `n` tasks: claims up to `n` driver slots. Returns how many drivers the
-    /// caller must start.
+    /// After pushing `n` tasks: claims up to `n` driver slots, less the drivers lingering
+    /// (they take the work). Returns how many drivers the caller must start.
     pub(crate) fn drivers_wanted(&self, n: usize) -> usize {
         fence(Ordering::SeqCst);
+        let n = n.saturating_sub(self.lingering.load(Ordering::SeqCst));
         let mut k = 0;
         while k < n && self.claim() {
             k += 1;
@@ -79,6 +86,20 @@ impl<T> Injector<T> {
         self.active.fetch_sub(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         !self.queue.is_empty() && self.claim()
+    }
+
+    /// A driver holding a slot found the queue empty and polls it a while longer: pushers
+    /// count on it instead of starting a driver, until [`stop_lingering`](Self::stop_lingering).
+    pub(crate) fn linger(&self) {
+        self.lingering.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The lingering driver stops polling (it found work, or gives up). Returns whether work
+    /// waits in the queue: then it must take it, even if it was giving up.
+    pub(crate) fn stop_lingering(&self) -> bool {
+        self.lingering.fetch_sub(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        !self.queue.is_empty()
     }
 
     /// A driver holding a slot stops for good (at shutdown).
@@ -132,6 +153,35 @@ mod loom_test {
             ran.extend(pusher.join().unwrap());
             ran.sort();
             assert_eq!(ran, vec![0, 1], "every task ran exactly once");
+            assert_eq!(inj.active(), 0);
+        });
+    }
+
+    /// A task pushed while the only driver stops lingering and leaves is run by somebody:
+    /// the pusher starts a driver, or the lingering driver sees the task.
+    #[test]
+    fn push_vs_stop_lingering_strands_nothing() {
+        loom::model(|| {
+            let inj = Arc::new(Injector::new(2));
+            assert!(inj.claim());
+            inj.linger();
+            let i2 = inj.clone();
+            let pusher = thread::spawn(move || {
+                i2.push(1);
+                let mut ran = Vec::new();
+                if i2.drivers_wanted(1) == 1 {
+                    drive(&i2, &mut ran);
+                }
+                ran
+            });
+            let mut ran = Vec::new();
+            // Work seen as it stops lingering: it keeps its slot; else it leaves (taking a
+            // slot back if work arrived meanwhile).
+            if inj.stop_lingering() || inj.leave() {
+                drive(&inj, &mut ran);
+            }
+            ran.extend(pusher.join().unwrap());
+            assert_eq!(ran, vec![1], "the task ran exactly once");
             assert_eq!(inj.active(), 0);
         });
     }
