@@ -41,7 +41,7 @@
 //!
 //! Memory: 1,000,000 parla tasks are spawned `.after(&gate)`, where the gate task waits on a
 //! `oneshot` that is only sent after all are spawned, so they are all pending at once. A
-//! counting global allocator gives the bytes allocated per pending task (target: <= 500), the
+//! counting global allocator gives the bytes allocated per pending task (target: <= 250), the
 //! spawn time per task, and the bytes still allocated (net) once all of them ran.
 //!
 //! ```sh
@@ -858,10 +858,10 @@ fn bench_memory(env: &Env) {
         "{:>10} | {:>12.1} | {:>8} | {:>12.1} | {:>16}",
         n,
         per_task,
-        if per_task <= 500.0 {
-            "<=500 ok"
+        if per_task <= 250.0 {
+            "<=250 ok"
         } else {
-            "<=500 NO"
+            "<=250 NO"
         },
         spawn_time.as_nanos() as f64 / n as f64,
         left

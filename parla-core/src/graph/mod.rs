@@ -171,16 +171,14 @@ fn publish(
     work: &mut Vec<(Arc<dyn Task>, Outcome)>,
 ) {
     let h = t.header();
-    let dependents = h.publish(o.clone());
+    let (dependents, join) = h.publish(o.clone());
     h.transition_to_done();
-    if h.kind == Kind::Task {
-        if h.join_complete() {
-            // SAFETY: by the join protocol, the handle is gone and will not take it.
-            unsafe { t.drop_output() };
-        }
-        if let Some(w) = h.join.take() {
-            fx.wake.push(w);
-        }
+    if h.kind == Kind::Task && h.join_complete() {
+        // SAFETY: by the join protocol, the handle is gone and will not take it.
+        unsafe { t.drop_output() };
+    }
+    if let Some(w) = join {
+        fx.wake.push(w);
     }
     for d in dependents {
         match d {

@@ -10,10 +10,10 @@
 //!   whoever first sees the fence done.
 //! - `pending` counts unfinished dependencies plus one guard held by the spawner until every
 //!   dependency is registered, so a task cannot become ready while it is being wired.
-//! - `links.outcome` is `Some` exactly when the outcome is published; it is written under
-//!   the `links` lock together with taking the dependents, so a dependent registering
-//!   concurrently is either in the list taken at completion or sees the outcome - never
-//!   neither, never both.
+//! - The outcome is published by setting `PUBLISHED` (and `links.err` for a failure) under
+//!   the `links` lock together with taking the dependents and the handle's waker, so a
+//!   dependent or handle registering concurrently is either taken at completion or sees the
+//!   outcome - never neither, never both.
 //! - The join protocol (`join_state`): the task's output is dropped exactly once, by the
 //!   completer if the handle is gone when the task completes, else by the handle (when it
 //!   takes the output, or when it is dropped after completion).
@@ -49,6 +49,8 @@ const JOIN_COMPLETE: u8 = 2;
 const JOIN_AWAITED: u8 = 4;
 /// Placeholders: a task was spawned under the id (the forward reference resolved).
 const RESOLVED: u8 = 8;
+/// The outcome is published (written and read under the `links` lock).
+const PUBLISHED: u8 = 16;
 
 /// A VCU demand resolved from the chosen device's default at mapping time.
 pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
@@ -56,7 +58,8 @@ pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
 /// A task's name: its id in a task space, or a sequence number.
 pub(crate) enum Name {
     Anon(u64),
-    Id(Arc<str>, Key),
+    /// The space's name (a thin pointer) and the key.
+    Id(Arc<String>, Key),
 }
 
 impl fmt::Display for Name {
@@ -79,7 +82,11 @@ pub(crate) enum Dependent {
 
 pub(crate) struct Links {
     pub(crate) dependents: SmallVec<[Dependent; 2]>,
-    pub(crate) outcome: Option<Outcome>,
+    /// The error of a failed task, once published (`PUBLISHED` tells a published success
+    /// from no outcome yet).
+    err: Option<Arc<TaskError>>,
+    /// The waker of the task's `TaskHandle`, woken at completion.
+    join: Option<Waker>,
     /// GPU tasks only (boxed: most tasks never need it).
     gpu: Option<Box<GpuLinks>>,
 }
@@ -150,6 +157,14 @@ pub(crate) struct TaskTrace {
 /// The scheduler a node is woken into; shared by the nodes of one runtime.
 pub(crate) struct Waking(pub(crate) Arc<dyn Schedule>);
 
+/// What a task keeps once a poll of it returned `Pending` (made then, once): where wakers
+/// schedule it, and its run state between polls.
+struct Pended {
+    waking: Arc<Waking>,
+    /// Touched only by the run-token holder.
+    run: UnsafeCell<Option<RunState>>,
+}
+
 pub(crate) struct Header {
     pub(crate) vt: &'static NodeVt,
     state: AtomicU8,
@@ -173,32 +188,29 @@ pub(crate) struct Header {
     /// Bytes of workspace asked for.
     pub(crate) mem: u64,
     pub(crate) act: Activity,
-    pub(crate) links: Mutex<Links>,
-    /// The waker of the task's `TaskHandle`, woken at completion.
-    pub(crate) join: atomic_waker::AtomicWaker,
+    links: Mutex<Links>,
     pub(crate) name: Name,
     /// The task's span, when it is traced.
     pub(crate) trace: Option<Box<TaskTrace>>,
-    /// The state of a started task between polls; touched only by the holder of the run
-    /// token.
-    run: UnsafeCell<Option<Box<RunState>>>,
-    /// Where wakers schedule the task: one strong reference (`Arc::into_raw`), set once.
-    waking: AtomicPtr<Waking>,
+    /// Set once (`Box::into_raw`), by the run-token holder, when a poll first returns
+    /// `Pending`; freed with the header.
+    pended: AtomicPtr<Pended>,
 }
 
-// SAFETY: `run` is only touched by the run-token holder (one thread at a time, handed over
-// through the injector or admission, which synchronise); every other field is `Sync`.
+// SAFETY: the run state behind `pended` is only touched by the run-token holder (one
+// thread at a time, handed over through the injector or admission, which synchronise); the
+// rest of `Pended` is immutable once published; every other field is `Sync`.
 unsafe impl Sync for Header {}
-// SAFETY: as above; the boxed run state is `Send`.
+// SAFETY: as above; the run state is `Send`.
 unsafe impl Send for Header {}
 
 impl Drop for Header {
     fn drop(&mut self) {
-        let p = self.waking.load(Ordering::Acquire);
+        let p = self.pended.load(Ordering::Acquire);
         if !p.is_null() {
-            // SAFETY: `p` came from `Arc::into_raw` in `set_waking` and is released once,
-            // here.
-            drop(unsafe { Arc::from_raw(p) });
+            // SAFETY: `p` came from `Box::into_raw` in `save_run` and is freed once, here
+            // (`&mut self`: nobody else can reach it).
+            drop(unsafe { Box::from_raw(p) });
         }
     }
 }
@@ -230,14 +242,13 @@ impl Header {
             act: Activity::new(),
             links: Mutex::new(Links {
                 dependents: SmallVec::new(),
-                outcome: None,
+                err: None,
+                join: None,
                 gpu: None,
             }),
-            join: atomic_waker::AtomicWaker::new(),
             name,
             trace: None,
-            run: UnsafeCell::new(None),
-            waking: AtomicPtr::new(std::ptr::null_mut()),
+            pended: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
 
@@ -336,6 +347,37 @@ impl Header {
         self.join_state.load(Ordering::Acquire) & RESOLVED != 0
     }
 
+    /// The outcome, if published; `l` is the `links` lock's guard.
+    #[inline]
+    fn outcome_in(&self, l: &Links) -> Option<Outcome> {
+        if self.join_state.load(Ordering::Relaxed) & PUBLISHED == 0 {
+            return None;
+        }
+        Some(match &l.err {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        })
+    }
+
+    /// The handle waits with `waker`: keeps it to wake at completion, or returns the
+    /// outcome when it is published already.
+    pub(crate) fn register_join(&self, waker: Waker) -> Option<Outcome> {
+        let mut l = self.links.lock();
+        if let Some(o) = self.outcome_in(&l) {
+            return Some(o);
+        }
+        let old = l.join.replace(waker);
+        drop(l);
+        // Dropped outside the lock: a foreign waker's drop may run arbitrary code.
+        drop(old);
+        None
+    }
+
+    /// The handle is dropped: forgets its waker.
+    pub(crate) fn unregister_join(&self) -> Option<Waker> {
+        self.links.lock().join.take()
+    }
+
     // --- dependents ------------------------------------------------------------------
 
     /// Whether the task runs on GPUs only (so it may start behind a GPU dependency's fence).
@@ -346,8 +388,8 @@ impl Header {
     /// Registers task `dep` as a dependent, or reports why it need not wait.
     pub(crate) fn add_task_dependent(&self, dep: &Arc<dyn Task>) -> Added {
         let mut l = self.links.lock();
-        if let Some(o) = &l.outcome {
-            return Added::Done(o.clone());
+        if let Some(o) = self.outcome_in(&l) {
+            return Added::Done(o);
         }
         if let Some(f) = l.gpu.as_ref().and_then(|g| g.fence.as_ref())
             && dep.header().gpu_only()
@@ -362,8 +404,8 @@ impl Header {
     /// it already finished.
     pub(crate) fn add_dependent(&self, dep: Dependent) -> Option<Outcome> {
         let mut l = self.links.lock();
-        match &l.outcome {
-            Some(o) => Some(o.clone()),
+        match self.outcome_in(&l) {
+            Some(o) => Some(o),
             None => {
                 l.dependents.push(dep);
                 None
@@ -386,16 +428,17 @@ impl Header {
         }
     }
 
-    /// Publishes the outcome and takes the dependents to notify.
-    pub(crate) fn publish(&self, outcome: Outcome) -> SmallVec<[Dependent; 2]> {
+    /// Publishes the outcome and takes the dependents to notify and the handle's waker.
+    pub(crate) fn publish(&self, outcome: Outcome) -> (SmallVec<[Dependent; 2]>, Option<Waker>) {
         let mut l = self.links.lock();
-        l.outcome = Some(outcome);
+        l.err = outcome.err();
+        self.join_state.fetch_or(PUBLISHED, Ordering::Relaxed);
         l.gpu = None;
-        std::mem::take(&mut l.dependents)
+        (std::mem::take(&mut l.dependents), l.join.take())
     }
 
     pub(crate) fn outcome(&self) -> Option<Outcome> {
-        self.links.lock().outcome.clone()
+        self.outcome_in(&self.links.lock())
     }
 
     /// Whether anything waits on this node.
@@ -462,7 +505,7 @@ impl Header {
             return None;
         }
         let l = self.links.lock();
-        if l.outcome.is_some() {
+        if self.outcome_in(&l).is_some() {
             None
         } else {
             l.gpu.as_ref().and_then(|g| g.fence.clone())
@@ -516,38 +559,43 @@ impl Header {
 
     // --- executor slots --------------------------------------------------------------
 
-    /// The task's run state between polls.
+    /// Takes the run state a pending poll saved.
     ///
     /// # Safety
     /// The caller holds the task's run token.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn run_state(&self) -> &mut Option<Box<RunState>> {
-        // SAFETY: the run-token holder is the only one touching `run` (caller's contract).
-        unsafe { &mut *self.run.get() }
+    pub(crate) unsafe fn take_run(&self) -> Option<RunState> {
+        let p = self.pended.load(Ordering::Acquire);
+        // SAFETY: a non-null `p` lives as long as the header; its run state is touched only
+        // by the run-token holder, the caller.
+        unsafe { p.as_ref().and_then(|p| (*p.run.get()).take()) }
     }
 
-    /// Where wakers schedule this node, once set.
+    /// Saves the run state of a task whose poll returns `Pending`; the first time, also
+    /// records where wakers schedule it (`w`). Must happen before the poll's end is
+    /// published (`Activity::end_poll`): a wake after that finds it.
+    ///
+    /// # Safety
+    /// The caller holds the task's run token.
+    pub(crate) unsafe fn save_run(&self, w: &Arc<Waking>, run: RunState) {
+        let mut p = self.pended.load(Ordering::Acquire);
+        if p.is_null() {
+            p = Box::into_raw(Box::new(Pended {
+                waking: w.clone(),
+                run: UnsafeCell::new(None),
+            }));
+            // Only the run-token holder stores, once: no race.
+            self.pended.store(p, Ordering::Release);
+        }
+        // SAFETY: `p` is live (freed only with the header); the caller holds the run token.
+        unsafe { *(*p).run.get() = Some(run) };
+    }
+
+    /// Where wakers schedule this node, once a poll of it returned `Pending`.
     pub(crate) fn waking(&self) -> Option<&Waking> {
-        let p = self.waking.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer holds a strong reference released only in `drop`, so
-        // it is valid as long as `self` is.
-        unsafe { p.as_ref() }
-    }
-
-    /// Sets where wakers schedule this node (first call only).
-    pub(crate) fn set_waking(&self, w: &Arc<Waking>) {
-        if !self.waking.load(Ordering::Acquire).is_null() {
-            return;
-        }
-        let p = Arc::into_raw(w.clone()) as *mut Waking;
-        if self
-            .waking
-            .compare_exchange(std::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            // SAFETY: `p` came from `into_raw` just above and was not stored.
-            drop(unsafe { Arc::from_raw(p) });
-        }
+        let p = self.pended.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer stays valid (and its `waking` unchanged) as long as
+        // `self` is.
+        unsafe { p.as_ref().map(|p| &*p.waking) }
     }
 }
 
@@ -700,7 +748,7 @@ mod loom_test {
                 Added::Done(_) => 1,
                 Added::Fenced(_) => 2,
             });
-            let taken = a.header().publish(Ok(()));
+            let (taken, _) = a.header().publish(Ok(()));
             let r = t.join().unwrap();
             assert!(
                 (r == 0 && taken.len() == 1) || (r == 1 && taken.is_empty()),

@@ -121,7 +121,11 @@ fn wiring_rejects_itself_failed_dependencies_and_other_runtimes() {
 #[test]
 fn a_placeholder_mirrors_the_task_spawned_under_its_id() {
     let key = 5.into_key();
-    let p: Arc<dyn Task> = Arc::new(Placeholder::new(Name::Id(Arc::from("T"), key), RT, None));
+    let p: Arc<dyn Task> = Arc::new(Placeholder::new(
+        Name::Id(Arc::new("T".to_string()), key),
+        RT,
+        None,
+    ));
     let waiting = node(1);
     assert_eq!(wire(&waiting, None, [p.clone()]), Ok(false));
     let waiter = Arc::new(atomic_waker::AtomicWaker::new());

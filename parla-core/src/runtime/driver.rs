@@ -160,9 +160,9 @@ impl Driver {
         let h = task.header();
         let device = h.device().unwrap_or(Device::CPU);
         // SAFETY: this driver holds the task's run token.
-        let saved = unsafe { h.run_state() }.take();
+        let saved = unsafe { h.take_run() };
         let (mut run, pended) = match saved {
-            Some(r) => (*r, true),
+            Some(r) => (r, true),
             None => match self.start(&task, device) {
                 Ok(r) => (r, false),
                 Err(err) => {
@@ -210,7 +210,6 @@ impl Driver {
             Poll::Pending => {
                 let awaits = context::take_blocked();
                 if !pended {
-                    h.set_waking(&rt.waking);
                     rt.pollers.insert(&task);
                 }
                 if awaits {
@@ -218,7 +217,7 @@ impl Driver {
                 }
                 // SAFETY: still the run-token holder: the activity is RUNNING until
                 // `end_poll` below, and nobody schedules the task before that.
-                *unsafe { h.run_state() } = Some(Box::new(run));
+                unsafe { h.save_run(&rt.waking, run) };
                 match h.act.end_poll(awaits) {
                     EndPoll::Parked => self.local.busy -= 1,
                     EndPoll::Idle => {}

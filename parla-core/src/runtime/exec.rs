@@ -407,7 +407,7 @@ impl RtInner {
                 // SAFETY: taken out of the resume lane, the only holder of its run token.
                 unsafe { t.drop_body() };
                 // SAFETY: as above; the run state goes with the body.
-                drop(unsafe { t.header().run_state() }.take());
+                drop(unsafe { t.header().take_run() });
                 // It holds no VCUs (they are lent): completing it releases its memory.
                 self.complete(t, Err(Arc::new(err)), false, true, l);
             }

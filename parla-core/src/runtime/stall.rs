@@ -284,7 +284,7 @@ fn cancel_started(rt: &Arc<RtInner>, t: &Arc<dyn Task>, token: bool, l: &mut Loc
     // claimed out of a waiting state).
     unsafe {
         t.drop_body();
-        drop(t.header().run_state().take());
+        drop(t.header().take_run());
     }
     let err = TaskError::Cancelled {
         task: t.header().name.to_string(),

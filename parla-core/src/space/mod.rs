@@ -40,7 +40,8 @@ const SHARDS: usize = 16;
 type Map = HashTable<(Key, Arc<dyn Task>)>;
 
 struct SpaceInner {
-    name: Arc<str>,
+    /// (A thin pointer: every named task's name holds a clone.)
+    name: Arc<String>,
     shards: [Mutex<Map>; SHARDS],
     /// The runtime the space belongs to (0: none yet).
     rt: AtomicU32,
@@ -92,7 +93,7 @@ impl TaskSpace {
         let name: String = name.into();
         TaskSpace {
             inner: Arc::new(SpaceInner {
-                name: Arc::from(name),
+                name: Arc::new(name),
                 shards: Default::default(),
                 rt: AtomicU32::new(0),
                 has_retired: AtomicBool::new(false),
@@ -179,7 +180,7 @@ impl TaskSpace {
         n
     }
 
-    pub(crate) fn name_arc(&self) -> Arc<str> {
+    pub(crate) fn name_arc(&self) -> Arc<String> {
         self.inner.name.clone()
     }
 

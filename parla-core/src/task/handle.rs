@@ -99,9 +99,8 @@ impl<T: 'static> Future for TaskHandle<T> {
                 return this.ready(o);
             }
         }
-        h.join.register(&waker::registration_waker(cx, h.rt_id));
         h.set_join_awaited();
-        if let Some(o) = h.outcome() {
+        if let Some(o) = h.register_join(waker::registration_waker(cx, h.rt_id)) {
             return this.ready(o);
         }
         if waker::take_await_failure() {
@@ -118,7 +117,7 @@ impl<T: 'static> Future for TaskHandle<T> {
 impl<T: 'static> Drop for TaskHandle<T> {
     fn drop(&mut self) {
         let h = self.task.header();
-        drop(h.join.take());
+        drop(h.unregister_join());
         if h.join_drop() {
             // SAFETY: by the join protocol the task completed and its completer left the
             // output to this handle, which does not take it any more.

@@ -211,8 +211,8 @@ mod size_test {
         let h = std::mem::size_of::<Header>();
         let c = std::mem::size_of::<TaskCell<std::future::Ready<()>>>();
         let b = std::mem::size_of::<TaskBuilder<std::future::Ready<()>>>();
-        assert!(h <= 240, "header {h}");
-        assert!(c <= 248, "cell {c}");
+        assert!(h <= 208, "header {h}");
+        assert!(c <= 216, "cell {c}");
         // 168 bytes, and 8 for the (boxed) data accesses.
         assert!(b <= 176, "builder {b}");
         assert_eq!(std::mem::size_of::<Placements>(), 24);
