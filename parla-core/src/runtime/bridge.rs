@@ -366,32 +366,40 @@ pub(crate) fn hurry(task: &Arc<dyn Task>, waker: &std::task::Waker) -> bool {
 /// Off the runtime's drivers (`block_on`, another thread), an awaiter of a GPU task that is
 /// admitted but has not returned its body yet also spins, for the same budget in all, until
 /// its fence is recorded: a task just spawned and awaited then never puts the awaiter to
-/// sleep. (A driver does not wait so: the task may be its own next one.)
+/// sleep. (A driver does not wait so: the task may be its own next one.) Whoever sees the
+/// fence done first completes the task; an awaiter that lost that race spins on until the
+/// outcome is published rather than going to sleep a moment before it is.
 pub(crate) fn spin_fenced(task: &Arc<dyn Task>) -> bool {
     let h = task.header();
-    let start = Instant::now();
-    if !h.is_fenced() && in_flight_on_gpu(h) {
-        let mut n = 0u32;
-        while !h.is_fenced() && !h.is_done() {
-            n += 1;
-            if n.is_multiple_of(16) && start.elapsed() >= AWAIT_SPIN {
-                return false;
-            }
-            std::hint::spin_loop();
-        }
-    }
-    let Some(fence) = h.fence() else {
+    if !h.is_fenced() && !in_flight_on_gpu(h) {
         return false;
-    };
-    match spin(&*fence, AWAIT_SPIN.saturating_sub(start.elapsed())) {
-        FenceStatus::Pending => false,
-        status => crate::runtime::context::with_rt(|rt| match rt {
-            Some(rt) => {
-                rt.complete_fenced(task, status);
-                true
+    }
+    let start = Instant::now();
+    let mut n = 0u32;
+    loop {
+        if h.is_done() {
+            return true;
+        }
+        if let Some(fence) = h.fence() {
+            let status = fence_status(&*fence);
+            if status != FenceStatus::Pending {
+                let completed = crate::runtime::context::with_rt(|rt| match rt {
+                    Some(rt) => {
+                        rt.complete_fenced(task, status);
+                        true
+                    }
+                    None => false,
+                });
+                if !completed {
+                    return false;
+                }
             }
-            None => false,
-        }),
+        }
+        n += 1;
+        if n.is_multiple_of(16) && start.elapsed() >= AWAIT_SPIN {
+            return h.is_done();
+        }
+        std::hint::spin_loop();
     }
 }
 

@@ -158,9 +158,9 @@ impl<T> Admission<T> {
     /// A task asks for `d`: admitted if it fits now and nobody waits, else queued in the
     /// task lane. Everything admitted by this call (the item, or items queued before it)
     /// is pushed to `out`. Returns whether `item` itself was admitted at once.
-    pub(crate) fn admit(&self, item: T, d: Demand, out: &mut impl Extend<T>) -> bool {
+    pub(crate) fn admit(&self, item: T, d: Demand, out: &mut Vec<T>) -> bool {
         if d.is_zero() || (self.waiting.load(Ordering::Acquire) == 0 && self.try_reserve(d)) {
-            out.extend(Some(item));
+            out.push(item);
             return true;
         }
         let mut q = self.lanes.lock();
@@ -174,7 +174,7 @@ impl<T> Admission<T> {
     /// they fit and no other resume waits - waiting tasks do not hold it back. Otherwise it
     /// queues in the resume lane (ahead of every waiting task) and `None` is returned; it
     /// may have been admitted by this very call, into `out`.
-    pub(crate) fn resume(&self, item: T, vcu: u32, out: &mut impl Extend<T>) -> Option<T> {
+    pub(crate) fn resume(&self, item: T, vcu: u32, out: &mut Vec<T>) -> Option<T> {
         let d = Demand { vcu, mem: 0 };
         if d.is_zero() || (self.resuming.load(Ordering::Acquire) == 0 && self.try_reserve(d)) {
             return Some(item);
@@ -188,7 +188,7 @@ impl<T> Admission<T> {
     }
 
     /// Releases what an admitted item reserved, and admits waiting items that now fit.
-    pub(crate) fn release(&self, d: Demand, out: &mut impl Extend<T>) {
+    pub(crate) fn release(&self, d: Demand, out: &mut Vec<T>) {
         if d.is_zero() {
             return;
         }
@@ -202,7 +202,7 @@ impl<T> Admission<T> {
 
     /// Admits what fits: resumes first-fit, then tasks in order up to the first that does
     /// not fit.
-    fn drain(&self, q: &mut Lanes<T>, out: &mut impl Extend<T>) {
+    fn drain(&self, q: &mut Lanes<T>, out: &mut Vec<T>) {
         self.drain_resumes(q, out);
         while let Some(&(_, d)) = q.tasks.front() {
             if !self.try_reserve(d) {
@@ -210,7 +210,7 @@ impl<T> Admission<T> {
             }
             if let Some((item, _)) = q.tasks.pop_front() {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
-                out.extend(Some(item));
+                out.push(item);
             }
         }
         // A burst of waiting tasks should not keep its queue's memory for good.
@@ -220,7 +220,7 @@ impl<T> Admission<T> {
     }
 
     #[inline]
-    fn drain_resumes(&self, q: &mut Lanes<T>, out: &mut impl Extend<T>) {
+    fn drain_resumes(&self, q: &mut Lanes<T>, out: &mut Vec<T>) {
         if !q.resumes.is_empty() {
             let n = self.admit_fitting(&mut q.resumes, out);
             self.resuming.fetch_sub(n, Ordering::AcqRel);
@@ -229,7 +229,7 @@ impl<T> Admission<T> {
 
     /// Admits every item of `lane` that fits, in order, keeping the others in their order
     /// (in place). Returns how many it admitted.
-    fn admit_fitting(&self, lane: &mut VecDeque<(T, Demand)>, out: &mut impl Extend<T>) -> usize {
+    fn admit_fitting(&self, lane: &mut VecDeque<(T, Demand)>, out: &mut Vec<T>) -> usize {
         let mut admitted = 0;
         for _ in 0..lane.len() {
             let Some((item, d)) = lane.pop_front() else {
@@ -237,7 +237,7 @@ impl<T> Admission<T> {
             };
             if self.try_reserve(d) {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
-                out.extend(Some(item));
+                out.push(item);
                 admitted += 1;
             } else {
                 lane.push_back((item, d));
@@ -248,7 +248,7 @@ impl<T> Admission<T> {
 
     /// At a stall (nothing running can release anything): admits every waiting item that
     /// fits, out of order. Returns how many it admitted.
-    pub(crate) fn backfill(&self, out: &mut impl Extend<T>) -> usize {
+    pub(crate) fn backfill(&self, out: &mut Vec<T>) -> usize {
         let mut q = self.lanes.lock();
         let before = self.waiting.load(Ordering::Acquire);
         self.drain_resumes(&mut q, out);

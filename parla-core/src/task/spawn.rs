@@ -233,7 +233,9 @@ fn wire_spawned(
             return Ok(h.dependency_done());
         }
         let mut nodes = deps.into_nodes(rt);
-        nodes.extend(implied);
+        if !implied.is_empty() {
+            nodes.extend(implied);
+        }
         trace_dependencies(rt, h, &nodes);
         graph::wire(&task, placeholder.as_ref(), nodes)
     })();
