@@ -36,6 +36,18 @@ enum Stage<F: Future> {
     Empty,
 }
 
+impl<T: 'static> dyn Join<T> {
+    /// The task's header without a virtual call (see `<dyn Task>::header`).
+    #[inline(always)]
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: a `Join` is a `TaskCell`, `#[repr(C)]` with its header first, so the data
+        // pointer is the header's address, valid as long as the cell.
+        let h = unsafe { &*(self as *const dyn Join<T> as *const Header) };
+        debug_assert!(std::ptr::eq(h, self.node_header()));
+        h
+    }
+}
+
 /// Where a task cell keeps its declared data accesses: nothing for most tasks.
 pub(crate) trait DataSlot: Send + Sync + 'static {
     fn get(&self) -> Option<&crate::data::Accesses>;
@@ -105,7 +117,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    fn header(&self) -> &Header {
+    fn node_header(&self) -> &Header {
         &self.header
     }
 

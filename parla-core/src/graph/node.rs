@@ -601,7 +601,8 @@ impl Header {
 
 /// A node as the runtime sees it: a header and, for tasks, a body to poll.
 pub(crate) trait Task: Send + Sync + 'static {
-    fn header(&self) -> &Header;
+    /// The header (through the vtable; `<dyn Task>::header` reads it directly).
+    fn node_header(&self) -> &Header;
 
     /// Polls the body once. Returns `Ready` with the outcome when the body finished (or
     /// panicked); the output is kept for the join handle.
@@ -632,6 +633,21 @@ pub(crate) trait Task: Send + Sync + 'static {
     /// Placeholders: the task space (type-erased) and key they stand in.
     fn origin(&self) -> Option<&(std::sync::Weak<dyn std::any::Any + Send + Sync>, Key)> {
         None
+    }
+}
+
+impl dyn Task {
+    /// The node's header without a virtual call (this inherent method takes precedence over
+    /// [`Task::header`] on `dyn Task`).
+    #[inline(always)]
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: every node type is `#[repr(C)]` with its header first (`TaskCell`,
+        // `Placeholder`: the same contract the waker vtable (`vt_of`) relies on), so the
+        // data pointer of a `dyn Task` is the address of its header, which lives as long as
+        // the node.
+        let h = unsafe { &*(self as *const dyn Task as *const Header) };
+        debug_assert!(std::ptr::eq(h, self.node_header()));
+        h
     }
 }
 
@@ -666,7 +682,7 @@ impl Placeholder {
 }
 
 impl Task for Placeholder {
-    fn header(&self) -> &Header {
+    fn node_header(&self) -> &Header {
         &self.header
     }
 
