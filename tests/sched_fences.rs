@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use parla::device::backend::{Fence, FenceStatus, GpuBackend, GpuExec, GpuInfo, GpuOptions};
 use parla::prelude::*;
 
-/// Done `LAG` after it was recorded, in order on its (single) queue.
-struct TimedFence(Instant);
+/// Done a lag (`LAG` unless a test says otherwise) after it was recorded, in order on its
+/// (single) queue.
+struct TimedFence(Instant, Duration);
 
 const LAG: Duration = Duration::from_micros(30);
 
 impl Fence for TimedFence {
     fn status(&self) -> FenceStatus {
-        if self.0.elapsed() >= LAG {
+        if self.0.elapsed() >= self.1 {
             FenceStatus::Done
         } else {
             FenceStatus::Pending
@@ -37,14 +38,15 @@ impl Fence for TimedFence {
     }
 }
 
-struct Timed;
-struct Exec;
+/// The backend: its fences finish this long after they are recorded.
+struct Timed(Duration);
+struct Exec(Duration);
 
 impl GpuExec for Exec {
     fn enter(&mut self) {}
     fn exit(&mut self) {}
     fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
-        Ok(Arc::new(TimedFence(Instant::now())))
+        Ok(Arc::new(TimedFence(Instant::now(), self.0)))
     }
 }
 
@@ -63,23 +65,72 @@ impl GpuBackend for Timed {
         _: &[Arc<dyn Fence>],
         _: u8,
     ) -> Result<Box<dyn GpuExec>, String> {
-        Ok(Box::new(Exec))
+        Ok(Box::new(Exec(self.0)))
     }
     fn device_error(&self, _: usize) -> Option<String> {
         None
     }
 }
 
-fn timed(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
-    Ok(Some(Arc::new(Timed)))
+/// The backend factory: fences finish `US` microseconds after they are recorded.
+fn timed<const US: u64>(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
+    Ok(Some(Arc::new(Timed(Duration::from_micros(US)))))
 }
 
+type Factory = fn(&GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String>;
+
 fn rt(threads: usize) -> parla::Runtime {
+    rt_with(threads, timed::<{ LAG.as_micros() as u64 }>)
+}
+
+fn rt_with(threads: usize, backend: Factory) -> parla::Runtime {
     parla::Runtime::builder()
         .cpu_threads(threads)
-        .gpu_backend(timed)
+        .gpu_backend(backend)
         .build()
         .unwrap()
+}
+
+/// GPU tasks spawned and awaited one at a time, from `block_on` and from a CPU task, as a
+/// latency-bound program does: the awaiter spins for the fence, the driver that ran the
+/// task lingers for the next one and polls fences, and both race to complete the task.
+/// Every await resolves to its task's value, with fences shorter and longer than the spin,
+/// and with pauses longer than the linger (so drivers leave and start again between tasks).
+#[test]
+fn gpu_round_trips_from_block_on_and_from_tasks_resolve() {
+    for threads in [1, 2] {
+        let lags: [(Factory, &str); 3] = [
+            (timed::<0>, "0"),
+            (timed::<{ LAG.as_micros() as u64 }>, "LAG"),
+            (timed::<300>, "300 us"),
+        ];
+        for (backend, lag) in lags {
+            let rt = rt_with(threads, backend);
+            let sums = support::within(60, move || {
+                rt.block_on(async {
+                    let trips = |n: usize| async move {
+                        let mut sum = 0;
+                        for i in 0..n {
+                            sum += task(async move { i })
+                                .placement(Placement::Gpu(0))
+                                .await
+                                .unwrap();
+                            if i % 50 == 49 {
+                                // Longer than the linger: the driver leaves.
+                                tokio::time::sleep(Duration::from_micros(200)).await;
+                            }
+                        }
+                        sum
+                    };
+                    let from_block_on = trips(300).await;
+                    let from_task = task(trips(300)).await.unwrap();
+                    (from_block_on, from_task)
+                })
+            });
+            let want = (0..300).sum::<usize>();
+            assert_eq!(sums, (want, want), "{threads} threads, lag {lag}");
+        }
+    }
 }
 
 #[test]

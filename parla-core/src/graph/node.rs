@@ -51,6 +51,8 @@ const JOIN_AWAITED: u8 = 4;
 const RESOLVED: u8 = 8;
 /// The outcome is published (written and read under the `links` lock).
 const PUBLISHED: u8 = 16;
+/// An awaiter spins on the task's fence (the fence poller leaves it alone meanwhile).
+const SPUN: u8 = 32;
 
 /// A VCU demand resolved from the chosen device's default at mapping time.
 pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
@@ -335,6 +337,20 @@ impl Header {
     /// Whether a handle waits for the task.
     pub(crate) fn join_awaited(&self) -> bool {
         self.join_state.load(Ordering::Acquire) & JOIN_AWAITED != 0
+    }
+
+    /// An awaiter starts (`true`) or stops spinning on the task's fence.
+    pub(crate) fn set_spun(&self, on: bool) {
+        if on {
+            self.join_state.fetch_or(SPUN, Ordering::AcqRel);
+        } else {
+            self.join_state.fetch_and(!SPUN, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether an awaiter spins on the task's fence: it will see the fence done first.
+    pub(crate) fn is_spun(&self) -> bool {
+        self.join_state.load(Ordering::Acquire) & SPUN != 0
     }
 
     /// Placeholders: marks the forward reference resolved. Returns false if it already was.

@@ -53,6 +53,11 @@ impl Watch {
         }
     }
 
+    /// Whether an awaiter spins on the watched task's fence.
+    fn spun(&self) -> bool {
+        matches!(self, Watch::Task(t, _, _) if t.header().is_spun())
+    }
+
     fn urgent(&self) -> bool {
         match self {
             Watch::Task(_, _, u) => *u,
@@ -190,8 +195,12 @@ impl Bridge {
         }
         let mut done = Vec::new();
         for ws in batch.queues.values_mut() {
-            // A queue's fences finish in order: stop at the first pending one.
+            // A queue's fences finish in order: stop at the first pending one (or one an
+            // awaiter spins on, and completes).
             while let Some(w) = ws.front() {
+                if w.spun() {
+                    break;
+                }
                 match status(w.fence()) {
                     FenceStatus::Pending => break,
                     s => done.extend(ws.pop_front().map(|w| (w, s))),
@@ -201,6 +210,10 @@ impl Bridge {
         batch.queues.retain(|_, ws| !ws.is_empty());
         let loose = std::mem::take(&mut batch.loose);
         for w in loose {
+            if w.spun() {
+                batch.loose.push(w);
+                continue;
+            }
             match status(w.fence()) {
                 FenceStatus::Pending => batch.loose.push(w),
                 s => done.push((w, s)),
@@ -374,6 +387,17 @@ pub(crate) fn spin_fenced(task: &Arc<dyn Task>) -> bool {
     if !h.is_fenced() && !in_flight_on_gpu(h) {
         return false;
     }
+    // The fence poller (and lingering drivers) leave the fence to this awaiter meanwhile:
+    // several threads querying one event slow each query down.
+    h.set_spun(true);
+    let done = spin_until_done(task);
+    h.set_spun(false);
+    done
+}
+
+/// The loop of [`spin_fenced`].
+fn spin_until_done(task: &Arc<dyn Task>) -> bool {
+    let h = task.header();
     let start = Instant::now();
     let mut n = 0u32;
     loop {
