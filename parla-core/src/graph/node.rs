@@ -165,6 +165,8 @@ struct Pended {
     waking: Arc<Waking>,
     /// Touched only by the run-token holder.
     run: UnsafeCell<Option<RunState>>,
+    /// Where the task is in the runtime's set of pollers (`runtime::parked`).
+    poller_slot: AtomicU32,
 }
 
 pub(crate) struct Header {
@@ -598,12 +600,31 @@ impl Header {
             p = Box::into_raw(Box::new(Pended {
                 waking: w.clone(),
                 run: UnsafeCell::new(None),
+                poller_slot: AtomicU32::new(u32::MAX),
             }));
             // Only the run-token holder stores, once: no race.
             self.pended.store(p, Ordering::Release);
         }
         // SAFETY: `p` is live (freed only with the header); the caller holds the run token.
         unsafe { *(*p).run.get() = Some(run) };
+    }
+
+    /// Records where the task is in the runtime's set of pollers (after [`save_run`]
+    /// (Self::save_run), by the same run-token holder).
+    pub(crate) fn set_poller_slot(&self, slot: u32) {
+        let p = self.pended.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer stays valid as long as `self` is.
+        if let Some(p) = unsafe { p.as_ref() } {
+            p.poller_slot.store(slot, Ordering::Relaxed);
+        }
+    }
+
+    /// Where the task is in the runtime's set of pollers (`u32::MAX`: nowhere). Read by the
+    /// task's completer, after the run token was handed over.
+    pub(crate) fn poller_slot(&self) -> u32 {
+        let p = self.pended.load(Ordering::Acquire);
+        // SAFETY: as above.
+        unsafe { p.as_ref() }.map_or(u32::MAX, |p| p.poller_slot.load(Ordering::Relaxed))
     }
 
     /// Where wakers schedule this node, once a poll of it returned `Pending`.

@@ -209,15 +209,15 @@ impl Driver {
             }
             Poll::Pending => {
                 let awaits = context::take_blocked();
-                if !pended {
-                    rt.pollers.insert(&task);
-                }
                 if awaits {
                     self.lend(&task, device);
                 }
                 // SAFETY: still the run-token holder: the activity is RUNNING until
                 // `end_poll` below, and nobody schedules the task before that.
                 unsafe { h.save_run(&rt.waking, run) };
+                if !pended {
+                    rt.pollers.insert(&task);
+                }
                 match h.act.end_poll(awaits) {
                     EndPoll::Parked => self.local.busy -= 1,
                     EndPoll::Idle => {}

@@ -4,22 +4,31 @@
 //!
 //! # Invariants
 //! - A task is inserted once, by the driver holding its run token, at its first `Pending`
-//!   (before its activity can park), and removed once, by its completer. So the set holds
-//!   exactly the started, unfinished tasks that ever waited; its size is bounded by the
-//!   live tasks.
+//!   (before its activity can park), and removed once, by its completer, through the slot
+//!   its header keeps (checked to still hold the task: shutdown may have emptied the set).
+//!   So the set holds exactly the started, unfinished tasks that ever waited; its size is
+//!   bounded by the live tasks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
 
 use super::waker::MainPoller;
 use crate::graph::node::Task;
 
 const SHARDS: usize = 16;
+/// A slot number: the shard in the top bits, the index in the shard below.
+const INDEX_BITS: u32 = 27;
 
-type Shard = Mutex<FxHashMap<usize, (u64, Arc<dyn Task>)>>;
+/// One shard: a slab of (insertion order, task), its free slots reused.
+#[derive(Default)]
+struct Slab {
+    slots: Vec<Option<(u64, Arc<dyn Task>)>>,
+    free: Vec<u32>,
+}
+
+type Shard = Mutex<Slab>;
 
 #[derive(Default)]
 pub(crate) struct Pollers {
@@ -28,33 +37,58 @@ pub(crate) struct Pollers {
     mains: Mutex<Vec<Weak<MainPoller>>>,
 }
 
-fn key(t: &Arc<dyn Task>) -> usize {
-    Arc::as_ptr(t) as *const () as usize
-}
-
 impl Pollers {
-    fn shard(&self, k: usize) -> &Shard {
-        &self.shards[(k >> 6) % SHARDS]
-    }
-
-    /// A started task returned `Pending` for the first time.
+    /// A started task returned `Pending` for the first time (its run state saved): it
+    /// takes a slot, which its header keeps for [`remove`](Self::remove) - no hashing.
     pub(crate) fn insert(&self, t: &Arc<dyn Task>) {
-        let k = key(t);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.shard(k).lock().insert(k, (seq, t.clone()));
+        // Spread by insertion order: consecutive inserts lock different shards.
+        let shard = (seq % SHARDS as u64) as u32;
+        let mut s = self.shards[shard as usize].lock();
+        let entry = Some((seq, t.clone()));
+        let index = match s.free.pop() {
+            Some(i) => {
+                s.slots[i as usize] = entry;
+                i
+            }
+            None => {
+                s.slots.push(entry);
+                (s.slots.len() - 1) as u32
+            }
+        };
+        drop(s);
+        t.header().set_poller_slot((shard << INDEX_BITS) | index);
     }
 
-    /// A task that was inserted finished.
+    /// A task that was inserted finished (or was taken out at shutdown meanwhile).
     pub(crate) fn remove(&self, t: &Arc<dyn Task>) {
-        let k = key(t);
-        self.shard(k).lock().remove(&k);
+        let slot = t.header().poller_slot();
+        if slot == u32::MAX {
+            return;
+        }
+        let (shard, index) = (
+            (slot >> INDEX_BITS) as usize,
+            slot & ((1 << INDEX_BITS) - 1),
+        );
+        let mut s = self.shards[shard % SHARDS].lock();
+        let ours = matches!(
+            s.slots.get(index as usize),
+            Some(Some((_, x))) if std::ptr::addr_eq(Arc::as_ptr(x), Arc::as_ptr(t))
+        );
+        if ours {
+            let old = s.slots[index as usize].take();
+            s.free.push(index);
+            drop(s);
+            // The set's reference, dropped outside the lock.
+            drop(old);
+        }
     }
 
     /// The parked task that waited last (first inserted last), if any.
     pub(crate) fn newest_parked(&self) -> Option<Arc<dyn Task>> {
         let mut best: Option<(u64, Arc<dyn Task>)> = None;
         for s in &self.shards {
-            for (seq, t) in s.lock().values() {
+            for (seq, t) in s.lock().slots.iter().flatten() {
                 if t.header().act.is_parked() && best.as_ref().is_none_or(|(b, _)| seq > b) {
                     best = Some((*seq, t.clone()));
                 }
@@ -67,7 +101,8 @@ impl Pollers {
     pub(crate) fn take_all(&self) -> Vec<Arc<dyn Task>> {
         let mut out = Vec::new();
         for s in &self.shards {
-            out.extend(std::mem::take(&mut *s.lock()).into_values().map(|(_, t)| t));
+            let slab = std::mem::take(&mut *s.lock());
+            out.extend(slab.slots.into_iter().flatten().map(|(_, t)| t));
         }
         out
     }

@@ -76,7 +76,16 @@ pub(crate) enum Lane {
 struct Lanes<T> {
     tasks: VecDeque<(T, Demand)>,
     resumes: VecDeque<(T, Demand)>,
+    /// No resume asks for less VCUs, nor for less memory (a bound: kept while items leave,
+    /// reset when the lane empties).
+    resume_min: Demand,
 }
+
+/// The `resume_min` of an empty lane.
+const NO_MIN: Demand = Demand {
+    vcu: u32::MAX,
+    mem: u64::MAX,
+};
 
 /// The admission state of one device.
 pub(crate) struct Admission<T> {
@@ -108,6 +117,7 @@ impl<T> Admission<T> {
             lanes: Mutex::new(Lanes {
                 tasks: VecDeque::new(),
                 resumes: VecDeque::new(),
+                resume_min: NO_MIN,
             }),
         }
     }
@@ -181,6 +191,10 @@ impl<T> Admission<T> {
         }
         let mut q = self.lanes.lock();
         q.resumes.push_back((item, d));
+        q.resume_min = Demand {
+            vcu: q.resume_min.vcu.min(d.vcu),
+            mem: q.resume_min.mem.min(d.mem),
+        };
         self.resuming.fetch_add(1, Ordering::AcqRel);
         self.waiting.fetch_add(1, Ordering::AcqRel);
         self.drain(&mut q, out);
@@ -222,28 +236,46 @@ impl<T> Admission<T> {
     #[inline]
     fn drain_resumes(&self, q: &mut Lanes<T>, out: &mut Vec<T>) {
         if !q.resumes.is_empty() {
-            let n = self.admit_fitting(&mut q.resumes, out);
+            let n = self.admit_fitting(&mut q.resumes, q.resume_min, out);
+            if q.resumes.is_empty() {
+                q.resume_min = NO_MIN;
+            }
             self.resuming.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
     /// Admits every item of `lane` that fits, in order, keeping the others in their order
-    /// (in place). Returns how many it admitted.
-    fn admit_fitting(&self, lane: &mut VecDeque<(T, Demand)>, out: &mut Vec<T>) -> usize {
+    /// (in place). `min`: no item asks for less (a bound): the pass stops as soon as not even
+    /// that fits any more, so a release with many resumes waiting for the same share (a
+    /// fork-join tree's parents) admits the first and stops, instead of trying them all.
+    /// Returns how many it admitted.
+    fn admit_fitting(
+        &self,
+        lane: &mut VecDeque<(T, Demand)>,
+        min: Demand,
+        out: &mut Vec<T>,
+    ) -> usize {
         let mut admitted = 0;
-        for _ in 0..lane.len() {
-            let Some((item, d)) = lane.pop_front() else {
-                break;
-            };
-            if self.try_reserve(d) {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                out.push(item);
-                admitted += 1;
+        let mut i = 0;
+        while i < lane.len() && self.could_fit(min) {
+            if self.try_reserve(lane[i].1) {
+                if let Some((item, _)) = lane.remove(i) {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    out.push(item);
+                    admitted += 1;
+                }
             } else {
-                lane.push_back((item, d));
+                i += 1;
             }
         }
         admitted
+    }
+
+    /// Whether `d` fits in what is free now.
+    fn could_fit(&self, d: Demand) -> bool {
+        let cur = self.used.load(Ordering::Acquire);
+        (cur & VCU_MASK) as u64 + d.vcu as u64 <= VCU_ONE as u64
+            && (cur >> VCU_BITS).saturating_add(d.mem) <= self.mem_capacity
     }
 
     /// At a stall (nothing running can release anything): admits every waiting item that
@@ -253,7 +285,7 @@ impl<T> Admission<T> {
         let before = self.waiting.load(Ordering::Acquire);
         self.drain_resumes(&mut q, out);
         let q = &mut *q;
-        self.admit_fitting(&mut q.tasks, out);
+        self.admit_fitting(&mut q.tasks, Demand::default(), out);
         before - self.waiting.load(Ordering::Acquire)
     }
 
