@@ -2,17 +2,23 @@
 //!
 //! Fences are polled, never waited on: no Tokio worker blocks on the GPU, and no driver
 //! callback (`cuLaunchHostFunc` measured at ~3.5x the latency of a poll here) is involved.
-//! Three pollers, fastest first:
+//! Four pollers, fastest first:
 //! - whoever awaits a GPU task (its handle, its id) or synchronizes a stream spins on that
-//!   one fence for a few microseconds before it parks, so a short kernel is seen at the
-//!   latency of a query loop, with no thread hop;
+//!   one fence for up to [`AWAIT_SPIN`] before it parks, so a short kernel is seen at the
+//!   latency of a query loop, with no thread hop. Off the drivers (`block_on`), an awaiter
+//!   of a GPU task that is admitted but still running its body spins until the fence is
+//!   recorded, within the same budget. While an awaiter spins on a task's fence, the other
+//!   pollers leave that fence alone: several threads querying one event slow each query;
+//! - a driver that ran GPU tasks and is out of work lingers for up to [`AWAIT_SPIN`]: it
+//!   polls the watched fences and takes new work at once (a parent woken by its child's
+//!   fence runs on it, with no thread hop);
 //! - otherwise the fence goes to the runtime's poller thread. It polls in rounds, querying
 //!   only the oldest pending fence of each stream (a stream's fences finish in order), and
 //!   paces itself: a short pause while somebody waits on a watched fence (an awaiter, a CPU
-//!   dependent, tasks queued for the device), otherwise a pause doubling up to a cap. Queries contend with kernel launches inside the CUDA driver, so a poller
-//!   that spins hard slows the very work it watches; latency-sensitive waits spin on their
-//!   own fence instead (above). With nothing to watch, the thread sleeps until a fence
-//!   arrives;
+//!   dependent, tasks queued for the device), otherwise a pause doubling up to a cap.
+//!   Queries contend with kernel launches inside the CUDA driver, so a poller that spins
+//!   hard slows the very work it watches; latency-sensitive waits spin on their own fence
+//!   instead (above). With nothing to watch, the thread sleeps until a fence arrives;
 //! - whichever poller sees a task's fence done first completes the task (the task's state
 //!   moves FENCED -> COMPLETING once, so only one of them does).
 
@@ -34,7 +40,8 @@ use super::RtInner;
 use crate::device::backend::{Fence, FenceStatus};
 use crate::graph::node::Task;
 
-/// How long an awaiter spins on a fence before it parks.
+/// How long an awaiter spins on a fence before it parks (and how long a driver that ran GPU
+/// tasks lingers for more work when it runs out).
 pub const AWAIT_SPIN: Duration = Duration::from_micros(50);
 
 /// Something waiting for a fence.

@@ -395,6 +395,34 @@ mod test {
         assert_eq!(a.usage().waiting, 2);
     }
 
+    /// Resumes are admitted first-fit, in order: a release admits the first that fits
+    /// (a smaller one behind a larger one that does not fit), and the others keep their
+    /// order for the next release.
+    #[test]
+    fn resumes_are_admitted_first_fit_in_order() {
+        let a = Admission::new(100);
+        let mut out = Vec::new();
+        let quarter = VCU_ONE / 4;
+        assert!(a.admit(0, d(VCU_ONE, 0), &mut out));
+        out.clear();
+        // Parked parents taking back their VCUs: all wait while task 0 holds everything.
+        for (item, vcu) in [(1, VCU_ONE / 2), (2, quarter), (3, quarter), (4, quarter)] {
+            assert_eq!(a.resume(item, vcu, &mut out), None);
+        }
+        assert!(out.is_empty());
+        // A quarter frees: 1 does not fit, 2 does; 3 and 4 wait.
+        a.release(d(quarter, 0), &mut out);
+        assert_eq!(out, vec![2]);
+        // Three quarters more: 1 (a half) then 3 (a quarter) fit; 4 waits, alone.
+        a.release(d(3 * quarter, 0), &mut out);
+        assert_eq!(out, vec![2, 1, 3]);
+        assert_eq!(a.usage().waiting, 1);
+        assert_eq!(a.usage().vcu, VCU_ONE);
+        a.release(d(quarter, 0), &mut out);
+        assert_eq!(out, vec![2, 1, 3, 4]);
+        assert_eq!(a.usage().waiting, 0);
+    }
+
     #[test]
     fn backfill_admits_around_a_blocked_head() {
         let a = Admission::new(100);
