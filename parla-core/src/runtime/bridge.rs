@@ -6,8 +6,8 @@
 //! - whoever awaits a GPU task (its handle, its id) or synchronizes a stream spins on that
 //!   one fence for up to [`AWAIT_SPIN`] before it parks, so a short kernel is seen at the
 //!   latency of a query loop, with no thread hop. Off the drivers (`block_on`), an awaiter
-//!   of a GPU task that is admitted but still running its body spins until the fence is
-//!   recorded, within the same budget. While an awaiter spins on a task's fence, the other
+//!   of a GPU task whose dependencies are met but whose body has not returned spins until
+//!   the fence is recorded, within the same budget. While an awaiter spins on a task's fence, the other
 //!   pollers leave that fence alone: several threads querying one event slow each query;
 //! - a driver that ran GPU tasks and is out of work lingers for up to [`AWAIT_SPIN`]: it
 //!   polls the watched fences and takes new work at once (a parent woken by its child's
@@ -383,9 +383,9 @@ pub(crate) fn hurry(task: &Arc<dyn Task>, waker: &std::task::Waker) -> bool {
 /// An awaiter of `task`: if the task's GPU work is pending behind a fence, spin on it
 /// briefly and complete the task here if it finishes. Returns whether the task is done.
 ///
-/// Off the runtime's drivers (`block_on`, another thread), an awaiter of a GPU task that is
-/// admitted but has not returned its body yet also spins, for the same budget in all, until
-/// its fence is recorded: a task just spawned and awaited then never puts the awaiter to
+/// Off the runtime's drivers (`block_on`, another thread), an awaiter of a GPU task whose
+/// dependencies are met but whose body has not returned yet also spins, for the same budget
+/// in all, until its fence is recorded: a task just spawned and awaited then never puts the awaiter to
 /// sleep. (A driver does not wait so: the task may be its own next one.) Whoever sees the
 /// fence done first completes the task; an awaiter that lost that race spins on until the
 /// outcome is published rather than going to sleep a moment before it is.

@@ -274,7 +274,7 @@ impl<T> Admission<T> {
     /// Whether `d` fits in what is free now.
     fn could_fit(&self, d: Demand) -> bool {
         let cur = self.used.load(Ordering::Acquire);
-        (cur & VCU_MASK) as u64 + d.vcu as u64 <= VCU_ONE as u64
+        (cur & VCU_MASK) + d.vcu as u64 <= VCU_ONE as u64
             && (cur >> VCU_BITS).saturating_add(d.mem) <= self.mem_capacity
     }
 
