@@ -132,6 +132,20 @@ mod loom_test {
         }
     }
 
+    /// A thread that pushes `t` and drives if it has to start a driver; joins with what it
+    /// ran.
+    fn push_and_drive(inj: &Arc<Injector<u8>>, t: u8) -> thread::JoinHandle<Vec<u8>> {
+        let inj = inj.clone();
+        thread::spawn(move || {
+            inj.push(t);
+            let mut ran = Vec::new();
+            if inj.drivers_wanted(1) == 1 {
+                drive(&inj, &mut ran);
+            }
+            ran
+        })
+    }
+
     /// A task pushed while the only driver leaves is run by somebody.
     #[test]
     fn push_vs_leave_strands_nothing() {
@@ -139,15 +153,7 @@ mod loom_test {
             let inj = Arc::new(Injector::new(1));
             assert!(inj.claim());
             inj.push(0);
-            let i2 = inj.clone();
-            let pusher = thread::spawn(move || {
-                i2.push(1);
-                let mut ran = Vec::new();
-                if i2.drivers_wanted(1) == 1 {
-                    drive(&i2, &mut ran);
-                }
-                ran
-            });
+            let pusher = push_and_drive(&inj, 1);
             let mut ran = Vec::new();
             drive(&inj, &mut ran);
             ran.extend(pusher.join().unwrap());
@@ -165,15 +171,7 @@ mod loom_test {
             let inj = Arc::new(Injector::new(2));
             assert!(inj.claim());
             inj.linger();
-            let i2 = inj.clone();
-            let pusher = thread::spawn(move || {
-                i2.push(1);
-                let mut ran = Vec::new();
-                if i2.drivers_wanted(1) == 1 {
-                    drive(&i2, &mut ran);
-                }
-                ran
-            });
+            let pusher = push_and_drive(&inj, 1);
             let mut ran = Vec::new();
             // Work seen as it stops lingering: it keeps its slot; else it leaves (taking a
             // slot back if work arrived meanwhile).
@@ -200,15 +198,7 @@ mod loom_test {
                 drive(&i2, &mut ran);
                 ran
             });
-            let i3 = inj.clone();
-            let pusher = thread::spawn(move || {
-                i3.push(7);
-                let mut ran = Vec::new();
-                if i3.drivers_wanted(1) == 1 {
-                    drive(&i3, &mut ran);
-                }
-                ran
-            });
+            let pusher = push_and_drive(&inj, 7);
             let mut ran = Vec::new();
             drive(&inj, &mut ran);
             ran.extend(other.join().unwrap());
