@@ -176,6 +176,9 @@ pub(crate) struct Header {
     pub(crate) kind: Kind,
     /// How urgent the task is (`TaskBuilder::priority`).
     pub(crate) priority: u8,
+    /// The task declared data accesses (`Task::data` is `Some`): saves the virtual call
+    /// for the others.
+    pub(crate) has_data: bool,
     /// Slot of the device the task was mapped to; `u16::MAX` until mapped.
     device: AtomicU16,
     pending: AtomicU32,
@@ -235,6 +238,7 @@ impl Header {
             join_state: AtomicU8::new(JOIN_INTEREST),
             kind,
             priority: 0,
+            has_data: false,
             device: AtomicU16::new(u16::MAX),
             pending: AtomicU32::new(1),
             rt_id,
@@ -674,6 +678,16 @@ pub(crate) trait Task: Send + Sync + 'static {
 }
 
 impl dyn Task {
+    /// The task's declared data accesses, without a virtual call for tasks that have none.
+    #[inline(always)]
+    pub(crate) fn accesses(&self) -> Option<&crate::data::Accesses> {
+        if self.header().has_data {
+            self.data()
+        } else {
+            None
+        }
+    }
+
     /// The node's header without a virtual call (this inherent method takes precedence over
     /// [`Task::header`] on `dyn Task`).
     #[inline(always)]

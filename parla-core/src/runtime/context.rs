@@ -45,7 +45,9 @@ thread_local! {
     static CREDITS: Cell<u32> = const { Cell::new(0) };
     /// The driver polling on this thread (its runtime's id, 0: none) and its next task.
     static DRIVER: Cell<u32> = const { Cell::new(0) };
-    static LIFO: RefCell<Option<Arc<dyn Task>>> = const { RefCell::new(None) };
+    /// The next task: one strong reference (`Arc::into_raw`), a plain pointer so that the
+    /// slot needs no destructor (a driver empties it before its poll returns).
+    static LIFO: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
     static HANDOFF: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -241,13 +243,11 @@ pub(crate) fn offer_next(rt_id: u32, t: Arc<dyn Task>) -> Option<Arc<dyn Task>> 
         return Some(t);
     }
     LIFO.with(|c| {
-        let mut slot = c.borrow_mut();
-        if slot.is_some() {
-            Some(t)
-        } else {
-            *slot = Some(t);
-            None
+        if c.get().is_some() {
+            return Some(t);
         }
+        c.set(std::ptr::NonNull::new(Arc::into_raw(t).cast_mut()));
+        None
     })
 }
 
@@ -268,7 +268,10 @@ pub(crate) fn take_handoff() -> bool {
 
 /// Takes this thread's next task (the driver polling here).
 pub(crate) fn take_next() -> Option<Arc<dyn Task>> {
-    LIFO.with(|c| c.borrow_mut().take())
+    // SAFETY: a pointer in the slot came from `Arc::into_raw` in `offer_next` and is taken
+    // out (and turned back into its reference) once, here.
+    LIFO.with(|c| c.take())
+        .map(|p| unsafe { Arc::from_raw(p.as_ptr().cast_const()) })
 }
 
 /// The task running on this thread, if any.

@@ -102,7 +102,7 @@ impl RtInner {
     ) -> Result<(), (Arc<dyn Task>, TaskError)> {
         let h = task.header();
         crate::trace::step!(self, h, "ready");
-        let slot = self.map(h, task.data());
+        let slot = self.map(h, task.accesses());
         let dev = &self.devices[slot];
         let vcu = if h.vcu == DEFAULT_VCU {
             dev.default_vcu
@@ -120,7 +120,7 @@ impl RtInner {
         }
         let mem = h.mem;
         self.trace_mapped(h, dev.device, vcu, mem);
-        if let Some(acc) = task.data() {
+        if let Some(acc) = task.accesses() {
             acc.set_device(dev.device);
             self.data_ready(slot, task, admitted);
             return Ok(());
@@ -324,7 +324,7 @@ impl RtInner {
         let device = h.device().unwrap_or(Device::CPU);
         let dev = &self.devices[device.slot()];
         dev.admission.release(h.demand(), &mut l.admitted);
-        if let Some(acc) = task.data() {
+        if let Some(acc) = task.accesses() {
             self.data_done(device.slot(), acc, &mut l.admitted);
         }
         self.pump(device.slot(), &mut l.admitted);

@@ -27,6 +27,7 @@ fn name_of(id: &Option<crate::space::TaskRef>) -> Name {
 /// Checks the constraints against the devices. Returns the slots that can ever hold the
 /// task and the fixed-point VCUs asked for. `data`: bytes of declared data, which a GPU must
 /// hold besides the workspace (the host holds it in place).
+#[inline(always)]
 fn constraints(
     rt: &RtInner,
     placement: &Placements,
@@ -38,6 +39,17 @@ fn constraints(
         // The default: the CPU's default share always fits.
         return Ok((1, DEFAULT_VCU));
     }
+    check_constraints(rt, placement, vcus, mem, data)
+}
+
+/// [`constraints`] other than the default.
+fn check_constraints(
+    rt: &RtInner,
+    placement: &Placements,
+    vcus: Option<f64>,
+    mem: u64,
+    data: u64,
+) -> Result<(SlotMask, u32), String> {
     let vcu = match vcus {
         None => DEFAULT_VCU,
         Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => vcu_fixed(v),
@@ -117,8 +129,9 @@ where
     };
     let acc = Arc::new(Accesses::new(*data));
     let checked = constraints(rt, &placement, vcus, memory, acc.bytes());
-    let header =
+    let mut header =
         header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory, priority);
+    header.has_data = true;
     let cell = Arc::new(TaskCell::new(
         header,
         WithData::new(fut, acc.clone()),
