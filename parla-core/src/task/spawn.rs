@@ -24,10 +24,16 @@ fn name_of(id: &Option<crate::space::TaskRef>) -> Name {
     }
 }
 
+/// Whether these are the default constraints (the CPU, its default share, no workspace),
+/// which always fit: checked inline on the spawn path.
+#[inline(always)]
+fn is_default(placement: &Placements, vcus: Option<f64>, mem: u64) -> bool {
+    placement.is_cpu_only() && vcus.is_none() && mem == 0
+}
+
 /// Checks the constraints against the devices. Returns the slots that can ever hold the
 /// task and the fixed-point VCUs asked for. `data`: bytes of declared data, which a GPU must
 /// hold besides the workspace (the host holds it in place).
-#[inline(always)]
 fn constraints(
     rt: &RtInner,
     placement: &Placements,
@@ -35,21 +41,9 @@ fn constraints(
     mem: u64,
     data: u64,
 ) -> Result<(SlotMask, u32), String> {
-    if placement.is_cpu_only() && vcus.is_none() && mem == 0 {
-        // The default: the CPU's default share always fits.
+    if is_default(placement, vcus, mem) {
         return Ok((1, DEFAULT_VCU));
     }
-    check_constraints(rt, placement, vcus, mem, data)
-}
-
-/// [`constraints`] other than the default.
-fn check_constraints(
-    rt: &RtInner,
-    placement: &Placements,
-    vcus: Option<f64>,
-    mem: u64,
-    data: u64,
-) -> Result<(SlotMask, u32), String> {
     let vcu = match vcus {
         None => DEFAULT_VCU,
         Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => vcu_fixed(v),
@@ -119,7 +113,11 @@ where
         data,
     } = b;
     let Some(data) = data.filter(|d| !d.is_empty()) else {
-        let checked = constraints(rt, &placement, vcus, memory, 0);
+        let checked = if is_default(&placement, vcus, memory) {
+            Ok((1, DEFAULT_VCU))
+        } else {
+            constraints(rt, &placement, vcus, memory, 0)
+        };
         let header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
         let cell = Arc::new(TaskCell::new(header, fut, ()));
         let task: Arc<dyn Task> = cell.clone();
