@@ -12,13 +12,18 @@
 //! takes them back before it runs again (`exec::schedule_woken`), so a parent awaiting its
 //! children never starves them.
 //!
+//! A driver that ran GPU tasks and runs out of work lingers for up to `AWAIT_SPIN` before it
+//! leaves: it polls the injector and the runtime's fences, so the next GPU task spawned by an
+//! awaiter, or a parent woken by its child's fence, runs at once, with no thread to wake.
+//!
 //! # Invariants
 //! - A driver holds at most one task's run token at a time (the one it polls), and polls it
 //!   only from its own `poll`: a task is never polled concurrently.
 //! - A task's run state (GPU stream, span) is stored in its header before its activity
 //!   leaves RUNNING, and read back only by the next holder of its run token.
 //! - The next-task slot is thread-local: it is emptied into the injector before the
-//!   driver's poll returns, so no task is left on a thread that no driver polls.
+//!   driver's poll returns, so no task is left on a thread that no driver polls (the slot
+//!   holds a raw strong reference and has no destructor).
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
