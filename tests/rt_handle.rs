@@ -172,11 +172,7 @@ struct FailingBackend(Arc<Failing>);
 
 impl GpuBackend for FailingBackend {
     fn devices(&self) -> Vec<GpuInfo> {
-        vec![GpuInfo {
-            name: "failing GPU".into(),
-            memory_budget: 1 << 30,
-            memory_total: 1 << 30,
-        }]
+        support::one_gpu("failing GPU")
     }
     fn begin(
         &self,
@@ -205,11 +201,7 @@ fn failing(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
 struct Panicking;
 impl GpuBackend for Panicking {
     fn devices(&self) -> Vec<GpuInfo> {
-        vec![GpuInfo {
-            name: "panicking GPU".into(),
-            memory_budget: 1 << 30,
-            memory_total: 1 << 30,
-        }]
+        support::one_gpu("panicking GPU")
     }
     fn begin(
         &self,

@@ -52,11 +52,7 @@ impl GpuExec for Exec {
 
 impl GpuBackend for Timed {
     fn devices(&self) -> Vec<GpuInfo> {
-        vec![GpuInfo {
-            name: "timed fences".into(),
-            memory_budget: 1 << 30,
-            memory_total: 1 << 30,
-        }]
+        support::one_gpu("timed fences")
     }
     fn begin(
         &self,

@@ -111,3 +111,12 @@ pub fn slot(d: parla::Device) -> usize {
         parla::Arch::Gpu => 1 + d.index() as usize,
     }
 }
+
+/// What a fake GPU backend in the tests reports: one GPU named `name`, with 1 GiB.
+pub fn one_gpu(name: &str) -> Vec<parla::device::backend::GpuInfo> {
+    vec![parla::device::backend::GpuInfo {
+        name: name.into(),
+        memory_budget: 1 << 30,
+        memory_total: 1 << 30,
+    }]
+}
