@@ -146,15 +146,20 @@ impl<T> Admission<T> {
         d.is_zero() || self.try_reserve(d)
     }
 
+    /// The usage word `cur` with `d` added, if that stays within the device's capacity.
+    #[inline]
+    fn with_added(&self, cur: u64, d: Demand) -> Option<u64> {
+        let vcu = (cur & VCU_MASK) + d.vcu as u64;
+        let mem = (cur >> VCU_BITS).saturating_add(d.mem);
+        (vcu <= VCU_ONE as u64 && mem <= self.mem_capacity).then_some((mem << VCU_BITS) | vcu)
+    }
+
     fn try_reserve(&self, d: Demand) -> bool {
         let mut cur = self.used.load(Ordering::Acquire);
         loop {
-            let vcu = (cur & VCU_MASK) as u32 + d.vcu;
-            let mem = (cur >> VCU_BITS) + d.mem;
-            if vcu > VCU_ONE || mem > self.mem_capacity {
+            let Some(next) = self.with_added(cur, d) else {
                 return false;
-            }
-            let next = (mem << VCU_BITS) | vcu as u64;
+            };
             match self
                 .used
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
@@ -273,9 +278,8 @@ impl<T> Admission<T> {
 
     /// Whether `d` fits in what is free now.
     fn could_fit(&self, d: Demand) -> bool {
-        let cur = self.used.load(Ordering::Acquire);
-        (cur & VCU_MASK) + d.vcu as u64 <= VCU_ONE as u64
-            && (cur >> VCU_BITS).saturating_add(d.mem) <= self.mem_capacity
+        self.with_added(self.used.load(Ordering::Acquire), d)
+            .is_some()
     }
 
     /// At a stall (nothing running can release anything): admits every waiting item that
