@@ -440,7 +440,7 @@ fn in_flight_on_gpu(h: &crate::graph::node::Header) -> bool {
     if h.is_waiting() || h.is_done() || crate::runtime::context::in_driver() {
         return false;
     }
-    let Some(device) = h.device() else {
+    let Some(device) = h.device().filter(|d| d.arch() == crate::Arch::Gpu) else {
         return false;
     };
     crate::runtime::context::with_rt(|rt| {
