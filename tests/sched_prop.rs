@@ -1,7 +1,10 @@
 //! Property test over random task graphs: random dependencies (forward references
 //! included), random placement on the CPU and two virtual GPUs, random VCUs and memory.
 //! Every task runs exactly once, after all of its dependencies; the VCUs in use on a device
-//! never exceed 1.0; reserved memory never exceeds the budget; `block_on` returns.
+//! never exceed 1.0; reserved memory never exceeds the budget; `block_on` returns. And
+//! random trees of tasks awaiting the children they spawn: parents lend their VCUs while
+//! they wait (to the child they await first) and get them back, and the VCUs of the tasks
+//! running code on a device still never exceed 1.0.
 
 mod support;
 
@@ -304,5 +307,156 @@ proptest! {
                 prop_assert!(dependency.starts_with("F["));
             }
         }
+    }
+}
+
+/// A random tree of tasks that spawn their children and await them (one by one, all at
+/// once, or by id), with random VCUs and placement.
+#[derive(Debug, Clone)]
+struct Tree {
+    threads: usize,
+    /// Node `i > 0`'s parent (an earlier node); node 0 is the root.
+    parent: Vec<usize>,
+    vcus: Vec<Option<f64>>,
+    placement: Vec<usize>,
+    /// 0: await the children one by one, 1: all at once (`join_all`), 2: by id.
+    mode: Vec<u8>,
+}
+
+fn tree() -> impl Strategy<Value = Tree> {
+    (1usize..=120, 1usize..=4).prop_flat_map(|(n, threads)| {
+        (
+            proptest::collection::vec(any::<proptest::sample::Index>(), n),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(None),
+                    Just(Some(0.25)),
+                    Just(Some(0.5)),
+                    Just(Some(1.0)),
+                    (0.0f64..=1.0).prop_map(Some)
+                ],
+                n,
+            ),
+            proptest::collection::vec(prop_oneof![Just(0usize), Just(0), Just(4), Just(1)], n),
+            proptest::collection::vec(0u8..3, n),
+        )
+            .prop_map(move |(parent, vcus, placement, mode)| Tree {
+                threads,
+                parent: parent
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| if i == 0 { 0 } else { p.index(i) })
+                    .collect(),
+                vcus,
+                placement,
+                mode,
+            })
+    })
+}
+
+/// Per device: the VCUs of the tasks running code now (not awaiting), and whether that
+/// ever went over 1.0.
+#[derive(Default)]
+struct InUse {
+    vcu: [AtomicU64; DEVICES],
+    over: AtomicUsize,
+    ran: AtomicUsize,
+}
+
+impl InUse {
+    fn enter(&self) -> (usize, u64) {
+        let info = current_task().expect("inside a task");
+        let (dev, v) = (
+            support::slot(current_device()),
+            (info.vcus() * 1e6).round() as u64,
+        );
+        if self.vcu[dev].fetch_add(v, Ordering::SeqCst) + v > 1_000_000 {
+            self.over.fetch_add(1, Ordering::SeqCst);
+        }
+        (dev, v)
+    }
+    fn exit(&self, (dev, v): (usize, u64)) {
+        self.vcu[dev].fetch_sub(v, Ordering::SeqCst);
+    }
+}
+
+fn tree_node(
+    i: usize,
+    g: Arc<Tree>,
+    t: TaskSpace,
+    u: Arc<InUse>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let mut me = u.enter();
+        u.ran.fetch_add(1, Ordering::SeqCst);
+        let kids: Vec<usize> = (1..g.parent.len()).filter(|&k| g.parent[k] == i).collect();
+        let mut hs = Vec::new();
+        for &k in &kids {
+            let mut b = task(tree_node(k, g.clone(), t.clone(), u.clone()))
+                .id(t.at(k))
+                .placement(placements(g.placement[k]));
+            if let Some(v) = g.vcus[k] {
+                b = b.vcus(v);
+            }
+            hs.push(b.spawn());
+            tokio::task::yield_now().await;
+        }
+        // Awaiting, the task lends its VCUs; it has them back when the await returns.
+        u.exit(me);
+        match g.mode[i] {
+            0 => {
+                for h in hs {
+                    h.await.unwrap();
+                    me = u.enter();
+                    tokio::task::yield_now().await;
+                    u.exit(me);
+                }
+            }
+            1 => {
+                for r in futures_util::future::join_all(hs).await {
+                    r.unwrap();
+                }
+            }
+            _ => {
+                drop(hs);
+                for &k in &kids {
+                    t.at(k).await.unwrap();
+                }
+            }
+        }
+        me = u.enter();
+        tokio::task::yield_now().await;
+        u.exit(me);
+    })
+}
+
+proptest! {
+    #![proptest_config(support::prop_config(48))]
+
+    /// Parents lend their VCUs to the children they await and get them back: every task
+    /// runs, and the VCUs of the tasks running code on a device never exceed 1.0.
+    #[test]
+    fn awaiting_children_never_oversubscribes_vcus(g in tree()) {
+        let n = g.parent.len();
+        let rt = parla::Runtime::builder()
+            .cpu_threads(g.threads)
+            .virtual_gpus(2, BUDGET)
+            .build()
+            .unwrap();
+        let u = Arc::new(InUse::default());
+        let (g2, u2) = (Arc::new(g.clone()), u.clone());
+        let root = support::within(20, move || {
+            rt.block_on(async move {
+                let t = TaskSpace::new("T");
+                let mut b = task(tree_node(0, g2.clone(), t.clone(), u2)).id(t.at(0));
+                if let Some(v) = g2.vcus[0] {
+                    b = b.vcus(v);
+                }
+                b.await
+            })
+        });
+        prop_assert!(root.is_ok(), "{:?}", root);
+        prop_assert_eq!(u.ran.load(Ordering::SeqCst), n, "every task ran");
+        prop_assert_eq!(u.over.load(Ordering::SeqCst), 0, "VCUs over 1.0");
     }
 }

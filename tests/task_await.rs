@@ -88,6 +88,50 @@ fn fork_join_trees_with_default_vcus_finish() {
     });
 }
 
+/// A fork-join tree with default VCUs runs depth first: a parent's VCUs go to the child it
+/// awaits while it waits, and back to the parent when that child is done. On one worker
+/// (the default VCUs: the whole CPU) this is exact, so the tasks spawned and not finished
+/// stay within two per level; breadth first (children admitted in spawn order, as the
+/// device's queue has them) they would number in the thousands.
+#[test]
+fn fork_join_trees_with_default_vcus_run_depth_first() {
+    #[derive(Default)]
+    struct Live {
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+    fn tree(depth: u32, live: Arc<Live>) -> Pin<Box<dyn Future<Output = u64> + Send>> {
+        Box::pin(async move {
+            let n = if depth == 0 {
+                1
+            } else {
+                let spawn = |live: &Arc<Live>| {
+                    let n = live.now.fetch_add(1, Ordering::SeqCst) + 1;
+                    live.max.fetch_max(n, Ordering::SeqCst);
+                    task(tree(depth - 1, live.clone())).spawn()
+                };
+                let l = spawn(&live);
+                let r = spawn(&live);
+                l.await.unwrap() + r.await.unwrap()
+            };
+            live.now.fetch_sub(1, Ordering::SeqCst);
+            n
+        })
+    }
+    let rt = support::cpu(1);
+    support::within(60, move || {
+        let live = Arc::new(Live::default());
+        let l = live.clone();
+        let n = rt.block_on(async move { task(tree(12, l)).await }).unwrap();
+        assert_eq!(n, 4096);
+        let max = live.max.load(Ordering::SeqCst);
+        assert!(
+            max <= 2 * 12,
+            "{max} tasks alive at once: the tree did not run depth first"
+        );
+    });
+}
+
 #[test]
 fn a_missing_id_behind_a_waiting_parent_fails_instead_of_hanging() {
     each_config!(|rt| {

@@ -41,6 +41,8 @@ thread_local! {
     static BACKED: Cell<bool> = const { Cell::new(false) };
     static POLLER: Cell<Option<PollerRef>> = const { Cell::new(None) };
     static BLOCKED: Cell<bool> = const { Cell::new(false) };
+    /// The task the current poller awaited last (a raw strong reference), with `BLOCKED`.
+    static AWAITED: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
     /// Live-task counts taken ahead from the current runtime (see `take_live_credit`).
     static CREDITS: Cell<u32> = const { Cell::new(0) };
     /// The driver polling on this thread (its runtime's id, 0: none) and its next task.
@@ -49,6 +51,8 @@ thread_local! {
     /// slot needs no destructor (a driver empties it before its poll returns).
     static LIFO: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
     static HANDOFF: Cell<bool> = const { Cell::new(false) };
+    /// VCUs a completing task holds for a task it wakes (see [`Gift`]).
+    static GIFT: Cell<Option<Gift>> = const { Cell::new(None) };
 }
 
 /// How many live-task counts a spawning thread takes from the runtime at once.
@@ -204,14 +208,32 @@ pub(crate) fn poller() -> Option<PollerRef> {
 }
 
 /// Called by the runtime's own futures (task handles, ids, spaces) when they return
-/// `Pending` on a task of the current runtime: the poller awaits tasks.
-pub(crate) fn note_blocked() {
+/// `Pending` on a node (`node`) of the current runtime: the poller awaits tasks. The last
+/// node noted in a poll is kept (see [`take_awaited`]).
+pub(crate) fn note_blocked(node: Arc<dyn Task>) {
     BLOCKED.with(|c| c.set(true));
+    let new = std::ptr::NonNull::new(Arc::into_raw(node).cast_mut());
+    drop(from_raw(AWAITED.with(|c| c.replace(new))));
 }
 
-/// Reads and clears the blocked mark.
+/// Reads and clears the blocked mark (and forgets the task awaited).
 pub(crate) fn take_blocked() -> bool {
+    drop(take_awaited());
     BLOCKED.with(|c| c.replace(false))
+}
+
+/// Takes the task the current poller awaited last, noted since the last
+/// [`take_blocked`].
+pub(crate) fn take_awaited() -> Option<Arc<dyn Task>> {
+    from_raw(AWAITED.with(|c| c.take()))
+}
+
+/// The strong reference behind a pointer of one of this thread's slots.
+#[inline]
+fn from_raw(p: Option<std::ptr::NonNull<dyn Task>>) -> Option<Arc<dyn Task>> {
+    // SAFETY: the slots (`LIFO`, `AWAITED`) hold pointers from `Arc::into_raw`, each taken
+    // out of its slot (and turned back into its reference) exactly once, here.
+    p.map(|p| unsafe { Arc::from_raw(p.as_ptr().cast_const()) })
 }
 
 /// Marks this thread as running a driver of runtime `rt_id` until the guard drops.
@@ -236,19 +258,54 @@ pub(crate) fn in_driver() -> bool {
     DRIVER.with(|c| c.get()) != 0
 }
 
-/// Puts `t` in this thread's next-task slot if a driver of runtime `rt_id` polls here and
-/// the slot is free; otherwise hands it back.
-pub(crate) fn offer_next(rt_id: u32, t: Arc<dyn Task>) -> Option<Arc<dyn Task>> {
+/// Puts `t` in this thread's next-task slot if a driver of runtime `rt_id` polls here,
+/// handing back the task it displaces (`Ok`), as Tokio's LIFO slot does: the newest task
+/// runs next, so a task that spawns children and awaits them runs its tree depth first.
+/// Hands `t` back (`Err`) on any other thread.
+#[inline]
+pub(crate) fn place_next(
+    rt_id: u32,
+    t: Arc<dyn Task>,
+) -> Result<Option<Arc<dyn Task>>, Arc<dyn Task>> {
     if DRIVER.with(|c| c.get()) != rt_id {
-        return Some(t);
+        return Err(t);
     }
-    LIFO.with(|c| {
-        if c.get().is_some() {
-            return Some(t);
+    let new = std::ptr::NonNull::new(Arc::into_raw(t).cast_mut());
+    Ok(from_raw(LIFO.with(|c| c.replace(new))))
+}
+
+/// The VCUs of a task that completes and wakes a parent awaiting it: kept reserved for the
+/// parent, which lent VCUs while it waited, instead of going back to the device (where a
+/// waiting task would take them before the parent asks). Set while the completion wakes
+/// its awaiters; whatever is left goes back to the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Gift {
+    pub(crate) rt_id: u32,
+    pub(crate) slot: usize,
+    pub(crate) vcu: u32,
+}
+
+/// Offers `gift` to the tasks woken on this thread until [`end_gift`]; returns the offer it
+/// replaces (to restore).
+pub(crate) fn offer_gift(gift: Gift) -> Option<Gift> {
+    GIFT.with(|c| c.replace(Some(gift)))
+}
+
+/// Takes the gift on offer if it is exactly `vcu` VCUs of device `slot` of runtime `rt_id`.
+pub(crate) fn take_gift(rt_id: u32, slot: usize, vcu: u32) -> bool {
+    GIFT.with(|c| {
+        let wanted = Some(Gift { rt_id, slot, vcu });
+        let hit = c.get() == wanted;
+        if hit {
+            c.set(None);
         }
-        c.set(std::ptr::NonNull::new(Arc::into_raw(t).cast_mut()));
-        None
+        hit
     })
+}
+
+/// Ends an offer, restoring `prev`: returns whether the gift is still there (nobody took it).
+pub(crate) fn end_gift(prev: Option<Gift>) -> bool {
+    GIFT.with(|c| c.replace(prev)).is_some()
 }
 
 /// Notes that a driver of runtime `rt_id` polling on this thread started another driver.
@@ -268,10 +325,7 @@ pub(crate) fn take_handoff() -> bool {
 
 /// Takes this thread's next task (the driver polling here).
 pub(crate) fn take_next() -> Option<Arc<dyn Task>> {
-    // SAFETY: a pointer in the slot came from `Arc::into_raw` in `offer_next` and is taken
-    // out (and turned back into its reference) once, here.
-    LIFO.with(|c| c.take())
-        .map(|p| unsafe { Arc::from_raw(p.as_ptr().cast_const()) })
+    from_raw(LIFO.with(|c| c.take()))
 }
 
 /// The task running on this thread, if any.

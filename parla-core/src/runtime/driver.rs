@@ -10,7 +10,10 @@
 //!
 //! A task that waits on other tasks lends its VCUs to its device until it is woken; it then
 //! takes them back before it runs again (`exec::schedule_woken`), so a parent awaiting its
-//! children never starves them.
+//! children never starves them. The child it awaits gets the VCUs first if it waits for
+//! admission, and gives them back to the parent when it completes (`exec::complete`): a
+//! fork-join tree runs depth first, as a Tokio program spawning and awaiting would, instead
+//! of in the order the device's queue has its tasks.
 //!
 //! A driver that ran GPU tasks and runs out of work lingers for up to `AWAIT_SPIN` before it
 //! leaves: it polls the injector and the runtime's fences, so the next GPU task spawned by an
@@ -213,9 +216,10 @@ impl Driver {
                 self.finish_running(&task, run, outcome, pended);
             }
             Poll::Pending => {
+                let awaited = context::take_awaited();
                 let awaits = context::take_blocked();
                 if awaits {
-                    self.lend(&task, device);
+                    self.lend(&task, device, awaited);
                 }
                 // SAFETY: still the run-token holder: the activity is RUNNING until
                 // `end_poll` below, and nobody schedules the task before that.
@@ -272,15 +276,20 @@ impl Driver {
         p
     }
 
-    /// The task waits on other tasks: its VCUs go back to its device meanwhile.
-    fn lend(&mut self, task: &Arc<dyn Task>, device: Device) {
+    /// The task waits on other tasks (`awaited`: the one it awaited last): its VCUs go back
+    /// to its device meanwhile.
+    fn lend(&mut self, task: &Arc<dyn Task>, device: Device, awaited: Option<Arc<dyn Task>>) {
         let vcu = task.header().lend();
         if vcu == 0 {
             return;
         }
-        self.rt.devices[device.slot()]
-            .admission
-            .release(Demand { vcu, mem: 0 }, &mut self.local.admitted);
+        // The task it awaits (last) goes first, if it waits for admission there.
+        let is_awaited = |t: &Arc<dyn Task>| awaited.as_ref().is_some_and(|a| Arc::ptr_eq(a, t));
+        self.rt.devices[device.slot()].admission.lend(
+            Demand { vcu, mem: 0 },
+            is_awaited,
+            &mut self.local.admitted,
+        );
         // Tasks with data waiting for VCUs there may fit now too.
         self.rt.pump(device.slot(), &mut self.local.admitted);
         self.rt.launch(&mut self.local);

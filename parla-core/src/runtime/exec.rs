@@ -189,7 +189,8 @@ impl RtInner {
 
     /// Makes the tasks in `l.admitted` runnable: each takes a busy token (a resumed one
     /// takes back the VCUs it lent), the first goes to this thread's driver if one polls
-    /// here, the rest to the injector.
+    /// here (its next-task slot; a task it displaces there goes to the injector), the rest
+    /// to the injector.
     pub(crate) fn launch(self: &Arc<Self>, l: &mut Local) {
         let n = l.admitted.len();
         if n == 0 {
@@ -205,8 +206,8 @@ impl RtInner {
         }
         let mut tokens = n as i64;
         let mut rest = l.admitted.drain(..);
-        let first = rest.next().and_then(|t| self.offer_next(t));
-        if first.is_none() && l.busy < 0 {
+        let first = rest.next().map(|t| context::place_next(self.id, t));
+        if matches!(first, Some(Ok(_))) && l.busy < 0 {
             // This driver runs it next, in place of a task it finished whose token is
             // still counted.
             l.busy += 1;
@@ -215,6 +216,7 @@ impl RtInner {
         // Counted before any other thread can see the tasks.
         self.counters.add(0, tokens);
         let mut pushed = 0;
+        let first = first.and_then(|f| f.unwrap_or_else(Some));
         for t in first.into_iter().chain(rest) {
             self.inject.push(t);
             pushed += 1;
@@ -239,27 +241,25 @@ impl RtInner {
 
     /// [`launch`](Self::launch) of one task; `busy`: the caller's deferred busy count.
     fn launch_one(self: &Arc<Self>, t: Arc<dyn Task>, busy: &mut i64) {
-        match self.offer_next(t) {
-            // Runs next on this driver, in place of a finished task still counted.
-            None if *busy < 0 => *busy += 1,
-            None => self.counters.add(0, 1),
-            Some(t) => {
-                self.counters.add(0, 1);
-                self.inject.push(t);
-                self.start_drivers(1);
+        let push = match context::place_next(self.id, t) {
+            Ok(displaced) => {
+                if *busy < 0 {
+                    // Runs next on this driver, in place of a finished task still counted.
+                    *busy += 1;
+                } else {
+                    self.counters.add(0, 1);
+                }
+                // (It holds its token already.)
+                displaced
             }
-        }
-    }
-
-    /// Offers `t` to run next on this thread's driver - unless tasks already wait in the
-    /// injector: then it queues behind them (first come, first served), which keeps the
-    /// front of a wide graph wide, so every worker finds work.
-    #[inline]
-    fn offer_next(&self, t: Arc<dyn Task>) -> Option<Arc<dyn Task>> {
-        if self.inject.is_empty() {
-            context::offer_next(self.id, t)
-        } else {
-            Some(t)
+            Err(t) => {
+                self.counters.add(0, 1);
+                Some(t)
+            }
+        };
+        if let Some(t) = push {
+            self.inject.push(t);
+            self.start_drivers(1);
         }
     }
 
@@ -277,7 +277,7 @@ impl RtInner {
 
     /// Queues a runnable task (which holds its token) for a driver.
     pub(crate) fn push_runnable(self: &Arc<Self>, t: Arc<dyn Task>) {
-        if let Some(t) = context::offer_next(self.id, t) {
+        if let Ok(Some(t)) | Err(t) = context::place_next(self.id, t) {
             self.inject.push(t);
             self.start_drivers(1);
         }
@@ -296,7 +296,14 @@ impl RtInner {
             self.push_runnable(task);
             return;
         }
-        let dev = &self.devices[h.device().map_or(0, |d| d.slot())];
+        let slot = h.device().map_or(0, |d| d.slot());
+        if context::take_gift(self.id, slot, lent) {
+            // The VCUs of the task whose completion woke it: reserved already.
+            h.reclaim();
+            self.push_runnable(task);
+            return;
+        }
+        let dev = &self.devices[slot];
         let granted = self.with_local(|l| dev.admission.resume(task, lent, &mut l.admitted));
         match granted {
             Some(t) => {
@@ -323,7 +330,21 @@ impl RtInner {
         let h = task.header();
         let device = h.device().unwrap_or(Device::CPU);
         let dev = &self.devices[device.slot()];
-        dev.admission.release(h.demand(), &mut l.admitted);
+        let mut d = h.demand();
+        // Awaited while tasks wait on the device: its VCUs are released only once the
+        // tasks it wakes were scheduled. A parent that lent as many takes them at once
+        // (`schedule_woken`); one that needs more queues its resume first, and resumes go
+        // ahead of waiting tasks - so a fork-join parent gets its VCUs back before a task
+        // from elsewhere in the tree does.
+        let gift = (d.vcu > 0 && h.join_awaited() && dev.admission.has_waiting()).then(|| {
+            let g = context::Gift {
+                rt_id: self.id,
+                slot: device.slot(),
+                vcu: std::mem::take(&mut d.vcu),
+            };
+            (g, context::offer_gift(g))
+        });
+        dev.admission.release(d, &mut l.admitted);
         if let Some(acc) = task.accesses() {
             self.data_done(device.slot(), acc, &mut l.admitted);
         }
@@ -348,6 +369,14 @@ impl RtInner {
             l.busy -= 1;
         }
         self.apply(l);
+        if let Some((g, prev)) = gift
+            && context::end_gift(prev)
+        {
+            // Nobody took it.
+            let d = Demand { vcu: g.vcu, mem: 0 };
+            dev.admission.release(d, &mut l.admitted);
+            self.launch(l);
+        }
     }
 
     /// A GPU task's fence finished with `status`: complete the task (if nobody else did).

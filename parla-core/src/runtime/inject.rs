@@ -69,12 +69,6 @@ impl<T> Injector<T> {
         k
     }
 
-    /// Whether no task waits in the queue (a snapshot).
-    #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
     #[inline]
     pub(crate) fn pop(&self) -> Option<T> {
         self.queue.pop()

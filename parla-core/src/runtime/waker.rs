@@ -284,11 +284,13 @@ pub(crate) fn registration_waker(cx: &Context<'_>, node_rt: u32) -> Waker {
     }
 }
 
-/// One of the runtime's futures returns `Pending` waiting on a node of runtime `node_rt`:
-/// the current poller awaits tasks, if the node is of its runtime.
-pub(crate) fn pending_on(node_rt: u32) {
+/// One of the runtime's futures returns `Pending` waiting on a node of runtime `node_rt`
+/// (`node` gives a reference to it): the current poller awaits tasks, if the node is of its
+/// runtime.
+#[inline]
+pub(crate) fn pending_on(node_rt: u32, node: impl FnOnce() -> Arc<dyn Task>) {
     if node_rt != 0 && context::poller().is_some_and(|p| p.rt_id == node_rt) {
-        context::note_blocked();
+        context::note_blocked(node());
     }
 }
 

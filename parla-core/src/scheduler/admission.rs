@@ -19,9 +19,11 @@
 //!   resources; if it comes second, it reads the increment and drains. (No `SeqCst`
 //!   reasoning needed, which loom checks.)
 //! - The task lane is FIFO: a newcomer queues behind waiting items even when it would fit,
-//!   so a large task is never starved by a stream of small ones. Only the stall resolver's
-//!   [`backfill`](Admission::backfill) admits out of order, when nothing else can move.
-//!   Resumes are admitted first-fit. Items that need nothing bypass both lanes.
+//!   so a large task is never starved by a stream of small ones. Two exceptions admit out
+//!   of order: the stall resolver's [`backfill`](Admission::backfill), when nothing else
+//!   can move, and a [`lend`](Admission::lend) to the task the lender awaits, which only
+//!   takes what the lender gives up (as if the lender ran it on its own VCUs). Resumes are
+//!   admitted first-fit. Items that need nothing bypass both lanes.
 
 use std::collections::VecDeque;
 
@@ -81,6 +83,10 @@ struct Lanes<T> {
     resume_min: Demand,
 }
 
+/// How many of the task lane's last items [`Admission::lend`] looks at for the awaited task
+/// (a child spawned just before its parent awaits it is at the back).
+const LEND_SCAN: usize = 32;
+
 /// The `resume_min` of an empty lane.
 const NO_MIN: Demand = Demand {
     vcu: u32::MAX,
@@ -138,6 +144,12 @@ impl<T> Admission<T> {
             mem: u >> VCU_BITS,
             waiting: self.waiting.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether items wait in either lane (a snapshot).
+    #[inline]
+    pub(crate) fn has_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// Reserves `d` now if it fits, whoever waits (for a queue of the caller's own, served
@@ -215,6 +227,42 @@ impl<T> Admission<T> {
         // A read-modify-write, not a load: see the module invariants.
         if self.waiting.fetch_add(0, Ordering::AcqRel) > 0 {
             let mut q = self.lanes.lock();
+            self.drain(&mut q, out);
+        }
+    }
+
+    /// A running task lends `d` (its VCUs) while it awaits another task, which
+    /// `awaited` recognises: like [`release`](Self::release), except that if the awaited
+    /// task waits in the task lane (among its last [`LEND_SCAN`] items) and asks for no more
+    /// VCUs than `d` and no memory, it is admitted first, out of order.
+    ///
+    /// That is as if the lender kept its VCUs and ran the task it waits for on them, so a
+    /// waiting task is no worse off than without the loan - and a parent awaiting its
+    /// children one by one runs its tree depth first, instead of the lane's order
+    /// expanding it breadth first.
+    pub(crate) fn lend(&self, d: Demand, awaited: impl Fn(&T) -> bool, out: &mut Vec<T>) {
+        if d.is_zero() {
+            return;
+        }
+        self.used.fetch_sub(d.packed(), Ordering::AcqRel);
+        // A read-modify-write, not a load: see the module invariants.
+        if self.waiting.fetch_add(0, Ordering::AcqRel) > 0 {
+            let mut q = self.lanes.lock();
+            let n = q.tasks.len();
+            let found = (n.saturating_sub(LEND_SCAN)..n)
+                .rev()
+                .find(|&i| awaited(&q.tasks[i].0));
+            if let Some(i) = found {
+                let c = q.tasks[i].1;
+                if c.vcu <= d.vcu
+                    && c.mem == 0
+                    && self.try_reserve(c)
+                    && let Some((item, _)) = q.tasks.remove(i)
+                {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    out.push(item);
+                }
+            }
             self.drain(&mut q, out);
         }
     }
@@ -428,6 +476,43 @@ mod test {
     }
 
     #[test]
+    fn a_lend_admits_the_awaited_task_first_within_the_loan() {
+        let half = VCU_ONE / 2;
+        let a = Admission::new(100);
+        let mut out = Vec::new();
+        assert!(a.admit(1, d(half, 0), &mut out));
+        assert!(a.admit(2, d(half, 0), &mut out));
+        // Waiting: 3 (first), the awaited 4, 5 needing memory, 6 needing more VCUs.
+        for (i, dm) in [
+            (3, d(half, 0)),
+            (4, d(half, 0)),
+            (5, d(half, 10)),
+            (6, d(VCU_ONE, 0)),
+        ] {
+            assert!(!a.admit(i, dm, &mut out));
+        }
+        out.clear();
+        // 1 lends its half while it awaits 4: 4 goes first, out of order.
+        a.lend(d(half, 0), |&t| t == 4, &mut out);
+        assert_eq!(out, vec![4]);
+        assert_eq!(a.usage().waiting, 3);
+        // Awaiting 5 (memory) or 6 (more than the loan): the lane's order.
+        a.lend(d(half, 0), |&t| t == 5, &mut out);
+        assert_eq!(out, vec![4, 3]);
+        a.release(d(half, 0), &mut out);
+        a.lend(d(half, 0), |&t| t == 6, &mut out);
+        assert_eq!(out, vec![4, 3, 5]);
+        assert_eq!(
+            a.usage(),
+            Usage {
+                vcu: half,
+                mem: 10,
+                waiting: 1
+            }
+        );
+    }
+
+    #[test]
     fn backfill_admits_around_a_blocked_head() {
         let a = Admission::new(100);
         let mut out = Vec::new();
@@ -506,6 +591,30 @@ mod loom_test {
             let granted: Vec<u8> = at_once.into_iter().chain(mine).chain(theirs).collect();
             assert_eq!(granted, vec![1]);
             assert_eq!(a.usage().vcu, VCU_ONE / 2);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A lend to an awaited item racing with a queueing admit: both are admitted, once each.
+    #[test]
+    fn lend_vs_admit_no_lost_wakeup() {
+        loom::model(|| {
+            let a = Arc::new(Admission::new(0));
+            let mut out = Vec::new();
+            assert!(a.admit(0u8, FULL, &mut out));
+            assert!(!a.admit(1u8, HALF, &mut out), "the awaited item waits");
+            let a2 = a.clone();
+            let t = thread::spawn(move || {
+                let mut out = Vec::new();
+                a2.admit(2u8, HALF, &mut out);
+                out
+            });
+            let mut mine = Vec::new();
+            a.lend(FULL, |&i| i == 1, &mut mine);
+            let mut all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
+            all.sort();
+            assert_eq!(all, vec![1, 2]);
+            assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);
         });
     }

@@ -60,7 +60,7 @@ impl NodeWait {
         if !self.hurried {
             self.hurried = bridge::hurry(&self.node, cx.waker());
         }
-        waker::pending_on(h.rt_id);
+        waker::pending_on(h.rt_id, || self.node.clone());
         Poll::Pending
     }
 }

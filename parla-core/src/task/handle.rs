@@ -109,7 +109,7 @@ impl<T: 'static> Future for TaskHandle<T> {
         if !this.hurried {
             this.hurried = bridge::hurry(&this.node(), cx.waker());
         }
-        waker::pending_on(h.rt_id);
+        waker::pending_on(h.rt_id, || this.node());
         Poll::Pending
     }
 }
