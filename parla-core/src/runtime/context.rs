@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock, Weak};
 
 use super::RtInner;
-use crate::device::{Device, vcu_float};
+use crate::device::{Demand, Device, vcu_float};
 use crate::graph::activity::Activity;
 use crate::graph::node::Task;
 
@@ -53,6 +53,11 @@ thread_local! {
     static HANDOFF: Cell<bool> = const { Cell::new(false) };
     /// VCUs a completing task holds for a task it wakes (see [`Gift`]).
     static GIFT: Cell<Option<Gift>> = const { Cell::new(None) };
+    /// Tasks made ready during the poll of a task on this thread that did not fit on their
+    /// device (see [`stash`]).
+    static STASH: RefCell<Vec<(Arc<dyn Task>, Demand)>> = const { RefCell::new(Vec::new()) };
+    /// Whether `STASH` may hold tasks (a check without the destructor registration).
+    static STASHED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// How many live-task counts a spawning thread takes from the runtime at once.
@@ -306,6 +311,50 @@ pub(crate) fn take_gift(rt_id: u32, slot: usize, vcu: u32) -> bool {
 /// Ends an offer, restoring `prev`: returns whether the gift is still there (nobody took it).
 pub(crate) fn end_gift(prev: Option<Gift>) -> bool {
     GIFT.with(|c| c.replace(prev)).is_some()
+}
+
+/// Holds `task` (ready, mapped, asking for `d` on its device, which it does not fit now) until
+/// the poll of the task running on this thread ends, if a driver of runtime `rt_id` polls
+/// one here; hands it back otherwise. The driver then queues it for admission, with the
+/// others of the poll under one lock - or, if the polled task ends up awaiting it, gives it
+/// the polled task's VCUs directly (see `Driver::lend`): a parent spawning children and
+/// awaiting the first never takes the device's admission lock for that one.
+pub(crate) fn stash(rt_id: u32, task: Arc<dyn Task>, d: Demand) -> Result<(), Arc<dyn Task>> {
+    if DRIVER.with(|c| c.get()) != rt_id || TASK.with(|c| c.get()).is_null() {
+        return Err(task);
+    }
+    STASH.with(|s| s.borrow_mut().push((task, d)));
+    STASHED.with(|c| c.set(true));
+    Ok(())
+}
+
+/// Takes `task` out of the stash if it is there, on device `slot`, asking for no memory and
+/// at most `vcu` VCUs; returns the VCUs it asks for.
+pub(crate) fn unstash(task: &Arc<dyn Task>, slot: usize, vcu: u32) -> Option<u32> {
+    if !STASHED.with(|c| c.get()) {
+        return None;
+    }
+    STASH.with(|s| {
+        let mut s = s.borrow_mut();
+        let i = s.iter().position(|(t, _)| Arc::ptr_eq(t, task))?;
+        let (t, d) = &s[i];
+        if t.header().device().map(|d| d.slot()) != Some(slot) || d.mem > 0 || d.vcu > vcu {
+            return None;
+        }
+        let v = d.vcu;
+        s.remove(i);
+        Some(v)
+    })
+}
+
+/// Moves the stash into `out` (oldest first). Returns whether it held anything.
+#[inline]
+pub(crate) fn take_stash(out: &mut Vec<(Arc<dyn Task>, Demand)>) -> bool {
+    if !STASHED.with(|c| c.replace(false)) {
+        return false;
+    }
+    STASH.with(|s| out.append(&mut s.borrow_mut()));
+    !out.is_empty()
 }
 
 /// Notes that a driver of runtime `rt_id` polling on this thread started another driver.

@@ -12,8 +12,13 @@
 //! takes them back before it runs again (`exec::schedule_woken`), so a parent awaiting its
 //! children never starves them. The child it awaits gets the VCUs first if it waits for
 //! admission, and gives them back to the parent when it completes (`exec::complete`): a
-//! fork-join tree runs depth first, as a Tokio program spawning and awaiting would, instead
-//! of in the order the device's queue has its tasks.
+//! fork-join tree runs depth first, instead of in the order the device's queue has its
+//! tasks.
+//!
+//! Tasks that a poll makes ready (spawns, mostly) and that do not fit on their device now
+//! are held on the driver's thread until the poll ends (`context::stash`). Then the one the
+//! polled task awaits, if any, runs on the VCUs it lends, with no admission at all, and the
+//! others are queued for admission together, under one lock of the device's queue.
 //!
 //! A driver that ran GPU tasks and runs out of work lingers for up to `AWAIT_SPIN` before it
 //! leaves: it polls the injector and the runtime's fences, so the next GPU task spawned by an
@@ -210,6 +215,22 @@ impl Driver {
         };
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
+        self.end_poll(&rt, task, run, poll, pended, device);
+        // Tasks this poll made ready that wait for their devices are queued now.
+        rt.flush_stash(&mut self.local);
+    }
+
+    /// What follows a poll of `task` that returned `poll`.
+    fn end_poll(
+        &mut self,
+        rt: &Arc<RtInner>,
+        task: Arc<dyn Task>,
+        run: RunState,
+        poll: Poll<Outcome>,
+        pended: bool,
+        device: Device,
+    ) {
+        let h = task.header();
         match poll {
             Poll::Ready(outcome) => {
                 crate::trace::step!(rt, h, "body_finished");
@@ -283,13 +304,25 @@ impl Driver {
         if vcu == 0 {
             return;
         }
-        // The task it awaits (last) goes first, if it waits for admission there.
-        let is_awaited = |t: &Arc<dyn Task>| awaited.as_ref().is_some_and(|a| Arc::ptr_eq(a, t));
-        self.rt.devices[device.slot()].admission.lend(
-            Demand { vcu, mem: 0 },
-            is_awaited,
-            &mut self.local.admitted,
-        );
+        let admission = &self.rt.devices[device.slot()].admission;
+        let stashed = awaited
+            .as_ref()
+            .and_then(|a| Some((a, context::unstash(a, device.slot(), vcu)?)));
+        if let Some((a, v)) = stashed {
+            // Made ready in this poll and waiting: it runs on the lender's VCUs, and what it
+            // does not need goes back to the device.
+            self.local.admitted.push(a.clone());
+            let rest = Demand {
+                vcu: vcu - v,
+                mem: 0,
+            };
+            admission.release(rest, &mut self.local.admitted);
+        } else {
+            // The task it awaits (last) goes first, if it waits for admission there.
+            let is_awaited =
+                |t: &Arc<dyn Task>| awaited.as_ref().is_some_and(|a| Arc::ptr_eq(a, t));
+            admission.lend(Demand { vcu, mem: 0 }, is_awaited, &mut self.local.admitted);
+        }
         // Tasks with data waiting for VCUs there may fit now too.
         self.rt.pump(device.slot(), &mut self.local.admitted);
         self.rt.launch(&mut self.local);

@@ -39,6 +39,17 @@ pub(crate) struct Local {
     pub(crate) fx: Effects,
     /// Tasks admission let through, to launch (empty between steps).
     pub(crate) admitted: Launch,
+    /// Scratch space for [`RtInner::flush_stash`] (empty between steps).
+    pub(crate) stash: Vec<(Arc<dyn Task>, Demand)>,
+}
+
+/// The error of a task mapped to a device that failed.
+fn failed_earlier(h: &Header, device: Device, message: &str) -> TaskError {
+    TaskError::Device {
+        task: h.name.to_string(),
+        device: device.to_string(),
+        message: format!("the device failed earlier: {message}"),
+    }
 }
 
 thread_local! {
@@ -111,11 +122,7 @@ impl RtInner {
         };
         h.set_device(dev.device, vcu);
         if let Some(message) = dev.failed.get() {
-            let err = TaskError::Device {
-                task: h.name.to_string(),
-                device: dev.device.to_string(),
-                message: format!("the device failed earlier: {message}"),
-            };
+            let err = failed_earlier(h, dev.device, message);
             return Err((task, err));
         }
         let mem = h.mem;
@@ -125,8 +132,44 @@ impl RtInner {
             self.data_ready(slot, task, admitted);
             return Ok(());
         }
-        dev.admission.admit(task, Demand { vcu, mem }, admitted);
+        let d = Demand { vcu, mem };
+        if let Err(task) = dev.admission.admit_now(task, d, admitted) {
+            // It waits: from the end of the poll that made it ready, if one runs here.
+            if let Err(task) = context::stash(self.id, task, d) {
+                dev.admission.queue([(task, d)], admitted);
+            }
+        }
         Ok(())
+    }
+
+    /// Queues the tasks stashed during the poll that just ended on this thread (see
+    /// [`context::stash`]) for admission on their devices, then launches what that admits.
+    pub(crate) fn flush_stash(self: &Arc<Self>, l: &mut Local) {
+        if !context::take_stash(&mut l.stash) {
+            return;
+        }
+        let slot_of = |t: &Arc<dyn Task>| t.header().device().map_or(0, |d| d.slot());
+        while let Some((first, _)) = l.stash.first() {
+            let slot = slot_of(first);
+            let dev = &self.devices[slot];
+            // The stash's tasks on this device, in order (usually all of them).
+            let n = l
+                .stash
+                .iter()
+                .take_while(|(t, _)| slot_of(t) == slot)
+                .count();
+            let mine = l.stash.drain(..n);
+            match dev.failed.get() {
+                Some(message) => {
+                    for (t, _) in mine {
+                        let err = failed_earlier(t.header(), dev.device, message);
+                        graph::fail_held(&t, err, &mut l.fx);
+                    }
+                }
+                None => dev.admission.queue(mine, &mut l.admitted),
+            }
+        }
+        self.apply(l);
     }
 
     /// Picks the device slot of a task among its mask: the policy chooses among the devices

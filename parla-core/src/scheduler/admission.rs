@@ -185,16 +185,39 @@ impl<T> Admission<T> {
     /// A task asks for `d`: admitted if it fits now and nobody waits, else queued in the
     /// task lane. Everything admitted by this call (the item, or items queued before it)
     /// is pushed to `out`. Returns whether `item` itself was admitted at once.
+    #[cfg(test)]
     pub(crate) fn admit(&self, item: T, d: Demand, out: &mut Vec<T>) -> bool {
+        match self.admit_now(item, d, out) {
+            Ok(()) => true,
+            Err(item) => {
+                self.queue([(item, d)], out);
+                false
+            }
+        }
+    }
+
+    /// [`admit`](Self::admit)'s first step: admits `item` (into `out`) if it fits now and
+    /// nobody waits; hands it back otherwise, for the caller to [`queue`](Self::queue).
+    #[inline]
+    pub(crate) fn admit_now(&self, item: T, d: Demand, out: &mut Vec<T>) -> Result<(), T> {
         if d.is_zero() || (self.waiting.load(Ordering::Acquire) == 0 && self.try_reserve(d)) {
             out.push(item);
-            return true;
+            Ok(())
+        } else {
+            Err(item)
         }
+    }
+
+    /// [`admit`](Self::admit)'s second step, for items handed back by
+    /// [`admit_now`](Self::admit_now): queues them in the task lane (in order, under one
+    /// lock), then admits what fits.
+    pub(crate) fn queue(&self, items: impl IntoIterator<Item = (T, Demand)>, out: &mut Vec<T>) {
         let mut q = self.lanes.lock();
-        q.tasks.push_back((item, d));
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        for item in items {
+            q.tasks.push_back(item);
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+        }
         self.drain(&mut q, out);
-        false
     }
 
     /// A parked task takes back `vcu` VCUs. Granted at once (the item is handed back) when
