@@ -116,6 +116,10 @@ impl Fence for CudaFence {
             .map(|s| ((self.device.index as u64) << 32) | s as u64)
     }
 
+    fn mark_done(&self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }

@@ -27,10 +27,15 @@ pub trait Fence: Send + Sync + 'static {
 
     /// The in-order queue (a stream) the fence was recorded on, if any: fences of one queue
     /// finish in the order they were recorded, so a poller that finds one pending need not
-    /// query the later ones.
+    /// query the later ones, and one that finds one done knows the earlier ones are (it
+    /// tells them with [`mark_done`](Fence::mark_done) instead of querying them).
     fn queue(&self) -> Option<u64> {
         None
     }
+
+    /// The fence is known to be done without a query of its own: a later fence of its
+    /// queue is. (A backend may, for instance, recycle its event.)
+    fn mark_done(&self) {}
 
     /// For a traced task's fence, once done: when the task's work started and ended on the
     /// device, in nanoseconds of the trace clock (`parla_core::trace::now_ns`), measured

@@ -13,7 +13,8 @@
 //!   polls the watched fences and takes new work at once (a parent woken by its child's
 //!   fence runs on it, with no thread hop);
 //! - otherwise the fence goes to the runtime's poller thread. It polls in rounds, querying
-//!   only the oldest pending fence of each stream (a stream's fences finish in order), and
+//!   only the oldest pending fence of each stream (a stream's fences finish in order; when
+//!   the oldest is done, it bisects for the first pending one instead of querying each), and
 //!   paces itself: a short pause while somebody waits on a watched fence (an awaiter, a CPU
 //!   dependent, tasks queued for the device), otherwise a pause doubling up to a cap.
 //!   Queries contend with kernel launches inside the CUDA driver, so a poller that spins
@@ -202,17 +203,7 @@ impl Bridge {
         }
         let mut done = Vec::new();
         for ws in batch.queues.values_mut() {
-            // A queue's fences finish in order: stop at the first pending one (or one an
-            // awaiter spins on, and completes).
-            while let Some(w) = ws.front() {
-                if w.spun() {
-                    break;
-                }
-                match status(w.fence()) {
-                    FenceStatus::Pending => break,
-                    s => done.extend(ws.pop_front().map(|w| (w, s))),
-                }
-            }
+            take_finished(ws, &mut done);
         }
         batch.queues.retain(|_, ws| !ws.is_empty());
         let loose = std::mem::take(&mut batch.loose);
@@ -243,6 +234,87 @@ impl Bridge {
         }
         n
     }
+}
+
+/// Moves the finished fences at the front of one queue's watches to `done`, with their
+/// status. A queue's fences finish in order, so the finished ones are a prefix: it ends at
+/// the first pending fence, or at one an awaiter spins on (and completes). When the first
+/// is done, the prefix is found by bisection - a handful of queries for a long run of GPU
+/// tasks that finished since the last round, instead of one each (queries contend with
+/// kernel launches inside the driver). Fences found done that way without a query of their
+/// own are told so (`Fence::mark_done`).
+fn take_finished(ws: &mut VecDeque<Watch>, done: &mut Vec<(Watch, FenceStatus)>) {
+    let end = ws.iter().position(Watch::spun).unwrap_or(ws.len());
+    if end == 0 {
+        return;
+    }
+    // Statuses queried, by position.
+    let mut seen: smallvec::SmallVec<[(usize, FenceStatus); 8]> = smallvec::SmallVec::new();
+    let query = |i: usize, seen: &mut smallvec::SmallVec<[(usize, FenceStatus); 8]>| {
+        let s = status(ws[i].fence());
+        seen.push((i, s.clone()));
+        s
+    };
+    let finished = match query(0, &mut seen) {
+        FenceStatus::Pending => 0,
+        FenceStatus::Failed(_) => linear(ws, end, &mut seen),
+        FenceStatus::Done if end == 1 => 1,
+        FenceStatus::Done => match query(end - 1, &mut seen) {
+            FenceStatus::Done => end,
+            FenceStatus::Failed(_) => linear(ws, end, &mut seen),
+            FenceStatus::Pending => {
+                // Done at 0, pending at `hi`: the first pending one is in 1..=hi.
+                let (mut lo, mut hi) = (1, end - 1);
+                let mut failed = false;
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    match query(mid, &mut seen) {
+                        FenceStatus::Done => lo = mid + 1,
+                        FenceStatus::Pending => hi = mid,
+                        FenceStatus::Failed(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if failed {
+                    linear(ws, end, &mut seen)
+                } else {
+                    lo
+                }
+            }
+        },
+    };
+    // (The front popped at step `i` was at position `i` before the loop.)
+    for i in 0..finished {
+        let Some(w) = ws.pop_front() else { break };
+        let s = match seen.iter().find(|(j, _)| *j == i) {
+            Some((_, s)) => s.clone(),
+            None => {
+                w.fence().mark_done();
+                FenceStatus::Done
+            }
+        };
+        done.push((w, s));
+    }
+}
+
+/// The fences of `ws[..end]` queried one by one from the front, up to the first pending one
+/// (after a query failed: a failed device reports each fence): returns how many finished,
+/// their statuses in `seen`.
+fn linear(
+    ws: &VecDeque<Watch>,
+    end: usize,
+    seen: &mut smallvec::SmallVec<[(usize, FenceStatus); 8]>,
+) -> usize {
+    seen.clear();
+    for (i, w) in ws.iter().take(end).enumerate() {
+        match status(w.fence()) {
+            FenceStatus::Pending => return i,
+            s => seen.push((i, s)),
+        }
+    }
+    end
 }
 
 fn poll_loop(rt: &Arc<RtInner>) {
@@ -517,5 +589,113 @@ impl Future for FenceWait {
         }
         this.waker = Some(w);
         Poll::Pending
+    }
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod test {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// The fence at `at` of one queue whose first `done` fences finished (or failed, from
+    /// `failed` on); counts the queries.
+    struct Fake {
+        at: usize,
+        done: Arc<AtomicUsize>,
+        failed: usize,
+        queries: Arc<AtomicUsize>,
+        marked: AtomicBool,
+    }
+
+    impl Fence for Fake {
+        fn status(&self) -> FenceStatus {
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            if self.at >= self.failed {
+                FenceStatus::Failed("device lost".into())
+            } else if self.at < self.done.load(Ordering::SeqCst) {
+                FenceStatus::Done
+            } else {
+                FenceStatus::Pending
+            }
+        }
+        fn gpu(&self) -> usize {
+            0
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn queue(&self) -> Option<u64> {
+            Some(0)
+        }
+        fn mark_done(&self) {
+            self.marked.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A queue of `n` watched fences; `done` of them finished.
+    fn queue(n: usize, done: usize, failed: usize) -> (VecDeque<Watch>, Arc<AtomicUsize>) {
+        let queries = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(done));
+        let ws = (0..n)
+            .map(|at| {
+                let f: Arc<dyn Fence> = Arc::new(Fake {
+                    at,
+                    done: done.clone(),
+                    failed,
+                    queries: queries.clone(),
+                    marked: AtomicBool::new(false),
+                });
+                Watch::Waker(f, Arc::new(AtomicWaker::new()))
+            })
+            .collect();
+        (ws, queries)
+    }
+
+    fn marked(w: &Watch) -> bool {
+        let f = w.fence().as_any().downcast_ref::<Fake>().unwrap();
+        f.marked.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn finished_fences_of_a_queue_are_found_by_bisection() {
+        for (n, k) in [
+            (1, 0),
+            (1, 1),
+            (2, 1),
+            (1000, 0),
+            (1000, 1),
+            (1000, 617),
+            (1000, 1000),
+        ] {
+            let (mut ws, queries) = queue(n, k, usize::MAX);
+            let mut done = Vec::new();
+            take_finished(&mut ws, &mut done);
+            assert_eq!(done.len(), k, "{k} of {n} done");
+            assert_eq!(ws.len(), n - k);
+            assert!(done.iter().all(|(_, s)| *s == FenceStatus::Done));
+            let q = queries.load(Ordering::SeqCst);
+            assert!(
+                q <= 2 + (n as f64).log2().ceil() as usize,
+                "{q} queries for {n}"
+            );
+            // Every fence taken was queried or told it is done.
+            let told = done.iter().filter(|(w, _)| marked(w)).count();
+            assert!(told + q >= k, "{told} told, {q} queries, {k} done");
+        }
+    }
+
+    #[test]
+    fn a_failed_fence_makes_the_poller_query_each_one() {
+        // 0..10 done, 10.. failed (a device lost): the failures are reported, per fence.
+        let (mut ws, _) = queue(20, 10, 10);
+        let mut done = Vec::new();
+        take_finished(&mut ws, &mut done);
+        assert_eq!(done.len(), 20);
+        assert!(done[..10].iter().all(|(_, s)| *s == FenceStatus::Done));
+        assert!(
+            done[10..]
+                .iter()
+                .all(|(_, s)| matches!(s, FenceStatus::Failed(_)))
+        );
     }
 }
