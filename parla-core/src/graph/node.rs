@@ -179,6 +179,9 @@ pub(crate) struct Header {
     /// The task declared data accesses (`Task::data` is `Some`): saves the virtual call
     /// for the others.
     pub(crate) has_data: bool,
+    /// Where the task stands in its device's task lane (`scheduler::admission`'s claim
+    /// word: out, queued, or claimed by the parent awaiting it).
+    pub(crate) lane: AtomicU8,
     /// Slot of the device the task was mapped to; `u16::MAX` until mapped.
     device: AtomicU16,
     pending: AtomicU32,
@@ -239,6 +242,7 @@ impl Header {
             kind,
             priority: 0,
             has_data: false,
+            lane: AtomicU8::new(crate::scheduler::admission::OUT),
             device: AtomicU16::new(u16::MAX),
             pending: AtomicU32::new(1),
             rt_id,

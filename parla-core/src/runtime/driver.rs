@@ -319,9 +319,11 @@ impl Driver {
             admission.release(rest, &mut self.local.admitted);
         } else {
             // The task it awaits (last) goes first, if it waits for admission there.
-            let is_awaited =
-                |t: &Arc<dyn Task>| awaited.as_ref().is_some_and(|a| Arc::ptr_eq(a, t));
-            admission.lend(Demand { vcu, mem: 0 }, is_awaited, &mut self.local.admitted);
+            let here = awaited
+                .as_ref()
+                .filter(|a| a.header().device() == Some(device))
+                .map(|a| (a, a.header().demand()));
+            admission.lend(Demand { vcu, mem: 0 }, here, &mut self.local.admitted);
         }
         // Tasks with data waiting for VCUs there may fit now too.
         self.rt.pump(device.slot(), &mut self.local.admitted);
