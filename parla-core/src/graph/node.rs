@@ -179,8 +179,8 @@ pub(crate) struct Header {
     /// The task declared data accesses (`Task::data` is `Some`): saves the virtual call
     /// for the others.
     pub(crate) has_data: bool,
-    /// Where the task stands in its device's task lane (`scheduler::admission`'s claim
-    /// word: out, queued, or claimed by the parent awaiting it).
+    /// Where the task stands in its device's task lane (its `admission::Claim` word: out,
+    /// queued, or claimed by the parent awaiting it).
     pub(crate) lane: AtomicU8,
     /// Slot of the device the task was mapped to; `u16::MAX` until mapped.
     device: AtomicU16,
@@ -678,6 +678,13 @@ pub(crate) trait Task: Send + Sync + 'static {
     /// Placeholders: the task space (type-erased) and key they stand in.
     fn origin(&self) -> Option<&(std::sync::Weak<dyn std::any::Any + Send + Sync>, Key)> {
         None
+    }
+}
+
+impl crate::scheduler::admission::Claim for Arc<dyn Task> {
+    #[inline]
+    fn claim_word(&self) -> Option<&AtomicU8> {
+        Some(&self.header().lane)
     }
 }
 

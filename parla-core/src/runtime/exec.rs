@@ -136,7 +136,7 @@ impl RtInner {
         if let Err(task) = dev.admission.admit_now(task, d, admitted) {
             // It waits: from the end of the poll that made it ready, if one runs here.
             if let Err(task) = context::stash(self.id, task, d) {
-                dev.admission.queue([(task, d)], admitted);
+                dev.admission.queue([(task, d)], false, admitted);
             }
         }
         Ok(())
@@ -166,7 +166,7 @@ impl RtInner {
                         graph::fail_held(&t, err, &mut l.fx);
                     }
                 }
-                None => dev.admission.queue(mine, &mut l.admitted),
+                None => dev.admission.queue(mine, true, &mut l.admitted),
             }
         }
         self.apply(l);

@@ -86,11 +86,6 @@ pub(crate) struct DeviceState {
     track_running: bool,
 }
 
-/// A task's claim word in its device's task lane (see `Admission::with_claims`).
-fn claim_word(t: &Arc<dyn Task>) -> Option<&crate::loom::sync::AtomicU8> {
-    Some(&t.header().lane)
-}
-
 impl DeviceState {
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -105,7 +100,7 @@ impl DeviceState {
     ) -> Self {
         DeviceState {
             device,
-            admission: Admission::with_claims(memory, claim_word),
+            admission: Admission::new(memory),
             default_vcu,
             slots,
             backing,

@@ -76,11 +76,36 @@ pub(crate) enum Lane {
 }
 
 struct Lanes<T> {
-    tasks: VecDeque<(T, Demand)>,
-    resumes: VecDeque<(T, Demand)>,
+    /// Items, what they ask for, and whether a lender may claim them (their claim word is
+    /// set: see [`Admission::queue`]).
+    tasks: VecDeque<Entry<T>>,
+    /// (Never claimable.)
+    resumes: VecDeque<Entry<T>>,
     /// No resume asks for less VCUs, nor for less memory (a bound: kept while items leave,
     /// reset when the lane empties).
     resume_min: Demand,
+}
+
+/// A lane entry: the item, what it asks for, whether it is claimable.
+type Entry<T> = (T, Demand, bool);
+
+/// Whether `e` is a claimed task lane entry (a tombstone).
+#[inline]
+fn is_tombstone<T: Claim>(e: &Entry<T>) -> bool {
+    e.2 && e
+        .0
+        .claim_word()
+        .is_some_and(|c| c.load(Ordering::Acquire) == CLAIMED)
+}
+
+/// Takes a lane entry's item for admission (under the lock): `false` if a lender claimed it
+/// first.
+#[inline]
+fn take_queued<T: Claim>(e: &Entry<T>) -> bool {
+    !e.2 || e.0.claim_word().is_none_or(|c| {
+        c.compare_exchange(QUEUED, OUT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    })
 }
 
 /// The `resume_min` of an empty lane.
@@ -89,8 +114,7 @@ const NO_MIN: Demand = Demand {
     mem: u64::MAX,
 };
 
-/// Where a task lane item stands, in its claim word (see [`Admission::with_claims`]): not in
-/// the lane.
+/// Where a task lane item stands, in its claim word (see [`Claim`]): not in the lane.
 pub(crate) const OUT: u8 = 0;
 /// Waiting in the task lane.
 const QUEUED: u8 = 1;
@@ -98,12 +122,23 @@ const QUEUED: u8 = 1;
 /// drain meets it.
 const CLAIMED: u8 = 2;
 
-/// The claim word of a task lane item, if it has one.
-type ClaimOf<T> = for<'a> fn(&'a T) -> Option<&'a AtomicU8>;
+/// An admission item: a task lane item may have a claim word (`OUT` while the item is not
+/// in the task lane), through which a lender awaiting the item claims it without the lanes'
+/// lock (see [`Admission::lend`]).
+pub(crate) trait Claim {
+    /// The item's claim word, if it has one.
+    fn claim_word(&self) -> Option<&AtomicU8>;
+}
+
+#[cfg(test)]
+impl Claim for u8 {
+    fn claim_word(&self) -> Option<&AtomicU8> {
+        None
+    }
+}
 
 /// The admission state of one device.
 pub(crate) struct Admission<T> {
-    claim_of: ClaimOf<T>,
     used: AtomicU64,
     mem_capacity: u64,
     /// Items in both lanes.
@@ -113,7 +148,7 @@ pub(crate) struct Admission<T> {
     lanes: Mutex<Lanes<T>>,
 }
 
-impl<T> std::fmt::Debug for Admission<T> {
+impl<T: Claim> std::fmt::Debug for Admission<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
             .field("usage", &self.usage())
@@ -122,18 +157,9 @@ impl<T> std::fmt::Debug for Admission<T> {
     }
 }
 
-impl<T> Admission<T> {
-    /// Items without claim words: [`lend`](Self::lend) never claims one.
-    #[cfg(test)]
+impl<T: Claim> Admission<T> {
     pub(crate) fn new(mem_capacity: u64) -> Self {
-        Self::with_claims(mem_capacity, |_| None)
-    }
-
-    /// `claim_of` gives an item's claim word (`OUT` while the item is not in the task
-    /// lane), through which a lender awaiting the item claims it without the lanes' lock.
-    pub(crate) fn with_claims(mem_capacity: u64, claim_of: ClaimOf<T>) -> Self {
         Admission {
-            claim_of,
             used: AtomicU64::new(0),
             mem_capacity: mem_capacity.min(MAX_MEMORY),
             waiting: AtomicUsize::new(0),
@@ -208,7 +234,7 @@ impl<T> Admission<T> {
         match self.admit_now(item, d, out) {
             Ok(()) => true,
             Err(item) => {
-                self.queue([(item, d)], out);
+                self.queue([(item, d)], true, out);
                 false
             }
         }
@@ -228,38 +254,31 @@ impl<T> Admission<T> {
 
     /// [`admit`](Self::admit)'s second step, for items handed back by
     /// [`admit_now`](Self::admit_now): queues them in the task lane (in order, under one
-    /// lock), then admits what fits.
-    pub(crate) fn queue(&self, items: impl IntoIterator<Item = (T, Demand)>, out: &mut Vec<T>) {
+    /// lock), then admits what fits. `claimable`: a lender may claim them (tasks spawned by
+    /// a running task, which it may await); only those have their claim words set, and only
+    /// their entries are checked for tombstones.
+    pub(crate) fn queue(
+        &self,
+        items: impl IntoIterator<Item = (T, Demand)>,
+        claimable: bool,
+        out: &mut Vec<T>,
+    ) {
         let mut q = self.lanes.lock();
         // Tombstones at the back go at once (a claimed child is often the last queued).
-        while q.tasks.back().is_some_and(|(t, _)| self.is_tombstone(t)) {
+        while q.tasks.back().is_some_and(is_tombstone) {
             q.tasks.pop_back();
         }
         for (item, d) in items {
             // Counted before a lender can claim it.
             self.waiting.fetch_add(1, Ordering::AcqRel);
-            if let Some(c) = (self.claim_of)(&item) {
-                c.store(QUEUED, Ordering::Release);
-            }
-            q.tasks.push_back((item, d));
+            let claimable = claimable
+                && item.claim_word().is_some_and(|c| {
+                    c.store(QUEUED, Ordering::Release);
+                    true
+                });
+            q.tasks.push_back((item, d, claimable));
         }
         self.drain(&mut q, out);
-    }
-
-    /// Whether `item` is a claimed task lane item (its entry a tombstone).
-    #[inline]
-    fn is_tombstone(&self, item: &T) -> bool {
-        (self.claim_of)(item).is_some_and(|c| c.load(Ordering::Acquire) == CLAIMED)
-    }
-
-    /// Takes a task lane item for admission (under the lock): `false` if a lender claimed
-    /// it first.
-    #[inline]
-    fn take_queued(&self, item: &T) -> bool {
-        (self.claim_of)(item).is_none_or(|c| {
-            c.compare_exchange(QUEUED, OUT, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        })
     }
 
     /// A parked task takes back `vcu` VCUs. Granted at once (the item is handed back) when
@@ -272,7 +291,7 @@ impl<T> Admission<T> {
             return Some(item);
         }
         let mut q = self.lanes.lock();
-        q.resumes.push_back((item, d));
+        q.resumes.push_back((item, d, false));
         q.resume_min = Demand {
             vcu: q.resume_min.vcu.min(d.vcu),
             mem: q.resume_min.mem.min(d.mem),
@@ -313,7 +332,7 @@ impl<T> Admission<T> {
         if let Some((item, c)) = awaited
             && c.vcu <= d.vcu
             && c.mem == 0
-            && let Some(word) = (self.claim_of)(item)
+            && let Some(word) = item.claim_word()
             && word
                 .compare_exchange(QUEUED, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -336,19 +355,19 @@ impl<T> Admission<T> {
     fn drain(&self, q: &mut Lanes<T>, out: &mut Vec<T>) {
         self.drain_resumes(q, out);
         let mut gave_back = false;
-        while let Some((item, d)) = q.tasks.front() {
-            if self.is_tombstone(item) {
+        while let Some(e) = q.tasks.front() {
+            if is_tombstone(e) {
                 q.tasks.pop_front();
                 continue;
             }
-            let d = *d;
+            let d = e.1;
             if !self.try_reserve(d) {
                 break;
             }
-            if let Some((item, _)) = q.tasks.pop_front() {
-                if self.take_queued(&item) {
+            if let Some(e) = q.tasks.pop_front() {
+                if take_queued(&e) {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    out.push(item);
+                    out.push(e.0);
                 } else {
                     // A lender claimed it meanwhile: its reservation goes back.
                     self.used.fetch_sub(d.packed(), Ordering::AcqRel);
@@ -369,7 +388,7 @@ impl<T> Admission<T> {
     #[inline]
     fn drain_resumes(&self, q: &mut Lanes<T>, out: &mut Vec<T>) {
         if !q.resumes.is_empty() {
-            let n = self.admit_fitting(&mut q.resumes, q.resume_min, false, out);
+            let n = self.admit_fitting(&mut q.resumes, q.resume_min, out);
             if q.resumes.is_empty() {
                 q.resume_min = NO_MIN;
             }
@@ -381,19 +400,12 @@ impl<T> Admission<T> {
     /// (in place). `min`: no item asks for less (a bound): the pass stops as soon as not even
     /// that fits any more, so a release with many resumes waiting for the same share (a
     /// fork-join tree's parents) admits the first and stops, instead of trying them all.
-    /// `tasks`: the lane is the task lane (whose items lenders may claim). Returns how many
-    /// it admitted.
-    fn admit_fitting(
-        &self,
-        lane: &mut VecDeque<(T, Demand)>,
-        min: Demand,
-        tasks: bool,
-        out: &mut Vec<T>,
-    ) -> usize {
+    /// Returns how many it admitted.
+    fn admit_fitting(&self, lane: &mut VecDeque<Entry<T>>, min: Demand, out: &mut Vec<T>) -> usize {
         let mut admitted = 0;
         let mut i = 0;
         while i < lane.len() && self.could_fit(min) {
-            if tasks && self.is_tombstone(&lane[i].0) {
+            if is_tombstone(&lane[i]) {
                 lane.remove(i);
                 continue;
             }
@@ -402,12 +414,12 @@ impl<T> Admission<T> {
                 i += 1;
                 continue;
             }
-            let Some((item, _)) = lane.remove(i) else {
+            let Some(e) = lane.remove(i) else {
                 break;
             };
-            if !tasks || self.take_queued(&item) {
+            if take_queued(&e) {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
-                out.push(item);
+                out.push(e.0);
                 admitted += 1;
             } else {
                 // Claimed meanwhile: its reservation goes back.
@@ -430,22 +442,22 @@ impl<T> Admission<T> {
         let before = out.len();
         self.drain_resumes(&mut q, out);
         let q = &mut *q;
-        self.admit_fitting(&mut q.tasks, Demand::default(), true, out);
+        self.admit_fitting(&mut q.tasks, Demand::default(), out);
         out.len() - before
     }
 
     /// Removes and returns the first waiting item (resumes first), for the stall resolver.
     pub(crate) fn take_first_waiting(&self) -> Option<(T, Demand, Lane)> {
         let mut q = self.lanes.lock();
-        if let Some((t, d)) = q.resumes.pop_front() {
+        if let Some((t, d, _)) = q.resumes.pop_front() {
             self.resuming.fetch_sub(1, Ordering::AcqRel);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Some((t, d, Lane::Resume));
         }
-        while let Some((t, d)) = q.tasks.pop_front() {
-            if self.take_queued(&t) {
+        while let Some(e) = q.tasks.pop_front() {
+            if take_queued(&e) {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
-                return Some((t, d, Lane::Task));
+                return Some((e.0, e.1, Lane::Task));
             }
         }
         None
@@ -459,12 +471,12 @@ impl<T> Admission<T> {
         q.resume_min = NO_MIN;
         let all: Vec<_> = resumes
             .into_iter()
-            .map(|(t, d)| (t, d, Lane::Resume))
+            .map(|(t, d, _)| (t, d, Lane::Resume))
             .chain(
                 tasks
                     .into_iter()
-                    .filter(|(t, _)| self.take_queued(t))
-                    .map(|(t, d)| (t, d, Lane::Task)),
+                    .filter(take_queued)
+                    .map(|(t, d, _)| (t, d, Lane::Task)),
             )
             .collect();
         // (Lenders claim task lane items without the lock, each taking its own off the count.)
@@ -599,8 +611,14 @@ mod test {
             .collect()
     }
 
+    impl Claim for Arc<Item> {
+        fn claim_word(&self) -> Option<&AtomicU8> {
+            Some(&self.word)
+        }
+    }
+
     fn claimable(mem: u64) -> Admission<Arc<Item>> {
-        Admission::with_claims(mem, |i| Some(&i.word))
+        Admission::new(mem)
     }
 
     fn ids(out: &[Arc<Item>]) -> Vec<u8> {
@@ -760,6 +778,12 @@ mod loom_test {
         word: AtomicU8,
     }
 
+    impl Claim for Arc<Item> {
+        fn claim_word(&self) -> Option<&AtomicU8> {
+            Some(&self.word)
+        }
+    }
+
     fn item(id: u8) -> Arc<Item> {
         Arc::new(Item {
             id,
@@ -772,7 +796,7 @@ mod loom_test {
     #[test]
     fn claim_vs_drain_admits_once() {
         loom::model(|| {
-            let a = Arc::new(Admission::with_claims(0, |i: &Arc<Item>| Some(&i.word)));
+            let a = Arc::new(Admission::<Arc<Item>>::new(0));
             let mut out = Vec::new();
             // The parent (0) and another task (9) hold the device; child 1 waits.
             assert!(a.admit(item(0), HALF, &mut out));
