@@ -53,11 +53,9 @@ thread_local! {
     static HANDOFF: Cell<bool> = const { Cell::new(false) };
     /// VCUs a completing task holds for a task it wakes (see [`Gift`]).
     static GIFT: Cell<Option<Gift>> = const { Cell::new(None) };
-    /// Tasks made ready during the poll of a task on this thread that did not fit on their
-    /// device (see [`stash`]).
-    static STASH: RefCell<Vec<(Arc<dyn Task>, Demand)>> = const { RefCell::new(Vec::new()) };
-    /// Whether `STASH` may hold tasks (a check without the destructor registration).
-    static STASHED: Cell<bool> = const { Cell::new(false) };
+    /// A task made ready during the poll of a task on this thread that did not fit on its
+    /// device (a raw strong reference; see [`stash`]).
+    static STASH: Cell<Option<(std::ptr::NonNull<dyn Task>, Demand)>> = const { Cell::new(None) };
 }
 
 /// How many live-task counts a spawning thread takes from the runtime at once.
@@ -236,7 +234,7 @@ pub(crate) fn take_awaited() -> Option<Arc<dyn Task>> {
 /// The strong reference behind a pointer of one of this thread's slots.
 #[inline]
 fn from_raw(p: Option<std::ptr::NonNull<dyn Task>>) -> Option<Arc<dyn Task>> {
-    // SAFETY: the slots (`LIFO`, `AWAITED`) hold pointers from `Arc::into_raw`, each taken
+    // SAFETY: the slots (`LIFO`, `AWAITED`, `STASH`) hold pointers from `Arc::into_raw`, each taken
     // out of its slot (and turned back into its reference) exactly once, here.
     p.map(|p| unsafe { Arc::from_raw(p.as_ptr().cast_const()) })
 }
@@ -313,48 +311,50 @@ pub(crate) fn end_gift(prev: Option<Gift>) -> bool {
     GIFT.with(|c| c.replace(prev)).is_some()
 }
 
-/// Holds `task` (ready, mapped, asking for `d` on its device, which it does not fit now) until
-/// the poll of the task running on this thread ends, if a driver of runtime `rt_id` polls
-/// one here; hands it back otherwise. The driver then queues it for admission, with the
-/// others of the poll under one lock - or, if the polled task ends up awaiting it, gives it
-/// the polled task's VCUs directly (see `Driver::lend`): a parent spawning children and
-/// awaiting the first never takes the device's admission lock for that one.
-pub(crate) fn stash(rt_id: u32, task: Arc<dyn Task>, d: Demand) -> Result<(), Arc<dyn Task>> {
-    if DRIVER.with(|c| c.get()) != rt_id || TASK.with(|c| c.get()).is_null() {
-        return Err(task);
-    }
-    STASH.with(|s| s.borrow_mut().push((task, d)));
-    STASHED.with(|c| c.set(true));
-    Ok(())
+/// Whether a driver of runtime `rt_id` polls a task on this thread.
+#[inline]
+pub(crate) fn polling_task(rt_id: u32) -> bool {
+    DRIVER.with(|c| c.get()) == rt_id && !TASK.with(|c| c.get()).is_null()
 }
 
-/// Takes `task` out of the stash if it is there, on device `slot`, asking for no memory and
-/// at most `vcu` VCUs; returns the VCUs it asks for.
-pub(crate) fn unstash(task: &Arc<dyn Task>, slot: usize, vcu: u32) -> Option<u32> {
-    if !STASHED.with(|c| c.get()) {
-        return None;
-    }
-    STASH.with(|s| {
-        let mut s = s.borrow_mut();
-        let i = s.iter().position(|(t, _)| Arc::ptr_eq(t, task))?;
-        let (t, d) = &s[i];
-        if t.header().device().map(|d| d.slot()) != Some(slot) || d.mem > 0 || d.vcu > vcu {
-            return None;
+/// Holds `task` (ready, mapped, asking for `d` on its device, which it does not fit now)
+/// until the poll of the task running on this thread ends (see [`polling_task`]), unless
+/// one is held already: then it is handed back. The driver then queues it for admission -
+/// or, if the polled task ends up awaiting it, gives it the polled task's VCUs directly
+/// (see `Driver::lend`): a parent spawning children and awaiting the first does not take
+/// the device's admission lock for that one. One task at most, so that a poll that goes on
+/// computing holds back no more than that one (as the next-task slot does).
+pub(crate) fn stash(task: Arc<dyn Task>, d: Demand) -> Result<(), Arc<dyn Task>> {
+    STASH.with(|c| {
+        if c.get().is_some() {
+            return Err(task);
         }
-        let v = d.vcu;
-        s.remove(i);
-        Some(v)
+        let p = std::ptr::NonNull::new(Arc::into_raw(task).cast_mut());
+        c.set(p.map(|p| (p, d)));
+        Ok(())
     })
 }
 
-/// Moves the stash into `out` (oldest first). Returns whether it held anything.
-#[inline]
-pub(crate) fn take_stash(out: &mut Vec<(Arc<dyn Task>, Demand)>) -> bool {
-    if !STASHED.with(|c| c.replace(false)) {
-        return false;
+/// Takes the stashed task if it is `task`, on device `slot`, asking for no memory and at
+/// most `vcu` VCUs; returns the VCUs it asks for.
+pub(crate) fn unstash(task: &Arc<dyn Task>, slot: usize, vcu: u32) -> Option<u32> {
+    let (p, d) = STASH.with(|c| c.get())?;
+    let fits = std::ptr::addr_eq(p.as_ptr(), Arc::as_ptr(task))
+        && task.header().device().map(|d| d.slot()) == Some(slot)
+        && d.mem == 0
+        && d.vcu <= vcu;
+    if !fits {
+        return None;
     }
-    STASH.with(|s| out.append(&mut s.borrow_mut()));
-    !out.is_empty()
+    drop(take_stash());
+    Some(d.vcu)
+}
+
+/// Takes the stashed task, if any.
+#[inline]
+pub(crate) fn take_stash() -> Option<(Arc<dyn Task>, Demand)> {
+    let (p, d) = STASH.with(|c| c.take())?;
+    Some((from_raw(Some(p))?, d))
 }
 
 /// Notes that a driver of runtime `rt_id` polling on this thread started another driver.

@@ -15,10 +15,11 @@
 //! fork-join tree runs depth first, instead of in the order the device's queue has its
 //! tasks.
 //!
-//! Tasks that a poll makes ready (spawns, mostly) and that do not fit on their device now
-//! are held on the driver's thread until the poll ends (`context::stash`). Then the one the
-//! polled task awaits, if any, runs on the VCUs it lends, with no admission at all, and the
-//! others are queued for admission together, under one lock of the device's queue.
+//! The first task that a poll makes ready (a spawn, mostly) and that does not fit on its
+//! device now is held on the driver's thread until the poll ends (`context::stash`): if the
+//! polled task then awaits it, it runs on the VCUs it lends, with no admission at all;
+//! otherwise it is queued. The others are queued at once, and a lend claims the awaited one
+//! there without the queue's lock.
 //!
 //! A driver that ran GPU tasks and runs out of work lingers for up to `AWAIT_SPIN` before it
 //! leaves: it polls the injector and the runtime's fences, so the next GPU task spawned by an
@@ -216,7 +217,7 @@ impl Driver {
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
         self.end_poll(&rt, task, run, poll, pended, device);
-        // Tasks this poll made ready that wait for their devices are queued now.
+        // A task this poll made ready that waits for its device is queued now.
         rt.flush_stash(&mut self.local);
     }
 

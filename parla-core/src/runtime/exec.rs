@@ -39,8 +39,6 @@ pub(crate) struct Local {
     pub(crate) fx: Effects,
     /// Tasks admission let through, to launch (empty between steps).
     pub(crate) admitted: Launch,
-    /// Scratch space for [`RtInner::flush_stash`] (empty between steps).
-    pub(crate) stash: Vec<(Arc<dyn Task>, Demand)>,
 }
 
 /// The error of a task mapped to a device that failed.
@@ -134,40 +132,36 @@ impl RtInner {
         }
         let d = Demand { vcu, mem };
         if let Err(task) = dev.admission.admit_now(task, d, admitted) {
-            // It waits: from the end of the poll that made it ready, if one runs here.
-            if let Err(task) = context::stash(self.id, task, d) {
-                dev.admission.queue([(task, d)], false, admitted);
+            // It waits. Made ready by the task polled here (spawned by it, mostly), it may be
+            // what that task awaits next: the first of the poll is held until the poll ends
+            // (see `context::stash`), the others are queued where that task's lend can
+            // claim them.
+            let in_poll = context::polling_task(self.id);
+            let task = if in_poll {
+                context::stash(task, d).err()
+            } else {
+                Some(task)
+            };
+            if let Some(task) = task {
+                dev.admission.queue([(task, d)], in_poll, admitted);
             }
         }
         Ok(())
     }
 
-    /// Queues the tasks stashed during the poll that just ended on this thread (see
-    /// [`context::stash`]) for admission on their devices, then launches what that admits.
+    /// Queues the task stashed during the poll that just ended on this thread (see
+    /// [`context::stash`]) for admission on its device, then launches what that admits.
     pub(crate) fn flush_stash(self: &Arc<Self>, l: &mut Local) {
-        if !context::take_stash(&mut l.stash) {
+        let Some((t, d)) = context::take_stash() else {
             return;
-        }
-        let slot_of = |t: &Arc<dyn Task>| t.header().device().map_or(0, |d| d.slot());
-        while let Some((first, _)) = l.stash.first() {
-            let slot = slot_of(first);
-            let dev = &self.devices[slot];
-            // The stash's tasks on this device, in order (usually all of them).
-            let n = l
-                .stash
-                .iter()
-                .take_while(|(t, _)| slot_of(t) == slot)
-                .count();
-            let mine = l.stash.drain(..n);
-            match dev.failed.get() {
-                Some(message) => {
-                    for (t, _) in mine {
-                        let err = failed_earlier(t.header(), dev.device, message);
-                        graph::fail_held(&t, err, &mut l.fx);
-                    }
-                }
-                None => dev.admission.queue(mine, true, &mut l.admitted),
+        };
+        let dev = &self.devices[t.header().device().map_or(0, |d| d.slot())];
+        match dev.failed.get() {
+            Some(message) => {
+                let err = failed_earlier(t.header(), dev.device, message);
+                graph::fail_held(&t, err, &mut l.fx);
             }
+            None => dev.admission.queue([(t, d)], true, &mut l.admitted),
         }
         self.apply(l);
     }
