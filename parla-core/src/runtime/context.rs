@@ -350,6 +350,12 @@ pub(crate) fn unstash(task: &Arc<dyn Task>, slot: usize, vcu: u32) -> Option<u32
     Some(d.vcu)
 }
 
+/// Whether a task is stashed.
+#[inline(always)]
+pub(crate) fn has_stash() -> bool {
+    STASH.with(|c| c.get().is_some())
+}
+
 /// Takes the stashed task, if any.
 #[inline]
 pub(crate) fn take_stash() -> Option<(Arc<dyn Task>, Demand)> {

@@ -217,8 +217,10 @@ impl Driver {
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
         self.end_poll(&rt, task, run, poll, pended, device);
-        // A task this poll made ready that waits for its device is queued now.
-        rt.flush_stash(&mut self.local);
+        if context::has_stash() {
+            // A task this poll made ready that waits for its device is queued now.
+            rt.flush_stash(&mut self.local);
+        }
     }
 
     /// What follows a poll of `task` that returned `poll`.

@@ -352,6 +352,7 @@ impl<T: Claim> Admission<T> {
 
     /// Admits what fits: resumes first-fit, then tasks in order up to the first that does
     /// not fit.
+    #[inline]
     fn drain(&self, q: &mut Lanes<T>, out: &mut Vec<T>) {
         self.drain_resumes(q, out);
         let mut gave_back = false;
