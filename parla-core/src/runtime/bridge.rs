@@ -61,6 +61,12 @@ impl Watch {
         }
     }
 
+    /// Whether the watched task was completed already (by an awaiter that saw its fence
+    /// done): the fence is known to be done.
+    fn completed(&self) -> bool {
+        matches!(self, Watch::Task(t, _, _) if !t.header().is_fenced())
+    }
+
     /// Whether an awaiter spins on the watched task's fence.
     fn spun(&self) -> bool {
         matches!(self, Watch::Task(t, _, _) if t.header().is_spun())
@@ -251,7 +257,14 @@ fn take_finished(ws: &mut VecDeque<Watch>, done: &mut Vec<(Watch, FenceStatus)>)
     // Statuses queried, by position.
     let mut seen: smallvec::SmallVec<[(usize, FenceStatus); 8]> = smallvec::SmallVec::new();
     let query = |i: usize, seen: &mut smallvec::SmallVec<[(usize, FenceStatus); 8]>| {
-        let s = status(ws[i].fence());
+        let w = &ws[i];
+        let s = if w.completed() {
+            // Its awaiter saw the fence done and completed the task: no query needed.
+            w.fence().mark_done();
+            FenceStatus::Done
+        } else {
+            status(w.fence())
+        };
         seen.push((i, s.clone()));
         s
     };
