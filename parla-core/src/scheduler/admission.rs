@@ -355,35 +355,56 @@ impl<T: Claim> Admission<T> {
     #[inline]
     fn drain(&self, q: &mut Lanes<T>, out: &mut Vec<T>) {
         self.drain_resumes(q, out);
-        let mut gave_back = false;
-        while let Some(e) = q.tasks.front() {
-            if is_tombstone(e) {
-                q.tasks.pop_front();
-                continue;
+        while let Some(&(_, d, claimable)) = q.tasks.front() {
+            if claimable {
+                if self.drain_claimable_front(q, out) {
+                    continue;
+                }
+                break;
             }
-            let d = e.1;
             if !self.try_reserve(d) {
                 break;
             }
-            if let Some(e) = q.tasks.pop_front() {
-                if take_queued(&e) {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    out.push(e.0);
-                } else {
-                    // A lender claimed it meanwhile: its reservation goes back.
-                    self.used.fetch_sub(d.packed(), Ordering::AcqRel);
-                    gave_back = true;
-                }
+            if let Some((item, _, _)) = q.tasks.pop_front() {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                out.push(item);
             }
-        }
-        if gave_back {
-            // What went back may fit a resume.
-            self.drain_resumes(q, out);
         }
         // A burst of waiting tasks should not keep its queue's memory for good.
         if q.tasks.is_empty() && q.tasks.capacity() > 4096 {
             q.tasks.shrink_to(64);
         }
+    }
+
+    /// [`drain`](Self::drain)'s step for a claimable entry at the front of the task lane:
+    /// drops it if it is a tombstone, admits it if it fits and no lender claimed it meanwhile.
+    /// Returns whether the drain goes on.
+    #[inline(never)]
+    fn drain_claimable_front(&self, q: &mut Lanes<T>, out: &mut Vec<T>) -> bool {
+        let Some(e) = q.tasks.front() else {
+            return false;
+        };
+        if is_tombstone(e) {
+            q.tasks.pop_front();
+            return true;
+        }
+        let d = e.1;
+        if !self.try_reserve(d) {
+            return false;
+        }
+        let Some(e) = q.tasks.pop_front() else {
+            return false;
+        };
+        if take_queued(&e) {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            out.push(e.0);
+        } else {
+            // A lender claimed it meanwhile: its reservation goes back, which may fit a
+            // resume.
+            self.used.fetch_sub(d.packed(), Ordering::AcqRel);
+            self.drain_resumes(q, out);
+        }
+        true
     }
 
     #[inline]
