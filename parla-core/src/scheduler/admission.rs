@@ -749,6 +749,19 @@ mod loom_test {
         mem: 0,
     };
 
+    /// Runs `f` on the admission on a thread of its own; joins with what it admitted.
+    fn on_thread<T: Claim + Send + Sync + 'static>(
+        a: &Arc<Admission<T>>,
+        f: impl FnOnce(&Admission<T>, &mut Vec<T>) + Send + 'static,
+    ) -> thread::JoinHandle<Vec<T>> {
+        let a = a.clone();
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            f(&a, &mut out);
+            out
+        })
+    }
+
     /// A release racing with a queueing admit never strands the queued item.
     #[test]
     fn release_vs_admit_no_lost_wakeup() {
@@ -756,11 +769,8 @@ mod loom_test {
             let a = Arc::new(Admission::new(0));
             let mut out = Vec::new();
             assert!(a.admit(0u8, HALF, &mut out));
-            let a2 = a.clone();
-            let t = thread::spawn(move || {
-                let mut out = Vec::new();
-                a2.release(HALF, &mut out);
-                out
+            let t = on_thread(&a, |a, out| {
+                a.release(HALF, out);
             });
             let mut mine = Vec::new();
             a.admit(1u8, FULL, &mut mine);
@@ -778,11 +788,8 @@ mod loom_test {
             let a = Arc::new(Admission::new(0));
             let mut out = Vec::new();
             assert!(a.admit(0u8, FULL, &mut out));
-            let a2 = a.clone();
-            let t = thread::spawn(move || {
-                let mut out = Vec::new();
-                a2.release(FULL, &mut out);
-                out
+            let t = on_thread(&a, |a, out| {
+                a.release(FULL, out);
             });
             let mut mine = Vec::new();
             let at_once = a.resume(1u8, VCU_ONE / 2, &mut mine);
@@ -825,11 +832,8 @@ mod loom_test {
             assert!(a.admit(item(9), HALF, &mut out));
             let child = item(1);
             assert!(!a.admit(child.clone(), HALF, &mut out));
-            let a2 = a.clone();
-            let t = thread::spawn(move || {
-                let mut out = Vec::new();
-                a2.release(HALF, &mut out);
-                out
+            let t = on_thread(&a, |a, out| {
+                a.release(HALF, out);
             });
             let mut mine = Vec::new();
             a.lend(HALF, Some((&child, HALF)), &mut mine);
@@ -852,11 +856,8 @@ mod loom_test {
             let a = Arc::new(Admission::new(0));
             let mut out = Vec::new();
             assert!(a.admit(0u8, FULL, &mut out));
-            let a2 = a.clone();
-            let t = thread::spawn(move || {
-                let mut out = Vec::new();
-                a2.admit(2u8, HALF, &mut out);
-                out
+            let t = on_thread(&a, |a, out| {
+                a.admit(2u8, HALF, out);
             });
             let mut mine = Vec::new();
             a.lend(FULL, None, &mut mine);
@@ -875,12 +876,9 @@ mod loom_test {
             let mut out = Vec::new();
             assert!(a.admit(0u8, HALF, &mut out));
             assert!(a.admit(1u8, HALF, &mut out));
-            let a2 = a.clone();
-            let t = thread::spawn(move || {
-                let mut out = Vec::new();
-                a2.admit(2u8, HALF, &mut out);
-                a2.release(HALF, &mut out);
-                out
+            let t = on_thread(&a, |a, out| {
+                a.admit(2u8, HALF, out);
+                a.release(HALF, out);
             });
             let mut mine = Vec::new();
             a.admit(3u8, HALF, &mut mine);
