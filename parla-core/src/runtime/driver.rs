@@ -32,7 +32,10 @@
 //!   leaves RUNNING, and read back only by the next holder of its run token.
 //! - The next-task slot is thread-local: it is emptied into the injector before the
 //!   driver's poll returns, so no task is left on a thread that no driver polls (the slot
-//!   holds a raw strong reference and has no destructor).
+//!   holds a raw strong reference and has no destructor). So are the other thread-local
+//!   references a task's poll leaves: the task it awaited (`context::take_awaited`,
+//!   taken after each poll that returns `Pending` and dropped before the driver's poll
+//!   returns) and the stashed task (queued at the end of each task's poll).
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -425,6 +428,9 @@ impl Future for Driver {
                 break Poll::Pending;
             }
         };
+        // A task noted as awaited in a poll that then finished is not needed any more (and
+        // the thread-local holding it has no destructor).
+        drop(context::take_awaited());
         rt.flush(&mut this.local);
         #[cfg(feature = "tracing")]
         this.report(report);

@@ -450,6 +450,8 @@ impl Runtime {
                     match polled {
                         Poll::Ready(v) => {
                             out = Some(v);
+                            // (Drops the task an await inside it noted, if any.)
+                            context::take_blocked();
                             if main.act.finish() {
                                 inner.counters.add(0, -1);
                             }
