@@ -132,6 +132,46 @@ fn fork_join_trees_with_default_vcus_run_depth_first() {
     });
 }
 
+/// A parent that spawns children while its device is full and returns without awaiting
+/// them: every child runs (the first, held on the driver's thread for a parent that might
+/// await it, is queued when the parent's poll ends), and so do children awaited only by id.
+#[test]
+fn children_spawned_while_the_device_is_full_run_whether_awaited_or_not() {
+    each_config!(|rt| {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        rt.block_on(async move {
+            let t = TaskSpace::new("K");
+            let mut parents = Vec::new();
+            for p in 0..4usize {
+                let (r, t) = (r.clone(), t.clone());
+                parents.push(
+                    task(async move {
+                        for k in 0..8usize {
+                            let r = r.clone();
+                            task(async move {
+                                std::thread::sleep(Duration::from_millis(1));
+                                r.fetch_add(1, Ordering::SeqCst);
+                            })
+                            .id(t.at((p, k)))
+                            .spawn();
+                        }
+                        // Odd parents await their last child by id; even ones return.
+                        if p % 2 == 1 {
+                            t.at((p, 7usize)).await.unwrap();
+                        }
+                    })
+                    .spawn(),
+                );
+            }
+            for h in parents {
+                h.await.unwrap();
+            }
+        });
+        assert_eq!(ran.load(Ordering::SeqCst), 32);
+    });
+}
+
 #[test]
 fn a_missing_id_behind_a_waiting_parent_fails_instead_of_hanging() {
     each_config!(|rt| {
