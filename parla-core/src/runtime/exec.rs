@@ -143,7 +143,7 @@ impl RtInner {
                 Some(task)
             };
             if let Some(task) = task {
-                dev.admission.queue([(task, d)], in_poll, admitted);
+                dev.admission.queue(task, d, in_poll, admitted);
             }
         }
         Ok(())
@@ -161,7 +161,7 @@ impl RtInner {
                 let err = failed_earlier(t.header(), dev.device, message);
                 graph::fail_held(&t, err, &mut l.fx);
             }
-            None => dev.admission.queue([(t, d)], true, &mut l.admitted),
+            None => dev.admission.queue(t, d, true, &mut l.admitted),
         }
         self.apply(l);
     }

@@ -234,7 +234,7 @@ impl<T: Claim> Admission<T> {
         match self.admit_now(item, d, out) {
             Ok(()) => true,
             Err(item) => {
-                self.queue([(item, d)], true, out);
+                self.queue(item, d, true, out);
                 false
             }
         }
@@ -252,32 +252,25 @@ impl<T: Claim> Admission<T> {
         }
     }
 
-    /// [`admit`](Self::admit)'s second step, for items handed back by
-    /// [`admit_now`](Self::admit_now): queues them in the task lane (in order, under one
-    /// lock), then admits what fits. `claimable`: a lender may claim them (tasks spawned by
-    /// a running task, which it may await); only those have their claim words set, and only
-    /// their entries are checked for tombstones.
-    pub(crate) fn queue(
-        &self,
-        items: impl IntoIterator<Item = (T, Demand)>,
-        claimable: bool,
-        out: &mut Vec<T>,
-    ) {
+    /// [`admit`](Self::admit)'s second step, for an item handed back by
+    /// [`admit_now`](Self::admit_now): queues it in the task lane, then admits what fits.
+    /// `claimable`: a lender may claim it (a task spawned by a running task, which may await
+    /// it); only then is its claim word set, and only such entries are checked for
+    /// tombstones.
+    pub(crate) fn queue(&self, item: T, d: Demand, claimable: bool, out: &mut Vec<T>) {
         let mut q = self.lanes.lock();
         // Tombstones at the back go at once (a claimed child is often the last queued).
         while q.tasks.back().is_some_and(is_tombstone) {
             q.tasks.pop_back();
         }
-        for (item, d) in items {
-            // Counted before a lender can claim it.
-            self.waiting.fetch_add(1, Ordering::AcqRel);
-            let claimable = claimable
-                && item.claim_word().is_some_and(|c| {
-                    c.store(QUEUED, Ordering::Release);
-                    true
-                });
-            q.tasks.push_back((item, d, claimable));
-        }
+        // Counted before a lender can claim it.
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let claimable = claimable
+            && item.claim_word().is_some_and(|c| {
+                c.store(QUEUED, Ordering::Release);
+                true
+            });
+        q.tasks.push_back((item, d, claimable));
         self.drain(&mut q, out);
     }
 
