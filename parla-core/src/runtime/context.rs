@@ -215,8 +215,7 @@ pub(crate) fn poller() -> Option<PollerRef> {
 /// node noted in a poll is kept (see [`take_awaited`]).
 pub(crate) fn note_blocked(node: Arc<dyn Task>) {
     BLOCKED.with(|c| c.set(true));
-    let new = std::ptr::NonNull::new(Arc::into_raw(node).cast_mut());
-    drop(from_raw(AWAITED.with(|c| c.replace(new))));
+    drop(from_raw(AWAITED.with(|c| c.replace(into_raw(node)))));
 }
 
 /// Reads and clears the blocked mark (and forgets the task awaited).
@@ -229,6 +228,13 @@ pub(crate) fn take_blocked() -> bool {
 /// [`take_blocked`].
 pub(crate) fn take_awaited() -> Option<Arc<dyn Task>> {
     from_raw(AWAITED.with(|c| c.take()))
+}
+
+/// A strong reference as a pointer for one of this thread's slots (taken back by
+/// [`from_raw`]).
+#[inline]
+fn into_raw(t: Arc<dyn Task>) -> Option<std::ptr::NonNull<dyn Task>> {
+    std::ptr::NonNull::new(Arc::into_raw(t).cast_mut())
 }
 
 /// The strong reference behind a pointer of one of this thread's slots.
@@ -261,20 +267,16 @@ pub(crate) fn in_driver() -> bool {
     DRIVER.with(|c| c.get()) != 0
 }
 
-/// Puts `t` in this thread's next-task slot if a driver of runtime `rt_id` polls here,
-/// handing back the task it displaces (`Ok`), as Tokio's LIFO slot does: the newest task
-/// runs next, so a task that spawns children and awaits them runs its tree depth first.
-/// Hands `t` back (`Err`) on any other thread.
+/// Puts `t` in this thread's next-task slot if a driver of runtime `rt_id` polls here, as
+/// Tokio's LIFO slot does: the newest task runs next, so a task that spawns children and
+/// awaits them runs its tree depth first. Returns whether `t` went there, and what the
+/// caller must queue instead: the task `t` displaced, or `t` itself on any other thread.
 #[inline]
-pub(crate) fn place_next(
-    rt_id: u32,
-    t: Arc<dyn Task>,
-) -> Result<Option<Arc<dyn Task>>, Arc<dyn Task>> {
+pub(crate) fn place_next(rt_id: u32, t: Arc<dyn Task>) -> (bool, Option<Arc<dyn Task>>) {
     if DRIVER.with(|c| c.get()) != rt_id {
-        return Err(t);
+        return (false, Some(t));
     }
-    let new = std::ptr::NonNull::new(Arc::into_raw(t).cast_mut());
-    Ok(from_raw(LIFO.with(|c| c.replace(new))))
+    (true, from_raw(LIFO.with(|c| c.replace(into_raw(t)))))
 }
 
 /// The VCUs of a task that completes and wakes a parent awaiting it: kept reserved for the
@@ -329,25 +331,20 @@ pub(crate) fn stash(task: Arc<dyn Task>, d: Demand) -> Result<(), Arc<dyn Task>>
         if c.get().is_some() {
             return Err(task);
         }
-        let p = std::ptr::NonNull::new(Arc::into_raw(task).cast_mut());
-        c.set(p.map(|p| (p, d)));
+        c.set(into_raw(task).map(|p| (p, d)));
         Ok(())
     })
 }
 
-/// Takes the stashed task if it is `task`, on device `slot`, asking for no memory and at
-/// most `vcu` VCUs; returns the VCUs it asks for.
-pub(crate) fn unstash(task: &Arc<dyn Task>, slot: usize, vcu: u32) -> Option<u32> {
+/// Takes the stashed task if it is `task` and can run on `vcu` lent VCUs
+/// ([`Demand::within_loan`]); returns what it asks for.
+pub(crate) fn unstash(task: &Arc<dyn Task>, vcu: u32) -> Option<Demand> {
     let (p, d) = STASH.with(|c| c.get())?;
-    let fits = std::ptr::addr_eq(p.as_ptr(), Arc::as_ptr(task))
-        && task.header().device().map(|d| d.slot()) == Some(slot)
-        && d.mem == 0
-        && d.vcu <= vcu;
-    if !fits {
+    if !std::ptr::addr_eq(p.as_ptr(), Arc::as_ptr(task)) || !d.within_loan(vcu) {
         return None;
     }
     drop(take_stash());
-    Some(d.vcu)
+    Some(d)
 }
 
 /// Whether a task is stashed.

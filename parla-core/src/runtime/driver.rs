@@ -311,25 +311,18 @@ impl Driver {
             return;
         }
         let admission = &self.rt.devices[device.slot()].admission;
-        let stashed = awaited
-            .as_ref()
-            .and_then(|a| Some((a, context::unstash(a, device.slot(), vcu)?)));
-        if let Some((a, v)) = stashed {
-            // Made ready in this poll and waiting: it runs on the lender's VCUs, and what it
-            // does not need goes back to the device.
-            self.local.admitted.push(a.clone());
-            let rest = Demand {
-                vcu: vcu - v,
-                mem: 0,
-            };
-            admission.release(rest, &mut self.local.admitted);
+        let loan = Demand { vcu, mem: 0 };
+        // The task it awaits (last) goes first, if it waits for admission there.
+        let awaited = awaited.filter(|a| a.header().device() == Some(device));
+        let out = &mut self.local.admitted;
+        if let Some(a) = &awaited
+            && let Some(c) = context::unstash(a, vcu)
+        {
+            // Made ready in this poll and held here: no admission needed at all.
+            admission.admit_on_loan(loan, a.clone(), c, out);
         } else {
-            // The task it awaits (last) goes first, if it waits for admission there.
-            let here = awaited
-                .as_ref()
-                .filter(|a| a.header().device() == Some(device))
-                .map(|a| (a, a.header().demand()));
-            admission.lend(Demand { vcu, mem: 0 }, here, &mut self.local.admitted);
+            let here = awaited.as_ref().map(|a| (a, a.header().demand()));
+            admission.lend(loan, here, out);
         }
         // Tasks with data waiting for VCUs there may fit now too.
         self.rt.pump(device.slot(), &mut self.local.admitted);

@@ -243,8 +243,10 @@ impl RtInner {
         }
         let mut tokens = n as i64;
         let mut rest = l.admitted.drain(..);
-        let first = rest.next().map(|t| context::place_next(self.id, t));
-        if matches!(first, Some(Ok(_))) && l.busy < 0 {
+        let (in_slot, first) = rest
+            .next()
+            .map_or((false, None), |t| context::place_next(self.id, t));
+        if in_slot && l.busy < 0 {
             // This driver runs it next, in place of a task it finished whose token is
             // still counted.
             l.busy += 1;
@@ -253,7 +255,6 @@ impl RtInner {
         // Counted before any other thread can see the tasks.
         self.counters.add(0, tokens);
         let mut pushed = 0;
-        let first = first.and_then(|f| f.unwrap_or_else(Some));
         for t in first.into_iter().chain(rest) {
             self.inject.push(t);
             pushed += 1;
@@ -278,22 +279,14 @@ impl RtInner {
 
     /// [`launch`](Self::launch) of one task; `busy`: the caller's deferred busy count.
     fn launch_one(self: &Arc<Self>, t: Arc<dyn Task>, busy: &mut i64) {
-        let push = match context::place_next(self.id, t) {
-            Ok(displaced) => {
-                if *busy < 0 {
-                    // Runs next on this driver, in place of a finished task still counted.
-                    *busy += 1;
-                } else {
-                    self.counters.add(0, 1);
-                }
-                // (It holds its token already.)
-                displaced
-            }
-            Err(t) => {
-                self.counters.add(0, 1);
-                Some(t)
-            }
-        };
+        let (in_slot, push) = context::place_next(self.id, t);
+        if in_slot && *busy < 0 {
+            // Runs next on this driver, in place of a finished task still counted.
+            *busy += 1;
+        } else {
+            self.counters.add(0, 1);
+        }
+        // (A task it displaced holds its token already.)
         if let Some(t) = push {
             self.inject.push(t);
             self.start_drivers(1);
@@ -314,7 +307,7 @@ impl RtInner {
 
     /// Queues a runnable task (which holds its token) for a driver.
     pub(crate) fn push_runnable(self: &Arc<Self>, t: Arc<dyn Task>) {
-        if let Ok(Some(t)) | Err(t) = context::place_next(self.id, t) {
+        if let (_, Some(t)) = context::place_next(self.id, t) {
             self.inject.push(t);
             self.start_drivers(1);
         }

@@ -50,6 +50,11 @@ impl Demand {
     fn is_zero(self) -> bool {
         self.vcu == 0 && self.mem == 0
     }
+    /// Whether a task asking for this can run on `vcu` VCUs lent by a task awaiting it: no
+    /// more VCUs, and no memory (a loan is VCUs only).
+    pub(crate) fn within_loan(self, vcu: u32) -> bool {
+        self.mem == 0 && self.vcu <= vcu
+    }
     fn packed(self) -> u64 {
         (self.mem << VCU_BITS) | self.vcu as u64
     }
@@ -106,6 +111,17 @@ fn take_queued<T: Claim>(e: &Entry<T>) -> bool {
         c.compare_exchange(QUEUED, OUT, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     })
+}
+
+/// What [`Admission::admit_entry`] did with a lane entry.
+enum Step {
+    Admitted,
+    /// Not admitted: it does not fit now (it stays).
+    NoFit,
+    /// Dropped: a tombstone.
+    Dropped,
+    /// Dropped: a lender claimed it meanwhile; the reservation made for it went back.
+    Lost,
 }
 
 /// The `resume_min` of an empty lane.
@@ -323,24 +339,30 @@ impl<T: Claim> Admission<T> {
         T: Clone,
     {
         if let Some((item, c)) = awaited
-            && c.vcu <= d.vcu
-            && c.mem == 0
+            && c.within_loan(d.vcu)
             && let Some(word) = item.claim_word()
             && word
                 .compare_exchange(QUEUED, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            // Its reservation is the lender's (no change to `used`); its entry stays in the
-            // lane as a tombstone.
+            // Its entry stays in the lane as a tombstone.
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            out.push(item.clone());
-            let rest = Demand {
-                vcu: d.vcu - c.vcu,
-                mem: 0,
-            };
-            return self.release(rest, out);
+            return self.admit_on_loan(d, item.clone(), c, out);
         }
         self.release(d, out);
+    }
+
+    /// `item`, asking for `c` (within the loan: [`Demand::within_loan`]), runs on the VCUs
+    /// `d` that a task awaiting it lends: it is admitted (into `out`) with no change to what
+    /// is reserved, and the rest of `d` is released.
+    pub(crate) fn admit_on_loan(&self, d: Demand, item: T, c: Demand, out: &mut Vec<T>) {
+        debug_assert!(c.within_loan(d.vcu));
+        out.push(item);
+        let rest = Demand {
+            vcu: d.vcu - c.vcu,
+            mem: 0,
+        };
+        self.release(rest, out);
     }
 
     /// Admits what fits: resumes first-fit, then tasks in order up to the first that does
@@ -369,35 +391,43 @@ impl<T: Claim> Admission<T> {
         }
     }
 
-    /// [`drain`](Self::drain)'s step for a claimable entry at the front of the task lane:
-    /// drops it if it is a tombstone, admits it if it fits and no lender claimed it meanwhile.
+    /// [`drain`](Self::drain)'s step for a claimable entry at the front of the task lane.
     /// Returns whether the drain goes on.
     #[inline(never)]
     fn drain_claimable_front(&self, q: &mut Lanes<T>, out: &mut Vec<T>) -> bool {
-        let Some(e) = q.tasks.front() else {
-            return false;
-        };
-        if is_tombstone(e) {
-            q.tasks.pop_front();
-            return true;
+        match self.admit_entry(&mut q.tasks, 0, out) {
+            Step::NoFit => false,
+            Step::Admitted | Step::Dropped => true,
+            Step::Lost => {
+                // The reservation it gave back may fit a resume.
+                self.drain_resumes(q, out);
+                true
+            }
         }
-        let d = e.1;
+    }
+
+    /// Admits the entry at `i` of `lane` (into `out`) if it fits: drops it if it is a
+    /// tombstone, or if a lender claimed it meanwhile (its reservation goes back).
+    fn admit_entry(&self, lane: &mut VecDeque<Entry<T>>, i: usize, out: &mut Vec<T>) -> Step {
+        if is_tombstone(&lane[i]) {
+            lane.remove(i);
+            return Step::Dropped;
+        }
+        let d = lane[i].1;
         if !self.try_reserve(d) {
-            return false;
+            return Step::NoFit;
         }
-        let Some(e) = q.tasks.pop_front() else {
-            return false;
+        let Some(e) = lane.remove(i) else {
+            return Step::NoFit;
         };
         if take_queued(&e) {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             out.push(e.0);
+            Step::Admitted
         } else {
-            // A lender claimed it meanwhile: its reservation goes back, which may fit a
-            // resume.
             self.used.fetch_sub(d.packed(), Ordering::AcqRel);
-            self.drain_resumes(q, out);
+            Step::Lost
         }
-        true
     }
 
     #[inline]
@@ -420,25 +450,10 @@ impl<T: Claim> Admission<T> {
         let mut admitted = 0;
         let mut i = 0;
         while i < lane.len() && self.could_fit(min) {
-            if is_tombstone(&lane[i]) {
-                lane.remove(i);
-                continue;
-            }
-            let d = lane[i].1;
-            if !self.try_reserve(d) {
-                i += 1;
-                continue;
-            }
-            let Some(e) = lane.remove(i) else {
-                break;
-            };
-            if take_queued(&e) {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                out.push(e.0);
-                admitted += 1;
-            } else {
-                // Claimed meanwhile: its reservation goes back.
-                self.used.fetch_sub(d.packed(), Ordering::AcqRel);
+            match self.admit_entry(lane, i, out) {
+                Step::Admitted => admitted += 1,
+                Step::Dropped | Step::Lost => {}
+                Step::NoFit => i += 1,
             }
         }
         admitted
@@ -484,6 +499,7 @@ impl<T: Claim> Admission<T> {
         let resumes = std::mem::take(&mut q.resumes);
         let tasks = std::mem::take(&mut q.tasks);
         q.resume_min = NO_MIN;
+        let n_resumes = resumes.len();
         let all: Vec<_> = resumes
             .into_iter()
             .map(|(t, d, _)| (t, d, Lane::Resume))
@@ -495,7 +511,6 @@ impl<T: Claim> Admission<T> {
             )
             .collect();
         // (Lenders claim task lane items without the lock, each taking its own off the count.)
-        let n_resumes = all.iter().filter(|(_, _, l)| *l == Lane::Resume).count();
         self.resuming.fetch_sub(n_resumes, Ordering::AcqRel);
         self.waiting.fetch_sub(all.len(), Ordering::AcqRel);
         all
