@@ -61,10 +61,14 @@ impl Watch {
         }
     }
 
-    /// Whether the watched task was completed already (by an awaiter that saw its fence
-    /// done): the fence is known to be done.
-    fn completed(&self) -> bool {
-        matches!(self, Watch::Task(t, _, _) if !t.header().is_fenced())
+    /// The status of the watched fence. A watched task completed already (by an awaiter
+    /// that saw its fence done) needs no query: its fence is known to be done.
+    fn status(&self) -> FenceStatus {
+        if matches!(self, Watch::Task(t, _, _) if !t.header().is_fenced()) {
+            self.fence().mark_done();
+            return FenceStatus::Done;
+        }
+        status(self.fence())
     }
 
     /// Whether an awaiter spins on the watched task's fence.
@@ -218,7 +222,7 @@ impl Bridge {
                 batch.loose.push(w);
                 continue;
             }
-            match status(w.fence()) {
+            match w.status() {
                 FenceStatus::Pending => batch.loose.push(w),
                 s => done.push((w, s)),
             }
@@ -257,14 +261,7 @@ fn take_finished(ws: &mut VecDeque<Watch>, done: &mut Vec<(Watch, FenceStatus)>)
     // Statuses queried, by position.
     let mut seen: smallvec::SmallVec<[(usize, FenceStatus); 8]> = smallvec::SmallVec::new();
     let query = |i: usize, seen: &mut smallvec::SmallVec<[(usize, FenceStatus); 8]>| {
-        let w = &ws[i];
-        let s = if w.completed() {
-            // Its awaiter saw the fence done and completed the task: no query needed.
-            w.fence().mark_done();
-            FenceStatus::Done
-        } else {
-            status(w.fence())
-        };
+        let s = ws[i].status();
         seen.push((i, s.clone()));
         s
     };
@@ -322,7 +319,7 @@ fn linear(
 ) -> usize {
     seen.clear();
     for (i, w) in ws.iter().take(end).enumerate() {
-        match status(w.fence()) {
+        match w.status() {
             FenceStatus::Pending => return i,
             s => seen.push((i, s)),
         }
