@@ -179,6 +179,10 @@ pub(crate) struct Header {
     /// The task declared data accesses (`Task::data` is `Some`): saves the virtual call
     /// for the others.
     pub(crate) has_data: bool,
+    /// A small plain task (no data, no span) spawned outside the runtime's drivers (from
+    /// `block_on`, mostly): its memory is best freed where such tasks are spawned
+    /// (`RtInner::retire`).
+    pub(crate) recycle: bool,
     /// Where the task stands in its device's task lane (its `admission::Claim` word: out,
     /// queued, or claimed by the parent awaiting it).
     pub(crate) lane: AtomicU8,
@@ -242,6 +246,7 @@ impl Header {
             kind,
             priority: 0,
             has_data: false,
+            recycle: false,
             lane: AtomicU8::new(crate::scheduler::admission::OUT),
             device: AtomicU16::new(u16::MAX),
             pending: AtomicU32::new(1),

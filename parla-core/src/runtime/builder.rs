@@ -261,6 +261,7 @@ impl Builder {
             ours: std::sync::atomic::AtomicUsize::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             ledger: super::data::ledger(me.clone(), id),
+            spent: crossbeam_queue::ArrayQueue::new(super::SPENT),
         });
         let _ = worker_rt.set(Arc::downgrade(&inner));
         stall::start_monitor(&inner);

@@ -241,6 +241,7 @@ impl Driver {
             Poll::Ready(outcome) => {
                 crate::trace::step!(rt, h, "body_finished");
                 self.finish_running(&task, run, outcome, pended);
+                rt.retire(task);
             }
             Poll::Pending => {
                 let awaited = context::take_awaited();

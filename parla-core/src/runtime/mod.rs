@@ -181,7 +181,13 @@ pub(crate) struct RtInner {
     pub(crate) shutdown: AtomicBool,
     /// Where data objects report the bytes they free on devices.
     pub(crate) ledger: crate::data::Ledger,
+    /// Finished tasks spawned outside drivers, whose last reference a driver held: freed
+    /// by the next spawn outside drivers instead (see [`RtInner::retire`]).
+    pub(crate) spent: crossbeam_queue::ArrayQueue<Arc<dyn Task>>,
 }
+
+/// How many finished tasks [`RtInner::spent`] holds at most.
+const SPENT: usize = 256;
 
 /// Keeps the placeholders that may still matter: unfinished, and either waited on or still
 /// referred to from somewhere else than this registry.

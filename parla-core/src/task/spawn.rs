@@ -17,6 +17,11 @@ use crate::runtime::{RtInner, context};
 
 static NEXT_ANON: AtomicU64 = AtomicU64::new(0);
 
+/// The largest task allocation handed back for reuse (`RtInner::retire`): what the
+/// allocator's per-thread caches hold (glibc's tcache: chunks up to 1032 bytes), and a
+/// bound on the memory the runtime keeps that way.
+const RECYCLE_BYTES: usize = 1008;
+
 fn name_of(id: &Option<crate::space::TaskRef>) -> Name {
     match id {
         Some(r) => Name::Id(r.space.name_arc(), r.key.clone()),
@@ -113,12 +118,19 @@ where
         data,
     } = b;
     let Some(data) = data.filter(|d| !d.is_empty()) else {
+        // A small task spawned outside the drivers: the memory of one a driver finished
+        // is freed here first, for this allocation to reuse (see `RtInner::retire`).
+        let recycle = size_of::<TaskCell<F>>() <= RECYCLE_BYTES && !context::in_driver();
+        if recycle {
+            rt.reuse_spent();
+        }
         let checked = if is_default(&placement, vcus, memory) {
             Ok((1, DEFAULT_VCU))
         } else {
             constraints(rt, &placement, vcus, memory, 0)
         };
-        let header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
+        let mut header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
+        header.recycle = recycle && header.trace.is_none();
         let cell = Arc::new(TaskCell::new(header, fut, ()));
         let task: Arc<dyn Task> = cell.clone();
         let handle = TaskHandle::new(cell);
