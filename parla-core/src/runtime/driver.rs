@@ -24,9 +24,6 @@
 //! A driver that ran GPU tasks and runs out of work lingers for up to `AWAIT_SPIN` before it
 //! leaves: it polls the injector and the runtime's fences, so the next GPU task spawned by an
 //! awaiter, or a parent woken by its child's fence, runs at once, with no thread to wake.
-//! Out of CPU work, one driver at a time lingers for `CPU_LINGER` (yielding its thread
-//! between polls, so that on a machine with no core to spare it does not slow the spawner
-//! it waits for).
 //!
 //! # Invariants
 //! - A driver holds at most one task's run token at a time (the one it polls), and polls it
@@ -79,13 +76,6 @@ pub(crate) struct Driver {
 /// awaited GPU task, or a parent woken by its child's fence, runs without waking a thread.
 const LINGER: std::time::Duration = super::bridge::AWAIT_SPIN;
 
-/// How long one driver out of CPU work polls for more before it leaves (no other driver
-/// lingering): a task made ready meanwhile (spawned from `block_on`, mostly) runs at once,
-/// instead of its pusher starting a driver and waking a worker thread for it - a futex
-/// call on the pusher's side and a context switch on the worker's, several microseconds
-/// each, for every few tasks of a graph whose spawner is slower than its workers.
-const CPU_LINGER: std::time::Duration = std::time::Duration::from_micros(20);
-
 impl Driver {
     /// A driver holding a slot (the caller claimed it) and counted in `ours`.
     pub(crate) fn new(rt: Arc<RtInner>) -> Self {
@@ -105,16 +95,12 @@ impl Driver {
     /// waiting for a thread to wake. Pushers count on a lingering driver instead of starting
     /// one. Returns the task it found.
     fn linger(&mut self) -> Option<Arc<dyn Task>> {
-        let limit = if std::mem::take(&mut self.lingers) {
-            self.rt.inject.linger();
-            LINGER
-        } else if self.rt.inject.linger_alone() {
-            CPU_LINGER
-        } else {
+        if !std::mem::take(&mut self.lingers) {
             return None;
-        };
+        }
         let rt = self.rt.clone();
         rt.flush(&mut self.local);
+        rt.inject.linger();
         let start = std::time::Instant::now();
         let mut n = 0u32;
         loop {
@@ -133,7 +119,7 @@ impl Driver {
                 return Some(t);
             }
             n += 1;
-            if n.is_multiple_of(16) && start.elapsed() >= limit {
+            if n.is_multiple_of(16) && start.elapsed() >= LINGER {
                 // Work pushed by someone who counted on this driver is taken here.
                 return if rt.inject.stop_lingering() {
                     rt.inject.pop()
@@ -141,11 +127,7 @@ impl Driver {
                     None
                 };
             }
-            if limit == CPU_LINGER {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            std::hint::spin_loop();
         }
     }
 

@@ -88,13 +88,6 @@ impl<T> Injector<T> {
         self.lingering.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// [`linger`](Self::linger) if no other driver lingers. Returns whether it does.
-    pub(crate) fn linger_alone(&self) -> bool {
-        self.lingering
-            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    }
-
     /// The lingering driver stops polling (it found work, or gives up). Returns whether work
     /// waits in the queue: then it must take it, even if it was giving up.
     pub(crate) fn stop_lingering(&self) -> bool {
@@ -205,59 +198,6 @@ mod loom_test {
             ran.extend(other.join().unwrap());
             ran.extend(pusher.join().unwrap());
             assert_eq!(ran, vec![7]);
-            assert_eq!(inj.active(), 0);
-        });
-    }
-
-    /// A driver out of work, as `Driver::linger` and the driver loop go: it lingers if no
-    /// other driver does (polling once), else leaves; work seen on the way is run.
-    fn out_of_work(inj: &Injector<u8>, ran: &mut Vec<u8>) {
-        loop {
-            if inj.linger_alone() {
-                assert!(
-                    inj.lingering.load(Ordering::SeqCst) <= 1,
-                    "two drivers linger"
-                );
-                let found = inj.pop();
-                let more = inj.stop_lingering();
-                match found {
-                    Some(t) => ran.push(t),
-                    None if more => {}
-                    None => {
-                        if !inj.leave() {
-                            return;
-                        }
-                    }
-                }
-            } else if !inj.leave() {
-                return;
-            }
-            while let Some(t) = inj.pop() {
-                ran.push(t);
-            }
-        }
-    }
-
-    /// Two drivers run out of work and race to linger alone while a task is pushed: at
-    /// most one lingers, the task runs exactly once, and every slot is given back.
-    #[test]
-    fn linger_alone_lets_one_linger_and_strands_nothing() {
-        loom::model(|| {
-            let inj = Arc::new(Injector::new(2));
-            assert!(inj.claim());
-            assert!(inj.claim());
-            let i2 = inj.clone();
-            let other = thread::spawn(move || {
-                let mut ran = Vec::new();
-                out_of_work(&i2, &mut ran);
-                ran
-            });
-            let pusher = push_and_drive(&inj, 5);
-            let mut ran = Vec::new();
-            out_of_work(&inj, &mut ran);
-            ran.extend(other.join().unwrap());
-            ran.extend(pusher.join().unwrap());
-            assert_eq!(ran, vec![5], "the task ran exactly once");
             assert_eq!(inj.active(), 0);
         });
     }
