@@ -177,7 +177,7 @@ impl GpuBackend for FailingBackend {
     fn begin(
         &self,
         _: usize,
-        _: &str,
+        _: &dyn std::fmt::Display,
         _: &[Arc<dyn Fence>],
         _: u8,
     ) -> Result<Box<dyn GpuExec>, String> {
@@ -206,7 +206,7 @@ impl GpuBackend for Panicking {
     fn begin(
         &self,
         _: usize,
-        _: &str,
+        _: &dyn std::fmt::Display,
         _: &[Arc<dyn Fence>],
         _: u8,
     ) -> Result<Box<dyn GpuExec>, String> {

@@ -57,7 +57,7 @@ impl GpuBackend for Timed {
     fn begin(
         &self,
         _: usize,
-        _: &str,
+        _: &dyn std::fmt::Display,
         _: &[Arc<dyn Fence>],
         _: u8,
     ) -> Result<Box<dyn GpuExec>, String> {

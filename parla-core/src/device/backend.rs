@@ -44,11 +44,12 @@ pub trait GpuBackend: Send + Sync + 'static {
     /// Prepares a task on GPU `gpu`: a stream from the device's pool that first waits on
     /// `after` (fences of the task's dependencies that ran on GPUs, possibly other ones).
     /// `priority` is the task's (`TaskBuilder::priority`): above 0, a high-priority stream.
-    /// Called on the worker thread that will poll the task.
+    /// Called on the worker thread that will poll the task. `task` names it (formatted
+    /// only if the backend needs the text: most tasks never do).
     fn begin(
         &self,
         gpu: usize,
-        task: &str,
+        task: &dyn std::fmt::Display,
         after: &[Arc<dyn Fence>],
         priority: u8,
     ) -> Result<Box<dyn GpuExec>, String>;

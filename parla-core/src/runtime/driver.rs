@@ -142,12 +142,11 @@ impl Driver {
             None => None,
             Some((backend, index)) => {
                 let waits = h.take_waits();
-                let name = h.name.to_string();
                 let begun = catch_unwind(AssertUnwindSafe(|| {
-                    backend.begin(*index, &name, &waits, h.priority)
+                    backend.begin(*index, &h.name, &waits, h.priority)
                 }));
                 let device_err = |message: String| TaskError::Device {
-                    task: name.clone(),
+                    task: h.name.to_string(),
                     device: device.to_string(),
                     message,
                 };

@@ -98,7 +98,7 @@ impl GpuBackend for CudaBackend {
     fn begin(
         &self,
         gpu: usize,
-        _task: &str,
+        _task: &dyn std::fmt::Display,
         after: &[Arc<dyn Fence>],
         priority: u8,
     ) -> Result<Box<dyn GpuExec>, String> {
