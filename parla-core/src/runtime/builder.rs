@@ -262,6 +262,7 @@ impl Builder {
             shutdown: std::sync::atomic::AtomicBool::new(false),
             ledger: super::data::ledger(me.clone(), id),
             spent: crossbeam_queue::ArrayQueue::new(super::SPENT),
+            spent_wanted: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = worker_rt.set(Arc::downgrade(&inner));
         stall::start_monitor(&inner);

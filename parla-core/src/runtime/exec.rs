@@ -176,20 +176,31 @@ impl RtInner {
     ///
     /// Only the memory waits: the task's future and output are dropped when it completes,
     /// as always, and a traced task (whose span closes with it) is never kept.
+    ///
+    /// Tasks go there only while spawns outside the drivers take them (`spent_wanted`): a
+    /// driver that finds the queue full stops handing tasks back until a spawn finds it
+    /// empty again, so that a program that spawned everything up front pays next to
+    /// nothing for this while its tasks run.
     #[inline]
     pub(crate) fn retire(&self, task: Arc<dyn Task>) {
-        if task.header().recycle && Arc::strong_count(&task) == 1 {
-            // Full: dropped here after all.
-            let _ = self.spent.push(task);
+        if task.header().recycle
+            && self.spent_wanted.load(Ordering::Relaxed)
+            && Arc::strong_count(&task) == 1
+            && let Err(task) = self.spent.push(task)
+        {
+            self.spent_wanted.store(false, Ordering::Relaxed);
+            drop(task);
         }
     }
 
     /// Frees one task from [`spent`](RtInner::spent) (a spawn outside the drivers is about
-    /// to allocate one).
+    /// to allocate one); asks drivers for more if there is none.
     #[inline]
     pub(crate) fn reuse_spent(&self) {
         if !self.spent.is_empty() {
             drop(self.spent.pop());
+        } else if !self.spent_wanted.load(Ordering::Relaxed) {
+            self.spent_wanted.store(true, Ordering::Relaxed);
         }
     }
 
@@ -582,6 +593,48 @@ mod recycle_test {
                 "a spawn did not free one first"
             );
             h.await.unwrap();
+        });
+    }
+
+    /// Tasks that all finish after they were spawned fill the queue once; the drivers then
+    /// stop handing tasks back until a spawn finds the queue empty.
+    #[test]
+    fn drivers_stop_handing_tasks_back_once_the_queue_is_full_until_spawns_empty_it() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rt = runtime();
+        let spent = super::super::SPENT;
+        rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            // Holds one worker until every task is spawned.
+            let gate = task(async move { rx.recv().unwrap() }).spawn();
+            for _ in 0..3 * spent {
+                task(async {}).after(&gate).spawn();
+            }
+            tx.send(()).unwrap();
+            gate.await.unwrap();
+        });
+        let inner = rt.inner.clone();
+        assert_eq!(inner.spent.len(), spent);
+        assert!(
+            !inner.spent_wanted.load(Relaxed),
+            "a full queue still asks for more"
+        );
+        rt.block_on(async {
+            // Handles held: none of these is handed back.
+            let mut held = Vec::new();
+            for _ in 0..spent {
+                held.push(task(async {}).spawn());
+            }
+            assert_eq!(inner.spent.len(), 0);
+            assert!(!inner.spent_wanted.load(Relaxed));
+            held.push(task(async {}).spawn());
+            assert!(
+                inner.spent_wanted.load(Relaxed),
+                "an empty queue does not ask"
+            );
+            for h in held {
+                h.await.unwrap();
+            }
         });
     }
 

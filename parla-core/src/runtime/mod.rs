@@ -184,6 +184,9 @@ pub(crate) struct RtInner {
     /// Finished tasks spawned outside drivers, whose last reference a driver held: freed
     /// by the next spawn outside drivers instead (see [`RtInner::retire`]).
     pub(crate) spent: crossbeam_queue::ArrayQueue<Arc<dyn Task>>,
+    /// Spawns outside the drivers found [`spent`](Self::spent) empty since a driver last
+    /// found it full: drivers hand finished tasks back.
+    pub(crate) spent_wanted: AtomicBool,
 }
 
 /// How many finished tasks [`RtInner::spent`] holds at most.
