@@ -66,6 +66,7 @@ impl Device {
     }
 
     /// Position in the runtime's device table: the CPU first, then GPUs in order.
+    #[inline]
     pub(crate) const fn slot(&self) -> usize {
         match self.arch {
             Arch::Cpu => 0,
@@ -73,6 +74,7 @@ impl Device {
         }
     }
 
+    #[inline]
     pub(crate) const fn from_slot(slot: usize) -> Device {
         if slot == 0 {
             Device::CPU
@@ -165,6 +167,7 @@ impl Placements {
     }
 
     /// Whether this is the CPU alone.
+    #[inline]
     pub(crate) fn is_cpu_only(&self) -> bool {
         *self == Placements::CPU
     }

@@ -464,7 +464,9 @@ impl Header {
         let mut l = self.links.lock();
         l.err = outcome.err();
         self.join_state.fetch_or(PUBLISHED, Ordering::Relaxed);
-        l.gpu = None;
+        if l.gpu.is_some() {
+            l.gpu = None;
+        }
         (std::mem::take(&mut l.dependents), l.join.take())
     }
 
@@ -552,10 +554,20 @@ impl Header {
     }
 
     /// The device the task was mapped to, once mapped.
+    #[inline]
     pub(crate) fn device(&self) -> Option<Device> {
         match self.device.load(Ordering::Acquire) {
             u16::MAX => None,
             s => Some(Device::from_slot(s as usize)),
+        }
+    }
+
+    /// The slot of the device the task was mapped to (the CPU's, 0, until mapped).
+    #[inline]
+    pub(crate) fn slot(&self) -> usize {
+        match self.device.load(Ordering::Acquire) {
+            u16::MAX => 0,
+            s => s as usize,
         }
     }
 

@@ -263,6 +263,7 @@ pub(crate) fn enter_driver(rt_id: u32) -> DriverGuard {
 }
 
 /// Whether a driver polls on this thread.
+#[inline]
 pub(crate) fn in_driver() -> bool {
     DRIVER.with(|c| c.get()) != 0
 }

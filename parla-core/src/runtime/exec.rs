@@ -155,7 +155,7 @@ impl RtInner {
         let Some((t, d)) = context::take_stash() else {
             return;
         };
-        let dev = &self.devices[t.header().device().map_or(0, |d| d.slot())];
+        let dev = &self.devices[t.header().slot()];
         match dev.failed.get() {
             Some(message) => {
                 let err = failed_earlier(t.header(), dev.device, message);
@@ -310,7 +310,7 @@ impl RtInner {
             h.reclaim();
         } else {
             // A first admission: the task counts as running on its device.
-            self.devices[h.device().map_or(0, |d| d.slot())].started(1);
+            self.devices[h.slot()].started(1);
             crate::trace::step!(self, h, "admitted");
         }
     }
@@ -364,7 +364,7 @@ impl RtInner {
             self.push_runnable(task);
             return;
         }
-        let slot = h.device().map_or(0, |d| d.slot());
+        let slot = h.slot();
         if context::take_gift(self.id, slot, lent) {
             // The VCUs of the task whose completion woke it: reserved already.
             h.reclaim();
