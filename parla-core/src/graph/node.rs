@@ -516,13 +516,13 @@ impl Header {
         let mut l = self.links.lock();
         l.gpu.get_or_insert_default().fence = Some(f);
         let mut early = SmallVec::new();
-        l.dependents.retain(|d| match d {
-            Dependent::Task(t) if t.header().gpu_only() => {
-                early.push(t.clone());
-                false
+        // Moved, not cloned: no reference count changes hands.
+        for d in std::mem::take(&mut l.dependents) {
+            match d {
+                Dependent::Task(t) if t.header().gpu_only() => early.push(t),
+                other => l.dependents.push(other),
             }
-            _ => true,
-        });
+        }
         (early, !l.dependents.is_empty())
     }
 

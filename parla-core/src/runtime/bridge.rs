@@ -145,8 +145,10 @@ impl Bridge {
         // the thread sleeps, on the path of every GPU task otherwise. (SeqCst with the
         // poller's flag-then-check: one of the two sees the other, and the poller's sleep is
         // bounded besides.)
-        if !b.sleeping.swap(false, Ordering::SeqCst) && !urgent && b.started.load(Ordering::Acquire)
-        {
+        // (Read before it is swapped: the flag's line stays shared with the poller on the
+        // way of every GPU task while the poller is awake.)
+        let woke = b.sleeping.load(Ordering::SeqCst) && b.sleeping.swap(false, Ordering::SeqCst);
+        if !woke && !urgent && b.started.load(Ordering::Acquire) {
             return;
         }
         let mut t = b.thread.lock();
