@@ -116,6 +116,7 @@ enum Repr {
 }
 
 impl Key {
+    #[inline]
     fn from_parts<const N: usize>(parts: [Part; N]) -> Key {
         const { assert!(N >= 1 && N <= MAX_PARTS) };
         let mut v = [0i64; MAX_PARTS];
