@@ -248,6 +248,9 @@ impl Bridge {
     }
 }
 
+/// Statuses of a queue's fences queried in a poller round, by position in the queue.
+type Seen = smallvec::SmallVec<[(usize, FenceStatus); 8]>;
+
 /// Moves the finished fences at the front of one queue's watches to `done`, with their
 /// status. A queue's fences finish in order, so the finished ones are a prefix: it ends at
 /// the first pending fence, or at one an awaiter spins on (and completes). When the first
@@ -260,43 +263,8 @@ fn take_finished(ws: &mut VecDeque<Watch>, done: &mut Vec<(Watch, FenceStatus)>)
     if end == 0 {
         return;
     }
-    // Statuses queried, by position.
-    let mut seen: smallvec::SmallVec<[(usize, FenceStatus); 8]> = smallvec::SmallVec::new();
-    let query = |i: usize, seen: &mut smallvec::SmallVec<[(usize, FenceStatus); 8]>| {
-        let s = ws[i].status();
-        seen.push((i, s.clone()));
-        s
-    };
-    let finished = match query(0, &mut seen) {
-        FenceStatus::Pending => 0,
-        FenceStatus::Failed(_) => linear(ws, end, &mut seen),
-        FenceStatus::Done if end == 1 => 1,
-        FenceStatus::Done => match query(end - 1, &mut seen) {
-            FenceStatus::Done => end,
-            FenceStatus::Failed(_) => linear(ws, end, &mut seen),
-            FenceStatus::Pending => {
-                // Done at 0, pending at `hi`: the first pending one is in 1..=hi.
-                let (mut lo, mut hi) = (1, end - 1);
-                let mut failed = false;
-                while lo < hi {
-                    let mid = lo + (hi - lo) / 2;
-                    match query(mid, &mut seen) {
-                        FenceStatus::Done => lo = mid + 1,
-                        FenceStatus::Pending => hi = mid,
-                        FenceStatus::Failed(_) => {
-                            failed = true;
-                            break;
-                        }
-                    }
-                }
-                if failed {
-                    linear(ws, end, &mut seen)
-                } else {
-                    lo
-                }
-            }
-        },
-    };
+    let mut seen = Seen::new();
+    let finished = bisect(ws, end, &mut seen).unwrap_or_else(|| linear(ws, end, &mut seen));
     // (The front popped at step `i` was at position `i` before the loop.)
     for i in 0..finished {
         let Some(w) = ws.pop_front() else { break };
@@ -311,14 +279,45 @@ fn take_finished(ws: &mut VecDeque<Watch>, done: &mut Vec<(Watch, FenceStatus)>)
     }
 }
 
+/// How many of `ws[..end]` finished, found by bisection (the fences of a queue finish in
+/// order): a query of the first, then of the last, then of the middle of what is left.
+/// `None` as soon as a query fails (a failed device reports each fence: see [`linear`]).
+/// The statuses queried go to `seen`.
+fn bisect(ws: &VecDeque<Watch>, end: usize, seen: &mut Seen) -> Option<usize> {
+    // Whether fence `i` is done (`None`: it failed).
+    let mut done = |i: usize| {
+        let s = ws[i].status();
+        let r = match s {
+            FenceStatus::Done => Some(true),
+            FenceStatus::Pending => Some(false),
+            FenceStatus::Failed(_) => None,
+        };
+        seen.push((i, s));
+        r
+    };
+    if !done(0)? {
+        return Some(0);
+    }
+    if end == 1 || done(end - 1)? {
+        return Some(end);
+    }
+    // Done at 0, pending at `end - 1`: the first pending one is in 1..end.
+    let (mut lo, mut hi) = (1, end - 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if done(mid)? {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
 /// The fences of `ws[..end]` queried one by one from the front, up to the first pending one
 /// (after a query failed: a failed device reports each fence): returns how many finished,
 /// their statuses in `seen`.
-fn linear(
-    ws: &VecDeque<Watch>,
-    end: usize,
-    seen: &mut smallvec::SmallVec<[(usize, FenceStatus); 8]>,
-) -> usize {
+fn linear(ws: &VecDeque<Watch>, end: usize, seen: &mut Seen) -> usize {
     seen.clear();
     for (i, w) in ws.iter().take(end).enumerate() {
         match w.status() {
