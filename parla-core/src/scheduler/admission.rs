@@ -517,8 +517,39 @@ impl<T: Claim> Admission<T> {
     }
 }
 
+/// An item with a claim word, for the unit tests and the loom models.
+#[cfg(test)]
+mod claim_item {
+    #[cfg(parla_loom)]
+    use loom::sync::Arc;
+    #[cfg(not(parla_loom))]
+    use std::sync::Arc;
+
+    use super::{Claim, OUT};
+    use crate::loom::sync::AtomicU8;
+
+    pub(super) struct Item {
+        pub(super) id: u8,
+        pub(super) word: AtomicU8,
+    }
+
+    impl Claim for Arc<Item> {
+        fn claim_word(&self) -> Option<&AtomicU8> {
+            Some(&self.word)
+        }
+    }
+
+    pub(super) fn item(id: u8) -> Arc<Item> {
+        Arc::new(Item {
+            id,
+            word: AtomicU8::new(OUT),
+        })
+    }
+}
+
 #[cfg(all(test, not(parla_loom)))]
 mod test {
+    use super::claim_item::{Item, item};
     use super::*;
     use std::sync::Arc;
 
@@ -624,27 +655,8 @@ mod test {
         assert_eq!(a.usage().waiting, 0);
     }
 
-    /// An item with a claim word.
-    struct Item {
-        id: u8,
-        word: AtomicU8,
-    }
-
     fn items(n: u8) -> Vec<Arc<Item>> {
-        (0..n)
-            .map(|id| {
-                Arc::new(Item {
-                    id,
-                    word: AtomicU8::new(OUT),
-                })
-            })
-            .collect()
-    }
-
-    impl Claim for Arc<Item> {
-        fn claim_word(&self) -> Option<&AtomicU8> {
-            Some(&self.word)
-        }
+        (0..n).map(item).collect()
     }
 
     fn claimable(mem: u64) -> Admission<Arc<Item>> {
@@ -744,6 +756,7 @@ mod test {
 
 #[cfg(all(test, parla_loom))]
 mod loom_test {
+    use super::claim_item::{Item, item};
     use super::*;
     use loom::sync::Arc;
     use loom::thread;
@@ -807,25 +820,6 @@ mod loom_test {
             assert_eq!(a.usage().vcu, VCU_ONE / 2);
             assert_eq!(a.usage().waiting, 0);
         });
-    }
-
-    /// An item with a claim word.
-    struct Item {
-        id: u8,
-        word: AtomicU8,
-    }
-
-    impl Claim for Arc<Item> {
-        fn claim_word(&self) -> Option<&AtomicU8> {
-            Some(&self.word)
-        }
-    }
-
-    fn item(id: u8) -> Arc<Item> {
-        Arc::new(Item {
-            id,
-            word: AtomicU8::new(OUT),
-        })
     }
 
     /// A lender claiming the item it awaits races with a release draining the lane: the item
