@@ -59,6 +59,11 @@ fn constraints(
         }
     };
     let mask = resolve(placement, rt.gpus)?;
+    if mem == 0 && data == 0 {
+        // Every device holds a task of at most one VCU and no memory (a GPU task with the
+        // default constraints, mostly): no need to ask each one.
+        return Ok((mask, vcu));
+    }
     let mut fits = 0;
     let mut biggest = 0;
     for (slot, dev) in rt.devices.iter().enumerate() {
