@@ -59,53 +59,6 @@ impl CudaFence {
         })
     }
 
-    /// Records the fence of a GPU task on its pooled stream `index`, with the timing events
-    /// of a traced task: a fence of an earlier task that nothing refers to any more and that
-    /// was seen done is recorded again if the device keeps one (its allocation and event are
-    /// reused: the poller drops fences on its own thread, which would make each task's
-    /// allocation take the allocator's slow paths), else a new one.
-    pub(crate) fn record_task(
-        device: &Arc<GpuDevice>,
-        stream: &CudaStream,
-        index: usize,
-        mut timing: Option<crate::timing::Timing>,
-    ) -> crate::Result<Arc<CudaFence>> {
-        let mut reused = None;
-        if let Some(mut a) = device.spare_fences.pop() {
-            match Arc::get_mut(&mut a) {
-                // Unique, so no other thread can reach it. (The poller dropped its reference
-                // with `Release` after it stored `done`; the uniqueness check acquires that.)
-                Some(f) if f.done.load(Ordering::Relaxed) => {
-                    if let Some(event) = &f.event {
-                        if let Some(t) = f.timing.take() {
-                            t.recycle(device);
-                        }
-                        f.timing = timing.take();
-                        f.stream = Some(index);
-                        *f.done.get_mut() = false;
-                        // SAFETY: as in `record`: the task's driver thread, where its
-                        // device's context is current; the event belongs to that device.
-                        unsafe { crate::raw::record_current(event, stream) }?;
-                        reused = Some(a);
-                    }
-                }
-                // Unique but never seen done: dropped (its event is not reused either).
-                Some(_) => {}
-                // Still referred to: back in line.
-                None => {
-                    let _ = device.spare_fences.push(a);
-                }
-            }
-        }
-        let fence = match reused {
-            Some(a) => a,
-            None => Arc::new(CudaFence::record(device, stream, Some(index))?.with_timing(timing)),
-        };
-        // Kept for a later task; dropped as usual if the device keeps enough already.
-        let _ = device.spare_fences.push(fence.clone());
-        Ok(fence)
-    }
-
     /// The fence of a traced task, with the timing events around its work (recorded
     /// before the fence).
     pub(crate) fn with_timing(mut self, timing: Option<crate::timing::Timing>) -> CudaFence {

@@ -93,21 +93,6 @@ pub(crate) struct Links {
     gpu: Option<Box<GpuLinks>>,
 }
 
-/// Emptied [`GpuLinks`] of completed GPU tasks, for the next ones: a GPU task's links are
-/// allocated by the driver that releases it or runs it and freed where it completes (the
-/// fence poller), so without this every GPU task would pay the allocator's cross-thread
-/// slow paths on both sides. Bounded; a box finding it full is freed.
-static SPARE_GPU_LINKS: std::sync::LazyLock<crossbeam_queue::ArrayQueue<Box<GpuLinks>>> =
-    std::sync::LazyLock::new(|| crossbeam_queue::ArrayQueue::new(SPARE_GPU_LINKS_CAP));
-
-/// How many emptied GPU links [`SPARE_GPU_LINKS`] keeps (56 bytes each).
-const SPARE_GPU_LINKS_CAP: usize = 1024;
-
-/// Empty GPU links: a spare one if there is one.
-fn new_gpu_links() -> Box<GpuLinks> {
-    SPARE_GPU_LINKS.pop().unwrap_or_default()
-}
-
 #[derive(Default)]
 struct GpuLinks {
     /// The fence after the work of a body that returned, until completion.
@@ -479,15 +464,10 @@ impl Header {
         let mut l = self.links.lock();
         l.err = outcome.err();
         self.join_state.fetch_or(PUBLISHED, Ordering::Relaxed);
-        let gpu = l.gpu.take();
-        let out = (std::mem::take(&mut l.dependents), l.join.take());
-        drop(l);
-        if let Some(mut g) = gpu {
-            g.fence = None;
-            g.waits.clear();
-            let _ = SPARE_GPU_LINKS.push(g);
+        if l.gpu.is_some() {
+            l.gpu = None;
         }
-        out
+        (std::mem::take(&mut l.dependents), l.join.take())
     }
 
     pub(crate) fn outcome(&self) -> Option<Outcome> {
@@ -516,12 +496,7 @@ impl Header {
 
     /// Records the fence of a GPU dependency that released this task early.
     pub(crate) fn add_wait(&self, f: Arc<dyn Fence>) {
-        self.links
-            .lock()
-            .gpu
-            .get_or_insert_with(new_gpu_links)
-            .waits
-            .push(f);
+        self.links.lock().gpu.get_or_insert_default().waits.push(f);
     }
 
     /// Takes the fences this task's stream must wait on.
@@ -539,7 +514,7 @@ impl Header {
     /// (dependents or awaiters that need the task complete).
     pub(crate) fn set_fence(&self, f: Arc<dyn Fence>) -> (SmallVec<[Arc<dyn Task>; 2]>, bool) {
         let mut l = self.links.lock();
-        l.gpu.get_or_insert_with(new_gpu_links).fence = Some(f);
+        l.gpu.get_or_insert_default().fence = Some(f);
         let mut early = SmallVec::new();
         // Moved, not cloned: no reference count changes hands.
         for d in std::mem::take(&mut l.dependents) {

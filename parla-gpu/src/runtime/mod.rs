@@ -23,9 +23,6 @@ use crate::stream::{PooledStream, StreamPool};
 /// Events created per device at start.
 const EVENT_STOCK: usize = 256;
 
-/// Fences of finished tasks a device keeps for reuse (`GpuDevice::spare_fences`).
-const SPARE_FENCES: usize = 256;
-
 /// One CUDA device of the runtime.
 pub struct GpuDevice {
     /// Index among the runtime's GPUs (`gpu:index`).
@@ -37,10 +34,6 @@ pub struct GpuDevice {
     /// Completed events for reuse (lock-free: the fence poller returns them while workers
     /// take them).
     pub(crate) events: crossbeam_queue::SegQueue<CudaEvent>,
-    /// Fences of recent GPU tasks, for later tasks to record again once nothing refers to
-    /// them (`CudaFence::record_task`). Emptied when the backend is dropped (each holds the
-    /// device).
-    pub(crate) spare_fences: crossbeam_queue::ArrayQueue<Arc<CudaFence>>,
     pub(crate) kernels: Mutex<FxHashMap<(u64, u64), CudaFunction>>,
     /// Page-locked buffers staging uploads.
     pub(crate) staging: crate::transfer::Staging,
@@ -157,16 +150,6 @@ impl GpuBackend for CudaBackend {
     }
 }
 
-impl Drop for CudaBackend {
-    fn drop(&mut self) {
-        // The spare fences hold their devices: let go of them so the devices (and their
-        // contexts) go once nothing else holds them.
-        for d in &self.devices {
-            while d.spare_fences.pop().is_some() {}
-        }
-    }
-}
-
 /// A task running on a device.
 struct Exec {
     dev: Arc<GpuDevice>,
@@ -204,8 +187,8 @@ impl GpuExec for Exec {
             .timing
             .as_ref()
             .and_then(|m| m.finish(&self.dev, self.stream.stream()));
-        let fence =
-            CudaFence::record_task(&self.dev, self.stream.stream(), self.stream.index, timing);
+        let fence = CudaFence::record(&self.dev, self.stream.stream(), Some(self.stream.index))
+            .map(|f| f.with_timing(timing));
         if self.owned {
             self.dev.streams.release(&self.stream);
         }
@@ -218,7 +201,7 @@ impl GpuExec for Exec {
             return Err(describe(&e));
         }
         match fence {
-            Ok(f) => Ok(f),
+            Ok(f) => Ok(Arc::new(f)),
             Err(Error::Driver(e)) => {
                 if crate::error::is_sticky(&e) {
                     self.dev.fail(describe(&e));
@@ -302,7 +285,6 @@ fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, Stri
             ctx,
             streams,
             events,
-            spare_fences: crossbeam_queue::ArrayQueue::new(SPARE_FENCES),
             kernels: Mutex::new(FxHashMap::default()),
             staging: Default::default(),
             copy: OnceLock::new(),
