@@ -37,7 +37,34 @@ use retired::Retired;
 const SHARDS: usize = 16;
 
 /// One shard: entries found by the key's hash, computed once per operation.
-type Map = HashTable<(Key, Arc<dyn Task>)>;
+type Map = HashTable<Entry>;
+
+/// A node under its key's hash. The key itself is the node's name (`Name::Id`), so an entry
+/// is 24 bytes, and growing the table moves entries without hashing keys again.
+struct Entry {
+    hash: u64,
+    node: Arc<dyn Task>,
+}
+
+impl Entry {
+    fn new(hash: u64, node: Arc<dyn Task>) -> Entry {
+        Entry { hash, node }
+    }
+
+    /// Whether this is the entry of `key` (whose hash is `hash`).
+    #[inline]
+    fn is(&self, hash: u64, key: &Key) -> bool {
+        self.hash == hash && matches!(&self.node.header().name, Name::Id(_, k) if k == key)
+    }
+
+    /// The entry's key (every node in a space is named by its id).
+    fn key(&self) -> Option<&Key> {
+        match &self.node.header().name {
+            Name::Id(_, k) => Some(k),
+            Name::Anon(_) => None,
+        }
+    }
+}
 
 struct SpaceInner {
     /// (A thin pointer: every named task's name holds a clone.)
@@ -135,7 +162,7 @@ impl TaskSpace {
             .map(|s| {
                 s.lock()
                     .iter()
-                    .filter(|(_, t)| t.header().kind == Kind::Task)
+                    .filter(|e| e.node.header().kind == Kind::Task)
                     .count()
             })
             .sum();
@@ -159,8 +186,8 @@ impl TaskSpace {
         let mut done: Vec<(Key, Outcome)> = Vec::new();
         for s in &self.inner.shards {
             let mut map = s.lock();
-            map.retain(|(k, t)| match t.header().outcome() {
-                Some(o) if t.header().is_done() => {
+            map.retain(|e| match (e.node.header().outcome(), e.key()) {
+                (Some(o), Some(k)) if e.node.header().is_done() => {
                     done.push((k.clone(), o));
                     false
                 }
@@ -220,8 +247,8 @@ impl TaskSpace {
     /// What `key` stands for, without making anything.
     pub(crate) fn lookup(&self, key: &Key) -> Lookup {
         let h = key.fx();
-        if let Some((_, t)) = self.shard(h).lock().find(h, |(k, _)| k == key) {
-            return Lookup::Node(t.clone());
+        if let Some(e) = self.shard(h).lock().find(h, |e| e.is(h, key)) {
+            return Lookup::Node(e.node.clone());
         }
         match self.retired(key) {
             Some(o) => Lookup::Retired(o),
@@ -240,8 +267,8 @@ impl TaskSpace {
             Err(other) => return self.detached(key, other, None),
         };
         let mut map = self.shard(h).lock();
-        if let Some((_, t)) = map.find(h, |(k, _)| k == key) {
-            return t.clone();
+        if let Some(e) = map.find(h, |e| e.is(h, key)) {
+            return e.node.clone();
         }
         if let Some(o) = self.retired(key) {
             drop(map);
@@ -253,7 +280,7 @@ impl TaskSpace {
             owner,
             Some((origin, key.clone())),
         ));
-        map.insert_unique(h, (key.clone(), p.clone()), |(k, _)| k.fx());
+        map.insert_unique(h, Entry::new(h, p.clone()), |e| e.hash);
         drop(map);
         rt.register_forward(&p);
         p
@@ -293,22 +320,24 @@ impl TaskSpace {
         }
         let h = key.fx();
         let mut map = self.shard(h).lock();
-        match map.find_mut(h, |(k, _)| k == key) {
-            None => {
+        // One probe: the slot found is where the task goes if the key is new.
+        match map.entry(h, |e| e.is(h, key), |e| e.hash) {
+            hashbrown::hash_table::Entry::Vacant(v) => {
                 if self.retired(key).is_some() {
                     return Err(TaskError::DuplicateId { id: id() });
                 }
-                map.insert_unique(h, (key.clone(), task.clone()), |(k, _)| k.fx());
+                v.insert(Entry::new(h, task.clone()));
                 Ok(None)
             }
-            Some((_, e))
-                if e.header().kind == Kind::Placeholder
-                    && !e.header().is_done()
-                    && e.header().resolve() =>
-            {
-                Ok(Some(std::mem::replace(e, task.clone())))
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                let e = &mut o.get_mut().node;
+                let eh = e.header();
+                if eh.kind == Kind::Placeholder && !eh.is_done() && eh.resolve() {
+                    Ok(Some(std::mem::replace(e, task.clone())))
+                } else {
+                    Err(TaskError::DuplicateId { id: id() })
+                }
             }
-            Some(_) => Err(TaskError::DuplicateId { id: id() }),
         }
     }
 
@@ -319,8 +348,8 @@ impl TaskSpace {
             out.extend(
                 s.lock()
                     .iter()
-                    .filter(|(_, t)| t.header().kind == Kind::Task)
-                    .map(|(_, t)| t.clone()),
+                    .filter(|e| e.node.header().kind == Kind::Task)
+                    .map(|e| e.node.clone()),
             );
         }
         out
@@ -330,8 +359,8 @@ impl TaskSpace {
     fn prune(&self, key: &Key) {
         let h = key.fx();
         let mut map = self.shard(h).lock();
-        if let Ok(e) = map.find_entry(h, |(k, _)| k == key) {
-            let (_, t) = e.get();
+        if let Ok(e) = map.find_entry(h, |e| e.is(h, key)) {
+            let t = &e.get().node;
             let th = t.header();
             // Held by this map and the runtime's forward registry alone.
             if th.kind == Kind::Placeholder
@@ -349,7 +378,7 @@ impl TaskSpace {
 /// Gives a shard's memory back once most of it is unused.
 fn shrink(map: &mut Map) {
     if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-        map.shrink_to(map.len() * 2, |(k, _)| k.fx());
+        map.shrink_to(map.len() * 2, |e| e.hash);
     }
 }
 
