@@ -8,10 +8,15 @@
 //!   its header keeps (checked to still hold the task: shutdown may have emptied the set).
 //!   So the set holds exactly the started, unfinished tasks that ever waited; its size is
 //!   bounded by the live tasks.
+//! - Each thread inserts into a shard of its own (while there are no more threads than
+//!   shards), and shards sit on cache lines of their own: a worker's inserts touch lines
+//!   other workers do not, except when another thread completes the task and removes it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::waker::MainPoller;
@@ -28,7 +33,29 @@ struct Slab {
     free: Vec<u32>,
 }
 
-type Shard = Mutex<Slab>;
+type Shard = CachePadded<Mutex<Slab>>;
+
+/// The shard the next thread that inserts takes as its own.
+static NEXT_HOME: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    /// This thread's shard (`u32::MAX`: none yet).
+    static HOME: Cell<u32> = const { Cell::new(u32::MAX) };
+}
+
+/// The calling thread's shard.
+#[inline]
+fn home() -> u32 {
+    HOME.with(|h| {
+        let v = h.get();
+        if v != u32::MAX {
+            return v;
+        }
+        let v = NEXT_HOME.fetch_add(1, Ordering::Relaxed) % SHARDS as u32;
+        h.set(v);
+        v
+    })
+}
 
 #[derive(Default)]
 pub(crate) struct Pollers {
@@ -42,8 +69,7 @@ impl Pollers {
     /// takes a slot, which its header keeps for [`remove`](Self::remove) - no hashing.
     pub(crate) fn insert(&self, t: &Arc<dyn Task>) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        // Spread by insertion order: consecutive inserts lock different shards.
-        let shard = (seq % SHARDS as u64) as u32;
+        let shard = home();
         let mut s = self.shards[shard as usize].lock();
         let entry = Some((seq, t.clone()));
         let index = match s.free.pop() {
