@@ -291,6 +291,75 @@ fn a_chain_of_1000_gpu_tasks_runs_ahead_without_host_syncs() {
     );
 }
 
+/// Each task of a chain runs on the other class of streams than its predecessor (priority
+/// 0, then 1, ...), so each must wait on its predecessor's fence, whose event the backend
+/// records only when asked (here: by the dependent, on another stream). Nothing awaits the
+/// tasks themselves: the space's await sees them complete through the fence poller alone.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn deferred_fences_order_dependents_on_other_streams() {
+    use parla::gpu::cudarc::driver::CudaSlice;
+    const N: usize = 200;
+    let rt = rt();
+    let (value, streams) = support::within(300, move || {
+        rt.block_on(async {
+            let x = task(async {
+                let g = parla::gpu::current().unwrap();
+                // SAFETY: disables cudarc's per-allocation events for allocations made after
+                // this call on this context; the test orders every access itself.
+                unsafe { g.context().disable_event_tracking() };
+                let x: CudaSlice<u32> = g.stream().alloc_zeros(1).unwrap();
+                g.synchronize().await.unwrap();
+                Arc::new(parking_lot::Mutex::new(x))
+            })
+            .placement(Placement::Gpu(0))
+            .await
+            .unwrap();
+            let t = TaskSpace::new("Alternate");
+            let urgent = Arc::new(AtomicUsize::new(0));
+            for i in 0..N {
+                let (x, urgent) = (x.clone(), urgent.clone());
+                let mut b = task(async move {
+                    let g = parla::gpu::current().unwrap();
+                    if g.stream_priority() < 0 {
+                        urgent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let inc = g.kernel(KERNELS, "slow_increment").unwrap();
+                    let ns: u64 = 20_000;
+                    let mut xg = x.lock();
+                    let mut b = g.stream().launch_builder(&inc);
+                    b.arg(&ns).arg(&mut *xg);
+                    // SAFETY: `slow_increment` takes (unsigned long long, unsigned int*); x
+                    // holds one element.
+                    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                })
+                .id(t.at(i))
+                .placement(Placement::Gpu(0))
+                .priority((i % 2) as u8);
+                if i > 0 {
+                    b = b.after(t.at(i - 1));
+                }
+                drop(b.spawn());
+            }
+            (&t).await.unwrap();
+            let v = task(async move {
+                let g = parla::gpu::current().unwrap();
+                g.stream().clone_dtoh(&*x.lock()).unwrap()[0]
+            })
+            .placement(Placement::Gpu(0))
+            .await
+            .unwrap();
+            (v, urgent.load(Ordering::Relaxed))
+        })
+    });
+    assert_eq!(
+        streams,
+        N / 2,
+        "every other task ran on a high-priority stream"
+    );
+    assert_eq!(value, N as u32, "every increment ran, one after the other");
+}
+
 /// A GPU task's slice in the trace is timed on the device: a 2 ms kernel shows as about
 /// 2 ms, inside the task's host window, and a chain's kernels follow each other.
 #[test]

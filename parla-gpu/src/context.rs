@@ -129,7 +129,7 @@ impl GpuContext {
     /// Waits until the work enqueued on the task's stream so far finished, without blocking
     /// the worker: a brief spin for short work, then the runtime's fence poller.
     pub async fn synchronize(&self) -> Result<()> {
-        let fence = CudaFence::record(&self.dev, self.stream.stream(), Some(self.stream.index))?;
+        let fence = CudaFence::recorded(&self.dev, &self.stream)?;
         // Short work is seen here, at the latency of a query loop; longer work goes to the
         // runtime's fence poller and this task yields its worker.
         match poll_fence_for(&fence, AWAIT_SPIN) {

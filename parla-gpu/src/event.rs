@@ -1,87 +1,74 @@
 //! CUDA events as the scheduler's fences, recycled through a per-device pool.
+//!
+//! A fence on one of the device's pooled streams takes a *ticket* there (the stream's count
+//! of fences so far), after the work it stands for was enqueued. Its event may be recorded
+//! later: any event recorded on the stream after the ticket was taken comes after that work,
+//! so one event serves every fence whose ticket it covers. A GPU task's fence is deferred
+//! that way ([`CudaFence::deferred`]): a chain of tasks on one stream records an event only
+//! when something asks about one of their fences (the poller, an awaiter, a dependent on
+//! another stream), not once per task.
+//!
+//! # Invariants
+//! - A stream's `covered` slot holds the latest event recorded for fences there and the
+//!   last ticket it covers. It is only replaced under its lock, by an event recorded after
+//!   the ticket count it covers was read, so it covers at least that many tickets.
+//! - A fence's event, once chosen, covers its ticket, and never changes.
+//! - An event goes back to the pool only once a query saw it complete (and its device has
+//!   not failed): re-recording a pending event would make its waiters wait on newer work.
 
 use std::any::Any;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::{CudaEvent, CudaStream};
 use parla_core::device::backend::{Fence, FenceStatus};
 
 use crate::error::{describe, is_sticky};
 use crate::runtime::GpuDevice;
+use crate::stream::PooledStream;
 
-/// An event recorded on a stream: done when the work enqueued before it finished.
-pub struct CudaFence {
+/// An event recorded on a stream, shared by the fences it covers.
+pub(crate) struct Recorded {
     event: Option<CudaEvent>,
     device: Arc<GpuDevice>,
-    /// The pooled stream it was recorded on, if any.
-    stream: Option<usize>,
-    /// Seen complete (so the event can go back to the pool without another query).
+    /// Seen complete by a query (so it can go back to the pool).
     done: AtomicBool,
-    /// Timing events around the task's work, when it is traced.
-    timing: Option<crate::timing::Timing>,
 }
 
-impl std::fmt::Debug for CudaFence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaFence")
-            .field("gpu", &self.device.index)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CudaFence {
-    /// Records a fence on `stream` (an event from the device's pool); `pooled` is the
-    /// stream's index in the device's pool, if it is a pooled stream.
-    pub(crate) fn record(
+impl Recorded {
+    /// Records an event from the device's pool on `stream`. `current`: the device's context
+    /// is current on this thread (a task's driver thread), which saves binding it.
+    fn record(
         device: &Arc<GpuDevice>,
         stream: &CudaStream,
-        pooled: Option<usize>,
-    ) -> crate::Result<CudaFence> {
+        current: bool,
+    ) -> crate::Result<Recorded> {
         let event = match device.events.pop() {
             Some(e) => e,
             None => device.ctx.new_event(None)?,
         };
-        if pooled.is_some() {
-            // SAFETY: pooled streams are recorded on by the task's driver thread, where the
-            // device's context was made current when the task was entered; the event comes
-            // from the same device.
+        if current {
+            // SAFETY: the caller made the device's context current on this thread (it
+            // entered the task whose stream this is); the event comes from the same device.
             unsafe { crate::raw::record_current(&event, stream) }?;
         } else {
-            event.record(stream)?;
+            crate::raw::record_anywhere(&device.ctx, &event, stream)?;
         }
-        Ok(CudaFence {
+        Ok(Recorded {
             event: Some(event),
             device: device.clone(),
-            stream: pooled,
             done: AtomicBool::new(false),
-            timing: None,
         })
     }
 
-    /// The fence of a traced task, with the timing events around its work (recorded
-    /// before the fence).
-    pub(crate) fn with_timing(mut self, timing: Option<crate::timing::Timing>) -> CudaFence {
-        self.timing = timing;
-        self
-    }
-
-    /// The device and pooled stream the fence was recorded on.
-    pub(crate) fn origin(&self) -> (usize, Option<usize>) {
-        (self.device.index, self.stream)
-    }
-
-    /// The CUDA event.
-    pub fn event(&self) -> Option<&CudaEvent> {
-        self.event.as_ref()
-    }
-}
-
-impl Fence for CudaFence {
+    /// Queries the event without blocking.
     fn status(&self) -> FenceStatus {
         let Some(ev) = &self.event else {
             return FenceStatus::Done;
         };
+        if self.done.load(Ordering::Relaxed) {
+            return FenceStatus::Done;
+        }
         let mut r = ev.try_is_complete();
         if matches!(&r, Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_CONTEXT)
         {
@@ -106,18 +93,208 @@ impl Fence for CudaFence {
             }
         }
     }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        if let Some(e) = self.event.take()
+            && self.done.load(Ordering::Relaxed)
+            && self.device.failed().is_none()
+        {
+            self.device.events.push(e);
+        }
+    }
+}
+
+/// Where a fence's event comes from.
+enum Source {
+    /// Recorded when the fence was made, on a stream outside the pool.
+    Unpooled,
+    /// Ticket `ticket` on a pooled stream: the event is the first one recorded there for
+    /// fences once somebody asks.
+    Pooled {
+        stream: Arc<PooledStream>,
+        ticket: u64,
+    },
+}
+
+/// A point in a stream's work: done when the work enqueued on the stream before it
+/// finished.
+pub struct CudaFence {
+    device: Arc<GpuDevice>,
+    source: Source,
+    /// The event covering the fence, once chosen (or why none could be recorded).
+    event: OnceLock<Result<Arc<Recorded>, String>>,
+    /// Known done: seen so, or a later fence of its stream was (`mark_done`).
+    done: AtomicBool,
+    /// Timing events around the task's work, when it is traced.
+    timing: Option<crate::timing::Timing>,
+}
+
+impl std::fmt::Debug for CudaFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaFence")
+            .field("gpu", &self.device.index)
+            .field("stream", &self.origin().1)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaFence {
+    /// A fence after the work enqueued so far on `stream`, a stream outside the device's
+    /// pool: its event is recorded now.
+    pub(crate) fn record(device: &Arc<GpuDevice>, stream: &CudaStream) -> crate::Result<CudaFence> {
+        let ev = Recorded::record(device, stream, false)?;
+        Ok(CudaFence {
+            device: device.clone(),
+            source: Source::Unpooled,
+            event: OnceLock::from(Ok(Arc::new(ev))),
+            done: AtomicBool::new(false),
+            timing: None,
+        })
+    }
+
+    /// A fence after the work enqueued so far on the pooled `stream`, whose event is
+    /// recorded when somebody first asks about the fence (or about a later one of the
+    /// stream), possibly shared with other fences of the stream.
+    pub(crate) fn deferred(device: &Arc<GpuDevice>, stream: &Arc<PooledStream>) -> CudaFence {
+        // (After the work this fence stands for was enqueued, by this thread.)
+        let ticket = stream.issued.fetch_add(1, Ordering::AcqRel) + 1;
+        CudaFence {
+            device: device.clone(),
+            source: Source::Pooled {
+                stream: stream.clone(),
+                ticket,
+            },
+            event: OnceLock::new(),
+            done: AtomicBool::new(false),
+            timing: None,
+        }
+    }
+
+    /// A fence on the pooled `stream` whose event is recorded now (on the thread that runs
+    /// the stream's task, its device's context current). It covers the stream's deferred
+    /// fences so far too.
+    pub(crate) fn recorded(
+        device: &Arc<GpuDevice>,
+        stream: &Arc<PooledStream>,
+    ) -> crate::Result<CudaFence> {
+        let f = CudaFence::deferred(device, stream);
+        if let Err(m) = f.covering_with(true) {
+            return Err(crate::Error::Device(m.to_string()));
+        }
+        Ok(f)
+    }
+
+    /// The fence of a traced task, with the timing events around its work (recorded
+    /// before the fence).
+    pub(crate) fn with_timing(mut self, timing: Option<crate::timing::Timing>) -> CudaFence {
+        self.timing = timing;
+        self
+    }
+
+    /// The device and pooled stream the fence is on.
+    pub(crate) fn origin(&self) -> (usize, Option<usize>) {
+        match &self.source {
+            Source::Unpooled => (self.device.index, None),
+            Source::Pooled { stream, .. } => (self.device.index, Some(stream.index)),
+        }
+    }
+
+    /// The CUDA event the fence is done with (recorded now if the fence's recording was
+    /// deferred and no later event of its stream covers it yet); `None` if it could not be
+    /// recorded.
+    pub fn event(&self) -> Option<&CudaEvent> {
+        self.covering().ok()
+    }
+
+    /// The event covering the fence: recorded now if there is none yet (from any thread:
+    /// the context is bound for the call), or why it could not be.
+    pub(crate) fn covering(&self) -> Result<&CudaEvent, &str> {
+        self.covering_with(false)
+    }
+
+    fn covering_with(&self, current: bool) -> Result<&CudaEvent, &str> {
+        let chosen = match self.event.get() {
+            Some(c) => c,
+            None => {
+                let found = self.find_event(current);
+                // Another thread may have chosen meanwhile: its event covers the fence too.
+                let _ = self.event.set(found);
+                self.event.get().expect("set above")
+            }
+        };
+        match chosen {
+            Ok(r) => r.event.as_ref().ok_or("the fence's event is gone"),
+            Err(m) => Err(m.as_str()),
+        }
+    }
+
+    /// The latest event recorded for fences on the fence's stream if it covers the fence's
+    /// ticket, else a new one.
+    fn find_event(&self, current: bool) -> Result<Arc<Recorded>, String> {
+        let Source::Pooled { stream, ticket } = &self.source else {
+            return Err("the fence has no event".into());
+        };
+        let mut covered = stream.covered.lock();
+        if let Some((last, ev)) = &*covered
+            && *last >= *ticket
+        {
+            return Ok(ev.clone());
+        }
+        // Every ticket counted here was taken after its work was enqueued, so the event
+        // recorded next comes after all of it.
+        let last = stream.issued.load(Ordering::Acquire);
+        let ev = Recorded::record(&self.device, stream.stream(), current).map_err(|e| {
+            if let crate::Error::Driver(d) = &e
+                && is_sticky(d)
+            {
+                self.device.fail(describe(d));
+            }
+            e.to_string()
+        })?;
+        let ev = Arc::new(ev);
+        *covered = Some((last, ev.clone()));
+        Ok(ev)
+    }
+}
+
+impl Fence for CudaFence {
+    fn status(&self) -> FenceStatus {
+        if self.done.load(Ordering::Relaxed) {
+            return FenceStatus::Done;
+        }
+        if let Err(m) = self.covering() {
+            return FenceStatus::Failed(m.to_string());
+        }
+        let Some(Ok(ev)) = self.event.get() else {
+            return FenceStatus::Failed("the fence has no event".into());
+        };
+        let s = ev.status();
+        if s == FenceStatus::Done {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        s
+    }
 
     fn gpu(&self) -> usize {
         self.device.index
     }
 
     fn queue(&self) -> Option<u64> {
-        self.stream
+        self.origin()
+            .1
             .map(|s| ((self.device.index as u64) << 32) | s as u64)
     }
 
     fn mark_done(&self) {
         self.done.store(true, Ordering::Relaxed);
+    }
+
+    fn flush(&self) {
+        // (On the task's driver thread, its device's context current. A failure shows in
+        // the next query.)
+        let _ = self.covering_with(true);
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -134,15 +311,11 @@ impl Fence for CudaFence {
 
 impl Drop for CudaFence {
     fn drop(&mut self) {
-        if let Some(e) = self.event.take() {
-            // Re-recording a completed event is fine; an incomplete one would make later
-            // waiters wait on newer work, so only events seen complete go back to the pool.
-            if self.done.load(Ordering::Relaxed) && self.device.failed().is_none() {
-                self.device.events.push(e);
-                if let Some(t) = self.timing.take() {
-                    t.recycle(&self.device);
-                }
-            }
+        if let Some(t) = self.timing.take()
+            && self.done.load(Ordering::Relaxed)
+            && self.device.failed().is_none()
+        {
+            t.recycle(&self.device);
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - cuBLAS and cuSOLVER handles are created on first use, bound to their stream for life,
 //!   and destroyed with it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use cudarc::cublas::CudaBlas;
@@ -25,6 +25,10 @@ pub struct PooledStream {
     stream: Arc<CudaStream>,
     blas: OnceLock<CudaBlas>,
     solver: OnceLock<DnHandle>,
+    /// Fences taken on the stream so far (their tickets: `crate::event`).
+    pub(crate) issued: AtomicU64,
+    /// The latest event recorded for fences on the stream, and the last ticket it covers.
+    pub(crate) covered: Mutex<Option<(u64, Arc<crate::event::Recorded>)>>,
 }
 
 impl std::fmt::Debug for PooledStream {
@@ -122,6 +126,8 @@ impl StreamPool {
                 stream,
                 blas: OnceLock::new(),
                 solver: OnceLock::new(),
+                issued: AtomicU64::new(0),
+                covered: Mutex::new(None),
             }));
         }
         let class = |range: std::ops::Range<usize>| Class {

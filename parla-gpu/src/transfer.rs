@@ -317,7 +317,7 @@ impl GpuHandle {
             // host until the fence fires; `src` holds at least `dst.len` values of this
             // context and is freed, if at all, after the copy in stream order.
             unsafe { crate::raw::dtoh_async(dst.as_mut_slice(), ptr, &stream) }?;
-            let fence = crate::event::CudaFence::record(&self.0, &stream, None)?;
+            let fence = crate::event::CudaFence::record(&self.0, &stream)?;
             Ok(Arc::new(fence) as Arc<dyn parla_core::device::backend::Fence>)
         })();
         if let Some(gpu) = crate::current() {
@@ -377,9 +377,10 @@ impl GpuContext {
     /// Makes the task's stream wait (on the GPU, not the host) for `fence`, a fence of this
     /// backend on any of its GPUs.
     pub fn wait_on(&self, fence: &dyn parla_core::device::backend::Fence) -> Result<()> {
-        if let Some(f) = fence.as_any().downcast_ref::<crate::event::CudaFence>()
-            && let Some(e) = f.event()
-        {
+        if let Some(f) = fence.as_any().downcast_ref::<crate::event::CudaFence>() {
+            let e = f
+                .covering()
+                .map_err(|m| crate::Error::Device(m.to_string()))?;
             self.stream().wait(e)?;
         }
         Ok(())

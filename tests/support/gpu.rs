@@ -9,6 +9,17 @@ extern "C" __global__ void increment(unsigned int *x) {
     if (threadIdx.x == 0 && blockIdx.x == 0) { *x += 1; }
 }
 
+// Reads *x, spins for about `ns` nanoseconds, then writes what it read plus one: two of
+// these that overlap lose an increment.
+extern "C" __global__ void slow_increment(unsigned long long ns, unsigned int *x) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) { return; }
+    unsigned int v = *x;
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); } while (now - start < ns);
+    *x = v + 1;
+}
+
 // Spins for about `ns` nanoseconds of GPU time (globaltimer), then writes 1 to *flag.
 extern "C" __global__ void spin(unsigned long long ns, unsigned int *flag) {
     unsigned long long start;

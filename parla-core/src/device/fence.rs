@@ -33,6 +33,13 @@ pub trait Fence: Send + Sync + 'static {
         None
     }
 
+    /// Something waits on the fence (an awaiter, a CPU dependent, tasks queued for the
+    /// device): a backend that defers recording its fences (until a query asks, say) records
+    /// this one now. Called on the thread that ran the fence's task, right after
+    /// [`GpuExec::finish`](crate::device::backend::GpuExec::finish) returned it. The default
+    /// does nothing.
+    fn flush(&self) {}
+
     /// The fence is known to be done without a query of its own: a later fence of its
     /// queue is. (A backend may, for instance, recycle its event.)
     fn mark_done(&self) {}

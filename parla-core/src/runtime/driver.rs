@@ -367,10 +367,23 @@ impl Driver {
                 if pended {
                     rt.pollers.remove(task);
                 }
+                // Somebody waits on the fence: a backend that defers recording records it
+                // here, where the device's context is current, rather than at the first
+                // query (an awaiter may spin on it as soon as it is published).
+                let flush = || {
+                    let _ = catch_unwind(AssertUnwindSafe(|| f.flush()));
+                };
+                if h.join_awaited() {
+                    flush();
+                }
                 let others = graph::body_fenced(task, &f, &mut self.local.fx);
                 rt.apply(&mut self.local);
                 let queued = rt.devices[device.slot()].usage().waiting > 0;
                 let urgent = others || queued || h.join_awaited();
+                if urgent {
+                    // (Done already if it was awaited above: a second flush costs nothing.)
+                    flush();
+                }
                 Bridge::watch(&rt, Watch::Task(task.clone(), f, urgent));
                 self.local.busy -= 1;
                 return;

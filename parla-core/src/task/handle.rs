@@ -88,6 +88,9 @@ impl<T: 'static> Future for TaskHandle<T> {
         if let Some(o) = h.outcome() {
             return this.ready(o);
         }
+        // (Before the spin below: a GPU task whose body returns meanwhile has its fence
+        // recorded by its driver, which sees it awaited, instead of by this spin's query.)
+        h.set_join_awaited();
         if !this.spun {
             // A GPU task whose work is in flight: see its fence at the latency of a poll
             // loop rather than through the poller thread.
@@ -99,7 +102,6 @@ impl<T: 'static> Future for TaskHandle<T> {
                 return this.ready(o);
             }
         }
-        h.set_join_awaited();
         if let Some(o) = h.register_join(waker::registration_waker(cx, h.rt_id)) {
             return this.ready(o);
         }

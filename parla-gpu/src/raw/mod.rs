@@ -44,6 +44,31 @@ pub(crate) fn make_current(ctx: &CudaContext) -> Result<(), DriverError> {
     Ok(())
 }
 
+/// Records `event` on `stream` from any thread: `ctx` (the event's and the stream's context)
+/// is made current for the call, and the context that was current before is made current
+/// again (the thread may be running a task on another device).
+pub(crate) fn record_anywhere(
+    ctx: &CudaContext,
+    event: &CudaEvent,
+    stream: &CudaStream,
+) -> Result<(), DriverError> {
+    let cu = ctx.cu_ctx();
+    let before = result::ctx::get_current()?;
+    if before != Some(cu) {
+        // SAFETY: `cu` is the live context owned by `ctx`, borrowed for the call.
+        unsafe { result::ctx::set_current(cu) }?;
+    }
+    // SAFETY: both handles are live (borrowed) and belong to `ctx`, current now.
+    let r = unsafe { result::event::record(event.cu_event(), stream.cu_stream()) };
+    if before != Some(cu) {
+        // SAFETY: `before` was current on this thread until this call (or null: none). The
+        // runtime's contexts live as long as the runtime, and a context the caller made
+        // current is alive while it is current.
+        unsafe { result::ctx::set_current(before.unwrap_or(std::ptr::null_mut())) }?;
+    }
+    r
+}
+
 /// Records `event` on `stream` without re-binding the context (cudarc's `CudaEvent::record`
 /// binds first: one more driver call, on the path of every GPU task).
 ///

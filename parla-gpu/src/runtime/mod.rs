@@ -125,14 +125,14 @@ impl GpuBackend for CudaBackend {
             None => dev.streams.acquire(urgent),
         };
         for f in after {
-            if let Some(cf) = f.as_any().downcast_ref::<CudaFence>()
-                && let Some(ev) = cf.event()
-            {
+            if let Some(cf) = f.as_any().downcast_ref::<CudaFence>() {
                 if cf.origin() == (gpu, Some(stream.index)) {
                     continue;
                 }
                 // Runahead: the dependency's work is enqueued, possibly on another device;
-                // this stream waits for it on the GPU, not on the host.
+                // this stream waits for it on the GPU, not on the host (its event is
+                // recorded now if it was deferred).
+                let ev = cf.covering().map_err(str::to_string)?;
                 stream.stream().wait(ev).map_err(|e| describe(&e))?;
             }
         }
@@ -187,8 +187,14 @@ impl GpuExec for Exec {
             .timing
             .as_ref()
             .and_then(|m| m.finish(&self.dev, self.stream.stream()));
-        let fence = CudaFence::record(&self.dev, self.stream.stream(), Some(self.stream.index))
-            .map(|f| f.with_timing(timing));
+        // A traced task's fence is recorded now, after its timing events; any other's
+        // recording is deferred until somebody asks (one event then serves the fences of a
+        // run of tasks on the stream).
+        let fence = if timing.is_some() {
+            CudaFence::recorded(&self.dev, &self.stream).map(|f| f.with_timing(timing))
+        } else {
+            Ok(CudaFence::deferred(&self.dev, &self.stream))
+        };
         if self.owned {
             self.dev.streams.release(&self.stream);
         }
