@@ -14,7 +14,9 @@
 //! - `active` never exceeds `max`: slots are taken by compare-and-swap only.
 //! - A lingering driver (one that found the queue empty and polls it a little longer, see
 //!   `driver`) stands in for one driver a pusher would start. The same fences make the
-//!   pusher see it lingering or the driver, as it stops lingering, see the work.
+//!   pusher see it lingering or the driver, as it stops lingering, see the work. Whether it
+//!   started lingering with [`linger`](Injector::linger) or, if no other driver lingered,
+//!   with [`linger_alone`](Injector::linger_alone), makes no difference to that.
 
 use crate::loom::sync::{AtomicUsize, Ordering, Queue, fence};
 
@@ -86,6 +88,14 @@ impl<T> Injector<T> {
     /// count on it instead of starting a driver, until [`stop_lingering`](Self::stop_lingering).
     pub(crate) fn linger(&self) {
         self.lingering.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Like [`linger`](Self::linger), but only if no other driver lingers. Returns whether
+    /// the caller lingers now.
+    pub(crate) fn linger_alone(&self) -> bool {
+        self.lingering
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 
     /// The lingering driver stops polling (it found work, or gives up). Returns whether work
@@ -161,10 +171,25 @@ mod loom_test {
     /// the pusher starts a driver, or the lingering driver sees the task.
     #[test]
     fn push_vs_stop_lingering_strands_nothing() {
-        loom::model(|| {
+        push_vs_stop_lingering(false);
+    }
+
+    /// The same, for a driver that lingers alone (for CPU work).
+    #[test]
+    fn push_vs_stop_lingering_alone_strands_nothing() {
+        push_vs_stop_lingering(true);
+    }
+
+    fn push_vs_stop_lingering(alone: bool) {
+        loom::model(move || {
             let inj = Arc::new(Injector::new(2));
             assert!(inj.claim());
-            inj.linger();
+            if alone {
+                assert!(inj.linger_alone());
+                assert!(!inj.linger_alone(), "one driver lingers alone at a time");
+            } else {
+                inj.linger();
+            }
             let pusher = push_and_drive(&inj, 1);
             let mut ran = Vec::new();
             // Work seen as it stops lingering: it keeps its slot; else it leaves (taking a
