@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parla::gpu::cudarc::driver::{LaunchConfig, PushKernelArg};
+use parla::gpu::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use parla::prelude::*;
 use support::gpu::{KERNELS, real};
 
@@ -221,10 +221,39 @@ fn memory_admission_against_the_real_budget() {
     assert_eq!(r.1, 1);
 }
 
+/// A counter on GPU 0, zero, for tasks to increment in turn. cudarc's own cross-stream
+/// tracking is off for it, so only the runtime orders the tasks that use it.
+async fn untracked_counter() -> Counter {
+    task(async {
+        let g = parla::gpu::current().unwrap();
+        // SAFETY: disables cudarc's per-allocation events for allocations made after this
+        // call on this context; the tests order every access themselves.
+        unsafe { g.context().disable_event_tracking() };
+        let x: CudaSlice<u32> = g.stream().alloc_zeros(1).unwrap();
+        g.synchronize().await.unwrap();
+        Arc::new(parking_lot::Mutex::new(x))
+    })
+    .placement(Placement::Gpu(0))
+    .await
+    .unwrap()
+}
+
+/// The counter's value, read by a task on GPU 0.
+async fn read_counter(x: Counter) -> u32 {
+    task(async move {
+        let g = parla::gpu::current().unwrap();
+        g.stream().clone_dtoh(&*x.lock()).unwrap()[0]
+    })
+    .placement(Placement::Gpu(0))
+    .await
+    .unwrap()
+}
+
+type Counter = Arc<parking_lot::Mutex<CudaSlice<u32>>>;
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_chain_of_1000_gpu_tasks_runs_ahead_without_host_syncs() {
-    use parla::gpu::cudarc::driver::CudaSlice;
     const N: usize = 1000;
     let rt = rt();
     let (value, ran_ahead) = support::within(300, move || {
@@ -232,18 +261,7 @@ fn a_chain_of_1000_gpu_tasks_runs_ahead_without_host_syncs() {
             // One counter on the device, incremented by each task in turn. cudarc's own
             // cross-stream tracking is off for it, so only the runtime orders the tasks
             // (which run on different streams of the pool).
-            let x = task(async {
-                let g = parla::gpu::current().unwrap();
-                // SAFETY: disables cudarc's per-allocation events for allocations made after
-                // this call on this context; the test orders every access itself.
-                unsafe { g.context().disable_event_tracking() };
-                let x: CudaSlice<u32> = g.stream().alloc_zeros(1).unwrap();
-                g.synchronize().await.unwrap();
-                Arc::new(parking_lot::Mutex::new(x))
-            })
-            .placement(Placement::Gpu(0))
-            .await
-            .unwrap();
+            let x = untracked_counter().await;
             let t = TaskSpace::new("Chain");
             let ahead = Arc::new(AtomicUsize::new(0));
             for i in 0..N {
@@ -270,13 +288,7 @@ fn a_chain_of_1000_gpu_tasks_runs_ahead_without_host_syncs() {
                 });
             }
             t.at(N - 1).await.unwrap();
-            let v = task(async move {
-                let g = parla::gpu::current().unwrap();
-                g.stream().clone_dtoh(&*x.lock()).unwrap()[0]
-            })
-            .placement(Placement::Gpu(0))
-            .await
-            .unwrap();
+            let v = read_counter(x).await;
             (v, ahead.load(Ordering::Relaxed))
         })
     });
@@ -298,23 +310,11 @@ fn a_chain_of_1000_gpu_tasks_runs_ahead_without_host_syncs() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn deferred_fences_order_dependents_on_other_streams() {
-    use parla::gpu::cudarc::driver::CudaSlice;
     const N: usize = 200;
     let rt = rt();
     let (value, streams) = support::within(300, move || {
         rt.block_on(async {
-            let x = task(async {
-                let g = parla::gpu::current().unwrap();
-                // SAFETY: disables cudarc's per-allocation events for allocations made after
-                // this call on this context; the test orders every access itself.
-                unsafe { g.context().disable_event_tracking() };
-                let x: CudaSlice<u32> = g.stream().alloc_zeros(1).unwrap();
-                g.synchronize().await.unwrap();
-                Arc::new(parking_lot::Mutex::new(x))
-            })
-            .placement(Placement::Gpu(0))
-            .await
-            .unwrap();
+            let x = untracked_counter().await;
             let t = TaskSpace::new("Alternate");
             let urgent = Arc::new(AtomicUsize::new(0));
             for i in 0..N {
@@ -342,13 +342,7 @@ fn deferred_fences_order_dependents_on_other_streams() {
                 drop(b.spawn());
             }
             (&t).await.unwrap();
-            let v = task(async move {
-                let g = parla::gpu::current().unwrap();
-                g.stream().clone_dtoh(&*x.lock()).unwrap()[0]
-            })
-            .placement(Placement::Gpu(0))
-            .await
-            .unwrap();
+            let v = read_counter(x).await;
             (v, urgent.load(Ordering::Relaxed))
         })
     });
