@@ -123,13 +123,9 @@ impl Driver {
             return None;
         }
         rt.flush(&mut self.local);
-        let (limit, look) = if gpu {
-            (LINGER, std::time::Duration::ZERO)
-        } else {
-            (CPU_LINGER, CPU_LOOK)
-        };
+        let limit = if gpu { LINGER } else { CPU_LINGER };
         let start = std::time::Instant::now();
-        let mut next_look = look;
+        let mut next_look = CPU_LOOK;
         let mut n = 0u32;
         loop {
             let found = rt.inject.pop().or_else(|| {
@@ -146,7 +142,8 @@ impl Driver {
                 }
                 return Some(t);
             }
-            // Until the next look (GPU: the next spin; the clock is read every 16th).
+            // Until the next look: for GPU work the next spin (the clock read every 16th),
+            // for CPU work the next `CPU_LOOK`.
             let over = loop {
                 n += 1;
                 std::hint::spin_loop();
@@ -157,8 +154,11 @@ impl Driver {
                 if now >= limit {
                     break true;
                 }
+                if gpu {
+                    break false;
+                }
                 if now >= next_look {
-                    next_look += look;
+                    next_look += CPU_LOOK;
                     break false;
                 }
             };
