@@ -206,6 +206,8 @@ impl Builder {
             .build()?;
         let cpu_mem = self.cpu_memory.unwrap_or_else(system_memory);
         let track_running = n_gpus > 0;
+        // A task lane shard for each worker, and one for the threads outside them.
+        let lane_shards = threads + 1;
         let mut devices = vec![DeviceState::new(
             Device::CPU,
             "host CPU".into(),
@@ -215,6 +217,7 @@ impl Builder {
             vcu_fixed(1.0 / threads as f64).max(1),
             threads,
             track_running,
+            lane_shards,
         )];
         for (i, (name, mem, backing, gpu)) in gpus.into_iter().enumerate() {
             devices.push(DeviceState::new(
@@ -226,6 +229,7 @@ impl Builder {
                 0,
                 self.streams_per_gpu,
                 track_running,
+                lane_shards,
             ));
         }
         debug_assert!(devices.iter().all(|d| d.default_vcu <= VCU_ONE));

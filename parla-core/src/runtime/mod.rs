@@ -97,10 +97,11 @@ impl DeviceState {
         default_vcu: u32,
         slots: usize,
         track_running: bool,
+        lane_shards: usize,
     ) -> Self {
         DeviceState {
             device,
-            admission: Admission::new(memory),
+            admission: Admission::new(memory, lane_shards),
             default_vcu,
             slots,
             backing,

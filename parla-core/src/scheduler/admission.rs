@@ -7,25 +7,47 @@
 //! awaits). Whatever an operation admits is pushed to `out`; the caller (the executor) runs
 //! it.
 //!
+//! The task lane has a central part, under the same lock as the resume lane, and shards
+//! for the tasks a running task spawns (which it may claim: see [`Admission::lend`]), one
+//! per thread that queues them (while there are no more threads than shards), each under a
+//! lock of its own on a cache line of its own: a fork-join tree queues its children
+//! without touching what other threads queue. Each task lane entry takes a ticket from one
+//! counter, and drains admit by ticket across the parts, so the lane as a whole stays
+//! FIFO.
+//!
 //! # Invariants
 //! - The VCUs and memory reserved on a device never exceed its capacity (1.0 VCU, the memory
 //!   budget): every reservation is one compare-and-swap that checks the sum first.
 //! - Each reservation is released exactly once, by the holder of what was admitted.
 //! - No lost wake-up: an item waits only while it does not fit. Whoever queues an item
-//!   increments `waiting` and then drains the lanes under the lock; whoever releases
-//!   resources returns them and then reads `waiting` with a read-modify-write, draining when
-//!   it is non-zero. Read-modify-writes of `waiting` are totally ordered: if the releaser's
-//!   comes first, the queuer's increment acquires it and its drain sees the released
-//!   resources; if it comes second, it reads the increment and drains. (No `SeqCst`
-//!   reasoning needed, which loom checks.)
+//!   centrally increments `waiting` and drains under the central lock. Whoever queues one
+//!   in a shard pushes it, counts it in `sharded`, stores the shard's length and then
+//!   increments `waiting`, under the shard's lock, then drains if the item fits in what is
+//!   free. Whoever releases
+//!   resources returns them and then reads `waiting` with a read-modify-write, draining
+//!   when it is non-zero. Read-modify-writes of `waiting` are totally ordered: if the
+//!   releaser's comes first, the queuer's increment acquires it, so the queuer sees the
+//!   released resources and drains if its item fits; if it comes second, it reads the
+//!   increment (and through it `sharded` and the shard's length, so its drain does not
+//!   skip the shard) and drains. An item that does not fit when queued waits for a release, which
+//!   drains. (No `SeqCst` reasoning needed, which loom checks.)
+//! - Drains hold the central lock throughout, then lock the shards they look at, in
+//!   order; a queuer in a shard holds only that shard's lock while it pushes. So drains
+//!   are serialized, and no thread waits on a shard lock while holding another.
 //! - The task lane is FIFO: a newcomer queues behind waiting items even when it would fit,
-//!   so a large task is never starved by a stream of small ones. Two exceptions admit out
-//!   of order: the stall resolver's [`backfill`](Admission::backfill), when nothing else
-//!   can move, and a [`lend`](Admission::lend) to the task the lender awaits, which only
-//!   takes what the lender gives up (as if the lender ran it on its own VCUs). Resumes are
-//!   admitted first-fit. Items that need nothing bypass both lanes.
+//!   so a large task is never starved by a stream of small ones; drains admit the lowest
+//!   ticket among the fronts (tickets grow in each part, taken under its lock).
+//!   Two exceptions admit out of order: the stall resolver's
+//!   [`backfill`](Admission::backfill), when nothing else can move, and a
+//!   [`lend`](Admission::lend) to the task the lender awaits, which only takes what the
+//!   lender gives up (as if the lender ran it on its own VCUs). Resumes are admitted
+//!   first-fit. Items that need nothing bypass both lanes.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+
+use crossbeam_utils::CachePadded;
+use smallvec::SmallVec;
 
 use crate::loom::sync::{AtomicU8, AtomicU64, AtomicUsize, Mutex, Ordering};
 
@@ -36,6 +58,9 @@ const VCU_BITS: u32 = 20;
 const VCU_MASK: u64 = (1 << VCU_BITS) - 1;
 /// The largest memory budget admission can track (16 TiB); larger budgets are clamped.
 pub const MAX_MEMORY: u64 = (1 << (64 - VCU_BITS)) - 1;
+
+/// The most task lane shards a device has.
+pub(crate) const MAX_SHARDS: usize = 16;
 
 /// What a task reserves on its device while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,37 +105,54 @@ pub(crate) enum Lane {
     Resume,
 }
 
-struct Lanes<T> {
-    /// Items, what they ask for, and whether a lender may claim them (their claim word is
-    /// set: see [`Admission::queue`]).
-    tasks: VecDeque<Entry<T>>,
-    /// (Never claimable.)
+/// A lane entry.
+struct Entry<T> {
+    item: T,
+    /// What it asks for.
+    d: Demand,
+    /// Whether a lender may claim it (its claim word is set: see [`Admission::queue`]).
+    claimable: bool,
+    /// Its place in the task lane's order (0 in the resume lane).
+    ticket: u64,
+}
+
+/// What the central lock holds.
+struct Central<T> {
+    /// The resume lane (never claimable).
     resumes: VecDeque<Entry<T>>,
     /// No resume asks for less VCUs, nor for less memory (a bound: kept while items leave,
     /// reset when the lane empties).
     resume_min: Demand,
+    /// Task lane entries that are not claimable.
+    tasks: VecDeque<Entry<T>>,
 }
 
-/// A lane entry: the item, what it asks for, whether it is claimable.
-type Entry<T> = (T, Demand, bool);
+/// One shard of the task lane (claimable entries).
+struct Shard<T> {
+    /// The lane's length, stored under its lock after every change (see the module
+    /// invariants): drains skip empty shards without locking them.
+    len: AtomicUsize,
+    lane: Mutex<VecDeque<Entry<T>>>,
+}
 
 /// Whether `e` is a claimed task lane entry (a tombstone).
 #[inline]
 fn is_tombstone<T: Claim>(e: &Entry<T>) -> bool {
-    e.2 && e
-        .0
-        .claim_word()
-        .is_some_and(|c| c.load(Ordering::Acquire) == CLAIMED)
+    e.claimable
+        && e.item
+            .claim_word()
+            .is_some_and(|c| c.load(Ordering::Acquire) == CLAIMED)
 }
 
 /// Takes a lane entry's item for admission (under the lock): `false` if a lender claimed it
 /// first.
 #[inline]
 fn take_queued<T: Claim>(e: &Entry<T>) -> bool {
-    !e.2 || e.0.claim_word().is_none_or(|c| {
-        c.compare_exchange(QUEUED, OUT, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    })
+    !e.claimable
+        || e.item.claim_word().is_none_or(|c| {
+            c.compare_exchange(QUEUED, OUT, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
 }
 
 /// What [`Admission::admit_entry`] did with a lane entry.
@@ -124,7 +166,7 @@ enum Step {
     Lost,
 }
 
-/// The `resume_min` of an empty lane.
+/// The `min` of an empty resume lane.
 const NO_MIN: Demand = Demand {
     vcu: u32::MAX,
     mem: u64::MAX,
@@ -153,15 +195,45 @@ impl Claim for u8 {
     }
 }
 
+/// The next thread to queue an item takes this number as its own.
+static NEXT_HOME: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's number, for its task lane shard (`usize::MAX`: none yet).
+    static HOME: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The calling thread's number: the same on every device, distinct for the first threads.
+#[inline]
+fn home() -> usize {
+    HOME.with(|h| {
+        let v = h.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT_HOME.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        h.set(v);
+        v
+    })
+}
+
 /// The admission state of one device.
 pub(crate) struct Admission<T> {
     used: AtomicU64,
     mem_capacity: u64,
     /// Items in both lanes.
     waiting: AtomicUsize,
+    /// Tickets of the task lane, taken in order (next to `waiting`, which a queuer updates
+    /// too).
+    tickets: AtomicU64,
+    /// Entries in the shards (tombstones included): drains skip the shards while it is 0.
+    sharded: AtomicUsize,
     /// Items in the resume lane.
     resuming: AtomicUsize,
-    lanes: Mutex<Lanes<T>>,
+    /// The resume lane and the central task lane; its lock also serializes drains.
+    central: Mutex<Central<T>>,
+    /// The task lane's shards.
+    shards: Box<[CachePadded<Shard<T>>]>,
 }
 
 impl<T: Claim> std::fmt::Debug for Admission<T> {
@@ -174,17 +246,29 @@ impl<T: Claim> std::fmt::Debug for Admission<T> {
 }
 
 impl<T: Claim> Admission<T> {
-    pub(crate) fn new(mem_capacity: u64) -> Self {
+    /// A device with `mem_capacity` bytes, whose task lane has `shards` shards (at least
+    /// one, at most [`MAX_SHARDS`]): about one per thread that queues claimable tasks there.
+    pub(crate) fn new(mem_capacity: u64, shards: usize) -> Self {
         Admission {
             used: AtomicU64::new(0),
             mem_capacity: mem_capacity.min(MAX_MEMORY),
             waiting: AtomicUsize::new(0),
+            tickets: AtomicU64::new(0),
+            sharded: AtomicUsize::new(0),
             resuming: AtomicUsize::new(0),
-            lanes: Mutex::new(Lanes {
-                tasks: VecDeque::new(),
+            central: Mutex::new(Central {
                 resumes: VecDeque::new(),
                 resume_min: NO_MIN,
+                tasks: VecDeque::new(),
             }),
+            shards: (0..shards.clamp(1, MAX_SHARDS))
+                .map(|_| {
+                    CachePadded::new(Shard {
+                        len: AtomicUsize::new(0),
+                        lane: Mutex::new(VecDeque::new()),
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -243,20 +327,31 @@ impl<T: Claim> Admission<T> {
     }
 
     /// A task asks for `d`: admitted if it fits now and nobody waits, else queued in the
-    /// task lane. Everything admitted by this call (the item, or items queued before it)
-    /// is pushed to `out`. Returns whether `item` itself was admitted at once.
+    /// task lane (claimable, in shard `home`, if it has a claim word; centrally otherwise).
+    /// Everything admitted by this call (the item, or items queued before it) is pushed to
+    /// `out`. Returns whether `item` itself was admitted at once.
     #[cfg(test)]
-    pub(crate) fn admit(&self, item: T, d: Demand, out: &mut Vec<T>) -> bool {
+    pub(crate) fn admit_in(&self, home: usize, item: T, d: Demand, out: &mut Vec<T>) -> bool {
         match self.admit_now(item, d, out) {
             Ok(()) => true,
+            Err(item) if item.claim_word().is_some() => {
+                self.queue_in(home, item, d, out);
+                false
+            }
             Err(item) => {
-                self.queue(item, d, true, out);
+                self.queue(item, d, false, out);
                 false
             }
         }
     }
 
-    /// [`admit`](Self::admit)'s first step: admits `item` (into `out`) if it fits now and
+    /// [`admit_in`](Self::admit_in) the first shard.
+    #[cfg(test)]
+    pub(crate) fn admit(&self, item: T, d: Demand, out: &mut Vec<T>) -> bool {
+        self.admit_in(0, item, d, out)
+    }
+
+    /// The first step of an admission: admits `item` (into `out`) if it fits now and
     /// nobody waits; hands it back otherwise, for the caller to [`queue`](Self::queue).
     #[inline]
     pub(crate) fn admit_now(&self, item: T, d: Demand, out: &mut Vec<T>) -> Result<(), T> {
@@ -268,26 +363,68 @@ impl<T: Claim> Admission<T> {
         }
     }
 
-    /// [`admit`](Self::admit)'s second step, for an item handed back by
-    /// [`admit_now`](Self::admit_now): queues it in the task lane, then admits what fits.
-    /// `claimable`: a lender may claim it (a task spawned by a running task, which may await
-    /// it); only then is its claim word set, and only such entries are checked for
-    /// tombstones.
+    /// The second step, for an item handed back by [`admit_now`](Self::admit_now): queues
+    /// it in the task lane, then admits what fits. `claimable`: a lender may claim it (a
+    /// task spawned by a running task, which may await it); only then is its claim word
+    /// set, and it goes to the calling thread's shard of the lane.
     pub(crate) fn queue(&self, item: T, d: Demand, claimable: bool, out: &mut Vec<T>) {
-        let mut q = self.lanes.lock();
-        // Tombstones at the back go at once (a claimed child is often the last queued).
-        while q.tasks.back().is_some_and(is_tombstone) {
-            q.tasks.pop_back();
+        if claimable && item.claim_word().is_some() {
+            self.queue_in(home(), item, d, out);
+            return;
         }
-        // Counted before a lender can claim it.
+        let mut c = self.central.lock();
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        c.tasks.push_back(Entry {
+            item,
+            d,
+            claimable: false,
+            ticket,
+        });
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        let claimable = claimable
-            && item.claim_word().is_some_and(|c| {
-                c.store(QUEUED, Ordering::Release);
-                true
+        self.drain(&mut c, out);
+    }
+
+    /// [`queue`](Self::queue) of a claimable item (with a claim word) in shard `home`
+    /// (modulo the shard count).
+    fn queue_in(&self, home: usize, item: T, d: Demand, out: &mut Vec<T>) {
+        let shard = &self.shards[home % self.shards.len()];
+        {
+            let mut lane = shard.lane.lock();
+            // Tombstones at the back go at once (a claimed child is often the last queued).
+            let mut dropped = 0;
+            while lane.back().is_some_and(is_tombstone) {
+                lane.pop_back();
+                dropped += 1;
+            }
+            if dropped != 1 {
+                // (One in, one out: the count stays.)
+                if dropped == 0 {
+                    self.sharded.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    self.sharded.fetch_sub(dropped - 1, Ordering::AcqRel);
+                }
+            }
+            // Under the shard's lock: its tickets grow from front to back.
+            let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+            lane.push_back(Entry {
+                item,
+                d,
+                claimable: true,
+                ticket,
             });
-        q.tasks.push_back((item, d, claimable));
-        self.drain(&mut q, out);
+            shard.len.store(lane.len(), Ordering::Release);
+            // Counted after the length and `sharded` are stored (a drain that sees the count
+            // sees the entry), and before a lender can claim it.
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            if let Some(c) = lane.back().and_then(|e| e.item.claim_word()) {
+                c.store(QUEUED, Ordering::Release);
+            }
+        }
+        // Not fitting now, it waits for a release (which drains: see the module
+        // invariants). Fitting, it is admitted unless items queued before it wait.
+        if self.could_fit(d) {
+            self.drain(&mut self.central.lock(), out);
+        }
     }
 
     /// A parked task takes back `vcu` VCUs. Granted at once (the item is handed back) when
@@ -299,15 +436,20 @@ impl<T: Claim> Admission<T> {
         if d.is_zero() || (self.resuming.load(Ordering::Acquire) == 0 && self.try_reserve(d)) {
             return Some(item);
         }
-        let mut q = self.lanes.lock();
-        q.resumes.push_back((item, d, false));
-        q.resume_min = Demand {
-            vcu: q.resume_min.vcu.min(d.vcu),
-            mem: q.resume_min.mem.min(d.mem),
+        let mut c = self.central.lock();
+        c.resumes.push_back(Entry {
+            item,
+            d,
+            claimable: false,
+            ticket: 0,
+        });
+        c.resume_min = Demand {
+            vcu: c.resume_min.vcu.min(d.vcu),
+            mem: c.resume_min.mem.min(d.mem),
         };
         self.resuming.fetch_add(1, Ordering::AcqRel);
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.drain(&mut q, out);
+        self.drain(&mut c, out);
         None
     }
 
@@ -319,16 +461,15 @@ impl<T: Claim> Admission<T> {
         self.used.fetch_sub(d.packed(), Ordering::AcqRel);
         // A read-modify-write, not a load: see the module invariants.
         if self.waiting.fetch_add(0, Ordering::AcqRel) > 0 {
-            let mut q = self.lanes.lock();
-            self.drain(&mut q, out);
+            self.drain(&mut self.central.lock(), out);
         }
     }
 
     /// A running task lends `d` (its VCUs) while it awaits `awaited` (an item, and what it
     /// asks for): like [`release`](Self::release), except that if the awaited item waits
     /// in the task lane and asks for no more VCUs than `d` and no memory, the lender claims
-    /// it - without the lanes' lock - and it is admitted on the lender's VCUs (into `out`),
-    /// out of order; the rest of `d` is released.
+    /// it - without any lock - and it is admitted on the lender's VCUs (into `out`), out of
+    /// order; the rest of `d` is released.
     ///
     /// That is as if the lender kept its VCUs and ran the task it waits for on them, so a
     /// waiting task is no worse off than without the loan - and a parent awaiting its
@@ -365,45 +506,91 @@ impl<T: Claim> Admission<T> {
         self.release(rest, out);
     }
 
-    /// Admits what fits: resumes first-fit, then tasks in order up to the first that does
-    /// not fit.
+    /// The shards that hold entries (all of them with `all`), as a bit mask.
     #[inline]
-    fn drain(&self, q: &mut Lanes<T>, out: &mut Vec<T>) {
-        self.drain_resumes(q, out);
-        while let Some(&(_, d, claimable)) = q.tasks.front() {
-            if claimable {
-                if self.drain_claimable_front(q, out) {
-                    continue;
-                }
-                break;
-            }
-            if !self.try_reserve(d) {
-                break;
-            }
-            if let Some((item, _, _)) = q.tasks.pop_front() {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                out.push(item);
+    fn occupied(&self, all: bool) -> u32 {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| all || s.len.load(Ordering::Acquire) > 0)
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// Locks the shards in `mask`, in order.
+    fn lock_shards(&self, mask: u32) -> SmallVec<[Option<Locked<'_, T>>; MAX_SHARDS]> {
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (mask & 1 << i != 0).then(|| s.lane.lock()))
+            .collect()
+    }
+
+    /// Stores the lengths of the shards `locked` before they are unlocked (and takes what
+    /// left them off `sharded`), and lets a burst of waiting tasks give back its queue's
+    /// memory.
+    fn unlock_shards(&self, locked: &mut [Option<Locked<'_, T>>]) {
+        let mut left = 0;
+        for (s, lane) in self.shards.iter().zip(locked.iter_mut()) {
+            if let Some(lane) = lane {
+                shrink(lane);
+                left += s.len.load(Ordering::Relaxed) - lane.len();
+                s.len.store(lane.len(), Ordering::Release);
             }
         }
-        // A burst of waiting tasks should not keep its queue's memory for good.
-        if q.tasks.is_empty() && q.tasks.capacity() > 4096 {
-            q.tasks.shrink_to(64);
+        if left > 0 {
+            self.sharded.fetch_sub(left, Ordering::AcqRel);
         }
     }
 
-    /// [`drain`](Self::drain)'s step for a claimable entry at the front of the task lane.
-    /// Returns whether the drain goes on.
-    #[inline(never)]
-    fn drain_claimable_front(&self, q: &mut Lanes<T>, out: &mut Vec<T>) -> bool {
-        match self.admit_entry(&mut q.tasks, 0, out) {
-            Step::NoFit => false,
-            Step::Admitted | Step::Dropped => true,
-            Step::Lost => {
-                // The reservation it gave back may fit a resume.
-                self.drain_resumes(q, out);
-                true
+    /// Admits what fits: resumes first-fit, then tasks in ticket order up to the first that
+    /// does not fit. `c`: the central lock's contents (holding it serializes drains).
+    ///
+    /// The shards looked at are those that hold entries when the drain starts; an item
+    /// queued in another shard meanwhile is left to its queuer's own drain, or to the next
+    /// release's.
+    #[inline]
+    fn drain(&self, c: &mut Central<T>, out: &mut Vec<T>) {
+        self.drain_resumes(c, out);
+        if self.sharded.load(Ordering::Acquire) != 0 {
+            return self.drain_all(c, self.occupied(false), out);
+        }
+        // Central entries alone (not claimable).
+        while let Some(e) = c.tasks.front() {
+            if !self.try_reserve(e.d) {
+                break;
+            }
+            if let Some(e) = c.tasks.pop_front() {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                out.push(e.item);
             }
         }
+        shrink(&mut c.tasks);
+    }
+
+    /// [`drain`](Self::drain)'s tasks when the shards in `mask` hold entries: in ticket
+    /// order across them and the central part.
+    #[inline(never)]
+    fn drain_all(&self, c: &mut Central<T>, mask: u32, out: &mut Vec<T>) {
+        let mut locked = self.lock_shards(mask);
+        loop {
+            let mut lanes: SmallVec<[&mut VecDeque<Entry<T>>; MAX_SHARDS + 1]> =
+                locked.iter_mut().flatten().map(|g| &mut **g).collect();
+            lanes.push(&mut c.tasks);
+            let Some(i) = first_front(&mut lanes) else {
+                break;
+            };
+            match self.admit_entry(lanes[i], 0, out) {
+                Step::NoFit => break,
+                Step::Admitted | Step::Dropped => {}
+                // The reservation it gave back may fit a resume.
+                Step::Lost => {
+                    drop(lanes);
+                    self.drain_resumes(c, out);
+                }
+            }
+        }
+        shrink(&mut c.tasks);
+        self.unlock_shards(&mut locked);
     }
 
     /// Admits the entry at `i` of `lane` (into `out`) if it fits: drops it if it is a
@@ -413,7 +600,7 @@ impl<T: Claim> Admission<T> {
             lane.remove(i);
             return Step::Dropped;
         }
-        let d = lane[i].1;
+        let d = lane[i].d;
         if !self.try_reserve(d) {
             return Step::NoFit;
         }
@@ -422,7 +609,7 @@ impl<T: Claim> Admission<T> {
         };
         if take_queued(&e) {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            out.push(e.0);
+            out.push(e.item);
             Step::Admitted
         } else {
             self.used.fetch_sub(d.packed(), Ordering::AcqRel);
@@ -431,11 +618,11 @@ impl<T: Claim> Admission<T> {
     }
 
     #[inline]
-    fn drain_resumes(&self, q: &mut Lanes<T>, out: &mut Vec<T>) {
-        if !q.resumes.is_empty() {
-            let n = self.admit_fitting(&mut q.resumes, q.resume_min, out);
-            if q.resumes.is_empty() {
-                q.resume_min = NO_MIN;
+    fn drain_resumes(&self, c: &mut Central<T>, out: &mut Vec<T>) {
+        if !c.resumes.is_empty() {
+            let n = self.admit_fitting(&mut c.resumes, c.resume_min, out);
+            if c.resumes.is_empty() {
+                c.resume_min = NO_MIN;
             }
             self.resuming.fetch_sub(n, Ordering::AcqRel);
         }
@@ -468,47 +655,69 @@ impl<T: Claim> Admission<T> {
     /// At a stall (nothing running can release anything): admits every waiting item that
     /// fits, out of order. Returns how many it admitted.
     pub(crate) fn backfill(&self, out: &mut Vec<T>) -> usize {
-        let mut q = self.lanes.lock();
+        let mut c = self.central.lock();
         let before = out.len();
-        self.drain_resumes(&mut q, out);
-        let q = &mut *q;
-        self.admit_fitting(&mut q.tasks, Demand::default(), out);
+        self.drain_resumes(&mut c, out);
+        let mut locked = self.lock_shards(self.occupied(false));
+        for lane in locked.iter_mut().flatten() {
+            self.admit_fitting(lane, Demand::default(), out);
+        }
+        self.unlock_shards(&mut locked);
+        self.admit_fitting(&mut c.tasks, Demand::default(), out);
         out.len() - before
     }
 
     /// Removes and returns the first waiting item (resumes first), for the stall resolver.
     pub(crate) fn take_first_waiting(&self) -> Option<(T, Demand, Lane)> {
-        let mut q = self.lanes.lock();
-        if let Some((t, d, _)) = q.resumes.pop_front() {
+        let mut c = self.central.lock();
+        if let Some(e) = c.resumes.pop_front() {
+            if c.resumes.is_empty() {
+                c.resume_min = NO_MIN;
+            }
             self.resuming.fetch_sub(1, Ordering::AcqRel);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Some((t, d, Lane::Resume));
+            return Some((e.item, e.d, Lane::Resume));
         }
-        while let Some(e) = q.tasks.pop_front() {
+        let mut locked = self.lock_shards(self.occupied(false));
+        let mut first = None;
+        loop {
+            let mut lanes: SmallVec<[&mut VecDeque<Entry<T>>; MAX_SHARDS + 1]> =
+                locked.iter_mut().flatten().map(|g| &mut **g).collect();
+            lanes.push(&mut c.tasks);
+            let Some(e) = first_front(&mut lanes).and_then(|i| lanes[i].pop_front()) else {
+                break;
+            };
             if take_queued(&e) {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
-                return Some((e.0, e.1, Lane::Task));
+                first = Some((e.item, e.d, Lane::Task));
+                break;
             }
         }
-        None
+        self.unlock_shards(&mut locked);
+        first
     }
 
-    /// Removes and returns every waiting item (at shutdown, or when the device fails).
+    /// Removes and returns every waiting item, resumes first, then tasks in ticket order
+    /// (at shutdown, or when the device fails).
     pub(crate) fn take_waiting(&self) -> Vec<(T, Demand, Lane)> {
-        let mut q = self.lanes.lock();
-        let resumes = std::mem::take(&mut q.resumes);
-        let tasks = std::mem::take(&mut q.tasks);
-        q.resume_min = NO_MIN;
+        let mut c = self.central.lock();
+        let resumes = std::mem::take(&mut c.resumes);
+        c.resume_min = NO_MIN;
+        let mut locked = self.lock_shards(self.occupied(true));
+        let mut tasks: Vec<Entry<T>> = locked
+            .iter_mut()
+            .flatten()
+            .flat_map(|lane| std::mem::take(&mut **lane))
+            .chain(std::mem::take(&mut c.tasks))
+            .filter(take_queued)
+            .collect();
+        self.unlock_shards(&mut locked);
+        tasks.sort_by_key(|e| e.ticket);
         let n_resumes = resumes.len();
         let all: Vec<_> = resumes
             .into_iter()
-            .map(|(t, d, _)| (t, d, Lane::Resume))
-            .chain(
-                tasks
-                    .into_iter()
-                    .filter(take_queued)
-                    .map(|(t, d, _)| (t, d, Lane::Task)),
-            )
+            .map(|e| (e.item, e.d, Lane::Resume))
+            .chain(tasks.into_iter().map(|e| (e.item, e.d, Lane::Task)))
             .collect();
         // (Lenders claim task lane items without the lock, each taking its own off the count.)
         self.resuming.fetch_sub(n_resumes, Ordering::AcqRel);
@@ -516,6 +725,36 @@ impl<T: Claim> Admission<T> {
         all
     }
 }
+
+/// The lane among `lanes` whose front has the lowest ticket, dropping the tombstones at
+/// the fronts on the way.
+fn first_front<T: Claim>(lanes: &mut [&mut VecDeque<Entry<T>>]) -> Option<usize> {
+    let mut best: Option<(usize, u64)> = None;
+    for (i, lane) in lanes.iter_mut().enumerate() {
+        while lane.front().is_some_and(is_tombstone) {
+            lane.pop_front();
+        }
+        if let Some(e) = lane.front()
+            && best.is_none_or(|(_, t)| e.ticket < t)
+        {
+            best = Some((i, e.ticket));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Lets a lane that held a burst of waiting tasks give back its memory once it is empty.
+fn shrink<T>(lane: &mut VecDeque<Entry<T>>) {
+    if lane.is_empty() && lane.capacity() > 4096 {
+        lane.shrink_to(64);
+    }
+}
+
+/// A locked task lane shard.
+#[cfg(not(parla_loom))]
+type Locked<'a, T> = parking_lot::MutexGuard<'a, VecDeque<Entry<T>>>;
+#[cfg(parla_loom)]
+type Locked<'a, T> = loom::sync::MutexGuard<'a, VecDeque<Entry<T>>>;
 
 /// An item with a claim word, for the unit tests and the loom models.
 #[cfg(test)]
@@ -559,7 +798,7 @@ mod test {
 
     #[test]
     fn vcus_limit_concurrency() {
-        let a = Admission::new(100);
+        let a = Admission::new(100, 2);
         let mut out = Vec::new();
         assert!(a.admit(1, d(VCU_ONE / 2, 0), &mut out));
         assert!(a.admit(2, d(VCU_ONE / 2, 0), &mut out));
@@ -573,7 +812,7 @@ mod test {
 
     #[test]
     fn fifo_and_memory() {
-        let a = Admission::new(100);
+        let a = Admission::new(100, 2);
         let mut out = Vec::new();
         assert!(a.admit(1, d(0, 60), &mut out));
         assert!(!a.admit(2, d(0, 60), &mut out));
@@ -597,7 +836,7 @@ mod test {
 
     #[test]
     fn thirds_fit_three_times() {
-        let a = Admission::<u8>::new(0);
+        let a = Admission::<u8>::new(0, 2);
         let third = (VCU_ONE as f64 / 3.0).floor() as u32;
         let mut out = Vec::new();
         for i in 0..3 {
@@ -608,7 +847,7 @@ mod test {
 
     #[test]
     fn resumes_pass_waiting_tasks() {
-        let a = Admission::new(100);
+        let a = Admission::new(100, 2);
         let mut out = Vec::new();
         // A parent holds memory and lent its VCUs; a task needing memory waits.
         assert!(a.admit(1, d(VCU_ONE / 2, 60), &mut out));
@@ -632,7 +871,7 @@ mod test {
     /// order for the next release.
     #[test]
     fn resumes_are_admitted_first_fit_in_order() {
-        let a = Admission::new(100);
+        let a = Admission::new(100, 2);
         let mut out = Vec::new();
         let quarter = VCU_ONE / 4;
         assert!(a.admit(0, d(VCU_ONE, 0), &mut out));
@@ -660,7 +899,7 @@ mod test {
     }
 
     fn claimable(mem: u64) -> Admission<Arc<Item>> {
-        Admission::new(mem)
+        Admission::new(mem, 2)
     }
 
     fn ids(out: &[Arc<Item>]) -> Vec<u8> {
@@ -731,9 +970,49 @@ mod test {
         assert_eq!(a.take_first_waiting().map(|(i, _, _)| i.id), None);
     }
 
+    /// Items queued from different threads (shards), and centrally, are admitted in the
+    /// order they were queued, and a large one at the front holds back smaller ones queued
+    /// after it everywhere.
+    #[test]
+    fn the_task_lane_is_fifo_across_shards() {
+        let a = claimable(100);
+        let it = items(8);
+        let mut out = Vec::new();
+        assert!(a.admit_in(0, it[0].clone(), d(VCU_ONE, 0), &mut out));
+        for (shard, i, vcu) in [
+            (1, 1, VCU_ONE / 4),
+            (2, 2, VCU_ONE),
+            (0, 3, VCU_ONE / 4),
+            (1, 4, VCU_ONE / 4),
+        ] {
+            assert!(!a.admit_in(shard, it[i].clone(), d(vcu, 0), &mut out));
+        }
+        // Not claimable: the central part.
+        a.queue(it[5].clone(), d(VCU_ONE / 2, 0), false, &mut out);
+        out.clear();
+        // 1 fits; 2 (the whole device) does not, and 3, 4 and 5 wait behind it.
+        a.release(d(VCU_ONE, 0), &mut out);
+        assert_eq!(ids(&out), vec![1]);
+        a.release(d(VCU_ONE / 4, 0), &mut out);
+        assert_eq!(ids(&out), vec![1, 2]);
+        a.release(d(VCU_ONE, 0), &mut out);
+        assert_eq!(ids(&out), vec![1, 2, 3, 4, 5]);
+        assert_eq!(a.usage().waiting, 0);
+        assert_eq!(a.usage().vcu, VCU_ONE);
+        // Shards wrap: any thread number has one.
+        assert!(!a.admit_in(7, it[6].clone(), d(VCU_ONE / 4, 0), &mut out));
+        assert!(!a.admit_in(1, it[7].clone(), d(VCU_ONE / 4, 0), &mut out));
+        let w = a.take_waiting();
+        assert_eq!(
+            w.iter().map(|(i, _, _)| i.id).collect::<Vec<_>>(),
+            vec![6, 7]
+        );
+        assert_eq!(a.usage().waiting, 0);
+    }
+
     #[test]
     fn backfill_admits_around_a_blocked_head() {
-        let a = Admission::new(100);
+        let a = Admission::new(100, 2);
         let mut out = Vec::new();
         assert!(a.admit(1, d(0, 60), &mut out));
         assert!(
@@ -787,7 +1066,7 @@ mod loom_test {
     #[test]
     fn release_vs_admit_no_lost_wakeup() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0));
+            let a = Arc::new(Admission::new(0, 2));
             let mut out = Vec::new();
             assert!(a.admit(0u8, HALF, &mut out));
             let t = on_thread(&a, |a, out| {
@@ -806,7 +1085,7 @@ mod loom_test {
     #[test]
     fn release_vs_resume_no_lost_wakeup() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0));
+            let a = Arc::new(Admission::new(0, 2));
             let mut out = Vec::new();
             assert!(a.admit(0u8, FULL, &mut out));
             let t = on_thread(&a, |a, out| {
@@ -827,7 +1106,7 @@ mod loom_test {
     #[test]
     fn claim_vs_drain_admits_once() {
         loom::model(|| {
-            let a = Arc::new(Admission::<Arc<Item>>::new(0));
+            let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
             let mut out = Vec::new();
             // The parent (0) and another task (9) hold the device; child 1 waits.
             assert!(a.admit(item(0), HALF, &mut out));
@@ -855,7 +1134,7 @@ mod loom_test {
     #[test]
     fn lend_vs_admit_no_lost_wakeup() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0));
+            let a = Arc::new(Admission::new(0, 2));
             let mut out = Vec::new();
             assert!(a.admit(0u8, FULL, &mut out));
             let t = on_thread(&a, |a, out| {
@@ -870,11 +1149,65 @@ mod loom_test {
         });
     }
 
+    /// Items queued on two shards race with a release: each is admitted exactly once.
+    #[test]
+    fn queues_on_two_shards_vs_release() {
+        loom::model(|| {
+            let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit_in(0, item(0), FULL, &mut out));
+            let t = on_thread(&a, |a, out| {
+                a.admit_in(1, item(1), HALF, out);
+            });
+            let mut mine = Vec::new();
+            a.admit_in(0, item(2), HALF, &mut mine);
+            a.release(FULL, &mut mine);
+            let mut all: Vec<u8> = mine
+                .iter()
+                .chain(&t.join().unwrap())
+                .map(|i| i.id)
+                .collect();
+            all.sort();
+            assert_eq!(all, vec![1, 2]);
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A claim on one shard races with a drain started from another shard's queue: the
+    /// claimed item is admitted once, on the loan, and the other where it fits.
+    #[test]
+    fn claim_vs_queue_on_another_shard() {
+        loom::model(|| {
+            let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit_in(0, item(0), HALF, &mut out));
+            assert!(a.admit_in(0, item(9), HALF, &mut out));
+            let child = item(1);
+            assert!(!a.admit_in(0, child.clone(), HALF, &mut out));
+            let t = on_thread(&a, |a, out| {
+                a.admit_in(1, item(2), HALF, out);
+                a.release(HALF, out);
+            });
+            let mut mine = Vec::new();
+            a.lend(HALF, Some((&child, HALF)), &mut mine);
+            let mut all: Vec<u8> = mine
+                .iter()
+                .chain(&t.join().unwrap())
+                .map(|i| i.id)
+                .collect();
+            all.sort();
+            assert_eq!(all, vec![1, 2], "each admitted exactly once");
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
     /// Two releases and two queued items: both items end up admitted exactly once.
     #[test]
     fn two_releasers_two_waiters() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0));
+            let a = Arc::new(Admission::new(0, 2));
             let mut out = Vec::new();
             assert!(a.admit(0u8, HALF, &mut out));
             assert!(a.admit(1u8, HALF, &mut out));
