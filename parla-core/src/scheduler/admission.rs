@@ -116,15 +116,16 @@ struct Entry<T> {
     ticket: u64,
 }
 
-/// What the central lock holds.
+/// What the central lock holds. (The task lane first: with the lock, on one cache line.)
+#[repr(C)]
 struct Central<T> {
+    /// Task lane entries that are not claimable.
+    tasks: VecDeque<Entry<T>>,
     /// The resume lane (never claimable).
     resumes: VecDeque<Entry<T>>,
     /// No resume asks for less VCUs, nor for less memory (a bound: kept while items leave,
     /// reset when the lane empties).
     resume_min: Demand,
-    /// Task lane entries that are not claimable.
-    tasks: VecDeque<Entry<T>>,
 }
 
 /// One shard of the task lane (claimable entries).
@@ -231,7 +232,7 @@ pub(crate) struct Admission<T> {
     /// Items in the resume lane.
     resuming: AtomicUsize,
     /// The resume lane and the central task lane; its lock also serializes drains.
-    central: Mutex<Central<T>>,
+    central: CachePadded<Mutex<Central<T>>>,
     /// The task lane's shards.
     shards: Box<[CachePadded<Shard<T>>]>,
 }
@@ -256,11 +257,11 @@ impl<T: Claim> Admission<T> {
             tickets: AtomicU64::new(0),
             sharded: AtomicUsize::new(0),
             resuming: AtomicUsize::new(0),
-            central: Mutex::new(Central {
+            central: CachePadded::new(Mutex::new(Central {
+                tasks: VecDeque::new(),
                 resumes: VecDeque::new(),
                 resume_min: NO_MIN,
-                tasks: VecDeque::new(),
-            }),
+            })),
             shards: (0..shards.clamp(1, MAX_SHARDS))
                 .map(|_| {
                     CachePadded::new(Shard {
