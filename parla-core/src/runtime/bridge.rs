@@ -433,11 +433,11 @@ pub(crate) fn spin(fence: &dyn Fence, budget: Duration) -> FenceStatus {
     }
 }
 
-/// Polls the runtime's pending fences for up to [`AWAIT_SPIN`] (`block_on` with nothing
-/// else to do). Returns whether any finished.
-pub(crate) fn spin_fences(rt: &Arc<RtInner>) -> bool {
+/// Polls the runtime's pending fences for up to `budget` (`block_on` with nothing else to
+/// do). Returns whether any finished.
+pub(crate) fn spin_fences(rt: &Arc<RtInner>, budget: Duration) -> bool {
     let start = Instant::now();
-    while start.elapsed() < AWAIT_SPIN {
+    while start.elapsed() < budget {
         if Bridge::poll_once(rt) > 0 {
             return true;
         }

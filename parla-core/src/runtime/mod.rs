@@ -444,11 +444,14 @@ impl Runtime {
         // this thread counted as waiting on it.
         let mut fut = pin!(fut.into_future());
         let mut out = None;
+        // Time spent polling fences since the future was last polled (see below).
+        let mut spun = std::time::Duration::ZERO;
         let driver = std::future::poll_fn(|cx: &mut Context<'_>| {
             loop {
                 inner.counters.register_monitor(cx.waker());
                 main.thread.register(cx.waker());
                 if out.is_none() && main.act.is_notified() {
+                    spun = std::time::Duration::ZERO;
                     main.act.begin_poll();
                     context::take_blocked();
                     let polled = {
@@ -484,9 +487,18 @@ impl Runtime {
                 }
                 // GPU work in flight and nothing else to do: poll its fences here for a
                 // moment before sleeping, so a short kernel's completion is seen without a
-                // hop through the poller thread and a wake-up of this one.
-                if inner.bridge.is_busy() && !main.act.is_notified() && bridge::spin_fences(inner) {
-                    continue;
+                // hop through the poller thread and a wake-up of this one. For a moment in
+                // all, however many fences finish meanwhile: queries contend with the
+                // launches of the tasks still running (a long chain of GPU tasks would
+                // otherwise be polled from here until its end), and what this thread
+                // awaits wakes it.
+                if inner.bridge.is_busy() && !main.act.is_notified() && spun < bridge::AWAIT_SPIN {
+                    let start = std::time::Instant::now();
+                    let finished = bridge::spin_fences(inner, bridge::AWAIT_SPIN - spun);
+                    spun += start.elapsed();
+                    if finished {
+                        continue;
+                    }
                 }
                 return Poll::Pending;
             }
