@@ -487,14 +487,20 @@ impl Runtime {
                 }
                 // GPU work in flight and nothing else to do: poll its fences here for a
                 // moment before sleeping, so a short kernel's completion is seen without a
-                // hop through the poller thread and a wake-up of this one. For a moment in
-                // all, however many fences finish meanwhile: queries contend with the
-                // launches of the tasks still running (a long chain of GPU tasks would
-                // otherwise be polled from here until its end), and what this thread
-                // awaits wakes it.
-                if inner.bridge.is_busy() && !main.act.is_notified() && spun < bridge::AWAIT_SPIN {
+                // hop through the poller thread and a wake-up of this one. While the future
+                // waits, for a moment in all however many fences finish meanwhile: queries
+                // contend with the launches of the tasks still running (a long chain of GPU
+                // tasks would otherwise be polled from here until its end), and what the
+                // future awaits wakes it. Once it is done, this thread only waits for the
+                // tasks left, which nothing else may be watching closely: it polls on while
+                // fences finish.
+                let budget = match out {
+                    None => bridge::AWAIT_SPIN.saturating_sub(spun),
+                    Some(_) => bridge::AWAIT_SPIN,
+                };
+                if inner.bridge.is_busy() && !main.act.is_notified() && !budget.is_zero() {
                     let start = std::time::Instant::now();
-                    let finished = bridge::spin_fences(inner, bridge::AWAIT_SPIN - spun);
+                    let finished = bridge::spin_fences(inner, budget);
                     spun += start.elapsed();
                     if finished {
                         continue;
