@@ -53,6 +53,9 @@ fn failed_earlier(h: &Header, device: Device, message: &str) -> TaskError {
 thread_local! {
     /// A [`Local`] for callers outside drivers, lent out by [`RtInner::with_local`].
     static SCRATCH: std::cell::Cell<Option<Box<Local>>> = const { std::cell::Cell::new(None) };
+    /// A spent task taken at this thread's previous spawn outside the drivers, its memory
+    /// being fetched: freed at the next (see [`RtInner::reuse_spent`]).
+    static PREFETCHED: std::cell::Cell<Option<Arc<dyn Task>>> = const { std::cell::Cell::new(None) };
 }
 
 impl RtInner {
@@ -195,13 +198,29 @@ impl RtInner {
 
     /// Frees one task from [`spent`](RtInner::spent) (a spawn outside the drivers is about
     /// to allocate one); asks drivers for more if there is none.
+    ///
+    /// One spawn ahead: the task freed is the one taken at this thread's previous spawn, and
+    /// the one taken now has its memory fetched into this core's cache for writing
+    /// meanwhile. (Its lines were last written by the driver that finished it, on another
+    /// core; fetched only when the new task is written into them, each would stall the
+    /// spawn.)
     #[inline]
     pub(crate) fn reuse_spent(&self) {
-        if !self.spent.is_empty() {
-            drop(self.spent.pop());
-        } else if !self.spent_wanted.load(Ordering::Relaxed) {
-            self.spent_wanted.store(true, Ordering::Relaxed);
+        // (`pop` of an empty queue costs a fence; the emptiness check two loads.)
+        let next = if self.spent.is_empty() {
+            None
+        } else {
+            self.spent.pop()
+        };
+        match &next {
+            Some(t) => prefetch_for_write(t),
+            None => {
+                if !self.spent_wanted.load(Ordering::Relaxed) {
+                    self.spent_wanted.store(true, Ordering::Relaxed);
+                }
+            }
         }
+        drop(PREFETCHED.replace(next));
     }
 
     /// Picks the device slot of a task among its mask: the policy chooses among the devices
@@ -541,6 +560,29 @@ impl RtInner {
             None => format!("{} is not running", h.name),
         }
     }
+}
+
+/// Asks the core to fetch the memory of `t` (its allocation, and the allocator's word before
+/// it) into its cache for writing: a hint, which the core may ignore.
+#[inline]
+fn prefetch_for_write(t: &Arc<dyn Task>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
+        // The counts before the value, and the allocator's size word before them.
+        let start = (Arc::as_ptr(t) as *const u8).wrapping_sub(24);
+        let len = size_of_val(&**t) + 24;
+        let mut off = 0;
+        while off < len {
+            // SAFETY: a prefetch never faults and changes nothing observable, whatever the
+            // address; these are addresses of `t`'s allocation (and the word before it),
+            // which `t` keeps alive.
+            unsafe { _mm_prefetch::<_MM_HINT_ET0>(start.wrapping_add(off) as *const i8) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = t;
 }
 
 #[cfg(all(test, not(parla_loom)))]
