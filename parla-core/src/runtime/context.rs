@@ -128,14 +128,20 @@ pub(crate) fn flush_credits() {
     }
 }
 
+/// Runs `f` with the runtime this thread entered (a driver's, `block_on`'s), if any: no
+/// reference count is touched.
+#[inline]
+pub(crate) fn with_entered_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
+    let p = RT.with(|c| c.get());
+    // SAFETY: a non-null pointer was set by `enter_rt` from a reference that outlives the
+    // guard restoring the previous value, and this thread is inside that guard's scope.
+    f(unsafe { p.as_ref() })
+}
+
 /// Runs `f` with the current runtime, if any.
 pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
-    let p = RT.with(|c| c.get());
-    if !p.is_null() {
-        // SAFETY: a non-null pointer was set by `enter_rt` from a reference that outlives
-        // the guard restoring the previous value, and this thread is inside that guard's
-        // scope.
-        return f(Some(unsafe { &*p }));
+    if !RT.with(|c| c.get()).is_null() {
+        return with_entered_rt(f);
     }
     let worker = WORKER.with(|c| {
         c.borrow()

@@ -112,9 +112,8 @@ impl Driver {
     /// waiting for a thread to wake. Out of CPU work: if no other driver lingers, looks at
     /// the injector every [`CPU_LOOK`] for up to [`CPU_LINGER`]. Pushers count on a
     /// lingering driver instead of starting one. Returns the task it found.
-    fn linger(&mut self) -> Option<Arc<dyn Task>> {
+    fn linger(&mut self, rt: &Arc<RtInner>) -> Option<Arc<dyn Task>> {
         let gpu = std::mem::take(&mut self.lingers);
-        let rt = self.rt.clone();
         if gpu {
             rt.inject.linger();
         } else if rt.bridge.is_busy() || !rt.inject.linger_alone() {
@@ -131,7 +130,7 @@ impl Driver {
             let found = rt.inject.pop().or_else(|| {
                 // Completing a fenced task puts what it releases in this thread's next-task
                 // slot.
-                (rt.bridge.is_busy() && Bridge::poll_once(&rt) > 0)
+                (rt.bridge.is_busy() && Bridge::poll_once(rt) > 0)
                     .then(context::take_next)
                     .flatten()
             });
@@ -213,8 +212,9 @@ impl Driver {
     }
 
     /// Polls `task` (whose run token this driver holds) once, and handles what follows.
-    fn run(&mut self, task: Arc<dyn Task>) {
-        let rt = self.rt.clone();
+    /// (`rt`: the driver's runtime, borrowed from the caller: cloning the `Arc` for every
+    /// task would update one reference count from every worker.)
+    fn run(&mut self, rt: &Arc<RtInner>, task: Arc<dyn Task>) {
         let h = task.header();
         let device = h.device().unwrap_or(Device::CPU);
         // SAFETY: this driver holds the task's run token.
@@ -260,7 +260,7 @@ impl Driver {
         };
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
-        self.end_poll(&rt, task, run, poll, pended, device);
+        self.end_poll(rt, task, run, poll, pended, device);
         if context::has_stash() {
             // A task this poll made ready that waits for its device is queued now.
             rt.flush_stash(&mut self.local);
@@ -281,7 +281,7 @@ impl Driver {
         match poll {
             Poll::Ready(outcome) => {
                 crate::trace::step!(rt, h, "body_finished");
-                self.finish_running(&task, run, outcome, pended);
+                self.finish_running(rt, &task, run, outcome, pended);
                 rt.retire(task);
             }
             Poll::Pending => {
@@ -377,12 +377,12 @@ impl Driver {
     /// fence is seen done.
     fn finish_running(
         &mut self,
+        rt: &Arc<RtInner>,
         task: &Arc<dyn Task>,
         run: RunState,
         outcome: Outcome,
         pended: bool,
     ) {
-        let rt = self.rt.clone();
         let h = task.header();
         let Some(exec) = run.exec else {
             rt.complete(task, outcome, true, pended, &mut self.local);
@@ -426,7 +426,7 @@ impl Driver {
                     // (Done already if it was awaited above: a second flush costs nothing.)
                     flush();
                 }
-                Bridge::watch(&rt, Watch::Task(task.clone(), f, urgent));
+                Bridge::watch(rt, Watch::Task(task.clone(), f, urgent));
                 self.local.busy -= 1;
                 return;
             }
@@ -450,7 +450,7 @@ impl Future for Driver {
         let report = this.start_report();
         let result = loop {
             let next = context::take_next().or_else(|| rt.inject.pop());
-            let Some(task) = next.or_else(|| this.linger()) else {
+            let Some(task) = next.or_else(|| this.linger(&rt)) else {
                 rt.flush(&mut this.local);
                 if rt.inject.leave() {
                     continue;
@@ -458,7 +458,7 @@ impl Future for Driver {
                 this.active = false;
                 break Poll::Ready(());
             };
-            this.run(task);
+            this.run(&rt, task);
             budget -= 1;
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
             // Tokio resources answer `Pending` until the driver yields. A driver that

@@ -208,17 +208,27 @@ fn retain_forward(f: &mut Vec<Arc<dyn Task>>) {
 /// The scheduler wakers reach: the runtime, weakly (tasks may outlive it).
 struct Sched(Weak<RtInner>);
 
+impl Sched {
+    /// Runs `f` with the runtime, if it is still there: the one this thread entered when it
+    /// is this one (a wake from inside a driver, the usual case), else upgraded from the
+    /// weak reference. (An upgrade for every wake updates the runtime's reference count from
+    /// every worker.)
+    #[inline]
+    fn with<R>(&self, f: impl FnOnce(&Arc<RtInner>) -> R) -> Option<R> {
+        context::with_entered_rt(|cur| match cur {
+            Some(rt) if std::ptr::eq(Arc::as_ptr(rt), self.0.as_ptr()) => Some(f(rt)),
+            _ => self.0.upgrade().map(|rt| f(&rt)),
+        })
+    }
+}
+
 impl Schedule for Sched {
     fn woken(&self, task: Arc<dyn Task>, took_token: bool) {
-        if let Some(rt) = self.0.upgrade() {
-            rt.schedule_woken(task, took_token);
-        }
+        self.with(|rt| rt.schedule_woken(task, took_token));
     }
 
     fn tokens(&self, delta: i64) {
-        if let Some(rt) = self.0.upgrade() {
-            rt.counters.add(0, delta);
-        }
+        self.with(|rt| rt.counters.add(0, delta));
     }
 }
 
