@@ -41,6 +41,23 @@ pub(crate) struct Local {
     pub(crate) admitted: Launch,
 }
 
+impl Local {
+    /// Lets the scratch vectors give back what a burst made them hold (a gate opening on a
+    /// million tasks readies them all at once): a thread keeps its scratch for good.
+    fn trim(&mut self) {
+        const KEEP: usize = 1024;
+        fn trim<T>(v: &mut Vec<T>) {
+            if v.capacity() > KEEP {
+                v.shrink_to(KEEP / 16);
+            }
+        }
+        trim(&mut self.fx.ready);
+        trim(&mut self.fx.wake);
+        trim(&mut self.fx.unrun_tasks);
+        trim(&mut self.admitted);
+    }
+}
+
 /// The error of a task mapped to a device that failed.
 fn failed_earlier(h: &Header, device: Device, message: &str) -> TaskError {
     TaskError::Device {
@@ -72,6 +89,7 @@ impl RtInner {
         let r = f(&mut l);
         self.apply(&mut l);
         self.flush(&mut l);
+        l.trim();
         SCRATCH.with(|c| c.set(Some(l)));
         r
     }
@@ -604,6 +622,23 @@ mod recycle_test {
 
     fn runtime() -> Runtime {
         Runtime::builder().cpu_threads(2).build().unwrap()
+    }
+
+    /// A thread's scratch gives back what a burst made it hold, and keeps small capacity.
+    #[test]
+    fn scratch_gives_back_a_burst() {
+        let mut l = super::Local::default();
+        l.admitted.reserve(100_000);
+        l.fx.ready.reserve(100_000);
+        l.fx.wake.reserve(100_000);
+        l.trim();
+        assert!(l.admitted.capacity() <= 1024, "{}", l.admitted.capacity());
+        assert!(l.fx.ready.capacity() <= 1024, "{}", l.fx.ready.capacity());
+        assert!(l.fx.wake.capacity() <= 1024, "{}", l.fx.wake.capacity());
+        l.admitted.reserve(100);
+        let kept = l.admitted.capacity();
+        l.trim();
+        assert_eq!(l.admitted.capacity(), kept);
     }
 
     /// Detached tasks spawned from `block_on` hand their memory back when they finish (up
