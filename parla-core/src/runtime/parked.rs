@@ -12,8 +12,7 @@
 //!   shards), and shards sit on cache lines of their own: a worker's inserts touch lines
 //!   other workers do not, except when another thread completes the task and removes it.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use crossbeam_utils::CachePadded;
@@ -35,26 +34,10 @@ struct Slab {
 
 type Shard = CachePadded<Mutex<Slab>>;
 
-/// The shard the next thread that inserts takes as its own.
-static NEXT_HOME: AtomicU32 = AtomicU32::new(0);
-
-thread_local! {
-    /// This thread's shard (`u32::MAX`: none yet).
-    static HOME: Cell<u32> = const { Cell::new(u32::MAX) };
-}
-
 /// The calling thread's shard.
 #[inline]
 fn home() -> u32 {
-    HOME.with(|h| {
-        let v = h.get();
-        if v != u32::MAX {
-            return v;
-        }
-        let v = NEXT_HOME.fetch_add(1, Ordering::Relaxed) % SHARDS as u32;
-        h.set(v);
-        v
-    })
+    (crate::scheduler::thread_number() % SHARDS) as u32
 }
 
 #[derive(Default)]

@@ -43,7 +43,6 @@
 //!   lender gives up (as if the lender ran it on its own VCUs). Resumes are admitted
 //!   first-fit. Items that need nothing bypass both lanes.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 
 use crossbeam_utils::CachePadded;
@@ -194,28 +193,6 @@ impl Claim for u8 {
     fn claim_word(&self) -> Option<&AtomicU8> {
         None
     }
-}
-
-/// The next thread to queue an item takes this number as its own.
-static NEXT_HOME: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's number, for its task lane shard (`usize::MAX`: none yet).
-    static HOME: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// The calling thread's number: the same on every device, distinct for the first threads.
-#[inline]
-fn home() -> usize {
-    HOME.with(|h| {
-        let v = h.get();
-        if v != usize::MAX {
-            return v;
-        }
-        let v = NEXT_HOME.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        h.set(v);
-        v
-    })
 }
 
 /// The admission state of one device.
@@ -370,7 +347,7 @@ impl<T: Claim> Admission<T> {
     /// set, and it goes to the calling thread's shard of the lane.
     pub(crate) fn queue(&self, item: T, d: Demand, claimable: bool, out: &mut Vec<T>) {
         if claimable && item.claim_word().is_some() {
-            self.queue_in(home(), item, d, out);
+            self.queue_in(super::thread_number(), item, d, out);
             return;
         }
         let mut c = self.central.lock();
@@ -1102,28 +1079,35 @@ mod loom_test {
         });
     }
 
+    /// A device (two shards) that a parent (0) and another task (9) hold, each half of it,
+    /// and the parent's child (1, returned) waiting in shard 0.
+    fn held_with_waiting_child() -> (Arc<Admission<Arc<Item>>>, Arc<Item>) {
+        let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
+        let mut out = Vec::new();
+        assert!(a.admit(item(0), HALF, &mut out));
+        assert!(a.admit(item(9), HALF, &mut out));
+        let child = item(1);
+        assert!(!a.admit(child.clone(), HALF, &mut out));
+        (a, child)
+    }
+
+    /// The ids of `mine` and then `theirs`.
+    fn ids(mine: &[Arc<Item>], theirs: &[Arc<Item>]) -> Vec<u8> {
+        mine.iter().chain(theirs).map(|i| i.id).collect()
+    }
+
     /// A lender claiming the item it awaits races with a release draining the lane: the item
     /// is admitted exactly once, and what is reserved is what runs.
     #[test]
     fn claim_vs_drain_admits_once() {
         loom::model(|| {
-            let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
-            let mut out = Vec::new();
-            // The parent (0) and another task (9) hold the device; child 1 waits.
-            assert!(a.admit(item(0), HALF, &mut out));
-            assert!(a.admit(item(9), HALF, &mut out));
-            let child = item(1);
-            assert!(!a.admit(child.clone(), HALF, &mut out));
+            let (a, child) = held_with_waiting_child();
             let t = on_thread(&a, |a, out| {
                 a.release(HALF, out);
             });
             let mut mine = Vec::new();
             a.lend(HALF, Some((&child, HALF)), &mut mine);
-            let all: Vec<u8> = mine
-                .iter()
-                .chain(&t.join().unwrap())
-                .map(|i| i.id)
-                .collect();
+            let all = ids(&mine, &t.join().unwrap());
             assert_eq!(all, vec![1], "admitted exactly once");
             assert_eq!(a.usage().vcu, VCU_ONE / 2, "the child's half, no more");
             assert_eq!(a.usage().waiting, 0);
@@ -1163,11 +1147,7 @@ mod loom_test {
             let mut mine = Vec::new();
             a.admit_in(0, item(2), HALF, &mut mine);
             a.release(FULL, &mut mine);
-            let mut all: Vec<u8> = mine
-                .iter()
-                .chain(&t.join().unwrap())
-                .map(|i| i.id)
-                .collect();
+            let mut all = ids(&mine, &t.join().unwrap());
             all.sort();
             assert_eq!(all, vec![1, 2]);
             assert_eq!(a.usage().vcu, VCU_ONE);
@@ -1180,23 +1160,14 @@ mod loom_test {
     #[test]
     fn claim_vs_queue_on_another_shard() {
         loom::model(|| {
-            let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
-            let mut out = Vec::new();
-            assert!(a.admit_in(0, item(0), HALF, &mut out));
-            assert!(a.admit_in(0, item(9), HALF, &mut out));
-            let child = item(1);
-            assert!(!a.admit_in(0, child.clone(), HALF, &mut out));
+            let (a, child) = held_with_waiting_child();
             let t = on_thread(&a, |a, out| {
                 a.admit_in(1, item(2), HALF, out);
                 a.release(HALF, out);
             });
             let mut mine = Vec::new();
             a.lend(HALF, Some((&child, HALF)), &mut mine);
-            let mut all: Vec<u8> = mine
-                .iter()
-                .chain(&t.join().unwrap())
-                .map(|i| i.id)
-                .collect();
+            let mut all = ids(&mine, &t.join().unwrap());
             all.sort();
             assert_eq!(all, vec![1, 2], "each admitted exactly once");
             assert_eq!(a.usage().vcu, VCU_ONE);
