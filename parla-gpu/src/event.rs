@@ -215,6 +215,16 @@ impl CudaFence {
     }
 
     fn covering_with(&self, current: bool) -> Result<&CudaEvent, &str> {
+        self.chosen(current)?
+            .event
+            .as_ref()
+            .ok_or("the fence's event is gone")
+    }
+
+    /// The recorded event that covers the fence, chosen by whoever asks first (recorded
+    /// then if need be; `current`: the device's context is current on this thread, which
+    /// saves binding it).
+    fn chosen(&self, current: bool) -> Result<&Recorded, &str> {
         let chosen = match self.event.get() {
             Some(c) => c,
             None => {
@@ -224,10 +234,7 @@ impl CudaFence {
                 self.event.get().expect("set above")
             }
         };
-        match chosen {
-            Ok(r) => r.event.as_ref().ok_or("the fence's event is gone"),
-            Err(m) => Err(m.as_str()),
-        }
+        chosen.as_deref().map_err(String::as_str)
     }
 
     /// The latest event recorded for fences on the fence's stream if it covers the fence's
@@ -264,13 +271,10 @@ impl Fence for CudaFence {
         if self.done.load(Ordering::Relaxed) {
             return FenceStatus::Done;
         }
-        if let Err(m) = self.covering() {
-            return FenceStatus::Failed(m.to_string());
-        }
-        let Some(Ok(ev)) = self.event.get() else {
-            return FenceStatus::Failed("the fence has no event".into());
+        let s = match self.chosen(false) {
+            Ok(ev) => ev.status(),
+            Err(m) => return FenceStatus::Failed(m.to_string()),
         };
-        let s = ev.status();
         if s == FenceStatus::Done {
             self.done.store(true, Ordering::Relaxed);
         }
