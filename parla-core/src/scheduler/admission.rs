@@ -374,13 +374,12 @@ impl<T: Claim> Admission<T> {
                 lane.pop_back();
                 dropped += 1;
             }
-            if dropped != 1 {
-                // (One in, one out: the count stays.)
-                if dropped == 0 {
-                    self.sharded.fetch_add(1, Ordering::AcqRel);
-                } else {
-                    self.sharded.fetch_sub(dropped - 1, Ordering::AcqRel);
-                }
+            // `sharded` counts the entry pushed below and the tombstones dropped, in one
+            // update (none for one in, one out).
+            match dropped {
+                0 => _ = self.sharded.fetch_add(1, Ordering::AcqRel),
+                1 => {}
+                n => _ = self.sharded.fetch_sub(n - 1, Ordering::AcqRel),
             }
             // Under the shard's lock: its tickets grow from front to back.
             let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
@@ -550,21 +549,12 @@ impl<T: Claim> Admission<T> {
     #[inline(never)]
     fn drain_all(&self, c: &mut Central<T>, mask: u32, out: &mut Vec<T>) {
         let mut locked = self.lock_shards(mask);
-        loop {
-            let mut lanes: SmallVec<[&mut VecDeque<Entry<T>>; MAX_SHARDS + 1]> =
-                locked.iter_mut().flatten().map(|g| &mut **g).collect();
-            lanes.push(&mut c.tasks);
-            let Some(i) = first_front(&mut lanes) else {
-                break;
-            };
-            match self.admit_entry(lanes[i], 0, out) {
+        while let Some(lane) = first_lane(&mut locked, &mut c.tasks) {
+            match self.admit_entry(lane, 0, out) {
                 Step::NoFit => break,
                 Step::Admitted | Step::Dropped => {}
                 // The reservation it gave back may fit a resume.
-                Step::Lost => {
-                    drop(lanes);
-                    self.drain_resumes(c, out);
-                }
+                Step::Lost => self.drain_resumes(c, out),
             }
         }
         shrink(&mut c.tasks);
@@ -658,13 +648,7 @@ impl<T: Claim> Admission<T> {
         }
         let mut locked = self.lock_shards(self.occupied(false));
         let mut first = None;
-        loop {
-            let mut lanes: SmallVec<[&mut VecDeque<Entry<T>>; MAX_SHARDS + 1]> =
-                locked.iter_mut().flatten().map(|g| &mut **g).collect();
-            lanes.push(&mut c.tasks);
-            let Some(e) = first_front(&mut lanes).and_then(|i| lanes[i].pop_front()) else {
-                break;
-            };
+        while let Some(e) = first_lane(&mut locked, &mut c.tasks).and_then(VecDeque::pop_front) {
             if take_queued(&e) {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 first = Some((e.item, e.d, Lane::Task));
@@ -704,21 +688,25 @@ impl<T: Claim> Admission<T> {
     }
 }
 
-/// The lane among `lanes` whose front has the lowest ticket, dropping the tombstones at
-/// the fronts on the way.
-fn first_front<T: Claim>(lanes: &mut [&mut VecDeque<Entry<T>>]) -> Option<usize> {
-    let mut best: Option<(usize, u64)> = None;
-    for (i, lane) in lanes.iter_mut().enumerate() {
+/// The lane whose front has the lowest ticket among the shards `locked` and the central
+/// part, dropping the tombstones at the fronts on the way.
+fn first_lane<'a, T: Claim>(
+    locked: &'a mut [Option<Locked<'_, T>>],
+    central: &'a mut VecDeque<Entry<T>>,
+) -> Option<&'a mut VecDeque<Entry<T>>> {
+    let lanes = locked.iter_mut().flatten().map(|g| &mut **g);
+    let mut best: Option<(&'a mut VecDeque<Entry<T>>, u64)> = None;
+    for lane in lanes.chain(std::iter::once(central)) {
         while lane.front().is_some_and(is_tombstone) {
             lane.pop_front();
         }
-        if let Some(e) = lane.front()
-            && best.is_none_or(|(_, t)| e.ticket < t)
+        if let Some(t) = lane.front().map(|e| e.ticket)
+            && best.as_ref().is_none_or(|(_, b)| t < *b)
         {
-            best = Some((i, e.ticket));
+            best = Some((lane, t));
         }
     }
-    best.map(|(i, _)| i)
+    best.map(|(lane, _)| lane)
 }
 
 /// Lets a lane that held a burst of waiting tasks give back its memory once it is empty.
