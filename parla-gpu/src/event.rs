@@ -180,7 +180,7 @@ impl CudaFence {
         stream: &Arc<PooledStream>,
     ) -> crate::Result<CudaFence> {
         let f = CudaFence::deferred(device, stream);
-        if let Err(m) = f.covering_with(true) {
+        if let Err(m) = f.chosen(true) {
             return Err(crate::Error::Device(m.to_string()));
         }
         Ok(f)
@@ -211,11 +211,7 @@ impl CudaFence {
     /// The event covering the fence: recorded now if there is none yet (from any thread:
     /// the context is bound for the call), or why it could not be.
     pub(crate) fn covering(&self) -> Result<&CudaEvent, &str> {
-        self.covering_with(false)
-    }
-
-    fn covering_with(&self, current: bool) -> Result<&CudaEvent, &str> {
-        self.chosen(current)?
+        self.chosen(false)?
             .event
             .as_ref()
             .ok_or("the fence's event is gone")
@@ -298,7 +294,7 @@ impl Fence for CudaFence {
     fn flush(&self) {
         // (On the task's driver thread, its device's context current. A failure shows in
         // the next query.)
-        let _ = self.covering_with(true);
+        let _ = self.chosen(true);
     }
 
     fn as_any(&self) -> &dyn Any {
