@@ -193,3 +193,64 @@ fn task_refs_await_by_value_and_by_reference() {
         assert!(!t.at("y").is_finished());
     });
 }
+
+/// Neighbouring integer keys (which a space keeps together): spawned tasks, forward
+/// references that are dropped, a pending task and retired ones among them, and keys
+/// with a string prefix, each keeps its own state.
+#[test]
+fn neighbouring_keys_keep_their_own_state() {
+    let t = TaskSpace::new("N");
+    let t2 = t.clone();
+    // (A lost id would leave an await pending: fail instead of hanging.)
+    let rt = support::within(60, move || {
+        let rt = support::cpu(2);
+        rt.block_on(async move {
+            let t = t2;
+            let (open, gate) = tokio::sync::oneshot::channel::<()>();
+            for i in [0, 2, 4, 9, -1, -8] {
+                task(async {}).id(t.at(i)).spawn();
+            }
+            task(async move {
+                let _ = gate.await;
+            })
+            .id(t.at(6))
+            .spawn();
+            for i in 0..3 {
+                task(async {}).id(t.at(("row", i))).spawn();
+            }
+            // Forward references to 1 and 3, dropped unspawned.
+            drop(task(async {}).after([t.at(1), t.at(3)]));
+            for i in [0, 2, 4, 9, -1, -8] {
+                t.at(i).await.unwrap();
+            }
+            for i in 0..3 {
+                t.at(("row", i)).await.unwrap();
+            }
+            assert_eq!(t.len(), 10);
+            for i in [1, 3, 5, 7, -2] {
+                assert!(!t.at(i).is_finished(), "{i}");
+            }
+            // 6 is pending: the others retire, 6 stays.
+            assert_eq!(t.retire_finished(), 9);
+            assert!(!t.at(6).is_finished());
+            assert_eq!(t.len(), 10);
+            for i in [0, 2, 4, 9, -1, -8] {
+                assert!(t.at(i).is_finished(), "{i}");
+                let again = task(async {}).id(t.at(i)).spawn().await;
+                assert!(matches!(again, Err(TaskError::DuplicateId { .. })), "{i}");
+            }
+            // Ids next to retired ones are still free, and 6 still completes.
+            task(async {}).id(t.at(1)).spawn().await.unwrap();
+            task(async {}).id(t.at(("row", 3))).spawn().await.unwrap();
+            let waiting = task(async {}).after(t.at(6)).spawn();
+            open.send(()).unwrap();
+            waiting.await.unwrap();
+            t.at(6).await.unwrap();
+            assert_eq!(t.retire_finished(), 3);
+            assert_eq!(t.len(), 12);
+        });
+        rt
+    });
+    assert!(t.at(1).is_finished());
+    drop(rt);
+}

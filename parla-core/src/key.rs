@@ -167,23 +167,76 @@ impl Key {
 }
 
 impl Key {
-    /// The key's hash (Fx mixing of its integers; the parts' hash otherwise), computed once
-    /// per lookup by task spaces.
+    /// The key's block in a task space's table, and its slot in the block.
+    ///
+    /// Keys that differ only in the low bits of a last integer part share a block of
+    /// [`BLOCK`] slots: consecutive integers, or `(i, j)` for consecutive `j`, which
+    /// programs spawn one after the other, so that their inserts and lookups find the
+    /// block in cache instead of each missing on a line of its own. Any other key (one
+    /// ending in a string or a large unsigned integer) has a block of its own, at slot 0.
+    /// The hash is the block's (Fx mixing), computed once per lookup.
     #[inline]
-    pub(crate) fn fx(&self) -> u64 {
+    pub(crate) fn block(&self) -> (u64, usize) {
         const K: u64 = 0xf135_7aea_2e62_a9c5;
         match &self.0 {
             Repr::Ints { len, v } => {
+                let n = *len as usize;
                 let mut h = *len as u64;
-                for &i in &v[..*len as usize] {
+                for (k, &i) in v[..n].iter().enumerate() {
+                    let i = if k + 1 == n { i >> BLOCK_SHIFT } else { i };
                     h = (h.rotate_left(26) ^ i as u64).wrapping_mul(K);
                 }
-                h
+                (h, (v[n - 1] & BLOCK_MASK) as usize)
             }
-            Repr::Parts(_) => std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, self),
+            Repr::Parts(p) => {
+                let mut s = rustc_hash::FxHasher::default();
+                match p.split_last() {
+                    Some((Part::Int(last), prefix)) => {
+                        prefix.hash(&mut s);
+                        s.write_i64(last >> BLOCK_SHIFT);
+                        (s.finish(), (last & BLOCK_MASK) as usize)
+                    }
+                    _ => {
+                        s.write_u8(0xff);
+                        p.hash(&mut s);
+                        (s.finish(), 0)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the two keys share a block (see [`Key::block`]).
+    #[inline]
+    pub(crate) fn same_block(&self, other: &Key) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
+                let last = *a as usize - 1;
+                // Unused slots are zero in both, so comparing all four is exact.
+                a == b
+                    && (0..MAX_PARTS).all(|k| {
+                        if k == last {
+                            x[k] >> BLOCK_SHIFT == y[k] >> BLOCK_SHIFT
+                        } else {
+                            x[k] == y[k]
+                        }
+                    })
+            }
+            (Repr::Parts(x), Repr::Parts(y)) => match (x.split_last(), y.split_last()) {
+                (Some((Part::Int(i), xp)), Some((Part::Int(j), yp))) => {
+                    i >> BLOCK_SHIFT == j >> BLOCK_SHIFT && xp == yp
+                }
+                _ => x == y,
+            },
+            _ => false,
         }
     }
 }
+
+/// Slots per block of a task space's table (see [`Key::block`]).
+pub(crate) const BLOCK: usize = 1 << BLOCK_SHIFT;
+const BLOCK_SHIFT: u32 = 3;
+const BLOCK_MASK: i64 = BLOCK as i64 - 1;
 
 impl PartialEq for Key {
     #[inline]
@@ -312,5 +365,56 @@ mod test {
         assert_eq!(format!("{:?}", ("cpu", 0).into_key()), "(\"cpu\", 0)");
         assert_eq!((1, 2, 3, 4).into_key().len(), 4);
         assert_eq!(std::mem::size_of::<Key>(), 40);
+    }
+
+    /// Keys share a block exactly when they differ only in the low bits of a last integer,
+    /// and keys that share one have the same hash and distinct slots.
+    #[test]
+    fn blocks() {
+        let keys: Vec<Key> = [
+            (0..20).map(|i| i.into_key()).collect::<Vec<_>>(),
+            (-9..9).map(|i| (3, i).into_key()).collect(),
+            (0..12).map(|i| (4, i).into_key()).collect(),
+            (0..12).map(|i| ("row", i).into_key()).collect(),
+            (0..12).map(|i| ("col", i).into_key()).collect(),
+            vec![
+                "a".into_key(),
+                "b".into_key(),
+                (1, "a").into_key(),
+                u64::MAX.into_key(),
+                (u64::MAX - 1).into_key(),
+                ("row", u64::MAX).into_key(),
+            ],
+        ]
+        .concat();
+        for a in &keys {
+            for b in &keys {
+                let same = a.same_block(b);
+                assert_eq!(same, b.same_block(a), "{a:?} {b:?}");
+                let (ha, sa) = a.block();
+                let (hb, sb) = b.block();
+                assert!(sa < BLOCK);
+                if same {
+                    assert_eq!(ha, hb, "{a:?} {b:?}");
+                    assert_eq!(sa == sb, a == b, "{a:?} {b:?}");
+                }
+                let ints = |k: &Key| -> Option<(Vec<Part>, i64)> {
+                    let mut p: Vec<Part> = k.parts().collect();
+                    match p.pop() {
+                        Some(Part::Int(i)) => Some((p, i.div_euclid(BLOCK as i64))),
+                        _ => None,
+                    }
+                };
+                let expected = match (ints(a), ints(b)) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => a == b,
+                };
+                assert_eq!(same, expected, "{a:?} {b:?}");
+            }
+        }
+        assert!(7.into_key().same_block(&0.into_key()));
+        assert!(!8.into_key().same_block(&7.into_key()));
+        assert!((-1).into_key().same_block(&(-8).into_key()));
+        assert!(!(-1).into_key().same_block(&0.into_key()));
     }
 }

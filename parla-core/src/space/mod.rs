@@ -26,6 +26,7 @@ use std::sync::{Arc, Weak};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
+use crate::key::BLOCK;
 pub use crate::key::{IntoKey, IntoPart, Key, Part};
 pub use wait::{RangeWait, RefWait, SpaceWait};
 
@@ -36,33 +37,50 @@ use retired::Retired;
 
 const SHARDS: usize = 16;
 
-/// One shard: entries found by the key's hash, computed once per operation.
-type Map = HashTable<Entry>;
+/// One shard: blocks found by their hash ([`Key::block`]), computed once per operation.
+type Map = HashTable<Block>;
 
-/// A node under its key's hash. The key itself is the node's name (`Name::Id`), so an entry
-/// is 24 bytes, and growing the table moves entries without hashing keys again.
-struct Entry {
+/// The nodes of the keys that share a block (see [`Key::block`]): consecutive integer keys
+/// share one, so a program spawning them in order touches one entry of the table per
+/// [`BLOCK`] keys. Each node is named by its key (`Name::Id`).
+struct Block {
     hash: u64,
-    node: Arc<dyn Task>,
+    /// A key of the block (the one it was made for): what identifies the block.
+    key: Key,
+    slots: [Option<Arc<dyn Task>>; BLOCK],
 }
 
-impl Entry {
-    fn new(hash: u64, node: Arc<dyn Task>) -> Entry {
-        Entry { hash, node }
+impl Block {
+    fn new(hash: u64, key: &Key, slot: usize, node: Arc<dyn Task>) -> Block {
+        let mut slots: [Option<Arc<dyn Task>>; BLOCK] = Default::default();
+        slots[slot] = Some(node);
+        Block {
+            hash,
+            key: key.clone(),
+            slots,
+        }
     }
 
-    /// Whether this is the entry of `key` (whose hash is `hash`).
+    /// Whether this is the block of `key` (whose block hash is `hash`).
     #[inline]
     fn is(&self, hash: u64, key: &Key) -> bool {
-        self.hash == hash && matches!(&self.node.header().name, Name::Id(_, k) if k == key)
+        self.hash == hash && self.key.same_block(key)
     }
 
-    /// The entry's key (every node in a space is named by its id).
-    fn key(&self) -> Option<&Key> {
-        match &self.node.header().name {
-            Name::Id(_, k) => Some(k),
-            Name::Anon(_) => None,
-        }
+    fn is_empty(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Arc<dyn Task>> {
+        self.slots.iter().flatten()
+    }
+}
+
+/// The key a node of a space is named by.
+fn key_of(node: &Arc<dyn Task>) -> Option<&Key> {
+    match &node.header().name {
+        Name::Id(_, k) => Some(k),
+        Name::Anon(_) => None,
     }
 }
 
@@ -162,7 +180,8 @@ impl TaskSpace {
             .map(|s| {
                 s.lock()
                     .iter()
-                    .filter(|e| e.node.header().kind == Kind::Task)
+                    .flat_map(Block::nodes)
+                    .filter(|n| n.header().kind == Kind::Task)
                     .count()
             })
             .sum();
@@ -186,12 +205,17 @@ impl TaskSpace {
         let mut done: Vec<(Key, Outcome)> = Vec::new();
         for s in &self.inner.shards {
             let mut map = s.lock();
-            map.retain(|e| match (e.node.header().outcome(), e.key()) {
-                (Some(o), Some(k)) if e.node.header().is_done() => {
-                    done.push((k.clone(), o));
-                    false
+            map.retain(|b| {
+                for slot in &mut b.slots {
+                    let Some(n) = slot else { continue };
+                    if let (Some(o), Some(k)) = (n.header().outcome(), key_of(n))
+                        && n.header().is_done()
+                    {
+                        done.push((k.clone(), o));
+                        *slot = None;
+                    }
                 }
-                _ => true,
+                !b.is_empty()
             });
             shrink(&mut map);
         }
@@ -246,9 +270,14 @@ impl TaskSpace {
 
     /// What `key` stands for, without making anything.
     pub(crate) fn lookup(&self, key: &Key) -> Lookup {
-        let h = key.fx();
-        if let Some(e) = self.shard(h).lock().find(h, |e| e.is(h, key)) {
-            return Lookup::Node(e.node.clone());
+        let (h, slot) = key.block();
+        let found = self
+            .shard(h)
+            .lock()
+            .find(h, |b| b.is(h, key))
+            .and_then(|b| b.slots[slot].clone());
+        if let Some(n) = found {
+            return Lookup::Node(n);
         }
         match self.retired(key) {
             Some(o) => Lookup::Retired(o),
@@ -259,7 +288,7 @@ impl TaskSpace {
     /// The node for `key` in `rt`: the task or placeholder there, a finished stand-in for
     /// a retired id, or a new placeholder (registered with `rt` for the stall resolver).
     pub(crate) fn node(&self, key: &Key, rt: &RtInner) -> Arc<dyn Task> {
-        let h = key.fx();
+        let (h, slot) = key.block();
         let owner = match self.bind(rt) {
             Ok(()) => rt.id,
             // Another runtime's space: a stand-in of that runtime, which the dependent's
@@ -267,8 +296,11 @@ impl TaskSpace {
             Err(other) => return self.detached(key, other, None),
         };
         let mut map = self.shard(h).lock();
-        if let Some(e) = map.find(h, |e| e.is(h, key)) {
-            return e.node.clone();
+        let entry = map.entry(h, |b| b.is(h, key), |b| b.hash);
+        if let hashbrown::hash_table::Entry::Occupied(o) = &entry
+            && let Some(n) = &o.get().slots[slot]
+        {
+            return n.clone();
         }
         if let Some(o) = self.retired(key) {
             drop(map);
@@ -280,7 +312,14 @@ impl TaskSpace {
             owner,
             Some((origin, key.clone())),
         ));
-        map.insert_unique(h, Entry::new(h, p.clone()), |e| e.hash);
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                o.get_mut().slots[slot] = Some(p.clone());
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Block::new(h, key, slot, p.clone()));
+            }
+        }
         drop(map);
         rt.register_forward(&p);
         p
@@ -318,19 +357,28 @@ impl TaskSpace {
                 ),
             });
         }
-        let h = key.fx();
+        let (h, slot) = key.block();
         let mut map = self.shard(h).lock();
         // One probe: the slot found is where the task goes if the key is new.
-        match map.entry(h, |e| e.is(h, key), |e| e.hash) {
+        let e = match map.entry(h, |b| b.is(h, key), |b| b.hash) {
             hashbrown::hash_table::Entry::Vacant(v) => {
                 if self.retired(key).is_some() {
                     return Err(TaskError::DuplicateId { id: id() });
                 }
-                v.insert(Entry::new(h, task.clone()));
+                v.insert(Block::new(h, key, slot, task.clone()));
+                return Ok(None);
+            }
+            hashbrown::hash_table::Entry::Occupied(o) => o.into_mut(),
+        };
+        match &mut e.slots[slot] {
+            s @ None => {
+                if self.retired(key).is_some() {
+                    return Err(TaskError::DuplicateId { id: id() });
+                }
+                *s = Some(task.clone());
                 Ok(None)
             }
-            hashbrown::hash_table::Entry::Occupied(mut o) => {
-                let e = &mut o.get_mut().node;
+            Some(e) => {
                 let eh = e.header();
                 if eh.kind == Kind::Placeholder && !eh.is_done() && eh.resolve() {
                     Ok(Some(std::mem::replace(e, task.clone())))
@@ -348,8 +396,9 @@ impl TaskSpace {
             out.extend(
                 s.lock()
                     .iter()
-                    .filter(|e| e.node.header().kind == Kind::Task)
-                    .map(|e| e.node.clone()),
+                    .flat_map(Block::nodes)
+                    .filter(|n| n.header().kind == Kind::Task)
+                    .cloned(),
             );
         }
         out
@@ -357,17 +406,22 @@ impl TaskSpace {
 
     /// Removes the placeholder under `key` if nothing refers to it any more.
     fn prune(&self, key: &Key) {
-        let h = key.fx();
+        let (h, slot) = key.block();
         let mut map = self.shard(h).lock();
-        if let Ok(e) = map.find_entry(h, |e| e.is(h, key)) {
-            let t = &e.get().node;
-            let th = t.header();
-            // Held by this map and the runtime's forward registry alone.
-            if th.kind == Kind::Placeholder
-                && !th.is_resolved()
-                && Arc::strong_count(t) <= 2
-                && !th.has_dependents()
-            {
+        if let Ok(mut e) = map.find_entry(h, |b| b.is(h, key)) {
+            let b = e.get_mut();
+            if let Some(t) = &b.slots[slot] {
+                let th = t.header();
+                // Held by this map and the runtime's forward registry alone.
+                if th.kind == Kind::Placeholder
+                    && !th.is_resolved()
+                    && Arc::strong_count(t) <= 2
+                    && !th.has_dependents()
+                {
+                    b.slots[slot] = None;
+                }
+            }
+            if b.is_empty() {
                 e.remove();
                 shrink(&mut map);
             }
