@@ -50,6 +50,15 @@ impl DepList {
         self.nodes.is_empty() && self.later.is_empty()
     }
 
+    /// Lets go of a list that holds nothing, skipping its drop glue: an empty list has
+    /// nothing to release, and never held anything, so has no memory to free either (no
+    /// method takes items out of a list but these two, which use it up).
+    #[inline]
+    pub(crate) fn forget_empty(self) {
+        debug_assert!(self.is_empty() && !self.nodes.spilled() && self.later.capacity() == 0);
+        std::mem::forget(self);
+    }
+
     /// The nodes, every id looked up in `rt` (placeholders made for ids not spawned yet);
     /// the list is used up, with nothing left to release.
     pub(crate) fn into_nodes(mut self, rt: &RtInner) -> SmallVec<[Arc<dyn Task>; 2]> {

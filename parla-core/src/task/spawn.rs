@@ -257,6 +257,7 @@ fn wire_spawned(
             }
         }
         if deps.is_empty() && implied.is_empty() {
+            deps.forget_empty();
             // Nothing to wire: drop the spawn guard.
             return Ok(h.dependency_done());
         }
