@@ -175,18 +175,22 @@ impl Key {
     /// block in cache instead of each missing on a line of its own. Any other key (one
     /// ending in a string or a large unsigned integer) has a block of its own, at slot 0.
     /// The hash is the block's (Fx mixing), computed once per lookup.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn block(&self) -> (u64, usize) {
         const K: u64 = 0xf135_7aea_2e62_a9c5;
         match &self.0 {
             Repr::Ints { len, v } => {
-                let n = *len as usize;
+                let last = (*len as usize - 1) % MAX_PARTS;
+                let slot = (v[last] & BLOCK_MASK) as usize;
+                // All four integers (unused ones are zero), the last one's low bits dropped:
+                // a fixed number of rounds, without branches.
+                let mut w = *v;
+                w[last] >>= BLOCK_SHIFT;
                 let mut h = *len as u64;
-                for (k, &i) in v[..n].iter().enumerate() {
-                    let i = if k + 1 == n { i >> BLOCK_SHIFT } else { i };
+                for i in w {
                     h = (h.rotate_left(26) ^ i as u64).wrapping_mul(K);
                 }
-                (h, (v[n - 1] & BLOCK_MASK) as usize)
+                (h, slot)
             }
             Repr::Parts(p) => {
                 let mut s = rustc_hash::FxHasher::default();
@@ -207,20 +211,19 @@ impl Key {
     }
 
     /// Whether the two keys share a block (see [`Key::block`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn same_block(&self, other: &Key) -> bool {
         match (&self.0, &other.0) {
             (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
                 let last = *a as usize - 1;
-                // Unused slots are zero in both, so comparing all four is exact.
-                a == b
-                    && (0..MAX_PARTS).all(|k| {
-                        if k == last {
-                            x[k] >> BLOCK_SHIFT == y[k] >> BLOCK_SHIFT
-                        } else {
-                            x[k] == y[k]
-                        }
-                    })
+                // Unused slots are zero in both, so comparing all four is exact; the last
+                // integers agree on their block when their bits above the low ones do.
+                let mut diff = 0;
+                for k in 0..MAX_PARTS {
+                    let shift = if k == last { BLOCK_SHIFT } else { 0 };
+                    diff |= (x[k] ^ y[k]) as u64 >> shift;
+                }
+                a == b && diff == 0
             }
             (Repr::Parts(x), Repr::Parts(y)) => match (x.split_last(), y.split_last()) {
                 (Some((Part::Int(i), xp)), Some((Part::Int(j), yp))) => {

@@ -296,9 +296,9 @@ impl TaskSpace {
             Err(other) => return self.detached(key, other, None),
         };
         let mut map = self.shard(h).lock();
-        let entry = map.entry(h, |b| b.is(h, key), |b| b.hash);
-        if let hashbrown::hash_table::Entry::Occupied(o) = &entry
-            && let Some(n) = &o.get().slots[slot]
+        if let Some(n) = map
+            .find(h, |b| b.is(h, key))
+            .and_then(|b| b.slots[slot].as_ref())
         {
             return n.clone();
         }
@@ -312,13 +312,9 @@ impl TaskSpace {
             owner,
             Some((origin, key.clone())),
         ));
-        match entry {
-            hashbrown::hash_table::Entry::Occupied(mut o) => {
-                o.get_mut().slots[slot] = Some(p.clone());
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(Block::new(h, key, slot, p.clone()));
-            }
+        match map.find_mut(h, |b| b.is(h, key)) {
+            Some(b) => b.slots[slot] = Some(p.clone()),
+            None => _ = map.insert_unique(h, Block::new(h, key, slot, p.clone()), |b| b.hash),
         }
         drop(map);
         rt.register_forward(&p);
