@@ -13,7 +13,9 @@
 //! - The outcome is published by setting `PUBLISHED` (and `links.err` for a failure) under
 //!   the `links` lock together with taking the dependents and the handle's waker, so a
 //!   dependent or handle registering concurrently is either taken at completion or sees the
-//!   outcome - never neither, never both.
+//!   outcome - never neither, never both. A success also sets `SUCCEEDED`, with `Release`:
+//!   a reader that sees it (`Acquire`) knows the outcome, final and visible with all the
+//!   task did, without the lock.
 //! - The join protocol (`join_state`): the task's output is dropped exactly once, by the
 //!   completer if the handle is gone when the task completes, else by the handle (when it
 //!   takes the output, or when it is dropped after completion).
@@ -53,6 +55,8 @@ const RESOLVED: u8 = 8;
 const PUBLISHED: u8 = 16;
 /// An awaiter spins on the task's fence (the fence poller leaves it alone meanwhile).
 const SPUN: u8 = 32;
+/// The outcome is published and is a success: read without the `links` lock.
+const SUCCEEDED: u8 = 64;
 
 /// A VCU demand resolved from the chosen device's default at mapping time.
 pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
@@ -378,6 +382,13 @@ impl Header {
         self.join_state.load(Ordering::Acquire) & RESOLVED != 0
     }
 
+    /// Whether the node finished successfully, known without the `links` lock (a success
+    /// is final; see the module invariants).
+    #[inline]
+    fn succeeded(&self) -> bool {
+        self.join_state.load(Ordering::Acquire) & SUCCEEDED != 0
+    }
+
     /// The outcome, if published; `l` is the `links` lock's guard.
     #[inline]
     fn outcome_in(&self, l: &Links) -> Option<Outcome> {
@@ -393,6 +404,9 @@ impl Header {
     /// The handle waits with `waker`: keeps it to wake at completion, or returns the
     /// outcome when it is published already.
     pub(crate) fn register_join(&self, waker: Waker) -> Option<Outcome> {
+        if self.succeeded() {
+            return Some(Ok(()));
+        }
         let mut l = self.links.lock();
         if let Some(o) = self.outcome_in(&l) {
             return Some(o);
@@ -418,6 +432,9 @@ impl Header {
 
     /// Registers task `dep` as a dependent, or reports why it need not wait.
     pub(crate) fn add_task_dependent(&self, dep: &Arc<dyn Task>) -> Added {
+        if self.succeeded() {
+            return Added::Done(Ok(()));
+        }
         let mut l = self.links.lock();
         if let Some(o) = self.outcome_in(&l) {
             return Added::Done(o);
@@ -434,6 +451,9 @@ impl Header {
     /// Registers `dep` to be told when this node finishes. Returns the outcome instead when
     /// it already finished.
     pub(crate) fn add_dependent(&self, dep: Dependent) -> Option<Outcome> {
+        if self.succeeded() {
+            return Some(Ok(()));
+        }
         let mut l = self.links.lock();
         match self.outcome_in(&l) {
             Some(o) => Some(o),
@@ -462,8 +482,13 @@ impl Header {
     /// Publishes the outcome and takes the dependents to notify and the handle's waker.
     pub(crate) fn publish(&self, outcome: Outcome) -> (SmallVec<[Dependent; 2]>, Option<Waker>) {
         let mut l = self.links.lock();
+        let bits = if outcome.is_ok() {
+            PUBLISHED | SUCCEEDED
+        } else {
+            PUBLISHED
+        };
         l.err = outcome.err();
-        self.join_state.fetch_or(PUBLISHED, Ordering::Relaxed);
+        self.join_state.fetch_or(bits, Ordering::Release);
         if l.gpu.is_some() {
             l.gpu = None;
         }
@@ -471,6 +496,9 @@ impl Header {
     }
 
     pub(crate) fn outcome(&self) -> Option<Outcome> {
+        if self.succeeded() {
+            return Some(Ok(()));
+        }
         self.outcome_in(&self.links.lock())
     }
 
@@ -851,6 +879,40 @@ mod loom_test {
                 taken.len()
             );
         });
+    }
+
+    /// A success read without the lock (`SUCCEEDED`) comes with everything the task did
+    /// before it published; a failure is never taken for a success.
+    #[test]
+    fn an_outcome_seen_without_the_lock_shows_what_the_task_did() {
+        use loom::sync::atomic::AtomicUsize;
+        for fail in [false, true] {
+            loom::model(move || {
+                let a = node(0);
+                let data = Arc::new(AtomicUsize::new(0));
+                let (a2, d2) = (a.clone(), data.clone());
+                let t = thread::spawn(move || {
+                    let seen = a2.header().outcome();
+                    let read = d2.load(Ordering::Relaxed);
+                    (seen, read)
+                });
+                data.store(7, Ordering::Relaxed);
+                let outcome = if fail {
+                    Err(Arc::new(TaskError::NoRuntime { task: "a".into() }))
+                } else {
+                    Ok(())
+                };
+                let _ = a.header().publish(outcome);
+                let (seen, read) = t.join().unwrap();
+                match seen {
+                    None => {}
+                    Some(o) => {
+                        assert_eq!(o.is_err(), fail);
+                        assert_eq!(read, 7, "the outcome without the task's write");
+                    }
+                }
+            });
+        }
     }
 
     /// The last dependency finishing while the spawner drops its guard: the task becomes

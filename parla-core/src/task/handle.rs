@@ -24,6 +24,9 @@ pub struct TaskHandle<T: 'static> {
     spun: bool,
     /// Whether this handle asked the fence poller to hurry.
     hurried: bool,
+    /// Whether this handle gave the task a waker (`register_join`), for its drop to take
+    /// back.
+    registered: bool,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -33,6 +36,7 @@ impl<T: 'static> TaskHandle<T> {
             task,
             spun: false,
             hurried: false,
+            registered: false,
             _t: PhantomData,
         }
     }
@@ -102,6 +106,7 @@ impl<T: 'static> Future for TaskHandle<T> {
                 return this.ready(o);
             }
         }
+        this.registered = true;
         if let Some(o) = h.register_join(waker::registration_waker(cx, h.rt_id)) {
             return this.ready(o);
         }
@@ -119,7 +124,9 @@ impl<T: 'static> Future for TaskHandle<T> {
 impl<T: 'static> Drop for TaskHandle<T> {
     fn drop(&mut self) {
         let h = self.task.header();
-        drop(h.unregister_join());
+        if self.registered {
+            drop(h.unregister_join());
+        }
         if h.join_drop() {
             // SAFETY: by the join protocol the task completed and its completer left the
             // output to this handle, which does not take it any more.
