@@ -94,6 +94,10 @@ pub(crate) fn wire(
                 ),
             });
         }
+        if nh.succeeded() {
+            // Finished already: nothing to wait for, nothing to count.
+            continue;
+        }
         h.add_pending();
         match nh.add_task_dependent(task) {
             Added::Registered => {}

@@ -385,7 +385,7 @@ impl Header {
     /// Whether the node finished successfully, known without the `links` lock (a success
     /// is final; see the module invariants).
     #[inline]
-    fn succeeded(&self) -> bool {
+    pub(crate) fn succeeded(&self) -> bool {
         self.join_state.load(Ordering::Acquire) & SUCCEEDED != 0
     }
 
