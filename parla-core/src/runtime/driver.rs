@@ -480,6 +480,7 @@ impl Future for Driver {
         // the thread-local holding it has no destructor).
         drop(context::take_awaited());
         rt.flush(&mut this.local);
+        this.local.trim();
         #[cfg(feature = "tracing")]
         this.report(report);
         result
@@ -516,5 +517,38 @@ impl Drop for Driver {
             self.rt.inject.release();
         }
         self.rt.ours.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod test {
+    use super::*;
+    use crate::runtime::Runtime;
+
+    /// A gate opening on many tasks readies them all on the driver that completes the gate:
+    /// that driver's scratch gives back what the burst made it hold when its poll ends,
+    /// rather than keeping it for as long as the driver runs.
+    #[test]
+    fn a_driver_gives_back_what_a_burst_made_its_scratch_hold() {
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        let inner = rt.inner.clone();
+        // As `start_drivers` does: a slot claimed, the driver counted.
+        assert!(inner.inject.claim());
+        inner.ours.fetch_add(1, Ordering::SeqCst);
+        let mut d = Driver::new(inner.clone());
+        d.local.fx.ready.reserve(100_000);
+        d.local.admitted.reserve(100_000);
+        let caps = rt.block_on(async move {
+            // Polled on a worker, as drivers are; with nothing to run, the poll ends.
+            let polled = inner.tokio.spawn(async move {
+                std::future::poll_fn(|cx| Pin::new(&mut d).poll(cx)).await;
+                (d.local.fx.ready.capacity(), d.local.admitted.capacity())
+            });
+            polled.await.unwrap()
+        });
+        assert!(
+            caps.0 <= 1024 && caps.1 <= 1024,
+            "capacities kept: {caps:?}"
+        );
     }
 }
