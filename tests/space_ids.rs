@@ -254,3 +254,45 @@ fn neighbouring_keys_keep_their_own_state() {
     assert!(t.at(1).is_finished());
     drop(rt);
 }
+
+/// Retiring while another thread looks ids up: a finished id is always found finished,
+/// in the table or in the record of retired ids, never in neither.
+#[test]
+fn ids_being_retired_stay_finished_to_concurrent_lookups() {
+    let t = TaskSpace::new("R");
+    let n: usize = 20_000;
+    let t2 = t.clone();
+    let missed = support::within(120, move || {
+        let rt = support::cpu(2);
+        rt.block_on(async {
+            for i in 0..n {
+                task(async {}).id(t2.at(i)).spawn();
+            }
+            (&t2).await.unwrap();
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (t3, stop2) = (t2.clone(), stop.clone());
+        let looker = std::thread::spawn(move || {
+            let mut missed = Vec::new();
+            while !stop2.load(Ordering::SeqCst) {
+                for i in (0..n).step_by(97) {
+                    if !t3.at(i).is_finished() {
+                        missed.push(i);
+                    }
+                }
+            }
+            missed
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(t2.retire_finished(), n);
+        stop.store(true, Ordering::SeqCst);
+        looker.join().unwrap()
+    });
+    assert!(
+        missed.is_empty(),
+        "{} lookups saw an id unfinished while it was retired (first: {:?})",
+        missed.len(),
+        &missed[..missed.len().min(8)]
+    );
+    assert!((0..n).all(|i| t.at(i).is_finished()));
+}

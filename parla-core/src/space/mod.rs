@@ -202,14 +202,15 @@ impl TaskSpace {
     /// integers (`t.at(i)`, `t.at(("step", i))`) take a few bytes per run, failures are
     /// kept one by one.
     pub fn retire_finished(&self) -> usize {
+        let mut n = 0;
         let mut done: Vec<(Key, Outcome)> = Vec::new();
         for s in &self.inner.shards {
             let mut map = s.lock();
             map.retain(|b| {
                 for slot in &mut b.slots {
-                    let Some(n) = slot else { continue };
-                    if let (Some(o), Some(k)) = (n.header().outcome(), key_of(n))
-                        && n.header().is_done()
+                    let Some(t) = slot else { continue };
+                    if let (Some(o), Some(k)) = (t.header().outcome(), key_of(t))
+                        && t.header().is_done()
                     {
                         done.push((k.clone(), o));
                         *slot = None;
@@ -218,16 +219,17 @@ impl TaskSpace {
                 !b.is_empty()
             });
             shrink(&mut map);
+            if !done.is_empty() {
+                // Recorded before the shard is unlocked (shard, then record: the order in
+                // which lookups take them), so a lookup finds a retired id in one of the two.
+                n += done.len();
+                let mut r = self.inner.retired.lock();
+                for (k, o) in done.drain(..) {
+                    r.insert(&k, o);
+                }
+                self.inner.has_retired.store(true, Ordering::Release);
+            }
         }
-        if done.is_empty() {
-            return 0;
-        }
-        let n = done.len();
-        let mut r = self.inner.retired.lock();
-        for (k, o) in done {
-            r.insert(&k, o);
-        }
-        self.inner.has_retired.store(true, Ordering::Release);
         n
     }
 
