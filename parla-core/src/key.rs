@@ -220,8 +220,8 @@ impl Key {
                 // integers agree on their block when their bits above the low ones do.
                 let mut diff = 0;
                 for k in 0..MAX_PARTS {
-                    let shift = if k == last { BLOCK_SHIFT } else { 0 };
-                    diff |= (x[k] ^ y[k]) as u64 >> shift;
+                    let low = if k == last { BLOCK_MASK as u64 } else { 0 };
+                    diff |= (x[k] ^ y[k]) as u64 & !low;
                 }
                 a == b && diff == 0
             }

@@ -41,6 +41,15 @@ impl DepList {
         })
     }
 
+    /// [`push`](Self::push) of an id, looked up at once inside a runtime.
+    #[inline]
+    fn push_ref(&mut self, r: TaskRef) {
+        crate::runtime::context::with_rt(|rt| match rt {
+            Some(rt) => self.nodes.push(r.space.node(&r.key, rt)),
+            None => self.later.push(Dep::Ref(r)),
+        })
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.nodes.len() + self.later.len()
     }
@@ -119,12 +128,12 @@ pub trait IntoDeps {
 
 impl IntoDeps for TaskRef {
     fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Ref(self));
+        out.push_ref(self);
     }
 }
 impl IntoDeps for &TaskRef {
     fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Ref(self.clone()));
+        out.push_ref(self.clone());
     }
 }
 impl<T: 'static> IntoDeps for &TaskHandle<T> {
