@@ -430,11 +430,9 @@ impl Header {
         self.kind == Kind::Task && self.mask != 0 && self.mask & 1 == 0
     }
 
-    /// Registers task `dep` as a dependent, or reports why it need not wait.
+    /// Registers task `dep` as a dependent, or reports why it need not wait. (Its caller,
+    /// `graph::wire`, skips a dependency it sees succeeded before it counts it.)
     pub(crate) fn add_task_dependent(&self, dep: &Arc<dyn Task>) -> Added {
-        if self.succeeded() {
-            return Added::Done(Ok(()));
-        }
         let mut l = self.links.lock();
         if let Some(o) = self.outcome_in(&l) {
             return Added::Done(o);

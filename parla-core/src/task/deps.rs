@@ -41,7 +41,8 @@ impl DepList {
         })
     }
 
-    /// [`push`](Self::push) of an id, looked up at once inside a runtime.
+    /// [`push`](Self::push) of an id, looked up at once inside a runtime (without a [`Dep`]
+    /// built and matched for it: about 30 instructions per id).
     #[inline]
     fn push_ref(&mut self, r: TaskRef) {
         crate::runtime::context::with_rt(|rt| match rt {
