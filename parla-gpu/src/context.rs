@@ -83,6 +83,24 @@ impl GpuContext {
         &self.dev
     }
 
+    /// Times the task's work on the device ([`crate::timing`]): its first use of the
+    /// stream or the handles marks the start.
+    pub(crate) fn time(&mut self) {
+        self.marks = Some(Arc::default());
+    }
+
+    /// The device, the pooled stream and the timing marks: what a task's fence takes over
+    /// when its body returned.
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        Arc<GpuDevice>,
+        Arc<PooledStream>,
+        Option<Arc<crate::timing::Marks>>,
+    ) {
+        (self.dev, self.stream, self.marks)
+    }
+
     /// The task's device, `gpu:i`.
     pub fn device(&self) -> Device {
         self.dev.device()

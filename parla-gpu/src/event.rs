@@ -158,14 +158,26 @@ impl CudaFence {
     /// recorded when somebody first asks about the fence (or about a later one of the
     /// stream), possibly shared with other fences of the stream.
     pub(crate) fn deferred(device: &Arc<GpuDevice>, stream: &Arc<PooledStream>) -> CudaFence {
-        // (After the work this fence stands for was enqueued, by this thread.)
-        let ticket = stream.issued.fetch_add(1, Ordering::AcqRel) + 1;
+        CudaFence::after(device.clone(), stream.clone(), CudaFence::ticket(stream))
+    }
+
+    /// Takes the next ticket on the pooled `stream`, after the work it stands for was
+    /// enqueued (by this thread).
+    pub(crate) fn ticket(stream: &PooledStream) -> u64 {
+        stream.issued.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The deferred fence of `ticket` on the pooled `stream` ([`deferred`](Self::deferred)
+    /// with the ticket taken already), keeping the references it is given: a task's
+    /// fence takes over those of the task's context rather than counting new ones.
+    pub(crate) fn after(
+        device: Arc<GpuDevice>,
+        stream: Arc<PooledStream>,
+        ticket: u64,
+    ) -> CudaFence {
         CudaFence {
-            device: device.clone(),
-            source: Source::Pooled {
-                stream: stream.clone(),
-                ticket,
-            },
+            device,
+            source: Source::Pooled { stream, ticket },
             event: OnceLock::new(),
             done: AtomicBool::new(false),
             timing: None,

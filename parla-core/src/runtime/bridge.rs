@@ -100,15 +100,18 @@ impl Entries {
     }
 
     fn is_empty(&self) -> bool {
-        self.queues.is_empty() && self.loose.is_empty()
+        self.loose.is_empty() && self.queues.values().all(VecDeque::is_empty)
     }
 
-    /// Appends `newer` (watched after everything in `self`).
-    fn merge(&mut self, newer: Entries) {
-        for (q, mut ws) in newer.queues {
-            self.queues.entry(q).or_default().append(&mut ws);
+    /// Moves the watches of `newer` (watched after everything in `self`) to the back of
+    /// `self`, leaving `newer` empty with its capacity.
+    fn merge(&mut self, newer: &mut Entries) {
+        for (q, ws) in &mut newer.queues {
+            if !ws.is_empty() {
+                self.queues.entry(*q).or_default().extend(ws.drain(..));
+            }
         }
-        self.loose.extend(newer.loose);
+        self.loose.append(&mut newer.loose);
     }
 
     fn drain(self) -> impl Iterator<Item = Watch> {
@@ -208,16 +211,21 @@ impl Bridge {
     pub(crate) fn poll_once(rt: &Arc<RtInner>) -> usize {
         let b = &rt.bridge;
         // Poll outside the lock (queries cost a driver call each); watches added meanwhile
-        // are merged back behind the ones taken.
-        let mut batch = std::mem::take(&mut *b.entries.lock());
-        if batch.is_empty() {
-            return 0;
-        }
-        let mut done = Vec::new();
+        // are merged back behind the ones taken. The lock gets this thread's spare lists
+        // meanwhile, and the spare keeps the lists the added watches came in, emptied: a
+        // stream's list keeps its capacity from round to round, where a watch used to
+        // allocate one.
+        let mut batch = {
+            let mut e = b.entries.lock();
+            if e.is_empty() {
+                return 0;
+            }
+            std::mem::replace(&mut *e, SPARE.with(|s| s.take()))
+        };
+        let mut done = Done::new();
         for ws in batch.queues.values_mut() {
             take_finished(ws, &mut done);
         }
-        batch.queues.retain(|_, ws| !ws.is_empty());
         let loose = std::mem::take(&mut batch.loose);
         for w in loose {
             if w.spun() {
@@ -229,11 +237,16 @@ impl Bridge {
                 s => done.push((w, s)),
             }
         }
-        {
+        let mut newer = {
             let mut e = b.entries.lock();
-            let newer = std::mem::replace(&mut *e, batch);
-            e.merge(newer);
-        }
+            let mut newer = std::mem::replace(&mut *e, batch);
+            e.merge(&mut newer);
+            newer
+        };
+        // (The spare's lists are empty. Its queues do not pile up: a queue is one of the
+        // devices' pooled streams, a fixed set.)
+        newer.loose.shrink_to(64);
+        SPARE.with(|s| s.set(newer));
         let n = done.len();
         let urgent = done.iter().filter(|(w, _)| w.urgent()).count();
         b.urgent.fetch_sub(urgent, Ordering::AcqRel);
@@ -248,6 +261,15 @@ impl Bridge {
     }
 }
 
+thread_local! {
+    /// The watch lists a poller of this thread swaps in while it polls
+    /// ([`Bridge::poll_once`]): empty, with their capacity.
+    static SPARE: std::cell::Cell<Entries> = std::cell::Cell::new(Entries::default());
+}
+
+/// Watches a poller round found finished, with their status.
+type Done = smallvec::SmallVec<[(Watch, FenceStatus); 4]>;
+
 /// Statuses of a queue's fences queried in a poller round, by position in the queue.
 type Seen = smallvec::SmallVec<[(usize, FenceStatus); 8]>;
 
@@ -258,7 +280,7 @@ type Seen = smallvec::SmallVec<[(usize, FenceStatus); 8]>;
 /// tasks that finished since the last round, instead of one each (queries contend with
 /// kernel launches inside the driver). Fences found done that way without a query of their
 /// own are told so (`Fence::mark_done`).
-fn take_finished(ws: &mut VecDeque<Watch>, done: &mut Vec<(Watch, FenceStatus)>) {
+fn take_finished(ws: &mut VecDeque<Watch>, done: &mut Done) {
     let end = ws.iter().position(Watch::spun).unwrap_or(ws.len());
     if end == 0 {
         return;
@@ -668,6 +690,31 @@ mod test {
     }
 
     #[test]
+    fn watches_added_during_a_poll_go_behind_and_the_spare_keeps_its_lists() {
+        let at = |w: &Watch| w.fence().as_any().downcast_ref::<Fake>().unwrap().at;
+        let (taken, _) = queue(2, 0, usize::MAX);
+        let (added, _) = queue(5, 0, usize::MAX);
+        let mut batch = Entries::default();
+        for w in taken {
+            batch.push(w);
+        }
+        let mut newer = Entries::default();
+        for w in added.into_iter().skip(2) {
+            newer.push(w);
+        }
+        batch.merge(&mut newer);
+        // Oldest first: the two taken for the poll, then the three added meanwhile.
+        let order: Vec<usize> = batch.queues[&0].iter().map(at).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4]);
+        // The spare is empty, and its list kept its room.
+        assert!(newer.is_empty());
+        assert!(newer.queues[&0].capacity() >= 3);
+        assert!(!batch.is_empty());
+        batch.queues.get_mut(&0).unwrap().clear();
+        assert!(batch.is_empty(), "lists with no watches are empty");
+    }
+
+    #[test]
     fn finished_fences_of_a_queue_are_found_by_bisection() {
         for (n, k) in [
             (1, 0),
@@ -679,7 +726,7 @@ mod test {
             (1000, 1000),
         ] {
             let (mut ws, queries) = queue(n, k, usize::MAX);
-            let mut done = Vec::new();
+            let mut done = Done::new();
             take_finished(&mut ws, &mut done);
             assert_eq!(done.len(), k, "{k} of {n} done");
             assert_eq!(ws.len(), n - k);
@@ -699,7 +746,7 @@ mod test {
     fn a_failed_fence_makes_the_poller_query_each_one() {
         // 0..10 done, 10.. failed (a device lost): the failures are reported, per fence.
         let (mut ws, _) = queue(20, 10, 10);
-        let mut done = Vec::new();
+        let mut done = Done::new();
         take_finished(&mut ws, &mut done);
         assert_eq!(done.len(), 20);
         assert!(done[..10].iter().all(|(_, s)| *s == FenceStatus::Done));

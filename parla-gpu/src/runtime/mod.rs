@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use crate::context::{self, GpuContext};
 use crate::error::{Error, describe};
 use crate::event::CudaFence;
-use crate::stream::{PooledStream, StreamPool};
+use crate::stream::StreamPool;
 
 /// Events created per device at start.
 const EVENT_STOCK: usize = 256;
@@ -137,11 +137,9 @@ impl GpuBackend for CudaBackend {
             }
         }
         Ok(Box::new(Exec {
-            dev: dev.clone(),
-            stream,
+            ctx: Some(GpuContext::new(dev.clone(), stream, None)),
             owned,
             prev: None,
-            timing: None,
         }))
     }
 
@@ -152,69 +150,80 @@ impl GpuBackend for CudaBackend {
 
 /// A task running on a device.
 struct Exec {
-    dev: Arc<GpuDevice>,
-    stream: Arc<PooledStream>,
+    /// The task's context: here between polls, in the thread-local during them (moved, not
+    /// cloned: a poll changes no reference count), taken over by its fence at the end.
+    ctx: Option<GpuContext>,
+    /// The stream was taken from the pool for this task (and goes back at the end).
     owned: bool,
+    /// What the thread-local held before `enter`, until `exit`.
     prev: Option<Option<GpuContext>>,
-    /// Timing marks, when the task is traced.
-    timing: Option<Arc<crate::timing::Marks>>,
 }
 
 impl GpuExec for Exec {
     fn enter(&mut self) {
+        let Some(ctx) = self.ctx.take() else {
+            // Entered already.
+            return;
+        };
         // A failure to make the context current shows up as an error of the task's first
         // CUDA call, and again at `finish`.
-        let _ = crate::raw::make_current(&self.dev.ctx);
-        self.prev = Some(context::set(Some(GpuContext::new(
-            self.dev.clone(),
-            self.stream.clone(),
-            self.timing.clone(),
-        ))));
+        let _ = crate::raw::make_current(&ctx.gpu_device().ctx);
+        self.prev = Some(context::set(Some(ctx)));
     }
 
     fn exit(&mut self) {
         if let Some(prev) = self.prev.take() {
-            context::set(prev);
+            // (The thread-local holds this task's context: only `enter` and `exit`, which
+            // the runtime pairs around each poll, set it.)
+            self.ctx = context::set(prev);
         }
     }
 
     fn time(&mut self) {
-        self.timing = Some(Arc::default());
+        if let Some(c) = &mut self.ctx {
+            c.time();
+        }
     }
 
-    fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
-        let timing = self
-            .timing
-            .as_ref()
-            .and_then(|m| m.finish(&self.dev, self.stream.stream()));
+    fn finish(mut self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
+        let Some(ctx) = self.ctx.take() else {
+            return Err("the task's GPU context was not given back after its poll".into());
+        };
+        let (dev, stream, marks) = ctx.into_parts();
+        let timing = marks.as_ref().and_then(|m| m.finish(&dev, stream.stream()));
         // A traced task's fence is recorded now, after its timing events; any other's
         // recording is deferred until somebody asks (one event then serves the fences of a
-        // run of tasks on the stream).
-        let fence = if timing.is_some() {
-            CudaFence::recorded(&self.dev, &self.stream).map(|f| f.with_timing(timing))
-        } else {
-            Ok(CudaFence::deferred(&self.dev, &self.stream))
+        // run of tasks on the stream). Either way the fence's place on the stream is taken
+        // before the stream goes back to the pool.
+        let recorded = timing
+            .is_some()
+            .then(|| CudaFence::recorded(&dev, &stream).map(|f| f.with_timing(timing)));
+        let ticket = match recorded {
+            None => CudaFence::ticket(&stream),
+            Some(_) => 0,
         };
         if self.owned {
-            self.dev.streams.release(&self.stream);
+            dev.streams.release(&stream);
         }
         // Errors the context recorded meanwhile (from drops of CUDA objects) belong to the
         // task that ran on it.
-        if let Err(e) = self.dev.ctx.check_err() {
+        if let Err(e) = dev.ctx.check_err() {
             if crate::error::is_sticky(&e) {
-                self.dev.fail(describe(&e));
+                dev.fail(describe(&e));
             }
             return Err(describe(&e));
         }
-        match fence {
-            Ok(f) => Ok(Arc::new(f)),
-            Err(Error::Driver(e)) => {
+        match recorded {
+            // The fence takes over the context's references.
+            None => Ok(Arc::new(CudaFence::after(dev, stream, ticket))),
+            Some(Ok(f)) => Ok(Arc::new(f)),
+            Some(Err(Error::Driver(e))) => {
                 if crate::error::is_sticky(&e) {
-                    self.dev.fail(describe(&e));
+                    dev.fail(describe(&e));
                 }
                 Err(describe(&e))
             }
-            Err(e) => Err(e.to_string()),
+            Some(Err(e)) => Err(e.to_string()),
         }
     }
 }
