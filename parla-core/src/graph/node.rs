@@ -430,6 +430,16 @@ impl Header {
         self.kind == Kind::Task && self.mask != 0 && self.mask & 1 == 0
     }
 
+    /// A task that runs on GPUs only gets its GPU links at spawn, on the spawning thread:
+    /// the driver that releases it behind a fence, and its own driver, then only fill them
+    /// in. (The links are freed with the task, on the spawning thread too when the task's
+    /// memory comes back to it: see `RtInner::retire`.)
+    pub(crate) fn prepare_gpu(&self) {
+        if self.gpu_only() {
+            self.links.lock().gpu.get_or_insert_default();
+        }
+    }
+
     /// Registers task `dep` as a dependent, or reports why it need not wait. (Its caller,
     /// `graph::wire`, skips a dependency it sees succeeded before it counts it.)
     pub(crate) fn add_task_dependent(&self, dep: &Arc<dyn Task>) -> Added {

@@ -254,7 +254,12 @@ impl Bridge {
         for (w, s) in done {
             match w {
                 Watch::Waker(_, waker) => waker.wake(),
-                Watch::Task(t, _, _) => rt.complete_fenced(&t, s),
+                Watch::Task(t, _, _) => {
+                    rt.complete_fenced(&t, s);
+                    // A task whose last reference this is goes back to the spawning
+                    // thread to be freed, as those the drivers finish do.
+                    rt.retire(t);
+                }
             }
         }
         n

@@ -136,6 +136,7 @@ where
         };
         let mut header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
         header.recycle = recycle && header.trace.is_none();
+        header.prepare_gpu();
         let cell = Arc::new(TaskCell::new(header, fut, ()));
         let task: Arc<dyn Task> = cell.clone();
         let handle = TaskHandle::new(cell);
