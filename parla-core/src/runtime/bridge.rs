@@ -23,6 +23,7 @@
 //! - whichever poller sees a task's fence done first completes the task (the task's state
 //!   moves FENCED -> COMPLETING once, so only one of them does).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -222,7 +223,8 @@ impl Bridge {
             }
             std::mem::replace(&mut *e, SPARE.with(|s| s.take()))
         };
-        let mut done = Done::new();
+        // (Taken, not borrowed: completing a task may poll again on this thread.)
+        let mut done = DONE.with(Cell::take);
         for ws in batch.queues.values_mut() {
             take_finished(ws, &mut done);
         }
@@ -251,7 +253,7 @@ impl Bridge {
         let urgent = done.iter().filter(|(w, _)| w.urgent()).count();
         b.urgent.fetch_sub(urgent, Ordering::AcqRel);
         b.pending.fetch_sub(n, Ordering::AcqRel);
-        for (w, s) in done {
+        for (w, s) in done.drain(..) {
             match w {
                 Watch::Waker(_, waker) => waker.wake(),
                 Watch::Task(t, _, _) => {
@@ -262,6 +264,8 @@ impl Bridge {
                 }
             }
         }
+        done.shrink_to(64);
+        DONE.with(|d| d.set(done));
         n
     }
 }
@@ -269,11 +273,14 @@ impl Bridge {
 thread_local! {
     /// The watch lists a poller of this thread swaps in while it polls
     /// ([`Bridge::poll_once`]): empty, with their capacity.
-    static SPARE: std::cell::Cell<Entries> = std::cell::Cell::new(Entries::default());
+    static SPARE: Cell<Entries> = Cell::new(Entries::default());
+    /// The list of watches a poller round of this thread found finished, kept with its
+    /// capacity from round to round.
+    static DONE: Cell<Done> = const { Cell::new(Vec::new()) };
 }
 
 /// Watches a poller round found finished, with their status.
-type Done = smallvec::SmallVec<[(Watch, FenceStatus); 4]>;
+type Done = Vec<(Watch, FenceStatus)>;
 
 /// Statuses of a queue's fences queried in a poller round, by position in the queue.
 type Seen = smallvec::SmallVec<[(usize, FenceStatus); 8]>;
