@@ -25,8 +25,31 @@ const RECYCLE_BYTES: usize = 1008;
 fn name_of(id: &Option<crate::space::TaskRef>) -> Name {
     match id {
         Some(r) => Name::Id(r.space.name_arc(), r.key.clone()),
-        None => Name::Anon(NEXT_ANON.fetch_add(1, Ordering::Relaxed)),
+        None => Name::Anon(next_anon()),
     }
+}
+
+/// How many anonymous task numbers a thread takes from [`NEXT_ANON`] at a time.
+const ANON_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// This thread's block of anonymous task numbers: the next one, and the end.
+    static ANON: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// A number for an anonymous task, unique in the process: from this thread's block, so
+/// that threads spawning tasks at once (a fork-join on every worker) do not update one
+/// shared counter per task.
+fn next_anon() -> u64 {
+    ANON.with(|c| {
+        let (mut next, mut end) = c.get();
+        if next == end {
+            next = NEXT_ANON.fetch_add(ANON_BLOCK, Ordering::Relaxed);
+            end = next + ANON_BLOCK;
+        }
+        c.set((next + 1, end));
+        next
+    })
 }
 
 /// Whether these are the default constraints (the CPU, its default share, no workspace),
@@ -293,4 +316,23 @@ where
     };
     graph::fail_unrun(&task, err, &mut Effects::default());
     TaskHandle::new(cell)
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod test {
+    /// Threads take blocks of numbers: across blocks and threads, no number is given twice.
+    #[test]
+    fn anonymous_task_numbers_are_unique_across_threads() {
+        let all: Vec<u64> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..3000).map(|_| super::next_anon()).collect::<Vec<_>>()))
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        let distinct: std::collections::HashSet<u64> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), all.len(), "a number was given twice");
+    }
 }
