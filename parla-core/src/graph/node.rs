@@ -432,8 +432,8 @@ impl Header {
 
     /// A task that runs on GPUs only gets its GPU links at spawn, on the spawning thread:
     /// the driver that releases it behind a fence, and its own driver, then only fill them
-    /// in. (The links are freed with the task, on the spawning thread too when the task's
-    /// memory comes back to it: see `RtInner::retire`.)
+    /// in, rather than allocate them on the driver's hot path. (They are freed when the
+    /// outcome is published, by whichever thread completes the task.)
     pub(crate) fn prepare_gpu(&self) {
         if self.gpu_only() {
             self.links.lock().gpu.get_or_insert_default();

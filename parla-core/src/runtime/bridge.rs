@@ -221,10 +221,10 @@ impl Bridge {
             if e.is_empty() {
                 return 0;
             }
-            std::mem::replace(&mut *e, SPARE.with(|s| s.take()))
+            std::mem::replace(&mut *e, SPARE.try_with(Cell::take).unwrap_or_default())
         };
         // (Taken, not borrowed: completing a task may poll again on this thread.)
-        let mut done = DONE.with(Cell::take);
+        let mut done = DONE.try_with(Cell::take).unwrap_or_default();
         for ws in batch.queues.values_mut() {
             take_finished(ws, &mut done);
         }
@@ -248,7 +248,8 @@ impl Bridge {
         // (The spare's lists are empty. Its queues do not pile up: a queue is one of the
         // devices' pooled streams, a fixed set.)
         newer.loose.shrink_to(64);
-        SPARE.with(|s| s.set(newer));
+        // (A thread being torn down keeps nothing.)
+        let _ = SPARE.try_with(|s| s.set(newer));
         let n = done.len();
         let urgent = done.iter().filter(|(w, _)| w.urgent()).count();
         b.urgent.fetch_sub(urgent, Ordering::AcqRel);
@@ -265,7 +266,7 @@ impl Bridge {
             }
         }
         done.shrink_to(64);
-        DONE.with(|d| d.set(done));
+        let _ = DONE.try_with(|d| d.set(done));
         n
     }
 }

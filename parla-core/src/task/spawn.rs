@@ -159,7 +159,6 @@ where
         };
         let mut header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
         header.recycle = recycle && header.trace.is_none();
-        header.prepare_gpu();
         let cell = Arc::new(TaskCell::new(header, fut, ()));
         let task: Arc<dyn Task> = cell.clone();
         let handle = TaskHandle::new(cell);
@@ -201,6 +200,7 @@ fn header_of<C: Task>(
         memory,
     );
     header.priority = priority;
+    header.prepare_gpu();
     #[cfg(feature = "tracing")]
     if rt.trace.is_some() || crate::trace::may_trace() {
         header.trace = crate::trace::cold(|| task_span(rt, &header.name));
