@@ -254,6 +254,8 @@ impl Bridge {
         let urgent = done.iter().filter(|(w, _)| w.urgent()).count();
         b.urgent.fetch_sub(urgent, Ordering::AcqRel);
         b.pending.fetch_sub(n, Ordering::AcqRel);
+        // (Allocated only if a task is handed back.)
+        let mut spent = Vec::new();
         for (w, s) in done.drain(..) {
             match w {
                 Watch::Waker(_, waker) => waker.wake(),
@@ -261,10 +263,11 @@ impl Bridge {
                     rt.complete_fenced(&t, s);
                     // A task whose last reference this is goes back to the spawning
                     // thread to be freed, as those the drivers finish do.
-                    rt.retire(t);
+                    rt.retire(t, &mut spent);
                 }
             }
         }
+        rt.hand_back(&mut spent);
         done.shrink_to(64);
         let _ = DONE.try_with(|d| d.set(done));
         n

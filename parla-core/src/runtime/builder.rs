@@ -265,7 +265,8 @@ impl Builder {
             ours: std::sync::atomic::AtomicUsize::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             ledger: super::data::ledger(me.clone(), id),
-            spent: crossbeam_queue::ArrayQueue::new(super::SPENT),
+            spent: parking_lot::Mutex::new(Vec::with_capacity(super::SPENT)),
+            spent_len: std::sync::atomic::AtomicUsize::new(0),
             spent_wanted: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = worker_rt.set(Arc::downgrade(&inner));

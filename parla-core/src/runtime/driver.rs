@@ -282,7 +282,7 @@ impl Driver {
             Poll::Ready(outcome) => {
                 crate::trace::step!(rt, h, "body_finished");
                 self.finish_running(rt, &task, run, outcome, pended);
-                rt.retire(task);
+                rt.retire(task, &mut self.local.spent);
             }
             Poll::Pending => {
                 let awaited = context::take_awaited();

@@ -39,6 +39,10 @@ pub(crate) struct Local {
     pub(crate) fx: Effects,
     /// Tasks admission let through, to launch (empty between steps).
     pub(crate) admitted: Launch,
+    /// Finished tasks to hand back to the threads that spawned them (see
+    /// [`RtInner::retire`]), added to [`RtInner::spent`] at the next [`RtInner::flush`] or
+    /// once there are [`SPENT_BATCH`](super::SPENT_BATCH).
+    pub(crate) spent: Vec<Arc<dyn Task>>,
 }
 
 impl Local {
@@ -77,10 +81,12 @@ thread_local! {
 }
 
 impl RtInner {
-    /// Applies deferred counter changes.
+    /// Applies deferred counter changes, and hands back the finished tasks gathered (see
+    /// [`retire`](Self::retire)).
     pub(crate) fn flush(&self, l: &mut Local) {
         let (live, busy) = (std::mem::take(&mut l.live), std::mem::take(&mut l.busy));
         self.counters.add(live, busy);
+        self.hand_back(&mut l.spent);
     }
 
     /// Runs `f` with a scratch [`Local`] (this thread's, or a new one if it is lent out
@@ -196,22 +202,53 @@ impl RtInner {
     /// which that thread takes for every allocation it cannot serve from its cache). A
     /// chain spawned from `block_on` runs twice as fast this way.
     ///
-    /// Only the memory waits: the task's future and output are dropped when it completes,
-    /// as always, and a traced task (whose span closes with it) is never kept.
+    /// The driver gathers such tasks in `l` and adds them [`SPENT_BATCH`](super::SPENT_BATCH)
+    /// at a time (and the rest when it runs out of work or yields: [`flush`](Self::flush)),
+    /// so that the lines the spawning thread reads move between cores once a batch rather
+    /// than once a task. Only the memory waits: the task's future and output are dropped
+    /// when it completes, as always, and a traced task (whose span closes with it) is never
+    /// kept.
     ///
     /// Tasks go there only while spawns outside the drivers take them (`spent_wanted`): a
-    /// driver that finds the queue full stops handing tasks back until a spawn finds it
-    /// empty again, so that a program that spawned everything up front pays next to
-    /// nothing for this while its tasks run.
+    /// driver that finds [`spent`](RtInner::spent) full stops handing tasks back until a
+    /// spawn finds it empty again, so that a program that spawned everything up front pays
+    /// next to nothing for this while its tasks run.
     #[inline]
-    pub(crate) fn retire(&self, task: Arc<dyn Task>) {
+    pub(crate) fn retire(&self, task: Arc<dyn Task>, batch: &mut Vec<Arc<dyn Task>>) {
         if task.header().recycle
             && self.spent_wanted.load(Ordering::Relaxed)
             && Arc::strong_count(&task) == 1
-            && let Err(task) = self.spent.push(task)
         {
+            batch.push(task);
+            if batch.len() >= super::SPENT_BATCH {
+                self.hand_back(batch);
+            }
+        }
+    }
+
+    /// Adds the finished tasks in `batch` (gathered by [`retire`](Self::retire)) to
+    /// [`spent`](RtInner::spent), as many as it has room for; the others are freed here,
+    /// and drivers stop handing tasks back. Leaves `batch` empty.
+    #[inline]
+    pub(crate) fn hand_back(&self, batch: &mut Vec<Arc<dyn Task>>) {
+        if !batch.is_empty() {
+            self.add_spent(batch);
+        }
+    }
+
+    #[cold]
+    fn add_spent(&self, batch: &mut Vec<Arc<dyn Task>>) {
+        let over = {
+            let mut spent = self.spent.lock();
+            let room = super::SPENT - spent.len();
+            let over = batch.len().saturating_sub(room);
+            spent.extend(batch.drain(over..));
+            self.spent_len.store(spent.len(), Ordering::Relaxed);
+            over
+        };
+        if over > 0 {
             self.spent_wanted.store(false, Ordering::Relaxed);
-            drop(task);
+            batch.clear();
         }
     }
 
@@ -225,11 +262,14 @@ impl RtInner {
     /// spawn.)
     #[inline]
     pub(crate) fn reuse_spent(&self) {
-        // (`pop` of an empty queue costs a fence; the emptiness check two loads.)
-        let next = if self.spent.is_empty() {
+        // (Only a spawn that may find one takes the lock.)
+        let next = if self.spent_len.load(Ordering::Relaxed) == 0 {
             None
         } else {
-            self.spent.pop()
+            let mut spent = self.spent.lock();
+            let t = spent.pop();
+            self.spent_len.store(spent.len(), Ordering::Relaxed);
+            t
         };
         match &next {
             Some(t) => prefetch_for_write(t),
@@ -625,6 +665,18 @@ mod recycle_test {
         Runtime::builder().cpu_threads(2).build().unwrap()
     }
 
+    /// Waits until no driver runs: each hands back what it gathered before it leaves.
+    fn wait_for_drivers_to_leave(inner: &crate::runtime::RtInner) {
+        let waited = std::time::Instant::now();
+        while inner.inject.active() > 0 {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(30),
+                "drivers never left"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// A thread's scratch gives back what a burst made it hold, and keeps small capacity.
     #[test]
     fn scratch_gives_back_a_burst() {
@@ -659,19 +711,38 @@ mod recycle_test {
         // `block_on` returned: every task finished, and its output was dropped then.
         assert_eq!(drops.load(Ordering::SeqCst), n);
         let inner = rt.inner.clone();
-        let spent = inner.spent.len();
+        wait_for_drivers_to_leave(&inner);
+        let spent = inner.spent.lock().len();
         assert!(spent > 0, "no finished task handed its memory back");
         assert!(spent <= super::super::SPENT);
         rt.block_on(async {
             // Nothing else runs, and a task whose handle is held is never handed back.
             let h = task(async {}).spawn();
             assert_eq!(
-                inner.spent.len(),
+                inner.spent.lock().len(),
                 spent - 1,
                 "a spawn did not free one first"
             );
             h.await.unwrap();
         });
+    }
+
+    /// Drivers gather finished tasks in batches, and hand back a batch they did not fill
+    /// when they run out of work.
+    #[test]
+    fn drivers_hand_back_a_partial_batch_when_they_run_out_of_work() {
+        let rt = runtime();
+        let n = super::super::SPENT_BATCH / 2;
+        rt.block_on(async {
+            for _ in 0..n {
+                task(async {}).spawn();
+            }
+        });
+        let inner = rt.inner.clone();
+        wait_for_drivers_to_leave(&inner);
+        let spent = inner.spent.lock().len();
+        assert!(spent > 0 && spent <= n, "{spent} of {n} handed back");
+        assert_eq!(inner.spent_len.load(Ordering::SeqCst), spent);
     }
 
     /// Tasks that all finish after they were spawned fill the queue once; the drivers then
@@ -692,7 +763,7 @@ mod recycle_test {
             gate.await.unwrap();
         });
         let inner = rt.inner.clone();
-        assert_eq!(inner.spent.len(), spent);
+        assert_eq!(inner.spent.lock().len(), spent);
         assert!(
             !inner.spent_wanted.load(Relaxed),
             "a full queue still asks for more"
@@ -703,7 +774,7 @@ mod recycle_test {
             for _ in 0..spent {
                 held.push(task(async {}).spawn());
             }
-            assert_eq!(inner.spent.len(), 0);
+            assert_eq!(inner.spent.lock().len(), 0);
             assert!(!inner.spent_wanted.load(Relaxed));
             held.push(task(async {}).spawn());
             assert!(
@@ -731,7 +802,8 @@ mod recycle_test {
             p.await.unwrap();
         });
         // (The parent may be: its handle may go before its driver lets go of it.)
-        assert!(rt.inner.spent.len() <= 1, "{}", rt.inner.spent.len());
+        let spent = rt.inner.spent.lock().len();
+        assert!(spent <= 1, "{spent}");
         let rt = runtime();
         rt.block_on(async {
             for _ in 0..64 {
@@ -739,6 +811,6 @@ mod recycle_test {
                 task(async move { std::hint::black_box(big)[0] }).spawn();
             }
         });
-        assert_eq!(rt.inner.spent.len(), 0);
+        assert_eq!(rt.inner.spent.lock().len(), 0);
     }
 }

@@ -112,7 +112,7 @@ impl<T> Injector<T> {
     }
 
     /// Drivers holding a slot now.
-    #[cfg(parla_loom)]
+    #[cfg(any(test, parla_loom))]
     pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }

@@ -183,8 +183,12 @@ pub(crate) struct RtInner {
     /// Where data objects report the bytes they free on devices.
     pub(crate) ledger: crate::data::Ledger,
     /// Finished tasks spawned outside drivers, whose last reference a driver held: freed
-    /// by the next spawn outside drivers instead (see [`RtInner::retire`]).
-    pub(crate) spent: crossbeam_queue::ArrayQueue<Arc<dyn Task>>,
+    /// by the next spawn outside drivers instead (see [`RtInner::retire`]). At most
+    /// [`SPENT`]; drivers add them in batches.
+    pub(crate) spent: parking_lot::Mutex<Vec<Arc<dyn Task>>>,
+    /// The length of [`spent`](Self::spent), stored under its lock: a spawn that finds it
+    /// zero does not take the lock.
+    pub(crate) spent_len: AtomicUsize,
     /// Spawns outside the drivers found [`spent`](Self::spent) empty since a driver last
     /// found it full: drivers hand finished tasks back.
     pub(crate) spent_wanted: AtomicBool,
@@ -192,6 +196,10 @@ pub(crate) struct RtInner {
 
 /// How many finished tasks [`RtInner::spent`] holds at most.
 const SPENT: usize = 256;
+
+/// How many finished tasks a driver gathers before it adds them to [`RtInner::spent`] (and
+/// what it gathered so far, whenever it runs out of work or yields).
+const SPENT_BATCH: usize = 16;
 
 /// Keeps the placeholders that may still matter: unfinished, and either waited on or still
 /// referred to from somewhere else than this registry.
