@@ -21,10 +21,11 @@
 //! otherwise it is queued. The others are queued at once, and a lend claims the awaited one
 //! there without the queue's lock.
 //!
-//! A driver that runs out of CPU work lingers too, one driver at a time, for up to
-//! `CPU_LINGER`, looking at the injector every `CPU_LOOK`: work spawned from outside the
-//! drivers meanwhile (`block_on` spawning task after task) is taken by it, with no driver to
-//! start and no thread to wake per spawn.
+//! A driver that runs out of CPU work lingers too, up to one driver per four workers at a
+//! time (one to four), for up to `CPU_LINGER`, each looking at the injector every `CPU_LOOK`
+//! times their number: work spawned from outside the drivers meanwhile (`block_on` spawning
+//! task after task) is taken by them, with no driver to start and no thread to wake per
+//! spawn. While one runs a task it found, the others stand in for it.
 //!
 //! A driver that ran GPU tasks and runs out of work lingers for up to `AWAIT_SPIN` before it
 //! leaves: it polls the injector and the runtime's fences, so the next GPU task spawned by an
@@ -109,22 +110,25 @@ impl Driver {
     /// Out of work after running GPU tasks: polls the injector and the runtime's fences for
     /// up to [`LINGER`] before leaving, so that what the GPU work releases (an awaiter's next
     /// spawn, a parent woken by its child's fence, a dependent) runs here at once instead of
-    /// waiting for a thread to wake. Out of CPU work: if no other driver lingers, looks at
-    /// the injector every [`CPU_LOOK`] for up to [`CPU_LINGER`]. Pushers count on a
-    /// lingering driver instead of starting one. Returns the task it found.
+    /// waiting for a thread to wake. Out of CPU work: if fewer than the injector's
+    /// [`cpu_lingerers`](super::inject::Injector::cpu_lingerers) drivers linger, looks at
+    /// the injector for up to [`CPU_LINGER`], every [`CPU_LOOK`] times that number (so that
+    /// together they look about as often as one would every [`CPU_LOOK`]). Pushers count on
+    /// a lingering driver instead of starting one. Returns the task it found.
     fn linger(&mut self, rt: &Arc<RtInner>) -> Option<Arc<dyn Task>> {
         let gpu = std::mem::take(&mut self.lingers);
         if gpu {
             rt.inject.linger();
-        } else if rt.bridge.is_busy() || !rt.inject.linger_alone() {
+        } else if rt.bridge.is_busy() || !rt.inject.linger_for_cpu() {
             // (With GPU work in flight, lingering is left to the drivers that ran it: they
             // poll flat out, for the latency of the next GPU task.)
             return None;
         }
         rt.flush(&mut self.local);
         let limit = if gpu { LINGER } else { CPU_LINGER };
+        let look = CPU_LOOK * rt.inject.cpu_lingerers() as u32;
         let start = std::time::Instant::now();
-        let mut next_look = CPU_LOOK;
+        let mut next_look = look;
         let mut n = 0u32;
         loop {
             let found = rt.inject.pop().or_else(|| {
@@ -136,13 +140,14 @@ impl Driver {
             });
             if let Some(t) = found {
                 if rt.inject.stop_lingering() {
-                    // More work than this driver: another one takes it.
+                    // More work than this driver: another one takes it (or a driver still
+                    // lingering: `start_drivers` counts on those).
                     rt.start_drivers(1);
                 }
                 return Some(t);
             }
             // Until the next look: for GPU work the next spin (the clock read every 16th),
-            // for CPU work the next `CPU_LOOK`.
+            // for CPU work the next `look`.
             let over = loop {
                 n += 1;
                 std::hint::spin_loop();
@@ -157,7 +162,7 @@ impl Driver {
                     break false;
                 }
                 if now >= next_look {
-                    next_look += CPU_LOOK;
+                    next_look += look;
                     break false;
                 }
             };
