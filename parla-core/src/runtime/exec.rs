@@ -78,6 +78,10 @@ thread_local! {
     /// A spent task taken at this thread's previous spawn outside the drivers, its memory
     /// being fetched: freed at the next (see [`RtInner::reuse_spent`]).
     static PREFETCHED: std::cell::Cell<Option<Arc<dyn Task>>> = const { std::cell::Cell::new(None) };
+    /// Spent tasks this thread took from a runtime's pool for its next spawns outside the
+    /// drivers (see [`RtInner::reuse_spent`]): the runtime's id, and the tasks.
+    static TAKEN: std::cell::RefCell<(u32, Vec<Arc<dyn Task>>)> =
+        const { std::cell::RefCell::new((0, Vec::new())) };
 }
 
 impl RtInner {
@@ -255,6 +259,10 @@ impl RtInner {
     /// Frees one task from [`spent`](RtInner::spent) (a spawn outside the drivers is about
     /// to allocate one); asks drivers for more if there is none.
     ///
+    /// The thread takes tasks from the pool [`SPENT_BATCH`](super::SPENT_BATCH) at a time
+    /// (into [`TAKEN`]), so it takes the pool's lock, which drivers adding batches take too,
+    /// once a batch rather than once a spawn.
+    ///
     /// One spawn ahead: the task freed is the one taken at this thread's previous spawn, and
     /// the one taken now has its memory fetched into this core's cache for writing
     /// meanwhile. (Its lines were last written by the driver that finished it, on another
@@ -262,15 +270,27 @@ impl RtInner {
     /// spawn.)
     #[inline]
     pub(crate) fn reuse_spent(&self) {
-        // (Only a spawn that may find one takes the lock.)
-        let next = if self.spent_len.load(Ordering::Relaxed) == 0 {
-            None
-        } else {
-            let mut spent = self.spent.lock();
-            let t = spent.pop();
-            self.spent_len.store(spent.len(), Ordering::Relaxed);
-            t
-        };
+        let (next, stale) = TAKEN
+            .try_with(|c| {
+                let mut c = c.borrow_mut();
+                // Tasks taken from another runtime are freed (below, outside the borrow).
+                let stale = if c.0 == self.id {
+                    Vec::new()
+                } else {
+                    c.0 = self.id;
+                    std::mem::take(&mut c.1)
+                };
+                // (Only a spawn that may find some takes the lock.)
+                if c.1.is_empty() && self.spent_len.load(Ordering::Relaxed) != 0 {
+                    let mut spent = self.spent.lock();
+                    let from = spent.len().saturating_sub(super::SPENT_BATCH);
+                    c.1.extend(spent.drain(from..));
+                    self.spent_len.store(spent.len(), Ordering::Relaxed);
+                }
+                (c.1.pop(), stale)
+            })
+            .unwrap_or_default();
+        drop(stale);
         match &next {
             Some(t) => prefetch_for_write(t),
             None => {
@@ -280,6 +300,15 @@ impl RtInner {
             }
         }
         drop(PREFETCHED.replace(next));
+    }
+
+    /// How many spent tasks of this runtime the calling thread took for its next spawns.
+    #[cfg(test)]
+    pub(crate) fn taken_here(&self) -> usize {
+        TAKEN.with(|c| {
+            let c = c.borrow();
+            if c.0 == self.id { c.1.len() } else { 0 }
+        })
     }
 
     /// Picks the device slot of a task among its mask: the policy chooses among the devices
@@ -712,14 +741,15 @@ mod recycle_test {
         assert_eq!(drops.load(Ordering::SeqCst), n);
         let inner = rt.inner.clone();
         wait_for_drivers_to_leave(&inner);
-        let spent = inner.spent.lock().len();
+        // In the pool, or taken by this thread for its next spawns.
+        let spent = inner.spent.lock().len() + inner.taken_here();
         assert!(spent > 0, "no finished task handed its memory back");
-        assert!(spent <= super::super::SPENT);
+        assert!(spent <= super::super::SPENT + super::super::SPENT_BATCH);
         rt.block_on(async {
             // Nothing else runs, and a task whose handle is held is never handed back.
             let h = task(async {}).spawn();
             assert_eq!(
-                inner.spent.lock().len(),
+                inner.spent.lock().len() + inner.taken_here(),
                 spent - 1,
                 "a spawn did not free one first"
             );
@@ -745,8 +775,9 @@ mod recycle_test {
         assert_eq!(inner.spent_len.load(Ordering::SeqCst), spent);
     }
 
-    /// Tasks that all finish after they were spawned fill the queue once; the drivers then
-    /// stop handing tasks back until a spawn finds the queue empty.
+    /// Tasks that all finish after they were spawned fill the pool once; the drivers then
+    /// stop handing tasks back until a spawn finds the pool empty. Spawns take the pool's
+    /// tasks a batch at a time.
     #[test]
     fn drivers_stop_handing_tasks_back_once_the_queue_is_full_until_spawns_empty_it() {
         use std::sync::atomic::Ordering::Relaxed;
@@ -770,11 +801,17 @@ mod recycle_test {
         );
         rt.block_on(async {
             // Handles held: none of these is handed back.
-            let mut held = Vec::new();
-            for _ in 0..spent {
+            let mut held = vec![task(async {}).spawn()];
+            // The first spawn took a batch, and freed one of it.
+            let batch = super::super::SPENT_BATCH;
+            assert_eq!(inner.spent.lock().len(), spent - batch);
+            assert_eq!(inner.spent_len.load(Relaxed), spent - batch);
+            assert_eq!(inner.taken_here(), batch - 1);
+            for _ in 1..spent {
                 held.push(task(async {}).spawn());
             }
             assert_eq!(inner.spent.lock().len(), 0);
+            assert_eq!(inner.taken_here(), 0);
             assert!(!inner.spent_wanted.load(Relaxed));
             held.push(task(async {}).spawn());
             assert!(
