@@ -75,13 +75,21 @@ fn failed_earlier(h: &Header, device: Device, message: &str) -> TaskError {
 thread_local! {
     /// A [`Local`] for callers outside drivers, lent out by [`RtInner::with_local`].
     static SCRATCH: std::cell::Cell<Option<Box<Local>>> = const { std::cell::Cell::new(None) };
-    /// A spent task taken at this thread's previous spawn outside the drivers, its memory
-    /// being fetched: freed at the next (see [`RtInner::reuse_spent`]).
-    static PREFETCHED: std::cell::Cell<Option<Arc<dyn Task>>> = const { std::cell::Cell::new(None) };
-    /// Spent tasks this thread took from a runtime's pool for its next spawns outside the
-    /// drivers (see [`RtInner::reuse_spent`]): the runtime's id, and the tasks.
-    static TAKEN: std::cell::RefCell<(u32, Vec<Arc<dyn Task>>)> =
-        const { std::cell::RefCell::new((0, Vec::new())) };
+    /// Spent tasks this thread took for its spawns outside the drivers (see
+    /// [`RtInner::reuse_spent`]).
+    static REUSE: std::cell::RefCell<Reuse> = const {
+        std::cell::RefCell::new(Reuse { rt: 0, taken: Vec::new(), prefetched: None })
+    };
+}
+
+/// The spent tasks a thread took for its spawns outside the drivers.
+struct Reuse {
+    /// The runtime whose pool `taken` came from.
+    rt: u32,
+    /// Taken from the pool a batch at a time, for the next spawns.
+    taken: Vec<Arc<dyn Task>>,
+    /// The one taken at the previous spawn, its memory being fetched: freed at the next.
+    prefetched: Option<Arc<dyn Task>>,
 }
 
 impl RtInner {
@@ -260,7 +268,7 @@ impl RtInner {
     /// to allocate one); asks drivers for more if there is none.
     ///
     /// The thread takes tasks from the pool [`SPENT_BATCH`](super::SPENT_BATCH) at a time
-    /// (into [`TAKEN`]), so it takes the pool's lock, which drivers adding batches take too,
+    /// (into [`REUSE`]), so it takes the pool's lock, which drivers adding batches take too,
     /// once a batch rather than once a spawn.
     ///
     /// One spawn ahead: the task freed is the one taken at this thread's previous spawn, and
@@ -270,44 +278,56 @@ impl RtInner {
     /// spawn.)
     #[inline]
     pub(crate) fn reuse_spent(&self) {
-        let (next, stale) = TAKEN
-            .try_with(|c| {
-                let mut c = c.borrow_mut();
-                // Tasks taken from another runtime are freed (below, outside the borrow).
-                let stale = if c.0 == self.id {
-                    Vec::new()
-                } else {
-                    c.0 = self.id;
-                    std::mem::take(&mut c.1)
-                };
+        let prev = REUSE
+            .try_with(|r| {
+                let mut r = r.borrow_mut();
                 // (Only a spawn that may find some takes the lock.)
-                if c.1.is_empty() && self.spent_len.load(Ordering::Relaxed) != 0 {
-                    let mut spent = self.spent.lock();
-                    let from = spent.len().saturating_sub(super::SPENT_BATCH);
-                    c.1.extend(spent.drain(from..));
-                    self.spent_len.store(spent.len(), Ordering::Relaxed);
+                if r.rt != self.id
+                    || (r.taken.is_empty() && self.spent_len.load(Ordering::Relaxed) != 0)
+                {
+                    self.take_spent(&mut r);
                 }
-                (c.1.pop(), stale)
+                let next = r.taken.pop();
+                match &next {
+                    Some(t) => prefetch_for_write(t),
+                    None => {
+                        if !self.spent_wanted.load(Ordering::Relaxed) {
+                            self.spent_wanted.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                std::mem::replace(&mut r.prefetched, next)
             })
-            .unwrap_or_default();
-        drop(stale);
-        match &next {
-            Some(t) => prefetch_for_write(t),
-            None => {
-                if !self.spent_wanted.load(Ordering::Relaxed) {
-                    self.spent_wanted.store(true, Ordering::Relaxed);
-                }
-            }
+            .ok()
+            .flatten();
+        drop(prev);
+    }
+
+    /// Takes a batch of tasks from [`spent`](RtInner::spent) into `r`, when it holds none
+    /// (freeing those taken from another runtime first).
+    #[cold]
+    #[inline(never)]
+    fn take_spent(&self, r: &mut Reuse) {
+        if r.rt != self.id {
+            // (Freeing a spent task runs no user code: its future and output were dropped
+            // when it completed.)
+            r.rt = self.id;
+            r.taken.clear();
         }
-        drop(PREFETCHED.replace(next));
+        if r.taken.is_empty() {
+            let mut spent = self.spent.lock();
+            let from = spent.len().saturating_sub(super::SPENT_BATCH);
+            r.taken.extend(spent.drain(from..));
+            self.spent_len.store(spent.len(), Ordering::Relaxed);
+        }
     }
 
     /// How many spent tasks of this runtime the calling thread took for its next spawns.
     #[cfg(test)]
     pub(crate) fn taken_here(&self) -> usize {
-        TAKEN.with(|c| {
-            let c = c.borrow();
-            if c.0 == self.id { c.1.len() } else { 0 }
+        REUSE.with(|r| {
+            let r = r.borrow();
+            if r.rt == self.id { r.taken.len() } else { 0 }
         })
     }
 
