@@ -844,6 +844,42 @@ mod recycle_test {
         });
     }
 
+    /// A thread spawning into two runtimes in turn reuses each one's spent tasks only for
+    /// that runtime: what it took from one is freed when it spawns into the other.
+    #[test]
+    fn spent_tasks_taken_from_one_runtime_are_not_used_for_another() {
+        let a = runtime();
+        let b = runtime();
+        let fill = |rt: &Runtime| {
+            rt.block_on(async {
+                for _ in 0..2 * super::super::SPENT {
+                    task(async {}).spawn();
+                }
+            });
+            wait_for_drivers_to_leave(&rt.inner);
+        };
+        fill(&a);
+        fill(&b);
+        // A spawn into `a` takes a batch of `a`'s. (Handles held until the checks: no task
+        // is handed back meanwhile.)
+        a.block_on(async {
+            let h = task(async {}).spawn();
+            assert!(a.inner.taken_here() > 0, "nothing taken from a's pool");
+            h.await.unwrap();
+        });
+        // A spawn into `b` frees those and takes a batch of `b`'s.
+        let pool_b = b.inner.spent.lock().len();
+        let batch = pool_b.min(super::super::SPENT_BATCH);
+        assert!(batch > 0, "b's pool is empty");
+        b.block_on(async {
+            let h = task(async {}).spawn();
+            assert_eq!(a.inner.taken_here(), 0);
+            assert_eq!(b.inner.spent.lock().len(), pool_b - batch);
+            assert_eq!(b.inner.taken_here(), batch - 1);
+            h.await.unwrap();
+        });
+    }
+
     /// Tasks spawned by tasks, and tasks too large for the allocator's caches, are freed
     /// where they finish.
     #[test]
