@@ -78,12 +78,14 @@ pub fn prop_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
 /// A named way to make a runtime.
 pub type Config = (&'static str, fn() -> parla::Runtime);
 
-/// The runtimes every configuration-independent test runs on: CPU only, and CPU with two
-/// virtual GPUs.
+/// The runtimes every configuration-independent test runs on: CPU only, CPU with two
+/// virtual GPUs, and 16 workers (more than this machine may have: several drivers then
+/// linger for work at once).
 pub fn configs() -> Vec<Config> {
     vec![
         ("cpu-only", || cpu(2)),
         ("virtual-gpus", || vgpu(2, 2, 1 << 30)),
+        ("sixteen-workers", || cpu(16)),
     ]
 }
 

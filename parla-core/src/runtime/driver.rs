@@ -530,6 +530,41 @@ mod test {
     use super::*;
     use crate::runtime::Runtime;
 
+    /// On 16 workers up to four drivers linger for CPU work at once: bursts spawned from
+    /// `block_on` with gaps between them (in which drivers run out of work and linger) all
+    /// run, and the drivers leave once the work stops.
+    #[test]
+    fn several_lingering_drivers_run_bursts_from_block_on_and_then_leave() {
+        use std::sync::atomic::AtomicUsize;
+        let rt = Runtime::builder().cpu_threads(16).build().unwrap();
+        let inner = rt.inner.clone();
+        assert_eq!(inner.inject.cpu_lingerers(), 4);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        rt.block_on(async move {
+            for _ in 0..50 {
+                for _ in 0..20 {
+                    let r = r.clone();
+                    crate::task(async move {
+                        r.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .spawn();
+                }
+                // (Blocks `block_on`'s thread: no await, so only the drivers take work.)
+                std::thread::sleep(std::time::Duration::from_micros(30));
+            }
+        });
+        assert_eq!(ran.load(Ordering::SeqCst), 1000);
+        let waited = std::time::Instant::now();
+        while inner.inject.active() > 0 {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(30),
+                "drivers never left"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// A gate opening on many tasks readies them all on the driver that completes the gate:
     /// that driver's scratch gives back what the burst made it hold when its poll ends,
     /// rather than keeping it for as long as the driver runs.
