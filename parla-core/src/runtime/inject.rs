@@ -37,8 +37,10 @@ impl<T> Injector<T> {
     /// An injector for `max` drivers (one per worker thread). Drivers out of CPU work
     /// linger one per four workers, one to four of them: with one alone, the work pushed
     /// while it runs a task it found starts a driver each time (a Tokio task and a thread
-    /// woken, on the pushing thread); on 16 workers, four spawned work from `block_on` 10
-    /// to 20 percent faster. (More look at the queue more often, which slows every push.)
+    /// woken, on the pushing thread). On 16 workers, four ran a reduction tree spawned from
+    /// `block_on` about 15 percent faster, and a wavefront with ids about 20 percent
+    /// (`benches/overhead.rs`). More would look at the queue more often, which slows every
+    /// push (see `driver`'s look interval).
     pub(crate) fn new(max: usize) -> Self {
         let max = max.max(1);
         Injector {
