@@ -322,6 +322,20 @@ impl RtInner {
         }
     }
 
+    /// Waits (up to 30 s, then panics) until no driver of the runtime runs: each hands back
+    /// the finished tasks it gathered before it leaves.
+    #[cfg(test)]
+    pub(crate) fn wait_for_drivers_to_leave(&self) {
+        let waited = std::time::Instant::now();
+        while self.inject.active() > 0 {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(30),
+                "drivers never left"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// How many spent tasks of this runtime the calling thread took for its next spawns.
     #[cfg(test)]
     pub(crate) fn taken_here(&self) -> usize {
@@ -714,18 +728,6 @@ mod recycle_test {
         Runtime::builder().cpu_threads(2).build().unwrap()
     }
 
-    /// Waits until no driver runs: each hands back what it gathered before it leaves.
-    fn wait_for_drivers_to_leave(inner: &crate::runtime::RtInner) {
-        let waited = std::time::Instant::now();
-        while inner.inject.active() > 0 {
-            assert!(
-                waited.elapsed() < std::time::Duration::from_secs(30),
-                "drivers never left"
-            );
-            std::thread::yield_now();
-        }
-    }
-
     /// A thread's scratch gives back what a burst made it hold, and keeps small capacity.
     #[test]
     fn scratch_gives_back_a_burst() {
@@ -760,7 +762,7 @@ mod recycle_test {
         // `block_on` returned: every task finished, and its output was dropped then.
         assert_eq!(drops.load(Ordering::SeqCst), n);
         let inner = rt.inner.clone();
-        wait_for_drivers_to_leave(&inner);
+        inner.wait_for_drivers_to_leave();
         // In the pool, or taken by this thread for its next spawns.
         let spent = inner.spent.lock().len() + inner.taken_here();
         assert!(spent > 0, "no finished task handed its memory back");
@@ -789,7 +791,7 @@ mod recycle_test {
             }
         });
         let inner = rt.inner.clone();
-        wait_for_drivers_to_leave(&inner);
+        inner.wait_for_drivers_to_leave();
         let spent = inner.spent.lock().len();
         assert!(spent > 0 && spent <= n, "{spent} of {n} handed back");
         assert_eq!(inner.spent_len.load(Ordering::SeqCst), spent);
@@ -856,7 +858,7 @@ mod recycle_test {
                     task(async {}).spawn();
                 }
             });
-            wait_for_drivers_to_leave(&rt.inner);
+            rt.inner.wait_for_drivers_to_leave();
         };
         fill(&a);
         fill(&b);

@@ -54,17 +54,7 @@ impl<T> Injector<T> {
 
     /// Takes a driver slot if one is free.
     pub(crate) fn claim(&self) -> bool {
-        let mut n = self.active.load(Ordering::SeqCst);
-        while n < self.max {
-            match self
-                .active
-                .compare_exchange_weak(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return true,
-                Err(actual) => n = actual,
-            }
-        }
-        false
+        increment_below(&self.active, self.max)
     }
 
     /// Queues a task. The caller then calls [`drivers_wanted`](Self::drivers_wanted).
@@ -107,17 +97,7 @@ impl<T> Injector<T> {
     /// Like [`linger`](Self::linger), but only if fewer drivers linger than
     /// [`cpu_lingerers`](Self::cpu_lingerers). Returns whether the caller lingers now.
     pub(crate) fn linger_for_cpu(&self) -> bool {
-        let mut n = self.lingering.load(Ordering::SeqCst);
-        while n < self.cpu_lingerers {
-            match self
-                .lingering
-                .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return true,
-                Err(actual) => n = actual,
-            }
-        }
-        false
+        increment_below(&self.lingering, self.cpu_lingerers)
     }
 
     /// How many drivers out of CPU work may linger at once.
@@ -143,6 +123,19 @@ impl<T> Injector<T> {
     pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }
+}
+
+/// Adds one to `count` if it is below `limit` (compare-and-swap only, so it never goes
+/// above). Returns whether it did.
+fn increment_below(count: &AtomicUsize, limit: usize) -> bool {
+    let mut n = count.load(Ordering::SeqCst);
+    while n < limit {
+        match count.compare_exchange_weak(n, n + 1, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return true,
+            Err(actual) => n = actual,
+        }
+    }
+    false
 }
 
 #[cfg(all(test, parla_loom))]
