@@ -1,6 +1,6 @@
 //! Per-task overhead of parla-rs against plain Tokio, and memory per pending task.
 //!
-//! Four graphs of empty tasks are built and run by parla-rs and by plain Tokio in the same
+//! Graphs of empty tasks are built and run by parla-rs and by plain Tokio in the same
 //! process, the implementations alternating round by round (1 warm-up and 5 timed rounds by
 //! default):
 //!
@@ -12,7 +12,9 @@
 //!   tasks in a `TaskSpace` (`t.at((i, j))`), so this also measures task spaces;
 //! - `wavefront-h`: the same grid, parla's dependencies given as `&TaskHandle`s;
 //! - `fork-join`: a binary tree of depth 17 (262,143 tasks) where every inner task spawns its
-//!   two children and awaits them (default VCUs: the parents lend theirs while they wait).
+//!   two children and awaits them (default VCUs: the parents lend theirs while they wait);
+//! - `round-trip`: 10,000 tasks spawned from `block_on` one at a time, each awaited before
+//!   the next is spawned: the latency from a spawn outside the workers to the awaiter woken.
 //!
 //! parla-rs is used as a user would: `task(async {}).spawn()`, `.after(&handle)`,
 //! `.after([t.at((i - 1, j)), t.at((i, j - 1))])`, default VCUs, inside `Runtime::block_on`. The Tokio baseline is the faster (by
@@ -33,7 +35,9 @@
 //! timed rounds).
 //!
 //! For `fork-join` the Tokio baselines are the same tree with `tokio::spawn`: (a) awaiting
-//! the two `JoinHandle`s one after the other, (b) with `tokio::join!`.
+//! the two `JoinHandle`s one after the other, (b) with `tokio::join!`. For `round-trip`:
+//! `tokio::spawn` from `block_on`, (a) awaiting the `JoinHandle`, (b) awaiting a `oneshot`
+//! the task sends on.
 //!
 //! Service: 10,000,000 parla tasks named in one task space (`t.at(i)`, chains of 8), in
 //! batches of 100,000, each batch awaited and then retired (`TaskSpace::retire_finished`); the
@@ -161,16 +165,18 @@ enum Graph {
     Wavefront,
     WavefrontH,
     ForkJoin,
+    RoundTrip,
 }
 
 impl Graph {
-    const ALL: [Graph; 6] = [
+    const ALL: [Graph; 7] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
         Graph::Wavefront,
         Graph::WavefrontH,
         Graph::ForkJoin,
+        Graph::RoundTrip,
     ];
 
     fn name(self) -> &'static str {
@@ -181,6 +187,7 @@ impl Graph {
             Graph::Wavefront => "wavefront",
             Graph::WavefrontH => "wavefront-h",
             Graph::ForkJoin => "fork-join",
+            Graph::RoundTrip => "round-trip",
         }
     }
 }
@@ -213,6 +220,8 @@ struct Sizes {
     side: usize,
     /// Depth of the fork-join tree (`2^(depth+1) - 1` tasks).
     depth: u32,
+    /// Round trips from `block_on`.
+    trips: usize,
     /// Pending tasks in the memory measurement.
     memory: usize,
     /// Batches of the service measurement.
@@ -227,6 +236,7 @@ impl Sizes {
             leaves: scaled(65_536.0),
             side: ((300.0 * scale.sqrt()).round() as usize).max(1),
             depth: (17.0 + scale.log2()).round().max(1.0) as u32,
+            trips: scaled(10_000.0),
             memory: scaled(1_000_000.0),
             batches: scaled(100.0),
         }
@@ -238,6 +248,7 @@ impl Sizes {
             Graph::Reduction => 2 * self.leaves - 1,
             Graph::Wavefront | Graph::WavefrontH => self.side * self.side,
             Graph::ForkJoin => (1 << (self.depth + 1)) - 1,
+            Graph::RoundTrip => self.trips,
         }
     }
 }
@@ -300,7 +311,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, fork-join, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, fork-join, round-trip, service or memory",
         );
     }
     o
@@ -517,6 +528,42 @@ fn tokio_a_wavefront(rt: &tokio::runtime::Runtime, side: usize) -> Duration {
         }
         let sink = last.expect("grid not empty");
         sink.await.expect("wavefront task failed");
+        start.elapsed()
+    })
+}
+
+/// Spawns `n` tasks from `block_on` one at a time, awaiting each before the next.
+fn parla_round_trip(rt: &Runtime, n: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        for _ in 0..n {
+            task(async {})
+                .spawn()
+                .await
+                .expect("round-trip task failed");
+        }
+        start.elapsed()
+    })
+}
+
+/// The same with `tokio::spawn`: awaiting the `JoinHandle` (a), or a `oneshot` the task
+/// sends on (b).
+fn tokio_round_trip(rt: &tokio::runtime::Runtime, n: usize, oneshot: bool) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        for _ in 0..n {
+            if oneshot {
+                let (tx, rx) = oneshot::channel();
+                tokio::spawn(async move {
+                    let _ = tx.send(());
+                });
+                rx.await.expect("round-trip task failed");
+            } else {
+                tokio::spawn(async {})
+                    .await
+                    .expect("round-trip task failed");
+            }
+        }
         start.elapsed()
     })
 }
@@ -738,6 +785,7 @@ impl Env {
                     Graph::Wavefront => parla_wavefront(rt, s.side),
                     Graph::WavefrontH => parla_wavefront_h(rt, s.side),
                     Graph::ForkJoin => parla_fork_join(rt, s.depth),
+                    Graph::RoundTrip => parla_round_trip(rt, s.trips),
                 }
             }
             Imp::TokioA => {
@@ -748,6 +796,7 @@ impl Env {
                     Graph::Reduction => tokio_a_reduction(rt, s.leaves),
                     Graph::Wavefront | Graph::WavefrontH => tokio_a_wavefront(rt, s.side),
                     Graph::ForkJoin => tokio_fork_join(rt, s.depth, false),
+                    Graph::RoundTrip => tokio_round_trip(rt, s.trips, false),
                 }
             }
             Imp::TokioB => {
@@ -758,6 +807,7 @@ impl Env {
                     Graph::Reduction => tokio_b(rt, Tree { leaves: s.leaves }),
                     Graph::Wavefront | Graph::WavefrontH => tokio_b(rt, Grid { side: s.side }),
                     Graph::ForkJoin => tokio_fork_join(rt, s.depth, true),
+                    Graph::RoundTrip => tokio_round_trip(rt, s.trips, true),
                 }
             }
         }
