@@ -22,10 +22,13 @@
 //! there without the queue's lock.
 //!
 //! A driver that runs out of CPU work lingers too, up to one driver per four workers at a
-//! time (one to four), for up to `CPU_LINGER`, each looking at the injector every `CPU_LOOK`
-//! times their number: work spawned from outside the drivers meanwhile (`block_on` spawning
-//! task after task) is taken by them, with no driver to start and no thread to wake per
-//! spawn. While one runs a task it found, the others stand in for it.
+//! time (one to four), for up to `CPU_LINGER`, each looking at the injector every
+//! `CPU_LOOK`: work spawned from outside the drivers meanwhile (`block_on` spawning task
+//! after task) is taken by them, with no driver to start and no thread to wake per spawn.
+//! While one runs a task it found, the others stand in for it. (A task pushed while they
+//! linger waits for their next look: a longer interval for each of several lingering
+//! drivers, keeping the looks as frequent as one driver's, made a spawn-and-await round
+//! trip from `block_on` on 16 workers take 25 us instead of 14.)
 //!
 //! A driver that ran GPU tasks and runs out of work lingers for up to `AWAIT_SPIN` before it
 //! leaves: it polls the injector and the runtime's fences, so the next GPU task spawned by an
@@ -112,9 +115,8 @@ impl Driver {
     /// spawn, a parent woken by its child's fence, a dependent) runs here at once instead of
     /// waiting for a thread to wake. Out of CPU work: if fewer than the injector's
     /// [`cpu_lingerers`](super::inject::Injector::cpu_lingerers) drivers linger, looks at
-    /// the injector for up to [`CPU_LINGER`], every [`CPU_LOOK`] times that number (so that
-    /// together they look about as often as one would every [`CPU_LOOK`]). Pushers count on
-    /// a lingering driver instead of starting one. Returns the task it found.
+    /// the injector every [`CPU_LOOK`] for up to [`CPU_LINGER`]. Pushers count on a
+    /// lingering driver instead of starting one. Returns the task it found.
     fn linger(&mut self, rt: &Arc<RtInner>) -> Option<Arc<dyn Task>> {
         let gpu = std::mem::take(&mut self.lingers);
         if gpu {
@@ -126,9 +128,8 @@ impl Driver {
         }
         rt.flush(&mut self.local);
         let limit = if gpu { LINGER } else { CPU_LINGER };
-        let look = CPU_LOOK * rt.inject.cpu_lingerers() as u32;
         let start = std::time::Instant::now();
-        let mut next_look = look;
+        let mut next_look = CPU_LOOK;
         let mut n = 0u32;
         loop {
             let found = rt.inject.pop().or_else(|| {
@@ -147,7 +148,7 @@ impl Driver {
                 return Some(t);
             }
             // Until the next look: for GPU work the next spin (the clock read every 16th),
-            // for CPU work the next `look`.
+            // for CPU work the next `CPU_LOOK`.
             let over = loop {
                 n += 1;
                 std::hint::spin_loop();
@@ -162,7 +163,7 @@ impl Driver {
                     break false;
                 }
                 if now >= next_look {
-                    next_look += look;
+                    next_look += CPU_LOOK;
                     break false;
                 }
             };

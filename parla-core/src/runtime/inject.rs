@@ -38,9 +38,8 @@ impl<T> Injector<T> {
     /// linger one per four workers, one to four of them: with one alone, the work pushed
     /// while it runs a task it found starts a driver each time (a Tokio task and a thread
     /// woken, on the pushing thread). On 16 workers, four ran a reduction tree spawned from
-    /// `block_on` about 15 percent faster, and a wavefront with ids about 20 percent
-    /// (`benches/overhead.rs`). More would look at the queue more often, which slows every
-    /// push (see `driver`'s look interval).
+    /// `block_on` about 15 percent faster (`benches/overhead.rs`). More would look at the
+    /// queue more often, which slows every push.
     pub(crate) fn new(max: usize) -> Self {
         let max = max.max(1);
         Injector {
@@ -101,6 +100,7 @@ impl<T> Injector<T> {
     }
 
     /// How many drivers out of CPU work may linger at once.
+    #[cfg(any(test, parla_loom))]
     pub(crate) fn cpu_lingerers(&self) -> usize {
         self.cpu_lingerers
     }
