@@ -28,7 +28,8 @@
 //! While one runs a task it found, the others stand in for it. (A task pushed while they
 //! linger waits for their next look: a longer interval for each of several lingering
 //! drivers, keeping the looks as frequent as one driver's, made a spawn-and-await round
-//! trip from `block_on` on 16 workers take 25 us instead of 14.)
+//! trip from `block_on` on 16 workers take 26-29 us instead of 13-14: the `round-trip` row
+//! of `benches/overhead.rs`.)
 //!
 //! A driver that ran GPU tasks and runs out of work lingers for up to `AWAIT_SPIN` before it
 //! leaves: it polls the injector and the runtime's fences, so the next GPU task spawned by an
