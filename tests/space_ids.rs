@@ -296,3 +296,77 @@ fn ids_being_retired_stay_finished_to_concurrent_lookups() {
     );
     assert!((0..n).all(|i| t.at(i).is_finished()));
 }
+
+/// Checks that the id `k` of a task that succeeded is still used, whether the space holds
+/// the task, a mark that it succeeded, or the record of retired ids.
+async fn assert_used_and_succeeded(k: &TaskRef) {
+    assert!(k.is_finished(), "{k}");
+    k.await.unwrap();
+    let again = task(async {}).id(k.clone()).spawn().await;
+    assert!(
+        matches!(again, Err(TaskError::DuplicateId { .. })),
+        "{k}: {again:?}"
+    );
+    // A dependency on it is met.
+    task(async {}).after(k).spawn().await.unwrap();
+    task(async {}).after([k.clone()]).spawn().await.unwrap();
+}
+
+/// A task spawned after an id whose task succeeded already has nothing to wait for, and
+/// the space lets go of that task, keeping only that the id was used: the id still awaits
+/// to `Ok`, counts in `len`, is a `DuplicateId` when spawned again and retires with the
+/// others, for every form of key. A failed task is kept with its error.
+#[test]
+fn ids_of_succeeded_tasks_stay_used_once_their_dependents_let_go_of_them() {
+    support::within(60, || {
+        let rt = support::cpu(2);
+        rt.block_on(async {
+            let t = TaskSpace::new("S");
+            let keys = [
+                t.at(0),
+                t.at(7),
+                t.at(8),
+                t.at(-3),
+                t.at((2, 5)),
+                t.at((-1, 9)),
+                t.at(("row", 4)),
+                t.at(("row", -12)),
+                t.at("name"),
+                t.at(u64::MAX),
+            ];
+            for k in &keys {
+                task(async {}).id(k.clone()).spawn().await.unwrap();
+            }
+            let bad = t.at(100);
+            let failed = task(async { panic!("task 100 fails") })
+                .id(bad.clone())
+                .spawn()
+                .await;
+            assert!(failed.is_err());
+            // The first dependents: the space lets go of the tasks here.
+            for k in &keys {
+                task(async {}).after(k).spawn().await.unwrap();
+            }
+            let after_bad = task(async {}).after(&bad).spawn().await;
+            assert!(
+                matches!(after_bad, Err(TaskError::DependencyFailed { .. })),
+                "{after_bad:?}"
+            );
+            assert_eq!(t.len(), keys.len() + 1);
+            for k in &keys {
+                assert_used_and_succeeded(k).await;
+            }
+            assert_eq!(t.retire_finished(), keys.len() + 1);
+            assert_eq!(t.len(), keys.len() + 1);
+            for k in &keys {
+                assert_used_and_succeeded(k).await;
+            }
+            assert!(bad.clone().await.is_err());
+            // Their neighbours' ids are still free.
+            for k in [t.at(1), t.at(9), t.at(-4), t.at((2, 4)), t.at(("row", 5))] {
+                task(async {}).id(k).spawn().await.unwrap();
+            }
+        });
+        drop(rt);
+    });
+}

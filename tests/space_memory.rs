@@ -241,3 +241,39 @@ fn a_traced_runtime_streams_its_records() {
     );
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
+
+/// A grid named in one space (`t.at((i, j))`, each task after the one above it and the one
+/// to its left), spawned row by row: a task after an id whose task succeeded has nothing to
+/// wait for, and the space lets go of that task, so that what it keeps per finished task
+/// is a few bytes (that the id was used), not the task.
+#[test]
+fn a_space_keeps_a_few_bytes_per_task_that_succeeded_and_was_depended_on() {
+    let _s = SERIAL.lock();
+    let side: usize = 100;
+    let kept = support::within(60, move || {
+        let rt = support::cpu(2);
+        rt.block_on(async move {
+            let t = TaskSpace::new("G");
+            for i in 0..side {
+                let mut last = None;
+                for j in 0..side {
+                    let up = (i > 0).then(|| t.at((i - 1, j)));
+                    let left = (j > 0).then(|| t.at((i, j - 1)));
+                    last = Some(task(async {}).id(t.at((i, j))).after([up, left]).spawn());
+                }
+                // The row is done (a chain) before the next one is spawned.
+                last.expect("a row").await.unwrap();
+            }
+            assert_eq!(t.len(), side * side);
+            let before = live();
+            drop(t);
+            before - live()
+        })
+    });
+    let per_task = kept as f64 / (side * side) as f64;
+    // A task the space held would take more than 200 bytes (its header alone).
+    assert!(
+        per_task < 64.0,
+        "the space kept {per_task:.1} bytes per task"
+    );
+}

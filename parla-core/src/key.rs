@@ -210,6 +210,28 @@ impl Key {
         }
     }
 
+    /// The key of `slot` in this key's block (see [`Key::block`]): this one with the low
+    /// bits of its last integer replaced (a key with a block of its own is its slot 0).
+    pub(crate) fn in_block(&self, slot: usize) -> Key {
+        let with_slot = |i: i64| (i & !BLOCK_MASK) | (slot as i64 & BLOCK_MASK);
+        match &self.0 {
+            Repr::Ints { len, v } => {
+                let mut v = *v;
+                let last = (*len as usize - 1) % MAX_PARTS;
+                v[last] = with_slot(v[last]);
+                Key(Repr::Ints { len: *len, v })
+            }
+            Repr::Parts(p) => match p.split_last() {
+                Some((Part::Int(last), prefix)) => {
+                    let mut parts = prefix.to_vec();
+                    parts.push(Part::Int(with_slot(*last)));
+                    Key(Repr::Parts(parts.into()))
+                }
+                _ => self.clone(),
+            },
+        }
+    }
+
     /// Whether the two keys share a block (see [`Key::block`]).
     #[inline(always)]
     pub(crate) fn same_block(&self, other: &Key) -> bool {

@@ -8,6 +8,9 @@
 //! - A key is used once: a second spawn under it is a `DuplicateId`, also after the first
 //!   task was retired ([`TaskSpace::retire_finished`] keeps a compact record of retired
 //!   keys: runs of consecutive integers, and the failures).
+//! - A task that succeeded is let go of when a task spawned after its id finds it so
+//!   (it is *settled*, [`TaskSpace::dependency`]): its slot keeps one bit instead, and the
+//!   id reads as used and succeeded, exactly as a retired one does.
 //! - A placeholder nobody refers to any more (no dependent, no builder, no await) is
 //!   removed, so references that were dropped leave nothing behind.
 //! - A space belongs to one runtime at a time: the first that uses it, until that runtime
@@ -48,7 +51,13 @@ struct Block {
     /// A key of the block (the one it was made for): what identifies the block.
     key: Key,
     slots: [Option<Arc<dyn Task>>; BLOCK],
+    /// The slots whose task succeeded and was let go (a bit per slot; the slot is `None`):
+    /// a dependency on it is met already, and its id stays used (see
+    /// [`TaskSpace::dependency`]).
+    settled: u8,
 }
+
+const _: () = assert!(BLOCK <= u8::BITS as usize);
 
 impl Block {
     fn new(hash: u64, key: &Key, slot: usize, node: Arc<dyn Task>) -> Block {
@@ -58,7 +67,14 @@ impl Block {
             hash,
             key: key.clone(),
             slots,
+            settled: 0,
         }
+    }
+
+    /// Whether the task of `slot` succeeded and was let go.
+    #[inline]
+    fn is_settled(&self, slot: usize) -> bool {
+        self.settled & (1 << slot) != 0
     }
 
     /// Whether this is the block of `key` (whose block hash is `hash`).
@@ -68,7 +84,7 @@ impl Block {
     }
 
     fn is_empty(&self) -> bool {
-        self.slots.iter().all(Option::is_none)
+        self.settled == 0 && self.slots.iter().all(Option::is_none)
     }
 
     fn nodes(&self) -> impl Iterator<Item = &Arc<dyn Task>> {
@@ -178,11 +194,14 @@ impl TaskSpace {
             .shards
             .iter()
             .map(|s| {
-                s.lock()
+                let map = s.lock();
+                let settled: u32 = map.iter().map(|b| b.settled.count_ones()).sum();
+                let live = map
                     .iter()
                     .flat_map(Block::nodes)
                     .filter(|n| n.header().kind == Kind::Task)
-                    .count()
+                    .count();
+                live + settled as usize
             })
             .sum();
         live + self.inner.retired.lock().count()
@@ -207,6 +226,12 @@ impl TaskSpace {
         for s in &self.inner.shards {
             let mut map = s.lock();
             map.retain(|b| {
+                for i in 0..BLOCK {
+                    if b.is_settled(i) {
+                        done.push((b.key.in_block(i), Ok(())));
+                    }
+                }
+                b.settled = 0;
                 for slot in &mut b.slots {
                     let Some(t) = slot else { continue };
                     if let (Some(o), Some(k)) = (t.header().outcome(), key_of(t))
@@ -277,9 +302,11 @@ impl TaskSpace {
             .shard(h)
             .lock()
             .find(h, |b| b.is(h, key))
-            .and_then(|b| b.slots[slot].clone());
-        if let Some(n) = found {
-            return Lookup::Node(n);
+            .map(|b| (b.slots[slot].clone(), b.is_settled(slot)));
+        match found {
+            Some((Some(n), _)) => return Lookup::Node(n),
+            Some((None, true)) => return Lookup::Retired(Ok(())),
+            _ => {}
         }
         match self.retired(key) {
             Some(o) => Lookup::Retired(o),
@@ -290,23 +317,56 @@ impl TaskSpace {
     /// The node for `key` in `rt`: the task or placeholder there, a finished stand-in for
     /// a retired id, or a new placeholder (registered with `rt` for the stall resolver).
     pub(crate) fn node(&self, key: &Key, rt: &RtInner) -> Arc<dyn Task> {
+        match self.find(key, rt, false) {
+            Some(n) => n,
+            // A settled task (kept only when asked to settle): a finished stand-in.
+            None => self.detached(key, rt.id, Some(Ok(()))),
+        }
+    }
+
+    /// The node a task spawned in `rt` after `key` depends on, as [`node`](Self::node), or
+    /// `None` when the task under `key` succeeded: the dependency is met already. Such a
+    /// task is *settled* on the way: the space lets go of it and keeps one bit that its id
+    /// was used (and succeeded), so that a program naming every task (a wavefront over
+    /// `t.at((i, j))`) does not keep each finished task's memory until the space is
+    /// dropped, and its dependents do not wire themselves to finished tasks. A traced task
+    /// is kept (the trace draws its dependencies from the nodes).
+    pub(crate) fn dependency(&self, key: &Key, rt: &RtInner) -> Option<Arc<dyn Task>> {
+        self.find(key, rt, true)
+    }
+
+    /// [`node`](Self::node) and [`dependency`](Self::dependency): `None` for a settled id
+    /// (`settle`: or one whose task succeeded, which it settles).
+    fn find(&self, key: &Key, rt: &RtInner, settle: bool) -> Option<Arc<dyn Task>> {
         let (h, slot) = key.block();
         let owner = match self.bind(rt) {
             Ok(()) => rt.id,
             // Another runtime's space: a stand-in of that runtime, which the dependent's
             // wiring rejects with `WrongRuntime`.
-            Err(other) => return self.detached(key, other, None),
+            Err(other) => return Some(self.detached(key, other, None)),
         };
         let mut map = self.shard(h).lock();
-        if let Some(n) = map
-            .find(h, |b| b.is(h, key))
-            .and_then(|b| b.slots[slot].as_ref())
-        {
-            return n.clone();
+        if let Some(b) = map.find_mut(h, |b| b.is(h, key)) {
+            if let Some(n) = &b.slots[slot] {
+                let nh = n.header();
+                if !(settle && nh.kind == Kind::Task && nh.succeeded() && nh.trace.is_none()) {
+                    return Some(n.clone());
+                }
+                let n = b.slots[slot].take();
+                b.settled |= 1 << slot;
+                drop(map);
+                // Often the last reference (the task finished, its handle is gone): its
+                // memory is freed here, on the spawning thread, for the next spawn to reuse.
+                drop(n);
+                return None;
+            }
+            if b.is_settled(slot) {
+                return None;
+            }
         }
         if let Some(o) = self.retired(key) {
             drop(map);
-            return self.detached(key, owner, Some(o));
+            return Some(self.detached(key, owner, Some(o)));
         }
         let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner) as Weak<_>;
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(
@@ -320,7 +380,7 @@ impl TaskSpace {
         }
         drop(map);
         rt.register_forward(&p);
-        p
+        Some(p)
     }
 
     /// A placeholder not in the space: finished with `outcome` if given.
@@ -368,9 +428,10 @@ impl TaskSpace {
             }
             hashbrown::hash_table::Entry::Occupied(o) => o.into_mut(),
         };
+        let settled = e.is_settled(slot);
         match &mut e.slots[slot] {
             s @ None => {
-                if self.retired(key).is_some() {
+                if settled || self.retired(key).is_some() {
                     return Err(TaskError::DuplicateId { id: id() });
                 }
                 *s = Some(task.clone());

@@ -21,7 +21,8 @@ pub(crate) enum Dep {
 /// The dependencies collected by [`TaskBuilder::after`](super::TaskBuilder::after); opaque.
 ///
 /// Ids are looked up (or their placeholders made) when `after` is called inside a runtime,
-/// so the builder carries task nodes, not keys; outside a runtime they wait for `spawn`.
+/// so the builder carries task nodes, not keys (none for an id whose task succeeded
+/// already); outside a runtime they wait for `spawn`.
 /// Dropping a list that was never spawned lets go of the placeholders it made.
 #[derive(Default)]
 pub struct DepList {
@@ -46,7 +47,11 @@ impl DepList {
     #[inline]
     fn push_ref(&mut self, r: TaskRef) {
         crate::runtime::context::with_rt(|rt| match rt {
-            Some(rt) => self.nodes.push(r.space.node(&r.key, rt)),
+            Some(rt) => {
+                if let Some(n) = r.space.dependency(&r.key, rt) {
+                    self.nodes.push(n);
+                }
+            }
             None => self.later.push(Dep::Ref(r)),
         })
     }
@@ -103,10 +108,10 @@ impl Dep {
     fn resolve(self, rt: &RtInner, out: &mut SmallVec<[Arc<dyn Task>; 2]>) {
         match self {
             Dep::Node(n) => out.push(n),
-            Dep::Ref(r) => out.push(r.space.node(&r.key, rt)),
+            Dep::Ref(r) => out.extend(r.space.dependency(&r.key, rt)),
             Dep::Range(range) => {
                 for r in range.iter() {
-                    out.push(r.space.node(&r.key, rt));
+                    out.extend(r.space.dependency(&r.key, rt));
                 }
             }
             Dep::Space(s) => out.extend(s.tasks()),
