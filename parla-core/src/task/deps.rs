@@ -144,6 +144,16 @@ impl IntoDeps for &TaskRef {
 }
 impl<T: 'static> IntoDeps for &TaskHandle<T> {
     fn push_deps(self, out: &mut DepList) {
+        let h = self.header();
+        // A task of this runtime that succeeded already orders nothing: left out without
+        // a new reference to it (its count shares a line with the state the worker that
+        // ran it wrote last). A traced one is kept: the trace draws its dependencies.
+        if h.succeeded()
+            && h.trace.is_none()
+            && crate::runtime::context::with_rt(|rt| rt.is_some_and(|rt| rt.id == h.rt_id))
+        {
+            return;
+        }
         out.push(Dep::Node(self.node()));
     }
 }
@@ -251,3 +261,37 @@ macro_rules! iter_deps {
     )*};
 }
 iter_deps!(Map<I, F>, Filter<I, P>, FilterMap<I, F>, Chain<A, B>, Take<I>, Skip<I>, StepBy<I>, Rev<I>, Cloned<I>);
+
+#[cfg(all(test, not(parla_loom)))]
+mod test {
+    use crate::{Runtime, TaskError, task};
+
+    fn wait_finished<T: 'static>(h: &crate::TaskHandle<T>) {
+        while !h.is_finished() {
+            std::thread::yield_now();
+        }
+    }
+
+    /// A handle whose task succeeded already adds nothing to wait for; one that failed
+    /// still fails its dependents.
+    #[test]
+    fn a_dependency_that_succeeded_already_is_left_out() {
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        rt.block_on(async {
+            let done = task(async { 1 }).spawn();
+            wait_finished(&done);
+            let after = task(async { 2 }).after(&done);
+            assert_eq!(after.deps.len(), 0);
+            assert_eq!(after.await, Ok(2));
+            let failed = task(async { panic!("a failing dependency") }).spawn();
+            wait_finished(&failed);
+            let after = task(async {}).after(&failed);
+            assert_eq!(after.deps.len(), 1);
+            assert!(matches!(
+                after.await,
+                Err(TaskError::DependencyFailed { .. })
+            ));
+            assert_eq!(done.await, Ok(1));
+        });
+    }
+}

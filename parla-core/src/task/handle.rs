@@ -55,6 +55,11 @@ impl<T: 'static> TaskHandle<T> {
         self.task.clone()
     }
 
+    /// The task's header.
+    pub(crate) fn header(&self) -> &crate::graph::node::Header {
+        self.task.header()
+    }
+
     fn ready(&self, o: Outcome) -> Poll<Result<T, TaskError>> {
         Poll::Ready(match o {
             Err(e) => Err((*e).clone()),
