@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench gpu                  # on a machine with a CUDA GPU
 //! cargo bench --bench gpu -- --quick       # fewer repetitions
+//! cargo bench --bench gpu -- --chain       # the chain rows (2) alone
 //! ```
 //!
 //! 1. Completion-to-wake latency: an empty kernel, then wait for it. Raw: launch, record an
@@ -212,6 +213,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // The chain rows alone (2 and 2b), for profiling them.
+    let chain_only = std::env::args().any(|a| a == "--chain");
     let (lat_n, reps) = if quick { (300, 3) } else { (3000, 7) };
     let rt = parla::Runtime::builder().build().expect("runtime");
     if !rt.has_real_gpus() {
@@ -255,25 +258,37 @@ fn main() {
     };
 
     // 1. Latency.
-    let ev = ctx.new_event(None).expect("event");
-    let raw_lat = raw_waits(lat_n, &stream, &ev, &empty, launch_empty);
-    let raw_query_lat = stats(samples(lat_n, || {
-        launch_empty(&stream, &empty);
-        ev.record(&stream).expect("record");
-        while !ev.try_is_complete().expect("query") {
-            std::hint::spin_loop();
-        }
-    }));
-    let parla_lat = waits_in_task(&rt, lat_n, 100, "empty", launch_empty);
-    // 1b. The path from a finished event to a woken awaiter: the kernel outlasts the
-    //     awaiter's spin, so the fence poller wakes it.
-    let spin = module.load_function("spin").expect("spin");
-    let spin_n = lat_n / 10;
-    let raw_spin = raw_waits(spin_n, &stream, &ev, &spin, launch_spin);
-    let woken_in_task = waits_in_task(&rt, spin_n, 10, "spin", launch_spin);
-    let woken_round_trip = round_trips(&rt, spin_n, 10, "spin", launch_spin, false);
-    let round_trip = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty, false);
-    let round_trip_task = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty, true);
+    let latency = (!chain_only).then(|| {
+        let ev = ctx.new_event(None).expect("event");
+        let raw_lat = raw_waits(lat_n, &stream, &ev, &empty, launch_empty);
+        let raw_query_lat = stats(samples(lat_n, || {
+            launch_empty(&stream, &empty);
+            ev.record(&stream).expect("record");
+            while !ev.try_is_complete().expect("query") {
+                std::hint::spin_loop();
+            }
+        }));
+        let parla_lat = waits_in_task(&rt, lat_n, 100, "empty", launch_empty);
+        // 1b. The path from a finished event to a woken awaiter: the kernel outlasts the
+        //     awaiter's spin, so the fence poller wakes it.
+        let spin = module.load_function("spin").expect("spin");
+        let spin_n = lat_n / 10;
+        let raw_spin = raw_waits(spin_n, &stream, &ev, &spin, launch_spin);
+        let woken_in_task = waits_in_task(&rt, spin_n, 10, "spin", launch_spin);
+        let woken_round_trip = round_trips(&rt, spin_n, 10, "spin", launch_spin, false);
+        let round_trip = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty, false);
+        let round_trip_task = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty, true);
+        (
+            raw_lat,
+            raw_query_lat,
+            parla_lat,
+            raw_spin,
+            woken_in_task,
+            woken_round_trip,
+            round_trip,
+            round_trip_task,
+        )
+    });
 
     // 2. Chain of 1,000 tiny kernels.
     const CHAIN: usize = 1000;
@@ -362,42 +377,46 @@ fn main() {
     raw_record_chain.remove(0);
 
     // 3. 10,000 independent tiny tasks against round-robin launches over 8 streams.
-    const INDEP: usize = 10_000;
-    let streams: Vec<Arc<CudaStream>> = (0..8).map(|_| ctx.new_stream().expect("stream")).collect();
-    let mut raw_indep = Vec::new();
-    let mut parla_indep = Vec::new();
-    for _ in 0..reps + 1 {
-        let t = Instant::now();
-        for i in 0..INDEP {
-            launch_empty(&streams[i % streams.len()], &empty);
-        }
-        for s in &streams {
-            s.synchronize().expect("sync");
-        }
-        raw_indep.push(t.elapsed().as_secs_f64() * 1e6 / INDEP as f64);
-
-        let us = rt.block_on(async move {
+    let independent = (!chain_only).then(|| {
+        const INDEP: usize = 10_000;
+        let streams: Vec<Arc<CudaStream>> =
+            (0..8).map(|_| ctx.new_stream().expect("stream")).collect();
+        let mut raw_indep = Vec::new();
+        let mut parla_indep = Vec::new();
+        for _ in 0..reps + 1 {
             let t = Instant::now();
-            let hs: Vec<_> = (0..INDEP)
-                .map(|_| {
-                    task(async {
-                        let g = parla::gpu::current().expect("GPU task");
-                        let f = g.kernel(KERNELS, "empty").expect("kernel");
-                        launch_empty(g.stream(), &f);
-                    })
-                    .placement(Placement::Gpu(0))
-                    .spawn()
-                })
-                .collect();
-            for h in hs {
-                h.await.expect("task");
+            for i in 0..INDEP {
+                launch_empty(&streams[i % streams.len()], &empty);
             }
-            t.elapsed().as_secs_f64() * 1e6 / INDEP as f64
-        });
-        parla_indep.push(us);
-    }
-    raw_indep.remove(0);
-    parla_indep.remove(0);
+            for s in &streams {
+                s.synchronize().expect("sync");
+            }
+            raw_indep.push(t.elapsed().as_secs_f64() * 1e6 / INDEP as f64);
+
+            let us = rt.block_on(async move {
+                let t = Instant::now();
+                let hs: Vec<_> = (0..INDEP)
+                    .map(|_| {
+                        task(async {
+                            let g = parla::gpu::current().expect("GPU task");
+                            let f = g.kernel(KERNELS, "empty").expect("kernel");
+                            launch_empty(g.stream(), &f);
+                        })
+                        .placement(Placement::Gpu(0))
+                        .spawn()
+                    })
+                    .collect();
+                for h in hs {
+                    h.await.expect("task");
+                }
+                t.elapsed().as_secs_f64() * 1e6 / INDEP as f64
+            });
+            parla_indep.push(us);
+        }
+        raw_indep.remove(0);
+        parla_indep.remove(0);
+        (median(parla_indep), median(raw_indep))
+    });
 
     println!("\nGPU benchmark on {card}");
     println!(
@@ -407,49 +426,61 @@ fn main() {
     let row = |name: &str, p: f64, r: f64| {
         println!("{name:<44} {p:>12.2} {r:>12.2} {:>8.2}", p / r);
     };
-    row(
-        "latency: empty kernel + wait, median",
-        parla_lat.0,
-        raw_lat.0,
-    );
-    row("latency: empty kernel + wait, p99", parla_lat.1, raw_lat.1);
-    row(
-        "  raw spinning on cuEventQuery instead, median",
-        raw_query_lat.0,
-        raw_lat.0,
-    );
-    row(
-        "round trip: spawn GPU task + await, median",
-        round_trip.0,
-        raw_lat.0,
-    );
-    row(
-        "round trip: spawn GPU task + await, p99",
-        round_trip.1,
-        raw_lat.1,
-    );
-    row("  from a CPU task, median", round_trip_task.0, raw_lat.0);
-    row("  from a CPU task, p99", round_trip_task.1, raw_lat.1);
-    row(
-        "woken by the poller: 300 us kernel + wait, median",
-        woken_in_task.0,
-        raw_spin.0,
-    );
-    row(
-        "woken by the poller: 300 us kernel + wait, p99",
-        woken_in_task.1,
-        raw_spin.1,
-    );
-    row(
-        "  spawn GPU task + await from block_on, median",
-        woken_round_trip.0,
-        raw_spin.0,
-    );
-    row(
-        "  spawn GPU task + await from block_on, p99",
-        woken_round_trip.1,
-        raw_spin.1,
-    );
+    if let Some((
+        raw_lat,
+        raw_query_lat,
+        parla_lat,
+        raw_spin,
+        woken_in_task,
+        woken_round_trip,
+        round_trip,
+        round_trip_task,
+    )) = latency
+    {
+        row(
+            "latency: empty kernel + wait, median",
+            parla_lat.0,
+            raw_lat.0,
+        );
+        row("latency: empty kernel + wait, p99", parla_lat.1, raw_lat.1);
+        row(
+            "  raw spinning on cuEventQuery instead, median",
+            raw_query_lat.0,
+            raw_lat.0,
+        );
+        row(
+            "round trip: spawn GPU task + await, median",
+            round_trip.0,
+            raw_lat.0,
+        );
+        row(
+            "round trip: spawn GPU task + await, p99",
+            round_trip.1,
+            raw_lat.1,
+        );
+        row("  from a CPU task, median", round_trip_task.0, raw_lat.0);
+        row("  from a CPU task, p99", round_trip_task.1, raw_lat.1);
+        row(
+            "woken by the poller: 300 us kernel + wait, median",
+            woken_in_task.0,
+            raw_spin.0,
+        );
+        row(
+            "woken by the poller: 300 us kernel + wait, p99",
+            woken_in_task.1,
+            raw_spin.1,
+        );
+        row(
+            "  spawn GPU task + await from block_on, median",
+            woken_round_trip.0,
+            raw_spin.0,
+        );
+        row(
+            "  spawn GPU task + await from block_on, p99",
+            woken_round_trip.1,
+            raw_spin.1,
+        );
+    }
     row(
         "chain of 1,000 tiny kernels, per kernel",
         median(parla_chain),
@@ -480,11 +511,13 @@ fn main() {
         median(raw_record_chain),
         raw_chain_med,
     );
-    row(
-        "10,000 independent GPU tasks, per task",
-        median(parla_indep),
-        median(raw_indep),
-    );
+    if let Some((parla_indep, raw_indep)) = independent {
+        row(
+            "10,000 independent GPU tasks, per task",
+            parla_indep,
+            raw_indep,
+        );
+    }
     println!(
         "(raw: cuEventSynchronize after each launch; one stream launch loop; 8-stream round robin)"
     );
