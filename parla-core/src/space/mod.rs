@@ -325,7 +325,8 @@ impl TaskSpace {
     }
 
     /// The node a task spawned in `rt` after `key` depends on, as [`node`](Self::node), or
-    /// `None` when the task under `key` succeeded: the dependency is met already. Such a
+    /// `None` when the task under `key` succeeded (retired or not): the dependency is met
+    /// already. Such a
     /// task is *settled* on the way: the space lets go of it and keeps one bit that its id
     /// was used (and succeeded), so that a program naming every task (a wavefront over
     /// `t.at((i, j))`) does not keep each finished task's memory until the space is
@@ -336,7 +337,8 @@ impl TaskSpace {
     }
 
     /// [`node`](Self::node) and [`dependency`](Self::dependency): `None` for a settled id
-    /// (`settle`: or one whose task succeeded, which it settles).
+    /// (`settle`: or one whose task succeeded, which it settles, or a retired id that
+    /// succeeded).
     fn find(&self, key: &Key, rt: &RtInner, settle: bool) -> Option<Arc<dyn Task>> {
         let (h, slot) = key.block();
         let owner = match self.bind(rt) {
@@ -366,7 +368,8 @@ impl TaskSpace {
         }
         if let Some(o) = self.retired(key) {
             drop(map);
-            return Some(self.detached(key, owner, Some(o)));
+            // (A dependency on a retired id that succeeded is met: no stand-in needed.)
+            return (!settle || o.is_err()).then(|| self.detached(key, owner, Some(o)));
         }
         let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner) as Weak<_>;
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(
