@@ -211,6 +211,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The latency rows (1): medians and p99s in microseconds.
+struct Latency {
+    raw: (f64, f64),
+    raw_query: (f64, f64),
+    parla: (f64, f64),
+    raw_spin: (f64, f64),
+    woken_in_task: (f64, f64),
+    woken_round_trip: (f64, f64),
+    round_trip: (f64, f64),
+    round_trip_task: (f64, f64),
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // The chain rows alone (2 and 2b), for profiling them.
@@ -278,16 +290,16 @@ fn main() {
         let woken_round_trip = round_trips(&rt, spin_n, 10, "spin", launch_spin, false);
         let round_trip = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty, false);
         let round_trip_task = round_trips(&rt, lat_n / 3, 30, "empty", launch_empty, true);
-        (
-            raw_lat,
-            raw_query_lat,
-            parla_lat,
+        Latency {
+            raw: raw_lat,
+            raw_query: raw_query_lat,
+            parla: parla_lat,
             raw_spin,
             woken_in_task,
             woken_round_trip,
             round_trip,
             round_trip_task,
-        )
+        }
     });
 
     // 2. Chain of 1,000 tiny kernels.
@@ -426,59 +438,45 @@ fn main() {
     let row = |name: &str, p: f64, r: f64| {
         println!("{name:<44} {p:>12.2} {r:>12.2} {:>8.2}", p / r);
     };
-    if let Some((
-        raw_lat,
-        raw_query_lat,
-        parla_lat,
-        raw_spin,
-        woken_in_task,
-        woken_round_trip,
-        round_trip,
-        round_trip_task,
-    )) = latency
-    {
-        row(
-            "latency: empty kernel + wait, median",
-            parla_lat.0,
-            raw_lat.0,
-        );
-        row("latency: empty kernel + wait, p99", parla_lat.1, raw_lat.1);
+    if let Some(l) = &latency {
+        row("latency: empty kernel + wait, median", l.parla.0, l.raw.0);
+        row("latency: empty kernel + wait, p99", l.parla.1, l.raw.1);
         row(
             "  raw spinning on cuEventQuery instead, median",
-            raw_query_lat.0,
-            raw_lat.0,
+            l.raw_query.0,
+            l.raw.0,
         );
         row(
             "round trip: spawn GPU task + await, median",
-            round_trip.0,
-            raw_lat.0,
+            l.round_trip.0,
+            l.raw.0,
         );
         row(
             "round trip: spawn GPU task + await, p99",
-            round_trip.1,
-            raw_lat.1,
+            l.round_trip.1,
+            l.raw.1,
         );
-        row("  from a CPU task, median", round_trip_task.0, raw_lat.0);
-        row("  from a CPU task, p99", round_trip_task.1, raw_lat.1);
+        row("  from a CPU task, median", l.round_trip_task.0, l.raw.0);
+        row("  from a CPU task, p99", l.round_trip_task.1, l.raw.1);
         row(
             "woken by the poller: 300 us kernel + wait, median",
-            woken_in_task.0,
-            raw_spin.0,
+            l.woken_in_task.0,
+            l.raw_spin.0,
         );
         row(
             "woken by the poller: 300 us kernel + wait, p99",
-            woken_in_task.1,
-            raw_spin.1,
+            l.woken_in_task.1,
+            l.raw_spin.1,
         );
         row(
             "  spawn GPU task + await from block_on, median",
-            woken_round_trip.0,
-            raw_spin.0,
+            l.woken_round_trip.0,
+            l.raw_spin.0,
         );
         row(
             "  spawn GPU task + await from block_on, p99",
-            woken_round_trip.1,
-            raw_spin.1,
+            l.woken_round_trip.1,
+            l.raw_spin.1,
         );
     }
     row(
