@@ -438,45 +438,29 @@ fn main() {
     let row = |name: &str, p: f64, r: f64| {
         println!("{name:<44} {p:>12.2} {r:>12.2} {:>8.2}", p / r);
     };
+    // A measure's median and p99 rows.
+    let rows = |name: &str, p: (f64, f64), r: (f64, f64)| {
+        row(&format!("{name}, median"), p.0, r.0);
+        row(&format!("{name}, p99"), p.1, r.1);
+    };
     if let Some(l) = &latency {
-        row("latency: empty kernel + wait, median", l.parla.0, l.raw.0);
-        row("latency: empty kernel + wait, p99", l.parla.1, l.raw.1);
+        rows("latency: empty kernel + wait", l.parla, l.raw);
         row(
             "  raw spinning on cuEventQuery instead, median",
             l.raw_query.0,
             l.raw.0,
         );
-        row(
-            "round trip: spawn GPU task + await, median",
-            l.round_trip.0,
-            l.raw.0,
+        rows("round trip: spawn GPU task + await", l.round_trip, l.raw);
+        rows("  from a CPU task", l.round_trip_task, l.raw);
+        rows(
+            "woken by the poller: 300 us kernel + wait",
+            l.woken_in_task,
+            l.raw_spin,
         );
-        row(
-            "round trip: spawn GPU task + await, p99",
-            l.round_trip.1,
-            l.raw.1,
-        );
-        row("  from a CPU task, median", l.round_trip_task.0, l.raw.0);
-        row("  from a CPU task, p99", l.round_trip_task.1, l.raw.1);
-        row(
-            "woken by the poller: 300 us kernel + wait, median",
-            l.woken_in_task.0,
-            l.raw_spin.0,
-        );
-        row(
-            "woken by the poller: 300 us kernel + wait, p99",
-            l.woken_in_task.1,
-            l.raw_spin.1,
-        );
-        row(
-            "  spawn GPU task + await from block_on, median",
-            l.woken_round_trip.0,
-            l.raw_spin.0,
-        );
-        row(
-            "  spawn GPU task + await from block_on, p99",
-            l.woken_round_trip.1,
-            l.raw_spin.1,
+        rows(
+            "  spawn GPU task + await from block_on",
+            l.woken_round_trip,
+            l.raw_spin,
         );
     }
     row(
