@@ -319,19 +319,18 @@ impl TaskSpace {
     pub(crate) fn node(&self, key: &Key, rt: &RtInner) -> Arc<dyn Task> {
         match self.find(key, rt, false) {
             Some(n) => n,
-            // A settled task (kept only when asked to settle): a finished stand-in.
+            // An id settled by a dependency lookup: a finished stand-in.
             None => self.detached(key, rt.id, Some(Ok(()))),
         }
     }
 
     /// The node a task spawned in `rt` after `key` depends on, as [`node`](Self::node), or
     /// `None` when the task under `key` succeeded (retired or not): the dependency is met
-    /// already. Such a
-    /// task is *settled* on the way: the space lets go of it and keeps one bit that its id
-    /// was used (and succeeded), so that a program naming every task (a wavefront over
-    /// `t.at((i, j))`) does not keep each finished task's memory until the space is
-    /// dropped, and its dependents do not wire themselves to finished tasks. A traced task
-    /// is kept (the trace draws its dependencies from the nodes).
+    /// already. Such a task is *settled* on the way: the space lets go of it and keeps one
+    /// bit that its id was used (and succeeded), so that a program naming every task (a
+    /// wavefront over `t.at((i, j))`) does not keep each finished task's memory until the
+    /// space is dropped, and its dependents do not wire themselves to finished tasks. A
+    /// traced task is kept (the trace draws its dependencies from the nodes).
     pub(crate) fn dependency(&self, key: &Key, rt: &RtInner) -> Option<Arc<dyn Task>> {
         self.find(key, rt, true)
     }
