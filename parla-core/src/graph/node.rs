@@ -234,6 +234,7 @@ impl Drop for Header {
 }
 
 impl Header {
+    #[inline(always)]
     pub(crate) fn new(
         vt: &'static NodeVt,
         name: Name,

@@ -27,7 +27,7 @@ where
         0,
         0,
     );
-    Arc::new(TaskCell::new(h, fut, ()))
+    TaskCell::new_arc(|| h, |_| {}, fut, ())
 }
 
 fn node(n: u64) -> Arc<dyn Task> {
