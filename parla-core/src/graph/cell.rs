@@ -87,33 +87,11 @@ pub(crate) struct TaskCell<F: Future, D = ()> {
 unsafe impl<F: Future + Send, D: Sync> Sync for TaskCell<F, D> where F::Output: Send {}
 
 impl<F: Future, D> TaskCell<F, D> {
-    /// A new cell in its `Arc`, written in place: the header (about 200 bytes) is made by
-    /// `header` and completed by `init` where it lives, instead of on the stack and then
-    /// copied into the allocation (twice, as the spawn path was compiled).
-    #[inline(always)]
-    pub(crate) fn new_arc(
-        header: impl FnOnce() -> Header,
-        init: impl FnOnce(&mut Header),
-        fut: F,
-        data: D,
-    ) -> Arc<Self> {
-        let mut cell = Arc::<Self>::new_uninit();
-        let p = Arc::get_mut(&mut cell)
-            .expect("a new Arc is unique")
-            .as_mut_ptr();
-        // SAFETY: `p` points to the cell just allocated (aligned, uninitialized, reachable
-        // by nothing else); each of its fields is written exactly once below, and none is
-        // read or dropped before it is written, so the cell is initialized when
-        // `assume_init` runs. (Were `header` or `init` to panic, the `Arc<MaybeUninit<_>>`
-        // would be freed without dropping anything in it: the header would leak, nothing
-        // would be dropped twice.)
-        unsafe {
-            std::ptr::addr_of_mut!((*p).header).write(header());
-            // (The header is initialized: a reference to it is sound.)
-            init(&mut *std::ptr::addr_of_mut!((*p).header));
-            std::ptr::addr_of_mut!((*p).stage).write(UnsafeCell::new(Stage::Running(fut)));
-            std::ptr::addr_of_mut!((*p).data).write(data);
-            cell.assume_init()
+    pub(crate) fn new(header: Header, fut: F, data: D) -> Self {
+        TaskCell {
+            header,
+            stage: UnsafeCell::new(Stage::Running(fut)),
+            data,
         }
     }
 }

@@ -234,7 +234,6 @@ impl Drop for Header {
 }
 
 impl Header {
-    #[inline(always)]
     pub(crate) fn new(
         vt: &'static NodeVt,
         name: Name,

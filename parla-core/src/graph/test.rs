@@ -27,7 +27,7 @@ where
         0,
         0,
     );
-    TaskCell::new_arc(|| h, |_| {}, fut, ())
+    Arc::new(TaskCell::new(h, fut, ()))
 }
 
 fn node(n: u64) -> Arc<dyn Task> {

@@ -157,12 +157,9 @@ where
         } else {
             constraints(rt, &placement, vcus, memory, 0)
         };
-        let header = || header_of::<TaskCell<F>>(rt, &id, &checked, memory);
-        let init = |h: &mut Header| {
-            init_header(rt, h, priority);
-            h.recycle = recycle && h.trace.is_none();
-        };
-        let cell = TaskCell::new_arc(header, init, fut, ());
+        let mut header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
+        header.recycle = recycle && header.trace.is_none();
+        let cell = Arc::new(TaskCell::new(header, fut, ()));
         let task: Arc<dyn Task> = cell.clone();
         let handle = TaskHandle::new(cell);
         wire_spawned(rt, task, id, deps, checked, None);
@@ -170,29 +167,30 @@ where
     };
     let acc = Arc::new(Accesses::new(*data));
     let checked = constraints(rt, &placement, vcus, memory, acc.bytes());
-    let header = || header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory);
-    let init = |h: &mut Header| {
-        init_header(rt, h, priority);
-        h.has_data = true;
-    };
-    let cell = TaskCell::new_arc(header, init, WithData::new(fut, acc.clone()), acc.clone());
+    let mut header =
+        header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory, priority);
+    header.has_data = true;
+    let cell = Arc::new(TaskCell::new(
+        header,
+        WithData::new(fut, acc.clone()),
+        acc.clone(),
+    ));
     let task: Arc<dyn Task> = cell.clone();
     let handle = TaskHandle::new(cell);
     wire_spawned(rt, task, id, deps, checked, Some(&acc));
     handle
 }
 
-/// The header of a new task of cell type `C`, as far as its arguments go (the rest is
-/// [`init_header`]'s, once it is in place).
-#[inline(always)]
+/// The header of a new task of cell type `C`.
 fn header_of<C: Task>(
     rt: &RtInner,
     id: &Option<crate::space::TaskRef>,
     checked: &Result<(SlotMask, u32), String>,
     memory: u64,
+    priority: u8,
 ) -> Header {
     let (mask, vcu) = checked.as_ref().map_or((0, 0), |&(m, v)| (m, v));
-    Header::new(
+    let mut header = Header::new(
         vt_of::<C>(),
         name_of(id),
         Kind::Task,
@@ -200,20 +198,14 @@ fn header_of<C: Task>(
         mask,
         vcu,
         memory,
-    )
-}
-
-/// Completes a new task's header in place: its priority, its GPU links, its span.
-#[inline(always)]
-fn init_header(rt: &RtInner, header: &mut Header, priority: u8) {
+    );
     header.priority = priority;
     header.prepare_gpu();
     #[cfg(feature = "tracing")]
     if rt.trace.is_some() || crate::trace::may_trace() {
         header.trace = crate::trace::cold(|| task_span(rt, &header.name));
     }
-    #[cfg(not(feature = "tracing"))]
-    let _ = rt;
+    header
 }
 
 /// The span of a new task, if a subscriber wants it.
@@ -317,7 +309,7 @@ where
 {
     let TaskBuilder { fut, id, .. } = b;
     let header = Header::new(vt_of::<TaskCell<F>>(), name_of(&id), Kind::Task, 0, 0, 0, 0);
-    let cell = TaskCell::new_arc(|| header, |_| {}, fut, ());
+    let cell = Arc::new(TaskCell::new(header, fut, ()));
     let task: Arc<dyn Task> = cell.clone();
     let err = TaskError::NoRuntime {
         task: task.header().name.to_string(),
