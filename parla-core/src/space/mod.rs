@@ -8,9 +8,10 @@
 //! - A key is used once: a second spawn under it is a `DuplicateId`, also after the first
 //!   task was retired ([`TaskSpace::retire_finished`] keeps a compact record of retired
 //!   keys: runs of consecutive integers, and the failures).
-//! - A task that succeeded is let go of when a task spawned after its id finds it so
-//!   (it is *settled*, [`TaskSpace::dependency`]): its slot keeps one bit instead, and the
-//!   id reads as used and succeeded, exactly as a retired one does.
+//! - A task that succeeded is let go of when a task spawned after its id (or after the
+//!   whole space) finds it so (it is *settled*: [`TaskSpace::dependency`],
+//!   [`TaskSpace::dependencies`]): its slot keeps one bit instead, and the id reads as used
+//!   and succeeded, exactly as a retired one does.
 //! - A placeholder nobody refers to any more (no dependent, no builder, no await) is
 //!   removed, so references that were dropped leave nothing behind.
 //! - A space belongs to one runtime at a time: the first that uses it, until that runtime
@@ -465,6 +466,40 @@ impl TaskSpace {
         out
     }
 
+    /// What a task spawned in `rt` after the whole space waits for: every task spawned into
+    /// it so far that has not succeeded. Those that succeeded are settled on the way (see
+    /// [`dependency`](Self::dependency)), unless traced; in another runtime's space nothing
+    /// is (its tasks make the dependent's wiring fail with `WrongRuntime`).
+    pub(crate) fn dependencies(&self, rt: &RtInner) -> Vec<Arc<dyn Task>> {
+        if self.inner.rt.load(Ordering::Acquire) != rt.id {
+            return self.tasks();
+        }
+        let mut out = Vec::new();
+        let mut settled = Vec::new();
+        for s in &self.inner.shards {
+            let mut map = s.lock();
+            for b in map.iter_mut() {
+                for i in 0..BLOCK {
+                    let Some(n) = &b.slots[i] else { continue };
+                    let h = n.header();
+                    if h.kind != Kind::Task {
+                        continue;
+                    }
+                    if !(h.succeeded() && h.trace.is_none()) {
+                        out.push(n.clone());
+                        continue;
+                    }
+                    settled.extend(b.slots[i].take());
+                    b.settled |= 1 << i;
+                }
+            }
+            drop(map);
+            // (Freed outside the shard's lock.)
+            settled.clear();
+        }
+        out
+    }
+
     /// Removes the placeholder under `key` if nothing refers to it any more.
     fn prune(&self, key: &Key) {
         let (h, slot) = key.block();
@@ -699,3 +734,45 @@ macro_rules! key_range {
     )*};
 }
 key_range!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+
+#[cfg(all(test, not(parla_loom)))]
+mod test {
+    use super::TaskSpace;
+    use crate::{Runtime, task};
+
+    /// A task after a whole space waits only for the tasks not finished yet; the space
+    /// lets go of those that succeeded, and their ids stay used.
+    #[test]
+    fn a_space_as_a_dependency_settles_the_tasks_that_succeeded() {
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        rt.block_on(async {
+            let t = TaskSpace::new("B");
+            for i in 0..20 {
+                task(async {}).id(t.at(i)).spawn().await.unwrap();
+            }
+            let (open, gate) = std::sync::mpsc::channel::<()>();
+            let pending = task(async move {
+                let _ = gate.recv();
+            })
+            .id(t.at(20))
+            .spawn();
+            let after = task(async {}).after(&t);
+            assert_eq!(after.deps.len(), 1, "only the pending task is waited for");
+            let settled: u32 = t
+                .inner
+                .shards
+                .iter()
+                .map(|s| s.lock().iter().map(|b| b.settled.count_ones()).sum::<u32>())
+                .sum();
+            assert_eq!(settled, 20);
+            assert_eq!(t.len(), 21);
+            let after = after.spawn();
+            assert!(!after.is_finished());
+            open.send(()).unwrap();
+            after.await.unwrap();
+            pending.await.unwrap();
+            assert_eq!(t.retire_finished(), 21);
+            assert_eq!(t.len(), 21);
+        });
+    }
+}

@@ -114,7 +114,7 @@ impl Dep {
                     out.extend(r.space.dependency(&r.key, rt));
                 }
             }
-            Dep::Space(s) => out.extend(s.tasks()),
+            Dep::Space(s) => out.extend(s.dependencies(rt)),
         }
     }
 }
