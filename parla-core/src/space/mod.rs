@@ -8,10 +8,10 @@
 //! - A key is used once: a second spawn under it is a `DuplicateId`, also after the first
 //!   task was retired ([`TaskSpace::retire_finished`] keeps a compact record of retired
 //!   keys: runs of consecutive integers, and the failures).
-//! - A task that succeeded is let go of when a task spawned after its id (or after the
-//!   whole space) finds it so (it is *settled*: [`TaskSpace::dependency`],
-//!   [`TaskSpace::dependencies`]): its slot keeps one bit instead, and the id reads as used
-//!   and succeeded, exactly as a retired one does.
+//! - A task that succeeded is let go of when a task spawned after its id or after the whole
+//!   space, or an await of the whole space, finds it so (it is *settled*:
+//!   [`TaskSpace::dependency`], [`TaskSpace::settle`]): its slot keeps one bit instead, and
+//!   the id reads as used and succeeded, exactly as a retired one does.
 //! - A placeholder nobody refers to any more (no dependent, no builder, no await) is
 //!   removed, so references that were dropped leave nothing behind.
 //! - A space belongs to one runtime at a time: the first that uses it, until that runtime
@@ -467,13 +467,21 @@ impl TaskSpace {
     }
 
     /// What a task spawned in `rt` after the whole space waits for: every task spawned into
-    /// it so far that has not succeeded. Those that succeeded are settled on the way (see
-    /// [`dependency`](Self::dependency)), unless traced; in another runtime's space nothing
-    /// is (its tasks make the dependent's wiring fail with `WrongRuntime`).
+    /// it so far that has not succeeded ([`settle`](Self::settle)). In another runtime's
+    /// space nothing is settled: all its tasks are returned, and the dependent's wiring
+    /// fails with `WrongRuntime`.
     pub(crate) fn dependencies(&self, rt: &RtInner) -> Vec<Arc<dyn Task>> {
         if self.inner.rt.load(Ordering::Acquire) != rt.id {
             return self.tasks();
         }
+        self.settle()
+    }
+
+    /// The tasks spawned into the space so far that have not succeeded (running, waiting,
+    /// or failed), and those that succeeded but are traced. The others are settled on the
+    /// way (see [`dependency`](Self::dependency)): a wait on the whole space, or a task
+    /// after it, lets go of them.
+    pub(crate) fn settle(&self) -> Vec<Arc<dyn Task>> {
         let mut out = Vec::new();
         let mut settled = Vec::new();
         for s in &self.inner.shards {
@@ -740,10 +748,10 @@ mod test {
     use super::TaskSpace;
     use crate::{Runtime, task};
 
-    /// A task after a whole space waits only for the tasks not finished yet; the space
-    /// lets go of those that succeeded, and their ids stay used.
+    /// A task after a whole space waits only for the tasks not finished yet, and the space
+    /// lets go of those that succeeded, as awaiting the space does; their ids stay used.
     #[test]
-    fn a_space_as_a_dependency_settles_the_tasks_that_succeeded() {
+    fn a_space_as_a_dependency_or_awaited_settles_the_tasks_that_succeeded() {
         let rt = Runtime::builder().cpu_threads(2).build().unwrap();
         rt.block_on(async {
             let t = TaskSpace::new("B");
@@ -758,21 +766,27 @@ mod test {
             .spawn();
             let after = task(async {}).after(&t);
             assert_eq!(after.deps.len(), 1, "only the pending task is waited for");
-            let settled: u32 = t
-                .inner
-                .shards
-                .iter()
-                .map(|s| s.lock().iter().map(|b| b.settled.count_ones()).sum::<u32>())
-                .sum();
-            assert_eq!(settled, 20);
+            assert_eq!(settled_in(&t), 20);
             assert_eq!(t.len(), 21);
             let after = after.spawn();
             assert!(!after.is_finished());
             open.send(()).unwrap();
             after.await.unwrap();
             pending.await.unwrap();
+            // Awaiting the space settles the rest.
+            (&t).await.unwrap();
+            assert_eq!(settled_in(&t), 21);
+            assert_eq!(t.len(), 21);
             assert_eq!(t.retire_finished(), 21);
             assert_eq!(t.len(), 21);
         });
+    }
+
+    fn settled_in(t: &TaskSpace) -> u32 {
+        t.inner
+            .shards
+            .iter()
+            .map(|s| s.lock().iter().map(|b| b.settled.count_ones()).sum::<u32>())
+            .sum()
     }
 }

@@ -186,7 +186,8 @@ pub struct SpaceWait {
 
 impl SpaceWait {
     pub(crate) fn new(space: &TaskSpace) -> Self {
-        let mut nodes = space.tasks();
+        // (The space lets go of the tasks that succeeded already.)
+        let mut nodes = space.settle();
         nodes.retain(|n| n.header().outcome().is_none_or(|o| o.is_err()));
         SpaceWait {
             nodes,
