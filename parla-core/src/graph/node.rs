@@ -389,6 +389,14 @@ impl Header {
         self.join_state.load(Ordering::Acquire) & SUCCEEDED != 0
     }
 
+    /// Whether the node succeeded and a dependency on it can be dropped rather than wired
+    /// (or a task space can let go of it): not traced, since the trace draws a task's
+    /// dependencies from the nodes it was wired to.
+    #[inline]
+    pub(crate) fn succeeded_untraced(&self) -> bool {
+        self.succeeded() && self.trace.is_none()
+    }
+
     /// The outcome, if published; `l` is the `links` lock's guard.
     #[inline]
     fn outcome_in(&self, l: &Links) -> Option<Outcome> {

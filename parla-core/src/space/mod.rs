@@ -195,14 +195,13 @@ impl TaskSpace {
             .shards
             .iter()
             .map(|s| {
-                let map = s.lock();
-                let settled: u32 = map.iter().map(|b| b.settled.count_ones()).sum();
-                let live = map
+                s.lock()
                     .iter()
-                    .flat_map(Block::nodes)
-                    .filter(|n| n.header().kind == Kind::Task)
-                    .count();
-                live + settled as usize
+                    .map(|b| {
+                        let live = b.nodes().filter(|n| n.header().kind == Kind::Task).count();
+                        live + b.settled.count_ones() as usize
+                    })
+                    .sum::<usize>()
             })
             .sum();
         live + self.inner.retired.lock().count()
@@ -331,7 +330,8 @@ impl TaskSpace {
     /// bit that its id was used (and succeeded), so that a program naming every task (a
     /// wavefront over `t.at((i, j))`) does not keep each finished task's memory until the
     /// space is dropped, and its dependents do not wire themselves to finished tasks. A
-    /// traced task is kept (the trace draws its dependencies from the nodes).
+    /// traced task is kept
+    /// ([`succeeded_untraced`](crate::graph::node::Header::succeeded_untraced)).
     pub(crate) fn dependency(&self, key: &Key, rt: &RtInner) -> Option<Arc<dyn Task>> {
         self.find(key, rt, true)
     }
@@ -351,7 +351,7 @@ impl TaskSpace {
         if let Some(b) = map.find_mut(h, |b| b.is(h, key)) {
             if let Some(n) = &b.slots[slot] {
                 let nh = n.header();
-                if !(settle && nh.kind == Kind::Task && nh.succeeded() && nh.trace.is_none()) {
+                if !(settle && nh.kind == Kind::Task && nh.succeeded_untraced()) {
                     return Some(n.clone());
                 }
                 let n = b.slots[slot].take();
@@ -493,7 +493,7 @@ impl TaskSpace {
                     if h.kind != Kind::Task {
                         continue;
                     }
-                    if !(h.succeeded() && h.trace.is_none()) {
+                    if !h.succeeded_untraced() {
                         out.push(n.clone());
                         continue;
                     }

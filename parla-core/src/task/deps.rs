@@ -147,9 +147,8 @@ impl<T: 'static> IntoDeps for &TaskHandle<T> {
         let h = self.header();
         // A task of this runtime that succeeded already orders nothing: left out without
         // a new reference to it (its count shares a line with the state the worker that
-        // ran it wrote last). A traced one is kept: the trace draws its dependencies.
-        if h.succeeded()
-            && h.trace.is_none()
+        // ran it wrote last).
+        if h.succeeded_untraced()
             && crate::runtime::context::with_rt(|rt| rt.is_some_and(|rt| rt.id == h.rt_id))
         {
             return;
