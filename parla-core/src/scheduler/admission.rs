@@ -30,7 +30,11 @@
 //!   released resources and drains if its item fits; if it comes second, it reads the
 //!   increment (and through it `sharded` and the shard's length, so its drain does not
 //!   skip the shard) and drains. An item that does not fit when queued waits for a release, which
-//!   drains. (No `SeqCst` reasoning needed, which loom checks.)
+//!   drains. (No `SeqCst` reasoning needed, which loom checks.) A releaser may instead
+//!   hand its reservation to the first waiting item when that asks for exactly as much and
+//!   nothing is ahead of it (no resume, no shard entry): under the central lock, `used`
+//!   unchanged, so no other item fits that did not fit before; it then drains as any
+//!   releaser does.
 //! - Drains hold the central lock throughout, then lock the shards they look at, in
 //!   order; a queuer in a shard holds only that shard's lock while it pushes. So drains
 //!   are serialized, and no thread waits on a shard lock while holding another.
@@ -431,8 +435,32 @@ impl<T: Claim> Admission<T> {
     }
 
     /// Releases what an admitted item reserved, and admits waiting items that now fit.
+    ///
+    /// When items wait, the first of them asks for exactly `d` (tasks with the default
+    /// constraints, mostly) and it is next in line (no resume waits, nothing is queued in
+    /// the shards), the reservation passes to it as it is: `used` is left alone, which
+    /// saves two read-modify-writes of a line every worker and queuer touches. Then the
+    /// drain goes on as after any release (what fitted before still fits).
     pub(crate) fn release(&self, d: Demand, out: &mut Vec<T>) {
         if d.is_zero() {
+            return;
+        }
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            let mut c = self.central.lock();
+            if c.resumes.is_empty()
+                && self.sharded.load(Ordering::Acquire) == 0
+                && c.tasks.front().is_some_and(|e| e.d == d)
+                && let Some(e) = c.tasks.pop_front()
+            {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                out.push(e.item);
+            } else {
+                self.used.fetch_sub(d.packed(), Ordering::AcqRel);
+                // A read-modify-write: see the module invariants (queuers in the shards do
+                // not take the central lock).
+                self.waiting.fetch_add(0, Ordering::AcqRel);
+            }
+            self.drain(&mut c, out);
             return;
         }
         self.used.fetch_sub(d.packed(), Ordering::AcqRel);
@@ -774,6 +802,64 @@ mod test {
         a.release(d(VCU_ONE / 2, 0), &mut out);
         assert_eq!(out, vec![1, 2, 3]);
         assert_eq!(a.usage().vcu, VCU_ONE);
+    }
+
+    /// A release that hands its reservation to the first waiting item (which asks for
+    /// exactly as much) drains on: an item behind it that fitted already, on what an earlier
+    /// release freed, is admitted too rather than left for the next release.
+    #[test]
+    fn a_release_handed_over_drains_on() {
+        let (half, quarter) = (d(VCU_ONE / 2, 0), d(VCU_ONE / 4, 0));
+        let a = Admission::new(0, 2);
+        let mut out = Vec::new();
+        assert!(a.admit(1, half, &mut out));
+        assert!(a.admit(2, quarter, &mut out));
+        assert!(a.admit(3, quarter, &mut out));
+        assert!(!a.admit(4, half, &mut out));
+        assert!(!a.admit(5, quarter, &mut out), "queues behind 4");
+        a.release(quarter, &mut out);
+        assert_eq!(out, vec![1, 2, 3], "4 does not fit in three quarters");
+        a.release(half, &mut out);
+        assert_eq!(out, vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            a.usage(),
+            Usage {
+                vcu: VCU_ONE,
+                mem: 0,
+                waiting: 0
+            }
+        );
+        // Nothing waits: a release returns what it held.
+        a.release(quarter, &mut out);
+        assert_eq!(a.usage().vcu, VCU_ONE / 4 * 3);
+    }
+
+    /// A release does not hand its reservation over past a waiting resume (resumes go
+    /// first), nor to a first item that asks for something else.
+    #[test]
+    fn resumes_and_other_demands_are_not_handed_over_to() {
+        let half = d(VCU_ONE / 2, 0);
+        let a = Admission::new(100, 2);
+        let mut out = Vec::new();
+        assert!(a.admit(1, half, &mut out));
+        assert!(a.admit(2, half, &mut out));
+        assert!(!a.admit(3, half, &mut out));
+        assert_eq!(a.resume(4, VCU_ONE / 2, &mut out), None);
+        a.release(half, &mut out);
+        assert_eq!(out, vec![1, 2, 4], "the resume first");
+        assert!(!a.admit(5, d(VCU_ONE / 2, 10), &mut out));
+        a.release(half, &mut out);
+        assert_eq!(out, vec![1, 2, 4, 3]);
+        a.release(half, &mut out);
+        assert_eq!(out, vec![1, 2, 4, 3, 5]);
+        assert_eq!(
+            a.usage(),
+            Usage {
+                vcu: VCU_ONE,
+                mem: 10,
+                waiting: 0
+            }
+        );
     }
 
     #[test]
@@ -1158,6 +1244,34 @@ mod loom_test {
             let mut all = ids(&mine, &t.join().unwrap());
             all.sort();
             assert_eq!(all, vec![1, 2], "each admitted exactly once");
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A release handing its reservation to the waiting item races with a newcomer: the
+    /// newcomer queues (the device stays full) and the next release admits it; each item
+    /// once, never more than the device.
+    #[test]
+    fn hand_over_vs_admit() {
+        loom::model(|| {
+            let a = Arc::new(Admission::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit(0u8, HALF, &mut out));
+            assert!(a.admit(1u8, HALF, &mut out));
+            assert!(!a.admit(2u8, HALF, &mut out));
+            let t = on_thread(&a, |a, out| {
+                a.release(HALF, out);
+            });
+            let mut mine = Vec::new();
+            a.admit(3u8, HALF, &mut mine);
+            let theirs = t.join().unwrap();
+            let mut all: Vec<u8> = mine.into_iter().chain(theirs).collect();
+            assert!(a.usage().vcu <= VCU_ONE);
+            assert_eq!(all.len() + a.usage().waiting, 2);
+            a.release(HALF, &mut all);
+            all.sort();
+            assert_eq!(all, vec![2, 3]);
             assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);
         });
