@@ -821,14 +821,8 @@ mod test {
         assert_eq!(out, vec![1, 2, 3], "4 does not fit in three quarters");
         a.release(half, &mut out);
         assert_eq!(out, vec![1, 2, 3, 4, 5]);
-        assert_eq!(
-            a.usage(),
-            Usage {
-                vcu: VCU_ONE,
-                mem: 0,
-                waiting: 0
-            }
-        );
+        let u = a.usage();
+        assert_eq!((u.vcu, u.mem, u.waiting), (VCU_ONE, 0, 0));
         // Nothing waits: a release returns what it held.
         a.release(quarter, &mut out);
         assert_eq!(a.usage().vcu, VCU_ONE / 4 * 3);
@@ -852,14 +846,8 @@ mod test {
         assert_eq!(out, vec![1, 2, 4, 3]);
         a.release(half, &mut out);
         assert_eq!(out, vec![1, 2, 4, 3, 5]);
-        assert_eq!(
-            a.usage(),
-            Usage {
-                vcu: VCU_ONE,
-                mem: 10,
-                waiting: 0
-            }
-        );
+        let u = a.usage();
+        assert_eq!((u.vcu, u.mem, u.waiting), (VCU_ONE, 10, 0));
     }
 
     #[test]
@@ -1249,17 +1237,23 @@ mod loom_test {
         });
     }
 
+    /// A device (two shards) that items 0 and 1 hold, each half of it.
+    fn held_by_two_halves() -> Arc<Admission<u8>> {
+        let a = Arc::new(Admission::new(0, 2));
+        let mut out = Vec::new();
+        assert!(a.admit(0u8, HALF, &mut out));
+        assert!(a.admit(1u8, HALF, &mut out));
+        a
+    }
+
     /// A release handing its reservation to the waiting item races with a newcomer: the
     /// newcomer queues (the device stays full) and the next release admits it; each item
     /// once, never more than the device.
     #[test]
     fn hand_over_vs_admit() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0, 2));
-            let mut out = Vec::new();
-            assert!(a.admit(0u8, HALF, &mut out));
-            assert!(a.admit(1u8, HALF, &mut out));
-            assert!(!a.admit(2u8, HALF, &mut out));
+            let a = held_by_two_halves();
+            assert!(!a.admit(2u8, HALF, &mut Vec::new()));
             let t = on_thread(&a, |a, out| {
                 a.release(HALF, out);
             });
@@ -1281,10 +1275,7 @@ mod loom_test {
     #[test]
     fn two_releasers_two_waiters() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0, 2));
-            let mut out = Vec::new();
-            assert!(a.admit(0u8, HALF, &mut out));
-            assert!(a.admit(1u8, HALF, &mut out));
+            let a = held_by_two_halves();
             let t = on_thread(&a, |a, out| {
                 a.admit(2u8, HALF, out);
                 a.release(HALF, out);
