@@ -445,28 +445,23 @@ impl<T: Claim> Admission<T> {
         if d.is_zero() {
             return;
         }
-        if self.waiting.load(Ordering::Acquire) > 0 {
-            let mut c = self.central.lock();
-            if c.resumes.is_empty()
-                && self.sharded.load(Ordering::Acquire) == 0
-                && c.tasks.front().is_some_and(|e| e.d == d)
-                && let Some(e) = c.tasks.pop_front()
-            {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                out.push(e.item);
-            } else {
-                self.used.fetch_sub(d.packed(), Ordering::AcqRel);
-                // A read-modify-write: see the module invariants (queuers in the shards do
-                // not take the central lock).
-                self.waiting.fetch_add(0, Ordering::AcqRel);
-            }
-            self.drain(&mut c, out);
-            return;
+        // With items waiting, the lock is taken first, for the hand-over.
+        let mut c = (self.waiting.load(Ordering::Acquire) > 0).then(|| self.central.lock());
+        if let Some(c) = c.as_mut()
+            && c.resumes.is_empty()
+            && self.sharded.load(Ordering::Acquire) == 0
+            && c.tasks.front().is_some_and(|e| e.d == d)
+            && let Some(e) = c.tasks.pop_front()
+        {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            out.push(e.item);
+            return self.drain(c, out);
         }
         self.used.fetch_sub(d.packed(), Ordering::AcqRel);
         // A read-modify-write, not a load: see the module invariants.
         if self.waiting.fetch_add(0, Ordering::AcqRel) > 0 {
-            self.drain(&mut self.central.lock(), out);
+            let mut c = c.unwrap_or_else(|| self.central.lock());
+            self.drain(&mut c, out);
         }
     }
 
