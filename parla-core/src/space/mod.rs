@@ -88,9 +88,25 @@ impl Block {
         self.settled == 0 && self.slots.iter().all(Option::is_none)
     }
 
+    /// Settles the task of `slot` (see [`settles`]): the slot keeps one bit instead.
+    /// Returns the task let go of, for the caller to drop once the shard is unlocked.
+    #[inline]
+    fn let_go(&mut self, slot: usize) -> Option<Arc<dyn Task>> {
+        self.settled |= 1 << slot;
+        self.slots[slot].take()
+    }
+
     fn nodes(&self) -> impl Iterator<Item = &Arc<dyn Task>> {
         self.slots.iter().flatten()
     }
+}
+
+/// Whether a space lets go of `node` (settles it): a task that succeeded and is not traced
+/// ([`succeeded_untraced`](crate::graph::node::Header::succeeded_untraced)).
+#[inline]
+fn settles(node: &Arc<dyn Task>) -> bool {
+    let h = node.header();
+    h.kind == Kind::Task && h.succeeded_untraced()
 }
 
 /// The key a node of a space is named by.
@@ -350,12 +366,10 @@ impl TaskSpace {
         let mut map = self.shard(h).lock();
         if let Some(b) = map.find_mut(h, |b| b.is(h, key)) {
             if let Some(n) = &b.slots[slot] {
-                let nh = n.header();
-                if !(settle && nh.kind == Kind::Task && nh.succeeded_untraced()) {
+                if !(settle && settles(n)) {
                     return Some(n.clone());
                 }
-                let n = b.slots[slot].take();
-                b.settled |= 1 << slot;
+                let n = b.let_go(slot);
                 drop(map);
                 // Often the last reference (the task finished, its handle is gone): its
                 // memory is freed here, on the spawning thread, for the next spawn to reuse.
@@ -489,16 +503,11 @@ impl TaskSpace {
             for b in map.iter_mut() {
                 for i in 0..BLOCK {
                     let Some(n) = &b.slots[i] else { continue };
-                    let h = n.header();
-                    if h.kind != Kind::Task {
-                        continue;
-                    }
-                    if !h.succeeded_untraced() {
+                    if settles(n) {
+                        settled.extend(b.let_go(i));
+                    } else if n.header().kind == Kind::Task {
                         out.push(n.clone());
-                        continue;
                     }
-                    settled.extend(b.slots[i].take());
-                    b.settled |= 1 << i;
                 }
             }
             drop(map);
