@@ -1030,10 +1030,13 @@ fn main() {
     };
 
     if let Some(imp) = o.only {
-        // One pass of one implementation, e.g. under `valgrind --tool=callgrind`.
+        // One implementation, one pass by default (e.g. under `valgrind --tool=callgrind`);
+        // with `--passes N` the last of N is printed.
         for &g in &graphs {
-            let ns = (0..o.passes).map(|_| env.ns_per_task(g, imp)).last();
-            let ns = ns.unwrap_or_default();
+            let mut ns = env.ns_per_task(g, imp);
+            for _ in 1..o.passes {
+                ns = env.ns_per_task(g, imp);
+            }
             println!(
                 "{} {}: {} tasks, {:.1} ns/task",
                 g.name(),
