@@ -72,12 +72,21 @@ pub(crate) fn dependency_failed(task: &Header, dep: &Header, e: &Arc<TaskError>)
 /// Returns `Ok(true)` when the task became ready (its guard is dropped here), `Ok(false)`
 /// while dependencies are pending, or the error the task must fail with (the caller then
 /// calls [`fail_unrun`]; the guard is left for it).
-pub(crate) fn wire(
+pub(crate) fn wire<I>(
     task: &Arc<dyn Task>,
     placeholder: Option<&Arc<dyn Task>>,
-    deps: impl IntoIterator<Item = Arc<dyn Task>>,
-) -> Result<bool, TaskError> {
+    deps: I,
+) -> Result<bool, TaskError>
+where
+    I: IntoIterator<Item = Arc<dyn Task>>,
+    I::IntoIter: ExactSizeIterator,
+{
     let h = task.header();
+    let deps = deps.into_iter();
+    // All counted up front (one write instead of one atomic update per dependency); those
+    // that need no waiting are given back with the guard, in one update at the end.
+    h.count_dependencies(deps.len() as u32);
+    let mut unneeded = 0;
     for node in deps {
         if Arc::ptr_eq(&node, task) || placeholder.is_some_and(|p| Arc::ptr_eq(p, &node)) {
             return Err(TaskError::Cycle {
@@ -95,27 +104,27 @@ pub(crate) fn wire(
             });
         }
         if nh.succeeded() {
-            // Finished already: nothing to wait for, nothing to count.
+            // Finished already: nothing to wait for.
+            unneeded += 1;
             continue;
         }
-        h.add_pending();
         match nh.add_task_dependent(task) {
             Added::Registered => {}
             Added::Done(o) => {
-                // Finished already: undo (the spawn guard keeps the count above zero).
-                h.dependency_done();
+                // Finished already (the spawn guard keeps the count above zero).
+                unneeded += 1;
                 if let Err(e) = o {
                     return Err(dependency_failed(h, nh, &e));
                 }
             }
             Added::Fenced(f) => {
                 // Its GPU work is enqueued: this GPU task's stream will wait on it.
-                h.dependency_done();
+                unneeded += 1;
                 h.add_wait(f);
             }
         }
     }
-    Ok(h.dependency_done())
+    Ok(h.dependencies_done(unneeded + 1))
 }
 
 /// Fails a node that never ran (WAITING) with `err`, and cascades. Returns whether this

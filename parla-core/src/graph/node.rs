@@ -234,6 +234,7 @@ impl Drop for Header {
 }
 
 impl Header {
+    #[inline]
     pub(crate) fn new(
         vt: &'static NodeVt,
         name: Name,
@@ -284,15 +285,43 @@ impl Header {
         self.state.load(Ordering::Acquire) == WAITING
     }
 
-    /// Adds one unfinished dependency. Only while the spawn guard is held.
-    pub(crate) fn add_pending(&self) {
-        self.pending.fetch_add(1, Ordering::Relaxed);
+    /// Counts `n` dependencies at once, before any of them is registered: the spawner's
+    /// guard is all the counter holds then, and nothing else writes it until a dependency
+    /// is registered (whose lock orders this store before that dependency's completion).
+    /// Those found finished while wiring are given back with the guard
+    /// ([`dependencies_done`](Self::dependencies_done)).
+    #[inline]
+    pub(crate) fn count_dependencies(&self, n: u32) {
+        debug_assert_eq!(self.pending.load(Ordering::Relaxed), 1, "counted twice");
+        self.pending.store(1 + n, Ordering::Relaxed);
+    }
+
+    /// Drops the spawn guard of a task without dependencies that no other thread can see
+    /// yet (no id, no data, not handed on): it is READY, without read-modify-writes. It
+    /// reaches other threads only through the queues it is handed to, which synchronise.
+    #[inline]
+    pub(crate) fn ready_unshared(&self) {
+        debug_assert_eq!(
+            self.pending.load(Ordering::Relaxed),
+            1,
+            "a dependency counted"
+        );
+        debug_assert_eq!(self.state.load(Ordering::Relaxed), WAITING);
+        self.pending.store(0, Ordering::Relaxed);
+        self.state.store(READY, Ordering::Relaxed);
     }
 
     /// One dependency finished successfully (or the spawn guard was dropped). Returns
     /// whether the task became ready with this call.
+    #[inline]
     pub(crate) fn dependency_done(&self) -> bool {
-        self.pending.fetch_sub(1, Ordering::AcqRel) == 1 && self.transition_to_ready()
+        self.dependencies_done(1)
+    }
+
+    /// [`dependency_done`](Self::dependency_done) `n` times, in one step.
+    #[inline]
+    pub(crate) fn dependencies_done(&self, n: u32) -> bool {
+        self.pending.fetch_sub(n, Ordering::AcqRel) == n && self.transition_to_ready()
     }
 
     fn transition_to_ready(&self) -> bool {
@@ -442,10 +471,16 @@ impl Header {
     /// the driver that releases it behind a fence, and its own driver, then only fill them
     /// in, rather than allocate them on the driver's hot path. (They are freed when the
     /// outcome is published, by whichever thread completes the task.)
+    #[inline(always)]
     pub(crate) fn prepare_gpu(&self) {
         if self.gpu_only() {
-            self.links.lock().gpu.get_or_insert_default();
+            self.add_gpu_links();
         }
+    }
+
+    #[inline(never)]
+    fn add_gpu_links(&self) {
+        self.links.lock().gpu.get_or_insert_default();
     }
 
     /// Registers task `dep` as a dependent, or reports why it need not wait. (Its caller,
@@ -496,6 +531,7 @@ impl Header {
     }
 
     /// Publishes the outcome and takes the dependents to notify and the handle's waker.
+    #[inline]
     pub(crate) fn publish(&self, outcome: Outcome) -> (SmallVec<[Dependent; 2]>, Option<Waker>) {
         let mut l = self.links.lock();
         let bits = if outcome.is_ok() {
@@ -931,18 +967,37 @@ mod loom_test {
         }
     }
 
-    /// The last dependency finishing while the spawner drops its guard: the task becomes
-    /// ready exactly once.
+    /// Wiring counts every dependency first and gives back, with its guard, those it finds
+    /// finished: with one dependency finished before, one finishing while the task is wired
+    /// and one finishing after, the task becomes ready exactly once, when the last one
+    /// finishes.
     #[test]
-    fn guard_vs_dependency_makes_the_task_ready_once() {
+    fn wiring_vs_a_finishing_dependency_makes_the_task_ready_once() {
         loom::model(|| {
-            let t = node(0);
-            t.header().add_pending();
-            let t2 = t.clone();
-            let other = thread::spawn(move || t2.header().dependency_done());
-            let mine = t.header().dependency_done();
-            let theirs = other.join().unwrap();
-            assert!(mine ^ theirs, "ready once: {mine} {theirs}");
+            let (t, a, b, c) = (node(0), node(1), node(2), node(3));
+            let _ = c.header().publish(Ok(()));
+            let a2 = a.clone();
+            let other = thread::spawn(move || {
+                let (dependents, _) = a2.header().publish(Ok(()));
+                dependents
+                    .into_iter()
+                    .filter(|d| matches!(d, Dependent::Task(t) if t.header().dependency_done()))
+                    .count()
+            });
+            let wired = crate::graph::wire(&t, None, [a.clone(), b.clone(), c.clone()]);
+            assert_eq!(wired, Ok(false), "ready with a dependency unfinished");
+            assert_eq!(
+                other.join().unwrap(),
+                0,
+                "ready with a dependency unfinished"
+            );
+            assert!(t.header().is_waiting());
+            let (dependents, _) = b.header().publish(Ok(()));
+            let ready = dependents
+                .into_iter()
+                .filter(|d| matches!(d, Dependent::Task(t) if t.header().dependency_done()))
+                .count();
+            assert_eq!(ready, 1, "not ready once the last dependency finished");
         });
     }
 

@@ -49,6 +49,7 @@ impl Local {
     /// Lets the scratch vectors give back what a burst made them hold (a gate opening on a
     /// million tasks readies them all at once): a thread keeps its scratch for good, and a
     /// driver for as long as it runs.
+    #[inline]
     pub(crate) fn trim(&mut self) {
         const KEEP: usize = 1024;
         fn trim<T>(v: &mut Vec<T>) {

@@ -22,6 +22,7 @@ static NEXT_ANON: AtomicU64 = AtomicU64::new(0);
 /// bound on the memory the runtime keeps that way.
 const RECYCLE_BYTES: usize = 1008;
 
+#[inline]
 fn name_of(id: &Option<crate::space::TaskRef>) -> Name {
     match id {
         Some(r) => Name::Id(r.space.name_arc(), r.key.clone()),
@@ -159,26 +160,29 @@ where
         };
         let mut header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
         header.recycle = recycle && header.trace.is_none();
-        let cell = Arc::new(TaskCell::new(header, fut, ()));
-        let task: Arc<dyn Task> = cell.clone();
-        let handle = TaskHandle::new(cell);
-        wire_spawned(rt, task, id, deps, checked, None);
-        return handle;
+        let task: Arc<dyn Task> = Arc::new(TaskCell::new(header, fut, ()));
+        wire_spawned(rt, &task, id, deps, checked, None);
+        // SAFETY: `task` is the `Arc<TaskCell<F>>` made just above, unsized: the pointer
+        // `into_raw` gives back is that allocation's, with its reference.
+        let cell = unsafe { Arc::from_raw(Arc::into_raw(task).cast::<TaskCell<F>>()) };
+        return TaskHandle::new(cell);
     };
     let acc = Arc::new(Accesses::new(*data));
     let checked = constraints(rt, &placement, vcus, memory, acc.bytes());
     let mut header =
         header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory, priority);
     header.has_data = true;
-    let cell = Arc::new(TaskCell::new(
+    let task: Arc<dyn Task> = Arc::new(TaskCell::new(
         header,
         WithData::new(fut, acc.clone()),
         acc.clone(),
     ));
-    let task: Arc<dyn Task> = cell.clone();
-    let handle = TaskHandle::new(cell);
-    wire_spawned(rt, task, id, deps, checked, Some(&acc));
-    handle
+    wire_spawned(rt, &task, id, deps, checked, Some(&acc));
+    // SAFETY: as in the plain case above, `task` is the `Arc<TaskCell<..>>` made here.
+    let cell = unsafe {
+        Arc::from_raw(Arc::into_raw(task).cast::<TaskCell<WithData<F>, Arc<Accesses>>>())
+    };
+    TaskHandle::new(cell)
 }
 
 /// The header of a new task of cell type `C`.
@@ -247,7 +251,7 @@ fn trace_dependencies(rt: &RtInner, h: &Header, nodes: &[Arc<dyn Task>]) {
 /// accesses imply), and hands it on if it is ready (or failed).
 fn wire_spawned(
     rt: &Arc<RtInner>,
-    task: Arc<dyn Task>,
+    task: &Arc<dyn Task>,
     id: Option<crate::space::TaskRef>,
     deps: crate::task::DepList,
     checked: Result<(SlotMask, u32), String>,
@@ -261,7 +265,7 @@ fn wire_spawned(
     let wired = (|| {
         let mut placeholder = None;
         if let Some(id) = &id {
-            placeholder = id.space.insert(rt, &id.key, &task)?;
+            placeholder = id.space.insert(rt, &id.key, task)?;
             if let Some(p) = &placeholder {
                 // The forward reference follows this task from now on, whatever becomes of
                 // it (even a failure right here).
@@ -277,11 +281,16 @@ fn wire_spawned(
         let mut implied = Vec::new();
         if let Some(acc) = data {
             for i in &acc.items {
-                i.obj.flow().order(&task, i.access, &mut implied);
+                i.obj.flow().order(task, i.access, &mut implied);
             }
         }
         if deps.is_empty() && implied.is_empty() {
             deps.forget_empty();
+            if id.is_none() && data.is_none() {
+                // No other thread can see the task yet.
+                h.ready_unshared();
+                return Ok(true);
+            }
             // Nothing to wire: drop the spawn guard.
             return Ok(h.dependency_done());
         }
@@ -290,13 +299,13 @@ fn wire_spawned(
             nodes.extend(implied);
         }
         trace_dependencies(rt, h, &nodes);
-        graph::wire(&task, placeholder.as_ref(), nodes)
+        graph::wire(task, placeholder.as_ref(), nodes)
     })();
     match wired {
         Ok(false) => {}
-        Ok(true) => rt.with_local(|l| l.fx.ready.push(task)),
+        Ok(true) => rt.with_local(|l| l.fx.ready.push(task.clone())),
         Err(e) => rt.with_local(|l| {
-            graph::fail_unrun(&task, e, &mut l.fx);
+            graph::fail_unrun(task, e, &mut l.fx);
         }),
     }
 }
