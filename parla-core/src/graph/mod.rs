@@ -25,7 +25,7 @@ use std::task::Waker;
 
 use crate::device::backend::Fence;
 use crate::error::TaskError;
-use node::{Added, Dependent, Header, Kind, Outcome, Task};
+use node::{Added, Dependent, Header, Kind, Outcome, Published, Task};
 
 /// What a graph operation asks the executor to do. (The executor keeps one per driver and
 /// reuses it, so its vectors keep their capacity: no allocation per step.)
@@ -184,9 +184,13 @@ fn publish(
     work: &mut Vec<(Arc<dyn Task>, Outcome)>,
 ) {
     let h = t.header();
-    let (dependents, join) = h.publish(o.clone());
+    let Published {
+        dependents,
+        join,
+        drop_output,
+    } = h.publish(o.clone());
     h.transition_to_done();
-    if h.kind == Kind::Task && h.join_complete() {
+    if h.kind == Kind::Task && drop_output {
         // SAFETY: by the join protocol, the handle is gone and will not take it.
         unsafe { t.drop_output() };
     }

@@ -105,6 +105,17 @@ struct GpuLinks {
     waits: SmallVec<[Arc<dyn Fence>; 2]>,
 }
 
+/// What [`Header::publish`] takes from a node that finished.
+pub(crate) struct Published {
+    /// The dependents to tell.
+    pub(crate) dependents: SmallVec<[Dependent; 2]>,
+    /// The waker of the task's handle.
+    pub(crate) join: Option<Waker>,
+    /// The join protocol's completion: no handle will take the output (it was dropped
+    /// before), so the completer drops it now.
+    pub(crate) drop_output: bool,
+}
+
 /// What registering a dependent found.
 pub(crate) enum Added {
     /// Registered: the dependent will be told.
@@ -363,12 +374,6 @@ impl Header {
 
     // --- join protocol ---------------------------------------------------------------
 
-    /// The task completed. Returns whether the output must be dropped now (no handle will
-    /// take it).
-    pub(crate) fn join_complete(&self) -> bool {
-        self.join_state.fetch_or(JOIN_COMPLETE, Ordering::AcqRel) & JOIN_INTEREST == 0
-    }
-
     /// The handle is dropped. Returns whether it must drop the output itself (the task
     /// completed before).
     pub(crate) fn join_drop(&self) -> bool {
@@ -532,19 +537,24 @@ impl Header {
 
     /// Publishes the outcome and takes the dependents to notify and the handle's waker.
     #[inline]
-    pub(crate) fn publish(&self, outcome: Outcome) -> (SmallVec<[Dependent; 2]>, Option<Waker>) {
+    pub(crate) fn publish(&self, outcome: Outcome) -> Published {
         let mut l = self.links.lock();
+        // The join protocol's completion goes with the outcome, in one update.
         let bits = if outcome.is_ok() {
-            PUBLISHED | SUCCEEDED
+            PUBLISHED | SUCCEEDED | JOIN_COMPLETE
         } else {
-            PUBLISHED
+            PUBLISHED | JOIN_COMPLETE
         };
         l.err = outcome.err();
-        self.join_state.fetch_or(bits, Ordering::Release);
+        let before = self.join_state.fetch_or(bits, Ordering::AcqRel);
         if l.gpu.is_some() {
             l.gpu = None;
         }
-        (std::mem::take(&mut l.dependents), l.join.take())
+        Published {
+            dependents: std::mem::take(&mut l.dependents),
+            join: l.join.take(),
+            drop_output: before & JOIN_INTEREST == 0,
+        }
     }
 
     pub(crate) fn outcome(&self) -> Option<Outcome> {
@@ -923,7 +933,7 @@ mod loom_test {
                 Added::Done(_) => 1,
                 Added::Fenced(_) => 2,
             });
-            let (taken, _) = a.header().publish(Ok(()));
+            let taken = a.header().publish(Ok(())).dependents;
             let r = t.join().unwrap();
             assert!(
                 (r == 0 && taken.len() == 1) || (r == 1 && taken.is_empty()),
@@ -978,8 +988,9 @@ mod loom_test {
             let _ = c.header().publish(Ok(()));
             let a2 = a.clone();
             let other = thread::spawn(move || {
-                let (dependents, _) = a2.header().publish(Ok(()));
-                dependents
+                a2.header()
+                    .publish(Ok(()))
+                    .dependents
                     .into_iter()
                     .filter(|d| matches!(d, Dependent::Task(t) if t.header().dependency_done()))
                     .count()
@@ -992,8 +1003,10 @@ mod loom_test {
                 "ready with a dependency unfinished"
             );
             assert!(t.header().is_waiting());
-            let (dependents, _) = b.header().publish(Ok(()));
-            let ready = dependents
+            let ready = b
+                .header()
+                .publish(Ok(()))
+                .dependents
                 .into_iter()
                 .filter(|d| matches!(d, Dependent::Task(t) if t.header().dependency_done()))
                 .count();
@@ -1007,7 +1020,7 @@ mod loom_test {
         loom::model(|| {
             let t = node(0);
             let t2 = t.clone();
-            let other = thread::spawn(move || t2.header().join_complete());
+            let other = thread::spawn(move || t2.header().publish(Ok(())).drop_output);
             let mine = t.header().join_drop();
             let theirs = other.join().unwrap();
             assert!(mine ^ theirs, "dropped once: {mine} {theirs}");
