@@ -9,7 +9,7 @@ use super::{TaskBuilder, TaskHandle};
 use crate::data::Accesses;
 use crate::device::{Arch, Demand, Placements, SlotMask, resolve, vcu_fixed};
 use crate::error::TaskError;
-use crate::graph::cell::TaskCell;
+use crate::graph::cell::{Join, TaskCell};
 use crate::graph::node::{DEFAULT_VCU, Dependent, Header, Kind, Name, Task, vt_of};
 use crate::graph::{self, Effects};
 use crate::runtime::data::WithData;
@@ -160,28 +160,43 @@ where
         };
         let mut header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
         header.recycle = recycle && header.trace.is_none();
-        let task: Arc<dyn Task> = Arc::new(TaskCell::new(header, fut, ()));
-        wire_spawned(rt, &task, id, deps, checked, None);
-        // SAFETY: `task` is the `Arc<TaskCell<F>>` made just above, unsized: the pointer
-        // `into_raw` gives back is that allocation's, with its reference.
-        let cell = unsafe { Arc::from_raw(Arc::into_raw(task).cast::<TaskCell<F>>()) };
-        return TaskHandle::new(cell);
+        let cell = Arc::new(TaskCell::new(header, fut, ()));
+        return spawn_cell(rt, cell, id, deps, checked, None);
     };
     let acc = Arc::new(Accesses::new(*data));
     let checked = constraints(rt, &placement, vcus, memory, acc.bytes());
     let mut header =
         header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory, priority);
     header.has_data = true;
-    let task: Arc<dyn Task> = Arc::new(TaskCell::new(
+    let cell = Arc::new(TaskCell::new(
         header,
         WithData::new(fut, acc.clone()),
         acc.clone(),
     ));
-    wire_spawned(rt, &task, id, deps, checked, Some(&acc));
-    // SAFETY: as in the plain case above, `task` is the `Arc<TaskCell<..>>` made here.
-    let cell = unsafe {
-        Arc::from_raw(Arc::into_raw(task).cast::<TaskCell<WithData<F>, Arc<Accesses>>>())
-    };
+    spawn_cell(rt, cell, id, deps, checked, Some(&acc))
+}
+
+/// Puts the new task `cell` in the graph ([`wire_spawned`]) and returns its handle. The
+/// wiring borrows the one reference that becomes the handle's, and clones it only to hand
+/// the task on, so a task that waits costs no reference taken and dropped again.
+#[inline(always)]
+fn spawn_cell<C, T>(
+    rt: &Arc<RtInner>,
+    cell: Arc<C>,
+    id: Option<crate::space::TaskRef>,
+    deps: crate::task::DepList,
+    checked: Result<(SlotMask, u32), String>,
+    data: Option<&Accesses>,
+) -> TaskHandle<T>
+where
+    C: Join<T> + 'static,
+    T: 'static,
+{
+    let task: Arc<dyn Task> = cell;
+    wire_spawned(rt, &task, id, deps, checked, data);
+    // SAFETY: `task` is `cell`, unsized (the same reference, moved): the pointer `into_raw`
+    // gives back is that allocation's, with its reference, and `C` is its type.
+    let cell: Arc<C> = unsafe { Arc::from_raw(Arc::into_raw(task).cast::<C>()) };
     TaskHandle::new(cell)
 }
 
