@@ -299,6 +299,13 @@ impl Fence for CudaFence {
             .map(|s| ((self.device.index as u64) << 32) | s as u64)
     }
 
+    fn place(&self) -> Option<u64> {
+        match &self.source {
+            Source::Pooled { ticket, .. } => Some(*ticket),
+            Source::Unpooled => None,
+        }
+    }
+
     fn mark_done(&self) {
         self.done.store(true, Ordering::Relaxed);
     }

@@ -33,6 +33,16 @@ pub trait Fence: Send + Sync + 'static {
         None
     }
 
+    /// The fence's place in its [`queue`](Fence::queue), if the backend counts them: the
+    /// fences of a queue finish in the order of their places. Threads that finish tasks on
+    /// one queue at once (a stream shared by two running tasks, or taken by the next task
+    /// while the thread that finished the last one is preempted) may hand their fences over
+    /// out of that order, and the runtime keeps each queue's fences in this order for the
+    /// conclusions above. `None` (the default): the order in which they are handed over.
+    fn place(&self) -> Option<u64> {
+        None
+    }
+
     /// Something waits on the fence (an awaiter, a CPU dependent, tasks queued for the
     /// device): a backend that defers recording its fences (until a query asks, say) records
     /// this one now. Called on the thread that ran the fence's task, right after

@@ -94,22 +94,27 @@ struct Entries {
 
 impl Entries {
     fn push(&mut self, w: Watch) {
-        match w.fence().queue() {
-            Some(q) => self.queues.entry(q).or_default().push_back(w),
-            None => self.loose.push(w),
-        }
+        let Some(q) = w.fence().queue() else {
+            self.loose.push(w);
+            return;
+        };
+        insert_in_place(self.queues.entry(q).or_default(), w);
     }
 
     fn is_empty(&self) -> bool {
         self.loose.is_empty() && self.queues.values().all(VecDeque::is_empty)
     }
 
-    /// Moves the watches of `newer` (watched after everything in `self`) to the back of
-    /// `self`, leaving `newer` empty with its capacity.
+    /// Moves the watches of `newer` (watched after everything in `self`) into `self`, behind
+    /// those of their queue (in the order of their places: see [`push`](Self::push)),
+    /// leaving `newer` empty with its capacity.
     fn merge(&mut self, newer: &mut Entries) {
         for (q, ws) in &mut newer.queues {
             if !ws.is_empty() {
-                self.queues.entry(*q).or_default().extend(ws.drain(..));
+                let to = self.queues.entry(*q).or_default();
+                for w in ws.drain(..) {
+                    insert_in_place(to, w);
+                }
             }
         }
         self.loose.append(&mut newer.loose);
@@ -118,6 +123,25 @@ impl Entries {
     fn drain(self) -> impl Iterator<Item = Watch> {
         self.queues.into_values().flatten().chain(self.loose)
     }
+}
+
+/// Adds `w` to the watches of its queue, in the order of their fences' places (see
+/// [`Fence::place`]; one without a place goes to the back): a queue's finished fences must
+/// be a prefix of its list ([`take_finished`]). Fences come in order, mostly: the place is
+/// found from the back.
+fn insert_in_place(ws: &mut VecDeque<Watch>, w: Watch) {
+    let at = match w.fence().place() {
+        Some(p) => {
+            let later = ws
+                .iter()
+                .rev()
+                .take_while(|o| o.fence().place().is_some_and(|op| op > p))
+                .count();
+            ws.len() - later
+        }
+        None => ws.len(),
+    };
+    ws.insert(at, w);
 }
 
 #[derive(Default)]
@@ -676,6 +700,9 @@ mod test {
         fn queue(&self) -> Option<u64> {
             Some(0)
         }
+        fn place(&self) -> Option<u64> {
+            Some(self.at as u64)
+        }
         fn mark_done(&self) {
             self.marked.store(true, Ordering::SeqCst);
         }
@@ -728,6 +755,43 @@ mod test {
         assert!(!batch.is_empty());
         batch.queues.get_mut(&0).unwrap().clear();
         assert!(batch.is_empty(), "lists with no watches are empty");
+    }
+
+    /// Two threads finishing tasks on one stream may hand their fences over out of order:
+    /// each queue's watches stay in the order of the fences' places, so the poller's
+    /// bisection never takes a pending fence for a done one.
+    #[test]
+    fn fences_handed_over_out_of_order_are_kept_in_place_order() {
+        let at = |w: &Watch| w.fence().as_any().downcast_ref::<Fake>().unwrap().at;
+        for order in [
+            [0, 2, 1, 3, 4],
+            [1, 0, 2, 4, 3],
+            [4, 3, 2, 1, 0],
+            [0, 1, 2, 3, 4],
+        ] {
+            for finished in 0..=5 {
+                let (ws, _) = queue(5, finished, usize::MAX);
+                let mut ws: Vec<Option<Watch>> = ws.into_iter().map(Some).collect();
+                // Some handed over before a poll, the others during it (merged behind).
+                let mut batch = Entries::default();
+                let mut newer = Entries::default();
+                for (k, &i) in order.iter().enumerate() {
+                    let w = ws[i].take().unwrap();
+                    if k < 2 { batch.push(w) } else { newer.push(w) }
+                }
+                batch.merge(&mut newer);
+                let q = batch.queues.get_mut(&0).unwrap();
+                assert_eq!(q.iter().map(at).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+                let mut done = Done::new();
+                take_finished(q, &mut done);
+                let taken: Vec<usize> = done.iter().map(|(w, _)| at(w)).collect();
+                assert_eq!(
+                    taken,
+                    (0..finished).collect::<Vec<_>>(),
+                    "order {order:?}, {finished} finished"
+                );
+            }
+        }
     }
 
     #[test]
