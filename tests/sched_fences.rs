@@ -7,7 +7,7 @@ mod support;
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parla::device::backend::{Fence, FenceStatus, GpuBackend, GpuExec, GpuInfo, GpuOptions};
@@ -184,6 +184,153 @@ fn cpu_dependents_of_fenced_tasks_wait_for_the_fence() {
         seen.1.duration_since(seen.0) >= LAG,
         "{:?}",
         seen.1 - seen.0
+    );
+}
+
+/// A device that finishes its fences strictly in the order of their places (one queue), a
+/// place about every ten microseconds, on a thread of its own.
+struct InOrder {
+    /// Places taken so far (the last one given).
+    issued: AtomicU64,
+    /// Fences done so far: those whose place is at most this.
+    completed: AtomicU64,
+    /// The place each task's fence took, by task name.
+    places: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
+    stop: AtomicBool,
+}
+
+struct Placed(u64, Arc<InOrder>);
+
+impl Fence for Placed {
+    fn status(&self) -> FenceStatus {
+        if self.0 <= self.1.completed.load(Ordering::SeqCst) {
+            FenceStatus::Done
+        } else {
+            FenceStatus::Pending
+        }
+    }
+    fn gpu(&self) -> usize {
+        0
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn queue(&self) -> Option<u64> {
+        Some(0)
+    }
+    fn place(&self) -> Option<u64> {
+        Some(self.0)
+    }
+}
+
+struct InOrderExec(String, Arc<InOrder>);
+
+impl GpuExec for InOrderExec {
+    fn enter(&mut self) {}
+    fn exit(&mut self) {}
+    fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
+        let place = self.1.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        self.1.places.lock().insert(self.0, place);
+        // Now and then a thread is held up after its fence took its place (preempted, say),
+        // so that a later fence, finished on another thread, reaches the runtime first.
+        if place.is_multiple_of(4) {
+            spin_for(Duration::from_micros(50));
+        }
+        Ok(Arc::new(Placed(place, self.1)))
+    }
+}
+
+struct InOrderBackend(Arc<InOrder>);
+
+impl GpuBackend for InOrderBackend {
+    fn devices(&self) -> Vec<GpuInfo> {
+        support::one_gpu("in-order fences")
+    }
+    fn begin(
+        &self,
+        _: usize,
+        task: &dyn std::fmt::Display,
+        _: &[Arc<dyn Fence>],
+        _: u8,
+    ) -> Result<Box<dyn GpuExec>, String> {
+        Ok(Box::new(InOrderExec(task.to_string(), self.0.clone())))
+    }
+    fn device_error(&self, _: usize) -> Option<String> {
+        None
+    }
+}
+
+fn spin_for(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+static IN_ORDER: std::sync::OnceLock<Arc<InOrder>> = std::sync::OnceLock::new();
+
+fn in_order(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
+    let dev = IN_ORDER.get().expect("device made by the test").clone();
+    Ok(Some(Arc::new(InOrderBackend(dev))))
+}
+
+/// GPU tasks finishing on several drivers at once take their places on one queue in one
+/// order and may hand their fences to the runtime in another: a task is complete only
+/// once its own fence is done, so a CPU task after it never runs before the device reached
+/// that task's place.
+#[test]
+fn gpu_tasks_finished_on_several_drivers_complete_in_their_queue_order() {
+    let dev = IN_ORDER
+        .get_or_init(|| {
+            Arc::new(InOrder {
+                issued: AtomicU64::new(0),
+                completed: AtomicU64::new(0),
+                places: parking_lot::Mutex::new(Default::default()),
+                stop: AtomicBool::new(false),
+            })
+        })
+        .clone();
+    let d2 = dev.clone();
+    let device = std::thread::spawn(move || {
+        while !d2.stop.load(Ordering::SeqCst) {
+            let c = d2.completed.load(Ordering::SeqCst);
+            if c < d2.issued.load(Ordering::SeqCst) {
+                d2.completed.store(c + 1, Ordering::SeqCst);
+            }
+            spin_for(Duration::from_micros(10));
+        }
+    });
+    let rt = rt_with(4, in_order);
+    let d3 = dev.clone();
+    let early = support::within(60, move || {
+        rt.block_on(async move {
+            let mut early = 0;
+            for _ in 0..4 {
+                let mut checks = Vec::new();
+                for _ in 0..2000 {
+                    let g = task(async {}).placement(Placement::Gpu(0)).spawn();
+                    let (name, dev) = (g.name(), d3.clone());
+                    checks.push(
+                        task(async move {
+                            let place = dev.places.lock()[&name];
+                            place > dev.completed.load(Ordering::SeqCst)
+                        })
+                        .after(&g)
+                        .spawn(),
+                    );
+                }
+                for c in checks {
+                    early += usize::from(c.await.unwrap());
+                }
+            }
+            early
+        })
+    });
+    dev.stop.store(true, Ordering::SeqCst);
+    device.join().unwrap();
+    assert_eq!(
+        early, 0,
+        "CPU tasks ran before their GPU dependency's fence was done"
     );
 }
 
