@@ -187,23 +187,102 @@ fn cpu_dependents_of_fenced_tasks_wait_for_the_fence() {
     );
 }
 
-/// A device that finishes its fences strictly in the order of their places (one queue), a
-/// place about every ten microseconds, on a thread of its own.
-struct InOrder {
+/// A simulated device with in-order queues (streams): each queue's fences finish strictly
+/// in the order of their places, each only once the fences it waits on (on other queues)
+/// finished, one step about every ten microseconds on a thread of its own. What a fence
+/// reports is the device's truth, which the runtime's view of a task is checked against.
+struct SimDevice {
+    queues: Vec<SimQueue>,
+    /// The fences of other queues each fence waits on, by (queue, place); places are taken
+    /// under this lock, so the device never passes a fence before its waits are known.
+    waits: parking_lot::Mutex<std::collections::HashMap<(usize, u64), Vec<(usize, u64)>>>,
+    /// Each GPU task's fence (queue, place), by task name, and the other way round.
+    fences: parking_lot::Mutex<std::collections::HashMap<String, (usize, u64)>>,
+    names: parking_lot::Mutex<std::collections::HashMap<(usize, u64), String>>,
+    /// The GPU tasks each task depends on, by name (set by the test before it spawns).
+    deps: parking_lot::Mutex<std::collections::HashMap<String, Vec<String>>>,
+    /// Fences the device finished before those of the task's GPU dependencies: work run
+    /// before the work it depends on.
+    out_of_order: AtomicUsize,
+    next_queue: AtomicUsize,
+    stop: AtomicBool,
+}
+
+struct SimQueue {
     /// Places taken so far (the last one given).
     issued: AtomicU64,
     /// Fences done so far: those whose place is at most this.
     completed: AtomicU64,
-    /// The place each task's fence took, by task name.
-    places: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
-    stop: AtomicBool,
 }
 
-struct Placed(u64, Arc<InOrder>);
+impl SimDevice {
+    fn new(queues: usize) -> Arc<SimDevice> {
+        Arc::new(SimDevice {
+            queues: (0..queues)
+                .map(|_| SimQueue {
+                    issued: AtomicU64::new(0),
+                    completed: AtomicU64::new(0),
+                })
+                .collect(),
+            waits: parking_lot::Mutex::new(Default::default()),
+            fences: parking_lot::Mutex::new(Default::default()),
+            names: parking_lot::Mutex::new(Default::default()),
+            deps: parking_lot::Mutex::new(Default::default()),
+            out_of_order: AtomicUsize::new(0),
+            next_queue: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
 
-impl Fence for Placed {
+    fn done(&self, (q, place): (usize, u64)) -> bool {
+        self.queues[q].completed.load(Ordering::SeqCst) >= place
+    }
+
+    /// Whether the GPU task named `name` ran and the device finished its work.
+    fn finished(&self, name: &str) -> bool {
+        let f = self.fences.lock().get(name).copied();
+        f.is_some_and(|f| self.done(f))
+    }
+
+    /// The fence `f` is about to finish: its task's GPU dependencies must have.
+    fn check_order(&self, f: (usize, u64)) {
+        let Some(name) = self.names.lock().get(&f).cloned() else {
+            return;
+        };
+        let deps = self.deps.lock().get(&name).cloned().unwrap_or_default();
+        if deps.iter().any(|d| !self.finished(d)) {
+            self.out_of_order.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Starts the device's thread; it runs until `stop`.
+    fn start(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let d = self.clone();
+        std::thread::spawn(move || {
+            while !d.stop.load(Ordering::SeqCst) {
+                for (q, queue) in d.queues.iter().enumerate() {
+                    let waits = d.waits.lock();
+                    let next = queue.completed.load(Ordering::SeqCst) + 1;
+                    if next <= queue.issued.load(Ordering::SeqCst)
+                        && waits
+                            .get(&(q, next))
+                            .is_none_or(|ws| ws.iter().all(|&w| d.done(w)))
+                    {
+                        d.check_order((q, next));
+                        queue.completed.store(next, Ordering::SeqCst);
+                    }
+                }
+                spin_for(Duration::from_micros(10));
+            }
+        })
+    }
+}
+
+struct SimFence(usize, u64, Arc<SimDevice>);
+
+impl Fence for SimFence {
     fn status(&self) -> FenceStatus {
-        if self.0 <= self.1.completed.load(Ordering::SeqCst) {
+        if self.2.done((self.0, self.1)) {
             FenceStatus::Done
         } else {
             FenceStatus::Pending
@@ -216,44 +295,75 @@ impl Fence for Placed {
         self
     }
     fn queue(&self) -> Option<u64> {
-        Some(0)
+        Some(self.0 as u64)
     }
     fn place(&self) -> Option<u64> {
-        Some(self.0)
+        Some(self.1)
     }
 }
 
-struct InOrderExec(String, Arc<InOrder>);
+/// A task on the simulated device: its name, queue, and the fences it waits on.
+struct SimExec(String, usize, Vec<(usize, u64)>, Arc<SimDevice>);
 
-impl GpuExec for InOrderExec {
+impl GpuExec for SimExec {
     fn enter(&mut self) {}
     fn exit(&mut self) {}
     fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
-        let place = self.1.issued.fetch_add(1, Ordering::SeqCst) + 1;
-        self.1.places.lock().insert(self.0, place);
+        let SimExec(name, q, waits, dev) = *self;
+        let place = {
+            let mut w = dev.waits.lock();
+            let place = dev.queues[q].issued.fetch_add(1, Ordering::SeqCst) + 1;
+            if !waits.is_empty() {
+                w.insert((q, place), waits);
+            }
+            // (Under the lock too: the device looks the name up before it finishes the
+            // fence.)
+            dev.names.lock().insert((q, place), name.clone());
+            dev.fences.lock().insert(name, (q, place));
+            place
+        };
         // Now and then a thread is held up after its fence took its place (preempted, say),
         // so that a later fence, finished on another thread, reaches the runtime first.
         if place.is_multiple_of(4) {
             spin_for(Duration::from_micros(50));
         }
-        Ok(Arc::new(Placed(place, self.1)))
+        Ok(Arc::new(SimFence(q, place, dev)))
     }
 }
 
-struct InOrderBackend(Arc<InOrder>);
+/// The backend: a task after a GPU task takes that task's queue (stream order stands in
+/// for a wait, as with CUDA streams), any other the next queue in turn; queues are shared
+/// by tasks running at once. It waits on the fences of its dependencies on other queues.
+struct SimBackend(Arc<SimDevice>);
 
-impl GpuBackend for InOrderBackend {
+impl GpuBackend for SimBackend {
     fn devices(&self) -> Vec<GpuInfo> {
-        support::one_gpu("in-order fences")
+        support::one_gpu("simulated in-order queues")
     }
     fn begin(
         &self,
         _: usize,
         task: &dyn std::fmt::Display,
-        _: &[Arc<dyn Fence>],
+        after: &[Arc<dyn Fence>],
         _: u8,
     ) -> Result<Box<dyn GpuExec>, String> {
-        Ok(Box::new(InOrderExec(task.to_string(), self.0.clone())))
+        let deps: Vec<(usize, u64)> = after
+            .iter()
+            .filter_map(|f| f.as_any().downcast_ref::<SimFence>())
+            .map(|f| (f.0, f.1))
+            .collect();
+        let n = self.0.queues.len();
+        let q = deps.first().map_or_else(
+            || self.0.next_queue.fetch_add(1, Ordering::SeqCst) % n,
+            |d| d.0,
+        );
+        let waits = deps.into_iter().filter(|d| d.0 != q).collect();
+        Ok(Box::new(SimExec(
+            task.to_string(),
+            q,
+            waits,
+            self.0.clone(),
+        )))
     }
     fn device_error(&self, _: usize) -> Option<String> {
         None
@@ -267,11 +377,29 @@ fn spin_for(d: Duration) {
     }
 }
 
-static IN_ORDER: std::sync::OnceLock<Arc<InOrder>> = std::sync::OnceLock::new();
+thread_local! {
+    /// The device the next runtime built on this thread gets (see [`sim_rt`]).
+    static SIM: std::cell::RefCell<Option<Arc<SimDevice>>> = const { std::cell::RefCell::new(None) };
+}
 
-fn in_order(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
-    let dev = IN_ORDER.get().expect("device made by the test").clone();
-    Ok(Some(Arc::new(InOrderBackend(dev))))
+fn sim_backend(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
+    let dev = SIM
+        .with(|s| s.borrow().clone())
+        .expect("a device made by the test");
+    Ok(Some(Arc::new(SimBackend(dev))))
+}
+
+/// A runtime of `threads` workers on a simulated device with `queues` queues, and the
+/// device (its thread started).
+fn sim_rt(
+    threads: usize,
+    queues: usize,
+) -> (parla::Runtime, Arc<SimDevice>, std::thread::JoinHandle<()>) {
+    let dev = SimDevice::new(queues);
+    SIM.with(|s| *s.borrow_mut() = Some(dev.clone()));
+    let rt = rt_with(threads, sim_backend);
+    let thread = dev.start();
+    (rt, dev, thread)
 }
 
 /// GPU tasks finishing on several drivers at once take their places on one queue in one
@@ -280,27 +408,7 @@ fn in_order(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
 /// that task's place.
 #[test]
 fn gpu_tasks_finished_on_several_drivers_complete_in_their_queue_order() {
-    let dev = IN_ORDER
-        .get_or_init(|| {
-            Arc::new(InOrder {
-                issued: AtomicU64::new(0),
-                completed: AtomicU64::new(0),
-                places: parking_lot::Mutex::new(Default::default()),
-                stop: AtomicBool::new(false),
-            })
-        })
-        .clone();
-    let d2 = dev.clone();
-    let device = std::thread::spawn(move || {
-        while !d2.stop.load(Ordering::SeqCst) {
-            let c = d2.completed.load(Ordering::SeqCst);
-            if c < d2.issued.load(Ordering::SeqCst) {
-                d2.completed.store(c + 1, Ordering::SeqCst);
-            }
-            spin_for(Duration::from_micros(10));
-        }
-    });
-    let rt = rt_with(4, in_order);
+    let (rt, dev, device) = sim_rt(4, 1);
     let d3 = dev.clone();
     let early = support::within(60, move || {
         rt.block_on(async move {
@@ -310,14 +418,7 @@ fn gpu_tasks_finished_on_several_drivers_complete_in_their_queue_order() {
                 for _ in 0..2000 {
                     let g = task(async {}).placement(Placement::Gpu(0)).spawn();
                     let (name, dev) = (g.name(), d3.clone());
-                    checks.push(
-                        task(async move {
-                            let place = dev.places.lock()[&name];
-                            place > dev.completed.load(Ordering::SeqCst)
-                        })
-                        .after(&g)
-                        .spawn(),
-                    );
+                    checks.push(task(async move { !dev.finished(&name) }).after(&g).spawn());
                 }
                 for c in checks {
                     early += usize::from(c.await.unwrap());
@@ -354,6 +455,64 @@ mod prop {
 
     proptest! {
         #![proptest_config(support::prop_config(32))]
+
+        /// Random graphs of CPU and GPU tasks on a simulated device with three in-order
+        /// queues, checked against the device's truth: no CPU task runs, and no handle
+        /// resolves, before the device finished the GPU work it depends on, and the device
+        /// never finishes a GPU task's work before that of its GPU dependencies (the
+        /// runtime starts a dependent early, behind the fences it passes to the backend).
+        #[test]
+        fn cpu_and_gpu_tasks_on_in_order_queues((threads, nodes) in graph()) {
+            let n = nodes.len();
+            let (rt, dev, device) = sim_rt(threads, 3);
+            let space = TaskSpace::new("S");
+            let names: Vec<String> = (0..n).map(|i| space.at(i).to_string()).collect();
+            {
+                let mut deps = dev.deps.lock();
+                for (i, (ds, _)) in nodes.iter().enumerate() {
+                    let gpu_deps = ds.iter().filter(|&&j| nodes[j].1).map(|&j| names[j].clone());
+                    deps.insert(names[i].clone(), gpu_deps.collect());
+                }
+            }
+            let (d2, nodes2, names2) = (dev.clone(), nodes.clone(), names.clone());
+            let (results, early) = support::within(30, move || {
+                rt.block_on(async move {
+                    let early = Arc::new(AtomicUsize::new(0));
+                    let mut hs = Vec::with_capacity(n);
+                    for (i, (ds, gpu)) in nodes2.iter().enumerate() {
+                        let gpu_deps: Vec<String> =
+                            ds.iter().filter(|&&j| nodes2[j].1).map(|&j| names2[j].clone()).collect();
+                        let (dev, early, gpu) = (d2.clone(), early.clone(), *gpu);
+                        let b = task(async move {
+                            if !gpu && gpu_deps.iter().any(|d| !dev.finished(d)) {
+                                early.fetch_add(1, Ordering::SeqCst);
+                            }
+                            i
+                        })
+                        .id(space.at(i))
+                        .placement(if gpu { Placement::Gpu(0) } else { Placement::Cpu })
+                        .after(ds.iter().map(|&j| space.at(j)).collect::<Vec<_>>());
+                        hs.push(b.spawn());
+                    }
+                    let mut out = Vec::with_capacity(n);
+                    for (i, h) in hs.into_iter().enumerate() {
+                        let r = h.await;
+                        if nodes2[i].1 && !d2.finished(&names2[i]) {
+                            early.fetch_add(1, Ordering::SeqCst);
+                        }
+                        out.push(r);
+                    }
+                    (out, early.load(Ordering::SeqCst))
+                })
+            });
+            dev.stop.store(true, Ordering::SeqCst);
+            device.join().unwrap();
+            for (i, r) in results.iter().enumerate() {
+                prop_assert_eq!(r, &Ok(i));
+            }
+            prop_assert_eq!(early, 0, "a CPU task or an await went ahead of the device");
+            prop_assert_eq!(dev.out_of_order.load(Ordering::SeqCst), 0, "GPU work ran before work it depends on");
+        }
 
         /// Random graphs of CPU and fenced GPU tasks: every task runs once, a CPU task only
         /// after its dependencies finished (GPU ones: their fences done), and every handle
