@@ -195,10 +195,10 @@ struct SimDevice {
     queues: Vec<SimQueue>,
     /// The fences of other queues each fence waits on, by (queue, place); places are taken
     /// under this lock, so the device never passes a fence before its waits are known.
-    waits: parking_lot::Mutex<std::collections::HashMap<(usize, u64), Vec<(usize, u64)>>>,
+    waits: parking_lot::Mutex<std::collections::HashMap<SimPlace, Vec<SimPlace>>>,
     /// Each GPU task's fence (queue, place), by task name, and the other way round.
-    fences: parking_lot::Mutex<std::collections::HashMap<String, (usize, u64)>>,
-    names: parking_lot::Mutex<std::collections::HashMap<(usize, u64), String>>,
+    fences: parking_lot::Mutex<std::collections::HashMap<String, SimPlace>>,
+    names: parking_lot::Mutex<std::collections::HashMap<SimPlace, String>>,
     /// The GPU tasks each task depends on, by name (set by the test before it spawns).
     deps: parking_lot::Mutex<std::collections::HashMap<String, Vec<String>>>,
     /// Fences the device finished before those of the task's GPU dependencies: work run
@@ -207,6 +207,9 @@ struct SimDevice {
     next_queue: AtomicUsize,
     stop: AtomicBool,
 }
+
+/// A fence on the simulated device: its queue and its place there.
+type SimPlace = (usize, u64);
 
 struct SimQueue {
     /// Places taken so far (the last one given).
