@@ -21,11 +21,7 @@ const LAG: Duration = Duration::from_micros(30);
 
 impl Fence for TimedFence {
     fn status(&self) -> FenceStatus {
-        if self.0.elapsed() >= self.1 {
-            FenceStatus::Done
-        } else {
-            FenceStatus::Pending
-        }
+        done_or_pending(self.0.elapsed() >= self.1)
     }
     fn gpu(&self) -> usize {
         0
@@ -35,6 +31,14 @@ impl Fence for TimedFence {
     }
     fn queue(&self) -> Option<u64> {
         Some(0)
+    }
+}
+
+fn done_or_pending(done: bool) -> FenceStatus {
+    if done {
+        FenceStatus::Done
+    } else {
+        FenceStatus::Pending
     }
 }
 
@@ -285,11 +289,7 @@ struct SimFence(usize, u64, Arc<SimDevice>);
 
 impl Fence for SimFence {
     fn status(&self) -> FenceStatus {
-        if self.2.done((self.0, self.1)) {
-            FenceStatus::Done
-        } else {
-            FenceStatus::Pending
-        }
+        done_or_pending(self.2.done((self.0, self.1)))
     }
     fn gpu(&self) -> usize {
         0
