@@ -442,6 +442,71 @@ mod prop {
     use super::*;
     use proptest::prelude::*;
 
+    /// A tree of tasks: each on a GPU or not, with the children it spawns and awaits.
+    #[derive(Debug, Clone)]
+    struct Tree(bool, Vec<Tree>);
+
+    fn tree() -> impl Strategy<Value = Tree> {
+        let leaf = any::<bool>().prop_map(|gpu| Tree(gpu, Vec::new()));
+        leaf.prop_recursive(3, 40, 4, |inner| {
+            (any::<bool>(), proptest::collection::vec(inner, 0..4))
+                .prop_map(|(gpu, children)| Tree(gpu, children))
+        })
+    }
+
+    /// Runs `t` as a task on the simulated device: it spawns its children, then awaits
+    /// them one by one (or all at once, `join`), checking after each await that the device
+    /// finished a GPU child's work. Returns how many tasks of the tree ran.
+    fn run(
+        t: Tree,
+        dev: Arc<SimDevice>,
+        early: Arc<AtomicUsize>,
+        join: bool,
+    ) -> parla::TaskHandle<usize> {
+        let Tree(gpu, children) = t;
+        task(async move {
+            let hs: Vec<_> = children
+                .into_iter()
+                .map(|c| {
+                    let gpu = c.0;
+                    let h = run(c, dev.clone(), early.clone(), join);
+                    (gpu, h.name(), h)
+                })
+                .collect();
+            let mut ran = 1;
+            let check = |gpu: bool, name: &str| {
+                if gpu && !dev.finished(name) {
+                    early.fetch_add(1, Ordering::SeqCst);
+                }
+            };
+            if join {
+                let names: Vec<_> = hs.iter().map(|(g, n, _)| (*g, n.clone())).collect();
+                let outs = futures_util::future::join_all(hs.into_iter().map(|(_, _, h)| h)).await;
+                for ((g, n), o) in names.into_iter().zip(outs) {
+                    check(g, &n);
+                    ran += o.unwrap();
+                }
+            } else {
+                for (g, n, h) in hs {
+                    let o = h.await.unwrap();
+                    check(g, &n);
+                    ran += o;
+                }
+            }
+            ran
+        })
+        .placement(if gpu {
+            Placement::Gpu(0)
+        } else {
+            Placement::Cpu
+        })
+        .spawn()
+    }
+
+    fn size(t: &Tree) -> usize {
+        1 + t.1.iter().map(size).sum::<usize>()
+    }
+
     fn graph() -> impl Strategy<Value = (usize, Vec<(Vec<usize>, bool)>)> {
         (1usize..=150, 1usize..=3).prop_flat_map(|(n, threads)| {
             proptest::collection::vec((proptest::collection::vec(0..n, 0..3), any::<bool>()), n)
@@ -458,6 +523,36 @@ mod prop {
 
     proptest! {
         #![proptest_config(support::prop_config(32))]
+
+        /// Random trees of CPU and GPU tasks that spawn their children and await them (one
+        /// by one, or all at once) on a simulated device with two in-order queues: every
+        /// task runs, and no await of a GPU task resolves before the device finished its
+        /// work.
+        #[test]
+        fn tasks_awaiting_gpu_children_on_in_order_queues(
+            t in tree(), threads in 1usize..=4, join in any::<bool>()
+        ) {
+            let n = size(&t);
+            let (rt, dev, device) = sim_rt(threads, 2);
+            let (d2, t2) = (dev.clone(), t.clone());
+            let (ran, early) = support::within(30, move || {
+                rt.block_on(async move {
+                    let early = Arc::new(AtomicUsize::new(0));
+                    let gpu = t2.0;
+                    let root = run(t2, d2.clone(), early.clone(), join);
+                    let name = root.name();
+                    let ran = root.await.unwrap();
+                    if gpu && !d2.finished(&name) {
+                        early.fetch_add(1, Ordering::SeqCst);
+                    }
+                    (ran, early.load(Ordering::SeqCst))
+                })
+            });
+            dev.stop.store(true, Ordering::SeqCst);
+            device.join().unwrap();
+            prop_assert_eq!(ran, n);
+            prop_assert_eq!(early, 0, "an await of a GPU task went ahead of the device");
+        }
 
         /// Random graphs of CPU and GPU tasks on a simulated device with three in-order
         /// queues, checked against the device's truth: no CPU task runs, and no handle
