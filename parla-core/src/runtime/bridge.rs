@@ -127,21 +127,18 @@ impl Entries {
 
 /// Adds `w` to the watches of its queue, in the order of their fences' places (see
 /// [`Fence::place`]; one without a place goes to the back): a queue's finished fences must
-/// be a prefix of its list ([`take_finished`]). Fences come in order, mostly: the place is
-/// found from the back.
+/// be a prefix of its list ([`take_finished`]). Fences come in order, mostly, so the back is
+/// looked at first; an older one (an awaiter watching a fence late, behind thousands) is
+/// placed by bisection.
 fn insert_in_place(ws: &mut VecDeque<Watch>, w: Watch) {
-    let at = match w.fence().place() {
-        Some(p) => {
-            let later = ws
-                .iter()
-                .rev()
-                .take_while(|o| o.fence().place().is_some_and(|op| op > p))
-                .count();
-            ws.len() - later
+    let later = |o: &Watch, p: u64| o.fence().place().is_some_and(|op| op > p);
+    match w.fence().place() {
+        Some(p) if ws.back().is_some_and(|b| later(b, p)) => {
+            let at = ws.partition_point(|o| !later(o, p));
+            ws.insert(at, w);
         }
-        None => ws.len(),
-    };
-    ws.insert(at, w);
+        _ => ws.push_back(w),
+    }
 }
 
 #[derive(Default)]
