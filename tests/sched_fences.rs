@@ -241,7 +241,7 @@ impl SimDevice {
         })
     }
 
-    fn done(&self, (q, place): (usize, u64)) -> bool {
+    fn done(&self, (q, place): SimPlace) -> bool {
         self.queues[q].completed.load(Ordering::SeqCst) >= place
     }
 
@@ -252,7 +252,7 @@ impl SimDevice {
     }
 
     /// The fence `f` is about to finish: its task's GPU dependencies must have.
-    fn check_order(&self, f: (usize, u64)) {
+    fn check_order(&self, f: SimPlace) {
         let Some(name) = self.names.lock().get(&f).cloned() else {
             return;
         };
@@ -262,10 +262,10 @@ impl SimDevice {
         }
     }
 
-    /// Starts the device's thread; it runs until `stop`.
-    fn start(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+    /// Starts the device's thread; it runs until the returned guard is dropped.
+    fn start(self: &Arc<Self>) -> SimRunning {
         let d = self.clone();
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             while !d.stop.load(Ordering::SeqCst) {
                 for (q, queue) in d.queues.iter().enumerate() {
                     let waits = d.waits.lock();
@@ -281,7 +281,28 @@ impl SimDevice {
                 }
                 spin_for(Duration::from_micros(10));
             }
-        })
+        });
+        SimRunning(self.clone(), Some(thread))
+    }
+}
+
+/// The simulated device while its thread runs: dropping it (at the end of a test, or when
+/// a failed case unwinds) stops and joins the thread.
+struct SimRunning(Arc<SimDevice>, Option<std::thread::JoinHandle<()>>);
+
+impl std::ops::Deref for SimRunning {
+    type Target = Arc<SimDevice>;
+    fn deref(&self) -> &Arc<SimDevice> {
+        &self.0
+    }
+}
+
+impl Drop for SimRunning {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -306,7 +327,7 @@ impl Fence for SimFence {
 }
 
 /// A task on the simulated device: its name, queue, and the fences it waits on.
-struct SimExec(String, usize, Vec<(usize, u64)>, Arc<SimDevice>);
+struct SimExec(String, usize, Vec<SimPlace>, Arc<SimDevice>);
 
 impl GpuExec for SimExec {
     fn enter(&mut self) {}
@@ -350,7 +371,7 @@ impl GpuBackend for SimBackend {
         after: &[Arc<dyn Fence>],
         _: u8,
     ) -> Result<Box<dyn GpuExec>, String> {
-        let deps: Vec<(usize, u64)> = after
+        let deps: Vec<SimPlace> = after
             .iter()
             .filter_map(|f| f.as_any().downcast_ref::<SimFence>())
             .map(|f| (f.0, f.1))
@@ -394,15 +415,11 @@ fn sim_backend(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
 
 /// A runtime of `threads` workers on a simulated device with `queues` queues, and the
 /// device (its thread started).
-fn sim_rt(
-    threads: usize,
-    queues: usize,
-) -> (parla::Runtime, Arc<SimDevice>, std::thread::JoinHandle<()>) {
+fn sim_rt(threads: usize, queues: usize) -> (parla::Runtime, SimRunning) {
     let dev = SimDevice::new(queues);
     SIM.with(|s| *s.borrow_mut() = Some(dev.clone()));
     let rt = rt_with(threads, sim_backend);
-    let thread = dev.start();
-    (rt, dev, thread)
+    (rt, dev.start())
 }
 
 /// GPU tasks finishing on several drivers at once take their places on one queue in one
@@ -411,8 +428,8 @@ fn sim_rt(
 /// that task's place.
 #[test]
 fn gpu_tasks_finished_on_several_drivers_complete_in_their_queue_order() {
-    let (rt, dev, device) = sim_rt(4, 1);
-    let d3 = dev.clone();
+    let (rt, dev) = sim_rt(4, 1);
+    let d3 = Arc::clone(&dev);
     let early = support::within(60, move || {
         rt.block_on(async move {
             let mut early = 0;
@@ -430,8 +447,6 @@ fn gpu_tasks_finished_on_several_drivers_complete_in_their_queue_order() {
             early
         })
     });
-    dev.stop.store(true, Ordering::SeqCst);
-    device.join().unwrap();
     assert_eq!(
         early, 0,
         "CPU tasks ran before their GPU dependency's fence was done"
@@ -533,8 +548,8 @@ mod prop {
             t in tree(), threads in 1usize..=4, join in any::<bool>()
         ) {
             let n = size(&t);
-            let (rt, dev, device) = sim_rt(threads, 2);
-            let (d2, t2) = (dev.clone(), t.clone());
+            let (rt, dev) = sim_rt(threads, 2);
+            let (d2, t2) = (Arc::clone(&dev), t.clone());
             let (ran, early) = support::within(30, move || {
                 rt.block_on(async move {
                     let early = Arc::new(AtomicUsize::new(0));
@@ -548,8 +563,6 @@ mod prop {
                     (ran, early.load(Ordering::SeqCst))
                 })
             });
-            dev.stop.store(true, Ordering::SeqCst);
-            device.join().unwrap();
             prop_assert_eq!(ran, n);
             prop_assert_eq!(early, 0, "an await of a GPU task went ahead of the device");
         }
@@ -562,24 +575,22 @@ mod prop {
         #[test]
         fn cpu_and_gpu_tasks_on_in_order_queues((threads, nodes) in graph()) {
             let n = nodes.len();
-            let (rt, dev, device) = sim_rt(threads, 3);
+            let (rt, dev) = sim_rt(threads, 3);
             let space = TaskSpace::new("S");
             let names: Vec<String> = (0..n).map(|i| space.at(i).to_string()).collect();
-            {
-                let mut deps = dev.deps.lock();
-                for (i, (ds, _)) in nodes.iter().enumerate() {
-                    let gpu_deps = ds.iter().filter(|&&j| nodes[j].1).map(|&j| names[j].clone());
-                    deps.insert(names[i].clone(), gpu_deps.collect());
-                }
-            }
-            let (d2, nodes2, names2) = (dev.clone(), nodes.clone(), names.clone());
+            // Each task's GPU dependencies, by name: for the device's order check, and for
+            // the task's own.
+            let gpu_deps: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|(ds, _)| ds.iter().filter(|&&j| nodes[j].1).map(|&j| names[j].clone()).collect())
+                .collect();
+            dev.deps.lock().extend(names.iter().cloned().zip(gpu_deps.iter().cloned()));
+            let (d2, nodes2, names2) = (Arc::clone(&dev), nodes.clone(), names.clone());
             let (results, early) = support::within(30, move || {
                 rt.block_on(async move {
                     let early = Arc::new(AtomicUsize::new(0));
                     let mut hs = Vec::with_capacity(n);
-                    for (i, (ds, gpu)) in nodes2.iter().enumerate() {
-                        let gpu_deps: Vec<String> =
-                            ds.iter().filter(|&&j| nodes2[j].1).map(|&j| names2[j].clone()).collect();
+                    for ((i, (ds, gpu)), gpu_deps) in nodes2.iter().enumerate().zip(gpu_deps) {
                         let (dev, early, gpu) = (d2.clone(), early.clone(), *gpu);
                         let b = task(async move {
                             if !gpu && gpu_deps.iter().any(|d| !dev.finished(d)) {
@@ -603,8 +614,6 @@ mod prop {
                     (out, early.load(Ordering::SeqCst))
                 })
             });
-            dev.stop.store(true, Ordering::SeqCst);
-            device.join().unwrap();
             for (i, r) in results.iter().enumerate() {
                 prop_assert_eq!(r, &Ok(i));
             }
