@@ -83,11 +83,41 @@ thread_local! {
     };
 }
 
+/// The most finished tasks a thread keeps from the handles it drops ([`keep_spent`]).
+const KEPT: usize = 512;
+
+/// Keeps `task` for one of this thread's next spawns to free just before its allocation
+/// ([`RtInner::reuse_spent`]): a finished task spawned outside the drivers whose last
+/// handle was dropped outside them too. Dropped at once instead when the thread keeps
+/// [`KEPT`] already, or its spawns are another runtime's.
+///
+/// A program that drops many handles at once (a row of a grid) would otherwise free
+/// their memory in a burst, more than the allocator's per-thread cache holds, and then
+/// allocate as many again through its slow paths; freed one at a time before each
+/// allocation, each is reused at once, its lines fetched one spawn ahead. (Freeing it
+/// runs no user code: its future was dropped when it completed, its output by the handle.)
+#[inline]
+pub(crate) fn keep_spent(task: Arc<dyn Task>) {
+    let rt = task.header().rt_id;
+    let back = REUSE
+        .try_with(|r| match r.try_borrow_mut() {
+            Ok(mut r) if r.rt == rt && r.taken.len() < KEPT => {
+                r.taken.push(task);
+                None
+            }
+            _ => Some(task),
+        })
+        .ok()
+        .flatten();
+    drop(back);
+}
+
 /// The spent tasks a thread took for its spawns outside the drivers.
 struct Reuse {
     /// The runtime whose pool `taken` came from.
     rt: u32,
-    /// Taken from the pool a batch at a time, for the next spawns.
+    /// Taken from the pool a batch at a time (and kept from dropped handles:
+    /// [`keep_spent`]), for the next spawns.
     taken: Vec<Arc<dyn Task>>,
     /// The one taken at the previous spawn, its memory being fetched: freed at the next.
     prefetched: Option<Arc<dyn Task>>,
@@ -344,6 +374,13 @@ impl RtInner {
             let r = r.borrow();
             if r.rt == self.id { r.taken.len() } else { 0 }
         })
+    }
+
+    /// Frees what the calling thread took or kept for its next spawns.
+    #[cfg(test)]
+    pub(crate) fn drop_taken_here(&self) {
+        let taken = REUSE.with(|r| std::mem::take(&mut r.borrow_mut().taken));
+        drop(taken);
     }
 
     /// Picks the device slot of a task among its mask: the policy chooses among the devices
@@ -688,7 +725,7 @@ impl RtInner {
 /// Asks the core to fetch the memory of `t` (its allocation, and the allocator's word before
 /// it) into its cache for writing: a hint, which the core may ignore.
 #[inline]
-fn prefetch_for_write(t: &Arc<dyn Task>) {
+pub(crate) fn prefetch_for_write(t: &Arc<dyn Task>) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
@@ -820,6 +857,9 @@ mod recycle_test {
             gate.await.unwrap();
         });
         let inner = rt.inner.clone();
+        // (The gate, its last handle dropped here, was kept for this thread's next spawn.)
+        assert_eq!(inner.taken_here(), 1);
+        inner.drop_taken_here();
         assert_eq!(inner.spent.lock().len(), spent);
         assert!(
             !inner.spent_wanted.load(Relaxed),
@@ -890,6 +930,55 @@ mod recycle_test {
             assert_eq!(a.inner.taken_here(), 0);
             assert_eq!(b.inner.spent.lock().len(), pool_b - batch);
             assert_eq!(b.inner.taken_here(), batch - 1);
+            h.await.unwrap();
+        });
+    }
+
+    /// A task whose last handle is dropped outside the drivers (a row of handles dropped at
+    /// once) is kept for the thread's next spawns, which free one each before they
+    /// allocate; up to a bound. Its output is dropped with the handle, and a handle that is
+    /// not the last reference keeps nothing.
+    #[test]
+    fn tasks_let_go_of_by_their_last_handle_are_freed_at_the_next_spawns() {
+        let rt = runtime();
+        let inner = rt.inner.clone();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let n = super::KEPT + 100;
+        let row = rt.block_on(async {
+            let row: Vec<_> = (0..n)
+                .map(|_| {
+                    let d = drops.clone();
+                    task(async move { Counted(d) }).spawn()
+                })
+                .collect();
+            // One awaited by reference: finished, its handle still held.
+            let mut last = task(async {}).spawn();
+            (&mut last).await.unwrap();
+            (row, last)
+        });
+        inner.wait_for_drivers_to_leave();
+        inner.drop_taken_here();
+        let (row, last) = row;
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "outputs are the handles'");
+        drop(row);
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            n,
+            "an output outlived its handle"
+        );
+        assert_eq!(inner.taken_here(), super::KEPT, "not kept up to the bound");
+        // Another reference held (the node's): the handle keeps nothing.
+        let node = last.node();
+        drop(last);
+        assert_eq!(inner.taken_here(), super::KEPT);
+        drop(node);
+        rt.block_on(async {
+            let h = task(async {}).spawn();
+            assert_eq!(
+                inner.taken_here(),
+                super::KEPT - 1,
+                "a spawn did not free one"
+            );
             h.await.unwrap();
         });
     }

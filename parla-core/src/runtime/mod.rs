@@ -27,6 +27,7 @@ pub(crate) mod counters;
 pub(crate) mod data;
 mod driver;
 mod exec;
+pub(crate) use exec::{keep_spent, prefetch_for_write};
 mod inject;
 pub(crate) mod parked;
 mod stall;

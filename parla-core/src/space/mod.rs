@@ -365,6 +365,13 @@ impl TaskSpace {
         };
         let mut map = self.shard(h).lock();
         if let Some(b) = map.find_mut(h, |b| b.is(h, key)) {
+            if settle && let Some(Some(next)) = b.slots.get(slot + 1) {
+                // Programs walk ids in order (`t.at((i - 1, j))` for each `j` of a row):
+                // the next key's task is most likely the next dependency looked up. It
+                // finished on another core, which wrote its memory last; fetched now, the
+                // next lookup finds it in cache, to settle and free it.
+                crate::runtime::prefetch_for_write(next);
+            }
             if let Some(n) = &b.slots[slot] {
                 if !(settle && settles(n)) {
                     return Some(n.clone());

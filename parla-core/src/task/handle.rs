@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,7 +11,7 @@ use std::task::{Context, Poll};
 use crate::error::TaskError;
 use crate::graph::cell::Join;
 use crate::graph::node::{Header, Outcome, Task};
-use crate::runtime::{bridge, waker};
+use crate::runtime::{bridge, context, keep_spent as exec_keep_spent, waker};
 
 /// A spawned task: a future of its result.
 ///
@@ -19,7 +20,8 @@ use crate::runtime::{bridge, waker};
 /// task run on, detached, and its output is dropped as soon as it finishes (as Tokio's
 /// `JoinHandle`).
 pub struct TaskHandle<T: 'static> {
-    task: Arc<dyn Join<T>>,
+    /// Dropped by hand, in `Drop` (see there).
+    task: ManuallyDrop<Arc<dyn Join<T>>>,
     /// Whether this handle already spun on the task's GPU fence.
     spun: bool,
     /// Whether this handle asked the fence poller to hurry.
@@ -33,7 +35,7 @@ pub struct TaskHandle<T: 'static> {
 impl<T: 'static> TaskHandle<T> {
     pub(crate) fn new(task: Arc<dyn Join<T>>) -> Self {
         TaskHandle {
-            task,
+            task: ManuallyDrop::new(task),
             spun: false,
             hurried: false,
             registered: false,
@@ -52,7 +54,7 @@ impl<T: 'static> TaskHandle<T> {
     }
 
     pub(crate) fn node(&self) -> Arc<dyn Task> {
-        self.task.clone()
+        Arc::clone(&self.task) as Arc<dyn Task>
     }
 
     /// The task's header.
@@ -136,6 +138,16 @@ impl<T: 'static> Drop for TaskHandle<T> {
             // SAFETY: by the join protocol the task completed and its completer left the
             // output to this handle, which does not take it any more.
             unsafe { self.task.drop_output() };
+        }
+        let keep = h.recycle && Arc::strong_count(&self.task) == 1 && !context::in_driver();
+        // SAFETY: the field is taken once, here, and not used after.
+        let task = unsafe { ManuallyDrop::take(&mut self.task) };
+        if keep {
+            // The last reference to a finished task spawned outside the drivers, dropped
+            // there too (a program dropping a row of handles at once): its memory is freed
+            // at one of this thread's next spawns instead (`RtInner::reuse_spent`), for
+            // the allocation to reuse it.
+            exec_keep_spent(task);
         }
     }
 }
