@@ -262,12 +262,14 @@ impl Builder {
             pollers: parked::Pollers::default(),
             waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
             cpu_threads: threads,
-            ours: std::sync::atomic::AtomicUsize::new(0),
+            ours: crossbeam_utils::CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             ledger: super::data::ledger(me.clone(), id),
-            spent: parking_lot::Mutex::new(Vec::with_capacity(super::SPENT)),
-            spent_len: std::sync::atomic::AtomicUsize::new(0),
-            spent_wanted: std::sync::atomic::AtomicBool::new(false),
+            spent: crossbeam_utils::CachePadded::new(super::SpentPool {
+                tasks: parking_lot::Mutex::new(Vec::with_capacity(super::SPENT)),
+                len: std::sync::atomic::AtomicUsize::new(0),
+                wanted: std::sync::atomic::AtomicBool::new(false),
+            }),
         });
         let _ = worker_rt.set(Arc::downgrade(&inner));
         stall::start_monitor(&inner);

@@ -252,14 +252,14 @@ impl RtInner {
     /// when it completes, as always, and a traced task (whose span closes with it) is never
     /// kept.
     ///
-    /// Tasks go there only while spawns outside the drivers take them (`spent_wanted`): a
+    /// Tasks go there only while spawns outside the drivers take them (`spent.wanted`): a
     /// driver that finds [`spent`](RtInner::spent) full stops handing tasks back until a
     /// spawn finds it empty again, so that a program that spawned everything up front pays
     /// next to nothing for this while its tasks run.
     #[inline]
     pub(crate) fn retire(&self, task: Arc<dyn Task>, batch: &mut Vec<Arc<dyn Task>>) {
         if task.header().recycle
-            && self.spent_wanted.load(Ordering::Relaxed)
+            && self.spent.wanted.load(Ordering::Relaxed)
             && Arc::strong_count(&task) == 1
         {
             batch.push(task);
@@ -282,15 +282,15 @@ impl RtInner {
     #[cold]
     fn add_spent(&self, batch: &mut Vec<Arc<dyn Task>>) {
         let over = {
-            let mut spent = self.spent.lock();
+            let mut spent = self.spent.tasks.lock();
             let room = super::SPENT - spent.len();
             let over = batch.len().saturating_sub(room);
             spent.extend(batch.drain(over..));
-            self.spent_len.store(spent.len(), Ordering::Relaxed);
+            self.spent.len.store(spent.len(), Ordering::Relaxed);
             over
         };
         if over > 0 {
-            self.spent_wanted.store(false, Ordering::Relaxed);
+            self.spent.wanted.store(false, Ordering::Relaxed);
             batch.clear();
         }
     }
@@ -314,7 +314,7 @@ impl RtInner {
                 let mut r = r.borrow_mut();
                 // (Only a spawn that may find some takes the lock.)
                 if r.rt != self.id
-                    || (r.taken.is_empty() && self.spent_len.load(Ordering::Relaxed) != 0)
+                    || (r.taken.is_empty() && self.spent.len.load(Ordering::Relaxed) != 0)
                 {
                     self.take_spent(&mut r);
                 }
@@ -322,8 +322,8 @@ impl RtInner {
                 match &next {
                     Some(t) => prefetch_for_write(t),
                     None => {
-                        if !self.spent_wanted.load(Ordering::Relaxed) {
-                            self.spent_wanted.store(true, Ordering::Relaxed);
+                        if !self.spent.wanted.load(Ordering::Relaxed) {
+                            self.spent.wanted.store(true, Ordering::Relaxed);
                         }
                     }
                 }
@@ -346,10 +346,10 @@ impl RtInner {
             r.taken.clear();
         }
         if r.taken.is_empty() {
-            let mut spent = self.spent.lock();
+            let mut spent = self.spent.tasks.lock();
             let from = spent.len().saturating_sub(super::SPENT_BATCH);
             r.taken.extend(spent.drain(from..));
-            self.spent_len.store(spent.len(), Ordering::Relaxed);
+            self.spent.len.store(spent.len(), Ordering::Relaxed);
         }
     }
 
@@ -802,14 +802,14 @@ mod recycle_test {
         let inner = rt.inner.clone();
         inner.wait_for_drivers_to_leave();
         // In the pool, or taken by this thread for its next spawns.
-        let spent = inner.spent.lock().len() + inner.taken_here();
+        let spent = inner.spent.tasks.lock().len() + inner.taken_here();
         assert!(spent > 0, "no finished task handed its memory back");
         assert!(spent <= super::super::SPENT + super::super::SPENT_BATCH);
         rt.block_on(async {
             // Nothing else runs, and a task whose handle is held is never handed back.
             let h = task(async {}).spawn();
             assert_eq!(
-                inner.spent.lock().len() + inner.taken_here(),
+                inner.spent.tasks.lock().len() + inner.taken_here(),
                 spent - 1,
                 "a spawn did not free one first"
             );
@@ -830,8 +830,8 @@ mod recycle_test {
         });
         let inner = rt.inner.clone();
         inner.wait_for_drivers_to_leave();
-        let pool = inner.spent.lock().len();
-        assert_eq!(inner.spent_len.load(Ordering::SeqCst), pool);
+        let pool = inner.spent.tasks.lock().len();
+        assert_eq!(inner.spent.len.load(Ordering::SeqCst), pool);
         // In the pool, or taken by this thread for its next spawns (a spawn may take what a
         // driver that ran out of work meanwhile handed back).
         let spent = pool + inner.taken_here();
@@ -860,9 +860,9 @@ mod recycle_test {
         // (The gate, its last handle dropped here, was kept for this thread's next spawn.)
         assert_eq!(inner.taken_here(), 1);
         inner.drop_taken_here();
-        assert_eq!(inner.spent.lock().len(), spent);
+        assert_eq!(inner.spent.tasks.lock().len(), spent);
         assert!(
-            !inner.spent_wanted.load(Relaxed),
+            !inner.spent.wanted.load(Relaxed),
             "a full queue still asks for more"
         );
         rt.block_on(async {
@@ -870,18 +870,18 @@ mod recycle_test {
             let mut held = vec![task(async {}).spawn()];
             // The first spawn took a batch, and freed one of it.
             let batch = super::super::SPENT_BATCH;
-            assert_eq!(inner.spent.lock().len(), spent - batch);
-            assert_eq!(inner.spent_len.load(Relaxed), spent - batch);
+            assert_eq!(inner.spent.tasks.lock().len(), spent - batch);
+            assert_eq!(inner.spent.len.load(Relaxed), spent - batch);
             assert_eq!(inner.taken_here(), batch - 1);
             for _ in 1..spent {
                 held.push(task(async {}).spawn());
             }
-            assert_eq!(inner.spent.lock().len(), 0);
+            assert_eq!(inner.spent.tasks.lock().len(), 0);
             assert_eq!(inner.taken_here(), 0);
-            assert!(!inner.spent_wanted.load(Relaxed));
+            assert!(!inner.spent.wanted.load(Relaxed));
             held.push(task(async {}).spawn());
             assert!(
-                inner.spent_wanted.load(Relaxed),
+                inner.spent.wanted.load(Relaxed),
                 "an empty queue does not ask"
             );
             for h in held {
@@ -906,7 +906,7 @@ mod recycle_test {
                     }
                 });
                 rt.inner.wait_for_drivers_to_leave();
-                if !rt.inner.spent.lock().is_empty() {
+                if !rt.inner.spent.tasks.lock().is_empty() {
                     return;
                 }
             }
@@ -922,13 +922,13 @@ mod recycle_test {
             h.await.unwrap();
         });
         // A spawn into `b` frees those and takes a batch of `b`'s.
-        let pool_b = b.inner.spent.lock().len();
+        let pool_b = b.inner.spent.tasks.lock().len();
         let batch = pool_b.min(super::super::SPENT_BATCH);
         assert!(batch > 0, "b's pool is empty");
         b.block_on(async {
             let h = task(async {}).spawn();
             assert_eq!(a.inner.taken_here(), 0);
-            assert_eq!(b.inner.spent.lock().len(), pool_b - batch);
+            assert_eq!(b.inner.spent.tasks.lock().len(), pool_b - batch);
             assert_eq!(b.inner.taken_here(), batch - 1);
             h.await.unwrap();
         });
@@ -998,7 +998,7 @@ mod recycle_test {
             p.await.unwrap();
         });
         // (The parent may be: its handle may go before its driver lets go of it.)
-        let spent = rt.inner.spent.lock().len();
+        let spent = rt.inner.spent.tasks.lock().len();
         assert!(spent <= 1, "{spent}");
         let rt = runtime();
         rt.block_on(async {
@@ -1007,6 +1007,6 @@ mod recycle_test {
                 task(async move { std::hint::black_box(big)[0] }).spawn();
             }
         });
-        assert_eq!(rt.inner.spent.lock().len(), 0);
+        assert_eq!(rt.inner.spent.tasks.lock().len(), 0);
     }
 }

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 pub use builder::Builder;
@@ -179,20 +180,28 @@ pub(crate) struct RtInner {
     cpu_threads: usize,
     /// Tokio tasks of the runtime's own that are alive (drivers and the stall monitor):
     /// any other alive Tokio task is a user's, and may still spawn tasks.
-    pub(crate) ours: AtomicUsize,
+    /// (On a cache line of its own, as [`spent`](Self::spent).)
+    pub(crate) ours: CachePadded<AtomicUsize>,
     pub(crate) shutdown: AtomicBool,
     /// Where data objects report the bytes they free on devices.
     pub(crate) ledger: crate::data::Ledger,
-    /// Finished tasks spawned outside drivers, whose last reference a driver held: freed
-    /// by the next spawn outside drivers instead (see [`RtInner::retire`]). At most
-    /// [`SPENT`]; drivers add them in batches.
-    pub(crate) spent: parking_lot::Mutex<Vec<Arc<dyn Task>>>,
-    /// The length of [`spent`](Self::spent), stored under its lock: a spawn that finds it
+    /// Finished tasks handed back by the drivers, for spawns outside them to free.
+    pub(crate) spent: CachePadded<SpentPool>,
+}
+
+/// Finished tasks spawned outside drivers, whose last reference a driver held: freed by the
+/// next spawn outside drivers instead (see [`RtInner::retire`]). On a cache line of its
+/// own: drivers write it every few tasks, and the fields around it (the runtime's id, its
+/// Tokio handle) are read by every spawn.
+pub(crate) struct SpentPool {
+    /// At most [`SPENT`]; drivers add them in batches.
+    pub(crate) tasks: parking_lot::Mutex<Vec<Arc<dyn Task>>>,
+    /// The length of [`tasks`](Self::tasks), stored under its lock: a spawn that finds it
     /// zero does not take the lock.
-    pub(crate) spent_len: AtomicUsize,
-    /// Spawns outside the drivers found [`spent`](Self::spent) empty since a driver last
+    pub(crate) len: AtomicUsize,
+    /// Spawns outside the drivers found [`tasks`](Self::tasks) empty since a driver last
     /// found it full: drivers hand finished tasks back.
-    pub(crate) spent_wanted: AtomicBool,
+    pub(crate) wanted: AtomicBool,
 }
 
 /// How many finished tasks [`RtInner::spent`] holds at most.
