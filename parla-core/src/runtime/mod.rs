@@ -84,7 +84,10 @@ pub(crate) struct DeviceState {
     pub(crate) failed: OnceLock<String>,
     /// Tasks with data waiting for admission, and the data with copies here.
     pub(crate) data: data::DeviceData,
-    running: AtomicUsize,
+    /// Tasks running on the device, counted when `track_running` (for the mapping policy).
+    /// On a cache line of its own: every task start and finish writes it, and the fields
+    /// around it are read by every task.
+    running: CachePadded<AtomicUsize>,
     track_running: bool,
 }
 
@@ -111,7 +114,7 @@ impl DeviceState {
             gpu,
             failed: OnceLock::new(),
             data: Default::default(),
-            running: AtomicUsize::new(0),
+            running: CachePadded::new(AtomicUsize::new(0)),
             track_running,
         }
     }
