@@ -27,11 +27,12 @@ pub(crate) mod counters;
 pub(crate) mod data;
 mod driver;
 mod exec;
-pub(crate) use exec::{keep_spent, prefetch_for_write};
 mod inject;
 pub(crate) mod parked;
 mod stall;
 pub(crate) mod waker;
+
+pub(crate) use exec::{keep_spent, prefetch_for_write};
 
 use std::future::Future;
 use std::pin::pin;

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use crate::error::TaskError;
 use crate::graph::cell::Join;
 use crate::graph::node::{Header, Outcome, Task};
-use crate::runtime::{bridge, context, keep_spent as exec_keep_spent, waker};
+use crate::runtime::{bridge, context, keep_spent, waker};
 
 /// A spawned task: a future of its result.
 ///
@@ -147,7 +147,7 @@ impl<T: 'static> Drop for TaskHandle<T> {
             // there too (a program dropping a row of handles at once): its memory is freed
             // at one of this thread's next spawns instead (`RtInner::reuse_spent`), for
             // the allocation to reuse it.
-            exec_keep_spent(task);
+            keep_spent(task);
         }
     }
 }
