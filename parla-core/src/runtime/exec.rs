@@ -86,18 +86,30 @@ thread_local! {
 /// The most finished tasks a thread keeps from the handles it drops ([`keep_spent`]).
 const KEPT: usize = 512;
 
-/// Keeps `task` for one of this thread's next spawns to free just before its allocation
-/// ([`RtInner::reuse_spent`]): a finished task spawned outside the drivers whose last
-/// handle was dropped outside them too. Dropped at once instead when the thread keeps
+/// Lets go of a reference to a finished `task`: when it is the last one, of a small task
+/// spawned outside the drivers, and this thread is not a driver either, the task is kept
+/// for one of this thread's next spawns to free just before its allocation
+/// ([`RtInner::reuse_spent`]). It is dropped at once otherwise, or when the thread keeps
 /// [`KEPT`] already, or its spawns are another runtime's.
 ///
-/// A program that drops many handles at once (a row of a grid) would otherwise free
-/// their memory in a burst, more than the allocator's per-thread cache holds, and then
-/// allocate as many again through its slow paths; freed one at a time before each
-/// allocation, each is reused at once, its lines fetched one spawn ahead. (Freeing it
-/// runs no user code: its future was dropped when it completed, its output by the handle.)
+/// The last handle of a task goes here, and so does a task a space settles
+/// ([`TaskSpace::dependency`](crate::space::TaskSpace::dependency)). A program that drops
+/// many handles at once (a row of a grid) would otherwise free their memory in a burst,
+/// more than the allocator's per-thread cache holds, and then allocate as many again
+/// through its slow paths; and a task settled by a lookup finished on another core, which
+/// wrote its lines last, so freeing it at once would stall the spawn on each of them.
+/// Freed one at a time before each allocation, each is reused at once, its lines fetched
+/// one spawn ahead. (Freeing it runs no user code: its future was dropped when it
+/// completed, its output by its handle, or by the completer when there was none.)
 #[inline]
-pub(crate) fn keep_spent(task: Arc<dyn Task>) {
+pub(crate) fn let_go_last(task: Arc<dyn Task>) {
+    if Arc::strong_count(&task) == 1 && task.header().recycle && !context::in_driver() {
+        keep_spent(task);
+    }
+}
+
+#[inline]
+fn keep_spent(task: Arc<dyn Task>) {
     let rt = task.header().rt_id;
     let back = REUSE
         .try_with(|r| match r.try_borrow_mut() {
@@ -981,6 +993,41 @@ mod recycle_test {
             );
             h.await.unwrap();
         });
+    }
+
+    /// Tasks a space lets go of when a dependency lookup finds them succeeded (their
+    /// handles gone) are kept for this thread's next spawns as well, and freed there; one
+    /// its handle still holds is not.
+    #[test]
+    fn tasks_settled_by_a_dependency_lookup_are_freed_at_the_next_spawns() {
+        use crate::space::TaskSpace;
+        let rt = runtime();
+        let inner = rt.inner.clone();
+        let t = TaskSpace::new("T");
+        let n = 64;
+        let held = rt.block_on(async {
+            for i in 0..n {
+                task(async {}).id(t.at(i)).spawn();
+            }
+            let held = task(async {}).id(t.at(n)).spawn();
+            for i in 0..=n {
+                t.at(i).await.unwrap();
+            }
+            held
+        });
+        inner.wait_for_drivers_to_leave();
+        inner.drop_taken_here();
+        rt.block_on(async {
+            let deps: Vec<_> = (0..=n).map(|i| t.at(i)).collect();
+            let b = task(async {}).after(deps);
+            assert_eq!(inner.taken_here(), n as usize, "settled tasks not kept");
+            let h = b.spawn();
+            assert_eq!(inner.taken_here(), n as usize - 1, "a spawn did not free one");
+            h.await.unwrap();
+        });
+        // Settled all the same: the ids read as finished.
+        assert!(t.at(0).is_finished() && t.at(n).is_finished());
+        drop(held);
     }
 
     /// Tasks spawned by tasks, and tasks too large for the allocator's caches, are freed

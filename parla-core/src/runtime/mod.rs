@@ -32,7 +32,7 @@ pub(crate) mod parked;
 mod stall;
 pub(crate) mod waker;
 
-pub(crate) use exec::{keep_spent, prefetch_for_write};
+pub(crate) use exec::{let_go_last, prefetch_for_write};
 
 use std::future::Future;
 use std::pin::pin;

@@ -378,9 +378,11 @@ impl TaskSpace {
                 }
                 let n = b.let_go(slot);
                 drop(map);
-                // Often the last reference (the task finished, its handle is gone): its
-                // memory is freed here, on the spawning thread, for the next spawn to reuse.
-                drop(n);
+                if let Some(n) = n {
+                    // Often the last reference (the task finished, its handle is gone): its
+                    // memory is freed on the spawning thread, at one of its next spawns.
+                    crate::runtime::let_go_last(n);
+                }
                 return None;
             }
             if b.is_settled(slot) {

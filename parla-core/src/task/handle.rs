@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use crate::error::TaskError;
 use crate::graph::cell::Join;
 use crate::graph::node::{Header, Outcome, Task};
-use crate::runtime::{bridge, context, keep_spent, waker};
+use crate::runtime::{bridge, let_go_last, waker};
 
 /// A spawned task: a future of its result.
 ///
@@ -134,21 +134,20 @@ impl<T: 'static> Drop for TaskHandle<T> {
         if self.registered {
             drop(h.unregister_join());
         }
-        if h.join_drop() {
+        // An output without drop glue needs no owner: the handle leaves the join state alone
+        // (one atomic update fewer on a line the task's driver may be writing), and the
+        // completer then leaves the output in place, which is as good as dropping it.
+        if std::mem::needs_drop::<T>() && h.join_drop() {
             // SAFETY: by the join protocol the task completed and its completer left the
             // output to this handle, which does not take it any more.
             unsafe { self.task.drop_output() };
         }
-        let keep = h.recycle && Arc::strong_count(&self.task) == 1 && !context::in_driver();
         // SAFETY: the field is taken once, here, and not used after.
         let task = unsafe { ManuallyDrop::take(&mut self.task) };
-        if keep {
-            // The last reference to a finished task spawned outside the drivers, dropped
-            // there too (a program dropping a row of handles at once): its memory is freed
-            // at one of this thread's next spawns instead (`RtInner::reuse_spent`), for
-            // the allocation to reuse it.
-            keep_spent(task);
-        }
+        // The last reference to a finished task spawned outside the drivers, dropped there
+        // too (a program dropping a row of handles at once): its memory is freed at one of
+        // this thread's next spawns instead, for the allocation to reuse it.
+        let_go_last(task);
     }
 }
 

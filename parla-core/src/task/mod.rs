@@ -78,6 +78,7 @@ where
 {
     /// Gives the task an id in a task space: `.id(t.at(("cpu", i)))`. Tasks (and awaits)
     /// can refer to the id before the task is spawned.
+    #[inline(always)]
     pub fn id(mut self, id: TaskRef) -> Self {
         self.id = Some(id);
         self
@@ -87,6 +88,7 @@ where
     /// Calls accumulate. Takes a [`TaskRef`], a `&`[`TaskHandle`], a
     /// [`TaskRange`](crate::TaskRange), a `&`[`TaskSpace`](crate::TaskSpace) (every task
     /// spawned into it so far), or an array, `Vec` or iterator of those.
+    #[inline(always)]
     pub fn after(mut self, deps: impl IntoDeps) -> Self {
         deps.push_deps(&mut self.deps);
         self
