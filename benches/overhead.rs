@@ -46,7 +46,9 @@
 //! Memory: 1,000,000 parla tasks are spawned `.after(&gate)`, where the gate task waits on a
 //! `oneshot` that is only sent after all are spawned, so they are all pending at once. A
 //! counting global allocator gives the bytes allocated per pending task (target: <= 250), the
-//! spawn time per task, and the bytes still allocated (net) once all of them ran.
+//! spawn time per task, and the bytes still allocated (net) once all of them ran. It runs in a
+//! runtime of its own, so that finished tasks the graphs before left for reuse are not freed
+//! during the count.
 //!
 //! ```sh
 //! cargo bench --bench overhead                       # everything, default sizes
@@ -898,13 +900,17 @@ fn parla_memory(rt: &Runtime, n: usize) -> (isize, isize, Duration) {
     (pending, left, spawn_time)
 }
 
-fn bench_memory(env: &Env) {
-    let rt = env.parla.as_ref().expect("parla runtime built");
+fn bench_memory(env: &Env, threads: usize) {
     let n = env.sizes.memory;
-    // On a thread of its own: what the graphs before left in the main thread's lists of
-    // tasks to reuse (freed by its next spawns) is not counted here.
+    // In a runtime of its own, on a thread of its own: the finished tasks that the graphs
+    // before left for reuse (in the runtime's pool, and in the main thread's list, freed
+    // by the next spawns there) are not freed during the count.
+    let rt = Runtime::builder()
+        .cpu_threads(threads)
+        .build()
+        .expect("parla runtime");
     let (pending, left, spawn_time) = std::thread::scope(|s| {
-        s.spawn(|| parla_memory(rt, n))
+        s.spawn(|| parla_memory(&rt, n))
             .join()
             .expect("memory row panicked")
     });
@@ -1052,7 +1058,7 @@ fn main() {
             );
         }
         if memory {
-            bench_memory(&env);
+            bench_memory(&env, o.threads);
         }
         if service {
             bench_service(&env);
@@ -1078,7 +1084,7 @@ fn main() {
         }
     }
     if memory {
-        bench_memory(&env);
+        bench_memory(&env, o.threads);
     }
     if service {
         bench_service(&env);
