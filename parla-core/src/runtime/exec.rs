@@ -1013,7 +1013,8 @@ mod recycle_test {
             for i in 0..=n {
                 t.at(i).await.unwrap();
             }
-            held
+            // (In an `Option`: a handle is a future, which the block would yield.)
+            Some(held)
         });
         inner.wait_for_drivers_to_leave();
         inner.drop_taken_here();
@@ -1022,7 +1023,11 @@ mod recycle_test {
             let b = task(async {}).after(deps);
             assert_eq!(inner.taken_here(), n as usize, "settled tasks not kept");
             let h = b.spawn();
-            assert_eq!(inner.taken_here(), n as usize - 1, "a spawn did not free one");
+            assert_eq!(
+                inner.taken_here(),
+                n as usize - 1,
+                "a spawn did not free one"
+            );
             h.await.unwrap();
         });
         // Settled all the same: the ids read as finished.
