@@ -83,7 +83,8 @@ thread_local! {
     };
 }
 
-/// The most finished tasks a thread keeps from the handles it drops ([`keep_spent`]).
+/// The most finished tasks a thread keeps from the handles it drops and the tasks its
+/// dependency lookups settle ([`let_go_last`]).
 const KEPT: usize = 512;
 
 /// Lets go of a reference to a finished `task`: when it is the last one, of a small task
