@@ -129,8 +129,8 @@ fn keep_spent(task: Arc<dyn Task>) {
 struct Reuse {
     /// The runtime whose pool `taken` came from.
     rt: u32,
-    /// Taken from the pool a batch at a time (and kept from dropped handles:
-    /// [`keep_spent`]), for the next spawns.
+    /// Taken from the pool a batch at a time (and kept from dropped handles and settled
+    /// ids: [`let_go_last`]), for the next spawns.
     taken: Vec<Arc<dyn Task>>,
     /// The one taken at the previous spawn, its memory being fetched: freed at the next.
     prefetched: Option<Arc<dyn Task>>,
