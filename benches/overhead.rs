@@ -55,6 +55,7 @@
 //! cargo bench --bench overhead -- --runs 1 --warmup 0 --scale 0.01   # a quick check
 //! cargo bench --bench overhead -- --graph chain --threads 4
 //! valgrind --tool=callgrind target/release/deps/overhead-<hash> --only parla --graph chain --scale 0.1
+//! benches/callgrind.sh            # instructions per task, parla and both Tokio ways, every graph
 //! ```
 //!
 //! Options: `--scale F` (multiplies the task counts; the grid's side by `sqrt(F)`), `--runs N`
