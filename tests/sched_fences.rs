@@ -169,6 +169,45 @@ fn fenced_tasks_keep_the_runtime_busy_until_their_fences_finish() {
     }
 }
 
+/// Drivers count the busy tokens of fenced tasks ahead, a batch at a time, and give back
+/// what they did not use when their poll ends: after chains of fenced GPU tasks (longer than
+/// a batch), from `block_on` and from inside a task, the runtime still goes idle, so an
+/// await of an id nobody spawns is still told so (a token never given back would keep the
+/// runtime busy, and the await would hang).
+#[test]
+fn a_stall_after_fenced_tasks_is_still_detected() {
+    for threads in [1, 2, 4] {
+        let rt = rt(threads);
+        let (from_block_on, from_task) = support::within(60, move || {
+            rt.block_on(async {
+                let chain = |name: &'static str| async move {
+                    let t = TaskSpace::new(name);
+                    for i in 0..100usize {
+                        let mut b = task(async move { i })
+                            .id(t.at(i))
+                            .placement(Placement::Gpu(0));
+                        if i > 0 {
+                            b = b.after(t.at(i - 1));
+                        }
+                        b.spawn();
+                    }
+                    t.at(99).await.expect("chain");
+                    t.at("never").await
+                };
+                let from_block_on = chain("B").await;
+                let from_task = task(chain("T")).await.expect("the CPU task");
+                (from_block_on, from_task)
+            })
+        });
+        for (r, id) in [(from_block_on, "B[never]"), (from_task, "T[never]")] {
+            match r {
+                Err(TaskError::NeverSpawned { id: got }) => assert_eq!(got, id),
+                other => panic!("{threads} threads: {other:?}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn cpu_dependents_of_fenced_tasks_wait_for_the_fence() {
     let rt = rt(2);

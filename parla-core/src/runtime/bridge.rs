@@ -275,20 +275,21 @@ impl Bridge {
         let urgent = done.iter().filter(|(w, _)| w.urgent()).count();
         b.urgent.fetch_sub(urgent, Ordering::AcqRel);
         b.pending.fetch_sub(n, Ordering::AcqRel);
-        // (Allocated only if a task is handed back.)
-        let mut spent = Vec::new();
-        for (w, s) in done.drain(..) {
-            match w {
-                Watch::Waker(_, waker) => waker.wake(),
-                Watch::Task(t, _, _) => {
-                    rt.complete_fenced(&t, s);
-                    // A task whose last reference this is goes back to the spawning
-                    // thread to be freed, as those the drivers finish do.
-                    rt.retire(t, &mut spent);
+        // One scratch for the round: the runtime's counters, which the drivers update too,
+        // are written once for all the tasks it completes, not once each.
+        rt.with_local(|l| {
+            for (w, s) in done.drain(..) {
+                match w {
+                    Watch::Waker(_, waker) => waker.wake(),
+                    Watch::Task(t, _, _) => {
+                        rt.complete_fenced_in(&t, s, l);
+                        // A task whose last reference this is goes back to the spawning
+                        // thread to be freed, as those the drivers finish do.
+                        rt.retire(t, &mut l.spent);
+                    }
                 }
             }
-        }
-        rt.hand_back(&mut spent);
+        });
         done.shrink_to(64);
         let _ = DONE.try_with(|d| d.set(done));
         n

@@ -411,8 +411,9 @@ impl Driver {
                 // query it later, or an awaiter spins on it.
                 // Once the fence is published, an awaiter or the poller may complete the
                 // task (dropping its token) before the dependents it releases are counted:
-                // hold a token meanwhile.
-                rt.counters.add(0, 1);
+                // hold a token meanwhile (one this driver counted ahead: the counters' line
+                // is the one the poller writes as it completes fenced tasks).
+                rt.take_busy_credit(&mut self.local);
                 if pended {
                     rt.pollers.remove(task);
                 }

@@ -23,6 +23,9 @@ use crate::graph::node::{DEFAULT_VCU, Header, Outcome, Task, wake_quietly};
 use crate::graph::{self, Effects};
 use crate::scheduler::mapping::Candidate;
 
+/// How many busy tokens a driver counts ahead at a time ([`RtInner::take_busy_credit`]).
+const BUSY_CREDIT: i64 = 32;
+
 /// Tasks admitted to run, in order; the first usually runs next on the current driver.
 pub(crate) type Launch = Vec<Arc<dyn Task>>;
 
@@ -43,6 +46,9 @@ pub(crate) struct Local {
     /// [`RtInner::retire`]), added to [`RtInner::spent`] at the next [`RtInner::flush`] or
     /// once there are [`SPENT_BATCH`](super::SPENT_BATCH).
     pub(crate) spent: Vec<Arc<dyn Task>>,
+    /// Busy tokens counted ahead in the runtime's counters and not handed out yet (see
+    /// [`RtInner::take_busy_credit`]); given back at [`RtInner::flush`].
+    pub(crate) busy_credit: i64,
 }
 
 impl Local {
@@ -141,7 +147,8 @@ impl RtInner {
     /// [`retire`](Self::retire)).
     pub(crate) fn flush(&self, l: &mut Local) {
         let (live, busy) = (std::mem::take(&mut l.live), std::mem::take(&mut l.busy));
-        self.counters.add(live, busy);
+        let credit = std::mem::take(&mut l.busy_credit);
+        self.counters.add(live, busy - credit);
         self.hand_back(&mut l.spent);
     }
 
@@ -639,8 +646,31 @@ impl RtInner {
         }
     }
 
+    /// One busy token, counted in the runtime's counters before the caller hands it to a
+    /// task other threads can see: from the tokens `l` counted ahead, counting
+    /// [`BUSY_CREDIT`] more at once when it has none left.
+    #[inline]
+    pub(crate) fn take_busy_credit(&self, l: &mut Local) {
+        if l.busy_credit == 0 {
+            self.counters.add(0, BUSY_CREDIT);
+            l.busy_credit = BUSY_CREDIT;
+        }
+        l.busy_credit -= 1;
+    }
+
     /// A GPU task's fence finished with `status`: complete the task (if nobody else did).
     pub(crate) fn complete_fenced(self: &Arc<Self>, task: &Arc<dyn Task>, status: FenceStatus) {
+        self.with_local(|l| self.complete_fenced_in(task, status, l));
+    }
+
+    /// [`complete_fenced`](Self::complete_fenced) with the caller's `l` (which the caller
+    /// flushes).
+    pub(crate) fn complete_fenced_in(
+        self: &Arc<Self>,
+        task: &Arc<dyn Task>,
+        status: FenceStatus,
+        l: &mut Local,
+    ) {
         let h = task.header();
         if !h.transition_to_completing() {
             return;
@@ -653,7 +683,7 @@ impl RtInner {
             })),
             FenceStatus::Done | FenceStatus::Pending => Ok(()),
         };
-        self.with_local(|l| self.complete(task, outcome, true, false, l));
+        self.complete(task, outcome, true, false, l);
     }
 
     /// After a device error: if the backend says the device can no longer run tasks, mark
