@@ -467,9 +467,11 @@ fn main() {
         "{:<44} {:>12} {:>12} {:>8}",
         "measure", "parla (us)", "raw (us)", "ratio"
     );
-    let row = |name: &str, p: f64, r: f64| {
-        println!("{name:<44} {p:>12.2} {r:>12.2} {:>8.2}", p / r);
+    // A row whose ratio is given (not parla / raw of the medians shown).
+    let row_with = |name: &str, p: f64, r: f64, ratio: f64| {
+        println!("{name:<44} {p:>12.2} {r:>12.2} {ratio:>8.2}");
     };
+    let row = |name: &str, p: f64, r: f64| row_with(name, p, r, p / r);
     // A measure's median and p99 rows.
     let rows = |name: &str, p: (f64, f64), r: (f64, f64)| {
         row(&format!("{name}, median"), p.0, r.0);
@@ -501,9 +503,11 @@ fn main() {
         parla_chain_med,
         raw_chain_med,
     );
-    println!(
-        "{:<44} {parla_chain_med:>12.2} {raw_chain_med:>12.2} {paired_chain:>8.2}",
-        format!("  median ratio of the {chain_reps} adjacent pairs")
+    row_with(
+        &format!("  median ratio of the {chain_reps} adjacent pairs"),
+        parla_chain_med,
+        raw_chain_med,
+        paired_chain,
     );
     row(
         "  the launch alone, timed inside each task",
