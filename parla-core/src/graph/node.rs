@@ -589,11 +589,19 @@ impl Header {
         self.links.lock().gpu.get_or_insert_default().waits.push(f);
     }
 
-    /// Takes the fences this task's stream must wait on.
+    /// Takes the fences this task's stream must wait on, as its driver starts it, and asks
+    /// the core to fetch its task dependents for writing meanwhile: when the body returns,
+    /// this driver releases them behind the fence (their counts, links and admission), and
+    /// the thread that spawned them wrote them last. Fetched now, that overlaps the body's
+    /// launches instead of following them.
     pub(crate) fn take_waits(&self) -> SmallVec<[Arc<dyn Fence>; 2]> {
-        self.links
-            .lock()
-            .gpu
+        let mut l = self.links.lock();
+        for d in &l.dependents {
+            if let Dependent::Task(t) = d {
+                prefetch_head_for_write(t);
+            }
+        }
+        l.gpu
             .as_mut()
             .map(|g| std::mem::take(&mut g.waits))
             .unwrap_or_default()
@@ -910,6 +918,41 @@ unsafe fn dec<T: Task>(h: *const Header) {
 /// Wakes `w` (a waker taken from a node's lists), catching a panic of foreign waker code.
 pub(crate) fn wake_quietly(w: Waker) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
+}
+
+/// Asks the core to fetch the memory of `t` (its allocation, and the allocator's word before
+/// it) into its cache for writing: a hint, which the core may ignore.
+#[inline]
+pub(crate) fn prefetch_for_write(t: &Arc<dyn Task>) {
+    prefetch_bytes(t, usize::MAX);
+}
+
+/// [`prefetch_for_write`] of the start of `t` only: its header and a small future (a task
+/// to release, as opposed to an allocation to reuse).
+#[inline]
+pub(crate) fn prefetch_head_for_write(t: &Arc<dyn Task>) {
+    prefetch_bytes(t, 512);
+}
+
+#[inline(always)]
+fn prefetch_bytes(t: &Arc<dyn Task>, max: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
+        // The counts before the value, and the allocator's size word before them.
+        let start = (Arc::as_ptr(t) as *const u8).wrapping_sub(24);
+        let len = (size_of_val(&**t) + 24).min(max);
+        let mut off = 0;
+        while off < len {
+            // SAFETY: a prefetch never faults and changes nothing observable, whatever the
+            // address; these are addresses of `t`'s allocation (and the word before it),
+            // which `t` keeps alive.
+            unsafe { _mm_prefetch::<_MM_HINT_ET0>(start.wrapping_add(off) as *const i8) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (t, max);
 }
 
 #[cfg(all(test, parla_loom))]

@@ -340,7 +340,7 @@ impl RtInner {
                 }
                 let next = r.taken.pop();
                 match &next {
-                    Some(t) => prefetch_for_write(t),
+                    Some(t) => crate::graph::node::prefetch_for_write(t),
                     None => {
                         if !self.spent.wanted.load(Ordering::Relaxed) {
                             self.spent.wanted.store(true, Ordering::Relaxed);
@@ -763,29 +763,6 @@ impl RtInner {
             None => format!("{} is not running", h.name),
         }
     }
-}
-
-/// Asks the core to fetch the memory of `t` (its allocation, and the allocator's word before
-/// it) into its cache for writing: a hint, which the core may ignore.
-#[inline]
-pub(crate) fn prefetch_for_write(t: &Arc<dyn Task>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
-        // The counts before the value, and the allocator's size word before them.
-        let start = (Arc::as_ptr(t) as *const u8).wrapping_sub(24);
-        let len = size_of_val(&**t) + 24;
-        let mut off = 0;
-        while off < len {
-            // SAFETY: a prefetch never faults and changes nothing observable, whatever the
-            // address; these are addresses of `t`'s allocation (and the word before it),
-            // which `t` keeps alive.
-            unsafe { _mm_prefetch::<_MM_HINT_ET0>(start.wrapping_add(off) as *const i8) };
-            off += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = t;
 }
 
 #[cfg(all(test, not(parla_loom)))]

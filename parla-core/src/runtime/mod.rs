@@ -32,7 +32,8 @@ pub(crate) mod parked;
 mod stall;
 pub(crate) mod waker;
 
-pub(crate) use exec::{let_go_last, prefetch_for_write};
+pub(crate) use crate::graph::node::prefetch_for_write;
+pub(crate) use exec::let_go_last;
 
 use std::future::Future;
 use std::pin::pin;
