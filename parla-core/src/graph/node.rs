@@ -1128,3 +1128,20 @@ mod loom_test {
         });
     }
 }
+
+#[cfg(all(test, not(parla_loom), target_arch = "x86_64", target_os = "linux"))]
+mod prefetch_test {
+    /// The CPUID bit read for `PREFETCHW` is the one Linux reports as `3dnowprefetch`.
+    #[test]
+    fn prefetchw_detection_agrees_with_the_kernel() {
+        let info = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+        let flags = info
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .expect("a flags line");
+        let kernel = flags.split_whitespace().any(|f| f == "3dnowprefetch");
+        assert_eq!(super::has_prefetchw(), kernel);
+        // Asked once, then read from the cache: the same answer.
+        assert_eq!(super::has_prefetchw(), kernel);
+    }
+}
