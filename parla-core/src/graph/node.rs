@@ -590,10 +590,10 @@ impl Header {
     }
 
     /// Takes the fences this task's stream must wait on, as its driver starts it, and asks
-    /// the core to fetch its task dependents meanwhile: when the body returns,
-    /// this driver releases them behind the fence (their counts, links and admission), and
-    /// the thread that spawned them wrote them last. Fetched now, that overlaps the body's
-    /// launches instead of following them.
+    /// the core to fetch its task dependents meanwhile: when the body returns, this driver
+    /// releases them behind the fence (their counts, links and admission), and the thread
+    /// that spawned them wrote them last. Fetched now, that overlaps the body's launches
+    /// instead of following them.
     pub(crate) fn take_waits(&self) -> SmallVec<[Arc<dyn Fence>; 2]> {
         let mut l = self.links.lock();
         for d in &l.dependents {

@@ -19,7 +19,7 @@ use super::{RtInner, context};
 use crate::device::backend::FenceStatus;
 use crate::device::{Demand, Device, vcu_float};
 use crate::error::TaskError;
-use crate::graph::node::{DEFAULT_VCU, Header, Outcome, Task, wake_quietly};
+use crate::graph::node::{DEFAULT_VCU, Header, Outcome, Task, prefetch_for_write, wake_quietly};
 use crate::graph::{self, Effects};
 use crate::scheduler::mapping::Candidate;
 
@@ -340,7 +340,7 @@ impl RtInner {
                 }
                 let next = r.taken.pop();
                 match &next {
-                    Some(t) => crate::graph::node::prefetch_for_write(t),
+                    Some(t) => prefetch_for_write(t),
                     None => {
                         if !self.spent.wanted.load(Ordering::Relaxed) {
                             self.spent.wanted.store(true, Ordering::Relaxed);
