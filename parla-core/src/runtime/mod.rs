@@ -32,7 +32,6 @@ pub(crate) mod parked;
 mod stall;
 pub(crate) mod waker;
 
-pub(crate) use crate::graph::node::prefetch_for_write;
 pub(crate) use exec::let_go_last;
 
 use std::future::Future;

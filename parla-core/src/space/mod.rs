@@ -35,7 +35,7 @@ pub use crate::key::{IntoKey, IntoPart, Key, Part};
 pub use wait::{RangeWait, RefWait, SpaceWait};
 
 use crate::error::TaskError;
-use crate::graph::node::{Kind, Name, Outcome, Placeholder, Task};
+use crate::graph::node::{Kind, Name, Outcome, Placeholder, Task, prefetch_for_write};
 use crate::runtime::RtInner;
 use retired::Retired;
 
@@ -370,7 +370,7 @@ impl TaskSpace {
                 // the next key's task is most likely the next dependency looked up. It
                 // finished on another core, which wrote its memory last; fetched now, the
                 // next lookup finds it in cache, to settle and free it.
-                crate::runtime::prefetch_for_write(next);
+                prefetch_for_write(next);
             }
             if let Some(n) = &b.slots[slot] {
                 if !(settle && settles(n)) {
