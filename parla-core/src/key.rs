@@ -237,13 +237,12 @@ impl Key {
     pub(crate) fn same_block(&self, other: &Key) -> bool {
         match (&self.0, &other.0) {
             (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
-                let last = *a as usize - 1;
                 // Unused slots are zero in both, so comparing all four is exact; the last
                 // integers agree on their block when their bits above the low ones do.
+                let bits = &BLOCK_BITS[(*a as usize - 1) % MAX_PARTS];
                 let mut diff = 0;
                 for k in 0..MAX_PARTS {
-                    let low = if k == last { BLOCK_MASK as u64 } else { 0 };
-                    diff |= (x[k] ^ y[k]) as u64 & !low;
+                    diff |= (x[k] ^ y[k]) as u64 & bits[k];
                 }
                 a == b && diff == 0
             }
@@ -262,6 +261,18 @@ impl Key {
 pub(crate) const BLOCK: usize = 1 << BLOCK_SHIFT;
 const BLOCK_SHIFT: u32 = 3;
 const BLOCK_MASK: i64 = BLOCK as i64 - 1;
+
+/// For a key of `n + 1` integer parts, the bits of each part that name its block (see
+/// [`Key::same_block`]): all but the low ones of the last part.
+const BLOCK_BITS: [[u64; MAX_PARTS]; MAX_PARTS] = {
+    let mut t = [[u64::MAX; MAX_PARTS]; MAX_PARTS];
+    let mut n = 0;
+    while n < MAX_PARTS {
+        t[n][n] = !(BLOCK_MASK as u64);
+        n += 1;
+    }
+    t
+};
 
 impl PartialEq for Key {
     #[inline]

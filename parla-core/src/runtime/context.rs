@@ -138,6 +138,25 @@ pub(crate) fn with_entered_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> 
     f(unsafe { p.as_ref() })
 }
 
+/// The runtime this thread entered (a driver's, `block_on`'s), or null: a pointer that
+/// stays valid while this thread is inside the scope of the guard that set it (the caller
+/// uses it at once, inside that scope; see [`with_entered_rt`]).
+#[inline]
+pub(crate) fn entered_rt() -> *const Arc<RtInner> {
+    RT.with(|c| c.get())
+}
+
+/// Whether the current runtime is the one numbered `id`.
+#[inline]
+pub(crate) fn is_current_rt(id: u32) -> bool {
+    let p = entered_rt();
+    // SAFETY: as in `with_entered_rt`.
+    match unsafe { p.as_ref() } {
+        Some(rt) => rt.id == id,
+        None => with_rt(|rt| rt.is_some_and(|rt| rt.id == id)),
+    }
+}
+
 /// Runs `f` with the current runtime, if any.
 pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
     if !RT.with(|c| c.get()).is_null() {

@@ -46,6 +46,15 @@ impl DepList {
     /// built and matched for it: about 30 instructions per id).
     #[inline]
     fn push_ref(&mut self, r: TaskRef) {
+        let rt = crate::runtime::context::entered_rt();
+        // SAFETY: a non-null pointer was set by the guard of the scope this thread is in
+        // (a driver's poll, `block_on`), which outlives this call (see `entered_rt`).
+        if let Some(rt) = unsafe { rt.as_ref() } {
+            if let Some(n) = r.space.dependency(&r.key, rt) {
+                self.nodes.push(n);
+            }
+            return;
+        }
         crate::runtime::context::with_rt(|rt| match rt {
             Some(rt) => {
                 if let Some(n) = r.space.dependency(&r.key, rt) {
@@ -148,9 +157,7 @@ impl<T: 'static> IntoDeps for &TaskHandle<T> {
         // A task of this runtime that succeeded already orders nothing: left out without
         // a new reference to it (its count shares a line with the state the worker that
         // ran it wrote last).
-        if h.succeeded_untraced()
-            && crate::runtime::context::with_rt(|rt| rt.is_some_and(|rt| rt.id == h.rt_id))
-        {
+        if h.succeeded_untraced() && crate::runtime::context::is_current_rt(h.rt_id) {
             return;
         }
         out.push(Dep::Node(self.node()));

@@ -168,6 +168,14 @@ where
     ///
     /// Outside a parla runtime the handle resolves to [`TaskError::NoRuntime`].
     pub fn spawn(self) -> TaskHandle<F::Output> {
+        let rt = crate::runtime::context::entered_rt();
+        // SAFETY: a non-null pointer was set by the guard of the scope this thread is in
+        // (a driver's poll, `block_on`), which outlives this call (see `entered_rt`).
+        if let Some(rt) = unsafe { rt.as_ref() } {
+            // (Not through `with_rt`: a closure that captured the builder would copy it once
+            // more on the way.)
+            return spawn::spawn(rt, self);
+        }
         crate::runtime::context::with_rt(|rt| match rt {
             Some(rt) => spawn::spawn(rt, self),
             None => spawn::spawn_outside(self),
