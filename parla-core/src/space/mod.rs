@@ -160,6 +160,14 @@ pub(crate) enum Lookup {
 /// assert!(t.at(2).is_finished());
 /// # Ok::<_, parla_core::TaskError>(()) }).unwrap();
 /// ```
+///
+/// # Cost
+///
+/// Each id is a lookup (or an insert) in the space's table, under a lock: a loop spawning
+/// very many tiny tasks from one thread spends noticeably more per task naming them than
+/// passing dependencies as `&TaskHandle`s (`.after(&h)`), which need no lookup. Ids pay off
+/// where a task is named before it exists (forward references), by many tasks, or across
+/// the program.
 #[derive(Clone)]
 pub struct TaskSpace {
     inner: Arc<SpaceInner>,
