@@ -100,7 +100,7 @@ pub(crate) fn clear_worker_rt() {
 /// counter word once per task; the counts not used are given back by [`flush_credits`]
 /// before the runtime could look for a live count of zero (at the end of every poll).
 pub(crate) fn take_live_credit(rt: &RtInner) {
-    if RT.with(|c| c.get()).is_null() {
+    if entered_rt().is_null() {
         // Not inside a scope that flushes credits (a worker thread outside polls): count
         // the task alone.
         rt.counters.add(1, 0);
@@ -128,22 +128,22 @@ pub(crate) fn flush_credits() {
     }
 }
 
-/// Runs `f` with the runtime this thread entered (a driver's, `block_on`'s), if any: no
-/// reference count is touched.
-#[inline]
-pub(crate) fn with_entered_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
-    let p = RT.with(|c| c.get());
-    // SAFETY: a non-null pointer was set by `enter_rt` from a reference that outlives the
-    // guard restoring the previous value, and this thread is inside that guard's scope.
-    f(unsafe { p.as_ref() })
-}
-
 /// The runtime this thread entered (a driver's, `block_on`'s), or null: a pointer that
 /// stays valid while this thread is inside the scope of the guard that set it (the caller
 /// uses it at once, inside that scope; see [`with_entered_rt`]).
 #[inline]
 pub(crate) fn entered_rt() -> *const Arc<RtInner> {
     RT.with(|c| c.get())
+}
+
+/// Runs `f` with the runtime this thread entered (a driver's, `block_on`'s), if any: no
+/// reference count is touched.
+#[inline]
+pub(crate) fn with_entered_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
+    let p = entered_rt();
+    // SAFETY: a non-null pointer was set by `enter_rt` from a reference that outlives the
+    // guard restoring the previous value, and this thread is inside that guard's scope.
+    f(unsafe { p.as_ref() })
 }
 
 /// Whether the current runtime is the one numbered `id`.
@@ -159,7 +159,7 @@ pub(crate) fn is_current_rt(id: u32) -> bool {
 
 /// Runs `f` with the current runtime, if any.
 pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
-    if !RT.with(|c| c.get()).is_null() {
+    if !entered_rt().is_null() {
         return with_entered_rt(f);
     }
     let worker = WORKER.with(|c| {
