@@ -42,6 +42,11 @@ use super::RtInner;
 use crate::device::backend::{Fence, FenceStatus};
 use crate::graph::node::Task;
 
+/// How many awaiters spin on a task's fence now ([`spin_fenced`]), in every runtime. A
+/// hint: a poller that misses one queries a fence an awaiter also queries, which costs time,
+/// not correctness (only one of them completes the task).
+static SPUN_TASKS: AtomicUsize = AtomicUsize::new(0);
+
 /// How long an awaiter spins on a fence before it parks (and how long a driver that ran GPU
 /// tasks lingers for more work when it runs out).
 pub const AWAIT_SPIN: Duration = Duration::from_micros(50);
@@ -72,9 +77,12 @@ impl Watch {
         status(self.fence())
     }
 
-    /// Whether an awaiter spins on the watched task's fence.
+    /// Whether an awaiter spins on the watched task's fence. (Read only while some awaiter
+    /// spins: a poller round would otherwise read the header of every pending task, whose
+    /// lines the drivers running the next tasks are writing.)
     fn spun(&self) -> bool {
-        matches!(self, Watch::Task(t, _, _) if t.header().is_spun())
+        SPUN_TASKS.load(Ordering::Relaxed) > 0
+            && matches!(self, Watch::Task(t, _, _) if t.header().is_spun())
     }
 
     fn urgent(&self) -> bool {
@@ -539,10 +547,26 @@ pub(crate) fn spin_fenced(task: &Arc<dyn Task>) -> bool {
     }
     // The fence poller (and lingering drivers) leave the fence to this awaiter meanwhile:
     // several threads querying one event slow each query down.
-    h.set_spun(true);
-    let done = spin_until_done(task);
-    h.set_spun(false);
-    done
+    let _spun = Spun::new(h);
+    spin_until_done(task)
+}
+
+/// An awaiter spins on the task's fence while this lives ([`SPUN_TASKS`] counts it).
+struct Spun<'a>(&'a crate::graph::node::Header);
+
+impl<'a> Spun<'a> {
+    fn new(h: &'a crate::graph::node::Header) -> Spun<'a> {
+        SPUN_TASKS.fetch_add(1, Ordering::Relaxed);
+        h.set_spun(true);
+        Spun(h)
+    }
+}
+
+impl Drop for Spun<'_> {
+    fn drop(&mut self) {
+        self.0.set_spun(false);
+        SPUN_TASKS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The loop of [`spin_fenced`].
