@@ -149,12 +149,10 @@ pub(crate) fn with_entered_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> 
 /// Whether the current runtime is the one numbered `id`.
 #[inline]
 pub(crate) fn is_current_rt(id: u32) -> bool {
-    let p = entered_rt();
-    // SAFETY: as in `with_entered_rt`.
-    match unsafe { p.as_ref() } {
+    with_entered_rt(|rt| match rt {
         Some(rt) => rt.id == id,
         None => with_rt(|rt| rt.is_some_and(|rt| rt.id == id)),
-    }
+    })
 }
 
 /// Runs `f` with the current runtime, if any.

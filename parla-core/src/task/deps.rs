@@ -50,19 +50,21 @@ impl DepList {
         // SAFETY: a non-null pointer was set by the guard of the scope this thread is in
         // (a driver's poll, `block_on`), which outlives this call (see `entered_rt`).
         if let Some(rt) = unsafe { rt.as_ref() } {
-            if let Some(n) = r.space.dependency(&r.key, rt) {
-                self.nodes.push(n);
-            }
-            return;
+            return self.push_found(&r, rt);
         }
         crate::runtime::context::with_rt(|rt| match rt {
-            Some(rt) => {
-                if let Some(n) = r.space.dependency(&r.key, rt) {
-                    self.nodes.push(n);
-                }
-            }
+            Some(rt) => self.push_found(&r, rt),
             None => self.later.push(Dep::Ref(r)),
         })
+    }
+
+    /// Looks `r` up in `rt` and keeps the node it stands for, unless its task succeeded
+    /// already (see [`TaskSpace::dependency`](crate::space::TaskSpace)).
+    #[inline]
+    fn push_found(&mut self, r: &TaskRef, rt: &Arc<RtInner>) {
+        if let Some(n) = r.space.dependency(&r.key, rt) {
+            self.nodes.push(n);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
