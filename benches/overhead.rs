@@ -1,6 +1,6 @@
 //! Per-task overhead of parla-rs against plain Tokio, and memory per pending task.
 //!
-//! Graphs of empty tasks are built and run by parla-rs and by plain Tokio in the same
+//! Graphs of empty tasks (and one of busy ones) are built and run by parla-rs and by plain Tokio in the same
 //! process, the implementations alternating round by round (1 warm-up and 5 timed rounds by
 //! default):
 //!
@@ -14,7 +14,11 @@
 //! - `fork-join`: a binary tree of depth 17 (262,143 tasks) where every inner task spawns its
 //!   two children and awaits them (default VCUs: the parents lend theirs while they wait);
 //! - `round-trip`: 10,000 tasks spawned from `block_on` one at a time, each awaited before
-//!   the next is spawned: the latency from a spawn outside the workers to the awaiter woken.
+//!   the next is spawned: the latency from a spawn outside the workers to the awaiter woken;
+//! - `busy`: 50,000 independent tasks that each work 5 us (a spin on the clock), spawned at
+//!   once: more tasks are ready than the workers run, so with default VCUs most of them
+//!   wait for admission, and every task that finishes admits the next (the path of a
+//!   device kept full).
 //!
 //! parla-rs is used as a user would: `task(async {}).spawn()`, `.after(&handle)`,
 //! `.after([t.at((i - 1, j)), t.at((i, j - 1))])`, default VCUs, inside `Runtime::block_on`. The Tokio baseline is the faster (by
@@ -37,7 +41,7 @@
 //! For `fork-join` the Tokio baselines are the same tree with `tokio::spawn`: (a) awaiting
 //! the two `JoinHandle`s one after the other, (b) with `tokio::join!`. For `round-trip`:
 //! `tokio::spawn` from `block_on`, (a) awaiting the `JoinHandle`, (b) awaiting a `oneshot`
-//! the task sends on.
+//! the task sends on. For `busy`: those of `independent`, each task doing the same work.
 //!
 //! Service: 10,000,000 parla tasks named in one task space (`t.at(i)`, chains of 8), in
 //! batches of 100,000, each batch awaited and then retired (`TaskSpace::retire_finished`); the
@@ -170,10 +174,11 @@ enum Graph {
     WavefrontH,
     ForkJoin,
     RoundTrip,
+    Busy,
 }
 
 impl Graph {
-    const ALL: [Graph; 7] = [
+    const ALL: [Graph; 8] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
@@ -181,6 +186,7 @@ impl Graph {
         Graph::WavefrontH,
         Graph::ForkJoin,
         Graph::RoundTrip,
+        Graph::Busy,
     ];
 
     fn name(self) -> &'static str {
@@ -192,6 +198,7 @@ impl Graph {
             Graph::WavefrontH => "wavefront-h",
             Graph::ForkJoin => "fork-join",
             Graph::RoundTrip => "round-trip",
+            Graph::Busy => "busy",
         }
     }
 }
@@ -226,6 +233,8 @@ struct Sizes {
     depth: u32,
     /// Round trips from `block_on`.
     trips: usize,
+    /// Tasks of `busy`.
+    busy: usize,
     /// Pending tasks in the memory measurement.
     memory: usize,
     /// Batches of the service measurement.
@@ -241,6 +250,7 @@ impl Sizes {
             side: ((300.0 * scale.sqrt()).round() as usize).max(1),
             depth: (17.0 + scale.log2()).round().max(1.0) as u32,
             trips: scaled(10_000.0),
+            busy: scaled(50_000.0),
             memory: scaled(1_000_000.0),
             batches: scaled(100.0),
         }
@@ -253,6 +263,7 @@ impl Sizes {
             Graph::Wavefront | Graph::WavefrontH => self.side * self.side,
             Graph::ForkJoin => (1 << (self.depth + 1)) - 1,
             Graph::RoundTrip => self.trips,
+            Graph::Busy => self.busy,
         }
     }
 }
@@ -319,7 +330,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, fork-join, round-trip, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, fork-join, round-trip, busy, service or memory",
         );
     }
     o
@@ -343,6 +354,28 @@ fn parla_independent(rt: &Runtime, n: usize) -> Duration {
         start
     });
     // `block_on` returns once every task spawned in it finished.
+    start.elapsed()
+}
+
+/// What each task of `busy` does: [`BUSY`] of work (a spin on the clock).
+fn busy_work() {
+    let start = Instant::now();
+    while start.elapsed() < BUSY {
+        std::hint::spin_loop();
+    }
+}
+
+/// The work of each task of `busy`.
+const BUSY: Duration = Duration::from_micros(5);
+
+fn parla_busy(rt: &Runtime, n: usize) -> Duration {
+    let start = rt.block_on(async move {
+        let start = Instant::now();
+        for _ in 0..n {
+            task(async { busy_work() }).spawn();
+        }
+        start
+    });
     start.elapsed()
 }
 
@@ -454,6 +487,20 @@ fn tokio_a_independent(rt: &tokio::runtime::Runtime, n: usize) -> Duration {
         let mut handles = Vec::with_capacity(n);
         for _ in 0..n {
             handles.push(tokio::spawn(async {}));
+        }
+        for h in handles {
+            h.await.expect("task failed");
+        }
+        start.elapsed()
+    })
+}
+
+fn tokio_a_busy(rt: &tokio::runtime::Runtime, n: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut handles = Vec::with_capacity(n);
+        for _ in 0..n {
+            handles.push(tokio::spawn(async { busy_work() }));
         }
         for h in handles {
             h.await.expect("task failed");
@@ -618,9 +665,15 @@ trait Dag: Send + Sync + 'static {
     fn for_each_source(&self, f: impl FnMut(usize));
     /// The node whose completion ends the run; `None`: every node's.
     fn sink(&self) -> Option<usize>;
+    /// Whether each node's body does [`busy_work`] (else it is empty).
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
 struct Independent(usize);
+/// [`Independent`], each node doing [`busy_work`].
+struct Busy(usize);
 struct Chain(usize);
 /// Heap layout, as in [`parla_reduction`].
 struct Tree {
@@ -644,6 +697,25 @@ impl Dag for Independent {
     }
     fn sink(&self) -> Option<usize> {
         None
+    }
+}
+
+impl Dag for Busy {
+    fn len(&self) -> usize {
+        self.0
+    }
+    fn indegree(&self, _: usize) -> u32 {
+        0
+    }
+    fn for_each_successor(&self, _: usize, _: impl FnMut(usize)) {}
+    fn for_each_source(&self, f: impl FnMut(usize)) {
+        (0..self.0).for_each(f);
+    }
+    fn sink(&self) -> Option<usize> {
+        None
+    }
+    fn busy(&self) -> bool {
+        true
     }
 }
 
@@ -722,9 +794,14 @@ struct Counted<G> {
     done: Notify,
 }
 
-/// Spawns node `v`: the (empty) task body, then [`finished`].
+/// Spawns node `v`: the task body (empty, or [`busy_work`]), then [`finished`].
 fn spawn_node<G: Dag>(st: Arc<Counted<G>>, v: usize) {
-    tokio::spawn(async move { finished(st, v) });
+    tokio::spawn(async move {
+        if st.dag.busy() {
+            busy_work();
+        }
+        finished(st, v)
+    });
 }
 
 /// Node `v` finished: signal the end, or decrement each successor's counter and spawn those it
@@ -794,6 +871,7 @@ impl Env {
                     Graph::WavefrontH => parla_wavefront_h(rt, s.side),
                     Graph::ForkJoin => parla_fork_join(rt, s.depth),
                     Graph::RoundTrip => parla_round_trip(rt, s.trips),
+                    Graph::Busy => parla_busy(rt, s.busy),
                 }
             }
             Imp::TokioA => {
@@ -805,6 +883,7 @@ impl Env {
                     Graph::Wavefront | Graph::WavefrontH => tokio_a_wavefront(rt, s.side),
                     Graph::ForkJoin => tokio_fork_join(rt, s.depth, false),
                     Graph::RoundTrip => tokio_round_trip(rt, s.trips, false),
+                    Graph::Busy => tokio_a_busy(rt, s.busy),
                 }
             }
             Imp::TokioB => {
@@ -816,6 +895,7 @@ impl Env {
                     Graph::Wavefront | Graph::WavefrontH => tokio_b(rt, Grid { side: s.side }),
                     Graph::ForkJoin => tokio_fork_join(rt, s.depth, true),
                     Graph::RoundTrip => tokio_round_trip(rt, s.trips, true),
+                    Graph::Busy => tokio_b(rt, Busy(s.busy)),
                 }
             }
         }

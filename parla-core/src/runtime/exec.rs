@@ -707,7 +707,8 @@ impl RtInner {
             device: device.to_string(),
             message: format!("the device failed earlier: {message}"),
         };
-        for (t, _, lane) in dev.admission.take_waiting() {
+        let waiting = self.with_local(|l| dev.admission.take_waiting(&mut l.admitted));
+        for (t, _, lane) in waiting {
             self.fail_waiting_item(&t, err(&t), lane);
         }
     }

@@ -123,7 +123,8 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
     // 4. A resource wait.
     for dev in rt.devices.iter() {
         let used = dev.usage();
-        if let Some((t, d, lane)) = dev.admission.take_first_waiting() {
+        let first = rt.with_local(|l| dev.admission.take_first_waiting(&mut l.admitted));
+        if let Some((t, d, lane)) = first {
             let what = match lane {
                 Lane::Task => "needs",
                 Lane::Resume => "waits to take back",
@@ -237,7 +238,8 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
         task: t.header().name.to_string(),
     };
     for dev in rt.devices.iter() {
-        for (t, _, lane) in dev.admission.take_waiting() {
+        let waiting = rt.with_local(|l| dev.admission.take_waiting(&mut l.admitted));
+        for (t, _, lane) in waiting {
             rt.fail_waiting_item(&t, cancelled(&t), lane);
         }
     }

@@ -23,18 +23,32 @@
 //!   centrally increments `waiting` and drains under the central lock. Whoever queues one
 //!   in a shard pushes it, counts it in `sharded`, stores the shard's length and then
 //!   increments `waiting`, under the shard's lock, then drains if the item fits in what is
-//!   free. Whoever releases
-//!   resources returns them and then reads `waiting` with a read-modify-write, draining
-//!   when it is non-zero. Read-modify-writes of `waiting` are totally ordered: if the
-//!   releaser's comes first, the queuer's increment acquires it, so the queuer sees the
-//!   released resources and drains if its item fits; if it comes second, it reads the
-//!   increment (and through it `sharded` and the shard's length, so its drain does not
-//!   skip the shard) and drains. An item that does not fit when queued waits for a release, which
-//!   drains. (No `SeqCst` reasoning needed, which loom checks.) A releaser may instead
-//!   hand its reservation to the first waiting item when that asks for exactly as much and
-//!   nothing is ahead of it (no resume, no shard entry): under the central lock, `used`
-//!   unchanged, so no other item fits that did not fit before; it then drains as any
-//!   releaser does.
+//!   free. Whoever releases resources returns them and then reads `waiting` with a
+//!   read-modify-write, and has a drain made (below) when it is non-zero. Read-modify-writes
+//!   of `waiting` are totally ordered: if the releaser's comes first, the queuer's
+//!   increment acquires it, so the queuer sees the released resources and drains if its
+//!   item fits; if it comes second, it reads the increment (and through it `sharded` and
+//!   the shard's length, so the drain does not skip the shard). An item that does not fit
+//!   when queued waits for a release, which has a drain made. (No `SeqCst` reasoning
+//!   needed, which loom checks.) A releaser may instead hand its reservation to the first
+//!   waiting item when that asks for exactly as much and nothing is ahead of it (no
+//!   resume, no shard entry): under the central lock, `used` unchanged, so no other item
+//!   fits that did not fit before; it then drains as any releaser does.
+//! - A releaser never waits for the central lock (with many workers finishing tasks while
+//!   others wait, each would queue for it, and sleep there). It has a drain made through
+//!   a *request*: it counts one in `drains`, then tries the lock and drains if it gets it.
+//!   Every holder of the lock reads `drains` after taking it and again after unlocking;
+//!   while the count moved, it takes the lock again (if it is free) and drains. These are
+//!   all read-modify-writes of `drains`, so they are totally ordered, and every request is
+//!   served. Take the holder whose lock made the releaser's try fail. Had its last read
+//!   come before the request in that order, the request would read what that read wrote
+//!   (or a later value), so the holder's unlock, which precedes its last read, would happen
+//!   before the request and so before the try, which could then not see the lock held by
+//!   that holder. So its last read comes after the request: either its drain followed a
+//!   read that counted the request (and sees the resources returned before it), or it sees
+//!   the count moved and drains again, or it leaves that to the holder that took the lock
+//!   from it, for which the same holds. (A holder keeps what it admits for others in its
+//!   `out`, which its caller runs or queues for the workers.)
 //! - Drains hold the central lock throughout, then lock the shards they look at, in
 //!   order; a queuer in a shard holds only that shard's lock while it pushes. So drains
 //!   are serialized, and no thread waits on a shard lock while holding another.
@@ -212,6 +226,9 @@ pub(crate) struct Admission<T> {
     sharded: AtomicUsize,
     /// Items in the resume lane.
     resuming: AtomicUsize,
+    /// Drain requests so far: releasers that found the central lock taken count one here
+    /// and leave the drain to its holder (see [`unlock`](Self::unlock)).
+    drains: AtomicU64,
     /// The resume lane and the central task lane; its lock also serializes drains.
     central: CachePadded<Mutex<Central<T>>>,
     /// The task lane's shards.
@@ -238,6 +255,7 @@ impl<T: Claim> Admission<T> {
             tickets: AtomicU64::new(0),
             sharded: AtomicUsize::new(0),
             resuming: AtomicUsize::new(0),
+            drains: AtomicU64::new(0),
             central: CachePadded::new(Mutex::new(Central {
                 tasks: VecDeque::new(),
                 resumes: VecDeque::new(),
@@ -354,7 +372,7 @@ impl<T: Claim> Admission<T> {
             self.queue_in(super::thread_number(), item, d, out);
             return;
         }
-        let mut c = self.central.lock();
+        let (mut c, seen) = self.lock_central();
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         c.tasks.push_back(Entry {
             item,
@@ -364,6 +382,7 @@ impl<T: Claim> Admission<T> {
         });
         self.waiting.fetch_add(1, Ordering::AcqRel);
         self.drain(&mut c, out);
+        self.unlock(c, seen, out);
     }
 
     /// [`queue`](Self::queue) of a claimable item (with a claim word) in shard `home`
@@ -404,7 +423,9 @@ impl<T: Claim> Admission<T> {
         // Not fitting now, it waits for a release (which drains: see the module
         // invariants). Fitting, it is admitted unless items queued before it wait.
         if self.could_fit(d) {
-            self.drain(&mut self.central.lock(), out);
+            let (mut c, seen) = self.lock_central();
+            self.drain(&mut c, out);
+            self.unlock(c, seen, out);
         }
     }
 
@@ -417,7 +438,7 @@ impl<T: Claim> Admission<T> {
         if d.is_zero() || (self.resuming.load(Ordering::Acquire) == 0 && self.try_reserve(d)) {
             return Some(item);
         }
-        let mut c = self.central.lock();
+        let (mut c, seen) = self.lock_central();
         c.resumes.push_back(Entry {
             item,
             d,
@@ -431,6 +452,7 @@ impl<T: Claim> Admission<T> {
         self.resuming.fetch_add(1, Ordering::AcqRel);
         self.waiting.fetch_add(1, Ordering::AcqRel);
         self.drain(&mut c, out);
+        self.unlock(c, seen, out);
         None
     }
 
@@ -441,26 +463,77 @@ impl<T: Claim> Admission<T> {
     /// the shards), the reservation passes to it as it is: `used` is left alone, which
     /// saves two read-modify-writes of a line every worker and queuer touches. Then the
     /// drain goes on as after any release (what fitted before still fits).
+    ///
+    /// A releaser never waits for the central lock: finding it taken, it leaves the drain
+    /// to the holder (see [`unlock`](Self::unlock)). With many workers finishing tasks while
+    /// others wait, each release would otherwise queue for the lock (and sleep in it).
     pub(crate) fn release(&self, d: Demand, out: &mut Vec<T>) {
         if d.is_zero() {
             return;
         }
-        // With items waiting, the lock is taken first, for the hand-over.
-        let mut c = (self.waiting.load(Ordering::Acquire) > 0).then(|| self.central.lock());
-        if let Some(c) = c.as_mut()
-            && c.resumes.is_empty()
-            && self.sharded.load(Ordering::Acquire) == 0
-            && c.tasks.front().is_some_and(|e| e.d == d)
-            && let Some(e) = c.tasks.pop_front()
+        // With items waiting, the lock is tried first, for the hand-over.
+        if self.waiting.load(Ordering::Acquire) > 0
+            && let Some(mut c) = self.central.try_lock()
         {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            out.push(e.item);
-            return self.drain(c, out);
+            let seen = self.drains.fetch_add(0, Ordering::AcqRel);
+            if c.resumes.is_empty()
+                && self.sharded.load(Ordering::Acquire) == 0
+                && c.tasks.front().is_some_and(|e| e.d == d)
+                && let Some(e) = c.tasks.pop_front()
+            {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                out.push(e.item);
+            } else {
+                self.used.fetch_sub(d.packed(), Ordering::AcqRel);
+                // A read-modify-write, not a load: see the module invariants.
+                self.waiting.fetch_add(0, Ordering::AcqRel);
+            }
+            self.drain(&mut c, out);
+            return self.unlock(c, seen, out);
         }
         self.used.fetch_sub(d.packed(), Ordering::AcqRel);
         // A read-modify-write, not a load: see the module invariants.
         if self.waiting.fetch_add(0, Ordering::AcqRel) > 0 {
-            let mut c = c.unwrap_or_else(|| self.central.lock());
+            self.request_drain(out);
+        }
+    }
+
+    /// Resources came back while items wait: counts a drain request, then drains if the
+    /// central lock is free; otherwise its holder drains after it unlocks.
+    fn request_drain(&self, out: &mut Vec<T>) {
+        self.drains.fetch_add(1, Ordering::AcqRel);
+        if let Some(mut c) = self.central.try_lock() {
+            let seen = self.drains.fetch_add(0, Ordering::AcqRel);
+            self.drain(&mut c, out);
+            self.unlock(c, seen, out);
+        }
+    }
+
+    /// Takes the central lock, and reads the drain requests counted so far (see
+    /// [`unlock`](Self::unlock)).
+    #[inline]
+    fn lock_central(&self) -> (CentralGuard<'_, T>, u64) {
+        let c = self.central.lock();
+        let seen = self.drains.fetch_add(0, Ordering::AcqRel);
+        (c, seen)
+    }
+
+    /// Unlocks the central lock, taken when the drain requests stood at `seen`, and serves
+    /// the requests counted since: while the count moved, takes the lock again if it is
+    /// free and drains. Finding it taken, it leaves them to that holder, which checks the
+    /// count in turn once it unlocks (see the module invariants).
+    fn unlock<'a>(&'a self, mut c: CentralGuard<'a, T>, mut seen: u64, out: &mut Vec<T>) {
+        loop {
+            drop(c);
+            let now = self.drains.fetch_add(0, Ordering::AcqRel);
+            if now == seen {
+                return;
+            }
+            c = match self.central.try_lock() {
+                Some(c) => c,
+                None => return,
+            };
+            seen = now;
             self.drain(&mut c, out);
         }
     }
@@ -646,7 +719,7 @@ impl<T: Claim> Admission<T> {
     /// At a stall (nothing running can release anything): admits every waiting item that
     /// fits, out of order. Returns how many it admitted.
     pub(crate) fn backfill(&self, out: &mut Vec<T>) -> usize {
-        let mut c = self.central.lock();
+        let (mut c, seen) = self.lock_central();
         let before = out.len();
         self.drain_resumes(&mut c, out);
         let mut locked = self.lock_shards(self.occupied(false));
@@ -655,18 +728,22 @@ impl<T: Claim> Admission<T> {
         }
         self.unlock_shards(&mut locked);
         self.admit_fitting(&mut c.tasks, Demand::default(), out);
-        out.len() - before
+        let n = out.len() - before;
+        self.unlock(c, seen, out);
+        n
     }
 
     /// Removes and returns the first waiting item (resumes first), for the stall resolver.
-    pub(crate) fn take_first_waiting(&self) -> Option<(T, Demand, Lane)> {
-        let mut c = self.central.lock();
+    /// (`out`: what drains requested meanwhile admit.)
+    pub(crate) fn take_first_waiting(&self, out: &mut Vec<T>) -> Option<(T, Demand, Lane)> {
+        let (mut c, seen) = self.lock_central();
         if let Some(e) = c.resumes.pop_front() {
             if c.resumes.is_empty() {
                 c.resume_min = NO_MIN;
             }
             self.resuming.fetch_sub(1, Ordering::AcqRel);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.unlock(c, seen, out);
             return Some((e.item, e.d, Lane::Resume));
         }
         let mut locked = self.lock_shards(self.occupied(false));
@@ -679,13 +756,16 @@ impl<T: Claim> Admission<T> {
             }
         }
         self.unlock_shards(&mut locked);
+        drop(locked);
+        self.unlock(c, seen, out);
         first
     }
 
     /// Removes and returns every waiting item, resumes first, then tasks in ticket order
-    /// (at shutdown, or when the device fails).
-    pub(crate) fn take_waiting(&self) -> Vec<(T, Demand, Lane)> {
-        let mut c = self.central.lock();
+    /// (at shutdown, or when the device fails). (`out`: what drains requested meanwhile
+    /// admit: items queued after this took the lanes.)
+    pub(crate) fn take_waiting(&self, out: &mut Vec<T>) -> Vec<(T, Demand, Lane)> {
+        let (mut c, seen) = self.lock_central();
         let resumes = std::mem::take(&mut c.resumes);
         c.resume_min = NO_MIN;
         let mut locked = self.lock_shards(self.occupied(true));
@@ -707,6 +787,7 @@ impl<T: Claim> Admission<T> {
         // (Lenders claim task lane items without the lock, each taking its own off the count.)
         self.resuming.fetch_sub(n_resumes, Ordering::AcqRel);
         self.waiting.fetch_sub(all.len(), Ordering::AcqRel);
+        self.unlock(c, seen, out);
         all
     }
 }
@@ -738,6 +819,12 @@ fn shrink<T>(lane: &mut VecDeque<Entry<T>>) {
         lane.shrink_to(64);
     }
 }
+
+/// The central lock, held.
+#[cfg(not(parla_loom))]
+type CentralGuard<'a, T> = parking_lot::MutexGuard<'a, Central<T>>;
+#[cfg(parla_loom)]
+type CentralGuard<'a, T> = loom::sync::MutexGuard<'a, Central<T>>;
 
 /// A locked task lane shard.
 #[cfg(not(parla_loom))]
@@ -999,10 +1086,13 @@ mod test {
         a.lend(d(VCU_ONE, 0), Some((&it[2], d(half, 0))), &mut out);
         // 2 on the loan, 1 on the rest; 3 and 2's tombstone left.
         assert_eq!(ids(&out), vec![2, 1]);
-        let w = a.take_waiting();
+        let w = a.take_waiting(&mut Vec::new());
         assert_eq!(w.iter().map(|(i, _, _)| i.id).collect::<Vec<_>>(), vec![3]);
         assert_eq!(a.usage().waiting, 0);
-        assert_eq!(a.take_first_waiting().map(|(i, _, _)| i.id), None);
+        assert_eq!(
+            a.take_first_waiting(&mut Vec::new()).map(|(i, _, _)| i.id),
+            None
+        );
     }
 
     /// Items queued from different threads (shards), and centrally, are admitted in the
@@ -1037,7 +1127,7 @@ mod test {
         // Shards wrap: any thread number has one.
         assert!(!a.admit_in(7, it[6].clone(), d(VCU_ONE / 4, 0), &mut out));
         assert!(!a.admit_in(1, it[7].clone(), d(VCU_ONE / 4, 0), &mut out));
-        let w = a.take_waiting();
+        let w = a.take_waiting(&mut Vec::new());
         assert_eq!(
             w.iter().map(|(i, _, _)| i.id).collect::<Vec<_>>(),
             vec![6, 7]
@@ -1062,9 +1152,9 @@ mod test {
         assert_eq!(a.backfill(&mut out), 1);
         assert_eq!(out, vec![3]);
         assert_eq!(a.usage().waiting, 1);
-        let (t, dd, lane) = a.take_first_waiting().unwrap();
+        let (t, dd, lane) = a.take_first_waiting(&mut Vec::new()).unwrap();
         assert_eq!((t, dd, lane), (2, d(0, 60), Lane::Task));
-        assert!(a.take_first_waiting().is_none());
+        assert!(a.take_first_waiting(&mut Vec::new()).is_none());
     }
 }
 
@@ -1113,6 +1203,52 @@ mod loom_test {
             let admitted: Vec<u8> = mine.into_iter().chain(theirs).collect();
             assert_eq!(admitted, vec![1]);
             assert_eq!(a.usage().vcu, VCU_ONE);
+        });
+    }
+
+    /// Two releases at once, with two items waiting: the one that finds the central lock
+    /// taken leaves its drain to the holder, and both items are admitted, once each.
+    #[test]
+    fn releases_that_find_the_lock_taken_are_served() {
+        loom::model(|| {
+            let a = Arc::new(Admission::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit(0u8, HALF, &mut out));
+            assert!(a.admit(9u8, HALF, &mut out));
+            assert!(!a.admit(1u8, HALF, &mut out));
+            assert!(!a.admit(2u8, HALF, &mut out));
+            let t = on_thread(&a, |a, out| {
+                a.release(HALF, out);
+            });
+            let mut mine = Vec::new();
+            a.release(HALF, &mut mine);
+            let mut all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
+            all.sort_unstable();
+            assert_eq!(all, vec![1, 2], "each waiting item admitted once");
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A release whose demand differs from the waiting item's (no hand-over) racing with
+    /// another: what they free together admits the item, once.
+    #[test]
+    fn releases_without_hand_over_are_served() {
+        loom::model(|| {
+            let a = Arc::new(Admission::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit(0u8, HALF, &mut out));
+            assert!(a.admit(9u8, HALF, &mut out));
+            assert!(!a.admit(1u8, FULL, &mut out));
+            let t = on_thread(&a, |a, out| {
+                a.release(HALF, out);
+            });
+            let mut mine = Vec::new();
+            a.release(HALF, &mut mine);
+            let all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
+            assert_eq!(all, vec![1], "admitted once");
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
         });
     }
 
