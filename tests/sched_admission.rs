@@ -73,6 +73,50 @@ fn default_vcus_are_one_workers_share() {
     assert_eq!(p, 3);
 }
 
+/// A device kept full: many short tasks with default VCUs, spawned at once from `block_on`
+/// and from tasks, finish on many workers at the same time, each admitting a waiting one
+/// (or leaving that to whoever holds the admission lock). Every task runs, and no more run
+/// at once than the workers. (That no release is lost when it finds the lock taken is
+/// model-checked by admission's loom tests.)
+#[test]
+fn a_device_kept_full_admits_every_waiting_task() {
+    let rt = support::cpu(8);
+    let (ran, peak) = support::within(120, move || {
+        let o = Arc::new(Overlap::default());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (o2, ran2) = (o.clone(), ran.clone());
+        rt.block_on(async move {
+            let body = move |o: Arc<Overlap>, ran: Arc<AtomicUsize>| async move {
+                o.enter();
+                std::hint::black_box((0..200).sum::<u64>());
+                ran.fetch_add(1, Ordering::SeqCst);
+                o.exit();
+            };
+            let mut spawners = Vec::new();
+            for _ in 0..8 {
+                let (o, ran) = (o2.clone(), ran2.clone());
+                spawners.push(
+                    task(async move {
+                        for _ in 0..1_000 {
+                            task(body(o.clone(), ran.clone())).spawn();
+                        }
+                    })
+                    .spawn(),
+                );
+            }
+            for _ in 0..12_000 {
+                task(body(o2.clone(), ran2.clone())).spawn();
+            }
+            for s in spawners {
+                s.await.expect("spawner");
+            }
+        });
+        (ran.load(Ordering::SeqCst), o.max.load(Ordering::SeqCst))
+    });
+    assert_eq!(ran, 20_000, "every task ran");
+    assert!(peak <= 8, "{peak} ran at once on 8 workers' VCUs");
+}
+
 #[test]
 fn zero_vcus_are_unlimited() {
     let rt = support::cpu(2);
