@@ -671,9 +671,11 @@ trait Dag: Send + Sync + 'static {
     }
 }
 
-struct Independent(usize);
-/// [`Independent`], each node doing [`busy_work`].
-struct Busy(usize);
+/// `n` nodes; each does [`busy_work`] if `busy` (else nothing).
+struct Independent {
+    n: usize,
+    busy: bool,
+}
 struct Chain(usize);
 /// Heap layout, as in [`parla_reduction`].
 struct Tree {
@@ -686,36 +688,20 @@ struct Grid {
 
 impl Dag for Independent {
     fn len(&self) -> usize {
-        self.0
+        self.n
     }
     fn indegree(&self, _: usize) -> u32 {
         0
     }
     fn for_each_successor(&self, _: usize, _: impl FnMut(usize)) {}
     fn for_each_source(&self, f: impl FnMut(usize)) {
-        (0..self.0).for_each(f);
-    }
-    fn sink(&self) -> Option<usize> {
-        None
-    }
-}
-
-impl Dag for Busy {
-    fn len(&self) -> usize {
-        self.0
-    }
-    fn indegree(&self, _: usize) -> u32 {
-        0
-    }
-    fn for_each_successor(&self, _: usize, _: impl FnMut(usize)) {}
-    fn for_each_source(&self, f: impl FnMut(usize)) {
-        (0..self.0).for_each(f);
+        (0..self.n).for_each(f);
     }
     fn sink(&self) -> Option<usize> {
         None
     }
     fn busy(&self) -> bool {
-        true
+        self.busy
     }
 }
 
@@ -889,13 +875,25 @@ impl Env {
             Imp::TokioB => {
                 let rt = self.tokio.as_ref().expect("tokio runtime built");
                 match g {
-                    Graph::Independent => tokio_b(rt, Independent(s.flat)),
+                    Graph::Independent => tokio_b(
+                        rt,
+                        Independent {
+                            n: s.flat,
+                            busy: false,
+                        },
+                    ),
                     Graph::Chain => tokio_b(rt, Chain(s.flat)),
                     Graph::Reduction => tokio_b(rt, Tree { leaves: s.leaves }),
                     Graph::Wavefront | Graph::WavefrontH => tokio_b(rt, Grid { side: s.side }),
                     Graph::ForkJoin => tokio_fork_join(rt, s.depth, true),
                     Graph::RoundTrip => tokio_round_trip(rt, s.trips, true),
-                    Graph::Busy => tokio_b(rt, Busy(s.busy)),
+                    Graph::Busy => tokio_b(
+                        rt,
+                        Independent {
+                            n: s.busy,
+                            busy: true,
+                        },
+                    ),
                 }
             }
         }

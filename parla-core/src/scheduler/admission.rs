@@ -1206,46 +1206,44 @@ mod loom_test {
         });
     }
 
+    /// Items 0 and 9 hold half the device each and `waiting` (id, demand) wait; both halves
+    /// are released at once, one on another thread. Returns the ids admitted, sorted.
+    fn two_releases(waiting: &'static [(u8, Demand)]) -> (Arc<Admission<u8>>, Vec<u8>) {
+        let a = Arc::new(Admission::new(0, 2));
+        let mut out = Vec::new();
+        assert!(a.admit(0u8, HALF, &mut out));
+        assert!(a.admit(9u8, HALF, &mut out));
+        for &(id, d) in waiting {
+            assert!(!a.admit(id, d, &mut out));
+        }
+        let t = on_thread(&a, |a, out| {
+            a.release(HALF, out);
+        });
+        let mut mine = Vec::new();
+        a.release(HALF, &mut mine);
+        let mut all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
+        all.sort_unstable();
+        (a, all)
+    }
+
     /// Two releases at once, with two items waiting: the one that finds the central lock
     /// taken leaves its drain to the holder, and both items are admitted, once each.
     #[test]
     fn releases_that_find_the_lock_taken_are_served() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0, 2));
-            let mut out = Vec::new();
-            assert!(a.admit(0u8, HALF, &mut out));
-            assert!(a.admit(9u8, HALF, &mut out));
-            assert!(!a.admit(1u8, HALF, &mut out));
-            assert!(!a.admit(2u8, HALF, &mut out));
-            let t = on_thread(&a, |a, out| {
-                a.release(HALF, out);
-            });
-            let mut mine = Vec::new();
-            a.release(HALF, &mut mine);
-            let mut all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
-            all.sort_unstable();
+            let (a, all) = two_releases(&[(1, HALF), (2, HALF)]);
             assert_eq!(all, vec![1, 2], "each waiting item admitted once");
             assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);
         });
     }
 
-    /// A release whose demand differs from the waiting item's (no hand-over) racing with
-    /// another: what they free together admits the item, once.
+    /// A waiting item that asks for the whole device (no hand-over): what the two releases
+    /// free together admits it, once.
     #[test]
     fn releases_without_hand_over_are_served() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0, 2));
-            let mut out = Vec::new();
-            assert!(a.admit(0u8, HALF, &mut out));
-            assert!(a.admit(9u8, HALF, &mut out));
-            assert!(!a.admit(1u8, FULL, &mut out));
-            let t = on_thread(&a, |a, out| {
-                a.release(HALF, out);
-            });
-            let mut mine = Vec::new();
-            a.release(HALF, &mut mine);
-            let all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
+            let (a, all) = two_releases(&[(1, FULL)]);
             assert_eq!(all, vec![1], "admitted once");
             assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);
