@@ -75,22 +75,97 @@ pub(crate) mod sync {
         }
     }
 
-    /// The queue as a locked deque, so that loom sees every access.
-    #[derive(Debug)]
-    pub(crate) struct Queue<T>(loom::sync::Mutex<std::collections::VecDeque<T>>);
+    /// The queue as loom sees it: a lock-free stack of loom atomics whose push and pop
+    /// synchronize only through its head, updated `SeqCst` as `SegQueue`'s indices are. A
+    /// pop or `is_empty` that finds it empty acquires nothing more, as with the real queue
+    /// (a locked deque would order it after every push before it, which the real queue
+    /// does not, and so could hide a missed wake-up). Items come out last in, first out:
+    /// no protocol modelled relies on their order. Nodes are freed when it is dropped.
+    pub(crate) struct Queue<T> {
+        head: loom::sync::atomic::AtomicPtr<Node<T>>,
+        nodes: std::sync::Mutex<Vec<NodePtr<T>>>,
+    }
+
+    impl<T> std::fmt::Debug for Queue<T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Queue")
+        }
+    }
+
+    struct Node<T> {
+        value: std::cell::UnsafeCell<Option<T>>,
+        next: *mut Node<T>,
+    }
+
+    struct NodePtr<T>(*mut Node<T>);
+
+    // SAFETY: a node is reached through the stack's head, which hands it from the pushing
+    // thread to the popping one; its value moves with it, never shared.
+    unsafe impl<T: Send> Send for NodePtr<T> {}
+    // SAFETY: as above: the stack moves values between threads, never shares them.
+    unsafe impl<T: Send> Sync for Queue<T> {}
+    // SAFETY: as above.
+    unsafe impl<T: Send> Send for Queue<T> {}
 
     impl<T> Queue<T> {
         pub(crate) fn new() -> Self {
-            Queue(loom::sync::Mutex::new(std::collections::VecDeque::new()))
+            Queue {
+                head: loom::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+                nodes: std::sync::Mutex::new(Vec::new()),
+            }
         }
+
         pub(crate) fn push(&self, v: T) {
-            self.0.lock().unwrap().push_back(v)
+            use loom::sync::atomic::Ordering::SeqCst;
+            let n = Box::into_raw(Box::new(Node {
+                value: std::cell::UnsafeCell::new(Some(v)),
+                next: std::ptr::null_mut(),
+            }));
+            self.nodes.lock().unwrap().push(NodePtr(n));
+            let mut head = self.head.load(SeqCst);
+            loop {
+                // SAFETY: `n` is this call's own node until the exchange publishes it.
+                unsafe { (*n).next = head };
+                match self.head.compare_exchange(head, n, SeqCst, SeqCst) {
+                    Ok(_) => return,
+                    Err(h) => head = h,
+                }
+            }
         }
+
         pub(crate) fn pop(&self) -> Option<T> {
-            self.0.lock().unwrap().pop_front()
+            use loom::sync::atomic::Ordering::SeqCst;
+            let mut head = self.head.load(SeqCst);
+            loop {
+                if head.is_null() {
+                    return None;
+                }
+                // SAFETY: nodes are freed only when the stack is dropped, and `head` was
+                // published by a push that this load synchronizes with.
+                let next = unsafe { (*head).next };
+                match self.head.compare_exchange(head, next, SeqCst, SeqCst) {
+                    // SAFETY: the exchange took `head` off the stack, so this call alone
+                    // reaches its value (a node is pushed once: no ABA).
+                    Ok(_) => return unsafe { (*(*head).value.get()).take() },
+                    Err(h) => head = h,
+                }
+            }
         }
+
         pub(crate) fn is_empty(&self) -> bool {
-            self.0.lock().unwrap().is_empty()
+            self.head
+                .load(loom::sync::atomic::Ordering::SeqCst)
+                .is_null()
+        }
+    }
+
+    impl<T> Drop for Queue<T> {
+        fn drop(&mut self) {
+            for NodePtr(n) in self.nodes.get_mut().unwrap().drain(..) {
+                // SAFETY: every node came from `Box::into_raw` in `push`, and `&mut self`
+                // means no other thread reaches any of them.
+                drop(unsafe { Box::from_raw(n) });
+            }
         }
     }
 }
