@@ -74,7 +74,8 @@ fn default_vcus_are_one_workers_share() {
 }
 
 /// A device kept full: many short tasks with default VCUs, spawned at once from `block_on`
-/// and from tasks, finish on many workers at the same time, each admitting a waiting one
+/// and from tasks (half of the latter after another task, so queued by the driver that
+/// finishes it), finish on many workers at the same time, each admitting a waiting one
 /// (or leaving that to whoever holds the admission lock). Every task runs, and no more run
 /// at once than the workers. (That no release is lost when it finds the lock taken is
 /// model-checked by admission's loom tests.)
@@ -97,8 +98,11 @@ fn a_device_kept_full_admits_every_waiting_task() {
                 let (o, ran) = (o2.clone(), ran2.clone());
                 spawners.push(
                     task(async move {
-                        for _ in 0..1_000 {
-                            task(body(o.clone(), ran.clone())).spawn();
+                        // Pairs: the second becomes ready when the first finishes, and the
+                        // driver that finished it queues it.
+                        for _ in 0..500 {
+                            let first = task(body(o.clone(), ran.clone())).spawn();
+                            task(body(o.clone(), ran.clone())).after(&first).spawn();
                         }
                     })
                     .spawn(),

@@ -233,8 +233,14 @@ impl RtInner {
             } else {
                 Some(task)
             };
-            if let Some(task) = task {
-                dev.admission.queue(task, d, in_poll, admitted);
+            match task {
+                // A driver queueing a task that a finished one made ready (many drivers do at
+                // once while the device is full): without waiting for the admission lock.
+                Some(task) if !in_poll && context::in_driver() => {
+                    dev.admission.queue_unlocked(task, d, admitted);
+                }
+                Some(task) => dev.admission.queue(task, d, in_poll, admitted),
+                None => {}
             }
         }
         Ok(())

@@ -7,8 +7,9 @@
 //! awaits). Whatever an operation admits is pushed to `out`; the caller (the executor) runs
 //! it.
 //!
-//! The task lane has a central part, under the same lock as the resume lane, and shards
-//! for the tasks a running task spawns (which it may claim: see [`Admission::lend`]), one
+//! The task lane has a central part, under the same lock as the resume lane (its entries
+//! arrive through a queue of their own, `incoming`, without the lock, and every holder of
+//! the lock moves them to the lane first), and shards for the tasks a running task spawns (which it may claim: see [`Admission::lend`]), one
 //! per thread that queues them (while there are no more threads than shards), each under a
 //! lock of its own on a cache line of its own: a fork-join tree queues its children
 //! without touching what other threads queue. Each task lane entry takes a ticket from one
@@ -19,18 +20,24 @@
 //! - The VCUs and memory reserved on a device never exceed its capacity (1.0 VCU, the memory
 //!   budget): every reservation is one compare-and-swap that checks the sum first.
 //! - Each reservation is released exactly once, by the holder of what was admitted.
-//! - No lost wake-up: an item waits only while it does not fit. Whoever queues an item
-//!   centrally increments `waiting` and drains under the central lock. Whoever queues one
-//!   in a shard pushes it, counts it in `sharded`, stores the shard's length and then
-//!   increments `waiting`, under the shard's lock, then drains if the item fits in what is
-//!   free. Whoever releases resources returns them and then reads `waiting` with a
-//!   read-modify-write, and has a drain made (below) when it is non-zero. Read-modify-writes
-//!   of `waiting` are totally ordered: if the releaser's comes first, the queuer's
-//!   increment acquires it, so the queuer sees the released resources and drains if its
-//!   item fits; if it comes second, it reads the increment (and through it `sharded` and
-//!   the shard's length, so the drain does not skip the shard). An item that does not fit
-//!   when queued waits for a release, which has a drain made. (No `SeqCst` reasoning
-//!   needed, which loom checks.) A releaser may instead hand its reservation to the first
+//! - No lost wake-up: an item waits only while it does not fit. Whoever queues one in a
+//!   shard pushes it, counts it in `sharded`, stores the shard's length and then
+//!   increments `waiting`, under the shard's lock, then has a drain made if the item fits
+//!   in what is free. Whoever queues one centrally with the lock
+//!   ([`queue`](Admission::queue)) increments `waiting` and drains under it. Whoever
+//!   queues one centrally without it ([`queue_unlocked`](Admission::queue_unlocked))
+//!   increments `waiting`, pushes it to `incoming`, reads `waiting` again with a
+//!   read-modify-write, and then has a drain made if it fits. Whoever releases resources
+//!   returns them and then reads `waiting` with a read-modify-write, and has a drain made
+//!   (below) when it is non-zero. Read-modify-writes of `waiting` are totally ordered. If
+//!   the releaser's comes before the queuer's last one (the increment, in a shard or
+//!   under the lock; the second read, without it), that acquires it, so the queuer sees
+//!   the released resources and drains, or has a drain made if its item fits. If it comes
+//!   after, it reads what that one wrote, and through it the push (and `sharded` and the
+//!   shard's length, so the drain does not skip the shard). An item that does not fit when
+//!   queued waits for a release, which has a drain made. (A queuer without the lock counts
+//!   its item before pushing it, so that no drain takes it before it is counted; hence its
+//!   second read.) (No `SeqCst` reasoning needed, which loom checks.) A releaser may instead hand its reservation to the first
 //!   waiting item when that asks for exactly as much and nothing is ahead of it (no
 //!   resume, no shard entry): under the central lock, `used` unchanged, so no other item
 //!   fits that did not fit before; it then drains as any releaser does.
@@ -54,7 +61,9 @@
 //!   are serialized, and no thread waits on a shard lock while holding another.
 //! - The task lane is FIFO: a newcomer queues behind waiting items even when it would fit,
 //!   so a large task is never starved by a stream of small ones; drains admit the lowest
-//!   ticket among the fronts (tickets grow in each part, taken under its lock).
+//!   ticket among the fronts (tickets grow in each part: taken under its lock in a shard,
+//!   and put in order as `incoming` is moved to the central part; two items queued
+//!   centrally at the same time may still be admitted in either order).
 //!   Two exceptions admit out of order: the stall resolver's
 //!   [`backfill`](Admission::backfill), when nothing else can move, and a
 //!   [`lend`](Admission::lend) to the task the lender awaits, which only takes what the
@@ -66,7 +75,7 @@ use std::collections::VecDeque;
 use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
-use crate::loom::sync::{AtomicU8, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::loom::sync::{AtomicU8, AtomicU64, AtomicUsize, Mutex, Ordering, Queue};
 
 /// One VCU (a whole device) in fixed point: VCUs are counted in millionths.
 pub const VCU_ONE: u32 = 1_000_000;
@@ -231,6 +240,9 @@ pub(crate) struct Admission<T> {
     drains: AtomicU64,
     /// The resume lane and the central task lane; its lock also serializes drains.
     central: CachePadded<Mutex<Central<T>>>,
+    /// Central task lane entries queued without the lock, which holders move to the lane
+    /// (see [`absorb`](Self::absorb)).
+    incoming: Queue<Entry<T>>,
     /// The task lane's shards.
     shards: Box<[CachePadded<Shard<T>>]>,
 }
@@ -261,6 +273,7 @@ impl<T: Claim> Admission<T> {
                 resumes: VecDeque::new(),
                 resume_min: NO_MIN,
             })),
+            incoming: Queue::new(),
             shards: (0..shards.clamp(1, MAX_SHARDS))
                 .map(|_| {
                     CachePadded::new(Shard {
@@ -373,6 +386,7 @@ impl<T: Claim> Admission<T> {
             return;
         }
         let (mut c, seen) = self.lock_central();
+        self.absorb(&mut c);
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         c.tasks.push_back(Entry {
             item,
@@ -383,6 +397,43 @@ impl<T: Claim> Admission<T> {
         self.waiting.fetch_add(1, Ordering::AcqRel);
         self.drain(&mut c, out);
         self.unlock(c, seen, out);
+    }
+
+    /// [`queue`](Self::queue) of an item that is not claimable, in the central part of the
+    /// task lane, without waiting for the central lock: for drivers queueing the dependents
+    /// of the tasks they finish, many at once while the device is full. The item is
+    /// counted first (so that no drain takes it before it is counted), pushed to
+    /// `incoming`, and the count is read again with a read-modify-write before the item is
+    /// checked against what is free (see the module invariants).
+    pub(crate) fn queue_unlocked(&self, item: T, d: Demand, out: &mut Vec<T>) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.incoming.push(Entry {
+            item,
+            d,
+            claimable: false,
+            ticket,
+        });
+        self.waiting.fetch_add(0, Ordering::AcqRel);
+        if self.could_fit(d) {
+            self.request_drain(out);
+        }
+    }
+
+    /// Moves the entries queued without the lock to the central task lane, in ticket order
+    /// (a queuer takes its ticket before it pushes, so one may push after another that took
+    /// a later ticket). Called by every holder of the central lock before it looks at the
+    /// lane.
+    #[inline]
+    fn absorb(&self, c: &mut Central<T>) {
+        while let Some(e) = self.incoming.pop() {
+            if c.tasks.back().is_none_or(|b| b.ticket < e.ticket) {
+                c.tasks.push_back(e);
+            } else {
+                let at = c.tasks.partition_point(|x| x.ticket < e.ticket);
+                c.tasks.insert(at, e);
+            }
+        }
     }
 
     /// [`queue`](Self::queue) of a claimable item (with a claim word) in shard `home`
@@ -476,6 +527,7 @@ impl<T: Claim> Admission<T> {
             && let Some(mut c) = self.central.try_lock()
         {
             let seen = self.drains.fetch_add(0, Ordering::AcqRel);
+            self.absorb(&mut c);
             if c.resumes.is_empty()
                 && self.sharded.load(Ordering::Acquire) == 0
                 && c.tasks.front().is_some_and(|e| e.d == d)
@@ -623,6 +675,7 @@ impl<T: Claim> Admission<T> {
     /// release's.
     #[inline]
     fn drain(&self, c: &mut Central<T>, out: &mut Vec<T>) {
+        self.absorb(c);
         self.drain_resumes(c, out);
         if self.sharded.load(Ordering::Acquire) != 0 {
             return self.drain_all(c, self.occupied(false), out);
@@ -720,6 +773,7 @@ impl<T: Claim> Admission<T> {
     /// fits, out of order. Returns how many it admitted.
     pub(crate) fn backfill(&self, out: &mut Vec<T>) -> usize {
         let (mut c, seen) = self.lock_central();
+        self.absorb(&mut c);
         let before = out.len();
         self.drain_resumes(&mut c, out);
         let mut locked = self.lock_shards(self.occupied(false));
@@ -737,6 +791,7 @@ impl<T: Claim> Admission<T> {
     /// (`out`: what drains requested meanwhile admit.)
     pub(crate) fn take_first_waiting(&self, out: &mut Vec<T>) -> Option<(T, Demand, Lane)> {
         let (mut c, seen) = self.lock_central();
+        self.absorb(&mut c);
         if let Some(e) = c.resumes.pop_front() {
             if c.resumes.is_empty() {
                 c.resume_min = NO_MIN;
@@ -766,6 +821,7 @@ impl<T: Claim> Admission<T> {
     /// admit: items queued after this took the lanes.)
     pub(crate) fn take_waiting(&self, out: &mut Vec<T>) -> Vec<(T, Demand, Lane)> {
         let (mut c, seen) = self.lock_central();
+        self.absorb(&mut c);
         let resumes = std::mem::take(&mut c.resumes);
         c.resume_min = NO_MIN;
         let mut locked = self.lock_shards(self.occupied(true));
@@ -1245,6 +1301,28 @@ mod loom_test {
         loom::model(|| {
             let (a, all) = two_releases(&[(1, FULL)]);
             assert_eq!(all, vec![1], "admitted once");
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A release racing with an item queued without the lock (a driver queueing a
+    /// dependent): the item is admitted, once.
+    #[test]
+    fn release_vs_unlocked_queue_no_lost_wakeup() {
+        loom::model(|| {
+            let a = Arc::new(Admission::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit(0u8, HALF, &mut out));
+            let t = on_thread(&a, |a, out| {
+                a.release(HALF, out);
+            });
+            let mut mine = Vec::new();
+            if let Err(item) = a.admit_now(1u8, FULL, &mut mine) {
+                a.queue_unlocked(item, FULL, &mut mine);
+            }
+            let all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
+            assert_eq!(all, vec![1]);
             assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);
         });
