@@ -399,15 +399,9 @@ impl<T: Claim> Admission<T> {
         d: Demand,
         out: &mut Vec<T>,
     ) {
-        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         // (Entries queued without the lock before it are moved in ahead of it, by ticket,
         // as the drain starts.)
-        c.tasks.push_back(Entry {
-            item,
-            d,
-            claimable: false,
-            ticket,
-        });
+        c.tasks.push_back(self.central_entry(item, d));
         self.waiting.fetch_add(1, Ordering::AcqRel);
         self.drain(&mut c, out);
         self.unlock(c, seen, out);
@@ -431,16 +425,21 @@ impl<T: Claim> Admission<T> {
     /// [`queue_unlocked`](Self::queue_unlocked)'s way without the lock: through `incoming`.
     fn queue_incoming(&self, item: T, d: Demand, out: &mut Vec<T>) {
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        self.incoming.push(Entry {
-            item,
-            d,
-            claimable: false,
-            ticket,
-        });
+        self.incoming.push(self.central_entry(item, d));
         self.waiting.fetch_add(0, Ordering::AcqRel);
         if self.could_fit(d) {
             self.request_drain(out);
+        }
+    }
+
+    /// A central task lane entry for `item`, with the next ticket.
+    #[inline]
+    fn central_entry(&self, item: T, d: Demand) -> Entry<T> {
+        Entry {
+            item,
+            d,
+            claimable: false,
+            ticket: self.tickets.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -1334,24 +1333,44 @@ mod loom_test {
         });
     }
 
+    /// `releases` releases of half the device, each on a thread of its own, racing with
+    /// item 1 asking for `d` and queued by `queue` if it does not fit at once. Items 0 and
+    /// 9 hold half the device each (9 only with two releases, and item 2 waits then).
+    /// Checks that every waiting item is admitted once and the device ends full.
+    fn releases_vs_queue(
+        releases: usize,
+        d: Demand,
+        queue: fn(&Admission<u8>, u8, Demand, &mut Vec<u8>),
+    ) {
+        let a = Arc::new(Admission::new(0, 2));
+        let mut out = Vec::new();
+        assert!(a.admit(0u8, HALF, &mut out));
+        if releases == 2 {
+            assert!(a.admit(9u8, HALF, &mut out));
+            assert!(!a.admit(2u8, HALF, &mut out));
+        }
+        let threads: Vec<_> = (0..releases)
+            .map(|_| on_thread(&a, |a, out| a.release(HALF, out)))
+            .collect();
+        let mut all = Vec::new();
+        if let Err(item) = a.admit_now(1u8, d, &mut all) {
+            queue(&a, item, d, &mut all);
+        }
+        for t in threads {
+            all.extend(t.join().unwrap());
+        }
+        all.sort_unstable();
+        let want = if releases == 2 { vec![1, 2] } else { vec![1] };
+        assert_eq!(all, want, "each waiting item admitted once");
+        assert_eq!(a.usage().vcu, VCU_ONE);
+        assert_eq!(a.usage().waiting, 0);
+    }
+
     /// A release racing with an item queued through `incoming` (what a driver does when it
     /// finds the lock taken): the item is admitted, once.
     #[test]
     fn release_vs_incoming_queue_no_lost_wakeup() {
-        loom::model(|| {
-            let a = Arc::new(Admission::new(0, 2));
-            let mut out = Vec::new();
-            assert!(a.admit(0u8, HALF, &mut out));
-            let t = on_thread(&a, |a, out| a.release(HALF, out));
-            let mut mine = Vec::new();
-            if let Err(item) = a.admit_now(1u8, FULL, &mut mine) {
-                a.queue_incoming(item, FULL, &mut mine);
-            }
-            let all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
-            assert_eq!(all, vec![1]);
-            assert_eq!(a.usage().vcu, VCU_ONE);
-            assert_eq!(a.usage().waiting, 0);
-        });
+        loom::model(|| releases_vs_queue(1, FULL, Admission::queue_incoming));
     }
 
     /// Two releases racing with an item queued without the lock (a driver queueing a
@@ -1359,28 +1378,7 @@ mod loom_test {
     /// release and goes without it, and both items are admitted, once each.
     #[test]
     fn releases_vs_unlocked_queue_no_lost_wakeup() {
-        loom::model(|| {
-            let a = Arc::new(Admission::new(0, 2));
-            let mut out = Vec::new();
-            assert!(a.admit(0u8, HALF, &mut out));
-            assert!(a.admit(9u8, HALF, &mut out));
-            assert!(!a.admit(2u8, HALF, &mut out));
-            let t1 = on_thread(&a, |a, out| a.release(HALF, out));
-            let t2 = on_thread(&a, |a, out| a.release(HALF, out));
-            let mut mine = Vec::new();
-            if let Err(item) = a.admit_now(1u8, HALF, &mut mine) {
-                a.queue_unlocked(item, HALF, &mut mine);
-            }
-            let mut all: Vec<u8> = mine
-                .into_iter()
-                .chain(t1.join().unwrap())
-                .chain(t2.join().unwrap())
-                .collect();
-            all.sort_unstable();
-            assert_eq!(all, vec![1, 2], "each admitted once");
-            assert_eq!(a.usage().vcu, VCU_ONE);
-            assert_eq!(a.usage().waiting, 0);
-        });
+        loom::model(|| releases_vs_queue(2, HALF, Admission::queue_unlocked));
     }
 
     /// A release racing with a queueing resume: the resume is granted exactly once.
