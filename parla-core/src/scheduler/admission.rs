@@ -677,10 +677,11 @@ impl<T: Claim> Admission<T> {
             .collect()
     }
 
-    /// Stores the lengths of the shards `locked` before they are unlocked (and takes what
-    /// left them off `sharded`), and lets a burst of waiting tasks give back its queue's
-    /// memory.
-    fn unlock_shards(&self, locked: &mut [Option<Locked<'_, T>>]) {
+    /// Stores the lengths of the shards `locked` (and takes what left them off `sharded`),
+    /// lets a burst of waiting tasks give back its queue's memory, and unlocks them: taken
+    /// by value, so that no caller still holds a shard when it goes on to unlock the
+    /// central lock (whose drains for others lock shards again).
+    fn unlock_shards(&self, mut locked: SmallVec<[Option<Locked<'_, T>>; MAX_SHARDS]>) {
         let mut left = 0;
         for (s, lane) in self.shards.iter().zip(locked.iter_mut()) {
             if let Some(lane) = lane {
@@ -734,7 +735,7 @@ impl<T: Claim> Admission<T> {
             }
         }
         shrink(&mut c.tasks);
-        self.unlock_shards(&mut locked);
+        self.unlock_shards(locked);
     }
 
     /// Admits the entry at `i` of `lane` (into `out`) if it fits: drops it if it is a
@@ -807,7 +808,7 @@ impl<T: Claim> Admission<T> {
         for lane in locked.iter_mut().flatten() {
             self.admit_fitting(lane, Demand::default(), out);
         }
-        self.unlock_shards(&mut locked);
+        self.unlock_shards(locked);
         self.admit_fitting(&mut c.tasks, Demand::default(), out);
         let n = out.len() - before;
         self.unlock(c, seen, out);
@@ -837,8 +838,7 @@ impl<T: Claim> Admission<T> {
                 break;
             }
         }
-        self.unlock_shards(&mut locked);
-        drop(locked);
+        self.unlock_shards(locked);
         self.unlock(c, seen, out);
         first
     }
@@ -859,7 +859,7 @@ impl<T: Claim> Admission<T> {
             .chain(std::mem::take(&mut c.tasks))
             .filter(take_queued)
             .collect();
-        self.unlock_shards(&mut locked);
+        self.unlock_shards(locked);
         tasks.sort_by_key(|e| e.ticket);
         let n_resumes = resumes.len();
         let all: Vec<_> = resumes
@@ -1416,6 +1416,24 @@ mod loom_test {
     /// The ids of `mine` and then `theirs`.
     fn ids(mine: &[Arc<Item>], theirs: &[Arc<Item>]) -> Vec<u8> {
         mine.iter().chain(theirs).map(|i| i.id).collect()
+    }
+
+    /// The stall resolver's backfill racing with a release while a child waits in a shard:
+    /// the backfill finds nothing that fits, the release's drain request comes to it, and
+    /// its drain after unlocking takes the shard it looked at (which it gave back first).
+    /// The child is admitted once.
+    #[test]
+    fn backfill_vs_release_admits_the_shard_entry() {
+        loom::model(|| {
+            let (a, _child) = held_with_waiting_child();
+            let t = on_thread(&a, |a, out| a.release(HALF, out));
+            let mut mine = Vec::new();
+            a.backfill(&mut mine);
+            let all = ids(&mine, &t.join().unwrap());
+            assert_eq!(all, vec![1], "admitted once");
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
     }
 
     /// A lender claiming the item it awaits races with a release draining the lane: the item
