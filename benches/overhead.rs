@@ -1,8 +1,8 @@
 //! Per-task overhead of parla-rs against plain Tokio, and memory per pending task.
 //!
-//! Graphs of empty tasks (and one of busy ones) are built and run by parla-rs and by plain Tokio in the same
-//! process, the implementations alternating round by round (1 warm-up and 5 timed rounds by
-//! default):
+//! Graphs of empty tasks (and one of busy ones) are built and run by parla-rs and by plain
+//! Tokio in the same process, the implementations alternating round by round (1 warm-up and
+//! 5 timed rounds by default):
 //!
 //! - `independent`: 100,000 tasks, no dependencies;
 //! - `chain`: 100,000 tasks, each after the previous;

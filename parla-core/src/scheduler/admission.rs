@@ -7,10 +7,11 @@
 //! awaits). Whatever an operation admits is pushed to `out`; the caller (the executor) runs
 //! it.
 //!
-//! The task lane has a central part, under the same lock as the resume lane (its entries
-//! arrive through a queue of their own, `incoming`, without the lock, and every holder of
-//! the lock moves them to the lane first), and shards for the tasks a running task spawns (which it may claim: see [`Admission::lend`]), one
-//! per thread that queues them (while there are no more threads than shards), each under a
+//! The task lane has a central part, under the same lock as the resume lane (entries may
+//! also arrive through a queue of their own, `incoming`, without the lock, and every
+//! holder of the lock moves them to the lane first), and shards for the tasks a running
+//! task spawns (which it may claim: see [`Admission::lend`]), one per thread that queues
+//! them (while there are no more threads than shards), each under a
 //! lock of its own on a cache line of its own: a fork-join tree queues its children
 //! without touching what other threads queue. Each task lane entry takes a ticket from one
 //! counter, and drains admit by ticket across the parts, so the lane as a whole stays
@@ -37,10 +38,11 @@
 //!   shard's length, so the drain does not skip the shard). An item that does not fit when
 //!   queued waits for a release, which has a drain made. (A queuer without the lock counts
 //!   its item before pushing it, so that no drain takes it before it is counted; hence its
-//!   second read.) (No `SeqCst` reasoning needed, which loom checks.) A releaser may instead hand its reservation to the first
-//!   waiting item when that asks for exactly as much and nothing is ahead of it (no
-//!   resume, no shard entry): under the central lock, `used` unchanged, so no other item
-//!   fits that did not fit before; it then drains as any releaser does.
+//!   second read.) (No `SeqCst` reasoning needed, which loom checks.) A releaser may
+//!   instead hand its reservation to the first waiting item when that asks for exactly as
+//!   much and nothing is ahead of it (no resume, no shard entry): under the central lock,
+//!   `used` unchanged, so no other item fits that did not fit before; it then drains as
+//!   any releaser does.
 //! - A releaser never waits for the central lock (with many workers finishing tasks while
 //!   others wait, each would queue for it, and sleep there). It has a drain made through
 //!   a *request*: it counts one in `drains`, then tries the lock and drains if it gets it.
@@ -415,8 +417,7 @@ impl<T: Claim> Admission<T> {
     /// the item is checked against what is free (see the module invariants).
     pub(crate) fn queue_unlocked(&self, item: T, d: Demand, out: &mut Vec<T>) {
         // The lock when it is free, as `queue` does (cheaper than the queue's push and pop).
-        if let Some(c) = self.central.try_lock() {
-            let seen = self.drains.fetch_add(0, Ordering::AcqRel);
+        if let Some((c, seen)) = self.try_lock_central() {
             return self.queue_locked(c, seen, item, d, out);
         }
         self.queue_incoming(item, d, out);
@@ -551,9 +552,8 @@ impl<T: Claim> Admission<T> {
         }
         // With items waiting, the lock is tried first, for the hand-over.
         if self.waiting.load(Ordering::Acquire) > 0
-            && let Some(mut c) = self.central.try_lock()
+            && let Some((mut c, seen)) = self.try_lock_central()
         {
-            let seen = self.drains.fetch_add(0, Ordering::AcqRel);
             self.absorb(&mut c);
             if c.resumes.is_empty()
                 && self.sharded.load(Ordering::Acquire) == 0
@@ -581,8 +581,7 @@ impl<T: Claim> Admission<T> {
     /// central lock is free; otherwise its holder drains after it unlocks.
     fn request_drain(&self, out: &mut Vec<T>) {
         self.drains.fetch_add(1, Ordering::AcqRel);
-        if let Some(mut c) = self.central.try_lock() {
-            let seen = self.drains.fetch_add(0, Ordering::AcqRel);
+        if let Some((mut c, seen)) = self.try_lock_central() {
             self.drain(&mut c, out);
             self.unlock(c, seen, out);
         }
@@ -595,6 +594,14 @@ impl<T: Claim> Admission<T> {
         let c = self.central.lock();
         let seen = self.drains.fetch_add(0, Ordering::AcqRel);
         (c, seen)
+    }
+
+    /// [`lock_central`](Self::lock_central) if the lock is free.
+    #[inline]
+    fn try_lock_central(&self) -> Option<(CentralGuard<'_, T>, u64)> {
+        let c = self.central.try_lock()?;
+        let seen = self.drains.fetch_add(0, Ordering::AcqRel);
+        Some((c, seen))
     }
 
     /// Unlocks the central lock, taken when the drain requests stood at `seen`, and serves
