@@ -25,7 +25,7 @@ use std::fmt;
 use std::future::IntoFuture;
 use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
@@ -140,7 +140,7 @@ pub(crate) enum Lookup {
 
 /// A named space of task ids: `TaskSpace::new("T")`, then `t.at(i)`, `t.at(("cpu", i))`.
 ///
-/// A cheap `Clone` handle: clones share the same ids. Await a space (by value or by
+/// A `Clone` handle: clones share the same ids. Await a space (by value or by
 /// reference) to wait for every task spawned into it so far.
 ///
 /// ```
@@ -168,23 +168,72 @@ pub(crate) enum Lookup {
 /// passing dependencies as `&TaskHandle`s (`.after(&h)`), which need no lookup. Ids pay off
 /// where a task is named before it exists (forward references), by many tasks, or across
 /// the program.
-#[derive(Clone)]
+///
+/// A clone is a new handle to the space (one small allocation), and the [`TaskRef`]s made
+/// from a handle count their references there: tasks that each captured a clone of the
+/// space name ids on all workers at once without each reference updating one count that
+/// every core shares.
 pub struct TaskSpace {
-    inner: Arc<SpaceInner>,
+    inner: Arc<SpaceHandle>,
+}
+
+/// What a [`TaskSpace`] value points to: the space, behind a reference count of its own.
+///
+/// `t.at(..)` counts a reference to the handle it is called on, and dropping the
+/// [`TaskRef`] gives it back. Were every handle the space itself, threads naming ids
+/// through their own clones would all update the space's count, one line bouncing
+/// between their cores on every id; each clone being a handle of its own, each thread
+/// counts on its own handle's line.
+struct SpaceHandle {
+    space: Arc<SpaceInner>,
+    /// The name the tasks named through this handle hold (each a reference): a copy of
+    /// the space's own, made the first time one is needed, for the same reason.
+    task_name: OnceLock<Arc<String>>,
+}
+
+impl std::ops::Deref for SpaceHandle {
+    type Target = SpaceInner;
+    #[inline]
+    fn deref(&self) -> &SpaceInner {
+        &self.space
+    }
+}
+
+impl Clone for TaskSpace {
+    /// A new handle to the same space (see [`TaskSpace`]).
+    fn clone(&self) -> TaskSpace {
+        TaskSpace::of(self.inner.space.clone())
+    }
 }
 
 impl TaskSpace {
     /// A new, empty space.
     pub fn new(name: impl Into<String>) -> TaskSpace {
         let name: String = name.into();
+        TaskSpace::of(Arc::new(SpaceInner {
+            name: Arc::new(name),
+            shards: Default::default(),
+            rt: AtomicU32::new(0),
+            has_retired: AtomicBool::new(false),
+            retired: Mutex::new(Retired::default()),
+        }))
+    }
+
+    /// A new handle to `inner`.
+    fn of(inner: Arc<SpaceInner>) -> TaskSpace {
         TaskSpace {
-            inner: Arc::new(SpaceInner {
-                name: Arc::new(name),
-                shards: Default::default(),
-                rt: AtomicU32::new(0),
-                has_retired: AtomicBool::new(false),
-                retired: Mutex::new(Retired::default()),
+            inner: Arc::new(SpaceHandle {
+                space: inner,
+                task_name: OnceLock::new(),
             }),
+        }
+    }
+
+    /// This handle once more, for a reference made from it (no new handle).
+    #[inline]
+    pub(crate) fn share(&self) -> TaskSpace {
+        TaskSpace {
+            inner: self.inner.clone(),
         }
     }
 
@@ -196,7 +245,7 @@ impl TaskSpace {
     /// A reference to the task with this key, spawned or not (yet).
     pub fn at(&self, key: impl IntoKey) -> TaskRef {
         TaskRef {
-            space: self.clone(),
+            space: self.share(),
             key: key.into_key(),
         }
     }
@@ -205,7 +254,7 @@ impl TaskSpace {
     pub fn range(&self, range: impl KeyRange) -> TaskRange {
         let (start, end) = range.bounds();
         TaskRange {
-            space: self.clone(),
+            space: self.share(),
             start,
             end,
         }
@@ -283,7 +332,10 @@ impl TaskSpace {
     }
 
     pub(crate) fn name_arc(&self) -> Arc<String> {
-        self.inner.name.clone()
+        self.inner
+            .task_name
+            .get_or_init(|| Arc::new(String::clone(&self.inner.name)))
+            .clone()
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Map> {
@@ -402,9 +454,9 @@ impl TaskSpace {
             // (A dependency on a retired id that succeeded is met: no stand-in needed.)
             return (!settle || o.is_err()).then(|| self.detached(key, owner, Some(o)));
         }
-        let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner) as Weak<_>;
+        let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner.space) as Weak<_>;
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(
-            Name::Id(self.inner.name.clone(), key.clone()),
+            Name::Id(self.name_arc(), key.clone()),
             owner,
             Some((origin, key.clone())),
         ));
@@ -420,7 +472,7 @@ impl TaskSpace {
     /// A placeholder not in the space: finished with `outcome` if given.
     fn detached(&self, key: &Key, rt_id: u32, outcome: Option<Outcome>) -> Arc<dyn Task> {
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(
-            Name::Id(self.inner.name.clone(), key.clone()),
+            Name::Id(self.name_arc(), key.clone()),
             rt_id,
             None,
         ));
@@ -576,7 +628,7 @@ pub(crate) fn release_placeholder(node: Arc<dyn Task>) {
     if let Some(space) = space.upgrade()
         && let Ok(inner) = space.downcast::<SpaceInner>()
     {
-        TaskSpace { inner }.prune(&key);
+        TaskSpace::of(inner).prune(&key);
     }
 }
 
@@ -596,7 +648,7 @@ impl fmt::Display for TaskSpace {
 
 impl PartialEq for TaskSpace {
     fn eq(&self, other: &TaskSpace) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        Arc::ptr_eq(&self.inner.space, &other.inner.space)
     }
 }
 impl Eq for TaskSpace {}
@@ -606,10 +658,19 @@ impl Eq for TaskSpace {}
 /// Await it (by value or by reference) to wait for the task: `Ok(())` once it completed,
 /// its error if it failed. Use it in [`TaskBuilder::id`](crate::TaskBuilder::id) to name a
 /// task, and in [`TaskBuilder::after`](crate::TaskBuilder::after) to depend on one.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct TaskRef {
     pub(crate) space: TaskSpace,
     pub(crate) key: Key,
+}
+
+impl Clone for TaskRef {
+    fn clone(&self) -> TaskRef {
+        TaskRef {
+            space: self.space.share(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 impl TaskRef {
@@ -680,11 +741,21 @@ impl IntoFuture for &TaskSpace {
 /// The ids with integer keys `start..end` of one space: `t.range(0..n)`.
 ///
 /// Iterate it for [`TaskRef`]s, depend on it, or await it (every id in the range).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct TaskRange {
     pub(crate) space: TaskSpace,
     pub(crate) start: i128,
     pub(crate) end: i128,
+}
+
+impl Clone for TaskRange {
+    fn clone(&self) -> TaskRange {
+        TaskRange {
+            space: self.space.share(),
+            start: self.start,
+            end: self.end,
+        }
+    }
 }
 
 impl TaskRange {
@@ -805,6 +876,54 @@ mod test {
             assert_eq!(t.len(), 21);
             assert_eq!(t.retire_finished(), 21);
             assert_eq!(t.len(), 21);
+        });
+    }
+
+    /// Clones are handles of one space: ids made, spawned and awaited through different
+    /// handles meet, and a task keeps its name after the handle it was named through is
+    /// gone. References made from a handle are counted on it, not on the space (the count
+    /// every core would share).
+    #[test]
+    fn clones_are_handles_of_one_space() {
+        use std::sync::Arc;
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        rt.block_on(async {
+            let t = TaskSpace::new("H");
+            let spaces = Arc::strong_count(&t.inner.space);
+            let r = t.at(1);
+            let range = t.range(0..4);
+            assert_eq!(Arc::strong_count(&t.inner), 3);
+            assert_eq!(Arc::strong_count(&t.inner.space), spaces);
+            let c = t.clone();
+            assert_eq!(Arc::strong_count(&t.inner.space), spaces + 1);
+            assert!(!Arc::ptr_eq(&t.inner, &c.inner));
+            assert!(c == t && c.at(1) == r && r.clone() == c.at(1));
+            drop(range);
+
+            // Referenced through one handle (a placeholder), spawned through another, and
+            // awaited through a third that is dropped meanwhile.
+            let waiter = {
+                let w = t.clone();
+                task(async move { w.at(1).await }).spawn()
+            };
+            let (open, gate) = std::sync::mpsc::channel::<()>();
+            let failing = {
+                let s = c.clone();
+                task(async move {
+                    let _ = gate.recv();
+                    panic!("boom");
+                })
+                .id(s.at(1))
+                .spawn()
+            };
+            drop(c);
+            open.send(()).unwrap();
+            let e = failing.await.unwrap_err();
+            assert!(e.to_string().contains("H[1]"), "{e}");
+            let e = waiter.await.unwrap().unwrap_err();
+            assert!(e.to_string().contains("H[1]"), "{e}");
+            assert!(r.is_finished());
+            assert_eq!(Arc::strong_count(&t.inner.space), spaces);
         });
     }
 

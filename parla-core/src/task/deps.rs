@@ -167,7 +167,7 @@ impl<T: 'static> IntoDeps for &TaskHandle<T> {
 }
 impl IntoDeps for &TaskSpace {
     fn push_deps(self, out: &mut DepList) {
-        out.push(Dep::Space(self.clone()));
+        out.push(Dep::Space(self.share()));
     }
 }
 impl IntoDeps for TaskSpace {
