@@ -11,6 +11,8 @@
 //! - `wavefront`: a 300 x 300 grid, task (i, j) after (i-1, j) and (i, j-1); parla names the
 //!   tasks in a `TaskSpace` (`t.at((i, j))`), so this also measures task spaces;
 //! - `wavefront-h`: the same grid, parla's dependencies given as `&TaskHandle`s;
+//! - `wavefront-rows`: the grid with ids, each row spawned by a task of its own (300 tasks
+//!   naming ids in one space on all workers at once; they are not counted as grid tasks);
 //! - `fork-join`: a binary tree of depth 17 (262,143 tasks) where every inner task spawns its
 //!   two children and awaits them (default VCUs: the parents lend theirs while they wait);
 //! - `round-trip`: 10,000 tasks spawned from `block_on` one at a time, each awaited before
@@ -41,7 +43,8 @@
 //! For `fork-join` the Tokio baselines are the same tree with `tokio::spawn`: (a) awaiting
 //! the two `JoinHandle`s one after the other, (b) with `tokio::join!`. For `round-trip`:
 //! `tokio::spawn` from `block_on`, (a) awaiting the `JoinHandle`, (b) awaiting a `oneshot`
-//! the task sends on. For `busy`: those of `independent`, each task doing the same work.
+//! the task sends on. For `busy`: those of `independent`, each task doing the same work. For
+//! `wavefront-rows`: those of the grid.
 //!
 //! Service: 10,000,000 parla tasks named in one task space (`t.at(i)`, chains of 8), in
 //! batches of 100,000, each batch awaited and then retired (`TaskSpace::retire_finished`); the
@@ -172,18 +175,20 @@ enum Graph {
     Reduction,
     Wavefront,
     WavefrontH,
+    WavefrontRows,
     ForkJoin,
     RoundTrip,
     Busy,
 }
 
 impl Graph {
-    const ALL: [Graph; 8] = [
+    const ALL: [Graph; 9] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
         Graph::Wavefront,
         Graph::WavefrontH,
+        Graph::WavefrontRows,
         Graph::ForkJoin,
         Graph::RoundTrip,
         Graph::Busy,
@@ -196,6 +201,7 @@ impl Graph {
             Graph::Reduction => "reduction",
             Graph::Wavefront => "wavefront",
             Graph::WavefrontH => "wavefront-h",
+            Graph::WavefrontRows => "wavefront-rows",
             Graph::ForkJoin => "fork-join",
             Graph::RoundTrip => "round-trip",
             Graph::Busy => "busy",
@@ -260,7 +266,7 @@ impl Sizes {
         match g {
             Graph::Independent | Graph::Chain => self.flat,
             Graph::Reduction => 2 * self.leaves - 1,
-            Graph::Wavefront | Graph::WavefrontH => self.side * self.side,
+            Graph::Wavefront | Graph::WavefrontH | Graph::WavefrontRows => self.side * self.side,
             Graph::ForkJoin => (1 << (self.depth + 1)) - 1,
             Graph::RoundTrip => self.trips,
             Graph::Busy => self.busy,
@@ -330,7 +336,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, fork-join, round-trip, busy, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, service or memory",
         );
     }
     o
@@ -427,6 +433,35 @@ fn parla_wavefront(rt: &Runtime, side: usize) -> Duration {
             }
         }
         last.expect("grid not empty")
+            .await
+            .expect("wavefront task failed");
+        start.elapsed()
+    })
+}
+
+/// The grid with ids, each row spawned by a task of its own: (i, j) after
+/// `t.at((i-1, j))` and `t.at((i, j-1))`, whichever row task gets there first.
+fn parla_wavefront_rows(rt: &Runtime, side: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let t = TaskSpace::new("W");
+        let rows: Vec<TaskHandle<()>> = (0..side)
+            .map(|i| {
+                let t = t.clone();
+                task(async move {
+                    for j in 0..side {
+                        let up = (i > 0).then(|| t.at((i - 1, j)));
+                        let left = (j > 0).then(|| t.at((i, j - 1)));
+                        task(async {}).id(t.at((i, j))).after([up, left]).spawn();
+                    }
+                })
+                .spawn()
+            })
+            .collect();
+        for r in rows {
+            r.await.expect("row task failed");
+        }
+        t.at((side - 1, side - 1))
             .await
             .expect("wavefront task failed");
         start.elapsed()
@@ -855,6 +890,7 @@ impl Env {
                     Graph::Reduction => parla_reduction(rt, s.leaves),
                     Graph::Wavefront => parla_wavefront(rt, s.side),
                     Graph::WavefrontH => parla_wavefront_h(rt, s.side),
+                    Graph::WavefrontRows => parla_wavefront_rows(rt, s.side),
                     Graph::ForkJoin => parla_fork_join(rt, s.depth),
                     Graph::RoundTrip => parla_round_trip(rt, s.trips),
                     Graph::Busy => parla_busy(rt, s.busy),
@@ -866,7 +902,9 @@ impl Env {
                     Graph::Independent => tokio_a_independent(rt, s.flat),
                     Graph::Chain => tokio_a_chain(rt, s.flat),
                     Graph::Reduction => tokio_a_reduction(rt, s.leaves),
-                    Graph::Wavefront | Graph::WavefrontH => tokio_a_wavefront(rt, s.side),
+                    Graph::Wavefront | Graph::WavefrontH | Graph::WavefrontRows => {
+                        tokio_a_wavefront(rt, s.side)
+                    }
                     Graph::ForkJoin => tokio_fork_join(rt, s.depth, false),
                     Graph::RoundTrip => tokio_round_trip(rt, s.trips, false),
                     Graph::Busy => tokio_a_busy(rt, s.busy),
@@ -884,7 +922,9 @@ impl Env {
                     ),
                     Graph::Chain => tokio_b(rt, Chain(s.flat)),
                     Graph::Reduction => tokio_b(rt, Tree { leaves: s.leaves }),
-                    Graph::Wavefront | Graph::WavefrontH => tokio_b(rt, Grid { side: s.side }),
+                    Graph::Wavefront | Graph::WavefrontH | Graph::WavefrontRows => {
+                        tokio_b(rt, Grid { side: s.side })
+                    }
                     Graph::ForkJoin => tokio_fork_join(rt, s.depth, true),
                     Graph::RoundTrip => tokio_round_trip(rt, s.trips, true),
                     Graph::Busy => tokio_b(
@@ -939,7 +979,7 @@ fn bench_graph(env: &Env, o: &Options, g: Graph) {
         (b, "b", a.0)
     };
     println!(
-        "{:<12} {:>8} | {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>4} {:>9.1} | {:>6.2}",
+        "{:<14} {:>6} | {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>4} {:>9.1} | {:>6.2}",
         g.name(),
         env.sizes.tasks(g),
         p.0,
@@ -1151,11 +1191,11 @@ fn main() {
             o.threads, o.scale, o.warmup, o.runs
         );
         println!(
-            "{:<12} {:>8} | {:>17} | {:>32} | {:>6}",
+            "{:<14} {:>6} | {:>17} | {:>32} | {:>6}",
             "graph", "tasks", "parla", "tokio (faster of a/b)", "ratio"
         );
         println!(
-            "{:<12} {:>8} | {:>8} {:>8} | {:>8} {:>8} {:>4} {:>9} | {:>6}",
+            "{:<14} {:>6} | {:>8} {:>8} | {:>8} {:>8} {:>4} {:>9} | {:>6}",
             "", "", "median", "min", "median", "min", "best", "other med", "p/t"
         );
         for &g in &graphs {

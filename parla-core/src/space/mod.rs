@@ -25,7 +25,7 @@ use std::fmt;
 use std::future::IntoFuture;
 use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
@@ -184,11 +184,12 @@ pub struct TaskSpace {
 /// through their own clones would all update the space's count, one line bouncing
 /// between their cores on every id; each clone being a handle of its own, each thread
 /// counts on its own handle's line.
+///
+/// (Every named task holds a reference to the space's name as well, which stays shared: a
+/// copy per handle would cost each clone that names tasks two more allocations, for a few
+/// percent on the row-spawned grid of `benches/overhead.rs`.)
 struct SpaceHandle {
     space: Arc<SpaceInner>,
-    /// The name the tasks named through this handle hold (each a reference): a copy of
-    /// the space's own, made the first time one is needed, for the same reason.
-    task_name: OnceLock<Arc<String>>,
 }
 
 impl std::ops::Deref for SpaceHandle {
@@ -222,10 +223,7 @@ impl TaskSpace {
     /// A new handle to `inner`.
     fn of(inner: Arc<SpaceInner>) -> TaskSpace {
         TaskSpace {
-            inner: Arc::new(SpaceHandle {
-                space: inner,
-                task_name: OnceLock::new(),
-            }),
+            inner: Arc::new(SpaceHandle { space: inner }),
         }
     }
 
@@ -332,10 +330,7 @@ impl TaskSpace {
     }
 
     pub(crate) fn name_arc(&self) -> Arc<String> {
-        self.inner
-            .task_name
-            .get_or_init(|| Arc::new(String::clone(&self.inner.name)))
-            .clone()
+        self.inner.name.clone()
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Map> {
@@ -456,7 +451,7 @@ impl TaskSpace {
         }
         let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner.space) as Weak<_>;
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(
-            Name::Id(self.name_arc(), key.clone()),
+            Name::Id(self.inner.name.clone(), key.clone()),
             owner,
             Some((origin, key.clone())),
         ));
@@ -472,7 +467,7 @@ impl TaskSpace {
     /// A placeholder not in the space: finished with `outcome` if given.
     fn detached(&self, key: &Key, rt_id: u32, outcome: Option<Outcome>) -> Arc<dyn Task> {
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(
-            Name::Id(self.name_arc(), key.clone()),
+            Name::Id(self.inner.name.clone(), key.clone()),
             rt_id,
             None,
         ));
