@@ -370,3 +370,61 @@ fn ids_of_succeeded_tasks_stay_used_once_their_dependents_let_go_of_them() {
         drop(rt);
     });
 }
+
+/// A grid spawned by its row tasks, each holding a clone of the space, on four workers with
+/// default VCUs: rows reference ids of rows that may not be spawned yet, tasks await an id
+/// two rows up from a `tokio::spawn`ed future, and one tile panics. Every task finishes,
+/// the tiles the failure reaches fail naming it, the others succeed.
+#[test]
+fn a_grid_spawned_by_its_row_tasks_through_clones_of_the_space() {
+    let (rows, cols) = (40usize, 30usize);
+    let (bad_i, bad_j) = (3usize, 4usize);
+    support::within(120, move || {
+        let rt = support::cpu(4);
+        rt.block_on(async move {
+            let t = TaskSpace::new("G");
+            let spawners: Vec<_> = (0..rows)
+                .map(|i| {
+                    let t = t.clone();
+                    task(async move {
+                        for j in 0..cols {
+                            let up = (i > 0).then(|| t.at((i - 1, j)));
+                            let left = (j > 0).then(|| t.at((i, j - 1)));
+                            let above = t.clone();
+                            task(async move {
+                                assert!((i, j) != (bad_i, bad_j), "bad tile");
+                                if i > 1 {
+                                    let r = above.at((i - 2, j));
+                                    tokio::spawn(async move { r.await.is_ok() }).await.unwrap();
+                                }
+                            })
+                            .id(t.at((i, j)))
+                            .after([up, left])
+                            .spawn();
+                        }
+                    })
+                    .spawn()
+                })
+                .collect();
+            for s in spawners {
+                s.await.unwrap();
+            }
+            let e = (&t).await.unwrap_err();
+            assert!(e.to_string().contains("G[3, 4]"), "{e}");
+            for i in 0..rows {
+                for j in 0..cols {
+                    let r = t.at((i, j));
+                    assert!(r.is_finished(), "{r}");
+                    let reached = i >= bad_i && j >= bad_j;
+                    match r.await {
+                        Ok(()) => assert!(!reached, "G[{i}, {j}] ran after the failure"),
+                        Err(e) => {
+                            assert!(reached, "G[{i}, {j}] failed: {e}");
+                            assert!(e.to_string().contains("G[3, 4]"), "{e}");
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
