@@ -149,13 +149,11 @@ pub(crate) fn with_entered_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> 
 /// Whether the current runtime is the one numbered `id`.
 #[inline]
 pub(crate) fn is_current_rt(id: u32) -> bool {
-    with_entered_rt(|rt| match rt {
-        Some(rt) => rt.id == id,
-        None => with_rt(|rt| rt.is_some_and(|rt| rt.id == id)),
-    })
+    with_rt(|rt| rt.is_some_and(|rt| rt.id == id))
 }
 
-/// Runs `f` with the current runtime, if any.
+/// Runs `f` with the current runtime, if any: the one this thread entered, without touching
+/// a reference count, else its worker's.
 pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
     if !entered_rt().is_null() {
         return with_entered_rt(f);
