@@ -419,7 +419,14 @@ fn parla_reduction(rt: &Runtime, leaves: usize) -> Duration {
     })
 }
 
-/// The grid with ids in a task space: (i, j) after `t.at((i-1, j))` and `t.at((i, j-1))`.
+/// Spawns task (i, j) of the grid with ids: after `t.at((i-1, j))` and `t.at((i, j-1))`.
+fn spawn_tile(t: &TaskSpace, i: usize, j: usize) -> TaskHandle<()> {
+    let up = (i > 0).then(|| t.at((i - 1, j)));
+    let left = (j > 0).then(|| t.at((i, j - 1)));
+    task(async {}).id(t.at((i, j))).after([up, left]).spawn()
+}
+
+/// The grid with ids in a task space, spawned from `block_on` ([`spawn_tile`]).
 fn parla_wavefront(rt: &Runtime, side: usize) -> Duration {
     rt.block_on(async move {
         let start = Instant::now();
@@ -427,9 +434,7 @@ fn parla_wavefront(rt: &Runtime, side: usize) -> Duration {
         let mut last = None;
         for i in 0..side {
             for j in 0..side {
-                let up = (i > 0).then(|| t.at((i - 1, j)));
-                let left = (j > 0).then(|| t.at((i, j - 1)));
-                last = Some(task(async {}).id(t.at((i, j))).after([up, left]).spawn());
+                last = Some(spawn_tile(&t, i, j));
             }
         }
         last.expect("grid not empty")
@@ -439,8 +444,8 @@ fn parla_wavefront(rt: &Runtime, side: usize) -> Duration {
     })
 }
 
-/// The grid with ids, each row spawned by a task of its own: (i, j) after
-/// `t.at((i-1, j))` and `t.at((i, j-1))`, whichever row task gets there first.
+/// The grid with ids ([`spawn_tile`]), each row spawned by a task of its own, which refer
+/// to ids of other rows whether those were spawned yet or not.
 fn parla_wavefront_rows(rt: &Runtime, side: usize) -> Duration {
     rt.block_on(async move {
         let start = Instant::now();
@@ -450,9 +455,7 @@ fn parla_wavefront_rows(rt: &Runtime, side: usize) -> Duration {
                 let t = t.clone();
                 task(async move {
                     for j in 0..side {
-                        let up = (i > 0).then(|| t.at((i - 1, j)));
-                        let left = (j > 0).then(|| t.at((i, j - 1)));
-                        task(async {}).id(t.at((i, j))).after([up, left]).spawn();
+                        spawn_tile(&t, i, j);
                     }
                 })
                 .spawn()
