@@ -21,7 +21,10 @@
 //!    clock reads are not part of the chain timed against the raw loop.
 //!    The two alternate, 15 pairs (7 with `--quick`); besides the ratio of their medians,
 //!    the median of each pair's ratio, which the drift of the launch loop's own speed
-//!    between calls does not move.
+//!    between calls does not move. Then the same pairs from one thread: the chain on a
+//!    runtime with one worker, against the raw loop inside a CPU task on that worker (the
+//!    main thread and the worker that runs a chain sit on different cores, and how fast a
+//!    core launches differs from core to core).
 //! 3. 10,000 independent GPU tasks, each launching an empty kernel, against raw launches
 //!    round-robin over 8 streams.
 //!
@@ -45,6 +48,9 @@ extern "C" __global__ void spin(unsigned long long ns) {
 }
 "#;
 
+/// Kernels in a chain (row 2).
+const CHAIN: usize = 1000;
+
 /// How long the kernel of the `woken by the poller` rows runs.
 const SPIN_NS: u64 = 300_000;
 
@@ -66,6 +72,17 @@ fn launch_tiny(s: &CudaStream, f: &CudaFunction, x: &mut CudaSlice<u32>) {
     b.arg(x);
     // SAFETY: `tiny` takes one `unsigned int*`; one block touches x[0] only.
     unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.expect("launch");
+}
+
+/// The raw chain: `CHAIN` launches of `tiny` on `s`, then one synchronize; microseconds
+/// per kernel.
+fn raw_launch_loop(s: &CudaStream, f: &CudaFunction, x: &mut CudaSlice<u32>) -> f64 {
+    let t = Instant::now();
+    for _ in 0..CHAIN {
+        launch_tiny(s, f, x);
+    }
+    s.synchronize().expect("sync");
+    t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64
 }
 
 /// Spawns a chain of `n` GPU tasks made by `body`, each after the previous, and waits for
@@ -350,7 +367,6 @@ fn main() {
     });
 
     // 2. Chain of 1,000 tiny kernels.
-    const CHAIN: usize = 1000;
     let mut raw_chain = Vec::new();
     let mut parla_chain = Vec::new();
     let mut x = stream.alloc_zeros::<u32>(1).expect("alloc");
@@ -364,13 +380,7 @@ fn main() {
     // pairs follows the drift that the ratio of the two medians does not.
     let chain_reps = 2 * reps + 1;
     for _ in 0..chain_reps + 1 {
-        let t = Instant::now();
-        for _ in 0..CHAIN {
-            launch_tiny(&stream, &tiny, &mut x);
-        }
-        stream.synchronize().expect("sync");
-        raw_chain.push(t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64);
-
+        raw_chain.push(raw_launch_loop(&stream, &tiny, &mut x));
         parla_chain.push(rt.block_on(kernel_chain(CHAIN, shared.clone(), None)));
     }
     raw_chain.remove(0);
@@ -390,6 +400,41 @@ fn main() {
     }
     let launch_in_tasks =
         in_launch.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3 / (reps * CHAIN) as f64;
+    // 2a. The same pairs from one thread: a runtime with one worker runs the chain, and the
+    //     raw loop inside a CPU task, on that worker. The raw loop above runs on the main
+    //     thread and the chain on whichever worker takes it, on another core; how fast a
+    //     core launches differs by up to a third here, which the pairs above do not see.
+    let rt1 = parla::Runtime::builder()
+        .cpu_threads(1)
+        .build()
+        .expect("runtime");
+    let shared1: Arc<parking_lot::Mutex<Option<CudaSlice<u32>>>> =
+        Arc::new(parking_lot::Mutex::new(None));
+    let x1 = Arc::new(parking_lot::Mutex::new(
+        stream.alloc_zeros::<u32>(1).expect("alloc"),
+    ));
+    let mut raw_chain_1 = Vec::new();
+    let mut parla_chain_1 = Vec::new();
+    for _ in 0..chain_reps + 1 {
+        let (s, f, x1) = (stream.clone(), tiny.clone(), x1.clone());
+        raw_chain_1.push(
+            rt1.block_on(
+                task(async move { raw_launch_loop(&s, &f, &mut x1.lock()) })
+                    .placement(Placement::Cpu),
+            )
+            .expect("raw loop in a task"),
+        );
+        parla_chain_1.push(rt1.block_on(kernel_chain(CHAIN, shared1.clone(), None)));
+    }
+    raw_chain_1.remove(0);
+    parla_chain_1.remove(0);
+    let paired_chain_1 = median(
+        parla_chain_1
+            .iter()
+            .zip(&raw_chain_1)
+            .map(|(p, r)| p / r)
+            .collect(),
+    );
 
     // 2b. What the chain costs without kernels (parla only), and the raw loop with one event
     //     recorded per launch (what a fence per task costs in the raw loop).
@@ -508,6 +553,12 @@ fn main() {
         parla_chain_med,
         raw_chain_med,
         paired_chain,
+    );
+    row_with(
+        "  1 worker, against the loop in a task there",
+        median(parla_chain_1),
+        median(raw_chain_1),
+        paired_chain_1,
     );
     row(
         "  the launch alone, timed inside each task",
