@@ -155,6 +155,15 @@ where
     t.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
+/// `n` pairs of timings `(parla, raw)` from `pair`, after one pair of warm-up: the median
+/// of each side and the median of the pairs' own ratios.
+fn pairs(n: usize, mut pair: impl FnMut() -> (f64, f64)) -> (f64, f64, f64) {
+    pair();
+    let (p, r): (Vec<f64>, Vec<f64>) = (0..n).map(|_| pair()).unzip();
+    let paired = median(p.iter().zip(&r).map(|(p, r)| p / r).collect());
+    (median(p), median(r), paired)
+}
+
 /// Times `n` calls of `f` after 100 warm-up calls.
 fn samples(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
     let mut v = Vec::with_capacity(n);
@@ -367,8 +376,6 @@ fn main() {
     });
 
     // 2. Chain of 1,000 tiny kernels.
-    let mut raw_chain = Vec::new();
-    let mut parla_chain = Vec::new();
     let mut x = stream.alloc_zeros::<u32>(1).expect("alloc");
     let shared: Arc<parking_lot::Mutex<Option<CudaSlice<u32>>>> =
         Arc::new(parking_lot::Mutex::new(None));
@@ -379,20 +386,10 @@ fn main() {
     // speed moves by a third from one call to the next here, and the ratio of adjacent
     // pairs follows the drift that the ratio of the two medians does not.
     let chain_reps = 2 * reps + 1;
-    for _ in 0..chain_reps + 1 {
-        raw_chain.push(raw_launch_loop(&stream, &tiny, &mut x));
-        parla_chain.push(rt.block_on(kernel_chain(CHAIN, shared.clone(), None)));
-    }
-    raw_chain.remove(0);
-    parla_chain.remove(0);
-    let paired_chain = median(
-        parla_chain
-            .iter()
-            .zip(&raw_chain)
-            .map(|(p, r)| p / r)
-            .collect(),
-    );
-    let raw_chain_med = median(raw_chain);
+    let (parla_chain_med, raw_chain_med, paired_chain) = pairs(chain_reps, || {
+        let raw = raw_launch_loop(&stream, &tiny, &mut x);
+        (rt.block_on(kernel_chain(CHAIN, shared.clone(), None)), raw)
+    });
     // The launch alone, timed inside each task of separate chains (the clock reads would
     // add to the chain timed above).
     for _ in 0..reps {
@@ -413,28 +410,19 @@ fn main() {
     let x1 = Arc::new(parking_lot::Mutex::new(
         stream.alloc_zeros::<u32>(1).expect("alloc"),
     ));
-    let mut raw_chain_1 = Vec::new();
-    let mut parla_chain_1 = Vec::new();
-    for _ in 0..chain_reps + 1 {
+    let one_thread = pairs(chain_reps, || {
         let (s, f, x1) = (stream.clone(), tiny.clone(), x1.clone());
-        raw_chain_1.push(
-            rt1.block_on(
+        let raw = rt1
+            .block_on(
                 task(async move { raw_launch_loop(&s, &f, &mut x1.lock()) })
                     .placement(Placement::Cpu),
             )
-            .expect("raw loop in a task"),
-        );
-        parla_chain_1.push(rt1.block_on(kernel_chain(CHAIN, shared1.clone(), None)));
-    }
-    raw_chain_1.remove(0);
-    parla_chain_1.remove(0);
-    let paired_chain_1 = median(
-        parla_chain_1
-            .iter()
-            .zip(&raw_chain_1)
-            .map(|(p, r)| p / r)
-            .collect(),
-    );
+            .expect("raw loop in a task");
+        (
+            rt1.block_on(kernel_chain(CHAIN, shared1.clone(), None)),
+            raw,
+        )
+    });
 
     // 2b. What the chain costs without kernels (parla only), and the raw loop with one event
     //     recorded per launch (what a fence per task costs in the raw loop).
@@ -542,7 +530,6 @@ fn main() {
             l.raw_spin,
         );
     }
-    let parla_chain_med = median(parla_chain);
     row(
         "chain of 1,000 tiny kernels, per kernel",
         parla_chain_med,
@@ -556,9 +543,9 @@ fn main() {
     );
     row_with(
         "  1 worker, against the loop in a task there",
-        median(parla_chain_1),
-        median(raw_chain_1),
-        paired_chain_1,
+        one_thread.0,
+        one_thread.1,
+        one_thread.2,
     );
     row(
         "  the launch alone, timed inside each task",
