@@ -134,9 +134,14 @@ fn run(g: Graph) -> Result<(), TestCaseError> {
                     let dev = support::slot(current_device());
                     let v = (info.vcus() * 1e6).round() as u64;
                     let m = info.memory();
-                    if c.vcu[dev].fetch_add(v, Ordering::SeqCst) + v > 1_000_000 {
-                        c.over_vcu.fetch_add(1, Ordering::SeqCst);
-                    }
+                    // VCUs are held while the task is polled (a CPU task lends them
+                    // while it waits, a yield included); memory while it runs at all.
+                    let enter = |c: &Check| {
+                        if c.vcu[dev].fetch_add(v, Ordering::SeqCst) + v > 1_000_000 {
+                            c.over_vcu.fetch_add(1, Ordering::SeqCst);
+                        }
+                    };
+                    enter(&c);
                     if c.mem[dev].fetch_add(m, Ordering::SeqCst) + m > BUDGET {
                         c.over_mem.fetch_add(1, Ordering::SeqCst);
                     }
@@ -144,7 +149,9 @@ fn run(g: Graph) -> Result<(), TestCaseError> {
                         c.early.fetch_add(1, Ordering::SeqCst);
                     }
                     for _ in 0..yields {
+                        c.vcu[dev].fetch_sub(v, Ordering::SeqCst);
                         tokio::task::yield_now().await;
+                        enter(&c);
                     }
                     c.runs[i].fetch_add(1, Ordering::SeqCst);
                     c.vcu[dev].fetch_sub(v, Ordering::SeqCst);
@@ -354,8 +361,8 @@ fn tree() -> impl Strategy<Value = Tree> {
     })
 }
 
-/// Per device: the VCUs of the tasks running code now (not awaiting), and whether that
-/// ever went over 1.0.
+/// Per device: the VCUs of the tasks running code now (polled: not awaiting, not yielded),
+/// and whether that ever went over 1.0.
 #[derive(Default)]
 struct InUse {
     vcu: [AtomicU64; DEVICES],
@@ -380,6 +387,14 @@ impl InUse {
     }
 }
 
+/// A yield inside a task: the task is not polled meanwhile, so its VCUs leave the count
+/// (a CPU task lends them) and come back with the next poll.
+async fn pause(u: &InUse, me: (usize, u64)) -> (usize, u64) {
+    u.exit(me);
+    tokio::task::yield_now().await;
+    u.enter()
+}
+
 fn tree_node(
     i: usize,
     g: Arc<Tree>,
@@ -399,7 +414,7 @@ fn tree_node(
                 b = b.vcus(v);
             }
             hs.push(b.spawn());
-            tokio::task::yield_now().await;
+            me = pause(&u, me).await;
         }
         // Awaiting, the task lends its VCUs; it has them back when the await returns.
         u.exit(me);
@@ -408,7 +423,7 @@ fn tree_node(
                 for h in hs {
                     h.await.unwrap();
                     me = u.enter();
-                    tokio::task::yield_now().await;
+                    me = pause(&u, me).await;
                     u.exit(me);
                 }
             }
@@ -425,7 +440,7 @@ fn tree_node(
             }
         }
         me = u.enter();
-        tokio::task::yield_now().await;
+        me = pause(&u, me).await;
         u.exit(me);
     })
 }

@@ -348,3 +348,77 @@ fn tasks_awaiting_each_other_fail_one_await_only() {
         assert!(a == Ok(Ok(())) || b == Ok(Ok(())), "{a:?} {b:?}");
     });
 }
+
+/// A task awaits the `JoinHandle` of a future it started with `tokio::spawn`, and that
+/// future awaits a task the first one spawned: with default VCUs and more such tasks than
+/// workers, the awaiting tasks lend their VCUs (they are not polled meanwhile), so the
+/// children they wait for through the futures run.
+#[test]
+fn tasks_awaiting_tokio_spawned_futures_that_await_their_children_fill_no_device() {
+    each_config!(|rt| {
+        let n = 3 * rt.cpu_threads() as u64;
+        let sum = rt.block_on(async move {
+            let outer: Vec<_> = (0..n)
+                .map(|i| {
+                    task(async move {
+                        let child = task(async move { i * 2 }).spawn();
+                        let j = tokio::spawn(async move { child.await.unwrap() + 1 });
+                        j.await.unwrap()
+                    })
+                    .spawn()
+                })
+                .collect();
+            let mut sum = 0;
+            for h in outer {
+                sum += h.await.unwrap();
+            }
+            sum
+        });
+        assert_eq!(sum, (0..n).map(|i| i * 2 + 1).sum::<u64>());
+    });
+}
+
+/// Producers fill a small channel and block on it while their consumer waits to be
+/// admitted: with default VCUs and as many producers as workers (or more), the blocked
+/// producers lend their VCUs, so the consumer runs - also when it is spawned only after
+/// every producer already blocked.
+#[test]
+fn producers_blocked_on_a_full_channel_let_their_consumer_run() {
+    each_config!(|rt| {
+        let producers = rt.cpu_threads().max(2);
+        for late in [false, true] {
+            let got = rt.block_on(async move {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<usize>(2);
+                let hs: Vec<_> = (0..producers)
+                    .map(|p| {
+                        let tx = tx.clone();
+                        task(async move {
+                            for k in 0..50 {
+                                tx.send(p * 100 + k).await.unwrap();
+                            }
+                        })
+                        .spawn()
+                    })
+                    .collect();
+                drop(tx);
+                if late {
+                    // The producers fill the channel and block first.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let consumer = task(async move {
+                    let mut got = 0;
+                    while rx.recv().await.is_some() {
+                        got += 1;
+                    }
+                    got
+                })
+                .spawn();
+                for h in hs {
+                    h.await.unwrap();
+                }
+                consumer.await.unwrap()
+            });
+            assert_eq!(got, producers * 50, "late consumer: {late}");
+        }
+    });
+}

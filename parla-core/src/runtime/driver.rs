@@ -294,7 +294,14 @@ impl Driver {
             Poll::Pending => {
                 let awaited = context::take_awaited();
                 let awaits = context::take_blocked();
-                if awaits {
+                if awaits || (device == Device::CPU && !h.act.is_notified()) {
+                    // A task awaiting tasks lends its VCUs while it waits. So does a CPU
+                    // task waiting on anything else (a channel, a timer, I/O, the
+                    // `JoinHandle` of a future it started with `tokio::spawn`): it uses no
+                    // worker meanwhile, and what it waits for may be a task that needs
+                    // them - a consumer its producers fill a channel for, a task awaited
+                    // by a future it spawned. (A GPU task keeps them: its GPU work may
+                    // still run. A task woken during its poll runs again at once.)
                     self.lend(&task, device, awaited);
                 }
                 // SAFETY: still the run-token holder: the activity is RUNNING until
