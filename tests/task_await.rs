@@ -422,3 +422,27 @@ fn producers_blocked_on_a_full_channel_let_their_consumer_run() {
         }
     });
 }
+
+/// More tasks than the device's VCUs admit at once meet at a `tokio::sync::Barrier`: the
+/// ones waiting there lend their VCUs, so the rest are admitted and the barrier opens.
+#[test]
+fn a_barrier_across_more_tasks_than_workers_opens() {
+    each_config!(|rt| {
+        let n = 3 * rt.cpu_threads() + 1;
+        let leaders = rt.block_on(async move {
+            let b = Arc::new(tokio::sync::Barrier::new(n));
+            let hs: Vec<_> = (0..n)
+                .map(|_| {
+                    let b = b.clone();
+                    task(async move { b.wait().await.is_leader() }).spawn()
+                })
+                .collect();
+            let mut leaders = 0;
+            for h in hs {
+                leaders += h.await.unwrap() as usize;
+            }
+            leaders
+        });
+        assert_eq!(leaders, 1);
+    });
+}
