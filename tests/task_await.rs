@@ -423,6 +423,38 @@ fn producers_blocked_on_a_full_channel_let_their_consumer_run() {
     });
 }
 
+/// A CPU task waiting on a channel keeps its VCUs while no task waits for them (a wait
+/// costs no update of the device's usage), and lends them as soon as one does: here the
+/// task that sends on the channel, which needs the whole device's VCUs, queued after the
+/// waiter, which holds them all.
+#[test]
+fn a_waiting_task_keeps_its_vcus_until_a_task_needs_them() {
+    each_config!(|rt| {
+        let rt = &rt;
+        let (kept, got, after) = rt.block_on(async move {
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+            let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+            let waiter = task(async move {
+                started_tx.send(()).unwrap();
+                rx.await.unwrap()
+            })
+            .vcus(1.0)
+            .spawn();
+            started_rx.await.unwrap();
+            // Running or waiting, it holds the whole device.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let kept = rt.usage(Device::CPU).unwrap().vcu;
+            let sender = task(async move { tx.send(7).unwrap() }).vcus(1.0).spawn();
+            sender.await.unwrap();
+            let got = waiter.await.unwrap();
+            (kept, got, rt.usage(Device::CPU).unwrap())
+        });
+        assert_eq!(kept, 1_000_000, "the waiting task kept its VCUs");
+        assert_eq!(got, 7);
+        assert_eq!((after.vcu, after.waiting), (0, 0), "everything given back");
+    });
+}
+
 /// More tasks than the device's VCUs admit at once meet at a `tokio::sync::Barrier`: the
 /// ones waiting there lend their VCUs, so the rest are admitted and the barrier opens.
 #[test]

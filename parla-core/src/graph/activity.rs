@@ -197,6 +197,16 @@ impl Activity {
         (prev != next).then_some(prev & STATE == IDLE)
     }
 
+    /// Takes the token of an IDLE poller that does not await tasks, as a poll would (IDLE
+    /// to RUNNING), to act for it between polls (`scheduler::idle`: lending the VCUs it
+    /// keeps). Returns whether it did; [`end_poll`](Self::end_poll)`(false)` gives the token
+    /// back (and reports a wake that came meanwhile).
+    pub(crate) fn claim_idle(&self) -> bool {
+        let (prev, next) = self
+            .update(|w| (w & STATE == IDLE && w & AWAITS == 0).then_some((w & !STATE) | RUNNING));
+        prev != next
+    }
+
     /// Whether the poller is parked (blocked on tasks alone).
     pub(crate) fn is_parked(&self) -> bool {
         self.word.load(Ordering::Acquire) & STATE == PARKED
@@ -267,6 +277,23 @@ mod test {
         assert_eq!(a.wake(), Woken::Nothing, "already notified");
         assert!(a.finish());
         assert_eq!(a.wake(), Woken::Nothing, "finished");
+    }
+
+    #[test]
+    fn only_an_idle_poller_that_awaits_no_task_is_claimed() {
+        let a = Activity::new();
+        assert!(!a.claim_idle(), "notified");
+        a.begin_poll();
+        assert!(!a.claim_idle(), "running");
+        assert_eq!(a.end_poll(false), EndPoll::Idle);
+        assert!(a.claim_idle());
+        assert!(!a.claim_idle(), "claimed already");
+        assert_eq!(a.wake(), Woken::Nothing, "a wake while claimed is kept");
+        assert_eq!(a.end_poll(false), EndPoll::Notified);
+        a.begin_poll();
+        assert!(!a.clone_counted());
+        assert_eq!(a.end_poll(true), EndPoll::Idle);
+        assert!(!a.claim_idle(), "it awaits tasks: it lent its VCUs already");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::device::backend::Fence;
 use crate::device::{Demand, Device, SlotMask};
 use crate::error::TaskError;
 use crate::key::Key;
-use crate::loom::sync::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Mutex, Ordering};
+use crate::loom::sync::{AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Mutex, Ordering};
 
 /// What a finished task resolved to, as dependents and awaiters see it.
 pub(crate) type Outcome = Result<(), Arc<TaskError>>;
@@ -182,6 +182,9 @@ struct Pended {
     run: UnsafeCell<Option<RunState>>,
     /// Where the task is in the runtime's set of pollers (`runtime::parked`).
     poller_slot: AtomicU32,
+    /// It keeps its VCUs while it waits outside the runtime (`scheduler::idle`): set and
+    /// cleared by the holder of its run token.
+    held: AtomicBool,
 }
 
 pub(crate) struct Header {
@@ -724,6 +727,7 @@ impl Header {
                 waking: w.clone(),
                 run: UnsafeCell::new(None),
                 poller_slot: AtomicU32::new(u32::MAX),
+                held: AtomicBool::new(false),
             }));
             // Only the run-token holder stores, once: no race.
             self.pended.store(p, Ordering::Release);
@@ -748,6 +752,25 @@ impl Header {
         let p = self.pended.load(Ordering::Acquire);
         // SAFETY: as above.
         unsafe { p.as_ref() }.map_or(u32::MAX, |p| p.poller_slot.load(Ordering::Relaxed))
+    }
+
+    /// Marks (or unmarks) the task as keeping its VCUs while it waits outside the runtime
+    /// (`scheduler::idle`). The caller holds the run token, and a poll of the task returned
+    /// `Pending` before.
+    pub(crate) fn set_held(&self, held: bool) {
+        let p = self.pended.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer stays valid as long as `self` is.
+        if let Some(p) = unsafe { p.as_ref() } {
+            p.held.store(held, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the task is marked as keeping its VCUs while it waits outside the runtime.
+    #[inline]
+    pub(crate) fn is_held(&self) -> bool {
+        let p = self.pended.load(Ordering::Acquire);
+        // SAFETY: as above.
+        unsafe { p.as_ref() }.is_some_and(|p| p.held.load(Ordering::Relaxed))
     }
 
     /// Where wakers schedule this node, once a poll of it returned `Pending`.

@@ -97,7 +97,7 @@ impl LedgerSink for RtLedger {
 impl RtInner {
     /// A task with data is ready on device `slot`: it queues there and the queue is served.
     pub(crate) fn data_ready(
-        &self,
+        self: &Arc<Self>,
         slot: usize,
         task: Arc<dyn Task>,
         out: &mut super::exec::Launch,
@@ -106,6 +106,7 @@ impl RtInner {
         dev.data.queued.fetch_add(1, Ordering::AcqRel);
         dev.data.incoming.push(task);
         self.pump(slot, out);
+        self.lend_held_for(slot, out);
     }
 
     /// Admits the device's data tasks in order while the head fits (evicting for it).

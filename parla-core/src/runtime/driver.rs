@@ -13,7 +13,8 @@
 //! children never starves them. The child it awaits gets the VCUs first if it waits for
 //! admission, and gives them back to the parent when it completes (`exec::complete`): a
 //! fork-join tree runs depth first, instead of in the order the device's queue has its
-//! tasks.
+//! tasks. A CPU task that waits on anything else keeps its VCUs while no task waits for
+//! VCUs on the CPU, and lends them once one does (`scheduler::idle`).
 //!
 //! The first task that a poll makes ready (a spawn, mostly) and that does not fit on its
 //! device now is held on the driver's thread until the poll ends (`context::stash`): if the
@@ -238,6 +239,10 @@ impl Driver {
         };
         if pended {
             h.act.begin_poll();
+            if device == Device::CPU {
+                // It may have kept its VCUs while it waited (`scheduler::idle`).
+                rt.pollers.unhold(&task);
+            }
         } else {
             h.act.begin_first_poll();
         }
@@ -294,25 +299,36 @@ impl Driver {
             Poll::Pending => {
                 let awaited = context::take_awaited();
                 let awaits = context::take_blocked();
-                if awaits || (device == Device::CPU && !h.act.is_notified()) {
-                    // A task awaiting tasks lends its VCUs while it waits. So does a CPU
-                    // task waiting on anything else (a channel, a timer, I/O, the
-                    // `JoinHandle` of a future it started with `tokio::spawn`): it uses no
-                    // worker meanwhile, and what it waits for may be a task that needs
-                    // them - a consumer its producers fill a channel for, a task awaited
-                    // by a future it spawned. (A GPU task keeps them: its GPU work may
-                    // still run. A task woken during its poll runs again at once.)
+                if awaits {
+                    // A task awaiting tasks lends its VCUs while it waits.
                     self.lend(&task, device, awaited);
                 }
+                // A CPU task waiting on anything else (a channel, a timer, I/O, the
+                // `JoinHandle` of a future it started with `tokio::spawn`) keeps them while
+                // nothing waits for VCUs on the CPU, and lends them once something does:
+                // what it waits for may be a task that needs them - a consumer its
+                // producers fill a channel for, a task awaited by a future it spawned
+                // (`scheduler::idle`). (A GPU task keeps them: its GPU work may still run.
+                // A task woken during its poll runs again at once.)
+                let holds =
+                    !awaits && device == Device::CPU && h.demand().vcu > 0 && !h.act.is_notified();
                 // SAFETY: still the run-token holder: the activity is RUNNING until
                 // `end_poll` below, and nobody schedules the task before that.
                 unsafe { h.save_run(&rt.waking, run) };
                 if !pended {
                     rt.pollers.insert(&task);
                 }
+                if holds {
+                    rt.pollers.hold(&task);
+                }
                 match h.act.end_poll(awaits) {
                     EndPoll::Parked => self.local.busy -= 1,
-                    EndPoll::Idle => {}
+                    EndPoll::Idle => {
+                        if holds && rt.pollers.held.lend_now(|| rt.cpu_waiting()) {
+                            rt.lend_held(&task, &mut self.local.admitted);
+                            rt.launch(&mut self.local);
+                        }
+                    }
                     // Woken during its poll: it keeps its token and runs again.
                     EndPoll::Notified => rt.schedule_woken(task, false),
                 }

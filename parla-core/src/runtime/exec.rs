@@ -196,7 +196,7 @@ impl RtInner {
     /// this admits is pushed to `admitted`; a task that cannot go to its device is handed
     /// back with its error.
     fn on_ready(
-        &self,
+        self: &Arc<Self>,
         task: Arc<dyn Task>,
         admitted: &mut Launch,
     ) -> Result<(), (Arc<dyn Task>, TaskError)> {
@@ -238,12 +238,70 @@ impl RtInner {
                 // once while the device is full): without waiting for the admission lock.
                 Some(task) if !in_poll && context::in_driver() => {
                     dev.admission.queue_unlocked(task, d, admitted);
+                    self.lend_held_for(slot, admitted);
                 }
-                Some(task) => dev.admission.queue(task, d, in_poll, admitted),
+                Some(task) => {
+                    dev.admission.queue(task, d, in_poll, admitted);
+                    self.lend_held_for(slot, admitted);
+                }
                 None => {}
             }
         }
         Ok(())
+    }
+
+    /// A task was counted as waiting for VCUs on device `slot`: CPU tasks that keep theirs
+    /// while they wait outside the runtime lend them now (`scheduler::idle`), and what that
+    /// admits goes to `out`.
+    #[inline]
+    pub(crate) fn lend_held_for(self: &Arc<Self>, slot: usize, out: &mut Launch) {
+        if slot != Device::CPU.slot() || !self.pollers.held.any() {
+            return;
+        }
+        self.lend_all_held(out);
+    }
+
+    #[cold]
+    fn lend_all_held(self: &Arc<Self>, out: &mut Launch) {
+        if !self.cpu_waiting() {
+            return;
+        }
+        for t in self.pollers.held_tasks() {
+            self.lend_held(&t, out);
+        }
+    }
+
+    /// Whether anything waits for VCUs on the CPU (either admission lane, or the queue of
+    /// tasks with data).
+    pub(crate) fn cpu_waiting(&self) -> bool {
+        let dev = &self.devices[Device::CPU.slot()];
+        dev.admission.has_waiting() || dev.data.queued() > 0
+    }
+
+    /// Lends the VCUs of `task`, a CPU task marked as keeping them while it waits outside
+    /// the runtime, if it still waits (IDLE) and is still marked: its token is claimed as a
+    /// poll would claim it, and given back after. A wake that came meanwhile schedules it
+    /// (it takes its VCUs back through the resume lane, as after any loan). What the loan
+    /// admits goes to `out`.
+    pub(crate) fn lend_held(self: &Arc<Self>, task: &Arc<dyn Task>, out: &mut Launch) {
+        let h = task.header();
+        if !h.act.claim_idle() {
+            // It runs (and holds its VCUs for that), was woken, or another claimer lends.
+            return;
+        }
+        if self.pollers.unhold(task) {
+            let vcu = h.lend();
+            if vcu > 0 {
+                let slot = h.slot();
+                self.devices[slot]
+                    .admission
+                    .lend(Demand { vcu, mem: 0 }, None, out);
+                self.pump(slot, out);
+            }
+        }
+        if h.act.end_poll(false) == crate::graph::activity::EndPoll::Notified {
+            self.schedule_woken(task.clone(), false);
+        }
     }
 
     /// Queues the task stashed during the poll that just ended on this thread (see
@@ -258,7 +316,11 @@ impl RtInner {
                 let err = failed_earlier(t.header(), dev.device, message);
                 graph::fail_held(&t, err, &mut l.fx);
             }
-            None => dev.admission.queue(t, d, true, &mut l.admitted),
+            None => {
+                let slot = t.header().slot();
+                dev.admission.queue(t, d, true, &mut l.admitted);
+                self.lend_held_for(slot, &mut l.admitted);
+            }
         }
         self.apply(l);
     }
@@ -585,7 +647,10 @@ impl RtInner {
             }
             // It waits in the resume lane and holds no token meanwhile (launched above if
             // this very call admitted it).
-            None => self.counters.add(0, -1),
+            None => {
+                self.counters.add(0, -1);
+                self.with_local(|l| self.lend_held_for(slot, &mut l.admitted));
+            }
         }
     }
 

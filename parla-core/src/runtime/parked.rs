@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use super::waker::MainPoller;
 use crate::graph::node::Task;
+use crate::scheduler::idle::Held;
 
 const SHARDS: usize = 16;
 /// A slot number: the shard in the top bits, the index in the shard below.
@@ -45,6 +46,9 @@ pub(crate) struct Pollers {
     shards: [Shard; SHARDS],
     seq: AtomicU64,
     mains: Mutex<Vec<Weak<MainPoller>>>,
+    /// How many of the set's CPU tasks keep their VCUs while they wait outside the runtime,
+    /// counted by the shard the task is in (`scheduler::idle`).
+    pub(crate) held: Held,
 }
 
 impl Pollers {
@@ -91,6 +95,47 @@ impl Pollers {
             // The set's reference, dropped outside the lock.
             drop(old);
         }
+    }
+
+    /// A CPU task in the set, whose poll just returned `Pending` without awaiting tasks,
+    /// keeps its VCUs while it waits: marked and counted (`scheduler::idle`). The caller
+    /// holds its run token, and its activity has not left RUNNING.
+    pub(crate) fn hold(&self, t: &Arc<dyn Task>) {
+        let slot = t.header().poller_slot();
+        if slot == u32::MAX {
+            return;
+        }
+        t.header().set_held(true);
+        self.held.add((slot >> INDEX_BITS) as usize);
+    }
+
+    /// The next holder of the run token of a task that may be held unmarks it. Returns
+    /// whether it was held.
+    #[inline]
+    pub(crate) fn unhold(&self, t: &Arc<dyn Task>) -> bool {
+        let h = t.header();
+        if !h.is_held() {
+            return false;
+        }
+        h.set_held(false);
+        self.held.remove((h.poller_slot() >> INDEX_BITS) as usize);
+        true
+    }
+
+    /// The tasks marked as held now (see [`hold`](Self::hold)).
+    pub(crate) fn held_tasks(&self) -> Vec<Arc<dyn Task>> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            out.extend(
+                s.lock()
+                    .slots
+                    .iter()
+                    .flatten()
+                    .filter(|(_, t)| t.header().is_held())
+                    .map(|(_, t)| t.clone()),
+            );
+        }
+        out
     }
 
     /// The parked task that waited last (first inserted last), if any.

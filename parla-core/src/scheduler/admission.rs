@@ -2,7 +2,8 @@
 //!
 //! Items are typed by lane: a *task* asking for its VCUs and memory for the first time,
 //! or a *resume* - a task that lent its VCUs back while it waited (on other tasks, or a
-//! CPU task on anything) and takes them back before it runs on. Resumes have a lane of
+//! CPU task on anything once others waited for VCUs: `idle`) and takes them back before it
+//! runs on. Resumes have a lane of
 //! their own and go first: a task taking back its own VCUs never waits behind
 //! work it is blocking (the children it awaits). Whatever an operation admits is pushed
 //! to `out`; the caller (the executor) runs it.

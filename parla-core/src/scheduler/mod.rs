@@ -4,6 +4,7 @@
 //! pieces fit together is in `README.md` beside this file.
 
 pub(crate) mod admission;
+pub(crate) mod idle;
 pub mod mapping;
 pub(crate) mod turn;
 

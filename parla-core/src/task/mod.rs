@@ -103,9 +103,10 @@ where
 
     /// The fraction of its device the task uses, `0.0..=1.0`. Tasks on one device run
     /// together only while their VCUs sum to at most 1; 0 means unlimited. A task that
-    /// awaits other tasks lends its VCUs back while it waits, and so does a CPU task waiting
-    /// on anything (a channel, a timer, a `JoinHandle`): on the CPU, VCUs bound the tasks
-    /// being polled at once.
+    /// awaits other tasks lends its VCUs back while it waits. A CPU task waiting on anything
+    /// else (a channel, a timer, a `JoinHandle`) keeps them while no task waits for VCUs on
+    /// the CPU, and lends them as soon as one does: whenever tasks wait for VCUs on the CPU,
+    /// VCUs bound the tasks being polled at once.
     pub fn vcus(mut self, vcus: f64) -> Self {
         self.vcus = Some(vcus);
         self
