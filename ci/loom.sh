@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Model-checks the concurrent protocols with loom: device admission (task and resume lanes),
+# CPU tasks keeping their VCUs while they wait (the handshake with queued tasks),
 # activity words (park, wake, outside clones), node state and links (publish vs register,
 # readiness, the join protocol), the driver/injector handshake, and taking turns at serving
 # a queue (data admission).
