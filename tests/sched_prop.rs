@@ -4,7 +4,9 @@
 //! never exceed 1.0; reserved memory never exceeds the budget; `block_on` returns. And
 //! random trees of tasks awaiting the children they spawn: parents lend their VCUs while
 //! they wait (to the child they await first) and get them back, and the VCUs of the tasks
-//! running code on a device still never exceed 1.0.
+//! running code on a device still never exceed 1.0. And random CPU tasks waiting on one
+//! another through channels, spawned in a random order: a waiting task keeps its VCUs only
+//! until a task waits for them, so every task runs.
 
 mod support;
 
@@ -471,6 +473,135 @@ proptest! {
             })
         });
         prop_assert!(root.is_ok(), "{:?}", root);
+        prop_assert_eq!(u.ran.load(Ordering::SeqCst), n, "every task ran");
+        prop_assert_eq!(u.over.load(Ordering::SeqCst), 0, "VCUs over 1.0");
+    }
+}
+
+/// Random CPU tasks that wait on one another through channels: task `i` awaits a message
+/// from each of its senders (earlier tasks), then sends to the later tasks that await it.
+/// They are spawned in a random order, with random VCUs, so a receiver often holds VCUs
+/// that a sender waits for.
+#[derive(Debug, Clone)]
+struct Talk {
+    threads: usize,
+    /// Task `i`'s senders (tasks before it).
+    from: Vec<Vec<usize>>,
+    vcus: Vec<Option<f64>>,
+    /// The order the tasks are spawned in.
+    order: Vec<usize>,
+    /// Task `i` sleeps on a timer before it sends.
+    sleeps: Vec<bool>,
+}
+
+fn talk() -> impl Strategy<Value = Talk> {
+    (1usize..=40, 1usize..=4).prop_flat_map(|(n, threads)| {
+        (
+            proptest::collection::vec(
+                proptest::collection::vec(any::<proptest::sample::Index>(), 0..=3),
+                n,
+            ),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(None),
+                    Just(None),
+                    Just(Some(0.5)),
+                    Just(Some(1.0)),
+                    (0.0f64..=1.0).prop_map(Some)
+                ],
+                n,
+            ),
+            Just((0..n).collect::<Vec<usize>>()).prop_shuffle(),
+            proptest::collection::vec(any::<bool>(), n),
+        )
+            .prop_map(move |(from, vcus, order, sleeps)| Talk {
+                threads,
+                from: from
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        let mut f: Vec<usize> =
+                            f.iter().filter(|_| i > 0).map(|x| x.index(i)).collect();
+                        f.sort_unstable();
+                        f.dedup();
+                        f
+                    })
+                    .collect(),
+                vcus,
+                order,
+                sleeps,
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(support::prop_config(48))]
+
+    /// Tasks waiting on channels keep their VCUs only while no task waits for them: every
+    /// task runs and `block_on` returns (no task waits for good behind a waiting one), and
+    /// the VCUs of the tasks running code never exceed 1.0.
+    #[test]
+    fn tasks_waiting_on_channels_never_keep_out_their_senders(g in talk()) {
+        let n = g.from.len();
+        let rt = parla::Runtime::builder()
+            .cpu_threads(g.threads)
+            .build()
+            .unwrap();
+        let u = Arc::new(InUse::default());
+        let u2 = u.clone();
+        // (`within` fails the case if `block_on` has not returned after 20 s.)
+        support::within(20, move || {
+            rt.block_on(async move {
+                let mut tx: Vec<Vec<tokio::sync::oneshot::Sender<()>>> =
+                    (0..n).map(|_| Vec::new()).collect();
+                let mut rx: Vec<Vec<tokio::sync::oneshot::Receiver<()>>> =
+                    (0..n).map(|_| Vec::new()).collect();
+                for (i, f) in g.from.iter().enumerate() {
+                    for &j in f {
+                        let (s, r) = tokio::sync::oneshot::channel();
+                        tx[j].push(s);
+                        rx[i].push(r);
+                    }
+                }
+                let mut bodies: Vec<Option<_>> = tx
+                    .into_iter()
+                    .zip(rx)
+                    .enumerate()
+                    .map(|(i, (tx, rx))| {
+                        let (u, sleeps) = (u2.clone(), g.sleeps[i]);
+                        Some(async move {
+                            let mut me = u.enter();
+                            for r in rx {
+                                u.exit(me);
+                                r.await.expect("sender dropped");
+                                me = u.enter();
+                            }
+                            if sleeps {
+                                u.exit(me);
+                                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                                me = u.enter();
+                            }
+                            for s in tx {
+                                let _ = s.send(());
+                            }
+                            u.ran.fetch_add(1, Ordering::SeqCst);
+                            u.exit(me);
+                        })
+                    })
+                    .collect();
+                let mut hs = Vec::new();
+                for &i in &g.order {
+                    let mut b = task(bodies[i].take().expect("spawned once"));
+                    if let Some(v) = g.vcus[i] {
+                        b = b.vcus(v);
+                    }
+                    hs.push(b.spawn());
+                }
+                for h in hs {
+                    h.await.unwrap();
+                }
+            })
+        });
         prop_assert_eq!(u.ran.load(Ordering::SeqCst), n, "every task ran");
         prop_assert_eq!(u.over.load(Ordering::SeqCst), 0, "VCUs over 1.0");
     }
