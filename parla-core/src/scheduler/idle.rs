@@ -104,20 +104,17 @@ mod loom_test {
     }
 
     impl World {
-        /// Claims the task if it is IDLE and lends its VCUs if it is still marked.
-        fn claim_and_lend(&self) {
+        /// Claims the task if it is IDLE and lends its VCUs if it is still marked; returns
+        /// what giving the token back found (`None`: not claimed).
+        fn claim_and_lend(&self) -> Option<EndPoll> {
             if !self.act.claim_idle() {
-                return;
+                return None;
             }
             if self.marked.swap(false, Ordering::Relaxed) {
                 self.held.remove(0);
                 self.lent.fetch_add(1, Ordering::Relaxed);
             }
-            assert_eq!(
-                self.act.end_poll(false),
-                EndPoll::Idle,
-                "nothing wakes it here"
-            );
+            Some(self.act.end_poll(false))
         }
     }
 
@@ -133,6 +130,27 @@ mod loom_test {
         Arc::new(w)
     }
 
+    /// The holder's driver: marks and counts the task, ends its poll, and lends if a task
+    /// waits. Returns how the poll ended.
+    fn hold(w: &World) -> EndPoll {
+        w.marked.store(true, Ordering::Relaxed);
+        w.held.add(0);
+        let ended = w.act.end_poll(false);
+        if ended == EndPoll::Idle && w.held.lend_now(|| w.waiting.load(Ordering::Relaxed) > 0) {
+            // Woken while claimed, it would be scheduled now (`Notified`).
+            let _ = w.claim_and_lend();
+        }
+        ended
+    }
+
+    /// A task queued for VCUs: counted as waiting, then lends the held task's VCUs.
+    fn queue(w: &World) {
+        w.waiting.fetch_add(1, Ordering::AcqRel);
+        if w.held.any() && w.marked.load(Ordering::Relaxed) {
+            let _ = w.claim_and_lend();
+        }
+    }
+
     /// The driver of a task that waits outside the runtime, racing with a task queued for
     /// VCUs: the task lends its VCUs exactly once, whichever side sees the other.
     #[test]
@@ -140,22 +158,12 @@ mod loom_test {
         loom::model(|| {
             let w = world();
             let w2 = w.clone();
-            let queuer = thread::spawn(move || {
-                w2.waiting.fetch_add(1, Ordering::AcqRel);
-                if w2.held.any() && w2.marked.load(Ordering::Relaxed) {
-                    w2.claim_and_lend();
-                }
-            });
-            // The holder's driver.
-            w.marked.store(true, Ordering::Relaxed);
-            w.held.add(0);
-            assert_eq!(w.act.end_poll(false), EndPoll::Idle);
-            if w.held.lend_now(|| w.waiting.load(Ordering::Relaxed) > 0) {
-                w.claim_and_lend();
-            }
+            let queuer = thread::spawn(move || queue(&w2));
+            assert_eq!(hold(&w), EndPoll::Idle);
             queuer.join().unwrap();
             assert_eq!(w.lent.load(Ordering::Relaxed), 1, "the VCUs are lent, once");
             assert!(!w.marked.load(Ordering::Relaxed));
+            assert!(!w.act.is_notified(), "nothing woke it");
         });
     }
 
@@ -166,33 +174,11 @@ mod loom_test {
         loom::model(|| {
             let w = world();
             let (w2, w3) = (w.clone(), w.clone());
-            let queuer = thread::spawn(move || {
-                w2.waiting.fetch_add(1, Ordering::AcqRel);
-                if w2.held.any() && w2.marked.load(Ordering::Relaxed) && w2.act.claim_idle() {
-                    if w2.marked.swap(false, Ordering::Relaxed) {
-                        w2.held.remove(0);
-                        w2.lent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Woken while claimed: scheduled now (`Notified`), or not (`Idle`).
-                    let _ = w2.act.end_poll(false);
-                }
-            });
+            let queuer = thread::spawn(move || queue(&w2));
             let waker = thread::spawn(move || {
                 let _ = w3.act.wake();
             });
-            w.marked.store(true, Ordering::Relaxed);
-            w.held.add(0);
-            let ended = w.act.end_poll(false);
-            if ended == EndPoll::Idle
-                && w.held.lend_now(|| w.waiting.load(Ordering::Relaxed) > 0)
-                && w.act.claim_idle()
-            {
-                if w.marked.swap(false, Ordering::Relaxed) {
-                    w.held.remove(0);
-                    w.lent.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = w.act.end_poll(false);
-            }
+            hold(&w);
             queuer.join().unwrap();
             waker.join().unwrap();
             let lent = w.lent.load(Ordering::Relaxed);
