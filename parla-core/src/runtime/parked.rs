@@ -101,12 +101,10 @@ impl Pollers {
     /// keeps its VCUs while it waits: marked and counted (`scheduler::idle`). The caller
     /// holds its run token, and its activity has not left RUNNING.
     pub(crate) fn hold(&self, t: &Arc<dyn Task>) {
-        let slot = t.header().poller_slot();
-        if slot == u32::MAX {
-            return;
-        }
-        t.header().set_held(true);
-        self.held.add((slot >> INDEX_BITS) as usize);
+        let h = t.header();
+        h.set_held(true);
+        // (The shard of its slot, as `unhold` finds it: any fixed shard would do.)
+        self.held.add((h.poller_slot() >> INDEX_BITS) as usize);
     }
 
     /// The next holder of the run token of a task that may be held unmarks it. Returns
