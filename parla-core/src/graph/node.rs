@@ -708,10 +708,18 @@ impl Header {
     /// # Safety
     /// The caller holds the task's run token.
     pub(crate) unsafe fn take_run(&self) -> Option<RunState> {
+        // SAFETY: the run state is touched only by the run-token holder, the caller.
+        self.pended().and_then(|p| unsafe { (*p.run.get()).take() })
+    }
+
+    /// What the task keeps once a poll of it returned `Pending`, if one did.
+    #[inline]
+    fn pended(&self) -> Option<&Pended> {
         let p = self.pended.load(Ordering::Acquire);
-        // SAFETY: a non-null `p` lives as long as the header; its run state is touched only
-        // by the run-token holder, the caller.
-        unsafe { p.as_ref().and_then(|p| (*p.run.get()).take()) }
+        // SAFETY: a non-null pointer came from `Box::into_raw` in `save_run` and is freed
+        // only with the header, so it stays valid as long as `self` is; `Pended` is never
+        // moved or mutated through it except its cells and atomics.
+        unsafe { p.as_ref() }
     }
 
     /// Saves the run state of a task whose poll returns `Pending`; the first time, also
@@ -739,9 +747,7 @@ impl Header {
     /// Records where the task is in the runtime's set of pollers (after [`save_run`]
     /// (Self::save_run), by the same run-token holder).
     pub(crate) fn set_poller_slot(&self, slot: u32) {
-        let p = self.pended.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer stays valid as long as `self` is.
-        if let Some(p) = unsafe { p.as_ref() } {
+        if let Some(p) = self.pended() {
             p.poller_slot.store(slot, Ordering::Relaxed);
         }
     }
@@ -749,18 +755,15 @@ impl Header {
     /// Where the task is in the runtime's set of pollers (`u32::MAX`: nowhere). Read by the
     /// task's completer, after the run token was handed over.
     pub(crate) fn poller_slot(&self) -> u32 {
-        let p = self.pended.load(Ordering::Acquire);
-        // SAFETY: as above.
-        unsafe { p.as_ref() }.map_or(u32::MAX, |p| p.poller_slot.load(Ordering::Relaxed))
+        self.pended()
+            .map_or(u32::MAX, |p| p.poller_slot.load(Ordering::Relaxed))
     }
 
     /// Marks (or unmarks) the task as keeping its VCUs while it waits outside the runtime
     /// (`scheduler::idle`). The caller holds the run token, and a poll of the task returned
     /// `Pending` before.
     pub(crate) fn set_held(&self, held: bool) {
-        let p = self.pended.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer stays valid as long as `self` is.
-        if let Some(p) = unsafe { p.as_ref() } {
+        if let Some(p) = self.pended() {
             p.held.store(held, Ordering::Relaxed);
         }
     }
@@ -768,17 +771,14 @@ impl Header {
     /// Whether the task is marked as keeping its VCUs while it waits outside the runtime.
     #[inline]
     pub(crate) fn is_held(&self) -> bool {
-        let p = self.pended.load(Ordering::Acquire);
-        // SAFETY: as above.
-        unsafe { p.as_ref() }.is_some_and(|p| p.held.load(Ordering::Relaxed))
+        self.pended()
+            .is_some_and(|p| p.held.load(Ordering::Relaxed))
     }
 
     /// Where wakers schedule this node, once a poll of it returned `Pending`.
     pub(crate) fn waking(&self) -> Option<&Waking> {
-        let p = self.pended.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer stays valid (and its `waking` unchanged) as long as
-        // `self` is.
-        unsafe { p.as_ref().map(|p| &*p.waking) }
+        // (Its `waking` never changes once set.)
+        self.pended().map(|p| &*p.waking)
     }
 }
 

@@ -233,19 +233,17 @@ impl RtInner {
             } else {
                 Some(task)
             };
-            match task {
+            let Some(task) = task else {
+                return Ok(());
+            };
+            if !in_poll && context::in_driver() {
                 // A driver queueing a task that a finished one made ready (many drivers do at
                 // once while the device is full): without waiting for the admission lock.
-                Some(task) if !in_poll && context::in_driver() => {
-                    dev.admission.queue_unlocked(task, d, admitted);
-                    self.lend_held_for(slot, admitted);
-                }
-                Some(task) => {
-                    dev.admission.queue(task, d, in_poll, admitted);
-                    self.lend_held_for(slot, admitted);
-                }
-                None => {}
+                dev.admission.queue_unlocked(task, d, admitted);
+            } else {
+                dev.admission.queue(task, d, in_poll, admitted);
             }
+            self.lend_held_for(slot, admitted);
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::waker::MainPoller;
-use crate::graph::node::Task;
+use crate::graph::node::{Header, Task};
 use crate::scheduler::idle::Held;
 
 const SHARDS: usize = 16;
@@ -34,6 +34,13 @@ struct Slab {
 }
 
 type Shard = CachePadded<Mutex<Slab>>;
+
+/// The shard a held task is counted in: that of its slot (any fixed one would do, as long
+/// as `hold` and `unhold` agree).
+#[inline]
+fn held_shard(h: &Header) -> usize {
+    (h.poller_slot() >> INDEX_BITS) as usize
+}
 
 /// The calling thread's shard.
 #[inline]
@@ -103,8 +110,7 @@ impl Pollers {
     pub(crate) fn hold(&self, t: &Arc<dyn Task>) {
         let h = t.header();
         h.set_held(true);
-        // (The shard of its slot, as `unhold` finds it: any fixed shard would do.)
-        self.held.add((h.poller_slot() >> INDEX_BITS) as usize);
+        self.held.add(held_shard(h));
     }
 
     /// The next holder of the run token of a task that may be held unmarks it. Returns
@@ -116,7 +122,7 @@ impl Pollers {
             return false;
         }
         h.set_held(false);
-        self.held.remove((h.poller_slot() >> INDEX_BITS) as usize);
+        self.held.remove(held_shard(h));
         true
     }
 

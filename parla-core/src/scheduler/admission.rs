@@ -3,10 +3,9 @@
 //! Items are typed by lane: a *task* asking for its VCUs and memory for the first time,
 //! or a *resume* - a task that lent its VCUs back while it waited (on other tasks, or a
 //! CPU task on anything once others waited for VCUs: `idle`) and takes them back before it
-//! runs on. Resumes have a lane of
-//! their own and go first: a task taking back its own VCUs never waits behind
-//! work it is blocking (the children it awaits). Whatever an operation admits is pushed
-//! to `out`; the caller (the executor) runs it.
+//! runs on. Resumes have a lane of their own and go first: a task taking back its own VCUs
+//! never waits behind work it is blocking (the children it awaits). Whatever an operation
+//! admits is pushed to `out`; the caller (the executor) runs it.
 //!
 //! The task lane has a central part, under the same lock as the resume lane (entries may
 //! also arrive through a queue of their own, `incoming`, without the lock, and every
