@@ -21,6 +21,10 @@
 //!   once: more tasks are ready than the workers run, so with default VCUs most of them
 //!   wait for admission, and every task that finishes admits the next (the path of a
 //!   device kept full).
+//! - `channels`: 200,000 messages between pairs of tasks that ping-pong over two
+//!   `tokio::sync::mpsc` channels, three pairs per worker thread: more tasks want to run
+//!   than the CPU admits with default VCUs, so every message wakes a task that lent its
+//!   VCUs while it waited (the figures are per message, not per task).
 //!
 //! parla-rs is used as a user would: `task(async {}).spawn()`, `.after(&handle)`,
 //! `.after([t.at((i - 1, j)), t.at((i, j - 1))])`, default VCUs, inside `Runtime::block_on`. The Tokio baseline is the faster (by
@@ -44,7 +48,8 @@
 //! the two `JoinHandle`s one after the other, (b) with `tokio::join!`. For `round-trip`:
 //! `tokio::spawn` from `block_on`, (a) awaiting the `JoinHandle`, (b) awaiting a `oneshot`
 //! the task sends on. For `busy`: those of `independent`, each task doing the same work. For
-//! `wavefront-rows`: those of the grid.
+//! `wavefront-rows`: those of the grid. For `channels`: the same pairs with `tokio::spawn`,
+//! over (a) the same bounded channels, (b) unbounded ones.
 //!
 //! Service: 10,000,000 parla tasks named in one task space (`t.at(i)`, chains of 8), in
 //! batches of 100,000, each batch awaited and then retired (`TaskSpace::retire_finished`); the
@@ -179,10 +184,11 @@ enum Graph {
     ForkJoin,
     RoundTrip,
     Busy,
+    Channels,
 }
 
 impl Graph {
-    const ALL: [Graph; 9] = [
+    const ALL: [Graph; 10] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
@@ -192,6 +198,7 @@ impl Graph {
         Graph::ForkJoin,
         Graph::RoundTrip,
         Graph::Busy,
+        Graph::Channels,
     ];
 
     fn name(self) -> &'static str {
@@ -205,6 +212,7 @@ impl Graph {
             Graph::ForkJoin => "fork-join",
             Graph::RoundTrip => "round-trip",
             Graph::Busy => "busy",
+            Graph::Channels => "channels",
         }
     }
 }
@@ -241,6 +249,10 @@ struct Sizes {
     trips: usize,
     /// Tasks of `busy`.
     busy: usize,
+    /// Messages of `channels`.
+    messages: usize,
+    /// Ping-pong pairs of `channels`.
+    pairs: usize,
     /// Pending tasks in the memory measurement.
     memory: usize,
     /// Batches of the service measurement.
@@ -257,9 +269,16 @@ impl Sizes {
             depth: (17.0 + scale.log2()).round().max(1.0) as u32,
             trips: scaled(10_000.0),
             busy: scaled(50_000.0),
+            messages: scaled(200_000.0),
+            pairs: 0,
             memory: scaled(1_000_000.0),
             batches: scaled(100.0),
         }
+    }
+
+    /// Round trips per pair of `channels`.
+    fn rounds(&self) -> usize {
+        (self.messages / (2 * self.pairs)).max(1)
     }
 
     fn tasks(&self, g: Graph) -> usize {
@@ -270,6 +289,7 @@ impl Sizes {
             Graph::ForkJoin => (1 << (self.depth + 1)) - 1,
             Graph::RoundTrip => self.trips,
             Graph::Busy => self.busy,
+            Graph::Channels => self.rounds() * 2 * self.pairs,
         }
     }
 }
@@ -336,7 +356,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, channels, service or memory",
         );
     }
     o
@@ -383,6 +403,40 @@ fn parla_busy(rt: &Runtime, n: usize) -> Duration {
         start
     });
     start.elapsed()
+}
+
+/// `pairs` pairs of parla tasks (default VCUs), each sending `rounds` messages to the other
+/// and awaiting each reply.
+fn parla_channels(rt: &Runtime, pairs: usize, rounds: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut hs = Vec::with_capacity(2 * pairs);
+        for _ in 0..pairs {
+            let (to_b, mut b_rx) = tokio::sync::mpsc::channel::<usize>(1);
+            let (to_a, mut a_rx) = tokio::sync::mpsc::channel::<usize>(1);
+            hs.push(
+                task(async move {
+                    for i in 0..rounds {
+                        to_b.send(i).await.expect("channel closed");
+                        a_rx.recv().await.expect("channel closed");
+                    }
+                })
+                .spawn(),
+            );
+            hs.push(
+                task(async move {
+                    while let Some(i) = b_rx.recv().await {
+                        to_a.send(i).await.expect("channel closed");
+                    }
+                })
+                .spawn(),
+            );
+        }
+        for h in hs {
+            h.await.expect("channel task failed");
+        }
+        start.elapsed()
+    })
 }
 
 fn parla_chain(rt: &Runtime, n: usize) -> Duration {
@@ -542,6 +596,55 @@ fn tokio_a_busy(rt: &tokio::runtime::Runtime, n: usize) -> Duration {
         }
         for h in handles {
             h.await.expect("task failed");
+        }
+        start.elapsed()
+    })
+}
+
+/// [`parla_channels`] with `tokio::spawn`, over bounded channels (a) or unbounded ones (b).
+fn tokio_channels(
+    rt: &tokio::runtime::Runtime,
+    pairs: usize,
+    rounds: usize,
+    unbounded: bool,
+) -> Duration {
+    use tokio::sync::mpsc;
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut hs = Vec::with_capacity(2 * pairs);
+        for _ in 0..pairs {
+            if unbounded {
+                let (to_b, mut b_rx) = mpsc::unbounded_channel::<usize>();
+                let (to_a, mut a_rx) = mpsc::unbounded_channel::<usize>();
+                hs.push(tokio::spawn(async move {
+                    for i in 0..rounds {
+                        to_b.send(i).expect("channel closed");
+                        a_rx.recv().await.expect("channel closed");
+                    }
+                }));
+                hs.push(tokio::spawn(async move {
+                    while let Some(i) = b_rx.recv().await {
+                        to_a.send(i).expect("channel closed");
+                    }
+                }));
+            } else {
+                let (to_b, mut b_rx) = mpsc::channel::<usize>(1);
+                let (to_a, mut a_rx) = mpsc::channel::<usize>(1);
+                hs.push(tokio::spawn(async move {
+                    for i in 0..rounds {
+                        to_b.send(i).await.expect("channel closed");
+                        a_rx.recv().await.expect("channel closed");
+                    }
+                }));
+                hs.push(tokio::spawn(async move {
+                    while let Some(i) = b_rx.recv().await {
+                        to_a.send(i).await.expect("channel closed");
+                    }
+                }));
+            }
+        }
+        for h in hs {
+            h.await.expect("channel task failed");
         }
         start.elapsed()
     })
@@ -897,6 +1000,7 @@ impl Env {
                     Graph::ForkJoin => parla_fork_join(rt, s.depth),
                     Graph::RoundTrip => parla_round_trip(rt, s.trips),
                     Graph::Busy => parla_busy(rt, s.busy),
+                    Graph::Channels => parla_channels(rt, s.pairs, s.rounds()),
                 }
             }
             Imp::TokioA => {
@@ -911,6 +1015,7 @@ impl Env {
                     Graph::ForkJoin => tokio_fork_join(rt, s.depth, false),
                     Graph::RoundTrip => tokio_round_trip(rt, s.trips, false),
                     Graph::Busy => tokio_a_busy(rt, s.busy),
+                    Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), false),
                 }
             }
             Imp::TokioB => {
@@ -937,6 +1042,7 @@ impl Env {
                             busy: true,
                         },
                     ),
+                    Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), true),
                 }
             }
         }
@@ -1125,7 +1231,10 @@ fn bench_service(env: &Env) {
 
 fn main() {
     let o = parse_options();
-    let sizes = Sizes::new(o.scale);
+    let sizes = Sizes {
+        pairs: 3 * o.threads,
+        ..Sizes::new(o.scale)
+    };
     let graphs: Vec<Graph> = match &o.graph {
         None => Graph::ALL.to_vec(),
         Some(name) => Graph::ALL

@@ -455,6 +455,54 @@ fn a_waiting_task_keeps_its_vcus_until_a_task_needs_them() {
     });
 }
 
+/// Two tasks asking for the whole CPU pass messages: each reply wakes a task that lent its
+/// VCUs, while the task that woke it still holds them. The woken task does not queue for
+/// them: it takes them over once the waker waits (`context::defer_resume`), so a task
+/// looking right after its send sees nothing waiting - except at most once, when the
+/// thread's turn comes to send one through the resume lane for fairness. Checks too that
+/// the VCUs of the tasks running never exceed the device.
+#[test]
+fn a_task_woken_while_the_cpu_is_full_takes_over_the_wakers_vcus() {
+    each_config!(|rt| {
+        let rt = Arc::new(rt);
+        let (usage, waiting) = {
+            let rt2 = rt.clone();
+            rt.block_on(async move {
+                let (to_b, mut b_rx) = tokio::sync::mpsc::channel::<u32>(1);
+                let (to_a, mut a_rx) = tokio::sync::mpsc::channel::<u32>(1);
+                let b = task(async move {
+                    while let Some(i) = b_rx.recv().await {
+                        to_a.send(i + 1).await.unwrap();
+                    }
+                })
+                .vcus(1.0)
+                .spawn();
+                let a = task(async move {
+                    let mut waiting = Vec::new();
+                    let mut usage = Vec::new();
+                    for i in 0..6 {
+                        to_b.send(i).await.unwrap();
+                        let u = rt2.usage(Device::CPU).unwrap();
+                        usage.push(u.vcu);
+                        waiting.push(u.waiting);
+                        assert_eq!(a_rx.recv().await, Some(i + 1));
+                    }
+                    (usage, waiting)
+                })
+                .vcus(1.0)
+                .spawn();
+                let r = a.await.unwrap();
+                b.await.unwrap();
+                r
+            })
+        };
+        assert!(usage.iter().all(|&v| v == 1_000_000), "{usage:?}");
+        // (The first send may find `b` not admitted yet.)
+        let queued = waiting[1..].iter().filter(|&&w| w > 0).count();
+        assert!(queued <= 1, "woken tasks queued for VCUs: {waiting:?}");
+    });
+}
+
 /// More tasks than the device's VCUs admit at once meet at a `tokio::sync::Barrier`: the
 /// ones waiting there lend their VCUs, so the rest are admitted and the barrier opens.
 #[test]

@@ -56,7 +56,17 @@ thread_local! {
     /// A task made ready during the poll of a task on this thread that did not fit on its
     /// device (a raw strong reference; see [`stash`]).
     static STASH: Cell<Option<(std::ptr::NonNull<dyn Task>, Demand)>> = const { Cell::new(None) };
+    /// A task woken during the poll of a CPU task on this thread that could not take back
+    /// the VCUs it lent (a raw strong reference; see [`defer_resume`]).
+    static WOKEN: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
+    /// Tasks held in `WOKEN` since the last one [`defer_resume`] turned away for fairness.
+    static DEFERRED: Cell<u32> = const { Cell::new(0) };
 }
+
+/// How many woken tasks in a row a thread's polls may pass their VCUs to (see
+/// [`defer_resume`]) before one goes through its device's resume lane, behind the tasks
+/// that wait there.
+const DEFER_BUDGET: u32 = 8;
 
 /// How many live-task counts a spawning thread takes from the runtime at once.
 const CREDIT_BATCH: u32 = 32;
@@ -261,7 +271,7 @@ fn into_raw(t: Arc<dyn Task>) -> Option<std::ptr::NonNull<dyn Task>> {
 /// The strong reference behind a pointer of one of this thread's slots.
 #[inline]
 fn from_raw(p: Option<std::ptr::NonNull<dyn Task>>) -> Option<Arc<dyn Task>> {
-    // SAFETY: the slots (`LIFO`, `AWAITED`, `STASH`) hold pointers from `Arc::into_raw`, each taken
+    // SAFETY: the slots (`LIFO`, `AWAITED`, `STASH`, `WOKEN`) hold pointers from `Arc::into_raw`, each taken
     // out of its slot (and turned back into its reference) exactly once, here.
     p.map(|p| unsafe { Arc::from_raw(p.as_ptr().cast_const()) })
 }
@@ -380,6 +390,47 @@ pub(crate) fn has_stash() -> bool {
 pub(crate) fn take_stash() -> Option<(Arc<dyn Task>, Demand)> {
     let (p, d) = STASH.with(|c| c.take())?;
     Some((from_raw(Some(p))?, d))
+}
+
+/// Holds `task`, woken during the poll of a CPU task of runtime `rt_id` on this thread and
+/// needing `vcu` VCUs back on the CPU that do not fit now, until that poll ends. The driver
+/// then gives it the polled task's VCUs if the polled task waits on (see
+/// `Driver::pass_vcus`), or sends it through the resume lane. So two CPU tasks passing
+/// messages while more tasks run than the CPU admits (a channel's sender waking its
+/// receiver, then waiting for the reply) take turns on one worker's VCUs, as if the sender
+/// ran the receiver on them, without the device's admission lock.
+///
+/// Handed back when no such poll runs here, when the polled task holds fewer VCUs, when a
+/// task is held already, or (every [`DEFER_BUDGET`]-th time) so that tasks waiting in the
+/// resume lane get their turn.
+pub(crate) fn defer_resume(rt_id: u32, task: Arc<dyn Task>, vcu: u32) -> Result<(), Arc<dyn Task>> {
+    if !polling_task(rt_id) || DEVICE.with(|c| c.get()) != Device::CPU {
+        return Err(task);
+    }
+    if WOKEN.with(|c| c.get().is_some()) {
+        return Err(task);
+    }
+    let cur = TASK.with(|c| c.get());
+    // SAFETY: non-null (`polling_task`), set by `enter_task` from a reference that outlives
+    // the guard that restores the previous value, and this thread is inside that scope.
+    let have = unsafe { &*cur }.header().demand().vcu;
+    if have < vcu {
+        return Err(task);
+    }
+    let n = DEFERRED.with(|c| c.get());
+    if n >= DEFER_BUDGET {
+        DEFERRED.with(|c| c.set(0));
+        return Err(task);
+    }
+    DEFERRED.with(|c| c.set(n + 1));
+    WOKEN.with(|c| c.set(into_raw(task)));
+    Ok(())
+}
+
+/// Takes the task [`defer_resume`] holds, if any.
+#[inline]
+pub(crate) fn take_woken() -> Option<Arc<dyn Task>> {
+    from_raw(WOKEN.with(|c| c.take()))
 }
 
 /// Notes that a driver of runtime `rt_id` polling on this thread started another driver.

@@ -273,6 +273,12 @@ impl Driver {
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
         self.end_poll(rt, task, run, poll, pended, device);
+        if let Some(t) = context::take_woken() {
+            // A task this poll woke that waits for its VCUs and did not get the polled
+            // task's (`pass_vcus`): through the resume lane.
+            let lent = t.header().lent();
+            rt.resume_lent(t, Device::CPU.slot(), lent);
+        }
         if context::has_stash() {
             // A task this poll made ready that waits for its device is queued now.
             rt.flush_stash(&mut self.local);
@@ -318,6 +324,8 @@ impl Driver {
                 if !pended {
                     rt.pollers.insert(&task);
                 }
+                // A task this poll woke that waits for VCUs takes this one's instead.
+                let holds = holds && !self.pass_vcus(rt, &task);
                 if holds {
                     rt.pollers.hold(&task);
                 }
@@ -399,6 +407,38 @@ impl Driver {
         // Tasks with data waiting for VCUs there may fit now too.
         self.rt.pump(device.slot(), &mut self.local.admitted);
         self.rt.launch(&mut self.local);
+    }
+
+    /// `task`, a CPU task whose poll just returned `Pending` without awaiting tasks (it
+    /// would keep its VCUs: `scheduler::idle`), passes them to the task its poll woke that
+    /// waits to take back as many (see [`context::defer_resume`]), if there is one: that
+    /// task runs next on this thread, and `task` has lent its VCUs (it takes them back
+    /// through the resume lane once woken, as after any loan). Returns whether it did. The
+    /// caller holds `task`'s run token (it is RUNNING), so nothing schedules it meanwhile.
+    fn pass_vcus(&mut self, rt: &Arc<RtInner>, task: &Arc<dyn Task>) -> bool {
+        let Some(woken) = context::take_woken() else {
+            return false;
+        };
+        let need = woken.header().lent();
+        if need == 0 || need > task.header().demand().vcu {
+            rt.resume_lent(woken, Device::CPU.slot(), need);
+            return false;
+        }
+        let have = task.header().lend();
+        woken.header().reclaim();
+        if have > need {
+            let rest = Demand {
+                vcu: have - need,
+                mem: 0,
+            };
+            let admission = &rt.devices[Device::CPU.slot()].admission;
+            admission.release(rest, &mut self.local.admitted);
+            rt.pump(Device::CPU.slot(), &mut self.local.admitted);
+            rt.launch(&mut self.local);
+        }
+        // Next on this thread. (It holds the busy token its wake took.)
+        rt.push_runnable(woken);
+        true
     }
 
     /// The body of `task` returned `outcome`. A CPU (or virtual GPU) task completes now. A

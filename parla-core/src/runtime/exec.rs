@@ -636,6 +636,25 @@ impl RtInner {
             self.push_runnable(task);
             return;
         }
+        if slot == Device::CPU.slot() && context::polling_task(self.id) {
+            if self.devices[slot].admission.resume_now(lent) {
+                h.reclaim();
+                self.push_runnable(task);
+                return;
+            }
+            // Woken by a task polling on this thread, which may pass it its VCUs.
+            match context::defer_resume(self.id, task, lent) {
+                Ok(()) => return,
+                Err(t) => return self.resume_lent(t, slot, lent),
+            }
+        }
+        self.resume_lent(task, slot, lent);
+    }
+
+    /// The second step of [`schedule_woken`](Self::schedule_woken) for `task`, which lent
+    /// `lent` VCUs of device `slot` and holds its busy token: it takes them back at once if
+    /// they fit, else it waits in the resume lane.
+    pub(crate) fn resume_lent(self: &Arc<Self>, task: Arc<dyn Task>, slot: usize, lent: u32) {
         let dev = &self.devices[slot];
         let granted = self.with_local(|l| dev.admission.resume(task, lent, &mut l.admitted));
         match granted {

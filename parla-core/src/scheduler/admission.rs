@@ -28,7 +28,8 @@
 //!   ([`queue`](Admission::queue)) increments `waiting` and drains under it. Whoever
 //!   queues one centrally without it ([`queue_unlocked`](Admission::queue_unlocked))
 //!   increments `waiting`, pushes it to `incoming`, reads `waiting` again with a
-//!   read-modify-write, and then has a drain made if it fits. Whoever releases resources
+//!   read-modify-write, and then has a drain made if it fits (a resume that finds the
+//!   lock taken does the same through `incoming_resumes`). Whoever releases resources
 //!   returns them and then reads `waiting` with a read-modify-write, and has a drain made
 //!   (below) when it is non-zero. Read-modify-writes of `waiting` are totally ordered. If
 //!   the releaser's comes before the queuer's last one (the increment, in a shard or
@@ -245,6 +246,8 @@ pub(crate) struct Admission<T> {
     /// Central task lane entries queued without the lock, which holders move to the lane
     /// (see [`absorb`](Self::absorb)).
     incoming: Queue<Entry<T>>,
+    /// Resumes queued without the lock, which holders move to the resume lane likewise.
+    incoming_resumes: Queue<Entry<T>>,
     /// The task lane's shards.
     shards: Box<[CachePadded<Shard<T>>]>,
 }
@@ -276,6 +279,7 @@ impl<T: Claim> Admission<T> {
                 resume_min: NO_MIN,
             })),
             incoming: Queue::new(),
+            incoming_resumes: Queue::new(),
             shards: (0..shards.clamp(1, MAX_SHARDS))
                 .map(|_| {
                     CachePadded::new(Shard {
@@ -448,9 +452,16 @@ impl<T: Claim> Admission<T> {
     /// (a queuer takes its ticket before it pushes, so one may push after another that took
     /// a later ticket). Called by every holder of the central lock before it looks at the
     /// lane.
+    ///
+    /// Resumes queued without the lock go to the back of the resume lane.
     #[inline]
     fn absorb(&self, c: &mut Central<T>) {
         // (Mostly empty: a look at its ends costs less than a pop that finds nothing.)
+        if !self.incoming_resumes.is_empty() {
+            while let Some(e) = self.incoming_resumes.pop() {
+                push_resume(c, e);
+            }
+        }
         if self.incoming.is_empty() {
             return;
         }
@@ -508,30 +519,51 @@ impl<T: Claim> Admission<T> {
         }
     }
 
+    /// [`resume`](Self::resume)'s way without queueing: takes `vcu` VCUs back if they fit
+    /// now and no other resume waits.
+    #[inline]
+    pub(crate) fn resume_now(&self, vcu: u32) -> bool {
+        let d = Demand { vcu, mem: 0 };
+        d.is_zero() || (self.resuming.load(Ordering::Acquire) == 0 && self.try_reserve(d))
+    }
+
     /// A parked task takes back `vcu` VCUs. Granted at once (the item is handed back) when
     /// they fit and no other resume waits - waiting tasks do not hold it back. Otherwise it
     /// queues in the resume lane (ahead of every waiting task) and `None` is returned; it
     /// may have been admitted by this very call, into `out`.
+    ///
+    /// It never waits for the central lock: finding it taken, it queues through
+    /// `incoming_resumes` as [`queue_incoming`](Self::queue_incoming) does. (Resumes come
+    /// from wakers, mostly called inside another task's poll - a channel's sender waking
+    /// its receiver. With more such tasks than the device admits, every wake resumes while
+    /// every wait releases, and a resume that slept in the lock stalled the waker's worker
+    /// and the task it ran.)
     pub(crate) fn resume(&self, item: T, vcu: u32, out: &mut Vec<T>) -> Option<T> {
-        let d = Demand { vcu, mem: 0 };
-        if d.is_zero() || (self.resuming.load(Ordering::Acquire) == 0 && self.try_reserve(d)) {
+        if self.resume_now(vcu) {
             return Some(item);
         }
-        let (mut c, seen) = self.lock_central();
-        c.resumes.push_back(Entry {
+        let d = Demand { vcu, mem: 0 };
+        let e = Entry {
             item,
             d,
             claimable: false,
             ticket: 0,
-        });
-        c.resume_min = Demand {
-            vcu: c.resume_min.vcu.min(d.vcu),
-            mem: c.resume_min.mem.min(d.mem),
         };
+        // Counted before it is pushed (either way), so that no drain takes it uncounted.
         self.resuming.fetch_add(1, Ordering::AcqRel);
+        if let Some((mut c, seen)) = self.try_lock_central() {
+            push_resume(&mut c, e);
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            self.drain(&mut c, out);
+            self.unlock(c, seen, out);
+            return None;
+        }
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.drain(&mut c, out);
-        self.unlock(c, seen, out);
+        self.incoming_resumes.push(e);
+        self.waiting.fetch_add(0, Ordering::AcqRel);
+        if self.could_fit(d) {
+            self.request_drain(out);
+        }
         None
     }
 
@@ -901,6 +933,16 @@ fn first_lane<'a, T: Claim>(
         }
     }
     best.map(|(lane, _)| lane)
+}
+
+/// Puts `e` at the back of the resume lane (`c`), keeping the lane's bound.
+#[inline]
+fn push_resume<T>(c: &mut Central<T>, e: Entry<T>) {
+    c.resume_min = Demand {
+        vcu: c.resume_min.vcu.min(e.d.vcu),
+        mem: c.resume_min.mem.min(e.d.mem),
+    };
+    c.resumes.push_back(e);
 }
 
 /// Lets a lane that held a burst of waiting tasks give back its memory once it is empty.
@@ -1404,6 +1446,30 @@ mod loom_test {
             let granted: Vec<u8> = at_once.into_iter().chain(mine).chain(theirs).collect();
             assert_eq!(granted, vec![1]);
             assert_eq!(a.usage().vcu, VCU_ONE / 2);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A resume (1, half the device) that finds the central lock taken by a release (which
+    /// drains for item 2, waiting for the other half) queues without it: both are
+    /// admitted, once each.
+    #[test]
+    fn release_vs_unlocked_resume_no_lost_wakeup() {
+        loom::model(|| {
+            let a = Arc::new(Admission::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit(0u8, FULL, &mut out));
+            assert!(!a.admit(2u8, HALF, &mut out));
+            let t = on_thread(&a, |a, out| {
+                a.release(FULL, out);
+            });
+            let mut mine = Vec::new();
+            let at_once = a.resume(1u8, VCU_ONE / 2, &mut mine);
+            let theirs = t.join().unwrap();
+            let mut all: Vec<u8> = at_once.into_iter().chain(mine).chain(theirs).collect();
+            all.sort_unstable();
+            assert_eq!(all, vec![1, 2], "each admitted once");
+            assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);
         });
     }
