@@ -458,9 +458,8 @@ fn a_waiting_task_keeps_its_vcus_until_a_task_needs_them() {
 /// Two tasks asking for the whole CPU pass messages: each reply wakes a task that lent its
 /// VCUs, while the task that woke it still holds them. The woken task does not queue for
 /// them: it takes them over once the waker waits (`context::defer_resume`), so a task
-/// looking right after its send sees nothing waiting - except at most once, when the
-/// thread's turn comes to send one through the resume lane for fairness. Checks too that
-/// the VCUs of the tasks running never exceed the device.
+/// looking right after its send sees nothing waiting. Checks too that the VCUs of the
+/// tasks running never exceed the device.
 #[test]
 fn a_task_woken_while_the_cpu_is_full_takes_over_the_wakers_vcus() {
     each_config!(|rt| {
@@ -500,6 +499,95 @@ fn a_task_woken_while_the_cpu_is_full_takes_over_the_wakers_vcus() {
         // (The first send may find `b` not admitted yet.)
         let queued = waiting[1..].iter().filter(|&&w| w > 0).count();
         assert!(queued <= 1, "woken tasks queued for VCUs: {waiting:?}");
+    });
+}
+
+/// A one-message mailbox outside Tokio (so no cooperative budget makes its receiver yield
+/// now and then): `put` stores a value and wakes the receiver, `take` waits for one.
+#[derive(Default)]
+struct Mailbox(parking_lot::Mutex<(Option<u32>, Option<std::task::Waker>)>);
+
+impl Mailbox {
+    fn put(&self, v: u32) {
+        let w = {
+            let mut m = self.0.lock();
+            m.0 = Some(v);
+            m.1.take()
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    fn take(&self) -> impl Future<Output = u32> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut m = self.0.lock();
+            match m.0.take() {
+                Some(v) => Poll::Ready(v),
+                None => {
+                    m.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+    }
+}
+
+/// Two tasks asking for the whole CPU pass messages (through mailboxes outside Tokio),
+/// taking over each other's VCUs at every wake, until a third task has run; that one waits
+/// for its VCUs in the resume lane (woken by `block_on`'s future while the pair runs). The
+/// pair's hand-overs give way to it now and then: were they to go on for good, the pair
+/// would never stop.
+#[test]
+fn tasks_passing_messages_let_a_waiting_task_in() {
+    each_config!(|rt| {
+        let rounds = rt.block_on(async move {
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let rounds = Arc::new(AtomicUsize::new(0));
+            let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+            let d = done.clone();
+            let third = task(async move {
+                go_rx.await.unwrap();
+                d.store(true, Ordering::SeqCst);
+            })
+            .vcus(1.0)
+            .spawn();
+            let (to_a, to_b) = (Arc::new(Mailbox::default()), Arc::new(Mailbox::default()));
+            let (a_box, b_box) = (to_a.clone(), to_b.clone());
+            let b = task(async move {
+                // 0 ends the exchange.
+                loop {
+                    let i = b_box.take().await;
+                    to_a.put(i);
+                    if i == 0 {
+                        break;
+                    }
+                }
+            })
+            .vcus(1.0)
+            .spawn();
+            let (d, r) = (done.clone(), rounds.clone());
+            let a = task(async move {
+                while !d.load(Ordering::SeqCst) {
+                    to_b.put(1);
+                    a_box.take().await;
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+                to_b.put(0);
+            })
+            .vcus(1.0)
+            .spawn();
+            // Once the pair runs, the third task is woken: its VCUs are the pair's.
+            while rounds.load(Ordering::SeqCst) < 100 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            go_tx.send(()).unwrap();
+            third.await.unwrap();
+            a.await.unwrap();
+            b.await.unwrap();
+            rounds.load(Ordering::SeqCst)
+        });
+        assert!(rounds >= 100);
     });
 }
 

@@ -643,7 +643,7 @@ impl RtInner {
                 return;
             }
             // Woken by a task polling on this thread, which may pass it its VCUs.
-            match context::defer_resume(self.id, task, lent) {
+            match context::defer_resume(self.id, task, lent, || self.cpu_waiting()) {
                 Ok(()) => return,
                 Err(t) => return self.resume_lent(t, slot, lent),
             }
