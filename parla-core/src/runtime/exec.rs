@@ -441,7 +441,7 @@ impl RtInner {
 
     /// Waits (up to 30 s, then panics) until no driver of the runtime runs: each hands back
     /// the finished tasks it gathered before it leaves.
-    #[cfg(test)]
+    #[cfg(all(test, not(parla_loom)))]
     pub(crate) fn wait_for_drivers_to_leave(&self) {
         let waited = std::time::Instant::now();
         while self.inject.active() > 0 {
@@ -454,7 +454,7 @@ impl RtInner {
     }
 
     /// How many spent tasks of this runtime the calling thread took for its next spawns.
-    #[cfg(test)]
+    #[cfg(all(test, not(parla_loom)))]
     pub(crate) fn taken_here(&self) -> usize {
         REUSE.with(|r| {
             let r = r.borrow();
@@ -463,7 +463,7 @@ impl RtInner {
     }
 
     /// Frees what the calling thread took or kept for its next spawns.
-    #[cfg(test)]
+    #[cfg(all(test, not(parla_loom)))]
     pub(crate) fn drop_taken_here(&self) {
         let taken = REUSE.with(|r| std::mem::take(&mut r.borrow_mut().taken));
         drop(taken);

@@ -100,7 +100,7 @@ impl<T> Injector<T> {
     }
 
     /// How many drivers out of CPU work may linger at once.
-    #[cfg(any(test, parla_loom))]
+    #[cfg(test)]
     pub(crate) fn cpu_lingerers(&self) -> usize {
         self.cpu_lingerers
     }
@@ -119,7 +119,7 @@ impl<T> Injector<T> {
     }
 
     /// Drivers holding a slot now.
-    #[cfg(any(test, parla_loom))]
+    #[cfg(test)]
     pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }

@@ -1338,24 +1338,35 @@ mod loom_test {
         });
     }
 
-    /// Items 0 and 9 hold half the device each and `waiting` (id, demand) wait; both halves
-    /// are released at once, one on another thread. Returns the ids admitted, sorted.
-    fn two_releases(waiting: &'static [(u8, Demand)]) -> (Arc<Admission<u8>>, Vec<u8>) {
+    /// Items `held` are admitted and `waiting` (id, demand) wait; then `theirs` runs on
+    /// another thread while `mine` runs on this one. Returns the ids admitted, sorted.
+    fn race(
+        held: &[(u8, Demand)],
+        waiting: &[(u8, Demand)],
+        theirs: fn(&Admission<u8>, &mut Vec<u8>),
+        mine: impl FnOnce(&Admission<u8>, &mut Vec<u8>),
+    ) -> (Arc<Admission<u8>>, Vec<u8>) {
         let a = Arc::new(Admission::new(0, 2));
         let mut out = Vec::new();
-        assert!(a.admit(0u8, HALF, &mut out));
-        assert!(a.admit(9u8, HALF, &mut out));
+        for &(id, d) in held {
+            assert!(a.admit(id, d, &mut out));
+        }
         for &(id, d) in waiting {
             assert!(!a.admit(id, d, &mut out));
         }
-        let t = on_thread(&a, |a, out| {
-            a.release(HALF, out);
-        });
-        let mut mine = Vec::new();
-        a.release(HALF, &mut mine);
-        let mut all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
+        let t = on_thread(&a, theirs);
+        let mut all = Vec::new();
+        mine(&a, &mut all);
+        all.extend(t.join().unwrap());
         all.sort_unstable();
         (a, all)
+    }
+
+    /// Items 0 and 9 hold half the device each and `waiting` (id, demand) wait; both halves
+    /// are released at once, one on another thread. Returns the ids admitted, sorted.
+    fn two_releases(waiting: &'static [(u8, Demand)]) -> (Arc<Admission<u8>>, Vec<u8>) {
+        let release = |a: &Admission<u8>, out: &mut Vec<u8>| a.release(HALF, out);
+        race(&[(0, HALF), (9, HALF)], waiting, release, release)
     }
 
     /// Two releases at once, with two items waiting: the one that finds the central lock
@@ -1430,44 +1441,38 @@ mod loom_test {
         loom::model(|| releases_vs_queue(2, HALF, Admission::queue_unlocked));
     }
 
+    /// Item 0 holds the whole device and `waiting` (id, demand) wait; its release, on
+    /// another thread, races with the resume of item 1 (half the device). Returns the ids
+    /// admitted (the resume included if granted at once), sorted.
+    fn release_vs_resume(waiting: &'static [(u8, Demand)]) -> (Arc<Admission<u8>>, Vec<u8>) {
+        race(
+            &[(0, FULL)],
+            waiting,
+            |a, out| a.release(FULL, out),
+            |a, out| {
+                let at_once = a.resume(1u8, VCU_ONE / 2, out);
+                out.extend(at_once);
+            },
+        )
+    }
+
     /// A release racing with a queueing resume: the resume is granted exactly once.
     #[test]
     fn release_vs_resume_no_lost_wakeup() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0, 2));
-            let mut out = Vec::new();
-            assert!(a.admit(0u8, FULL, &mut out));
-            let t = on_thread(&a, |a, out| {
-                a.release(FULL, out);
-            });
-            let mut mine = Vec::new();
-            let at_once = a.resume(1u8, VCU_ONE / 2, &mut mine);
-            let theirs = t.join().unwrap();
-            let granted: Vec<u8> = at_once.into_iter().chain(mine).chain(theirs).collect();
+            let (a, granted) = release_vs_resume(&[]);
             assert_eq!(granted, vec![1]);
             assert_eq!(a.usage().vcu, VCU_ONE / 2);
             assert_eq!(a.usage().waiting, 0);
         });
     }
 
-    /// A resume (1, half the device) that finds the central lock taken by a release (which
-    /// drains for item 2, waiting for the other half) queues without it: both are
-    /// admitted, once each.
+    /// A resume that finds the central lock taken by a release (which drains for item 2,
+    /// waiting for the other half) queues without it: both are admitted, once each.
     #[test]
     fn release_vs_unlocked_resume_no_lost_wakeup() {
         loom::model(|| {
-            let a = Arc::new(Admission::new(0, 2));
-            let mut out = Vec::new();
-            assert!(a.admit(0u8, FULL, &mut out));
-            assert!(!a.admit(2u8, HALF, &mut out));
-            let t = on_thread(&a, |a, out| {
-                a.release(FULL, out);
-            });
-            let mut mine = Vec::new();
-            let at_once = a.resume(1u8, VCU_ONE / 2, &mut mine);
-            let theirs = t.join().unwrap();
-            let mut all: Vec<u8> = at_once.into_iter().chain(mine).chain(theirs).collect();
-            all.sort_unstable();
+            let (a, all) = release_vs_resume(&[(2, HALF)]);
             assert_eq!(all, vec![1, 2], "each admitted once");
             assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);
