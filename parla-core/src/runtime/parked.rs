@@ -126,10 +126,14 @@ impl Pollers {
         true
     }
 
-    /// The tasks marked as held now (see [`hold`](Self::hold)).
+    /// The tasks marked as held now (see [`hold`](Self::hold)), from the shards whose held
+    /// count is not 0 (the caller made the handshake's fence: `Held::any`).
     pub(crate) fn held_tasks(&self) -> Vec<Arc<dyn Task>> {
         let mut out = Vec::new();
-        for s in &self.shards {
+        for (i, s) in self.shards.iter().enumerate() {
+            if !self.held.in_shard(i) {
+                continue;
+            }
             out.extend(
                 s.lock()
                     .slots

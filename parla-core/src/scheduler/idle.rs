@@ -83,6 +83,14 @@ impl Held {
         fence(Ordering::SeqCst);
         self.shards.iter().any(|s| s.load(Ordering::Relaxed) > 0)
     }
+
+    /// After [`any`](Self::any): whether shard `shard` may count a held task. A queuer
+    /// looks for held tasks only in those shards: a count read as 0 after its fence means
+    /// that every task counted there before the holder's fence was unmarked since.
+    #[inline]
+    pub(crate) fn in_shard(&self, shard: usize) -> bool {
+        self.shards[shard % SHARDS].load(Ordering::Relaxed) > 0
+    }
 }
 
 #[cfg(all(test, parla_loom))]
