@@ -429,8 +429,22 @@ impl<T: Claim> Admission<T> {
 
     /// [`queue_unlocked`](Self::queue_unlocked)'s way without the lock: through `incoming`.
     fn queue_incoming(&self, item: T, d: Demand, out: &mut Vec<T>) {
+        self.push_unlocked(&self.incoming, || self.central_entry(item, d), d, out);
+    }
+
+    /// Queues the entry `entry` makes (asking for `d`) through `queue` (`incoming` or
+    /// `incoming_resumes`), without the central lock: counted before it is pushed (so that
+    /// no drain takes it uncounted), then the count read again with a read-modify-write,
+    /// then a drain requested if it fits (see the module invariants).
+    fn push_unlocked(
+        &self,
+        queue: &Queue<Entry<T>>,
+        entry: impl FnOnce() -> Entry<T>,
+        d: Demand,
+        out: &mut Vec<T>,
+    ) {
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.incoming.push(self.central_entry(item, d));
+        queue.push(entry());
         self.waiting.fetch_add(0, Ordering::AcqRel);
         if self.could_fit(d) {
             self.request_drain(out);
@@ -558,12 +572,7 @@ impl<T: Claim> Admission<T> {
             self.unlock(c, seen, out);
             return None;
         }
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.incoming_resumes.push(e);
-        self.waiting.fetch_add(0, Ordering::AcqRel);
-        if self.could_fit(d) {
-            self.request_drain(out);
-        }
+        self.push_unlocked(&self.incoming_resumes, || e, d, out);
         None
     }
 
