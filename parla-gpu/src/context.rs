@@ -1,7 +1,6 @@
 //! What a GPU task sees: [`current`] gives its [`GpuContext`].
 
 use std::cell::RefCell;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
@@ -158,14 +157,12 @@ impl GpuContext {
     }
 
     /// A kernel compiled with NVRTC from CUDA C++ `source`, by `name` (an `extern "C"`
-    /// function). Compiled once per device and cached, keyed by the source's address (a
-    /// `'static` string never moves) and the name, so a lookup costs a hash of the name.
+    /// function). Compiled once per device and cached, keyed by the source's address and
+    /// length (a `'static` string never moves) and the name, so a lookup costs a hash of the
+    /// name and one comparison.
     pub fn kernel(&self, source: &'static str, name: &str) -> Result<CudaFunction> {
-        let key = (
-            source.as_ptr() as u64 ^ ((source.len() as u64) << 48),
-            rustc_hash::FxBuildHasher.hash_one(name),
-        );
-        if let Some(f) = self.dev.kernels.lock().get(&key) {
+        let src = (source.as_ptr() as usize, source.len());
+        if let Some(f) = self.dev.kernels.lock().get(&src).and_then(|m| m.get(name)) {
             return Ok(f.clone());
         }
         if !crate::raw::nvrtc_present() {
@@ -179,7 +176,12 @@ impl GpuContext {
         })?;
         let module = self.dev.ctx.load_module(ptx)?;
         let f = module.load_function(name)?;
-        self.dev.kernels.lock().insert(key, f.clone());
+        self.dev
+            .kernels
+            .lock()
+            .entry(src)
+            .or_default()
+            .insert(name.into(), f.clone());
         Ok(f)
     }
 }

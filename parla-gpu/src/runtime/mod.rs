@@ -23,6 +23,10 @@ use crate::stream::StreamPool;
 /// Events created per device at start.
 const EVENT_STOCK: usize = 256;
 
+/// Compiled kernels: by their source (its address and length: a `'static` string never
+/// moves), then by name.
+pub(crate) type Kernels = FxHashMap<(usize, usize), FxHashMap<Box<str>, CudaFunction>>;
+
 /// One CUDA device of the runtime.
 pub struct GpuDevice {
     /// Index among the runtime's GPUs (`gpu:index`).
@@ -34,7 +38,7 @@ pub struct GpuDevice {
     /// Completed events for reuse (lock-free: the fence poller returns them while workers
     /// take them).
     pub(crate) events: crossbeam_queue::SegQueue<CudaEvent>,
-    pub(crate) kernels: Mutex<FxHashMap<(u64, u64), CudaFunction>>,
+    pub(crate) kernels: Mutex<Kernels>,
     /// Page-locked buffers staging uploads.
     pub(crate) staging: crate::transfer::Staging,
     /// A stream for copies outside tasks (write-backs, reads for CPU tasks), made on first
