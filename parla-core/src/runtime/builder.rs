@@ -265,6 +265,8 @@ impl Builder {
             ours: crossbeam_utils::CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             ledger: super::data::ledger(me.clone(), id),
+            #[cfg(all(test, not(parla_loom)))]
+            futile_lingers: std::sync::atomic::AtomicUsize::new(0),
             spent: crossbeam_utils::CachePadded::new(super::SpentPool {
                 tasks: parking_lot::Mutex::new(Vec::with_capacity(super::SPENT)),
                 len: std::sync::atomic::AtomicUsize::new(0),

@@ -51,6 +51,9 @@ thread_local! {
     /// slot needs no destructor (a driver empties it before its poll returns).
     static LIFO: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
     static HANDOFF: Cell<bool> = const { Cell::new(false) };
+    /// A driver on this thread yielded because Tokio's budget ran out (see
+    /// [`note_coop_yield`]).
+    static COOP_YIELD: Cell<bool> = const { Cell::new(false) };
     /// VCUs a completing task holds for a task it wakes (see [`Gift`]).
     static GIFT: Cell<Option<Gift>> = const { Cell::new(None) };
     /// A task made ready during the poll of a task on this thread that did not fit on its
@@ -452,6 +455,21 @@ pub(crate) fn note_handoff(rt_id: u32) {
 /// Reads and clears the mark of [`note_handoff`].
 pub(crate) fn take_handoff() -> bool {
     HANDOFF.with(|c| c.replace(false))
+}
+
+/// Notes that a driver polling on this thread yields because Tokio's cooperative budget
+/// ran out. A Tokio resource that refused a task for that reason (a channel, a semaphore)
+/// handed its waker to Tokio's worker, which wakes it only once it has no task left to
+/// poll: until then, the tasks it wakes are in no queue of the runtime, and a driver on
+/// this thread that runs out of work must not spin waiting for them (see
+/// [`take_coop_yield`]).
+pub(crate) fn note_coop_yield() {
+    COOP_YIELD.with(|c| c.set(true));
+}
+
+/// Reads and clears the mark of [`note_coop_yield`].
+pub(crate) fn take_coop_yield() -> bool {
+    COOP_YIELD.with(|c| c.replace(false))
 }
 
 /// Takes this thread's next task (the driver polling here).

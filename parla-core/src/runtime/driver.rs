@@ -121,6 +121,12 @@ impl Driver {
     /// lingering driver instead of starting one. Returns the task it found.
     fn linger(&mut self, rt: &Arc<RtInner>) -> Option<Arc<dyn Task>> {
         let gpu = std::mem::take(&mut self.lingers);
+        if context::take_coop_yield() {
+            // Tasks this worker's Tokio resources refused for want of budget are woken
+            // only once this driver's poll returns (see `context::note_coop_yield`): leave
+            // instead of spinning in their way.
+            return None;
+        }
         if gpu {
             rt.inject.linger();
         } else if rt.bridge.is_busy() || !rt.inject.linger_for_cpu() {
@@ -174,6 +180,8 @@ impl Driver {
                 return if rt.inject.stop_lingering() {
                     rt.inject.pop()
                 } else {
+                    #[cfg(all(test, not(parla_loom)))]
+                    rt.futile_lingers.fetch_add(1, Ordering::Relaxed);
                     None
                 };
             }
@@ -536,14 +544,25 @@ impl Future for Driver {
             // started another yields too: the new one waits in this worker's LIFO slot
             // until this one yields, and this one, yielding, goes to the worker's run
             // queue, where an idle worker is woken to steal it - so both run.
-            if context::take_handoff() || budget == 0 || !tokio::task::coop::has_budget_remaining()
-            {
+            let handoff = context::take_handoff();
+            let coop = !tokio::task::coop::has_budget_remaining();
+            if handoff || budget == 0 || coop {
                 // Let other Tokio tasks on this worker run; the next task goes where any
                 // driver finds it.
                 if let Some(t) = context::take_next() {
                     rt.inject.push(t);
                 }
-                cx.waker().wake_by_ref();
+                if coop && !handoff {
+                    // The Tokio resources that refused a task for want of budget wake it
+                    // once this worker has nothing else to poll: this driver goes behind
+                    // them, and the tasks they wake are queued when it polls next. Woken
+                    // at once, it would find no work, and linger in their way.
+                    context::note_coop_yield();
+                    let mut behind = std::pin::pin!(tokio::task::yield_now());
+                    let _ = behind.as_mut().poll(cx);
+                } else {
+                    cx.waker().wake_by_ref();
+                }
                 break Poll::Pending;
             }
         };
@@ -599,6 +618,33 @@ mod test {
     /// On 16 workers up to four drivers linger for CPU work at once: bursts spawned from
     /// `block_on` with gaps between them (in which drivers run out of work and linger) all
     /// run, and the drivers leave once the work stops.
+    #[test]
+    fn a_task_out_of_tokio_budget_does_not_leave_its_driver_lingering() {
+        // A task whose Tokio resources (here the budget alone) refuse it every 128 steps:
+        // Tokio wakes it only once its worker has nothing else to poll. On one worker, the
+        // driver that yielded must not come back, find nothing and spin in the way.
+        let rt = Runtime::builder().cpu_threads(1).build().unwrap();
+        let inner = rt.inner.clone();
+        let steps = rt.block_on(async {
+            crate::task(async {
+                let mut steps = 0u32;
+                for _ in 0..128 * 50 {
+                    tokio::task::coop::consume_budget().await;
+                    steps += 1;
+                }
+                steps
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(steps, 128 * 50);
+        let futile = inner.futile_lingers.load(Ordering::Relaxed);
+        assert!(
+            futile <= 2,
+            "{futile} lingers found nothing in 50 budget yields"
+        );
+    }
+
     #[test]
     fn several_lingering_drivers_run_bursts_from_block_on_and_then_leave() {
         use std::sync::atomic::AtomicUsize;

@@ -191,6 +191,9 @@ pub(crate) struct RtInner {
     pub(crate) ledger: crate::data::Ledger,
     /// Finished tasks handed back by the drivers, for spawns outside them to free.
     pub(crate) spent: CachePadded<SpentPool>,
+    /// How many times a driver lingered and found nothing (see `Driver::linger`).
+    #[cfg(all(test, not(parla_loom)))]
+    pub(crate) futile_lingers: AtomicUsize,
 }
 
 /// Finished tasks spawned outside drivers, whose last reference a driver held: freed by the
