@@ -77,6 +77,10 @@ pub(crate) struct Driver {
     /// It ran a task on a backed GPU since it last lingered: when it runs out of work it
     /// lingers (see [`linger`](Self::linger)).
     lingers: bool,
+    /// A task it polled since it last ran out of work waits on something outside the
+    /// runtime: a driver out of work then leaves rather than lingering for CPU work (see
+    /// [`linger`](Self::linger)).
+    waited_outside: bool,
     /// Nanoseconds spent in task bodies in this poll, when workers report their time.
     #[cfg(feature = "tracing")]
     body_ns: Option<u64>,
@@ -107,6 +111,7 @@ impl Driver {
             active: true,
             local: Local::default(),
             lingers: false,
+            waited_outside: false,
             #[cfg(feature = "tracing")]
             body_ns: None,
         }
@@ -121,10 +126,18 @@ impl Driver {
     /// lingering driver instead of starting one. Returns the task it found.
     fn linger(&mut self, rt: &Arc<RtInner>) -> Option<Arc<dyn Task>> {
         let gpu = std::mem::take(&mut self.lingers);
+        let waited_outside = std::mem::take(&mut self.waited_outside);
         if context::take_coop_yield() {
             // Tasks this worker's Tokio resources refused for want of budget are woken
             // only once this driver's poll returns (see `context::note_coop_yield`): leave
             // instead of spinning in their way.
+            return None;
+        }
+        if waited_outside && !gpu {
+            // What a task waits on outside the runtime may be work for this very worker:
+            // a future it gave `tokio::spawn` (queued on this worker, and run only once
+            // this driver's poll returns), I/O or a timer this worker drives. Spinning here
+            // would keep it from that work, and the task from its wake.
             return None;
         }
         if gpu {
@@ -316,6 +329,8 @@ impl Driver {
                 if awaits {
                     // A task awaiting tasks lends its VCUs while it waits.
                     self.lend(&task, device, awaited);
+                } else {
+                    self.waited_outside = true;
                 }
                 // A CPU task waiting on anything else (a channel, a timer, I/O, the
                 // `JoinHandle` of a future it started with `tokio::spawn`) keeps them while
@@ -643,6 +658,29 @@ mod test {
             futile <= 2,
             "{futile} lingers found nothing in 50 budget yields"
         );
+    }
+
+    #[test]
+    fn a_task_awaiting_what_it_gave_tokio_spawn_does_not_leave_its_driver_lingering() {
+        // The spawned future waits in the queue of the worker that runs the task's driver,
+        // and runs once the driver's poll returns: a driver out of work there must not spin
+        // in its way.
+        let rt = Runtime::builder().cpu_threads(1).build().unwrap();
+        let inner = rt.inner.clone();
+        let sum = rt.block_on(async {
+            crate::task(async {
+                let mut sum = 0;
+                for i in 0..200u64 {
+                    sum += tokio::spawn(async move { i }).await.unwrap();
+                }
+                sum
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(sum, (0..200).sum::<u64>());
+        let futile = inner.futile_lingers.load(Ordering::Relaxed);
+        assert!(futile <= 2, "{futile} lingers found nothing in 200 spawns");
     }
 
     #[test]
