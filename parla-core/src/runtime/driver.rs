@@ -78,12 +78,28 @@ pub(crate) struct Driver {
     /// lingers (see [`linger`](Self::linger)).
     lingers: bool,
     /// A task it polled since it last ran out of work waits on something outside the
-    /// runtime: a driver out of work then leaves rather than lingering for CPU work (see
-    /// [`linger`](Self::linger)).
+    /// runtime: a driver out of work then lingers behind Tokio's other work rather than
+    /// spinning (see [`linger`](Self::linger)).
     waited_outside: bool,
+    /// It yielded, counted as lingering, behind what Tokio runs first on its worker (see
+    /// [`Linger::Behind`]); it stops lingering when polled next.
+    behind: bool,
+    /// It lingered behind Tokio's work since it last ran a task: out of work again, it
+    /// leaves.
+    was_behind: bool,
     /// Nanoseconds spent in task bodies in this poll, when workers report their time.
     #[cfg(feature = "tracing")]
     body_ns: Option<u64>,
+}
+
+/// What a driver out of work does next ([`Driver::linger`]).
+enum Linger {
+    /// Runs this task it found.
+    Found(Arc<dyn Task>),
+    /// Yields to Tokio, counted as lingering, and looks again when polled next.
+    Behind,
+    /// Leaves.
+    Leave,
 }
 
 /// How long a driver that ran GPU tasks polls for more work (and for their fences) before it
@@ -112,6 +128,8 @@ impl Driver {
             local: Local::default(),
             lingers: false,
             waited_outside: false,
+            behind: false,
+            was_behind: false,
             #[cfg(feature = "tracing")]
             body_ns: None,
         }
@@ -124,28 +142,29 @@ impl Driver {
     /// [`cpu_lingerers`](super::inject::Injector::cpu_lingerers) drivers linger, looks at
     /// the injector every [`CPU_LOOK`] for up to [`CPU_LINGER`]. Pushers count on a
     /// lingering driver instead of starting one. Returns the task it found.
-    fn linger(&mut self, rt: &Arc<RtInner>) -> Option<Arc<dyn Task>> {
+    fn linger(&mut self, rt: &Arc<RtInner>) -> Linger {
         let gpu = std::mem::take(&mut self.lingers);
         let waited_outside = std::mem::take(&mut self.waited_outside);
-        if context::take_coop_yield() {
-            // Tasks this worker's Tokio resources refused for want of budget are woken
-            // only once this driver's poll returns (see `context::note_coop_yield`): leave
-            // instead of spinning in their way.
-            return None;
-        }
-        if waited_outside && !gpu {
-            // What a task waits on outside the runtime may be work for this very worker:
-            // a future it gave `tokio::spawn` (queued on this worker, and run only once
-            // this driver's poll returns), I/O or a timer this worker drives. Spinning here
-            // would keep it from that work, and the task from its wake.
-            return None;
+        // Tasks this worker's Tokio resources refused for want of budget are woken only
+        // once this driver's poll returns (see `context::note_coop_yield`). And what a task
+        // waits on outside the runtime may be work for this very worker: a future it gave
+        // `tokio::spawn` (queued on this worker, run once this driver's poll returns), the
+        // wake of a `yield_now` (which Tokio puts off likewise), I/O or a timer this worker
+        // drives. Spinning here would keep the worker from that work, and the task from
+        // its wake: linger behind it instead, once.
+        if context::take_coop_yield() || (waited_outside && !gpu) {
+            if std::mem::replace(&mut self.was_behind, true) {
+                return Linger::Leave;
+            }
+            rt.inject.linger();
+            return Linger::Behind;
         }
         if gpu {
             rt.inject.linger();
         } else if rt.bridge.is_busy() || !rt.inject.linger_for_cpu() {
             // (With GPU work in flight, lingering is left to the drivers that ran it: they
             // poll flat out, for the latency of the next GPU task.)
-            return None;
+            return Linger::Leave;
         }
         rt.flush(&mut self.local);
         let limit = if gpu { LINGER } else { CPU_LINGER };
@@ -166,7 +185,7 @@ impl Driver {
                     // lingering: `start_drivers` counts on those).
                     rt.start_drivers(1);
                 }
-                return Some(t);
+                return Linger::Found(t);
             }
             // Until the next look: for GPU work the next spin (the clock read every 16th),
             // for CPU work the next `CPU_LOOK`.
@@ -190,13 +209,14 @@ impl Driver {
             };
             if over {
                 // Work pushed by someone who counted on this driver is taken here.
-                return if rt.inject.stop_lingering() {
-                    rt.inject.pop()
-                } else {
-                    #[cfg(all(test, not(parla_loom)))]
-                    rt.futile_lingers.fetch_add(1, Ordering::Relaxed);
-                    None
-                };
+                if rt.inject.stop_lingering()
+                    && let Some(t) = rt.inject.pop()
+                {
+                    return Linger::Found(t);
+                }
+                #[cfg(all(test, not(parla_loom)))]
+                rt.futile_lingers.fetch_add(1, Ordering::Relaxed);
+                return Linger::Leave;
             }
         }
     }
@@ -542,16 +562,45 @@ impl Future for Driver {
         context::take_handoff();
         #[cfg(feature = "tracing")]
         let report = this.start_report();
+        let mut first = None;
+        if std::mem::take(&mut this.behind) {
+            // Back from lingering behind Tokio's work (`Linger::Behind`).
+            first = rt.inject.pop();
+            if rt.inject.stop_lingering() && first.is_some() {
+                // More work than this driver (as when a spinning linger ends).
+                rt.start_drivers(1);
+            }
+        }
         let result = loop {
-            let next = context::take_next().or_else(|| rt.inject.pop());
-            let Some(task) = next.or_else(|| this.linger(&rt)) else {
-                rt.flush(&mut this.local);
-                if rt.inject.leave() {
-                    continue;
-                }
-                this.active = false;
-                break Poll::Ready(());
+            let next = first
+                .take()
+                .or_else(context::take_next)
+                .or_else(|| rt.inject.pop());
+            let task = match next {
+                Some(t) => t,
+                None => match this.linger(&rt) {
+                    Linger::Found(t) => t,
+                    Linger::Behind => {
+                        // Counted as lingering (pushers count on it instead of starting a
+                        // driver), it yields through Tokio's deferral: Tokio polls it again
+                        // once the worker ran what it had queued and the wakes it put off.
+                        rt.flush(&mut this.local);
+                        this.behind = true;
+                        let mut behind = std::pin::pin!(tokio::task::yield_now());
+                        let _ = behind.as_mut().poll(cx);
+                        break Poll::Pending;
+                    }
+                    Linger::Leave => {
+                        rt.flush(&mut this.local);
+                        if rt.inject.leave() {
+                            continue;
+                        }
+                        this.active = false;
+                        break Poll::Ready(());
+                    }
+                },
             };
+            this.was_behind = false;
             this.run(&rt, task);
             budget -= 1;
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
@@ -618,6 +667,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if self.behind {
+            // (Dropped while lingering behind Tokio's work, as Tokio drops its tasks when it
+            // shuts down.)
+            self.rt.inject.stop_lingering();
+        }
         if self.active {
             self.rt.inject.release();
         }
