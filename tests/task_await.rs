@@ -614,3 +614,38 @@ fn a_barrier_across_more_tasks_than_workers_opens() {
         assert_eq!(leaders, 1);
     });
 }
+
+/// Tasks taking turns on a Tokio mutex, each turn followed by `yield_now` and by a future
+/// given to `tokio::spawn` and awaited, with default VCUs and more tasks than workers: the
+/// wakes Tokio puts off and the spawned futures queue on the workers that run the tasks,
+/// and the drivers there wait behind them. Every turn is taken, on one, two and four
+/// workers.
+#[test]
+fn tasks_taking_turns_on_a_tokio_mutex_with_yields_and_spawned_futures_all_finish() {
+    for threads in [1, 2, 4] {
+        let rt = support::cpu(threads);
+        let count = support::within(60, move || {
+            rt.block_on(async {
+                let m = Arc::new(tokio::sync::Mutex::new(0usize));
+                let tasks: Vec<_> = (0..8)
+                    .map(|_| {
+                        let m = m.clone();
+                        task(async move {
+                            for i in 0..200usize {
+                                *m.lock().await += 1;
+                                tokio::task::yield_now().await;
+                                assert_eq!(tokio::spawn(async move { i }).await.unwrap(), i);
+                            }
+                        })
+                        .spawn()
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("task");
+                }
+                *m.lock().await
+            })
+        });
+        assert_eq!(count, 8 * 200, "{threads} workers");
+    }
+}

@@ -122,6 +122,8 @@ const CPU_LOOK: std::time::Duration = std::time::Duration::from_micros(5);
 impl Driver {
     /// A driver holding a slot (the caller claimed it) and counted in `ours`.
     pub(crate) fn new(rt: Arc<RtInner>) -> Self {
+        #[cfg(all(test, not(parla_loom)))]
+        rt.drivers_made.fetch_add(1, Ordering::Relaxed);
         Driver {
             rt,
             active: true,
@@ -735,6 +737,29 @@ mod test {
         assert_eq!(sum, (0..200).sum::<u64>());
         let futile = inner.futile_lingers.load(Ordering::Relaxed);
         assert!(futile <= 2, "{futile} lingers found nothing in 200 spawns");
+    }
+
+    #[test]
+    fn a_task_yielding_to_tokio_in_a_loop_keeps_its_driver() {
+        // `yield_now` puts the task's wake off until its worker has run what it queued:
+        // its driver, out of work meanwhile, lingers behind that work and takes the task
+        // again, instead of leaving and a new driver starting for each yield.
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        let inner = rt.inner.clone();
+        rt.block_on(async {
+            crate::task(async {
+                for _ in 0..200 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap()
+        });
+        let made = inner.drivers_made.load(Ordering::Relaxed);
+        assert!(made <= 20, "{made} drivers made for 200 yields");
+        // (The driver lingers once the task is done: nothing comes after it.)
+        let futile = inner.futile_lingers.load(Ordering::Relaxed);
+        assert!(futile <= 2, "{futile} lingers found nothing in 200 yields");
     }
 
     #[test]

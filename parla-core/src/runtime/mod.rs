@@ -194,6 +194,9 @@ pub(crate) struct RtInner {
     /// How many times a driver lingered and found nothing (see `Driver::linger`).
     #[cfg(all(test, not(parla_loom)))]
     pub(crate) futile_lingers: AtomicUsize,
+    /// How many drivers were made.
+    #[cfg(all(test, not(parla_loom)))]
+    pub(crate) drivers_made: AtomicUsize,
 }
 
 /// Finished tasks spawned outside drivers, whose last reference a driver held: freed by the
