@@ -686,82 +686,75 @@ mod test {
     use super::*;
     use crate::runtime::Runtime;
 
+    /// Runs `body` as a task (default VCUs) on a runtime of `threads` workers; returns its
+    /// output and the runtime, for its counters.
+    fn in_task<T: Send + 'static>(
+        threads: usize,
+        body: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> (T, Arc<RtInner>) {
+        let rt = Runtime::builder().cpu_threads(threads).build().unwrap();
+        let out = rt.block_on(async { crate::task(body).await.unwrap() });
+        (out, rt.inner.clone())
+    }
+
+    /// Asserts that the drivers of `rt` lingered for CPU work and found nothing at most
+    /// twice (once the last task is done, nothing comes after it) over `what`.
+    fn few_futile_lingers(rt: &RtInner, what: &str) {
+        let futile = rt.futile_lingers.load(Ordering::Relaxed);
+        assert!(futile <= 2, "{futile} lingers found nothing in {what}");
+    }
+
+    /// A task whose Tokio resources (here the budget alone) refuse it every 128 steps: Tokio
+    /// wakes it only once its worker has nothing else to poll. On one worker, the driver
+    /// that yielded must not come back, find nothing and spin in the way.
+    #[test]
+    fn a_task_out_of_tokio_budget_does_not_leave_its_driver_lingering() {
+        let (steps, rt) = in_task(1, async {
+            let mut steps = 0u32;
+            for _ in 0..128 * 50 {
+                tokio::task::coop::consume_budget().await;
+                steps += 1;
+            }
+            steps
+        });
+        assert_eq!(steps, 128 * 50);
+        few_futile_lingers(&rt, "50 budget yields");
+    }
+
+    /// The future a task gives `tokio::spawn` waits in the queue of the worker that runs the
+    /// task's driver, and runs once the driver's poll returns: a driver out of work there
+    /// must not spin in its way.
+    #[test]
+    fn a_task_awaiting_what_it_gave_tokio_spawn_does_not_leave_its_driver_lingering() {
+        let (sum, rt) = in_task(1, async {
+            let mut sum = 0;
+            for i in 0..200u64 {
+                sum += tokio::spawn(async move { i }).await.unwrap();
+            }
+            sum
+        });
+        assert_eq!(sum, (0..200).sum::<u64>());
+        few_futile_lingers(&rt, "200 spawns");
+    }
+
+    /// `yield_now` puts the task's wake off until its worker has run what it queued: its
+    /// driver, out of work meanwhile, lingers behind that work and takes the task again,
+    /// instead of leaving and a new driver starting for each yield.
+    #[test]
+    fn a_task_yielding_to_tokio_in_a_loop_keeps_its_driver() {
+        let ((), rt) = in_task(2, async {
+            for _ in 0..200 {
+                tokio::task::yield_now().await;
+            }
+        });
+        let made = rt.drivers_made.load(Ordering::Relaxed);
+        assert!(made <= 20, "{made} drivers made for 200 yields");
+        few_futile_lingers(&rt, "200 yields");
+    }
+
     /// On 16 workers up to four drivers linger for CPU work at once: bursts spawned from
     /// `block_on` with gaps between them (in which drivers run out of work and linger) all
     /// run, and the drivers leave once the work stops.
-    #[test]
-    fn a_task_out_of_tokio_budget_does_not_leave_its_driver_lingering() {
-        // A task whose Tokio resources (here the budget alone) refuse it every 128 steps:
-        // Tokio wakes it only once its worker has nothing else to poll. On one worker, the
-        // driver that yielded must not come back, find nothing and spin in the way.
-        let rt = Runtime::builder().cpu_threads(1).build().unwrap();
-        let inner = rt.inner.clone();
-        let steps = rt.block_on(async {
-            crate::task(async {
-                let mut steps = 0u32;
-                for _ in 0..128 * 50 {
-                    tokio::task::coop::consume_budget().await;
-                    steps += 1;
-                }
-                steps
-            })
-            .await
-            .unwrap()
-        });
-        assert_eq!(steps, 128 * 50);
-        let futile = inner.futile_lingers.load(Ordering::Relaxed);
-        assert!(
-            futile <= 2,
-            "{futile} lingers found nothing in 50 budget yields"
-        );
-    }
-
-    #[test]
-    fn a_task_awaiting_what_it_gave_tokio_spawn_does_not_leave_its_driver_lingering() {
-        // The spawned future waits in the queue of the worker that runs the task's driver,
-        // and runs once the driver's poll returns: a driver out of work there must not spin
-        // in its way.
-        let rt = Runtime::builder().cpu_threads(1).build().unwrap();
-        let inner = rt.inner.clone();
-        let sum = rt.block_on(async {
-            crate::task(async {
-                let mut sum = 0;
-                for i in 0..200u64 {
-                    sum += tokio::spawn(async move { i }).await.unwrap();
-                }
-                sum
-            })
-            .await
-            .unwrap()
-        });
-        assert_eq!(sum, (0..200).sum::<u64>());
-        let futile = inner.futile_lingers.load(Ordering::Relaxed);
-        assert!(futile <= 2, "{futile} lingers found nothing in 200 spawns");
-    }
-
-    #[test]
-    fn a_task_yielding_to_tokio_in_a_loop_keeps_its_driver() {
-        // `yield_now` puts the task's wake off until its worker has run what it queued:
-        // its driver, out of work meanwhile, lingers behind that work and takes the task
-        // again, instead of leaving and a new driver starting for each yield.
-        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
-        let inner = rt.inner.clone();
-        rt.block_on(async {
-            crate::task(async {
-                for _ in 0..200 {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .unwrap()
-        });
-        let made = inner.drivers_made.load(Ordering::Relaxed);
-        assert!(made <= 20, "{made} drivers made for 200 yields");
-        // (The driver lingers once the task is done: nothing comes after it.)
-        let futile = inner.futile_lingers.load(Ordering::Relaxed);
-        assert!(futile <= 2, "{futile} lingers found nothing in 200 yields");
-    }
-
     #[test]
     fn several_lingering_drivers_run_bursts_from_block_on_and_then_leave() {
         use std::sync::atomic::AtomicUsize;
