@@ -142,8 +142,10 @@ impl Driver {
     /// spawn, a parent woken by its child's fence, a dependent) runs here at once instead of
     /// waiting for a thread to wake. Out of CPU work: if fewer than the injector's
     /// [`cpu_lingerers`](super::inject::Injector::cpu_lingerers) drivers linger, looks at
-    /// the injector every [`CPU_LOOK`] for up to [`CPU_LINGER`]. Pushers count on a
-    /// lingering driver instead of starting one. Returns the task it found.
+    /// the injector every [`CPU_LOOK`] for up to [`CPU_LINGER`]. Out of work after a task it
+    /// polled waited outside the runtime, or after it yielded for want of Tokio's budget:
+    /// lingers behind Tokio's work instead ([`Linger::Behind`]), once, and leaves the next
+    /// time. Pushers count on a lingering driver instead of starting one.
     fn linger(&mut self, rt: &Arc<RtInner>) -> Linger {
         let gpu = std::mem::take(&mut self.lingers);
         let waited_outside = std::mem::take(&mut self.waited_outside);
