@@ -77,16 +77,16 @@ pub(crate) struct Driver {
     /// It ran a task on a backed GPU since it last lingered: when it runs out of work it
     /// lingers (see [`linger`](Self::linger)).
     lingers: bool,
-    /// A task it polled since it last ran out of work waits on something outside the
-    /// runtime: a driver out of work then lingers behind Tokio's other work rather than
-    /// spinning (see [`linger`](Self::linger)).
+    /// A task it polled waits on something outside the runtime, and it has not left since:
+    /// a driver out of work then lingers behind Tokio's other work rather than spinning
+    /// (see [`linger`](Self::linger)).
     waited_outside: bool,
     /// It yielded, counted as lingering, behind what Tokio runs first on its worker (see
     /// [`Linger::Behind`]); it stops lingering when polled next.
     behind: bool,
-    /// It lingered behind Tokio's work since it last ran a task: out of work again, it
-    /// leaves.
-    was_behind: bool,
+    /// How many times it lingered behind Tokio's work since it last ran a task (two at
+    /// most: then it leaves).
+    behind_rounds: u8,
     /// Nanoseconds spent in task bodies in this poll, when workers report their time.
     #[cfg(feature = "tracing")]
     body_ns: Option<u64>,
@@ -96,8 +96,9 @@ pub(crate) struct Driver {
 enum Linger {
     /// Runs this task it found.
     Found(Arc<dyn Task>),
-    /// Yields to Tokio, counted as lingering, and looks again when polled next.
-    Behind,
+    /// Yields to Tokio, counted as lingering, and looks again when polled next: behind the
+    /// wakes Tokio put off (`put_off`), or behind what its worker has queued.
+    Behind { put_off: bool },
     /// Leaves.
     Leave,
 }
@@ -131,7 +132,7 @@ impl Driver {
             lingers: false,
             waited_outside: false,
             behind: false,
-            was_behind: false,
+            behind_rounds: 0,
             #[cfg(feature = "tracing")]
             body_ns: None,
         }
@@ -144,25 +145,33 @@ impl Driver {
     /// [`cpu_lingerers`](super::inject::Injector::cpu_lingerers) drivers linger, looks at
     /// the injector every [`CPU_LOOK`] for up to [`CPU_LINGER`]. Out of work after a task it
     /// polled waited outside the runtime, or after it yielded for want of Tokio's budget:
-    /// lingers behind Tokio's work instead ([`Linger::Behind`]), once, and leaves the next
-    /// time. Pushers count on a lingering driver instead of starting one.
+    /// lingers behind Tokio's work instead ([`Linger::Behind`]), twice at most, and then
+    /// leaves. Pushers count on a lingering driver instead of starting one.
     fn linger(&mut self, rt: &Arc<RtInner>) -> Linger {
         let gpu = std::mem::take(&mut self.lingers);
-        let waited_outside = std::mem::take(&mut self.waited_outside);
         // Tasks this worker's Tokio resources refused for want of budget are woken only
         // once this driver's poll returns (see `context::note_coop_yield`). And what a task
         // waits on outside the runtime may be work for this very worker: a future it gave
         // `tokio::spawn` (queued on this worker, run once this driver's poll returns), the
         // wake of a `yield_now` (which Tokio puts off likewise), I/O or a timer this worker
         // drives. Spinning here would keep the worker from that work, and the task from
-        // its wake: linger behind it instead, once.
-        if context::take_coop_yield() || (waited_outside && !gpu) {
-            if std::mem::replace(&mut self.was_behind, true) {
+        // its wake: linger behind it instead. First behind what the worker has queued (a
+        // spawned future), then behind the wakes Tokio puts off until its queue is empty
+        // (first there when Tokio's budget ran out), then leave.
+        let coop = context::take_coop_yield();
+        if coop || (self.waited_outside && !gpu) {
+            let round = if coop { 1 } else { self.behind_rounds };
+            if round >= 2 {
+                self.waited_outside = false;
                 return Linger::Leave;
             }
+            self.behind_rounds = round + 1;
             rt.inject.linger();
-            return Linger::Behind;
+            return Linger::Behind {
+                put_off: round == 1,
+            };
         }
+        self.waited_outside = false;
         if gpu {
             rt.inject.linger();
         } else if rt.bridge.is_busy() || !rt.inject.linger_for_cpu() {
@@ -584,14 +593,19 @@ impl Future for Driver {
                 Some(t) => t,
                 None => match this.linger(&rt) {
                     Linger::Found(t) => t,
-                    Linger::Behind => {
+                    Linger::Behind { put_off } => {
                         // Counted as lingering (pushers count on it instead of starting a
-                        // driver), it yields through Tokio's deferral: Tokio polls it again
-                        // once the worker ran what it had queued and the wakes it put off.
+                        // driver), it yields: to the back of its worker's queue, or through
+                        // Tokio's deferral (`put_off`), which polls it again once the worker
+                        // ran what it had queued and the wakes it put off.
                         rt.flush(&mut this.local);
                         this.behind = true;
-                        let mut behind = std::pin::pin!(tokio::task::yield_now());
-                        let _ = behind.as_mut().poll(cx);
+                        if put_off {
+                            let mut behind = std::pin::pin!(tokio::task::yield_now());
+                            let _ = behind.as_mut().poll(cx);
+                        } else {
+                            cx.waker().wake_by_ref();
+                        }
                         break Poll::Pending;
                     }
                     Linger::Leave => {
@@ -604,7 +618,7 @@ impl Future for Driver {
                     }
                 },
             };
-            this.was_behind = false;
+            this.behind_rounds = 0;
             this.run(&rt, task);
             budget -= 1;
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
