@@ -92,6 +92,18 @@ pub(crate) struct Driver {
     body_ns: Option<u64>,
 }
 
+/// Has Tokio poll the driver whose poll this is again: through Tokio's own deferral
+/// (`put_off`: once its worker ran what it had queued, and the wakes it put off until
+/// then), or from the back of the worker's queue.
+fn yield_to_tokio(cx: &mut Context<'_>, put_off: bool) {
+    if put_off {
+        let mut behind = std::pin::pin!(tokio::task::yield_now());
+        let _ = behind.as_mut().poll(cx);
+    } else {
+        cx.waker().wake_by_ref();
+    }
+}
+
 /// What a driver out of work does next ([`Driver::linger`]).
 enum Linger {
     /// Runs this task it found.
@@ -595,17 +607,9 @@ impl Future for Driver {
                     Linger::Found(t) => t,
                     Linger::Behind { put_off } => {
                         // Counted as lingering (pushers count on it instead of starting a
-                        // driver), it yields: to the back of its worker's queue, or through
-                        // Tokio's deferral (`put_off`), which polls it again once the worker
-                        // ran what it had queued and the wakes it put off.
-                        rt.flush(&mut this.local);
+                        // driver), it yields (and flushes, below).
                         this.behind = true;
-                        if put_off {
-                            let mut behind = std::pin::pin!(tokio::task::yield_now());
-                            let _ = behind.as_mut().poll(cx);
-                        } else {
-                            cx.waker().wake_by_ref();
-                        }
+                        yield_to_tokio(cx, put_off);
                         break Poll::Pending;
                     }
                     Linger::Leave => {
@@ -634,17 +638,15 @@ impl Future for Driver {
                 if let Some(t) = context::take_next() {
                     rt.inject.push(t);
                 }
-                if coop && !handoff {
-                    // The Tokio resources that refused a task for want of budget wake it
-                    // once this worker has nothing else to poll: this driver goes behind
-                    // them, and the tasks they wake are queued when it polls next. Woken
-                    // at once, it would find no work, and linger in their way.
+                // The Tokio resources that refused a task for want of budget wake it once
+                // this worker has nothing else to poll: this driver goes behind them, and
+                // the tasks they wake are queued when it polls next. Woken at once, it
+                // would find no work, and linger in their way.
+                let put_off = coop && !handoff;
+                if put_off {
                     context::note_coop_yield();
-                    let mut behind = std::pin::pin!(tokio::task::yield_now());
-                    let _ = behind.as_mut().poll(cx);
-                } else {
-                    cx.waker().wake_by_ref();
                 }
+                yield_to_tokio(cx, put_off);
                 break Poll::Pending;
             }
         };
