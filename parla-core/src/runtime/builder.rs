@@ -269,6 +269,8 @@ impl Builder {
             futile_lingers: std::sync::atomic::AtomicUsize::new(0),
             #[cfg(all(test, not(parla_loom)))]
             drivers_made: std::sync::atomic::AtomicUsize::new(0),
+            #[cfg(all(test, not(parla_loom)))]
+            fit_checks: std::sync::atomic::AtomicUsize::new(0),
             spent: crossbeam_utils::CachePadded::new(super::SpentPool {
                 tasks: parking_lot::Mutex::new(Vec::with_capacity(super::SPENT)),
                 len: std::sync::atomic::AtomicUsize::new(0),

@@ -64,6 +64,9 @@ thread_local! {
     static WOKEN: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
     /// Tasks held in `WOKEN` since the last one [`defer_resume`] turned away for fairness.
     static DEFERRED: Cell<u32> = const { Cell::new(0) };
+    /// Wakes on this thread left to skip the check whether the VCUs of a woken task fit
+    /// back on the CPU (see [`skip_fit_check`]).
+    static FIT_SKIPS: Cell<u32> = const { Cell::new(0) };
 }
 
 /// How many woken tasks in a row a thread's polls may pass their VCUs to (see
@@ -71,6 +74,36 @@ thread_local! {
 /// that wait there (if any do). (Every eighth cost tasks passing messages on 16 workers
 /// twice their time per message; every 32nd, a tenth.)
 const DEFER_BUDGET: u32 = 32;
+
+/// How many wakes on a thread skip the check whether a woken task's VCUs fit back on the
+/// CPU, after that check found they did not (see [`skip_fit_check`]). (The check reads the
+/// CPU's usage, a line that every admission on every worker writes: with more tasks
+/// passing messages than 16 workers admit, reading it at every wake took a sixth of the
+/// workers' time.)
+const FIT_SKIP_WAKES: u32 = 15;
+
+/// Whether a task woken by the poll of a CPU task on this thread goes straight to
+/// [`defer_resume`], without checking whether its VCUs fit back on the CPU first: for the
+/// next [`FIT_SKIP_WAKES`] such wakes after a check found they did not ([`note_no_fit`]). A
+/// check skipped where it would have found room only puts the woken task off until the
+/// poll that woke it ends, as a full CPU does.
+#[inline]
+pub(crate) fn skip_fit_check() -> bool {
+    FIT_SKIPS.with(|c| {
+        let n = c.get();
+        if n > 0 {
+            c.set(n - 1);
+        }
+        n > 0
+    })
+}
+
+/// Notes that a woken task's VCUs did not fit back on the CPU: the next wakes on this thread
+/// skip that check (see [`skip_fit_check`]).
+#[inline]
+pub(crate) fn note_no_fit() {
+    FIT_SKIPS.with(|c| c.set(FIT_SKIP_WAKES));
+}
 
 /// How many live-task counts a spawning thread takes from the runtime at once.
 const CREDIT_BATCH: u32 = 32;

@@ -773,6 +773,52 @@ mod test {
         few_futile_lingers(&rt, "200 yields");
     }
 
+    /// Pairs of tasks passing messages on one worker, which admits one task at a time: a
+    /// woken receiver never fits back at once, and takes over its sender's VCUs when the
+    /// sender waits. After a wake finds the CPU full, the next wakes on that worker skip
+    /// the check (a read of a line every admission writes), so only a few of them make it.
+    #[test]
+    fn wakes_on_a_full_cpu_mostly_skip_the_check_whether_they_fit() {
+        const ROUNDS: usize = 200;
+        let (sums, rt) = in_task(1, async {
+            let pairs: Vec<_> = (0..2)
+                .map(|_| {
+                    let (to_b, mut b_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+                    let (to_a, mut a_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+                    let b = crate::task(async move {
+                        while let Some(i) = b_rx.recv().await {
+                            to_a.send(i + 1).unwrap();
+                        }
+                    })
+                    .spawn();
+                    let a = crate::task(async move {
+                        let mut sum = 0;
+                        for i in 0..ROUNDS {
+                            to_b.send(i).unwrap();
+                            sum += a_rx.recv().await.unwrap();
+                        }
+                        sum
+                    })
+                    .spawn();
+                    (a, b)
+                })
+                .collect();
+            let mut sums = Vec::new();
+            for (a, b) in pairs {
+                sums.push(a.await.unwrap());
+                b.await.unwrap();
+            }
+            sums
+        });
+        assert_eq!(sums, vec![(1..=ROUNDS).sum::<usize>(); 2]);
+        // Each message wakes its receiver: 800 wakes, each of which checked before.
+        let checks = rt.fit_checks.load(Ordering::Relaxed);
+        assert!(
+            checks <= 200,
+            "{checks} of 800 wakes checked whether they fit"
+        );
+    }
+
     /// On 16 workers up to four drivers linger for CPU work at once: bursts spawned from
     /// `block_on` with gaps between them (in which drivers run out of work and linger) all
     /// run, and the drivers leave once the work stops.

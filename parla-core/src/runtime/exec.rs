@@ -637,10 +637,16 @@ impl RtInner {
             return;
         }
         if slot == Device::CPU.slot() && context::polling_task(self.id) {
-            if self.devices[slot].admission.resume_now(lent) {
-                h.reclaim();
-                self.push_runnable(task);
-                return;
+            // (Skipped for a while after the CPU was found full: see `skip_fit_check`.)
+            if !context::skip_fit_check() {
+                #[cfg(all(test, not(parla_loom)))]
+                self.fit_checks.fetch_add(1, Ordering::Relaxed);
+                if self.devices[slot].admission.resume_now(lent) {
+                    h.reclaim();
+                    self.push_runnable(task);
+                    return;
+                }
+                context::note_no_fit();
             }
             // Woken by a task polling on this thread, which may pass it its VCUs.
             match context::defer_resume(self.id, task, lent, || self.cpu_waiting()) {

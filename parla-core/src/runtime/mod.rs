@@ -197,6 +197,10 @@ pub(crate) struct RtInner {
     /// How many drivers were made.
     #[cfg(all(test, not(parla_loom)))]
     pub(crate) drivers_made: AtomicUsize,
+    /// How many times a task woken by a CPU task's poll checked whether its VCUs fit back
+    /// (see `context::skip_fit_check`).
+    #[cfg(all(test, not(parla_loom)))]
+    pub(crate) fit_checks: AtomicUsize,
 }
 
 /// Finished tasks spawned outside drivers, whose last reference a driver held: freed by the
