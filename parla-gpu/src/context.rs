@@ -157,9 +157,9 @@ impl GpuContext {
     }
 
     /// A kernel compiled with NVRTC from CUDA C++ `source`, by `name` (an `extern "C"`
-    /// function). Compiled once per device and cached, keyed by the source's address and
-    /// length (a `'static` string never moves) and the name, so a lookup costs a hash of the
-    /// name and one comparison.
+    /// function). Compiled once per device and cached by the source's address and length (a
+    /// `'static` string never moves), then by the name: a lookup is two probes, the second
+    /// hashing and comparing the name.
     pub fn kernel(&self, source: &'static str, name: &str) -> Result<CudaFunction> {
         let src = (source.as_ptr() as usize, source.len());
         if let Some(f) = self.dev.kernels.lock().get(&src).and_then(|m| m.get(name)) {
