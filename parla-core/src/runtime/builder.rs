@@ -271,6 +271,8 @@ impl Builder {
             drivers_made: std::sync::atomic::AtomicUsize::new(0),
             #[cfg(all(test, not(parla_loom)))]
             fit_checks: std::sync::atomic::AtomicUsize::new(0),
+            #[cfg(all(test, not(parla_loom)))]
+            coop_yields: std::sync::atomic::AtomicUsize::new(0),
             spent: crossbeam_utils::CachePadded::new(super::SpentPool {
                 tasks: parking_lot::Mutex::new(Vec::with_capacity(super::SPENT)),
                 len: std::sync::atomic::AtomicUsize::new(0),

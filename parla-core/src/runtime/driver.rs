@@ -68,6 +68,14 @@ use crate::graph::node::{Outcome, RunState, Task};
 /// Tasks a driver polls in one poll before it yields to Tokio.
 const BUDGET: u32 = 128;
 
+/// What a poll that ended waiting outside the runtime (on a channel, a timer, I/O) takes
+/// of the driver's [`BUDGET`], where any other poll takes one: such a task most likely spent
+/// some of Tokio's cooperative budget (the message it received before it waited again),
+/// which all the tasks of a driver's poll share. So the driver yields after 32 of them,
+/// before Tokio's budget (128 operations) runs out in the middle of a task, which would
+/// then wait until its worker has nothing else to run (see [`Linger::Behind`]).
+const OUTSIDE_COST: u32 = 4;
+
 pub(crate) struct Driver {
     rt: Arc<RtInner>,
     /// Holds one of the injector's driver slots.
@@ -81,6 +89,9 @@ pub(crate) struct Driver {
     /// a driver out of work then lingers behind Tokio's other work rather than spinning
     /// (see [`linger`](Self::linger)).
     waited_outside: bool,
+    /// The task it polled last waits on something outside the runtime (it costs
+    /// [`OUTSIDE_COST`] of the budget).
+    last_outside: bool,
     /// It yielded, counted as lingering, behind what Tokio runs first on its worker (see
     /// [`Linger::Behind`]); it stops lingering when polled next.
     behind: bool,
@@ -143,6 +154,7 @@ impl Driver {
             local: Local::default(),
             lingers: false,
             waited_outside: false,
+            last_outside: false,
             behind: false,
             behind_rounds: 0,
             #[cfg(feature = "tracing")]
@@ -376,6 +388,7 @@ impl Driver {
                     self.lend(&task, device, awaited);
                 } else {
                     self.waited_outside = true;
+                    self.last_outside = true;
                 }
                 // A CPU task waiting on anything else (a channel, a timer, I/O, the
                 // `JoinHandle` of a future it started with `tokio::spawn`) keeps them while
@@ -624,7 +637,12 @@ impl Future for Driver {
             };
             this.behind_rounds = 0;
             this.run(&rt, task);
-            budget -= 1;
+            let cost = if std::mem::take(&mut this.last_outside) {
+                OUTSIDE_COST
+            } else {
+                1
+            };
+            budget = budget.saturating_sub(cost);
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
             // Tokio resources answer `Pending` until the driver yields. A driver that
             // started another yields too: the new one waits in this worker's LIFO slot
@@ -645,6 +663,10 @@ impl Future for Driver {
                 let put_off = coop && !handoff;
                 if put_off {
                     context::note_coop_yield();
+                }
+                #[cfg(all(test, not(parla_loom)))]
+                if coop {
+                    rt.coop_yields.fetch_add(1, Ordering::Relaxed);
                 }
                 yield_to_tokio(cx, put_off);
                 break Poll::Pending;
@@ -816,6 +838,55 @@ mod test {
         assert!(
             checks <= 200,
             "{checks} of 800 wakes checked whether they fit"
+        );
+    }
+
+    /// Tasks passing messages over channels, each poll taking two steps of Tokio's budget
+    /// (a message, and one more step), all on one worker. The budget is the driver's, shared
+    /// by every task it polls in one poll: the driver yields before it runs out, rather
+    /// than a task's channel refusing it in the middle of its poll (which puts the task
+    /// off until its worker has nothing else to run).
+    #[test]
+    fn tasks_waiting_on_channels_do_not_run_their_driver_out_of_tokio_budget() {
+        const ROUNDS: usize = 2000;
+        let (sums, rt) = in_task(1, async {
+            let pairs: Vec<_> = (0..2)
+                .map(|_| {
+                    let (to_b, mut b_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+                    let (to_a, mut a_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+                    let b = crate::task(async move {
+                        while let Some(i) = b_rx.recv().await {
+                            tokio::task::coop::consume_budget().await;
+                            to_a.send(i + 1).unwrap();
+                        }
+                    })
+                    .spawn();
+                    let a = crate::task(async move {
+                        let mut sum = 0;
+                        for i in 0..ROUNDS {
+                            to_b.send(i).unwrap();
+                            sum += a_rx.recv().await.unwrap();
+                            tokio::task::coop::consume_budget().await;
+                        }
+                        sum
+                    })
+                    .spawn();
+                    (a, b)
+                })
+                .collect();
+            let mut sums = Vec::new();
+            for (a, b) in pairs {
+                sums.push(a.await.unwrap());
+                b.await.unwrap();
+            }
+            sums
+        });
+        assert_eq!(sums, vec![(1..=ROUNDS).sum::<usize>(); 2]);
+        // 8,000 polls of two steps each: the budget ran out every 64 polls before.
+        let refused = rt.coop_yields.load(Ordering::Relaxed);
+        assert!(
+            refused <= 10,
+            "Tokio's budget ran out {refused} times in 8,000 polls"
         );
     }
 

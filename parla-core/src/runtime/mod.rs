@@ -201,6 +201,9 @@ pub(crate) struct RtInner {
     /// (see `context::skip_fit_check`).
     #[cfg(all(test, not(parla_loom)))]
     pub(crate) fit_checks: AtomicUsize,
+    /// How many times a driver yielded because Tokio's budget ran out in a task's poll.
+    #[cfg(all(test, not(parla_loom)))]
+    pub(crate) coop_yields: AtomicUsize,
 }
 
 /// Finished tasks spawned outside drivers, whose last reference a driver held: freed by the
