@@ -206,6 +206,46 @@ fn never_spawned_fails_dependents_and_awaits_at_quiescence() {
     });
 }
 
+/// Forward references made by tasks on every worker at once (each records its placeholder
+/// where its thread does): at quiescence the ones never spawned fail their dependents, and
+/// the ones spawned later resolve.
+#[test]
+fn forward_references_made_on_many_workers_are_all_resolved_or_failed() {
+    let rt = support::cpu(8);
+    let outcomes = support::within(60, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("T");
+            let makers: Vec<_> = (0..64)
+                .map(|i| {
+                    let t = t.clone();
+                    task(async move {
+                        // A dependent of an id nobody spawns, and one spawned right after.
+                        let lost = task(async {}).after(t.at(("never", i))).spawn();
+                        let found = task(async move { i }).after(t.at(("later", i))).spawn();
+                        task(async {}).id(t.at(("later", i))).spawn();
+                        (lost.await, found.await)
+                    })
+                    .spawn()
+                })
+                .collect();
+            let mut out = Vec::new();
+            for m in makers {
+                out.push(m.await.expect("maker task"));
+            }
+            out
+        })
+    });
+    for (i, (lost, found)) in outcomes.into_iter().enumerate() {
+        match lost {
+            Err(TaskError::DependencyFailed { cause, .. }) => {
+                assert!(matches!(*cause, TaskError::NeverSpawned { .. }), "{cause:?}");
+            }
+            other => panic!("task {i}: {other:?}"),
+        }
+        assert_eq!(found.expect("spawned later"), i);
+    }
+}
+
 #[test]
 fn never_spawned_when_main_returns_without_awaiting() {
     let rt = support::cpu(2);
