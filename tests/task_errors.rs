@@ -238,7 +238,10 @@ fn forward_references_made_on_many_workers_are_all_resolved_or_failed() {
     for (i, (lost, found)) in outcomes.into_iter().enumerate() {
         match lost {
             Err(TaskError::DependencyFailed { cause, .. }) => {
-                assert!(matches!(*cause, TaskError::NeverSpawned { .. }), "{cause:?}");
+                assert!(
+                    matches!(*cause, TaskError::NeverSpawned { .. }),
+                    "{cause:?}"
+                );
             }
             other => panic!("task {i}: {other:?}"),
         }
