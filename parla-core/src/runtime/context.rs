@@ -29,20 +29,52 @@ pub(crate) struct PollerRef {
     pub(crate) rt_id: u32,
 }
 
+/// What a thread polls now, in one thread-local: entering and leaving a task's poll set
+/// all four fields, through one lookup of the thread's storage rather than four.
+struct Current {
+    /// The task (null outside tasks).
+    task: Cell<*const Arc<dyn Task>>,
+    /// Its device.
+    device: Cell<Device>,
+    /// Whether the device is driven by a backend (a real GPU).
+    backed: Cell<bool>,
+    /// The poller: the task, or a `block_on` future.
+    poller: Cell<Option<PollerRef>>,
+}
+
+/// What the current poller's poll awaited, read and cleared after each poll (one lookup
+/// of the thread's storage for both).
+struct Awaits {
+    /// It returned `Pending` on a node of the runtime (see [`note_blocked`]).
+    blocked: Cell<bool>,
+    /// The task it awaited last (a raw strong reference).
+    awaited: Cell<Option<std::ptr::NonNull<dyn Task>>>,
+}
+
 /// Where a worker thread finds its runtime outside driver polls.
 pub(crate) type WorkerRt = Arc<OnceLock<Weak<RtInner>>>;
 
 thread_local! {
     static RT: Cell<*const Arc<RtInner>> = const { Cell::new(std::ptr::null()) };
     static WORKER: RefCell<Option<WorkerRt>> = const { RefCell::new(None) };
-    static TASK: Cell<*const Arc<dyn Task>> = const { Cell::new(std::ptr::null::<Arc<crate::graph::node::Placeholder>>() as *const Arc<dyn Task>) };
-    static DEVICE: Cell<Device> = const { Cell::new(Device::CPU) };
-    /// Whether the running task's device is driven by a backend (a real GPU).
-    static BACKED: Cell<bool> = const { Cell::new(false) };
-    static POLLER: Cell<Option<PollerRef>> = const { Cell::new(None) };
-    static BLOCKED: Cell<bool> = const { Cell::new(false) };
-    /// The task the current poller awaited last (a raw strong reference), with `BLOCKED`.
-    static AWAITED: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
+    /// What this thread polls now (see [`Current`]).
+    static CURRENT: Current = const {
+        Current {
+            task: Cell::new(
+                std::ptr::null::<Arc<crate::graph::node::Placeholder>>() as *const Arc<dyn Task>,
+            ),
+            device: Cell::new(Device::CPU),
+            backed: Cell::new(false),
+            poller: Cell::new(None),
+        }
+    };
+    /// Whether the current poller awaits tasks, and the one it awaited last.
+    static AWAITS: Awaits = const {
+        Awaits {
+            blocked: Cell::new(false),
+            awaited: Cell::new(None),
+        }
+    };
     /// Live-task counts taken ahead from the current runtime (see `take_live_credit`).
     static CREDITS: Cell<u32> = const { Cell::new(0) };
     /// The driver polling on this thread (its runtime's id, 0: none) and its next task.
@@ -224,10 +256,12 @@ pub(crate) struct TaskGuard {
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        TASK.with(|c| c.set(self.task));
-        DEVICE.with(|c| c.set(self.device));
-        BACKED.with(|c| c.set(self.backed));
-        POLLER.with(|c| c.set(self.poller));
+        CURRENT.with(|c| {
+            c.task.set(self.task);
+            c.device.set(self.device);
+            c.backed.set(self.backed);
+            c.poller.set(self.poller);
+        });
     }
 }
 
@@ -240,62 +274,66 @@ pub(crate) fn enter_task(
     backed: bool,
     poller: PollerRef,
 ) -> TaskGuard {
-    TaskGuard {
-        task: TASK.with(|c| c.replace(task as *const _)),
-        device: DEVICE.with(|c| c.replace(device)),
-        backed: BACKED.with(|c| c.replace(backed)),
-        poller: POLLER.with(|c| c.replace(Some(poller))),
-    }
+    CURRENT.with(|c| TaskGuard {
+        task: c.task.replace(task as *const _),
+        device: c.device.replace(device),
+        backed: c.backed.replace(backed),
+        poller: c.poller.replace(Some(poller)),
+    })
 }
 
 /// Marks `poller` (a `block_on` future) as the poller of this thread until the guard drops.
 pub(crate) fn enter_poller(poller: PollerRef) -> TaskGuard {
-    TaskGuard {
-        task: TASK.with(|c| c.get()),
-        device: DEVICE.with(|c| c.get()),
-        backed: BACKED.with(|c| c.get()),
-        poller: POLLER.with(|c| c.replace(Some(poller))),
-    }
+    CURRENT.with(|c| TaskGuard {
+        task: c.task.get(),
+        device: c.device.get(),
+        backed: c.backed.get(),
+        poller: c.poller.replace(Some(poller)),
+    })
 }
 
 /// The architecture function variants dispatch on: the running task's, when it runs on the
 /// CPU or on a GPU of a backend; `None` outside tasks and on virtual GPUs (which run the
 /// default body).
 pub(crate) fn variant_arch() -> Option<crate::Arch> {
-    if TASK.with(|c| c.get()).is_null() {
+    if CURRENT.with(|c| c.task.get()).is_null() {
         return None;
     }
-    let d = DEVICE.with(|c| c.get());
+    let d = CURRENT.with(|c| c.device.get());
     match d.arch() {
         crate::Arch::Cpu => Some(crate::Arch::Cpu),
-        crate::Arch::Gpu if BACKED.with(|c| c.get()) => Some(crate::Arch::Gpu),
+        crate::Arch::Gpu if CURRENT.with(|c| c.backed.get()) => Some(crate::Arch::Gpu),
         crate::Arch::Gpu => None,
     }
 }
 
 /// The poller being polled on this thread.
 pub(crate) fn poller() -> Option<PollerRef> {
-    POLLER.with(|c| c.get())
+    CURRENT.with(|c| c.poller.get())
 }
 
 /// Called by the runtime's own futures (task handles, ids, spaces) when they return
 /// `Pending` on a node (`node`) of the current runtime: the poller awaits tasks. The last
 /// node noted in a poll is kept (see [`take_awaited`]).
 pub(crate) fn note_blocked(node: Arc<dyn Task>) {
-    BLOCKED.with(|c| c.set(true));
-    drop(from_raw(AWAITED.with(|c| c.replace(into_raw(node)))));
+    let prev = AWAITS.with(|a| {
+        a.blocked.set(true);
+        a.awaited.replace(into_raw(node))
+    });
+    drop(from_raw(prev));
 }
 
 /// Reads and clears the blocked mark (and forgets the task awaited).
 pub(crate) fn take_blocked() -> bool {
-    drop(take_awaited());
-    BLOCKED.with(|c| c.replace(false))
+    let (blocked, awaited) = AWAITS.with(|a| (a.blocked.replace(false), a.awaited.take()));
+    drop(from_raw(awaited));
+    blocked
 }
 
 /// Takes the task the current poller awaited last, noted since the last
 /// [`take_blocked`].
 pub(crate) fn take_awaited() -> Option<Arc<dyn Task>> {
-    from_raw(AWAITED.with(|c| c.take()))
+    from_raw(AWAITS.with(|a| a.awaited.take()))
 }
 
 /// A strong reference as a pointer for one of this thread's slots (taken back by
@@ -308,7 +346,7 @@ fn into_raw(t: Arc<dyn Task>) -> Option<std::ptr::NonNull<dyn Task>> {
 /// The strong reference behind a pointer of one of this thread's slots.
 #[inline]
 fn from_raw(p: Option<std::ptr::NonNull<dyn Task>>) -> Option<Arc<dyn Task>> {
-    // SAFETY: the slots (`LIFO`, `AWAITED`, `STASH`, `WOKEN`) hold pointers from `Arc::into_raw`, each taken
+    // SAFETY: the slots (`LIFO`, `AWAITS`, `STASH`, `WOKEN`) hold pointers from `Arc::into_raw`, each taken
     // out of its slot (and turned back into its reference) exactly once, here.
     p.map(|p| unsafe { Arc::from_raw(p.as_ptr().cast_const()) })
 }
@@ -385,7 +423,7 @@ pub(crate) fn end_gift(prev: Option<Gift>) -> bool {
 /// Whether a driver of runtime `rt_id` polls a task on this thread.
 #[inline]
 pub(crate) fn polling_task(rt_id: u32) -> bool {
-    DRIVER.with(|c| c.get()) == rt_id && !TASK.with(|c| c.get()).is_null()
+    DRIVER.with(|c| c.get()) == rt_id && !CURRENT.with(|c| c.task.get()).is_null()
 }
 
 /// Holds `task` (ready, mapped, asking for `d` on its device, which it does not fit now)
@@ -446,13 +484,13 @@ pub(crate) fn defer_resume(
     vcu: u32,
     others_wait: impl FnOnce() -> bool,
 ) -> Result<(), Arc<dyn Task>> {
-    if !polling_task(rt_id) || DEVICE.with(|c| c.get()) != Device::CPU {
+    if !polling_task(rt_id) || CURRENT.with(|c| c.device.get()) != Device::CPU {
         return Err(task);
     }
     if WOKEN.with(|c| c.get().is_some()) {
         return Err(task);
     }
-    let cur = TASK.with(|c| c.get());
+    let cur = CURRENT.with(|c| c.task.get());
     // SAFETY: non-null (`polling_task`), set by `enter_task` from a reference that outlives
     // the guard that restores the previous value, and this thread is inside that scope.
     let have = unsafe { &*cur }.header().demand().vcu;
@@ -523,7 +561,7 @@ pub(crate) fn take_next() -> Option<Arc<dyn Task>> {
 /// # Ok::<_, parla_core::TaskError>(()) }).unwrap();
 /// ```
 pub fn current_task() -> Option<TaskInfo> {
-    let p = TASK.with(|c| c.get());
+    let p = CURRENT.with(|c| c.task.get());
     // SAFETY: a non-null pointer was set by `enter_task` from a reference that outlives the
     // guard that restores the previous value, and we are inside that scope.
     unsafe { p.as_ref() }.map(|t| TaskInfo { task: t.clone() })
@@ -532,7 +570,7 @@ pub fn current_task() -> Option<TaskInfo> {
 /// An identity of the running task (distinct among live tasks), for data objects that
 /// remember which task may use them; `None` outside tasks.
 pub fn current_task_key() -> Option<usize> {
-    let p = TASK.with(|c| c.get());
+    let p = CURRENT.with(|c| c.task.get());
     // SAFETY: as in `current_task`.
     unsafe { p.as_ref() }.map(|t| Arc::as_ptr(t) as *const () as usize)
 }
@@ -541,7 +579,7 @@ pub fn current_task_key() -> Option<usize> {
 ///
 /// Virtual GPUs report `gpu:i` like real ones.
 pub fn current_device() -> Device {
-    DEVICE.with(|c| c.get())
+    CURRENT.with(|c| c.device.get())
 }
 
 /// A description of a task: its name, device and constraints. Displays as `Task(T[cpu, 0])`.
