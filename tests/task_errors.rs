@@ -206,9 +206,8 @@ fn never_spawned_fails_dependents_and_awaits_at_quiescence() {
     });
 }
 
-/// Forward references made by tasks on every worker at once (each records its placeholder
-/// where its thread does): at quiescence the ones never spawned fail their dependents, and
-/// the ones spawned later resolve.
+/// Forward references made by tasks on every worker at once: at quiescence the ones never
+/// spawned fail their dependents, and the ones spawned later resolve.
 #[test]
 fn forward_references_made_on_many_workers_are_all_resolved_or_failed() {
     let rt = support::cpu(8);

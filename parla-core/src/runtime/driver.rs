@@ -795,29 +795,34 @@ mod test {
         few_futile_lingers(&rt, "200 yields");
     }
 
-    /// Pairs of tasks passing messages on one worker, which admits one task at a time: a
-    /// woken receiver never fits back at once, and takes over its sender's VCUs when the
-    /// sender waits. After a wake finds the CPU full, the next wakes on that worker skip
-    /// the check (a read of a line every admission writes), so only a few of them make it.
-    #[test]
-    fn wakes_on_a_full_cpu_mostly_skip_the_check_whether_they_fit() {
-        const ROUNDS: usize = 200;
-        let (sums, rt) = in_task(1, async {
+    /// Two pairs of tasks passing `rounds` messages each over channels, on one worker (which
+    /// admits one task at a time): `a` sends, `b` answers. With `spend`, each poll takes a
+    /// second step of Tokio's budget after its message. Returns the runtime, for its
+    /// counters, once every answer came back.
+    fn pairs_on_one_worker(rounds: usize, spend: bool) -> Arc<RtInner> {
+        let step = move || async move {
+            if spend {
+                tokio::task::coop::consume_budget().await;
+            }
+        };
+        let (sums, rt) = in_task(1, async move {
             let pairs: Vec<_> = (0..2)
                 .map(|_| {
                     let (to_b, mut b_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
                     let (to_a, mut a_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
                     let b = crate::task(async move {
                         while let Some(i) = b_rx.recv().await {
+                            step().await;
                             to_a.send(i + 1).unwrap();
                         }
                     })
                     .spawn();
                     let a = crate::task(async move {
                         let mut sum = 0;
-                        for i in 0..ROUNDS {
+                        for i in 0..rounds {
                             to_b.send(i).unwrap();
                             sum += a_rx.recv().await.unwrap();
+                            step().await;
                         }
                         sum
                     })
@@ -832,7 +837,17 @@ mod test {
             }
             sums
         });
-        assert_eq!(sums, vec![(1..=ROUNDS).sum::<usize>(); 2]);
+        assert_eq!(sums, vec![(1..=rounds).sum::<usize>(); 2]);
+        rt
+    }
+
+    /// Pairs of tasks passing messages on one worker, which admits one task at a time: a
+    /// woken receiver never fits back at once, and takes over its sender's VCUs when the
+    /// sender waits. After a wake finds the CPU full, the next wakes on that worker skip
+    /// the check (a read of a line every admission writes), so only a few of them make it.
+    #[test]
+    fn wakes_on_a_full_cpu_mostly_skip_the_check_whether_they_fit() {
+        let rt = pairs_on_one_worker(200, false);
         // Each message wakes its receiver: 800 wakes, each of which checked before.
         let checks = rt.fit_checks.load(Ordering::Relaxed);
         assert!(
@@ -848,40 +863,7 @@ mod test {
     /// off until its worker has nothing else to run).
     #[test]
     fn tasks_waiting_on_channels_do_not_run_their_driver_out_of_tokio_budget() {
-        const ROUNDS: usize = 2000;
-        let (sums, rt) = in_task(1, async {
-            let pairs: Vec<_> = (0..2)
-                .map(|_| {
-                    let (to_b, mut b_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
-                    let (to_a, mut a_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
-                    let b = crate::task(async move {
-                        while let Some(i) = b_rx.recv().await {
-                            tokio::task::coop::consume_budget().await;
-                            to_a.send(i + 1).unwrap();
-                        }
-                    })
-                    .spawn();
-                    let a = crate::task(async move {
-                        let mut sum = 0;
-                        for i in 0..ROUNDS {
-                            to_b.send(i).unwrap();
-                            sum += a_rx.recv().await.unwrap();
-                            tokio::task::coop::consume_budget().await;
-                        }
-                        sum
-                    })
-                    .spawn();
-                    (a, b)
-                })
-                .collect();
-            let mut sums = Vec::new();
-            for (a, b) in pairs {
-                sums.push(a.await.unwrap());
-                b.await.unwrap();
-            }
-            sums
-        });
-        assert_eq!(sums, vec![(1..=ROUNDS).sum::<usize>(); 2]);
+        let rt = pairs_on_one_worker(2000, true);
         // 8,000 polls of two steps each: the budget ran out every 64 polls before.
         let refused = rt.coop_yields.load(Ordering::Relaxed);
         assert!(
