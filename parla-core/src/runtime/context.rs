@@ -296,13 +296,13 @@ pub(crate) fn enter_poller(poller: PollerRef) -> TaskGuard {
 /// CPU or on a GPU of a backend; `None` outside tasks and on virtual GPUs (which run the
 /// default body).
 pub(crate) fn variant_arch() -> Option<crate::Arch> {
-    if CURRENT.with(|c| c.task.get()).is_null() {
+    let (task, device, backed) = CURRENT.with(|c| (c.task.get(), c.device.get(), c.backed.get()));
+    if task.is_null() {
         return None;
     }
-    let d = CURRENT.with(|c| c.device.get());
-    match d.arch() {
+    match device.arch() {
         crate::Arch::Cpu => Some(crate::Arch::Cpu),
-        crate::Arch::Gpu if CURRENT.with(|c| c.backed.get()) => Some(crate::Arch::Gpu),
+        crate::Arch::Gpu if backed => Some(crate::Arch::Gpu),
         crate::Arch::Gpu => None,
     }
 }
