@@ -4,7 +4,7 @@
 //! of fences so far), after the work it stands for was enqueued. Its event may be recorded
 //! later: any event recorded on the stream after the ticket was taken comes after that work,
 //! so one event serves every fence whose ticket it covers. A GPU task's fence is deferred
-//! that way ([`CudaFence::deferred`]): a chain of tasks on one stream records an event only
+//! that way (its event is chosen at the first question about it): a chain of tasks on one stream records an event only
 //! when something asks about one of their fences (the poller, an awaiter, a dependent on
 //! another stream), not once per task.
 //!
