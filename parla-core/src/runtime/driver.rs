@@ -89,9 +89,6 @@ pub(crate) struct Driver {
     /// a driver out of work then lingers behind Tokio's other work rather than spinning
     /// (see [`linger`](Self::linger)).
     waited_outside: bool,
-    /// The task it polled last waits on something outside the runtime (it costs
-    /// [`OUTSIDE_COST`] of the budget).
-    last_outside: bool,
     /// It yielded, counted as lingering, behind what Tokio runs first on its worker (see
     /// [`Linger::Behind`]); it stops lingering when polled next.
     behind: bool,
@@ -154,7 +151,6 @@ impl Driver {
             local: Local::default(),
             lingers: false,
             waited_outside: false,
-            last_outside: false,
             behind: false,
             behind_rounds: 0,
             #[cfg(feature = "tracing")]
@@ -298,9 +294,10 @@ impl Driver {
     }
 
     /// Polls `task` (whose run token this driver holds) once, and handles what follows.
+    /// Returns what the poll takes of the driver's [`BUDGET`] (see [`OUTSIDE_COST`]).
     /// (`rt`: the driver's runtime, borrowed from the caller: cloning the `Arc` for every
     /// task would update one reference count from every worker.)
-    fn run(&mut self, rt: &Arc<RtInner>, task: Arc<dyn Task>) {
+    fn run(&mut self, rt: &Arc<RtInner>, task: Arc<dyn Task>) -> u32 {
         let h = task.header();
         let device = h.device().unwrap_or(Device::CPU);
         // SAFETY: this driver holds the task's run token.
@@ -311,7 +308,7 @@ impl Driver {
                 Ok(r) => (r, false),
                 Err(err) => {
                     rt.complete(&task, Err(Arc::new(err)), true, false, &mut self.local);
-                    return;
+                    return 1;
                 }
             },
         };
@@ -350,7 +347,7 @@ impl Driver {
         };
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
-        self.end_poll(rt, task, run, poll, pended, device);
+        let cost = self.end_poll(rt, task, run, poll, pended, device);
         if let Some(t) = context::take_woken() {
             // A task this poll woke that waits for its VCUs and did not get the polled
             // task's (`pass_vcus`): through the resume lane.
@@ -361,9 +358,11 @@ impl Driver {
             // A task this poll made ready that waits for its device is queued now.
             rt.flush_stash(&mut self.local);
         }
+        cost
     }
 
-    /// What follows a poll of `task` that returned `poll`.
+    /// What follows a poll of `task` that returned `poll`; returns what the poll takes of
+    /// the driver's [`BUDGET`].
     fn end_poll(
         &mut self,
         rt: &Arc<RtInner>,
@@ -372,13 +371,14 @@ impl Driver {
         poll: Poll<Outcome>,
         pended: bool,
         device: Device,
-    ) {
+    ) -> u32 {
         let h = task.header();
         match poll {
             Poll::Ready(outcome) => {
                 crate::trace::step!(rt, h, "body_finished");
                 self.finish_running(rt, &task, run, outcome, pended);
                 rt.retire(task, &mut self.local.spent);
+                1
             }
             Poll::Pending => {
                 let awaited = context::take_awaited();
@@ -388,7 +388,6 @@ impl Driver {
                     self.lend(&task, device, awaited);
                 } else {
                     self.waited_outside = true;
-                    self.last_outside = true;
                 }
                 // A CPU task waiting on anything else (a channel, a timer, I/O, the
                 // `JoinHandle` of a future it started with `tokio::spawn`) keeps them while
@@ -421,6 +420,7 @@ impl Driver {
                     // Woken during its poll: it keeps its token and runs again.
                     EndPoll::Notified => rt.schedule_woken(task, false),
                 }
+                if awaits { 1 } else { OUTSIDE_COST }
             }
         }
     }
@@ -636,13 +636,7 @@ impl Future for Driver {
                 },
             };
             this.behind_rounds = 0;
-            this.run(&rt, task);
-            let cost = if std::mem::take(&mut this.last_outside) {
-                OUTSIDE_COST
-            } else {
-                1
-            };
-            budget = budget.saturating_sub(cost);
+            budget = budget.saturating_sub(this.run(&rt, task));
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
             // Tokio resources answer `Pending` until the driver yields. A driver that
             // started another yields too: the new one waits in this worker's LIFO slot
