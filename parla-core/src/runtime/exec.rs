@@ -972,8 +972,12 @@ mod recycle_test {
             gate.await.unwrap();
         });
         let inner = rt.inner.clone();
-        // (The gate, its last handle dropped here, was kept for this thread's next spawn.)
-        assert_eq!(inner.taken_here(), 1);
+        inner.wait_for_drivers_to_leave();
+        // The gate went to whichever let go of it last: this thread, which keeps it for its
+        // next spawn, when its handle was the last reference; the pool, when the driver
+        // that ran it held the last one (one of the pool's first batch then, the pool
+        // still full below); or neither, freed at once, when the two let go at once.
+        assert!(inner.taken_here() <= 1, "{}", inner.taken_here());
         inner.drop_taken_here();
         assert_eq!(inner.spent.tasks.lock().len(), spent);
         assert!(
