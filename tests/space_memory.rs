@@ -242,14 +242,12 @@ fn a_traced_runtime_streams_its_records() {
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
 
-/// A grid named in one space (`t.at((i, j))`, each task after the one above it and the one
-/// to its left), spawned row by row: a task after an id whose task succeeded has nothing to
-/// wait for, and the space lets go of that task, so that what it keeps per finished task
-/// is a few bytes (that the id was used), not the task.
-#[test]
-fn a_space_keeps_a_few_bytes_per_task_that_succeeded_and_was_depended_on() {
-    let _s = SERIAL.lock();
-    let side: usize = 100;
+/// Bytes a space keeps per task of a `side` x `side` grid named in it (`t.at((i, j))`,
+/// each task after the one above it and the one to its left), spawned row by row on a
+/// runtime of its own: a task after an id whose task succeeded has nothing to wait for, and
+/// the space lets go of that task, so that what it keeps per finished task is a few bytes
+/// (that the id was used), not the task.
+fn grid_kept_per_task(side: usize) -> f64 {
     let kept = support::within(60, move || {
         let rt = support::cpu(2);
         rt.block_on(async move {
@@ -270,10 +268,44 @@ fn a_space_keeps_a_few_bytes_per_task_that_succeeded_and_was_depended_on() {
             before - live()
         })
     });
-    let per_task = kept as f64 / (side * side) as f64;
+    kept as f64 / (side * side) as f64
+}
+
+#[test]
+fn a_space_keeps_a_few_bytes_per_task_that_succeeded_and_was_depended_on() {
+    let _s = SERIAL.lock();
+    let per_task = grid_kept_per_task(100);
     // A task the space held would take more than 200 bytes (its header alone).
     assert!(
         per_task < 64.0,
         "the space kept {per_task:.1} bytes per task"
+    );
+}
+
+/// A runtime made after a traced one has ended makes no spans for its tasks: `tracing`
+/// keeps the task span's callsite enabled after the traced runtime's subscriber is gone,
+/// and such spans went nowhere, cost time on every task, and kept a space from letting go
+/// of its finished tasks (a traced task is kept for its span).
+#[test]
+fn a_runtime_made_after_a_traced_one_traces_nothing() {
+    let _s = SERIAL.lock();
+    let path = support::trace_path("after");
+    {
+        let traced = parla::Runtime::builder()
+            .cpu_threads(2)
+            .trace(&path)
+            .build()
+            .unwrap();
+        traced.block_on(async {
+            for i in 0..10 {
+                task(async move { i }).await.unwrap();
+            }
+        });
+    }
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    let per_task = grid_kept_per_task(100);
+    assert!(
+        per_task < 64.0,
+        "the space kept {per_task:.1} bytes per task: its tasks were traced"
     );
 }

@@ -166,6 +166,19 @@ pub(crate) fn may_trace() -> bool {
     tracing::Level::TRACE <= STATIC_MAX_LEVEL && tracing::Level::TRACE <= LevelFilter::current()
 }
 
+/// Whether this thread has a subscriber to send spans to (its default, or the global one).
+///
+/// [`may_trace`] alone is not enough: `tracing` caches each callsite's interest, and the
+/// level hint, from the subscribers registered when it last rebuilt them, and keeps them
+/// after those subscribers are gone. Once a traced runtime (`Builder::trace`) has existed,
+/// the task span's callsite reads as always enabled, so another runtime's threads, whose
+/// default is no subscriber at all, would make spans that go nowhere, and pay for them on
+/// every task (a space also keeps traced tasks instead of letting go of them).
+#[cfg(feature = "tracing")]
+pub(crate) fn has_subscriber() -> bool {
+    tracing::dispatcher::get_default(|d| !d.is::<tracing::subscriber::NoSubscriber>())
+}
+
 /// Emits pipeline step `$step` of the task with header `$h` (if it is traced), through the
 /// runtime's subscriber if it has one.
 macro_rules! step {
