@@ -363,11 +363,7 @@ fn a_trace_times_gpu_tasks_with_cuda_events() {
         return;
     }
     let path = support::trace_path("gpu-trace");
-    let rt = parla::Runtime::builder()
-        .cpu_threads(4)
-        .trace(&path)
-        .build()
-        .unwrap();
+    let rt = support::traced(4, &path);
     rt.block_on(async {
         let t = TaskSpace::new("Kernel");
         for i in 0..4 {

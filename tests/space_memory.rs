@@ -211,11 +211,7 @@ fn select_loops_over_an_id_and_dropped_forward_references_leave_nothing_behind()
 fn a_traced_runtime_streams_its_records() {
     let _s = SERIAL.lock();
     let path = support::trace_path("stream");
-    let rt = parla::Runtime::builder()
-        .cpu_threads(2)
-        .trace(&path)
-        .build()
-        .unwrap();
+    let rt = support::traced(2, &path);
     let (quarter, end) = support::within(120, move || {
         let r = growth(&rt, 40, |_| async {
             let hs: Vec<_> = (0..500).map(|i| task(async move { i }).spawn()).collect();
@@ -291,11 +287,7 @@ fn a_runtime_made_after_a_traced_one_traces_nothing() {
     let _s = SERIAL.lock();
     let path = support::trace_path("after");
     {
-        let traced = parla::Runtime::builder()
-            .cpu_threads(2)
-            .trace(&path)
-            .build()
-            .unwrap();
+        let traced = support::traced(2, &path);
         traced.block_on(async {
             for i in 0..10 {
                 task(async move { i }).await.unwrap();

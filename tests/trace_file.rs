@@ -148,11 +148,7 @@ fn a_trace_has_one_slice_per_task_with_its_outcome_and_arrows() {
 #[test]
 fn a_user_span_inside_a_task_nests_in_its_slice() {
     let path = support::trace_path("nest");
-    let rt = parla::Runtime::builder()
-        .cpu_threads(2)
-        .trace(&path)
-        .build()
-        .unwrap();
+    let rt = support::traced(2, &path);
     support::within(30, move || {
         rt.block_on(async {
             let t = TaskSpace::new("Outer");

@@ -41,6 +41,16 @@ pub fn cpu(threads: usize) -> parla::Runtime {
         .expect("runtime")
 }
 
+/// A runtime with `threads` workers (and the machine's GPUs) that writes its trace to `path`
+/// (see [`trace_path`]).
+pub fn traced(threads: usize, path: &std::path::Path) -> parla::Runtime {
+    parla::Runtime::builder()
+        .cpu_threads(threads)
+        .trace(path)
+        .build()
+        .expect("runtime")
+}
+
 /// A runtime with `threads` workers and `gpus` virtual GPUs of `mem` bytes each.
 pub fn vgpu(threads: usize, gpus: usize, mem: u64) -> parla::Runtime {
     parla::Runtime::builder()
