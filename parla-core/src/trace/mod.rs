@@ -49,10 +49,11 @@
 //! Give filters to your other layers (`fmt::layer().with_filter(...)`), not to the whole
 //! subscriber: a global filter at `INFO` hides the `TRACE` events the trace is made of.
 //!
-//! A task gets a span when its runtime has a subscriber of its own, or else when the thread
-//! that spawns it has one (its default, or the global one). So set yours as the global
-//! default, as above: one set with `tracing::subscriber::with_default` around `block_on`
-//! sees the tasks spawned there, not those that tasks spawn on the workers.
+//! Set yours as the global default, as above. The steps of a task are events sent from the
+//! runtime's worker threads, where a subscriber set with `tracing::subscriber::with_default`
+//! around `block_on` is not the default: such a subscriber gets no slices. (A task gets a
+//! span when its runtime has a subscriber of its own, or else when the thread that spawns
+//! it has one: its default, or the global one.)
 
 #[cfg(feature = "tracing")]
 mod layer;
