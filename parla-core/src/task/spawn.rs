@@ -231,9 +231,6 @@ fn header_of<C: Task>(
 #[cfg(feature = "tracing")]
 fn task_span(rt: &RtInner, name: &Name) -> Option<Box<crate::graph::node::TaskTrace>> {
     use tracing::field::Empty;
-    if rt.trace.is_none() && !crate::trace::has_subscriber() {
-        return None;
-    }
     let span = rt.in_trace(|| {
         tracing::trace_span!(
             target: "parla::task",

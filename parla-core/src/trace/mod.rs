@@ -163,26 +163,26 @@ pub(crate) fn cold<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Whether a subscriber may want `TRACE` spans (a static check and one load: the runtime
-/// makes task spans only then).
+/// Whether a subscriber may want `TRACE` spans from this thread: a static check and one
+/// load, then, only when those allow `TRACE`, whether the thread has a subscriber at all (its
+/// default, or the global one). The runtime makes task spans only then, unless it has a
+/// subscriber of its own.
+///
+/// The level hint alone is not enough: `tracing` caches it, and each callsite's interest,
+/// from the subscribers registered when it last rebuilt them, and keeps them after those
+/// subscribers are gone. Once a traced runtime (`Builder::trace`) has existed, the task
+/// span's callsite reads as always enabled, so another runtime's threads, whose default is
+/// no subscriber at all, would make spans that go nowhere, and pay for them on every task
+/// (a space also keeps traced tasks instead of letting go of them).
 #[cfg(feature = "tracing")]
 #[inline]
 pub(crate) fn may_trace() -> bool {
     use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
-    tracing::Level::TRACE <= STATIC_MAX_LEVEL && tracing::Level::TRACE <= LevelFilter::current()
-}
-
-/// Whether this thread has a subscriber to send spans to (its default, or the global one).
-///
-/// [`may_trace`] alone is not enough: `tracing` caches each callsite's interest, and the
-/// level hint, from the subscribers registered when it last rebuilt them, and keeps them
-/// after those subscribers are gone. Once a traced runtime (`Builder::trace`) has existed,
-/// the task span's callsite reads as always enabled, so another runtime's threads, whose
-/// default is no subscriber at all, would make spans that go nowhere, and pay for them on
-/// every task (a space also keeps traced tasks instead of letting go of them).
-#[cfg(feature = "tracing")]
-pub(crate) fn has_subscriber() -> bool {
-    tracing::dispatcher::get_default(|d| !d.is::<tracing::subscriber::NoSubscriber>())
+    tracing::Level::TRACE <= STATIC_MAX_LEVEL
+        && tracing::Level::TRACE <= LevelFilter::current()
+        && cold(|| {
+            tracing::dispatcher::get_default(|d| !d.is::<tracing::subscriber::NoSubscriber>())
+        })
 }
 
 /// Emits pipeline step `$step` of the task with header `$h` (if it is traced), through the
