@@ -49,4 +49,36 @@ fn out_of_memory_and_kernel_fault_end_in_clear_errors() {
     assert!(matches!(fault, TaskError::Device { .. }), "{fault:?}");
     assert!(fault.to_string().contains("CUDA_ERROR"), "{fault}");
     assert!(matches!(after, TaskError::Device { .. }), "{after:?}");
+    // A runtime built after the fault (the one that saw it is gone): the driver keeps the
+    // device broken for the process, so building it fails with the CUDA error; were the
+    // device usable again, its GPU tasks would have to compute right.
+    match parla::Runtime::builder().cpu_threads(2).build() {
+        Err(e) => assert!(e.to_string().contains("CUDA_ERROR"), "{e}"),
+        Ok(rt) => {
+            let again = support::within(120, move || {
+                rt.block_on(async {
+                    task(async {
+                        let g = parla::gpu::current().unwrap();
+                        let f = g.kernel(KERNELS, "increment").unwrap();
+                        let mut x = g.stream().alloc_zeros::<u32>(1).unwrap();
+                        {
+                            let mut b = g.stream().launch_builder(&f);
+                            b.arg(&mut x);
+                            // SAFETY: `increment` takes one `unsigned int*`; x holds one
+                            // element.
+                            unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                        }
+                        g.synchronize().await.unwrap();
+                        g.stream().clone_dtoh(&x).unwrap()[0]
+                    })
+                    .placement(Placement::Gpu(0))
+                    .await
+                })
+            });
+            match again {
+                Ok(v) => assert_eq!(v, 1, "a runtime after the fault computed wrong"),
+                Err(e) => assert!(e.to_string().contains("CUDA_ERROR"), "{e}"),
+            }
+        }
+    }
 }

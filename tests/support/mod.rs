@@ -72,14 +72,18 @@ pub fn either_device(rt: &parla::Runtime) -> parla::Device {
 }
 
 /// The property tests' configuration: `default_cases` cases (`PROPTEST_CASES=N` for a
-/// longer search), short shrinking, no persistence files.
+/// longer search), short shrinking (`PROPTEST_MAX_SHRINK_ITERS=N` to change it), no
+/// persistence files.
 pub fn prop_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
     proptest::prelude::ProptestConfig {
         cases: std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(default_cases),
-        max_shrink_iters: 64,
+        max_shrink_iters: std::env::var("PROPTEST_MAX_SHRINK_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64),
         failure_persistence: None,
         ..proptest::prelude::ProptestConfig::default()
     }

@@ -232,6 +232,35 @@ impl GpuExec for Exec {
     }
 }
 
+/// A reference to each device's primary context, taken by the first runtime that uses the
+/// device and kept for the rest of the process (by CUDA ordinal), as the CUDA runtime API
+/// keeps it.
+///
+/// Making a primary context took 70-240 ms on an H200 host, most of it in the driver;
+/// retaining one that exists takes well under a millisecond. Without this reference, the
+/// context would go with the last runtime using it, and every runtime a program builds
+/// after (a test suite builds one per test) would make it again. Each runtime still
+/// retains the context for itself (`CudaContext::new`), so what cudarc keeps per
+/// `CudaContext` (its count of streams, the errors it recorded) stays the runtime's own.
+///
+/// (A context a kernel fault broke stays broken for the process whether or not it is
+/// kept: the driver refuses later runtimes on that device, `tests/gpu_fault.rs`.)
+static KEPT_CONTEXTS: Mutex<Vec<Option<Arc<CudaContext>>>> = Mutex::new(Vec::new());
+
+/// A context of device `ordinal` for a new runtime: its primary context, made if no
+/// runtime has used the device yet, then kept alive in [`KEPT_CONTEXTS`].
+fn context_for(ordinal: usize) -> Result<Arc<CudaContext>, cudarc::driver::DriverError> {
+    let mut kept = KEPT_CONTEXTS.lock();
+    let ctx = CudaContext::new(ordinal)?;
+    if kept.len() <= ordinal {
+        kept.resize(ordinal + 1, None);
+    }
+    if kept[ordinal].is_none() {
+        kept[ordinal] = Some(CudaContext::new(ordinal)?);
+    }
+    Ok(ctx)
+}
+
 /// Finds the CUDA devices and starts a backend on them: the runtime's GPU backend factory.
 ///
 /// No driver (libcuda cannot be loaded) or no device: `Ok(None)`, and the runtime runs on
@@ -280,7 +309,7 @@ fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, Stri
         let err = |what: &str, e: cudarc::driver::DriverError| {
             format!("CUDA device {ordinal}: {what}: {}", describe(&e))
         };
-        let ctx = CudaContext::new(ordinal).map_err(|e| err("cannot create a context", e))?;
+        let ctx = context_for(ordinal).map_err(|e| err("cannot create a context", e))?;
         let name = ctx.name().map_err(|e| err("cannot read its name", e))?;
         let total = ctx
             .total_mem()
