@@ -4,9 +4,21 @@
 
 mod support;
 
-use parla::gpu::cudarc::driver::{LaunchConfig, PushKernelArg};
+use parla::gpu::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use parla::prelude::*;
 use support::gpu::{KERNELS, real};
+
+/// Launches the test kernel `name` (it takes one `unsigned int*`) on `x`, on the current
+/// GPU task's stream.
+fn launch(name: &str, x: &mut CudaSlice<u32>) {
+    let g = parla::gpu::current().unwrap();
+    let f = g.kernel(KERNELS, name).unwrap();
+    let mut b = g.stream().launch_builder(&f);
+    b.arg(x);
+    // SAFETY: the test kernels take one `unsigned int*`, and `x` holds one element (`fault`
+    // writes through a bad address on purpose).
+    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+}
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -25,12 +37,8 @@ fn out_of_memory_and_kernel_fault_end_in_clear_errors() {
             // A kernel that writes through a bad address: the task's fence reports it.
             let fault = task(async {
                 let g = parla::gpu::current().unwrap();
-                let f = g.kernel(KERNELS, "fault").unwrap();
                 let mut x = g.stream().alloc_zeros::<u32>(1).unwrap();
-                let mut b = g.stream().launch_builder(&f);
-                b.arg(&mut x);
-                // SAFETY: `fault` takes one `unsigned int*`; the kernel faults on purpose.
-                unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                launch("fault", &mut x);
             })
             .placement(Placement::Gpu(0))
             .await
@@ -59,15 +67,8 @@ fn out_of_memory_and_kernel_fault_end_in_clear_errors() {
                 rt.block_on(async {
                     task(async {
                         let g = parla::gpu::current().unwrap();
-                        let f = g.kernel(KERNELS, "increment").unwrap();
                         let mut x = g.stream().alloc_zeros::<u32>(1).unwrap();
-                        {
-                            let mut b = g.stream().launch_builder(&f);
-                            b.arg(&mut x);
-                            // SAFETY: `increment` takes one `unsigned int*`; x holds one
-                            // element.
-                            unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
-                        }
+                        launch("increment", &mut x);
                         g.synchronize().await.unwrap();
                         g.stream().clone_dtoh(&x).unwrap()[0]
                     })
