@@ -76,17 +76,19 @@ pub fn either_device(rt: &parla::Runtime) -> parla::Device {
 /// persistence files.
 pub fn prop_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
     proptest::prelude::ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default_cases),
-        max_shrink_iters: std::env::var("PROPTEST_MAX_SHRINK_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(64),
+        cases: env_or("PROPTEST_CASES", default_cases),
+        max_shrink_iters: env_or("PROPTEST_MAX_SHRINK_ITERS", 64),
         failure_persistence: None,
         ..proptest::prelude::ProptestConfig::default()
     }
+}
+
+/// The number in environment variable `name`, or `default` when it is unset or not one.
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A named way to make a runtime.
