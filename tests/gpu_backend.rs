@@ -59,47 +59,6 @@ fn placement_and_gpu_context() {
     });
 }
 
-/// Whether GPU 0's primary context exists (some runtime, or the process, retains it).
-fn primary_context_active() -> bool {
-    use parla::gpu::cudarc::driver::{result, sys};
-    let dev = result::device::get(0).expect("GPU 0");
-    let (mut flags, mut active) = (0u32, 0i32);
-    // SAFETY: `dev` is a valid device handle and both pointers are to live locals.
-    unsafe { sys::cuDevicePrimaryCtxGetState(dev, &mut flags, &mut active) }
-        .result()
-        .expect("cuDevicePrimaryCtxGetState");
-    active != 0
-}
-
-/// The first runtime's CUDA context stays for the runtimes built after it is dropped (a
-/// runtime then starts in about a millisecond instead of making the context again), and
-/// they run GPU tasks on it.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn the_gpu_context_outlives_the_runtime_for_the_next_one() {
-    for round in 0..3 {
-        let rt = rt();
-        let on = support::within(120, move || {
-            rt.block_on(async {
-                task(async { parla::gpu::current().map(|g| g.device()) })
-                    .placement(Placement::Gpu(0))
-                    .await
-                    .unwrap()
-            })
-        });
-        assert_eq!(on, Some(Device::gpu(0)), "round {round}");
-        // The runtime's last references to the context may go a moment after `drop` (with
-        // the threads that held them): the context must still be there after that.
-        for _ in 0..200 {
-            assert!(
-                primary_context_active(),
-                "round {round}: GPU 0's context went with its runtime"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_gpu_task_computes_and_synchronizes() {
