@@ -1,6 +1,6 @@
 //! A GPU's CUDA context outlives the runtime that made it, so that the runtimes a program
 //! builds after it (a test suite builds one per test) start in about a millisecond instead
-//! of making the context again (70-240 ms on an H200 host).
+//! of making the context again (70-370 ms on an H200 host).
 //!
 //! In its own test binary, and with no GPU task before the check: once a GPU task has run
 //! in a process, the context stayed for the rest of it on an H200 host even without the

@@ -236,12 +236,15 @@ impl GpuExec for Exec {
 /// device and kept for the rest of the process (by CUDA ordinal), as the CUDA runtime API
 /// keeps it.
 ///
-/// Making a primary context took 70-240 ms on an H200 host, most of it in the driver;
+/// Making a primary context took 70-370 ms on an H200 host, most of it in the driver;
 /// retaining one that exists takes well under a millisecond. Without this reference, the
 /// context would go with the last runtime using it, and every runtime a program builds
-/// after (a test suite builds one per test) would make it again. Each runtime still
-/// retains the context for itself (`CudaContext::new`), so what cudarc keeps per
-/// `CudaContext` (its count of streams, the errors it recorded) stays the runtime's own.
+/// after (a test suite builds one per test) would make it again. (Once a GPU task has run
+/// in a process, the context was seen to stay on an H200 host without this reference too;
+/// runtimes that run CPU tasks only, as most tests' do, rely on it: `tests/gpu_context.rs`.)
+/// Each runtime still retains the context for itself (`CudaContext::new`), so what cudarc
+/// keeps per `CudaContext` (its count of streams, the errors it recorded) stays the
+/// runtime's own.
 ///
 /// (A context a kernel fault broke stays broken for the process whether or not it is
 /// kept: the driver refuses later runtimes on that device, `tests/gpu_fault.rs`.)
