@@ -223,7 +223,7 @@ fn a_traced_runtime_streams_its_records() {
     let _s = SERIAL.lock();
     let path = support::trace_path("stream");
     let rt = support::traced(2, &path);
-    let (quarter, end) = support::within(120, move || {
+    let (warm, end) = support::within(120, move || {
         // The tracer's own tables grow to their working size over the first few dozen
         // batches (after 10 batches, memory still grew by 24-81 KB over the next 30; after
         // 40, by 12-34 KB over the next 120): the growth is measured after that.
@@ -236,7 +236,7 @@ fn a_traced_runtime_streams_its_records() {
         drop(rt);
         r
     });
-    let grew = end - quarter;
+    let grew = end - warm;
     assert!(
         grew < 64 * 1024,
         "grew by {grew} bytes over the last 40 traced batches"
