@@ -197,6 +197,10 @@ fn publish(
     if let Some(w) = join {
         fx.wake.push(w);
     }
+    if dependents.is_empty() {
+        // (Dropped inline: most tasks finish with no dependents.)
+        return;
+    }
     for d in dependents {
         match d {
             Dependent::Waiter(w) => {

@@ -86,8 +86,103 @@ pub(crate) enum Dependent {
     Waiter(Arc<atomic_waker::AtomicWaker>),
 }
 
+/// A node's dependents: a small vector whose drop, where it holds nothing and no memory
+/// (most tasks finish with no dependents left, or had none), is a check inline instead of
+/// a call.
+#[derive(Default)]
+pub(crate) struct Dependents(std::mem::ManuallyDrop<SmallVec<[Dependent; 2]>>);
+
+impl Dependents {
+    /// Whether dropping the list has nothing to do: no dependents, no memory of its own.
+    #[inline(always)]
+    fn is_bare(&self) -> bool {
+        self.0.is_empty() && !self.0.spilled()
+    }
+}
+
+impl Drop for Dependents {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if !self.is_bare() {
+            // SAFETY: the vector is dropped once, here, and never used again (`self` is
+            // being dropped).
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.0) }
+        }
+    }
+}
+
+impl std::ops::Deref for Dependents {
+    type Target = SmallVec<[Dependent; 2]>;
+    #[inline(always)]
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Dependents {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl IntoIterator for Dependents {
+    type Item = Dependent;
+    type IntoIter = Consume<[Dependent; 2]>;
+    #[inline(always)]
+    fn into_iter(mut self) -> Self::IntoIter {
+        // (`self` is left bare: its drop does nothing.)
+        Consume::new(std::mem::take(&mut *self.0))
+    }
+}
+
+/// A small vector's items by value, whose drop, once they were all taken from a vector
+/// held inline (a task's dependents or dependencies, mostly), is a check inline instead of
+/// a call.
+pub(crate) struct Consume<A: smallvec::Array> {
+    it: std::mem::ManuallyDrop<smallvec::IntoIter<A>>,
+    spilled: bool,
+}
+
+impl<A: smallvec::Array> Consume<A> {
+    #[inline(always)]
+    pub(crate) fn new(v: SmallVec<A>) -> Self {
+        Consume {
+            spilled: v.spilled(),
+            it: std::mem::ManuallyDrop::new(v.into_iter()),
+        }
+    }
+}
+
+impl<A: smallvec::Array> Iterator for Consume<A> {
+    type Item = A::Item;
+    #[inline(always)]
+    fn next(&mut self) -> Option<A::Item> {
+        self.it.next()
+    }
+    #[inline(always)]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.it.size_hint()
+    }
+}
+
+impl<A: smallvec::Array> ExactSizeIterator for Consume<A> {}
+
+impl<A: smallvec::Array> Drop for Consume<A> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // Items left, or memory of its own: the iterator's drop frees them. Otherwise it
+        // has nothing to do.
+        if self.spilled || self.it.len() > 0 {
+            // SAFETY: the iterator is dropped once, here, and never used again (`self` is
+            // being dropped).
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.it) }
+        }
+    }
+}
+
 pub(crate) struct Links {
-    pub(crate) dependents: SmallVec<[Dependent; 2]>,
+    pub(crate) dependents: Dependents,
     /// The error of a failed task, once published (`PUBLISHED` tells a published success
     /// from no outcome yet).
     err: Option<Arc<TaskError>>,
@@ -108,7 +203,7 @@ struct GpuLinks {
 /// What [`Header::publish`] takes from a node that finished.
 pub(crate) struct Published {
     /// The dependents to tell.
-    pub(crate) dependents: SmallVec<[Dependent; 2]>,
+    pub(crate) dependents: Dependents,
     /// The waker of the task's handle.
     pub(crate) join: Option<Waker>,
     /// The join protocol's completion: no handle will take the output (it was dropped
@@ -277,7 +372,7 @@ impl Header {
             mem,
             act: Activity::new(),
             links: Mutex::new(Links {
-                dependents: SmallVec::new(),
+                dependents: Dependents::default(),
                 err: None,
                 join: None,
                 gpu: None,
@@ -533,7 +628,7 @@ impl Header {
         {
             l.dependents.swap_remove(i);
             if l.dependents.is_empty() && l.dependents.spilled() {
-                l.dependents = SmallVec::new();
+                l.dependents = Dependents::default();
             }
         }
     }
@@ -599,7 +694,7 @@ impl Header {
     /// instead of following them.
     pub(crate) fn take_waits(&self) -> SmallVec<[Arc<dyn Fence>; 2]> {
         let mut l = self.links.lock();
-        for d in &l.dependents {
+        for d in l.dependents.iter() {
             if let Dependent::Task(t) = d {
                 prefetch_head(t);
             }

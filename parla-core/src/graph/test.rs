@@ -232,3 +232,43 @@ fn cycles_through_forward_references_are_found() {
     assert_eq!(cycle.len(), 4);
     assert!(find_cycle(&[node(5)]).is_none());
 }
+
+/// A list consumed in part, or held on the heap, still drops what it holds: no reference
+/// leaks when the inline drop is skipped, whether the items were all taken or not.
+#[test]
+fn consumed_lists_drop_what_they_still_hold() {
+    use smallvec::SmallVec;
+    let t = node(0);
+    for len in 0..5 {
+        for taken in 0..=len {
+            let v: SmallVec<[Arc<dyn Task>; 2]> = (0..len).map(|_| t.clone()).collect();
+            let mut it = node::Consume::new(v);
+            for _ in 0..taken {
+                assert!(it.next().is_some());
+            }
+            assert_eq!(it.len(), len - taken);
+            drop(it);
+            assert_eq!(Arc::strong_count(&t), 1, "{len} items, {taken} taken");
+        }
+    }
+    // The dependents of a node, taken by a publication (in part) or dropped with the node.
+    for n in 0..5 {
+        let d = node(2);
+        let (a, b) = (node(1), node(3));
+        for x in [&a, &b] {
+            for _ in 0..n {
+                assert!(matches!(
+                    x.header().add_task_dependent(&d),
+                    node::Added::Registered
+                ));
+            }
+        }
+        assert_eq!(Arc::strong_count(&d), 1 + 2 * n);
+        drop(b);
+        assert_eq!(Arc::strong_count(&d), 1 + n, "dropped with its node");
+        let mut taken = a.header().publish(Ok(())).dependents.into_iter();
+        let _ = taken.next();
+        drop(taken);
+        assert_eq!(Arc::strong_count(&d), 1, "{n} dependents, one taken");
+    }
+}

@@ -472,10 +472,18 @@ impl RtInner {
     /// Picks the device slot of a task among its mask: the policy chooses among the devices
     /// that have not failed (all of them if every one failed). A panicking policy is
     /// reported once and replaced by the first candidate that fits now.
+    #[inline(always)]
     fn map(&self, h: &Header, data: Option<&crate::data::Accesses>) -> usize {
         if h.mask.is_power_of_two() {
             return h.mask.trailing_zeros() as usize;
         }
+        self.choose(h, data)
+    }
+
+    /// [`map`](Self::map) of a task that may go to more than one device: out of line, so
+    /// that the callers' frames stay small for tasks with one (most of them).
+    #[inline(never)]
+    fn choose(&self, h: &Header, data: Option<&crate::data::Accesses>) -> usize {
         let data_bytes = data.map_or(0, |acc| acc.bytes());
         let in_mask = |s: usize| h.mask & (1 << s) != 0;
         let healthy =
@@ -531,11 +539,17 @@ impl RtInner {
     /// takes back the VCUs it lent), the first goes to this thread's driver if one polls
     /// here (its next-task slot; a task it displaces there goes to the injector), the rest
     /// to the injector.
+    #[inline(always)]
     pub(crate) fn launch(self: &Arc<Self>, l: &mut Local) {
-        let n = l.admitted.len();
-        if n == 0 {
-            return;
+        // (Inline: half the calls find nothing admitted - a spawn whose task waits.)
+        if !l.admitted.is_empty() {
+            self.launch_admitted(l);
         }
+    }
+
+    /// [`launch`](Self::launch) of at least one task.
+    fn launch_admitted(self: &Arc<Self>, l: &mut Local) {
+        let n = l.admitted.len();
         for t in &l.admitted {
             self.admitted(t);
         }

@@ -40,7 +40,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::loom::sync::{AtomicUsize, Ordering, fence};
+use crate::loom::sync::{AtomicU32, AtomicUsize, Ordering, fence};
 
 /// Shards of the count: a task is counted in the shard of the thread that first saw it wait
 /// (the shard of its place in the set of pollers), so the drivers of a worker count on a
@@ -50,14 +50,27 @@ pub(crate) const SHARDS: usize = 16;
 /// How many held tasks each shard counts.
 #[derive(Default)]
 pub(crate) struct Held {
+    /// The shards that ever counted a task, a bit each (never cleared): a queuer reads
+    /// only those, and none in a runtime whose tasks never waited outside it.
+    used: AtomicU32,
     shards: [CachePadded<AtomicUsize>; SHARDS],
 }
 
+const _: () = assert!(SHARDS <= u32::BITS as usize);
+
 impl Held {
     /// A task is held (its run token's holder marked it first); `shard`: its shard.
+    ///
+    /// The shard's bit is set before the count, both before the holder's fence: a queuer
+    /// that sees the count after its own fence sees the bit too.
     #[inline]
     pub(crate) fn add(&self, shard: usize) {
-        self.shards[shard % SHARDS].fetch_add(1, Ordering::Relaxed);
+        let shard = shard % SHARDS;
+        let bit = 1 << shard;
+        if self.used.load(Ordering::Relaxed) & bit == 0 {
+            self.used.fetch_or(bit, Ordering::Relaxed);
+        }
+        self.shards[shard].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A held task was unmarked (by the next holder of its token).
@@ -81,7 +94,15 @@ impl Held {
     #[inline]
     pub(crate) fn any(&self) -> bool {
         fence(Ordering::SeqCst);
-        self.shards.iter().any(|s| s.load(Ordering::Relaxed) > 0)
+        let mut used = self.used.load(Ordering::Relaxed);
+        while used != 0 {
+            let shard = used.trailing_zeros() as usize;
+            if self.shards[shard].load(Ordering::Relaxed) > 0 {
+                return true;
+            }
+            used &= used - 1;
+        }
+        false
     }
 
     /// After [`any`](Self::any): whether shard `shard` may count a held task. A queuer

@@ -10,7 +10,7 @@ use crate::data::Accesses;
 use crate::device::{Arch, Demand, Placements, SlotMask, resolve, vcu_fixed};
 use crate::error::TaskError;
 use crate::graph::cell::{Join, TaskCell};
-use crate::graph::node::{DEFAULT_VCU, Dependent, Header, Kind, Name, Task, vt_of};
+use crate::graph::node::{Consume, DEFAULT_VCU, Dependent, Header, Kind, Name, Task, vt_of};
 use crate::graph::{self, Effects};
 use crate::runtime::data::WithData;
 use crate::runtime::{RtInner, context};
@@ -314,7 +314,7 @@ fn wire_spawned(
             nodes.extend(implied);
         }
         trace_dependencies(rt, h, &nodes);
-        graph::wire(task, placeholder.as_ref(), nodes)
+        graph::wire(task, placeholder.as_ref(), Consume::new(nodes))
     })();
     match wired {
         Ok(false) => {}
