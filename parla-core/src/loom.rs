@@ -27,6 +27,11 @@ pub(crate) mod sync {
         pub(crate) fn try_lock(&self) -> Option<parking_lot::MutexGuard<'_, T>> {
             self.0.try_lock()
         }
+        /// Runs `f` on the value, which `&mut self` reaches without locking.
+        #[inline]
+        pub(crate) fn with_mut<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> R {
+            f(self.0.get_mut())
+        }
     }
 
     /// A multi-producer multi-consumer queue.
@@ -72,6 +77,9 @@ pub(crate) mod sync {
         }
         pub(crate) fn try_lock(&self) -> Option<loom::sync::MutexGuard<'_, T>> {
             self.0.try_lock().ok()
+        }
+        pub(crate) fn with_mut<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> R {
+            f(&mut self.lock())
         }
     }
 

@@ -170,6 +170,18 @@ pub(crate) fn finish(task: &Arc<dyn Task>, outcome: Outcome, fx: &mut Effects) {
     // cascade).
     let mut work: Vec<(Arc<dyn Task>, Outcome)> = Vec::new();
     publish(task, outcome, fx, &mut work);
+    if work.capacity() == 0 {
+        // No cascade: the list never held anything, so it has nothing to drop (checked
+        // here rather than in a call to its drop, for every task).
+        std::mem::forget(work);
+        return;
+    }
+    cascade(work, fx);
+}
+
+/// Publishes the outcomes of a cascade (nodes failed or mirrored on the way), and theirs.
+#[inline(never)]
+fn cascade(mut work: Vec<(Arc<dyn Task>, Outcome)>, fx: &mut Effects) {
     while let Some((t, o)) = work.pop() {
         publish(&t, o, fx, &mut work);
     }

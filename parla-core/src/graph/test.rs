@@ -236,7 +236,7 @@ fn cycles_through_forward_references_are_found() {
 /// A list consumed in part, or held on the heap, still drops what it holds: no reference
 /// leaks when the inline drop is skipped, whether the items were all taken or not.
 #[test]
-fn consumed_lists_drop_what_they_still_hold() {
+fn lists_and_links_drop_what_they_still_hold() {
     use smallvec::SmallVec;
     let t = node(0);
     for len in 0..5 {
@@ -271,4 +271,13 @@ fn consumed_lists_drop_what_they_still_hold() {
         drop(taken);
         assert_eq!(Arc::strong_count(&d), 1, "{n} dependents, one taken");
     }
+    // A failed node's error goes with the node.
+    let a = node(4);
+    let err = Arc::new(TaskError::Cancelled {
+        task: "a".to_string(),
+    });
+    let _ = a.header().publish(Err(err.clone()));
+    assert_eq!(Arc::strong_count(&err), 2);
+    drop(a);
+    assert_eq!(Arc::strong_count(&err), 1, "dropped with its node");
 }

@@ -41,6 +41,7 @@ thread_local! {
 /// A number for an anonymous task, unique in the process: from this thread's block, so
 /// that threads spawning tasks at once (a fork-join on every worker) do not update one
 /// shared counter per task.
+#[inline]
 fn next_anon() -> u64 {
     ANON.with(|c| {
         let (mut next, mut end) = c.get();
