@@ -167,7 +167,31 @@ impl RtInner {
     /// Applies the effects and admitted tasks in `l`: tasks finished without running leave
     /// the live count, ready tasks are mapped and admitted, what was admitted is launched,
     /// and wakers are woken. Leaves `l`'s scratch empty.
+    #[inline(always)]
     pub(crate) fn apply(self: &Arc<Self>, l: &mut Local) {
+        if l.fx.unrun == 0 && l.fx.ready.is_empty() {
+            // Nothing became ready or finished unrun (a task that completed with no
+            // dependents, mostly): launch and wake, inline. (Neither adds effects to `l`.)
+            self.launch(l);
+            if !l.fx.wake.is_empty() {
+                Self::wake_all(l);
+            }
+            return;
+        }
+        self.apply_effects(l);
+    }
+
+    /// Wakes the wakers in `l`.
+    #[inline(never)]
+    fn wake_all(l: &mut Local) {
+        while let Some(w) = l.fx.wake.pop() {
+            wake_quietly(w);
+        }
+    }
+
+    /// [`apply`](Self::apply) when tasks became ready or finished unrun.
+    #[inline(never)]
+    fn apply_effects(self: &Arc<Self>, l: &mut Local) {
         loop {
             if l.fx.unrun > 0 {
                 l.live -= l.fx.unrun as i64;
