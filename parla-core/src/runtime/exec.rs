@@ -173,15 +173,20 @@ impl RtInner {
             // Nothing became ready or finished unrun (a task that completed with no
             // dependents, mostly): launch and wake, inline. (Neither adds effects to `l`.)
             self.launch(l);
-            if !l.fx.wake.is_empty() {
-                Self::wake_all(l);
-            }
+            Self::wake(l);
             return;
         }
         self.apply_effects(l);
     }
 
-    /// Wakes the wakers in `l`.
+    /// Wakes the wakers in `l` (a call only when there are some).
+    #[inline(always)]
+    fn wake(l: &mut Local) {
+        if !l.fx.wake.is_empty() {
+            Self::wake_all(l);
+        }
+    }
+
     #[inline(never)]
     fn wake_all(l: &mut Local) {
         while let Some(w) = l.fx.wake.pop() {
@@ -207,9 +212,7 @@ impl RtInner {
                 }
             }
             self.launch(l);
-            while let Some(w) = l.fx.wake.pop() {
-                wake_quietly(w);
-            }
+            Self::wake(l);
             if l.fx.unrun == 0 && l.fx.ready.is_empty() {
                 return;
             }
