@@ -12,6 +12,7 @@
 
 use std::cell::UnsafeCell;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -92,6 +93,37 @@ impl<F: Future, D> TaskCell<F, D> {
             header,
             stage: UnsafeCell::new(Stage::Running(fut)),
             data,
+        }
+    }
+
+    /// A new cell, written field by field into its allocation: `init` writes the header
+    /// there, where `Arc::new(TaskCell::new(..))` builds the cell on the stack and copies it
+    /// over (two calls to `memcpy` per spawn).
+    #[inline(always)]
+    pub(crate) fn new_arc(
+        init: impl FnOnce(&mut MaybeUninit<Header>),
+        fut: F,
+        data: D,
+    ) -> Arc<Self> {
+        // (`Arc::new` of an uninitialized value, rather than `Arc::new_uninit`, which
+        // computes its layout in calls of its own.)
+        let mut cell = Arc::new(MaybeUninit::<Self>::uninit());
+        let Some(place) = Arc::get_mut(&mut cell) else {
+            unreachable!("a new `Arc` has no other reference")
+        };
+        let p = place.as_mut_ptr();
+        // SAFETY: `p` points to the value of the allocation just made, which nothing else
+        // can see, and comes from the `&mut` to it. `init` gets the header's place as a
+        // `MaybeUninit`, which it can only write, and writes all of it (its callers use
+        // `MaybeUninit::write`); the other fields are written here, so every field is
+        // initialized before `assume_init`. If `init` panics, the allocation is freed
+        // without dropping anything in it (a header it wrote is leaked; `fut` and `data`
+        // are still the caller's, dropped as it unwinds).
+        unsafe {
+            init(&mut *(&raw mut (*p).header).cast::<MaybeUninit<Header>>());
+            (&raw mut (*p).stage).write(UnsafeCell::new(Stage::Running(fut)));
+            (&raw mut (*p).data).write(data);
+            cell.assume_init()
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the executor.
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -159,21 +160,20 @@ where
         } else {
             constraints(rt, &placement, vcus, memory, 0)
         };
-        let mut header = header_of::<TaskCell<F>>(rt, &id, &checked, memory, priority);
-        header.recycle = recycle && header.trace.is_none();
-        let cell = Arc::new(TaskCell::new(header, fut, ()));
+        let init = |h: &mut MaybeUninit<Header>| {
+            let header = init_header::<TaskCell<F>>(h, rt, &id, &checked, memory, priority);
+            header.recycle = recycle && header.trace.is_none();
+        };
+        let cell = TaskCell::new_arc(init, fut, ());
         return spawn_cell(rt, cell, id, deps, checked, None);
     };
     let acc = Arc::new(Accesses::new(*data));
     let checked = constraints(rt, &placement, vcus, memory, acc.bytes());
-    let mut header =
-        header_of::<TaskCell<WithData<F>, Arc<Accesses>>>(rt, &id, &checked, memory, priority);
-    header.has_data = true;
-    let cell = Arc::new(TaskCell::new(
-        header,
-        WithData::new(fut, acc.clone()),
-        acc.clone(),
-    ));
+    let init = |h: &mut MaybeUninit<Header>| {
+        type C<F> = TaskCell<WithData<F>, Arc<Accesses>>;
+        init_header::<C<F>>(h, rt, &id, &checked, memory, priority).has_data = true;
+    };
+    let cell = TaskCell::new_arc(init, WithData::new(fut, acc.clone()), acc.clone());
     spawn_cell(rt, cell, id, deps, checked, Some(&acc))
 }
 
@@ -201,16 +201,19 @@ where
     TaskHandle::new(cell)
 }
 
-/// The header of a new task of cell type `C`.
-fn header_of<C: Task>(
+/// Writes the header of a new task of cell type `C` into `h` (its place in the task's
+/// allocation: [`TaskCell::new_arc`]), and returns it.
+#[inline(always)]
+fn init_header<'h, C: Task>(
+    h: &'h mut MaybeUninit<Header>,
     rt: &RtInner,
     id: &Option<crate::space::TaskRef>,
     checked: &Result<(SlotMask, u32), String>,
     memory: u64,
     priority: u8,
-) -> Header {
+) -> &'h mut Header {
     let (mask, vcu) = checked.as_ref().map_or((0, 0), |&(m, v)| (m, v));
-    let mut header = Header::new(
+    let header = h.write(Header::new(
         vt_of::<C>(),
         name_of(id),
         Kind::Task,
@@ -218,7 +221,7 @@ fn header_of<C: Task>(
         mask,
         vcu,
         memory,
-    );
+    ));
     header.priority = priority;
     header.prepare_gpu();
     #[cfg(feature = "tracing")]
