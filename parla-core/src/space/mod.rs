@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
 use hashbrown::HashTable;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::key::BLOCK;
 pub use crate::key::{IntoKey, IntoPart, Key, Part};
@@ -403,13 +403,27 @@ impl TaskSpace {
     /// space is dropped, and its dependents do not wire themselves to finished tasks. A
     /// traced task is kept
     /// ([`succeeded_untraced`](crate::graph::node::Header::succeeded_untraced)).
+    #[inline]
     pub(crate) fn dependency(&self, key: &Key, rt: &RtInner) -> Option<Arc<dyn Task>> {
+        // The common case inline: a space of this runtime whose table has the key's task
+        // (or placeholder), or has it settled. Anything else (a first use, another
+        // runtime's space, a key not there yet, a retired one) takes `find`, which looks
+        // again from the start.
+        let (h, slot) = key.block();
+        if self.inner.rt.load(Ordering::Acquire) == rt.id {
+            let is = |b: &Block| b.is(h, key);
+            match Self::in_table(self.shard(h).lock(), h, is, slot, true) {
+                Ok(found) => return found,
+                Err(map) => drop(map),
+            }
+        }
         self.find(key, rt, true)
     }
 
     /// [`node`](Self::node) and [`dependency`](Self::dependency): `None` for a settled id
     /// (`settle`: or one whose task succeeded, which it settles, or a retired id that
     /// succeeded).
+    #[inline(never)]
     fn find(&self, key: &Key, rt: &RtInner, settle: bool) -> Option<Arc<dyn Task>> {
         let (h, slot) = key.block();
         let owner = match self.bind(rt) {
@@ -418,32 +432,11 @@ impl TaskSpace {
             // wiring rejects with `WrongRuntime`.
             Err(other) => return Some(self.detached(key, other, None)),
         };
-        let mut map = self.shard(h).lock();
-        if let Some(b) = map.find_mut(h, |b| b.is(h, key)) {
-            if settle && let Some(Some(next)) = b.slots.get(slot + 1) {
-                // Programs walk ids in order (`t.at((i - 1, j))` for each `j` of a row):
-                // the next key's task is most likely the next dependency looked up. It
-                // finished on another core, which wrote its memory last; fetched now, the
-                // next lookup finds it in cache, to settle and free it.
-                prefetch_for_write(next);
-            }
-            if let Some(n) = &b.slots[slot] {
-                if !(settle && settles(n)) {
-                    return Some(n.clone());
-                }
-                let n = b.let_go(slot);
-                drop(map);
-                if let Some(n) = n {
-                    // Often the last reference (the task finished, its handle is gone): its
-                    // memory is freed on the spawning thread, at one of its next spawns.
-                    crate::runtime::let_go_last(n);
-                }
-                return None;
-            }
-            if b.is_settled(slot) {
-                return None;
-            }
-        }
+        let is = |b: &Block| b.is(h, key);
+        let mut map = match Self::in_table(self.shard(h).lock(), h, is, slot, settle) {
+            Ok(found) => return found,
+            Err(map) => map,
+        };
         if let Some(o) = self.retired(key) {
             drop(map);
             // (A dependency on a retired id that succeeded is met: no stand-in needed.)
@@ -462,6 +455,49 @@ impl TaskSpace {
         drop(map);
         rt.register_forward(&p);
         Some(p)
+    }
+
+    /// The lookup of a key (of block hash `h`, at `slot`; `is` tells its block) in its
+    /// shard's table, `map`: `Ok` with what [`find`](Self::find) returns when the table has
+    /// its task or placeholder, or has it settled (`settle`: settling a task that
+    /// succeeded, which is let go of once `map` is unlocked); `Err(map)`, still locked,
+    /// when the table has nothing for it. (`is` comes from each caller: the table's search
+    /// is then a function of its own in each, and inlined in each.)
+    #[inline(always)]
+    fn in_table<'m>(
+        mut map: MutexGuard<'m, Map>,
+        h: u64,
+        is: impl Fn(&Block) -> bool,
+        slot: usize,
+        settle: bool,
+    ) -> Result<Option<Arc<dyn Task>>, MutexGuard<'m, Map>> {
+        let Some(b) = map.find_mut(h, is) else {
+            return Err(map);
+        };
+        if settle && let Some(Some(next)) = b.slots.get(slot + 1) {
+            // Programs walk ids in order (`t.at((i - 1, j))` for each `j` of a row): the
+            // next key's task is most likely the next dependency looked up. It finished on
+            // another core, which wrote its memory last; fetched now, the next lookup finds
+            // it in cache, to settle and free it.
+            prefetch_for_write(next);
+        }
+        if let Some(n) = &b.slots[slot] {
+            if !(settle && settles(n)) {
+                return Ok(Some(n.clone()));
+            }
+            let n = b.let_go(slot);
+            drop(map);
+            if let Some(n) = n {
+                // Often the last reference (the task finished, its handle is gone): its
+                // memory is freed on the spawning thread, at one of its next spawns.
+                crate::runtime::let_go_last(n);
+            }
+            return Ok(None);
+        }
+        if b.is_settled(slot) {
+            return Ok(None);
+        }
+        Err(map)
     }
 
     /// A placeholder not in the space: finished with `outcome` if given.
@@ -919,6 +955,42 @@ mod test {
             assert!(e.to_string().contains("H[1]"), "{e}");
             assert!(r.is_finished());
             assert_eq!(Arc::strong_count(&t.inner.space), spaces);
+        });
+    }
+
+    /// A dependency on an id takes what the space holds for it, whichever way the lookup
+    /// goes (inline when the table has the id's block and something in its slot, or its
+    /// slot settled; `find` otherwise): the task while it has not finished, nothing once it
+    /// succeeded (settling it) or was settled, and a placeholder for an id not spawned yet,
+    /// in a block the table has or not, which the task spawned under it then stands in for.
+    #[test]
+    fn a_dependency_on_an_id_finds_its_task_placeholder_or_settled_slot() {
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        rt.block_on(async {
+            let t = TaskSpace::new("D");
+            let (open, gate) = std::sync::mpsc::channel::<()>();
+            let pending = task(async move {
+                let _ = gate.recv();
+            })
+            .id(t.at(0))
+            .spawn();
+            task(async {}).id(t.at(1)).spawn().await.unwrap();
+            let after = task(async {})
+                .after(t.at(0)) // running: its task
+                .after(t.at(1)) // succeeded: met, and settled
+                .after(t.at(1)) // settled: met
+                .after(t.at(2)) // not spawned, its block there: a placeholder
+                .after(t.at(1000)); // not spawned, no block: a placeholder
+            assert_eq!(after.deps.len(), 3);
+            assert_eq!(settled_in(&t), 1);
+            let after = after.spawn();
+            task(async {}).id(t.at(2)).spawn();
+            task(async {}).id(t.at(1000)).spawn();
+            assert!(!after.is_finished());
+            open.send(()).unwrap();
+            after.await.unwrap();
+            pending.await.unwrap();
+            assert_eq!(t.len(), 4);
         });
     }
 

@@ -118,7 +118,10 @@ impl Drop for DepList {
 }
 
 impl Dep {
-    /// The nodes this dependency stands for, looked up in `rt`.
+    /// The nodes this dependency stands for, looked up in `rt`. (Out of line: its id
+    /// lookups are inline, and the spawn path that resolves dependencies given outside a
+    /// runtime stays small.)
+    #[inline(never)]
     fn resolve(self, rt: &RtInner, out: &mut SmallVec<[Arc<dyn Task>; 2]>) {
         match self {
             Dep::Node(n) => out.push(n),
