@@ -405,19 +405,17 @@ impl TaskSpace {
     /// ([`succeeded_untraced`](crate::graph::node::Header::succeeded_untraced)).
     #[inline]
     pub(crate) fn dependency(&self, key: &Key, rt: &RtInner) -> Option<Arc<dyn Task>> {
-        // The common case inline: a space of this runtime whose table has the key's task
-        // (or placeholder), or has it settled. Anything else (a first use, another
-        // runtime's space, a key not there yet, a retired one) takes `find`, which looks
-        // again from the start.
-        let (h, slot) = key.block();
-        if self.inner.rt.load(Ordering::Acquire) == rt.id {
-            let is = |b: &Block| b.is(h, key);
-            match Self::in_table(self.shard(h).lock(), h, is, slot, true) {
-                Ok(found) => return found,
-                Err(map) => drop(map),
-            }
+        // Inline for a space of this runtime (the common case); `find` binds a space
+        // first used here, or makes the stand-in of another runtime's.
+        if self.inner.rt.load(Ordering::Acquire) != rt.id {
+            return self.find(key, rt, true);
         }
-        self.find(key, rt, true)
+        let (h, slot) = key.block();
+        let is = |b: &Block| b.is(h, key);
+        match Self::in_table(self.shard(h).lock(), h, is, slot, true) {
+            Ok(found) => found,
+            Err(map) => self.not_in_table(map, h, key, slot, rt, true),
+        }
     }
 
     /// [`node`](Self::node) and [`dependency`](Self::dependency): `None` for a settled id
@@ -425,27 +423,42 @@ impl TaskSpace {
     /// succeeded).
     #[inline(never)]
     fn find(&self, key: &Key, rt: &RtInner, settle: bool) -> Option<Arc<dyn Task>> {
-        let (h, slot) = key.block();
-        let owner = match self.bind(rt) {
-            Ok(()) => rt.id,
+        if let Err(other) = self.bind(rt) {
             // Another runtime's space: a stand-in of that runtime, which the dependent's
             // wiring rejects with `WrongRuntime`.
-            Err(other) => return Some(self.detached(key, other, None)),
-        };
+            return Some(self.detached(key, other, None));
+        }
+        let (h, slot) = key.block();
         let is = |b: &Block| b.is(h, key);
-        let mut map = match Self::in_table(self.shard(h).lock(), h, is, slot, settle) {
-            Ok(found) => return found,
-            Err(map) => map,
-        };
+        match Self::in_table(self.shard(h).lock(), h, is, slot, settle) {
+            Ok(found) => found,
+            Err(map) => self.not_in_table(map, h, key, slot, rt, settle),
+        }
+    }
+
+    /// [`find`](Self::find) of a key (of block hash `h`, at `slot`) that the table of this
+    /// space, bound to `rt`, has nothing for, its shard still locked (`map`): a stand-in
+    /// for a retired id (none for one that succeeded, when `settle`), or a new placeholder
+    /// (registered with `rt` for the stall resolver).
+    #[inline(never)]
+    fn not_in_table(
+        &self,
+        mut map: MutexGuard<'_, Map>,
+        h: u64,
+        key: &Key,
+        slot: usize,
+        rt: &RtInner,
+        settle: bool,
+    ) -> Option<Arc<dyn Task>> {
         if let Some(o) = self.retired(key) {
             drop(map);
             // (A dependency on a retired id that succeeded is met: no stand-in needed.)
-            return (!settle || o.is_err()).then(|| self.detached(key, owner, Some(o)));
+            return (!settle || o.is_err()).then(|| self.detached(key, rt.id, Some(o)));
         }
         let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner.space) as Weak<_>;
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(
             Name::Id(self.inner.name.clone(), key.clone()),
-            owner,
+            rt.id,
             Some((origin, key.clone())),
         ));
         match map.find_mut(h, |b| b.is(h, key)) {
@@ -461,7 +474,7 @@ impl TaskSpace {
     /// shard's table, `map`: `Ok` with what [`find`](Self::find) returns when the table has
     /// its task or placeholder, or has it settled (`settle`: settling a task that
     /// succeeded, which is let go of once `map` is unlocked); `Err(map)`, still locked,
-    /// when the table has nothing for it. (`is` comes from each caller: the table's search
+    /// when the table has nothing for it ([`not_in_table`](Self::not_in_table) then). (`is` comes from each caller: the table's search
     /// is then a function of its own in each, and inlined in each.)
     #[inline(always)]
     fn in_table<'m>(
