@@ -1,7 +1,8 @@
 //! Long-running programs run in bounded memory: outputs nobody will take are dropped,
 //! finished ids can be retired, dropped awaits and unused forward references leave nothing
-//! behind, and traces stream to disk. A counting allocator measures the bytes still
-//! allocated between batches of work.
+//! behind, traces stream to disk, and a loop spawning tasks reuses their memory. A counting
+//! allocator measures the bytes still allocated between batches of work, and the
+//! allocations a thread makes.
 
 mod support;
 
@@ -16,10 +17,17 @@ struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: forwards to the system allocator, only counting the bytes.
+thread_local! {
+    /// The allocations this thread made.
+    static ALLOCATED_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator, only counting the bytes (and the thread's
+// allocations, in a thread-local without a destructor, which allocates nothing).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        let _ = ALLOCATED_HERE.try_with(|n| n.set(n.get() + 1));
         // SAFETY: same layout contract as the caller's.
         unsafe { System.alloc(l) }
     }
@@ -66,6 +74,11 @@ fn growth_after<F: std::future::Future>(
         }
     }
     (at_warm, live())
+}
+
+/// How many allocations this thread made so far.
+fn allocated_here() -> usize {
+    ALLOCATED_HERE.with(std::cell::Cell::get)
 }
 
 struct Big(Arc<AtomicUsize>, #[allow(dead_code)] Vec<u8>);
@@ -313,5 +326,40 @@ fn a_runtime_made_after_a_traced_one_traces_nothing() {
     assert!(
         per_task < 64.0,
         "the space kept {per_task:.1} bytes per task: its tasks were traced"
+    );
+}
+
+/// A loop in `block_on` that spawns tasks and awaits them, batch after batch, writes each
+/// new task into the memory of one that finished: once warm, its spawns allocate next to
+/// nothing (a spawn that allocated would make one allocation per task).
+#[test]
+fn a_spawn_loop_writes_its_tasks_into_the_memory_of_finished_ones() {
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    let (batches, per_batch) = (100, 16);
+    let (sum, allocated) = support::within(60, move || {
+        rt.block_on(async move {
+            let mut handles = Vec::with_capacity(per_batch);
+            let mut sum = 0;
+            let mut before = 0;
+            for b in 0..2 * batches {
+                if b == batches {
+                    before = allocated_here();
+                    sum = 0;
+                }
+                handles.extend((0..per_batch).map(|i| task(async move { i }).spawn()));
+                for h in handles.drain(..) {
+                    sum += h.await.unwrap();
+                }
+            }
+            (sum, allocated_here() - before)
+        })
+    });
+    let n = batches * per_batch;
+    assert_eq!(sum, batches * per_batch * (per_batch - 1) / 2);
+    // (Drivers that run out of work between batches and start again allocate too.)
+    assert!(
+        allocated < n / 2,
+        "{allocated} allocations on the spawning thread for {n} tasks"
     );
 }

@@ -99,17 +99,24 @@ impl<F: Future, D> TaskCell<F, D> {
     /// A new cell, written field by field into its allocation: `init` writes the header
     /// there, where `Arc::new(TaskCell::new(..))` builds the cell on the stack and copies it
     /// over (two calls to `memcpy` per spawn).
+    ///
+    /// `reused`: the allocation of a finished task to write the cell into (see
+    /// [`reuse_as`]), rather than a new one.
     #[inline(always)]
     pub(crate) fn new_arc(
+        reused: Option<Arc<MaybeUninit<Self>>>,
         init: impl FnOnce(&mut MaybeUninit<Header>),
         fut: F,
         data: D,
     ) -> Arc<Self> {
         // (`Arc::new` of an uninitialized value, rather than `Arc::new_uninit`, which
         // computes its layout in calls of its own.)
-        let mut cell = Arc::new(MaybeUninit::<Self>::uninit());
+        let mut cell = match reused {
+            Some(cell) => cell,
+            None => Arc::new(MaybeUninit::<Self>::uninit()),
+        };
         let Some(place) = Arc::get_mut(&mut cell) else {
-            unreachable!("a new `Arc` has no other reference")
+            unreachable!("a new or reused `Arc` has no other reference")
         };
         let p = place.as_mut_ptr();
         // SAFETY: `p` points to the value of the allocation just made, which nothing else
@@ -125,6 +132,35 @@ impl<F: Future, D> TaskCell<F, D> {
             (&raw mut (*p).data).write(data);
             cell.assume_init()
         }
+    }
+}
+
+/// The allocation of the finished task `task`, emptied, for a new cell of type `C` to be
+/// written into ([`TaskCell::new_arc`]): when `task` is the last reference to it (no weak
+/// one either) and its cell has `C`'s size and alignment. Handed back otherwise, to be
+/// dropped as usual.
+///
+/// This saves a free and an allocation per spawn: a thread spawning tasks of one type in
+/// a loop writes each into the memory of one that finished.
+#[inline]
+pub(crate) fn reuse_as<C>(mut task: Arc<dyn Task>) -> Result<Arc<MaybeUninit<C>>, Arc<dyn Task>> {
+    let fits = size_of_val::<dyn Task>(&*task) == size_of::<C>()
+        && align_of_val::<dyn Task>(&*task) == align_of::<C>();
+    if !fits || Arc::get_mut(&mut task).is_none() {
+        return Err(task);
+    }
+    let raw = Arc::into_raw(task).cast_mut();
+    // SAFETY: `raw` is the value of an `Arc` that had no other reference, strong or weak
+    // (`get_mut` succeeded), and nothing else can reach it: dropping it in place is the
+    // drop the `Arc` would have done, and nothing reads it afterwards. (Should a destructor
+    // panic, the allocation leaks: the `Arc` is already given up, so nothing is dropped
+    // twice.) `from_raw` then takes the allocation back as an `Arc` of an uninitialized
+    // `C`: the pointer came from `Arc::into_raw` of an `Arc<dyn Task>` whose value has the
+    // size and alignment of `C` (checked above), as `from_raw` requires for an unsized
+    // source, so the allocation's layout is the one an `Arc<MaybeUninit<C>>` frees.
+    unsafe {
+        std::ptr::drop_in_place(raw);
+        Ok(Arc::from_raw(raw.cast::<MaybeUninit<C>>()))
     }
 }
 

@@ -281,3 +281,84 @@ fn lists_and_links_drop_what_they_still_hold() {
     drop(a);
     assert_eq!(Arc::strong_count(&err), 1, "dropped with its node");
 }
+
+/// A finished task's allocation is handed out for a new cell only when that cell has its
+/// size and alignment and nothing else refers to the task; what it held is dropped first,
+/// and the new cell written there runs as any other.
+#[test]
+fn a_finished_task_s_memory_is_reused_only_by_a_cell_of_its_size_and_only_when_unshared() {
+    use std::mem::MaybeUninit;
+    use std::pin::Pin;
+
+    use super::cell::reuse_as;
+
+    /// A future that counts its drops.
+    struct Holds(Arc<AtomicUsize>);
+    impl Drop for Holds {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    impl Future for Holds {
+        type Output = usize;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<usize> {
+            Poll::Ready(1)
+        }
+    }
+    /// A future of the same size.
+    struct Same(usize);
+    impl Future for Same {
+        type Output = usize;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<usize> {
+            Poll::Ready(self.0)
+        }
+    }
+    type Larger = TaskCell<std::future::Ready<[usize; 4]>>;
+    assert_eq!(size_of::<TaskCell<Holds>>(), size_of::<TaskCell<Same>>());
+    assert_ne!(size_of::<TaskCell<Holds>>(), size_of::<Larger>());
+
+    let drops = Arc::new(AtomicUsize::new(0));
+    let t: Arc<dyn Task> = cell(0, Holds(drops.clone()));
+    // Another size: handed back whole.
+    let t = reuse_as::<Larger>(t)
+        .map(drop)
+        .expect_err("a cell of another size");
+    // Another reference to it: handed back whole.
+    let other = t.clone();
+    let t = reuse_as::<TaskCell<Same>>(t)
+        .map(drop)
+        .expect_err("a shared task");
+    drop(other);
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+
+    // The same size and alignment, the one reference: emptied (its future dropped), and
+    // its memory taken by the new cell.
+    let at = Arc::as_ptr(&t).cast::<u8>();
+    let place: Arc<MaybeUninit<TaskCell<Same>>> =
+        reuse_as(t).ok().expect("a cell of the same size");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "the old future was not dropped"
+    );
+    let header = |h: &mut MaybeUninit<Header>| {
+        h.write(Header::new(
+            vt_of::<TaskCell<Same>>(),
+            Name::Anon(1),
+            Kind::Task,
+            RT,
+            1,
+            0,
+            0,
+        ));
+    };
+    let new = TaskCell::new_arc(Some(place), header, Same(7), ());
+    assert_eq!(Arc::as_ptr(&new).cast::<u8>(), at, "not the same memory");
+    let t: Arc<dyn Task> = new.clone();
+    assert_eq!(run(&t), Ok(()));
+    drop(t);
+    let new: Arc<dyn Join<usize>> = new;
+    // SAFETY: the one reader of the output, after the poll that stored it.
+    assert_eq!(unsafe { new.take_output() }, Some(7));
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}

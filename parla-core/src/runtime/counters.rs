@@ -19,14 +19,17 @@ use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use crate::loom::sync::{AtomicU64, Ordering};
 
 pub(crate) struct Counters {
     /// `live << 32 | busy`.
     word: AtomicU64,
-    /// `block_on` calls waiting for the live count to reach zero.
-    monitors: Mutex<Vec<Waker>>,
+    /// `block_on` calls waiting for the live count to reach zero. (Inline: a `block_on`
+    /// that awaits one task at a time registers again after every task, and a vector
+    /// taken at each zero would allocate there each time.)
+    monitors: Mutex<SmallVec<[Waker; 2]>>,
     /// The stall resolver, woken when the busy count reaches zero.
     pub(crate) stall: AtomicWaker,
 }
@@ -35,7 +38,7 @@ impl Counters {
     pub(crate) fn new() -> Self {
         Counters {
             word: AtomicU64::new(0),
-            monitors: Mutex::new(Vec::new()),
+            monitors: Mutex::new(SmallVec::new()),
             stall: AtomicWaker::new(),
         }
     }

@@ -8,6 +8,7 @@
 //!                   -> Ready: complete -> release, graph::finish -> effects -> ...
 //! ```
 
+use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,7 @@ use super::{RtInner, context};
 use crate::device::backend::FenceStatus;
 use crate::device::{Demand, Device, vcu_float};
 use crate::error::TaskError;
+use crate::graph::cell::reuse_as;
 use crate::graph::node::{DEFAULT_VCU, Header, Outcome, Task, prefetch_for_write, wake_quietly};
 use crate::graph::{self, Effects};
 use crate::scheduler::mapping::Candidate;
@@ -95,8 +97,8 @@ const KEPT: usize = 512;
 
 /// Lets go of a reference to a finished `task`: when it is the last one, of a small task
 /// spawned outside the drivers, and this thread is not a driver either, the task is kept
-/// for one of this thread's next spawns to free just before its allocation
-/// ([`RtInner::reuse_spent`]). It is dropped at once otherwise, or when the thread keeps
+/// for one of this thread's next spawns, which writes its own task into that memory (or
+/// frees it just before it allocates, for a task of another size: [`RtInner::reuse_spent`]). It is dropped at once otherwise, or when the thread keeps
 /// [`KEPT`] already, or its spawns are another runtime's.
 ///
 /// The last handle of a task goes here, and so does a task a space settles
@@ -105,9 +107,9 @@ const KEPT: usize = 512;
 /// more than the allocator's per-thread cache holds, and then allocate as many again
 /// through its slow paths; and a task settled by a lookup finished on another core, which
 /// wrote its lines last, so freeing it at once would stall the spawn on each of them.
-/// Freed one at a time before each allocation, each is reused at once, its lines fetched
-/// one spawn ahead. (Freeing it runs no user code: its future was dropped when it
-/// completed, its output by its handle, or by the completer when there was none.)
+/// Reused one at a time by the next spawns, each has its lines fetched one spawn ahead.
+/// (Emptying or freeing it runs no user code: its future was dropped when it completed,
+/// its output by its handle, or by the completer when there was none.)
 #[inline]
 pub(crate) fn let_go_last(task: Arc<dyn Task>) {
     if Arc::strong_count(&task) == 1 && task.header().recycle && !context::in_driver() {
@@ -138,7 +140,8 @@ struct Reuse {
     /// Taken from the pool a batch at a time (and kept from dropped handles and settled
     /// ids: [`let_go_last`]), for the next spawns.
     taken: Vec<Arc<dyn Task>>,
-    /// The one taken at the previous spawn, its memory being fetched: freed at the next.
+    /// The one taken at the previous spawn, its memory being fetched: reused (or freed) at
+    /// the next.
     prefetched: Option<Arc<dyn Task>>,
 }
 
@@ -352,8 +355,9 @@ impl RtInner {
 
     /// Drops a task a driver finished with. The last reference to a small task spawned
     /// outside the drivers (`Header::recycle`) goes to [`spent`](RtInner::spent) instead,
-    /// for the next spawn outside the drivers to free just before it allocates: the
-    /// allocator then hands that thread the memory back from its own cache. Freed here, on
+    /// for a spawn outside the drivers to write its task into (or to free just before it
+    /// allocates, for a task of another size: the allocator then hands that thread the
+    /// memory back from its own cache). Freed here, on
     /// another thread, the memory goes back to the spawning thread's arena (under its lock,
     /// which that thread takes for every allocation it cannot serve from its cache). A
     /// chain spawned from `block_on` runs twice as fast this way.
@@ -408,20 +412,26 @@ impl RtInner {
         }
     }
 
-    /// Frees one task from [`spent`](RtInner::spent) (a spawn outside the drivers is about
-    /// to allocate one); asks drivers for more if there is none.
+    /// Takes one task from [`spent`](RtInner::spent) for a spawn outside the drivers to
+    /// write its own task into; asks drivers for more if there is none.
     ///
     /// The thread takes tasks from the pool [`SPENT_BATCH`](super::SPENT_BATCH) at a time
     /// (into [`REUSE`]), so it takes the pool's lock, which drivers adding batches take too,
     /// once a batch rather than once a spawn.
     ///
-    /// One spawn ahead: the task freed is the one taken at this thread's previous spawn, and
-    /// the one taken now has its memory fetched into this core's cache for writing
+    /// One spawn ahead: the task reused is the one taken at this thread's previous spawn,
+    /// and the one taken now has its memory fetched into this core's cache for writing
     /// meanwhile. (Its lines were last written by the driver that finished it, on another
     /// core; fetched only when the new task is written into them, each would stall the
-    /// spawn.)
+    /// spawn.) It is returned emptied, for this spawn's task of type `C`, when its cell has
+    /// that size and alignment ([`reuse_as`]); it is freed otherwise (before this spawn
+    /// allocates, which the allocator then serves from this thread's cache).
+    ///
+    /// A spawn that reuses a task saves a free and an allocation, and the free of a task
+    /// allocated on another thread as well: spawning from `block_on` in a loop, where a
+    /// driver finishes each task, allocates nothing once the first tasks came back.
     #[inline]
-    pub(crate) fn reuse_spent(&self) {
+    pub(crate) fn reuse_spent<C>(&self) -> Option<Arc<MaybeUninit<C>>> {
         let prev = REUSE
             .try_with(|r| {
                 let mut r = r.borrow_mut();
@@ -443,8 +453,8 @@ impl RtInner {
                 std::mem::replace(&mut r.prefetched, next)
             })
             .ok()
-            .flatten();
-        drop(prev);
+            .flatten()?;
+        reuse_as::<C>(prev).ok()
     }
 
     /// Takes a batch of tasks from [`spent`](RtInner::spent) into `r`, when it holds none

@@ -149,12 +149,14 @@ where
         data,
     } = b;
     let Some(data) = data.filter(|d| !d.is_empty()) else {
-        // A small task spawned outside the drivers: the memory of one a driver finished
-        // is freed here first, for this allocation to reuse (see `RtInner::retire`).
+        // A small task spawned outside the drivers is written into the memory of one a
+        // driver finished, when it has the same size (see `RtInner::reuse_spent`).
         let recycle = size_of::<TaskCell<F>>() <= RECYCLE_BYTES && !context::in_driver();
-        if recycle {
-            rt.reuse_spent();
-        }
+        let reused = if recycle {
+            rt.reuse_spent::<TaskCell<F>>()
+        } else {
+            None
+        };
         let checked = if is_default(&placement, vcus, memory) {
             Ok((1, DEFAULT_VCU))
         } else {
@@ -164,7 +166,7 @@ where
             let header = init_header::<TaskCell<F>>(h, rt, &id, &checked, memory, priority);
             header.recycle = recycle && header.trace.is_none();
         };
-        let cell = TaskCell::new_arc(init, fut, ());
+        let cell = TaskCell::new_arc(reused, init, fut, ());
         return spawn_cell(rt, cell, id, deps, checked, None);
     };
     let acc = Arc::new(Accesses::new(*data));
@@ -173,7 +175,7 @@ where
         type C<F> = TaskCell<WithData<F>, Arc<Accesses>>;
         init_header::<C<F>>(h, rt, &id, &checked, memory, priority).has_data = true;
     };
-    let cell = TaskCell::new_arc(init, WithData::new(fut, acc.clone()), acc.clone());
+    let cell = TaskCell::new_arc(None, init, WithData::new(fut, acc.clone()), acc.clone());
     spawn_cell(rt, cell, id, deps, checked, Some(&acc))
 }
 
