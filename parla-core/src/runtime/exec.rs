@@ -98,7 +98,8 @@ const KEPT: usize = 512;
 /// Lets go of a reference to a finished `task`: when it is the last one, of a small task
 /// spawned outside the drivers, and this thread is not a driver either, the task is kept
 /// for one of this thread's next spawns, which writes its own task into that memory (or
-/// frees it just before it allocates, for a task of another size: [`RtInner::reuse_spent`]). It is dropped at once otherwise, or when the thread keeps
+/// frees it just before it allocates, for a task of another size:
+/// [`RtInner::reuse_spent`]). It is dropped at once otherwise, or when the thread keeps
 /// [`KEPT`] already, or its spawns are another runtime's.
 ///
 /// The last handle of a task goes here, and so does a task a space settles
@@ -357,10 +358,10 @@ impl RtInner {
     /// outside the drivers (`Header::recycle`) goes to [`spent`](RtInner::spent) instead,
     /// for a spawn outside the drivers to write its task into (or to free just before it
     /// allocates, for a task of another size: the allocator then hands that thread the
-    /// memory back from its own cache). Freed here, on
-    /// another thread, the memory goes back to the spawning thread's arena (under its lock,
-    /// which that thread takes for every allocation it cannot serve from its cache). A
-    /// chain spawned from `block_on` runs twice as fast this way.
+    /// memory back from its own cache). Freed here, on another thread, the memory goes
+    /// back to the spawning thread's arena (under its lock, which that thread takes for
+    /// every allocation it cannot serve from its cache). A chain spawned from `block_on`
+    /// runs twice as fast this way.
     ///
     /// The driver gathers such tasks in `l` and adds them [`SPENT_BATCH`](super::SPENT_BATCH)
     /// at a time (and the rest when it runs out of work or yields: [`flush`](Self::flush)),
@@ -1105,8 +1106,8 @@ mod recycle_test {
     }
 
     /// A task whose last handle is dropped outside the drivers (a row of handles dropped at
-    /// once) is kept for the thread's next spawns, which free one each before they
-    /// allocate; up to a bound. Its output is dropped with the handle, and a handle that is
+    /// once) is kept for the thread's next spawns, which take one each (here, of another
+    /// size, to free before they allocate); up to a bound. Its output is dropped with the handle, and a handle that is
     /// not the last reference keeps nothing.
     #[test]
     fn tasks_let_go_of_by_their_last_handle_are_freed_at_the_next_spawns() {
@@ -1154,7 +1155,7 @@ mod recycle_test {
     }
 
     /// Tasks a space lets go of when a dependency lookup finds them succeeded (their
-    /// handles gone) are kept for this thread's next spawns as well, and freed there; one
+    /// handles gone) are kept for this thread's next spawns as well, and taken there; one
     /// its handle still holds is not.
     #[test]
     fn tasks_settled_by_a_dependency_lookup_are_freed_at_the_next_spawns() {

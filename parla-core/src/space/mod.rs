@@ -474,8 +474,9 @@ impl TaskSpace {
     /// shard's table, `map`: `Ok` with what [`find`](Self::find) returns when the table has
     /// its task or placeholder, or has it settled (`settle`: settling a task that
     /// succeeded, which is let go of once `map` is unlocked); `Err(map)`, still locked,
-    /// when the table has nothing for it ([`not_in_table`](Self::not_in_table) then). (`is` comes from each caller: the table's search
-    /// is then a function of its own in each, and inlined in each.)
+    /// when the table has nothing for it ([`not_in_table`](Self::not_in_table) then).
+    /// (`is` comes from each caller: the table's search is then a function of its own in
+    /// each, and inlined in each.)
     #[inline(always)]
     fn in_table<'m>(
         mut map: MutexGuard<'m, Map>,
@@ -502,7 +503,7 @@ impl TaskSpace {
             drop(map);
             if let Some(n) = n {
                 // Often the last reference (the task finished, its handle is gone): its
-                // memory is freed on the spawning thread, at one of its next spawns.
+                // memory is reused (or freed) by one of the spawning thread's next spawns.
                 crate::runtime::let_go_last(n);
             }
             return Ok(None);
