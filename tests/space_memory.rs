@@ -363,3 +363,55 @@ fn a_spawn_loop_writes_its_tasks_into_the_memory_of_finished_ones() {
         "{allocated} allocations on the spawning thread for {n} tasks"
     );
 }
+
+/// A task that spawns children and awaits them, batch after batch, writes each child into
+/// the memory of one that finished (its worker keeps the children it let go of), and a
+/// child that waits keeps what it needs for that in an allocation an earlier child
+/// emptied: once warm, the worker allocates next to nothing for them (a spawn that
+/// allocated would make one allocation per child, a child's first wait another). One
+/// worker, so that the parent and its children all run on the thread whose allocations
+/// are counted.
+#[test]
+fn a_task_spawning_children_in_a_loop_writes_them_into_the_memory_of_finished_ones() {
+    let _s = SERIAL.lock();
+    let rt = support::cpu(1);
+    let (batches, per_batch) = (100, 16);
+    let (sum, allocated) = support::within(60, move || {
+        rt.block_on(async move {
+            task(async move {
+                let mut handles = Vec::with_capacity(per_batch);
+                let mut sum = 0;
+                let mut before = 0;
+                for b in 0..2 * batches {
+                    if b == batches {
+                        before = allocated_here();
+                        sum = 0;
+                    }
+                    handles.extend((0..per_batch).map(|i| {
+                        task(async move {
+                            // Half of them wait once.
+                            if i % 2 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                            i
+                        })
+                        .spawn()
+                    }));
+                    for h in handles.drain(..) {
+                        sum += h.await.unwrap();
+                    }
+                }
+                (sum, allocated_here() - before)
+            })
+            .await
+            .unwrap()
+        })
+    });
+    let n = batches * per_batch;
+    assert_eq!(sum, batches * per_batch * (per_batch - 1) / 2);
+    assert!(
+        allocated < n / 4,
+        "{allocated} allocations on the worker for {n} child tasks ({} of them waited)",
+        n / 2
+    );
+}

@@ -230,6 +230,21 @@ pub(crate) enum Added {
     Fenced(Arc<dyn Fence>),
 }
 
+/// Whether a finished task's memory is kept for a later spawn (see
+/// [`Header::recycle`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Recycle {
+    /// Freed as usual: a task with declared data or a span, a large one, a placeholder.
+    No,
+    /// A small plain task spawned outside the runtime's drivers (from `block_on`,
+    /// mostly): its memory is best freed, or reused, where such tasks are spawned - the
+    /// pool of spent tasks that the drivers fill (`RtInner::retire`).
+    Outside,
+    /// A small plain task spawned by a task (inside a driver): kept by the thread that
+    /// lets go of it last (a worker, mostly), for that thread's next spawns.
+    Inside,
+}
+
 /// Static kind of a node.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Kind {
@@ -290,6 +305,68 @@ struct Pended {
     held: AtomicBool,
 }
 
+/// How many emptied [`Pended`] allocations a thread keeps ([`PENDED`]).
+const PENDED_KEPT: usize = 64;
+
+thread_local! {
+    /// Allocations of [`Pended`] this thread emptied, for the next tasks that pend here.
+    /// Most tasks that wait are freed on another thread than the one where they first
+    /// waited (their memory is kept, or freed, by whoever lets go of them last): there, the
+    /// allocator would take the free through its slow path, and the next task to wait
+    /// would allocate again.
+    // (Boxes on purpose: what is kept is the allocations.)
+    #[allow(clippy::vec_box)]
+    static PENDED: std::cell::RefCell<Vec<Box<std::mem::MaybeUninit<Pended>>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `p` in an allocation this thread emptied earlier, or in a new one.
+#[inline]
+fn new_pended(p: Pended) -> Box<Pended> {
+    let kept = if cfg!(parla_loom) {
+        None
+    } else {
+        PENDED
+            .try_with(|c| c.try_borrow_mut().ok().and_then(|mut v| v.pop()))
+            .ok()
+            .flatten()
+    };
+    match kept {
+        Some(b) => Box::write(b, p),
+        None => Box::new(p),
+    }
+}
+
+/// Drops what `p` holds (its run state, its reference to the runtime's scheduler) and
+/// keeps the allocation for [`new_pended`], unless this thread keeps [`PENDED_KEPT`]
+/// already. (Out of line: it runs for tasks that waited only, and every task's drop
+/// inlines the check that calls it.)
+#[inline(never)]
+fn free_pended(p: Box<Pended>) {
+    let raw = Box::into_raw(p);
+    // SAFETY: `raw` is a live, owned `Pended` (from the box): its contents are dropped
+    // once, here, and the allocation is then owned as an uninitialized one of the same
+    // layout (`MaybeUninit<Pended>` has `Pended`'s), which never reads them again.
+    let empty = unsafe {
+        std::ptr::drop_in_place(raw);
+        Box::from_raw(raw.cast::<std::mem::MaybeUninit<Pended>>())
+    };
+    if cfg!(parla_loom) {
+        return;
+    }
+    let back = PENDED
+        .try_with(|c| match c.try_borrow_mut() {
+            Ok(mut v) if v.len() < PENDED_KEPT => {
+                v.push(empty);
+                None
+            }
+            _ => Some(empty),
+        })
+        .ok()
+        .flatten();
+    drop(back);
+}
+
 pub(crate) struct Header {
     pub(crate) vt: &'static NodeVt,
     state: AtomicU8,
@@ -300,10 +377,9 @@ pub(crate) struct Header {
     /// The task declared data accesses (`Task::data` is `Some`): saves the virtual call
     /// for the others.
     pub(crate) has_data: bool,
-    /// A small plain task (no data, no span) spawned outside the runtime's drivers (from
-    /// `block_on`, mostly): its memory is best freed where such tasks are spawned
-    /// (`RtInner::retire`).
-    pub(crate) recycle: bool,
+    /// Whether the task's memory is kept for a later spawn to write its own task into once
+    /// the task is let go of (`RtInner::retire`, `let_go_last`), and where.
+    pub(crate) recycle: Recycle,
     /// Where the task stands in its device's task lane (its `admission::Claim` word: out,
     /// queued, or claimed by the parent awaiting it).
     pub(crate) lane: AtomicU8,
@@ -347,7 +423,7 @@ impl Drop for Header {
         if !p.is_null() {
             // SAFETY: `p` came from `Box::into_raw` in `save_run` and is freed once, here
             // (`&mut self`: nobody else can reach it).
-            drop(unsafe { Box::from_raw(p) });
+            free_pended(unsafe { Box::from_raw(p) });
         }
         // Most tasks end with links that hold nothing (no dependents left, no error, no
         // waker, no GPU links): checked here rather than in a call to their drop.
@@ -377,7 +453,7 @@ impl Header {
             kind,
             priority: 0,
             has_data: false,
-            recycle: false,
+            recycle: Recycle::No,
             lane: AtomicU8::new(crate::scheduler::admission::OUT),
             device: AtomicU16::new(u16::MAX),
             pending: AtomicU32::new(1),
@@ -843,7 +919,7 @@ impl Header {
     pub(crate) unsafe fn save_run(&self, w: &Arc<Waking>, run: RunState) {
         let mut p = self.pended.load(Ordering::Acquire);
         if p.is_null() {
-            p = Box::into_raw(Box::new(Pended {
+            p = Box::into_raw(new_pended(Pended {
                 waking: w.clone(),
                 run: UnsafeCell::new(None),
                 poller_slot: AtomicU32::new(u32::MAX),
@@ -928,13 +1004,6 @@ pub(crate) trait Task: Send + Sync + 'static {
     /// Placeholders: the task space (type-erased) and key they stand in.
     fn origin(&self) -> Option<&(std::sync::Weak<dyn std::any::Any + Send + Sync>, Key)> {
         None
-    }
-}
-
-impl crate::scheduler::admission::Claim for Arc<dyn Task> {
-    #[inline]
-    fn claim_word(&self) -> Option<&AtomicU8> {
-        Some(&self.header().lane)
     }
 }
 

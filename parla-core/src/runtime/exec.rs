@@ -21,7 +21,9 @@ use crate::device::backend::FenceStatus;
 use crate::device::{Demand, Device, vcu_float};
 use crate::error::TaskError;
 use crate::graph::cell::reuse_as;
-use crate::graph::node::{DEFAULT_VCU, Header, Outcome, Task, prefetch_for_write, wake_quietly};
+use crate::graph::node::{
+    DEFAULT_VCU, Header, Outcome, Recycle, Task, prefetch_for_write, wake_quietly,
+};
 use crate::graph::{self, Effects};
 use crate::scheduler::mapping::Candidate;
 
@@ -95,12 +97,12 @@ thread_local! {
 /// dependency lookups settle ([`let_go_last`]).
 const KEPT: usize = 512;
 
-/// Lets go of a reference to a finished `task`: when it is the last one, of a small task
-/// spawned outside the drivers, and this thread is not a driver either, the task is kept
-/// for one of this thread's next spawns, which writes its own task into that memory (or
-/// frees it just before it allocates, for a task of another size:
+/// Lets go of a reference to a finished `task`: when it is the last one, of a small plain
+/// task, the task is kept for one of this thread's next spawns, which writes its own task
+/// into that memory (or frees it just before it allocates, for a task of another size:
 /// [`RtInner::reuse_spent`]). It is dropped at once otherwise, or when the thread keeps
-/// [`KEPT`] already, or its spawns are another runtime's.
+/// [`KEPT`] already, or its spawns are another runtime's. (A driver's thread keeps tasks
+/// spawned by tasks only: one spawned outside the drivers is best reused there.)
 ///
 /// The last handle of a task goes here, and so does a task a space settles
 /// ([`TaskSpace::dependency`](crate::space::TaskSpace::dependency)). A program that drops
@@ -113,11 +115,18 @@ const KEPT: usize = 512;
 /// its output by its handle, or by the completer when there was none.)
 #[inline]
 pub(crate) fn let_go_last(task: Arc<dyn Task>) {
-    if Arc::strong_count(&task) == 1 && task.header().recycle && !context::in_driver() {
-        keep_spent(task);
+    if Arc::strong_count(&task) == 1 {
+        match task.header().recycle {
+            Recycle::Inside => keep_spent(task),
+            Recycle::Outside if !context::in_driver() => keep_spent(task),
+            _ => {}
+        }
     }
 }
 
+/// Keeps `task` (finished, and this its last reference) in this thread's [`REUSE`], if
+/// there is room and the thread spawns into the task's runtime (a thread keeping nothing
+/// yet takes the task's); drops it otherwise.
 #[inline]
 fn keep_spent(task: Arc<dyn Task>) {
     let rt = task.header().rt_id;
@@ -127,11 +136,30 @@ fn keep_spent(task: Arc<dyn Task>) {
                 r.taken.push(task);
                 None
             }
+            Ok(mut r) if r.taken.is_empty() && r.prefetched.is_none() => {
+                r.rt = rt;
+                r.taken.push(task);
+                None
+            }
             _ => Some(task),
         })
         .ok()
         .flatten();
     drop(back);
+}
+
+impl crate::scheduler::admission::Claim for Arc<dyn Task> {
+    #[inline]
+    fn claim_word(&self) -> Option<&std::sync::atomic::AtomicU8> {
+        Some(&self.header().lane)
+    }
+
+    /// A claimed task's lane entry, dropped once its task ran, is often the last
+    /// reference to it: its memory is kept for this thread's next spawns.
+    #[inline]
+    fn let_go(self) {
+        let_go_last(self);
+    }
 }
 
 /// The spent tasks a thread took for its spawns outside the drivers.
@@ -374,16 +402,25 @@ impl RtInner {
     /// driver that finds [`spent`](RtInner::spent) full stops handing tasks back until a
     /// spawn finds it empty again, so that a program that spawned everything up front pays
     /// next to nothing for this while its tasks run.
+    ///
+    /// A small task spawned by a task (`Recycle::Inside`) is kept by this driver's thread
+    /// instead ([`let_go_last`]), for the tasks spawned there next: a task that spawns
+    /// children and awaits them, a row of a grid spawning its tiles. Its memory is then
+    /// written where it was last used, rather than freed to the allocator of the thread
+    /// that spawned it (another worker's, mostly) and taken fresh from this one's.
     #[inline]
     pub(crate) fn retire(&self, task: Arc<dyn Task>, batch: &mut Vec<Arc<dyn Task>>) {
-        if task.header().recycle
-            && self.spent.wanted.load(Ordering::Relaxed)
-            && Arc::strong_count(&task) == 1
-        {
-            batch.push(task);
-            if batch.len() >= super::SPENT_BATCH {
-                self.hand_back(batch);
+        match task.header().recycle {
+            Recycle::Outside
+                if self.spent.wanted.load(Ordering::Relaxed) && Arc::strong_count(&task) == 1 =>
+            {
+                batch.push(task);
+                if batch.len() >= super::SPENT_BATCH {
+                    self.hand_back(batch);
+                }
             }
+            Recycle::Inside => let_go_last(task),
+            _ => {}
         }
     }
 
@@ -431,13 +468,23 @@ impl RtInner {
     /// A spawn that reuses a task saves a free and an allocation, and the free of a task
     /// allocated on another thread as well: spawning from `block_on` in a loop, where a
     /// driver finishes each task, allocates nothing once the first tasks came back.
+    ///
+    /// `inside`: the spawn is made by a task, on a driver's thread. It takes only what that
+    /// thread kept itself ([`let_go_last`]), never the pool, which is for spawns outside the
+    /// drivers.
     #[inline]
-    pub(crate) fn reuse_spent<C>(&self) -> Option<Arc<MaybeUninit<C>>> {
+    pub(crate) fn reuse_spent<C>(&self, inside: bool) -> Option<Arc<MaybeUninit<C>>> {
         let prev = REUSE
             .try_with(|r| {
                 let mut r = r.borrow_mut();
+                if inside {
+                    if r.rt != self.id {
+                        // Kept for another runtime: freed (see `take_spent`).
+                        r.rt = self.id;
+                        r.taken.clear();
+                    }
                 // (Only a spawn that may find some takes the lock.)
-                if r.rt != self.id
+                } else if r.rt != self.id
                     || (r.taken.is_empty() && self.spent.len.load(Ordering::Relaxed) != 0)
                 {
                     self.take_spent(&mut r);
@@ -446,7 +493,7 @@ impl RtInner {
                 match &next {
                     Some(t) => prefetch_for_write(t),
                     None => {
-                        if !self.spent.wanted.load(Ordering::Relaxed) {
+                        if !inside && !self.spent.wanted.load(Ordering::Relaxed) {
                             self.spent.wanted.store(true, Ordering::Relaxed);
                         }
                     }

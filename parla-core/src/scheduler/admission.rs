@@ -213,9 +213,22 @@ const CLAIMED: u8 = 2;
 /// An admission item: a task lane item may have a claim word (`OUT` while the item is not
 /// in the task lane), through which a lender awaiting the item claims it without the lanes'
 /// lock (see [`Admission::lend`]).
-pub(crate) trait Claim {
+pub(crate) trait Claim: Sized {
     /// The item's claim word, if it has one.
     fn claim_word(&self) -> Option<&AtomicU8>;
+
+    /// Drops the item of a tombstone (its lender took the item's own reference): the
+    /// last reference to a finished item, often.
+    #[inline]
+    fn let_go(self) {}
+}
+
+/// Drops the tombstone `e` (see [`Claim::let_go`]).
+#[inline]
+fn drop_tombstone<T: Claim>(e: Option<Entry<T>>) {
+    if let Some(e) = e {
+        e.item.let_go();
+    }
 }
 
 #[cfg(test)]
@@ -502,7 +515,7 @@ impl<T: Claim> Admission<T> {
             // Tombstones at the back go at once (a claimed child is often the last queued).
             let mut dropped = 0;
             while lane.back().is_some_and(is_tombstone) {
-                lane.pop_back();
+                drop_tombstone(lane.pop_back());
                 dropped += 1;
             }
             // `sharded` counts the entry pushed below and the tombstones dropped, in one
@@ -794,7 +807,7 @@ impl<T: Claim> Admission<T> {
     /// tombstone, or if a lender claimed it meanwhile (its reservation goes back).
     fn admit_entry(&self, lane: &mut VecDeque<Entry<T>>, i: usize, out: &mut Vec<T>) -> Step {
         if is_tombstone(&lane[i]) {
-            lane.remove(i);
+            drop_tombstone(lane.remove(i));
             return Step::Dropped;
         }
         let d = lane[i].d;
@@ -937,7 +950,7 @@ fn first_lane<'a, T: Claim>(
     let mut best: Option<(&'a mut VecDeque<Entry<T>>, u64)> = None;
     for lane in lanes.chain(std::iter::once(central)) {
         while lane.front().is_some_and(is_tombstone) {
-            lane.pop_front();
+            drop_tombstone(lane.pop_front());
         }
         if let Some(t) = lane.front().map(|e| e.ticket)
             && best.as_ref().is_none_or(|(_, b)| t < *b)

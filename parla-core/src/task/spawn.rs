@@ -11,7 +11,9 @@ use crate::data::Accesses;
 use crate::device::{Arch, Demand, Placements, SlotMask, resolve, vcu_fixed};
 use crate::error::TaskError;
 use crate::graph::cell::{Join, TaskCell};
-use crate::graph::node::{Consume, DEFAULT_VCU, Dependent, Header, Kind, Name, Task, vt_of};
+use crate::graph::node::{
+    Consume, DEFAULT_VCU, Dependent, Header, Kind, Name, Recycle, Task, vt_of,
+};
 use crate::graph::{self, Effects};
 use crate::runtime::data::WithData;
 use crate::runtime::{RtInner, context};
@@ -149,13 +151,19 @@ where
         data,
     } = b;
     let Some(data) = data.filter(|d| !d.is_empty()) else {
-        // A small task spawned outside the drivers is written into the memory of one a
-        // driver finished, when it has the same size (see `RtInner::reuse_spent`).
-        let recycle = size_of::<TaskCell<F>>() <= RECYCLE_BYTES && !context::in_driver();
-        let reused = if recycle {
-            rt.reuse_spent::<TaskCell<F>>()
+        // A small task is written into the memory of one that finished, when it has the
+        // same size: outside the drivers, one a driver finished; inside, one this thread
+        // let go of (see `RtInner::reuse_spent`).
+        let recycle = if size_of::<TaskCell<F>>() > RECYCLE_BYTES {
+            Recycle::No
+        } else if context::in_driver() {
+            Recycle::Inside
         } else {
-            None
+            Recycle::Outside
+        };
+        let reused = match recycle {
+            Recycle::No => None,
+            r => rt.reuse_spent::<TaskCell<F>>(r == Recycle::Inside),
         };
         let checked = if is_default(&placement, vcus, memory) {
             Ok((1, DEFAULT_VCU))
@@ -164,7 +172,9 @@ where
         };
         let init = |h: &mut MaybeUninit<Header>| {
             let header = init_header::<TaskCell<F>>(h, rt, &id, &checked, memory, priority);
-            header.recycle = recycle && header.trace.is_none();
+            if header.trace.is_none() {
+                header.recycle = recycle;
+            }
         };
         let cell = TaskCell::new_arc(reused, init, fut, ());
         return spawn_cell(rt, cell, id, deps, checked, None);
