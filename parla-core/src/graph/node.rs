@@ -681,6 +681,7 @@ impl Header {
 
     /// Registers task `dep` as a dependent, or reports why it need not wait. (Its caller,
     /// `graph::wire`, skips a dependency it sees succeeded before it counts it.)
+    #[inline]
     pub(crate) fn add_task_dependent(&self, dep: &Arc<dyn Task>) -> Added {
         let mut l = self.links.lock();
         if let Some(o) = self.outcome_in(&l) {

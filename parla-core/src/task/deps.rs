@@ -90,6 +90,7 @@ impl DepList {
 
     /// The nodes, every id looked up in `rt` (placeholders made for ids not spawned yet);
     /// the list is used up, with nothing left to release.
+    #[inline]
     pub(crate) fn into_nodes(mut self, rt: &RtInner) -> SmallVec<[Arc<dyn Task>; 2]> {
         let mut nodes = std::mem::take(&mut self.nodes);
         let later = std::mem::take(&mut self.later);

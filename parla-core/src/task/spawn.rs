@@ -163,7 +163,8 @@ where
         };
         let reused = match recycle {
             Recycle::No => None,
-            r => rt.reuse_spent::<TaskCell<F>>(r == Recycle::Inside),
+            Recycle::Outside => rt.reuse_spent::<TaskCell<F>>(false),
+            Recycle::Inside => rt.reuse_spent::<TaskCell<F>>(true),
         };
         let checked = if is_default(&placement, vcus, memory) {
             Ok((1, DEFAULT_VCU))
