@@ -295,15 +295,12 @@ impl RtInner {
             let Some(task) = task else {
                 return Ok(());
             };
-            if in_poll {
-                dev.admission.queue(task, d, true, admitted);
-            } else {
+            if !in_poll && context::in_driver() {
                 // A driver queueing a task that a finished one made ready (many drivers do at
-                // once while the device is full), or a spawn from outside the drivers on a
-                // full device (`block_on` spawning faster than tasks finish, while every
-                // finishing task takes the lock to hand its VCUs on): without waiting for
-                // the admission lock.
+                // once while the device is full): without waiting for the admission lock.
                 dev.admission.queue_unlocked(task, d, admitted);
+            } else {
+                dev.admission.queue(task, d, in_poll, admitted);
             }
             self.lend_held_for(slot, admitted);
         }

@@ -428,8 +428,7 @@ impl<T: Claim> Admission<T> {
 
     /// [`queue`](Self::queue) of an item that is not claimable, in the central part of the
     /// task lane, without waiting for the central lock: for drivers queueing the dependents
-    /// of the tasks they finish, many at once while the device is full, and for spawns from
-    /// outside the drivers while every finishing task takes the lock. If the lock is
+    /// of the tasks they finish, many at once while the device is full. If the lock is
     /// taken, the item is counted first (so that no drain takes it before it is counted),
     /// pushed to `incoming`, and the count is read again with a read-modify-write before
     /// the item is checked against what is free (see the module invariants).
