@@ -150,7 +150,7 @@ fn keep_spent(task: Arc<dyn Task>) {
 
 impl crate::scheduler::admission::Claim for Arc<dyn Task> {
     #[inline]
-    fn claim_word(&self) -> Option<&std::sync::atomic::AtomicU8> {
+    fn claim_word(&self) -> Option<&crate::loom::sync::AtomicU8> {
         Some(&self.header().lane)
     }
 
