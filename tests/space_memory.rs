@@ -329,6 +329,32 @@ fn a_runtime_made_after_a_traced_one_traces_nothing() {
     );
 }
 
+/// Batches of 16 tasks made by `spawn` (from their index), each batch awaited before the
+/// next: 100 batches to warm up, then 100 counted. Returns the sum of the counted tasks'
+/// outputs and the allocations this thread made meanwhile.
+async fn spawn_batches(spawn: impl Fn(usize) -> TaskHandle<usize>) -> (usize, usize) {
+    let mut handles = Vec::with_capacity(PER_BATCH);
+    let mut sum = 0;
+    let mut before = 0;
+    for b in 0..2 * BATCHES {
+        if b == BATCHES {
+            before = allocated_here();
+            sum = 0;
+        }
+        handles.extend((0..PER_BATCH).map(&spawn));
+        for h in handles.drain(..) {
+            sum += h.await.unwrap();
+        }
+    }
+    (sum, allocated_here() - before)
+}
+
+const BATCHES: usize = 100;
+const PER_BATCH: usize = 16;
+
+/// The sum [`spawn_batches`] returns when every task returns its index.
+const BATCHES_SUM: usize = BATCHES * PER_BATCH * (PER_BATCH - 1) / 2;
+
 /// A loop in `block_on` that spawns tasks and awaits them, batch after batch, writes each
 /// new task into the memory of one that finished: once warm, its spawns allocate next to
 /// nothing (a spawn that allocated would make one allocation per task).
@@ -336,27 +362,11 @@ fn a_runtime_made_after_a_traced_one_traces_nothing() {
 fn a_spawn_loop_writes_its_tasks_into_the_memory_of_finished_ones() {
     let _s = SERIAL.lock();
     let rt = support::cpu(2);
-    let (batches, per_batch) = (100, 16);
     let (sum, allocated) = support::within(60, move || {
-        rt.block_on(async move {
-            let mut handles = Vec::with_capacity(per_batch);
-            let mut sum = 0;
-            let mut before = 0;
-            for b in 0..2 * batches {
-                if b == batches {
-                    before = allocated_here();
-                    sum = 0;
-                }
-                handles.extend((0..per_batch).map(|i| task(async move { i }).spawn()));
-                for h in handles.drain(..) {
-                    sum += h.await.unwrap();
-                }
-            }
-            (sum, allocated_here() - before)
-        })
+        rt.block_on(spawn_batches(|i| task(async move { i }).spawn()))
     });
-    let n = batches * per_batch;
-    assert_eq!(sum, batches * per_batch * (per_batch - 1) / 2);
+    let n = BATCHES * PER_BATCH;
+    assert_eq!(sum, BATCHES_SUM);
     // (Drivers that run out of work between batches and start again allocate too.)
     assert!(
         allocated < n / 2,
@@ -375,40 +385,24 @@ fn a_spawn_loop_writes_its_tasks_into_the_memory_of_finished_ones() {
 fn a_task_spawning_children_in_a_loop_writes_them_into_the_memory_of_finished_ones() {
     let _s = SERIAL.lock();
     let rt = support::cpu(1);
-    let (batches, per_batch) = (100, 16);
     let (sum, allocated) = support::within(60, move || {
-        rt.block_on(async move {
-            task(async move {
-                let mut handles = Vec::with_capacity(per_batch);
-                let mut sum = 0;
-                let mut before = 0;
-                for b in 0..2 * batches {
-                    if b == batches {
-                        before = allocated_here();
-                        sum = 0;
+        rt.block_on(async {
+            task(spawn_batches(|i| {
+                task(async move {
+                    // Half of them wait once.
+                    if i % 2 == 0 {
+                        tokio::task::yield_now().await;
                     }
-                    handles.extend((0..per_batch).map(|i| {
-                        task(async move {
-                            // Half of them wait once.
-                            if i % 2 == 0 {
-                                tokio::task::yield_now().await;
-                            }
-                            i
-                        })
-                        .spawn()
-                    }));
-                    for h in handles.drain(..) {
-                        sum += h.await.unwrap();
-                    }
-                }
-                (sum, allocated_here() - before)
-            })
+                    i
+                })
+                .spawn()
+            }))
             .await
             .unwrap()
         })
     });
-    let n = batches * per_batch;
-    assert_eq!(sum, batches * per_batch * (per_batch - 1) / 2);
+    let n = BATCHES * PER_BATCH;
+    assert_eq!(sum, BATCHES_SUM);
     assert!(
         allocated < n / 4,
         "{allocated} allocations on the worker for {n} child tasks ({} of them waited)",
