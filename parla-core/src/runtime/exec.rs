@@ -174,6 +174,19 @@ struct Reuse {
     prefetched: Option<Arc<dyn Task>>,
 }
 
+impl Reuse {
+    /// Makes `taken` runtime `rt`'s: what it held for another runtime is freed. (Freeing a
+    /// spent task runs no user code: its future and output were dropped when it
+    /// completed.)
+    #[inline]
+    fn serve(&mut self, rt: u32) {
+        if self.rt != rt {
+            self.rt = rt;
+            self.taken.clear();
+        }
+    }
+}
+
 impl RtInner {
     /// Applies deferred counter changes, and hands back the finished tasks gathered (see
     /// [`retire`](Self::retire)).
@@ -478,11 +491,7 @@ impl RtInner {
             .try_with(|r| {
                 let mut r = r.borrow_mut();
                 if inside {
-                    if r.rt != self.id {
-                        // Kept for another runtime: freed (see `take_spent`).
-                        r.rt = self.id;
-                        r.taken.clear();
-                    }
+                    r.serve(self.id);
                 // (Only a spawn that may find some takes the lock.)
                 } else if r.rt != self.id
                     || (r.taken.is_empty() && self.spent.len.load(Ordering::Relaxed) != 0)
@@ -510,12 +519,7 @@ impl RtInner {
     #[cold]
     #[inline(never)]
     fn take_spent(&self, r: &mut Reuse) {
-        if r.rt != self.id {
-            // (Freeing a spent task runs no user code: its future and output were dropped
-            // when it completed.)
-            r.rt = self.id;
-            r.taken.clear();
-        }
+        r.serve(self.id);
         if r.taken.is_empty() {
             let mut spent = self.spent.tasks.lock();
             let from = spent.len().saturating_sub(super::SPENT_BATCH);
