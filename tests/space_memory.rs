@@ -409,3 +409,49 @@ fn a_task_spawning_children_in_a_loop_writes_them_into_the_memory_of_finished_on
         n / 2
     );
 }
+
+/// Batches of detached tasks spawned from `block_on` faster than the workers finish them
+/// (each task waits behind a gate until its whole batch is spawned), batch after batch:
+/// each batch is written into the memory of the last, a thousand tasks at a time, rather
+/// than allocated again while the workers free the last one.
+#[test]
+fn batches_spawned_ahead_of_the_workers_are_written_into_the_memory_of_the_last_batch() {
+    const BATCH: usize = 1000;
+    const WARM: usize = 4;
+    const COUNTED: usize = 8;
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    let (ran, allocated) = support::within(60, move || {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let mut before = 0;
+        for b in 0..WARM + COUNTED {
+            if b == WARM {
+                before = allocated_here();
+                ran.store(0, Ordering::SeqCst);
+            }
+            let ran = ran.clone();
+            // (`block_on` returns once every task spawned in it finished.)
+            rt.block_on(async move {
+                let (open, gate) = tokio::sync::oneshot::channel::<()>();
+                let gate = task(async move { gate.await.ok() }).spawn();
+                for _ in 0..BATCH {
+                    let ran = ran.clone();
+                    task(async move {
+                        ran.fetch_add(1, Ordering::Relaxed);
+                    })
+                    .after(&gate)
+                    .spawn();
+                }
+                open.send(()).unwrap();
+            });
+        }
+        (ran.load(Ordering::SeqCst), allocated_here() - before)
+    });
+    let n = COUNTED * BATCH;
+    assert_eq!(ran, n);
+    // (The gate's list of dependents and its channel allocate a few times per batch.)
+    assert!(
+        allocated < n / 4,
+        "{allocated} allocations on the spawning thread for {n} tasks"
+    );
+}

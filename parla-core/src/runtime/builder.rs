@@ -274,7 +274,7 @@ impl Builder {
             #[cfg(all(test, not(parla_loom)))]
             coop_yields: std::sync::atomic::AtomicUsize::new(0),
             spent: crossbeam_utils::CachePadded::new(super::SpentPool {
-                tasks: parking_lot::Mutex::new(Vec::with_capacity(super::SPENT)),
+                tasks: parking_lot::Mutex::new(Vec::new()),
                 len: std::sync::atomic::AtomicUsize::new(0),
                 wanted: std::sync::atomic::AtomicBool::new(false),
             }),

@@ -221,8 +221,18 @@ pub(crate) struct SpentPool {
     pub(crate) wanted: AtomicBool,
 }
 
-/// How many finished tasks [`RtInner::spent`] holds at most.
-const SPENT: usize = 256;
+/// How many finished tasks [`RtInner::spent`] holds at most (small tasks spawned outside
+/// the drivers: at most 1,008 bytes each, `RECYCLE_BYTES` in `task::spawn`).
+///
+/// Enough for a batch: a program that spawns thousands of tasks from `block_on` faster than
+/// the workers finish them (tasks that do real work, or more tasks than the device admits
+/// at once), waits for them, and spawns the next batch, writes the next batch into the
+/// memory of the last one. With room for a few hundred only, the rest of each batch was
+/// freed by the workers (each free of memory the spawning thread allocated goes through
+/// glibc's slow path, under the lock of that thread's arena) and allocated again by the
+/// next spawns. The pool's vector grows as tasks come back: a runtime whose spawns never
+/// come from outside the drivers keeps nothing in it.
+const SPENT: usize = 4096;
 
 /// How many finished tasks a driver gathers before it adds them to [`RtInner::spent`] (and
 /// what it gathered so far, whenever it runs out of work or yields).
