@@ -276,7 +276,6 @@ impl Builder {
             spent: crossbeam_utils::CachePadded::new(super::SpentPool {
                 tasks: parking_lot::Mutex::new(Vec::new()),
                 len: std::sync::atomic::AtomicUsize::new(0),
-                wanted: std::sync::atomic::AtomicBool::new(false),
             }),
         });
         let _ = worker_rt.set(Arc::downgrade(&inner));

@@ -411,10 +411,14 @@ impl RtInner {
     /// when it completes, as always, and a traced task (whose span closes with it) is never
     /// kept.
     ///
-    /// Tasks go there only while spawns outside the drivers take them (`spent.wanted`): a
-    /// driver that finds [`spent`](RtInner::spent) full stops handing tasks back until a
-    /// spawn finds it empty again, so that a program that spawned everything up front pays
-    /// next to nothing for this while its tasks run.
+    /// Tasks go there while [`spent`](RtInner::spent) has room (its length, read without
+    /// its lock): a program that spawned everything up front fills it once and then pays
+    /// a load of a line nobody writes for each task, and a program whose spawns take from
+    /// it gets tasks back as soon as they do. (The spawning thread may not need them yet:
+    /// it reuses the tasks whose handles it dropped first. What the pool keeps meanwhile
+    /// serves its next batch, as in a reduction run again: the leaves of each run, whose
+    /// handles are held until their parents are spawned, are written into the memory the
+    /// last run's tasks left in the pool.)
     ///
     /// A small task spawned by a task (`Recycle::Inside`) is kept by this driver's thread
     /// instead ([`let_go_last`]), for the tasks spawned there next: a task that spawns
@@ -425,7 +429,8 @@ impl RtInner {
     pub(crate) fn retire(&self, task: Arc<dyn Task>, batch: &mut Vec<Arc<dyn Task>>) {
         match task.header().recycle {
             Recycle::Outside
-                if self.spent.wanted.load(Ordering::Relaxed) && Arc::strong_count(&task) == 1 =>
+                if Arc::strong_count(&task) == 1
+                    && self.spent.len.load(Ordering::Relaxed) < super::SPENT =>
             {
                 batch.push(task);
                 if batch.len() >= super::SPENT_BATCH {
@@ -438,8 +443,8 @@ impl RtInner {
     }
 
     /// Adds the finished tasks in `batch` (gathered by [`retire`](Self::retire)) to
-    /// [`spent`](RtInner::spent), as many as it has room for; the others are freed here,
-    /// and drivers stop handing tasks back. Leaves `batch` empty.
+    /// [`spent`](RtInner::spent), as many as it has room for; the others are freed here.
+    /// Leaves `batch` empty.
     #[inline]
     pub(crate) fn hand_back(&self, batch: &mut Vec<Arc<dyn Task>>) {
         if !batch.is_empty() {
@@ -458,13 +463,13 @@ impl RtInner {
             over
         };
         if over > 0 {
-            self.spent.wanted.store(false, Ordering::Relaxed);
+            // (Freed here, outside the pool's lock.)
             batch.clear();
         }
     }
 
     /// Takes one task from [`spent`](RtInner::spent) for a spawn outside the drivers to
-    /// write its own task into; asks drivers for more if there is none.
+    /// write its own task into.
     ///
     /// The thread takes tasks from the pool [`SPENT_BATCH`](super::SPENT_BATCH) at a time
     /// (into [`REUSE`]), so it takes the pool's lock, which drivers adding batches take too,
@@ -499,13 +504,8 @@ impl RtInner {
                     self.take_spent(&mut r);
                 }
                 let next = r.taken.pop();
-                match &next {
-                    Some(t) => prefetch_for_write(t),
-                    None => {
-                        if !inside && !self.spent.wanted.load(Ordering::Relaxed) {
-                            self.spent.wanted.store(true, Ordering::Relaxed);
-                        }
-                    }
+                if let Some(t) = &next {
+                    prefetch_for_write(t);
                 }
                 std::mem::replace(&mut r.prefetched, next)
             })
@@ -1056,14 +1056,15 @@ mod recycle_test {
         assert!(spent > 0 && spent <= n, "{spent} of {n} handed back");
     }
 
-    /// Tasks that all finish after they were spawned fill the pool once; the drivers then
-    /// stop handing tasks back until a spawn finds the pool empty. Spawns take the pool's
-    /// tasks a batch at a time.
+    /// Tasks that all finish after they were spawned fill the pool; the drivers free the
+    /// rest while it is full. Spawns take the pool's tasks a batch at a time, and once it
+    /// has room the drivers hand finished tasks back again.
     #[test]
-    fn drivers_stop_handing_tasks_back_once_the_queue_is_full_until_spawns_empty_it() {
+    fn drivers_hand_tasks_back_while_the_pool_has_room() {
         use std::sync::atomic::Ordering::Relaxed;
         let rt = runtime();
         let spent = super::super::SPENT;
+        let batch = super::super::SPENT_BATCH;
         rt.block_on(async {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             // Holds one worker until every task is spawned.
@@ -1083,15 +1084,11 @@ mod recycle_test {
         assert!(inner.taken_here() <= 1, "{}", inner.taken_here());
         inner.drop_taken_here();
         assert_eq!(inner.spent.tasks.lock().len(), spent);
-        assert!(
-            !inner.spent.wanted.load(Relaxed),
-            "a full queue still asks for more"
-        );
+        assert_eq!(inner.spent.len.load(Relaxed), spent);
         rt.block_on(async {
             // Handles held: none of these is handed back.
             let mut held = vec![task(async {}).spawn()];
-            // The first spawn took a batch, and freed one of it.
-            let batch = super::super::SPENT_BATCH;
+            // The first spawn took a batch, and reused one of it.
             assert_eq!(inner.spent.tasks.lock().len(), spent - batch);
             assert_eq!(inner.spent.len.load(Relaxed), spent - batch);
             assert_eq!(inner.taken_here(), batch - 1);
@@ -1100,16 +1097,25 @@ mod recycle_test {
             }
             assert_eq!(inner.spent.tasks.lock().len(), 0);
             assert_eq!(inner.taken_here(), 0);
-            assert!(!inner.spent.wanted.load(Relaxed));
-            held.push(task(async {}).spawn());
-            assert!(
-                inner.spent.wanted.load(Relaxed),
-                "an empty queue does not ask"
-            );
             for h in held {
                 h.await.unwrap();
             }
         });
+        // The handles dropped above went to this thread, for its next spawns: the spawns
+        // below take those, and none from the pool.
+        let kept = inner.taken_here();
+        assert!(kept > 4 * batch, "{kept}");
+        // Detached: the drivers let go of these last, and the pool has room.
+        rt.block_on(async {
+            for _ in 0..4 * batch {
+                task(async {}).spawn();
+            }
+        });
+        inner.wait_for_drivers_to_leave();
+        assert!(
+            !inner.spent.tasks.lock().is_empty(),
+            "drivers did not hand tasks back to a pool with room"
+        );
     }
 
     /// A thread spawning into two runtimes in turn reuses each one's spent tasks only for

@@ -214,11 +214,8 @@ pub(crate) struct SpentPool {
     /// At most [`SPENT`]; drivers add them in batches.
     pub(crate) tasks: parking_lot::Mutex<Vec<Arc<dyn Task>>>,
     /// The length of [`tasks`](Self::tasks), stored under its lock: a spawn that finds it
-    /// zero does not take the lock.
+    /// zero does not take the lock, and drivers that find it full free their tasks.
     pub(crate) len: AtomicUsize,
-    /// Spawns outside the drivers found [`tasks`](Self::tasks) empty since a driver last
-    /// found it full: drivers hand finished tasks back.
-    pub(crate) wanted: AtomicBool,
 }
 
 /// How many finished tasks [`RtInner::spent`] holds at most (small tasks spawned outside
