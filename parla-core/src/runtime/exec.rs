@@ -1101,20 +1101,32 @@ mod recycle_test {
                 h.await.unwrap();
             }
         });
-        // The handles dropped above went to this thread, for its next spawns: the spawns
-        // below take those, and none from the pool.
+        inner.wait_for_drivers_to_leave();
+        // The handles dropped above went to this thread, for its next spawns (the tasks
+        // whose driver let go of them last went to the pool): the spawns below take
+        // those, and none from the pool.
         let kept = inner.taken_here();
-        assert!(kept > 4 * batch, "{kept}");
-        // Detached: the drivers let go of these last, and the pool has room.
+        assert!(kept > 4 * batch + 1, "{kept}");
+        let before = inner.spent.tasks.lock().len();
+        // Detached, and held behind a gate until all are spawned (so that none finishes
+        // before its handle is dropped): the drivers let go of them last, and the pool has
+        // room for them all.
         rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let gate = task(async move { rx.recv().unwrap() }).spawn();
             for _ in 0..4 * batch {
-                task(async {}).spawn();
+                task(async {}).after(&gate).spawn();
             }
+            tx.send(()).unwrap();
+            gate.await.unwrap();
         });
         inner.wait_for_drivers_to_leave();
+        let after = inner.spent.tasks.lock().len();
         assert!(
-            !inner.spent.tasks.lock().is_empty(),
-            "drivers did not hand tasks back to a pool with room"
+            after >= before + 4 * batch,
+            "drivers handed back {} of {} tasks to a pool with room",
+            after.saturating_sub(before),
+            4 * batch
         );
     }
 
