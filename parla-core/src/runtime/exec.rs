@@ -1056,6 +1056,21 @@ mod recycle_test {
         assert!(spent > 0 && spent <= n, "{spent} of {n} handed back");
     }
 
+    /// Spawns `n` detached empty tasks from `block_on`, all after a gate task that holds
+    /// one worker until every one of them is spawned (so that none finishes before its
+    /// handle is dropped), and returns once they all finished.
+    fn spawn_gated(rt: &Runtime, n: usize) {
+        rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let gate = task(async move { rx.recv().unwrap() }).spawn();
+            for _ in 0..n {
+                task(async {}).after(&gate).spawn();
+            }
+            tx.send(()).unwrap();
+            gate.await.unwrap();
+        });
+    }
+
     /// Tasks that all finish after they were spawned fill the pool; the drivers free the
     /// rest while it is full. Spawns take the pool's tasks a batch at a time, and once it
     /// has room the drivers hand finished tasks back again.
@@ -1065,16 +1080,7 @@ mod recycle_test {
         let rt = runtime();
         let spent = super::super::SPENT;
         let batch = super::super::SPENT_BATCH;
-        rt.block_on(async {
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            // Holds one worker until every task is spawned.
-            let gate = task(async move { rx.recv().unwrap() }).spawn();
-            for _ in 0..3 * spent {
-                task(async {}).after(&gate).spawn();
-            }
-            tx.send(()).unwrap();
-            gate.await.unwrap();
-        });
+        spawn_gated(&rt, 3 * spent);
         let inner = rt.inner.clone();
         inner.wait_for_drivers_to_leave();
         // The gate went to whichever let go of it last: this thread, which keeps it for its
@@ -1108,18 +1114,9 @@ mod recycle_test {
         let kept = inner.taken_here();
         assert!(kept > 4 * batch + 1, "{kept}");
         let before = inner.spent.tasks.lock().len();
-        // Detached, and held behind a gate until all are spawned (so that none finishes
-        // before its handle is dropped): the drivers let go of them last, and the pool has
-        // room for them all.
-        rt.block_on(async {
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let gate = task(async move { rx.recv().unwrap() }).spawn();
-            for _ in 0..4 * batch {
-                task(async {}).after(&gate).spawn();
-            }
-            tx.send(()).unwrap();
-            gate.await.unwrap();
-        });
+        // Detached and gated: the drivers let go of them last, and the pool has room for
+        // them all.
+        spawn_gated(&rt, 4 * batch);
         inner.wait_for_drivers_to_leave();
         let after = inner.spent.tasks.lock().len();
         assert!(
