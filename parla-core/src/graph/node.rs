@@ -402,8 +402,9 @@ pub(crate) struct Header {
     /// (Dropped by hand: see the `Drop` impl.)
     links: std::mem::ManuallyDrop<Mutex<Links>>,
     pub(crate) name: Name,
-    /// The task's span, when it is traced.
-    pub(crate) trace: Option<Box<TaskTrace>>,
+    /// The task's span, when it is traced. (Dropped by hand, only when there is one: see the
+    /// `Drop` impl.)
+    pub(crate) trace: std::mem::ManuallyDrop<Option<Box<TaskTrace>>>,
     /// Set once (`Box::into_raw`), by the run-token holder, when a poll first returns
     /// `Pending`; freed with the header.
     pended: AtomicPtr<Pended>,
@@ -431,6 +432,12 @@ impl Drop for Header {
             // SAFETY: the links are dropped once, here, and never used again (`self` is
             // being dropped).
             unsafe { std::mem::ManuallyDrop::drop(&mut self.links) }
+        }
+        // Few tasks are traced: the check is inline, where the field's drop glue would be a
+        // call on every task.
+        if self.trace.is_some() {
+            // SAFETY: dropped once, here, and never used again (`self` is being dropped).
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.trace) }
         }
     }
 }
@@ -471,7 +478,7 @@ impl Header {
                 gpu: None,
             })),
             name,
-            trace: None,
+            trace: std::mem::ManuallyDrop::new(None),
             pended: AtomicPtr::new(std::ptr::null_mut()),
         }
     }

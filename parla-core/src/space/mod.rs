@@ -359,10 +359,18 @@ impl TaskSpace {
         }
     }
 
+    /// The outcome of `key`'s task if it was retired. (The check whether anything was is
+    /// inline: most spaces never retire, and each insert of a new id asks.)
+    #[inline]
     fn retired(&self, key: &Key) -> Option<Outcome> {
         if !self.inner.has_retired.load(Ordering::Acquire) {
             return None;
         }
+        self.retired_in_record(key)
+    }
+
+    #[inline(never)]
+    fn retired_in_record(&self, key: &Key) -> Option<Outcome> {
         self.inner.retired.lock().get(key)
     }
 

@@ -239,7 +239,7 @@ fn init_header<'h, C: Task>(
     header.prepare_gpu();
     #[cfg(feature = "tracing")]
     if rt.trace.is_some() || crate::trace::may_trace() {
-        header.trace = crate::trace::cold(|| task_span(rt, &header.name));
+        *header.trace = crate::trace::cold(|| task_span(rt, &header.name));
     }
     header
 }
