@@ -454,18 +454,15 @@ impl RtInner {
 
     #[cold]
     fn add_spent(&self, batch: &mut Vec<Arc<dyn Task>>) {
-        let over = {
+        {
             let mut spent = self.spent.tasks.lock();
             let room = super::SPENT - spent.len();
             let over = batch.len().saturating_sub(room);
             spent.extend(batch.drain(over..));
             self.spent.len.store(spent.len(), Ordering::Relaxed);
-            over
-        };
-        if over > 0 {
-            // (Freed here, outside the pool's lock.)
-            batch.clear();
         }
+        // What did not fit is freed here, outside the pool's lock.
+        batch.clear();
     }
 
     /// Takes one task from [`spent`](RtInner::spent) for a spawn outside the drivers to
