@@ -169,6 +169,56 @@ fn fenced_tasks_keep_the_runtime_busy_until_their_fences_finish() {
     }
 }
 
+/// A driver defers the watches of GPU tasks nobody waits on, and hands them to the poller
+/// before it polls anything but a GPU task's first poll. Here the only worker runs a few
+/// such GPU tasks, then a CPU task that spins, without yielding, until their handles say
+/// they finished: only the poller thread can complete them meanwhile, and it can only if
+/// their watches were handed over before the CPU task's poll (or, if the CPU task ran
+/// first and yielded, before its second one).
+#[test]
+fn deferred_watches_are_handed_over_before_a_cpu_task_runs() {
+    for lag in [0u64, 30, 300] {
+        let factory: Factory = match lag {
+            0 => timed::<0>,
+            30 => timed::<30>,
+            _ => timed::<300>,
+        };
+        let rt = rt_with(1, factory);
+        let seen = support::within(60, move || {
+            rt.block_on(async {
+                let ran = Arc::new(AtomicUsize::new(0));
+                let gpu: Vec<TaskHandle<()>> = (0..3)
+                    .map(|_| {
+                        let ran = ran.clone();
+                        task(async move {
+                            ran.fetch_add(1, Ordering::SeqCst);
+                        })
+                        .placement(Placement::Gpu(0))
+                        .spawn()
+                    })
+                    .collect();
+                task(async move {
+                    while ran.load(Ordering::SeqCst) < 3 {
+                        tokio::task::yield_now().await;
+                    }
+                    // (A bound, so that the failure is an answer, not a hang.)
+                    let start = Instant::now();
+                    while !gpu.iter().all(TaskHandle::is_finished) {
+                        if start.elapsed() > Duration::from_secs(10) {
+                            return gpu.iter().filter(|h| h.is_finished()).count();
+                        }
+                        std::hint::spin_loop();
+                    }
+                    gpu.len()
+                })
+                .await
+                .unwrap()
+            })
+        });
+        assert_eq!(seen, 3, "lag {lag} us: GPU tasks seen finished");
+    }
+}
+
 /// Drivers count the busy tokens of fenced tasks ahead, a batch at a time, and give back
 /// what they did not use when their poll ends: after chains of fenced GPU tasks (longer than
 /// a batch), from `block_on` and from inside a task, the runtime still goes idle, so an

@@ -12,7 +12,9 @@
 //! - a driver that ran GPU tasks and is out of work lingers for up to [`AWAIT_SPIN`]: it
 //!   polls the watched fences and takes new work at once (a parent woken by its child's
 //!   fence runs on it, with no thread hop);
-//! - otherwise the fence goes to the runtime's poller thread. It polls in rounds, querying
+//! - otherwise the fence goes to the runtime's poller thread (from a driver running GPU
+//!   tasks nobody waits on, several at once: see [`Driver`](super::driver::Driver)'s
+//!   invariants). It polls in rounds, querying
 //!   only the oldest pending fence of each stream (a stream's fences finish in order; when
 //!   the oldest is done, it bisects for the first pending one instead of querying each), and
 //!   paces itself: a short pause while somebody waits on a watched fence (an awaiter, a CPU
@@ -173,6 +175,33 @@ impl Bridge {
         let urgent = w.urgent();
         b.entries.lock().push(w);
         b.pending.fetch_add(1, Ordering::SeqCst);
+        Self::wake_poller(rt, urgent);
+    }
+
+    /// Hands the watches of `ws` to the poller thread at once (one lock round and one count
+    /// for all), leaving `ws` empty: a driver's deferred watches (see
+    /// [`Driver`](super::driver::Driver)), none of them urgent.
+    pub(crate) fn watch_all(rt: &Arc<RtInner>, ws: &mut Vec<Watch>) {
+        let n = ws.len();
+        if n == 0 {
+            return;
+        }
+        debug_assert!(ws.iter().all(|w| !w.urgent()));
+        let b = &rt.bridge;
+        {
+            let mut e = b.entries.lock();
+            for w in ws.drain(..) {
+                e.push(w);
+            }
+        }
+        b.pending.fetch_add(n, Ordering::SeqCst);
+        Self::wake_poller(rt, false);
+    }
+
+    /// After watches were added (`urgent`: one of them is): wakes the poller thread if it
+    /// sleeps or if somebody waits, and starts it on first use.
+    fn wake_poller(rt: &Arc<RtInner>, urgent: bool) {
+        let b = &rt.bridge;
         // The poller paces itself while it has (or recently had) fences: wake it only from
         // its idle sleep, or for a fence somebody waits on. A wake-up is a system call when
         // the thread sleeps, on the path of every GPU task otherwise. (SeqCst with the

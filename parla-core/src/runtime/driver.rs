@@ -47,6 +47,13 @@
 //!   references a task's poll leaves: the task it awaited (`context::take_awaited`,
 //!   taken after each poll that returns `Pending` and dropped before the driver's poll
 //!   returns) and the stashed task (queued at the end of each task's poll).
+//! - A GPU task whose fence nobody waits on (no awaiter, no CPU dependent, nothing queued
+//!   for its device) may have its watch deferred: the driver keeps up to [`WATCH_BATCH`]
+//!   of them and hands them to the poller together, before it polls anything but the
+//!   first poll of a GPU task, before it lingers, and before its poll returns. So they
+//!   wait at most for the first polls of a few GPU tasks (which enqueue work and return),
+//!   and never across a driver's poll. The task holds its busy token meanwhile, as any
+//!   fenced task does.
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -67,6 +74,13 @@ use crate::graph::node::{Outcome, RunState, Task};
 
 /// Tasks a driver polls in one poll before it yields to Tokio.
 const BUDGET: u32 = 128;
+
+/// The most watches of GPU tasks nobody waits on that a driver defers (see the module
+/// invariants). Handing a watch to the poller takes the watch list's lock and updates the
+/// pending count, lines the poller thread reads and writes as it polls: in a chain of GPU
+/// tasks on one driver, that was one of the costliest steps of each task (145-220 ns on an
+/// H200 host). Handed over together, they cost one lock round and one count.
+const WATCH_BATCH: usize = 8;
 
 /// What a poll that ended waiting outside the runtime (on a channel, a timer, I/O) takes
 /// of the driver's [`BUDGET`], where any other poll takes one: such a task most likely spent
@@ -95,6 +109,9 @@ pub(crate) struct Driver {
     /// How many times it lingered behind Tokio's work since it last ran a task (two at
     /// most: then it leaves).
     behind_rounds: u8,
+    /// Watches of GPU tasks nobody waits on, not yet handed to the poller (see the module
+    /// invariants).
+    watches: Vec<Watch>,
     /// Nanoseconds spent in task bodies in this poll, when workers report their time.
     #[cfg(feature = "tracing")]
     body_ns: Option<u64>,
@@ -153,8 +170,17 @@ impl Driver {
             waited_outside: false,
             behind: false,
             behind_rounds: 0,
+            watches: Vec::new(),
             #[cfg(feature = "tracing")]
             body_ns: None,
+        }
+    }
+
+    /// Hands the deferred watches to the poller (see the module invariants).
+    #[inline]
+    fn hand_watches(&mut self, rt: &Arc<RtInner>) {
+        if !self.watches.is_empty() {
+            Bridge::watch_all(rt, &mut self.watches);
         }
     }
 
@@ -168,6 +194,7 @@ impl Driver {
     /// lingers behind Tokio's work instead ([`Linger::Behind`]), twice at most, and then
     /// leaves. Pushers count on a lingering driver instead of starting one.
     fn linger(&mut self, rt: &Arc<RtInner>) -> Linger {
+        self.hand_watches(rt);
         let gpu = std::mem::take(&mut self.lingers);
         // Tasks this worker's Tokio resources refused for want of budget are woken only
         // once this driver's poll returns (see `context::note_coop_yield`). And what a task
@@ -312,6 +339,10 @@ impl Driver {
                 }
             },
         };
+        if pended || run.exec.is_none() {
+            // Only the first poll of a GPU task is polled with watches deferred.
+            self.hand_watches(rt);
+        }
         if pended {
             h.act.begin_poll();
             if device == Device::CPU {
@@ -578,7 +609,16 @@ impl Driver {
                     // (Done already if it was awaited above: a second flush costs nothing.)
                     flush();
                 }
-                Bridge::watch(rt, Watch::Task(task.clone(), f, urgent));
+                if urgent {
+                    // (Behind the deferred ones, which came first.)
+                    self.hand_watches(rt);
+                    Bridge::watch(rt, Watch::Task(task.clone(), f, true));
+                } else {
+                    self.watches.push(Watch::Task(task.clone(), f, false));
+                    if self.watches.len() >= WATCH_BATCH {
+                        self.hand_watches(rt);
+                    }
+                }
                 self.local.busy -= 1;
                 return;
             }
@@ -669,6 +709,7 @@ impl Future for Driver {
         // A task noted as awaited in a poll that then finished is not needed any more (and
         // the thread-local holding it has no destructor).
         drop(context::take_awaited());
+        this.hand_watches(&rt);
         rt.flush(&mut this.local);
         this.local.trim();
         #[cfg(feature = "tracing")]
@@ -703,6 +744,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // (Empty between polls: see the module invariants.)
+        if !self.watches.is_empty() {
+            let rt = self.rt.clone();
+            Bridge::watch_all(&rt, &mut self.watches);
+        }
         if self.behind {
             // (Dropped while lingering behind Tokio's work, as Tokio drops its tasks when it
             // shuts down.)
