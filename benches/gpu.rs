@@ -24,7 +24,10 @@
 //!    between calls does not move. Then the same pairs from one thread: the chain on a
 //!    runtime with one worker, against the raw loop inside a CPU task on that worker (the
 //!    main thread and the worker that runs a chain sit on different cores, and how fast a
-//!    core launches differs from core to core).
+//!    core launches differs from core to core). And the chain with an empty CPU task after
+//!    each GPU task, by pairs against the raw loop: there something waits on every fence
+//!    (the CPU tasks), which sets the fence poller's short pace, and the time runs until
+//!    the CPU tasks finished.
 //! 3. 10,000 independent GPU tasks, each launching an empty kernel, against raw launches
 //!    round-robin over 8 streams.
 //!
@@ -91,17 +94,20 @@ async fn gpu_chain<F>(n: usize, body: impl Fn() -> F) -> f64
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    chain_on(Placement::Gpu(0), n, body).await
+    chain_on(Placement::Gpu(0), n, false, body).await
 }
 
 /// The kernel chain: `n` GPU tasks, each after the previous, each looking up the `tiny`
 /// kernel and launching it on the buffer in `shared` (allocated by a first task on the
 /// device); microseconds per task. With `probe`, each task adds the nanoseconds its launch
-/// took there.
+/// took there. With `cpu_after`, each GPU task also has an empty CPU task after it (a
+/// result used on the host, say), so that something waits on every fence; the time then
+/// runs until the CPU tasks finished too.
 async fn kernel_chain(
     n: usize,
     shared: Arc<parking_lot::Mutex<Option<CudaSlice<u32>>>>,
     probe: Option<Arc<std::sync::atomic::AtomicU64>>,
+    cpu_after: bool,
 ) -> f64 {
     let sh = shared.clone();
     task(async move {
@@ -114,7 +120,7 @@ async fn kernel_chain(
     .placement(Placement::Gpu(0))
     .await
     .expect("setup");
-    gpu_chain(n, || {
+    chain_on(Placement::Gpu(0), n, cpu_after, || {
         let (sh, probe) = (shared.clone(), probe.clone());
         async move {
             let g = parla::gpu::current().expect("GPU task");
@@ -137,21 +143,30 @@ async fn kernel_chain(
     .await
 }
 
-/// A chain of `n` tasks on `place`; microseconds per task.
-async fn chain_on<F>(place: Placement, n: usize, body: impl Fn() -> F) -> f64
+/// A chain of `n` tasks on `place`; microseconds per task. With `cpu_after`, each task of
+/// the chain has an empty CPU task after it, and the time runs until those finished too.
+async fn chain_on<F>(place: Placement, n: usize, cpu_after: bool, body: impl Fn() -> F) -> f64
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let t = Instant::now();
     let mut prev: Option<TaskHandle<()>> = None;
+    let mut after = Vec::with_capacity(if cpu_after { n } else { 0 });
     for _ in 0..n {
         let mut b = task(body()).placement(place);
         if let Some(p) = &prev {
             b = b.after(p);
         }
-        prev = Some(b.spawn());
+        let h = b.spawn();
+        if cpu_after {
+            after.push(task(async {}).placement(Placement::Cpu).after(&h).spawn());
+        }
+        prev = Some(h);
     }
     prev.expect("chain").await.expect("chain");
+    for h in after {
+        h.await.expect("CPU task after the chain's");
+    }
     t.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
@@ -388,15 +403,31 @@ fn main() {
     let chain_reps = 2 * reps + 1;
     let (parla_chain_med, raw_chain_med, paired_chain) = pairs(chain_reps, || {
         let raw = raw_launch_loop(&stream, &tiny, &mut x);
-        (rt.block_on(kernel_chain(CHAIN, shared.clone(), None)), raw)
+        (
+            rt.block_on(kernel_chain(CHAIN, shared.clone(), None, false)),
+            raw,
+        )
     });
     // The launch alone, timed inside each task of separate chains (the clock reads would
     // add to the chain timed above).
     for _ in 0..reps {
-        rt.block_on(kernel_chain(CHAIN, shared.clone(), Some(in_launch.clone())));
+        rt.block_on(kernel_chain(
+            CHAIN,
+            shared.clone(),
+            Some(in_launch.clone()),
+            false,
+        ));
     }
     let launch_in_tasks =
         in_launch.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3 / (reps * CHAIN) as f64;
+    // 2c. The chain with a CPU task after each GPU task: somebody waits on every fence.
+    let with_cpu = pairs(chain_reps, || {
+        let raw = raw_launch_loop(&stream, &tiny, &mut x);
+        (
+            rt.block_on(kernel_chain(CHAIN, shared.clone(), None, true)),
+            raw,
+        )
+    });
     // 2a. The same pairs from one thread: a runtime with one worker runs the chain, and the
     //     raw loop inside a CPU task, on that worker. The raw loop above runs on the main
     //     thread and the chain on whichever worker takes it, on another core; how fast a
@@ -419,7 +450,7 @@ fn main() {
             )
             .expect("raw loop in a task");
         (
-            rt1.block_on(kernel_chain(CHAIN, shared1.clone(), None)),
+            rt1.block_on(kernel_chain(CHAIN, shared1.clone(), None, false)),
             raw,
         )
     });
@@ -445,7 +476,7 @@ fn main() {
         raw_record_chain.push(t.elapsed().as_secs_f64() * 1e6 / CHAIN as f64);
         let us = rt.block_on(gpu_chain(CHAIN, || async {}));
         empty_chain.push(us);
-        cpu_chain.push(rt.block_on(chain_on(Placement::Cpu, CHAIN, || async {})));
+        cpu_chain.push(rt.block_on(chain_on(Placement::Cpu, CHAIN, false, || async {})));
         empty_chain_2.push(rt2.block_on(gpu_chain(CHAIN, || async {})));
     }
     empty_chain.remove(0);
@@ -546,6 +577,12 @@ fn main() {
         one_thread.0,
         one_thread.1,
         one_thread.2,
+    );
+    row_with(
+        "  a CPU task after each, by pairs",
+        with_cpu.0,
+        with_cpu.1,
+        with_cpu.2,
     );
     row(
         "  the launch alone, timed inside each task",
