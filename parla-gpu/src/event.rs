@@ -13,11 +13,16 @@
 //!   last ticket it covers. It is only replaced under its lock, by an event recorded after
 //!   the ticket count it covers was read, so it covers at least that many tickets.
 //! - A fence's event, once chosen, covers its ticket, and never changes.
-//! - An event goes back to the pool only once a query saw it complete (and its device has
-//!   not failed): re-recording a pending event would make its waiters wait on newer work.
+//! - An event goes back to the pool only once it is known complete (and its device has not
+//!   failed): re-recording a pending event would make its waiters wait on newer work. It is
+//!   known complete when a query saw it so, or when an event of its stream covering at
+//!   least as many tickets was (`PooledStream::done_through`): the events recorded for a
+//!   stream's fences cover strictly more tickets in the order they are recorded (each is
+//!   recorded under the `covered` lock, for a ticket the one before does not cover), and a
+//!   stream's events complete in the order they were recorded.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::{CudaEvent, CudaStream};
@@ -27,12 +32,26 @@ use crate::error::{describe, is_sticky};
 use crate::runtime::GpuDevice;
 use crate::stream::PooledStream;
 
+/// Events made because the device's pool had none left, in this process (for tests: a
+/// pool that events do not come back to shows as a count that grows with the tasks).
+static EVENTS_MADE: AtomicU64 = AtomicU64::new(0);
+
+/// How many events the runtime made because a device's pool of events was empty, in this
+/// process so far. (A diagnostic, for tests.)
+#[doc(hidden)]
+pub fn events_made() -> u64 {
+    EVENTS_MADE.load(Ordering::Relaxed)
+}
+
 /// An event recorded on a stream, shared by the fences it covers.
 pub(crate) struct Recorded {
     event: Option<CudaEvent>,
     device: Arc<GpuDevice>,
     /// Seen complete by a query (so it can go back to the pool).
     done: AtomicBool,
+    /// On a pooled stream, for fences: the stream's count of tickets known done, and how
+    /// many tickets this event covers (see the module invariants).
+    through: Option<(Arc<AtomicU64>, u64)>,
 }
 
 impl Recorded {
@@ -45,7 +64,10 @@ impl Recorded {
     ) -> crate::Result<Recorded> {
         let event = match device.events.pop() {
             Some(e) => e,
-            None => device.ctx.new_event(None)?,
+            None => {
+                EVENTS_MADE.fetch_add(1, Ordering::Relaxed);
+                device.ctx.new_event(None)?
+            }
         };
         if current {
             // SAFETY: the caller made the device's context current on this thread (it
@@ -58,7 +80,20 @@ impl Recorded {
             event: Some(event),
             device: device.clone(),
             done: AtomicBool::new(false),
+            through: None,
         })
+    }
+
+    /// Whether the event is known complete (see the module invariants). A run of fences
+    /// that the poller found done by bisection was queried at its ends only: the events of
+    /// the others are known complete this way, and go back to the pool, where they used to
+    /// be destroyed (and new ones made for the next records, on the recording thread).
+    fn known_done(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
+            || self
+                .through
+                .as_ref()
+                .is_some_and(|(done, covers)| *covers <= done.load(Ordering::Acquire))
     }
 
     /// Queries the event without blocking.
@@ -82,6 +117,9 @@ impl Recorded {
         match r {
             Ok(true) => {
                 self.done.store(true, Ordering::Relaxed);
+                if let Some((done, covers)) = &self.through {
+                    done.fetch_max(*covers, Ordering::AcqRel);
+                }
                 FenceStatus::Done
             }
             Ok(false) => FenceStatus::Pending,
@@ -98,7 +136,7 @@ impl Recorded {
 impl Drop for Recorded {
     fn drop(&mut self) {
         if let Some(e) = self.event.take()
-            && self.done.load(Ordering::Relaxed)
+            && self.known_done()
             && self.device.failed().is_none()
         {
             self.device.events.push(e);
@@ -260,7 +298,7 @@ impl CudaFence {
         // Every ticket counted here was taken after its work was enqueued, so the event
         // recorded next comes after all of it.
         let last = stream.issued.load(Ordering::Acquire);
-        let ev = Recorded::record(&self.device, stream.stream(), current).map_err(|e| {
+        let mut ev = Recorded::record(&self.device, stream.stream(), current).map_err(|e| {
             if let crate::Error::Driver(d) = &e
                 && is_sticky(d)
             {
@@ -268,6 +306,7 @@ impl CudaFence {
             }
             e.to_string()
         })?;
+        ev.through = Some((stream.done_through.clone(), last));
         let ev = Arc::new(ev);
         *covered = Some((last, ev.clone()));
         Ok(ev)

@@ -29,6 +29,9 @@ pub struct PooledStream {
     pub(crate) issued: AtomicU64,
     /// The latest event recorded for fences on the stream, and the last ticket it covers.
     pub(crate) covered: Mutex<Option<(u64, Arc<crate::event::Recorded>)>>,
+    /// The most tickets an event recorded for fences here was seen complete covering:
+    /// every event recorded here covering no more is complete too (see `crate::event`).
+    pub(crate) done_through: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PooledStream {
@@ -128,6 +131,7 @@ impl StreamPool {
                 solver: OnceLock::new(),
                 issued: AtomicU64::new(0),
                 covered: Mutex::new(None),
+                done_through: Arc::new(AtomicU64::new(0)),
             }));
         }
         let class = |range: std::ops::Range<usize>| Class {
