@@ -745,10 +745,8 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         // (Empty between polls: see the module invariants.)
-        if !self.watches.is_empty() {
-            let rt = self.rt.clone();
-            Bridge::watch_all(&rt, &mut self.watches);
-        }
+        let rt = self.rt.clone();
+        self.hand_watches(&rt);
         if self.behind {
             // (Dropped while lingering behind Tokio's work, as Tokio drops its tasks when it
             // shuts down.)
