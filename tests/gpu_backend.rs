@@ -87,6 +87,67 @@ fn a_gpu_task_computes_and_synchronizes() {
     assert_eq!(out, 10);
 }
 
+/// Two sources with kernels of the same names, writing different values.
+const SETS_A: &str = r#"
+extern "C" __global__ void set1(unsigned int *x) { x[0] = 1; }
+extern "C" __global__ void set2(unsigned int *x) { x[0] = 2; }
+extern "C" __global__ void set3(unsigned int *x) { x[0] = 3; }
+"#;
+const SETS_B: &str = r#"
+extern "C" __global__ void set1(unsigned int *x) { x[0] = 11; }
+extern "C" __global__ void set2(unsigned int *x) { x[0] = 12; }
+extern "C" __global__ void set3(unsigned int *x) { x[0] = 13; }
+"#;
+
+/// One worker thread looks up six kernels in turn (more than a thread remembers), two of
+/// each name from two sources: every lookup gives the kernel of its source and name.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn kernels_are_found_by_source_and_name() {
+    let rt = parla::Runtime::builder()
+        .cpu_threads(1)
+        .build()
+        .expect("runtime");
+    assert!(rt.has_real_gpus(), "this test needs a CUDA GPU");
+    let got = support::within(120, move || {
+        rt.block_on(async {
+            let mut got = Vec::new();
+            for _round in 0..3 {
+                for (src, name) in [
+                    (SETS_A, "set1"),
+                    (SETS_B, "set1"),
+                    (SETS_A, "set2"),
+                    (SETS_B, "set2"),
+                    (SETS_A, "set3"),
+                    (SETS_B, "set3"),
+                ] {
+                    let v = task(async move {
+                        let g = parla::gpu::current().unwrap();
+                        let s = g.stream();
+                        let mut x = s.alloc_zeros::<u32>(1).unwrap();
+                        let f = g.kernel(src, name).unwrap();
+                        {
+                            let mut b = s.launch_builder(&f);
+                            b.arg(&mut x);
+                            // SAFETY: every `set` kernel takes one `unsigned int*`; x holds
+                            // one element.
+                            unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                        }
+                        g.synchronize().await.unwrap();
+                        s.clone_dtoh(&x).unwrap()[0]
+                    })
+                    .placement(Placement::Gpu(0))
+                    .await
+                    .unwrap();
+                    got.push(v);
+                }
+            }
+            got
+        })
+    });
+    assert_eq!(got, [1, 11, 2, 12, 3, 13].repeat(3));
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cublas_and_cusolver_handles_are_bound_and_reused() {

@@ -275,6 +275,11 @@ fn builder_rejects_bad_configuration() {
         .unwrap_err();
     assert!(e.to_string().contains("streams_per_gpu"), "{e}");
     let e = parla::Runtime::builder()
+        .streams_per_gpu(65)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("between 1 and 64"), "{e}");
+    let e = parla::Runtime::builder()
         .virtual_gpus(100, 1)
         .build()
         .unwrap_err();

@@ -17,6 +17,49 @@ use crate::stream::PooledStream;
 
 thread_local! {
     static CURRENT: RefCell<Option<GpuContext>> = const { RefCell::new(None) };
+    /// The kernels this thread looked up last (see [`GpuContext::kernel`]).
+    static KERNELS: RefCell<KernelCache> = const { RefCell::new(KernelCache::new()) };
+}
+
+/// How many kernels a thread remembers ([`GpuContext::kernel`]).
+const KERNEL_CACHE: usize = 4;
+
+/// A kernel a thread looked up: on which device (its unique number), from which source
+/// (address and length), by which name.
+struct CachedKernel {
+    dev: u64,
+    src: (usize, usize),
+    name: Box<str>,
+    f: CudaFunction,
+}
+
+/// The last [`KERNEL_CACHE`] kernels a thread looked up, replaced in turn. (It keeps their
+/// modules loaded until they are replaced or the thread ends, as the device's table does
+/// until its runtime ends.)
+struct KernelCache {
+    entries: [Option<CachedKernel>; KERNEL_CACHE],
+    next: usize,
+}
+
+impl KernelCache {
+    const fn new() -> KernelCache {
+        KernelCache {
+            entries: [None, None, None, None],
+            next: 0,
+        }
+    }
+
+    fn get(&self, dev: u64, src: (usize, usize), name: &str) -> Option<CudaFunction> {
+        self.entries
+            .iter()
+            .flatten()
+            .find_map(|e| (e.dev == dev && e.src == src && *e.name == *name).then(|| e.f.clone()))
+    }
+
+    fn put(&mut self, e: CachedKernel) {
+        self.entries[self.next] = Some(e);
+        self.next = (self.next + 1) % KERNEL_CACHE;
+    }
 }
 
 /// Publishes `ctx` as this thread's GPU context; returns the previous one.
@@ -158,12 +201,32 @@ impl GpuContext {
 
     /// A kernel compiled with NVRTC from CUDA C++ `source`, by `name` (an `extern "C"`
     /// function). Compiled once per device and cached by the source's address and length (a
-    /// `'static` string never moves), then by the name: a lookup is two probes, the second
-    /// hashing and comparing the name.
+    /// `'static` string never moves), then by the name. Each thread also remembers the last
+    /// few kernels it looked up, so that a task looking up its kernel costs a few
+    /// comparisons, without the device's lock.
     pub fn kernel(&self, source: &'static str, name: &str) -> Result<CudaFunction> {
         let src = (source.as_ptr() as usize, source.len());
-        if let Some(f) = self.dev.kernels.lock().get(&src).and_then(|m| m.get(name)) {
-            return Ok(f.clone());
+        let dev = self.dev.uid;
+        if let Some(f) = KERNELS.with(|k| k.borrow().get(dev, src, name)) {
+            return Ok(f);
+        }
+        let found = self
+            .dev
+            .kernels
+            .lock()
+            .get(&src)
+            .and_then(|m| m.get(name))
+            .cloned();
+        if let Some(f) = found {
+            KERNELS.with(|k| {
+                k.borrow_mut().put(CachedKernel {
+                    dev,
+                    src,
+                    name: name.into(),
+                    f: f.clone(),
+                })
+            });
+            return Ok(f);
         }
         if !crate::raw::nvrtc_present() {
             return Err(Error::Unavailable(

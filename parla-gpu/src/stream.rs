@@ -2,8 +2,8 @@
 //!
 //! # Invariants
 //! - Each pooled stream is handed to at most one running task at a time while free streams
-//!   remain; when all are taken, streams are shared round-robin (work on a shared stream is
-//!   serialised, never lost).
+//!   remain (a lock-free [`FreeSet`] per priority holds the free ones); when all are taken,
+//!   streams are shared round-robin (work on a shared stream is serialised, never lost).
 //! - cuBLAS and cuSOLVER handles are created on first use, bound to their stream for life,
 //!   and destroyed with it.
 
@@ -14,6 +14,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::cusolver::DnHandle;
 use cudarc::driver::{CudaContext, CudaStream};
 use parking_lot::Mutex;
+use parla_core::device::backend::{FreeSet, MAX_SLOTS};
 
 use crate::error::{Error, Result};
 
@@ -98,8 +99,9 @@ impl Drop for PooledStream {
 struct Class {
     /// Indices into the pool's streams.
     range: std::ops::Range<usize>,
-    /// Streams no running task holds, the longest free first.
-    free: Mutex<std::collections::VecDeque<usize>>,
+    /// Which of them no running task holds (slot `i`: stream `range.start + i`), taken in
+    /// turn (see [`StreamPool::acquire`]).
+    free: FreeSet,
     next: AtomicUsize,
 }
 
@@ -112,7 +114,14 @@ pub(crate) struct StreamPool {
 }
 
 impl StreamPool {
+    /// A pool of `n` streams (at most [`MAX_SLOTS`]: the runtime's builder checks) and half
+    /// as many urgent ones.
     pub(crate) fn new(ctx: &Arc<CudaContext>, n: usize) -> Result<StreamPool> {
+        if !(1..=MAX_SLOTS).contains(&n) {
+            return Err(Error::Unavailable(format!(
+                "{n} streams per GPU: a pool holds 1 to {MAX_SLOTS}"
+            )));
+        }
         let urgent = (n / 2).max(1);
         // Lower numbers are higher priorities; (0, 0) where the device has none.
         let (_, greatest) = cudarc::driver::result::stream::get_priority_range().unwrap_or((0, 0));
@@ -135,7 +144,7 @@ impl StreamPool {
             }));
         }
         let class = |range: std::ops::Range<usize>| Class {
-            free: Mutex::new(range.clone().collect()),
+            free: FreeSet::new(range.len()),
             range,
             next: AtomicUsize::new(0),
         };
@@ -155,15 +164,15 @@ impl StreamPool {
         self.urgent.range.contains(&index)
     }
 
-    /// A stream for a task (`urgent`: a high-priority one): the free one given back longest
-    /// ago if any, else the next in turn (shared). (A stream is given back when its task's
-    /// body returns, usually with its work still queued: taking the most recently given back
-    /// would queue task after task on one stream, each behind the last, with the other
-    /// streams idle.)
+    /// A stream for a task (`urgent`: a high-priority one): a free one, taken in turn (the
+    /// first free after the one taken last), if any, else the next in turn (shared). (A
+    /// stream is given back when its task's body returns, usually with its work still
+    /// queued: taking the one given back last would queue task after task on one stream,
+    /// each behind the last, with the other streams idle.)
     pub(crate) fn acquire(&self, urgent: bool) -> (Arc<PooledStream>, bool) {
         let c = self.class(urgent);
-        if let Some(i) = c.free.lock().pop_front() {
-            return (self.streams[i].clone(), true);
+        if let Some(i) = c.free.take_any() {
+            return (self.streams[c.range.start + i].clone(), true);
         }
         let k = c.next.fetch_add(1, Ordering::Relaxed) % c.range.len();
         (self.streams[c.range.start + k].clone(), false)
@@ -171,17 +180,15 @@ impl StreamPool {
 
     /// Stream `index` if it is free (taken, owned), else `None`.
     pub(crate) fn acquire_free(&self, index: usize) -> Option<Arc<PooledStream>> {
-        let mut free = self.class(self.is_urgent(index)).free.lock();
-        let pos = free.iter().position(|&i| i == index)?;
-        free.remove(pos);
-        Some(self.streams[index].clone())
+        let c = self.class(self.is_urgent(index));
+        c.free
+            .take(index - c.range.start)
+            .then(|| self.streams[index].clone())
     }
 
     /// Gives back a stream taken with `owned == true`.
     pub(crate) fn release(&self, s: &PooledStream) {
-        self.class(self.is_urgent(s.index))
-            .free
-            .lock()
-            .push_back(s.index);
+        let c = self.class(self.is_urgent(s.index));
+        c.free.put(s.index - c.range.start);
     }
 }

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 pub use super::fence::{Fence, FenceStatus};
+pub use super::free_set::{FreeSet, MAX_SLOTS};
 
 /// One GPU as the backend describes it.
 #[derive(Debug, Clone)]

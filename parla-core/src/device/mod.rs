@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub(crate) mod fence;
+mod free_set;
 
 use std::fmt;
 

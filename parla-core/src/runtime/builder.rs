@@ -108,8 +108,8 @@ impl Builder {
         self
     }
 
-    /// CUDA streams in each GPU's pool (default 8); also the number of tasks the mapping
-    /// policy expects a GPU to run at once. The pool has half as many high-priority streams
+    /// CUDA streams in each GPU's pool (default 8, at most 64); also the number of tasks the
+    /// mapping policy expects a GPU to run at once. The pool has half as many high-priority streams
     /// besides (at least one), for tasks with a [`priority`](crate::TaskBuilder::priority).
     pub fn streams_per_gpu(mut self, n: usize) -> Self {
         self.streams_per_gpu = n;
@@ -155,8 +155,12 @@ impl Builder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        if self.streams_per_gpu == 0 {
-            return Err(Error::Config("streams_per_gpu must be at least 1".into()));
+        if !(1..=crate::device::backend::MAX_SLOTS).contains(&self.streams_per_gpu) {
+            return Err(Error::Config(format!(
+                "streams_per_gpu = {}: it must be between 1 and {}",
+                self.streams_per_gpu,
+                crate::device::backend::MAX_SLOTS
+            )));
         }
         let fraction = self.gpu_memory_fraction;
         if !(fraction > 0.0 && fraction <= 1.0) {

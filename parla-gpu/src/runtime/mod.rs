@@ -20,6 +20,9 @@ use crate::error::{Error, describe};
 use crate::event::CudaFence;
 use crate::stream::StreamPool;
 
+/// The next [`GpuDevice::uid`].
+static NEXT_DEVICE_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Events created per device at start.
 const EVENT_STOCK: usize = 256;
 
@@ -29,6 +32,9 @@ pub(crate) type Kernels = FxHashMap<(usize, usize), FxHashMap<Box<str>, CudaFunc
 
 /// One CUDA device of the runtime.
 pub struct GpuDevice {
+    /// Unique in the process (no other device of this or any runtime has it): what a
+    /// thread's cache of kernels knows the device by.
+    pub(crate) uid: u64,
     /// Index among the runtime's GPUs (`gpu:index`).
     pub(crate) index: usize,
     /// CUDA device ordinal.
@@ -140,16 +146,31 @@ impl GpuBackend for CudaBackend {
                 stream.stream().wait(ev).map_err(|e| describe(&e))?;
             }
         }
-        Ok(Box::new(Exec {
+        let exec = Exec {
             ctx: Some(GpuContext::new(dev.clone(), stream, None)),
             owned,
             prev: None,
-        }))
+        };
+        // Into the memory of the last task that finished on this thread, if any.
+        Ok(match SPARE_EXEC.take() {
+            Some(mut b) => {
+                *b = exec;
+                b
+            }
+            None => Box::new(exec),
+        })
     }
 
     fn device_error(&self, gpu: usize) -> Option<String> {
         self.devices.get(gpu).and_then(|d| d.failed().cloned())
     }
+}
+
+thread_local! {
+    /// The allocation of the last [`Exec`] that finished on this thread (emptied), which
+    /// the next task begun here takes over: a task's execution state then costs no
+    /// allocation and no free.
+    static SPARE_EXEC: std::cell::Cell<Option<Box<Exec>>> = const { std::cell::Cell::new(None) };
 }
 
 /// A task running on a device.
@@ -190,7 +211,12 @@ impl GpuExec for Exec {
     }
 
     fn finish(mut self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
-        let Some(ctx) = self.ctx.take() else {
+        let ctx = self.ctx.take();
+        let owned = self.owned;
+        // (Emptied, the allocation waits for the next task begun on this thread.)
+        self.prev = None;
+        SPARE_EXEC.set(Some(self));
+        let Some(ctx) = ctx else {
             return Err("the task's GPU context was not given back after its poll".into());
         };
         let (dev, stream, marks) = ctx.into_parts();
@@ -206,7 +232,7 @@ impl GpuExec for Exec {
             None => CudaFence::ticket(&stream),
             Some(_) => 0,
         };
-        if self.owned {
+        if owned {
             dev.streams.release(&stream);
         }
         // Errors the context recorded meanwhile (from drops of CUDA objects) belong to the
@@ -331,6 +357,7 @@ fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, Stri
             );
         }
         devices.push(Arc::new(GpuDevice {
+            uid: NEXT_DEVICE_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             index,
             ordinal,
             ctx,
