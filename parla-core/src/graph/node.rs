@@ -792,18 +792,44 @@ impl Header {
     /// the core to fetch its task dependents meanwhile: when the body returns, this driver
     /// releases them behind the fence (their counts, links and admission), and the thread
     /// that spawned them wrote them last. Fetched now, that overlaps the body's launches
-    /// instead of following them.
+    /// instead of following them. (Their GPU links, a line of their own, are fetched once
+    /// these lines arrived: [`prefetch_gpu_dependents`](Self::prefetch_gpu_dependents).)
     pub(crate) fn take_waits(&self) -> SmallVec<[Arc<dyn Fence>; 2]> {
         let mut l = self.links.lock();
         for d in l.dependents.iter() {
             if let Dependent::Task(t) = d {
                 prefetch_head(t);
+                // Its links' lock is taken before the first poll, to find its GPU links
+                // (`prefetch_gpu_dependents`), and again when the body returns: for writing.
+                let links: *const Mutex<Links> = &*t.header().links;
+                prefetch_line(links.cast(), has_prefetchw());
             }
         }
         l.gpu
             .as_mut()
             .map(|g| std::mem::take(&mut g.waits))
             .unwrap_or_default()
+    }
+
+    /// Before the first poll of a GPU task whose [`take_waits`](Self::take_waits) asked for
+    /// its task dependents' heads: asks the core to fetch, for writing, the GPU links of the
+    /// first two that run on GPUs only. When the body returns, the driver adds its fence to
+    /// their waits there (`graph::body_fenced`); the thread that spawned them allocated
+    /// those links last, so fetched now they arrive during the body's launches instead of
+    /// after. (A dependent whose links are locked is skipped: a hint never waits.)
+    pub(crate) fn prefetch_gpu_dependents(&self) {
+        let l = self.links.lock();
+        for d in l.dependents.iter().take(2) {
+            if let Dependent::Task(t) = d {
+                let th = t.header();
+                if th.gpu_only()
+                    && let Some(dl) = th.links.try_lock()
+                    && let Some(g) = dl.gpu.as_deref()
+                {
+                    prefetch_line((g as *const GpuLinks).cast(), has_prefetchw());
+                }
+            }
+        }
     }
 
     /// The body returned with its GPU work behind `f`: keeps the fence and takes the
@@ -1195,6 +1221,13 @@ fn prefetch_line(p: *const u8, write: bool) {
 #[cfg(not(target_arch = "x86_64"))]
 fn has_prefetchw() -> bool {
     false
+}
+
+/// No prefetches off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn prefetch_line(p: *const u8, write: bool) {
+    let _ = (p, write);
 }
 
 /// Whether the core has `PREFETCHW` (CPUID leaf `0x8000_0001`, ECX bit 8), asked once.

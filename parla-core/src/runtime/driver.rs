@@ -353,6 +353,10 @@ impl Driver {
             h.act.begin_first_poll();
         }
         self.lingers |= run.exec.is_some();
+        if !pended && run.exec.is_some() {
+            // (The dependents' heads were asked for as the task started: see `take_waits`.)
+            h.prefetch_gpu_dependents();
+        }
         context::take_blocked();
         let poll = {
             let _task =
