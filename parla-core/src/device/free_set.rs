@@ -65,16 +65,6 @@ impl FreeSet {
         }
     }
 
-    /// How many slots the set has.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the set has no slots (never: see [`new`](Self::new)).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Takes a free slot, the first at or after the one after the slot taken last
     /// (wrapping around), if any is free.
     pub fn take_any(&self) -> Option<usize> {

@@ -109,8 +109,9 @@ impl Builder {
     }
 
     /// CUDA streams in each GPU's pool (default 8, at most 64); also the number of tasks the
-    /// mapping policy expects a GPU to run at once. The pool has half as many high-priority streams
-    /// besides (at least one), for tasks with a [`priority`](crate::TaskBuilder::priority).
+    /// mapping policy expects a GPU to run at once. The pool has half as many high-priority
+    /// streams besides (at least one), for tasks with a
+    /// [`priority`](crate::TaskBuilder::priority).
     pub fn streams_per_gpu(mut self, n: usize) -> Self {
         self.streams_per_gpu = n;
         self
