@@ -208,6 +208,57 @@ struct GpuLinks {
     waits: SmallVec<[Arc<dyn Fence>; 2]>,
 }
 
+impl GpuLinks {
+    /// Drops the fences it holds (keeping the waits' capacity).
+    fn clear(&mut self) {
+        self.fence = None;
+        self.waits.clear();
+    }
+}
+
+thread_local! {
+    /// The GPU links of the last GPU task whose memory this thread dropped or reused,
+    /// emptied, for the next GPU task it spawns. A GPU task's links are allocated where it
+    /// is spawned and outlive its completion on a worker: a thread spawning GPU tasks in a
+    /// loop takes them back with the memory of its finished tasks (the pool of spent
+    /// tasks, or the tasks it kept), each spawn dropping one task's links and taking them
+    /// for its own, rather than allocating anew while the workers free the old ones
+    /// through the allocator's slow path for another thread's memory.
+    static SPARE_GPU_LINKS: std::cell::Cell<Option<Box<GpuLinks>>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Empty GPU links: the ones this thread kept ([`keep_gpu_links`]), or new ones.
+fn new_gpu_links() -> Box<GpuLinks> {
+    let kept = if cfg!(parla_loom) {
+        None
+    } else {
+        SPARE_GPU_LINKS.try_with(|c| c.take()).ok().flatten()
+    };
+    kept.unwrap_or_default()
+}
+
+/// Empties `g` and keeps it for [`new_gpu_links`].
+#[inline(never)]
+fn keep_gpu_links(mut g: Box<GpuLinks>) {
+    if g.fence.is_some() || !g.waits.is_empty() {
+        g.clear();
+    }
+    if cfg!(parla_loom) {
+        return;
+    }
+    // (The newest is kept: any other is freed.)
+    if let Ok(Some(old)) = SPARE_GPU_LINKS.try_with(|c| c.replace(Some(g))) {
+        free_gpu_links(old);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn free_gpu_links(g: Box<GpuLinks>) {
+    drop(g);
+}
+
 /// What [`Header::publish`] takes from a node that finished.
 pub(crate) struct Published {
     /// The dependents to tell.
@@ -417,6 +468,24 @@ unsafe impl Sync for Header {}
 // SAFETY: as above; the run state is `Send`.
 unsafe impl Send for Header {}
 
+impl Header {
+    /// [`Header::drop`]'s drop of links that hold something. A GPU task's links go to this
+    /// thread's spare (see `SPARE_GPU_LINKS`); often they were all its links held.
+    #[inline(never)]
+    fn drop_links(&mut self) {
+        let gpu = self.links.with_mut(|l| l.gpu.take());
+        let bare = gpu.is_some() && self.links.with_mut(|l| l.is_bare());
+        if let Some(g) = gpu {
+            keep_gpu_links(g);
+        }
+        if cfg!(parla_loom) || !bare {
+            // SAFETY: the links are dropped once, here (`Header::drop` calls this once,
+            // as the header is dropped), and never used again.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.links) }
+        }
+    }
+}
+
 impl Drop for Header {
     #[inline]
     fn drop(&mut self) {
@@ -429,9 +498,7 @@ impl Drop for Header {
         // Most tasks end with links that hold nothing (no dependents left, no error, no
         // waker, no GPU links): checked here rather than in a call to their drop.
         if cfg!(parla_loom) || !self.links.with_mut(|l| l.is_bare()) {
-            // SAFETY: the links are dropped once, here, and never used again (`self` is
-            // being dropped).
-            unsafe { std::mem::ManuallyDrop::drop(&mut self.links) }
+            self.drop_links();
         }
         // Few tasks are traced: the check is inline, where the field's drop glue would be a
         // call on every task.
@@ -683,7 +750,7 @@ impl Header {
 
     #[inline(never)]
     fn add_gpu_links(&self) {
-        self.links.lock().gpu.get_or_insert_default();
+        self.links.lock().gpu.get_or_insert_with(new_gpu_links);
     }
 
     /// Registers task `dep` as a dependent, or reports why it need not wait. (Its caller,
@@ -746,8 +813,10 @@ impl Header {
         };
         l.err = outcome.err();
         let before = self.join_state.fetch_or(bits, Ordering::AcqRel);
-        if l.gpu.is_some() {
-            l.gpu = None;
+        if let Some(g) = l.gpu.as_deref_mut() {
+            // Emptied, not freed: the allocation stays with the task, and goes to a thread's
+            // spare GPU links when the task's memory is dropped or reused (`keep_gpu_links`).
+            g.clear();
         }
         Published {
             dependents: std::mem::take(&mut l.dependents),
@@ -785,7 +854,12 @@ impl Header {
 
     /// Records the fence of a GPU dependency that released this task early.
     pub(crate) fn add_wait(&self, f: Arc<dyn Fence>) {
-        self.links.lock().gpu.get_or_insert_default().waits.push(f);
+        self.links
+            .lock()
+            .gpu
+            .get_or_insert_with(new_gpu_links)
+            .waits
+            .push(f);
     }
 
     /// Takes the fences this task's stream must wait on, as its driver starts it, and asks
@@ -837,7 +911,7 @@ impl Header {
     /// (dependents or awaiters that need the task complete).
     pub(crate) fn set_fence(&self, f: Arc<dyn Fence>) -> (SmallVec<[Arc<dyn Task>; 2]>, bool) {
         let mut l = self.links.lock();
-        l.gpu.get_or_insert_default().fence = Some(f);
+        l.gpu.get_or_insert_with(new_gpu_links).fence = Some(f);
         let mut early = SmallVec::new();
         // Moved, not cloned: no reference count changes hands.
         for d in std::mem::take(&mut l.dependents) {
