@@ -12,7 +12,6 @@ use crate::space::{TaskRange, TaskRef, TaskSpace};
 
 /// One dependency as given to `after`, resolved when the task is spawned.
 pub(crate) enum Dep {
-    Node(Arc<dyn Task>),
     Ref(TaskRef),
     Range(TaskRange),
     Space(TaskSpace),
@@ -32,14 +31,16 @@ pub struct DepList {
 
 impl DepList {
     fn push(&mut self, d: Dep) {
-        if let Dep::Node(n) = d {
-            self.nodes.push(n);
-            return;
-        }
         crate::runtime::context::with_rt(|rt| match rt {
             Some(rt) => d.resolve(rt, &mut self.nodes),
             None => self.later.push(d),
         })
+    }
+
+    /// [`push`](Self::push) of a task node (a handle's task): kept as it is, inline.
+    #[inline]
+    fn push_node(&mut self, n: Arc<dyn Task>) {
+        self.nodes.push(n);
     }
 
     /// [`push`](Self::push) of an id, looked up at once inside a runtime (without a [`Dep`]
@@ -125,7 +126,6 @@ impl Dep {
     #[inline(never)]
     fn resolve(self, rt: &RtInner, out: &mut SmallVec<[Arc<dyn Task>; 2]>) {
         match self {
-            Dep::Node(n) => out.push(n),
             Dep::Ref(r) => out.extend(r.space.dependency(&r.key, rt)),
             Dep::Range(range) => {
                 for r in range.iter() {
@@ -169,7 +169,7 @@ impl<T: 'static> IntoDeps for &TaskHandle<T> {
         if h.succeeded_untraced() && crate::runtime::context::is_current_rt(h.rt_id) {
             return;
         }
-        out.push(Dep::Node(self.node()));
+        out.push_node(self.node());
     }
 }
 impl IntoDeps for &TaskSpace {
