@@ -12,83 +12,14 @@ use std::time::{Duration, Instant};
 
 use parla::device::backend::{Fence, FenceStatus, GpuBackend, GpuExec, GpuInfo, GpuOptions};
 use parla::prelude::*;
+use support::timed::{Factory, done_or_pending, rt_with, timed};
 
-/// Done a lag (`LAG` unless a test says otherwise) after it was recorded, in order on its
-/// (single) queue.
-struct TimedFence(Instant, Duration);
-
+/// How long after it was recorded a fence of the tests' backend is done, unless a test
+/// says otherwise.
 const LAG: Duration = Duration::from_micros(30);
-
-impl Fence for TimedFence {
-    fn status(&self) -> FenceStatus {
-        done_or_pending(self.0.elapsed() >= self.1)
-    }
-    fn gpu(&self) -> usize {
-        0
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn queue(&self) -> Option<u64> {
-        Some(0)
-    }
-}
-
-fn done_or_pending(done: bool) -> FenceStatus {
-    if done {
-        FenceStatus::Done
-    } else {
-        FenceStatus::Pending
-    }
-}
-
-/// The backend: its fences finish this long after they are recorded.
-struct Timed(Duration);
-struct Exec(Duration);
-
-impl GpuExec for Exec {
-    fn enter(&mut self) {}
-    fn exit(&mut self) {}
-    fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
-        Ok(Arc::new(TimedFence(Instant::now(), self.0)))
-    }
-}
-
-impl GpuBackend for Timed {
-    fn devices(&self) -> Vec<GpuInfo> {
-        support::one_gpu("timed fences")
-    }
-    fn begin(
-        &self,
-        _: usize,
-        _: &dyn std::fmt::Display,
-        _: &[Arc<dyn Fence>],
-        _: u8,
-    ) -> Result<Box<dyn GpuExec>, String> {
-        Ok(Box::new(Exec(self.0)))
-    }
-    fn device_error(&self, _: usize) -> Option<String> {
-        None
-    }
-}
-
-/// The backend factory: fences finish `US` microseconds after they are recorded.
-fn timed<const US: u64>(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
-    Ok(Some(Arc::new(Timed(Duration::from_micros(US)))))
-}
-
-type Factory = fn(&GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String>;
 
 fn rt(threads: usize) -> parla::Runtime {
     rt_with(threads, timed::<{ LAG.as_micros() as u64 }>)
-}
-
-fn rt_with(threads: usize, backend: Factory) -> parla::Runtime {
-    parla::Runtime::builder()
-        .cpu_threads(threads)
-        .gpu_backend(backend)
-        .build()
-        .unwrap()
 }
 
 /// GPU tasks spawned and awaited one at a time, from `block_on` and from a CPU task, as a

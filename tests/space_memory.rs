@@ -456,68 +456,6 @@ fn batches_spawned_ahead_of_the_workers_are_written_into_the_memory_of_the_last_
     );
 }
 
-/// A GPU backend whose fences are done as soon as they are made: GPU tasks take the
-/// runtime's whole fenced path (a fence per body, completion once it is seen done).
-mod done_fences {
-    use std::any::Any;
-    use std::sync::Arc;
-
-    use parla::device::backend::{Fence, FenceStatus, GpuBackend, GpuExec, GpuInfo, GpuOptions};
-
-    struct Done;
-    impl Fence for Done {
-        fn status(&self) -> FenceStatus {
-            FenceStatus::Done
-        }
-        fn gpu(&self) -> usize {
-            0
-        }
-        fn as_any(&self) -> &dyn Any {
-            self
-        }
-    }
-
-    struct Exec;
-    impl GpuExec for Exec {
-        fn enter(&mut self) {}
-        fn exit(&mut self) {}
-        fn finish(self: Box<Self>) -> Result<Arc<dyn Fence>, String> {
-            Ok(Arc::new(Done))
-        }
-    }
-
-    struct Backend;
-    impl GpuBackend for Backend {
-        fn devices(&self) -> Vec<GpuInfo> {
-            crate::support::one_gpu("fences done at once")
-        }
-        fn begin(
-            &self,
-            _: usize,
-            _: &dyn std::fmt::Display,
-            _: &[Arc<dyn Fence>],
-            _: u8,
-        ) -> Result<Box<dyn GpuExec>, String> {
-            Ok(Box::new(Exec))
-        }
-        fn device_error(&self, _: usize) -> Option<String> {
-            None
-        }
-    }
-
-    fn factory(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
-        Ok(Some(Arc::new(Backend)))
-    }
-
-    pub fn runtime(threads: usize) -> parla::Runtime {
-        parla::Runtime::builder()
-            .cpu_threads(threads)
-            .gpu_backend(factory)
-            .build()
-            .expect("runtime")
-    }
-}
-
 /// A loop in `block_on` spawning GPU tasks and awaiting them, batch after batch, on
 /// virtual GPUs and on a backend whose fences are done at once: a GPU task's links (its
 /// fence, and the fences it waits on) go back to the spawning thread with the memory of a
@@ -528,7 +466,9 @@ fn a_gpu_spawn_loop_reuses_the_gpu_links_of_finished_tasks() {
     let _s = SERIAL.lock();
     let runtimes: [support::Config; 2] = [
         ("virtual GPUs", || support::vgpu(2, 1, 1 << 30)),
-        ("fences done at once", || done_fences::runtime(2)),
+        ("fences done at once", || {
+            support::timed::rt_with(2, support::timed::timed::<0>)
+        }),
     ];
     for (name, make) in runtimes {
         let rt = make();

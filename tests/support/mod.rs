@@ -121,6 +121,7 @@ macro_rules! each_config {
 }
 
 pub mod gpu;
+pub mod timed;
 
 /// A device's index in per-device tables of the tests: the CPU 0, GPU `i` at `1 + i`.
 pub fn slot(d: parla::Device) -> usize {
