@@ -286,17 +286,7 @@ impl Bridge {
         for ws in batch.queues.values_mut() {
             take_finished(ws, &mut done);
         }
-        let loose = std::mem::take(&mut batch.loose);
-        for w in loose {
-            if w.spun() {
-                batch.loose.push(w);
-                continue;
-            }
-            match w.status() {
-                FenceStatus::Pending => batch.loose.push(w),
-                s => done.push((w, s)),
-            }
-        }
+        take_finished_loose(&mut batch.loose, &mut done);
         let mut newer = {
             let mut e = b.entries.lock();
             let mut newer = std::mem::replace(&mut *e, batch);
@@ -373,6 +363,25 @@ fn take_finished(ws: &mut VecDeque<Watch>, done: &mut Done) {
             }
         };
         done.push((w, s));
+    }
+}
+
+/// Moves the finished watches of fences without a queue (and of parked fence awaits) to
+/// `done`, with their status: a query each, except those an awaiter spins on (it completes
+/// them). In place, so that the list keeps its memory from round to round (a fence
+/// awaited while it stays pending is in every round).
+fn take_finished_loose(loose: &mut Vec<Watch>, done: &mut Done) {
+    let mut i = 0;
+    while i < loose.len() {
+        let w = &loose[i];
+        if w.spun() {
+            i += 1;
+            continue;
+        }
+        match w.status() {
+            FenceStatus::Pending => i += 1,
+            s => done.push((loose.swap_remove(i), s)),
+        }
     }
 }
 
@@ -871,6 +880,31 @@ mod test {
             let told = done.iter().filter(|(w, _)| marked(w)).count();
             assert!(told + q >= k, "{told} told, {q} queries, {k} done");
         }
+    }
+
+    /// Watches without a queue are queried one by one; the finished ones leave the list,
+    /// which keeps its memory (it is polled again every round while any is pending).
+    #[test]
+    fn finished_loose_watches_are_taken_in_place() {
+        let at = |w: &Watch| w.fence().as_any().downcast_ref::<Fake>().unwrap().at;
+        let (ws, queries) = queue(8, 3, usize::MAX);
+        let mut loose: Vec<Watch> = ws.into_iter().collect();
+        let memory = (loose.as_ptr(), loose.capacity());
+        let mut done = Done::new();
+        take_finished_loose(&mut loose, &mut done);
+        let mut taken: Vec<usize> = done.iter().map(|(w, _)| at(w)).collect();
+        taken.sort_unstable();
+        assert_eq!(taken, [0, 1, 2]);
+        assert!(done.iter().all(|(_, s)| *s == FenceStatus::Done));
+        let mut left: Vec<usize> = loose.iter().map(at).collect();
+        left.sort_unstable();
+        assert_eq!(left, [3, 4, 5, 6, 7]);
+        assert_eq!(queries.load(Ordering::SeqCst), 8, "one query per watch");
+        assert_eq!(
+            (loose.as_ptr(), loose.capacity()),
+            memory,
+            "the list kept its memory"
+        );
     }
 
     #[test]
