@@ -225,11 +225,7 @@ impl GpuBackend for Panicking {
 
 #[test]
 fn a_failed_gpu_no_longer_attracts_tasks_that_may_run_elsewhere() {
-    let rt = parla::Runtime::builder()
-        .cpu_threads(2)
-        .gpu_backend(failing)
-        .build()
-        .unwrap();
+    let rt = support::rt_with(2, failing);
     let r = support::within(30, move || {
         rt.block_on(async {
             let first = task(async {}).placement(Placement::Gpu(0)).await;
@@ -262,11 +258,7 @@ fn a_panicking_backend_fails_its_task_and_the_graph_goes_on() {
     fn panicking(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
         Ok(Some(Arc::new(Panicking)))
     }
-    let rt = parla::Runtime::builder()
-        .cpu_threads(2)
-        .gpu_backend(panicking)
-        .build()
-        .unwrap();
+    let rt = support::rt_with(2, panicking);
     let r = support::within(30, move || {
         rt.block_on(async {
             let t = TaskSpace::new("G");

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use parla::device::backend::{Fence, FenceStatus, GpuBackend, GpuExec, GpuInfo, GpuOptions};
 use parla::prelude::*;
-use support::timed::{Factory, done_or_pending, rt_with, timed};
+use support::timed::{done_or_pending, timed};
+use support::{Factory, rt_with};
 
 /// How long after it was recorded a fence of the tests' backend is done, unless a test
 /// says otherwise.

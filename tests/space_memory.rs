@@ -467,7 +467,7 @@ fn a_gpu_spawn_loop_reuses_the_gpu_links_of_finished_tasks() {
     let runtimes: [support::Config; 2] = [
         ("virtual GPUs", || support::vgpu(2, 1, 1 << 30)),
         ("fences done at once", || {
-            support::timed::rt_with(2, support::timed::timed::<0>)
+            support::rt_with(2, support::timed::timed::<0>)
         }),
     ];
     for (name, make) in runtimes {

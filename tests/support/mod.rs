@@ -51,6 +51,21 @@ pub fn traced(threads: usize, path: &std::path::Path) -> parla::Runtime {
         .expect("runtime")
 }
 
+/// A GPU backend factory, as `Builder::gpu_backend` takes it.
+pub type Factory =
+    fn(
+        &parla::device::backend::GpuOptions,
+    ) -> Result<Option<std::sync::Arc<dyn parla::device::backend::GpuBackend>>, String>;
+
+/// A runtime with `threads` workers on the GPUs of `backend` (a test's own backend).
+pub fn rt_with(threads: usize, backend: Factory) -> parla::Runtime {
+    parla::Runtime::builder()
+        .cpu_threads(threads)
+        .gpu_backend(backend)
+        .build()
+        .expect("runtime")
+}
+
 /// A runtime with `threads` workers and `gpus` virtual GPUs of `mem` bytes each.
 pub fn vgpu(threads: usize, gpus: usize, mem: u64) -> parla::Runtime {
     parla::Runtime::builder()

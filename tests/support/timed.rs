@@ -69,15 +69,3 @@ impl GpuBackend for Timed {
 pub fn timed<const US: u64>(_: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
     Ok(Some(Arc::new(Timed(Duration::from_micros(US)))))
 }
-
-/// A GPU backend factory.
-pub type Factory = fn(&GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String>;
-
-/// A runtime of `threads` workers on the GPU of `backend`.
-pub fn rt_with(threads: usize, backend: Factory) -> parla::Runtime {
-    parla::Runtime::builder()
-        .cpu_threads(threads)
-        .gpu_backend(backend)
-        .build()
-        .unwrap()
-}
