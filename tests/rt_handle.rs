@@ -61,6 +61,71 @@ fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 #[test]
+fn handle_current_is_the_runtime_of_the_code_that_asks() {
+    assert!(parla::Handle::current().is_none(), "outside any runtime");
+    let a = support::cpu(2);
+    let b = support::cpu(2);
+    let r = support::within(30, move || {
+        // A space of runtime `a`, and one of `b`.
+        let sa = TaskSpace::new("A");
+        a.block_on(task(async {}).id(sa.at(0))).unwrap();
+        let hb = b.handle();
+        let entered = std::thread::spawn(move || {
+            let _g = hb.enter();
+            parla::Handle::current()
+        });
+        b.block_on(async move {
+            let sb = TaskSpace::new("B");
+            task(async {}).id(sb.at(0)).await.unwrap();
+            let found = vec![
+                ("block_on", parla::Handle::current()),
+                (
+                    "a task",
+                    task(async { parla::Handle::current() }).await.unwrap(),
+                ),
+                (
+                    "tokio::spawn in a task",
+                    task(async { tokio::spawn(async { parla::Handle::current() }).await })
+                        .await
+                        .unwrap()
+                        .unwrap(),
+                ),
+                (
+                    "spawn_blocking in a task",
+                    task(async { tokio::task::spawn_blocking(parla::Handle::current).await })
+                        .await
+                        .unwrap()
+                        .unwrap(),
+                ),
+                ("a thread inside enter", entered.join().unwrap()),
+            ];
+            let plain = std::thread::spawn(parla::Handle::current).join().unwrap();
+            let mut out = Vec::new();
+            for (place, h) in found {
+                let Some(h) = h else {
+                    out.push((place, false, false, false));
+                    continue;
+                };
+                // `b`'s own: its space works, `a`'s is another runtime's.
+                let own = h.spawn(task(async {}).after(sb.at(0))).await;
+                let other = h.spawn(task(async {}).after(sa.at(0))).await;
+                let wrong = matches!(other, Err(TaskError::WrongRuntime { .. }));
+                out.push((place, true, own.is_ok(), wrong));
+            }
+            (plain.is_none(), out)
+        })
+    });
+    assert!(r.0, "a thread of the program's own has no current runtime");
+    for (place, some, own, wrong) in r.1 {
+        assert!(some, "{place}: a handle");
+        assert!(
+            own && wrong,
+            "{place}: the handle is not the runtime's it ran in"
+        );
+    }
+}
+
+#[test]
 fn a_hold_keeps_stall_detection_off_until_the_thread_spawns() {
     each_config!(|rt| {
         let h = rt.handle();

@@ -648,6 +648,36 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// The handle of the runtime this code runs in: inside a task, inside
+    /// [`Runtime::block_on`] (and so in the body of a `#[parla::main]` function), in a
+    /// Tokio task or a `spawn_blocking` closure started there, or while an
+    /// [`EnterGuard`] lives. `None` anywhere else, such as a thread the program started
+    /// itself: take the handle before starting it, and move it in.
+    ///
+    /// ```
+    /// use parla_core::{Handle, Runtime, TaskSpace, task};
+    /// assert!(Handle::current().is_none());
+    /// let rt = Runtime::builder().cpu_threads(2).build()?;
+    /// let t = TaskSpace::new("T");
+    /// let r = rt.block_on(async {
+    ///     // As in `#[parla::main]`, where the runtime itself is out of reach.
+    ///     let h = Handle::current().expect("inside block_on");
+    ///     let hold = h.hold(); // the thread below spawns T[0]: wait for it
+    ///     let t2 = t.clone();
+    ///     std::thread::spawn(move || {
+    ///         assert!(Handle::current().is_none()); // a thread of the program's own
+    ///         h.spawn(task(async { 7 }).id(t2.at(0)));
+    ///         drop(hold);
+    ///     });
+    ///     t.at(0).await
+    /// });
+    /// assert!(r.is_ok());
+    /// # Ok::<_, parla_core::Error>(())
+    /// ```
+    pub fn current() -> Option<Handle> {
+        context::with_rt(|rt| rt.map(|rt| Handle { inner: rt.clone() }))
+    }
+
     /// Spawns a task on the runtime from any thread. See
     /// [`TaskBuilder::spawn`](crate::TaskBuilder::spawn).
     pub fn spawn<F>(&self, b: crate::TaskBuilder<F>) -> crate::TaskHandle<F::Output>
