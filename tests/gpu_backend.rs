@@ -498,3 +498,128 @@ fn urgent_tasks_run_on_high_priority_streams() {
         "the device's highest priority is below 0 on every CUDA GPU: {urgent}"
     );
 }
+
+/// A GPU task named `g.at(n)` that spins `ns` nanoseconds on GPU 0 in a kernel that then
+/// writes 1 to a buffer of its own, waits for it (`synchronize().await`), counts itself
+/// in `ran` and returns what the kernel wrote.
+fn spin_task(g: &TaskSpace, n: &mut usize, ran: &Arc<AtomicUsize>, ns: u64) -> TaskHandle<u32> {
+    *n += 1;
+    let ran = ran.clone();
+    task(async move {
+        let c = parla::gpu::current().unwrap();
+        let spin = c.kernel(KERNELS, "spin").unwrap();
+        let mut flag: CudaSlice<u32> = c.stream().alloc_zeros(1).unwrap();
+        {
+            let mut b = c.stream().launch_builder(&spin);
+            b.arg(&ns).arg(&mut flag);
+            // SAFETY: `spin` takes (unsigned long long, unsigned int*); `flag` holds one.
+            unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+        }
+        c.synchronize().await.unwrap();
+        let v = c.stream().clone_dtoh(&flag).unwrap()[0];
+        ran.fetch_add(1, Ordering::Relaxed);
+        v
+    })
+    .id(g.at(*n))
+    .placement(Placement::Gpu(0))
+    .spawn()
+}
+
+/// The ways programs await tasks, with GPU tasks whose kernels are in flight: `select!`
+/// against a timer and against a channel (the losing handle dropped while its kernel runs),
+/// `timeout`, `join!` with a CPU task, `tokio::spawn` inside a CPU task, a GPU task whose
+/// body awaits a channel and a CPU child between its launches, and handles dropped at once;
+/// in a loop, with the default VCUs. Every GPU task runs its kernel once and every await
+/// sees it done.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_tasks_under_select_timeout_join_and_tokio_spawn() {
+    const ROUNDS: usize = 100;
+    let rt = rt();
+    let (spawned, ran, seen) = support::within(300, move || {
+        rt.block_on(async {
+            let g = TaskSpace::new("G");
+            let ran = Arc::new(AtomicUsize::new(0));
+            let (mut n, mut seen) = (0, 0);
+            for round in 0..ROUNDS {
+                // `select!` against a timer: either may win; the loser is dropped.
+                let a = spin_task(&g, &mut n, &ran, 20_000);
+                tokio::select! {
+                    v = a => { assert_eq!(v, Ok(1)); seen += 1; }
+                    _ = tokio::time::sleep(Duration::from_micros(50)) => {}
+                }
+                // `select!` against a channel a CPU task fills: the GPU task loses.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let cpu = task(async move { tx.send(round).unwrap() }).spawn();
+                let b = spin_task(&g, &mut n, &ran, 20_000_000);
+                tokio::select! {
+                    v = rx => assert_eq!(v, Ok(round)),
+                    v = b => panic!("a 20 ms kernel beat a channel: {v:?}"),
+                }
+                cpu.await.unwrap();
+                // `timeout`.
+                let c = spin_task(&g, &mut n, &ran, 10_000);
+                let v = tokio::time::timeout(Duration::from_secs(10), c).await;
+                assert_eq!(v, Ok(Ok(1)));
+                seen += 1;
+                // `join!` of two GPU tasks and a CPU task.
+                let (d, e) = (
+                    spin_task(&g, &mut n, &ran, 5_000),
+                    spin_task(&g, &mut n, &ran, 15_000),
+                );
+                let (d, e, f) = tokio::join!(d, e, task(async { 7 }));
+                assert_eq!((d, e, f), (Ok(1), Ok(1), Ok(7)));
+                seen += 2;
+                // `tokio::spawn` inside a CPU task spawns and awaits a GPU task.
+                let h = spin_task(&g, &mut n, &ran, 5_000);
+                let v = task(async move { tokio::spawn(h).await.unwrap() }).await;
+                assert_eq!(v, Ok(Ok(1)));
+                seen += 1;
+                // A GPU body awaiting a channel and a CPU child between two launches.
+                let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+                let waits = {
+                    let ran = ran.clone();
+                    n += 1;
+                    task(async move {
+                        let c = parla::gpu::current().unwrap();
+                        let inc = c.kernel(KERNELS, "increment").unwrap();
+                        let mut x: CudaSlice<u32> = c.stream().alloc_zeros(1).unwrap();
+                        let launch = |x: &mut CudaSlice<u32>| {
+                            let mut b = c.stream().launch_builder(&inc);
+                            b.arg(x);
+                            // SAFETY: `increment` takes one `unsigned int*`; x holds one.
+                            unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                        };
+                        launch(&mut x);
+                        let sent = rx.await.unwrap();
+                        let child = task(async move { sent + 1 }).await.unwrap();
+                        launch(&mut x);
+                        c.synchronize().await.unwrap();
+                        ran.fetch_add(1, Ordering::Relaxed);
+                        c.stream().clone_dtoh(&x).unwrap()[0] + child
+                    })
+                    .id(g.at(n))
+                    .placement(Placement::Gpu(0))
+                    .spawn()
+                };
+                task(async move {
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                    tx.send(40).unwrap();
+                })
+                .spawn();
+                assert_eq!(waits.await, Ok(2 + 41));
+                seen += 1;
+                // Handles dropped at once.
+                drop(spin_task(&g, &mut n, &ran, 5_000));
+            }
+            // Every task, the dropped and the beaten included, finishes.
+            (&g).await.unwrap();
+            (n, ran.load(Ordering::Relaxed), seen)
+        })
+    });
+    assert_eq!(ran, spawned, "every GPU task ran to its end once");
+    assert!(
+        seen >= ROUNDS * 5,
+        "every await but the races saw its task: {seen}"
+    );
+}
