@@ -169,6 +169,63 @@ fn tokio_spawn_inside_a_task_can_spawn_and_await_tasks() {
 }
 
 #[test]
+fn detached_tokio_and_blocking_tasks_may_spawn_what_others_await() {
+    each_config!(|rt| {
+        // Each started by a task that finishes at once; nothing keeps its handle. Nothing
+        // of the runtime runs meanwhile: without counting them, the id would fail as never
+        // spawned.
+        let tokio_task = rt.block_on(async {
+            let t = TaskSpace::new("D");
+            let t1 = t.clone();
+            task(async move {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    task(async { 1 }).id(t1.at("tokio")).spawn();
+                });
+            })
+            .await
+            .unwrap();
+            t.at("tokio").await
+        });
+        assert_eq!(tokio_task, Ok(()));
+        let blocking = rt.block_on(async {
+            let t = TaskSpace::new("D");
+            let t2 = t.clone();
+            task(async move {
+                tokio::task::spawn_blocking(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    task(async { 2 }).id(t2.at("blocking")).spawn();
+                });
+            })
+            .await
+            .unwrap();
+            t.at("blocking").await
+        });
+        assert_eq!(blocking, Ok(()));
+    });
+}
+
+#[test]
+fn a_stuck_program_that_used_spawn_blocking_still_gets_its_error() {
+    let rt = support::cpu(2);
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let v = task(async { tokio::task::spawn_blocking(|| 5).await.unwrap() })
+                .await
+                .unwrap();
+            // The blocking thread idles on; the id is never spawned all the same.
+            (v, TaskSpace::new("S").at(0).await)
+        })
+    });
+    assert_eq!(r.0, 5);
+    assert!(
+        matches!(r.1, Err(TaskError::NeverSpawned { .. })),
+        "{:?}",
+        r.1
+    );
+}
+
+#[test]
 fn a_task_of_another_runtime_is_an_outside_event_to_await_and_an_error_to_depend_on() {
     let a = support::cpu(2);
     let b = support::cpu(2);

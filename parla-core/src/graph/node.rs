@@ -1040,8 +1040,8 @@ impl Header {
         unsafe { *(*p).run.get() = Some(run) };
     }
 
-    /// Records where the task is in the runtime's set of pollers (after [`save_run`]
-    /// (Self::save_run), by the same run-token holder).
+    /// Records where the task is in the runtime's set of pollers (after
+    /// [`save_run`](Self::save_run), by the same run-token holder).
     pub(crate) fn set_poller_slot(&self, slot: u32) {
         if let Some(p) = self.pended() {
             p.poller_slot.store(slot, Ordering::Relaxed);
@@ -1126,8 +1126,7 @@ impl dyn Task {
         }
     }
 
-    /// The node's header without a virtual call (this inherent method takes precedence over
-    /// [`Task::header`] on `dyn Task`).
+    /// The node's header without a virtual call (unlike [`Task::node_header`]).
     #[inline(always)]
     pub(crate) fn header(&self) -> &Header {
         // SAFETY: every node type is `#[repr(C)]` with its header first (`TaskCell`,

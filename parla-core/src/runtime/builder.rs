@@ -1,7 +1,9 @@
 //! [`Builder`]: configuring and starting a runtime.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -16,6 +18,12 @@ use crate::device::{Device, MAX_GPUS, VCU_ONE, vcu_fixed};
 use crate::error::{Error, Result};
 use crate::graph::node::Waking;
 use crate::scheduler::mapping::{MappingPolicy, MostFree};
+
+/// How long a thread of `spawn_blocking` stays after its last closure (Tokio's default is
+/// 10 s). Stall detection counts such a thread as one that may still spawn what others
+/// wait for, whether it runs a closure or idles, so it fails a stuck program's tasks at
+/// most this much later than it would without it.
+pub(crate) const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// Configures and builds a [`Runtime`].
 ///
@@ -202,12 +210,27 @@ impl Builder {
         // `tokio::spawn` inside tasks) through this, set once the runtime exists.
         let worker_rt: WorkerRt = Arc::new(OnceLock::new());
         let start_rt = worker_rt.clone();
+        // The threads of Tokio's pool (workers, and the threads of `spawn_blocking`), counted
+        // so that stall detection sees the blocking ones (`RtInner::foreign_tasks`). Tokio
+        // names each thread it makes on the thread that asks for it, before the thread
+        // starts and before `spawn_blocking` returns: counted there, a thread made for a
+        // blocking closure is counted before the task that asked for it can finish, so no
+        // stall is seen in between.
+        let pool_threads = Arc::new(AtomicUsize::new(0));
+        let (made, stopped) = (pool_threads.clone(), pool_threads.clone());
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
-            .thread_name("parla-worker")
+            .thread_name_fn(move || {
+                made.fetch_add(1, Ordering::SeqCst);
+                "parla-worker".to_string()
+            })
+            .thread_keep_alive(BLOCKING_KEEP_ALIVE)
             .enable_all()
             .on_thread_start(move || context::set_worker_rt(start_rt.clone()))
-            .on_thread_stop(context::clear_worker_rt)
+            .on_thread_stop(move || {
+                context::clear_worker_rt();
+                stopped.fetch_sub(1, Ordering::SeqCst);
+            })
             .build()?;
         let cpu_mem = self.cpu_memory.unwrap_or_else(system_memory);
         let track_running = n_gpus > 0;
@@ -268,6 +291,7 @@ impl Builder {
             waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
             cpu_threads: threads,
             ours: crossbeam_utils::CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
+            pool_threads,
             shutdown: std::sync::atomic::AtomicBool::new(false),
             ledger: super::data::ledger(me.clone(), id),
             #[cfg(all(test, not(parla_loom)))]

@@ -186,6 +186,8 @@ pub(crate) struct RtInner {
     /// any other alive Tokio task is a user's, and may still spawn tasks.
     /// (On a cache line of its own, as [`spent`](Self::spent).)
     pub(crate) ours: CachePadded<AtomicUsize>,
+    /// The threads alive in Tokio's pool: the workers, and those of `spawn_blocking`.
+    pub(crate) pool_threads: Arc<AtomicUsize>,
     pub(crate) shutdown: AtomicBool,
     /// Where data objects report the bytes they free on devices.
     pub(crate) ledger: crate::data::Ledger,
@@ -360,10 +362,19 @@ impl RtInner {
         self.counters.add(0, 1);
     }
 
-    /// Tokio tasks alive that are not the runtime's own.
+    /// Tokio tasks alive that are not the runtime's own, and the threads of Tokio's pool
+    /// beyond its workers: those run `spawn_blocking` closures (which Tokio does not count
+    /// among its tasks), or idle for a while after one ([`BLOCKING_KEEP_ALIVE`]). Either may
+    /// still spawn tasks or ids.
+    ///
+    /// [`BLOCKING_KEEP_ALIVE`]: builder::BLOCKING_KEEP_ALIVE
     pub(crate) fn foreign_tasks(&self) -> usize {
         let alive = self.tokio.metrics().num_alive_tasks();
-        alive.saturating_sub(self.ours.load(Ordering::SeqCst))
+        let blocking = self
+            .pool_threads
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.cpu_threads);
+        alive.saturating_sub(self.ours.load(Ordering::SeqCst)) + blocking
     }
 }
 

@@ -1,8 +1,10 @@
 //! The stall resolver: what to do when nothing can make progress on its own.
 //!
 //! The runtime is stalled when no poller holds a busy token (`graph::activity`), no
-//! `Handle::hold` guard lives, and no Tokio task other than the runtime's own is alive (a
-//! future started with `tokio::spawn` may still spawn tasks or ids). Then what is left can
+//! `Handle::hold` guard lives, no Tokio task other than the runtime's own is alive (a
+//! future started with `tokio::spawn` may still spawn tasks or ids), and Tokio's pool has no
+//! thread beyond its workers (one made for `spawn_blocking` may run a closure that spawns,
+//! or idle after one: `RtInner::foreign_tasks`). Then what is left can
 //! never move unless something is failed. The resolver acts one step at a time, and after
 //! each step the runtime looks again - a failed await may let its task finish and free what
 //! others wait for - so it fails the fewest tasks it can. In order:
