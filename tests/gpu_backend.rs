@@ -623,3 +623,66 @@ fn gpu_tasks_under_select_timeout_join_and_tokio_spawn() {
         "every await but the races saw its task: {seen}"
     );
 }
+
+/// `abort` on GPU tasks: one whose body awaits a channel between two launches (stopped
+/// there, its first kernel finishing on the device), one waiting for it (failed at once),
+/// and one whose body returned (left to finish). The GPU then runs the next tasks as
+/// before.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn abort_stops_gpu_tasks_and_the_gpu_runs_on() {
+    let rt = rt();
+    let r = support::within(120, move || {
+        rt.block_on(async {
+            let ran = Arc::new(AtomicUsize::new(0));
+            let g = TaskSpace::new("G");
+            let mut n = 0;
+            let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let stuck = task(async move {
+                let c = parla::gpu::current().unwrap();
+                let spin = c.kernel(KERNELS, "spin").unwrap();
+                let (ns, null): (u64, u64) = (1_000_000, 0);
+                {
+                    let mut b = c.stream().launch_builder(&spin);
+                    b.arg(&ns).arg(&null);
+                    // SAFETY: `spin` takes (unsigned long long, unsigned int*), null allowed.
+                    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                }
+                rx.await.ok();
+                unreachable!("aborted while it awaits the channel");
+            })
+            .placement(Placement::Gpu(0))
+            .spawn();
+            let waiting = task(async {})
+                .after(&stuck)
+                .placement(Placement::Gpu(0))
+                .spawn();
+            // Launches a 50 ms kernel and returns: fenced, not finished, when aborted.
+            let returned = task(async {
+                let c = parla::gpu::current().unwrap();
+                let spin = c.kernel(KERNELS, "spin").unwrap();
+                let (ns, null): (u64, u64) = (50_000_000, 0);
+                let mut b = c.stream().launch_builder(&spin);
+                b.arg(&ns).arg(&null);
+                // SAFETY: `spin` takes (unsigned long long, unsigned int*), null allowed.
+                unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                7
+            })
+            .placement(Placement::Gpu(0))
+            .spawn();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stuck.abort();
+            waiting.abort();
+            // Its body returned; its kernel still runs.
+            returned.abort();
+            let (stuck, waiting, returned) = (stuck.await, waiting.await, returned.await);
+            let next = spin_task(&g, &mut n, &ran, 10_000).await;
+            (stuck, waiting, returned, next, ran.load(Ordering::Relaxed))
+        })
+    });
+    assert!(matches!(r.0, Err(TaskError::Aborted { .. })), "{:?}", r.0);
+    assert!(matches!(r.1, Err(TaskError::Aborted { .. })), "{:?}", r.1);
+    assert_eq!(r.2, Ok(7), "a GPU task whose body returned finishes");
+    assert_eq!(r.3, Ok(1));
+    assert_eq!(r.4, 1);
+}

@@ -99,6 +99,13 @@ pub enum TaskError {
         /// The task.
         task: String,
     },
+    /// The task was aborted through its handle
+    /// ([`TaskHandle::abort`](crate::TaskHandle::abort)) before it finished.
+    #[error("task {task} was aborted")]
+    Aborted {
+        /// The task.
+        task: String,
+    },
 }
 
 impl TaskError {

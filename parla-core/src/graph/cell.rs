@@ -201,6 +201,13 @@ where
             // Not reachable under the contract; finishing is the safe answer.
             return Poll::Ready(Ok(()));
         };
+        if self.header.abort_requested() {
+            // Its handle aborted it: the body is dropped where it stands, as if it
+            // panicked at this poll.
+            clear(stage);
+            let task = self.header.name.to_string();
+            return Poll::Ready(Err(Arc::new(TaskError::Aborted { task })));
+        }
         // SAFETY: the future lives inside the `Arc`ed cell and is never moved until it is
         // dropped in place, so pinning it is sound.
         let fut = unsafe { Pin::new_unchecked(fut) };

@@ -57,6 +57,9 @@ const PUBLISHED: u8 = 16;
 const SPUN: u8 = 32;
 /// The outcome is published and is a success: read without the `links` lock.
 const SUCCEEDED: u8 = 64;
+/// Its handle asked for the task to be aborted (`TaskHandle::abort`): its body is not
+/// polled again.
+const ABORTED: u8 = 128;
 
 /// A VCU demand resolved from the chosen device's default at mapping time.
 pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
@@ -643,6 +646,17 @@ impl Header {
     /// completed before).
     pub(crate) fn join_drop(&self) -> bool {
         self.join_state.fetch_and(!JOIN_INTEREST, Ordering::AcqRel) & JOIN_COMPLETE != 0
+    }
+
+    /// Asks for the task to be aborted. Returns whether this call asked first.
+    pub(crate) fn request_abort(&self) -> bool {
+        self.join_state.fetch_or(ABORTED, Ordering::AcqRel) & ABORTED == 0
+    }
+
+    /// Whether the task was asked to abort (read before each poll of its body).
+    #[inline]
+    pub(crate) fn abort_requested(&self) -> bool {
+        self.join_state.load(Ordering::Acquire) & ABORTED != 0
     }
 
     /// A handle waits for the task.

@@ -11,7 +11,8 @@ use super::context::{self, WorkerRt};
 use super::counters::Counters;
 use super::inject::Injector;
 use super::{
-    Backing, DeviceState, GpuSlot, RtInner, Runtime, Sched, bridge, new_runtime_id, parked, stall,
+    Backing, DeviceState, GpuSlot, RtInner, Runtime, Sched, bridge, new_runtime_id, parked,
+    set_alive, stall,
 };
 use crate::device::backend::{GpuBackendFactory, GpuOptions};
 use crate::device::{Device, MAX_GPUS, VCU_ONE, vcu_fixed};
@@ -308,6 +309,7 @@ impl Builder {
             }),
         });
         let _ = worker_rt.set(Arc::downgrade(&inner));
+        set_alive(id, Arc::downgrade(&inner));
         stall::start_monitor(&inner);
         Ok(Runtime {
             tokio: Some(tokio),

@@ -144,17 +144,39 @@ impl DeviceState {
 }
 
 static NEXT_RUNTIME: AtomicU32 = AtomicU32::new(1);
-static ALIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// The runtimes running, by id (with their state, once built).
+static ALIVE: Mutex<Vec<(u32, Weak<RtInner>)>> = Mutex::new(Vec::new());
 
 fn new_runtime_id() -> u32 {
     let id = NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed);
-    ALIVE.lock().push(id);
+    ALIVE.lock().push((id, Weak::new()));
     id
+}
+
+/// Records the state of the runtime numbered `id`, now built (see [`runtime_of`]).
+fn set_alive(id: u32, rt: Weak<RtInner>) {
+    if let Some(e) = ALIVE.lock().iter_mut().find(|e| e.0 == id) {
+        e.1 = rt;
+    }
 }
 
 /// Whether the runtime with this id is still running.
 pub(crate) fn runtime_alive(id: u32) -> bool {
-    ALIVE.lock().contains(&id)
+    ALIVE.lock().iter().any(|e| e.0 == id)
+}
+
+/// Runs `f` in the runtime numbered `id`, from any thread, if it is still running: entered
+/// (as [`Handle::enter`] does) and held off stall detection meanwhile. For code that holds
+/// one of the runtime's tasks but may run anywhere (`TaskHandle::abort`).
+pub(crate) fn in_runtime<R>(id: u32, f: impl FnOnce(&Arc<RtInner>) -> R) -> Option<R> {
+    let rt = ALIVE
+        .lock()
+        .iter()
+        .find(|e| e.0 == id)
+        .and_then(|e| e.1.upgrade())?;
+    let h = Handle { inner: rt };
+    let _entered = h.enter();
+    Some(f(&h.inner))
 }
 
 /// State shared by the runtime, its handles, its drivers and its tasks.
@@ -611,7 +633,7 @@ impl Drop for Runtime {
             drop(t);
         }
         stall::cancel_all(inner);
-        ALIVE.lock().retain(|&id| id != inner.id);
+        ALIVE.lock().retain(|e| e.0 != inner.id);
         #[cfg(feature = "tracing")]
         if let Some(t) = &inner.trace {
             // Closes the file and prints the summary, if asked to.

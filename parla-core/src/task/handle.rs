@@ -48,6 +48,56 @@ impl<T: 'static> TaskHandle<T> {
         self.task.header().outcome().is_some()
     }
 
+    /// Aborts the task, as Tokio's `JoinHandle::abort` does: it resolves to
+    /// [`TaskError::Aborted`] unless it finished already, and its dependents to
+    /// [`TaskError::DependencyFailed`] naming it.
+    ///
+    /// - A task still waiting for its dependencies is failed at once, without running.
+    /// - A task that started is stopped at its next poll: its future is dropped where it
+    ///   awaits (a task suspended on a channel or a timer is woken for that).
+    /// - A task whose dependencies are met but that waits for its device's VCUs or memory
+    ///   resolves once admitted, without running its body.
+    /// - A GPU task whose body returned already finishes as it would have: its work is on
+    ///   the device.
+    /// - As after a task that panicked, the tasks that access an array after an aborted
+    ///   writer of it (in the order of their declared accesses) fail too.
+    ///
+    /// Works from any thread. Awaiting the handle afterwards gives the outcome.
+    ///
+    /// ```
+    /// # let rt = parla_core::Runtime::builder().cpu_threads(2).build().unwrap();
+    /// # rt.block_on(async {
+    /// use parla_core::{TaskError, task};
+    /// let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+    /// let stuck = task(async move { rx.await.ok() }).spawn();
+    /// let after = task(async {}).after(&stuck).spawn();
+    /// stuck.abort();
+    /// assert!(matches!(stuck.await, Err(TaskError::Aborted { .. })));
+    /// assert!(matches!(after.await, Err(TaskError::DependencyFailed { .. })));
+    /// # });
+    /// ```
+    pub fn abort(&self) {
+        let h = self.task.header();
+        if h.outcome().is_some() || !h.request_abort() {
+            return;
+        }
+        let task = self.node();
+        if h.is_waiting() {
+            let err = TaskError::Aborted {
+                task: h.name.to_string(),
+            };
+            let failed = crate::runtime::in_runtime(h.rt_id, |rt| {
+                rt.with_local(|l| crate::graph::fail_unrun(&task, err, &mut l.fx))
+            });
+            if failed == Some(true) {
+                return;
+            }
+        }
+        // Started, or about to: its next poll sees the request. A wake makes sure there is
+        // one (a spurious wake to a task that runs or was never polled does nothing).
+        waker::task_poll_waker(&task).wake_by_ref();
+    }
+
     /// The task's name: `T[cpu, 0]`, or `#<n>` for a task without an id.
     pub fn name(&self) -> String {
         self.task.header().name.to_string()
