@@ -429,14 +429,7 @@ fn a_trace_times_gpu_tasks_with_cuda_events() {
         let t = TaskSpace::new("Kernel");
         for i in 0..4 {
             spawn_in_chain(&t, i, async {
-                let g = parla::gpu::current().unwrap();
-                let f = g.kernel(KERNELS, "spin").unwrap();
-                let (ns, null): (u64, u64) = (2_000_000, 0);
-                let mut b = g.stream().launch_builder(&f);
-                b.arg(&ns).arg(&null);
-                // SAFETY: `spin` takes (unsigned long long, unsigned int*); a null flag is
-                // allowed by the kernel.
-                unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                launch_spin(&parla::gpu::current().unwrap(), 2_000_000);
             });
         }
         t.await.unwrap();
@@ -497,6 +490,16 @@ fn urgent_tasks_run_on_high_priority_streams() {
         urgent < 0,
         "the device's highest priority is below 0 on every CUDA GPU: {urgent}"
     );
+}
+
+/// Launches `spin` for `ns` nanoseconds of GPU time on the task's stream (no flag).
+fn launch_spin(c: &parla::gpu::GpuContext, ns: u64) {
+    let spin = c.kernel(KERNELS, "spin").unwrap();
+    let null: u64 = 0;
+    let mut b = c.stream().launch_builder(&spin);
+    b.arg(&ns).arg(&null);
+    // SAFETY: `spin` takes (unsigned long long, unsigned int*); a null flag is allowed.
+    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
 }
 
 /// A GPU task named `g.at(n)` that spins `ns` nanoseconds on GPU 0 in a kernel that then
@@ -639,15 +642,7 @@ fn abort_stops_gpu_tasks_and_the_gpu_runs_on() {
             let mut n = 0;
             let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
             let stuck = task(async move {
-                let c = parla::gpu::current().unwrap();
-                let spin = c.kernel(KERNELS, "spin").unwrap();
-                let (ns, null): (u64, u64) = (1_000_000, 0);
-                {
-                    let mut b = c.stream().launch_builder(&spin);
-                    b.arg(&ns).arg(&null);
-                    // SAFETY: `spin` takes (unsigned long long, unsigned int*), null allowed.
-                    unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
-                }
+                launch_spin(&parla::gpu::current().unwrap(), 1_000_000);
                 rx.await.ok();
                 unreachable!("aborted while it awaits the channel");
             })
@@ -659,13 +654,7 @@ fn abort_stops_gpu_tasks_and_the_gpu_runs_on() {
                 .spawn();
             // Launches a 50 ms kernel and returns: fenced, not finished, when aborted.
             let returned = task(async {
-                let c = parla::gpu::current().unwrap();
-                let spin = c.kernel(KERNELS, "spin").unwrap();
-                let (ns, null): (u64, u64) = (50_000_000, 0);
-                let mut b = c.stream().launch_builder(&spin);
-                b.arg(&ns).arg(&null);
-                // SAFETY: `spin` takes (unsigned long long, unsigned int*), null allowed.
-                unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+                launch_spin(&parla::gpu::current().unwrap(), 50_000_000);
                 7
             })
             .placement(Placement::Gpu(0))
