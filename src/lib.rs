@@ -42,10 +42,10 @@ pub use array::clone_here;
 pub use runtime::{Builder, Runtime};
 
 pub use parla_core::{
-    Arch, Candidate, DepList, Deps, Device, EnterGuard, Error, Handle, Hold, IntoDeps, IntoKey,
-    IntoPart, IntoPlacements, Key, KeyRange, MappingPolicy, MostFree, Part, Placement, Placements,
-    RangeWait, RefWait, Result, SpaceWait, TaskBuilder, TaskError, TaskHandle, TaskInfo, TaskRange,
-    TaskRef, TaskSpace, current_device, current_task, deps, task,
+    AbortHandle, Arch, Candidate, DepList, Deps, Device, EnterGuard, Error, Handle, Hold, IntoDeps,
+    IntoKey, IntoPart, IntoPlacements, Key, KeyRange, MappingPolicy, MostFree, Part, Placement,
+    Placements, RangeWait, RefWait, Result, SpaceWait, TaskBuilder, TaskError, TaskHandle,
+    TaskInfo, TaskRange, TaskRef, TaskSpace, current_device, current_task, deps, task,
 };
 pub use parla_core::{data, trace, variants};
 pub use parla_macros::{main, specialize, task, variant};

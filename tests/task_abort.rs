@@ -88,6 +88,28 @@ fn abort_fails_a_task_waiting_on_its_dependencies_at_once() {
 }
 
 #[test]
+fn an_abort_handle_stops_a_task_awaited_elsewhere() {
+    each_config!(|rt| {
+        let (in_task, handles_done) = rt.block_on(async {
+            let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let h = task(async move { rx.await.ok() }).spawn();
+            let stop = h.abort_handle();
+            let again = stop.clone();
+            // The handle is awaited by another task; the abort handle stops it from here.
+            let awaiting = task(h).spawn();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(!stop.is_finished());
+            stop.abort();
+            again.abort(); // a second request changes nothing
+            let r = awaiting.await.unwrap();
+            (r, stop.is_finished() && again.is_finished())
+        });
+        assert!(aborted(&in_task), "{in_task:?}");
+        assert!(handles_done);
+    });
+}
+
+#[test]
 fn abort_of_a_finished_task_changes_nothing() {
     each_config!(|rt| {
         let r = rt.block_on(async {

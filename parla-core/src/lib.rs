@@ -48,7 +48,7 @@ pub use space::{
     IntoKey, IntoPart, Key, KeyRange, Part, RangeWait, RefWait, SpaceWait, TaskRange, TaskRef,
     TaskSpace,
 };
-pub use task::{DepList, Deps, IntoDeps, TaskBuilder, TaskHandle, deps, task};
+pub use task::{AbortHandle, DepList, Deps, IntoDeps, TaskBuilder, TaskHandle, deps, task};
 
 /// The layering of the crate: the pure core (the task graph, scheduling decisions, devices,
 /// keys, errors) never names the executor or the API built on it, so it can be tested

@@ -77,25 +77,27 @@ impl<T: 'static> TaskHandle<T> {
     /// # });
     /// ```
     pub fn abort(&self) {
-        let h = self.task.header();
-        if h.outcome().is_some() || !h.request_abort() {
-            return;
-        }
-        let task = self.node();
-        if h.is_waiting() {
-            let err = TaskError::Aborted {
-                task: h.name.to_string(),
-            };
-            let failed = crate::runtime::in_runtime(h.rt_id, |rt| {
-                rt.with_local(|l| crate::graph::fail_unrun(&task, err, &mut l.fx))
-            });
-            if failed == Some(true) {
-                return;
-            }
-        }
-        // Started, or about to: its next poll sees the request. A wake makes sure there is
-        // one (a spurious wake to a task that runs or was never polled does nothing).
-        waker::task_poll_waker(&task).wake_by_ref();
+        abort(&self.node());
+    }
+
+    /// A handle that can [`abort`](AbortHandle::abort) the task, cloneable and usable
+    /// while this handle is awaited elsewhere (Tokio's `JoinHandle::abort_handle`).
+    ///
+    /// ```
+    /// # let rt = parla_core::Runtime::builder().cpu_threads(2).build().unwrap();
+    /// # rt.block_on(async {
+    /// use parla_core::{TaskError, task};
+    /// let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+    /// let h = task(async move { rx.await.ok() }).spawn();
+    /// let stop = h.abort_handle();
+    /// let waiter = tokio::spawn(h); // the handle is awaited elsewhere
+    /// stop.abort();
+    /// assert!(matches!(waiter.await.unwrap(), Err(TaskError::Aborted { .. })));
+    /// assert!(stop.is_finished());
+    /// # });
+    /// ```
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle { task: self.node() }
     }
 
     /// The task's name: `T[cpu, 0]`, or `#<n>` for a task without an id.
@@ -208,4 +210,55 @@ impl<T: 'static> fmt::Debug for TaskHandle<T> {
             .field("finished", &self.is_finished())
             .finish()
     }
+}
+
+/// Aborts a task from anywhere, without its result: see [`TaskHandle::abort_handle`].
+///
+/// Cheap to clone; it keeps the task's memory until it is dropped.
+#[derive(Clone)]
+pub struct AbortHandle {
+    task: Arc<dyn Task>,
+}
+
+impl AbortHandle {
+    /// Aborts the task, as [`TaskHandle::abort`] does.
+    pub fn abort(&self) {
+        abort(&self.task);
+    }
+
+    /// Whether the task finished (successfully or not).
+    pub fn is_finished(&self) -> bool {
+        self.task.header().outcome().is_some()
+    }
+}
+
+impl fmt::Debug for AbortHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortHandle")
+            .field("task", &self.task.header().name.to_string())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+/// [`TaskHandle::abort`] of `task`.
+fn abort(task: &Arc<dyn Task>) {
+    let h = task.header();
+    if h.outcome().is_some() || !h.request_abort() {
+        return;
+    }
+    if h.is_waiting() {
+        let err = TaskError::Aborted {
+            task: h.name.to_string(),
+        };
+        let failed = crate::runtime::in_runtime(h.rt_id, |rt| {
+            rt.with_local(|l| crate::graph::fail_unrun(task, err, &mut l.fx))
+        });
+        if failed == Some(true) {
+            return;
+        }
+    }
+    // Started, or about to: its next poll sees the request. A wake makes sure there is one
+    // (a spurious wake to a task that runs or was never polled does nothing).
+    waker::task_poll_waker(task).wake_by_ref();
 }

@@ -8,8 +8,8 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 
 pub use deps::{DepList, Deps, IntoDeps, deps};
-pub use handle::TaskHandle;
 pub(crate) use handle::await_deadlock;
+pub use handle::{AbortHandle, TaskHandle};
 
 use crate::device::{IntoPlacements, Placements};
 use crate::error::TaskError;
