@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Model-checks the concurrent protocols with loom: device admission (task and resume lanes),
 # CPU tasks keeping their VCUs while they wait (the handshake with queued tasks),
-# activity words (park, wake, outside clones), node state and links (publish vs register,
-# readiness, the join protocol), the driver/injector handshake, taking turns at serving
-# a queue (data admission), and the free-slot set of GPU stream pools.
+# activity words (park, wake, outside clones, an abort against a poll), node state and
+# links (publish vs register, readiness, the join protocol), the driver/injector handshake,
+# taking turns at serving a queue (data admission), and the free-slot set of GPU stream
+# pools.
 # Uses its own target directory: `--cfg parla_loom` changes the build of parla-core.
 set -euo pipefail
 cd "$(dirname "$0")/.."

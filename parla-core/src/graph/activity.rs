@@ -212,6 +212,13 @@ impl Activity {
         self.word.load(Ordering::Acquire) & STATE == PARKED
     }
 
+    /// A read-modify-write that changes nothing: it reads the word's latest value, and what
+    /// wrote it before. An abort touches the word before it wakes the task (see
+    /// `Header::abort_seen_after_poll` for why).
+    pub(crate) fn touch(&self) {
+        self.word.fetch_or(0, Ordering::AcqRel);
+    }
+
     /// Whether a wake is pending (the poller should be polled).
     pub(crate) fn is_notified(&self) -> bool {
         self.word.load(Ordering::Acquire) & STATE == NOTIFIED
@@ -310,7 +317,7 @@ mod test {
 mod loom_test {
     use super::*;
     use loom::sync::Arc;
-    use loom::sync::atomic::AtomicI64;
+    use loom::sync::atomic::{AtomicI64, AtomicU8};
     use loom::thread;
 
     /// Applies the token changes the transitions report to a shared count, as the executor
@@ -374,6 +381,55 @@ mod loom_test {
             assert!(p.act.is_notified());
             assert_eq!(p.busy.load(Ordering::SeqCst), 1);
         });
+    }
+
+    /// An abort (its flag set, the activity word touched, then a wake) racing with a poll
+    /// that ends pending, the task's first (`first`) or a later one. The poll sees the flag
+    /// as it starts, or it ends notified, or it sees the flag after `end_poll` (and wakes
+    /// itself), or the abort's wake schedules the task: the abort is never lost.
+    fn abort_vs_pending_poll(first: bool) {
+        loom::model(move || {
+            let p = Arc::new(Poller {
+                act: Activity::new(),
+                busy: AtomicI64::new(1),
+            });
+            if !first {
+                // Polled once already, and notified for the poll below.
+                p.act.begin_poll();
+                assert_eq!(p.act.end_poll(false), EndPoll::Idle);
+                assert!(matches!(p.act.wake(), Woken::Schedule { .. }));
+            }
+            let flag = Arc::new(AtomicU8::new(0));
+            let (p2, f2) = (p.clone(), flag.clone());
+            let t = thread::spawn(move || {
+                f2.fetch_or(1, Ordering::AcqRel);
+                p2.act.touch();
+                matches!(p2.act.wake(), Woken::Schedule { .. })
+            });
+            if first {
+                p.act.begin_first_poll();
+            } else {
+                p.act.begin_poll();
+            }
+            let at_start = flag.load(Ordering::Acquire) != 0;
+            let end = p.act.end_poll(false);
+            let after = end != EndPoll::Notified && flag.fetch_or(0, Ordering::AcqRel) != 0;
+            let scheduled = t.join().unwrap();
+            assert!(
+                at_start || end == EndPoll::Notified || after || scheduled,
+                "the abort is lost"
+            );
+        });
+    }
+
+    #[test]
+    fn abort_vs_first_poll() {
+        abort_vs_pending_poll(true);
+    }
+
+    #[test]
+    fn abort_vs_later_poll() {
+        abort_vs_pending_poll(false);
     }
 
     /// Two wakes of a parked poller: one token comes back.

@@ -659,6 +659,24 @@ impl Header {
         self.join_state.load(Ordering::Acquire) & ABORTED != 0
     }
 
+    /// Whether the task was asked to abort, read after a poll that returned `Pending` and
+    /// ended (`Activity::end_poll`) without a wake pending; if so, the poller wakes the
+    /// task, whose next poll aborts it.
+    ///
+    /// The check at the start of a poll alone can miss a request: the poller writes its
+    /// activity word and then reads the flag, the aborter writes the flag and then reads
+    /// the word, and each may read the other's old value (the first poll's start is even a
+    /// plain store). So both sides use read-modify-writes: the aborter sets the flag and
+    /// then touches the activity word before its wake; the poller ends the poll and then
+    /// reads the flag with this read-modify-write. If this one comes after the aborter's
+    /// in the flag's order, it sees the flag. If it comes first, the aborter's reads it,
+    /// so the end of the poll happened before the aborter's touch, and its wake sees the
+    /// task idle or parked and schedules it. (Loom models: `activity::loom_test`,
+    /// `abort_vs_first_poll` and `abort_vs_later_poll`.)
+    pub(crate) fn abort_seen_after_poll(&self) -> bool {
+        self.join_state.fetch_or(0, Ordering::AcqRel) & ABORTED != 0
+    }
+
     /// A handle waits for the task.
     pub(crate) fn set_join_awaited(&self) {
         if self.join_state.load(Ordering::Relaxed) & JOIN_AWAITED == 0 {

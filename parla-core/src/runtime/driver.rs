@@ -453,7 +453,14 @@ impl Driver {
                         }
                     }
                     // Woken during its poll: it keeps its token and runs again.
-                    EndPoll::Notified => rt.schedule_woken(task, false),
+                    EndPoll::Notified => {
+                        rt.schedule_woken(task, false);
+                        return if awaits { 1 } else { OUTSIDE_COST };
+                    }
+                }
+                if h.abort_seen_after_poll() {
+                    // Aborted during the poll: the next one aborts it (see there).
+                    waker::task_poll_waker(&task).wake_by_ref();
                 }
                 if awaits { 1 } else { OUTSIDE_COST }
             }

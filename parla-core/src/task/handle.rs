@@ -259,6 +259,8 @@ fn abort(task: &Arc<dyn Task>) {
         }
     }
     // Started, or about to: its next poll sees the request. A wake makes sure there is one
-    // (a spurious wake to a task that runs or was never polled does nothing).
+    // (a spurious wake to a task that runs or was never polled does nothing); the touch
+    // before it is the aborter's half of the handshake in `Header::abort_seen_after_poll`.
+    h.act.touch();
     waker::task_poll_waker(task).wake_by_ref();
 }
