@@ -27,6 +27,22 @@ fn failed_by_abort<T: std::fmt::Debug>(r: &Result<T, TaskError>) -> bool {
         if matches!(**cause, TaskError::Aborted { .. }))
 }
 
+/// The outcomes of a task aborted while it waited on a dependency, of one aborted while it
+/// ran, and of that dependency (which returns `true` once it is let go).
+type TwoAbortedAndDependency<A, B> = (
+    Result<A, TaskError>,
+    Result<B, TaskError>,
+    Result<bool, TaskError>,
+);
+
+fn both_aborted_dependency_ran<A: std::fmt::Debug, B: std::fmt::Debug>(
+    r: &TwoAbortedAndDependency<A, B>,
+) {
+    assert!(aborted(&r.0), "the waiting task: {:?}", r.0);
+    assert!(aborted(&r.1), "the running task: {:?}", r.1);
+    assert_eq!(r.2, Ok(true), "the dependency runs on");
+}
+
 #[test]
 fn abort_stops_a_task_suspended_on_a_channel() {
     each_config!(|rt| {
@@ -148,9 +164,7 @@ fn abort_works_from_a_thread_of_the_programs_own() {
             drop(tx2);
             (r.0, r.1, dep.await)
         });
-        assert!(aborted(&r.0), "{:?}", r.0);
-        assert!(aborted(&r.1), "{:?}", r.1);
-        assert_eq!(r.2, Ok(true));
+        both_aborted_dependency_ran(&r);
     });
 }
 
@@ -247,9 +261,7 @@ fn abort_on_virtual_gpus_before_and_after_the_start() {
             (r.0, r.1, dep.await)
         })
     });
-    assert!(aborted(&r.0), "{:?}", r.0);
-    assert!(aborted(&r.1), "{:?}", r.1);
-    assert_eq!(r.2, Ok(true));
+    both_aborted_dependency_ran(&r);
 }
 
 #[test]
