@@ -38,7 +38,7 @@ fn main() -> parla::Result<()> {
         let searches: Vec<TaskHandle<u64>> = (0..8u64)
             .map(|seed| task(search(seed, 2_000_003)).spawn())
             .collect();
-        let stops: Vec<parla::AbortHandle> = searches.iter().map(|s| s.abort_handle()).collect();
+        let stops: Vec<AbortHandle> = searches.iter().map(|s| s.abort_handle()).collect();
         // A report after all of them, which would run only if every search succeeded.
         let report = task(async { println!("every search finished") })
             .after(&searches)

@@ -65,8 +65,8 @@ pub mod gpu {
 /// What most programs need: `use parla::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Arch, Device, Placement, Runtime, TaskError, TaskHandle, TaskRef, TaskSpace, clone_here,
-        current_device, current_task, task,
+        AbortHandle, Arch, Device, Placement, Runtime, TaskError, TaskHandle, TaskRef, TaskSpace,
+        clone_here, current_device, current_task, task,
     };
 }
 
