@@ -627,10 +627,9 @@ fn gpu_tasks_under_select_timeout_join_and_tokio_spawn() {
     );
 }
 
-/// `abort` on GPU tasks: one whose body awaits a channel between two launches (stopped
-/// there, its first kernel finishing on the device), one waiting for it (failed at once),
-/// and one whose body returned (left to finish). The GPU then runs the next tasks as
-/// before.
+/// `abort` on GPU tasks: one whose body awaits a channel after a launch (stopped there,
+/// its kernel finishing on the device), one waiting for it (failed at once), and one whose
+/// body returned (left to finish). The GPU then runs the next task as before.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn abort_stops_gpu_tasks_and_the_gpu_runs_on() {

@@ -168,38 +168,37 @@ fn tokio_spawn_inside_a_task_can_spawn_and_await_tasks() {
     });
 }
 
+/// Awaits `D[0]` from `block_on` after a task that hands `start` the space `D` and
+/// finishes at once: what `start` begins must spawn `D[0]`, and nothing keeps its handle.
+fn await_what_a_detached_start_spawns(
+    rt: &parla::Runtime,
+    start: impl FnOnce(TaskSpace) + Send + 'static,
+) -> Result<(), TaskError> {
+    rt.block_on(async {
+        let t = TaskSpace::new("D");
+        let t1 = t.clone();
+        task(async move { start(t1) }).await.unwrap();
+        t.at(0).await
+    })
+}
+
 #[test]
 fn detached_tokio_and_blocking_tasks_may_spawn_what_others_await() {
     each_config!(|rt| {
-        // Each started by a task that finishes at once; nothing keeps its handle. Nothing
-        // of the runtime runs meanwhile: without counting them, the id would fail as never
-        // spawned.
-        let tokio_task = rt.block_on(async {
-            let t = TaskSpace::new("D");
-            let t1 = t.clone();
-            task(async move {
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    task(async { 1 }).id(t1.at("tokio")).spawn();
-                });
-            })
-            .await
-            .unwrap();
-            t.at("tokio").await
+        // Nothing of the runtime runs meanwhile: without counting what each starts, the id
+        // would fail as never spawned.
+        let tokio_task = await_what_a_detached_start_spawns(&rt, |t| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                task(async { 1 }).id(t.at(0)).spawn();
+            });
         });
         assert_eq!(tokio_task, Ok(()));
-        let blocking = rt.block_on(async {
-            let t = TaskSpace::new("D");
-            let t2 = t.clone();
-            task(async move {
-                tokio::task::spawn_blocking(move || {
-                    std::thread::sleep(Duration::from_millis(50));
-                    task(async { 2 }).id(t2.at("blocking")).spawn();
-                });
-            })
-            .await
-            .unwrap();
-            t.at("blocking").await
+        let blocking = await_what_a_detached_start_spawns(&rt, |t| {
+            tokio::task::spawn_blocking(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                task(async { 2 }).id(t.at(0)).spawn();
+            });
         });
         assert_eq!(blocking, Ok(()));
     });

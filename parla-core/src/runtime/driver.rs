@@ -445,22 +445,20 @@ impl Driver {
                     rt.pollers.hold(&task);
                 }
                 match h.act.end_poll(awaits) {
-                    EndPoll::Parked => self.local.busy -= 1,
-                    EndPoll::Idle => {
-                        if holds && rt.pollers.held.lend_now(|| rt.cpu_waiting()) {
+                    // Woken during its poll: it keeps its token and runs again.
+                    EndPoll::Notified => rt.schedule_woken(task, false),
+                    ended => {
+                        if ended == EndPoll::Parked {
+                            self.local.busy -= 1;
+                        } else if holds && rt.pollers.held.lend_now(|| rt.cpu_waiting()) {
                             rt.lend_held(&task, &mut self.local.admitted);
                             rt.launch(&mut self.local);
                         }
+                        if h.abort_seen_after_poll() {
+                            // Aborted during the poll: the next one aborts it (see there).
+                            waker::task_poll_waker(&task).wake_by_ref();
+                        }
                     }
-                    // Woken during its poll: it keeps its token and runs again.
-                    EndPoll::Notified => {
-                        rt.schedule_woken(task, false);
-                        return if awaits { 1 } else { OUTSIDE_COST };
-                    }
-                }
-                if h.abort_seen_after_poll() {
-                    // Aborted during the poll: the next one aborts it (see there).
-                    waker::task_poll_waker(&task).wake_by_ref();
                 }
                 if awaits { 1 } else { OUTSIDE_COST }
             }

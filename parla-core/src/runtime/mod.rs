@@ -153,7 +153,7 @@ fn new_runtime_id() -> u32 {
     id
 }
 
-/// Records the state of the runtime numbered `id`, now built (see [`runtime_of`]).
+/// Records the state of the runtime numbered `id`, now built (see [`in_runtime`]).
 fn set_alive(id: u32, rt: Weak<RtInner>) {
     if let Some(e) = ALIVE.lock().iter_mut().find(|e| e.0 == id) {
         e.1 = rt;
