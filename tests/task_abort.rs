@@ -169,6 +169,33 @@ fn abort_works_from_a_thread_of_the_programs_own() {
 }
 
 #[test]
+fn abort_after_the_runtime_is_gone_changes_nothing() {
+    let rt = support::cpu(2);
+    let h = rt.handle();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let running = h.spawn(task(async move { rx.await.is_ok() }));
+    let waiting = h.spawn(task(async { 1 }).after(&running));
+    std::thread::sleep(Duration::from_millis(10));
+    drop(rt);
+    // No runtime left to act in: the requests find the tasks cancelled.
+    running.abort();
+    waiting.abort();
+    drop(tx);
+    let r = support::within(30, move || {
+        let local = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        local.block_on(async move { (running.await, waiting.await) })
+    });
+    assert!(matches!(r.0, Err(TaskError::Cancelled { .. })), "{:?}", r.0);
+    assert!(
+        matches!(r.1, Err(TaskError::DependencyFailed { .. })),
+        "{:?}",
+        r.1
+    );
+}
+
+#[test]
 fn a_task_aborted_while_it_waits_for_vcus_resolves_without_running() {
     let rt = support::cpu(2);
     let ran = Arc::new(AtomicUsize::new(0));
