@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Model-checks the concurrent protocols with loom: device admission (task and resume lanes),
+# Model-checks the concurrent protocols with loom: device admission (task and resume lanes,
+# an abort against queuers, releases and lenders),
 # CPU tasks keeping their VCUs while they wait (the handshake with queued tasks),
 # activity words (park, wake, outside clones, an abort against a poll), node state and
 # links (publish vs register, readiness, the join protocol), the driver/injector handshake,

@@ -223,6 +223,156 @@ fn a_task_aborted_while_it_waits_for_vcus_resolves_without_running() {
     assert_eq!(ran.load(Ordering::SeqCst), 0, "the aborted body never ran");
 }
 
+/// A GPU task asking for three quarters of a gigabyte (and a tenth of the GPU).
+fn big_on_gpu<F>(b: parla::TaskBuilder<F>) -> parla::TaskBuilder<F>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    b.placement(Placement::AnyGpu).vcus(0.1).memory(3 << 28)
+}
+
+/// Spawns `n` tasks (default VCUs, or [`big_on_gpu`] with `gpu`) that each block their
+/// worker, spinning until `release` is set; returns once all of them run. With as many as
+/// the runtime has workers, no task can be polled until `release`.
+async fn occupy_workers(n: usize, release: &Arc<AtomicBool>, gpu: bool) -> Vec<TaskHandle<()>> {
+    let running = Arc::new(AtomicUsize::new(0));
+    let hs = (0..n)
+        .map(|_| {
+            let (release, running) = (release.clone(), running.clone());
+            let b = task(async move {
+                running.fetch_add(1, Ordering::SeqCst);
+                while !release.load(Ordering::SeqCst) {
+                    std::hint::spin_loop();
+                }
+            });
+            if gpu {
+                big_on_gpu(b).spawn()
+            } else {
+                b.spawn()
+            }
+        })
+        .collect();
+    wait_for(&running, n);
+    hs
+}
+
+/// Blocks until `count` reaches `n`. (Not a Tokio sleep: with every worker blocked, nothing
+/// would drive its timer.)
+fn wait_for(count: &AtomicUsize, n: usize) {
+    while count.load(Ordering::SeqCst) < n {
+        std::thread::yield_now();
+    }
+}
+
+/// A task that waits for its VCUs behind tasks that hold the whole CPU (and both workers)
+/// resolves as soon as it is aborted: taken out of the admission queue, not left there
+/// until the CPU frees up. (Left there, it could not even be polled: no worker is free.)
+#[test]
+fn a_task_aborted_while_the_cpu_is_full_resolves_at_once() {
+    let rt = support::cpu(2);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r2 = ran.clone();
+    let r = support::within(30, move || {
+        rt.block_on(async move {
+            let release = Arc::new(AtomicBool::new(false));
+            let busy = occupy_workers(2, &release, false).await;
+            let queued: Vec<_> = (0..3)
+                .map(|_| {
+                    let r2 = r2.clone();
+                    task(async move {
+                        r2.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .spawn()
+                })
+                .collect();
+            // The middle one, then the others.
+            queued[1].abort();
+            queued[0].abort();
+            queued[2].abort();
+            let mut outcomes = Vec::new();
+            for q in queued {
+                outcomes.push(q.await);
+            }
+            release.store(true, Ordering::SeqCst);
+            for b in busy {
+                b.await.unwrap();
+            }
+            outcomes
+        })
+    });
+    assert!(r.iter().all(aborted), "{r:?}");
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "no aborted body ran");
+}
+
+/// A task that lent its VCUs while it awaited a channel, woken while the CPU is full, waits
+/// to take them back; aborted then, it resolves at once. So does one aborted while it is
+/// still parked (the abort's wake would send it to take its VCUs back).
+#[test]
+fn a_parked_task_aborted_while_the_cpu_is_full_resolves_at_once() {
+    let rt = support::cpu(2);
+    let r = support::within(30, move || {
+        rt.block_on(async move {
+            let past = Arc::new(AtomicUsize::new(0));
+            let started = Arc::new(AtomicUsize::new(0));
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let parked = |rx: tokio::sync::oneshot::Receiver<()>| {
+                let (past, started) = (past.clone(), started.clone());
+                task(async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let _ = rx.await;
+                    past.fetch_add(1, Ordering::SeqCst);
+                })
+                .spawn()
+            };
+            let woken = parked(rx);
+            let (_keep, never) = tokio::sync::oneshot::channel::<()>();
+            let still = parked(never);
+            wait_for(&started, 2);
+            // The two parked tasks lend their VCUs to these once they wait for them.
+            let release = Arc::new(AtomicBool::new(false));
+            let busy = occupy_workers(2, &release, false).await;
+            tx.send(()).unwrap();
+            woken.abort();
+            still.abort();
+            let r = (woken.await, still.await);
+            release.store(true, Ordering::SeqCst);
+            for b in busy {
+                b.await.unwrap();
+            }
+            (r, past.load(Ordering::SeqCst))
+        })
+    });
+    let ((woken, still), past) = r;
+    assert!(aborted(&woken), "{woken:?}");
+    assert!(aborted(&still), "{still:?}");
+    assert_eq!(past, 0, "neither ran past its await");
+}
+
+/// The same on a virtual GPU whose memory a running task holds: a task waiting for that
+/// memory resolves as soon as it is aborted.
+#[test]
+fn a_task_aborted_while_it_waits_for_gpu_memory_resolves_at_once() {
+    let rt = support::vgpu(2, 1, 1 << 30);
+    let r = support::within(30, move || {
+        rt.block_on(async move {
+            let release = Arc::new(AtomicBool::new(false));
+            // One task holds three quarters of the memory and one worker, one CPU task the
+            // other worker; the next that asks for as much memory waits.
+            let busy = occupy_workers(1, &release, true).await;
+            let more = occupy_workers(1, &release, false).await;
+            let waiting = big_on_gpu(task(async {})).spawn();
+            waiting.abort();
+            let r = waiting.await;
+            release.store(true, Ordering::SeqCst);
+            for b in busy.into_iter().chain(more) {
+                b.await.unwrap();
+            }
+            r
+        })
+    });
+    assert!(aborted(&r), "{r:?}");
+}
+
 #[test]
 fn an_aborted_parent_lets_its_children_run_on() {
     each_config!(|rt| {

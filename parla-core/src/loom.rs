@@ -55,6 +55,12 @@ pub(crate) mod sync {
             self.0.is_empty()
         }
     }
+
+    /// Lets other threads run while this one waits for one of them (a spin's pause).
+    #[inline]
+    pub(crate) fn yield_now() {
+        std::thread::yield_now();
+    }
 }
 
 #[cfg(parla_loom)]
@@ -175,5 +181,10 @@ pub(crate) mod sync {
                 drop(unsafe { Box::from_raw(n) });
             }
         }
+    }
+
+    /// Lets other threads run while this one waits for one of them (a spin's pause).
+    pub(crate) fn yield_now() {
+        loom::thread::yield_now();
     }
 }

@@ -205,8 +205,7 @@ where
             // Its handle aborted it: the body is dropped where it stands, as if it
             // panicked at this poll.
             clear(stage);
-            let task = self.header.name.to_string();
-            return Poll::Ready(Err(Arc::new(TaskError::Aborted { task })));
+            return Poll::Ready(Err(Arc::new(self.header.aborted_error())));
         }
         // SAFETY: the future lives inside the `Arc`ed cell and is never moved until it is
         // dropped in place, so pinning it is sound.

@@ -659,6 +659,14 @@ impl Header {
         self.join_state.load(Ordering::Acquire) & ABORTED != 0
     }
 
+    /// The error an aborted task resolves to.
+    #[cold]
+    pub(crate) fn aborted_error(&self) -> TaskError {
+        TaskError::Aborted {
+            task: self.name.to_string(),
+        }
+    }
+
     /// Whether the task was asked to abort, read after a poll that returned `Pending` and
     /// ended (`Activity::end_poll`) without a wake pending; if so, the poller wakes the
     /// task, whose next poll aborts it.

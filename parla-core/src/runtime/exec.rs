@@ -25,6 +25,7 @@ use crate::graph::node::{
     DEFAULT_VCU, Header, Outcome, Recycle, Task, prefetch_for_write, wake_quietly,
 };
 use crate::graph::{self, Effects};
+use crate::scheduler::admission::{self, Lane, Resumed};
 use crate::scheduler::mapping::Candidate;
 
 /// How many busy tokens a driver counts ahead at a time ([`RtInner::take_busy_credit`]).
@@ -148,10 +149,20 @@ fn keep_spent(task: Arc<dyn Task>) {
     drop(back);
 }
 
-impl crate::scheduler::admission::Claim for Arc<dyn Task> {
+impl admission::Claim for Arc<dyn Task> {
     #[inline]
     fn claim_word(&self) -> Option<&crate::loom::sync::AtomicU8> {
         Some(&self.header().lane)
+    }
+
+    #[inline]
+    fn is(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+
+    #[inline]
+    fn aborted(&self) -> bool {
+        self.header().abort_requested()
     }
 
     /// A claimed task's lane entry, dropped once its task ran, is often the last
@@ -308,12 +319,17 @@ impl RtInner {
             let Some(task) = task else {
                 return Ok(());
             };
-            if !in_poll && context::in_driver() {
+            let aborted = if !in_poll && context::in_driver() {
                 // A driver queueing a task that a finished one made ready (many drivers do at
                 // once while the device is full): without waiting for the admission lock.
-                dev.admission.queue_unlocked(task, d, admitted);
+                dev.admission.queue_unlocked(task, d, admitted)
             } else {
-                dev.admission.queue(task, d, in_poll, admitted);
+                dev.admission.queue(task, d, in_poll, admitted)
+            };
+            if let Some(task) = aborted {
+                // Its handle aborted it: it fails without waiting for its resources.
+                let err = task.header().aborted_error();
+                return Err((task, err));
             }
             self.lend_held_for(slot, admitted);
         }
@@ -388,8 +404,13 @@ impl RtInner {
             }
             None => {
                 let slot = t.header().slot();
-                dev.admission.queue(t, d, true, &mut l.admitted);
-                self.lend_held_for(slot, &mut l.admitted);
+                match dev.admission.queue(t, d, true, &mut l.admitted) {
+                    None => self.lend_held_for(slot, &mut l.admitted),
+                    Some(t) => {
+                        let err = t.header().aborted_error();
+                        graph::fail_held(&t, err, &mut l.fx);
+                    }
+                }
             }
         }
         self.apply(l);
@@ -762,17 +783,24 @@ impl RtInner {
     /// they fit, else it waits in the resume lane.
     pub(crate) fn resume_lent(self: &Arc<Self>, task: Arc<dyn Task>, slot: usize, lent: u32) {
         let dev = &self.devices[slot];
-        let granted = self.with_local(|l| dev.admission.resume(task, lent, &mut l.admitted));
-        match granted {
-            Some(t) => {
+        let resumed = self.with_local(|l| dev.admission.resume(task, lent, &mut l.admitted));
+        match resumed {
+            Resumed::Granted(t) => {
                 t.header().reclaim();
                 self.push_runnable(t);
             }
             // It waits in the resume lane and holds no token meanwhile (launched above if
             // this very call admitted it).
-            None => {
+            Resumed::Waiting => {
                 self.counters.add(0, -1);
                 self.with_local(|l| self.lend_held_for(slot, &mut l.admitted));
+            }
+            // Its handle aborted it: it fails without taking its VCUs back (and gives up its
+            // token, as a resume that waits does).
+            Resumed::Aborted(t) => {
+                self.counters.add(0, -1);
+                let err = t.header().aborted_error();
+                self.fail_waiting_item(&t, err, Lane::Resume);
             }
         }
     }
@@ -907,17 +935,44 @@ impl RtInner {
         }
     }
 
+    /// Takes `task`, whose abort was just requested, out of the admission lane it waits in
+    /// (for its VCUs or memory, or to take back the VCUs it lent), and fails it at once:
+    /// an aborted task does not wait for resources it will not use. Returns whether it did
+    /// (a task that waits in no lane is failed by its next poll, or by the queuer that
+    /// finds it aborted: see [`Admission::take_aborted`](admission::Admission::take_aborted)).
+    pub(crate) fn abort_waiting(self: &Arc<Self>, task: &Arc<dyn Task>) -> bool {
+        let incoming = admission::mark_aborted(task);
+        // (On its way into a lane without the lock: its device's, mapped before.)
+        let slots = if incoming {
+            let s = task.header().slot();
+            s..s + 1
+        } else {
+            0..self.devices.len()
+        };
+        for slot in slots {
+            let admission = &self.devices[slot].admission;
+            let taken =
+                self.with_local(|l| admission.take_aborted(task, incoming, &mut l.admitted));
+            if let Some((t, lane)) = taken {
+                let err = t.header().aborted_error();
+                self.fail_waiting_item(&t, err, lane);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Fails an item taken out of an admission lane: a task that never ran, or a task that
     /// waited for its lent VCUs (its body is dropped, what it holds released).
     pub(crate) fn fail_waiting_item(
         self: &Arc<Self>,
         t: &Arc<dyn Task>,
         err: TaskError,
-        lane: crate::scheduler::admission::Lane,
+        lane: Lane,
     ) {
         self.with_local(|l| match lane {
-            crate::scheduler::admission::Lane::Task => graph::fail_held(t, err, &mut l.fx),
-            crate::scheduler::admission::Lane::Resume => {
+            Lane::Task => graph::fail_held(t, err, &mut l.fx),
+            Lane::Resume => {
                 // SAFETY: taken out of the resume lane, the only holder of its run token.
                 unsafe { t.drop_body() };
                 // SAFETY: as above; the run state goes with the body.

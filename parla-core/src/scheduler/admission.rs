@@ -72,13 +72,17 @@
 //!   [`lend`](Admission::lend) to the task the lender awaits, which only takes what the
 //!   lender gives up (as if the lender ran it on its own VCUs). Resumes are admitted
 //!   first-fit. Items that need nothing bypass both lanes.
+//! - No aborted item waits: an aborter takes its item out of whichever lane holds it
+//!   ([`Admission::take_aborted`]), and a queuer that finds its item aborted hands it back
+//!   instead of queueing it; the two meet under the lanes' locks, or through the item's
+//!   claim word for a queuer without the lock (see `take_aborted`).
 
 use std::collections::VecDeque;
 
 use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
-use crate::loom::sync::{AtomicU8, AtomicU64, AtomicUsize, Mutex, Ordering, Queue};
+use crate::loom::sync::{AtomicU8, AtomicU64, AtomicUsize, Mutex, Ordering, Queue, yield_now};
 
 /// One VCU (a whole device) in fixed point: VCUs are counted in millionths.
 pub const VCU_ONE: u32 = 1_000_000;
@@ -171,7 +175,7 @@ fn is_tombstone<T: Claim>(e: &Entry<T>) -> bool {
     e.claimable
         && e.item
             .claim_word()
-            .is_some_and(|c| c.load(Ordering::Acquire) == CLAIMED)
+            .is_some_and(|c| c.load(Ordering::Acquire) & STATE == CLAIMED)
 }
 
 /// Takes a lane entry's item for admission (under the lock): `false` if a lender claimed it
@@ -209,13 +213,31 @@ const QUEUED: u8 = 1;
 /// Claimed by a lender ([`Admission::lend`]): its lane entry is a tombstone, dropped when a
 /// drain meets it.
 const CLAIMED: u8 = 2;
+/// The bits of a claim word that say where its item stands (`OUT`, `QUEUED`, `CLAIMED`).
+const STATE: u8 = 3;
+/// A flag of a claim word: its item is on its way into a lane through a queue without the
+/// lanes' lock (`incoming`, `incoming_resumes`), until a holder of the lock moves it in.
+const INCOMING: u8 = 4;
+/// A flag of a claim word: an aborter found the item in no lane (see [`mark_aborted`]).
+const ABORTED: u8 = 8;
 
 /// An admission item: a task lane item may have a claim word (`OUT` while the item is not
 /// in the task lane), through which a lender awaiting the item claims it without the lanes'
-/// lock (see [`Admission::lend`]).
+/// lock (see [`Admission::lend`]), and through which an aborter meets a queuer that places
+/// the item without the lock (see [`Admission::take_aborted`]).
 pub(crate) trait Claim: Sized {
     /// The item's claim word, if it has one.
     fn claim_word(&self) -> Option<&AtomicU8>;
+
+    /// Whether the item is `other`.
+    fn is(&self, other: &Self) -> bool;
+
+    /// Whether the item was aborted: a queuer that finds it so under a lane's lock hands it
+    /// back instead of queueing it (see [`Admission::take_aborted`]).
+    #[inline]
+    fn aborted(&self) -> bool {
+        false
+    }
 
     /// Drops the item of a tombstone (its lender took the item's own reference): the
     /// last reference to a finished item, often.
@@ -236,6 +258,51 @@ impl Claim for u8 {
     fn claim_word(&self) -> Option<&AtomicU8> {
         None
     }
+    fn is(&self, other: &u8) -> bool {
+        self == other
+    }
+}
+
+/// An aborter's first step (its task's abort flag set already, so that [`Claim::aborted`]
+/// holds): marks `item`'s claim word `ABORTED` unless it is queued in a shard (where
+/// [`Admission::take_aborted`] claims it as a lender would). Returns whether the item is on
+/// its way into a lane without the lock (`INCOMING`): a queuer marked it so before this
+/// mark, and the aborter then waits for it in its device's queues. A queuer that marks it
+/// after this finds it `ABORTED` and does not queue it. (Both are read-modify-writes of
+/// the word, so one of the two sees the other's mark.)
+pub(crate) fn mark_aborted<T: Claim>(item: &T) -> bool {
+    let Some(w) = item.claim_word() else {
+        return false;
+    };
+    let mut cur = w.load(Ordering::Acquire);
+    loop {
+        if cur & STATE == QUEUED {
+            return false;
+        }
+        match w.compare_exchange_weak(cur, cur | ABORTED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return cur & INCOMING != 0,
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// A queuer's mark before it places `item` without the lock: `false` when an aborter
+/// marked it first (the queuer hands it back instead; see [`mark_aborted`]).
+#[inline]
+fn mark_incoming<T: Claim>(item: &T) -> bool {
+    item.claim_word()
+        .is_none_or(|w| w.fetch_or(INCOMING, Ordering::AcqRel) & ABORTED == 0)
+}
+
+/// What [`Admission::resume`] did with a resume.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Resumed<T> {
+    /// Its VCUs fitted at once: the item is handed back to run.
+    Granted(T),
+    /// It waits in the resume lane (or this very call admitted it, into `out`).
+    Waiting,
+    /// It was aborted: it did not queue, and is handed back (see [`Claim::aborted`]).
+    Aborted(T),
 }
 
 /// The admission state of one device.
@@ -367,11 +434,13 @@ impl<T: Claim> Admission<T> {
         match self.admit_now(item, d, out) {
             Ok(()) => true,
             Err(item) if item.claim_word().is_some() => {
-                self.queue_in(home, item, d, out);
+                let back = self.queue_in(home, item, d, out);
+                assert!(back.is_none(), "an aborted item handed back");
                 false
             }
             Err(item) => {
-                self.queue(item, d, false, out);
+                let back = self.queue(item, d, false, out);
+                assert!(back.is_none(), "an aborted item handed back");
                 false
             }
         }
@@ -399,17 +468,20 @@ impl<T: Claim> Admission<T> {
     /// it in the task lane, then admits what fits. `claimable`: a lender may claim it (a
     /// task spawned by a running task, which may await it); only then is its claim word
     /// set, and it goes to the calling thread's shard of the lane.
-    pub(crate) fn queue(&self, item: T, d: Demand, claimable: bool, out: &mut Vec<T>) {
+    ///
+    /// An item found aborted ([`Claim::aborted`]) is not queued but handed back, for the
+    /// caller to fail (see [`take_aborted`](Self::take_aborted)).
+    #[must_use]
+    pub(crate) fn queue(&self, item: T, d: Demand, claimable: bool, out: &mut Vec<T>) -> Option<T> {
         if claimable && item.claim_word().is_some() {
-            self.queue_in(super::thread_number(), item, d, out);
-            return;
+            return self.queue_in(super::thread_number(), item, d, out);
         }
         let (c, seen) = self.lock_central();
-        self.queue_locked(c, seen, item, d, out);
+        self.queue_locked(c, seen, item, d, out)
     }
 
     /// Queues `item` in the central part of the task lane under the lock `c` (taken when the
-    /// drain requests stood at `seen`), drains, and unlocks.
+    /// drain requests stood at `seen`), drains, and unlocks. Hands an aborted item back.
     fn queue_locked<'a>(
         &'a self,
         mut c: CentralGuard<'a, T>,
@@ -417,13 +489,18 @@ impl<T: Claim> Admission<T> {
         item: T,
         d: Demand,
         out: &mut Vec<T>,
-    ) {
+    ) -> Option<T> {
+        if item.aborted() {
+            self.unlock(c, seen, out);
+            return Some(item);
+        }
         // (Entries queued without the lock before it are moved in ahead of it, by ticket,
         // as the drain starts.)
         c.tasks.push_back(self.central_entry(item, d));
         self.waiting.fetch_add(1, Ordering::AcqRel);
         self.drain(&mut c, out);
         self.unlock(c, seen, out);
+        None
     }
 
     /// [`queue`](Self::queue) of an item that is not claimable, in the central part of the
@@ -431,18 +508,24 @@ impl<T: Claim> Admission<T> {
     /// of the tasks they finish, many at once while the device is full. If the lock is
     /// taken, the item is counted first (so that no drain takes it before it is counted),
     /// pushed to `incoming`, and the count is read again with a read-modify-write before
-    /// the item is checked against what is free (see the module invariants).
-    pub(crate) fn queue_unlocked(&self, item: T, d: Demand, out: &mut Vec<T>) {
+    /// the item is checked against what is free (see the module invariants). Hands an
+    /// aborted item back, as [`queue`](Self::queue) does.
+    #[must_use]
+    pub(crate) fn queue_unlocked(&self, item: T, d: Demand, out: &mut Vec<T>) -> Option<T> {
         // The lock when it is free, as `queue` does (cheaper than the queue's push and pop).
         if let Some((c, seen)) = self.try_lock_central() {
             return self.queue_locked(c, seen, item, d, out);
         }
-        self.queue_incoming(item, d, out);
+        self.queue_incoming(item, d, out)
     }
 
     /// [`queue_unlocked`](Self::queue_unlocked)'s way without the lock: through `incoming`.
-    fn queue_incoming(&self, item: T, d: Demand, out: &mut Vec<T>) {
+    fn queue_incoming(&self, item: T, d: Demand, out: &mut Vec<T>) -> Option<T> {
+        if !mark_incoming(&item) {
+            return Some(item);
+        }
         self.push_unlocked(&self.incoming, || self.central_entry(item, d), d, out);
+        None
     }
 
     /// Queues the entry `entry` makes (asking for `d`) through `queue` (`incoming` or
@@ -493,10 +576,18 @@ impl<T: Claim> Admission<T> {
     /// [`absorb`](Self::absorb) when something was queued without the lock.
     #[inline(never)]
     fn absorb_queued(&self, c: &mut Central<T>) {
+        // (Each entry's word loses its `INCOMING` mark: in its lane, an aborter finds it.)
+        let arrived = |e: &Entry<T>| {
+            if let Some(w) = e.item.claim_word() {
+                w.fetch_and(!INCOMING, Ordering::AcqRel);
+            }
+        };
         while let Some(e) = self.incoming_resumes.pop() {
+            arrived(&e);
             push_resume(c, e);
         }
         while let Some(e) = self.incoming.pop() {
+            arrived(&e);
             if c.tasks.back().is_none_or(|b| b.ticket < e.ticket) {
                 c.tasks.push_back(e);
             } else {
@@ -507,11 +598,14 @@ impl<T: Claim> Admission<T> {
     }
 
     /// [`queue`](Self::queue) of a claimable item (with a claim word) in shard `home`
-    /// (modulo the shard count).
-    fn queue_in(&self, home: usize, item: T, d: Demand, out: &mut Vec<T>) {
+    /// (modulo the shard count). Hands an aborted item back.
+    fn queue_in(&self, home: usize, item: T, d: Demand, out: &mut Vec<T>) -> Option<T> {
         let shard = &self.shards[home % self.shards.len()];
         {
             let mut lane = shard.lane.lock();
+            if item.aborted() {
+                return Some(item);
+            }
             // Tombstones at the back go at once (a claimed child is often the last queued).
             let mut dropped = 0;
             while lane.back().is_some_and(is_tombstone) {
@@ -548,6 +642,7 @@ impl<T: Claim> Admission<T> {
             self.drain(&mut c, out);
             self.unlock(c, seen, out);
         }
+        None
     }
 
     /// [`resume`](Self::resume)'s way without queueing: takes `vcu` VCUs back if they fit
@@ -560,8 +655,8 @@ impl<T: Claim> Admission<T> {
 
     /// A parked task takes back `vcu` VCUs. Granted at once (the item is handed back) when
     /// they fit and no other resume waits - waiting tasks do not hold it back. Otherwise it
-    /// queues in the resume lane (ahead of every waiting task) and `None` is returned; it
-    /// may have been admitted by this very call, into `out`.
+    /// queues in the resume lane (ahead of every waiting task); it may have been admitted by
+    /// this very call, into `out`. An aborted item is handed back instead of queued.
     ///
     /// It never waits for the central lock: finding it taken, it queues through
     /// `incoming_resumes` as [`queue_incoming`](Self::queue_incoming) does. (Resumes come
@@ -569,9 +664,9 @@ impl<T: Claim> Admission<T> {
     /// its receiver. With more such tasks than the device admits, every wake resumes while
     /// every wait releases, and a resume that slept in the lock stalled the waker's worker
     /// and the task it ran.)
-    pub(crate) fn resume(&self, item: T, vcu: u32, out: &mut Vec<T>) -> Option<T> {
+    pub(crate) fn resume(&self, item: T, vcu: u32, out: &mut Vec<T>) -> Resumed<T> {
         if self.resume_now(vcu) {
-            return Some(item);
+            return Resumed::Granted(item);
         }
         let d = Demand { vcu, mem: 0 };
         let e = Entry {
@@ -583,14 +678,23 @@ impl<T: Claim> Admission<T> {
         // Counted before it is pushed (either way), so that no drain takes it uncounted.
         self.resuming.fetch_add(1, Ordering::AcqRel);
         if let Some((mut c, seen)) = self.try_lock_central() {
+            if e.item.aborted() {
+                self.resuming.fetch_sub(1, Ordering::AcqRel);
+                self.unlock(c, seen, out);
+                return Resumed::Aborted(e.item);
+            }
             push_resume(&mut c, e);
             self.waiting.fetch_add(1, Ordering::AcqRel);
             self.drain(&mut c, out);
             self.unlock(c, seen, out);
-            return None;
+            return Resumed::Waiting;
+        }
+        if !mark_incoming(&e.item) {
+            self.resuming.fetch_sub(1, Ordering::AcqRel);
+            return Resumed::Aborted(e.item);
         }
         self.push_unlocked(&self.incoming_resumes, || e, d, out);
-        None
+        Resumed::Waiting
     }
 
     /// Releases what an admitted item reserved, and admits waiting items that now fit.
@@ -938,6 +1042,69 @@ impl<T: Claim> Admission<T> {
         self.unlock(c, seen, out);
         all
     }
+
+    /// Takes `item`, aborted, out of the lane it waits in, if it waits in one here; then
+    /// admits what its leaving lets through (into `out`). The caller set the item's abort
+    /// flag ([`Claim::aborted`]) and then called [`mark_aborted`], which returned
+    /// `incoming`. Returns the item and its lane, for the caller to fail.
+    ///
+    /// Nothing aborted waits once every device's admission was asked (the one the item is
+    /// mapped to, when `incoming`):
+    /// - An item queued under a lane's lock is queued before this call takes that lock (the
+    ///   central one, then every shard's), and this call finds it there (a shard's entry
+    ///   is claimed first, as a lender does: one a lender claimed is the lender's, and
+    ///   runs). Or it is queued after, and its queuer, taking the same lock, sees the abort
+    ///   flag set before this call took it: it hands the item back instead.
+    /// - An item queued without the lock was marked `INCOMING` before it was pushed. Marked
+    ///   before [`mark_aborted`]'s mark, it makes `incoming` true, and this call moves the
+    ///   queues' entries to the lanes (holding the central lock, so that no other holder
+    ///   does) until the item's mark is gone, which its push ends shortly; then it finds
+    ///   it in its lane. Marked after, its queuer sees `ABORTED` and hands it back.
+    pub(crate) fn take_aborted(
+        &self,
+        item: &T,
+        incoming: bool,
+        out: &mut Vec<T>,
+    ) -> Option<(T, Lane)> {
+        let (mut c, seen) = self.lock_central();
+        self.absorb(&mut c);
+        if incoming && let Some(w) = item.claim_word() {
+            while w.load(Ordering::Acquire) & INCOMING != 0 {
+                yield_now();
+                self.absorb(&mut c);
+            }
+        }
+        let mut found = None;
+        if let Some(i) = c.resumes.iter().position(|e| e.item.is(item)) {
+            found = c.resumes.remove(i).map(|e| (e.item, Lane::Resume));
+            if c.resumes.is_empty() {
+                c.resume_min = NO_MIN;
+            }
+            self.resuming.fetch_sub(1, Ordering::AcqRel);
+        } else if let Some(i) = c.tasks.iter().position(|e| e.item.is(item)) {
+            found = c.tasks.remove(i).map(|e| (e.item, Lane::Task));
+        } else {
+            let mut locked = self.lock_shards(self.occupied(true));
+            for lane in locked.iter_mut().flatten() {
+                let Some(i) = lane.iter().position(|e| e.item.is(item)) else {
+                    continue;
+                };
+                // A tombstone stays for the drains (its lender runs the item).
+                if take_queued(&lane[i]) {
+                    found = lane.remove(i).map(|e| (e.item, Lane::Task));
+                }
+                break;
+            }
+            self.unlock_shards(locked);
+        }
+        if found.is_some() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            // It may have held back the items behind it.
+            self.drain(&mut c, out);
+        }
+        self.unlock(c, seen, out);
+        found
+    }
 }
 
 /// The lane whose front has the lowest ticket among the shards `locked` and the central
@@ -999,16 +1166,24 @@ mod claim_item {
     use std::sync::Arc;
 
     use super::{Claim, OUT};
-    use crate::loom::sync::AtomicU8;
+    use crate::loom::sync::{AtomicBool, AtomicU8, Ordering};
 
     pub(super) struct Item {
         pub(super) id: u8,
         pub(super) word: AtomicU8,
+        /// The abort flag of a task.
+        pub(super) aborted: AtomicBool,
     }
 
     impl Claim for Arc<Item> {
         fn claim_word(&self) -> Option<&AtomicU8> {
             Some(&self.word)
+        }
+        fn is(&self, other: &Self) -> bool {
+            Arc::ptr_eq(self, other)
+        }
+        fn aborted(&self) -> bool {
+            self.aborted.load(Ordering::Acquire)
         }
     }
 
@@ -1016,6 +1191,7 @@ mod claim_item {
         Arc::new(Item {
             id,
             word: AtomicU8::new(OUT),
+            aborted: AtomicBool::new(false),
         })
     }
 }
@@ -1078,7 +1254,7 @@ mod test {
         assert!(a.admit(1, half, &mut out));
         assert!(a.admit(2, half, &mut out));
         assert!(!a.admit(3, half, &mut out));
-        assert_eq!(a.resume(4, VCU_ONE / 2, &mut out), None);
+        assert_eq!(a.resume(4, VCU_ONE / 2, &mut out), Resumed::Waiting);
         a.release(half, &mut out);
         assert_eq!(out, vec![1, 2, 4], "the resume first");
         assert!(!a.admit(5, d(VCU_ONE / 2, 10), &mut out));
@@ -1134,12 +1310,12 @@ mod test {
         a.release(d(VCU_ONE / 2, 0), &mut out);
         assert!(!a.admit(2, d(VCU_ONE / 2, 60), &mut out));
         // The parent takes its VCUs back at once: the waiting task does not hold it back.
-        assert_eq!(a.resume(1, VCU_ONE / 2, &mut out), Some(1));
+        assert_eq!(a.resume(1, VCU_ONE / 2, &mut out), Resumed::Granted(1));
         assert_eq!(a.usage().vcu, VCU_ONE / 2);
         out.clear();
         // A second resume that does not fit queues, ahead of the waiting tasks.
         assert!(!a.admit(3, d(VCU_ONE / 2, 0), &mut out), "behind task 2");
-        assert_eq!(a.resume(9, VCU_ONE, &mut out), None);
+        assert_eq!(a.resume(9, VCU_ONE, &mut out), Resumed::Waiting);
         assert!(out.is_empty());
         a.release(d(VCU_ONE / 2, 0), &mut out);
         assert_eq!(out, vec![9], "the resume goes first");
@@ -1158,7 +1334,7 @@ mod test {
         out.clear();
         // Parked parents taking back their VCUs: all wait while task 0 holds everything.
         for (item, vcu) in [(1, VCU_ONE / 2), (2, quarter), (3, quarter), (4, quarter)] {
-            assert_eq!(a.resume(item, vcu, &mut out), None);
+            assert_eq!(a.resume(item, vcu, &mut out), Resumed::Waiting);
         }
         assert!(out.is_empty());
         // A quarter frees: 1 does not fit, 2 does; 3 and 4 wait.
@@ -1271,7 +1447,10 @@ mod test {
             assert!(!a.admit_in(shard, it[i].clone(), d(vcu, 0), &mut out));
         }
         // Not claimable: the central part.
-        a.queue(it[5].clone(), d(VCU_ONE / 2, 0), false, &mut out);
+        assert!(
+            a.queue(it[5].clone(), d(VCU_ONE / 2, 0), false, &mut out)
+                .is_none()
+        );
         out.clear();
         // 1 fits; 2 (the whole device) does not, and 3, 4 and 5 wait behind it.
         a.release(d(VCU_ONE, 0), &mut out);
@@ -1313,6 +1492,117 @@ mod test {
         let (t, dd, lane) = a.take_first_waiting(&mut Vec::new()).unwrap();
         assert_eq!((t, dd, lane), (2, d(0, 60), Lane::Task));
         assert!(a.take_first_waiting(&mut Vec::new()).is_none());
+    }
+
+    /// Aborts `i`, as a task's handle does: its flag, then its word, then its device.
+    fn abort(a: &Admission<Arc<Item>>, i: &Arc<Item>, out: &mut Vec<Arc<Item>>) -> Option<Lane> {
+        i.aborted.store(true, Ordering::Release);
+        let incoming = mark_aborted(i);
+        a.take_aborted(i, incoming, out).map(|(t, lane)| {
+            assert!(Arc::ptr_eq(&t, i));
+            lane
+        })
+    }
+
+    /// An aborted item leaves whichever lane it waits in (the central part, a shard, the
+    /// resume lane), and what it held back behind it is admitted at once.
+    #[test]
+    fn aborted_items_leave_their_lanes() {
+        let half = VCU_ONE / 2;
+        let a = claimable(0);
+        let it = items(6);
+        let mut out = Vec::new();
+        assert!(a.admit(it[0].clone(), d(half, 0), &mut out));
+        // 1 (the whole device) heads the lane, centrally; 2 (half) waits behind it in a
+        // shard, 3 (half) centrally; 4 resumes.
+        assert!(
+            a.queue(it[1].clone(), d(VCU_ONE, 0), false, &mut out)
+                .is_none()
+        );
+        assert!(a.queue_in(1, it[2].clone(), d(half, 0), &mut out).is_none());
+        assert!(
+            a.queue(it[3].clone(), d(half, 0), false, &mut out)
+                .is_none()
+        );
+        assert!(
+            a.queue(it[5].clone(), d(half, 0), false, &mut out)
+                .is_none()
+        );
+        assert_eq!(ids(&out), vec![0]);
+        out.clear();
+        assert_eq!(abort(&a, &it[1], &mut out), Some(Lane::Task));
+        assert_eq!(ids(&out), vec![2], "the head gone, the next one fits");
+        assert_eq!(a.usage().waiting, 2);
+        assert_eq!(
+            abort(&a, &it[2], &mut out),
+            None,
+            "admitted already: it runs"
+        );
+        assert_eq!(abort(&a, &it[3], &mut out), Some(Lane::Task));
+        assert!(matches!(
+            a.resume(it[4].clone(), half, &mut out),
+            Resumed::Waiting
+        ));
+        assert_eq!(abort(&a, &it[4], &mut out), Some(Lane::Resume));
+        assert_eq!(a.usage().waiting, 1);
+        a.release(d(half, 0), &mut out);
+        assert_eq!(ids(&out), vec![2, 5]);
+        assert_eq!(a.usage().waiting, 0);
+        assert_eq!(a.usage().vcu, VCU_ONE);
+    }
+
+    /// A queuer that finds its item aborted hands it back, whichever way it queues.
+    #[test]
+    fn queuers_hand_aborted_items_back() {
+        let a = claimable(0);
+        let it = items(6);
+        let mut out = Vec::new();
+        assert!(a.admit(it[0].clone(), d(VCU_ONE, 0), &mut out));
+        for i in &it[1..] {
+            i.aborted.store(true, Ordering::Release);
+        }
+        let back = |t: Option<Arc<Item>>| t.map(|t| t.id);
+        assert_eq!(
+            back(a.queue(it[1].clone(), d(1, 0), false, &mut out)),
+            Some(1)
+        );
+        assert_eq!(
+            back(a.queue(it[2].clone(), d(1, 0), true, &mut out)),
+            Some(2)
+        );
+        assert_eq!(
+            back(a.queue_unlocked(it[3].clone(), d(1, 0), &mut out)),
+            Some(3)
+        );
+        // Marked by its aborter first, the one without the lock sees the mark.
+        assert!(!mark_aborted(&it[4]));
+        assert_eq!(
+            back(a.queue_incoming(it[4].clone(), d(1, 0), &mut out)),
+            Some(4)
+        );
+        assert!(matches!(
+            a.resume(it[5].clone(), 1, &mut out),
+            Resumed::Aborted(i) if i.id == 5
+        ));
+        assert_eq!(a.usage().waiting, 0);
+        assert_eq!(ids(&out), vec![0]);
+    }
+
+    /// An item queued without the lock before its aborter's mark is found in its lane.
+    #[test]
+    fn an_item_queued_without_the_lock_is_found() {
+        let a = claimable(0);
+        let it = items(2);
+        let mut out = Vec::new();
+        assert!(a.admit(it[0].clone(), d(VCU_ONE, 0), &mut out));
+        assert!(a.queue_incoming(it[1].clone(), d(1, 0), &mut out).is_none());
+        it[1].aborted.store(true, Ordering::Release);
+        assert!(mark_aborted(&it[1]), "on its way in");
+        let got = a
+            .take_aborted(&it[1], true, &mut out)
+            .map(|(i, l)| (i.id, l));
+        assert_eq!(got, Some((1, Lane::Task)));
+        assert_eq!(a.usage().waiting, 0);
     }
 }
 
@@ -1426,7 +1716,7 @@ mod loom_test {
     fn releases_vs_queue(
         releases: usize,
         d: Demand,
-        queue: fn(&Admission<u8>, u8, Demand, &mut Vec<u8>),
+        queue: fn(&Admission<u8>, u8, Demand, &mut Vec<u8>) -> Option<u8>,
     ) {
         let a = Arc::new(Admission::new(0, 2));
         let mut out = Vec::new();
@@ -1440,7 +1730,7 @@ mod loom_test {
             .collect();
         let mut all = Vec::new();
         if let Err(item) = a.admit_now(1u8, d, &mut all) {
-            queue(&a, item, d, &mut all);
+            assert_eq!(queue(&a, item, d, &mut all), None);
         }
         for t in threads {
             all.extend(t.join().unwrap());
@@ -1476,8 +1766,9 @@ mod loom_test {
             waiting,
             |a, out| a.release(FULL, out),
             |a, out| {
-                let at_once = a.resume(1u8, VCU_ONE / 2, out);
-                out.extend(at_once);
+                if let Resumed::Granted(i) = a.resume(1u8, VCU_ONE / 2, out) {
+                    out.push(i);
+                }
             },
         )
     }
@@ -1668,6 +1959,108 @@ mod loom_test {
             let mut all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
             all.sort();
             assert_eq!(all, vec![2, 3]);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// Aborts `i` as a task's handle does: its flag, its word, then its device's lanes.
+    /// Returns the item if this call took it out of a lane.
+    fn abort(a: &Admission<Arc<Item>>, i: &Arc<Item>, out: &mut Vec<Arc<Item>>) -> Option<u8> {
+        i.aborted.store(true, Ordering::Release);
+        let incoming = mark_aborted(i);
+        a.take_aborted(i, incoming, out).map(|(t, _)| t.id)
+    }
+
+    /// An abort racing with a queuer on a full device, while a third thread takes the lock
+    /// (a backfill, which finds nothing that fits): the queuer may find the lock taken by
+    /// either and queue without it, before or after the aborter's mark. The item ends up
+    /// either taken out by the aborter or handed back by its queuer, never left waiting.
+    fn abort_vs_queuer(
+        queue: fn(&Admission<Arc<Item>>, Arc<Item>, &mut Vec<Arc<Item>>) -> Option<Arc<Item>>,
+    ) {
+        loom::model(move || {
+            let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit(item(0), FULL, &mut out));
+            let one = item(1);
+            let queued = one.clone();
+            let t = thread::spawn({
+                let a = a.clone();
+                move || {
+                    let mut out = Vec::new();
+                    let back = queue(&a, queued, &mut out).map(|i| i.id);
+                    (back, out.len())
+                }
+            });
+            let other = on_thread(&a, |a, out| _ = a.backfill(out));
+            let mut mine = Vec::new();
+            let taken = abort(&a, &one, &mut mine);
+            let (back, admitted) = t.join().unwrap();
+            let others = other.join().unwrap().len();
+            assert_eq!((mine.len(), admitted, others), (0, 0, 0), "nothing fits");
+            assert!(
+                (taken == Some(1)) != (back == Some(1)),
+                "taken {taken:?}, handed back {back:?}"
+            );
+            assert_eq!(a.usage().waiting, 0, "nothing aborted waits");
+            assert_eq!(a.usage().vcu, VCU_ONE);
+        });
+    }
+
+    /// An abort racing with a queuer that goes without the lock when it finds it taken.
+    #[test]
+    fn abort_vs_unlocked_queue() {
+        abort_vs_queuer(|a, i, out| a.queue_unlocked(i, HALF, out));
+    }
+
+    /// An abort racing with a resume (which also goes without the lock when it finds it
+    /// taken).
+    #[test]
+    fn abort_vs_resume() {
+        abort_vs_queuer(|a, i, out| match a.resume(i, VCU_ONE / 2, out) {
+            Resumed::Aborted(i) => Some(i),
+            Resumed::Waiting => None,
+            Resumed::Granted(_) => panic!("the device is full"),
+        });
+    }
+
+    /// An abort racing with a release that admits the aborted item: it is admitted (and
+    /// runs, to see its abort there) or taken out, once, and what is reserved follows.
+    #[test]
+    fn abort_vs_release() {
+        loom::model(|| {
+            let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit(item(0), FULL, &mut out));
+            let one = item(1);
+            assert!(!a.admit(one.clone(), HALF, &mut out));
+            let t = on_thread(&a, |a, out| a.release(FULL, out));
+            let mut mine = Vec::new();
+            let taken = abort(&a, &one, &mut mine);
+            let admitted = ids(&mine, &t.join().unwrap());
+            match taken {
+                Some(_) => assert_eq!((admitted, a.usage().vcu), (vec![], 0)),
+                None => assert_eq!((admitted, a.usage().vcu), (vec![1], VCU_ONE / 2)),
+            }
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// An abort racing with a lender claiming the same waiting child: the child runs on the
+    /// loan or is taken out, once.
+    #[test]
+    fn abort_vs_lend() {
+        loom::model(|| {
+            let (a, child) = held_with_waiting_child();
+            let claimed = child.clone();
+            let t = on_thread(&a, move |a, out| a.lend(HALF, Some((&claimed, HALF)), out));
+            let mut mine = Vec::new();
+            let taken = abort(&a, &child, &mut mine);
+            let admitted = ids(&mine, &t.join().unwrap());
+            match taken {
+                Some(_) => assert_eq!((admitted, a.usage().vcu), (vec![], VCU_ONE / 2)),
+                None => assert_eq!((admitted, a.usage().vcu), (vec![1], VCU_ONE)),
+            }
             assert_eq!(a.usage().waiting, 0);
         });
     }

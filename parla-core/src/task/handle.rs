@@ -55,8 +55,10 @@ impl<T: 'static> TaskHandle<T> {
     /// - A task still waiting for its dependencies is failed at once, without running.
     /// - A task that started is stopped at its next poll: its future is dropped where it
     ///   awaits (a task suspended on a channel or a timer is woken for that).
-    /// - A task whose dependencies are met but that waits for its device's VCUs or memory
-    ///   resolves once admitted, without running its body.
+    /// - A task whose dependencies are met but that waits for its device's VCUs or memory,
+    ///   or a task that lent its VCUs while it awaited and waits to take them back, is
+    ///   taken out of the device's queue and fails at once: it does not wait for resources
+    ///   it will not use.
     /// - A GPU task whose body returned already finishes as it would have: its work is on
     ///   the device.
     /// - As after a task that panicked, the tasks that access an array after an aborted
@@ -248,11 +250,8 @@ fn abort(task: &Arc<dyn Task>) {
         return;
     }
     if h.is_waiting() {
-        let err = TaskError::Aborted {
-            task: h.name.to_string(),
-        };
         let failed = crate::runtime::in_runtime(h.rt_id, |rt| {
-            rt.with_local(|l| crate::graph::fail_unrun(task, err, &mut l.fx))
+            rt.with_local(|l| crate::graph::fail_unrun(task, h.aborted_error(), &mut l.fx))
         });
         if failed == Some(true) {
             return;
@@ -261,6 +260,10 @@ fn abort(task: &Arc<dyn Task>) {
     // Started, or about to: its next poll sees the request. A wake makes sure there is one
     // (a spurious wake to a task that runs or was never polled does nothing); the touch
     // before it is the aborter's half of the handshake in `Header::abort_seen_after_poll`.
+    // A parked task that the wake sends to take its VCUs back fails there instead
+    // (`RtInner::resume_lent`).
     h.act.touch();
     waker::task_poll_waker(task).wake_by_ref();
+    // Waiting for its resources (its first admission, or its VCUs back): it fails now.
+    crate::runtime::in_runtime(h.rt_id, |rt| rt.abort_waiting(task));
 }
