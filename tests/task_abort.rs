@@ -348,6 +348,39 @@ fn a_parked_task_aborted_while_the_cpu_is_full_resolves_at_once() {
     assert_eq!(past, 0, "neither ran past its await");
 }
 
+/// A task that declared data (an array it reads) waits in its device's queue for tasks with
+/// data; aborted while the CPU is full, it resolves at once, and the array is still there.
+#[test]
+fn a_task_with_data_aborted_while_the_cpu_is_full_resolves_at_once() {
+    use ndarray::Array1;
+    use parla::array::PArray;
+    let rt = support::cpu(2);
+    let r = support::within(30, move || {
+        rt.block_on(async move {
+            let a = PArray::from(Array1::from_elem(8, 1.0f64));
+            let release = Arc::new(AtomicBool::new(false));
+            let busy = occupy_workers(2, &release, false).await;
+            let b = a.clone();
+            let reader = task(async move { b.read().unwrap().sum() })
+                .reads(&a)
+                .spawn();
+            reader.abort();
+            let r = reader.await;
+            release.store(true, Ordering::SeqCst);
+            for b in busy {
+                b.await.unwrap();
+            }
+            (r, a.to_host().await.map(|h| h.sum()))
+        })
+    });
+    assert!(aborted(&r.0), "{:?}", r.0);
+    assert_eq!(
+        r.1.ok(),
+        Some(8.0),
+        "a reader that did not run leaves the array as it was"
+    );
+}
+
 /// The same on a virtual GPU whose memory a running task holds: a task waiting for that
 /// memory resolves as soon as it is aborted.
 #[test]

@@ -9,6 +9,10 @@
 //!   work to it, and no request is lost - loom-checked):
 //!   the head's missing bytes are computed and its valid copies pinned at the moment it is
 //!   admitted, never earlier, so nothing a waiting task holds can block another.
+//! - No aborted task waits in the queue: its aborter takes it out under the queue's lock
+//!   ([`RtInner::abort_data_waiting`]), and a server that meets an aborted task there (one
+//!   that came in after the aborter looked, which then saw the abort flag) fails it
+//!   instead of admitting it.
 //! - Lock order: a device's queue, then a data object's lock, then the device's map of
 //!   resident objects (never the other way: the map is read into a list before objects are
 //!   asked anything).
@@ -40,7 +44,8 @@ pub(crate) struct DeviceData {
     /// Tasks just made ready, in order (pushed without a lock, so that any thread, even one
     /// serving the queue, can add to it).
     incoming: crossbeam_queue::SegQueue<Arc<dyn Task>>,
-    /// Tasks waiting, in order; its lock is held by the one thread serving the queue.
+    /// Tasks waiting, in order; its lock is held by the one thread serving the queue (or
+    /// by an aborter taking its task out).
     queue: Mutex<VecDeque<Arc<dyn Task>>>,
     /// Tasks in `incoming` and `queue`.
     queued: AtomicUsize,
@@ -115,25 +120,74 @@ impl RtInner {
     /// it (the server looks again before it leaves), so serving never waits on a lock and
     /// may be asked for from anywhere, even from inside a serve (an object dropped while
     /// evicting reports its freed bytes).
-    pub(crate) fn pump(&self, slot: usize, out: &mut super::exec::Launch) {
+    pub(crate) fn pump(self: &Arc<Self>, slot: usize, out: &mut super::exec::Launch) {
         let dev = &self.devices[slot];
         if dev.data.queued() == 0 {
             return;
         }
+        let mut aborted = Vec::new();
         dev.data.turn.request(|| {
-            // Only the server locks it: never contended.
+            // Only the server locks it (and, rarely, an aborter).
             let mut q = dev.data.queue.lock();
             while let Some(t) = dev.data.incoming.pop() {
                 q.push_back(t);
             }
             while let Some(t) = q.front() {
-                if !self.admit_data(slot, t, out) {
+                let abort = t.header().abort_requested();
+                if !abort && !self.admit_data(slot, t, out) {
                     break;
                 }
                 if let Some(t) = q.pop_front() {
                     dev.data.queued.fetch_sub(1, Ordering::AcqRel);
-                    out.push(t);
+                    if abort {
+                        aborted.push(t);
+                    } else {
+                        out.push(t);
+                    }
                 }
+            }
+        });
+        if !aborted.is_empty() {
+            self.fail_aborted_data(aborted);
+        }
+    }
+
+    /// Takes `task`, whose abort was just requested, out of the data queue it waits in, if
+    /// any, and fails it at once (see the module invariants). Returns whether it did.
+    pub(crate) fn abort_data_waiting(self: &Arc<Self>, task: &Arc<dyn Task>) -> bool {
+        if task.accesses().is_none() {
+            return false;
+        }
+        for (slot, dev) in self.devices.iter().enumerate() {
+            if dev.data.queued() == 0 {
+                continue;
+            }
+            let taken = {
+                let mut q = dev.data.queue.lock();
+                while let Some(t) = dev.data.incoming.pop() {
+                    q.push_back(t);
+                }
+                let at = q.iter().position(|t| Arc::ptr_eq(t, task));
+                at.and_then(|i| q.remove(i))
+            };
+            if let Some(t) = taken {
+                dev.data.queued.fetch_sub(1, Ordering::AcqRel);
+                self.fail_aborted_data(vec![t]);
+                // It may have held back the tasks behind it.
+                self.with_local(|l| self.pump(slot, &mut l.admitted));
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Fails aborted tasks taken out of a data queue (they never ran, and hold nothing).
+    #[cold]
+    fn fail_aborted_data(self: &Arc<Self>, tasks: Vec<Arc<dyn Task>>) {
+        self.with_local(|l| {
+            for t in tasks {
+                let err = t.header().aborted_error();
+                crate::graph::fail_held(&t, err, &mut l.fx);
             }
         });
     }

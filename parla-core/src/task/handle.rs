@@ -264,6 +264,9 @@ fn abort(task: &Arc<dyn Task>) {
     // (`RtInner::resume_lent`).
     h.act.touch();
     waker::task_poll_waker(task).wake_by_ref();
-    // Waiting for its resources (its first admission, or its VCUs back): it fails now.
-    crate::runtime::in_runtime(h.rt_id, |rt| rt.abort_waiting(task));
+    // Waiting for its resources (its first admission, or its VCUs back), in a device's
+    // queue: it fails now.
+    crate::runtime::in_runtime(h.rt_id, |rt| {
+        rt.abort_waiting(task) || rt.abort_data_waiting(task)
+    });
 }
