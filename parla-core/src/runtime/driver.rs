@@ -268,10 +268,15 @@ impl Driver {
                 }
             };
             if over {
-                // Work pushed by someone who counted on this driver is taken here.
+                // Work pushed by someone who counted on this driver is taken here. More of
+                // it (its pushers may all have counted on this one driver) asks for drivers,
+                // as a task found in a look does: the task taken may run for long.
                 if rt.inject.stop_lingering()
                     && let Some(t) = rt.inject.pop()
                 {
+                    if rt.inject.has_work() {
+                        rt.start_drivers(1);
+                    }
                     return Linger::Found(t);
                 }
                 #[cfg(all(test, not(parla_loom)))]
@@ -650,12 +655,16 @@ impl Future for Driver {
         #[cfg(feature = "tracing")]
         let report = this.start_report();
         let mut first = None;
+        // Whether this driver may have started another since it last yielded, before the
+        // task it takes next (see the hand-off below).
+        let mut started = false;
         if std::mem::take(&mut this.behind) {
             // Back from lingering behind Tokio's work (`Linger::Behind`).
             first = rt.inject.pop();
             if rt.inject.stop_lingering() && first.is_some() {
                 // More work than this driver (as when a spinning linger ends).
                 rt.start_drivers(1);
+                started = true;
             }
         }
         let result = loop {
@@ -666,7 +675,10 @@ impl Future for Driver {
             let task = match next {
                 Some(t) => t,
                 None => match this.linger(&rt) {
-                    Linger::Found(t) => t,
+                    Linger::Found(t) => {
+                        started = true;
+                        t
+                    }
                     Linger::Behind { put_off } => {
                         // Counted as lingering (pushers count on it instead of starting a
                         // driver), it yields (and flushes, below).
@@ -685,6 +697,19 @@ impl Future for Driver {
                 },
             };
             this.behind_rounds = 0;
+            if std::mem::take(&mut started) && context::take_handoff() {
+                // This driver just started another (it found more work than drivers), which
+                // waits in this worker's LIFO slot until this one yields. The new one runs
+                // `task` (left in this thread's next-task slot) while this one, yielding,
+                // goes where an idle worker steals it. Running `task` first would keep the
+                // new driver from every other worker for as long as `task` runs: a task
+                // that computes for a second, or spins until another task runs.
+                if let (_, Some(t)) = context::place_next(rt.id, task) {
+                    rt.inject.push(t);
+                }
+                yield_to_tokio(cx, false);
+                break Poll::Pending;
+            }
             budget = budget.saturating_sub(this.run(&rt, task));
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
             // Tokio resources answer `Pending` until the driver yields. A driver that

@@ -19,7 +19,11 @@
 //!   number of drivers lingered, with [`linger_for_cpu`](Injector::linger_for_cpu), makes
 //!   no difference to that.
 //! - A driver that stops lingering because it found work, and sees more work waiting, asks
-//!   for drivers as a pusher does: drivers still lingering stand in for them.
+//!   for drivers as a pusher does: drivers still lingering stand in for them. Several
+//!   pushers may count on one lingering driver, and the task it takes may run for long (a
+//!   CPU task computing, or one waiting for another to run): it takes one task and asks
+//!   for drivers for the rest, whether it found the task in a look or as it gave up
+//!   lingering.
 
 use crate::loom::sync::{AtomicUsize, Ordering, Queue, fence};
 
@@ -110,6 +114,11 @@ impl<T> Injector<T> {
     pub(crate) fn stop_lingering(&self) -> bool {
         self.lingering.fetch_sub(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+        !self.queue.is_empty()
+    }
+
+    /// Whether tasks wait in the queue (a snapshot).
+    pub(crate) fn has_work(&self) -> bool {
         !self.queue.is_empty()
     }
 
@@ -279,6 +288,69 @@ mod loom_test {
             assert_eq!(ran, vec![1, 2], "every task ran exactly once");
             assert_eq!(inj.active(), 0);
         });
+    }
+
+    /// A driver lingering alone, and a pusher of two tasks (each pushed, then asked for) that
+    /// may count on it for both. The lingering driver takes one task, in a look (`look`) or
+    /// as it gives up, and then runs it without end (it drives no more): the other task
+    /// runs anyway, on a driver the pusher or the lingering driver starts.
+    fn lingerer_taking_a_task_that_runs_on(look: bool) {
+        loom::model(move || {
+            let inj = Arc::new(Injector::new(2));
+            assert!(inj.claim());
+            assert!(inj.linger_for_cpu());
+            let i2 = inj.clone();
+            let pusher = thread::spawn(move || {
+                let mut ran = Vec::new();
+                for t in [1, 2] {
+                    i2.push(t);
+                    if i2.drivers_wanted(1) == 1 {
+                        drive(&i2, &mut ran);
+                    }
+                }
+                ran
+            });
+            let mut ran = Vec::new();
+            // A task found in a look, or taken as it gives up (after a look that found
+            // nothing), and whether more work waits then.
+            let mut found = None;
+            if look {
+                found = inj.pop().map(|t| (t, inj.stop_lingering()));
+            }
+            if found.is_none() {
+                if inj.stop_lingering() {
+                    found = inj.pop().map(|t| (t, inj.has_work()));
+                }
+                if found.is_none() && inj.leave() {
+                    drive(&inj, &mut ran);
+                }
+            }
+            let blocked = found.map(|(t, more)| {
+                if more && inj.drivers_wanted(1) == 1 {
+                    // The driver it starts (on another worker): this thread, in the model.
+                    drive(&inj, &mut ran);
+                }
+                t
+            });
+            ran.extend(pusher.join().unwrap());
+            ran.extend(blocked);
+            ran.sort();
+            assert_eq!(
+                ran,
+                vec![1, 2],
+                "every task ran, none behind the blocked one"
+            );
+        });
+    }
+
+    #[test]
+    fn a_lingerer_that_finds_a_task_and_runs_on_strands_nothing() {
+        lingerer_taking_a_task_that_runs_on(true);
+    }
+
+    #[test]
+    fn a_lingerer_that_gives_up_with_a_task_and_runs_on_strands_nothing() {
+        lingerer_taking_a_task_that_runs_on(false);
     }
 
     /// Two drivers at the limit and a pusher whose claim fails: the last driver to leave
