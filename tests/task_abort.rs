@@ -231,29 +231,25 @@ where
     b.placement(Placement::AnyGpu).vcus(0.1).memory(3 << 28)
 }
 
-/// Spawns `n` tasks (default VCUs, or [`big_on_gpu`] with `gpu`) that each block their
-/// worker, spinning until `release` is set; returns once all of them run. With as many as
-/// the runtime has workers, no task can be polled until `release`.
-async fn occupy_workers(n: usize, release: &Arc<AtomicBool>, gpu: bool) -> Vec<TaskHandle<()>> {
+/// Spawns a task (default VCUs, or [`big_on_gpu`] with `gpu`) that blocks its worker,
+/// spinning until `release` is set; returns once it runs. On a runtime of one worker, no
+/// other task can be polled until `release`.
+fn occupy_the_worker(release: &Arc<AtomicBool>, gpu: bool) -> TaskHandle<()> {
     let running = Arc::new(AtomicUsize::new(0));
-    let hs = (0..n)
-        .map(|_| {
-            let (release, running) = (release.clone(), running.clone());
-            let b = task(async move {
-                running.fetch_add(1, Ordering::SeqCst);
-                while !release.load(Ordering::SeqCst) {
-                    std::hint::spin_loop();
-                }
-            });
-            if gpu {
-                big_on_gpu(b).spawn()
-            } else {
-                b.spawn()
-            }
-        })
-        .collect();
-    wait_for(&running, n);
-    hs
+    let (r, n) = (release.clone(), running.clone());
+    let b = task(async move {
+        n.fetch_add(1, Ordering::SeqCst);
+        while !r.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+    });
+    let h = if gpu {
+        big_on_gpu(b).spawn()
+    } else {
+        b.spawn()
+    };
+    wait_for(&running, 1);
+    h
 }
 
 /// Blocks until `count` reaches `n`. (Not a Tokio sleep: with every worker blocked, nothing
@@ -264,18 +260,19 @@ fn wait_for(count: &AtomicUsize, n: usize) {
     }
 }
 
-/// A task that waits for its VCUs behind tasks that hold the whole CPU (and both workers)
-/// resolves as soon as it is aborted: taken out of the admission queue, not left there
-/// until the CPU frees up. (Left there, it could not even be polled: no worker is free.)
+/// A task that waits for its VCUs behind a task that holds the whole CPU (and its one
+/// worker) resolves as soon as it is aborted: taken out of the admission queue, not left
+/// there until the CPU frees up. (Left there, it could not even be polled: no worker is
+/// free.)
 #[test]
 fn a_task_aborted_while_the_cpu_is_full_resolves_at_once() {
-    let rt = support::cpu(2);
+    let rt = support::cpu(1);
     let ran = Arc::new(AtomicUsize::new(0));
     let r2 = ran.clone();
     let r = support::within(30, move || {
         rt.block_on(async move {
             let release = Arc::new(AtomicBool::new(false));
-            let busy = occupy_workers(2, &release, false).await;
+            let busy = occupy_the_worker(&release, false);
             let queued: Vec<_> = (0..3)
                 .map(|_| {
                     let r2 = r2.clone();
@@ -294,9 +291,7 @@ fn a_task_aborted_while_the_cpu_is_full_resolves_at_once() {
                 outcomes.push(q.await);
             }
             release.store(true, Ordering::SeqCst);
-            for b in busy {
-                b.await.unwrap();
-            }
+            busy.await.unwrap();
             outcomes
         })
     });
@@ -309,7 +304,7 @@ fn a_task_aborted_while_the_cpu_is_full_resolves_at_once() {
 /// still parked (the abort's wake would send it to take its VCUs back).
 #[test]
 fn a_parked_task_aborted_while_the_cpu_is_full_resolves_at_once() {
-    let rt = support::cpu(2);
+    let rt = support::cpu(1);
     let r = support::within(30, move || {
         rt.block_on(async move {
             let past = Arc::new(AtomicUsize::new(0));
@@ -328,17 +323,16 @@ fn a_parked_task_aborted_while_the_cpu_is_full_resolves_at_once() {
             let (_keep, never) = tokio::sync::oneshot::channel::<()>();
             let still = parked(never);
             wait_for(&started, 2);
-            // The two parked tasks lend their VCUs to these once they wait for them.
+            // The parked tasks lend their VCUs (the first to the second, then the second to
+            // this one) once another waits for them.
             let release = Arc::new(AtomicBool::new(false));
-            let busy = occupy_workers(2, &release, false).await;
+            let busy = occupy_the_worker(&release, false);
             tx.send(()).unwrap();
             woken.abort();
             still.abort();
             let r = (woken.await, still.await);
             release.store(true, Ordering::SeqCst);
-            for b in busy {
-                b.await.unwrap();
-            }
+            busy.await.unwrap();
             (r, past.load(Ordering::SeqCst))
         })
     });
@@ -354,12 +348,12 @@ fn a_parked_task_aborted_while_the_cpu_is_full_resolves_at_once() {
 fn a_task_with_data_aborted_while_the_cpu_is_full_resolves_at_once() {
     use ndarray::Array1;
     use parla::array::PArray;
-    let rt = support::cpu(2);
+    let rt = support::cpu(1);
     let r = support::within(30, move || {
         rt.block_on(async move {
             let a = PArray::from(Array1::from_elem(8, 1.0f64));
             let release = Arc::new(AtomicBool::new(false));
-            let busy = occupy_workers(2, &release, false).await;
+            let busy = occupy_the_worker(&release, false);
             let b = a.clone();
             let reader = task(async move { b.read().unwrap().sum() })
                 .reads(&a)
@@ -367,9 +361,7 @@ fn a_task_with_data_aborted_while_the_cpu_is_full_resolves_at_once() {
             reader.abort();
             let r = reader.await;
             release.store(true, Ordering::SeqCst);
-            for b in busy {
-                b.await.unwrap();
-            }
+            busy.await.unwrap();
             (r, a.to_host().await.map(|h| h.sum()))
         })
     });
@@ -385,21 +377,18 @@ fn a_task_with_data_aborted_while_the_cpu_is_full_resolves_at_once() {
 /// memory resolves as soon as it is aborted.
 #[test]
 fn a_task_aborted_while_it_waits_for_gpu_memory_resolves_at_once() {
-    let rt = support::vgpu(2, 1, 1 << 30);
+    let rt = support::vgpu(1, 1, 1 << 30);
     let r = support::within(30, move || {
         rt.block_on(async move {
             let release = Arc::new(AtomicBool::new(false));
-            // One task holds three quarters of the memory and one worker, one CPU task the
-            // other worker; the next that asks for as much memory waits.
-            let busy = occupy_workers(1, &release, true).await;
-            let more = occupy_workers(1, &release, false).await;
+            // One task holds three quarters of the memory, and the one worker; the next
+            // that asks for as much memory waits.
+            let busy = occupy_the_worker(&release, true);
             let waiting = big_on_gpu(task(async {})).spawn();
             waiting.abort();
             let r = waiting.await;
             release.store(true, Ordering::SeqCst);
-            for b in busy.into_iter().chain(more) {
-                b.await.unwrap();
-            }
+            busy.await.unwrap();
             r
         })
     });

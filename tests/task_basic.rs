@@ -169,40 +169,6 @@ fn tokio_facilities_work_inside_tasks() {
     assert_eq!(v.unwrap(), 7);
 }
 
-/// Two tasks spawned from `block_on` right after another finished (its driver still looks
-/// for work) run on two workers at once: each blocks its worker until it met the other. (The
-/// driver that finds the first starts another for the second; were the new driver left
-/// waiting on the worker the first blocks, the second would not run before the first's
-/// deadline.) Repeated: the drivers' timing differs from round to round.
-#[test]
-fn tasks_spawned_while_a_driver_looks_for_work_run_on_every_worker() {
-    use std::sync::mpsc;
-    use std::time::Duration;
-    let rt = support::cpu(2);
-    let rounds = support::within(120, move || {
-        rt.block_on(async {
-            let meet = |tx: mpsc::Sender<()>, rx: mpsc::Receiver<()>| {
-                move || {
-                    let _ = tx.send(());
-                    rx.recv_timeout(Duration::from_secs(5)).is_ok()
-                }
-            };
-            let mut rounds = Vec::new();
-            for _ in 0..40 {
-                task(async {}).spawn().await.unwrap();
-                let (tx_a, rx_a) = mpsc::channel::<()>();
-                let (tx_b, rx_b) = mpsc::channel::<()>();
-                let (a, b) = (meet(tx_a, rx_b), meet(tx_b, rx_a));
-                let a = task(async move { a() }).spawn();
-                let b = task(async move { b() }).spawn();
-                rounds.push((a.await.unwrap(), b.await.unwrap()));
-            }
-            rounds
-        })
-    });
-    assert!(rounds.iter().all(|&r| r == (true, true)), "{rounds:?}");
-}
-
 /// Tasks made ready together by a finishing task run on two workers at once: each of the
 /// two children blocks its worker until it met the other. (A worker that starts a second
 /// driver must let it go to an idle worker; were the children run one after the other on

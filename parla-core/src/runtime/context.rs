@@ -11,6 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, OnceLock, Weak};
 
 use super::RtInner;
@@ -82,7 +83,11 @@ thread_local! {
     /// The next task: one strong reference (`Arc::into_raw`), a plain pointer so that the
     /// slot needs no destructor (a driver empties it before its poll returns).
     static LIFO: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
-    static HANDOFF: Cell<bool> = const { Cell::new(false) };
+    /// Marks of the drivers on this thread: [`HANDOFF`] and [`PUT_OFF_HERE`].
+    static MARKS: Cell<u8> = const { Cell::new(0) };
+    /// Drivers put off behind Tokio's deferred wakes on this thread (their runtime, and
+    /// their state word: see [`note_put_off`]).
+    static PUT_OFF: RefCell<Vec<(u32, Arc<AtomicU8>)>> = const { RefCell::new(Vec::new()) };
     /// A driver on this thread yielded because Tokio's budget ran out (see
     /// [`note_coop_yield`]).
     static COOP_YIELD: Cell<bool> = const { Cell::new(false) };
@@ -513,19 +518,82 @@ pub(crate) fn take_woken() -> Option<Arc<dyn Task>> {
     from_raw(WOKEN.with(|c| c.take()))
 }
 
+/// A mark of [`MARKS`]: a driver polling on this thread started another.
+const HANDOFF: u8 = 1;
+/// A mark of [`MARKS`]: a driver was put off on this thread (see [`note_put_off`]).
+const PUT_OFF_HERE: u8 = 2;
+
 /// Notes that a driver of runtime `rt_id` polling on this thread started another driver.
 /// Tokio puts a task spawned from a worker in that worker's LIFO slot, which no other worker
 /// can steal and which runs only once the running task yields: the spawning driver must
 /// yield (see [`take_handoff`]) for the two to run on two workers.
 pub(crate) fn note_handoff(rt_id: u32) {
     if DRIVER.with(|c| c.get()) == rt_id {
-        HANDOFF.with(|c| c.set(true));
+        MARKS.with(|c| c.set(c.get() | HANDOFF));
     }
 }
 
 /// Reads and clears the mark of [`note_handoff`].
 pub(crate) fn take_handoff() -> bool {
-    HANDOFF.with(|c| c.replace(false))
+    MARKS.with(|c| {
+        let m = c.get();
+        c.set(m & !HANDOFF);
+        m & HANDOFF != 0
+    })
+}
+
+/// [`take_handoff`], and whether a driver was put off on this thread ([`note_put_off`]),
+/// in one look.
+#[inline]
+pub(crate) fn take_marks() -> (bool, bool) {
+    MARKS.with(|c| {
+        let m = c.get();
+        c.set(m & !HANDOFF);
+        (m & HANDOFF != 0, m & PUT_OFF_HERE != 0)
+    })
+}
+
+/// A driver of runtime `rt_id` yields behind the wakes Tokio puts off on this thread, which
+/// Tokio runs only once the worker has nothing else to poll: counted as lingering, and
+/// holding a driver slot, it may wait there as long as a task another driver runs on this
+/// worker takes. `state` is its word (`PUT_OFF_WAITING` now): a driver about to run a task
+/// on this thread revokes it ([`take_put_off`]) so that the work counted on it goes to
+/// another worker.
+pub(crate) fn note_put_off(rt_id: u32, state: &Arc<AtomicU8>) {
+    PUT_OFF.with(|p| p.borrow_mut().push((rt_id, state.clone())));
+    MARKS.with(|c| c.set(c.get() | PUT_OFF_HERE));
+}
+
+/// Takes the words of the drivers of runtime `rt_id` put off on this thread (those back
+/// already included: their words say so).
+pub(crate) fn take_put_off(rt_id: u32) -> Vec<Arc<AtomicU8>> {
+    PUT_OFF.with(|p| {
+        let mut p = p.borrow_mut();
+        let mut taken = Vec::new();
+        p.retain(|(id, s)| {
+            let mine = *id == rt_id;
+            if mine {
+                taken.push(s.clone());
+            }
+            !mine
+        });
+        if p.is_empty() {
+            MARKS.with(|c| c.set(c.get() & !PUT_OFF_HERE));
+        }
+        taken
+    })
+}
+
+/// Forgets the driver word `state` if it was noted on this thread (its driver is back).
+/// (Nothing on a thread whose thread-locals are gone: a driver dropped as it exits.)
+pub(crate) fn forget_put_off(state: &Arc<AtomicU8>) {
+    let _ = PUT_OFF.try_with(|p| {
+        let mut p = p.borrow_mut();
+        p.retain(|(_, s)| !Arc::ptr_eq(s, state));
+        if p.is_empty() {
+            let _ = MARKS.try_with(|c| c.set(c.get() & !PUT_OFF_HERE));
+        }
+    });
 }
 
 /// Notes that a driver polling on this thread yields because Tokio's cooperative budget

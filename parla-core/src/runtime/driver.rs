@@ -59,7 +59,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use super::bridge::{Bridge, Watch};
@@ -90,6 +90,44 @@ const WATCH_BATCH: usize = 8;
 /// then wait until its worker has nothing else to run (see [`Linger::Behind`]).
 const OUTSIDE_COST: u32 = 4;
 
+/// A driver's word while it waits behind the wakes Tokio puts off (see [`revoke_put_off`]),
+/// holding its slot and counted as lingering (out of work).
+const PUT_OFF_LINGERING: u8 = 0;
+/// Revoked by a driver on the same worker: its slot (and lingering) were given up for it.
+const PUT_OFF_REVOKED: u8 = 1;
+/// It is back (polled again, or dropped).
+const PUT_OFF_BACK: u8 = 2;
+/// As `PUT_OFF_LINGERING`, not lingering (it yielded for want of Tokio's budget).
+const PUT_OFF_HOLDING: u8 = 3;
+
+/// Before a driver runs a task on a thread where another driver waits behind the wakes
+/// Tokio puts off: revokes that driver (gives up its slot, and its lingering, for it, and
+/// asks for drivers if work waits).
+///
+/// Tokio runs those wakes, and that driver after them, only once the worker has nothing
+/// else to poll, and nothing can take the driver elsewhere meanwhile. A task run here may
+/// take long (a CPU task computing, or waiting for another task to run beside it), and the
+/// pushers that counted on the lingering driver would wait as long, with other workers
+/// idle. Revoked, the driver takes a slot again when it is back, if work waits and one is
+/// free, and ends otherwise.
+#[cold]
+fn revoke_put_off(rt: &Arc<RtInner>) {
+    let mut more = 0;
+    for s in context::take_put_off(rt.id) {
+        let was = s.load(Ordering::Acquire);
+        if matches!(was, PUT_OFF_LINGERING | PUT_OFF_HOLDING)
+            && s.compare_exchange(was, PUT_OFF_REVOKED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            && rt.inject.revoke(was == PUT_OFF_LINGERING)
+        {
+            more += 1;
+        }
+    }
+    if more > 0 {
+        rt.start_drivers(more);
+    }
+}
+
 pub(crate) struct Driver {
     rt: Arc<RtInner>,
     /// Holds one of the injector's driver slots.
@@ -109,6 +147,12 @@ pub(crate) struct Driver {
     /// How many times it lingered behind Tokio's work since it last ran a task (two at
     /// most: then it leaves).
     behind_rounds: u8,
+    /// Its word while it lingers behind the wakes Tokio puts off (`PUT_OFF_WAITING`; made
+    /// the first time), through which a driver on the same worker revokes it (see
+    /// [`revoke_put_off`]).
+    put_off: Option<Arc<AtomicU8>>,
+    /// It lingers behind the wakes Tokio puts off now (`put_off` is noted on its thread).
+    put_off_now: bool,
     /// Watches of GPU tasks nobody waits on, not yet handed to the poller (see the module
     /// invariants).
     watches: Vec<Watch>,
@@ -170,6 +214,8 @@ impl Driver {
             waited_outside: false,
             behind: false,
             behind_rounds: 0,
+            put_off: None,
+            put_off_now: false,
             watches: Vec::new(),
             #[cfg(feature = "tracing")]
             body_ns: None,
@@ -182,6 +228,40 @@ impl Driver {
         if !self.watches.is_empty() {
             Bridge::watch_all(rt, &mut self.watches);
         }
+    }
+
+    /// Notes this driver as waiting behind the wakes Tokio puts off on this thread, where a
+    /// driver on the same worker may revoke it ([`revoke_put_off`]); `lingering`: it is
+    /// counted as lingering.
+    fn note_put_off(&mut self, rt: &RtInner, lingering: bool) {
+        let s = self
+            .put_off
+            .get_or_insert_with(|| Arc::new(AtomicU8::new(PUT_OFF_BACK)));
+        let word = if lingering {
+            PUT_OFF_LINGERING
+        } else {
+            PUT_OFF_HOLDING
+        };
+        s.store(word, Ordering::Release);
+        context::note_put_off(rt.id, s);
+        self.put_off_now = true;
+    }
+
+    /// Back from waiting behind the wakes Tokio put off (polled again, or dropped): whether
+    /// it was revoked meanwhile (it then holds no slot and does not linger).
+    fn back_from_put_off(&mut self) -> bool {
+        if !std::mem::take(&mut self.put_off_now) {
+            return false;
+        }
+        let Some(s) = &self.put_off else {
+            return false;
+        };
+        context::forget_put_off(s);
+        let revoked = s.swap(PUT_OFF_BACK, Ordering::AcqRel) == PUT_OFF_REVOKED;
+        if revoked {
+            self.active = false;
+        }
+        revoked
     }
 
     /// Out of work after running GPU tasks: polls the injector and the runtime's fences for
@@ -650,15 +730,17 @@ impl Future for Driver {
         let _rt = context::enter_rt(&rt);
         let _driver = context::enter_driver(rt.id);
         let mut budget = BUDGET;
-        // (A mark left by a driver that ended on this thread is stale.)
-        context::take_handoff();
+        // (A hand-off mark left by a driver that ended on this thread is stale.)
+        let (_, put_off_here) = context::take_marks();
         #[cfg(feature = "tracing")]
         let report = this.start_report();
         let mut first = None;
         // Whether this driver may have started another since it last yielded, before the
         // task it takes next (see the hand-off below).
         let mut started = false;
-        if std::mem::take(&mut this.behind) {
+        let mut ended = false;
+        let revoked = this.back_from_put_off();
+        if std::mem::take(&mut this.behind) && !revoked {
             // Back from lingering behind Tokio's work (`Linger::Behind`).
             first = rt.inject.pop();
             if rt.inject.stop_lingering() && first.is_some() {
@@ -667,7 +749,29 @@ impl Future for Driver {
                 started = true;
             }
         }
+        if revoked {
+            if rt.inject.has_work() && rt.inject.claim() {
+                // Revoked meanwhile (see `revoke_put_off`): it takes a slot again for the
+                // work that waits, and asks for drivers for more of it.
+                this.active = true;
+                first = rt.inject.pop();
+                if first.is_some() && rt.inject.has_work() {
+                    rt.start_drivers(1);
+                    started = true;
+                }
+            } else {
+                // The drivers holding the slots take the work.
+                ended = true;
+            }
+        }
+        if put_off_here && !ended {
+            revoke_put_off(&rt);
+            started = true;
+        }
         let result = loop {
+            if ended {
+                break Poll::Ready(());
+            }
             let next = first
                 .take()
                 .or_else(context::take_next)
@@ -683,6 +787,9 @@ impl Future for Driver {
                         // Counted as lingering (pushers count on it instead of starting a
                         // driver), it yields (and flushes, below).
                         this.behind = true;
+                        if put_off {
+                            this.note_put_off(&rt, true);
+                        }
                         yield_to_tokio(cx, put_off);
                         break Poll::Pending;
                     }
@@ -699,14 +806,13 @@ impl Future for Driver {
             this.behind_rounds = 0;
             if std::mem::take(&mut started) && context::take_handoff() {
                 // This driver just started another (it found more work than drivers), which
-                // waits in this worker's LIFO slot until this one yields. The new one runs
-                // `task` (left in this thread's next-task slot) while this one, yielding,
-                // goes where an idle worker steals it. Running `task` first would keep the
-                // new driver from every other worker for as long as `task` runs: a task
-                // that computes for a second, or spins until another task runs.
-                if let (_, Some(t)) = context::place_next(rt.id, task) {
-                    rt.inject.push(t);
-                }
+                // waits in this worker's LIFO slot until this one yields. The new one takes
+                // `task` (queued for any driver: the next-task slot is empty when a poll
+                // returns, and Tokio may run the new driver elsewhere) while this one,
+                // yielding, goes where an idle worker steals it. Running `task` first would
+                // keep the new driver from every other worker for as long as `task` runs: a
+                // task that computes for a second, or spins until another task runs.
+                rt.inject.push(task);
                 yield_to_tokio(cx, false);
                 break Poll::Pending;
             }
@@ -716,7 +822,11 @@ impl Future for Driver {
             // started another yields too: the new one waits in this worker's LIFO slot
             // until this one yields, and this one, yielding, goes to the worker's run
             // queue, where an idle worker is woken to steal it - so both run.
-            let handoff = context::take_handoff();
+            let (mut handoff, put_off_here) = context::take_marks();
+            if put_off_here {
+                revoke_put_off(&rt);
+                handoff |= context::take_handoff();
+            }
             let coop = !tokio::task::coop::has_budget_remaining();
             if handoff || budget == 0 || coop {
                 // Let other Tokio tasks on this worker run; the next task goes where any
@@ -731,6 +841,7 @@ impl Future for Driver {
                 let put_off = coop && !handoff;
                 if put_off {
                     context::note_coop_yield();
+                    this.note_put_off(&rt, false);
                 }
                 #[cfg(all(test, not(parla_loom)))]
                 if coop {
@@ -781,7 +892,8 @@ impl Drop for Driver {
         // (Empty between polls: see the module invariants.)
         let rt = self.rt.clone();
         self.hand_watches(&rt);
-        if self.behind {
+        let revoked = self.back_from_put_off();
+        if self.behind && !revoked {
             // (Dropped while lingering behind Tokio's work, as Tokio drops its tasks when it
             // shuts down.)
             self.rt.inject.stop_lingering();

@@ -117,6 +117,21 @@ impl<T> Injector<T> {
         !self.queue.is_empty()
     }
 
+    /// A driver holding a slot (and lingering, with `lingering`) gives its slot back and
+    /// stops lingering, done by another thread on its behalf (the driver is put off where it
+    /// may not run for long: see `driver`). Returns whether work waits in the queue: then the
+    /// caller asks for drivers, as a pusher does. (The steps of
+    /// [`stop_lingering`](Self::stop_lingering) and [`leave`](Self::leave), so a pusher
+    /// sees the driver gone or the caller the work.)
+    pub(crate) fn revoke(&self, lingering: bool) -> bool {
+        if lingering {
+            self.lingering.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        !self.queue.is_empty()
+    }
+
     /// Whether tasks wait in the queue (a snapshot).
     pub(crate) fn has_work(&self) -> bool {
         !self.queue.is_empty()
@@ -351,6 +366,27 @@ mod loom_test {
     #[test]
     fn a_lingerer_that_gives_up_with_a_task_and_runs_on_strands_nothing() {
         lingerer_taking_a_task_that_runs_on(false);
+    }
+
+    /// A driver lingering (it holds a slot) is put off where it never runs again, and a
+    /// pusher counts on it: another driver revokes it, and the task runs anyway, on a
+    /// driver the pusher or the revoker starts.
+    #[test]
+    fn a_revoked_lingerer_strands_nothing() {
+        loom::model(|| {
+            let inj = Arc::new(Injector::new(2));
+            // The put-off driver, and the one that revokes it (running a task).
+            assert!(inj.claim() && inj.claim());
+            inj.linger();
+            let pusher = push_and_drive(&inj, 1);
+            let mut ran = Vec::new();
+            if inj.revoke(true) && inj.drivers_wanted(1) == 1 {
+                drive(&inj, &mut ran);
+            }
+            ran.extend(pusher.join().unwrap());
+            assert_eq!(ran, vec![1], "the task ran exactly once");
+            assert_eq!(inj.active(), 1, "the revoker's slot");
+        });
     }
 
     /// Two drivers at the limit and a pusher whose claim fails: the last driver to leave
