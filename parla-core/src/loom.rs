@@ -54,6 +54,10 @@ pub(crate) mod sync {
         pub(crate) fn is_empty(&self) -> bool {
             self.0.is_empty()
         }
+        /// How many items it holds (a snapshot).
+        pub(crate) fn len(&self) -> usize {
+            self.0.len()
+        }
     }
 
     /// Lets other threads run while this one waits for one of them (a spin's pause).
@@ -170,6 +174,11 @@ pub(crate) mod sync {
             self.head
                 .load(loom::sync::atomic::Ordering::SeqCst)
                 .is_null()
+        }
+
+        /// How many items it holds, as far as the models need: one while it is not empty.
+        pub(crate) fn len(&self) -> usize {
+            usize::from(!self.is_empty())
         }
     }
 

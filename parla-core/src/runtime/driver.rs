@@ -100,6 +100,16 @@ const PUT_OFF_BACK: u8 = 2;
 /// As `PUT_OFF_LINGERING`, not lingering (it yielded for want of Tokio's budget).
 const PUT_OFF_HOLDING: u8 = 3;
 
+/// A driver that stopped lingering with a task, and saw more work waiting, asks for drivers
+/// for all of it: pushers count on every lingering driver, each for its own task, so the
+/// tasks pushed while drivers lingered may be many more than the lingering drivers. (Asking
+/// for one, a wave of tasks spawned at once from `block_on` got one driver more than the
+/// drivers that lingered, which ran the rest one after the other.) Drivers still lingering
+/// stand in for some of them (`start_drivers`).
+fn ask_for_drivers(rt: &Arc<RtInner>) {
+    rt.start_drivers(rt.inject.queued().max(1));
+}
+
 /// Before a driver runs a task on a thread where another driver waits behind the wakes
 /// Tokio puts off: revokes that driver (gives up its slot, and its lingering, for it, and
 /// asks for drivers if work waits).
@@ -321,9 +331,9 @@ impl Driver {
             });
             if let Some(t) = found {
                 if rt.inject.stop_lingering() {
-                    // More work than this driver: another one takes it (or a driver still
+                    // More work than this driver: others take it (or drivers still
                     // lingering: `start_drivers` counts on those).
-                    rt.start_drivers(1);
+                    ask_for_drivers(rt);
                 }
                 return Linger::Found(t);
             }
@@ -355,7 +365,7 @@ impl Driver {
                     && let Some(t) = rt.inject.pop()
                 {
                     if rt.inject.has_work() {
-                        rt.start_drivers(1);
+                        ask_for_drivers(rt);
                     }
                     return Linger::Found(t);
                 }
@@ -745,7 +755,7 @@ impl Future for Driver {
             first = rt.inject.pop();
             if rt.inject.stop_lingering() && first.is_some() {
                 // More work than this driver (as when a spinning linger ends).
-                rt.start_drivers(1);
+                ask_for_drivers(&rt);
                 started = true;
             }
         }
@@ -756,7 +766,7 @@ impl Future for Driver {
                 this.active = true;
                 first = rt.inject.pop();
                 if first.is_some() && rt.inject.has_work() {
-                    rt.start_drivers(1);
+                    ask_for_drivers(&rt);
                     started = true;
                 }
             } else {

@@ -19,11 +19,11 @@
 //!   number of drivers lingered, with [`linger_for_cpu`](Injector::linger_for_cpu), makes
 //!   no difference to that.
 //! - A driver that stops lingering because it found work, and sees more work waiting, asks
-//!   for drivers as a pusher does: drivers still lingering stand in for them. Several
-//!   pushers may count on one lingering driver, and the task it takes may run for long (a
-//!   CPU task computing, or one waiting for another to run): it takes one task and asks
-//!   for drivers for the rest, whether it found the task in a look or as it gave up
-//!   lingering.
+//!   for drivers as a pusher does, one per task waiting: drivers still lingering stand in
+//!   for some. Many pushers may count on the same lingering drivers, and the task each
+//!   takes may run for long (a CPU task computing, or one waiting for another to run): it
+//!   takes one task and asks for drivers for the rest, whether it found the task in a look
+//!   or as it gave up lingering.
 
 use crate::loom::sync::{AtomicUsize, Ordering, Queue, fence};
 
@@ -135,6 +135,11 @@ impl<T> Injector<T> {
     /// Whether tasks wait in the queue (a snapshot).
     pub(crate) fn has_work(&self) -> bool {
         !self.queue.is_empty()
+    }
+
+    /// How many tasks wait in the queue (a snapshot).
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     /// A driver holding a slot stops for good (at shutdown).
