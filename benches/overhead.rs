@@ -21,6 +21,10 @@
 //!   once: more tasks are ready than the workers run, so with default VCUs most of them
 //!   wait for admission, and every task that finishes admits the next (the path of a
 //!   device kept full).
+//! - `waves`: 200 rounds of one task per worker thread that works 1 ms (a spin on the clock),
+//!   spawned at once from `block_on` and all awaited before the next round: whether each
+//!   wave's tasks run side by side, one per worker, or some wait behind others (the ideal
+//!   is a ratio of 1.0: the work, not the runtime, takes the time).
 //! - `channels`: 200,000 messages between pairs of tasks that ping-pong over two unbounded
 //!   `tokio::sync::mpsc` channels, three pairs per worker thread: more tasks want to run
 //!   than the CPU admits with default VCUs, so every message wakes a task that lent its
@@ -48,6 +52,8 @@
 //! the two `JoinHandle`s one after the other, (b) with `tokio::join!`. For `round-trip`:
 //! `tokio::spawn` from `block_on`, (a) awaiting the `JoinHandle`, (b) awaiting a `oneshot`
 //! the task sends on. For `busy`: those of `independent`, each task doing the same work. For
+//! `waves`: `tokio::spawn` of the same tasks, awaiting (a) each wave's `JoinHandle`s in
+//! order, (b) a `JoinSet` of them. For
 //! `wavefront-rows`: those of the grid. For `channels`: the same pairs with `tokio::spawn`,
 //! over (a) bounded channels of one message, (b) the same unbounded channels as parla's.
 //! (The channel's own work is about two thirds of a message's instructions in Tokio, and the
@@ -187,11 +193,12 @@ enum Graph {
     ForkJoin,
     RoundTrip,
     Busy,
+    Waves,
     Channels,
 }
 
 impl Graph {
-    const ALL: [Graph; 10] = [
+    const ALL: [Graph; 11] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
@@ -201,6 +208,7 @@ impl Graph {
         Graph::ForkJoin,
         Graph::RoundTrip,
         Graph::Busy,
+        Graph::Waves,
         Graph::Channels,
     ];
 
@@ -215,6 +223,7 @@ impl Graph {
             Graph::ForkJoin => "fork-join",
             Graph::RoundTrip => "round-trip",
             Graph::Busy => "busy",
+            Graph::Waves => "waves",
             Graph::Channels => "channels",
         }
     }
@@ -252,6 +261,10 @@ struct Sizes {
     trips: usize,
     /// Tasks of `busy`.
     busy: usize,
+    /// Rounds of `waves`.
+    waves: usize,
+    /// Tasks of each wave: one per worker thread.
+    width: usize,
     /// Messages of `channels`.
     messages: usize,
     /// Ping-pong pairs of `channels`.
@@ -272,6 +285,8 @@ impl Sizes {
             depth: (17.0 + scale.log2()).round().max(1.0) as u32,
             trips: scaled(10_000.0),
             busy: scaled(50_000.0),
+            waves: scaled(200.0),
+            width: 1,
             messages: scaled(200_000.0),
             pairs: 0,
             memory: scaled(1_000_000.0),
@@ -292,6 +307,7 @@ impl Sizes {
             Graph::ForkJoin => (1 << (self.depth + 1)) - 1,
             Graph::RoundTrip => self.trips,
             Graph::Busy => self.busy,
+            Graph::Waves => self.waves * self.width,
             Graph::Channels => self.rounds() * 2 * self.pairs,
         }
     }
@@ -359,7 +375,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, channels, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, channels, service or memory",
         );
     }
     o
@@ -406,6 +422,65 @@ fn parla_busy(rt: &Runtime, n: usize) -> Duration {
         start
     });
     start.elapsed()
+}
+
+/// The work of each task of `waves`.
+const WAVE: Duration = Duration::from_millis(1);
+
+/// What each task of `waves` does: [`WAVE`] of work (a spin on the clock).
+fn wave_work() {
+    let start = Instant::now();
+    while start.elapsed() < WAVE {
+        std::hint::spin_loop();
+    }
+}
+
+/// `rounds` waves of `width` tasks doing [`wave_work`], each wave awaited before the next.
+fn parla_waves(rt: &Runtime, rounds: usize, width: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            let wave: Vec<TaskHandle<()>> = (0..width)
+                .map(|_| task(async { wave_work() }).spawn())
+                .collect();
+            for h in wave {
+                h.await.expect("wave task failed");
+            }
+        }
+        start.elapsed()
+    })
+}
+
+/// [`parla_waves`] with `tokio::spawn`: each wave's `JoinHandle`s awaited in order (a), or
+/// a `JoinSet` (b).
+fn tokio_waves(
+    rt: &tokio::runtime::Runtime,
+    rounds: usize,
+    width: usize,
+    join_set: bool,
+) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            if join_set {
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..width {
+                    set.spawn(async { wave_work() });
+                }
+                while let Some(r) = set.join_next().await {
+                    r.expect("wave task failed");
+                }
+            } else {
+                let wave: Vec<JoinHandle<()>> = (0..width)
+                    .map(|_| tokio::spawn(async { wave_work() }))
+                    .collect();
+                for h in wave {
+                    h.await.expect("wave task failed");
+                }
+            }
+        }
+        start.elapsed()
+    })
 }
 
 /// `pairs` pairs of parla tasks (default VCUs), each sending `rounds` messages to the other
@@ -1003,6 +1078,7 @@ impl Env {
                     Graph::ForkJoin => parla_fork_join(rt, s.depth),
                     Graph::RoundTrip => parla_round_trip(rt, s.trips),
                     Graph::Busy => parla_busy(rt, s.busy),
+                    Graph::Waves => parla_waves(rt, s.waves, s.width),
                     Graph::Channels => parla_channels(rt, s.pairs, s.rounds()),
                 }
             }
@@ -1018,6 +1094,7 @@ impl Env {
                     Graph::ForkJoin => tokio_fork_join(rt, s.depth, false),
                     Graph::RoundTrip => tokio_round_trip(rt, s.trips, false),
                     Graph::Busy => tokio_a_busy(rt, s.busy),
+                    Graph::Waves => tokio_waves(rt, s.waves, s.width, false),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), false),
                 }
             }
@@ -1045,6 +1122,7 @@ impl Env {
                             busy: true,
                         },
                     ),
+                    Graph::Waves => tokio_waves(rt, s.waves, s.width, true),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), true),
                 }
             }
@@ -1236,6 +1314,7 @@ fn main() {
     let o = parse_options();
     let sizes = Sizes {
         pairs: 3 * o.threads,
+        width: o.threads,
         ..Sizes::new(o.scale)
     };
     let graphs: Vec<Graph> = match &o.graph {
