@@ -402,12 +402,17 @@ fn parla_independent(rt: &Runtime, n: usize) -> Duration {
     start.elapsed()
 }
 
-/// What each task of `busy` does: [`BUSY`] of work (a spin on the clock).
-fn busy_work() {
+/// Works for `d`: a spin on the clock (the work of the tasks of `busy` and `waves`).
+fn spin_for(d: Duration) {
     let start = Instant::now();
-    while start.elapsed() < BUSY {
+    while start.elapsed() < d {
         std::hint::spin_loop();
     }
+}
+
+/// What each task of `busy` does: [`BUSY`] of work.
+fn busy_work() {
+    spin_for(BUSY);
 }
 
 /// The work of each task of `busy`.
@@ -427,21 +432,14 @@ fn parla_busy(rt: &Runtime, n: usize) -> Duration {
 /// The work of each task of `waves`.
 const WAVE: Duration = Duration::from_millis(1);
 
-/// What each task of `waves` does: [`WAVE`] of work (a spin on the clock).
-fn wave_work() {
-    let start = Instant::now();
-    while start.elapsed() < WAVE {
-        std::hint::spin_loop();
-    }
-}
-
-/// `rounds` waves of `width` tasks doing [`wave_work`], each wave awaited before the next.
+/// `rounds` waves of `width` tasks doing [`WAVE`] of work, each wave awaited before the
+/// next.
 fn parla_waves(rt: &Runtime, rounds: usize, width: usize) -> Duration {
     rt.block_on(async move {
         let start = Instant::now();
         for _ in 0..rounds {
             let wave: Vec<TaskHandle<()>> = (0..width)
-                .map(|_| task(async { wave_work() }).spawn())
+                .map(|_| task(async { spin_for(WAVE) }).spawn())
                 .collect();
             for h in wave {
                 h.await.expect("wave task failed");
@@ -465,14 +463,14 @@ fn tokio_waves(
             if join_set {
                 let mut set = tokio::task::JoinSet::new();
                 for _ in 0..width {
-                    set.spawn(async { wave_work() });
+                    set.spawn(async { spin_for(WAVE) });
                 }
                 while let Some(r) = set.join_next().await {
                     r.expect("wave task failed");
                 }
             } else {
                 let wave: Vec<JoinHandle<()>> = (0..width)
-                    .map(|_| tokio::spawn(async { wave_work() }))
+                    .map(|_| tokio::spawn(async { spin_for(WAVE) }))
                     .collect();
                 for h in wave {
                     h.await.expect("wave task failed");

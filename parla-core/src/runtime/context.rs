@@ -535,11 +535,7 @@ pub(crate) fn note_handoff(rt_id: u32) {
 
 /// Reads and clears the mark of [`note_handoff`].
 pub(crate) fn take_handoff() -> bool {
-    MARKS.with(|c| {
-        let m = c.get();
-        c.set(m & !HANDOFF);
-        m & HANDOFF != 0
-    })
+    take_marks().0
 }
 
 /// [`take_handoff`], and whether a driver was put off on this thread ([`note_put_off`]),
@@ -554,9 +550,9 @@ pub(crate) fn take_marks() -> (bool, bool) {
 }
 
 /// A driver of runtime `rt_id` yields behind the wakes Tokio puts off on this thread, which
-/// Tokio runs only once the worker has nothing else to poll: counted as lingering, and
-/// holding a driver slot, it may wait there as long as a task another driver runs on this
-/// worker takes. `state` is its word (`PUT_OFF_WAITING` now): a driver about to run a task
+/// Tokio runs only once the worker has nothing else to poll: holding a driver slot (and
+/// counted as lingering, when out of work), it may wait there as long as a task another
+/// driver runs on this worker takes. `state` is its word, set to say so: a driver about to run a task
 /// on this thread revokes it ([`take_put_off`]) so that the work counted on it goes to
 /// another worker.
 pub(crate) fn note_put_off(rt_id: u32, state: &Arc<AtomicU8>) {

@@ -59,6 +59,15 @@ impl DeviceData {
     pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
+
+    /// The queue, locked, with the tasks that came in meanwhile moved to its back.
+    fn lock_queue(&self) -> parking_lot::MutexGuard<'_, VecDeque<Arc<dyn Task>>> {
+        let mut q = self.queue.lock();
+        while let Some(t) = self.incoming.pop() {
+            q.push_back(t);
+        }
+        q
+    }
 }
 
 /// The ledger of a runtime (what [`Ledger`] reports to).
@@ -128,10 +137,7 @@ impl RtInner {
         let mut aborted = Vec::new();
         dev.data.turn.request(|| {
             // Only the server locks it (and, rarely, an aborter).
-            let mut q = dev.data.queue.lock();
-            while let Some(t) = dev.data.incoming.pop() {
-                q.push_back(t);
-            }
+            let mut q = dev.data.lock_queue();
             while let Some(t) = q.front() {
                 let abort = t.header().abort_requested();
                 if !abort && !self.admit_data(slot, t, out) {
@@ -163,10 +169,7 @@ impl RtInner {
                 continue;
             }
             let taken = {
-                let mut q = dev.data.queue.lock();
-                while let Some(t) = dev.data.incoming.pop() {
-                    q.push_back(t);
-                }
+                let mut q = dev.data.lock_queue();
                 let at = q.iter().position(|t| Arc::ptr_eq(t, task));
                 at.and_then(|i| q.remove(i))
             };

@@ -157,11 +157,11 @@ pub(crate) struct Driver {
     /// How many times it lingered behind Tokio's work since it last ran a task (two at
     /// most: then it leaves).
     behind_rounds: u8,
-    /// Its word while it lingers behind the wakes Tokio puts off (`PUT_OFF_WAITING`; made
-    /// the first time), through which a driver on the same worker revokes it (see
-    /// [`revoke_put_off`]).
+    /// Its word while it waits behind the wakes Tokio puts off (`PUT_OFF_LINGERING` or
+    /// `PUT_OFF_HOLDING`; made the first time), through which a driver on the same worker
+    /// revokes it (see [`revoke_put_off`]).
     put_off: Option<Arc<AtomicU8>>,
-    /// It lingers behind the wakes Tokio puts off now (`put_off` is noted on its thread).
+    /// It waits behind the wakes Tokio puts off now (`put_off` is noted on its thread).
     put_off_now: bool,
     /// Watches of GPU tasks nobody waits on, not yet handed to the poller (see the module
     /// invariants).

@@ -935,11 +935,18 @@ impl<T: Claim> Admission<T> {
     fn drain_resumes(&self, c: &mut Central<T>, out: &mut Vec<T>) {
         if !c.resumes.is_empty() {
             let n = self.admit_fitting(&mut c.resumes, c.resume_min, out);
-            if c.resumes.is_empty() {
-                c.resume_min = NO_MIN;
-            }
-            self.resuming.fetch_sub(n, Ordering::AcqRel);
+            self.resumes_left(c, n);
         }
+    }
+
+    /// `n` items left the resume lane (`c`): they are taken off its count, and its bound
+    /// is reset once it is empty.
+    #[inline]
+    fn resumes_left(&self, c: &mut Central<T>, n: usize) {
+        if c.resumes.is_empty() {
+            c.resume_min = NO_MIN;
+        }
+        self.resuming.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// Admits every item of `lane` that fits, in order, keeping the others in their order
@@ -990,10 +997,7 @@ impl<T: Claim> Admission<T> {
         let (mut c, seen) = self.lock_central();
         self.absorb(&mut c);
         if let Some(e) = c.resumes.pop_front() {
-            if c.resumes.is_empty() {
-                c.resume_min = NO_MIN;
-            }
-            self.resuming.fetch_sub(1, Ordering::AcqRel);
+            self.resumes_left(&mut c, 1);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             self.unlock(c, seen, out);
             return Some((e.item, e.d, Lane::Resume));
@@ -1077,10 +1081,7 @@ impl<T: Claim> Admission<T> {
         let mut found = None;
         if let Some(i) = c.resumes.iter().position(|e| e.item.is(item)) {
             found = c.resumes.remove(i).map(|e| (e.item, Lane::Resume));
-            if c.resumes.is_empty() {
-                c.resume_min = NO_MIN;
-            }
-            self.resuming.fetch_sub(1, Ordering::AcqRel);
+            self.resumes_left(&mut c, 1);
         } else if let Some(i) = c.tasks.iter().position(|e| e.item.is(item)) {
             found = c.tasks.remove(i).map(|e| (e.item, Lane::Task));
         } else {
