@@ -9,6 +9,8 @@
 //!   under the header's `links` lock; the join handle reads the stage only after it saw the
 //!   outcome under that lock.
 //! - The output is taken or dropped exactly once, as the header's join protocol decides.
+//! - No `Weak` reference to a task is ever made: an `Arc` of a task whose strong count is
+//!   one is its only reference, and nothing can make another ([`reuse_as`] relies on it).
 
 use std::cell::UnsafeCell;
 use std::future::Future;
@@ -111,16 +113,18 @@ impl<F: Future, D> TaskCell<F, D> {
     ) -> Arc<Self> {
         // (`Arc::new` of an uninitialized value, rather than `Arc::new_uninit`, which
         // computes its layout in calls of its own.)
-        let mut cell = match reused {
+        let cell = match reused {
             Some(cell) => cell,
             None => Arc::new(MaybeUninit::<Self>::uninit()),
         };
-        let Some(place) = Arc::get_mut(&mut cell) else {
-            unreachable!("a new or reused `Arc` has no other reference")
-        };
-        let p = place.as_mut_ptr();
-        // SAFETY: `p` points to the value of the allocation just made, which nothing else
-        // can see, and comes from the `&mut` to it. `init` gets the header's place as a
+        // (Not through `Arc::get_mut`: its compare-and-swap on the weak count, a
+        // read-modify-write per spawn, checks what is known here.)
+        let p = Arc::as_ptr(&cell).cast_mut().cast::<Self>();
+        // SAFETY: `cell` is the only reference to its allocation: a new one, or one
+        // `reuse_as` checked (and no task has weak references), so nothing else can see
+        // it. `p` comes from `Arc::as_ptr`, which keeps the `Arc`'s own write access (what
+        // `Arc::get_mut` writes through), and no reference to the value lives while it is
+        // written. `init` gets the header's place as a
         // `MaybeUninit`, which it can only write, and writes all of it (its callers use
         // `MaybeUninit::write`); the other fields are written here, so every field is
         // initialized before `assume_init`. If `init` panics, the allocation is freed
@@ -143,15 +147,22 @@ impl<F: Future, D> TaskCell<F, D> {
 /// This saves a free and an allocation per spawn: a thread spawning tasks of one type in
 /// a loop writes each into the memory of one that finished.
 #[inline]
-pub(crate) fn reuse_as<C>(mut task: Arc<dyn Task>) -> Result<Arc<MaybeUninit<C>>, Arc<dyn Task>> {
+pub(crate) fn reuse_as<C>(task: Arc<dyn Task>) -> Result<Arc<MaybeUninit<C>>, Arc<dyn Task>> {
     let fits = size_of_val::<dyn Task>(&*task) == size_of::<C>()
         && align_of_val::<dyn Task>(&*task) == align_of::<C>();
-    if !fits || Arc::get_mut(&mut task).is_none() {
+    // The only reference: no other strong one, and no task ever has a weak one (module
+    // invariants), so none can be made meanwhile. (A load, where `Arc::get_mut` would lock
+    // the weak count with a compare-and-swap: one read-modify-write less per spawn.) The
+    // fence pairs with the release of the other references' drops, so their accesses to
+    // the task happen before it is emptied and written over here.
+    debug_assert_eq!(Arc::weak_count(&task), 0, "a task has no weak references");
+    if !fits || Arc::strong_count(&task) != 1 {
         return Err(task);
     }
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
     let raw = Arc::into_raw(task).cast_mut();
     // SAFETY: `raw` is the value of an `Arc` that had no other reference, strong or weak
-    // (`get_mut` succeeded), and nothing else can reach it: dropping it in place is the
+    // (checked above), and nothing else can reach it: dropping it in place is the
     // drop the `Arc` would have done, and nothing reads it afterwards. (Should a destructor
     // panic, the allocation leaks: the `Arc` is already given up, so nothing is dropped
     // twice.) `from_raw` then takes the allocation back as an `Arc` of an uninitialized
