@@ -285,3 +285,93 @@ fn builder_rejects_bad_configuration() {
         .unwrap_err();
     assert!(e.to_string().contains("100 GPUs"), "{e}");
 }
+
+/// The order tasks ran in.
+type Log = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Spawns from `block_on`, on a CPU kept full by a first task that spins until everything
+/// is spawned: a chain `A1` -> ... -> `An` (`A1` the spinner), then `waiting` tasks `B1`..
+/// that do not depend on it (they wait for the CPU), then, with `whole`, a task `W` asking
+/// for the whole CPU (waiting behind them). Returns the order the tasks ran in.
+fn chain_and_waiting_tasks(
+    rt: &parla::Runtime,
+    n: usize,
+    waiting: usize,
+    whole: bool,
+) -> Vec<String> {
+    let log: Log = Arc::default();
+    let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let note = |log: &Log, s: String| log.lock().unwrap().push(s);
+    rt.block_on(async {
+        let (l, g) = (log.clone(), go.clone());
+        let mut prev = task(async move {
+            while !g.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            note(&l, "A1".into());
+        })
+        .spawn();
+        for k in 2..=n {
+            let l = log.clone();
+            prev = task(async move { note(&l, format!("A{k}")) })
+                .after(&prev)
+                .spawn();
+        }
+        let mut others: Vec<_> = (1..=waiting)
+            .map(|k| {
+                let l = log.clone();
+                task(async move { note(&l, format!("B{k}")) }).spawn()
+            })
+            .collect();
+        if whole {
+            let l = log.clone();
+            others.push(task(async move { note(&l, "W".into()) }).vcus(1.0).spawn());
+        }
+        go.store(true, Ordering::Release);
+        prev.await.unwrap();
+        for t in others {
+            t.await.unwrap();
+        }
+    });
+    log.lock().unwrap().clone()
+}
+
+/// Where `name` ran in `order`.
+fn ran_at(order: &[String], name: &str) -> usize {
+    order
+        .iter()
+        .position(|s| s == name)
+        .unwrap_or_else(|| panic!("{name} never ran: {order:?}"))
+}
+
+/// A task that finishes while equal tasks wait for the CPU passes its VCUs on to the task
+/// it made ready, which runs next, ahead of them - a bounded number of times in a row: then
+/// the waiting tasks get the VCUs, in their order.
+#[test]
+fn a_finished_task_passes_its_vcus_on_to_the_task_it_made_ready_a_few_times_in_a_row() {
+    let rt = support::cpu(1);
+    let order = support::within(60, move || chain_and_waiting_tasks(&rt, 30, 4, false));
+    let at = |name: &str| ran_at(&order, name);
+    assert_eq!(order.len(), 34, "{order:?}");
+    // Passed on: A2 runs right after A1, before the tasks that waited.
+    assert_eq!(at("A2"), 1, "{order:?}");
+    // Boundedly: the waiting tasks run before the chain ends, in their order.
+    assert!(at("B1") < at("A30"), "the chain kept the CPU: {order:?}");
+    assert!(
+        at("B1") < at("B2") && at("B2") < at("B3") && at("B3") < at("B4"),
+        "{order:?}"
+    );
+}
+
+/// Passing VCUs on never starves a task that asks for more: a whole-CPU task waiting while
+/// a chain runs on half of it runs before the chain ends.
+#[test]
+fn passing_vcus_on_does_not_starve_a_task_that_asks_for_more() {
+    let rt = support::cpu(2);
+    let order = support::within(60, move || chain_and_waiting_tasks(&rt, 40, 0, true));
+    assert_eq!(order.len(), 41, "{order:?}");
+    assert!(
+        ran_at(&order, "W") < ran_at(&order, "A40"),
+        "the chain kept the CPU: {order:?}"
+    );
+}

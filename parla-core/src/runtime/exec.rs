@@ -54,7 +54,15 @@ pub(crate) struct Local {
     /// Busy tokens counted ahead in the runtime's counters and not handed out yet (see
     /// [`RtInner::take_busy_credit`]); given back at [`RtInner::flush`].
     pub(crate) busy_credit: i64,
+    /// Reservations passed on in a row, from tasks finished here to tasks they made ready
+    /// (see [`RtInner::complete`]): at most [`PASS_ON`], then one is released.
+    pub(crate) passed_on: u8,
 }
+
+/// The most reservations a thread passes on in a row from a finished task to a task it
+/// made ready, past equal tasks waiting for the device ([`RtInner::complete`]); the next
+/// finished task releases its own, which the device's waiting tasks take in their order.
+pub(crate) const PASS_ON: u8 = 8;
 
 impl Local {
     /// Lets the scratch vectors give back what a burst made them hold (a gate opening on a
@@ -805,6 +813,48 @@ impl RtInner {
         }
     }
 
+    /// Passes the reservation `d` of a task that finished on device `slot` to a task it
+    /// made ready (in `l`'s effects) that goes to that device alone and asks for exactly
+    /// `d`: that task is admitted on it, into `l.admitted`, without the device's admission
+    /// (its lanes' lock, the usage word), and this thread runs it next. Returns whether one
+    /// was found; the caller releases `d` otherwise.
+    ///
+    /// [`complete`](Self::complete) keeps the reservation for this only while equal tasks
+    /// wait for the CPU (no resume, no task with data), and at most [`PASS_ON`] times in a
+    /// row on a thread. Such a task then goes ahead of the tasks that wait: a wavefront of
+    /// tasks that tasks spawned, running on a full CPU, otherwise takes the lanes' lock
+    /// twice per task on every worker (queued, then admitted by a release), and runs at
+    /// the pace of that lock whatever the number of workers. Nothing waits longer for it
+    /// than [`PASS_ON`] of a thread's tasks: what is reserved never grows by it, and each
+    /// thread releases one reservation per `PASS_ON + 1` tasks it finishes, so a waiting
+    /// task that asks for more (a whole device) sees the usage fall until it fits, and
+    /// equal ones are admitted in their order as before.
+    fn pass_on(self: &Arc<Self>, slot: usize, d: Demand, l: &mut Local) -> bool {
+        let dev = &self.devices[slot];
+        let demand_here = |h: &Header| Demand {
+            vcu: if h.vcu == DEFAULT_VCU {
+                dev.default_vcu
+            } else {
+                h.vcu
+            },
+            mem: h.mem,
+        };
+        let Some(i) = l.fx.ready.iter().position(|t| {
+            let th = t.header();
+            th.mask == 1 << slot && t.accesses().is_none() && demand_here(th) == d
+        }) else {
+            return false;
+        };
+        let t = l.fx.ready.remove(i);
+        let h = t.header();
+        crate::trace::step!(self, h, "ready");
+        h.set_device(dev.device, d.vcu);
+        self.trace_mapped(h, dev.device, d.vcu, d.mem);
+        l.passed_on += 1;
+        l.admitted.push(t);
+        true
+    }
+
     /// Completes a task whose run token the caller holds: releases its resources, publishes
     /// `outcome`, and applies what follows. `token`: the task holds a busy token; `pended`:
     /// it waited at least once (it is in the poller set).
@@ -833,7 +883,20 @@ impl RtInner {
             };
             (g, context::offer_gift(g))
         });
-        dev.admission.release(d, &mut l.admitted);
+        // Tasks wait for the CPU: the reservation may pass on to a task this one makes
+        // ready (see `pass_on`), decided once the outcome is published.
+        let keep = gift.is_none()
+            && device == Device::CPU
+            && d.vcu > 0
+            && l.passed_on < PASS_ON
+            && task.accesses().is_none()
+            && dev.admission.has_waiting()
+            && dev.admission.no_resumes_waiting()
+            && dev.data.queued() == 0;
+        if !keep {
+            l.passed_on = 0;
+            dev.admission.release(d, &mut l.admitted);
+        }
         if let Some(acc) = task.accesses() {
             self.data_done(device.slot(), acc, &mut l.admitted);
         }
@@ -852,6 +915,10 @@ impl RtInner {
         }
         self.trace_gpu(h);
         graph::finish(task, outcome, &mut l.fx);
+        if keep && !self.pass_on(device.slot(), d, l) {
+            l.passed_on = 0;
+            dev.admission.release(d, &mut l.admitted);
+        }
         self.trace_end(h);
         l.live -= 1;
         if token {

@@ -71,7 +71,10 @@
 //!   [`backfill`](Admission::backfill), when nothing else can move, and a
 //!   [`lend`](Admission::lend) to the task the lender awaits, which only takes what the
 //!   lender gives up (as if the lender ran it on its own VCUs). Resumes are admitted
-//!   first-fit. Items that need nothing bypass both lanes.
+//!   first-fit. Items that need nothing bypass both lanes. (Outside the lanes, a CPU task
+//!   that finishes may pass its reservation on to a task it made ready that asks for as
+//!   much, past the waiting tasks, a bounded number of times in a row on a thread; what is
+//!   reserved does not change: see `RtInner::pass_on`.)
 //! - No aborted item waits: an aborter takes its item out of whichever lane holds it
 //!   ([`Admission::take_aborted`]), and a queuer that finds its item aborted hands it back
 //!   instead of queueing it; the two meet under the lanes' locks, or through the item's
@@ -387,6 +390,12 @@ impl<T: Claim> Admission<T> {
             mem: u >> VCU_BITS,
             waiting: self.waiting.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether no resume waits (a snapshot).
+    #[inline]
+    pub(crate) fn no_resumes_waiting(&self) -> bool {
+        self.resuming.load(Ordering::Acquire) == 0
     }
 
     /// Whether items wait in either lane (a snapshot).
