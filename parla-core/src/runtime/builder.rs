@@ -237,6 +237,13 @@ impl Builder {
         let track_running = n_gpus > 0;
         // A task lane shard for each worker, and one for the threads outside them.
         let lane_shards = threads + 1;
+        // Slots of the running counts: about one per thread that starts or finishes tasks
+        // (the workers, `block_on`'s, the fence poller), at most 64 (see `DeviceState`).
+        let running_slots = if track_running {
+            (threads + 2).next_power_of_two().min(64)
+        } else {
+            1
+        };
         let mut devices = vec![DeviceState::new(
             Device::CPU,
             "host CPU".into(),
@@ -247,6 +254,7 @@ impl Builder {
             threads,
             track_running,
             lane_shards,
+            running_slots,
         )];
         for (i, (name, mem, backing, gpu)) in gpus.into_iter().enumerate() {
             devices.push(DeviceState::new(
@@ -259,6 +267,7 @@ impl Builder {
                 self.streams_per_gpu,
                 track_running,
                 lane_shards,
+                running_slots,
             ));
         }
         debug_assert!(devices.iter().all(|d| d.default_vcu <= VCU_ONE));

@@ -36,7 +36,7 @@ pub(crate) use exec::let_go_last;
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
@@ -85,10 +85,15 @@ pub(crate) struct DeviceState {
     pub(crate) failed: OnceLock<String>,
     /// Tasks with data waiting for admission, and the data with copies here.
     pub(crate) data: data::DeviceData,
-    /// Tasks running on the device, counted when `track_running` (for the mapping policy).
-    /// On a cache line of its own: every task start and finish writes it, and the fields
-    /// around it are read by every task.
-    running: CachePadded<AtomicUsize>,
+    /// Tasks running on the device, counted when `track_running` (for the mapping policy):
+    /// a count per thread slot ([`thread_number`](crate::scheduler::thread_number) modulo
+    /// their number), each on a cache line of its own, summed when read. Every task start
+    /// and finish updates it, on every worker; one shared count made its line move between
+    /// the cores on each (a tenth of all samples of a grid spawned by tasks on 16 workers,
+    /// where a GPU made the runtime track it), and the policy reads it only for tasks that
+    /// may go to more than one device. A task that starts on one thread and finishes on
+    /// another leaves one slot above and one below: only the sum means anything.
+    running: Box<[CachePadded<AtomicIsize>]>,
     track_running: bool,
 }
 
@@ -104,6 +109,7 @@ impl DeviceState {
         slots: usize,
         track_running: bool,
         lane_shards: usize,
+        running_slots: usize,
     ) -> Self {
         DeviceState {
             device,
@@ -115,27 +121,39 @@ impl DeviceState {
             gpu,
             failed: OnceLock::new(),
             data: Default::default(),
-            running: CachePadded::new(AtomicUsize::new(0)),
+            running: (0..running_slots)
+                .map(|_| CachePadded::new(AtomicIsize::new(0)))
+                .collect(),
             track_running,
         }
     }
 
+    /// The calling thread's slot of [`running`](Self::running).
+    #[inline]
+    fn running_slot(&self) -> &AtomicIsize {
+        &self.running[crate::scheduler::thread_number() % self.running.len()]
+    }
+
     /// `n` tasks started on the device (for the mapping policy's load figures).
+    #[inline]
     pub(crate) fn started(&self, n: usize) {
         if self.track_running && n > 0 {
-            self.running.fetch_add(n, Ordering::Relaxed);
+            self.running_slot().fetch_add(n as isize, Ordering::Relaxed);
         }
     }
 
     /// A task that started on the device finished.
+    #[inline]
     pub(crate) fn finished(&self) {
         if self.track_running {
-            self.running.fetch_sub(1, Ordering::Relaxed);
+            self.running_slot().fetch_sub(1, Ordering::Relaxed);
         }
     }
 
+    /// Tasks running on the device (a snapshot; 0 when not tracked).
     pub(crate) fn running(&self) -> usize {
-        self.running.load(Ordering::Relaxed)
+        let sum: isize = self.running.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        sum.max(0) as usize
     }
 
     pub(crate) fn usage(&self) -> Usage {

@@ -25,7 +25,7 @@ use std::fmt;
 use std::future::IntoFuture;
 use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
@@ -185,11 +185,15 @@ pub struct TaskSpace {
 /// between their cores on every id; each clone being a handle of its own, each thread
 /// counts on its own handle's line.
 ///
-/// (Every named task holds a reference to the space's name as well, which stays shared: a
-/// copy per handle would cost each clone that names tasks two more allocations, for a few
-/// percent on the row-spawned grid of `benches/overhead.rs`.)
+/// Every named task holds a reference to the space's name as well, for the same reason a
+/// copy of it per handle: made at the handle's first named spawn (two allocations), so a
+/// clone that names no task costs nothing more. With one name shared by every handle, the
+/// grid of `benches/overhead.rs` spawned by row tasks on 16 workers spent a tenth of its
+/// spawns' time on that reference count (on an H200 host).
 struct SpaceHandle {
     space: Arc<SpaceInner>,
+    /// The name its tasks hold (the space's own for the first handle; a copy for a clone).
+    name_copy: OnceLock<Arc<String>>,
 }
 
 impl std::ops::Deref for SpaceHandle {
@@ -210,20 +214,25 @@ impl Clone for TaskSpace {
 impl TaskSpace {
     /// A new, empty space.
     pub fn new(name: impl Into<String>) -> TaskSpace {
-        let name: String = name.into();
-        TaskSpace::of(Arc::new(SpaceInner {
-            name: Arc::new(name),
+        let name = Arc::new(name.into());
+        let t = TaskSpace::of(Arc::new(SpaceInner {
+            name: name.clone(),
             shards: Default::default(),
             rt: AtomicU32::new(0),
             has_retired: AtomicBool::new(false),
             retired: Mutex::new(Retired::default()),
-        }))
+        }));
+        let _ = t.inner.name_copy.set(name);
+        t
     }
 
     /// A new handle to `inner`.
     fn of(inner: Arc<SpaceInner>) -> TaskSpace {
         TaskSpace {
-            inner: Arc::new(SpaceHandle { space: inner }),
+            inner: Arc::new(SpaceHandle {
+                space: inner,
+                name_copy: OnceLock::new(),
+            }),
         }
     }
 
@@ -329,8 +338,13 @@ impl TaskSpace {
         n
     }
 
+    /// The name a task spawned under an id of this handle holds (see [`SpaceHandle`]).
+    #[inline]
     pub(crate) fn name_arc(&self) -> Arc<String> {
-        self.inner.name.clone()
+        self.inner
+            .name_copy
+            .get_or_init(|| Arc::new(String::clone(&self.inner.space.name)))
+            .clone()
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Map> {
@@ -465,7 +479,7 @@ impl TaskSpace {
         }
         let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner.space) as Weak<_>;
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(
-            Name::Id(self.inner.name.clone(), key.clone()),
+            Name::Id(self.name_arc(), key.clone()),
             rt.id,
             Some((origin, key.clone())),
         ));
@@ -525,7 +539,7 @@ impl TaskSpace {
     /// A placeholder not in the space: finished with `outcome` if given.
     fn detached(&self, key: &Key, rt_id: u32, outcome: Option<Outcome>) -> Arc<dyn Task> {
         let p: Arc<dyn Task> = Arc::new(Placeholder::new(
-            Name::Id(self.inner.name.clone(), key.clone()),
+            Name::Id(self.name_arc(), key.clone()),
             rt_id,
             None,
         ));
