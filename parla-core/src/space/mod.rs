@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use hashbrown::HashTable;
+use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::key::BLOCK;
@@ -120,7 +121,10 @@ fn key_of(node: &Arc<dyn Task>) -> Option<&Key> {
 struct SpaceInner {
     /// (A thin pointer: every named task's name holds a clone.)
     name: Arc<String>,
-    shards: [Mutex<Map>; SHARDS],
+    /// Each on cache lines of its own: tasks spawning ids on every worker lock different
+    /// shards at once, which would otherwise share lines (a lock and a table's header take
+    /// 40 bytes).
+    shards: [CachePadded<Mutex<Map>>; SHARDS],
     /// The runtime the space belongs to (0: none yet).
     rt: AtomicU32,
     /// Whether anything was retired (skips the record's lock otherwise).
