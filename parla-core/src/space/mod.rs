@@ -173,10 +173,11 @@ pub(crate) enum Lookup {
 /// where a task is named before it exists (forward references), by many tasks, or across
 /// the program.
 ///
-/// A clone is a new handle to the space (one small allocation), and the [`TaskRef`]s made
-/// from a handle count their references there: tasks that each captured a clone of the
-/// space name ids on all workers at once without each reference updating one count that
-/// every core shares.
+/// A clone is a new handle to the space (one small allocation, and two more at its first
+/// spawn under an id, for its own copy of the space's name, which its tasks hold), and the
+/// [`TaskRef`]s made from a handle count their references there: tasks that each captured
+/// a clone of the space name ids on all workers at once without each reference updating
+/// one count that every core shares.
 pub struct TaskSpace {
     inner: Arc<SpaceHandle>,
 }
