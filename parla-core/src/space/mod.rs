@@ -27,8 +27,8 @@ use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use hashbrown::HashTable;
 use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::key::BLOCK;
