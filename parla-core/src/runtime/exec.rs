@@ -21,9 +21,7 @@ use crate::device::backend::FenceStatus;
 use crate::device::{Demand, Device, vcu_float};
 use crate::error::TaskError;
 use crate::graph::cell::reuse_as;
-use crate::graph::node::{
-    DEFAULT_VCU, Header, Outcome, Recycle, Task, prefetch_for_write, wake_quietly,
-};
+use crate::graph::node::{Header, Outcome, Recycle, Task, prefetch_for_write, wake_quietly};
 use crate::graph::{self, Effects};
 use crate::scheduler::admission::{self, Lane, Resumed};
 use crate::scheduler::mapping::Candidate;
@@ -295,11 +293,7 @@ impl RtInner {
         crate::trace::step!(self, h, "ready");
         let slot = self.map(h, task.accesses());
         let dev = &self.devices[slot];
-        let vcu = if h.vcu == DEFAULT_VCU {
-            dev.default_vcu
-        } else {
-            h.vcu
-        };
+        let vcu = dev.vcu_for(h.vcu);
         h.set_device(dev.device, vcu);
         if let Some(message) = dev.failed.get() {
             let err = failed_earlier(h, dev.device, message);
@@ -613,11 +607,7 @@ impl RtInner {
             cands.push(Candidate {
                 device: dev.device,
                 demand: Demand {
-                    vcu: if h.vcu == DEFAULT_VCU {
-                        dev.default_vcu
-                    } else {
-                        h.vcu
-                    },
+                    vcu: dev.vcu_for(h.vcu),
                     mem: h.mem,
                 },
                 usage: dev.usage(),
@@ -831,17 +821,14 @@ impl RtInner {
     /// equal ones are admitted in their order as before.
     fn pass_on(self: &Arc<Self>, slot: usize, d: Demand, l: &mut Local) -> bool {
         let dev = &self.devices[slot];
-        let demand_here = |h: &Header| Demand {
-            vcu: if h.vcu == DEFAULT_VCU {
-                dev.default_vcu
-            } else {
-                h.vcu
-            },
-            mem: h.mem,
-        };
         let Some(i) = l.fx.ready.iter().position(|t| {
             let th = t.header();
-            th.mask == 1 << slot && t.accesses().is_none() && demand_here(th) == d
+            th.mask == 1 << slot
+                && t.accesses().is_none()
+                && Demand {
+                    vcu: dev.vcu_for(th.vcu),
+                    mem: th.mem,
+                } == d
         }) else {
             return false;
         };
@@ -1067,11 +1054,7 @@ impl RtInner {
                 format!(
                     "{} waits on {d} for {} VCUs and {} bytes ({} VCUs and {} bytes held by tasks that wait themselves)",
                     h.name,
-                    vcu_float(if h.vcu == DEFAULT_VCU {
-                        self.devices[d.slot()].default_vcu
-                    } else {
-                        h.vcu
-                    }),
+                    vcu_float(self.devices[d.slot()].vcu_for(h.vcu)),
                     h.mem,
                     vcu_float(u.vcu),
                     u.mem

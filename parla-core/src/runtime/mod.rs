@@ -128,6 +128,19 @@ impl DeviceState {
         }
     }
 
+    /// The VCUs a task asking for `vcu` (fixed point; [`DEFAULT_VCU`] when it does not ask)
+    /// takes on this device.
+    ///
+    /// [`DEFAULT_VCU`]: crate::graph::node::DEFAULT_VCU
+    #[inline]
+    pub(crate) fn vcu_for(&self, vcu: u32) -> u32 {
+        if vcu == crate::graph::node::DEFAULT_VCU {
+            self.default_vcu
+        } else {
+            vcu
+        }
+    }
+
     /// The calling thread's slot of [`running`](Self::running).
     #[inline]
     fn running_slot(&self) -> &AtomicIsize {

@@ -659,7 +659,7 @@ impl<T: Claim> Admission<T> {
     #[inline]
     pub(crate) fn resume_now(&self, vcu: u32) -> bool {
         let d = Demand { vcu, mem: 0 };
-        d.is_zero() || (self.resuming.load(Ordering::Acquire) == 0 && self.try_reserve(d))
+        d.is_zero() || (self.no_resumes_waiting() && self.try_reserve(d))
     }
 
     /// A parked task takes back `vcu` VCUs. Granted at once (the item is handed back) when

@@ -105,11 +105,7 @@ fn constraints(
             data
         };
         let d = Demand {
-            vcu: if vcu == DEFAULT_VCU {
-                dev.default_vcu
-            } else {
-                vcu
-            },
+            vcu: dev.vcu_for(vcu),
             mem: mem.saturating_add(on_device),
         };
         if dev.admission.can_ever_fit(d) {
