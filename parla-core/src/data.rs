@@ -20,6 +20,7 @@
 //!   task reserved them until the copy is freed, which reports them back through
 //!   [`Ledger::freed`] (invalidation) or as the return value of [`DataObject::evict`].
 
+use crate::graph::arc::TaskPtr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
@@ -28,7 +29,6 @@ use smallvec::SmallVec;
 
 use crate::device::Device;
 use crate::device::fence::Fence;
-use crate::graph::node::Task;
 
 pub use crate::runtime::context::current_task_key;
 
@@ -191,8 +191,8 @@ pub struct Flow {
 
 #[derive(Default)]
 struct FlowState {
-    writer: Option<Arc<dyn Task>>,
-    readers: Vec<Arc<dyn Task>>,
+    writer: Option<TaskPtr>,
+    readers: Vec<TaskPtr>,
 }
 
 impl std::fmt::Debug for Flow {
@@ -209,12 +209,7 @@ impl Flow {
     /// Records `task` as the next access `access` and pushes the tasks it must follow to
     /// `deps`: for a read the last writer; for a write the last writer and the readers
     /// since. Finished readers are forgotten as the list grows.
-    pub(crate) fn order(
-        &self,
-        task: &Arc<dyn Task>,
-        access: Access,
-        deps: &mut Vec<Arc<dyn Task>>,
-    ) {
+    pub(crate) fn order(&self, task: &TaskPtr, access: Access, deps: &mut Vec<TaskPtr>) {
         let mut s = self.state.lock();
         if let Some(w) = &s.writer {
             deps.push(w.clone());

@@ -1,5 +1,5 @@
 //! The allocation behind a task: its [`Header`] and its future (later its output), in one
-//! `Arc`.
+//! [`TaskArc`].
 //!
 //! # Invariants
 //! - The future is polled only by the holder of the task's run token: the one reference
@@ -9,9 +9,10 @@
 //!   under the header's `links` lock; the join handle reads the stage only after it saw the
 //!   outcome under that lock.
 //! - The output is taken or dropped exactly once, as the header's join protocol decides.
-//! - No `Weak` reference to a task is ever made: an `Arc` of a task whose strong count is
-//!   one is its only reference, and nothing can make another ([`reuse_as`] relies on it).
+//! - A [`TaskArc`] has no weak references: a task whose count is one has one reference,
+//!   and nothing can make another ([`reuse_as`] relies on it).
 
+use super::arc::{TaskArc, TaskPtr};
 use std::cell::UnsafeCell;
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -99,37 +100,31 @@ impl<F: Future, D> TaskCell<F, D> {
     }
 
     /// A new cell, written field by field into its allocation: `init` writes the header
-    /// there, where `Arc::new(TaskCell::new(..))` builds the cell on the stack and copies it
-    /// over (two calls to `memcpy` per spawn).
+    /// there, where building the cell on the stack and moving it would copy it over (two
+    /// calls to `memcpy` per spawn).
     ///
     /// `reused`: the allocation of a finished task to write the cell into (see
     /// [`reuse_as`]), rather than a new one.
     #[inline(always)]
     pub(crate) fn new_arc(
-        reused: Option<Arc<MaybeUninit<Self>>>,
+        reused: Option<TaskArc<MaybeUninit<Self>>>,
         init: impl FnOnce(&mut MaybeUninit<Header>),
         fut: F,
         data: D,
-    ) -> Arc<Self> {
-        // (`Arc::new` of an uninitialized value, rather than `Arc::new_uninit`, which
-        // computes its layout in calls of its own.)
+    ) -> TaskArc<Self> {
         let cell = match reused {
             Some(cell) => cell,
-            None => Arc::new(MaybeUninit::<Self>::uninit()),
+            None => TaskArc::new_uninit(),
         };
-        // (Not through `Arc::get_mut`: its compare-and-swap on the weak count, a
-        // read-modify-write per spawn, checks what is known here.)
-        let p = Arc::as_ptr(&cell).cast_mut().cast::<Self>();
+        let p = TaskArc::as_ptr(&cell).cast_mut().cast::<Self>();
         // SAFETY: `cell` is the only reference to its allocation: a new one, or one
-        // `reuse_as` checked (and no task has weak references), so nothing else can see
-        // it. `p` comes from `Arc::as_ptr`, which keeps the `Arc`'s own write access (what
-        // `Arc::get_mut` writes through), and no reference to the value lives while it is
-        // written. `init` gets the header's place as a
-        // `MaybeUninit`, which it can only write, and writes all of it (its callers use
-        // `MaybeUninit::write`); the other fields are written here, so every field is
-        // initialized before `assume_init`. If `init` panics, the allocation is freed
-        // without dropping anything in it (a header it wrote is leaked; `fut` and `data`
-        // are still the caller's, dropped as it unwinds).
+        // `reuse_as` checked (and tasks have no weak references), so nothing else can see
+        // it, and no reference to the value lives while it is written. `init` gets the
+        // header's place as a `MaybeUninit`, which it can only write, and writes all of it
+        // (its callers use `MaybeUninit::write`); the other fields are written here, so
+        // every field is initialized before `assume_init`. If `init` panics, the
+        // allocation is freed without dropping anything in it (a header it wrote is
+        // leaked; `fut` and `data` are still the caller's, dropped as it unwinds).
         unsafe {
             init(&mut *(&raw mut (*p).header).cast::<MaybeUninit<Header>>());
             (&raw mut (*p).stage).write(UnsafeCell::new(Stage::Running(fut)));
@@ -147,31 +142,27 @@ impl<F: Future, D> TaskCell<F, D> {
 /// This saves a free and an allocation per spawn: a thread spawning tasks of one type in
 /// a loop writes each into the memory of one that finished.
 #[inline]
-pub(crate) fn reuse_as<C>(task: Arc<dyn Task>) -> Result<Arc<MaybeUninit<C>>, Arc<dyn Task>> {
+pub(crate) fn reuse_as<C>(task: TaskPtr) -> Result<TaskArc<MaybeUninit<C>>, TaskPtr> {
     let fits = size_of_val::<dyn Task>(&*task) == size_of::<C>()
         && align_of_val::<dyn Task>(&*task) == align_of::<C>();
-    // The only reference: no other strong one, and no task ever has a weak one (module
-    // invariants), so none can be made meanwhile. (A load, where `Arc::get_mut` would lock
-    // the weak count with a compare-and-swap: one read-modify-write less per spawn.) The
-    // fence pairs with the release of the other references' drops, so their accesses to
-    // the task happen before it is emptied and written over here.
-    debug_assert_eq!(Arc::weak_count(&task), 0, "a task has no weak references");
-    if !fits || Arc::strong_count(&task) != 1 {
+    // The only reference: no other one, and tasks have no weak references, so none can be
+    // made meanwhile. The fence pairs with the release of the other references' drops,
+    // so their accesses to the task happen before it is emptied and written over here.
+    if !fits || TaskArc::strong_count(&task) != 1 {
         return Err(task);
     }
     std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-    let raw = Arc::into_raw(task).cast_mut();
-    // SAFETY: `raw` is the value of an `Arc` that had no other reference, strong or weak
-    // (checked above), and nothing else can reach it: dropping it in place is the
-    // drop the `Arc` would have done, and nothing reads it afterwards. (Should a destructor
-    // panic, the allocation leaks: the `Arc` is already given up, so nothing is dropped
-    // twice.) `from_raw` then takes the allocation back as an `Arc` of an uninitialized
-    // `C`: the pointer came from `Arc::into_raw` of an `Arc<dyn Task>` whose value has the
-    // size and alignment of `C` (checked above), as `from_raw` requires for an unsized
-    // source, so the allocation's layout is the one an `Arc<MaybeUninit<C>>` frees.
+    let raw = TaskArc::into_raw(task).cast_mut();
+    // SAFETY: `raw` is the value of the task's only reference, and nothing else can reach
+    // it: dropping it in place is the drop the last reference would have done, and
+    // nothing reads it afterwards. (Should a destructor panic, the allocation leaks: the
+    // reference is already given up, so nothing is dropped twice.) `from_raw` then takes
+    // the allocation back as one of an uninitialized `C`: the value has the size and
+    // alignment of `C` (checked above), as `from_raw` requires, so its box has the layout
+    // of a `C`'s, which is what the reference gives back when it drops.
     unsafe {
         std::ptr::drop_in_place(raw);
-        Ok(Arc::from_raw(raw.cast::<MaybeUninit<C>>()))
+        Ok(TaskArc::from_raw(raw.cast::<MaybeUninit<C>>()))
     }
 }
 

@@ -16,33 +16,36 @@
 //!   published, so a cascade never fails it twice with different errors.
 
 pub(crate) mod activity;
+pub(crate) mod arc;
+pub(crate) mod arena;
 pub(crate) mod cell;
 pub(crate) mod node;
 
+use arc::{TaskArc, TaskPtr};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::Waker;
 
 use crate::device::backend::Fence;
 use crate::error::TaskError;
-use node::{Added, Dependent, Header, Kind, Outcome, Published, Task};
+use node::{Added, Dependent, Header, Kind, Outcome, Published};
 
 /// What a graph operation asks the executor to do. (The executor keeps one per driver and
 /// reuses it, so its vectors keep their capacity: no allocation per step.)
 #[derive(Default)]
 pub(crate) struct Effects {
     /// Tasks whose dependencies are all met: map them and admit them.
-    pub(crate) ready: Vec<Arc<dyn Task>>,
+    pub(crate) ready: Vec<TaskPtr>,
     /// Wakers of handles and awaits of nodes that finished.
     pub(crate) wake: Vec<Waker>,
     /// How many tasks finished without running (each was live).
     pub(crate) unrun: u32,
     /// Those of them that are traced (their trace records them as never run).
-    pub(crate) unrun_tasks: Vec<Arc<dyn Task>>,
+    pub(crate) unrun_tasks: Vec<TaskPtr>,
 }
 
 impl Effects {
-    fn unrun(&mut self, t: &Arc<dyn Task>) {
+    fn unrun(&mut self, t: &TaskPtr) {
         self.unrun += 1;
         if t.header().trace.is_some() {
             self.unrun_tasks.push(t.clone());
@@ -73,12 +76,12 @@ pub(crate) fn dependency_failed(task: &Header, dep: &Header, e: &Arc<TaskError>)
 /// while dependencies are pending, or the error the task must fail with (the caller then
 /// calls [`fail_unrun`]; the guard is left for it).
 pub(crate) fn wire<I>(
-    task: &Arc<dyn Task>,
-    placeholder: Option<&Arc<dyn Task>>,
+    task: &TaskPtr,
+    placeholder: Option<&TaskPtr>,
     deps: I,
 ) -> Result<bool, TaskError>
 where
-    I: IntoIterator<Item = Arc<dyn Task>>,
+    I: IntoIterator<Item = TaskPtr>,
     I::IntoIter: ExactSizeIterator,
 {
     let h = task.header();
@@ -88,7 +91,7 @@ where
     h.count_dependencies(deps.len() as u32);
     let mut unneeded = 0;
     for node in deps {
-        if Arc::ptr_eq(&node, task) || placeholder.is_some_and(|p| Arc::ptr_eq(p, &node)) {
+        if TaskArc::ptr_eq(&node, task) || placeholder.is_some_and(|p| TaskArc::ptr_eq(p, &node)) {
             return Err(TaskError::Cycle {
                 ids: vec![h.name.to_string(), h.name.to_string()],
             });
@@ -129,7 +132,7 @@ where
 
 /// Fails a node that never ran (WAITING) with `err`, and cascades. Returns whether this
 /// call failed it (it may have finished or failed already).
-pub(crate) fn fail_unrun(task: &Arc<dyn Task>, err: TaskError, fx: &mut Effects) -> bool {
+pub(crate) fn fail_unrun(task: &TaskPtr, err: TaskError, fx: &mut Effects) -> bool {
     if !claim(task, fx) {
         return false;
     }
@@ -139,7 +142,7 @@ pub(crate) fn fail_unrun(task: &Arc<dyn Task>, err: TaskError, fx: &mut Effects)
 
 /// Fails a task that became ready and never ran, whose run token the caller holds (taken
 /// out of admission, or failed at mapping): its body is dropped and the failure cascades.
-pub(crate) fn fail_held(task: &Arc<dyn Task>, err: TaskError, fx: &mut Effects) {
+pub(crate) fn fail_held(task: &TaskPtr, err: TaskError, fx: &mut Effects) {
     // SAFETY: the caller holds the run token of a task that never ran.
     unsafe { task.drop_body() };
     fx.unrun(task);
@@ -149,7 +152,7 @@ pub(crate) fn fail_held(task: &Arc<dyn Task>, err: TaskError, fx: &mut Effects) 
 /// Claims a WAITING node for failing (WAITING -> DONE, its body dropped) so that no cascade
 /// fails it with another error; the caller then [`finish`]es it. Returns whether this call
 /// won.
-pub(crate) fn claim(task: &Arc<dyn Task>, fx: &mut Effects) -> bool {
+pub(crate) fn claim(task: &TaskPtr, fx: &mut Effects) -> bool {
     let h = task.header();
     if !h.claim_unrun() {
         return false;
@@ -165,10 +168,10 @@ pub(crate) fn claim(task: &Arc<dyn Task>, fx: &mut Effects) -> bool {
 /// Publishes `outcome` for `task` (which ran, or was claimed) and tells everything waiting
 /// on it: dependents become ready or fail, placeholders mirror it, waiters and the handle
 /// are woken.
-pub(crate) fn finish(task: &Arc<dyn Task>, outcome: Outcome, fx: &mut Effects) {
+pub(crate) fn finish(task: &TaskPtr, outcome: Outcome, fx: &mut Effects) {
     // Nodes failed or mirrored on the way, to publish in turn (allocated only for a
     // cascade).
-    let mut work: Vec<(Arc<dyn Task>, Outcome)> = Vec::new();
+    let mut work: Vec<(TaskPtr, Outcome)> = Vec::new();
     publish(task, outcome, fx, &mut work);
     if work.capacity() == 0 {
         // No cascade: the list never held anything, so it has nothing to drop (checked
@@ -181,7 +184,7 @@ pub(crate) fn finish(task: &Arc<dyn Task>, outcome: Outcome, fx: &mut Effects) {
 
 /// Publishes the outcomes of a cascade (nodes failed or mirrored on the way), and theirs.
 #[inline(never)]
-fn cascade(mut work: Vec<(Arc<dyn Task>, Outcome)>, fx: &mut Effects) {
+fn cascade(mut work: Vec<(TaskPtr, Outcome)>, fx: &mut Effects) {
     while let Some((t, o)) = work.pop() {
         publish(&t, o, fx, &mut work);
     }
@@ -189,12 +192,7 @@ fn cascade(mut work: Vec<(Arc<dyn Task>, Outcome)>, fx: &mut Effects) {
 
 /// Publishes one node's outcome; dependents it fails (and placeholders that mirror it) go
 /// to `work`.
-fn publish(
-    t: &Arc<dyn Task>,
-    o: Outcome,
-    fx: &mut Effects,
-    work: &mut Vec<(Arc<dyn Task>, Outcome)>,
-) {
+fn publish(t: &TaskPtr, o: Outcome, fx: &mut Effects, work: &mut Vec<(TaskPtr, Outcome)>) {
     let h = t.header();
     let Published {
         dependents,
@@ -251,7 +249,7 @@ fn publish(
 /// dependents need not wait for the host to see the fence (runahead) - they become ready
 /// now, and their streams will wait on the fence. Returns whether anything else waits on
 /// the task's completion (a dependent that is not GPU-only, a handle awaiting it).
-pub(crate) fn body_fenced(task: &Arc<dyn Task>, fence: &Arc<dyn Fence>, fx: &mut Effects) -> bool {
+pub(crate) fn body_fenced(task: &TaskPtr, fence: &Arc<dyn Fence>, fx: &mut Effects) -> bool {
     let h = task.header();
     h.transition_to_fenced();
     let (early, others) = h.set_fence(fence.clone());
@@ -266,16 +264,16 @@ pub(crate) fn body_fenced(task: &Arc<dyn Task>, fence: &Arc<dyn Fence>, fx: &mut
 }
 
 /// A node of the depth-first search, its successors, and the next successor to visit.
-type Frame = (Arc<dyn Task>, Vec<Arc<dyn Task>>, usize);
+type Frame = (TaskPtr, Vec<TaskPtr>, usize);
 
 /// A cycle of unfinished nodes reachable from `roots` along dependent edges, in dependency
 /// order. (Every dependency cycle passes through an id referenced before it was spawned -
 /// an edge to a task spawned later can only be made through its id - so the roots are the
 /// forward references.)
-pub(crate) fn find_cycle(roots: &[Arc<dyn Task>]) -> Option<Vec<Arc<dyn Task>>> {
+pub(crate) fn find_cycle(roots: &[TaskPtr]) -> Option<Vec<TaskPtr>> {
     const GREY: u8 = 1;
     const BLACK: u8 = 2;
-    let key = |t: &Arc<dyn Task>| Arc::as_ptr(t) as *const () as usize;
+    let key = |t: &TaskPtr| TaskArc::as_ptr(t) as *const () as usize;
     let mut color: HashMap<usize, u8> = HashMap::new();
     for root in roots {
         if root.header().is_done() || color.contains_key(&key(root)) {

@@ -20,6 +20,7 @@
 //!   completer if the handle is gone when the task completes, else by the handle (when it
 //!   takes the output, or when it is dropped after completion).
 
+use super::arc::{TaskArc, TaskPtr};
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::sync::Arc;
@@ -83,7 +84,7 @@ impl fmt::Display for Name {
 /// Who to tell when a node finishes.
 pub(crate) enum Dependent {
     /// A task (or a placeholder) counting this one among its dependencies.
-    Task(Arc<dyn Task>),
+    Task(TaskPtr),
     /// Somebody awaiting this node through an id, a range or a space; removed again when
     /// the await is dropped first.
     Waiter(Arc<atomic_waker::AtomicWaker>),
@@ -311,7 +312,7 @@ pub(crate) enum Kind {
 /// data pointer): every node type is `#[repr(C)]` with the header first.
 pub(crate) struct NodeVt {
     /// A new strong reference to the node.
-    pub(crate) to_arc: unsafe fn(*const Header) -> Arc<dyn Task>,
+    pub(crate) to_arc: unsafe fn(*const Header) -> TaskPtr,
     /// Adds one to the node's strong count.
     pub(crate) inc: unsafe fn(*const Header),
     /// Drops one strong reference.
@@ -323,7 +324,7 @@ pub(crate) struct NodeVt {
 pub(crate) trait Schedule: Send + Sync + 'static {
     /// `task` was woken and takes part again (its activity moved to NOTIFIED);
     /// `took_token`: it was parked and takes a busy token now.
-    fn woken(&self, task: Arc<dyn Task>, took_token: bool);
+    fn woken(&self, task: TaskPtr, took_token: bool);
 
     /// A task's activity took (`1`) or dropped (`-1`) a busy token outside a poll (an
     /// outside clone of its waker was made or dropped).
@@ -796,7 +797,7 @@ impl Header {
     /// Registers task `dep` as a dependent, or reports why it need not wait. (Its caller,
     /// `graph::wire`, skips a dependency it sees succeeded before it counts it.)
     #[inline]
-    pub(crate) fn add_task_dependent(&self, dep: &Arc<dyn Task>) -> Added {
+    pub(crate) fn add_task_dependent(&self, dep: &TaskPtr) -> Added {
         let mut l = self.links.lock();
         if let Some(o) = self.outcome_in(&l) {
             return Added::Done(o);
@@ -878,7 +879,7 @@ impl Header {
     }
 
     /// The unfinished tasks (and placeholders) this node's completion would notify.
-    pub(crate) fn task_dependents(&self) -> Vec<Arc<dyn Task>> {
+    pub(crate) fn task_dependents(&self) -> Vec<TaskPtr> {
         self.links
             .lock()
             .dependents
@@ -949,7 +950,7 @@ impl Header {
     /// The body returned with its GPU work behind `f`: keeps the fence and takes the
     /// dependents that may start behind it (GPU-only tasks). Also says whether others stay
     /// (dependents or awaiters that need the task complete).
-    pub(crate) fn set_fence(&self, f: Arc<dyn Fence>) -> (SmallVec<[Arc<dyn Task>; 2]>, bool) {
+    pub(crate) fn set_fence(&self, f: Arc<dyn Fence>) -> (SmallVec<[TaskPtr; 2]>, bool) {
         let mut l = self.links.lock();
         l.gpu.get_or_insert_with(new_gpu_links).fence = Some(f);
         let mut early = SmallVec::new();
@@ -1241,14 +1242,14 @@ pub(crate) fn vt_of<T: Task>() -> &'static NodeVt {
 }
 
 /// # Safety
-/// `h` is the header of a live `T` held in an `Arc` (`T` is `#[repr(C)]` with the header
-/// first).
-unsafe fn to_arc<T: Task>(h: *const Header) -> Arc<dyn Task> {
-    // SAFETY: per the contract, `h` is also the address of the `Arc`ed `T`; one more strong
-    // reference is made and returned.
+/// `h` is the header of a live `T` held in a [`TaskArc`] (`T` is `#[repr(C)]` with the
+/// header first).
+unsafe fn to_arc<T: Task>(h: *const Header) -> TaskPtr {
+    // SAFETY: per the contract, `h` is also the address of the `T`; one more reference is
+    // made and returned.
     unsafe {
-        Arc::increment_strong_count(h as *const T);
-        Arc::from_raw(h as *const T)
+        TaskArc::increment_strong_count(h as *const T);
+        TaskArc::from_raw(h as *const T).into_task()
     }
 }
 
@@ -1256,14 +1257,14 @@ unsafe fn to_arc<T: Task>(h: *const Header) -> Arc<dyn Task> {
 /// As [`to_arc`].
 unsafe fn inc<T: Task>(h: *const Header) {
     // SAFETY: per the contract.
-    unsafe { Arc::increment_strong_count(h as *const T) }
+    unsafe { TaskArc::increment_strong_count(h as *const T) }
 }
 
 /// # Safety
-/// As [`to_arc`], and the caller owns the strong reference it drops.
+/// As [`to_arc`], and the caller owns the reference it drops.
 unsafe fn dec<T: Task>(h: *const Header) {
     // SAFETY: per the contract.
-    unsafe { Arc::decrement_strong_count(h as *const T) }
+    unsafe { TaskArc::decrement_strong_count(h as *const T) }
 }
 
 /// Wakes `w` (a waker taken from a node's lists), catching a panic of foreign waker code.
@@ -1271,11 +1272,11 @@ pub(crate) fn wake_quietly(w: Waker) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
 }
 
-/// Asks the core to fetch the memory of `t` (its allocation, and the allocator's word before
-/// it) into its cache for writing: a hint, which the core may ignore. For memory that only
-/// this thread uses next (a task to reuse or to free), written last by another core.
+/// Asks the core to fetch the memory of `t` (its allocation) into its cache for writing: a
+/// hint, which the core may ignore. For memory that only this thread uses next (a task to
+/// reuse or to free), written last by another core.
 #[inline]
-pub(crate) fn prefetch_for_write(t: &Arc<dyn Task>) {
+pub(crate) fn prefetch_for_write(t: &TaskPtr) {
     prefetch_bytes(t, usize::MAX, has_prefetchw());
 }
 
@@ -1284,17 +1285,17 @@ pub(crate) fn prefetch_for_write(t: &Arc<dyn Task>) {
 /// wires the next task of a chain to it). Taking its lines for writing there would take
 /// them from that thread too (measured slower on a chain of GPU tasks).
 #[inline]
-pub(crate) fn prefetch_head(t: &Arc<dyn Task>) {
+pub(crate) fn prefetch_head(t: &TaskPtr) {
     prefetch_bytes(t, 512, false);
 }
 
 #[inline(always)]
-fn prefetch_bytes(t: &Arc<dyn Task>, max: usize, write: bool) {
+fn prefetch_bytes(t: &TaskPtr, max: usize, write: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        // The counts before the value, and the allocator's size word before them.
-        let start = (Arc::as_ptr(t) as *const u8).wrapping_sub(24);
-        let len = (size_of_val(&**t) + 24).min(max);
+        // The whole allocation: the count before the value, and the value.
+        let (start, len) = TaskArc::memory(t);
+        let len = len.min(max);
         let mut off = 0;
         while off < len {
             prefetch_line(start.wrapping_add(off), write);
@@ -1376,8 +1377,8 @@ mod loom_test {
     use super::*;
     use loom::thread;
 
-    fn node(n: u64) -> Arc<dyn Task> {
-        Arc::new(Placeholder::new(Name::Anon(n), 1, None))
+    fn node(n: u64) -> TaskPtr {
+        TaskArc::new(Placeholder::new(Name::Anon(n), 1, None)).into_task()
     }
 
     /// A dependent registering while the node publishes its outcome is told exactly once:

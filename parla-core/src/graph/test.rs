@@ -1,19 +1,20 @@
 //! The graph as a state machine, with no runtime: wiring, cascades, placeholders, waiters,
 //! the join protocol.
 
+use super::arc::{TaskArc, TaskPtr};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use super::cell::{Join, TaskCell};
-use super::node::{Dependent, Header, Kind, Name, Placeholder, Task, vt_of};
+use super::node::{Dependent, Header, Kind, Name, Placeholder, vt_of};
 use super::*;
 use crate::key::IntoKey;
 
 const RT: u32 = 7;
 
-fn cell<F>(n: u64, fut: F) -> Arc<TaskCell<F>>
+fn cell<F>(n: u64, fut: F) -> TaskArc<TaskCell<F>>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -27,14 +28,14 @@ where
         0,
         0,
     );
-    Arc::new(TaskCell::new(h, fut, ()))
+    TaskArc::new(TaskCell::new(h, fut, ()))
 }
 
-fn node(n: u64) -> Arc<dyn Task> {
-    cell(n, async {})
+fn node(n: u64) -> TaskPtr {
+    cell(n, async {}).into_task()
 }
 
-fn run(t: &Arc<dyn Task>) -> Outcome {
+fn run(t: &TaskPtr) -> Outcome {
     let mut cx = Context::from_waker(Waker::noop());
     // SAFETY: the test is the only holder of the task; it never ran.
     match unsafe { t.poll_body(&mut cx) } {
@@ -53,7 +54,7 @@ fn a_chain_becomes_ready_link_by_link() {
     let o = run(&a);
     finish(&a, o, &mut fx);
     assert_eq!(fx.ready.len(), 1);
-    assert!(Arc::ptr_eq(&fx.ready[0], &b));
+    assert!(TaskArc::ptr_eq(&fx.ready[0], &b));
     assert!(c.header().is_waiting());
     // A dependency that finished before the wiring counts at once.
     let d = node(3);
@@ -110,7 +111,7 @@ fn wiring_rejects_itself_failed_dependencies_and_other_runtimes() {
         wire(&b, None, [failed]),
         Err(crate::TaskError::DependencyFailed { .. })
     ));
-    let foreign: Arc<dyn Task> = Arc::new(Placeholder::new(Name::Anon(9), RT + 1, None));
+    let foreign: TaskPtr = TaskArc::new(Placeholder::new(Name::Anon(9), RT + 1, None)).into_task();
     let c = node(3);
     assert!(matches!(
         wire(&c, None, [foreign]),
@@ -121,11 +122,12 @@ fn wiring_rejects_itself_failed_dependencies_and_other_runtimes() {
 #[test]
 fn a_placeholder_mirrors_the_task_spawned_under_its_id() {
     let key = 5.into_key();
-    let p: Arc<dyn Task> = Arc::new(Placeholder::new(
+    let p: TaskPtr = TaskArc::new(Placeholder::new(
         Name::Id(Arc::new("T".to_string()), key),
         RT,
         None,
-    ));
+    ))
+    .into_task();
     let waiting = node(1);
     assert_eq!(wire(&waiting, None, [p.clone()]), Ok(false));
     let waiter = Arc::new(atomic_waker::AtomicWaker::new());
@@ -157,7 +159,7 @@ fn a_placeholder_mirrors_the_task_spawned_under_its_id() {
     let o = run(&t);
     finish(&t, o, &mut fx);
     assert_eq!(p.header().outcome(), Some(Ok(())));
-    assert!(Arc::ptr_eq(&fx.ready[0], &waiting));
+    assert!(TaskArc::ptr_eq(&fx.ready[0], &waiting));
     assert_eq!(fx.wake.len(), 1, "the placeholder's waiter");
 }
 
@@ -188,7 +190,7 @@ fn the_output_is_dropped_once_whoever_goes_last() {
         let drops = Arc::new(AtomicUsize::new(0));
         let d = drops.clone();
         let c = cell(0, async move { Counted(d) });
-        let t: Arc<dyn Task> = c.clone();
+        let t: TaskPtr = c.clone().into_task();
         assert_eq!(wire(&t, None, []), Ok(true));
         if handle_first {
             assert!(!t.header().join_drop(), "not complete yet");
@@ -211,8 +213,8 @@ fn the_output_is_dropped_once_whoever_goes_last() {
 
 #[test]
 fn cycles_through_forward_references_are_found() {
-    let pa: Arc<dyn Task> = Arc::new(Placeholder::new(Name::Anon(10), RT, None));
-    let pb: Arc<dyn Task> = Arc::new(Placeholder::new(Name::Anon(11), RT, None));
+    let pa: TaskPtr = TaskArc::new(Placeholder::new(Name::Anon(10), RT, None)).into_task();
+    let pb: TaskPtr = TaskArc::new(Placeholder::new(Name::Anon(11), RT, None)).into_task();
     // a after b (a forward reference), b after a.
     let a = node(0);
     assert!(
@@ -241,14 +243,14 @@ fn lists_and_links_drop_what_they_still_hold() {
     let t = node(0);
     for len in 0..5 {
         for taken in 0..=len {
-            let v: SmallVec<[Arc<dyn Task>; 2]> = (0..len).map(|_| t.clone()).collect();
+            let v: SmallVec<[TaskPtr; 2]> = (0..len).map(|_| t.clone()).collect();
             let mut it = node::Consume::new(v);
             for _ in 0..taken {
                 assert!(it.next().is_some());
             }
             assert_eq!(it.len(), len - taken);
             drop(it);
-            assert_eq!(Arc::strong_count(&t), 1, "{len} items, {taken} taken");
+            assert_eq!(TaskArc::strong_count(&t), 1, "{len} items, {taken} taken");
         }
     }
     // The dependents of a node, taken by a publication (in part) or dropped with the node.
@@ -263,13 +265,13 @@ fn lists_and_links_drop_what_they_still_hold() {
                 ));
             }
         }
-        assert_eq!(Arc::strong_count(&d), 1 + 2 * n);
+        assert_eq!(TaskArc::strong_count(&d), 1 + 2 * n);
         drop(b);
-        assert_eq!(Arc::strong_count(&d), 1 + n, "dropped with its node");
+        assert_eq!(TaskArc::strong_count(&d), 1 + n, "dropped with its node");
         let mut taken = a.header().publish(Ok(())).dependents.into_iter();
         let _ = taken.next();
         drop(taken);
-        assert_eq!(Arc::strong_count(&d), 1, "{n} dependents, one taken");
+        assert_eq!(TaskArc::strong_count(&d), 1, "{n} dependents, one taken");
     }
     // A failed node's error goes with the node.
     let a = node(4);
@@ -318,7 +320,7 @@ fn a_finished_task_s_memory_is_reused_only_by_a_cell_of_its_size_and_only_when_u
     assert_ne!(size_of::<TaskCell<Holds>>(), size_of::<Larger>());
 
     let drops = Arc::new(AtomicUsize::new(0));
-    let t: Arc<dyn Task> = cell(0, Holds(drops.clone()));
+    let t: TaskPtr = cell(0, Holds(drops.clone())).into_task();
     // Another size: handed back whole.
     let t = reuse_as::<Larger>(t)
         .map(drop)
@@ -333,8 +335,8 @@ fn a_finished_task_s_memory_is_reused_only_by_a_cell_of_its_size_and_only_when_u
 
     // The same size and alignment, the one reference: emptied (its future dropped), and
     // its memory taken by the new cell.
-    let at = Arc::as_ptr(&t).cast::<u8>();
-    let place: Arc<MaybeUninit<TaskCell<Same>>> =
+    let at = TaskArc::as_ptr(&t).cast::<u8>();
+    let place: TaskArc<MaybeUninit<TaskCell<Same>>> =
         reuse_as(t).ok().expect("a cell of the same size");
     assert_eq!(
         drops.load(Ordering::SeqCst),
@@ -353,11 +355,15 @@ fn a_finished_task_s_memory_is_reused_only_by_a_cell_of_its_size_and_only_when_u
         ));
     };
     let new = TaskCell::new_arc(Some(place), header, Same(7), ());
-    assert_eq!(Arc::as_ptr(&new).cast::<u8>(), at, "not the same memory");
-    let t: Arc<dyn Task> = new.clone();
+    assert_eq!(
+        TaskArc::as_ptr(&new).cast::<u8>(),
+        at,
+        "not the same memory"
+    );
+    let t: TaskPtr = new.clone().into_task();
     assert_eq!(run(&t), Ok(()));
     drop(t);
-    let new: Arc<dyn Join<usize>> = new;
+    let new: TaskArc<dyn Join<usize>> = new.into_join();
     // SAFETY: the one reader of the output, after the poll that stored it.
     assert_eq!(unsafe { new.take_output() }, Some(7));
     assert_eq!(drops.load(Ordering::SeqCst), 1);

@@ -25,6 +25,7 @@
 //! - whichever poller sees a task's fence done first completes the task (the task's state
 //!   moves FENCED -> COMPLETING once, so only one of them does).
 
+use crate::graph::arc::TaskPtr;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
@@ -42,7 +43,6 @@ use parking_lot::Mutex;
 
 use super::RtInner;
 use crate::device::backend::{Fence, FenceStatus};
-use crate::graph::node::Task;
 
 /// How many awaiters spin on a task's fence now ([`spin_fenced`]), in every runtime. A
 /// hint: a poller that misses one queries a fence an awaiter also queries, which costs time,
@@ -57,7 +57,7 @@ pub const AWAIT_SPIN: Duration = Duration::from_micros(50);
 pub(crate) enum Watch {
     /// A GPU task whose body returned: complete it. `urgent`: something waits on its
     /// completion (a CPU dependent, tasks queued for its device's resources).
-    Task(Arc<dyn Task>, Arc<dyn Fence>, bool),
+    Task(TaskPtr, Arc<dyn Fence>, bool),
     /// A future waiting on a fence: wake it. Always urgent.
     Waker(Arc<dyn Fence>, Arc<AtomicWaker>),
 }
@@ -253,7 +253,7 @@ impl Bridge {
     }
 
     /// Takes every task still waiting on a fence (at shutdown).
-    pub(crate) fn take_tasks(&self) -> Vec<Arc<dyn Task>> {
+    pub(crate) fn take_tasks(&self) -> Vec<TaskPtr> {
         let all = std::mem::take(&mut *self.entries.lock());
         self.pending.store(0, Ordering::Release);
         self.urgent.store(0, Ordering::Release);
@@ -554,7 +554,7 @@ pub(crate) fn spin_fences(rt: &Arc<RtInner>, budget: Duration) -> bool {
 
 /// An awaiter of `task` is about to wait: if the task's GPU work is in flight, ask the fence
 /// poller to wake it promptly when the fence is done. Returns whether it did.
-pub(crate) fn hurry(task: &Arc<dyn Task>, waker: &std::task::Waker) -> bool {
+pub(crate) fn hurry(task: &TaskPtr, waker: &std::task::Waker) -> bool {
     let Some(fence) = task.header().fence() else {
         return false;
     };
@@ -578,7 +578,7 @@ pub(crate) fn hurry(task: &Arc<dyn Task>, waker: &std::task::Waker) -> bool {
 /// sleep. (A driver does not wait so: the task may be its own next one.) Whoever sees the
 /// fence done first completes the task; an awaiter that lost that race spins on until the
 /// outcome is published rather than going to sleep a moment before it is.
-pub(crate) fn spin_fenced(task: &Arc<dyn Task>) -> bool {
+pub(crate) fn spin_fenced(task: &TaskPtr) -> bool {
     let h = task.header();
     if !h.is_fenced() && !in_flight_on_gpu(h) {
         return false;
@@ -608,7 +608,7 @@ impl Drop for Spun<'_> {
 }
 
 /// The loop of [`spin_fenced`].
-fn spin_until_done(task: &Arc<dyn Task>) -> bool {
+fn spin_until_done(task: &TaskPtr) -> bool {
     let h = task.header();
     let start = Instant::now();
     let mut n = 0u32;

@@ -9,6 +9,7 @@
 //!   of a `block_on` future): the runtime's own futures use the poller to register wakers
 //!   that stall detection does not count, and to find awaits the stall resolver failed.
 
+use crate::graph::arc::{RawTask, TaskArc, TaskPtr};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::atomic::AtomicU8;
@@ -17,7 +18,6 @@ use std::sync::{Arc, OnceLock, Weak};
 use super::RtInner;
 use crate::device::{Demand, Device, vcu_float};
 use crate::graph::activity::Activity;
-use crate::graph::node::Task;
 
 /// The poller being polled on this thread: its activity and its waker's data pointer.
 #[derive(Clone, Copy)]
@@ -34,7 +34,7 @@ pub(crate) struct PollerRef {
 /// all four fields, through one lookup of the thread's storage rather than four.
 struct Current {
     /// The task (null outside tasks).
-    task: Cell<*const Arc<dyn Task>>,
+    task: Cell<*const TaskPtr>,
     /// Its device.
     device: Cell<Device>,
     /// Whether the device is driven by a backend (a real GPU).
@@ -49,7 +49,7 @@ struct Awaits {
     /// It returned `Pending` on a node of the runtime (see [`note_blocked`]).
     blocked: Cell<bool>,
     /// The task it awaited last (a raw strong reference).
-    awaited: Cell<Option<std::ptr::NonNull<dyn Task>>>,
+    awaited: Cell<Option<RawTask>>,
 }
 
 /// Where a worker thread finds its runtime outside driver polls.
@@ -62,7 +62,7 @@ thread_local! {
     static CURRENT: Current = const {
         Current {
             task: Cell::new(
-                std::ptr::null::<Arc<crate::graph::node::Placeholder>>() as *const Arc<dyn Task>,
+                std::ptr::null::<Arc<crate::graph::node::Placeholder>>() as *const TaskPtr,
             ),
             device: Cell::new(Device::CPU),
             backed: Cell::new(false),
@@ -82,7 +82,7 @@ thread_local! {
     static DRIVER: Cell<u32> = const { Cell::new(0) };
     /// The next task: one strong reference (`Arc::into_raw`), a plain pointer so that the
     /// slot needs no destructor (a driver empties it before its poll returns).
-    static LIFO: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
+    static LIFO: Cell<Option<RawTask>> = const { Cell::new(None) };
     /// Marks of the drivers on this thread: [`HANDOFF`] and [`PUT_OFF_HERE`].
     static MARKS: Cell<u8> = const { Cell::new(0) };
     /// Drivers put off behind Tokio's deferred wakes on this thread (their runtime, and
@@ -95,10 +95,10 @@ thread_local! {
     static GIFT: Cell<Option<Gift>> = const { Cell::new(None) };
     /// A task made ready during the poll of a task on this thread that did not fit on its
     /// device (a raw strong reference; see [`stash`]).
-    static STASH: Cell<Option<(std::ptr::NonNull<dyn Task>, Demand)>> = const { Cell::new(None) };
+    static STASH: Cell<Option<(RawTask, Demand)>> = const { Cell::new(None) };
     /// A task woken during the poll of a CPU task on this thread that could not take back
     /// the VCUs it lent (a raw strong reference; see [`defer_resume`]).
-    static WOKEN: Cell<Option<std::ptr::NonNull<dyn Task>>> = const { Cell::new(None) };
+    static WOKEN: Cell<Option<RawTask>> = const { Cell::new(None) };
     /// Tasks held in `WOKEN` since the last one [`defer_resume`] turned away for fairness.
     static DEFERRED: Cell<u32> = const { Cell::new(0) };
     /// Wakes on this thread left to skip the check whether the VCUs of a woken task fit
@@ -253,7 +253,7 @@ pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
 
 /// Restores the previous task context on drop.
 pub(crate) struct TaskGuard {
-    task: *const Arc<dyn Task>,
+    task: *const TaskPtr,
     device: Device,
     backed: bool,
     poller: Option<PollerRef>,
@@ -274,7 +274,7 @@ impl Drop for TaskGuard {
 /// drops; `backed`: the device is driven by a backend (a real GPU). The guard must drop
 /// before `task` does.
 pub(crate) fn enter_task(
-    task: &Arc<dyn Task>,
+    task: &TaskPtr,
     device: Device,
     backed: bool,
     poller: PollerRef,
@@ -320,7 +320,7 @@ pub(crate) fn poller() -> Option<PollerRef> {
 /// Called by the runtime's own futures (task handles, ids, spaces) when they return
 /// `Pending` on a node (`node`) of the current runtime: the poller awaits tasks. The last
 /// node noted in a poll is kept (see [`take_awaited`]).
-pub(crate) fn note_blocked(node: Arc<dyn Task>) {
+pub(crate) fn note_blocked(node: TaskPtr) {
     let prev = AWAITS.with(|a| {
         a.blocked.set(true);
         a.awaited.replace(into_raw(node))
@@ -337,23 +337,24 @@ pub(crate) fn take_blocked() -> bool {
 
 /// Takes the task the current poller awaited last, noted since the last
 /// [`take_blocked`].
-pub(crate) fn take_awaited() -> Option<Arc<dyn Task>> {
+pub(crate) fn take_awaited() -> Option<TaskPtr> {
     from_raw(AWAITS.with(|a| a.awaited.take()))
 }
 
 /// A strong reference as a pointer for one of this thread's slots (taken back by
 /// [`from_raw`]).
 #[inline]
-fn into_raw(t: Arc<dyn Task>) -> Option<std::ptr::NonNull<dyn Task>> {
-    std::ptr::NonNull::new(Arc::into_raw(t).cast_mut())
+fn into_raw(t: TaskPtr) -> Option<RawTask> {
+    Some(TaskArc::into_box(t))
 }
 
 /// The strong reference behind a pointer of one of this thread's slots.
 #[inline]
-fn from_raw(p: Option<std::ptr::NonNull<dyn Task>>) -> Option<Arc<dyn Task>> {
-    // SAFETY: the slots (`LIFO`, `AWAITS`, `STASH`, `WOKEN`) hold pointers from `Arc::into_raw`, each taken
-    // out of its slot (and turned back into its reference) exactly once, here.
-    p.map(|p| unsafe { Arc::from_raw(p.as_ptr().cast_const()) })
+fn from_raw(p: Option<RawTask>) -> Option<TaskPtr> {
+    // SAFETY: the slots (`LIFO`, `AWAITS`, `STASH`, `WOKEN`) hold pointers from
+    // `TaskArc::into_box`, each taken out of its slot (and turned back into its reference)
+    // exactly once, here.
+    p.map(|p| unsafe { TaskArc::from_box(p) })
 }
 
 /// Marks this thread as running a driver of runtime `rt_id` until the guard drops.
@@ -384,7 +385,7 @@ pub(crate) fn in_driver() -> bool {
 /// awaits them runs its tree depth first. Returns whether `t` went there, and what the
 /// caller must queue instead: the task `t` displaced, or `t` itself on any other thread.
 #[inline]
-pub(crate) fn place_next(rt_id: u32, t: Arc<dyn Task>) -> (bool, Option<Arc<dyn Task>>) {
+pub(crate) fn place_next(rt_id: u32, t: TaskPtr) -> (bool, Option<TaskPtr>) {
     if DRIVER.with(|c| c.get()) != rt_id {
         return (false, Some(t));
     }
@@ -438,7 +439,7 @@ pub(crate) fn polling_task(rt_id: u32) -> bool {
 /// (see `Driver::lend`): a parent spawning children and awaiting the first does not take
 /// the device's admission lock for that one. One task at most, so that a poll that goes on
 /// computing holds back no more than that one (as the next-task slot does).
-pub(crate) fn stash(task: Arc<dyn Task>, d: Demand) -> Result<(), Arc<dyn Task>> {
+pub(crate) fn stash(task: TaskPtr, d: Demand) -> Result<(), TaskPtr> {
     STASH.with(|c| {
         if c.get().is_some() {
             return Err(task);
@@ -450,9 +451,9 @@ pub(crate) fn stash(task: Arc<dyn Task>, d: Demand) -> Result<(), Arc<dyn Task>>
 
 /// Takes the stashed task if it is `task` and can run on `vcu` lent VCUs
 /// ([`Demand::within_loan`]); returns what it asks for.
-pub(crate) fn unstash(task: &Arc<dyn Task>, vcu: u32) -> Option<Demand> {
+pub(crate) fn unstash(task: &TaskPtr, vcu: u32) -> Option<Demand> {
     let (p, d) = STASH.with(|c| c.get())?;
-    if !std::ptr::addr_eq(p.as_ptr(), Arc::as_ptr(task)) || !d.within_loan(vcu) {
+    if !std::ptr::addr_eq(p.as_ptr(), TaskArc::as_box(task).as_ptr()) || !d.within_loan(vcu) {
         return None;
     }
     drop(take_stash());
@@ -467,7 +468,7 @@ pub(crate) fn has_stash() -> bool {
 
 /// Takes the stashed task, if any.
 #[inline]
-pub(crate) fn take_stash() -> Option<(Arc<dyn Task>, Demand)> {
+pub(crate) fn take_stash() -> Option<(TaskPtr, Demand)> {
     let (p, d) = STASH.with(|c| c.take())?;
     Some((from_raw(Some(p))?, d))
 }
@@ -485,10 +486,10 @@ pub(crate) fn take_stash() -> Option<(Arc<dyn Task>, Demand)> {
 /// wait for the device) so that the tasks waiting get their turn.
 pub(crate) fn defer_resume(
     rt_id: u32,
-    task: Arc<dyn Task>,
+    task: TaskPtr,
     vcu: u32,
     others_wait: impl FnOnce() -> bool,
-) -> Result<(), Arc<dyn Task>> {
+) -> Result<(), TaskPtr> {
     if !polling_task(rt_id) || CURRENT.with(|c| c.device.get()) != Device::CPU {
         return Err(task);
     }
@@ -514,7 +515,7 @@ pub(crate) fn defer_resume(
 
 /// Takes the task [`defer_resume`] holds, if any.
 #[inline]
-pub(crate) fn take_woken() -> Option<Arc<dyn Task>> {
+pub(crate) fn take_woken() -> Option<TaskPtr> {
     from_raw(WOKEN.with(|c| c.take()))
 }
 
@@ -608,7 +609,7 @@ pub(crate) fn take_coop_yield() -> bool {
 }
 
 /// Takes this thread's next task (the driver polling here).
-pub(crate) fn take_next() -> Option<Arc<dyn Task>> {
+pub(crate) fn take_next() -> Option<TaskPtr> {
     from_raw(LIFO.with(|c| c.take()))
 }
 
@@ -636,7 +637,7 @@ pub fn current_task() -> Option<TaskInfo> {
 pub fn current_task_key() -> Option<usize> {
     let p = CURRENT.with(|c| c.task.get());
     // SAFETY: as in `current_task`.
-    unsafe { p.as_ref() }.map(|t| Arc::as_ptr(t) as *const () as usize)
+    unsafe { p.as_ref() }.map(|t| TaskArc::as_ptr(t) as *const () as usize)
 }
 
 /// The device the running task was placed on: `cpu:0` outside tasks.
@@ -649,7 +650,7 @@ pub fn current_device() -> Device {
 /// A description of a task: its name, device and constraints. Displays as `Task(T[cpu, 0])`.
 #[derive(Clone)]
 pub struct TaskInfo {
-    task: Arc<dyn Task>,
+    task: TaskPtr,
 }
 
 impl TaskInfo {

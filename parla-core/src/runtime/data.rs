@@ -20,6 +20,7 @@
 //!   device, every copy there is unpinned and evictable, and the head fits (its data and
 //!   workspace fit the budget, or it was refused at spawn).
 
+use crate::graph::arc::{TaskArc, TaskPtr};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,17 +37,16 @@ use super::context;
 use crate::data::{Accesses, DataObject, Ledger, LedgerSink};
 use crate::device::{Arch, Demand, Device};
 use crate::graph::cell::DeviceFailure;
-use crate::graph::node::Task;
 
 /// A device's tasks with data waiting for admission, and the objects with a copy there.
 #[derive(Default)]
 pub(crate) struct DeviceData {
     /// Tasks just made ready, in order (pushed without a lock, so that any thread, even one
     /// serving the queue, can add to it).
-    incoming: crossbeam_queue::SegQueue<Arc<dyn Task>>,
+    incoming: crossbeam_queue::SegQueue<TaskPtr>,
     /// Tasks waiting, in order; its lock is held by the one thread serving the queue (or
     /// by an aborter taking its task out).
-    queue: Mutex<VecDeque<Arc<dyn Task>>>,
+    queue: Mutex<VecDeque<TaskPtr>>,
     /// Tasks in `incoming` and `queue`.
     queued: AtomicUsize,
     /// Who serves the queue (one thread at a time, nobody waiting).
@@ -61,7 +61,7 @@ impl DeviceData {
     }
 
     /// The queue, locked, with the tasks that came in meanwhile moved to its back.
-    fn lock_queue(&self) -> parking_lot::MutexGuard<'_, VecDeque<Arc<dyn Task>>> {
+    fn lock_queue(&self) -> parking_lot::MutexGuard<'_, VecDeque<TaskPtr>> {
         let mut q = self.queue.lock();
         while let Some(t) = self.incoming.pop() {
             q.push_back(t);
@@ -113,7 +113,7 @@ impl RtInner {
     pub(crate) fn data_ready(
         self: &Arc<Self>,
         slot: usize,
-        task: Arc<dyn Task>,
+        task: TaskPtr,
         out: &mut super::exec::Launch,
     ) {
         let dev = &self.devices[slot];
@@ -168,7 +168,7 @@ impl RtInner {
 
     /// Takes `task`, whose abort was just requested, out of the data queue it waits in, if
     /// any, and fails it at once (see the module invariants). Returns whether it did.
-    pub(crate) fn abort_data_waiting(self: &Arc<Self>, task: &Arc<dyn Task>) -> bool {
+    pub(crate) fn abort_data_waiting(self: &Arc<Self>, task: &TaskPtr) -> bool {
         if task.accesses().is_none() {
             return false;
         }
@@ -178,7 +178,7 @@ impl RtInner {
             }
             let taken = {
                 let mut q = dev.data.lock_queue();
-                let at = q.iter().position(|t| Arc::ptr_eq(t, task));
+                let at = q.iter().position(|t| TaskArc::ptr_eq(t, task));
                 at.and_then(|i| q.remove(i))
             };
             if let Some(t) = taken {
@@ -194,7 +194,7 @@ impl RtInner {
 
     /// Fails aborted tasks taken out of a data queue (they never ran, and hold nothing).
     #[cold]
-    fn fail_aborted_data(self: &Arc<Self>, tasks: Vec<Arc<dyn Task>>) {
+    fn fail_aborted_data(self: &Arc<Self>, tasks: Vec<TaskPtr>) {
         self.with_local(|l| {
             for t in tasks {
                 let err = t.header().aborted_error();
@@ -206,7 +206,7 @@ impl RtInner {
     /// Tries to admit `t` (a task with data) on `slot`: pins the valid copies there and
     /// reserves VCUs, workspace and the bytes of the missing copies, evicting unpinned
     /// copies of other objects when memory is short.
-    fn admit_data(&self, slot: usize, t: &Arc<dyn Task>, out: &mut super::exec::Launch) -> bool {
+    fn admit_data(&self, slot: usize, t: &TaskPtr, out: &mut super::exec::Launch) -> bool {
         let dev = &self.devices[slot];
         let h = t.header();
         let Some(acc) = t.data() else {

@@ -55,6 +55,7 @@
 //!   and never across a driver's poll. The task holds its busy token meanwhile, as any
 //!   fenced task does.
 
+use crate::graph::arc::TaskPtr;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -70,7 +71,7 @@ use crate::error::TaskError;
 use crate::graph;
 use crate::graph::activity::EndPoll;
 use crate::graph::cell::panic_message;
-use crate::graph::node::{Outcome, RunState, Task};
+use crate::graph::node::{Outcome, RunState};
 
 /// Tasks a driver polls in one poll before it yields to Tokio.
 const BUDGET: u32 = 128;
@@ -186,7 +187,7 @@ fn yield_to_tokio(cx: &mut Context<'_>, put_off: bool) {
 /// What a driver out of work does next ([`Driver::linger`]).
 enum Linger {
     /// Runs this task it found.
-    Found(Arc<dyn Task>),
+    Found(TaskPtr),
     /// Yields to Tokio, counted as lingering, and looks again when polled next: behind the
     /// wakes Tokio put off (`put_off`), or behind what its worker has queued.
     Behind { put_off: bool },
@@ -378,7 +379,7 @@ impl Driver {
 
     /// Sets a task up for its first poll: on a GPU, the backend gives it a stream that waits
     /// on its GPU dependencies.
-    fn start(&self, task: &Arc<dyn Task>, device: Device) -> Result<RunState, TaskError> {
+    fn start(&self, task: &TaskPtr, device: Device) -> Result<RunState, TaskError> {
         let rt = &self.rt;
         let h = task.header();
         crate::trace::step!(rt, h, "started");
@@ -419,7 +420,7 @@ impl Driver {
     /// Returns what the poll takes of the driver's [`BUDGET`] (see [`OUTSIDE_COST`]).
     /// (`rt`: the driver's runtime, borrowed from the caller: cloning the `Arc` for every
     /// task would update one reference count from every worker.)
-    fn run(&mut self, rt: &Arc<RtInner>, task: Arc<dyn Task>) -> u32 {
+    fn run(&mut self, rt: &Arc<RtInner>, task: TaskPtr) -> u32 {
         let h = task.header();
         let device = h.device().unwrap_or(Device::CPU);
         // SAFETY: this driver holds the task's run token.
@@ -496,7 +497,7 @@ impl Driver {
     fn end_poll(
         &mut self,
         rt: &Arc<RtInner>,
-        task: Arc<dyn Task>,
+        task: TaskPtr,
         run: RunState,
         poll: Poll<Outcome>,
         pended: bool,
@@ -562,7 +563,7 @@ impl Driver {
 
     /// Polls the body of `task` (whose run token this driver holds) once: inside its span
     /// and timed when it is traced.
-    fn poll_body(&mut self, task: &Arc<dyn Task>, waker: &std::task::Waker) -> Poll<Outcome> {
+    fn poll_body(&mut self, task: &TaskPtr, waker: &std::task::Waker) -> Poll<Outcome> {
         let mut cx = Context::from_waker(waker);
         #[cfg(feature = "tracing")]
         if let Some(t) = task.header().trace.as_deref() {
@@ -577,7 +578,7 @@ impl Driver {
     #[cfg(feature = "tracing")]
     fn poll_traced(
         &mut self,
-        task: &Arc<dyn Task>,
+        task: &TaskPtr,
         t: &crate::graph::node::TaskTrace,
         cx: &mut Context<'_>,
     ) -> Poll<Outcome> {
@@ -601,7 +602,7 @@ impl Driver {
 
     /// The task waits on other tasks (`awaited`: the one it awaited last): its VCUs go back
     /// to its device meanwhile.
-    fn lend(&mut self, task: &Arc<dyn Task>, device: Device, awaited: Option<Arc<dyn Task>>) {
+    fn lend(&mut self, task: &TaskPtr, device: Device, awaited: Option<TaskPtr>) {
         let vcu = task.header().lend();
         if vcu == 0 {
             return;
@@ -631,7 +632,7 @@ impl Driver {
     /// task runs next on this thread, and `task` has lent its VCUs (it takes them back
     /// through the resume lane once woken, as after any loan). Returns whether it did. The
     /// caller holds `task`'s run token (it is RUNNING), so nothing schedules it meanwhile.
-    fn pass_vcus(&mut self, rt: &Arc<RtInner>, task: &Arc<dyn Task>) -> bool {
+    fn pass_vcus(&mut self, rt: &Arc<RtInner>, task: &TaskPtr) -> bool {
         let Some(woken) = context::take_woken() else {
             return false;
         };
@@ -664,7 +665,7 @@ impl Driver {
     fn finish_running(
         &mut self,
         rt: &Arc<RtInner>,
-        task: &Arc<dyn Task>,
+        task: &TaskPtr,
         run: RunState,
         outcome: Outcome,
         pended: bool,

@@ -8,6 +8,7 @@
 //!                   -> Ready: complete -> release, graph::finish -> effects -> ...
 //! ```
 
+use crate::graph::arc::{TaskArc, TaskPtr};
 use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::device::backend::FenceStatus;
 use crate::device::{Demand, Device, vcu_float};
 use crate::error::TaskError;
 use crate::graph::cell::reuse_as;
-use crate::graph::node::{Header, Outcome, Recycle, Task, prefetch_for_write, wake_quietly};
+use crate::graph::node::{Header, Outcome, Recycle, prefetch_for_write, wake_quietly};
 use crate::graph::{self, Effects};
 use crate::scheduler::admission::{self, Lane, Resumed};
 use crate::scheduler::mapping::Candidate;
@@ -30,7 +31,7 @@ use crate::scheduler::mapping::Candidate;
 const BUSY_CREDIT: i64 = 32;
 
 /// Tasks admitted to run, in order; the first usually runs next on the current driver.
-pub(crate) type Launch = Vec<Arc<dyn Task>>;
+pub(crate) type Launch = Vec<TaskPtr>;
 
 /// What a caller of the pipeline keeps between steps: counter changes deferred to the end
 /// of a driver's poll (decreases, and increases netted against a decrease still counted - a
@@ -48,7 +49,7 @@ pub(crate) struct Local {
     /// Finished tasks to hand back to the threads that spawned them (see
     /// [`RtInner::retire`]), added to [`RtInner::spent`] at the next [`RtInner::flush`] or
     /// once there are [`SPENT_BATCH`](super::SPENT_BATCH).
-    pub(crate) spent: Vec<Arc<dyn Task>>,
+    pub(crate) spent: Vec<TaskPtr>,
     /// Busy tokens counted ahead in the runtime's counters and not handed out yet (see
     /// [`RtInner::take_busy_credit`]); given back at [`RtInner::flush`].
     pub(crate) busy_credit: i64,
@@ -121,8 +122,8 @@ const KEPT: usize = 512;
 /// (Emptying or freeing it runs no user code: its future was dropped when it completed,
 /// its output by its handle, or by the completer when there was none.)
 #[inline]
-pub(crate) fn let_go_last(task: Arc<dyn Task>) {
-    if Arc::strong_count(&task) == 1 {
+pub(crate) fn let_go_last(task: TaskPtr) {
+    if TaskArc::strong_count(&task) == 1 {
         match task.header().recycle {
             Recycle::Inside => keep_spent(task),
             Recycle::Outside if !context::in_driver() => keep_spent(task),
@@ -135,7 +136,7 @@ pub(crate) fn let_go_last(task: Arc<dyn Task>) {
 /// there is room and the thread spawns into the task's runtime (a thread keeping nothing
 /// yet takes the task's); drops it otherwise.
 #[inline]
-fn keep_spent(task: Arc<dyn Task>) {
+fn keep_spent(task: TaskPtr) {
     let rt = task.header().rt_id;
     let back = REUSE
         .try_with(|r| match r.try_borrow_mut() {
@@ -155,7 +156,7 @@ fn keep_spent(task: Arc<dyn Task>) {
     drop(back);
 }
 
-impl admission::Claim for Arc<dyn Task> {
+impl admission::Claim for TaskPtr {
     #[inline]
     fn claim_word(&self) -> Option<&crate::loom::sync::AtomicU8> {
         Some(&self.header().lane)
@@ -163,7 +164,7 @@ impl admission::Claim for Arc<dyn Task> {
 
     #[inline]
     fn is(&self, other: &Self) -> bool {
-        Arc::ptr_eq(self, other)
+        TaskArc::ptr_eq(self, other)
     }
 
     #[inline]
@@ -185,10 +186,10 @@ struct Reuse {
     rt: u32,
     /// Taken from the pool a batch at a time (and kept from dropped handles and settled
     /// ids: [`let_go_last`]), for the next spawns.
-    taken: Vec<Arc<dyn Task>>,
+    taken: Vec<TaskPtr>,
     /// The one taken at the previous spawn, its memory being fetched: reused (or freed) at
     /// the next.
-    prefetched: Option<Arc<dyn Task>>,
+    prefetched: Option<TaskPtr>,
 }
 
 impl Reuse {
@@ -286,9 +287,9 @@ impl RtInner {
     /// back with its error.
     fn on_ready(
         self: &Arc<Self>,
-        task: Arc<dyn Task>,
+        task: TaskPtr,
         admitted: &mut Launch,
-    ) -> Result<(), (Arc<dyn Task>, TaskError)> {
+    ) -> Result<(), (TaskPtr, TaskError)> {
         let h = task.header();
         crate::trace::step!(self, h, "ready");
         let slot = self.map(h, task.accesses());
@@ -371,7 +372,7 @@ impl RtInner {
     /// poll would claim it, and given back after. A wake that came meanwhile schedules it
     /// (it takes its VCUs back through the resume lane, as after any loan). What the loan
     /// admits goes to `out`.
-    pub(crate) fn lend_held(self: &Arc<Self>, task: &Arc<dyn Task>, out: &mut Launch) {
+    pub(crate) fn lend_held(self: &Arc<Self>, task: &TaskPtr, out: &mut Launch) {
         let h = task.header();
         if !h.act.claim_idle() {
             // It runs (and holds its VCUs for that), was woken, or another claimer lends.
@@ -449,10 +450,10 @@ impl RtInner {
     /// written where it was last used, rather than freed to the allocator of the thread
     /// that spawned it (another worker's, mostly) and taken fresh from this one's.
     #[inline]
-    pub(crate) fn retire(&self, task: Arc<dyn Task>, batch: &mut Vec<Arc<dyn Task>>) {
+    pub(crate) fn retire(&self, task: TaskPtr, batch: &mut Vec<TaskPtr>) {
         match task.header().recycle {
             Recycle::Outside
-                if Arc::strong_count(&task) == 1
+                if TaskArc::strong_count(&task) == 1
                     && self.spent.len.load(Ordering::Relaxed) < super::SPENT =>
             {
                 batch.push(task);
@@ -469,14 +470,14 @@ impl RtInner {
     /// [`spent`](RtInner::spent), as many as it has room for; the others are freed here.
     /// Leaves `batch` empty.
     #[inline]
-    pub(crate) fn hand_back(&self, batch: &mut Vec<Arc<dyn Task>>) {
+    pub(crate) fn hand_back(&self, batch: &mut Vec<TaskPtr>) {
         if !batch.is_empty() {
             self.add_spent(batch);
         }
     }
 
     #[cold]
-    fn add_spent(&self, batch: &mut Vec<Arc<dyn Task>>) {
+    fn add_spent(&self, batch: &mut Vec<TaskPtr>) {
         {
             let mut spent = self.spent.tasks.lock();
             let room = super::SPENT - spent.len();
@@ -511,7 +512,7 @@ impl RtInner {
     /// thread kept itself ([`let_go_last`]), never the pool, which is for spawns outside the
     /// drivers.
     #[inline]
-    pub(crate) fn reuse_spent<C>(&self, inside: bool) -> Option<Arc<MaybeUninit<C>>> {
+    pub(crate) fn reuse_spent<C>(&self, inside: bool) -> Option<TaskArc<MaybeUninit<C>>> {
         let prev = REUSE
             .try_with(|r| {
                 let mut r = r.borrow_mut();
@@ -688,7 +689,7 @@ impl RtInner {
 
     /// Bookkeeping of a task admission let through.
     #[inline]
-    fn admitted(&self, t: &Arc<dyn Task>) {
+    fn admitted(&self, t: &TaskPtr) {
         let h = t.header();
         if h.lent() > 0 {
             h.reclaim();
@@ -700,7 +701,7 @@ impl RtInner {
     }
 
     /// [`launch`](Self::launch) of one task; `busy`: the caller's deferred busy count.
-    fn launch_one(self: &Arc<Self>, t: Arc<dyn Task>, busy: &mut i64) {
+    fn launch_one(self: &Arc<Self>, t: TaskPtr, busy: &mut i64) {
         let (in_slot, push) = context::place_next(self.id, t);
         if in_slot && *busy < 0 {
             // Runs next on this driver, in place of a finished task still counted.
@@ -728,7 +729,7 @@ impl RtInner {
     }
 
     /// Queues a runnable task (which holds its token) for a driver.
-    pub(crate) fn push_runnable(self: &Arc<Self>, t: Arc<dyn Task>) {
+    pub(crate) fn push_runnable(self: &Arc<Self>, t: TaskPtr) {
         if let (_, Some(t)) = context::place_next(self.id, t) {
             self.inject.push(t);
             self.start_drivers(1);
@@ -738,7 +739,7 @@ impl RtInner {
     /// A task that waited was woken (its activity is NOTIFIED now). It runs again once it
     /// has its VCUs back: at once if they fit (no waker involved), else through the resume
     /// lane of its device, ahead of waiting tasks.
-    pub(crate) fn schedule_woken(self: &Arc<Self>, task: Arc<dyn Task>, took_token: bool) {
+    pub(crate) fn schedule_woken(self: &Arc<Self>, task: TaskPtr, took_token: bool) {
         if took_token {
             self.counters.add(0, 1);
         }
@@ -779,7 +780,7 @@ impl RtInner {
     /// The second step of [`schedule_woken`](Self::schedule_woken) for `task`, which lent
     /// `lent` VCUs of device `slot` and holds its busy token: it takes them back at once if
     /// they fit, else it waits in the resume lane.
-    pub(crate) fn resume_lent(self: &Arc<Self>, task: Arc<dyn Task>, slot: usize, lent: u32) {
+    pub(crate) fn resume_lent(self: &Arc<Self>, task: TaskPtr, slot: usize, lent: u32) {
         let dev = &self.devices[slot];
         let resumed = self.with_local(|l| dev.admission.resume(task, lent, &mut l.admitted));
         match resumed {
@@ -847,7 +848,7 @@ impl RtInner {
     /// it waited at least once (it is in the poller set).
     pub(crate) fn complete(
         self: &Arc<Self>,
-        task: &Arc<dyn Task>,
+        task: &TaskPtr,
         outcome: Outcome,
         token: bool,
         pended: bool,
@@ -935,7 +936,7 @@ impl RtInner {
     }
 
     /// A GPU task's fence finished with `status`: complete the task (if nobody else did).
-    pub(crate) fn complete_fenced(self: &Arc<Self>, task: &Arc<dyn Task>, status: FenceStatus) {
+    pub(crate) fn complete_fenced(self: &Arc<Self>, task: &TaskPtr, status: FenceStatus) {
         self.with_local(|l| self.complete_fenced_in(task, status, l));
     }
 
@@ -943,7 +944,7 @@ impl RtInner {
     /// flushes).
     pub(crate) fn complete_fenced_in(
         self: &Arc<Self>,
-        task: &Arc<dyn Task>,
+        task: &TaskPtr,
         status: FenceStatus,
         l: &mut Local,
     ) {
@@ -978,7 +979,7 @@ impl RtInner {
         }
         #[cfg(feature = "tracing")]
         tracing::error!(target: "parla::gpu", device = %device, "device failed: {message}");
-        let err = |t: &Arc<dyn Task>| TaskError::Device {
+        let err = |t: &TaskPtr| TaskError::Device {
             task: t.header().name.to_string(),
             device: device.to_string(),
             message: format!("the device failed earlier: {message}"),
@@ -994,7 +995,7 @@ impl RtInner {
     /// an aborted task does not wait for resources it will not use. Returns whether it did
     /// (a task that waits in no lane is failed by its next poll, or by the queuer that
     /// finds it aborted: see [`Admission::take_aborted`](admission::Admission::take_aborted)).
-    pub(crate) fn abort_waiting(self: &Arc<Self>, task: &Arc<dyn Task>) -> bool {
+    pub(crate) fn abort_waiting(self: &Arc<Self>, task: &TaskPtr) -> bool {
         let incoming = admission::mark_aborted(task);
         // (On its way into a lane without the lock: its device's, mapped before.)
         let slots = if incoming {
@@ -1018,12 +1019,7 @@ impl RtInner {
 
     /// Fails an item taken out of an admission lane: a task that never ran, or a task that
     /// waited for its lent VCUs (its body is dropped, what it holds released).
-    pub(crate) fn fail_waiting_item(
-        self: &Arc<Self>,
-        t: &Arc<dyn Task>,
-        err: TaskError,
-        lane: Lane,
-    ) {
+    pub(crate) fn fail_waiting_item(self: &Arc<Self>, t: &TaskPtr, err: TaskError, lane: Lane) {
         self.with_local(|l| match lane {
             Lane::Task => graph::fail_held(t, err, &mut l.fx),
             Lane::Resume => {

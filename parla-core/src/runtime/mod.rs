@@ -34,6 +34,7 @@ pub(crate) mod waker;
 
 pub(crate) use exec::let_go_last;
 
+use crate::graph::arc::{TaskArc, TaskPtr};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering};
@@ -48,7 +49,7 @@ pub use builder::Builder;
 use crate::device::backend::GpuBackend;
 use crate::device::{Device, Usage};
 use crate::graph::activity::EndPoll;
-use crate::graph::node::{Header, Schedule, Task, Waking};
+use crate::graph::node::{Header, Schedule, Waking};
 use crate::scheduler::admission::Admission;
 use crate::scheduler::mapping::MappingPolicy;
 use counters::Counters;
@@ -72,7 +73,7 @@ type GpuSlot = (String, u64, Backing, Option<(Arc<dyn GpuBackend>, usize)>);
 /// One device's runtime state.
 pub(crate) struct DeviceState {
     pub(crate) device: Device,
-    pub(crate) admission: Admission<Arc<dyn Task>>,
+    pub(crate) admission: Admission<TaskPtr>,
     /// VCUs of a task that does not ask (fixed point).
     pub(crate) default_vcu: u32,
     /// Tasks the device runs at once by design (for the mapping policy).
@@ -216,13 +217,13 @@ pub(crate) struct RtInner {
     pub(crate) tokio: tokio::runtime::Handle,
     pub(crate) devices: Box<[DeviceState]>,
     pub(crate) gpus: usize,
-    pub(crate) inject: Injector<Arc<dyn Task>>,
+    pub(crate) inject: Injector<TaskPtr>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) policy: Box<dyn MappingPolicy>,
     /// Placeholders made (forward references), for the stall resolver: it fails those
     /// still waited on when nothing can spawn them any more (even once their space is
     /// dropped).
-    forward: Mutex<Vec<Arc<dyn Task>>>,
+    forward: Mutex<Vec<TaskPtr>>,
     /// Held (write) by the stall resolver while it acts, and (read) by threads entering the
     /// runtime from outside while they take their busy token: the resolver never acts on
     /// a stall that a thread entering meanwhile ends.
@@ -267,7 +268,7 @@ pub(crate) struct RtInner {
 /// Tokio handle) are read by every spawn.
 pub(crate) struct SpentPool {
     /// At most [`SPENT`]; drivers add them in batches.
-    pub(crate) tasks: parking_lot::Mutex<Vec<Arc<dyn Task>>>,
+    pub(crate) tasks: parking_lot::Mutex<Vec<TaskPtr>>,
     /// The length of [`tasks`](Self::tasks), stored under its lock: a spawn that finds it
     /// zero does not take the lock, and drivers that find it full free their tasks.
     pub(crate) len: AtomicUsize,
@@ -292,10 +293,10 @@ const SPENT_BATCH: usize = 16;
 
 /// Keeps the placeholders that may still matter: unfinished, and either waited on or still
 /// referred to from somewhere else than this registry.
-fn retain_forward(f: &mut Vec<Arc<dyn Task>>) {
+fn retain_forward(f: &mut Vec<TaskPtr>) {
     f.retain(|p| {
         let h = p.header();
-        !h.is_done() && (Arc::strong_count(p) > 1 || h.has_dependents())
+        !h.is_done() && (TaskArc::strong_count(p) > 1 || h.has_dependents())
     });
     if f.capacity() > 64 && f.len() < f.capacity() / 4 {
         f.shrink_to(f.len() * 2);
@@ -320,7 +321,7 @@ impl Sched {
 }
 
 impl Schedule for Sched {
-    fn woken(&self, task: Arc<dyn Task>, took_token: bool) {
+    fn woken(&self, task: TaskPtr, took_token: bool) {
         self.with(|rt| rt.schedule_woken(task, took_token));
     }
 
@@ -331,7 +332,7 @@ impl Schedule for Sched {
 
 impl RtInner {
     /// Records a placeholder (a forward reference) for the stall resolver.
-    pub(crate) fn register_forward(&self, p: &Arc<dyn Task>) {
+    pub(crate) fn register_forward(&self, p: &TaskPtr) {
         let mut f = self.forward.lock();
         if f.len() >= 64 && f.len().is_power_of_two() {
             retain_forward(&mut f);
@@ -340,7 +341,7 @@ impl RtInner {
     }
 
     /// The unfinished placeholders, oldest first.
-    pub(crate) fn forward_refs(&self) -> Vec<Arc<dyn Task>> {
+    pub(crate) fn forward_refs(&self) -> Vec<TaskPtr> {
         let mut f = self.forward.lock();
         retain_forward(&mut f);
         f.clone()

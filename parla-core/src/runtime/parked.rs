@@ -12,6 +12,7 @@
 //!   shards), and shards sit on cache lines of their own: a worker's inserts touch lines
 //!   other workers do not, except when another thread completes the task and removes it.
 
+use crate::graph::arc::{TaskArc, TaskPtr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -19,7 +20,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::waker::MainPoller;
-use crate::graph::node::{Header, Task};
+use crate::graph::node::Header;
 use crate::scheduler::idle::Held;
 
 const SHARDS: usize = 16;
@@ -29,7 +30,7 @@ const INDEX_BITS: u32 = 27;
 /// One shard: a slab of (insertion order, task), its free slots reused.
 #[derive(Default)]
 struct Slab {
-    slots: Vec<Option<(u64, Arc<dyn Task>)>>,
+    slots: Vec<Option<(u64, TaskPtr)>>,
     free: Vec<u32>,
 }
 
@@ -61,7 +62,7 @@ pub(crate) struct Pollers {
 impl Pollers {
     /// A started task returned `Pending` for the first time (its run state saved): it
     /// takes a slot, which its header keeps for [`remove`](Self::remove) - no hashing.
-    pub(crate) fn insert(&self, t: &Arc<dyn Task>) {
+    pub(crate) fn insert(&self, t: &TaskPtr) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let shard = home();
         let mut s = self.shards[shard as usize].lock();
@@ -81,7 +82,7 @@ impl Pollers {
     }
 
     /// A task that was inserted finished (or was taken out at shutdown meanwhile).
-    pub(crate) fn remove(&self, t: &Arc<dyn Task>) {
+    pub(crate) fn remove(&self, t: &TaskPtr) {
         let slot = t.header().poller_slot();
         if slot == u32::MAX {
             return;
@@ -93,7 +94,7 @@ impl Pollers {
         let mut s = self.shards[shard % SHARDS].lock();
         let ours = matches!(
             s.slots.get(index as usize),
-            Some(Some((_, x))) if std::ptr::addr_eq(Arc::as_ptr(x), Arc::as_ptr(t))
+            Some(Some((_, x))) if std::ptr::addr_eq(TaskArc::as_ptr(x), TaskArc::as_ptr(t))
         );
         if ours {
             let old = s.slots[index as usize].take();
@@ -107,7 +108,7 @@ impl Pollers {
     /// A CPU task in the set, whose poll just returned `Pending` without awaiting tasks,
     /// keeps its VCUs while it waits: marked and counted (`scheduler::idle`). The caller
     /// holds its run token, and its activity has not left RUNNING.
-    pub(crate) fn hold(&self, t: &Arc<dyn Task>) {
+    pub(crate) fn hold(&self, t: &TaskPtr) {
         let h = t.header();
         h.set_held(true);
         self.held.add(held_shard(h));
@@ -116,7 +117,7 @@ impl Pollers {
     /// The next holder of the run token of a task that may be held unmarks it. Returns
     /// whether it was held.
     #[inline]
-    pub(crate) fn unhold(&self, t: &Arc<dyn Task>) -> bool {
+    pub(crate) fn unhold(&self, t: &TaskPtr) -> bool {
         let h = t.header();
         if !h.is_held() {
             return false;
@@ -128,7 +129,7 @@ impl Pollers {
 
     /// The tasks marked as held now (see [`hold`](Self::hold)), from the shards whose held
     /// count is not 0 (the caller made the handshake's fence: `Held::any`).
-    pub(crate) fn held_tasks(&self) -> Vec<Arc<dyn Task>> {
+    pub(crate) fn held_tasks(&self) -> Vec<TaskPtr> {
         let mut out = Vec::new();
         for (i, s) in self.shards.iter().enumerate() {
             if !self.held.in_shard(i) {
@@ -147,8 +148,8 @@ impl Pollers {
     }
 
     /// The parked task that waited last (first inserted last), if any.
-    pub(crate) fn newest_parked(&self) -> Option<Arc<dyn Task>> {
-        let mut best: Option<(u64, Arc<dyn Task>)> = None;
+    pub(crate) fn newest_parked(&self) -> Option<TaskPtr> {
+        let mut best: Option<(u64, TaskPtr)> = None;
         for s in &self.shards {
             for (seq, t) in s.lock().slots.iter().flatten() {
                 if t.header().act.is_parked() && best.as_ref().is_none_or(|(b, _)| seq > b) {
@@ -160,7 +161,7 @@ impl Pollers {
     }
 
     /// Every task in the set, taken out (at shutdown).
-    pub(crate) fn take_all(&self) -> Vec<Arc<dyn Task>> {
+    pub(crate) fn take_all(&self) -> Vec<TaskPtr> {
         let mut out = Vec::new();
         for s in &self.shards {
             let slab = std::mem::take(&mut *s.lock());

@@ -25,6 +25,7 @@
 //! A monitor task runs the resolver whenever the busy count reaches zero; while user Tokio
 //! tasks are alive it looks again at a slowly growing interval instead.
 
+use crate::graph::arc::TaskPtr;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -38,7 +39,7 @@ use crate::device::vcu_float;
 use crate::error::TaskError;
 use crate::graph;
 use crate::graph::activity::Woken;
-use crate::graph::node::{Kind, Task};
+use crate::graph::node::Kind;
 use crate::scheduler::admission::Lane;
 
 /// Whether the runtime is stalled now.
@@ -93,7 +94,7 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
     }
     // 2. Cycles.
     if let Some(cycle) = graph::find_cycle(&forward) {
-        let tasks: Vec<&Arc<dyn Task>> = cycle
+        let tasks: Vec<&TaskPtr> = cycle
             .iter()
             .filter(|t| t.header().kind == Kind::Task)
             .collect();
@@ -103,7 +104,7 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
         // Claim every task on the cycle first, so that each fails with `Cycle` rather than
         // with the failure of its neighbour.
         rt.with_local(|l| {
-            let claimed: Vec<&Arc<dyn Task>> = tasks
+            let claimed: Vec<&TaskPtr> = tasks
                 .into_iter()
                 .filter(|t| graph::claim(t, &mut l.fx))
                 .collect();
@@ -236,7 +237,7 @@ impl Drop for Monitor {
 
 /// At shutdown: fails everything still waiting, so no handle awaited elsewhere hangs.
 pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
-    let cancelled = |t: &Arc<dyn Task>| TaskError::Cancelled {
+    let cancelled = |t: &TaskPtr| TaskError::Cancelled {
         task: t.header().name.to_string(),
     };
     for dev in rt.devices.iter() {
@@ -283,7 +284,7 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
 }
 
 /// Cancels a task whose run token the caller holds (admitted, or started and waiting).
-fn cancel_started(rt: &Arc<RtInner>, t: &Arc<dyn Task>, token: bool, l: &mut Local) {
+fn cancel_started(rt: &Arc<RtInner>, t: &TaskPtr, token: bool, l: &mut Local) {
     // SAFETY: the caller holds the run token (the injector gave it, or the activity was
     // claimed out of a waiting state).
     unsafe {

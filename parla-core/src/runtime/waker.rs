@@ -17,6 +17,7 @@
 //! `wake`, except the borrowed waker of a poll, which is never dropped and lives only while
 //! the poller holds its own reference.
 
+use crate::graph::arc::TaskPtr;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::task::{Context, RawWaker, RawWakerVTable, Waker};
@@ -26,7 +27,7 @@ use atomic_waker::AtomicWaker;
 use super::context::{self, PollerRef};
 use super::counters::Counters;
 use crate::graph::activity::{Activity, Woken};
-use crate::graph::node::{Header, Task};
+use crate::graph::node::Header;
 
 static TASK_COUNTED: RawWakerVTable = RawWakerVTable::new(
     task_clone_counted,
@@ -127,7 +128,7 @@ unsafe fn task_uncounted(p: *const ()) -> Waker {
 
 /// The waker a poll of `task` hands to its body (counted clones), borrowed: it holds no
 /// reference of its own, so it must not outlive the caller's reference to the task.
-pub(crate) fn task_poll_waker(task: &Arc<dyn Task>) -> ManuallyDrop<Waker> {
+pub(crate) fn task_poll_waker(task: &TaskPtr) -> ManuallyDrop<Waker> {
     let p = task.header() as *const Header as *const ();
     // SAFETY: the waker is never dropped (ManuallyDrop) and the caller holds a reference to
     // the task while it uses it; clones take their own references.
@@ -135,7 +136,7 @@ pub(crate) fn task_poll_waker(task: &Arc<dyn Task>) -> ManuallyDrop<Waker> {
 }
 
 /// The poller description of `task`, for the thread-local context.
-pub(crate) fn task_poller(task: &Arc<dyn Task>) -> PollerRef {
+pub(crate) fn task_poller(task: &TaskPtr) -> PollerRef {
     let h = task.header();
     PollerRef {
         act: &h.act,
@@ -288,7 +289,7 @@ pub(crate) fn registration_waker(cx: &Context<'_>, node_rt: u32) -> Waker {
 /// (`node` gives a reference to it): the current poller awaits tasks, if the node is of its
 /// runtime.
 #[inline]
-pub(crate) fn pending_on(node_rt: u32, node: impl FnOnce() -> Arc<dyn Task>) {
+pub(crate) fn pending_on(node_rt: u32, node: impl FnOnce() -> TaskPtr) {
     if node_rt != 0 && context::poller().is_some_and(|p| p.rt_id == node_rt) {
         context::note_blocked(node());
     }

@@ -20,6 +20,7 @@
 mod retired;
 mod wait;
 
+use crate::graph::arc::{TaskArc, TaskPtr};
 use std::any::Any;
 use std::fmt;
 use std::future::IntoFuture;
@@ -36,7 +37,7 @@ pub use crate::key::{IntoKey, IntoPart, Key, Part};
 pub use wait::{RangeWait, RefWait, SpaceWait};
 
 use crate::error::TaskError;
-use crate::graph::node::{Kind, Name, Outcome, Placeholder, Task, prefetch_for_write};
+use crate::graph::node::{Kind, Name, Outcome, Placeholder, prefetch_for_write};
 use crate::runtime::RtInner;
 use retired::Retired;
 
@@ -52,7 +53,7 @@ struct Block {
     hash: u64,
     /// A key of the block (the one it was made for): what identifies the block.
     key: Key,
-    slots: [Option<Arc<dyn Task>>; BLOCK],
+    slots: [Option<TaskPtr>; BLOCK],
     /// The slots whose task succeeded and was let go (a bit per slot; the slot is `None`):
     /// a dependency on it is met already, and its id stays used (see
     /// [`TaskSpace::dependency`]).
@@ -62,8 +63,8 @@ struct Block {
 const _: () = assert!(BLOCK <= u8::BITS as usize);
 
 impl Block {
-    fn new(hash: u64, key: &Key, slot: usize, node: Arc<dyn Task>) -> Block {
-        let mut slots: [Option<Arc<dyn Task>>; BLOCK] = Default::default();
+    fn new(hash: u64, key: &Key, slot: usize, node: TaskPtr) -> Block {
+        let mut slots: [Option<TaskPtr>; BLOCK] = Default::default();
         slots[slot] = Some(node);
         Block {
             hash,
@@ -92,12 +93,12 @@ impl Block {
     /// Settles the task of `slot` (see [`settles`]): the slot keeps one bit instead.
     /// Returns the task let go of, for the caller to drop once the shard is unlocked.
     #[inline]
-    fn let_go(&mut self, slot: usize) -> Option<Arc<dyn Task>> {
+    fn let_go(&mut self, slot: usize) -> Option<TaskPtr> {
         self.settled |= 1 << slot;
         self.slots[slot].take()
     }
 
-    fn nodes(&self) -> impl Iterator<Item = &Arc<dyn Task>> {
+    fn nodes(&self) -> impl Iterator<Item = &TaskPtr> {
         self.slots.iter().flatten()
     }
 }
@@ -105,13 +106,13 @@ impl Block {
 /// Whether a space lets go of `node` (settles it): a task that succeeded and is not traced
 /// ([`succeeded_untraced`](crate::graph::node::Header::succeeded_untraced)).
 #[inline]
-fn settles(node: &Arc<dyn Task>) -> bool {
+fn settles(node: &TaskPtr) -> bool {
     let h = node.header();
     h.kind == Kind::Task && h.succeeded_untraced()
 }
 
 /// The key a node of a space is named by.
-fn key_of(node: &Arc<dyn Task>) -> Option<&Key> {
+fn key_of(node: &TaskPtr) -> Option<&Key> {
     match &node.header().name {
         Name::Id(_, k) => Some(k),
         Name::Anon(_) => None,
@@ -135,7 +136,7 @@ struct SpaceInner {
 /// What a key stands for in a space.
 pub(crate) enum Lookup {
     /// A task, or a placeholder.
-    Node(Arc<dyn Task>),
+    Node(TaskPtr),
     /// A retired task and its outcome.
     Retired(Outcome),
     /// Nothing spawned or referenced yet.
@@ -414,7 +415,7 @@ impl TaskSpace {
 
     /// The node for `key` in `rt`: the task or placeholder there, a finished stand-in for
     /// a retired id, or a new placeholder (registered with `rt` for the stall resolver).
-    pub(crate) fn node(&self, key: &Key, rt: &RtInner) -> Arc<dyn Task> {
+    pub(crate) fn node(&self, key: &Key, rt: &RtInner) -> TaskPtr {
         match self.find(key, rt, false) {
             Some(n) => n,
             // An id settled by a dependency lookup: a finished stand-in.
@@ -431,7 +432,7 @@ impl TaskSpace {
     /// traced task is kept
     /// ([`succeeded_untraced`](crate::graph::node::Header::succeeded_untraced)).
     #[inline]
-    pub(crate) fn dependency(&self, key: &Key, rt: &RtInner) -> Option<Arc<dyn Task>> {
+    pub(crate) fn dependency(&self, key: &Key, rt: &RtInner) -> Option<TaskPtr> {
         // Inline for a space of this runtime (the common case); `find` binds a space
         // first used here, or makes the stand-in of another runtime's.
         if self.inner.rt.load(Ordering::Acquire) != rt.id {
@@ -449,7 +450,7 @@ impl TaskSpace {
     /// (`settle`: or one whose task succeeded, which it settles, or a retired id that
     /// succeeded).
     #[inline(never)]
-    fn find(&self, key: &Key, rt: &RtInner, settle: bool) -> Option<Arc<dyn Task>> {
+    fn find(&self, key: &Key, rt: &RtInner, settle: bool) -> Option<TaskPtr> {
         if let Err(other) = self.bind(rt) {
             // Another runtime's space: a stand-in of that runtime, which the dependent's
             // wiring rejects with `WrongRuntime`.
@@ -476,18 +477,19 @@ impl TaskSpace {
         slot: usize,
         rt: &RtInner,
         settle: bool,
-    ) -> Option<Arc<dyn Task>> {
+    ) -> Option<TaskPtr> {
         if let Some(o) = self.retired(key) {
             drop(map);
             // (A dependency on a retired id that succeeded is met: no stand-in needed.)
             return (!settle || o.is_err()).then(|| self.detached(key, rt.id, Some(o)));
         }
         let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner.space) as Weak<_>;
-        let p: Arc<dyn Task> = Arc::new(Placeholder::new(
+        let p: TaskPtr = TaskArc::new(Placeholder::new(
             Name::Id(self.name_arc(), key.clone()),
             rt.id,
             Some((origin, key.clone())),
-        ));
+        ))
+        .into_task();
         match map.find_mut(h, |b| b.is(h, key)) {
             Some(b) => b.slots[slot] = Some(p.clone()),
             None => _ = map.insert_unique(h, Block::new(h, key, slot, p.clone()), |b| b.hash),
@@ -511,7 +513,7 @@ impl TaskSpace {
         is: impl Fn(&Block) -> bool,
         slot: usize,
         settle: bool,
-    ) -> Result<Option<Arc<dyn Task>>, MutexGuard<'m, Map>> {
+    ) -> Result<Option<TaskPtr>, MutexGuard<'m, Map>> {
         let Some(b) = map.find_mut(h, is) else {
             return Err(map);
         };
@@ -542,12 +544,13 @@ impl TaskSpace {
     }
 
     /// A placeholder not in the space: finished with `outcome` if given.
-    fn detached(&self, key: &Key, rt_id: u32, outcome: Option<Outcome>) -> Arc<dyn Task> {
-        let p: Arc<dyn Task> = Arc::new(Placeholder::new(
+    fn detached(&self, key: &Key, rt_id: u32, outcome: Option<Outcome>) -> TaskPtr {
+        let p: TaskPtr = TaskArc::new(Placeholder::new(
             Name::Id(self.name_arc(), key.clone()),
             rt_id,
             None,
-        ));
+        ))
+        .into_task();
         if let Some(o) = outcome {
             p.header().claim_unrun();
             crate::graph::finish(&p, o, &mut crate::graph::Effects::default());
@@ -561,8 +564,8 @@ impl TaskSpace {
         &self,
         rt: &RtInner,
         key: &Key,
-        task: &Arc<dyn Task>,
-    ) -> Result<Option<Arc<dyn Task>>, TaskError> {
+        task: &TaskPtr,
+    ) -> Result<Option<TaskPtr>, TaskError> {
         let id = || format!("{}[{}]", self.inner.name, key);
         if self.bind(rt).is_err() {
             return Err(TaskError::WrongRuntime {
@@ -607,7 +610,7 @@ impl TaskSpace {
     }
 
     /// Every task spawned into the space so far (and not retired).
-    pub(crate) fn tasks(&self) -> Vec<Arc<dyn Task>> {
+    pub(crate) fn tasks(&self) -> Vec<TaskPtr> {
         let mut out = Vec::new();
         for s in &self.inner.shards {
             out.extend(
@@ -625,7 +628,7 @@ impl TaskSpace {
     /// it so far that has not succeeded ([`settle`](Self::settle)). In another runtime's
     /// space nothing is settled: all its tasks are returned, and the dependent's wiring
     /// fails with `WrongRuntime`.
-    pub(crate) fn dependencies(&self, rt: &RtInner) -> Vec<Arc<dyn Task>> {
+    pub(crate) fn dependencies(&self, rt: &RtInner) -> Vec<TaskPtr> {
         if self.inner.rt.load(Ordering::Acquire) != rt.id {
             return self.tasks();
         }
@@ -636,7 +639,7 @@ impl TaskSpace {
     /// or failed), and those that succeeded but are traced. The others are settled on the
     /// way (see [`dependency`](Self::dependency)): a wait on the whole space, or a task
     /// after it, lets go of them.
-    pub(crate) fn settle(&self) -> Vec<Arc<dyn Task>> {
+    pub(crate) fn settle(&self) -> Vec<TaskPtr> {
         let mut out = Vec::new();
         let mut settled = Vec::new();
         for s in &self.inner.shards {
@@ -669,7 +672,7 @@ impl TaskSpace {
                 // Held by this map and the runtime's forward registry alone.
                 if th.kind == Kind::Placeholder
                     && !th.is_resolved()
-                    && Arc::strong_count(t) <= 2
+                    && TaskArc::strong_count(t) <= 2
                     && !th.has_dependents()
                 {
                     b.slots[slot] = None;
@@ -692,7 +695,7 @@ fn shrink(map: &mut Map) {
 
 /// A reference to placeholder `node` is dropped (a builder never spawned, an await given
 /// up): the placeholder leaves its space if nothing else refers to it.
-pub(crate) fn release_placeholder(node: Arc<dyn Task>) {
+pub(crate) fn release_placeholder(node: TaskPtr) {
     let Some((space, key)) = node.origin().map(|(s, k)| (s.clone(), k.clone())) else {
         return;
     };

@@ -1,5 +1,6 @@
 //! Futures that wait for ids, ranges and whole spaces.
 
+use crate::graph::arc::TaskPtr;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,19 +10,19 @@ use atomic_waker::AtomicWaker;
 
 use super::{Lookup, TaskRange, TaskRef, TaskSpace};
 use crate::error::TaskError;
-use crate::graph::node::{Dependent, Kind, Outcome, Task};
+use crate::graph::node::{Dependent, Kind, Outcome};
 use crate::runtime::{bridge, waker};
 
 /// Waits for one node, registering one waiter on it the first time it must, and
 /// deregistering it when dropped before the node finished.
 struct NodeWait {
-    node: Arc<dyn Task>,
+    node: TaskPtr,
     waiter: Option<Arc<AtomicWaker>>,
     hurried: bool,
 }
 
 impl NodeWait {
-    fn new(node: Arc<dyn Task>) -> Self {
+    fn new(node: TaskPtr) -> Self {
         NodeWait {
             node,
             waiter: None,
@@ -179,7 +180,7 @@ impl Future for RangeWait {
 /// awaiting the space. Resolves to the first failure found once all finished, else `Ok(())`.
 #[must_use = "futures do nothing unless awaited"]
 pub struct SpaceWait {
-    nodes: Vec<Arc<dyn Task>>,
+    nodes: Vec<TaskPtr>,
     current: Option<NodeWait>,
     first_err: Option<TaskError>,
 }

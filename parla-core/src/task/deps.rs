@@ -1,12 +1,13 @@
 //! Dependencies as [`TaskBuilder::after`](super::TaskBuilder::after) takes them.
 
+use crate::graph::arc::TaskPtr;
 use std::fmt;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
 use super::TaskHandle;
-use crate::graph::node::{Kind, Task};
+use crate::graph::node::Kind;
 use crate::runtime::RtInner;
 use crate::space::{TaskRange, TaskRef, TaskSpace};
 
@@ -25,7 +26,7 @@ pub(crate) enum Dep {
 /// Dropping a list that was never spawned lets go of the placeholders it made.
 #[derive(Default)]
 pub struct DepList {
-    nodes: SmallVec<[Arc<dyn Task>; 2]>,
+    nodes: SmallVec<[TaskPtr; 2]>,
     later: Vec<Dep>,
 }
 
@@ -39,7 +40,7 @@ impl DepList {
 
     /// [`push`](Self::push) of a task node (a handle's task): kept as it is, inline.
     #[inline]
-    fn push_node(&mut self, n: Arc<dyn Task>) {
+    fn push_node(&mut self, n: TaskPtr) {
         self.nodes.push(n);
     }
 
@@ -92,7 +93,7 @@ impl DepList {
     /// The nodes, every id looked up in `rt` (placeholders made for ids not spawned yet);
     /// the list is used up, with nothing left to release.
     #[inline]
-    pub(crate) fn into_nodes(mut self, rt: &RtInner) -> SmallVec<[Arc<dyn Task>; 2]> {
+    pub(crate) fn into_nodes(mut self, rt: &RtInner) -> SmallVec<[TaskPtr; 2]> {
         let mut nodes = std::mem::take(&mut self.nodes);
         let later = std::mem::take(&mut self.later);
         // Both fields are empty now: skipping the drop leaks nothing.
@@ -124,7 +125,7 @@ impl Dep {
     /// lookups are inline, and the spawn path that resolves dependencies given outside a
     /// runtime stays small.)
     #[inline(never)]
-    fn resolve(self, rt: &RtInner, out: &mut SmallVec<[Arc<dyn Task>; 2]>) {
+    fn resolve(self, rt: &RtInner, out: &mut SmallVec<[TaskPtr; 2]>) {
         match self {
             Dep::Ref(r) => out.extend(r.space.dependency(&r.key, rt)),
             Dep::Range(range) => {

@@ -1,16 +1,16 @@
 //! [`TaskHandle`]: the future of a spawned task's result.
 
+use crate::graph::arc::{TaskArc, TaskPtr};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::error::TaskError;
 use crate::graph::cell::Join;
-use crate::graph::node::{Header, Outcome, Task};
+use crate::graph::node::{Header, Outcome};
 use crate::runtime::{bridge, let_go_last, waker};
 
 /// A spawned task: a future of its result.
@@ -21,7 +21,7 @@ use crate::runtime::{bridge, let_go_last, waker};
 /// `JoinHandle`).
 pub struct TaskHandle<T: 'static> {
     /// Dropped by hand, in `Drop` (see there).
-    task: ManuallyDrop<Arc<dyn Join<T>>>,
+    task: ManuallyDrop<TaskArc<dyn Join<T>>>,
     /// Whether this handle already spun on the task's GPU fence.
     spun: bool,
     /// Whether this handle asked the fence poller to hurry.
@@ -33,7 +33,7 @@ pub struct TaskHandle<T: 'static> {
 }
 
 impl<T: 'static> TaskHandle<T> {
-    pub(crate) fn new(task: Arc<dyn Join<T>>) -> Self {
+    pub(crate) fn new(task: TaskArc<dyn Join<T>>) -> Self {
         TaskHandle {
             task: ManuallyDrop::new(task),
             spun: false,
@@ -107,8 +107,8 @@ impl<T: 'static> TaskHandle<T> {
         self.task.header().name.to_string()
     }
 
-    pub(crate) fn node(&self) -> Arc<dyn Task> {
-        Arc::clone(&self.task) as Arc<dyn Task>
+    pub(crate) fn node(&self) -> TaskPtr {
+        TaskArc::clone(&self.task).into_task()
     }
 
     /// The task's header.
@@ -201,7 +201,7 @@ impl<T: 'static> Drop for TaskHandle<T> {
         // The last reference to a finished task spawned outside the drivers, dropped there
         // too (a program dropping a row of handles at once): its memory is freed at one of
         // this thread's next spawns instead, for the allocation to reuse it.
-        let_go_last(task);
+        let_go_last(task.into_task());
     }
 }
 
@@ -219,7 +219,7 @@ impl<T: 'static> fmt::Debug for TaskHandle<T> {
 /// Cheap to clone; it keeps the task's memory until it is dropped.
 #[derive(Clone)]
 pub struct AbortHandle {
-    task: Arc<dyn Task>,
+    task: TaskPtr,
 }
 
 impl AbortHandle {
@@ -244,7 +244,7 @@ impl fmt::Debug for AbortHandle {
 }
 
 /// [`TaskHandle::abort`] of `task`.
-fn abort(task: &Arc<dyn Task>) {
+fn abort(task: &TaskPtr) {
     let h = task.header();
     if h.outcome().is_some() || !h.request_abort() {
         return;

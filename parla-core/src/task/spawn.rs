@@ -1,6 +1,7 @@
 //! Spawning: a builder becomes a task node, wired into the graph and (once ready) handed to
 //! the executor.
 
+use crate::graph::arc::{TaskArc, TaskPtr};
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -192,7 +193,7 @@ where
 #[inline(always)]
 fn spawn_cell<C, T>(
     rt: &Arc<RtInner>,
-    cell: Arc<C>,
+    cell: TaskArc<C>,
     id: Option<crate::space::TaskRef>,
     deps: crate::task::DepList,
     checked: Result<(SlotMask, u32), String>,
@@ -202,12 +203,12 @@ where
     C: Join<T> + 'static,
     T: 'static,
 {
-    let task: Arc<dyn Task> = cell;
+    let task: TaskPtr = cell.into_task();
     wire_spawned(rt, &task, id, deps, checked, data);
     // SAFETY: `task` is `cell`, unsized (the same reference, moved): the pointer `into_raw`
     // gives back is that allocation's, with its reference, and `C` is its type.
-    let cell: Arc<C> = unsafe { Arc::from_raw(Arc::into_raw(task).cast::<C>()) };
-    TaskHandle::new(cell)
+    let cell: TaskArc<C> = unsafe { TaskArc::from_raw(TaskArc::into_raw(task).cast::<C>()) };
+    TaskHandle::new(cell.into_join())
 }
 
 /// Writes the header of a new task of cell type `C` into `h` (its place in the task's
@@ -260,7 +261,7 @@ fn task_span(rt: &RtInner, name: &Name) -> Option<Box<crate::graph::node::TaskTr
 
 /// Traces the dependencies of a new task (the ones with spans).
 #[inline(always)]
-fn trace_dependencies(rt: &RtInner, h: &Header, nodes: &[Arc<dyn Task>]) {
+fn trace_dependencies(rt: &RtInner, h: &Header, nodes: &[TaskPtr]) {
     #[cfg(feature = "tracing")]
     if h.trace.is_some() {
         crate::trace::cold(|| {
@@ -279,7 +280,7 @@ fn trace_dependencies(rt: &RtInner, h: &Header, nodes: &[Arc<dyn Task>]) {
 /// accesses imply), and hands it on if it is ready (or failed).
 fn wire_spawned(
     rt: &Arc<RtInner>,
-    task: &Arc<dyn Task>,
+    task: &TaskPtr,
     id: Option<crate::space::TaskRef>,
     deps: crate::task::DepList,
     checked: Result<(SlotMask, u32), String>,
@@ -346,13 +347,13 @@ where
 {
     let TaskBuilder { fut, id, .. } = b;
     let header = Header::new(vt_of::<TaskCell<F>>(), name_of(&id), Kind::Task, 0, 0, 0, 0);
-    let cell = Arc::new(TaskCell::new(header, fut, ()));
-    let task: Arc<dyn Task> = cell.clone();
+    let cell = TaskArc::new(TaskCell::new(header, fut, ()));
+    let task: TaskPtr = cell.clone().into_task();
     let err = TaskError::NoRuntime {
         task: task.header().name.to_string(),
     };
     graph::fail_unrun(&task, err, &mut Effects::default());
-    TaskHandle::new(cell)
+    TaskHandle::new(cell.into_join())
 }
 
 #[cfg(all(test, not(parla_loom)))]

@@ -1,0 +1,343 @@
+//! [`TaskArc`]: the reference-counted pointer to a task, an `Arc` whose memory comes from
+//! the task [`arena`](super::arena) rather than from a malloc per task.
+//!
+//! It keeps what the runtime used of `Arc`: clones, the count, pointer equality, raw
+//! pointers for wakers, a cell written in place into uninitialized memory, and conversions
+//! to `dyn Task` and `dyn Join<T>`. It has no weak references.
+//!
+//! # Invariants
+//! - A `TaskArc<T>` points to a live [`TaskBox<T>`] whose `refs` counts the `TaskArc`s (and
+//!   raw pointers taken with `into_raw`) referring to it; the box was allocated by
+//!   [`arena::alloc_block`] with the layout of `TaskBox<T>` for its value's type.
+//! - The count is changed as `Arc` changes it: relaxed increments, releasing decrements, and
+//!   the decrement that reaches zero acquires (a fence) before the value is dropped and the
+//!   block given back, so every access through any reference happens before.
+
+use std::alloc::Layout;
+use std::marker::PhantomData;
+use std::mem::{ManuallyDrop, MaybeUninit};
+use std::ops::Deref;
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicUsize, Ordering, fence};
+
+use super::arena;
+use super::cell::Join;
+use super::node::Task;
+
+/// A task's allocation: its count and the task.
+#[repr(C)]
+pub(crate) struct TaskBox<T: ?Sized> {
+    refs: AtomicUsize,
+    value: T,
+}
+
+/// A counted reference to a task (see the module docs).
+pub(crate) struct TaskArc<T: ?Sized> {
+    ptr: NonNull<TaskBox<T>>,
+    _owns: PhantomData<TaskBox<T>>,
+}
+
+/// A counted reference to a task of any type.
+pub(crate) type TaskPtr = TaskArc<dyn Task>;
+
+/// A [`TaskPtr`] given up with [`TaskArc::into_box`], as a plain pointer.
+pub(crate) type RawTask = NonNull<TaskBox<dyn Task>>;
+
+// SAFETY: as for `Arc<T>`: the value is shared between the threads holding references
+// (`Sync`) and dropped by whichever drops the last one (`Send`); the count is atomic.
+unsafe impl<T: ?Sized + Send + Sync> Send for TaskArc<T> {}
+// SAFETY: as above.
+unsafe impl<T: ?Sized + Send + Sync> Sync for TaskArc<T> {}
+
+// A reference moves freely whatever the task (as `Arc`): the task itself never moves.
+impl<T: ?Sized> Unpin for TaskArc<T> {}
+
+/// More references than this abort the process, as `Arc` does (they cannot be made without
+/// leaking them).
+const MAX_REFS: usize = isize::MAX as usize;
+
+impl<T> TaskArc<T> {
+    /// A task allocation holding `value`.
+    #[inline]
+    pub(crate) fn new(value: T) -> Self {
+        let this = Self::new_uninit();
+        // SAFETY: the new allocation is this reference's alone; its value is written
+        // whole before it is assumed initialized.
+        unsafe {
+            TaskArc::as_ptr(&this).cast_mut().cast::<T>().write(value);
+            this.assume_init()
+        }
+    }
+
+    /// A task allocation whose value is not written yet.
+    #[inline(always)]
+    pub(crate) fn new_uninit() -> TaskArc<MaybeUninit<T>> {
+        let layout = Layout::new::<TaskBox<MaybeUninit<T>>>();
+        let p = arena::alloc_block(layout).cast::<TaskBox<MaybeUninit<T>>>();
+        // SAFETY: `p` is a fresh block of the box's layout; its count is written here, and
+        // the value may stay uninitialized (`MaybeUninit`).
+        unsafe { (&raw mut (*p.as_ptr()).refs).write(AtomicUsize::new(1)) };
+        TaskArc {
+            ptr: p,
+            _owns: PhantomData,
+        }
+    }
+
+    /// The offset of the value from the start of its box.
+    const VALUE_AT: usize = std::mem::offset_of!(TaskBox<T>, value);
+
+    /// Takes back a reference given up with [`into_raw`](Self::into_raw).
+    ///
+    /// # Safety
+    /// `p` came from `into_raw` of a `TaskArc<U>` whose value has `T`'s size and alignment
+    /// (`U` may be unsized), and that reference is taken back once.
+    #[inline(always)]
+    pub(crate) unsafe fn from_raw(p: *const T) -> Self {
+        // SAFETY: `p` points `VALUE_AT` bytes into a live box (the offset depends only on
+        // the value's alignment, the same for `U`), per the contract.
+        let b = unsafe { p.byte_sub(Self::VALUE_AT) } as *mut TaskBox<T>;
+        TaskArc {
+            // SAFETY: derived from a non-null box pointer.
+            ptr: unsafe { NonNull::new_unchecked(b) },
+            _owns: PhantomData,
+        }
+    }
+
+    /// Adds a reference to the task `p` points to, as a clone would.
+    ///
+    /// # Safety
+    /// `p` came from [`as_ptr`](Self::as_ptr) or `into_raw` of a live `TaskArc<T>` (or of
+    /// one of another type whose value has `T`'s size and alignment).
+    #[inline(always)]
+    pub(crate) unsafe fn increment_strong_count(p: *const T) {
+        // SAFETY: per the contract; the reference made is given up at once, the count
+        // kept.
+        let r = ManuallyDrop::new(unsafe { Self::from_raw(p) });
+        std::mem::forget(TaskArc::clone(&r));
+    }
+
+    /// Drops a reference to the task `p` points to.
+    ///
+    /// # Safety
+    /// As [`increment_strong_count`](Self::increment_strong_count), and the caller owns the
+    /// reference it drops.
+    #[inline(always)]
+    pub(crate) unsafe fn decrement_strong_count(p: *const T) {
+        // SAFETY: per the contract.
+        drop(unsafe { Self::from_raw(p) });
+    }
+}
+
+impl<T> TaskArc<MaybeUninit<T>> {
+    /// The allocation as one of an initialized `T`.
+    ///
+    /// # Safety
+    /// The value was written whole.
+    #[inline(always)]
+    pub(crate) unsafe fn assume_init(self) -> TaskArc<T> {
+        let this = ManuallyDrop::new(self);
+        TaskArc {
+            // (`MaybeUninit<T>` has `T`'s layout, so the boxes do too.)
+            ptr: this.ptr.cast(),
+            _owns: PhantomData,
+        }
+    }
+}
+
+impl<T: ?Sized> TaskArc<T> {
+    #[inline(always)]
+    fn inner(&self) -> &TaskBox<T> {
+        // SAFETY: the box is live while a reference is (module invariants).
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// The value's address.
+    #[inline(always)]
+    pub(crate) fn as_ptr(this: &Self) -> *const T {
+        // SAFETY: the box is live; no reference to it is made.
+        unsafe { &raw const (*this.ptr.as_ptr()).value }
+    }
+
+    /// Gives up the reference without dropping it: returns the value's address, for
+    /// [`from_raw`](Self::from_raw).
+    #[inline(always)]
+    pub(crate) fn into_raw(this: Self) -> *const T {
+        let this = ManuallyDrop::new(this);
+        TaskArc::as_ptr(&this)
+    }
+
+    /// Gives up the reference without dropping it: returns its allocation, for
+    /// [`from_box`](Self::from_box).
+    #[inline(always)]
+    pub(crate) fn into_box(this: Self) -> NonNull<TaskBox<T>> {
+        ManuallyDrop::new(this).ptr
+    }
+
+    /// The allocation (what [`into_box`](Self::into_box) returns), the reference kept.
+    #[inline(always)]
+    pub(crate) fn as_box(this: &Self) -> NonNull<TaskBox<T>> {
+        this.ptr
+    }
+
+    /// Takes back a reference given up with [`into_box`](Self::into_box).
+    ///
+    /// # Safety
+    /// `p` came from `into_box`, and that reference is taken back once.
+    #[inline(always)]
+    pub(crate) unsafe fn from_box(p: NonNull<TaskBox<T>>) -> Self {
+        TaskArc {
+            ptr: p,
+            _owns: PhantomData,
+        }
+    }
+
+    /// How many references there are. A count of one read by that one reference stays
+    /// one: there are no weak references that could make another.
+    #[inline(always)]
+    pub(crate) fn strong_count(this: &Self) -> usize {
+        this.inner().refs.load(Ordering::Acquire)
+    }
+
+    /// Whether `a` and `b` refer to the same task.
+    #[inline(always)]
+    pub(crate) fn ptr_eq(a: &Self, b: &Self) -> bool {
+        ptr::addr_eq(a.ptr.as_ptr(), b.ptr.as_ptr())
+    }
+
+    /// The start of the allocation (its count) and its size in bytes, for prefetching.
+    #[inline(always)]
+    pub(crate) fn memory(this: &Self) -> (*const u8, usize) {
+        (this.ptr.as_ptr().cast(), size_of_val(this.inner()))
+    }
+
+    #[cold]
+    #[inline(never)]
+    unsafe fn drop_slow(&mut self) {
+        let layout = Layout::for_value(self.inner());
+        // SAFETY: this was the last reference (the caller saw the count reach zero and
+        // acquired), so nothing else reaches the value or the block: the value is dropped
+        // once, then the block given back with the layout it was allocated with.
+        unsafe {
+            ptr::drop_in_place(&raw mut (*self.ptr.as_ptr()).value);
+            arena::free_block(self.ptr.cast(), layout);
+        }
+    }
+}
+
+impl<T: Task> TaskArc<T> {
+    /// The reference as one to a task of any type.
+    #[inline(always)]
+    pub(crate) fn into_task(self) -> TaskPtr {
+        let p: *mut TaskBox<dyn Task> = ManuallyDrop::new(self).ptr.as_ptr();
+        TaskArc {
+            // SAFETY: the same non-null box, with its value's vtable.
+            ptr: unsafe { NonNull::new_unchecked(p) },
+            _owns: PhantomData,
+        }
+    }
+
+    /// The reference as one to a task whose output a handle takes.
+    #[inline(always)]
+    pub(crate) fn into_join<O>(self) -> TaskArc<dyn Join<O>>
+    where
+        T: Join<O>,
+    {
+        let p: *mut TaskBox<dyn Join<O>> = ManuallyDrop::new(self).ptr.as_ptr();
+        TaskArc {
+            // SAFETY: as above.
+            ptr: unsafe { NonNull::new_unchecked(p) },
+            _owns: PhantomData,
+        }
+    }
+}
+
+impl<O: 'static> TaskArc<dyn Join<O>> {
+    /// The reference as one to a task of any type.
+    #[inline(always)]
+    pub(crate) fn into_task(self) -> TaskPtr {
+        let p: *mut TaskBox<dyn Task> = ManuallyDrop::new(self).ptr.as_ptr();
+        TaskArc {
+            // SAFETY: as above (the vtable is `dyn Task`'s part of the `dyn Join` one).
+            ptr: unsafe { NonNull::new_unchecked(p) },
+            _owns: PhantomData,
+        }
+    }
+}
+
+impl<T: ?Sized> Clone for TaskArc<T> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        // (Relaxed, as `Arc`: a new reference is made from an existing one, which keeps
+        // the task alive meanwhile.)
+        let old = self.inner().refs.fetch_add(1, Ordering::Relaxed);
+        if old > MAX_REFS {
+            std::process::abort();
+        }
+        TaskArc {
+            ptr: self.ptr,
+            _owns: PhantomData,
+        }
+    }
+}
+
+impl<T: ?Sized> Drop for TaskArc<T> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.inner().refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        fence(Ordering::Acquire);
+        // SAFETY: the count reached zero here: the last reference, after every other
+        // reference's accesses (the fence).
+        unsafe { self.drop_slow() }
+    }
+}
+
+impl<T: ?Sized> Deref for TaskArc<T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.inner().value
+    }
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod test {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Counted(Arc<()>);
+
+    #[test]
+    fn the_value_is_dropped_once_with_the_last_reference() {
+        let token = Arc::new(());
+        let a = TaskArc::new(Counted(token.clone()));
+        let b = a.clone();
+        assert_eq!(TaskArc::strong_count(&a), 2);
+        assert!(TaskArc::ptr_eq(&a, &b));
+        drop(a);
+        assert_eq!(Arc::strong_count(&token), 2);
+        let raw = TaskArc::into_raw(b);
+        // SAFETY: `raw` came from `into_raw` of a live reference.
+        unsafe { TaskArc::increment_strong_count(raw) };
+        // SAFETY: the two references `raw` stands for, each taken back once.
+        let (c, d) = unsafe { (TaskArc::from_raw(raw), TaskArc::from_raw(raw)) };
+        assert_eq!(c.0.as_ref(), &());
+        drop(c);
+        assert_eq!(Arc::strong_count(&token), 2);
+        drop(d);
+        assert_eq!(Arc::strong_count(&token), 1);
+    }
+
+    #[test]
+    fn large_and_overaligned_values_work_too() {
+        #[repr(align(256))]
+        struct Aligned(u8);
+        let a = TaskArc::new(Aligned(7));
+        assert_eq!(TaskArc::as_ptr(&a) as usize % 256, 0);
+        assert_eq!(a.0, 7);
+        let big = TaskArc::new([3u8; 4000]);
+        assert!(big.iter().all(|&x| x == 3));
+    }
+}
