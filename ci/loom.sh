@@ -4,8 +4,8 @@
 # CPU tasks keeping their VCUs while they wait (the handshake with queued tasks),
 # activity words (park, wake, outside clones, an abort against a poll), node state and
 # links (publish vs register, readiness, the join protocol), the driver/injector handshake,
-# taking turns at serving a queue (data admission), and the free-slot set of GPU stream
-# pools.
+# taking turns at serving a queue (data admission), the free-slot set of GPU stream
+# pools, and freeing a chunk of task memory once its blocks and its cutting thread let go.
 # Uses its own target directory: `--cfg parla_loom` changes the build of parla-core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
