@@ -192,6 +192,52 @@ fn a_service_spawning_and_retiring_batches_runs_in_flat_memory() {
     assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 batches");
 }
 
+/// An array that tasks read and wrote (one of them aborted before it ran) is freed, buffer
+/// and all, when the program drops its last handle: the tasks its order recorded hold it
+/// through their declared accesses.
+#[test]
+fn arrays_that_tasks_used_are_freed_with_their_last_handle() {
+    use ndarray::Array1;
+    use parla::array::PArray;
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    const LEN: usize = 32 * 1024; // 256 KiB of f64
+    let (quarter, end) = support::within(120, move || {
+        growth(&rt, 20, |_| async {
+            let a = PArray::from(Array1::from_elem(LEN, 1.0f64));
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let b = a.clone();
+            let writer = task(async move {
+                rx.await.ok();
+                b.write().unwrap().mapv_inplace(|x| x + 1.0);
+            })
+            .reads_writes(&a)
+            .spawn();
+            // Ordered after the writer, and aborted before it could run.
+            let b = a.clone();
+            let aborted = task(async move { b.read().unwrap().sum() })
+                .reads(&a)
+                .spawn();
+            aborted.abort();
+            assert!(aborted.await.is_err());
+            tx.send(()).unwrap();
+            writer.await.unwrap();
+            let b = a.clone();
+            let sum = task(async move { b.read().unwrap().sum() })
+                .reads(&a)
+                .await
+                .unwrap();
+            assert_eq!(sum, 2.0 * LEN as f64);
+        })
+    });
+    let grew = end - quarter;
+    assert!(
+        grew < (LEN * 8) as isize,
+        "grew by {grew} bytes over 15 arrays of {} bytes",
+        LEN * 8
+    );
+}
+
 #[test]
 fn select_loops_over_an_id_and_dropped_forward_references_leave_nothing_behind() {
     let _s = SERIAL.lock();

@@ -206,6 +206,19 @@ impl std::fmt::Debug for Flow {
 }
 
 impl Flow {
+    /// Forgets the tasks recorded: for an object that no new task can access any more (its
+    /// last handle is gone). The tasks hold the object through their declared accesses, so
+    /// an object that kept them would never be freed.
+    pub fn clear(&self) {
+        let (writer, readers) = {
+            let mut s = self.state.lock();
+            (s.writer.take(), std::mem::take(&mut s.readers))
+        };
+        // Dropped outside the lock: a task's last reference drops what its output holds,
+        // which may be a handle of this object.
+        drop((writer, readers));
+    }
+
     /// Records `task` as the next access `access` and pushes the tasks it must follow to
     /// `deps`: for a read the last writer; for a write the last writer and the readers
     /// since. Finished readers are forgotten as the list grows.

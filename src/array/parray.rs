@@ -70,7 +70,28 @@ fn tick() -> u64 {
 /// # Ok::<_, parla::Error>(())
 /// ```
 pub struct PArray<A, D> {
-    inner: Arc<Inner<A, D>>,
+    inner: Arc<Handles<A, D>>,
+}
+
+/// What the handles of one array share. When the last handle is dropped, no task can
+/// declare an access to the array any more, so its task order is cleared: the order holds
+/// the last tasks that accessed the array, whose declared accesses hold the array, and
+/// that cycle would otherwise keep the array and its buffers allocated for good. (Tasks
+/// still running keep the array itself, through their accesses.)
+struct Handles<A, D>(Arc<Inner<A, D>>);
+
+impl<A, D> std::ops::Deref for Handles<A, D> {
+    type Target = Inner<A, D>;
+
+    fn deref(&self) -> &Inner<A, D> {
+        &self.0
+    }
+}
+
+impl<A, D> Drop for Handles<A, D> {
+    fn drop(&mut self) {
+        self.0.flow.clear();
+    }
 }
 
 impl<A, D> Clone for PArray<A, D> {
@@ -235,7 +256,9 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
             }),
             me: me.clone(),
         });
-        PArray { inner }
+        PArray {
+            inner: Arc::new(Handles(inner)),
+        }
     }
 
     /// The shape.
@@ -430,7 +453,7 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
 
 impl<A: Element, D: Dimension + 'static> AsData for PArray<A, D> {
     fn as_data(&self) -> Arc<dyn DataObject> {
-        self.inner.clone()
+        self.inner.0.clone()
     }
 }
 
