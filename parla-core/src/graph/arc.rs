@@ -6,7 +6,8 @@
 //! to `dyn Task` and `dyn Join<T>`. It has no weak references.
 //!
 //! # Invariants
-//! - A `TaskArc<T>` points to a live [`TaskBox<T>`] whose `refs` counts the `TaskArc`s (and
+//! - A `TaskArc<T>` points to a live [`TaskBox<T>`] whose `refs` (below [`IN_CHUNK`], which
+//!   is set for the life of a box cut from a chunk of the arena) counts the `TaskArc`s (and
 //!   raw pointers taken with `into_raw`) referring to it; the box was allocated by
 //!   [`arena::alloc_block`] with the layout of `TaskBox<T>` for its value's type.
 //! - The count is changed as `Arc` changes it: relaxed increments, releasing decrements, and
@@ -52,9 +53,15 @@ unsafe impl<T: ?Sized + Send + Sync> Sync for TaskArc<T> {}
 // A reference moves freely whatever the task (as `Arc`): the task itself never moves.
 impl<T: ?Sized> Unpin for TaskArc<T> {}
 
+/// The bit of `refs` that says the box was cut from a chunk of the arena (what
+/// [`arena::free_block`] needs to know); the bits below count the references.
+const IN_CHUNK: usize = 1 << (usize::BITS - 2);
+/// The bits of `refs` that count.
+const COUNT: usize = IN_CHUNK - 1;
+
 /// More references than this abort the process, as `Arc` does (they cannot be made without
-/// leaking them).
-const MAX_REFS: usize = isize::MAX as usize;
+/// leaking them, and the count stays clear of [`IN_CHUNK`]).
+const MAX_REFS: usize = COUNT / 2;
 
 impl<T> TaskArc<T> {
     /// A task allocation holding `value`.
@@ -73,10 +80,12 @@ impl<T> TaskArc<T> {
     #[inline(always)]
     pub(crate) fn new_uninit() -> TaskArc<MaybeUninit<T>> {
         let layout = Layout::new::<TaskBox<MaybeUninit<T>>>();
-        let p = arena::alloc_block(layout).cast::<TaskBox<MaybeUninit<T>>>();
+        let (p, in_chunk) = arena::alloc_block(layout);
+        let p = p.cast::<TaskBox<MaybeUninit<T>>>();
+        let refs = if in_chunk { IN_CHUNK | 1 } else { 1 };
         // SAFETY: `p` is a fresh block of the box's layout; its count is written here, and
         // the value may stay uninitialized (`MaybeUninit`).
-        unsafe { (&raw mut (*p.as_ptr()).refs).write(AtomicUsize::new(1)) };
+        unsafe { (&raw mut (*p.as_ptr()).refs).write(AtomicUsize::new(refs)) };
         TaskArc {
             ptr: p,
             _owns: PhantomData,
@@ -195,7 +204,7 @@ impl<T: ?Sized> TaskArc<T> {
     /// one: there are no weak references that could make another.
     #[inline(always)]
     pub(crate) fn strong_count(this: &Self) -> usize {
-        this.inner().refs.load(Ordering::Acquire)
+        this.inner().refs.load(Ordering::Acquire) & COUNT
     }
 
     /// Whether `a` and `b` refer to the same task.
@@ -214,12 +223,14 @@ impl<T: ?Sized> TaskArc<T> {
     #[inline(never)]
     unsafe fn drop_slow(&mut self) {
         let layout = Layout::for_value(self.inner());
+        let in_chunk = self.inner().refs.load(Ordering::Relaxed) & IN_CHUNK != 0;
         // SAFETY: this was the last reference (the caller saw the count reach zero and
         // acquired), so nothing else reaches the value or the block: the value is dropped
-        // once, then the block given back with the layout it was allocated with.
+        // once, then the block given back with the layout it was allocated with, and what
+        // `alloc_block` said of it (kept in `refs`).
         unsafe {
             ptr::drop_in_place(&raw mut (*self.ptr.as_ptr()).value);
-            arena::free_block(self.ptr.cast(), layout);
+            arena::free_block(self.ptr.cast(), layout, in_chunk);
         }
     }
 }
@@ -270,7 +281,7 @@ impl<T: ?Sized> Clone for TaskArc<T> {
         // (Relaxed, as `Arc`: a new reference is made from an existing one, which keeps
         // the task alive meanwhile.)
         let old = self.inner().refs.fetch_add(1, Ordering::Relaxed);
-        if old > MAX_REFS {
+        if old & COUNT > MAX_REFS {
             std::process::abort();
         }
         TaskArc {
@@ -283,7 +294,7 @@ impl<T: ?Sized> Clone for TaskArc<T> {
 impl<T: ?Sized> Drop for TaskArc<T> {
     #[inline]
     fn drop(&mut self) {
-        if self.inner().refs.fetch_sub(1, Ordering::Release) != 1 {
+        if self.inner().refs.fetch_sub(1, Ordering::Release) & COUNT != 1 {
             return;
         }
         fence(Ordering::Acquire);

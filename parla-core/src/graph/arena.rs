@@ -3,13 +3,16 @@
 //!
 //! A spawn takes its task's block from the spawning thread's chunk by moving a cursor, and a
 //! task's last reference, dropped on whatever thread, gives the block back to the chunk's
-//! count (one atomic decrement for the blocks of a chunk that a thread frees in a row). The global allocator sees one allocation per chunk of
-//! [`CHUNK`] bytes rather than one per task: a malloc and a free per task (on two threads,
-//! the free under the spawning thread's arena lock) were the largest single cost of a
-//! task's life.
+//! count (one atomic decrement for the blocks of a chunk that a thread frees in a row).
+//! The global allocator sees one allocation per chunk of [`CHUNK`] bytes rather than one
+//! per task: a malloc and a free per task (on two threads, the free under the spawning
+//! thread's arena lock) were the largest single cost of a task's life.
 //!
 //! A block is never reused on its own (the task cache of `runtime::exec` reuses whole task
-//! allocations instead); its memory goes back with its chunk's.
+//! allocations instead); its memory goes back with its chunk's. So a task that outlives
+//! the tasks cut around it keeps their memory: a thread whose chunks hold more than
+//! [`DEAD_LIMIT`] freed blocks takes its tasks' memory from the global allocator until
+//! they hold fewer ([`Owner`]).
 //!
 //! # Invariants
 //! - A chunk's `live` count starts at [`CHARGE`]. Each block freed takes one off; the
@@ -21,15 +24,21 @@
 //!   ([`Cutter::note_free`]): the chunk stays live meanwhile, as it would with the blocks.
 //! - Each decrement releases, and the one that reaches zero acquires (a fence) before
 //!   freeing: every access to every block of the chunk happens before its memory goes back.
-//! - A block of at most [`MAX_BLOCK`] bytes aligned to at most [`CHUNK_ALIGN`] (a *small*
-//!   layout) always lies in a chunk, which is aligned to its size, [`CHUNK`]: the chunk of a
-//!   block is its address rounded down to that, so tasks do not store it. A thread asking
-//!   for one after its chunk's destructor ran gets a chunk of its own for that one block.
-//!   A block of any other layout comes from the global allocator on its own.
+//! - A block cut from a chunk lies in it, and chunks are aligned to their size, [`CHUNK`]:
+//!   the chunk of a block is its address rounded down to that, so tasks do not store it
+//!   (only whether they were cut from one, which [`alloc_block`] says). A block larger than
+//!   [`MAX_BLOCK`], aligned to more than [`CHUNK_ALIGN`], asked for after the thread's
+//!   chunk destructor ran, or past the dead-block limit, comes from the global allocator.
+//! - An [`Owner`]'s count of dead blocks is the blocks freed (taken off a count) in its
+//!   thread's chunks that are still allocated: each put adds the blocks it frees before its
+//!   decrement, and the put that frees a chunk takes off all its blocks after its fence.
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
 
 use crate::loom::sync::{AtomicUsize, Ordering, fence};
 
@@ -41,12 +50,59 @@ pub(crate) const CHUNK_ALIGN: usize = 64;
 pub(crate) const MAX_BLOCK: usize = 1024;
 /// A chunk's count when made (see the module invariants).
 const CHARGE: usize = 1 << (usize::BITS - 2);
+/// How many freed blocks the chunks a thread cut may hold before the thread stops cutting
+/// new ones (see [`Owner`]): 16 MiB of tasks of 250 bytes. (The reduction of
+/// `benches/overhead.rs`, whose finished tasks the runtime's pools of spent tasks keep a
+/// few of from many chunks, reaches about 50,000.)
+const DEAD_LIMIT: usize = 1 << 16;
 
-/// The head of a chunk: its count, on a cache line of its own (the blocks after it are
-/// written by their tasks' threads, the count by every thread freeing one).
+/// What the chunks one thread cut share: how many of their blocks were freed while their
+/// chunk stays allocated for the others. A chunk goes back only when all its blocks are
+/// freed, so tasks that live much longer than the tasks spawned around them keep the
+/// memory of those; past [`DEAD_LIMIT`] such blocks the thread takes its tasks' memory
+/// from the global allocator instead, until enough of those chunks went back.
+///
+/// The count is kept in [`STRIPES`] parts, one per group of freeing threads, each on a
+/// cache line of its own: the threads that free a thread's tasks (every worker) would
+/// otherwise all update one line. A part can wrap below zero (a chunk's blocks added by
+/// one thread and taken off by another); the sum, read without a snapshot, can come out
+/// low for a moment, never high for long.
+pub(crate) struct Owner {
+    dead: [CachePadded<AtomicUsize>; STRIPES],
+}
+
+/// The parts of an [`Owner`]'s count.
+const STRIPES: usize = 16;
+
+impl Owner {
+    fn new() -> Self {
+        Owner {
+            dead: std::array::from_fn(|_| CachePadded::new(AtomicUsize::new(0))),
+        }
+    }
+
+    /// The dead blocks (see the type's docs).
+    fn dead(&self) -> usize {
+        let sum = self
+            .dead
+            .iter()
+            .fold(0usize, |s, d| s.wrapping_add(d.load(Ordering::Relaxed)));
+        // (A sum read between an add and the take-off it pairs with, the latter seen
+        // first, is below zero: none then.)
+        if (sum as isize) < 0 { 0 } else { sum }
+    }
+}
+
+/// The head of a chunk, on a cache line of its own (the blocks after it are written by
+/// their tasks' threads, the count by every thread freeing one).
 #[repr(C, align(64))]
 pub(crate) struct Chunk {
+    /// The count (module invariants).
     live: AtomicUsize,
+    /// How many blocks were cut from it, written by the cutting thread as it moves on.
+    cut: AtomicUsize,
+    /// The cutting thread's [`Owner`] (a reference from `Arc::into_raw`, the chunk's own).
+    owner: *const Owner,
 }
 
 fn chunk_layout() -> Layout {
@@ -55,8 +111,8 @@ fn chunk_layout() -> Layout {
 }
 
 impl Chunk {
-    /// A new chunk whose count is `live`.
-    fn new(live: usize) -> NonNull<Chunk> {
+    /// A new chunk whose count is `live`, cut by the thread of `owner`.
+    fn new(live: usize, owner: Arc<Owner>) -> NonNull<Chunk> {
         let layout = chunk_layout();
         // SAFETY: the layout's size is not zero.
         let p = unsafe { alloc(layout) }.cast::<Chunk>();
@@ -67,31 +123,48 @@ impl Chunk {
         unsafe {
             p.as_ptr().write(Chunk {
                 live: AtomicUsize::new(live),
+                cut: AtomicUsize::new(0),
+                owner: Arc::into_raw(owner),
             })
         };
         p
     }
 
     /// Takes `n` off the count of `chunk`, and frees it when that brings the count to zero.
+    /// `freed`: how many blocks that gives back (`n` for blocks, 0 for the cutting
+    /// thread's charge), counted in the owner's dead blocks (in part `stripe`) until the
+    /// chunk goes.
     ///
     /// # Safety
-    /// `chunk` is live, and the caller owns `n` of its count: a block it frees (`n` = 1),
-    /// or the cutting thread's charge (`n` = `CHARGE - cut`). It does not touch the chunk
-    /// or that block afterwards.
+    /// `chunk` is live, and the caller owns `n` of its count: the blocks it frees (`n` =
+    /// `freed`), or the cutting thread's charge (`n` = `CHARGE - cut`, after it wrote
+    /// `cut`). It does not touch the chunk or those blocks afterwards.
     ///
     /// Returns whether it freed the chunk.
     #[inline]
-    pub(crate) unsafe fn put(chunk: NonNull<Chunk>, n: usize) -> bool {
+    pub(crate) unsafe fn put(chunk: NonNull<Chunk>, n: usize, freed: usize, stripe: usize) -> bool {
         // SAFETY: live per the contract.
         let c = unsafe { chunk.as_ref() };
+        // SAFETY: the chunk holds a reference to its owner while it lives.
+        let owner = unsafe { &*c.owner };
+        let part = &owner.dead[stripe % STRIPES];
+        if freed != 0 {
+            part.fetch_add(freed, Ordering::Relaxed);
+        }
         if c.live.fetch_sub(n, Ordering::Release) != n {
             return false;
         }
         fence(Ordering::Acquire);
+        // Its blocks, all freed, leave the owner's dead ones with it. (Each was added
+        // before its put, which happens before this one's fence: the count cannot go
+        // below zero.)
+        part.fetch_sub(c.cut.load(Ordering::Relaxed), Ordering::Relaxed);
         // SAFETY: the count reached zero: every block was freed and the cutting thread
         // moved on (module invariants), so nothing else refers to the chunk; it was
-        // allocated with `chunk_layout` by `Chunk::new`, and its head written there.
+        // allocated with `chunk_layout` by `Chunk::new`, and its head written there, with
+        // the owner's reference from `Arc::into_raw`, given back here once.
         unsafe {
+            drop(Arc::from_raw(c.owner));
             ptr::drop_in_place(chunk.as_ptr());
             dealloc(chunk.as_ptr().cast(), chunk_layout());
         }
@@ -107,6 +180,10 @@ struct Cutter {
     end: Cell<usize>,
     /// Blocks cut from `chunk` so far.
     cut: Cell<usize>,
+    /// What the thread's chunks share (made with the first).
+    owner: OnceCell<Arc<Owner>>,
+    /// This thread's part of the owners' counts (`usize::MAX`: not chosen yet).
+    stripe: Cell<usize>,
     /// The chunk of the blocks this thread freed last, and how many of them it has not
     /// taken off that chunk's count yet.
     freed: Cell<Option<NonNull<Chunk>>>,
@@ -121,8 +198,11 @@ impl Cutter {
             self.next.set(0);
             self.end.set(0);
             // SAFETY: the chunk is live while the thread holds its charge, which it gives
-            // up here, once (the chunk is taken out of `self.chunk`).
-            unsafe { Chunk::put(c, CHARGE - cut) };
+            // up here, once (the chunk is taken out of `self.chunk`), after writing `cut`.
+            unsafe {
+                c.as_ref().cut.store(cut, Ordering::Relaxed);
+                Chunk::put(c, CHARGE - cut, 0, self.stripe());
+            }
         }
     }
 }
@@ -151,8 +231,22 @@ impl Cutter {
             // SAFETY: the chunk is live while the thread holds the shares of its freed
             // blocks (`n`, at least one), given up here, once (the chunk is taken out of
             // `self.freed`).
-            unsafe { Chunk::put(c, n) };
+            unsafe { Chunk::put(c, n, n, self.stripe()) };
         }
+    }
+}
+
+impl Cutter {
+    /// This thread's part of the owners' counts.
+    #[inline]
+    fn stripe(&self) -> usize {
+        let s = self.stripe.get();
+        if s != usize::MAX {
+            return s;
+        }
+        let s = crate::scheduler::thread_number() % STRIPES;
+        self.stripe.set(s);
+        s
     }
 }
 
@@ -170,6 +264,8 @@ thread_local! {
             next: Cell::new(0),
             end: Cell::new(0),
             cut: Cell::new(0),
+            owner: OnceCell::new(),
+            stripe: Cell::new(usize::MAX),
             freed: Cell::new(None),
             unput: Cell::new(0),
         }
@@ -185,22 +281,23 @@ fn small(layout: Layout) -> bool {
     layout.size() <= MAX_BLOCK && layout.align() <= CHUNK_ALIGN && !cfg!(parla_loom)
 }
 
-/// A block of `layout` (whose size is not zero), uninitialized.
+/// A block of `layout` (whose size is not zero), uninitialized, and whether it was cut
+/// from a chunk (to tell [`free_block`]).
 #[inline]
-pub(crate) fn alloc_block(layout: Layout) -> NonNull<u8> {
-    if !small(layout) {
-        return alone(layout);
+pub(crate) fn alloc_block(layout: Layout) -> (NonNull<u8>, bool) {
+    if small(layout)
+        && let Ok(Some(b)) = CUTTER.try_with(|c| cut(c, layout))
+    {
+        return (b, true);
     }
-    match CUTTER.try_with(|c| cut(c, layout)) {
-        Ok(b) => b,
-        Err(_) => chunk_alone(layout),
-    }
+    (alone(layout), false)
 }
 
 /// Cuts a block of `layout` from the thread's chunk, moving to a new chunk when the block
-/// does not fit in what is left.
+/// does not fit in what is left; `None` when the thread's chunks hold too many freed
+/// blocks to cut a new one ([`Owner`]).
 #[inline]
-fn cut(c: &Cutter, layout: Layout) -> NonNull<u8> {
+fn cut(c: &Cutter, layout: Layout) -> Option<NonNull<u8>> {
     let start = (c.next.get() + layout.align() - 1) & !(layout.align() - 1);
     let end = start + layout.size();
     if c.chunk.get().is_none() || end > c.end.get() {
@@ -209,14 +306,18 @@ fn cut(c: &Cutter, layout: Layout) -> NonNull<u8> {
     c.next.set(end);
     c.cut.set(c.cut.get() + 1);
     // SAFETY: `start` lies inside the thread's live chunk (past its head), so not null.
-    unsafe { NonNull::new_unchecked(start as *mut u8) }
+    Some(unsafe { NonNull::new_unchecked(start as *mut u8) })
 }
 
 #[cold]
 #[inline(never)]
-fn next_chunk(c: &Cutter, layout: Layout) -> NonNull<u8> {
+fn next_chunk(c: &Cutter, layout: Layout) -> Option<NonNull<u8>> {
     c.retire();
-    let chunk = Chunk::new(CHARGE);
+    let owner = c.owner.get_or_init(|| Arc::new(Owner::new()));
+    if owner.dead() > DEAD_LIMIT {
+        return None;
+    }
+    let chunk = Chunk::new(CHARGE, owner.clone());
     let base = chunk.as_ptr() as usize;
     c.chunk.set(Some(chunk));
     c.next.set(base + size_of::<Chunk>());
@@ -224,16 +325,6 @@ fn next_chunk(c: &Cutter, layout: Layout) -> NonNull<u8> {
     // A block of at most `MAX_BLOCK` bytes aligned to at most `CHUNK_ALIGN` fits in a
     // fresh chunk.
     cut(c, layout)
-}
-
-/// A block of `layout` (small) in a chunk of its own: for a thread past its chunk's
-/// destructor.
-#[cold]
-fn chunk_alone(layout: Layout) -> NonNull<u8> {
-    let chunk = Chunk::new(1);
-    let at = (chunk.as_ptr() as usize + size_of::<Chunk>()).next_multiple_of(layout.align());
-    // SAFETY: inside the chunk (a small layout fits after its head), so not null.
-    unsafe { NonNull::new_unchecked(at as *mut u8) }
 }
 
 /// A block of `layout` from the global allocator.
@@ -247,14 +338,14 @@ fn alone(layout: Layout) -> NonNull<u8> {
     ptr
 }
 
-/// Gives back `block`, of `layout`.
+/// Gives back `block`, of `layout`; `in_chunk` is what [`alloc_block`] said of it.
 ///
 /// # Safety
 /// `block` came from [`alloc_block`] with `layout`, is given back once, and nothing refers
 /// to its memory any more.
 #[inline]
-pub(crate) unsafe fn free_block(block: NonNull<u8>, layout: Layout) {
-    if !small(layout) {
+pub(crate) unsafe fn free_block(block: NonNull<u8>, layout: Layout, in_chunk: bool) {
+    if !in_chunk {
         // SAFETY: allocated by `alone` with `layout`.
         unsafe { dealloc(block.as_ptr(), layout) };
         return;
@@ -263,11 +354,11 @@ pub(crate) unsafe fn free_block(block: NonNull<u8>, layout: Layout) {
     if CUTTER.try_with(|t| t.note_free(c)).is_err() {
         // SAFETY: the block's chunk is live while the block is, and the block owns one of
         // its count.
-        unsafe { Chunk::put(c, 1) };
+        unsafe { Chunk::put(c, 1, 1, 0) };
     }
 }
 
-/// The chunk a block of a small layout lies in.
+/// The chunk a block cut from one lies in.
 #[inline(always)]
 fn chunk_of(block: NonNull<u8>) -> NonNull<Chunk> {
     let at = block
@@ -296,8 +387,9 @@ mod test {
     #[test]
     fn blocks_are_cut_in_order_aligned_and_the_chunk_goes_when_the_last_one_does() {
         let l = Layout::from_size_align(200, 16).unwrap();
-        let a = alloc_block(l);
-        let b = alloc_block(l);
+        let (a, _) = alloc_block(l);
+        let (b, in_chunk) = alloc_block(l);
+        assert!(in_chunk);
         let chunk = chunk_of(a);
         assert_eq!(chunk_of(b), chunk);
         assert!(in_current_chunk(a.as_ptr()));
@@ -306,7 +398,7 @@ mod test {
         // Fill the chunk: the thread moves to another one.
         let mut blocks = vec![a, b];
         while chunk_of(*blocks.last().unwrap()) == chunk {
-            blocks.push(alloc_block(l));
+            blocks.push(alloc_block(l).0);
         }
         assert!(blocks.len() >= CHUNK / 208 - 1);
         let live = || {
@@ -321,17 +413,17 @@ mod test {
         let (first_two, rest) = blocks.split_at(2);
         for b in first_two {
             // SAFETY: each block was allocated above with `l`, and is freed once.
-            unsafe { free_block(*b, l) };
+            unsafe { free_block(*b, l, true) };
         }
         // Noted, not yet taken off the count...
         assert_eq!(live(), cut);
         // ...until the thread frees a block of another chunk.
         // SAFETY: as above.
-        unsafe { free_block(last, l) };
+        unsafe { free_block(last, l, true) };
         assert_eq!(live(), cut - 2);
         for b in rest {
             // SAFETY: as above.
-            unsafe { free_block(*b, l) };
+            unsafe { free_block(*b, l, true) };
         }
     }
 
@@ -341,31 +433,76 @@ mod test {
             Layout::from_size_align(MAX_BLOCK + 1, 8).unwrap(),
             Layout::from_size_align(64, 128).unwrap(),
         ] {
-            let b = alloc_block(l);
-            assert!(!in_current_chunk(b.as_ptr()));
+            let (b, in_chunk) = alloc_block(l);
+            assert!(!in_chunk && !in_current_chunk(b.as_ptr()));
             assert_eq!(b.as_ptr() as usize % l.align(), 0);
             // SAFETY: allocated above with `l`, freed once.
-            unsafe { free_block(b, l) };
+            unsafe { free_block(b, l, false) };
         }
     }
 
+    /// Blocks freed while their chunk stays (a task outliving its neighbours) count as
+    /// dead for the thread that cut them; past the limit it takes memory from the global
+    /// allocator, and cuts chunks again once they went back.
     #[test]
-    fn a_block_alone_in_its_chunk_frees_it() {
-        let l = Layout::from_size_align(100, 8).unwrap();
-        let b = chunk_alone(l);
-        assert!(!in_current_chunk(b.as_ptr()));
-        // SAFETY: the chunk is live while its one block is.
-        let live = unsafe { chunk_of(b).as_ref() }.live.load(Ordering::Relaxed);
-        assert_eq!(live, 1);
-        // Freed on a thread that then exits, taking what it noted off the count.
-        struct Send(NonNull<u8>);
-        // SAFETY: a block of plain memory owned by this test.
-        unsafe impl std::marker::Send for Send {}
-        let b = Send(b);
-        std::thread::spawn(move || {
-            let b = b;
-            // SAFETY: allocated above with a small layout, freed once.
-            unsafe { free_block(b.0, l) };
+    fn a_thread_whose_chunks_hold_too_many_freed_blocks_stops_cutting_new_ones() {
+        std::thread::spawn(|| {
+            let l = Layout::from_size_align(240, 8).unwrap();
+            let dead = || {
+                CUTTER.with(|c| {
+                    let owner = c.owner.get();
+                    owner.map_or(0, |o| o.dead())
+                })
+            };
+            // One block of each chunk kept, the others freed (and taken off: each chunk's
+            // run of frees is put when the next chunk's begins).
+            let mut kept = Vec::new();
+            let mut chunks = 0;
+            while dead() <= DEAD_LIMIT {
+                let (first, in_chunk) = alloc_block(l);
+                assert!(in_chunk, "cut while the dead blocks stay under the limit");
+                kept.push(first);
+                let mut rest = Vec::new();
+                loop {
+                    let (b, _) = alloc_block(l);
+                    if chunk_of(b) != chunk_of(first) {
+                        // SAFETY: a block of a new chunk, not used.
+                        unsafe { free_block(b, l, true) };
+                        break;
+                    }
+                    rest.push(b);
+                }
+                for b in rest {
+                    // SAFETY: allocated above with `l`, freed once.
+                    unsafe { free_block(b, l, true) };
+                }
+                chunks += 1;
+            }
+            assert!(chunks > 1);
+            // Past the limit: the rest of the current chunk, then the global allocator.
+            let mut rest = Vec::new();
+            let alone = loop {
+                let (b, in_chunk) = alloc_block(l);
+                if !in_chunk {
+                    break b;
+                }
+                rest.push(b);
+                assert!(rest.len() <= CHUNK / 240, "a new chunk past the limit");
+            };
+            // SAFETY: allocated above with `l`, freed once.
+            unsafe { free_block(alone, l, false) };
+            kept.extend(rest);
+            for k in kept {
+                // SAFETY: as above.
+                unsafe { free_block(k, l, true) };
+            }
+            // A block of another chunk, to put the last run of frees.
+            let (b, in_chunk) = alloc_block(l);
+            assert!(in_chunk, "the chunks went back: cut again");
+            // SAFETY: as above.
+            unsafe { free_block(b, l, true) };
+            CUTTER.with(|c| c.put_freed());
+            assert!(dead() < 64, "{} dead blocks left", dead());
         })
         .join()
         .unwrap();
@@ -374,7 +511,7 @@ mod test {
     #[test]
     fn blocks_freed_on_other_threads_free_the_chunk_once() {
         let l = Layout::from_size_align(512, 8).unwrap();
-        let blocks: Vec<_> = (0..200).map(|_| alloc_block(l)).collect();
+        let blocks: Vec<_> = (0..200).map(|_| alloc_block(l).0).collect();
         assert!(in_current_chunk(blocks.last().unwrap().as_ptr()));
         struct Send(Vec<NonNull<u8>>);
         // SAFETY: the blocks are plain memory owned by this test; freeing from another
@@ -388,7 +525,7 @@ mod test {
                     let part = part;
                     for b in part.0 {
                         // SAFETY: allocated above with `l`, freed once.
-                        unsafe { free_block(b, l) };
+                        unsafe { free_block(b, l, true) };
                     }
                 })
             })
@@ -414,8 +551,12 @@ mod loom_test {
     #[test]
     fn loom_test_chunk_freed_once_after_its_blocks_and_its_cutter() {
         loom::model(|| {
-            let chunk = Chunk::new(CHARGE);
+            let owner = std::sync::Arc::new(Owner::new());
+            let chunk = Chunk::new(CHARGE, owner.clone());
             let cut = 2;
+            // SAFETY: the chunk is live until the puts below; written before the cutting
+            // thread's put, as `Cutter::retire` does.
+            unsafe { chunk.as_ref() }.cut.store(cut, Ordering::Relaxed);
             let freed = Arc::new(AtomicUsize::new(0));
             let hs: Vec<_> = (0..cut)
                 .map(|_| {
@@ -424,20 +565,21 @@ mod loom_test {
                     thread::spawn(move || {
                         let p = p;
                         // SAFETY: each thread owns one block's share of the count.
-                        if unsafe { Chunk::put(p.0, 1) } {
+                        if unsafe { Chunk::put(p.0, 1, 1, 1) } {
                             freed.fetch_add(1, Ordering::Relaxed);
                         }
                     })
                 })
                 .collect();
             // SAFETY: the cutting thread's charge, given up once.
-            if unsafe { Chunk::put(chunk, CHARGE - cut) } {
+            if unsafe { Chunk::put(chunk, CHARGE - cut, 0, 0) } {
                 freed.fetch_add(1, Ordering::Relaxed);
             }
             for h in hs {
                 h.join().unwrap();
             }
             assert_eq!(freed.load(Ordering::Relaxed), 1);
+            assert_eq!(owner.dead(), 0, "no dead block left");
         });
     }
 }
