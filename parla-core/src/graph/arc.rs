@@ -239,12 +239,9 @@ impl<T: Task> TaskArc<T> {
     /// The reference as one to a task of any type.
     #[inline(always)]
     pub(crate) fn into_task(self) -> TaskPtr {
-        let p: *mut TaskBox<dyn Task> = ManuallyDrop::new(self).ptr.as_ptr();
-        TaskArc {
-            // SAFETY: the same non-null box, with its value's vtable.
-            ptr: unsafe { NonNull::new_unchecked(p) },
-            _owns: PhantomData,
-        }
+        let p: NonNull<TaskBox<dyn Task>> = Self::into_box(self);
+        // SAFETY: the reference just given up, with its value's vtable.
+        unsafe { TaskArc::from_box(p) }
     }
 
     /// The reference as one to a task whose output a handle takes.
@@ -253,12 +250,9 @@ impl<T: Task> TaskArc<T> {
     where
         T: Join<O>,
     {
-        let p: *mut TaskBox<dyn Join<O>> = ManuallyDrop::new(self).ptr.as_ptr();
-        TaskArc {
-            // SAFETY: as above.
-            ptr: unsafe { NonNull::new_unchecked(p) },
-            _owns: PhantomData,
-        }
+        let p: NonNull<TaskBox<dyn Join<O>>> = Self::into_box(self);
+        // SAFETY: as above.
+        unsafe { TaskArc::from_box(p) }
     }
 }
 
@@ -266,12 +260,9 @@ impl<O: 'static> TaskArc<dyn Join<O>> {
     /// The reference as one to a task of any type.
     #[inline(always)]
     pub(crate) fn into_task(self) -> TaskPtr {
-        let p: *mut TaskBox<dyn Task> = ManuallyDrop::new(self).ptr.as_ptr();
-        TaskArc {
-            // SAFETY: as above (the vtable is `dyn Task`'s part of the `dyn Join` one).
-            ptr: unsafe { NonNull::new_unchecked(p) },
-            _owns: PhantomData,
-        }
+        let p: NonNull<TaskBox<dyn Task>> = Self::into_box(self);
+        // SAFETY: as above (the vtable is `dyn Task`'s part of the `dyn Join` one).
+        unsafe { TaskArc::from_box(p) }
     }
 }
 
