@@ -38,9 +38,8 @@ use std::cell::{Cell, OnceCell};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
-use crossbeam_utils::CachePadded;
-
 use crate::loom::sync::{AtomicUsize, Ordering, fence};
+use crate::scheduler::SlottedCount;
 
 /// Bytes per chunk, its count included, and its alignment.
 pub(crate) const CHUNK: usize = 16 * 1024;
@@ -62,34 +61,16 @@ const DEAD_LIMIT: usize = 1 << 16;
 /// memory of those; past [`DEAD_LIMIT`] such blocks the thread takes its tasks' memory
 /// from the global allocator instead, until enough of those chunks went back.
 ///
-/// The count is kept in [`STRIPES`] parts, one per group of freeing threads, each on a
-/// cache line of its own: the threads that free a thread's tasks (every worker) would
-/// otherwise all update one line. A part can wrap below zero (a chunk's blocks added by
-/// one thread and taken off by another); the sum, read without a snapshot, can come out
-/// low for a moment, never high for long.
+/// Every worker frees a spawning thread's tasks, so the count is a [`SlottedCount`].
 pub(crate) struct Owner {
-    dead: [CachePadded<AtomicUsize>; STRIPES],
+    dead: SlottedCount,
 }
-
-/// The parts of an [`Owner`]'s count.
-const STRIPES: usize = 16;
 
 impl Owner {
     fn new() -> Self {
         Owner {
-            dead: std::array::from_fn(|_| CachePadded::new(AtomicUsize::new(0))),
+            dead: SlottedCount::new(16),
         }
-    }
-
-    /// The dead blocks (see the type's docs).
-    fn dead(&self) -> usize {
-        let sum = self
-            .dead
-            .iter()
-            .fold(0usize, |s, d| s.wrapping_add(d.load(Ordering::Relaxed)));
-        // (A sum read between an add and the take-off it pairs with, the latter seen
-        // first, is below zero: none then.)
-        if (sum as isize) < 0 { 0 } else { sum }
     }
 }
 
@@ -111,8 +92,8 @@ fn chunk_layout() -> Layout {
 }
 
 impl Chunk {
-    /// A new chunk whose count is `live`, cut by the thread of `owner`.
-    fn new(live: usize, owner: Arc<Owner>) -> NonNull<Chunk> {
+    /// A new chunk, charged, cut by the thread of `owner`.
+    fn new(owner: Arc<Owner>) -> NonNull<Chunk> {
         let layout = chunk_layout();
         // SAFETY: the layout's size is not zero.
         let p = unsafe { alloc(layout) }.cast::<Chunk>();
@@ -122,7 +103,7 @@ impl Chunk {
         // SAFETY: `p` is a fresh allocation of `CHUNK` bytes aligned for a `Chunk`.
         unsafe {
             p.as_ptr().write(Chunk {
-                live: AtomicUsize::new(live),
+                live: AtomicUsize::new(CHARGE),
                 cut: AtomicUsize::new(0),
                 owner: Arc::into_raw(owner),
             })
@@ -132,8 +113,7 @@ impl Chunk {
 
     /// Takes `n` off the count of `chunk`, and frees it when that brings the count to zero.
     /// `freed`: how many blocks that gives back (`n` for blocks, 0 for the cutting
-    /// thread's charge), counted in the owner's dead blocks (in part `stripe`) until the
-    /// chunk goes.
+    /// thread's charge), counted in the owner's dead blocks until the chunk goes.
     ///
     /// # Safety
     /// `chunk` is live, and the caller owns `n` of its count: the blocks it frees (`n` =
@@ -142,14 +122,13 @@ impl Chunk {
     ///
     /// Returns whether it freed the chunk.
     #[inline]
-    pub(crate) unsafe fn put(chunk: NonNull<Chunk>, n: usize, freed: usize, stripe: usize) -> bool {
+    pub(crate) unsafe fn put(chunk: NonNull<Chunk>, n: usize, freed: usize) -> bool {
         // SAFETY: live per the contract.
         let c = unsafe { chunk.as_ref() };
         // SAFETY: the chunk holds a reference to its owner while it lives.
         let owner = unsafe { &*c.owner };
-        let part = &owner.dead[stripe % STRIPES];
         if freed != 0 {
-            part.fetch_add(freed, Ordering::Relaxed);
+            owner.dead.add(freed);
         }
         if c.live.fetch_sub(n, Ordering::Release) != n {
             return false;
@@ -158,7 +137,7 @@ impl Chunk {
         // Its blocks, all freed, leave the owner's dead ones with it. (Each was added
         // before its put, which happens before this one's fence: the count cannot go
         // below zero.)
-        part.fetch_sub(c.cut.load(Ordering::Relaxed), Ordering::Relaxed);
+        owner.dead.sub(c.cut.load(Ordering::Relaxed));
         // SAFETY: the count reached zero: every block was freed and the cutting thread
         // moved on (module invariants), so nothing else refers to the chunk; it was
         // allocated with `chunk_layout` by `Chunk::new`, and its head written there, with
@@ -182,8 +161,6 @@ struct Cutter {
     cut: Cell<usize>,
     /// What the thread's chunks share (made with the first).
     owner: OnceCell<Arc<Owner>>,
-    /// This thread's part of the owners' counts (`usize::MAX`: not chosen yet).
-    stripe: Cell<usize>,
     /// The chunk of the blocks this thread freed last, and how many of them it has not
     /// taken off that chunk's count yet.
     freed: Cell<Option<NonNull<Chunk>>>,
@@ -201,7 +178,7 @@ impl Cutter {
             // up here, once (the chunk is taken out of `self.chunk`), after writing `cut`.
             unsafe {
                 c.as_ref().cut.store(cut, Ordering::Relaxed);
-                Chunk::put(c, CHARGE - cut, 0, self.stripe());
+                Chunk::put(c, CHARGE - cut, 0);
             }
         }
     }
@@ -231,22 +208,8 @@ impl Cutter {
             // SAFETY: the chunk is live while the thread holds the shares of its freed
             // blocks (`n`, at least one), given up here, once (the chunk is taken out of
             // `self.freed`).
-            unsafe { Chunk::put(c, n, n, self.stripe()) };
+            unsafe { Chunk::put(c, n, n) };
         }
-    }
-}
-
-impl Cutter {
-    /// This thread's part of the owners' counts.
-    #[inline]
-    fn stripe(&self) -> usize {
-        let s = self.stripe.get();
-        if s != usize::MAX {
-            return s;
-        }
-        let s = crate::scheduler::thread_number() % STRIPES;
-        self.stripe.set(s);
-        s
     }
 }
 
@@ -265,7 +228,6 @@ thread_local! {
             end: Cell::new(0),
             cut: Cell::new(0),
             owner: OnceCell::new(),
-            stripe: Cell::new(usize::MAX),
             freed: Cell::new(None),
             unput: Cell::new(0),
         }
@@ -314,10 +276,10 @@ fn cut(c: &Cutter, layout: Layout) -> Option<NonNull<u8>> {
 fn next_chunk(c: &Cutter, layout: Layout) -> Option<NonNull<u8>> {
     c.retire();
     let owner = c.owner.get_or_init(|| Arc::new(Owner::new()));
-    if owner.dead() > DEAD_LIMIT {
+    if owner.dead.sum() > DEAD_LIMIT {
         return None;
     }
-    let chunk = Chunk::new(CHARGE, owner.clone());
+    let chunk = Chunk::new(owner.clone());
     let base = chunk.as_ptr() as usize;
     c.chunk.set(Some(chunk));
     c.next.set(base + size_of::<Chunk>());
@@ -354,7 +316,7 @@ pub(crate) unsafe fn free_block(block: NonNull<u8>, layout: Layout, in_chunk: bo
     if CUTTER.try_with(|t| t.note_free(c)).is_err() {
         // SAFETY: the block's chunk is live while the block is, and the block owns one of
         // its count.
-        unsafe { Chunk::put(c, 1, 1, 0) };
+        unsafe { Chunk::put(c, 1, 1) };
     }
 }
 
@@ -451,7 +413,7 @@ mod test {
             let dead = || {
                 CUTTER.with(|c| {
                     let owner = c.owner.get();
-                    owner.map_or(0, |o| o.dead())
+                    owner.map_or(0, |o| o.dead.sum())
                 })
             };
             // One block of each chunk kept, the others freed (and taken off: each chunk's
@@ -552,7 +514,7 @@ mod loom_test {
     fn loom_test_chunk_freed_once_after_its_blocks_and_its_cutter() {
         loom::model(|| {
             let owner = std::sync::Arc::new(Owner::new());
-            let chunk = Chunk::new(CHARGE, owner.clone());
+            let chunk = Chunk::new(owner.clone());
             let cut = 2;
             // SAFETY: the chunk is live until the puts below; written before the cutting
             // thread's put, as `Cutter::retire` does.
@@ -565,21 +527,21 @@ mod loom_test {
                     thread::spawn(move || {
                         let p = p;
                         // SAFETY: each thread owns one block's share of the count.
-                        if unsafe { Chunk::put(p.0, 1, 1, 1) } {
+                        if unsafe { Chunk::put(p.0, 1, 1) } {
                             freed.fetch_add(1, Ordering::Relaxed);
                         }
                     })
                 })
                 .collect();
             // SAFETY: the cutting thread's charge, given up once.
-            if unsafe { Chunk::put(chunk, CHARGE - cut, 0, 0) } {
+            if unsafe { Chunk::put(chunk, CHARGE - cut, 0) } {
                 freed.fetch_add(1, Ordering::Relaxed);
             }
             for h in hs {
                 h.join().unwrap();
             }
             assert_eq!(freed.load(Ordering::Relaxed), 1);
-            assert_eq!(owner.dead(), 0, "no dead block left");
+            assert_eq!(owner.dead.sum(), 0, "no dead block left");
         });
     }
 }

@@ -37,7 +37,7 @@ pub(crate) use exec::let_go_last;
 use crate::graph::arc::{TaskArc, TaskPtr};
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
@@ -50,6 +50,7 @@ use crate::device::backend::GpuBackend;
 use crate::device::{Device, Usage};
 use crate::graph::activity::EndPoll;
 use crate::graph::node::{Header, Schedule, Waking};
+use crate::scheduler::SlottedCount;
 use crate::scheduler::admission::Admission;
 use crate::scheduler::mapping::MappingPolicy;
 use counters::Counters;
@@ -86,15 +87,12 @@ pub(crate) struct DeviceState {
     pub(crate) failed: OnceLock<String>,
     /// Tasks with data waiting for admission, and the data with copies here.
     pub(crate) data: data::DeviceData,
-    /// Tasks running on the device, counted when `track_running` (for the mapping policy):
-    /// a count per thread slot ([`thread_number`](crate::scheduler::thread_number) modulo
-    /// their number), each on a cache line of its own, summed when read. Every task start
-    /// and finish updates it, on every worker; one shared count made its line move between
-    /// the cores on each (a tenth of all samples of a grid spawned by tasks on 16 workers,
-    /// where a GPU made the runtime track it), and the policy reads it only for tasks that
-    /// may go to more than one device. A task that starts on one thread and finishes on
-    /// another leaves one slot above and one below: only the sum means anything.
-    running: Box<[CachePadded<AtomicIsize>]>,
+    /// Tasks running on the device, counted when `track_running` (for the mapping policy),
+    /// in slots per thread. Every task start and finish updates it, on every worker; one
+    /// shared count made its line move between the cores on each (a tenth of all samples
+    /// of a grid spawned by tasks on 16 workers, where a GPU made the runtime track it),
+    /// and the policy reads it only for tasks that may go to more than one device.
+    running: SlottedCount,
     track_running: bool,
 }
 
@@ -122,9 +120,7 @@ impl DeviceState {
             gpu,
             failed: OnceLock::new(),
             data: Default::default(),
-            running: (0..running_slots)
-                .map(|_| CachePadded::new(AtomicIsize::new(0)))
-                .collect(),
+            running: SlottedCount::new(running_slots),
             track_running,
         }
     }
@@ -142,17 +138,11 @@ impl DeviceState {
         }
     }
 
-    /// The calling thread's slot of [`running`](Self::running).
-    #[inline]
-    fn running_slot(&self) -> &AtomicIsize {
-        &self.running[crate::scheduler::thread_number() % self.running.len()]
-    }
-
     /// `n` tasks started on the device (for the mapping policy's load figures).
     #[inline]
     pub(crate) fn started(&self, n: usize) {
         if self.track_running && n > 0 {
-            self.running_slot().fetch_add(n as isize, Ordering::Relaxed);
+            self.running.add(n);
         }
     }
 
@@ -160,14 +150,13 @@ impl DeviceState {
     #[inline]
     pub(crate) fn finished(&self) {
         if self.track_running {
-            self.running_slot().fetch_sub(1, Ordering::Relaxed);
+            self.running.sub(1);
         }
     }
 
     /// Tasks running on the device (a snapshot; 0 when not tracked).
     pub(crate) fn running(&self) -> usize {
-        let sum: isize = self.running.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-        sum.max(0) as usize
+        self.running.sum()
     }
 
     pub(crate) fn usage(&self) -> Usage {
