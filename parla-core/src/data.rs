@@ -20,7 +20,6 @@
 //!   task reserved them until the copy is freed, which reports them back through
 //!   [`Ledger::freed`] (invalidation) or as the return value of [`DataObject::evict`].
 
-use crate::graph::arc::TaskPtr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
@@ -29,6 +28,7 @@ use smallvec::SmallVec;
 
 use crate::device::Device;
 use crate::device::fence::Fence;
+use crate::graph::arc::TaskPtr;
 
 pub use crate::runtime::context::current_task_key;
 

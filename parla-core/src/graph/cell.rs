@@ -12,7 +12,6 @@
 //! - A [`TaskArc`] has no weak references: a task whose count is one has one reference,
 //!   and nothing can make another ([`reuse_as`] relies on it).
 
-use super::arc::{TaskArc, TaskPtr};
 use std::cell::UnsafeCell;
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -21,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use super::arc::{TaskArc, TaskPtr};
 use super::node::{Header, Outcome, Task};
 use crate::error::TaskError;
 

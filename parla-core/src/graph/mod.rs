@@ -21,13 +21,13 @@ pub(crate) mod arena;
 pub(crate) mod cell;
 pub(crate) mod node;
 
-use arc::{TaskArc, TaskPtr};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::Waker;
 
 use crate::device::backend::Fence;
 use crate::error::TaskError;
+use arc::{TaskArc, TaskPtr};
 use node::{Added, Dependent, Header, Kind, Outcome, Published};
 
 /// What a graph operation asks the executor to do. (The executor keeps one per driver and

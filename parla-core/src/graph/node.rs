@@ -20,7 +20,6 @@
 //!   completer if the handle is gone when the task completes, else by the handle (when it
 //!   takes the output, or when it is dropped after completion).
 
-use super::arc::{TaskArc, TaskPtr};
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use std::task::Waker;
 use smallvec::SmallVec;
 
 use super::activity::Activity;
+use super::arc::{TaskArc, TaskPtr};
 use crate::device::backend::Fence;
 use crate::device::{Demand, Device, SlotMask};
 use crate::error::TaskError;

@@ -1,12 +1,12 @@
 //! The graph as a state machine, with no runtime: wiring, cascades, placeholders, waiters,
 //! the join protocol.
 
-use super::arc::{TaskArc, TaskPtr};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
+use super::arc::{TaskArc, TaskPtr};
 use super::cell::{Join, TaskCell};
 use super::node::{Dependent, Header, Kind, Name, Placeholder, vt_of};
 use super::*;

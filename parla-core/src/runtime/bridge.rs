@@ -25,7 +25,6 @@
 //! - whichever poller sees a task's fence done first completes the task (the task's state
 //!   moves FENCED -> COMPLETING once, so only one of them does).
 
-use crate::graph::arc::TaskPtr;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
@@ -43,6 +42,7 @@ use parking_lot::Mutex;
 
 use super::RtInner;
 use crate::device::backend::{Fence, FenceStatus};
+use crate::graph::arc::TaskPtr;
 
 /// How many awaiters spin on a task's fence now ([`spin_fenced`]), in every runtime. A
 /// hint: a poller that misses one queries a fence an awaiter also queries, which costs time,

@@ -9,7 +9,6 @@
 //!   of a `block_on` future): the runtime's own futures use the poller to register wakers
 //!   that stall detection does not count, and to find awaits the stall resolver failed.
 
-use crate::graph::arc::{RawTask, TaskArc, TaskPtr};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::atomic::AtomicU8;
@@ -18,6 +17,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use super::RtInner;
 use crate::device::{Demand, Device, vcu_float};
 use crate::graph::activity::Activity;
+use crate::graph::arc::{RawTask, TaskArc, TaskPtr};
 
 /// The poller being polled on this thread: its activity and its waker's data pointer.
 #[derive(Clone, Copy)]

@@ -20,7 +20,6 @@
 //!   device, every copy there is unpinned and evictable, and the head fits (its data and
 //!   workspace fit the budget, or it was refused at spawn).
 
-use crate::graph::arc::{TaskArc, TaskPtr};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +35,7 @@ use super::bridge::{FenceWait, wait_fence};
 use super::context;
 use crate::data::{Accesses, DataObject, Ledger, LedgerSink};
 use crate::device::{Arch, Demand, Device};
+use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::graph::cell::DeviceFailure;
 
 /// A device's tasks with data waiting for admission, and the objects with a copy there.

@@ -55,7 +55,6 @@
 //!   and never across a driver's poll. The task holds its busy token meanwhile, as any
 //!   fenced task does.
 
-use crate::graph::arc::TaskPtr;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -70,6 +69,7 @@ use crate::device::{Demand, Device};
 use crate::error::TaskError;
 use crate::graph;
 use crate::graph::activity::EndPoll;
+use crate::graph::arc::TaskPtr;
 use crate::graph::cell::panic_message;
 use crate::graph::node::{Outcome, RunState};
 

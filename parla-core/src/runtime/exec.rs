@@ -8,7 +8,6 @@
 //!                   -> Ready: complete -> release, graph::finish -> effects -> ...
 //! ```
 
-use crate::graph::arc::{TaskArc, TaskPtr};
 use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use super::{RtInner, context};
 use crate::device::backend::FenceStatus;
 use crate::device::{Demand, Device, vcu_float};
 use crate::error::TaskError;
+use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::graph::cell::reuse_as;
 use crate::graph::node::{Header, Outcome, Recycle, prefetch_for_write, wake_quietly};
 use crate::graph::{self, Effects};

@@ -34,7 +34,6 @@ pub(crate) mod waker;
 
 pub(crate) use exec::let_go_last;
 
-use crate::graph::arc::{TaskArc, TaskPtr};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -49,6 +48,7 @@ pub use builder::Builder;
 use crate::device::backend::GpuBackend;
 use crate::device::{Device, Usage};
 use crate::graph::activity::EndPoll;
+use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::graph::node::{Header, Schedule, Waking};
 use crate::scheduler::SlottedCount;
 use crate::scheduler::admission::Admission;

@@ -12,7 +12,6 @@
 //!   shards), and shards sit on cache lines of their own: a worker's inserts touch lines
 //!   other workers do not, except when another thread completes the task and removes it.
 
-use crate::graph::arc::{TaskArc, TaskPtr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -20,6 +19,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::waker::MainPoller;
+use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::graph::node::Header;
 use crate::scheduler::idle::Held;
 

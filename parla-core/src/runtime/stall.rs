@@ -25,7 +25,6 @@
 //! A monitor task runs the resolver whenever the busy count reaches zero; while user Tokio
 //! tasks are alive it looks again at a slowly growing interval instead.
 
-use crate::graph::arc::TaskPtr;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -39,6 +38,7 @@ use crate::device::vcu_float;
 use crate::error::TaskError;
 use crate::graph;
 use crate::graph::activity::Woken;
+use crate::graph::arc::TaskPtr;
 use crate::graph::node::Kind;
 use crate::scheduler::admission::Lane;
 

@@ -17,7 +17,6 @@
 //! `wake`, except the borrowed waker of a poll, which is never dropped and lives only while
 //! the poller holds its own reference.
 
-use crate::graph::arc::TaskPtr;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::task::{Context, RawWaker, RawWakerVTable, Waker};
@@ -27,6 +26,7 @@ use atomic_waker::AtomicWaker;
 use super::context::{self, PollerRef};
 use super::counters::Counters;
 use crate::graph::activity::{Activity, Woken};
+use crate::graph::arc::TaskPtr;
 use crate::graph::node::Header;
 
 static TASK_COUNTED: RawWakerVTable = RawWakerVTable::new(

@@ -20,7 +20,6 @@
 mod retired;
 mod wait;
 
-use crate::graph::arc::{TaskArc, TaskPtr};
 use std::any::Any;
 use std::fmt;
 use std::future::IntoFuture;
@@ -32,6 +31,7 @@ use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::key::BLOCK;
 pub use crate::key::{IntoKey, IntoPart, Key, Part};
 pub use wait::{RangeWait, RefWait, SpaceWait};

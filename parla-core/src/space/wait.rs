@@ -1,6 +1,5 @@
 //! Futures that wait for ids, ranges and whole spaces.
 
-use crate::graph::arc::TaskPtr;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +9,7 @@ use atomic_waker::AtomicWaker;
 
 use super::{Lookup, TaskRange, TaskRef, TaskSpace};
 use crate::error::TaskError;
+use crate::graph::arc::TaskPtr;
 use crate::graph::node::{Dependent, Kind, Outcome};
 use crate::runtime::{bridge, waker};
 

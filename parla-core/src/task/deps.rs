@@ -1,12 +1,12 @@
 //! Dependencies as [`TaskBuilder::after`](super::TaskBuilder::after) takes them.
 
-use crate::graph::arc::TaskPtr;
 use std::fmt;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
 use super::TaskHandle;
+use crate::graph::arc::TaskPtr;
 use crate::graph::node::Kind;
 use crate::runtime::RtInner;
 use crate::space::{TaskRange, TaskRef, TaskSpace};

@@ -1,6 +1,5 @@
 //! [`TaskHandle`]: the future of a spawned task's result.
 
-use crate::graph::arc::{TaskArc, TaskPtr};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -9,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::error::TaskError;
+use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::graph::cell::Join;
 use crate::graph::node::{Header, Outcome};
 use crate::runtime::{bridge, let_go_last, waker};

@@ -1,7 +1,6 @@
 //! Spawning: a builder becomes a task node, wired into the graph and (once ready) handed to
 //! the executor.
 
-use crate::graph::arc::{TaskArc, TaskPtr};
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -11,6 +10,7 @@ use super::{TaskBuilder, TaskHandle};
 use crate::data::Accesses;
 use crate::device::{Arch, Demand, Placements, SlotMask, resolve, vcu_fixed};
 use crate::error::TaskError;
+use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::graph::cell::{Join, TaskCell};
 use crate::graph::node::{
     Consume, DEFAULT_VCU, Dependent, Header, Kind, Name, Recycle, Task, vt_of,
