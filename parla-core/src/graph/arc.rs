@@ -86,10 +86,8 @@ impl<T> TaskArc<T> {
         // SAFETY: `p` is a fresh block of the box's layout; its count is written here, and
         // the value may stay uninitialized (`MaybeUninit`).
         unsafe { (&raw mut (*p.as_ptr()).refs).write(AtomicUsize::new(refs)) };
-        TaskArc {
-            ptr: p,
-            _owns: PhantomData,
-        }
+        // SAFETY: the count just written is this reference's.
+        unsafe { TaskArc::from_box(p) }
     }
 
     /// The offset of the value from the start of its box.
@@ -105,11 +103,8 @@ impl<T> TaskArc<T> {
         // SAFETY: `p` points `VALUE_AT` bytes into a live box (the offset depends only on
         // the value's alignment, the same for `U`), per the contract.
         let b = unsafe { p.byte_sub(Self::VALUE_AT) } as *mut TaskBox<T>;
-        TaskArc {
-            // SAFETY: derived from a non-null box pointer.
-            ptr: unsafe { NonNull::new_unchecked(b) },
-            _owns: PhantomData,
-        }
+        // SAFETY: derived from a non-null box pointer, whose reference the caller gives.
+        unsafe { Self::from_box(NonNull::new_unchecked(b)) }
     }
 
     /// Adds a reference to the task `p` points to, as a clone would.
@@ -144,12 +139,9 @@ impl<T> TaskArc<MaybeUninit<T>> {
     /// The value was written whole.
     #[inline(always)]
     pub(crate) unsafe fn assume_init(self) -> TaskArc<T> {
-        let this = ManuallyDrop::new(self);
-        TaskArc {
-            // (`MaybeUninit<T>` has `T`'s layout, so the boxes do too.)
-            ptr: this.ptr.cast(),
-            _owns: PhantomData,
-        }
+        // SAFETY: the same box and reference; `MaybeUninit<T>` has `T`'s layout, so the
+        // boxes do too.
+        unsafe { TaskArc::from_box(Self::into_box(self).cast()) }
     }
 }
 
@@ -191,7 +183,8 @@ impl<T: ?Sized> TaskArc<T> {
     /// Takes back a reference given up with [`into_box`](Self::into_box).
     ///
     /// # Safety
-    /// `p` came from `into_box`, and that reference is taken back once.
+    /// `p` is a live box whose count holds a reference nothing else owns (one given up with
+    /// `into_box`, or just counted), and that reference is taken over once.
     #[inline(always)]
     pub(crate) unsafe fn from_box(p: NonNull<TaskBox<T>>) -> Self {
         TaskArc {
@@ -275,10 +268,8 @@ impl<T: ?Sized> Clone for TaskArc<T> {
         if old & COUNT > MAX_REFS {
             std::process::abort();
         }
-        TaskArc {
-            ptr: self.ptr,
-            _owns: PhantomData,
-        }
+        // SAFETY: the reference just counted.
+        unsafe { TaskArc::from_box(self.ptr) }
     }
 }
 

@@ -182,9 +182,7 @@ impl Cutter {
             }
         }
     }
-}
 
-impl Cutter {
     /// Notes a block of `chunk` freed: its share of the count is taken off with the next
     /// ones of the same chunk, in one decrement, when the thread frees a block of another
     /// chunk or exits. (Tasks spawned one after the other share a chunk, and mostly finish
