@@ -141,6 +141,10 @@ pub trait DataObject: Send + Sync + 'static {
     fn bytes(&self) -> u64;
 
     /// The object's task order: last writer and readers since.
+    ///
+    /// The tasks recorded there hold the object (through their declared accesses), so an
+    /// object must clear it ([`Flow::clear`]) once no handle can declare a new access to
+    /// it, or it is never freed: `PArray` does so when its last handle is dropped.
     fn flow(&self) -> &Flow;
 
     /// Whether a valid copy is on `device` (for mapping).
