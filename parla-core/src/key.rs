@@ -232,6 +232,18 @@ impl Key {
         }
     }
 
+    /// The key's slot in its block: [`Key::block`]'s second half, without the hash.
+    #[inline(always)]
+    pub(crate) fn slot(&self) -> usize {
+        match &self.0 {
+            Repr::Ints { len, v } => (v[(*len as usize - 1) % MAX_PARTS] & BLOCK_MASK) as usize,
+            Repr::Parts(p) => match p.last() {
+                Some(Part::Int(last)) => (last & BLOCK_MASK) as usize,
+                _ => 0,
+            },
+        }
+    }
+
     /// Whether the two keys share a block (see [`Key::block`]).
     #[inline(always)]
     pub(crate) fn same_block(&self, other: &Key) -> bool {
@@ -404,7 +416,8 @@ mod test {
     }
 
     /// Keys share a block exactly when they differ only in the low bits of a last integer,
-    /// and keys that share one have the same hash and distinct slots.
+    /// and keys that share one have the same hash and distinct slots (`slot` agreeing with
+    /// `block`).
     #[test]
     fn blocks() {
         let keys: Vec<Key> = [
@@ -430,6 +443,7 @@ mod test {
                 let (ha, sa) = a.block();
                 let (hb, sb) = b.block();
                 assert!(sa < BLOCK);
+                assert_eq!(a.slot(), sa, "{a:?}");
                 if same {
                     assert_eq!(ha, hb, "{a:?} {b:?}");
                     assert_eq!(sa == sb, a == b, "{a:?} {b:?}");

@@ -39,6 +39,7 @@ pub use wait::{RangeWait, RefWait, SpaceWait};
 use crate::error::TaskError;
 use crate::graph::node::{Kind, Name, Outcome, Placeholder, prefetch_for_write};
 use crate::runtime::RtInner;
+use crate::task::DepList;
 use retired::Retired;
 
 const SHARDS: usize = 16;
@@ -101,6 +102,16 @@ impl Block {
     fn nodes(&self) -> impl Iterator<Item = &TaskPtr> {
         self.slots.iter().flatten()
     }
+}
+
+/// The slots whose bits are set in `bits`, in order.
+#[inline(always)]
+fn slots(mut bits: u8) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let slot = bits.trailing_zeros() as usize;
+        bits &= bits.wrapping_sub(1);
+        (slot < BLOCK).then_some(slot)
+    })
 }
 
 /// Whether a space lets go of `node` (settles it): a task that succeeded and is not traced
@@ -172,7 +183,10 @@ pub(crate) enum Lookup {
 /// very many tiny tasks from one thread spends noticeably more per task naming them than
 /// passing dependencies as `&TaskHandle`s (`.after(&h)`), which need no lookup. Ids pay off
 /// where a task is named before it exists (forward references), by many tasks, or across
-/// the program.
+/// the program. Integer keys that differ only in the low bits of their last part (`t.at(i)`
+/// for `i` in `8k..8k + 8`, `t.at((i, j))` likewise in `j`) share an entry of the table: a
+/// task given its id first and then dependencies on such neighbours
+/// (`.id(t.at(i)).after(t.at(i - 1))`) looks them up together with its own insert.
 ///
 /// A clone is a new handle to the space (one small allocation, and two more at its first
 /// spawn under an id, for its own copy of the space's name, which its tasks hold), and the
@@ -560,11 +574,17 @@ impl TaskSpace {
 
     /// Records `task` (of `rt`) under `key`. Returns the placeholder it replaces, if the id
     /// was referenced before.
+    ///
+    /// The ids of `key`'s block that the task depends on and that its builder kept as slots
+    /// (see [`TaskRef::near_slot`]) are looked up in the same lookup of the block, their
+    /// nodes added to `deps` (as [`dependency`](Self::dependency) would: none for a task
+    /// that succeeded, which is settled).
     pub(crate) fn insert(
         &self,
         rt: &RtInner,
         key: &Key,
         task: &TaskPtr,
+        deps: &mut DepList,
     ) -> Result<Option<TaskPtr>, TaskError> {
         let id = || format!("{}[{}]", self.inner.name, key);
         if self.bind(rt).is_err() {
@@ -576,6 +596,7 @@ impl TaskSpace {
                 ),
             });
         }
+        let near = deps.take_near();
         let (h, slot) = key.block();
         let mut map = self.shard(h).lock();
         // One probe: the slot found is where the task goes if the key is new.
@@ -585,26 +606,81 @@ impl TaskSpace {
                     return Err(TaskError::DuplicateId { id: id() });
                 }
                 v.insert(Block::new(h, key, slot, task.clone()));
+                drop(map);
+                if near != 0 {
+                    // The block is new: none of its other ids was named before.
+                    self.near_missing(near, key, rt, deps);
+                }
                 return Ok(None);
             }
             hashbrown::hash_table::Entry::Occupied(o) => o.into_mut(),
         };
         let settled = e.is_settled(slot);
-        match &mut e.slots[slot] {
+        let placed = match &mut e.slots[slot] {
             s @ None => {
                 if settled || self.retired(key).is_some() {
                     return Err(TaskError::DuplicateId { id: id() });
                 }
                 *s = Some(task.clone());
-                Ok(None)
+                None
             }
             Some(e) => {
                 let eh = e.header();
                 if eh.kind == Kind::Placeholder && !eh.is_done() && eh.resolve() {
-                    Ok(Some(std::mem::replace(e, task.clone())))
+                    Some(std::mem::replace(e, task.clone()))
                 } else {
-                    Err(TaskError::DuplicateId { id: id() })
+                    return Err(TaskError::DuplicateId { id: id() });
                 }
+            }
+        };
+        if near != 0 {
+            let (missing, settled) = Self::near_in(e, near, deps);
+            drop(map);
+            if let Some(n) = settled {
+                // Often the last reference: its memory is kept for the next spawns.
+                crate::runtime::let_go_last(n);
+            }
+            if missing != 0 {
+                self.near_missing(missing, key, rt, deps);
+            }
+        }
+        Ok(placed)
+    }
+
+    /// [`insert`](Self::insert)'s lookup of the slots `near` of block `b`, its shard locked:
+    /// each as [`in_table`](Self::in_table) would. Returns the slots `b` has nothing for,
+    /// and a task settled, which the caller lets go of once the shard is unlocked (any
+    /// other goes to `deps`, where the wiring finds it succeeded and drops it).
+    #[inline]
+    fn near_in(b: &mut Block, near: u8, deps: &mut DepList) -> (u8, Option<TaskPtr>) {
+        let mut missing = 0;
+        let mut settled = None;
+        for slot in slots(near) {
+            match &b.slots[slot] {
+                Some(n) if settles(n) => {
+                    if let Some(n) = b.let_go(slot) {
+                        if settled.is_none() {
+                            settled = Some(n);
+                        } else {
+                            deps.push_node(n);
+                        }
+                    }
+                }
+                Some(n) => deps.push_node(n.clone()),
+                None if b.is_settled(slot) => {}
+                None => missing |= 1 << slot,
+            }
+        }
+        (missing, settled)
+    }
+
+    /// The slots `near` of `key`'s block looked up one by one
+    /// ([`dependency`](Self::dependency)): ids not named yet (placeholders), or retired.
+    #[inline(never)]
+    fn near_missing(&self, near: u8, key: &Key, rt: &RtInner, deps: &mut DepList) {
+        for slot in slots(near) {
+            if let Some(n) = self.dependency(&key.in_block(slot), rt) {
+                deps.push_node(n);
             }
         }
     }
@@ -749,6 +825,19 @@ impl Clone for TaskRef {
 }
 
 impl TaskRef {
+    /// The slot of `dep` in this id's block when a task spawned under this id looks `dep`
+    /// up together with its own insert (see [`TaskSpace::insert`]): an id of the same space
+    /// and block, in another slot (a task after its neighbour, `t.at(i)` after
+    /// `t.at(i - 1)`).
+    #[inline(always)]
+    pub(crate) fn near_slot(&self, dep: &TaskRef) -> Option<usize> {
+        let slot = dep.key.slot();
+        (Arc::ptr_eq(&self.space.inner.space, &dep.space.inner.space)
+            && slot != self.key.slot()
+            && self.key.same_block(&dep.key))
+        .then_some(slot)
+    }
+
     /// The space of the id.
     pub fn space(&self) -> &TaskSpace {
         &self.space
@@ -918,7 +1007,8 @@ key_range!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
 #[cfg(all(test, not(parla_loom)))]
 mod test {
     use super::TaskSpace;
-    use crate::{Runtime, task};
+    use crate::{Runtime, TaskError, task};
+    use std::sync::Arc;
 
     /// A task after a whole space waits only for the tasks not finished yet, and the space
     /// lets go of those that succeeded, as awaiting the space does; their ids stay used.
@@ -1035,6 +1125,76 @@ mod test {
             after.await.unwrap();
             pending.await.unwrap();
             assert_eq!(t.len(), 4);
+        });
+    }
+
+    /// Ids next to the task's own (in its block of the table) are kept by the builder and
+    /// looked up with the task's insert ([`TaskRef::near_slot`]): they order the task as
+    /// lookups one by one would (a running task waited for, one that succeeded settled and
+    /// met, one not spawned yet waited for through its placeholder, a failed one failing
+    /// the task), and an id changed afterwards gets them looked up on their own.
+    #[test]
+    fn ids_next_to_the_tasks_own_are_looked_up_with_its_insert() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        rt.block_on(async {
+            let t = TaskSpace::new("N");
+            let ran: Arc<[AtomicBool; 4]> = Arc::new(Default::default());
+            let mark = |k: usize| {
+                let ran = ran.clone();
+                async move { ran[k].store(true, SeqCst) }
+            };
+            let (open, gate) = std::sync::mpsc::channel::<()>();
+            let first = mark(0);
+            let pending = task(async move {
+                let _ = gate.recv();
+                first.await
+            })
+            .id(t.at(0))
+            .spawn();
+            task(async {}).id(t.at(1)).spawn().await.unwrap();
+            let seen = ran.clone();
+            let one = t.at(1);
+            let after = task(async move { [0, 2, 3].map(|k| seen[k].load(SeqCst)) })
+                .id(t.at(7))
+                .after(t.at(0)) // running
+                .after(&one) // succeeded
+                .after([t.at(5), t.at(6)]) // not spawned yet
+                .after(t.at(8)); // another block: looked up at once (a placeholder)
+            assert_eq!(after.deps.len(), 5);
+            assert_eq!(settled_in(&t), 0, "kept ids are looked up at spawn");
+            let after = after.spawn();
+            assert_eq!(settled_in(&t), 1, "the one that succeeded is settled");
+            task(mark(2)).id(t.at(5)).spawn();
+            task(mark(3)).id(t.at(6)).spawn();
+            task(async {}).id(t.at(8)).spawn();
+            open.send(()).unwrap();
+            assert_eq!(after.await, Ok([true; 3]));
+            pending.await.unwrap();
+
+            let failed = task(async { panic!("a failing neighbour") })
+                .id(t.at(2))
+                .spawn();
+            assert!(failed.await.is_err());
+            let r = task(async {}).id(t.at(3)).after(t.at(2)).await;
+            assert!(
+                matches!(r, Err(TaskError::DependencyFailed { .. })),
+                "{r:?}"
+            );
+
+            // Kept for the block of 16..24, then named 100: looked up as ids of their own.
+            let (open, gate) = std::sync::mpsc::channel::<()>();
+            let late = task(async move { gate.recv().is_ok() }).id(t.at(17));
+            let b = task(async {}).id(t.at(16)).after(t.at(17)).id(t.at(100));
+            assert_eq!(b.deps.len(), 1);
+            let b = b.spawn();
+            let late = late.spawn();
+            open.send(()).unwrap();
+            b.await.unwrap();
+            assert!(late.is_finished(), "the task waited for its dependency");
+            assert_eq!(late.await, Ok(true));
+            assert!(t.at(100).is_finished());
+            assert!(!t.at(16).is_finished());
         });
     }
 

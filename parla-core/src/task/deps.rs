@@ -22,26 +22,76 @@ pub(crate) enum Dep {
 ///
 /// Ids are looked up (or their placeholders made) when `after` is called inside a runtime,
 /// so the builder carries task nodes, not keys (none for an id whose task succeeded
-/// already); outside a runtime they wait for `spawn`.
+/// already); outside a runtime they wait for `spawn`. An id next to the builder's own (in
+/// its block of the space's table: `t.at(i - 1)` for a task named `t.at(i)`) is kept as a
+/// bit and looked up at `spawn`, in the same lookup as the one that records the task's own
+/// id.
 /// Dropping a list that was never spawned lets go of the placeholders it made.
 #[derive(Default)]
 pub struct DepList {
     nodes: SmallVec<[TaskPtr; 2]>,
-    later: Vec<Dep>,
+    /// Dependencies given outside a runtime, resolved at `spawn`. (Boxed: rare, and the
+    /// builder, which moves by value, holds 8 bytes for them instead of a vector's 24.)
+    #[allow(clippy::box_collection)]
+    later: Option<Box<Vec<Dep>>>,
+    /// Ids in the block of the builder's own id, a bit per slot (see
+    /// [`TaskRef::near_slot`]): looked up when the task is spawned, by
+    /// [`TaskSpace::insert`](crate::space::TaskSpace).
+    near: u8,
 }
 
 impl DepList {
     fn push(&mut self, d: Dep) {
         crate::runtime::context::with_rt(|rt| match rt {
             Some(rt) => d.resolve(rt, &mut self.nodes),
-            None => self.later.push(d),
+            None => self.later.get_or_insert_default().push(d),
         })
     }
 
     /// [`push`](Self::push) of a task node (a handle's task): kept as it is, inline.
     #[inline]
-    fn push_node(&mut self, n: TaskPtr) {
+    pub(crate) fn push_node(&mut self, n: TaskPtr) {
         self.nodes.push(n);
+    }
+
+    /// [`push_ref`](Self::push_ref) of `r`, or its slot kept for `spawn` when it is next to
+    /// `id`, the builder's own (see [`TaskRef::near_slot`]).
+    #[inline(always)]
+    fn push_ref_near(&mut self, r: &TaskRef, id: Option<&TaskRef>) -> bool {
+        match id.and_then(|id| id.near_slot(r)) {
+            Some(slot) => {
+                self.near |= 1 << slot;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the list keeps slots (see [`push_ref_near`](Self::push_ref_near)).
+    #[inline(always)]
+    pub(crate) fn keeps_near(&self) -> bool {
+        self.near != 0
+    }
+
+    /// The slots kept by [`push_ref_near`](Self::push_ref_near), taken out: the caller
+    /// looks them up in the block of the builder's id.
+    #[inline]
+    pub(crate) fn take_near(&mut self) -> u8 {
+        std::mem::take(&mut self.near)
+    }
+
+    /// Before the builder's id changes from `id`: looks its kept slots up as ids of their
+    /// own (the new id's block is another).
+    #[cold]
+    pub(crate) fn unkeep_near(&mut self, id: Option<&TaskRef>) {
+        let near = self.take_near();
+        let Some(id) = id else { return };
+        for slot in (0..crate::key::BLOCK).filter(|s| near & (1 << s) != 0) {
+            self.push_ref(TaskRef {
+                space: id.space.share(),
+                key: id.key.in_block(slot),
+            });
+        }
     }
 
     /// [`push`](Self::push) of an id, looked up at once inside a runtime (without a [`Dep`]
@@ -59,7 +109,7 @@ impl DepList {
         }
         crate::runtime::context::with_rt(|rt| match rt {
             Some(rt) => self.push_found(&r, rt),
-            None => self.later.push(Dep::Ref(r)),
+            None => self.later.get_or_insert_default().push(Dep::Ref(r)),
         })
     }
 
@@ -73,12 +123,14 @@ impl DepList {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.nodes.len() + self.later.len()
+        self.nodes.len()
+            + self.later.as_ref().map_or(0, |l| l.len())
+            + self.near.count_ones() as usize
     }
 
     /// Whether no dependency was given.
     pub(crate) fn is_empty(&self) -> bool {
-        self.nodes.is_empty() && self.later.is_empty()
+        self.nodes.is_empty() && self.later.is_none() && self.near == 0
     }
 
     /// Lets go of a list that holds nothing, skipping its drop glue: an empty list has
@@ -86,7 +138,7 @@ impl DepList {
     /// method takes items out of a list but these two, which use it up).
     #[inline]
     pub(crate) fn forget_empty(self) {
-        debug_assert!(self.is_empty() && !self.nodes.spilled() && self.later.capacity() == 0);
+        debug_assert!(self.is_empty() && !self.nodes.spilled());
         std::mem::forget(self);
     }
 
@@ -94,12 +146,13 @@ impl DepList {
     /// the list is used up, with nothing left to release.
     #[inline]
     pub(crate) fn into_nodes(mut self, rt: &RtInner) -> SmallVec<[TaskPtr; 2]> {
+        debug_assert_eq!(self.near, 0, "kept slots are looked up with the task's id");
         let mut nodes = std::mem::take(&mut self.nodes);
         let later = std::mem::take(&mut self.later);
         // Both fields are empty now: skipping the drop leaks nothing.
         std::mem::forget(self);
-        if !later.is_empty() {
-            for d in later {
+        if let Some(later) = later {
+            for d in *later {
                 d.resolve(rt, &mut nodes);
             }
         }
@@ -149,16 +202,39 @@ pub trait IntoDeps {
     /// Appends the dependencies to `out`.
     #[doc(hidden)]
     fn push_deps(self, out: &mut DepList);
+
+    /// Appends the dependencies to `out`, for a task with the id `id`.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>)
+    where
+        Self: Sized,
+    {
+        let _ = id;
+        self.push_deps(out);
+    }
 }
 
 impl IntoDeps for TaskRef {
     fn push_deps(self, out: &mut DepList) {
         out.push_ref(self);
     }
+    #[inline(always)]
+    fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>) {
+        if !out.push_ref_near(&self, id) {
+            out.push_ref(self);
+        }
+    }
 }
 impl IntoDeps for &TaskRef {
     fn push_deps(self, out: &mut DepList) {
         out.push_ref(self.clone());
+    }
+    #[inline(always)]
+    fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>) {
+        if !out.push_ref_near(self, id) {
+            out.push_ref(self.clone());
+        }
     }
 }
 impl<T: 'static> IntoDeps for &TaskHandle<T> {
@@ -195,15 +271,22 @@ impl IntoDeps for TaskRange {
 }
 impl<D: IntoDeps, const N: usize> IntoDeps for [D; N] {
     fn push_deps(self, out: &mut DepList) {
+        self.push_deps_near(out, None);
+    }
+    #[inline(always)]
+    fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>) {
         for d in self {
-            d.push_deps(out);
+            d.push_deps_near(out, id);
         }
     }
 }
 impl<D: IntoDeps> IntoDeps for Vec<D> {
     fn push_deps(self, out: &mut DepList) {
+        self.push_deps_near(out, None);
+    }
+    fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>) {
         for d in self {
-            d.push_deps(out);
+            d.push_deps_near(out, id);
         }
     }
 }
@@ -212,8 +295,11 @@ where
     &'a D: IntoDeps,
 {
     fn push_deps(self, out: &mut DepList) {
+        self.push_deps_near(out, None);
+    }
+    fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>) {
         for d in self {
-            d.push_deps(out);
+            d.push_deps_near(out, id);
         }
     }
 }
@@ -224,11 +310,18 @@ where
     fn push_deps(self, out: &mut DepList) {
         self.as_slice().push_deps(out)
     }
+    fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>) {
+        self.as_slice().push_deps_near(out, id)
+    }
 }
 impl<D: IntoDeps> IntoDeps for Option<D> {
     fn push_deps(self, out: &mut DepList) {
+        self.push_deps_near(out, None);
+    }
+    #[inline(always)]
+    fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>) {
         if let Some(d) = self {
-            d.push_deps(out);
+            d.push_deps_near(out, id);
         }
     }
 }
@@ -255,8 +348,11 @@ where
     I::Item: IntoDeps,
 {
     fn push_deps(self, out: &mut DepList) {
+        self.push_deps_near(out, None);
+    }
+    fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>) {
         for d in self.0 {
-            d.push_deps(out);
+            d.push_deps_near(out, id);
         }
     }
 }
@@ -269,8 +365,11 @@ macro_rules! iter_deps {
             <std::iter::$it<$($g),*> as Iterator>::Item: IntoDeps,
         {
             fn push_deps(self, out: &mut DepList) {
+                self.push_deps_near(out, None);
+            }
+            fn push_deps_near(self, out: &mut DepList, id: Option<&TaskRef>) {
                 for d in self {
-                    d.push_deps(out);
+                    d.push_deps_near(out, id);
                 }
             }
         }

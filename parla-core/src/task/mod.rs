@@ -77,9 +77,15 @@ where
     F::Output: Send + 'static,
 {
     /// Gives the task an id in a task space: `.id(t.at(("cpu", i)))`. Tasks (and awaits)
-    /// can refer to the id before the task is spawned.
+    /// can refer to the id before the task is spawned. Given before
+    /// [`after`](Self::after), ids next to it there (see [`TaskSpace`](crate::TaskSpace)'s
+    /// costs) are looked up along with the task's own when it is spawned.
     #[inline(always)]
     pub fn id(mut self, id: TaskRef) -> Self {
+        if self.deps.keeps_near() {
+            // Ids kept as slots of the old id's block are looked up on their own now.
+            self.deps.unkeep_near(self.id.as_ref());
+        }
         self.id = Some(id);
         self
     }
@@ -90,7 +96,7 @@ where
     /// spawned into it so far), or an array, `Vec` or iterator of those.
     #[inline(always)]
     pub fn after(mut self, deps: impl IntoDeps) -> Self {
-        deps.push_deps(&mut self.deps);
+        deps.push_deps_near(&mut self.deps, self.id.as_ref());
         self
     }
 
@@ -227,8 +233,8 @@ mod size_test {
         let b = std::mem::size_of::<TaskBuilder<std::future::Ready<()>>>();
         assert!(h <= 208, "header {h}");
         assert!(c <= 216, "cell {c}");
-        // 168 bytes, and 8 for the (boxed) data accesses.
-        assert!(b <= 176, "builder {b}");
+        // 160 bytes, and 8 for the (boxed) data accesses.
+        assert!(b <= 168, "builder {b}");
         assert_eq!(std::mem::size_of::<Placements>(), 24);
     }
 }

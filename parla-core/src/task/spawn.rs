@@ -282,7 +282,7 @@ fn wire_spawned(
     rt: &Arc<RtInner>,
     task: &TaskPtr,
     id: Option<crate::space::TaskRef>,
-    deps: crate::task::DepList,
+    mut deps: crate::task::DepList,
     checked: Result<(SlotMask, u32), String>,
     data: Option<&Accesses>,
 ) {
@@ -294,7 +294,7 @@ fn wire_spawned(
     let wired = (|| {
         let mut placeholder = None;
         if let Some(id) = &id {
-            placeholder = id.space.insert(rt, &id.key, task)?;
+            placeholder = id.space.insert(rt, &id.key, task, &mut deps)?;
             if let Some(p) = &placeholder {
                 // The forward reference follows this task from now on, whatever becomes of
                 // it (even a failure right here).
