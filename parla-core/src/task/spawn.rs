@@ -291,10 +291,14 @@ fn wire_spawned(
     // Counted before any other thread can see the task.
     context::take_live_credit(rt);
 
-    let wired = (|| {
+    // (A block, not a closure: a closure would copy the list and the check it captures.)
+    let wired = 'wired: {
         let mut placeholder = None;
         if let Some(id) = &id {
-            placeholder = id.space.insert(rt, &id.key, task, &mut deps)?;
+            placeholder = match id.space.insert(rt, &id.key, task, &mut deps) {
+                Ok(p) => p,
+                Err(e) => break 'wired Err(e),
+            };
             if let Some(p) = &placeholder {
                 // The forward reference follows this task from now on, whatever becomes of
                 // it (even a failure right here).
@@ -302,7 +306,7 @@ fn wire_spawned(
             }
         }
         if let Err(reason) = checked {
-            return Err(TaskError::Unsatisfiable {
+            break 'wired Err(TaskError::Unsatisfiable {
                 task: h.name.to_string(),
                 reason,
             });
@@ -318,10 +322,10 @@ fn wire_spawned(
             if id.is_none() && data.is_none() {
                 // No other thread can see the task yet.
                 h.ready_unshared();
-                return Ok(true);
+                break 'wired Ok(true);
             }
             // Nothing to wire: drop the spawn guard.
-            return Ok(h.dependency_done());
+            break 'wired Ok(h.dependency_done());
         }
         let mut nodes = deps.into_nodes(rt);
         if !implied.is_empty() {
@@ -329,7 +333,7 @@ fn wire_spawned(
         }
         trace_dependencies(rt, h, &nodes);
         graph::wire(task, placeholder.as_ref(), Consume::new(nodes))
-    })();
+    };
     match wired {
         Ok(false) => {}
         Ok(true) => rt.with_local(|l| l.fx.ready.push(task.clone())),
