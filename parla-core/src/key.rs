@@ -269,6 +269,16 @@ impl Key {
     }
 }
 
+/// The slots of a block whose bits are set in `bits` (a bit per slot), in order.
+#[inline(always)]
+pub(crate) fn block_slots(mut bits: u8) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let slot = bits.trailing_zeros() as usize;
+        bits &= bits.wrapping_sub(1);
+        (slot < BLOCK).then_some(slot)
+    })
+}
+
 /// Slots per block of a task space's table (see [`Key::block`]).
 pub(crate) const BLOCK: usize = 1 << BLOCK_SHIFT;
 const BLOCK_SHIFT: u32 = 3;

@@ -32,7 +32,7 @@ use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::graph::arc::{TaskArc, TaskPtr};
-use crate::key::BLOCK;
+use crate::key::{BLOCK, block_slots};
 pub use crate::key::{IntoKey, IntoPart, Key, Part};
 pub use wait::{RangeWait, RefWait, SpaceWait};
 
@@ -99,19 +99,37 @@ impl Block {
         self.slots[slot].take()
     }
 
+    /// What the block holds for the dependency on `slot`: the node there, or that it is met
+    /// (settled, or settled now when `settle` and its task succeeded: the task let go of
+    /// is handed back, for the caller to drop once the shard is unlocked), or nothing.
+    #[inline(always)]
+    fn dependency(&mut self, slot: usize, settle: bool) -> InSlot {
+        if let Some(n) = &self.slots[slot] {
+            if !(settle && settles(n)) {
+                return InSlot::Node(n.clone());
+            }
+            return InSlot::Met(self.let_go(slot));
+        }
+        if self.is_settled(slot) {
+            InSlot::Met(None)
+        } else {
+            InSlot::Empty
+        }
+    }
+
     fn nodes(&self) -> impl Iterator<Item = &TaskPtr> {
         self.slots.iter().flatten()
     }
 }
 
-/// The slots whose bits are set in `bits`, in order.
-#[inline(always)]
-fn slots(mut bits: u8) -> impl Iterator<Item = usize> {
-    std::iter::from_fn(move || {
-        let slot = bits.trailing_zeros() as usize;
-        bits &= bits.wrapping_sub(1);
-        (slot < BLOCK).then_some(slot)
-    })
+/// What [`Block::dependency`] found in a slot.
+enum InSlot {
+    /// The task or placeholder there (a new reference).
+    Node(TaskPtr),
+    /// The dependency is met; with the task the lookup settled, if it did.
+    Met(Option<TaskPtr>),
+    /// Nothing: the id was not named (or was retired).
+    Empty,
 }
 
 /// Whether a space lets go of `node` (settles it): a task that succeeded and is not traced
@@ -538,23 +556,20 @@ impl TaskSpace {
             // it in cache, to settle and free it.
             prefetch_for_write(next);
         }
-        if let Some(n) = &b.slots[slot] {
-            if !(settle && settles(n)) {
-                return Ok(Some(n.clone()));
+        match b.dependency(slot, settle) {
+            InSlot::Node(n) => Ok(Some(n)),
+            InSlot::Met(settled) => {
+                drop(map);
+                if let Some(n) = settled {
+                    // Often the last reference (the task finished, its handle is gone): its
+                    // memory is reused (or freed) by one of the spawning thread's next
+                    // spawns.
+                    crate::runtime::let_go_last(n);
+                }
+                Ok(None)
             }
-            let n = b.let_go(slot);
-            drop(map);
-            if let Some(n) = n {
-                // Often the last reference (the task finished, its handle is gone): its
-                // memory is reused (or freed) by one of the spawning thread's next spawns.
-                crate::runtime::let_go_last(n);
-            }
-            return Ok(None);
+            InSlot::Empty => Err(map),
         }
-        if b.is_settled(slot) {
-            return Ok(None);
-        }
-        Err(map)
     }
 
     /// A placeholder not in the space: finished with `outcome` if given.
@@ -648,27 +663,21 @@ impl TaskSpace {
     }
 
     /// [`insert`](Self::insert)'s lookup of the slots `near` of block `b`, its shard locked:
-    /// each as [`in_table`](Self::in_table) would. Returns the slots `b` has nothing for,
-    /// and a task settled, which the caller lets go of once the shard is unlocked (any
-    /// other goes to `deps`, where the wiring finds it succeeded and drops it).
+    /// each as [`in_table`](Self::in_table) does it ([`Block::dependency`]). Returns the
+    /// slots `b` has nothing for, and a task settled, which the caller lets go of once the
+    /// shard is unlocked (any other goes to `deps`, where the wiring finds it succeeded and
+    /// drops it).
     #[inline]
     fn near_in(b: &mut Block, near: u8, deps: &mut DepList) -> (u8, Option<TaskPtr>) {
         let mut missing = 0;
         let mut settled = None;
-        for slot in slots(near) {
-            match &b.slots[slot] {
-                Some(n) if settles(n) => {
-                    if let Some(n) = b.let_go(slot) {
-                        if settled.is_none() {
-                            settled = Some(n);
-                        } else {
-                            deps.push_node(n);
-                        }
-                    }
-                }
-                Some(n) => deps.push_node(n.clone()),
-                None if b.is_settled(slot) => {}
-                None => missing |= 1 << slot,
+        for slot in block_slots(near) {
+            match b.dependency(slot, true) {
+                InSlot::Node(n) => deps.push_node(n),
+                InSlot::Met(Some(n)) if settled.is_none() => settled = Some(n),
+                InSlot::Met(Some(n)) => deps.push_node(n),
+                InSlot::Met(None) => {}
+                InSlot::Empty => missing |= 1 << slot,
             }
         }
         (missing, settled)
@@ -678,7 +687,7 @@ impl TaskSpace {
     /// ([`dependency`](Self::dependency)): ids not named yet (placeholders), or retired.
     #[inline(never)]
     fn near_missing(&self, near: u8, key: &Key, rt: &RtInner, deps: &mut DepList) {
-        for slot in slots(near) {
+        for slot in block_slots(near) {
             if let Some(n) = self.dependency(&key.in_block(slot), rt) {
                 deps.push_node(n);
             }

@@ -86,7 +86,7 @@ impl DepList {
     pub(crate) fn unkeep_near(&mut self, id: Option<&TaskRef>) {
         let near = self.take_near();
         let Some(id) = id else { return };
-        for slot in (0..crate::key::BLOCK).filter(|s| near & (1 << s) != 0) {
+        for slot in crate::key::block_slots(near) {
             self.push_ref(TaskRef {
                 space: id.space.share(),
                 key: id.key.in_block(slot),
