@@ -5,11 +5,18 @@
 //! pointers for wakers, a cell written in place into uninitialized memory, and conversions
 //! to `dyn Task` and `dyn Join<T>`. It has no weak references.
 //!
+//! Unlike `Arc`, a reference points to the value, not to the start of its allocation, and
+//! the count sits in the word just before the value, whatever the value's alignment. So a
+//! `TaskArc<dyn Task>` reaches its task's header (the first field of every task) and its
+//! count at fixed offsets: no look at the vtable for the value's offset, which `Arc<dyn _>`
+//! makes at every access (see [`block_layout`]).
+//!
 //! # Invariants
-//! - A `TaskArc<T>` points to a live [`TaskBox<T>`] whose `refs` (below [`IN_CHUNK`], which
-//!   is set for the life of a box cut from a chunk of the arena) counts the `TaskArc`s (and
-//!   raw pointers taken with `into_raw`) referring to it; the box was allocated by
-//!   [`arena::alloc_block`] with the layout of `TaskBox<T>` for its value's type.
+//! - A `TaskArc<T>` points to a live `T` in a block allocated by [`arena::alloc_block`]
+//!   with [`block_layout`] of the value's layout, [`prefix`] bytes before the value. The
+//!   word before the value (its count: [`TaskArc::refs`]) counts, below [`IN_CHUNK`] (which
+//!   is set for the life of a block cut from a chunk of the arena), the `TaskArc`s (and raw
+//!   pointers taken with `into_raw`) referring to it.
 //! - The count is changed as `Arc` changes it: relaxed increments, releasing decrements, and
 //!   the decrement that reaches zero acquires (a fence) before the value is dropped and the
 //!   block given back, so every access through any reference happens before.
@@ -25,24 +32,18 @@ use super::arena;
 use super::cell::Join;
 use super::node::Task;
 
-/// A task's allocation: its count and the task.
-#[repr(C)]
-pub(crate) struct TaskBox<T: ?Sized> {
-    refs: AtomicUsize,
-    value: T,
-}
-
 /// A counted reference to a task (see the module docs).
 pub(crate) struct TaskArc<T: ?Sized> {
-    ptr: NonNull<TaskBox<T>>,
-    _owns: PhantomData<TaskBox<T>>,
+    /// The value (its count is the word before it).
+    ptr: NonNull<T>,
+    _owns: PhantomData<T>,
 }
 
 /// A counted reference to a task of any type.
 pub(crate) type TaskPtr = TaskArc<dyn Task>;
 
-/// A [`TaskPtr`] given up with [`TaskArc::into_box`], as a plain pointer.
-pub(crate) type RawTask = NonNull<TaskBox<dyn Task>>;
+/// A [`TaskPtr`] given up with [`TaskArc::into_non_null`], as a plain pointer.
+pub(crate) type RawTask = NonNull<dyn Task>;
 
 // SAFETY: as for `Arc<T>`: the value is shared between the threads holding references
 // (`Sync`) and dropped by whichever drops the last one (`Send`); the count is atomic.
@@ -53,15 +54,38 @@ unsafe impl<T: ?Sized + Send + Sync> Sync for TaskArc<T> {}
 // A reference moves freely whatever the task (as `Arc`): the task itself never moves.
 impl<T: ?Sized> Unpin for TaskArc<T> {}
 
-/// The bit of `refs` that says the box was cut from a chunk of the arena (what
+/// The bit of the count that says the block was cut from a chunk of the arena (what
 /// [`arena::free_block`] needs to know); the bits below count the references.
 const IN_CHUNK: usize = 1 << (usize::BITS - 2);
-/// The bits of `refs` that count.
+/// The bits of the count that count.
 const COUNT: usize = IN_CHUNK - 1;
 
 /// More references than this abort the process, as `Arc` does (they cannot be made without
 /// leaking them, and the count stays clear of [`IN_CHUNK`]).
 const MAX_REFS: usize = COUNT / 2;
+
+/// The bytes of a block before a value aligned to `align`: room for the count, rounded up
+/// to the alignment (a power of two: a multiple of the count's size, or a divisor of it).
+#[inline(always)]
+const fn prefix(align: usize) -> usize {
+    if align > size_of::<AtomicUsize>() {
+        align
+    } else {
+        size_of::<AtomicUsize>()
+    }
+}
+
+/// The layout of the block holding a value of layout `value`: [`prefix`] bytes (the count
+/// in the last word), then the value, aligned for both.
+#[inline(always)]
+fn block_layout(value: Layout) -> Layout {
+    let align = value.align().max(align_of::<AtomicUsize>());
+    let size = prefix(value.align()) + value.size();
+    // A value's size is at most `isize::MAX` rounded down to its alignment, so the sum
+    // overflows only for values no allocation can hold; `alloc_block` fails on those as
+    // any allocation would.
+    Layout::from_size_align(size, align).unwrap_or_else(|_| std::alloc::handle_alloc_error(value))
+}
 
 impl<T> TaskArc<T> {
     /// A task allocation holding `value`.
@@ -79,19 +103,22 @@ impl<T> TaskArc<T> {
     /// A task allocation whose value is not written yet.
     #[inline(always)]
     pub(crate) fn new_uninit() -> TaskArc<MaybeUninit<T>> {
-        let layout = Layout::new::<TaskBox<MaybeUninit<T>>>();
-        let (p, in_chunk) = arena::alloc_block(layout);
-        let p = p.cast::<TaskBox<MaybeUninit<T>>>();
+        let (p, in_chunk) = arena::alloc_block(block_layout(Layout::new::<T>()));
         let refs = if in_chunk { IN_CHUNK | 1 } else { 1 };
-        // SAFETY: `p` is a fresh block of the box's layout; its count is written here, and
+        // SAFETY: `p` is a fresh block of `block_layout`: the value starts `prefix` bytes
+        // in (aligned: the block and the prefix are), the count in the word before it
+        // (aligned for a word: the prefix is a multiple of one). The count is written here;
         // the value may stay uninitialized (`MaybeUninit`).
-        unsafe { (&raw mut (*p.as_ptr()).refs).write(AtomicUsize::new(refs)) };
-        // SAFETY: the count just written is this reference's.
-        unsafe { TaskArc::from_box(p) }
+        unsafe {
+            let value = p.byte_add(prefix(align_of::<T>())).cast::<MaybeUninit<T>>();
+            value
+                .cast::<AtomicUsize>()
+                .sub(1)
+                .write(AtomicUsize::new(refs));
+            // The count just written is this reference's.
+            TaskArc::from_non_null(value)
+        }
     }
-
-    /// The offset of the value from the start of its box.
-    const VALUE_AT: usize = std::mem::offset_of!(TaskBox<T>, value);
 
     /// Takes back a reference given up with [`into_raw`](Self::into_raw).
     ///
@@ -100,11 +127,9 @@ impl<T> TaskArc<T> {
     /// (`U` may be unsized), and that reference is taken back once.
     #[inline(always)]
     pub(crate) unsafe fn from_raw(p: *const T) -> Self {
-        // SAFETY: `p` points `VALUE_AT` bytes into a live box (the offset depends only on
-        // the value's alignment, the same for `U`), per the contract.
-        let b = unsafe { p.byte_sub(Self::VALUE_AT) } as *mut TaskBox<T>;
-        // SAFETY: derived from a non-null box pointer, whose reference the caller gives.
-        unsafe { Self::from_box(NonNull::new_unchecked(b)) }
+        // SAFETY: `p` is the value of a live reference, not null, whose reference the
+        // caller gives; the block's layout is the one `T` gives (same size and alignment).
+        unsafe { Self::from_non_null(NonNull::new_unchecked(p.cast_mut())) }
     }
 
     /// Adds a reference to the task `p` points to, as a clone would.
@@ -139,54 +164,49 @@ impl<T> TaskArc<MaybeUninit<T>> {
     /// The value was written whole.
     #[inline(always)]
     pub(crate) unsafe fn assume_init(self) -> TaskArc<T> {
-        // SAFETY: the same box and reference; `MaybeUninit<T>` has `T`'s layout, so the
-        // boxes do too.
-        unsafe { TaskArc::from_box(Self::into_box(self).cast()) }
+        // SAFETY: the same value and reference; `MaybeUninit<T>` has `T`'s layout, so the
+        // blocks do too.
+        unsafe { TaskArc::from_non_null(Self::into_non_null(self).cast()) }
     }
 }
 
 impl<T: ?Sized> TaskArc<T> {
+    /// The count (module invariants).
     #[inline(always)]
-    fn inner(&self) -> &TaskBox<T> {
-        // SAFETY: the box is live while a reference is (module invariants).
-        unsafe { self.ptr.as_ref() }
+    fn refs(&self) -> &AtomicUsize {
+        // SAFETY: the word before a live reference's value is its count, initialized when
+        // the block was made and live as long as the value (module invariants).
+        unsafe { &*self.ptr.as_ptr().cast::<AtomicUsize>().sub(1) }
     }
 
     /// The value's address.
     #[inline(always)]
     pub(crate) fn as_ptr(this: &Self) -> *const T {
-        // SAFETY: the box is live; no reference to it is made.
-        unsafe { &raw const (*this.ptr.as_ptr()).value }
+        this.ptr.as_ptr()
     }
 
     /// Gives up the reference without dropping it: returns the value's address, for
     /// [`from_raw`](Self::from_raw).
     #[inline(always)]
     pub(crate) fn into_raw(this: Self) -> *const T {
-        let this = ManuallyDrop::new(this);
-        TaskArc::as_ptr(&this)
+        Self::into_non_null(this).as_ptr()
     }
 
-    /// Gives up the reference without dropping it: returns its allocation, for
-    /// [`from_box`](Self::from_box).
+    /// Gives up the reference without dropping it: returns the value's address, for
+    /// [`from_non_null`](Self::from_non_null).
     #[inline(always)]
-    pub(crate) fn into_box(this: Self) -> NonNull<TaskBox<T>> {
+    pub(crate) fn into_non_null(this: Self) -> NonNull<T> {
         ManuallyDrop::new(this).ptr
     }
 
-    /// The allocation (what [`into_box`](Self::into_box) returns), the reference kept.
-    #[inline(always)]
-    pub(crate) fn as_box(this: &Self) -> NonNull<TaskBox<T>> {
-        this.ptr
-    }
-
-    /// Takes back a reference given up with [`into_box`](Self::into_box).
+    /// Takes back a reference given up with [`into_non_null`](Self::into_non_null).
     ///
     /// # Safety
-    /// `p` is a live box whose count holds a reference nothing else owns (one given up with
-    /// `into_box`, or just counted), and that reference is taken over once.
+    /// `p` is the value of a live block whose count holds a reference nothing else owns
+    /// (one given up with `into_non_null`, or just counted), and that reference is taken
+    /// over once.
     #[inline(always)]
-    pub(crate) unsafe fn from_box(p: NonNull<TaskBox<T>>) -> Self {
+    pub(crate) unsafe fn from_non_null(p: NonNull<T>) -> Self {
         TaskArc {
             ptr: p,
             _owns: PhantomData,
@@ -197,7 +217,7 @@ impl<T: ?Sized> TaskArc<T> {
     /// one: there are no weak references that could make another.
     #[inline(always)]
     pub(crate) fn strong_count(this: &Self) -> usize {
-        this.inner().refs.load(Ordering::Acquire) & COUNT
+        this.refs().load(Ordering::Acquire) & COUNT
     }
 
     /// Whether `a` and `b` refer to the same task.
@@ -206,24 +226,29 @@ impl<T: ?Sized> TaskArc<T> {
         ptr::addr_eq(a.ptr.as_ptr(), b.ptr.as_ptr())
     }
 
-    /// The start of the allocation (its count) and its size in bytes, for prefetching.
+    /// The count's address and the bytes from it to the value's end, for prefetching.
     #[inline(always)]
     pub(crate) fn memory(this: &Self) -> (*const u8, usize) {
-        (this.ptr.as_ptr().cast(), size_of_val(this.inner()))
+        (
+            this.refs() as *const AtomicUsize as *const u8,
+            size_of::<AtomicUsize>() + size_of_val(&**this),
+        )
     }
 
     #[cold]
     #[inline(never)]
     unsafe fn drop_slow(&mut self) {
-        let layout = Layout::for_value(self.inner());
-        let in_chunk = self.inner().refs.load(Ordering::Relaxed) & IN_CHUNK != 0;
+        let value = Layout::for_value::<T>(self);
+        let in_chunk = self.refs().load(Ordering::Relaxed) & IN_CHUNK != 0;
         // SAFETY: this was the last reference (the caller saw the count reach zero and
         // acquired), so nothing else reaches the value or the block: the value is dropped
-        // once, then the block given back with the layout it was allocated with, and what
-        // `alloc_block` said of it (kept in `refs`).
+        // once, then the block (`prefix` bytes before the value: module invariants) given
+        // back with the layout it was allocated with, and what `alloc_block` said of it
+        // (kept in the count).
         unsafe {
-            ptr::drop_in_place(&raw mut (*self.ptr.as_ptr()).value);
-            arena::free_block(self.ptr.cast(), layout, in_chunk);
+            ptr::drop_in_place(self.ptr.as_ptr());
+            let block = self.ptr.cast::<u8>().byte_sub(prefix(value.align()));
+            arena::free_block(block, block_layout(value), in_chunk);
         }
     }
 }
@@ -232,9 +257,9 @@ impl<T: Task> TaskArc<T> {
     /// The reference as one to a task of any type.
     #[inline(always)]
     pub(crate) fn into_task(self) -> TaskPtr {
-        let p: NonNull<TaskBox<dyn Task>> = Self::into_box(self);
+        let p: NonNull<dyn Task> = Self::into_non_null(self);
         // SAFETY: the reference just given up, with its value's vtable.
-        unsafe { TaskArc::from_box(p) }
+        unsafe { TaskArc::from_non_null(p) }
     }
 
     /// The reference as one to a task whose output a handle takes.
@@ -243,9 +268,9 @@ impl<T: Task> TaskArc<T> {
     where
         T: Join<O>,
     {
-        let p: NonNull<TaskBox<dyn Join<O>>> = Self::into_box(self);
+        let p: NonNull<dyn Join<O>> = Self::into_non_null(self);
         // SAFETY: as above.
-        unsafe { TaskArc::from_box(p) }
+        unsafe { TaskArc::from_non_null(p) }
     }
 }
 
@@ -253,9 +278,9 @@ impl<O: 'static> TaskArc<dyn Join<O>> {
     /// The reference as one to a task of any type.
     #[inline(always)]
     pub(crate) fn into_task(self) -> TaskPtr {
-        let p: NonNull<TaskBox<dyn Task>> = Self::into_box(self);
+        let p: NonNull<dyn Task> = Self::into_non_null(self);
         // SAFETY: as above (the vtable is `dyn Task`'s part of the `dyn Join` one).
-        unsafe { TaskArc::from_box(p) }
+        unsafe { TaskArc::from_non_null(p) }
     }
 }
 
@@ -264,19 +289,19 @@ impl<T: ?Sized> Clone for TaskArc<T> {
     fn clone(&self) -> Self {
         // (Relaxed, as `Arc`: a new reference is made from an existing one, which keeps
         // the task alive meanwhile.)
-        let old = self.inner().refs.fetch_add(1, Ordering::Relaxed);
+        let old = self.refs().fetch_add(1, Ordering::Relaxed);
         if old & COUNT > MAX_REFS {
             std::process::abort();
         }
         // SAFETY: the reference just counted.
-        unsafe { TaskArc::from_box(self.ptr) }
+        unsafe { TaskArc::from_non_null(self.ptr) }
     }
 }
 
 impl<T: ?Sized> Drop for TaskArc<T> {
     #[inline]
     fn drop(&mut self) {
-        if self.inner().refs.fetch_sub(1, Ordering::Release) & COUNT != 1 {
+        if self.refs().fetch_sub(1, Ordering::Release) & COUNT != 1 {
             return;
         }
         fence(Ordering::Acquire);
@@ -291,7 +316,8 @@ impl<T: ?Sized> Deref for TaskArc<T> {
 
     #[inline(always)]
     fn deref(&self) -> &T {
-        &self.inner().value
+        // SAFETY: the value is live while a reference is (module invariants).
+        unsafe { self.ptr.as_ref() }
     }
 }
 

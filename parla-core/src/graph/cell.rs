@@ -158,7 +158,7 @@ pub(crate) fn reuse_as<C>(task: TaskPtr) -> Result<TaskArc<MaybeUninit<C>>, Task
     // nothing reads it afterwards. (Should a destructor panic, the allocation leaks: the
     // reference is already given up, so nothing is dropped twice.) `from_raw` then takes
     // the allocation back as one of an uninitialized `C`: the value has the size and
-    // alignment of `C` (checked above), as `from_raw` requires, so its box has the layout
+    // alignment of `C` (checked above), as `from_raw` requires, so its block has the layout
     // of a `C`'s, which is what the reference gives back when it drops.
     unsafe {
         std::ptr::drop_in_place(raw);

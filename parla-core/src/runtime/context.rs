@@ -345,16 +345,16 @@ pub(crate) fn take_awaited() -> Option<TaskPtr> {
 /// [`from_raw`]).
 #[inline]
 fn into_raw(t: TaskPtr) -> Option<RawTask> {
-    Some(TaskArc::into_box(t))
+    Some(TaskArc::into_non_null(t))
 }
 
 /// The strong reference behind a pointer of one of this thread's slots.
 #[inline]
 fn from_raw(p: Option<RawTask>) -> Option<TaskPtr> {
     // SAFETY: the slots (`LIFO`, `AWAITS`, `STASH`, `WOKEN`) hold pointers from
-    // `TaskArc::into_box`, each taken out of its slot (and turned back into its reference)
+    // `TaskArc::into_non_null`, each taken out of its slot (and turned back into its reference)
     // exactly once, here.
-    p.map(|p| unsafe { TaskArc::from_box(p) })
+    p.map(|p| unsafe { TaskArc::from_non_null(p) })
 }
 
 /// Marks this thread as running a driver of runtime `rt_id` until the guard drops.
@@ -453,7 +453,7 @@ pub(crate) fn stash(task: TaskPtr, d: Demand) -> Result<(), TaskPtr> {
 /// ([`Demand::within_loan`]); returns what it asks for.
 pub(crate) fn unstash(task: &TaskPtr, vcu: u32) -> Option<Demand> {
     let (p, d) = STASH.with(|c| c.get())?;
-    if !std::ptr::addr_eq(p.as_ptr(), TaskArc::as_box(task).as_ptr()) || !d.within_loan(vcu) {
+    if !std::ptr::addr_eq(p.as_ptr(), TaskArc::as_ptr(task)) || !d.within_loan(vcu) {
         return None;
     }
     drop(take_stash());
