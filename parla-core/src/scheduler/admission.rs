@@ -491,6 +491,7 @@ impl<T: Claim> Admission<T> {
 
     /// Queues `item` in the central part of the task lane under the lock `c` (taken when the
     /// drain requests stood at `seen`), drains, and unlocks. Hands an aborted item back.
+    #[inline]
     fn queue_locked<'a>(
         &'a self,
         mut c: CentralGuard<'a, T>,
@@ -779,7 +780,24 @@ impl<T: Claim> Admission<T> {
     /// the requests counted since: while the count moved, takes the lock again if it is
     /// free and drains. Finding it taken, it leaves them to that holder, which checks the
     /// count in turn once it unlocks (see the module invariants).
-    fn unlock<'a>(&'a self, mut c: CentralGuard<'a, T>, mut seen: u64, out: &mut Vec<T>) {
+    #[inline(always)]
+    fn unlock<'a>(&'a self, c: CentralGuard<'a, T>, seen: u64, out: &mut Vec<T>) {
+        drop(c);
+        let now = self.drains.fetch_add(0, Ordering::AcqRel);
+        if now != seen {
+            self.serve_drains(now, out);
+        }
+    }
+
+    /// [`unlock`](Self::unlock) when drain requests came meanwhile (the count moved to
+    /// `now`): serves them, as long as it finds the lock free.
+    #[inline(never)]
+    fn serve_drains(&self, now: u64, out: &mut Vec<T>) {
+        let Some(mut c) = self.central.try_lock() else {
+            return;
+        };
+        let mut seen = now;
+        self.drain(&mut c, out);
         loop {
             drop(c);
             let now = self.drains.fetch_add(0, Ordering::AcqRel);
@@ -879,9 +897,25 @@ impl<T: Claim> Admission<T> {
     /// The shards looked at are those that hold entries when the drain starts; an item
     /// queued in another shard meanwhile is left to its queuer's own drain, or to the next
     /// release's.
-    #[inline]
+    #[inline(always)]
     fn drain(&self, c: &mut Central<T>, out: &mut Vec<T>) {
         self.absorb(c);
+        // Mostly there is nothing to admit: no resume waits, the shards are empty, and the
+        // first central entry does not fit (a device kept full by tasks spawned faster than
+        // it runs them), or there is none. Checked inline: every queue and release drains.
+        if c.resumes.is_empty()
+            && self.sharded.load(Ordering::Acquire) == 0
+            && c.tasks.front().is_none_or(|e| !self.could_fit(e.d))
+        {
+            shrink(&mut c.tasks);
+            return;
+        }
+        self.drain_some(c, out);
+    }
+
+    /// [`drain`](Self::drain) when something may be admitted.
+    #[inline(never)]
+    fn drain_some(&self, c: &mut Central<T>, out: &mut Vec<T>) {
         self.drain_resumes(c, out);
         if self.sharded.load(Ordering::Acquire) != 0 {
             return self.drain_all(c, self.occupied(false), out);
