@@ -282,6 +282,15 @@ impl RtInner {
         }
     }
 
+    /// A task ready as it is spawned: mapped and admitted at once, as [`apply`](Self::apply)
+    /// would once it took the task from `l.fx.ready` (without the trip through that list).
+    #[inline]
+    pub(crate) fn ready_at_spawn(self: &Arc<Self>, task: TaskPtr, l: &mut Local) {
+        if let Err((t, err)) = self.on_ready(task, &mut l.admitted) {
+            graph::fail_held(&t, err, &mut l.fx);
+        }
+    }
+
     /// A task's dependencies are met: map it to a device and ask for its resources. What
     /// this admits is pushed to `admitted`; a task that cannot go to its device is handed
     /// back with its error.
@@ -656,13 +665,14 @@ impl RtInner {
     /// [`launch`](Self::launch) of at least one task.
     fn launch_admitted(self: &Arc<Self>, l: &mut Local) {
         let n = l.admitted.len();
-        for t in &l.admitted {
-            self.admitted(t);
-        }
         if n == 1
             && let Some(t) = l.admitted.pop()
         {
+            self.admitted(&t);
             return self.launch_one(t, &mut l.busy);
+        }
+        for t in &l.admitted {
+            self.admitted(t);
         }
         let mut tokens = n as i64;
         let mut rest = l.admitted.drain(..);
