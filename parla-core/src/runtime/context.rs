@@ -30,17 +30,14 @@ pub(crate) struct PollerRef {
     pub(crate) rt_id: u32,
 }
 
-/// What a thread polls now, in one thread-local: entering and leaving a task's poll set
-/// all four fields, through one lookup of the thread's storage rather than four.
+/// What a thread polls now, in one thread-local. Entering and leaving a task's poll set
+/// the task alone: its device and its poller are the task's own, read from it where they
+/// are asked for (rarely, next to every poll).
 struct Current {
-    /// The task (null outside tasks).
+    /// The task (null outside tasks). While it is set, the task is the poller.
     task: Cell<*const TaskPtr>,
-    /// Its device.
-    device: Cell<Device>,
-    /// Whether the device is driven by a backend (a real GPU).
-    backed: Cell<bool>,
-    /// The poller: the task, or a `block_on` future.
-    poller: Cell<Option<PollerRef>>,
+    /// The `block_on` future polled on this thread, the poller outside tasks.
+    main: Cell<Option<PollerRef>>,
 }
 
 /// What the current poller's poll awaited, read and cleared after each poll (one lookup
@@ -64,9 +61,7 @@ thread_local! {
             task: Cell::new(
                 std::ptr::null::<Arc<crate::graph::node::Placeholder>>() as *const TaskPtr,
             ),
-            device: Cell::new(Device::CPU),
-            backed: Cell::new(false),
-            poller: Cell::new(None),
+            main: Cell::new(None),
         }
     };
     /// Whether the current poller awaits tasks, and the one it awaited last.
@@ -251,70 +246,83 @@ pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
     f(worker.as_ref())
 }
 
-/// Restores the previous task context on drop.
+/// Restores the previous task on drop.
 pub(crate) struct TaskGuard {
     task: *const TaskPtr,
-    device: Device,
-    backed: bool,
-    poller: Option<PollerRef>,
 }
 
 impl Drop for TaskGuard {
+    #[inline]
     fn drop(&mut self) {
-        CURRENT.with(|c| {
-            c.task.set(self.task);
-            c.device.set(self.device);
-            c.backed.set(self.backed);
-            c.poller.set(self.poller);
-        });
+        CURRENT.with(|c| c.task.set(self.task));
     }
 }
 
-/// Marks `task` (polled as `poller`) as running on `device` on this thread until the guard
-/// drops; `backed`: the device is driven by a backend (a real GPU). The guard must drop
-/// before `task` does.
-pub(crate) fn enter_task(
-    task: &TaskPtr,
-    device: Device,
-    backed: bool,
-    poller: PollerRef,
-) -> TaskGuard {
+/// Marks `task` as running on this thread (on its device, polled as itself) until the
+/// guard drops. The guard must drop before `task` does.
+#[inline]
+pub(crate) fn enter_task(task: &TaskPtr) -> TaskGuard {
     CURRENT.with(|c| TaskGuard {
         task: c.task.replace(task as *const _),
-        device: c.device.replace(device),
-        backed: c.backed.replace(backed),
-        poller: c.poller.replace(Some(poller)),
     })
 }
 
-/// Marks `poller` (a `block_on` future) as the poller of this thread until the guard drops.
-pub(crate) fn enter_poller(poller: PollerRef) -> TaskGuard {
-    CURRENT.with(|c| TaskGuard {
-        task: c.task.get(),
-        device: c.device.get(),
-        backed: c.backed.get(),
-        poller: c.poller.replace(Some(poller)),
+/// Restores the previous `block_on` poller on drop.
+pub(crate) struct PollerGuard {
+    main: Option<PollerRef>,
+}
+
+impl Drop for PollerGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.main.set(self.main));
+    }
+}
+
+/// Marks `poller` (a `block_on` future) as the poller of this thread outside tasks until
+/// the guard drops.
+pub(crate) fn enter_poller(poller: PollerRef) -> PollerGuard {
+    CURRENT.with(|c| PollerGuard {
+        main: c.main.replace(Some(poller)),
     })
+}
+
+/// Runs `f` with the task running on this thread, if any.
+#[inline]
+fn with_running<R>(f: impl FnOnce(Option<&TaskPtr>) -> R) -> R {
+    let p = CURRENT.with(|c| c.task.get());
+    // SAFETY: a non-null pointer was set by `enter_task` from a reference that outlives the
+    // guard that restores the previous value, and this thread is inside that scope for the
+    // whole call (`f` cannot end it: the guard is its caller's).
+    f(unsafe { p.as_ref() })
+}
+
+/// The device of the task running on this thread, if any.
+#[inline]
+fn running_device() -> Option<Device> {
+    with_running(|t| t.map(|t| t.header().device().unwrap_or(Device::CPU)))
 }
 
 /// The architecture function variants dispatch on: the running task's, when it runs on the
 /// CPU or on a GPU of a backend; `None` outside tasks and on virtual GPUs (which run the
 /// default body).
 pub(crate) fn variant_arch() -> Option<crate::Arch> {
-    let (task, device, backed) = CURRENT.with(|c| (c.task.get(), c.device.get(), c.backed.get()));
-    if task.is_null() {
-        return None;
-    }
+    let device = running_device()?;
     match device.arch() {
         crate::Arch::Cpu => Some(crate::Arch::Cpu),
-        crate::Arch::Gpu if backed => Some(crate::Arch::Gpu),
-        crate::Arch::Gpu => None,
+        // (A task is polled inside its runtime's driver, which entered the runtime.)
+        crate::Arch::Gpu => with_entered_rt(|rt| {
+            rt.is_some_and(|rt| rt.devices[device.slot()].gpu.is_some())
+                .then_some(crate::Arch::Gpu)
+        }),
     }
 }
 
-/// The poller being polled on this thread.
+/// The poller being polled on this thread: the running task, or else a `block_on` future.
 pub(crate) fn poller() -> Option<PollerRef> {
-    CURRENT.with(|c| c.poller.get())
+    with_running(|t| match t {
+        Some(t) => Some(super::waker::task_poller(t)),
+        None => CURRENT.with(|c| c.main.get()),
+    })
 }
 
 /// Called by the runtime's own futures (task handles, ids, spaces) when they return
@@ -490,7 +498,7 @@ pub(crate) fn defer_resume(
     vcu: u32,
     others_wait: impl FnOnce() -> bool,
 ) -> Result<(), TaskPtr> {
-    if !polling_task(rt_id) || CURRENT.with(|c| c.device.get()) != Device::CPU {
+    if !polling_task(rt_id) || running_device() != Some(Device::CPU) {
         return Err(task);
     }
     if WOKEN.with(|c| c.get().is_some()) {
@@ -644,7 +652,7 @@ pub fn current_task_key() -> Option<usize> {
 ///
 /// Virtual GPUs report `gpu:i` like real ones.
 pub fn current_device() -> Device {
-    CURRENT.with(|c| c.device.get())
+    running_device().unwrap_or(Device::CPU)
 }
 
 /// A description of a task: its name, device and constraints. Displays as `Task(T[cpu, 0])`.

@@ -455,8 +455,7 @@ impl Driver {
         }
         context::take_blocked();
         let poll = {
-            let _task =
-                context::enter_task(&task, device, run.exec.is_some(), waker::task_poller(&task));
+            let _task = context::enter_task(&task);
             let waker = waker::task_poll_waker(&task);
             let entered = match run.exec.as_mut() {
                 Some(e) => catch_unwind(AssertUnwindSafe(|| e.enter())).is_ok(),
