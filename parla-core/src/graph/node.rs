@@ -1000,6 +1000,12 @@ impl Header {
         }
     }
 
+    /// Whether the task was mapped to the device in `slot`.
+    #[inline]
+    pub(crate) fn mapped_to(&self, slot: usize) -> bool {
+        self.device.load(Ordering::Acquire) as usize == slot
+    }
+
     /// The slot of the device the task was mapped to (the CPU's, 0, until mapped).
     #[inline]
     pub(crate) fn slot(&self) -> usize {

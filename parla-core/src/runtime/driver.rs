@@ -379,11 +379,11 @@ impl Driver {
 
     /// Sets a task up for its first poll: on a GPU, the backend gives it a stream that waits
     /// on its GPU dependencies.
-    fn start(&self, task: &TaskPtr, device: Device) -> Result<RunState, TaskError> {
+    fn start(&self, task: &TaskPtr, slot: usize) -> Result<RunState, TaskError> {
         let rt = &self.rt;
         let h = task.header();
         crate::trace::step!(rt, h, "started");
-        let dev = &rt.devices[device.slot()];
+        let dev = &rt.devices[slot];
         let exec = match &dev.gpu {
             None => None,
             Some((backend, index)) => {
@@ -393,7 +393,7 @@ impl Driver {
                 }));
                 let device_err = |message: String| TaskError::Device {
                     task: h.name.to_string(),
-                    device: device.to_string(),
+                    device: dev.device.to_string(),
                     message,
                 };
                 match begun {
@@ -422,12 +422,13 @@ impl Driver {
     /// task would update one reference count from every worker.)
     fn run(&mut self, rt: &Arc<RtInner>, task: TaskPtr) -> u32 {
         let h = task.header();
-        let device = h.device().unwrap_or(Device::CPU);
+        // (The slot of the device it was mapped to: the CPU's is 0.)
+        let slot = h.slot();
         // SAFETY: this driver holds the task's run token.
         let saved = unsafe { h.take_run() };
         let (mut run, pended) = match saved {
             Some(r) => (r, true),
-            None => match self.start(&task, device) {
+            None => match self.start(&task, slot) {
                 Ok(r) => (r, false),
                 Err(err) => {
                     rt.complete(&task, Err(Arc::new(err)), true, false, &mut self.local);
@@ -441,7 +442,7 @@ impl Driver {
         }
         if pended {
             h.act.begin_poll();
-            if device == Device::CPU {
+            if slot == Device::CPU.slot() {
                 // It may have kept its VCUs while it waited (`scheduler::idle`).
                 rt.pollers.unhold(&task);
             }
@@ -466,7 +467,7 @@ impl Driver {
             } else {
                 Poll::Ready(Err(Arc::new(TaskError::Device {
                     task: h.name.to_string(),
-                    device: device.to_string(),
+                    device: rt.devices[slot].device.to_string(),
                     message: "the GPU backend panicked entering the device".into(),
                 })))
             };
@@ -477,7 +478,7 @@ impl Driver {
         };
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
-        let cost = self.end_poll(rt, task, run, poll, pended, device);
+        let cost = self.end_poll(rt, task, run, poll, pended, slot);
         if let Some(t) = context::take_woken() {
             // A task this poll woke that waits for its VCUs and did not get the polled
             // task's (`pass_vcus`): through the resume lane.
@@ -500,7 +501,7 @@ impl Driver {
         run: RunState,
         poll: Poll<Outcome>,
         pended: bool,
-        device: Device,
+        slot: usize,
     ) -> u32 {
         let h = task.header();
         match poll {
@@ -515,7 +516,7 @@ impl Driver {
                 let awaits = context::take_blocked();
                 if awaits {
                     // A task awaiting tasks lends its VCUs while it waits.
-                    self.lend(&task, device, awaited);
+                    self.lend(&task, slot, awaited);
                 } else {
                     self.waited_outside = true;
                 }
@@ -526,8 +527,10 @@ impl Driver {
                 // producers fill a channel for, a task awaited by a future it spawned
                 // (`scheduler::idle`). (A GPU task keeps them: its GPU work may still run.
                 // A task woken during its poll runs again at once.)
-                let holds =
-                    !awaits && device == Device::CPU && h.demand().vcu > 0 && !h.act.is_notified();
+                let holds = !awaits
+                    && slot == Device::CPU.slot()
+                    && h.demand().vcu > 0
+                    && !h.act.is_notified();
                 // SAFETY: still the run-token holder: the activity is RUNNING until
                 // `end_poll` below, and nobody schedules the task before that.
                 unsafe { h.save_run(&rt.waking, run) };
@@ -601,15 +604,15 @@ impl Driver {
 
     /// The task waits on other tasks (`awaited`: the one it awaited last): its VCUs go back
     /// to its device meanwhile.
-    fn lend(&mut self, task: &TaskPtr, device: Device, awaited: Option<TaskPtr>) {
+    fn lend(&mut self, task: &TaskPtr, slot: usize, awaited: Option<TaskPtr>) {
         let vcu = task.header().lend();
         if vcu == 0 {
             return;
         }
-        let admission = &self.rt.devices[device.slot()].admission;
+        let admission = &self.rt.devices[slot].admission;
         let loan = Demand { vcu, mem: 0 };
         // The task it awaits (last) goes first, if it waits for admission there.
-        let awaited = awaited.filter(|a| a.header().device() == Some(device));
+        let awaited = awaited.filter(|a| a.header().mapped_to(slot));
         let out = &mut self.local.admitted;
         if let Some(a) = &awaited
             && let Some(c) = context::unstash(a, vcu)
@@ -621,7 +624,7 @@ impl Driver {
             admission.lend(loan, here, out);
         }
         // Tasks with data waiting for VCUs there may fit now too.
-        self.rt.pump(device.slot(), &mut self.local.admitted);
+        self.rt.pump(slot, &mut self.local.admitted);
         self.rt.launch(&mut self.local);
     }
 

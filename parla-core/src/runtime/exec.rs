@@ -865,8 +865,9 @@ impl RtInner {
         l: &mut Local,
     ) {
         let h = task.header();
-        let device = h.device().unwrap_or(Device::CPU);
-        let dev = &self.devices[device.slot()];
+        // (The slot of the device it was mapped to: the CPU's is 0.)
+        let slot = h.slot();
+        let dev = &self.devices[slot];
         let mut d = h.demand();
         // Awaited while tasks wait on the device: its VCUs are released only once the
         // tasks it wakes were scheduled. A parent that lent as many takes them at once
@@ -876,7 +877,7 @@ impl RtInner {
         let gift = (d.vcu > 0 && h.join_awaited() && dev.admission.has_waiting()).then(|| {
             let g = context::Gift {
                 rt_id: self.id,
-                slot: device.slot(),
+                slot,
                 vcu: std::mem::take(&mut d.vcu),
             };
             (g, context::offer_gift(g))
@@ -884,7 +885,7 @@ impl RtInner {
         // Tasks wait for the CPU: the reservation may pass on to a task this one makes
         // ready (see `pass_on`), decided once the outcome is published.
         let keep = gift.is_none()
-            && device == Device::CPU
+            && slot == Device::CPU.slot()
             && d.vcu > 0
             && l.passed_on < PASS_ON
             && task.accesses().is_none()
@@ -896,9 +897,9 @@ impl RtInner {
             dev.admission.release(d, &mut l.admitted);
         }
         if let Some(acc) = task.accesses() {
-            self.data_done(device.slot(), acc, &mut l.admitted);
+            self.data_done(slot, acc, &mut l.admitted);
         }
-        self.pump(device.slot(), &mut l.admitted);
+        self.pump(slot, &mut l.admitted);
         dev.finished();
         if pended {
             // (A task finished in its first poll needs no mark: a waker cloned meanwhile
@@ -909,11 +910,11 @@ impl RtInner {
         // A device that failed is marked so before the outcome is published: whoever the
         // outcome wakes (an awaiter mapping its next task) must not pick the device again.
         if matches!(outcome, Err(ref e) if matches!(**e, TaskError::Device { .. })) {
-            self.check_device(device);
+            self.check_device(dev.device);
         }
         self.trace_gpu(h);
         graph::finish(task, outcome, &mut l.fx);
-        if keep && !self.pass_on(device.slot(), d, l) {
+        if keep && !self.pass_on(slot, d, l) {
             l.passed_on = 0;
             dev.admission.release(d, &mut l.admitted);
         }
