@@ -294,6 +294,7 @@ impl RtInner {
     /// A task's dependencies are met: map it to a device and ask for its resources. What
     /// this admits is pushed to `admitted`; a task that cannot go to its device is handed
     /// back with its error.
+    #[inline(always)]
     fn on_ready(
         self: &Arc<Self>,
         task: TaskPtr,
