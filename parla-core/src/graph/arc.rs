@@ -81,9 +81,8 @@ const fn prefix(align: usize) -> usize {
 fn block_layout(value: Layout) -> Layout {
     let align = value.align().max(align_of::<AtomicUsize>());
     let size = prefix(value.align()) + value.size();
-    // A value's size is at most `isize::MAX` rounded down to its alignment, so the sum
-    // overflows only for values no allocation can hold; `alloc_block` fails on those as
-    // any allocation would.
+    // The sum is too large for a layout only for values no allocation could hold: those
+    // end as an allocation that fails does.
     Layout::from_size_align(size, align).unwrap_or_else(|_| std::alloc::handle_alloc_error(value))
 }
 
@@ -243,12 +242,18 @@ impl<T: ?Sized> TaskArc<T> {
         // SAFETY: this was the last reference (the caller saw the count reach zero and
         // acquired), so nothing else reaches the value or the block: the value is dropped
         // once, then the block (`prefix` bytes before the value: module invariants) given
-        // back with the layout it was allocated with, and what `alloc_block` said of it
+        // back with the layout it was allocated with (what `block_layout` made of the
+        // value's layout, which it found valid then), and what `alloc_block` said of it
         // (kept in the count).
         unsafe {
             ptr::drop_in_place(self.ptr.as_ptr());
             let block = self.ptr.cast::<u8>().byte_sub(prefix(value.align()));
-            arena::free_block(block, block_layout(value), in_chunk);
+            // (Unchecked: `block_layout` checked this layout when the block was made.)
+            let layout = Layout::from_size_align_unchecked(
+                prefix(value.align()) + value.size(),
+                value.align().max(align_of::<AtomicUsize>()),
+            );
+            arena::free_block(block, layout, in_chunk);
         }
     }
 }
