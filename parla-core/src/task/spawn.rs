@@ -278,6 +278,11 @@ fn trace_dependencies(rt: &RtInner, h: &Header, nodes: &[TaskPtr]) {
 
 /// Wires a new task into the graph: its id, its dependencies (given, and those its data
 /// accesses imply), and hands it on if it is ready (or failed).
+///
+/// Inline in each `spawn` (about 2.4 KB of code more per type of task): as a call, its
+/// arguments were copied once more and its frame set up and torn down, 30 instructions
+/// per task on a chain and 60 on independent tasks.
+#[inline(always)]
 fn wire_spawned(
     rt: &Arc<RtInner>,
     task: &TaskPtr,
