@@ -178,6 +178,7 @@ pub(crate) fn clear_worker_rt() {
 /// batches, so that a thread spawning many tasks does not write the runtime's shared
 /// counter word once per task; the counts not used are given back by [`flush_credits`]
 /// before the runtime could look for a live count of zero (at the end of every poll).
+#[inline]
 pub(crate) fn take_live_credit(rt: &RtInner) {
     if entered_rt().is_null() {
         // Not inside a scope that flushes credits (a worker thread outside polls): count

@@ -129,6 +129,7 @@ impl DepList {
     }
 
     /// Whether no dependency was given.
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.nodes.is_empty() && self.later.is_none() && self.near == 0
     }
@@ -144,7 +145,7 @@ impl DepList {
 
     /// The nodes, every id looked up in `rt` (placeholders made for ids not spawned yet);
     /// the list is used up, with nothing left to release.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn into_nodes(mut self, rt: &RtInner) -> SmallVec<[TaskPtr; 2]> {
         debug_assert_eq!(self.near, 0, "kept slots are looked up with the task's id");
         let mut nodes = std::mem::take(&mut self.nodes);
@@ -152,11 +153,18 @@ impl DepList {
         // Both fields are empty now: skipping the drop leaks nothing.
         std::mem::forget(self);
         if let Some(later) = later {
-            for d in *later {
-                d.resolve(rt, &mut nodes);
-            }
+            resolve_later(*later, rt, &mut nodes);
         }
         nodes
+    }
+}
+
+/// Resolves dependencies given outside a runtime, at `spawn`, into `nodes`.
+#[cold]
+#[inline(never)]
+fn resolve_later(later: Vec<Dep>, rt: &RtInner, nodes: &mut SmallVec<[TaskPtr; 2]>) {
+    for d in later {
+        d.resolve(rt, nodes);
     }
 }
 
