@@ -75,12 +75,20 @@ const fn prefix(align: usize) -> usize {
     }
 }
 
-/// The layout of the block holding a value of layout `value`: [`prefix`] bytes (the count
-/// in the last word), then the value, aligned for both.
+/// The size and alignment of the block holding a value of layout `value`: [`prefix`] bytes
+/// (the count in the last word), then the value, aligned for both.
+#[inline(always)]
+fn block_size_align(value: Layout) -> (usize, usize) {
+    (
+        prefix(value.align()) + value.size(),
+        value.align().max(align_of::<AtomicUsize>()),
+    )
+}
+
+/// The layout of the block holding a value of layout `value` ([`block_size_align`]).
 #[inline(always)]
 fn block_layout(value: Layout) -> Layout {
-    let align = value.align().max(align_of::<AtomicUsize>());
-    let size = prefix(value.align()) + value.size();
+    let (size, align) = block_size_align(value);
     // The sum is too large for a layout only for values no allocation could hold: those
     // end as an allocation that fails does.
     Layout::from_size_align(size, align).unwrap_or_else(|_| std::alloc::handle_alloc_error(value))
@@ -249,10 +257,8 @@ impl<T: ?Sized> TaskArc<T> {
             ptr::drop_in_place(self.ptr.as_ptr());
             let block = self.ptr.cast::<u8>().byte_sub(prefix(value.align()));
             // (Unchecked: `block_layout` checked this layout when the block was made.)
-            let layout = Layout::from_size_align_unchecked(
-                prefix(value.align()) + value.size(),
-                value.align().max(align_of::<AtomicUsize>()),
-            );
+            let (size, align) = block_size_align(value);
+            let layout = Layout::from_size_align_unchecked(size, align);
             arena::free_block(block, layout, in_chunk);
         }
     }

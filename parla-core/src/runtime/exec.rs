@@ -269,10 +269,7 @@ impl RtInner {
                 }
             }
             while let Some(t) = l.fx.ready.pop() {
-                if let Err((t, err)) = self.on_ready(t, &mut l.admitted) {
-                    // A failed device: fails the task, which may fail more.
-                    graph::fail_held(&t, err, &mut l.fx);
-                }
+                self.admit_ready(t, l);
             }
             self.launch(l);
             Self::wake(l);
@@ -282,10 +279,12 @@ impl RtInner {
         }
     }
 
-    /// A task ready as it is spawned: mapped and admitted at once, as [`apply`](Self::apply)
-    /// would once it took the task from `l.fx.ready` (without the trip through that list).
+    /// Maps and admits a ready task ([`on_ready`](Self::on_ready)); one whose device failed
+    /// is failed, which may fail more. For the tasks [`apply`](Self::apply) takes from
+    /// `l.fx.ready`, and for a task ready as it is spawned (without the trip through that
+    /// list).
     #[inline]
-    pub(crate) fn ready_at_spawn(self: &Arc<Self>, task: TaskPtr, l: &mut Local) {
+    pub(crate) fn admit_ready(self: &Arc<Self>, task: TaskPtr, l: &mut Local) {
         if let Err((t, err)) = self.on_ready(task, &mut l.admitted) {
             graph::fail_held(&t, err, &mut l.fx);
         }

@@ -794,24 +794,18 @@ impl<T: Claim> Admission<T> {
     /// [`unlock`](Self::unlock) when drain requests came meanwhile (the count moved to
     /// `now`): serves them, as long as it finds the lock free.
     #[inline(never)]
-    fn serve_drains(&self, now: u64, out: &mut Vec<T>) {
-        let Some(mut c) = self.central.try_lock() else {
-            return;
-        };
-        let mut seen = now;
-        self.drain(&mut c, out);
+    fn serve_drains(&self, mut now: u64, out: &mut Vec<T>) {
         loop {
+            let Some(mut c) = self.central.try_lock() else {
+                return;
+            };
+            let seen = now;
+            self.drain(&mut c, out);
             drop(c);
-            let now = self.drains.fetch_add(0, Ordering::AcqRel);
+            now = self.drains.fetch_add(0, Ordering::AcqRel);
             if now == seen {
                 return;
             }
-            c = match self.central.try_lock() {
-                Some(c) => c,
-                None => return,
-            };
-            seen = now;
-            self.drain(&mut c, out);
         }
     }
 

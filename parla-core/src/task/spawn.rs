@@ -341,7 +341,7 @@ fn wire_spawned(
     };
     match wired {
         Ok(false) => {}
-        Ok(true) => rt.with_local(|l| rt.ready_at_spawn(task.clone(), l)),
+        Ok(true) => rt.with_local(|l| rt.admit_ready(task.clone(), l)),
         Err(e) => rt.with_local(|l| {
             graph::fail_unrun(task, e, &mut l.fx);
         }),
