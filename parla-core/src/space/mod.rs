@@ -44,8 +44,51 @@ use retired::Retired;
 
 const SHARDS: usize = 16;
 
-/// One shard: blocks found by their hash ([`Key::block`]), computed once per operation.
-type Map = HashTable<Block>;
+/// One shard: blocks found by their hash ([`Key::block`]), computed once per operation,
+/// and where the block found last is.
+#[derive(Default)]
+struct Map {
+    table: HashTable<Block>,
+    /// The bucket of the block found or inserted last in this shard: a guess, checked
+    /// before it is used (an insert or a removal since may have moved the block). Programs
+    /// name ids in order (`t.at(i)` for consecutive `i`, `t.at((i - 1, j))` for
+    /// consecutive `j`), so the next lookup in a shard mostly wants the same block, and
+    /// finds it without the table's probe.
+    hint: usize,
+}
+
+impl std::ops::Deref for Map {
+    type Target = HashTable<Block>;
+    #[inline]
+    fn deref(&self) -> &HashTable<Block> {
+        &self.table
+    }
+}
+
+impl std::ops::DerefMut for Map {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut HashTable<Block> {
+        &mut self.table
+    }
+}
+
+impl Map {
+    /// The block (of hash `h`) that `is` tells, trying the [`hint`](Self::hint) first.
+    #[inline(always)]
+    fn find_mut(&mut self, h: u64, is: impl Fn(&Block) -> bool) -> Option<&mut Block> {
+        let i = match self.table.get_bucket(self.hint) {
+            Some(b) if is(b) => self.hint,
+            _ => {
+                let i = self.table.find_bucket_index(h, &is)?;
+                self.hint = i;
+                i
+            }
+        };
+        // SAFETY: bucket `i` holds a block: `get_bucket` or `find_bucket_index` found one
+        // there just now, and the table was not changed since (it is borrowed mutably here).
+        Some(unsafe { self.table.get_bucket_unchecked_mut(i) })
+    }
+}
 
 /// The nodes of the keys that share a block (see [`Key::block`]): consecutive integer keys
 /// share one, so a program spawning them in order touches one entry of the table per
@@ -288,6 +331,7 @@ impl TaskSpace {
     }
 
     /// A reference to the task with this key, spawned or not (yet).
+    #[inline(always)]
     pub fn at(&self, key: impl IntoKey) -> TaskRef {
         TaskRef {
             space: self.share(),
@@ -613,23 +657,35 @@ impl TaskSpace {
         }
         let near = deps.take_near();
         let (h, slot) = key.block();
-        let mut map = self.shard(h).lock();
-        // One probe: the slot found is where the task goes if the key is new.
-        let e = match map.entry(h, |b| b.is(h, key), |b| b.hash) {
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                if self.retired(key).is_some() {
-                    return Err(TaskError::DuplicateId { id: id() });
+        let mut guard = self.shard(h).lock();
+        let map = &mut *guard;
+        let hinted = matches!(map.table.get_bucket(map.hint), Some(b) if b.is(h, key));
+        let i = if hinted {
+            map.hint
+        } else {
+            // One probe: the slot found is where the task goes if the key is new.
+            match map.table.entry(h, |b| b.is(h, key), |b| b.hash) {
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    if self.retired(key).is_some() {
+                        return Err(TaskError::DuplicateId { id: id() });
+                    }
+                    map.hint = v
+                        .insert(Block::new(h, key, slot, task.clone()))
+                        .bucket_index();
+                    drop(guard);
+                    if near != 0 {
+                        // The block is new: none of its other ids was named before.
+                        self.near_missing(near, key, rt, deps);
+                    }
+                    return Ok(None);
                 }
-                v.insert(Block::new(h, key, slot, task.clone()));
-                drop(map);
-                if near != 0 {
-                    // The block is new: none of its other ids was named before.
-                    self.near_missing(near, key, rt, deps);
-                }
-                return Ok(None);
+                hashbrown::hash_table::Entry::Occupied(o) => o.bucket_index(),
             }
-            hashbrown::hash_table::Entry::Occupied(o) => o.into_mut(),
         };
+        map.hint = i;
+        // SAFETY: bucket `i` holds a block: the hint was checked, or the probe found it,
+        // just now, and the table was not changed since (it is borrowed mutably here).
+        let e = unsafe { map.table.get_bucket_unchecked_mut(i) };
         let settled = e.is_settled(slot);
         let placed = match &mut e.slots[slot] {
             s @ None => {
@@ -650,7 +706,7 @@ impl TaskSpace {
         };
         if near != 0 {
             let (missing, settled) = Self::near_in(e, near, deps);
-            drop(map);
+            drop(guard);
             if let Some(n) = settled {
                 // Often the last reference: its memory is kept for the next spawns.
                 crate::runtime::let_go_last(n);
@@ -774,7 +830,8 @@ impl TaskSpace {
 /// Gives a shard's memory back once most of it is unused.
 fn shrink(map: &mut Map) {
     if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-        map.shrink_to(map.len() * 2, |e| e.hash);
+        let keep = map.len() * 2;
+        map.shrink_to(keep, |e| e.hash);
     }
 }
 
