@@ -82,11 +82,11 @@ where
     /// costs) are looked up along with the task's own when it is spawned.
     #[inline(always)]
     pub fn id(mut self, id: TaskRef) -> Self {
+        let old = self.id.replace(id);
         if self.deps.keeps_near() {
             // Ids kept as slots of the old id's block are looked up on their own now.
-            self.deps.unkeep_near(self.id.as_ref());
+            self.deps.unkeep_near(old.as_ref());
         }
-        self.id = Some(id);
         self
     }
 
