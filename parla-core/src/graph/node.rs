@@ -866,10 +866,23 @@ impl Header {
         }
     }
 
+    #[inline]
     pub(crate) fn outcome(&self) -> Option<Outcome> {
-        if self.succeeded() {
+        let bits = self.join_state.load(Ordering::Acquire);
+        if bits & SUCCEEDED != 0 {
             return Some(Ok(()));
         }
+        if bits & PUBLISHED == 0 {
+            // Not published yet (as the lock would have found it a moment earlier): no
+            // lock taken, which an await of a task still running asks first.
+            return None;
+        }
+        self.failure()
+    }
+
+    /// [`outcome`](Self::outcome) of a task whose outcome was published, not a success.
+    #[inline(never)]
+    fn failure(&self) -> Option<Outcome> {
         self.outcome_in(&self.links.lock())
     }
 

@@ -554,8 +554,16 @@ pub(crate) fn spin_fences(rt: &Arc<RtInner>, budget: Duration) -> bool {
 
 /// An awaiter of `task` is about to wait: if the task's GPU work is in flight, ask the fence
 /// poller to wake it promptly when the fence is done. Returns whether it did.
-pub(crate) fn hurry(task: &TaskPtr, waker: &std::task::Waker) -> bool {
-    let Some(fence) = task.header().fence() else {
+#[inline]
+pub(crate) fn hurry(h: &crate::graph::node::Header, waker: &std::task::Waker) -> bool {
+    // (Inline, the check that rules out tasks that are not fenced: most awaits.)
+    h.is_fenced() && hurry_fenced(h, waker)
+}
+
+/// [`hurry`] for a task that was fenced.
+#[inline(never)]
+fn hurry_fenced(h: &crate::graph::node::Header, waker: &std::task::Waker) -> bool {
+    let Some(fence) = h.fence() else {
         return false;
     };
     crate::runtime::context::with_rt(|rt| match rt {
@@ -578,6 +586,8 @@ pub(crate) fn hurry(task: &TaskPtr, waker: &std::task::Waker) -> bool {
 /// sleep. (A driver does not wait so: the task may be its own next one.) Whoever sees the
 /// fence done first completes the task; an awaiter that lost that race spins on until the
 /// outcome is published rather than going to sleep a moment before it is.
+///
+/// Callers ask [`may_spin`] first, inline.
 pub(crate) fn spin_fenced(task: &TaskPtr) -> bool {
     let h = task.header();
     if !h.is_fenced() && !in_flight_on_gpu(h) {
@@ -587,6 +597,14 @@ pub(crate) fn spin_fenced(task: &TaskPtr) -> bool {
     // several threads querying one event slow each query down.
     let _spun = Spun::new(h);
     spin_until_done(task)
+}
+
+/// Whether [`spin_fenced`] may spin for an awaiter of the task with header `h`: the task
+/// is fenced, or was mapped to a device other than the CPU. (Inline, before the call:
+/// most awaits are of CPU tasks.)
+#[inline]
+pub(crate) fn may_spin(h: &crate::graph::node::Header) -> bool {
+    h.is_fenced() || h.slot() != crate::device::Device::CPU.slot()
 }
 
 /// An awaiter spins on the task's fence while this lives ([`SPUN_TASKS`] counts it).

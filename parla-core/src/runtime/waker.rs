@@ -269,38 +269,53 @@ impl MainPoller {
     }
 }
 
-/// The waker one of the runtime's futures registers on a node of runtime `node_rt` while
-/// it waits: an uncounted waker of the current poller when `cx` carries that poller's own
-/// waker and the node belongs to the poller's runtime, otherwise a clone of `cx`'s (a task
-/// of another runtime is an outside event).
-pub(crate) fn registration_waker(cx: &Context<'_>, node_rt: u32) -> Waker {
-    let w = cx.waker();
-    match context::poller() {
-        Some(p) if p.rt_id == node_rt && node_rt != 0 && w.data() == p.data => {
-            // SAFETY: `p.data` is the live poller being polled on this thread (the
-            // context guard lives for the poll).
-            unsafe { (p.uncounted)(p.data) }
+/// The poller being polled on this thread, read once for the steps of one await of a node
+/// by one of the runtime's futures (task handles, ids, spaces): the waker it registers,
+/// whether the stall resolver failed it, and that it waits on a task. (Each step reading
+/// the poller on its own read the thread-local and the running task three times per await.)
+#[derive(Clone, Copy)]
+pub(crate) struct Awaiting(Option<PollerRef>);
+
+impl Awaiting {
+    /// The current poller.
+    #[inline]
+    pub(crate) fn now() -> Awaiting {
+        Awaiting(context::poller())
+    }
+
+    /// The waker to register on a node of runtime `node_rt` while the future waits: an
+    /// uncounted waker of the poller when `cx` carries the poller's own waker and the node
+    /// belongs to the poller's runtime, otherwise a clone of `cx`'s (a task of another
+    /// runtime is an outside event).
+    pub(crate) fn waker(self, cx: &Context<'_>, node_rt: u32) -> Waker {
+        let w = cx.waker();
+        match self.0 {
+            Some(p) if p.rt_id == node_rt && node_rt != 0 && w.data() == p.data => {
+                // SAFETY: `p.data` is the live poller being polled on this thread (the
+                // context guard lives for the poll).
+                unsafe { (p.uncounted)(p.data) }
+            }
+            _ => w.clone(),
         }
-        _ => w.clone(),
     }
-}
 
-/// One of the runtime's futures returns `Pending` waiting on a node of runtime `node_rt`
-/// (`node` gives a reference to it): the current poller awaits tasks, if the node is of its
-/// runtime.
-#[inline]
-pub(crate) fn pending_on(node_rt: u32, node: impl FnOnce() -> TaskPtr) {
-    if node_rt != 0 && context::poller().is_some_and(|p| p.rt_id == node_rt) {
-        context::note_blocked(node());
+    /// The future returns `Pending` waiting on a node of runtime `node_rt` (`node` gives a
+    /// reference to it): the poller awaits tasks, if the node is of its runtime.
+    #[inline]
+    pub(crate) fn pending_on(self, node_rt: u32, node: impl FnOnce() -> TaskPtr) {
+        if node_rt != 0 && self.0.is_some_and(|p| p.rt_id == node_rt) {
+            context::note_blocked(node());
+        }
     }
-}
 
-/// Whether the stall resolver failed one of the current poller's awaits (taking it): the
-/// await asking resolves to `Deadlock`.
-pub(crate) fn take_await_failure() -> bool {
-    match context::poller() {
-        // SAFETY: the poller's activity lives while it is polled on this thread.
-        Some(p) => unsafe { &*p.act }.take_await_failure(),
-        None => false,
+    /// Whether the stall resolver failed one of the poller's awaits (taking it): the await
+    /// asking resolves to `Deadlock`.
+    #[inline]
+    pub(crate) fn failed(self) -> bool {
+        match self.0 {
+            // SAFETY: the poller's activity lives while it is polled on this thread.
+            Some(p) => unsafe { &*p.act }.take_await_failure(),
+            None => false,
+        }
     }
 }

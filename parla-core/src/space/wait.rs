@@ -35,11 +35,13 @@ impl NodeWait {
         if let Some(o) = h.outcome() {
             return Poll::Ready(o);
         }
-        let w = waker::registration_waker(cx, h.rt_id);
+        let awaiting = waker::Awaiting::now();
+        let w = awaiting.waker(cx, h.rt_id);
         match &self.waiter {
             Some(aw) => aw.register(&w),
             None => {
-                if bridge::spin_fenced(&self.node)
+                if bridge::may_spin(self.node.header())
+                    && bridge::spin_fenced(&self.node)
                     && let Some(o) = h.outcome()
                 {
                     return Poll::Ready(o);
@@ -55,13 +57,13 @@ impl NodeWait {
         if let Some(o) = h.outcome() {
             return Poll::Ready(o);
         }
-        if waker::take_await_failure() {
+        if awaiting.failed() {
             return Poll::Ready(Err(Arc::new(crate::task::await_deadlock(h))));
         }
         if !self.hurried {
-            self.hurried = bridge::hurry(&self.node, cx.waker());
+            self.hurried = bridge::hurry(self.node.header(), cx.waker());
         }
-        waker::pending_on(h.rt_id, || self.node.clone());
+        awaiting.pending_on(h.rt_id, || self.node.clone());
         Poll::Pending
     }
 }

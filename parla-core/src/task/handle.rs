@@ -160,24 +160,25 @@ impl<T: 'static> Future for TaskHandle<T> {
             // A GPU task whose work is in flight: see its fence at the latency of a poll
             // loop rather than through the poller thread.
             this.spun = true;
-            let node = this.node();
-            if bridge::spin_fenced(&node)
+            if bridge::may_spin(h)
+                && bridge::spin_fenced(&this.node())
                 && let Some(o) = h.outcome()
             {
                 return this.ready(o);
             }
         }
         this.registered = true;
-        if let Some(o) = h.register_join(waker::registration_waker(cx, h.rt_id)) {
+        let awaiting = waker::Awaiting::now();
+        if let Some(o) = h.register_join(awaiting.waker(cx, h.rt_id)) {
             return this.ready(o);
         }
-        if waker::take_await_failure() {
+        if awaiting.failed() {
             return Poll::Ready(Err(await_deadlock(h)));
         }
         if !this.hurried {
-            this.hurried = bridge::hurry(&this.node(), cx.waker());
+            this.hurried = bridge::hurry(h, cx.waker());
         }
-        waker::pending_on(h.rt_id, || this.node());
+        awaiting.pending_on(h.rt_id, || this.node());
         Poll::Pending
     }
 }
