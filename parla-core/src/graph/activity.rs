@@ -231,6 +231,7 @@ impl Activity {
 
     /// Takes the failure set by [`fail_one_await`](Self::fail_one_await), if any: the await
     /// that takes it resolves to `Deadlock`.
+    #[inline]
     pub(crate) fn take_await_failure(&self) -> bool {
         self.word.load(Ordering::Acquire) & AWAIT_FAILED != 0
             && self.word.fetch_and(!AWAIT_FAILED, Ordering::AcqRel) & AWAIT_FAILED != 0

@@ -630,6 +630,7 @@ impl Header {
     }
 
     /// Whether the body returned and its GPU work is pending behind a fence.
+    #[inline]
     pub(crate) fn is_fenced(&self) -> bool {
         self.state.load(Ordering::Acquire) == FENCED
     }

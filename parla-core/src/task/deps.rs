@@ -246,7 +246,7 @@ impl IntoDeps for &TaskRef {
     }
 }
 impl<T: 'static> IntoDeps for &TaskHandle<T> {
-    #[inline]
+    #[inline(always)]
     fn push_deps(self, out: &mut DepList) {
         let h = self.header();
         // A task of this runtime that succeeded already orders nothing: left out without
