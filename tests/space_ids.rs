@@ -428,3 +428,67 @@ fn a_grid_spawned_by_its_row_tasks_through_clones_of_the_space() {
         });
     });
 }
+
+/// Ids named in an order that jumps between the blocks of a space's table (and its shards),
+/// each task after two lower ids that are mostly not spawned yet, while the tables grow,
+/// then are retired and refilled: every task runs after its dependencies, every id reads as
+/// used and finished afterwards, and ids never named are still free. (Each shard tries the
+/// block it found last before its table's probe: a guess that growing, retiring and
+/// pruning make stale, which must never be trusted.)
+#[test]
+fn ids_stay_right_while_the_space_tables_grow_and_are_retired() {
+    use std::sync::atomic::AtomicBool;
+    support::within(120, || {
+        let rt = support::cpu(2);
+        rt.block_on(async {
+            let t = TaskSpace::new("G");
+            let n: i64 = 3000;
+            for round in 0..2i64 {
+                let done: Arc<Vec<AtomicBool>> =
+                    Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+                let wrong = Arc::new(AtomicUsize::new(0));
+                // 7919 is prime to n: each id once, in an order far from the keys'.
+                for i in (0..n).map(|k| (k * 7919) % n) {
+                    let deps: Vec<i64> = [i - 1, i - 9].into_iter().filter(|d| *d >= 0).collect();
+                    let (done, wrong) = (done.clone(), wrong.clone());
+                    let before = deps.clone();
+                    task(async move {
+                        if before
+                            .iter()
+                            .any(|d| !done[*d as usize].load(Ordering::SeqCst))
+                        {
+                            wrong.fetch_add(1, Ordering::SeqCst);
+                        }
+                        done[i as usize].store(true, Ordering::SeqCst);
+                    })
+                    .id(t.at((round, i)))
+                    .after(
+                        deps.into_iter()
+                            .map(|d| t.at((round, d)))
+                            .collect::<Vec<_>>(),
+                    )
+                    .spawn();
+                }
+                (&t).await.unwrap();
+                assert_eq!(
+                    wrong.load(Ordering::SeqCst),
+                    0,
+                    "a task ran before a dependency"
+                );
+                assert!(done.iter().all(|d| d.load(Ordering::SeqCst)));
+                for i in (0..n).step_by(37) {
+                    assert_used_and_succeeded(&t.at((round, i))).await;
+                }
+                // (With the id past the end named after the last round's retirement.)
+                assert_eq!(t.retire_finished(), (n + round) as usize);
+                for i in (0..n).step_by(41) {
+                    assert_used_and_succeeded(&t.at((round, i))).await;
+                }
+                // Never named: free.
+                assert!(!t.at((round, n)).is_finished());
+                task(async {}).id(t.at((round, n))).spawn().await.unwrap();
+            }
+        });
+        drop(rt);
+    });
+}
