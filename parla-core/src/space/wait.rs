@@ -40,7 +40,7 @@ impl NodeWait {
         match &self.waiter {
             Some(aw) => aw.register(&w),
             None => {
-                if bridge::may_spin(self.node.header())
+                if bridge::may_spin(h)
                     && bridge::spin_fenced(&self.node)
                     && let Some(o) = h.outcome()
                 {
@@ -61,7 +61,7 @@ impl NodeWait {
             return Poll::Ready(Err(Arc::new(crate::task::await_deadlock(h))));
         }
         if !self.hurried {
-            self.hurried = bridge::hurry(self.node.header(), cx.waker());
+            self.hurried = bridge::hurry(h, cx.waker());
         }
         awaiting.pending_on(h.rt_id, || self.node.clone());
         Poll::Pending
