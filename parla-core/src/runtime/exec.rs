@@ -843,7 +843,13 @@ impl RtInner {
         }) else {
             return false;
         };
-        let t = l.fx.ready.remove(i);
+        // (Mostly the last, often the only one: taken without `remove`'s call to move the
+        // rest, which it makes even when there is no rest.)
+        let t = if i + 1 == l.fx.ready.len() {
+            l.fx.ready.pop().expect("position found")
+        } else {
+            l.fx.ready.remove(i)
+        };
         let h = t.header();
         crate::trace::step!(self, h, "ready");
         h.set_device(dev.device, d.vcu);
