@@ -81,13 +81,21 @@ where
     /// [`after`](Self::after), ids next to it there (see [`TaskSpace`](crate::TaskSpace)'s
     /// costs) are looked up along with the task's own when it is spawned.
     #[inline(always)]
-    pub fn id(mut self, id: TaskRef) -> Self {
-        let old = self.id.replace(id);
-        if self.deps.keeps_near() {
+    pub fn id(self, id: TaskRef) -> Self {
+        // (The id and the list moved out and back: see `after`.)
+        let TaskBuilder {
+            id: old, mut deps, ..
+        } = self;
+        if deps.keeps_near() {
             // Ids kept as slots of the old id's block are looked up on their own now.
-            self.deps.unkeep_near(old.as_ref());
+            deps.unkeep_near(old.as_ref());
         }
-        self
+        drop(old);
+        TaskBuilder {
+            id: Some(id),
+            deps,
+            ..self
+        }
     }
 
     /// Adds dependencies: the task starts only after each of them completed successfully.
@@ -95,9 +103,21 @@ where
     /// [`TaskRange`](crate::TaskRange), a `&`[`TaskSpace`](crate::TaskSpace) (every task
     /// spawned into it so far), or an array, `Vec` or iterator of those.
     #[inline(always)]
-    pub fn after(mut self, deps: impl IntoDeps) -> Self {
-        deps.push_deps_near(&mut self.deps, self.id.as_ref());
-        self
+    pub fn after(self, deps: impl IntoDeps) -> Self {
+        // The list and the id are moved out of the builder and back, rather than changed in
+        // place (`&mut self.deps`): a builder whose own memory was lent to a call (the
+        // list's growth, or its drop should that call unwind) is copied whole, all 168
+        // bytes, on its way back to the caller. (Under callgrind, `benches/overhead.rs`:
+        // 9 instructions per task fewer on the chain, 25 on the grid with handles.)
+        let TaskBuilder {
+            id, deps: mut list, ..
+        } = self;
+        deps.push_deps_near(&mut list, id.as_ref());
+        TaskBuilder {
+            id,
+            deps: list,
+            ..self
+        }
     }
 
     /// Where the task may run: one [`Placement`](crate::Placement) or a list. The mapping policy picks among a
