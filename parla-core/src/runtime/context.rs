@@ -40,13 +40,43 @@ struct Current {
     main: Cell<Option<PollerRef>>,
 }
 
-/// What the current poller's poll awaited, read and cleared after each poll (one lookup
-/// of the thread's storage for both).
-struct Awaits {
-    /// It returned `Pending` on a node of the runtime (see [`note_blocked`]).
+/// What a driver's loop reads for every task it runs, in one thread-local: the next-task
+/// slot, and what the current poller's poll awaited. A driver's poll looks it up once
+/// ([`with_slots`]) and reads it through that reference for every task: a lookup of a
+/// thread-local from the drivers' code is a call (the accessor lives in another codegen
+/// unit), two of them per task when these were thread-locals of their own.
+pub(crate) struct Slots {
+    /// The next task: one strong reference (`Arc::into_raw`), a plain pointer so that the
+    /// slot needs no destructor (a driver empties it before its poll returns).
+    lifo: Cell<Option<RawTask>>,
+    /// The current poller returned `Pending` on a node of the runtime (see
+    /// [`note_blocked`]).
     blocked: Cell<bool>,
     /// The task it awaited last (a raw strong reference).
     awaited: Cell<Option<RawTask>>,
+}
+
+impl Slots {
+    /// Takes this thread's next task (see [`take_next`]).
+    #[inline]
+    pub(crate) fn take_next(&self) -> Option<TaskPtr> {
+        from_raw(self.lifo.take())
+    }
+
+    /// Reads and clears the blocked mark, and forgets the task awaited (see
+    /// [`take_blocked`]).
+    #[inline]
+    pub(crate) fn take_blocked(&self) -> bool {
+        let (blocked, awaited) = (self.blocked.replace(false), self.awaited.take());
+        drop(from_raw(awaited));
+        blocked
+    }
+
+    /// Takes the task the current poller awaited last (see [`take_awaited`]).
+    #[inline]
+    pub(crate) fn take_awaited(&self) -> Option<TaskPtr> {
+        from_raw(self.awaited.take())
+    }
 }
 
 /// Where a worker thread finds its runtime outside driver polls.
@@ -64,20 +94,18 @@ thread_local! {
             main: Cell::new(None),
         }
     };
-    /// Whether the current poller awaits tasks, and the one it awaited last.
-    static AWAITS: Awaits = const {
-        Awaits {
+    /// The next task, and what the current poller awaited (see [`Slots`]).
+    static SLOTS: Slots = const {
+        Slots {
+            lifo: Cell::new(None),
             blocked: Cell::new(false),
             awaited: Cell::new(None),
         }
     };
     /// Live-task counts taken ahead from the current runtime (see `take_live_credit`).
     static CREDITS: Cell<u32> = const { Cell::new(0) };
-    /// The driver polling on this thread (its runtime's id, 0: none) and its next task.
+    /// The driver polling on this thread (its runtime's id, 0: none).
     static DRIVER: Cell<u32> = const { Cell::new(0) };
-    /// The next task: one strong reference (`Arc::into_raw`), a plain pointer so that the
-    /// slot needs no destructor (a driver empties it before its poll returns).
-    static LIFO: Cell<Option<RawTask>> = const { Cell::new(None) };
     /// Marks of the drivers on this thread: [`HANDOFF`] and [`PUT_OFF_HERE`].
     static MARKS: Cell<u8> = const { Cell::new(0) };
     /// Drivers put off behind Tokio's deferred wakes on this thread (their runtime, and
@@ -330,24 +358,22 @@ pub(crate) fn poller() -> Option<PollerRef> {
 /// `Pending` on a node (`node`) of the current runtime: the poller awaits tasks. The last
 /// node noted in a poll is kept (see [`take_awaited`]).
 pub(crate) fn note_blocked(node: TaskPtr) {
-    let prev = AWAITS.with(|a| {
-        a.blocked.set(true);
-        a.awaited.replace(into_raw(node))
+    let prev = SLOTS.with(|s| {
+        s.blocked.set(true);
+        s.awaited.replace(into_raw(node))
     });
     drop(from_raw(prev));
 }
 
 /// Reads and clears the blocked mark (and forgets the task awaited).
 pub(crate) fn take_blocked() -> bool {
-    let (blocked, awaited) = AWAITS.with(|a| (a.blocked.replace(false), a.awaited.take()));
-    drop(from_raw(awaited));
-    blocked
+    SLOTS.with(Slots::take_blocked)
 }
 
 /// Takes the task the current poller awaited last, noted since the last
 /// [`take_blocked`].
 pub(crate) fn take_awaited() -> Option<TaskPtr> {
-    from_raw(AWAITS.with(|a| a.awaited.take()))
+    SLOTS.with(Slots::take_awaited)
 }
 
 /// A strong reference as a pointer for one of this thread's slots (taken back by
@@ -360,9 +386,9 @@ fn into_raw(t: TaskPtr) -> Option<RawTask> {
 /// The strong reference behind a pointer of one of this thread's slots.
 #[inline]
 fn from_raw(p: Option<RawTask>) -> Option<TaskPtr> {
-    // SAFETY: the slots (`LIFO`, `AWAITS`, `STASH`, `WOKEN`) hold pointers from
-    // `TaskArc::into_non_null`, each taken out of its slot (and turned back into its reference)
-    // exactly once, here.
+    // SAFETY: the slots (the next task and the task awaited in `SLOTS`, `STASH`, `WOKEN`)
+    // hold pointers from `TaskArc::into_non_null`, each taken out of its slot (and turned
+    // back into its reference) exactly once, here.
     p.map(|p| unsafe { TaskArc::from_non_null(p) })
 }
 
@@ -398,7 +424,7 @@ pub(crate) fn place_next(rt_id: u32, t: TaskPtr) -> (bool, Option<TaskPtr>) {
     if DRIVER.with(|c| c.get()) != rt_id {
         return (false, Some(t));
     }
-    (true, from_raw(LIFO.with(|c| c.replace(into_raw(t)))))
+    (true, from_raw(SLOTS.with(|s| s.lifo.replace(into_raw(t)))))
 }
 
 /// The VCUs of a task that completes and wakes a parent awaiting it: kept reserved for the
@@ -619,7 +645,21 @@ pub(crate) fn take_coop_yield() -> bool {
 
 /// Takes this thread's next task (the driver polling here).
 pub(crate) fn take_next() -> Option<TaskPtr> {
-    from_raw(LIFO.with(|c| c.take()))
+    SLOTS.with(Slots::take_next)
+}
+
+/// This thread's [`Slots`], for a driver's poll, which reads them for every task.
+///
+/// (The loop of a driver's poll inside `SLOTS.with` counted more instructions per task
+/// than the lookups it saved: the loop became a closure, and the poll of one task was no
+/// longer inlined into it.)
+#[inline]
+pub(crate) fn slots<'a>() -> &'a Slots {
+    let s: *const Slots = SLOTS.with(|s| s as *const Slots);
+    // SAFETY: `SLOTS` is initialized by a constant and has no destructor, so its storage
+    // stays valid for as long as this thread runs, and `Slots` is not `Sync`, so the
+    // reference never leaves the thread: it cannot outlive the storage.
+    unsafe { &*s }
 }
 
 /// The task running on this thread, if any.

@@ -419,8 +419,9 @@ impl Driver {
     /// Polls `task` (whose run token this driver holds) once, and handles what follows.
     /// Returns what the poll takes of the driver's [`BUDGET`] (see [`OUTSIDE_COST`]).
     /// (`rt`: the driver's runtime, borrowed from the caller: cloning the `Arc` for every
-    /// task would update one reference count from every worker.)
-    fn run(&mut self, rt: &Arc<RtInner>, task: TaskPtr) -> u32 {
+    /// task would update one reference count from every worker. `slots`: this thread's,
+    /// looked up once per driver poll.)
+    fn run(&mut self, rt: &Arc<RtInner>, task: TaskPtr, slots: &context::Slots) -> u32 {
         let h = task.header();
         // (The slot of the device it was mapped to: the CPU's is 0.)
         let slot = h.slot();
@@ -454,7 +455,7 @@ impl Driver {
             // (The dependents' heads were asked for as the task started: see `take_waits`.)
             h.prefetch_gpu_dependents();
         }
-        context::take_blocked();
+        slots.take_blocked();
         let poll = {
             let _task = context::enter_task(&task);
             let waker = waker::task_poll_waker(&task);
@@ -478,7 +479,7 @@ impl Driver {
         };
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
-        let cost = self.end_poll(rt, task, run, poll, pended, slot);
+        let cost = self.end_poll(rt, task, run, poll, pended, slot, slots);
         if let Some(t) = context::take_woken() {
             // A task this poll woke that waits for its VCUs and did not get the polled
             // task's (`pass_vcus`): through the resume lane.
@@ -494,6 +495,7 @@ impl Driver {
 
     /// What follows a poll of `task` that returned `poll`; returns what the poll takes of
     /// the driver's [`BUDGET`].
+    #[allow(clippy::too_many_arguments)]
     fn end_poll(
         &mut self,
         rt: &Arc<RtInner>,
@@ -502,6 +504,7 @@ impl Driver {
         poll: Poll<Outcome>,
         pended: bool,
         slot: usize,
+        slots: &context::Slots,
     ) -> u32 {
         let h = task.header();
         match poll {
@@ -512,8 +515,8 @@ impl Driver {
                 1
             }
             Poll::Pending => {
-                let awaited = context::take_awaited();
-                let awaits = context::take_blocked();
+                let awaited = slots.take_awaited();
+                let awaits = slots.take_blocked();
                 if awaits {
                     // A task awaiting tasks lends its VCUs while it waits.
                     self.lend(&task, slot, awaited);
@@ -781,13 +784,15 @@ impl Future for Driver {
             revoke_put_off(&rt);
             started = true;
         }
+        // (The loop reads this thread's slots through one lookup: see `context::Slots`.)
+        let slots = context::slots();
         let result = loop {
             if ended {
                 break Poll::Ready(());
             }
             let next = first
                 .take()
-                .or_else(context::take_next)
+                .or_else(|| slots.take_next())
                 .or_else(|| rt.inject.pop());
             let task = match next {
                 Some(t) => t,
@@ -829,7 +834,7 @@ impl Future for Driver {
                 yield_to_tokio(cx, false);
                 break Poll::Pending;
             }
-            budget = budget.saturating_sub(this.run(&rt, task));
+            budget = budget.saturating_sub(this.run(&rt, task, slots));
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
             // Tokio resources answer `Pending` until the driver yields. A driver that
             // started another yields too: the new one waits in this worker's LIFO slot
@@ -844,7 +849,7 @@ impl Future for Driver {
             if handoff || budget == 0 || coop {
                 // Let other Tokio tasks on this worker run; the next task goes where any
                 // driver finds it.
-                if let Some(t) = context::take_next() {
+                if let Some(t) = slots.take_next() {
                     rt.inject.push(t);
                 }
                 // The Tokio resources that refused a task for want of budget wake it once
