@@ -491,7 +491,9 @@ impl<T: Claim> Admission<T> {
 
     /// Queues `item` in the central part of the task lane under the lock `c` (taken when the
     /// drain requests stood at `seen`), drains, and unlocks. Hands an aborted item back.
-    #[inline]
+    /// (Inline in both callers: as a call, each queued task paid for a second frame and
+    /// its arguments passed on.)
+    #[inline(always)]
     fn queue_locked<'a>(
         &'a self,
         mut c: CentralGuard<'a, T>,
