@@ -481,6 +481,7 @@ impl<T: Claim> Admission<T> {
     /// An item found aborted ([`Claim::aborted`]) is not queued but handed back, for the
     /// caller to fail (see [`take_aborted`](Self::take_aborted)).
     #[must_use]
+    #[inline(always)]
     pub(crate) fn queue(&self, item: T, d: Demand, claimable: bool, out: &mut Vec<T>) -> Option<T> {
         if claimable && item.claim_word().is_some() {
             return self.queue_in(super::thread_number(), item, d, out);
