@@ -43,7 +43,10 @@
 //!   instead hand its reservation to the first waiting item when that asks for exactly as
 //!   much and nothing is ahead of it (no resume, no shard entry): under the central lock,
 //!   `used` unchanged, so no other item fits that did not fit before; it then drains as
-//!   any releaser does.
+//!   any holder of the lock does, without a second look at `incoming` (an entry pushed
+//!   there since its first look fits no better than when its queuer checked, and a drain
+//!   its queuer asks for is counted after this holder's first read of `drains` - else the
+//!   push would have been seen - so it is served as every request is, below).
 //! - A releaser never waits for the central lock (with many workers finishing tasks while
 //!   others wait, each would queue for it, and sleep there). It has a drain made through
 //!   a *request*: it counts one in `drains`, then tries the lock and drains if it gets it.
@@ -737,14 +740,20 @@ impl<T: Claim> Admission<T> {
             {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 push_out(out, e.item);
+                // (No second look at what was queued without the lock: nothing was
+                // returned, so an entry queued there since the first look fits no better
+                // than when its queuer checked, and a drain it asks for is served as any
+                // request is: see the module invariants.)
+                self.drain_absorbed(&mut c, out);
             } else {
                 self.used.fetch_sub(d.packed(), Ordering::AcqRel);
                 // A read-modify-write, not a load: see the module invariants.
                 self.waiting.fetch_add(0, Ordering::AcqRel);
+                // (Absorbing again: an entry queued without the lock since the first look
+                // is found by this drain, after the read-modify-write above: module
+                // invariants.)
+                self.drain(&mut c, out);
             }
-            // (Absorbing again: an entry queued without the lock since the first look is
-            // found by this drain, after the read-modify-write above: module invariants.)
-            self.drain(&mut c, out);
             return self.unlock(c, seen, out);
         }
         self.used.fetch_sub(d.packed(), Ordering::AcqRel);
@@ -899,6 +908,13 @@ impl<T: Claim> Admission<T> {
     #[inline(always)]
     fn drain(&self, c: &mut Central<T>, out: &mut Vec<T>) {
         self.absorb(c);
+        self.drain_absorbed(c, out);
+    }
+
+    /// [`drain`](Self::drain) by a holder of the central lock that moved the entries
+    /// queued without it to the lane already.
+    #[inline(always)]
+    fn drain_absorbed(&self, c: &mut Central<T>, out: &mut Vec<T>) {
         // Mostly there is nothing to admit: no resume waits, the shards are empty, and the
         // first central entry does not fit (a device kept full by tasks spawned faster than
         // it runs them), or there is none. Checked inline: every queue and release drains.
@@ -1998,6 +2014,29 @@ mod loom_test {
             a.release(HALF, &mut all);
             all.sort();
             assert_eq!(all, vec![2, 3]);
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A release handing its reservation to the waiting item (2) races with a queuer
+    /// without the lock (3), which then releases the other half: the hand-over's drain
+    /// does not look at the queue without the lock again, and still each item is admitted
+    /// exactly once, within the device.
+    #[test]
+    fn hand_over_vs_unlocked_queue_and_release() {
+        loom::model(|| {
+            let a = held_by_two_halves();
+            assert!(!a.admit(2u8, HALF, &mut Vec::new()));
+            let t = on_thread(&a, |a, out| a.release(HALF, out));
+            let mut mine = Vec::new();
+            if let Err(item) = a.admit_now(3u8, HALF, &mut mine) {
+                assert_eq!(a.queue_unlocked(item, HALF, &mut mine), None);
+            }
+            a.release(HALF, &mut mine);
+            let mut all: Vec<u8> = mine.into_iter().chain(t.join().unwrap()).collect();
+            all.sort_unstable();
+            assert_eq!(all, vec![2, 3], "each admitted once");
             assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);
         });
