@@ -42,7 +42,7 @@ struct Current {
 
 /// What a driver's loop reads for every task it runs, in one thread-local: the next-task
 /// slot, and what the current poller's poll awaited. A driver's poll looks it up once
-/// ([`with_slots`]) and reads it through that reference for every task: a lookup of a
+/// ([`slots`]) and reads it through that reference for every task: a lookup of a
 /// thread-local from the drivers' code is a call (the accessor lives in another codegen
 /// unit), two of them per task when these were thread-locals of their own.
 pub(crate) struct Slots {
