@@ -252,6 +252,40 @@ fn a_task_of_another_runtime_is_an_outside_event_to_await_and_an_error_to_depend
     assert_eq!(r.2, Ok(7));
 }
 
+/// Handles of tasks that succeeded, of two runtimes, given to one builder (in either order,
+/// or built outside any runtime): the spawn on either runtime is a `WrongRuntime` error,
+/// and handles of the spawning runtime alone are met dependencies.
+#[test]
+fn succeeded_dependencies_of_two_runtimes_are_an_error_whichever_comes_first() {
+    let a = support::cpu(2);
+    let b = support::cpu(2);
+    let r = support::within(30, move || {
+        let ta = a.block_on(async { task(async {}).spawn() });
+        let tb = b.block_on(async { task(async {}).spawn() });
+        // Both succeeded before any builder below is made.
+        while !(ta.is_finished() && tb.is_finished()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Built outside any runtime, spawned in `b`.
+        let outside = task(async {}).after(&ta);
+        let outside_own = task(async {}).after(&tb);
+        b.block_on(async {
+            let a_first = task(async {}).after(&ta).after(&tb).await;
+            let b_first = task(async {}).after(&tb).after(&ta).await;
+            let own = task(async { 5 }).after(&tb).after([&tb]).await;
+            (a_first, b_first, own, outside.await, outside_own.await)
+        })
+    });
+    for dep in [&r.0, &r.1, &r.3] {
+        assert!(
+            matches!(dep, Err(TaskError::WrongRuntime { .. })),
+            "{dep:?}"
+        );
+    }
+    assert_eq!(r.2, Ok(5));
+    assert_eq!(r.4, Ok(()));
+}
+
 #[test]
 fn a_space_belongs_to_one_runtime_at_a_time() {
     let t = TaskSpace::new("Shared");

@@ -254,12 +254,6 @@ pub(crate) fn with_entered_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> 
     f(unsafe { p.as_ref() })
 }
 
-/// Whether the current runtime is the one numbered `id`.
-#[inline]
-pub(crate) fn is_current_rt(id: u32) -> bool {
-    with_rt(|rt| rt.is_some_and(|rt| rt.id == id))
-}
-
 /// Runs `f` with the current runtime, if any: the one this thread entered, without touching
 /// a reference count, else its worker's.
 pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {

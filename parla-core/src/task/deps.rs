@@ -38,6 +38,9 @@ pub struct DepList {
     /// [`TaskRef::near_slot`]): looked up when the task is spawned, by
     /// [`TaskSpace::insert`](crate::space::TaskSpace).
     near: u8,
+    /// The runtime of the tasks left out because they succeeded already (0: none; see
+    /// [`skip_succeeded`](Self::skip_succeeded)): the spawn checks that it is its own.
+    skipped_rt: u32,
 }
 
 impl DepList {
@@ -65,6 +68,28 @@ impl DepList {
             }
             None => false,
         }
+    }
+
+    /// Whether a dependency on a task of runtime `rt_id` that succeeded already can be left
+    /// out. The list remembers the runtime of the tasks it leaves out (one runtime: a task
+    /// of another that succeeded is kept, for the wiring to reject), and the spawn checks
+    /// that it is the spawning runtime ([`skipped_runtime`](Self::skipped_runtime)). (The
+    /// check at the spawn, where the runtime is at hand, rather than here: from the
+    /// caller's crate, reading the current runtime here is a call to a thread-local's
+    /// accessor for every handle given.)
+    #[inline(always)]
+    pub(crate) fn skip_succeeded(&mut self, rt_id: u32) -> bool {
+        if self.skipped_rt == 0 {
+            self.skipped_rt = rt_id;
+        }
+        self.skipped_rt == rt_id
+    }
+
+    /// The runtime of the tasks left out by [`skip_succeeded`](Self::skip_succeeded) (0:
+    /// none).
+    #[inline(always)]
+    pub(crate) fn skipped_runtime(&self) -> u32 {
+        self.skipped_rt
     }
 
     /// Whether the list keeps slots (see [`push_ref_near`](Self::push_ref_near)).
@@ -249,10 +274,10 @@ impl<T: 'static> IntoDeps for &TaskHandle<T> {
     #[inline(always)]
     fn push_deps(self, out: &mut DepList) {
         let h = self.header();
-        // A task of this runtime that succeeded already orders nothing: left out without
-        // a new reference to it (its count shares a line with the state the worker that
-        // ran it wrote last).
-        if h.succeeded_untraced() && crate::runtime::context::is_current_rt(h.rt_id) {
+        // A task that succeeded already orders nothing: left out without a new reference to
+        // it (its count shares a line with the state the worker that ran it wrote last). Its
+        // runtime is checked at the spawn (see `skip_succeeded`).
+        if h.succeeded_untraced() && out.skip_succeeded(h.rt_id) {
             return;
         }
         out.push_node(self.node());

@@ -310,6 +310,10 @@ fn wire_spawned(
                 let _ = h.add_dependent(Dependent::Task(p.clone()));
             }
         }
+        let skipped = deps.skipped_runtime();
+        if skipped != 0 && skipped != rt.id {
+            break 'wired Err(skipped_of_another_runtime(h));
+        }
         if let Err(reason) = checked {
             break 'wired Err(TaskError::Unsatisfiable {
                 task: h.name.to_string(),
@@ -345,6 +349,17 @@ fn wire_spawned(
         Err(e) => rt.with_local(|l| {
             graph::fail_unrun(task, e, &mut l.fx);
         }),
+    }
+}
+
+/// The error of a task given, by its handle, a dependency of another runtime that had
+/// succeeded already (see `DepList::skip_succeeded`).
+#[cold]
+#[inline(never)]
+fn skipped_of_another_runtime(h: &crate::graph::node::Header) -> TaskError {
+    TaskError::WrongRuntime {
+        task: h.name.to_string(),
+        reason: "a dependency given by its handle belongs to another parla runtime".into(),
     }
 }
 
