@@ -260,8 +260,8 @@ fn succeeded_dependencies_of_two_runtimes_are_an_error_whichever_comes_first() {
     let a = support::cpu(2);
     let b = support::cpu(2);
     let r = support::within(30, move || {
-        let ta = a.block_on(async { task(async {}).spawn() });
-        let tb = b.block_on(async { task(async {}).spawn() });
+        let ta = a.handle().spawn(task(async {}));
+        let tb = b.handle().spawn(task(async {}));
         // Both succeeded before any builder below is made.
         while !(ta.is_finished() && tb.is_finished()) {
             std::thread::sleep(Duration::from_millis(1));
