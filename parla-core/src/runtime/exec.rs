@@ -63,18 +63,24 @@ pub(crate) struct Local {
 /// finished task releases its own, which the device's waiting tasks take in their order.
 pub(crate) const PASS_ON: u8 = 8;
 
+/// Lets a scratch vector give back what a burst made it hold (a gate opening on a million
+/// tasks readies them all at once): a thread keeps its scratch for good, and a driver for as
+/// long as it runs.
+#[inline]
+fn trim<T>(v: &mut Vec<T>) {
+    const KEEP: usize = 1024;
+    if v.capacity() > KEEP {
+        v.shrink_to(KEEP / 16);
+    }
+}
+
 impl Local {
-    /// Lets the scratch vectors give back what a burst made them hold (a gate opening on a
-    /// million tasks readies them all at once): a thread keeps its scratch for good, and a
-    /// driver for as long as it runs.
+    /// Trims every scratch vector (see [`trim`]). The scratch of a thread outside the
+    /// drivers ([`RtInner::with_local`]) is trimmed only where a vector may have grown:
+    /// after tasks were made ready or finished unrun, and the vectors of wakers and of
+    /// admitted tasks after each burst of them (`wake_all`, `launch_admitted`).
     #[inline]
     pub(crate) fn trim(&mut self) {
-        const KEEP: usize = 1024;
-        fn trim<T>(v: &mut Vec<T>) {
-            if v.capacity() > KEEP {
-                v.shrink_to(KEEP / 16);
-            }
-        }
         trim(&mut self.fx.ready);
         trim(&mut self.fx.wake);
         trim(&mut self.fx.unrun_tasks);
@@ -220,9 +226,14 @@ impl RtInner {
     pub(crate) fn with_local<R>(self: &Arc<Self>, f: impl FnOnce(&mut Local) -> R) -> R {
         let mut l = SCRATCH.with(|c| c.take()).unwrap_or_default();
         let r = f(&mut l);
+        // Only made ready or finished tasks grow the effects' vectors (the others trim
+        // themselves: see `Local::trim`).
+        let effects = l.fx.unrun != 0 || !l.fx.ready.is_empty();
         self.apply(&mut l);
         self.flush(&mut l);
-        l.trim();
+        if effects {
+            l.trim();
+        }
         SCRATCH.with(|c| c.set(Some(l)));
         r
     }
@@ -255,6 +266,7 @@ impl RtInner {
         while let Some(w) = l.fx.wake.pop() {
             wake_quietly(w);
         }
+        trim(&mut l.fx.wake);
     }
 
     /// [`apply`](Self::apply) when tasks became ready or finished unrun.
@@ -695,6 +707,7 @@ impl RtInner {
         if pushed > 0 {
             self.start_drivers(pushed);
         }
+        trim(&mut l.admitted);
     }
 
     /// Bookkeeping of a task admission let through.
