@@ -642,7 +642,8 @@ pub(crate) fn take_next() -> Option<TaskPtr> {
     SLOTS.with(Slots::take_next)
 }
 
-/// This thread's [`Slots`], for a driver's poll, which reads them for every task.
+/// This thread's [`Slots`], for a driver's poll, which reads them for every task. The
+/// caller keeps the reference for the duration of one call (the poll), on this thread.
 ///
 /// (The loop of a driver's poll inside `SLOTS.with` counted more instructions per task
 /// than the lookups it saved: the loop became a closure, and the poll of one task was no
@@ -650,9 +651,11 @@ pub(crate) fn take_next() -> Option<TaskPtr> {
 #[inline]
 pub(crate) fn slots<'a>() -> &'a Slots {
     let s: *const Slots = SLOTS.with(|s| s as *const Slots);
-    // SAFETY: `SLOTS` is initialized by a constant and has no destructor, so its storage
-    // stays valid for as long as this thread runs, and `Slots` is not `Sync`, so the
-    // reference never leaves the thread: it cannot outlive the storage.
+    // SAFETY: `SLOTS` is initialized by a constant and has no destructor: its storage is
+    // this thread's until the thread ends (or, where thread-locals are freed at the
+    // thread's exit, until its thread-local destructors run, which cannot happen in the
+    // middle of the caller's call). `Slots` is not `Sync`, so the reference cannot leave
+    // the thread, and the caller keeps it for one call only.
     unsafe { &*s }
 }
 
