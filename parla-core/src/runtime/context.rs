@@ -72,7 +72,8 @@ impl Slots {
         blocked
     }
 
-    /// Takes the task the current poller awaited last (see [`take_awaited`]).
+    /// Takes the task the current poller awaited last, noted since the last
+    /// [`take_blocked`](Self::take_blocked).
     #[inline]
     pub(crate) fn take_awaited(&self) -> Option<TaskPtr> {
         from_raw(self.awaited.take())
@@ -350,7 +351,7 @@ pub(crate) fn poller() -> Option<PollerRef> {
 
 /// Called by the runtime's own futures (task handles, ids, spaces) when they return
 /// `Pending` on a node (`node`) of the current runtime: the poller awaits tasks. The last
-/// node noted in a poll is kept (see [`take_awaited`]).
+/// node noted in a poll is kept (see [`Slots::take_awaited`]).
 pub(crate) fn note_blocked(node: TaskPtr) {
     let prev = SLOTS.with(|s| {
         s.blocked.set(true);
@@ -362,12 +363,6 @@ pub(crate) fn note_blocked(node: TaskPtr) {
 /// Reads and clears the blocked mark (and forgets the task awaited).
 pub(crate) fn take_blocked() -> bool {
     SLOTS.with(Slots::take_blocked)
-}
-
-/// Takes the task the current poller awaited last, noted since the last
-/// [`take_blocked`].
-pub(crate) fn take_awaited() -> Option<TaskPtr> {
-    SLOTS.with(Slots::take_awaited)
 }
 
 /// A strong reference as a pointer for one of this thread's slots (taken back by

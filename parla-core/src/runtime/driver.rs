@@ -44,7 +44,7 @@
 //! - The next-task slot is thread-local: it is emptied into the injector before the
 //!   driver's poll returns, so no task is left on a thread that no driver polls (the slot
 //!   holds a raw strong reference and has no destructor). So are the other thread-local
-//!   references a task's poll leaves: the task it awaited (`context::take_awaited`,
+//!   references a task's poll leaves: the task it awaited (`context::Slots::take_awaited`,
 //!   taken after each poll that returns `Pending` and dropped before the driver's poll
 //!   returns) and the stashed task (queued at the end of each task's poll).
 //! - A GPU task whose fence nobody waits on (no awaiter, no CPU dependent, nothing queued
@@ -871,7 +871,7 @@ impl Future for Driver {
         };
         // A task noted as awaited in a poll that then finished is not needed any more (and
         // the thread-local holding it has no destructor).
-        drop(context::take_awaited());
+        drop(slots.take_awaited());
         this.hand_watches(&rt);
         rt.flush(&mut this.local);
         this.local.trim();
