@@ -20,7 +20,8 @@ use crate::{MappingPolicy, Result};
 ///
 /// Everything but construction is [`parla_core::Runtime`]'s, reached through `Deref`:
 /// [`block_on`](parla_core::Runtime::block_on), [`devices`](parla_core::Runtime::devices),
-/// [`gpus`](parla_core::Runtime::gpus), ...
+/// [`gpus`](parla_core::Runtime::gpus), ... Dropping it stops its workers (see
+/// [`parla_core::Runtime`]'s "Dropping": also from a Tokio application's `async fn`).
 #[derive(Debug)]
 pub struct Runtime(parla_core::Runtime);
 

@@ -435,3 +435,84 @@ fn a_panicking_backend_fails_its_task_and_the_graph_goes_on() {
     assert!(matches!(r.1, Err(TaskError::DependencyFailed { .. })));
     assert_eq!(r.2, Ok(1));
 }
+
+/// Sets its flag when dropped: tells that the future holding it was dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Waits (up to a minute, for a loaded machine) until `flag` is set.
+fn wait_for(flag: &AtomicBool) -> bool {
+    for _ in 0..6000 {
+        if flag.load(Ordering::Acquire) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn a_runtime_dropped_in_a_tokio_applications_async_fn_stops_its_workers() {
+    // A Tokio application that uses a parla runtime through its handle, and drops it in an
+    // `async fn`, where a blocking wait for the workers is not allowed.
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    let v = support::within(60, move || {
+        let app = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        app.block_on(async move {
+            let rt = support::cpu(2);
+            let h = rt.handle();
+            let v = h.spawn(task(async { 6 * 7 })).await.unwrap();
+            // Still running when the runtime goes: dropped with it.
+            let flag = DropFlag(d);
+            let _pending = h.spawn(task(async move {
+                let _flag = flag;
+                std::future::pending::<()>().await
+            }));
+            drop(rt);
+            v
+        })
+    });
+    assert_eq!(v, 42);
+    assert!(
+        wait_for(&dropped),
+        "the unfinished task was dropped with its runtime's workers"
+    );
+}
+
+#[test]
+fn a_runtime_dropped_inside_a_task_of_another_stops_its_workers() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    let outer = support::cpu(2);
+    let v = support::within(60, move || {
+        outer.block_on(async move {
+            task(async move {
+                let inner = support::cpu(2);
+                let h = inner.handle();
+                let v = h.spawn(task(async { 6 * 7 })).await.unwrap();
+                let flag = DropFlag(d);
+                let _pending = h.spawn(task(async move {
+                    let _flag = flag;
+                    std::future::pending::<()>().await
+                }));
+                drop(inner);
+                v
+            })
+            .await
+        })
+    });
+    assert_eq!(v.unwrap(), 42);
+    assert!(
+        wait_for(&dropped),
+        "the unfinished task was dropped with its runtime's workers"
+    );
+}

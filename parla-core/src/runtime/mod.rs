@@ -430,6 +430,26 @@ impl RtInner {
 /// assert_eq!(v, 42);
 /// # Ok::<_, parla_core::Error>(())
 /// ```
+///
+/// # Dropping
+///
+/// Dropping the runtime stops its worker threads; the tasks that have not finished are
+/// dropped with them. Outside any asynchronous context the drop waits for the threads to
+/// end. Inside one (a runtime used from a Tokio application through its
+/// [`Handle`], and dropped in an `async fn`), it tells them to stop and returns at once,
+/// where a blocking wait would stall the thread that drives that context.
+///
+/// ```
+/// use parla_core::{Runtime, task};
+/// # let app = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # app.block_on(async {
+/// // In a Tokio application:
+/// let rt = Runtime::builder().cpu_threads(2).build()?;
+/// let v = rt.handle().spawn(task(async { 6 * 7 })).await?;
+/// assert_eq!(v, 42);
+/// drop(rt);
+/// # Ok::<_, parla_core::Error>(()) }).unwrap();
+/// ```
 pub struct Runtime {
     tokio: Option<tokio::runtime::Runtime>,
     inner: Arc<RtInner>,
@@ -651,7 +671,15 @@ impl Drop for Runtime {
         inner.shutdown.store(true, Ordering::SeqCst);
         inner.bridge.shutdown();
         if let Some(t) = self.tokio.take() {
-            drop(t);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Inside an asynchronous context (a Tokio application's `async fn`, or a
+                // task of this or another runtime), where waiting for the worker threads
+                // would block the thread that drives that context (Tokio refuses it with a
+                // panic): the workers are told to stop and finish on their own.
+                t.shutdown_background();
+            } else {
+                drop(t);
+            }
         }
         stall::cancel_all(inner);
         ALIVE.lock().retain(|e| e.0 != inner.id);
