@@ -456,6 +456,22 @@ fn wait_for(flag: &AtomicBool) -> bool {
     false
 }
 
+/// In an asynchronous context: makes a runtime, gets a task's result through its handle,
+/// leaves a task running that sets `dropped` when its future is dropped, and drops the
+/// runtime there. Returns the result.
+async fn use_a_runtime_and_drop_it(dropped: Arc<AtomicBool>) -> i32 {
+    let rt = support::cpu(2);
+    let h = rt.handle();
+    let v = h.spawn(task(async { 6 * 7 })).await.unwrap();
+    let flag = DropFlag(dropped);
+    let _pending = h.spawn(task(async move {
+        let _flag = flag;
+        std::future::pending::<()>().await
+    }));
+    drop(rt);
+    v
+}
+
 #[test]
 fn a_runtime_dropped_in_a_tokio_applications_async_fn_stops_its_workers() {
     // A Tokio application that uses a parla runtime through its handle, and drops it in an
@@ -467,19 +483,7 @@ fn a_runtime_dropped_in_a_tokio_applications_async_fn_stops_its_workers() {
             .enable_all()
             .build()
             .unwrap();
-        app.block_on(async move {
-            let rt = support::cpu(2);
-            let h = rt.handle();
-            let v = h.spawn(task(async { 6 * 7 })).await.unwrap();
-            // Still running when the runtime goes: dropped with it.
-            let flag = DropFlag(d);
-            let _pending = h.spawn(task(async move {
-                let _flag = flag;
-                std::future::pending::<()>().await
-            }));
-            drop(rt);
-            v
-        })
+        app.block_on(use_a_runtime_and_drop_it(d))
     });
     assert_eq!(v, 42);
     assert!(
@@ -494,21 +498,7 @@ fn a_runtime_dropped_inside_a_task_of_another_stops_its_workers() {
     let d = dropped.clone();
     let outer = support::cpu(2);
     let v = support::within(60, move || {
-        outer.block_on(async move {
-            task(async move {
-                let inner = support::cpu(2);
-                let h = inner.handle();
-                let v = h.spawn(task(async { 6 * 7 })).await.unwrap();
-                let flag = DropFlag(d);
-                let _pending = h.spawn(task(async move {
-                    let _flag = flag;
-                    std::future::pending::<()>().await
-                }));
-                drop(inner);
-                v
-            })
-            .await
-        })
+        outer.block_on(task(use_a_runtime_and_drop_it(d)))
     });
     assert_eq!(v.unwrap(), 42);
     assert!(
