@@ -649,3 +649,42 @@ fn tasks_taking_turns_on_a_tokio_mutex_with_yields_and_spawned_futures_all_finis
         assert_eq!(count, 8 * 200, "{threads} workers");
     }
 }
+
+/// Long-running loops that poll a flag and `yield_now` between looks, more of them than
+/// the device's VCUs admit at once, with default VCUs: a task spawned after them sets the
+/// flag. A yielding task lends its VCUs as soon as a task waits for them, as any CPU task
+/// waiting on something outside the runtime does, so the setter is admitted and every loop
+/// ends, on one, two and four workers.
+#[test]
+fn loops_yielding_until_a_later_task_sets_their_flag_all_end() {
+    for threads in [1, 2, 4] {
+        let rt = support::cpu(threads);
+        let ended = support::within(60, move || {
+            rt.block_on(async {
+                let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let loops: Vec<_> = (0..2 * threads + 2)
+                    .map(|_| {
+                        let flag = flag.clone();
+                        task(async move {
+                            while !flag.load(Ordering::Acquire) {
+                                tokio::task::yield_now().await;
+                            }
+                        })
+                        .spawn()
+                    })
+                    .collect();
+                task(async move { flag.store(true, Ordering::Release) })
+                    .spawn()
+                    .await
+                    .expect("setter");
+                let mut ended = 0;
+                for l in loops {
+                    l.await.expect("loop");
+                    ended += 1;
+                }
+                ended
+            })
+        });
+        assert_eq!(ended, 2 * threads + 2, "{threads} workers");
+    }
+}
