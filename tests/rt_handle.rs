@@ -496,10 +496,7 @@ fn a_runtime_dropped_in_a_tokio_applications_async_fn_stops_its_workers() {
 fn a_runtime_dropped_inside_a_task_of_another_stops_its_workers() {
     let dropped = Arc::new(AtomicBool::new(false));
     let d = dropped.clone();
-    let outer = support::cpu(2);
-    let v = support::within(60, move || {
-        outer.block_on(task(use_a_runtime_and_drop_it(d)))
-    });
+    let v = support::on_cpu(2, move || task(use_a_runtime_and_drop_it(d)));
     assert_eq!(v.unwrap(), 42);
     assert!(
         wait_for(&dropped),

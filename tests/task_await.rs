@@ -623,28 +623,25 @@ fn a_barrier_across_more_tasks_than_workers_opens() {
 #[test]
 fn tasks_taking_turns_on_a_tokio_mutex_with_yields_and_spawned_futures_all_finish() {
     for threads in [1, 2, 4] {
-        let rt = support::cpu(threads);
-        let count = support::within(60, move || {
-            rt.block_on(async {
-                let m = Arc::new(tokio::sync::Mutex::new(0usize));
-                let tasks: Vec<_> = (0..8)
-                    .map(|_| {
-                        let m = m.clone();
-                        task(async move {
-                            for i in 0..200usize {
-                                *m.lock().await += 1;
-                                tokio::task::yield_now().await;
-                                assert_eq!(tokio::spawn(async move { i }).await.unwrap(), i);
-                            }
-                        })
-                        .spawn()
+        let count = support::on_cpu(threads, || async {
+            let m = Arc::new(tokio::sync::Mutex::new(0usize));
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let m = m.clone();
+                    task(async move {
+                        for i in 0..200usize {
+                            *m.lock().await += 1;
+                            tokio::task::yield_now().await;
+                            assert_eq!(tokio::spawn(async move { i }).await.unwrap(), i);
+                        }
                     })
-                    .collect();
-                for t in tasks {
-                    t.await.expect("task");
-                }
-                *m.lock().await
-            })
+                    .spawn()
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+            *m.lock().await
         });
         assert_eq!(count, 8 * 200, "{threads} workers");
     }
@@ -658,32 +655,29 @@ fn tasks_taking_turns_on_a_tokio_mutex_with_yields_and_spawned_futures_all_finis
 #[test]
 fn loops_yielding_until_a_later_task_sets_their_flag_all_end() {
     for threads in [1, 2, 4] {
-        let rt = support::cpu(threads);
-        let ended = support::within(60, move || {
-            rt.block_on(async {
-                let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let loops: Vec<_> = (0..2 * threads + 2)
-                    .map(|_| {
-                        let flag = flag.clone();
-                        task(async move {
-                            while !flag.load(Ordering::Acquire) {
-                                tokio::task::yield_now().await;
-                            }
-                        })
-                        .spawn()
+        let ended = support::on_cpu(threads, move || async move {
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let loops: Vec<_> = (0..2 * threads + 2)
+                .map(|_| {
+                    let flag = flag.clone();
+                    task(async move {
+                        while !flag.load(Ordering::Acquire) {
+                            tokio::task::yield_now().await;
+                        }
                     })
-                    .collect();
-                task(async move { flag.store(true, Ordering::Release) })
                     .spawn()
-                    .await
-                    .expect("setter");
-                let mut ended = 0;
-                for l in loops {
-                    l.await.expect("loop");
-                    ended += 1;
-                }
-                ended
-            })
+                })
+                .collect();
+            task(async move { flag.store(true, Ordering::Release) })
+                .spawn()
+                .await
+                .expect("setter");
+            let mut ended = 0;
+            for l in loops {
+                l.await.expect("loop");
+                ended += 1;
+            }
+            ended
         });
         assert_eq!(ended, 2 * threads + 2, "{threads} workers");
     }

@@ -41,6 +41,16 @@ pub fn cpu(threads: usize) -> parla::Runtime {
         .expect("runtime")
 }
 
+/// Runs the future (or task builder) that `f` makes on a new CPU-only runtime of `threads`
+/// workers ([`cpu`]), under [`within`]'s timeout of a minute, and returns its output.
+pub fn on_cpu<T, F>(threads: usize, f: impl FnOnce() -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: std::future::IntoFuture<Output = T>,
+{
+    within(60, move || cpu(threads).block_on(f()))
+}
+
 /// A runtime with `threads` workers (and the machine's GPUs) that writes its trace to `path`
 /// (see [`trace_path`]).
 pub fn traced(threads: usize, path: &std::path::Path) -> parla::Runtime {
