@@ -434,10 +434,10 @@ impl RtInner {
 /// # Dropping
 ///
 /// Dropping the runtime stops its worker threads; the tasks that have not finished are
-/// dropped with them. Outside any asynchronous context the drop waits for the threads to
-/// end. Inside one (a runtime used from a Tokio application through its
-/// [`Handle`], and dropped in an `async fn`), it tells them to stop and returns at once,
-/// where a blocking wait would stall the thread that drives that context.
+/// dropped with them. Where no Tokio runtime is current, the drop waits for the threads to
+/// end. Where one is (a runtime used from a Tokio application through its [`Handle`], and
+/// dropped in an `async fn`; a runtime dropped in a task), it tells them to stop and
+/// returns at once, where a blocking wait would stall the thread that drives that context.
 ///
 /// ```
 /// use parla_core::{Runtime, task};
@@ -672,10 +672,12 @@ impl Drop for Runtime {
         inner.bridge.shutdown();
         if let Some(t) = self.tokio.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
-                // Inside an asynchronous context (a Tokio application's `async fn`, or a
-                // task of this or another runtime), where waiting for the worker threads
-                // would block the thread that drives that context (Tokio refuses it with a
-                // panic): the workers are told to stop and finish on their own.
+                // A Tokio runtime is current on this thread: mostly an asynchronous context
+                // (a Tokio application's `async fn`, a task of this or another runtime),
+                // where waiting for the worker threads would block the thread that drives
+                // it, and Tokio refuses that with a panic. Tokio tells no such context from
+                // a thread that only entered a runtime through its guard, so there too the
+                // workers are told to stop and finish on their own.
                 t.shutdown_background();
             } else {
                 drop(t);
