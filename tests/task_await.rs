@@ -682,3 +682,34 @@ fn loops_yielding_until_a_later_task_sets_their_flag_all_end() {
         assert_eq!(ended, 2 * threads + 2, "{threads} workers");
     }
 }
+
+#[test]
+fn a_parent_awaiting_all_its_children_at_once_is_never_failed() {
+    // The parent awaits its children through `FuturesUnordered` or `join_all`: a poll may
+    // end without any child pending (it keeps its VCUs, as a wait outside the runtime does)
+    // and lend them once children queue for the CPU, which a wake may race.
+    for round in 0..20u64 {
+        let n = 1000u64;
+        let r = support::on_cpu(2, move || {
+            task(async move {
+                let children: Vec<_> = (0..n).map(|i| task(async move { i }).spawn()).collect();
+                let results: Vec<Result<u64, TaskError>> = if round % 2 == 0 {
+                    children
+                        .into_iter()
+                        .collect::<FuturesUnordered<_>>()
+                        .collect()
+                        .await
+                } else {
+                    futures_util::future::join_all(children).await
+                };
+                results.into_iter().collect::<Result<Vec<u64>, _>>()
+            })
+        });
+        let values = r.and_then(|r| r);
+        assert_eq!(
+            values.map(|v| v.iter().sum::<u64>()),
+            Ok(n * (n - 1) / 2),
+            "round {round}"
+        );
+    }
+}

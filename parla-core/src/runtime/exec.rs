@@ -410,6 +410,14 @@ impl RtInner {
             }
         }
         if h.act.end_poll(false) == crate::graph::activity::EndPoll::Notified {
+            // Woken meanwhile: it takes its VCUs back, and when the loan's tasks hold them
+            // it waits in the resume lane and gives up its token. Those tasks are counted
+            // first (launched now), else the busy count could read zero while they hold
+            // VCUs that nothing runs, and the stall resolver would fail the task waiting
+            // for them.
+            if !out.is_empty() {
+                self.with_local(|l| std::mem::swap(&mut l.admitted, out));
+            }
             self.schedule_woken(task.clone(), false);
         }
     }
