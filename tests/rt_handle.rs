@@ -252,6 +252,71 @@ fn a_task_of_another_runtime_is_an_outside_event_to_await_and_an_error_to_depend
     assert_eq!(r.2, Ok(7));
 }
 
+/// Ids of another runtime's space, awaited from `block_on` and from a task: finished ones
+/// give their outcome, one still running is waited for, and one never spawned is
+/// `NeverSpawned` (as outside any runtime) - none of them hangs.
+#[test]
+fn ids_of_another_runtime_can_be_awaited() {
+    let a = support::cpu(2);
+    let b = support::cpu(2);
+    let t = TaskSpace::new("A");
+    let r = support::within(30, move || {
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        a.block_on(async {
+            task(async {}).id(t.at(0)).await.unwrap();
+            let failed = task(async { panic!("bad") }).id(t.at(1)).await;
+            assert!(failed.is_err());
+        });
+        let ha = a.handle();
+        let t2 = t.clone();
+        ha.spawn(
+            task(async move {
+                let _ = gate.recv();
+            })
+            .id(t2.at(2)),
+        );
+        let t3 = t.clone();
+        let r = b.block_on(async move {
+            let here = (
+                t.at(0).await,
+                t.at(1).await,
+                t.range(0..2).await,
+                t.at(9).await,
+            );
+            let in_task = task(async move { (t3.at(0).await, t3.at(1).await) }).await;
+            open.send(()).unwrap();
+            (here, in_task, t.at(2).await, (&t).await)
+        });
+        drop(a);
+        r
+    });
+    let ((ok, failed, range, missing), in_task, running, space) = r;
+    assert_eq!(ok, Ok(()));
+    assert!(
+        matches!(failed, Err(TaskError::Panicked { .. })),
+        "{failed:?}"
+    );
+    assert!(
+        matches!(range, Err(TaskError::Panicked { .. })),
+        "{range:?}"
+    );
+    assert!(
+        matches!(missing, Err(TaskError::NeverSpawned { .. })),
+        "{missing:?}"
+    );
+    let (ok, failed) = in_task.expect("the task awaiting them");
+    assert_eq!(ok, Ok(()));
+    assert!(
+        matches!(failed, Err(TaskError::Panicked { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(running, Ok(()));
+    assert!(
+        matches!(space, Err(TaskError::Panicked { .. })),
+        "{space:?}"
+    );
+}
+
 /// Handles of tasks that succeeded, of two runtimes, given to one builder (in either order,
 /// or built outside any runtime): the spawn on either runtime is a `WrongRuntime` error,
 /// and handles of the spawning runtime alone are met dependencies.

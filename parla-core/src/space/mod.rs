@@ -489,14 +489,20 @@ impl TaskSpace {
         }
     }
 
-    /// The node for `key` in `rt`: the task or placeholder there, a finished stand-in for
-    /// a retired id, or a new placeholder (registered with `rt` for the stall resolver).
-    pub(crate) fn node(&self, key: &Key, rt: &RtInner) -> TaskPtr {
-        match self.find(key, rt, false) {
+    /// What an await of `key` in `rt` waits for: the task or placeholder there, a finished
+    /// stand-in for a retired id, or a new placeholder (registered with `rt` for the stall
+    /// resolver). In a space of another runtime, what `key` stands for there
+    /// ([`lookup`](Self::lookup), as for an await outside any runtime): a task of another
+    /// runtime can be awaited, but its ids are not this runtime's to wait for.
+    pub(crate) fn awaited(&self, key: &Key, rt: &RtInner) -> Lookup {
+        if self.bind(rt).is_err() {
+            return self.lookup(key);
+        }
+        Lookup::Node(match self.find(key, rt, false) {
             Some(n) => n,
             // An id settled by a dependency lookup: a finished stand-in.
             None => self.detached(key, rt.id, Some(Ok(()))),
-        }
+        })
     }
 
     /// The node a task spawned in `rt` after `key` depends on, as [`node`](Self::node), or

@@ -106,7 +106,7 @@ impl Future for RefWait {
         let this = &mut *self;
         if this.wait.is_none() {
             let node = crate::runtime::context::with_rt(|rt| match rt {
-                Some(rt) => Lookup::Node(this.r.space.node(&this.r.key, rt)),
+                Some(rt) => this.r.space.awaited(&this.r.key, rt),
                 None => this.r.space.lookup(&this.r.key),
             });
             match node {
