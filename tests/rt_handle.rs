@@ -568,3 +568,41 @@ fn a_runtime_dropped_inside_a_task_of_another_stops_its_workers() {
         "the unfinished task was dropped with its runtime's workers"
     );
 }
+
+/// A handle kept after its runtime was dropped: what it spawns (directly, or under its
+/// `enter` guard) resolves to `Cancelled` instead of never resolving, and a task after an
+/// id nobody spawned fails as that id does.
+#[test]
+fn tasks_spawned_through_the_handle_of_a_dropped_runtime_are_cancelled() {
+    let r = support::within(30, || {
+        let rt = support::cpu(2);
+        let h = rt.handle();
+        let t = TaskSpace::new("Gone");
+        rt.block_on(async { task(async {}).id(t.at(0)).await.unwrap() });
+        drop(rt);
+        let direct = h.spawn(task(async { 1 }));
+        let after_id = h.spawn(task(async { 2 }).after(t.at(1)));
+        let entered = {
+            let _guard = h.enter();
+            task(async { 3 }).spawn()
+        };
+        let wait = |th: TaskHandle<i32>| futures_util::FutureExt::now_or_never(th);
+        (wait(direct), wait(after_id), wait(entered))
+    });
+    assert!(
+        matches!(r.0, Some(Err(TaskError::Cancelled { .. }))),
+        "{:?}",
+        r.0
+    );
+    assert!(
+        matches!(&r.1, Some(Err(TaskError::DependencyFailed { cause, .. }))
+            if matches!(**cause, TaskError::NeverSpawned { .. })),
+        "{:?}",
+        r.1
+    );
+    assert!(
+        matches!(r.2, Some(Err(TaskError::Cancelled { .. }))),
+        "{:?}",
+        r.2
+    );
+}

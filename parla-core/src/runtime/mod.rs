@@ -398,6 +398,17 @@ impl RtInner {
         let _ = h;
     }
 
+    /// After a spawn through a [`Handle`]: if the runtime was dropped, the spawned task is
+    /// cancelled (with whatever else its drop left), as the drop cancels every task it
+    /// finds. The drop sets `shutdown` before it looks; the spawn looks after its task is
+    /// in the graph, past a fence: one of the two sees the task.
+    pub(crate) fn cancel_if_shut_down(self: &Arc<Self>) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.shutdown.load(Ordering::SeqCst) {
+            stall::cancel_all(self);
+        }
+    }
+
     /// Takes a busy token for a thread entering from outside (a new `block_on`, a `hold`
     /// guard), never while the stall resolver acts.
     pub(crate) fn enter_token(&self) {
@@ -669,6 +680,8 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let inner = &self.inner;
         inner.shutdown.store(true, Ordering::SeqCst);
+        // (Paired with the fence of `cancel_if_shut_down`.)
+        std::sync::atomic::fence(Ordering::SeqCst);
         inner.bridge.shutdown();
         if let Some(t) = self.tokio.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
@@ -764,6 +777,11 @@ impl Handle {
 
     /// Spawns a task on the runtime from any thread. See
     /// [`TaskBuilder::spawn`](crate::TaskBuilder::spawn).
+    ///
+    /// A handle outlives its runtime: a task spawned through it once the runtime was
+    /// dropped resolves to [`TaskError::Cancelled`](crate::TaskError::Cancelled) at once,
+    /// as the tasks the drop found did (so does one spawned while an [`EnterGuard`] lives,
+    /// once the guard drops).
     pub fn spawn<F>(&self, b: crate::TaskBuilder<F>) -> crate::TaskHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -771,7 +789,9 @@ impl Handle {
     {
         let _hold = self.hold();
         let _rt = context::enter_rt(&self.inner);
-        b.spawn()
+        let task = b.spawn();
+        self.inner.cancel_if_shut_down();
+        task
     }
 
     /// Makes the runtime current on this thread until the guard drops, so that
@@ -809,6 +829,12 @@ pub struct EnterGuard<'a> {
     _rt: context::RtGuard,
     _hold: Hold,
     _handle: std::marker::PhantomData<&'a Handle>,
+}
+
+impl Drop for EnterGuard<'_> {
+    fn drop(&mut self) {
+        self._hold.inner.cancel_if_shut_down();
+    }
 }
 
 impl std::fmt::Debug for EnterGuard<'_> {
