@@ -144,7 +144,10 @@ fn retired_ids_stay_used_and_keep_their_outcome() {
             let failed = t.at(1).await;
             let dep = task(async {}).after(t.at(1)).await;
             pending.await.unwrap();
-            (retired, dup, ok, failed, dep, t.len(), t.retire_finished())
+            let last = t.retire_finished();
+            // Every task, retired or not: the space, and a range over all ids.
+            let (space, range) = ((&t).await, t.range(0..3).await);
+            (retired, dup, ok, failed, dep, t.len(), last, space, range)
         });
         assert_eq!(r.0, 2);
         assert!(
@@ -161,6 +164,9 @@ fn retired_ids_stay_used_and_keep_their_outcome() {
         );
         assert_eq!(r.5, 3);
         assert_eq!(r.6, 1, "the task that was still running, retired later");
+        for all in [&r.7, &r.8] {
+            assert!(matches!(all, Err(TaskError::Panicked { .. })), "{all:?}");
+        }
     });
 }
 

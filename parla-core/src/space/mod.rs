@@ -376,7 +376,8 @@ impl TaskSpace {
 
     /// Forgets every finished task of the space, keeping only a compact record that its id
     /// was used (a second spawn under it is still a `DuplicateId`, and awaiting it still
-    /// gives its outcome). Returns how many tasks it retired.
+    /// gives its outcome; an await of the whole space still reports a retired failure, as
+    /// it did before). Returns how many tasks it retired.
     ///
     /// A long-running program that names its tasks calls this between batches, so that
     /// its spaces hold only the tasks in flight: retired ids that are runs of consecutive
@@ -468,6 +469,15 @@ impl TaskSpace {
     #[inline(never)]
     fn retired_in_record(&self, key: &Key) -> Option<Outcome> {
         self.inner.retired.lock().get(key)
+    }
+
+    /// The failure retired first, if a retired task failed.
+    pub(crate) fn retired_failure(&self) -> Option<TaskError> {
+        if !self.inner.has_retired.load(Ordering::Acquire) {
+            return None;
+        }
+        let e = self.inner.retired.lock().first_failure()?;
+        Some((*e).clone())
     }
 
     /// What `key` stands for, without making anything.

@@ -19,6 +19,8 @@ pub(super) struct Retired {
     other: HashSet<Key>,
     /// Retired tasks that failed.
     failed: HashMap<Key, Arc<TaskError>>,
+    /// The failure retired first (what an await of the whole space reports).
+    first_failed: Option<Arc<TaskError>>,
     count: usize,
 }
 
@@ -40,6 +42,7 @@ impl Retired {
     pub(super) fn insert(&mut self, key: &Key, outcome: Outcome) {
         self.count += 1;
         if let Err(e) = outcome {
+            self.first_failed.get_or_insert_with(|| e.clone());
             self.failed.insert(key.clone(), e);
         }
         let Some((prefix, i)) = split(key) else {
@@ -62,6 +65,11 @@ impl Retired {
             end = e;
         }
         runs.insert(start, end);
+    }
+
+    /// The failure retired first, if any retired task failed.
+    pub(super) fn first_failure(&self) -> Option<Arc<TaskError>> {
+        self.first_failed.clone()
     }
 
     /// The outcome of retired `key`, if it was retired.

@@ -179,7 +179,8 @@ impl Future for RangeWait {
 }
 
 /// Waits for every task spawned into a [`TaskSpace`] before the await began; made by
-/// awaiting the space. Resolves to the first failure found once all finished, else `Ok(())`.
+/// awaiting the space. Resolves to the first failure found once all finished, else `Ok(())`:
+/// a retired task that failed counts (the one retired first), as the ones still held do.
 #[must_use = "futures do nothing unless awaited"]
 pub struct SpaceWait {
     nodes: Vec<TaskPtr>,
@@ -195,7 +196,7 @@ impl SpaceWait {
         SpaceWait {
             nodes,
             current: None,
-            first_err: None,
+            first_err: space.retired_failure(),
         }
     }
 }
