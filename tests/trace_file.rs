@@ -256,3 +256,18 @@ fn the_summary_counts_the_tasks_run() {
     let off = support::cpu(1);
     assert!(off.profile_summary().is_none());
 }
+
+#[test]
+fn a_trace_file_that_cannot_be_created_is_an_error_naming_it() {
+    let dir = support::trace_path("uncreatable");
+    let root = dir.parent().unwrap().to_path_buf();
+    let path = root.join("no such directory").join("trace.json");
+    let r = parla::Runtime::builder()
+        .cpu_threads(1)
+        .trace(&path)
+        .build();
+    let _ = std::fs::remove_dir_all(&root);
+    let e = r.expect_err("the trace's directory does not exist");
+    assert!(matches!(e, parla::Error::Config(_)), "{e:?}");
+    assert!(e.to_string().contains("no such directory"), "{e}");
+}

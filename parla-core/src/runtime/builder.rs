@@ -130,7 +130,9 @@ impl Builder {
     /// shuts down (see [`crate::trace`] for what it holds). The `PARLA_TRACE` environment
     /// variable does the same without code changes. The runtime then sends its tasks'
     /// events, and the spans made inside them, to a subscriber of its own; to keep yours,
-    /// add [`crate::trace::layer`] to it instead.
+    /// add [`crate::trace::layer`] to it instead. [`build`](Self::build) fails with
+    /// [`Error::Config`] if the file cannot be created (from `PARLA_TRACE`, a warning is
+    /// printed and the runtime runs without a trace).
     pub fn trace(mut self, path: impl Into<PathBuf>) -> Self {
         self.trace = Some(path.into());
         self
@@ -207,6 +209,34 @@ impl Builder {
                 "{n_gpus} GPUs asked for; the runtime manages at most {MAX_GPUS}"
             )));
         }
+        // (Before Tokio's runtime: a failure here returns before there is one to drop.)
+        #[cfg(feature = "tracing")]
+        let asked = self.trace.is_some();
+        let trace_path = self
+            .trace
+            .or_else(|| std::env::var_os("PARLA_TRACE").map(PathBuf::from));
+        let profile = self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0");
+        #[cfg(feature = "tracing")]
+        let trace = match (trace_path.is_some() || profile)
+            .then(|| crate::trace::RtTrace::new(trace_path.clone(), profile))
+        {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                let path = trace_path.as_deref().unwrap_or(std::path::Path::new(""));
+                let what = format!("cannot create the trace file {}: {e}", path.display());
+                if asked {
+                    return Err(Error::Config(what));
+                }
+                // (Named by `PARLA_TRACE`: the program runs on without a trace.)
+                eprintln!("parla: PARLA_TRACE: {what}; running without a trace");
+                None
+            }
+        };
+        #[cfg(not(feature = "tracing"))]
+        if trace_path.is_some() || profile {
+            eprintln!("parla: built without the `tracing` feature: no trace or profile");
+        }
         // Worker threads find their runtime outside driver polls (futures started with
         // `tokio::spawn` inside tasks) through this, set once the runtime exists.
         let worker_rt: WorkerRt = Arc::new(OnceLock::new());
@@ -271,18 +301,6 @@ impl Builder {
             ));
         }
         debug_assert!(devices.iter().all(|d| d.default_vcu <= VCU_ONE));
-        let trace_path = self
-            .trace
-            .or_else(|| std::env::var_os("PARLA_TRACE").map(PathBuf::from));
-        let profile = self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0");
-        #[cfg(feature = "tracing")]
-        let trace = (trace_path.is_some() || profile)
-            .then(|| crate::trace::RtTrace::new(trace_path, profile))
-            .flatten();
-        #[cfg(not(feature = "tracing"))]
-        if trace_path.is_some() || profile {
-            eprintln!("parla: built without the `tracing` feature: no trace or profile");
-        }
         let id = new_runtime_id();
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<RtInner>| RtInner {
             id,

@@ -88,7 +88,8 @@ pub(crate) struct RtTrace {
 #[cfg(feature = "tracing")]
 impl RtTrace {
     /// A subscriber writing `file` and keeping a summary (printed at shutdown if `print`).
-    pub(crate) fn new(file: Option<std::path::PathBuf>, print: bool) -> Option<RtTrace> {
+    /// Fails when the file cannot be created.
+    pub(crate) fn new(file: Option<std::path::PathBuf>, print: bool) -> std::io::Result<RtTrace> {
         use tracing_subscriber::layer::SubscriberExt;
         if tracing::dispatcher::has_been_set() {
             eprintln!(
@@ -101,16 +102,11 @@ impl RtTrace {
         if let Some(f) = file {
             b = b.file(f);
         }
-        match b.build() {
-            Ok((layer, guard)) => Some(RtTrace {
-                dispatch: tracing::Dispatch::new(tracing_subscriber::registry().with(layer)),
-                guard: parking_lot::Mutex::new(Some(guard)),
-            }),
-            Err(e) => {
-                eprintln!("parla: cannot write the trace: {e}");
-                None
-            }
-        }
+        let (layer, guard) = b.build()?;
+        Ok(RtTrace {
+            dispatch: tracing::Dispatch::new(tracing_subscriber::registry().with(layer)),
+            guard: parking_lot::Mutex::new(Some(guard)),
+        })
     }
 }
 
