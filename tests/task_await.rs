@@ -349,6 +349,26 @@ fn tasks_awaiting_each_other_fail_one_await_only() {
     });
 }
 
+#[test]
+fn a_task_awaiting_its_own_id_or_space_is_told_it_awaits_itself() {
+    let r = support::on_cpu(2, || async {
+        let t = TaskSpace::new("S");
+        let (t1, t2) = (t.clone(), t.clone());
+        let own_id = task(async move { t1.at(0).await }).id(t.at(0)).await;
+        let own_space = task(async move { (&t2).await }).id(t.at(1)).await;
+        (own_id, own_space)
+    });
+    for (r, name) in [(&r.0, "S[0]"), (&r.1, "S[1]")] {
+        match r {
+            Ok(Err(TaskError::Deadlock { task, reason, .. })) => {
+                assert_eq!(task, name);
+                assert!(reason.contains("awaits itself"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 /// A task awaits the `JoinHandle` of a future it started with `tokio::spawn`, and that
 /// future awaits a task the first one spawned: with default VCUs and more such tasks than
 /// workers, the awaiting tasks lend their VCUs (they are not polled meanwhile), so the

@@ -320,6 +320,11 @@ fn with_running<R>(f: impl FnOnce(Option<&TaskPtr>) -> R) -> R {
     f(unsafe { p.as_ref() })
 }
 
+/// Whether `h` is the header of the task running on this thread.
+pub(crate) fn is_running(h: &crate::graph::node::Header) -> bool {
+    with_running(|t| t.is_some_and(|t| std::ptr::eq(t.header(), h)))
+}
+
 /// The device of the task running on this thread, if any.
 #[inline]
 fn running_device() -> Option<Device> {

@@ -130,6 +130,15 @@ impl<T: 'static> TaskHandle<T> {
 /// The `Deadlock` error of an await the stall resolver failed: `awaited` can never finish.
 pub(crate) fn await_deadlock(awaited: &Header) -> TaskError {
     let by = crate::current_task().map_or_else(|| "block_on".to_string(), |t| t.name());
+    if crate::runtime::context::is_running(awaited) {
+        return TaskError::Deadlock {
+            task: by,
+            device: crate::current_device().to_string(),
+            reason: "it awaits itself (its own id, or a range or space that holds it), \
+                     which cannot finish before the task does"
+                .to_string(),
+        };
+    }
     let why = crate::runtime::context::with_rt(|rt| match rt {
         Some(rt) => rt.describe_wait(awaited),
         None => format!("{} is not finished", awaited.name),
