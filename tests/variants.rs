@@ -2,6 +2,8 @@
 //! CPU tasks, virtual GPUs, code a task hands to `tokio::spawn`, after awaits), host data
 //! staying in place, and `eigh`'s default body.
 
+#![deny(unused_braces)]
+
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -26,6 +28,12 @@ fn which_cpu(tag: u32) -> (&'static str, u32) {
 fn which_gpu(tag: u32) -> (&'static str, u32) {
     ("gpu", tag)
 }
+
+/// A one-line default body: the expansion must not warn that its braces are unnecessary
+/// (denied in this file).
+#[rustfmt::skip]
+#[parla::specialize]
+fn twice(x: u32) -> u32 { x * 2 }
 
 /// A function with a GPU variant only: the CPU runs the default.
 #[parla::specialize]
@@ -98,6 +106,7 @@ fn dispatch_allocates_nothing() {
 fn dispatch_follows_the_running_task() {
     let rt = support::vgpu(2, 1, 1 << 30);
     assert_eq!(which(1), ("default", 1), "outside the runtime");
+    assert_eq!(twice(21), 42);
     let seen = support::within(60, move || {
         rt.block_on(async {
             let outside = which(2);

@@ -168,6 +168,9 @@ pub(crate) fn expand_specialize(attr: TokenStream, item: TokenStream) -> syn::Re
         #[allow(non_camel_case_types)]
         #vis type #alias = #fn_type;
         #(#attrs)*
+        // (The default body follows the dispatch as a block: a one-expression body such as
+        // `{ x }` would otherwise warn that its braces are unnecessary.)
+        #[allow(unused_braces)]
         #vis #new_sig {
             if let ::core::option::Option::Some(arch) = ::parla::variants::arch() {
                 #[allow(unused_imports)]
