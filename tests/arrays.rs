@@ -3,6 +3,10 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use ndarray::{Array1, Array2, array};
 use parla::array::PArray;
 use parla::prelude::*;
@@ -270,6 +274,106 @@ fn a_failed_writer_fails_later_users_of_its_data() {
         matches!(res.1, Err(TaskError::DependencyFailed { .. })),
         "{:?}",
         res.1
+    );
+}
+
+/// Readers that fail (a panic after reading, an abort before starting, on the CPU and on a
+/// virtual GPU) change nothing: the next writer still waits for them, then runs, and later
+/// readers and `to_host` see its data.
+#[test]
+fn failed_readers_leave_their_data_usable() {
+    let rt = support::vgpu(2, 1, MIB);
+    let a = PArray::from(array![1u32, 2]);
+    let res = support::within(60, move || {
+        rt.block_on(async move {
+            let done = Arc::new(AtomicUsize::new(0));
+            let mut readers = Vec::new();
+            for place in [Placement::Cpu, Placement::AnyGpu] {
+                let (b, d) = (a.clone(), done.clone());
+                readers.push(
+                    task(async move {
+                        let sum: u32 = b.read()?.sum();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        d.fetch_add(1, Ordering::SeqCst);
+                        panic!("reader fails after reading {sum}");
+                        #[allow(unreachable_code)]
+                        Ok::<_, parla::Error>(())
+                    })
+                    .reads(&a)
+                    .placement(place)
+                    .spawn(),
+                );
+            }
+            let aborted = task(async { Ok::<_, parla::Error>(()) }).reads(&a).spawn();
+            aborted.abort();
+            let (b, d) = (a.clone(), done.clone());
+            let writer = task(async move {
+                // Both failing readers finished before this writer started.
+                let seen = d.load(Ordering::SeqCst);
+                b.write()?.fill(7);
+                Ok::<_, parla::Error>(seen)
+            })
+            .writes(&a)
+            .spawn();
+            let b = a.clone();
+            let reader = task(async move { Ok::<_, parla::Error>(b.read()?.sum()) })
+                .reads(&a)
+                .placement(Placement::AnyGpu)
+                .spawn();
+            let mut failed = 0;
+            for r in readers {
+                failed += r.await.is_err() as usize;
+            }
+            let aborted = aborted.await;
+            let seen = writer.await.map(Result::ok);
+            let sum: Result<Option<u32>, _> = reader.await.map(Result::ok);
+            let host = a.to_host().await.map(|v| v.to_vec());
+            (failed, aborted, seen, sum, host)
+        })
+    });
+    assert_eq!(res.0, 2, "both readers failed");
+    assert!(
+        matches!(res.1, Err(TaskError::Aborted { .. })),
+        "{:?}",
+        res.1
+    );
+    assert_eq!(res.2, Ok(Some(2)), "the writer ran after both readers");
+    assert_eq!(res.3, Ok(Some(14)));
+    assert_eq!(res.4.ok(), Some(vec![7, 7]));
+}
+
+/// A reader the writer also names with `.after` is a dependency like any other: its
+/// failure fails the writer.
+#[test]
+fn a_failed_reader_named_with_after_still_fails_the_writer() {
+    let rt = support::cpu(2);
+    let a = PArray::from(array![1u32]);
+    let r = support::within(60, move || {
+        rt.block_on(async move {
+            let t = TaskSpace::new("R");
+            let b = a.clone();
+            task(async move {
+                let _ = b.read()?;
+                panic!("reader fails");
+                #[allow(unreachable_code)]
+                Ok::<_, parla::Error>(())
+            })
+            .id(t.at(0))
+            .reads(&a)
+            .spawn();
+            let b = a.clone();
+            task(async move {
+                b.write()?.fill(5);
+                Ok::<_, parla::Error>(())
+            })
+            .writes(&a)
+            .after(t.at(0))
+            .await
+        })
+    });
+    assert!(
+        matches!(r, Err(TaskError::DependencyFailed { .. })),
+        "{r:?}"
     );
 }
 

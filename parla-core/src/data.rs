@@ -28,7 +28,7 @@ use smallvec::SmallVec;
 
 use crate::device::Device;
 use crate::device::fence::Fence;
-use crate::graph::arc::TaskPtr;
+use crate::graph::arc::{TaskArc, TaskPtr};
 
 pub use crate::runtime::context::current_task_key;
 
@@ -223,16 +223,24 @@ impl Flow {
         drop((writer, readers));
     }
 
-    /// Records `task` as the next access `access` and pushes the tasks it must follow to
-    /// `deps`: for a read the last writer; for a write the last writer and the readers
-    /// since. Finished readers are forgotten as the list grows.
-    pub(crate) fn order(&self, task: &TaskPtr, access: Access, deps: &mut Vec<TaskPtr>) {
+    /// Records `task` as the next access `access` and pushes the tasks it must follow:
+    /// to `deps` the last writer (whose failure leaves the data unknown: `task` fails with
+    /// it), and for a write to `after` the readers since (which it follows whatever their
+    /// outcome: a reader changes nothing; see [`Accesses::set_follows`]). Finished readers
+    /// are forgotten as the list grows.
+    pub(crate) fn order(
+        &self,
+        task: &TaskPtr,
+        access: Access,
+        deps: &mut Vec<TaskPtr>,
+        after: &mut Vec<TaskPtr>,
+    ) {
         let mut s = self.state.lock();
         if let Some(w) = &s.writer {
             deps.push(w.clone());
         }
         if access.writes() {
-            deps.append(&mut s.readers);
+            after.append(&mut s.readers);
             s.writer = Some(task.clone());
         } else {
             if s.readers.len() >= 16 && s.readers.len().is_power_of_two() {
@@ -262,6 +270,10 @@ pub(crate) struct Accesses {
     pub(crate) allocated: AtomicU64,
     /// The slot of the device the task was mapped to, plus one (0: not mapped yet).
     device: std::sync::atomic::AtomicU32,
+    /// The dependencies the task only follows (see [`Flow::order`]): readers of data it
+    /// writes, by address. Set once, before the task is wired; a dependency is alive
+    /// while the task is wired to it, so no other dependency has its address.
+    follows: std::sync::OnceLock<Box<[usize]>>,
 }
 
 impl Accesses {
@@ -283,7 +295,29 @@ impl Accesses {
             reserved: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
             device: std::sync::atomic::AtomicU32::new(0),
+            follows: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records `readers` as dependencies the task only follows (a reader that fails
+    /// changed nothing: the task runs after it all the same), leaving out any that is
+    /// also among `others` (given with `.after`, or the last writer of other data), where
+    /// a failure stays a failure.
+    pub(crate) fn set_follows(&self, readers: &[TaskPtr], others: &[TaskPtr]) {
+        let addr = |t: &TaskPtr| TaskArc::as_ptr(t) as *const () as usize;
+        let follows: Box<[usize]> = readers
+            .iter()
+            .filter(|r| !others.iter().any(|o| TaskArc::ptr_eq(o, r)))
+            .map(addr)
+            .collect();
+        let _ = self.follows.set(follows);
+    }
+
+    /// Whether the task only follows `dep` (see [`set_follows`](Self::set_follows)): its
+    /// failure does not fail the task.
+    pub(crate) fn follows(&self, dep: &TaskPtr) -> bool {
+        let a = TaskArc::as_ptr(dep) as *const () as usize;
+        self.follows.get().is_some_and(|f| f.contains(&a))
     }
 
     pub(crate) fn set_device(&self, d: Device) {

@@ -116,7 +116,9 @@ where
             Added::Done(o) => {
                 // Finished already (the spawn guard keeps the count above zero).
                 unneeded += 1;
-                if let Err(e) = o {
+                if let Err(e) = o
+                    && !follows_only(task, &node)
+                {
                     return Err(dependency_failed(h, nh, &e));
                 }
             }
@@ -128,6 +130,13 @@ where
         }
     }
     Ok(h.dependencies_done(unneeded + 1))
+}
+
+/// Whether `task` only follows `dep` (a reader of data it writes: `Accesses::follows`),
+/// so that a failure of `dep` counts as its completion.
+#[cold]
+fn follows_only(task: &TaskPtr, dep: &TaskPtr) -> bool {
+    task.accesses().is_some_and(|a| a.follows(dep))
 }
 
 /// Fails a node that never ran (WAITING) with `err`, and cascades. Returns whether this
@@ -229,6 +238,11 @@ fn publish(t: &TaskPtr, o: Outcome, fx: &mut Effects, work: &mut Vec<(TaskPtr, O
                 }
                 match &o {
                     Ok(()) => {
+                        if dh.dependency_done() {
+                            fx.ready.push(d);
+                        }
+                    }
+                    Err(_) if follows_only(&d, t) => {
                         if dh.dependency_done() {
                             fx.ready.push(d);
                         }

@@ -321,10 +321,15 @@ fn wire_spawned(
             });
         }
         let mut implied = Vec::new();
+        // (The readers of data it writes: the last `readers` of `implied`.)
+        let mut readers = 0;
         if let Some(acc) = data {
+            let mut after = Vec::new();
             for i in &acc.items {
-                i.obj.flow().order(task, i.access, &mut implied);
+                i.obj.flow().order(task, i.access, &mut implied, &mut after);
             }
+            readers = after.len();
+            implied.append(&mut after);
         }
         if deps.is_empty() && implied.is_empty() {
             deps.forget_empty();
@@ -339,6 +344,12 @@ fn wire_spawned(
         let mut nodes = deps.into_nodes(rt);
         if !implied.is_empty() {
             nodes.extend(implied);
+        }
+        if readers > 0
+            && let Some(acc) = data
+        {
+            let (others, readers) = nodes.split_at(nodes.len() - readers);
+            acc.set_follows(readers, others);
         }
         trace_dependencies(rt, h, &nodes);
         graph::wire(task, placeholder.as_ref(), Consume::new(nodes))
