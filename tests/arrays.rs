@@ -342,6 +342,83 @@ fn failed_readers_leave_their_data_usable() {
     assert_eq!(res.4.ok(), Some(vec![7, 7]));
 }
 
+/// One array used by runtimes one after the other (one per test, or per phase of a
+/// program): what the first wrote last, on the CPU or on a GPU, the next one reads, on
+/// either; a writer the first runtime's drop cancelled fails the next users.
+#[test]
+fn an_array_outlives_the_runtime_that_wrote_it() {
+    let r = support::within(60, || {
+        let a = PArray::from(array![1u32, 2, 3]);
+        let mut seen = Vec::new();
+        for (i, place) in [Placement::AnyGpu, Placement::Cpu, Placement::AnyGpu]
+            .into_iter()
+            .enumerate()
+        {
+            let rt = support::vgpu(2, 1, MIB);
+            let (a2, b) = (a.clone(), a.clone());
+            let wrote = rt.block_on(async move {
+                task(async move {
+                    b.write()?.mapv_inplace(|x| x * 10);
+                    Ok::<_, parla::Error>(())
+                })
+                .reads_writes(&a2)
+                .placement(place)
+                .await
+            });
+            assert!(matches!(wrote, Ok(Ok(()))), "round {i}: {wrote:?}");
+            drop(rt);
+            let rt = support::vgpu(2, 1, MIB);
+            let (a2, b) = (a.clone(), a.clone());
+            let on_gpu = rt.block_on(async move {
+                task(async move { Ok::<_, parla::Error>(b.read()?.sum()) })
+                    .reads(&a2)
+                    .placement(Placement::AnyGpu)
+                    .await
+            });
+            let host = rt.block_on(a.to_host()).map(|v| v.to_vec());
+            seen.push((on_gpu.map(Result::ok), host.ok()));
+        }
+        // A writer still running when its runtime is dropped leaves the data unknown.
+        let rt = support::vgpu(2, 1, MIB);
+        let b = a.clone();
+        let (started, wait) = std::sync::mpsc::channel();
+        let w = rt.handle().spawn(
+            task(async move {
+                b.write()?.fill(0);
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+                Ok::<_, parla::Error>(())
+            })
+            .reads_writes(&a)
+            .placement(Placement::AnyGpu),
+        );
+        wait.recv().unwrap();
+        drop(rt);
+        let rt = support::vgpu(2, 1, MIB);
+        let after = rt.block_on(a.to_host()).map(|v| v.to_vec());
+        (seen, futures_util::FutureExt::now_or_never(w), after)
+    });
+    let sums = [60, 600, 6000];
+    for (i, (on_gpu, host)) in r.0.iter().enumerate() {
+        assert_eq!(on_gpu, &Ok(Some(sums[i])), "round {i}");
+        let x = 10u32.pow(i as u32 + 1);
+        assert_eq!(host, &Some(vec![x, 2 * x, 3 * x]), "round {i}");
+    }
+    assert!(
+        matches!(r.1, Some(Err(TaskError::Cancelled { .. }))),
+        "{:?}",
+        r.1
+    );
+    assert!(
+        matches!(
+            &r.2,
+            Err(parla::Error::Task(TaskError::DependencyFailed { .. }))
+        ),
+        "{:?}",
+        r.2
+    );
+}
+
 /// A reader the writer also names with `.after` is a dependency like any other: its
 /// failure fails the writer.
 #[test]

@@ -236,11 +236,15 @@ impl Flow {
         after: &mut Vec<TaskPtr>,
     ) {
         let mut s = self.state.lock();
-        if let Some(w) = &s.writer {
+        // (Tasks that finished are no wait, and may be of a runtime that is gone: left out,
+        // except a writer that failed, whose failure the task inherits.)
+        if let Some(w) = &s.writer
+            && !w.header().succeeded()
+        {
             deps.push(w.clone());
         }
         if access.writes() {
-            after.append(&mut s.readers);
+            after.extend(s.readers.drain(..).filter(|r| !r.header().is_done()));
             s.writer = Some(task.clone());
         } else {
             if s.readers.len() >= 16 && s.readers.len().is_power_of_two() {

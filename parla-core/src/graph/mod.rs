@@ -98,6 +98,10 @@ where
         }
         let nh = node.header();
         if nh.rt_id != h.rt_id {
+            if let Some(Err(e)) = nh.outcome() {
+                // (Failed: what the task inherits, of whichever runtime.)
+                return Err(dependency_failed(h, nh, &e));
+            }
             return Err(TaskError::WrongRuntime {
                 task: h.name.to_string(),
                 reason: format!(

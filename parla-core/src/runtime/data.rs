@@ -287,6 +287,21 @@ impl RtInner {
         freed
     }
 
+    /// At shutdown, once no task runs: every copy the runtime's GPUs hold goes (a sole valid
+    /// one written back to the host first), so that the objects can be used by tasks of
+    /// another runtime, whose devices these are not.
+    pub(crate) fn evict_all(&self) {
+        for dev in self.devices.iter().filter(|d| d.device.arch() == Arch::Gpu) {
+            let objects: Vec<Arc<dyn DataObject>> = std::mem::take(&mut *dev.data.resident.lock())
+                .into_values()
+                .filter_map(|w| w.upgrade())
+                .collect();
+            for o in objects {
+                o.evict(dev.device);
+            }
+        }
+    }
+
     /// At completion of a task with data on `slot`: the bytes it reserved for copies it did
     /// not make go back.
     pub(crate) fn data_done(&self, slot: usize, acc: &Accesses, out: &mut super::exec::Launch) {

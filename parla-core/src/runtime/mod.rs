@@ -697,6 +697,7 @@ impl Drop for Runtime {
             }
         }
         stall::cancel_all(inner);
+        inner.evict_all();
         ALIVE.lock().retain(|e| e.0 != inner.id);
         #[cfg(feature = "tracing")]
         if let Some(t) = &inner.trace {
