@@ -66,6 +66,38 @@ fn whole_vcus_run_serially() {
     assert_eq!(p, 1);
 }
 
+/// The tutorial's `12_task_constraints` with its tasks spawned by a task (with its default
+/// VCUs, or none), as a program whose main is itself a task does: tasks that wait for the
+/// CPU start in the order they were spawned.
+#[test]
+fn tasks_spawned_by_a_task_start_in_spawn_order() {
+    for parent_vcus in [None, Some(0.0), Some(0.5)] {
+        let order = support::on_cpu(2, move || async move {
+            let spawner = task(async {
+                let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+                let t = TaskSpace::new("T");
+                for i in 0..6 {
+                    let o = order.clone();
+                    task(async move {
+                        o.lock().push(i);
+                        std::thread::sleep(Duration::from_millis(1));
+                    })
+                    .id(t.at(i))
+                    .vcus(1.0)
+                    .spawn();
+                }
+                t.await.map(|()| order.lock().clone())
+            });
+            match parent_vcus {
+                Some(v) => spawner.vcus(v).await,
+                None => spawner.await,
+            }
+        });
+        let order = order.and_then(|r| r);
+        assert_eq!(order, Ok((0..6).collect()), "parent vcus {parent_vcus:?}");
+    }
+}
+
 #[test]
 fn default_vcus_are_one_workers_share() {
     let rt = support::cpu(3);

@@ -462,20 +462,16 @@ pub(crate) fn polling_task(rt_id: u32) -> bool {
 }
 
 /// Holds `task` (ready, mapped, asking for `d` on its device, which it does not fit now)
-/// until the poll of the task running on this thread ends (see [`polling_task`]), unless
-/// one is held already: then it is handed back. The driver then queues it for admission -
-/// or, if the polled task ends up awaiting it, gives it the polled task's VCUs directly
-/// (see `Driver::lend`): a parent spawning children and awaiting the first does not take
-/// the device's admission lock for that one. One task at most, so that a poll that goes on
-/// computing holds back no more than that one (as the next-task slot does).
-pub(crate) fn stash(task: TaskPtr, d: Demand) -> Result<(), TaskPtr> {
-    STASH.with(|c| {
-        if c.get().is_some() {
-            return Err(task);
-        }
-        c.set(into_raw(task).map(|p| (p, d)));
-        Ok(())
-    })
+/// until the poll of the task running on this thread ends (see [`polling_task`]), and hands
+/// back the task held before, if any, for the caller to queue now. The driver queues the
+/// one held at the end for admission - or, if the polled task ends up awaiting it, gives it
+/// the polled task's VCUs directly (see `Driver::lend`): a parent spawning a child and
+/// awaiting it does not take the device's admission lock for it. One task at most, so that
+/// a poll that goes on computing holds back no more than that one (as the next-task slot
+/// does), and the latest: the tasks a poll spawns are queued in the order it spawned them.
+pub(crate) fn stash(task: TaskPtr, d: Demand) -> Option<(TaskPtr, Demand)> {
+    let prev = STASH.with(|c| c.replace(into_raw(task).map(|p| (p, d))))?;
+    Some((from_raw(Some(prev.0))?, prev.1))
 }
 
 /// Takes the stashed task if it is `task` and can run on `vcu` lent VCUs

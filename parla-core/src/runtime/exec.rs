@@ -331,17 +331,20 @@ impl RtInner {
         let d = Demand { vcu, mem };
         if let Err(task) = dev.admission.admit_now(task, d, admitted) {
             // It waits. Made ready by the task polled here (spawned by it, mostly), it may be
-            // what that task awaits next: the first of the poll is held until the poll ends
-            // (see `context::stash`), the others are queued where that task's lend can
-            // claim them.
+            // what that task awaits next: the last of the poll is held until the poll ends
+            // (see `context::stash`), the others are queued - in the order they were
+            // spawned, each as the next one comes - where that task's lend can claim them.
             let in_poll = context::polling_task(self.id);
-            let task = if in_poll {
-                context::stash(task, d).err()
+            let (task, d, dev, slot) = if in_poll {
+                match context::stash(task, d) {
+                    None => return Ok(()),
+                    Some((prev, pd)) => {
+                        let s = prev.header().slot();
+                        (prev, pd, &self.devices[s], s)
+                    }
+                }
             } else {
-                Some(task)
-            };
-            let Some(task) = task else {
-                return Ok(());
+                (task, d, dev, slot)
             };
             let aborted = if !in_poll && context::in_driver() {
                 // A driver queueing a task that a finished one made ready (many drivers do at
