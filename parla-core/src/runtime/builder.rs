@@ -214,7 +214,7 @@ impl Builder {
         let asked = self.trace.is_some();
         let trace_path = self
             .trace
-            .or_else(|| std::env::var_os("PARLA_TRACE").map(PathBuf::from));
+            .or_else(|| std::env::var_os("PARLA_TRACE").map(|p| env_trace_path(p.into())));
         let profile = self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0");
         #[cfg(feature = "tracing")]
         let trace = match (trace_path.is_some() || profile)
@@ -356,4 +356,30 @@ fn system_memory() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(16 << 30, |kb| kb * 1024)
+}
+
+/// The file a runtime traced through `PARLA_TRACE` writes: the path as given for the first
+/// such runtime of the process, then `NAME.2.EXT`, `NAME.3.EXT` and so on (said on stderr),
+/// so that runtimes built one after the other or side by side (one per test) do not write
+/// into one file.
+fn env_trace_path(path: PathBuf) -> PathBuf {
+    static RUNTIMES: AtomicUsize = AtomicUsize::new(0);
+    let n = RUNTIMES.fetch_add(1, Ordering::Relaxed);
+    if n == 0 {
+        return path;
+    }
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "trace".into(), |s| s.to_string_lossy());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{}.{}", n + 1, ext.to_string_lossy()),
+        None => format!("{stem}.{}", n + 1),
+    };
+    let own = path.with_file_name(name);
+    eprintln!(
+        "parla: PARLA_TRACE: runtime {} of this process writes {}",
+        n + 1,
+        own.display()
+    );
+    own
 }

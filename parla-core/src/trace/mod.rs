@@ -91,7 +91,12 @@ impl RtTrace {
     /// Fails when the file cannot be created.
     pub(crate) fn new(file: Option<std::path::PathBuf>, print: bool) -> std::io::Result<RtTrace> {
         use tracing_subscriber::layer::SubscriberExt;
-        if tracing::dispatcher::has_been_set() {
+        // (A subscriber of the program's own: a global default, or one set around this
+        // call. `has_been_set` would also be true once another runtime set its own
+        // subscriber for a moment.)
+        let theirs =
+            tracing::dispatcher::get_default(|d| !d.is::<tracing::subscriber::NoSubscriber>());
+        if theirs {
             eprintln!(
                 "parla: a global tracing subscriber is set; the runtime's trace and profile \
                  take task events from its workers, so events inside tasks will not reach \
