@@ -104,7 +104,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                     ));
                 }
                 let v = bytes(v);
-                calls.push(quote_spanned!(a.key.span()=> .memory(#v)));
+                // Evaluated before the body moves the parameters it may use
+                // (`memory = a.len() * 8`).
+                takes.push(quote_spanned!(v.span()=> let __parla_memory: u64 = #v;));
+                calls.push(quote_spanned!(a.key.span()=> .memory(__parla_memory)));
             }
             "reads" | "writes" | "reads_writes" => {
                 let names: Vec<&Expr> = match v {

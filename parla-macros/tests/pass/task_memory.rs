@@ -33,6 +33,12 @@ async fn n_mib(n: usize) -> u64 {
     parla::current_task().unwrap().memory()
 }
 
+/// The size of a parameter the body takes: evaluated before the body moves it.
+#[parla::task(memory = v.len() * 8)]
+async fn of_a_vec(v: Vec<f64>) -> (u64, f64) {
+    (parla::current_task().unwrap().memory(), v.iter().sum())
+}
+
 fn main() {
     let rt = parla::Runtime::builder()
         .cpu_threads(1)
@@ -47,5 +53,6 @@ fn main() {
         assert_eq!(one_mib().await.unwrap(), 1 << 20);
         assert_eq!(two_mib().await.unwrap(), 2 << 20);
         assert_eq!(n_mib(5).await.unwrap(), 5 << 20);
+        assert_eq!(of_a_vec(vec![1.0; 1000]).await.unwrap(), (8000, 1000.0));
     });
 }
