@@ -419,6 +419,50 @@ fn an_array_outlives_the_runtime_that_wrote_it() {
     );
 }
 
+/// A writer that fails at its spawn (constraints no device meets) is still the array's
+/// last writer: later readers and `to_host` fail with it instead of reading the data
+/// from before it.
+#[test]
+fn a_writer_failing_at_its_spawn_fails_later_users() {
+    let rt = support::cpu(2);
+    let a = PArray::from(array![1u32]);
+    let r = support::within(60, move || {
+        rt.block_on(async move {
+            let b = a.clone();
+            let w = task(async move {
+                b.write()?.fill(5);
+                Ok::<_, parla::Error>(())
+            })
+            .writes(&a)
+            .memory(u64::MAX / 2)
+            .spawn();
+            let b = a.clone();
+            let r = task(async move { Ok::<_, parla::Error>(b.read()?[0]) })
+                .reads(&a)
+                .await;
+            (w.await, r, a.to_host().await.map(|v| v[0]))
+        })
+    });
+    assert!(
+        matches!(r.0, Err(TaskError::Unsatisfiable { .. })),
+        "{:?}",
+        r.0
+    );
+    assert!(
+        matches!(r.1, Err(TaskError::DependencyFailed { .. })),
+        "{:?}",
+        r.1
+    );
+    assert!(
+        matches!(
+            r.2,
+            Err(parla::Error::Task(TaskError::DependencyFailed { .. }))
+        ),
+        "{:?}",
+        r.2
+    );
+}
+
 /// A reader the writer also names with `.after` is a dependency like any other: its
 /// failure fails the writer.
 #[test]

@@ -298,6 +298,20 @@ fn wire_spawned(
 
     // (A block, not a closure: a closure would copy the list and the check it captures.)
     let wired = 'wired: {
+        // Its data's order first: a task that fails below (a duplicate id, constraints no
+        // device meets) is still the last writer or a reader of its data, so that the
+        // tasks after it see its failure rather than the data before it.
+        let mut implied = Vec::new();
+        // (The readers of data it writes: the last `readers` of `implied`.)
+        let mut readers = 0;
+        if let Some(acc) = data {
+            let mut after = Vec::new();
+            for i in &acc.items {
+                i.obj.flow().order(task, i.access, &mut implied, &mut after);
+            }
+            readers = after.len();
+            implied.append(&mut after);
+        }
         let mut placeholder = None;
         if let Some(id) = &id {
             placeholder = match id.space.insert(rt, &id.key, task, &mut deps) {
@@ -319,17 +333,6 @@ fn wire_spawned(
                 task: h.name.to_string(),
                 reason,
             });
-        }
-        let mut implied = Vec::new();
-        // (The readers of data it writes: the last `readers` of `implied`.)
-        let mut readers = 0;
-        if let Some(acc) = data {
-            let mut after = Vec::new();
-            for i in &acc.items {
-                i.obj.flow().order(task, i.access, &mut implied, &mut after);
-            }
-            readers = after.len();
-            implied.append(&mut after);
         }
         if deps.is_empty() && implied.is_empty() {
             deps.forget_empty();
