@@ -492,3 +492,33 @@ fn ids_stay_right_while_the_space_tables_grow_and_are_retired() {
         drop(rt);
     });
 }
+
+/// A plain thread spawns a task after an id, then (later, holding nothing in between) the
+/// id itself: the runtime may fail the first as `NeverSpawned` meanwhile, but the id's
+/// first task still runs - it is no duplicate.
+#[test]
+fn the_first_task_under_an_id_failed_as_never_spawned_still_runs() {
+    let rt = support::cpu(2);
+    let h = rt.handle();
+    let r = support::within(60, move || {
+        let t = TaskSpace::new("N");
+        let waiter = h.spawn(task(async { 1 }).after(t.at(1)));
+        // Nothing holds the runtime: it resolves the wait on N[1].
+        while !waiter.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let late = h.spawn(task(async { 2 }).id(t.at(1)));
+        while !late.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let now = futures_util::FutureExt::now_or_never;
+        (now(waiter), now(late))
+    });
+    assert!(
+        matches!(&r.0, Some(Err(TaskError::DependencyFailed { cause, .. }))
+            if matches!(**cause, TaskError::NeverSpawned { .. })),
+        "{:?}",
+        r.0
+    );
+    assert_eq!(r.1, Some(Ok(2)));
+}

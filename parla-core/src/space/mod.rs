@@ -715,6 +715,12 @@ impl TaskSpace {
                 let eh = e.header();
                 if eh.kind == Kind::Placeholder && !eh.is_done() && eh.resolve() {
                     Some(std::mem::replace(e, task.clone()))
+                } else if eh.kind == Kind::Placeholder && eh.is_done() {
+                    // A forward reference the stall resolver failed as never spawned (no
+                    // thread held the runtime while it was waited on): what waited on it
+                    // failed, and this is still the first task under the id.
+                    *e = task.clone();
+                    None
                 } else {
                     return Err(TaskError::DuplicateId { id: id() });
                 }
