@@ -298,9 +298,29 @@ fn wire_spawned(
 
     // (A block, not a closure: a closure would copy the list and the check it captures.)
     let wired = 'wired: {
-        // Its data's order first: a task that fails below (a duplicate id, constraints no
-        // device meets) is still the last writer or a reader of its data, so that the
-        // tasks after it see its failure rather than the data before it.
+        let mut placeholder = None;
+        if let Some(id) = &id {
+            placeholder = match id.space.insert(rt, &id.key, task, &mut deps) {
+                Ok(p) => p,
+                Err(e) => break 'wired Err(failed_at_spawn(task, data, e)),
+            };
+            if let Some(p) = &placeholder {
+                // The forward reference follows this task from now on, whatever becomes of
+                // it (even a failure right here).
+                let _ = h.add_dependent(Dependent::Task(p.clone()));
+            }
+        }
+        let skipped = deps.skipped_runtime();
+        if skipped != 0 && skipped != rt.id {
+            break 'wired Err(failed_at_spawn(task, data, skipped_of_another_runtime(h)));
+        }
+        if let Err(reason) = checked {
+            let e = TaskError::Unsatisfiable {
+                task: h.name.to_string(),
+                reason,
+            };
+            break 'wired Err(failed_at_spawn(task, data, e));
+        }
         let mut implied = Vec::new();
         // (The readers of data it writes: the last `readers` of `implied`.)
         let mut readers = 0;
@@ -311,28 +331,6 @@ fn wire_spawned(
             }
             readers = after.len();
             implied.append(&mut after);
-        }
-        let mut placeholder = None;
-        if let Some(id) = &id {
-            placeholder = match id.space.insert(rt, &id.key, task, &mut deps) {
-                Ok(p) => p,
-                Err(e) => break 'wired Err(e),
-            };
-            if let Some(p) = &placeholder {
-                // The forward reference follows this task from now on, whatever becomes of
-                // it (even a failure right here).
-                let _ = h.add_dependent(Dependent::Task(p.clone()));
-            }
-        }
-        let skipped = deps.skipped_runtime();
-        if skipped != 0 && skipped != rt.id {
-            break 'wired Err(skipped_of_another_runtime(h));
-        }
-        if let Err(reason) = checked {
-            break 'wired Err(TaskError::Unsatisfiable {
-                task: h.name.to_string(),
-                reason,
-            });
         }
         if deps.is_empty() && implied.is_empty() {
             deps.forget_empty();
@@ -364,6 +362,21 @@ fn wire_spawned(
             graph::fail_unrun(task, e, &mut l.fx);
         }),
     }
+}
+
+/// `err`, for a task that fails at its spawn before it is wired: a task with data is still
+/// recorded in its data's order (the last writer, or a reader), so that the tasks after it
+/// see its failure rather than the data from before it.
+#[cold]
+#[inline(never)]
+fn failed_at_spawn(task: &TaskPtr, data: Option<&Accesses>, err: TaskError) -> TaskError {
+    if let Some(acc) = data {
+        let (mut deps, mut after) = (Vec::new(), Vec::new());
+        for i in &acc.items {
+            i.obj.flow().order(task, i.access, &mut deps, &mut after);
+        }
+    }
+    err
 }
 
 /// The error of a task given, by its handle, a dependency of another runtime that had
