@@ -255,6 +255,11 @@ impl Flow {
     }
 }
 
+/// A task's address, as [`Accesses::set_follows`] records it.
+fn addr(t: &TaskPtr) -> usize {
+    TaskArc::as_ptr(t) as *const () as usize
+}
+
 /// One declared access of a task.
 pub(crate) struct Item {
     pub(crate) obj: Arc<dyn DataObject>,
@@ -303,12 +308,21 @@ impl Accesses {
         }
     }
 
+    /// Records `task`, whose accesses these are, in the order of each object it accesses
+    /// ([`Flow::order`]): the tasks it must follow go to `deps`, the readers it only
+    /// follows to `after`.
+    #[inline(always)]
+    pub(crate) fn order(&self, task: &TaskPtr, deps: &mut Vec<TaskPtr>, after: &mut Vec<TaskPtr>) {
+        for i in &self.items {
+            i.obj.flow().order(task, i.access, deps, after);
+        }
+    }
+
     /// Records `readers` as dependencies the task only follows (a reader that fails
     /// changed nothing: the task runs after it all the same), leaving out any that is
     /// also among `others` (given with `.after`, or the last writer of other data), where
     /// a failure stays a failure.
     pub(crate) fn set_follows(&self, readers: &[TaskPtr], others: &[TaskPtr]) {
-        let addr = |t: &TaskPtr| TaskArc::as_ptr(t) as *const () as usize;
         let follows: Box<[usize]> = readers
             .iter()
             .filter(|r| !others.iter().any(|o| TaskArc::ptr_eq(o, r)))
@@ -320,8 +334,7 @@ impl Accesses {
     /// Whether the task only follows `dep` (see [`set_follows`](Self::set_follows)): its
     /// failure does not fail the task.
     pub(crate) fn follows(&self, dep: &TaskPtr) -> bool {
-        let a = TaskArc::as_ptr(dep) as *const () as usize;
-        self.follows.get().is_some_and(|f| f.contains(&a))
+        self.follows.get().is_some_and(|f| f.contains(&addr(dep)))
     }
 
     pub(crate) fn set_device(&self, d: Device) {

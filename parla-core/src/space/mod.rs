@@ -515,7 +515,7 @@ impl TaskSpace {
         })
     }
 
-    /// The node a task spawned in `rt` after `key` depends on, as [`node`](Self::node), or
+    /// The node a task spawned in `rt` after `key` depends on, as [`awaited`](Self::awaited), or
     /// `None` when the task under `key` succeeded (retired or not): the dependency is met
     /// already. Such a task is *settled* on the way: the space lets go of it and keeps one
     /// bit that its id was used (and succeeded), so that a program naming every task (a
@@ -538,7 +538,7 @@ impl TaskSpace {
         }
     }
 
-    /// [`node`](Self::node) and [`dependency`](Self::dependency): `None` for a settled id
+    /// [`awaited`](Self::awaited) and [`dependency`](Self::dependency): `None` for a settled id
     /// (`settle`: or one whose task succeeded, which it settles, or a retired id that
     /// succeeded).
     #[inline(never)]

@@ -326,9 +326,7 @@ fn wire_spawned(
         let mut readers = 0;
         if let Some(acc) = data {
             let mut after = Vec::new();
-            for i in &acc.items {
-                i.obj.flow().order(task, i.access, &mut implied, &mut after);
-            }
+            acc.order(task, &mut implied, &mut after);
             readers = after.len();
             implied.append(&mut after);
         }
@@ -371,10 +369,7 @@ fn wire_spawned(
 #[inline(never)]
 fn failed_at_spawn(task: &TaskPtr, data: Option<&Accesses>, err: TaskError) -> TaskError {
     if let Some(acc) = data {
-        let (mut deps, mut after) = (Vec::new(), Vec::new());
-        for i in &acc.items {
-            i.obj.flow().order(task, i.access, &mut deps, &mut after);
-        }
+        acc.order(task, &mut Vec::new(), &mut Vec::new());
     }
     err
 }
