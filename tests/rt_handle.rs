@@ -168,6 +168,78 @@ fn tokio_spawn_inside_a_task_can_spawn_and_await_tasks() {
     });
 }
 
+/// How a task inside `tokio::task::block_in_place` gets a task it spawned (before the
+/// call, or inside it) and waits for it there.
+#[derive(Clone, Copy, Debug)]
+enum BlockingWait {
+    /// Spawned before the call, waited for with Tokio's `Handle::block_on`.
+    SpawnedBefore,
+    /// Spawned inside with `task(..).spawn()`, waited for with `Handle::block_on`.
+    Spawned,
+    /// Spawned inside through the runtime's `Handle`, waited for with `Handle::block_on`.
+    HandleSpawned,
+    /// Spawned inside through the runtime's `Handle`; its body sends its result on a
+    /// standard channel, which the blocking code receives from.
+    HandleSpawnedChannel,
+}
+
+fn wait_in_block_in_place(how: BlockingWait, ran: Arc<AtomicBool>) -> i32 {
+    let child = move || {
+        let ran = ran.clone();
+        task(async move {
+            ran.store(true, Ordering::SeqCst);
+            42
+        })
+    };
+    let block_on = |h| tokio::runtime::Handle::current().block_on(h);
+    match how {
+        BlockingWait::SpawnedBefore => {
+            let h = child().spawn();
+            tokio::task::block_in_place(|| block_on(h)).unwrap()
+        }
+        BlockingWait::Spawned => tokio::task::block_in_place(|| block_on(child().spawn())).unwrap(),
+        BlockingWait::HandleSpawned => {
+            let rt = parla::Handle::current().unwrap();
+            tokio::task::block_in_place(|| block_on(rt.spawn(child()))).unwrap()
+        }
+        BlockingWait::HandleSpawnedChannel => {
+            let rt = parla::Handle::current().unwrap();
+            tokio::task::block_in_place(|| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let send = child();
+                rt.spawn(task(async move { tx.send(send.await.unwrap()).unwrap() }));
+                rx.recv().unwrap()
+            })
+        }
+    }
+}
+
+#[test]
+fn a_task_blocking_in_place_may_wait_for_a_task_it_spawned() {
+    // With default VCUs, the child fits beside its parent on two workers. It used to wait on
+    // the parent's thread, for the parent's poll to end, which the wait inside
+    // `block_in_place` kept from ending.
+    for how in [
+        BlockingWait::SpawnedBefore,
+        BlockingWait::Spawned,
+        BlockingWait::HandleSpawned,
+        BlockingWait::HandleSpawnedChannel,
+    ] {
+        for round in 0..5 {
+            let ran = Arc::new(AtomicBool::new(false));
+            let r = support::within(30, {
+                let ran = ran.clone();
+                move || {
+                    let rt = support::cpu(2);
+                    rt.block_on(task(async move { wait_in_block_in_place(how, ran) }))
+                }
+            });
+            assert_eq!(r, Ok(42), "{how:?}, round {round}");
+            assert!(ran.load(Ordering::SeqCst), "{how:?}, round {round}");
+        }
+    }
+}
+
 /// Awaits `D[0]` from `block_on` after a task that hands `start` the space `D` and
 /// finishes at once: what `start` begins must spawn `D[0]`, and nothing keeps its handle.
 fn await_what_a_detached_start_spawns(

@@ -409,6 +409,13 @@ pub(crate) fn in_driver() -> bool {
     DRIVER.with(|c| c.get()) != 0
 }
 
+/// Whether this thread's driver of runtime `rt_id` holds tasks for after the current poll
+/// that no other driver can see: a task in its next-task slot, or a stashed one.
+#[inline]
+pub(crate) fn holds_for_later(rt_id: u32) -> bool {
+    DRIVER.with(|c| c.get()) == rt_id && (SLOTS.with(|s| s.lifo.get().is_some()) || has_stash())
+}
+
 /// Puts `t` in this thread's next-task slot if a driver of runtime `rt_id` polls here, as
 /// Tokio's LIFO slot does: the newest task runs next, so a task that spawns children and
 /// awaits them runs its tree depth first. Returns whether `t` went there, and what the

@@ -46,7 +46,10 @@
 //!   holds a raw strong reference and has no destructor). So are the other thread-local
 //!   references a task's poll leaves: the task it awaited (`context::Slots::take_awaited`,
 //!   taken after each poll that returns `Pending` and dropped before the driver's poll
-//!   returns) and the stashed task (queued at the end of each task's poll).
+//!   returns) and the stashed task (queued at the end of each task's poll). The slot and
+//!   the stash are emptied earlier, during the poll, when the task may block its thread
+//!   until another task ran (`RtInner::release_held_here`): it awaits a task through a
+//!   waker not its own, or spawns through a `Handle`.
 //! - A GPU task whose fence nobody waits on (no awaiter, no CPU dependent, nothing queued
 //!   for its device) may have its watch deferred: the driver keeps up to [`WATCH_BATCH`]
 //!   of them and hands them to the poller together, before it polls anything but the

@@ -425,6 +425,33 @@ impl RtInner {
         }
     }
 
+    /// Hands what this thread's driver holds for after the current task's poll to the other
+    /// drivers, if it holds any (see [`context::holds_for_later`]): the task in its
+    /// next-task slot goes to the injector, a stashed one to its device's queue. For a poll
+    /// that may block its thread until another task ran: one that waits for a task through
+    /// a waker not its own (`futures::executor::block_on` inside
+    /// `tokio::task::block_in_place`), or that spawns through a [`Handle`](super::Handle).
+    /// Such a poll does not end until then, and the next-task slot and the stash are this
+    /// thread's alone.
+    #[inline]
+    pub(crate) fn release_held_here(self: &Arc<Self>) {
+        if context::holds_for_later(self.id) {
+            self.release_held();
+        }
+    }
+
+    #[cold]
+    fn release_held(self: &Arc<Self>) {
+        if let Some(t) = context::take_next() {
+            // (It holds its busy token.)
+            self.inject.push(t);
+            self.start_drivers(1);
+        }
+        if context::has_stash() {
+            self.with_local(|l| self.flush_stash(l));
+        }
+    }
+
     /// Queues the task stashed during the poll that just ended on this thread (see
     /// [`context::stash`]) for admission on its device, then launches what that admits.
     pub(crate) fn flush_stash(self: &Arc<Self>, l: &mut Local) {

@@ -791,6 +791,11 @@ impl Handle {
         let _hold = self.hold();
         let _rt = context::enter_rt(&self.inner);
         let task = b.spawn();
+        // Spawned from inside a task's poll, the task (or the one it displaced) would wait
+        // on this thread until that poll ends: code that spawns through a handle is
+        // blocking code, mostly (inside `tokio::task::block_in_place`), which may wait for it
+        // before the poll ends.
+        self.inner.release_held_here();
         self.inner.cancel_if_shut_down();
         task
     }

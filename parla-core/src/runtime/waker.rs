@@ -295,6 +295,21 @@ impl Awaiting {
                 // context guard lives for the poll).
                 unsafe { (p.uncounted)(p.data) }
             }
+            Some(p) if p.rt_id == node_rt && node_rt != 0 => {
+                // A waker not the poller's own: a combinator's (`FuturesUnordered`), or an
+                // executor's nested in the poll (`futures::executor::block_on` inside
+                // `tokio::task::block_in_place`), which blocks the thread until the node
+                // finishes. What this thread's driver holds for after the poll goes to the
+                // other drivers.
+                if context::holds_for_later(node_rt) {
+                    context::with_rt(|rt| {
+                        if let Some(rt) = rt.filter(|rt| rt.id == node_rt) {
+                            rt.release_held_here();
+                        }
+                    });
+                }
+                w.clone()
+            }
             _ => w.clone(),
         }
     }
