@@ -98,6 +98,51 @@ fn tasks_spawned_by_a_task_start_in_spawn_order() {
     }
 }
 
+/// A parent that spawns children and then computes before it awaits them (fork, work,
+/// join), with default VCUs on workers that have nothing else to do: the children start
+/// while it computes, all but the last it spawned (which, as in Tokio, runs next on the
+/// parent's worker). Before, the first child waited on the parent's worker holding the
+/// VCUs its siblings needed, and none started until the parent awaited.
+#[test]
+fn children_start_while_their_parent_computes() {
+    for workers in [2, 4] {
+        for children in [2, 3, 6] {
+            let started = support::on_cpu(workers, move || {
+                task(async move {
+                    let started = Arc::new(AtomicUsize::new(0));
+                    let handles: Vec<_> = (0..children)
+                        .map(|_| {
+                            let s = started.clone();
+                            task(async move {
+                                s.fetch_add(1, Ordering::SeqCst);
+                            })
+                            .spawn()
+                        })
+                        .collect();
+                    // The parent's own work: it spins until all but one child started, or
+                    // gives up after 20 s (the assertion below then fails).
+                    let t0 = std::time::Instant::now();
+                    while started.load(Ordering::SeqCst) < children - 1
+                        && t0.elapsed() < Duration::from_secs(20)
+                    {
+                        std::hint::spin_loop();
+                    }
+                    let during = started.load(Ordering::SeqCst);
+                    for h in handles {
+                        h.await.unwrap();
+                    }
+                    during
+                })
+            });
+            let started = started.unwrap();
+            assert!(
+                started >= children - 1,
+                "{workers} workers, {children} children: {started} started"
+            );
+        }
+    }
+}
+
 #[test]
 fn default_vcus_are_one_workers_share() {
     let rt = support::cpu(3);

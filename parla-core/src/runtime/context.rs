@@ -409,6 +409,12 @@ pub(crate) fn in_driver() -> bool {
     DRIVER.with(|c| c.get()) != 0
 }
 
+/// Whether this thread's next-task slot holds a task.
+#[inline]
+pub(crate) fn has_next() -> bool {
+    SLOTS.with(|s| s.lifo.get().is_some())
+}
+
 /// Whether this thread's driver of runtime `rt_id` holds tasks for after the current poll
 /// that no other driver can see: a task in its next-task slot, or a stashed one.
 #[inline]

@@ -49,7 +49,10 @@
 //!   returns) and the stashed task (queued at the end of each task's poll). The slot and
 //!   the stash are emptied earlier, during the poll, when the task may block its thread
 //!   until another task ran (`RtInner::release_held_here`): it awaits a task through a
-//!   waker not its own, or spawns through a `Handle`.
+//!   waker not its own, or spawns through a `Handle`. The slot is, too, when a later task
+//!   the poll makes ready waits for its device (the slot's task holds VCUs it needs), and
+//!   a driver started during a task's poll is pushed out of Tokio's LIFO slot
+//!   (`RtInner::start_drivers`), so that idle workers run them while the poll computes.
 //! - A GPU task whose fence nobody waits on (no awaiter, no CPU dependent, nothing queued
 //!   for its device) may have its watch deferred: the driver keeps up to [`WATCH_BATCH`]
 //!   of them and hands them to the poller together, before it polls anything but the

@@ -336,6 +336,13 @@ impl RtInner {
             // spawned, each as the next one comes - where that task's lend can claim them.
             let in_poll = context::polling_task(self.id);
             let (task, d, dev, slot) = if in_poll {
+                if context::has_next() {
+                    // A task the poll made ready before (a sibling, mostly) waits in this
+                    // thread's next-task slot until the poll ends, holding VCUs this one
+                    // waits for: the other drivers run it while the poll goes on (a parent
+                    // that spawns its children, then computes before it awaits them).
+                    self.release_next();
+                }
                 match context::stash(task, d) {
                     None => return Ok(()),
                     Some((prev, pd)) => {
@@ -442,13 +449,19 @@ impl RtInner {
 
     #[cold]
     fn release_held(self: &Arc<Self>) {
+        self.release_next();
+        if context::has_stash() {
+            self.with_local(|l| self.flush_stash(l));
+        }
+    }
+
+    /// Hands the task in this thread's next-task slot, if any, to the other drivers.
+    #[cold]
+    fn release_next(self: &Arc<Self>) {
         if let Some(t) = context::take_next() {
             // (It holds its busy token.)
             self.inject.push(t);
             self.start_drivers(1);
-        }
-        if context::has_stash() {
-            self.with_local(|l| self.flush_stash(l));
         }
     }
 
@@ -777,8 +790,8 @@ impl RtInner {
         }
     }
 
-    /// Starts up to `n` drivers (as many as free slots allow).
-    pub(crate) fn start_drivers(self: &Arc<Self>, n: usize) {
+    /// Starts up to `n` drivers (as many as free slots allow); returns how many it started.
+    pub(crate) fn start_drivers(self: &Arc<Self>, n: usize) -> usize {
         let k = self.inject.drivers_wanted(n);
         for _ in 0..k {
             self.ours.fetch_add(1, Ordering::SeqCst);
@@ -786,7 +799,17 @@ impl RtInner {
         }
         if k > 0 {
             context::note_handoff(self.id);
+            if context::polling_task(self.id) {
+                // Started during a task's poll, which may go on computing: Tokio puts a
+                // task spawned on a worker in that worker's LIFO slot, which no other
+                // worker takes from, so the driver would wait for the poll to end. A task
+                // spawned after it takes the slot instead, and the driver goes to the
+                // worker's run queue, where an idle worker finds it. (On a thread that
+                // `tokio::task::block_in_place` let go of, both go to the shared queue.)
+                self.tokio.spawn(async {});
+            }
         }
+        k
     }
 
     /// Queues a runnable task (which holds its token) for a driver.
