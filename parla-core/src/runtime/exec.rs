@@ -336,14 +336,7 @@ impl RtInner {
             // spawned, each as the next one comes - where that task's lend can claim them.
             let in_poll = context::polling_task(self.id);
             let (task, d, dev, slot) = if in_poll {
-                if context::has_next() {
-                    // A task the poll made ready before (a sibling, mostly) waits in this
-                    // thread's next-task slot until the poll ends, holding VCUs this one
-                    // waits for: the other drivers run it while the poll goes on (a parent
-                    // that spawns its children, then computes before it awaits them).
-                    self.release_next();
-                }
-                match context::stash(task, d) {
+                match self.stash(task, d) {
                     None => return Ok(()),
                     Some((prev, pd)) => {
                         let s = prev.header().slot();
@@ -453,6 +446,20 @@ impl RtInner {
         if context::has_stash() {
             self.with_local(|l| self.flush_stash(l));
         }
+    }
+
+    /// [`context::stash`] of a task made ready during the poll of a task on this thread
+    /// that waits for its device. (Not inline: spawns outside tasks never come here.)
+    #[inline(never)]
+    fn stash(self: &Arc<Self>, task: TaskPtr, d: Demand) -> Option<(TaskPtr, Demand)> {
+        if context::has_next() {
+            // A task the poll made ready before (a sibling, mostly) waits in this thread's
+            // next-task slot until the poll ends, holding VCUs this one waits for: the
+            // other drivers run it while the poll goes on (a parent that spawns its
+            // children, then computes before it awaits them).
+            self.release_next();
+        }
+        context::stash(task, d)
     }
 
     /// Hands the task in this thread's next-task slot, if any, to the other drivers.
