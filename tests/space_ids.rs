@@ -522,3 +522,40 @@ fn the_first_task_under_an_id_failed_as_never_spawned_still_runs() {
     );
     assert_eq!(r.1, Some(Ok(2)));
 }
+
+/// A task looping on awaits of tasks that finished long ago (an id, a range, a space)
+/// spends Tokio's cooperative budget as awaits of Tokio's resources do: on one worker, the
+/// task that ends its loop - woken by a timer - still runs. (Those awaits never returned
+/// `Pending`, and the loop kept the worker for good.)
+#[test]
+fn a_loop_of_awaits_that_find_their_tasks_finished_lets_the_worker_go() {
+    for what in ["id", "range", "space"] {
+        let loops = support::on_cpu(1, move || async move {
+            let t = TaskSpace::new("S");
+            task(async {}).id(t.at(0)).await.unwrap();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let d = done.clone();
+            let setter = task(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                d.store(true, Ordering::SeqCst);
+            })
+            .spawn();
+            let looper = task(async move {
+                let mut n = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    match what {
+                        "id" => t.at(0).await.unwrap(),
+                        "range" => t.range(0..1).await.unwrap(),
+                        _ => (&t).await.unwrap(),
+                    }
+                    n += 1;
+                }
+                n
+            })
+            .spawn();
+            setter.await.unwrap();
+            looper.await
+        });
+        assert!(loops.as_ref().is_ok_and(|&n| n > 0), "{what}: {loops:?}");
+    }
+}

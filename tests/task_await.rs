@@ -733,3 +733,42 @@ fn a_parent_awaiting_all_its_children_at_once_is_never_failed() {
         );
     }
 }
+
+/// Parents that each await child after child in a loop, as many as the workers, with
+/// default VCUs, and a task woken by a timer meanwhile: the woken task gets its VCUs back
+/// and ends the loops. (A finished child passed its VCUs straight back to its parent, past
+/// the woken task waiting to take its own back, which then waited for good.)
+#[test]
+fn a_task_woken_by_a_timer_runs_beside_parents_awaiting_children_in_a_loop() {
+    for workers in [1, 2, 3] {
+        let rounds = support::on_cpu(workers, move || async move {
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let d = done.clone();
+            let setter = task(async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                d.store(true, Ordering::SeqCst);
+            })
+            .spawn();
+            let parents: Vec<_> = (0..workers)
+                .map(|_| {
+                    let done = done.clone();
+                    task(async move {
+                        let mut n = 0u64;
+                        while !done.load(Ordering::SeqCst) {
+                            n += task(async { 1 }).await.unwrap();
+                        }
+                        n
+                    })
+                    .spawn()
+                })
+                .collect();
+            setter.await.unwrap();
+            let mut rounds = 0;
+            for p in parents {
+                rounds += p.await.unwrap();
+            }
+            rounds
+        });
+        assert!(rounds > 0, "{workers} workers: {rounds} rounds");
+    }
+}

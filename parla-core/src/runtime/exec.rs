@@ -960,8 +960,14 @@ impl RtInner {
         // tasks it wakes were scheduled. A parent that lent as many takes them at once
         // (`schedule_woken`); one that needs more queues its resume first, and resumes go
         // ahead of waiting tasks - so a fork-join parent gets its VCUs back before a task
-        // from elsewhere in the tree does.
-        let gift = (d.vcu > 0 && h.join_awaited() && dev.admission.has_waiting()).then(|| {
+        // from elsewhere in the tree does. Not while resumes wait: those take the VCUs in
+        // their order (a parent awaiting child after child in a loop would otherwise keep
+        // them from a task woken by a timer for good).
+        let gift = (d.vcu > 0
+            && h.join_awaited()
+            && dev.admission.has_waiting()
+            && dev.admission.no_resumes_waiting())
+        .then(|| {
             let g = context::Gift {
                 rt_id: self.id,
                 slot,

@@ -19,7 +19,7 @@
 
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
-use std::task::{Context, RawWaker, RawWakerVTable, Waker};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use atomic_waker::AtomicWaker;
 
@@ -333,4 +333,23 @@ impl Awaiting {
             None => false,
         }
     }
+}
+
+/// Polls `f`, a runtime future's step (the await of a task handle, an id, a range or a
+/// space), as one operation of Tokio's cooperative budget, as Tokio's own `JoinHandle` is:
+/// once the budget of the Tokio task polling it (a driver, for code inside tasks) is spent,
+/// it answers `Pending` and is woken when that task yields. So a loop whose awaits all find
+/// their tasks finished still lets the worker run other work, timers and I/O included.
+/// Outside a Tokio runtime nothing is counted.
+#[inline(always)]
+pub(crate) fn cooperative<T>(
+    cx: &mut Context<'_>,
+    f: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> Poll<T> {
+    let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+    let r = f(cx);
+    if r.is_ready() {
+        coop.made_progress();
+    }
+    r
 }

@@ -103,7 +103,14 @@ impl Future for RefWait {
     type Output = Result<(), TaskError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
+        waker::cooperative(cx, |cx| self.poll_ref(cx))
+    }
+}
+
+impl RefWait {
+    /// [`poll`](Future::poll) without Tokio's budget.
+    fn poll_ref(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TaskError>> {
+        let this = self;
         if this.wait.is_none() {
             let node = crate::runtime::context::with_rt(|rt| match rt {
                 Some(rt) => this.r.space.awaited(&this.r.key, rt),
@@ -153,6 +160,14 @@ impl Future for RangeWait {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        waker::cooperative(cx, |cx| this.poll_range(cx))
+    }
+}
+
+impl RangeWait {
+    /// [`poll`](Future::poll) without Tokio's budget (one unit per poll, not per id).
+    fn poll_range(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TaskError>> {
+        let this = self;
         loop {
             if this.current.is_none() {
                 if this.next >= this.range.end {
@@ -165,7 +180,7 @@ impl Future for RangeWait {
             let Some(cur) = this.current.as_mut() else {
                 continue;
             };
-            match Pin::new(cur).poll(cx) {
+            match cur.poll_ref(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(r) => {
                     this.current = None;
@@ -206,6 +221,14 @@ impl Future for SpaceWait {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        waker::cooperative(cx, |cx| this.poll_space(cx))
+    }
+}
+
+impl SpaceWait {
+    /// [`poll`](Future::poll) without Tokio's budget (one unit per poll, not per task).
+    fn poll_space(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TaskError>> {
+        let this = self;
         loop {
             if this.current.is_none() {
                 match this.nodes.pop() {
