@@ -304,8 +304,15 @@ fn failed_readers_leave_their_data_usable() {
                     .spawn(),
                 );
             }
-            let aborted = task(async { Ok::<_, parla::Error>(()) }).reads(&a).spawn();
+            // (Behind a gate, so that no worker starts it before the abort.)
+            let (open, shut) = tokio::sync::oneshot::channel::<()>();
+            let gate = task(async move { shut.await.is_ok() }).spawn();
+            let aborted = task(async { Ok::<_, parla::Error>(()) })
+                .reads(&a)
+                .after(&gate)
+                .spawn();
             aborted.abort();
+            let _ = open.send(());
             let (b, d) = (a.clone(), done.clone());
             let writer = task(async move {
                 // Both failing readers finished before this writer started.

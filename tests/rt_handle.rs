@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -237,6 +238,44 @@ fn a_task_blocking_in_place_may_wait_for_a_task_it_spawned() {
             assert_eq!(r, Ok(42), "{how:?}, round {round}");
             assert!(ran.load(Ordering::SeqCst), "{how:?}, round {round}");
         }
+    }
+}
+
+#[test]
+fn a_task_blocking_in_place_may_wait_for_many_tasks_that_yield() {
+    // Fifty tasks spawned before the call, half of them yielding once, waited for inside it
+    // (the space at once, or each id in turn). Tasks woken on the blocked thread (Tokio
+    // runs the wakes it put off there as `block_in_place` begins) used to wait there, for
+    // the poll to end: 9 runs in 10 hung within 20 rounds.
+    for whole_space in [true, false] {
+        let rounds = support::within(60, move || {
+            let rt = support::cpu(3);
+            rt.block_on(task(async move {
+                for round in 0..20u64 {
+                    let t = TaskSpace::new(format!("S{round}"));
+                    for i in 0..50u64 {
+                        task(async move {
+                            if i % 2 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                        })
+                        .id(t.at(i))
+                        .spawn();
+                    }
+                    let h = tokio::runtime::Handle::current();
+                    tokio::task::block_in_place(|| {
+                        if whole_space {
+                            h.block_on((&t).into_future())
+                        } else {
+                            (0..50u64).try_for_each(|i| h.block_on(t.at(i).into_future()))
+                        }
+                    })?;
+                    assert!((0..50u64).all(|i| t.at(i).is_finished()));
+                }
+                Ok::<_, TaskError>(20)
+            }))
+        });
+        assert_eq!(rounds, Ok(Ok(20)), "whole space: {whole_space}");
     }
 }
 

@@ -54,6 +54,9 @@ pub(crate) struct Slots {
     blocked: Cell<bool>,
     /// The task it awaited last (a raw strong reference).
     awaited: Cell<Option<RawTask>>,
+    /// The current poll may block this thread: the driver let go of it (see
+    /// [`let_go_of_poll`]).
+    let_go: Cell<bool>,
 }
 
 impl Slots {
@@ -70,6 +73,12 @@ impl Slots {
         let (blocked, awaited) = (self.blocked.replace(false), self.awaited.take());
         drop(from_raw(awaited));
         blocked
+    }
+
+    /// Reads and clears the mark of [`let_go_of_poll`].
+    #[inline]
+    pub(crate) fn take_let_go(&self) -> bool {
+        self.let_go.replace(false)
     }
 
     /// Takes the task the current poller awaited last, noted since the last
@@ -101,6 +110,7 @@ thread_local! {
             lifo: Cell::new(None),
             blocked: Cell::new(false),
             awaited: Cell::new(None),
+            let_go: Cell::new(false),
         }
     };
     /// Live-task counts taken ahead from the current runtime (see `take_live_credit`).
@@ -415,11 +425,22 @@ pub(crate) fn has_next() -> bool {
     SLOTS.with(|s| s.lifo.get().is_some())
 }
 
-/// Whether this thread's driver of runtime `rt_id` holds tasks for after the current poll
-/// that no other driver can see: a task in its next-task slot, or a stashed one.
-#[inline]
-pub(crate) fn holds_for_later(rt_id: u32) -> bool {
-    DRIVER.with(|c| c.get()) == rt_id && (SLOTS.with(|s| s.lifo.get().is_some()) || has_stash())
+/// For the rest of the current task's poll, which may block this thread until other
+/// tasks ran (see `RtInner::release_held_here`), this thread counts as running no driver:
+/// what that poll spawns or wakes goes where every driver finds it, not to this thread's
+/// next-task slot, stash or woken task. The driver takes the thread back when the poll
+/// returns ([`Slots::take_let_go`], [`take_back_driver`]).
+#[cold]
+pub(crate) fn let_go_of_poll() {
+    DRIVER.with(|c| c.set(0));
+    SLOTS.with(|s| s.let_go.set(true));
+}
+
+/// Marks this thread as running the driver of runtime `rt_id` again, after
+/// [`let_go_of_poll`].
+#[cold]
+pub(crate) fn take_back_driver(rt_id: u32) {
+    DRIVER.with(|c| c.set(rt_id));
 }
 
 /// Puts `t` in this thread's next-task slot if a driver of runtime `rt_id` polls here, as
@@ -466,6 +487,12 @@ pub(crate) fn take_gift(rt_id: u32, slot: usize, vcu: u32) -> bool {
 /// Ends an offer, restoring `prev`: returns whether the gift is still there (nobody took it).
 pub(crate) fn end_gift(prev: Option<Gift>) -> bool {
     GIFT.with(|c| c.replace(prev)).is_some()
+}
+
+/// Whether a task is polled on this thread (by a driver, of any runtime).
+#[inline]
+pub(crate) fn in_task_poll() -> bool {
+    !CURRENT.with(|c| c.task.get()).is_null()
 }
 
 /// Whether a driver of runtime `rt_id` polls a task on this thread.

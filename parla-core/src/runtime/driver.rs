@@ -483,6 +483,11 @@ impl Driver {
             }
             p
         };
+        if slots.take_let_go() {
+            // The poll let go of this thread (it may have blocked it): it is the driver's
+            // again.
+            context::take_back_driver(rt.id);
+        }
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
         let cost = self.end_poll(rt, task, run, poll, pended, slot, slots);

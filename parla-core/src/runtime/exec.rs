@@ -426,26 +426,34 @@ impl RtInner {
     }
 
     /// Hands what this thread's driver holds for after the current task's poll to the other
-    /// drivers, if it holds any (see [`context::holds_for_later`]): the task in its
-    /// next-task slot goes to the injector, a stashed one to its device's queue. For a poll
-    /// that may block its thread until another task ran: one that waits for a task through
-    /// a waker not its own (`futures::executor::block_on` inside
-    /// `tokio::task::block_in_place`), or that spawns through a [`Handle`](super::Handle).
-    /// Such a poll does not end until then, and the next-task slot and the stash are this
-    /// thread's alone.
+    /// drivers (the task in its next-task slot to the injector, a stashed one to its
+    /// device's queue, a woken one to its resume lane), and lets go of the thread for the
+    /// rest of the poll ([`context::let_go_of_poll`]), if a task of this runtime is polled
+    /// here. For a poll that may block its thread until another task ran: one that waits
+    /// for a task through a waker not its own (`futures::executor::block_on` or Tokio's
+    /// `Handle::block_on` inside `tokio::task::block_in_place`), or that spawns through a
+    /// [`Handle`](super::Handle). Such a poll does not end until then, and the next-task
+    /// slot, the stash and the woken task are this thread's alone; so are the tasks that
+    /// Tokio's deferred wakes, run as `block_in_place` begins, put there.
     #[inline]
     pub(crate) fn release_held_here(self: &Arc<Self>) {
-        if context::holds_for_later(self.id) {
+        if context::polling_task(self.id) {
             self.release_held();
         }
     }
 
     #[cold]
     fn release_held(self: &Arc<Self>) {
-        self.release_next();
+        // (This thread runs no driver from here on: what follows queues to the others.)
+        context::let_go_of_poll();
         if context::has_stash() {
             self.with_local(|l| self.flush_stash(l));
         }
+        if let Some(t) = context::take_woken() {
+            let lent = t.header().lent();
+            self.resume_lent(t, Device::CPU.slot(), lent);
+        }
+        self.release_next();
     }
 
     /// [`context::stash`] of a task made ready during the poll of a task on this thread
@@ -806,7 +814,7 @@ impl RtInner {
         }
         if k > 0 {
             context::note_handoff(self.id);
-            if context::polling_task(self.id) {
+            if context::in_task_poll() {
                 // Started during a task's poll, which may go on computing: Tokio puts a
                 // task spawned on a worker in that worker's LIFO slot, which no other
                 // worker takes from, so the driver would wait for the poll to end. A task

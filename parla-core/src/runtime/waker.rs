@@ -301,7 +301,7 @@ impl Awaiting {
                 // `tokio::task::block_in_place`), which blocks the thread until the node
                 // finishes. What this thread's driver holds for after the poll goes to the
                 // other drivers.
-                if context::holds_for_later(node_rt) {
+                if context::polling_task(node_rt) {
                     context::with_rt(|rt| {
                         if let Some(rt) = rt.filter(|rt| rt.id == node_rt) {
                             rt.release_held_here();
