@@ -772,3 +772,41 @@ fn a_task_woken_by_a_timer_runs_beside_parents_awaiting_children_in_a_loop() {
         assert!(rounds > 0, "{workers} workers: {rounds} rounds");
     }
 }
+
+/// A node of a tree whose inner tasks await their space, then take each child's value
+/// through `now_or_never` (`nested`: `futures::executor`-style, through a waker that is
+/// not the task's own) - each child is finished by then.
+fn space_tree(depth: u32) -> Pin<Box<dyn Future<Output = u32> + Send>> {
+    Box::pin(async move {
+        if depth == 0 {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+            return 1;
+        }
+        let t = TaskSpace::new("n");
+        let hs: Vec<_> = (0..3u32)
+            .map(|k| task(space_tree(depth - 1)).id(t.at(k)).spawn())
+            .collect();
+        (&t).await.unwrap();
+        let mut sum = 0;
+        for h in hs {
+            assert!(h.is_finished());
+            sum += futures_util::FutureExt::now_or_never(h)
+                .expect("a finished task's handle is ready")
+                .unwrap();
+        }
+        sum
+    })
+}
+
+/// A handle whose task finished is ready through any waker, even when the budget Tokio
+/// gives the worker's tasks ran out in that poll. (Awaits of finished tasks spend that
+/// budget; refused for want of it, a poll through another waker returned `Pending`, and
+/// an executor nested in the task's poll was never woken: a tree like this one hung in 15
+/// runs of 15.)
+#[test]
+fn finished_handles_are_ready_through_any_waker() {
+    for workers in [1, 2, 4] {
+        let leaves = support::on_cpu(workers, || task(space_tree(5)));
+        assert_eq!(leaves, Ok(243), "{workers} workers");
+    }
+}

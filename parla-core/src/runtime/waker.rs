@@ -341,11 +341,22 @@ impl Awaiting {
 /// it answers `Pending` and is woken when that task yields. So a loop whose awaits all find
 /// their tasks finished still lets the worker run other work, timers and I/O included.
 /// Outside a Tokio runtime nothing is counted.
+///
+/// Only an await through the polled task's own waker spends it (a direct `.await` in its
+/// body, or `select!` / `join!` there): Tokio delivers the wake of an await refused for
+/// want of budget when the Tokio task polling it yields, which an executor nested in the
+/// task's poll (`futures::executor::block_on` of a finished handle) would wait for
+/// forever, and a no-op waker (`now_or_never`) would never see. A task shares the budget of
+/// its driver's poll, so it may start a poll with none left.
 #[inline(always)]
 pub(crate) fn cooperative<T>(
     cx: &mut Context<'_>,
     f: impl FnOnce(&mut Context<'_>) -> Poll<T>,
 ) -> Poll<T> {
+    let own = context::poller().is_some_and(|p| cx.waker().data() == p.data);
+    if !own {
+        return f(cx);
+    }
     let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
     let r = f(cx);
     if r.is_ready() {
