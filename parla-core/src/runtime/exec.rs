@@ -442,8 +442,10 @@ impl RtInner {
         }
     }
 
+    /// [`release_held_here`](Self::release_held_here) once its caller saw a task of this
+    /// runtime polled here.
     #[cold]
-    fn release_held(self: &Arc<Self>) {
+    pub(crate) fn release_held(self: &Arc<Self>) {
         // (This thread runs no driver from here on: what follows queues to the others.)
         context::let_go_of_poll();
         if context::has_stash() {
@@ -805,8 +807,8 @@ impl RtInner {
         }
     }
 
-    /// Starts up to `n` drivers (as many as free slots allow); returns how many it started.
-    pub(crate) fn start_drivers(self: &Arc<Self>, n: usize) -> usize {
+    /// Starts up to `n` drivers (as many as free slots allow).
+    pub(crate) fn start_drivers(self: &Arc<Self>, n: usize) {
         let k = self.inject.drivers_wanted(n);
         for _ in 0..k {
             self.ours.fetch_add(1, Ordering::SeqCst);
@@ -824,7 +826,6 @@ impl RtInner {
                 self.tokio.spawn(async {});
             }
         }
-        k
     }
 
     /// Queues a runnable task (which holds its token) for a driver.

@@ -304,7 +304,7 @@ impl Awaiting {
                 if context::polling_task(node_rt) {
                     context::with_rt(|rt| {
                         if let Some(rt) = rt.filter(|rt| rt.id == node_rt) {
-                            rt.release_held_here();
+                            rt.release_held();
                         }
                     });
                 }
