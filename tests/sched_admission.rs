@@ -103,42 +103,57 @@ fn tasks_spawned_by_a_task_start_in_spawn_order() {
 /// while it computes, all but the last it spawned (which, as in Tokio, runs next on the
 /// parent's worker). Before, the first child waited on the parent's worker holding the
 /// VCUs its siblings needed, and none started until the parent awaited.
+///
+/// With `pause`, the parent waits after its second child until the first one ran (and
+/// 20 ms more for it to finish) before it spawns the rest: the third then fits on the
+/// VCUs the first gave back, while the second waits held for the parent's poll. Before, the
+/// third waited on the parent's worker too, and the rest of the children behind the two.
 #[test]
 fn children_start_while_their_parent_computes() {
-    for workers in [2, 4] {
-        for children in [2, 3, 6] {
-            let started = support::on_cpu(workers, move || {
-                task(async move {
-                    let started = Arc::new(AtomicUsize::new(0));
-                    let handles: Vec<_> = (0..children)
-                        .map(|_| {
+    for pause in [false, true] {
+        for workers in [2, 4] {
+            for children in [2, 3, 6] {
+                let started = support::on_cpu(workers, move || {
+                    task(async move {
+                        let started = Arc::new(AtomicUsize::new(0));
+                        let spin_until = |n: usize| {
+                            let t0 = std::time::Instant::now();
+                            while started.load(Ordering::SeqCst) < n
+                                && t0.elapsed() < Duration::from_secs(20)
+                            {
+                                std::hint::spin_loop();
+                            }
+                        };
+                        let mut handles = Vec::new();
+                        for i in 0..children {
+                            if pause && i == 2 {
+                                spin_until(1);
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
                             let s = started.clone();
-                            task(async move {
-                                s.fetch_add(1, Ordering::SeqCst);
-                            })
-                            .spawn()
-                        })
-                        .collect();
-                    // The parent's own work: it spins until all but one child started, or
-                    // gives up after 20 s (the assertion below then fails).
-                    let t0 = std::time::Instant::now();
-                    while started.load(Ordering::SeqCst) < children - 1
-                        && t0.elapsed() < Duration::from_secs(20)
-                    {
-                        std::hint::spin_loop();
-                    }
-                    let during = started.load(Ordering::SeqCst);
-                    for h in handles {
-                        h.await.unwrap();
-                    }
-                    during
-                })
-            });
-            let started = started.unwrap();
-            assert!(
-                started >= children - 1,
-                "{workers} workers, {children} children: {started} started"
-            );
+                            handles.push(
+                                task(async move {
+                                    s.fetch_add(1, Ordering::SeqCst);
+                                })
+                                .spawn(),
+                            );
+                        }
+                        // The parent's own work: it spins until all but one child started,
+                        // or gives up after 20 s (the assertion below then fails).
+                        spin_until(children - 1);
+                        let during = started.load(Ordering::SeqCst);
+                        for h in handles {
+                            h.await.unwrap();
+                        }
+                        during
+                    })
+                });
+                let started = started.unwrap();
+                assert!(
+                    started >= children - 1,
+                    "{workers} workers, {children} children, pause {pause}: {started} started"
+                );
+            }
         }
     }
 }

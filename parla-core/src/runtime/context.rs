@@ -447,9 +447,16 @@ pub(crate) fn take_back_driver(rt_id: u32) {
 /// Tokio's LIFO slot does: the newest task runs next, so a task that spawns children and
 /// awaits them runs its tree depth first. Returns whether `t` went there, and what the
 /// caller must queue instead: the task `t` displaced, or `t` itself on any other thread.
+///
+/// Not while the poll of a task goes on and has a task stashed ([`stash`]): the poll holds
+/// that one back already, and may go on computing (a parent that spawned more children
+/// than fit, then works before it awaits them). Held in the slot too, a task that fitted
+/// after all (its siblings finished meanwhile) would wait for the poll to end beside it,
+/// both with workers idle. (Once the poll returned, the driver queues the stashed task
+/// after it lent the polled task's VCUs, and what that lend admits goes to the slot.)
 #[inline]
 pub(crate) fn place_next(rt_id: u32, t: TaskPtr) -> (bool, Option<TaskPtr>) {
-    if DRIVER.with(|c| c.get()) != rt_id {
+    if DRIVER.with(|c| c.get()) != rt_id || (has_stash() && in_task_poll()) {
         return (false, Some(t));
     }
     (true, from_raw(SLOTS.with(|s| s.lifo.replace(into_raw(t)))))
