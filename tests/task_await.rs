@@ -773,6 +773,55 @@ fn a_task_woken_by_a_timer_runs_beside_parents_awaiting_children_in_a_loop() {
     }
 }
 
+/// As above, with the task that ends the loops spawned after the parents (it waits for the
+/// CPU, which the parents hold), plain or sleeping first: it starts while they loop. (Each
+/// finished child passed its VCUs straight back to its parent, as long as no woken task
+/// waited to take its own back, and the waiting task did not start until the loops ended:
+/// here, after 20 s.)
+#[test]
+fn a_task_spawned_after_parents_awaiting_children_in_a_loop_starts_while_they_loop() {
+    for sleeps in [false, true] {
+        for workers in [1, 2, 4] {
+            let ended_by_it = support::on_cpu(workers, move || async move {
+                let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let t0 = std::time::Instant::now();
+                let parents: Vec<_> = (0..workers)
+                    .map(|_| {
+                        let done = done.clone();
+                        task(async move {
+                            while !done.load(Ordering::SeqCst)
+                                && t0.elapsed() < Duration::from_secs(20)
+                            {
+                                task(async { 1 }).await.unwrap();
+                            }
+                            done.load(Ordering::SeqCst)
+                        })
+                        .spawn()
+                    })
+                    .collect();
+                let d = done.clone();
+                let setter = task(async move {
+                    if sleeps {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    d.store(true, Ordering::SeqCst);
+                })
+                .spawn();
+                let mut ended_by_it = true;
+                for p in parents {
+                    ended_by_it &= p.await.unwrap();
+                }
+                setter.await.unwrap();
+                ended_by_it
+            });
+            assert!(
+                ended_by_it,
+                "{workers} workers, setter sleeps {sleeps}: the loops ran out their 20 s"
+            );
+        }
+    }
+}
+
 /// A node of a tree whose inner tasks await their space, then take each child's value
 /// through `now_or_never` (`nested`: `futures::executor`-style, through a waker that is
 /// not the task's own) - each child is finished by then.

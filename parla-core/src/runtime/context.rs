@@ -127,6 +127,9 @@ thread_local! {
     static COOP_YIELD: Cell<bool> = const { Cell::new(false) };
     /// VCUs a completing task holds for a task it wakes (see [`Gift`]).
     static GIFT: Cell<Option<Gift>> = const { Cell::new(None) };
+    /// Gifts made on this thread while tasks waited since one last went to the device
+    /// (see [`gift_turn`]).
+    static GIFTS: Cell<u32> = const { Cell::new(0) };
     /// A task made ready during the poll of a task on this thread that did not fit on its
     /// device (a raw strong reference; see [`stash`]).
     static STASH: Cell<Option<(RawTask, Demand)>> = const { Cell::new(None) };
@@ -471,6 +474,28 @@ pub(crate) struct Gift {
     pub(crate) rt_id: u32,
     pub(crate) slot: usize,
     pub(crate) vcu: u32,
+}
+
+/// Of the gifts a thread would make while tasks wait for the device, one in this many
+/// goes to the device instead (see [`gift_turn`]).
+pub(crate) const GIFT_TURN: u32 = 256;
+
+/// Whether the VCUs of a task completing on this thread, which would go to the parent
+/// awaiting it (a [`Gift`]) while tasks wait for the device, go to the device this time:
+/// every [`GIFT_TURN`]-th time. Parents that await child after child in a loop, as many as
+/// the device admits, would otherwise pass their VCUs to their children and back for as
+/// long as they loop, and a task waiting for the device (spawned after them, or a timer's
+/// task on its first run) would not start until they end. Once in a while the waiting
+/// task at the head of the lane takes them instead, and the parent takes back its VCUs
+/// through the resume lane, ahead of the other waiting tasks.
+#[inline]
+pub(crate) fn gift_turn() -> bool {
+    GIFTS.with(|c| {
+        let n = c.get() + 1;
+        let turn = n >= GIFT_TURN;
+        c.set(if turn { 0 } else { n });
+        turn
+    })
 }
 
 /// Offers `gift` to the tasks woken on this thread until [`end_gift`]; returns the offer it

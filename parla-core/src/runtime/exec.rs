@@ -971,11 +971,13 @@ impl RtInner {
         // ahead of waiting tasks - so a fork-join parent gets its VCUs back before a task
         // from elsewhere in the tree does. Not while resumes wait: those take the VCUs in
         // their order (a parent awaiting child after child in a loop would otherwise keep
-        // them from a task woken by a timer for good).
+        // them from a task woken by a timer for good), and not every time while tasks
+        // spawned from outside wait (see `context::gift_turn`).
         let gift = (d.vcu > 0
             && h.join_awaited()
             && dev.admission.has_waiting()
-            && dev.admission.no_resumes_waiting())
+            && dev.admission.no_resumes_waiting()
+            && !(context::gift_turn() && dev.admission.central_tasks_waiting()))
         .then(|| {
             let g = context::Gift {
                 rt_id: self.id,

@@ -401,6 +401,13 @@ impl<T: Claim> Admission<T> {
         self.resuming.load(Ordering::Acquire) == 0
     }
 
+    /// Whether tasks wait in the central part of the task lane (spawned outside any task's
+    /// poll, or made ready by a finished dependency), as far as a look that does not wait
+    /// for the central lock can tell: `false` when the lock is taken. (A snapshot.)
+    pub(crate) fn central_tasks_waiting(&self) -> bool {
+        !self.incoming.is_empty() || self.central.try_lock().is_some_and(|c| !c.tasks.is_empty())
+    }
+
     /// Whether items wait in either lane (a snapshot).
     #[inline]
     pub(crate) fn has_waiting(&self) -> bool {
@@ -1317,6 +1324,37 @@ mod test {
         // Nothing waits: a release returns what it held.
         a.release(quarter, &mut out);
         assert_eq!(a.usage().vcu, VCU_ONE / 4 * 3);
+    }
+
+    /// Only tasks waiting in the central part of the task lane count for
+    /// `central_tasks_waiting` (the tasks spawned outside any task's poll): not the claimable
+    /// ones in the shards, nor resumes.
+    #[test]
+    fn central_tasks_waiting_sees_the_central_part_alone() {
+        let half = d(VCU_ONE / 2, 0);
+        let a: Admission<Arc<Item>> = Admission::new(0, 2);
+        let mut out = Vec::new();
+        assert!(a.admit(item(0), d(VCU_ONE, 0), &mut out));
+        assert!(!a.central_tasks_waiting(), "nothing waits");
+        assert!(!a.admit_in(1, item(1), half, &mut out));
+        assert!(
+            !a.central_tasks_waiting(),
+            "a claimable task waits in a shard"
+        );
+        assert!(matches!(
+            a.resume(item(2), VCU_ONE / 2, &mut out),
+            Resumed::Waiting
+        ));
+        assert!(!a.central_tasks_waiting(), "a resume waits");
+        assert!(a.queue(item(3), half, false, &mut out).is_none());
+        assert!(a.central_tasks_waiting());
+        a.release(d(VCU_ONE, 0), &mut out);
+        let ids: Vec<u8> = out.iter().map(|i| i.id).collect();
+        assert_eq!(ids, [0, 2, 1], "the resume first, then the lane in order");
+        assert!(a.central_tasks_waiting(), "the central task still waits");
+        a.release(half, &mut out);
+        assert_eq!(out.last().map(|i| i.id), Some(3));
+        assert!(!a.central_tasks_waiting());
     }
 
     /// A release does not hand its reservation over past a waiting resume (resumes go
