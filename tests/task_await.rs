@@ -822,6 +822,58 @@ fn a_task_spawned_after_parents_awaiting_children_in_a_loop_starts_while_they_lo
     }
 }
 
+/// Parents that each await child after child in a loop, the children computing for 200 us
+/// each, and a task sleeping 1 ms on a Tokio timer beside them: its timer fires while they
+/// loop, after tens of children, not thousands. (A driver's poll, which runs up to 128
+/// tasks, is one poll of a Tokio task, and Tokio looks at its timers only every 61 such
+/// polls or when its worker is idle: the timer fired after about 3,900 children. A
+/// driver's poll that runs for a millisecond now yields behind Tokio's timers.)
+#[test]
+fn a_timer_fires_beside_tasks_that_compute() {
+    for workers in [1, 2] {
+        let children = support::on_cpu(workers, move || async move {
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let d = done.clone();
+            let sleeper = task(async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                d.store(true, Ordering::SeqCst);
+            })
+            .spawn();
+            let parents: Vec<_> = (0..workers)
+                .map(|_| {
+                    let done = done.clone();
+                    task(async move {
+                        let mut n = 0u64;
+                        while !done.load(Ordering::SeqCst) && n < 100_000 {
+                            task(async {
+                                let t0 = std::time::Instant::now();
+                                while t0.elapsed() < Duration::from_micros(200) {
+                                    std::hint::spin_loop();
+                                }
+                            })
+                            .await
+                            .unwrap();
+                            n += 1;
+                        }
+                        n
+                    })
+                    .spawn()
+                })
+                .collect();
+            sleeper.await.unwrap();
+            let mut children = 0;
+            for p in parents {
+                children += p.await.unwrap();
+            }
+            children
+        });
+        assert!(
+            children < 1_000,
+            "{workers} workers: {children} children ran before a 1 ms timer fired"
+        );
+    }
+}
+
 /// A node of a tree whose inner tasks await their space, then take each child's value
 /// through `now_or_never` (`nested`: `futures::executor`-style, through a waker that is
 /// not the task's own) - each child is finished by then.
