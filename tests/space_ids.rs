@@ -534,9 +534,17 @@ fn a_loop_of_awaits_that_find_their_tasks_finished_lets_the_worker_go() {
             let t = TaskSpace::new("S");
             task(async {}).id(t.at(0)).await.unwrap();
             let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let d = done.clone();
+            let iterations = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (d, i) = (done.clone(), iterations.clone());
+            // (It sleeps until the loop went round once: the loop may start more than a
+            // millisecond after it on a busy machine.)
             let setter = task(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    if i.load(Ordering::SeqCst) > 0 {
+                        break;
+                    }
+                }
                 d.store(true, Ordering::SeqCst);
             })
             .spawn();
@@ -549,6 +557,7 @@ fn a_loop_of_awaits_that_find_their_tasks_finished_lets_the_worker_go() {
                         _ => (&t).await.unwrap(),
                     }
                     n += 1;
+                    iterations.store(n, Ordering::SeqCst);
                 }
                 n
             })

@@ -743,19 +743,28 @@ fn a_task_woken_by_a_timer_runs_beside_parents_awaiting_children_in_a_loop() {
     for workers in [1, 2, 3] {
         let rounds = support::on_cpu(workers, move || async move {
             let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let d = done.clone();
+            let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (d, r) = (done.clone(), rounds.clone());
+            // (It sleeps until a parent went round once: the parents may start more than a
+            // millisecond after it on a busy machine.)
             let setter = task(async move {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if r.load(Ordering::SeqCst) > 0 {
+                        break;
+                    }
+                }
                 d.store(true, Ordering::SeqCst);
             })
             .spawn();
             let parents: Vec<_> = (0..workers)
                 .map(|_| {
-                    let done = done.clone();
+                    let (done, rounds) = (done.clone(), rounds.clone());
                     task(async move {
                         let mut n = 0u64;
                         while !done.load(Ordering::SeqCst) {
                             n += task(async { 1 }).await.unwrap();
+                            rounds.fetch_add(1, Ordering::SeqCst);
                         }
                         n
                     })
