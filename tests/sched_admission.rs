@@ -68,11 +68,13 @@ fn whole_vcus_run_serially() {
 
 /// The tutorial's `12_task_constraints` with its tasks spawned by a task (with its default
 /// VCUs, or none), as a program whose main is itself a task does: tasks that wait for the
-/// CPU start in the order they were spawned.
+/// CPU start in the order they were spawned. (On one worker, where the parent's default
+/// VCUs are the whole CPU, awaiting the space lent them to one member after another in the
+/// order of the space's table: 4, 0, 3, 1, 2 of five.)
 #[test]
 fn tasks_spawned_by_a_task_start_in_spawn_order() {
-    for parent_vcus in [None, Some(0.0), Some(0.5)] {
-        let order = support::on_cpu(2, move || async move {
+    for (workers, parent_vcus) in [(2, None), (2, Some(0.0)), (2, Some(0.5)), (1, None)] {
+        let order = support::on_cpu(workers, move || async move {
             let spawner = task(async {
                 let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
                 let t = TaskSpace::new("T");
@@ -94,7 +96,11 @@ fn tasks_spawned_by_a_task_start_in_spawn_order() {
             }
         });
         let order = order.and_then(|r| r);
-        assert_eq!(order, Ok((0..6).collect()), "parent vcus {parent_vcus:?}");
+        assert_eq!(
+            order,
+            Ok((0..6).collect()),
+            "{workers} workers, parent vcus {parent_vcus:?}"
+        );
     }
 }
 

@@ -378,6 +378,17 @@ pub(crate) fn note_blocked(node: TaskPtr) {
     drop(from_raw(prev));
 }
 
+/// [`note_blocked`] for a node that the poller's loan must not go to first (see
+/// `Awaiting::pending_on_unordered`): the poller awaits tasks, and no task is noted as
+/// awaited last.
+pub(crate) fn note_blocked_unordered() {
+    let prev = SLOTS.with(|s| {
+        s.blocked.set(true);
+        s.awaited.take()
+    });
+    drop(from_raw(prev));
+}
+
 /// Reads and clears the blocked mark (and forgets the task awaited).
 pub(crate) fn take_blocked() -> bool {
     SLOTS.with(Slots::take_blocked)

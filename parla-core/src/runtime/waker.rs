@@ -323,6 +323,18 @@ impl Awaiting {
         }
     }
 
+    /// [`pending_on`](Self::pending_on) for a node awaited in no particular order (a member
+    /// of a space awaited as a whole): the poller awaits tasks, and lends its VCUs to the
+    /// node's device, where the waiting tasks take them in their order - not to the node
+    /// first (as for a handle or an id), which would start the space's tasks in the
+    /// space's table order rather than as they were spawned.
+    #[inline]
+    pub(crate) fn pending_on_unordered(self, node_rt: u32) {
+        if node_rt != 0 && self.0.is_some_and(|p| p.rt_id == node_rt) {
+            context::note_blocked_unordered();
+        }
+    }
+
     /// Whether the stall resolver failed one of the poller's awaits (taking it): the await
     /// asking resolves to `Deadlock`.
     #[inline]

@@ -19,6 +19,10 @@ struct NodeWait {
     node: TaskPtr,
     waiter: Option<Arc<AtomicWaker>>,
     hurried: bool,
+    /// Whether the poller's loan may go to this task first, if it waits for admission (see
+    /// `Awaiting::pending_on`): not for a member of a space awaited as a whole, which is
+    /// awaited in no particular order.
+    claims: bool,
 }
 
 impl NodeWait {
@@ -27,7 +31,16 @@ impl NodeWait {
             node,
             waiter: None,
             hurried: false,
+            claims: true,
         }
+    }
+
+    /// A wait for one member of a space awaited as a whole: the poller's loan goes to its
+    /// device, whose waiting tasks take it in their order.
+    fn member(node: TaskPtr) -> Self {
+        let mut w = NodeWait::new(node);
+        w.claims = false;
+        w
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
@@ -63,7 +76,11 @@ impl NodeWait {
         if !self.hurried {
             self.hurried = bridge::hurry(h, cx.waker());
         }
-        awaiting.pending_on(h.rt_id, || self.node.clone());
+        if self.claims {
+            awaiting.pending_on(h.rt_id, || self.node.clone());
+        } else {
+            awaiting.pending_on_unordered(h.rt_id);
+        }
         Poll::Pending
     }
 }
@@ -232,7 +249,7 @@ impl SpaceWait {
         loop {
             if this.current.is_none() {
                 match this.nodes.pop() {
-                    Some(n) => this.current = Some(NodeWait::new(n)),
+                    Some(n) => this.current = Some(NodeWait::member(n)),
                     None => return Poll::Ready(this.first_err.take().map_or(Ok(()), Err)),
                 }
             }
