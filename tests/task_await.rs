@@ -734,6 +734,15 @@ fn a_parent_awaiting_all_its_children_at_once_is_never_failed() {
     }
 }
 
+/// The sum of the tasks' values, each awaited in turn.
+async fn sum_of(handles: Vec<TaskHandle<u64>>) -> u64 {
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.unwrap();
+    }
+    sum
+}
+
 /// Parents that each await child after child in a loop, as many as the workers, with
 /// default VCUs, and a task woken by a timer meanwhile: the woken task gets its VCUs back
 /// and ends the loops. (A finished child passed its VCUs straight back to its parent, past
@@ -772,11 +781,7 @@ fn a_task_woken_by_a_timer_runs_beside_parents_awaiting_children_in_a_loop() {
                 })
                 .collect();
             setter.await.unwrap();
-            let mut rounds = 0;
-            for p in parents {
-                rounds += p.await.unwrap();
-            }
-            rounds
+            sum_of(parents).await
         });
         assert!(rounds > 0, "{workers} workers: {rounds} rounds");
     }
@@ -870,11 +875,7 @@ fn a_timer_fires_beside_tasks_that_compute() {
                 })
                 .collect();
             sleeper.await.unwrap();
-            let mut children = 0;
-            for p in parents {
-                children += p.await.unwrap();
-            }
-            children
+            sum_of(parents).await
         });
         assert!(
             children < 1_000,
