@@ -202,9 +202,11 @@ fn a_task_aborted_while_it_waits_for_vcus_resolves_without_running() {
     let r2 = ran.clone();
     let r = support::within(30, move || {
         rt.block_on(async move {
-            // A whole CPU's VCUs, held while it blocks its worker.
-            let full = task(async {
-                std::thread::sleep(Duration::from_millis(100));
+            // A whole CPU's VCUs, held while it blocks its worker until the abort was
+            // asked for.
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let full = task(async move {
+                let _ = rx.recv();
             })
             .vcus(1.0)
             .spawn();
@@ -215,6 +217,7 @@ fn a_task_aborted_while_it_waits_for_vcus_resolves_without_running() {
             .vcus(1.0)
             .spawn();
             queued.abort();
+            tx.send(()).unwrap();
             (full.await, queued.await)
         })
     });
@@ -400,6 +403,10 @@ fn an_aborted_parent_lets_its_children_run_on() {
     each_config!(|rt| {
         let done = Arc::new(AtomicUsize::new(0));
         let d = done.clone();
+        // The last child waits for it, so the parent is still waiting when it is aborted
+        // (however long the sleep below takes on a busy machine).
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let g = gate.clone();
         let (parent, children) = rt.block_on(async move {
             let kids = TaskSpace::new("Kids");
             let k = kids.clone();
@@ -407,9 +414,12 @@ fn an_aborted_parent_lets_its_children_run_on() {
                 // Awaits its children one by one, with the default VCUs (it lends them).
                 let hs: Vec<_> = (0..8)
                     .map(|i| {
-                        let d = d.clone();
+                        let (d, g) = (d.clone(), g.clone());
                         task(async move {
                             tokio::time::sleep(Duration::from_millis(5 * (i + 1))).await;
+                            if i == 7 {
+                                g.notified().await;
+                            }
                             d.fetch_add(1, Ordering::SeqCst);
                         })
                         .id(k.at(i))
@@ -423,6 +433,7 @@ fn an_aborted_parent_lets_its_children_run_on() {
             .spawn();
             tokio::time::sleep(Duration::from_millis(12)).await;
             parent.abort();
+            gate.notify_one();
             let parent = parent.await;
             // The children were detached with the parent's future; they finish.
             (parent, (&kids).await)
