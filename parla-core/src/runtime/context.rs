@@ -368,23 +368,13 @@ pub(crate) fn poller() -> Option<PollerRef> {
 }
 
 /// Called by the runtime's own futures (task handles, ids, spaces) when they return
-/// `Pending` on a node (`node`) of the current runtime: the poller awaits tasks. The last
-/// node noted in a poll is kept (see [`Slots::take_awaited`]).
-pub(crate) fn note_blocked(node: TaskPtr) {
+/// `Pending` on a node of the current runtime: the poller awaits tasks. `node` is the task
+/// its loan may go to first, noted as awaited last (see [`Slots::take_awaited`]), or
+/// `None` for one awaited in no particular order (see `Awaiting::pending_on`).
+pub(crate) fn note_blocked(node: Option<TaskPtr>) {
     let prev = SLOTS.with(|s| {
         s.blocked.set(true);
-        s.awaited.replace(into_raw(node))
-    });
-    drop(from_raw(prev));
-}
-
-/// [`note_blocked`] for a node that the poller's loan must not go to first (see
-/// `Awaiting::pending_on_unordered`): the poller awaits tasks, and no task is noted as
-/// awaited last.
-pub(crate) fn note_blocked_unordered() {
-    let prev = SLOTS.with(|s| {
-        s.blocked.set(true);
-        s.awaited.take()
+        s.awaited.replace(node.and_then(into_raw))
     });
     drop(from_raw(prev));
 }
@@ -489,7 +479,7 @@ pub(crate) struct Gift {
 
 /// Of the gifts a thread would make while tasks wait for the device, one in this many
 /// goes to the device instead (see [`gift_turn`]).
-pub(crate) const GIFT_TURN: u32 = 256;
+const GIFT_TURN: u32 = 256;
 
 /// Whether the VCUs of a task completing on this thread, which would go to the parent
 /// awaiting it (a [`Gift`]) while tasks wait for the device, go to the device this time:

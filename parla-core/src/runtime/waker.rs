@@ -314,24 +314,17 @@ impl Awaiting {
         }
     }
 
-    /// The future returns `Pending` waiting on a node of runtime `node_rt` (`node` gives a
-    /// reference to it): the poller awaits tasks, if the node is of its runtime.
+    /// The future returns `Pending` waiting on a node of runtime `node_rt`: the poller
+    /// awaits tasks, if the node is of its runtime. `node` gives a reference to it, for the
+    /// poller's loan to go to first if it waits for admission (a handle, an id), or `None`
+    /// for a node awaited in no particular order (a member of a space awaited as a whole):
+    /// the loan then goes to the node's device, where the waiting tasks take it in their
+    /// order - going to the node first would start the space's tasks in the order of its
+    /// table rather than as they were spawned.
     #[inline]
-    pub(crate) fn pending_on(self, node_rt: u32, node: impl FnOnce() -> TaskPtr) {
+    pub(crate) fn pending_on(self, node_rt: u32, node: impl FnOnce() -> Option<TaskPtr>) {
         if node_rt != 0 && self.0.is_some_and(|p| p.rt_id == node_rt) {
             context::note_blocked(node());
-        }
-    }
-
-    /// [`pending_on`](Self::pending_on) for a node awaited in no particular order (a member
-    /// of a space awaited as a whole): the poller awaits tasks, and lends its VCUs to the
-    /// node's device, where the waiting tasks take them in their order - not to the node
-    /// first (as for a handle or an id), which would start the space's tasks in the
-    /// space's table order rather than as they were spawned.
-    #[inline]
-    pub(crate) fn pending_on_unordered(self, node_rt: u32) {
-        if node_rt != 0 && self.0.is_some_and(|p| p.rt_id == node_rt) {
-            context::note_blocked_unordered();
         }
     }
 

@@ -76,11 +76,7 @@ impl NodeWait {
         if !self.hurried {
             self.hurried = bridge::hurry(h, cx.waker());
         }
-        if self.claims {
-            awaiting.pending_on(h.rt_id, || self.node.clone());
-        } else {
-            awaiting.pending_on_unordered(h.rt_id);
-        }
+        awaiting.pending_on(h.rt_id, || self.claims.then(|| self.node.clone()));
         Poll::Pending
     }
 }

@@ -201,7 +201,7 @@ impl<T: 'static> TaskHandle<T> {
         if !this.hurried {
             this.hurried = bridge::hurry(h, cx.waker());
         }
-        awaiting.pending_on(h.rt_id, || this.node());
+        awaiting.pending_on(h.rt_id, || Some(this.node()));
         Poll::Pending
     }
 }
