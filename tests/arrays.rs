@@ -226,6 +226,89 @@ fn data_too_big_for_every_device_is_unsatisfiable() {
     assert!(err.to_string().contains("bytes of data"), "{err}");
 }
 
+/// `tiles()` copies the host data outside the order of the tasks: while a task that writes
+/// the array runs (holding its view, half written) or waits, it is an error, not a copy of
+/// half-written data; after the writer finished it copies its result; after a writer
+/// failed, it fails as a reader would. (It copied the half-written rows.)
+#[test]
+fn tiles_refuse_a_writer_not_finished_and_a_failed_one() {
+    let rt = support::cpu(2);
+    let out = support::within(60, move || {
+        rt.block_on(async move {
+            let a = PArray::from(Array2::<f64>::zeros((4, 4)));
+            let (half_tx, half_rx) = tokio::sync::oneshot::channel::<()>();
+            let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+            let b = a.clone();
+            let writer = task(async move {
+                let mut w = b.write()?;
+                w.row_mut(0).fill(1.0);
+                w.row_mut(1).fill(1.0);
+                half_tx.send(()).expect("test alive");
+                go_rx.await.expect("test alive");
+                w.row_mut(2).fill(1.0);
+                w.row_mut(3).fill(1.0);
+                Ok::<_, parla::Error>(())
+            })
+            .writes(&a)
+            .spawn();
+            half_rx.await.expect("writer runs");
+            let running = a.tiles(2, 2);
+            assert!(
+                matches!(&running, Err(parla::Error::InvalidArgument(m)) if m.contains("has not finished")),
+                "tiles() beside a running writer: {:?}",
+                running.map(|_| ())
+            );
+            go_tx.send(()).expect("writer alive");
+            writer.await??;
+            let done = a.tiles(2, 2)?.to_host().await?;
+            assert_eq!(done, Array2::<f64>::ones((4, 4)));
+
+            // A writer waiting behind a gate.
+            let gate = task(tokio::time::sleep(Duration::from_millis(20))).spawn();
+            let b = a.clone();
+            let queued = task(async move {
+                b.write()?.fill(2.0);
+                Ok::<_, parla::Error>(())
+            })
+            .writes(&a)
+            .after(&gate)
+            .spawn();
+            assert!(matches!(
+                a.tiles(2, 2),
+                Err(parla::Error::InvalidArgument(_))
+            ));
+            queued.await??;
+            assert_eq!(a.tiles(4, 4)?.to_host().await?, Array2::from_elem((4, 4), 2.0));
+
+            // A writer that failed while it wrote.
+            let b = a.clone();
+            let failed = task(async move {
+                b.write().expect("declared").fill(3.0);
+                panic!("a writer that fails");
+            })
+            .writes(&a)
+            .spawn();
+            assert!(failed.await.is_err());
+            match a.tiles(2, 2) {
+                Err(parla::Error::Task(TaskError::DependencyFailed { dependency, .. })) => {
+                    assert_eq!(dependency, failed_name(&a).await)
+                }
+                other => panic!("tiles() after a failed writer: {:?}", other.map(|_| ())),
+            }
+            Ok::<_, parla::Error>(())
+        })
+    });
+    out.expect("tiles");
+}
+
+/// The writer a reader of `a` fails on (its `DependencyFailed` names it).
+async fn failed_name(a: &PArray<f64, ndarray::Ix2>) -> String {
+    match a.to_host().await {
+        Err(parla::Error::Task(TaskError::DependencyFailed { dependency, .. })) => dependency,
+        other => panic!("to_host after a failed writer: {:?}", other.map(|_| ())),
+    }
+}
+
 #[test]
 fn tiles_are_arrays_of_their_own_and_assemble() {
     let rt = support::vgpu(2, 2, MIB);

@@ -28,6 +28,7 @@ use smallvec::SmallVec;
 
 use crate::device::Device;
 use crate::device::fence::Fence;
+use crate::error::TaskError;
 use crate::graph::arc::{TaskArc, TaskPtr};
 
 pub use crate::runtime::context::current_task_key;
@@ -221,6 +222,21 @@ impl Flow {
         // Dropped outside the lock: a task's last reference drops what its output holds,
         // which may be a handle of this object.
         drop((writer, readers));
+    }
+
+    /// The last task recorded as writing the object, for code that reads the object's data
+    /// outside any task (as `PArray::tiles` does), unless there is none or it succeeded:
+    /// `Ok(name)` while it has not finished (what such a read sees is not its result), or
+    /// the error a task `reader` reading the object would fail with, once it failed
+    /// (`DependencyFailed`, naming the root failure).
+    pub fn writer_in_the_way(&self, reader: &str) -> Option<Result<String, TaskError>> {
+        let s = self.state.lock();
+        let h = s.writer.as_ref()?.header();
+        match h.outcome() {
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(Err(crate::graph::dependency_failed_of(reader, h, &e))),
+            None => Some(Ok(h.name.to_string())),
+        }
     }
 
     /// Records `task` as the next access `access` and pushes the tasks it must follow:

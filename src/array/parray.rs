@@ -601,11 +601,29 @@ impl<A: Element> PArray<A, Ix2> {
     /// data. The tiles are arrays of their own: writing one does not change this array
     /// ([`Tiles::to_host`] assembles them).
     ///
-    /// Errors: a zero tile size; the host copy is not valid now (a GPU task wrote the array:
-    /// take the data with [`to_host`](Self::to_host) first).
+    /// It copies the host data as it is when called, outside the order of the tasks: call
+    /// it once the tasks that write the array finished (await them, or
+    /// [`to_host`](Self::to_host), which waits for them).
+    ///
+    /// Errors: a zero tile size; a task that writes the array has not finished (it waits or
+    /// runs); the last task that wrote it failed (`DependencyFailed`, as for a task reading
+    /// it); the host copy is not valid now (a GPU task wrote the array: take the data with
+    /// [`to_host`](Self::to_host) first).
     pub fn tiles(&self, rows: usize, cols: usize) -> Result<Tiles<A>> {
         let (n, m) = (self.inner.dim[0], self.inner.dim[1]);
+        // The writer checked under the state lock, which a writer's grant takes too
+        // (`acquire`): a writer granted before this lock was spawned before it, so the order
+        // holds it (unfinished); one granted after writes once the copy below is made.
         let s = self.inner.state.lock();
+        match self.inner.flow.writer_in_the_way("tiles()") {
+            None => {}
+            Some(Ok(writer)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "tiles() copies the host data as it is now, and task {writer}, which writes the array, has not finished: await it first"
+                )));
+            }
+            Some(Err(e)) => return Err(Error::Task(e)),
+        }
         if !s.host_valid || s.host_ready.is_some() {
             return Err(Error::InvalidArgument(
                 "tiles() splits the host copy, which is stale: a GPU task wrote the array last"

@@ -55,6 +55,11 @@ impl Effects {
 
 /// The error of `task`, whose dependency `dep` failed with `e`: it names the root failure.
 pub(crate) fn dependency_failed(task: &Header, dep: &Header, e: &Arc<TaskError>) -> TaskError {
+    dependency_failed_of(&task.name.to_string(), dep, e)
+}
+
+/// [`dependency_failed`] for a task (or other reader) named `task`.
+pub(crate) fn dependency_failed_of(task: &str, dep: &Header, e: &Arc<TaskError>) -> TaskError {
     let (dependency, cause) = match &**e {
         TaskError::DependencyFailed {
             dependency, cause, ..
@@ -62,7 +67,7 @@ pub(crate) fn dependency_failed(task: &Header, dep: &Header, e: &Arc<TaskError>)
         _ => (dep.name.to_string(), e.clone()),
     };
     TaskError::DependencyFailed {
-        task: task.name.to_string(),
+        task: task.to_string(),
         dependency,
         cause,
     }
