@@ -136,7 +136,8 @@ pub struct Placements {
     any_gpu: bool,
     /// Bit i: `Gpu(i)`.
     gpus: u64,
-    /// The first `Gpu(i)` with an index beyond any runtime's (kept for the error).
+    /// The first `Gpu(i)` with an index beyond any runtime's (kept for the error; an
+    /// index past `u32::MAX` as that).
     beyond: Option<u32>,
 }
 
@@ -225,7 +226,7 @@ pub(crate) type SlotMask = u64;
 pub const MAX_GPUS: usize = 63;
 
 /// Resolves a placement set against `gpus` GPUs. A list keeps the devices the runtime has
-/// (`[cpu, gpu(0)]` on a machine without GPUs is the CPU); an error names the first GPU it
+/// (`[cpu, gpu(0)]` on a machine without GPUs is the CPU); an error names the GPUs it
 /// lacks when none is left.
 pub(crate) fn resolve(p: &Placements, gpus: usize) -> Result<SlotMask, String> {
     let all_gpus: u64 = if gpus == 0 { 0 } else { (1u64 << gpus) - 1 };
@@ -237,19 +238,23 @@ pub(crate) fn resolve(p: &Placements, gpus: usize) -> Result<SlotMask, String> {
     if p.is_empty() {
         return Err("empty placement list".into());
     }
-    let missing = p.gpus & !all_gpus;
-    let beyond = if missing != 0 {
-        Some(missing.trailing_zeros() as usize)
-    } else {
-        p.beyond.map(|i| i as usize)
-    };
-    match beyond {
-        Some(i) => Err(format!(
-            "placement gpu({i}): the runtime has {gpus} GPU{}",
-            if gpus == 1 { "" } else { "s" }
-        )),
-        None => Err("placement gpu: the runtime has no GPU (no CUDA device found)".into()),
+    let mut missing: Vec<String> = (0..u64::BITS as usize)
+        .filter(|i| p.gpus & !all_gpus & 1 << i != 0)
+        .map(|i| format!("gpu({i})"))
+        .collect();
+    if let Some(i) = p.beyond {
+        // (Indices past `u32::MAX` are kept as that.)
+        let above = if i == u32::MAX { " or above" } else { "" };
+        missing.push(format!("gpu({i}{above})"));
     }
+    if missing.is_empty() {
+        return Err("placement gpu: the runtime has no GPU (no CUDA device found)".into());
+    }
+    Err(format!(
+        "placement {}: the runtime has {gpus} GPU{}",
+        missing.join(", "),
+        if gpus == 1 { "" } else { "s" }
+    ))
 }
 
 /// Converts a VCU fraction into fixed point, rounding down so that n tasks of 1/n fit.
@@ -295,6 +300,26 @@ mod test {
         );
         assert!(r(&[], 1).unwrap_err().contains("empty"));
         assert!(Placements::CPU.is_cpu_only());
+    }
+
+    /// The error names every GPU asked for that the runtime lacks, in index order, and an
+    /// index past `u32::MAX` as "or above" (it named `gpu(1)` alone for `[gpu(7), gpu(1)]`,
+    /// and `gpu(4294967295)` for `gpu(2^32 + 1)`).
+    #[test]
+    fn resolve_names_every_missing_gpu() {
+        let r = |p: &[Placement], g| resolve(&p.into_placements(), g).unwrap_err();
+        assert_eq!(
+            r(&[Placement::Gpu(7), Placement::Gpu(1)], 0),
+            "placement gpu(1), gpu(7): the runtime has 0 GPUs"
+        );
+        assert_eq!(
+            r(&[Placement::Gpu((1 << 32) + 1)], 2),
+            "placement gpu(4294967295 or above): the runtime has 2 GPUs"
+        );
+        assert_eq!(
+            r(&[Placement::Gpu(70), Placement::Gpu(3)], 1),
+            "placement gpu(3), gpu(70): the runtime has 1 GPU"
+        );
     }
 
     #[test]

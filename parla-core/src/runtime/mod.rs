@@ -514,11 +514,11 @@ impl Runtime {
             .iter()
             .map(|d| {
                 format!(
-                    "{}: {} ({} slots, {:.1} GiB budget)",
+                    "{}: {} ({} slots, {} budget)",
                     d.device,
                     d.name,
                     d.slots,
-                    d.admission.mem_capacity() as f64 / (1u64 << 30) as f64
+                    bytes_text(d.admission.mem_capacity())
                 )
             })
             .collect()
@@ -863,5 +863,26 @@ impl Drop for Hold {
 impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Hold")
+    }
+}
+
+/// A byte count for people: `24.0 GiB`, `1.0 MiB`, `512 KiB`, `100 bytes`.
+fn bytes_text(b: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    match UNITS.iter().find(|(size, _)| b >= *size) {
+        Some((size, unit)) => format!("{:.1} {unit}", b as f64 / *size as f64),
+        None => format!("{b} bytes"),
+    }
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod bytes_test {
+    /// Budgets print in the largest unit they reach (a 1 MiB budget printed as `0.0 GiB`).
+    #[test]
+    fn byte_counts_print_in_the_largest_unit_they_reach() {
+        assert_eq!(super::bytes_text(24 << 30), "24.0 GiB");
+        assert_eq!(super::bytes_text(1 << 20), "1.0 MiB");
+        assert_eq!(super::bytes_text(1536), "1.5 KiB");
+        assert_eq!(super::bytes_text(100), "100 bytes");
     }
 }
