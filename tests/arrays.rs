@@ -509,6 +509,49 @@ fn an_array_outlives_the_runtime_that_wrote_it() {
     );
 }
 
+/// Two runtimes alive at once: while the first holds copies of an array on its (virtual)
+/// GPU, a task of the second that declares the array fails with `WrongRuntime` at once,
+/// and the array goes on for the first; once the first is dropped, the second uses it.
+/// (The second's task took the place of the array's last writer before it failed, and
+/// every later user failed with it, in both runtimes.)
+#[test]
+fn a_task_of_a_second_runtime_leaves_the_array_to_the_first() {
+    let r = support::within(60, || {
+        let a = PArray::from(array![1u32, 2, 3]);
+        let first = support::vgpu(2, 1, MIB);
+        let b = a.clone();
+        let wrote = first.block_on(
+            task(async move {
+                b.write()?.mapv_inplace(|x| x * 10);
+                Ok::<_, parla::Error>(())
+            })
+            .reads_writes(&a)
+            .placement(Placement::AnyGpu),
+        );
+        assert!(matches!(wrote, Ok(Ok(()))), "{wrote:?}");
+        let second = support::vgpu(2, 1, MIB);
+        let b = a.clone();
+        let refused = second.block_on(
+            task(async move {
+                b.write()?.fill(0);
+                Ok::<_, parla::Error>(())
+            })
+            .writes(&a),
+        );
+        let first_reads = first.block_on(a.to_host()).map(|v| v.to_vec());
+        drop(first);
+        let second_reads = second.block_on(a.to_host()).map(|v| v.to_vec());
+        (refused, first_reads, second_reads)
+    });
+    assert!(
+        matches!(&r.0, Err(TaskError::WrongRuntime { reason, .. }) if reason.contains("another parla runtime")),
+        "{:?}",
+        r.0
+    );
+    assert_eq!(r.1.ok(), Some(vec![10, 20, 30]));
+    assert_eq!(r.2.ok(), Some(vec![10, 20, 30]));
+}
+
 /// A writer that fails at its spawn (constraints no device meets) is still the array's
 /// last writer: later readers and `to_host` fail with it instead of reading the data
 /// from before it.

@@ -148,6 +148,14 @@ pub trait DataObject: Send + Sync + 'static {
     /// it, or it is never freed: `PArray` does so when its last handle is dropped.
     fn flow(&self) -> &Flow;
 
+    /// The id of another runtime than `rt_id` whose devices hold copies of the object, if
+    /// one does: a task of `rt_id` cannot use the object now (checked at the spawn, so that
+    /// such a task fails without taking a place in the object's order).
+    fn other_runtime(&self, rt_id: u32) -> Option<u32> {
+        let _ = rt_id;
+        None
+    }
+
     /// Whether a valid copy is on `device` (for mapping).
     fn valid_on(&self, device: Device) -> bool;
 
@@ -332,6 +340,22 @@ impl Accesses {
         for i in &self.items {
             i.obj.flow().order(task, i.access, deps, after);
         }
+    }
+
+    /// The error of a task of runtime `rt_id` (its header `h`) one of whose objects another
+    /// runtime holds copies of ([`DataObject::other_runtime`]), if one does.
+    pub(crate) fn held_elsewhere(
+        &self,
+        rt_id: u32,
+        h: &crate::graph::node::Header,
+    ) -> Option<TaskError> {
+        let other = self.items.iter().find_map(|i| i.obj.other_runtime(rt_id))?;
+        Some(TaskError::WrongRuntime {
+            task: h.name.to_string(),
+            reason: format!(
+                "its data has copies on the devices of another parla runtime (#{other}), which is alive: an array is used by tasks of one runtime at a time"
+            ),
+        })
     }
 
     /// Records `readers` as dependencies the task only follows (a reader that fails

@@ -87,7 +87,7 @@ pub enum TaskError {
     },
     /// The task was spawned outside a parla runtime.
     #[error(
-        "task {task} was spawned outside a parla runtime (spawn from inside Runtime::block_on or a task)"
+        "task {task} was spawned outside a parla runtime (spawn from inside Runtime::block_on or a task; `rt.block_on(task(..))` spawns it inside)"
     )]
     NoRuntime {
         /// The task.

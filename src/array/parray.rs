@@ -833,6 +833,13 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
         &self.flow
     }
 
+    fn other_runtime(&self, rt_id: u32) -> Option<u32> {
+        // (Copies belong to one runtime: `acquire` makes none for another.)
+        let s = self.state.lock();
+        let id = s.copies.first()?.ledger.runtime_id();
+        (id != rt_id).then_some(id)
+    }
+
     fn valid_on(&self, device: Device) -> bool {
         let s = self.state.lock();
         if device.arch() == Arch::Cpu {

@@ -321,6 +321,11 @@ fn wire_spawned(
             };
             break 'wired Err(failed_at_spawn(task, data, e));
         }
+        if let Some(e) = data.and_then(|acc| acc.held_elsewhere(rt.id, h)) {
+            // Not recorded in its data's order (as `failed_at_spawn` would): the data goes on
+            // for the runtime that holds it.
+            break 'wired Err(e);
+        }
         let mut implied = Vec::new();
         // (The readers of data it writes: the last `readers` of `implied`.)
         let mut readers = 0;
