@@ -553,6 +553,64 @@ impl Mailbox {
     }
 }
 
+/// Tasks passing messages over Tokio channels (default VCUs, as many pairs as workers or
+/// more), and a task spawned from `block_on` once they run, which ends the exchange: it
+/// starts while they pass them. (On one worker it did not start until they ended: every
+/// 32nd hand-over went through the resume lane, which goes ahead of waiting tasks, and at
+/// every release a resume of the pair waited there.)
+#[test]
+fn a_task_spawned_beside_tasks_passing_messages_starts_while_they_pass_them() {
+    for (workers, pairs) in [(1, 1), (1, 2), (2, 1), (2, 4)] {
+        let ended_by_it = support::on_cpu(workers, move || async move {
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let rounds = Arc::new(AtomicUsize::new(0));
+            let t0 = std::time::Instant::now();
+            let mut pair_tasks = Vec::new();
+            for _ in 0..pairs {
+                let (to_b, mut from_a) = tokio::sync::mpsc::channel::<u64>(1);
+                let (to_a, mut from_b) = tokio::sync::mpsc::channel::<u64>(1);
+                let (d, r) = (done.clone(), rounds.clone());
+                pair_tasks.push(
+                    task(async move {
+                        while !d.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(20) {
+                            to_b.send(1).await.unwrap();
+                            from_b.recv().await.unwrap();
+                            r.fetch_add(1, Ordering::SeqCst);
+                        }
+                        d.load(Ordering::SeqCst)
+                    })
+                    .spawn(),
+                );
+                pair_tasks.push(
+                    task(async move {
+                        while let Some(v) = from_a.recv().await {
+                            if to_a.send(v).await.is_err() {
+                                break;
+                            }
+                        }
+                        true
+                    })
+                    .spawn(),
+                );
+            }
+            while rounds.load(Ordering::SeqCst) < 100 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let d = done.clone();
+            task(async move { d.store(true, Ordering::SeqCst) }).spawn();
+            let mut ended_by_it = true;
+            for t in pair_tasks {
+                ended_by_it &= t.await.unwrap();
+            }
+            ended_by_it
+        });
+        assert!(
+            ended_by_it,
+            "{workers} workers, {pairs} pairs: the exchange ran out its 20 s"
+        );
+    }
+}
+
 /// Two tasks asking for the whole CPU pass messages (through mailboxes outside Tokio),
 /// taking over each other's VCUs at every wake, until a third task has run; that one waits
 /// for its VCUs in the resume lane (woken by `block_on`'s future while the pair runs). The

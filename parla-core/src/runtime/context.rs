@@ -581,30 +581,31 @@ pub(crate) fn take_stash() -> Option<(TaskPtr, Demand)> {
 ///
 /// Handed back when no such poll runs here, when the polled task holds fewer VCUs, when a
 /// task is held already, or (every [`DEFER_BUDGET`]-th time, if `others_wait` says tasks
-/// wait for the device) so that the tasks waiting get their turn.
+/// wait for the device) so that the tasks waiting get their turn: then with `true`, for the
+/// caller to queue it behind them (`Admission::resume_after_tasks`).
 pub(crate) fn defer_resume(
     rt_id: u32,
     task: TaskPtr,
     vcu: u32,
     others_wait: impl FnOnce() -> bool,
-) -> Result<(), TaskPtr> {
+) -> Result<(), (TaskPtr, bool)> {
     if !polling_task(rt_id) || running_device() != Some(Device::CPU) {
-        return Err(task);
+        return Err((task, false));
     }
     if WOKEN.with(|c| c.get().is_some()) {
-        return Err(task);
+        return Err((task, false));
     }
     let cur = CURRENT.with(|c| c.task.get());
     // SAFETY: non-null (`polling_task`), set by `enter_task` from a reference that outlives
     // the guard that restores the previous value, and this thread is inside that scope.
     let have = unsafe { &*cur }.header().demand().vcu;
     if have < vcu {
-        return Err(task);
+        return Err((task, false));
     }
     let n = DEFERRED.with(|c| c.get());
     if n >= DEFER_BUDGET && others_wait() {
         DEFERRED.with(|c| c.set(0));
-        return Err(task);
+        return Err((task, true));
     }
     DEFERRED.with(|c| c.set(n.saturating_add(1)));
     WOKEN.with(|c| c.set(into_raw(task)));

@@ -871,7 +871,9 @@ impl RtInner {
             // Woken by a task polling on this thread, which may pass it its VCUs.
             match context::defer_resume(self.id, task, lent, || self.cpu_waiting()) {
                 Ok(()) => return,
-                Err(t) => return self.resume_lent(t, slot, lent),
+                Err((t, false)) => return self.resume_lent(t, slot, lent),
+                // The waiting tasks' turn: behind them.
+                Err((t, true)) => return self.resume_lent_as(t, slot, lent, true),
             }
         }
         self.resume_lent(task, slot, lent);
@@ -881,8 +883,21 @@ impl RtInner {
     /// `lent` VCUs of device `slot` and holds its busy token: it takes them back at once if
     /// they fit, else it waits in the resume lane.
     pub(crate) fn resume_lent(self: &Arc<Self>, task: TaskPtr, slot: usize, lent: u32) {
+        self.resume_lent_as(task, slot, lent, false);
+    }
+
+    /// [`resume_lent`](Self::resume_lent); `after_tasks`: queued, it lets the tasks waiting
+    /// from outside go first (`Admission::resume_after_tasks`).
+    fn resume_lent_as(self: &Arc<Self>, task: TaskPtr, slot: usize, lent: u32, after_tasks: bool) {
         let dev = &self.devices[slot];
-        let resumed = self.with_local(|l| dev.admission.resume(task, lent, &mut l.admitted));
+        let resumed = self.with_local(|l| {
+            if after_tasks {
+                dev.admission
+                    .resume_after_tasks(task, lent, &mut l.admitted)
+            } else {
+                dev.admission.resume(task, lent, &mut l.admitted)
+            }
+        });
         match resumed {
             Resumed::Granted(t) => {
                 t.header().reclaim();

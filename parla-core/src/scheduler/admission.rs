@@ -151,9 +151,13 @@ struct Entry<T> {
     d: Demand,
     /// Whether a lender may claim it (its claim word is set: see [`Admission::queue`]).
     claimable: bool,
-    /// Its place in the task lane's order (0 in the resume lane).
+    /// Its place in the task lane's order; in the resume lane 0, or [`YIELDS`].
     ticket: u64,
 }
+
+/// The ticket of a resume lane entry that lets the central part of the task lane go first
+/// (see [`Admission::resume_after_tasks`]).
+const YIELDS: u64 = 1;
 
 /// What the central lock holds. (The task lane first: with the lock, on one cache line.)
 #[repr(C)]
@@ -688,6 +692,21 @@ impl<T: Claim> Admission<T> {
     /// every wait releases, and a resume that slept in the lock stalled the waker's worker
     /// and the task it ran.)
     pub(crate) fn resume(&self, item: T, vcu: u32, out: &mut Vec<T>) -> Resumed<T> {
+        self.resume_entry(item, vcu, 0, out)
+    }
+
+    /// [`resume`](Self::resume) of an item that, queued, lets the central part of the task
+    /// lane go first (it is skipped while the head there fits in what is free; see
+    /// [`YIELDS`]): for the turn a task passing messages gives the tasks that wait
+    /// (`context::defer_resume`). Without it, two tasks passing messages on a device they
+    /// fill would keep a resume waiting at every drain, and resumes go first, so a task
+    /// spawned from outside never started until they ended.
+    pub(crate) fn resume_after_tasks(&self, item: T, vcu: u32, out: &mut Vec<T>) -> Resumed<T> {
+        self.resume_entry(item, vcu, YIELDS, out)
+    }
+
+    /// [`resume`](Self::resume), the entry's ticket `ticket` (0, or [`YIELDS`]).
+    fn resume_entry(&self, item: T, vcu: u32, ticket: u64, out: &mut Vec<T>) -> Resumed<T> {
         if self.resume_now(vcu) {
             return Resumed::Granted(item);
         }
@@ -696,7 +715,7 @@ impl<T: Claim> Admission<T> {
             item,
             d,
             claimable: false,
-            ticket: 0,
+            ticket,
         };
         // Counted before it is pushed (either way), so that no drain takes it uncounted.
         self.resuming.fetch_add(1, Ordering::AcqRel);
@@ -938,21 +957,26 @@ impl<T: Claim> Admission<T> {
     /// [`drain`](Self::drain) when something may be admitted.
     #[inline(never)]
     fn drain_some(&self, c: &mut Central<T>, out: &mut Vec<T>) {
-        self.drain_resumes(c, out);
+        let yielded = self.drain_resumes(c, out);
         if self.sharded.load(Ordering::Acquire) != 0 {
-            return self.drain_all(c, self.occupied(false), out);
-        }
-        // Central entries alone (not claimable).
-        while let Some(e) = c.tasks.front() {
-            if !self.try_reserve(e.d) {
-                break;
+            self.drain_all(c, self.occupied(false), out);
+        } else {
+            // Central entries alone (not claimable).
+            while let Some(e) = c.tasks.front() {
+                if !self.try_reserve(e.d) {
+                    break;
+                }
+                if let Some(e) = c.tasks.pop_front() {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    push_out(out, e.item);
+                }
             }
-            if let Some(e) = c.tasks.pop_front() {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                push_out(out, e.item);
-            }
+            shrink(&mut c.tasks);
         }
-        shrink(&mut c.tasks);
+        if yielded {
+            // The resumes that let the tasks go first: now, if they fit.
+            self.drain_resumes(c, out);
+        }
     }
 
     /// [`drain`](Self::drain)'s tasks when the shards in `mask` hold entries: in ticket
@@ -965,7 +989,9 @@ impl<T: Claim> Admission<T> {
                 Step::NoFit => break,
                 Step::Admitted | Step::Dropped => {}
                 // The reservation it gave back may fit a resume.
-                Step::Lost => self.drain_resumes(c, out),
+                Step::Lost => {
+                    self.drain_resumes(c, out);
+                }
             }
         }
         shrink(&mut c.tasks);
@@ -997,11 +1023,47 @@ impl<T: Claim> Admission<T> {
     }
 
     #[inline]
-    fn drain_resumes(&self, c: &mut Central<T>, out: &mut Vec<T>) {
-        if !c.resumes.is_empty() {
-            let n = self.admit_fitting(&mut c.resumes, c.resume_min, out);
-            self.resumes_left(c, n);
+    /// Admits the resumes that fit, first-fit; those that let the central part of the task
+    /// lane go first ([`YIELDS`]) stay while the head there fits in what is free. Returns
+    /// whether one stayed so.
+    fn drain_resumes(&self, c: &mut Central<T>, out: &mut Vec<T>) -> bool {
+        if c.resumes.is_empty() {
+            return false;
         }
+        let skip = c.tasks.front().is_some_and(|e| self.could_fit(e.d));
+        let (n, yielded) = self.admit_fitting_resumes(&mut c.resumes, c.resume_min, skip, out);
+        self.resumes_left(c, n);
+        yielded
+    }
+
+    /// [`admit_fitting`](Self::admit_fitting) of the resume lane, past the entries that
+    /// yield ([`YIELDS`]) when `skip`. Returns how many it admitted, and whether it passed
+    /// one so.
+    fn admit_fitting_resumes(
+        &self,
+        lane: &mut VecDeque<Entry<T>>,
+        min: Demand,
+        skip: bool,
+        out: &mut Vec<T>,
+    ) -> (usize, bool) {
+        if !skip {
+            return (self.admit_fitting(lane, min, out), false);
+        }
+        let (mut admitted, mut yielded) = (0, false);
+        let mut i = 0;
+        while i < lane.len() && self.could_fit(min) {
+            if lane[i].ticket == YIELDS {
+                yielded = true;
+                i += 1;
+                continue;
+            }
+            match self.admit_entry(lane, i, out) {
+                Step::Admitted => admitted += 1,
+                Step::Dropped | Step::Lost => {}
+                Step::NoFit => i += 1,
+            }
+        }
+        (admitted, yielded)
     }
 
     /// `n` items left the resume lane (`c`): they are taken off its count, and its bound
@@ -1051,6 +1113,8 @@ impl<T: Claim> Admission<T> {
         }
         self.unlock_shards(locked);
         self.admit_fitting(&mut c.tasks, Demand::default(), out);
+        // (Resumes that let those go first: see `drain_resumes`.)
+        self.drain_resumes(&mut c, out);
         let n = out.len() - before;
         self.unlock(c, seen, out);
         n
@@ -1377,6 +1441,42 @@ mod test {
         assert_eq!(out, vec![1, 2, 4, 3, 5]);
         let u = a.usage();
         assert_eq!((u.vcu, u.mem, u.waiting), (VCU_ONE, 10, 0));
+    }
+
+    /// A resume queued with `resume_after_tasks` lets the head of the central task lane go
+    /// first when that fits, and is admitted after it; when the head does not fit in what
+    /// is free, it is not held back for it. Other resumes still go first.
+    #[test]
+    fn a_yielding_resume_lets_the_central_head_go_first() {
+        let (half, one) = (d(VCU_ONE / 2, 0), d(VCU_ONE, 0));
+        let a = Admission::new(100, 2);
+        let mut out = Vec::new();
+        assert!(a.admit(1, one, &mut out));
+        assert!(!a.admit(2, half, &mut out), "waits in the central part");
+        assert_eq!(
+            a.resume_after_tasks(3, VCU_ONE / 2, &mut out),
+            Resumed::Waiting
+        );
+        assert_eq!(a.resume(4, VCU_ONE / 2, &mut out), Resumed::Waiting);
+        a.release(one, &mut out);
+        assert_eq!(out, vec![1, 4, 2], "the plain resume, then the task");
+        a.release(half, &mut out);
+        assert_eq!(out, vec![1, 4, 2, 3], "then the yielding resume");
+
+        // The head needs more than is free: the yielding resume takes what is.
+        let b = Admission::new(100, 2);
+        let mut out = Vec::new();
+        assert!(b.admit(1, half, &mut out));
+        assert!(b.admit(2, half, &mut out));
+        assert!(!b.admit(3, one, &mut out));
+        assert_eq!(
+            b.resume_after_tasks(4, VCU_ONE / 2, &mut out),
+            Resumed::Waiting
+        );
+        b.release(half, &mut out);
+        assert_eq!(out, vec![1, 2, 4]);
+        let u = b.usage();
+        assert_eq!((u.vcu, u.waiting), (VCU_ONE, 1));
     }
 
     #[test]
