@@ -97,6 +97,33 @@ fn tasks_spawn_tasks() {
     });
 }
 
+/// A handle awaited again after an await took its value (through `&mut`, as a completed
+/// `timeout` leaves it) says so: `OutputTaken`. (It said `Cancelled`: "the runtime shut
+/// down".) A failed task's handle gives its error again.
+#[test]
+fn a_handle_awaited_again_after_its_value_was_taken_says_so() {
+    let rt = parla::Runtime::builder().cpu_threads(2).build().unwrap();
+    let (first, again, failed_twice) = rt.block_on(async {
+        let mut h = task(async { 1 }).spawn();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(30), &mut h)
+            .await
+            .expect("the task finishes");
+        let again = h.await;
+        let mut f = task(async { panic!("a failing task") }).spawn();
+        let _ = (&mut f).await;
+        (first, again, f.await)
+    });
+    assert_eq!(first, Ok(1));
+    assert!(
+        matches!(&again, Err(TaskError::OutputTaken { task }) if task.starts_with('#')),
+        "{again:?}"
+    );
+    assert!(
+        matches!(failed_twice, Err(TaskError::Panicked { .. })),
+        "{failed_twice:?}"
+    );
+}
+
 #[test]
 fn current_task_and_device() {
     each_config!(|rt| {

@@ -106,6 +106,13 @@ pub enum TaskError {
         /// The task.
         task: String,
     },
+    /// The handle was awaited again after an earlier await took the task's value (a
+    /// `timeout(d, &mut handle)` or `select!` over `&mut handle` that completed with it).
+    #[error("task {task}'s value was taken already, by an earlier await of its handle")]
+    OutputTaken {
+        /// The task.
+        task: String,
+    },
 }
 
 impl TaskError {

@@ -119,10 +119,11 @@ impl<T: 'static> TaskHandle<T> {
     fn ready(&self, o: Outcome) -> Poll<Result<T, TaskError>> {
         Poll::Ready(match o {
             Err(e) => Err((*e).clone()),
-            // SAFETY: this is the task's one handle, it saw the `Ok` outcome published
-            // (under the links lock), and a `Ready` result ends its use as a future.
+            // SAFETY: this is the task's one handle, and it saw the `Ok` outcome published
+            // (under the links lock). The output is gone only if this handle took it (the
+            // runtime drops it only once the handle is gone): awaited again after `Ready`.
             Ok(()) => unsafe { self.task.take_output() }
-                .ok_or_else(|| TaskError::Cancelled { task: self.name() }),
+                .ok_or_else(|| TaskError::OutputTaken { task: self.name() }),
         })
     }
 }
