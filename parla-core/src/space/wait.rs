@@ -147,13 +147,18 @@ impl RefWait {
 }
 
 /// Waits for every id of a [`TaskRange`]; made by awaiting the range. Resolves to the first
-/// failure in key order once all finished, else `Ok(())`.
+/// failure in key order once all finished, else `Ok(())`. Once one of its ids was found never
+/// spawned (the runtime had nothing left to run), the ids after it that were not spawned by
+/// then are not waited for: each would be another such finding, one stall of the runtime
+/// apiece, and the range fails all the same.
 #[must_use = "futures do nothing unless awaited"]
 pub struct RangeWait {
     range: TaskRange,
     next: i128,
     current: Option<RefWait>,
     first_err: Option<TaskError>,
+    /// One of its ids failed with `NeverSpawned`.
+    never_spawned: bool,
 }
 
 impl RangeWait {
@@ -164,6 +169,7 @@ impl RangeWait {
             next,
             current: None,
             first_err: None,
+            never_spawned: false,
         }
     }
 }
@@ -188,6 +194,9 @@ impl RangeWait {
                 }
                 let r = this.range.space.at(super::int_part(this.next));
                 this.next += 1;
+                if this.never_spawned && matches!(r.space.lookup(&r.key), Lookup::Missing) {
+                    continue;
+                }
                 this.current = Some(RefWait::new(r));
             }
             let Some(cur) = this.current.as_mut() else {
@@ -198,6 +207,7 @@ impl RangeWait {
                 Poll::Ready(r) => {
                     this.current = None;
                     if let Err(e) = r {
+                        this.never_spawned |= matches!(e, TaskError::NeverSpawned { .. });
                         this.first_err.get_or_insert(e);
                     }
                 }
