@@ -829,6 +829,17 @@ impl Future for Driver {
             if ended {
                 break Poll::Ready(());
             }
+            if rt.shutdown.load(Ordering::Relaxed) {
+                // The runtime is being dropped: its drop cancels what is left once Tokio's
+                // workers stopped, which they do once they have nothing to run (a worker
+                // looks for the shutdown only every 61 polls otherwise, and each of this
+                // driver's polls may run tasks for a millisecond and more). So this driver
+                // stops here, without a wake.
+                if let Some(t) = first.take().or_else(|| slots.take_next()) {
+                    rt.inject.push(t);
+                }
+                break Poll::Pending;
+            }
             let next = first
                 .take()
                 .or_else(|| slots.take_next())
