@@ -682,7 +682,7 @@ fn a_runtime_dropped_while_its_tasks_yield_in_loops_stops_them_at_once() {
         let after_drop = polls.load(Ordering::SeqCst) - before;
         let outcomes: Vec<_> = handles
             .into_iter()
-            .map(|h| futures_util::FutureExt::now_or_never(h))
+            .map(futures_util::FutureExt::now_or_never)
             .collect();
         (after_drop, outcomes)
     });
