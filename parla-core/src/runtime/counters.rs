@@ -32,6 +32,9 @@ pub(crate) struct Counters {
     monitors: Mutex<SmallVec<[Waker; 2]>>,
     /// The stall resolver, woken when the busy count reaches zero.
     pub(crate) stall: AtomicWaker,
+    /// How many times the busy count reached zero: a stall that the resolver finds twice
+    /// with the same count lasted in between (see `stall::Monitor`).
+    zeros: AtomicU64,
 }
 
 impl Counters {
@@ -40,6 +43,7 @@ impl Counters {
             word: AtomicU64::new(0),
             monitors: Mutex::new(SmallVec::new()),
             stall: AtomicWaker::new(),
+            zeros: AtomicU64::new(0),
         }
     }
 
@@ -62,12 +66,18 @@ impl Counters {
     #[cold]
     fn reached_zero(&self, idle: bool) {
         if idle {
+            self.zeros.fetch_add(1, Ordering::AcqRel);
             self.stall.wake();
         }
         let ws = std::mem::take(&mut *self.monitors.lock());
         for w in ws {
             w.wake();
         }
+    }
+
+    /// How many times the busy count reached zero so far.
+    pub(crate) fn zeros(&self) -> u64 {
+        self.zeros.load(Ordering::Acquire)
     }
 
     /// (live, busy).

@@ -23,7 +23,12 @@
 //! 5. one await of a `block_on` future fails with `Deadlock`.
 //!
 //! A monitor task runs the resolver whenever the busy count reaches zero; while user Tokio
-//! tasks are alive it looks again at a slowly growing interval instead.
+//! tasks are alive it looks again at a slowly growing interval instead. Steps 3 to 5 wait
+//! until the stall has lasted [`CONFIRM`] (the busy count did not leave zero meanwhile): a
+//! zero count may be a moment between two updates of it - a task admitted on one thread,
+//! whose token is counted as that thread launches it, while another thread's last token
+//! goes - and failing an await there failed a correct program (a tree of tasks awaiting
+//! their spaces, about 1 run in 100 of a debug build on a loaded machine).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,27 +61,32 @@ pub(crate) enum Resolved {
     Nothing,
     /// Not stalled when it looked.
     NotStalled,
+    /// Stalled, and the next step would fail a task or an await: look again once the
+    /// stall lasted (see [`Monitor`]).
+    Confirm,
 }
 
-/// Resolves one cause of a stall.
-pub(crate) fn resolve(rt: &Arc<RtInner>) -> Resolved {
+/// Resolves one cause of a stall. `lasted`: the stall was found before and lasted since
+/// (the busy count did not leave zero); steps that fail a task or an await wait for that.
+pub(crate) fn resolve(rt: &Arc<RtInner>, lasted: bool) -> Resolved {
     let _gate = rt.gate.write();
     if !stalled(rt) || rt.shutdown.load(Ordering::SeqCst) {
         return Resolved::NotStalled;
     }
-    if resolve_step(rt) {
-        Resolved::Acted
-    } else {
-        Resolved::Nothing
+    match resolve_step(rt, lasted) {
+        Some(true) => Resolved::Acted,
+        Some(false) => Resolved::Nothing,
+        None => Resolved::Confirm,
     }
 }
 
-/// One step of the resolution (see the module docs). Returns whether it acted.
-fn resolve_step(rt: &Arc<RtInner>) -> bool {
+/// One step of the resolution (see the module docs). Returns whether it acted, or `None`
+/// when the next step would fail a task or an await of a stall that has not `lasted`.
+fn resolve_step(rt: &Arc<RtInner>, lasted: bool) -> Option<bool> {
     // 0. Backfill.
     for dev in rt.devices.iter() {
         if rt.with_local(|l| dev.admission.backfill(&mut l.admitted)) > 0 {
-            return true;
+            return Some(true);
         }
     }
     // 1. Never spawned.
@@ -88,7 +98,7 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
                 id: h.name.to_string(),
             };
             if rt.with_local(|l| graph::fail_unrun(p, err, &mut l.fx)) {
-                return true;
+                return Some(true);
             }
         }
     }
@@ -112,7 +122,13 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
                 graph::finish(t, Err(err.clone()), &mut l.fx);
             }
         });
-        return true;
+        return Some(true);
+    }
+    // The steps below fail a task or an await. A busy count at zero may be a moment
+    // between two updates of it (a task admitted on one thread, its token counted as it
+    // is launched, while another thread's last token goes): the stall must last first.
+    if !lasted {
+        return None;
     }
     // 3. An await inside a task.
     if let Some(t) = rt.pollers.newest_parked() {
@@ -121,7 +137,7 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
         if let Woken::Schedule { took_token } = h.act.wake() {
             rt.schedule_woken(t, took_token);
         }
-        return true;
+        return Some(true);
     }
     // 4. A resource wait.
     for dev in rt.devices.iter() {
@@ -144,7 +160,7 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
                 ),
             };
             rt.fail_waiting_item(&t, err, lane);
-            return true;
+            return Some(true);
         }
     }
     // 5. An await of `block_on`.
@@ -156,9 +172,9 @@ fn resolve_step(rt: &Arc<RtInner>) -> bool {
             }
             m.thread.wake();
         }
-        return true;
+        return Some(true);
     }
-    false
+    Some(false)
 }
 
 /// Starts the task that runs the resolver whenever the runtime goes quiescent.
@@ -168,6 +184,7 @@ pub(crate) fn start_monitor(rt: &Arc<RtInner>) {
         rt: Arc::downgrade(rt),
         recheck: None,
         pause: MIN_RECHECK,
+        found: None,
     });
 }
 
@@ -179,7 +196,14 @@ struct Monitor {
     /// While user Tokio tasks are alive at a quiescent moment: when to look again.
     recheck: Option<Pin<Box<tokio::time::Sleep>>>,
     pause: Duration,
+    /// A stall found whose next step fails something ([`Resolved::Confirm`]): the count of
+    /// the busy count's zeros then. Found again after [`CONFIRM`] with the same count, the
+    /// stall lasted, and the step acts.
+    found: Option<u64>,
 }
+
+/// How long a stall must last before the resolver fails a task or an await for it.
+const CONFIRM: Duration = Duration::from_millis(2);
 
 impl Future for Monitor {
     type Output = ();
@@ -197,6 +221,7 @@ impl Future for Monitor {
             if rt.counters.load().1 != 0 {
                 this.recheck = None;
                 this.pause = MIN_RECHECK;
+                this.found = None;
                 return Poll::Pending;
             }
             // A user's Tokio task may still spawn what others wait for (and a driver that
@@ -214,13 +239,22 @@ impl Future for Monitor {
                 this.pause = (this.pause * 2).min(MAX_RECHECK);
                 continue;
             }
-            match resolve(&rt) {
-                Resolved::Acted => continue,
+            let zeros = rt.counters.zeros();
+            match resolve(&rt, this.found == Some(zeros)) {
+                Resolved::Acted => {
+                    this.found = None;
+                    continue;
+                }
                 Resolved::Nothing => return Poll::Pending,
                 // Busy again (the next zero wakes this task), or a count in flux: look
                 // again shortly.
                 Resolved::NotStalled => {
+                    this.found = None;
                     this.recheck = Some(Box::pin(tokio::time::sleep(this.pause)));
+                }
+                Resolved::Confirm => {
+                    this.found = Some(zeros);
+                    this.recheck = Some(Box::pin(tokio::time::sleep(CONFIRM)));
                 }
             }
         }
