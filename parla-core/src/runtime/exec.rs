@@ -904,17 +904,20 @@ impl RtInner {
                 self.push_runnable(t);
             }
             // It waits in the resume lane and holds no token meanwhile (launched above if
-            // this very call admitted it).
+            // this very call admitted it). It gives its token up last: what the loans of
+            // the tasks that kept their VCUs admit now is launched, its tokens counted,
+            // first. (The other way round, the busy count could read zero with tasks
+            // admitted and not launched yet, and the stall resolver fail what awaits them.)
             Resumed::Waiting => {
-                self.counters.add(0, -1);
                 self.with_local(|l| self.lend_held_for(slot, &mut l.admitted));
+                self.counters.add(0, -1);
             }
             // Its handle aborted it: it fails without taking its VCUs back (and gives up its
-            // token, as a resume that waits does).
+            // token, as a resume that waits does, last).
             Resumed::Aborted(t) => {
-                self.counters.add(0, -1);
                 let err = t.header().aborted_error();
                 self.fail_waiting_item(&t, err, Lane::Resume);
+                self.counters.add(0, -1);
             }
         }
     }

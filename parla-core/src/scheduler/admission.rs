@@ -1115,9 +1115,10 @@ impl<T: Claim> Admission<T> {
         self.admit_fitting(&mut c.tasks, Demand::default(), out);
         // (Resumes that let those go first: see `drain_resumes`.)
         self.drain_resumes(&mut c, out);
-        let n = out.len() - before;
+        // Counted after the unlock: the drains it serves for releasers that found the lock
+        // taken admit items too.
         self.unlock(c, seen, out);
-        n
+        out.len() - before
     }
 
     /// Removes and returns the first waiting item (resumes first), for the stall resolver.
