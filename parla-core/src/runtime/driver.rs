@@ -835,7 +835,7 @@ impl Future for Driver {
                 // looks for the shutdown only every 61 polls otherwise, and each of this
                 // driver's polls may run tasks for a millisecond and more). So this driver
                 // stops here, without a wake.
-                if let Some(t) = first.take().or_else(|| slots.take_next()) {
+                for t in first.take().into_iter().chain(slots.take_next()) {
                     rt.inject.push(t);
                 }
                 break Poll::Pending;

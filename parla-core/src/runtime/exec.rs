@@ -871,9 +871,8 @@ impl RtInner {
             // Woken by a task polling on this thread, which may pass it its VCUs.
             match context::defer_resume(self.id, task, lent, || self.cpu_waiting()) {
                 Ok(()) => return,
-                Err((t, false)) => return self.resume_lent(t, slot, lent),
-                // The waiting tasks' turn: behind them.
-                Err((t, true)) => return self.resume_lent_as(t, slot, lent, true),
+                // (At the waiting tasks' turn, behind them.)
+                Err((t, turn)) => return self.resume_lent_as(t, slot, lent, turn),
             }
         }
         self.resume_lent(task, slot, lent);

@@ -62,21 +62,25 @@ pub(crate) enum Resolved {
     /// Not stalled when it looked.
     NotStalled,
     /// Stalled, and the next step would fail a task or an await: look again once the
-    /// stall lasted (see [`Monitor`]).
-    Confirm,
+    /// stall lasted (see [`Monitor`]). The count of the busy count's zeros when it looked.
+    Confirm(u64),
 }
 
-/// Resolves one cause of a stall. `lasted`: the stall was found before and lasted since
-/// (the busy count did not leave zero); steps that fail a task or an await wait for that.
-pub(crate) fn resolve(rt: &Arc<RtInner>, lasted: bool) -> Resolved {
+/// Resolves one cause of a stall. `found`: the count of the busy count's zeros when the
+/// monitor found this stall before ([`Resolved::Confirm`]); the steps that fail a task or
+/// an await act only if the count is still that (the stall lasted: the busy count did not
+/// leave zero since). (Read after the stall is seen, so that no zero between the two looks
+/// goes unseen.)
+pub(crate) fn resolve(rt: &Arc<RtInner>, found: Option<u64>) -> Resolved {
     let _gate = rt.gate.write();
     if !stalled(rt) || rt.shutdown.load(Ordering::SeqCst) {
         return Resolved::NotStalled;
     }
-    match resolve_step(rt, lasted) {
+    let zeros = rt.counters.zeros();
+    match resolve_step(rt, found == Some(zeros)) {
         Some(true) => Resolved::Acted,
         Some(false) => Resolved::Nothing,
-        None => Resolved::Confirm,
+        None => Resolved::Confirm(zeros),
     }
 }
 
@@ -239,8 +243,7 @@ impl Future for Monitor {
                 this.pause = (this.pause * 2).min(MAX_RECHECK);
                 continue;
             }
-            let zeros = rt.counters.zeros();
-            match resolve(&rt, this.found == Some(zeros)) {
+            match resolve(&rt, this.found) {
                 Resolved::Acted => {
                     this.found = None;
                     continue;
@@ -252,7 +255,7 @@ impl Future for Monitor {
                     this.found = None;
                     this.recheck = Some(Box::pin(tokio::time::sleep(this.pause)));
                 }
-                Resolved::Confirm => {
+                Resolved::Confirm(zeros) => {
                     this.found = Some(zeros);
                     this.recheck = Some(Box::pin(tokio::time::sleep(CONFIRM)));
                 }

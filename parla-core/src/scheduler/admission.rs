@@ -1022,48 +1022,18 @@ impl<T: Claim> Admission<T> {
         }
     }
 
-    #[inline]
     /// Admits the resumes that fit, first-fit; those that let the central part of the task
     /// lane go first ([`YIELDS`]) stay while the head there fits in what is free. Returns
     /// whether one stayed so.
+    #[inline]
     fn drain_resumes(&self, c: &mut Central<T>, out: &mut Vec<T>) -> bool {
         if c.resumes.is_empty() {
             return false;
         }
         let skip = c.tasks.front().is_some_and(|e| self.could_fit(e.d));
-        let (n, yielded) = self.admit_fitting_resumes(&mut c.resumes, c.resume_min, skip, out);
+        let (n, yielded) = self.admit_fitting_past(&mut c.resumes, c.resume_min, skip, out);
         self.resumes_left(c, n);
         yielded
-    }
-
-    /// [`admit_fitting`](Self::admit_fitting) of the resume lane, past the entries that
-    /// yield ([`YIELDS`]) when `skip`. Returns how many it admitted, and whether it passed
-    /// one so.
-    fn admit_fitting_resumes(
-        &self,
-        lane: &mut VecDeque<Entry<T>>,
-        min: Demand,
-        skip: bool,
-        out: &mut Vec<T>,
-    ) -> (usize, bool) {
-        if !skip {
-            return (self.admit_fitting(lane, min, out), false);
-        }
-        let (mut admitted, mut yielded) = (0, false);
-        let mut i = 0;
-        while i < lane.len() && self.could_fit(min) {
-            if lane[i].ticket == YIELDS {
-                yielded = true;
-                i += 1;
-                continue;
-            }
-            match self.admit_entry(lane, i, out) {
-                Step::Admitted => admitted += 1,
-                Step::Dropped | Step::Lost => {}
-                Step::NoFit => i += 1,
-            }
-        }
-        (admitted, yielded)
     }
 
     /// `n` items left the resume lane (`c`): they are taken off its count, and its bound
@@ -1082,16 +1052,34 @@ impl<T: Claim> Admission<T> {
     /// fork-join tree's parents) admits the first and stops, instead of trying them all.
     /// Returns how many it admitted.
     fn admit_fitting(&self, lane: &mut VecDeque<Entry<T>>, min: Demand, out: &mut Vec<T>) -> usize {
-        let mut admitted = 0;
+        self.admit_fitting_past(lane, min, false, out).0
+    }
+
+    /// [`admit_fitting`](Self::admit_fitting), past the resume lane entries that yield
+    /// ([`YIELDS`]) when `skip`. Returns how many it admitted, and whether it passed one so.
+    #[inline]
+    fn admit_fitting_past(
+        &self,
+        lane: &mut VecDeque<Entry<T>>,
+        min: Demand,
+        skip: bool,
+        out: &mut Vec<T>,
+    ) -> (usize, bool) {
+        let (mut admitted, mut yielded) = (0, false);
         let mut i = 0;
         while i < lane.len() && self.could_fit(min) {
+            if skip && lane[i].ticket == YIELDS {
+                yielded = true;
+                i += 1;
+                continue;
+            }
             match self.admit_entry(lane, i, out) {
                 Step::Admitted => admitted += 1,
                 Step::Dropped | Step::Lost => {}
                 Step::NoFit => i += 1,
             }
         }
-        admitted
+        (admitted, yielded)
     }
 
     /// Whether `d` fits in what is free now.
