@@ -611,6 +611,63 @@ fn a_task_spawned_beside_tasks_passing_messages_starts_while_they_pass_them() {
     }
 }
 
+/// As many parents as workers (default VCUs) await child after child in a loop until a flag
+/// is set; a task spawned inside a task and detached sets it: spawned by a task that ends
+/// at once, or by one of the parents before its loop. It starts while they loop, as a task
+/// spawned with `tokio::spawn` would. (It did not start until the loops ended: it waited
+/// where only a task awaiting it could take it, and nobody would.)
+#[test]
+fn a_detached_task_spawned_inside_a_task_starts_while_parents_loop_on_children() {
+    for workers in [1, 2, 4] {
+        for by_a_parent in [false, true] {
+            let ended_by_it = support::on_cpu(workers, move || async move {
+                let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let t0 = std::time::Instant::now();
+                let set = |d: Arc<std::sync::atomic::AtomicBool>| {
+                    // Detached: the handle is dropped at once.
+                    task(async move { d.store(true, Ordering::SeqCst) }).spawn();
+                };
+                let mut parents = Vec::new();
+                for k in 0..workers {
+                    let d = done.clone();
+                    parents.push(
+                        task(async move {
+                            if by_a_parent && k == 0 {
+                                set(d.clone());
+                            }
+                            while !d.load(Ordering::SeqCst)
+                                && t0.elapsed() < Duration::from_secs(20)
+                            {
+                                task(async { 1 }).await.unwrap();
+                            }
+                            d.load(Ordering::SeqCst)
+                        })
+                        .spawn(),
+                    );
+                }
+                if !by_a_parent {
+                    let d = done.clone();
+                    task(async move { set(d) }).spawn();
+                }
+                let mut ended_by_it = true;
+                for p in parents {
+                    ended_by_it &= p.await.unwrap();
+                }
+                ended_by_it
+            });
+            assert!(
+                ended_by_it,
+                "{workers} workers, spawned by {}: the loops ran out their 20 s",
+                if by_a_parent {
+                    "a parent"
+                } else {
+                    "a task ending at once"
+                }
+            );
+        }
+    }
+}
+
 /// Two tasks asking for the whole CPU pass messages (through mailboxes outside Tokio),
 /// taking over each other's VCUs at every wake, until a third task has run; that one waits
 /// for its VCUs in the resume lane (woken by `block_on`'s future while the pair runs). The

@@ -650,6 +650,29 @@ impl Header {
         self.join_state.fetch_and(!JOIN_INTEREST, Ordering::AcqRel) & JOIN_COMPLETE != 0
     }
 
+    /// Whether a handle dropped now (inside a task's poll, where the tasks that poll
+    /// spawned wait to be queued claimable) should say so ([`join_drop`](Self::join_drop))
+    /// even when it has no output to drop, so that the task stops being
+    /// [`claimable`](Self::claimable): the task has no id and had not completed (a relaxed
+    /// read: one completing meanwhile only costs the update).
+    #[inline]
+    pub(crate) fn detach_on_drop(&self) -> bool {
+        !matches!(self.name, Name::Id(..))
+            && self.join_state.load(Ordering::Relaxed) & JOIN_COMPLETE == 0
+    }
+
+    /// Whether a lender may still claim the task from the task lane (see
+    /// `Admission::queue`): its handle is alive, or it has an id, through which a task may
+    /// await it. A task spawned by a task with its handle dropped at once (detached) and no
+    /// id is nobody's to claim: it waits in the central part of the lane, where the
+    /// turns that parents awaiting child after child give to waiting tasks find it
+    /// (`context::gift_turn`).
+    #[inline]
+    pub(crate) fn claimable(&self) -> bool {
+        matches!(self.name, Name::Id(..))
+            || self.join_state.load(Ordering::Acquire) & JOIN_INTEREST != 0
+    }
+
     /// Asks for the task to be aborted. Returns whether this call asked first.
     pub(crate) fn request_abort(&self) -> bool {
         self.join_state.fetch_or(ABORTED, Ordering::AcqRel) & ABORTED == 0

@@ -333,7 +333,8 @@ impl RtInner {
             // It waits. Made ready by the task polled here (spawned by it, mostly), it may be
             // what that task awaits next: the last of the poll is held until the poll ends
             // (see `context::stash`), the others are queued - in the order they were
-            // spawned, each as the next one comes - where that task's lend can claim them.
+            // spawned, each as the next one comes - where that task's lend can claim them
+            // (unless nobody can: `Header::claimable`).
             let in_poll = context::polling_task(self.id);
             let (task, d, dev, slot) = if in_poll {
                 match self.stash(task, d) {
@@ -351,7 +352,8 @@ impl RtInner {
                 // once while the device is full): without waiting for the admission lock.
                 dev.admission.queue_unlocked(task, d, admitted)
             } else {
-                dev.admission.queue(task, d, in_poll, admitted)
+                let claimable = in_poll && task.header().claimable();
+                dev.admission.queue(task, d, claimable, admitted)
             };
             if let Some(task) = aborted {
                 // Its handle aborted it: it fails without waiting for its resources.
@@ -496,7 +498,8 @@ impl RtInner {
             }
             None => {
                 let slot = t.header().slot();
-                match dev.admission.queue(t, d, true, &mut l.admitted) {
+                let claimable = t.header().claimable();
+                match dev.admission.queue(t, d, claimable, &mut l.admitted) {
                     None => self.lend_held_for(slot, &mut l.admitted),
                     Some(t) => {
                         let err = t.header().aborted_error();

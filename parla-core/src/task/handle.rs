@@ -215,8 +215,15 @@ impl<T: 'static> Drop for TaskHandle<T> {
         }
         // An output without drop glue needs no owner: the handle leaves the join state alone
         // (one atomic update fewer on a line the task's driver may be writing), and the
-        // completer then leaves the output in place, which is as good as dropping it.
-        if std::mem::needs_drop::<T>() && h.join_drop() {
+        // completer then leaves the output in place, which is as good as dropping it. But a
+        // handle of a task without an id, dropped inside a task's poll before its task
+        // completed, says so whatever the output: a task nobody holds is no lender's to
+        // claim (`Header::claimable`). (A program spawning from `block_on` and dropping the
+        // handles pays nothing: those tasks are never claimable.)
+        if (std::mem::needs_drop::<T>()
+            || (crate::runtime::context::in_task_poll() && h.detach_on_drop()))
+            && h.join_drop()
+        {
             // SAFETY: by the join protocol the task completed and its completer left the
             // output to this handle, which does not take it any more.
             unsafe { self.task.drop_output() };

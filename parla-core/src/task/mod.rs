@@ -197,6 +197,7 @@ where
     /// [`TaskError`] that stopped it; dropping the handle does not cancel the task.
     ///
     /// Outside a parla runtime the handle resolves to [`TaskError::NoRuntime`].
+    #[inline(always)]
     pub fn spawn(self) -> TaskHandle<F::Output> {
         let rt = crate::runtime::context::entered_rt();
         // SAFETY: a non-null pointer was set by the guard of the scope this thread is in
