@@ -414,15 +414,19 @@ impl RtInner {
                 self.pump(slot, out);
             }
         }
+        // What the loan admitted is launched, its tokens counted, while this claim still
+        // holds the task's token. Once the token is back with the idle task, its wake on
+        // another thread may run it to its end and drop the token there: were the loan's
+        // tasks still waiting for the caller to launch them, the busy count could read
+        // zero while they hold VCUs that nothing runs, and the stall resolver would fail
+        // an await of them (a tree of tasks awaiting their spaces, leaves sleeping: 1 run
+        // in 150 of a debug build on a loaded machine, once the resolver acted at once).
+        // Likewise if it was woken meanwhile: it takes its VCUs back, and when the loan's
+        // tasks hold them it waits in the resume lane and gives up its token.
+        if !out.is_empty() {
+            self.with_local(|l| std::mem::swap(&mut l.admitted, out));
+        }
         if h.act.end_poll(false) == crate::graph::activity::EndPoll::Notified {
-            // Woken meanwhile: it takes its VCUs back, and when the loan's tasks hold them
-            // it waits in the resume lane and gives up its token. Those tasks are counted
-            // first (launched now), else the busy count could read zero while they hold
-            // VCUs that nothing runs, and the stall resolver would fail the task waiting
-            // for them.
-            if !out.is_empty() {
-                self.with_local(|l| std::mem::swap(&mut l.admitted, out));
-            }
             self.schedule_woken(task.clone(), false);
         }
     }
@@ -769,6 +773,7 @@ impl RtInner {
             tokens -= 1;
         }
         // Counted before any other thread can see the tasks.
+        self.check_counted();
         self.counters.add(0, tokens);
         let mut pushed = 0;
         for t in first.into_iter().chain(rest) {
@@ -779,6 +784,22 @@ impl RtInner {
             self.start_drivers(pushed);
         }
         trim(&mut l.admitted);
+    }
+
+    /// (Debug builds.) A driver launches tasks only while the busy count is above zero: it
+    /// acts for a task that holds a token (the one it polls, or one it finished, whose
+    /// token goes at the end of the poll). A launch at zero means the tasks were admitted
+    /// by a token that went before they were counted: for that moment the runtime looked
+    /// stalled with VCUs reserved that nothing runs, and the stall resolver could fail an
+    /// await of them. (Threads outside the drivers may launch at zero: a future started
+    /// with `tokio::spawn`, which keeps the resolver away while it lives, or a thread
+    /// entering through the resolver's gate.)
+    #[inline]
+    fn check_counted(&self) {
+        debug_assert!(
+            !context::in_driver() || self.counters.load().1 > 0,
+            "a driver launched tasks with the busy count at zero"
+        );
     }
 
     /// Bookkeeping of a task admission let through.
@@ -801,6 +822,7 @@ impl RtInner {
             // Runs next on this driver, in place of a finished task still counted.
             *busy += 1;
         } else {
+            self.check_counted();
             self.counters.add(0, 1);
         }
         // (A task it displaced holds its token already.)

@@ -25,10 +25,13 @@
 //! A monitor task runs the resolver whenever the busy count reaches zero; while user Tokio
 //! tasks are alive it looks again at a slowly growing interval instead. Steps 3 to 5 wait
 //! until the stall has lasted [`CONFIRM`] (the busy count did not leave zero meanwhile): a
-//! zero count may be a moment between two updates of it - a task admitted on one thread,
-//! whose token is counted as that thread launches it, while another thread's last token
-//! goes - and failing an await there failed a correct program (a tree of tasks awaiting
-//! their spaces, about 1 run in 100 of a debug build on a loaded machine).
+//! zero count that is a moment between two updates of it - tasks admitted by a token that
+//! goes before they are counted - must not fail a correct program. The runtime is written
+//! so that it never is (a driver checks it in debug builds: `RtInner::check_counted`);
+//! one such gap failed a tree of tasks awaiting their spaces about 1 run in 100 of a debug
+//! build on a loaded machine (a CPU task lending the VCUs it kept while it waited outside
+//! gave its token back before the tasks the loan admitted were launched), and the wait
+//! keeps a gap not found yet from failing a program.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -128,9 +131,8 @@ fn resolve_step(rt: &Arc<RtInner>, lasted: bool) -> Option<bool> {
         });
         return Some(true);
     }
-    // The steps below fail a task or an await. A busy count at zero may be a moment
-    // between two updates of it (a task admitted on one thread, its token counted as it
-    // is launched, while another thread's last token goes): the stall must last first.
+    // The steps below fail a task or an await: the stall must last first (see the module
+    // docs).
     if !lasted {
         return None;
     }
