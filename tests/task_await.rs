@@ -668,6 +668,130 @@ fn a_detached_task_spawned_inside_a_task_starts_while_parents_loop_on_children()
     }
 }
 
+/// As many parents as workers (default VCUs) await child after child in a loop until a flag
+/// is set; a task spawned inside a task sets it, and nobody will claim it from where it
+/// waits: its handle dropped in a later poll of the task that spawned it, or handed to
+/// `block_on`, or to a future started with `tokio::spawn`, which await it. It starts while
+/// the parents loop. (It did not start until the loops ended: a handle that leaves the
+/// poll that spawned its task left the task where only a task awaiting it takes it.)
+#[test]
+fn a_child_whose_handle_leaves_its_spawner_starts_while_parents_loop_on_children() {
+    #[derive(Clone, Copy, Debug)]
+    enum Shape {
+        DroppedLater,
+        AwaitedByBlockOn,
+        AwaitedByTokioSpawn,
+    }
+    for workers in [1, 2, 4] {
+        for shape in [
+            Shape::DroppedLater,
+            Shape::AwaitedByBlockOn,
+            Shape::AwaitedByTokioSpawn,
+        ] {
+            let ended_by_it = support::on_cpu(workers, move || async move {
+                let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let t0 = std::time::Instant::now();
+                let d = done.clone();
+                let setter = task(async move {
+                    let h = task(async move { d.store(true, Ordering::SeqCst) }).spawn();
+                    match shape {
+                        Shape::DroppedLater => {
+                            // An await of a task first: the handle is dropped in a later poll.
+                            task(async {}).await.unwrap();
+                            drop(h);
+                            None
+                        }
+                        Shape::AwaitedByBlockOn => Some(h),
+                        Shape::AwaitedByTokioSpawn => {
+                            tokio::spawn(async move { h.await.unwrap() });
+                            None
+                        }
+                    }
+                })
+                .spawn();
+                let mut parents = Vec::new();
+                for _ in 0..workers {
+                    let d = done.clone();
+                    parents.push(
+                        task(async move {
+                            while !d.load(Ordering::SeqCst)
+                                && t0.elapsed() < Duration::from_secs(20)
+                            {
+                                task(async { 1 }).await.unwrap();
+                            }
+                            d.load(Ordering::SeqCst)
+                        })
+                        .spawn(),
+                    );
+                }
+                if let Some(h) = setter.await.unwrap() {
+                    h.await.unwrap();
+                }
+                let mut ended_by_it = true;
+                for p in parents {
+                    ended_by_it &= p.await.unwrap();
+                }
+                ended_by_it
+            });
+            assert!(
+                ended_by_it,
+                "{workers} workers, {shape:?}: the loops ran out their 20 s"
+            );
+        }
+    }
+}
+
+/// As many parents as workers (default VCUs) each spawn a child they keep, then loop:
+/// `select!` the child (its handle, or its id) against a new step task, until the child
+/// wins. The child runs while they loop, as with `tokio::spawn`. (It never ran: each poll
+/// awaited both, and its loan went to the step task, awaited last.)
+#[test]
+fn a_child_selected_against_a_new_step_in_a_loop_runs() {
+    for workers in [1, 2, 4] {
+        for by_id in [false, true] {
+            let won = support::on_cpu(workers, move || async move {
+                let t0 = std::time::Instant::now();
+                let space = TaskSpace::new("stop");
+                let mut parents = Vec::new();
+                for k in 0..workers {
+                    let space = space.clone();
+                    parents.push(
+                        task(async move {
+                            let mut stop = task(async {}).id(space.at(k)).spawn();
+                            while t0.elapsed() < Duration::from_secs(20) {
+                                if by_id {
+                                    tokio::select! {
+                                        biased;
+                                        r = space.at(k) => return r.is_ok(),
+                                        r = task(async { 1 }) => assert_eq!(r.unwrap(), 1),
+                                    }
+                                } else {
+                                    tokio::select! {
+                                        biased;
+                                        r = &mut stop => return r.is_ok(),
+                                        r = task(async { 1 }) => assert_eq!(r.unwrap(), 1),
+                                    }
+                                }
+                            }
+                            false
+                        })
+                        .spawn(),
+                    );
+                }
+                let mut won = true;
+                for p in parents {
+                    won &= p.await.unwrap();
+                }
+                won
+            });
+            assert!(
+                won,
+                "{workers} workers, by id {by_id}: the loop ran out its 20 s"
+            );
+        }
+    }
+}
+
 /// Two tasks asking for the whole CPU pass messages (through mailboxes outside Tokio),
 /// taking over each other's VCUs at every wake, until a third task has run; that one waits
 /// for its VCUs in the resume lane (woken by `block_on`'s future while the pair runs). The

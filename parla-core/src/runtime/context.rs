@@ -369,14 +369,41 @@ pub(crate) fn poller() -> Option<PollerRef> {
 
 /// Called by the runtime's own futures (task handles, ids, spaces) when they return
 /// `Pending` on a node of the current runtime: the poller awaits tasks. `node` is the task
-/// its loan may go to first, noted as awaited last (see [`Slots::take_awaited`]), or
-/// `None` for one awaited in no particular order (see `Awaiting::pending_on`).
+/// its loan may go to first (see [`Slots::take_awaited`]), or `None` for one awaited in no
+/// particular order (see `Awaiting::pending_on`).
+///
+/// A poll that awaits two different tasks at once (`select!`, `join!` over handles or
+/// ids) awaits them in no particular order either: its loan goes to their device, where
+/// they take it in the order they were queued. Going to the one awaited last would run a
+/// task spawned anew in every poll (`select! { _ = &mut stop => .., r = task(step) => .. }`
+/// in a loop) on the loan every time, and never the other, however often the poll awaits
+/// it.
 pub(crate) fn note_blocked(node: Option<TaskPtr>) {
     let prev = SLOTS.with(|s| {
-        s.blocked.set(true);
+        if s.blocked.replace(true) {
+            return note_again(s, node);
+        }
         s.awaited.replace(node.and_then(into_raw))
     });
     drop(from_raw(prev));
+}
+
+/// [`note_blocked`] once more in the same poll: the task awaited stays if it is `node`,
+/// else none does. Returns what the slot held.
+#[cold]
+#[inline(never)]
+fn note_again(s: &Slots, node: Option<TaskPtr>) -> Option<RawTask> {
+    let prev = s.awaited.get();
+    let same = match (&node, prev) {
+        (Some(n), Some(p)) => std::ptr::addr_eq(p.as_ptr(), TaskArc::as_ptr(n)),
+        _ => false,
+    };
+    if same {
+        // Kept: `node` is another reference to the task the slot holds.
+        return None;
+    }
+    drop(node);
+    s.awaited.take()
 }
 
 /// Reads and clears the blocked mark (and forgets the task awaited).

@@ -393,6 +393,25 @@ impl RtInner {
         dev.admission.has_waiting() || dev.data.queued() > 0
     }
 
+    /// `task` waits claimable in a shard of its device's task lane, and nobody will claim
+    /// it: its handle was dropped in a task's poll (and it has no id), or a poller that lends
+    /// no VCUs (a `block_on` future, a future started with `tokio::spawn`) awaits it. It
+    /// moves to the central part of the lane, where it is admitted in its turn, and where
+    /// the turns that parents awaiting child after child give the waiting tasks find it.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn unshard(self: &Arc<Self>, task: &TaskPtr) {
+        let h = task.header();
+        let dev = &self.devices[h.slot()];
+        self.with_local(|l| {
+            if let Some(t) = dev.admission.unshard(task, h.demand(), &mut l.admitted) {
+                // Its handle aborted it: it fails without waiting for its resources.
+                let err = t.header().aborted_error();
+                graph::fail_held(&t, err, &mut l.fx);
+            }
+        });
+    }
+
     /// Lends the VCUs of `task`, a CPU task marked as keeping them while it waits outside
     /// the runtime, if it still waits (IDLE) and is still marked: its token is claimed as a
     /// poll would claim it, and given back after. A wake that came meanwhile schedules it

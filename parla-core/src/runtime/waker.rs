@@ -314,17 +314,49 @@ impl Awaiting {
         }
     }
 
-    /// The future returns `Pending` waiting on a node of runtime `node_rt`: the poller
-    /// awaits tasks, if the node is of its runtime. `node` gives a reference to it, for the
-    /// poller's loan to go to first if it waits for admission (a handle, an id), or `None`
-    /// for a node awaited in no particular order (a member of a space awaited as a whole):
-    /// the loan then goes to the node's device, where the waiting tasks take it in their
-    /// order - going to the node first would start the space's tasks in the order of its
-    /// table rather than as they were spawned.
+    /// The future returns `Pending` waiting on `node` (its header `h`), a node of runtime
+    /// `node_rt`: the poller awaits tasks, if the node is of its runtime. With `claims`,
+    /// the poller's loan may go to the node first if it waits for admission (a handle, an
+    /// id); without, the node is awaited in no particular order (a member of a space
+    /// awaited as a whole): the loan then goes to the node's device, where the waiting
+    /// tasks take it in their order - going to the node first would start the space's
+    /// tasks in the order of its table rather than as they were spawned.
+    ///
+    /// A task waiting claimable in a shard of its device's task lane (spawned by a task)
+    /// waits there for a task awaiting it to lend it VCUs: awaited by a poller that lends
+    /// none (a `block_on` future, a future started with `tokio::spawn`), it moves to the
+    /// central part of the lane, to be admitted in its turn ([`RtInner::unshard`]).
+    ///
+    /// [`RtInner::unshard`]: super::RtInner::unshard
     #[inline]
-    pub(crate) fn pending_on(self, node_rt: u32, node: impl FnOnce() -> Option<TaskPtr>) {
-        if node_rt != 0 && self.0.is_some_and(|p| p.rt_id == node_rt) {
-            context::note_blocked(node());
+    pub(crate) fn pending_on(
+        self,
+        h: &Header,
+        node_rt: u32,
+        node: impl FnOnce() -> TaskPtr,
+        claims: bool,
+    ) {
+        let ours = node_rt != 0 && self.0.is_some_and(|p| p.rt_id == node_rt);
+        if crate::scheduler::admission::queued_in_shard(&h.lane) && !context::in_task_poll() {
+            return Self::pending_unclaimed(node_rt, node(), claims, ours);
+        }
+        if ours {
+            context::note_blocked(claims.then(node));
+        }
+    }
+
+    /// [`pending_on`](Self::pending_on) outside a task's poll, on a task that waits in a
+    /// shard.
+    #[cold]
+    #[inline(never)]
+    fn pending_unclaimed(node_rt: u32, node: TaskPtr, claims: bool, ours: bool) {
+        context::with_rt(|rt| {
+            if let Some(rt) = rt.filter(|rt| rt.id == node_rt) {
+                rt.unshard(&node);
+            }
+        });
+        if ours {
+            context::note_blocked(claims.then_some(node));
         }
     }
 

@@ -179,6 +179,13 @@ struct Shard<T> {
     lane: Mutex<VecDeque<Entry<T>>>,
 }
 
+/// Whether the item whose claim word is `word` waits claimable in a shard of a task lane
+/// (a hint: it may be claimed or admitted as the caller looks).
+#[inline]
+pub(crate) fn queued_in_shard(word: &AtomicU8) -> bool {
+    word.load(Ordering::Acquire) & STATE == QUEUED
+}
+
 /// Whether `e` is a claimed task lane entry (a tombstone).
 #[inline]
 fn is_tombstone<T: Claim>(e: &Entry<T>) -> bool {
@@ -873,6 +880,24 @@ impl<T: Claim> Admission<T> {
             return self.admit_on_loan(d, item.clone(), c, out);
         }
         self.release(d, out);
+    }
+
+    /// Moves `item`, queued claimable in a shard, to the central part of the task lane,
+    /// asking for `d`, as a task nobody will claim (see `Header::claimable`): it takes the
+    /// item as a lender would (its shard entry stays as a tombstone) and queues it anew,
+    /// behind the entries queued so far. What that admits goes to `out`. Hands the item back
+    /// if it was aborted meanwhile, for the caller to fail; does nothing to an item not
+    /// queued in a shard (claimed, admitted, or waiting in the central part already).
+    #[must_use]
+    pub(crate) fn unshard(&self, item: &T, d: Demand, out: &mut Vec<T>) -> Option<T>
+    where
+        T: Clone,
+    {
+        let word = item.claim_word()?;
+        word.compare_exchange(QUEUED, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.queue(item.clone(), d, false, out)
     }
 
     /// `item`, asking for `c` (within the loan: [`Demand::within_loan`]), runs on the VCUs
@@ -1631,6 +1656,43 @@ mod test {
         );
     }
 
+    /// An item moved out of its shard (nobody will claim it) waits in the central part,
+    /// behind what was queued there before the move; a lender awaiting it no longer claims
+    /// it, and an item not queued in a shard, or aborted, is left to its caller.
+    #[test]
+    fn an_unsharded_item_waits_centrally_in_its_new_turn() {
+        let half = VCU_ONE / 2;
+        let a = claimable(0);
+        let it = items(5);
+        let mut out = Vec::new();
+        assert!(a.admit(it[0].clone(), d(VCU_ONE, 0), &mut out));
+        assert!(!a.admit_in(0, it[1].clone(), d(half, 0), &mut out));
+        assert!(a.queue(it[2].clone(), d(half, 0), false, &mut out).is_none());
+        assert!(!a.admit_in(1, it[3].clone(), d(half, 0), &mut out));
+        out.clear();
+        assert!(a.unshard(&it[1], d(half, 0), &mut out).is_none());
+        assert_eq!(a.usage().waiting, 3, "moved, not lost");
+        // Not queued in a shard (central already, or not queued): nothing happens.
+        assert!(a.unshard(&it[2], d(half, 0), &mut out).is_none());
+        assert!(a.unshard(&it[4], d(half, 0), &mut out).is_none());
+        assert_eq!(a.usage().waiting, 3);
+        // A lender awaiting 1 lends to the lane's order instead of claiming it: 3 was
+        // queued before 1 moved.
+        a.lend(d(VCU_ONE, 0), Some((&it[1], d(half, 0))), &mut out);
+        assert_eq!(ids(&out), vec![2, 3]);
+        a.release(d(half, 0), &mut out);
+        assert_eq!(ids(&out), vec![2, 3, 1]);
+        assert_eq!(a.usage().waiting, 0);
+        // An aborted item is handed back, not queued.
+        let b = claimable(0);
+        let x = item(7);
+        assert!(b.admit(item(8), d(VCU_ONE, 0), &mut out));
+        assert!(!b.admit_in(0, x.clone(), d(half, 0), &mut out));
+        x.aborted.store(true, Ordering::SeqCst);
+        assert_eq!(b.unshard(&x, d(half, 0), &mut out).map(|i| i.id), Some(7));
+        assert_eq!(b.usage().waiting, 0);
+    }
+
     /// Items queued from different threads (shards), and centrally, are admitted in the
     /// order they were queued, and a large one at the front holds back smaller ones queued
     /// after it everywhere.
@@ -2087,6 +2149,41 @@ mod loom_test {
             let mut all = ids(&mine, &t.join().unwrap());
             all.sort();
             assert_eq!(all, vec![1, 2]);
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A task moved out of its shard (nobody will claim it) races with a lender awaiting
+    /// it: it is admitted exactly once, on the loan or from the central part.
+    #[test]
+    fn unshard_vs_claim_admits_once() {
+        loom::model(|| {
+            let (a, child) = held_with_waiting_child();
+            let c = child.clone();
+            let t = on_thread(&a, move |a, out| {
+                assert!(a.unshard(&c, HALF, out).is_none());
+            });
+            let mut mine = Vec::new();
+            a.lend(HALF, Some((&child, HALF)), &mut mine);
+            let all = ids(&mine, &t.join().unwrap());
+            assert_eq!(all, vec![1], "admitted exactly once");
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A task moved out of its shard races with a release draining the lane: it is
+    /// admitted exactly once, whichever takes it.
+    #[test]
+    fn unshard_vs_release_admits_once() {
+        loom::model(|| {
+            let (a, child) = held_with_waiting_child();
+            let t = on_thread(&a, |a, out| a.release(HALF, out));
+            let mut mine = Vec::new();
+            assert!(a.unshard(&child, HALF, &mut mine).is_none());
+            let all = ids(&mine, &t.join().unwrap());
+            assert_eq!(all, vec![1], "admitted exactly once");
             assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);
         });

@@ -202,7 +202,7 @@ impl<T: 'static> TaskHandle<T> {
         if !this.hurried {
             this.hurried = bridge::hurry(h, cx.waker());
         }
-        awaiting.pending_on(h.rt_id, || Some(this.node()));
+        awaiting.pending_on(h, h.rt_id, || this.node(), true);
         Poll::Pending
     }
 }
@@ -220,13 +220,20 @@ impl<T: 'static> Drop for TaskHandle<T> {
         // completed, says so whatever the output: a task nobody holds is no lender's to
         // claim (`Header::claimable`). (A program spawning from `block_on` and dropping the
         // handles pays nothing: those tasks are never claimable.)
-        if (std::mem::needs_drop::<T>()
-            || (crate::runtime::context::in_task_poll() && h.detach_on_drop()))
-            && h.join_drop()
-        {
+        let detach = crate::runtime::context::in_task_poll() && h.detach_on_drop();
+        if (std::mem::needs_drop::<T>() || detach) && h.join_drop() {
             // SAFETY: by the join protocol the task completed and its completer left the
             // output to this handle, which does not take it any more.
             unsafe { self.task.drop_output() };
+        }
+        if detach && crate::scheduler::admission::queued_in_shard(&h.lane) {
+            // Queued already, where only a task awaiting it would take it.
+            let rt_id = h.rt_id;
+            crate::runtime::context::with_entered_rt(|rt| {
+                if let Some(rt) = rt.filter(|rt| rt.id == rt_id) {
+                    rt.unshard(&self.node());
+                }
+            });
         }
         // SAFETY: the field is taken once, here, and not used after.
         let task = unsafe { ManuallyDrop::take(&mut self.task) };
