@@ -271,3 +271,47 @@ fn a_trace_file_that_cannot_be_created_is_an_error_naming_it() {
     assert!(matches!(e, parla::Error::Config(_)), "{e:?}");
     assert!(e.to_string().contains("no such directory"), "{e}");
 }
+
+/// A program that ends without dropping its runtime (`std::process::exit`, a signal, a
+/// watchdog killing a hung program) still leaves the tasks recorded up to a moment before:
+/// the file gets them while the runtime lives, whole events at a time.
+#[test]
+fn a_trace_gets_its_events_while_the_runtime_lives() {
+    let path = support::trace_path("live");
+    let rt = parla::Runtime::builder()
+        .cpu_threads(1)
+        .trace(&path)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t = TaskSpace::new("Live");
+        for i in 0..3 {
+            task(async {}).id(t.at(i)).await.unwrap();
+        }
+    });
+    // The runtime, and the trace, stay open: the file has the three slices within a while
+    // (a bound, not a timing: the flush comes every 100 ms).
+    let t0 = std::time::Instant::now();
+    let mut text = String::new();
+    while t0.elapsed() < Duration::from_secs(20) {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        if (0..3).all(|i| text.contains(&format!("\"Live[{i}]\""))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        (0..3).all(|i| text.contains(&format!("\"Live[{i}]\""))),
+        "the live trace lacks tasks: {text}"
+    );
+    assert!(!text.trim_end().ends_with("]}"), "still open");
+    // It ends at a whole event: closing it makes valid JSON.
+    let closed = format!("{}\n]}}", text.trim_end().trim_end_matches(','));
+    assert!(
+        serde_json::from_str::<Value>(&closed).is_ok(),
+        "cut inside an event: {text}"
+    );
+    drop(rt);
+    let slices = task_slices(&events(&path));
+    assert!(slices.contains_key("Live[2]"));
+}

@@ -82,16 +82,26 @@ struct Bar {
 }
 
 /// Reads a trace: a JSON object with `traceEvents`, or a bare event list; a file cut off
-/// before its closing brackets (a program that did not shut down) is read as far as it goes.
+/// before its closing brackets, or inside its last event (a program that did not shut
+/// down), is read as far as it goes.
 fn read_events(text: &str) -> Result<Vec<Value>, String> {
     let parse = |t: &str| serde_json::from_str::<Value>(t);
     let v = match parse(text) {
         Ok(v) => v,
         Err(e) => {
-            let cut = text.trim_end().trim_end_matches(',');
-            parse(&format!("{cut}\n]}}"))
-                .or_else(|_| parse(&format!("{cut}\n]")))
-                .map_err(|_| format!("not a JSON trace: {e}"))?
+            // Closed where it ends, or, if it ends inside an event (one event per line),
+            // before that event.
+            let text = text.trim_end();
+            let whole = text.rfind('\n').map_or(text, |i| &text[..i]);
+            [text, whole]
+                .into_iter()
+                .map(|t| t.trim_end().trim_end_matches(','))
+                .find_map(|cut| {
+                    parse(&format!("{cut}\n]}}"))
+                        .or_else(|_| parse(&format!("{cut}\n]")))
+                        .ok()
+                })
+                .ok_or_else(|| format!("not a JSON trace: {e}"))?
         }
     };
     match v {
@@ -458,6 +468,9 @@ mod tests {
     fn a_trace_cut_short_is_read_as_far_as_it_goes() {
         let text = "{\"traceEvents\":[\n{\"ph\":\"X\",\"name\":\"a\",\"ts\":1,\"dur\":2},";
         assert_eq!(read_events(text).unwrap().len(), 1);
+        // Cut inside its second event (a program killed while the file was written).
+        let cut_inside = format!("{text}\n{{\"ph\":\"X\",\"na");
+        assert_eq!(read_events(&cut_inside).unwrap().len(), 1);
         assert!(read_events("not json").is_err());
     }
 

@@ -1667,7 +1667,10 @@ mod test {
         let mut out = Vec::new();
         assert!(a.admit(it[0].clone(), d(VCU_ONE, 0), &mut out));
         assert!(!a.admit_in(0, it[1].clone(), d(half, 0), &mut out));
-        assert!(a.queue(it[2].clone(), d(half, 0), false, &mut out).is_none());
+        assert!(
+            a.queue(it[2].clone(), d(half, 0), false, &mut out)
+                .is_none()
+        );
         assert!(!a.admit_in(1, it[3].clone(), d(half, 0), &mut out));
         out.clear();
         assert!(a.unshard(&it[1], d(half, 0), &mut out).is_none());

@@ -74,6 +74,9 @@ impl Trace {
             }),
             edges: AtomicU64::new(1),
         });
+        if shared.state.lock().out.is_some() {
+            flush_every(FLUSH_EVERY, Arc::downgrade(&shared))?;
+        }
         Ok((
             TraceLayer {
                 shared: shared.clone(),
@@ -84,6 +87,34 @@ impl Trace {
             },
         ))
     }
+}
+
+/// How often the trace file gets what was recorded (at most this much of a trace is lost
+/// when the program ends without dropping the guard).
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Starts the thread that flushes the trace file of `shared` every `period` until its guard
+/// closes it (or nothing holds the trace any more).
+fn flush_every(
+    period: std::time::Duration,
+    shared: std::sync::Weak<Shared>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("parla-trace-flush".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(period);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let mut s = shared.state.lock();
+                match s.out.as_mut() {
+                    Some(w) => w.flush(),
+                    None => return,
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// A layer writing a trace to `path`: `Trace::new().file(path).build()`.

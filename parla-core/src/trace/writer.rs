@@ -49,6 +49,18 @@ impl Writer {
         eprintln!("parla: cannot write trace {}: {e}", self.path.display());
     }
 
+    /// Writes what is buffered to the file (whole events: the caller holds the lock under
+    /// which events are written), so that a program that ends without closing the trace
+    /// (`std::process::exit`, a signal) leaves a file that ends at an event.
+    pub(crate) fn flush(&mut self) {
+        if self.failed {
+            return;
+        }
+        if let Err(e) = self.out.flush() {
+            self.fail(e);
+        }
+    }
+
     /// Closes the event list and flushes.
     pub(crate) fn finish(mut self) {
         if self.failed {
