@@ -27,6 +27,13 @@ fn signature_alias(name: &Ident) -> Ident {
     format_ident!("__parla_signature_{}", name, span = name.span())
 }
 
+/// The constant that says specialized function `name` is one: a variant names it first, so
+/// that a variant of a function without `#[parla::specialize]` fails with an error naming
+/// what to do ("cannot find value `mark_f_with_parla_specialize`").
+fn check(name: &Ident) -> Ident {
+    format_ident!("mark_{}_with_parla_specialize", name, span = name.span())
+}
+
 /// Finds `impl Trait` in a type (not allowed in a function pointer type).
 struct ImplTrait(Option<Span>);
 
@@ -132,6 +139,7 @@ pub(crate) fn expand_specialize(attr: TokenStream, item: TokenStream) -> syn::Re
     let name = &sig.ident;
     let marker = marker(name);
     let alias = signature_alias(name);
+    let check = check(name);
     let args: Vec<Ident> = (0..types.len())
         .map(|i| format_ident!("__parla_arg{}", i))
         .collect();
@@ -161,6 +169,9 @@ pub(crate) fn expand_specialize(attr: TokenStream, item: TokenStream) -> syn::Re
         quote!(variant(#(#args),*))
     };
     Ok(quote! {
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, dead_code)]
+        #vis const #check: () = ();
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
         #vis struct #marker;
@@ -253,6 +264,7 @@ pub(crate) fn expand_variant(attr: TokenStream, item: TokenStream) -> syn::Resul
     };
     let marker = with_last(marker(&target));
     let alias = with_last(signature_alias(&target));
+    let check = with_last(check(&target));
     let name = &f.sig.ident;
     let once = format_ident!(
         "{}_has_more_than_one_{}_variant",
@@ -272,6 +284,7 @@ pub(crate) fn expand_variant(attr: TokenStream, item: TokenStream) -> syn::Resul
     );
     let a = arch.span();
     Ok(quote_spanned! {a=>
+        const _: () = #check;
         #f
         #[doc(hidden)]
         #[allow(non_upper_case_globals, dead_code)]
