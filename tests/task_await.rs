@@ -88,8 +88,9 @@ fn fork_join_trees_with_default_vcus_finish() {
     });
 }
 
-/// A fork-join tree with default VCUs runs depth first: a parent's VCUs go to the child it
-/// awaits while it waits, and back to the parent when that child is done. On one worker
+/// A fork-join tree with default VCUs runs depth first, whether a parent awaits its
+/// children one after the other or both at once (`join!`): a parent's VCUs go to a child
+/// it awaits while it waits, and back to the parent when that child is done. On one worker
 /// (the default VCUs: the whole CPU) this is exact, so the tasks spawned and not finished
 /// stay within two per level; breadth first (children admitted in spawn order, as the
 /// device's queue has them) they would number in the thousands.
@@ -100,7 +101,7 @@ fn fork_join_trees_with_default_vcus_run_depth_first() {
         now: AtomicUsize,
         max: AtomicUsize,
     }
-    fn tree(depth: u32, live: Arc<Live>) -> Pin<Box<dyn Future<Output = u64> + Send>> {
+    fn tree(depth: u32, live: Arc<Live>, join: bool) -> Pin<Box<dyn Future<Output = u64> + Send>> {
         Box::pin(async move {
             let n = if depth == 0 {
                 1
@@ -108,11 +109,17 @@ fn fork_join_trees_with_default_vcus_run_depth_first() {
                 let spawn = |live: &Arc<Live>| {
                     let n = live.now.fetch_add(1, Ordering::SeqCst) + 1;
                     live.max.fetch_max(n, Ordering::SeqCst);
-                    task(tree(depth - 1, live.clone())).spawn()
+                    task(tree(depth - 1, live.clone(), join)).spawn()
                 };
                 let l = spawn(&live);
                 let r = spawn(&live);
-                l.await.unwrap() + r.await.unwrap()
+                if join {
+                    // Both awaited in one poll.
+                    let (l, r) = tokio::join!(l, r);
+                    l.unwrap() + r.unwrap()
+                } else {
+                    l.await.unwrap() + r.await.unwrap()
+                }
             };
             live.now.fetch_sub(1, Ordering::SeqCst);
             n
@@ -120,15 +127,19 @@ fn fork_join_trees_with_default_vcus_run_depth_first() {
     }
     let rt = support::cpu(1);
     support::within(60, move || {
-        let live = Arc::new(Live::default());
-        let l = live.clone();
-        let n = rt.block_on(async move { task(tree(12, l)).await }).unwrap();
-        assert_eq!(n, 4096);
-        let max = live.max.load(Ordering::SeqCst);
-        assert!(
-            max <= 2 * 12,
-            "{max} tasks alive at once: the tree did not run depth first"
-        );
+        for join in [false, true] {
+            let live = Arc::new(Live::default());
+            let l = live.clone();
+            let n = rt
+                .block_on(async move { task(tree(12, l, join)).await })
+                .unwrap();
+            assert_eq!(n, 4096);
+            let max = live.max.load(Ordering::SeqCst);
+            assert!(
+                max <= 2 * 12,
+                "{max} tasks alive at once (join! {join}): the tree did not run depth first"
+            );
+        }
     });
 }
 
@@ -742,13 +753,19 @@ fn a_child_whose_handle_leaves_its_spawner_starts_while_parents_loop_on_children
 }
 
 /// As many parents as workers (default VCUs) each spawn a child they keep, then loop:
-/// `select!` the child (its handle, or its id) against a new step task, until the child
-/// wins. The child runs while they loop, as with `tokio::spawn`. (It never ran: each poll
-/// awaited both, and its loan went to the step task, awaited last.)
+/// `select!` the child (its handle, or its id; polled first, or second) against a new step
+/// task, until the child wins. The child runs while they loop, as with `tokio::spawn`. (It
+/// never ran: each poll awaited both, and its loan went to the step task, awaited last.)
 #[test]
 fn a_child_selected_against_a_new_step_in_a_loop_runs() {
+    #[derive(Clone, Copy, Debug)]
+    enum Shape {
+        HandleFirst,
+        IdFirst,
+        HandleSecond,
+    }
     for workers in [1, 2, 4] {
-        for by_id in [false, true] {
+        for shape in [Shape::HandleFirst, Shape::IdFirst, Shape::HandleSecond] {
             let won = support::on_cpu(workers, move || async move {
                 let t0 = std::time::Instant::now();
                 let space = TaskSpace::new("stop");
@@ -759,18 +776,22 @@ fn a_child_selected_against_a_new_step_in_a_loop_runs() {
                         task(async move {
                             let mut stop = task(async {}).id(space.at(k)).spawn();
                             while t0.elapsed() < Duration::from_secs(20) {
-                                if by_id {
-                                    tokio::select! {
-                                        biased;
-                                        r = space.at(k) => return r.is_ok(),
-                                        r = task(async { 1 }) => assert_eq!(r.unwrap(), 1),
-                                    }
-                                } else {
-                                    tokio::select! {
+                                match shape {
+                                    Shape::HandleFirst => tokio::select! {
                                         biased;
                                         r = &mut stop => return r.is_ok(),
                                         r = task(async { 1 }) => assert_eq!(r.unwrap(), 1),
-                                    }
+                                    },
+                                    Shape::IdFirst => tokio::select! {
+                                        biased;
+                                        r = space.at(k) => return r.is_ok(),
+                                        r = task(async { 1 }) => assert_eq!(r.unwrap(), 1),
+                                    },
+                                    Shape::HandleSecond => tokio::select! {
+                                        biased;
+                                        r = task(async { 1 }) => assert_eq!(r.unwrap(), 1),
+                                        r = &mut stop => return r.is_ok(),
+                                    },
                                 }
                             }
                             false
@@ -786,7 +807,7 @@ fn a_child_selected_against_a_new_step_in_a_loop_runs() {
             });
             assert!(
                 won,
-                "{workers} workers, by id {by_id}: the loop ran out its 20 s"
+                "{workers} workers, {shape:?}: the loop ran out its 20 s"
             );
         }
     }

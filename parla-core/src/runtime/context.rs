@@ -372,12 +372,15 @@ pub(crate) fn poller() -> Option<PollerRef> {
 /// its loan may go to first (see [`Slots::take_awaited`]), or `None` for one awaited in no
 /// particular order (see `Awaiting::pending_on`).
 ///
-/// A poll that awaits two different tasks at once (`select!`, `join!` over handles or
-/// ids) awaits them in no particular order either: its loan goes to their device, where
-/// they take it in the order they were queued. Going to the one awaited last would run a
-/// task spawned anew in every poll (`select! { _ = &mut stop => .., r = task(step) => .. }`
-/// in a loop) on the loan every time, and never the other, however often the poll awaits
-/// it.
+/// A poll that awaits several tasks at once (`select!`, `join!` over handles or ids) lends
+/// to the first of them that waits claimable in a shard of the task lane - queued before
+/// the poll's last spawn, which waits in the stash until the poll ends - or, if none does,
+/// to their device, where the waiting tasks take the VCUs in their order. Going to the one
+/// awaited last would run a task spawned anew in every poll (`select! { _ = &mut stop =>
+/// .., r = task(step) => .. }` in a loop) on the loan every time, and never the other,
+/// however often the poll awaits it; going to the device always would run a fork-join
+/// tree written with `join!(left, right)` breadth first (the device's oldest waiting task
+/// is a right child high in the tree).
 pub(crate) fn note_blocked(node: Option<TaskPtr>) {
     let prev = SLOTS.with(|s| {
         if s.blocked.replace(true) {
@@ -388,22 +391,26 @@ pub(crate) fn note_blocked(node: Option<TaskPtr>) {
     drop(from_raw(prev));
 }
 
-/// [`note_blocked`] once more in the same poll: the task awaited stays if it is `node`,
-/// else none does. Returns what the slot held.
+/// [`note_blocked`] once more in the same poll: the task noted stays if it is `node` or
+/// waits in a shard; else `node` takes its place if it waits in a shard; else no task is
+/// noted (for the rest of the poll). Returns what the slot held, for the caller to drop.
 #[cold]
 #[inline(never)]
 fn note_again(s: &Slots, node: Option<TaskPtr>) -> Option<RawTask> {
-    let prev = s.awaited.get();
-    let same = match (&node, prev) {
-        (Some(n), Some(p)) => std::ptr::addr_eq(p.as_ptr(), TaskArc::as_ptr(n)),
-        _ => false,
+    use crate::scheduler::admission::queued_in_shard;
+    let prev = from_raw(s.awaited.take())?;
+    let keep = match &node {
+        Some(n) if TaskArc::ptr_eq(&prev, n) => true,
+        _ => queued_in_shard(&prev.header().lane),
     };
-    if same {
-        // Kept: `node` is another reference to the task the slot holds.
+    if keep {
+        s.awaited.set(into_raw(prev));
         return None;
     }
-    drop(node);
-    s.awaited.take()
+    if let Some(n) = node.filter(|n| queued_in_shard(&n.header().lane)) {
+        s.awaited.set(into_raw(n));
+    }
+    into_raw(prev)
 }
 
 /// Reads and clears the blocked mark (and forgets the task awaited).

@@ -337,26 +337,37 @@ impl Awaiting {
         claims: bool,
     ) {
         let ours = node_rt != 0 && self.0.is_some_and(|p| p.rt_id == node_rt);
-        if crate::scheduler::admission::queued_in_shard(&h.lane) && !context::in_task_poll() {
-            return Self::pending_unclaimed(node_rt, node(), claims, ours);
+        if !context::in_task_poll() {
+            return Self::pending_outside(h, node_rt, node, claims, ours);
         }
         if ours {
             context::note_blocked(claims.then(node));
         }
     }
 
-    /// [`pending_on`](Self::pending_on) outside a task's poll, on a task that waits in a
-    /// shard.
+    /// [`pending_on`](Self::pending_on) outside a task's poll: the node is nobody's to
+    /// claim (`admission::mark_outside`).
     #[cold]
     #[inline(never)]
-    fn pending_unclaimed(node_rt: u32, node: TaskPtr, claims: bool, ours: bool) {
-        context::with_rt(|rt| {
-            if let Some(rt) = rt.filter(|rt| rt.id == node_rt) {
-                rt.unshard(&node);
+    fn pending_outside(
+        h: &Header,
+        node_rt: u32,
+        node: impl FnOnce() -> TaskPtr,
+        claims: bool,
+        ours: bool,
+    ) {
+        if crate::scheduler::admission::mark_outside(&h.lane) {
+            let node = node();
+            context::with_rt(|rt| {
+                if let Some(rt) = rt.filter(|rt| rt.id == node_rt) {
+                    rt.unshard(&node);
+                }
+            });
+            if ours {
+                context::note_blocked(claims.then_some(node));
             }
-        });
-        if ours {
-            context::note_blocked(claims.then_some(node));
+        } else if ours {
+            context::note_blocked(claims.then(node));
         }
     }
 

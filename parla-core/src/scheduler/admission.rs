@@ -186,6 +186,28 @@ pub(crate) fn queued_in_shard(word: &AtomicU8) -> bool {
     word.load(Ordering::Acquire) & STATE == QUEUED
 }
 
+/// A poller that lends no VCUs (a `block_on` future, a future started with `tokio::spawn`)
+/// awaits the item whose claim word is `word`, so no lender will claim it: returns `true`
+/// if it waits claimable in a shard now (the caller moves it: [`Admission::unshard`]),
+/// else marks it [`OUTSIDE`], and a queuer that would place it in a shard later queues it
+/// centrally instead ([`Admission::queue`]). (Both read-modify-write the word, so one of
+/// the two sees the other.)
+pub(crate) fn mark_outside(word: &AtomicU8) -> bool {
+    let mut cur = word.load(Ordering::Acquire);
+    loop {
+        if cur & STATE == QUEUED {
+            return true;
+        }
+        if cur & OUTSIDE != 0 {
+            return false;
+        }
+        match word.compare_exchange_weak(cur, cur | OUTSIDE, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return false,
+            Err(now) => cur = now,
+        }
+    }
+}
+
 /// Whether `e` is a claimed task lane entry (a tombstone).
 #[inline]
 fn is_tombstone<T: Claim>(e: &Entry<T>) -> bool {
@@ -237,6 +259,9 @@ const STATE: u8 = 3;
 const INCOMING: u8 = 4;
 /// A flag of a claim word: an aborter found the item in no lane (see [`mark_aborted`]).
 const ABORTED: u8 = 8;
+/// A flag of a claim word: a poller that lends no VCUs awaits the item, which was in no
+/// lane then (see [`mark_outside`]); a queuer that finds the flag queues it centrally.
+const OUTSIDE: u8 = 16;
 
 /// An admission item: a task lane item may have a claim word (`OUT` while the item is not
 /// in the task lane), through which a lender awaiting the item claims it without the lanes'
@@ -298,6 +323,22 @@ pub(crate) fn mark_aborted<T: Claim>(item: &T) -> bool {
         }
         match w.compare_exchange_weak(cur, cur | ABORTED, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return cur & INCOMING != 0,
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// A queuer's mark of an item it placed in a shard (under the shard's lock): `QUEUED`,
+/// from then on claimable, unless [`mark_outside`] came first (`false`: it goes centrally).
+#[inline]
+fn mark_queued(word: &AtomicU8) -> bool {
+    let mut cur = word.load(Ordering::Acquire);
+    loop {
+        if cur & OUTSIDE != 0 {
+            return false;
+        }
+        match word.compare_exchange_weak(cur, QUEUED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
             Err(now) => cur = now,
         }
     }
@@ -665,8 +706,17 @@ impl<T: Claim> Admission<T> {
             // Counted after the length and `sharded` are stored (a drain that sees the count
             // sees the entry), and before a lender can claim it.
             self.waiting.fetch_add(1, Ordering::AcqRel);
-            if let Some(c) = lane.back().and_then(|e| e.item.claim_word()) {
-                c.store(QUEUED, Ordering::Release);
+            if let Some(c) = lane.back().and_then(|e| e.item.claim_word())
+                && !mark_queued(c)
+            {
+                // Awaited by a poller that lends nothing: taken back out (no drain saw it,
+                // under the shard's lock) and queued centrally.
+                let e = lane.pop_back().expect("the entry just pushed");
+                shard.len.store(lane.len(), Ordering::Release);
+                self.sharded.fetch_sub(1, Ordering::AcqRel);
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                drop(lane);
+                return self.queue(e.item, d, false, out);
             }
         }
         // Not fitting now, it waits for a release (which drains: see the module
@@ -1696,6 +1746,25 @@ mod test {
         assert_eq!(b.usage().waiting, 0);
     }
 
+    /// An item a poller that lends nothing awaits before it is queued goes to the central
+    /// part when queued as claimable: a lender no longer claims it.
+    #[test]
+    fn an_item_awaited_from_outside_is_queued_centrally() {
+        let half = VCU_ONE / 2;
+        let a = claimable(0);
+        let it = items(2);
+        let mut out = Vec::new();
+        assert!(a.admit(it[0].clone(), d(VCU_ONE, 0), &mut out));
+        assert!(!mark_outside(&it[1].word), "not queued yet");
+        assert!(!a.admit_in(0, it[1].clone(), d(half, 0), &mut out));
+        assert!(a.central_tasks_waiting());
+        assert!(!queued_in_shard(&it[1].word));
+        out.clear();
+        a.lend(d(VCU_ONE, 0), Some((&it[1], d(half, 0))), &mut out);
+        assert_eq!(ids(&out), vec![1], "admitted from the central part");
+        assert_eq!(a.usage().vcu, half);
+    }
+
     /// Items queued from different threads (shards), and centrally, are admitted in the
     /// order they were queued, and a large one at the front holds back smaller ones queued
     /// after it everywhere.
@@ -2172,6 +2241,36 @@ mod loom_test {
             let all = ids(&mine, &t.join().unwrap());
             assert_eq!(all, vec![1], "admitted exactly once");
             assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A queuer placing an item in its shard races with a poller that lends nothing
+    /// awaiting it: whichever comes first, the item is never left claimable, and a release
+    /// admits it once.
+    #[test]
+    fn queue_vs_outside_awaiter_leaves_nothing_claimable() {
+        loom::model(|| {
+            let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
+            let mut out = Vec::new();
+            assert!(a.admit(item(0), FULL, &mut out));
+            let child = item(1);
+            let c = child.clone();
+            let t = on_thread(&a, move |a, out| {
+                assert!(!a.admit_in(0, c, HALF, out));
+            });
+            let mut mine = Vec::new();
+            if mark_outside(&child.word) {
+                assert!(a.unshard(&child, HALF, &mut mine).is_none());
+            }
+            let theirs = t.join().unwrap();
+            assert_ne!(
+                child.word.load(Ordering::SeqCst) & STATE,
+                QUEUED,
+                "left claimable"
+            );
+            a.release(FULL, &mut mine);
+            assert_eq!(ids(&mine, &theirs), vec![1], "admitted once");
             assert_eq!(a.usage().waiting, 0);
         });
     }
