@@ -8,7 +8,7 @@ mod support;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -609,11 +609,7 @@ fn a_task_spawned_beside_tasks_passing_messages_starts_while_they_pass_them() {
             }
             let d = done.clone();
             task(async move { d.store(true, Ordering::SeqCst) }).spawn();
-            let mut ended_by_it = true;
-            for t in pair_tasks {
-                ended_by_it &= t.await.unwrap();
-            }
-            ended_by_it
+            all_true(pair_tasks).await
         });
         assert!(
             ended_by_it,
@@ -632,39 +628,19 @@ fn a_detached_task_spawned_inside_a_task_starts_while_parents_loop_on_children()
     for workers in [1, 2, 4] {
         for by_a_parent in [false, true] {
             let ended_by_it = support::on_cpu(workers, move || async move {
-                let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let t0 = std::time::Instant::now();
-                let set = |d: Arc<std::sync::atomic::AtomicBool>| {
+                let done = Arc::new(AtomicBool::new(false));
+                let set = |d: Arc<AtomicBool>| {
                     // Detached: the handle is dropped at once.
                     task(async move { d.store(true, Ordering::SeqCst) }).spawn();
                 };
-                let mut parents = Vec::new();
-                for k in 0..workers {
-                    let d = done.clone();
-                    parents.push(
-                        task(async move {
-                            if by_a_parent && k == 0 {
-                                set(d.clone());
-                            }
-                            while !d.load(Ordering::SeqCst)
-                                && t0.elapsed() < Duration::from_secs(20)
-                            {
-                                task(async { 1 }).await.unwrap();
-                            }
-                            d.load(Ordering::SeqCst)
-                        })
-                        .spawn(),
-                    );
-                }
+                let d = done.clone();
+                let first = by_a_parent.then_some(move || set(d));
+                let parents = looping_parents(workers, &done, first);
                 if !by_a_parent {
                     let d = done.clone();
                     task(async move { set(d) }).spawn();
                 }
-                let mut ended_by_it = true;
-                for p in parents {
-                    ended_by_it &= p.await.unwrap();
-                }
-                ended_by_it
+                all_true(parents).await
             });
             assert!(
                 ended_by_it,
@@ -677,6 +653,42 @@ fn a_detached_task_spawned_inside_a_task_starts_while_parents_loop_on_children()
             );
         }
     }
+}
+
+/// `workers` parents (default VCUs) awaiting child after child in a loop until `done` is
+/// set, or for 20 s; the first runs `first` before its loop. Each resolves to whether it
+/// saw `done` set.
+fn looping_parents(
+    workers: usize,
+    done: &Arc<AtomicBool>,
+    first: Option<impl FnOnce() + Send + 'static>,
+) -> Vec<TaskHandle<bool>> {
+    let t0 = std::time::Instant::now();
+    let mut first = first;
+    (0..workers)
+        .map(|_| {
+            let (d, f) = (done.clone(), first.take());
+            task(async move {
+                if let Some(f) = f {
+                    f();
+                }
+                while !d.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(20) {
+                    task(async { 1 }).await.unwrap();
+                }
+                d.load(Ordering::SeqCst)
+            })
+            .spawn()
+        })
+        .collect()
+}
+
+/// Whether every task of `hs` resolved to `true`.
+async fn all_true(hs: Vec<TaskHandle<bool>>) -> bool {
+    let mut all = true;
+    for h in hs {
+        all &= h.await.unwrap();
+    }
+    all
 }
 
 /// As many parents as workers (default VCUs) await child after child in a loop until a flag
@@ -700,8 +712,7 @@ fn a_child_whose_handle_leaves_its_spawner_starts_while_parents_loop_on_children
             Shape::AwaitedByTokioSpawn,
         ] {
             let ended_by_it = support::on_cpu(workers, move || async move {
-                let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let t0 = std::time::Instant::now();
+                let done = Arc::new(AtomicBool::new(false));
                 let d = done.clone();
                 let setter = task(async move {
                     let h = task(async move { d.store(true, Ordering::SeqCst) }).spawn();
@@ -720,29 +731,11 @@ fn a_child_whose_handle_leaves_its_spawner_starts_while_parents_loop_on_children
                     }
                 })
                 .spawn();
-                let mut parents = Vec::new();
-                for _ in 0..workers {
-                    let d = done.clone();
-                    parents.push(
-                        task(async move {
-                            while !d.load(Ordering::SeqCst)
-                                && t0.elapsed() < Duration::from_secs(20)
-                            {
-                                task(async { 1 }).await.unwrap();
-                            }
-                            d.load(Ordering::SeqCst)
-                        })
-                        .spawn(),
-                    );
-                }
+                let parents = looping_parents(workers, &done, None::<fn()>);
                 if let Some(h) = setter.await.unwrap() {
                     h.await.unwrap();
                 }
-                let mut ended_by_it = true;
-                for p in parents {
-                    ended_by_it &= p.await.unwrap();
-                }
-                ended_by_it
+                all_true(parents).await
             });
             assert!(
                 ended_by_it,
@@ -799,11 +792,7 @@ fn a_child_selected_against_a_new_step_in_a_loop_runs() {
                         .spawn(),
                     );
                 }
-                let mut won = true;
-                for p in parents {
-                    won &= p.await.unwrap();
-                }
-                won
+                all_true(parents).await
             });
             assert!(
                 won,
