@@ -127,9 +127,11 @@ thread_local! {
     static COOP_YIELD: Cell<bool> = const { Cell::new(false) };
     /// VCUs a completing task holds for a task it wakes (see [`Gift`]).
     static GIFT: Cell<Option<Gift>> = const { Cell::new(None) };
-    /// Gifts made on this thread while tasks waited since one last went to the device
-    /// (see [`gift_turn`]).
-    static GIFTS: Cell<u32> = const { Cell::new(0) };
+    /// Gifts made on this thread while tasks waited since one last went to the device, and
+    /// how many make a turn now (see [`gift_turn`]).
+    static GIFTS: Cell<(u32, u32)> = const { Cell::new((0, GIFT_TURN)) };
+    /// A gift turn was taken in the completion running on this thread (see [`gift_turn`]).
+    static TURN: Cell<bool> = const { Cell::new(false) };
     /// A task made ready during the poll of a task on this thread that did not fit on its
     /// device (a raw strong reference; see [`stash`]).
     static STASH: Cell<Option<(RawTask, Demand)>> = const { Cell::new(None) };
@@ -512,25 +514,45 @@ pub(crate) struct Gift {
 }
 
 /// Of the gifts a thread would make while tasks wait for the device, one in this many
-/// goes to the device instead (see [`gift_turn`]).
+/// goes to the device instead (see [`gift_turn`]), while the turns find few tasks waiting.
 const GIFT_TURN: u32 = 256;
 
 /// Whether the VCUs of a task completing on this thread, which would go to the parent
-/// awaiting it (a [`Gift`]) while tasks wait for the device, go to the device this time:
-/// every [`GIFT_TURN`]-th time. Parents that await child after child in a loop, as many as
-/// the device admits, would otherwise pass their VCUs to their children and back for as
-/// long as they loop, and a task waiting for the device (spawned after them, or a timer's
-/// task on its first run) would not start until they end. Once in a while the waiting
-/// task at the head of the lane takes them instead, and the parent takes back its VCUs
-/// through the resume lane, ahead of the other waiting tasks.
+/// awaiting it (a [`Gift`]) while tasks wait for the device, go to the device this time.
+/// Parents that await child after child in a loop, as many as the device admits, would
+/// otherwise pass their VCUs to their children and back for as long as they loop, and a
+/// task waiting for the device (spawned from outside any task, detached by the task that
+/// spawned it, or a timer's task on its first run) would not start until they end. Once
+/// in a while - every [`GIFT_TURN`]-th gift - the thread asks `others_wait` whether tasks
+/// wait in the central part of the task lane: if so, the waiting task at its head takes
+/// the VCUs instead, and the parent takes back its VCUs through the resume lane, ahead of
+/// the other waiting tasks. While turns keep finding tasks waiting, they come twice as
+/// often each time, down to every gift: parents that spawn a detached task at every step
+/// make one per step, and one turn in 256 would let those pile up without end. A turn
+/// that finds none waiting sets the interval back to [`GIFT_TURN`].
 #[inline]
-pub(crate) fn gift_turn() -> bool {
+pub(crate) fn gift_turn(others_wait: impl FnOnce() -> bool) -> bool {
     GIFTS.with(|c| {
-        let n = c.get() + 1;
-        let turn = n >= GIFT_TURN;
-        c.set(if turn { 0 } else { n });
-        turn
+        let (n, every) = c.get();
+        if n + 1 < every {
+            c.set((n + 1, every));
+            return false;
+        }
+        let wait = others_wait();
+        c.set((0, if wait { (every / 2).max(1) } else { GIFT_TURN }));
+        TURN.with(|t| t.set(wait));
+        wait
     })
+}
+
+/// Takes the mark of a gift turn taken in the completion running on this thread: the
+/// parent it wakes takes its VCUs back behind the tasks waiting in the central part of the
+/// lane (`Admission::resume_after_tasks`), which the turn was for - ahead of them, as a
+/// resume otherwise goes, parents looping on children on a full device would take back
+/// every turn's VCUs and leave the waiting tasks only the turns no resume wanted.
+#[inline]
+pub(crate) fn take_turn() -> bool {
+    TURN.with(|t| t.replace(false))
 }
 
 /// Offers `gift` to the tasks woken on this thread until [`end_gift`]; returns the offer it

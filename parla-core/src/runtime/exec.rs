@@ -919,7 +919,7 @@ impl RtInner {
                 Err((t, turn)) => return self.resume_lent_as(t, slot, lent, turn),
             }
         }
-        self.resume_lent(task, slot, lent);
+        self.resume_lent_as(task, slot, lent, context::take_turn());
     }
 
     /// The second step of [`schedule_woken`](Self::schedule_woken) for `task`, which lent
@@ -1038,7 +1038,7 @@ impl RtInner {
             && h.join_awaited()
             && dev.admission.has_waiting()
             && dev.admission.no_resumes_waiting()
-            && !(context::gift_turn() && dev.admission.central_tasks_waiting()))
+            && !context::gift_turn(|| dev.admission.central_tasks_waiting(&mut l.admitted)))
         .then(|| {
             let g = context::Gift {
                 rt_id: self.id,
@@ -1089,6 +1089,8 @@ impl RtInner {
             l.busy -= 1;
         }
         self.apply(l);
+        // (A turn's mark not taken by a wake of this completion goes.)
+        context::take_turn();
         if let Some((g, prev)) = gift
             && context::end_gift(prev)
         {

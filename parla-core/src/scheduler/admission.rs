@@ -454,10 +454,18 @@ impl<T: Claim> Admission<T> {
     }
 
     /// Whether tasks wait in the central part of the task lane (spawned outside any task's
-    /// poll, or made ready by a finished dependency), as far as a look that does not wait
-    /// for the central lock can tell: `false` when the lock is taken. (A snapshot.)
-    pub(crate) fn central_tasks_waiting(&self) -> bool {
-        !self.incoming.is_empty() || self.central.try_lock().is_some_and(|c| !c.tasks.is_empty())
+    /// poll, detached, or made ready by a finished dependency). A snapshot, under the
+    /// central lock: a look that gave up on a taken lock said "none" most times while
+    /// parents spawning detached tasks kept the lock busy, and their tasks piled up.
+    /// (Drains requested while it held the lock are served, into `out`.)
+    pub(crate) fn central_tasks_waiting(&self, out: &mut Vec<T>) -> bool {
+        if !self.incoming.is_empty() {
+            return true;
+        }
+        let (c, seen) = self.lock_central();
+        let waiting = !c.tasks.is_empty();
+        self.unlock(c, seen, out);
+        waiting
     }
 
     /// Whether items wait in either lane (a snapshot).
@@ -1463,26 +1471,29 @@ mod test {
         let a: Admission<Arc<Item>> = Admission::new(0, 2);
         let mut out = Vec::new();
         assert!(a.admit(item(0), d(VCU_ONE, 0), &mut out));
-        assert!(!a.central_tasks_waiting(), "nothing waits");
+        assert!(!a.central_tasks_waiting(&mut Vec::new()), "nothing waits");
         assert!(!a.admit_in(1, item(1), half, &mut out));
         assert!(
-            !a.central_tasks_waiting(),
+            !a.central_tasks_waiting(&mut Vec::new()),
             "a claimable task waits in a shard"
         );
         assert!(matches!(
             a.resume(item(2), VCU_ONE / 2, &mut out),
             Resumed::Waiting
         ));
-        assert!(!a.central_tasks_waiting(), "a resume waits");
+        assert!(!a.central_tasks_waiting(&mut Vec::new()), "a resume waits");
         assert!(a.queue(item(3), half, false, &mut out).is_none());
-        assert!(a.central_tasks_waiting());
+        assert!(a.central_tasks_waiting(&mut Vec::new()));
         a.release(d(VCU_ONE, 0), &mut out);
         let ids: Vec<u8> = out.iter().map(|i| i.id).collect();
         assert_eq!(ids, [0, 2, 1], "the resume first, then the lane in order");
-        assert!(a.central_tasks_waiting(), "the central task still waits");
+        assert!(
+            a.central_tasks_waiting(&mut Vec::new()),
+            "the central task still waits"
+        );
         a.release(half, &mut out);
         assert_eq!(out.last().map(|i| i.id), Some(3));
-        assert!(!a.central_tasks_waiting());
+        assert!(!a.central_tasks_waiting(&mut Vec::new()));
     }
 
     /// A release does not hand its reservation over past a waiting resume (resumes go
@@ -1757,7 +1768,7 @@ mod test {
         assert!(a.admit(it[0].clone(), d(VCU_ONE, 0), &mut out));
         assert!(!mark_outside(&it[1].word), "not queued yet");
         assert!(!a.admit_in(0, it[1].clone(), d(half, 0), &mut out));
-        assert!(a.central_tasks_waiting());
+        assert!(a.central_tasks_waiting(&mut Vec::new()));
         assert!(!queued_in_shard(&it[1].word));
         out.clear();
         a.lend(d(VCU_ONE, 0), Some((&it[1], d(half, 0))), &mut out);
