@@ -532,17 +532,31 @@ const GIFT_TURN: u32 = 256;
 /// that finds none waiting sets the interval back to [`GIFT_TURN`].
 #[inline]
 pub(crate) fn gift_turn(others_wait: impl FnOnce() -> bool) -> bool {
+    if !GIFTS.with(count_gift) {
+        return false;
+    }
+    let wait = others_wait();
+    turn_taken(wait);
+    wait
+}
+
+/// Counts a gift (see [`gift_turn`]); returns whether it is a turn's.
+#[inline]
+fn count_gift(c: &Cell<(u32, u32)>) -> bool {
+    let (n, every) = c.get();
+    c.set((n + 1, every));
+    n + 1 >= every
+}
+
+/// A turn found tasks waiting (`wait`) or not (see [`gift_turn`]).
+#[cold]
+#[inline(never)]
+fn turn_taken(wait: bool) {
     GIFTS.with(|c| {
-        let (n, every) = c.get();
-        if n + 1 < every {
-            c.set((n + 1, every));
-            return false;
-        }
-        let wait = others_wait();
+        let every = c.get().1;
         c.set((0, if wait { (every / 2).max(1) } else { GIFT_TURN }));
-        TURN.with(|t| t.set(wait));
-        wait
-    })
+    });
+    TURN.with(|t| t.set(wait));
 }
 
 /// Takes the mark of a gift turn taken in the completion running on this thread: the

@@ -1034,12 +1034,13 @@ impl RtInner {
         // their order (a parent awaiting child after child in a loop would otherwise keep
         // them from a task woken by a timer for good), and not every time while tasks
         // spawned from outside wait (see `context::gift_turn`).
-        let gift = (d.vcu > 0
+        let giftable = d.vcu > 0
             && h.join_awaited()
             && dev.admission.has_waiting()
-            && dev.admission.no_resumes_waiting()
-            && !context::gift_turn(|| dev.admission.central_tasks_waiting(&mut l.admitted)))
-        .then(|| {
+            && dev.admission.no_resumes_waiting();
+        let turn =
+            giftable && context::gift_turn(|| dev.admission.central_tasks_waiting(&mut l.admitted));
+        let gift = (giftable && !turn).then(|| {
             let g = context::Gift {
                 rt_id: self.id,
                 slot,
@@ -1089,8 +1090,10 @@ impl RtInner {
             l.busy -= 1;
         }
         self.apply(l);
-        // (A turn's mark not taken by a wake of this completion goes.)
-        context::take_turn();
+        if turn {
+            // (A turn's mark not taken by a wake of this completion goes.)
+            context::take_turn();
+        }
         if let Some((g, prev)) = gift
             && context::end_gift(prev)
         {
