@@ -523,35 +523,29 @@ const GIFT_TURN: u32 = 256;
 /// otherwise pass their VCUs to their children and back for as long as they loop, and a
 /// task waiting for the device (spawned from outside any task, detached by the task that
 /// spawned it, or a timer's task on its first run) would not start until they end. Once
-/// in a while - every [`GIFT_TURN`]-th gift - the thread asks `others_wait` whether tasks
-/// wait in the central part of the task lane: if so, the waiting task at its head takes
-/// the VCUs instead, and the parent takes back its VCUs through the resume lane, ahead of
-/// the other waiting tasks. While turns keep finding tasks waiting, they come twice as
+/// in a while - every [`GIFT_TURN`]-th gift - the thread looks whether tasks wait in the
+/// central part of the task lane: if so, the waiting task at its head takes the VCUs
+/// instead, and the parent takes back its VCUs behind the tasks waiting there
+/// ([`take_turn`]). While turns keep finding tasks waiting, they come twice as
 /// often each time, down to every gift: parents that spawn a detached task at every step
 /// make one per step, and one turn in 256 would let those pile up without end. A turn
 /// that finds none waiting sets the interval back to [`GIFT_TURN`].
+///
+/// Counts the gift: returns whether it is a turn's, and then the caller asks whether tasks
+/// wait and tells [`turn_taken`].
 #[inline]
-pub(crate) fn gift_turn(others_wait: impl FnOnce() -> bool) -> bool {
-    if !GIFTS.with(count_gift) {
-        return false;
-    }
-    let wait = others_wait();
-    turn_taken(wait);
-    wait
+pub(crate) fn gift_turn() -> bool {
+    GIFTS.with(|c| {
+        let (n, every) = c.get();
+        c.set((n + 1, every));
+        n + 1 >= every
+    })
 }
 
-/// Counts a gift (see [`gift_turn`]); returns whether it is a turn's.
-#[inline]
-fn count_gift(c: &Cell<(u32, u32)>) -> bool {
-    let (n, every) = c.get();
-    c.set((n + 1, every));
-    n + 1 >= every
-}
-
-/// A turn found tasks waiting (`wait`) or not (see [`gift_turn`]).
+/// A turn ([`gift_turn`]) found tasks waiting (`wait`) or not.
 #[cold]
 #[inline(never)]
-fn turn_taken(wait: bool) {
+pub(crate) fn turn_taken(wait: bool) {
     GIFTS.with(|c| {
         let every = c.get().1;
         c.set((0, if wait { (every / 2).max(1) } else { GIFT_TURN }));

@@ -1038,8 +1038,11 @@ impl RtInner {
             && h.join_awaited()
             && dev.admission.has_waiting()
             && dev.admission.no_resumes_waiting();
-        let turn =
-            giftable && context::gift_turn(|| dev.admission.central_tasks_waiting(&mut l.admitted));
+        let turn = giftable && context::gift_turn() && {
+            let wait = dev.admission.central_tasks_waiting(&mut l.admitted);
+            context::turn_taken(wait);
+            wait
+        };
         let gift = (giftable && !turn).then(|| {
             let g = context::Gift {
                 rt_id: self.id,
