@@ -650,11 +650,10 @@ impl Header {
         self.join_state.fetch_and(!JOIN_INTEREST, Ordering::AcqRel) & JOIN_COMPLETE != 0
     }
 
-    /// Whether a handle dropped now (inside a task's poll, where the tasks that poll
-    /// spawned wait to be queued claimable) should say so ([`join_drop`](Self::join_drop))
-    /// even when it has no output to drop, so that the task stops being
-    /// [`claimable`](Self::claimable): the task has no id and had not completed (a relaxed
-    /// read: one completing meanwhile only costs the update).
+    /// Whether a handle dropped now, of a task that is or may be claimable, should say so
+    /// ([`join_drop`](Self::join_drop)) even when it has no output to drop, so that the
+    /// task stops being [`claimable`](Self::claimable): the task has no id and had not
+    /// completed (a relaxed read: one completing meanwhile only costs the update).
     #[inline]
     pub(crate) fn detach_on_drop(&self) -> bool {
         !matches!(self.name, Name::Id(..))

@@ -494,6 +494,7 @@ impl RtInner {
             // children, then computes before it awaits them).
             self.release_next();
         }
+        admission::mark_held(&task.header().lane);
         context::stash(task, d)
     }
 

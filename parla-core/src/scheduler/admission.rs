@@ -262,6 +262,24 @@ const ABORTED: u8 = 8;
 /// A flag of a claim word: a poller that lends no VCUs awaits the item, which was in no
 /// lane then (see [`mark_outside`]); a queuer that finds the flag queues it centrally.
 const OUTSIDE: u8 = 16;
+/// A flag of a claim word: the item was held for a poll that may claim it, to be queued
+/// claimable when that poll ends (see [`mark_held`]). Cleared when it is queued so.
+const HELD: u8 = 32;
+
+/// The item whose claim word is `word` is held for the poll that made it ready, to be
+/// queued claimable when the poll ends (a task's stash).
+#[inline]
+pub(crate) fn mark_held(word: &AtomicU8) {
+    word.fetch_or(HELD, Ordering::AcqRel);
+}
+
+/// Whether the item whose claim word is `word` is, or may soon be, claimable: held for a
+/// poll ([`mark_held`]) or queued in a shard (a hint).
+#[inline]
+pub(crate) fn may_be_claimable(word: &AtomicU8) -> bool {
+    let w = word.load(Ordering::Acquire);
+    w & HELD != 0 || w & STATE == QUEUED
+}
 
 /// An admission item: a task lane item may have a claim word (`OUT` while the item is not
 /// in the task lane), through which a lender awaiting the item claims it without the lanes'

@@ -216,24 +216,21 @@ impl<T: 'static> Drop for TaskHandle<T> {
         // An output without drop glue needs no owner: the handle leaves the join state alone
         // (one atomic update fewer on a line the task's driver may be writing), and the
         // completer then leaves the output in place, which is as good as dropping it. But a
-        // handle of a task without an id, dropped inside a task's poll before its task
+        // handle of a task without an id that is, or may be, claimable (held for the poll
+        // that spawned it, or queued in a shard), dropped in a task's poll before its task
         // completed, says so whatever the output: a task nobody holds is no lender's to
         // claim (`Header::claimable`). (A program spawning from `block_on` and dropping the
-        // handles pays nothing: those tasks are never claimable.)
-        let detach = crate::runtime::context::in_task_poll() && h.detach_on_drop();
+        // handles pays a look at a thread-local: those tasks are never claimable.)
+        let detach = crate::runtime::context::in_task_poll()
+            && crate::scheduler::admission::may_be_claimable(&h.lane)
+            && h.detach_on_drop();
         if (std::mem::needs_drop::<T>() || detach) && h.join_drop() {
             // SAFETY: by the join protocol the task completed and its completer left the
             // output to this handle, which does not take it any more.
             unsafe { self.task.drop_output() };
         }
-        if detach && crate::scheduler::admission::queued_in_shard(&h.lane) {
-            // Queued already, where only a task awaiting it would take it.
-            let rt_id = h.rt_id;
-            crate::runtime::context::with_entered_rt(|rt| {
-                if let Some(rt) = rt.filter(|rt| rt.id == rt_id) {
-                    rt.unshard(&self.node());
-                }
-            });
+        if detach {
+            unclaimable(self.node());
         }
         // SAFETY: the field is taken once, here, and not used after.
         let task = unsafe { ManuallyDrop::take(&mut self.task) };
@@ -241,6 +238,23 @@ impl<T: 'static> Drop for TaskHandle<T> {
         // too (a program dropping a row of handles at once): its memory is freed at one of
         // this thread's next spawns instead, for the allocation to reuse it.
         let_go_last(task.into_task());
+    }
+}
+
+/// Marks `task`, whose handle is gone, as nobody's to claim in its claim word: queued in a
+/// shard already, where only a task awaiting it would take it, it moves to the central part
+/// of the lane; not yet, its queuer queues it there (see `admission::mark_outside`).
+#[cold]
+#[inline(never)]
+fn unclaimable(task: TaskPtr) {
+    let h = task.header();
+    if crate::scheduler::admission::mark_outside(&h.lane) {
+        let rt_id = h.rt_id;
+        crate::runtime::context::with_rt(|rt| {
+            if let Some(rt) = rt.filter(|rt| rt.id == rt_id) {
+                rt.unshard(&task);
+            }
+        });
     }
 }
 
