@@ -222,8 +222,8 @@ impl<T: 'static> Drop for TaskHandle<T> {
         // claim (`Header::claimable`). (A program spawning from `block_on` and dropping the
         // handles pays a look at a thread-local: those tasks are never claimable.)
         let detach = crate::runtime::context::in_task_poll()
-            && crate::scheduler::admission::may_be_claimable(&h.lane)
-            && h.detach_on_drop();
+            && h.detach_on_drop()
+            && crate::scheduler::admission::may_be_claimable(&h.lane);
         if (std::mem::needs_drop::<T>() || detach) && h.join_drop() {
             // SAFETY: by the join protocol the task completed and its completer left the
             // output to this handle, which does not take it any more.
