@@ -314,60 +314,34 @@ impl Awaiting {
         }
     }
 
-    /// The future returns `Pending` waiting on `node` (its header `h`), a node of runtime
-    /// `node_rt`: the poller awaits tasks, if the node is of its runtime. With `claims`,
-    /// the poller's loan may go to the node first if it waits for admission (a handle, an
-    /// id); without, the node is awaited in no particular order (a member of a space
-    /// awaited as a whole): the loan then goes to the node's device, where the waiting
-    /// tasks take it in their order - going to the node first would start the space's
-    /// tasks in the order of its table rather than as they were spawned.
+    /// The future returns `Pending` waiting on `node`, a node of runtime `node_rt`: the
+    /// poller awaits tasks, if the node is of its runtime. With `claims`, the poller's loan
+    /// may go to the node first if it waits for admission (a handle, an id); without, the
+    /// node is awaited in no particular order (a member of a space awaited as a whole): the
+    /// loan then goes to the node's device, where the waiting tasks take it in their order
+    /// (going to the node first would start the space's tasks in the order of its table
+    /// rather than as they were spawned).
     ///
-    /// A task waiting claimable in a shard of its device's task lane (spawned by a task)
-    /// waits there for a task awaiting it to lend it VCUs: awaited by a poller that lends
-    /// none (a `block_on` future, a future started with `tokio::spawn`), it moves to the
-    /// central part of the lane, to be admitted in its turn ([`RtInner::unshard`]).
-    ///
-    /// [`RtInner::unshard`]: super::RtInner::unshard
+    /// Awaited by a poller that lends no VCUs (a `block_on` future, a future started with
+    /// `tokio::spawn`), the node is nobody's to claim ([`unclaimed`]).
     #[inline]
-    pub(crate) fn pending_on(
-        self,
-        h: &Header,
-        node_rt: u32,
-        node: impl FnOnce() -> TaskPtr,
-        claims: bool,
-    ) {
+    pub(crate) fn pending_on(self, node_rt: u32, node: impl FnOnce() -> TaskPtr, claims: bool) {
         let ours = node_rt != 0 && self.0.is_some_and(|p| p.rt_id == node_rt);
         if !context::in_task_poll() {
-            return Self::pending_outside(h, node_rt, node, claims, ours);
+            return Self::pending_outside(node(), claims, ours);
         }
         if ours {
             context::note_blocked(claims.then(node));
         }
     }
 
-    /// [`pending_on`](Self::pending_on) outside a task's poll: the node is nobody's to
-    /// claim (`admission::mark_outside`).
+    /// [`pending_on`](Self::pending_on) outside a task's poll.
     #[cold]
     #[inline(never)]
-    fn pending_outside(
-        h: &Header,
-        node_rt: u32,
-        node: impl FnOnce() -> TaskPtr,
-        claims: bool,
-        ours: bool,
-    ) {
-        if crate::scheduler::admission::mark_outside(&h.lane) {
-            let node = node();
-            context::with_rt(|rt| {
-                if let Some(rt) = rt.filter(|rt| rt.id == node_rt) {
-                    rt.unshard(&node);
-                }
-            });
-            if ours {
-                context::note_blocked(claims.then_some(node));
-            }
-        } else if ours {
-            context::note_blocked(claims.then(node));
+    fn pending_outside(node: TaskPtr, claims: bool, ours: bool) {
+        unclaimed(&node);
+        if ours {
+            context::note_blocked(claims.then_some(node));
         }
     }
 
@@ -380,6 +354,25 @@ impl Awaiting {
             Some(p) => unsafe { &*p.act }.take_await_failure(),
             None => false,
         }
+    }
+}
+
+/// Marks `task` as nobody's to claim in its claim word: its handle is gone, or a poller
+/// that lends no VCUs awaits it. Queued claimable in a shard already, where only a task
+/// awaiting it would take it, it moves to the central part of the lane
+/// ([`RtInner::unshard`](super::RtInner::unshard)); not queued yet, its queuer queues it
+/// there (see `admission::mark_outside`).
+#[cold]
+#[inline(never)]
+pub(crate) fn unclaimed(task: &TaskPtr) {
+    let h = task.header();
+    if crate::scheduler::admission::mark_outside(&h.lane) {
+        let rt_id = h.rt_id;
+        context::with_rt(|rt| {
+            if let Some(rt) = rt.filter(|rt| rt.id == rt_id) {
+                rt.unshard(task);
+            }
+        });
     }
 }
 

@@ -946,16 +946,25 @@ impl<T: Claim> Admission<T> {
     {
         if let Some((item, c)) = awaited
             && c.within_loan(d.vcu)
-            && let Some(word) = item.claim_word()
-            && word
-                .compare_exchange(QUEUED, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+            && self.claim(item)
         {
-            // Its entry stays in the lane as a tombstone.
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
             return self.admit_on_loan(d, item.clone(), c, out);
         }
         self.release(d, out);
+    }
+
+    /// Claims `item` if it waits claimable in a shard, without any lock: its entry stays in
+    /// the lane as a tombstone, and the caller has the item. Returns whether it did.
+    #[inline]
+    fn claim(&self, item: &T) -> bool {
+        let claimed = item.claim_word().is_some_and(|w| {
+            w.compare_exchange(QUEUED, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if claimed {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        claimed
     }
 
     /// Moves `item`, queued claimable in a shard, to the central part of the task lane,
@@ -969,10 +978,9 @@ impl<T: Claim> Admission<T> {
     where
         T: Clone,
     {
-        let word = item.claim_word()?;
-        word.compare_exchange(QUEUED, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
-            .ok()?;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        if !self.claim(item) {
+            return None;
+        }
         self.queue(item.clone(), d, false, out)
     }
 

@@ -76,7 +76,7 @@ impl NodeWait {
         if !self.hurried {
             self.hurried = bridge::hurry(h, cx.waker());
         }
-        awaiting.pending_on(h, h.rt_id, || self.node.clone(), self.claims);
+        awaiting.pending_on(h.rt_id, || self.node.clone(), self.claims);
         Poll::Pending
     }
 }

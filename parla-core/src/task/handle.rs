@@ -202,7 +202,7 @@ impl<T: 'static> TaskHandle<T> {
         if !this.hurried {
             this.hurried = bridge::hurry(h, cx.waker());
         }
-        awaiting.pending_on(h, h.rt_id, || this.node(), true);
+        awaiting.pending_on(h.rt_id, || this.node(), true);
         Poll::Pending
     }
 }
@@ -230,7 +230,7 @@ impl<T: 'static> Drop for TaskHandle<T> {
             unsafe { self.task.drop_output() };
         }
         if detach {
-            unclaimable(self.node());
+            waker::unclaimed(&self.node());
         }
         // SAFETY: the field is taken once, here, and not used after.
         let task = unsafe { ManuallyDrop::take(&mut self.task) };
@@ -238,23 +238,6 @@ impl<T: 'static> Drop for TaskHandle<T> {
         // too (a program dropping a row of handles at once): its memory is freed at one of
         // this thread's next spawns instead, for the allocation to reuse it.
         let_go_last(task.into_task());
-    }
-}
-
-/// Marks `task`, whose handle is gone, as nobody's to claim in its claim word: queued in a
-/// shard already, where only a task awaiting it would take it, it moves to the central part
-/// of the lane; not yet, its queuer queues it there (see `admission::mark_outside`).
-#[cold]
-#[inline(never)]
-fn unclaimable(task: TaskPtr) {
-    let h = task.header();
-    if crate::scheduler::admission::mark_outside(&h.lane) {
-        let rt_id = h.rt_id;
-        crate::runtime::context::with_rt(|rt| {
-            if let Some(rt) = rt.filter(|rt| rt.id == rt_id) {
-                rt.unshard(&task);
-            }
-        });
     }
 }
 
