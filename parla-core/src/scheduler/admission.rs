@@ -382,21 +382,28 @@ pub(crate) enum Resumed<T> {
 }
 
 /// The admission state of one device.
+///
+/// Each count that changes is on a cache line of its own (`CachePadded`), apart from the
+/// fields that never change after construction. Every worker spawning, finishing,
+/// lending and resuming tasks updates or reads these counts, and on one line they were a
+/// single point that all cores took turns on: with 16 workers running a fork-join tree
+/// (`benches/overhead.rs`), about four fifths of the workers' samples sat on that line.
 pub(crate) struct Admission<T> {
-    used: AtomicU64,
     mem_capacity: u64,
+    /// The task lane's shards.
+    shards: Box<[CachePadded<Shard<T>>]>,
+    used: CachePadded<AtomicU64>,
     /// Items in both lanes.
-    waiting: AtomicUsize,
-    /// Tickets of the task lane, taken in order (next to `waiting`, which a queuer updates
-    /// too).
-    tickets: AtomicU64,
+    waiting: CachePadded<AtomicUsize>,
+    /// Tickets of the task lane, taken in order.
+    tickets: CachePadded<AtomicU64>,
     /// Entries in the shards (tombstones included): drains skip the shards while it is 0.
-    sharded: AtomicUsize,
+    sharded: CachePadded<AtomicUsize>,
     /// Items in the resume lane.
-    resuming: AtomicUsize,
+    resuming: CachePadded<AtomicUsize>,
     /// Drain requests so far: releasers that found the central lock taken count one here
     /// and leave the drain to its holder (see [`unlock`](Self::unlock)).
-    drains: AtomicU64,
+    drains: CachePadded<AtomicU64>,
     /// The resume lane and the central task lane; its lock also serializes drains.
     central: CachePadded<Mutex<Central<T>>>,
     /// Central task lane entries queued without the lock, which holders move to the lane
@@ -404,8 +411,6 @@ pub(crate) struct Admission<T> {
     incoming: Queue<Entry<T>>,
     /// Resumes queued without the lock, which holders move to the resume lane likewise.
     incoming_resumes: Queue<Entry<T>>,
-    /// The task lane's shards.
-    shards: Box<[CachePadded<Shard<T>>]>,
 }
 
 impl<T: Claim> std::fmt::Debug for Admission<T> {
@@ -422,20 +427,7 @@ impl<T: Claim> Admission<T> {
     /// one, at most [`MAX_SHARDS`]): about one per thread that queues claimable tasks there.
     pub(crate) fn new(mem_capacity: u64, shards: usize) -> Self {
         Admission {
-            used: AtomicU64::new(0),
             mem_capacity: mem_capacity.min(MAX_MEMORY),
-            waiting: AtomicUsize::new(0),
-            tickets: AtomicU64::new(0),
-            sharded: AtomicUsize::new(0),
-            resuming: AtomicUsize::new(0),
-            drains: AtomicU64::new(0),
-            central: CachePadded::new(Mutex::new(Central {
-                tasks: VecDeque::new(),
-                resumes: VecDeque::new(),
-                resume_min: NO_MIN,
-            })),
-            incoming: Queue::new(),
-            incoming_resumes: Queue::new(),
             shards: (0..shards.clamp(1, MAX_SHARDS))
                 .map(|_| {
                     CachePadded::new(Shard {
@@ -444,6 +436,19 @@ impl<T: Claim> Admission<T> {
                     })
                 })
                 .collect(),
+            used: CachePadded::new(AtomicU64::new(0)),
+            waiting: CachePadded::new(AtomicUsize::new(0)),
+            tickets: CachePadded::new(AtomicU64::new(0)),
+            sharded: CachePadded::new(AtomicUsize::new(0)),
+            resuming: CachePadded::new(AtomicUsize::new(0)),
+            drains: CachePadded::new(AtomicU64::new(0)),
+            central: CachePadded::new(Mutex::new(Central {
+                tasks: VecDeque::new(),
+                resumes: VecDeque::new(),
+                resume_min: NO_MIN,
+            })),
+            incoming: Queue::new(),
+            incoming_resumes: Queue::new(),
         }
     }
 
