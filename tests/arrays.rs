@@ -226,6 +226,81 @@ fn data_too_big_for_every_device_is_unsatisfiable() {
     assert!(err.to_string().contains("bytes of data"), "{err}");
 }
 
+/// The host's copies are not counted in the CPU's budget: a CPU task whose workspace alone
+/// is too big is refused for its workspace, and its data is not named as part of the cause.
+#[test]
+fn on_the_cpu_only_the_workspace_counts_against_the_budget() {
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .gpus([])
+        .cpu_memory(1000)
+        .build()
+        .expect("runtime");
+    let a = PArray::from(Array1::<f64>::zeros(1000));
+    let (b, b2) = (a.clone(), a.clone());
+    let err = support::within(60, move || {
+        rt.block_on(async move {
+            // 8,000 bytes of data run within a budget of 1,000 bytes...
+            let len = task(async move { Ok::<_, parla::Error>(b2.read()?.len()) })
+                .reads(&b)
+                .placement(Placement::Cpu)
+                .await
+                .expect("data is not counted on the CPU")
+                .expect("the read");
+            assert_eq!(len, 1000);
+            // ...and 2,000 bytes of workspace do not.
+            task(async {})
+                .reads(&a)
+                .memory(2000)
+                .placement(Placement::Cpu)
+                .await
+        })
+    })
+    .unwrap_err();
+    assert!(matches!(err, TaskError::Unsatisfiable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("memory = 2000 bytes exceeds"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("of data"), "{err}");
+}
+
+/// A GPU task that holds a copy awaits a child whose data cannot fit beside it: the child
+/// never runs, and the parent's await fails with a `Deadlock` whose reason says the child
+/// waits for room for its data (not for the 0 VCUs and 0 bytes of workspace it asks).
+#[test]
+fn a_deadlock_on_data_says_the_child_waits_for_room_for_its_data() {
+    let n = 100;
+    let rt = support::vgpu(2, 1, (n * 8) as u64);
+    let a = PArray::from(Array1::<f64>::from_elem(n, 1.0));
+    let b = PArray::from(Array1::<f64>::from_elem(n, 2.0));
+    let r = support::within(60, move || {
+        rt.block_on(async move {
+            let (a2, b2) = (a.clone(), b.clone());
+            let b = b.clone();
+            task(async move {
+                let _x = a2.read()?[0];
+                let child = task(async move { Ok::<_, parla::Error>(b2.read()?[0]) })
+                    .reads(&b)
+                    .vcus(0.5)
+                    .placement(Placement::Gpu(0))
+                    .spawn();
+                Ok::<_, parla::Error>(child.await)
+            })
+            .reads(&a)
+            .vcus(0.5)
+            .placement(Placement::Gpu(0))
+            .await
+        })
+    });
+    let err = r
+        .expect("the parent ran")
+        .expect("the parent read its data")
+        .unwrap_err();
+    assert!(matches!(err, TaskError::Deadlock { .. }), "{err}");
+    assert!(err.to_string().contains("room for its data"), "{err}");
+}
+
 /// `tiles()` copies the host data outside the order of the tasks: while a task that writes
 /// the array runs (holding its view, half written) or waits, it is an error, not a copy of
 /// half-written data; after the writer finished it copies its result; after a writer

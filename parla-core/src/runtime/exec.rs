@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use super::driver::Driver;
 use super::{RtInner, context};
 use crate::device::backend::FenceStatus;
-use crate::device::{Demand, Device, vcu_float};
+use crate::device::{Arch, Demand, Device, vcu_float};
 use crate::error::TaskError;
 use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::graph::cell::reuse_as;
@@ -1232,8 +1232,16 @@ impl RtInner {
         match h.device() {
             Some(d) => {
                 let u = self.devices[d.slot()].usage();
+                // A task with data on a GPU also waits for room for the copies it lacks
+                // there, which are counted only once it is admitted.
+                let data = if h.has_data && d.arch() != Arch::Cpu {
+                    " and room for its data"
+                } else {
+                    ""
+                };
                 format!(
-                    "{} waits on {d} for {} VCUs and {} bytes ({} VCUs and {} bytes held by tasks that wait themselves)",
+                    "{} waits on {d} for {} VCUs and {} bytes{data}; {} VCUs and {} bytes are \
+                     in use there, by tasks that wait themselves",
                     h.name,
                     vcu_float(self.devices[d.slot()].vcu_for(h.vcu)),
                     h.mem,

@@ -95,6 +95,8 @@ fn constraints(
     }
     let mut fits = 0;
     let mut biggest = 0;
+    // Whether a candidate counts the data in its budget (the host's copies are not counted).
+    let mut data_counted = false;
     for (slot, dev) in rt.devices.iter().enumerate() {
         if mask & (1 << slot) == 0 {
             continue;
@@ -103,6 +105,7 @@ fn constraints(
         let on_device = if dev.device.arch() == Arch::Cpu {
             0
         } else {
+            data_counted = true;
             data
         };
         let d = Demand {
@@ -118,7 +121,7 @@ fn constraints(
             .filter(|s| mask & (1 << s) != 0)
             .map(|s| rt.devices[s].device.to_string())
             .collect();
-        let what = if data > 0 {
+        let what = if data > 0 && data_counted {
             format!("memory = {mem} bytes and {data} bytes of data exceed")
         } else {
             format!("memory = {mem} bytes exceeds")
