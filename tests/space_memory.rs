@@ -283,6 +283,33 @@ fn select_loops_over_an_id_and_dropped_forward_references_leave_nothing_behind()
     assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 rounds");
 }
 
+/// A program that waits for results by id with a deadline, and gives up on ids that never
+/// come: each wait, polled and then dropped, names a new id. The space keeps none of them
+/// (each left about 460 bytes in the space, for as long as the space lived).
+#[test]
+fn waits_given_up_on_ids_never_spawned_leave_nothing_behind() {
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    let t = TaskSpace::new("GivenUp");
+    let (quarter, end) = support::within(120, move || {
+        growth(&rt, 40, |batch| {
+            let t = t.clone();
+            async move {
+                for i in 0..200 {
+                    tokio::select! {
+                        biased;
+                        _ = t.at(("late", batch, i)) => unreachable!(),
+                        _ = tokio::task::yield_now() => {}
+                    }
+                }
+                assert_eq!(t.len(), 0);
+            }
+        })
+    });
+    let grew = end - quarter;
+    assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 rounds");
+}
+
 #[test]
 fn a_traced_runtime_streams_its_records() {
     let _s = SERIAL.lock();

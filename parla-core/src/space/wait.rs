@@ -1,6 +1,7 @@
 //! Futures that wait for ids, ranges and whole spaces.
 
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,7 +17,9 @@ use crate::runtime::{bridge, waker};
 /// Waits for one node, registering one waiter on it the first time it must, and
 /// deregistering it when dropped before the node finished.
 struct NodeWait {
-    node: TaskPtr,
+    /// (Taken out in `drop`: a placeholder's last references must be gone when it is
+    /// released, see [`Drop`](#impl-Drop-for-NodeWait).)
+    node: ManuallyDrop<TaskPtr>,
     waiter: Option<Arc<AtomicWaker>>,
     hurried: bool,
     /// Whether the poller's loan may go to this task first, if it waits for admission (see
@@ -28,7 +31,7 @@ struct NodeWait {
 impl NodeWait {
     fn new(node: TaskPtr) -> Self {
         NodeWait {
-            node,
+            node: ManuallyDrop::new(node),
             waiter: None,
             hurried: false,
             claims: true,
@@ -76,21 +79,30 @@ impl NodeWait {
         if !self.hurried {
             self.hurried = bridge::hurry(h, cx.waker());
         }
-        awaiting.pending_on(h.rt_id, || self.node.clone(), self.claims);
+        // (A placeholder is nobody's to claim: the poller's loan goes to the device, and the
+        // poll keeps no reference to it, which would keep it in its space once given up.)
+        let claims = self.claims && h.kind != Kind::Placeholder;
+        awaiting.pending_on(h.rt_id, || TaskPtr::clone(&self.node), claims);
         Poll::Pending
     }
 }
 
 impl Drop for NodeWait {
+    /// Deregisters the waiter, and releases a placeholder with this wait's reference to it:
+    /// the space removes a placeholder only once nothing else refers to it, so a wait that
+    /// kept its own reference meanwhile would leave every id it gave up on in the space.
     fn drop(&mut self) {
-        let h = self.node.header();
+        // SAFETY: `node` is not used again: this is the wait's drop, and the field is
+        // taken once, here.
+        let node = unsafe { ManuallyDrop::take(&mut self.node) };
+        let h = node.header();
         if let Some(w) = self.waiter.take()
             && !h.is_done()
         {
             h.remove_waiter(&w);
         }
         if h.kind == Kind::Placeholder {
-            super::release_placeholder(self.node.clone());
+            super::release_placeholder(node);
         }
     }
 }
