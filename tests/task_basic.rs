@@ -226,3 +226,31 @@ fn tasks_made_ready_by_a_task_run_on_every_worker() {
     });
     assert_eq!((met.0.ok(), met.1.ok()), (Some(true), Some(true)));
 }
+
+/// A future that keeps a large buffer across an await.
+async fn holds<const N: usize>() -> usize {
+    let mut buf = [0u8; N];
+    tokio::task::yield_now().await;
+    std::hint::black_box(&mut buf);
+    buf.iter().filter(|&&b| b == 0).count()
+}
+
+/// A task whose future is large (a buffer kept across an await) is spawned inside another
+/// task, on a worker thread's 2 MiB stack, as `tokio::spawn` takes it there: the spawn
+/// boxes it before its own frames copy it. (Release builds overflowed that stack from
+/// 512 KiB up and abort the process; with the box, 1 MiB runs. In this debug build the
+/// caller's own frames hold more copies: the unboxed spawn overflowed from 160 KiB, the
+/// boxed one runs up to 224 KiB.)
+#[test]
+fn a_large_future_is_spawned_inside_a_task() {
+    const N: usize = 176 << 10;
+    let rt = support::cpu(2);
+    let n = support::within(60, move || {
+        rt.block_on(async {
+            task(async { task(holds::<N>()).await.expect("spawned inside a task") })
+                .await
+                .expect("the parent")
+        })
+    });
+    assert_eq!(n, N);
+}

@@ -197,8 +197,47 @@ where
     /// [`TaskError`] that stopped it; dropping the handle does not cancel the task.
     ///
     /// Outside a parla runtime the handle resolves to [`TaskError::NoRuntime`].
+    ///
+    /// A future larger than 16 KiB (2 KiB in debug builds) is moved to the heap first, as
+    /// `tokio::spawn` does, so that the spawn's own frames never hold a copy of it: a task
+    /// keeping a large buffer across an await is spawned inside another task's poll, on a
+    /// worker thread's stack, as it is from `block_on`.
     #[inline(always)]
     pub fn spawn(self) -> TaskHandle<F::Output> {
+        if size_of::<F>() > BOX_FUTURE_THRESHOLD {
+            return self.boxed().spawn_here();
+        }
+        self.spawn_here()
+    }
+
+    /// The builder with its future on the heap.
+    #[inline(never)]
+    fn boxed(self) -> TaskBuilder<std::pin::Pin<Box<F>>> {
+        let TaskBuilder {
+            fut,
+            id,
+            deps,
+            placement,
+            vcus,
+            memory,
+            priority,
+            data,
+        } = self;
+        TaskBuilder {
+            fut: Box::pin(fut),
+            id,
+            deps,
+            placement,
+            vcus,
+            memory,
+            priority,
+            data,
+        }
+    }
+
+    /// [`spawn`](Self::spawn), the future as it is.
+    #[inline(always)]
+    fn spawn_here(self) -> TaskHandle<F::Output> {
         let rt = crate::runtime::context::entered_rt();
         // SAFETY: a non-null pointer was set by the guard of the scope this thread is in
         // (a driver's poll, `block_on`), which outlives this call (see `entered_rt`).
@@ -213,6 +252,10 @@ where
         })
     }
 }
+
+/// Futures larger than this many bytes are spawned boxed (see [`TaskBuilder::spawn`]); the
+/// same bound as Tokio's.
+const BOX_FUTURE_THRESHOLD: usize = if cfg!(debug_assertions) { 2048 } else { 16384 };
 
 impl<F> IntoFuture for TaskBuilder<F>
 where
