@@ -204,7 +204,9 @@ where
     /// worker thread's stack, as it is from `block_on`.
     #[inline(always)]
     pub fn spawn(self) -> TaskHandle<F::Output> {
-        if size_of::<F>() > BOX_FUTURE_THRESHOLD {
+        // (A constant of the future's type: the build of a small future's spawn has no
+        // trace of the other branch, which would change what is inlined around it.)
+        if const { size_of::<F>() > BOX_FUTURE_THRESHOLD } {
             return self.boxed().spawn_here();
         }
         self.spawn_here()
