@@ -568,3 +568,36 @@ fn a_loop_of_awaits_that_find_their_tasks_finished_lets_the_worker_go() {
         assert!(loops.as_ref().is_ok_and(|&n| n > 0), "{what}: {loops:?}");
     }
 }
+
+/// Parla's `T[0:n, j]`, a column of a 2-D space, as the README writes it: `deps` over the
+/// column's references. The task after it runs once every task of the column finished,
+/// whether they were spawned before it or after.
+#[test]
+fn a_column_of_a_two_dimensional_space_is_a_dependency_list() {
+    let rt = support::cpu(2);
+    let done = Arc::new(AtomicUsize::new(0));
+    let seen = support::within(60, move || {
+        rt.block_on(async move {
+            let t = TaskSpace::new("T");
+            let d = done.clone();
+            let after = task(async move { d.load(Ordering::SeqCst) })
+                .after(parla::deps((0..4).map(|i| t.at((i, 1)))))
+                .spawn();
+            for i in 0..4 {
+                for j in 0..2 {
+                    let d = done.clone();
+                    task(async move {
+                        tokio::task::yield_now().await;
+                        if j == 1 {
+                            d.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                    .id(t.at((i, j)))
+                    .spawn();
+                }
+            }
+            after.await.expect("the task after the column")
+        })
+    });
+    assert_eq!(seen, 4);
+}
