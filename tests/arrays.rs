@@ -277,7 +277,6 @@ fn a_deadlock_on_data_says_the_child_waits_for_room_for_its_data() {
     let r = support::within(60, move || {
         rt.block_on(async move {
             let (a2, b2) = (a.clone(), b.clone());
-            let b = b.clone();
             task(async move {
                 let _x = a2.read()?[0];
                 let child = task(async move { Ok::<_, parla::Error>(b2.read()?[0]) })
