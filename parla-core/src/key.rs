@@ -109,7 +109,9 @@ pub struct Key(Repr);
 #[derive(Clone)]
 enum Repr {
     /// Every part an `Int`: the canonical form whenever possible, so that a key equals
-    /// another only within the same form.
+    /// another only within the same form. The parts are the last `len` of `v` (the ones
+    /// before are zero): a key's last two parts, which name its slot in its block (see
+    /// [`Key::block`]), are at the same places whatever its length.
     Ints { len: u8, v: [i64; MAX_PARTS] },
     /// At least one part is a string or a large unsigned integer.
     Parts(Arc<[Part]>),
@@ -119,8 +121,10 @@ impl Key {
     #[inline]
     fn from_parts<const N: usize>(parts: [Part; N]) -> Key {
         const { assert!(N >= 1 && N <= MAX_PARTS) };
+        // Right-aligned: the last part at `v[MAX_PARTS - 1]` whatever the length (see
+        // `Repr::Ints`).
         let mut v = [0i64; MAX_PARTS];
-        for (slot, p) in v.iter_mut().zip(&parts) {
+        for (slot, p) in v[MAX_PARTS - N..].iter_mut().zip(&parts) {
             match p {
                 Part::Int(i) => *slot = *i,
                 _ => return Key(Repr::Parts(Arc::from(parts))),
@@ -145,7 +149,7 @@ impl Key {
     /// The key's parts.
     pub fn parts(&self) -> impl Iterator<Item = Part> + '_ {
         let (ints, parts): (&[i64], &[Part]) = match &self.0 {
-            Repr::Ints { len, v } => (&v[..*len as usize], &[]),
+            Repr::Ints { len, v } => (&v[MAX_PARTS - *len as usize..], &[]),
             Repr::Parts(p) => (&[], p),
         };
         ints.iter()
@@ -156,7 +160,7 @@ impl Key {
     /// The integer value of a one-part integer key, if it is one.
     pub fn as_int(&self) -> Option<i128> {
         match &self.0 {
-            Repr::Ints { len: 1, v } => Some(v[0] as i128),
+            Repr::Ints { len: 1, v } => Some(v[MAX_PARTS - 1] as i128),
             Repr::Parts(p) => match &p[..] {
                 [Part::UInt(v)] => Some(*v as i128),
                 _ => None,
@@ -169,36 +173,38 @@ impl Key {
 impl Key {
     /// The key's block in a task space's table, and its slot in the block.
     ///
-    /// Keys that differ only in the low bits of a last integer part share a block of
-    /// [`BLOCK`] slots: consecutive integers, or `(i, j)` for consecutive `j`, which
-    /// programs spawn one after the other, so that their inserts and lookups find the
-    /// block in cache instead of each missing on a line of its own. Any other key (one
-    /// ending in a string or a large unsigned integer) has a block of its own, at slot 0.
-    /// The hash is the block's (Fx mixing), computed once per lookup.
+    /// Keys of integers that differ only in low bits share a block of [`BLOCK`] slots:
+    /// runs of 64 consecutive integers for a one-part key, tiles of 8 by 8 for a key of two
+    /// or more (the low bits of its last two parts: `(i, j)` next to `(i, j - 1)` and to
+    /// `(i - 1, j)`). Programs spawn such keys one after the other and make tasks after
+    /// their neighbours, so that an insert finds the block of the keys around it in cache
+    /// and looks the neighbours up in the same visit. A key ending in an integer after a
+    /// string shares blocks of 64 consecutive integers too; any other key (one ending in a
+    /// string or a large unsigned integer) has a block of its own, at slot 0. The hash is
+    /// the block's (Fx mixing), computed once per lookup.
     #[inline(always)]
     pub(crate) fn block(&self) -> (u64, usize) {
         const K: u64 = 0xf135_7aea_2e62_a9c5;
         match &self.0 {
             Repr::Ints { len, v } => {
-                let last = (*len as usize - 1) % MAX_PARTS;
-                let slot = (v[last] & BLOCK_MASK) as usize;
-                // All four integers (unused ones are zero), the last one's low bits dropped:
-                // a fixed number of rounds, without branches.
+                // All four integers (unused ones are zero), the slot's bits dropped: a fixed
+                // number of rounds, without branches.
                 let mut w = *v;
-                w[last] >>= BLOCK_SHIFT;
+                w[MAX_PARTS - 2] >>= TILE_SHIFT;
+                w[MAX_PARTS - 1] >>= last_shift(*len);
                 let mut h = *len as u64;
                 for i in w {
                     h = (h.rotate_left(26) ^ i as u64).wrapping_mul(K);
                 }
-                (h, slot)
+                (h, ints_slot(*len, v))
             }
             Repr::Parts(p) => {
                 let mut s = rustc_hash::FxHasher::default();
                 match p.split_last() {
                     Some((Part::Int(last), prefix)) => {
                         prefix.hash(&mut s);
-                        s.write_i64(last >> BLOCK_SHIFT);
-                        (s.finish(), (last & BLOCK_MASK) as usize)
+                        s.write_i64(last >> LINE_SHIFT);
+                        (s.finish(), (last & LINE_MASK) as usize)
                     }
                     _ => {
                         s.write_u8(0xff);
@@ -210,21 +216,24 @@ impl Key {
         }
     }
 
-    /// The key of `slot` in this key's block (see [`Key::block`]): this one with the low
-    /// bits of its last integer replaced (a key with a block of its own is its slot 0).
+    /// The key of slot `slot` in this key's block.
     pub(crate) fn in_block(&self, slot: usize) -> Key {
-        let with_slot = |i: i64| (i & !BLOCK_MASK) | (slot as i64 & BLOCK_MASK);
         match &self.0 {
             Repr::Ints { len, v } => {
                 let mut v = *v;
-                let last = (*len as usize - 1) % MAX_PARTS;
-                v[last] = with_slot(v[last]);
+                let (a, b) = (MAX_PARTS - 2, MAX_PARTS - 1);
+                if *len == 1 {
+                    v[b] = (v[b] & !LINE_MASK) | (slot as i64 & LINE_MASK);
+                } else {
+                    v[a] = (v[a] & !TILE_MASK) | ((slot >> TILE_SHIFT) as i64 & TILE_MASK);
+                    v[b] = (v[b] & !TILE_MASK) | (slot as i64 & TILE_MASK);
+                }
                 Key(Repr::Ints { len: *len, v })
             }
             Repr::Parts(p) => match p.split_last() {
                 Some((Part::Int(last), prefix)) => {
                     let mut parts = prefix.to_vec();
-                    parts.push(Part::Int(with_slot(*last)));
+                    parts.push(Part::Int((last & !LINE_MASK) | (slot as i64 & LINE_MASK)));
                     Key(Repr::Parts(parts.into()))
                 }
                 _ => self.clone(),
@@ -232,35 +241,49 @@ impl Key {
         }
     }
 
-    /// The key's slot in its block: [`Key::block`]'s second half, without the hash.
+    /// The key's slot in its block (see [`block`](Self::block)).
     #[inline(always)]
     pub(crate) fn slot(&self) -> usize {
         match &self.0 {
-            Repr::Ints { len, v } => (v[(*len as usize - 1) % MAX_PARTS] & BLOCK_MASK) as usize,
+            Repr::Ints { len, v } => ints_slot(*len, v),
             Repr::Parts(p) => match p.last() {
-                Some(Part::Int(last)) => (last & BLOCK_MASK) as usize,
+                Some(Part::Int(last)) => (last & LINE_MASK) as usize,
                 _ => 0,
             },
         }
     }
 
-    /// Whether the two keys share a block (see [`Key::block`]).
+    /// The slot of `other` when it is another key of this key's block (see
+    /// [`block`](Self::block)).
+    #[inline(always)]
+    pub(crate) fn near_slot(&self, other: &Key) -> Option<usize> {
+        match (&self.0, &other.0) {
+            (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
+                let (m, n) = (MAX_PARTS - 2, MAX_PARTS - 1);
+                let (dm, dn) = (x[m] ^ y[m], x[n] ^ y[n]);
+                let diff =
+                    (x[0] ^ y[0]) | (x[1] ^ y[1]) | (dm >> TILE_SHIFT) | (dn >> last_shift(*a));
+                (a == b && diff == 0 && (dm | dn) != 0).then(|| ints_slot(*b, y))
+            }
+            _ => (self.same_block(other) && self != other).then(|| other.slot()),
+        }
+    }
+
+    /// Whether `other` is in this key's block (see [`block`](Self::block)).
     #[inline(always)]
     pub(crate) fn same_block(&self, other: &Key) -> bool {
         match (&self.0, &other.0) {
             (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
-                // Unused slots are zero in both, so comparing all four is exact; the last
-                // integers agree on their block when their bits above the low ones do.
-                let bits = &BLOCK_BITS[(*a as usize - 1) % MAX_PARTS];
-                let mut diff = 0;
-                for k in 0..MAX_PARTS {
-                    diff |= (x[k] ^ y[k]) as u64 & bits[k];
-                }
+                let (m, n) = (MAX_PARTS - 2, MAX_PARTS - 1);
+                let diff = (x[0] ^ y[0])
+                    | (x[1] ^ y[1])
+                    | ((x[m] ^ y[m]) >> TILE_SHIFT)
+                    | ((x[n] ^ y[n]) >> last_shift(*a));
                 a == b && diff == 0
             }
             (Repr::Parts(x), Repr::Parts(y)) => match (x.split_last(), y.split_last()) {
                 (Some((Part::Int(i), xp)), Some((Part::Int(j), yp))) => {
-                    i >> BLOCK_SHIFT == j >> BLOCK_SHIFT && xp == yp
+                    i >> LINE_SHIFT == j >> LINE_SHIFT && xp == yp
                 }
                 _ => x == y,
             },
@@ -269,9 +292,24 @@ impl Key {
     }
 }
 
+/// The slot of an integer key of `len` parts `v` in its block: the low bits of its one
+/// part, or of its last two (see [`Key::block`]). (A one-part key's `v[MAX_PARTS - 2]` is
+/// zero.)
+#[inline(always)]
+fn ints_slot(len: u8, v: &[i64; MAX_PARTS]) -> usize {
+    let last = v[MAX_PARTS - 1] & ((1 << last_shift(len)) - 1);
+    (((v[MAX_PARTS - 2] & TILE_MASK) << TILE_SHIFT) | last) as usize
+}
+
+/// How many low bits of the last part of an integer key of `len` parts name its slot.
+#[inline(always)]
+fn last_shift(len: u8) -> u32 {
+    if len == 1 { LINE_SHIFT } else { TILE_SHIFT }
+}
+
 /// The slots of a block whose bits are set in `bits` (a bit per slot), in order.
 #[inline(always)]
-pub(crate) fn block_slots(mut bits: u8) -> impl Iterator<Item = usize> {
+pub(crate) fn block_slots(mut bits: u64) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         let slot = bits.trailing_zeros() as usize;
         bits &= bits.wrapping_sub(1);
@@ -280,21 +318,16 @@ pub(crate) fn block_slots(mut bits: u8) -> impl Iterator<Item = usize> {
 }
 
 /// Slots per block of a task space's table (see [`Key::block`]).
-pub(crate) const BLOCK: usize = 1 << BLOCK_SHIFT;
-const BLOCK_SHIFT: u32 = 3;
-const BLOCK_MASK: i64 = BLOCK as i64 - 1;
-
-/// For a key of `n + 1` integer parts, the bits of each part that name its block (see
-/// [`Key::same_block`]): all but the low ones of the last part.
-const BLOCK_BITS: [[u64; MAX_PARTS]; MAX_PARTS] = {
-    let mut t = [[u64::MAX; MAX_PARTS]; MAX_PARTS];
-    let mut n = 0;
-    while n < MAX_PARTS {
-        t[n][n] = !(BLOCK_MASK as u64);
-        n += 1;
-    }
-    t
-};
+pub(crate) const BLOCK: usize = 1 << LINE_SHIFT;
+/// A block of one-part keys (or of keys ending in an integer after a string): this many
+/// low bits of the last part.
+const LINE_SHIFT: u32 = 6;
+const LINE_MASK: i64 = (1 << LINE_SHIFT) - 1;
+/// A block of integer keys of two or more parts: this many low bits of each of the last
+/// two.
+const TILE_SHIFT: u32 = 3;
+const TILE_MASK: i64 = (1 << TILE_SHIFT) - 1;
+const _: () = assert!(2 * TILE_SHIFT == LINE_SHIFT && MAX_PARTS == 4);
 
 impl PartialEq for Key {
     #[inline]
@@ -315,7 +348,7 @@ impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         match &self.0 {
             Repr::Ints { len, v } => {
-                for i in &v[..*len as usize] {
+                for i in &v[MAX_PARTS - *len as usize..] {
                     state.write_i64(*i);
                 }
             }
@@ -431,10 +464,16 @@ mod test {
     #[test]
     fn blocks() {
         let keys: Vec<Key> = [
-            (0..20).map(|i| i.into_key()).collect::<Vec<_>>(),
+            (0..140).map(|i| i.into_key()).collect::<Vec<_>>(),
             (-9..9).map(|i| (3, i).into_key()).collect(),
             (0..12).map(|i| (4, i).into_key()).collect(),
-            (0..12).map(|i| ("row", i).into_key()).collect(),
+            (-9..18)
+                .flat_map(|i| (-9..18).map(move |j| (i, j).into_key()))
+                .collect(),
+            (0..18).map(|i| (1, i, 2).into_key()).collect(),
+            (0..18).map(|i| (2, i, 2).into_key()).collect(),
+            (0..18).map(|i| (0, 1, i, 2).into_key()).collect(),
+            (0..70).map(|i| ("row", i).into_key()).collect(),
             (0..12).map(|i| ("col", i).into_key()).collect(),
             vec![
                 "a".into_key(),
@@ -446,35 +485,76 @@ mod test {
             ],
         ]
         .concat();
+        // A block: integer keys with the same parts but for the low bits of the one part
+        // (64) or of the last two (8 and 8); keys ending in an integer after a string with
+        // the same prefix and the last part's 64s; any other key alone.
+        let block_of = |k: &Key| -> Option<(bool, Vec<Part>)> {
+            let p: Vec<Part> = k.parts().collect();
+            let ints: Option<Vec<i64>> = p
+                .iter()
+                .map(|p| match p {
+                    Part::Int(i) => Some(*i),
+                    _ => None,
+                })
+                .collect();
+            if let Some(mut ints) = ints {
+                let n = ints.len();
+                if n == 1 {
+                    ints[0] = ints[0].div_euclid(64);
+                } else {
+                    ints[n - 2] = ints[n - 2].div_euclid(8);
+                    ints[n - 1] = ints[n - 1].div_euclid(8);
+                }
+                return Some((true, ints.into_iter().map(Part::Int).collect()));
+            }
+            let mut p = p;
+            match p.pop() {
+                Some(Part::Int(i)) => {
+                    p.push(Part::Int(i.div_euclid(64)));
+                    Some((false, p))
+                }
+                _ => None,
+            }
+        };
+        let mut in_block = std::collections::HashMap::<(u64, Vec<Part>), u64>::new();
         for a in &keys {
+            let (ha, sa) = a.block();
+            assert!(sa < BLOCK);
+            assert_eq!(a.slot(), sa, "{a:?}");
+            assert_eq!(&a.in_block(sa), a, "{a:?}");
+            assert!(a.in_block((sa + 1) % BLOCK).same_block(a), "{a:?}");
+            if let Some(b) = block_of(a) {
+                *in_block.entry((ha, b.1)).or_default() |= 1 << sa;
+            }
             for b in &keys {
                 let same = a.same_block(b);
                 assert_eq!(same, b.same_block(a), "{a:?} {b:?}");
-                let (ha, sa) = a.block();
+                let near = (same && a != b).then(|| b.slot());
+                assert_eq!(a.near_slot(b), near, "{a:?} {b:?}");
                 let (hb, sb) = b.block();
-                assert!(sa < BLOCK);
-                assert_eq!(a.slot(), sa, "{a:?}");
                 if same {
                     assert_eq!(ha, hb, "{a:?} {b:?}");
                     assert_eq!(sa == sb, a == b, "{a:?} {b:?}");
+                    assert_eq!(&a.in_block(sb), b, "{a:?} {b:?}");
                 }
-                let ints = |k: &Key| -> Option<(Vec<Part>, i64)> {
-                    let mut p: Vec<Part> = k.parts().collect();
-                    match p.pop() {
-                        Some(Part::Int(i)) => Some((p, i.div_euclid(BLOCK as i64))),
-                        _ => None,
-                    }
-                };
-                let expected = match (ints(a), ints(b)) {
+                let expected = match (block_of(a), block_of(b)) {
                     (Some(x), Some(y)) => x == y,
                     _ => a == b,
                 };
                 assert_eq!(same, expected, "{a:?} {b:?}");
             }
         }
-        assert!(7.into_key().same_block(&0.into_key()));
-        assert!(!8.into_key().same_block(&7.into_key()));
-        assert!((-1).into_key().same_block(&(-8).into_key()));
+        // Full blocks: 64 consecutive integers, and tiles of 8 by 8.
+        assert_eq!(in_block.values().map(|s| s.count_ones()).max(), Some(64));
+        assert!(63.into_key().same_block(&0.into_key()));
+        assert!(!64.into_key().same_block(&63.into_key()));
+        assert!((-1).into_key().same_block(&(-64).into_key()));
         assert!(!(-1).into_key().same_block(&0.into_key()));
+        assert!((0, 0).into_key().same_block(&(7, 7).into_key()));
+        assert!((8, 15).into_key().same_block(&(9, 8).into_key()));
+        assert!(!(7, 7).into_key().same_block(&(8, 7).into_key()));
+        assert!(!(7, 7).into_key().same_block(&(7, 8).into_key()));
+        assert!((5, 7, 7).into_key().same_block(&(5, 0, 0).into_key()));
+        assert!(!(5, 7, 7).into_key().same_block(&(4, 7, 7).into_key()));
     }
 }

@@ -101,14 +101,14 @@ struct Block {
     /// The slots whose task succeeded and was let go (a bit per slot; the slot is `None`):
     /// a dependency on it is met already, and its id stays used (see
     /// [`TaskSpace::dependency`]).
-    settled: u8,
+    settled: u64,
 }
 
-const _: () = assert!(BLOCK <= u8::BITS as usize);
+const _: () = assert!(BLOCK <= u64::BITS as usize);
 
 impl Block {
     fn new(hash: u64, key: &Key, slot: usize, node: TaskPtr) -> Block {
-        let mut slots: [Option<TaskPtr>; BLOCK] = Default::default();
+        let mut slots: [Option<TaskPtr>; BLOCK] = [const { None }; BLOCK];
         slots[slot] = Some(node);
         Block {
             hash,
@@ -244,10 +244,12 @@ pub(crate) enum Lookup {
 /// very many tiny tasks from one thread spends noticeably more per task naming them than
 /// passing dependencies as `&TaskHandle`s (`.after(&h)`), which need no lookup. Ids pay off
 /// where a task is named before it exists (forward references), by many tasks, or across
-/// the program. Integer keys that differ only in the low bits of their last part (`t.at(i)`
-/// for `i` in `8k..8k + 8`, `t.at((i, j))` likewise in `j`) share an entry of the table: a
-/// task given its id first and then dependencies on such neighbours
-/// (`.id(t.at(i)).after(t.at(i - 1))`) looks them up together with its own insert.
+/// the program. Integer keys that differ only in low bits share an entry of the table:
+/// `t.at(i)` for `i` in `64k..64k + 64`, and tiles of 8 by 8 of keys of two or more parts
+/// (`t.at((i, j))` for `i` in `8k..8k + 8` and `j` in `8l..8l + 8`). A task given its id
+/// first and then dependencies on such neighbours (`.id(t.at(i)).after(t.at(i - 1))`,
+/// `.id(t.at((i, j))).after([t.at((i - 1, j)), t.at((i, j - 1))])`) looks them up together
+/// with its own insert.
 ///
 /// A clone is a new handle to the space (one small allocation, and two more at its first
 /// spawn under an id, for its own copy of the space's name, which its tasks hold), and the
@@ -746,7 +748,7 @@ impl TaskSpace {
     /// shard is unlocked (any other goes to `deps`, where the wiring finds it succeeded and
     /// drops it).
     #[inline]
-    fn near_in(b: &mut Block, near: u8, deps: &mut DepList) -> (u8, Option<TaskPtr>) {
+    fn near_in(b: &mut Block, near: u64, deps: &mut DepList) -> (u64, Option<TaskPtr>) {
         let mut missing = 0;
         let mut settled = None;
         for slot in block_slots(near) {
@@ -764,7 +766,7 @@ impl TaskSpace {
     /// The slots `near` of `key`'s block looked up one by one
     /// ([`dependency`](Self::dependency)): ids not named yet (placeholders), or retired.
     #[inline(never)]
-    fn near_missing(&self, near: u8, key: &Key, rt: &RtInner, deps: &mut DepList) {
+    fn near_missing(&self, near: u64, key: &Key, rt: &RtInner, deps: &mut DepList) {
         for slot in block_slots(near) {
             if let Some(n) = self.dependency(&key.in_block(slot), rt) {
                 deps.push_node(n);
@@ -919,11 +921,8 @@ impl TaskRef {
     /// `t.at(i - 1)`).
     #[inline(always)]
     pub(crate) fn near_slot(&self, dep: &TaskRef) -> Option<usize> {
-        let slot = dep.key.slot();
-        (Arc::ptr_eq(&self.space.inner.space, &dep.space.inner.space)
-            && slot != self.key.slot()
-            && self.key.same_block(&dep.key))
-        .then_some(slot)
+        let slot = self.key.near_slot(&dep.key)?;
+        Arc::ptr_eq(&self.space.inner.space, &dep.space.inner.space).then_some(slot)
     }
 
     /// The space of the id.
@@ -1307,14 +1306,14 @@ mod test {
                 .after(t.at(0)) // running
                 .after(&one) // succeeded
                 .after([t.at(5), t.at(6)]) // not spawned yet
-                .after(t.at(8)); // another block: looked up at once (a placeholder)
+                .after(t.at(70)); // another block: looked up at once (a placeholder)
             assert_eq!(after.deps.len(), 5);
             assert_eq!(settled_in(&t), 0, "kept ids are looked up at spawn");
             let after = after.spawn();
             assert_eq!(settled_in(&t), 1, "the one that succeeded is settled");
             task(mark(2)).id(t.at(5)).spawn();
             task(mark(3)).id(t.at(6)).spawn();
-            task(async {}).id(t.at(8)).spawn();
+            task(async {}).id(t.at(70)).spawn();
             open.send(()).unwrap();
             assert_eq!(after.await, Ok([true; 3]));
             pending.await.unwrap();
@@ -1329,7 +1328,7 @@ mod test {
                 "{r:?}"
             );
 
-            // Kept for the block of 16..24, then named 100: looked up as ids of their own.
+            // Kept for the block of 0..64, then named 100: looked up as ids of their own.
             let (open, gate) = std::sync::mpsc::channel::<()>();
             let late = task(async move { gate.recv().is_ok() }).id(t.at(17));
             let b = task(async {}).id(t.at(16)).after(t.at(17)).id(t.at(100));
@@ -1342,6 +1341,74 @@ mod test {
             assert_eq!(late.await, Ok(true));
             assert!(t.at(100).is_finished());
             assert!(!t.at(16).is_finished());
+        });
+    }
+
+    #[test]
+    fn ids_above_and_left_in_a_tile_are_looked_up_with_its_insert() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        rt.block_on(async {
+            let t = TaskSpace::new("G");
+            let (open, gate) = std::sync::mpsc::channel::<()>();
+            let running = task(async move { gate.recv().is_ok() })
+                .id(t.at((2, 3)))
+                .spawn();
+            task(async {}).id(t.at((3, 2))).spawn().await.unwrap();
+            let b = task(async {}).id(t.at((3, 3))).after([
+                t.at((2, 3)), // above, running
+                t.at((3, 2)), // left, succeeded
+                t.at((4, 3)), // below, not spawned yet
+                t.at((3, 8)), // the next tile: looked up at once (a placeholder)
+            ]);
+            assert_eq!(b.deps.len(), 4);
+            assert!(
+                b.deps.keeps_near(),
+                "ids of the tile are kept for the insert"
+            );
+            assert_eq!(settled_in(&t), 0);
+            let b = b.spawn();
+            assert_eq!(settled_in(&t), 1, "the one that succeeded is settled");
+            task(async {}).id(t.at((4, 3))).spawn();
+            task(async {}).id(t.at((3, 8))).spawn();
+            assert!(!b.is_finished());
+            open.send(()).unwrap();
+            b.await.unwrap();
+            assert!(running.is_finished(), "the task waited for the one above");
+            assert_eq!(running.await, Ok(true));
+
+            // A wavefront across tiles: each task finds the ones above and to its left
+            // finished; a failure fails what is after it, in its tile and beyond.
+            let g = TaskSpace::new("W");
+            let n = 20;
+            let done: Arc<Vec<AtomicBool>> = Arc::new((0..n * n).map(|_| false.into()).collect());
+            for i in 0..n {
+                for j in 0..n {
+                    let done = done.clone();
+                    let up = (i > 0).then(|| g.at((i - 1, j)));
+                    let left = (j > 0).then(|| g.at((i, j - 1)));
+                    task(async move {
+                        assert!(i == 0 || done[(i - 1) * n + j].load(SeqCst));
+                        assert!(j == 0 || done[i * n + j - 1].load(SeqCst));
+                        assert!((i, j) != (9, 9), "a failing tile");
+                        done[i * n + j].store(true, SeqCst);
+                    })
+                    .id(g.at((i, j)))
+                    .after([up, left])
+                    .spawn();
+                }
+            }
+            assert!(g.at((n - 1, n - 1)).await.is_err());
+            for (i, j) in [(9, 10), (10, 9), (15, 15), (16, 16)] {
+                let r = g.at((i, j)).await;
+                assert!(
+                    matches!(r, Err(TaskError::DependencyFailed { .. })),
+                    "{r:?}"
+                );
+            }
+            for (i, j) in [(8, 9), (9, 8), (0, 19), (19, 0), (8, 19)] {
+                assert_eq!(g.at((i, j)).await, Ok(()), "({i}, {j})");
+            }
         });
     }
 
