@@ -41,6 +41,15 @@ impl fmt::Debug for Part {
 pub trait IntoPart {
     /// The part.
     fn into_part(self) -> Part;
+
+    /// The part as an `i64`, if it is an integer that fits: keys of such parts are built
+    /// without a [`Part`] made for each. (`None` by default: the key takes
+    /// [`into_part`](Self::into_part).)
+    #[doc(hidden)]
+    #[inline(always)]
+    fn as_i64(&self) -> Option<i64> {
+        None
+    }
 }
 
 macro_rules! signed_part {
@@ -48,6 +57,8 @@ macro_rules! signed_part {
         impl IntoPart for $t {
             #[inline]
             fn into_part(self) -> Part { Part::Int(self as i64) }
+            #[inline(always)]
+            fn as_i64(&self) -> Option<i64> { Some(*self as i64) }
         }
     )*};
 }
@@ -63,6 +74,8 @@ macro_rules! unsigned_part {
                     Err(_) => Part::UInt(self as u64),
                 }
             }
+            #[inline(always)]
+            fn as_i64(&self) -> Option<i64> { i64::try_from(*self).ok() }
         }
     )*};
 }
@@ -131,6 +144,18 @@ impl Key {
             }
         }
         Key(Repr::Ints { len: N as u8, v })
+    }
+
+    /// A key of integer parts `v`.
+    #[inline(always)]
+    fn from_ints<const N: usize>(v: [i64; N]) -> Key {
+        const { assert!(N >= 1 && N <= MAX_PARTS) };
+        let mut all = [0i64; MAX_PARTS];
+        all[MAX_PARTS - N..].copy_from_slice(&v);
+        Key(Repr::Ints {
+            len: N as u8,
+            v: all,
+        })
     }
 
     /// How many parts the key has.
@@ -405,7 +430,10 @@ impl IntoKey for &Key {
 impl<T: IntoPart> IntoKey for T {
     #[inline]
     fn into_key(self) -> Key {
-        Key::from_parts([self.into_part()])
+        match self.as_i64() {
+            Some(i) => Key::from_ints([i]),
+            None => Key::from_parts([self.into_part()]),
+        }
     }
 }
 
@@ -416,6 +444,9 @@ macro_rules! tuple_key {
             #[allow(non_snake_case)]
             fn into_key(self) -> Key {
                 let ($($name,)+) = self;
+                if let ($(Some($name),)+) = ($($name.as_i64(),)+) {
+                    return Key::from_ints([$($name),+]);
+                }
                 Key::from_parts([$($name.into_part()),+])
             }
         }
@@ -445,6 +476,20 @@ mod test {
         assert_ne!(1.into_key(), 2.into_key());
         assert_eq!(u64::MAX.into_key().as_int(), Some(u64::MAX as i128));
         assert_ne!(u64::MAX.into_key(), (-1i64).into_key());
+        // Built from integers directly or from parts, a key has one form.
+        assert_eq!(
+            (2u64, 3i8).into_key(),
+            (Part::Int(2), Part::Int(3)).into_key()
+        );
+        assert_eq!(
+            h(&(2u64, 3i8).into_key()),
+            h(&(Part::Int(2), Part::Int(3)).into_key())
+        );
+        assert_eq!(
+            (1u8, u64::MAX).into_key(),
+            (Part::Int(1), Part::UInt(u64::MAX)).into_key()
+        );
+        assert_eq!((7usize, 1, 2, 3).into_key().to_string(), "7, 1, 2, 3");
     }
 
     #[test]
