@@ -601,3 +601,40 @@ fn a_column_of_a_two_dimensional_space_is_a_dependency_list() {
     });
     assert_eq!(seen, 4);
 }
+
+/// `retire_finished` records tasks only: a forward reference that failed as never spawned
+/// is let go of, neither counted nor kept, and a task may still be spawned under its id.
+/// Ids at the ends of the integers are retired like any other.
+#[test]
+fn retiring_records_tasks_only_and_ids_at_the_ends_of_the_integers() {
+    let r = support::on_cpu(2, || async {
+        let t = TaskSpace::new("NR");
+        let waiter = task(async {}).id(t.at((0, 0))).after(t.at((0, 1))).await;
+        for k in [i64::MAX, i64::MIN] {
+            task(async {}).id(t.at(k)).await.unwrap();
+            task(async {}).id(t.at((3, k))).await.unwrap();
+        }
+        let retired = t.retire_finished();
+        let len = t.len();
+        let mut ends = Vec::new();
+        for k in [i64::MAX, i64::MIN] {
+            ends.push(t.at(k).is_finished());
+            ends.push(t.at((3, k)).is_finished());
+            let again = task(async {}).id(t.at(k)).await;
+            ends.push(matches!(again, Err(TaskError::DuplicateId { .. })));
+            ends.push(task(async {}).after(t.at((3, k))).await.is_ok());
+        }
+        let late = task(async { 5 }).id(t.at((0, 1))).await;
+        (waiter, retired, len, ends, late)
+    });
+    let (waiter, retired, len, ends, late) = r;
+    assert!(
+        matches!(&waiter, Err(TaskError::DependencyFailed { cause, .. })
+            if matches!(**cause, TaskError::NeverSpawned { .. })),
+        "{waiter:?}"
+    );
+    assert_eq!(retired, 5, "the waiter and the four tasks at the ends");
+    assert_eq!(len, 5);
+    assert_eq!(ends, vec![true; 8]);
+    assert_eq!(late, Ok(5), "the id never spawned is free");
+}

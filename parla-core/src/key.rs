@@ -132,8 +132,16 @@ enum Repr {
 
 impl Key {
     #[inline]
-    fn from_parts<const N: usize>(parts: [Part; N]) -> Key {
+    fn from_parts<const N: usize>(mut parts: [Part; N]) -> Key {
         const { assert!(N >= 1 && N <= MAX_PARTS) };
+        for p in &mut parts {
+            // One form for an integer whatever its spelling (`Part::UInt(5)` is `5`).
+            if let Part::UInt(u) = *p
+                && let Ok(i) = i64::try_from(u)
+            {
+                *p = Part::Int(i);
+            }
+        }
         // Right-aligned: the last part at `v[MAX_PARTS - 1]` whatever the length (see
         // `Repr::Ints`).
         let mut v = [0i64; MAX_PARTS];
@@ -198,15 +206,15 @@ impl Key {
 impl Key {
     /// The key's block in a task space's table, and its slot in the block.
     ///
-    /// Keys of integers that differ only in low bits share a block of [`BLOCK`] slots:
-    /// runs of 64 consecutive integers for a one-part key, tiles of 8 by 8 for a key of two
-    /// or more (the low bits of its last two parts: `(i, j)` next to `(i, j - 1)` and to
-    /// `(i - 1, j)`). Programs spawn such keys one after the other and make tasks after
-    /// their neighbours, so that an insert finds the block of the keys around it in cache
-    /// and looks the neighbours up in the same visit. A key ending in an integer after a
-    /// string shares blocks of 64 consecutive integers too; any other key (one ending in a
-    /// string or a large unsigned integer) has a block of its own, at slot 0. The hash is
-    /// the block's (Fx mixing), computed once per lookup.
+    /// Keys of integers that differ only in low bits share a block: a line of [`LINE`]
+    /// consecutive integers for a one-part key, a tile of 8 by 8 ([`BLOCK`] slots) for a
+    /// key of two or more (the low bits of its last two parts: `(i, j)` next to
+    /// `(i, j - 1)` and to `(i - 1, j)`; see [`is_tiled`](Self::is_tiled)). Programs spawn
+    /// such keys one after the other and make tasks after their neighbours, so that an
+    /// insert finds the block of the keys around it in cache and looks the neighbours up
+    /// in the same visit. A key ending in an integer after a string shares lines too; any
+    /// other key (one ending in a string or a large unsigned integer) has a line of its
+    /// own, at slot 0. The hash is the block's (Fx mixing), computed once per lookup.
     #[inline(always)]
     pub(crate) fn block(&self) -> (u64, usize) {
         const K: u64 = 0xf135_7aea_2e62_a9c5;
@@ -239,6 +247,13 @@ impl Key {
                 }
             }
         }
+    }
+
+    /// Whether the key's block is a tile (an integer key of two or more parts) rather than
+    /// a line (see [`block`](Self::block)).
+    #[inline]
+    pub(crate) fn is_tiled(&self) -> bool {
+        matches!(self.0, Repr::Ints { len, .. } if len > 1)
     }
 
     /// The key of slot `slot` in this key's block.
@@ -342,17 +357,18 @@ pub(crate) fn block_slots(mut bits: u64) -> impl Iterator<Item = usize> {
     })
 }
 
-/// Slots per block of a task space's table (see [`Key::block`]).
-pub(crate) const BLOCK: usize = 1 << LINE_SHIFT;
-/// A block of one-part keys (or of keys ending in an integer after a string): this many
-/// low bits of the last part.
-const LINE_SHIFT: u32 = 6;
+/// The most slots a block of a task space's table has: a tile's (see [`Key::block`]).
+pub(crate) const BLOCK: usize = 1 << (2 * TILE_SHIFT);
+/// The slots of a line: a block of one-part keys, or of keys ending in an integer after a
+/// string (this many low bits of the last part: [`LINE_SHIFT`]).
+pub(crate) const LINE: usize = 1 << LINE_SHIFT;
+const LINE_SHIFT: u32 = 3;
 const LINE_MASK: i64 = (1 << LINE_SHIFT) - 1;
-/// A block of integer keys of two or more parts: this many low bits of each of the last
-/// two.
+/// A block of integer keys of two or more parts, a tile: this many low bits of each of the
+/// last two.
 const TILE_SHIFT: u32 = 3;
 const TILE_MASK: i64 = (1 << TILE_SHIFT) - 1;
-const _: () = assert!(2 * TILE_SHIFT == LINE_SHIFT && MAX_PARTS == 4);
+const _: () = assert!(LINE <= BLOCK && BLOCK <= u64::BITS as usize && MAX_PARTS == 4);
 
 impl PartialEq for Key {
     #[inline]
@@ -489,6 +505,8 @@ mod test {
             (1u8, u64::MAX).into_key(),
             (Part::Int(1), Part::UInt(u64::MAX)).into_key()
         );
+        assert_eq!(Part::UInt(5).into_key(), 5.into_key());
+        assert_eq!(("a", Part::UInt(5)).into_key(), ("a", 5).into_key());
         assert_eq!((7usize, 1, 2, 3).into_key().to_string(), "7, 1, 2, 3");
     }
 
@@ -531,8 +549,8 @@ mod test {
         ]
         .concat();
         // A block: integer keys with the same parts but for the low bits of the one part
-        // (64) or of the last two (8 and 8); keys ending in an integer after a string with
-        // the same prefix and the last part's 64s; any other key alone.
+        // (8) or of the last two (8 and 8); keys ending in an integer after a string with
+        // the same prefix and the last part's 8s; any other key alone.
         let block_of = |k: &Key| -> Option<(bool, Vec<Part>)> {
             let p: Vec<Part> = k.parts().collect();
             let ints: Option<Vec<i64>> = p
@@ -545,7 +563,7 @@ mod test {
             if let Some(mut ints) = ints {
                 let n = ints.len();
                 if n == 1 {
-                    ints[0] = ints[0].div_euclid(64);
+                    ints[0] = ints[0].div_euclid(8);
                 } else {
                     ints[n - 2] = ints[n - 2].div_euclid(8);
                     ints[n - 1] = ints[n - 1].div_euclid(8);
@@ -555,7 +573,7 @@ mod test {
             let mut p = p;
             match p.pop() {
                 Some(Part::Int(i)) => {
-                    p.push(Part::Int(i.div_euclid(64)));
+                    p.push(Part::Int(i.div_euclid(8)));
                     Some((false, p))
                 }
                 _ => None,
@@ -564,10 +582,11 @@ mod test {
         let mut in_block = std::collections::HashMap::<(u64, Vec<Part>), u64>::new();
         for a in &keys {
             let (ha, sa) = a.block();
-            assert!(sa < BLOCK);
+            assert!(sa < if a.is_tiled() { BLOCK } else { LINE });
             assert_eq!(a.slot(), sa, "{a:?}");
             assert_eq!(&a.in_block(sa), a, "{a:?}");
-            assert!(a.in_block((sa + 1) % BLOCK).same_block(a), "{a:?}");
+            let slots = if a.is_tiled() { BLOCK } else { LINE };
+            assert!(a.in_block((sa + 1) % slots).same_block(a), "{a:?}");
             if let Some(b) = block_of(a) {
                 *in_block.entry((ha, b.1)).or_default() |= 1 << sa;
             }
@@ -589,11 +608,11 @@ mod test {
                 assert_eq!(same, expected, "{a:?} {b:?}");
             }
         }
-        // Full blocks: 64 consecutive integers, and tiles of 8 by 8.
+        // Full blocks: tiles of 8 by 8 (and lines of 8 consecutive integers).
         assert_eq!(in_block.values().map(|s| s.count_ones()).max(), Some(64));
-        assert!(63.into_key().same_block(&0.into_key()));
-        assert!(!64.into_key().same_block(&63.into_key()));
-        assert!((-1).into_key().same_block(&(-64).into_key()));
+        assert!(7.into_key().same_block(&0.into_key()));
+        assert!(!8.into_key().same_block(&7.into_key()));
+        assert!((-1).into_key().same_block(&(-8).into_key()));
         assert!(!(-1).into_key().same_block(&0.into_key()));
         assert!((0, 0).into_key().same_block(&(7, 7).into_key()));
         assert!((8, 15).into_key().same_block(&(9, 8).into_key()));

@@ -32,7 +32,7 @@ use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::graph::arc::{TaskArc, TaskPtr};
-use crate::key::{BLOCK, block_slots};
+use crate::key::{BLOCK, LINE, block_slots};
 pub use crate::key::{IntoKey, IntoPart, Key, Part};
 pub use wait::{RangeWait, RefWait, SpaceWait};
 
@@ -92,12 +92,12 @@ impl Map {
 
 /// The nodes of the keys that share a block (see [`Key::block`]): consecutive integer keys
 /// share one, so a program spawning them in order touches one entry of the table per
-/// [`BLOCK`] keys. Each node is named by its key (`Name::Id`).
+/// block of keys. Each node is named by its key (`Name::Id`).
 struct Block {
     hash: u64,
     /// A key of the block (the one it was made for): what identifies the block.
     key: Key,
-    slots: [Option<TaskPtr>; BLOCK],
+    slots: Slots,
     /// The slots whose task succeeded and was let go (a bit per slot; the slot is `None`):
     /// a dependency on it is met already, and its id stays used (see
     /// [`TaskSpace::dependency`]).
@@ -106,9 +106,77 @@ struct Block {
 
 const _: () = assert!(BLOCK <= u64::BITS as usize);
 
+/// The slots of a block: a line of [`LINE`] inline, or a tile of [`BLOCK`] in memory of
+/// its own (see [`Key::block`]). A key alone in its block (a string, sparse integers)
+/// takes a line's memory, as it did before tiles; the tiles of a grid take 16 bytes a
+/// slot, once per 64 keys.
+enum Slots {
+    Line([Option<TaskPtr>; LINE]),
+    Tile(Box<[Option<TaskPtr>; BLOCK]>),
+}
+
+impl Slots {
+    /// Empty slots for the block of `key`.
+    fn of(key: &Key) -> Slots {
+        if key.is_tiled() {
+            Slots::Tile(Box::new([const { None }; BLOCK]))
+        } else {
+            Slots::Line([const { None }; LINE])
+        }
+    }
+
+    #[inline(always)]
+    fn all(&self) -> &[Option<TaskPtr>] {
+        match self {
+            Slots::Line(s) => s,
+            Slots::Tile(s) => &s[..],
+        }
+    }
+
+    #[inline(always)]
+    fn all_mut(&mut self) -> &mut [Option<TaskPtr>] {
+        match self {
+            Slots::Line(s) => s,
+            Slots::Tile(s) => &mut s[..],
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, slot: usize) -> Option<&Option<TaskPtr>> {
+        self.all().get(slot)
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Option<TaskPtr>> {
+        self.all().iter()
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Option<TaskPtr>;
+    #[inline(always)]
+    fn index(&self, slot: usize) -> &Option<TaskPtr> {
+        &self.all()[slot]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slots {
+    #[inline(always)]
+    fn index_mut(&mut self, slot: usize) -> &mut Option<TaskPtr> {
+        &mut self.all_mut()[slot]
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Slots {
+    type Item = &'a mut Option<TaskPtr>;
+    type IntoIter = std::slice::IterMut<'a, Option<TaskPtr>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.all_mut().iter_mut()
+    }
+}
+
 impl Block {
     fn new(hash: u64, key: &Key, slot: usize, node: TaskPtr) -> Block {
-        let mut slots: [Option<TaskPtr>; BLOCK] = [const { None }; BLOCK];
+        let mut slots = Slots::of(key);
         slots[slot] = Some(node);
         Block {
             hash,
@@ -245,7 +313,7 @@ pub(crate) enum Lookup {
 /// passing dependencies as `&TaskHandle`s (`.after(&h)`), which need no lookup. Ids pay off
 /// where a task is named before it exists (forward references), by many tasks, or across
 /// the program. Integer keys that differ only in low bits share an entry of the table:
-/// `t.at(i)` for `i` in `64k..64k + 64`, and tiles of 8 by 8 of keys of two or more parts
+/// `t.at(i)` for `i` in `8k..8k + 8`, and tiles of 8 by 8 of keys of two or more parts
 /// (`t.at((i, j))` for `i` in `8k..8k + 8` and `j` in `8l..8l + 8`). A task given its id
 /// first and then dependencies on such neighbours (`.id(t.at(i)).after(t.at(i - 1))`,
 /// `.id(t.at((i, j))).after([t.at((i - 1, j)), t.at((i, j - 1))])`) looks them up together
@@ -391,20 +459,24 @@ impl TaskSpace {
         for s in &self.inner.shards {
             let mut map = s.lock();
             map.retain(|b| {
-                for i in 0..BLOCK {
-                    if b.is_settled(i) {
-                        done.push((b.key.in_block(i), Ok(())));
-                    }
+                for i in block_slots(b.settled) {
+                    done.push((b.key.in_block(i), Ok(())));
                 }
                 b.settled = 0;
                 for slot in &mut b.slots {
                     let Some(t) = slot else { continue };
-                    if let (Some(o), Some(k)) = (t.header().outcome(), key_of(t))
-                        && t.header().is_done()
+                    let th = t.header();
+                    if !th.is_done() {
+                        continue;
+                    }
+                    // A placeholder failed as never spawned is let go of, not recorded: the
+                    // id was never used, and a task may still be spawned under it.
+                    if th.kind == Kind::Task
+                        && let (Some(o), Some(k)) = (th.outcome(), key_of(t))
                     {
                         done.push((k.clone(), o));
-                        *slot = None;
                     }
+                    *slot = None;
                 }
                 !b.is_empty()
             });
@@ -810,7 +882,7 @@ impl TaskSpace {
         for s in &self.inner.shards {
             let mut map = s.lock();
             for b in map.iter_mut() {
-                for i in 0..BLOCK {
+                for i in 0..b.slots.all().len() {
                     let Some(n) = &b.slots[i] else { continue };
                     if settles(n) {
                         settled.extend(b.let_go(i));
@@ -1328,7 +1400,7 @@ mod test {
                 "{r:?}"
             );
 
-            // Kept for the block of 0..64, then named 100: looked up as ids of their own.
+            // Kept for the block of 16..24, then named 100: looked up as ids of their own.
             let (open, gate) = std::sync::mpsc::channel::<()>();
             let late = task(async move { gate.recv().is_ok() }).id(t.at(17));
             let b = task(async {}).id(t.at(16)).after(t.at(17)).id(t.at(100));

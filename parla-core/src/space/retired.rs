@@ -13,7 +13,8 @@ use crate::key::{Key, Part};
 
 #[derive(Default)]
 pub(super) struct Retired {
-    /// Per prefix: runs `start -> end` (exclusive) of the last integer part.
+    /// Per prefix: runs `start -> last` (inclusive, so that a run can end at `i64::MAX`) of
+    /// the last integer part.
     runs: HashMap<Vec<Part>, BTreeMap<i64, i64>>,
     /// Retired keys not ending in an integer that fits `i64`.
     other: HashSet<Key>,
@@ -50,21 +51,22 @@ impl Retired {
             return;
         };
         let runs = self.runs.entry(prefix).or_default();
-        let mut start = i;
-        let mut end = i.saturating_add(1);
-        // Merge with a run ending at (or covering) `i`, and one starting right after.
-        if let Some((&s, &e)) = runs.range(..=i).next_back()
-            && e >= i
+        let (mut start, mut last) = (i, i);
+        // Merge with a run ending right before `i` (or covering it), and one starting right
+        // after.
+        if let Some((&s, &l)) = runs.range(..=i).next_back()
+            && l.saturating_add(1) >= i
         {
             start = s;
-            end = end.max(e);
+            last = last.max(l);
             runs.remove(&s);
         }
-        if let Some(&e) = runs.get(&end) {
-            runs.remove(&end);
-            end = e;
+        if let Some(next) = last.checked_add(1)
+            && let Some(l) = runs.remove(&next)
+        {
+            last = l;
         }
-        runs.insert(start, end);
+        runs.insert(start, last);
     }
 
     /// The failure retired first, if any retired task failed.
@@ -82,7 +84,7 @@ impl Retired {
                 .runs
                 .get(&prefix)
                 .and_then(|r| r.range(..=i).next_back())
-                .is_some_and(|(_, &e)| e > i),
+                .is_some_and(|(_, &l)| l >= i),
             None => self.other.contains(key),
         };
         used.then_some(Ok(()))
@@ -113,6 +115,31 @@ mod test {
         assert_eq!(r.get(&("other", 1).into_key()), None);
         r.insert(&"name".into_key(), Ok(()));
         assert_eq!(r.get(&"name".into_key()), Some(Ok(())));
+    }
+
+    #[test]
+    fn runs_reach_both_ends_of_the_integers() {
+        let mut r = Retired::default();
+        for i in [i64::MAX, i64::MIN, i64::MAX - 1, i64::MIN + 1, 0] {
+            r.insert(&i.into_key(), Ok(()));
+            r.insert(&(3, i).into_key(), Ok(()));
+        }
+        assert_eq!(
+            r.pieces(),
+            6,
+            "one run at each end and one at 0, for each prefix"
+        );
+        for i in [i64::MAX, i64::MIN, i64::MAX - 1, i64::MIN + 1, 0] {
+            assert_eq!(r.get(&i.into_key()), Some(Ok(())), "{i}");
+            assert_eq!(r.get(&(3, i).into_key()), Some(Ok(())), "{i}");
+        }
+        for i in [i64::MAX - 2, i64::MIN + 2, 1, -1] {
+            assert_eq!(r.get(&i.into_key()), None, "{i}");
+        }
+        r.insert(&1.into_key(), Ok(()));
+        r.insert(&(-1).into_key(), Ok(()));
+        assert_eq!(r.pieces(), 6, "-1, 0 and 1 merge");
+        assert_eq!(r.get(&(-1).into_key()), Some(Ok(())));
     }
 
     #[test]
