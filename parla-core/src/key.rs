@@ -123,8 +123,8 @@ pub struct Key(Repr);
 enum Repr {
     /// Every part an `Int`: the canonical form whenever possible, so that a key equals
     /// another only within the same form. The parts are the last `len` of `v` (the ones
-    /// before are zero): a key's last two parts, which name its slot in its block (see
-    /// [`Key::block`]), are at the same places whatever its length.
+    /// before are zero): a key's last part, which names its slot in its block (see
+    /// [`Key::block`]), is at the same place whatever its length.
     Ints { len: u8, v: [i64; MAX_PARTS] },
     /// At least one part is a string or a large unsigned integer.
     Parts(Arc<[Part]>),
@@ -206,38 +206,34 @@ impl Key {
 impl Key {
     /// The key's block in a task space's table, and its slot in the block.
     ///
-    /// Keys of integers that differ only in low bits share a block: a line of [`LINE`]
-    /// consecutive integers for a one-part key, a tile of 8 by 8 ([`BLOCK`] slots) for a
-    /// key of two or more (the low bits of its last two parts: `(i, j)` next to
-    /// `(i, j - 1)` and to `(i - 1, j)`; see [`is_tiled`](Self::is_tiled)). Programs spawn
-    /// such keys one after the other and make tasks after their neighbours, so that an
-    /// insert finds the block of the keys around it in cache and looks the neighbours up
-    /// in the same visit. A key ending in an integer after a string shares lines too; any
-    /// other key (one ending in a string or a large unsigned integer) has a line of its
-    /// own, at slot 0. The hash is the block's (Fx mixing), computed once per lookup.
+    /// Keys that differ only in the low bits of a last integer part share a block of
+    /// [`BLOCK`] slots: consecutive integers, or `(i, j)` for consecutive `j`, which
+    /// programs spawn one after the other, so that their inserts and lookups find the
+    /// block in cache instead of each missing on a line of its own. Any other key (one
+    /// ending in a string or a large unsigned integer) has a block of its own, at slot 0.
+    /// The hash is the block's (Fx mixing), computed once per lookup.
     #[inline(always)]
     pub(crate) fn block(&self) -> (u64, usize) {
         const K: u64 = 0xf135_7aea_2e62_a9c5;
         match &self.0 {
             Repr::Ints { len, v } => {
-                // All four integers (unused ones are zero), the slot's bits dropped: a fixed
-                // number of rounds, without branches.
+                // All four integers (unused ones are zero), the last one's low bits dropped:
+                // a fixed number of rounds, without branches.
                 let mut w = *v;
-                w[MAX_PARTS - 2] >>= TILE_SHIFT;
-                w[MAX_PARTS - 1] >>= last_shift(*len);
+                w[LAST] >>= BLOCK_SHIFT;
                 let mut h = *len as u64;
                 for i in w {
                     h = (h.rotate_left(26) ^ i as u64).wrapping_mul(K);
                 }
-                (h, ints_slot(*len, v))
+                (h, (v[LAST] & BLOCK_MASK) as usize)
             }
             Repr::Parts(p) => {
                 let mut s = rustc_hash::FxHasher::default();
                 match p.split_last() {
                     Some((Part::Int(last), prefix)) => {
                         prefix.hash(&mut s);
-                        s.write_i64(last >> LINE_SHIFT);
-                        (s.finish(), (last & LINE_MASK) as usize)
+                        s.write_i64(last >> BLOCK_SHIFT);
+                        (s.finish(), (last & BLOCK_MASK) as usize)
                     }
                     _ => {
                         s.write_u8(0xff);
@@ -249,31 +245,19 @@ impl Key {
         }
     }
 
-    /// Whether the key's block is a tile (an integer key of two or more parts) rather than
-    /// a line (see [`block`](Self::block)).
-    #[inline]
-    pub(crate) fn is_tiled(&self) -> bool {
-        matches!(self.0, Repr::Ints { len, .. } if len > 1)
-    }
-
     /// The key of slot `slot` in this key's block.
     pub(crate) fn in_block(&self, slot: usize) -> Key {
+        let with_slot = |i: i64| (i & !BLOCK_MASK) | (slot as i64 & BLOCK_MASK);
         match &self.0 {
             Repr::Ints { len, v } => {
                 let mut v = *v;
-                let (a, b) = (MAX_PARTS - 2, MAX_PARTS - 1);
-                if *len == 1 {
-                    v[b] = (v[b] & !LINE_MASK) | (slot as i64 & LINE_MASK);
-                } else {
-                    v[a] = (v[a] & !TILE_MASK) | ((slot >> TILE_SHIFT) as i64 & TILE_MASK);
-                    v[b] = (v[b] & !TILE_MASK) | (slot as i64 & TILE_MASK);
-                }
+                v[LAST] = with_slot(v[LAST]);
                 Key(Repr::Ints { len: *len, v })
             }
             Repr::Parts(p) => match p.split_last() {
                 Some((Part::Int(last), prefix)) => {
                     let mut parts = prefix.to_vec();
-                    parts.push(Part::Int((last & !LINE_MASK) | (slot as i64 & LINE_MASK)));
+                    parts.push(Part::Int(with_slot(*last)));
                     Key(Repr::Parts(parts.into()))
                 }
                 _ => self.clone(),
@@ -285,9 +269,9 @@ impl Key {
     #[inline(always)]
     pub(crate) fn slot(&self) -> usize {
         match &self.0 {
-            Repr::Ints { len, v } => ints_slot(*len, v),
+            Repr::Ints { v, .. } => (v[LAST] & BLOCK_MASK) as usize,
             Repr::Parts(p) => match p.last() {
-                Some(Part::Int(last)) => (last & LINE_MASK) as usize,
+                Some(Part::Int(last)) => (last & BLOCK_MASK) as usize,
                 _ => 0,
             },
         }
@@ -299,11 +283,9 @@ impl Key {
     pub(crate) fn near_slot(&self, other: &Key) -> Option<usize> {
         match (&self.0, &other.0) {
             (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
-                let (m, n) = (MAX_PARTS - 2, MAX_PARTS - 1);
-                let (dm, dn) = (x[m] ^ y[m], x[n] ^ y[n]);
-                let diff =
-                    (x[0] ^ y[0]) | (x[1] ^ y[1]) | (dm >> TILE_SHIFT) | (dn >> last_shift(*a));
-                (a == b && diff == 0 && (dm | dn) != 0).then(|| ints_slot(*b, y))
+                let last = x[LAST] ^ y[LAST];
+                let diff = (x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (last >> BLOCK_SHIFT);
+                (a == b && diff == 0 && last != 0).then_some((y[LAST] & BLOCK_MASK) as usize)
             }
             _ => (self.same_block(other) && self != other).then(|| other.slot()),
         }
@@ -314,16 +296,15 @@ impl Key {
     pub(crate) fn same_block(&self, other: &Key) -> bool {
         match (&self.0, &other.0) {
             (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
-                let (m, n) = (MAX_PARTS - 2, MAX_PARTS - 1);
                 let diff = (x[0] ^ y[0])
                     | (x[1] ^ y[1])
-                    | ((x[m] ^ y[m]) >> TILE_SHIFT)
-                    | ((x[n] ^ y[n]) >> last_shift(*a));
+                    | (x[2] ^ y[2])
+                    | ((x[LAST] ^ y[LAST]) >> BLOCK_SHIFT);
                 a == b && diff == 0
             }
             (Repr::Parts(x), Repr::Parts(y)) => match (x.split_last(), y.split_last()) {
                 (Some((Part::Int(i), xp)), Some((Part::Int(j), yp))) => {
-                    i >> LINE_SHIFT == j >> LINE_SHIFT && xp == yp
+                    i >> BLOCK_SHIFT == j >> BLOCK_SHIFT && xp == yp
                 }
                 _ => x == y,
             },
@@ -332,24 +313,9 @@ impl Key {
     }
 }
 
-/// The slot of an integer key of `len` parts `v` in its block: the low bits of its one
-/// part, or of its last two (see [`Key::block`]). (A one-part key's `v[MAX_PARTS - 2]` is
-/// zero.)
-#[inline(always)]
-fn ints_slot(len: u8, v: &[i64; MAX_PARTS]) -> usize {
-    let last = v[MAX_PARTS - 1] & ((1 << last_shift(len)) - 1);
-    (((v[MAX_PARTS - 2] & TILE_MASK) << TILE_SHIFT) | last) as usize
-}
-
-/// How many low bits of the last part of an integer key of `len` parts name its slot.
-#[inline(always)]
-fn last_shift(len: u8) -> u32 {
-    if len == 1 { LINE_SHIFT } else { TILE_SHIFT }
-}
-
 /// The slots of a block whose bits are set in `bits` (a bit per slot), in order.
 #[inline(always)]
-pub(crate) fn block_slots(mut bits: u64) -> impl Iterator<Item = usize> {
+pub(crate) fn block_slots(mut bits: u8) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         let slot = bits.trailing_zeros() as usize;
         bits &= bits.wrapping_sub(1);
@@ -357,18 +323,13 @@ pub(crate) fn block_slots(mut bits: u64) -> impl Iterator<Item = usize> {
     })
 }
 
-/// The most slots a block of a task space's table has: a tile's (see [`Key::block`]).
-pub(crate) const BLOCK: usize = 1 << (2 * TILE_SHIFT);
-/// The slots of a line: a block of one-part keys, or of keys ending in an integer after a
-/// string (this many low bits of the last part: [`LINE_SHIFT`]).
-pub(crate) const LINE: usize = 1 << LINE_SHIFT;
-const LINE_SHIFT: u32 = 3;
-const LINE_MASK: i64 = (1 << LINE_SHIFT) - 1;
-/// A block of integer keys of two or more parts, a tile: this many low bits of each of the
-/// last two.
-const TILE_SHIFT: u32 = 3;
-const TILE_MASK: i64 = (1 << TILE_SHIFT) - 1;
-const _: () = assert!(LINE <= BLOCK && BLOCK <= u64::BITS as usize && MAX_PARTS == 4);
+/// Slots per block of a task space's table (see [`Key::block`]).
+pub(crate) const BLOCK: usize = 1 << BLOCK_SHIFT;
+const BLOCK_SHIFT: u32 = 3;
+const BLOCK_MASK: i64 = BLOCK as i64 - 1;
+/// Where an integer key's last part is (see `Repr::Ints`).
+const LAST: usize = MAX_PARTS - 1;
+const _: () = assert!(BLOCK <= u8::BITS as usize);
 
 impl PartialEq for Key {
     #[inline]
@@ -548,47 +509,27 @@ mod test {
             ],
         ]
         .concat();
-        // A block: integer keys with the same parts but for the low bits of the one part
-        // (8) or of the last two (8 and 8); keys ending in an integer after a string with
-        // the same prefix and the last part's 8s; any other key alone.
-        let block_of = |k: &Key| -> Option<(bool, Vec<Part>)> {
-            let p: Vec<Part> = k.parts().collect();
-            let ints: Option<Vec<i64>> = p
-                .iter()
-                .map(|p| match p {
-                    Part::Int(i) => Some(*i),
-                    _ => None,
-                })
-                .collect();
-            if let Some(mut ints) = ints {
-                let n = ints.len();
-                if n == 1 {
-                    ints[0] = ints[0].div_euclid(8);
-                } else {
-                    ints[n - 2] = ints[n - 2].div_euclid(8);
-                    ints[n - 1] = ints[n - 1].div_euclid(8);
-                }
-                return Some((true, ints.into_iter().map(Part::Int).collect()));
-            }
-            let mut p = p;
+        // A block: keys with the same parts but for the low bits of an integer last part;
+        // any other key alone.
+        let block_of = |k: &Key| -> Option<Vec<Part>> {
+            let mut p: Vec<Part> = k.parts().collect();
             match p.pop() {
                 Some(Part::Int(i)) => {
-                    p.push(Part::Int(i.div_euclid(8)));
-                    Some((false, p))
+                    p.push(Part::Int(i.div_euclid(BLOCK as i64)));
+                    Some(p)
                 }
                 _ => None,
             }
         };
-        let mut in_block = std::collections::HashMap::<(u64, Vec<Part>), u64>::new();
+        let mut in_block = std::collections::HashMap::<(u64, Vec<Part>), u8>::new();
         for a in &keys {
             let (ha, sa) = a.block();
-            assert!(sa < if a.is_tiled() { BLOCK } else { LINE });
+            assert!(sa < BLOCK);
             assert_eq!(a.slot(), sa, "{a:?}");
             assert_eq!(&a.in_block(sa), a, "{a:?}");
-            let slots = if a.is_tiled() { BLOCK } else { LINE };
-            assert!(a.in_block((sa + 1) % slots).same_block(a), "{a:?}");
+            assert!(a.in_block((sa + 1) % BLOCK).same_block(a), "{a:?}");
             if let Some(b) = block_of(a) {
-                *in_block.entry((ha, b.1)).or_default() |= 1 << sa;
+                *in_block.entry((ha, b)).or_default() |= 1 << sa;
             }
             for b in &keys {
                 let same = a.same_block(b);
@@ -608,17 +549,16 @@ mod test {
                 assert_eq!(same, expected, "{a:?} {b:?}");
             }
         }
-        // Full blocks: tiles of 8 by 8 (and lines of 8 consecutive integers).
-        assert_eq!(in_block.values().map(|s| s.count_ones()).max(), Some(64));
+        // Full blocks: 8 consecutive integers.
+        assert_eq!(in_block.values().map(|s| s.count_ones()).max(), Some(8));
         assert!(7.into_key().same_block(&0.into_key()));
         assert!(!8.into_key().same_block(&7.into_key()));
         assert!((-1).into_key().same_block(&(-8).into_key()));
         assert!(!(-1).into_key().same_block(&0.into_key()));
-        assert!((0, 0).into_key().same_block(&(7, 7).into_key()));
-        assert!((8, 15).into_key().same_block(&(9, 8).into_key()));
-        assert!(!(7, 7).into_key().same_block(&(8, 7).into_key()));
-        assert!(!(7, 7).into_key().same_block(&(7, 8).into_key()));
-        assert!((5, 7, 7).into_key().same_block(&(5, 0, 0).into_key()));
-        assert!(!(5, 7, 7).into_key().same_block(&(4, 7, 7).into_key()));
+        assert!((3, 0).into_key().same_block(&(3, 7).into_key()));
+        assert!(!(3, 7).into_key().same_block(&(3, 8).into_key()));
+        assert!(!(3, 7).into_key().same_block(&(4, 7).into_key()));
+        assert!((5, 7, 7).into_key().same_block(&(5, 7, 0).into_key()));
+        assert!(!(5, 7, 7).into_key().same_block(&(5, 6, 7).into_key()));
     }
 }

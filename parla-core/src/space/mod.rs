@@ -32,7 +32,7 @@ use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::graph::arc::{TaskArc, TaskPtr};
-use crate::key::{BLOCK, LINE, block_slots};
+use crate::key::{BLOCK, block_slots};
 pub use crate::key::{IntoKey, IntoPart, Key, Part};
 pub use wait::{RangeWait, RefWait, SpaceWait};
 
@@ -97,86 +97,16 @@ struct Block {
     hash: u64,
     /// A key of the block (the one it was made for): what identifies the block.
     key: Key,
-    slots: Slots,
+    slots: [Option<TaskPtr>; BLOCK],
     /// The slots whose task succeeded and was let go (a bit per slot; the slot is `None`):
     /// a dependency on it is met already, and its id stays used (see
     /// [`TaskSpace::dependency`]).
-    settled: u64,
-}
-
-const _: () = assert!(BLOCK <= u64::BITS as usize);
-
-/// The slots of a block: a line of [`LINE`] inline, or a tile of [`BLOCK`] in memory of
-/// its own (see [`Key::block`]). A key alone in its block (a string, sparse integers)
-/// takes a line's memory, as it did before tiles; the tiles of a grid take 16 bytes a
-/// slot, once per 64 keys.
-enum Slots {
-    Line([Option<TaskPtr>; LINE]),
-    Tile(Box<[Option<TaskPtr>; BLOCK]>),
-}
-
-impl Slots {
-    /// Empty slots for the block of `key`.
-    fn of(key: &Key) -> Slots {
-        if key.is_tiled() {
-            Slots::Tile(Box::new([const { None }; BLOCK]))
-        } else {
-            Slots::Line([const { None }; LINE])
-        }
-    }
-
-    #[inline(always)]
-    fn all(&self) -> &[Option<TaskPtr>] {
-        match self {
-            Slots::Line(s) => s,
-            Slots::Tile(s) => &s[..],
-        }
-    }
-
-    #[inline(always)]
-    fn all_mut(&mut self) -> &mut [Option<TaskPtr>] {
-        match self {
-            Slots::Line(s) => s,
-            Slots::Tile(s) => &mut s[..],
-        }
-    }
-
-    #[inline(always)]
-    fn get(&self, slot: usize) -> Option<&Option<TaskPtr>> {
-        self.all().get(slot)
-    }
-
-    fn iter(&self) -> std::slice::Iter<'_, Option<TaskPtr>> {
-        self.all().iter()
-    }
-}
-
-impl std::ops::Index<usize> for Slots {
-    type Output = Option<TaskPtr>;
-    #[inline(always)]
-    fn index(&self, slot: usize) -> &Option<TaskPtr> {
-        &self.all()[slot]
-    }
-}
-
-impl std::ops::IndexMut<usize> for Slots {
-    #[inline(always)]
-    fn index_mut(&mut self, slot: usize) -> &mut Option<TaskPtr> {
-        &mut self.all_mut()[slot]
-    }
-}
-
-impl<'a> IntoIterator for &'a mut Slots {
-    type Item = &'a mut Option<TaskPtr>;
-    type IntoIter = std::slice::IterMut<'a, Option<TaskPtr>>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.all_mut().iter_mut()
-    }
+    settled: u8,
 }
 
 impl Block {
     fn new(hash: u64, key: &Key, slot: usize, node: TaskPtr) -> Block {
-        let mut slots = Slots::of(key);
+        let mut slots: [Option<TaskPtr>; BLOCK] = Default::default();
         slots[slot] = Some(node);
         Block {
             hash,
@@ -312,12 +242,10 @@ pub(crate) enum Lookup {
 /// very many tiny tasks from one thread spends noticeably more per task naming them than
 /// passing dependencies as `&TaskHandle`s (`.after(&h)`), which need no lookup. Ids pay off
 /// where a task is named before it exists (forward references), by many tasks, or across
-/// the program. Integer keys that differ only in low bits share an entry of the table:
-/// `t.at(i)` for `i` in `8k..8k + 8`, and tiles of 8 by 8 of keys of two or more parts
-/// (`t.at((i, j))` for `i` in `8k..8k + 8` and `j` in `8l..8l + 8`). A task given its id
-/// first and then dependencies on such neighbours (`.id(t.at(i)).after(t.at(i - 1))`,
-/// `.id(t.at((i, j))).after([t.at((i - 1, j)), t.at((i, j - 1))])`) looks them up together
-/// with its own insert.
+/// the program. Integer keys that differ only in the low bits of their last part (`t.at(i)`
+/// for `i` in `8k..8k + 8`, `t.at((i, j))` likewise in `j`) share an entry of the table: a
+/// task given its id first and then dependencies on such neighbours
+/// (`.id(t.at(i)).after(t.at(i - 1))`) looks them up together with its own insert.
 ///
 /// A clone is a new handle to the space (one small allocation, and two more at its first
 /// spawn under an id, for its own copy of the space's name, which its tasks hold), and the
@@ -820,7 +748,7 @@ impl TaskSpace {
     /// shard is unlocked (any other goes to `deps`, where the wiring finds it succeeded and
     /// drops it).
     #[inline]
-    fn near_in(b: &mut Block, near: u64, deps: &mut DepList) -> (u64, Option<TaskPtr>) {
+    fn near_in(b: &mut Block, near: u8, deps: &mut DepList) -> (u8, Option<TaskPtr>) {
         let mut missing = 0;
         let mut settled = None;
         for slot in block_slots(near) {
@@ -838,7 +766,7 @@ impl TaskSpace {
     /// The slots `near` of `key`'s block looked up one by one
     /// ([`dependency`](Self::dependency)): ids not named yet (placeholders), or retired.
     #[inline(never)]
-    fn near_missing(&self, near: u64, key: &Key, rt: &RtInner, deps: &mut DepList) {
+    fn near_missing(&self, near: u8, key: &Key, rt: &RtInner, deps: &mut DepList) {
         for slot in block_slots(near) {
             if let Some(n) = self.dependency(&key.in_block(slot), rt) {
                 deps.push_node(n);
@@ -882,7 +810,7 @@ impl TaskSpace {
         for s in &self.inner.shards {
             let mut map = s.lock();
             for b in map.iter_mut() {
-                for i in 0..b.slots.all().len() {
+                for i in 0..BLOCK {
                     let Some(n) = &b.slots[i] else { continue };
                     if settles(n) {
                         settled.extend(b.let_go(i));
@@ -1417,7 +1345,7 @@ mod test {
     }
 
     #[test]
-    fn ids_above_and_left_in_a_tile_are_looked_up_with_its_insert() {
+    fn ids_of_a_grid_are_found_in_the_tasks_block_and_out_of_it() {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let rt = Runtime::builder().cpu_threads(2).build().unwrap();
         rt.block_on(async {
@@ -1428,20 +1356,20 @@ mod test {
                 .spawn();
             task(async {}).id(t.at((3, 2))).spawn().await.unwrap();
             let b = task(async {}).id(t.at((3, 3))).after([
-                t.at((2, 3)), // above, running
-                t.at((3, 2)), // left, succeeded
-                t.at((4, 3)), // below, not spawned yet
-                t.at((3, 8)), // the next tile: looked up at once (a placeholder)
+                t.at((2, 3)), // above, running: another block
+                t.at((3, 2)), // left, succeeded: the block's
+                t.at((3, 4)), // right, not spawned yet: the block's
+                t.at((3, 8)), // the next block: looked up at once (a placeholder)
             ]);
             assert_eq!(b.deps.len(), 4);
             assert!(
                 b.deps.keeps_near(),
-                "ids of the tile are kept for the insert"
+                "ids of the block are kept for the insert"
             );
             assert_eq!(settled_in(&t), 0);
             let b = b.spawn();
             assert_eq!(settled_in(&t), 1, "the one that succeeded is settled");
-            task(async {}).id(t.at((4, 3))).spawn();
+            task(async {}).id(t.at((3, 4))).spawn();
             task(async {}).id(t.at((3, 8))).spawn();
             assert!(!b.is_finished());
             open.send(()).unwrap();
@@ -1449,8 +1377,8 @@ mod test {
             assert!(running.is_finished(), "the task waited for the one above");
             assert_eq!(running.await, Ok(true));
 
-            // A wavefront across tiles: each task finds the ones above and to its left
-            // finished; a failure fails what is after it, in its tile and beyond.
+            // A wavefront across blocks: each task finds the ones above and to its left
+            // finished; a failure fails what is after it, in its block and beyond.
             let g = TaskSpace::new("W");
             let n = 20;
             let done: Arc<Vec<AtomicBool>> = Arc::new((0..n * n).map(|_| false.into()).collect());

@@ -37,7 +37,7 @@ pub struct DepList {
     /// Ids in the block of the builder's own id, a bit per slot (see
     /// [`TaskRef::near_slot`]): looked up when the task is spawned, by
     /// [`TaskSpace::insert`](crate::space::TaskSpace).
-    near: u64,
+    near: u8,
     /// The runtime of the tasks left out because they succeeded already (0: none; see
     /// [`skip_succeeded`](Self::skip_succeeded)): the spawn checks that it is its own.
     skipped_rt: u32,
@@ -101,7 +101,7 @@ impl DepList {
     /// The slots kept by [`push_ref_near`](Self::push_ref_near), taken out: the caller
     /// looks them up in the block of the builder's id.
     #[inline]
-    pub(crate) fn take_near(&mut self) -> u64 {
+    pub(crate) fn take_near(&mut self) -> u8 {
         std::mem::take(&mut self.near)
     }
 

@@ -299,10 +299,8 @@ mod size_test {
         let b = std::mem::size_of::<TaskBuilder<std::future::Ready<()>>>();
         assert!(h <= 208, "header {h}");
         assert!(c <= 216, "cell {c}");
-        // 168 bytes, and 8 for the (boxed) data accesses. (The dependency list keeps a
-        // bit for each of the 64 slots of its id's block: 8 bytes more than a byte took,
-        // which costs no instruction per task under callgrind.)
-        assert!(b <= 176, "builder {b}");
+        // 160 bytes, and 8 for the (boxed) data accesses.
+        assert!(b <= 168, "builder {b}");
         assert_eq!(std::mem::size_of::<Placements>(), 24);
     }
 }
