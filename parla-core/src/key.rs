@@ -283,9 +283,8 @@ impl Key {
     pub(crate) fn near_slot(&self, other: &Key) -> Option<usize> {
         match (&self.0, &other.0) {
             (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
-                let last = x[LAST] ^ y[LAST];
-                let diff = (x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (last >> BLOCK_SHIFT);
-                (a == b && diff == 0 && last != 0).then_some((y[LAST] & BLOCK_MASK) as usize)
+                (a == b && same_ints_block(x, y) && x[LAST] != y[LAST])
+                    .then_some((y[LAST] & BLOCK_MASK) as usize)
             }
             _ => (self.same_block(other) && self != other).then(|| other.slot()),
         }
@@ -296,11 +295,7 @@ impl Key {
     pub(crate) fn same_block(&self, other: &Key) -> bool {
         match (&self.0, &other.0) {
             (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
-                let diff = (x[0] ^ y[0])
-                    | (x[1] ^ y[1])
-                    | (x[2] ^ y[2])
-                    | ((x[LAST] ^ y[LAST]) >> BLOCK_SHIFT);
-                a == b && diff == 0
+                a == b && same_ints_block(x, y)
             }
             (Repr::Parts(x), Repr::Parts(y)) => match (x.split_last(), y.split_last()) {
                 (Some((Part::Int(i), xp)), Some((Part::Int(j), yp))) => {
@@ -311,6 +306,15 @@ impl Key {
             _ => false,
         }
     }
+}
+
+/// Whether integer keys of one length with parts `x` and `y` share a block: unused parts
+/// are zero in both, so comparing all four is exact; the last parts agree on their block
+/// when their bits above the low ones do.
+#[inline(always)]
+fn same_ints_block(x: &[i64; MAX_PARTS], y: &[i64; MAX_PARTS]) -> bool {
+    let diff = (x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | ((x[LAST] ^ y[LAST]) >> BLOCK_SHIFT);
+    diff == 0
 }
 
 /// The slots of a block whose bits are set in `bits` (a bit per slot), in order.

@@ -1390,7 +1390,7 @@ mod test {
                     task(async move {
                         assert!(i == 0 || done[(i - 1) * n + j].load(SeqCst));
                         assert!(j == 0 || done[i * n + j - 1].load(SeqCst));
-                        assert!((i, j) != (9, 9), "a failing tile");
+                        assert!((i, j) != (9, 9), "a failing task");
                         done[i * n + j].store(true, SeqCst);
                     })
                     .id(g.at((i, j)))
