@@ -198,6 +198,35 @@ fn a_service_spawning_and_retiring_batches_runs_in_flat_memory() {
     assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 batches");
 }
 
+/// A solver naming its tasks `(step, i)` and retiring each step's ids once the step is
+/// done runs in flat memory: the record of retired ids holds one band for all the steps
+/// (it held a row per step before: about 350 bytes per step, without bound).
+#[test]
+fn retiring_the_ids_of_each_step_of_a_solver_runs_in_flat_memory() {
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    let t = TaskSpace::new("Jacobi");
+    let (quarter, end) = support::within(120, move || {
+        growth(&rt, 2000, |step| {
+            let t = t.clone();
+            async move {
+                let step = step as i64;
+                for i in 0..8i64 {
+                    let mut b = task(async {}).id(t.at((step, i)));
+                    if step > 0 {
+                        b = b.after([t.at((step - 1, i)), t.at((step - 1, (i + 1) % 8))]);
+                    }
+                    b.spawn();
+                }
+                (&t).await.unwrap();
+                t.retire_finished();
+            }
+        })
+    });
+    let grew = end - quarter;
+    assert!(grew < 64 * 1024, "grew by {grew} bytes over 1,500 steps");
+}
+
 /// An array that tasks read and wrote (one of them aborted before it ran) is freed, buffer
 /// and all, when the program drops its last handle: the tasks its order recorded hold it
 /// through their declared accesses.
