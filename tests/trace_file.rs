@@ -315,3 +315,37 @@ fn a_trace_gets_its_events_while_the_runtime_lives() {
     let slices = task_slices(&events(&path));
     assert!(slices.contains_key("Live[2]"));
 }
+
+/// Two runtimes alive at once and given one trace path (a `.trace("trace.json")` in each test
+/// of a suite that runs its tests in parallel) each write a whole trace: the second into
+/// `NAME.2.EXT`, as it says on stderr.
+#[test]
+fn runtimes_given_one_trace_path_at_once_write_a_file_each() {
+    let path = support::trace_path("shared");
+    let second = path.with_file_name(format!(
+        "{}.2.json",
+        path.file_stem().unwrap().to_string_lossy()
+    ));
+    let build = || {
+        parla::Runtime::builder()
+            .cpu_threads(1)
+            .trace(&path)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    for (rt, name) in [(&a, "A"), (&b, "B")] {
+        rt.block_on(async move {
+            let t = TaskSpace::new(name);
+            for i in 0..20 {
+                task(async {}).id(t.at(i)).spawn();
+            }
+            t.await.unwrap();
+        });
+    }
+    drop((a, b));
+    let (first, other) = (task_slices(&events(&path)), task_slices(&events(&second)));
+    assert!(first.contains_key("A[19]") && !first.contains_key("B[0]"));
+    assert!(other.contains_key("B[19]") && !other.contains_key("A[0]"));
+    let _ = std::fs::remove_file(&second);
+}

@@ -132,7 +132,9 @@ impl Builder {
     /// events, and the spans made inside them, to a subscriber of its own; to keep yours,
     /// add [`crate::trace::layer`] to it instead. [`build`](Self::build) fails with
     /// [`Error::Config`] if the file cannot be created (from `PARLA_TRACE`, a warning is
-    /// printed and the runtime runs without a trace).
+    /// printed and the runtime runs without a trace). While another runtime of the process
+    /// writes the same file (tests run in parallel, each with its runtime), this one writes
+    /// `NAME.2.EXT` (or the next number free) instead, and says so on stderr.
     pub fn trace(mut self, path: impl Into<PathBuf>) -> Self {
         self.trace = Some(path.into());
         self
@@ -368,14 +370,7 @@ fn env_trace_path(path: PathBuf) -> PathBuf {
     if n == 0 {
         return path;
     }
-    let stem = path
-        .file_stem()
-        .map_or_else(|| "trace".into(), |s| s.to_string_lossy());
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}.{}.{}", n + 1, ext.to_string_lossy()),
-        None => format!("{stem}.{}", n + 1),
-    };
-    let own = path.with_file_name(name);
+    let own = crate::trace::numbered(&path, n + 1);
     eprintln!(
         "parla: PARLA_TRACE: runtime {} of this process writes {}",
         n + 1,

@@ -70,6 +70,19 @@ pub use summary::{DeviceSummary, Percentiles, Summary};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+/// `path` numbered `n`: `NAME.n.EXT` (`NAME.n` without an extension; `trace.n` for a path
+/// without a file name).
+pub(crate) fn numbered(path: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "trace".into(), |s| s.to_string_lossy());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{n}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{n}"),
+    };
+    path.with_file_name(name)
+}
+
 /// Nanoseconds since the process's trace clock started (its first use): the time base of
 /// every timestamp in a trace, host and GPU alike.
 pub fn now_ns() -> u64 {
