@@ -558,8 +558,10 @@ impl Runtime {
     }
 
     /// Runs `fut` on this thread with the runtime current, and returns its output once it
-    /// and every task spawned meanwhile finished. `fut` is a future or anything that turns
-    /// into one, a task builder included (`rt.block_on(task(async { .. }))`).
+    /// and every task of the runtime finished (those spawned by other threads included).
+    /// `fut` is a future or anything that turns into one, a task builder included
+    /// (`rt.block_on(task(async { .. }))`). A task must not wait for a thread calling this
+    /// on its own runtime: the call would wait for the task.
     ///
     /// Tasks still waiting when nothing else can run (on an id never spawned, in a
     /// dependency cycle) are failed with [`TaskError::NeverSpawned`](crate::TaskError) or
