@@ -82,7 +82,9 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 let n = number(v).ok_or_else(|| {
                     err(
                         v.span(),
-                        "vcus must be a number between 0.0 and 1.0, like `vcus = 0.5`",
+                        "vcus must be a number literal between 0.0 and 1.0, like `vcus = 0.125`; \
+                         for a share computed in code (`1.0 / 8.0`), call `.vcus(..)` on the \
+                         builder the function returns",
                     )
                 })?;
                 if !(0.0..=1.0).contains(&n) {
