@@ -194,6 +194,7 @@ pub(crate) struct RtGuard {
 impl Drop for RtGuard {
     fn drop(&mut self) {
         flush_credits();
+        crate::space::flush_spare_refs();
         RT.with(|c| c.set(self.prev));
         CREDITS.with(|c| c.set(self.prev_credits));
     }

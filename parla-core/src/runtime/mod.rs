@@ -599,6 +599,7 @@ impl Runtime {
                     };
                     main.act.take_await_failure();
                     context::flush_credits();
+                    crate::space::flush_spare_refs();
                     match polled {
                         Poll::Ready(v) => {
                             out = Some(v);

@@ -18,6 +18,7 @@
 //!   is dropped. Using it from another runtime is a `WrongRuntime` error.
 
 mod retired;
+mod spare;
 mod wait;
 
 use std::any::Any;
@@ -34,6 +35,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::key::{BLOCK, block_slots};
 pub use crate::key::{IntoKey, IntoPart, Key, Part};
+pub(crate) use spare::flush as flush_spare_refs;
 pub use wait::{RangeWait, RefWait, SpaceWait};
 
 use crate::error::TaskError;
@@ -283,6 +285,14 @@ impl std::ops::Deref for SpaceHandle {
     }
 }
 
+impl Drop for TaskSpace {
+    #[inline]
+    fn drop(&mut self) {
+        // Dropping a space lets go of it at once: not held by this thread's spare counts.
+        spare::flush_of(Arc::as_ptr(&self.inner));
+    }
+}
+
 impl Clone for TaskSpace {
     /// A new handle to the same space (see [`TaskSpace`]).
     fn clone(&self) -> TaskSpace {
@@ -331,9 +341,10 @@ impl TaskSpace {
     /// A reference to the task with this key, spawned or not (yet).
     #[inline(always)]
     pub fn at(&self, key: impl IntoKey) -> TaskRef {
+        let key = key.into_key();
         TaskRef {
-            space: self.share(),
-            key: key.into_key(),
+            space: RefSpace::of(self),
+            key,
         }
     }
 
@@ -901,18 +912,57 @@ impl Eq for TaskSpace {}
 /// task, and in [`TaskBuilder::after`](crate::TaskBuilder::after) to depend on one.
 #[derive(PartialEq, Eq)]
 pub struct TaskRef {
-    pub(crate) space: TaskSpace,
+    pub(crate) space: RefSpace,
     pub(crate) key: Key,
 }
 
 impl Clone for TaskRef {
     fn clone(&self) -> TaskRef {
         TaskRef {
-            space: self.space.share(),
+            space: RefSpace::of(&self.space),
             key: self.key.clone(),
         }
     }
 }
+
+/// The handle a [`TaskRef`] holds: a reference counted on it, taken from and given back to
+/// this thread's spare counts where it can be (see [`spare`]).
+pub(crate) struct RefSpace(std::mem::ManuallyDrop<TaskSpace>);
+
+impl RefSpace {
+    /// A reference to the handle `t`.
+    #[inline(always)]
+    pub(crate) fn of(t: &TaskSpace) -> RefSpace {
+        RefSpace(std::mem::ManuallyDrop::new(TaskSpace {
+            inner: spare::take(&t.inner),
+        }))
+    }
+}
+
+impl std::ops::Deref for RefSpace {
+    type Target = TaskSpace;
+    #[inline(always)]
+    fn deref(&self) -> &TaskSpace {
+        &self.0
+    }
+}
+
+impl Drop for RefSpace {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: the handle's reference is read out once, here, and `self.0` is not used
+        // again (nor dropped: it is a `ManuallyDrop`), so the reference has one owner.
+        let inner = unsafe { std::ptr::read(&self.0.inner) };
+        spare::give_back(inner);
+    }
+}
+
+impl PartialEq for RefSpace {
+    fn eq(&self, other: &RefSpace) -> bool {
+        **self == **other
+    }
+}
+impl Eq for RefSpace {}
 
 impl TaskRef {
     /// The slot of `dep` in this id's block when a task spawned under this id looks `dep`
@@ -1188,6 +1238,76 @@ mod test {
             assert_eq!(t.retire_finished(), 21);
             assert_eq!(t.len(), 21);
         });
+    }
+
+    /// References dropped inside a runtime's scope keep their counts on the handle as this
+    /// thread's spares, which the next references take; the spares are given back at the end
+    /// of the poll, or when a value of the handle is dropped on the thread, so a space
+    /// dropped is let go of as before: at once where its references were dropped on the same
+    /// thread, at the end of the poll where its last handle went elsewhere. Outside a
+    /// runtime nothing is kept.
+    #[test]
+    fn references_keep_spare_counts_until_the_poll_ends_or_the_space_is_dropped() {
+        use super::spare::kept;
+        use std::sync::Arc;
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        rt.block_on(async {
+            let t = TaskSpace::new("S");
+            let handles = Arc::strong_count(&t.inner);
+            drop((t.at(1), t.at(2), t.at(3)));
+            assert_eq!(kept(), 3);
+            // Still counted on the handle, as the thread's.
+            assert_eq!(Arc::strong_count(&t.inner), handles + 3);
+            let r = t.at(4);
+            assert_eq!((kept(), Arc::strong_count(&t.inner)), (2, handles + 3));
+            drop(r);
+            // Spawns under ids take and give them back likewise.
+            for i in 10..20 {
+                task(async {}).id(t.at(i)).after([t.at(i - 1)]).spawn();
+            }
+            assert!(kept() > 0);
+            // A yield ends this poll of `block_on`'s future: the spares are given back.
+            tokio::task::yield_now().await;
+            assert_eq!((kept(), Arc::strong_count(&t.inner)), (0, handles));
+
+            // Dropped on this thread: the space goes at once.
+            let space = Arc::downgrade(&t.inner.space);
+            drop(t.at(1));
+            assert_eq!(kept(), 1);
+            drop(t);
+            assert_eq!(kept(), 0);
+            assert!(
+                space.upgrade().is_none(),
+                "the space outlived its last handle"
+            );
+
+            // Its last handle dropped on another thread: the space goes when the poll ends.
+            let t = TaskSpace::new("T");
+            let space = Arc::downgrade(&t.inner.space);
+            drop(t.at(1));
+            std::thread::spawn(move || drop(t)).join().unwrap();
+            assert!(space.upgrade().is_some());
+            tokio::task::yield_now().await;
+            assert!(space.upgrade().is_none(), "kept past the end of the poll");
+
+            // Inside a task, on a clone: given back as the task drops its clone.
+            let t = TaskSpace::new("U");
+            let space = Arc::downgrade(&t.inner.space);
+            let c = t.clone();
+            task(async move {
+                drop((c.at(1), c.at(2)));
+                assert_eq!(kept(), 2);
+            })
+            .await
+            .unwrap();
+            drop(t);
+            assert!(space.upgrade().is_none(), "a worker kept the clone alive");
+        });
+        // Outside a runtime: counted down at once.
+        let t = TaskSpace::new("V");
+        let handles = Arc::strong_count(&t.inner);
+        drop(t.at(1));
+        assert_eq!((kept(), Arc::strong_count(&t.inner)), (0, handles));
     }
 
     /// Clones are handles of one space: ids made, spawned and awaited through different

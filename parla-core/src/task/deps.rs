@@ -113,7 +113,7 @@ impl DepList {
         let Some(id) = id else { return };
         for slot in crate::key::block_slots(near) {
             self.push_ref(TaskRef {
-                space: id.space.share(),
+                space: crate::space::RefSpace::of(&id.space),
                 key: id.key.in_block(slot),
             });
         }
