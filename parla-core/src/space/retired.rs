@@ -289,6 +289,12 @@ mod test {
         assert_eq!(r.get(&(2, 120, 3).into_key()), Some(Ok(())));
         assert_eq!(r.get(&(2, 75, 3).into_key()), None);
         assert_eq!(r.get(&(3, 0, 0).into_key()), None);
+        // A column `(i, 0)`: one band.
+        let mut r = Retired::default();
+        for i in 0..1000i64 {
+            r.insert(&(i, 0i64).into_key(), Ok(()));
+        }
+        assert_eq!(r.pieces(), 1);
         // Rows at the ends of the integers.
         let mut r = Retired::default();
         for x in [i64::MAX, i64::MIN, i64::MAX - 1] {
