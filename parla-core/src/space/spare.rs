@@ -5,9 +5,9 @@
 //! to another thread or kept anywhere. Most references live a moment, though: a loop
 //! spawning named tasks makes three per task (`.id(t.at((i, j)))`,
 //! `.after([t.at((i - 1, j)), t.at((i, j - 1))])`) and drops them in the same spawn. Each
-//! count taken and given back is a locked read-modify-write; on the spawning thread of the
-//! grid of `benches/overhead.rs` those six were about a sixth of its time per task on 16
-//! workers (an H200 host).
+//! count taken and given back is a locked read-modify-write on the spawning thread: with
+//! the spares below, the grid with ids of `benches/overhead.rs` took about a tenth less
+//! time per task on 16 workers (an H100 host; `benches/NOTES.md`, twenty-second stop).
 //!
 //! So a reference dropped inside a runtime's scope (a driver's poll, a poll of
 //! `block_on`'s future, an entered handle) keeps its count as a spare of this thread, up to
