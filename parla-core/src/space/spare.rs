@@ -1,6 +1,6 @@
-//! Spare references to a space handle, kept by a thread for its next [`TaskRef`]s.
+//! Spare references to a space handle, kept by a thread for its next [`TaskRef`](super::TaskRef)s.
 //!
-//! Every [`TaskRef`] holds a strong reference to the handle it was made from
+//! Every [`TaskRef`](super::TaskRef) holds a strong reference to the handle it was made from
 //! (`t.at(key)`): the handle must live as long as the reference, which may be awaited, sent
 //! to another thread or kept anywhere. Most references live a moment, though: a loop
 //! spawning named tasks makes three per task (`.id(t.at((i, j)))`,
@@ -17,7 +17,7 @@
 //! - at the end of each poll of `block_on`'s future and of each runtime scope (see
 //!   `context::RtGuard`), so a thread keeps them no longer than the poll or scope it
 //!   dropped them in;
-//! - when a [`TaskSpace`] value of that handle is dropped on this thread, so that dropping
+//! - when a [`TaskSpace`](super::TaskSpace) value of that handle is dropped on this thread, so that dropping
 //!   a space lets go of it at once (as without spares) where its references were dropped
 //!   on the same thread.
 //!
@@ -109,7 +109,7 @@ fn flush_all() {
     }
 }
 
-/// Gives back this thread's spare counts if they are of handle `p` (a [`TaskSpace`] value of
+/// Gives back this thread's spare counts if they are of handle `p` (a [`TaskSpace`](super::TaskSpace) value of
 /// it is being dropped).
 #[inline]
 pub(super) fn flush_of(p: *const SpaceHandle) {
