@@ -76,6 +76,18 @@ fn covers(runs: &Runs, i: i64) -> bool {
     runs.range(..=i).next_back().is_some_and(|(_, &l)| l >= i)
 }
 
+/// Takes the row `x` of `outer` out of `rows` (the rows kept on their own), if it holds
+/// `runs` (to fold it into a band).
+fn take_row(rows: &mut HashMap<Vec<Part>, Runs>, outer: &[Part], x: i64, runs: &Runs) -> bool {
+    let mut row = outer.to_vec();
+    row.push(Part::Int(x));
+    let same = rows.get(&row) == Some(runs);
+    if same {
+        rows.remove(&row);
+    }
+    same
+}
+
 /// The band of `bands` that holds row `x`: its first row.
 fn band_of(bands: &BTreeMap<i64, (i64, Runs)>, x: i64) -> Option<i64> {
     bands
@@ -101,11 +113,10 @@ impl Retired {
             self.other.insert(key.clone());
             return;
         };
-        let Some((outer, x)) = row_of(&prefix).map(|(o, x)| (o.to_vec(), x)) else {
+        let Some((outer, x)) = row_of(&prefix) else {
             add_to_runs(self.runs.entry(prefix).or_default(), i);
             return;
         };
-        let outer = &outer[..];
         let bands = self.bands.entry(outer.to_vec()).or_default();
         let mut runs = match (self.runs.remove(&prefix), band_of(bands, x)) {
             (Some(runs), _) => runs,
@@ -127,32 +138,28 @@ impl Retired {
         // same runs.
         let (mut first, mut last) = (x, x);
         if let Some(b) = x.checked_sub(1) {
-            let before = prefix_with(outer, b);
             if let Some(f) = band_of(bands, b).filter(|f| bands[f].1 == runs) {
                 first = f;
                 bands.remove(&f);
-            } else if self.runs.get(&before) == Some(&runs) {
+            } else if take_row(&mut self.runs, outer, b, &runs) {
                 first = b;
-                self.runs.remove(&before);
             }
         }
         if let Some(a) = x.checked_add(1) {
-            let after = prefix_with(outer, a);
             if bands.get(&a).is_some_and(|(_, r)| *r == runs) {
                 last = bands.remove(&a).expect("band found").0;
-            } else if self.runs.get(&after) == Some(&runs) {
+            } else if take_row(&mut self.runs, outer, a, &runs) {
                 last = a;
-                self.runs.remove(&after);
             }
         }
-        if (first, last) == (x, x) {
-            self.runs.insert(prefix, runs);
-        } else {
+        if (first, last) != (x, x) {
             bands.insert(first, (last, runs));
+            return;
         }
         if bands.is_empty() {
             self.bands.remove(outer);
         }
+        self.runs.insert(prefix, runs);
     }
 
     /// The failure retired first, if any retired task failed.
@@ -186,13 +193,6 @@ impl Retired {
             + self.bands.values().map(BTreeMap::len).sum::<usize>()
             + self.other.len()
     }
-}
-
-/// The prefix `outer` followed by integer `x`.
-fn prefix_with(outer: &[Part], x: i64) -> Vec<Part> {
-    let mut p = outer.to_vec();
-    p.push(Part::Int(x));
-    p
 }
 
 #[cfg(test)]
