@@ -745,3 +745,65 @@ fn parents_with_data_awaiting_children_with_data_lend_their_vcus() {
     });
     assert_eq!(sums, 4 * 21);
 }
+
+/// Tasks that read data spread over free GPUs as tasks without data do: the mapping counts
+/// the tasks waiting in a device's data queue, and `Runtime::usage` reports them. (It
+/// counted only those waiting for admission, which tasks with data never do: 19 of 20
+/// went to the first GPU, while the second sat idle.)
+#[test]
+fn tasks_with_data_waiting_for_a_gpu_count_as_its_load() {
+    let rt = Arc::new(support::vgpu(2, 2, MIB));
+    let a = PArray::from(Array1::<f64>::ones(100));
+    let r = rt.clone();
+    let (waiting, ran) = support::within(60, move || {
+        let rt = r.clone();
+        r.block_on(async move {
+            // Valid on both GPUs: neither is nearer to the data.
+            for g in 0..2 {
+                let b = a.clone();
+                task(async move { b.read().map(|_| ()) })
+                    .reads(&a)
+                    .placement(Placement::Gpu(g))
+                    .await??;
+            }
+            let (open, gate) = tokio::sync::watch::channel(false);
+            let mut hs = Vec::new();
+            for _ in 0..20 {
+                let (b, mut gate) = (a.clone(), gate.clone());
+                hs.push(
+                    task(async move {
+                        b.read()?;
+                        gate.wait_for(|open| *open).await.expect("gate");
+                        Ok::<_, parla::Error>(current_device())
+                    })
+                    // One such task fits a GPU at a time.
+                    .memory(MIB - 100_000)
+                    .reads(&a)
+                    .placement(Placement::AnyGpu)
+                    .spawn(),
+                );
+            }
+            // All 20 are mapped (each at its spawn): one runs on each GPU, the rest wait.
+            let waiting: Vec<usize> = (0..2)
+                .map(|g| rt.usage(Device::gpu(g)).expect("gpu").waiting)
+                .collect();
+            open.send(true).expect("tasks hold the gate");
+            let mut ran = [0usize; 2];
+            for h in hs {
+                ran[h.await??.index() as usize] += 1;
+            }
+            Ok::<_, parla::Error>((waiting, ran))
+        })
+    })
+    .expect("tasks succeed");
+    assert_eq!(
+        waiting.iter().sum::<usize>(),
+        18,
+        "waiting per GPU: {waiting:?}"
+    );
+    assert!(
+        waiting.iter().all(|&w| w >= 5) && ran.iter().all(|&n| n >= 5),
+        "waiting per GPU {waiting:?}, tasks run per GPU {ran:?}"
+    );
+    drop(rt);
+}

@@ -159,8 +159,13 @@ impl DeviceState {
         self.running.sum()
     }
 
+    /// What is reserved on the device, and the tasks waiting for it: for admission, or
+    /// (tasks with data) in its data queue, which admits them in order as their copies
+    /// find room.
     pub(crate) fn usage(&self) -> Usage {
-        self.admission.usage()
+        let mut u = self.admission.usage();
+        u.waiting += self.data.queued();
+        u
     }
 }
 
@@ -541,7 +546,7 @@ impl Runtime {
             .devices
             .iter()
             .find(|s| s.device == d)
-            .map(|s| s.admission.usage())
+            .map(DeviceState::usage)
     }
 
     /// The profile so far (see [`Builder::profile`] and [`Builder::trace`]), or `None`

@@ -131,7 +131,8 @@ pub struct Usage {
     pub vcu: u32,
     /// Bytes reserved.
     pub mem: u64,
-    /// Items waiting for admission (both lanes).
+    /// Tasks waiting for the device: for admission (both lanes), or, with data, in its
+    /// data queue.
     pub waiting: usize,
 }
 
