@@ -1083,12 +1083,12 @@ impl RtInner {
             self.check_device(dev.device);
         }
         self.trace_gpu(h);
+        self.trace_outcome(h, &outcome);
         graph::finish(task, outcome, &mut l.fx);
         if keep && !self.pass_on(slot, d, l) {
             l.passed_on = 0;
             dev.admission.release(d, &mut l.admitted);
         }
-        self.trace_end(h);
         l.live -= 1;
         if token {
             l.busy -= 1;

@@ -49,7 +49,7 @@ use crate::device::backend::GpuBackend;
 use crate::device::{Device, Usage};
 use crate::graph::activity::EndPoll;
 use crate::graph::arc::{TaskArc, TaskPtr};
-use crate::graph::node::{Header, Schedule, Waking};
+use crate::graph::node::{Header, Outcome, Schedule, Waking};
 use crate::scheduler::SlottedCount;
 use crate::scheduler::admission::Admission;
 use crate::scheduler::mapping::MappingPolicy;
@@ -376,13 +376,30 @@ impl RtInner {
     pub(crate) fn trace_end(&self, h: &Header) {
         #[cfg(feature = "tracing")]
         if h.trace.is_some() {
-            crate::trace::cold(|| match h.outcome() {
-                Some(Err(e)) => crate::trace::step!(self, h, "completed", error = %e),
-                _ => crate::trace::step!(self, h, "completed"),
-            });
+            crate::trace::cold(|| self.trace_completed(h, h.outcome().as_ref()));
         }
         #[cfg(not(feature = "tracing"))]
         let _ = h;
+    }
+
+    /// Traces the completion of a task that ran, with its `outcome`, before it is published:
+    /// whoever the outcome wakes may drop the runtime (and close its trace) at once.
+    #[inline(always)]
+    pub(crate) fn trace_outcome(&self, h: &Header, outcome: &Outcome) {
+        #[cfg(feature = "tracing")]
+        if h.trace.is_some() {
+            crate::trace::cold(|| self.trace_completed(h, Some(outcome)));
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (h, outcome);
+    }
+
+    #[cfg(feature = "tracing")]
+    fn trace_completed(&self, h: &Header, outcome: Option<&Outcome>) {
+        match outcome {
+            Some(Err(e)) => crate::trace::step!(self, h, "completed", error = %e),
+            _ => crate::trace::step!(self, h, "completed"),
+        }
     }
 
     /// Traces when a finished GPU task's work ran on the device, if its fence was timed.
