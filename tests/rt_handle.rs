@@ -729,9 +729,49 @@ fn a_runtime_dropped_inside_a_task_of_another_stops_its_workers() {
     );
 }
 
+/// A task waiting on an id not spawned yet, while another task keeps the runtime busy: the
+/// drop finds it unfinished and cancels it (its dependency, the id, is cancelled), as it
+/// does a task waiting on a task. (The drop failed the id as `NeverSpawned`, blaming the
+/// program for what the shutdown did.)
+#[test]
+fn a_task_waiting_on_an_id_not_spawned_yet_is_cancelled_by_the_drop() {
+    let r = support::within(30, || {
+        let rt = support::cpu(2);
+        let t = TaskSpace::new("P");
+        let (_open, shut) = tokio::sync::oneshot::channel::<()>();
+        let (busy, on_id, on_busy) = {
+            let h = rt.handle();
+            let _in = h.enter();
+            let busy = task(async move { shut.await.is_ok() }).spawn();
+            let on_id = task(async {}).after(t.at("later")).spawn();
+            let on_busy = task(async {}).after(&busy).spawn();
+            (busy, on_id, on_busy)
+        };
+        let id = t.at("later").into_future();
+        drop(rt);
+        futures_util::FutureExt::now_or_never(async {
+            (busy.await, on_id.await, on_busy.await, id.await)
+        })
+    });
+    let (busy, on_id, on_busy, id) = r.expect("every wait resolved by the drop");
+    assert!(matches!(busy, Err(TaskError::Cancelled { .. })), "{busy:?}");
+    for dependent in [on_id, on_busy] {
+        assert!(
+            matches!(&dependent, Err(TaskError::DependencyFailed { cause, .. })
+                if matches!(**cause, TaskError::Cancelled { .. })),
+            "{dependent:?}"
+        );
+    }
+    assert!(
+        matches!(&id, Err(TaskError::Cancelled { task }) if task == "P[later]"),
+        "{id:?}"
+    );
+}
+
 /// A handle kept after its runtime was dropped: what it spawns (directly, or under its
 /// `enter` guard) resolves to `Cancelled` instead of never resolving, and a task after an
-/// id nobody spawned fails as that id does.
+/// id nobody spawned fails as that id does: cancelled, the shutdown keeping it from being
+/// spawned.
 #[test]
 fn tasks_spawned_through_the_handle_of_a_dropped_runtime_are_cancelled() {
     let r = support::within(30, || {
@@ -756,7 +796,7 @@ fn tasks_spawned_through_the_handle_of_a_dropped_runtime_are_cancelled() {
     );
     assert!(
         matches!(&r.1, Some(Err(TaskError::DependencyFailed { cause, .. }))
-            if matches!(**cause, TaskError::NeverSpawned { .. })),
+            if matches!(**cause, TaskError::Cancelled { .. })),
         "{:?}",
         r.1
     );

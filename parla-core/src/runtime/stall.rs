@@ -312,10 +312,13 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
             break;
         }
     }
+    // Ids referred to and not spawned: the shutdown, not the program, keeps them from
+    // being spawned, so what waits on them is cancelled as the tasks are (their
+    // dependents fail with `DependencyFailed`, its cause `Cancelled`).
     for p in rt.forward_refs() {
         if !p.header().is_resolved() {
-            let err = TaskError::NeverSpawned {
-                id: p.header().name.to_string(),
+            let err = TaskError::Cancelled {
+                task: p.header().name.to_string(),
             };
             rt.with_local(|l| graph::fail_unrun(&p, err, &mut l.fx));
         }
