@@ -254,3 +254,73 @@ fn a_large_future_is_spawned_inside_a_task() {
     });
     assert_eq!(n, N);
 }
+
+/// Iterators of the standard library over dependencies go to `.after` as they are: a
+/// vector's, a deque's and a map's handles by reference, a vector of references by value,
+/// and adapters over them. Each dependent runs after all of its dependencies.
+#[test]
+fn iterators_of_handles_are_dependencies() {
+    use std::collections::{BTreeMap, HashMap, VecDeque};
+    let rt = support::cpu(2);
+    let bad = support::within(30, move || {
+        rt.block_on(async {
+            let done = Arc::new(AtomicUsize::new(0));
+            let mut bad = 0;
+            let batch = |n: usize| -> Vec<TaskHandle<()>> {
+                (0..n)
+                    .map(|_| {
+                        let d = done.clone();
+                        task(async move {
+                            tokio::task::yield_now().await;
+                            d.fetch_add(1, Ordering::SeqCst);
+                        })
+                        .spawn()
+                    })
+                    .collect()
+            };
+            let check =
+                |d: Arc<AtomicUsize>, want: usize| async move { d.load(Ordering::SeqCst) >= want };
+            let mut want = 0;
+            macro_rules! after {
+                ($hs:ident = $made:expr, $n:expr, $deps:expr) => {{
+                    let $hs = $made;
+                    want += $n;
+                    let ok = task(check(done.clone(), want)).after($deps).await;
+                    if ok != Ok(true) {
+                        bad += 1;
+                    }
+                }};
+            }
+            after!(hs = batch(4), 4, hs.iter());
+            after!(hs = batch(4), 4, hs.iter().skip(1).chain(hs.iter().take(1)));
+            after!(
+                hs = batch(4).into_iter().collect::<VecDeque<_>>(),
+                4,
+                hs.iter()
+            );
+            after!(
+                hs = batch(4).into_iter().enumerate().collect::<HashMap<_, _>>(),
+                4,
+                hs.values()
+            );
+            after!(
+                hs = batch(4).into_iter().enumerate().collect::<BTreeMap<_, _>>(),
+                4,
+                hs.values()
+            );
+            after!(
+                hs = vec![batch(2), batch(2)],
+                4,
+                hs.iter().flat_map(|v| v.iter())
+            );
+            after!(hs = batch(4), 4, hs.iter().collect::<Vec<_>>().into_iter());
+            let one = batch(1);
+            want += 1;
+            let ok = task(check(done.clone(), want))
+                .after(std::iter::once(&one[0]))
+                .await;
+            bad + usize::from(ok != Ok(true))
+        })
+    });
+    assert_eq!(bad, 0, "a dependent ran before its dependencies");
+}

@@ -400,12 +400,16 @@ where
     }
 }
 
+/// `IntoDeps` for iterator types of the standard library whose items are dependencies, so
+/// that `.after(handles.iter())` and `.after((0..n).map(|i| t.at(i)))` need no [`deps`]
+/// around them. (A blanket impl over every iterator would overlap the impls for `Vec`,
+/// `Option` and arrays; any other iterator goes through [`deps`].)
 macro_rules! iter_deps {
-    ($($it:ident<$($g:ident),*>),*) => {$(
-        impl<$($g),*> IntoDeps for std::iter::$it<$($g),*>
+    ($([$($g:tt)*] $it:ty;)*) => {$(
+        impl<$($g)*> IntoDeps for $it
         where
-            std::iter::$it<$($g),*>: Iterator,
-            <std::iter::$it<$($g),*> as Iterator>::Item: IntoDeps,
+            $it: Iterator,
+            <$it as Iterator>::Item: IntoDeps,
         {
             fn push_deps(self, out: &mut DepList) {
                 self.push_deps_near(out, None);
@@ -418,7 +422,35 @@ macro_rules! iter_deps {
         }
     )*};
 }
-iter_deps!(Map<I, F>, Filter<I, P>, FilterMap<I, F>, Chain<A, B>, Take<I>, Skip<I>, StepBy<I>, Rev<I>, Cloned<I>);
+iter_deps! {
+    [I, F] std::iter::Map<I, F>;
+    [I, P] std::iter::Filter<I, P>;
+    [I, F] std::iter::FilterMap<I, F>;
+    [A, B] std::iter::Chain<A, B>;
+    [I] std::iter::Take<I>;
+    [I] std::iter::Skip<I>;
+    [I] std::iter::StepBy<I>;
+    [I] std::iter::Rev<I>;
+    [I] std::iter::Cloned<I>;
+    [I] std::iter::Copied<I>;
+    [I] std::iter::Fuse<I>;
+    [I: Iterator] std::iter::Peekable<I>;
+    [I, F] std::iter::Inspect<I, F>;
+    [I, P] std::iter::TakeWhile<I, P>;
+    [I, P] std::iter::SkipWhile<I, P>;
+    [I: Iterator<Item: IntoIterator>] std::iter::Flatten<I>;
+    [I, U: IntoIterator, F] std::iter::FlatMap<I, U, F>;
+    [D] std::iter::Once<D>;
+    ['a, D] std::slice::Iter<'a, D>;
+    [D] std::vec::IntoIter<D>;
+    [D, const N: usize] std::array::IntoIter<D, N>;
+    ['a, D] std::collections::vec_deque::Iter<'a, D>;
+    [D] std::collections::vec_deque::IntoIter<D>;
+    ['a, K, D] std::collections::hash_map::Values<'a, K, D>;
+    [K, D] std::collections::hash_map::IntoValues<K, D>;
+    ['a, K, D] std::collections::btree_map::Values<'a, K, D>;
+    [K, D] std::collections::btree_map::IntoValues<K, D>;
+}
 
 #[cfg(all(test, not(parla_loom)))]
 mod test {

@@ -101,7 +101,9 @@ where
     /// Adds dependencies: the task starts only after each of them completed successfully.
     /// Calls accumulate. Takes a [`TaskRef`], a `&`[`TaskHandle`], a
     /// [`TaskRange`](crate::TaskRange), a `&`[`TaskSpace`](crate::TaskSpace) (every task
-    /// spawned into it so far), or an array, `Vec` or iterator of those.
+    /// spawned into it so far), or an array, `Vec`, slice or iterator of those: the
+    /// standard library's (`handles.iter()`, `map.values()`, `(0..n).map(|i| t.at(i))`)
+    /// as they are, any other through [`deps`](crate::deps).
     #[inline(always)]
     pub fn after(self, deps: impl IntoDeps) -> Self {
         // The list and the id are moved out of the builder and back, rather than changed in
