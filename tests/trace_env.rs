@@ -21,7 +21,8 @@ fn task_names(path: &std::path::Path) -> Vec<String> {
     names
 }
 
-/// Two runtimes alive at once, then a third: each writes a file of its own, whole.
+/// Two runtimes alive at once, then a third: each writes a file of its own, whole. Then
+/// the variables set empty, which count as unset.
 #[test]
 fn each_runtime_traced_through_the_environment_writes_its_own_file() {
     let path = support::trace_path("env");
@@ -57,4 +58,21 @@ fn each_runtime_traced_through_the_environment_writes_its_own_file() {
     assert_eq!(names[0], want("A", 5));
     assert_eq!(names[1], want("B", 3));
     assert_eq!(names[2], want("C", 2));
+
+    // Set empty, the variables count as unset: no trace, no profile.
+    // SAFETY: as above.
+    unsafe {
+        std::env::set_var("PARLA_TRACE", "");
+        std::env::set_var("PARLA_PROFILE", "");
+    }
+    let d = support::cpu(1);
+    let traced = d.profile_summary().is_some();
+    run(&d, "D", 2).unwrap();
+    drop(d);
+    // SAFETY: as above.
+    unsafe {
+        std::env::remove_var("PARLA_TRACE");
+        std::env::remove_var("PARLA_PROFILE");
+    }
+    assert!(!traced, "PARLA_PROFILE= (empty) asked for a profile");
 }

@@ -128,7 +128,7 @@ impl Builder {
 
     /// Streams a Perfetto / Chrome trace of every task to `path`, closed when the runtime
     /// shuts down (see [`crate::trace`] for what it holds). The `PARLA_TRACE` environment
-    /// variable does the same without code changes. The runtime then sends its tasks'
+    /// variable does the same without code changes (set empty, it counts as unset). The runtime then sends its tasks'
     /// events, and the spans made inside them, to a subscriber of its own; to keep yours,
     /// add [`crate::trace::layer`] to it instead. [`build`](Self::build) fails with
     /// [`Error::Config`] if the file cannot be created (from `PARLA_TRACE`, a warning is
@@ -216,8 +216,8 @@ impl Builder {
         let asked = self.trace.is_some();
         let trace_path = self
             .trace
-            .or_else(|| std::env::var_os("PARLA_TRACE").map(|p| env_trace_path(p.into())));
-        let profile = self.profile || std::env::var_os("PARLA_PROFILE").is_some_and(|v| v != "0");
+            .or_else(|| env_set("PARLA_TRACE").map(|p| env_trace_path(p.into())));
+        let profile = self.profile || env_set("PARLA_PROFILE").is_some_and(|v| v != "0");
         #[cfg(feature = "tracing")]
         let trace = match (trace_path.is_some() || profile)
             .then(|| crate::trace::RtTrace::new(trace_path.clone(), profile))
@@ -358,6 +358,12 @@ fn system_memory() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(16 << 30, |kb| kb * 1024)
+}
+
+/// The environment variable `name`, if it is set to something: set empty (`PARLA_TRACE=`),
+/// it counts as unset, as most tools take it.
+fn env_set(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
 }
 
 /// The file a runtime traced through `PARLA_TRACE` writes: the path as given for the first
