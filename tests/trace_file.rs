@@ -349,3 +349,82 @@ fn runtimes_given_one_trace_path_at_once_write_a_file_each() {
     assert!(other.contains_key("B[19]") && !other.contains_key("A[0]"));
     let _ = std::fs::remove_file(&second);
 }
+
+/// Tasks that suspend (they sleep, and await a channel) among tasks that finish in one
+/// poll: on every track, slices nest or are apart, never overlap in part (trace viewers
+/// draw a track's slices as a stack); each task is one `task` slice, and a suspended
+/// one's polls are `poll` slices on the workers. (The slice of a task that suspended ran
+/// from its first poll to its completion on its first worker's track, across the tasks
+/// that worker ran meanwhile.)
+#[test]
+fn slices_on_a_track_nest_when_tasks_suspend() {
+    let path = support::trace_path("suspend");
+    let rt = support::traced(2, &path);
+    support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("S");
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            task(async move { rx.await.is_ok() }).id(t.at(100)).spawn();
+            for i in 0..8 {
+                task(async move {
+                    spin(Duration::from_micros(100));
+                    tokio::time::sleep(Duration::from_millis(2 + i % 3)).await;
+                    spin(Duration::from_micros(100));
+                })
+                .id(t.at(i))
+                .spawn();
+                for j in 0..4 {
+                    task(async { spin(Duration::from_micros(300)) })
+                        .id(t.at(10 + 4 * i + j))
+                        .spawn();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.send(()).unwrap();
+            (&t).await
+        })
+        .unwrap();
+        drop(rt);
+    });
+    let ev = events(&path);
+    let tasks = task_slices(&ev);
+    assert_eq!(tasks.len(), 8 + 32 + 1, "one slice per task");
+    let polls = |name: &str| {
+        ev.iter()
+            .filter(|e| e["ph"] == "X" && e["cat"] == "poll" && e["name"] == name)
+            .count()
+    };
+    for i in (0..8).chain([100]) {
+        assert!(polls(&format!("S[{i}]")) >= 2, "S[{i}] suspended: {ev:?}");
+    }
+    assert_eq!(
+        polls("S[10]"),
+        0,
+        "a task done in one poll has no poll slices"
+    );
+    // Each track's slices: start, end, and what it is.
+    type Slice = (f64, f64, String);
+    let mut tracks: HashMap<(u64, u64), Vec<Slice>> = HashMap::new();
+    for e in ev.iter().filter(|e| e["ph"] == "X") {
+        let (ts, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
+        let key = (e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap());
+        let what = format!("{} {}", e["cat"], e["name"]);
+        tracks.entry(key).or_default().push((ts, ts + dur, what));
+    }
+    // (Times are in microseconds with three decimals.)
+    const EPS: f64 = 0.002;
+    for (track, slices) in &tracks {
+        for (k, a) in slices.iter().enumerate() {
+            for b in &slices[k + 1..] {
+                let apart = a.1 <= b.0 + EPS || b.1 <= a.0 + EPS;
+                let nested = (a.0 <= b.0 + EPS && b.1 <= a.1 + EPS)
+                    || (b.0 <= a.0 + EPS && a.1 <= b.1 + EPS);
+                assert!(
+                    apart || nested,
+                    "on track {track:?}, {a:?} and {b:?} overlap"
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}

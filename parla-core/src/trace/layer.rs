@@ -3,11 +3,19 @@
 //!
 //! The trace has a process per device class: `CPU workers` (pid 0, a thread per worker)
 //! and one per GPU (pid `n + 1`, a thread per stream). Each task is one complete slice
-//! (`"cat": "task"`): a CPU task (or a virtual GPU's) on the worker that first polled it,
-//! from that poll to its completion; a GPU task on its stream, timed by CUDA events around
-//! its work, with its host side as a `launch` slice on the worker. A task that never ran is
-//! a zero-length slice on its device's `never ran` track (tid 0). Dependencies are flow
-//! arrows; user spans inside a task body are slices nested in it.
+//! (`"cat": "task"`):
+//! - a CPU task (or a virtual GPU's) that finished in one poll: on the worker that polled
+//!   it, from that poll to its completion;
+//! - a CPU task that suspended (its body awaited something not ready): from its first poll
+//!   to its completion, on a `tasks that waited` track (tids from 2^20; slices there never
+//!   overlap), each of its polls a `poll` slice on the worker that ran it. So the slices
+//!   on a worker's track never overlap but nest, as trace viewers expect;
+//! - a GPU task: on its stream, timed by CUDA events around its work, with its host side
+//!   as a `launch` slice on the worker;
+//! - a task that never ran: a zero-length slice on its device's `never ran` track (tid 0).
+//!
+//! Dependencies are flow arrows; user spans inside a task body are slices nested in its
+//! poll.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -34,6 +42,9 @@ const SCHED_TARGET: &str = "parla::sched";
 const CPU_PID: u64 = 0;
 /// A device's track for tasks that never ran.
 const NOT_RUN_TID: u64 = 0;
+/// The first track of the CPU workers' process for tasks that suspended (after the
+/// workers' own, numbered from 1).
+const WAITED_TID: u64 = 1 << 20;
 
 /// Options of a [`TraceLayer`]: a trace file, a summary printed at the end, or both.
 #[derive(Debug, Clone, Default)]
@@ -70,6 +81,7 @@ impl Trace {
                 out,
                 tracks: HashMap::new(),
                 named: HashSet::new(),
+                waited: Vec::new(),
                 stats: Stats::default(),
             }),
             edges: AtomicU64::new(1),
@@ -179,6 +191,8 @@ struct State {
     tracks: HashMap<ThreadId, u64>,
     /// Processes (`(pid, u64::MAX)`) and threads already named in the file.
     named: HashSet<(u64, u64)>,
+    /// The tracks of tasks that suspended: where the last slice written on each ends.
+    waited: Vec<u64>,
     stats: Stats,
 }
 
@@ -194,6 +208,21 @@ impl State {
         let name = format!("{} {k}", t.name().unwrap_or("thread"));
         self.name_track(CPU_PID, k, || name);
         k
+    }
+
+    /// A track of tasks that suspended with room for a slice from `ts` to `to`, for a task
+    /// finishing now: every slice written so far ends by now, so a track whose last slice
+    /// ends by `ts` has none that overlaps.
+    fn waited_track(&mut self, ts: u64, to: u64) -> u64 {
+        let i = match self.waited.iter().position(|&end| end <= ts) {
+            Some(i) => i,
+            None => {
+                self.waited.push(0);
+                self.waited.len() - 1
+            }
+        };
+        self.waited[i] = to;
+        WAITED_TID + i as u64
     }
 
     /// Writes the names of process `pid` and its thread `tid` the first time they appear.
@@ -250,6 +279,12 @@ struct TaskRec {
     body_end: Option<u64>,
     /// The worker track of its first poll.
     track: Option<u64>,
+    /// The poll under way: its start and worker track.
+    polling: Option<(u64, u64)>,
+    /// Polls that ended. The first is kept here (start, end, track) until a second shows
+    /// that the task suspended; from then on each is written as it ends.
+    polls: u64,
+    first_poll: Option<(u64, u64, u64)>,
     device: Option<String>,
     vcu: Option<f64>,
     mem: Option<u64>,
@@ -348,6 +383,9 @@ where
                 started: None,
                 body_end: None,
                 track: None,
+                polling: None,
+                polls: 0,
+                first_poll: None,
                 device: None,
                 vcu: None,
                 mem: None,
@@ -370,15 +408,23 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id)
-            && let Some(u) = span.extensions_mut().get_mut::<UserRec>()
-        {
+        let Some(span) = ctx.span(id) else { return };
+        let mut e = span.extensions_mut();
+        if let Some(u) = e.get_mut::<UserRec>() {
             u.enters.push(now_ns());
+        } else if let Some(r) = e.get_mut::<TaskRec>() {
+            // A task's span is entered for each poll of its body.
+            let track = self.shared.state.lock().thread_track();
+            r.polling = Some((now_ns(), track));
         }
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
+        if let Some(r) = span.extensions_mut().get_mut::<TaskRec>() {
+            self.poll_ended(r);
+            return;
+        }
         let Some(from) = span
             .extensions_mut()
             .get_mut::<UserRec>()
@@ -483,6 +529,25 @@ impl TraceLayer {
         }
     }
 
+    /// A poll of `r`'s body ended: kept if it is the first, else written, with the first
+    /// if this is the second (the task suspended: see the module's docs).
+    fn poll_ended(&self, r: &mut TaskRec) {
+        let Some((from, track)) = r.polling.take() else {
+            return;
+        };
+        let poll = (from, now_ns(), track);
+        r.polls += 1;
+        if r.polls == 1 {
+            r.first_poll = Some(poll);
+            return;
+        }
+        let mut s = self.shared.state.lock();
+        if let Some(first) = r.first_poll.take() {
+            s.write(poll_slice(r, 1, first));
+        }
+        s.write(poll_slice(r, r.polls, poll));
+    }
+
     /// The task finished (`error`: how it failed): writes its slice and arrows, and counts
     /// it.
     fn completed<S>(&self, span: &SpanRef<'_, S>, error: Option<String>, end: u64)
@@ -499,10 +564,18 @@ impl TraceLayer {
             .strip_prefix("gpu:")
             .and_then(|n| n.parse::<u64>().ok())
             .map(|n| n + 1);
+        // Suspended: polled again, or stopped (aborted, cancelled) after a poll that left it
+        // waiting.
+        let suspended = r.polls > 1 || (r.polls == 1 && r.body_end.is_none());
+        let mut s = self.shared.state.lock();
+        if suspended && let Some(first) = r.first_poll.take() {
+            s.write(poll_slice(r, 1, first));
+        }
         // Where the task's slice goes and what it covers.
         let (pid, tid, ts, to) = match (r.started, r.gpu, gpu_pid) {
             (Some(_), Some((a, b, stream)), Some(pid)) => (pid, (stream & 0xffff_ffff) + 1, a, b),
-            (Some(s), _, _) => (CPU_PID, r.track.unwrap_or(0), s, end),
+            (Some(a), _, _) if suspended => (CPU_PID, s.waited_track(a, end), a, end),
+            (Some(a), _, _) => (CPU_PID, r.track.unwrap_or(0), a, end),
             (None, _, _) => (gpu_pid.unwrap_or(CPU_PID), NOT_RUN_TID, end, end),
         };
         let chain = r.deps_chain.load(Ordering::Relaxed) + (to - ts);
@@ -543,9 +616,9 @@ impl TraceLayer {
             args["host_start_us"] = json!(r.started.map(us));
             args["host_end_us"] = json!(us(end));
         }
-        let mut s = self.shared.state.lock();
         let track_name = || match (pid, tid) {
             (_, NOT_RUN_TID) => "never ran".to_string(),
+            (CPU_PID, t) if t >= WAITED_TID => format!("tasks that waited {}", t - WAITED_TID + 1),
             (CPU_PID, t) => format!("worker {t}"),
             (_, t) => format!("stream {}", t - 1),
         };
@@ -556,6 +629,7 @@ impl TraceLayer {
         }));
         if gpu_pid.is_some()
             && r.gpu.is_some()
+            && !suspended
             && let (Some(a), Some(track)) = (r.started, r.track)
         {
             let b = r.body_end.unwrap_or(end).max(a);
@@ -583,6 +657,15 @@ impl TraceLayer {
             chain,
         });
     }
+}
+
+/// Poll `k` (from 1) of a task that suspended, `(start, end, worker track)`: a `poll`
+/// slice on the worker.
+fn poll_slice(r: &TaskRec, k: u64, (from, to, track): (u64, u64, u64)) -> Value {
+    json!({
+        "name": r.name, "cat": "poll", "ph": "X", "pid": CPU_PID, "tid": track,
+        "ts": us(from), "dur": us(to.saturating_sub(from)), "args": {"poll": k},
+    })
 }
 
 /// One end of a dependency arrow (`"s"` at the dependency, `"f"` at the dependent), bound
