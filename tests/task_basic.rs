@@ -309,7 +309,7 @@ fn iterators_of_handles_are_dependencies() {
                 hs.values()
             );
             after!(
-                hs = vec![batch(2), batch(2)],
+                hs = [batch(2), batch(2)],
                 4,
                 hs.iter().flat_map(|v| v.iter())
             );
