@@ -428,3 +428,31 @@ fn slices_on_a_track_nest_when_tasks_suspend() {
     }
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
+
+/// A CPU task that waits (a sleep between two short spins) keeps the CPU busy only while
+/// it is polled: the summary's busy time is its polls, not its whole life.
+#[test]
+fn a_task_that_waits_is_not_busy_while_it_waits() {
+    let rt = parla::Runtime::builder()
+        .cpu_threads(1)
+        .profile(true)
+        .build()
+        .unwrap();
+    let rt = support::within(30, move || {
+        rt.block_on(async {
+            task(async {
+                spin(Duration::from_millis(1));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                spin(Duration::from_millis(1));
+            })
+            .await
+            .unwrap();
+        });
+        rt
+    });
+    let s = rt.profile_summary().expect("profiling is on");
+    let cpu = s.devices.iter().find(|d| d.device == "cpu:0").expect("cpu");
+    assert_eq!(cpu.tasks, 1, "{s}");
+    assert!(s.makespan >= Duration::from_millis(100), "{s}");
+    assert!(cpu.busy > 0.0 && cpu.busy < 0.5, "busy while it slept: {s}");
+}

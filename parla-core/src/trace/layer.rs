@@ -40,6 +40,8 @@ const TASK_TARGET: &str = "parla::task";
 const SCHED_TARGET: &str = "parla::sched";
 /// The CPU workers' process.
 const CPU_PID: u64 = 0;
+/// The device of a task mapped nowhere yet.
+const CPU_DEVICE: &str = "cpu:0";
 /// A device's track for tasks that never ran.
 const NOT_RUN_TID: u64 = 0;
 /// The first track of the CPU workers' process for tasks that suspended (after the
@@ -543,9 +545,9 @@ impl TraceLayer {
         }
         let mut s = self.shared.state.lock();
         if let Some(first) = r.first_poll.take() {
-            s.write(poll_slice(r, 1, first));
+            write_poll(&mut s, r, 1, first);
         }
-        s.write(poll_slice(r, r.polls, poll));
+        write_poll(&mut s, r, r.polls, poll);
     }
 
     /// The task finished (`error`: how it failed): writes its slice and arrows, and counts
@@ -559,7 +561,7 @@ impl TraceLayer {
             return;
         };
         let ran = r.started.is_some();
-        let device = r.device.clone().unwrap_or_else(|| "cpu:0".into());
+        let device = r.device.clone().unwrap_or_else(|| CPU_DEVICE.into());
         let gpu_pid = device
             .strip_prefix("gpu:")
             .and_then(|n| n.parse::<u64>().ok())
@@ -569,7 +571,7 @@ impl TraceLayer {
         let suspended = r.polls > 1 || (r.polls == 1 && r.body_end.is_none());
         let mut s = self.shared.state.lock();
         if suspended && let Some(first) = r.first_poll.take() {
-            s.write(poll_slice(r, 1, first));
+            write_poll(&mut s, r, 1, first);
         }
         // Where the task's slice goes and what it covers.
         let (pid, tid, ts, to) = match (r.started, r.gpu, gpu_pid) {
@@ -653,19 +655,29 @@ impl TraceLayer {
             admitted: r.admitted,
             started: r.started,
             end,
-            busy: ran.then_some((ts, to)),
+            // (A suspended task on the CPU: its polls, counted as they were written.)
+            busy: (ran && !(suspended && on_cpu(r))).then_some((ts, to)),
             chain,
         });
     }
 }
 
-/// Poll `k` (from 1) of a task that suspended, `(start, end, worker track)`: a `poll`
-/// slice on the worker.
-fn poll_slice(r: &TaskRec, k: u64, (from, to, track): (u64, u64, u64)) -> Value {
-    json!({
+/// Writes poll `k` (from 1) of a task that suspended, `(start, end, worker track)`: a
+/// `poll` slice on the worker; on the CPU, counted as busy time too.
+fn write_poll(s: &mut State, r: &TaskRec, k: u64, (from, to, track): (u64, u64, u64)) {
+    s.write(json!({
         "name": r.name, "cat": "poll", "ph": "X", "pid": CPU_PID, "tid": track,
         "ts": us(from), "dur": us(to.saturating_sub(from)), "args": {"poll": k},
-    })
+    }));
+    if on_cpu(r) {
+        s.stats
+            .busy(r.device.as_deref().unwrap_or(CPU_DEVICE), from, to);
+    }
+}
+
+/// Whether `r`'s task runs on the CPU (a GPU task's busy time is its GPU work).
+fn on_cpu(r: &TaskRec) -> bool {
+    !r.device.as_deref().is_some_and(|d| d.starts_with("gpu:"))
 }
 
 /// One end of a dependency arrow (`"s"` at the dependency, `"f"` at the dependent), bound

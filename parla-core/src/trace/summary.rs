@@ -31,8 +31,9 @@ pub struct DeviceSummary {
     /// Of those, how many failed.
     pub failed: u64,
     /// The fraction of the makespan during which at least one task ran on it: on a GPU,
-    /// while its kernels ran (CUDA event times); elsewhere, from a task's first poll to its
-    /// completion.
+    /// while its kernels ran (CUDA event times); on the CPU, while a task was polled (to
+    /// its completion; a task that suspends is not busy while it waits); on a virtual GPU,
+    /// from a task's first poll to its completion.
     pub busy: f64,
 }
 
@@ -211,7 +212,8 @@ pub(crate) struct TaskTimes<'a> {
     pub(crate) admitted: Option<u64>,
     pub(crate) started: Option<u64>,
     pub(crate) end: u64,
-    /// When it kept its device busy.
+    /// When it kept its device busy (`None` also for a task whose polls were counted one
+    /// by one: [`Stats::busy`]).
     pub(crate) busy: Option<(u64, u64)>,
     /// The longest chain of tasks ending with this one.
     pub(crate) chain: u64,
@@ -268,14 +270,7 @@ impl Stats {
         }
         self.run += 1;
         self.failed += t.failed as u64;
-        let dev = match self.devices.iter().position(|(n, _)| n == t.device) {
-            Some(i) => &mut self.devices[i].1,
-            None => {
-                self.devices
-                    .push((t.device.to_string(), DevStats::default()));
-                &mut self.devices.last_mut().expect("just pushed").1
-            }
-        };
+        let dev = self.device(t.device);
         dev.tasks += 1;
         dev.failed += t.failed as u64;
         if let Some((a, b)) = t.busy {
@@ -290,6 +285,22 @@ impl Stats {
         gap(&mut self.deps, Some(t.spawn), t.ready);
         gap(&mut self.admission, t.ready, t.admitted);
         gap(&mut self.worker, t.admitted, t.started);
+    }
+
+    /// A poll of a task on `device` kept it busy from `from` to `to` (a task that suspends
+    /// is busy in its polls, not while it waits).
+    pub(crate) fn busy(&mut self, device: &str, from: u64, to: u64) {
+        self.device(device).busy.add(from, to);
+    }
+
+    fn device(&mut self, name: &str) -> &mut DevStats {
+        match self.devices.iter().position(|(n, _)| n == name) {
+            Some(i) => &mut self.devices[i].1,
+            None => {
+                self.devices.push((name.to_string(), DevStats::default()));
+                &mut self.devices.last_mut().expect("just pushed").1
+            }
+        }
     }
 
     /// A worker's report: `driver_ns` spent running tasks, `body_ns` of it in their bodies.
