@@ -231,6 +231,13 @@ impl fmt::Debug for DepList {
 }
 
 /// What [`TaskBuilder::after`](super::TaskBuilder::after) accepts.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a dependency that `.after(..)` takes",
+    label = "not a dependency",
+    note = "dependencies are task ids (`t.at(i)`), task handles by reference (`.after(&h)`), \
+            ranges (`t.range(0..n)`), spaces (`&t`), and arrays, `Vec`s, slices and the \
+            standard library's iterators of those; `parla::deps(..)` takes any other iterator"
+)]
 pub trait IntoDeps {
     /// Appends the dependencies to `out`.
     #[doc(hidden)]
