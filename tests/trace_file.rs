@@ -456,3 +456,49 @@ fn a_task_that_waits_is_not_busy_while_it_waits() {
     assert!(s.makespan >= Duration::from_millis(100), "{s}");
     assert!(cpu.busy > 0.0 && cpu.busy < 0.5, "busy while it slept: {s}");
 }
+
+/// A future that a task starts with `tokio::spawn` inside the task's span
+/// (`in_current_span`) enters that span as it runs, after the task finished too: the trace
+/// still counts only the task's own polls. The task, done in one poll, stays on its
+/// worker's track with no `poll` slices.
+#[test]
+fn futures_in_a_tasks_span_are_not_its_polls() {
+    use tracing::Instrument;
+    let path = support::trace_path("in-span");
+    let rt = support::traced(2, &path);
+    support::within(30, move || {
+        rt.block_on(async {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let t = TaskSpace::new("Parent");
+            let child = task(async move {
+                let h = tokio::spawn(
+                    async move {
+                        for _ in 0..3 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        let _ = tx.send(());
+                    }
+                    .in_current_span(),
+                );
+                drop(h);
+            })
+            .id(t.at(0))
+            .spawn();
+            child.await.unwrap();
+            rx.await.unwrap();
+        });
+        drop(rt);
+    });
+    let ev = events(&path);
+    let parent = &task_slices(&ev)["Parent[0]"];
+    assert!(
+        parent["tid"].as_u64().unwrap() < 1 << 20,
+        "on a worker's track: {parent}"
+    );
+    let polls = ev
+        .iter()
+        .filter(|e| e["cat"] == "poll" && e["name"] == "Parent[0]")
+        .count();
+    assert_eq!(polls, 0, "{ev:?}");
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}

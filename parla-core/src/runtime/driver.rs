@@ -627,11 +627,18 @@ impl Driver {
         let outer = crate::trace::cpu_ns();
         let mut body = 0;
         let p = self.rt.in_trace(|| {
-            let _span = t.span.enter();
-            let from = crate::trace::cpu_ns();
-            // SAFETY: as in `poll_body`.
-            let p = unsafe { task.poll_body(cx) };
-            body = crate::trace::cpu_ns().saturating_sub(from);
+            let since = crate::trace::now_ns();
+            let p = {
+                let _span = t.span.enter();
+                let from = crate::trace::cpu_ns();
+                // SAFETY: as in `poll_body`.
+                let p = unsafe { task.poll_body(cx) };
+                body = crate::trace::cpu_ns().saturating_sub(from);
+                p
+            };
+            // Each poll, with when it began: the trace draws a task that suspends poll by
+            // poll (see `trace::layer`).
+            tracing::trace!(target: "parla::task", parent: &t.span, step = "polled", since);
             p
         });
         // Entering the span is the trace's time, not the runtime's.

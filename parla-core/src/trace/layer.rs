@@ -281,8 +281,6 @@ struct TaskRec {
     body_end: Option<u64>,
     /// The worker track of its first poll.
     track: Option<u64>,
-    /// The poll under way: its start and worker track.
-    polling: Option<(u64, u64)>,
     /// Polls that ended. The first is kept here (start, end, track) until a second shows
     /// that the task suspended; from then on each is written as it ends.
     polls: u64,
@@ -319,6 +317,8 @@ struct Fields {
     gpu_start: Option<u64>,
     gpu_end: Option<u64>,
     stream: Option<u64>,
+    /// When a poll began (a `polled` step).
+    since: Option<u64>,
     driver_ns: Option<u64>,
     body_ns: Option<u64>,
 }
@@ -340,6 +340,7 @@ impl Visit for Fields {
             "gpu_end" => &mut self.gpu_end,
             "stream" => &mut self.stream,
             "driver_ns" => &mut self.driver_ns,
+            "since" => &mut self.since,
             "body_ns" => &mut self.body_ns,
             _ => return,
         };
@@ -385,7 +386,6 @@ where
                 started: None,
                 body_end: None,
                 track: None,
-                polling: None,
                 polls: 0,
                 first_poll: None,
                 device: None,
@@ -410,23 +410,15 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut e = span.extensions_mut();
-        if let Some(u) = e.get_mut::<UserRec>() {
+        if let Some(span) = ctx.span(id)
+            && let Some(u) = span.extensions_mut().get_mut::<UserRec>()
+        {
             u.enters.push(now_ns());
-        } else if let Some(r) = e.get_mut::<TaskRec>() {
-            // A task's span is entered for each poll of its body.
-            let track = self.shared.state.lock().thread_track();
-            r.polling = Some((now_ns(), track));
         }
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        if let Some(r) = span.extensions_mut().get_mut::<TaskRec>() {
-            self.poll_ended(r);
-            return;
-        }
         let Some(from) = span
             .extensions_mut()
             .get_mut::<UserRec>()
@@ -483,6 +475,11 @@ where
                         r.track = Some(self.shared.state.lock().thread_track());
                     }
                     "body_finished" => r.body_end = Some(now),
+                    "polled" => {
+                        if let Some(from) = f.since {
+                            self.polled(r, from, now);
+                        }
+                    }
                     "gpu_finished" => {
                         if let (Some(a), Some(b), Some(s)) = (f.gpu_start, f.gpu_end, f.stream) {
                             r.gpu = Some((a, b.max(a), s));
@@ -531,19 +528,17 @@ impl TraceLayer {
         }
     }
 
-    /// A poll of `r`'s body ended: kept if it is the first, else written, with the first
-    /// if this is the second (the task suspended: see the module's docs).
-    fn poll_ended(&self, r: &mut TaskRec) {
-        let Some((from, track)) = r.polling.take() else {
-            return;
-        };
-        let poll = (from, now_ns(), track);
+    /// A poll of `r`'s body ran from `from` to `to` on this thread: kept if it is the
+    /// first, else written, with the first if this is the second (the task suspended: see
+    /// the module's docs).
+    fn polled(&self, r: &mut TaskRec, from: u64, to: u64) {
+        let mut s = self.shared.state.lock();
+        let poll = (from.min(to), to, s.thread_track());
         r.polls += 1;
         if r.polls == 1 {
             r.first_poll = Some(poll);
             return;
         }
-        let mut s = self.shared.state.lock();
         if let Some(first) = r.first_poll.take() {
             write_poll(&mut s, r, 1, first);
         }
