@@ -502,3 +502,55 @@ fn futures_in_a_tasks_span_are_not_its_polls() {
     assert_eq!(polls, 0, "{ev:?}");
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
+
+/// A dependent that fails early (another of its dependencies panicked) while one of its
+/// dependencies has not started yet: no arrow points back in time, and every arrow has
+/// both ends. (The late dependency's arrow started after the dependent's end.)
+#[test]
+fn dependency_arrows_never_point_back_in_time() {
+    let path = support::trace_path("arrows");
+    let rt = support::traced(2, &path);
+    support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("B");
+            let (open, shut) = tokio::sync::oneshot::channel::<()>();
+            task(async move { shut.await.is_ok() })
+                .id(t.at("gate"))
+                .spawn();
+            task(async {}).id(t.at("late")).after(t.at("gate")).spawn();
+            task(async { panic!("early failure") })
+                .id(t.at("bad"))
+                .spawn();
+            let dependent = task(async {})
+                .id(t.at("dependent"))
+                .after([t.at("late"), t.at("bad")])
+                .await;
+            assert!(dependent.is_err());
+            // Only now does the late dependency run.
+            open.send(()).unwrap();
+            let _ = (&t).await;
+        });
+        drop(rt);
+    });
+    let ev = events(&path);
+    let ends = |ph: &str| -> HashMap<u64, f64> {
+        ev.iter()
+            .filter(|e| e["ph"] == ph)
+            .map(|e| (e["id"].as_u64().unwrap(), e["ts"].as_f64().unwrap()))
+            .collect()
+    };
+    let (from, to) = (ends("s"), ends("f"));
+    let mut ids: Vec<_> = from.keys().collect();
+    ids.sort();
+    let mut ends_at: Vec<_> = to.keys().collect();
+    ends_at.sort();
+    assert_eq!(ids, ends_at, "every arrow has both ends: {ev:?}");
+    assert!(!ids.is_empty(), "the arrows of the tasks that ran: {ev:?}");
+    for (id, s) in &from {
+        assert!(
+            *s <= to[id] + 0.002,
+            "arrow {id} points back in time: {ev:?}"
+        );
+    }
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}

@@ -84,6 +84,8 @@ impl Trace {
                 tracks: HashMap::new(),
                 named: HashSet::new(),
                 waited: Vec::new(),
+                sourced: HashSet::new(),
+                orphaned: HashSet::new(),
                 stats: Stats::default(),
             }),
             edges: AtomicU64::new(1),
@@ -195,6 +197,12 @@ struct State {
     named: HashSet<(u64, u64)>,
     /// The tracks of tasks that suspended: where the last slice written on each ends.
     waited: Vec<u64>,
+    /// Dependency arrows whose start is written and whose end is not yet (the dependent
+    /// has not finished).
+    sourced: HashSet<u64>,
+    /// Arrows left out: the dependent finished (failed by another dependency, aborted)
+    /// before the dependency did, and the arrow would point back in time.
+    orphaned: HashSet<u64>,
     stats: Stats,
 }
 
@@ -225,6 +233,25 @@ impl State {
         };
         self.waited[i] = to;
         WAITED_TID + i as u64
+    }
+
+    /// The start of arrow `edge`, at its dependency's slice, unless its dependent finished
+    /// first (the arrow is left out).
+    fn arrow_from(&mut self, edge: u64, at: Placed) {
+        if !self.orphaned.remove(&edge) {
+            self.sourced.insert(edge);
+            self.write(flow("s", edge, at));
+        }
+    }
+
+    /// The end of arrow `edge`, at its dependent's slice, if its start was written;
+    /// otherwise the arrow is left out (its dependency has not finished).
+    fn arrow_to(&mut self, edge: u64, at: Placed) {
+        if self.sourced.remove(&edge) {
+            self.write(flow("f", edge, at));
+        } else {
+            self.orphaned.insert(edge);
+        }
     }
 
     /// Writes the names of process `pid` and its thread `tid` the first time they appear.
@@ -518,7 +545,7 @@ impl TraceLayer {
             match d.done {
                 Some(p) => {
                     mine.fetch_max(p.chain, Ordering::Relaxed);
-                    self.shared.state.lock().write(flow("s", edge, p));
+                    self.shared.state.lock().arrow_from(edge, p);
                 }
                 None => d.outs.push((edge, mine)),
             }
@@ -636,10 +663,10 @@ impl TraceLayer {
             }));
         }
         for &edge in &r.ins {
-            s.write(flow("f", edge, placed));
+            s.arrow_to(edge, placed);
         }
         for (edge, _) in outs {
-            s.write(flow("s", edge, placed));
+            s.arrow_from(edge, placed);
         }
         s.stats.task(TaskTimes {
             device: &device,
