@@ -115,10 +115,21 @@ fn read_events(text: &str) -> Result<Vec<Value>, String> {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            // XML has no way to write most control characters, even as references: they
+            // are shown as Rust writes them (`\u{1b}`).
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The kind of a task, for its colour: its task space and the first part of its key when
@@ -407,6 +418,15 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Task names come from users' keys, control characters included (`t.at("a\u{1b}b")`):
+    /// the SVG stays well-formed XML.
+    #[test]
+    fn names_with_control_characters_are_written_as_text() {
+        let e = escape("a\u{1b}[1m<b>&\"q\"\u{0}\tz");
+        assert_eq!(e, "a\\u{1b}[1m&lt;b&gt;&amp;&quot;q&quot;\\u{0}\tz");
+        assert!(!e.chars().any(|c| c.is_control() && c != '\t'));
+    }
 
     #[test]
     fn kinds_come_from_the_space_and_a_word_key() {
