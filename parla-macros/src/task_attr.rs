@@ -55,6 +55,20 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             "#[task] functions cannot take `self`: a task's future must own its data ('static)",
         ));
     }
+    // A borrowed parameter would make the task's future borrow: say so here, rather than
+    // leave the compiler's "borrowed data escapes" on the attribute.
+    for a in &f.sig.inputs {
+        if let FnArg::Typed(t) = a
+            && let syn::Type::Reference(r) = &*t.ty
+            && r.lifetime.as_ref().is_none_or(|l| l.ident != "static")
+        {
+            return Err(err(
+                r.span(),
+                "#[task] parameters cannot borrow: a task's future must own its data ('static); \
+                 take an owned value (`String`, `Vec<T>`, `Arc<T>`) or clone it at the call",
+            ));
+        }
+    }
     let params: Vec<String> = f
         .sig
         .inputs

@@ -1,0 +1,6 @@
+#[parla::task]
+async fn count(s: &str) -> usize {
+    s.len()
+}
+
+fn main() {}
