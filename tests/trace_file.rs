@@ -38,6 +38,35 @@ fn spin(d: Duration) {
     }
 }
 
+/// On every track, the trace's slices nest or are apart, never overlap in part (trace
+/// viewers draw a track's slices as a stack).
+fn assert_tracks_nest(ev: &[Value]) {
+    // Each track's slices: start, end, and what it is.
+    type Slice = (f64, f64, String);
+    let mut tracks: HashMap<(u64, u64), Vec<Slice>> = HashMap::new();
+    for e in ev.iter().filter(|e| e["ph"] == "X") {
+        let (ts, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
+        let key = (e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap());
+        let what = format!("{} {}", e["cat"], e["name"]);
+        tracks.entry(key).or_default().push((ts, ts + dur, what));
+    }
+    // (Times are in microseconds with three decimals.)
+    const EPS: f64 = 0.002;
+    for (track, slices) in &tracks {
+        for (k, a) in slices.iter().enumerate() {
+            for b in &slices[k + 1..] {
+                let apart = a.1 <= b.0 + EPS || b.1 <= a.0 + EPS;
+                let nested = (a.0 <= b.0 + EPS && b.1 <= a.1 + EPS)
+                    || (b.0 <= a.0 + EPS && a.1 <= b.1 + EPS);
+                assert!(
+                    apart || nested,
+                    "on track {track:?}, {a:?} and {b:?} overlap"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_trace_has_one_slice_per_task_with_its_outcome_and_arrows() {
     let path = support::trace_path("trace");
@@ -402,30 +431,7 @@ fn slices_on_a_track_nest_when_tasks_suspend() {
         0,
         "a task done in one poll has no poll slices"
     );
-    // Each track's slices: start, end, and what it is.
-    type Slice = (f64, f64, String);
-    let mut tracks: HashMap<(u64, u64), Vec<Slice>> = HashMap::new();
-    for e in ev.iter().filter(|e| e["ph"] == "X") {
-        let (ts, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
-        let key = (e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap());
-        let what = format!("{} {}", e["cat"], e["name"]);
-        tracks.entry(key).or_default().push((ts, ts + dur, what));
-    }
-    // (Times are in microseconds with three decimals.)
-    const EPS: f64 = 0.002;
-    for (track, slices) in &tracks {
-        for (k, a) in slices.iter().enumerate() {
-            for b in &slices[k + 1..] {
-                let apart = a.1 <= b.0 + EPS || b.1 <= a.0 + EPS;
-                let nested = (a.0 <= b.0 + EPS && b.1 <= a.1 + EPS)
-                    || (b.0 <= a.0 + EPS && a.1 <= b.1 + EPS);
-                assert!(
-                    apart || nested,
-                    "on track {track:?}, {a:?} and {b:?} overlap"
-                );
-            }
-        }
-    }
+    assert_tracks_nest(&ev);
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
 
@@ -552,5 +558,52 @@ fn dependency_arrows_never_point_back_in_time() {
             "arrow {id} points back in time: {ev:?}"
         );
     }
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
+/// A span entered in a task and left after an `.await` (its guard held across it), while
+/// other tasks run on the workers: it is an asynchronous slice of its own (`b` and `e`),
+/// not a slice of a worker's track reaching over the tasks run in between; a span entered
+/// and left in one poll stays a slice nested in that poll.
+#[test]
+fn a_span_held_across_an_await_is_no_slice_of_a_worker() {
+    let path = support::trace_path("guard");
+    let rt = support::traced(2, &path);
+    support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("G");
+            for i in 0..4 {
+                task(async move {
+                    let span = tracing::info_span!("held");
+                    let _g = span.enter();
+                    spin(Duration::from_micros(100));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    spin(Duration::from_micros(100));
+                    drop(_g);
+                    tracing::info_span!("inside").in_scope(|| spin(Duration::from_micros(50)));
+                })
+                .id(t.at(i))
+                .spawn();
+                for j in 0..4 {
+                    task(async { spin(Duration::from_micros(300)) })
+                        .id(t.at(10 + 4 * i + j))
+                        .spawn();
+                }
+            }
+            (&t).await
+        })
+        .unwrap();
+        drop(rt);
+    });
+    let ev = events(&path);
+    assert_tracks_nest(&ev);
+    let count = |ph: &str, name: &str| {
+        ev.iter()
+            .filter(|e| e["ph"] == ph && e["name"] == name)
+            .count()
+    };
+    assert_eq!((count("b", "held"), count("e", "held")), (4, 4), "{ev:?}");
+    assert_eq!(count("X", "held"), 0, "{ev:?}");
+    assert_eq!(count("X", "inside"), 4, "{ev:?}");
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }

@@ -14,8 +14,9 @@
 //!   as a `launch` slice on the worker;
 //! - a task that never ran: a zero-length slice on its device's `never ran` track (tid 0).
 //!
-//! Dependencies are flow arrows; user spans inside a task body are slices nested in its
-//! poll.
+//! Dependencies are flow arrows, drawn from a dependency that finished before its
+//! dependent; user spans inside a task body are slices nested in its poll, and one whose
+//! guard is held across an `.await` an asynchronous slice (`b` and `e`) of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -328,7 +329,18 @@ struct TaskRec {
 
 /// A user span under a task: its open entries.
 struct UserRec {
-    enters: Vec<u64>,
+    /// Its open entries: when, and how many polls its task had finished then.
+    enters: Vec<(u64, Option<u64>)>,
+}
+
+/// How many polls the task that `span` is inside had finished, if it is inside one.
+fn task_polls<S>(span: &SpanRef<'_, S>) -> Option<u64>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    span.scope()
+        .skip(1)
+        .find_map(|p| p.extensions().get::<TaskRec>().map(|r| r.polls))
 }
 
 /// The fields of a parla event or span.
@@ -437,16 +449,19 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id)
-            && let Some(u) = span.extensions_mut().get_mut::<UserRec>()
-        {
-            u.enters.push(now_ns());
+        let Some(span) = ctx.span(id) else { return };
+        if span.extensions().get::<UserRec>().is_none() {
+            return;
+        }
+        let polls = task_polls(&span);
+        if let Some(u) = span.extensions_mut().get_mut::<UserRec>() {
+            u.enters.push((now_ns(), polls));
         }
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let Some(from) = span
+        let Some((from, polls)) = span
             .extensions_mut()
             .get_mut::<UserRec>()
             .and_then(|u| u.enters.pop())
@@ -456,6 +471,19 @@ where
         let to = now_ns();
         let meta = span.metadata();
         let mut s = self.shared.state.lock();
+        if task_polls(&span) != polls {
+            // Entered in one poll of its task and left in a later one (a guard held across
+            // an `.await`): the worker ran other tasks in between, so the span is no slice
+            // of a worker's track but an asynchronous one of its own.
+            let id = span.id().into_u64();
+            for (ph, ts) in [("b", from), ("e", to)] {
+                s.write(json!({
+                    "name": meta.name(), "cat": "user", "ph": ph, "id": id, "pid": CPU_PID,
+                    "ts": us(ts), "args": {"target": meta.target()},
+                }));
+            }
+            return;
+        }
         let tid = s.thread_track();
         s.write(json!({
             "name": meta.name(), "cat": "user", "ph": "X", "pid": CPU_PID, "tid": tid,
