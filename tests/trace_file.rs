@@ -67,6 +67,23 @@ fn assert_tracks_nest(ev: &[Value]) {
     }
 }
 
+/// The trace of `body`, run by `block_on` on a traced runtime of 2 workers that is then
+/// dropped, parsed (its file removed).
+fn trace_of<F>(name: &str, body: impl FnOnce() -> F + Send + 'static) -> Vec<Value>
+where
+    F: std::future::Future<Output = ()>,
+{
+    let path = support::trace_path(name);
+    let rt = support::traced(2, &path);
+    support::within(30, move || {
+        rt.block_on(body());
+        drop(rt);
+    });
+    let ev = events(&path);
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    ev
+}
+
 #[test]
 fn a_trace_has_one_slice_per_task_with_its_outcome_and_arrows() {
     let path = support::trace_path("trace");
@@ -387,35 +404,28 @@ fn runtimes_given_one_trace_path_at_once_write_a_file_each() {
 /// that worker ran meanwhile.)
 #[test]
 fn slices_on_a_track_nest_when_tasks_suspend() {
-    let path = support::trace_path("suspend");
-    let rt = support::traced(2, &path);
-    support::within(30, move || {
-        rt.block_on(async {
-            let t = TaskSpace::new("S");
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            task(async move { rx.await.is_ok() }).id(t.at(100)).spawn();
-            for i in 0..8 {
-                task(async move {
-                    spin(Duration::from_micros(100));
-                    tokio::time::sleep(Duration::from_millis(2 + i % 3)).await;
-                    spin(Duration::from_micros(100));
-                })
-                .id(t.at(i))
-                .spawn();
-                for j in 0..4 {
-                    task(async { spin(Duration::from_micros(300)) })
-                        .id(t.at(10 + 4 * i + j))
-                        .spawn();
-                }
+    let ev = trace_of("suspend", || async {
+        let t = TaskSpace::new("S");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        task(async move { rx.await.is_ok() }).id(t.at(100)).spawn();
+        for i in 0..8 {
+            task(async move {
+                spin(Duration::from_micros(100));
+                tokio::time::sleep(Duration::from_millis(2 + i % 3)).await;
+                spin(Duration::from_micros(100));
+            })
+            .id(t.at(i))
+            .spawn();
+            for j in 0..4 {
+                task(async { spin(Duration::from_micros(300)) })
+                    .id(t.at(10 + 4 * i + j))
+                    .spawn();
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            tx.send(()).unwrap();
-            (&t).await
-        })
-        .unwrap();
-        drop(rt);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        tx.send(()).unwrap();
+        (&t).await.unwrap();
     });
-    let ev = events(&path);
     let tasks = task_slices(&ev);
     assert_eq!(tasks.len(), 8 + 32 + 1, "one slice per task");
     let polls = |name: &str| {
@@ -432,7 +442,6 @@ fn slices_on_a_track_nest_when_tasks_suspend() {
         "a task done in one poll has no poll slices"
     );
     assert_tracks_nest(&ev);
-    std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
 
 /// A CPU task that waits (a sleep between two short spins) keeps the CPU busy only while
@@ -470,32 +479,26 @@ fn a_task_that_waits_is_not_busy_while_it_waits() {
 #[test]
 fn futures_in_a_tasks_span_are_not_its_polls() {
     use tracing::Instrument;
-    let path = support::trace_path("in-span");
-    let rt = support::traced(2, &path);
-    support::within(30, move || {
-        rt.block_on(async {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let t = TaskSpace::new("Parent");
-            let child = task(async move {
-                let h = tokio::spawn(
-                    async move {
-                        for _ in 0..3 {
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                        let _ = tx.send(());
+    let ev = trace_of("in-span", || async {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let t = TaskSpace::new("Parent");
+        let child = task(async move {
+            let h = tokio::spawn(
+                async move {
+                    for _ in 0..3 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                    .in_current_span(),
-                );
-                drop(h);
-            })
-            .id(t.at(0))
-            .spawn();
-            child.await.unwrap();
-            rx.await.unwrap();
-        });
-        drop(rt);
+                    let _ = tx.send(());
+                }
+                .in_current_span(),
+            );
+            drop(h);
+        })
+        .id(t.at(0))
+        .spawn();
+        child.await.unwrap();
+        rx.await.unwrap();
     });
-    let ev = events(&path);
     let parent = &task_slices(&ev)["Parent[0]"];
     assert!(
         parent["tid"].as_u64().unwrap() < 1 << 20,
@@ -506,7 +509,6 @@ fn futures_in_a_tasks_span_are_not_its_polls() {
         .filter(|e| e["cat"] == "poll" && e["name"] == "Parent[0]")
         .count();
     assert_eq!(polls, 0, "{ev:?}");
-    std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
 
 /// A dependent that fails early (another of its dependencies panicked) while one of its
@@ -514,31 +516,25 @@ fn futures_in_a_tasks_span_are_not_its_polls() {
 /// both ends. (The late dependency's arrow started after the dependent's end.)
 #[test]
 fn dependency_arrows_never_point_back_in_time() {
-    let path = support::trace_path("arrows");
-    let rt = support::traced(2, &path);
-    support::within(30, move || {
-        rt.block_on(async {
-            let t = TaskSpace::new("B");
-            let (open, shut) = tokio::sync::oneshot::channel::<()>();
-            task(async move { shut.await.is_ok() })
-                .id(t.at("gate"))
-                .spawn();
-            task(async {}).id(t.at("late")).after(t.at("gate")).spawn();
-            task(async { panic!("early failure") })
-                .id(t.at("bad"))
-                .spawn();
-            let dependent = task(async {})
-                .id(t.at("dependent"))
-                .after([t.at("late"), t.at("bad")])
-                .await;
-            assert!(dependent.is_err());
-            // Only now does the late dependency run.
-            open.send(()).unwrap();
-            let _ = (&t).await;
-        });
-        drop(rt);
+    let ev = trace_of("arrows", || async {
+        let t = TaskSpace::new("B");
+        let (open, shut) = tokio::sync::oneshot::channel::<()>();
+        task(async move { shut.await.is_ok() })
+            .id(t.at("gate"))
+            .spawn();
+        task(async {}).id(t.at("late")).after(t.at("gate")).spawn();
+        task(async { panic!("early failure") })
+            .id(t.at("bad"))
+            .spawn();
+        let dependent = task(async {})
+            .id(t.at("dependent"))
+            .after([t.at("late"), t.at("bad")])
+            .await;
+        assert!(dependent.is_err());
+        // Only now does the late dependency run.
+        open.send(()).unwrap();
+        let _ = (&t).await;
     });
-    let ev = events(&path);
     let ends = |ph: &str| -> HashMap<u64, f64> {
         ev.iter()
             .filter(|e| e["ph"] == ph)
@@ -558,7 +554,6 @@ fn dependency_arrows_never_point_back_in_time() {
             "arrow {id} points back in time: {ev:?}"
         );
     }
-    std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
 
 /// A span entered in a task and left after an `.await` (its guard held across it), while
@@ -567,35 +562,28 @@ fn dependency_arrows_never_point_back_in_time() {
 /// and left in one poll stays a slice nested in that poll.
 #[test]
 fn a_span_held_across_an_await_is_no_slice_of_a_worker() {
-    let path = support::trace_path("guard");
-    let rt = support::traced(2, &path);
-    support::within(30, move || {
-        rt.block_on(async {
-            let t = TaskSpace::new("G");
-            for i in 0..4 {
-                task(async move {
-                    let span = tracing::info_span!("held");
-                    let _g = span.enter();
-                    spin(Duration::from_micros(100));
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    spin(Duration::from_micros(100));
-                    drop(_g);
-                    tracing::info_span!("inside").in_scope(|| spin(Duration::from_micros(50)));
-                })
-                .id(t.at(i))
-                .spawn();
-                for j in 0..4 {
-                    task(async { spin(Duration::from_micros(300)) })
-                        .id(t.at(10 + 4 * i + j))
-                        .spawn();
-                }
+    let ev = trace_of("guard", || async {
+        let t = TaskSpace::new("G");
+        for i in 0..4 {
+            task(async move {
+                let span = tracing::info_span!("held");
+                let _g = span.enter();
+                spin(Duration::from_micros(100));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                spin(Duration::from_micros(100));
+                drop(_g);
+                tracing::info_span!("inside").in_scope(|| spin(Duration::from_micros(50)));
+            })
+            .id(t.at(i))
+            .spawn();
+            for j in 0..4 {
+                task(async { spin(Duration::from_micros(300)) })
+                    .id(t.at(10 + 4 * i + j))
+                    .spawn();
             }
-            (&t).await
-        })
-        .unwrap();
-        drop(rt);
+        }
+        (&t).await.unwrap();
     });
-    let ev = events(&path);
     assert_tracks_nest(&ev);
     let count = |ph: &str, name: &str| {
         ev.iter()
@@ -605,5 +593,4 @@ fn a_span_held_across_an_await_is_no_slice_of_a_worker() {
     assert_eq!((count("b", "held"), count("e", "held")), (4, 4), "{ev:?}");
     assert_eq!(count("X", "held"), 0, "{ev:?}");
     assert_eq!(count("X", "inside"), 4, "{ev:?}");
-    std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
