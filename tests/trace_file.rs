@@ -67,6 +67,16 @@ fn assert_tracks_nest(ev: &[Value]) {
     }
 }
 
+/// Four tasks, `t.at(10 + 4 * i)` and on, that each spin 300 us: work for the workers
+/// between the polls of a task that suspends.
+fn spawn_busy(t: &TaskSpace, i: u64) {
+    for j in 0..4 {
+        task(async { spin(Duration::from_micros(300)) })
+            .id(t.at(10 + 4 * i + j))
+            .spawn();
+    }
+}
+
 /// The trace of `body`, run by `block_on` on a traced runtime of 2 workers that is then
 /// dropped, parsed (its file removed).
 fn trace_of<F>(name: &str, body: impl FnOnce() -> F + Send + 'static) -> Vec<Value>
@@ -416,11 +426,7 @@ fn slices_on_a_track_nest_when_tasks_suspend() {
             })
             .id(t.at(i))
             .spawn();
-            for j in 0..4 {
-                task(async { spin(Duration::from_micros(300)) })
-                    .id(t.at(10 + 4 * i + j))
-                    .spawn();
-            }
+            spawn_busy(&t, i);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
         tx.send(()).unwrap();
@@ -576,11 +582,7 @@ fn a_span_held_across_an_await_is_no_slice_of_a_worker() {
             })
             .id(t.at(i))
             .spawn();
-            for j in 0..4 {
-                task(async { spin(Duration::from_micros(300)) })
-                    .id(t.at(10 + 4 * i + j))
-                    .spawn();
-            }
+            spawn_busy(&t, i);
         }
         (&t).await.unwrap();
     });
