@@ -22,7 +22,6 @@ use tracing_subscriber::registry::LookupSpan;
 static SPACE: OnceLock<TaskSpace> = OnceLock::new();
 
 /// A task span's `task.id` (`T[3]`), or an event's `step`.
-#[derive(Default)]
 struct Text {
     field: &'static str,
     value: Option<String>,
@@ -42,6 +41,13 @@ impl Visit for Text {
     }
 }
 
+/// The text of `field`, from what `record` records.
+fn text_of(field: &'static str, record: impl FnOnce(&mut Text)) -> Option<String> {
+    let mut t = Text { field, value: None };
+    record(&mut t);
+    t.value
+}
+
 /// At each task's "completed" step: whether an await of its id could see it finished.
 struct Order {
     completed: Arc<AtomicUsize>,
@@ -53,12 +59,8 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Order {
         if attrs.metadata().target() != "parla::task" {
             return;
         }
-        let mut name = Text {
-            field: "task.id",
-            value: None,
-        };
-        attrs.record(&mut name);
-        if let (Some(span), Some(name)) = (ctx.span(id), name.value) {
+        let name = text_of("task.id", |t| attrs.record(t));
+        if let (Some(span), Some(name)) = (ctx.span(id), name) {
             span.extensions_mut().insert(name);
         }
     }
@@ -67,12 +69,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Order {
         if e.metadata().target() != "parla::task" {
             return;
         }
-        let mut step = Text {
-            field: "step",
-            value: None,
-        };
-        e.record(&mut step);
-        if step.value.as_deref() != Some("completed") {
+        if text_of("step", |t| e.record(t)).as_deref() != Some("completed") {
             return;
         }
         let Some(span) = ctx.event_span(e) else {

@@ -128,13 +128,14 @@ impl Builder {
 
     /// Streams a Perfetto / Chrome trace of every task to `path`, closed when the runtime
     /// shuts down (see [`crate::trace`] for what it holds). The `PARLA_TRACE` environment
-    /// variable does the same without code changes (set empty, it counts as unset). The runtime then sends its tasks'
-    /// events, and the spans made inside them, to a subscriber of its own; to keep yours,
-    /// add [`crate::trace::layer`] to it instead. [`build`](Self::build) fails with
-    /// [`Error::Config`] if the file cannot be created (from `PARLA_TRACE`, a warning is
-    /// printed and the runtime runs without a trace). While another runtime of the process
-    /// writes the same file (tests run in parallel, each with its runtime), this one writes
-    /// `NAME.2.EXT` (or the next number free) instead, and says so on stderr.
+    /// variable does the same without code changes (set empty, it counts as unset). The
+    /// runtime then sends its tasks' events, and the spans made inside them, to a
+    /// subscriber of its own; to keep yours, add [`crate::trace::layer`] to it instead.
+    /// [`build`](Self::build) fails with [`Error::Config`] if the file cannot be created
+    /// (from `PARLA_TRACE`, a warning is printed and the runtime runs without a trace).
+    /// While another runtime of the process writes the same file (tests run in parallel,
+    /// each with its runtime), this one writes `NAME.2.EXT` (or the next number free)
+    /// instead, and says so on stderr.
     pub fn trace(mut self, path: impl Into<PathBuf>) -> Self {
         self.trace = Some(path.into());
         self
