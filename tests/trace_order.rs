@@ -1,6 +1,7 @@
-//! A task's completion is traced before its outcome can be seen: a program that awaits its
-//! tasks and drops the runtime at once (which closes the runtime's own trace, from an
-//! asynchronous context without waiting for the workers) finds every task in the trace.
+//! A task's completion is traced before its outcome can be seen, whether it ran or failed
+//! without running: a program that awaits its tasks and drops the runtime at once (which
+//! closes the runtime's own trace, from an asynchronous context without waiting for the
+//! workers) finds every task in the trace.
 //! (Its own test binary: it sets the process's global subscriber.)
 
 mod support;
@@ -105,11 +106,28 @@ fn a_task_is_traced_as_completed_before_its_outcome_is_published() {
             for i in 0..50 {
                 task(async move { i }).id(t.at(i)).spawn();
             }
-            t.await.unwrap();
+            t.range(0..50).await.unwrap();
+            // Tasks that never run: one aborted while it waits for a gate, and a chain
+            // after it that fails with it (each failed by the thread that fails the one
+            // before, as its outcome is published).
+            let (open, gate) = tokio::sync::oneshot::channel::<()>();
+            let gate = task(async move { gate.await.is_ok() }).id(t.at(50)).spawn();
+            let first = task(async {}).id(t.at(51)).after([t.at(50)]).spawn();
+            for i in 52..60 {
+                task(async {}).id(t.at(i)).after([t.at(i - 1)]).spawn();
+            }
+            first.abort();
+            open.send(()).unwrap();
+            assert!(gate.await.unwrap());
+            let e = t.at(59).await.unwrap_err();
+            assert!(
+                matches!(e, TaskError::DependencyFailed { .. }),
+                "the chain fails with the aborted task: {e}"
+            );
         });
         drop(rt);
     });
-    assert_eq!(completed.load(Ordering::SeqCst), 50, "every task traced");
+    assert_eq!(completed.load(Ordering::SeqCst), 60, "every task traced");
     assert_eq!(
         visible_before.load(Ordering::SeqCst),
         0,

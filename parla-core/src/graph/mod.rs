@@ -40,16 +40,20 @@ pub(crate) struct Effects {
     pub(crate) wake: Vec<Waker>,
     /// How many tasks finished without running (each was live).
     pub(crate) unrun: u32,
-    /// Those of them that are traced (their trace records them as never run).
-    pub(crate) unrun_tasks: Vec<TaskPtr>,
 }
 
 impl Effects {
-    fn unrun(&mut self, t: &TaskPtr) {
+    /// Counts `t`, about to be published with `err` without having run, and traces its
+    /// completion now: whoever its outcome wakes, or an await that finds it done, may drop
+    /// the runtime (and close its trace) at once.
+    fn unrun(&mut self, t: &TaskPtr, err: &TaskError) {
         self.unrun += 1;
-        if t.header().trace.is_some() {
-            self.unrun_tasks.push(t.clone());
+        #[cfg(feature = "tracing")]
+        if let Some(trace) = t.header().trace.as_deref() {
+            trace.completed_unrun(err);
         }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (t, err);
     }
 }
 
@@ -151,7 +155,7 @@ fn follows_only(task: &TaskPtr, dep: &TaskPtr) -> bool {
 /// Fails a node that never ran (WAITING) with `err`, and cascades. Returns whether this
 /// call failed it (it may have finished or failed already).
 pub(crate) fn fail_unrun(task: &TaskPtr, err: TaskError, fx: &mut Effects) -> bool {
-    if !claim(task, fx) {
+    if !claim(task, &err, fx) {
         return false;
     }
     finish(task, Err(Arc::new(err)), fx);
@@ -163,14 +167,14 @@ pub(crate) fn fail_unrun(task: &TaskPtr, err: TaskError, fx: &mut Effects) -> bo
 pub(crate) fn fail_held(task: &TaskPtr, err: TaskError, fx: &mut Effects) {
     // SAFETY: the caller holds the run token of a task that never ran.
     unsafe { task.drop_body() };
-    fx.unrun(task);
+    fx.unrun(task, &err);
     finish(task, Err(Arc::new(err)), fx);
 }
 
 /// Claims a WAITING node for failing (WAITING -> DONE, its body dropped) so that no cascade
-/// fails it with another error; the caller then [`finish`]es it. Returns whether this call
-/// won.
-pub(crate) fn claim(task: &TaskPtr, fx: &mut Effects) -> bool {
+/// fails it with another error; the caller then [`finish`]es it with `err`. Returns whether
+/// this call won.
+pub(crate) fn claim(task: &TaskPtr, err: &TaskError, fx: &mut Effects) -> bool {
     let h = task.header();
     if !h.claim_unrun() {
         return false;
@@ -178,7 +182,7 @@ pub(crate) fn claim(task: &TaskPtr, fx: &mut Effects) -> bool {
     // SAFETY: this call won WAITING -> DONE, so the body never ran and never will.
     unsafe { task.drop_body() };
     if h.kind == Kind::Task {
-        fx.unrun(task);
+        fx.unrun(task, err);
     }
     true
 }
@@ -257,9 +261,11 @@ fn publish(t: &TaskPtr, o: Outcome, fx: &mut Effects, work: &mut Vec<(TaskPtr, O
                         }
                     }
                     Err(e) => {
-                        if claim(&d, fx) {
-                            let err = Arc::new(dependency_failed(dh, h, e));
-                            work.push((d, Err(err)));
+                        // (The error is made before the claim, which traces it: a
+                        // dependent claimed already is rare, and this is a failure's path.)
+                        let err = dependency_failed(dh, h, e);
+                        if claim(&d, &err, fx) {
+                            work.push((d, Err(Arc::new(err))));
                         }
                     }
                 }

@@ -344,6 +344,24 @@ pub(crate) struct TaskTrace {
     pub(crate) span: tracing::Span,
 }
 
+#[cfg(feature = "tracing")]
+impl TaskTrace {
+    /// Records the `completed` step of a task that never ran, failed with `err` (a failed
+    /// dependency, an abort, a cancel), before that outcome is published: whoever it wakes,
+    /// or an await that finds it done, may drop the runtime (and close its trace) at once.
+    /// The event goes to the subscriber that recorded the task's span (the runtime's own
+    /// trace, or the one in scope at its spawn), whichever thread fails the task.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn completed_unrun(&self, err: &TaskError) {
+        self.span.with_subscriber(|(_, d)| {
+            tracing::dispatcher::with_default(d, || {
+                tracing::trace!(target: "parla::task", parent: &self.span, step = "completed", error = %err)
+            })
+        });
+    }
+}
+
 /// The scheduler a node is woken into; shared by the nodes of one runtime.
 pub(crate) struct Waking(pub(crate) Arc<dyn Schedule>);
 

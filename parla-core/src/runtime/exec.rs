@@ -83,7 +83,6 @@ impl Local {
     pub(crate) fn trim(&mut self) {
         trim(&mut self.fx.ready);
         trim(&mut self.fx.wake);
-        trim(&mut self.fx.unrun_tasks);
         trim(&mut self.admitted);
     }
 }
@@ -276,9 +275,6 @@ impl RtInner {
             if l.fx.unrun > 0 {
                 l.live -= l.fx.unrun as i64;
                 l.fx.unrun = 0;
-                for t in l.fx.unrun_tasks.drain(..) {
-                    self.trace_end(t.header());
-                }
             }
             while let Some(t) = l.fx.ready.pop() {
                 self.admit_ready(t, l);

@@ -371,35 +371,19 @@ impl RtInner {
         let _ = (h, device, vcu, mem);
     }
 
-    /// Traces the end of the task with header `h` (its outcome is published).
-    #[inline(always)]
-    pub(crate) fn trace_end(&self, h: &Header) {
-        #[cfg(feature = "tracing")]
-        if h.trace.is_some() {
-            crate::trace::cold(|| self.trace_completed(h, h.outcome().as_ref()));
-        }
-        #[cfg(not(feature = "tracing"))]
-        let _ = h;
-    }
-
     /// Traces the completion of a task that ran, with its `outcome`, before it is published:
     /// whoever the outcome wakes may drop the runtime (and close its trace) at once.
     #[inline(always)]
     pub(crate) fn trace_outcome(&self, h: &Header, outcome: &Outcome) {
         #[cfg(feature = "tracing")]
         if h.trace.is_some() {
-            crate::trace::cold(|| self.trace_completed(h, Some(outcome)));
+            crate::trace::cold(|| match outcome {
+                Err(e) => crate::trace::step!(self, h, "completed", error = %e),
+                Ok(()) => crate::trace::step!(self, h, "completed"),
+            });
         }
         #[cfg(not(feature = "tracing"))]
         let _ = (h, outcome);
-    }
-
-    #[cfg(feature = "tracing")]
-    fn trace_completed(&self, h: &Header, outcome: Option<&Outcome>) {
-        match outcome {
-            Some(Err(e)) => crate::trace::step!(self, h, "completed", error = %e),
-            _ => crate::trace::step!(self, h, "completed"),
-        }
     }
 
     /// Traces when a finished GPU task's work ran on the device, if its fence was timed.

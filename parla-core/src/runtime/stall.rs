@@ -123,7 +123,7 @@ fn resolve_step(rt: &Arc<RtInner>, lasted: bool) -> Option<bool> {
         rt.with_local(|l| {
             let claimed: Vec<&TaskPtr> = tasks
                 .into_iter()
-                .filter(|t| graph::claim(t, &mut l.fx))
+                .filter(|t| graph::claim(t, &err, &mut l.fx))
                 .collect();
             for t in claimed {
                 graph::finish(t, Err(err.clone()), &mut l.fx);
