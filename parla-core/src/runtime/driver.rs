@@ -624,16 +624,20 @@ impl Driver {
         t: &crate::graph::node::TaskTrace,
         cx: &mut Context<'_>,
     ) -> Poll<Outcome> {
-        let outer = crate::trace::cpu_ns();
+        // (The monotonic clock, not the thread's CPU time, and only when this poll's time
+        // is reported: see `trace::add_traced`.)
+        let outer = crate::trace::traced_from();
         let mut body = 0;
         let p = self.rt.in_trace(|| {
             let since = crate::trace::now_ns();
             let p = {
                 let _span = t.span.enter();
-                let from = crate::trace::cpu_ns();
+                let from = outer.map(|_| crate::trace::now_ns());
                 // SAFETY: as in `poll_body`.
                 let p = unsafe { task.poll_body(cx) };
-                body = crate::trace::cpu_ns().saturating_sub(from);
+                if let Some(from) = from {
+                    body = crate::trace::now_ns().saturating_sub(from);
+                }
                 p
             };
             // Each poll, with when it began: the trace draws a task that suspends poll by
@@ -950,7 +954,10 @@ impl Driver {
         let on = self.rt.trace.is_some()
             || tracing::enabled!(target: "parla::sched", tracing::Level::TRACE);
         self.body_ns = on.then_some(0);
-        on.then(|| (crate::trace::cpu_ns(), crate::trace::traced_ns()))
+        on.then(|| {
+            crate::trace::set_reporting(true);
+            (crate::trace::cpu_ns(), crate::trace::traced_ns())
+        })
     }
 
     /// Reports this poll's time: in task bodies, and in the runtime (time spent writing
@@ -959,6 +966,7 @@ impl Driver {
         let (Some((t0, traced)), Some(body_ns)) = (start, self.body_ns.take()) else {
             return;
         };
+        crate::trace::set_reporting(false);
         let spent = crate::trace::cpu_ns().saturating_sub(t0);
         let driver_ns = spent.saturating_sub(crate::trace::traced_ns() - traced);
         self.rt

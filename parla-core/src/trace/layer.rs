@@ -239,17 +239,23 @@ impl State {
     /// The start of arrow `edge`, at its dependency's slice, unless its dependent finished
     /// first (the arrow is left out).
     fn arrow_from(&mut self, edge: u64, at: Placed) {
+        if self.out.is_none() {
+            return;
+        }
         if !self.orphaned.remove(&edge) {
             self.sourced.insert(edge);
-            self.write(flow("s", edge, at));
+            self.write(|| flow("s", edge, at));
         }
     }
 
     /// The end of arrow `edge`, at its dependent's slice, if its start was written;
     /// otherwise the arrow is left out (its dependency has not finished).
     fn arrow_to(&mut self, edge: u64, at: Placed) {
+        if self.out.is_none() {
+            return;
+        }
         if self.sourced.remove(&edge) {
-            self.write(flow("f", edge, at));
+            self.write(|| flow("f", edge, at));
         } else {
             self.orphaned.insert(edge);
         }
@@ -277,9 +283,11 @@ impl State {
         }
     }
 
-    fn write(&mut self, event: Value) {
+    /// Writes the event `event` makes, if there is a trace file (a profile alone has none:
+    /// the events are not even made).
+    fn write(&mut self, event: impl FnOnce() -> Value) {
         if let Some(out) = self.out.as_mut() {
-            out.write(&event);
+            out.write(&event());
         }
     }
 }
@@ -477,19 +485,23 @@ where
             // of a worker's track but an asynchronous one of its own.
             let id = span.id().into_u64();
             for (ph, ts) in [("b", from), ("e", to)] {
-                s.write(json!({
-                    "name": meta.name(), "cat": "user", "ph": ph, "id": id, "pid": CPU_PID,
-                    "ts": us(ts), "args": {"target": meta.target()},
-                }));
+                s.write(|| {
+                    json!({
+                        "name": meta.name(), "cat": "user", "ph": ph, "id": id, "pid": CPU_PID,
+                        "ts": us(ts), "args": {"target": meta.target()},
+                    })
+                });
             }
             return;
         }
         let tid = s.thread_track();
-        s.write(json!({
-            "name": meta.name(), "cat": "user", "ph": "X", "pid": CPU_PID, "tid": tid,
-            "ts": us(from), "dur": us(to - from),
-            "args": {"target": meta.target()},
-        }));
+        s.write(|| {
+            json!({
+                "name": meta.name(), "cat": "user", "ph": "X", "pid": CPU_PID, "tid": tid,
+                "ts": us(from), "dur": us(to - from),
+                "args": {"target": meta.target()},
+            })
+        });
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
@@ -647,27 +659,6 @@ impl TraceLayer {
             (None, true) => "ok",
             (Some(_), true) => "failed",
         };
-        let gap = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(a), Some(b)) => json!(us(b.saturating_sub(a))),
-            _ => Value::Null,
-        };
-        let mut args = json!({
-            "device": device,
-            "vcus": r.vcu,
-            "memory": r.mem,
-            "outcome": outcome,
-            "wait_deps_us": gap(Some(r.spawn), r.ready),
-            "wait_admission_us": gap(r.ready, r.admitted),
-            "wait_worker_us": gap(r.admitted, r.started),
-        });
-        if let Some(err) = &error {
-            args["error"] = json!(err);
-        }
-        if r.gpu.is_some() {
-            // The host's view of a GPU task: from its first poll to its completion.
-            args["host_start_us"] = json!(r.started.map(us));
-            args["host_end_us"] = json!(us(end));
-        }
         let track_name = || match (pid, tid) {
             (_, NOT_RUN_TID) => "never ran".to_string(),
             (CPU_PID, t) if t >= WAITED_TID => format!("tasks that waited {}", t - WAITED_TID + 1),
@@ -675,20 +666,45 @@ impl TraceLayer {
             (_, t) => format!("stream {}", t - 1),
         };
         s.name_track(pid, tid, track_name);
-        s.write(json!({
-            "name": r.name, "cat": "task", "ph": "X", "pid": pid, "tid": tid,
-            "ts": us(ts), "dur": us(to - ts), "args": args,
-        }));
+        s.write(|| {
+            let gap = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => json!(us(b.saturating_sub(a))),
+                _ => Value::Null,
+            };
+            let mut args = json!({
+                "device": device,
+                "vcus": r.vcu,
+                "memory": r.mem,
+                "outcome": outcome,
+                "wait_deps_us": gap(Some(r.spawn), r.ready),
+                "wait_admission_us": gap(r.ready, r.admitted),
+                "wait_worker_us": gap(r.admitted, r.started),
+            });
+            if let Some(err) = &error {
+                args["error"] = json!(err);
+            }
+            if r.gpu.is_some() {
+                // The host's view of a GPU task: from its first poll to its completion.
+                args["host_start_us"] = json!(r.started.map(us));
+                args["host_end_us"] = json!(us(end));
+            }
+            json!({
+                "name": r.name, "cat": "task", "ph": "X", "pid": pid, "tid": tid,
+                "ts": us(ts), "dur": us(to - ts), "args": args,
+            })
+        });
         if gpu_pid.is_some()
             && r.gpu.is_some()
             && !suspended
             && let (Some(a), Some(track)) = (r.started, r.track)
         {
             let b = r.body_end.unwrap_or(end).max(a);
-            s.write(json!({
-                "name": format!("{} (launch)", r.name), "cat": "launch", "ph": "X",
-                "pid": CPU_PID, "tid": track, "ts": us(a), "dur": us(b - a),
-            }));
+            s.write(|| {
+                json!({
+                    "name": format!("{} (launch)", r.name), "cat": "launch", "ph": "X",
+                    "pid": CPU_PID, "tid": track, "ts": us(a), "dur": us(b - a),
+                })
+            });
         }
         for &edge in &r.ins {
             s.arrow_to(edge, placed);
@@ -715,10 +731,12 @@ impl TraceLayer {
 /// Writes poll `k` (from 1) of a task that suspended, `(start, end, worker track)`: a
 /// `poll` slice on the worker; on the CPU, counted as busy time too.
 fn write_poll(s: &mut State, r: &TaskRec, k: u64, (from, to, track): (u64, u64, u64)) {
-    s.write(json!({
-        "name": r.name, "cat": "poll", "ph": "X", "pid": CPU_PID, "tid": track,
-        "ts": us(from), "dur": us(to.saturating_sub(from)), "args": {"poll": k},
-    }));
+    s.write(|| {
+        json!({
+            "name": r.name, "cat": "poll", "ph": "X", "pid": CPU_PID, "tid": track,
+            "ts": us(from), "dur": us(to.saturating_sub(from)), "args": {"poll": k},
+        })
+    });
     if on_cpu(r) {
         s.stats
             .busy(r.device.as_deref().unwrap_or(CPU_DEVICE), from, to);

@@ -130,8 +130,12 @@ impl RtTrace {
 
 #[cfg(feature = "tracing")]
 thread_local! {
-    /// Nanoseconds this thread spent handing events to subscribers.
+    /// Nanoseconds this thread spent handing events to subscribers, counted while it
+    /// [reports](REPORTING).
     static TRACED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Whether this thread is a worker in a poll whose time it reports (see
+    /// [`set_reporting`]): the time spent tracing is measured only then.
+    static REPORTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Nanoseconds this thread has spent handing events to subscribers (left out of the
@@ -141,16 +145,39 @@ pub(crate) fn traced_ns() -> u64 {
     TRACED.with(|c| c.get())
 }
 
-/// Counts time spent handing events to subscribers since `from` (a [`cpu_ns`] reading),
-/// less `not` (time spent elsewhere meanwhile).
+/// Marks the calling worker as in a poll whose time it reports (or no longer).
 #[cfg(feature = "tracing")]
-pub(crate) fn add_traced(from: u64, not: u64) {
-    let ns = cpu_ns().saturating_sub(from).saturating_sub(not);
-    TRACED.with(|c| c.set(c.get() + ns));
+pub(crate) fn set_reporting(on: bool) {
+    REPORTING.with(|c| c.set(on));
 }
 
-/// The calling thread's CPU time in nanoseconds: the runtime's overhead is measured in it,
-/// so that a worker the OS preempts is not charged for the time it did not run.
+/// A [`now_ns`] reading to time a span of tracing work from, if the thread reports its
+/// time ([`add_traced`] counts it then); `None` otherwise, without reading the clock.
+#[cfg(feature = "tracing")]
+#[inline]
+pub(crate) fn traced_from() -> Option<u64> {
+    REPORTING.with(|c| c.get()).then(now_ns)
+}
+
+/// Counts time spent handing events to subscribers since `from` (a [`traced_from`]
+/// reading), less `not` (time spent elsewhere meanwhile).
+///
+/// The short spans inside a worker's poll (an event handed to subscribers, a task body)
+/// are timed with the monotonic clock, and only on a thread that reports its time: the
+/// thread's CPU time ([`cpu_ns`]) is a system call (about 1 us on some virtual machines),
+/// and a traced task took a dozen such readings, which made profiled runs of small tasks
+/// 20 to 30 times slower. The poll as a whole is timed in CPU time, once at each end.
+#[cfg(feature = "tracing")]
+pub(crate) fn add_traced(from: Option<u64>, not: u64) {
+    if let Some(from) = from {
+        let ns = now_ns().saturating_sub(from).saturating_sub(not);
+        TRACED.with(|c| c.set(c.get() + ns));
+    }
+}
+
+/// The calling thread's CPU time in nanoseconds: a worker's poll is measured in it, so
+/// that a worker the OS preempts is not charged for the time it did not run (read at the
+/// poll's ends only: see [`add_traced`]).
 #[cfg(all(feature = "tracing", unix))]
 pub(crate) fn cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -206,7 +233,7 @@ macro_rules! step {
         #[cfg(feature = "tracing")]
         if let Some(t) = $h.trace.as_deref() {
             $crate::trace::cold(|| {
-                let from = $crate::trace::cpu_ns();
+                let from = $crate::trace::traced_from();
                 $rt.in_trace(|| {
                     tracing::trace!(target: "parla::task", parent: &t.span, step = $step $(, $($f)+)?)
                 });

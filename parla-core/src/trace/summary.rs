@@ -113,7 +113,7 @@ impl fmt::Display for Summary {
         match self.overhead_per_task {
             Some(o) => writeln!(
                 f,
-                "  runtime overhead: {} per task (worker CPU time outside task bodies)",
+                "  runtime overhead: {} per task (workers' time outside task bodies)",
                 Human(o)
             ),
             None => writeln!(f, "  runtime overhead: no worker reported"),
