@@ -477,11 +477,11 @@ impl TaskSpace {
     ///
     /// A long-running program that names its tasks calls this between batches, so that
     /// its spaces hold only the tasks in flight: retired ids that are runs of consecutive
-    /// integers (`t.at(i)`, `t.at(("step", i))`) take a few bytes per run, and consecutive
-    /// rows of keys ending in two integers with the same runs (`t.at((step, i))` for
-    /// `i in 0..n`, step after step) one band for them all; failures are kept one by one.
-    /// (Keys of three integers keep a band per value of the first: `(sweep, i, j)` grows by
-    /// a band per sweep.)
+    /// integers (`t.at(i)`, `t.at(("step", i))`) take a few bytes per run, and keys of
+    /// several integers are kept as nested runs, consecutive values holding the same runs
+    /// after them sharing one (`t.at((step, i))` or `t.at((step, i, j))` for the same rows
+    /// and columns step after step: one run of steps for them all, however many steps);
+    /// failures are kept one by one.
     pub fn retire_finished(&self) -> usize {
         let mut n = 0;
         let mut done: Vec<(Key, Outcome)> = Vec::new();

@@ -1,11 +1,13 @@
 //! The compact record of a space's retired ids: which keys were used, and the failures.
 //!
-//! Keys ending in an integer are kept as runs of consecutive integers per prefix (the
-//! parts before the last), so a service retiring `t.at(i)` batch after batch keeps one run;
-//! other keys are kept one by one, and so are failures (to answer awaits with the error).
-//! Prefixes that themselves end in an integer (keys `(step, i)`, `(s, i, j)`) are rows:
-//! consecutive rows with the same runs fold into one band, so a solver retiring
-//! `t.at((step, i))` step after step keeps one band, not a row per step.
+//! A key's trailing integer parts (all of `(step, i, j)`, the `i` of `("cpu", i)`) are kept
+//! in a set per head (the parts before them) and per count of them, as nested ranges: the
+//! values of the first integer in ranges, each range with the set of what follows it that
+//! every value in it holds; neighbouring ranges holding the same set are one. So a service
+//! retiring `t.at(i)` batch after batch keeps one range, a solver retiring `t.at((step, i))`
+//! or `t.at((step, i, j))` step after step keeps one range of steps (with the rows and
+//! columns of one), not an entry per step. Other keys are kept one by one, and so are
+//! failures (to answer awaits with the error).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -14,17 +16,87 @@ use crate::error::TaskError;
 use crate::graph::node::Outcome;
 use crate::key::{Key, Part};
 
-/// Runs `start -> last` (inclusive, so that a run can end at `i64::MAX`) of an integer.
-type Runs = BTreeMap<i64, i64>;
+/// Integers in ranges `first -> (last, rest)` (inclusive, so that a range can end at
+/// `i64::MAX`): every value of a range was used with each of the integers `rest` holds
+/// after it (`None`: the value was the key's last part). Neighbouring ranges differ in
+/// `rest`.
+#[derive(Clone, Default, PartialEq, Debug)]
+struct Ranges(BTreeMap<i64, (i64, Option<Box<Ranges>>)>);
+
+impl Ranges {
+    /// The first value of the range holding `x`.
+    fn range_of(&self, x: i64) -> Option<i64> {
+        self.0
+            .range(..=x)
+            .next_back()
+            .filter(|(_, (last, _))| *last >= x)
+            .map(|(&first, _)| first)
+    }
+
+    /// Adds the integers `ints` (at least one).
+    fn insert(&mut self, ints: &[i64]) {
+        let (x, rest) = (ints[0], &ints[1..]);
+        // What `x` holds: the set of its range (which is split around `x`), or nothing yet.
+        let mut held = match self.range_of(x) {
+            Some(first) => {
+                let (last, held) = self.0.remove(&first).expect("range found");
+                if first < x {
+                    self.0.insert(first, (x - 1, held.clone()));
+                }
+                if x < last {
+                    self.0.insert(x + 1, (last, held.clone()));
+                }
+                held
+            }
+            None => (!rest.is_empty()).then(Box::default),
+        };
+        if let Some(h) = held.as_mut().filter(|_| !rest.is_empty()) {
+            h.insert(rest);
+        }
+        // Joined with the ranges before and after it where they hold the same.
+        let (mut first, mut last) = (x, x);
+        if let Some(b) = x.checked_sub(1)
+            && let Some(f) = self.range_of(b)
+            && self.0[&f].1 == held
+        {
+            first = f;
+            self.0.remove(&f);
+        }
+        if let Some(a) = x.checked_add(1)
+            && self.0.get(&a).is_some_and(|(_, h)| *h == held)
+        {
+            last = self.0.remove(&a).expect("range found").0;
+        }
+        self.0.insert(first, (last, held));
+    }
+
+    /// Whether the integers `ints` were added.
+    fn contains(&self, ints: &[i64]) -> bool {
+        let Some(first) = self.range_of(ints[0]) else {
+            return false;
+        };
+        match (&self.0[&first].1, &ints[1..]) {
+            (None, []) => true,
+            (Some(h), rest) if !rest.is_empty() => h.contains(rest),
+            _ => false,
+        }
+    }
+
+    /// Ranges held, at every level.
+    #[cfg(test)]
+    fn pieces(&self) -> usize {
+        self.0
+            .values()
+            .map(|(_, h)| 1 + h.as_ref().map_or(0, |h| h.pieces()))
+            .sum()
+    }
+}
 
 #[derive(Default)]
 pub(super) struct Retired {
-    /// Per prefix: the runs of the last integer part (a prefix ending in an integer that is
-    /// in a band of `bands` has no entry here).
-    runs: HashMap<Vec<Part>, Runs>,
-    /// Per outer prefix (the parts before the last two): bands `first -> (last, runs)` of
-    /// consecutive values of the second-last integer part whose rows all hold `runs`.
-    bands: HashMap<Vec<Part>, BTreeMap<i64, (i64, Runs)>>,
+    /// Per head (the parts before the trailing integers) and count of trailing integers:
+    /// the trailing integers used.
+    ints: HashMap<(Vec<Part>, usize), Ranges>,
     /// Retired keys not ending in an integer that fits `i64`.
     other: HashSet<Key>,
     /// Retired tasks that failed.
@@ -34,67 +106,16 @@ pub(super) struct Retired {
     count: usize,
 }
 
-/// The prefix and last integer of a key ending in one.
-fn split(key: &Key) -> Option<(Vec<Part>, i64)> {
-    let mut parts: Vec<Part> = key.parts().collect();
-    match parts.pop() {
-        Some(Part::Int(i)) => Some((parts, i)),
-        _ => None,
+/// The head of a key and its trailing integer parts, if it ends in one.
+fn split(key: &Key) -> Option<(Vec<Part>, Vec<i64>)> {
+    let mut head: Vec<Part> = key.parts().collect();
+    let mut ints = Vec::new();
+    while let Some(Part::Int(i)) = head.last() {
+        ints.push(*i);
+        head.pop();
     }
-}
-
-/// The row of a prefix ending in an integer: the parts before it, and the integer.
-fn row_of(prefix: &[Part]) -> Option<(&[Part], i64)> {
-    match prefix.split_last() {
-        Some((Part::Int(x), outer)) => Some((outer, *x)),
-        _ => None,
-    }
-}
-
-/// Adds `i` to `runs`, merged with the runs next to it.
-fn add_to_runs(runs: &mut Runs, i: i64) {
-    let (mut start, mut last) = (i, i);
-    // Merge with a run ending right before `i` (or covering it), and one starting right
-    // after.
-    if let Some((&s, &l)) = runs.range(..=i).next_back()
-        && l.saturating_add(1) >= i
-    {
-        start = s;
-        last = last.max(l);
-        runs.remove(&s);
-    }
-    if let Some(next) = last.checked_add(1)
-        && let Some(l) = runs.remove(&next)
-    {
-        last = l;
-    }
-    runs.insert(start, last);
-}
-
-/// Whether `runs` covers `i`.
-fn covers(runs: &Runs, i: i64) -> bool {
-    runs.range(..=i).next_back().is_some_and(|(_, &l)| l >= i)
-}
-
-/// Takes the row `x` of `outer` out of `rows` (the rows kept on their own), if it holds
-/// `runs` (to fold it into a band).
-fn take_row(rows: &mut HashMap<Vec<Part>, Runs>, outer: &[Part], x: i64, runs: &Runs) -> bool {
-    let mut row = outer.to_vec();
-    row.push(Part::Int(x));
-    let same = rows.get(&row) == Some(runs);
-    if same {
-        rows.remove(&row);
-    }
-    same
-}
-
-/// The band of `bands` that holds row `x`: its first row.
-fn band_of(bands: &BTreeMap<i64, (i64, Runs)>, x: i64) -> Option<i64> {
-    bands
-        .range(..=x)
-        .next_back()
-        .filter(|(_, (last, _))| *last >= x)
-        .map(|(&first, _)| first)
+    ints.reverse();
+    (!ints.is_empty()).then_some((head, ints))
 }
 
 impl Retired {
@@ -109,57 +130,13 @@ impl Retired {
             self.first_failed.get_or_insert_with(|| e.clone());
             self.failed.insert(key.clone(), e);
         }
-        let Some((prefix, i)) = split(key) else {
-            self.other.insert(key.clone());
-            return;
-        };
-        let Some((outer, x)) = row_of(&prefix) else {
-            add_to_runs(self.runs.entry(prefix).or_default(), i);
-            return;
-        };
-        let bands = self.bands.entry(outer.to_vec()).or_default();
-        let mut runs = match (self.runs.remove(&prefix), band_of(bands, x)) {
-            (Some(runs), _) => runs,
-            (None, Some(first)) => {
-                // The row leaves its band (whose other rows keep their runs).
-                let (last, runs) = bands.remove(&first).expect("band found");
-                if first < x {
-                    bands.insert(first, (x - 1, runs.clone()));
-                }
-                if x < last {
-                    bands.insert(x + 1, (last, runs.clone()));
-                }
-                runs
+        match split(key) {
+            Some((head, ints)) => {
+                let n = ints.len();
+                self.ints.entry((head, n)).or_default().insert(&ints);
             }
-            (None, None) => Runs::new(),
-        };
-        add_to_runs(&mut runs, i);
-        // Folded into the band or row before it and the one after it, where they hold the
-        // same runs.
-        let (mut first, mut last) = (x, x);
-        if let Some(b) = x.checked_sub(1) {
-            if let Some(f) = band_of(bands, b).filter(|f| bands[f].1 == runs) {
-                first = f;
-                bands.remove(&f);
-            } else if take_row(&mut self.runs, outer, b, &runs) {
-                first = b;
-            }
+            None => _ = self.other.insert(key.clone()),
         }
-        if let Some(a) = x.checked_add(1) {
-            if bands.get(&a).is_some_and(|(_, r)| *r == runs) {
-                last = bands.remove(&a).expect("band found").0;
-            } else if take_row(&mut self.runs, outer, a, &runs) {
-                last = a;
-            }
-        }
-        if (first, last) != (x, x) {
-            bands.insert(first, (last, runs));
-            return;
-        }
-        if bands.is_empty() {
-            self.bands.remove(outer);
-        }
-        self.runs.insert(prefix, runs);
     }
 
     /// The failure retired first, if any retired task failed.
@@ -173,25 +150,19 @@ impl Retired {
             return Some(Err(e.clone()));
         }
         let used = match split(key) {
-            Some((prefix, i)) => match self.runs.get(&prefix) {
-                Some(runs) => covers(runs, i),
-                None => row_of(&prefix).is_some_and(|(outer, x)| {
-                    self.bands.get(outer).is_some_and(|bands| {
-                        band_of(bands, x).is_some_and(|f| covers(&bands[&f].1, i))
-                    })
-                }),
-            },
+            Some((head, ints)) => {
+                let n = ints.len();
+                self.ints.get(&(head, n)).is_some_and(|r| r.contains(&ints))
+            }
             None => self.other.contains(key),
         };
         used.then_some(Ok(()))
     }
 
-    /// Runs, bands and keys held (for tests of the record's size).
+    /// Ranges and keys held (for tests of the record's size).
     #[cfg(test)]
     fn pieces(&self) -> usize {
-        self.runs.values().map(BTreeMap::len).sum::<usize>()
-            + self.bands.values().map(BTreeMap::len).sum::<usize>()
-            + self.other.len()
+        self.ints.values().map(Ranges::pieces).sum::<usize>() + self.other.len()
     }
 }
 
@@ -224,8 +195,9 @@ mod test {
         }
         assert_eq!(
             r.pieces(),
-            6,
-            "one run at each end and one at 0, for each prefix"
+            7,
+            "one range at each end and one at 0 for the keys of one integer; one of 3 for the \
+             keys of two, with those three"
         );
         for i in [i64::MAX, i64::MIN, i64::MAX - 1, i64::MIN + 1, 0] {
             assert_eq!(r.get(&i.into_key()), Some(Ok(())), "{i}");
@@ -236,13 +208,13 @@ mod test {
         }
         r.insert(&1.into_key(), Ok(()));
         r.insert(&(-1).into_key(), Ok(()));
-        assert_eq!(r.pieces(), 6, "-1, 0 and 1 merge");
+        assert_eq!(r.pieces(), 7, "-1, 0 and 1 merge");
         assert_eq!(r.get(&(-1).into_key()), Some(Ok(())));
     }
 
-    /// Rows `(step, i)` retired step after step fold into one band however many steps
-    /// there are; a key retired later into a row of a band takes the row out of it (the
-    /// rows around keep theirs), and the row folds back once its neighbours catch up.
+    /// Rows `(step, i)` retired step after step fold into one range of steps however many
+    /// steps there are; a key retired later into a row of a range takes the row out of it
+    /// (the rows around keep theirs), and the row folds back once its neighbours catch up.
     #[test]
     fn rows_with_the_same_runs_fold_into_one_band() {
         let mut r = Retired::default();
@@ -251,7 +223,7 @@ mod test {
                 r.insert(&(step, i).into_key(), Ok(()));
             }
         }
-        assert_eq!(r.pieces(), 1, "one band of 10,000 rows");
+        assert_eq!(r.pieces(), 2, "one range of 10,000 steps, holding one of 8");
         assert_eq!(r.count(), 80_000);
         for (k, used) in [((0, 0), true), ((9_999, 7), true), ((5_000, 3), true)]
             .into_iter()
@@ -266,15 +238,27 @@ mod test {
         assert_eq!(r.get(&(5_000, 7).into_key()), Some(Ok(())));
         assert_eq!(r.get(&(4_999, 9).into_key()), None);
         assert_eq!(r.get(&(5_001, 9).into_key()), None);
-        assert_eq!(r.pieces(), 4, "two bands and the row's two runs");
+        assert_eq!(
+            r.pieces(),
+            7,
+            "three ranges of steps, holding one, two (0 to 7 and 9) and one"
+        );
         for step in [4_999i64, 5_001] {
             r.insert(&(step, 9i64).into_key(), Ok(()));
         }
         r.insert(&(5_000i64, 8i64).into_key(), Ok(()));
         assert_eq!(
             r.pieces(),
-            5,
-            "bands [0, 4998], [4999], [5001], [5002, 9999]; row 5000"
+            12,
+            "steps [0, 4998], [4999], [5000], [5001], [5002, 9999], holding 1, 2, 1, 2, 1"
+        );
+        for step in [4_999i64, 5_001] {
+            r.insert(&(step, 8i64).into_key(), Ok(()));
+        }
+        assert_eq!(
+            r.pieces(),
+            6,
+            "steps [0, 4998], [4999, 5001], [5002, 9999] (the row back in one range)"
         );
         // Rows out of order and keys of three parts, one band per outer prefix.
         let mut r = Retired::default();
@@ -285,24 +269,63 @@ mod test {
                 }
             }
         }
-        assert_eq!(r.pieces(), 6, "two bands for each of three outer prefixes");
+        assert_eq!(
+            r.pieces(),
+            5,
+            "one range of steps, holding two of rows, each holding one of columns"
+        );
         assert_eq!(r.get(&(2, 120, 3).into_key()), Some(Ok(())));
         assert_eq!(r.get(&(2, 75, 3).into_key()), None);
         assert_eq!(r.get(&(3, 0, 0).into_key()), None);
-        // A column `(i, 0)`: one band.
+        // A column `(i, 0)`: one range.
         let mut r = Retired::default();
         for i in 0..1000i64 {
             r.insert(&(i, 0i64).into_key(), Ok(()));
         }
-        assert_eq!(r.pieces(), 1);
+        assert_eq!(r.pieces(), 2);
         // Rows at the ends of the integers.
         let mut r = Retired::default();
         for x in [i64::MAX, i64::MIN, i64::MAX - 1] {
             r.insert(&(x, 0i64).into_key(), Ok(()));
         }
-        assert_eq!(r.pieces(), 2);
+        assert_eq!(r.pieces(), 4);
         assert_eq!(r.get(&(i64::MAX, 0).into_key()), Some(Ok(())));
         assert_eq!(r.get(&(i64::MIN + 1, 0).into_key()), None);
+    }
+
+    /// Keys `(step, i, j)` of a stencil's tiles, retired step after step (the rows and
+    /// columns in any order), keep one range of steps: the record does not grow with the
+    /// steps (it kept one band of rows per step, about 0.9 KB a step). Keys with a name
+    /// before their integers, or with another count of them, have sets of their own.
+    #[test]
+    fn three_integer_keys_fold_over_the_outer_one() {
+        let mut r = Retired::default();
+        for step in 0..20_000i64 {
+            for i in [2i64, 0, 3, 1] {
+                for j in [1i64, 3, 0, 2] {
+                    r.insert(&(step, i, j).into_key(), Ok(()));
+                }
+            }
+            if step % 5_000 == 0 {
+                assert_eq!(r.pieces(), 3, "step {step}");
+            }
+        }
+        assert_eq!(r.pieces(), 3, "steps, rows, columns: one range each");
+        for (k, used) in [
+            ((0, 0, 0), true),
+            ((19_999, 3, 3), true),
+            ((20_000, 0, 0), false),
+            ((7, 4, 0), false),
+            ((7, 0, 4), false),
+        ] {
+            assert_eq!(r.get(&k.into_key()).is_some(), used, "{k:?}");
+        }
+        assert_eq!(r.get(&(7, 0).into_key()), None, "two integers: another set");
+        r.insert(&("halo", 7, 0, 1).into_key(), Ok(()));
+        assert_eq!(r.get(&("halo", 7, 0, 1).into_key()), Some(Ok(())));
+        assert_eq!(r.get(&("halo", 7, 0, 0).into_key()), None);
+        assert_eq!(r.get(&(7, 0, 1).into_key()), Some(Ok(())));
+        assert_eq!(r.pieces(), 6);
     }
 
     #[test]
