@@ -25,6 +25,10 @@
 //!   spawned at once from `block_on` and all awaited before the next round: whether each
 //!   wave's tasks run side by side, one per worker, or some wait behind others (the ideal
 //!   is a ratio of 1.0: the work, not the runtime, takes the time).
+//! - `steps`: 10,000 steps of 8 empty tasks named `t.at((step, k))` in one space for the
+//!   whole run, each step awaited through the whole space (`(&t).await`, the barrier of a
+//!   Parla program) before the next is spawned, never retired: whether a wait on a space
+//!   costs what is in flight, not every id named so far.
 //! - `channels`: 200,000 messages between pairs of tasks that ping-pong over two unbounded
 //!   `tokio::sync::mpsc` channels, three pairs per worker thread: more tasks want to run
 //!   than the CPU admits with default VCUs, so every message wakes a task that lent its
@@ -53,7 +57,7 @@
 //! `tokio::spawn` from `block_on`, (a) awaiting the `JoinHandle`, (b) awaiting a `oneshot`
 //! the task sends on. For `busy`: those of `independent`, each task doing the same work. For
 //! `waves`: `tokio::spawn` of the same tasks, awaiting (a) each wave's `JoinHandle`s in
-//! order, (b) a `JoinSet` of them. For
+//! order, (b) a `JoinSet` of them; for `steps`, the same of each step's tasks. For
 //! `wavefront-rows`: those of the grid. For `channels`: the same pairs with `tokio::spawn`,
 //! over (a) bounded channels of one message, (b) the same unbounded channels as parla's.
 //! (The channel's own work is about two thirds of a message's instructions in Tokio, and the
@@ -194,11 +198,12 @@ enum Graph {
     RoundTrip,
     Busy,
     Waves,
+    Steps,
     Channels,
 }
 
 impl Graph {
-    const ALL: [Graph; 11] = [
+    const ALL: [Graph; 12] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
@@ -209,6 +214,7 @@ impl Graph {
         Graph::RoundTrip,
         Graph::Busy,
         Graph::Waves,
+        Graph::Steps,
         Graph::Channels,
     ];
 
@@ -224,6 +230,7 @@ impl Graph {
             Graph::RoundTrip => "round-trip",
             Graph::Busy => "busy",
             Graph::Waves => "waves",
+            Graph::Steps => "steps",
             Graph::Channels => "channels",
         }
     }
@@ -265,6 +272,8 @@ struct Sizes {
     waves: usize,
     /// Tasks of each wave: one per worker thread.
     width: usize,
+    /// Steps of `steps`.
+    steps: usize,
     /// Messages of `channels`.
     messages: usize,
     /// Ping-pong pairs of `channels`.
@@ -287,6 +296,7 @@ impl Sizes {
             busy: scaled(50_000.0),
             waves: scaled(200.0),
             width: 1,
+            steps: scaled(10_000.0),
             messages: scaled(200_000.0),
             pairs: 0,
             memory: scaled(1_000_000.0),
@@ -308,6 +318,7 @@ impl Sizes {
             Graph::RoundTrip => self.trips,
             Graph::Busy => self.busy,
             Graph::Waves => self.waves * self.width,
+            Graph::Steps => self.steps * STEP,
             Graph::Channels => self.rounds() * 2 * self.pairs,
         }
     }
@@ -375,7 +386,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, channels, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, steps, channels, service or memory",
         );
     }
     o
@@ -443,6 +454,50 @@ fn parla_waves(rt: &Runtime, rounds: usize, width: usize) -> Duration {
                 .collect();
             for h in wave {
                 h.await.expect("wave task failed");
+            }
+        }
+        start.elapsed()
+    })
+}
+
+/// Tasks of each step of `steps`.
+const STEP: usize = 8;
+
+/// `steps` steps of [`STEP`] empty tasks named `(step, k)` in one space, each step awaited
+/// through the whole space before the next.
+fn parla_steps(rt: &Runtime, steps: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let t = TaskSpace::new("S");
+        for step in 0..steps {
+            for k in 0..STEP {
+                task(async {}).id(t.at((step, k))).spawn();
+            }
+            (&t).await.expect("step task failed");
+        }
+        start.elapsed()
+    })
+}
+
+/// [`parla_steps`] with `tokio::spawn`: each step's `JoinHandle`s awaited in order (a), or a
+/// `JoinSet` (b).
+fn tokio_steps(rt: &tokio::runtime::Runtime, steps: usize, join_set: bool) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        for _ in 0..steps {
+            if join_set {
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..STEP {
+                    set.spawn(async {});
+                }
+                while let Some(r) = set.join_next().await {
+                    r.expect("step task failed");
+                }
+            } else {
+                let step: Vec<JoinHandle<()>> = (0..STEP).map(|_| tokio::spawn(async {})).collect();
+                for h in step {
+                    h.await.expect("step task failed");
+                }
             }
         }
         start.elapsed()
@@ -1077,6 +1132,7 @@ impl Env {
                     Graph::RoundTrip => parla_round_trip(rt, s.trips),
                     Graph::Busy => parla_busy(rt, s.busy),
                     Graph::Waves => parla_waves(rt, s.waves, s.width),
+                    Graph::Steps => parla_steps(rt, s.steps),
                     Graph::Channels => parla_channels(rt, s.pairs, s.rounds()),
                 }
             }
@@ -1093,6 +1149,7 @@ impl Env {
                     Graph::RoundTrip => tokio_round_trip(rt, s.trips, false),
                     Graph::Busy => tokio_a_busy(rt, s.busy),
                     Graph::Waves => tokio_waves(rt, s.waves, s.width, false),
+                    Graph::Steps => tokio_steps(rt, s.steps, false),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), false),
                 }
             }
@@ -1121,6 +1178,7 @@ impl Env {
                         },
                     ),
                     Graph::Waves => tokio_waves(rt, s.waves, s.width, true),
+                    Graph::Steps => tokio_steps(rt, s.steps, true),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), true),
                 }
             }
