@@ -782,12 +782,16 @@ fn tasks_spawned_through_the_handle_of_a_dropped_runtime_are_cancelled() {
         drop(rt);
         let direct = h.spawn(task(async { 1 }));
         let after_id = h.spawn(task(async { 2 }).after(t.at(1)));
-        let entered = {
-            let _guard = h.enter();
-            task(async { 3 }).spawn()
-        };
         let wait = |th: TaskHandle<i32>| futures_util::FutureExt::now_or_never(th);
-        (wait(direct), wait(after_id), wait(entered))
+        let (entered, in_scope) = {
+            let _guard = h.enter();
+            let entered = task(async { 3 }).spawn();
+            // Awaited while the guard lives: it must not wait for the guard to drop (it
+            // waited for good).
+            let in_scope = wait(task(async { 4 }).spawn());
+            (entered, in_scope)
+        };
+        (wait(direct), wait(after_id), wait(entered), in_scope)
     });
     assert!(
         matches!(r.0, Some(Err(TaskError::Cancelled { .. }))),
@@ -804,5 +808,10 @@ fn tasks_spawned_through_the_handle_of_a_dropped_runtime_are_cancelled() {
         matches!(r.2, Some(Err(TaskError::Cancelled { .. }))),
         "{:?}",
         r.2
+    );
+    assert!(
+        matches!(r.3, Some(Err(TaskError::Cancelled { .. }))),
+        "a task spawned inside the guard is cancelled at once: {:?}",
+        r.3
     );
 }

@@ -94,6 +94,9 @@ pub(crate) type WorkerRt = Arc<OnceLock<Weak<RtInner>>>;
 
 thread_local! {
     static RT: Cell<*const Arc<RtInner>> = const { Cell::new(std::ptr::null()) };
+    /// The runtime of the [`Handle::enter`](crate::runtime::Handle::enter) guard this thread
+    /// is in, if any (see [`enter_handle`]).
+    static HANDLE_RT: Cell<*const Arc<RtInner>> = const { Cell::new(std::ptr::null()) };
     static WORKER: RefCell<Option<WorkerRt>> = const { RefCell::new(None) };
     /// What this thread polls now (see [`Current`]).
     static CURRENT: Current = const {
@@ -209,6 +212,39 @@ pub(crate) fn enter_rt(rt: &Arc<RtInner>) -> RtGuard {
     }
 }
 
+/// Makes `rt` the current runtime of this thread through a [`Handle`]'s guard until the
+/// returned guard drops (which must be before `rt` drops: the caller keeps a reference).
+/// Unlike [`enter_rt`], it is found only where no runtime was entered
+/// ([`with_rt`]): such a thread spawns through the slower path, which cancels what it
+/// spawns into a runtime that was dropped ([`in_handle_scope`]), since no driver of that
+/// runtime will ever run it.
+///
+/// [`Handle`]: crate::runtime::Handle
+pub(crate) fn enter_handle(rt: &Arc<RtInner>) -> HandleGuard {
+    HandleGuard {
+        prev: HANDLE_RT.with(|c| c.replace(rt as *const _)),
+    }
+}
+
+/// Restores the previous handle runtime on drop.
+pub(crate) struct HandleGuard {
+    prev: *const Arc<RtInner>,
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        HANDLE_RT.with(|c| c.set(self.prev));
+    }
+}
+
+/// Whether this thread finds its runtime through a [`Handle::enter`] guard alone (see
+/// [`enter_handle`]).
+///
+/// [`Handle::enter`]: crate::runtime::Handle::enter
+pub(crate) fn in_handle_scope() -> bool {
+    entered_rt().is_null() && !HANDLE_RT.with(|c| c.get()).is_null()
+}
+
 /// Installs, on a worker thread that is starting, where it finds its runtime.
 pub(crate) fn set_worker_rt(w: WorkerRt) {
     WORKER.with(|c| *c.borrow_mut() = Some(w));
@@ -271,11 +307,18 @@ pub(crate) fn with_entered_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> 
     f(unsafe { p.as_ref() })
 }
 
-/// Runs `f` with the current runtime, if any: the one this thread entered, without touching
-/// a reference count, else its worker's.
+/// Runs `f` with the current runtime, if any: the one this thread entered, or the one of
+/// the [`Handle::enter`](crate::runtime::Handle::enter) guard it is in, without touching a
+/// reference count, else its worker's.
 pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
     if !entered_rt().is_null() {
         return with_entered_rt(f);
+    }
+    let handle = HANDLE_RT.with(|c| c.get());
+    if !handle.is_null() {
+        // SAFETY: set by `enter_handle` from a reference that outlives the guard restoring
+        // the previous value, and this thread is inside that guard's scope.
+        return f(unsafe { handle.as_ref() });
     }
     let worker = WORKER.with(|c| {
         c.borrow()

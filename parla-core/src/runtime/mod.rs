@@ -790,8 +790,7 @@ impl Handle {
     ///
     /// A handle outlives its runtime: a task spawned through it once the runtime was
     /// dropped resolves to [`TaskError::Cancelled`](crate::TaskError::Cancelled) at once,
-    /// as the tasks the drop found did (so does one spawned while an [`EnterGuard`] lives,
-    /// once the guard drops).
+    /// as the tasks the drop found did (so does one spawned while an [`EnterGuard`] lives).
     pub fn spawn<F>(&self, b: crate::TaskBuilder<F>) -> crate::TaskHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -815,7 +814,7 @@ impl Handle {
     pub fn enter(&self) -> EnterGuard<'_> {
         EnterGuard {
             _hold: self.hold(),
-            _rt: context::enter_rt(&self.inner),
+            _rt: context::enter_handle(&self.inner),
             _handle: std::marker::PhantomData,
         }
     }
@@ -841,7 +840,7 @@ impl std::fmt::Debug for Handle {
 
 /// The guard of [`Handle::enter`].
 pub struct EnterGuard<'a> {
-    _rt: context::RtGuard,
+    _rt: context::HandleGuard,
     _hold: Hold,
     _handle: std::marker::PhantomData<&'a Handle>,
 }

@@ -251,6 +251,13 @@ where
             return spawn::spawn(rt, self);
         }
         crate::runtime::context::with_rt(|rt| match rt {
+            Some(rt) if crate::runtime::context::in_handle_scope() => {
+                let task = spawn::spawn(rt, self);
+                // No driver runs a task spawned into a runtime that was dropped: it is
+                // cancelled at once, as one spawned through `Handle::spawn` is.
+                rt.cancel_if_shut_down();
+                task
+            }
             Some(rt) => spawn::spawn(rt, self),
             None => spawn::spawn_outside(self),
         })
