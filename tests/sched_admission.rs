@@ -382,6 +382,19 @@ fn builder_rejects_bad_configuration() {
         .build()
         .unwrap_err();
     assert!(e.to_string().contains("100 GPUs"), "{e}");
+    // Refused before anything is made for them (a huge count built every GPU first: a
+    // second and 316 MB for ten million, and ran out of memory beyond).
+    let e = parla::Runtime::builder()
+        .virtual_gpus(usize::MAX, 1)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("at most 63"), "{e}");
+    // (Tokio panicked on such a count.)
+    let e = parla::Runtime::builder()
+        .cpu_threads(usize::MAX)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("cpu_threads"), "{e}");
 }
 
 /// The order tasks ran in.

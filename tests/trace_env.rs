@@ -75,4 +75,24 @@ fn each_runtime_traced_through_the_environment_writes_its_own_file() {
         std::env::remove_var("PARLA_PROFILE");
     }
     assert!(!traced, "PARLA_PROFILE= (empty) asked for a profile");
+
+    // The ways of saying off turn the profile off; anything else turns it on.
+    for (value, on) in [
+        ("0", false),
+        ("off", false),
+        ("FALSE", false),
+        ("no", false),
+        ("1", true),
+        ("yes", true),
+    ] {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("PARLA_PROFILE", value) };
+        let rt = support::cpu(1);
+        let profiled = rt.profile_summary().is_some();
+        // (Its summary printed on drop is the test's output.)
+        drop(rt);
+        assert_eq!(profiled, on, "PARLA_PROFILE={value}");
+    }
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("PARLA_PROFILE") };
 }

@@ -257,9 +257,12 @@ pub(crate) fn resolve(p: &Placements, gpus: usize) -> Result<SlotMask, String> {
     ))
 }
 
-/// Converts a VCU fraction into fixed point, rounding down so that n tasks of 1/n fit.
+/// Converts a VCU fraction into fixed point, rounding down so that n tasks of 1/n fit; a
+/// share above zero is at least one unit (rounded down to none, `vcus(1e-9)` would ask for
+/// nothing and run without limit, as `vcus(0.0)` does).
 pub(crate) fn vcu_fixed(v: f64) -> u32 {
-    (v * VCU_ONE as f64).floor().clamp(0.0, u32::MAX as f64) as u32
+    let units = (v * VCU_ONE as f64).floor().clamp(0.0, u32::MAX as f64) as u32;
+    if units == 0 && v > 0.0 { 1 } else { units }
 }
 
 /// Fixed-point VCUs back to a fraction.
@@ -270,6 +273,15 @@ pub(crate) fn vcu_float(v: u32) -> f64 {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn a_share_above_zero_is_never_none() {
+        assert_eq!(vcu_fixed(0.0), 0);
+        assert_eq!(vcu_fixed(1e-9), 1);
+        assert_eq!(vcu_fixed(f64::MIN_POSITIVE), 1);
+        assert_eq!(vcu_fixed(0.5), VCU_ONE / 2);
+        assert_eq!(vcu_fixed(1.0), VCU_ONE);
+    }
 
     #[test]
     fn display() {

@@ -81,16 +81,17 @@ impl std::fmt::Debug for Builder {
 }
 
 impl Builder {
-    /// Worker threads (default: the machine's available parallelism). The default VCUs of a
-    /// CPU task are one worker's share, `1 / cpu_threads`.
+    /// Worker threads (default: the machine's available parallelism; at most
+    /// 32,768). The default VCUs of a CPU task are one worker's share, `1 / cpu_threads`.
     pub fn cpu_threads(mut self, n: usize) -> Self {
         self.cpu_threads = Some(n);
         self
     }
 
-    /// `n` simulated GPUs with `memory` bytes of budget each, in place of real ones: the
-    /// scheduler treats them as GPUs (placement, VCUs, memory admission) and runs their tasks
-    /// on the host. For tests and machines without CUDA.
+    /// `n` simulated GPUs (at most 63) with `memory` bytes of budget each (at most 16 TiB:
+    /// a larger budget counts as 16 TiB), in place of real ones: the scheduler treats them
+    /// as GPUs (placement, VCUs, memory admission) and runs their tasks on the host. For
+    /// tests and machines without CUDA.
     pub fn virtual_gpus(mut self, n: usize, memory: u64) -> Self {
         self.virtual_gpus = Some((n, memory));
         self
@@ -144,7 +145,7 @@ impl Builder {
     /// Prints a [`Summary`](crate::trace::Summary) when the runtime shuts down: tasks run
     /// and failed, busy time per device, waits for dependencies and admission, the
     /// runtime's overhead per task, makespan against the critical path. `PARLA_PROFILE=1`
-    /// does the same; [`Runtime::profile_summary`](crate::Runtime::profile_summary) gives it
+    /// does the same (`0`, `false`, `no`, `off` or empty leave it off); [`Runtime::profile_summary`](crate::Runtime::profile_summary) gives it
     /// while the runtime runs.
     pub fn profile(mut self, on: bool) -> Self {
         self.profile = on;
@@ -157,7 +158,8 @@ impl Builder {
         self
     }
 
-    /// The CPU device's memory budget in bytes (default: the machine's memory).
+    /// The CPU device's memory budget in bytes (default: the machine's memory; at most 16
+    /// TiB: a larger budget counts as 16 TiB).
     pub fn cpu_memory(mut self, bytes: u64) -> Self {
         self.cpu_memory = Some(bytes);
         self
@@ -167,6 +169,11 @@ impl Builder {
     pub fn build(self) -> Result<Runtime> {
         let threads = match self.cpu_threads {
             Some(0) => return Err(Error::Config("cpu_threads must be at least 1".into())),
+            Some(n) if n > MAX_CPU_THREADS => {
+                return Err(Error::Config(format!(
+                    "cpu_threads = {n}: it must be between 1 and {MAX_CPU_THREADS}"
+                )));
+            }
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
@@ -186,6 +193,9 @@ impl Builder {
         // The GPUs: virtual ones if asked for, else whatever the backend finds.
         let mut gpus: Vec<GpuSlot> = Vec::new();
         if let Some((n, mem)) = self.virtual_gpus {
+            if n > MAX_GPUS {
+                return Err(too_many_gpus(n));
+            }
             for i in 0..n {
                 gpus.push((format!("virtual GPU {i}"), mem, Backing::Virtual, None));
             }
@@ -208,9 +218,7 @@ impl Builder {
         }
         let n_gpus = gpus.len();
         if n_gpus > MAX_GPUS {
-            return Err(Error::Config(format!(
-                "{n_gpus} GPUs asked for; the runtime manages at most {MAX_GPUS}"
-            )));
+            return Err(too_many_gpus(n_gpus));
         }
         // (Before Tokio's runtime: a failure here returns before there is one to drop.)
         #[cfg(feature = "tracing")]
@@ -218,7 +226,7 @@ impl Builder {
         let trace_path = self
             .trace
             .or_else(|| env_set("PARLA_TRACE").map(|p| env_trace_path(p.into())));
-        let profile = self.profile || env_set("PARLA_PROFILE").is_some_and(|v| v != "0");
+        let profile = self.profile || env_set("PARLA_PROFILE").is_some_and(|v| !env_off(&v));
         #[cfg(feature = "tracing")]
         let trace = match (trace_path.is_some() || profile)
             .then(|| crate::trace::RtTrace::new(trace_path.clone(), profile))
@@ -359,6 +367,26 @@ fn system_memory() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(16 << 30, |kb| kb * 1024)
+}
+
+/// The most worker threads a runtime starts (Tokio fails or panics well before a number
+/// such as `usize::MAX`: it is refused first).
+const MAX_CPU_THREADS: usize = 1 << 15;
+
+/// The error of `n` GPUs asked for, more than the runtime manages.
+fn too_many_gpus(n: usize) -> Error {
+    Error::Config(format!(
+        "{n} GPUs asked for; the runtime manages at most {MAX_GPUS}"
+    ))
+}
+
+/// Whether a switch set in the environment (`PARLA_PROFILE`) says off: `0`, `false`, `no`
+/// or `off`, in any case.
+fn env_off(v: &std::ffi::OsStr) -> bool {
+    let v = v.to_string_lossy();
+    ["0", "false", "no", "off"]
+        .iter()
+        .any(|off| v.trim().eq_ignore_ascii_case(off))
 }
 
 /// The environment variable `name`, if it is set to something: set empty (`PARLA_TRACE=`),
