@@ -102,6 +102,43 @@ fn ranges_depend_and_await() {
     });
 }
 
+/// A range over most of the integers, with an id never spawned early in it, fails with
+/// that id and still waits for the ids after it that were spawned, without a walk of every
+/// integer left (`0..u64::MAX` never ended); from `block_on` and from a task.
+#[test]
+fn a_huge_range_with_an_id_never_spawned_ends() {
+    each_config!(|rt| {
+        for in_task in [false, true] {
+            let (r, late_done) = rt.block_on(async move {
+                let t = TaskSpace::new("H");
+                for i in 0..3u64 {
+                    task(async move { i }).id(t.at(i)).spawn();
+                }
+                let late = task(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                })
+                .id(t.at(u64::MAX - 2))
+                .spawn();
+                let range = t.range(0..u64::MAX);
+                let r = if in_task {
+                    task(async move { range.await }).await.unwrap()
+                } else {
+                    range.await
+                };
+                (r, late.is_finished())
+            });
+            assert!(
+                matches!(&r, Err(TaskError::NeverSpawned { id }) if id == "H[3]"),
+                "in a task {in_task}: {r:?}"
+            );
+            assert!(
+                late_done,
+                "in a task {in_task}: H[u64::MAX - 2] was waited for"
+            );
+        }
+    });
+}
+
 #[test]
 fn awaiting_a_space_waits_for_everything_spawned_so_far() {
     each_config!(|rt| {

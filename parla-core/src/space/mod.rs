@@ -897,6 +897,28 @@ impl TaskSpace {
         }
     }
 
+    /// The integer ids in `start..end` (keys of one integer) whose task or placeholder the
+    /// space holds now, in order.
+    pub(crate) fn held_ints(&self, start: i128, end: i128) -> Vec<i128> {
+        let mut out = Vec::new();
+        for s in &self.inner.shards {
+            let map = s.lock();
+            out.extend(
+                map.iter()
+                    .flat_map(Block::nodes)
+                    .filter_map(|n| key_of(n)?.as_int())
+                    .filter(|i| (start..end).contains(i)),
+            );
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// How many blocks of ids the space holds (each up to [`BLOCK`] ids).
+    pub(crate) fn blocks(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
     /// Every task spawned into the space so far (and not retired).
     pub(crate) fn tasks(&self) -> Vec<TaskPtr> {
         let mut out = Vec::new();

@@ -171,7 +171,17 @@ pub struct RangeWait {
     first_err: Option<TaskError>,
     /// One of its ids failed with `NeverSpawned`.
     never_spawned: bool,
+    /// Once one did, where the rest of the range is long against the ids the space holds:
+    /// the ids of the rest that the space holds then, to wait for in turn (a walk of every
+    /// integer left, looking each up, took a poll as long as the range: `0..u64::MAX` never
+    /// ended).
+    held: Option<std::vec::IntoIter<i128>>,
 }
+
+/// The length of the rest of a range, in ids per block the space holds, above which the
+/// ids left to wait for once one was never spawned are found in the space's blocks rather
+/// than by looking each id of the range up.
+const WALK_PER_BLOCK: i128 = 8;
 
 impl RangeWait {
     pub(crate) fn new(range: TaskRange) -> Self {
@@ -182,6 +192,7 @@ impl RangeWait {
             current: None,
             first_err: None,
             never_spawned: false,
+            held: None,
         }
     }
 }
@@ -201,6 +212,16 @@ impl RangeWait {
         let this = self;
         loop {
             if this.current.is_none() {
+                if let Some(held) = this.held.as_mut() {
+                    match held.next() {
+                        Some(i) => {
+                            let r = this.range.space.at(super::int_part(i));
+                            this.current = Some(RefWait::new(r));
+                        }
+                        None => return Poll::Ready(this.first_err.take().map_or(Ok(()), Err)),
+                    }
+                    continue;
+                }
                 if this.next >= this.range.end {
                     return Poll::Ready(this.first_err.take().map_or(Ok(()), Err));
                 }
@@ -219,7 +240,15 @@ impl RangeWait {
                 Poll::Ready(r) => {
                     this.current = None;
                     if let Err(e) = r {
-                        this.never_spawned |= matches!(e, TaskError::NeverSpawned { .. });
+                        if !this.never_spawned && matches!(e, TaskError::NeverSpawned { .. }) {
+                            this.never_spawned = true;
+                            let space = &this.range.space;
+                            let left = this.range.end - this.next;
+                            if left > WALK_PER_BLOCK * space.blocks() as i128 {
+                                let held = space.held_ints(this.next, this.range.end);
+                                this.held = Some(held.into_iter());
+                            }
+                        }
                         this.first_err.get_or_insert(e);
                     }
                 }
