@@ -807,3 +807,35 @@ fn tasks_with_data_waiting_for_a_gpu_count_as_its_load() {
     );
     drop(rt);
 }
+
+/// `to_host` outside a runtime (here after the runtime that wrote the array was dropped)
+/// says so, naming itself, not a task the program never spawned.
+#[test]
+fn to_host_outside_a_runtime_says_what_to_do() {
+    let a = PArray::from(ndarray::Array1::<f64>::zeros(4));
+    {
+        let rt = support::cpu(2);
+        let w = a.clone();
+        rt.block_on(async {
+            task(async move {
+                w.write()?.fill(1.0);
+                Ok::<_, parla::Error>(())
+            })
+            .writes(&a)
+            .await
+        })
+        .unwrap()
+        .unwrap();
+    }
+    let e = futures_util::FutureExt::now_or_never(a.to_host())
+        .expect("an error at once")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("PArray::to_host") && e.contains("outside a parla runtime"),
+        "{e}"
+    );
+    let rt = support::cpu(2);
+    let back = rt.block_on(a.to_host()).unwrap();
+    assert_eq!(back, ndarray::Array1::from_elem(4, 1.0));
+}

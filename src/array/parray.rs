@@ -380,11 +380,25 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
     /// finished (a read task is spawned, ordered by the accesses). Call it inside the
     /// runtime (`block_on`, a task, a `Handle`'s context).
     pub async fn to_host(&self) -> Result<Array<A, D>> {
+        in_runtime("PArray::to_host")?;
         let a = self.clone();
         crate::task(async move { Ok::<_, Error>(a.read()?.to_owned()) })
             .reads(self)
             .await?
     }
+}
+
+/// An error unless this thread is inside a runtime: `what` spawns a task that reads the
+/// data (which would fail as spawned outside a runtime, naming a task the caller never
+/// made).
+fn in_runtime(what: &str) -> Result<()> {
+    if parla_core::Handle::current().is_some() {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{what} was called outside a parla runtime: it runs a task that reads the data, so \
+         call it inside Runtime::block_on, a task, or a Handle::enter guard"
+    )))
 }
 
 #[cfg(feature = "cuda")]
@@ -531,6 +545,7 @@ impl<A: Element> Tiles<A> {
     /// The whole array on the host, assembled from the tiles once the tasks spawned before
     /// that write them finished (one read task over every tile).
     pub async fn to_host(&self) -> Result<Array2<A>> {
+        in_runtime("Tiles::to_host")?;
         let me = self.clone();
         let mut t = crate::task(async move {
             let mut whole = Array2::from_elem(me.shape, A::ZERO);

@@ -79,7 +79,8 @@ where
     /// Gives the task an id in a task space: `.id(t.at(("cpu", i)))`. Tasks (and awaits)
     /// can refer to the id before the task is spawned. Given before
     /// [`after`](Self::after), ids next to it there (see [`TaskSpace`](crate::TaskSpace)'s
-    /// costs) are looked up along with the task's own when it is spawned.
+    /// costs) are looked up along with the task's own when it is spawned. A task has one
+    /// id: called again, `.id` replaces the one given before (which stays unspawned).
     #[inline(always)]
     pub fn id(self, id: TaskRef) -> Self {
         // (The id and the list moved out and back: see `after`.)
