@@ -316,6 +316,7 @@ impl Builder {
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<RtInner>| RtInner {
             id,
             tokio: tokio.handle().clone(),
+            tokio_metrics: tokio.metrics(),
             devices: devices.into_boxed_slice(),
             gpus: n_gpus,
             inject: Injector::new(threads),

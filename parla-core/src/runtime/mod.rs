@@ -209,6 +209,9 @@ pub(crate) fn in_runtime<R>(id: u32, f: impl FnOnce(&Arc<RtInner>) -> R) -> Opti
 pub(crate) struct RtInner {
     pub(crate) id: u32,
     pub(crate) tokio: tokio::runtime::Handle,
+    /// Tokio's metrics, made once: a lingering driver reads its shared queue's depth
+    /// (`Handle::metrics` clones the handle, a count every worker would update).
+    pub(crate) tokio_metrics: tokio::runtime::RuntimeMetrics,
     pub(crate) devices: Box<[DeviceState]>,
     pub(crate) gpus: usize,
     pub(crate) inject: Injector<TaskPtr>,
