@@ -29,6 +29,10 @@
 //!   whole run, each step awaited through the whole space (`(&t).await`, the barrier of a
 //!   Parla program) before the next is spawned, never retired: whether a wait on a space
 //!   costs what is in flight, not every id named so far.
+//! - `from-tokio`: 50,000 futures `tokio::spawn`ed from `block_on` at once, each spawning
+//!   a parla task and awaiting it (a Tokio application's handlers calling into parla), then
+//!   all awaited: whether the runtime's drivers leave Tokio's workers to Tokio's work (with
+//!   one worker, `--threads 1`, each future waited for a driver's whole linger).
 //! - `channels`: 200,000 messages between pairs of tasks that ping-pong over two unbounded
 //!   `tokio::sync::mpsc` channels, three pairs per worker thread: more tasks want to run
 //!   than the CPU admits with default VCUs, so every message wakes a task that lent its
@@ -58,6 +62,8 @@
 //! the task sends on. For `busy`: those of `independent`, each task doing the same work. For
 //! `waves`: `tokio::spawn` of the same tasks, awaiting (a) each wave's `JoinHandle`s in
 //! order, (b) a `JoinSet` of them; for `steps`, the same of each step's tasks. For
+//! `from-tokio`: the same futures, each awaiting a task it gives `tokio::spawn`, (a) by its
+//! `JoinHandle`, (b) by a `oneshot` the task sends on. For
 //! `wavefront-rows`: those of the grid. For `channels`: the same pairs with `tokio::spawn`,
 //! over (a) bounded channels of one message, (b) the same unbounded channels as parla's.
 //! (The channel's own work is about two thirds of a message's instructions in Tokio, and the
@@ -199,11 +205,12 @@ enum Graph {
     Busy,
     Waves,
     Steps,
+    FromTokio,
     Channels,
 }
 
 impl Graph {
-    const ALL: [Graph; 12] = [
+    const ALL: [Graph; 13] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
@@ -215,6 +222,7 @@ impl Graph {
         Graph::Busy,
         Graph::Waves,
         Graph::Steps,
+        Graph::FromTokio,
         Graph::Channels,
     ];
 
@@ -231,6 +239,7 @@ impl Graph {
             Graph::Busy => "busy",
             Graph::Waves => "waves",
             Graph::Steps => "steps",
+            Graph::FromTokio => "from-tokio",
             Graph::Channels => "channels",
         }
     }
@@ -274,6 +283,8 @@ struct Sizes {
     width: usize,
     /// Steps of `steps`.
     steps: usize,
+    /// Futures of `from-tokio`.
+    futures: usize,
     /// Messages of `channels`.
     messages: usize,
     /// Ping-pong pairs of `channels`.
@@ -297,6 +308,7 @@ impl Sizes {
             waves: scaled(200.0),
             width: 1,
             steps: scaled(10_000.0),
+            futures: scaled(50_000.0),
             messages: scaled(200_000.0),
             pairs: 0,
             memory: scaled(1_000_000.0),
@@ -319,6 +331,7 @@ impl Sizes {
             Graph::Busy => self.busy,
             Graph::Waves => self.waves * self.width,
             Graph::Steps => self.steps * STEP,
+            Graph::FromTokio => self.futures,
             Graph::Channels => self.rounds() * 2 * self.pairs,
         }
     }
@@ -386,7 +399,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, steps, channels, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, steps, from-tokio, channels, service or memory",
         );
     }
     o
@@ -499,6 +512,49 @@ fn tokio_steps(rt: &tokio::runtime::Runtime, steps: usize, join_set: bool) -> Du
                     h.await.expect("step task failed");
                 }
             }
+        }
+        start.elapsed()
+    })
+}
+
+/// `n` futures given `tokio::spawn` from `block_on`, each awaiting a parla task it spawns.
+fn parla_from_tokio(rt: &Runtime, n: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let futures: Vec<JoinHandle<usize>> = (0..n)
+            .map(|i| {
+                tokio::spawn(async move { task(async move { i }).await.expect("task failed") })
+            })
+            .collect();
+        for f in futures {
+            f.await.expect("future failed");
+        }
+        start.elapsed()
+    })
+}
+
+/// [`parla_from_tokio`] in plain Tokio: each future awaits a task it gives `tokio::spawn`,
+/// by its `JoinHandle` (a), or by a `oneshot` the task sends on (b).
+fn tokio_from_tokio(rt: &tokio::runtime::Runtime, n: usize, oneshot: bool) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let futures: Vec<JoinHandle<usize>> = (0..n)
+            .map(|i| {
+                tokio::spawn(async move {
+                    if oneshot {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        tokio::spawn(async move {
+                            let _ = tx.send(i);
+                        });
+                        rx.await.expect("sent")
+                    } else {
+                        tokio::spawn(async move { i }).await.expect("task failed")
+                    }
+                })
+            })
+            .collect();
+        for f in futures {
+            f.await.expect("future failed");
         }
         start.elapsed()
     })
@@ -1133,6 +1189,7 @@ impl Env {
                     Graph::Busy => parla_busy(rt, s.busy),
                     Graph::Waves => parla_waves(rt, s.waves, s.width),
                     Graph::Steps => parla_steps(rt, s.steps),
+                    Graph::FromTokio => parla_from_tokio(rt, s.futures),
                     Graph::Channels => parla_channels(rt, s.pairs, s.rounds()),
                 }
             }
@@ -1150,6 +1207,7 @@ impl Env {
                     Graph::Busy => tokio_a_busy(rt, s.busy),
                     Graph::Waves => tokio_waves(rt, s.waves, s.width, false),
                     Graph::Steps => tokio_steps(rt, s.steps, false),
+                    Graph::FromTokio => tokio_from_tokio(rt, s.futures, false),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), false),
                 }
             }
@@ -1179,6 +1237,7 @@ impl Env {
                     ),
                     Graph::Waves => tokio_waves(rt, s.waves, s.width, true),
                     Graph::Steps => tokio_steps(rt, s.steps, true),
+                    Graph::FromTokio => tokio_from_tokio(rt, s.futures, true),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), true),
                 }
             }
