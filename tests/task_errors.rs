@@ -17,6 +17,30 @@ fn task_error_is_a_send_sync_error() {
     assert_send_sync_error::<parla::Error>();
 }
 
+/// A panic with an error or a number as its payload (`std::panic::panic_any`) keeps its
+/// text in the task's error; of another type, the error says it had none.
+#[test]
+fn panics_with_errors_or_numbers_keep_their_text() {
+    let rt = support::cpu(2);
+    let message = |r: Result<(), TaskError>| match r {
+        Err(TaskError::Panicked { message, .. }) => message,
+        other => panic!("{other:?}"),
+    };
+    let (err, num, other) = rt.block_on(async {
+        let err = task(async {
+            let e: Box<dyn std::error::Error + Send + Sync> = "disk full".into();
+            std::panic::panic_any(e);
+        })
+        .await;
+        let num = task(async { std::panic::panic_any(42i32) }).await;
+        let other = task(async { std::panic::panic_any(vec![1u8]) }).await;
+        (err, num, other)
+    });
+    assert_eq!(message(err), "disk full");
+    assert_eq!(message(num), "42");
+    assert_eq!(message(other), "non-string panic payload");
+}
+
 #[test]
 fn panic_resolves_to_panicked_and_dependents_do_not_run() {
     each_config!(|rt| {

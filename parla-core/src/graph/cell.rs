@@ -166,15 +166,32 @@ pub(crate) fn reuse_as<C>(task: TaskPtr) -> Result<TaskArc<MaybeUninit<C>>, Task
     }
 }
 
-/// The text of a panic payload.
+/// The text of a panic payload: a string, an error (`panic_any(Box<dyn Error>)`, as
+/// `anyhow`-style code raises), or a number, as it displays; of any other type, that it had
+/// none (the payload itself is dropped: a task's error is `Clone`, a payload is not).
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
+    macro_rules! shown {
+        ($($t:ty),*) => {
+            $(if let Some(v) = p.downcast_ref::<$t>() {
+                return v.to_string();
+            })*
+        };
     }
+    if let Some(s) = p.downcast_ref::<&str>() {
+        return (*s).to_string();
+    }
+    shown!(
+        String,
+        Box<dyn std::error::Error + Send + Sync>,
+        Box<dyn std::error::Error + Send>,
+        i32,
+        i64,
+        u32,
+        u64,
+        usize,
+        isize
+    );
+    "non-string panic payload".to_string()
 }
 
 /// Replaces `stage` with `Empty`, dropping what it held; a panicking destructor is caught.
