@@ -492,31 +492,6 @@ fn parla_steps(rt: &Runtime, steps: usize) -> Duration {
     })
 }
 
-/// [`parla_steps`] with `tokio::spawn`: each step's `JoinHandle`s awaited in order (a), or a
-/// `JoinSet` (b).
-fn tokio_steps(rt: &tokio::runtime::Runtime, steps: usize, join_set: bool) -> Duration {
-    rt.block_on(async move {
-        let start = Instant::now();
-        for _ in 0..steps {
-            if join_set {
-                let mut set = tokio::task::JoinSet::new();
-                for _ in 0..STEP {
-                    set.spawn(async {});
-                }
-                while let Some(r) = set.join_next().await {
-                    r.expect("step task failed");
-                }
-            } else {
-                let step: Vec<JoinHandle<()>> = (0..STEP).map(|_| tokio::spawn(async {})).collect();
-                for h in step {
-                    h.await.expect("step task failed");
-                }
-            }
-        }
-        start.elapsed()
-    })
-}
-
 /// `n` futures given `tokio::spawn` from `block_on`, each awaiting a parla task it spawns.
 fn parla_from_tokio(rt: &Runtime, n: usize) -> Duration {
     rt.block_on(async move {
@@ -568,23 +543,36 @@ fn tokio_waves(
     width: usize,
     join_set: bool,
 ) -> Duration {
+    tokio_rounds(rt, rounds, width, join_set, || spin_for(WAVE))
+}
+
+/// `rounds` rounds of `width` tasks doing `work` with `tokio::spawn`, each round awaited
+/// before the next: its `JoinHandle`s in order (a), or a `JoinSet` (b). The baselines of
+/// `waves` and of `steps`.
+fn tokio_rounds(
+    rt: &tokio::runtime::Runtime,
+    rounds: usize,
+    width: usize,
+    join_set: bool,
+    work: impl Fn() + Copy + Send + 'static,
+) -> Duration {
     rt.block_on(async move {
         let start = Instant::now();
         for _ in 0..rounds {
             if join_set {
                 let mut set = tokio::task::JoinSet::new();
                 for _ in 0..width {
-                    set.spawn(async { spin_for(WAVE) });
+                    set.spawn(async move { work() });
                 }
                 while let Some(r) = set.join_next().await {
-                    r.expect("wave task failed");
+                    r.expect("round task failed");
                 }
             } else {
                 let wave: Vec<JoinHandle<()>> = (0..width)
-                    .map(|_| tokio::spawn(async { spin_for(WAVE) }))
+                    .map(|_| tokio::spawn(async move { work() }))
                     .collect();
                 for h in wave {
-                    h.await.expect("wave task failed");
+                    h.await.expect("round task failed");
                 }
             }
         }
@@ -1206,7 +1194,7 @@ impl Env {
                     Graph::RoundTrip => tokio_round_trip(rt, s.trips, false),
                     Graph::Busy => tokio_a_busy(rt, s.busy),
                     Graph::Waves => tokio_waves(rt, s.waves, s.width, false),
-                    Graph::Steps => tokio_steps(rt, s.steps, false),
+                    Graph::Steps => tokio_rounds(rt, s.steps, STEP, false, || {}),
                     Graph::FromTokio => tokio_from_tokio(rt, s.futures, false),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), false),
                 }
@@ -1236,7 +1224,7 @@ impl Env {
                         },
                     ),
                     Graph::Waves => tokio_waves(rt, s.waves, s.width, true),
-                    Graph::Steps => tokio_steps(rt, s.steps, true),
+                    Graph::Steps => tokio_rounds(rt, s.steps, STEP, true, || {}),
                     Graph::FromTokio => tokio_from_tokio(rt, s.futures, true),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), true),
                 }

@@ -145,8 +145,9 @@ impl Builder {
     /// Prints a [`Summary`](crate::trace::Summary) when the runtime shuts down: tasks run
     /// and failed, busy time per device, waits for dependencies and admission, the
     /// runtime's overhead per task, makespan against the critical path. `PARLA_PROFILE=1`
-    /// does the same (`0`, `false`, `no`, `off` or empty leave it off); [`Runtime::profile_summary`](crate::Runtime::profile_summary) gives it
-    /// while the runtime runs.
+    /// does the same (`0`, `false`, `no`, `off` or empty leave it off);
+    /// [`Runtime::profile_summary`](crate::Runtime::profile_summary) gives it while the
+    /// runtime runs.
     pub fn profile(mut self, on: bool) -> Self {
         self.profile = on;
         self

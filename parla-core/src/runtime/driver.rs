@@ -409,14 +409,14 @@ impl Driver {
                 } else {
                     false
                 };
-                if gpu || look {
-                    if look {
-                        let queued = tokio_queued(rt);
-                        if queued && (alone || queued_before) {
-                            break true;
-                        }
-                        queued_before = queued;
+                if look {
+                    let queued = tokio_queued(rt);
+                    if queued && (alone || queued_before) {
+                        break true;
                     }
+                    queued_before = queued;
+                }
+                if gpu || look {
                     break false;
                 }
             };

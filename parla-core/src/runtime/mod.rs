@@ -848,12 +848,6 @@ pub struct EnterGuard<'a> {
     _handle: std::marker::PhantomData<&'a Handle>,
 }
 
-impl Drop for EnterGuard<'_> {
-    fn drop(&mut self) {
-        self._hold.inner.cancel_if_shut_down();
-    }
-}
-
 impl std::fmt::Debug for EnterGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EnterGuard")

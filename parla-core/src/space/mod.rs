@@ -128,7 +128,7 @@ impl Map {
     fn track(&mut self) {
         self.tracking = true;
         for b in self.table.iter_mut() {
-            b.listed = b.slots.iter().any(Option::is_some);
+            b.listed = b.holds_node();
             if b.listed {
                 self.open.push((b.hash, b.key.clone()));
             }
@@ -151,7 +151,7 @@ impl Map {
                 Some(b) if b.mark != pass => {
                     b.mark = pass;
                     visit(b);
-                    b.listed = b.slots.iter().any(Option::is_some);
+                    b.listed = b.holds_node();
                     b.listed
                 }
                 // Gone, or visited already under another entry.
@@ -218,7 +218,12 @@ impl Block {
     }
 
     fn is_empty(&self) -> bool {
-        self.settled == 0 && self.slots.iter().all(Option::is_none)
+        self.settled == 0 && !self.holds_node()
+    }
+
+    /// Whether a slot holds a task or a placeholder.
+    fn holds_node(&self) -> bool {
+        self.slots.iter().any(Option::is_some)
     }
 
     /// Settles the task of `slot` (see [`settles`]): the slot keeps one bit instead.
