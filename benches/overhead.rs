@@ -79,7 +79,10 @@
 //! counting global allocator gives the bytes allocated per pending task (target: <= 250), the
 //! spawn time per task, and the bytes still allocated (net) once all of them ran. It runs in a
 //! runtime of its own, so that finished tasks the graphs before left for reuse are not freed
-//! during the count.
+//! during the count. Then the same count with ids: 1,000,000 tasks named `t.at(i)` in one
+//! space, each after `t.at(i - 1)` (`t.at(0)` after the gate), spawned from the first id up
+//! (`forward`) and from the last down (`reverse`: every dependency a forward reference),
+//! against DESIGN.md's bound of a million pending tasks in under 500 MB.
 //!
 //! ```sh
 //! cargo bench --bench overhead                       # everything, default sizes
@@ -1312,6 +1315,53 @@ fn parla_memory(rt: &Runtime, n: usize) -> (isize, isize, Duration) {
     (pending, left, spawn_time)
 }
 
+/// How the tasks of [`parla_memory_ids`] name each other.
+#[derive(Clone, Copy)]
+enum IdOrder {
+    /// Task `i` is after task `i - 1`, spawned before it (task 0 after the gate).
+    Forward,
+    /// Spawned from the last id down: task `i` is after task `i - 1`, not spawned yet (a
+    /// forward reference), and task 0 after the gate.
+    Reverse,
+}
+
+/// [`parla_memory`] with ids: `n` tasks `t.at(i)` of one space, in a chain behind a closed
+/// gate, spawned in `order`. Returns the net bytes allocated by the spawning (the space's
+/// table included), and those still allocated once everything ran and the space is gone.
+fn parla_memory_ids(rt: &Runtime, n: usize, order: IdOrder) -> (isize, isize, Duration) {
+    let (pending, spawn_time) = rt.block_on(async move {
+        let (open, gate_rx) = oneshot::channel::<()>();
+        let gate = task(async move {
+            let _ = gate_rx.await;
+        })
+        .spawn();
+        start_counting();
+        let start = Instant::now();
+        let t = TaskSpace::new("Memory");
+        let spawn_one = |i: usize| {
+            let b = task(async {}).id(t.at(i));
+            if i == 0 {
+                b.after(&gate).spawn()
+            } else {
+                b.after(t.at(i - 1)).spawn()
+            }
+        };
+        match order {
+            IdOrder::Forward => (0..n).for_each(|i| drop(spawn_one(i))),
+            IdOrder::Reverse => (0..n).rev().for_each(|i| drop(spawn_one(i))),
+        }
+        let spawn_time = start.elapsed();
+        let pending = counted_bytes();
+        let _ = open.send(());
+        (&t).await.expect("memory task failed");
+        drop(t);
+        (pending, spawn_time)
+    });
+    let left = counted_bytes();
+    stop_counting();
+    (pending, left, spawn_time)
+}
+
 fn bench_memory(env: &Env, threads: usize) {
     let n = env.sizes.memory;
     // In a runtime of its own, on a thread of its own: the finished tasks that the graphs
@@ -1345,6 +1395,35 @@ fn bench_memory(env: &Env, threads: usize) {
         spawn_time.as_nanos() as f64 / n as f64,
         left
     );
+    println!();
+    println!(
+        "memory with ids: {n} tasks t.at(i) pending at once, each after t.at(i - 1) (t.at(0) after the gate, closed)"
+    );
+    println!(
+        "{:>10} | {:>12} | {:>12} | {:>12} | {:>16}",
+        "order", "bytes/task", "target", "spawn ns/task", "bytes left after"
+    );
+    for (name, order) in [("forward", IdOrder::Forward), ("reverse", IdOrder::Reverse)] {
+        let (pending, left, spawn_time) = std::thread::scope(|s| {
+            s.spawn(|| parla_memory_ids(&rt, n, order))
+                .join()
+                .expect("memory row panicked")
+        });
+        let per_task = pending as f64 / n as f64;
+        println!(
+            "{:>10} | {:>12.1} | {:>12} | {:>12.1} | {:>16}",
+            name,
+            per_task,
+            // DESIGN.md: a million pending tasks in under 500 MB.
+            if per_task < 500.0 {
+                "<500 ok"
+            } else {
+                "<500 NO"
+            },
+            spawn_time.as_nanos() as f64 / n as f64,
+            left
+        );
+    }
 }
 
 /// A service run in batches of id'd tasks, retiring each batch: the bytes still allocated

@@ -198,6 +198,34 @@ fn a_service_spawning_and_retiring_batches_runs_in_flat_memory() {
     assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 batches");
 }
 
+/// A chain spawned from its last id down (each task after the id before it, not spawned
+/// yet: a forward reference), in a space of its own that is dropped once the chain ran,
+/// leaves nothing behind.
+#[test]
+fn chains_of_forward_references_in_dropped_spaces_leave_nothing_behind() {
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    let (quarter, end) = support::within(120, move || {
+        growth(&rt, 40, |_| async move {
+            let t = TaskSpace::new("Reverse");
+            let (open, gate) = tokio::sync::oneshot::channel::<()>();
+            let gate = task(async move { gate.await.unwrap() }).spawn();
+            for i in (0..2000usize).rev() {
+                let b = task(async move { i }).id(t.at(i));
+                if i == 0 {
+                    b.after(&gate).spawn()
+                } else {
+                    b.after(t.at(i - 1)).spawn()
+                };
+            }
+            open.send(()).unwrap();
+            (&t).await.unwrap();
+        })
+    });
+    let grew = end - quarter;
+    assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 chains");
+}
+
 /// A solver naming its tasks `(step, i)` and retiring each step's ids once the step is
 /// done runs in flat memory: the record of retired ids holds one band for all the steps
 /// (it held a row per step before: about 350 bytes per step, without bound).

@@ -274,6 +274,25 @@ fn publish(t: &TaskPtr, o: Outcome, fx: &mut Effects, work: &mut Vec<(TaskPtr, O
     }
 }
 
+/// Task `task`, spawned under the id placeholder `p` stood for and seen by no other thread
+/// yet, takes `p`'s place: `p`'s dependents become `task`'s own, and `p` finishes with
+/// nothing left to tell. So a forward reference costs nothing once its task is spawned,
+/// instead of a node that waits for the task and mirrors its outcome.
+///
+/// The caller makes sure nothing can register on `p` any more: the only references to it
+/// are the space's (whose shard the caller holds locked, and which now names `task`) and
+/// the runtime's registry of forward references, which registers nothing. Returns false,
+/// leaving `p` alone, when `p` finished already (the stall resolver failed it).
+pub(crate) fn take_over(p: &TaskPtr, task: &TaskPtr) -> bool {
+    let ph = p.header();
+    if !ph.claim_unrun() {
+        return false;
+    }
+    let Published { dependents, .. } = ph.publish(Ok(()));
+    task.header().adopt_dependents(dependents);
+    true
+}
+
 /// A GPU task's body returned and its work is enqueued behind `fence`: its GPU-only
 /// dependents need not wait for the host to see the fence (runahead) - they become ready
 /// now, and their streams will wait on the fence. Returns whether anything else waits on

@@ -868,6 +868,17 @@ impl Header {
         }
     }
 
+    /// Makes `d` (the dependents of the placeholder this task took over: see
+    /// [`take_over`](crate::graph::take_over)) this node's own.
+    pub(crate) fn adopt_dependents(&self, d: Dependents) {
+        let mut l = self.links.lock();
+        if l.dependents.is_empty() {
+            l.dependents = d;
+        } else {
+            l.dependents.extend(d);
+        }
+    }
+
     /// Removes waiter `w` (an await dropped before the node finished).
     pub(crate) fn remove_waiter(&self, w: &Arc<atomic_waker::AtomicWaker>) {
         let mut l = self.links.lock();

@@ -288,16 +288,21 @@ const SPENT: usize = 4096;
 /// what it gathered so far, whenever it runs out of work or yields).
 const SPENT_BATCH: usize = 16;
 
-/// Keeps the placeholders that may still matter: unfinished, and either waited on or still
-/// referred to from somewhere else than this registry.
-fn retain_forward(f: &mut Vec<TaskPtr>) {
-    f.retain(|p| {
-        let h = p.header();
-        !h.is_done() && (TaskArc::strong_count(p) > 1 || h.has_dependents())
-    });
+/// Keeps the placeholders (and tasks that took one over) that may still matter: unfinished,
+/// and either waited on or still referred to from somewhere else than this registry.
+/// Returns the others, for the caller to drop once it unlocked the registry.
+#[must_use]
+fn retain_forward(f: &mut Vec<TaskPtr>) -> Vec<TaskPtr> {
+    let gone: Vec<TaskPtr> = f
+        .extract_if(.., |p| {
+            let h = p.header();
+            h.is_done() || (TaskArc::strong_count(p) == 1 && !h.has_dependents())
+        })
+        .collect();
     if f.capacity() > 64 && f.len() < f.capacity() / 4 {
         f.shrink_to(f.len() * 2);
     }
+    gone
 }
 
 /// The scheduler wakers reach: the runtime, weakly (tasks may outlive it).
@@ -328,20 +333,58 @@ impl Schedule for Sched {
 }
 
 impl RtInner {
-    /// Records a placeholder (a forward reference) for the stall resolver.
-    pub(crate) fn register_forward(&self, p: &TaskPtr) {
-        let mut f = self.forward.lock();
-        if f.len() >= 64 && f.len().is_power_of_two() {
-            retain_forward(&mut f);
-        }
-        f.push(p.clone());
+    /// Records a placeholder (a forward reference) for the stall resolver. Called with the
+    /// placeholder's shard locked (the registry's lock is taken inside a shard's, never the
+    /// other way round), it returns the entries it let go of, for the caller to drop once
+    /// the shard is unlocked.
+    #[must_use]
+    pub(crate) fn register_forward(&self, p: &TaskPtr) -> Vec<TaskPtr> {
+        Self::push_forward(&mut self.forward.lock(), p)
     }
 
-    /// The unfinished placeholders, oldest first.
+    /// Adds `p` to the registry `f`, passing over it first at each power of two. Returns
+    /// the entries that pass let go of.
+    #[must_use]
+    fn push_forward(f: &mut Vec<TaskPtr>, p: &TaskPtr) -> Vec<TaskPtr> {
+        let gone = if f.len() >= 64 && f.len().is_power_of_two() {
+            retain_forward(f)
+        } else {
+            Vec::new()
+        };
+        f.push(p.clone());
+        gone
+    }
+
+    /// Task `task` took placeholder `p` over ([`take_over`](crate::graph::take_over)): it
+    /// stands in `p`'s place in the registry, a root of the cycles that went through `p`
+    /// (`p`'s dependents wait for it now). Looked for among the last entries (a forward reference met soon
+    /// after it was made: a chain spawned from its end); otherwise `task` is added, and `p`,
+    /// finished, goes at the next pass over the registry.
+    pub(crate) fn forward_taken_over(&self, p: TaskPtr, task: &TaskPtr) {
+        /// How many of the last entries are looked at.
+        const LOOK: usize = 8;
+        let mut f = self.forward.lock();
+        let from = f.len().saturating_sub(LOOK);
+        let (old, gone) = match f[from..].iter().rposition(|q| TaskArc::ptr_eq(q, &p)) {
+            Some(i) => (
+                Some(std::mem::replace(&mut f[from + i], task.clone())),
+                Vec::new(),
+            ),
+            None => (None, Self::push_forward(&mut f, task)),
+        };
+        drop(f);
+        // (Freed outside the registry's lock.)
+        drop((old, gone, p));
+    }
+
+    /// The unfinished placeholders (and tasks that took one over), oldest first.
     pub(crate) fn forward_refs(&self) -> Vec<TaskPtr> {
         let mut f = self.forward.lock();
-        retain_forward(&mut f);
-        f.clone()
+        let gone = retain_forward(&mut f);
+        let refs = f.clone();
+        drop(f);
+        drop(gone);
+        refs
     }
 
     /// Runs `f` with the runtime's own subscriber as the default, if it has one (its
