@@ -303,7 +303,7 @@ fn alone(layout: Layout) -> NonNull<u8> {
 /// # Safety
 /// `block` came from [`alloc_block`] with `layout`, is given back once, and nothing refers
 /// to its memory any more.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn free_block(block: NonNull<u8>, layout: Layout, in_chunk: bool) {
     if !in_chunk {
         // SAFETY: allocated by `alone` with `layout`.

@@ -288,8 +288,7 @@ pub(crate) fn take_over(p: &TaskPtr, task: &TaskPtr) -> bool {
     if !ph.claim_unrun() {
         return false;
     }
-    let Published { dependents, .. } = ph.publish(Ok(()));
-    task.header().adopt_dependents(dependents);
+    task.header().adopt_dependents(ph.hand_over_dependents());
     true
 }
 

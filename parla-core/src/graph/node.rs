@@ -868,6 +868,17 @@ impl Header {
         }
     }
 
+    /// A placeholder a task took over ([`take_over`](crate::graph::take_over)), claimed:
+    /// publishes its success, and gives its dependents up to that task. (Not through
+    /// [`publish`](Self::publish), whose one caller, on every task's path, then inlines
+    /// it.)
+    pub(crate) fn hand_over_dependents(&self) -> Dependents {
+        let mut l = self.links.lock();
+        self.join_state
+            .fetch_or(PUBLISHED | SUCCEEDED | JOIN_COMPLETE, Ordering::AcqRel);
+        std::mem::take(&mut l.dependents)
+    }
+
     /// Makes `d` (the dependents of the placeholder this task took over: see
     /// [`take_over`](crate::graph::take_over)) this node's own.
     pub(crate) fn adopt_dependents(&self, d: Dependents) {

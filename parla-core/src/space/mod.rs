@@ -378,17 +378,6 @@ impl std::ops::Deref for SpaceHandle {
     }
 }
 
-/// The placeholder a task spawned under a referenced id replaced
-/// ([`TaskSpace::insert`]).
-pub(crate) enum Replaced {
-    /// Taken over: its dependents are the task's now ([`graph::take_over`]); the caller
-    /// puts the task in its place in the runtime's registry.
-    TakenOver(TaskPtr),
-    /// Referred to from elsewhere (an await, a builder not spawned yet): the caller makes
-    /// it a dependent of the task, whose outcome it mirrors.
-    Follows(TaskPtr),
-}
-
 impl Drop for TaskSpace {
     #[inline]
     fn drop(&mut self) {
@@ -785,8 +774,8 @@ impl TaskSpace {
     }
 
     /// Records `task` (of `rt`) under `key`. Returns the placeholder it replaces, if the id
-    /// was referenced before: taken over by `task` (see [`graph::take_over`]) when nothing
-    /// else refers to it, else left to follow the task.
+    /// was referenced before and something else than the space still refers to it (see
+    /// [`replace_placeholder`](Self::replace_placeholder)): it follows the task.
     ///
     /// The ids of `key`'s block that the task depends on and that its builder kept as slots
     /// (see [`TaskRef::near_slot`]) are looked up in the same lookup of the block, their
@@ -798,7 +787,7 @@ impl TaskSpace {
         key: &Key,
         task: &TaskPtr,
         deps: &mut DepList,
-    ) -> Result<Option<Replaced>, TaskError> {
+    ) -> Result<Option<TaskPtr>, TaskError> {
         let id = || format!("{}[{}]", self.inner.name, key);
         if self.bind(rt).is_err() {
             return Err(TaskError::WrongRuntime {
@@ -843,7 +832,7 @@ impl TaskSpace {
         // just now, and the table was not changed since (it is borrowed mutably here).
         let e = unsafe { map.table.get_bucket_unchecked_mut(i) };
         let settled = e.is_settled(slot);
-        let placed = match &mut e.slots[slot] {
+        match &mut e.slots[slot] {
             s @ None => {
                 if settled || self.retired(key).is_some() {
                     return Err(TaskError::DuplicateId { id: id() });
@@ -855,32 +844,14 @@ impl TaskSpace {
                     e.listed = true;
                     map.open.push((h, key.clone()));
                 }
-                None
             }
-            Some(e) => {
-                let eh = e.header();
-                if eh.kind == Kind::Placeholder && !eh.is_done() && eh.resolve() {
-                    let p = std::mem::replace(e, task.clone());
-                    // Referred to by this table (through `p` now) and the runtime's registry
-                    // alone (it was registered before the shard was unlocked, by the thread
-                    // that made it: `not_in_table`): nothing can register on it any more (a
-                    // lookup would need this shard's lock), so the task takes it over.
-                    if TaskArc::strong_count(&p) <= 2 && graph::take_over(&p, task) {
-                        Some(Replaced::TakenOver(p))
-                    } else {
-                        Some(Replaced::Follows(p))
-                    }
-                } else if eh.kind == Kind::Placeholder && eh.is_done() {
-                    // A forward reference the stall resolver failed as never spawned (no
-                    // thread held the runtime while it was waited on): what waited on it
-                    // failed, and this is still the first task under the id.
-                    *e = task.clone();
-                    None
-                } else {
-                    return Err(TaskError::DuplicateId { id: id() });
+            Some(n) => {
+                if n.header().kind == Kind::Placeholder {
+                    return self.replace_placeholder(guard, i, slot, near, key, rt, task, deps);
                 }
+                return Err(TaskError::DuplicateId { id: id() });
             }
-        };
+        }
         if near != 0 {
             let (missing, settled) = Self::near_in(e, near, deps);
             drop(guard);
@@ -892,6 +863,76 @@ impl TaskSpace {
                 self.near_missing(missing, key, rt, deps);
             }
         }
+        Ok(None)
+    }
+
+    /// [`insert`](Self::insert) of `task` under `key`, whose slot (`slot` of the block in
+    /// bucket `i` of the table, locked by `guard`) holds a placeholder: the id was
+    /// referenced before. The task takes the placeholder over (see [`graph::take_over`])
+    /// when nothing but the table and the runtime's registry refers to it; otherwise the
+    /// placeholder is returned, to follow the task.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn replace_placeholder(
+        &self,
+        mut guard: MutexGuard<'_, Map>,
+        i: usize,
+        slot: usize,
+        near: u8,
+        key: &Key,
+        rt: &RtInner,
+        task: &TaskPtr,
+        deps: &mut DepList,
+    ) -> Result<Option<TaskPtr>, TaskError> {
+        // SAFETY: bucket `i` holds a block: `insert` found it there, and the table was not
+        // changed since (its shard's lock is held since, by `guard`).
+        let e = unsafe { guard.table.get_bucket_unchecked_mut(i) };
+        let duplicate = || TaskError::DuplicateId {
+            id: format!("{}[{}]", self.inner.name, key),
+        };
+        // (`insert` found the placeholder in the slot.)
+        let Some(s) = &mut e.slots[slot] else {
+            return Err(duplicate());
+        };
+        let sh = s.header();
+        let mut taken = None;
+        let placed = if !sh.is_done() && sh.resolve() {
+            let p = std::mem::replace(s, task.clone());
+            // Referred to by this table (through `p` now) and the runtime's registry alone
+            // (it was registered before the shard was unlocked, by the thread that made it:
+            // `not_in_table`): nothing can register on it any more (a lookup would need this
+            // shard's lock), so the task takes it over.
+            if TaskArc::strong_count(&p) <= 2 && graph::take_over(&p, task) {
+                taken = Some(p);
+                None
+            } else {
+                Some(p)
+            }
+        } else if sh.is_done() {
+            // A forward reference the stall resolver failed as never spawned (no thread held
+            // the runtime while it was waited on): what waited on it failed, and this is
+            // still the first task under the id.
+            *s = task.clone();
+            None
+        } else {
+            return Err(duplicate());
+        };
+        let (missing, settled) = if near != 0 {
+            Self::near_in(e, near, deps)
+        } else {
+            (0, None)
+        };
+        drop(guard);
+        if let Some(p) = taken {
+            rt.forward_taken_over(p, task);
+        }
+        if let Some(n) = settled {
+            crate::runtime::let_go_last(n);
+        }
+        if missing != 0 {
+            self.near_missing(missing, key, rt, deps);
+        }
         Ok(placed)
     }
 
@@ -900,7 +941,7 @@ impl TaskSpace {
     /// slots `b` has nothing for, and a task settled, which the caller lets go of once the
     /// shard is unlocked (any other goes to `deps`, where the wiring finds it succeeded and
     /// drops it).
-    #[inline]
+    #[inline(always)]
     fn near_in(b: &mut Block, near: u8, deps: &mut DepList) -> (u8, Option<TaskPtr>) {
         let mut missing = 0;
         let mut settled = None;

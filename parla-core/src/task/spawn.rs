@@ -18,7 +18,6 @@ use crate::graph::node::{
 use crate::graph::{self, Effects};
 use crate::runtime::data::WithData;
 use crate::runtime::{RtInner, context};
-use crate::space::Replaced;
 
 static NEXT_ANON: AtomicU64 = AtomicU64::new(0);
 
@@ -304,16 +303,14 @@ fn wire_spawned(
     let wired = 'wired: {
         let mut placeholder = None;
         if let Some(id) = &id {
-            match id.space.insert(rt, &id.key, task, &mut deps) {
-                Ok(None) => {}
-                Ok(Some(Replaced::Follows(p))) => {
-                    // The forward reference follows this task from now on, whatever becomes
-                    // of it (even a failure right here).
-                    let _ = h.add_dependent(Dependent::Task(p.clone()));
-                    placeholder = Some(p);
-                }
-                Ok(Some(Replaced::TakenOver(p))) => rt.forward_taken_over(p, task),
+            placeholder = match id.space.insert(rt, &id.key, task, &mut deps) {
+                Ok(p) => p,
                 Err(e) => break 'wired Err(failed_at_spawn(task, data, e)),
+            };
+            if let Some(p) = &placeholder {
+                // The forward reference follows this task from now on, whatever becomes of
+                // it (even a failure right here).
+                let _ = h.add_dependent(Dependent::Task(p.clone()));
             }
         }
         let skipped = deps.skipped_runtime();
