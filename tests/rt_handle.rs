@@ -54,6 +54,44 @@ fn enter_makes_spawning_work_on_a_plain_thread() {
 }
 
 /// Awaits a future on the current (non-runtime) thread.
+/// A guard taken from a temporary handle (`rt.handle().enter()`, the handle dropped at the
+/// end of the statement) keeps its runtime current: the guard pointed into the handle, and
+/// the spawn read freed memory (a segmentation fault, every run).
+#[test]
+fn a_guard_outlives_the_handle_it_came_from() {
+    let rt = support::cpu(1);
+    let (h, id) = {
+        let _g = rt.handle().enter();
+        // Spawned with an id and a dependency: both look the runtime up.
+        let t = TaskSpace::new("G");
+        task(async {}).id(t.at(0)).spawn();
+        (
+            task(async { 7 }).id(t.at(1)).after(t.at(0)).spawn(),
+            t.at(1),
+        )
+    };
+    let r = support::within(30, move || rt.block_on(async move { (h.await, id.await) }));
+    assert!(matches!(r, (Ok(7), Ok(()))), "{r:?}");
+}
+
+/// Guards of two runtimes dropped in the order they were taken (the outer one first): the
+/// inner one's runtime stays current until it drops, and then none is.
+#[test]
+fn guards_dropped_out_of_order_leave_the_inner_runtime_current() {
+    let (rt1, rt2) = (support::cpu(1), support::cpu(1));
+    let (h1, h2) = (rt1.handle(), rt2.handle());
+    let outer = h1.enter();
+    let inner = h2.enter();
+    drop(outer);
+    let on_second = task(async { parla::Handle::current().is_some() }).spawn();
+    drop(inner);
+    let outside = task(async {}).spawn();
+    let r = support::within(30, move || rt2.block_on(on_second));
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    let r = rt1.block_on(outside);
+    assert!(matches!(r, Err(TaskError::NoRuntime { .. })), "{r:?}");
+}
+
 fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

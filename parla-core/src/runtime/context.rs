@@ -94,9 +94,14 @@ pub(crate) type WorkerRt = Arc<OnceLock<Weak<RtInner>>>;
 
 thread_local! {
     static RT: Cell<*const Arc<RtInner>> = const { Cell::new(std::ptr::null()) };
-    /// The runtime of the [`Handle::enter`](crate::runtime::Handle::enter) guard this thread
-    /// is in, if any (see [`enter_handle`]).
-    static HANDLE_RT: Cell<*const Arc<RtInner>> = const { Cell::new(std::ptr::null()) };
+    /// The runtimes of the [`Handle::enter`](crate::runtime::Handle::enter) guards this
+    /// thread is in, the innermost last, each with its guard's number (see
+    /// [`enter_handle`]). Owned here, not borrowed from the handle: a guard may outlive the
+    /// handle it came from (`let _g = rt.handle().enter();`), and guards may be dropped in
+    /// any order.
+    static HANDLE_RT: RefCell<Vec<(u64, Arc<RtInner>)>> = const { RefCell::new(Vec::new()) };
+    /// The number of this thread's last [`enter_handle`] guard.
+    static HANDLE_SEQ: Cell<u64> = const { Cell::new(0) };
     static WORKER: RefCell<Option<WorkerRt>> = const { RefCell::new(None) };
     /// What this thread polls now (see [`Current`]).
     static CURRENT: Current = const {
@@ -213,7 +218,8 @@ pub(crate) fn enter_rt(rt: &Arc<RtInner>) -> RtGuard {
 }
 
 /// Makes `rt` the current runtime of this thread through a [`Handle`]'s guard until the
-/// returned guard drops (which must be before `rt` drops: the caller keeps a reference).
+/// returned guard drops (the thread keeps a reference meanwhile; guards may be dropped in
+/// any order: the innermost one still alive gives the runtime).
 /// Unlike [`enter_rt`], it is found only where no runtime was entered
 /// ([`with_rt`]): such a thread spawns through the slower path, which cancels what it
 /// spawns into a runtime that was dropped ([`in_handle_scope`]), since no driver of that
@@ -221,20 +227,47 @@ pub(crate) fn enter_rt(rt: &Arc<RtInner>) -> RtGuard {
 ///
 /// [`Handle`]: crate::runtime::Handle
 pub(crate) fn enter_handle(rt: &Arc<RtInner>) -> HandleGuard {
+    let id = HANDLE_SEQ.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    HANDLE_RT.with(|s| s.borrow_mut().push((id, rt.clone())));
     HandleGuard {
-        prev: HANDLE_RT.with(|c| c.replace(rt as *const _)),
+        id,
+        _thread: std::marker::PhantomData,
     }
 }
 
-/// Restores the previous handle runtime on drop.
+/// Takes its runtime off this thread's [`HANDLE_RT`] on drop (wherever it is there: an
+/// outer guard may be dropped first).
 pub(crate) struct HandleGuard {
-    prev: *const Arc<RtInner>,
+    id: u64,
+    /// Not `Send`: the entry is this thread's.
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for HandleGuard {
     fn drop(&mut self) {
-        HANDLE_RT.with(|c| c.set(self.prev));
+        let entry = HANDLE_RT
+            .try_with(|s| {
+                let mut s = s.borrow_mut();
+                let i = s.iter().rposition(|(g, _)| *g == self.id)?;
+                Some(s.remove(i))
+            })
+            .ok()
+            .flatten();
+        // (Dropped once the list is released: it may be the runtime's last reference.)
+        drop(entry);
     }
+}
+
+/// The runtime of the innermost [`Handle::enter`](crate::runtime::Handle::enter) guard
+/// this thread is in, if any.
+fn handle_rt() -> Option<Arc<RtInner>> {
+    HANDLE_RT
+        .try_with(|s| s.borrow().last().map(|(_, rt)| rt.clone()))
+        .ok()
+        .flatten()
 }
 
 /// Whether this thread finds its runtime through a [`Handle::enter`] guard alone (see
@@ -242,7 +275,7 @@ impl Drop for HandleGuard {
 ///
 /// [`Handle::enter`]: crate::runtime::Handle::enter
 pub(crate) fn in_handle_scope() -> bool {
-    entered_rt().is_null() && !HANDLE_RT.with(|c| c.get()).is_null()
+    entered_rt().is_null() && HANDLE_RT.try_with(|s| !s.borrow().is_empty()) == Ok(true)
 }
 
 /// Installs, on a worker thread that is starting, where it finds its runtime.
@@ -307,18 +340,15 @@ pub(crate) fn with_entered_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> 
     f(unsafe { p.as_ref() })
 }
 
-/// Runs `f` with the current runtime, if any: the one this thread entered, or the one of
-/// the [`Handle::enter`](crate::runtime::Handle::enter) guard it is in, without touching a
-/// reference count, else its worker's.
+/// Runs `f` with the current runtime, if any: the one this thread entered (without
+/// touching a reference count), or the one of the innermost
+/// [`Handle::enter`](crate::runtime::Handle::enter) guard it is in, else its worker's.
 pub(crate) fn with_rt<R>(f: impl FnOnce(Option<&Arc<RtInner>>) -> R) -> R {
     if !entered_rt().is_null() {
         return with_entered_rt(f);
     }
-    let handle = HANDLE_RT.with(|c| c.get());
-    if !handle.is_null() {
-        // SAFETY: set by `enter_handle` from a reference that outlives the guard restoring
-        // the previous value, and this thread is inside that guard's scope.
-        return f(unsafe { handle.as_ref() });
+    if let Some(rt) = handle_rt() {
+        return f(Some(&rt));
     }
     let worker = WORKER.with(|c| {
         c.borrow()

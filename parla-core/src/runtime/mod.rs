@@ -857,6 +857,25 @@ impl Handle {
     /// Makes the runtime current on this thread until the guard drops, so that
     /// `task(..).spawn()` spawns on it. The guard also [holds](Handle::hold) stall
     /// detection off: this thread may spawn what others wait for.
+    ///
+    /// Guards nest: the innermost one still alive gives the runtime, whatever order they
+    /// are dropped in. A guard keeps what it needs of the runtime itself, so it may outlive
+    /// the handle it came from.
+    ///
+    /// ```
+    /// use parla_core::{Runtime, task};
+    /// let rt = Runtime::builder().cpu_threads(1).build()?;
+    /// let handle = std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         let _guard = rt.handle().enter();
+    ///         task(async { 6 * 7 }).spawn()
+    ///     })
+    ///     .join()
+    ///     .unwrap()
+    /// });
+    /// assert_eq!(rt.block_on(handle)?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn enter(&self) -> EnterGuard<'_> {
         EnterGuard {
             _hold: self.hold(),
