@@ -1289,15 +1289,21 @@ fn bench_graph(env: &Env, o: &Options, g: Graph) {
     let _ = std::io::stdout().flush();
 }
 
+/// A task that finishes once the sender is used (or dropped), and that sender.
+fn closed_gate() -> (oneshot::Sender<()>, TaskHandle<()>) {
+    let (open, gate) = oneshot::channel::<()>();
+    let gate = task(async move {
+        let _ = gate.await;
+    })
+    .spawn();
+    (open, gate)
+}
+
 /// Spawns `n` parla tasks all waiting on a gate, and returns the net bytes allocated by the
 /// spawning, and those still allocated once everything ran.
 fn parla_memory(rt: &Runtime, n: usize) -> (isize, isize, Duration) {
     let (pending, spawn_time) = rt.block_on(async move {
-        let (open, gate_rx) = oneshot::channel::<()>();
-        let gate = task(async move {
-            let _ = gate_rx.await;
-        })
-        .spawn();
+        let (open, gate) = closed_gate();
         start_counting();
         let start = Instant::now();
         for _ in 0..n {
@@ -1330,11 +1336,7 @@ enum IdOrder {
 /// table included), and those still allocated once everything ran and the space is gone.
 fn parla_memory_ids(rt: &Runtime, n: usize, order: IdOrder) -> (isize, isize, Duration) {
     let (pending, spawn_time) = rt.block_on(async move {
-        let (open, gate_rx) = oneshot::channel::<()>();
-        let gate = task(async move {
-            let _ = gate_rx.await;
-        })
-        .spawn();
+        let (open, gate) = closed_gate();
         start_counting();
         let start = Instant::now();
         let t = TaskSpace::new("Memory");

@@ -198,6 +198,42 @@ fn a_service_spawning_and_retiring_batches_runs_in_flat_memory() {
     assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 batches");
 }
 
+/// A chain of 100,000 named tasks spawned from its last id down, pending behind a closed
+/// gate: every dependency is a forward reference, and once each task is spawned its id's
+/// placeholder is gone (taken over, and its memory not kept by the tasks cut around it).
+/// Each pending task then costs what a task named in order does: 279 bytes, against 459
+/// before the placeholders were taken over and allocated apart (569 for a million).
+#[test]
+fn a_pending_chain_of_forward_references_keeps_no_placeholders() {
+    let _s = SERIAL.lock();
+    let rt = support::cpu(2);
+    let n = 100_000usize;
+    let per_task = support::within(120, move || {
+        rt.block_on(async move {
+            let t = TaskSpace::new("Pending");
+            let (open, gate) = tokio::sync::oneshot::channel::<()>();
+            let gate = task(async move {
+                let _ = gate.await;
+            })
+            .spawn();
+            let before = live();
+            for i in (0..n).rev() {
+                let b = task(async {}).id(t.at(i));
+                if i == 0 {
+                    b.after(&gate).spawn()
+                } else {
+                    b.after(t.at(i - 1)).spawn()
+                };
+            }
+            let per_task = (live() - before) as f64 / n as f64;
+            let _ = open.send(());
+            (&t).await.unwrap();
+            per_task
+        })
+    });
+    assert!(per_task < 400.0, "{per_task:.1} bytes per pending task");
+}
+
 /// A chain spawned from its last id down (each task after the id before it, not spawned
 /// yet: a forward reference), in a space of its own that is dropped once the chain ran,
 /// leaves nothing behind. (The last chain's tasks may still be held when `block_on`

@@ -107,10 +107,31 @@ impl<T> TaskArc<T> {
         }
     }
 
+    /// [`new`](Self::new), the allocation taken from the global allocator rather than cut
+    /// from the thread's chunk: for a node that dies long before the tasks cut around it
+    /// would (a placeholder, freed as soon as its task is spawned), whose block would
+    /// otherwise keep their chunk's memory as long as they live.
+    pub(crate) fn new_alone(value: T) -> Self {
+        let p = arena::alone(block_layout(Layout::new::<T>()));
+        let this = Self::at_block(p, false);
+        // SAFETY: as in `new`.
+        unsafe {
+            TaskArc::as_ptr(&this).cast_mut().cast::<T>().write(value);
+            this.assume_init()
+        }
+    }
+
     /// A task allocation whose value is not written yet.
     #[inline(always)]
     pub(crate) fn new_uninit() -> TaskArc<MaybeUninit<T>> {
         let (p, in_chunk) = arena::alloc_block(block_layout(Layout::new::<T>()));
+        Self::at_block(p, in_chunk)
+    }
+
+    /// The reference of a fresh block `p` of `block_layout` for `T` (cut from a chunk if
+    /// `in_chunk`), its value not written yet.
+    #[inline(always)]
+    fn at_block(p: NonNull<u8>, in_chunk: bool) -> TaskArc<MaybeUninit<T>> {
         let refs = if in_chunk { IN_CHUNK | 1 } else { 1 };
         // SAFETY: `p` is a fresh block of `block_layout`: the value starts `prefix` bytes
         // in (aligned: the block and the prefix are), the count in the word before it

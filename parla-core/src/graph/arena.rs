@@ -287,9 +287,12 @@ fn next_chunk(c: &Cutter, layout: Layout) -> Option<NonNull<u8>> {
     cut(c, layout)
 }
 
-/// A block of `layout` from the global allocator.
+/// A block of `layout` from the global allocator, not cut from a chunk (whatever its
+/// size): for nodes whose lives are unlike their thread's tasks' (see
+/// [`TaskArc::new_alone`](super::arc::TaskArc::new_alone)). [`free_block`] takes it with
+/// `in_chunk` false.
 #[cold]
-fn alone(layout: Layout) -> NonNull<u8> {
+pub(crate) fn alone(layout: Layout) -> NonNull<u8> {
     // SAFETY: the caller's layout has a size that is not zero.
     let p = unsafe { alloc(layout) };
     let Some(ptr) = NonNull::new(p) else {

@@ -689,7 +689,9 @@ impl TaskSpace {
             return (!settle || o.is_err()).then(|| self.detached(key, rt.id, Some(o)));
         }
         let origin: Weak<dyn Any + Send + Sync> = Arc::downgrade(&self.inner.space) as Weak<_>;
-        let p: TaskPtr = TaskArc::new(Placeholder::new(
+        // (Not cut from the thread's chunk: freed when its task is spawned, it would keep
+        // the chunk's memory for as long as the tasks cut around it live.)
+        let p: TaskPtr = TaskArc::new_alone(Placeholder::new(
             Name::Id(self.name_arc(), key.clone()),
             rt.id,
             Some((origin, key.clone())),
@@ -1424,6 +1426,24 @@ mod test {
         })
     }
 
+    /// The order in which tasks ran.
+    type Log = Arc<parking_lot::Mutex<Vec<&'static str>>>;
+
+    /// A task that adds `what` to `log` (once `gate` opens, if given).
+    fn logs(
+        log: &Log,
+        gate: Option<tokio::sync::oneshot::Receiver<()>>,
+        what: &'static str,
+    ) -> crate::TaskBuilder<impl std::future::Future<Output = ()> + Send + 'static> {
+        let log = log.clone();
+        task(async move {
+            if let Some(gate) = gate {
+                let _ = gate.await;
+            }
+            log.lock().push(what);
+        })
+    }
+
     /// A task spawned under an id that only its dependents named before takes its
     /// placeholder over: the placeholder is freed (the task stands in its place in the
     /// registry), and the dependents wait for the task itself, and fail with it. (Each such
@@ -1434,20 +1454,11 @@ mod test {
         let rt = Runtime::builder().cpu_threads(2).build().unwrap();
         let (kinds, order, failed) = rt.block_on(async {
             let t = TaskSpace::new("F");
-            let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let order = Log::default();
             let (open, gate) = tokio::sync::oneshot::channel::<()>();
-            let o = order.clone();
-            let after = task(async move { o.lock().push("after") })
-                .after(t.at(1))
-                .spawn();
+            let after = logs(&order, None, "after").after(t.at(1)).spawn();
             assert_eq!(registry(), [super::Kind::Placeholder]);
-            let o = order.clone();
-            let first = task(async move {
-                let _ = gate.await;
-                o.lock().push("first");
-            })
-            .id(t.at(1))
-            .spawn();
+            let first = logs(&order, Some(gate), "first").id(t.at(1)).spawn();
             let kinds = registry();
             let _ = open.send(());
             after.await.unwrap();
@@ -1474,17 +1485,10 @@ mod test {
         let rt = Runtime::builder().cpu_threads(2).build().unwrap();
         let (kinds, order) = rt.block_on(async {
             let t = TaskSpace::new("G");
-            let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let order = Log::default();
             let (open, gate) = tokio::sync::oneshot::channel::<()>();
-            let o = order.clone();
-            let later = task(async move { o.lock().push("later") }).after(t.at(1));
-            let o = order.clone();
-            let first = task(async move {
-                let _ = gate.await;
-                o.lock().push("first");
-            })
-            .id(t.at(1))
-            .spawn();
+            let later = logs(&order, None, "later").after(t.at(1));
+            let first = logs(&order, Some(gate), "first").id(t.at(1)).spawn();
             let kinds = registry();
             let later = later.spawn();
             let _ = open.send(());
