@@ -1448,7 +1448,7 @@ mod test {
     /// placeholder over: the placeholder is freed (the task stands in its place in the
     /// registry), and the dependents wait for the task itself, and fail with it. (Each such
     /// id kept a placeholder alive as long as its task was pending: a million named tasks
-    /// spawned in reverse order took 569 MB, 308 MB now.)
+    /// spawned in reverse order took 569 MB, 293 MB now.)
     #[test]
     fn a_task_takes_over_the_placeholder_only_its_dependents_referred_to() {
         let rt = Runtime::builder().cpu_threads(2).build().unwrap();
