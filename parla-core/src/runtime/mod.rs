@@ -357,9 +357,10 @@ impl RtInner {
 
     /// Task `task` took placeholder `p` over ([`take_over`](crate::graph::take_over)): it
     /// stands in `p`'s place in the registry, a root of the cycles that went through `p`
-    /// (`p`'s dependents wait for it now). Looked for among the last entries (a forward reference met soon
-    /// after it was made: a chain spawned from its end); otherwise `task` is added, and `p`,
-    /// finished, goes at the next pass over the registry.
+    /// (`p`'s dependents wait for it now). `p` is looked for among the last entries (a
+    /// forward reference met soon after it was made: a chain spawned from its end);
+    /// otherwise `task` is added, and `p`, finished, goes at the next pass over the
+    /// registry.
     pub(crate) fn forward_taken_over(&self, p: TaskPtr, task: &TaskPtr) {
         /// How many of the last entries are looked at.
         const LOOK: usize = 8;
