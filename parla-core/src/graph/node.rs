@@ -763,6 +763,12 @@ impl Header {
         self.join_state.load(Ordering::Acquire) & RESOLVED != 0
     }
 
+    /// Whether this is a placeholder whose id no task was spawned under yet (the runtime's
+    /// registry of forward references holds tasks that took one over too).
+    pub(crate) fn is_unspawned_id(&self) -> bool {
+        self.kind == Kind::Placeholder && !self.is_resolved()
+    }
+
     /// Whether the node finished successfully, known without the `links` lock (a success
     /// is final; see the module invariants).
     #[inline]

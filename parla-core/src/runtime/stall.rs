@@ -100,7 +100,7 @@ fn resolve_step(rt: &Arc<RtInner>, lasted: bool) -> Option<bool> {
     let forward = rt.forward_refs();
     for p in &forward {
         let h = p.header();
-        if h.kind == Kind::Placeholder && !h.is_resolved() && h.has_dependents() {
+        if h.is_unspawned_id() && h.has_dependents() {
             let err = TaskError::NeverSpawned {
                 id: h.name.to_string(),
             };
@@ -316,7 +316,7 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
     // being spawned, so what waits on them is cancelled as the tasks are (their
     // dependents fail with `DependencyFailed`, its cause `Cancelled`).
     for p in rt.forward_refs() {
-        if p.header().kind == Kind::Placeholder && !p.header().is_resolved() {
+        if p.header().is_unspawned_id() {
             let err = TaskError::Cancelled {
                 task: p.header().name.to_string(),
             };

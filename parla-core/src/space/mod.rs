@@ -857,15 +857,29 @@ impl TaskSpace {
         if near != 0 {
             let (missing, settled) = Self::near_in(e, near, deps);
             drop(guard);
-            if let Some(n) = settled {
-                // Often the last reference: its memory is kept for the next spawns.
-                crate::runtime::let_go_last(n);
-            }
-            if missing != 0 {
-                self.near_missing(missing, key, rt, deps);
-            }
+            self.near_unlocked(missing, settled, key, rt, deps);
         }
         Ok(None)
+    }
+
+    /// What [`near_in`](Self::near_in) left for after the shard is unlocked: the task it
+    /// settled let go of, and the slots it found nothing for looked up one by one.
+    #[inline(always)]
+    fn near_unlocked(
+        &self,
+        missing: u8,
+        settled: Option<TaskPtr>,
+        key: &Key,
+        rt: &RtInner,
+        deps: &mut DepList,
+    ) {
+        if let Some(n) = settled {
+            // Often the last reference: its memory is kept for the next spawns.
+            crate::runtime::let_go_last(n);
+        }
+        if missing != 0 {
+            self.near_missing(missing, key, rt, deps);
+        }
     }
 
     /// [`insert`](Self::insert) of `task` under `key`, whose slot (`slot` of the block in
@@ -929,12 +943,7 @@ impl TaskSpace {
         if let Some(p) = taken {
             rt.forward_taken_over(p, task);
         }
-        if let Some(n) = settled {
-            crate::runtime::let_go_last(n);
-        }
-        if missing != 0 {
-            self.near_missing(missing, key, rt, deps);
-        }
+        self.near_unlocked(missing, settled, key, rt, deps);
         Ok(placed)
     }
 
@@ -1057,11 +1066,7 @@ impl TaskSpace {
             if let Some(t) = &b.slots[slot] {
                 let th = t.header();
                 // Held by this map and the runtime's forward registry alone.
-                if th.kind == Kind::Placeholder
-                    && !th.is_resolved()
-                    && TaskArc::strong_count(t) <= 2
-                    && !th.has_dependents()
-                {
+                if th.is_unspawned_id() && TaskArc::strong_count(t) <= 2 && !th.has_dependents() {
                     b.slots[slot] = None;
                 }
             }
