@@ -384,6 +384,32 @@ async fn failed_name(a: &PArray<f64, ndarray::Ix2>) -> String {
 }
 
 #[test]
+#[should_panic(expected = "too large: its size overflows isize")]
+fn zeros_of_a_shape_whose_size_overflows_panics_as_ndarray_does() {
+    // (The count wraps to 16 in `usize`: an array of 16 elements behind a view of this
+    // shape would be read and written out of bounds.)
+    let _ = PArray::<f64, _>::zeros(((1usize << 63) + 1, 16));
+}
+
+#[test]
+fn tiles_too_large_or_too_many_are_errors_and_a_tile_is_at_most_the_array() {
+    let e = parla::array::Tiles::<f64>::zeros((usize::MAX, 16), (1 << 62, 16)).unwrap_err();
+    assert!(e.to_string().contains("overflows isize"), "{e}");
+    let e = parla::array::Tiles::<f64>::zeros((usize::MAX, usize::MAX), (1, 1)).unwrap_err();
+    assert!(
+        e.to_string().contains("more tiles than a vector holds"),
+        "{e}"
+    );
+    let t = parla::array::Tiles::<f64>::zeros((4, 4), (8, 8)).unwrap();
+    assert_eq!((t.rows(), t.cols(), t.tile_shape()), (1, 1, (4, 4)));
+    assert_eq!(t.get(0, 0).shape(), &[4, 4]);
+    let t = PArray::from(Array2::<f64>::zeros((5, 3)))
+        .tiles(8, 2)
+        .unwrap();
+    assert_eq!((t.rows(), t.cols(), t.tile_shape()), (1, 2, (5, 2)));
+}
+
+#[test]
 fn tiles_are_arrays_of_their_own_and_assemble() {
     let rt = support::vgpu(2, 2, MIB);
     let m = Array2::from_shape_fn((10, 7), |(i, j)| (i * 7 + j) as f64);

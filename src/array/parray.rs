@@ -241,6 +241,13 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
 
     fn from_host(dim: D, host: Box<[A]>) -> Self {
         let len = host.len();
+        // The views that `read` and `write` make of the host copy take their shape from
+        // `dim`: it must describe exactly `len` elements.
+        assert_eq!(
+            dim.size_checked(),
+            Some(len),
+            "a PArray's shape and data disagree"
+        );
         let inner = Arc::new_cyclic(|me| Inner {
             dim,
             len,
@@ -332,7 +339,8 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
         let (_, device, _) = self.granted(false)?;
         let (ptr, borrow) = self.host_side(device)?;
         take(&borrow, false)?;
-        // SAFETY: `ptr` points to `len` initialised elements in standard order: the host
+        // SAFETY: `ptr` points to `len` initialised elements in standard order (`dim`
+        // describes exactly `len`: checked where the array was made, `from_host`): the host
         // copy, or this device's copy, which stays allocated while the task holds its
         // grant (pinned: not evicted; no writer runs alongside a reader). The borrow flag
         // excludes a mutable view meanwhile.
@@ -458,12 +466,40 @@ impl<A: Element, D: Dimension + 'static> From<Array<A, D>> for PArray<A, D> {
 
 impl<A: Element, D: Dimension + 'static> PArray<A, D> {
     /// A new array of zeros of shape `shape`.
+    ///
+    /// # Panics
+    ///
+    /// If the number of elements (or of bytes) of `shape` overflows `isize`, as ndarray's
+    /// `Array::zeros` does.
+    ///
+    /// ```
+    /// use parla::array::PArray;
+    ///
+    /// let a = PArray::<f64, _>::zeros((3, 4));
+    /// assert_eq!(a.shape(), &[3, 4]);
+    /// assert_eq!(a.bytes(), 96);
+    /// ```
     pub fn zeros<Sh: IntoDimension<Dim = D>>(shape: Sh) -> Self {
         let dim = shape.into_dimension();
-        let n = dim.size();
+        let n = element_count::<A>(dim.slice()).unwrap_or_else(|| {
+            panic!(
+                "PArray::zeros: shape {:?} too large: its size overflows isize",
+                dim.slice()
+            )
+        });
         Self::from_host(dim, vec![A::ZERO; n].into_boxed_slice())
     }
 }
+
+/// The number of elements of an array of `A` of shape `shape`, if it and its size in bytes
+/// fit in `isize` (what ndarray allows).
+pub(crate) fn element_count<A>(shape: &[usize]) -> Option<usize> {
+    let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    let bytes = n.checked_mul(std::mem::size_of::<A>().max(1))?;
+    (bytes <= isize::MAX as usize).then_some(n)
+}
+
+impl<A: Element, D: Dimension + 'static> PArray<A, D> {}
 
 impl<A: Element, D: Dimension + 'static> AsData for PArray<A, D> {
     fn as_data(&self) -> Arc<dyn DataObject> {
@@ -532,7 +568,8 @@ impl<A: Element> Tiles<A> {
         self.shape
     }
 
-    /// The shape of a whole tile (those of the last row and column may be smaller).
+    /// The shape of a whole tile (those of the last row and column may be smaller), at most
+    /// the array's.
     pub fn tile_shape(&self) -> (usize, usize) {
         self.tile
     }
@@ -572,8 +609,16 @@ impl<A: Element> Tiles<A> {
     /// what remains), without a whole array first: for data that tasks then write tile by
     /// tile.
     ///
-    /// Errors: a zero tile size.
+    /// Errors: a zero tile size; a tile whose size overflows `isize`; more tiles than a
+    /// vector holds.
     pub fn zeros(shape: (usize, usize), tile: (usize, usize)) -> Result<Tiles<A>> {
+        let whole = (tile.0.min(shape.0), tile.1.min(shape.1));
+        if element_count::<A>(&[whole.0, whole.1]).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "tiles of {} x {}: a tile's size overflows isize",
+                whole.0, whole.1
+            )));
+        }
         Tiles::build(shape, tile, |r, c| PArray::zeros((r.len(), c.len())))
     }
 
@@ -591,7 +636,15 @@ impl<A: Element> Tiles<A> {
             )));
         }
         let (tr, tc) = (n.div_ceil(rows), m.div_ceil(cols));
-        let mut grid = Vec::with_capacity(tr * tc);
+        let Some(count) = tr
+            .checked_mul(tc)
+            .filter(|&c| element_count::<PArray<A, Ix2>>(&[c]).is_some())
+        else {
+            return Err(Error::InvalidArgument(format!(
+                "{tr} x {tc} tiles of {rows} x {cols}: more tiles than a vector holds"
+            )));
+        };
+        let mut grid = Vec::with_capacity(count);
         for i in 0..tr {
             for j in 0..tc {
                 grid.push(part(
@@ -605,7 +658,8 @@ impl<A: Element> Tiles<A> {
             rows: tr,
             cols: tc,
             shape,
-            tile,
+            // (A tile larger than the array is as large as the array.)
+            tile: (rows.min(n), cols.min(m)),
         })
     }
 }
@@ -782,6 +836,9 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
             host_borrow,
             ..
         } = s;
+        // (Only a real GPU's copy comes back through a fence or a page-locked buffer.)
+        #[cfg(not(feature = "cuda"))]
+        let _ = (host_ready, host_borrow);
         let Some(src) = copies.iter().find(|c| c.valid) else {
             return Err("no valid copy of the array anywhere".into());
         };
