@@ -1276,9 +1276,9 @@ impl Clone for TaskRange {
 }
 
 impl TaskRange {
-    /// How many ids the range covers.
+    /// How many ids the range covers (`usize::MAX` for more than that).
     pub fn len(&self) -> usize {
-        (self.end - self.start).max(0) as usize
+        usize::try_from((self.end - self.start).max(0)).unwrap_or(usize::MAX)
     }
 
     /// Whether the range is empty.
