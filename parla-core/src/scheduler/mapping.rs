@@ -35,9 +35,39 @@ impl Candidate {
             && self.usage.mem + self.demand.mem <= self.memory_capacity
     }
 
-    /// Running and queued tasks per slot.
+    /// How many tasks of the task's demand the device runs at once: its slots, or fewer
+    /// where the task's VCUs or memory let fewer of them in at a time (at least one).
+    ///
+    /// ```
+    /// use parla_core::Candidate;
+    /// use parla_core::device::{Demand, Device, Usage};
+    ///
+    /// let gpu = Candidate {
+    ///     device: Device::gpu(0),
+    ///     demand: Demand { vcu: 0, mem: 600 << 20 }, // 600 MiB of workspace
+    ///     usage: Usage::default(),
+    ///     memory_capacity: 1 << 30,                   // of 1 GiB
+    ///     running: 0,
+    ///     slots: 8,
+    ///     data_bytes: 0,
+    ///     data_resident: 0,
+    /// };
+    /// assert_eq!(gpu.capacity(), 1);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        let mut n = self.slots.max(1) as u64;
+        if self.demand.vcu > 0 {
+            n = n.min(u64::from(VCU_ONE) / u64::from(self.demand.vcu));
+        }
+        if self.demand.mem > 0 {
+            n = n.min(self.memory_capacity / self.demand.mem);
+        }
+        n.max(1) as usize
+    }
+
+    /// Running and queued tasks per task the device runs at once ([`capacity`](Self::capacity)).
     pub fn occupancy(&self) -> f64 {
-        (self.running + self.usage.waiting) as f64 / self.slots.max(1) as f64
+        (self.running + self.usage.waiting) as f64 / self.capacity() as f64
     }
 
     /// How loaded the device is: the VCUs in use plus the occupancy.
@@ -81,10 +111,10 @@ pub trait MappingPolicy: Send + Sync + 'static {
 /// task's data is.
 ///
 /// Devices where the task fits at once come first; then the lowest cost: the load (VCUs in
-/// use plus running and queued tasks per slot) plus the fraction of the task's data that
-/// would have to be copied there (a task whose data all has to move counts as one more
-/// task per slot); then the most free memory; on a tie, a GPU before the CPU, and the
-/// lower index.
+/// use plus running and queued tasks per task of this demand the device runs at once:
+/// [`Candidate::capacity`]) plus the fraction of the task's data that would have to be
+/// copied there (a task whose data all has to move counts as one more task per slot); then
+/// the most free memory; on a tie, a GPU before the CPU, and the lower index.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MostFree;
 
@@ -170,6 +200,25 @@ mod test {
             p.choose(&[cand(Device::gpu(0), 0, 1, 0), cand(Device::gpu(1), 0, 0, 0)]),
             1
         );
+        // A GPU whose memory holds one such task at a time counts its queue per task, not
+        // per stream: three there (1.5 per stream of two) weigh more than two on a CPU that
+        // runs two at once.
+        let heavy = |mut c: Candidate, memory| {
+            c.demand.mem = 60;
+            c.memory_capacity = memory;
+            c
+        };
+        assert_eq!(
+            p.choose(&[
+                heavy(cand(Device::gpu(0), 0, 1, 2), 100),
+                heavy(cand(Device::CPU, 0, 2, 1), 1000)
+            ]),
+            1
+        );
+        assert_eq!(heavy(cand(Device::gpu(0), 0, 0, 0), 100).capacity(), 1);
+        let mut light = cand(Device::gpu(0), 0, 0, 0);
+        light.demand.vcu = VCU_ONE / 4;
+        assert_eq!(light.capacity(), 2, "the slots, where VCUs allow more");
         // Full (waiting) devices lose to ones where the task fits now.
         assert_eq!(
             p.choose(&[cand(Device::gpu(0), 0, 0, 1), cand(Device::CPU, 0, 2, 0)]),
