@@ -147,7 +147,17 @@ fn undeclared_and_read_only_uses_are_errors() {
             .unwrap()
             .unwrap();
             let outside = a.read().map(|_| ());
-            (undeclared, read_only, twice, outside)
+            let a5 = a.clone();
+            let spawned = task(async move {
+                // A future given to `tokio::spawn` is not the task that declared the array.
+                tokio::spawn(async move { a5.read().map(|_| ()) })
+                    .await
+                    .unwrap()
+            })
+            .reads(&a)
+            .await
+            .unwrap();
+            (undeclared, read_only, twice, outside, spawned)
         })
     });
     fn msg(r: &Result<(), parla::Error>) -> String {
@@ -161,6 +171,7 @@ fn undeclared_and_read_only_uses_are_errors() {
         msg(&errs.2)
     );
     assert!(msg(&errs.3).contains("inside a task"), "{}", msg(&errs.3));
+    assert!(msg(&errs.4).contains("tokio::spawn"), "{}", msg(&errs.4));
 }
 
 #[test]

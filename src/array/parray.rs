@@ -310,7 +310,7 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
     fn granted(&self, write: bool) -> Result<(usize, Device, Access)> {
         let task = current_task_key().ok_or_else(|| {
             Error::InvalidArgument(
-                "a PArray is read or written inside a task that declared it (outside tasks: to_host().await)".into(),
+                "a PArray is read or written inside a task that declared it, not outside any task (outside tasks: to_host().await; a future given to tokio::spawn or a thread is outside the task that started it)".into(),
             )
         })?;
         let device = current_device();
