@@ -27,6 +27,11 @@ type Accesses = Vec<(
 /// Defaults: placement [`Placement::Cpu`](crate::Placement::Cpu), VCUs one CPU worker's share on the CPU and 0 on
 /// GPUs, no workspace memory, no id, no dependencies.
 ///
+/// Errors, traces and profiles name a task by its id (`T[3]`); one without an id is `#n`, a
+/// number unique in the process (each thread takes its numbers in blocks of 1,024, so
+/// tasks spawned from several threads are not numbered in the order they were spawned):
+/// give a task an id to find it by name.
+///
 /// ```
 /// # let rt = parla_core::Runtime::builder().cpu_threads(2).build().unwrap();
 /// # rt.block_on(async {
