@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::context::{self, WorkerRt};
@@ -323,7 +324,9 @@ impl Builder {
             inject: Injector::new(threads),
             counters: Arc::new(Counters::new()),
             policy: self.policy.unwrap_or_else(|| Box::new(MostFree)),
-            forward: Mutex::new(Vec::new()),
+            forward: (0..super::FORWARD_SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(Vec::new())))
+                .collect(),
             gate: parking_lot::RwLock::new(()),
             #[cfg(feature = "tracing")]
             trace,
@@ -331,7 +334,7 @@ impl Builder {
             pollers: parked::Pollers::default(),
             waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
             cpu_threads: threads,
-            ours: crossbeam_utils::CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
+            ours: CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
             pool_threads,
             shutdown: std::sync::atomic::AtomicBool::new(false),
             ledger: super::data::ledger(me.clone(), id),

@@ -219,8 +219,10 @@ pub(crate) struct RtInner {
     pub(crate) policy: Box<dyn MappingPolicy>,
     /// Placeholders made (forward references), for the stall resolver: it fails those
     /// still waited on when nothing can spawn them any more (even once their space is
-    /// dropped).
-    forward: Mutex<Vec<TaskPtr>>,
+    /// dropped). In [`FORWARD_SHARDS`] lists, each placeholder in the one its key's block
+    /// hash picks (the hash that picks its shard of the space), so that threads spawning
+    /// with forward references at once rarely take the same lock.
+    forward: Box<[CachePadded<Mutex<Vec<TaskPtr>>>]>,
     /// Held (write) by the stall resolver while it acts, and (read) by threads entering the
     /// runtime from outside while they take their busy token: the resolver never acts on
     /// a stall that a thread entering meanwhile ends.
@@ -288,6 +290,9 @@ const SPENT: usize = 4096;
 /// what it gathered so far, whenever it runs out of work or yields).
 const SPENT_BATCH: usize = 16;
 
+/// How many lists the registry of forward references ([`RtInner::forward`]) has.
+pub(crate) const FORWARD_SHARDS: usize = 16;
+
 /// Keeps the placeholders (and tasks that took one over) that may still matter: unfinished,
 /// and either waited on or still referred to from somewhere else than this registry.
 /// Returns the others, for the caller to drop once it unlocked the registry.
@@ -333,20 +338,30 @@ impl Schedule for Sched {
 }
 
 impl RtInner {
-    /// Records a placeholder (a forward reference) for the stall resolver. Called with the
-    /// placeholder's shard locked (the registry's lock is taken inside a shard's, never the
-    /// other way round), it returns the entries it let go of, for the caller to drop once
-    /// the shard is unlocked.
-    #[must_use]
-    pub(crate) fn register_forward(&self, p: &TaskPtr) -> Vec<TaskPtr> {
-        Self::push_forward(&mut self.forward.lock(), p)
+    /// The registry's list for a key of block hash `hash`.
+    #[inline]
+    fn forward_of(&self, hash: u64) -> &Mutex<Vec<TaskPtr>> {
+        // The bits a space picks its shard with, so that the threads a space's shards keep
+        // apart rarely meet here either.
+        &self.forward[(hash >> 32) as usize % FORWARD_SHARDS]
     }
 
-    /// Adds `p` to the registry `f`, passing over it first at each power of two. Returns
-    /// the entries that pass let go of.
+    /// Records a placeholder (a forward reference) for the stall resolver, for a key of
+    /// block hash `hash`. Called with the placeholder's shard locked (the registry's locks
+    /// are taken inside a shard's, never the other way round), it returns the entries it
+    /// let go of, for the caller to drop once the shard is unlocked.
+    #[must_use]
+    pub(crate) fn register_forward(&self, p: &TaskPtr, hash: u64) -> Vec<TaskPtr> {
+        Self::push_forward(&mut self.forward_of(hash).lock(), p)
+    }
+
+    /// Adds `p` to the registry's list `f`, passing over it first at each power of two
+    /// from 4 (a list keeps at most about as many entries nothing needs as it has
+    /// entries that matter, or 3: about 50 over the lists). Returns the entries that pass
+    /// let go of.
     #[must_use]
     fn push_forward(f: &mut Vec<TaskPtr>, p: &TaskPtr) -> Vec<TaskPtr> {
-        let gone = if f.len() >= 64 && f.len().is_power_of_two() {
+        let gone = if f.len() >= 4 && f.len().is_power_of_two() {
             retain_forward(f)
         } else {
             Vec::new()
@@ -355,16 +370,16 @@ impl RtInner {
         gone
     }
 
-    /// Task `task` took placeholder `p` over ([`take_over`](crate::graph::take_over)): it
-    /// stands in `p`'s place in the registry, a root of the cycles that went through `p`
-    /// (`p`'s dependents wait for it now). `p` is looked for among the last entries (a
-    /// forward reference met soon after it was made: a chain spawned from its end);
-    /// otherwise `task` is added, and `p`, finished, goes at the next pass over the
-    /// registry.
-    pub(crate) fn forward_taken_over(&self, p: TaskPtr, task: &TaskPtr) {
+    /// Task `task` took placeholder `p` (registered for block hash `hash`) over
+    /// ([`take_over`](crate::graph::take_over)): it stands in `p`'s place in the registry,
+    /// a root of the cycles that went through `p` (`p`'s dependents wait for it now). `p`
+    /// is looked for among the last entries of its list (a forward reference met soon
+    /// after it was made: a chain spawned from its end); otherwise `task` is added, and
+    /// `p`, finished, goes at the next pass over the list.
+    pub(crate) fn forward_taken_over(&self, p: TaskPtr, task: &TaskPtr, hash: u64) {
         /// How many of the last entries are looked at.
         const LOOK: usize = 8;
-        let mut f = self.forward.lock();
+        let mut f = self.forward_of(hash).lock();
         let from = f.len().saturating_sub(LOOK);
         let (old, gone) = match f[from..].iter().rposition(|q| TaskArc::ptr_eq(q, &p)) {
             Some(i) => (
@@ -378,13 +393,17 @@ impl RtInner {
         drop((old, gone, p));
     }
 
-    /// The unfinished placeholders (and tasks that took one over), oldest first.
+    /// The unfinished placeholders (and tasks that took one over): each list of the
+    /// registry in turn, oldest first in each.
     pub(crate) fn forward_refs(&self) -> Vec<TaskPtr> {
-        let mut f = self.forward.lock();
-        let gone = retain_forward(&mut f);
-        let refs = f.clone();
-        drop(f);
-        drop(gone);
+        let mut refs = Vec::new();
+        for list in self.forward.iter() {
+            let mut f = list.lock();
+            let gone = retain_forward(&mut f);
+            refs.extend(f.iter().cloned());
+            drop(f);
+            drop(gone);
+        }
         refs
     }
 

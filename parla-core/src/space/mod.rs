@@ -713,7 +713,7 @@ impl TaskSpace {
         }
         // Registered before the shard is unlocked: a placeholder found in the table is in
         // the registry, so that `insert` knows its references (see there).
-        let gone = rt.register_forward(&p);
+        let gone = rt.register_forward(&p, h);
         drop(map);
         drop(gone);
         Some(p)
@@ -904,6 +904,7 @@ impl TaskSpace {
         // SAFETY: bucket `i` holds a block: `insert` found it there, and the table was not
         // changed since (its shard's lock is held since, by `guard`).
         let e = unsafe { guard.table.get_bucket_unchecked_mut(i) };
+        let hash = e.hash;
         let duplicate = || TaskError::DuplicateId {
             id: format!("{}[{}]", self.inner.name, key),
         };
@@ -941,7 +942,7 @@ impl TaskSpace {
         };
         drop(guard);
         if let Some(p) = taken {
-            rt.forward_taken_over(p, task);
+            rt.forward_taken_over(p, task, hash);
         }
         self.near_unlocked(missing, settled, key, rt, deps);
         Ok(placed)
