@@ -56,11 +56,11 @@ impl Candidate {
     /// ```
     pub fn capacity(&self) -> usize {
         let mut n = self.slots.max(1) as u64;
-        if self.demand.vcu > 0 {
-            n = n.min(u64::from(VCU_ONE) / u64::from(self.demand.vcu));
+        if let Some(fit) = u64::from(VCU_ONE).checked_div(u64::from(self.demand.vcu)) {
+            n = n.min(fit);
         }
-        if self.demand.mem > 0 {
-            n = n.min(self.memory_capacity / self.demand.mem);
+        if let Some(fit) = self.memory_capacity.checked_div(self.demand.mem) {
+            n = n.min(fit);
         }
         n.max(1) as usize
     }
