@@ -90,6 +90,11 @@ pub(crate) enum Dependent {
     Waiter(Arc<atomic_waker::AtomicWaker>),
 }
 
+/// Whether dependent `d` is a task (or placeholder) that finished.
+fn dependent_done(d: &Dependent) -> bool {
+    matches!(d, Dependent::Task(t) if t.header().is_done())
+}
+
 /// A node's dependents: a small vector whose drop, where it holds nothing and no memory
 /// (most tasks finish with no dependents left, or had none), is a check inline instead of
 /// a call.
@@ -958,6 +963,26 @@ impl Header {
     /// Whether anything waits on this node.
     pub(crate) fn has_dependents(&self) -> bool {
         !self.links.lock().dependents.is_empty()
+    }
+
+    /// Lets go of the dependents that finished (tasks aborted or failed by another
+    /// dependency before this node finished: nothing waits on it for them any more).
+    /// Returns whether any dependent is left.
+    #[cold]
+    pub(crate) fn forget_done_dependents(&self) -> bool {
+        let mut links = self.links.lock();
+        if links.dependents.iter().all(|d| !dependent_done(d)) {
+            return !links.dependents.is_empty();
+        }
+        let all = std::mem::take(&mut *links.dependents);
+        let (done, left): (Vec<Dependent>, Vec<Dependent>) =
+            all.into_iter().partition(dependent_done);
+        links.dependents.extend(left);
+        let any = !links.dependents.is_empty();
+        drop(links);
+        // (Dropped with the lock given back: a dependent's drop may free much.)
+        drop(done);
+        any
     }
 
     /// The unfinished tasks (and placeholders) this node's completion would notify.

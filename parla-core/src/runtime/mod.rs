@@ -219,9 +219,9 @@ pub(crate) struct RtInner {
     pub(crate) policy: Box<dyn MappingPolicy>,
     /// Placeholders made (forward references), for the stall resolver: it fails those
     /// still waited on when nothing can spawn them any more (even once their space is
-    /// dropped). In [`FORWARD_SHARDS`] lists, each placeholder in the one its key's block
-    /// hash picks (the hash that picks its shard of the space), so that threads spawning
-    /// with forward references at once rarely take the same lock.
+    /// dropped). In [`FORWARD_SHARDS`] lists, each placeholder in the one its space and its
+    /// key's block pick, so that threads spawning with forward references at once rarely
+    /// take the same lock.
     forward: Box<[CachePadded<Mutex<Vec<TaskPtr>>>]>,
     /// Held (write) by the stall resolver while it acts, and (read) by threads entering the
     /// runtime from outside while they take their busy token: the resolver never acts on
@@ -293,21 +293,55 @@ const SPENT_BATCH: usize = 16;
 /// How many lists the registry of forward references ([`RtInner::forward`]) has.
 pub(crate) const FORWARD_SHARDS: usize = 16;
 
+/// What a pass over a list of the registry let go of ([`retain_forward`]), for the caller
+/// to drop once it unlocked the registry (and the shard of a space it holds, if any).
+#[must_use]
+#[derive(Default)]
+pub(crate) struct Released {
+    /// Entries the registry let go of.
+    gone: Vec<TaskPtr>,
+    /// Placeholders of ids never spawned that nothing waits on any more, their dependents
+    /// having finished (aborted, or failed by another dependency): they leave their
+    /// spaces (see [`crate::space::release_placeholder`]), and the registry at its next
+    /// pass.
+    prune: Vec<TaskPtr>,
+}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.gone.clear();
+        for p in self.prune.drain(..) {
+            crate::space::release_placeholder(p);
+        }
+    }
+}
+
 /// Keeps the placeholders (and tasks that took one over) that may still matter: unfinished,
 /// and either waited on or still referred to from somewhere else than this registry.
-/// Returns the others, for the caller to drop once it unlocked the registry.
-#[must_use]
-fn retain_forward(f: &mut Vec<TaskPtr>) -> Vec<TaskPtr> {
+/// Returns the others, and the placeholders whose dependents all finished, to leave their
+/// spaces (see [`Released`]).
+fn retain_forward(f: &mut Vec<TaskPtr>) -> Released {
+    let mut prune = Vec::new();
     let gone: Vec<TaskPtr> = f
         .extract_if(.., |p| {
             let h = p.header();
-            h.is_done() || (TaskArc::strong_count(p) == 1 && !h.has_dependents())
+            if h.is_done() {
+                return true;
+            }
+            let count = TaskArc::strong_count(p);
+            if count == 2 && h.is_unspawned_id() && !h.forget_done_dependents() {
+                // Held by its space's table and this registry alone, and nothing waits on
+                // it: the space lets go of it (unless a lookup made another reference
+                // meanwhile), and the registry at its next pass.
+                prune.push(p.clone());
+            }
+            count == 1 && !h.has_dependents()
         })
         .collect();
     if f.capacity() > 64 && f.len() < f.capacity() / 4 {
         f.shrink_to(f.len() * 2);
     }
-    gone
+    Released { gone, prune }
 }
 
 /// The scheduler wakers reach: the runtime, weakly (tasks may outlive it).
@@ -338,7 +372,8 @@ impl Schedule for Sched {
 }
 
 impl RtInner {
-    /// The registry's list for a key of block hash `hash`.
+    /// The registry's list for placeholders of hash `hash` (a key's block hash with its
+    /// space mixed in: `TaskSpace::registry_hash`).
     #[inline]
     fn forward_of(&self, hash: u64) -> &Mutex<Vec<TaskPtr>> {
         // The bits a space picks its shard with, so that the threads a space's shards keep
@@ -346,12 +381,11 @@ impl RtInner {
         &self.forward[(hash >> 32) as usize % FORWARD_SHARDS]
     }
 
-    /// Records a placeholder (a forward reference) for the stall resolver, for a key of
-    /// block hash `hash`. Called with the placeholder's shard locked (the registry's locks
+    /// Records a placeholder (a forward reference) for the stall resolver, of hash `hash`
+    /// (see [`forward_of`](Self::forward_of)). Called with the placeholder's shard locked (the registry's locks
     /// are taken inside a shard's, never the other way round), it returns the entries it
     /// let go of, for the caller to drop once the shard is unlocked.
-    #[must_use]
-    pub(crate) fn register_forward(&self, p: &TaskPtr, hash: u64) -> Vec<TaskPtr> {
+    pub(crate) fn register_forward(&self, p: &TaskPtr, hash: u64) -> Released {
         Self::push_forward(&mut self.forward_of(hash).lock(), p)
     }
 
@@ -359,18 +393,17 @@ impl RtInner {
     /// from 4 (a list keeps at most about as many entries nothing needs as it has
     /// entries that matter, or 3: about 50 over the lists). Returns the entries that pass
     /// let go of.
-    #[must_use]
-    fn push_forward(f: &mut Vec<TaskPtr>, p: &TaskPtr) -> Vec<TaskPtr> {
+    fn push_forward(f: &mut Vec<TaskPtr>, p: &TaskPtr) -> Released {
         let gone = if f.len() >= 4 && f.len().is_power_of_two() {
             retain_forward(f)
         } else {
-            Vec::new()
+            Released::default()
         };
         f.push(p.clone());
         gone
     }
 
-    /// Task `task` took placeholder `p` (registered for block hash `hash`) over
+    /// Task `task` took placeholder `p` (registered with hash `hash`) over
     /// ([`take_over`](crate::graph::take_over)): it stands in `p`'s place in the registry,
     /// a root of the cycles that went through `p` (`p`'s dependents wait for it now). `p`
     /// is looked for among the last entries of its list (a forward reference met soon
@@ -384,13 +417,27 @@ impl RtInner {
         let (old, gone) = match f[from..].iter().rposition(|q| TaskArc::ptr_eq(q, &p)) {
             Some(i) => (
                 Some(std::mem::replace(&mut f[from + i], task.clone())),
-                Vec::new(),
+                Released::default(),
             ),
             None => (None, Self::push_forward(&mut f, task)),
         };
         drop(f);
         // (Freed outside the registry's lock.)
         drop((old, gone, p));
+    }
+
+    /// Takes out of the registry the oldest placeholder of a list whose id was never
+    /// spawned and that something waits on (for the stall resolver, which fails it).
+    pub(crate) fn take_unspawned_waited(&self) -> Option<TaskPtr> {
+        self.forward.iter().find_map(|list| {
+            let mut f = list.lock();
+            let i = f.iter().position(|p| {
+                let h = p.header();
+                h.is_unspawned_id() && h.has_dependents()
+            })?;
+            // (`remove`, not `swap_remove`: the list stays oldest first.)
+            Some(f.remove(i))
+        })
     }
 
     /// The unfinished placeholders (and tasks that took one over): each list of the

@@ -11,7 +11,8 @@
 //!
 //! 0. *backfill*: an item waiting for admission that fits now (behind a head that does
 //!    not) is admitted - nothing is failed;
-//! 1. the oldest id that was referenced, is waited on, and was never spawned fails with
+//! 1. the oldest id (of those whose keys' hashes share its list in the runtime's registry)
+//!    that was referenced, is waited on, and was never spawned fails with
 //!    `NeverSpawned` (its dependents with `DependencyFailed`, its awaits with
 //!    `NeverSpawned`);
 //! 2. one dependency cycle fails with `Cycle`, naming its ids (every cycle passes through a
@@ -96,20 +97,18 @@ fn resolve_step(rt: &Arc<RtInner>, lasted: bool) -> Option<bool> {
             return Some(true);
         }
     }
-    // 1. Never spawned.
-    let forward = rt.forward_refs();
-    for p in &forward {
-        let h = p.header();
-        if h.is_unspawned_id() && h.has_dependents() {
-            let err = TaskError::NeverSpawned {
-                id: h.name.to_string(),
-            };
-            if rt.with_local(|l| graph::fail_unrun(p, err, &mut l.fx)) {
-                return Some(true);
-            }
+    // 1. Never spawned. (Taken out of the registry one at a time, not read whole: a
+    // program waiting on N ids never spawned is resolved in N steps.)
+    while let Some(p) = rt.take_unspawned_waited() {
+        let err = TaskError::NeverSpawned {
+            id: p.header().name.to_string(),
+        };
+        if rt.with_local(|l| graph::fail_unrun(&p, err, &mut l.fx)) {
+            return Some(true);
         }
     }
     // 2. Cycles.
+    let forward = rt.forward_refs();
     if let Some(cycle) = graph::find_cycle(&forward) {
         let tasks: Vec<&TaskPtr> = cycle
             .iter()
@@ -326,7 +325,7 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
 }
 
 /// Cancels a task whose run token the caller holds (admitted, or started and waiting).
-fn cancel_started(rt: &Arc<RtInner>, t: &TaskPtr, token: bool, l: &mut Local) {
+pub(crate) fn cancel_started(rt: &Arc<RtInner>, t: &TaskPtr, token: bool, l: &mut Local) {
     // SAFETY: the caller holds the run token (the injector gave it, or the activity was
     // claimed out of a waiting state).
     unsafe {

@@ -426,6 +426,15 @@ impl TaskSpace {
         }
     }
 
+    /// Which list of the runtime's registry of forward references holds this space's
+    /// placeholders of block hash `h`: the space's address mixed in, so that the same keys
+    /// in many spaces (`t.at(0)` in each) are spread over the lists too.
+    #[inline]
+    fn registry_hash(&self, h: u64) -> u64 {
+        let at = Arc::as_ptr(&self.inner.space) as usize as u64;
+        h ^ (at >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
     /// The space's name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -713,7 +722,7 @@ impl TaskSpace {
         }
         // Registered before the shard is unlocked: a placeholder found in the table is in
         // the registry, so that `insert` knows its references (see there).
-        let gone = rt.register_forward(&p, h);
+        let gone = rt.register_forward(&p, self.registry_hash(h));
         drop(map);
         drop(gone);
         Some(p)
@@ -942,7 +951,7 @@ impl TaskSpace {
         };
         drop(guard);
         if let Some(p) = taken {
-            rt.forward_taken_over(p, task, hash);
+            rt.forward_taken_over(p, task, self.registry_hash(hash));
         }
         self.near_unlocked(missing, settled, key, rt, deps);
         Ok(placed)
