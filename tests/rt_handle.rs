@@ -767,6 +767,81 @@ fn a_runtime_dropped_inside_a_task_of_another_stops_its_workers() {
     );
 }
 
+/// Waits for `fut` on a Tokio runtime of its own (a thread outside the parla runtime), for
+/// at most `secs` seconds.
+fn wait_elsewhere<F: std::future::Future + Send + 'static>(secs: u64, fut: F) -> Option<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    support::within(secs + 30, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                tokio::time::timeout(Duration::from_secs(secs), fut)
+                    .await
+                    .ok()
+            })
+    })
+}
+
+/// A task that drops its own runtime (taken out of a shared slot) and then waits: the
+/// drop, made inside the task's poll, found it running; once the poll returned `Pending`
+/// nothing polled or cancelled it, and its handle never resolved.
+#[test]
+fn a_task_that_drops_its_own_runtime_and_then_waits_is_cancelled() {
+    let rt = support::cpu(2);
+    let h = rt.handle();
+    let slot = Arc::new(parking_lot::Mutex::new(Some(rt)));
+    let s = slot.clone();
+    let (_open, shut) = tokio::sync::oneshot::channel::<()>();
+    let other = h.spawn(task(async move { shut.await.is_ok() }));
+    let dropper = h.spawn(task(async move {
+        drop(s.lock().take());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        5
+    }));
+    let r = wait_elsewhere(30, async move { (dropper.await, other.await) });
+    let (dropper, other) = r.expect("both handles resolved");
+    assert!(
+        matches!(dropper, Err(TaskError::Cancelled { .. })),
+        "{dropper:?}"
+    );
+    assert!(
+        matches!(other, Err(TaskError::Cancelled { .. })),
+        "{other:?}"
+    );
+    assert!(slot.lock().is_none());
+}
+
+/// The runtime dropped from a Tokio application's `async fn` (the drop does not wait for
+/// the workers there) while a task is in the middle of a poll: once that poll returns
+/// `Pending`, the task is cancelled (its handle never resolved).
+#[test]
+fn a_task_in_its_poll_while_the_runtime_is_dropped_elsewhere_is_cancelled() {
+    let rt = support::cpu(2);
+    let started = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (s, d) = (started.clone(), dropped.clone());
+    let busy = rt.handle().spawn(task(async move {
+        s.store(true, Ordering::Release);
+        while !d.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        2
+    }));
+    assert!(wait_for(&started), "the task started");
+    let r = wait_elsewhere(30, async move {
+        drop(rt);
+        dropped.store(true, Ordering::Release);
+        busy.await
+    });
+    let busy = r.expect("the handle resolved");
+    assert!(matches!(busy, Err(TaskError::Cancelled { .. })), "{busy:?}");
+}
+
 /// A task waiting on an id not spawned yet, while another task keeps the runtime busy: the
 /// drop finds it unfinished and cancels it (its dependency, the id, is cancelled), as it
 /// does a task waiting on a task. (The drop failed the id as `NeverSpawned`, blaming the

@@ -82,7 +82,17 @@ impl Activity {
         }
     }
 
-    fn update(&self, mut f: impl FnMut(u64) -> Option<u64>) -> (u64, u64) {
+    fn update(&self, f: impl FnMut(u64) -> Option<u64>) -> (u64, u64) {
+        self.update_ordered(Ordering::AcqRel, f)
+    }
+
+    /// [`update`](Self::update), the change made with ordering `success`.
+    #[inline(always)]
+    fn update_ordered(
+        &self,
+        success: Ordering,
+        mut f: impl FnMut(u64) -> Option<u64>,
+    ) -> (u64, u64) {
         let mut cur = self.word.load(Ordering::Acquire);
         loop {
             let Some(next) = f(cur) else {
@@ -90,7 +100,7 @@ impl Activity {
             };
             match self
                 .word
-                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange_weak(cur, next, success, Ordering::Acquire)
             {
                 Ok(_) => return (cur, next),
                 Err(actual) => cur = actual,
@@ -111,8 +121,16 @@ impl Activity {
 
     /// After a poll that returned `Pending`. `awaits`: one of the runtime's futures returned
     /// `Pending` during the poll (the poller awaits tasks).
+    ///
+    /// Sequentially consistent (the same instruction as acquire-release on x86-64): a
+    /// driver reads the runtime's shutdown flag after it (`SeqCst`), and the runtime's drop
+    /// sets the flag, then a `SeqCst` fence, then claims the waiting tasks
+    /// ([`claim_waiting`](Self::claim_waiting)). So either the driver sees the flag, or
+    /// this update comes before the fence in the single order of sequentially consistent
+    /// operations, and the drop's claim sees the task waiting: a task whose poll ends
+    /// while the runtime is dropped is cancelled by one of the two.
     pub(crate) fn end_poll(&self, awaits: bool) -> EndPoll {
-        let (prev, next) = self.update(|w| {
+        let (prev, next) = self.update_ordered(Ordering::SeqCst, |w| {
             if w & STATE != RUNNING {
                 return None;
             }

@@ -70,7 +70,7 @@ use std::task::{Context, Poll};
 
 use super::bridge::{Bridge, Watch};
 use super::exec::Local;
-use super::{RtInner, context, waker};
+use super::{RtInner, context, stall, waker};
 use crate::device::{Demand, Device};
 use crate::error::TaskError;
 use crate::graph;
@@ -626,10 +626,26 @@ impl Driver {
                             // Aborted during the poll: the next one aborts it (see there).
                             waker::task_poll_waker(&task).wake_by_ref();
                         }
+                        if rt.shutdown.load(Ordering::SeqCst) {
+                            self.cancel_at_shutdown(rt, &task);
+                        }
                     }
                 }
                 if awaits { 1 } else { OUTSIDE_COST }
             }
+        }
+    }
+
+    /// The runtime was dropped while `task` was in a poll that then returned `Pending` (the
+    /// task dropped it itself, or a thread did meanwhile): the drop's cancellation may
+    /// have found it running, and nothing would poll or cancel it later, so it is
+    /// cancelled here (see `Activity::end_poll` for why one of the two does).
+    #[cold]
+    #[inline(never)]
+    fn cancel_at_shutdown(&mut self, rt: &Arc<RtInner>, task: &TaskPtr) {
+        rt.pollers.remove(task);
+        if let Some(token) = task.header().act.claim_waiting() {
+            stall::cancel_started(rt, task, token, &mut self.local);
         }
     }
 
