@@ -319,9 +319,12 @@ fn dependency_cycle() {
         for r in [&a, &b] {
             match r {
                 Err(TaskError::Cycle { ids }) => {
-                    let mut ids = ids.clone();
-                    ids.sort();
-                    assert_eq!(ids, vec!["T[a]", "T[b]"]);
+                    let mut sorted = ids.clone();
+                    sorted.sort();
+                    assert_eq!(sorted, vec!["T[a]", "T[b]"]);
+                    let shown = r.as_ref().unwrap_err().to_string();
+                    let loop_ = format!("dependency cycle: {} -> {} -> {}", ids[0], ids[1], ids[0]);
+                    assert_eq!(shown, loop_);
                 }
                 other => panic!("{other:?}"),
             }
@@ -342,7 +345,25 @@ fn self_dependency_is_a_cycle() {
             task(async {}).id(t.at(0)).after(t.at(0)).await
         })
     });
-    assert!(matches!(r, Err(TaskError::Cycle { .. })), "{r:?}");
+    assert!(
+        matches!(&r, Err(TaskError::Cycle { ids }) if ids == &["T[0]"]),
+        "{r:?}"
+    );
+    assert_eq!(r.unwrap_err().to_string(), "dependency cycle: T[0] -> T[0]");
+    // The same through a forward reference: the stall resolver finds it.
+    let rt = support::cpu(1);
+    let r = support::within(30, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("T");
+            let later = task(async {}).id(t.at(1)).after(t.at(2)).spawn();
+            task(async {}).id(t.at(2)).after(t.at(2)).spawn();
+            later.await
+        })
+    });
+    assert!(
+        matches!(&r, Err(TaskError::DependencyFailed { .. })),
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -50,9 +50,10 @@ pub enum TaskError {
         id: String,
     },
     /// The task is part of a dependency cycle.
-    #[error("dependency cycle: {}", ids.join(" -> "))]
+    #[error("dependency cycle: {} -> {}", ids.join(" -> "), ids.first().map_or("", String::as_str))]
     Cycle {
-        /// The ids on the cycle, in dependency order.
+        /// The ids on the cycle, each once, in dependency order (a task after itself: its
+        /// id alone). The message closes the loop: `T[a] -> T[b] -> T[a]`.
         ids: Vec<String>,
     },
     /// The task (or one of its awaits) waited for something nothing left could provide:

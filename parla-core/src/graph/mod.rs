@@ -102,7 +102,7 @@ where
     for node in deps {
         if TaskArc::ptr_eq(&node, task) || placeholder.is_some_and(|p| TaskArc::ptr_eq(p, &node)) {
             return Err(TaskError::Cycle {
-                ids: vec![h.name.to_string(), h.name.to_string()],
+                ids: vec![h.name.to_string()],
             });
         }
         let nh = node.header();
