@@ -313,15 +313,18 @@ pub(crate) fn body_fenced(task: &TaskPtr, fence: &Arc<dyn Fence>, fx: &mut Effec
 /// A node of the depth-first search, its successors, and the next successor to visit.
 type Frame = (TaskPtr, Vec<TaskPtr>, usize);
 
-/// A cycle of unfinished nodes reachable from `roots` along dependent edges, in dependency
-/// order. (Every dependency cycle passes through an id referenced before it was spawned -
-/// an edge to a task spawned later can only be made through its id - so the roots are the
-/// forward references.)
-pub(crate) fn find_cycle(roots: &[TaskPtr]) -> Option<Vec<TaskPtr>> {
+/// Cycles of unfinished nodes reachable from `roots` along dependent edges, each in
+/// dependency order: one for each edge back to a node on the search's path (every cycle
+/// has a node with such an edge; cycles that share nodes may come as one). (Every
+/// dependency cycle passes through an id referenced before it was spawned - an edge to a
+/// task spawned later can only be made through its id - so the roots are the forward
+/// references.)
+pub(crate) fn find_cycles(roots: &[TaskPtr]) -> Vec<Vec<TaskPtr>> {
     const GREY: u8 = 1;
     const BLACK: u8 = 2;
     let key = |t: &TaskPtr| TaskArc::as_ptr(t) as *const () as usize;
     let mut color: HashMap<usize, u8> = HashMap::new();
+    let mut cycles = Vec::new();
     for root in roots {
         if root.header().is_done() || color.contains_key(&key(root)) {
             continue;
@@ -331,7 +334,7 @@ pub(crate) fn find_cycle(roots: &[TaskPtr]) -> Option<Vec<TaskPtr>> {
         stack.push((root.clone(), root.header().task_dependents(), 0));
         while let Some((_, succ, i)) = stack.last_mut() {
             if *i == succ.len() {
-                let (n, _, _) = stack.pop()?;
+                let Some((n, _, _)) = stack.pop() else { break };
                 color.insert(key(&n), BLACK);
                 continue;
             }
@@ -339,8 +342,9 @@ pub(crate) fn find_cycle(roots: &[TaskPtr]) -> Option<Vec<TaskPtr>> {
             *i += 1;
             match color.get(&key(&next)) {
                 Some(&GREY) => {
-                    let at = stack.iter().position(|(n, _, _)| key(n) == key(&next))?;
-                    return Some(stack.drain(at..).map(|(n, _, _)| n).collect());
+                    if let Some(at) = stack.iter().position(|(n, _, _)| key(n) == key(&next)) {
+                        cycles.push(stack[at..].iter().map(|(n, _, _)| n.clone()).collect());
+                    }
                 }
                 Some(_) => {}
                 None => {
@@ -351,7 +355,7 @@ pub(crate) fn find_cycle(roots: &[TaskPtr]) -> Option<Vec<TaskPtr>> {
             }
         }
     }
-    None
+    cycles
 }
 
 #[cfg(all(test, not(parla_loom)))]

@@ -15,7 +15,7 @@
 //!    that was referenced, is waited on, and was never spawned fails with
 //!    `NeverSpawned` (its dependents with `DependencyFailed`, its awaits with
 //!    `NeverSpawned`);
-//! 2. one dependency cycle fails with `Cycle`, naming its ids (every cycle passes through a
+//! 2. the dependency cycles fail with `Cycle`, each naming its ids (every cycle passes through a
 //!    forward reference, so the search starts from those);
 //! 3. one await inside a task fails with `Deadlock`: the task blocked last (tasks awaiting
 //!    each other, or a parent holding memory its child needs). The task handles the error
@@ -107,25 +107,30 @@ fn resolve_step(rt: &Arc<RtInner>, lasted: bool) -> Option<bool> {
             return Some(true);
         }
     }
-    // 2. Cycles.
-    let forward = rt.forward_refs();
-    if let Some(cycle) = graph::find_cycle(&forward) {
-        let tasks: Vec<&TaskPtr> = cycle
-            .iter()
-            .filter(|t| t.header().kind == Kind::Task)
-            .collect();
-        let err = Arc::new(TaskError::Cycle {
-            ids: tasks.iter().map(|t| t.header().name.to_string()).collect(),
-        });
-        // Claim every task on the cycle first, so that each fails with `Cycle` rather than
-        // with the failure of its neighbour.
+    // 2. Cycles: every one the search finds, at once. (A task on a cycle waits for itself:
+    // nothing the failure of another could do lets it run, unlike an id never spawned.)
+    let cycles = graph::find_cycles(&rt.forward_refs());
+    if !cycles.is_empty() {
         rt.with_local(|l| {
-            let claimed: Vec<&TaskPtr> = tasks
-                .into_iter()
-                .filter(|t| graph::claim(t, &err, &mut l.fx))
-                .collect();
-            for t in claimed {
-                graph::finish(t, Err(err.clone()), &mut l.fx);
+            // Claim every task on the cycles first, so that each fails with `Cycle` rather
+            // than with the failure of its neighbour (a task on two cycles: the first's).
+            let mut claimed: Vec<(&TaskPtr, Arc<TaskError>)> = Vec::new();
+            for cycle in &cycles {
+                let tasks: Vec<&TaskPtr> = cycle
+                    .iter()
+                    .filter(|t| t.header().kind == Kind::Task)
+                    .collect();
+                let err = Arc::new(TaskError::Cycle {
+                    ids: tasks.iter().map(|t| t.header().name.to_string()).collect(),
+                });
+                for t in tasks {
+                    if graph::claim(t, &err, &mut l.fx) {
+                        claimed.push((t, err.clone()));
+                    }
+                }
+            }
+            for (t, err) in claimed {
+                graph::finish(t, Err(err), &mut l.fx);
             }
         });
         return Some(true);
