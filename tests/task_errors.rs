@@ -336,6 +336,43 @@ fn dependency_cycle() {
     });
 }
 
+/// Many cycles at once (the stall resolver fails every cycle its search finds in one
+/// step): each task fails with the cycle it is on, naming that cycle's ids alone.
+#[test]
+fn many_cycles_each_fail_naming_their_own_ids() {
+    let rt = support::cpu(2);
+    let results = support::within(60, move || {
+        rt.block_on(async {
+            let t = TaskSpace::new("C");
+            let mut handles = Vec::new();
+            for i in 0..200 {
+                for (me, other) in [(0, 1), (1, 0)] {
+                    let h = task(async {})
+                        .id(t.at((i, me)))
+                        .after(t.at((i, other)))
+                        .spawn();
+                    handles.push((i, h));
+                }
+            }
+            let mut out = Vec::new();
+            for (i, h) in handles {
+                out.push((i, h.await));
+            }
+            out
+        })
+    });
+    for (i, r) in results {
+        match r {
+            Err(TaskError::Cycle { ids }) => {
+                let mut ids = ids.clone();
+                ids.sort();
+                assert_eq!(ids, vec![format!("C[{i}, 0]"), format!("C[{i}, 1]")]);
+            }
+            other => panic!("pair {i}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn self_dependency_is_a_cycle() {
     let rt = support::cpu(1);
