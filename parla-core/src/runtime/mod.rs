@@ -382,9 +382,10 @@ impl RtInner {
     }
 
     /// Records a placeholder (a forward reference) for the stall resolver, of hash `hash`
-    /// (see [`forward_of`](Self::forward_of)). Called with the placeholder's shard locked (the registry's locks
-    /// are taken inside a shard's, never the other way round), it returns the entries it
-    /// let go of, for the caller to drop once the shard is unlocked.
+    /// (see [`forward_of`](Self::forward_of)). Called with the placeholder's shard locked
+    /// (the registry's locks are taken inside a shard's, never the other way round), it
+    /// returns the entries it let go of, for the caller to drop once the shard is
+    /// unlocked.
     pub(crate) fn register_forward(&self, p: &TaskPtr, hash: u64) -> Released {
         Self::push_forward(&mut self.forward_of(hash).lock(), p)
     }

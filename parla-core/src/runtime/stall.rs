@@ -15,8 +15,9 @@
 //!    that was referenced, is waited on, and was never spawned fails with
 //!    `NeverSpawned` (its dependents with `DependencyFailed`, its awaits with
 //!    `NeverSpawned`);
-//! 2. the dependency cycles fail with `Cycle`, each naming its ids (every cycle passes through a
-//!    forward reference, so the search starts from those);
+//! 2. the dependency cycles fail with `Cycle`, each naming its ids (every cycle passes
+//!    through a forward reference, so the search starts from those; a task on a cycle
+//!    waits for itself, so they fail together);
 //! 3. one await inside a task fails with `Deadlock`: the task blocked last (tasks awaiting
 //!    each other, or a parent holding memory its child needs). The task handles the error
 //!    and may finish, freeing what it held;
