@@ -5,7 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use ndarray::{Array, Array2, ArrayView, ArrayViewMut, Dimension, IntoDimension, Ix2, s};
+use ndarray::{Array, Array2, ArrayView, ArrayViewMut, Dimension, IntoDimension, Ix1, Ix2, s};
 use parking_lot::Mutex;
 use parla_core::data::{Access, Acquired, AsData, DataObject, Flow, Ledger, current_task_key};
 use parla_core::device::backend::{Fence, FenceStatus};
@@ -481,7 +481,7 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
     /// ```
     pub fn zeros<Sh: IntoDimension<Dim = D>>(shape: Sh) -> Self {
         let dim = shape.into_dimension();
-        let n = element_count::<A>(dim.slice()).unwrap_or_else(|| {
+        let n = element_count::<A, _>(&dim).unwrap_or_else(|| {
             panic!(
                 "PArray::zeros: shape {:?} too large: its size overflows isize",
                 dim.slice()
@@ -491,15 +491,13 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
     }
 }
 
-/// The number of elements of an array of `A` of shape `shape`, if it and its size in bytes
+/// The number of elements of an array of `A` of shape `dim`, if it and its size in bytes
 /// fit in `isize` (what ndarray allows).
-pub(crate) fn element_count<A>(shape: &[usize]) -> Option<usize> {
-    let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+fn element_count<A, D: Dimension>(dim: &D) -> Option<usize> {
+    let n = dim.size_checked()?;
     let bytes = n.checked_mul(std::mem::size_of::<A>().max(1))?;
     (bytes <= isize::MAX as usize).then_some(n)
 }
-
-impl<A: Element, D: Dimension + 'static> PArray<A, D> {}
 
 impl<A: Element, D: Dimension + 'static> AsData for PArray<A, D> {
     fn as_data(&self) -> Arc<dyn DataObject> {
@@ -613,7 +611,7 @@ impl<A: Element> Tiles<A> {
     /// vector holds.
     pub fn zeros(shape: (usize, usize), tile: (usize, usize)) -> Result<Tiles<A>> {
         let whole = (tile.0.min(shape.0), tile.1.min(shape.1));
-        if element_count::<A>(&[whole.0, whole.1]).is_none() {
+        if element_count::<A, _>(&Ix2(whole.0, whole.1)).is_none() {
             return Err(Error::InvalidArgument(format!(
                 "tiles of {} x {}: a tile's size overflows isize",
                 whole.0, whole.1
@@ -638,7 +636,7 @@ impl<A: Element> Tiles<A> {
         let (tr, tc) = (n.div_ceil(rows), m.div_ceil(cols));
         let Some(count) = tr
             .checked_mul(tc)
-            .filter(|&c| element_count::<PArray<A, Ix2>>(&[c]).is_some())
+            .filter(|&c| element_count::<PArray<A, Ix2>, _>(&Ix1(c)).is_some())
         else {
             return Err(Error::InvalidArgument(format!(
                 "{tr} x {tc} tiles of {rows} x {cols}: more tiles than a vector holds"

@@ -644,9 +644,7 @@ impl Driver {
     #[inline(never)]
     fn cancel_at_shutdown(&mut self, rt: &Arc<RtInner>, task: &TaskPtr) {
         rt.pollers.remove(task);
-        if let Some(token) = task.header().act.claim_waiting() {
-            stall::cancel_started(rt, task, token, &mut self.local);
-        }
+        stall::cancel_waiting(rt, task, &mut self.local);
     }
 
     /// Polls the body of `task` (whose run token this driver holds) once: inside its span

@@ -306,10 +306,7 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
                 cancel_started(rt, &t, true, l);
             }
             for t in rt.pollers.take_all() {
-                if let Some(token) = t.header().act.claim_waiting() {
-                    any = true;
-                    cancel_started(rt, &t, token, l);
-                }
+                any |= cancel_waiting(rt, &t, l);
             }
             any
         });
@@ -330,8 +327,19 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
     }
 }
 
+/// Cancels task `t` if it waits between polls (at shutdown): claims it out of its waiting
+/// state, and with it the run token. Returns whether it did (it may run, be notified or
+/// have finished).
+pub(crate) fn cancel_waiting(rt: &Arc<RtInner>, t: &TaskPtr, l: &mut Local) -> bool {
+    let Some(token) = t.header().act.claim_waiting() else {
+        return false;
+    };
+    cancel_started(rt, t, token, l);
+    true
+}
+
 /// Cancels a task whose run token the caller holds (admitted, or started and waiting).
-pub(crate) fn cancel_started(rt: &Arc<RtInner>, t: &TaskPtr, token: bool, l: &mut Local) {
+fn cancel_started(rt: &Arc<RtInner>, t: &TaskPtr, token: bool, l: &mut Local) {
     // SAFETY: the caller holds the run token (the injector gave it, or the activity was
     // claimed out of a waiting state).
     unsafe {
