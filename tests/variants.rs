@@ -161,6 +161,52 @@ fn dispatch_survives_awaits_and_leaves_spawned_code_alone() {
     assert_eq!(seen, want);
 }
 
+/// A task that runs another runtime's `block_on` (inside `block_in_place`): the future given
+/// to it runs outside any task, whatever device the task that called it runs on. (Before,
+/// it saw the calling task as its own, and a specialized function called there looked the
+/// virtual GPU's slot up among the other runtime's devices: an index out of bounds.)
+#[test]
+fn another_runtimes_block_on_inside_a_task_runs_outside_tasks() {
+    let a = support::vgpu(2, 2, 1 << 30);
+    let b = std::sync::Arc::new(support::cpu(1));
+    let seen = support::within(60, move || {
+        a.block_on(async move {
+            let mut seen = Vec::new();
+            for place in [Placement::Gpu(1), Placement::Cpu] {
+                let b = b.clone();
+                let r = task(async move {
+                    let inner = tokio::task::block_in_place(|| {
+                        b.block_on(async {
+                            let outside = (
+                                which(1).0,
+                                parla::current_task().is_none(),
+                                parla::current_device(),
+                            );
+                            // A task of the inner runtime, awaited there.
+                            let child = task(async { (which(2).0, parla::current_device()) })
+                                .await
+                                .unwrap();
+                            (outside, child)
+                        })
+                    });
+                    // Back in the task: its own context again.
+                    (inner, which(3).0, parla::current_task().is_some())
+                })
+                .placement(place)
+                .await
+                .unwrap();
+                seen.push(r);
+            }
+            seen
+        })
+    });
+    let cpu = parla::Device::CPU;
+    for (r, task_body) in seen.iter().zip(["default", "cpu"]) {
+        assert_eq!(r.0, (("default", true, cpu), ("cpu", cpu)), "{r:?}");
+        assert_eq!((r.1, r.2), (task_body, true), "{r:?}");
+    }
+}
+
 /// Whether `here` is host data borrowed from the array at `ptr` (no copy).
 fn borrowed<D: ndarray::Dimension>(here: &Here<'_, f64, D>, ptr: *const f64) -> bool {
     match here {

@@ -380,22 +380,29 @@ pub(crate) fn enter_task(task: &TaskPtr) -> TaskGuard {
     })
 }
 
-/// Restores the previous `block_on` poller on drop.
+/// Restores the previous `block_on` poller, and the task running before, on drop.
 pub(crate) struct PollerGuard {
     main: Option<PollerRef>,
+    task: *const TaskPtr,
 }
 
 impl Drop for PollerGuard {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.main.set(self.main));
+        CURRENT.with(|c| {
+            c.main.set(self.main);
+            c.task.set(self.task);
+        });
     }
 }
 
 /// Marks `poller` (a `block_on` future) as the poller of this thread outside tasks until
-/// the guard drops.
+/// the guard drops. The future runs outside any task: a `block_on` called from a task of
+/// another runtime (inside `block_in_place`) is not that task (`current_task()` is `None`
+/// there, and its awaits are the `block_on`'s).
 pub(crate) fn enter_poller(poller: PollerRef) -> PollerGuard {
     CURRENT.with(|c| PollerGuard {
         main: c.main.replace(Some(poller)),
+        task: c.task.replace(std::ptr::null()),
     })
 }
 
@@ -424,15 +431,21 @@ fn running_device() -> Option<Device> {
 /// CPU or on a GPU of a backend; `None` outside tasks and on virtual GPUs (which run the
 /// default body).
 pub(crate) fn variant_arch() -> Option<crate::Arch> {
-    let device = running_device()?;
-    match device.arch() {
-        crate::Arch::Cpu => Some(crate::Arch::Cpu),
-        // (A task is polled inside its runtime's driver, which entered the runtime.)
-        crate::Arch::Gpu => with_entered_rt(|rt| {
-            rt.is_some_and(|rt| rt.devices[device.slot()].gpu.is_some())
-                .then_some(crate::Arch::Gpu)
-        }),
-    }
+    with_running(|t| {
+        let h = t?.header();
+        let device = h.device().unwrap_or(Device::CPU);
+        match device.arch() {
+            crate::Arch::Cpu => Some(crate::Arch::Cpu),
+            // (A task is polled inside its runtime's driver, which entered the runtime;
+            // checked all the same, rather than index another runtime's devices.)
+            crate::Arch::Gpu => with_entered_rt(|rt| {
+                rt.filter(|rt| rt.id == h.rt_id)
+                    .and_then(|rt| rt.devices.get(device.slot()))
+                    .is_some_and(|d| d.gpu.is_some())
+                    .then_some(crate::Arch::Gpu)
+            }),
+        }
+    })
 }
 
 /// The poller being polled on this thread: the running task, or else a `block_on` future.
