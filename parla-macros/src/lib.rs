@@ -9,6 +9,7 @@
 use proc_macro::TokenStream;
 
 mod args;
+mod body;
 mod main_attr;
 mod task_attr;
 mod variant;

@@ -65,10 +65,13 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 ReturnType::Default => quote!(()),
                 ReturnType::Type(_, t) => quote!(#t),
             };
+            // (The body's value and its `return`s have the declared type, as in an
+            // `async fn`: `return Err(Box::new(e))` coerces to `Box<dyn Error>`.)
+            let body = crate::body::typed(*block.clone(), output);
             // An error is printed with its message (and sources), not its `Debug` form as
             // `std` would, once the runtime has shut down (and written its trace).
             quote! {
-                let __parla_out: #ty = __parla_rt.block_on(async move #block);
+                let __parla_out: #ty = __parla_rt.block_on(async move #body);
                 ::core::mem::drop(__parla_rt);
                 {
                     #[allow(unused_imports)]

@@ -185,17 +185,15 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     new_sig.output = syn::parse_quote!(
         -> ::parla::TaskBuilder<impl ::core::future::Future<Output = #out_ty> + ::core::marker::Send + 'static>
     );
-    // (The body's value is bound to the declared type, as an `async fn`'s is: it coerces
-    // there, `Arc<Sq>` to `Arc<dyn Shape>`, `&mut T` to `&T`.)
+    // (The body's value and its `return`s have the declared type, as an `async fn`'s do:
+    // they coerce there, `Arc<Sq>` to `Arc<dyn Shape>`, `&mut T` to `&T`.)
+    let body = crate::body::typed(*block, &sig.output);
     Ok(quote! {
         #(#attrs)*
         #[must_use = "a task does nothing until it is spawned or awaited"]
         #vis #new_sig {
             #(#takes)*
-            ::parla::task(async move {
-                let __parla_out: #out_ty = #block;
-                __parla_out
-            }) #(#calls)*
+            ::parla::task(async move #body) #(#calls)*
         }
     })
 }
