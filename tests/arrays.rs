@@ -876,3 +876,102 @@ fn to_host_outside_a_runtime_says_what_to_do() {
     let back = rt.block_on(a.to_host()).unwrap();
     assert_eq!(back, ndarray::Array1::from_elem(4, 1.0));
 }
+
+/// A view that outlives its task (returned by it: the array is `'static` here) keeps the
+/// memory it points to, unchanged, while later tasks write the array (before, a writer on
+/// another device freed the virtual GPU's copy under it, and reading the view crashed).
+#[test]
+fn a_view_returned_by_its_task_keeps_its_memory_while_the_array_goes_on() {
+    let rt = support::vgpu(2, 1, 1 << 30);
+    let a: &'static PArray<f64, ndarray::Ix1> =
+        Box::leak(Box::new(PArray::from(Array1::from_elem(1 << 16, 1.0))));
+    let (on_gpu, on_cpu, after) = support::within(60, move || {
+        rt.block_on(async move {
+            let on_gpu = task(async move { a.read() })
+                .reads(a)
+                .placement(Placement::Gpu(0))
+                .await
+                .unwrap()
+                .unwrap();
+            let on_cpu = task(async move { a.read() })
+                .reads(a)
+                .await
+                .unwrap()
+                .unwrap();
+            // Writers on the CPU, then on the GPU: each drops the other copies.
+            task(async move { a.write().map(|mut w| w.fill(2.0)) })
+                .reads_writes(a)
+                .await
+                .unwrap()
+                .unwrap();
+            task(async move { a.write().map(|mut w| w.fill(3.0)) })
+                .reads_writes(a)
+                .placement(Placement::Gpu(0))
+                .await
+                .unwrap()
+                .unwrap();
+            let after = a.to_host().await.unwrap();
+            (on_gpu, on_cpu, after)
+        })
+    });
+    let n = (1 << 16) as f64;
+    assert_eq!(on_gpu.sum(), n, "the GPU copy as it was");
+    assert_eq!(on_cpu.sum(), n, "the host copy as it was");
+    assert_eq!(after.sum(), 3.0 * n, "the array went on");
+}
+
+/// A mutable view that outlives its task may still write the memory it points to: the
+/// array's data is lost, and later uses fail saying why. Views in a task that is aborted
+/// or panics are dropped with it, before the data is released: nothing is lost then.
+#[test]
+fn a_mutable_view_that_outlives_its_task_loses_the_data_and_later_uses_fail() {
+    let rt = support::vgpu(2, 1, 1 << 30);
+    let a: &'static PArray<f64, ndarray::Ix1> =
+        Box::leak(Box::new(PArray::from(Array1::from_elem(64, 1.0))));
+    let b = PArray::from(Array1::from_elem(64, 1.0));
+    let (kept, err, b_after) = support::within(60, move || {
+        rt.block_on(async move {
+            let kept = task(async move { a.write() })
+                .reads_writes(a)
+                .placement(Placement::Gpu(0))
+                .await
+                .unwrap()
+                .unwrap();
+            let err = a.to_host().await.unwrap_err().to_string();
+            // Views held by an aborted task and a panicked one: dropped with them.
+            let b1 = b.clone();
+            let held = task(async move {
+                let r = b1.read().unwrap();
+                std::future::pending::<()>().await;
+                drop(r);
+            })
+            .reads(&b)
+            .placement(Placement::Gpu(0))
+            .spawn();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            held.abort();
+            let _ = held.await;
+            let b2 = b.clone();
+            let panicked = task(async move {
+                let _r = b2.read().unwrap();
+                panic!("with a view");
+            })
+            .reads(&b)
+            .await;
+            assert!(panicked.is_err());
+            let b3 = b.clone();
+            task(async move { b3.write().map(|mut w| w.fill(5.0)) })
+                .reads_writes(&b)
+                .placement(Placement::Gpu(0))
+                .await
+                .unwrap()
+                .unwrap();
+            let b_after = b.to_host().await.unwrap();
+            (kept, err, b_after)
+        })
+    });
+    assert_eq!(kept.len(), 64, "the view is still usable");
+    assert!(err.contains("data is lost"), "{err}");
+    assert!(err.contains("outlived the task"), "{err}");
+    assert_eq!(b_after.sum(), 5.0 * 64.0, "nothing lost");
+}

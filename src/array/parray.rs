@@ -132,6 +132,8 @@ struct State<A> {
     copies: Vec<Copy<A>>,
     /// Tasks running with the array: (task key, device, access).
     grants: Vec<(usize, Device, Access)>,
+    /// The data is gone: a mutable view outlived its task ([`Inner::detach_escaped`]).
+    lost: bool,
 }
 
 enum Host<A> {
@@ -260,6 +262,7 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
                 host_ready: None,
                 copies: Vec::new(),
                 grants: Vec::new(),
+                lost: false,
             }),
             me: me.clone(),
         });
@@ -335,6 +338,13 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
     ///
     /// Errors: the task did not declare the array; it holds a [`write`](Self::write) view
     /// of it now; on a real GPU.
+    ///
+    /// A view is for the task that took it. One that outlives the task (returned by it, or
+    /// kept in a static or in a future given to `tokio::spawn`: possible where the array is
+    /// `'static`) keeps the memory it points to, unchanged, for the rest of the program,
+    /// and the array goes on with a copy; a mutable view ([`write`](Self::write),
+    /// `device_mut`) that outlives its task makes the array's data lost:
+    /// later uses fail.
     pub fn read(&self) -> Result<Read<'_, A, D>> {
         let (_, device, _) = self.granted(false)?;
         let (ptr, borrow) = self.host_side(device)?;
@@ -691,6 +701,9 @@ impl<A: Element> PArray<A, Ix2> {
             }
             Some(Err(e)) => return Err(Error::Task(e)),
         }
+        if s.lost {
+            return Err(Error::InvalidArgument(format!("tiles(): {LOST}")));
+        }
         if !s.host_valid || s.host_ready.is_some() {
             return Err(Error::InvalidArgument(
                 "tiles() splits the host copy, which is stale: a GPU task wrote the array last"
@@ -705,6 +718,9 @@ impl<A: Element> PArray<A, Ix2> {
         })
     }
 }
+
+/// Why an array whose data was lost cannot be used ([`Inner::detach_escaped`]).
+const LOST: &str = "the PArray's data is lost: a mutable view of it (write() or device_mut()) outlived the task that took it, and may still write its memory";
 
 /// Whether no view borrows through `b` now.
 fn borrow_free(b: &Borrow) -> bool {
@@ -872,6 +888,71 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
         Ok(())
     }
 
+    /// Called once no task uses `device`'s side of the array (the host's for the CPU) any
+    /// more: a view of that side still borrowed now outlived the task that took it (the
+    /// task returned it, or kept it in a static or a future it gave to `tokio::spawn`). The
+    /// view points into that side's buffer, so the buffer is left to it for good (leaked:
+    /// the view may be used for as long as the program runs), and the array goes on without
+    /// it: with a copy of its data for read views; for a mutable view, whose writes may go
+    /// on, with none (the array's data is lost, and later accesses fail saying so).
+    fn detach_escaped(
+        &self,
+        s: &mut State<A>,
+        device: Device,
+        freed: &mut Vec<(Ledger, Device, u64)>,
+    ) {
+        if device.arch() == Arch::Cpu {
+            let b = s.host_borrow.load(Ordering::Acquire);
+            if b == 0 {
+                return;
+            }
+            // (Read views only read: the copy races with nothing.)
+            let fresh: Box<[A]> = if b > 0 {
+                s.host.as_slice().into()
+            } else {
+                vec![A::ZERO; self.len].into_boxed_slice()
+            };
+            std::mem::forget(std::mem::replace(&mut s.host, Host::Plain(fresh)));
+            s.host_borrow = Borrow::default();
+            if b < 0 {
+                Self::lose(s, freed, self.bytes);
+            }
+            return;
+        }
+        let Some(i) = s.copies.iter().position(|c| c.device == device) else {
+            return;
+        };
+        let b = s.copies[i].borrow.load(Ordering::Acquire);
+        if b == 0 {
+            return;
+        }
+        let sole = s.copies[i].valid
+            && !s.host_valid
+            && !s.copies.iter().enumerate().any(|(j, c)| j != i && c.valid);
+        // (A write-back reads the buffer, as the read views do; the buffer it reads from is
+        // never freed.)
+        let kept = b > 0 && (!sole || self.fetch_to_host(s).is_ok());
+        let Copy {
+            buf,
+            ledger,
+            device,
+            ..
+        } = s.copies.swap_remove(i);
+        std::mem::forget(buf);
+        freed.push((ledger, device, self.bytes));
+        if !kept {
+            Self::lose(s, freed, self.bytes);
+        }
+    }
+
+    /// The array's data is lost ([`detach_escaped`](Self::detach_escaped)): no copy is
+    /// valid, and every access fails from now on.
+    fn lose(s: &mut State<A>, freed: &mut Vec<(Ledger, Device, u64)>, bytes: u64) {
+        s.lost = true;
+        s.host_valid = false;
+        Self::drop_copies(s, None, freed, bytes);
+    }
+
     /// Frees every copy but the one on `keep` (`None`: every device copy); the bytes go back
     /// to their ledgers (reported by the caller, outside the lock).
     fn drop_copies(
@@ -984,7 +1065,10 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
             if let Some(i) = s.grants.iter().position(|g| g.0 == task && g.1 == device) {
                 s.grants.swap_remove(i);
             }
-            if access.writes() {
+            if !s.grants.iter().any(|g| g.1 == device) {
+                self.detach_escaped(&mut s, device, &mut freed);
+            }
+            if access.writes() && !s.lost {
                 if device.arch() == Arch::Cpu {
                     // (`acquire` waited for any copy into the host.)
                     s.host_valid = true;
@@ -1021,6 +1105,9 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
         freed: &mut Vec<(Ledger, Device, u64)>,
     ) -> std::result::Result<Acquired, String> {
         let mut s = self.state.lock();
+        if s.lost {
+            return Err(LOST.into());
+        }
         if let Some(c) = s.copies.first()
             && !c.ledger.same_runtime(ledger)
         {

@@ -333,7 +333,8 @@ pub(crate) struct WithData<F> {
     acquired: usize,
     wait: Option<FenceWait>,
     released: bool,
-    fut: F,
+    /// Dropped before the data is released (see `Drop`).
+    fut: std::mem::ManuallyDrop<F>,
 }
 
 impl<F> WithData<F> {
@@ -345,7 +346,7 @@ impl<F> WithData<F> {
             acquired: 0,
             wait: None,
             released: false,
-            fut,
+            fut: std::mem::ManuallyDrop::new(fut),
         }
     }
 
@@ -380,7 +381,8 @@ impl<F: Future> Future for WithData<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         // SAFETY: `fut` is structurally pinned: it is never moved out of `self` (only
-        // polled in place below and dropped with `self`); the other fields are not pinned.
+        // polled in place below and dropped in place by `Drop`); the other fields are not
+        // pinned.
         let this = unsafe { self.get_unchecked_mut() };
         if this.device.is_none() {
             this.device = Some(this.acc.device().unwrap_or_else(context::current_device));
@@ -416,7 +418,7 @@ impl<F: Future> Future for WithData<F> {
             }
         }
         // SAFETY: see above; `fut` stays in place.
-        let fut = unsafe { Pin::new_unchecked(&mut this.fut) };
+        let fut = unsafe { Pin::new_unchecked(&mut *this.fut) };
         match fut.poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(v) => {
@@ -429,7 +431,18 @@ impl<F: Future> Future for WithData<F> {
 
 impl<F> Drop for WithData<F> {
     fn drop(&mut self) {
+        // The body first, with the views of the data it holds (an aborted task's, a
+        // panicked one's): a view still borrowed when the data is released outlived its
+        // task, and the data object leaves its memory to it.
+        let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: dropped in place (as a pinned field must be), once: `fut` is not used
+            // after this.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.fut) }
+        }));
         self.release();
+        if let Err(p) = body {
+            std::panic::resume_unwind(p);
+        }
     }
 }
 
