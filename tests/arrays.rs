@@ -975,3 +975,38 @@ fn a_mutable_view_that_outlives_its_task_loses_the_data_and_later_uses_fail() {
     assert!(err.contains("outlived the task"), "{err}");
     assert_eq!(b_after.sum(), 5.0 * 64.0, "nothing lost");
 }
+
+/// A task declaring many arrays, each twice (read, then written): the two accesses of each
+/// merge, past the length where duplicates are found through an index.
+#[test]
+fn many_arrays_declared_twice_each_merge_their_accesses() {
+    let rt = support::cpu(2);
+    let arrays: Vec<PArray<f64, ndarray::Ix1>> = (0..40)
+        .map(|i| PArray::from(Array1::from_elem(4, i as f64)))
+        .collect();
+    let sums = support::within(60, move || {
+        rt.block_on(async move {
+            let mine = arrays.clone();
+            let mut b = task(async move {
+                for a in &mine {
+                    a.write()?.map_inplace(|x| *x += 1.0);
+                }
+                Ok::<_, parla::Error>(())
+            });
+            for a in &arrays {
+                b = b.reads(a);
+            }
+            for a in arrays.iter().rev() {
+                b = b.writes(a);
+            }
+            b.await.unwrap().unwrap();
+            let mut sums = Vec::new();
+            for a in &arrays {
+                sums.push(a.to_host().await.unwrap().sum());
+            }
+            sums
+        })
+    });
+    let want: Vec<f64> = (0..40).map(|i| 4.0 * (i as f64 + 1.0)).collect();
+    assert_eq!(sums, want);
+}

@@ -312,15 +312,33 @@ pub(crate) struct Accesses {
 impl Accesses {
     /// The accesses of `list`, each object once (two accesses of one object merge).
     pub(crate) fn new(list: Vec<(Arc<dyn DataObject>, Access)>) -> Accesses {
+        /// Up to how many items the list is searched for a duplicate; past that, an index
+        /// by key (a task declaring every tile of a large grid: `Tiles::to_host`).
+        const SEARCHED: usize = 16;
         let mut items: SmallVec<[Item; 2]> = SmallVec::new();
+        let mut index: rustc_hash::FxHashMap<usize, usize> = Default::default();
         for (obj, access) in list {
-            match items.iter_mut().find(|i| i.obj.key() == obj.key()) {
-                Some(i) => i.access = i.access.union(access),
-                None => items.push(Item {
-                    obj,
-                    access,
-                    pinned: AtomicBool::new(false),
-                }),
+            let key = obj.key();
+            let found = if items.len() <= SEARCHED {
+                items.iter().position(|i| i.obj.key() == key)
+            } else {
+                if index.is_empty() {
+                    index.extend(items.iter().enumerate().map(|(n, i)| (i.obj.key(), n)));
+                }
+                index.get(&key).copied()
+            };
+            match found {
+                Some(n) => items[n].access = items[n].access.union(access),
+                None => {
+                    if !index.is_empty() {
+                        index.insert(key, items.len());
+                    }
+                    items.push(Item {
+                        obj,
+                        access,
+                        pinned: AtomicBool::new(false),
+                    });
+                }
             }
         }
         Accesses {
