@@ -403,14 +403,29 @@ fn zeros_of_a_shape_whose_size_overflows_panics_as_ndarray_does() {
 }
 
 #[test]
+#[should_panic(expected = "overflows isize")]
+fn zeros_with_an_empty_axis_beside_one_too_long_panics_as_ndarray_does() {
+    // (Accepted before: every view of it then panicked inside ndarray.)
+    let _ = PArray::<f64, _>::zeros((usize::MAX, 0));
+}
+
+#[test]
 fn tiles_too_large_or_too_many_are_errors_and_a_tile_is_at_most_the_array() {
     let e = parla::array::Tiles::<f64>::zeros((usize::MAX, 16), (1 << 62, 16)).unwrap_err();
     assert!(e.to_string().contains("overflows isize"), "{e}");
     let e = parla::array::Tiles::<f64>::zeros((usize::MAX, usize::MAX), (1, 1)).unwrap_err();
+    assert!(e.to_string().contains("too large"), "{e}");
+    let e = parla::array::Tiles::<f64>::zeros((1 << 31, 1 << 31), (1, 1)).unwrap_err();
     assert!(
         e.to_string().contains("more tiles than a vector holds"),
         "{e}"
     );
+    // An axis of length 0 beside one too long for ndarray: an error, as ndarray's panic;
+    // beside a long one that fits, no tiles (and no loop over the long axis).
+    let e = parla::array::Tiles::<f64>::zeros((usize::MAX, 0), (1, 1)).unwrap_err();
+    assert!(e.to_string().contains("overflows isize"), "{e}");
+    let t = parla::array::Tiles::<f64>::zeros((1 << 40, 0), (1, 1)).unwrap();
+    assert_eq!((t.rows() * t.cols(), t.shape()), (0, (1 << 40, 0)));
     let t = parla::array::Tiles::<f64>::zeros((4, 4), (8, 8)).unwrap();
     assert_eq!((t.rows(), t.cols(), t.tile_shape()), (1, 1, (4, 4)));
     assert_eq!(t.get(0, 0).shape(), &[4, 4]);

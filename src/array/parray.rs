@@ -394,9 +394,11 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
         }
     }
 
-    /// The array on the host, once the tasks spawned before this call that write it
-    /// finished (a read task is spawned, ordered by the accesses). Call it inside the
-    /// runtime (`block_on`, a task, a `Handle`'s context).
+    /// The array on the host, once the tasks that write it and were spawned before the
+    /// returned future is first polled finished: the read task that copies it is spawned
+    /// then, ordered by the accesses (a writer spawned between the call and the first
+    /// `.await` comes before it). Awaited inside the runtime (`block_on`, a task, a
+    /// `Handle`'s context).
     pub async fn to_host(&self) -> Result<Array<A, D>> {
         in_runtime("PArray::to_host")?;
         let a = self.clone();
@@ -504,9 +506,23 @@ impl<A: Element, D: Dimension + 'static> PArray<A, D> {
 /// The number of elements of an array of `A` of shape `dim`, if it and its size in bytes
 /// fit in `isize` (what ndarray allows).
 fn element_count<A, D: Dimension>(dim: &D) -> Option<usize> {
+    if !spans_fit(dim.slice()) {
+        return None;
+    }
     let n = dim.size_checked()?;
     let bytes = n.checked_mul(std::mem::size_of::<A>().max(1))?;
     (bytes <= isize::MAX as usize).then_some(n)
+}
+
+/// Whether the product of the lengths in `shape` that are not zero fits in an `isize`, as
+/// ndarray's constructors ask (views compute strides and offsets with it, even of an empty
+/// array).
+fn spans_fit(shape: &[usize]) -> bool {
+    shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .is_some_and(|p| p <= isize::MAX as usize)
 }
 
 impl<A: Element, D: Dimension + 'static> AsData for PArray<A, D> {
@@ -587,8 +603,9 @@ impl<A: Element> Tiles<A> {
         self.grid.iter()
     }
 
-    /// The whole array on the host, assembled from the tiles once the tasks spawned before
-    /// that write them finished (one read task over every tile).
+    /// The whole array on the host, assembled from the tiles once the tasks that write
+    /// them and were spawned before the returned future is first polled finished (one read
+    /// task over every tile, spawned then, as [`PArray::to_host`]'s).
     pub async fn to_host(&self) -> Result<Array2<A>> {
         in_runtime("Tiles::to_host")?;
         let me = self.clone();
@@ -617,9 +634,15 @@ impl<A: Element> Tiles<A> {
     /// what remains), without a whole array first: for data that tasks then write tile by
     /// tile.
     ///
-    /// Errors: a zero tile size; a tile whose size overflows `isize`; more tiles than a
-    /// vector holds.
+    /// Errors: a zero tile size; a shape or a tile whose size overflows `isize` (as
+    /// ndarray's constructors count it); more tiles than a vector holds.
     pub fn zeros(shape: (usize, usize), tile: (usize, usize)) -> Result<Tiles<A>> {
+        if !spans_fit(&[shape.0, shape.1]) {
+            return Err(Error::InvalidArgument(format!(
+                "a shape of {} x {} is too large: the product of its non-zero lengths overflows isize",
+                shape.0, shape.1
+            )));
+        }
         let whole = (tile.0.min(shape.0), tile.1.min(shape.1));
         if element_count::<A, _>(&Ix2(whole.0, whole.1)).is_none() {
             return Err(Error::InvalidArgument(format!(
@@ -653,7 +676,8 @@ impl<A: Element> Tiles<A> {
             )));
         };
         let mut grid = Vec::with_capacity(count);
-        for i in 0..tr {
+        // (No tiles: an axis of length 0, however long the other is.)
+        for i in (0..tr).take_while(|_| count > 0) {
             for j in 0..tc {
                 grid.push(part(
                     i * rows..((i + 1) * rows).min(n),
