@@ -343,6 +343,15 @@ fn eigh_rejects_bad_input_with_errors() {
     assert_eq!((e.0.len(), e.1.dim()), (0, (0, 0)));
     let bad = eigh_residual(rect.view(), Array1::zeros(3).view(), rect.view());
     assert!(matches!(bad, Err(parla::Error::InvalidArgument(_))));
+    // Finite, with eigenvalues past f64::MAX (+-1.414e308 and an overflow on the way).
+    let huge = ndarray::array![[1e308, 1e308], [1e308, 1e308]];
+    let huge = clone_here(&huge).unwrap();
+    let over = eigh(&huge);
+    assert!(
+        matches!(over, Err(parla::Error::InvalidArgument(ref m)) if m.contains("overflows")),
+        "{:?}",
+        over.map(|e| e.into_host().map(|(w, _)| w))
+    );
     #[cfg(feature = "cuda")]
     {
         let outside = parla::linalg::eigh_gpu(&clone_here(&random_symmetric(3, 4)).unwrap());

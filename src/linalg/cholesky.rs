@@ -621,8 +621,9 @@ pub fn cholesky_flops(n: usize) -> f64 {
 /// `progress(done, total)` is called as tasks finish. Returns once every task finished.
 ///
 /// Errors: `tiles` not square with square tiles ([`Error::InvalidArgument`]); the matrix
-/// not positive definite ([`Error::InvalidArgument`], naming the order of the first leading
-/// minor that is not); a task's error.
+/// not positive definite, or holding NaN or infinity in its lower triangle
+/// ([`Error::InvalidArgument`], naming the order of the first leading minor that is not,
+/// where the factorization met it); a task's error.
 pub async fn cholesky<P, G>(tiles: &Tiles<f64>, place: P, mut progress: G) -> Result<()>
 where
     P: Fn(usize, usize) -> Placements,
@@ -741,7 +742,7 @@ where
         let info = status.into_host()?.first().copied().unwrap_or(0);
         if info != 0 {
             return Err(Error::InvalidArgument(format!(
-                "the matrix is not positive definite: its leading minor of order {} is not",
+                "the matrix is not positive definite (or holds NaN or infinity): its leading minor of order {} is not",
                 k * b + info as usize
             )));
         }

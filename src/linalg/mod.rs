@@ -49,7 +49,8 @@ impl Eigh {
 /// virtual GPUs - the default body, [`eigh_cpu`] (faer; results on the host).
 ///
 /// Errors: `a` not square, or with a value that is not finite in its lower triangle
-/// ([`Error::InvalidArgument`]); no convergence.
+/// ([`Error::InvalidArgument`]); no convergence; on the host, a solution that overflows
+/// `f64` (finite values near `f64::MAX`).
 #[crate::specialize]
 pub fn eigh(a: &Here<'_, f64, Ix2>) -> Result<Eigh> {
     eigh_cpu(a)
@@ -106,6 +107,13 @@ pub fn eigh_cpu(a: &Here<'_, f64, Ix2>) -> Result<Eigh> {
     let (u, s) = (e.U(), e.S().column_vector());
     let values = Array1::from_shape_fn(n, |i| s[i]);
     let vectors = Array2::from_shape_fn((n, n), |(i, j)| u[(i, j)]);
+    // Finite input near `f64::MAX` may have eigenvalues (or intermediate values) that
+    // overflow: an error, rather than infinities or NaN as results.
+    if !values.iter().chain(vectors.iter()).all(|x| x.is_finite()) {
+        return Err(Error::InvalidArgument(
+            "eigh: the solution overflows f64 (values near f64::MAX): scale the matrix down".into(),
+        ));
+    }
     Ok(Eigh {
         values: Here::Host(values.into()),
         vectors: Here::Host(vectors.into()),
