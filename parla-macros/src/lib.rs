@@ -91,6 +91,10 @@ pub fn specialize(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// Checked at compile time: the variant's signature must be the default's, the
 /// architecture must be `cpu` or `gpu`, and a function has one variant per architecture.
+///
+/// A variant lives in the crate of the function it specializes (Rust's orphan rule keeps
+/// another crate from adding one), and names the function by the path it is defined at,
+/// not by a name brought in with `use`.
 #[proc_macro_attribute]
 pub fn variant(attr: TokenStream, item: TokenStream) -> TokenStream {
     variant::expand_variant(attr.into(), item.into())
