@@ -15,9 +15,11 @@ pub(crate) struct Arg {
 impl Parse for Arg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let key: Ident = input.parse()?;
+        // (At the key: with nothing after it, the parser's error would span the whole
+        // attribute.)
         let _: Token![=] = input
             .parse()
-            .map_err(|e| syn::Error::new(e.span(), format!("expected `{key} = <value>`")))?;
+            .map_err(|_| syn::Error::new(key.span(), format!("expected `{key} = <value>`")))?;
         let value: Expr = input.parse()?;
         Ok(Arg { key, value })
     }

@@ -116,6 +116,11 @@ pub(crate) fn with_stub(e: syn::Error, item: TokenStream) -> TokenStream {
             } = f;
             let mut sig = sig;
             sig.asyncness = None;
+            // (Arguments the macro refused would also make `main`'s type wrong: a second
+            // error for the same mistake.)
+            if sig.ident == "main" {
+                sig.inputs.clear();
+            }
             quote! {
                 #err
                 #(#attrs)*

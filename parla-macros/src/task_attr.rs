@@ -113,6 +113,14 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 calls.push(quote_spanned!(a.key.span()=> .vcus(#lit)));
             }
             "memory" => {
+                if let Expr::Lit(l) = v
+                    && !matches!(l.lit, syn::Lit::Int(_) | syn::Lit::Float(_))
+                {
+                    return Err(err(
+                        v.span(),
+                        "memory is a number of bytes, an integer expression like `memory = 1 << 30`",
+                    ));
+                }
                 if number(v).is_some_and(|n| n < 0.0) {
                     return Err(err(
                         v.span(),

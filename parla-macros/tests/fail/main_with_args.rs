@@ -1,0 +1,4 @@
+#[parla::main]
+async fn main(n: i32) {
+    let _ = n;
+}

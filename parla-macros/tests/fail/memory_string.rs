@@ -1,0 +1,4 @@
+#[parla::task(memory = "1GB")]
+async fn big() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[parla::task(placement = cpu, vcus)]
+async fn half() {}
+
+fn main() {}
