@@ -154,6 +154,7 @@ fn a_trace_has_one_slice_per_task_with_its_outcome_and_arrows() {
     let orphan = &slices["Traced[orphan]"];
     assert_eq!(orphan["args"]["outcome"], "never ran");
     assert_eq!(orphan["tid"], 0, "on the never-ran track");
+    assert!(orphan["args"]["device"].is_null(), "never mapped: {orphan}");
     assert_eq!(orphan["dur"].as_f64().unwrap(), 0.0);
     assert!(
         orphan["args"]["error"]

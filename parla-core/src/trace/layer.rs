@@ -12,7 +12,9 @@
 //!   on a worker's track never overlap but nest, as trace viewers expect;
 //! - a GPU task: on its stream, timed by CUDA events around its work, with its host side
 //!   as a `launch` slice on the worker;
-//! - a task that never ran: a zero-length slice on its device's `never ran` track (tid 0).
+//! - a task that never ran: a zero-length slice on its device's `never ran` track (tid 0);
+//!   one never mapped to a device (its placement cannot be met, a dependency failed
+//!   first) has a `device` of null and goes on the CPU's.
 //!
 //! Dependencies are flow arrows, drawn from a dependency that finished before its
 //! dependent; user spans inside a task body are slices nested in its poll, and one whose
@@ -623,7 +625,10 @@ impl TraceLayer {
             return;
         };
         let ran = r.started.is_some();
-        let device = r.device.clone().unwrap_or_else(|| CPU_DEVICE.into());
+        // (A task never mapped has no device: its slice goes on the CPU's `never ran`
+        // track, and its `device` is null.)
+        let mapped = r.device.clone();
+        let device = mapped.clone().unwrap_or_else(|| CPU_DEVICE.into());
         let gpu_pid = device
             .strip_prefix("gpu:")
             .and_then(|n| n.parse::<u64>().ok())
@@ -672,7 +677,7 @@ impl TraceLayer {
                 _ => Value::Null,
             };
             let mut args = json!({
-                "device": device,
+                "device": mapped,
                 "vcus": r.vcu,
                 "memory": r.mem,
                 "outcome": outcome,
