@@ -120,20 +120,31 @@ impl Ledger {
 }
 
 /// What task builders take as data: a handle to a [`DataObject`] (the `parla` crate's
-/// `PArray`).
+/// `PArray`). Pass a reference to the handle (`.reads(&a)`); the object itself is the
+/// runtime's to use.
 pub trait AsData {
     /// The object.
-    fn as_data(&self) -> Arc<dyn DataObject>;
+    ///
+    /// # Safety
+    /// Called by the runtime only, to declare a task's access: the object's order holds
+    /// only while every access to it is declared through a handle, and its
+    /// [`Flow::clear`] assumes that none is declared once the handles are gone.
+    unsafe fn as_data(&self) -> Arc<dyn DataObject>;
 }
 
 impl AsData for Arc<dyn DataObject> {
-    fn as_data(&self) -> Arc<dyn DataObject> {
+    unsafe fn as_data(&self) -> Arc<dyn DataObject> {
         self.clone()
     }
 }
 
 /// A data object the scheduler can move and order tasks by. Implemented by the data layer
 /// (the `parla` crate's `PArray`); the methods are called by the runtime.
+///
+/// The methods that free copies or take pins and grants away (`unpin`, `evict`,
+/// `acquire`, `release`, and [`Flow::clear`]) are `unsafe` to call: a task's views of the
+/// object's data rely on them being called by the runtime alone, at the points its docs
+/// give (a call from elsewhere could free the memory under a running task's view).
 pub trait DataObject: Send + Sync + 'static {
     /// The object's identity (stable while it lives; two handles of one object agree).
     fn key(&self) -> usize;
@@ -164,7 +175,10 @@ pub trait DataObject: Send + Sync + 'static {
     fn pin_valid(&self, device: Device) -> bool;
 
     /// Undoes a pin.
-    fn unpin(&self, device: Device);
+    ///
+    /// # Safety
+    /// Called by the runtime only, once for each pin it took (see [`DataObject`]).
+    unsafe fn unpin(&self, device: Device);
 
     /// When the copy on `device` was last used (a clock of the object's choosing, the same
     /// for every object of a runtime; lower is older), or `None` if there is no evictable
@@ -173,7 +187,10 @@ pub trait DataObject: Send + Sync + 'static {
 
     /// Frees the copy on `device` unless it is pinned; a copy that is the only valid one is
     /// written back to the host first. Returns the bytes freed on the device's budget.
-    fn evict(&self, device: Device) -> u64;
+    ///
+    /// # Safety
+    /// Called by the runtime only (see [`DataObject`]).
+    unsafe fn evict(&self, device: Device) -> u64;
 
     /// Called in the task, on `device`, before its body runs: makes the object valid there
     /// for `access` (copying it from where it is valid), pinned (`pinned`: admission pinned
@@ -181,7 +198,11 @@ pub trait DataObject: Send + Sync + 'static {
     /// the task's [`current_task_key`]. A write access makes the copy exclusive at once:
     /// the other copies are freed (reported to their ledgers), so none is read, or written
     /// back over this one, while the task writes.
-    fn acquire(
+    ///
+    /// # Safety
+    /// Called by the runtime only, in the task the object's order granted the access to
+    /// (see [`DataObject`]).
+    unsafe fn acquire(
         &self,
         ledger: &Ledger,
         task: usize,
@@ -193,7 +214,11 @@ pub trait DataObject: Send + Sync + 'static {
     /// Called when the body finished (or failed): a write makes the copy on `device` the
     /// only valid one (other copies are freed, reported to their ledgers); the pin goes.
     /// `task` is the key [`acquire`](Self::acquire) was given.
-    fn release(&self, task: usize, device: Device, access: Access);
+    ///
+    /// # Safety
+    /// Called by the runtime only, once for each [`acquire`](Self::acquire), once the
+    /// task's body is dropped (see [`DataObject`]).
+    unsafe fn release(&self, task: usize, device: Device, access: Access);
 }
 
 /// The order of the tasks that touch one object: the last writer and the readers since.
@@ -222,7 +247,12 @@ impl Flow {
     /// Forgets the tasks recorded: for an object that no new task can access any more (its
     /// last handle is gone). The tasks hold the object through their declared accesses, so
     /// an object that kept them would never be freed.
-    pub fn clear(&self) {
+    ///
+    /// # Safety
+    /// No task can declare an access to the object any more (its last handle is gone): a
+    /// task spawned after the clear would not be ordered after those recorded, and could
+    /// write data a running task reads.
+    pub unsafe fn clear(&self) {
         let (writer, readers) = {
             let mut s = self.state.lock();
             (s.writer.take(), std::mem::take(&mut s.readers))

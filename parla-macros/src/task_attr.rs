@@ -162,7 +162,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                         ));
                     }
                     let tmp = quote::format_ident!("__parla_data_{}", takes.len());
-                    takes.push(quote_spanned!(id.span()=> let #tmp = ::parla::data::AsData::as_data(&#id);));
+                    // (A handle of its own: the body moves the parameter.)
+                    takes.push(
+                        quote_spanned!(id.span()=> let #tmp = ::core::clone::Clone::clone(&#id);),
+                    );
                     let method = quote::format_ident!("{}", key);
                     calls.push(quote_spanned!(a.key.span()=> .#method(&#tmp)));
                 }

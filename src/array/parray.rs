@@ -5,7 +5,9 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use ndarray::{Array, Array2, ArrayView, ArrayViewMut, Dimension, IntoDimension, Ix1, Ix2, s};
+use ndarray::{
+    Array, Array2, ArrayRef, ArrayView, ArrayViewMut, Dimension, IntoDimension, Ix1, Ix2, s,
+};
 use parking_lot::Mutex;
 use parla_core::data::{Access, Acquired, AsData, DataObject, Flow, Ledger, current_task_key};
 use parla_core::device::backend::{Fence, FenceStatus};
@@ -90,7 +92,9 @@ impl<A, D> std::ops::Deref for Handles<A, D> {
 
 impl<A, D> Drop for Handles<A, D> {
     fn drop(&mut self) {
-        self.0.flow.clear();
+        // SAFETY: the last handle is going: no task can declare an access to the array
+        // any more.
+        unsafe { self.0.flow.clear() };
     }
 }
 
@@ -526,7 +530,7 @@ fn spans_fit(shape: &[usize]) -> bool {
 }
 
 impl<A: Element, D: Dimension + 'static> AsData for PArray<A, D> {
-    fn as_data(&self) -> Arc<dyn DataObject> {
+    unsafe fn as_data(&self) -> Arc<dyn DataObject> {
         self.inner.0.clone()
     }
 }
@@ -789,34 +793,38 @@ fn take(b: &AtomicIsize, write: bool) -> Result<()> {
     }
 }
 
-/// A host view of a [`PArray`] (see [`PArray::read`]).
+/// A host view of a [`PArray`] (see [`PArray::read`]): derefs to ndarray's [`ArrayRef`],
+/// so every method of an array works on it, through the guard (`r.sum()`, `r.view()`,
+/// `&*r` where an `&ArrayRef` is asked for). Views and slices made from it borrow the guard:
+/// none outlives it, or the borrow flag it holds.
 pub struct Read<'a, A, D> {
     view: ArrayView<'a, A, D>,
     _borrow: Held,
 }
 
-impl<'a, A, D> Deref for Read<'a, A, D> {
-    type Target = ArrayView<'a, A, D>;
-    fn deref(&self) -> &Self::Target {
+impl<A, D> Deref for Read<'_, A, D> {
+    type Target = ArrayRef<A, D>;
+    fn deref(&self) -> &ArrayRef<A, D> {
         &self.view
     }
 }
 
-/// A mutable host view of a [`PArray`] (see [`PArray::write`]).
+/// A mutable host view of a [`PArray`] (see [`PArray::write`]): derefs to ndarray's
+/// [`ArrayRef`], mutably, as [`Read`] does.
 pub struct Write<'a, A, D> {
     view: ArrayViewMut<'a, A, D>,
     _borrow: Held,
 }
 
-impl<'a, A, D> Deref for Write<'a, A, D> {
-    type Target = ArrayViewMut<'a, A, D>;
-    fn deref(&self) -> &Self::Target {
+impl<A, D> Deref for Write<'_, A, D> {
+    type Target = ArrayRef<A, D>;
+    fn deref(&self) -> &ArrayRef<A, D> {
         &self.view
     }
 }
 
-impl<A, D> DerefMut for Write<'_, A, D> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
+impl<A, D: Dimension> DerefMut for Write<'_, A, D> {
+    fn deref_mut(&mut self) -> &mut ArrayRef<A, D> {
         &mut self.view
     }
 }
@@ -1035,7 +1043,7 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
         }
     }
 
-    fn unpin(&self, device: Device) {
+    unsafe fn unpin(&self, device: Device) {
         if let Some(c) = self.state.lock().copy_mut(device) {
             c.pins = c.pins.saturating_sub(1);
         }
@@ -1046,7 +1054,7 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
         s.copy(device).filter(|c| c.pins == 0).map(|c| c.last_use)
     }
 
-    fn evict(&self, device: Device) -> u64 {
+    unsafe fn evict(&self, device: Device) -> u64 {
         let mut s = self.state.lock();
         let Some(i) = s.copies.iter().position(|c| c.device == device) else {
             return 0;
@@ -1065,7 +1073,7 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
         self.bytes
     }
 
-    fn acquire(
+    unsafe fn acquire(
         &self,
         ledger: &Ledger,
         task: usize,
@@ -1082,7 +1090,7 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
         res
     }
 
-    fn release(&self, task: usize, device: Device, access: Access) {
+    unsafe fn release(&self, task: usize, device: Device, access: Access) {
         let mut freed = Vec::new();
         {
             let mut s = self.state.lock();

@@ -235,7 +235,9 @@ impl RtInner {
             }
             for i in &acc.items {
                 if i.pinned.swap(false, Ordering::Relaxed) {
-                    i.obj.unpin(device);
+                    // SAFETY: the runtime undoes the pin its admission took (the flag was
+                    // set by it, and is cleared once).
+                    unsafe { i.obj.unpin(device) };
                 }
             }
             let u = dev.admission.usage();
@@ -275,7 +277,9 @@ impl RtInner {
             if freed >= need {
                 break;
             }
-            let f = o.evict(device);
+            // SAFETY: the runtime evicts, to make room for a task it admits; the object
+            // keeps a copy that is pinned or borrowed.
+            let f = unsafe { o.evict(device) };
             if f > 0 {
                 dev.data.resident.lock().remove(&o.key());
                 freed += f;
@@ -297,7 +301,8 @@ impl RtInner {
                 .filter_map(|w| w.upgrade())
                 .collect();
             for o in objects {
-                o.evict(dev.device);
+                // SAFETY: the runtime evicts at its shutdown, with no task running.
+                unsafe { o.evict(dev.device) };
             }
         }
     }
@@ -357,12 +362,15 @@ impl<F> WithData<F> {
         self.released = true;
         if let Some(device) = self.device.or_else(|| self.acc.device()) {
             for i in &self.acc.items[..self.acquired] {
-                i.obj.release(self.key, device, i.access);
+                // SAFETY: the runtime releases what it acquired for this task, once
+                // (`released`), after the body returned or was dropped.
+                unsafe { i.obj.release(self.key, device, i.access) };
             }
             // Pins of admission on items never acquired.
             for i in &self.acc.items[self.acquired..] {
                 if i.pinned.swap(false, Ordering::Relaxed) {
-                    i.obj.unpin(device);
+                    // SAFETY: as above; the pin admission took, undone once.
+                    unsafe { i.obj.unpin(device) };
                 }
             }
         }
@@ -406,7 +414,9 @@ impl<F: Future> Future for WithData<F> {
             };
             let i = &this.acc.items[this.acquired];
             let pinned = i.pinned.load(Ordering::Relaxed);
-            match i.obj.acquire(&ledger, this.key, device, i.access, pinned) {
+            // SAFETY: the runtime acquires, in the task the object's order granted the
+            // access to (it runs once its dependencies, those of the order too, finished).
+            match unsafe { i.obj.acquire(&ledger, this.key, device, i.access, pinned) } {
                 Ok(a) => {
                     this.acquired += 1;
                     this.acc.allocated.fetch_add(a.allocated, Ordering::Relaxed);

@@ -198,7 +198,8 @@ where
     fn access(&mut self, data: &impl crate::data::AsData, access: crate::data::Access) {
         self.data
             .get_or_insert_with(Default::default)
-            .push((data.as_data(), access));
+            // SAFETY: the runtime declares the task's access.
+            .push((unsafe { data.as_data() }, access));
     }
 
     /// Spawns the task. Never blocks. The handle resolves to the task's output, or to the
