@@ -295,9 +295,11 @@ impl GpuHandle {
     /// Enqueues a copy of `src` (on this GPU) into `dst` on the device's copy stream, after
     /// `src`'s last write, and returns a fence that fires when it finished. Does not wait.
     ///
-    /// The host must not touch `dst` until the fence fired, and `src` must not be freed
-    /// before (a `CudaSlice` dropped later is freed in stream order after the copy).
-    pub fn download_async<T: DeviceRepr>(
+    /// # Safety
+    /// The host must not read, write or free `dst` until the fence fired (the copy writes
+    /// it meanwhile). (`src` may be dropped: a `CudaSlice` is freed in stream order, after
+    /// the copy.)
+    pub unsafe fn download_async<T: DeviceRepr>(
         &self,
         src: &CudaSlice<T>,
         dst: &mut PinnedVec<T>,
@@ -336,9 +338,10 @@ impl GpuContext {
     /// Enqueues a copy of `src` into `dst` (on this task's GPU) on the task's stream. Does
     /// not wait.
     ///
-    /// The host must not write `src` until the task's work finished (in a task graph: no
-    /// task writes it before this one completed).
-    pub fn upload_pinned<T: DeviceRepr>(
+    /// # Safety
+    /// The host must not write or free `src` until the task's work finished (the copy
+    /// reads it meanwhile; in a task graph: no task writes it before this one completed).
+    pub unsafe fn upload_pinned<T: DeviceRepr>(
         &self,
         src: &PinnedVec<T>,
         dst: &mut CudaSlice<T>,

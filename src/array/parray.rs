@@ -893,7 +893,13 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
             #[cfg(feature = "cuda")]
             Buf::Gpu(slice, gpu) => match host {
                 Host::Pinned(p) => {
-                    *host_ready = Some(gpu.download_async(slice, p).map_err(|e| e.to_string())?);
+                    // SAFETY: nothing reads, writes or frees the host copy before the fence
+                    // left in `host_ready` fired: an access to the host waits for it
+                    // (`acquire`, `tiles`), no view of the host is out (the host copy was
+                    // not valid), and the array's drop waits for the fence before it frees
+                    // the buffer.
+                    *host_ready =
+                        Some(unsafe { gpu.download_async(slice, p) }.map_err(|e| e.to_string())?);
                 }
                 Host::Plain(b) => {
                     if borrow_free(host_borrow) {
@@ -904,8 +910,9 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
                         // fence fires (`host_ready`), nothing reads the host copy.
                         let mut p =
                             unsafe { gpu.pinned_uninit::<A>(len) }.map_err(|e| e.to_string())?;
+                        // SAFETY: as above; `p` becomes the host copy.
                         *host_ready = Some(
-                            gpu.download_async(slice, &mut p)
+                            unsafe { gpu.download_async(slice, &mut p) }
                                 .map_err(|e| e.to_string())?,
                         );
                         *host = Host::Pinned(p);
@@ -1259,8 +1266,11 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
                             gpu.wait_on(&**f).map_err(|e| e.to_string())?;
                         }
                         match &s.host {
+                            // SAFETY: the host copy is not written before this task
+                            // finished (a writer of the host is ordered after it) nor
+                            // freed (the array's state keeps it, and the task the array).
                             Host::Pinned(p) => {
-                                gpu.upload_pinned(p, slice).map_err(|e| e.to_string())?
+                                unsafe { gpu.upload_pinned(p, slice) }.map_err(|e| e.to_string())?
                             }
                             Host::Plain(b) => {
                                 **slice = gpu.upload(b).map_err(|e| e.to_string())?;
