@@ -1266,11 +1266,12 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
                             gpu.wait_on(&**f).map_err(|e| e.to_string())?;
                         }
                         match &s.host {
-                            // SAFETY: the host copy is not written before this task
-                            // finished (a writer of the host is ordered after it) nor
-                            // freed (the array's state keeps it, and the task the array).
                             Host::Pinned(p) => {
-                                unsafe { gpu.upload_pinned(p, slice) }.map_err(|e| e.to_string())?
+                                // SAFETY: the host copy is not written before this task
+                                // finished (a writer of the host is ordered after it) nor
+                                // freed (the array's state keeps it, the task the array).
+                                let up = unsafe { gpu.upload_pinned(p, slice) };
+                                up.map_err(|e| e.to_string())?
                             }
                             Host::Plain(b) => {
                                 **slice = gpu.upload(b).map_err(|e| e.to_string())?;
