@@ -892,14 +892,18 @@ fn to_host_outside_a_runtime_says_what_to_do() {
     assert_eq!(back, ndarray::Array1::from_elem(4, 1.0));
 }
 
+/// An array of `n` ones that lives for good (as one in a `static` would).
+fn leaked(n: usize) -> &'static PArray<f64, ndarray::Ix1> {
+    Box::leak(Box::new(PArray::from(Array1::from_elem(n, 1.0))))
+}
+
 /// A view that outlives its task (returned by it: the array is `'static` here) keeps the
 /// memory it points to, unchanged, while later tasks write the array (before, a writer on
 /// another device freed the virtual GPU's copy under it, and reading the view crashed).
 #[test]
 fn a_view_returned_by_its_task_keeps_its_memory_while_the_array_goes_on() {
     let rt = support::vgpu(2, 1, 1 << 30);
-    let a: &'static PArray<f64, ndarray::Ix1> =
-        Box::leak(Box::new(PArray::from(Array1::from_elem(1 << 16, 1.0))));
+    let a = leaked(1 << 16);
     let (on_gpu, on_cpu, after) = support::within(60, move || {
         rt.block_on(async move {
             let on_gpu = task(async move { a.read() })
@@ -941,8 +945,7 @@ fn a_view_returned_by_its_task_keeps_its_memory_while_the_array_goes_on() {
 #[test]
 fn a_mutable_view_that_outlives_its_task_loses_the_data_and_later_uses_fail() {
     let rt = support::vgpu(2, 1, 1 << 30);
-    let a: &'static PArray<f64, ndarray::Ix1> =
-        Box::leak(Box::new(PArray::from(Array1::from_elem(64, 1.0))));
+    let a = leaked(64);
     let b = PArray::from(Array1::from_elem(64, 1.0));
     let (kept, err, b_after) = support::within(60, move || {
         rt.block_on(async move {
