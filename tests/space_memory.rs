@@ -358,8 +358,11 @@ fn forward_references_whose_dependents_were_aborted_or_failed_leave_nothing_behi
     let _s = SERIAL.lock();
     let rt = support::cpu(2);
     let t = TaskSpace::new("Gone");
+    // (Over 150 batches after 50: what a pass over the registry's lists has not let go of
+    // yet is bounded, and moved the count by up to 220 KB over 30 batches on a loaded
+    // machine; the leak this catches kept 450 to 800 bytes per task, 13 MB or more here.)
     let (quarter, end) = support::within(120, move || {
-        growth(&rt, 40, |batch| {
+        growth_after(&rt, 50, 200, |batch| {
             let t = t.clone();
             async move {
                 let failed = task(std::future::pending::<()>()).spawn();
@@ -379,7 +382,7 @@ fn forward_references_whose_dependents_were_aborted_or_failed_leave_nothing_behi
         })
     });
     let grew = end - quarter;
-    assert!(grew < 64 * 1024, "grew by {grew} bytes over 30 rounds");
+    assert!(grew < 1 << 20, "grew by {grew} bytes over 150 rounds");
 }
 
 #[test]
