@@ -904,7 +904,7 @@ fn leaked(n: usize) -> &'static PArray<f64, ndarray::Ix1> {
 fn a_view_returned_by_its_task_keeps_its_memory_while_the_array_goes_on() {
     let rt = support::vgpu(2, 1, 1 << 30);
     let a = leaked(1 << 16);
-    let (on_gpu, on_cpu, after) = support::within(60, move || {
+    let seen = support::within(60, move || {
         rt.block_on(async move {
             let on_gpu = task(async move { a.read() })
                 .reads(a)
@@ -930,13 +930,28 @@ fn a_view_returned_by_its_task_keeps_its_memory_while_the_array_goes_on() {
                 .unwrap()
                 .unwrap();
             let after = a.to_host().await.unwrap();
-            (on_gpu, on_cpu, after)
+            // A writer on the GPU returning a read view of what it wrote: the array keeps
+            // the write (before, the write-back was dropped with the copy).
+            let written = task(async move {
+                a.write()?.fill(7.0);
+                a.read()
+            })
+            .reads_writes(a)
+            .placement(Placement::Gpu(0))
+            .await
+            .unwrap()
+            .unwrap();
+            let later = a.to_host().await.unwrap();
+            (on_gpu, on_cpu, after, written, later)
         })
     });
     let n = (1 << 16) as f64;
+    let (on_gpu, on_cpu, after, written, later) = seen;
     assert_eq!(on_gpu.sum(), n, "the GPU copy as it was");
     assert_eq!(on_cpu.sum(), n, "the host copy as it was");
     assert_eq!(after.sum(), 3.0 * n, "the array went on");
+    assert_eq!(written.sum(), 7.0 * n, "the writer's view");
+    assert_eq!(later.sum(), 7.0 * n, "the write kept");
 }
 
 /// A mutable view that outlives its task may still write the memory it points to: the

@@ -1104,10 +1104,7 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
             if let Some(i) = s.grants.iter().position(|g| g.0 == task && g.1 == device) {
                 s.grants.swap_remove(i);
             }
-            if !s.grants.iter().any(|g| g.1 == device) {
-                self.detach_escaped(&mut s, device, &mut freed);
-            }
-            if access.writes() && !s.lost {
+            if access.writes() {
                 if device.arch() == Arch::Cpu {
                     // (`acquire` waited for any copy into the host.)
                     s.host_valid = true;
@@ -1123,6 +1120,11 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
             if let Some(c) = s.copy_mut(device) {
                 c.pins = c.pins.saturating_sub(1);
                 c.last_use = tick();
+            }
+            // (After the write made this side the valid one: a read view of a writer
+            // that escaped leaves the array its data.)
+            if !s.grants.iter().any(|g| g.1 == device) {
+                self.detach_escaped(&mut s, device, &mut freed);
             }
         }
         for (ledger, d, bytes) in freed {
