@@ -928,3 +928,34 @@ fn tasks_spawned_through_the_handle_of_a_dropped_runtime_are_cancelled() {
         r.3
     );
 }
+
+/// A task of one runtime runs another's `block_on` (inside `block_in_place`), whose future
+/// spawns a task into the first through its handle and awaits it: the thread is blocked in
+/// the first task's poll, and the spawned task must run elsewhere (it waited for that poll
+/// to end, for good, once the future no longer counted as inside the task).
+#[test]
+fn a_block_on_inside_a_task_awaits_a_task_it_spawns_into_the_outer_runtime() {
+    let a = support::cpu(2);
+    let b = std::sync::Arc::new(support::cpu(1));
+    let ha = a.handle();
+    let r = support::within(60, move || {
+        a.block_on(async move {
+            task(async move {
+                tokio::task::block_in_place(|| {
+                    b.block_on(async move {
+                        let by_handle = ha.spawn(task(async { 5 }).vcus(0.5)).await;
+                        let entered = {
+                            let _g = ha.enter();
+                            task(async { 6 }).vcus(0.5).spawn()
+                        };
+                        (by_handle, entered.await)
+                    })
+                })
+            })
+            .vcus(0.5)
+            .await
+        })
+    });
+    let (by_handle, entered) = r.unwrap();
+    assert_eq!((by_handle.unwrap(), entered.unwrap()), (5, 6));
+}

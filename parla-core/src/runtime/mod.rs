@@ -692,6 +692,15 @@ impl Runtime {
     /// of `fut` itself propagates to the caller, and the runtime stays usable.
     pub fn block_on<F: IntoFuture>(&self, fut: F) -> F::Output {
         let inner = &self.inner;
+        // Called in a task's poll (inside `block_in_place`): the thread is blocked until the
+        // future is done, so what its driver holds for after the poll goes to the other
+        // drivers now, as for a spawn through a `Handle` (the future runs outside the task,
+        // and a task it spawns into that runtime would wait for the poll to end).
+        context::with_entered_rt(|rt| {
+            if let Some(rt) = rt {
+                rt.release_held_here();
+            }
+        });
         let _rt = context::enter_rt(inner);
         let main = MainPoller::new(inner.counters.clone(), inner.id);
         inner.enter_token();
