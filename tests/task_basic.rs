@@ -324,3 +324,17 @@ fn iterators_of_handles_are_dependencies() {
     });
     assert_eq!(bad, 0, "a dependent ran before its dependencies");
 }
+
+/// A `#[parla::task]` body that is a `return` alone builds without warnings, clippy's
+/// included (the workspace's clippy run denies them), and runs.
+#[allow(clippy::needless_return)]
+#[parla::task]
+async fn only_a_return(n: i32) -> i32 {
+    return n + 1;
+}
+
+#[test]
+fn a_task_function_whose_body_is_a_return_runs() {
+    let rt = support::cpu(1);
+    assert_eq!(rt.block_on(only_a_return(1)).unwrap(), 2);
+}

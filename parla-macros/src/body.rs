@@ -20,16 +20,29 @@ use syn::{Block, Expr, Item, ReturnType, Type};
 /// For an output that names `impl Trait` (which neither a `let` nor a call can name), the
 /// block is used as it is.
 pub(crate) fn typed(mut block: Block, output: &ReturnType) -> TokenStream {
-    let ty = match output {
-        ReturnType::Default => quote!(()),
+    let (ty, span) = match output {
+        ReturnType::Default => (quote!(()), proc_macro2::Span::call_site()),
         ReturnType::Type(_, t) if names_impl_trait(t) => return quote!(#block),
-        ReturnType::Type(_, t) => quote!(#t),
+        ReturnType::Type(_, t) => (quote!(#t), t.span()),
     };
-    Returns(&ty).visit_block_mut(&mut block);
-    // (The second binding: a body that never returns makes the code after it unreachable,
-    // which is the expansion's, not the user's code; the lint is allowed there alone, and
+    let mut returns = Returns(0);
+    returns.visit_block_mut(&mut block);
+    // The returns' values go through a closure taking the declared type, defined before
+    // the body: the type's names resolve where the signature's do, not among the body's
+    // own items (`use std::io::Error;` in a function returning the crate's `Error`).
+    // (At the declared type: a mismatch's note points there.)
+    let coerce = (returns.0 > 0).then(|| {
+        quote_spanned! {span=>
+            let __parla_return = |__parla_value: #ty| -> #ty { __parla_value };
+        }
+    });
+    // (The allows: a body that is a `return` alone is a diverging initializer to clippy;
+    // a body that never returns makes the code after it unreachable, which is the
+    // expansion's, not the user's code - allowed on that statement alone, so the lint
     // still reports unreachable code inside the body.)
     quote! {{
+        #coerce
+        #[allow(clippy::diverging_sub_expression)]
         let __parla_out: #ty = #block;
         #[allow(unreachable_code)]
         let __parla_ret = __parla_out;
@@ -50,13 +63,14 @@ fn names_impl_trait(t: &Type) -> bool {
     f.0
 }
 
-/// Gives the value of each `return` of a body type `.0`: `return v` becomes
-/// `return { let r: T = v; r }`, where `v` coerces (and a mismatch is reported at `v`,
-/// against the declared type). The `return`s of closures,
-/// `async` blocks and items inside the body are theirs and stay as they are.
-struct Returns<'a>(&'a TokenStream);
+/// Gives the value of each `return` of a body the declared type: `return v` becomes
+/// `return __parla_return(v)` (see [`typed`]), where `v` coerces, and a mismatch is
+/// reported at `v`. The `return`s of closures, `async` blocks and items inside the body
+/// are theirs and stay as they are; those a macro in the body expands to are not seen
+/// (they coerce only where the type needs no coercion). Counts the returns it changed.
+struct Returns(usize);
 
-impl VisitMut for Returns<'_> {
+impl VisitMut for Returns {
     fn visit_expr_mut(&mut self, e: &mut Expr) {
         match e {
             Expr::Closure(_) | Expr::Async(_) => {}
@@ -64,11 +78,8 @@ impl VisitMut for Returns<'_> {
                 if let Some(v) = r.expr.as_mut() {
                     self.visit_expr_mut(v);
                     let inner = std::mem::replace(&mut **v, Expr::Verbatim(TokenStream::new()));
-                    let ty = self.0;
-                    **v = Expr::Verbatim(quote_spanned!(inner.span()=> {
-                        let __parla_return: #ty = #inner;
-                        __parla_return
-                    }));
+                    **v = Expr::Verbatim(quote_spanned!(inner.span()=> __parla_return(#inner)));
+                    self.0 += 1;
                 }
             }
             _ => syn::visit_mut::visit_expr_mut(self, e),

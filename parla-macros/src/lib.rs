@@ -32,6 +32,11 @@ mod variant;
 /// (`.reads(&a)`, ...), so calls are ordered by the data they touch.
 /// Callers can still add `.id`, `.after`, or override the constraints.
 ///
+/// As in an `async fn`, the body's value and its `return`s coerce to the declared return
+/// type (`return Box::new(e)` in a function returning `Box<dyn Error>`); a `return` that a
+/// macro in the body expands to is not seen by the attribute, and coerces only where the
+/// type needs none.
+///
 /// [`TaskBuilder`]: https://docs.rs/parla/latest/parla/struct.TaskBuilder.html
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {

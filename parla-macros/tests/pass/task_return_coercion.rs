@@ -70,6 +70,21 @@ async fn inner_returns(x: i32) -> Result<i32, String> {
     Ok(x + i32::from(g.await))
 }
 
+/// The crate's own error type, and a body that imports another of the same name: the
+/// returns still have the declared type.
+#[derive(Debug)]
+pub struct Error(String);
+
+#[parla::task]
+async fn load(path: String) -> Result<usize, Error> {
+    use std::io::Error;
+    let r: Result<String, Error> = std::fs::read_to_string(&path);
+    match r {
+        Ok(s) => return Ok(s.len()),
+        Err(e) => return Err(crate::Error(e.to_string())),
+    }
+}
+
 #[parla::task]
 async fn opaque(x: i32) -> impl Display + Send + 'static {
     x * 3
@@ -104,5 +119,7 @@ fn main() {
         assert_eq!(inner_returns(500).await.unwrap(), Ok(600));
         assert!(inner_returns(-1).await.unwrap().is_err());
         assert_eq!(opaque(4).await.unwrap().to_string(), "12");
+        let missing = load("/nonexistent/parla".into()).await.unwrap();
+        assert!(matches!(missing, Err(Error(ref m)) if !m.is_empty()), "{missing:?}");
     });
 }
