@@ -206,6 +206,18 @@ impl<A> State<A> {
         self.copies.iter_mut().find(|c| c.device == d)
     }
 
+    /// Whether copy `i` is the only valid one (the host's invalid too): freeing it would
+    /// lose the data unless it is written back first.
+    fn sole_valid(&self, i: usize) -> bool {
+        self.copies[i].valid
+            && !self.host_valid
+            && !self
+                .copies
+                .iter()
+                .enumerate()
+                .any(|(j, c)| j != i && c.valid)
+    }
+
     fn grant(&self, task: usize, d: Device) -> Option<Access> {
         self.grants
             .iter()
@@ -965,12 +977,9 @@ impl<A: Element, D: Dimension + 'static> Inner<A, D> {
         if b == 0 {
             return;
         }
-        let sole = s.copies[i].valid
-            && !s.host_valid
-            && !s.copies.iter().enumerate().any(|(j, c)| j != i && c.valid);
         // (A write-back reads the buffer, as the read views do; the buffer it reads from is
         // never freed.)
-        let kept = b > 0 && (!sole || self.fetch_to_host(s).is_ok());
+        let kept = b > 0 && (!s.sole_valid(i) || self.fetch_to_host(s).is_ok());
         let Copy {
             buf,
             ledger,
@@ -1069,10 +1078,7 @@ impl<A: Element, D: Dimension + 'static> DataObject for Inner<A, D> {
         if s.copies[i].pins > 0 || !borrow_free(&s.copies[i].borrow) {
             return 0;
         }
-        let sole = s.copies[i].valid
-            && !s.host_valid
-            && !s.copies.iter().enumerate().any(|(j, c)| j != i && c.valid);
-        if sole && self.fetch_to_host(&mut s).is_err() {
+        if s.sole_valid(i) && self.fetch_to_host(&mut s).is_err() {
             // Cannot write it back: keep it.
             return 0;
         }
