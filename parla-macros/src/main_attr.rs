@@ -67,7 +67,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             };
             // (The body's value and its `return`s have the declared type, as in an
             // `async fn`: `return Err(Box::new(e))` coerces to `Box<dyn Error>`.)
-            let body = crate::body::typed(*block.clone(), output);
+            let body = crate::body::typed(*block, output);
             // An error is printed with its message (and sources), not its `Debug` form as
             // `std` would, once the runtime has shut down (and written its trace).
             quote! {
