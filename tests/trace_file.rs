@@ -314,6 +314,32 @@ fn the_summary_counts_the_tasks_run() {
     assert!(off.profile_summary().is_none());
 }
 
+/// Bodies that block their worker (`std::thread::sleep`, blocking I/O) count as bodies for
+/// as long as they block: the runtime's own time per task stays what it is, not zero.
+#[test]
+fn the_overhead_is_not_hidden_by_bodies_that_block() {
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .profile(true)
+        .build()
+        .unwrap();
+    let rt = support::within(30, move || {
+        rt.block_on(async {
+            let hs: Vec<_> = (0..20)
+                .map(|_| task(async { std::thread::sleep(Duration::from_millis(2)) }).spawn())
+                .collect();
+            for h in hs {
+                h.await.unwrap();
+            }
+        });
+        rt
+    });
+    let s = rt.profile_summary().expect("profiling is on");
+    assert_eq!(s.tasks_run, 20, "{s}");
+    let overhead = s.overhead_per_task.expect("workers reported");
+    assert!(overhead > Duration::ZERO, "{s}");
+}
+
 #[test]
 fn a_trace_file_that_cannot_be_created_is_an_error_naming_it() {
     let dir = support::trace_path("uncreatable");

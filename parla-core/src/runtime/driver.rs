@@ -668,8 +668,8 @@ impl Driver {
         t: &crate::graph::node::TaskTrace,
         cx: &mut Context<'_>,
     ) -> Poll<Outcome> {
-        // (The monotonic clock, not the thread's CPU time, and only when this poll's time
-        // is reported: see `trace::add_traced`.)
+        // (The monotonic clock, as for the whole poll, and only when this poll's time is
+        // reported: see `trace::add_traced`.)
         let outer = crate::trace::traced_from();
         let mut body = 0;
         let p = self.rt.in_trace(|| {
@@ -992,15 +992,16 @@ impl Future for Driver {
 
 #[cfg(feature = "tracing")]
 impl Driver {
-    /// When workers report their time (a subscriber wants `parla::sched` events): the CPU
-    /// time at the start of this poll and the time already spent tracing on this thread.
+    /// When workers report their time (a subscriber wants `parla::sched` events): the time
+    /// at the start of this poll and the time already spent tracing on this thread (one
+    /// clock for both, and for the bodies: see `trace::add_traced`).
     fn start_report(&mut self) -> Option<(u64, u64)> {
         let on = self.rt.trace.is_some()
             || tracing::enabled!(target: "parla::sched", tracing::Level::TRACE);
         self.body_ns = on.then_some(0);
         on.then(|| {
             crate::trace::set_reporting(true);
-            (crate::trace::cpu_ns(), crate::trace::traced_ns())
+            (crate::trace::now_ns(), crate::trace::traced_ns())
         })
     }
 
@@ -1011,7 +1012,7 @@ impl Driver {
             return;
         };
         crate::trace::set_reporting(false);
-        let spent = crate::trace::cpu_ns().saturating_sub(t0);
+        let spent = crate::trace::now_ns().saturating_sub(t0);
         let driver_ns = spent.saturating_sub(crate::trace::traced_ns() - traced);
         self.rt
             .in_trace(|| tracing::trace!(target: "parla::sched", driver_ns, body_ns));

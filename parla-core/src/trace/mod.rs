@@ -162,38 +162,19 @@ pub(crate) fn traced_from() -> Option<u64> {
 /// Counts time spent handing events to subscribers since `from` (a [`traced_from`]
 /// reading), less `not` (time spent elsewhere meanwhile).
 ///
-/// The short spans inside a worker's poll (an event handed to subscribers, a task body)
-/// are timed with the monotonic clock, and only on a thread that reports its time: the
-/// thread's CPU time ([`cpu_ns`]) is a system call (about 1 us on some virtual machines),
-/// and a traced task took a dozen such readings, which made profiled runs of small tasks
-/// 20 to 30 times slower. The poll as a whole is timed in CPU time, once at each end.
+/// A worker's poll, the task bodies it ran and the spans inside it (an event handed to
+/// subscribers) are all timed with one clock, the monotonic one ([`now_ns`]), and only on
+/// a thread that reports its time: the overhead is the poll's time less the others, which
+/// only means something when they are read from the same clock. (With the poll in the
+/// thread's CPU time, a body that blocked, in `std::thread::sleep` or blocking I/O, counted
+/// its whole wall time against CPU time it did not use, and the summary's overhead fell to
+/// zero. The thread's CPU time is also a system call, about 1 us on some virtual machines.)
 #[cfg(feature = "tracing")]
 pub(crate) fn add_traced(from: Option<u64>, not: u64) {
     if let Some(from) = from {
         let ns = now_ns().saturating_sub(from).saturating_sub(not);
         TRACED.with(|c| c.set(c.get() + ns));
     }
-}
-
-/// The calling thread's CPU time in nanoseconds: a worker's poll is measured in it, so
-/// that a worker the OS preempts is not charged for the time it did not run (read at the
-/// poll's ends only: see [`add_traced`]).
-#[cfg(all(feature = "tracing", unix))]
-pub(crate) fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is supported on
-    // every Unix the runtime builds for, and on failure `ts` stays zero.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Elsewhere: wall time since the trace clock started.
-#[cfg(all(feature = "tracing", not(unix)))]
-pub(crate) fn cpu_ns() -> u64 {
-    now_ns()
 }
 
 /// Runs `f` out of line: tracing code stays out of the hot paths it sits in.

@@ -54,10 +54,11 @@ pub struct Summary {
     pub wait_admission: Percentiles,
     /// From admission until a worker polled it.
     pub wait_worker: Percentiles,
-    /// Worker CPU time outside task bodies per task run: mapping, admission, starting,
+    /// Workers' time outside task bodies per task run: mapping, admission, starting,
     /// completing, notifying dependents, freeing tasks (handing events to the trace and the
-    /// GPU poller's thread not included; CPU time, so a worker the OS preempts is not
-    /// charged for the wait). `None` when no worker reported.
+    /// GPU poller's thread not included). Bodies that block (`std::thread::sleep`, blocking
+    /// I/O) are counted as bodies for as long as they block. `None` when no worker
+    /// reported.
     pub overhead_per_task: Option<Duration>,
     /// From the first spawn to the last completion.
     pub makespan: Duration,
@@ -303,7 +304,8 @@ impl Stats {
         }
     }
 
-    /// A worker's report: `driver_ns` spent running tasks, `body_ns` of it in their bodies.
+    /// A worker's report: `driver_ns` spent running tasks, `body_ns` of it in their bodies
+    /// (both read from one clock; the minimum guards against a report that is not).
     pub(crate) fn driver(&mut self, driver_ns: u64, body_ns: u64) {
         self.driver_ns += driver_ns;
         self.body_ns += body_ns.min(driver_ns);
