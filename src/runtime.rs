@@ -94,7 +94,15 @@ impl Builder {
         fn profile(on: bool);
     }
 
-    /// Which GPUs to use, by CUDA ordinal (`.gpus([0, 1])`, `.gpus([])` for none).
+    /// Which GPUs to use, by CUDA ordinal (`.gpus([0, 1])`, `.gpus([])` for none). GPUs
+    /// named must exist: `build` fails naming the first missing one, also on a machine
+    /// without a CUDA driver, and where `virtual_gpus` is set as well.
+    ///
+    /// ```
+    /// // Builds wherever CUDA is absent or has fewer than 64 devices: an error naming it.
+    /// let e = parla::Runtime::builder().gpus([63]).build().err().unwrap();
+    /// assert!(e.to_string().contains("GPU 63"));
+    /// ```
     pub fn gpus(self, ordinals: impl IntoIterator<Item = usize>) -> Self {
         Builder {
             inner: self.inner.gpus(ordinals),

@@ -42,18 +42,35 @@ fn the_default_runtime_builds_with_or_without_cuda() {
 }
 
 #[test]
-fn asking_for_a_gpu_that_does_not_exist_is_a_build_error_or_cpu_only() {
-    let r = parla::Runtime::builder().cpu_threads(1).gpus([63]).build();
-    match r {
-        // With CUDA present: no device 63.
-        Err(e) => assert!(e.to_string().contains("GPU 63"), "{e}"),
-        // Without a driver there is nothing to check against: CPU only.
-        Ok(rt) => assert_eq!(rt.gpus(), 0),
-    }
+fn asking_for_a_gpu_that_does_not_exist_is_a_build_error() {
+    // With CUDA: no device 63. Without a driver or a device: no GPU at all.
+    let e = parla::Runtime::builder()
+        .cpu_threads(1)
+        .gpus([63])
+        .build()
+        .err()
+        .expect("GPU 63 does not exist");
+    assert!(e.to_string().contains("GPU 63"), "{e}");
     let rt = parla::Runtime::builder()
         .cpu_threads(1)
         .gpus([])
         .build()
         .unwrap();
     assert_eq!(rt.gpus(), 0, ".gpus([]) means none");
+    // Real GPUs named beside virtual ones: which to run on is unclear.
+    let e = parla::Runtime::builder()
+        .cpu_threads(1)
+        .virtual_gpus(1, 1 << 20)
+        .gpus([0])
+        .build()
+        .err()
+        .expect("real and virtual GPUs both asked for");
+    assert!(e.to_string().contains("virtual_gpus(1, ..)"), "{e}");
+    let rt = parla::Runtime::builder()
+        .cpu_threads(1)
+        .virtual_gpus(1, 1 << 20)
+        .gpus([])
+        .build()
+        .unwrap();
+    assert_eq!(rt.gpus(), 1, "no real GPU named: the virtual one");
 }

@@ -99,7 +99,17 @@ impl Builder {
     }
 
     /// Which GPUs to use, by device ordinal: `.gpus([0, 2])`, `.gpus(0..2)`, or `.gpus([])`
-    /// for none. Default: every device the GPU backend finds.
+    /// for none. Default: every device the GPU backend finds (none: the CPU alone).
+    ///
+    /// GPUs named here must exist: [`build`](Self::build) fails naming the first missing
+    /// one (also on a machine without a CUDA driver), and where
+    /// [`virtual_gpus`](Self::virtual_gpus) is set as well.
+    ///
+    /// ```
+    /// // A runtime of parla-core alone has no GPU backend to find GPU 0 with.
+    /// let e = parla_core::Runtime::builder().gpus([0]).build().err().unwrap();
+    /// assert!(e.to_string().contains("GPU 0"), "{e}");
+    /// ```
     pub fn gpus(mut self, ordinals: impl IntoIterator<Item = usize>) -> Self {
         self.gpu_ordinals = Some(ordinals.into_iter().collect());
         self
@@ -194,6 +204,21 @@ impl Builder {
         }
         // The GPUs: virtual ones if asked for, else whatever the backend finds.
         let mut gpus: Vec<GpuSlot> = Vec::new();
+        if let Some(o) = self.gpu_ordinals.as_ref().and_then(|o| o.first()) {
+            // Real GPUs named: they must be what the runtime runs on.
+            if let Some((n, _)) = self.virtual_gpus {
+                return Err(Error::Config(format!(
+                    "gpus([{o}, ..]) names real GPUs, and virtual_gpus({n}, ..) replaces them: \
+                     set one of the two"
+                )));
+            }
+            if self.gpu_backend.is_none() {
+                return Err(Error::Config(format!(
+                    "GPU {o} asked for, but the runtime has no GPU backend (a runtime of \
+                     parla-core alone has none: see Builder::gpu_backend)"
+                )));
+            }
+        }
         if let Some((n, mem)) = self.virtual_gpus {
             if n > MAX_GPUS {
                 return Err(too_many_gpus(n));

@@ -293,8 +293,9 @@ fn context_for(ordinal: usize) -> Result<Arc<CudaContext>, cudarc::driver::Drive
 /// Finds the CUDA devices and starts a backend on them: the runtime's GPU backend factory.
 ///
 /// No driver (libcuda cannot be loaded) or no device: `Ok(None)`, and the runtime runs on
-/// the CPU alone. A device asked for that does not exist, or a device that fails to start:
-/// `Err` naming it.
+/// the CPU alone, unless devices were named (`opts.ordinals`, `Builder::gpus`). A device
+/// named that does not exist (no driver, no device, an ordinal past the last one), or a
+/// device that fails to start: `Err` naming it.
 pub fn discover(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, String> {
     // cudarc panics where a library is missing; this is the last line against that.
     std::panic::catch_unwind(|| discover_inner(opts))
@@ -312,13 +313,29 @@ fn discover_inner(opts: &GpuOptions) -> Result<Option<Arc<dyn GpuBackend>>, Stri
     if matches!(&opts.ordinals, Some(o) if o.is_empty()) {
         return Ok(None);
     }
+    // GPUs named by ordinal must be there; by default, no driver or no device means the
+    // CPU alone.
+    let named = opts.ordinals.as_ref().and_then(|o| o.first());
     if !crate::raw::driver_present() {
-        return Ok(None);
+        return match named {
+            Some(o) => Err(format!(
+                "GPU {o} asked for, but no CUDA driver was found (libcuda could not be loaded)"
+            )),
+            None => Ok(None),
+        };
     }
     let count = match CudaContext::device_count() {
         Ok(n) => n.max(0) as usize,
-        // No device, or a driver that cannot start: CPU only.
-        Err(_) => return Ok(None),
+        // No device, or a driver that cannot start: CPU only, unless GPUs were named.
+        Err(e) => {
+            return match named {
+                Some(o) => Err(format!(
+                    "GPU {o} asked for, but the CUDA driver found no device: {}",
+                    describe(&e)
+                )),
+                None => Ok(None),
+            };
+        }
     };
     let ordinals: Vec<usize> = match &opts.ordinals {
         Some(o) => o.clone(),
