@@ -38,6 +38,27 @@ fn integer_keys_compare_by_value_whatever_their_type() {
     assert_eq!(v, 1);
 }
 
+/// Ids that are different keys display differently: a string that would read as an integer,
+/// or as more than one part, is quoted.
+#[test]
+fn names_tell_string_keys_from_integer_keys() {
+    let t = TaskSpace::new("T");
+    assert_eq!(t.at(1).to_string(), "T[1]");
+    assert_eq!(t.at("1").to_string(), r#"T["1"]"#);
+    assert_eq!(t.at(("a, b", 1)).to_string(), r#"T["a, b", 1]"#);
+    assert_eq!(t.at(("a", "b", 1)).to_string(), "T[a, b, 1]");
+    assert_eq!(t.at("").to_string(), r#"T[""]"#);
+    assert_eq!(t.at(("gpu 0", -2)).to_string(), "T[gpu 0, -2]");
+
+    let rt = support::cpu(2);
+    let e = rt.block_on(async move {
+        task(async {}).id(t.at("1")).spawn();
+        task(async {}).after(t.at(1)).await.unwrap_err()
+    });
+    let text = e.to_string();
+    assert!(text.contains("T[1] was never spawned"), "{text}");
+}
+
 #[test]
 fn forward_references_wait_for_the_later_spawn() {
     each_config!(|rt| {

@@ -18,14 +18,30 @@ pub enum Part {
     Str(Arc<str>),
 }
 
+/// A part displays as it is: `3`, `cpu`. A string that would read as something else is
+/// quoted: one that reads as an integer (`"1"`, not `1`), holds a separator, bracket, quote
+/// or control character (`"a, b"`, one part, not two), is empty, or begins or ends with
+/// whitespace.
 impl fmt::Display for Part {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Part::Int(v) => write!(f, "{v}"),
             Part::UInt(v) => write!(f, "{v}"),
-            Part::Str(s) => f.write_str(s),
+            Part::Str(s) if plain(s) => f.write_str(s),
+            Part::Str(s) => write!(f, "{s:?}"),
         }
     }
+}
+
+/// Whether string part `s` displays unquoted (see [`Part`]'s `Display`).
+fn plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.parse::<i128>().is_err()
+        && !s.starts_with(char::is_whitespace)
+        && !s.ends_with(char::is_whitespace)
+        && !s
+            .chars()
+            .any(|c| matches!(c, ',' | '[' | ']' | '(' | ')' | '"' | '\\') || c.is_control())
 }
 
 impl fmt::Debug for Part {
