@@ -43,6 +43,43 @@ fn placements(e: &Expr) -> syn::Result<Vec<TokenStream>> {
     }
 }
 
+/// Where type `ty` borrows, if it does: a reference or a lifetime other than `'static`
+/// anywhere in it (`&str`, `Vec<&str>`, `(u32, &str)`, `Cow<'a, str>`,
+/// `Box<dyn Display + '_>`). References that a function type or an `Fn` bound takes as
+/// arguments or returns are not borrows of the type (`fn(&str)`, `Box<dyn Fn(&str)>`).
+fn borrow_in(ty: &syn::Type) -> Option<proc_macro2::Span> {
+    use syn::visit::Visit;
+    struct Finder(Option<proc_macro2::Span>);
+    impl<'ast> Visit<'ast> for Finder {
+        fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
+            if self.0.is_some() {
+                return;
+            }
+            if r.lifetime.as_ref().is_none_or(|l| l.ident != "static") {
+                self.0 = Some(r.span());
+                return;
+            }
+            syn::visit::visit_type_reference(self, r);
+        }
+        fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
+            if self.0.is_none() && l.ident != "static" {
+                self.0 = Some(l.span());
+            }
+        }
+        // Higher-ranked: `for<'a> Fn(&'a str)`, `fn(&str)`, `Fn(&str) -> &str`.
+        fn visit_bound_lifetimes(&mut self, _: &'ast syn::BoundLifetimes) {}
+        fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
+        fn visit_parenthesized_generic_arguments(
+            &mut self,
+            _: &'ast syn::ParenthesizedGenericArguments,
+        ) {
+        }
+    }
+    let mut f = Finder(None);
+    f.visit_type(ty);
+    f.0
+}
+
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let (args, f) = parse_async_fn(
         attr,
@@ -59,11 +96,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     // leave the compiler's "borrowed data escapes" on the attribute.
     for a in &f.sig.inputs {
         if let FnArg::Typed(t) = a
-            && let syn::Type::Reference(r) = &*t.ty
-            && r.lifetime.as_ref().is_none_or(|l| l.ident != "static")
+            && let Some(span) = borrow_in(&t.ty)
         {
             return Err(err(
-                r.span(),
+                span,
                 "#[task] parameters cannot borrow: a task's future must own its data ('static); \
                  take an owned value (`String`, `Vec<T>`, `Arc<T>`) or clone it at the call",
             ));
