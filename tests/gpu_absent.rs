@@ -48,8 +48,7 @@ fn asking_for_a_gpu_that_does_not_exist_is_a_build_error() {
         .cpu_threads(1)
         .gpus([63])
         .build()
-        .err()
-        .expect("GPU 63 does not exist");
+        .expect_err("GPU 63 does not exist");
     assert!(e.to_string().contains("GPU 63"), "{e}");
     let rt = parla::Runtime::builder()
         .cpu_threads(1)
@@ -63,8 +62,7 @@ fn asking_for_a_gpu_that_does_not_exist_is_a_build_error() {
         .virtual_gpus(1, 1 << 20)
         .gpus([0])
         .build()
-        .err()
-        .expect("real and virtual GPUs both asked for");
+        .expect_err("real and virtual GPUs both asked for");
     assert!(e.to_string().contains("virtual_gpus(1, ..)"), "{e}");
     let rt = parla::Runtime::builder()
         .cpu_threads(1)

@@ -25,7 +25,9 @@
 //! 5. one await of a `block_on` future fails with `Deadlock`.
 //!
 //! A monitor task runs the resolver whenever the busy count reaches zero; while user Tokio
-//! tasks are alive it looks again at a slowly growing interval instead. Steps 3 to 5 wait
+//! tasks are alive it looks again at a slowly growing interval instead, and warns (after
+//! [`FIRST_WARNING`], then after twice as long each time) of ids waited on and never
+//! spawned that those tasks keep from failing. Steps 3 to 5 wait
 //! until the stall has lasted [`CONFIRM`] (the busy count did not leave zero meanwhile): a
 //! zero count that is a moment between two updates of it - tasks admitted by a token that
 //! goes before they are counted - must not fail a correct program. The runtime is written
@@ -196,7 +198,56 @@ pub(crate) fn start_monitor(rt: &Arc<RtInner>) {
         recheck: None,
         pause: MIN_RECHECK,
         found: None,
+        quiet_since: None,
+        warn_after: FIRST_WARNING,
     });
+}
+
+/// How long the runtime waits, stalled but for Tokio tasks the program started, before it
+/// warns of ids waited on and never spawned (then after twice as long each time).
+const FIRST_WARNING: Duration = Duration::from_secs(5);
+
+/// Warns (target `parla::stall`) that ids are waited on and were never spawned while
+/// nothing but `foreign` Tokio tasks (or `spawn_blocking` threads) of the program might
+/// still spawn them: the runtime waits for those, as it cannot tell a Tokio task that will
+/// spawn an id from one that never will. Returns whether there was anything to warn of.
+fn warn_unspawned(rt: &RtInner, waited: Duration, foreign: usize) -> bool {
+    const SHOWN: usize = 5;
+    let ids: Vec<String> = rt
+        .forward_refs()
+        .iter()
+        .filter(|p| {
+            let h = p.header();
+            h.is_unspawned_id() && h.has_dependents()
+        })
+        .map(|p| p.header().name.to_string())
+        .collect();
+    if ids.is_empty() {
+        return false;
+    }
+    let more = match ids.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    let message = format!(
+        "nothing has run for {} s while {} {} waited on and never spawned: {}{more}; {foreign} \
+         Tokio task{} or blocking thread{} the program started {} still alive and may spawn \
+         {}, so the runtime keeps waiting (ids never spawned fail with NeverSpawned once \
+         nothing else is alive)",
+        waited.as_secs(),
+        ids.len(),
+        if ids.len() == 1 { "id is" } else { "ids are" },
+        ids[..ids.len().min(SHOWN)].join(", "),
+        if foreign == 1 { "" } else { "s" },
+        if foreign == 1 { "" } else { "s" },
+        if foreign == 1 { "is" } else { "are" },
+        if ids.len() == 1 { "it" } else { "them" },
+    );
+    #[cfg(feature = "tracing")]
+    rt.in_trace(|| tracing::warn!(target: "parla::stall", "{message}"));
+    #[cfg(not(feature = "tracing"))]
+    let _ = message;
+    true
 }
 
 const MIN_RECHECK: Duration = Duration::from_millis(1);
@@ -211,6 +262,11 @@ struct Monitor {
     /// the busy count's zeros then. Found again after [`CONFIRM`] with the same count, the
     /// stall lasted, and the step acts.
     found: Option<u64>,
+    /// Since when the runtime is stalled but for Tokio tasks of the program, which the
+    /// resolver waits for (see [`warn_unspawned`]).
+    quiet_since: Option<std::time::Instant>,
+    /// How long that must last before the next warning.
+    warn_after: Duration,
 }
 
 /// How long a stall must last before the resolver fails a task or an await for it.
@@ -233,13 +289,19 @@ impl Future for Monitor {
                 this.recheck = None;
                 this.pause = MIN_RECHECK;
                 this.found = None;
+                this.quiet_since = None;
+                this.warn_after = FIRST_WARNING;
                 return Poll::Pending;
             }
             // A user's Tokio task may still spawn what others wait for (and a driver that
             // just ended is counted by Tokio a little longer than here): look again later.
             // So does a resolver that found the runtime not stalled after all.
-            let foreign = rt.foreign_tasks() > 0;
-            if foreign || this.recheck.is_some() {
+            let foreign = rt.foreign_tasks();
+            if foreign == 0 {
+                this.quiet_since = None;
+                this.warn_after = FIRST_WARNING;
+            }
+            if foreign > 0 || this.recheck.is_some() {
                 let sleep = this
                     .recheck
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.pause)));
@@ -248,6 +310,14 @@ impl Future for Monitor {
                 }
                 this.recheck = None;
                 this.pause = (this.pause * 2).min(MAX_RECHECK);
+                if foreign > 0 {
+                    let since = *this.quiet_since.get_or_insert_with(std::time::Instant::now);
+                    let waited = since.elapsed();
+                    if waited >= this.warn_after {
+                        warn_unspawned(&rt, waited, foreign);
+                        this.warn_after = waited * 2;
+                    }
+                }
                 continue;
             }
             match resolve(&rt, this.found) {
