@@ -53,7 +53,8 @@ struct Options {
 const USAGE: &str = "usage: cholesky [--n N] [--block B] [--gpus G] [--placement any|cpu|gpu] \
                      [--check] [--trace FILE] [--seed S] [--reps R]";
 
-fn parse() -> Result<Options, String> {
+/// The options, or `None` for `--help`.
+fn parse() -> Result<Option<Options>, String> {
     let mut o = Options {
         n: 4096,
         block: None,
@@ -89,14 +90,14 @@ fn parse() -> Result<Options, String> {
             }
             "--check" => o.check = true,
             "--trace" => o.trace = Some(value("--trace")?),
-            "--help" | "-h" => return Err(USAGE.to_string()),
+            "--help" | "-h" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
     if o.n == 0 || o.block == Some(0) {
         return Err("--n and --block take positive numbers".into());
     }
-    Ok(o)
+    Ok(Some(o))
 }
 
 /// The tile size used when `--block` is not given: large enough that each kernel keeps
@@ -129,7 +130,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let o = parse()?;
+    let Some(o) = parse()? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
     let mut b = parla::Runtime::builder();
     match (o.place, o.gpus) {
         (Where::Cpu, _) => b = b.gpus([]),
@@ -151,7 +155,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--placement gpu needs a CUDA GPU; this machine has none (try --placement cpu)".into(),
         );
     }
-    let block = o.block.unwrap_or_else(|| default_block(o.n, gpus > 0));
+    // (A tile larger than the matrix is the matrix.)
+    let block = o
+        .block
+        .unwrap_or_else(|| default_block(o.n, gpus > 0))
+        .min(o.n);
     let t = o.n.div_ceil(block);
     let owner = block_cyclic(gpus);
     let place = move |i: usize, j: usize| -> Placements {

@@ -92,15 +92,33 @@ async fn run(
     Ok(elapsed)
 }
 
-fn main() -> parla::Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|a| {
-            a.parse()
-                .map_err(|_| parla::Error::Config(format!("N must be a number, got {a}")))
-        })
-        .transpose()?
-        .unwrap_or(10_000);
+const USAGE: &str = "usage: constraints [N]   (N: the vectors' length, default 10000)";
+
+fn main() -> std::process::ExitCode {
+    let n = match std::env::args().nth(1).as_deref() {
+        None => 10_000,
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(a) => match a.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("error: N must be a positive number, got {a:?}\n{USAGE}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
+    match run_all(n) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_all(n: usize) -> parla::Result<()> {
     let rt = parla::Runtime::builder().build()?;
     println!("N = {n}, {} CPU worker threads", rt.cpu_threads());
     let gen_start = Instant::now();

@@ -20,16 +20,53 @@ fn step(x: u64) -> u64 {
         >> 1
 }
 
-fn main() -> parla::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let items: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+const USAGE: &str =
+    "usage: pipeline [ITEMS [STAGES]]   (default 100000 items, 4 stages per worker)";
+
+/// Argument `i` (from 1) as a number of at least 1, if given.
+fn count(args: &[String], i: usize, what: &str) -> Result<Option<u64>, String> {
+    match args.get(i) {
+        None => Ok(None),
+        Some(a) => match a.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!("{what} must be a number of at least 1, got {a:?}")),
+        },
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().skip(1).any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let parsed = count(&args, 1, "ITEMS").and_then(|items| {
+        let stages = count(&args, 2, "STAGES")?;
+        if args.len() > 3 {
+            return Err(format!("unexpected argument {:?}", args[3]));
+        }
+        Ok((items.unwrap_or(100_000), stages))
+    });
+    let (items, stages) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match run(items, stages) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(items: u64, stages: Option<u64>) -> parla::Result<()> {
     let rt = parla::Runtime::new()?;
     let workers = rt.cpu_threads();
-    let stages: usize = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(4 * workers)
-        .max(1);
+    let stages = stages.map_or(4 * workers, |s| s as usize);
     let start = Instant::now();
     let (sum, expected) = rt.block_on(async move {
         // Stage k reads from rxs[k] and writes to the next stage's channel.

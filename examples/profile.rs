@@ -26,13 +26,34 @@ fn busy(d: Duration) -> u64 {
     x
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "trace.json".into());
+const USAGE: &str = "usage: profile [TRACE_FILE]   (default trace.json)";
+
+fn main() -> std::process::ExitCode {
+    let path = match std::env::args().nth(1) {
+        None => "trace.json".to_string(),
+        Some(a) if a == "-h" || a == "--help" => {
+            println!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(a) if a.starts_with('-') => {
+            eprintln!("error: unknown option {a:?}\n{USAGE}");
+            return std::process::ExitCode::FAILURE;
+        }
+        Some(a) => a,
+    };
+    match run(&path) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     // parla-rs's layer takes the task events (TRACE level); the fmt layer gets its own
     // filter, so that it prints only the program's INFO logs.
-    let (trace, guard) = parla::trace::layer(&path)?;
+    let (trace, guard) = parla::trace::layer(path)?;
     tracing_subscriber::registry()
         .with(trace)
         .with(tracing_subscriber::fmt::layer().with_filter(LevelFilter::INFO))

@@ -11,11 +11,33 @@ use std::time::{Duration, Instant};
 
 use parla::prelude::*;
 
-fn main() -> parla::Result<()> {
-    let requests: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(200_000);
+const USAGE: &str = "usage: service [REQUESTS]   (default 200000)";
+
+fn main() -> std::process::ExitCode {
+    let requests = match std::env::args().nth(1).as_deref() {
+        None => 200_000,
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(a) => match a.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => {
+                eprintln!("error: REQUESTS must be a number, got {a:?}\n{USAGE}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
+    match serve(requests) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(requests: u64) -> parla::Result<()> {
     let rt = parla::Runtime::new()?;
     let handle = rt.handle();
     let start = Instant::now();

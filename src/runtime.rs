@@ -110,7 +110,8 @@ impl Builder {
         }
     }
 
-    /// Writes a Perfetto/Chrome trace to `path` at shutdown (also `PARLA_TRACE`).
+    /// Streams a Perfetto/Chrome trace of every task to `path` as they run, the file closed
+    /// when the runtime shuts down (also `PARLA_TRACE`; see `parla_core::Builder::trace`).
     pub fn trace(self, path: impl Into<PathBuf>) -> Self {
         Builder {
             inner: self.inner.trace(path),

@@ -79,4 +79,10 @@ fn a_trace_file_that_cannot_be_created_is_an_error() {
         .join("trace.json");
     let err = parla::trace::layer(&path).expect_err("no such directory");
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    let text = err.to_string();
+    assert!(text.contains("cannot create the trace file"), "{text}");
+    assert!(
+        text.contains(&path.display().to_string()),
+        "names it: {text}"
+    );
 }

@@ -736,7 +736,7 @@ impl<A: Element> PArray<A, Ix2> {
             None => {}
             Some(Ok(writer)) => {
                 return Err(Error::InvalidArgument(format!(
-                    "tiles() copies the host data as it is now, and task {writer}, which writes the array, has not finished: await it first"
+                    "tiles() copies the host data as it is now, and task {writer}, which writes the array, has not finished: await it (and, if it ran on a GPU, `to_host()`) first"
                 )));
             }
             Some(Err(e)) => return Err(Error::Task(e)),
@@ -746,7 +746,7 @@ impl<A: Element> PArray<A, Ix2> {
         }
         if !s.host_valid || s.host_ready.is_some() {
             return Err(Error::InvalidArgument(
-                "tiles() splits the host copy, which is stale: a GPU task wrote the array last"
+                "tiles() splits the host copy, which is stale: a GPU task wrote the array last; `to_host().await` brings it back first"
                     .into(),
             ));
         }

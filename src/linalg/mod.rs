@@ -135,7 +135,10 @@ pub fn eigh_gpu(a: &Here<'_, f64, Ix2>) -> Result<Eigh> {
     use parla_gpu::solver::{Triangle, syevd};
 
     let gpu = parla_gpu::current().ok_or_else(|| {
-        Error::InvalidArgument("eigh_gpu runs inside a task on a GPU".to_string())
+        Error::InvalidArgument(
+            "eigh_gpu runs inside a task on a CUDA GPU (not on the CPU or a virtual GPU)"
+                .to_string(),
+        )
     })?;
     let n = square(a.shape())?;
     if n == 0 {

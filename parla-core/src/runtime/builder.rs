@@ -261,8 +261,8 @@ impl Builder {
             None => None,
             Some(Ok(t)) => Some(t),
             Some(Err(e)) => {
-                let path = trace_path.as_deref().unwrap_or(std::path::Path::new(""));
-                let what = format!("cannot create the trace file {}: {e}", path.display());
+                // (The error names the file.)
+                let what = e.to_string();
                 if asked {
                     return Err(Error::Config(what));
                 }

@@ -80,7 +80,18 @@ impl Trace {
     /// The layer, and the guard that closes the file when dropped (keep it until the
     /// runtime has shut down).
     pub fn build(self) -> std::io::Result<(TraceLayer, TraceGuard)> {
-        let out = self.file.as_deref().map(Writer::create).transpose()?;
+        let out = self
+            .file
+            .as_deref()
+            .map(|p| {
+                Writer::create(p).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot create the trace file {}: {e}", p.display()),
+                    )
+                })
+            })
+            .transpose()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 out,

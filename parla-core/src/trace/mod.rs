@@ -14,9 +14,10 @@
 //! | `mapped` | a device was chosen | `device`, `vcu`, `mem` |
 //! | `admitted` | its VCUs and memory were reserved | |
 //! | `started` | a worker starts its first poll | |
+//! | `polled` | after each poll of its body | `since` (ns, [`now_ns`] clock: when the poll began) |
 //! | `body_finished` | its body returned | |
 //! | `gpu_finished` | its GPU work finished (GPU tasks) | `gpu_start`, `gpu_end` (ns, [`now_ns`] clock, from CUDA events), `stream` |
-//! | `completed` | its outcome is published | `outcome` (`ok`, `failed`, `never ran`), `error` |
+//! | `completed` | its outcome is published (also for a task that never ran) | `error`, when it failed |
 //!
 //! Workers report their own time as events of target `parla::sched` (`driver_ns`,
 //! `body_ns`, `tasks`), from which the summary derives the runtime's overhead per task.
