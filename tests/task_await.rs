@@ -1024,6 +1024,55 @@ fn a_parent_awaiting_all_its_children_at_once_is_never_failed() {
     }
 }
 
+/// The sum of two tasks' values, awaited through a `FuturesUnordered`.
+async fn both_unordered(a: TaskHandle<u64>, b: TaskHandle<u64>) -> u64 {
+    let mut set: FuturesUnordered<_> = [a, b].into_iter().collect();
+    let mut sum = 0;
+    while let Some(v) = set.next().await {
+        sum += v.unwrap();
+    }
+    sum
+}
+
+/// GPU tasks of half a device each, awaiting their children through `FuturesUnordered` two
+/// levels deep. Once one child finished, the parent's next poll polls only that one (a
+/// `FuturesUnordered` polls what was woken), and a GPU task keeps its VCUs while it waits
+/// on anything but tasks: the parent and its child kept the whole device from the
+/// grandchildren, and the tree waited for good. A task whose combinator holds awaits of
+/// unfinished tasks awaits tasks, and lends its VCUs.
+#[test]
+fn tasks_awaiting_children_through_futures_unordered_lend_their_vcus() {
+    fn half<F: Future<Output = u64> + Send + 'static>(f: F, gpu: bool) -> TaskHandle<u64> {
+        let b = task(f).vcus(0.5);
+        if gpu {
+            b.placement(Placement::Gpu(0)).spawn()
+        } else {
+            b.spawn()
+        }
+    }
+    for gpu in [true, false] {
+        let rt = support::vgpu(1, 1, 1 << 20);
+        let v = support::within(30, move || {
+            rt.block_on(async move {
+                half(
+                    async move {
+                        let a = half(
+                            async move {
+                                both_unordered(half(async { 1 }, gpu), half(async { 2 }, gpu)).await
+                            },
+                            gpu,
+                        );
+                        both_unordered(a, half(async { 4 }, gpu)).await
+                    },
+                    gpu,
+                )
+                .await
+            })
+        });
+        assert_eq!(v, Ok(7), "on the {}", if gpu { "GPU" } else { "CPU" });
+    }
+}
+
 /// The sum of the tasks' values, each awaited in turn.
 async fn sum_of(handles: Vec<TaskHandle<u64>>) -> u64 {
     let mut sum = 0;

@@ -33,7 +33,9 @@ use crate::device::backend::Fence;
 use crate::device::{Demand, Device, SlotMask};
 use crate::error::TaskError;
 use crate::key::Key;
-use crate::loom::sync::{AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Mutex, Ordering};
+use crate::loom::sync::{
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicUsize, Mutex, Ordering,
+};
 
 /// What a finished task resolved to, as dependents and awaiters see it.
 pub(crate) type Outcome = Result<(), Arc<TaskError>>;
@@ -381,6 +383,10 @@ struct Pended {
     /// It keeps its VCUs while it waits outside the runtime (`scheduler::idle`): set and
     /// cleared by the holder of its run token.
     held: AtomicBool,
+    /// Awaits of unfinished tasks of its runtime that its polls registered through a waker
+    /// not its own (a combinator's: `FuturesUnordered`), still registered (see
+    /// `runtime::waker::Awaiting::waker`).
+    combined: AtomicUsize,
 }
 
 /// How many emptied [`Pended`] allocations a thread keeps ([`PENDED`]).
@@ -1179,6 +1185,18 @@ impl Header {
     /// # Safety
     /// The caller holds the task's run token.
     pub(crate) unsafe fn save_run(&self, w: &Arc<Waking>, run: RunState) {
+        // SAFETY: the caller holds the run token.
+        let p = unsafe { self.pended_or_new(w) };
+        // SAFETY: the caller holds the run token.
+        unsafe { *p.run.get() = Some(run) };
+    }
+
+    /// What the task keeps between polls, made now if no poll of it returned `Pending` yet
+    /// (`w`: where wakers schedule it).
+    ///
+    /// # Safety
+    /// The caller holds the task's run token.
+    unsafe fn pended_or_new(&self, w: &Arc<Waking>) -> &Pended {
         let mut p = self.pended.load(Ordering::Acquire);
         if p.is_null() {
             p = Box::into_raw(new_pended(Pended {
@@ -1186,12 +1204,41 @@ impl Header {
                 run: UnsafeCell::new(None),
                 poller_slot: AtomicU32::new(u32::MAX),
                 held: AtomicBool::new(false),
+                combined: AtomicUsize::new(0),
             }));
             // Only the run-token holder stores, once: no race.
             self.pended.store(p, Ordering::Release);
         }
-        // SAFETY: `p` is live (freed only with the header); the caller holds the run token.
-        unsafe { *(*p).run.get() = Some(run) };
+        // SAFETY: `p` is live: freed only with the header, which `self` borrows.
+        unsafe { &*p }
+    }
+
+    /// One more await of a task registered through a waker not the task's own (see
+    /// [`Pended::combined`]), until [`combined_done`](Self::combined_done).
+    ///
+    /// # Safety
+    /// The caller holds the task's run token (it polls the task).
+    pub(crate) unsafe fn combined_await(&self, w: &Arc<Waking>) {
+        // SAFETY: as the caller's.
+        unsafe { self.pended_or_new(w) }
+            .combined
+            .fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An await counted by [`combined_await`](Self::combined_await) is over (its
+    /// registration was woken or dropped).
+    pub(crate) fn combined_done(&self) {
+        if let Some(p) = self.pended() {
+            p.combined.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether awaits of tasks registered through a combinator's waker are still pending:
+    /// the task awaits tasks even when its last poll did not poll them (a
+    /// `FuturesUnordered` polls only the futures that were woken).
+    pub(crate) fn awaits_combined(&self) -> bool {
+        self.pended()
+            .is_some_and(|p| p.combined.load(Ordering::Acquire) > 0)
     }
 
     /// Records where the task is in the runtime's set of pollers (after

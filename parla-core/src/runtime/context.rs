@@ -416,6 +416,11 @@ fn with_running<R>(f: impl FnOnce(Option<&TaskPtr>) -> R) -> R {
     f(unsafe { p.as_ref() })
 }
 
+/// The task running on this thread, if any (a new reference).
+pub(crate) fn running_task() -> Option<TaskPtr> {
+    with_running(|t| t.cloned())
+}
+
 /// Whether `h` is the header of the task running on this thread.
 pub(crate) fn is_running(h: &crate::graph::node::Header) -> bool {
     with_running(|t| t.is_some_and(|t| std::ptr::eq(t.header(), h)))

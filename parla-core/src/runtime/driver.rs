@@ -583,7 +583,9 @@ impl Driver {
             }
             Poll::Pending => {
                 let awaited = slots.take_awaited();
-                let awaits = slots.take_blocked();
+                // (A task whose poll did not poll the awaits of tasks a combinator holds
+                // still awaits them: `waker::Combined`.)
+                let awaits = slots.take_blocked() || h.awaits_combined();
                 if awaits {
                     // A task awaiting tasks lends its VCUs while it waits.
                     self.lend(&task, slot, awaited);

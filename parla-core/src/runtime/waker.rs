@@ -269,6 +269,38 @@ impl MainPoller {
     }
 }
 
+/// A combinator's waker (`FuturesUnordered`'s), registered on a node of the runtime for an
+/// await inside a task's poll: while it is registered, the task counts as awaiting a task
+/// (`Header::awaits_combined`), even through polls that do not poll that await (a
+/// `FuturesUnordered` polls only the futures woken), so that it lends its VCUs while it
+/// waits as any task awaiting tasks does. Without that, a GPU task (which keeps its VCUs
+/// while it waits on anything else) awaiting children through a `FuturesUnordered` kept
+/// them from the grandchildren its children awaited, and the tree waited for good.
+struct Combined {
+    inner: Waker,
+    task: TaskPtr,
+}
+
+impl std::task::Wake for Combined {
+    fn wake(self: Arc<Self>) {
+        // The await counted off first (if this was its last reference): the task, woken
+        // and polled at once on another thread, finds its count right.
+        let inner = self.inner.clone();
+        drop(self);
+        inner.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.inner.wake_by_ref();
+    }
+}
+
+impl Drop for Combined {
+    fn drop(&mut self) {
+        self.task.header().combined_done();
+    }
+}
+
 /// The poller being polled on this thread, read once for the steps of one await of a node
 /// by one of the runtime's futures (task handles, ids, spaces): the waker it registers,
 /// whether the stall resolver failed it, and that it waits on a task. (Each step reading
@@ -302,11 +334,21 @@ impl Awaiting {
                 // finishes. What this thread's driver holds for after the poll goes to the
                 // other drivers.
                 if context::polling_task(node_rt) {
-                    context::with_rt(|rt| {
-                        if let Some(rt) = rt.filter(|rt| rt.id == node_rt) {
-                            rt.release_held();
-                        }
+                    let combined = context::with_rt(|rt| {
+                        let rt = rt.filter(|rt| rt.id == node_rt)?;
+                        rt.release_held();
+                        let task = context::running_task()?;
+                        // SAFETY: the task is polled on this thread (`polling_task`): its
+                        // driver holds its run token.
+                        unsafe { task.header().combined_await(&rt.waking) };
+                        Some(Waker::from(Arc::new(Combined {
+                            inner: w.clone(),
+                            task,
+                        })))
                     });
+                    if let Some(c) = combined {
+                        return c;
+                    }
                 }
                 w.clone()
             }
