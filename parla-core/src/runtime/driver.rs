@@ -1036,6 +1036,12 @@ impl Drop for Driver {
             self.rt.inject.release();
         }
         self.rt.ours.fetch_sub(1, Ordering::SeqCst);
+        // Dropped by Tokio's shutdown after the runtime's drop cancelled what it found: a
+        // task this driver was polling meanwhile, and which waits again (on a timer of the
+        // Tokio runtime going down with it), was running then, so nothing cancelled it, and
+        // nothing would ever run it again: its handle waited for good (a runtime dropped in
+        // a Tokio application's `async fn`, about 1 drop in 300). Cancelled now.
+        rt.cancel_if_shut_down();
     }
 }
 
