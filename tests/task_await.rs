@@ -1073,6 +1073,45 @@ fn tasks_awaiting_children_through_futures_unordered_lend_their_vcus() {
     }
 }
 
+/// A parent holding its whole GPU awaits two children through a `FuturesUnordered`: one
+/// finishes at once, the other (half the GPU) awaits a grandchild of its own later. Every
+/// await the combinator registered must count, not only the first of the poll (the first
+/// let the driver go of the thread, and the second then went uncounted): otherwise the
+/// parent, once the first child finished, took the whole GPU back and kept it, and the
+/// grandchild never ran.
+#[test]
+fn every_await_a_combinator_registers_in_a_poll_counts() {
+    let rt = support::vgpu(2, 1, 1 << 20);
+    let v = support::within(30, move || {
+        rt.block_on(async move {
+            task(async move {
+                let quick = task(async { 1u64 }).placement(Placement::Gpu(0)).spawn();
+                let slow = task(async {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let g = task(async { 2u64 })
+                        .placement(Placement::Gpu(0))
+                        .vcus(0.5)
+                        .spawn();
+                    g.await.unwrap() + 1
+                })
+                .placement(Placement::Gpu(0))
+                .vcus(0.5)
+                .spawn();
+                let mut set: FuturesUnordered<_> = [quick, slow].into_iter().collect();
+                let mut sum = 0;
+                while let Some(v) = set.next().await {
+                    sum += v.unwrap();
+                }
+                sum
+            })
+            .placement(Placement::Gpu(0))
+            .vcus(1.0)
+            .await
+        })
+    });
+    assert_eq!(v, Ok(4));
+}
+
 /// The sum of the tasks' values, each awaited in turn.
 async fn sum_of(handles: Vec<TaskHandle<u64>>) -> u64 {
     let mut sum = 0;

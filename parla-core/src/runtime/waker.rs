@@ -281,6 +281,25 @@ struct Combined {
     task: TaskPtr,
 }
 
+/// A [`Combined`] waker of `w` for an await of a node of runtime `node_rt` inside the poll
+/// of a task of that runtime on this thread; `None` outside such a poll.
+fn combined(w: &Waker, node_rt: u32) -> Option<Waker> {
+    let task = context::running_task()?;
+    if task.header().rt_id != node_rt {
+        return None;
+    }
+    let waking =
+        context::with_rt(|rt| rt.filter(|rt| rt.id == node_rt).map(|rt| rt.waking.clone()))?;
+    // SAFETY: the task is polled on this thread (it is the running task), and its poll
+    // holds its run token for as long as it runs here, whether or not the driver let go of
+    // the thread during the poll.
+    unsafe { task.header().combined_await(&waking) };
+    Some(Waker::from(Arc::new(Combined {
+        inner: w.clone(),
+        task,
+    })))
+}
+
 impl std::task::Wake for Combined {
     fn wake(self: Arc<Self>) {
         // The await counted off first (if this was its last reference): the task, woken
@@ -334,23 +353,15 @@ impl Awaiting {
                 // finishes. What this thread's driver holds for after the poll goes to the
                 // other drivers.
                 if context::polling_task(node_rt) {
-                    let combined = context::with_rt(|rt| {
-                        let rt = rt.filter(|rt| rt.id == node_rt)?;
-                        rt.release_held();
-                        let task = context::running_task()?;
-                        // SAFETY: the task is polled on this thread (`polling_task`): its
-                        // driver holds its run token.
-                        unsafe { task.header().combined_await(&rt.waking) };
-                        Some(Waker::from(Arc::new(Combined {
-                            inner: w.clone(),
-                            task,
-                        })))
+                    context::with_rt(|rt| {
+                        if let Some(rt) = rt.filter(|rt| rt.id == node_rt) {
+                            rt.release_held();
+                        }
                     });
-                    if let Some(c) = combined {
-                        return c;
-                    }
                 }
-                w.clone()
+                // (Whether or not the driver let go of this thread above, for this await or
+                // an earlier one of the same poll: a combinator polls several.)
+                combined(w, node_rt).unwrap_or_else(|| w.clone())
             }
             _ => w.clone(),
         }
