@@ -1040,7 +1040,7 @@ impl Drop for Driver {
         // task this driver was polling meanwhile, and which waits again (on a timer of the
         // Tokio runtime going down with it), was running then, so nothing cancelled it, and
         // nothing would ever run it again: its handle waited for good (a runtime dropped in
-        // a Tokio application's `async fn`, about 1 drop in 300). Cancelled now.
+        // a Tokio application's `async fn`, a few drops in a thousand). Cancelled now.
         rt.cancel_if_shut_down();
     }
 }

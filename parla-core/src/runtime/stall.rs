@@ -210,8 +210,8 @@ const FIRST_WARNING: Duration = Duration::from_secs(5);
 /// Warns (target `parla::stall`) that ids are waited on and were never spawned while
 /// nothing but `foreign` Tokio tasks (or `spawn_blocking` threads) of the program might
 /// still spawn them: the runtime waits for those, as it cannot tell a Tokio task that will
-/// spawn an id from one that never will. Returns whether there was anything to warn of.
-fn warn_unspawned(rt: &RtInner, waited: Duration, foreign: usize) -> bool {
+/// spawn an id from one that never will.
+fn warn_unspawned(rt: &RtInner, waited: Duration, foreign: usize) {
     const SHOWN: usize = 5;
     let ids: Vec<String> = rt
         .forward_refs()
@@ -223,7 +223,7 @@ fn warn_unspawned(rt: &RtInner, waited: Duration, foreign: usize) -> bool {
         .map(|p| p.header().name.to_string())
         .collect();
     if ids.is_empty() {
-        return false;
+        return;
     }
     let more = match ids.len().saturating_sub(SHOWN) {
         0 => String::new(),
@@ -247,7 +247,6 @@ fn warn_unspawned(rt: &RtInner, waited: Duration, foreign: usize) -> bool {
     rt.in_trace(|| tracing::warn!(target: "parla::stall", "{message}"));
     #[cfg(not(feature = "tracing"))]
     let _ = message;
-    true
 }
 
 const MIN_RECHECK: Duration = Duration::from_millis(1);
@@ -272,6 +271,15 @@ struct Monitor {
 /// How long a stall must last before the resolver fails a task or an await for it.
 const CONFIRM: Duration = Duration::from_millis(2);
 
+impl Monitor {
+    /// Nothing keeps the resolver waiting (the runtime is busy, or no Tokio task of the
+    /// program is alive): the next such wait is warned of after [`FIRST_WARNING`] again.
+    fn calm(&mut self) {
+        self.quiet_since = None;
+        self.warn_after = FIRST_WARNING;
+    }
+}
+
 impl Future for Monitor {
     type Output = ();
 
@@ -289,8 +297,7 @@ impl Future for Monitor {
                 this.recheck = None;
                 this.pause = MIN_RECHECK;
                 this.found = None;
-                this.quiet_since = None;
-                this.warn_after = FIRST_WARNING;
+                this.calm();
                 return Poll::Pending;
             }
             // A user's Tokio task may still spawn what others wait for (and a driver that
@@ -298,8 +305,7 @@ impl Future for Monitor {
             // So does a resolver that found the runtime not stalled after all.
             let foreign = rt.foreign_tasks();
             if foreign == 0 {
-                this.quiet_since = None;
-                this.warn_after = FIRST_WARNING;
+                this.calm();
             }
             if foreign > 0 || this.recheck.is_some() {
                 let sleep = this
