@@ -203,6 +203,36 @@ fn awaiting_a_space_reports_a_failure() {
     assert!(matches!(r, Err(TaskError::Panicked { .. })), "{r:?}");
 }
 
+/// An await of a space covers the tasks spawned into it before the await began: one made
+/// before a task failed under another of its ids, on this thread or on a thread of the
+/// program's own, still succeeds; a new await reports the failure.
+#[test]
+fn awaiting_a_space_covers_the_tasks_spawned_before_it_began() {
+    let rt = support::cpu(2);
+    let h = rt.handle();
+    rt.block_on(async move {
+        let t = TaskSpace::new("S");
+        task(async {}).id(t.at(0)).spawn();
+        let before = (&t).into_future();
+        task(async { panic!("spawned after the await began") })
+            .id(t.at(1))
+            .spawn();
+        let t2 = t.clone();
+        let from_thread = std::thread::spawn(move || {
+            h.spawn(task(async { panic!("spawned by a thread") }).id(t2.at(2)))
+        })
+        .join()
+        .unwrap();
+        assert!(from_thread.await.is_err());
+        assert_eq!(before.await, Ok(()));
+        let after = (&t).await;
+        assert!(
+            matches!(&after, Err(TaskError::Panicked { task, .. }) if task.contains("S[")),
+            "{after:?}"
+        );
+    });
+}
+
 #[test]
 fn whole_space_as_a_dependency() {
     let rt = support::cpu(2);

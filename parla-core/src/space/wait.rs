@@ -257,8 +257,9 @@ impl RangeWait {
     }
 }
 
-/// Waits for every task spawned into a [`TaskSpace`] before the await began; made by
-/// awaiting the space. Resolves to the first failure found once all finished, else `Ok(())`:
+/// Waits for every task spawned into a [`TaskSpace`] before the await began (when the
+/// future was made, by `.await` or `into_future()`): a task spawned later, by this thread or
+/// another, is not waited for; made by awaiting the space. Resolves to the first failure found once all finished, else `Ok(())`:
 /// a retired task that failed counts (the one retired first), as the ones still held do.
 #[must_use = "futures do nothing unless awaited"]
 pub struct SpaceWait {
