@@ -444,6 +444,24 @@ impl RtInner {
         if h.act.end_poll(false) == crate::graph::activity::EndPoll::Notified {
             self.schedule_woken(task.clone(), false);
         }
+        if self.shutdown.load(Ordering::SeqCst) {
+            self.cancel_lent_at_shutdown(task);
+        }
+    }
+
+    /// The runtime was dropped while [`lend_held`](Self::lend_held) held the token of
+    /// `task`: the drop's cancellation found it claimed (as if it ran) and left it, and
+    /// nothing else would cancel it (a task waiting on a channel nobody sends on: its
+    /// handle waited for good, a few drops in a hundred of a one-worker runtime). Cancelled
+    /// here, as a driver cancels a task whose poll ended after the drop (see
+    /// `Activity::end_poll` for why one of the two does); a task woken meanwhile went to
+    /// the injector, which the drop's pass empties.
+    #[cold]
+    #[inline(never)]
+    fn cancel_lent_at_shutdown(self: &Arc<Self>, task: &TaskPtr) {
+        self.pollers.remove(task);
+        self.with_local(|l| super::stall::cancel_waiting(self, task, l));
+        self.cancel_if_shut_down();
     }
 
     /// Hands what this thread's driver holds for after the current task's poll to the other
