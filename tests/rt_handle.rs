@@ -885,6 +885,28 @@ fn a_runtime_dropped_inside_a_task_of_another_stops_its_workers() {
     );
 }
 
+/// Two tasks waiting on each other, which the stall resolver did not fail as a `Cycle` (a
+/// thread held the runtime), when the runtime is dropped: nothing the drop cancelled led
+/// to them, and their handles waited for good. Both are cancelled now.
+#[test]
+fn a_dependency_cycle_is_cancelled_when_the_runtime_is_dropped() {
+    let rt = support::cpu(2);
+    let h = rt.handle();
+    let t = TaskSpace::new("C");
+    let hold = h.hold();
+    let a = h.spawn(task(async { 1 }).id(t.at("a")).after(t.at("b")));
+    let b = h.spawn(task(async { 2 }).id(t.at("b")).after(t.at("a")));
+    drop(rt);
+    drop(hold);
+    for (name, x) in [("a", a), ("b", b)] {
+        let r = wait_elsewhere(10, x);
+        assert!(
+            matches!(&r, Some(Err(TaskError::Cancelled { task })) if task == &format!("C[{name}]")),
+            "{name}: {r:?}"
+        );
+    }
+}
+
 /// Waits for `fut` on a Tokio runtime of its own (a thread outside the parla runtime), for
 /// at most `secs` seconds.
 fn wait_elsewhere<F: std::future::Future + Send + 'static>(secs: u64, fut: F) -> Option<F::Output>

@@ -401,6 +401,27 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
             rt.with_local(|l| graph::fail_unrun(&p, err, &mut l.fx));
         }
     }
+    // Tasks on dependency cycles the stall resolver had not failed yet (a thread held the
+    // runtime): none of the passes above reaches them, each waiting for another, and their
+    // handles waited for good. Every cycle passes through a forward reference. Each task is
+    // claimed first, so that each is `Cancelled` rather than failed by its neighbour.
+    let cycles = graph::find_cycles(&rt.forward_refs());
+    if !cycles.is_empty() {
+        rt.with_local(|l| {
+            let mut claimed = Vec::new();
+            for t in cycles.iter().flatten() {
+                if t.header().kind == Kind::Task {
+                    let err = Arc::new(cancelled(t));
+                    if graph::claim(t, &err, &mut l.fx) {
+                        claimed.push((t, err));
+                    }
+                }
+            }
+            for (t, err) in claimed {
+                graph::finish(t, Err(err), &mut l.fx);
+            }
+        });
+    }
 }
 
 /// Cancels task `t` if it waits between polls (at shutdown): claims it out of its waiting
