@@ -57,7 +57,9 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// `trace = "path.json"`. If the runtime cannot start, the program prints why and exits
 /// with status 1. If `main` returns an error, the program prints `Error: ` and the error's
 /// message (for a `std` error, `Box<dyn Error>` or `anyhow::Error`, then its sources, as
-/// `anyhow` does) rather than its `Debug` form, and exits with status 1. The `bytes` are
+/// `anyhow` does) rather than its `Debug` form, and exits with status 1, as soon as `main`
+/// returns it: the tasks still running are cancelled, as the runtime is dropped (a `main`
+/// that returns `Ok` waits for every task, as `Runtime::block_on` does). The `bytes` are
 /// computed as `u64`: `(2, 16 << 30)` is 16 GiB.
 #[proc_macro_attribute]
 pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {

@@ -70,21 +70,30 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             let body = crate::body::typed(*block, output);
             // An error is printed with its message (and sources), not its `Debug` form as
             // `std` would, once the runtime has shut down (and written its trace).
-            quote! {
-                let __parla_out: #ty = __parla_rt.block_on(async move #body);
-                ::core::mem::drop(__parla_rt);
-                {
+            // An error is reported as soon as `main` returns it, without waiting for the
+            // tasks still running (a server's loop would keep it from ever showing): the
+            // runtime's drop cancels them.
+            let report = |out: TokenStream| {
+                quote! {{
                     #[allow(unused_imports)]
                     use ::parla::__private::{
                         ReportDerefError as _, ReportDisplay as _, ReportOther as _,
                         ReportStdError as _,
                     };
-                    if let ::core::option::Option::Some(__parla_report) =
-                        (&&&&::parla::__private::MainOutput(&__parla_out)).parla_report()
-                    {
-                        ::std::eprintln!("{__parla_report}");
-                        ::std::process::exit(1);
-                    }
+                    (&&&&::parla::__private::MainOutput(#out)).parla_report()
+                }}
+            };
+            let early = report(quote!(__parla_out));
+            let last = report(quote!(&__parla_out));
+            quote! {
+                let __parla_out: #ty = __parla_rt.block_on_main(
+                    async move #body,
+                    |__parla_out: &#ty| #early.is_some(),
+                );
+                ::core::mem::drop(__parla_rt);
+                if let ::core::option::Option::Some(__parla_report) = #last {
+                    ::std::eprintln!("{__parla_report}");
+                    ::std::process::exit(1);
                 }
                 __parla_out
             }

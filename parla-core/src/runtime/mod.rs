@@ -691,6 +691,19 @@ impl Runtime {
     /// If called from inside a task or another `block_on` (as Tokio's `block_on`). A panic
     /// of `fut` itself propagates to the caller, and the runtime stays usable.
     pub fn block_on<F: IntoFuture>(&self, fut: F) -> F::Output {
+        self.block_on_main(fut, |_| false)
+    }
+
+    /// [`block_on`](Self::block_on), returning as soon as the future finished if `early`
+    /// says so of its output, without waiting for the tasks still running (for
+    /// `#[parla::main]`: a `main` that returned an error reports it at once, and dropping
+    /// the runtime cancels the rest, as `#[tokio::main]` does).
+    #[doc(hidden)]
+    pub fn block_on_main<F: IntoFuture>(
+        &self,
+        fut: F,
+        early: impl Fn(&F::Output) -> bool,
+    ) -> F::Output {
         let inner = &self.inner;
         // Called in a task's poll (inside `block_in_place`): the thread is blocked until the
         // future is done, so what its driver holds for after the poll goes to the other
@@ -712,6 +725,7 @@ impl Runtime {
         // this thread counted as waiting on it.
         let mut fut = pin!(fut.into_future());
         let mut out = None;
+        let mut done_early = false;
         // Time spent polling fences since the future was last polled (see below).
         let mut spun = std::time::Duration::ZERO;
         let driver = std::future::poll_fn(|cx: &mut Context<'_>| {
@@ -731,6 +745,7 @@ impl Runtime {
                     crate::space::flush_spare_refs();
                     match polled {
                         Poll::Ready(v) => {
+                            done_early = early(&v);
                             out = Some(v);
                             // (Drops the task an await inside it noted, if any.)
                             context::take_blocked();
@@ -751,7 +766,7 @@ impl Runtime {
                     }
                 }
                 let (live, _) = inner.counters.load();
-                if out.is_some() && live == 0 {
+                if out.is_some() && (live == 0 || done_early) {
                     return Poll::Ready(());
                 }
                 // GPU work in flight and nothing else to do: poll its fences here for a
