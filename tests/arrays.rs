@@ -678,6 +678,52 @@ fn a_task_of_a_second_runtime_leaves_the_array_to_the_first() {
     assert_eq!(r.2.ok(), Some(vec![10, 20, 30]));
 }
 
+/// Two runtimes alive at once, on the CPU alone: while a task of the first that writes an
+/// array runs, a task of the second that writes it fails with `WrongRuntime` at its spawn,
+/// naming the first's task, and the array goes on for the first. (The second's task took
+/// the place of the array's last writer before it failed, and the first's `to_host` failed
+/// with it, `DependencyFailed`.)
+#[test]
+fn a_task_of_a_second_runtime_leaves_an_array_in_use_on_the_cpu_to_the_first() {
+    let r = support::within(60, || {
+        let a = PArray::from(array![1u32, 2, 3]);
+        let first = support::cpu(2);
+        let second = support::cpu(2);
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let b = a.clone();
+        let writing = first.handle().spawn(
+            task(async move {
+                b.write()?.mapv_inplace(|x| x * 10);
+                started_tx.send(()).unwrap();
+                let _ = go_rx.await;
+                Ok::<_, parla::Error>(())
+            })
+            .reads_writes(&a),
+        );
+        started.recv().unwrap();
+        let b = a.clone();
+        let refused = second.block_on(
+            task(async move {
+                b.write()?.fill(0);
+                Ok::<_, parla::Error>(())
+            })
+            .reads_writes(&a),
+        );
+        go.send(()).unwrap();
+        let wrote = first.block_on(writing);
+        let first_reads = first.block_on(a.to_host()).map(|v| v.to_vec());
+        (refused, wrote, first_reads)
+    });
+    assert!(
+        matches!(&r.0, Err(TaskError::WrongRuntime { reason, .. }) if reason.contains("in use by task #")),
+        "{:?}",
+        r.0
+    );
+    assert!(matches!(r.1, Ok(Ok(()))), "{:?}", r.1);
+    assert_eq!(r.2.ok(), Some(vec![10, 20, 30]));
+}
+
 /// A writer that fails at its spawn (constraints no device meets) is still the array's
 /// last writer: later readers and `to_host` fail with it instead of reading the data
 /// from before it.

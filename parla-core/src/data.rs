@@ -277,6 +277,20 @@ impl Flow {
         }
     }
 
+    /// The name of an unfinished task of another runtime than `rt_id` recorded as
+    /// accessing the object, if there is one: a task of `rt_id` cannot be ordered after it
+    /// (checked at the spawn, so that such a task fails without taking a place in the
+    /// object's order, which would fail the other runtime's next tasks with it).
+    pub(crate) fn in_use_by_another(&self, rt_id: u32) -> Option<String> {
+        let s = self.state.lock();
+        s.writer
+            .iter()
+            .chain(&s.readers)
+            .map(|t| t.header())
+            .find(|h| h.rt_id != rt_id && !h.is_done())
+            .map(|h| h.name.to_string())
+    }
+
     /// Records `task` as the next access `access` and pushes the tasks it must follow:
     /// to `deps` the last writer (whose failure leaves the data unknown: `task` fails with
     /// it), and for a write to `after` the readers since (which it follows whatever their
@@ -392,17 +406,30 @@ impl Accesses {
 
     /// The error of a task of runtime `rt_id` (its header `h`) one of whose objects another
     /// runtime holds copies of ([`DataObject::other_runtime`]), if one does.
+    /// Also when a task of another runtime that accesses one of its objects has not
+    /// finished ([`Flow::in_use_by_another`]).
     pub(crate) fn held_elsewhere(
         &self,
         rt_id: u32,
         h: &crate::graph::node::Header,
     ) -> Option<TaskError> {
-        let other = self.items.iter().find_map(|i| i.obj.other_runtime(rt_id))?;
+        let reason = if let Some(other) = self.items.iter().find_map(|i| i.obj.other_runtime(rt_id))
+        {
+            format!(
+                "its data has copies on the devices of another parla runtime (#{other}), which is alive: an array is used by tasks of one runtime at a time"
+            )
+        } else {
+            let user = self
+                .items
+                .iter()
+                .find_map(|i| i.obj.flow().in_use_by_another(rt_id))?;
+            format!(
+                "its data is in use by task {user} of another parla runtime, which has not finished: an array is used by tasks of one runtime at a time"
+            )
+        };
         Some(TaskError::WrongRuntime {
             task: h.name.to_string(),
-            reason: format!(
-                "its data has copies on the devices of another parla runtime (#{other}), which is alive: an array is used by tasks of one runtime at a time"
-            ),
+            reason,
         })
     }
 
