@@ -149,23 +149,46 @@ fn kind(name: &str) -> String {
     }
 }
 
-/// Assigns each bar (sorted by start) the first lane where it overlaps nothing.
+/// Whether a bar is drawn inside a task's bar: a span opened in the task, or the host-side
+/// launch of a GPU task on its worker.
+fn inside(b: &Bar) -> bool {
+    matches!(b.cat.as_str(), "user" | "launch")
+}
+
+/// Assigns each bar (sorted by start) the first lane where it overlaps nothing; a span or
+/// launch goes in the lane of the task bar that holds it, if one does.
 fn lanes(bars: &[Bar]) -> (Vec<usize>, usize) {
+    // Per lane: where its last bar ends, and the last task bar's extent.
     let mut ends: Vec<f64> = Vec::new();
+    let mut tasks: Vec<(f64, f64)> = Vec::new();
     let mut out = Vec::with_capacity(bars.len());
     for b in bars {
+        let end = b.ts + b.dur;
+        if inside(b)
+            && let Some(l) = tasks.iter().position(|&(s, e)| s <= b.ts && end <= e)
+        {
+            out.push(l);
+            continue;
+        }
         let lane = match ends.iter().position(|&e| e <= b.ts) {
             Some(l) => l,
             None => {
                 ends.push(0.0);
+                tasks.push((f64::NAN, f64::NAN));
                 ends.len() - 1
             }
         };
-        ends[lane] = b.ts + b.dur;
+        ends[lane] = end;
+        if !inside(b) {
+            tasks[lane] = (b.ts, end);
+        }
         out.push(lane);
     }
     (out, ends.len().max(1))
 }
+
+/// The track of a device's tasks that never ran (drawn after its workers or streams).
+const NOT_RUN_TID: u64 = 0;
 
 fn draw(events: &[Value], o: &Options) -> Result<String, String> {
     let mut process: BTreeMap<u64, String> = BTreeMap::new();
@@ -212,7 +235,10 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
         .map(|b| b.ts + b.dur)
         .fold(f64::NEG_INFINITY, f64::max);
     let from = o.from_ms.map_or(t_min, |ms| t_min + ms * 1000.0);
-    let to = o.to_ms.map_or(t_max, |ms| t_min + ms * 1000.0);
+    // (A trace whose slices all have no length, of tasks that never ran alone: 1 us wide.)
+    let to = o
+        .to_ms
+        .map_or(t_max.max(t_min + 1.0), |ms| t_min + ms * 1000.0);
     if to <= from {
         return Err(format!(
             "empty time window: the trace spans {:.3} ms",
@@ -238,7 +264,10 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
     let mut any_failed = false;
     let mut y = TOP;
     let mut last_pid = None;
-    for (&(pid, tid), bars) in tracks.iter_mut() {
+    let mut tracks: Vec<((u64, u64), Vec<Bar>)> = tracks.into_iter().collect();
+    tracks.sort_by_key(|&((pid, tid), _)| (pid, tid == NOT_RUN_TID, tid));
+    for ((pid, tid), bars) in tracks.iter_mut() {
+        let (pid, tid) = (*pid, *tid);
         bars.sort_by(|a, b| a.ts.total_cmp(&b.ts));
         let (lane_of, n) = lanes(bars);
         let h = n as f64 * LANE;
@@ -368,8 +397,8 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
                 .map_or(o.input.as_str(), |f| f.to_str().unwrap_or(&o.input))
         ),
         tasks = tracks
-            .values()
-            .flatten()
+            .iter()
+            .flat_map(|(_, bars)| bars)
             .filter(|b| b.cat == "task")
             .count(),
         span = fmt_ms(span_ms),
@@ -447,6 +476,54 @@ mod tests {
         };
         let (l, n) = lanes(&[bar(0.0, 10.0), bar(2.0, 3.0), bar(6.0, 1.0), bar(10.0, 1.0)]);
         assert_eq!((l, n), (vec![0, 1, 1, 0], 2));
+    }
+
+    #[test]
+    fn spans_and_launches_go_inside_their_task_and_the_never_ran_row_last() {
+        let bar = |cat: &str, ts: f64, dur: f64| Bar {
+            name: "T[0]".into(),
+            cat: cat.into(),
+            ts,
+            dur,
+            failed: false,
+            outcome: "ok".into(),
+        };
+        // A span inside the first task, a launch inside the second, a span outside both.
+        let bars = [
+            bar("task", 0.0, 10.0),
+            bar("user", 2.0, 3.0),
+            bar("task", 10.0, 5.0),
+            bar("launch", 10.0, 1.0),
+            bar("user", 20.0, 1.0),
+        ];
+        assert_eq!(lanes(&bars), (vec![0, 0, 0, 0, 0], 1));
+
+        let events: Vec<Value> = serde_json::from_str(
+            r#"[{"ph":"M","name":"thread_name","pid":0,"tid":0,"args":{"name":"never ran"}},
+                {"ph":"M","name":"thread_name","pid":0,"tid":1,"args":{"name":"worker 0"}},
+                {"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":0,"dur":100},
+                {"ph":"X","cat":"user","name":"inner","pid":0,"tid":1,"ts":10,"dur":20},
+                {"ph":"X","cat":"task","name":"B","pid":0,"tid":0,"ts":100,"dur":0,
+                 "args":{"outcome":"DependencyFailed"}}]"#,
+        )
+        .unwrap();
+        let o = parse_args(&["t.json".into(), "t.svg".into()]).unwrap();
+        let svg = draw(&events, &o).unwrap();
+        let worker = svg.find("worker 0").unwrap();
+        let never = svg.find("never ran<").unwrap();
+        assert!(worker < never, "the never-ran row comes last");
+    }
+
+    #[test]
+    fn a_trace_of_tasks_that_never_ran_alone_is_drawn() {
+        let events: Vec<Value> = serde_json::from_str(
+            r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":0,"ts":5,"dur":0,
+                 "args":{"outcome":"Cancelled"}}]"#,
+        )
+        .unwrap();
+        let o = parse_args(&["t.json".into(), "t.svg".into()]).unwrap();
+        let svg = draw(&events, &o).unwrap();
+        assert!(svg.contains("stroke=\"#d00\""), "outlined as failed");
     }
 
     #[test]
