@@ -95,4 +95,33 @@ fn each_runtime_traced_through_the_environment_writes_its_own_file() {
     }
     // SAFETY: as above.
     unsafe { std::env::remove_var("PARLA_PROFILE") };
+
+    // A directory: no runtime can write it (each says so and runs untraced), and none
+    // writes a numbered file next to it instead (`DIR.2`, `DIR.3`: the first runtime ran
+    // untraced, the later ones wrote files nobody named).
+    let parent = support::trace_path("env-dir")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let named = parent.join("traces");
+    std::fs::create_dir_all(&named).unwrap();
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PARLA_TRACE", &named) };
+    for space in ["E", "F"] {
+        let rt = support::cpu(1);
+        run(&rt, space, 2).unwrap();
+    }
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("PARLA_TRACE") };
+    let mut left: Vec<_> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let _ = std::fs::remove_dir_all(&parent);
+    assert_eq!(
+        left,
+        ["traces"],
+        "files written next to the directory named"
+    );
 }

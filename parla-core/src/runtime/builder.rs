@@ -432,7 +432,8 @@ fn env_set(name: &str) -> Option<std::ffi::OsString> {
 fn env_trace_path(path: PathBuf) -> PathBuf {
     static RUNTIMES: AtomicUsize = AtomicUsize::new(0);
     let n = RUNTIMES.fetch_add(1, Ordering::Relaxed);
-    if n == 0 {
+    // (A directory: no runtime writes it, and none writes a file next to it instead.)
+    if n == 0 || path.is_dir() {
         return path;
     }
     let own = crate::trace::numbered(&path, n + 1);
