@@ -623,3 +623,35 @@ fn a_span_held_across_an_await_is_no_slice_of_a_worker() {
     assert_eq!(count("X", "held"), 0, "{ev:?}");
     assert_eq!(count("X", "inside"), 4, "{ev:?}");
 }
+
+/// A task's `memory` in the trace is what its admission reserved: its own bytes and those
+/// of its arrays' copies on its device (it left the copies out: 0 for a task that only
+/// read an 8 KiB array on a GPU).
+#[test]
+fn a_tasks_memory_in_the_trace_counts_its_arrays_copies() {
+    let path = support::trace_path("trace-data");
+    let rt = parla::Runtime::builder()
+        .cpu_threads(2)
+        .virtual_gpus(1, 1 << 20)
+        .trace(&path)
+        .build()
+        .unwrap();
+    support::within(30, move || {
+        rt.block_on(async {
+            let a = parla::array::PArray::from(ndarray::Array1::<u8>::zeros(8192));
+            let b = a.clone();
+            task(async move { b.read().map(|v| v.len()) })
+                .id(TaskSpace::new("D").at("gpu"))
+                .placement(Placement::Gpu(0))
+                .memory(100)
+                .reads(&a)
+                .await
+                .unwrap()
+                .unwrap();
+        });
+        drop(rt);
+    });
+    let slices = task_slices(&events(&path));
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    assert_eq!(slices["D[gpu]"]["args"]["memory"], 100 + 8192);
+}

@@ -845,7 +845,16 @@ impl RtInner {
         } else {
             // A first admission: the task counts as running on its device.
             self.devices[h.slot()].started(1);
-            crate::trace::step!(self, h, "admitted");
+            // (The memory reserved: the task's own, and the bytes its arrays lacked on the
+            // device, which their copies take.)
+            crate::trace::step!(
+                self,
+                h,
+                "admitted",
+                mem = h.demand().mem
+                    + t.accesses()
+                        .map_or(0, |a| a.reserved.load(Ordering::Relaxed))
+            );
         }
     }
 

@@ -549,7 +549,13 @@ where
                         r.vcu = f.vcu;
                         r.mem = f.mem;
                     }
-                    "admitted" => r.admitted = Some(now),
+                    "admitted" => {
+                        r.admitted = Some(now);
+                        // (With the bytes of its arrays' copies, which `mapped` does not know.)
+                        if f.mem.is_some() {
+                            r.mem = f.mem;
+                        }
+                    }
                     "started" => {
                         r.started = Some(now);
                         r.track = Some(self.shared.state.lock().thread_track());

@@ -12,7 +12,7 @@
 //! | `dependency` | per dependency that has a span | `dep` (the dependency's span id) |
 //! | `ready` | its dependencies finished | |
 //! | `mapped` | a device was chosen | `device`, `vcu`, `mem` |
-//! | `admitted` | its VCUs and memory were reserved | |
+//! | `admitted` | its VCUs and memory were reserved | `mem` (with the bytes its arrays' copies take on the device) |
 //! | `started` | a worker starts its first poll | |
 //! | `polled` | after each poll of its body | `since` (ns, [`now_ns`] clock: when the poll began) |
 //! | `body_finished` | its body returned | |
