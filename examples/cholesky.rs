@@ -143,7 +143,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &o.trace {
         b = b.trace(path);
     }
-    let rt = b.build()?;
+    let rt = b.build().map_err(|e| match o.gpus {
+        // (The GPUs asked for by count: say which option asked.)
+        Some(g) if o.place != Where::Cpu => format!("--gpus {g}: {e}"),
+        _ => e.to_string(),
+    })?;
     let gpus = rt.gpus();
     if let Some(g) = o.gpus
         && g > gpus
