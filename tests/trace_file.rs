@@ -18,6 +18,16 @@ fn events(path: &std::path::Path) -> Vec<Value> {
         .clone()
 }
 
+/// A traced runtime of two workers and one virtual GPU of 1 MiB.
+fn traced_with_a_gpu(path: &std::path::Path) -> parla::Runtime {
+    parla::Runtime::builder()
+        .cpu_threads(2)
+        .virtual_gpus(1, 1 << 20)
+        .trace(path)
+        .build()
+        .unwrap()
+}
+
 /// The task slices by name (each must be unique).
 fn task_slices(ev: &[Value]) -> HashMap<String, Value> {
     let mut out = HashMap::new();
@@ -97,12 +107,7 @@ where
 #[test]
 fn a_trace_has_one_slice_per_task_with_its_outcome_and_arrows() {
     let path = support::trace_path("trace");
-    let rt = parla::Runtime::builder()
-        .cpu_threads(2)
-        .virtual_gpus(1, 1 << 20)
-        .trace(&path)
-        .build()
-        .unwrap();
+    let rt = traced_with_a_gpu(&path);
     support::within(30, move || {
         rt.block_on(async {
             let t = TaskSpace::new("Traced");
@@ -630,12 +635,7 @@ fn a_span_held_across_an_await_is_no_slice_of_a_worker() {
 #[test]
 fn a_tasks_memory_in_the_trace_counts_its_arrays_copies() {
     let path = support::trace_path("trace-data");
-    let rt = parla::Runtime::builder()
-        .cpu_threads(2)
-        .virtual_gpus(1, 1 << 20)
-        .trace(&path)
-        .build()
-        .unwrap();
+    let rt = traced_with_a_gpu(&path);
     support::within(30, move || {
         rt.block_on(async {
             let a = parla::array::PArray::from(ndarray::Array1::<u8>::zeros(8192));
