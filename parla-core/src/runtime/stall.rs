@@ -114,28 +114,18 @@ fn resolve_step(rt: &Arc<RtInner>, lasted: bool) -> Option<bool> {
     // nothing the failure of another could do lets it run, unlike an id never spawned.)
     let cycles = graph::find_cycles(&rt.forward_refs());
     if !cycles.is_empty() {
-        rt.with_local(|l| {
-            // Claim every task on the cycles first, so that each fails with `Cycle` rather
-            // than with the failure of its neighbour (a task on two cycles: the first's).
-            let mut claimed: Vec<(&TaskPtr, Arc<TaskError>)> = Vec::new();
-            for cycle in &cycles {
-                let tasks: Vec<&TaskPtr> = cycle
-                    .iter()
-                    .filter(|t| t.header().kind == Kind::Task)
-                    .collect();
-                let err = Arc::new(TaskError::Cycle {
-                    ids: tasks.iter().map(|t| t.header().name.to_string()).collect(),
-                });
-                for t in tasks {
-                    if graph::claim(t, &err, &mut l.fx) {
-                        claimed.push((t, err.clone()));
-                    }
-                }
-            }
-            for (t, err) in claimed {
-                graph::finish(t, Err(err), &mut l.fx);
-            }
-        });
+        let mut failing = Vec::new();
+        for cycle in &cycles {
+            let tasks: Vec<&TaskPtr> = cycle
+                .iter()
+                .filter(|t| t.header().kind == Kind::Task)
+                .collect();
+            let err = Arc::new(TaskError::Cycle {
+                ids: tasks.iter().map(|t| t.header().name.to_string()).collect(),
+            });
+            failing.extend(tasks.into_iter().map(|t| (t, err.clone())));
+        }
+        fail_claimed_first(rt, failing);
         return Some(true);
     }
     // The steps below fail a task or an await: the stall must last first (see the module
@@ -403,25 +393,35 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
     }
     // Tasks on dependency cycles the stall resolver had not failed yet (a thread held the
     // runtime): none of the passes above reaches them, each waiting for another, and their
-    // handles waited for good. Every cycle passes through a forward reference. Each task is
-    // claimed first, so that each is `Cancelled` rather than failed by its neighbour.
+    // handles waited for good. Every cycle passes through a forward reference. Each is
+    // `Cancelled`, not failed by its neighbour.
     let cycles = graph::find_cycles(&rt.forward_refs());
     if !cycles.is_empty() {
-        rt.with_local(|l| {
-            let mut claimed = Vec::new();
-            for t in cycles.iter().flatten() {
-                if t.header().kind == Kind::Task {
-                    let err = Arc::new(cancelled(t));
-                    if graph::claim(t, &err, &mut l.fx) {
-                        claimed.push((t, err));
-                    }
-                }
-            }
-            for (t, err) in claimed {
-                graph::finish(t, Err(err), &mut l.fx);
-            }
-        });
+        let failing = cycles
+            .iter()
+            .flatten()
+            .filter(|t| t.header().kind == Kind::Task)
+            .map(|t| (t, Arc::new(cancelled(t))));
+        fail_claimed_first(rt, failing);
     }
+}
+
+/// Fails each task of `failing` with its error, claiming every one before it finishes any:
+/// tasks that wait on each other (a cycle) then each fail with their own error rather than
+/// with the failure of a neighbour (a task listed twice: the first error).
+fn fail_claimed_first<'a>(
+    rt: &Arc<RtInner>,
+    failing: impl IntoIterator<Item = (&'a TaskPtr, Arc<TaskError>)>,
+) {
+    rt.with_local(|l| {
+        let claimed: Vec<_> = failing
+            .into_iter()
+            .filter(|(t, err)| graph::claim(t, err, &mut l.fx))
+            .collect();
+        for (t, err) in claimed {
+            graph::finish(t, Err(err), &mut l.fx);
+        }
+    });
 }
 
 /// Cancels task `t` if it waits between polls (at shutdown): claims it out of its waiting
