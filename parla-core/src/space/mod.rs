@@ -746,16 +746,18 @@ impl TaskSpace {
         let Some(b) = map.find_mut(h, is) else {
             return Err(map);
         };
-        if settle && let Some(Some(next)) = b.slots.get(slot + 1) {
-            // Programs walk ids in order (`t.at((i - 1, j))` for each `j` of a row): the
-            // next key's task is most likely the next dependency looked up. It finished on
-            // another core, which wrote its memory last; fetched now, the next lookup finds
-            // it in cache, to settle and free it.
-            prefetch_for_write(next);
-        }
         match b.dependency(slot, settle) {
             InSlot::Node(n) => Ok(Some(n)),
             InSlot::Met(settled) => {
+                if settle && let Some(Some(next)) = b.slots.get(slot + 1) {
+                    // Programs walk ids in order (`t.at((i - 1, j))` for each `j` of a
+                    // row): the next key's task is most likely the next dependency looked
+                    // up, and, this one having finished, most likely finished too. It
+                    // finished on another core, which wrote its memory last; fetched now,
+                    // the next lookup finds it in cache, to settle and free it. (Not when
+                    // this one is still to run: the next one most likely is too, and stays.)
+                    prefetch_for_write(next);
+                }
                 drop(map);
                 if let Some(n) = settled {
                     // Often the last reference (the task finished, its handle is gone): its
