@@ -38,7 +38,35 @@ fn the_default_runtime_builds_with_or_without_cuda() {
     let e = r.0.unwrap_err();
     assert!(matches!(e, TaskError::Unsatisfiable { .. }), "{e:?}");
     assert!(e.to_string().contains("no GPU"), "{e}");
+    assert!(e.to_string().contains("no CUDA device found"), "{e}");
     assert_eq!(r.1.unwrap(), Device::CPU);
+}
+
+/// A runtime with no GPU says why with a GPU task's error: asked for none, it does not
+/// blame CUDA.
+#[test]
+fn a_gpu_task_on_a_runtime_given_no_gpu_says_why() {
+    let gpu_task_error = |rt: parla::Runtime| {
+        support::within(30, move || {
+            rt.block_on(async { task(async {}).placement(Placement::AnyGpu).await })
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let rt = parla::Runtime::builder()
+        .cpu_threads(1)
+        .virtual_gpus(0, 1 << 20)
+        .build()
+        .unwrap();
+    let e = gpu_task_error(rt);
+    assert!(e.contains("virtual_gpus(0, ..) gave it none"), "{e}");
+    let rt = parla::Runtime::builder()
+        .cpu_threads(1)
+        .gpus([])
+        .build()
+        .unwrap();
+    let e = gpu_task_error(rt);
+    assert!(e.contains("gpus([]) named none"), "{e}");
 }
 
 #[test]

@@ -82,6 +82,8 @@ fn each_runtime_traced_through_the_environment_writes_its_own_file() {
         ("off", false),
         ("FALSE", false),
         ("no", false),
+        (" ", false),
+        ("\t", false),
         ("1", true),
         ("yes", true),
     ] {

@@ -821,6 +821,13 @@ impl<A, D> Deref for Read<'_, A, D> {
     }
 }
 
+/// Shows the view, as ndarray shows an array (elements, shape, strides).
+impl<A: std::fmt::Debug, D: Dimension> std::fmt::Debug for Read<'_, A, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.view, f)
+    }
+}
+
 /// A mutable host view of a [`PArray`] (see [`PArray::write`]): derefs to ndarray's
 /// [`ArrayRef`], mutably, as [`Read`] does.
 pub struct Write<'a, A, D> {
@@ -832,6 +839,13 @@ impl<A, D> Deref for Write<'_, A, D> {
     type Target = ArrayRef<A, D>;
     fn deref(&self) -> &ArrayRef<A, D> {
         &self.view
+    }
+}
+
+/// Shows the view, as ndarray shows an array (elements, shape, strides).
+impl<A: std::fmt::Debug, D: Dimension> std::fmt::Debug for Write<'_, A, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.view, f)
     }
 }
 
@@ -856,6 +870,13 @@ impl<A> Deref for DeviceRead<'_, A> {
     }
 }
 
+#[cfg(feature = "cuda")]
+impl<A: std::fmt::Debug> std::fmt::Debug for DeviceRead<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.slice, f)
+    }
+}
+
 /// A GPU task's copy of a [`PArray`], mutably (see [`PArray::device_mut`]).
 #[cfg(feature = "cuda")]
 pub struct DeviceWrite<'a, A> {
@@ -868,6 +889,13 @@ impl<A> Deref for DeviceWrite<'_, A> {
     type Target = CudaSlice<A>;
     fn deref(&self) -> &CudaSlice<A> {
         self.slice
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<A: std::fmt::Debug> std::fmt::Debug for DeviceWrite<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.slice, f)
     }
 }
 

@@ -40,7 +40,8 @@ fn usage() -> String {
     "usage: parla-timeline TRACE.json OUT.svg [--width PX] [--from MS] [--to MS]".into()
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
+/// The options, or `None` when help was asked for.
+fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     let mut pos = Vec::new();
     let (mut width, mut from_ms, mut to_ms) = (1600.0, None, None);
     let mut it = args.iter();
@@ -56,19 +57,19 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--width" => width = num("--width")?.max(LABEL + 200.0),
             "--from" => from_ms = Some(num("--from")?),
             "--to" => to_ms = Some(num("--to")?),
-            "-h" | "--help" => return Err(usage()),
+            "-h" | "--help" => return Ok(None),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{}", usage())),
             s => pos.push(s.to_string()),
         }
     }
     let [input, output] = <[String; 2]>::try_from(pos).map_err(|_| usage())?;
-    Ok(Options {
+    Ok(Some(Options {
         input,
         output,
         width,
         from_ms,
         to_ms,
-    })
+    }))
 }
 
 /// A bar to draw.
@@ -222,7 +223,9 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
         }
     }
     if tracks.is_empty() {
-        return Err("the trace has no slices".into());
+        // (A run that spawned nothing, or whose trace was cut off before its first task: a
+        // picture that says so, as a script drawing every run expects one.)
+        return Ok(no_slices(o));
     }
     let t_min = tracks
         .values()
@@ -239,6 +242,14 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
     let to = o
         .to_ms
         .map_or(t_max.max(t_min + 1.0), |ms| t_min + ms * 1000.0);
+    if !(t_min.is_finite() && t_max.is_finite()) {
+        return Err(format!(
+            "the trace's times are out of range (slices from {t_min} to {t_max} us)"
+        ));
+    }
+    if !(from.is_finite() && to.is_finite()) {
+        return Err("the time window is out of range of the trace's times".into());
+    }
     if to <= from {
         return Err(format!(
             "empty time window: the trace spans {:.3} ms",
@@ -339,8 +350,10 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
     let span_ms = (to - from) / 1000.0;
     let step = nice_step(span_ms / 10.0);
     let mut axis = String::new();
-    let mut t = 0.0;
-    while t <= span_ms + 1e-9 {
+    // (Counted, not summed: a step too small to move a large time must not loop.)
+    let ticks = ((span_ms + 1e-9) / step).floor().min(1000.0) as usize;
+    for k in 0..=ticks {
+        let t = k as f64 * step;
         let px = x(from + t * 1000.0);
         let _ = writeln!(
             axis,
@@ -349,7 +362,6 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
             TOP - 8.0,
             fmt_ms(t + (from - t_min) / 1000.0)
         );
-        t += step;
     }
     // Legend.
     let mut legend = String::new();
@@ -391,11 +403,7 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
 {axis}{body}{legend}</svg>
 "##,
         w = o.width,
-        title = escape(
-            std::path::Path::new(&o.input)
-                .file_name()
-                .map_or(o.input.as_str(), |f| f.to_str().unwrap_or(&o.input))
-        ),
+        title = escape(&title(o)),
         tasks = tracks
             .iter()
             .flat_map(|(_, bars)| bars)
@@ -425,8 +433,32 @@ fn fmt_ms(ms: f64) -> String {
     }
 }
 
+/// The picture of a trace without slices: its name, and that no task is in it.
+fn no_slices(o: &Options) -> String {
+    let w = o.width;
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="60" viewBox="0 0 {w} 60" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+<text x="6" y="16" font-size="13" font-weight="bold">{}</text>
+<text x="{LABEL}" y="16" font-size="11">0 tasks: the trace has no slices</text>
+</svg>
+"##,
+        escape(&title(o))
+    )
+}
+
+/// The picture's title: the trace's file name.
+fn title(o: &Options) -> String {
+    std::path::Path::new(&o.input)
+        .file_name()
+        .map_or(o.input.clone(), |f| f.to_string_lossy().into_owned())
+}
+
 fn run(args: &[String]) -> Result<(), String> {
-    let o = parse_args(args)?;
+    let Some(o) = parse_args(args)? else {
+        println!("{}", usage());
+        return Ok(());
+    };
     let text = std::fs::read_to_string(&o.input).map_err(|e| format!("{}: {e}", o.input))?;
     let events = read_events(&text).map_err(|e| format!("{}: {e}", o.input))?;
     let svg = draw(&events, &o)?;
@@ -507,7 +539,9 @@ mod tests {
                  "args":{"outcome":"DependencyFailed"}}]"#,
         )
         .unwrap();
-        let o = parse_args(&["t.json".into(), "t.svg".into()]).unwrap();
+        let o = parse_args(&["t.json".into(), "t.svg".into()])
+            .unwrap()
+            .unwrap();
         let svg = draw(&events, &o).unwrap();
         let worker = svg.find("worker 0").unwrap();
         let never = svg.find("never ran<").unwrap();
@@ -521,7 +555,9 @@ mod tests {
                  "args":{"outcome":"Cancelled"}}]"#,
         )
         .unwrap();
-        let o = parse_args(&["t.json".into(), "t.svg".into()]).unwrap();
+        let o = parse_args(&["t.json".into(), "t.svg".into()])
+            .unwrap()
+            .unwrap();
         let svg = draw(&events, &o).unwrap();
         assert!(svg.contains("stroke=\"#d00\""), "outlined as failed");
     }
@@ -553,12 +589,45 @@ mod tests {
             "--to".into(),
             "2".into(),
         ])
+        .unwrap()
         .unwrap();
         let events: Vec<Value> = serde_json::from_str(
             r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":0,"dur":10000}]"#,
         )
         .unwrap();
         assert!(draw(&events, &o).unwrap_err().contains("empty time window"));
+        assert!(args(&["--help"]).unwrap().is_none(), "help is not an error");
+        assert!(args(&["a", "b", "-h"]).unwrap().is_none());
+    }
+
+    /// A window or a trace whose times overflow to infinity is an error, not a loop: the
+    /// axis once added ticks until memory ran out.
+    #[test]
+    fn times_out_of_range_are_errors() {
+        let o = |a: &[&str]| {
+            parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap()
+                .unwrap()
+        };
+        let events: Vec<Value> = serde_json::from_str(
+            r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":0,"dur":10}]"#,
+        )
+        .unwrap();
+        let e = draw(&events, &o(&["a", "b", "--to", "1e306"])).unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let huge: Vec<Value> = serde_json::from_str(
+            r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":1e308,"dur":1e308}]"#,
+        )
+        .unwrap();
+        let e = draw(&huge, &o(&["a", "b"])).unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        // Large but finite: drawn, with a bounded axis.
+        let far: Vec<Value> = serde_json::from_str(
+            r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":1e300,"dur":1e299}]"#,
+        )
+        .unwrap();
+        let svg = draw(&far, &o(&["a", "b"])).unwrap();
+        assert!(svg.matches("<line").count() < 1100);
     }
 
     #[test]
@@ -579,7 +648,9 @@ mod tests {
                 {"ph":"X","cat":"task","name":"A[1]","pid":0,"tid":2,"ts":5,"dur":5,"args":{"outcome":"failed"}}]"#,
         )
         .unwrap();
-        let o = parse_args(&["t.json".into(), "t.svg".into()]).unwrap();
+        let o = parse_args(&["t.json".into(), "t.svg".into()])
+            .unwrap()
+            .unwrap();
         let svg = draw(&events, &o).unwrap();
         assert_eq!(svg.matches("<title>A[").count(), 2);
         assert!(svg.contains("CPU workers / ?"));
@@ -587,6 +658,12 @@ mod tests {
             svg.contains("stroke=\"#d00\""),
             "the failed task is outlined"
         );
-        assert!(draw(&[], &o).is_err());
+        // A trace without slices (a run that spawned nothing) is drawn, saying so.
+        let empty = draw(&[], &o).unwrap();
+        assert!(
+            empty.contains("0 tasks: the trace has no slices"),
+            "{empty}"
+        );
+        assert!(empty.starts_with("<svg") && empty.trim_end().ends_with("</svg>"));
     }
 }

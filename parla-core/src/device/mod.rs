@@ -248,7 +248,7 @@ pub(crate) fn resolve(p: &Placements, gpus: usize) -> Result<SlotMask, String> {
         missing.push(format!("gpu({i}{above})"));
     }
     if missing.is_empty() {
-        return Err("placement gpu: the runtime has no GPU (no CUDA device found)".into());
+        return Err("placement gpu: the runtime has no GPU".into());
     }
     Err(format!(
         "placement {}: the runtime has {gpus} GPU{}",

@@ -244,6 +244,12 @@ impl Builder {
             }
         }
         let n_gpus = gpus.len();
+        let no_gpu_why = match (&self.virtual_gpus, &self.gpu_ordinals) {
+            (Some(_), _) => "virtual_gpus(0, ..) gave it none",
+            (None, Some(o)) if o.is_empty() => "gpus([]) named none",
+            _ if self.gpu_backend.is_none() => "a runtime of parla-core alone has no GPU backend",
+            _ => "no CUDA device found",
+        };
         if n_gpus > MAX_GPUS {
             return Err(too_many_gpus(n_gpus));
         }
@@ -346,6 +352,7 @@ impl Builder {
             tokio_metrics: tokio.metrics(),
             devices: devices.into_boxed_slice(),
             gpus: n_gpus,
+            no_gpu_why,
             inject: Injector::new(threads),
             counters: Arc::new(Counters::new()),
             policy: self.policy.unwrap_or_else(|| Box::new(MostFree)),
@@ -420,9 +427,9 @@ fn env_off(v: &std::ffi::OsStr) -> bool {
 }
 
 /// The environment variable `name`, if it is set to something: set empty (`PARLA_TRACE=`),
-/// it counts as unset, as most tools take it.
+/// or to blanks alone, it counts as unset, as most tools take it.
 fn env_set(name: &str) -> Option<std::ffi::OsString> {
-    std::env::var_os(name).filter(|v| !v.is_empty())
+    std::env::var_os(name).filter(|v| !v.to_string_lossy().trim().is_empty())
 }
 
 /// The file a runtime traced through `PARLA_TRACE` writes: the path as given for the first

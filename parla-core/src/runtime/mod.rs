@@ -214,6 +214,8 @@ pub(crate) struct RtInner {
     pub(crate) tokio_metrics: tokio::runtime::RuntimeMetrics,
     pub(crate) devices: Box<[DeviceState]>,
     pub(crate) gpus: usize,
+    /// Why the runtime has no GPU, when it has none (said with a GPU placement's error).
+    pub(crate) no_gpu_why: &'static str,
     pub(crate) inject: Injector<TaskPtr>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) policy: Box<dyn MappingPolicy>,

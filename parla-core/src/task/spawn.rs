@@ -87,7 +87,10 @@ fn constraints(
             ));
         }
     };
-    let mask = resolve(placement, rt.gpus)?;
+    let mask = resolve(placement, rt.gpus).map_err(|e| match rt.gpus {
+        0 => format!("{e} ({})", rt.no_gpu_why),
+        _ => e,
+    })?;
     if mem == 0 && data == 0 {
         // Every device holds a task of at most one VCU and no memory (a GPU task with the
         // default constraints, mostly): no need to ask each one.
