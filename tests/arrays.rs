@@ -1089,3 +1089,31 @@ fn many_arrays_declared_twice_each_merge_their_accesses() {
     let want: Vec<f64> = (0..40).map(|i| 4.0 * (i as f64 + 1.0)).collect();
     assert_eq!(sums, want);
 }
+
+/// A task's guards show their views with `{:?}`, as ndarray shows an array (a task that
+/// fails may print what it read).
+#[test]
+fn guards_show_their_views() {
+    let rt = support::cpu(1);
+    let a = PArray::from(array![[1.5, 2.5], [3.5, 4.5]]);
+    let shown = support::within(30, move || {
+        rt.block_on(async move {
+            let b = a.clone();
+            task(async move {
+                let read = format!("{:?}", b.read()?);
+                let mut w = b.write()?;
+                w[[0, 0]] = 9.5;
+                Ok::<_, parla::Error>((read, format!("{w:?}")))
+            })
+            .reads_writes(&a)
+            .await?
+        })
+        .unwrap()
+    });
+    assert!(
+        shown.0.contains("[[1.5, 2.5],") && shown.0.contains("shape=[2, 2]"),
+        "{}",
+        shown.0
+    );
+    assert!(shown.1.contains("[[9.5, 2.5],"), "{}", shown.1);
+}
