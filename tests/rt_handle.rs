@@ -527,6 +527,47 @@ fn a_space_belongs_to_one_runtime_at_a_time() {
     assert_eq!(first.2, Ok(3));
 }
 
+/// A task spawned through another runtime's `Handle` from inside a runtime (its
+/// `block_on`, or one of its tasks) depends on ids in the runtime that spawns it: an id
+/// spawned there before, one spawned after (a forward reference in a new space), and ids
+/// of a range. (Looked up in the runtime the code ran in, the first never finished and the
+/// second bound the new space to the wrong runtime: `WrongRuntime`.)
+#[test]
+fn a_task_spawned_through_another_runtimes_handle_depends_on_ids_there() {
+    let a = support::cpu(1);
+    let b = support::cpu(1);
+    let hb = b.handle();
+    let r = support::within(30, move || {
+        a.block_on(async move {
+            let t = TaskSpace::new("F");
+            let x = hb.spawn(task(async { 1 }).id(t.at("x")));
+            let y = hb.spawn(task(async { 2 }).id(t.at("y")).after(t.at("x")));
+            // A new space's first use: a forward reference.
+            let u = TaskSpace::new("G");
+            let w = hb.spawn(task(async { 4 }).id(u.at(1)).after(u.at(0)));
+            let v = hb.spawn(task(async { 3 }).id(u.at(0)));
+            let all = hb.spawn(task(async { 5 }).after(u.range(0..2)));
+            // From a task of `a`, with ids of a space `b` uses.
+            let hb2 = hb.clone();
+            let t2 = t.clone();
+            let z = task(async move {
+                hb2.spawn(task(async { 6 }).after(t2.at("y")).after(t2.at("x")))
+                    .await
+            })
+            .await;
+            (
+                x.await,
+                y.await,
+                v.await,
+                w.await,
+                all.await,
+                z.ok().and_then(|r| r.ok()),
+            )
+        })
+    });
+    assert_eq!(r, (Ok(1), Ok(2), Ok(3), Ok(4), Ok(5), Some(6)));
+}
+
 /// A backend with one GPU that fails for good after its first task.
 struct Failing {
     failed: AtomicBool,

@@ -649,9 +649,22 @@ impl TaskSpace {
     pub(crate) fn dependency(&self, key: &Key, rt: &RtInner) -> Option<TaskPtr> {
         // Inline for a space of this runtime (the common case); `find` binds a space
         // first used here, or makes the stand-in of another runtime's.
-        if self.inner.rt.load(Ordering::Acquire) != rt.id {
+        if !self.bound_to(rt) {
             return self.find(key, rt, true);
         }
+        self.dependency_bound(key, rt)
+    }
+
+    /// Whether the space is bound to `rt` (a task was spawned into it there, or one of its
+    /// ids looked up).
+    #[inline(always)]
+    pub(crate) fn bound_to(&self, rt: &RtInner) -> bool {
+        self.inner.rt.load(Ordering::Acquire) == rt.id
+    }
+
+    /// [`dependency`](Self::dependency) in a space [bound](Self::bound_to) to `rt`.
+    #[inline(always)]
+    pub(crate) fn dependency_bound(&self, key: &Key, rt: &RtInner) -> Option<TaskPtr> {
         let (h, slot) = key.block();
         let is = |b: &Block| b.is(h, key);
         match Self::in_table(self.shard(h).lock(), h, is, slot, true) {

@@ -46,9 +46,16 @@ pub struct DepList {
 impl DepList {
     fn push(&mut self, d: Dep) {
         crate::runtime::context::with_rt(|rt| match rt {
-            Some(rt) => d.resolve(rt, &mut self.nodes),
-            None => self.later.get_or_insert_default().push(d),
+            Some(rt) if d.resolves_in(rt) => d.resolve(rt, &mut self.nodes),
+            _ => self.push_later(d),
         })
+    }
+
+    /// Keeps `d` to be resolved at `spawn`, in the runtime that spawns the task.
+    #[cold]
+    #[inline(never)]
+    fn push_later(&mut self, d: Dep) {
+        self.later.get_or_insert_default().push(d);
     }
 
     /// [`push`](Self::push) of a task node (a handle's task): kept as it is, inline.
@@ -130,19 +137,23 @@ impl DepList {
         // SAFETY: a non-null pointer was set by the guard of the scope this thread is in
         // (a driver's poll, `block_on`), which outlives this call (see `entered_rt`).
         if let Some(rt) = unsafe { rt.as_ref() } {
-            return self.push_found(&r, rt);
+            return self.push_found(r, rt);
         }
         crate::runtime::context::with_rt(|rt| match rt {
-            Some(rt) => self.push_found(&r, rt),
-            None => self.later.get_or_insert_default().push(Dep::Ref(r)),
+            Some(rt) => self.push_found(r, rt),
+            None => self.push_later(Dep::Ref(r)),
         })
     }
 
     /// Looks `r` up in `rt` and keeps the node it stands for, unless its task succeeded
-    /// already (see [`TaskSpace::dependency`](crate::space::TaskSpace)).
+    /// already (see [`TaskSpace::dependency`](crate::space::TaskSpace)). An id of a space
+    /// not bound to `rt` is kept for `spawn` instead (see [`Dep::resolves_in`]).
     #[inline]
-    fn push_found(&mut self, r: &TaskRef, rt: &Arc<RtInner>) {
-        if let Some(n) = r.space.dependency(&r.key, rt) {
+    fn push_found(&mut self, r: TaskRef, rt: &Arc<RtInner>) {
+        if !r.space.bound_to(rt) {
+            return self.push_later(Dep::Ref(r));
+        }
+        if let Some(n) = r.space.dependency_bound(&r.key, rt) {
             self.nodes.push(n);
         }
     }
@@ -207,6 +218,21 @@ impl Drop for DepList {
 }
 
 impl Dep {
+    /// Whether `after`, called inside runtime `rt`, looks the dependency up at once. An id
+    /// (or a range of ids) of a space that `rt` has not used yet, or that another runtime
+    /// uses, waits for `spawn` instead: the builder may be spawned in another runtime
+    /// (through its [`Handle`](crate::Handle)), which the space may be bound to, or which a
+    /// new space is then bound to - looked up here, the id would bind it to `rt`, or stand
+    /// for a task of another runtime that never finishes there. (A space's tasks so far are
+    /// what they are in any runtime: a task of another runtime's fails at its wiring.)
+    fn resolves_in(&self, rt: &RtInner) -> bool {
+        match self {
+            Dep::Ref(r) => r.space.bound_to(rt),
+            Dep::Range(range) => range.space.bound_to(rt),
+            Dep::Space(_) => true,
+        }
+    }
+
     /// The nodes this dependency stands for, looked up in `rt`. (Out of line: its id
     /// lookups are inline, and the spawn path that resolves dependencies given outside a
     /// runtime stays small.)
