@@ -279,6 +279,65 @@ fn a_task_blocking_in_place_may_wait_for_a_task_it_spawned() {
     }
 }
 
+/// As many tasks as workers block in `block_in_place` at once, each waiting there for a
+/// child it spawned: holding no VCUs (`.vcus(0.0)`, as the README says such a task must,
+/// for its child to fit beside it), they each keep their worker, and their driver's slot
+/// went to a driver for the children. (Every slot's driver blocked, the children waited
+/// for good.)
+#[test]
+fn as_many_tasks_as_workers_may_block_in_place_waiting_for_children() {
+    for (workers, parents) in [(1, 1), (2, 2), (2, 3)] {
+        for how in [BlockingWait::Spawned, BlockingWait::HandleSpawned] {
+            let r = support::within(30, move || {
+                let rt = support::cpu(workers);
+                rt.block_on(async move {
+                    let parents: Vec<_> = (0..parents)
+                        .map(|_| {
+                            task(async move {
+                                let ran = Arc::new(AtomicBool::new(false));
+                                let v = wait_in_block_in_place(how, ran.clone());
+                                (v, ran.load(Ordering::SeqCst))
+                            })
+                            .vcus(0.0)
+                            .spawn()
+                        })
+                        .collect();
+                    futures_util::future::join_all(parents).await
+                })
+            });
+            for p in r {
+                assert_eq!(p, Ok((42, true)), "{workers} workers, {how:?}");
+            }
+        }
+    }
+    // With default VCUs on one worker the child never fits beside its blocked parent (the
+    // README's limit): the program is stuck, and dropping its runtime still returns (it
+    // waited for the blocked thread, which waited for the child), resolving the handles.
+    let parent = support::within(30, || {
+        let rt = support::cpu(1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let parent = rt.handle().spawn(task(async move {
+            let child = task(async {}).spawn();
+            tokio::task::block_in_place(|| {
+                tx.send(()).unwrap();
+                futures_executor_block_on(child)
+            })
+        }));
+        rx.recv().unwrap();
+        drop(rt);
+        futures_executor_block_on(parent)
+    });
+    // The drop cancelled the child; the parent's wait for it ended with that, and the
+    // parent finished (or was cancelled once its poll ended).
+    assert!(
+        matches!(
+            parent,
+            Ok(Err(TaskError::Cancelled { .. })) | Err(TaskError::Cancelled { .. })
+        ),
+        "{parent:?}"
+    );
+}
+
 #[test]
 fn a_task_blocking_in_place_may_wait_for_many_tasks_that_yield() {
     // Fifty tasks spawned before the call, half of them yielding once, waited for inside it

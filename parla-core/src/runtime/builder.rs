@@ -367,6 +367,7 @@ impl Builder {
             waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
             cpu_threads: threads,
             ours: CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
+            let_go_polls: std::sync::atomic::AtomicUsize::new(0),
             pool_threads,
             shutdown: std::sync::atomic::AtomicBool::new(false),
             ledger: super::data::ledger(me.clone(), id),

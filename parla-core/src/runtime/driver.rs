@@ -295,6 +295,24 @@ impl Driver {
         self.put_off_now = true;
     }
 
+    /// Ends a driver whose task's poll gave its slot up and found none free to take back:
+    /// what it holds goes to the injector, for the drivers holding the slots.
+    #[cold]
+    #[inline(never)]
+    fn end_without_slot(&mut self, rt: &Arc<RtInner>, slots: &context::Slots) {
+        rt.flush(&mut self.local);
+        let mut pushed = 0;
+        while let Some(t) = slots.take_next() {
+            rt.inject.push(t);
+            pushed += 1;
+            // (The flush may have made ready what the slot takes next.)
+            rt.flush(&mut self.local);
+        }
+        if pushed > 0 || rt.inject.has_work() {
+            rt.start_drivers(rt.inject.queued().max(1));
+        }
+    }
+
     /// Back from waiting behind the wakes Tokio put off (polled again, or dropped): whether
     /// it was revoked meanwhile (it then holds no slot and does not linger).
     fn back_from_put_off(&mut self) -> bool {
@@ -540,9 +558,13 @@ impl Driver {
             p
         };
         if slots.take_let_go() {
-            // The poll let go of this thread (it may have blocked it): it is the driver's
-            // again.
+            // The poll let go of this thread (it may have blocked it), and of the driver's
+            // slot (`RtInner::release_held`): the thread is the driver's again, and the
+            // driver takes a slot again if one is free, or ends once this poll is dealt
+            // with (see `poll`).
             context::take_back_driver(rt.id);
+            rt.let_go_polls.fetch_sub(1, Ordering::SeqCst);
+            self.active = rt.inject.claim();
         }
         // An await failure the resolver set and no await took stays with this poll.
         h.act.take_await_failure();
@@ -942,6 +964,12 @@ impl Future for Driver {
                 break Poll::Pending;
             }
             budget = budget.saturating_sub(this.run(&rt, task, slots));
+            if !this.active {
+                // The poll gave the slot up and none was free to take back: the drivers
+                // holding them take what this one holds, as from a pusher.
+                this.end_without_slot(&rt, slots);
+                break Poll::Ready(());
+            }
             ran += 1;
             let long = ran % CLOCK_EVERY == 0 && ran_long(&mut clock);
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,

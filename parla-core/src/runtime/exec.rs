@@ -487,6 +487,13 @@ impl RtInner {
     pub(crate) fn release_held(self: &Arc<Self>) {
         // (This thread runs no driver from here on: what follows queues to the others.)
         context::let_go_of_poll();
+        self.let_go_polls.fetch_add(1, Ordering::SeqCst);
+        // The driver's slot goes too, so that a driver may start for what the poll waits
+        // for although every slot's driver blocks (as many tasks as workers blocking in
+        // `block_in_place` at once, whatever their VCUs); the driver takes a slot back
+        // when the poll returns, or ends (`Driver::run`). (A leave: the count, then a look
+        // at the queue.)
+        let waiting = self.inject.revoke(false);
         if context::has_stash() {
             self.with_local(|l| self.flush_stash(l));
         }
@@ -495,6 +502,15 @@ impl RtInner {
             self.resume_lent(t, Device::CPU.slot(), lent);
         }
         self.release_next();
+        if waiting {
+            self.start_drivers(self.inject.queued().max(1));
+        }
+        // A drop of the runtime that began before the count above was taken waits for this
+        // thread (its Tokio worker), and no driver runs the task this poll may wait for:
+        // what is left is cancelled now. (The drop reads the count after it set `shutdown`,
+        // past a fence, and this reads `shutdown` after the count: one of the two sees the
+        // other, and the drop, seeing the count, does not wait.)
+        self.cancel_if_shut_down();
     }
 
     /// [`context::stash`] of a task made ready during the poll of a task on this thread

@@ -241,6 +241,10 @@ pub(crate) struct RtInner {
     /// any other alive Tokio task is a user's, and may still spawn tasks.
     /// (On a cache line of its own, as [`spent`](Self::spent).)
     pub(crate) ours: CachePadded<AtomicUsize>,
+    /// Polls going on that let go of their thread (see `RtInner::release_held`): each may
+    /// block its thread until another task ran, so the runtime's drop does not wait for
+    /// their threads before it cancels what is left (the task they wait for, among it).
+    pub(crate) let_go_polls: AtomicUsize,
     /// The threads alive in Tokio's pool: the workers, and those of `spawn_blocking`.
     pub(crate) pool_threads: Arc<AtomicUsize>,
     pub(crate) shutdown: AtomicBool,
@@ -840,6 +844,13 @@ impl Drop for Runtime {
                 // it, and Tokio refuses that with a panic. Tokio tells no such context from
                 // a thread that only entered a runtime through its guard, so there too the
                 // workers are told to stop and finish on their own.
+                t.shutdown_background();
+            } else if inner.let_go_polls.load(Ordering::SeqCst) > 0 {
+                // A poll that let go of its thread may block it until a task ran (one it
+                // spawned and waits for in `tokio::task::block_in_place`), which no driver
+                // runs any more: waiting for its thread would wait for good. The workers
+                // finish on their own, and the cancellation below resolves what it waits
+                // for.
                 t.shutdown_background();
             } else {
                 drop(t);

@@ -1515,6 +1515,9 @@ mod test {
         let rt = Runtime::builder().cpu_threads(2).build().unwrap();
         let (kinds, order) = rt.block_on(async {
             let t = TaskSpace::new("G");
+            // (Used first: `after` looks ids up at once in a space its runtime uses, and
+            // leaves those of a new space to `spawn`.)
+            task(async {}).id(t.at(0)).await.unwrap();
             let order = Log::default();
             let (open, gate) = tokio::sync::oneshot::channel::<()>();
             let later = logs(&order, None, "later").after(t.at(1));
