@@ -58,21 +58,13 @@ pub trait IntoPart {
     /// The part.
     fn into_part(self) -> Part;
 
-    /// The part as an `i64`, if it is an integer that fits. (`None` by default: the key
-    /// takes [`into_part`](Self::into_part).)
+    /// The part as an `i64`, if it is an integer that fits: keys of such parts are built
+    /// without a [`Part`] made for each. (`None` by default: the key takes
+    /// [`into_part`](Self::into_part).)
     #[doc(hidden)]
     #[inline(always)]
     fn as_i64(&self) -> Option<i64> {
         None
-    }
-
-    /// The part as an `i32`, if it is an integer that fits: keys of such parts are stored
-    /// inline, and built without a [`Part`] made for each. (By default from
-    /// [`as_i64`](Self::as_i64).)
-    #[doc(hidden)]
-    #[inline(always)]
-    fn as_i32(&self) -> Option<i32> {
-        self.as_i64().and_then(|v| i32::try_from(v).ok())
     }
 }
 
@@ -83,8 +75,6 @@ macro_rules! signed_part {
             fn into_part(self) -> Part { Part::Int(self as i64) }
             #[inline(always)]
             fn as_i64(&self) -> Option<i64> { Some(*self as i64) }
-            #[inline(always)]
-            fn as_i32(&self) -> Option<i32> { i32::try_from(*self).ok() }
         }
     )*};
 }
@@ -102,8 +92,6 @@ macro_rules! unsigned_part {
             }
             #[inline(always)]
             fn as_i64(&self) -> Option<i64> { i64::try_from(*self).ok() }
-            #[inline(always)]
-            fn as_i32(&self) -> Option<i32> { i32::try_from(*self).ok() }
         }
     )*};
 }
@@ -141,9 +129,9 @@ pub const MAX_PARTS: usize = 4;
 /// A task's key inside its [`TaskSpace`](crate::TaskSpace): one to four [`Part`]s.
 ///
 /// Built from an integer, a string, or a tuple of up to four of those:
-/// `t.at(3)`, `t.at("sum")`, `t.at(("cpu", i))`, `t.at((i, j, k))`. Keys of integers that
-/// fit in `i32` are stored inline in 24 bytes and never allocate; other keys (with a
-/// string, or a larger integer) share one allocation.
+/// `t.at(3)`, `t.at("sum")`, `t.at(("cpu", i))`, `t.at((i, j, k))`. Keys of integers (that
+/// fit in `i64`) are stored inline in 40 bytes and never allocate; keys with a string share
+/// one allocation.
 #[derive(Clone)]
 pub struct Key(Repr);
 
@@ -152,11 +140,9 @@ enum Repr {
     /// Every part an `Int`: the canonical form whenever possible, so that a key equals
     /// another only within the same form. The parts are the last `len` of `v` (the ones
     /// before are zero): a key's last part, which names its slot in its block (see
-    /// [`Key::block`]), is at the same place whatever its length. (`i32`s: the key, and
-    /// the [`TaskRef`](crate::TaskRef) holding it, move and compare in fewer words; larger
-    /// integers are parts.)
-    Ints { len: u8, v: [i32; MAX_PARTS] },
-    /// At least one part is a string or an integer outside `i32`.
+    /// [`Key::block`]), is at the same place whatever its length.
+    Ints { len: u8, v: [i64; MAX_PARTS] },
+    /// At least one part is a string or a large unsigned integer.
     Parts(Arc<[Part]>),
 }
 
@@ -174,10 +160,10 @@ impl Key {
         }
         // Right-aligned: the last part at `v[MAX_PARTS - 1]` whatever the length (see
         // `Repr::Ints`).
-        let mut v = [0i32; MAX_PARTS];
+        let mut v = [0i64; MAX_PARTS];
         for (slot, p) in v[MAX_PARTS - N..].iter_mut().zip(&parts) {
             match p {
-                Part::Int(i) if i32::try_from(*i).is_ok() => *slot = *i as i32,
+                Part::Int(i) => *slot = *i,
                 _ => return Key(Repr::Parts(Arc::from(parts))),
             }
         }
@@ -186,9 +172,9 @@ impl Key {
 
     /// A key of integer parts `v`.
     #[inline(always)]
-    fn from_ints<const N: usize>(v: [i32; N]) -> Key {
+    fn from_ints<const N: usize>(v: [i64; N]) -> Key {
         const { assert!(N >= 1 && N <= MAX_PARTS) };
-        let mut all = [0i32; MAX_PARTS];
+        let mut all = [0i64; MAX_PARTS];
         all[MAX_PARTS - N..].copy_from_slice(&v);
         Key(Repr::Ints {
             len: N as u8,
@@ -211,12 +197,12 @@ impl Key {
 
     /// The key's parts.
     pub fn parts(&self) -> impl Iterator<Item = Part> + '_ {
-        let (ints, parts): (&[i32], &[Part]) = match &self.0 {
+        let (ints, parts): (&[i64], &[Part]) = match &self.0 {
             Repr::Ints { len, v } => (&v[MAX_PARTS - *len as usize..], &[]),
             Repr::Parts(p) => (&[], p),
         };
         ints.iter()
-            .map(|&i| Part::Int(i.into()))
+            .map(|&i| Part::Int(i))
             .chain(parts.iter().cloned())
     }
 
@@ -225,7 +211,6 @@ impl Key {
         match &self.0 {
             Repr::Ints { len: 1, v } => Some(v[MAX_PARTS - 1] as i128),
             Repr::Parts(p) => match &p[..] {
-                [Part::Int(v)] => Some(*v as i128),
                 [Part::UInt(v)] => Some(*v as i128),
                 _ => None,
             },
@@ -248,14 +233,15 @@ impl Key {
         const K: u64 = 0xf135_7aea_2e62_a9c5;
         match &self.0 {
             Repr::Ints { len, v } => {
-                // All four integers (unused ones are zero), the last one's low bits dropped,
-                // as two words: a fixed number of rounds, without branches.
-                let [lo, hi] = block_words(v);
+                // All four integers (unused ones are zero), the last one's low bits dropped:
+                // a fixed number of rounds, without branches.
+                let mut w = *v;
+                w[LAST] >>= BLOCK_SHIFT;
                 let mut h = *len as u64;
-                for w in [lo, hi] {
-                    h = (h.rotate_left(26) ^ w).wrapping_mul(K);
+                for i in w {
+                    h = (h.rotate_left(26) ^ i as u64).wrapping_mul(K);
                 }
-                (h, (i64::from(v[LAST]) & BLOCK_MASK) as usize)
+                (h, (v[LAST] & BLOCK_MASK) as usize)
             }
             Repr::Parts(p) => {
                 let mut s = rustc_hash::FxHasher::default();
@@ -281,8 +267,7 @@ impl Key {
         match &self.0 {
             Repr::Ints { len, v } => {
                 let mut v = *v;
-                // (Within `i32`: only the low bits change.)
-                v[LAST] = with_slot(i64::from(v[LAST])) as i32;
+                v[LAST] = with_slot(v[LAST]);
                 Key(Repr::Ints { len: *len, v })
             }
             Repr::Parts(p) => match p.split_last() {
@@ -300,7 +285,7 @@ impl Key {
     #[inline(always)]
     pub(crate) fn slot(&self) -> usize {
         match &self.0 {
-            Repr::Ints { v, .. } => (i64::from(v[LAST]) & BLOCK_MASK) as usize,
+            Repr::Ints { v, .. } => (v[LAST] & BLOCK_MASK) as usize,
             Repr::Parts(p) => match p.last() {
                 Some(Part::Int(last)) => (last & BLOCK_MASK) as usize,
                 _ => 0,
@@ -315,7 +300,7 @@ impl Key {
         match (&self.0, &other.0) {
             (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
                 (a == b && same_ints_block(x, y) && x[LAST] != y[LAST])
-                    .then_some((i64::from(y[LAST]) & BLOCK_MASK) as usize)
+                    .then_some((y[LAST] & BLOCK_MASK) as usize)
             }
             _ => (self.same_block(other) && self != other).then(|| other.slot()),
         }
@@ -343,26 +328,9 @@ impl Key {
 /// are zero in both, so comparing all four is exact; the last parts agree on their block
 /// when their bits above the low ones do.
 #[inline(always)]
-fn same_ints_block(x: &[i32; MAX_PARTS], y: &[i32; MAX_PARTS]) -> bool {
-    block_words(x) == block_words(y)
-}
-
-/// The parts of an integer key as two words, the low bits of the last part (its slot in
-/// its block) cleared: equal for two keys of one length exactly when they share a block.
-#[inline(always)]
-fn block_words(v: &[i32; MAX_PARTS]) -> [u64; 2] {
-    /// Every bit of the parts but the slot's.
-    const KEEP: [u64; 2] = words(&[-1, -1, -1, !(BLOCK_MASK as i32)]);
-    let w = words(v);
-    [w[0] & KEEP[0], w[1] & KEEP[1]]
-}
-
-/// The four parts of an integer key as two words (as they lie in memory: two loads).
-#[inline(always)]
-const fn words(v: &[i32; MAX_PARTS]) -> [u64; 2] {
-    // SAFETY: `[i32; 4]` and `[u64; 2]` are both 16 bytes of plain integers, every bit
-    // pattern valid in each; the copy reads `v` whole.
-    unsafe { std::mem::transmute::<[i32; MAX_PARTS], [u64; 2]>(*v) }
+fn same_ints_block(x: &[i64; MAX_PARTS], y: &[i64; MAX_PARTS]) -> bool {
+    let diff = (x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | ((x[LAST] ^ y[LAST]) >> BLOCK_SHIFT);
+    diff == 0
 }
 
 /// The slots of a block whose bits are set in `bits` (a bit per slot), in order.
@@ -382,9 +350,6 @@ const BLOCK_MASK: i64 = BLOCK as i64 - 1;
 /// Where an integer key's last part is (see `Repr::Ints`).
 const LAST: usize = MAX_PARTS - 1;
 const _: () = assert!(BLOCK <= u8::BITS as usize);
-// The ends of `i32` are ends of blocks: the keys of a block are all `Repr::Ints` or all
-// parts, never some of each (which `same_block` would tell apart).
-const _: () = assert!((1i64 << 31) % BLOCK as i64 == 0);
 
 impl PartialEq for Key {
     #[inline]
@@ -392,7 +357,7 @@ impl PartialEq for Key {
         match (&self.0, &other.0) {
             (Repr::Ints { len: a, v: x }, Repr::Ints { len: b, v: y }) => {
                 // Unused slots are zero in both, so comparing all four is exact.
-                a == b && words(x) == words(y)
+                a == b && x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3]
             }
             (Repr::Parts(x), Repr::Parts(y)) => x == y,
             _ => false,
@@ -406,7 +371,7 @@ impl Hash for Key {
         match &self.0 {
             Repr::Ints { len, v } => {
                 for i in &v[MAX_PARTS - *len as usize..] {
-                    state.write_i64(i64::from(*i));
+                    state.write_i64(*i);
                 }
             }
             Repr::Parts(p) => {
@@ -462,7 +427,7 @@ impl IntoKey for &Key {
 impl<T: IntoPart> IntoKey for T {
     #[inline]
     fn into_key(self) -> Key {
-        match self.as_i32() {
+        match self.as_i64() {
             Some(i) => Key::from_ints([i]),
             None => Key::from_parts([self.into_part()]),
         }
@@ -476,7 +441,7 @@ macro_rules! tuple_key {
             #[allow(non_snake_case)]
             fn into_key(self) -> Key {
                 let ($($name,)+) = self;
-                if let ($(Some($name),)+) = ($($name.as_i32(),)+) {
+                if let ($(Some($name),)+) = ($($name.as_i64(),)+) {
                     return Key::from_ints([$($name),+]);
                 }
                 Key::from_parts([$($name.into_part()),+])
@@ -524,20 +489,6 @@ mod test {
         assert_eq!(Part::UInt(5).into_key(), 5.into_key());
         assert_eq!(("a", Part::UInt(5)).into_key(), ("a", 5).into_key());
         assert_eq!((7usize, 1, 2, 3).into_key().to_string(), "7, 1, 2, 3");
-        // Integers outside `i32` are parts, of one form too, and never cut short.
-        let big = i64::from(i32::MAX) + 1;
-        assert_eq!(big.into_key(), Part::Int(big).into_key());
-        assert_eq!(h(&big.into_key()), h(&Part::Int(big).into_key()));
-        assert_eq!(u32::MAX.into_key(), u64::from(u32::MAX).into_key());
-        assert_eq!(
-            (3, u32::MAX).into_key(),
-            (3i8, Part::UInt(u32::MAX.into())).into_key()
-        );
-        assert_ne!((1i64 << 32).into_key(), 0.into_key());
-        assert_ne!(((1i64 << 32) + 5, 1).into_key(), (5, 1).into_key());
-        assert_eq!(i64::MIN.into_key().as_int(), Some(i128::from(i64::MIN)));
-        assert_eq!(big.into_key().to_string(), big.to_string());
-        assert_eq!(i32::MIN.into_key().as_int(), Some(i128::from(i32::MIN)));
     }
 
     #[test]
@@ -548,7 +499,7 @@ mod test {
         assert_eq!(("cpu", 0).into_key().to_string(), "cpu, 0");
         assert_eq!(format!("{:?}", ("cpu", 0).into_key()), "(\"cpu\", 0)");
         assert_eq!((1, 2, 3, 4).into_key().len(), 4);
-        assert_eq!(std::mem::size_of::<Key>(), 24);
+        assert_eq!(std::mem::size_of::<Key>(), 40);
     }
 
     /// Keys share a block exactly when they differ only in the low bits of a last integer,
@@ -567,17 +518,6 @@ mod test {
             (0..18).map(|i| (2, i, 2).into_key()).collect(),
             (0..18).map(|i| (0, 1, i, 2).into_key()).collect(),
             (0..70).map(|i| ("row", i).into_key()).collect(),
-            // Around the ends of `i32`, where integer keys become parts: each end is the
-            // end of a block, so a block's keys have one form.
-            (-12..12)
-                .map(|i| (i64::from(i32::MAX) + i).into_key())
-                .collect(),
-            (-12..12)
-                .map(|i| (5, i64::from(i32::MIN) + i).into_key())
-                .collect(),
-            (-3..3)
-                .map(|i| (i64::from(i32::MAX) + i, 1).into_key())
-                .collect(),
             (0..12).map(|i| ("col", i).into_key()).collect(),
             vec![
                 "a".into_key(),
