@@ -480,6 +480,13 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    /// The options of a command line that asks for a picture.
+    fn options(args: &[&str]) -> Options {
+        parse_args(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .expect("not a call for help")
+    }
+
     /// Task names come from users' keys, control characters included (`t.at("a\u{1b}b")`):
     /// the SVG stays well-formed XML.
     #[test]
@@ -539,9 +546,7 @@ mod tests {
                  "args":{"outcome":"DependencyFailed"}}]"#,
         )
         .unwrap();
-        let o = parse_args(&["t.json".into(), "t.svg".into()])
-            .unwrap()
-            .unwrap();
+        let o = options(&["t.json", "t.svg"]);
         let svg = draw(&events, &o).unwrap();
         let worker = svg.find("worker 0").unwrap();
         let never = svg.find("never ran<").unwrap();
@@ -555,9 +560,7 @@ mod tests {
                  "args":{"outcome":"Cancelled"}}]"#,
         )
         .unwrap();
-        let o = parse_args(&["t.json".into(), "t.svg".into()])
-            .unwrap()
-            .unwrap();
+        let o = options(&["t.json", "t.svg"]);
         let svg = draw(&events, &o).unwrap();
         assert!(svg.contains("stroke=\"#d00\""), "outlined as failed");
     }
@@ -581,16 +584,7 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown option --frob")
         );
-        let o = parse_args(&[
-            "a".into(),
-            "b".into(),
-            "--from".into(),
-            "5".into(),
-            "--to".into(),
-            "2".into(),
-        ])
-        .unwrap()
-        .unwrap();
+        let o = options(&["a", "b", "--from", "5", "--to", "2"]);
         let events: Vec<Value> = serde_json::from_str(
             r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":0,"dur":10000}]"#,
         )
@@ -604,29 +598,24 @@ mod tests {
     /// axis once added ticks until memory ran out.
     #[test]
     fn times_out_of_range_are_errors() {
-        let o = |a: &[&str]| {
-            parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap()
-                .unwrap()
-        };
         let events: Vec<Value> = serde_json::from_str(
             r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":0,"dur":10}]"#,
         )
         .unwrap();
-        let e = draw(&events, &o(&["a", "b", "--to", "1e306"])).unwrap_err();
+        let e = draw(&events, &options(&["a", "b", "--to", "1e306"])).unwrap_err();
         assert!(e.contains("out of range"), "{e}");
         let huge: Vec<Value> = serde_json::from_str(
             r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":1e308,"dur":1e308}]"#,
         )
         .unwrap();
-        let e = draw(&huge, &o(&["a", "b"])).unwrap_err();
+        let e = draw(&huge, &options(&["a", "b"])).unwrap_err();
         assert!(e.contains("out of range"), "{e}");
         // Large but finite: drawn, with a bounded axis.
         let far: Vec<Value> = serde_json::from_str(
             r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":1e300,"dur":1e299}]"#,
         )
         .unwrap();
-        let svg = draw(&far, &o(&["a", "b"])).unwrap();
+        let svg = draw(&far, &options(&["a", "b"])).unwrap();
         assert!(svg.matches("<line").count() < 1100);
     }
 
@@ -648,9 +637,7 @@ mod tests {
                 {"ph":"X","cat":"task","name":"A[1]","pid":0,"tid":2,"ts":5,"dur":5,"args":{"outcome":"failed"}}]"#,
         )
         .unwrap();
-        let o = parse_args(&["t.json".into(), "t.svg".into()])
-            .unwrap()
-            .unwrap();
+        let o = options(&["t.json", "t.svg"]);
         let svg = draw(&events, &o).unwrap();
         assert_eq!(svg.matches("<title>A[").count(), 2);
         assert!(svg.contains("CPU workers / ?"));

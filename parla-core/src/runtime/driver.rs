@@ -124,8 +124,9 @@ const PUT_OFF_HOLDING: u8 = 3;
 /// tasks pushed while drivers lingered may be many more than the lingering drivers. (Asking
 /// for one, a wave of tasks spawned at once from `block_on` got one driver more than the
 /// drivers that lingered, which ran the rest one after the other.) Drivers still lingering
-/// stand in for some of them (`start_drivers`).
-fn ask_for_drivers(rt: &Arc<RtInner>) {
+/// stand in for some of them (`start_drivers`). (So does a poll that gives its driver's slot
+/// up while work waits: `RtInner::release_held`.)
+pub(super) fn ask_for_drivers(rt: &Arc<RtInner>) {
     rt.start_drivers(rt.inject.queued().max(1));
 }
 
@@ -296,21 +297,13 @@ impl Driver {
     }
 
     /// Ends a driver whose task's poll gave its slot up and found none free to take back:
-    /// what it holds goes to the injector, for the drivers holding the slots.
+    /// what it holds (its effects, then its next-task slot) goes to the injector, for the
+    /// drivers holding the slots.
     #[cold]
     #[inline(never)]
-    fn end_without_slot(&mut self, rt: &Arc<RtInner>, slots: &context::Slots) {
+    fn end_without_slot(&mut self, rt: &Arc<RtInner>) {
         rt.flush(&mut self.local);
-        let mut pushed = 0;
-        while let Some(t) = slots.take_next() {
-            rt.inject.push(t);
-            pushed += 1;
-            // (The flush may have made ready what the slot takes next.)
-            rt.flush(&mut self.local);
-        }
-        if pushed > 0 || rt.inject.has_work() {
-            rt.start_drivers(rt.inject.queued().max(1));
-        }
+        rt.release_next();
     }
 
     /// Back from waiting behind the wakes Tokio put off (polled again, or dropped): whether
@@ -967,7 +960,7 @@ impl Future for Driver {
             if !this.active {
                 // The poll gave the slot up and none was free to take back: the drivers
                 // holding them take what this one holds, as from a pusher.
-                this.end_without_slot(&rt, slots);
+                this.end_without_slot(&rt);
                 break Poll::Ready(());
             }
             ran += 1;

@@ -503,7 +503,7 @@ impl RtInner {
         }
         self.release_next();
         if waiting {
-            self.start_drivers(self.inject.queued().max(1));
+            super::driver::ask_for_drivers(self);
         }
         // A drop of the runtime that began before the count above was taken waits for this
         // thread (its Tokio worker), and no driver runs the task this poll may wait for:
@@ -530,7 +530,7 @@ impl RtInner {
 
     /// Hands the task in this thread's next-task slot, if any, to the other drivers.
     #[cold]
-    fn release_next(self: &Arc<Self>) {
+    pub(super) fn release_next(self: &Arc<Self>) {
         if let Some(t) = context::take_next() {
             // (It holds its busy token.)
             self.inject.push(t);

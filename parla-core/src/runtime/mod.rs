@@ -837,20 +837,20 @@ impl Drop for Runtime {
         std::sync::atomic::fence(Ordering::SeqCst);
         inner.bridge.shutdown();
         if let Some(t) = self.tokio.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                // A Tokio runtime is current on this thread: mostly an asynchronous context
-                // (a Tokio application's `async fn`, a task of this or another runtime),
-                // where waiting for the worker threads would block the thread that drives
-                // it, and Tokio refuses that with a panic. Tokio tells no such context from
-                // a thread that only entered a runtime through its guard, so there too the
-                // workers are told to stop and finish on their own.
-                t.shutdown_background();
-            } else if inner.let_go_polls.load(Ordering::SeqCst) > 0 {
-                // A poll that let go of its thread may block it until a task ran (one it
-                // spawned and waits for in `tokio::task::block_in_place`), which no driver
-                // runs any more: waiting for its thread would wait for good. The workers
-                // finish on their own, and the cancellation below resolves what it waits
-                // for.
+            // The workers are told to stop and finish on their own, without a wait for
+            // their threads:
+            // - where a Tokio runtime is current on this thread: mostly an asynchronous
+            //   context (a Tokio application's `async fn`, a task of this or another
+            //   runtime), where waiting would block the thread that drives it, and Tokio
+            //   refuses that with a panic. Tokio tells no such context from a thread that
+            //   only entered a runtime through its guard, so there too;
+            // - while a poll that let go of its thread is under way: it may block the
+            //   thread until a task ran (one it spawned and waits for in
+            //   `tokio::task::block_in_place`), which no driver runs any more, so the wait
+            //   would never end. The cancellation below resolves what it waits for.
+            if tokio::runtime::Handle::try_current().is_ok()
+                || inner.let_go_polls.load(Ordering::SeqCst) > 0
+            {
                 t.shutdown_background();
             } else {
                 drop(t);
