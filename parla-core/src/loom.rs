@@ -2,7 +2,7 @@
 //!
 //! The protocols that loom models exercise go through here: device admission, activity
 //! words, node state and links, and the driver/injector handshake. The rest of the crate uses `std` and
-//! `parking_lot` directly.
+//! `parking_lot` directly (and [`sync::SpinLock`] for a task space's shards).
 
 #[cfg(not(parla_loom))]
 pub(crate) mod sync {
@@ -27,10 +27,69 @@ pub(crate) mod sync {
         pub(crate) fn try_lock(&self) -> Option<parking_lot::MutexGuard<'_, T>> {
             self.0.try_lock()
         }
+    }
+
+    /// A spin lock, for the locks held a few instructions at a time on every task's path
+    /// (a task's links, a task space's shards): unlocked by a plain store, where
+    /// `parking_lot`'s unlock is a locked compare-and-swap (it checks for parked threads).
+    /// Same surface as [`Mutex`]. A thread that finds it taken spins a while, then yields
+    /// its core between tries ([`SpinThenYield`]).
+    pub(crate) struct SpinLock<T>(spin::mutex::SpinMutex<T, SpinThenYield>);
+
+    /// A [`SpinLock`]'s guard.
+    pub(crate) type SpinGuard<'a, T> = spin::mutex::SpinMutexGuard<'a, T, SpinThenYield>;
+
+    impl<T> SpinLock<T> {
+        pub(crate) fn new(v: T) -> Self {
+            SpinLock(spin::mutex::SpinMutex::new(v))
+        }
+        #[inline]
+        pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
+            self.0.lock()
+        }
+        #[inline]
+        pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+            self.0.try_lock()
+        }
         /// Runs `f` on the value, which `&mut self` reaches without locking.
         #[inline]
         pub(crate) fn with_mut<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> R {
             f(self.0.get_mut())
+        }
+    }
+
+    impl<T: std::fmt::Debug> std::fmt::Debug for SpinLock<T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+
+    /// How a thread waits for a [`SpinLock`]: [`SPINS_PER_YIELD`] spin hints, then one
+    /// yield of its core, so that a holder that lost its core (more threads than cores)
+    /// gets it back soon.
+    pub(crate) struct SpinThenYield;
+
+    /// The spin hints between two yields of a thread waiting for a [`SpinLock`].
+    const SPINS_PER_YIELD: u32 = 64;
+
+    thread_local! {
+        /// Spin hints since this thread last yielded waiting for a [`SpinLock`].
+        static SPINS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    impl spin::RelaxStrategy for SpinThenYield {
+        #[inline]
+        fn relax() {
+            let n = SPINS.with(|c| {
+                let n = c.get() + 1;
+                c.set(if n >= SPINS_PER_YIELD { 0 } else { n });
+                n
+            });
+            if n >= SPINS_PER_YIELD {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 
@@ -69,6 +128,10 @@ pub(crate) mod sync {
 
 #[cfg(parla_loom)]
 pub(crate) mod sync {
+    /// loom models a spin lock as its mutex.
+    pub(crate) type SpinLock<T> = Mutex<T>;
+    /// A [`SpinLock`]'s guard.
+    pub(crate) type SpinGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
     pub(crate) use loom::sync::atomic::{
         AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering,
         fence,
@@ -195,5 +258,37 @@ pub(crate) mod sync {
     /// Lets other threads run while this one waits for one of them (a spin's pause).
     pub(crate) fn yield_now() {
         loom::thread::yield_now();
+    }
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod test {
+    use super::sync::SpinLock;
+
+    /// More threads than cores (CI has two) take one spin lock in turn: each increment is
+    /// seen (the lock excludes), and threads whose holder lost its core get on (they yield
+    /// between tries), so the test ends.
+    #[test]
+    fn a_spin_lock_excludes_and_lets_more_threads_than_cores_through() {
+        const THREADS: usize = 8;
+        const EACH: usize = 20_000;
+        let lock = SpinLock::new(0usize);
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    for _ in 0..EACH {
+                        let mut n = lock.lock();
+                        // A read and a write apart: a second holder would lose increments.
+                        let v = *n;
+                        std::hint::black_box(&v);
+                        *n = v + 1;
+                    }
+                });
+            }
+        });
+        assert_eq!(*lock.lock(), THREADS * EACH);
+        let mut lock = lock;
+        assert_eq!(lock.with_mut(|n| *n), THREADS * EACH);
+        assert!(lock.try_lock().is_some());
     }
 }

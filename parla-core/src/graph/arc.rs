@@ -330,6 +330,28 @@ impl<T: ?Sized> Clone for TaskArc<T> {
     }
 }
 
+impl<T: ?Sized> TaskArc<T> {
+    /// A new reference to a task that no other thread can reach yet (a task being spawned,
+    /// before it is published): counted by a plain read and write, not a locked
+    /// instruction.
+    ///
+    /// # Safety
+    /// No other thread holds a reference to the task or can reach one (through a table, a
+    /// list, a queue) until something publishes it after this call, with release ordering
+    /// (a lock's unlock, say), so that no other count update races this one.
+    #[inline(always)]
+    pub(crate) unsafe fn clone_unshared(&self) -> Self {
+        let refs = self.refs();
+        let old = refs.load(Ordering::Relaxed);
+        if old & COUNT > MAX_REFS {
+            std::process::abort();
+        }
+        refs.store(old + 1, Ordering::Relaxed);
+        // SAFETY: the reference just counted.
+        unsafe { TaskArc::from_non_null(self.ptr) }
+    }
+}
+
 impl<T: ?Sized> Drop for TaskArc<T> {
     #[inline]
     fn drop(&mut self) {

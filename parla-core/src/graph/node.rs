@@ -34,7 +34,7 @@ use crate::device::{Demand, Device, SlotMask};
 use crate::error::TaskError;
 use crate::key::Key;
 use crate::loom::sync::{
-    AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicUsize, Mutex, Ordering,
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicUsize, Ordering, SpinLock,
 };
 
 /// What a finished task resolved to, as dependents and awaiters see it.
@@ -484,7 +484,7 @@ pub(crate) struct Header {
     pub(crate) mem: u64,
     pub(crate) act: Activity,
     /// (Dropped by hand: see the `Drop` impl.)
-    links: std::mem::ManuallyDrop<Mutex<Links>>,
+    links: std::mem::ManuallyDrop<SpinLock<Links>>,
     pub(crate) name: Name,
     /// The task's span, when it is traced. (Dropped by hand, only when there is one: see the
     /// `Drop` impl.)
@@ -571,7 +571,7 @@ impl Header {
             mask,
             mem,
             act: Activity::new(),
-            links: std::mem::ManuallyDrop::new(Mutex::new(Links {
+            links: std::mem::ManuallyDrop::new(SpinLock::new(Links {
                 dependents: Dependents::default(),
                 err: None,
                 join: None,
@@ -1029,7 +1029,7 @@ impl Header {
                 prefetch_head(t);
                 // Its links' lock is taken before the first poll, to find its GPU links
                 // (`prefetch_gpu_dependents`), and again when the body returns: for writing.
-                let links: *const Mutex<Links> = &*t.header().links;
+                let links: *const SpinLock<Links> = &*t.header().links;
                 prefetch_line(links.cast(), has_prefetchw());
             }
         }

@@ -30,12 +30,13 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 
 use crate::graph;
 use crate::graph::arc::{TaskArc, TaskPtr};
 use crate::key::{BLOCK, block_slots};
 pub use crate::key::{IntoKey, IntoPart, Key, Part};
+use crate::loom::sync::{SpinGuard, SpinLock};
 pub(crate) use spare::flush as flush_spare_refs;
 pub use wait::{RangeWait, RefWait, SpaceWait};
 
@@ -290,7 +291,7 @@ struct SpaceInner {
     /// Each on cache lines of its own: tasks spawning ids on every worker lock different
     /// shards at once, which would otherwise share lines (a lock and a table's header take
     /// 40 bytes).
-    shards: [CachePadded<Mutex<Map>>; SHARDS],
+    shards: [CachePadded<SpinLock<Map>>; SHARDS],
     /// The runtime the space belongs to (0: none yet).
     rt: AtomicU32,
     /// Whether anything was retired (skips the record's lock otherwise).
@@ -399,7 +400,7 @@ impl TaskSpace {
         let name = Arc::new(name.into());
         let t = TaskSpace::of(Arc::new(SpaceInner {
             name: name.clone(),
-            shards: Default::default(),
+            shards: std::array::from_fn(|_| CachePadded::new(SpinLock::new(Map::default()))),
             rt: AtomicU32::new(0),
             has_retired: AtomicBool::new(false),
             retired: Mutex::new(Retired::default()),
@@ -552,7 +553,7 @@ impl TaskSpace {
             .clone()
     }
 
-    fn shard(&self, hash: u64) -> &Mutex<Map> {
+    fn shard(&self, hash: u64) -> &SpinLock<Map> {
         // Middle bits: the table uses the low bits for buckets and the top ones for tags.
         &self.inner.shards[(hash >> 32) as usize % SHARDS]
     }
@@ -698,7 +699,7 @@ impl TaskSpace {
     #[inline(never)]
     fn not_in_table(
         &self,
-        mut map: MutexGuard<'_, Map>,
+        mut map: SpinGuard<'_, Map>,
         h: u64,
         key: &Key,
         slot: usize,
@@ -750,12 +751,12 @@ impl TaskSpace {
     /// each, and inlined in each.)
     #[inline(always)]
     fn in_table<'m>(
-        mut map: MutexGuard<'m, Map>,
+        mut map: SpinGuard<'m, Map>,
         h: u64,
         is: impl Fn(&Block) -> bool,
         slot: usize,
         settle: bool,
-    ) -> Result<Option<TaskPtr>, MutexGuard<'m, Map>> {
+    ) -> Result<Option<TaskPtr>, SpinGuard<'m, Map>> {
         let Some(b) = map.find_mut(h, is) else {
             return Err(map);
         };
@@ -838,7 +839,14 @@ impl TaskSpace {
                     if self.retired(key).is_some() {
                         return Err(TaskError::DuplicateId { id: id() });
                     }
-                    let b = Block::new(map.pass, h, key, slot, task.clone());
+                    debug_assert_eq!(TaskArc::strong_count(task), 1);
+                    // SAFETY: `task` is being spawned and not published anywhere yet: this
+                    // table is the first place to hold it (`insert`'s one caller,
+                    // `wire_spawned`, calls it before anything else sees the task; the
+                    // assertion checks that its reference is the only one), and the
+                    // shard's unlock publishes it.
+                    let mine = unsafe { task.clone_unshared() };
+                    let b = Block::new(map.pass, h, key, slot, mine);
                     map.hint = v.insert(b).bucket_index();
                     if map.tracking {
                         map.list_tracked(h, key);
@@ -863,7 +871,9 @@ impl TaskSpace {
                 if settled || self.retired(key).is_some() {
                     return Err(TaskError::DuplicateId { id: id() });
                 }
-                *s = Some(task.clone());
+                debug_assert_eq!(TaskArc::strong_count(task), 1);
+                // SAFETY: as for a new block above.
+                *s = Some(unsafe { task.clone_unshared() });
                 if map.tracking && !e.listed {
                     // (Listed without a sweep: the next insert of a new block, or wait on
                     // the space, sweeps.)
@@ -916,7 +926,7 @@ impl TaskSpace {
     #[allow(clippy::too_many_arguments)]
     fn replace_placeholder(
         &self,
-        mut guard: MutexGuard<'_, Map>,
+        mut guard: SpinGuard<'_, Map>,
         i: usize,
         slot: usize,
         near: u8,
