@@ -67,6 +67,19 @@ fn a_gpu_task_on_a_runtime_given_no_gpu_says_why() {
         .unwrap();
     let e = gpu_task_error(rt);
     assert!(e.contains("gpus([]) named none"), "{e}");
+    // An empty placement list asks for no GPU: its error says nothing of GPUs.
+    let rt = parla::Runtime::builder()
+        .cpu_threads(1)
+        .gpus([])
+        .build()
+        .unwrap();
+    let e = support::within(30, move || {
+        rt.block_on(async { task(async {}).placement(Vec::<Placement>::new()).await })
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("empty placement list"), "{e}");
+    assert!(!e.contains("gpus([])"), "{e}");
 }
 
 #[test]

@@ -60,16 +60,17 @@ fn enter_makes_spawning_work_on_a_plain_thread() {
 #[test]
 fn a_guard_outlives_the_handle_it_came_from() {
     let rt = support::cpu(1);
-    let (h, id) = {
-        let _g = rt.handle().enter();
-        // Spawned with an id and a dependency: both look the runtime up.
-        let t = TaskSpace::new("G");
-        task(async {}).id(t.at(0)).spawn();
-        (
-            task(async { 7 }).id(t.at(1)).after(t.at(0)).spawn(),
-            t.at(1),
-        )
-    };
+    // (A guard that borrowed its handle would not compile here: the handle is a temporary,
+    // and the guard is used after it, by the explicit drop.)
+    let g = rt.handle().enter();
+    // Spawned with an id and a dependency: both look the runtime up.
+    let t = TaskSpace::new("G");
+    task(async {}).id(t.at(0)).spawn();
+    let (h, id) = (
+        task(async { 7 }).id(t.at(1)).after(t.at(0)).spawn(),
+        t.at(1),
+    );
+    drop(g);
     let r = support::within(30, move || rt.block_on(async move { (h.await, id.await) }));
     assert!(matches!(r, (Ok(7), Ok(()))), "{r:?}");
 }

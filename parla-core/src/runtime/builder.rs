@@ -89,8 +89,8 @@ impl Builder {
         self
     }
 
-    /// `n` simulated GPUs (at most 63) with `memory` bytes of budget each (at most 16 TiB:
-    /// a larger budget counts as 16 TiB), in place of real ones: the scheduler treats them
+    /// `n` simulated GPUs (at most 63) with `memory` bytes of budget each (at most
+    /// 2<sup>44</sup> - 1, a byte short of 16 TiB: a larger budget counts as that), in place of real ones: the scheduler treats them
     /// as GPUs (placement, VCUs, memory admission) and runs their tasks on the host. For
     /// tests and machines without CUDA.
     pub fn virtual_gpus(mut self, n: usize, memory: u64) -> Self {
@@ -170,8 +170,8 @@ impl Builder {
         self
     }
 
-    /// The CPU device's memory budget in bytes (default: the machine's memory; at most 16
-    /// TiB: a larger budget counts as 16 TiB).
+    /// The CPU device's memory budget in bytes (default: the machine's memory; at most
+    /// 2<sup>44</sup> - 1, a byte short of 16 TiB: a larger budget counts as that).
     pub fn cpu_memory(mut self, bytes: u64) -> Self {
         self.cpu_memory = Some(bytes);
         self

@@ -965,7 +965,8 @@ impl Handle {
     ///
     /// Guards nest: the innermost one still alive gives the runtime, whatever order they
     /// are dropped in. A guard keeps what it needs of the runtime itself, so it may outlive
-    /// the handle it came from.
+    /// the handle it came from (`let g = rt.handle().enter(); .. drop(g);`). It stays on
+    /// the thread that made it (it is not `Send`).
     ///
     /// ```
     /// use parla_core::{Runtime, task};
@@ -981,11 +982,10 @@ impl Handle {
     /// assert_eq!(rt.block_on(handle)?, 42);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn enter(&self) -> EnterGuard<'_> {
+    pub fn enter(&self) -> EnterGuard {
         EnterGuard {
             _hold: self.hold(),
             _rt: context::enter_handle(&self.inner),
-            _handle: std::marker::PhantomData,
         }
     }
 
@@ -1009,13 +1009,12 @@ impl std::fmt::Debug for Handle {
 }
 
 /// The guard of [`Handle::enter`].
-pub struct EnterGuard<'a> {
+pub struct EnterGuard {
     _rt: context::HandleGuard,
     _hold: Hold,
-    _handle: std::marker::PhantomData<&'a Handle>,
 }
 
-impl std::fmt::Debug for EnterGuard<'_> {
+impl std::fmt::Debug for EnterGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EnterGuard")
     }

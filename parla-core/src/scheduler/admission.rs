@@ -95,7 +95,8 @@ pub const VCU_ONE: u32 = 1_000_000;
 
 const VCU_BITS: u32 = 20;
 const VCU_MASK: u64 = (1 << VCU_BITS) - 1;
-/// The largest memory budget admission can track (16 TiB); larger budgets are clamped.
+/// The largest memory budget admission can track (2^44 - 1 bytes, a byte short of 16 TiB:
+/// the rest of the word counts VCUs); larger budgets are clamped.
 pub const MAX_MEMORY: u64 = (1 << (64 - VCU_BITS)) - 1;
 
 /// The most task lane shards a device has.

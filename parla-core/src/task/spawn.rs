@@ -87,9 +87,13 @@ fn constraints(
             ));
         }
     };
-    let mask = resolve(placement, rt.gpus).map_err(|e| match rt.gpus {
-        0 => format!("{e} ({})", rt.no_gpu_why),
-        _ => e,
+    let mask = resolve(placement, rt.gpus).map_err(|e| {
+        // (Why the runtime has no GPU, where the placement asked for one.)
+        if rt.gpus == 0 && !placement.is_empty() {
+            format!("{e} ({})", rt.no_gpu_why)
+        } else {
+            e
+        }
     })?;
     if mem == 0 && data == 0 {
         // Every device holds a task of at most one VCU and no memory (a GPU task with the
