@@ -391,6 +391,64 @@ fn ids_being_retired_stay_finished_to_concurrent_lookups() {
     assert!((0..n).all(|i| t.at(i).is_finished()));
 }
 
+/// Retiring while a failure spreads: a task failed by its dependency is done before its
+/// outcome is published (a fan-out publishes its dependents one by one), and a retirement
+/// in between let go of the id without recording it, which then read as never spawned
+/// (and could be spawned again). Every dependent still reports the failure, and keeps its
+/// id used.
+#[test]
+fn ids_retired_while_their_failure_spreads_keep_it() {
+    let n: i64 = 5_000;
+    let (wrong, again) = support::within(120, move || {
+        let rt = support::cpu(2);
+        let t = TaskSpace::new("F");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let retirer = {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    t.retire_finished();
+                }
+            })
+        };
+        let wrong = rt.block_on(async {
+            let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let root = task(async move {
+                let _ = rx.await;
+            })
+            .id(t.at(-1))
+            .spawn();
+            for i in 0..n {
+                task(async {}).id(t.at(i)).after(t.at(-1)).spawn();
+            }
+            root.abort();
+            let mut wrong = Vec::new();
+            for i in 0..n {
+                match t.at(i).await {
+                    Err(TaskError::DependencyFailed { .. }) => {}
+                    other => wrong.push((i, other)),
+                }
+            }
+            wrong
+        });
+        stop.store(true, Ordering::Relaxed);
+        retirer.join().unwrap();
+        t.retire_finished();
+        let again = rt.block_on(task(async {}).id(t.at(n / 2)));
+        (wrong, again)
+    });
+    assert!(
+        wrong.is_empty(),
+        "{} of {n} dependents lost their failure (first: {:?})",
+        wrong.len(),
+        wrong.first()
+    );
+    assert!(
+        matches!(again, Err(TaskError::DuplicateId { .. })),
+        "{again:?}"
+    );
+}
+
 /// Checks that the id `k` of a task that succeeded is still used, whether the space holds
 /// the task, a mark that it succeeded, or the record of retired ids.
 async fn assert_used_and_succeeded(k: &TaskRef) {

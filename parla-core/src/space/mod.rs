@@ -516,10 +516,15 @@ impl TaskSpace {
                     }
                     // A placeholder failed as never spawned is let go of, not recorded: the
                     // id was never used, and a task may still be spawned under it.
-                    if th.kind == Kind::Task
-                        && let (Some(o), Some(k)) = (th.outcome(), key_of(t))
-                    {
-                        done.push((k.clone(), o));
+                    if th.kind == Kind::Task {
+                        // A task failed without running (a dependency failed, an abort) is
+                        // done before its outcome is published (a failure spreading to many
+                        // dependents publishes them one by one): it stays until it is, to
+                        // be recorded with it.
+                        let Some(o) = th.outcome() else { continue };
+                        if let Some(k) = key_of(t) {
+                            done.push((k.clone(), o));
+                        }
                     }
                     *slot = None;
                 }
