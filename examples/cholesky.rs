@@ -159,6 +159,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--placement gpu needs a CUDA GPU; this machine has none (try --placement cpu)".into(),
         );
     }
+    // The matrix is made on the host: it must fit there (and the counts below in a usize).
+    let budget = rt.memory_budget(parla::Device::CPU).unwrap_or(u64::MAX);
+    let bytes = o.n.checked_mul(o.n).and_then(|e| e.checked_mul(8));
+    if !matches!(bytes, Some(b) if b as u64 <= budget) {
+        return Err(format!(
+            "--n {}: the matrix takes {} bytes, more than the host's budget of {budget}",
+            o.n,
+            bytes.map_or("more than 2^64".to_string(), |b| b.to_string())
+        )
+        .into());
+    }
     // (A tile larger than the matrix is the matrix.)
     let block = o
         .block

@@ -95,6 +95,10 @@ async fn run(
 const USAGE: &str = "usage: constraints [N]   (N: the vectors' length, default 10000)";
 
 fn main() -> std::process::ExitCode {
+    if let Some(extra) = std::env::args().nth(2) {
+        eprintln!("error: unexpected argument {extra:?}\n{USAGE}");
+        return std::process::ExitCode::FAILURE;
+    }
     let n = match std::env::args().nth(1).as_deref() {
         None => 10_000,
         Some("-h" | "--help") => {
@@ -120,6 +124,21 @@ fn main() -> std::process::ExitCode {
 
 fn run_all(n: usize) -> parla::Result<()> {
     let rt = parla::Runtime::builder().build()?;
+    // The inputs: TASKS matrices of n x n and TASKS vectors of n, 8 bytes an element.
+    let bytes = n
+        .checked_mul(n)
+        .and_then(|e| e.checked_add(n))
+        .and_then(|e| e.checked_mul(TASKS * 8));
+    let budget = rt.memory_budget(Device::CPU).unwrap_or(u64::MAX);
+    match bytes {
+        Some(b) if b as u64 <= budget => {}
+        _ => {
+            return Err(parla::Error::InvalidArgument(format!(
+                "N = {n}: the inputs take {} bytes, more than the host's budget of {budget}",
+                bytes.map_or("more than 2^64".to_string(), |b| b.to_string())
+            )));
+        }
+    }
     println!("N = {n}, {} CPU worker threads", rt.cpu_threads());
     let gen_start = Instant::now();
     let (vectors, matrices) = rt.block_on(inputs(n))?;

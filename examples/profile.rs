@@ -29,6 +29,10 @@ fn busy(d: Duration) -> u64 {
 const USAGE: &str = "usage: profile [TRACE_FILE]   (default trace.json)";
 
 fn main() -> std::process::ExitCode {
+    if let Some(extra) = std::env::args().nth(2) {
+        eprintln!("error: unexpected argument {extra:?}\n{USAGE}");
+        return std::process::ExitCode::FAILURE;
+    }
     let path = match std::env::args().nth(1) {
         None => "trace.json".to_string(),
         Some(a) if a == "-h" || a == "--help" => {

@@ -91,6 +91,14 @@ fn asking_for_a_gpu_that_does_not_exist_is_a_build_error() {
         .build()
         .expect_err("GPU 63 does not exist");
     assert!(e.to_string().contains("GPU 63"), "{e}");
+    // More GPUs than a runtime manages, as a range too long to collect: an error, not an
+    // allocation that aborts the process.
+    let e = parla::Runtime::builder()
+        .cpu_threads(1)
+        .gpus(0..usize::MAX)
+        .build()
+        .expect_err("more GPUs than a runtime manages");
+    assert!(e.to_string().contains("more than 63 GPUs"), "{e}");
     let rt = parla::Runtime::builder()
         .cpu_threads(1)
         .gpus([])

@@ -210,11 +210,22 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
             }
             Some("X") => {
                 let outcome = e["args"]["outcome"].as_str().unwrap_or("ok").to_string();
+                // (A slice's start and length are numbers, the length not negative: a trace
+                // that says otherwise was not written by the runtime, or was damaged.)
+                let (Some(ts), Some(dur)) = (e["ts"].as_f64(), e["dur"].as_f64()) else {
+                    return Err(format!(
+                        "slice {name:?}: its \"ts\" and \"dur\" must be numbers (got {} and {})",
+                        e["ts"], e["dur"]
+                    ));
+                };
+                if dur < 0.0 {
+                    return Err(format!("slice {name:?}: negative \"dur\" ({dur})"));
+                }
                 tracks.entry((pid, tid)).or_default().push(Bar {
                     name,
                     cat: e["cat"].as_str().unwrap_or("").into(),
-                    ts: e["ts"].as_f64().unwrap_or(0.0),
-                    dur: e["dur"].as_f64().unwrap_or(0.0).max(0.0),
+                    ts,
+                    dur,
                     failed: outcome != "ok",
                     outcome,
                 });
@@ -244,7 +255,7 @@ fn draw(events: &[Value], o: &Options) -> Result<String, String> {
         .map_or(t_max.max(t_min + 1.0), |ms| t_min + ms * 1000.0);
     if !(t_min.is_finite() && t_max.is_finite()) {
         return Err(format!(
-            "the trace's times are out of range (slices from {t_min} to {t_max} us)"
+            "the trace's times are out of range (slices from {t_min:e} to {t_max:e} us)"
         ));
     }
     if !(from.is_finite() && to.is_finite()) {
@@ -610,6 +621,18 @@ mod tests {
         .unwrap();
         let e = draw(&huge, &options(&["a", "b"])).unwrap_err();
         assert!(e.contains("out of range"), "{e}");
+        assert!(e.len() < 200, "the times are written short: {e}");
+        // A slice without numbers for its times, or with a negative length: an error
+        // naming it, not a bar drawn at 0.
+        for bad in [
+            r#"[{"ph":"X","name":"A","ts":"x","dur":null}]"#,
+            r#"[{"ph":"X","name":"A","ts":0}]"#,
+            r#"[{"ph":"X","name":"A","ts":5,"dur":-1}]"#,
+        ] {
+            let events: Vec<Value> = serde_json::from_str(bad).unwrap();
+            let e = draw(&events, &options(&["a", "b"])).unwrap_err();
+            assert!(e.contains("slice \"A\""), "{bad}: {e}");
+        }
         // Large but finite: drawn, with a bounded axis.
         let far: Vec<Value> = serde_json::from_str(
             r#"[{"ph":"X","cat":"task","name":"A","pid":0,"tid":1,"ts":1e300,"dur":1e299}]"#,

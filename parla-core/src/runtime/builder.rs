@@ -111,7 +111,9 @@ impl Builder {
     /// assert!(e.to_string().contains("GPU 0"), "{e}");
     /// ```
     pub fn gpus(mut self, ordinals: impl IntoIterator<Item = usize>) -> Self {
-        self.gpu_ordinals = Some(ordinals.into_iter().collect());
+        // (One more than a runtime manages at most: `build` refuses as many, and a range
+        // as long as `0..usize::MAX` is not collected whole.)
+        self.gpu_ordinals = Some(ordinals.into_iter().take(MAX_GPUS + 1).collect());
         self
     }
 
@@ -204,6 +206,11 @@ impl Builder {
         }
         // The GPUs: virtual ones if asked for, else whatever the backend finds.
         let mut gpus: Vec<GpuSlot> = Vec::new();
+        if matches!(&self.gpu_ordinals, Some(o) if o.len() > MAX_GPUS) {
+            return Err(Error::Config(format!(
+                "gpus(..) named more than {MAX_GPUS} GPUs; the runtime manages at most {MAX_GPUS}"
+            )));
+        }
         if let Some(o) = self.gpu_ordinals.as_ref().and_then(|o| o.first()) {
             // Real GPUs named: they must be what the runtime runs on.
             if let Some((n, _)) = self.virtual_gpus {
