@@ -99,6 +99,13 @@ fn asking_for_a_gpu_that_does_not_exist_is_a_build_error() {
         .build()
         .expect_err("more GPUs than a runtime manages");
     assert!(e.to_string().contains("more than 63 GPUs"), "{e}");
+    // A GPU named twice would count its memory twice.
+    let e = parla::Runtime::builder()
+        .cpu_threads(1)
+        .gpus([0, 1, 0])
+        .build()
+        .expect_err("GPU 0 named twice");
+    assert!(e.to_string().contains("GPU 0 twice"), "{e}");
     let rt = parla::Runtime::builder()
         .cpu_threads(1)
         .gpus([])

@@ -102,7 +102,7 @@ impl Builder {
     /// for none. Default: every device the GPU backend finds (none: the CPU alone).
     ///
     /// GPUs named here must exist: [`build`](Self::build) fails naming the first missing
-    /// one (also on a machine without a CUDA driver), and where
+    /// one (also on a machine without a CUDA driver), one named twice, and where
     /// [`virtual_gpus`](Self::virtual_gpus) is set as well.
     ///
     /// ```
@@ -206,10 +206,19 @@ impl Builder {
         }
         // The GPUs: virtual ones if asked for, else whatever the backend finds.
         let mut gpus: Vec<GpuSlot> = Vec::new();
-        if matches!(&self.gpu_ordinals, Some(o) if o.len() > MAX_GPUS) {
-            return Err(Error::Config(format!(
-                "gpus(..) named more than {MAX_GPUS} GPUs; the runtime manages at most {MAX_GPUS}"
-            )));
+        if let Some(o) = &self.gpu_ordinals {
+            if o.len() > MAX_GPUS {
+                return Err(Error::Config(format!(
+                    "gpus(..) named more than {MAX_GPUS} GPUs; the runtime manages at most {MAX_GPUS}"
+                )));
+            }
+            // (One device twice would count its memory twice.)
+            if let Some((i, g)) = o.iter().enumerate().find(|(i, g)| o[..*i].contains(g)) {
+                return Err(Error::Config(format!(
+                    "gpus(..) names GPU {g} twice (at positions {} and {i})",
+                    o.iter().position(|x| x == g).unwrap_or(0)
+                )));
+            }
         }
         if let Some(o) = self.gpu_ordinals.as_ref().and_then(|o| o.first()) {
             // Real GPUs named: they must be what the runtime runs on.
