@@ -449,6 +449,101 @@ fn ids_retired_while_their_failure_spreads_keep_it() {
     );
 }
 
+/// A task after the whole space fails when a task of the space failed, whether that task
+/// was retired or not (as an await of the space does).
+#[test]
+fn a_task_after_the_space_sees_a_retired_failure() {
+    for retire in [false, true] {
+        let r = support::on_cpu(2, move || async move {
+            let t = TaskSpace::new("S");
+            let _ = task(async { panic!("boom") }).id(t.at(0)).spawn().await;
+            task(async {}).id(t.at(1)).spawn().await.unwrap();
+            if retire {
+                assert_eq!(t.retire_finished(), 2);
+            }
+            let after = task(async {}).after(&t).spawn().await;
+            (after, (&t).await.is_err())
+        });
+        let (after, space_failed) = r;
+        assert!(space_failed, "retire = {retire}");
+        match after {
+            Err(TaskError::DependencyFailed {
+                dependency, cause, ..
+            }) => {
+                assert_eq!(dependency, "S[0]", "retire = {retire}");
+                assert!(matches!(*cause, TaskError::Panicked { .. }), "{cause:?}");
+            }
+            other => panic!("retire = {retire}: {other:?}"),
+        }
+    }
+}
+
+/// `len` while another thread retires: each task counted once, in the table or in the
+/// record, never in both.
+#[test]
+fn the_length_of_a_space_being_retired_counts_each_task_once() {
+    let n: i64 = 20_000;
+    let over = support::within(120, move || {
+        let rt = support::cpu(2);
+        let mut over = Vec::new();
+        for _ in 0..5 {
+            let t = TaskSpace::new("L");
+            rt.block_on(async {
+                for i in 0..n {
+                    task(async {}).id(t.at(i)).spawn();
+                }
+                (&t).await.unwrap();
+            });
+            let t2 = t.clone();
+            let retirer = std::thread::spawn(move || t2.retire_finished());
+            while !retirer.is_finished() {
+                let len = t.len();
+                if len != n as usize {
+                    over.push(len);
+                }
+            }
+            assert_eq!(retirer.join().unwrap(), n as usize);
+            assert_eq!(t.len(), n as usize);
+        }
+        over
+    });
+    assert!(
+        over.is_empty(),
+        "len read {:?}, for {n} tasks",
+        &over[..over.len().min(8)]
+    );
+}
+
+/// An id whose forward reference failed (never spawned, here) may still be spawned
+/// later, and a dependency or an await named after that failure waits for it, whether
+/// the failed placeholder is still referred to or was retired.
+#[test]
+fn a_forward_reference_made_after_one_failed_waits_for_the_later_spawn() {
+    for retire in [false, true] {
+        let r = support::on_cpu(2, move || async move {
+            let t = TaskSpace::new("P");
+            // Fails as never spawned once the runtime finds nothing else to run.
+            let first = task(async {}).after(t.at(1)).spawn().await;
+            if retire {
+                t.retire_finished();
+            }
+            let after = task(async { 5 }).after(t.at(1)).spawn();
+            let id = t.at(1);
+            let awaited = task(async move { id.await }).spawn();
+            task(async {}).id(t.at(1)).spawn().await.unwrap();
+            (first, after.await, awaited.await.unwrap())
+        });
+        let (first, after, awaited) = r;
+        assert!(
+            matches!(&first, Err(TaskError::DependencyFailed { cause, .. })
+                if matches!(**cause, TaskError::NeverSpawned { .. })),
+            "{first:?}"
+        );
+        assert_eq!(after, Ok(5), "retire = {retire}");
+        assert_eq!(awaited, Ok(()), "retire = {retire}");
+    }
+}
+
 /// Checks that the id `k` of a task that succeeded is still used, whether the space holds
 /// the task, a mark that it succeeded, or the record of retired ids.
 async fn assert_used_and_succeeded(k: &TaskRef) {

@@ -239,13 +239,25 @@ impl Block {
     /// What the block holds for the dependency on `slot`: the node there, or that it is met
     /// (settled, or settled now when `settle` and its task succeeded: the task let go of
     /// is handed back, for the caller to drop once the shard is unlocked), or nothing.
+    ///
+    /// A placeholder that failed (never spawned, or cancelled by its runtime's drop) is
+    /// nothing: it stays in its slot only while something that waited on it refers to it,
+    /// and a dependency or an await named now waits for a task spawned later, under a new
+    /// placeholder (which the caller puts in its place).
     #[inline(always)]
     fn dependency(&mut self, slot: usize, settle: bool) -> InSlot {
         if let Some(n) = &self.slots[slot] {
-            if !(settle && settles(n)) {
+            let h = n.header();
+            if h.kind == Kind::Task {
+                if settle && h.succeeded_untraced() {
+                    return InSlot::Met(self.let_go(slot));
+                }
                 return InSlot::Node(n.clone());
             }
-            return InSlot::Met(self.let_go(slot));
+            if h.is_done() {
+                return InSlot::Empty;
+            }
+            return InSlot::Node(n.clone());
         }
         if self.is_settled(slot) {
             InSlot::Met(None)
@@ -464,13 +476,14 @@ impl TaskSpace {
     /// How many tasks were spawned into the space (retired ones included, placeholders
     /// not).
     pub fn len(&self) -> usize {
-        let live: usize = self
-            .inner
-            .shards
+        // Every shard held at once, then the record (the order a retirement takes them in,
+        // one shard at a time): no task moves from the table to the record while counted,
+        // which would count it twice.
+        let maps: Vec<_> = self.inner.shards.iter().map(|s| s.lock()).collect();
+        let live: usize = maps
             .iter()
-            .map(|s| {
-                s.lock()
-                    .iter()
+            .map(|m| {
+                m.iter()
                     .map(|b| {
                         let live = b.nodes().filter(|n| n.header().kind == Kind::Task).count();
                         live + b.settled.count_ones() as usize
@@ -478,7 +491,9 @@ impl TaskSpace {
                     .sum::<usize>()
             })
             .sum();
-        live + self.inner.retired.lock().count()
+        let retired = self.inner.retired.lock().count();
+        drop(maps);
+        live + retired
     }
 
     /// Whether no task was spawned into the space yet.
@@ -604,7 +619,7 @@ impl TaskSpace {
         if !self.inner.has_retired.load(Ordering::Acquire) {
             return None;
         }
-        let e = self.inner.retired.lock().first_failure()?;
+        let (_, e) = self.inner.retired.lock().first_failure()?;
         Some((*e).clone())
     }
 
@@ -725,9 +740,11 @@ impl TaskSpace {
             Some((origin, key.clone())),
         ))
         .into_task();
+        // (A failed placeholder it replaces is dropped once the shard is unlocked.)
+        let mut stale = None;
         let list = match map.find_mut(h, |b| b.is(h, key)) {
             Some(b) => {
-                b.slots[slot] = Some(p.clone());
+                stale = b.slots[slot].replace(p.clone());
                 !std::mem::replace(&mut b.listed, true)
             }
             None => {
@@ -744,6 +761,7 @@ impl TaskSpace {
         let gone = rt.register_forward(&p, self.registry_hash(h));
         drop(map);
         drop(gone);
+        drop(stale);
         Some(p)
     }
 
@@ -1057,14 +1075,23 @@ impl TaskSpace {
     }
 
     /// What a task spawned in `rt` after the whole space waits for: every task spawned into
-    /// it so far that has not succeeded ([`settle`](Self::settle)). In another runtime's
-    /// space nothing is settled: all its tasks are returned, and the dependent's wiring
-    /// fails with `WrongRuntime`.
+    /// it so far that has not succeeded ([`settle`](Self::settle)), and a failed stand-in
+    /// for the first retired task that failed, if one did (as an await of the space reports
+    /// it). In another runtime's space nothing is settled: all its tasks are returned, and
+    /// the dependent's wiring fails with `WrongRuntime`.
     pub(crate) fn dependencies(&self, rt: &RtInner) -> Vec<TaskPtr> {
         if self.inner.rt.load(Ordering::Acquire) != rt.id {
             return self.tasks();
         }
-        self.settle()
+        let mut nodes = self.settle();
+        // (After the table: a failure retired meanwhile is in the record by now.)
+        if self.inner.has_retired.load(Ordering::Acquire) {
+            let first = self.inner.retired.lock().first_failure();
+            if let Some((key, e)) = first {
+                nodes.push(self.detached(&key, rt.id, Some(Err(e))));
+            }
+        }
+        nodes
     }
 
     /// The tasks spawned into the space so far that have not succeeded (running, waiting,

@@ -102,7 +102,7 @@ pub(super) struct Retired {
     /// Retired tasks that failed.
     failed: HashMap<Key, Arc<TaskError>>,
     /// The failure retired first (what an await of the whole space reports).
-    first_failed: Option<Arc<TaskError>>,
+    first_failed: Option<(Key, Arc<TaskError>)>,
     count: usize,
 }
 
@@ -127,7 +127,8 @@ impl Retired {
     pub(super) fn insert(&mut self, key: &Key, outcome: Outcome) {
         self.count += 1;
         if let Err(e) = outcome {
-            self.first_failed.get_or_insert_with(|| e.clone());
+            self.first_failed
+                .get_or_insert_with(|| (key.clone(), e.clone()));
             self.failed.insert(key.clone(), e);
         }
         match split(key) {
@@ -139,8 +140,8 @@ impl Retired {
         }
     }
 
-    /// The failure retired first, if any retired task failed.
-    pub(super) fn first_failure(&self) -> Option<Arc<TaskError>> {
+    /// The failure retired first, and its task's key, if any retired task failed.
+    pub(super) fn first_failure(&self) -> Option<(Key, Arc<TaskError>)> {
         self.first_failed.clone()
     }
 
