@@ -1200,3 +1200,26 @@ fn a_block_on_inside_a_task_awaits_a_task_it_spawns_into_the_outer_runtime() {
     let (by_handle, entered) = r.unwrap();
     assert_eq!((by_handle.unwrap(), entered.unwrap()), (5, 6));
 }
+
+/// Dropping a runtime under a long chain of tasks that each await the one before in their
+/// bodies (the first never finishes): every handle resolves, and the drop does not
+/// overflow the stack. It cancelled the chain recursively (each task cancelled woke the
+/// next, whose driver, dropped at once by the Tokio runtime going down, cancelled again):
+/// 3,000 such tasks overflowed a main thread's stack.
+#[test]
+fn dropping_a_runtime_under_a_long_chain_of_awaits_cancels_it_without_recursion() {
+    let n = 5_000;
+    let r = support::within(120, move || {
+        let rt = support::cpu(2);
+        let h = rt.handle();
+        let mut prev = h.spawn(task(std::future::pending::<u64>()));
+        for _ in 1..n {
+            let p = prev;
+            prev = h.spawn(task(async move { p.await.unwrap_or(0) + 1 }));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        drop(rt);
+        futures_executor_block_on(prev)
+    });
+    assert!(matches!(r, Err(TaskError::Cancelled { .. })), "{r:?}");
+}

@@ -345,8 +345,48 @@ impl Drop for Monitor {
     }
 }
 
+thread_local! {
+    /// The runtime whose [`cancel_all`] this thread is in (0: none), and whether a call
+    /// for it came in meanwhile.
+    static CANCELLING: std::cell::Cell<(u32, bool)> = const { std::cell::Cell::new((0, false)) };
+}
+
 /// At shutdown: fails everything still waiting, so no handle awaited elsewhere hangs.
+///
+/// A call made inside another for the same runtime, on the same thread, returns at once
+/// and has the outer one pass over everything again: a task cancelled wakes what awaited
+/// it, whose driver, spawned on the Tokio runtime going down, is dropped at once and calls
+/// this again; nested, a chain of 3,000 tasks each awaiting the next overflowed the stack.
 pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
+    let nested = CANCELLING.with(|c| {
+        let (id, _) = c.get();
+        if id == rt.id {
+            c.set((id, true));
+        }
+        id == rt.id
+    });
+    if nested {
+        return;
+    }
+    /// Puts back the runtime this thread was cancelling before (another one's, or none),
+    /// also if a pass panics.
+    struct Restore((u32, bool));
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CANCELLING.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CANCELLING.with(|c| c.replace((rt.id, false))));
+    loop {
+        cancel_pass(rt);
+        if !CANCELLING.with(|c| c.replace((rt.id, false)).1) {
+            break;
+        }
+    }
+}
+
+/// One pass of [`cancel_all`] over what is left.
+fn cancel_pass(rt: &Arc<RtInner>) {
     let cancelled = |t: &TaskPtr| TaskError::Cancelled {
         task: t.header().name.to_string(),
     };
