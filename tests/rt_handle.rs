@@ -1222,4 +1222,21 @@ fn dropping_a_runtime_under_a_long_chain_of_awaits_cancels_it_without_recursion(
         futures_executor_block_on(prev)
     });
     assert!(matches!(r, Err(TaskError::Cancelled { .. })), "{r:?}");
+    // The same through recursion: each task spawns its child and awaits it.
+    fn nest(depth: u32) -> std::pin::Pin<Box<dyn std::future::Future<Output = u32> + Send>> {
+        Box::pin(async move {
+            if depth == 0 {
+                return std::future::pending().await;
+            }
+            task(nest(depth - 1)).spawn().await.unwrap_or(0) + 1
+        })
+    }
+    let r = support::within(120, move || {
+        let rt = support::cpu(2);
+        let top = rt.handle().spawn(task(nest(n)));
+        std::thread::sleep(Duration::from_millis(300));
+        drop(rt);
+        futures_executor_block_on(top)
+    });
+    assert!(matches!(r, Err(TaskError::Cancelled { .. })), "{r:?}");
 }
