@@ -58,12 +58,6 @@ pub(crate) mod sync {
         }
     }
 
-    impl<T: std::fmt::Debug> std::fmt::Debug for SpinLock<T> {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            self.0.fmt(f)
-        }
-    }
-
     /// How a thread waits for a [`SpinLock`]: [`SPINS_PER_YIELD`] spin hints, then one
     /// yield of its core, so that a holder that lost its core (more threads than cores)
     /// gets it back soon.

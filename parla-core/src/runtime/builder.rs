@@ -90,9 +90,9 @@ impl Builder {
     }
 
     /// `n` simulated GPUs (at most 63) with `memory` bytes of budget each (at most
-    /// 2<sup>44</sup> - 1, a byte short of 16 TiB: a larger budget counts as that), in place of real ones: the scheduler treats them
-    /// as GPUs (placement, VCUs, memory admission) and runs their tasks on the host. For
-    /// tests and machines without CUDA.
+    /// 2<sup>44</sup> - 1, a byte short of 16 TiB: a larger budget counts as that), in
+    /// place of real ones: the scheduler treats them as GPUs (placement, VCUs, memory
+    /// admission) and runs their tasks on the host. For tests and machines without CUDA.
     pub fn virtual_gpus(mut self, n: usize, memory: u64) -> Self {
         self.virtual_gpus = Some((n, memory));
         self
@@ -213,10 +213,12 @@ impl Builder {
                 )));
             }
             // (One device twice would count its memory twice.)
-            if let Some((i, g)) = o.iter().enumerate().find(|(i, g)| o[..*i].contains(g)) {
+            let twice =
+                (0..o.len()).find_map(|i| Some((o[..i].iter().position(|g| *g == o[i])?, i)));
+            if let Some((first, i)) = twice {
                 return Err(Error::Config(format!(
-                    "gpus(..) names GPU {g} twice (at positions {} and {i})",
-                    o.iter().position(|x| x == g).unwrap_or(0)
+                    "gpus(..) names GPU {} twice (at positions {first} and {i})",
+                    o[i]
                 )));
             }
         }

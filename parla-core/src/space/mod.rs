@@ -614,13 +614,12 @@ impl TaskSpace {
         self.inner.retired.lock().get(key)
     }
 
-    /// The failure retired first, if a retired task failed.
-    pub(crate) fn retired_failure(&self) -> Option<TaskError> {
+    /// The failure retired first, and its task's key, if a retired task failed.
+    pub(crate) fn retired_failure(&self) -> Option<(Key, Arc<TaskError>)> {
         if !self.inner.has_retired.load(Ordering::Acquire) {
             return None;
         }
-        let (_, e) = self.inner.retired.lock().first_failure()?;
-        Some((*e).clone())
+        self.inner.retired.lock().first_failure()
     }
 
     /// What `key` stands for, without making anything.
@@ -1085,11 +1084,8 @@ impl TaskSpace {
         }
         let mut nodes = self.settle();
         // (After the table: a failure retired meanwhile is in the record by now.)
-        if self.inner.has_retired.load(Ordering::Acquire) {
-            let first = self.inner.retired.lock().first_failure();
-            if let Some((key, e)) = first {
-                nodes.push(self.detached(&key, rt.id, Some(Err(e))));
-            }
+        if let Some((key, e)) = self.retired_failure() {
+            nodes.push(self.detached(&key, rt.id, Some(Err(e))));
         }
         nodes
     }

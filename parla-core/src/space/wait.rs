@@ -276,7 +276,7 @@ impl SpaceWait {
         SpaceWait {
             nodes,
             current: None,
-            first_err: space.retired_failure(),
+            first_err: space.retired_failure().map(|(_, e)| (*e).clone()),
         }
     }
 }
