@@ -26,7 +26,8 @@ mod variant;
 ///
 /// Arguments (all optional): `placement` (`cpu`, `gpu`, `gpu(i)`, or a list of these),
 /// `vcus` (a number literal in `0.0..=1.0`), `memory` (bytes, any integer expression;
-/// arithmetic on literals is computed as `u64`, so `4 << 30` is 4 GiB), and the data
+/// arithmetic on literals is computed as `u64`, so `4 << 30` is 4 GiB; a float literal of a
+/// whole number, `1e9`, is taken too, and one with a fraction is an error), and the data
 /// accesses `reads`, `writes`, `reads_writes`, each naming parameters that are
 /// `parla::array::PArray`s (`reads = [a, b]`, or one name): the builder declares them
 /// (`.reads(&a)`, ...), so calls are ordered by the data they touch.

@@ -163,6 +163,16 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                         "memory is a number of bytes and cannot be negative",
                     ));
                 }
+                if let Some(n) = number(v).filter(|n| n.fract() != 0.0) {
+                    return Err(err(
+                        v.span(),
+                        format!(
+                            "memory = {n} is not a whole number of bytes: write `memory = {}` or `memory = {}`",
+                            n.floor(),
+                            n.ceil()
+                        ),
+                    ));
+                }
                 let v = bytes(v);
                 // Evaluated before the body moves the parameters it may use
                 // (`memory = a.len() * 8`).
