@@ -1262,6 +1262,48 @@ fn a_timer_fires_beside_tasks_that_compute() {
     }
 }
 
+/// Tasks that compute for half a millisecond each, spawned together from `block_on`, and a
+/// task spawned before them that sleeps 1 ms on a Tokio timer: the timer fires after a few
+/// of them on each worker. (A driver looked at the clock first after 32 tasks and yielded
+/// after 64: the sleeper woke after 126 to 128 of 200 such tasks on two workers.)
+#[test]
+fn a_timer_fires_after_a_few_long_tasks_spawned_together() {
+    for workers in [1, 2] {
+        let (ran_before, total) = support::on_cpu(workers, move || async move {
+            let ran = Arc::new(AtomicUsize::new(0));
+            let r = ran.clone();
+            let sleeper = task(async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                r.load(Ordering::SeqCst)
+            })
+            .spawn();
+            let computing: Vec<_> = (0..200)
+                .map(|_| {
+                    let ran = ran.clone();
+                    task(async move {
+                        let t0 = std::time::Instant::now();
+                        while t0.elapsed() < Duration::from_micros(500) {
+                            std::hint::spin_loop();
+                        }
+                        ran.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .spawn()
+                })
+                .collect();
+            let ran_before = sleeper.await.unwrap();
+            for c in computing {
+                c.await.unwrap();
+            }
+            (ran_before, ran.load(Ordering::SeqCst))
+        });
+        assert_eq!(total, 200);
+        assert!(
+            ran_before < 60,
+            "{workers} workers: {ran_before} tasks of 500 us ran before a 1 ms timer fired"
+        );
+    }
+}
+
 /// A node of a tree whose inner tasks await their space, then take each child's value
 /// through `now_or_never` (`nested`: `futures::executor`-style, through a waker that is
 /// not the task's own) - each child is finished by then.

@@ -89,7 +89,8 @@ const BUDGET: u32 = 128;
 /// H200 host). Handed over together, they cost one lock round and one count.
 const WATCH_BATCH: usize = 8;
 
-/// How many tasks a driver polls between two looks at the clock (see [`LONG_POLL`]).
+/// How many tasks a driver polls between two looks at the clock once it has run this many
+/// (see [`looks_at_clock`]).
 const CLOCK_EVERY: u32 = 32;
 
 /// How long a driver's poll runs tasks before it yields to Tokio behind the wakes Tokio
@@ -189,6 +190,17 @@ pub(crate) struct Driver {
     /// Nanoseconds spent in task bodies in this poll, when workers report their time.
     #[cfg(feature = "tracing")]
     body_ns: Option<u64>,
+}
+
+/// Whether a driver's poll looks at the clock after its `ran`-th task (see [`LONG_POLL`]):
+/// after the 4th, 8th and 16th, then every [`CLOCK_EVERY`]. The first look starts the count,
+/// so tasks that compute for long (half a millisecond each) have the driver yield after eight
+/// of them, while a poll of short tasks reads the clock about once per 32, and a poll of at
+/// most three tasks never does. (Every 32 from the first, the driver yielded after 64 such
+/// tasks: 32 ms.)
+#[inline(always)]
+fn looks_at_clock(ran: u32) -> bool {
+    (ran >= 4 && ran.is_power_of_two()) || ran % CLOCK_EVERY == 0
 }
 
 /// Whether a driver's poll has run tasks for [`LONG_POLL`] since its first look at the
@@ -964,7 +976,7 @@ impl Future for Driver {
                 break Poll::Ready(());
             }
             ran += 1;
-            let long = ran % CLOCK_EVERY == 0 && ran_long(&mut clock);
+            let long = looks_at_clock(ran) && ran_long(&mut clock);
             // Tokio's cooperative budget is the driver's: once the tasks it ran used it up,
             // Tokio resources answer `Pending` until the driver yields. A driver that
             // started another yields too: the new one waits in this worker's LIFO slot
@@ -1070,6 +1082,14 @@ impl Drop for Driver {
 mod test {
     use super::*;
     use crate::runtime::Runtime;
+
+    /// A poll of a few tasks never reads the clock; one of many reads it at 4, 8, 16, then
+    /// every 32 tasks.
+    #[test]
+    fn a_driver_looks_at_the_clock_early_then_every_32_tasks() {
+        let looks: Vec<u32> = (1..=160).filter(|&n| looks_at_clock(n)).collect();
+        assert_eq!(looks, [4, 8, 16, 32, 64, 96, 128, 160]);
+    }
 
     /// Runs `body` as a task (default VCUs) on a runtime of `threads` workers; returns its
     /// output and the runtime, for its counters.
