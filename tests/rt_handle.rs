@@ -1201,6 +1201,51 @@ fn a_block_on_inside_a_task_awaits_a_task_it_spawns_into_the_outer_runtime() {
     assert_eq!((by_handle.unwrap(), entered.unwrap()), (5, 6));
 }
 
+/// A task that calls `block_on` of its own runtime, plainly, inside `block_in_place`, or
+/// in a `spawn_blocking` closure it awaits, fails with a panic that says why, and the
+/// runtime goes on. (Inside `block_in_place` or `spawn_blocking`, the call waited for every
+/// task of the runtime, the caller too: it hung.)
+#[test]
+fn block_on_from_a_thread_of_its_own_runtime_panics_instead_of_hanging() {
+    let rt = Arc::new(support::cpu(2));
+    let outcomes = support::within(60, {
+        let rt = rt.clone();
+        move || {
+            let inner = rt.clone();
+            rt.block_on(async move {
+                let mut out = Vec::new();
+                for how in 0..3 {
+                    let rt = inner.clone();
+                    out.push(
+                        task(async move {
+                            match how {
+                                0 => rt.block_on(async { 1 }),
+                                1 => tokio::task::block_in_place(|| rt.block_on(async { 2 })),
+                                _ => tokio::task::spawn_blocking(move || rt.block_on(async { 3 }))
+                                    .await
+                                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+                            }
+                        })
+                        .await,
+                    );
+                }
+                out
+            })
+        }
+    });
+    for (how, r) in outcomes.iter().enumerate() {
+        match r {
+            Err(TaskError::Panicked { message, .. }) => assert!(
+                message.contains("same runtime"),
+                "way {how}: the panic does not say why: {message}"
+            ),
+            other => panic!("way {how}: {other:?}"),
+        }
+    }
+    // The runtime goes on, and `block_on` from this thread works.
+    assert_eq!(rt.block_on(task(async { 7 })).unwrap(), 7);
+}
+
 /// Dropping a runtime under a long chain of tasks that each await the one before in their
 /// bodies (the first never finishes): every handle resolves, and the drop does not
 /// overflow the stack. It cancelled the chain recursively (each task cancelled woke the

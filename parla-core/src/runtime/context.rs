@@ -288,6 +288,17 @@ pub(crate) fn clear_worker_rt() {
     WORKER.with(|c| c.borrow_mut().take());
 }
 
+/// Whether this thread is one of `rt`'s Tokio pool (a worker, or a thread running
+/// `spawn_blocking` closures).
+pub(crate) fn on_pool_of(rt: &Arc<RtInner>) -> bool {
+    WORKER.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|w| w.get())
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(rt)))
+    })
+}
+
 /// Counts one more live task in the current runtime `rt`. Spawning threads take counts in
 /// batches, so that a thread spawning many tasks does not write the runtime's shared
 /// counter word once per task; the counts not used are given back by [`flush_credits`]

@@ -694,8 +694,12 @@ impl Runtime {
     /// [`TaskError::Cycle`](crate::TaskError), so this never hangs on them.
     ///
     /// # Panics
-    /// If called from inside a task or another `block_on` (as Tokio's `block_on`). A panic
-    /// of `fut` itself propagates to the caller, and the runtime stays usable.
+    /// If called from inside a task or another `block_on` (as Tokio's `block_on`), or from a
+    /// thread of this runtime's own pool: a `spawn_blocking` closure, or `block_in_place`
+    /// inside one of its tasks (the call would wait for every task, the one waiting for the
+    /// call too; spawn the work as a task and await it instead). A panic of `fut` itself
+    /// propagates to the caller, and the runtime stays usable.
+    #[track_caller]
     pub fn block_on<F: IntoFuture>(&self, fut: F) -> F::Output {
         self.block_on_main(fut, |_| false)
     }
@@ -705,12 +709,16 @@ impl Runtime {
     /// `#[parla::main]`: a `main` that returned an error reports it at once, and dropping
     /// the runtime cancels the rest, as `#[tokio::main]` does).
     #[doc(hidden)]
+    #[track_caller]
     pub fn block_on_main<F: IntoFuture>(
         &self,
         fut: F,
         early: impl Fn(&F::Output) -> bool,
     ) -> F::Output {
         let inner = &self.inner;
+        if context::on_pool_of(inner) {
+            own_pool_block_on();
+        }
         // Called in a task's poll (inside `block_in_place`): the thread is blocked until the
         // future is done, so what its driver holds for after the poll goes to the other
         // drivers now, as for a spawn through a `Handle` (the future runs outside the task,
@@ -820,6 +828,18 @@ impl Drop for MainToken<'_> {
             self.1.add(0, -1);
         }
     }
+}
+
+/// `block_on` called on a thread of the runtime's own pool.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn own_pool_block_on() -> ! {
+    panic!(
+        "parla: `Runtime::block_on` called from a thread of the same runtime (inside one of its \
+         tasks, `block_in_place`, or a `spawn_blocking` closure): it waits for every task of \
+         the runtime, the one waiting for this call too. Spawn the work as a task and await it."
+    )
 }
 
 #[cold]
