@@ -404,6 +404,25 @@ fn a_trace_gets_its_events_while_the_runtime_lives() {
     assert!(slices.contains_key("Live[2]"));
 }
 
+/// A trace's file holds its header as soon as the runtime is built, so that a program
+/// that exits before the first flush (every 100 ms) leaves a trace readers open, with the
+/// events written so far: none here. (The file was empty.)
+#[test]
+fn a_trace_file_has_its_header_from_the_start() {
+    let path = support::trace_path("header");
+    let rt = parla::Runtime::builder()
+        .cpu_threads(1)
+        .trace(&path)
+        .build()
+        .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let closed = format!("{}\n]}}", text.trim_end());
+    let v: Value = serde_json::from_str(&closed).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert!(v["traceEvents"].is_array(), "{text}");
+    drop(rt);
+    assert!(serde_json::from_str::<Value>(&std::fs::read_to_string(&path).unwrap()).is_ok());
+}
+
 /// Two runtimes alive at once and given one trace path (a `.trace("trace.json")` in each test
 /// of a suite that runs its tests in parallel) each write a whole trace: the second into
 /// `NAME.2.EXT`, as it says on stderr.

@@ -43,6 +43,9 @@ impl Writer {
         let opened = File::create(&own).and_then(|f| {
             let mut out = BufWriter::new(f);
             out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
+            // On disk at once: a program that exits before the first periodic flush leaves
+            // a trace that readers open (with no events), not an empty file.
+            out.flush()?;
             Ok(out)
         });
         let out = match opened {
