@@ -191,15 +191,26 @@ fn memory_over_one_device_but_under_another_goes_to_the_other() {
 #[test]
 fn duplicate_id() {
     each_config!(|rt| {
-        let (first, second) = rt.block_on(async {
+        let (first, second, after) = rt.block_on(async {
             let t = TaskSpace::new("T");
             let a = task(async { 1 }).id(t.at(5)).spawn();
-            let b = task(async { 2 }).id(t.at(5usize)).spawn();
-            (a.await, b.await)
+            let mut b = task(async { 2 }).id(t.at(5usize)).spawn();
+            // A task after the refused one names it apart from the task under the id.
+            let after = task(async { 3 }).after(&b).await;
+            (a.await, (&mut b).await, after)
         });
         assert_eq!(first.unwrap(), 1, "the first task is unaffected");
         match second {
             Err(TaskError::DuplicateId { id }) => assert_eq!(id, "T[5]"),
+            other => panic!("{other:?}"),
+        }
+        match after {
+            Err(TaskError::DependencyFailed {
+                dependency, cause, ..
+            }) => {
+                assert_eq!(dependency, "T[5] (a duplicate, refused)");
+                assert!(matches!(*cause, TaskError::DuplicateId { .. }));
+            }
             other => panic!("{other:?}"),
         }
     });

@@ -6,7 +6,8 @@ use std::sync::Arc;
 ///
 /// Every variant carries named fields; match them with `TaskError::Panicked { .. }`.
 /// Task names are their display form (`T[cpu, 0]`, or `#<n>` for tasks spawned without an
-/// id). The type is `Clone + Send + Sync` and implements [`std::error::Error`].
+/// id: a number no other task of the process has, not the order of spawns, since each
+/// thread takes numbers in blocks of 1,024). The type is `Clone + Send + Sync` and implements [`std::error::Error`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError {
@@ -24,6 +25,8 @@ pub enum TaskError {
         /// The task that did not run.
         task: String,
         /// The task that failed first (the root of the failure, not an intermediate dependent).
+        /// A task refused as a second one under its id is named `ID (a duplicate, refused)`,
+        /// apart from the task under the id.
         dependency: String,
         /// What the failed dependency resolved to.
         cause: Arc<TaskError>,

@@ -68,6 +68,10 @@ pub(crate) fn dependency_failed_of(task: &str, dep: &Header, e: &Arc<TaskError>)
         TaskError::DependencyFailed {
             dependency, cause, ..
         } => (dependency.clone(), cause.clone()),
+        // Named as the task under the id, which it is not: the original may have succeeded.
+        TaskError::DuplicateId { .. } => {
+            (format!("{} (a duplicate, refused)", dep.name), e.clone())
+        }
         _ => (dep.name.to_string(), e.clone()),
     };
     TaskError::DependencyFailed {
