@@ -200,7 +200,7 @@ pub(crate) struct Driver {
 /// tasks: 32 ms.)
 #[inline(always)]
 fn looks_at_clock(ran: u32) -> bool {
-    (ran >= 4 && ran.is_power_of_two()) || ran % CLOCK_EVERY == 0
+    (ran >= 4 && ran.is_power_of_two()) || ran.is_multiple_of(CLOCK_EVERY)
 }
 
 /// Whether a driver's poll has run tasks for [`LONG_POLL`] since its first look at the
