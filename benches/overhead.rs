@@ -37,6 +37,10 @@
 //!   `tokio::sync::mpsc` channels, three pairs per worker thread: more tasks want to run
 //!   than the CPU admits with default VCUs, so every message wakes a task that lent its
 //!   VCUs while it waited (the figures are per message, not per task).
+//! - `waiting`: 200,000 tasks spawned from `block_on` at once, each waiting on a
+//!   `tokio::sync::oneshot` that is sent once all are spawned, then all awaited: more tasks
+//!   than the CPU admits at once wait outside the runtime, keeping their VCUs until a spawn
+//!   waits for them (each spawn looked at every task waiting so far: quadratic).
 //!
 //! parla-rs is used as a user would: `task(async {}).spawn()`, `.after(&handle)`,
 //! `.after([t.at((i - 1, j)), t.at((i, j - 1))])`, default VCUs, inside `Runtime::block_on`. The Tokio baseline is the faster (by
@@ -66,6 +70,8 @@
 //! `JoinHandle`, (b) by a `oneshot` the task sends on. For
 //! `wavefront-rows`: those of the grid. For `channels`: the same pairs with `tokio::spawn`,
 //! over (a) bounded channels of one message, (b) the same unbounded channels as parla's.
+//! For `waiting`: the same with `tokio::spawn`, awaiting (a) each `JoinHandle`, (b) a
+//! `oneshot` each task sends its value on.
 //! (The channel's own work is about two thirds of a message's instructions in Tokio, and the
 //! bounded one's semaphore adds about 290 per message: parla's pairs use the channel of the
 //! faster baseline, so that the ratio compares the runtimes.)
@@ -210,10 +216,11 @@ enum Graph {
     Steps,
     FromTokio,
     Channels,
+    Waiting,
 }
 
 impl Graph {
-    const ALL: [Graph; 13] = [
+    const ALL: [Graph; 14] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
@@ -227,6 +234,7 @@ impl Graph {
         Graph::Steps,
         Graph::FromTokio,
         Graph::Channels,
+        Graph::Waiting,
     ];
 
     fn name(self) -> &'static str {
@@ -244,6 +252,7 @@ impl Graph {
             Graph::Steps => "steps",
             Graph::FromTokio => "from-tokio",
             Graph::Channels => "channels",
+            Graph::Waiting => "waiting",
         }
     }
 }
@@ -292,6 +301,8 @@ struct Sizes {
     messages: usize,
     /// Ping-pong pairs of `channels`.
     pairs: usize,
+    /// Tasks of `waiting`.
+    waiting: usize,
     /// Pending tasks in the memory measurement.
     memory: usize,
     /// Batches of the service measurement.
@@ -314,6 +325,7 @@ impl Sizes {
             futures: scaled(50_000.0),
             messages: scaled(200_000.0),
             pairs: 0,
+            waiting: scaled(200_000.0),
             memory: scaled(1_000_000.0),
             batches: scaled(100.0),
         }
@@ -336,6 +348,7 @@ impl Sizes {
             Graph::Steps => self.steps * STEP,
             Graph::FromTokio => self.futures,
             Graph::Channels => self.rounds() * 2 * self.pairs,
+            Graph::Waiting => self.waiting,
         }
     }
 }
@@ -402,7 +415,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, steps, from-tokio, channels, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, steps, from-tokio, channels, waiting, service or memory",
         );
     }
     o
@@ -922,6 +935,72 @@ fn parla_round_trip(rt: &Runtime, n: usize) -> Duration {
 
 /// The same with `tokio::spawn`: awaiting the `JoinHandle` (a), or a `oneshot` the task
 /// sends on (b).
+/// `waiting`: `n` tasks spawned at once from `block_on`, each waiting on a `oneshot` sent
+/// once all are spawned, then all awaited.
+fn parla_waiting(rt: &Runtime, n: usize) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut senders = Vec::with_capacity(n);
+        let handles: Vec<TaskHandle<u32>> = (0..n)
+            .map(|_| {
+                let (tx, rx) = oneshot::channel::<u32>();
+                senders.push(tx);
+                task(async move { rx.await.expect("sender kept") }).spawn()
+            })
+            .collect();
+        for tx in senders {
+            tx.send(1).expect("the task waits");
+        }
+        for h in handles {
+            h.await.expect("waiting task failed");
+        }
+        start.elapsed()
+    })
+}
+
+/// [`parla_waiting`] with `tokio::spawn`: awaiting (a) the `JoinHandle`s, (b) a `oneshot`
+/// each task sends its value on.
+fn tokio_waiting(rt: &tokio::runtime::Runtime, n: usize, by_oneshot: bool) -> Duration {
+    rt.block_on(async move {
+        let start = Instant::now();
+        let mut senders = Vec::with_capacity(n);
+        if by_oneshot {
+            let results: Vec<oneshot::Receiver<u32>> = (0..n)
+                .map(|_| {
+                    let (tx, rx) = oneshot::channel::<u32>();
+                    let (back, result) = oneshot::channel::<u32>();
+                    senders.push(tx);
+                    tokio::spawn(async move {
+                        let _ = back.send(rx.await.expect("sender kept"));
+                    });
+                    result
+                })
+                .collect();
+            for tx in senders {
+                tx.send(1).expect("the task waits");
+            }
+            for r in results {
+                r.await.expect("waiting task failed");
+            }
+        } else {
+            let handles: Vec<tokio::task::JoinHandle<u32>> = (0..n)
+                .map(|_| {
+                    let (tx, rx) = oneshot::channel::<u32>();
+                    senders.push(tx);
+                    tokio::spawn(async move { rx.await.expect("sender kept") })
+                })
+                .collect();
+            for tx in senders {
+                tx.send(1).expect("the task waits");
+            }
+            for h in handles {
+                h.await.expect("waiting task failed");
+            }
+        }
+        start.elapsed()
+    })
+}
+
 fn tokio_round_trip(rt: &tokio::runtime::Runtime, n: usize, oneshot: bool) -> Duration {
     rt.block_on(async move {
         let start = Instant::now();
@@ -1182,6 +1261,7 @@ impl Env {
                     Graph::Steps => parla_steps(rt, s.steps),
                     Graph::FromTokio => parla_from_tokio(rt, s.futures),
                     Graph::Channels => parla_channels(rt, s.pairs, s.rounds()),
+                    Graph::Waiting => parla_waiting(rt, s.waiting),
                 }
             }
             Imp::TokioA => {
@@ -1200,6 +1280,7 @@ impl Env {
                     Graph::Steps => tokio_rounds(rt, s.steps, STEP, false, || {}),
                     Graph::FromTokio => tokio_from_tokio(rt, s.futures, false),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), false),
+                    Graph::Waiting => tokio_waiting(rt, s.waiting, false),
                 }
             }
             Imp::TokioB => {
@@ -1230,6 +1311,7 @@ impl Env {
                     Graph::Steps => tokio_rounds(rt, s.steps, STEP, true, || {}),
                     Graph::FromTokio => tokio_from_tokio(rt, s.futures, true),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), true),
+                    Graph::Waiting => tokio_waiting(rt, s.waiting, true),
                 }
             }
         }

@@ -34,8 +34,9 @@ use crate::device::{Demand, Device, SlotMask};
 use crate::error::TaskError;
 use crate::key::Key;
 use crate::loom::sync::{
-    AtomicBool, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicUsize, Ordering, SpinLock,
+    AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicUsize, Ordering, SpinLock,
 };
+use crate::scheduler::idle::HeldMark;
 
 /// What a finished task resolved to, as dependents and awaiters see it.
 pub(crate) type Outcome = Result<(), Arc<TaskError>>;
@@ -380,9 +381,12 @@ struct Pended {
     run: UnsafeCell<Option<RunState>>,
     /// Where the task is in the runtime's set of pollers (`runtime::parked`).
     poller_slot: AtomicU32,
-    /// It keeps its VCUs while it waits outside the runtime (`scheduler::idle`): set and
-    /// cleared by the holder of its run token.
-    held: AtomicBool,
+    /// It keeps its VCUs while it waits outside the runtime, and whether it is listed as
+    /// such (`scheduler::idle`).
+    held: HeldMark,
+    /// Its place in its shard's list of held tasks while listed (`runtime::parked`),
+    /// written and read under that list's lock.
+    held_pos: AtomicU32,
     /// Awaits of unfinished tasks of its runtime that its polls registered through a waker
     /// not its own (a combinator's: `FuturesUnordered`), still registered (see
     /// `runtime::waker::Awaiting::waker`).
@@ -1203,7 +1207,8 @@ impl Header {
                 waking: w.clone(),
                 run: UnsafeCell::new(None),
                 poller_slot: AtomicU32::new(u32::MAX),
-                held: AtomicBool::new(false),
+                held: HeldMark::default(),
+                held_pos: AtomicU32::new(0),
                 combined: AtomicUsize::new(0),
             }));
             // Only the run-token holder stores, once: no race.
@@ -1256,20 +1261,12 @@ impl Header {
             .map_or(u32::MAX, |p| p.poller_slot.load(Ordering::Relaxed))
     }
 
-    /// Marks (or unmarks) the task as keeping its VCUs while it waits outside the runtime
-    /// (`scheduler::idle`). The caller holds the run token, and a poll of the task returned
-    /// `Pending` before.
-    pub(crate) fn set_held(&self, held: bool) {
-        if let Some(p) = self.pended() {
-            p.held.store(held, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether the task is marked as keeping its VCUs while it waits outside the runtime.
+    /// The task's mark of keeping its VCUs while it waits outside the runtime
+    /// (`scheduler::idle`), and its place in its shard's list of such tasks (under that
+    /// list's lock); `None` before a poll of the task returned `Pending`.
     #[inline]
-    pub(crate) fn is_held(&self) -> bool {
-        self.pended()
-            .is_some_and(|p| p.held.load(Ordering::Relaxed))
+    pub(crate) fn held(&self) -> Option<(&HeldMark, &AtomicU32)> {
+        self.pended().map(|p| (&p.held, &p.held_pos))
     }
 
     /// Where wakers schedule this node, once a poll of it returned `Pending`.

@@ -40,7 +40,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::loom::sync::{AtomicU32, AtomicUsize, Ordering, fence};
+use crate::loom::sync::{AtomicU8, AtomicU32, AtomicUsize, Ordering, fence};
 
 /// Shards of the count: a task is counted in the shard of the thread that first saw it wait
 /// (the shard of its place in the set of pollers), so the drivers of a worker count on a
@@ -114,6 +114,80 @@ impl Held {
     }
 }
 
+/// A task's mark of being held, and whether it is listed among its shard's held tasks.
+///
+/// A queuer looks for held tasks in its shard's list of them (`runtime::parked`), not among
+/// every task that ever waited: with many tasks parked on channels or timers and lent
+/// already, looking through all of them at each task queued made spawning quadratic.
+///
+/// - *Held* is set by the holder of the task's run token ([`mark`](Self::mark)) and
+///   cleared by the next one ([`unmark`](Self::unmark)).
+/// - *Listed* is set and cleared under the lock of the shard's list, so it tells exactly
+///   whether the list has an entry for the task: set where a mark finds it clear (the
+///   marker lists the task), cleared by a queuer's look through the list for a task no
+///   longer held ([`unlist`](Self::unlist)), or where the task leaves the set of pollers.
+/// - So a held task is always listed: the mark is one read-modify-write on the word, and
+///   the queuer's unlisting a compare-and-swap that expects the task not held. Whichever
+///   comes first, the other sees it (checked by loom: `loom_test` below).
+#[derive(Default)]
+pub(crate) struct HeldMark(AtomicU8);
+
+const HELD: u8 = 1;
+const LISTED: u8 = 2;
+
+impl HeldMark {
+    /// Marks the task held (the caller holds its run token). Returns whether it must be
+    /// listed now (it was not), by [`listed`](Self::listed) under the list's lock.
+    #[inline]
+    pub(crate) fn mark(&self) -> bool {
+        self.0.fetch_or(HELD, Ordering::Relaxed) & LISTED == 0
+    }
+
+    /// The task was listed (under the list's lock).
+    #[inline]
+    pub(crate) fn listed(&self) {
+        self.0.fetch_or(LISTED, Ordering::Relaxed);
+    }
+
+    /// Unmarks the task (the caller holds its run token). Returns whether it was held.
+    ///
+    /// A read and a write, not a read-modify-write: nothing else changes the word while
+    /// the task is held. The marker and this are the run token's holders, one at a time,
+    /// and a queuer's [`unlist`](Self::unlist) expects the task not held.
+    #[inline]
+    pub(crate) fn unmark(&self) -> bool {
+        let s = self.0.load(Ordering::Relaxed);
+        if s & HELD == 0 {
+            return false;
+        }
+        self.0.store(s & !HELD, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether the task is held.
+    #[cfg(all(test, parla_loom))]
+    pub(crate) fn is_held(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & HELD != 0
+    }
+
+    /// A queuer found the task in the list (under its lock): unlists it if it is not held
+    /// (the caller then drops its entry). Returns whether it did; `false` means the task is
+    /// held, and stays listed.
+    #[inline]
+    pub(crate) fn unlist(&self) -> bool {
+        self.0
+            .compare_exchange(LISTED, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The task leaves the set of pollers (under the list's lock, by the holder of its run
+    /// token): returns whether it was listed, and is not any more.
+    #[inline]
+    pub(crate) fn take_listed(&self) -> bool {
+        self.0.fetch_and(!LISTED, Ordering::Relaxed) & LISTED != 0
+    }
+}
+
 #[cfg(all(test, parla_loom))]
 mod loom_test {
     use super::*;
@@ -178,6 +252,45 @@ mod loom_test {
         if w.held.any() && w.marked.load(Ordering::Relaxed) {
             let _ = w.claim_and_lend();
         }
+    }
+
+    /// A task marked held (and listed if it was not) while a queuer looks through the list
+    /// and unlists what is not held: afterwards the task is listed exactly when the list
+    /// has its entry, and listed whenever it is held. Two rounds: the second mark finds the
+    /// task listed or not, as the queuer left it.
+    #[test]
+    fn a_held_task_is_always_in_its_list() {
+        use loom::sync::Mutex;
+        loom::model(|| {
+            let mark = Arc::new(HeldMark::default());
+            // The shard's list: how many entries the task has.
+            let list = Arc::new(Mutex::new(0usize));
+            let (m2, l2) = (mark.clone(), list.clone());
+            let queuer = thread::spawn(move || {
+                let mut entries = l2.lock().unwrap();
+                if *entries > 0 && m2.unlist() {
+                    *entries -= 1;
+                }
+            });
+            for _ in 0..2 {
+                if mark.mark() {
+                    let mut entries = list.lock().unwrap();
+                    *entries += 1;
+                    mark.listed();
+                }
+                assert!(mark.unmark());
+            }
+            if mark.mark() {
+                let mut entries = list.lock().unwrap();
+                *entries += 1;
+                mark.listed();
+            }
+            queuer.join().unwrap();
+            let entries = *list.lock().unwrap();
+            assert!(mark.is_held());
+            assert_eq!(entries, 1, "a held task has one entry");
+            assert!(mark.take_listed(), "and is listed");
+        });
     }
 
     /// The driver of a task that waits outside the runtime, racing with a task queued for
