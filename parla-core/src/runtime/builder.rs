@@ -384,6 +384,7 @@ impl Builder {
             pollers: parked::Pollers::default(),
             waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
             cpu_threads: threads,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ours: CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
             let_go_polls: std::sync::atomic::AtomicUsize::new(0),
             pool_threads,

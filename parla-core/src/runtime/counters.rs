@@ -21,7 +21,7 @@ use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
-use crate::loom::sync::{AtomicU64, Ordering};
+use crate::loom::sync::{AtomicU64, AtomicUsize, Ordering};
 
 pub(crate) struct Counters {
     /// `live << 32 | busy`.
@@ -35,6 +35,10 @@ pub(crate) struct Counters {
     /// How many times the busy count reached zero: a stall that the resolver finds twice
     /// with the same count lasted in between (see `stall::Monitor`).
     zeros: AtomicU64,
+    /// `block_on` threads woken (their futures' wakers scheduled them) that have not started
+    /// the poll yet: runnable, and maybe kept from a core by a driver lingering for work
+    /// (see `driver`).
+    mains_woken: AtomicUsize,
 }
 
 impl Counters {
@@ -44,7 +48,25 @@ impl Counters {
             monitors: Mutex::new(SmallVec::new()),
             stall: AtomicWaker::new(),
             zeros: AtomicU64::new(0),
+            mains_woken: AtomicUsize::new(0),
         }
+    }
+
+    /// A `block_on` thread was woken (`true`), or started its poll or returned (`false`):
+    /// called once each way per wake, by the one who changed the poller's own flag.
+    #[inline]
+    pub(crate) fn main_woken(&self, woken: bool) {
+        if woken {
+            self.mains_woken.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.mains_woken.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a `block_on` thread was woken and has not started its poll.
+    #[inline]
+    pub(crate) fn any_main_woken(&self) -> bool {
+        self.mains_woken.load(Ordering::Relaxed) != 0
     }
 
     /// Applies a change to both counts at once.

@@ -30,7 +30,11 @@
 //! linger waits for their next look: a longer interval for each of several lingering
 //! drivers, keeping the looks as frequent as one driver's, made a spawn-and-await round
 //! trip from `block_on` on 16 workers take 26-29 us instead of 13-14: the `round-trip` row
-//! of `benches/overhead.rs`.)
+//! of `benches/overhead.rs`.) Where the workers fill every core, a lingering driver that
+//! sees a `block_on` thread woken and not running yet (`Counters::any_main_woken`) yields its
+//! core at each look: that thread was most likely woken by the task the driver just ran, and
+//! the spin kept it from running (on 2 cores, a `block_on` spawning two tasks and awaiting
+//! them took 54 us against Tokio's 14 with another program busy on the machine).
 //!
 //! A driver that ran GPU tasks and runs out of work lingers for up to `AWAIT_SPIN` before it
 //! leaves: it polls the injector and the runtime's fences, so the next GPU task spawned by an
@@ -384,6 +388,11 @@ impl Driver {
         }
         rt.flush(&mut self.local);
         let limit = if gpu { LINGER } else { CPU_LINGER };
+        // (With at least as many workers as cores.)
+        let yields = !gpu && rt.cpu_threads >= rt.cores;
+        if yields && rt.counters.any_main_woken() {
+            std::thread::yield_now();
+        }
         let start = std::time::Instant::now();
         let mut next_look = CPU_LOOK;
         let mut n = 0u32;
@@ -433,6 +442,11 @@ impl Driver {
                     false
                 };
                 if look {
+                    if yields && rt.counters.any_main_woken() {
+                        // A `block_on` thread woken (by the task this driver just ran,
+                        // mostly) waits for a core that the workers fill: it gets this one.
+                        std::thread::yield_now();
+                    }
                     let queued = tokio_queued(rt);
                     if queued && (alone || queued_before) {
                         break true;
@@ -1082,6 +1096,32 @@ impl Drop for Driver {
 mod test {
     use super::*;
     use crate::runtime::Runtime;
+
+    /// A `block_on` thread woken by its tasks, by a timer, or by a waker after its future
+    /// panicked is counted as woken until it runs again: none is left counted once the
+    /// calls return (a count left over would have every lingering driver yield its core at
+    /// each look, for good).
+    #[test]
+    fn no_block_on_thread_is_left_counted_as_woken() {
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        for i in 0..200u64 {
+            let v = rt.block_on(async move {
+                let h = crate::task(async move { i }).spawn();
+                tokio::time::sleep(std::time::Duration::from_micros(50)).await;
+                h.await.unwrap() + crate::task(async move { i }).await.unwrap()
+            });
+            assert_eq!(v, 2 * i);
+            assert!(!rt.inner.counters.any_main_woken(), "round {i}");
+        }
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(async {
+                crate::task(async { 1 }).await.unwrap();
+                panic!("the future panics");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert!(!rt.inner.counters.any_main_woken());
+    }
 
     /// A poll of a few tasks never reads the clock; one of many reads it at 4, 8, 16, then
     /// every 32 tasks.

@@ -236,7 +236,10 @@ pub(crate) struct RtInner {
     pub(crate) pollers: parked::Pollers,
     /// Where wakers schedule this runtime's tasks.
     pub(crate) waking: Arc<Waking>,
-    cpu_threads: usize,
+    pub(crate) cpu_threads: usize,
+    /// The cores this process may run on (see `driver`: a driver lingering for CPU work
+    /// where the workers fill them gives its core to a woken `block_on` thread).
+    pub(crate) cores: usize,
     /// Tokio tasks of the runtime's own that are alive (drivers and the stall monitor):
     /// any other alive Tokio task is a user's, and may still spawn tasks.
     /// (On a cache line of its own, as [`spent`](Self::spent).)
@@ -746,6 +749,7 @@ impl Runtime {
             loop {
                 inner.counters.register_monitor(cx.waker());
                 main.thread.register(cx.waker());
+                main.running();
                 if out.is_none() && main.act.is_notified() {
                     spun = std::time::Duration::ZERO;
                     main.act.begin_poll();
@@ -827,6 +831,9 @@ impl Drop for MainToken<'_> {
         if self.0.act.finish() {
             self.1.add(0, -1);
         }
+        // (After `finish`: a wake no longer schedules the thread, so none is left counted
+        // as woken.)
+        self.0.running();
     }
 }
 

@@ -19,6 +19,7 @@
 
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use atomic_waker::AtomicWaker;
@@ -151,6 +152,8 @@ pub(crate) struct MainPoller {
     pub(crate) act: Activity,
     /// The waker of the thread blocked in `block_on`.
     pub(crate) thread: AtomicWaker,
+    /// Woken and not polling yet: counted in the runtime's `Counters::main_woken`.
+    woken: AtomicBool,
     counters: Arc<Counters>,
     rt_id: u32,
 }
@@ -212,6 +215,9 @@ unsafe fn main_wake_by_ref(p: *const ()) {
         if took_token {
             m.counters.add(0, 1);
         }
+        if !m.woken.swap(true, Ordering::Relaxed) {
+            m.counters.main_woken(true);
+        }
         m.thread.wake();
     }
 }
@@ -247,12 +253,21 @@ impl MainPoller {
         Arc::new(MainPoller {
             act: Activity::new(),
             thread: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             counters,
             rt_id,
         })
     }
 
     /// The waker a poll of the future hands to it (borrowed, like [`task_poll_waker`]).
+    /// The thread runs (it starts a poll of the future, or returns): no longer counted as
+    /// woken.
+    pub(crate) fn running(&self) {
+        if self.woken.swap(false, Ordering::Relaxed) {
+            self.counters.main_woken(false);
+        }
+    }
+
     pub(crate) fn poll_waker(self: &Arc<Self>) -> ManuallyDrop<Waker> {
         let p = Arc::as_ptr(self) as *const ();
         // SAFETY: never dropped; the caller holds `self` while it uses the waker.
