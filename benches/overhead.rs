@@ -938,67 +938,53 @@ fn parla_round_trip(rt: &Runtime, n: usize) -> Duration {
 /// `waiting`: `n` tasks spawned at once from `block_on`, each waiting on a `oneshot` sent
 /// once all are spawned, then all awaited.
 fn parla_waiting(rt: &Runtime, n: usize) -> Duration {
-    rt.block_on(async move {
-        let start = Instant::now();
-        let mut senders = Vec::with_capacity(n);
-        let handles: Vec<TaskHandle<u32>> = (0..n)
-            .map(|_| {
-                let (tx, rx) = oneshot::channel::<u32>();
-                senders.push(tx);
-                task(async move { rx.await.expect("sender kept") }).spawn()
-            })
-            .collect();
-        for tx in senders {
-            tx.send(1).expect("the task waits");
-        }
-        for h in handles {
-            h.await.expect("waiting task failed");
-        }
-        start.elapsed()
-    })
+    rt.block_on(waiting(n, |rx| {
+        task(async move { rx.await.expect("sender kept") }).spawn()
+    }))
 }
 
 /// [`parla_waiting`] with `tokio::spawn`: awaiting (a) the `JoinHandle`s, (b) a `oneshot`
 /// each task sends its value on.
 fn tokio_waiting(rt: &tokio::runtime::Runtime, n: usize, by_oneshot: bool) -> Duration {
-    rt.block_on(async move {
-        let start = Instant::now();
-        let mut senders = Vec::with_capacity(n);
-        if by_oneshot {
-            let results: Vec<oneshot::Receiver<u32>> = (0..n)
-                .map(|_| {
-                    let (tx, rx) = oneshot::channel::<u32>();
-                    let (back, result) = oneshot::channel::<u32>();
-                    senders.push(tx);
-                    tokio::spawn(async move {
-                        let _ = back.send(rx.await.expect("sender kept"));
-                    });
-                    result
-                })
-                .collect();
-            for tx in senders {
-                tx.send(1).expect("the task waits");
-            }
-            for r in results {
-                r.await.expect("waiting task failed");
-            }
-        } else {
-            let handles: Vec<tokio::task::JoinHandle<u32>> = (0..n)
-                .map(|_| {
-                    let (tx, rx) = oneshot::channel::<u32>();
-                    senders.push(tx);
-                    tokio::spawn(async move { rx.await.expect("sender kept") })
-                })
-                .collect();
-            for tx in senders {
-                tx.send(1).expect("the task waits");
-            }
-            for h in handles {
-                h.await.expect("waiting task failed");
-            }
-        }
-        start.elapsed()
-    })
+    if by_oneshot {
+        rt.block_on(waiting(n, |rx| {
+            let (back, result) = oneshot::channel::<u32>();
+            tokio::spawn(async move {
+                let _ = back.send(rx.await.expect("sender kept"));
+            });
+            result
+        }))
+    } else {
+        rt.block_on(waiting(n, |rx| {
+            tokio::spawn(async move { rx.await.expect("sender kept") })
+        }))
+    }
+}
+
+/// The body of `waiting`: `n` tasks started by `spawn`, each given the receiving end of a
+/// `oneshot`, which are all sent on once every task is started; then each task's result
+/// awaited.
+async fn waiting<W, E>(n: usize, mut spawn: impl FnMut(oneshot::Receiver<u32>) -> W) -> Duration
+where
+    W: std::future::IntoFuture<Output = Result<u32, E>>,
+    E: std::fmt::Debug,
+{
+    let start = Instant::now();
+    let mut senders = Vec::with_capacity(n);
+    let results: Vec<W> = (0..n)
+        .map(|_| {
+            let (tx, rx) = oneshot::channel::<u32>();
+            senders.push(tx);
+            spawn(rx)
+        })
+        .collect();
+    for tx in senders {
+        tx.send(1).expect("the task waits");
+    }
+    for r in results {
+        r.await.expect("waiting task failed");
+    }
+    start.elapsed()
 }
 
 fn tokio_round_trip(rt: &tokio::runtime::Runtime, n: usize, oneshot: bool) -> Duration {
