@@ -7,7 +7,8 @@ use std::sync::Arc;
 /// Every variant carries named fields; match them with `TaskError::Panicked { .. }`.
 /// Task names are their display form (`T[cpu, 0]`, or `#<n>` for tasks spawned without an
 /// id: a number no other task of the process has, not the order of spawns, since each
-/// thread takes numbers in blocks of 1,024). The type is `Clone + Send + Sync` and implements [`std::error::Error`].
+/// thread takes numbers in blocks of 1,024). The type is `Clone + Send + Sync` and
+/// implements [`std::error::Error`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError {

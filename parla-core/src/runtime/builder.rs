@@ -181,6 +181,7 @@ impl Builder {
 
     /// Builds the runtime and starts its worker threads.
     pub fn build(self) -> Result<Runtime> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = match self.cpu_threads {
             Some(0) => return Err(Error::Config("cpu_threads must be at least 1".into())),
             Some(n) if n > MAX_CPU_THREADS => {
@@ -189,7 +190,7 @@ impl Builder {
                 )));
             }
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => cores,
         };
         if !(1..=crate::device::backend::MAX_SLOTS).contains(&self.streams_per_gpu) {
             return Err(Error::Config(format!(
@@ -384,7 +385,7 @@ impl Builder {
             pollers: parked::Pollers::default(),
             waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
             cpu_threads: threads,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores,
             ours: CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
             let_go_polls: std::sync::atomic::AtomicUsize::new(0),
             pool_threads,

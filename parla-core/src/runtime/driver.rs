@@ -207,6 +207,15 @@ fn looks_at_clock(ran: u32) -> bool {
     (ran >= 4 && ran.is_power_of_two()) || ran.is_multiple_of(CLOCK_EVERY)
 }
 
+/// A `block_on` thread woken (by the task a lingering driver just ran, mostly) waits for a
+/// core that the workers fill: it gets the lingering driver's (see the module docs).
+#[inline]
+fn yield_to_woken_main(rt: &RtInner) {
+    if rt.counters.any_main_woken() {
+        std::thread::yield_now();
+    }
+}
+
 /// Whether a driver's poll has run tasks for [`LONG_POLL`] since its first look at the
 /// clock (`first`, which the first look sets).
 #[inline(never)]
@@ -390,8 +399,8 @@ impl Driver {
         let limit = if gpu { LINGER } else { CPU_LINGER };
         // (With at least as many workers as cores.)
         let yields = !gpu && rt.cpu_threads >= rt.cores;
-        if yields && rt.counters.any_main_woken() {
-            std::thread::yield_now();
+        if yields {
+            yield_to_woken_main(rt);
         }
         let start = std::time::Instant::now();
         let mut next_look = CPU_LOOK;
@@ -442,10 +451,8 @@ impl Driver {
                     false
                 };
                 if look {
-                    if yields && rt.counters.any_main_woken() {
-                        // A `block_on` thread woken (by the task this driver just ran,
-                        // mostly) waits for a core that the workers fill: it gets this one.
-                        std::thread::yield_now();
+                    if yields {
+                        yield_to_woken_main(rt);
                     }
                     let queued = tokio_queued(rt);
                     if queued && (alone || queued_before) {

@@ -60,7 +60,16 @@ type Shard = CachePadded<Mutex<Slab>>;
 /// as `hold` and `unhold` agree).
 #[inline]
 fn held_shard(h: &Header) -> usize {
-    (h.poller_slot() >> INDEX_BITS) as usize
+    split(h.poller_slot()).0
+}
+
+/// The shard and the index in it of slot number `slot`.
+#[inline]
+fn split(slot: u32) -> (usize, u32) {
+    (
+        (slot >> INDEX_BITS) as usize % SHARDS,
+        slot & ((1 << INDEX_BITS) - 1),
+    )
 }
 
 /// The calling thread's shard.
@@ -109,11 +118,8 @@ impl Pollers {
         if slot == u32::MAX {
             return;
         }
-        let (shard, index) = (
-            (slot >> INDEX_BITS) as usize,
-            slot & ((1 << INDEX_BITS) - 1),
-        );
-        let mut s = self.shards[shard % SHARDS].lock();
+        let (shard, index) = split(slot);
+        let mut s = self.shards[shard].lock();
         let ours = matches!(
             s.slots.get(index as usize),
             Some(Some((_, x))) if std::ptr::addr_eq(TaskArc::as_ptr(x), TaskArc::as_ptr(t))
@@ -144,11 +150,7 @@ impl Pollers {
             return;
         };
         if mark.mark() {
-            let slot = h.poller_slot();
-            let (shard, index) = (
-                (slot >> INDEX_BITS) as usize % SHARDS,
-                slot & ((1 << INDEX_BITS) - 1),
-            );
+            let (shard, index) = split(h.poller_slot());
             let mut s = self.shards[shard].lock();
             // (Not in the set any more only after shutdown took every task out.)
             if s.task(index).is_some_and(|x| TaskArc::ptr_eq(x, t)) {

@@ -259,7 +259,6 @@ impl MainPoller {
         })
     }
 
-    /// The waker a poll of the future hands to it (borrowed, like [`task_poll_waker`]).
     /// The thread runs (it starts a poll of the future, or returns): no longer counted as
     /// woken.
     pub(crate) fn running(&self) {
@@ -268,6 +267,7 @@ impl MainPoller {
         }
     }
 
+    /// The waker a poll of the future hands to it (borrowed, like [`task_poll_waker`]).
     pub(crate) fn poll_waker(self: &Arc<Self>) -> ManuallyDrop<Waker> {
         let p = Arc::as_ptr(self) as *const ();
         // SAFETY: never dropped; the caller holds `self` while it uses the waker.
