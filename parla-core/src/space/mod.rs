@@ -515,15 +515,16 @@ impl TaskSpace {
     /// failures are kept one by one.
     pub fn retire_finished(&self) -> usize {
         let mut n = 0;
-        let mut done: Vec<(Key, Outcome)> = Vec::new();
+        // Runs of ids that succeeded (the first key and how many follow it in its block),
+        // and the failures, one by one.
+        let mut runs: Vec<(Key, usize)> = Vec::new();
+        let mut failed: Vec<(Key, Outcome)> = Vec::new();
         for s in &self.inner.shards {
             let mut map = s.lock();
             map.retain(|b| {
-                for i in block_slots(b.settled) {
-                    done.push((b.key.in_block(i), Ok(())));
-                }
+                let mut ok = b.settled;
                 b.settled = 0;
-                for slot in &mut b.slots {
+                for (i, slot) in b.slots.iter_mut().enumerate() {
                     let Some(t) = slot else { continue };
                     let th = t.header();
                     if !th.is_done() {
@@ -537,11 +538,19 @@ impl TaskSpace {
                         // dependents publishes them one by one): it stays until it is, to
                         // be recorded with it.
                         let Some(o) = th.outcome() else { continue };
-                        if let Some(k) = key_of(t) {
-                            done.push((k.clone(), o));
+                        match o {
+                            Ok(()) => ok |= 1 << i,
+                            Err(_) => failed.extend(key_of(t).map(|k| (k.clone(), o))),
                         }
                     }
                     *slot = None;
+                }
+                // Each run of consecutive slots recorded at once.
+                while ok != 0 {
+                    let at = ok.trailing_zeros();
+                    let len = (ok >> at).trailing_ones();
+                    runs.push((b.key.in_block(at as usize), len as usize));
+                    ok &= !(((1u16 << len) - 1) << at) as u8;
                 }
                 !b.is_empty()
             });
@@ -550,12 +559,16 @@ impl TaskSpace {
                 map.sweep(|_| {});
             }
             shrink(&mut map);
-            if !done.is_empty() {
+            if !runs.is_empty() || !failed.is_empty() {
                 // Recorded before the shard is unlocked (shard, then record: the order in
                 // which lookups take them), so a lookup finds a retired id in one of the two.
-                n += done.len();
                 let mut r = self.inner.retired.lock();
-                for (k, o) in done.drain(..) {
+                for (k, len) in runs.drain(..) {
+                    n += len;
+                    r.insert_run(&k, len);
+                }
+                for (k, o) in failed.drain(..) {
+                    n += 1;
                     r.insert(&k, o);
                 }
                 self.inner.has_retired.store(true, Ordering::Release);

@@ -35,7 +35,16 @@ impl Ranges {
 
     /// Adds the integers `ints` (at least one).
     fn insert(&mut self, ints: &[i64]) {
-        let (x, rest) = (ints[0], &ints[1..]);
+        let (last, prefix) = ints.split_last().expect("at least one integer");
+        self.insert_run(prefix, *last, *last);
+    }
+
+    /// Adds the integers `prefix` followed by each of `lo..=hi` (`lo <= hi`): a run of
+    /// consecutive last parts, added at the cost of one.
+    fn insert_run(&mut self, prefix: &[i64], lo: i64, hi: i64) {
+        let Some((&x, rest)) = prefix.split_first() else {
+            return self.insert_last(lo, hi);
+        };
         // What `x` holds: the set of its range (which is split around `x`), or nothing yet.
         let mut held = match self.range_of(x) {
             Some(first) => {
@@ -48,11 +57,9 @@ impl Ranges {
                 }
                 held
             }
-            None => (!rest.is_empty()).then(Box::default),
+            None => None,
         };
-        if let Some(h) = held.as_mut().filter(|_| !rest.is_empty()) {
-            h.insert(rest);
-        }
+        held.get_or_insert_default().insert_run(rest, lo, hi);
         // Joined with the ranges before and after it where they hold the same.
         let (mut first, mut last) = (x, x);
         if let Some(b) = x.checked_sub(1)
@@ -68,6 +75,25 @@ impl Ranges {
             last = self.0.remove(&a).expect("range found").0;
         }
         self.0.insert(first, (last, held));
+    }
+
+    /// Adds the last parts `lo..=hi` (`lo <= hi`) at the level of keys' last parts (where
+    /// no range holds a set): one range with every range it overlaps or touches.
+    fn insert_last(&mut self, lo: i64, hi: i64) {
+        let (mut first, mut last) = (lo, hi);
+        // Ranges are disjoint and sorted: the ones to join start at or before `hi + 1`
+        // and end at or after `lo - 1`, going down from `hi + 1`.
+        let above = hi.saturating_add(1);
+        let below = lo.saturating_sub(1);
+        while let Some((&f, &(l, _))) = self.0.range(..=above).next_back() {
+            if l < below {
+                break;
+            }
+            self.0.remove(&f);
+            first = first.min(f);
+            last = last.max(l);
+        }
+        self.0.insert(first, (last, None));
     }
 
     /// Whether the integers `ints` were added.
@@ -122,6 +148,26 @@ impl Retired {
     /// Retired tasks so far.
     pub(super) fn count(&self) -> usize {
         self.count
+    }
+
+    /// Records the `n` keys from `first` on that differ only in their last part, an
+    /// integer counting up from `first`'s (`n` is 1 for a key not ending in one), as used
+    /// by tasks that succeeded.
+    pub(super) fn insert_run(&mut self, first: &Key, n: usize) {
+        debug_assert!(n >= 1);
+        match split(first) {
+            Some((head, ints)) => {
+                self.count += n;
+                let (lo, prefix) = ints.split_last().expect("at least one integer");
+                let hi = lo.saturating_add(n as i64 - 1);
+                let k = ints.len();
+                self.ints
+                    .entry((head, k))
+                    .or_default()
+                    .insert_run(prefix, *lo, hi);
+            }
+            None => self.insert(first, Ok(())),
+        }
     }
 
     pub(super) fn insert(&mut self, key: &Key, outcome: Outcome) {
@@ -327,6 +373,36 @@ mod test {
         assert_eq!(r.get(&("halo", 7, 0, 0).into_key()), None);
         assert_eq!(r.get(&(7, 0, 1).into_key()), Some(Ok(())));
         assert_eq!(r.pieces(), 6);
+    }
+
+    proptest::proptest! {
+        /// A run recorded at once leaves the record as its keys recorded one by one would:
+        /// the same ranges at every level (so the same keys used, and as few pieces),
+        /// whatever runs came before, overlapping, touching or apart, near the ends of the
+        /// integers too.
+        #[test]
+        fn a_run_is_recorded_as_its_keys_one_by_one(
+            runs in proptest::collection::vec(
+                (0i64..3, 0i64..3, proptest::prop_oneof![0i64..40, i64::MAX - 40..=i64::MAX], 1usize..12),
+                1..40,
+            ),
+        ) {
+            let (mut at_once, mut one_by_one) = (Retired::default(), Retired::default());
+            for (depth, row, lo, n) in runs {
+                let n = n.min((i64::MAX - lo) as usize + 1);
+                let key = |x: i64| match depth {
+                    0 => x.into_key(),
+                    1 => (row, x).into_key(),
+                    _ => ("tile", row, 7, x).into_key(),
+                };
+                at_once.insert_run(&key(lo), n);
+                for x in lo..=lo + (n as i64 - 1) {
+                    one_by_one.insert(&key(x), Ok(()));
+                }
+            }
+            proptest::prop_assert_eq!(at_once.count(), one_by_one.count());
+            proptest::prop_assert_eq!(&at_once.ints, &one_by_one.ints);
+        }
     }
 
     #[test]
