@@ -182,6 +182,15 @@ impl Key {
         })
     }
 
+    /// The key's parts, if every one is an integer that fits `i64` (the key's inline form).
+    #[inline]
+    pub(crate) fn as_ints(&self) -> Option<&[i64]> {
+        match &self.0 {
+            Repr::Ints { len, v } => Some(&v[MAX_PARTS - *len as usize..]),
+            Repr::Parts(_) => None,
+        }
+    }
+
     /// How many parts the key has.
     pub fn len(&self) -> usize {
         match &self.0 {

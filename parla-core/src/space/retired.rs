@@ -9,12 +9,14 @@
 //! columns of one), not an entry per step. Other keys are kept one by one, and so are
 //! failures (to answer awaits with the error).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::error::TaskError;
 use crate::graph::node::Outcome;
-use crate::key::{Key, Part};
+use crate::key::{Key, MAX_PARTS, Part};
 
 /// Integers in ranges `first -> (last, rest)` (inclusive, so that a range can end at
 /// `i64::MAX`): every value of a range was used with each of the integers `rest` holds
@@ -31,12 +33,6 @@ impl Ranges {
             .next_back()
             .filter(|(_, (last, _))| *last >= x)
             .map(|(&first, _)| first)
-    }
-
-    /// Adds the integers `ints` (at least one).
-    fn insert(&mut self, ints: &[i64]) {
-        let (last, prefix) = ints.split_last().expect("at least one integer");
-        self.insert_run(prefix, *last, *last);
     }
 
     /// Adds the integers `prefix` followed by each of `lo..=hi` (`lo <= hi`): a run of
@@ -120,13 +116,16 @@ impl Ranges {
 
 #[derive(Default)]
 pub(super) struct Retired {
-    /// Per head (the parts before the trailing integers) and count of trailing integers:
-    /// the trailing integers used.
-    ints: HashMap<(Vec<Part>, usize), Ranges>,
+    /// Keys of integers only, per count of them less one: the integers used. (Looked up
+    /// at every spawn under an id once the space retired some: without a hash or a copy.)
+    all_ints: [Ranges; MAX_PARTS],
+    /// Per head (the parts before the trailing integers, at least one) and count of
+    /// trailing integers: the trailing integers used.
+    ints: FxHashMap<(Vec<Part>, usize), Ranges>,
     /// Retired keys not ending in an integer that fits `i64`.
-    other: HashSet<Key>,
+    other: FxHashSet<Key>,
     /// Retired tasks that failed.
-    failed: HashMap<Key, Arc<TaskError>>,
+    failed: FxHashMap<Key, Arc<TaskError>>,
     /// The failure retired first (what an await of the whole space reports).
     first_failed: Option<(Key, Arc<TaskError>)>,
     count: usize,
@@ -155,35 +154,40 @@ impl Retired {
     /// by tasks that succeeded.
     pub(super) fn insert_run(&mut self, first: &Key, n: usize) {
         debug_assert!(n >= 1);
-        match split(first) {
-            Some((head, ints)) => {
-                self.count += n;
-                let (lo, prefix) = ints.split_last().expect("at least one integer");
-                let hi = lo.saturating_add(n as i64 - 1);
-                let k = ints.len();
-                self.ints
-                    .entry((head, k))
-                    .or_default()
-                    .insert_run(prefix, *lo, hi);
-            }
-            None => self.insert(first, Ok(())),
-        }
+        let split_ints;
+        let (ranges, ints): (&mut Ranges, &[i64]) = match first.as_ints() {
+            Some(ints) => (&mut self.all_ints[ints.len() - 1], ints),
+            None => match split(first) {
+                Some((head, ints)) => {
+                    split_ints = ints;
+                    let k = split_ints.len();
+                    let ranges = match head.is_empty() {
+                        true => &mut self.all_ints[k - 1],
+                        false => self.ints.entry((head, k)).or_default(),
+                    };
+                    (ranges, &split_ints)
+                }
+                None => {
+                    debug_assert_eq!(n, 1, "a key not ending in an integer is a run of one");
+                    self.count += 1;
+                    self.other.insert(first.clone());
+                    return;
+                }
+            },
+        };
+        self.count += n;
+        let (lo, prefix) = ints.split_last().expect("at least one integer");
+        ranges.insert_run(prefix, *lo, lo.saturating_add(n as i64 - 1));
     }
 
+    /// Records `key` as used by a task with `outcome`.
     pub(super) fn insert(&mut self, key: &Key, outcome: Outcome) {
-        self.count += 1;
         if let Err(e) = outcome {
             self.first_failed
                 .get_or_insert_with(|| (key.clone(), e.clone()));
             self.failed.insert(key.clone(), e);
         }
-        match split(key) {
-            Some((head, ints)) => {
-                let n = ints.len();
-                self.ints.entry((head, n)).or_default().insert(&ints);
-            }
-            None => _ = self.other.insert(key.clone()),
-        }
+        self.insert_run(key, 1);
     }
 
     /// The failure retired first, and its task's key, if any retired task failed.
@@ -193,15 +197,23 @@ impl Retired {
 
     /// The outcome of retired `key`, if it was retired.
     pub(super) fn get(&self, key: &Key) -> Option<Outcome> {
-        if let Some(e) = self.failed.get(key) {
+        if !self.failed.is_empty()
+            && let Some(e) = self.failed.get(key)
+        {
             return Some(Err(e.clone()));
         }
-        let used = match split(key) {
-            Some((head, ints)) => {
-                let n = ints.len();
-                self.ints.get(&(head, n)).is_some_and(|r| r.contains(&ints))
-            }
-            None => self.other.contains(key),
+        let used = match key.as_ints() {
+            Some(ints) => self.all_ints[ints.len() - 1].contains(ints),
+            None => match split(key) {
+                Some((head, ints)) if head.is_empty() => {
+                    self.all_ints[ints.len() - 1].contains(&ints)
+                }
+                Some((head, ints)) => {
+                    let n = ints.len();
+                    self.ints.get(&(head, n)).is_some_and(|r| r.contains(&ints))
+                }
+                None => self.other.contains(key),
+            },
         };
         used.then_some(Ok(()))
     }
@@ -209,7 +221,12 @@ impl Retired {
     /// Ranges and keys held (for tests of the record's size).
     #[cfg(test)]
     fn pieces(&self) -> usize {
-        self.ints.values().map(Ranges::pieces).sum::<usize>() + self.other.len()
+        self.all_ints
+            .iter()
+            .chain(self.ints.values())
+            .map(Ranges::pieces)
+            .sum::<usize>()
+            + self.other.len()
     }
 }
 
@@ -402,6 +419,7 @@ mod test {
             }
             proptest::prop_assert_eq!(at_once.count(), one_by_one.count());
             proptest::prop_assert_eq!(&at_once.ints, &one_by_one.ints);
+            proptest::prop_assert_eq!(&at_once.all_ints, &one_by_one.all_ints);
         }
     }
 
