@@ -885,3 +885,66 @@ fn retiring_records_tasks_only_and_ids_at_the_ends_of_the_integers() {
     assert_eq!(ends, vec![true; 8]);
     assert_eq!(late, Ok(5), "the id never spawned is free");
 }
+
+mod range_model {
+    use super::support;
+    use parla::prelude::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(support::prop_config(24))]
+        /// An await of a range resolves as awaits of its ids one by one, in key order,
+        /// would: the first failure, else `Ok`. Ids that succeeded (retired or not, held
+        /// by their tasks or settled) are skipped a block at a time; a failed one, an
+        /// aborted one, one never spawned, or one retired among failures are each
+        /// awaited.
+        #[test]
+        fn a_range_awaits_as_its_ids_one_by_one(
+            states in proptest::collection::vec(0u8..4, 1..40),
+            retire in any::<bool>(),
+            lo in -2i64..40,
+            len in 0i64..45,
+        ) {
+            let rt = Runtime::new().unwrap();
+            let (whole, one_by_one) = rt.block_on(async move {
+                let t = TaskSpace::new("R");
+                let (_keep, never) = tokio::sync::oneshot::channel::<()>();
+                let gate = task(async move {
+                    let _ = never.await;
+                })
+                .spawn();
+                for (i, s) in states.iter().enumerate() {
+                    let b = task(async {}).id(t.at(i));
+                    match s {
+                        // Succeeded.
+                        0 | 1 => _ = b.spawn(),
+                        // Failed: its dependency was aborted.
+                        2 => _ = b.after(&gate).spawn(),
+                        // Never spawned.
+                        _ => {}
+                    }
+                }
+                gate.abort();
+                // Every task spawned is done before the range is awaited.
+                for (i, s) in states.iter().enumerate() {
+                    if *s != 3 {
+                        let _ = t.at(i).await;
+                    }
+                }
+                if retire {
+                    t.retire_finished();
+                }
+                let whole = t.range(lo..lo + len).await.map_err(|e| e.to_string());
+                let mut one_by_one = Ok(());
+                for i in lo..lo + len {
+                    if let Err(e) = t.at(i).await {
+                        one_by_one = Err(e.to_string());
+                        break;
+                    }
+                }
+                (whole, one_by_one)
+            });
+            prop_assert_eq!(whole, one_by_one);
+        }
+    }
+}

@@ -635,6 +635,45 @@ impl TaskSpace {
         self.inner.retired.lock().first_failure()
     }
 
+    /// How many integer ids from `start` on (below `end`) are known to have succeeded:
+    /// settled, held by a task that succeeded, or retired as such. One look at a block of
+    /// ids (one lock) for up to [`BLOCK`] of them, one at the record for a retired run: an
+    /// await of a range skips them so, instead of an await of each.
+    pub(crate) fn succeeded_from(&self, start: i128, end: i128) -> i128 {
+        let mut at = start;
+        while at < end {
+            let Ok(x) = i64::try_from(at) else { break };
+            let key = x.into_key();
+            let (h, slot) = key.block();
+            let in_block = self.shard(h).lock().find(h, |b| b.is(h, &key)).map(|b| {
+                (slot..BLOCK)
+                    .take(usize::try_from(end - at).unwrap_or(BLOCK))
+                    .take_while(|&s| {
+                        b.is_settled(s)
+                            || b.slots[s].as_ref().is_some_and(|n| {
+                                let nh = n.header();
+                                nh.kind == Kind::Task && matches!(nh.outcome(), Some(Ok(())))
+                            })
+                    })
+                    .count() as i128
+            });
+            let (n, whole) = match in_block {
+                Some(n) => (n, n == (BLOCK - slot) as i128),
+                None if self.inner.has_retired.load(Ordering::Acquire) => {
+                    let n = self.inner.retired.lock().succeeded_from(x);
+                    let n = n.min(end - at);
+                    (n, true)
+                }
+                None => (0, false),
+            };
+            at += n;
+            if n == 0 || !whole {
+                break;
+            }
+        }
+        at - start
+    }
+
     /// What `key` stands for, without making anything.
     pub(crate) fn lookup(&self, key: &Key) -> Lookup {
         let (h, slot) = key.block();

@@ -104,6 +104,16 @@ impl Ranges {
         }
     }
 
+    /// How many integers from `x` on are in the range holding `x` (at the level of
+    /// keys' last parts), if one does.
+    fn run_from(&self, x: i64) -> i128 {
+        self.0
+            .range(..=x)
+            .next_back()
+            .filter(|(_, (last, _))| *last >= x)
+            .map_or(0, |(_, (last, _))| *last as i128 - x as i128 + 1)
+    }
+
     /// Ranges held, at every level.
     #[cfg(test)]
     fn pieces(&self) -> usize {
@@ -188,6 +198,15 @@ impl Retired {
             self.failed.insert(key.clone(), e);
         }
         self.insert_run(key, 1);
+    }
+
+    /// How many keys of one integer from `x` on were retired, all of them by tasks that
+    /// succeeded (0 while any retired task failed: those are found one by one).
+    pub(super) fn succeeded_from(&self, x: i64) -> i128 {
+        if !self.failed.is_empty() {
+            return 0;
+        }
+        self.all_ints[0].run_from(x)
     }
 
     /// The failure retired first, and its task's key, if any retired task failed.

@@ -222,6 +222,10 @@ impl RangeWait {
                     }
                     continue;
                 }
+                if !this.never_spawned {
+                    // The ids known to have succeeded, skipped a block at a time.
+                    this.next += (this.range.space).succeeded_from(this.next, this.range.end);
+                }
                 if this.next >= this.range.end {
                     return Poll::Ready(this.first_err.take().map_or(Ok(()), Err));
                 }
