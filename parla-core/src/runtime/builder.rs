@@ -376,7 +376,7 @@ impl Builder {
             counters: Arc::new(Counters::new()),
             policy: self.policy.unwrap_or_else(|| Box::new(MostFree)),
             forward: (0..super::FORWARD_SHARDS)
-                .map(|_| CachePadded::new(Mutex::new(Vec::new())))
+                .map(|_| CachePadded::new(Mutex::new(std::collections::VecDeque::new())))
                 .collect(),
             gate: parking_lot::RwLock::new(()),
             #[cfg(feature = "tracing")]

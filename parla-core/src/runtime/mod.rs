@@ -34,6 +34,7 @@ pub(crate) mod waker;
 
 pub(crate) use exec::let_go_last;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -224,7 +225,7 @@ pub(crate) struct RtInner {
     /// dropped). In [`FORWARD_SHARDS`] lists, each placeholder in the one its space and its
     /// key's block pick, so that threads spawning with forward references at once rarely
     /// take the same lock.
-    forward: Box<[CachePadded<Mutex<Vec<TaskPtr>>>]>,
+    forward: Box<[CachePadded<Mutex<VecDeque<TaskPtr>>>]>,
     /// Held (write) by the stall resolver while it acts, and (read) by threads entering the
     /// runtime from outside while they take their busy token: the resolver never acts on
     /// a stall that a thread entering meanwhile ends.
@@ -329,14 +330,12 @@ impl Drop for Released {
 /// and either waited on or still referred to from somewhere else than this registry.
 /// Returns the others, and the placeholders whose dependents all finished, to leave their
 /// spaces (see [`Released`]).
-fn retain_forward(f: &mut Vec<TaskPtr>) -> Released {
+fn retain_forward(f: &mut VecDeque<TaskPtr>) -> Released {
     let mut prune = Vec::new();
-    let gone: Vec<TaskPtr> = f
-        .extract_if(.., |p| {
-            let h = p.header();
-            if h.is_done() {
-                return true;
-            }
+    let mut gone: Vec<TaskPtr> = Vec::new();
+    f.retain(|p| {
+        let h = p.header();
+        let go = h.is_done() || {
             let count = TaskArc::strong_count(p);
             if count == 2 && h.is_unspawned_id() && !h.forget_done_dependents() {
                 // Held by its space's table and this registry alone, and nothing waits on
@@ -345,8 +344,13 @@ fn retain_forward(f: &mut Vec<TaskPtr>) -> Released {
                 prune.push(p.clone());
             }
             count == 1 && !h.has_dependents()
-        })
-        .collect();
+        };
+        if go {
+            // (Dropped once the registry's lock is let go of.)
+            gone.push(p.clone());
+        }
+        !go
+    });
     if f.capacity() > 64 && f.len() < f.capacity() / 4 {
         f.shrink_to(f.len() * 2);
     }
@@ -384,7 +388,7 @@ impl RtInner {
     /// The registry's list for placeholders of hash `hash` (a key's block hash with its
     /// space mixed in: `TaskSpace::registry_hash`).
     #[inline]
-    fn forward_of(&self, hash: u64) -> &Mutex<Vec<TaskPtr>> {
+    fn forward_of(&self, hash: u64) -> &Mutex<VecDeque<TaskPtr>> {
         // The bits a space picks its shard with, so that the threads a space's shards keep
         // apart rarely meet here either.
         &self.forward[(hash >> 32) as usize % FORWARD_SHARDS]
@@ -403,13 +407,13 @@ impl RtInner {
     /// from 4 (a list keeps at most about as many entries nothing needs as it has
     /// entries that matter, or 3: about 50 over the lists). Returns the entries that pass
     /// let go of.
-    fn push_forward(f: &mut Vec<TaskPtr>, p: &TaskPtr) -> Released {
+    fn push_forward(f: &mut VecDeque<TaskPtr>, p: &TaskPtr) -> Released {
         let gone = if f.len() >= 4 && f.len().is_power_of_two() {
             retain_forward(f)
         } else {
             Released::default()
         };
-        f.push(p.clone());
+        f.push_back(p.clone());
         gone
     }
 
@@ -424,7 +428,7 @@ impl RtInner {
         const LOOK: usize = 8;
         let mut f = self.forward_of(hash).lock();
         let from = f.len().saturating_sub(LOOK);
-        let (old, gone) = match f[from..].iter().rposition(|q| TaskArc::ptr_eq(q, &p)) {
+        let (old, gone) = match f.range(from..).rposition(|q| TaskArc::ptr_eq(q, &p)) {
             Some(i) => (
                 Some(std::mem::replace(&mut f[from + i], task.clone())),
                 Released::default(),
@@ -445,8 +449,10 @@ impl RtInner {
                 let h = p.header();
                 h.is_unspawned_id() && h.has_dependents()
             })?;
-            // (`remove`, not `swap_remove`: the list stays oldest first.)
-            Some(f.remove(i))
+            // (`remove`, not `swap_remove`: the list stays oldest first. Mostly the first
+            // entry, taken in constant time: ids never spawned, failed one per step, took
+            // a shift of the whole list each, quadratic in their count.)
+            f.remove(i)
         })
     }
 
