@@ -1285,3 +1285,42 @@ fn dropping_a_runtime_under_a_long_chain_of_awaits_cancels_it_without_recursion(
     });
     assert!(matches!(r, Err(TaskError::Cancelled { .. })), "{r:?}");
 }
+
+/// A body the runtime's drop cancels is dropped with the runtime current: a task its
+/// `Drop` spawns (a guard that spawns its release work) resolves to `Cancelled`, as one
+/// spawned through a handle after the drop does, and `Handle::current()` there is the
+/// runtime's handle. (It was `NoRuntime`, "spawned outside a parla runtime", and `None`.)
+#[test]
+fn a_task_spawned_by_a_body_the_drop_cancels_is_cancelled() {
+    type Seen = (bool, TaskHandle<()>);
+    struct Cleanup(std::sync::mpsc::Sender<Seen>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let current = parla::Handle::current().is_some();
+            let _ = self.0.send((current, task(async {}).spawn()));
+        }
+    }
+    let rt = Runtime::new().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (_keep, never) = tokio::sync::oneshot::channel::<()>();
+    let guard = Cleanup(tx);
+    let _waiting = rt.handle().spawn(task(async move {
+        let _guard = guard;
+        started_tx.send(()).unwrap();
+        let _ = never.await;
+    }));
+    started.recv().unwrap();
+    // Parked on the channel by then, so that the drop's own pass cancels it on this
+    // thread (one still in its poll is cancelled by its driver, with the runtime current
+    // there already).
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(rt);
+    let (current, spawned) = rx.recv().unwrap();
+    assert!(current, "Handle::current() in the Drop of a cancelled body");
+    let r = futures_util::FutureExt::now_or_never(spawned);
+    assert!(
+        matches!(r, Some(Err(TaskError::Cancelled { .. }))),
+        "a task spawned there: {r:?}"
+    );
+}

@@ -377,6 +377,14 @@ pub(crate) fn cancel_all(rt: &Arc<RtInner>) {
         }
     }
     let _restore = Restore(CANCELLING.with(|c| c.replace((rt.id, false))));
+    // The bodies dropped here run their `Drop`s with the runtime current, as through a
+    // handle's guard: `Handle::current()` there gives the runtime's handle, and a task
+    // they spawn is cancelled at once (as one spawned through a handle after the drop),
+    // not refused as spawned outside any runtime. (Where a runtime is entered already, a
+    // task's poll on this thread, that one stays current.)
+    let _scope = super::context::entered_rt()
+        .is_null()
+        .then(|| super::context::enter_handle(rt));
     loop {
         cancel_pass(rt);
         if !CANCELLING.with(|c| c.replace((rt.id, false)).1) {
