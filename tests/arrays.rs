@@ -225,6 +225,50 @@ fn a_full_gpu_evicts_unused_copies_and_writes_back_the_only_valid_one() {
     assert!(resident <= 2 * (n as u64) * 8);
 }
 
+/// A full GPU evicts the copy used least recently, whether the copy was used again after
+/// the last eviction or not: evictions take the copies in the order one look at them gave,
+/// passing over those used since, which the next look places anew.
+#[test]
+fn a_full_gpu_evicts_the_copy_used_least_recently() {
+    // Room for three arrays on the virtual GPU.
+    let n = 1024usize;
+    let bytes = (n * 8) as u64;
+    let rt = support::vgpu(2, 1, 3 * bytes);
+    let arrays: Vec<PArray<u64, _>> = (0..6u64)
+        .map(|k| PArray::from(Array1::from_elem(n, k)))
+        .collect();
+    let on_gpu = support::within(60, move || {
+        rt.block_on(async {
+            let read = |k: usize| {
+                let a = arrays[k].clone();
+                task(async move { a.read().map(|v| v[0]) })
+                    .reads(&arrays[k])
+                    .placement(Placement::Gpu(0))
+            };
+            let held = || {
+                (0..arrays.len())
+                    .filter(|&k| arrays[k].valid_devices().contains(&Device::gpu(0)))
+                    .collect::<Vec<_>>()
+            };
+            let mut seen = Vec::new();
+            // A, B, C fill the GPU; A is used again; D evicts B.
+            for k in [0, 1, 2, 0, 3] {
+                assert_eq!(read(k).await.unwrap().unwrap(), k as u64);
+            }
+            seen.push(held());
+            // C is used again (after the look that evicted B); E evicts A, F then D.
+            for k in [2, 4] {
+                assert_eq!(read(k).await.unwrap().unwrap(), k as u64);
+            }
+            seen.push(held());
+            assert_eq!(read(5).await.unwrap().unwrap(), 5);
+            seen.push(held());
+            seen
+        })
+    });
+    assert_eq!(on_gpu, vec![vec![0, 2, 3], vec![2, 3, 4], vec![2, 4, 5]]);
+}
+
 #[test]
 fn data_too_big_for_every_device_is_unsatisfiable() {
     let rt = support::vgpu(2, 1, 1024);

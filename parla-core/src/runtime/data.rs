@@ -52,6 +52,13 @@ pub(crate) struct DeviceData {
     /// Who serves the queue (one thread at a time, nobody waiting).
     turn: crate::scheduler::turn::Turn,
     resident: Mutex<FxHashMap<usize, Weak<dyn DataObject>>>,
+    /// The copies that were evictable when the resident objects were last looked over,
+    /// least recently used first, with the time of their last use then: evictions take
+    /// them in turn (passing over one used since, whose place the next look gives), and
+    /// look the objects over again only once it is used up. (Each eviction looked every
+    /// copy on the device over and sorted them: quadratic for a working set that is a
+    /// share of the device's memory.) Used by the thread serving the queue.
+    order: Mutex<VecDeque<(u64, Weak<dyn DataObject>)>>,
 }
 
 impl DeviceData {
@@ -259,23 +266,30 @@ impl RtInner {
     fn evict(&self, slot: usize, need: u64, keep: &Accesses, out: &mut super::exec::Launch) -> u64 {
         let dev = &self.devices[slot];
         let device = dev.device;
-        // Taken out of the map before asking the objects: an object's lock is held while
-        // it registers a copy here, so the map's lock is never held while taking one.
-        let objects: Vec<Arc<dyn DataObject>> = {
-            let mut r = dev.data.resident.lock();
-            r.retain(|_, w| w.strong_count() > 0);
-            r.values().filter_map(Weak::upgrade).collect()
-        };
-        let mut cands: Vec<(u64, Arc<dyn DataObject>)> = objects
-            .into_iter()
-            .filter(|o| !keep.items.iter().any(|i| i.obj.key() == o.key()))
-            .filter_map(|o| o.last_use(device).map(|t| (t, o)))
-            .collect();
-        cands.sort_by_key(|(t, _)| *t);
         let mut freed = 0;
-        for (_, o) in cands {
-            if freed >= need {
-                break;
+        let mut looked = false;
+        // Copies of `keep`'s objects met on the way: put back in front, in order.
+        let mut kept = Vec::new();
+        while freed < need {
+            let next = dev.data.order.lock().pop_front();
+            let Some((t, w)) = next else {
+                if looked {
+                    break;
+                }
+                looked = true;
+                let order = self.eviction_order(slot);
+                *dev.data.order.lock() = order;
+                continue;
+            };
+            let Some(o) = w.upgrade() else { continue };
+            if keep.items.iter().any(|i| i.obj.key() == o.key()) {
+                kept.push((t, w));
+                continue;
+            }
+            // Used since (newer than every copy still in the order), evicted, or pinned:
+            // the next look finds it where it belongs.
+            if o.last_use(device) != Some(t) {
+                continue;
             }
             // SAFETY: the runtime evicts, to make room for a task it admits; the object
             // keeps a copy that is pinned or borrowed.
@@ -285,10 +299,35 @@ impl RtInner {
                 freed += f;
             }
         }
+        if !kept.is_empty() {
+            let mut order = dev.data.order.lock();
+            for k in kept.into_iter().rev() {
+                order.push_front(k);
+            }
+        }
         if freed > 0 {
             dev.admission.release(Demand { vcu: 0, mem: freed }, out);
         }
         freed
+    }
+
+    /// The copies on `slot` that can be evicted, least recently used first (see
+    /// [`DeviceData::order`]).
+    fn eviction_order(&self, slot: usize) -> VecDeque<(u64, Weak<dyn DataObject>)> {
+        let dev = &self.devices[slot];
+        // Taken out of the map before asking the objects: an object's lock is held while
+        // it registers a copy here, so the map's lock is never held while taking one.
+        let objects: Vec<Arc<dyn DataObject>> = {
+            let mut r = dev.data.resident.lock();
+            r.retain(|_, w| w.strong_count() > 0);
+            r.values().filter_map(Weak::upgrade).collect()
+        };
+        let mut order: Vec<(u64, Weak<dyn DataObject>)> = objects
+            .iter()
+            .filter_map(|o| o.last_use(dev.device).map(|t| (t, Arc::downgrade(o))))
+            .collect();
+        order.sort_by_key(|(t, _)| *t);
+        order.into()
     }
 
     /// At shutdown, once no task runs: every copy the runtime's GPUs hold goes (a sole valid
@@ -296,6 +335,7 @@ impl RtInner {
     /// another runtime, whose devices these are not.
     pub(crate) fn evict_all(&self) {
         for dev in self.devices.iter().filter(|d| d.device.arch() == Arch::Gpu) {
+            dev.data.order.lock().clear();
             let objects: Vec<Arc<dyn DataObject>> = std::mem::take(&mut *dev.data.resident.lock())
                 .into_values()
                 .filter_map(|w| w.upgrade())
