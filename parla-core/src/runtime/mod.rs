@@ -332,8 +332,11 @@ impl Drop for Released {
 /// spaces (see [`Released`]).
 fn retain_forward(f: &mut VecDeque<TaskPtr>) -> Released {
     let mut prune = Vec::new();
-    let mut gone: Vec<TaskPtr> = Vec::new();
-    f.retain(|p| {
+    // Kept entries moved to the front in order, the ones that go behind them, then
+    // drained (to be dropped once the registry's lock is let go of).
+    let mut kept = 0;
+    for i in 0..f.len() {
+        let p = &f[i];
         let h = p.header();
         let go = h.is_done() || {
             let count = TaskArc::strong_count(p);
@@ -345,12 +348,12 @@ fn retain_forward(f: &mut VecDeque<TaskPtr>) -> Released {
             }
             count == 1 && !h.has_dependents()
         };
-        if go {
-            // (Dropped once the registry's lock is let go of.)
-            gone.push(p.clone());
+        if !go {
+            f.swap(kept, i);
+            kept += 1;
         }
-        !go
-    });
+    }
+    let gone: Vec<TaskPtr> = f.drain(kept..).collect();
     if f.capacity() > 64 && f.len() < f.capacity() / 4 {
         f.shrink_to(f.len() * 2);
     }
