@@ -9,6 +9,7 @@
 //! columns of one), not an entry per step. Other keys are kept one by one, and so are
 //! failures (to answer awaits with the error).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -141,8 +142,30 @@ pub(super) struct Retired {
     count: usize,
 }
 
-/// The head of a key and its trailing integer parts, if it ends in one.
-fn split(key: &Key) -> Option<(Vec<Part>, Vec<i64>)> {
+/// Where the record keeps a key.
+enum Place<'k> {
+    /// A key of integers only (borrowed from the key in its inline form): the set for
+    /// their count, in `all_ints`.
+    Ints(Cow<'k, [i64]>),
+    /// A head of at least one part and the integers after it: the set for the head and
+    /// their count, in `ints`.
+    Headed(Vec<Part>, Vec<i64>),
+    /// A key not ending in an integer that fits `i64`: in `other`.
+    Other,
+}
+
+/// Where the record keeps `key`: a key of integers is looked at without a copy (inline:
+/// each spawn under an id asks the record once the space retired some).
+#[inline(always)]
+fn place(key: &Key) -> Place<'_> {
+    match key.as_ints() {
+        Some(ints) => Place::Ints(Cow::Borrowed(ints)),
+        None => place_of_parts(key),
+    }
+}
+
+/// [`place`] of a key with a string or a large unsigned part.
+fn place_of_parts(key: &Key) -> Place<'static> {
     let mut head: Vec<Part> = key.parts().collect();
     let mut ints = Vec::new();
     while let Some(Part::Int(i)) = head.last() {
@@ -150,7 +173,11 @@ fn split(key: &Key) -> Option<(Vec<Part>, Vec<i64>)> {
         head.pop();
     }
     ints.reverse();
-    (!ints.is_empty()).then_some((head, ints))
+    match (head.is_empty(), ints.is_empty()) {
+        (_, true) => Place::Other,
+        (true, false) => Place::Ints(Cow::Owned(ints)),
+        (false, false) => Place::Headed(head, ints),
+    }
 }
 
 impl Retired {
@@ -164,26 +191,18 @@ impl Retired {
     /// by tasks that succeeded.
     pub(super) fn insert_run(&mut self, first: &Key, n: usize) {
         debug_assert!(n >= 1);
-        let split_ints;
-        let (ranges, ints): (&mut Ranges, &[i64]) = match first.as_ints() {
-            Some(ints) => (&mut self.all_ints[ints.len() - 1], ints),
-            None => match split(first) {
-                Some((head, ints)) => {
-                    split_ints = ints;
-                    let k = split_ints.len();
-                    let ranges = match head.is_empty() {
-                        true => &mut self.all_ints[k - 1],
-                        false => self.ints.entry((head, k)).or_default(),
-                    };
-                    (ranges, &split_ints)
-                }
-                None => {
-                    debug_assert_eq!(n, 1, "a key not ending in an integer is a run of one");
-                    self.count += 1;
-                    self.other.insert(first.clone());
-                    return;
-                }
-            },
+        let (ranges, ints) = match place(first) {
+            Place::Ints(ints) => (&mut self.all_ints[ints.len() - 1], ints),
+            Place::Headed(head, ints) => {
+                let k = ints.len();
+                (self.ints.entry((head, k)).or_default(), Cow::Owned(ints))
+            }
+            Place::Other => {
+                debug_assert_eq!(n, 1, "a key not ending in an integer is a run of one");
+                self.count += 1;
+                self.other.insert(first.clone());
+                return;
+            }
         };
         self.count += n;
         let (lo, prefix) = ints.split_last().expect("at least one integer");
@@ -221,18 +240,13 @@ impl Retired {
         {
             return Some(Err(e.clone()));
         }
-        let used = match key.as_ints() {
-            Some(ints) => self.all_ints[ints.len() - 1].contains(ints),
-            None => match split(key) {
-                Some((head, ints)) if head.is_empty() => {
-                    self.all_ints[ints.len() - 1].contains(&ints)
-                }
-                Some((head, ints)) => {
-                    let n = ints.len();
-                    self.ints.get(&(head, n)).is_some_and(|r| r.contains(&ints))
-                }
-                None => self.other.contains(key),
-            },
+        let used = match place(key) {
+            Place::Ints(ints) => self.all_ints[ints.len() - 1].contains(&ints),
+            Place::Headed(head, ints) => {
+                let k = ints.len();
+                self.ints.get(&(head, k)).is_some_and(|r| r.contains(&ints))
+            }
+            Place::Other => self.other.contains(key),
         };
         used.then_some(Ok(()))
     }
