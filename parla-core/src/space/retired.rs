@@ -426,6 +426,12 @@ mod test {
     }
 
     proptest::proptest! {
+        // (No file of failing cases written into the source tree, as the workspace's
+        // other property tests.)
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
         /// A run recorded at once leaves the record as its keys recorded one by one would:
         /// the same ranges at every level (so the same keys used, and as few pieces),
         /// whatever runs came before, overlapping, touching or apart, near the ends of the
