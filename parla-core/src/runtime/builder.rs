@@ -373,7 +373,7 @@ impl Builder {
             gpus: n_gpus,
             no_gpu_why,
             inject: Injector::new(threads),
-            counters: Arc::new(Counters::new()),
+            counters: Arc::new(Counters::new(tokio.metrics(), pool_threads, threads)),
             policy: self.policy.unwrap_or_else(|| Box::new(MostFree)),
             forward: (0..super::FORWARD_SHARDS)
                 .map(|_| CachePadded::new(Mutex::new(std::collections::VecDeque::new())))
@@ -386,9 +386,7 @@ impl Builder {
             waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
             cpu_threads: threads,
             cores,
-            ours: CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
             let_go_polls: std::sync::atomic::AtomicUsize::new(0),
-            pool_threads,
             shutdown: std::sync::atomic::AtomicBool::new(false),
             ledger: super::data::ledger(me.clone(), id),
             #[cfg(all(test, not(parla_loom)))]

@@ -15,9 +15,11 @@
 //!   end of a driver's poll. So the counts are overstated at times, never understated, and
 //!   a zero busy count is never seen early.
 
+use std::sync::Arc;
 use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
@@ -39,16 +41,70 @@ pub(crate) struct Counters {
     /// the poll yet: runnable, and maybe kept from a core by a driver lingering for work
     /// (see `driver`).
     mains_woken: AtomicUsize,
+    /// Entries in the runtime's registry of forward references (placeholders, and tasks
+    /// that took one over), counted by the registry as its lists grow and shrink: with no
+    /// task live, no entry and no Tokio task of the program, a zero busy count has nothing
+    /// the stall resolver could find (see [`add`](Self::add)).
+    forward_entries: AtomicUsize,
+    /// Tokio tasks of the runtime's own that are alive (drivers and the stall monitor):
+    /// any other alive Tokio task is a user's, and may still spawn tasks. (On a cache line
+    /// of its own: drivers start and end often.)
+    pub(crate) ours: CachePadded<AtomicUsize>,
+    /// The threads alive in Tokio's pool: the workers, and those of `spawn_blocking`.
+    pool_threads: Arc<AtomicUsize>,
+    /// The runtime's workers.
+    cpu_threads: usize,
+    metrics: tokio::runtime::RuntimeMetrics,
+    /// How many times the stall resolver was woken (for tests).
+    #[cfg(all(test, not(parla_loom)))]
+    stall_wakes: AtomicUsize,
 }
 
 impl Counters {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(
+        metrics: tokio::runtime::RuntimeMetrics,
+        pool_threads: Arc<AtomicUsize>,
+        cpu_threads: usize,
+    ) -> Self {
         Counters {
             word: AtomicU64::new(0),
             monitors: Mutex::new(SmallVec::new()),
             stall: AtomicWaker::new(),
             zeros: AtomicU64::new(0),
             mains_woken: AtomicUsize::new(0),
+            forward_entries: AtomicUsize::new(0),
+            ours: CachePadded::new(AtomicUsize::new(0)),
+            pool_threads,
+            cpu_threads,
+            metrics,
+            #[cfg(all(test, not(parla_loom)))]
+            stall_wakes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Tokio tasks alive that are not the runtime's own, and the threads of Tokio's pool
+    /// beyond its workers: those run `spawn_blocking` closures (which Tokio does not count
+    /// among its tasks), or idle for a while after one (`builder::BLOCKING_KEEP_ALIVE`).
+    /// Either may still spawn tasks or ids.
+    pub(crate) fn foreign_tasks(&self) -> usize {
+        let alive = self.metrics.num_alive_tasks();
+        let blocking = self
+            .pool_threads
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.cpu_threads);
+        alive.saturating_sub(self.ours.load(Ordering::SeqCst)) + blocking
+    }
+
+    /// The registry of forward references grew by `added` entries and let go of `removed`
+    /// (under the lock of the list that changed).
+    #[inline]
+    pub(crate) fn forward_entries_changed(&self, added: usize, removed: usize) {
+        if added > removed {
+            self.forward_entries
+                .fetch_add(added - removed, Ordering::AcqRel);
+        } else if removed > added {
+            self.forward_entries
+                .fetch_sub(removed - added, Ordering::AcqRel);
         }
     }
 
@@ -81,15 +137,33 @@ impl Counters {
             .fetch_add(delta, Ordering::AcqRel)
             .wrapping_add(delta);
         if now as u32 == 0 || now >> 32 == 0 {
-            self.reached_zero(now as u32 == 0);
+            self.reached_zero(now);
         }
     }
 
+    /// Either count reached zero (`now`: both, after the update that did it).
+    ///
+    /// The stall resolver is woken when the busy count reaches zero, unless nothing could be
+    /// stalled: no task is live, the registry of forward references is empty (nothing
+    /// awaits an id never spawned) and no Tokio task of the program is alive (one could
+    /// await such an id later, which the resolver warns of while it looks again). So a
+    /// `block_on` that returns with nothing left, once per call, does not wake the
+    /// resolver's task on a worker to find nothing. (Every registration of a forward
+    /// reference comes before its thread gives back the busy token it registered under,
+    /// and the update that brings the count to zero follows all those give-backs in the
+    /// word's order: the registry's count read here includes it.)
     #[cold]
-    fn reached_zero(&self, idle: bool) {
-        if idle {
+    fn reached_zero(&self, now: u64) {
+        if now as u32 == 0 {
             self.zeros.fetch_add(1, Ordering::AcqRel);
-            self.stall.wake();
+            let quiet = now >> 32 == 0
+                && self.forward_entries.load(Ordering::Acquire) == 0
+                && self.foreign_tasks() == 0;
+            if !quiet {
+                #[cfg(all(test, not(parla_loom)))]
+                self.stall_wakes.fetch_add(1, Ordering::Relaxed);
+                self.stall.wake();
+            }
         }
         let ws = std::mem::take(&mut *self.monitors.lock());
         for w in ws {
@@ -114,5 +188,43 @@ impl Counters {
         if !m.iter().any(|x| x.will_wake(w)) {
             m.push(w.clone());
         }
+    }
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod test {
+    use crate::runtime::Runtime;
+    use crate::{TaskError, TaskSpace, task};
+
+    /// `block_on` calls that leave nothing behind (nothing awaited, or one task awaited)
+    /// do not wake the stall resolver at their busy count's zero, which each call used to
+    /// (a Tokio task woken on a worker to find nothing); an id awaited and never spawned
+    /// after them is still failed by it.
+    #[test]
+    fn a_block_on_that_leaves_nothing_does_not_wake_the_stall_resolver() {
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        rt.block_on(async {});
+        let wakes = || {
+            rt.inner
+                .counters
+                .stall_wakes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = wakes();
+        for i in 0..200u32 {
+            rt.block_on(async {});
+            let v = rt.block_on(async move { task(async move { i }).await.unwrap() });
+            assert_eq!(v, i);
+        }
+        // (A driver that just ended is counted by Tokio a little longer: a zero then wakes
+        // the resolver, a few times in 400.)
+        let woken = wakes() - before;
+        assert!(woken <= 100, "the stall resolver was woken {woken} times");
+        let t = TaskSpace::new("T");
+        let r = rt.block_on(async move { t.at(1).await });
+        assert!(
+            matches!(r, Err(TaskError::NeverSpawned { .. })),
+            "an id never spawned: {r:?}"
+        );
     }
 }

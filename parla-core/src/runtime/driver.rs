@@ -1089,7 +1089,7 @@ impl Drop for Driver {
         if self.active {
             self.rt.inject.release();
         }
-        self.rt.ours.fetch_sub(1, Ordering::SeqCst);
+        self.rt.counters.ours.fetch_sub(1, Ordering::SeqCst);
         // Dropped by Tokio's shutdown after the runtime's drop cancelled what it found: a
         // task this driver was polling meanwhile, and which waits again (on a timer of the
         // Tokio runtime going down with it), was running then, so nothing cancelled it, and
@@ -1325,7 +1325,7 @@ mod test {
         let inner = rt.inner.clone();
         // As `start_drivers` does: a slot claimed, the driver counted.
         assert!(inner.inject.claim());
-        inner.ours.fetch_add(1, Ordering::SeqCst);
+        inner.counters.ours.fetch_add(1, Ordering::SeqCst);
         let mut d = Driver::new(inner.clone());
         d.local.fx.ready.reserve(100_000);
         d.local.admitted.reserve(100_000);

@@ -895,7 +895,7 @@ impl RtInner {
     pub(crate) fn start_drivers(self: &Arc<Self>, n: usize) {
         let k = self.inject.drivers_wanted(n);
         for _ in 0..k {
-            self.ours.fetch_add(1, Ordering::SeqCst);
+            self.counters.ours.fetch_add(1, Ordering::SeqCst);
             self.tokio.spawn(Driver::new(self.clone()));
         }
         if k > 0 {

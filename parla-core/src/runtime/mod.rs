@@ -241,16 +241,10 @@ pub(crate) struct RtInner {
     /// The cores this process may run on (see `driver`: a driver lingering for CPU work
     /// where the workers fill them gives its core to a woken `block_on` thread).
     pub(crate) cores: usize,
-    /// Tokio tasks of the runtime's own that are alive (drivers and the stall monitor):
-    /// any other alive Tokio task is a user's, and may still spawn tasks.
-    /// (On a cache line of its own, as [`spent`](Self::spent).)
-    pub(crate) ours: CachePadded<AtomicUsize>,
     /// Polls going on that let go of their thread (see `RtInner::release_held`): each may
     /// block its thread until another task ran, so the runtime's drop does not wait for
     /// their threads before it cancels what is left (the task they wait for, among it).
     pub(crate) let_go_polls: AtomicUsize,
-    /// The threads alive in Tokio's pool: the workers, and those of `spawn_blocking`.
-    pub(crate) pool_threads: Arc<AtomicUsize>,
     pub(crate) shutdown: AtomicBool,
     /// Where data objects report the bytes they free on devices.
     pub(crate) ledger: crate::data::Ledger,
@@ -403,20 +397,21 @@ impl RtInner {
     /// returns the entries it let go of, for the caller to drop once the shard is
     /// unlocked.
     pub(crate) fn register_forward(&self, p: &TaskPtr, hash: u64) -> Released {
-        Self::push_forward(&mut self.forward_of(hash).lock(), p)
+        self.push_forward(&mut self.forward_of(hash).lock(), p)
     }
 
     /// Adds `p` to the registry's list `f`, passing over it first at each power of two
     /// from 4 (a list keeps at most about as many entries nothing needs as it has
     /// entries that matter, or 3: about 50 over the lists). Returns the entries that pass
     /// let go of.
-    fn push_forward(f: &mut VecDeque<TaskPtr>, p: &TaskPtr) -> Released {
+    fn push_forward(&self, f: &mut VecDeque<TaskPtr>, p: &TaskPtr) -> Released {
         let gone = if f.len() >= 4 && f.len().is_power_of_two() {
             retain_forward(f)
         } else {
             Released::default()
         };
         f.push_back(p.clone());
+        self.counters.forward_entries_changed(1, gone.gone.len());
         gone
     }
 
@@ -436,7 +431,7 @@ impl RtInner {
                 Some(std::mem::replace(&mut f[from + i], task.clone())),
                 Released::default(),
             ),
-            None => (None, Self::push_forward(&mut f, task)),
+            None => (None, self.push_forward(&mut f, task)),
         };
         drop(f);
         // (Freed outside the registry's lock.)
@@ -455,7 +450,9 @@ impl RtInner {
             // (`remove`, not `swap_remove`: the list stays oldest first. Mostly the first
             // entry, taken in constant time: ids never spawned, failed one per step, took
             // a shift of the whole list each, quadratic in their count.)
-            f.remove(i)
+            let p = f.remove(i);
+            self.counters.forward_entries_changed(0, 1);
+            p
         })
     }
 
@@ -466,6 +463,7 @@ impl RtInner {
         for list in self.forward.iter() {
             let mut f = list.lock();
             let gone = retain_forward(&mut f);
+            self.counters.forward_entries_changed(0, gone.gone.len());
             refs.extend(f.iter().cloned());
             drop(f);
             drop(gone);
@@ -555,18 +553,9 @@ impl RtInner {
     }
 
     /// Tokio tasks alive that are not the runtime's own, and the threads of Tokio's pool
-    /// beyond its workers: those run `spawn_blocking` closures (which Tokio does not count
-    /// among its tasks), or idle for a while after one ([`BLOCKING_KEEP_ALIVE`]). Either may
-    /// still spawn tasks or ids.
-    ///
-    /// [`BLOCKING_KEEP_ALIVE`]: builder::BLOCKING_KEEP_ALIVE
+    /// beyond its workers (see [`Counters::foreign_tasks`]).
     pub(crate) fn foreign_tasks(&self) -> usize {
-        let alive = self.tokio.metrics().num_alive_tasks();
-        let blocking = self
-            .pool_threads
-            .load(Ordering::SeqCst)
-            .saturating_sub(self.cpu_threads);
-        alive.saturating_sub(self.ours.load(Ordering::SeqCst)) + blocking
+        self.counters.foreign_tasks()
     }
 }
 

@@ -182,7 +182,7 @@ fn resolve_step(rt: &Arc<RtInner>, lasted: bool) -> Option<bool> {
 
 /// Starts the task that runs the resolver whenever the runtime goes quiescent.
 pub(crate) fn start_monitor(rt: &Arc<RtInner>) {
-    rt.ours.fetch_add(1, Ordering::SeqCst);
+    rt.counters.ours.fetch_add(1, Ordering::SeqCst);
     rt.tokio.spawn(Monitor {
         rt: Arc::downgrade(rt),
         recheck: None,
@@ -340,7 +340,7 @@ impl Future for Monitor {
 impl Drop for Monitor {
     fn drop(&mut self) {
         if let Some(rt) = self.rt.upgrade() {
-            rt.ours.fetch_sub(1, Ordering::SeqCst);
+            rt.counters.ours.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
