@@ -4,7 +4,8 @@
 # CPU tasks keeping their VCUs while they wait (the handshake with queued tasks),
 # activity words (park, wake, outside clones, an abort against a poll), node state and
 # links (publish vs register, readiness, the join protocol), the driver/injector handshake,
-# taking turns at serving a queue (data admission), the free-slot set of GPU stream
+# taking turns at serving a queue (data admission), a `block_on` waiting for the live
+# count to reach zero (its registration against the zero), the free-slot set of GPU stream
 # pools, and freeing a chunk of task memory once its blocks and its cutting thread let go.
 # Uses its own target directory: `--cfg parla_loom` changes the build of parla-core.
 set -euo pipefail

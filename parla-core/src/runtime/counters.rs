@@ -20,18 +20,15 @@ use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
 use crossbeam_utils::CachePadded;
-use parking_lot::Mutex;
 use smallvec::SmallVec;
 
-use crate::loom::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::loom::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 
 pub(crate) struct Counters {
     /// `live << 32 | busy`.
     word: AtomicU64,
-    /// `block_on` calls waiting for the live count to reach zero. (Inline: a `block_on`
-    /// that awaits one task at a time registers again after every task, and a vector
-    /// taken at each zero would allocate there each time.)
-    monitors: Mutex<SmallVec<[Waker; 2]>>,
+    /// `block_on` calls waiting for the live count to reach zero.
+    monitors: Monitors,
     /// The stall resolver, woken when the busy count reaches zero.
     pub(crate) stall: AtomicWaker,
     /// How many times the busy count reached zero: a stall that the resolver finds twice
@@ -49,9 +46,9 @@ pub(crate) struct Counters {
     /// Tokio tasks of the runtime's own that are alive (drivers and the stall monitor):
     /// any other alive Tokio task is a user's, and may still spawn tasks. (On a cache line
     /// of its own: drivers start and end often.)
-    pub(crate) ours: CachePadded<AtomicUsize>,
+    pub(crate) ours: CachePadded<std::sync::atomic::AtomicUsize>,
     /// The threads alive in Tokio's pool: the workers, and those of `spawn_blocking`.
-    pool_threads: Arc<AtomicUsize>,
+    pool_threads: Arc<std::sync::atomic::AtomicUsize>,
     /// The runtime's workers.
     cpu_threads: usize,
     metrics: tokio::runtime::RuntimeMetrics,
@@ -63,17 +60,17 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn new(
         metrics: tokio::runtime::RuntimeMetrics,
-        pool_threads: Arc<AtomicUsize>,
+        pool_threads: Arc<std::sync::atomic::AtomicUsize>,
         cpu_threads: usize,
     ) -> Self {
         Counters {
             word: AtomicU64::new(0),
-            monitors: Mutex::new(SmallVec::new()),
+            monitors: Monitors::default(),
             stall: AtomicWaker::new(),
             zeros: AtomicU64::new(0),
             mains_woken: AtomicUsize::new(0),
             forward_entries: AtomicUsize::new(0),
-            ours: CachePadded::new(AtomicUsize::new(0)),
+            ours: CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
             pool_threads,
             cpu_threads,
             metrics,
@@ -165,10 +162,7 @@ impl Counters {
                 self.stall.wake();
             }
         }
-        let ws = std::mem::take(&mut *self.monitors.lock());
-        for w in ws {
-            w.wake();
-        }
+        self.monitors.wake_all();
     }
 
     /// How many times the busy count reached zero so far.
@@ -182,11 +176,68 @@ impl Counters {
         ((w >> 32) as u32, w as u32)
     }
 
-    /// Wakes `w` the next time either count reaches zero.
-    pub(crate) fn register_monitor(&self, w: &Waker) {
-        let mut m = self.monitors.lock();
-        if !m.iter().any(|x| x.will_wake(w)) {
-            m.push(w.clone());
+    /// Whether the live count is zero; if not, `w` is woken the next time either count
+    /// reaches zero (or was woken already, by a zero since).
+    ///
+    /// No wake is lost, although a zero looks at the registered count without the lock:
+    /// the registration counts `w` (a read-modify-write), then reads the word with a
+    /// read-modify-write; a zero's update is a read-modify-write of the word before its
+    /// look at the count. Updates of the word are totally ordered: if the zero's comes
+    /// first, the read here sees the live count at zero; if it comes after, it acquires
+    /// this one, and its look sees the count this registration made (or zero, once a zero
+    /// in between took the list, `w` in it, and woke it).
+    pub(crate) fn live_done_or_monitor(&self, w: &Waker) -> bool {
+        self.monitors.live_done_or_register(&self.word, w)
+    }
+}
+
+/// The wakers of `block_on` calls waiting for the live count to reach zero, and how many
+/// there are: written under the list's lock, read without it, so that a zero with none
+/// registered (most) skips the lock. (Inline: a `block_on` that awaits one task at a time
+/// registers again after every task, and a vector taken at each zero would allocate there
+/// each time.) The protocol with the counts' word: see
+/// [`Counters::live_done_or_monitor`].
+struct Monitors {
+    list: Mutex<SmallVec<[Waker; 2]>>,
+    count: AtomicUsize,
+}
+
+impl Default for Monitors {
+    fn default() -> Self {
+        Monitors {
+            list: Mutex::new(SmallVec::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Monitors {
+    /// [`Counters::live_done_or_monitor`] with the counts' `word`: adds `w` (unless it is
+    /// there) and counts it with a read-modify-write, then reads the word with one.
+    fn live_done_or_register(&self, word: &AtomicU64, w: &Waker) -> bool {
+        {
+            let mut m = self.list.lock();
+            if !m.iter().any(|x| x.will_wake(w)) {
+                m.push(w.clone());
+                self.count.swap(m.len(), Ordering::AcqRel);
+            }
+        }
+        word.fetch_add(0, Ordering::AcqRel) >> 32 == 0
+    }
+
+    /// Wakes (and lets go of) every waker registered, if the count says any is.
+    #[inline]
+    fn wake_all(&self) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let ws = {
+            let mut m = self.list.lock();
+            self.count.swap(0, Ordering::AcqRel);
+            std::mem::take(&mut *m)
+        };
+        for w in ws {
+            w.wake();
         }
     }
 }
@@ -226,5 +277,49 @@ mod test {
             matches!(r, Err(TaskError::NeverSpawned { .. })),
             "an id never spawned: {r:?}"
         );
+    }
+}
+
+#[cfg(parla_loom)]
+mod loom_test {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Sets its flag when woken.
+    struct Flag(crate::loom::sync::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    /// A `block_on` registering for the live count's zero while the last task finishes
+    /// (the word updated, then the monitors woken, as `Counters::add` does): it sees the
+    /// zero, or it is woken.
+    #[test]
+    fn loom_test_a_monitor_registered_as_the_live_count_reaches_zero_is_not_lost() {
+        loom::model(|| {
+            let word = Arc::new(AtomicU64::new(1 << 32));
+            let monitors = Arc::new(Monitors::default());
+            let finisher = {
+                let (word, monitors) = (word.clone(), monitors.clone());
+                thread::spawn(move || {
+                    let now = word.fetch_sub(1 << 32, Ordering::AcqRel) - (1 << 32);
+                    if now >> 32 == 0 {
+                        monitors.wake_all();
+                    }
+                })
+            };
+            let flag = std::sync::Arc::new(Flag(crate::loom::sync::AtomicBool::new(false)));
+            let waker = Waker::from(flag.clone());
+            let done = monitors.live_done_or_register(&word, &waker);
+            finisher.join().unwrap();
+            assert!(
+                done || flag.0.load(Ordering::Acquire),
+                "the zero was missed"
+            );
+        });
     }
 }

@@ -745,7 +745,6 @@ impl Runtime {
         let mut spun = std::time::Duration::ZERO;
         let driver = std::future::poll_fn(|cx: &mut Context<'_>| {
             loop {
-                inner.counters.register_monitor(cx.waker());
                 main.thread.register(cx.waker());
                 main.running();
                 if out.is_none() && main.act.is_notified() {
@@ -781,9 +780,17 @@ impl Runtime {
                         },
                     }
                 }
-                let (live, _) = inner.counters.load();
-                if out.is_some() && (live == 0 || done_early) {
-                    return Poll::Ready(());
+                if out.is_some() {
+                    if done_early || inner.counters.load().0 == 0 {
+                        return Poll::Ready(());
+                    }
+                    // Tasks are left: woken when the live count reaches zero, unless it
+                    // did meanwhile. (Registered only then: a call whose tasks were all
+                    // done when its future was took the list's lock, and the zero's wake
+                    // of this very thread, for nothing.)
+                    if inner.counters.live_done_or_monitor(cx.waker()) {
+                        return Poll::Ready(());
+                    }
                 }
                 // GPU work in flight and nothing else to do: poll its fences here for a
                 // moment before sleeping, so a short kernel's completion is seen without a
