@@ -199,6 +199,13 @@ impl Activity {
         prev & STATE != PARKED && next & STATE == PARKED
     }
 
+    /// A finished poller that nothing else refers to any more, due for a first poll again,
+    /// as [`new`](Self::new) makes it (a `block_on` poller reused by the next call).
+    pub(crate) fn restart(&self) {
+        debug_assert_eq!(self.word.load(Ordering::Acquire) & STATE, DONE);
+        self.word.store(NOTIFIED, Ordering::Release);
+    }
+
     /// The poller finished for good. Returns whether it held a token (it was not parked).
     pub(crate) fn finish(&self) -> bool {
         let (prev, _) = self.update(|w| Some((w & !STATE) | DONE));

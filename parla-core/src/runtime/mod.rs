@@ -235,6 +235,9 @@ pub(crate) struct RtInner {
     pub(crate) trace: Option<crate::trace::RtTrace>,
     pub(crate) bridge: bridge::Bridge,
     pub(crate) pollers: parked::Pollers,
+    /// The poller of a `block_on` call that returned, for the next call to reuse (see
+    /// [`main_poller`](Self::main_poller)).
+    spare_main: parking_lot::Mutex<Option<Arc<MainPoller>>>,
     /// Where wakers schedule this runtime's tasks.
     pub(crate) waking: Arc<Waking>,
     pub(crate) cpu_threads: usize,
@@ -547,6 +550,31 @@ impl RtInner {
 
     /// Takes a busy token for a thread entering from outside (a new `block_on`, a `hold`
     /// guard), never while the stall resolver acts.
+    /// A poller for a `block_on` call: the one a call that returned left (see
+    /// [`keep_main`](Self::keep_main)) when nothing refers to it any more (no waker of it
+    /// is left anywhere), else a new one, registered with the pollers. (Reused, a call
+    /// makes no allocation, frees none, and leaves the pollers' list alone: about 300
+    /// instructions of an empty `block_on`'s 1,350.)
+    fn main_poller(&self) -> Arc<MainPoller> {
+        let spare = self.spare_main.lock().take();
+        if let Some(m) = spare
+            && Arc::strong_count(&m) == 1
+        {
+            m.act.restart();
+            return m;
+        }
+        let m = MainPoller::new(self.counters.clone(), self.id);
+        self.pollers.add_main(&m);
+        m
+    }
+
+    /// Keeps the poller of a `block_on` call that returned (its future finished and its
+    /// token given back) for the next call.
+    fn keep_main(&self, m: Arc<MainPoller>) {
+        let old = self.spare_main.lock().replace(m);
+        drop(old);
+    }
+
     pub(crate) fn enter_token(&self) {
         let _gate = self.gate.read();
         self.counters.add(0, 1);
@@ -730,11 +758,10 @@ impl Runtime {
             }
         });
         let _rt = context::enter_rt(inner);
-        let main = MainPoller::new(inner.counters.clone(), inner.id);
+        let main = inner.main_poller();
         inner.enter_token();
-        inner.pollers.add_main(&main);
         // Gives the future's token back however this returns (a panic of the future too).
-        let _token = MainToken(&main, &inner.counters);
+        let token = MainToken(&main, &inner.counters);
         let waker = main.poll_waker();
         // A task builder spawns as it turns into a future: with the runtime current and
         // this thread counted as waiting on it.
@@ -820,6 +847,8 @@ impl Runtime {
             Some(t) => t.block_on(driver),
             None => unreachable_runtime(),
         }
+        drop(token);
+        inner.keep_main(main);
         match out {
             Some(v) => v,
             None => unreachable_runtime(),
@@ -1087,5 +1116,45 @@ mod bytes_test {
         assert_eq!(super::bytes_text(1 << 20), "1.0 MiB");
         assert_eq!(super::bytes_text(1536), "1.5 KiB");
         assert_eq!(super::bytes_text(100), "100 bytes");
+    }
+}
+
+#[cfg(all(test, not(parla_loom)))]
+mod main_poller_test {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    /// The poller of a `block_on` call that returned is reused by the next call, unless a
+    /// waker of it is still held somewhere: a waker a future kept past its call, woken
+    /// during a later call, then wakes the finished poller it belongs to, and the later
+    /// call (whose future waits on a channel) goes on as if nothing happened.
+    #[test]
+    fn a_block_on_poller_is_reused_unless_a_waker_of_it_is_left() {
+        let rt = Runtime::builder().cpu_threads(2).build().unwrap();
+        let poller =
+            |rt: &Runtime| Arc::as_ptr(rt.inner.spare_main.lock().as_ref().expect("a poller kept"));
+        rt.block_on(async {});
+        let first = poller(&rt);
+        for _ in 0..10 {
+            rt.block_on(async { crate::task(async {}).await.unwrap() });
+            assert_eq!(poller(&rt), first, "the poller was not reused");
+        }
+        // A waker kept past its call.
+        let kept: Arc<StdMutex<Option<std::task::Waker>>> = Arc::default();
+        let k = kept.clone();
+        rt.block_on(std::future::poll_fn(move |cx| {
+            *k.lock().unwrap() = Some(cx.waker().clone());
+            std::task::Poll::Ready(())
+        }));
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let v = rt.block_on(async {
+            kept.lock().unwrap().take().expect("kept").wake();
+            let h = crate::task(async move { rx.await.unwrap() + 1 }).spawn();
+            tokio::task::yield_now().await;
+            tx.send(41).unwrap();
+            h.await.unwrap()
+        });
+        assert_eq!(v, 42);
+        assert_ne!(poller(&rt), first, "a poller with a waker left was reused");
     }
 }
