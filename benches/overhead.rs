@@ -41,6 +41,8 @@
 //!   `tokio::sync::oneshot` that is sent once all are spawned, then all awaited: more tasks
 //!   than the CPU admits at once wait outside the runtime, keeping their VCUs until a spawn
 //!   waits for them (each spawn looked at every task waiting so far: quadratic).
+//! - `block-on`: 100,000 calls of `rt.block_on(async {})` one after the other (a program
+//!   entering the runtime for each request or step; the figures are per call).
 //!
 //! parla-rs is used as a user would: `task(async {}).spawn()`, `.after(&handle)`,
 //! `.after([t.at((i - 1, j)), t.at((i, j - 1))])`, default VCUs, inside `Runtime::block_on`. The Tokio baseline is the faster (by
@@ -71,7 +73,8 @@
 //! `wavefront-rows`: those of the grid. For `channels`: the same pairs with `tokio::spawn`,
 //! over (a) bounded channels of one message, (b) the same unbounded channels as parla's.
 //! For `waiting`: the same with `tokio::spawn`, awaiting (a) each `JoinHandle`, (b) a
-//! `oneshot` each task sends its value on.
+//! `oneshot` each task sends its value on. For `block-on`: (a) `Runtime::block_on`, (b)
+//! `Handle::block_on`, of the same empty future.
 //! (The channel's own work is about two thirds of a message's instructions in Tokio, and the
 //! bounded one's semaphore adds about 290 per message: parla's pairs use the channel of the
 //! faster baseline, so that the ratio compares the runtimes.)
@@ -217,10 +220,11 @@ enum Graph {
     FromTokio,
     Channels,
     Waiting,
+    BlockOn,
 }
 
 impl Graph {
-    const ALL: [Graph; 14] = [
+    const ALL: [Graph; 15] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
@@ -235,6 +239,7 @@ impl Graph {
         Graph::FromTokio,
         Graph::Channels,
         Graph::Waiting,
+        Graph::BlockOn,
     ];
 
     fn name(self) -> &'static str {
@@ -253,6 +258,7 @@ impl Graph {
             Graph::FromTokio => "from-tokio",
             Graph::Channels => "channels",
             Graph::Waiting => "waiting",
+            Graph::BlockOn => "block-on",
         }
     }
 }
@@ -303,6 +309,8 @@ struct Sizes {
     pairs: usize,
     /// Tasks of `waiting`.
     waiting: usize,
+    /// `block_on` calls of `block-on`.
+    calls: usize,
     /// Pending tasks in the memory measurement.
     memory: usize,
     /// Batches of the service measurement.
@@ -326,6 +334,7 @@ impl Sizes {
             messages: scaled(200_000.0),
             pairs: 0,
             waiting: scaled(200_000.0),
+            calls: scaled(100_000.0),
             memory: scaled(1_000_000.0),
             batches: scaled(100.0),
         }
@@ -349,6 +358,7 @@ impl Sizes {
             Graph::FromTokio => self.futures,
             Graph::Channels => self.rounds() * 2 * self.pairs,
             Graph::Waiting => self.waiting,
+            Graph::BlockOn => self.calls,
         }
     }
 }
@@ -415,7 +425,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, steps, from-tokio, channels, waiting, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, steps, from-tokio, channels, waiting, block-on, service or memory",
         );
     }
     o
@@ -919,6 +929,31 @@ fn tokio_a_wavefront(rt: &tokio::runtime::Runtime, side: usize) -> Duration {
     })
 }
 
+/// `block-on`: `n` calls of `block_on` with an empty future, one after the other.
+fn parla_block_on(rt: &Runtime, n: usize) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        rt.block_on(async {});
+    }
+    start.elapsed()
+}
+
+/// [`parla_block_on`] with Tokio's (a) `Runtime::block_on`, (b) `Handle::block_on`.
+fn tokio_block_on(rt: &tokio::runtime::Runtime, n: usize, by_handle: bool) -> Duration {
+    let start = Instant::now();
+    if by_handle {
+        let h = rt.handle();
+        for _ in 0..n {
+            h.block_on(async {});
+        }
+    } else {
+        for _ in 0..n {
+            rt.block_on(async {});
+        }
+    }
+    start.elapsed()
+}
+
 /// Spawns `n` tasks from `block_on` one at a time, awaiting each before the next.
 fn parla_round_trip(rt: &Runtime, n: usize) -> Duration {
     rt.block_on(async move {
@@ -1248,6 +1283,7 @@ impl Env {
                     Graph::FromTokio => parla_from_tokio(rt, s.futures),
                     Graph::Channels => parla_channels(rt, s.pairs, s.rounds()),
                     Graph::Waiting => parla_waiting(rt, s.waiting),
+                    Graph::BlockOn => parla_block_on(rt, s.calls),
                 }
             }
             Imp::TokioA => {
@@ -1267,6 +1303,7 @@ impl Env {
                     Graph::FromTokio => tokio_from_tokio(rt, s.futures, false),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), false),
                     Graph::Waiting => tokio_waiting(rt, s.waiting, false),
+                    Graph::BlockOn => tokio_block_on(rt, s.calls, false),
                 }
             }
             Imp::TokioB => {
@@ -1298,6 +1335,7 @@ impl Env {
                     Graph::FromTokio => tokio_from_tokio(rt, s.futures, true),
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), true),
                     Graph::Waiting => tokio_waiting(rt, s.waiting, true),
+                    Graph::BlockOn => tokio_block_on(rt, s.calls, true),
                 }
             }
         }
