@@ -383,7 +383,7 @@ impl Builder {
             trace,
             bridge: bridge::Bridge::default(),
             pollers: parked::Pollers::default(),
-            spare_main: parking_lot::Mutex::new(None),
+            spare_main: super::SpareMain::new(),
             waking: Arc::new(Waking(Arc::new(Sched(me.clone())))),
             cpu_threads: threads,
             cores,

@@ -237,7 +237,7 @@ pub(crate) struct RtInner {
     pub(crate) pollers: parked::Pollers,
     /// The poller of a `block_on` call that returned, for the next call to reuse (see
     /// [`main_poller`](Self::main_poller)).
-    spare_main: parking_lot::Mutex<Option<Arc<MainPoller>>>,
+    spare_main: SpareMain,
     /// Where wakers schedule this runtime's tasks.
     pub(crate) waking: Arc<Waking>,
     pub(crate) cpu_threads: usize,
@@ -556,8 +556,7 @@ impl RtInner {
     /// makes no allocation, frees none, and leaves the pollers' list alone: about 300
     /// instructions of an empty `block_on`'s 1,350.)
     fn main_poller(&self) -> Arc<MainPoller> {
-        let spare = self.spare_main.lock().take();
-        if let Some(m) = spare
+        if let Some(m) = self.spare_main.take()
             && Arc::strong_count(&m) == 1
         {
             m.act.restart();
@@ -571,8 +570,7 @@ impl RtInner {
     /// Keeps the poller of a `block_on` call that returned (its future finished and its
     /// token given back) for the next call.
     fn keep_main(&self, m: Arc<MainPoller>) {
-        let old = self.spare_main.lock().replace(m);
-        drop(old);
+        drop(self.spare_main.put(m));
     }
 
     pub(crate) fn enter_token(&self) {
@@ -858,6 +856,39 @@ impl Runtime {
     }
 }
 
+/// A slot for one `Arc<MainPoller>`, taken and put by swaps (no lock: an empty
+/// `block_on` takes and puts one each call).
+pub(crate) struct SpareMain(std::sync::atomic::AtomicPtr<MainPoller>);
+
+impl SpareMain {
+    pub(crate) fn new() -> Self {
+        SpareMain(std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()))
+    }
+
+    /// The poller in the slot, if any, taken out.
+    #[inline]
+    fn take(&self) -> Option<Arc<MainPoller>> {
+        let p = self.0.swap(std::ptr::null_mut(), Ordering::Acquire);
+        // SAFETY: a non-null pointer in the slot is a reference made by `Arc::into_raw` (in
+        // `put`) that the slot owned; the swap took it out, so it is owned here, once.
+        (!p.is_null()).then(|| unsafe { Arc::from_raw(p) })
+    }
+
+    /// Puts `m` in the slot; returns what was there.
+    #[inline]
+    fn put(&self, m: Arc<MainPoller>) -> Option<Arc<MainPoller>> {
+        let old = self.0.swap(Arc::into_raw(m).cast_mut(), Ordering::AcqRel);
+        // SAFETY: as in `take`: the slot's reference, swapped out, is owned here, once.
+        (!old.is_null()).then(|| unsafe { Arc::from_raw(old) })
+    }
+}
+
+impl Drop for SpareMain {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
 /// The busy token of a `block_on` future, given back if the future did not finish (it
 /// panicked).
 struct MainToken<'a>(&'a Arc<MainPoller>, &'a Counters);
@@ -1133,8 +1164,12 @@ mod main_poller_test {
     #[test]
     fn a_block_on_poller_is_reused_unless_a_waker_of_it_is_left() {
         let rt = Runtime::builder().cpu_threads(2).build().unwrap();
-        let poller =
-            |rt: &Runtime| Arc::as_ptr(rt.inner.spare_main.lock().as_ref().expect("a poller kept"));
+        let poller = |rt: &Runtime| {
+            let m = rt.inner.spare_main.take().expect("a poller kept");
+            let p = Arc::as_ptr(&m);
+            drop(rt.inner.spare_main.put(m));
+            p
+        };
         rt.block_on(async {});
         let first = poller(&rt);
         for _ in 0..10 {
