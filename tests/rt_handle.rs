@@ -208,6 +208,27 @@ fn tokio_spawn_inside_a_task_can_spawn_and_await_tasks() {
     });
 }
 
+/// A `block_on` inside another's future on the same runtime (through Tokio's
+/// `block_in_place`, which lets the thread block) returns once every task finished, the
+/// outer future's included: it used to wait for good once the outer future had spawned a
+/// task, for the live counts that future's poll had taken ahead for its spawns.
+#[test]
+fn a_block_on_nested_in_block_in_place_returns_once_the_tasks_finished() {
+    for round in 0..20 {
+        let r = support::within(30, move || {
+            let rt = support::cpu(2);
+            rt.block_on(async {
+                let h = task(async { 40 }).spawn();
+                let inner = tokio::task::block_in_place(|| {
+                    rt.block_on(async { task(async { 2 }).await.unwrap() })
+                });
+                h.await.unwrap() + inner
+            })
+        });
+        assert_eq!(r, 42, "round {round}");
+    }
+}
+
 /// How a task inside `tokio::task::block_in_place` gets a task it spawned (before the
 /// call, or inside it) and waits for it there.
 #[derive(Clone, Copy, Debug)]

@@ -724,8 +724,11 @@ impl Runtime {
     /// If called from inside a task or another `block_on` (as Tokio's `block_on`), or from a
     /// thread of this runtime's own pool: a `spawn_blocking` closure, or `block_in_place`
     /// inside one of its tasks (the call would wait for every task, the one waiting for the
-    /// call too; spawn the work as a task and await it instead). A panic of `fut` itself
-    /// propagates to the caller, and the runtime stays usable.
+    /// call too; spawn the work as a task and await it instead). Inside another
+    /// `block_on`'s future through Tokio's `block_in_place` (on that thread, not a pool
+    /// thread), it runs, as Tokio's does, and returns once every task finished, those the
+    /// outer future spawned included. A panic of `fut` itself propagates to the caller,
+    /// and the runtime stays usable.
     #[track_caller]
     pub fn block_on<F: IntoFuture>(&self, fut: F) -> F::Output {
         self.block_on_main(fut, |_| false)
@@ -755,6 +758,11 @@ impl Runtime {
                 rt.release_held_here();
             }
         });
+        // Called inside another `block_on`'s poll on this thread (through Tokio's
+        // `block_in_place`): the live counts that poll took ahead for its spawns go back
+        // first, or this call, which waits for the live count's zero, would wait for them
+        // for good.
+        context::flush_credits();
         let _rt = context::enter_rt(inner);
         let main = inner.main_poller();
         inner.enter_token();
