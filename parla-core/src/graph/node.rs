@@ -391,46 +391,68 @@ struct Pended {
     /// not its own (a combinator's: `FuturesUnordered`), still registered (see
     /// `runtime::waker::Awaiting::waker`).
     combined: AtomicUsize,
-    /// Whether its block was cut from a chunk of the arena (for [`free_pended`]).
-    in_chunk: bool,
 }
 
-/// Makes `p`'s allocation: a block of the arena's (see [`crate::graph::arena`]), as task
-/// memory is. Most tasks that wait are freed on another thread than the one where they
-/// first waited (whoever lets go of them last frees them); from the global allocator, each
-/// took its slow path there (the free under the allocating thread's arena lock, and the
-/// next allocation through the bins it had emptied): about 900 instructions per task
-/// under callgrind on `benches/overhead.rs`'s `waiting`.
+/// How many emptied [`Pended`] allocations a thread keeps ([`PENDED`]).
+const PENDED_KEPT: usize = 64;
+
+thread_local! {
+    /// Allocations of [`Pended`] this thread emptied, for the next tasks that pend here.
+    /// Most tasks that wait are freed on another thread than the one where they first
+    /// waited (their memory is kept, or freed, by whoever lets go of them last): there, the
+    /// allocator would take the free through its slow path, and the next task to wait
+    /// would allocate again.
+    // (Boxes on purpose: what is kept is the allocations.)
+    #[allow(clippy::vec_box)]
+    static PENDED: std::cell::RefCell<Vec<Box<std::mem::MaybeUninit<Pended>>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `p` in an allocation this thread emptied earlier, or in a new one.
 #[inline]
-fn new_pended(mut p: Pended) -> *mut Pended {
-    let (block, in_chunk) = super::arena::alloc_block(std::alloc::Layout::new::<Pended>());
-    p.in_chunk = in_chunk;
-    let at = block.as_ptr().cast::<Pended>();
-    // SAFETY: the block is fresh, sized and aligned for a `Pended` (its layout), and owned
-    // here: written once before anything reads it.
-    unsafe { at.write(p) };
-    at
+fn new_pended(p: Pended) -> Box<Pended> {
+    let kept = if cfg!(parla_loom) {
+        None
+    } else {
+        PENDED
+            .try_with(|c| c.try_borrow_mut().ok().and_then(|mut v| v.pop()))
+            .ok()
+            .flatten()
+    };
+    match kept {
+        Some(b) => Box::write(b, p),
+        None => Box::new(p),
+    }
 }
 
 /// Drops what `p` holds (its run state, its reference to the runtime's scheduler) and
-/// gives its block back to the arena. (Out of line: it runs for tasks that waited only, and
-/// every task's drop inlines the check that calls it.)
-///
-/// # Safety
-/// `p` came from [`new_pended`], is freed once, and nothing refers to it any more.
+/// keeps the allocation for [`new_pended`], unless this thread keeps [`PENDED_KEPT`]
+/// already. (Out of line: it runs for tasks that waited only, and every task's drop
+/// inlines the check that calls it.)
 #[inline(never)]
-unsafe fn free_pended(p: *mut Pended) {
-    // SAFETY: per the contract, `p` is a live, owned `Pended` in a block of the arena of
-    // its layout: dropped once, then its block given back as `alloc_block` made it.
-    unsafe {
-        let in_chunk = (*p).in_chunk;
-        std::ptr::drop_in_place(p);
-        super::arena::free_block(
-            std::ptr::NonNull::new_unchecked(p.cast::<u8>()),
-            std::alloc::Layout::new::<Pended>(),
-            in_chunk,
-        );
+fn free_pended(p: Box<Pended>) {
+    let raw = Box::into_raw(p);
+    // SAFETY: `raw` is a live, owned `Pended` (from the box): its contents are dropped
+    // once, here, and the allocation is then owned as an uninitialized one of the same
+    // layout (`MaybeUninit<Pended>` has `Pended`'s), which never reads them again.
+    let empty = unsafe {
+        std::ptr::drop_in_place(raw);
+        Box::from_raw(raw.cast::<std::mem::MaybeUninit<Pended>>())
+    };
+    if cfg!(parla_loom) {
+        return;
     }
+    let back = PENDED
+        .try_with(|c| match c.try_borrow_mut() {
+            Ok(mut v) if v.len() < PENDED_KEPT => {
+                v.push(empty);
+                None
+            }
+            _ => Some(empty),
+        })
+        .ok()
+        .flatten();
+    drop(back);
 }
 
 pub(crate) struct Header {
@@ -506,9 +528,9 @@ impl Drop for Header {
     fn drop(&mut self) {
         let p = self.pended.load(Ordering::Acquire);
         if !p.is_null() {
-            // SAFETY: `p` came from `new_pended` (in `pended_or_new`) and is freed once,
-            // here (`&mut self`: nobody else can reach it).
-            unsafe { free_pended(p) };
+            // SAFETY: `p` came from `Box::into_raw` in `save_run` and is freed once, here
+            // (`&mut self`: nobody else can reach it).
+            free_pended(unsafe { Box::from_raw(p) });
         }
         // Most tasks end with links that hold nothing (no dependents left, no error, no
         // waker, no GPU links): checked here rather than in a call to their drop.
@@ -1154,17 +1176,10 @@ impl Header {
     #[inline]
     fn pended(&self) -> Option<&Pended> {
         let p = self.pended.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer came from `new_pended` (in `pended_or_new`) and is
-        // freed only with the header, so it stays valid as long as `self` is; `Pended` is
-        // never moved or mutated through it except its cells and atomics.
+        // SAFETY: a non-null pointer came from `Box::into_raw` in `save_run` and is freed
+        // only with the header, so it stays valid as long as `self` is; `Pended` is never
+        // moved or mutated through it except its cells and atomics.
         unsafe { p.as_ref() }
-    }
-
-    /// Whether what the task keeps since it first waited was cut from a chunk of the
-    /// arena (`None`: it never waited). For tests.
-    #[cfg(all(test, not(parla_loom)))]
-    pub(crate) fn pended_in_chunk(&self) -> Option<bool> {
-        self.pended().map(|p| p.in_chunk)
     }
 
     /// Saves the run state of a task whose poll returns `Pending`; the first time, also
@@ -1188,15 +1203,14 @@ impl Header {
     unsafe fn pended_or_new(&self, w: &Arc<Waking>) -> &Pended {
         let mut p = self.pended.load(Ordering::Acquire);
         if p.is_null() {
-            p = new_pended(Pended {
+            p = Box::into_raw(new_pended(Pended {
                 waking: w.clone(),
                 run: UnsafeCell::new(None),
                 poller_slot: AtomicU32::new(u32::MAX),
                 held: HeldMark::default(),
                 held_pos: AtomicU32::new(0),
                 combined: AtomicUsize::new(0),
-                in_chunk: false,
-            });
+            }));
             // Only the run-token holder stores, once: no race.
             self.pended.store(p, Ordering::Release);
         }

@@ -369,27 +369,3 @@ fn a_finished_task_s_memory_is_reused_only_by_a_cell_of_its_size_and_only_when_u
     assert_eq!(unsafe { new.take_output() }, Some(7));
     assert_eq!(drops.load(Ordering::SeqCst), 1);
 }
-
-/// What a task keeps once it waited is a block of the arena, as task memory is, not an
-/// allocation of its own (whose free, on another thread than the one that made it, took
-/// the global allocator's slow path for every task that waited).
-#[test]
-fn what_a_task_keeps_once_it_waited_is_cut_from_the_arena() {
-    let rt = crate::Runtime::builder().cpu_threads(2).build().unwrap();
-    let seen = rt.block_on(async {
-        crate::task(async {
-            let kept = || {
-                crate::runtime::context::running_task().and_then(|t| t.header().pended_in_chunk())
-            };
-            let before = kept();
-            // A child that sleeps: awaiting it, the task waits.
-            crate::task(tokio::time::sleep(std::time::Duration::from_millis(50)))
-                .await
-                .unwrap();
-            (before, kept())
-        })
-        .await
-        .unwrap()
-    });
-    assert_eq!(seen, (None, Some(true)));
-}
