@@ -239,9 +239,10 @@ impl Activity {
 
     /// A read-modify-write that changes nothing: it reads the word's latest value, and what
     /// wrote it before. An abort touches the word before it wakes the task (see
-    /// `Header::abort_seen_after_poll` for why).
-    pub(crate) fn touch(&self) {
-        self.word.fetch_or(0, Ordering::AcqRel);
+    /// `Header::abort_seen_after_poll` for why). Returns whether a wake was pending then
+    /// (the poller is due for a poll: never polled yet, or woken since its last one).
+    pub(crate) fn touch(&self) -> bool {
+        self.word.fetch_or(0, Ordering::AcqRel) & STATE == NOTIFIED
     }
 
     /// Whether a wake is pending (the poller should be polled).

@@ -393,6 +393,8 @@ impl Builder {
             #[cfg(all(test, not(parla_loom)))]
             futile_lingers: std::sync::atomic::AtomicUsize::new(0),
             #[cfg(all(test, not(parla_loom)))]
+            abort_lookups: std::sync::atomic::AtomicUsize::new(0),
+            #[cfg(all(test, not(parla_loom)))]
             drivers_made: std::sync::atomic::AtomicUsize::new(0),
             #[cfg(all(test, not(parla_loom)))]
             fit_checks: std::sync::atomic::AtomicUsize::new(0),

@@ -1219,8 +1219,11 @@ impl RtInner {
     /// an aborted task does not wait for resources it will not use. Returns whether it did
     /// (a task that waits in no lane is failed by its next poll, or by the queuer that
     /// finds it aborted: see [`Admission::take_aborted`](admission::Admission::take_aborted)).
-    pub(crate) fn abort_waiting(self: &Arc<Self>, task: &TaskPtr) -> bool {
-        let incoming = admission::mark_aborted(task);
+    ///
+    /// `incoming`: what [`admission::mark_aborted`], called first, returned.
+    pub(crate) fn abort_waiting(self: &Arc<Self>, task: &TaskPtr, incoming: bool) -> bool {
+        #[cfg(all(test, not(parla_loom)))]
+        self.abort_lookups.fetch_add(1, Ordering::Relaxed);
         // (On its way into a lane without the lock: its device's, mapped before.)
         let slots = if incoming {
             let s = task.header().slot();

@@ -256,6 +256,9 @@ pub(crate) struct RtInner {
     /// How many times a driver lingered and found nothing (see `Driver::linger`).
     #[cfg(all(test, not(parla_loom)))]
     pub(crate) futile_lingers: AtomicUsize,
+    /// How many aborts looked for their task in the devices' lanes (`abort_waiting`).
+    #[cfg(all(test, not(parla_loom)))]
+    pub(crate) abort_lookups: AtomicUsize,
     /// How many drivers were made.
     #[cfg(all(test, not(parla_loom)))]
     pub(crate) drivers_made: AtomicUsize,
