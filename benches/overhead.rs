@@ -43,6 +43,11 @@
 //!   waits for them (each spawn looked at every task waiting so far: quadratic).
 //! - `block-on`: 100,000 calls of `rt.block_on(async {})` one after the other (a program
 //!   entering the runtime for each request or step; the figures are per call).
+//! - `abort`: 100,000 empty tasks spawned from `block_on` at once while a task per worker
+//!   thread spins (holding every worker and, with default VCUs, the whole CPU), so that all
+//!   wait; then each aborted, every seventh round and round (from the front, the middle and
+//!   the back of what waits), the spinners let go, and each awaited (it fails as aborted).
+//!   Timed from the first abort to the last await.
 //!
 //! parla-rs is used as a user would: `task(async {}).spawn()`, `.after(&handle)`,
 //! `.after([t.at((i - 1, j)), t.at((i, j - 1))])`, default VCUs, inside `Runtime::block_on`. The Tokio baseline is the faster (by
@@ -74,7 +79,9 @@
 //! over (a) bounded channels of one message, (b) the same unbounded channels as parla's.
 //! For `waiting`: the same with `tokio::spawn`, awaiting (a) each `JoinHandle`, (b) a
 //! `oneshot` each task sends its value on. For `block-on`: (a) `Runtime::block_on`, (b)
-//! `Handle::block_on`, of the same empty future.
+//! `Handle::block_on`, of the same empty future. For `abort`: the same with `tokio::spawn`,
+//! (a) each task's `JoinHandle` aborted in the same order and awaited, (b) the tasks in a
+//! `JoinSet`, `abort_all` and then `join_next` to the end.
 //! (The channel's own work is about two thirds of a message's instructions in Tokio, and the
 //! bounded one's semaphore adds about 290 per message: parla's pairs use the channel of the
 //! faster baseline, so that the ratio compares the runtimes.)
@@ -221,10 +228,11 @@ enum Graph {
     Channels,
     Waiting,
     BlockOn,
+    Abort,
 }
 
 impl Graph {
-    const ALL: [Graph; 15] = [
+    const ALL: [Graph; 16] = [
         Graph::Independent,
         Graph::Chain,
         Graph::Reduction,
@@ -240,6 +248,7 @@ impl Graph {
         Graph::Channels,
         Graph::Waiting,
         Graph::BlockOn,
+        Graph::Abort,
     ];
 
     fn name(self) -> &'static str {
@@ -259,6 +268,7 @@ impl Graph {
             Graph::Channels => "channels",
             Graph::Waiting => "waiting",
             Graph::BlockOn => "block-on",
+            Graph::Abort => "abort",
         }
     }
 }
@@ -311,6 +321,8 @@ struct Sizes {
     waiting: usize,
     /// `block_on` calls of `block-on`.
     calls: usize,
+    /// Tasks of `abort`.
+    aborted: usize,
     /// Pending tasks in the memory measurement.
     memory: usize,
     /// Batches of the service measurement.
@@ -335,6 +347,7 @@ impl Sizes {
             pairs: 0,
             waiting: scaled(200_000.0),
             calls: scaled(100_000.0),
+            aborted: scaled(100_000.0),
             memory: scaled(1_000_000.0),
             batches: scaled(100.0),
         }
@@ -359,6 +372,7 @@ impl Sizes {
             Graph::Channels => self.rounds() * 2 * self.pairs,
             Graph::Waiting => self.waiting,
             Graph::BlockOn => self.calls,
+            Graph::Abort => self.aborted,
         }
     }
 }
@@ -425,7 +439,7 @@ fn parse_options() -> Options {
         && !Graph::ALL.iter().any(|x| x.name() == g)
     {
         fail(
-            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, steps, from-tokio, channels, waiting, block-on, service or memory",
+            "--graph takes independent, chain, reduction, wavefront, wavefront-h, wavefront-rows, fork-join, round-trip, busy, waves, steps, from-tokio, channels, waiting, block-on, abort, service or memory",
         );
     }
     o
@@ -954,6 +968,100 @@ fn tokio_block_on(rt: &tokio::runtime::Runtime, n: usize, by_handle: bool) -> Du
     start.elapsed()
 }
 
+/// What holds the workers during `abort`: how many spinners started, and whether they may
+/// stop.
+#[derive(Default)]
+struct Hold {
+    started: AtomicUsize,
+    go: AtomicBool,
+}
+
+/// A spinner of `abort`: holds its worker until let go.
+async fn hold(h: Arc<Hold>) {
+    h.started.fetch_add(1, Ordering::AcqRel);
+    while !h.go.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+}
+
+/// Starts a spinner per worker (`spawn_hold`) and waits until each runs.
+async fn hold_workers<S>(
+    workers: usize,
+    spawn_hold: impl Fn(Arc<Hold>) -> S,
+) -> (Arc<Hold>, Vec<S>) {
+    let h = Arc::new(Hold::default());
+    let holders = (0..workers).map(|_| spawn_hold(h.clone())).collect();
+    while h.started.load(Ordering::Acquire) < workers {
+        tokio::task::yield_now().await;
+    }
+    (h, holders)
+}
+
+/// The order of `abort`'s aborts: every seventh of `n`, round and round (each once while
+/// `n` is not a multiple of 7).
+fn abort_order(n: usize) -> impl Iterator<Item = usize> {
+    let step = if n.is_multiple_of(7) { 1 } else { 7 };
+    (0..n).map(move |k| k * step % n)
+}
+
+/// `abort`: `n` tasks spawned from `block_on` while spinners hold the `workers`, aborted
+/// in [`abort_order`], the spinners let go, and each awaited.
+fn parla_abort(rt: &Runtime, n: usize, workers: usize) -> Duration {
+    rt.block_on(async move {
+        let (h, holders) = hold_workers(workers, |h| task(hold(h)).spawn()).await;
+        let tasks: Vec<TaskHandle<()>> = (0..n).map(|_| task(async {}).spawn()).collect();
+        let start = Instant::now();
+        for i in abort_order(n) {
+            tasks[i].abort();
+        }
+        h.go.store(true, Ordering::Release);
+        for t in tasks {
+            t.await.expect_err("an aborted task ran");
+        }
+        let time = start.elapsed();
+        for t in holders {
+            t.await.expect("spinner failed");
+        }
+        time
+    })
+}
+
+/// [`parla_abort`] with `tokio::spawn`: (a) each `JoinHandle` aborted in the same order and
+/// awaited, (b) the tasks in a `JoinSet`, `abort_all`, then `join_next` to the end.
+fn tokio_abort(rt: &tokio::runtime::Runtime, n: usize, workers: usize, set: bool) -> Duration {
+    rt.block_on(async move {
+        let (h, holders) = hold_workers(workers, |h| tokio::spawn(hold(h))).await;
+        let time = if set {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                tasks.spawn(async {});
+            }
+            let start = Instant::now();
+            tasks.abort_all();
+            h.go.store(true, Ordering::Release);
+            while let Some(r) = tasks.join_next().await {
+                r.expect_err("an aborted task ran");
+            }
+            start.elapsed()
+        } else {
+            let tasks: Vec<JoinHandle<()>> = (0..n).map(|_| tokio::spawn(async {})).collect();
+            let start = Instant::now();
+            for i in abort_order(n) {
+                tasks[i].abort();
+            }
+            h.go.store(true, Ordering::Release);
+            for t in tasks {
+                t.await.expect_err("an aborted task ran");
+            }
+            start.elapsed()
+        };
+        for t in holders {
+            t.await.expect("spinner failed");
+        }
+        time
+    })
+}
+
 /// Spawns `n` tasks from `block_on` one at a time, awaiting each before the next.
 fn parla_round_trip(rt: &Runtime, n: usize) -> Duration {
     rt.block_on(async move {
@@ -1284,6 +1392,7 @@ impl Env {
                     Graph::Channels => parla_channels(rt, s.pairs, s.rounds()),
                     Graph::Waiting => parla_waiting(rt, s.waiting),
                     Graph::BlockOn => parla_block_on(rt, s.calls),
+                    Graph::Abort => parla_abort(rt, s.aborted, s.width),
                 }
             }
             Imp::TokioA => {
@@ -1304,6 +1413,7 @@ impl Env {
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), false),
                     Graph::Waiting => tokio_waiting(rt, s.waiting, false),
                     Graph::BlockOn => tokio_block_on(rt, s.calls, false),
+                    Graph::Abort => tokio_abort(rt, s.aborted, s.width, false),
                 }
             }
             Imp::TokioB => {
@@ -1336,6 +1446,7 @@ impl Env {
                     Graph::Channels => tokio_channels(rt, s.pairs, s.rounds(), true),
                     Graph::Waiting => tokio_waiting(rt, s.waiting, true),
                     Graph::BlockOn => tokio_block_on(rt, s.calls, true),
+                    Graph::Abort => tokio_abort(rt, s.aborted, s.width, true),
                 }
             }
         }

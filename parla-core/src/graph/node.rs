@@ -471,6 +471,10 @@ pub(crate) struct Header {
     /// Where the task stands in its device's task lane (its `admission::Claim` word: out,
     /// queued, or claimed by the parent awaiting it).
     pub(crate) lane: AtomicU8,
+    /// The low bits of the ticket the task took as it queued in the central part of its
+    /// device's task lane: where an aborter looks for it there (see
+    /// `admission::Claim::ticket_hint`). (In the header's padding.)
+    pub(crate) ticket: AtomicU16,
     /// Slot of the device the task was mapped to; `u16::MAX` until mapped.
     device: AtomicU16,
     pending: AtomicU32,
@@ -566,6 +570,7 @@ impl Header {
             has_data: false,
             recycle: Recycle::No,
             lane: AtomicU8::new(crate::scheduler::admission::OUT),
+            ticket: AtomicU16::new(0),
             device: AtomicU16::new(u16::MAX),
             pending: AtomicU32::new(1),
             rt_id,

@@ -183,6 +183,24 @@ impl admission::Claim for TaskPtr {
     fn let_go(self) {
         let_go_last(self);
     }
+
+    #[inline]
+    fn note_ticket(&self, ticket: u64) {
+        // (Read under the lane's lock, or after the entry passed through the queue into
+        // it: either orders this store before the read.)
+        self.header()
+            .ticket
+            .store(ticket as u16, crate::loom::sync::Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn ticket_hint(&self) -> Option<u16> {
+        Some(
+            self.header()
+                .ticket
+                .load(crate::loom::sync::Ordering::Relaxed),
+        )
+    }
 }
 
 /// The spent tasks a thread took for its spawns outside the drivers.

@@ -81,7 +81,11 @@
 //! - No aborted item waits: an aborter takes its item out of whichever lane holds it
 //!   ([`Admission::take_aborted`]), and a queuer that finds its item aborted hands it back
 //!   instead of queueing it; the two meet under the lanes' locks, or through the item's
-//!   claim word for a queuer without the lock (see `take_aborted`).
+//!   claim word for a queuer without the lock (see `take_aborted`). An aborted entry in
+//!   the middle of the central part of the task lane stays as a tombstone
+//!   (`Entry::is_dead`), which drains drop as they meet it, and which every look at the
+//!   lane's front passes by (the hand-over of a release, a drain's first check,
+//!   `central_tasks_waiting`).
 
 use std::collections::VecDeque;
 
@@ -157,6 +161,19 @@ struct Entry<T> {
     ticket: u64,
 }
 
+impl<T> Entry<T> {
+    /// Whether this is a central task lane entry whose item an aborter took out (see
+    /// [`Admission::take_aborted`]): a tombstone, which every look at the lane's front
+    /// passes by. Its demand is zero ([`take_central`]), which no waiting item's is (items
+    /// that need nothing bypass the lanes): a release never hands its reservation over to
+    /// it (it asks for exactly as much), and a drain's first check finds that it fits, so
+    /// that the drain looks past it.
+    #[inline(always)]
+    fn is_dead(&self) -> bool {
+        self.d.is_zero()
+    }
+}
+
 /// The ticket of a resume lane entry that lets the central part of the task lane go first
 /// (see [`Admission::resume_after_tasks`]).
 const YIELDS: u64 = 1;
@@ -210,13 +227,15 @@ pub(crate) fn mark_outside(word: &AtomicU8) -> bool {
     }
 }
 
-/// Whether `e` is a claimed task lane entry (a tombstone).
+/// Whether `e` is a task lane entry whose item is gone (a tombstone): claimed, or taken out
+/// of the central part by an aborter.
 #[inline]
 fn is_tombstone<T: Claim>(e: &Entry<T>) -> bool {
-    e.claimable
-        && e.item
-            .claim_word()
-            .is_some_and(|c| c.load(Ordering::Acquire) & STATE == CLAIMED)
+    e.is_dead()
+        || e.claimable
+            && e.item
+                .claim_word()
+                .is_some_and(|c| c.load(Ordering::Acquire) & STATE == CLAIMED)
 }
 
 /// Takes a lane entry's item for admission (under the lock): `false` if a lender claimed it
@@ -305,6 +324,20 @@ pub(crate) trait Claim: Sized {
     /// last reference to a finished item, often.
     #[inline]
     fn let_go(self) {}
+
+    /// Keeps the low bits of the ticket of the item's central task lane entry, for
+    /// [`ticket_hint`](Self::ticket_hint). (Nothing by default.)
+    #[inline]
+    fn note_ticket(&self, _ticket: u64) {}
+
+    /// The low bits of the ticket [`note_ticket`](Self::note_ticket) kept, if the item
+    /// keeps them: an aborter finds the item's entry by them, in a lane sorted by ticket,
+    /// instead of looking at every entry (see [`find_central`]). An item without them is
+    /// looked for entry by entry.
+    #[inline]
+    fn ticket_hint(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// Drops the tombstone `e` (see [`Claim::let_go`]).
@@ -487,7 +520,10 @@ impl<T: Claim> Admission<T> {
         if !self.incoming.is_empty() {
             return true;
         }
-        let (c, seen) = self.lock_central();
+        let (mut c, seen) = self.lock_central();
+        while c.tasks.front().is_some_and(Entry::is_dead) {
+            drop_dead_front(&mut c.tasks);
+        }
         let waiting = !c.tasks.is_empty();
         self.unlock(c, seen, out);
         waiting
@@ -655,14 +691,18 @@ impl<T: Claim> Admission<T> {
         }
     }
 
-    /// A central task lane entry for `item`, with the next ticket.
+    /// A central task lane entry for `item`, with the next ticket (which the item keeps
+    /// the low bits of, for an aborter: [`Claim::note_ticket`]).
     #[inline]
     fn central_entry(&self, item: T, d: Demand) -> Entry<T> {
+        debug_assert!(!d.is_zero(), "an item that needs nothing waits");
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        item.note_ticket(ticket);
         Entry {
             item,
             d,
             claimable: false,
-            ticket: self.tickets.fetch_add(1, Ordering::Relaxed),
+            ticket,
         }
     }
 
@@ -1079,6 +1119,10 @@ impl<T: Claim> Admission<T> {
         } else {
             // Central entries alone (not claimable).
             while let Some(e) = c.tasks.front() {
+                if e.is_dead() {
+                    drop_dead_front(&mut c.tasks);
+                    continue;
+                }
                 if !self.try_reserve(e.d) {
                     break;
                 }
@@ -1264,7 +1308,7 @@ impl<T: Claim> Admission<T> {
             .flatten()
             .flat_map(|lane| std::mem::take(&mut **lane))
             .chain(std::mem::take(&mut c.tasks))
-            .filter(take_queued)
+            .filter(|e| !e.is_dead() && take_queued(e))
             .collect();
         self.unlock_shards(locked);
         tasks.sort_by_key(|e| e.ticket);
@@ -1298,12 +1342,20 @@ impl<T: Claim> Admission<T> {
     ///   queues' entries to the lanes (holding the central lock, so that no other holder
     ///   does) until the item's mark is gone, which its push ends shortly; then it finds
     ///   it in its lane. Marked after, its queuer sees `ABORTED` and hands it back.
+    ///
+    /// It looks through the resume lane only: in the central part of the task lane it finds
+    /// the item by its ticket ([`find_central`]; the entry stays as a tombstone unless it
+    /// is at an end: [`take_central`]), and in a shard it claims it by its claim word, in
+    /// whichever shard it is.
     pub(crate) fn take_aborted(
         &self,
         item: &T,
         incoming: bool,
         out: &mut Vec<T>,
-    ) -> Option<(T, Lane)> {
+    ) -> Option<(T, Lane)>
+    where
+        T: Clone,
+    {
         let (mut c, seen) = self.lock_central();
         self.absorb(&mut c);
         if incoming && let Some(w) = item.claim_word() {
@@ -1316,30 +1368,80 @@ impl<T: Claim> Admission<T> {
         if let Some(i) = c.resumes.iter().position(|e| e.item.is(item)) {
             found = c.resumes.remove(i).map(|e| (e.item, Lane::Resume));
             self.resumes_left(&mut c, 1);
-        } else if let Some(i) = c.tasks.iter().position(|e| e.item.is(item)) {
-            found = c.tasks.remove(i).map(|e| (e.item, Lane::Task));
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        } else if let Some(i) = find_central(&c.tasks, item) {
+            found = Some((take_central(&mut c.tasks, i), Lane::Task));
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
         } else {
-            let mut locked = self.lock_shards(self.occupied(true));
-            for lane in locked.iter_mut().flatten() {
-                let Some(i) = lane.iter().position(|e| e.item.is(item)) else {
-                    continue;
-                };
-                // A tombstone stays for the drains (its lender runs the item).
-                if take_queued(&lane[i]) {
-                    found = lane.remove(i).map(|e| (e.item, Lane::Task));
-                }
-                break;
+            // In a shard: claimed as a lender claims it (its entry stays, a tombstone, for
+            // the drains; the claim takes it off the count), once every shard is locked, so
+            // that a queuer that placed it there before the abort flag was set is done.
+            let locked = self.lock_shards(self.occupied(true));
+            if self.claim(item) {
+                found = Some((item.clone(), Lane::Task));
             }
             self.unlock_shards(locked);
         }
         if found.is_some() {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
             // It may have held back the items behind it.
             self.drain(&mut c, out);
         }
         self.unlock(c, seen, out);
         found
     }
+}
+
+/// The index of `item`'s entry in the central part of a task lane, `lane` (sorted by
+/// ticket), if it is there: found by the low bits of its ticket that the item kept
+/// ([`Claim::ticket_hint`]), a binary search for each ticket between the first and the last
+/// that has them (one, while the lane spans fewer than 65,536 tickets). Aborting every
+/// task of a long lane looked through the lane for each, which took seconds for a few
+/// hundred thousand.
+fn find_central<T: Claim>(lane: &VecDeque<Entry<T>>, item: &T) -> Option<usize> {
+    let here = |e: &Entry<T>| !e.is_dead() && e.item.is(item);
+    let Some(hint) = item.ticket_hint() else {
+        return lane.iter().position(here);
+    };
+    let (first, last) = (lane.front()?.ticket, lane.back()?.ticket);
+    let mut found = None;
+    // The first ticket from `first` on whose low bits are `hint`, then every 65,536th.
+    let mut t = first + u64::from(hint.wrapping_sub(first as u16));
+    while t <= last {
+        let i = lane.partition_point(|e| e.ticket < t);
+        if lane.get(i).is_some_and(|e| e.ticket == t && here(e)) {
+            found = Some(i);
+            break;
+        }
+        t += 1 << u16::BITS;
+    }
+    debug_assert!(
+        lane.len() > 256 || found == lane.iter().position(here),
+        "an entry not found by its ticket"
+    );
+    found
+}
+
+/// Takes the item of entry `i` of the central part of a task lane, `lane`, out for an
+/// aborter: at either end, the entry goes; in between, it stays as a tombstone (its demand
+/// made zero: [`Entry::is_dead`]; it holds a reference to the item until a drain, or a
+/// look at the front that finds it there, drops it), since removing it there moves half
+/// the lane.
+fn take_central<T: Claim + Clone>(lane: &mut VecDeque<Entry<T>>, i: usize) -> T {
+    if i + 1 == lane.len() {
+        return lane.pop_back().expect("entry i is the last").item;
+    }
+    if i == 0 {
+        return lane.pop_front().expect("entry i is the first").item;
+    }
+    lane[i].d = Demand::default();
+    lane[i].item.clone()
+}
+
+/// Drops the tombstone of an aborted entry at the front of the central part of a task lane.
+#[cold]
+#[inline(never)]
+fn drop_dead_front<T: Claim>(lane: &mut VecDeque<Entry<T>>) {
+    drop_tombstone(lane.pop_front());
 }
 
 /// The lane whose front has the lowest ticket among the shards `locked` and the central
@@ -1417,13 +1519,15 @@ mod claim_item {
     use std::sync::Arc;
 
     use super::{Claim, OUT};
-    use crate::loom::sync::{AtomicBool, AtomicU8, Ordering};
+    use crate::loom::sync::{AtomicBool, AtomicU8, AtomicU16, Ordering};
 
     pub(super) struct Item {
         pub(super) id: u8,
         pub(super) word: AtomicU8,
         /// The abort flag of a task.
         pub(super) aborted: AtomicBool,
+        /// The low bits of its central entry's ticket, as a task keeps them.
+        ticket: AtomicU16,
     }
 
     impl Claim for Arc<Item> {
@@ -1431,11 +1535,26 @@ mod claim_item {
             Some(&self.word)
         }
         fn is(&self, other: &Self) -> bool {
+            #[cfg(not(parla_loom))]
+            COMPARED.with(|c| c.set(c.get() + 1));
             Arc::ptr_eq(self, other)
         }
         fn aborted(&self) -> bool {
             self.aborted.load(Ordering::Acquire)
         }
+        fn note_ticket(&self, ticket: u64) {
+            self.ticket.store(ticket as u16, Ordering::Relaxed);
+        }
+        fn ticket_hint(&self) -> Option<u16> {
+            Some(self.ticket.load(Ordering::Relaxed))
+        }
+    }
+
+    #[cfg(not(parla_loom))]
+    thread_local! {
+        /// How many times this thread compared items ([`Claim::is`]): what looking for
+        /// items in the lanes costs.
+        pub(super) static COMPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
     pub(super) fn item(id: u8) -> Arc<Item> {
@@ -1443,6 +1562,7 @@ mod claim_item {
             id,
             word: AtomicU8::new(OUT),
             aborted: AtomicBool::new(false),
+            ticket: AtomicU16::new(0),
         })
     }
 }
@@ -1929,6 +2049,90 @@ mod test {
         assert_eq!(ids(&out), vec![2, 5]);
         assert_eq!(a.usage().waiting, 0);
         assert_eq!(a.usage().vcu, VCU_ONE);
+    }
+
+    /// Aborted items in the middle of the central part of a long lane stay there as
+    /// tombstones, found by their tickets (also when the lane spans more tickets than
+    /// their kept low bits tell apart): the drains, the hand-over of a release, the
+    /// stall resolver's takes and a shutdown's all pass them by.
+    #[test]
+    fn aborted_items_in_a_long_central_lane_are_passed_by() {
+        let half = d(VCU_ONE / 2, 0);
+        let a = claimable(0);
+        let mut out = Vec::new();
+        let it = items(8);
+        assert!(a.admit(it[0].clone(), d(VCU_ONE, 0), &mut out));
+        for (n, i) in it[1..].iter().enumerate() {
+            assert!(a.queue(i.clone(), half, false, &mut out).is_none());
+            if n == 2 {
+                // Items 4 on hold their tickets 65,536 and more after the others': one
+                // with the same low bits as item 1's comes first in the lane then.
+                a.tickets.fetch_add(1 << 16, Ordering::Relaxed);
+            }
+        }
+        assert_eq!(ids(&out), vec![0]);
+        out.clear();
+        // In the middle (2, 5), at the back (7), both far apart in tickets.
+        for i in [2, 5, 7] {
+            assert_eq!(abort(&a, &it[i], &mut out), Some(Lane::Task), "item {i}");
+        }
+        assert_eq!(abort(&a, &it[5], &mut out), None, "taken out once");
+        assert_eq!(a.usage().waiting, 4);
+        assert!(out.is_empty());
+        // The hand-over of a release admits 1, the drain after it 3 (past 2's tombstone).
+        a.release(d(VCU_ONE, 0), &mut out);
+        assert_eq!(ids(&out), vec![1, 3]);
+        assert_eq!(a.usage().waiting, 2);
+        // 4 at the front now; aborted there, the tombstone of 5 behind it goes too.
+        assert_eq!(abort(&a, &it[4], &mut out), Some(Lane::Task));
+        let first = a.take_first_waiting(&mut out).map(|(t, _, _)| t.id);
+        assert_eq!(first, Some(6));
+        assert_eq!(a.usage().waiting, 0);
+        assert!(a.take_waiting(&mut out).is_empty());
+        let mut out = Vec::new();
+        assert!(!a.central_tasks_waiting(&mut out));
+    }
+
+    /// Aborting items that wait in long lanes, centrally and in a shard, in an order
+    /// other than theirs, looks at a few entries per abort, not through the lanes: each
+    /// abort compared its item with those ahead of it, about 2,000,000 comparisons here.
+    #[test]
+    fn aborts_in_long_lanes_look_at_few_entries() {
+        use super::claim_item::COMPARED;
+        let n = 2000;
+        let a = claimable(0);
+        let mut out = Vec::new();
+        assert!(a.admit(item(0), d(VCU_ONE, 0), &mut out));
+        let central: Vec<_> = (0..n).map(|i| item(i as u8)).collect();
+        let sharded: Vec<_> = (0..n).map(|i| item(i as u8)).collect();
+        for (c, s) in central.iter().zip(&sharded) {
+            assert!(
+                a.queue(c.clone(), d(VCU_ONE / 4, 0), false, &mut out)
+                    .is_none()
+            );
+            assert!(
+                a.queue_in(1, s.clone(), d(VCU_ONE / 4, 0), &mut out)
+                    .is_none()
+            );
+        }
+        COMPARED.with(|c| c.set(0));
+        // Every 7th, round and round: from the back, the middle and the front.
+        let order = (0..n).map(|k| k * 7 % n);
+        for i in order {
+            assert_eq!(abort(&a, &central[i], &mut out), Some(Lane::Task));
+            assert_eq!(abort(&a, &sharded[i], &mut out), Some(Lane::Task));
+        }
+        let compared = COMPARED.with(|c| c.get());
+        assert!(
+            compared <= 4 * n,
+            "{compared} comparisons for {} aborts",
+            2 * n
+        );
+        assert_eq!(a.usage().waiting, 0);
+        assert_eq!(out.len(), 1, "nothing admitted");
+        a.release(d(VCU_ONE, 0), &mut out);
+        assert_eq!(out.len(), 1, "nothing left to admit");
+        assert!(a.take_waiting(&mut out).is_empty());
     }
 
     /// A queuer that finds its item aborted hands it back, whichever way it queues.
