@@ -1004,21 +1004,31 @@ fn abort_order(n: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |k| k * step % n)
 }
 
+/// The timed part of `abort`: aborts `tasks` (`abort`) in [`abort_order`], lets the
+/// spinners (`h`) go, and awaits each.
+async fn abort_each<H, T, E>(tasks: Vec<H>, abort: impl Fn(&H), h: &Hold) -> Duration
+where
+    H: std::future::IntoFuture<Output = Result<T, E>>,
+    T: std::fmt::Debug,
+{
+    let start = Instant::now();
+    for i in abort_order(tasks.len()) {
+        abort(&tasks[i]);
+    }
+    h.go.store(true, Ordering::Release);
+    for t in tasks {
+        t.await.expect_err("an aborted task ran");
+    }
+    start.elapsed()
+}
+
 /// `abort`: `n` tasks spawned from `block_on` while spinners hold the `workers`, aborted
 /// in [`abort_order`], the spinners let go, and each awaited.
 fn parla_abort(rt: &Runtime, n: usize, workers: usize) -> Duration {
     rt.block_on(async move {
         let (h, holders) = hold_workers(workers, |h| task(hold(h)).spawn()).await;
         let tasks: Vec<TaskHandle<()>> = (0..n).map(|_| task(async {}).spawn()).collect();
-        let start = Instant::now();
-        for i in abort_order(n) {
-            tasks[i].abort();
-        }
-        h.go.store(true, Ordering::Release);
-        for t in tasks {
-            t.await.expect_err("an aborted task ran");
-        }
-        let time = start.elapsed();
+        let time = abort_each(tasks, TaskHandle::abort, &h).await;
         for t in holders {
             t.await.expect("spinner failed");
         }
@@ -1045,15 +1055,7 @@ fn tokio_abort(rt: &tokio::runtime::Runtime, n: usize, workers: usize, set: bool
             start.elapsed()
         } else {
             let tasks: Vec<JoinHandle<()>> = (0..n).map(|_| tokio::spawn(async {})).collect();
-            let start = Instant::now();
-            for i in abort_order(n) {
-                tasks[i].abort();
-            }
-            h.go.store(true, Ordering::Release);
-            for t in tasks {
-                t.await.expect_err("an aborted task ran");
-            }
-            start.elapsed()
+            abort_each(tasks, JoinHandle::abort, &h).await
         };
         for t in holders {
             t.await.expect("spinner failed");
