@@ -82,7 +82,8 @@
 //!   ([`Admission::take_aborted`]), and a queuer that finds its item aborted hands it back
 //!   instead of queueing it; the two meet under the lanes' locks, or through the item's
 //!   claim word for a queuer without the lock (see `take_aborted`). An aborted entry in
-//!   the middle of the central part of the task lane stays as a tombstone
+//!   the middle of the resume lane or the central part of the task lane stays as a
+//!   tombstone
 //!   (`Entry::is_dead`), which drains drop as they meet it, and which every look at the
 //!   lane's front passes by (the hand-over of a release, a drain's first check,
 //!   `central_tasks_waiting`).
@@ -157,25 +158,28 @@ struct Entry<T> {
     d: Demand,
     /// Whether a lender may claim it (its claim word is set: see [`Admission::queue`]).
     claimable: bool,
-    /// Its place in the task lane's order; in the resume lane 0, or [`YIELDS`].
+    /// Its place in its lane's order. In the resume lane, a count of the lane's entries
+    /// shifted left by one, and [`YIELDS`] in the low bit (which `resume_entry` sets
+    /// alone, and [`push_resume`] completes).
     ticket: u64,
 }
 
 impl<T> Entry<T> {
-    /// Whether this is a central task lane entry whose item an aborter took out (see
-    /// [`Admission::take_aborted`]): a tombstone, which every look at the lane's front
-    /// passes by. Its demand is zero ([`take_central`]), which no waiting item's is (items
-    /// that need nothing bypass the lanes): a release never hands its reservation over to
-    /// it (it asks for exactly as much), and a drain's first check finds that it fits, so
-    /// that the drain looks past it.
+    /// Whether this is an entry of the central part of the task lane, or of the resume
+    /// lane, whose item an aborter took out (see [`Admission::take_aborted`]): a
+    /// tombstone, which every look at a lane's front passes by. Its demand is zero
+    /// ([`take_entry`]), which no waiting item's is (items that need nothing bypass the
+    /// lanes): a release never hands its reservation over to it (it asks for exactly as
+    /// much), and a drain's first check finds that it fits, so that the drain looks past
+    /// it.
     #[inline(always)]
     fn is_dead(&self) -> bool {
         self.d.is_zero()
     }
 }
 
-/// The ticket of a resume lane entry that lets the central part of the task lane go first
-/// (see [`Admission::resume_after_tasks`]).
+/// The bit of a resume lane entry's ticket that lets the central part of the task lane go
+/// first (see [`Admission::resume_after_tasks`]).
 const YIELDS: u64 = 1;
 
 /// What the central lock holds. (The task lane first: with the lock, on one cache line.)
@@ -188,6 +192,8 @@ struct Central<T> {
     /// No resume asks for less VCUs, nor for less memory (a bound: kept while items leave,
     /// reset when the lane empties).
     resume_min: Demand,
+    /// Entries pushed to the resume lane so far: their tickets (see [`push_resume`]).
+    resumed: u64,
 }
 
 /// One shard of the task lane (claimable entries).
@@ -332,7 +338,7 @@ pub(crate) trait Claim: Sized {
 
     /// The low bits of the ticket [`note_ticket`](Self::note_ticket) kept, if the item
     /// keeps them: an aborter finds the item's entry by them, in a lane sorted by ticket,
-    /// instead of looking at every entry (see [`find_central`]). An item without them is
+    /// instead of looking at every entry (see [`find_entry`]). An item without them is
     /// looked for entry by entry.
     #[inline]
     fn ticket_hint(&self) -> Option<u16> {
@@ -481,6 +487,7 @@ impl<T: Claim> Admission<T> {
                 tasks: VecDeque::new(),
                 resumes: VecDeque::new(),
                 resume_min: NO_MIN,
+                resumed: 0,
             })),
             incoming: Queue::new(),
             incoming_resumes: Queue::new(),
@@ -1228,7 +1235,7 @@ impl<T: Claim> Admission<T> {
         let (mut admitted, mut yielded) = (0, false);
         let mut i = 0;
         while i < lane.len() && self.could_fit(min) {
-            if skip && lane[i].ticket == YIELDS {
+            if skip && lane[i].ticket & YIELDS != 0 {
                 yielded = true;
                 i += 1;
                 continue;
@@ -1274,6 +1281,9 @@ impl<T: Claim> Admission<T> {
     pub(crate) fn take_first_waiting(&self, out: &mut Vec<T>) -> Option<(T, Demand, Lane)> {
         let (mut c, seen) = self.lock_central();
         self.absorb(&mut c);
+        while c.resumes.front().is_some_and(Entry::is_dead) {
+            drop_dead_front(&mut c.resumes);
+        }
         if let Some(e) = c.resumes.pop_front() {
             self.resumes_left(&mut c, 1);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -1300,7 +1310,8 @@ impl<T: Claim> Admission<T> {
     pub(crate) fn take_waiting(&self, out: &mut Vec<T>) -> Vec<(T, Demand, Lane)> {
         let (mut c, seen) = self.lock_central();
         self.absorb(&mut c);
-        let resumes = std::mem::take(&mut c.resumes);
+        let mut resumes = std::mem::take(&mut c.resumes);
+        resumes.retain(|e| !e.is_dead());
         c.resume_min = NO_MIN;
         let mut locked = self.lock_shards(self.occupied(true));
         let mut tasks: Vec<Entry<T>> = locked
@@ -1343,9 +1354,9 @@ impl<T: Claim> Admission<T> {
     ///   does) until the item's mark is gone, which its push ends shortly; then it finds
     ///   it in its lane. Marked after, its queuer sees `ABORTED` and hands it back.
     ///
-    /// It looks through the resume lane only: in the central part of the task lane it finds
-    /// the item by its ticket ([`find_central`]; the entry stays as a tombstone unless it
-    /// is at an end: [`take_central`]), and in a shard it claims it by its claim word, in
+    /// It looks through no lane: in the resume lane and the central part of the task lane it
+    /// finds the item by its ticket ([`find_entry`]; the entry stays as a tombstone unless
+    /// it is at an end: [`take_entry`]), and in a shard it claims it by its claim word, in
     /// whichever shard it is.
     pub(crate) fn take_aborted(
         &self,
@@ -1365,12 +1376,12 @@ impl<T: Claim> Admission<T> {
             }
         }
         let mut found = None;
-        if let Some(i) = c.resumes.iter().position(|e| e.item.is(item)) {
-            found = c.resumes.remove(i).map(|e| (e.item, Lane::Resume));
+        if let Some(i) = find_entry(&c.resumes, item) {
+            found = Some((take_entry(&mut c.resumes, i), Lane::Resume));
             self.resumes_left(&mut c, 1);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-        } else if let Some(i) = find_central(&c.tasks, item) {
-            found = Some((take_central(&mut c.tasks, i), Lane::Task));
+        } else if let Some(i) = find_entry(&c.tasks, item) {
+            found = Some((take_entry(&mut c.tasks, i), Lane::Task));
             self.waiting.fetch_sub(1, Ordering::AcqRel);
         } else {
             // In a shard: claimed as a lender claims it (its entry stays, a tombstone, for
@@ -1391,13 +1402,14 @@ impl<T: Claim> Admission<T> {
     }
 }
 
-/// The index of `item`'s entry in the central part of a task lane, `lane` (sorted by
-/// ticket), if it is there: found by the low bits of its ticket that the item kept
+/// The index of `item`'s entry in `lane`, the central part of a task lane or the resume
+/// lane (each sorted by ticket), if it is there: found by the low bits of its ticket that
+/// the item kept
 /// ([`Claim::ticket_hint`]), a binary search for each ticket between the first and the last
 /// that has them (one, while the lane spans fewer than 65,536 tickets). Aborting every
 /// task of a long lane looked through the lane for each, which took seconds for a few
 /// hundred thousand.
-fn find_central<T: Claim>(lane: &VecDeque<Entry<T>>, item: &T) -> Option<usize> {
+fn find_entry<T: Claim>(lane: &VecDeque<Entry<T>>, item: &T) -> Option<usize> {
     let here = |e: &Entry<T>| !e.is_dead() && e.item.is(item);
     let Some(hint) = item.ticket_hint() else {
         return lane.iter().position(here);
@@ -1421,12 +1433,12 @@ fn find_central<T: Claim>(lane: &VecDeque<Entry<T>>, item: &T) -> Option<usize> 
     found
 }
 
-/// Takes the item of entry `i` of the central part of a task lane, `lane`, out for an
-/// aborter: at either end, the entry goes; in between, it stays as a tombstone (its demand
+/// Takes the item of entry `i` of `lane` (the central part of a task lane, or the resume
+/// lane) out for an aborter: at either end, the entry goes; in between, it stays as a tombstone (its demand
 /// made zero: [`Entry::is_dead`]; it holds a reference to the item until a drain, or a
 /// look at the front that finds it there, drops it), since removing it there moves half
 /// the lane.
-fn take_central<T: Claim + Clone>(lane: &mut VecDeque<Entry<T>>, i: usize) -> T {
+fn take_entry<T: Claim + Clone>(lane: &mut VecDeque<Entry<T>>, i: usize) -> T {
     if i + 1 == lane.len() {
         return lane.pop_back().expect("entry i is the last").item;
     }
@@ -1437,7 +1449,7 @@ fn take_central<T: Claim + Clone>(lane: &mut VecDeque<Entry<T>>, i: usize) -> T 
     lane[i].item.clone()
 }
 
-/// Drops the tombstone of an aborted entry at the front of the central part of a task lane.
+/// Drops the tombstone of an aborted entry at the front of a lane.
 #[cold]
 #[inline(never)]
 fn drop_dead_front<T: Claim>(lane: &mut VecDeque<Entry<T>>) {
@@ -1465,13 +1477,19 @@ fn first_lane<'a, T: Claim>(
     best.map(|(lane, _)| lane)
 }
 
-/// Puts `e` at the back of the resume lane (`c`), keeping the lane's bound.
+/// Puts `e` at the back of the resume lane (`c`), keeping the lane's bound, with the next
+/// ticket of the lane (its [`YIELDS`] bit kept), which the item keeps the low bits of for
+/// an aborter ([`Claim::note_ticket`]): the lane is sorted by ticket, as the central part
+/// of the task lane is.
 #[inline]
-fn push_resume<T>(c: &mut Central<T>, e: Entry<T>) {
+fn push_resume<T: Claim>(c: &mut Central<T>, mut e: Entry<T>) {
     c.resume_min = Demand {
         vcu: c.resume_min.vcu.min(e.d.vcu),
         mem: c.resume_min.mem.min(e.d.mem),
     };
+    e.ticket = c.resumed << 1 | (e.ticket & YIELDS);
+    c.resumed += 1;
+    e.item.note_ticket(e.ticket);
     c.resumes.push_back(e);
 }
 
@@ -2093,9 +2111,10 @@ mod test {
         assert!(!a.central_tasks_waiting(&mut out));
     }
 
-    /// Aborting items that wait in long lanes, centrally and in a shard, in an order
-    /// other than theirs, looks at a few entries per abort, not through the lanes: each
-    /// abort compared its item with those ahead of it, about 2,000,000 comparisons here.
+    /// Aborting items that wait in long lanes, centrally, in a shard and in the resume
+    /// lane, in an order other than theirs, looks at a few entries per abort, not through
+    /// the lanes: each abort compared its item with those ahead of it (and with every
+    /// resume), millions of comparisons here.
     #[test]
     fn aborts_in_long_lanes_look_at_few_entries() {
         use super::claim_item::COMPARED;
@@ -2105,7 +2124,12 @@ mod test {
         assert!(a.admit(item(0), d(VCU_ONE, 0), &mut out));
         let central: Vec<_> = (0..n).map(|i| item(i as u8)).collect();
         let sharded: Vec<_> = (0..n).map(|i| item(i as u8)).collect();
-        for (c, s) in central.iter().zip(&sharded) {
+        let resumed: Vec<_> = (0..n).map(|i| item(i as u8)).collect();
+        for ((c, s), r) in central.iter().zip(&sharded).zip(&resumed) {
+            assert!(matches!(
+                a.resume(r.clone(), VCU_ONE / 4, &mut out),
+                Resumed::Waiting
+            ));
             assert!(
                 a.queue(c.clone(), d(VCU_ONE / 4, 0), false, &mut out)
                     .is_none()
@@ -2121,13 +2145,15 @@ mod test {
         for i in order {
             assert_eq!(abort(&a, &central[i], &mut out), Some(Lane::Task));
             assert_eq!(abort(&a, &sharded[i], &mut out), Some(Lane::Task));
+            assert_eq!(abort(&a, &resumed[i], &mut out), Some(Lane::Resume));
         }
         let compared = COMPARED.with(|c| c.get());
         assert!(
-            compared <= 4 * n,
+            compared <= 6 * n,
             "{compared} comparisons for {} aborts",
-            2 * n
+            3 * n
         );
+        assert!(a.no_resumes_waiting());
         assert_eq!(a.usage().waiting, 0);
         assert_eq!(out.len(), 1, "nothing admitted");
         a.release(d(VCU_ONE, 0), &mut out);
