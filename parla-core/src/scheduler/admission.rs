@@ -194,6 +194,9 @@ struct Central<T> {
     resume_min: Demand,
     /// Entries pushed to the resume lane so far: their tickets (see [`push_resume`]).
     resumed: u64,
+    /// Tombstones left in `tasks` and in `resumes` since each was last compacted (see
+    /// [`take_entry`]; some may be gone since, dropped by drains).
+    dead: [usize; 2],
 }
 
 /// One shard of the task lane (claimable entries).
@@ -488,6 +491,7 @@ impl<T: Claim> Admission<T> {
                 resumes: VecDeque::new(),
                 resume_min: NO_MIN,
                 resumed: 0,
+                dead: [0; 2],
             })),
             incoming: Queue::new(),
             incoming_resumes: Queue::new(),
@@ -1376,12 +1380,23 @@ impl<T: Claim> Admission<T> {
             }
         }
         let mut found = None;
-        if let Some(i) = find_entry(&c.resumes, item) {
-            found = Some((take_entry(&mut c.resumes, i), Lane::Resume));
+        // (Queued in a shard: not looked for in the central part.)
+        let in_shard = item.claim_word().is_some_and(queued_in_shard);
+        let lanes = &mut *c;
+        if let Some(i) = find_entry(&lanes.resumes, item) {
+            let t = take_entry(&mut lanes.resumes, i, &mut lanes.dead[1]);
+            found = Some((t, Lane::Resume));
             self.resumes_left(&mut c, 1);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-        } else if let Some(i) = find_entry(&c.tasks, item) {
-            found = Some((take_entry(&mut c.tasks, i), Lane::Task));
+        } else if let Some(i) = if in_shard {
+            None
+        } else {
+            find_entry(&lanes.tasks, item)
+        } {
+            found = Some((
+                take_entry(&mut lanes.tasks, i, &mut lanes.dead[0]),
+                Lane::Task,
+            ));
             self.waiting.fetch_sub(1, Ordering::AcqRel);
         } else {
             // In a shard: claimed as a lender claims it (its entry stays, a tombstone, for
@@ -1404,41 +1419,52 @@ impl<T: Claim> Admission<T> {
 
 /// The index of `item`'s entry in `lane`, the central part of a task lane or the resume
 /// lane (each sorted by ticket), if it is there: found by the low bits of its ticket that
-/// the item kept
-/// ([`Claim::ticket_hint`]), a binary search for each ticket between the first and the last
-/// that has them (one, while the lane spans fewer than 65,536 tickets). Aborting every
-/// task of a long lane looked through the lane for each, which took seconds for a few
-/// hundred thousand.
+/// the item kept ([`Claim::ticket_hint`]), a binary search for each ticket between the
+/// first and the last that has them, from the last (one, while the lane spans fewer than
+/// 65,536 tickets), or a look at each entry when there are fewer entries than such
+/// tickets. Aborting every task of a long lane looked through the lane for each, which
+/// took seconds for a few hundred thousand.
 fn find_entry<T: Claim>(lane: &VecDeque<Entry<T>>, item: &T) -> Option<usize> {
     let here = |e: &Entry<T>| !e.is_dead() && e.item.is(item);
     let Some(hint) = item.ticket_hint() else {
         return lane.iter().position(here);
     };
     let (first, last) = (lane.front()?.ticket, lane.back()?.ticket);
+    if (last - first) >> u16::BITS >= lane.len() as u64 {
+        // Fewer entries than tickets with those bits between the first and the last (a
+        // short lane behind an entry waiting since long ago): a look at each is cheaper.
+        return lane.iter().position(here);
+    }
     let mut found = None;
-    // The first ticket from `first` on whose low bits are `hint`, then every 65,536th.
-    let mut t = first + u64::from(hint.wrapping_sub(first as u16));
-    while t <= last {
-        let i = lane.partition_point(|e| e.ticket < t);
-        if lane.get(i).is_some_and(|e| e.ticket == t && here(e)) {
+    // The last ticket up to `last` whose low bits are `hint`, then every 65,536th before
+    // it down to `first`: the entry looked for is most likely a recent one.
+    let mut t = last.checked_sub(u64::from((last as u16).wrapping_sub(hint)));
+    while let Some(at) = t.filter(|&at| at >= first) {
+        let i = lane.partition_point(|e| e.ticket < at);
+        if lane.get(i).is_some_and(|e| e.ticket == at && here(e)) {
             found = Some(i);
             break;
         }
-        t += 1 << u16::BITS;
+        t = at.checked_sub(1 << u16::BITS);
     }
     debug_assert!(
-        lane.len() > 256 || found == lane.iter().position(here),
+        lane.len() > 32 || found == lane.iter().position(here),
         "an entry not found by its ticket"
     );
     found
 }
 
 /// Takes the item of entry `i` of `lane` (the central part of a task lane, or the resume
-/// lane) out for an aborter: at either end, the entry goes; in between, it stays as a tombstone (its demand
-/// made zero: [`Entry::is_dead`]; it holds a reference to the item until a drain, or a
-/// look at the front that finds it there, drops it), since removing it there moves half
-/// the lane.
-fn take_entry<T: Claim + Clone>(lane: &mut VecDeque<Entry<T>>, i: usize) -> T {
+/// lane) out for an aborter: at either end, the entry goes; in between, it stays as a
+/// tombstone (its demand made zero: [`Entry::is_dead`]; it holds a reference to the item
+/// until a drain, or a look at the front that finds it there, drops it), since removing it
+/// there moves half the lane. `dead` counts the tombstones left since the lane was last
+/// compacted: once they outnumber its length's other half, the lane is compacted. Behind
+/// a waiting entry that does not move (a task waiting for more than is free), they would
+/// pile up with their tasks' memory, and the first drain to move would walk them all. (A
+/// compaction's pass over the lane is paid for by the aborts since the last one: more
+/// than half its length.)
+fn take_entry<T: Claim + Clone>(lane: &mut VecDeque<Entry<T>>, i: usize, dead: &mut usize) -> T {
     if i + 1 == lane.len() {
         return lane.pop_back().expect("entry i is the last").item;
     }
@@ -1446,7 +1472,30 @@ fn take_entry<T: Claim + Clone>(lane: &mut VecDeque<Entry<T>>, i: usize) -> T {
         return lane.pop_front().expect("entry i is the first").item;
     }
     lane[i].d = Demand::default();
-    lane[i].item.clone()
+    let item = lane[i].item.clone();
+    *dead += 1;
+    if *dead * 2 > lane.len() {
+        compact(lane);
+        *dead = 0;
+    }
+    item
+}
+
+/// Drops the tombstones of aborted entries from `lane` (see [`take_entry`]), each as
+/// drains drop them ([`drop_tombstone`]).
+#[cold]
+#[inline(never)]
+fn compact<T: Claim>(lane: &mut VecDeque<Entry<T>>) {
+    let mut kept = 0;
+    for i in 0..lane.len() {
+        if !lane[i].is_dead() {
+            lane.swap(kept, i);
+            kept += 1;
+        }
+    }
+    for e in lane.drain(kept..) {
+        drop_tombstone(Some(e));
+    }
 }
 
 /// Drops the tombstone of an aborted entry at the front of a lane.
@@ -2159,6 +2208,66 @@ mod test {
         a.release(d(VCU_ONE, 0), &mut out);
         assert_eq!(out.len(), 1, "nothing left to admit");
         assert!(a.take_waiting(&mut out).is_empty());
+    }
+
+    /// Tombstones of aborted items behind a waiting item that does not move (it asks for
+    /// more than is free) do not pile up, holding their items: the lane is compacted once
+    /// they outnumber the rest, in the central part of the task lane and in the resume
+    /// lane alike.
+    #[test]
+    fn tombstones_behind_a_waiting_item_are_compacted() {
+        let a = claimable(0);
+        let mut out = Vec::new();
+        assert!(a.admit(item(0), d(VCU_ONE, 0), &mut out));
+        let (front, resume_front) = (item(1), item(2));
+        assert!(
+            a.queue(front.clone(), d(VCU_ONE / 2, 0), false, &mut out)
+                .is_none()
+        );
+        assert!(matches!(
+            a.resume(resume_front.clone(), VCU_ONE / 2, &mut out),
+            Resumed::Waiting
+        ));
+        let n = 1000;
+        let tasks: Vec<_> = (0..n).map(|i| item(i as u8)).collect();
+        let resumes: Vec<_> = (0..n).map(|i| item(i as u8)).collect();
+        for (t, r) in tasks.iter().zip(&resumes) {
+            assert!(
+                a.queue(t.clone(), d(VCU_ONE / 4, 0), false, &mut out)
+                    .is_none()
+            );
+            assert!(matches!(
+                a.resume(r.clone(), VCU_ONE / 4, &mut out),
+                Resumed::Waiting
+            ));
+        }
+        for i in (0..n).map(|k| k * 7 % n) {
+            assert_eq!(abort(&a, &tasks[i], &mut out), Some(Lane::Task));
+            assert_eq!(abort(&a, &resumes[i], &mut out), Some(Lane::Resume));
+        }
+        {
+            let c = a.central.lock();
+            assert!(
+                c.tasks.len() <= 3,
+                "{} entries left for 1 waiting",
+                c.tasks.len()
+            );
+            assert!(
+                c.resumes.len() <= 3,
+                "{} resumes left for 1",
+                c.resumes.len()
+            );
+        }
+        // The aborted items' references went with their tombstones.
+        assert!(
+            tasks
+                .iter()
+                .chain(&resumes)
+                .all(|i| Arc::strong_count(i) == 1)
+        );
+        assert_eq!(a.usage().waiting, 2);
+        a.release(d(VCU_ONE, 0), &mut out);
+        assert_eq!(ids(&out), vec![0, 2, 1]);
     }
 
     /// A queuer that finds its item aborted hands it back, whichever way it queues.

@@ -279,8 +279,61 @@ impl fmt::Debug for AbortHandle {
     }
 }
 
+thread_local! {
+    /// The aborts asked for on this thread while it aborts a task, in order (`None` while
+    /// it aborts none): see [`abort`].
+    static NESTED: std::cell::RefCell<Option<std::collections::VecDeque<TaskPtr>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Ends [`abort`]'s run of nested aborts, however it ends (a drop that panics included:
+/// the aborts it left are dropped, not made).
+struct NestedGuard;
+
+impl Drop for NestedGuard {
+    fn drop(&mut self) {
+        let left = NESTED.try_with(|n| n.borrow_mut().take()).ok().flatten();
+        drop(left);
+    }
+}
+
 /// [`TaskHandle::abort`] of `task`.
+///
+/// Aborting a task that never ran drops its future here, and the future's drop may abort
+/// another task (a guard that aborts on drop), whose future's drop aborts a third: made
+/// one inside the other, a chain of 10,000 such tasks overflowed the main thread's stack
+/// (3,000 a worker's). An abort asked for while this thread aborts a task is queued
+/// instead, and made once that one is done (as Tokio drops an aborted task's future on a
+/// worker, later), before the outermost `abort` returns.
 fn abort(task: &TaskPtr) {
+    let queued = NESTED
+        .try_with(|n| match n.borrow_mut().as_mut() {
+            Some(q) => {
+                q.push_back(task.clone());
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false);
+    if queued {
+        return;
+    }
+    let outermost = NESTED
+        .try_with(|n| *n.borrow_mut() = Some(Default::default()))
+        .is_ok();
+    let _guard = outermost.then_some(NestedGuard);
+    abort_one(task);
+    while let Some(next) = NESTED
+        .try_with(|n| n.borrow_mut().as_mut().and_then(|q| q.pop_front()))
+        .ok()
+        .flatten()
+    {
+        abort_one(&next);
+    }
+}
+
+/// [`abort`] of one task.
+fn abort_one(task: &TaskPtr) {
     let h = task.header();
     if h.outcome().is_some() || !h.request_abort() {
         return;
@@ -386,5 +439,84 @@ mod abort_test {
         });
         assert!(matches!(r, Err(TaskError::Aborted { .. })), "{r:?}");
         assert_eq!(looked, 1);
+    }
+
+    /// Aborts on drop.
+    struct AbortOnDrop(Option<crate::AbortHandle>);
+
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            if let Some(h) = self.0.take() {
+                h.abort();
+            }
+        }
+    }
+
+    /// A chain of tasks waiting for the CPU, each holding a guard that aborts the next when
+    /// dropped, aborted at its head, from `block_on` and from a task: each abort drops the
+    /// next body, whose guard aborts the one after. Every task ends aborted, none runs, and
+    /// the aborts are made one after the other, not one inside the other (which overflowed
+    /// the test thread's stack, 2 MiB, at about 2,500 tasks).
+    #[test]
+    fn a_chain_of_aborts_on_drop_does_not_nest() {
+        // Two workers held (their VCUs the whole CPU), one left for the aborting task.
+        let rt = crate::Runtime::builder().cpu_threads(3).build().unwrap();
+        let n = 20_000;
+        for from_task in [false, true] {
+            let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let results = rt.block_on(async {
+                let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let holds: Vec<_> = (0..2)
+                    .map(|_| {
+                        let go = go.clone();
+                        task(async move {
+                            while !go.load(Ordering::Acquire) {
+                                std::hint::spin_loop();
+                            }
+                        })
+                        .vcus(0.5)
+                        .spawn()
+                    })
+                    .collect();
+                let mut next = None;
+                let mut hs: Vec<_> = (0..n)
+                    .rev()
+                    .map(|i| {
+                        let guard = AbortOnDrop(next.take());
+                        let ran = ran.clone();
+                        let h = task(async move {
+                            let _guard = guard;
+                            ran.fetch_add(1, Ordering::SeqCst);
+                            i
+                        })
+                        .spawn();
+                        next = Some(h.abort_handle());
+                        h
+                    })
+                    .collect();
+                hs.reverse();
+                let head = hs[0].abort_handle();
+                if from_task {
+                    task(async move { head.abort() }).vcus(0.0).await.unwrap();
+                } else {
+                    head.abort();
+                }
+                let mut results = Vec::new();
+                for h in hs {
+                    results.push(h.await);
+                }
+                go.store(true, Ordering::Release);
+                for h in holds {
+                    h.await.unwrap();
+                }
+                results
+            });
+            assert_eq!(ran.load(Ordering::SeqCst), 0, "an aborted task ran");
+            let aborted = results
+                .iter()
+                .filter(|r| matches!(r, Err(TaskError::Aborted { .. })))
+                .count();
+            assert_eq!(aborted, n, "from a task: {from_task}");
+        }
     }
 }
