@@ -2210,6 +2210,22 @@ mod test {
         assert!(a.take_waiting(&mut out).is_empty());
     }
 
+    /// Queues `task` centrally and `resume` in the resume lane, each asking for `vcu`, on a
+    /// device where neither fits.
+    fn wait_centrally_and_resuming(
+        a: &Admission<Arc<Item>>,
+        task: &Arc<Item>,
+        resume: &Arc<Item>,
+        vcu: u32,
+        out: &mut Vec<Arc<Item>>,
+    ) {
+        assert!(a.queue(task.clone(), d(vcu, 0), false, out).is_none());
+        assert!(matches!(
+            a.resume(resume.clone(), vcu, out),
+            Resumed::Waiting
+        ));
+    }
+
     /// Tombstones of aborted items behind a waiting item that does not move (it asks for
     /// more than is free) do not pile up, holding their items: the lane is compacted once
     /// they outnumber the rest, in the central part of the task lane and in the resume
@@ -2219,27 +2235,12 @@ mod test {
         let a = claimable(0);
         let mut out = Vec::new();
         assert!(a.admit(item(0), d(VCU_ONE, 0), &mut out));
-        let (front, resume_front) = (item(1), item(2));
-        assert!(
-            a.queue(front.clone(), d(VCU_ONE / 2, 0), false, &mut out)
-                .is_none()
-        );
-        assert!(matches!(
-            a.resume(resume_front.clone(), VCU_ONE / 2, &mut out),
-            Resumed::Waiting
-        ));
+        wait_centrally_and_resuming(&a, &item(1), &item(2), VCU_ONE / 2, &mut out);
         let n = 1000;
         let tasks: Vec<_> = (0..n).map(|i| item(i as u8)).collect();
         let resumes: Vec<_> = (0..n).map(|i| item(i as u8)).collect();
         for (t, r) in tasks.iter().zip(&resumes) {
-            assert!(
-                a.queue(t.clone(), d(VCU_ONE / 4, 0), false, &mut out)
-                    .is_none()
-            );
-            assert!(matches!(
-                a.resume(r.clone(), VCU_ONE / 4, &mut out),
-                Resumed::Waiting
-            ));
+            wait_centrally_and_resuming(&a, t, r, VCU_ONE / 4, &mut out);
         }
         for i in (0..n).map(|k| k * 7 % n) {
             assert_eq!(abort(&a, &tasks[i], &mut out), Some(Lane::Task));
