@@ -472,8 +472,9 @@ pub(crate) struct Header {
     /// queued, or claimed by the parent awaiting it).
     pub(crate) lane: AtomicU8,
     /// The low bits of the ticket the task took as it queued in the central part of its
-    /// device's task lane: where an aborter looks for it there (see
-    /// `admission::Claim::ticket_hint`). (In the header's padding.)
+    /// device's task lane, or in its resume lane (it waits in one lane at a time): where an
+    /// aborter looks for it there (see `admission::Claim::ticket_hint`). (In the header's
+    /// padding.)
     pub(crate) ticket: AtomicU16,
     /// Slot of the device the task was mapped to; `u16::MAX` until mapped.
     device: AtomicU16,

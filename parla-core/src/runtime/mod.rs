@@ -570,8 +570,6 @@ impl RtInner {
         }
     }
 
-    /// Takes a busy token for a thread entering from outside (a new `block_on`, a `hold`
-    /// guard), never while the stall resolver acts.
     /// A poller for a `block_on` call: the one a call that returned left (see
     /// [`keep_main`](Self::keep_main)) when nothing refers to it any more (no waker of it
     /// is left anywhere), else a new one, registered with the pollers. (Reused, a call
@@ -595,6 +593,8 @@ impl RtInner {
         drop(self.spare_main.put(m));
     }
 
+    /// Takes a busy token for a thread entering from outside (a new `block_on`, a `hold`
+    /// guard), never while the stall resolver acts.
     pub(crate) fn enter_token(&self) {
         let _gate = self.gate.read();
         self.counters.add(0, 1);

@@ -83,9 +83,8 @@
 //!   instead of queueing it; the two meet under the lanes' locks, or through the item's
 //!   claim word for a queuer without the lock (see `take_aborted`). An aborted entry in
 //!   the middle of the resume lane or the central part of the task lane stays as a
-//!   tombstone
-//!   (`Entry::is_dead`), which drains drop as they meet it, and which every look at the
-//!   lane's front passes by (the hand-over of a release, a drain's first check,
+//!   tombstone (`Entry::is_dead`), which drains drop as they meet it, and which every look
+//!   at the lane's front passes by (the hand-over of a release, a drain's first check,
 //!   `central_tasks_waiting`).
 
 use std::collections::VecDeque;
@@ -334,7 +333,8 @@ pub(crate) trait Claim: Sized {
     #[inline]
     fn let_go(self) {}
 
-    /// Keeps the low bits of the ticket of the item's central task lane entry, for
+    /// Keeps the low bits of the ticket of the item's entry in a lane sorted by ticket (the
+    /// central part of the task lane, or the resume lane), for
     /// [`ticket_hint`](Self::ticket_hint). (Nothing by default.)
     #[inline]
     fn note_ticket(&self, _ticket: u64) {}
@@ -532,9 +532,7 @@ impl<T: Claim> Admission<T> {
             return true;
         }
         let (mut c, seen) = self.lock_central();
-        while c.tasks.front().is_some_and(Entry::is_dead) {
-            drop_dead_front(&mut c.tasks);
-        }
+        drop_dead_fronts(&mut c.tasks);
         let waiting = !c.tasks.is_empty();
         self.unlock(c, seen, out);
         waiting
@@ -1131,7 +1129,7 @@ impl<T: Claim> Admission<T> {
             // Central entries alone (not claimable).
             while let Some(e) = c.tasks.front() {
                 if e.is_dead() {
-                    drop_dead_front(&mut c.tasks);
+                    drop_dead_fronts(&mut c.tasks);
                     continue;
                 }
                 if !self.try_reserve(e.d) {
@@ -1285,9 +1283,7 @@ impl<T: Claim> Admission<T> {
     pub(crate) fn take_first_waiting(&self, out: &mut Vec<T>) -> Option<(T, Demand, Lane)> {
         let (mut c, seen) = self.lock_central();
         self.absorb(&mut c);
-        while c.resumes.front().is_some_and(Entry::is_dead) {
-            drop_dead_front(&mut c.resumes);
-        }
+        drop_dead_fronts(&mut c.resumes);
         if let Some(e) = c.resumes.pop_front() {
             self.resumes_left(&mut c, 1);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -1388,11 +1384,10 @@ impl<T: Claim> Admission<T> {
             found = Some((t, Lane::Resume));
             self.resumes_left(&mut c, 1);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-        } else if let Some(i) = if in_shard {
-            None
-        } else {
-            find_entry(&lanes.tasks, item)
-        } {
+        } else if let Some(i) = (!in_shard)
+            .then(|| find_entry(&lanes.tasks, item))
+            .flatten()
+        {
             found = Some((
                 take_entry(&mut lanes.tasks, i, &mut lanes.dead[0]),
                 Lane::Task,
@@ -1498,11 +1493,20 @@ fn compact<T: Claim>(lane: &mut VecDeque<Entry<T>>) {
     }
 }
 
-/// Drops the tombstone of an aborted entry at the front of a lane.
+/// Drops the tombstones of aborted entries at the front of a lane, if any.
+#[inline]
+fn drop_dead_fronts<T: Claim>(lane: &mut VecDeque<Entry<T>>) {
+    if lane.front().is_some_and(Entry::is_dead) {
+        drop_dead_run(lane);
+    }
+}
+
 #[cold]
 #[inline(never)]
-fn drop_dead_front<T: Claim>(lane: &mut VecDeque<Entry<T>>) {
-    drop_tombstone(lane.pop_front());
+fn drop_dead_run<T: Claim>(lane: &mut VecDeque<Entry<T>>) {
+    while lane.front().is_some_and(Entry::is_dead) {
+        drop_tombstone(lane.pop_front());
+    }
 }
 
 /// The lane whose front has the lowest ticket among the shards `locked` and the central
@@ -1536,6 +1540,7 @@ fn push_resume<T: Claim>(c: &mut Central<T>, mut e: Entry<T>) {
         vcu: c.resume_min.vcu.min(e.d.vcu),
         mem: c.resume_min.mem.min(e.d.mem),
     };
+    debug_assert!(!e.d.is_zero(), "an item that needs nothing waits");
     e.ticket = c.resumed << 1 | (e.ticket & YIELDS);
     c.resumed += 1;
     e.item.note_ticket(e.ticket);
@@ -1593,7 +1598,7 @@ mod claim_item {
         pub(super) word: AtomicU8,
         /// The abort flag of a task.
         pub(super) aborted: AtomicBool,
-        /// The low bits of its central entry's ticket, as a task keeps them.
+        /// The low bits of its lane entry's ticket, as a task keeps them.
         ticket: AtomicU16,
     }
 
@@ -2132,7 +2137,7 @@ mod test {
         for (n, i) in it[1..].iter().enumerate() {
             assert!(a.queue(i.clone(), half, false, &mut out).is_none());
             if n == 2 {
-                // Items 4 on hold their tickets 65,536 and more after the others': one
+                // Items 4 and after take tickets 65,536 and more after the others': one
                 // with the same low bits as item 1's comes first in the lane then.
                 a.tickets.fetch_add(1 << 16, Ordering::Relaxed);
             }
