@@ -993,6 +993,59 @@ fn loops_yielding_until_a_later_task_sets_their_flag_all_end() {
     }
 }
 
+/// Thousands of loops that `yield_now` until every one of them has started, with default
+/// VCUs, spawned from `block_on` (they wait in the central part of the task lane) or from a
+/// task (in its thread's shard): a looping task lends its VCUs once others wait for them,
+/// and when woken it takes its turn behind the tasks queued before it, so the loops that
+/// never ran start too, as they would on Tokio. (Before, a woken loop took its VCUs back
+/// ahead of every task that had not started, so on one worker the loops that ran kept the
+/// device among themselves: 1,953 of 2,500 started, the others never did.)
+#[test]
+fn loops_yielding_until_all_have_started_all_start() {
+    const N: usize = 2_500;
+    for threads in [1, 2] {
+        for from_task in [false, true] {
+            let ended = support::on_cpu(threads, move || async move {
+                let started = Arc::new(AtomicUsize::new(0));
+                let spawn_all = move || {
+                    (0..N)
+                        .map(|_| {
+                            let started = started.clone();
+                            task(async move {
+                                started.fetch_add(1, Ordering::AcqRel);
+                                while started.load(Ordering::Acquire) < N {
+                                    tokio::task::yield_now().await;
+                                }
+                            })
+                            .spawn()
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let await_all = |loops: Vec<TaskHandle<()>>| async move {
+                    let mut ended = 0;
+                    for l in loops {
+                        l.await.expect("loop");
+                        ended += 1;
+                    }
+                    ended
+                };
+                if from_task {
+                    // (The parent awaits them too: they stay in its thread's shard.)
+                    task(async move { await_all(spawn_all()).await })
+                        .await
+                        .expect("parent")
+                } else {
+                    await_all(spawn_all()).await
+                }
+            });
+            assert_eq!(
+                ended, N,
+                "{threads} workers, spawned from a task: {from_task}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_parent_awaiting_all_its_children_at_once_is_never_failed() {
     // The parent awaits its children through `FuturesUnordered` or `join_all`: a poll may

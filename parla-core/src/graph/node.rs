@@ -57,6 +57,11 @@ const JOIN_AWAITED: u8 = 4;
 const RESOLVED: u8 = 8;
 /// The outcome is published (written and read under the `links` lock).
 const PUBLISHED: u8 = 16;
+
+/// A mark of a task's lent VCUs: lent while it waited on something outside the runtime
+/// (see `Header::lend_outside`). (VCUs take 20 bits: `VCU_ONE` is a million.)
+const LENT_OUTSIDE: u32 = 1 << 31;
+const _: () = assert!(crate::scheduler::admission::VCU_ONE < LENT_OUTSIDE);
 /// An awaiter spins on the task's fence (the fence poller leaves it alone meanwhile).
 const SPUN: u8 = 32;
 /// The outcome is published and is a success: read without the `links` lock.
@@ -485,7 +490,8 @@ pub(crate) struct Header {
     pub(crate) vcu: u32,
     /// VCUs reserved now (the device default resolved; 0 while lent).
     reserved_vcu: AtomicU32,
-    /// VCUs lent back to the device while the task waits on other tasks.
+    /// VCUs lent back to the device while the task waits (on other tasks, or on something
+    /// outside the runtime once other tasks waited for them: then with [`LENT_OUTSIDE`]).
     lent: AtomicU32,
     /// Allowed device slots.
     pub(crate) mask: SlotMask,
@@ -1146,24 +1152,44 @@ impl Header {
         }
     }
 
-    /// The task lends its VCUs to its device while it waits. Returns how many it lent (0:
-    /// it holds none, or lends them already).
+    /// The task lends its VCUs to its device while it waits on other tasks. Returns how
+    /// many it lent (0: it holds none, or lends them already).
     pub(crate) fn lend(&self) -> u32 {
+        self.lend_marked(0)
+    }
+
+    /// [`lend`](Self::lend), by a task waiting on something outside the runtime (a channel,
+    /// a timer, `yield_now`): woken, it takes its turn among the tasks that wait for its
+    /// device instead of going ahead of them ([`lent_outside`](Self::lent_outside)).
+    pub(crate) fn lend_outside(&self) -> u32 {
+        self.lend_marked(LENT_OUTSIDE)
+    }
+
+    #[inline]
+    fn lend_marked(&self, mark: u32) -> u32 {
         let v = self.reserved_vcu.swap(0, Ordering::AcqRel);
         if v > 0 {
-            self.lent.store(v, Ordering::Release);
+            self.lent.store(v | mark, Ordering::Release);
         }
         v
     }
 
     /// VCUs lent and not taken back yet.
+    #[inline]
     pub(crate) fn lent(&self) -> u32 {
-        self.lent.load(Ordering::Acquire)
+        self.lent.load(Ordering::Acquire) & !LENT_OUTSIDE
+    }
+
+    /// Whether the VCUs not taken back yet were lent while the task waited on something
+    /// outside the runtime ([`lend_outside`](Self::lend_outside)).
+    #[inline]
+    pub(crate) fn lent_outside(&self) -> bool {
+        self.lent.load(Ordering::Acquire) & LENT_OUTSIDE != 0
     }
 
     /// The lent VCUs are reserved again.
     pub(crate) fn reclaim(&self) {
-        let v = self.lent.swap(0, Ordering::AcqRel);
+        let v = self.lent.swap(0, Ordering::AcqRel) & !LENT_OUTSIDE;
         self.reserved_vcu.store(v, Ordering::Release);
     }
 

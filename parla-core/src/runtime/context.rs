@@ -154,8 +154,8 @@ thread_local! {
 }
 
 /// How many woken tasks in a row a thread's polls may pass their VCUs to (see
-/// [`defer_resume`]) before one goes through its device's resume lane, behind the tasks
-/// that wait there (if any do). (Every eighth cost tasks passing messages on 16 workers
+/// [`defer_resume`]) before one takes its turn among the tasks that wait for its device
+/// (if any do: `Admission::resume_after_tasks`). (Every eighth cost tasks passing messages on 16 workers
 /// twice their time per message; every 32nd, a tenth.)
 const DEFER_BUDGET: u32 = 32;
 
@@ -657,8 +657,8 @@ pub(crate) fn turn_taken(wait: bool) {
 }
 
 /// Takes the mark of a gift turn taken in the completion running on this thread: the
-/// parent it wakes takes its VCUs back behind the tasks waiting in the central part of the
-/// lane (`Admission::resume_after_tasks`), which the turn was for - ahead of them, as a
+/// parent it wakes takes its VCUs back in its turn among the tasks that wait, behind those
+/// queued before it (`Admission::resume_after_tasks`), which the turn was for - ahead of them, as a
 /// resume otherwise goes, parents looping on children on a full device would take back
 /// every turn's VCUs and leave the waiting tasks only the turns no resume wanted.
 #[inline]

@@ -788,7 +788,7 @@ impl Driver {
             rt.resume_lent(woken, Device::CPU.slot(), need);
             return false;
         }
-        let have = task.header().lend();
+        let have = task.header().lend_outside();
         woken.header().reclaim();
         if have > need {
             let rest = Demand {

@@ -438,7 +438,7 @@ impl RtInner {
             return;
         }
         if self.pollers.unhold(task) {
-            let vcu = h.lend();
+            let vcu = h.lend_outside();
             if vcu > 0 {
                 let slot = h.slot();
                 self.devices[slot]
@@ -987,14 +987,18 @@ impl RtInner {
         self.resume_lent_as(task, slot, lent, false);
     }
 
-    /// [`resume_lent`](Self::resume_lent); `after_tasks`: queued, it lets the tasks waiting
-    /// from outside go first (`Admission::resume_after_tasks`).
+    /// [`resume_lent`](Self::resume_lent); `after_tasks`: queued, it takes its turn among
+    /// the tasks that wait instead of going ahead of them (`Admission::resume_after_tasks`).
+    /// (A task that lent its VCUs while it waited on something outside the runtime goes
+    /// ahead of them a bounded number of times in a row: `Admission::resume_outside`.)
     fn resume_lent_as(self: &Arc<Self>, task: TaskPtr, slot: usize, lent: u32, after_tasks: bool) {
         let dev = &self.devices[slot];
         let resumed = self.with_local(|l| {
             if after_tasks {
                 dev.admission
                     .resume_after_tasks(task, lent, &mut l.admitted)
+            } else if task.header().lent_outside() {
+                dev.admission.resume_outside(task, lent, &mut l.admitted)
             } else {
                 dev.admission.resume(task, lent, &mut l.admitted)
             }

@@ -4,8 +4,12 @@
 //! or a *resume* - a task that lent its VCUs back while it waited (on other tasks, or a
 //! CPU task on anything once others waited for VCUs: `idle`) and takes them back before it
 //! runs on. Resumes have a lane of their own and go first: a task taking back its own VCUs
-//! never waits behind work it is blocking (the children it awaits). Whatever an operation
-//! admits is pushed to `out`; the caller (the executor) runs it.
+//! never waits behind work it is blocking (the children it awaits). Resumes of tasks that
+//! waited on something outside the runtime let the waiting tasks go first every so often
+//! ([`Admission::resume_outside`]), and the resumes that give the waiting tasks a turn
+//! take their turn among them, in a lane of their own whose entries take tickets of the
+//! task lane ([`Admission::resume_after_tasks`]). Whatever an operation admits is pushed to
+//! `out`; the caller (the executor) runs it.
 //!
 //! The task lane has a central part, under the same lock as the resume lane (entries may
 //! also arrive through a queue of their own, `incoming`, without the lock, and every
@@ -74,7 +78,15 @@
 //!   [`backfill`](Admission::backfill), when nothing else can move, and a
 //!   [`lend`](Admission::lend) to the task the lender awaits, which only takes what the
 //!   lender gives up (as if the lender ran it on its own VCUs). Resumes are admitted
-//!   first-fit. Items that need nothing bypass both lanes. (Outside the lanes, a CPU task
+//!   first-fit, before any task, except that after [`OUTSIDE_TURNS`] resumes of tasks that
+//!   waited outside the runtime passed waiting tasks, a drain admits the tasks first.
+//!   Resumes that take their turn among the tasks (`yields`)
+//!   keep their order, take their tickets from the task lane's counter under the central
+//!   lock (so their lane is sorted), and are admitted with the task lane's fronts in
+//!   ticket order, except that a task at the front that does not fit does not hold them
+//!   back. So tasks woken from outside in a loop do not keep a task that never started
+//!   waiting for ever, nor does a stream of new tasks keep a resume that gives them a
+//!   turn waiting for ever. Items that need nothing bypass the lanes. (Outside the lanes, a CPU task
 //!   that finishes may pass its reservation on to a task it made ready that asks for as
 //!   much, past the waiting tasks, a bounded number of times in a row on a thread; what is
 //!   reserved does not change: see `RtInner::pass_on`.)
@@ -158,8 +170,9 @@ struct Entry<T> {
     /// Whether a lender may claim it (its claim word is set: see [`Admission::queue`]).
     claimable: bool,
     /// Its place in its lane's order. In the resume lane, a count of the lane's entries
-    /// shifted left by one, and [`YIELDS`] in the low bit (which `resume_entry` sets
-    /// alone, and [`push_resume`] completes).
+    /// shifted left by two, and [`OUTSIDE_RESUME`] kept; in the lane of resumes that take
+    /// their turn among the tasks, a ticket of the task lane (see [`push_resume`]). (On
+    /// its way to either, [`YIELDS`], [`OUTSIDE_RESUME`] or 0: where it goes.)
     ticket: u64,
 }
 
@@ -177,9 +190,19 @@ impl<T> Entry<T> {
     }
 }
 
-/// The bit of a resume lane entry's ticket that lets the central part of the task lane go
-/// first (see [`Admission::resume_after_tasks`]).
+/// The ticket of a resume on its way to the lane of resumes that take their turn among the
+/// tasks (see [`Admission::resume_after_tasks`]), until [`push_resume`] gives it its own.
 const YIELDS: u64 = 1;
+
+/// A bit of a resume lane entry's ticket: a resume of a task that waited on something
+/// outside the runtime (see [`Admission::resume_outside`]).
+const OUTSIDE_RESUME: u64 = 2;
+
+/// How many resumes of tasks that waited outside the runtime a device's drains admit
+/// ahead of waiting tasks before one drain admits the tasks first (see
+/// [`Admission::resume_outside`]). (Tokio's workers look at their shared queue every 61
+/// tasks they take from their own.)
+const OUTSIDE_TURNS: u32 = 32;
 
 /// What the central lock holds. (The task lane first: with the lock, on one cache line.)
 #[repr(C)]
@@ -188,14 +211,21 @@ struct Central<T> {
     tasks: VecDeque<Entry<T>>,
     /// The resume lane (never claimable).
     resumes: VecDeque<Entry<T>>,
+    /// Resumes that take their turn among the tasks (never claimable): each has a ticket
+    /// of the task lane, taken as it is pushed, and is admitted in ticket order with the
+    /// task lane's entries (see [`Admission::resume_after_tasks`]).
+    yields: VecDeque<Entry<T>>,
     /// No resume asks for less VCUs, nor for less memory (a bound: kept while items leave,
     /// reset when the lane empties).
     resume_min: Demand,
     /// Entries pushed to the resume lane so far: their tickets (see [`push_resume`]).
     resumed: u64,
-    /// Tombstones left in `tasks` and in `resumes` since each was last compacted (see
-    /// [`take_entry`]; some may be gone since, dropped by drains).
-    dead: [usize; 2],
+    /// Resumes of tasks that waited outside the runtime admitted while tasks waited, since
+    /// a drain last let the tasks go first (see [`Admission::resume_outside`]).
+    passed: u32,
+    /// Tombstones left in `tasks`, `resumes` and `yields` since each was last compacted
+    /// (see [`take_entry`]; some may be gone since, dropped by drains).
+    dead: [usize; 3],
 }
 
 /// One shard of the task lane (claimable entries).
@@ -489,9 +519,11 @@ impl<T: Claim> Admission<T> {
             central: CachePadded::new(Mutex::new(Central {
                 tasks: VecDeque::new(),
                 resumes: VecDeque::new(),
+                yields: VecDeque::new(),
                 resume_min: NO_MIN,
                 resumed: 0,
-                dead: [0; 2],
+                passed: 0,
+                dead: [0; 3],
             })),
             incoming: Queue::new(),
             incoming_resumes: Queue::new(),
@@ -715,6 +747,31 @@ impl<T: Claim> Admission<T> {
         }
     }
 
+    /// Puts `e`, a resume ([`YIELDS`], [`OUTSIDE_RESUME`] or 0 as its ticket), at the back
+    /// of its lane in `c` with a ticket, which the item keeps the low bits of for an
+    /// aborter ([`Claim::note_ticket`]): each lane is sorted by ticket, as the central part
+    /// of the task lane is. In the resume lane, the next of the lane's own (keeping its
+    /// bound); in the lane of those that take their turn among the tasks, the next of the
+    /// task lane: taken under the central lock, so that lane is sorted too.
+    #[inline]
+    fn push_resume(&self, c: &mut Central<T>, mut e: Entry<T>) {
+        debug_assert!(!e.d.is_zero(), "an item that needs nothing waits");
+        if e.ticket & YIELDS != 0 {
+            e.ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+            e.item.note_ticket(e.ticket);
+            c.yields.push_back(e);
+            return;
+        }
+        c.resume_min = Demand {
+            vcu: c.resume_min.vcu.min(e.d.vcu),
+            mem: c.resume_min.mem.min(e.d.mem),
+        };
+        e.ticket = c.resumed << 2 | (e.ticket & OUTSIDE_RESUME);
+        c.resumed += 1;
+        e.item.note_ticket(e.ticket);
+        c.resumes.push_back(e);
+    }
+
     /// Moves the entries queued without the lock to the central task lane, in ticket order
     /// (a queuer takes its ticket before it pushes, so one may push after another that took
     /// a later ticket). Called by every holder of the central lock before it looks at the
@@ -741,7 +798,7 @@ impl<T: Claim> Admission<T> {
         };
         while let Some(e) = self.incoming_resumes.pop() {
             arrived(&e);
-            push_resume(c, e);
+            self.push_resume(c, e);
         }
         while let Some(e) = self.incoming.pop() {
             arrived(&e);
@@ -834,17 +891,37 @@ impl<T: Claim> Admission<T> {
         self.resume_entry(item, vcu, 0, out)
     }
 
-    /// [`resume`](Self::resume) of an item that, queued, lets the central part of the task
-    /// lane go first (it is skipped while the head there fits in what is free; see
-    /// [`YIELDS`]): for the turn a task passing messages gives the tasks that wait
-    /// (`context::defer_resume`). Without it, two tasks passing messages on a device they
-    /// fill would keep a resume waiting at every drain, and resumes go first, so a task
-    /// spawned from outside never started until they ended.
+    /// [`resume`](Self::resume) of a task that lent its VCUs while it waited on something
+    /// outside the runtime (a channel, a timer, `yield_now`: `scheduler::idle`). Queued, it
+    /// goes ahead of the waiting tasks as any resume does - a task woken by a timer runs
+    /// soon on a full device - except that once drains admitted [`OUTSIDE_TURNS`] such
+    /// resumes while tasks waited, the next drain admits the tasks first. Tasks woken from
+    /// outside in a loop (yielding, passing messages) would otherwise keep the tasks that
+    /// never started from ever starting: on one worker, a thousand tasks yielding in a loop
+    /// took every turn among themselves.
+    pub(crate) fn resume_outside(&self, item: T, vcu: u32, out: &mut Vec<T>) -> Resumed<T> {
+        self.resume_entry(item, vcu, OUTSIDE_RESUME, out)
+    }
+
+    /// [`resume`](Self::resume) of an item that, queued, takes its turn among the tasks
+    /// instead of going ahead of them: it takes a ticket of the task lane, and the tasks
+    /// queued before it that fit go first, while those queued after it wait for it. A
+    /// task at the front that does not fit in what is free does not hold it back (as it
+    /// holds back no resume: the resume may hold memory that the task waits for), and
+    /// these resumes keep their order among themselves.
+    ///
+    /// For the turns a task passing messages or awaiting child after child gives the tasks
+    /// that wait (`context::defer_resume`, `context::take_turn`). Resumes go first
+    /// otherwise: two tasks passing messages on a device they fill would keep a resume
+    /// waiting at every drain, and a task spawned from outside would not start until they
+    /// ended. (Letting every task that fits go first instead, a stream of new tasks kept
+    /// such a resume waiting for ever.)
     pub(crate) fn resume_after_tasks(&self, item: T, vcu: u32, out: &mut Vec<T>) -> Resumed<T> {
         self.resume_entry(item, vcu, YIELDS, out)
     }
 
-    /// [`resume`](Self::resume), the entry's ticket `ticket` (0, or [`YIELDS`]).
+    /// [`resume`](Self::resume), the entry's ticket `ticket` (0, [`OUTSIDE_RESUME`] or
+    /// [`YIELDS`]: where it waits).
     fn resume_entry(&self, item: T, vcu: u32, ticket: u64, out: &mut Vec<T>) -> Resumed<T> {
         if self.resume_now(vcu) {
             return Resumed::Granted(item);
@@ -864,7 +941,7 @@ impl<T: Claim> Admission<T> {
                 self.unlock(c, seen, out);
                 return Resumed::Aborted(e.item);
             }
-            push_resume(&mut c, e);
+            self.push_resume(&mut c, e);
             self.waiting.fetch_add(1, Ordering::AcqRel);
             self.drain(&mut c, out);
             self.unlock(c, seen, out);
@@ -899,6 +976,7 @@ impl<T: Claim> Admission<T> {
         {
             self.absorb(&mut c);
             if c.resumes.is_empty()
+                && c.yields.is_empty()
                 && self.sharded.load(Ordering::Acquire) == 0
                 && c.tasks.front().is_some_and(|e| e.d == d)
                 && let Some(e) = c.tasks.pop_front()
@@ -1110,6 +1188,7 @@ impl<T: Claim> Admission<T> {
         // first central entry does not fit (a device kept full by tasks spawned faster than
         // it runs them), or there is none. Checked inline: every queue and release drains.
         if c.resumes.is_empty()
+            && c.yields.is_empty()
             && self.sharded.load(Ordering::Acquire) == 0
             && c.tasks.front().is_none_or(|e| !self.could_fit(e.d))
         {
@@ -1122,9 +1201,27 @@ impl<T: Claim> Admission<T> {
     /// [`drain`](Self::drain) when something may be admitted.
     #[inline(never)]
     fn drain_some(&self, c: &mut Central<T>, out: &mut Vec<T>) {
-        let yielded = self.drain_resumes(c, out);
+        if c.passed >= OUTSIDE_TURNS {
+            // The waiting tasks' turn (see `resume_outside`).
+            let before = out.len();
+            self.drain_tasks(c, out);
+            if out.len() > before {
+                c.passed = 0;
+            }
+        }
+        self.drain_resumes(c, out);
+        self.drain_tasks(c, out);
+    }
+
+    /// [`drain_some`](Self::drain_some)'s tasks (and the resumes that take their turn among
+    /// them).
+    #[inline]
+    fn drain_tasks(&self, c: &mut Central<T>, out: &mut Vec<T>) {
         if self.sharded.load(Ordering::Acquire) != 0 {
             self.drain_all(c, self.occupied(false), out);
+        } else if !c.yields.is_empty() {
+            // Central entries and the resumes that take their turn among them.
+            self.drain_all(c, 0, out);
         } else {
             // Central entries alone (not claimable).
             while let Some(e) = c.tasks.front() {
@@ -1142,20 +1239,38 @@ impl<T: Claim> Admission<T> {
             }
             shrink(&mut c.tasks);
         }
-        if yielded {
-            // The resumes that let the tasks go first: now, if they fit.
-            self.drain_resumes(c, out);
-        }
     }
 
-    /// [`drain`](Self::drain)'s tasks when the shards in `mask` hold entries: in ticket
-    /// order across them and the central part.
+    /// [`drain`](Self::drain)'s tasks when the shards in `mask` hold entries, or resumes
+    /// wait to take their turn among the tasks (`yields`): in ticket order across the
+    /// shards, the central part and those resumes. A task at the front that does not fit
+    /// in what is free holds back the tasks behind it, not those resumes (see
+    /// [`resume_after_tasks`](Self::resume_after_tasks)).
     #[inline(never)]
     fn drain_all(&self, c: &mut Central<T>, mask: u32, out: &mut Vec<T>) {
         let mut locked = self.lock_shards(mask);
-        while let Some(lane) = first_lane(&mut locked, &mut c.tasks) {
+        loop {
+            drop_dead_fronts(&mut c.yields);
+            let lane = first_lane(&mut locked, &mut c.tasks);
+            if let Some(y) = c.yields.front()
+                && lane
+                    .as_ref()
+                    .is_none_or(|l| l.front().is_none_or(|e| y.ticket < e.ticket))
+            {
+                // A resume queued before every task that waits: next, if it fits.
+                if !self.admit_yield(&mut c.yields, out) {
+                    break;
+                }
+                continue;
+            }
+            let Some(lane) = lane else {
+                break;
+            };
             match self.admit_entry(lane, 0, out) {
-                Step::NoFit => break,
+                Step::NoFit => {
+                    while self.admit_yield(&mut c.yields, out) {}
+                    break;
+                }
                 Step::Admitted | Step::Dropped => {}
                 // The reservation it gave back may fit a resume.
                 Step::Lost => {
@@ -1164,7 +1279,28 @@ impl<T: Claim> Admission<T> {
             }
         }
         shrink(&mut c.tasks);
+        shrink(&mut c.yields);
         self.unlock_shards(locked);
+    }
+
+    /// Admits the first resume of `yields` (the lane of those that take their turn among
+    /// the tasks) into `out` if it fits, past the tombstones before it. Returns whether it
+    /// did.
+    fn admit_yield(&self, yields: &mut VecDeque<Entry<T>>, out: &mut Vec<T>) -> bool {
+        drop_dead_fronts(yields);
+        let Some(e) = yields.front() else {
+            return false;
+        };
+        if !self.try_reserve(e.d) {
+            return false;
+        }
+        let Some(e) = yields.pop_front() else {
+            return false;
+        };
+        self.resuming.fetch_sub(1, Ordering::AcqRel);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        out.push(e.item);
+        true
     }
 
     /// Admits the entry at `i` of `lane` (into `out`) if it fits: drops it if it is a
@@ -1191,18 +1327,24 @@ impl<T: Claim> Admission<T> {
         }
     }
 
-    /// Admits the resumes that fit, first-fit; those that let the central part of the task
-    /// lane go first ([`YIELDS`]) stay while the head there fits in what is free. Returns
-    /// whether one stayed so.
+    /// Admits the resumes of the resume lane that fit, first-fit, counting those of tasks
+    /// that waited outside the runtime admitted while tasks wait (see
+    /// [`resume_outside`](Self::resume_outside)).
     #[inline]
-    fn drain_resumes(&self, c: &mut Central<T>, out: &mut Vec<T>) -> bool {
+    fn drain_resumes(&self, c: &mut Central<T>, out: &mut Vec<T>) {
         if c.resumes.is_empty() {
-            return false;
+            return;
         }
-        let skip = c.tasks.front().is_some_and(|e| self.could_fit(e.d));
-        let (n, yielded) = self.admit_fitting_past(&mut c.resumes, c.resume_min, skip, out);
+        let mut outside = 0;
+        let n = self.admit_fitting_counting(&mut c.resumes, c.resume_min, &mut outside, out);
+        if outside > 0
+            && (!c.tasks.is_empty()
+                || !c.yields.is_empty()
+                || self.sharded.load(Ordering::Acquire) != 0)
+        {
+            c.passed = c.passed.saturating_add(outside);
+        }
         self.resumes_left(c, n);
-        yielded
     }
 
     /// `n` items left the resume lane (`c`): they are taken off its count, and its bound
@@ -1221,34 +1363,32 @@ impl<T: Claim> Admission<T> {
     /// fork-join tree's parents) admits the first and stops, instead of trying them all.
     /// Returns how many it admitted.
     fn admit_fitting(&self, lane: &mut VecDeque<Entry<T>>, min: Demand, out: &mut Vec<T>) -> usize {
-        self.admit_fitting_past(lane, min, false, out).0
+        self.admit_fitting_counting(lane, min, &mut 0, out)
     }
 
-    /// [`admit_fitting`](Self::admit_fitting), past the resume lane entries that yield
-    /// ([`YIELDS`]) when `skip`. Returns how many it admitted, and whether it passed one so.
-    #[inline]
-    fn admit_fitting_past(
+    /// [`admit_fitting`](Self::admit_fitting), adding to `outside` how many of those it
+    /// admitted are resumes of tasks that waited outside the runtime ([`OUTSIDE_RESUME`]).
+    fn admit_fitting_counting(
         &self,
         lane: &mut VecDeque<Entry<T>>,
         min: Demand,
-        skip: bool,
+        outside: &mut u32,
         out: &mut Vec<T>,
-    ) -> (usize, bool) {
-        let (mut admitted, mut yielded) = (0, false);
+    ) -> usize {
+        let mut admitted = 0;
         let mut i = 0;
         while i < lane.len() && self.could_fit(min) {
-            if skip && lane[i].ticket & YIELDS != 0 {
-                yielded = true;
-                i += 1;
-                continue;
-            }
+            let from_outside = lane[i].ticket & OUTSIDE_RESUME != 0;
             match self.admit_entry(lane, i, out) {
-                Step::Admitted => admitted += 1,
+                Step::Admitted => {
+                    admitted += 1;
+                    *outside += u32::from(from_outside);
+                }
                 Step::Dropped | Step::Lost => {}
                 Step::NoFit => i += 1,
             }
         }
-        (admitted, yielded)
+        admitted
     }
 
     /// Whether `d` fits in what is free now.
@@ -1264,14 +1404,14 @@ impl<T: Claim> Admission<T> {
         self.absorb(&mut c);
         let before = out.len();
         self.drain_resumes(&mut c, out);
+        let n = self.admit_fitting(&mut c.yields, Demand::default(), out);
+        self.resuming.fetch_sub(n, Ordering::AcqRel);
         let mut locked = self.lock_shards(self.occupied(false));
         for lane in locked.iter_mut().flatten() {
             self.admit_fitting(lane, Demand::default(), out);
         }
         self.unlock_shards(locked);
         self.admit_fitting(&mut c.tasks, Demand::default(), out);
-        // (Resumes that let those go first: see `drain_resumes`.)
-        self.drain_resumes(&mut c, out);
         // Counted after the unlock: the drains it serves for releasers that found the lock
         // taken admit items too.
         self.unlock(c, seen, out);
@@ -1284,7 +1424,8 @@ impl<T: Claim> Admission<T> {
         let (mut c, seen) = self.lock_central();
         self.absorb(&mut c);
         drop_dead_fronts(&mut c.resumes);
-        if let Some(e) = c.resumes.pop_front() {
+        drop_dead_fronts(&mut c.yields);
+        if let Some(e) = c.resumes.pop_front().or_else(|| c.yields.pop_front()) {
             self.resumes_left(&mut c, 1);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             self.unlock(c, seen, out);
@@ -1311,6 +1452,7 @@ impl<T: Claim> Admission<T> {
         let (mut c, seen) = self.lock_central();
         self.absorb(&mut c);
         let mut resumes = std::mem::take(&mut c.resumes);
+        resumes.extend(std::mem::take(&mut c.yields));
         resumes.retain(|e| !e.is_dead());
         c.resume_min = NO_MIN;
         let mut locked = self.lock_shards(self.occupied(true));
@@ -1379,8 +1521,13 @@ impl<T: Claim> Admission<T> {
         // (Queued in a shard: not looked for in the central part.)
         let in_shard = item.claim_word().is_some_and(queued_in_shard);
         let lanes = &mut *c;
-        if let Some(i) = find_entry(&lanes.resumes, item) {
-            let t = take_entry(&mut lanes.resumes, i, &mut lanes.dead[1]);
+        let resume = find_entry(&lanes.resumes, item)
+            .map(|i| take_entry(&mut lanes.resumes, i, &mut lanes.dead[1]))
+            .or_else(|| {
+                find_entry(&lanes.yields, item)
+                    .map(|i| take_entry(&mut lanes.yields, i, &mut lanes.dead[2]))
+            });
+        if let Some(t) = resume {
             found = Some((t, Lane::Resume));
             self.resumes_left(&mut c, 1);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -1528,23 +1675,6 @@ fn first_lane<'a, T: Claim>(
         }
     }
     best.map(|(lane, _)| lane)
-}
-
-/// Puts `e` at the back of the resume lane (`c`), keeping the lane's bound, with the next
-/// ticket of the lane (its [`YIELDS`] bit kept), which the item keeps the low bits of for
-/// an aborter ([`Claim::note_ticket`]): the lane is sorted by ticket, as the central part
-/// of the task lane is.
-#[inline]
-fn push_resume<T: Claim>(c: &mut Central<T>, mut e: Entry<T>) {
-    c.resume_min = Demand {
-        vcu: c.resume_min.vcu.min(e.d.vcu),
-        mem: c.resume_min.mem.min(e.d.mem),
-    };
-    debug_assert!(!e.d.is_zero(), "an item that needs nothing waits");
-    e.ticket = c.resumed << 1 | (e.ticket & YIELDS);
-    c.resumed += 1;
-    e.item.note_ticket(e.ticket);
-    c.resumes.push_back(e);
 }
 
 /// Lets a lane that held a burst of waiting tasks give back its memory once it is empty.
@@ -1777,6 +1907,87 @@ mod test {
         assert_eq!(out, vec![1, 2, 4]);
         let u = b.usage();
         assert_eq!((u.vcu, u.waiting), (VCU_ONE, 1));
+    }
+
+    /// Resumes of tasks that waited outside the runtime go ahead of a waiting task, but once
+    /// `OUTSIDE_TURNS` of them passed it, a drain admits it first. Plain resumes (tasks
+    /// taking back what they lent while they awaited tasks) always go first. Two resumes
+    /// take turns on the device, each waiting again as soon as it is admitted, as tasks
+    /// yielding in a loop do.
+    #[test]
+    fn resumes_from_outside_let_a_waiting_task_in_every_so_often() {
+        let one = d(VCU_ONE, 0);
+        for outside in [true, false] {
+            let a = Admission::new(0, 2);
+            let mut out = Vec::new();
+            assert!(a.admit(0, one, &mut out));
+            assert!(!a.admit(1, one, &mut out));
+            let resume = |i: u8, out: &mut Vec<u8>| {
+                let r = if outside {
+                    a.resume_outside(i, VCU_ONE, out)
+                } else {
+                    a.resume(i, VCU_ONE, out)
+                };
+                assert_eq!(r, Resumed::Waiting);
+            };
+            resume(2, &mut out);
+            resume(3, &mut out);
+            let mut releases = 0;
+            while !out.contains(&1) && releases < 100 {
+                a.release(one, &mut out);
+                releases += 1;
+                let admitted = *out.last().expect("a release admits one");
+                if admitted != 1 {
+                    resume(admitted, &mut out);
+                }
+            }
+            if outside {
+                assert_eq!(releases, OUTSIDE_TURNS as usize + 1, "the task's turn");
+            } else {
+                assert!(!out.contains(&1), "plain resumes go first");
+            }
+        }
+    }
+
+    /// A resume queued with `resume_after_tasks` takes its turn among the tasks by ticket:
+    /// the tasks queued before it go first, and those queued after it wait for it, even
+    /// when they would fit and it does not; such resumes keep their order among
+    /// themselves. So tasks woken from outside in a loop do not keep a task that never
+    /// started waiting for ever, nor does a stream of new tasks keep them waiting.
+    #[test]
+    fn a_yielding_resume_keeps_its_turn_among_the_tasks() {
+        let (half, one) = (d(VCU_ONE / 2, 0), d(VCU_ONE, 0));
+        let a = Admission::new(100, 2);
+        let mut out = Vec::new();
+        assert!(a.admit(1, one, &mut out));
+        assert!(!a.admit(2, half, &mut out));
+        let yielding = |a: &Admission<u8>, i, out: &mut Vec<u8>| {
+            assert_eq!(a.resume_after_tasks(i, VCU_ONE / 2, out), Resumed::Waiting);
+        };
+        yielding(&a, 3, &mut out);
+        assert!(!a.admit(4, half, &mut out));
+        yielding(&a, 5, &mut out);
+        a.release(one, &mut out);
+        assert_eq!(out, vec![1, 2, 3], "the task queued first, then the resume");
+        a.release(half, &mut out);
+        assert_eq!(out, vec![1, 2, 3, 4]);
+        a.release(half, &mut out);
+        assert_eq!(out, vec![1, 2, 3, 4, 5]);
+        assert_eq!(a.usage().waiting, 0);
+
+        // A resume that does not fit holds back the tasks queued after it.
+        let b = Admission::new(100, 2);
+        let mut out = Vec::new();
+        assert!(b.admit(1, half, &mut out));
+        assert!(b.admit(2, half, &mut out));
+        assert_eq!(b.resume_after_tasks(3, VCU_ONE, &mut out), Resumed::Waiting);
+        assert!(!b.admit(4, half, &mut out));
+        b.release(half, &mut out);
+        assert_eq!(out, vec![1, 2], "4 would fit, and waits for 3");
+        b.release(half, &mut out);
+        assert_eq!(out, vec![1, 2, 3]);
+        b.release(one, &mut out);
+        assert_eq!(out, vec![1, 2, 3, 4]);
     }
 
     #[test]
@@ -2064,6 +2275,37 @@ mod test {
         let (t, dd, lane) = a.take_first_waiting(&mut Vec::new()).unwrap();
         assert_eq!((t, dd, lane), (2, d(0, 60), Lane::Task));
         assert!(a.take_first_waiting(&mut Vec::new()).is_none());
+    }
+
+    /// A resume that takes its turn among the tasks does so across the shards too: a task
+    /// queued in a shard before it goes first, one queued in another after it waits for
+    /// it. An aborted one leaves its lane as a resume.
+    #[test]
+    fn a_yielding_resume_keeps_its_turn_among_the_tasks_in_the_shards() {
+        let half = VCU_ONE / 2;
+        let a = claimable(0);
+        let it = items(6);
+        let mut out = Vec::new();
+        let yielding = |i: &Arc<Item>, out: &mut Vec<Arc<Item>>| {
+            assert!(matches!(
+                a.resume_after_tasks(i.clone(), half, out),
+                Resumed::Waiting
+            ));
+        };
+        assert!(a.admit(it[0].clone(), d(VCU_ONE, 0), &mut out));
+        assert!(a.queue_in(1, it[1].clone(), d(half, 0), &mut out).is_none());
+        yielding(&it[2], &mut out);
+        yielding(&it[3], &mut out);
+        yielding(&it[4], &mut out);
+        assert!(a.queue_in(0, it[5].clone(), d(half, 0), &mut out).is_none());
+        assert_eq!(abort(&a, &it[3], &mut out), Some(Lane::Resume));
+        a.release(d(VCU_ONE, 0), &mut out);
+        assert_eq!(ids(&out), vec![0, 1, 2], "in ticket order");
+        a.release(d(half, 0), &mut out);
+        assert_eq!(ids(&out), vec![0, 1, 2, 4], "past the aborted one");
+        a.release(d(half, 0), &mut out);
+        assert_eq!(ids(&out), vec![0, 1, 2, 4, 5]);
+        assert_eq!(a.usage().waiting, 0);
     }
 
     /// Aborts `i`, as a task's handle does: its flag, then its word, then its device.
@@ -2483,15 +2725,24 @@ mod loom_test {
     }
 
     /// Item 0 holds the whole device and `waiting` (id, demand) wait; its release, on
-    /// another thread, races with the resume of item 1 (half the device). Returns the ids
-    /// admitted (the resume included if granted at once), sorted.
-    fn release_vs_resume(waiting: &'static [(u8, Demand)]) -> (Arc<Admission<u8>>, Vec<u8>) {
+    /// another thread, races with the resume of item 1 (half the device), which takes its
+    /// turn among the tasks if `yields` (`resume_after_tasks`). Returns the ids admitted
+    /// (the resume included if granted at once), sorted.
+    fn release_vs_resume(
+        waiting: &'static [(u8, Demand)],
+        yields: bool,
+    ) -> (Arc<Admission<u8>>, Vec<u8>) {
         race(
             &[(0, FULL)],
             waiting,
             |a, out| a.release(FULL, out),
-            |a, out| {
-                if let Resumed::Granted(i) = a.resume(1u8, VCU_ONE / 2, out) {
+            move |a, out| {
+                let resumed = if yields {
+                    a.resume_after_tasks(1u8, VCU_ONE / 2, out)
+                } else {
+                    a.resume(1u8, VCU_ONE / 2, out)
+                };
+                if let Resumed::Granted(i) = resumed {
                     out.push(i);
                 }
             },
@@ -2502,7 +2753,7 @@ mod loom_test {
     #[test]
     fn release_vs_resume_no_lost_wakeup() {
         loom::model(|| {
-            let (a, granted) = release_vs_resume(&[]);
+            let (a, granted) = release_vs_resume(&[], false);
             assert_eq!(granted, vec![1]);
             assert_eq!(a.usage().vcu, VCU_ONE / 2);
             assert_eq!(a.usage().waiting, 0);
@@ -2514,7 +2765,20 @@ mod loom_test {
     #[test]
     fn release_vs_unlocked_resume_no_lost_wakeup() {
         loom::model(|| {
-            let (a, all) = release_vs_resume(&[(2, HALF)]);
+            let (a, all) = release_vs_resume(&[(2, HALF)], false);
+            assert_eq!(all, vec![1, 2], "each admitted once");
+            assert_eq!(a.usage().vcu, VCU_ONE);
+            assert_eq!(a.usage().waiting, 0);
+        });
+    }
+
+    /// A resume that takes its turn among the tasks (in a lane of its own, merged with the
+    /// task lane by ticket) racing with a release while a task waits: both are admitted,
+    /// once each, whichever of the two queued first.
+    #[test]
+    fn release_vs_yielding_resume_no_lost_wakeup() {
+        loom::model(|| {
+            let (a, all) = release_vs_resume(&[(2, HALF)], true);
             assert_eq!(all, vec![1, 2], "each admitted once");
             assert_eq!(a.usage().vcu, VCU_ONE);
             assert_eq!(a.usage().waiting, 0);

@@ -9,7 +9,9 @@
 //! waits for VCUs on the CPU, that is all a wait costs. Once a task waits there, every held
 //! task lends its VCUs, as a task awaiting other tasks does (a producer blocked on a full
 //! channel must not keep its consumer from being admitted); when it is woken it takes them
-//! back ahead of waiting tasks (the resume lane).
+//! back ahead of waiting tasks (the resume lane), except that every so often the waiting
+//! tasks go first (`Admission::resume_outside`): tasks yielding in a loop would otherwise
+//! keep the tasks that never started from ever starting.
 //!
 //! # The handshake
 //! - The holder's driver, still holding the task's run token: marks the task, counts it
