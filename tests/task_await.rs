@@ -993,6 +993,47 @@ fn loops_yielding_until_a_later_task_sets_their_flag_all_end() {
     }
 }
 
+/// A hundred loops that compute a little and `yield_now` until a task spawned after them
+/// sets their flag, with default VCUs, while that task asks for the whole CPU
+/// (`.vcus(1.0)`): each loop lends its VCUs as it yields and takes them back ahead of the
+/// waiting tasks, but every so often the waiting tasks' turn comes, and when the first of
+/// them does not fit then, the loops wait until it does. (Before, taking back each share
+/// as it was lent, the loops kept it out for ever.)
+#[test]
+fn loops_yielding_until_a_task_asking_for_the_whole_cpu_sets_their_flag_all_end() {
+    for threads in [2, 4] {
+        let ended = support::on_cpu(threads, move || async move {
+            let flag = Arc::new(AtomicBool::new(false));
+            let loops: Vec<_> = (0..100)
+                .map(|_| {
+                    let flag = flag.clone();
+                    task(async move {
+                        while !flag.load(Ordering::Acquire) {
+                            let t0 = std::time::Instant::now();
+                            while t0.elapsed() < Duration::from_micros(200) {
+                                std::hint::spin_loop();
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                    .spawn()
+                })
+                .collect();
+            task(async move { flag.store(true, Ordering::Release) })
+                .vcus(1.0)
+                .await
+                .expect("setter");
+            let mut ended = 0;
+            for l in loops {
+                l.await.expect("loop");
+                ended += 1;
+            }
+            ended
+        });
+        assert_eq!(ended, 100, "{threads} workers");
+    }
+}
+
 /// Thousands of loops that `yield_now` until every one of them has started, with default
 /// VCUs, spawned from `block_on` (they wait in the central part of the task lane) or from a
 /// task (in its thread's shard): a looping task lends its VCUs once others wait for them,

@@ -963,7 +963,13 @@ impl RtInner {
             if !context::skip_fit_check() {
                 #[cfg(all(test, not(parla_loom)))]
                 self.fit_checks.fetch_add(1, Ordering::Relaxed);
-                if self.devices[slot].admission.resume_now(lent) {
+                let admission = &self.devices[slot].admission;
+                let now = if h.lent_outside() {
+                    admission.resume_outside_now(lent)
+                } else {
+                    admission.resume_now(lent)
+                };
+                if now {
                     h.reclaim();
                     self.push_runnable(task);
                     return;

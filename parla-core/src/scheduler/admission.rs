@@ -79,7 +79,9 @@
 //!   [`lend`](Admission::lend) to the task the lender awaits, which only takes what the
 //!   lender gives up (as if the lender ran it on its own VCUs). Resumes are admitted
 //!   first-fit, before any task, except that after [`OUTSIDE_TURNS`] resumes of tasks that
-//!   waited outside the runtime passed waiting tasks, a drain admits the tasks first.
+//!   waited outside the runtime passed waiting tasks, a drain admits the tasks first (and
+//!   if the first does not fit for want of VCUs alone, those resumes wait until it does:
+//!   VCUs come back as tasks end or wait; memory a waiting resume holds would not).
 //!   Resumes that take their turn among the tasks (`yields`)
 //!   keep their order, take their tickets from the task lane's counter under the central
 //!   lock (so their lane is sorted), and are admitted with the task lane's fronts in
@@ -876,6 +878,14 @@ impl<T: Claim> Admission<T> {
         d.is_zero() || (self.no_resumes_waiting() && self.try_reserve(d))
     }
 
+    /// [`resume_outside`](Self::resume_outside)'s way without queueing: takes `vcu` VCUs
+    /// back if they fit now and nothing waits - else the drains decide, which count such
+    /// resumes while tasks wait, and give the tasks their turn.
+    #[inline]
+    pub(crate) fn resume_outside_now(&self, vcu: u32) -> bool {
+        !self.has_waiting() && self.resume_now(vcu)
+    }
+
     /// A parked task takes back `vcu` VCUs. Granted at once (the item is handed back) when
     /// they fit and no other resume waits - waiting tasks do not hold it back. Otherwise it
     /// queues in the resume lane (ahead of every waiting task); it may have been admitted by
@@ -895,10 +905,14 @@ impl<T: Claim> Admission<T> {
     /// outside the runtime (a channel, a timer, `yield_now`: `scheduler::idle`). Queued, it
     /// goes ahead of the waiting tasks as any resume does - a task woken by a timer runs
     /// soon on a full device - except that once drains admitted [`OUTSIDE_TURNS`] such
-    /// resumes while tasks waited, the next drain admits the tasks first. Tasks woken from
+    /// resumes while tasks waited, the next drain admits the tasks first; if the first of
+    /// them does not fit then, for want of VCUs alone, such resumes wait until it does
+    /// (the tasks holding the VCUs give them back as they end or wait). None is granted
+    /// at once while anything waits, so that the drains see them all. Tasks woken from
     /// outside in a loop (yielding, passing messages) would otherwise keep the tasks that
     /// never started from ever starting: on one worker, a thousand tasks yielding in a loop
-    /// took every turn among themselves.
+    /// took every turn among themselves, and a task asking for the whole CPU never found
+    /// it free while they took back each share as it was lent.
     pub(crate) fn resume_outside(&self, item: T, vcu: u32, out: &mut Vec<T>) -> Resumed<T> {
         self.resume_entry(item, vcu, OUTSIDE_RESUME, out)
     }
@@ -923,7 +937,12 @@ impl<T: Claim> Admission<T> {
     /// [`resume`](Self::resume), the entry's ticket `ticket` (0, [`OUTSIDE_RESUME`] or
     /// [`YIELDS`]: where it waits).
     fn resume_entry(&self, item: T, vcu: u32, ticket: u64, out: &mut Vec<T>) -> Resumed<T> {
-        if self.resume_now(vcu) {
+        let now = if ticket & OUTSIDE_RESUME != 0 {
+            self.resume_outside_now(vcu)
+        } else {
+            self.resume_now(vcu)
+        };
+        if now {
             return Resumed::Granted(item);
         }
         let d = Demand { vcu, mem: 0 };
@@ -1201,54 +1220,67 @@ impl<T: Claim> Admission<T> {
     /// [`drain`](Self::drain) when something may be admitted.
     #[inline(never)]
     fn drain_some(&self, c: &mut Central<T>, out: &mut Vec<T>) {
+        let mut hold = false;
         if c.passed >= OUTSIDE_TURNS {
             // The waiting tasks' turn (see `resume_outside`).
             let before = out.len();
-            self.drain_tasks(c, out);
+            let blocked = self.drain_tasks(c, out);
             if out.len() > before {
                 c.passed = 0;
+            } else if let Some(d) = blocked {
+                // The first task does not fit. If only for VCUs, the resumes from outside
+                // wait until it does (the tasks that hold the VCUs give them back as they
+                // end or wait); taking back each VCU a task lends, they kept a task that
+                // asks for more than one task's share out for ever.
+                hold = self.mem_fits(d);
             }
         }
-        self.drain_resumes(c, out);
+        self.drain_resumes(c, hold, out);
         self.drain_tasks(c, out);
     }
 
     /// [`drain_some`](Self::drain_some)'s tasks (and the resumes that take their turn among
-    /// them).
+    /// them). Returns what the task it stopped at asks for, if it stopped at one that does
+    /// not fit.
     #[inline]
-    fn drain_tasks(&self, c: &mut Central<T>, out: &mut Vec<T>) {
+    fn drain_tasks(&self, c: &mut Central<T>, out: &mut Vec<T>) -> Option<Demand> {
         if self.sharded.load(Ordering::Acquire) != 0 {
-            self.drain_all(c, self.occupied(false), out);
-        } else if !c.yields.is_empty() {
-            // Central entries and the resumes that take their turn among them.
-            self.drain_all(c, 0, out);
-        } else {
-            // Central entries alone (not claimable).
-            while let Some(e) = c.tasks.front() {
-                if e.is_dead() {
-                    drop_dead_fronts(&mut c.tasks);
-                    continue;
-                }
-                if !self.try_reserve(e.d) {
-                    break;
-                }
-                if let Some(e) = c.tasks.pop_front() {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    push_out(out, e.item);
-                }
-            }
-            shrink(&mut c.tasks);
+            return self.drain_all(c, self.occupied(false), out);
         }
+        if !c.yields.is_empty() {
+            // Central entries and the resumes that take their turn among them.
+            return self.drain_all(c, 0, out);
+        }
+        // Central entries alone (not claimable).
+        let mut blocked = None;
+        while let Some(e) = c.tasks.front() {
+            if e.is_dead() {
+                drop_dead_fronts(&mut c.tasks);
+                continue;
+            }
+            if !self.try_reserve(e.d) {
+                blocked = Some(e.d);
+                break;
+            }
+            if let Some(e) = c.tasks.pop_front() {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                push_out(out, e.item);
+            }
+        }
+        shrink(&mut c.tasks);
+        blocked
     }
 
     /// [`drain`](Self::drain)'s tasks when the shards in `mask` hold entries, or resumes
     /// wait to take their turn among the tasks (`yields`): in ticket order across the
     /// shards, the central part and those resumes. A task at the front that does not fit
     /// in what is free holds back the tasks behind it, not those resumes (see
-    /// [`resume_after_tasks`](Self::resume_after_tasks)).
+    /// [`resume_after_tasks`](Self::resume_after_tasks)). Returns what the task it stopped
+    /// at asks for, if it stopped at one that does not fit.
     #[inline(never)]
-    fn drain_all(&self, c: &mut Central<T>, mask: u32, out: &mut Vec<T>) {
+    fn drain_all(&self, c: &mut Central<T>, mask: u32, out: &mut Vec<T>) -> Option<Demand> {
         let mut locked = self.lock_shards(mask);
+        let mut blocked = None;
         loop {
             drop_dead_fronts(&mut c.yields);
             let lane = first_lane(&mut locked, &mut c.tasks);
@@ -1266,21 +1298,24 @@ impl<T: Claim> Admission<T> {
             let Some(lane) = lane else {
                 break;
             };
+            let d = lane.front().map(|e| e.d);
             match self.admit_entry(lane, 0, out) {
                 Step::NoFit => {
+                    blocked = d;
                     while self.admit_yield(&mut c.yields, out) {}
                     break;
                 }
                 Step::Admitted | Step::Dropped => {}
                 // The reservation it gave back may fit a resume.
                 Step::Lost => {
-                    self.drain_resumes(c, out);
+                    self.drain_resumes(c, false, out);
                 }
             }
         }
         shrink(&mut c.tasks);
         shrink(&mut c.yields);
         self.unlock_shards(locked);
+        blocked
     }
 
     /// Admits the first resume of `yields` (the lane of those that take their turn among
@@ -1329,14 +1364,15 @@ impl<T: Claim> Admission<T> {
 
     /// Admits the resumes of the resume lane that fit, first-fit, counting those of tasks
     /// that waited outside the runtime admitted while tasks wait (see
-    /// [`resume_outside`](Self::resume_outside)).
+    /// [`resume_outside`](Self::resume_outside)); with `hold`, it stops at the first of
+    /// those instead (the waiting tasks' turn).
     #[inline]
-    fn drain_resumes(&self, c: &mut Central<T>, out: &mut Vec<T>) {
+    fn drain_resumes(&self, c: &mut Central<T>, hold: bool, out: &mut Vec<T>) {
         if c.resumes.is_empty() {
             return;
         }
         let mut outside = 0;
-        let n = self.admit_fitting_counting(&mut c.resumes, c.resume_min, &mut outside, out);
+        let n = self.admit_fitting_counting(&mut c.resumes, c.resume_min, hold, &mut outside, out);
         if outside > 0
             && (!c.tasks.is_empty()
                 || !c.yields.is_empty()
@@ -1363,15 +1399,17 @@ impl<T: Claim> Admission<T> {
     /// fork-join tree's parents) admits the first and stops, instead of trying them all.
     /// Returns how many it admitted.
     fn admit_fitting(&self, lane: &mut VecDeque<Entry<T>>, min: Demand, out: &mut Vec<T>) -> usize {
-        self.admit_fitting_counting(lane, min, &mut 0, out)
+        self.admit_fitting_counting(lane, min, false, &mut 0, out)
     }
 
     /// [`admit_fitting`](Self::admit_fitting), adding to `outside` how many of those it
-    /// admitted are resumes of tasks that waited outside the runtime ([`OUTSIDE_RESUME`]).
+    /// admitted are resumes of tasks that waited outside the runtime ([`OUTSIDE_RESUME`]),
+    /// and stopping at the first of those if `hold`.
     fn admit_fitting_counting(
         &self,
         lane: &mut VecDeque<Entry<T>>,
         min: Demand,
+        hold: bool,
         outside: &mut u32,
         out: &mut Vec<T>,
     ) -> usize {
@@ -1379,6 +1417,9 @@ impl<T: Claim> Admission<T> {
         let mut i = 0;
         while i < lane.len() && self.could_fit(min) {
             let from_outside = lane[i].ticket & OUTSIDE_RESUME != 0;
+            if hold && from_outside && !lane[i].is_dead() {
+                break;
+            }
             match self.admit_entry(lane, i, out) {
                 Step::Admitted => {
                     admitted += 1;
@@ -1389,6 +1430,11 @@ impl<T: Claim> Admission<T> {
             }
         }
         admitted
+    }
+
+    /// Whether the memory `d` asks for fits in what is free now (whatever its VCUs).
+    fn mem_fits(&self, d: Demand) -> bool {
+        self.could_fit(Demand { vcu: 0, ..d })
     }
 
     /// Whether `d` fits in what is free now.
@@ -1403,7 +1449,7 @@ impl<T: Claim> Admission<T> {
         let (mut c, seen) = self.lock_central();
         self.absorb(&mut c);
         let before = out.len();
-        self.drain_resumes(&mut c, out);
+        self.drain_resumes(&mut c, false, out);
         let n = self.admit_fitting(&mut c.yields, Demand::default(), out);
         self.resuming.fetch_sub(n, Ordering::AcqRel);
         let mut locked = self.lock_shards(self.occupied(false));
@@ -1947,6 +1993,60 @@ mod test {
                 assert!(!out.contains(&1), "plain resumes go first");
             }
         }
+    }
+
+    /// A waiting task that asks for more than each resume from outside frees (the whole
+    /// device, while two tasks take turns on halves of it, each lending its half and taking
+    /// it back as tasks yielding in a loop do) gets in too: once its turn comes and it does
+    /// not fit, the resumes from outside wait until it does.
+    #[test]
+    fn resumes_from_outside_let_a_larger_waiting_task_in() {
+        let (half, one) = (d(VCU_ONE / 2, 0), d(VCU_ONE, 0));
+        let a = Admission::new(0, 2);
+        let mut running = Vec::new();
+        assert!(a.admit(1, half, &mut running));
+        assert!(a.admit(2, half, &mut running));
+        assert!(!a.admit(3, one, &mut running));
+        let mut steps = 0;
+        let mut admitted = Vec::new();
+        while !admitted.contains(&3) && steps < 100 {
+            steps += 1;
+            // The first running one lends its half and, woken, takes it back.
+            let r = running.remove(0);
+            a.release(half, &mut admitted);
+            assert_eq!(
+                a.resume_outside(r, VCU_ONE / 2, &mut admitted),
+                Resumed::Waiting,
+                "a task waits: no resume is granted at once"
+            );
+            running.extend(admitted.iter().filter(|&&i| i != 3));
+            admitted.retain(|&i| i == 3);
+        }
+        assert!(admitted.contains(&3), "the whole-device task got in");
+        assert!(steps <= OUTSIDE_TURNS as usize + 2, "{steps} steps");
+        assert!(running.is_empty(), "it runs alone: {running:?}");
+        assert_eq!(a.usage().vcu, VCU_ONE);
+    }
+
+    /// ... but not when the waiting task lacks memory that one of those resumes holds (a
+    /// resume gives back only VCUs): they go on, and nothing waits for ever.
+    #[test]
+    fn resumes_from_outside_holding_memory_a_waiting_task_needs_go_on() {
+        let half = VCU_ONE / 2;
+        let a = Admission::new(100, 2);
+        let mut running = Vec::new();
+        assert!(a.admit(1, d(half, 60), &mut running));
+        assert!(a.admit(2, d(half, 0), &mut running));
+        assert!(!a.admit(3, d(VCU_ONE, 60), &mut running));
+        let mut admitted = Vec::new();
+        for step in 0..100 {
+            assert!(!running.is_empty(), "step {step}: nothing runs");
+            let r = running.remove(0);
+            a.release(d(half, 0), &mut admitted);
+            assert_eq!(a.resume_outside(r, half, &mut admitted), Resumed::Waiting);
+            running.append(&mut admitted);
+        }
+        assert!(!running.contains(&3));
     }
 
     /// A resume queued with `resume_after_tasks` takes its turn among the tasks by ticket:
