@@ -696,17 +696,17 @@ fn detached_tasks_spawned_at_every_step_of_looping_parents_keep_up() {
     }
 }
 
-/// `workers` parents (default VCUs) awaiting child after child in a loop until `done` is
+/// `parents` parents (default VCUs) awaiting child after child in a loop until `done` is
 /// set, or for 20 s; the first runs `first` before its loop. Each resolves to whether it
 /// saw `done` set.
 fn looping_parents(
-    workers: usize,
+    parents: usize,
     done: &Arc<AtomicBool>,
     first: Option<impl FnOnce() + Send + 'static>,
 ) -> Vec<TaskHandle<bool>> {
     let t0 = std::time::Instant::now();
     let mut first = first;
-    (0..workers)
+    (0..parents)
         .map(|_| {
             let (d, f) = (done.clone(), first.take());
             task(async move {
@@ -730,6 +730,35 @@ async fn all_true(hs: Vec<TaskHandle<bool>>) -> bool {
         all &= h.await.unwrap();
     }
     all
+}
+
+/// More parents than workers (default VCUs) await child after child in a loop until a flag
+/// is set, which `block_on` sets once 2,000 tasks it spawned after them have run: they run
+/// while the parents loop, in the turns that the parents' children give the waiting tasks.
+/// (With two parents more than workers they waited until a loop ended: the parents that did
+/// not run took their VCUs back ahead of the tasks, and a turn's resume waiting behind the
+/// tasks kept the children from handing their VCUs to their parents, which is where the
+/// turns are counted.)
+#[test]
+fn tasks_spawned_from_outside_run_while_more_parents_than_workers_loop_on_children() {
+    for workers in [1, 2] {
+        for extra in [1, 2] {
+            let ended_by_it = support::on_cpu(workers, move || async move {
+                let done = Arc::new(AtomicBool::new(false));
+                let parents = looping_parents(workers + extra, &done, None::<fn()>);
+                let tasks: Vec<_> = (0..2_000).map(|i| task(async move { i }).spawn()).collect();
+                for (i, t) in tasks.into_iter().enumerate() {
+                    assert_eq!(t.await.unwrap(), i);
+                }
+                done.store(true, Ordering::SeqCst);
+                all_true(parents).await
+            });
+            assert!(
+                ended_by_it,
+                "{workers} workers, {extra} parents more: the loops ran out their 20 s"
+            );
+        }
+    }
 }
 
 /// As many parents as workers (default VCUs) await child after child in a loop until a flag

@@ -475,7 +475,8 @@ pub(crate) struct Admission<T> {
     tickets: CachePadded<AtomicU64>,
     /// Entries in the shards (tombstones included): drains skip the shards while it is 0.
     sharded: CachePadded<AtomicUsize>,
-    /// Items in the resume lane.
+    /// Items in the resume lane (not those that take their turn among the tasks, in
+    /// `yields`: see [`resume_entry`](Self::resume_entry)).
     resuming: CachePadded<AtomicUsize>,
     /// Drain requests so far: releasers that found the central lock taken count one here
     /// and leave the drain to its holder (see [`unlock`](Self::unlock)).
@@ -550,7 +551,8 @@ impl<T: Claim> Admission<T> {
         }
     }
 
-    /// Whether no resume waits (a snapshot).
+    /// Whether no resume waits in the resume lane (a snapshot; those that take their turn
+    /// among the tasks do not count).
     #[inline]
     pub(crate) fn no_resumes_waiting(&self) -> bool {
         self.resuming.load(Ordering::Acquire) == 0
@@ -953,10 +955,15 @@ impl<T: Claim> Admission<T> {
             ticket,
         };
         // Counted before it is pushed (either way), so that no drain takes it uncounted.
-        self.resuming.fetch_add(1, Ordering::AcqRel);
+        // (Not one that takes its turn among the tasks: it does not go ahead of them, nor
+        // keep a finishing task from giving its VCUs to the parent it wakes, which
+        // `no_resumes_waiting` is for. Parents awaiting child after child then took back
+        // their VCUs through the resume lane, and no turn came for the waiting tasks.)
+        let counted = usize::from(ticket & YIELDS == 0);
+        self.resuming.fetch_add(counted, Ordering::AcqRel);
         if let Some((mut c, seen)) = self.try_lock_central() {
             if e.item.aborted() {
-                self.resuming.fetch_sub(1, Ordering::AcqRel);
+                self.resuming.fetch_sub(counted, Ordering::AcqRel);
                 self.unlock(c, seen, out);
                 return Resumed::Aborted(e.item);
             }
@@ -967,7 +974,7 @@ impl<T: Claim> Admission<T> {
             return Resumed::Waiting;
         }
         if !mark_incoming(&e.item) {
-            self.resuming.fetch_sub(1, Ordering::AcqRel);
+            self.resuming.fetch_sub(counted, Ordering::AcqRel);
             return Resumed::Aborted(e.item);
         }
         self.push_unlocked(&self.incoming_resumes, || e, d, out);
@@ -1332,7 +1339,6 @@ impl<T: Claim> Admission<T> {
         let Some(e) = yields.pop_front() else {
             return false;
         };
-        self.resuming.fetch_sub(1, Ordering::AcqRel);
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         out.push(e.item);
         true
@@ -1450,8 +1456,7 @@ impl<T: Claim> Admission<T> {
         self.absorb(&mut c);
         let before = out.len();
         self.drain_resumes(&mut c, false, out);
-        let n = self.admit_fitting(&mut c.yields, Demand::default(), out);
-        self.resuming.fetch_sub(n, Ordering::AcqRel);
+        self.admit_fitting(&mut c.yields, Demand::default(), out);
         let mut locked = self.lock_shards(self.occupied(false));
         for lane in locked.iter_mut().flatten() {
             self.admit_fitting(lane, Demand::default(), out);
@@ -1471,8 +1476,14 @@ impl<T: Claim> Admission<T> {
         self.absorb(&mut c);
         drop_dead_fronts(&mut c.resumes);
         drop_dead_fronts(&mut c.yields);
-        if let Some(e) = c.resumes.pop_front().or_else(|| c.yields.pop_front()) {
-            self.resumes_left(&mut c, 1);
+        let first = match c.resumes.pop_front() {
+            Some(e) => {
+                self.resumes_left(&mut c, 1);
+                Some(e)
+            }
+            None => c.yields.pop_front(),
+        };
+        if let Some(e) = first {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             self.unlock(c, seen, out);
             return Some((e.item, e.d, Lane::Resume));
@@ -1498,6 +1509,9 @@ impl<T: Claim> Admission<T> {
         let (mut c, seen) = self.lock_central();
         self.absorb(&mut c);
         let mut resumes = std::mem::take(&mut c.resumes);
+        resumes.retain(|e| !e.is_dead());
+        // (Those that take their turn among the tasks are not counted in `resuming`.)
+        let n_resumes = resumes.len();
         resumes.extend(std::mem::take(&mut c.yields));
         resumes.retain(|e| !e.is_dead());
         c.resume_min = NO_MIN;
@@ -1511,7 +1525,6 @@ impl<T: Claim> Admission<T> {
             .collect();
         self.unlock_shards(locked);
         tasks.sort_by_key(|e| e.ticket);
-        let n_resumes = resumes.len();
         let all: Vec<_> = resumes
             .into_iter()
             .map(|e| (e.item, e.d, Lane::Resume))
@@ -1567,15 +1580,14 @@ impl<T: Claim> Admission<T> {
         // (Queued in a shard: not looked for in the central part.)
         let in_shard = item.claim_word().is_some_and(queued_in_shard);
         let lanes = &mut *c;
-        let resume = find_entry(&lanes.resumes, item)
-            .map(|i| take_entry(&mut lanes.resumes, i, &mut lanes.dead[1]))
-            .or_else(|| {
-                find_entry(&lanes.yields, item)
-                    .map(|i| take_entry(&mut lanes.yields, i, &mut lanes.dead[2]))
-            });
-        if let Some(t) = resume {
+        if let Some(i) = find_entry(&lanes.resumes, item) {
+            let t = take_entry(&mut lanes.resumes, i, &mut lanes.dead[1]);
             found = Some((t, Lane::Resume));
             self.resumes_left(&mut c, 1);
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        } else if let Some(i) = find_entry(&lanes.yields, item) {
+            let t = take_entry(&mut lanes.yields, i, &mut lanes.dead[2]);
+            found = Some((t, Lane::Resume));
             self.waiting.fetch_sub(1, Ordering::AcqRel);
         } else if let Some(i) = (!in_shard)
             .then(|| find_entry(&lanes.tasks, item))
