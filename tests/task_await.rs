@@ -995,28 +995,13 @@ fn tasks_taking_turns_on_a_tokio_mutex_with_yields_and_spawned_futures_all_finis
 fn loops_yielding_until_a_later_task_sets_their_flag_all_end() {
     for threads in [1, 2, 4] {
         let ended = support::on_cpu(threads, move || async move {
-            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let loops: Vec<_> = (0..2 * threads + 2)
-                .map(|_| {
-                    let flag = flag.clone();
-                    task(async move {
-                        while !flag.load(Ordering::Acquire) {
-                            tokio::task::yield_now().await;
-                        }
-                    })
-                    .spawn()
-                })
-                .collect();
+            let flag = Arc::new(AtomicBool::new(false));
+            let loops = yielding_until(&flag, 2 * threads + 2, Duration::ZERO);
             task(async move { flag.store(true, Ordering::Release) })
                 .spawn()
                 .await
                 .expect("setter");
-            let mut ended = 0;
-            for l in loops {
-                l.await.expect("loop");
-                ended += 1;
-            }
-            ended
+            all_ended(loops).await
         });
         assert_eq!(ended, 2 * threads + 2, "{threads} workers");
     }
@@ -1033,34 +1018,45 @@ fn loops_yielding_until_a_task_asking_for_the_whole_cpu_sets_their_flag_all_end(
     for threads in [2, 4] {
         let ended = support::on_cpu(threads, move || async move {
             let flag = Arc::new(AtomicBool::new(false));
-            let loops: Vec<_> = (0..100)
-                .map(|_| {
-                    let flag = flag.clone();
-                    task(async move {
-                        while !flag.load(Ordering::Acquire) {
-                            let t0 = std::time::Instant::now();
-                            while t0.elapsed() < Duration::from_micros(200) {
-                                std::hint::spin_loop();
-                            }
-                            tokio::task::yield_now().await;
-                        }
-                    })
-                    .spawn()
-                })
-                .collect();
+            let loops = yielding_until(&flag, 100, Duration::from_micros(200));
             task(async move { flag.store(true, Ordering::Release) })
                 .vcus(1.0)
                 .await
                 .expect("setter");
-            let mut ended = 0;
-            for l in loops {
-                l.await.expect("loop");
-                ended += 1;
-            }
-            ended
+            all_ended(loops).await
         });
         assert_eq!(ended, 100, "{threads} workers");
     }
+}
+
+/// `n` tasks (default VCUs) that compute for `work` and `yield_now` in a loop until `flag`
+/// is set.
+fn yielding_until(flag: &Arc<AtomicBool>, n: usize, work: Duration) -> Vec<TaskHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let flag = flag.clone();
+            task(async move {
+                while !flag.load(Ordering::Acquire) {
+                    let t0 = std::time::Instant::now();
+                    while t0.elapsed() < work {
+                        std::hint::spin_loop();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+            .spawn()
+        })
+        .collect()
+}
+
+/// Awaits each of `tasks`, which must succeed; returns how many there were.
+async fn all_ended(tasks: Vec<TaskHandle<()>>) -> usize {
+    let mut ended = 0;
+    for t in tasks {
+        t.await.expect("task");
+        ended += 1;
+    }
+    ended
 }
 
 /// Thousands of loops that `yield_now` until every one of them has started, with default
@@ -1091,21 +1087,13 @@ fn loops_yielding_until_all_have_started_all_start() {
                         })
                         .collect::<Vec<_>>()
                 };
-                let await_all = |loops: Vec<TaskHandle<()>>| async move {
-                    let mut ended = 0;
-                    for l in loops {
-                        l.await.expect("loop");
-                        ended += 1;
-                    }
-                    ended
-                };
                 if from_task {
                     // (The parent awaits them too: they stay in its thread's shard.)
-                    task(async move { await_all(spawn_all()).await })
+                    task(async move { all_ended(spawn_all()).await })
                         .await
                         .expect("parent")
                 } else {
-                    await_all(spawn_all()).await
+                    all_ended(spawn_all()).await
                 }
             });
             assert_eq!(

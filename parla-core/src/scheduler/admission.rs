@@ -2873,28 +2873,19 @@ mod loom_test {
     }
 
     /// A resume that finds the central lock taken by a release (which drains for item 2,
-    /// waiting for the other half) queues without it: both are admitted, once each.
+    /// waiting for the other half) queues without it: both are admitted, once each. Also
+    /// for a resume that takes its turn among the tasks (in a lane of its own, merged with
+    /// the task lane by ticket), whichever of it and item 2 queued first.
     #[test]
     fn release_vs_unlocked_resume_no_lost_wakeup() {
-        loom::model(|| {
-            let (a, all) = release_vs_resume(&[(2, HALF)], false);
-            assert_eq!(all, vec![1, 2], "each admitted once");
-            assert_eq!(a.usage().vcu, VCU_ONE);
-            assert_eq!(a.usage().waiting, 0);
-        });
-    }
-
-    /// A resume that takes its turn among the tasks (in a lane of its own, merged with the
-    /// task lane by ticket) racing with a release while a task waits: both are admitted,
-    /// once each, whichever of the two queued first.
-    #[test]
-    fn release_vs_yielding_resume_no_lost_wakeup() {
-        loom::model(|| {
-            let (a, all) = release_vs_resume(&[(2, HALF)], true);
-            assert_eq!(all, vec![1, 2], "each admitted once");
-            assert_eq!(a.usage().vcu, VCU_ONE);
-            assert_eq!(a.usage().waiting, 0);
-        });
+        for yields in [false, true] {
+            loom::model(move || {
+                let (a, all) = release_vs_resume(&[(2, HALF)], yields);
+                assert_eq!(all, vec![1, 2], "each admitted once");
+                assert_eq!(a.usage().vcu, VCU_ONE);
+                assert_eq!(a.usage().waiting, 0);
+            });
+        }
     }
 
     /// A device (two shards) that a parent (0) and another task (9) hold, each half of it,
