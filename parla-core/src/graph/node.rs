@@ -57,11 +57,6 @@ const JOIN_AWAITED: u8 = 4;
 const RESOLVED: u8 = 8;
 /// The outcome is published (written and read under the `links` lock).
 const PUBLISHED: u8 = 16;
-
-/// A mark of a task's lent VCUs: lent while it waited on something outside the runtime
-/// (see `Header::lend_outside`). (VCUs take 20 bits: `VCU_ONE` is a million.)
-const LENT_OUTSIDE: u32 = 1 << 31;
-const _: () = assert!(crate::scheduler::admission::VCU_ONE < LENT_OUTSIDE);
 /// An awaiter spins on the task's fence (the fence poller leaves it alone meanwhile).
 const SPUN: u8 = 32;
 /// The outcome is published and is a success: read without the `links` lock.
@@ -69,6 +64,11 @@ const SUCCEEDED: u8 = 64;
 /// Its handle asked for the task to be aborted (`TaskHandle::abort`): its body is not
 /// polled again.
 const ABORTED: u8 = 128;
+
+/// A mark of a task's lent VCUs: lent while it waited on something outside the runtime
+/// (see `Header::lend_outside`). (VCUs take 20 bits: `VCU_ONE` is a million.)
+const LENT_OUTSIDE: u32 = 1 << 31;
+const _: () = assert!(crate::scheduler::admission::VCU_ONE < LENT_OUTSIDE);
 
 /// A VCU demand resolved from the chosen device's default at mapping time.
 pub(crate) const DEFAULT_VCU: u32 = u32::MAX;
@@ -1159,8 +1159,9 @@ impl Header {
     }
 
     /// [`lend`](Self::lend), by a task waiting on something outside the runtime (a channel,
-    /// a timer, `yield_now`): woken, it takes its turn among the tasks that wait for its
-    /// device instead of going ahead of them ([`lent_outside`](Self::lent_outside)).
+    /// a timer, `yield_now`): woken, it goes ahead of the tasks that wait for its device
+    /// only so many times in a row (`Admission::resume_outside`;
+    /// [`lent_outside`](Self::lent_outside)).
     pub(crate) fn lend_outside(&self) -> u32 {
         self.lend_marked(LENT_OUTSIDE)
     }

@@ -963,13 +963,10 @@ impl RtInner {
             if !context::skip_fit_check() {
                 #[cfg(all(test, not(parla_loom)))]
                 self.fit_checks.fetch_add(1, Ordering::Relaxed);
-                let admission = &self.devices[slot].admission;
-                let now = if h.lent_outside() {
-                    admission.resume_outside_now(lent)
-                } else {
-                    admission.resume_now(lent)
-                };
-                if now {
+                if self.devices[slot]
+                    .admission
+                    .resume_now_as(lent, h.lent_outside())
+                {
                     h.reclaim();
                     self.push_runnable(task);
                     return;

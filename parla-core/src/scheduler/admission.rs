@@ -880,12 +880,13 @@ impl<T: Claim> Admission<T> {
         d.is_zero() || (self.no_resumes_waiting() && self.try_reserve(d))
     }
 
-    /// [`resume_outside`](Self::resume_outside)'s way without queueing: takes `vcu` VCUs
-    /// back if they fit now and nothing waits - else the drains decide, which count such
-    /// resumes while tasks wait, and give the tasks their turn.
+    /// [`resume_now`](Self::resume_now), or with `outside`,
+    /// [`resume_outside`](Self::resume_outside)'s way without queueing: only while nothing
+    /// waits - else the drains decide, which count such resumes while tasks wait, and give
+    /// the tasks their turn.
     #[inline]
-    pub(crate) fn resume_outside_now(&self, vcu: u32) -> bool {
-        !self.has_waiting() && self.resume_now(vcu)
+    pub(crate) fn resume_now_as(&self, vcu: u32, outside: bool) -> bool {
+        (!outside || !self.has_waiting()) && self.resume_now(vcu)
     }
 
     /// A parked task takes back `vcu` VCUs. Granted at once (the item is handed back) when
@@ -939,12 +940,7 @@ impl<T: Claim> Admission<T> {
     /// [`resume`](Self::resume), the entry's ticket `ticket` (0, [`OUTSIDE_RESUME`] or
     /// [`YIELDS`]: where it waits).
     fn resume_entry(&self, item: T, vcu: u32, ticket: u64, out: &mut Vec<T>) -> Resumed<T> {
-        let now = if ticket & OUTSIDE_RESUME != 0 {
-            self.resume_outside_now(vcu)
-        } else {
-            self.resume_now(vcu)
-        };
-        if now {
+        if self.resume_now_as(vcu, ticket & OUTSIDE_RESUME != 0) {
             return Resumed::Granted(item);
         }
         let d = Demand { vcu, mem: 0 };
@@ -1329,19 +1325,14 @@ impl<T: Claim> Admission<T> {
     /// the tasks) into `out` if it fits, past the tombstones before it. Returns whether it
     /// did.
     fn admit_yield(&self, yields: &mut VecDeque<Entry<T>>, out: &mut Vec<T>) -> bool {
-        drop_dead_fronts(yields);
-        let Some(e) = yields.front() else {
-            return false;
-        };
-        if !self.try_reserve(e.d) {
-            return false;
+        while !yields.is_empty() {
+            match self.admit_entry(yields, 0, out) {
+                Step::Admitted => return true,
+                Step::Dropped => {}
+                Step::NoFit | Step::Lost => return false,
+            }
         }
-        let Some(e) = yields.pop_front() else {
-            return false;
-        };
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        out.push(e.item);
-        true
+        false
     }
 
     /// Admits the entry at `i` of `lane` (into `out`) if it fits: drops it if it is a
@@ -1512,8 +1503,11 @@ impl<T: Claim> Admission<T> {
         resumes.retain(|e| !e.is_dead());
         // (Those that take their turn among the tasks are not counted in `resuming`.)
         let n_resumes = resumes.len();
-        resumes.extend(std::mem::take(&mut c.yields));
-        resumes.retain(|e| !e.is_dead());
+        resumes.extend(
+            std::mem::take(&mut c.yields)
+                .into_iter()
+                .filter(|e| !e.is_dead()),
+        );
         c.resume_min = NO_MIN;
         let mut locked = self.lock_shards(self.occupied(true));
         let mut tasks: Vec<Entry<T>> = locked
