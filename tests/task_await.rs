@@ -1104,6 +1104,58 @@ fn loops_yielding_until_all_have_started_all_start() {
     }
 }
 
+/// A service's rounds on four workers: tasks parked on channels, then one task per worker
+/// that spins until a task runs on every worker (so each must get a driver of its own, on
+/// a worker of its own), then the messages that wake the parked tasks, then the awaits.
+/// Drivers put off behind Tokio's deferred wakes on a worker that then runs a spinner are
+/// given up for, and the tasks their pushers counted on them for need other drivers.
+/// (Before, one spinner stayed queued with driver slots free, within a few hundred rounds,
+/// and the others spun for good.)
+#[test]
+fn rounds_of_a_spinning_task_per_worker_beside_tasks_parked_on_channels_all_end() {
+    const WORKERS: usize = 4;
+    const ROUNDS: u64 = 1_000;
+    let ended = support::on_cpu(WORKERS, || async {
+        let spinning = Arc::new(AtomicUsize::new(0));
+        let mut ended = 0;
+        for round in 0..ROUNDS {
+            let mut senders = Vec::new();
+            let parked: Vec<_> = (0..16u64)
+                .map(|i| {
+                    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1);
+                    senders.push(tx);
+                    task(async move { rx.recv().await.map_or(0, |v| v + i) }).spawn()
+                })
+                .collect();
+            spinning.store(0, Ordering::SeqCst);
+            let spinners: Vec<_> = (0..WORKERS)
+                .map(|_| {
+                    let spinning = spinning.clone();
+                    task(async move {
+                        spinning.fetch_add(1, Ordering::SeqCst);
+                        while spinning.load(Ordering::SeqCst) < WORKERS {
+                            std::hint::spin_loop();
+                        }
+                    })
+                    .spawn()
+                })
+                .collect();
+            for tx in &senders {
+                tx.send(round).await.expect("the parked task is alive");
+            }
+            for s in spinners {
+                s.await.expect("spinner");
+            }
+            for (i, p) in parked.into_iter().enumerate() {
+                assert_eq!(p.await.expect("parked"), round + i as u64);
+            }
+            ended += 1;
+        }
+        ended
+    });
+    assert_eq!(ended, ROUNDS);
+}
+
 #[test]
 fn a_parent_awaiting_all_its_children_at_once_is_never_failed() {
     // The parent awaits its children through `FuturesUnordered` or `join_all`: a poll may

@@ -159,6 +159,11 @@ pub(crate) mod sync {
     pub(crate) struct Queue<T> {
         head: loom::sync::atomic::AtomicPtr<Node<T>>,
         nodes: std::sync::Mutex<Vec<NodePtr<T>>>,
+        /// How many items it holds: changed in the same step as the head's exchange (loom
+        /// switches threads only at its own operations, and this counter is not one), so
+        /// it is exact where the real queue's length is a snapshot, at no cost in the
+        /// interleavings explored.
+        len: std::sync::atomic::AtomicUsize,
     }
 
     impl<T> std::fmt::Debug for Queue<T> {
@@ -187,6 +192,7 @@ pub(crate) mod sync {
             Queue {
                 head: loom::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
                 nodes: std::sync::Mutex::new(Vec::new()),
+                len: std::sync::atomic::AtomicUsize::new(0),
             }
         }
 
@@ -202,7 +208,10 @@ pub(crate) mod sync {
                 // SAFETY: `n` is this call's own node until the exchange publishes it.
                 unsafe { (*n).next = head };
                 match self.head.compare_exchange(head, n, SeqCst, SeqCst) {
-                    Ok(_) => return,
+                    Ok(_) => {
+                        self.len.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
                     Err(h) => head = h,
                 }
             }
@@ -219,9 +228,12 @@ pub(crate) mod sync {
                 // published by a push that this load synchronizes with.
                 let next = unsafe { (*head).next };
                 match self.head.compare_exchange(head, next, SeqCst, SeqCst) {
-                    // SAFETY: the exchange took `head` off the stack, so this call alone
-                    // reaches its value (a node is pushed once: no ABA).
-                    Ok(_) => return unsafe { (*(*head).value.get()).take() },
+                    Ok(_) => {
+                        self.len.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        // SAFETY: the exchange took `head` off the stack, so this call alone
+                        // reaches its value (a node is pushed once: no ABA).
+                        return unsafe { (*(*head).value.get()).take() };
+                    }
                     Err(h) => head = h,
                 }
             }
@@ -233,9 +245,9 @@ pub(crate) mod sync {
                 .is_null()
         }
 
-        /// How many items it holds, as far as the models need: one while it is not empty.
+        /// How many items it holds.
         pub(crate) fn len(&self) -> usize {
-            usize::from(!self.is_empty())
+            self.len.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
 

@@ -189,7 +189,7 @@ mod loom_test {
                 let (s, cells) = (s.clone(), cells.clone());
                 thread::spawn(move || {
                     if s.take(1) {
-                        // SAFETY (of the model): slot 1 is held here.
+                        // SAFETY: slot 1 is held here (in the model).
                         cells[1].with_mut(|v| unsafe { *v += 1 });
                         s.put(1);
                     }
@@ -197,7 +197,7 @@ mod loom_test {
             };
             for _ in 0..2 {
                 if let Some(i) = s.take_any() {
-                    // SAFETY (of the model): slot `i` is held here.
+                    // SAFETY: slot `i` is held here (in the model).
                     cells[i].with_mut(|v| unsafe { *v += 1 });
                     s.put(i);
                 }

@@ -280,7 +280,7 @@ mod test {
     }
 }
 
-#[cfg(parla_loom)]
+#[cfg(all(test, parla_loom))]
 mod loom_test {
     use super::*;
     use loom::sync::Arc;

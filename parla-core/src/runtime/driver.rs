@@ -137,7 +137,13 @@ pub(super) fn ask_for_drivers(rt: &Arc<RtInner>) {
 
 /// Before a driver runs a task on a thread where another driver waits behind the wakes
 /// Tokio puts off: revokes that driver (gives up its slot, and its lingering, for it, and
-/// asks for drivers if work waits).
+/// asks for drivers for all the work queued if any waits).
+///
+/// All of it, not one driver per driver revoked: with drivers put off on two workers that
+/// both go on to run tasks without end, pushers counted on both for their tasks, and each
+/// revoker, counting on the other's driver still lingering, started one driver for two
+/// tasks (a service's rounds on four workers, each with a task per worker that spins until
+/// all four run, stopped within a few hundred rounds).
 ///
 /// Tokio runs those wakes, and that driver after them, only once the worker has nothing
 /// else to poll, and nothing can take the driver elsewhere meanwhile. A task run here may
@@ -159,7 +165,7 @@ fn revoke_put_off(rt: &Arc<RtInner>) {
         }
     }
     if more > 0 {
-        rt.start_drivers(more);
+        ask_for_drivers(rt);
     }
 }
 
@@ -903,10 +909,16 @@ impl Future for Driver {
         if std::mem::take(&mut this.behind) && !revoked {
             // Back from lingering behind Tokio's work (`Linger::Behind`).
             first = rt.inject.pop();
-            if rt.inject.stop_lingering() && first.is_some() {
-                // More work than this driver (as when a spinning linger ends).
-                ask_for_drivers(&rt);
-                started = true;
+            if rt.inject.stop_lingering() {
+                // Work came after the look, or more than the task it found: pushers counted
+                // on this driver for all of it, and the task it takes may run for long. It
+                // takes one and asks for drivers for the rest (as when a spinning linger
+                // ends).
+                first = first.or_else(|| rt.inject.pop());
+                if first.is_some() && rt.inject.has_work() {
+                    ask_for_drivers(&rt);
+                    started = true;
+                }
             }
         }
         if revoked {

@@ -23,7 +23,13 @@
 //!   for some. Many pushers may count on the same lingering drivers, and the task each
 //!   takes may run for long (a CPU task computing, or one waiting for another to run): it
 //!   takes one task and asks for drivers for the rest, whether it found the task in a look
-//!   or as it gave up lingering.
+//!   or as it gave up lingering. So does a driver polled again after it lingered behind
+//!   Tokio's work, whether its look found the task or the task came before it stopped
+//!   lingering.
+//! - A lingering driver revoked (given up for, by another driver on its worker) leaves the
+//!   revoker to ask for drivers for all the work queued, not one per driver revoked: two
+//!   revokers on two workers would each count on the other's driver, still lingering, and
+//!   start one driver for the work both were counted on for.
 
 use crate::loom::sync::{AtomicUsize, Ordering, Queue, fence};
 
@@ -120,7 +126,7 @@ impl<T> Injector<T> {
     /// A driver holding a slot (and lingering, with `lingering`) gives its slot back and
     /// stops lingering, done by another thread on its behalf (the driver is put off where it
     /// may not run for long: see `driver`). Returns whether work waits in the queue: then the
-    /// caller asks for drivers, as a pusher does. (The steps of
+    /// caller asks for drivers for all of it (see the module invariants). (The steps of
     /// [`stop_lingering`](Self::stop_lingering) and [`leave`](Self::leave), so a pusher
     /// sees the driver gone or the caller the work.)
     pub(crate) fn revoke(&self, lingering: bool) -> bool {
@@ -391,6 +397,110 @@ mod loom_test {
             ran.extend(pusher.join().unwrap());
             assert_eq!(ran, vec![1], "the task ran exactly once");
             assert_eq!(inj.active(), 1, "the revoker's slot");
+        });
+    }
+
+    /// What a driver started for the work queued does in the models below: it takes one
+    /// task and runs it without end (a task that spins until others run beside it), so it
+    /// drives no more. It leaves if it finds none (taking a slot back if work arrived).
+    fn run_one(inj: &Injector<u8>) -> Option<u8> {
+        loop {
+            if let Some(t) = inj.pop() {
+                return Some(t);
+            }
+            if !inj.leave() {
+                return None;
+            }
+        }
+    }
+
+    /// Two drivers lingering behind the wakes Tokio put off, on two workers that each go on
+    /// to run a task without end, and a pusher of two tasks (each pushed, then asked for)
+    /// that may count on them for both. The driver that runs the task on each worker
+    /// revokes the one put off there and asks for drivers for all the work queued: every
+    /// task gets a driver of its own. (Asking for one driver per driver revoked, each
+    /// revoker counted on the other, still lingering: one driver for two tasks.)
+    #[test]
+    fn two_revoked_lingerers_leave_no_task_without_a_driver() {
+        loom::model(|| {
+            let inj = Arc::new(Injector::new(4));
+            // The two put-off drivers, and the two that revoke them.
+            for _ in 0..4 {
+                assert!(inj.claim());
+            }
+            inj.linger();
+            inj.linger();
+            let i2 = inj.clone();
+            let pusher = thread::spawn(move || {
+                let mut ran = Vec::new();
+                for t in [1, 2] {
+                    i2.push(t);
+                    for _ in 0..i2.drivers_wanted(1) {
+                        ran.extend(run_one(&i2));
+                    }
+                }
+                ran
+            });
+            let revoke = |inj: &Injector<u8>| {
+                let mut ran = Vec::new();
+                if inj.revoke(true) {
+                    for _ in 0..inj.drivers_wanted(inj.queued().max(1)) {
+                        ran.extend(run_one(inj));
+                    }
+                }
+                ran
+            };
+            let i3 = inj.clone();
+            let other = thread::spawn(move || revoke(&i3));
+            let mut ran = revoke(&inj);
+            ran.extend(other.join().unwrap());
+            ran.extend(pusher.join().unwrap());
+            ran.sort();
+            assert_eq!(ran, vec![1, 2], "every task has a driver of its own");
+        });
+    }
+
+    /// A driver lingering behind Tokio's work (it yielded, counted as lingering) is polled
+    /// again, looks once, stops lingering, and runs the task it got without end; a pusher of
+    /// two tasks may count on it for both. If it found none at its look but work arrived
+    /// before it stopped lingering, it takes a task then, and asks for drivers for the rest
+    /// as when its look found one. (It asked only when the look found one: the task pushed
+    /// after its look waited behind the one it ran.)
+    #[test]
+    fn a_lingerer_back_from_behind_tokio_work_strands_nothing() {
+        loom::model(|| {
+            let inj = Arc::new(Injector::new(2));
+            assert!(inj.claim());
+            inj.linger();
+            let i2 = inj.clone();
+            let pusher = thread::spawn(move || {
+                let mut ran = Vec::new();
+                for t in [1, 2] {
+                    i2.push(t);
+                    for _ in 0..i2.drivers_wanted(1) {
+                        ran.extend(run_one(&i2));
+                    }
+                }
+                ran
+            });
+            let mut ran = Vec::new();
+            let mut first = inj.pop();
+            if inj.stop_lingering() {
+                first = first.or_else(|| inj.pop());
+                if first.is_some() && inj.has_work() {
+                    for _ in 0..inj.drivers_wanted(inj.queued().max(1)) {
+                        ran.extend(run_one(&inj));
+                    }
+                }
+            }
+            match first {
+                // It runs the task without end.
+                Some(t) => ran.push(t),
+                None => ran.extend(run_one(&inj)),
+            }
+            ran.extend(pusher.join().unwrap());
+            ran.sort();
+            assert_eq!(ran, vec![1, 2], "every task has a driver of its own");
         });
     }
 

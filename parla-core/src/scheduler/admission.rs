@@ -3145,13 +3145,14 @@ mod loom_test {
         a.take_aborted(i, incoming, out).map(|(t, _)| t.id)
     }
 
+    /// How a model's queuer puts an item in a lane: returns it if it was handed back.
+    type QueueFn = fn(&Admission<Arc<Item>>, Arc<Item>, &mut Vec<Arc<Item>>) -> Option<Arc<Item>>;
+
     /// An abort racing with a queuer on a full device, while a third thread takes the lock
     /// (a backfill, which finds nothing that fits): the queuer may find the lock taken by
     /// either and queue without it, before or after the aborter's mark. The item ends up
     /// either taken out by the aborter or handed back by its queuer, never left waiting.
-    fn abort_vs_queuer(
-        queue: fn(&Admission<Arc<Item>>, Arc<Item>, &mut Vec<Arc<Item>>) -> Option<Arc<Item>>,
-    ) {
+    fn abort_vs_queuer(queue: QueueFn) {
         loom::model(move || {
             let a = Arc::new(Admission::<Arc<Item>>::new(0, 2));
             let mut out = Vec::new();

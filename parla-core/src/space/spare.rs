@@ -120,7 +120,7 @@ pub(super) fn flush_of(p: *const SpaceHandle) {
 }
 
 /// How many spare counts this thread keeps (for tests).
-#[cfg(test)]
+#[cfg(all(test, not(parla_loom)))]
 pub(super) fn kept() -> u32 {
     SPARE.with(|c| c.get().1)
 }
