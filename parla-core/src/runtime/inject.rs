@@ -414,6 +414,30 @@ mod loom_test {
         }
     }
 
+    /// A pusher of two tasks, each pushed and then asked for (the drivers it starts run
+    /// one task each: [`run_one`]); joins with what they ran.
+    fn push_two(inj: &Arc<Injector<u8>>) -> thread::JoinHandle<Vec<u8>> {
+        let inj = inj.clone();
+        thread::spawn(move || {
+            let mut ran = Vec::new();
+            for t in [1, 2] {
+                inj.push(t);
+                for _ in 0..inj.drivers_wanted(1) {
+                    ran.extend(run_one(&inj));
+                }
+            }
+            ran
+        })
+    }
+
+    /// Asks for drivers for all the work queued, as `driver::ask_for_drivers` does (each
+    /// runs one task: [`run_one`]).
+    fn ask_for_all(inj: &Injector<u8>, ran: &mut Vec<u8>) {
+        for _ in 0..inj.drivers_wanted(inj.queued().max(1)) {
+            ran.extend(run_one(inj));
+        }
+    }
+
     /// Two drivers lingering behind the wakes Tokio put off, on two workers that each go on
     /// to run a task without end, and a pusher of two tasks (each pushed, then asked for)
     /// that may count on them for both. The driver that runs the task on each worker
@@ -430,23 +454,11 @@ mod loom_test {
             }
             inj.linger();
             inj.linger();
-            let i2 = inj.clone();
-            let pusher = thread::spawn(move || {
-                let mut ran = Vec::new();
-                for t in [1, 2] {
-                    i2.push(t);
-                    for _ in 0..i2.drivers_wanted(1) {
-                        ran.extend(run_one(&i2));
-                    }
-                }
-                ran
-            });
+            let pusher = push_two(&inj);
             let revoke = |inj: &Injector<u8>| {
                 let mut ran = Vec::new();
                 if inj.revoke(true) {
-                    for _ in 0..inj.drivers_wanted(inj.queued().max(1)) {
-                        ran.extend(run_one(inj));
-                    }
+                    ask_for_all(inj, &mut ran);
                 }
                 ran
             };
@@ -472,25 +484,13 @@ mod loom_test {
             let inj = Arc::new(Injector::new(2));
             assert!(inj.claim());
             inj.linger();
-            let i2 = inj.clone();
-            let pusher = thread::spawn(move || {
-                let mut ran = Vec::new();
-                for t in [1, 2] {
-                    i2.push(t);
-                    for _ in 0..i2.drivers_wanted(1) {
-                        ran.extend(run_one(&i2));
-                    }
-                }
-                ran
-            });
+            let pusher = push_two(&inj);
             let mut ran = Vec::new();
             let mut first = inj.pop();
             if inj.stop_lingering() {
                 first = first.or_else(|| inj.pop());
                 if first.is_some() && inj.has_work() {
-                    for _ in 0..inj.drivers_wanted(inj.queued().max(1)) {
-                        ran.extend(run_one(&inj));
-                    }
+                    ask_for_all(&inj, &mut ran);
                 }
             }
             match first {
