@@ -1156,45 +1156,6 @@ fn rounds_of_a_spinning_task_per_worker_beside_tasks_parked_on_channels_all_end(
     assert_eq!(ended, ROUNDS);
 }
 
-/// Tasks that each await a future they gave `tokio::spawn`, then spin until all of them got
-/// that far, one per worker, with default VCUs: as on Tokio, every task gets a worker of its
-/// own. The spawned future waits in its worker's LIFO slot, which no other worker takes
-/// from, until the poll that runs there returns: the driver, once the task waited, yields
-/// before it runs a task from the queue. (Before, it ran the next task, which spun, and the
-/// future behind it never ran: 4 workers hung within 30 rounds in every run.)
-#[test]
-fn tasks_awaiting_a_future_they_gave_tokio_spawn_then_spinning_until_all_did_all_end() {
-    for workers in [2, 4] {
-        const ROUNDS: usize = 300;
-        let ended = support::on_cpu(workers, move || async move {
-            let mut ended = 0;
-            for _ in 0..ROUNDS {
-                let arrived = Arc::new(AtomicUsize::new(0));
-                let tasks: Vec<_> = (0..workers)
-                    .map(|i| {
-                        let arrived = arrived.clone();
-                        task(async move {
-                            let v = tokio::spawn(async move { i * 2 }).await.expect("spawned");
-                            arrived.fetch_add(1, Ordering::SeqCst);
-                            while arrived.load(Ordering::SeqCst) < workers {
-                                std::hint::spin_loop();
-                            }
-                            v
-                        })
-                        .spawn()
-                    })
-                    .collect();
-                for (i, t) in tasks.into_iter().enumerate() {
-                    assert_eq!(t.await.expect("task"), i * 2);
-                }
-                ended += 1;
-            }
-            ended
-        });
-        assert_eq!(ended, ROUNDS, "{workers} workers");
-    }
-}
-
 #[test]
 fn a_parent_awaiting_all_its_children_at_once_is_never_failed() {
     // The parent awaits its children through `FuturesUnordered` or `join_all`: a poll may

@@ -182,10 +182,6 @@ pub(crate) struct Driver {
     /// a driver out of work then lingers behind Tokio's other work rather than spinning
     /// (see [`linger`](Self::linger)).
     waited_outside: bool,
-    /// The task it polled last waited on something outside the runtime: a task from the
-    /// injector runs only after Tokio ran what that poll queued on this worker (see the
-    /// driver's loop).
-    outside_last: bool,
     /// It yielded, counted as lingering, behind what Tokio runs first on its worker (see
     /// [`Linger::Behind`]); it stops lingering when polled next.
     behind: bool,
@@ -296,7 +292,6 @@ impl Driver {
             local: Local::default(),
             lingers: false,
             waited_outside: false,
-            outside_last: false,
             behind: false,
             behind_rounds: 0,
             put_off: None,
@@ -650,7 +645,6 @@ impl Driver {
                     self.lend(&task, slot, awaited);
                 } else {
                     self.waited_outside = true;
-                    self.outside_last = true;
                 }
                 // A CPU task waiting on anything else (a channel, a timer, I/O, the
                 // `JoinHandle` of a future it started with `tokio::spawn`) keeps them while
@@ -963,12 +957,10 @@ impl Future for Driver {
                 }
                 break Poll::Pending;
             }
-            // Whether the task comes from the injector.
-            let mut queued = false;
-            let next = first.take().or_else(|| slots.take_next()).or_else(|| {
-                queued = true;
-                rt.inject.pop()
-            });
+            let next = first
+                .take()
+                .or_else(|| slots.take_next())
+                .or_else(|| rt.inject.pop());
             let task = match next {
                 Some(t) => t,
                 None => match this.linger(&rt) {
@@ -1005,20 +997,6 @@ impl Future for Driver {
                 // yielding, goes where an idle worker steals it. Running `task` first would
                 // keep the new driver from every other worker for as long as `task` runs: a
                 // task that computes for a second, or spins until another task runs.
-                rt.inject.push(task);
-                yield_to_tokio(cx, false);
-                break Poll::Pending;
-            }
-            if std::mem::take(&mut this.outside_last) && queued {
-                // The task polled last waited outside the runtime, maybe on a future it gave
-                // `tokio::spawn` (or woke a Tokio task): Tokio put that in this worker's LIFO
-                // slot, which no other worker takes from, and runs it once this poll
-                // returns. On Tokio alone, the task's own poll returning would let it run;
-                // here `task` would run first, and it may run for long (compute, or spin
-                // until the spawned future's result lets another task go on). So the driver
-                // yields first, and `task` goes back where any driver finds it. (A task the
-                // poll woke, in the next-task slot, runs at once: messages passed between
-                // tasks go on without a yield.)
                 rt.inject.push(task);
                 yield_to_tokio(cx, false);
                 break Poll::Pending;
