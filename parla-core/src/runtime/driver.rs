@@ -135,6 +135,24 @@ pub(super) fn ask_for_drivers(rt: &Arc<RtInner>) {
     rt.start_drivers(rt.inject.queued().max(1));
 }
 
+/// A lingering driver stops lingering, with the task its last look found, if any
+/// (`found`). If work waits (pushers counted on this driver for it, maybe many pushers on
+/// this one driver), it takes a task - `found`, else one from the queue - and asks for
+/// drivers for the rest if more waits: the task it takes may run for long (a CPU task
+/// computing, or one waiting for another to run). Returns the task it takes, and whether
+/// it asked for drivers.
+fn stop_lingering_with(rt: &Arc<RtInner>, found: Option<TaskPtr>) -> (Option<TaskPtr>, bool) {
+    if !rt.inject.stop_lingering() {
+        return (found, false);
+    }
+    let task = found.or_else(|| rt.inject.pop());
+    let more = task.is_some() && rt.inject.has_work();
+    if more {
+        ask_for_drivers(rt);
+    }
+    (task, more)
+}
+
 /// Before a driver runs a task on a thread where another driver waits behind the wakes
 /// Tokio puts off: revokes that driver (gives up its slot, and its lingering, for it, and
 /// asks for drivers for all the work queued if any waits).
@@ -153,7 +171,7 @@ pub(super) fn ask_for_drivers(rt: &Arc<RtInner>) {
 /// free, and ends otherwise.
 #[cold]
 fn revoke_put_off(rt: &Arc<RtInner>) {
-    let mut more = 0;
+    let mut work = false;
     for s in context::take_put_off(rt.id) {
         let was = s.load(Ordering::Acquire);
         if matches!(was, PUT_OFF_LINGERING | PUT_OFF_HOLDING)
@@ -161,10 +179,10 @@ fn revoke_put_off(rt: &Arc<RtInner>) {
                 .is_ok()
             && rt.inject.revoke(was == PUT_OFF_LINGERING)
         {
-            more += 1;
+            work = true;
         }
     }
-    if more > 0 {
+    if work {
         ask_for_drivers(rt);
     }
 }
@@ -471,15 +489,8 @@ impl Driver {
                 }
             };
             if over {
-                // Work pushed by someone who counted on this driver is taken here. More of
-                // it (its pushers may all have counted on this one driver) asks for drivers,
-                // as a task found in a look does: the task taken may run for long.
-                if rt.inject.stop_lingering()
-                    && let Some(t) = rt.inject.pop()
-                {
-                    if rt.inject.has_work() {
-                        ask_for_drivers(rt);
-                    }
+                // Work pushed by someone who counted on this driver is taken here.
+                if let (Some(t), _) = stop_lingering_with(rt, None) {
                     return Linger::Found(t);
                 }
                 #[cfg(all(test, not(parla_loom)))]
@@ -908,18 +919,8 @@ impl Future for Driver {
         let revoked = this.back_from_put_off();
         if std::mem::take(&mut this.behind) && !revoked {
             // Back from lingering behind Tokio's work (`Linger::Behind`).
-            first = rt.inject.pop();
-            if rt.inject.stop_lingering() {
-                // Work came after the look, or more than the task it found: pushers counted
-                // on this driver for all of it, and the task it takes may run for long. It
-                // takes one and asks for drivers for the rest (as when a spinning linger
-                // ends).
-                first = first.or_else(|| rt.inject.pop());
-                if first.is_some() && rt.inject.has_work() {
-                    ask_for_drivers(&rt);
-                    started = true;
-                }
-            }
+            // (Work may come after the look, before it stops lingering.)
+            (first, started) = stop_lingering_with(&rt, rt.inject.pop());
         }
         if revoked {
             if rt.inject.has_work() && rt.inject.claim() {
