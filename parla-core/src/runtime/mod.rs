@@ -28,6 +28,7 @@ pub(crate) mod data;
 mod driver;
 mod exec;
 mod inject;
+mod nudge;
 pub(crate) mod parked;
 mod stall;
 pub(crate) mod waker;
@@ -185,6 +186,7 @@ fn set_alive(id: u32, rt: Weak<RtInner>) {
     if let Some(e) = ALIVE.lock().iter_mut().find(|e| e.0 == id) {
         e.1 = rt;
     }
+    nudge::watch();
 }
 
 /// Whether the runtime with this id is still running.
