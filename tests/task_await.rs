@@ -1157,6 +1157,45 @@ fn rounds_of_a_spinning_task_per_worker_beside_tasks_parked_on_channels_all_end(
 }
 
 #[test]
+fn rounds_of_tasks_that_sleep_and_then_spin_until_all_woke_all_end() {
+    // Each round, one task per worker sleeps (a timer) and then spins until all have woken.
+    // A timer fires only on a worker that parks, and a driver started for a woken task on
+    // a worker outside the drivers went to that worker's LIFO slot: a worker that then
+    // took a driver from Tokio's shared queue first ran a spinner there, and the woken
+    // task waited behind it for good: this test hung in 7 debug runs of 8 (2,000 rounds
+    // on 2 workers, in release: 3 runs of 5, and Tokio alone hangs too). Once all but one
+    // spin, the last may be left to a worker parked where no timer fires (the worker
+    // that held Tokio's timers woke and spins): the nudger wakes it.
+    const WORKERS: usize = 2;
+    const ROUNDS: u64 = 500;
+    let ended = support::on_cpu(WORKERS, || async {
+        let mut ended = 0;
+        for _ in 0..ROUNDS {
+            let woke = Arc::new(AtomicUsize::new(0));
+            let tasks: Vec<_> = (0..WORKERS)
+                .map(|_| {
+                    let woke = woke.clone();
+                    task(async move {
+                        tokio::time::sleep(Duration::from_micros(100)).await;
+                        woke.fetch_add(1, Ordering::SeqCst);
+                        while woke.load(Ordering::SeqCst) < WORKERS {
+                            std::hint::spin_loop();
+                        }
+                    })
+                    .spawn()
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("a task that slept and spun");
+            }
+            ended += 1;
+        }
+        ended
+    });
+    assert_eq!(ended, ROUNDS);
+}
+
+#[test]
 fn a_parent_awaiting_all_its_children_at_once_is_never_failed() {
     // The parent awaits its children through `FuturesUnordered` or `join_all`: a poll may
     // end without any child pending (it keeps its VCUs, as a wait outside the runtime does)

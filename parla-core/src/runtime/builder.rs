@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use super::context::{self, WorkerRt};
 use super::counters::Counters;
 use super::inject::Injector;
+use super::nudge::PollMarks;
 use super::{
     Backing, DeviceState, GpuSlot, RtInner, Runtime, Sched, bridge, new_runtime_id, parked,
     set_alive, stall,
@@ -312,6 +313,8 @@ impl Builder {
         // stall is seen in between.
         let pool_threads = Arc::new(AtomicUsize::new(0));
         let (made, stopped) = (pool_threads.clone(), pool_threads.clone());
+        let poll_marks = Arc::new(PollMarks::default());
+        let (marks_start, marks_stop) = (poll_marks.clone(), poll_marks.clone());
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name_fn(move || {
@@ -320,9 +323,13 @@ impl Builder {
             })
             .thread_keep_alive(BLOCKING_KEEP_ALIVE)
             .enable_all()
-            .on_thread_start(move || context::set_worker_rt(start_rt.clone()))
+            .on_thread_start(move || {
+                context::set_worker_rt(start_rt.clone());
+                context::set_poll_mark(marks_start.start());
+            })
             .on_thread_stop(move || {
                 context::clear_worker_rt();
+                marks_stop.stop(context::take_poll_mark());
                 stopped.fetch_sub(1, Ordering::SeqCst);
             })
             .build()?;
@@ -369,6 +376,7 @@ impl Builder {
             id,
             tokio: tokio.handle().clone(),
             tokio_metrics: tokio.metrics(),
+            poll_marks,
             devices: devices.into_boxed_slice(),
             gpus: n_gpus,
             no_gpu_why,

@@ -11,7 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use super::RtInner;
@@ -57,9 +57,26 @@ pub(crate) struct Slots {
     /// The current poll may block this thread: the driver let go of it (see
     /// [`let_go_of_poll`]).
     let_go: Cell<bool>,
+    /// This thread's count of task polls begun and ended, for the nudger (see
+    /// [`set_poll_mark`]); null on threads outside the runtimes' pools.
+    mark: Cell<*const AtomicU32>,
 }
 
 impl Slots {
+    /// A task poll begins or ends on this thread: the count of [`set_poll_mark`] is odd
+    /// while one runs.
+    #[inline]
+    pub(crate) fn mark_poll(&self) {
+        let p = self.mark.get();
+        if !p.is_null() {
+            // SAFETY: set by `set_poll_mark` from a count that the runtime's `PollMarks`
+            // keeps alive until this thread's stop hook gave it back and cleared the
+            // pointer; only this thread writes the count.
+            let c = unsafe { &*p };
+            c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
     /// Takes this thread's next task (see [`take_next`]).
     #[inline]
     pub(crate) fn take_next(&self) -> Option<TaskPtr> {
@@ -119,6 +136,7 @@ thread_local! {
             blocked: Cell::new(false),
             awaited: Cell::new(None),
             let_go: Cell::new(false),
+            mark: Cell::new(std::ptr::null()),
         }
     };
     /// Live-task counts taken ahead from the current runtime (see `take_live_credit`).
@@ -286,6 +304,24 @@ pub(crate) fn set_worker_rt(w: WorkerRt) {
 /// Clears what [`set_worker_rt`] installed (the worker thread stops).
 pub(crate) fn clear_worker_rt() {
     WORKER.with(|c| c.borrow_mut().take());
+}
+
+/// Sets the count this thread's task polls mark (see [`Slots::mark_poll`]): one that the
+/// runtime's `PollMarks` keeps alive until this thread clears it (null) as it stops.
+pub(crate) fn set_poll_mark(mark: *const AtomicU32) {
+    SLOTS.with(|s| s.mark.set(mark));
+}
+
+/// Whether this thread is one of a runtime's Tokio pool (it has a count of
+/// [`set_poll_mark`]).
+#[inline]
+pub(crate) fn on_pool_thread() -> bool {
+    SLOTS.with(|s| !s.mark.get().is_null())
+}
+
+/// Clears this thread's count of [`set_poll_mark`] (the thread stops) and returns it.
+pub(crate) fn take_poll_mark() -> *const AtomicU32 {
+    SLOTS.with(|s| s.mark.replace(std::ptr::null()))
 }
 
 /// Whether this thread is one of `rt`'s Tokio pool (a worker, or a thread running

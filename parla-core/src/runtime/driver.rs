@@ -579,6 +579,7 @@ impl Driver {
             h.prefetch_gpu_dependents();
         }
         slots.take_blocked();
+        slots.mark_poll();
         let poll = {
             let _task = context::enter_task(&task);
             let waker = waker::task_poll_waker(&task);
@@ -600,6 +601,7 @@ impl Driver {
             }
             p
         };
+        slots.mark_poll();
         if slots.take_let_go() {
             // The poll let go of this thread (it may have blocked it), and of the driver's
             // slot (`RtInner::release_held`): the thread is the driver's again, and the

@@ -918,13 +918,18 @@ impl RtInner {
         }
         if k > 0 {
             context::note_handoff(self.id);
-            if context::in_task_poll() {
+            if context::in_task_poll() || (!context::in_driver() && context::on_pool_thread()) {
                 // Started during a task's poll, which may go on computing: Tokio puts a
                 // task spawned on a worker in that worker's LIFO slot, which no other
                 // worker takes from, so the driver would wait for the poll to end. A task
                 // spawned after it takes the slot instead, and the driver goes to the
                 // worker's run queue, where an idle worker finds it. (On a thread that
                 // `tokio::task::block_in_place` let go of, both go to the shared queue.)
+                // So for one started on a worker outside the drivers - a timer that fired
+                // as the worker parked, a Tokio task: the worker may run a task from
+                // Tokio's shared queue before its LIFO slot, a driver that runs a task
+                // for long. (A driver that started another yields before its next task:
+                // see `Driver::poll`.)
                 self.tokio.spawn(async {});
             }
         }

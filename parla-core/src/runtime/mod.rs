@@ -28,7 +28,7 @@ pub(crate) mod data;
 mod driver;
 mod exec;
 mod inject;
-mod nudge;
+pub(crate) mod nudge;
 pub(crate) mod parked;
 mod stall;
 pub(crate) mod waker;
@@ -234,6 +234,8 @@ pub(crate) struct RtInner {
     /// Tokio's metrics, made once: a lingering driver reads its shared queue's depth
     /// (`Handle::metrics` clones the handle, a count every worker would update).
     pub(crate) tokio_metrics: tokio::runtime::RuntimeMetrics,
+    /// The task polls of its Tokio pool's threads, for the nudger.
+    pub(crate) poll_marks: Arc<nudge::PollMarks>,
     pub(crate) devices: Box<[DeviceState]>,
     pub(crate) gpus: usize,
     /// Why the runtime has no GPU, when it has none (said with a GPU placement's error).

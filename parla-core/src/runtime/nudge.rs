@@ -13,27 +13,39 @@
 //! spins until all four run, beside 16 tasks parked on channels (a debug build on 2
 //! cores). Tokio documents the case as a task that blocks (tokio-rs/tokio#4730, #6847).
 //!
-//! A Tokio task spawned from outside the pool wakes a parked worker once no worker searches,
-//! and that worker finds what waits (in the shared queue, or in the run queue of a worker
-//! busy with a task). So one thread of the process looks at every runtime it runs: where
-//! work waited at two looks in a row (runnable tasks queued for a driver, or Tokio tasks in
-//! Tokio's shared queue) and a worker may be parked, it spawns an empty Tokio task from
-//! outside. Such a nudge can be lost as the work's own wake was (a worker searched, or had
-//! not parked yet), so the next look nudges again, up to [`MAX_IN_FLIGHT`] nudges waiting
-//! to run. It looks every [`LOOK_MIN`] while work waits, and less often (up to every
-//! [`LOOK_MAX`]) while none does; it sleeps while no runtime runs. A runtime with one
-//! worker is left alone: a task that blocks its only worker leaves nothing to wake. With
-//! the nudger, the test above passed 50 runs of 50.
+//! Timers wait likewise: Tokio fires them on a worker that parks, and the worker that
+//! held them as it parked may wake and run such a task, leaving the others parked where
+//! no timer fires.
+//!
+//! A Tokio task spawned from outside the pool wakes a parked worker once no worker searches:
+//! that worker finds what waits (in the shared queue, or in the run queue of a worker busy
+//! with a task), and as it parks again it fires the timers due. So one thread of the process
+//! looks at every runtime it runs, and where a worker may be parked it spawns an empty Tokio
+//! task from outside (a nudge) if
+//! - work waited at two looks in a row (runnable tasks queued for a driver, or Tokio tasks
+//!   in Tokio's shared queue), or
+//! - a worker has been in the same task poll since the last look ([`PollMarks`]).
+//!
+//! A nudge can be lost as the work's own wake was (a worker searched, or had not parked
+//! yet), so the next look nudges again, up to [`MAX_IN_FLIGHT`] nudges waiting to run. It
+//! looks every [`LOOK_MIN`] while work waits or a task poll runs, and less often (up to
+//! every [`LOOK_MAX`]) otherwise; it sleeps while no runtime runs. A runtime with one worker
+//! is left alone: a task that blocks its only worker leaves nothing to wake. With the
+//! nudger, the test above passed 50 runs of 50, and rounds of a task per worker that
+//! sleeps and then spins until all woke (`tests/task_await.rs`) no longer hang.
 //!
 //! Work that waits in a worker's LIFO slot is out of its reach: Tokio runs it on that
 //! worker alone, once its task ends (see `RtInner::start_drivers` for the drivers'
 //! part).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
 
 use super::{ALIVE, RtInner};
 
@@ -63,6 +75,48 @@ pub(super) fn watch() {
     });
     if let Some(t) = t {
         t.unpark();
+    }
+}
+
+/// The counts of task polls begun and ended on each thread of a runtime's Tokio pool, for
+/// the nudger: a count that is odd at two looks in a row, and the same, is a task poll
+/// that has run since the first (or a thread that polled one task twice in a row, at each
+/// look: a nudge in vain).
+#[derive(Default)]
+pub(crate) struct PollMarks {
+    /// Each thread's count (padded: each thread writes its own at every task poll), and
+    /// what the nudger read of it last.
+    threads: Mutex<Vec<(Arc<CachePadded<AtomicU32>>, u32)>>,
+}
+
+impl PollMarks {
+    /// A pool thread starts: gives it its count, which lives until [`stop`](Self::stop).
+    pub(crate) fn start(&self) -> *const AtomicU32 {
+        let c = Arc::new(CachePadded::new(AtomicU32::new(0)));
+        let p: *const AtomicU32 = &**c;
+        self.threads.lock().push((c, 0));
+        p
+    }
+
+    /// The pool thread that got `mark` from [`start`](Self::start) stops (and polls no
+    /// more tasks).
+    pub(crate) fn stop(&self, mark: *const AtomicU32) {
+        self.threads
+            .lock()
+            .retain(|(c, _)| !std::ptr::eq(&***c, mark));
+    }
+
+    /// Whether a thread runs a task poll now, and whether one runs the poll it ran at the
+    /// last look.
+    fn look(&self) -> (bool, bool) {
+        let (mut polling, mut long) = (false, false);
+        for (c, last) in self.threads.lock().iter_mut() {
+            let v = c.load(Ordering::Relaxed);
+            polling |= v % 2 == 1;
+            long |= v % 2 == 1 && v == *last;
+            *last = v;
+        }
+        (polling, long)
     }
 }
 
@@ -130,11 +184,14 @@ fn run() {
         let mut any = false;
         for (id, rt) in &runtimes {
             let s = seen.entry(*id).or_default();
-            let waits = !rt.shutdown.load(Ordering::Relaxed) && work_waits(rt);
+            if rt.shutdown.load(Ordering::Relaxed) {
+                continue;
+            }
+            let waits = work_waits(rt);
+            let (polling, long) = rt.poll_marks.look();
             // (A nudge whose wake came while a worker searched, or before the worker
             // parked, is lost as the work's own was: the next look nudges again.)
-            if waits
-                && s.waited
+            if (waits && s.waited || long)
                 && s.in_flight.load(Ordering::Acquire) < MAX_IN_FLIGHT
                 && may_be_parked(rt)
             {
@@ -147,7 +204,7 @@ fn run() {
                 rt.tokio.spawn(async move { drop(nudge) });
             }
             s.waited = waits;
-            any |= waits;
+            any |= waits || polling;
         }
         drop(runtimes);
         every = if any {
