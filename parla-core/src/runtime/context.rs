@@ -312,13 +312,6 @@ pub(crate) fn set_poll_mark(mark: *const AtomicU32) {
     SLOTS.with(|s| s.mark.set(mark));
 }
 
-/// Whether this thread is one of a runtime's Tokio pool (it has a count of
-/// [`set_poll_mark`]).
-#[inline]
-pub(crate) fn on_pool_thread() -> bool {
-    SLOTS.with(|s| !s.mark.get().is_null())
-}
-
 /// Clears this thread's count of [`set_poll_mark`] (the thread stops) and returns it.
 pub(crate) fn take_poll_mark() -> *const AtomicU32 {
     SLOTS.with(|s| s.mark.replace(std::ptr::null()))

@@ -918,7 +918,7 @@ impl RtInner {
         }
         if k > 0 {
             context::note_handoff(self.id);
-            if context::in_task_poll() || (!context::in_driver() && context::on_pool_thread()) {
+            if context::in_task_poll() || (!context::in_driver() && context::on_pool_of(self)) {
                 // Started during a task's poll, which may go on computing: Tokio puts a
                 // task spawned on a worker in that worker's LIFO slot, which no other
                 // worker takes from, so the driver would wait for the poll to end. A task

@@ -47,12 +47,13 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
+use super::counters::Counters;
 use super::{ALIVE, RtInner};
 
-/// How often the nudger looks while work waited at its last look.
+/// How often the nudger looks while work waited, or a task poll ran, at its last look.
 const LOOK_MIN: Duration = Duration::from_millis(1);
-/// How often it looks, at most, while work waited at none of its last looks: each look
-/// without work doubles the interval, up to this.
+/// How often it looks, at most, while neither did at its last looks: each such look
+/// doubles the interval, up to this.
 const LOOK_MAX: Duration = Duration::from_millis(10);
 
 /// The most empty tasks of a runtime that wait to run at once: while workers are busy
@@ -124,13 +125,13 @@ impl PollMarks {
 /// `Counters::foreign_tasks`) and among the runtime's nudges in flight until the task ran
 /// or was dropped.
 struct Nudge {
-    rt: Arc<RtInner>,
+    counters: Arc<Counters>,
     in_flight: Arc<AtomicUsize>,
 }
 
 impl Drop for Nudge {
     fn drop(&mut self) {
-        self.rt.counters.ours.fetch_sub(1, Ordering::SeqCst);
+        self.counters.ours.fetch_sub(1, Ordering::SeqCst);
         self.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
@@ -198,7 +199,7 @@ fn run() {
                 s.in_flight.fetch_add(1, Ordering::AcqRel);
                 rt.counters.ours.fetch_add(1, Ordering::SeqCst);
                 let nudge = Nudge {
-                    rt: rt.clone(),
+                    counters: rt.counters.clone(),
                     in_flight: s.in_flight.clone(),
                 };
                 rt.tokio.spawn(async move { drop(nudge) });
