@@ -1104,11 +1104,13 @@ impl RtInner {
         // their order (a parent awaiting child after child in a loop would otherwise keep
         // them from a task woken by a timer for good), and not every time while tasks
         // spawned from outside wait (see `context::gift_turn`).
-        let giftable = d.vcu > 0
-            && h.join_awaited()
-            && dev.admission.has_waiting()
-            && dev.admission.no_resumes_waiting();
-        let turn = giftable && context::gift_turn() && {
+        let joined = d.vcu > 0 && h.join_awaited() && dev.admission.has_waiting();
+        let giftable = joined && dev.admission.no_resumes_waiting();
+        // The turns count while resumes wait too: parents looping on children that take
+        // their VCUs back through the resume lane, one behind the other, keep it from ever
+        // emptying, and the tasks waiting behind it from ever starting; a turn sends the
+        // parent this completion wakes behind them.
+        let turn = joined && context::gift_turn() && {
             let wait = dev.admission.central_tasks_waiting(&mut l.admitted);
             context::turn_taken(wait);
             wait
