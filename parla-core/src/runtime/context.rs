@@ -153,8 +153,9 @@ thread_local! {
     static COOP_YIELD: Cell<bool> = const { Cell::new(false) };
     /// VCUs a completing task holds for a task it wakes (see [`Gift`]).
     static GIFT: Cell<Option<Gift>> = const { Cell::new(None) };
-    /// Gifts made on this thread while tasks waited since one last went to the device, and
-    /// how many make a turn now (see [`gift_turn`]).
+    /// Completions of awaited tasks on this thread while tasks waited (gifts, or VCUs
+    /// released while resumes waited) since the last turn, and how many make a turn now
+    /// (see [`gift_turn`]).
     static GIFTS: Cell<(u32, u32)> = const { Cell::new((0, GIFT_TURN)) };
     /// A gift turn was taken in the completion running on this thread (see [`gift_turn`]).
     static TURN: Cell<bool> = const { Cell::new(false) };
@@ -663,8 +664,13 @@ const GIFT_TURN: u32 = 256;
 /// make one per step, and one turn in 256 would let those pile up without end. A turn
 /// that finds none waiting sets the interval back to [`GIFT_TURN`].
 ///
-/// Counts the gift: returns whether it is a turn's, and then the caller asks whether tasks
-/// wait and tells [`turn_taken`].
+/// Completions that make no gift because resumes wait count too, and their turns send
+/// the parent they wake behind the waiting tasks as well: parents looping on children
+/// that take their VCUs back through the resume lane, each behind the other, keep that
+/// lane from emptying, and resumes go ahead of the tasks.
+///
+/// Counts the completion: returns whether it is a turn's, and then the caller asks
+/// whether tasks wait and tells [`turn_taken`].
 #[inline]
 pub(crate) fn gift_turn() -> bool {
     GIFTS.with(|c| {
