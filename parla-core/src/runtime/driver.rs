@@ -544,6 +544,7 @@ impl Driver {
     /// (`rt`: the driver's runtime, borrowed from the caller: cloning the `Arc` for every
     /// task would update one reference count from every worker. `slots`: this thread's,
     /// looked up once per driver poll.)
+    #[inline(always)]
     fn run(&mut self, rt: &Arc<RtInner>, task: TaskPtr, slots: &context::Slots) -> u32 {
         let h = task.header();
         // (The slot of the device it was mapped to: the CPU's is 0.)
