@@ -4,6 +4,7 @@
 //! cargo bench --bench gpu                  # on a machine with a CUDA GPU
 //! cargo bench --bench gpu -- --quick       # fewer repetitions
 //! cargo bench --bench gpu -- --chain       # the chain rows (2) alone
+//! cargo bench --bench gpu -- --chain --pairs 61   # ... with 61 pairs each
 //! ```
 //!
 //! 1. Completion-to-wake latency: an empty kernel, then wait for it. Raw: launch, record an
@@ -19,7 +20,7 @@
 //!    synchronize; parla, 1,000 GPU tasks each after the previous (runahead: the host never
 //!    waits between them). The launch inside the tasks is timed in separate chains, so the
 //!    clock reads are not part of the chain timed against the raw loop.
-//!    The two alternate, 15 pairs (7 with `--quick`); besides the ratio of their medians,
+//!    The two alternate, 15 pairs (7 with `--quick`, N with `--pairs N`); besides the ratio of their medians,
 //!    the median of each pair's ratio, which the drift of the launch loop's own speed
 //!    between calls does not move. Then the same pairs from one thread: the chain on a
 //!    runtime with one worker, against the raw loop inside a CPU task on that worker (the
@@ -170,6 +171,19 @@ where
     t.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
+/// The number of chain pairs `--pairs N` asks for (at least 1).
+fn pairs_wanted() -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--pairs")?;
+    match args.get(at + 1).and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) if n > 0 => Some(n),
+        _ => {
+            eprintln!("--pairs takes a positive number of pairs");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// `n` pairs of timings `(parla, raw)` from `pair`, after one pair of warm-up: the median
 /// of each side and the median of the pairs' own ratios.
 fn pairs(n: usize, mut pair: impl FnMut() -> (f64, f64)) -> (f64, f64, f64) {
@@ -316,6 +330,7 @@ fn main() {
     // The chain rows alone (2 and 2b), for profiling them.
     let chain_only = std::env::args().any(|a| a == "--chain");
     let (lat_n, reps) = if quick { (300, 3) } else { (3000, 7) };
+    let chain_pairs = pairs_wanted();
     let rt = parla::Runtime::builder().build().expect("runtime");
     if !rt.has_real_gpus() {
         println!("benches/gpu needs a CUDA GPU; none found.");
@@ -400,7 +415,7 @@ fn main() {
     // More pairs than the other rows take (a pair takes about 10 ms): the launch loop's own
     // speed moves by a third from one call to the next here, and the ratio of adjacent
     // pairs follows the drift that the ratio of the two medians does not.
-    let chain_reps = 2 * reps + 1;
+    let chain_reps = chain_pairs.unwrap_or(2 * reps + 1);
     let (parla_chain_med, raw_chain_med, paired_chain) = pairs(chain_reps, || {
         let raw = raw_launch_loop(&stream, &tiny, &mut x);
         (
