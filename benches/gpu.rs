@@ -20,15 +20,15 @@
 //!    synchronize; parla, 1,000 GPU tasks each after the previous (runahead: the host never
 //!    waits between them). The launch inside the tasks is timed in separate chains, so the
 //!    clock reads are not part of the chain timed against the raw loop.
-//!    The two alternate, 15 pairs (7 with `--quick`, N with `--pairs N`); besides the ratio of their medians,
-//!    the median of each pair's ratio, which the drift of the launch loop's own speed
-//!    between calls does not move. Then the same pairs from one thread: the chain on a
-//!    runtime with one worker, against the raw loop inside a CPU task on that worker (the
-//!    main thread and the worker that runs a chain sit on different cores, and how fast a
-//!    core launches differs from core to core). And the chain with an empty CPU task after
-//!    each GPU task, by pairs against the raw loop: there something waits on every fence
-//!    (the CPU tasks), which sets the fence poller's short pace, and the time runs until
-//!    the CPU tasks finished.
+//!    The two alternate, 15 pairs (7 with `--quick`, N with `--pairs N`); besides the
+//!    ratio of their medians, the median of each pair's ratio, which the drift of the
+//!    launch loop's own speed between calls does not move. Then the same pairs from one
+//!    thread: the chain on a runtime with one worker, against the raw loop inside a CPU
+//!    task on that worker (the main thread and the worker that runs a chain sit on
+//!    different cores, and how fast a core launches differs from core to core). And the
+//!    chain with an empty CPU task after each GPU task, by pairs against the raw loop:
+//!    there something waits on every fence (the CPU tasks), which sets the fence poller's
+//!    short pace, and the time runs until the CPU tasks finished.
 //! 3. 10,000 independent GPU tasks, each launching an empty kernel, against raw launches
 //!    round-robin over 8 streams.
 //!
